@@ -1,0 +1,62 @@
+# make demo: the testproject on SQLite at http://127.0.0.1:8000/admin/
+# make test: the whole suite, on SQLite and (when it can be started) PostgreSQL
+# Another Python/Django: make test PY=python3.12 DJANGO='Django>=6.1,<6.2' VENV=.venv312
+
+PY ?= python3
+DJANGO ?= Django>=5.2,<5.3
+VENV ?= .venv
+EXTRAS ?= api,celery,rq,tasks,dev
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+PG_URL := postgres://postgres@127.0.0.1:$(or $(JOBSTATUS_PGPORT),54329)/jobstatus
+REDIS_URL ?= redis://127.0.0.1:$(or $(JOBSTATUS_REDISPORT),63799)/0
+export REDIS_URL
+
+.PHONY: demo test test-sqlite test-postgres lint check services stop-services bench browser clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" "$(DJANGO)"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py jobstatus_demo --admin
+	$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+services:
+	.ci/services.sh start
+
+stop-services:
+	.ci/services.sh stop
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+check: $(BIN)/.installed
+	$(BIN)/python manage.py check --fail-level WARNING
+	$(BIN)/python -m django makemigrations --check --dry-run --settings tests.settings
+
+test-sqlite: $(BIN)/.installed
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-postgres: $(BIN)/.installed
+	DATABASE_URL=$(PG_URL) $(BIN)/pytest $(PYTEST_ARGS)
+
+# The suite runs on SQLite, then on PostgreSQL. Without PostgreSQL installed it stops
+# after SQLite with a note, except under CI=true, where a missing service fails.
+test: $(BIN)/.installed
+	@.ci/services.sh start || [ "$$CI" != true ] || (echo "CI=true: services are required" >&2; exit 1)
+	$(MAKE) --no-print-directory lint check
+	$(MAKE) --no-print-directory test-sqlite
+	@if .ci/services.sh start >/dev/null 2>&1 || [ "$$CI" = true ]; then \
+		$(MAKE) --no-print-directory test-postgres; \
+	else echo "PostgreSQL is not installed: the PostgreSQL run was left out (apt-get install postgresql)"; fi
+
+bench: $(BIN)/.installed services
+	DATABASE_URL=$(PG_URL) $(BIN)/python bench/run.py
+
+clean:
+	rm -rf .venv .venv312 .services db.sqlite3 testproject/db.sqlite3

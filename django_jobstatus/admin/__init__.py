@@ -1,0 +1,3 @@
+"""Admin registrations (JobRun, JobLog, the dashboard)."""
+
+from __future__ import annotations

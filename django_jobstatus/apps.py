@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.utils.module_loading import import_string
+from django.utils.translation import gettext_lazy as _
+
+
+class JobStatusConfig(AppConfig):
+    name = "django_jobstatus"
+    label = "django_jobstatus"
+    verbose_name = _("Job status")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django_jobstatus import checks  # noqa: F401 (registers the system checks)
+        from django_jobstatus.conf import settings
+
+        for path in settings.INTEGRATIONS:
+            # Each enabled integration's module has connect(); a missing extra fails here, loudly.
+            import_string(f"{path}.connect")()

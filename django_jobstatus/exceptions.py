@@ -1,0 +1,18 @@
+"""Exceptions raised by django-jobstatus."""
+
+from __future__ import annotations
+
+
+class JobStatusError(Exception):
+    """Base class of every error this app raises on purpose."""
+
+
+class JobKilled(JobStatusError):  # noqa: N818 (public name fixed by DESIGN.md)
+    """Raised inside a job by ``check_kill()`` when a kill was requested.
+
+    Leaving ``track()`` with it ends the run ``killed``; it is not re-raised.
+    """
+
+
+class InvalidTransition(JobStatusError):
+    """A state change that the state machine does not allow; nothing was written."""

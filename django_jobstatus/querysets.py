@@ -1,0 +1,248 @@
+"""Scopes: the vocabulary every surface uses to pick runs and log lines."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Self
+
+from django.db import connections, models
+from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Max, Min, Q
+from django.utils import timezone
+
+from django_jobstatus.conf import settings
+
+if TYPE_CHECKING:
+    from django_jobstatus.models import JobRun
+
+
+def _status() -> Any:
+    # querysets.py is imported by models.py, so Status is looked up when a scope runs.
+    from django_jobstatus.models import Status
+
+    return Status
+
+
+def as_timedelta(name: str, value: float | timedelta) -> timedelta:
+    """``value`` as a timedelta: a number counts ``name`` (days or seconds)."""
+    if isinstance(value, timedelta):
+        delta = value
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        delta = timedelta(**{name: value})
+    else:
+        raise ValueError(f"{name} must be a number or a timedelta, not {value!r}")
+    if delta < timedelta(0):
+        raise ValueError(f"{name} must not be negative, not {value!r}")
+    return delta
+
+
+DURATION = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+
+
+class _Percentile(models.Aggregate):
+    """PostgreSQL's exact ``percentile_cont(f) WITHIN GROUP (ORDER BY expr)``."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = models.FloatField()
+
+    def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
+        super().__init__(expression, fraction=float(fraction), **extra)
+
+
+class _EpochSeconds(models.Func):
+    template = "EXTRACT(EPOCH FROM %(expressions)s)"
+    output_field = models.FloatField()
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """Linear interpolation between closest ranks: the same definition as percentile_cont."""
+    if not sorted_values:
+        return None
+    position = (len(sorted_values) - 1) * fraction
+    low = math.floor(position)
+    high = math.ceil(position)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+class JobRunQuerySet(models.QuerySet["JobRun"]):
+    # States.
+
+    def queued(self) -> Self:
+        """Runs waiting for a worker."""
+        return self.filter(status=_status().QUEUED)
+
+    def running(self) -> Self:
+        """Runs a worker is executing now."""
+        return self.filter(status=_status().RUNNING)
+
+    def retrying(self) -> Self:
+        """Runs whose attempt failed and that wait for another."""
+        return self.filter(status=_status().RETRYING)
+
+    def active(self) -> Self:
+        """Runs not finished yet: queued, running or retrying."""
+        return self.filter(status__in=sorted(_status().ACTIVE))
+
+    def finished(self) -> Self:
+        """Runs in a terminal state: succeeded, failed, killed or lost."""
+        return self.filter(status__in=sorted(_status().TERMINAL))
+
+    def succeeded(self) -> Self:
+        """Runs that finished without error."""
+        return self.filter(status=_status().SUCCEEDED)
+
+    def failed(self) -> Self:
+        """Runs that finished with an error and no retry left."""
+        return self.filter(status=_status().FAILED)
+
+    def killed(self) -> Self:
+        """Runs stopped on request."""
+        return self.filter(status=_status().KILLED)
+
+    def lost(self) -> Self:
+        """Runs whose worker stopped sending heartbeats."""
+        return self.filter(status=_status().LOST)
+
+    # Other predicates.
+
+    def with_errors(self) -> Self:
+        """Runs that logged an error, whatever their state."""
+        return self.filter(has_errors=True)
+
+    def for_job(self, name: str) -> Self:
+        """Runs of one job."""
+        return self.filter(job_name=name)
+
+    def older_than(self, days: float | timedelta = 30) -> Self:
+        """Runs created before ``days`` ago (a number of days or a timedelta)."""
+        return self.filter(created_at__lt=timezone.now() - as_timedelta("days", days))
+
+    def recent(self, limit: int = 100) -> Self:
+        """The newest ``limit`` runs, newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a whole number of 0 or more, not {limit!r}")
+        return self.order_by("-created_at", "-id")[:limit]
+
+    def stale(self, timeout: float | timedelta | None = None) -> Self:
+        """Running runs with no heartbeat (or start, if they never beat) for ``timeout`` seconds."""
+        delta = as_timedelta("seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout)
+        cutoff = timezone.now() - delta
+        return self.running().filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff))
+
+    def kill_requested(self) -> Self:
+        """Runs someone asked to stop."""
+        return self.filter(kill_requested_at__isnull=False)
+
+    # Reading one run.
+
+    def latest_for(self, name: str) -> JobRun | None:
+        """The newest run of job ``name``, or None."""
+        return self.for_job(name).order_by("-created_at", "-id").first()
+
+    # Creating runs.
+
+    def _create(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
+        from django_jobstatus.models import check_job_name, check_json
+
+        check_job_name(name)
+        for field in ("params", "data", "result"):
+            if field in fields:
+                check_json(field, fields[field])
+        now = timezone.now()
+        fields.setdefault("created_at", now)
+        fields.setdefault("updated_at", now)
+        return self.create(job_name=name, status=status, **fields)
+
+    def enqueue(self, name: str, **fields: Any) -> JobRun:
+        """Record a run waiting for a worker."""
+        fields.setdefault("queued_at", timezone.now())
+        return self._create(name, _status().QUEUED, fields)
+
+    def start(self, name: str, **fields: Any) -> JobRun:
+        """Record a run that starts now, in this process."""
+        from django_jobstatus.models import default_worker
+
+        now = timezone.now()
+        fields.setdefault("started_at", now)
+        fields.setdefault("heartbeat_at", now)
+        fields.setdefault("worker", default_worker())
+        return self._create(name, _status().RUNNING, fields)
+
+    # Bulk writes.
+
+    def request_kill(self) -> int:
+        """Ask every active run here to stop; the number of runs newly asked."""
+        now = timezone.now()
+        return self.active().filter(kill_requested_at__isnull=True).update(kill_requested_at=now, updated_at=now)
+
+    # Numbers.
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per job name: total, a count per status, failure rate and duration figures in seconds.
+
+        ``failure_rate`` is failed / finished. Percentiles are exact on PostgreSQL
+        (``percentile_cont``); elsewhere they are computed in Python from the durations.
+        """
+        statuses = _status().values
+        postgres = connections[self.db].vendor == "postgresql"
+        counts = {status: Count("pk", filter=Q(status=status)) for status in statuses}
+        timed = Q(finished_at__isnull=False, started_at__isnull=False)
+        durations = {
+            "min_duration": Min(DURATION, filter=timed),
+            "avg_duration": Avg(DURATION, filter=timed),
+            "max_duration": Max(DURATION, filter=timed),
+        }
+        if postgres:
+            seconds = _EpochSeconds(DURATION)
+            durations["p50_duration"] = _Percentile(seconds, 0.5, filter=timed)
+            durations["p95_duration"] = _Percentile(seconds, 0.95, filter=timed)
+        rows = self.order_by().values("job_name").annotate(total=Count("pk"), **counts, **durations).order_by("job_name")
+        result = []
+        for row in rows:
+            finished = sum(row[status] for status in _status().TERMINAL)
+            entry = {
+                "job_name": row["job_name"],
+                "total": row["total"],
+                "counts": {status: row[status] for status in statuses},
+                "failure_rate": row[_status().FAILED] / finished if finished else None,
+            }
+            for key in ("min_duration", "avg_duration", "max_duration"):
+                entry[key] = row[key].total_seconds() if row[key] is not None else None
+            if postgres:
+                entry["p50_duration"] = row["p50_duration"]
+                entry["p95_duration"] = row["p95_duration"]
+            result.append(entry)
+        if not postgres:
+            self._add_percentiles(result)
+        return result
+
+    def _add_percentiles(self, result: list[dict[str, Any]]) -> None:
+        by_job: dict[str, list[float]] = defaultdict(list)
+        rows = self.filter(finished_at__isnull=False, started_at__isnull=False).order_by().values_list("job_name", "started_at", "finished_at")
+        for name, started, finished in rows.iterator(chunk_size=5000):
+            by_job[name].append((finished - started).total_seconds())
+        for entry in result:
+            values = sorted(by_job.get(entry["job_name"], []))
+            entry["p50_duration"] = percentile(values, 0.5)
+            entry["p95_duration"] = percentile(values, 0.95)
+
+
+class JobLogQuerySet(models.QuerySet[Any]):
+    def for_run(self, run: Any) -> Self:
+        """Lines of one run (an instance or its id)."""
+        return self.filter(run_id=getattr(run, "pk", run))
+
+    def at_least(self, level: int) -> Self:
+        """Lines of ``level`` and above."""
+        return self.filter(level__gte=level)
+
+    def errors(self) -> Self:
+        """Lines of level ERROR and above."""
+        return self.at_least(40)
+
+    def older_than(self, days: float | timedelta = 30) -> Self:
+        """Lines written before ``days`` ago."""
+        return self.filter(created_at__lt=timezone.now() - as_timedelta("days", days))
+

@@ -1,0 +1,411 @@
+"""The handle a running job holds: ``track()``, ``tracked()`` and ``current_job()``.
+
+Writes are throttled to one per ``PROGRESS_INTERVAL``; progress, heartbeat and log
+writes are best-effort (a failure is logged and retried at the next write), while the
+start and the end of a run are durable. When the job's own connection is inside
+``transaction.atomic()``, the handle writes through a second connection so that other
+processes see the progress at once and a rollback does not take the run with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.utils import timezone
+
+from django_jobstatus.conf import settings
+from django_jobstatus.exceptions import InvalidTransition, JobKilled
+
+if TYPE_CHECKING:
+    from django_jobstatus.models import JobLog, JobRun
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_current: ContextVar[JobHandle | None] = ContextVar("django_jobstatus_current_job", default=None)
+
+SIDE_SUFFIX = "__jobstatus"
+
+
+def tracking_database() -> str:
+    """The alias to write a running job's state through, right now.
+
+    The app's database itself, unless its connection in this thread is inside an
+    atomic block: then a second connection to the same database (autocommit), so the
+    writes are visible at once and survive a rollback. SQLite allows one writer at a
+    time, so there the writes join the open transaction instead; so do they inside a
+    TestCase, whose transaction a second connection could not see.
+    """
+    alias = settings.DATABASE
+    connection = connections[alias]
+    if not connection.in_atomic_block or connection.vendor == "sqlite":
+        return alias
+    if any(block._from_testcase for block in connection.atomic_blocks):
+        # Inside Django's TestCase everything stays in the test's transaction, as on_commit does.
+        return alias
+    side = alias + SIDE_SUFFIX
+    if side not in connections.settings:
+        side_settings = {**connection.settings_dict, "AUTOCOMMIT": True, "ATOMIC_REQUESTS": False}
+        if connection.vendor == "postgresql":
+            # Never wait for ever on a row the job's own transaction holds.
+            options = dict(side_settings.get("OPTIONS") or {})
+            options["options"] = f"{options.get('options', '')} -c lock_timeout=10000".strip()
+            side_settings["OPTIONS"] = options
+        connections.settings[side] = side_settings
+    return side
+
+
+def _reset_connection(alias: str) -> None:
+    """After a database error outside a transaction, drop the connection so the next write reconnects."""
+    connection = connections[alias]
+    if not connection.in_atomic_block:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def _check_amount(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of 0 or more, not {value!r}")
+
+
+class JobHandle:
+    """What a running job holds: report progress, log, heartbeat and check for a kill."""
+
+    def __init__(self, run: JobRun, *, interval: float | None = None) -> None:
+        self.run = run
+        self._interval = settings.PROGRESS_INTERVAL if interval is None else float(interval)
+        self._current = run.progress_current
+        self._total = run.progress_total
+        self._step = run.step
+        self._message = run.message
+        self._result: Any = run.result
+        self._dirty = False
+        self._logs: list[JobLog] = []
+        self._has_errors = run.has_errors
+        self._kill_requested = run.kill_requested_at is not None
+        now = time.monotonic()
+        self._last_write = now
+        self._last_kill_read = now
+        self._clamped = False
+        self.writes = 0  # progress/heartbeat/log writes made, for tests and benchmarks
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.run.job_name} {self.run.pk}>"
+
+    # Result.
+
+    @property
+    def result(self) -> Any:
+        return self._result
+
+    @result.setter
+    def result(self, value: Any) -> None:
+        from django_jobstatus.models import check_json
+
+        check_json("result", value)
+        self._result = value
+
+    # Progress.
+
+    def progress(self, current: float, total: float | None = None) -> None:
+        """Set how far the job is (and, optionally, out of how much)."""
+        from django_jobstatus.models import check_progress
+
+        self._current, new_total = check_progress(current, total if total is not None else None)
+        if total is not None:
+            self._total = new_total
+        elif self._total is not None and self._current > self._total:
+            raise ValueError(f"progress current ({self._current}) is greater than total ({self._total})")
+        self._changed()
+
+    def advance(self, amount: float = 1) -> None:
+        """Add ``amount`` to the progress; cheap enough to call for every item."""
+        if not 0 <= amount < math.inf:  # also False for NaN
+            _check_amount("advance amount", amount)
+        current = self._current + int(amount)
+        if self._total is not None and current > self._total:
+            if not self._clamped:
+                logger.warning("Run %s advanced past its total (%s); progress is capped there.", self.run.pk, self._total)
+                self._clamped = True
+            current = self._total
+        self._current = current
+        self._dirty = True
+        if time.monotonic() - self._last_write >= self._interval:
+            self.flush()
+
+    def step(self, name: str, total: float | None = None) -> None:
+        """Enter a stage of the job; with ``total``, progress restarts at 0 of it."""
+        self._step = str(name)[:255]
+        if total is not None:
+            _check_amount("step total", total)
+            self._current, self._total = 0, int(total)
+        self._changed()
+
+    def message(self, text: str) -> None:
+        """Set the run's status message."""
+        self._message = str(text)
+        self._changed()
+
+    def _changed(self) -> None:
+        self._dirty = True
+        if time.monotonic() - self._last_write >= self._interval:
+            self.flush()
+
+    # Logs.
+
+    def log(self, level: int, msg: str, *args: Any, extra: dict[str, Any] | None = None) -> None:
+        """Log a line on the run (written with the next throttled write)."""
+        from django_jobstatus.models import JobLog
+
+        entry = JobLog.build(self.run, level, msg, *args, extra=extra)
+        entry.created_at = timezone.now()
+        self._logs.append(entry)
+        if level >= logging.ERROR:
+            self._has_errors = True
+        if len(self._logs) >= 500 or time.monotonic() - self._last_write >= self._interval:
+            self.flush()
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.WARNING, msg, *args, **kwargs)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at ERROR; the run is marked ``has_errors``."""
+        self.log(logging.ERROR, msg, *args, **kwargs)
+
+    # Liveness and kill.
+
+    def heartbeat(self) -> None:
+        """Say the job is alive (written at most once per interval, with pending progress)."""
+        if time.monotonic() - self._last_write >= self._interval:
+            self.flush()
+
+    @property
+    def kill_requested(self) -> bool:
+        """Whether someone asked this run to stop (read from the database at most once per interval)."""
+        if not self._kill_requested and time.monotonic() - self._last_kill_read >= self._interval:
+            self._last_kill_read = time.monotonic()
+            self._read_kill()
+        return self._kill_requested
+
+    def check_kill(self) -> None:
+        """Raise JobKilled when a kill was requested."""
+        if self.kill_requested:
+            raise JobKilled(f"Run {self.run.pk} was asked to stop.")
+
+    def _read_kill(self) -> None:
+        from django_jobstatus.models import JobRun
+
+        alias = tracking_database()
+        try:
+            requested = JobRun.objects.using(alias).filter(pk=self.run.pk).values_list("kill_requested_at", flat=True).first()
+        except DatabaseError:
+            logger.warning("Could not read the kill request of run %s; asking again later.", self.run.pk, exc_info=True)
+            _reset_connection(alias)
+            return
+        if requested is not None:
+            self.run.kill_requested_at = requested
+            self._kill_requested = True
+
+    # Writing.
+
+    def _pending_fields(self) -> dict[str, Any]:
+        now = timezone.now()
+        fields: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
+        if self._dirty:
+            fields |= {"progress_current": self._current, "progress_total": self._total, "step": self._step, "message": self._message}
+        if self._has_errors and not self.run.has_errors:
+            fields["has_errors"] = True
+        return fields
+
+    def _applied(self, fields: dict[str, Any]) -> None:
+        for name, value in fields.items():
+            setattr(self.run, name, value)
+        self._dirty = False
+        self._logs = []
+
+    def flush(self) -> None:
+        """Write pending progress, logs and a heartbeat now; never raises a database error."""
+        from django_jobstatus.models import JobLog, JobRun
+
+        self._last_write = time.monotonic()
+        alias = tracking_database()
+        fields = self._pending_fields()
+        try:
+            # A savepoint keeps a failed write from breaking the job's own transaction (SQLite).
+            with transaction.atomic(using=alias, savepoint=connections[alias].in_atomic_block):
+                if self._logs:
+                    JobLog.objects.using(alias).bulk_create(self._logs)
+                JobRun.objects.using(alias).filter(pk=self.run.pk).update(**fields)
+        except DatabaseError:
+            logger.warning("Could not record the progress of run %s; trying again at the next write.", self.run.pk, exc_info=True)
+            _reset_connection(alias)
+            if len(self._logs) > 10_000:  # the database has been away for long: keep the newest
+                del self._logs[:-10_000]
+            return
+        self.writes += 1
+        self._applied(fields)
+
+    # Start and end (durable).
+
+    def _write_logs_then(self, alias: str, action: Callable[[], None]) -> None:
+        from django_jobstatus.models import JobLog
+
+        with transaction.atomic(using=alias, savepoint=connections[alias].in_atomic_block):
+            if self._logs:
+                JobLog.objects.using(alias).bulk_create(self._logs)
+            action()
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        """Record the end of the run: succeeded, killed (JobKilled) or failed (any other exception).
+
+        Retries while the database is unreachable, for up to FINISH_RETRY_TIMEOUT seconds;
+        then logs the failure. A run already finished elsewhere (reaped as lost, killed by
+        force) keeps that state.
+        """
+        deadline = time.monotonic() + settings.FINISH_RETRY_TIMEOUT
+        delay = 0.1
+        while True:
+            alias = tracking_database()
+            fields = self._pending_fields()
+            fields.pop("updated_at")
+            try:
+                self._write_logs_then(alias, lambda: self._transition(exc, alias, fields))  # noqa: B023 (called at once)
+            except InvalidTransition as error:
+                logger.warning("The end of run %s was not recorded: %s", self.run.pk, error)
+                return
+            except (OperationalError, InterfaceError):
+                _reset_connection(alias)
+                if time.monotonic() + delay > deadline:
+                    logger.exception("Could not record the end of run %s (%s) after %.0f s.", self.run.pk, self.run.job_name, settings.FINISH_RETRY_TIMEOUT)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._applied(fields)
+            return
+
+    def _transition(self, exc: BaseException | None, alias: str, fields: dict[str, Any]) -> None:
+        if exc is None:
+            self.run.mark_succeeded(self._result, using=alias, **fields)
+        elif isinstance(exc, JobKilled):
+            self.run.mark_killed(using=alias, **fields)
+        else:
+            self.run.mark_failed(exc, using=alias, **fields)
+
+    # current_job().
+
+    def activate(self) -> Token[JobHandle | None]:
+        """Make this the handle ``current_job()`` returns in this context."""
+        return _current.set(self)
+
+    @staticmethod
+    def deactivate(token: Token[JobHandle | None]) -> None:
+        _current.reset(token)
+
+
+def current_job() -> JobHandle | None:
+    """The handle of the run this code executes in, or None outside a tracked run."""
+    return _current.get()
+
+
+def _start_run(name: str, fields: dict[str, Any]) -> JobRun:
+    """Create the run as running, retrying briefly while the database is unreachable."""
+    from django_jobstatus.models import JobRun
+
+    for attempt in range(3):
+        alias = tracking_database()
+        try:
+            return JobRun.objects.db_manager(alias).start(name, **fields)
+        except (OperationalError, InterfaceError):
+            _reset_connection(alias)
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def track(
+    job_name: str,
+    *,
+    params: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    subject: str = "",
+    source: str = "manual",
+    run: JobRun | None = None,
+    interval: float | None = None,
+    **fields: Any,
+) -> Iterator[JobHandle]:
+    """Record a run of ``job_name`` while the block executes; yields its JobHandle.
+
+    Leaving the block ends the run succeeded; JobKilled ends it killed (and is not
+    re-raised); any other exception ends it failed, with error and traceback, and is
+    re-raised. With ``run=``, an existing queued or retrying run is started instead of
+    creating one. Other keyword arguments are JobRun fields (queue, priority, owner,
+    parent, backend_job_id, …).
+    """
+    if run is None:
+        fields |= {"params": params if params is not None else {}, "data": data if data is not None else {}, "subject": subject, "source": source}
+        run = _start_run(job_name, fields)
+    else:
+        run.mark_running(using=tracking_database())
+    handle = JobHandle(run, interval=interval)
+    token = handle.activate()
+    try:
+        yield handle
+    except JobKilled as exc:
+        handle.finish(exc)
+    except BaseException as exc:
+        handle.finish(exc)
+        raise
+    else:
+        handle.finish()
+    finally:
+        handle.deactivate(token)
+
+
+def tracked(job_name: str | None = None, **track_kwargs: Any) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+    """Decorate a function so that each call is a tracked run (``current_job()`` inside).
+
+    The job name defaults to the function's module path. The call returns the function's
+    value, which is also stored as the run's result when it is JSON-serializable; a killed
+    run returns None.
+    """
+
+    def decorator(func: Callable[P, R]) -> Callable[P, R | None]:
+        if inspect.iscoroutinefunction(func):
+            raise TypeError("tracked() does not support async functions; call track() from sync code.")
+        name = job_name or f"{func.__module__}.{func.__qualname__}"
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+            value: R | None = None
+            with track(name, **track_kwargs) as job:
+                value = func(*args, **kwargs)
+                if job.result is None:
+                    with contextlib.suppress(TypeError):
+                        job.result = value
+            return value
+
+        return wrapper
+
+    return decorator

@@ -1,0 +1,87 @@
+"""Shared fixtures, and the service markers: postgres, redis, browser.
+
+A test marked with a service fails under CI=true when the service is missing, and is
+skipped (with the reason) elsewhere. Tests marked ``postgres`` run only when the
+suite's database is PostgreSQL (``DATABASE_URL``); on SQLite they are deselected.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from django.db import connection
+
+CI = os.environ.get("CI") == "true"
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def _missing(reason: str) -> None:
+    if CI:
+        pytest.fail(f"{reason} (CI=true: a missing service fails the test)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if connection.vendor == "postgresql":
+        return
+    kept, dropped = [], []
+    for item in items:
+        (dropped if item.get_closest_marker("postgres") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("postgres") and connection.vendor != "postgresql":
+        _missing("needs PostgreSQL: set DATABASE_URL to a PostgreSQL database")
+    if item.get_closest_marker("redis") and not _reachable(REDIS_URL):
+        _missing(f"needs Redis at {REDIS_URL}")
+    if item.get_closest_marker("browser"):
+        if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+            _missing(f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
+        try:
+            import playwright  # noqa: F401
+        except ImportError:
+            _missing("needs the playwright package")
+
+
+@pytest.fixture
+def make_run(db: None) -> Any:
+    """Create a JobRun with the given fields (status defaults to running)."""
+    from django.utils import timezone
+
+    from django_jobstatus.models import JobRun, Status
+
+    def make(job_name: str = "tests.job", **fields: Any) -> JobRun:
+        status = fields.setdefault("status", Status.RUNNING)
+        now = timezone.now()
+        if status != Status.QUEUED:
+            fields.setdefault("started_at", now)
+        if status in Status.TERMINAL:
+            fields.setdefault("finished_at", now)
+        fields.setdefault("queued_at", fields.get("created_at", now))
+        return JobRun.objects.create(job_name=job_name, **fields)
+
+    return make
+
+
+@pytest.fixture
+def run(make_run: Any) -> Any:
+    """A running JobRun."""
+    return make_run()

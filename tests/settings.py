@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 
 import dj_database_url
 
@@ -26,6 +27,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_jobstatus",
 ]
+# The api extra is optional: the core suite also runs without it.
+HAS_API = all(find_spec(name) for name in ("rest_framework", "django_filters", "drf_spectacular"))
+if HAS_API:
+    INSTALLED_APPS += ["rest_framework", "django_filters", "drf_spectacular"]
+    REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

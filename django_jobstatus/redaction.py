@@ -1,0 +1,23 @@
+"""Hide the values of sensitive keys (JOBSTATUS["REDACT_KEYS"]) before showing JSON to people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django_jobstatus.conf import settings
+
+MASK = "********"
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` where every dict key listed in REDACT_KEYS (any case, any depth) is masked."""
+    keys = {str(key).lower() for key in settings.REDACT_KEYS}
+    return _redact(value, keys) if keys else value
+
+
+def _redact(value: Any, keys: set[str]) -> Any:
+    if isinstance(value, dict):
+        return {key: MASK if str(key).lower() in keys else _redact(item, keys) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(item, keys) for item in value]
+    return value

@@ -12,7 +12,7 @@ PG_URL := postgres://postgres@127.0.0.1:$(or $(JOBSTATUS_PGPORT),54329)/jobstatu
 REDIS_URL ?= redis://127.0.0.1:$(or $(JOBSTATUS_REDISPORT),63799)/0
 export REDIS_URL
 
-.PHONY: demo test test-sqlite test-postgres lint check services stop-services bench browser clean
+.PHONY: demo test test-sqlite test-postgres test-core dist-check lint check services stop-services bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,7 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py jobstatus_demo --admin
+	@$(BIN)/python manage.py jobstatus_demo --live & live=$$!; trap 'kill $$live 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 services:
@@ -55,8 +56,26 @@ test: $(BIN)/.installed
 		$(MAKE) --no-print-directory test-postgres; \
 	else echo "PostgreSQL is not installed: the PostgreSQL run was left out (apt-get install postgresql)"; fi
 
+# The core without any extra: Django and the test runner only (STYLE.md: DRF's `tox base`).
+CORE_VENV := .venv-core
+$(CORE_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CORE_VENV)/bin/python -m pip install --quiet -e . "$(DJANGO)" pytest pytest-django pytest-timeout dj-database-url
+	touch $@
+
+test-core: $(CORE_VENV)/.installed
+	$(CORE_VENV)/bin/pytest -p no:cacheprovider tests/test_*.py tests/importable $(PYTEST_ARGS)
+
+# The wheel must carry templates, static files, migrations and py.typed.
+dist-check: $(BIN)/.installed
+	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+	$(BIN)/python -c "import sys, zipfile; names = zipfile.ZipFile(next(__import__('pathlib').Path('dist').glob('*.whl'))).namelist(); \
+	need = ['django_jobstatus/py.typed', 'django_jobstatus/migrations/0001_initial.py', 'django_jobstatus/templates/', 'django_jobstatus/static/django_jobstatus/']; \
+	missing = [n for n in need if not any(x.startswith(n) for x in names)]; print('wheel:', len(names), 'files; missing:', missing or 'none'); sys.exit(bool(missing))"
+
 bench: $(BIN)/.installed services
 	DATABASE_URL=$(PG_URL) $(BIN)/python bench/run.py
 
 clean:
-	rm -rf .venv .venv312 .services db.sqlite3 testproject/db.sqlite3
+	rm -rf .venv .venv312 .venv-core .services dist db.sqlite3 testproject/db.sqlite3

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Start (or stop) PostgreSQL and Redis on 127.0.0.1 for the tests and the benchmarks.
-# Data lives in .services/ (git-ignored). Idempotent: a running server is left alone.
+# Data lives in $JOBSTATUS_SERVICES_DIR (default /tmp/django-jobstatus-services, reachable by
+# the postgres user whatever the checkout's permissions). Idempotent: a server already
+# answering on the port is used as it is.
 #   .ci/services.sh start|stop|env
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="$PWD/.services"
+root="${JOBSTATUS_SERVICES_DIR:-/tmp/django-jobstatus-services}"
 PGPORT="${JOBSTATUS_PGPORT:-54329}"
 REDISPORT="${JOBSTATUS_REDISPORT:-63799}"
 pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
@@ -17,16 +19,21 @@ as_postgres() {
 start_postgres() {
   [ -n "$pgbin" ] || { echo "services: PostgreSQL is not installed (apt-get install postgresql)" >&2; return 1; }
   local data="$root/pg"
+  if "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$PGPORT"; then
+    echo "services: PostgreSQL on 127.0.0.1:$PGPORT (already running)"
+    return 0
+  fi
   mkdir -p "$root"
+  chmod 755 "$root"
   if [ ! -s "$data/PG_VERSION" ]; then
     mkdir -p "$data"
     [ "$(id -u)" = 0 ] && chown postgres "$data" && chmod 700 "$data"
     as_postgres "$pgbin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
   fi
-  if ! as_postgres "$pgbin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-    as_postgres "$pgbin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-      -o "-h 127.0.0.1 -p $PGPORT -k /tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null
-  fi
+  as_postgres "$pgbin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+    -o "-h 127.0.0.1 -p $PGPORT -k /tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null
+  "$pgbin/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'jobstatus'" | grep -q 1 \
+    || "$pgbin/createdb" -h 127.0.0.1 -p "$PGPORT" -U postgres jobstatus
   echo "services: PostgreSQL on 127.0.0.1:$PGPORT"
 }
 

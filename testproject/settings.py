@@ -1,0 +1,120 @@
+"""The demo project: SQLite by default, PostgreSQL with DATABASE_URL (or JOBSTATUS_DB=postgres).
+
+Not used by the test suite (tests/settings.py is), but smoke-tested by tests/test_testproject.py.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.util import find_spec
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "testserver"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.config()}
+elif os.environ.get("JOBSTATUS_DB") == "postgres":
+    # The standard libpq variables: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "PASSWORD": os.environ.get("PGPASSWORD", ""),
+            "NAME": os.environ.get("PGDATABASE", "jobstatus"),
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": BASE_DIR / "db.sqlite3",
+            # The demo's live jobs write while the admin reads.
+            "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+        }
+    }
+
+HAS_API = all(find_spec(name) for name in ("rest_framework", "django_filters", "drf_spectacular"))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_jobstatus",
+    "testproject",
+]
+if HAS_API:
+    INSTALLED_APPS += ["rest_framework", "django_filters", "drf_spectacular"]
+    if find_spec("drf_spectacular_sidecar"):
+        INSTALLED_APPS += ["drf_spectacular_sidecar"]
+    REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+    SPECTACULAR_SETTINGS = {
+        "TITLE": "django-jobstatus demo API",
+        "SWAGGER_UI_DIST": "SIDECAR",
+        "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+        "REDOC_DIST": "SIDECAR",
+    }
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "testproject.urls"
+STATIC_URL = "/static/"
+LOGIN_URL = "admin:login"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# Every integration whose library is installed is switched on, as a project would do
+# with one line each.
+_INTEGRATIONS = [
+    ("django_jobstatus.contrib.tasks", "django.tasks" if find_spec("django.tasks") else "django_tasks"),
+    ("django_jobstatus.contrib.celery", "celery"),
+    ("django_jobstatus.contrib.rq", "django_rq"),
+]
+JOBSTATUS = {
+    "PROGRESS_INTERVAL": 0.5,
+    "INTEGRATIONS": [path for path, library in _INTEGRATIONS if find_spec(library) and find_spec(path)],
+}
+
+# Django's tasks framework runs the demo's tasks in-process.
+TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend" if find_spec("django.tasks") else "django_tasks.backends.immediate.ImmediateBackend"}}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_jobstatus": {"handlers": ["console"], "level": "INFO"}},
+}

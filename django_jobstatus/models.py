@@ -253,7 +253,12 @@ class JobRun(models.Model):
         for field, stamp in stamps.items():
             # First entry only: a stamp already set stays.
             updates[field] = Coalesce(F(field), stamp) if not new_attempt or field != "started_at" else stamp
-        rows = JobRun.objects.using(db).filter(pk=self.pk, status__in=Status.sources_of(target))
+        sources = Status.sources_of(target)
+        if target == Status.RUNNING:
+            # running → running is only a restart (a new attempt); a start needs queued|retrying,
+            # else two workers holding the same queued run would both win.
+            sources = [Status.RUNNING] if new_attempt else [s for s in sources if s != Status.RUNNING]
+        rows = JobRun.objects.using(db).filter(pk=self.pk, status__in=sources)
         if new_attempt:
             # The history is rebuilt from this instance, so it must be current.
             rows = rows.filter(attempt=self.attempt)

@@ -1,0 +1,591 @@
+"""JobRun and JobLog: ids, the state machine, derived values, writes and bad input."""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from django_jobstatus.conf import settings as jobstatus_settings
+from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.models import JobLog, JobRun, Status, uuid7
+from django_jobstatus.signals import job_status_changed
+
+pytestmark = pytest.mark.django_db
+
+ALL = sorted(Status.values)
+
+
+def _move(run: JobRun, target: str) -> None:
+    """Ask ``run`` to move to ``target`` through the public mark_*() method."""
+    if target == Status.QUEUED:
+        run.mark_queued()
+    elif target == Status.RUNNING:
+        run.mark_running()
+    elif target == Status.RETRYING:
+        run.mark_failed(ValueError("boom"), retry=True)
+    elif target == Status.SUCCEEDED:
+        run.mark_succeeded({"ok": True})
+    elif target == Status.FAILED:
+        run.mark_failed(ValueError("boom"))
+    elif target == Status.KILLED:
+        run.mark_killed()
+    elif target == Status.LOST:
+        run.mark_lost()
+
+
+def _row(run: JobRun) -> dict[str, Any]:
+    return JobRun.objects.filter(pk=run.pk).values().get()
+
+
+LEGAL = [
+    (source, target)
+    for source, targets in Status.LEGAL_MOVES.items()
+    for target in sorted(targets)
+]
+ILLEGAL = [
+    (source, target)
+    for source in ALL
+    for target in ALL
+    if target not in Status.LEGAL_MOVES.get(source, ())
+]
+
+
+# Ids.
+
+
+def test_uuid7_has_version_and_variant_bits() -> None:
+    value = uuid7()
+    assert value.version == 7
+    assert value.variant == uuid.RFC_4122
+
+
+def test_uuid7_sorts_by_time() -> None:
+    values = [uuid7() for _ in range(200)]
+    # The first 48 bits are milliseconds: never decreasing within one process.
+    stamps = [value.int >> 80 for value in values]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[-1] - timezone.now().timestamp() * 1000) < 5000
+    assert len(set(values)) == 200
+
+
+def test_runs_get_uuid7_primary_keys(make_run) -> None:
+    run = make_run()
+    assert isinstance(run.pk, uuid.UUID)
+    assert run.pk.version == 7
+
+
+# Transitions.
+
+
+def test_legal_and_illegal_moves_cover_every_pair() -> None:
+    assert len(LEGAL) + len(ILLEGAL) == len(ALL) ** 2
+    assert set(Status.LEGAL_MOVES) == Status.ACTIVE
+    assert set(ALL) == Status.TERMINAL | Status.ACTIVE
+
+
+@pytest.mark.parametrize(("source", "target"), LEGAL)
+def test_legal_move(make_run, source: str, target: str) -> None:
+    run = make_run(status=source)
+    _move(run, target)
+    assert run.status == target
+    row = _row(run)
+    assert row["status"] == target
+    assert row["updated_at"] >= row["created_at"]
+    if target in Status.TERMINAL:
+        assert row["finished_at"] is not None
+    if target == Status.RUNNING:
+        assert row["started_at"] is not None
+        assert row["heartbeat_at"] is not None
+        assert row["worker"]
+
+
+@pytest.mark.parametrize(("source", "target"), ILLEGAL)
+def test_illegal_move_raises_and_writes_nothing(
+    make_run, source: str, target: str
+) -> None:
+    run = make_run(status=source, progress_current=3, message="before")
+    before = _row(run)
+    with pytest.raises(InvalidTransition, match=f"from {source} to {target}"):
+        _move(run, target)
+    assert _row(run) == before
+    assert JobLog.objects.count() == 0
+
+
+def test_transition_of_a_stale_instance_is_refused(make_run) -> None:
+    run = make_run(status=Status.RUNNING)
+    JobRun.objects.get(pk=run.pk).mark_succeeded()
+    with pytest.raises(InvalidTransition, match="from succeeded to failed"):
+        run.mark_failed(ValueError("late"))
+    assert _row(run)["status"] == Status.SUCCEEDED
+
+
+def test_two_copies_of_a_queued_run_cannot_both_start(make_run) -> None:
+    run = make_run(status=Status.QUEUED)
+    other = JobRun.objects.get(pk=run.pk)
+    run.mark_running(worker="a:1")
+    with pytest.raises(InvalidTransition):
+        other.mark_running(worker="b:2")
+    row = _row(run)
+    assert (row["worker"], row["attempt"]) == ("a:1", 1)
+
+
+def test_transition_of_a_deleted_run_raises_does_not_exist(make_run) -> None:
+    run = make_run()
+    JobRun.objects.filter(pk=run.pk).delete()
+    with pytest.raises(JobRun.DoesNotExist):
+        run.mark_succeeded()
+
+
+def test_first_entry_timestamps_are_kept(make_run) -> None:
+    run = JobRun.objects.enqueue("tests.job")
+    queued_at = run.queued_at
+    run.mark_running()
+    started_at = run.started_at
+    assert started_at >= queued_at
+    run.mark_failed(ValueError("first"), retry=True)
+    run.mark_queued()
+    # queued_at is the first entry into queued, not the second.
+    assert run.queued_at == queued_at
+    assert _row(run)["queued_at"] == queued_at
+    run.mark_running()
+    run.mark_succeeded()
+    row = _row(run)
+    assert row["queued_at"] == queued_at
+    assert row["finished_at"] >= row["started_at"]
+
+
+def test_restart_bumps_attempt_and_keeps_history(make_run) -> None:
+    run = make_run(status=Status.RUNNING, worker="a:1", error="stalled")
+    first_start = run.started_at
+    run.mark_running(worker="b:2")
+    row = _row(run)
+    assert row["status"] == Status.RUNNING
+    assert row["attempt"] == run.attempt == 2
+    assert row["worker"] == "b:2"
+    assert row["error"] == ""
+    assert row["started_at"] > first_start or row["started_at"] == run.started_at
+    assert len(row["attempts"]) == 1
+    entry = row["attempts"][0]
+    assert entry["attempt"] == 1
+    assert entry["status"] == "restarted"
+    assert entry["started_at"] == first_start.isoformat()
+    assert entry["finished_at"] is not None
+    assert entry["error"] == "stalled"
+    assert entry["worker"] == "a:1"
+
+
+def test_retry_bumps_attempt_and_appends_error(make_run) -> None:
+    run = make_run(status=Status.RUNNING, worker="a:1")
+    first_start = run.started_at
+    run.mark_failed(ValueError("flaky"), retry=True)
+    row = _row(run)
+    assert row["status"] == Status.RETRYING
+    assert row["attempt"] == 2
+    assert row["started_at"] is None
+    assert row["attempts"] == [
+        {
+            "attempt": 1,
+            "status": "retrying",
+            "started_at": first_start.isoformat(),
+            "finished_at": row["attempts"][0]["finished_at"],
+            "worker": "a:1",
+            "error": "ValueError: flaky",
+        }
+    ]
+    run.mark_queued()
+    run.mark_running(worker="b:2")
+    run.mark_failed(KeyError("again"), retry=True)
+    run.mark_running()
+    run.mark_succeeded()
+    row = _row(run)
+    assert row["attempt"] == 3
+    assert [entry["attempt"] for entry in row["attempts"]] == [1, 2]
+    assert row["attempts"][1]["error"] == "KeyError: 'again'"
+    assert row["attempts"][1]["worker"] == "b:2"
+    assert row["status"] == Status.SUCCEEDED
+
+
+def test_restart_from_a_stale_attempt_is_refused(make_run) -> None:
+    run = make_run(status=Status.RUNNING)
+    other = JobRun.objects.get(pk=run.pk)
+    run.mark_running()
+    before = _row(run)
+    with pytest.raises(InvalidTransition, match="attempt 2, not 1"):
+        other.mark_running()
+    assert _row(run) == before
+
+
+def test_mark_failed_records_error_and_traceback(run) -> None:
+    try:
+        raise RuntimeError("disk full")
+    except RuntimeError as exc:
+        run.mark_failed(exc)
+    row = _row(run)
+    assert row["status"] == Status.FAILED
+    assert row["error"] == "RuntimeError: disk full"
+    assert "Traceback" in row["traceback"]
+    assert 'raise RuntimeError("disk full")' in row["traceback"]
+
+
+def test_mark_failed_with_an_empty_message_keeps_the_class(run) -> None:
+    run.mark_failed(KeyboardInterrupt())
+    assert _row(run)["error"] == "KeyboardInterrupt"
+
+
+def test_mark_succeeded_stores_result(run) -> None:
+    run.mark_succeeded({"rows": [1, 2]})
+    assert _row(run)["result"] == {"rows": [1, 2]}
+
+
+def test_mark_killed_message_says_whether_asked(make_run) -> None:
+    asked = make_run()
+    asked.request_kill()
+    asked.mark_killed()
+    assert _row(asked)["message"] == "Killed on request."
+    plain = make_run()
+    plain.mark_killed()
+    assert _row(plain)["message"] == "Killed."
+
+
+# The signal.
+
+
+@pytest.fixture
+def received() -> Any:
+    calls: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        calls.append({"sender": sender, **kwargs})
+
+    job_status_changed.connect(receiver, dispatch_uid="tests.test_models")
+    yield calls
+    job_status_changed.disconnect(dispatch_uid="tests.test_models")
+
+
+def test_signal_is_sent_after_commit(
+    run, received, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        run.mark_succeeded()
+    assert received == []  # not before the commit
+    assert len(callbacks) == 1
+    callbacks[0]()
+    assert len(received) == 1
+    assert received[0]["sender"] is JobRun
+    assert received[0]["run"] is run
+    assert received[0]["previous"] == Status.RUNNING
+    assert received[0]["status"] == Status.SUCCEEDED
+
+
+def test_no_signal_for_an_illegal_move(
+    make_run, received, django_capture_on_commit_callbacks
+) -> None:
+    run = make_run(status=Status.SUCCEEDED)
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(InvalidTransition),
+    ):
+        run.mark_failed()
+    assert callbacks == []
+    assert received == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_signal_is_not_sent_when_the_transaction_rolls_back(received) -> None:
+    run = JobRun.objects.start("tests.job")
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        run.mark_succeeded()
+        assert received == []
+        _ = 1 / 0
+    assert received == []
+    assert _row(run)["status"] == Status.RUNNING
+    run.status = Status.RUNNING
+    with transaction.atomic():
+        run.mark_failed(ValueError("x"))
+        assert received == []
+    assert [(call["previous"], call["status"]) for call in received] == [
+        (Status.RUNNING, Status.FAILED)
+    ]
+
+
+# Derived values.
+
+
+def test_progress(make_run) -> None:
+    assert make_run(progress_current=5).progress is None
+    assert make_run(progress_current=5, progress_total=20).progress == 0.25
+    assert make_run(progress_current=0, progress_total=0).progress is None
+    assert (
+        make_run(status=Status.SUCCEEDED, progress_current=0, progress_total=0).progress
+        == 1.0
+    )
+    assert make_run(progress_current=20, progress_total=20).progress == 1.0
+
+
+def test_duration_and_waiting(make_run) -> None:
+    now = timezone.now()
+    done = make_run(
+        status=Status.SUCCEEDED,
+        queued_at=now - timedelta(seconds=30),
+        started_at=now - timedelta(seconds=20),
+        finished_at=now,
+    )
+    assert done.duration == timedelta(seconds=20)
+    assert done.waiting == timedelta(seconds=10)
+    running = make_run(started_at=now - timedelta(seconds=60))
+    assert running.duration >= timedelta(seconds=60)  # grows while it runs
+    queued = make_run(status=Status.QUEUED, queued_at=now - timedelta(seconds=5))
+    assert queued.duration is None
+    assert queued.waiting >= timedelta(seconds=5)
+    assert JobRun(job_name="x").waiting is None
+
+
+def test_is_active_is_finished(make_run) -> None:
+    for status in ALL:
+        run = make_run(status=status)
+        assert run.is_active is (status in Status.ACTIVE)
+        assert run.is_finished is (status in Status.TERMINAL)
+        assert run.is_active is not run.is_finished
+
+
+def test_str(run) -> None:
+    assert str(run) == f"tests.job (Running) {run.pk}"
+
+
+def test_absolute_url_is_the_admin_page(run) -> None:
+    from django.contrib import admin
+
+    if JobRun not in admin.site._registry:
+        pytest.skip("JobRun is not registered in the admin yet")
+    assert run.get_absolute_url() == f"/admin/django_jobstatus/jobrun/{run.pk}/change/"
+
+
+def test_newest_first(make_run) -> None:
+    now = timezone.now()
+    old = make_run(created_at=now - timedelta(hours=1))
+    new = make_run(created_at=now)
+    assert list(JobRun.objects.all()) == [new, old]
+
+
+# Kill requests.
+
+
+def test_request_kill(make_run) -> None:
+    run = make_run()
+    assert run.kill_requested is False
+    assert run.request_kill() is True
+    assert run.kill_requested is True
+    stamp = _row(run)["kill_requested_at"]
+    assert stamp is not None
+    assert (
+        _row(run)["status"] == Status.RUNNING
+    )  # a kill request does not change the state
+    assert run.request_kill() is False  # asked already: the first stamp stays
+    assert _row(run)["kill_requested_at"] == stamp
+    done = make_run(status=Status.SUCCEEDED)
+    assert done.request_kill() is False
+    assert _row(done)["kill_requested_at"] is None
+
+
+# Progress.
+
+
+def test_set_progress(run) -> None:
+    run.set_progress(3, 10, step="load", message="loading")
+    row = _row(run)
+    assert (
+        row["progress_current"],
+        row["progress_total"],
+        row["step"],
+        row["message"],
+    ) == (3, 10, "load", "loading")
+    assert row["heartbeat_at"] is not None
+    run.set_progress(7)
+    assert _row(run)["progress_total"] == 10
+    assert run.progress == 0.7
+
+
+@pytest.mark.parametrize(
+    ("current", "total"),
+    [
+        (-1, None),
+        (math.nan, None),
+        (math.inf, None),
+        (1, -1),
+        (1, math.nan),
+        (11, 10),
+        ("3", None),
+        (True, None),
+    ],
+)
+def test_set_progress_rejects_bad_values(run, current: Any, total: Any) -> None:
+    before = _row(run)
+    with pytest.raises(ValueError, match="progress"):
+        run.set_progress(current, total)
+    assert _row(run) == before
+
+
+def test_set_progress_past_the_stored_total_is_refused(run) -> None:
+    run.set_progress(1, 5)
+    with pytest.raises(ValueError, match="greater than total"):
+        run.set_progress(6)
+    assert _row(run)["progress_current"] == 1
+
+
+def test_progress_check_constraint(run) -> None:
+    with pytest.raises(IntegrityError), transaction.atomic():
+        JobRun.objects.filter(pk=run.pk).update(progress_current=11, progress_total=10)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        JobRun.objects.create(job_name="x", progress_current=2, progress_total=1)
+
+
+def test_heartbeat(run) -> None:
+    JobRun.objects.filter(pk=run.pk).update(heartbeat_at=None)
+    run.heartbeat()
+    assert _row(run)["heartbeat_at"] == run.heartbeat_at is not None
+
+
+# Logs.
+
+
+def test_log_formats_and_stores(run) -> None:
+    entry = run.log(20, "copied %d of %s", 3, "files", extra={"n": 3})
+    stored = JobLog.objects.get()
+    assert stored.pk == entry.pk
+    assert (stored.run_id, stored.level, stored.message, stored.extra) == (
+        run.pk,
+        20,
+        "copied 3 of files",
+        {"n": 3},
+    )
+    assert stored.level_name == "INFO"
+    assert str(stored) == "INFO: copied 3 of files"
+    assert _row(run)["has_errors"] is False
+
+
+def test_log_error_sets_has_errors(run) -> None:
+    run.log(40, "bad row")
+    assert run.has_errors is True
+    assert _row(run)["has_errors"] is True
+    assert list(JobRun.objects.with_errors()) == [run]
+
+
+@pytest.mark.parametrize("limit", [100, 10000])
+def test_log_cuts_long_messages_with_a_marker(run, settings, limit: int) -> None:
+    settings.JOBSTATUS = {"LOG_MAX_LENGTH": limit}
+    assert limit == jobstatus_settings.LOG_MAX_LENGTH
+    run.log(20, "x" * (limit + 500))
+    message = JobLog.objects.get().message
+    assert len(message) == limit
+    assert message.endswith("… [cut 500 characters]")
+    assert message.startswith("x" * (limit - 30))
+    run.log(20, "y" * limit)  # exactly the limit: kept whole
+    assert JobLog.objects.filter(message="y" * limit).exists()
+
+
+@pytest.mark.parametrize("level", [-1, "INFO", None, True])
+def test_log_rejects_bad_levels(run, level: Any) -> None:
+    with pytest.raises(ValueError, match="level"):
+        run.log(level, "x")
+    assert not JobLog.objects.exists()
+
+
+def test_log_extra_must_be_json(run) -> None:
+    with pytest.raises(TypeError, match="extra"):
+        run.log(20, "x", extra={"when": object()})
+    assert not JobLog.objects.exists()
+
+
+def test_logs_go_with_their_run(run) -> None:
+    run.log(20, "a")
+    run.delete()
+    assert not JobLog.objects.exists()
+
+
+# wait().
+
+
+def test_wait_returns_at_once_when_finished(make_run) -> None:
+    run = make_run(status=Status.SUCCEEDED)
+    assert run.wait(timeout=0) is run
+
+
+def test_wait_times_out(run) -> None:
+    with pytest.raises(TimeoutError, match="still running"):
+        run.wait(timeout=0.05, interval=0.01)
+
+
+def test_wait_for_given_statuses(make_run) -> None:
+    run = make_run(status=Status.QUEUED)
+    JobRun.objects.filter(pk=run.pk).update(status=Status.RUNNING)
+    assert run.wait([Status.RUNNING], timeout=1).status == Status.RUNNING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_sees_another_thread_finish_the_run() -> None:
+    from django.db import connections
+
+    run = JobRun.objects.start("tests.job")
+    started = threading.Event()
+
+    def finish() -> None:
+        try:
+            started.wait(5)
+            JobRun.objects.get(pk=run.pk).mark_succeeded({"done": 1})
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    started.set()
+    assert run.wait(timeout=10, interval=0.01).status == Status.SUCCEEDED
+    assert run.result == {"done": 1}
+    thread.join(5)
+
+
+# Bad input.
+
+
+class NotJSON:
+    pass
+
+
+@pytest.mark.parametrize("field", ["params", "data"])
+@pytest.mark.parametrize("create", ["enqueue", "start"])
+def test_non_json_fields_raise_type_error_before_writing(
+    field: str, create: str
+) -> None:
+    with pytest.raises(TypeError, match=f"^{field} must be JSON-serializable"):
+        getattr(JobRun.objects, create)("tests.job", **{field: {"x": NotJSON()}})
+    assert not JobRun.objects.exists()
+
+
+@pytest.mark.parametrize("value", [{"x": NotJSON()}, {1, 2}, math.nan, {"x": math.inf}])
+def test_non_json_result_raises_type_error_before_writing(run, value: Any) -> None:
+    before = _row(run)
+    with pytest.raises(TypeError, match="^result must be JSON-serializable"):
+        run.mark_succeeded(value)
+    assert _row(run) == before
+    with pytest.raises(TypeError, match="^result must be JSON-serializable"):
+        JobRun.objects.start("tests.job", result=value)
+    assert JobRun.objects.count() == 1
+
+
+@pytest.mark.parametrize("name", ["", "   ", None, 42, "x" * 256])
+def test_bad_job_names_raise_value_error(name: Any) -> None:
+    with pytest.raises(ValueError, match="job_name"):
+        JobRun.objects.start(name)
+    with pytest.raises(ValueError, match="job_name"):
+        JobRun.objects.enqueue(name)
+    assert not JobRun.objects.exists()
+
+
+def test_longest_job_name_is_accepted() -> None:
+    assert JobRun.objects.start("x" * 255).job_name == "x" * 255

@@ -1,0 +1,339 @@
+"""JobRunQuerySet / JobLogQuerySet: scopes, creation, bulk kill requests and stats()."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.querysets import percentile
+
+pytestmark = pytest.mark.django_db
+
+SCOPES = {
+    "queued": {Status.QUEUED},
+    "running": {Status.RUNNING},
+    "retrying": {Status.RETRYING},
+    "active": set(Status.ACTIVE),
+    "finished": set(Status.TERMINAL),
+    "succeeded": {Status.SUCCEEDED},
+    "failed": {Status.FAILED},
+    "killed": {Status.KILLED},
+    "lost": {Status.LOST},
+}
+
+
+@pytest.fixture
+def one_of_each(make_run) -> dict[str, JobRun]:
+    return {
+        status: make_run(f"job.{status}", status=status) for status in Status.values
+    }
+
+
+@pytest.mark.parametrize("scope", sorted(SCOPES))
+def test_state_scopes(one_of_each, scope: str) -> None:
+    runs = getattr(JobRun.objects, scope)()
+    assert {run.status for run in runs} == SCOPES[scope]
+    assert runs.count() == len(SCOPES[scope])
+    # Chainable, both ways round and on a queryset.
+    assert set(
+        getattr(JobRun.objects.all(), scope)().for_job(f"job.{Status.RUNNING}")
+    ) == ({one_of_each[Status.RUNNING]} if Status.RUNNING in SCOPES[scope] else set())
+    assert set(getattr(JobRun.objects.for_job(f"job.{Status.LOST}"), scope)()) == (
+        {one_of_each[Status.LOST]} if Status.LOST in SCOPES[scope] else set()
+    )
+
+
+def test_scopes_chain_into_each_other(make_run) -> None:
+    target = make_run("a", status=Status.FAILED, has_errors=True)
+    make_run("a", status=Status.FAILED)
+    make_run("b", status=Status.FAILED, has_errors=True)
+    make_run("a", status=Status.RUNNING, has_errors=True)
+    assert list(JobRun.objects.finished().failed().with_errors().for_job("a")) == [
+        target
+    ]
+    assert list(JobRun.objects.for_job("a").with_errors().finished()) == [target]
+
+
+def test_with_errors_and_for_job(make_run) -> None:
+    bad = make_run("a", has_errors=True)
+    make_run("a")
+    other = make_run("b")
+    assert list(JobRun.objects.with_errors()) == [bad]
+    assert set(JobRun.objects.for_job("b")) == {other}
+    assert not JobRun.objects.for_job("c").exists()
+
+
+def test_latest_for(make_run) -> None:
+    now = timezone.now()
+    make_run("a", created_at=now - timedelta(days=2))
+    newest = make_run("a", created_at=now - timedelta(days=1))
+    make_run("b", created_at=now)
+    assert JobRun.objects.latest_for("a") == newest
+    assert JobRun.objects.latest_for("missing") is None
+    assert JobRun.objects.failed().latest_for("a") is None
+
+
+def test_latest_for_breaks_ties_by_id(make_run) -> None:
+    now = timezone.now()
+    first = make_run("a", created_at=now)
+    second = make_run("a", created_at=now)
+    assert second.pk > first.pk
+    assert JobRun.objects.latest_for("a") == second
+
+
+@pytest.mark.parametrize("age", [7, 7.0, timedelta(days=7)])
+def test_older_than(make_run, age: Any) -> None:
+    now = timezone.now()
+    old = make_run(created_at=now - timedelta(days=8))
+    make_run(created_at=now - timedelta(days=6))
+    assert list(JobRun.objects.older_than(age)) == [old]
+    assert list(JobRun.objects.older_than(days=age).finished()) == []
+
+
+def test_older_than_defaults_to_30_days(make_run) -> None:
+    now = timezone.now()
+    old = make_run(created_at=now - timedelta(days=31))
+    make_run(created_at=now - timedelta(days=29))
+    assert list(JobRun.objects.older_than()) == [old]
+    assert JobRun.objects.older_than(0).count() == 2
+
+
+@pytest.mark.parametrize(
+    "bad", [-1, timedelta(days=-1), "7", None, True, math.nan, math.inf]
+)
+def test_older_than_rejects_bad_values(bad: Any) -> None:
+    with pytest.raises(ValueError, match="days"):
+        JobRun.objects.older_than(bad)
+
+
+def test_recent(make_run) -> None:
+    now = timezone.now()
+    runs = [make_run(created_at=now - timedelta(minutes=i)) for i in range(5)]
+    assert list(JobRun.objects.recent(3)) == runs[:3]
+    assert list(JobRun.objects.running().recent()) == runs
+    assert list(JobRun.objects.recent(0)) == []
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "3", None, True])
+def test_recent_rejects_bad_limits(bad: Any) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        JobRun.objects.recent(bad)
+
+
+def test_stale_uses_heartbeat_then_start(make_run) -> None:
+    now = timezone.now()
+    old, new = now - timedelta(seconds=600), now - timedelta(seconds=10)
+    silent = make_run(heartbeat_at=old, started_at=old)
+    never_beat = make_run(heartbeat_at=None, started_at=old)
+    make_run(
+        heartbeat_at=new, started_at=old
+    )  # beats: alive, although it started long ago
+    make_run(heartbeat_at=None, started_at=new)  # just started
+    make_run(status=Status.QUEUED, heartbeat_at=old)  # not running
+    make_run(status=Status.SUCCEEDED, heartbeat_at=old, started_at=old)  # finished
+    assert set(JobRun.objects.stale(300)) == {silent, never_beat}
+    assert set(JobRun.objects.stale(timedelta(seconds=300))) == {silent, never_beat}
+    assert JobRun.objects.stale(5).count() == 4
+    assert JobRun.objects.stale(3600).count() == 0
+
+
+def test_stale_defaults_to_heartbeat_timeout(make_run, settings) -> None:
+    now = timezone.now()
+    run = make_run(heartbeat_at=now - timedelta(seconds=100))
+    assert not JobRun.objects.stale().exists()  # default 300 s
+    settings.JOBSTATUS = {"HEARTBEAT_TIMEOUT": 50}
+    assert list(JobRun.objects.stale()) == [run]
+
+
+@pytest.mark.parametrize("bad", [-5, "300", math.nan])
+def test_stale_rejects_bad_timeouts(bad: Any) -> None:
+    with pytest.raises(ValueError, match="seconds"):
+        JobRun.objects.stale(bad)
+
+
+def test_kill_requested_scope_and_bulk_request_kill(make_run) -> None:
+    queued = make_run("a", status=Status.QUEUED)
+    running = make_run("a")
+    asked = make_run("a", kill_requested_at=timezone.now() - timedelta(minutes=1))
+    make_run("a", status=Status.SUCCEEDED)
+    make_run("b")
+    assert list(JobRun.objects.kill_requested()) == [asked]
+    assert (
+        JobRun.objects.for_job("a").request_kill() == 2
+    )  # finished and already-asked runs are left alone
+    assert set(JobRun.objects.kill_requested()) == {queued, running, asked}
+    assert JobRun.objects.get(pk=asked.pk).kill_requested_at == asked.kill_requested_at
+    assert set(JobRun.objects.kill_requested().running()) == {running, asked}
+    assert JobRun.objects.for_job("a").request_kill() == 0
+    assert (
+        set(JobRun.objects.kill_requested().values_list("status", flat=True))
+        <= Status.ACTIVE
+    )
+
+
+def test_enqueue(django_assert_num_queries) -> None:
+    with django_assert_num_queries(1):
+        run = JobRun.objects.enqueue(
+            "tests.job", params={"a": 1}, queue="low", priority=5
+        )
+    run.refresh_from_db()
+    assert (run.status, run.params, run.queue, run.priority) == (
+        Status.QUEUED,
+        {"a": 1},
+        "low",
+        5,
+    )
+    assert run.queued_at is not None
+    assert run.started_at is None
+    assert run.attempt == 1
+
+
+def test_start(settings) -> None:
+    settings.JOBSTATUS = {"WORKER_NAME": "box:7"}
+    run = JobRun.objects.start("tests.job", subject="auth.User:7", source="command")
+    run.refresh_from_db()
+    assert (run.status, run.subject, run.source, run.worker) == (
+        Status.RUNNING,
+        "auth.User:7",
+        "command",
+        "box:7",
+    )
+    assert run.started_at is not None
+    assert run.heartbeat_at is not None
+
+
+def test_start_default_worker_is_host_and_pid() -> None:
+    import os
+    import socket
+
+    assert (
+        JobRun.objects.start("tests.job").worker
+        == f"{socket.gethostname()}:{os.getpid()}"
+    )
+
+
+def test_joblog_scopes(make_run) -> None:
+    run, other = make_run(), make_run()
+    info = run.log(20, "info")
+    error = run.log(40, "error")
+    critical = run.log(50, "critical")
+    other.log(40, "other")
+    JobLog.objects.filter(pk=info.pk).update(
+        created_at=timezone.now() - timedelta(days=40)
+    )
+    assert set(JobLog.objects.for_run(run)) == {info, error, critical}
+    assert set(JobLog.objects.for_run(run.pk).errors()) == {error, critical}
+    assert set(JobLog.objects.for_run(run).at_least(50)) == {critical}
+    assert list(JobLog.objects.older_than(30)) == [info]
+    assert list(JobLog.objects.older_than(timedelta(days=50))) == []
+
+
+# stats().
+
+
+def test_percentile_matches_percentile_cont() -> None:
+    # Hand-computed: linear interpolation between closest ranks, as PostgreSQL's percentile_cont.
+    assert percentile([], 0.5) is None
+    assert percentile([7.0], 0.95) == 7.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.95) == pytest.approx(3.85)
+    assert percentile([10.0, 20.0, 30.0], 0.5) == 20.0
+
+
+def _finished(make_run, name: str, status: str, seconds: float, now: Any) -> JobRun:
+    return make_run(
+        name,
+        status=status,
+        started_at=now - timedelta(seconds=seconds),
+        finished_at=now,
+    )
+
+
+def test_stats(make_run, django_assert_max_num_queries) -> None:
+    now = timezone.now()
+    # job "a": durations 10, 20, 30, 40 s (succeeded, succeeded, failed, killed), one running, one queued.
+    for seconds, status in [
+        (10, Status.SUCCEEDED),
+        (20, Status.SUCCEEDED),
+        (30, Status.FAILED),
+        (40, Status.KILLED),
+    ]:
+        _finished(make_run, "a", status, seconds, now)
+    make_run("a", started_at=now - timedelta(seconds=1000))  # running: no duration yet
+    make_run("a", status=Status.QUEUED)
+    # job "b": one failed run of 1.5 s, one lost without a start (no duration).
+    _finished(make_run, "b", Status.FAILED, 1.5, now)
+    make_run("b", status=Status.LOST, started_at=None)
+    JobRun.objects.filter(job_name="b", status=Status.LOST).update(started_at=None)
+
+    with django_assert_max_num_queries(2):
+        stats = JobRun.objects.stats()
+    assert [entry["job_name"] for entry in stats] == ["a", "b"]
+    a, b = stats
+    assert a["total"] == 6
+    assert a["counts"] == {
+        "queued": 1,
+        "running": 1,
+        "retrying": 0,
+        "succeeded": 2,
+        "failed": 1,
+        "killed": 1,
+        "lost": 0,
+    }
+    assert a["failure_rate"] == 0.25  # 1 failed of 4 finished
+    assert a["min_duration"] == pytest.approx(10)
+    assert a["avg_duration"] == pytest.approx(25)
+    assert a["max_duration"] == pytest.approx(40)
+    assert a["p50_duration"] == pytest.approx(25)  # between 20 and 30
+    assert a["p95_duration"] == pytest.approx(38.5)  # 30 + 0.85 * 10
+    assert b["total"] == 2
+    assert b["failure_rate"] == 0.5
+    assert (
+        b["min_duration"]
+        == b["max_duration"]
+        == b["avg_duration"]
+        == pytest.approx(1.5)
+    )
+    assert b["p50_duration"] == b["p95_duration"] == pytest.approx(1.5)
+
+
+def test_stats_of_a_filtered_queryset(make_run) -> None:
+    now = timezone.now()
+    for seconds in (1, 2, 3, 4, 5, 6, 7, 8, 9, 100):
+        _finished(make_run, "a", Status.SUCCEEDED, seconds, now)
+    _finished(make_run, "a", Status.FAILED, 1000, now - timedelta(days=60))
+    JobRun.objects.filter(status=Status.FAILED).update(
+        created_at=now - timedelta(days=60)
+    )
+    [entry] = JobRun.objects.exclude(pk__in=JobRun.objects.older_than(30)).stats()
+    assert entry["total"] == 10
+    assert entry["failure_rate"] == 0.0
+    assert entry["max_duration"] == pytest.approx(100)
+    assert entry["p50_duration"] == pytest.approx(5.5)
+    assert entry["p95_duration"] == pytest.approx(9 + 0.55 * 91)
+
+
+def test_stats_without_finished_runs(make_run) -> None:
+    make_run("a", status=Status.QUEUED)
+    [entry] = JobRun.objects.stats()
+    assert entry["failure_rate"] is None
+    assert (
+        entry["min_duration"] is entry["avg_duration"] is entry["max_duration"] is None
+    )
+    assert entry["p50_duration"] is entry["p95_duration"] is None
+    assert JobRun.objects.none().stats() == []
+
+
+def test_stats_query_is_one_grouped_query_on_postgres(
+    make_run, django_assert_num_queries
+) -> None:
+    make_run("a", status=Status.SUCCEEDED)
+    expected = 1 if connection.vendor == "postgresql" else 2
+    with django_assert_num_queries(expected):
+        JobRun.objects.stats()

@@ -274,18 +274,20 @@ class JobHandle:
                 JobLog.objects.using(alias).bulk_create(self._logs)
             action()
 
-    def finish(self, exc: BaseException | None = None) -> None:
+    def finish(self, exc: BaseException | None = None, **values: Any) -> None:
         """Record the end of the run: succeeded, killed (JobKilled) or failed (any other exception).
 
-        Retries while the database is unreachable, for up to FINISH_RETRY_TIMEOUT seconds;
-        then logs the failure. A run already finished elsewhere (reaped as lost, killed by
-        force) keeps that state.
+        ``values`` are more JobRun fields written with the end (e.g. the ``error`` and
+        ``traceback`` an integration got from its task system). Retries while the
+        database is unreachable, for up to FINISH_RETRY_TIMEOUT seconds; then logs the
+        failure. A run already finished elsewhere (reaped as lost, killed by force)
+        keeps that state.
         """
         deadline = time.monotonic() + settings.FINISH_RETRY_TIMEOUT
         delay = 0.1
         while True:
             alias = tracking_database()
-            fields = self._pending_fields()
+            fields = self._pending_fields() | values
             fields.pop("updated_at")
             try:
                 self._write_logs_then(alias, lambda: self._transition(exc, alias, fields))  # noqa: B023 (called at once)

@@ -1,4 +1,14 @@
+"""Mount with ``path("api/jobstatus/", include("django_jobstatus.api.urls"))``."""
+
 from __future__ import annotations
 
+from rest_framework.routers import DefaultRouter
+
+from django_jobstatus.api.views import JobRunViewSet
+
 app_name = "django_jobstatus"
-urlpatterns: list[object] = []
+
+router = DefaultRouter()
+router.register("runs", JobRunViewSet, basename="jobrun")
+
+urlpatterns = router.urls

@@ -1,0 +1,332 @@
+"""django-filter FilterSets of the API: runs and log lines, plus the ``period`` parser."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import django_filters
+from django import forms
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import connections
+from django.db.models import Q, QuerySet
+from django.db.models.fields.json import KeyTransform
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+
+from django_jobstatus.models import JobLog, JobRun, Status
+
+# "active" and "finished" name groups of statuses; each maps to the scope of the same name.
+STATUS_GROUPS = ("active", "finished")
+
+_PERIOD_PART = re.compile(r"(\d+)\s*([a-z]+)")
+_PERIOD_UNITS = {
+    "s": "seconds",
+    "sec": "seconds",
+    "m": "minutes",
+    "min": "minutes",
+    "h": "hours",
+    "d": "days",
+    "w": "weeks",
+}
+# The longest period accepted: past it datetime arithmetic overflows.
+_PERIOD_MAX = timedelta(days=365 * 100)
+
+
+def parse_period(text: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """``(since, until)`` for a period relative to ``now``; ``until`` None means open-ended.
+
+    ``text`` is ``today``, ``yesterday`` (calendar days in the current time zone) or one or
+    more ``<number><unit>`` parts (``s``, ``m``, ``h``, ``d``, ``w``), e.g. ``1h``,
+    ``2h 30m``, ``10m``. ValueError when it is none of these.
+    """
+    value = text.strip().lower()
+    if value in ("today", "yesterday"):
+        local = timezone.localtime(now) if timezone.is_aware(now) else now
+        midnight = datetime.combine(local.date(), time.min, tzinfo=local.tzinfo)
+        if value == "today":
+            return midnight, None
+        # combine() again, so that a DST change yesterday still lands on midnight.
+        day_before = datetime.combine(local.date() - timedelta(days=1), time.min, tzinfo=local.tzinfo)
+        return day_before, midnight
+    if not value or _PERIOD_PART.sub("", value).strip():
+        raise ValueError(f"{text!r} is not a period such as 1h, 2h 30m, 10m, today or yesterday")
+    delta = timedelta(0)
+    for number, unit in _PERIOD_PART.findall(value):
+        if unit not in _PERIOD_UNITS:
+            raise ValueError(f"unknown unit {unit!r} in period {text!r}; use s, m, h, d or w")
+        if len(number) > 9:
+            raise ValueError(f"period {text!r} is too long")
+        delta += timedelta(**{_PERIOD_UNITS[unit]: int(number)})
+    if delta <= timedelta(0):
+        raise ValueError(f"period {text!r} must be longer than zero")
+    if delta > _PERIOD_MAX:
+        raise ValueError(f"period {text!r} is too long")
+    return now - delta, None
+
+
+# Form fields: each turns bad input into a ValidationError, which the API answers as a 400.
+
+
+class PeriodField(forms.CharField):
+    def to_python(self, value: Any) -> tuple[datetime, datetime | None] | None:
+        text = super().to_python(value)
+        if not text:
+            return None
+        try:
+            return parse_period(text, timezone.now())
+        except ValueError as exc:
+            raise ValidationError(str(exc), code="invalid") from exc
+
+
+class MomentField(forms.CharField):
+    """A date-time as ISO 8601 (a bare date means its midnight) or as epoch milliseconds."""
+
+    def to_python(self, value: Any) -> datetime | None:
+        text = super().to_python(value)
+        if not text:
+            return None
+        message = _("Enter an ISO 8601 date-time or a number of epoch milliseconds, not %(value)r.")
+        try:
+            if re.fullmatch(r"-?\d+(\.\d+)?", text):
+                return datetime.fromtimestamp(float(text) / 1000, tz=UTC)
+            moment = parse_datetime(text)
+            if moment is None:
+                day = parse_date(text)
+                if day is None:
+                    raise ValueError(text)
+                moment = datetime.combine(day, time.min)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ValidationError(message, code="invalid", params={"value": text}) from exc
+        if timezone.is_naive(moment):
+            moment = timezone.make_aware(moment)
+        return moment
+
+
+class JSONObjectField(forms.CharField):
+    def to_python(self, value: Any) -> dict[str, Any] | None:
+        text = super().to_python(value)
+        if not text:
+            return None
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise ValidationError(_("Enter a JSON object, e.g. {\"user_id\": 7}."), code="invalid") from exc
+        if not isinstance(parsed, dict):
+            raise ValidationError(_("Enter a JSON object, e.g. {\"user_id\": 7}."), code="invalid")
+        return parsed
+
+
+class CommaListField(forms.CharField):
+    """A comma-separated list; each item must be one of ``choices`` when given."""
+
+    def __init__(self, *args: Any, choices: tuple[str, ...] | None = None, **kwargs: Any) -> None:
+        self.allowed = choices
+        super().__init__(*args, **kwargs)
+
+    def to_python(self, value: Any) -> list[str] | None:
+        text = super().to_python(value)
+        if not text:
+            return None
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            return None
+        if self.allowed is not None:
+            bad = [item for item in items if item not in self.allowed]
+            if bad:
+                raise ValidationError(
+                    _("%(values)s is not a valid choice; use one or more of %(choices)s."),
+                    code="invalid_choice",
+                    params={"values": ", ".join(repr(item) for item in bad), "choices": ", ".join(self.allowed)},
+                )
+        return items
+
+
+class UserField(forms.CharField):
+    def to_python(self, value: Any) -> Any:
+        text = super().to_python(value)
+        if not text:
+            return None
+        try:
+            return get_user_model()._meta.pk.to_python(text)
+        except ValidationError as exc:
+            raise ValidationError(_("Enter a valid user id, not %(value)r."), code="invalid", params={"value": text}) from exc
+
+
+class LevelField(forms.CharField):
+    """A logging level: a number (0 or more) or a name such as ERROR."""
+
+    def to_python(self, value: Any) -> int | None:
+        text = super().to_python(value)
+        if not text:
+            return None
+        if text.isdigit() and len(text) < 6:
+            return int(text)
+        level = logging.getLevelName(text.upper())
+        if isinstance(level, int):
+            return level
+        raise ValidationError(
+            _("%(value)r is not a logging level; use a number or DEBUG, INFO, WARNING, ERROR, CRITICAL."),
+            code="invalid",
+            params={"value": text},
+        )
+
+
+# Filters.
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class PeriodFilter(django_filters.Filter):
+    field_class = PeriodField
+
+    def filter(self, qs: QuerySet[Any], value: tuple[datetime, datetime | None] | None) -> QuerySet[Any]:
+        if value is None:
+            return qs
+        since, until = value
+        qs = qs.filter(**{f"{self.field_name}__gte": since})
+        if until is not None:
+            qs = qs.filter(**{f"{self.field_name}__lt": until})
+        return qs
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class MomentFilter(django_filters.Filter):
+    field_class = MomentField
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class UserFilter(django_filters.Filter):
+    field_class = UserField
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class LevelFilter(django_filters.Filter):
+    field_class = LevelField
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class JSONObjectFilter(django_filters.Filter):
+    field_class = JSONObjectField
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class CommaListFilter(django_filters.Filter):
+    field_class = CommaListField
+
+    def filter(self, qs: QuerySet[Any], value: list[str] | None) -> QuerySet[Any]:
+        if not value:
+            return qs
+        return qs.filter(**{f"{self.field_name}__in": value})
+
+
+_MOMENT_HELP = _("ISO 8601 date-time (a date means its midnight) or epoch milliseconds.")
+_PERIOD_HELP = _("Relative to now: 1h, 2h 30m, 10m, 7d, today or yesterday.")
+
+
+def _moment(field: str, lookup: str, help_text: str) -> MomentFilter:
+    return MomentFilter(field_name=field, lookup_expr=lookup, help_text=f"{help_text} {_MOMENT_HELP}")
+
+
+class JobRunFilterSet(django_filters.FilterSet):
+    status = CommaListFilter(
+        method="filter_status",
+        choices=(*Status.values, *STATUS_GROUPS),
+        help_text=_("One status or a comma list (queued, running, retrying, succeeded, failed, killed, lost, or the groups active and finished)."),
+    )
+    job_name = CommaListFilter(field_name="job_name", help_text=_("One job name or a comma list."))
+    source = django_filters.CharFilter(field_name="source", help_text=_("How the run was started, e.g. celery."))
+    subject = django_filters.CharFilter(field_name="subject", help_text=_('What the run is about, e.g. "library.Book:53".'))
+    owner = UserFilter(field_name="owner_id", help_text=_("The id of the user who started the run."))
+    parent = django_filters.UUIDFilter(field_name="parent_id", help_text=_("The id of the parent run (batches)."))
+    has_errors = django_filters.BooleanFilter(field_name="has_errors", help_text=_("Runs that logged an error (true) or did not (false)."))
+    kill_requested = django_filters.BooleanFilter(method="filter_kill_requested", help_text=_("Runs someone asked to stop (true) or not (false)."))
+    created_after = _moment("created_at", "gte", _("Created at or after."))
+    created_before = _moment("created_at", "lt", _("Created before."))
+    started_after = _moment("started_at", "gte", _("Started at or after."))
+    started_before = _moment("started_at", "lt", _("Started before."))
+    finished_after = _moment("finished_at", "gte", _("Finished at or after."))
+    finished_before = _moment("finished_at", "lt", _("Finished before."))
+    period = PeriodFilter(field_name="created_at", help_text=_("Runs created in this period. ") + _PERIOD_HELP)
+    q = django_filters.CharFilter(method="filter_q", help_text=_("Search the id, job name, subject and message."))
+    params = JSONObjectFilter(method="filter_params", help_text=_('A JSON object the run\'s params must contain, e.g. {"user_id": 7}.'))
+
+    class Meta:
+        model = JobRun
+        fields: list[str] = []
+
+    def filter_status(self, qs: QuerySet[JobRun], name: str, value: list[str] | None) -> QuerySet[JobRun]:
+        if not value:
+            return qs
+        # Every status and group has a scope of the same name: queued(), active(), finished()…
+        combined = None
+        for item in dict.fromkeys(value):
+            part = getattr(qs, item)()
+            combined = part if combined is None else combined | part
+        return combined if combined is not None else qs
+
+    def filter_kill_requested(self, qs: QuerySet[JobRun], name: str, value: bool | None) -> QuerySet[JobRun]:
+        if value is None:
+            return qs
+        return qs.kill_requested() if value else qs.filter(kill_requested_at__isnull=True)  # type: ignore[attr-defined]
+
+    def filter_q(self, qs: QuerySet[JobRun], name: str, value: str) -> QuerySet[JobRun]:
+        value = value.strip()
+        if not value:
+            return qs
+        match = Q(job_name__icontains=value) | Q(subject__icontains=value) | Q(message__icontains=value)
+        try:
+            match |= Q(pk=uuid.UUID(value))
+        except ValueError:
+            pass
+        return qs.filter(match)
+
+    def filter_params(self, qs: QuerySet[JobRun], name: str, value: dict[str, Any] | None) -> QuerySet[JobRun]:
+        if not value:
+            return qs
+        if connections[qs.db].features.supports_json_field_contains:
+            # PostgreSQL: params @> '{...}', served by the GIN index of migration 0002.
+            return qs.filter(params__contains=value)
+        return qs.filter(_contains("params", value))
+
+
+def _contains(field: str | KeyTransform, wanted: dict[str, Any]) -> Q:
+    """JSON containment by key lookups, for databases without ``contains`` (SQLite).
+
+    Nested objects are contained key by key, like PostgreSQL's ``@>``; any other value
+    (including a list) must be equal.
+    """
+    condition = Q()
+    for key, value in wanted.items():
+        path = KeyTransform(key, field)
+        if isinstance(value, dict) and value:
+            condition &= _contains(path, value)
+        elif value is None:
+            condition &= Q(path.get_lookup("exact")(path, None))  # type: ignore[misc]
+        else:
+            condition &= Q(path.get_lookup("exact")(path, value))  # type: ignore[misc]
+    return condition
+
+
+class JobLogFilterSet(django_filters.FilterSet):
+    level = LevelFilter(
+        field_name="level",
+        lookup_expr="gte",
+        help_text=_("This level and above: a number or a name (DEBUG, INFO, WARNING, ERROR, CRITICAL)."),
+    )
+    level_exact = LevelFilter(field_name="level", help_text=_("Exactly this level: a number or a name."))
+    message = django_filters.CharFilter(field_name="message", lookup_expr="icontains", help_text=_("Lines whose message contains this text."))
+    after = _moment("created_at", "gte", _("Written at or after."))
+    before = _moment("created_at", "lt", _("Written before."))
+    period = PeriodFilter(field_name="created_at", help_text=_("Lines written in this period. ") + _PERIOD_HELP)
+
+    class Meta:
+        model = JobLog
+        fields: list[str] = []

@@ -1,0 +1,243 @@
+"""Keyset ("cursor") pagination: stable while rows are added, and fast at millions of rows.
+
+DRF's CursorPagination orders by one field and cannot page over NULLs (a run that has
+not started has no ``started_at``), so this one orders by ``(key, id)``, with NULL as
+the largest value, and keeps the last row's ``(key, id)`` in an opaque cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import OrderedDict
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import F, Q, QuerySet
+from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext_lazy as _
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import BasePagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
+
+from django_jobstatus.conf import settings
+from django_jobstatus.querysets import DURATION
+
+_DURATION_ALIAS = "jobstatus_duration"
+
+
+class KeysetPagination(BasePagination):
+    cursor_query_param = "cursor"
+    page_size_query_param = "page_size"
+    ordering_query_param = "ordering"
+    # Public ordering name -> (expression name in the queryset, kind of value, nullable).
+    orderings: dict[str, tuple[str, str, bool]] = {
+        "created_at": ("created_at", "datetime", False),
+        "started_at": ("started_at", "datetime", True),
+        "finished_at": ("finished_at", "datetime", True),
+        "duration": (_DURATION_ALIAS, "duration", True),
+        "job_name": ("job_name", "str", False),
+    }
+    default_ordering = "-created_at"
+    ordering_param_enabled = True
+
+    # Set by paginate_queryset.
+    request: Request
+    page_size: int
+    has_next = False
+    has_previous = False
+    next_position: tuple[Any, Any] | None = None
+    previous_position: tuple[Any, Any] | None = None
+
+    def get_page_size(self, request: Request) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw in (None, ""):
+            return min(settings.API_PAGE_SIZE, settings.API_MAX_PAGE_SIZE)
+        try:
+            size = int(raw)
+        except ValueError:
+            size = 0
+        if not 1 <= size <= settings.API_MAX_PAGE_SIZE:
+            raise ValidationError({self.page_size_query_param: [_("Enter a whole number from 1 to %(max)d.") % {"max": settings.API_MAX_PAGE_SIZE}]})
+        return size
+
+    def get_ordering(self, request: Request) -> str:
+        raw = request.query_params.get(self.ordering_query_param) if self.ordering_param_enabled else None
+        if raw in (None, ""):
+            return self.default_ordering
+        if raw.lstrip("-") not in self.orderings:
+            choices = ", ".join(f"{name}, -{name}" for name in self.orderings)
+            raise ValidationError({self.ordering_query_param: [_("%(value)r is not a valid ordering; use one of %(choices)s.") % {"value": raw, "choices": choices}]})
+        return raw
+
+    # Cursors.
+
+    def _encode(self, ordering: str, value: Any, pk: Any, *, previous: bool) -> str:
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, timedelta):
+            value = value // timedelta(microseconds=1)
+        payload = {"o": ordering, "v": value, "i": str(pk), "p": previous}
+        return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+
+    def _decode(self, raw: str, ordering: str, kind: str, pk_field: Any) -> tuple[Any, Any, bool]:
+        error = ValidationError({self.cursor_query_param: [_("Invalid cursor: use the next or previous link of a page with the same ordering.")]})
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            if not isinstance(payload, dict) or payload.get("o") != ordering or not isinstance(payload.get("p"), bool):
+                raise error
+            value = payload.get("v")
+            if value is not None:
+                if kind == "datetime":
+                    value = parse_datetime(value) if isinstance(value, str) else None
+                    if value is None:
+                        raise error
+                elif kind == "duration":
+                    if isinstance(value, bool) or not isinstance(value, int):
+                        raise error
+                    value = timedelta(microseconds=value)
+                elif not isinstance(value, str):
+                    raise error
+            pk = pk_field.to_python(payload.get("i"))
+            if pk is None:
+                raise error
+        except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError, DjangoValidationError) as exc:
+            raise error from exc
+        return value, pk, payload["p"]
+
+    # Paging.
+
+    def paginate_queryset(self, queryset: QuerySet[Any], request: Request, view: Any = None) -> list[Any]:
+        self.request = request
+        self.page_size = self.get_page_size(request)
+        self.ordering = self.get_ordering(request)
+        name = self.ordering.lstrip("-")
+        field, kind, nullable = self.orderings[name]
+        descending = self.ordering.startswith("-")
+        if field == _DURATION_ALIAS:
+            queryset = queryset.alias(**{_DURATION_ALIAS: DURATION})
+        pk_field = queryset.model._meta.pk
+        raw = request.query_params.get(self.cursor_query_param)
+        position = self._decode(raw, self.ordering, kind, pk_field) if raw else None
+        backwards = bool(position and position[2])
+        # Walking backwards is walking the reversed order forwards. NULL sorts as the
+        # largest value (PostgreSQL's default), so that a plain b-tree index serves both ways.
+        desc = descending != backwards
+        nulls_last = not desc
+        if not nullable:
+            key = F(field).desc() if desc else F(field).asc()
+        elif desc:
+            key = F(field).desc(nulls_first=True)
+        else:
+            key = F(field).asc(nulls_last=True)
+        queryset = queryset.order_by(key, "-pk" if desc else "pk")
+        if position is not None:
+            queryset = queryset.filter(_beyond(field, position[0], position[1], desc=desc, nulls_last=nulls_last, nullable=nullable))
+        rows = list(queryset[: self.page_size + 1])
+        more = len(rows) > self.page_size
+        rows = rows[: self.page_size]
+        if backwards:
+            rows.reverse()
+        first = (self._value(rows[0], field), rows[0].pk) if rows else None
+        last = (self._value(rows[-1], field), rows[-1].pk) if rows else None
+        here = (position[0], position[1]) if position else None
+        if backwards:
+            self.has_previous, self.previous_position = more, first
+            self.has_next, self.next_position = True, last or here
+        else:
+            self.has_next, self.next_position = more, last
+            self.has_previous, self.previous_position = position is not None, first or here
+        return rows
+
+    @staticmethod
+    def _value(row: Any, field: str) -> Any:
+        if field == _DURATION_ALIAS:
+            if row.started_at is None or row.finished_at is None:
+                return None
+            return row.finished_at - row.started_at
+        return getattr(row, field)
+
+    def _link(self, position: tuple[Any, Any] | None, *, previous: bool) -> str | None:
+        if position is None:
+            return None
+        url = self.request.build_absolute_uri()
+        cursor = self._encode(self.ordering, position[0], position[1], previous=previous)
+        return replace_query_param(url, self.cursor_query_param, cursor)
+
+    def get_next_link(self) -> str | None:
+        return self._link(self.next_position, previous=False) if self.has_next else None
+
+    def get_previous_link(self) -> str | None:
+        if not self.has_previous:
+            return None
+        if self.previous_position is None:
+            return remove_query_param(self.request.build_absolute_uri(), self.cursor_query_param)
+        return self._link(self.previous_position, previous=True)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return Response(OrderedDict([("next", self.get_next_link()), ("previous", self.get_previous_link()), ("results", data)]))
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        link = {"type": "string", "nullable": True, "format": "uri"}
+        return {
+            "type": "object",
+            "required": ["next", "previous", "results"],
+            "properties": {"next": link, "previous": link, "results": schema},
+        }
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = [
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": str(_("The cursor from a page's next or previous link.")),
+                "schema": {"type": "string"},
+            },
+            {
+                "name": self.page_size_query_param,
+                "required": False,
+                "in": "query",
+                "description": str(_("Rows per page (default %(default)d, at most %(max)d).") % {"default": settings.API_PAGE_SIZE, "max": settings.API_MAX_PAGE_SIZE}),
+                "schema": {"type": "integer", "minimum": 1, "maximum": settings.API_MAX_PAGE_SIZE},
+            },
+        ]
+        if self.ordering_param_enabled:
+            choices = [f"{sign}{name}" for name in self.orderings for sign in ("-", "")]
+            parameters.append(
+                {
+                    "name": self.ordering_query_param,
+                    "required": False,
+                    "in": "query",
+                    "description": str(_("Sort key; a leading - sorts newest/largest first (default %(default)s). Runs without a value (not started, not finished) sort as the largest.") % {"default": self.default_ordering}),
+                    "schema": {"type": "string", "enum": choices},
+                }
+            )
+        return parameters
+
+
+def _beyond(field: str, value: Any, pk: Any, *, desc: bool, nulls_last: bool, nullable: bool) -> Q:
+    """Rows after ``(value, pk)`` in the order ``(field, pk)``, both ``desc`` or both ascending."""
+    past = "lt" if desc else "gt"
+    if value is None:
+        # Position among the NULLs.
+        after_nulls = Q(**{f"{field}__isnull": True, f"pk__{past}": pk})
+        return after_nulls if nulls_last else after_nulls | Q(**{f"{field}__isnull": False})
+    same_or_past = Q(**{f"{field}__{past}e": value})  # lets an index bound the scan
+    strictly = Q(**{f"{field}__{past}": value}) | Q(**{f"pk__{past}": pk})
+    condition = same_or_past & strictly
+    if nullable and nulls_last:
+        condition |= Q(**{f"{field}__isnull": True})
+    return condition
+
+
+class LogPagination(KeysetPagination):
+    """Log lines, oldest first; no ``ordering`` parameter."""
+
+    orderings = {"created_at": ("created_at", "datetime", False)}
+    default_ordering = "created_at"
+    ordering_param_enabled = False

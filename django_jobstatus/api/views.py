@@ -1,0 +1,234 @@
+"""The API's one viewset: runs, with their logs, kill, latest and stats."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import TruncDay, TruncHour
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+
+from django_jobstatus import contrib
+from django_jobstatus.api.filters import JobLogFilterSet, JobRunFilterSet
+from django_jobstatus.api.pagination import KeysetPagination, LogPagination
+from django_jobstatus.api.permissions import owner_scoped
+from django_jobstatus.api.serializers import (
+    ErrorSerializer,
+    JobLogSerializer,
+    JobRunSerializer,
+    KillRequestSerializer,
+    KillResultSerializer,
+    StatsSerializer,
+)
+from django_jobstatus.conf import settings
+from django_jobstatus.models import JobLog, JobRun, Status
+
+# The stats endpoint's range when the request gives none.
+STATS_DEFAULT_PERIOD = timedelta(hours=24)
+_BUCKETS = {"hour": TruncHour, "day": TruncDay}
+
+_ERROR = OpenApiResponse(ErrorSerializer, description=_("Bad input: one list of messages per bad parameter or field."))
+_NOT_FOUND = OpenApiResponse(ErrorSerializer, description=_("No run with this id (or not one you may see)."))
+_CONFLICT = OpenApiResponse(ErrorSerializer, description=_("The run's status does not allow it."))
+_DENIED = OpenApiResponse(ErrorSerializer, description=_("Not signed in, or without the permission."))
+
+
+class _FilterBackend(DjangoFilterBackend):
+    """Each action names its own FilterSet (runs or log lines) through ``get_filterset_class()``."""
+
+    def get_filterset_class(self, view: Any, queryset: Any = None) -> Any:
+        return view.get_filterset_class()
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary=_("List runs"),
+        description=_("Runs, newest first (see ordering), filtered and paginated with a cursor."),
+        responses={200: JobRunSerializer(many=True), 400: _ERROR, 401: _DENIED, 403: _DENIED},
+    ),
+    retrieve=extend_schema(summary=_("One run"), responses={200: JobRunSerializer, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND}),
+    destroy=extend_schema(
+        summary=_("Delete a finished run"),
+        description=_("Deletes the run and its log lines. Only finished runs: an active run answers 409."),
+        responses={204: None, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND, 409: _CONFLICT},
+    ),
+)
+class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    queryset = JobRun.objects.all()
+    serializer_class = JobRunSerializer
+    filter_backends = [_FilterBackend]
+
+    # Settings are read per request, so that changes (and override_settings) apply at once.
+
+    def get_authenticators(self) -> list[Any]:
+        classes = settings.API_AUTHENTICATION_CLASSES or api_settings.DEFAULT_AUTHENTICATION_CLASSES
+        return [cls() for cls in classes]
+
+    def get_permissions(self) -> list[Any]:
+        return [cls() for cls in settings.API_PERMISSION_CLASSES]
+
+    @property
+    def pagination_class(self) -> type[KeysetPagination]:  # type: ignore[override]
+        return LogPagination if getattr(self, "action", None) == "logs" else KeysetPagination
+
+    def get_filterset_class(self) -> type[Any] | None:
+        if self.action == "logs":
+            return JobLogFilterSet
+        if self.action in ("list", "stats", "bulk_kill"):
+            return JobRunFilterSet
+        return None
+
+    def get_serializer_class(self) -> type[Any]:
+        return JobLogSerializer if self.action == "logs" else JobRunSerializer
+
+    def get_queryset(self) -> QuerySet[JobRun]:
+        runs = JobRun.objects.all()
+        user = self.request.user
+        if owner_scoped(user):
+            runs = runs.filter(owner_id=user.pk)
+        return runs
+
+    def get_object(self) -> JobRun:
+        try:
+            uuid.UUID(str(self.kwargs["pk"]))
+        except ValueError as exc:
+            raise NotFound(_("%(value)r is not a run id (a UUID).") % {"value": self.kwargs["pk"]}) from exc
+        return super().get_object()
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        run = self.get_object()
+        if not run.is_finished:
+            return Response(
+                {"detail": _("Only finished runs can be deleted; this one is %(status)s.") % {"status": run.status}, "status": run.status},
+                status=status.HTTP_409_CONFLICT,
+            )
+        run.delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary=_("A run's log lines"),
+        description=_("Oldest first, filtered and paginated with a cursor."),
+        responses={200: JobLogSerializer(many=True), 400: _ERROR, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND},
+    )
+    @action(detail=True, methods=["get"])
+    def logs(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        lines = self.filter_queryset(JobLog.objects.for_run(run))
+        page = self.paginate_queryset(lines)
+        return self.get_paginated_response(JobLogSerializer(page, many=True, context=self.get_serializer_context()).data)
+
+    @extend_schema(
+        summary=_("Ask a run to stop"),
+        description=_("Records a kill request (and tells the task system, when its integration is on). The run stops at its next check."),
+        request=None,
+        responses={202: JobRunSerializer, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND, 409: _CONFLICT},
+    )
+    @action(detail=True, methods=["post"])
+    def kill(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        if run.is_finished:
+            return Response(
+                {"detail": _("The run has already finished (%(status)s).") % {"status": run.status}, "status": run.status},
+                status=status.HTTP_409_CONFLICT,
+            )
+        contrib.request_kill(JobRun.objects.filter(pk=run.pk))
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary=_("Ask many runs to stop"),
+        description=_('Runs picked by {"ids": [...]} in the body, or by the list filters in the query string (at least one of them).'),
+        request=KillRequestSerializer,
+        responses={200: KillResultSerializer, 400: _ERROR, 401: _DENIED, 403: _DENIED},
+        filters=True,
+    )
+    @action(detail=False, methods=["post"], url_path="kill", url_name="bulk-kill")
+    def bulk_kill(self, request: Request) -> Response:
+        body = KillRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        ids = body.validated_data.get("ids")
+        filtered = any(name in request.query_params for name in JobRunFilterSet.base_filters)
+        if not ids and not filtered:
+            raise ValidationError({"ids": [_("Give the ids of the runs to stop, or at least one list filter.")]})
+        runs = self.filter_queryset(self.get_queryset())
+        if ids:
+            runs = runs.filter(pk__in=ids)
+        matched = runs.count()
+        active = runs.active().count()  # type: ignore[attr-defined]
+        asked = contrib.request_kill(runs)
+        return Response(KillResultSerializer({"matched": matched, "active": active, "asked": asked}).data)
+
+    @extend_schema(
+        summary=_("The latest run of a job"),
+        parameters=[OpenApiParameter("job_name", OpenApiTypes.STR, required=True, description=_("The job's name."))],
+        responses={200: JobRunSerializer, 400: _ERROR, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND},
+        filters=False,
+    )
+    @action(detail=False, methods=["get"])
+    def latest(self, request: Request) -> Response:
+        name = request.query_params.get("job_name", "").strip()
+        if not name:
+            raise ValidationError({"job_name": [_("This parameter is required.")]})
+        run = self.get_queryset().latest_for(name)  # type: ignore[attr-defined]
+        if run is None:
+            raise NotFound(_("Job %(name)r has no runs.") % {"name": name})
+        self.check_object_permissions(request, run)
+        return Response(self.get_serializer(run).data)
+
+    @extend_schema(
+        summary=_("Numbers per job"),
+        description=_(
+            "Per job: runs per status, failure rate and duration figures (seconds) of the runs the "
+            "filters pick; without period, created_after or created_before, the last 24 hours. "
+            "With bucket=hour or day, also the finished runs per hour or day."
+        ),
+        parameters=[OpenApiParameter("bucket", OpenApiTypes.STR, enum=list(_BUCKETS), description=_("Also count finished runs per hour or day."))],
+        responses={200: StatsSerializer, 400: _ERROR, 401: _DENIED, 403: _DENIED},
+        filters=True,
+    )
+    @action(detail=False, methods=["get"])
+    def stats(self, request: Request) -> Response:
+        bucket = request.query_params.get("bucket") or None
+        if bucket is not None and bucket not in _BUCKETS:
+            raise ValidationError({"bucket": [_("%(value)r is not a bucket; use hour or day.") % {"value": bucket}]})
+        filterset = JobRunFilterSet(request.query_params, queryset=self.get_queryset(), request=request)
+        if not filterset.is_valid():
+            raise ValidationError(filterset.errors)
+        runs = filterset.qs
+        since, until = _range(filterset.form.cleaned_data)
+        if since is None and until is None:
+            since = timezone.now() - STATS_DEFAULT_PERIOD
+            runs = runs.filter(created_at__gte=since)
+        data: dict[str, Any] = {"since": since, "until": until, "jobs": runs.stats()}  # type: ignore[attr-defined]
+        if bucket is not None:
+            data["buckets"] = _buckets(runs, _BUCKETS[bucket])
+        return Response(StatsSerializer(data).data)
+
+
+def _range(cleaned: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """The ``created_at`` range a stats request asks for."""
+    since, until = cleaned.get("created_after"), cleaned.get("created_before")
+    if cleaned.get("period"):
+        period_since, period_until = cleaned["period"]
+        since = max(since, period_since) if since else period_since
+        if period_until is not None:
+            until = min(until, period_until) if until else period_until
+    return since, until
+
+
+def _buckets(runs: QuerySet[JobRun], trunc: Any) -> list[dict[str, Any]]:
+    counts = {name: Count("pk", filter=Q(status=name)) for name in sorted(Status.TERMINAL)}
+    rows = runs.finished().order_by().annotate(start=trunc("finished_at")).values("start").annotate(finished=Count("pk"), **counts).order_by("start")  # type: ignore[attr-defined]
+    return list(rows)

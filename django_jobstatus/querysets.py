@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections import defaultdict
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Max, Min, Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus.conf import settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
     from django_jobstatus.models import JobRun
 
 
@@ -36,6 +41,8 @@ def as_timedelta(name: str, value: float | timedelta) -> timedelta:
         raise ValueError(f"{name} must not be negative, not {value!r}")
     return delta
 
+
+_REAPED = _("Lost: no heartbeat since %(since)s, more than %(timeout)g seconds ago; reaped.")
 
 DURATION = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
 
@@ -64,6 +71,71 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     low = math.floor(position)
     high = math.ceil(position)
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+@dataclasses.dataclass
+class PurgeResult:
+    """What ``JobRunQuerySet.purge()`` deleted or, with ``dry_run``, would delete."""
+
+    dry_run: bool = False
+    runs: int = 0
+    logs: int = 0
+    # (job_name, status) -> [runs, logs]
+    counts: dict[tuple[str, str], list[int]] = dataclasses.field(default_factory=dict)
+    batches: int = 0
+    longest_batch: float = 0.0  # seconds: the longest single batch transaction
+    elapsed: float = 0.0  # seconds since the purge began
+    _began: float = dataclasses.field(default_factory=time.monotonic, repr=False, compare=False)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per job name and status (``job_name``, ``status``, ``runs``, ``logs``), sorted."""
+        return [{"job_name": name, "status": status, "runs": runs, "logs": logs} for (name, status), (runs, logs) in sorted(self.counts.items())]
+
+    def _add(self, name: str, status: str, runs: int, logs: int) -> None:
+        entry = self.counts.setdefault((name, status), [0, 0])
+        entry[0] += runs
+        entry[1] += logs
+        self.runs += runs
+        self.logs += logs
+
+
+@dataclasses.dataclass
+class ReapResult:
+    """What ``JobRunQuerySet.reap()`` did."""
+
+    reaped: int = 0  # runs marked lost
+    finished: int = 0  # stale runs whose job finished first (the job won the race)
+
+
+def _chunks(items: list[Any], size: int | None) -> Iterable[list[Any]]:
+    """``items`` in slices of ``size`` (all at once when None): SQLite caps query parameters."""
+    if not size:
+        yield items
+        return
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _whole(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a whole number of {minimum} or more, not {value!r}")
+    return value
+
+
+def _can_raw_delete_runs(model: type[JobRun]) -> bool:
+    """True when deleting runs needs nothing but their log lines gone and their children detached."""
+    from django.db.models.signals import post_delete, pre_delete
+
+    from django_jobstatus.models import JobLog
+
+    if pre_delete.has_listeners(model) or post_delete.has_listeners(model):
+        return False
+    for relation in model._meta.related_objects:
+        if relation.related_model is JobLog or (relation.related_model is model and relation.field.name == "parent"):
+            continue
+        return False
+    return True
 
 
 class JobRunQuerySet(models.QuerySet["JobRun"]):
@@ -176,6 +248,167 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """Ask every active run here to stop; the number of runs newly asked."""
         now = timezone.now()
         return self.active().filter(kill_requested_at__isnull=True).update(kill_requested_at=now, updated_at=now)
+
+    def purge(
+        self,
+        *,
+        days: float | timedelta | None = None,
+        retention: Mapping[str, float | timedelta] | None = None,
+        keep_last: int | None = None,
+        statuses: Iterable[str] | None = None,
+        include_active: bool = False,
+        batch_size: int = 1000,
+        dry_run: bool = False,
+        progress: Callable[[PurgeResult], None] | None = None,
+    ) -> PurgeResult:
+        """Delete the old runs here with their log lines, in short batches; the counts.
+
+        A run goes when it was created longer ago than its status's retention: ``days``
+        for every status when given, else ``JOBSTATUS["RETENTION"][status]`` or
+        ``RETENTION_DAYS`` (``retention`` replaces ``JOBSTATUS["RETENTION"]``). Only
+        finished runs go unless ``include_active``; ``statuses`` narrows further. The
+        newest ``keep_last`` runs of every job name (default ``KEEP_LAST``, counted over
+        all its runs) stay whatever their age. Each batch of ``batch_size`` runs is one
+        short transaction: log lines are deleted in SQL, never loaded, then the runs.
+        ``progress(result)`` is called after each batch. ``dry_run`` deletes nothing and
+        returns the same counts per job name and status.
+        """
+        if self.query.is_sliced:
+            raise TypeError("Cannot purge a sliced queryset.")
+        keep = _whole("keep_last", settings.KEEP_LAST if keep_last is None else keep_last, 0)
+        _whole("batch_size", batch_size, 1)
+        cutoffs = self._purge_cutoffs(self._purge_statuses(statuses, include_active), days, retention)
+        old = Q()
+        for cutoff, chosen in cutoffs.items():
+            old |= Q(status__in=sorted(chosen), created_at__lt=cutoff)
+        candidates = self.filter(old) if old else self.none()
+        result = PurgeResult(dry_run=dry_run)
+        names = sorted(set(candidates.order_by().values_list("job_name", flat=True).distinct()))
+        for name in names:
+            runs = candidates.for_job(name)
+            if keep:
+                # The keep-th newest run of this job: only runs older than it may go.
+                newest = self.model.objects.using(self.db).for_job(name).order_by("-created_at", "-id")
+                boundary = list(newest.values_list("created_at", "id")[keep - 1 : keep])
+                if not boundary:
+                    continue
+                created, pk = boundary[0]
+                runs = runs.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=pk))
+            if dry_run:
+                counted = runs.order_by().values("status").annotate(runs=Count("pk", distinct=True), logs=Count("logs"))
+                for row in counted:
+                    result._add(name, row["status"], row["runs"], row["logs"])
+            else:
+                runs._purge_batches(name, batch_size, result, progress)
+        result.elapsed = time.monotonic() - result._began
+        return result
+
+    def _purge_statuses(self, statuses: Iterable[str] | None, include_active: bool) -> set[str]:  # noqa: FBT001
+        status = _status()
+        allowed = set(status.values) if include_active else set(status.TERMINAL)
+        if statuses is None:
+            return allowed
+        chosen = {str(value) for value in ([statuses] if isinstance(statuses, str) else statuses)}
+        unknown = chosen - set(status.values)
+        if unknown:
+            raise ValueError(f"Unknown status: {', '.join(sorted(unknown))}")
+        active = chosen - allowed
+        if active:
+            raise ValueError(f"{', '.join(sorted(active))} runs are not finished: pass include_active=True to purge them")
+        return chosen
+
+    def _purge_cutoffs(self, chosen: set[str], days: float | timedelta | None, retention: Mapping[str, float | timedelta] | None) -> dict[Any, set[str]]:
+        """Group the chosen statuses by the time before which their runs go."""
+        if retention is None:
+            retention = {} if days is not None else settings.RETENTION
+        unknown = set(retention) - set(_status().values)
+        if unknown:
+            raise ValueError(f"Unknown status in retention: {', '.join(sorted(unknown))}")
+        default = as_timedelta("days", settings.RETENTION_DAYS if days is None else days)
+        now = timezone.now()
+        cutoffs: dict[Any, set[str]] = defaultdict(set)
+        for status in chosen:
+            keep_for = as_timedelta("days", retention[status]) if status in retention else default
+            cutoffs[now - keep_for].add(status)
+        return cutoffs
+
+    def _purge_batches(self, name: str, batch_size: int, result: PurgeResult, progress: Callable[[PurgeResult], None] | None) -> None:
+        """Delete the runs here (all of job ``name``) and their logs, one transaction per batch."""
+        from django_jobstatus.models import JobLog
+
+        db = self.db
+        features = connections[db].features
+        # SQLite caps the parameters of one statement; PostgreSQL has no such cap.
+        chunk = features.max_query_params - 1 if features.max_query_params else None
+        raw = _can_raw_delete_runs(self.model)
+        every = self.model._base_manager.using(db)
+        batch = self.order_by("created_at", "id").values_list("pk", "status")
+        if features.has_select_for_update_skip_locked:
+            # Another purge (or a writer) holding a row: skip it rather than wait.
+            batch = batch.select_for_update(skip_locked=True, of=("self",) if features.has_select_for_update_of else ())
+        while True:
+            began = time.monotonic()
+            with transaction.atomic(using=db):
+                rows = list(batch[:batch_size])
+                by_status: dict[str, list[Any]] = defaultdict(list)
+                for pk, status in rows:
+                    by_status[status].append(pk)
+                for status, ids in by_status.items():
+                    logs = runs = 0
+                    for part in _chunks(ids, chunk):
+                        logs += JobLog.objects.using(db).filter(run_id__in=part)._raw_delete(db)
+                        if raw:
+                            every.filter(parent_id__in=part).update(parent=None)
+                            runs += every.filter(pk__in=part)._raw_delete(db)
+                        else:
+                            runs += every.filter(pk__in=part).only("pk").delete()[1].get(self.model._meta.label, 0)
+                    result._add(name, status, runs, logs)
+            if not rows:
+                return
+            took = time.monotonic() - began
+            result.batches += 1
+            result.longest_batch = max(result.longest_batch, took)
+            result.elapsed = time.monotonic() - result._began
+            if progress is not None:
+                progress(result)
+            if len(rows) < batch_size:
+                return
+
+    def reap(self, timeout: float | timedelta | None = None, *, batch_size: int = 100) -> ReapResult:
+        """Mark the stale running runs here ``lost``, each with a message and a log line.
+
+        ``timeout`` is in seconds (default ``HEARTBEAT_TIMEOUT``), as for ``stale()``. Each
+        batch locks its runs (``SKIP LOCKED`` where the database has it), so reapers running
+        at once never reap a run twice, and ``mark_lost()`` is a conditional UPDATE: a job
+        finishing at the same instant either wins (counted in ``finished``) or gets
+        ``InvalidTransition``, never both.
+        """
+        import logging
+
+        from django_jobstatus.exceptions import InvalidTransition
+
+        delta = as_timedelta("seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout)
+        _whole("batch_size", batch_size, 1)
+        features = connections[self.db].features
+        result = ReapResult()
+        while True:
+            with transaction.atomic(using=self.db):
+                batch = self.stale(delta).order_by("pk")
+                if features.has_select_for_update_skip_locked:
+                    batch = batch.select_for_update(skip_locked=True, of=("self",) if features.has_select_for_update_of else ())
+                runs = list(batch[:batch_size])
+                for run in runs:
+                    since = run.heartbeat_at or run.started_at
+                    text = str(_REAPED) % {"since": since.isoformat() if since else "?", "timeout": delta.total_seconds()}
+                    try:
+                        run.mark_lost(message=text)
+                    except InvalidTransition:
+                        result.finished += 1
+                        continue
+                    run.log(logging.WARNING, text)
+                    result.reaped += 1
+            if len(runs) < batch_size:
+                return result
 
     # Numbers.
 

@@ -1,0 +1,198 @@
+"""``manage.py purge_jobstatus``: delete old finished runs and their logs, in short batches."""
+
+from __future__ import annotations
+
+import argparse
+from functools import reduce
+from operator import or_
+from typing import TYPE_CHECKING, Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from django_jobstatus.conf import settings
+from django_jobstatus.models import JobRun, Status
+
+if TYPE_CHECKING:
+    from django_jobstatus.querysets import PurgeResult
+
+
+def whole_number(value: str) -> int:
+    """argparse type: a whole number of 0 or more."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a whole number") % {"value": value}
+        ) from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(_("%(value)r is negative") % {"value": value})
+    return number
+
+
+def positive_int(value: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    number = whole_number(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not 1 or more") % {"value": value}
+        )
+    return number
+
+
+def status_name(value: str) -> str:
+    """argparse type: one of the run statuses."""
+    if value not in Status.values:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a status; choose from %(choices)s")
+            % {"value": value, "choices": ", ".join(Status.values)}
+        )
+    return value
+
+
+class Command(BaseCommand):
+    help = gettext_lazy(
+        "Delete finished job runs and their logs older than the retention, in short batches."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--days",
+            type=whole_number,
+            default=None,
+            help=gettext_lazy(
+                "Delete runs created more than this many days ago, whatever their status; when not given, JOBSTATUS['RETENTION'] per status, then JOBSTATUS['RETENTION_DAYS'] (%(retention_days)s) (default: %%(default)r)"
+            )
+            % {"retention_days": settings.RETENTION_DAYS},
+        )
+        parser.add_argument(
+            "--keep-last",
+            type=whole_number,
+            default=settings.KEEP_LAST,
+            help=gettext_lazy(
+                "Keep the newest N runs of every job name whatever their age (default: %(default)r)"
+            ),
+        )
+        parser.add_argument(
+            "--job-name",
+            action="append",
+            default=None,
+            help=gettext_lazy(
+                "Only runs of this job; repeat for several (default: %(default)r)"
+            ),
+        )
+        parser.add_argument(
+            "--status",
+            action="append",
+            type=status_name,
+            default=None,
+            help=gettext_lazy(
+                "Only runs in this status; repeat for several (default: %(default)r, every finished status)"
+            ),
+        )
+        parser.add_argument(
+            "--include-active",
+            action="store_true",
+            help=gettext_lazy(
+                "Also delete queued, running and retrying runs (default: %(default)r)"
+            ),
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=positive_int,
+            default=1000,
+            help=gettext_lazy(
+                "Runs deleted (with their logs) per transaction (default: %(default)r)"
+            ),
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help=gettext_lazy(
+                "Print what would be deleted per job name and status; delete nothing (default: %(default)r)"
+            ),
+        )
+        parser.add_argument(
+            "--quiet",
+            action="store_true",
+            help=gettext_lazy(
+                "Print nothing but errors, for cron; same as --verbosity 0 (default: %(default)r)"
+            ),
+        )
+
+    def handle(
+        self,
+        *,
+        days: int | None,
+        keep_last: int,
+        job_name: list[str] | None,
+        status: list[str] | None,
+        include_active: bool,
+        batch_size: int,
+        dry_run: bool,
+        quiet: bool,
+        verbosity: int,
+        **options: Any,
+    ) -> None:
+        loud = verbosity > 0 and not quiet
+        self.verbosity = verbosity
+        self._printed_at = 0.0
+        runs = JobRun.objects.all()
+        if job_name:
+            runs = reduce(or_, (JobRun.objects.for_job(name) for name in job_name))
+        try:
+            result = runs.purge(
+                days=days,
+                keep_last=keep_last,
+                statuses=status,
+                include_active=include_active,
+                batch_size=batch_size,
+                dry_run=dry_run,
+                progress=self._progress if loud else None,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        if not loud:
+            return
+        if dry_run:
+            for row in result.rows:
+                self.stdout.write(
+                    _("%(job_name)s %(status)s: %(runs)d runs, %(logs)d log lines")
+                    % row
+                )
+            self.stdout.write(
+                self.style.SUCCESS(
+                    _(
+                        "Dry run: %(runs)d runs and %(logs)d log lines would be deleted; nothing was deleted."
+                    )
+                    % {"runs": result.runs, "logs": result.logs}
+                )
+            )
+            return
+        self.stdout.write(
+            self.style.SUCCESS(
+                _(
+                    "Deleted %(runs)d runs and %(logs)d log lines in %(batches)d batches, %(elapsed).1f s (%(rate).0f runs/s; longest batch %(longest).3f s)."
+                )
+                % {
+                    "runs": result.runs,
+                    "logs": result.logs,
+                    "batches": result.batches,
+                    "elapsed": result.elapsed,
+                    "rate": result.runs / result.elapsed if result.elapsed else 0,
+                    "longest": result.longest_batch,
+                }
+            )
+        )
+
+    def _progress(self, result: PurgeResult) -> None:
+        # One line a second at most (every batch with --verbosity 2).
+        if self.verbosity < 2 and result.elapsed - self._printed_at < 1.0:
+            return
+        self._printed_at = result.elapsed
+        rate = result.runs / result.elapsed if result.elapsed else 0
+        self.stdout.write(
+            _("%(runs)d runs, %(logs)d log lines deleted (%(rate).0f runs/s)")
+            % {"runs": result.runs, "logs": result.logs, "rate": rate},
+        )

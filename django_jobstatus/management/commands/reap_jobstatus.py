@@ -1,0 +1,105 @@
+"""``manage.py reap_jobstatus``: mark running runs whose worker went silent as ``lost``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from django_jobstatus.conf import settings
+from django_jobstatus.models import JobRun
+
+
+def seconds(value: str) -> float:
+    """argparse type: a number of seconds, 0 or more."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a number of seconds") % {"value": value}
+        ) from None
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a number of seconds of 0 or more") % {"value": value}
+        )
+    return number
+
+
+class Command(BaseCommand):
+    help = gettext_lazy(
+        "Mark as lost every running job run whose heartbeat (or start) is older than the timeout."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--timeout",
+            type=seconds,
+            default=settings.HEARTBEAT_TIMEOUT,
+            help=gettext_lazy(
+                "Seconds without a heartbeat after which a running run is lost (default: %(default)r)"
+            ),
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help=gettext_lazy(
+                "List the runs that would be marked lost; change nothing (default: %(default)r)"
+            ),
+        )
+        parser.add_argument(
+            "--quiet",
+            action="store_true",
+            help=gettext_lazy(
+                "Print nothing but errors, for cron; same as --verbosity 0 (default: %(default)r)"
+            ),
+        )
+
+    def handle(
+        self,
+        *,
+        timeout: float,
+        dry_run: bool,
+        quiet: bool,
+        verbosity: int,
+        **options: Any,
+    ) -> None:
+        loud = verbosity > 0 and not quiet
+        try:
+            if dry_run:
+                stale = list(
+                    JobRun.objects.stale(timeout)
+                    .order_by("pk")
+                    .values_list("pk", "job_name", "worker")
+                )
+            else:
+                result = JobRun.objects.reap(timeout)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        if not loud:
+            return
+        if dry_run:
+            for pk, job_name, worker in stale:
+                self.stdout.write(
+                    _("%(job_name)s %(pk)s (worker %(worker)s)")
+                    % {"job_name": job_name, "pk": pk, "worker": worker or "?"}
+                )
+            self.stdout.write(
+                self.style.SUCCESS(
+                    _(
+                        "Dry run: %(count)d runs would be marked lost; nothing was changed."
+                    )
+                    % {"count": len(stale)}
+                )
+            )
+            return
+        self.stdout.write(
+            self.style.SUCCESS(
+                _(
+                    "Marked %(reaped)d runs lost; %(finished)d finished before they could be."
+                )
+                % {"reaped": result.reaped, "finished": result.finished}
+            )
+        )

@@ -1,0 +1,381 @@
+"""purge_jobstatus and JobRun.objects.purge(): retention, keep-last, narrowing, batches, dry run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext, override_settings
+from django.utils import timezone
+
+from django_jobstatus.models import JobLog, JobRun, Status
+
+pytestmark = pytest.mark.django_db
+
+
+def ago(days: float) -> Any:
+    return timezone.now() - timedelta(days=days)
+
+
+def purge(*args: str) -> str:
+    out = StringIO()
+    call_command("purge_jobstatus", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def aged(make_run: Any) -> Any:
+    """A run of ``job`` created ``days`` ago, in ``status``, with ``logs`` log lines."""
+
+    def make(
+        job: str = "tests.job",
+        days: float = 100,
+        status: str = Status.SUCCEEDED,
+        logs: int = 0,
+        **fields: Any,
+    ) -> JobRun:
+        run = make_run(job, status=status, created_at=ago(days), **fields)
+        for n in range(logs):
+            run.log(20, "line %d", n)
+        return run
+
+    return make
+
+
+def alive(*runs: JobRun) -> list[bool]:
+    return [JobRun.objects.filter(pk=run.pk).exists() for run in runs]
+
+
+def test_defaults_keep_young_runs_failed_runs_active_runs_and_the_newest(
+    aged: Any,
+) -> None:
+    newest_old = aged("tests.old", days=40)
+    older = aged("tests.old", days=50)
+    young = aged("tests.job", days=10)
+    old = aged("tests.job", days=31)
+    failed_60 = aged("tests.job", days=60, status=Status.FAILED)
+    failed_100 = aged("tests.job", days=100, status=Status.FAILED)
+    running = aged("tests.job", days=400, status=Status.RUNNING)
+    queued = aged("tests.job", days=400, status=Status.QUEUED)
+    retrying = aged("tests.job", days=400, status=Status.RETRYING)
+
+    out = purge()
+
+    # RETENTION_DAYS 30, RETENTION {"failed": 90}, KEEP_LAST 1.
+    assert alive(newest_old, older, young, old, failed_60, failed_100) == [
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert alive(running, queued, retrying) == [True, True, True]
+    assert "Deleted 3 runs and 0 log lines" in out
+
+
+def test_days_applies_to_every_status(aged: Any) -> None:
+    aged("tests.job", days=1)  # the newest, kept
+    failed = aged("tests.job", days=20, status=Status.FAILED)
+    succeeded = aged("tests.job", days=20)
+    lost = aged("tests.job", days=8, status=Status.LOST)
+    young = aged("tests.job", days=5, status=Status.KILLED)
+
+    purge("--days", "7")
+
+    assert alive(failed, succeeded, lost, young) == [False, False, False, True]
+
+
+@override_settings(
+    JOBSTATUS={
+        "RETENTION_DAYS": 30,
+        "RETENTION": {"succeeded": 7, "failed": 90},
+        "KEEP_LAST": 0,
+    }
+)
+def test_per_status_retention() -> None:
+    def at(days: float, status: str) -> JobRun:
+        return JobRun.objects.create(
+            job_name="tests.job", status=status, created_at=ago(days)
+        )
+
+    runs = {
+        "succeeded 8": at(8, Status.SUCCEEDED),
+        "succeeded 6": at(6, Status.SUCCEEDED),
+        "failed 89": at(89, Status.FAILED),
+        "failed 91": at(91, Status.FAILED),
+        "killed 29": at(29, Status.KILLED),
+        "killed 31": at(31, Status.KILLED),
+    }
+
+    purge()
+
+    assert {name for name, run in runs.items() if alive(run)[0]} == {
+        "succeeded 6",
+        "failed 89",
+        "killed 29",
+    }
+
+
+def test_settings_give_the_defaults(aged: Any) -> None:
+    runs = [aged("tests.job", days=3 + n) for n in range(4)]
+    with override_settings(
+        JOBSTATUS={"RETENTION_DAYS": 2, "RETENTION": {}, "KEEP_LAST": 2}
+    ):
+        purge()
+    assert alive(*runs) == [True, True, False, False]
+
+
+def test_keep_last_keeps_the_newest_runs_of_every_job_whatever_their_age(
+    aged: Any,
+) -> None:
+    a = [aged("tests.a", days=100 + n) for n in range(5)]
+    b = [aged("tests.b", days=200 + n) for n in range(2)]
+
+    purge("--keep-last", "3")
+
+    assert alive(*a) == [True, True, True, False, False]
+    assert alive(*b) == [True, True]
+
+
+def test_keep_last_counts_every_run_of_the_job_even_outside_the_narrowing(
+    aged: Any,
+) -> None:
+    newest = aged("tests.job", days=50)
+    failed = aged("tests.job", days=200, status=Status.FAILED)
+
+    purge("--status", "failed", "--days", "30")
+
+    assert alive(newest, failed) == [True, False]
+
+
+def test_keep_last_is_exact_when_runs_share_a_timestamp(make_run: Any) -> None:
+    created = ago(100)
+    runs = [
+        make_run("tests.job", status=Status.SUCCEEDED, created_at=created)
+        for _ in range(5)
+    ]
+
+    purge("--keep-last", "2")
+
+    kept = set(JobRun.objects.values_list("pk", flat=True))
+    assert kept == {run.pk for run in sorted(runs, key=lambda run: run.pk)[-2:]}
+
+
+def test_keep_last_zero_deletes_everything_old(aged: Any) -> None:
+    runs = [aged("tests.job", days=40 + n) for n in range(3)]
+    purge("--keep-last", "0")
+    assert alive(*runs) == [False, False, False]
+
+
+def test_job_name_narrows_and_repeats(aged: Any) -> None:
+    a, b, c = (aged(f"tests.{name}", days=100) for name in "abc")
+    for name in "abc":
+        aged(f"tests.{name}", days=1)  # the newest of each
+
+    purge("--job-name", "tests.a", "--job-name", "tests.c")
+
+    assert alive(a, b, c) == [False, True, False]
+
+
+def test_status_narrows_and_repeats(aged: Any) -> None:
+    aged("tests.job", days=1)
+    runs = {
+        status: aged("tests.job", days=400, status=status)
+        for status in sorted(Status.TERMINAL)
+    }
+
+    purge("--status", "killed", "--status", "lost")
+
+    assert {status for status, run in runs.items() if alive(run)[0]} == {
+        Status.SUCCEEDED,
+        Status.FAILED,
+    }
+
+
+def test_active_runs_need_include_active(aged: Any) -> None:
+    aged("tests.job", days=1)
+    running = aged("tests.job", days=400, status=Status.RUNNING)
+    queued = aged("tests.job", days=400, status=Status.QUEUED)
+    finished = aged("tests.job", days=400)
+
+    with pytest.raises(CommandError, match="running runs are not finished"):
+        purge("--status", "running")
+    assert alive(running, queued, finished) == [True, True, True]
+
+    purge("--status", "running", "--include-active")
+    assert alive(running, queued, finished) == [False, True, True]
+
+    purge("--include-active")
+    assert alive(queued, finished) == [False, False]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--days", "-1"], "negative"),
+        (["--days", "soon"], "not a whole number"),
+        (["--keep-last", "-2"], "negative"),
+        (["--batch-size", "0"], "not 1 or more"),
+        (["--status", "done"], "not a status"),
+        (["--status", "queued"], "not finished"),
+    ],
+)
+def test_bad_arguments_are_command_errors(
+    aged: Any, args: list[str], message: str
+) -> None:
+    run = aged("tests.job", days=400)
+    aged("tests.job", days=1)
+    with pytest.raises(CommandError, match=message):
+        purge(*args)
+    assert alive(run) == [True]
+
+
+def test_logs_go_with_their_runs_without_being_loaded(aged: Any) -> None:
+    aged("tests.job", days=1, logs=2)
+    doomed = [aged("tests.job", days=100 + n, logs=3) for n in range(4)]
+    kept_logs = set(JobLog.objects.exclude(run__in=doomed).values_list("pk", flat=True))
+
+    with CaptureQueriesContext(connection) as queries:
+        result = JobRun.objects.purge(batch_size=3)
+
+    assert (result.runs, result.logs, result.batches) == (4, 12, 2)
+    assert set(JobLog.objects.values_list("pk", flat=True)) == kept_logs
+    assert not JobLog.objects.exclude(
+        run_id__in=JobRun.objects.values("pk")
+    ).exists()  # no orphan
+    log_table = JobLog._meta.db_table
+    selects = [
+        q["sql"]
+        for q in queries
+        if q["sql"].lstrip().upper().startswith("SELECT") and log_table in q["sql"]
+    ]
+    assert selects == []
+
+
+def test_deleting_a_parent_keeps_its_children(aged: Any) -> None:
+    aged("tests.batch", days=1)
+    parent = aged("tests.batch", days=100)
+    child = aged("tests.child", days=1, parent=parent)
+    old_child = aged("tests.child", days=100, parent=parent)
+
+    result = JobRun.objects.purge()
+
+    assert alive(parent, child, old_child) == [False, True, False]
+    child.refresh_from_db()
+    assert child.parent is None
+    assert result.runs == 2
+
+
+def test_dry_run_deletes_nothing_and_reports_what_the_real_run_deletes(
+    aged: Any,
+) -> None:
+    aged("tests.a", days=1)
+    aged("tests.b", days=1)
+    for n in range(3):
+        aged("tests.a", days=100 + n, logs=n)
+    aged("tests.a", days=100, status=Status.KILLED, logs=2)
+    aged("tests.b", days=100, status=Status.LOST)
+    aged("tests.b", days=100, status=Status.RUNNING, logs=1)
+    before = (JobRun.objects.count(), JobLog.objects.count())
+
+    dry = JobRun.objects.purge(dry_run=True)
+    out = purge("--dry-run")
+
+    assert (JobRun.objects.count(), JobLog.objects.count()) == before
+    assert dry.rows == [
+        {"job_name": "tests.a", "status": "killed", "runs": 1, "logs": 2},
+        {"job_name": "tests.a", "status": "succeeded", "runs": 3, "logs": 3},
+        {"job_name": "tests.b", "status": "lost", "runs": 1, "logs": 0},
+    ]
+    assert "tests.a succeeded: 3 runs, 3 log lines" in out
+    assert "Dry run: 5 runs and 5 log lines would be deleted" in out
+
+    real = JobRun.objects.purge(batch_size=2)
+
+    assert real.rows == dry.rows
+    assert (real.runs, real.logs) == (dry.runs, dry.logs) == (5, 5)
+    assert (JobRun.objects.count(), JobLog.objects.count()) == (
+        before[0] - 5,
+        before[1] - 5,
+    )
+
+
+def test_batches_and_progress_lines(aged: Any) -> None:
+    aged("tests.job", days=1)
+    for n in range(5):
+        aged("tests.job", days=100 + n, logs=1)
+    seen: list[tuple[int, int]] = []
+
+    result = JobRun.objects.purge(
+        batch_size=2, progress=lambda r: seen.append((r.runs, r.logs))
+    )
+
+    assert seen == [(2, 2), (4, 4), (5, 5)]
+    assert result.batches == 3
+    assert 0 < result.longest_batch <= result.elapsed
+
+
+def test_command_prints_progress_and_a_summary(aged: Any) -> None:
+    aged("tests.job", days=1)
+    for n in range(3):
+        aged("tests.job", days=100 + n)
+
+    out = purge("--batch-size", "1", "--verbosity", "2")
+
+    assert out.count("runs/s") == 4  # three progress lines and the summary
+    assert "1 runs, 0 log lines deleted" in out
+    assert "Deleted 3 runs and 0 log lines in 3 batches" in out
+
+
+@pytest.mark.parametrize(
+    "args", [["--quiet"], ["--verbosity", "0"], ["--quiet", "--dry-run"]]
+)
+def test_quiet_prints_nothing(aged: Any, args: list[str]) -> None:
+    aged("tests.job", days=1)
+    run = aged("tests.job", days=100)
+    assert purge(*args) == ""
+    assert alive(run) == ["--dry-run" in args]
+
+
+def test_queries_do_not_grow_with_the_runs(
+    aged: Any, django_assert_max_num_queries: Any
+) -> None:
+    aged("tests.job", days=1)
+    for n in range(60):
+        aged("tests.job", days=100 + n, logs=1)
+    with django_assert_max_num_queries(12):
+        result = JobRun.objects.purge()
+    assert result.runs == 60
+
+
+def test_python_api_checks_its_arguments(aged: Any) -> None:
+    with pytest.raises(ValueError, match="keep_last"):
+        JobRun.objects.purge(keep_last=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        JobRun.objects.purge(batch_size=0)
+    with pytest.raises(ValueError, match="Unknown status in retention"):
+        JobRun.objects.purge(retention={"done": 3})
+    with pytest.raises(ValueError, match="days"):
+        JobRun.objects.purge(days=-1)
+    with pytest.raises(TypeError, match="sliced"):
+        JobRun.objects.recent(5).purge()
+
+
+def test_python_api_takes_a_timedelta_and_a_narrowed_queryset(aged: Any) -> None:
+    aged("tests.job", days=0)
+    mine = aged("tests.job", days=2, subject="library.Book:1")
+    other = aged("tests.job", days=2, subject="library.Book:2")
+
+    result = JobRun.objects.filter(subject="library.Book:1").purge(
+        days=timedelta(days=1)
+    )
+
+    assert alive(mine, other) == [False, True]
+    assert result.rows == [
+        {"job_name": "tests.job", "status": "succeeded", "runs": 1, "logs": 0}
+    ]

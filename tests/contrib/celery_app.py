@@ -1,0 +1,77 @@
+"""The Celery app of the integration tests: the test publishes, a real worker runs these."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+from django_jobstatus import current_job
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.contrib.worker_settings")
+
+BROKER_URL = os.environ.get("JOBSTATUS_CELERY_BROKER", "redis://127.0.0.1:63799/6")
+
+app = Celery("tests.contrib.celery_app", broker=BROKER_URL)
+app.conf.update(
+    task_default_queue="jobstatus-tests",
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    task_ignore_result=True,
+)
+
+
+def _mark(key: str) -> None:
+    """Leave a trace in Redis that the task body ran (for the database outage test)."""
+    redis.Redis.from_url(BROKER_URL).set(key, "1", ex=600)
+
+
+@app.task(name="tests.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="tests.fail")
+def fail(text: str) -> None:
+    raise ValueError(text)
+
+
+@app.task(name="tests.report")
+def report(n: int) -> dict[str, Any]:
+    job = current_job()
+    assert job is not None, "current_job() is None inside the task"
+    job.step("counting", total=n)
+    for _ in range(n):
+        job.advance()
+    job.info("counted %d items", n)
+    return {"counted": n}
+
+
+@app.task(name="tests.flaky", bind=True, max_retries=3)
+def flaky(self: Any, succeed_at: int) -> int:
+    if self.request.retries + 1 < succeed_at:
+        raise self.retry(
+            exc=RuntimeError(f"attempt {self.request.retries + 1} failed"), countdown=0
+        )
+    return self.request.retries + 1
+
+
+@app.task(name="tests.sleepy")
+def sleepy(seconds: float) -> str:
+    job = current_job()
+    if job is not None:
+        job.message("sleeping")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "woke up"
+
+
+@app.task(name="tests.marked")
+def marked(key: str) -> str:
+    _mark(key)
+    return key

@@ -1,0 +1,250 @@
+"""The Celery integration, end to end: a real Redis broker and a real prefork worker."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+import pytest
+import redis
+from celery import signals
+
+from django_jobstatus import contrib
+from django_jobstatus.contrib import celery as jobstatus_celery
+from django_jobstatus.models import JobRun, Status
+from tests.contrib.celery_app import (
+    BROKER_URL,
+    add,
+    app,
+    fail,
+    flaky,
+    marked,
+    report,
+    sleepy,
+)
+from tests.contrib.dbproxy import Proxy
+from tests.contrib.workers import db_proxy, wait_for, worker_env, worker_process
+
+__all__ = ["db_proxy"]  # a fixture
+
+QUEUE = "jobstatus-tests"
+
+
+@pytest.fixture
+def recording() -> Iterator[None]:
+    """The integration switched on in this (the publishing) process."""
+    jobstatus_celery.connect(app)
+    yield
+    jobstatus_celery.disconnect()
+
+
+@pytest.fixture(scope="module")
+def celery_worker(
+    db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Popen[bytes]]:
+    app.control.purge()
+    log = tmp_path_factory.mktemp("celery") / "worker.log"
+    argv = [
+        "-m",
+        "celery",
+        "-A",
+        "tests.contrib.celery_app",
+        "worker",
+        "--pool=prefork",
+        "--concurrency=1",
+        "--loglevel=INFO",
+        "-Q",
+        QUEUE,
+        "-n",
+        f"jobstatus-tests-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    with worker_process(
+        argv, worker_env(db_proxy, "django_jobstatus.contrib.celery"), log
+    ) as process:
+        wait_for(
+            lambda: app.control.ping(timeout=0.5),
+            timeout=90,
+            what="the Celery worker to answer a ping",
+            process=process,
+            log=log,
+        )
+        process.log = log  # type: ignore[attr-defined]
+        yield process
+
+
+def recorded(task_id: str) -> JobRun:
+    run = jobstatus_celery.find_run(task_id)
+    assert run is not None, f"no run recorded for task {task_id}"
+    return run
+
+
+def finished(run: JobRun, worker: Popen[bytes], timeout: float = 60) -> JobRun:
+    log: Path = worker.log  # type: ignore[attr-defined]
+    wait_for(
+        lambda: (run.refresh_from_db(), run.is_finished)[1],
+        timeout=timeout,
+        what=f"run {run.pk} to finish",
+        process=worker,
+        log=log,
+    )
+    return run
+
+
+# Without a worker: the switch, and eager execution.
+
+
+def test_connect_and_disconnect_are_idempotent() -> None:
+    before = len(signals.task_prerun.receivers)
+    jobstatus_celery.connect()
+    jobstatus_celery.connect()
+    assert len(signals.task_prerun.receivers) == before + 1
+    assert contrib.can_retry(JobRun(source="celery"))
+    jobstatus_celery.disconnect()
+    jobstatus_celery.disconnect()
+    assert len(signals.task_prerun.receivers) == before
+    assert not contrib.can_retry(JobRun(source="celery"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_eager_task_is_recorded_with_its_progress(recording: None) -> None:
+    result = report.apply(args=(3,))
+    run = recorded(result.id)
+    assert run.status == Status.SUCCEEDED
+    assert (run.progress_current, run.progress_total, run.step) == (3, 3, "counting")
+    assert run.result == {"counted": 3}
+    assert list(run.logs.values_list("message", flat=True)) == ["counted 3 items"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_receiver_error_never_reaches_the_task(
+    recording: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("tracking is broken")
+
+    monkeypatch.setattr(jobstatus_celery._Attempt, "start", broken)
+    assert add.apply(args=(1, 2)).get() == 3
+
+
+# With a real worker.
+
+
+@pytest.mark.usefixtures("recording")
+class TestWorker:
+    pytestmark = [
+        pytest.mark.postgres,
+        pytest.mark.redis,
+        pytest.mark.django_db(transaction=True),
+    ]
+
+    def test_a_succeeding_task(self, celery_worker: Popen[bytes]) -> None:
+        result = add.delay(2, 3)
+        run = recorded(result.id)
+        assert run.job_name == "tests.add"
+        assert run.queued_at is not None
+        assert run.params == {"args": [2, 3], "kwargs": {}}
+        assert run.queue == QUEUE
+        finished(run, celery_worker)
+        assert run.status == Status.SUCCEEDED
+        assert run.result == 5
+        host, pid = run.worker.rsplit(":", 1)
+        assert host.startswith(f"jobstatus-tests-{os.getpid()}@")
+        assert int(pid) != celery_worker.pid  # the pool process, not the main one
+        assert run.queued_at <= run.started_at <= run.finished_at
+        assert run.attempt == 1
+
+    def test_a_failing_task(self, celery_worker: Popen[bytes]) -> None:
+        run = finished(recorded(fail.delay("boom").id), celery_worker)
+        assert run.status == Status.FAILED
+        assert run.error == "ValueError: boom"
+        assert "raise ValueError(text)" in run.traceback
+        assert run.started_at is not None
+
+    def test_progress_and_logs_through_current_job(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        run = finished(recorded(report.delay(5).id), celery_worker)
+        assert run.status == Status.SUCCEEDED
+        assert (run.progress_current, run.progress_total, run.progress) == (5, 5, 1.0)
+        assert run.step == "counting"
+        assert run.result == {"counted": 5}
+        assert list(run.logs.values_list("message", flat=True)) == ["counted 5 items"]
+
+    def test_a_retrying_task_keeps_its_attempts(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        run = finished(recorded(flaky.delay(3).id), celery_worker)
+        assert run.status == Status.SUCCEEDED
+        assert run.result == 3
+        assert run.attempt == 3
+        assert [entry["status"] for entry in run.attempts] == ["retrying", "retrying"]
+        assert [entry["error"] for entry in run.attempts] == [
+            "RuntimeError: attempt 1 failed",
+            "RuntimeError: attempt 2 failed",
+        ]
+        assert JobRun.objects.filter(backend_job_id=run.backend_job_id).count() == 1
+
+    def test_a_long_task_killed_on_request(self, celery_worker: Popen[bytes]) -> None:
+        run = recorded(sleepy.delay(120).id)
+        wait_for(
+            lambda: (
+                run.refresh_from_db(),
+                run.status == Status.RUNNING and run.message == "sleeping",
+            )[1],
+            timeout=60,
+            what="the task to run",
+        )
+        assert contrib.request_kill(JobRun.objects.filter(pk=run.pk)) == 1
+        finished(run, celery_worker)
+        assert run.status == Status.KILLED
+        assert run.kill_requested_at is not None
+        assert run.finished_at is not None
+        # The worker replaced its pool process and goes on.
+        assert finished(recorded(add.delay(1, 1).id), celery_worker).result == 2
+
+    def test_retry_sends_the_task_again_as_a_new_run(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        first = finished(recorded(add.delay(20, 22).id), celery_worker)
+        second = contrib.retry(first)
+        assert second.pk != first.pk
+        assert second.backend_job_id != first.backend_job_id
+        assert (second.job_name, second.params, second.queue) == (
+            first.job_name,
+            first.params,
+            first.queue,
+        )
+        assert finished(second, celery_worker).result == 42
+
+    def test_the_task_runs_while_the_database_is_away(
+        self, celery_worker: Popen[bytes], db_proxy: Proxy
+    ) -> None:
+        key = f"jobstatus-tests:{uuid.uuid4()}"
+        broker = redis.Redis.from_url(BROKER_URL)
+        db_proxy.cut()
+        try:
+            run = recorded(
+                marked.delay(key).id
+            )  # this process reaches the database directly
+            wait_for(
+                lambda: broker.exists(key),
+                timeout=60,
+                what="the task to run without its database",
+            )
+            run.refresh_from_db()
+            assert (
+                run.status == Status.QUEUED
+            )  # the worker could not record anything yet
+        finally:
+            db_proxy.restore()
+        finished(run, celery_worker)
+        assert run.status == Status.SUCCEEDED
+        assert run.result == key
+        assert run.worker

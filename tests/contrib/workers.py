@@ -1,0 +1,114 @@
+"""Start real worker processes for the integration tests, on the suite's own test database."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from django.db import connection
+
+from tests.contrib.dbproxy import Proxy
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def db_proxy(django_db_setup: None) -> Iterator[Proxy]:
+    """A proxy in front of the test database, which the workers connect through."""
+    settings_dict = connection.settings_dict
+    proxy = Proxy(
+        (
+            settings_dict.get("HOST") or "127.0.0.1",
+            int(settings_dict.get("PORT") or 5432),
+        )
+    )
+    yield proxy
+    proxy.cut()
+
+
+def worker_env(proxy: Proxy, integration: str) -> dict[str, str]:
+    """The environment of a worker process: the test database, through ``proxy``, with ``integration`` on."""
+    return {
+        **os.environ,
+        "JOBSTATUS_WORKER_INTEGRATIONS": integration,
+        "DJANGO_SETTINGS_MODULE": "tests.contrib.worker_settings",
+        "JOBSTATUS_WORKER_DB": connection.settings_dict["NAME"],
+        "JOBSTATUS_WORKER_DB_PORT": str(proxy.port),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def wait_for(
+    condition: Callable[[], T],
+    *,
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            pytest.fail(
+                f"the worker exited with {process.returncode} while waiting for {what}:\n{_tail(log)}"
+            )
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"timed out after {timeout} s waiting for {what}:\n{_tail(log)}"
+            )
+        time.sleep(0.1)
+
+
+def _tail(log: Path | None) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+
+
+@contextlib.contextmanager
+def worker_process(
+    argv: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` (its own process group, output in ``log``); stop it and its children at the end."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    # Pool processes left behind in the group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

@@ -1,0 +1,297 @@
+"""Record every run of Django's tasks framework: ``django.tasks`` (Django 6+) or the django-tasks backport.
+
+Enable with ``JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.tasks"]}``. The
+receivers listen to ``task_enqueued``, ``task_started`` and ``task_finished`` of every
+importable signals module (both Django's and the backport's), with no ``sender=``
+(django-tasks-db's worker sends the backend class or instance, inconsistently), and
+keep one run per task result: ``source="django_tasks"``, ``backend_job_id`` = the
+result id. Inside a running task ``current_job()`` returns its handle, so the task can
+report progress, log and check for a kill. A kill is cooperative (the framework cannot
+stop a task): the task sees it at its next ``check_kill()``, and a task asked to stop
+before it started is refused when the worker picks it up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import InterfaceError, OperationalError, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from django_jobstatus import compat, contrib
+from django_jobstatus.conf import settings
+from django_jobstatus.exceptions import JobKilled
+from django_jobstatus.tracking import JobHandle, tracking_database
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from django.dispatch import Signal
+
+    from django_jobstatus.models import JobRun
+
+SOURCE = "django_tasks"
+
+SIGNAL_MODULES = compat.task_signal_modules()
+if not SIGNAL_MODULES:
+    raise ImproperlyConfigured(
+        "django_jobstatus.contrib.tasks needs Django 6 (django.tasks) or, on Django 5.2, the django-tasks package."
+    )
+INLINE_BACKENDS = compat.inline_task_backends()
+KILLED_PATH = f"{JobKilled.__module__}.{JobKilled.__qualname__}"
+
+logger = logging.getLogger(__name__)
+
+# The task executing in this context: its result id, its handle, the current_job() token,
+# and the entry it replaced (an ImmediateBackend task enqueued by a running task nests).
+_Entry = tuple[str, JobHandle, Token[JobHandle | None], Any]
+_running: ContextVar[_Entry | None] = ContextVar("django_jobstatus_task", default=None)
+
+
+class TaskFailed(Exception):  # noqa: N818 (names what happened, like JobKilled)
+    """Stands for a task's exception, known only by its class path and traceback."""
+
+
+# What is recorded.
+
+
+def _fields(task_result: Any) -> dict[str, Any]:
+    task = task_result.task
+    return {
+        "source": SOURCE,
+        "backend_job_id": str(task_result.id),
+        "queue": task.queue_name or "",
+        "priority": task.priority,
+        "params": contrib.params_of(task_result.args, task_result.kwargs),
+    }
+
+
+def _find(task_result: Any, using: str) -> JobRun | None:
+    from django_jobstatus.models import JobRun
+
+    runs = JobRun.objects.using(using).filter(
+        source=SOURCE, backend_job_id=str(task_result.id)
+    )
+    return runs.order_by("-created_at", "-id").first()
+
+
+def _is_inline(sender: Any) -> bool:
+    backend = sender if isinstance(sender, type) else type(sender)
+    return issubclass(backend, INLINE_BACKENDS)
+
+
+def _error(path: str, traceback: str) -> str:
+    """``"Class: message"`` from the end of a formatted traceback (the framework keeps no message)."""
+    lines = traceback.rstrip().splitlines()
+    short = path.rpartition(".")[2]
+    for index in range(len(lines) - 1, -1, -1):
+        if path and lines[index].startswith((path, short)):
+            return "\n".join(lines[index:])
+    return lines[-1] if lines else path
+
+
+# Receivers: each catches and logs its errors, so the task system never sees them.
+
+
+def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
+    """Record a queued run, in the caller's transaction: a rollback takes it with the task."""
+    if _is_inline(sender):
+        return  # it runs inside enqueue(): task_started records it, once
+    try:
+        from django_jobstatus.models import JobRun
+
+        alias = settings.DATABASE
+        # A savepoint keeps a failed write from breaking the caller's transaction.
+        with transaction.atomic(using=alias):
+            if _find(task_result, alias) is None:
+                queued_at = task_result.enqueued_at or timezone.now()
+                JobRun.objects.db_manager(alias).enqueue(
+                    task_result.task.module_path,
+                    queued_at=queued_at,
+                    **_fields(task_result),
+                )
+    except Exception:
+        logger.exception(
+            "Could not record the enqueueing of task %s; it will be recorded when it starts.",
+            task_result.id,
+        )
+
+
+def _start(task_result: Any) -> JobRun | None:
+    """Upsert the run as running (its enqueueing may never have been seen)."""
+    from django_jobstatus.models import JobRun, Status, default_worker
+
+    alias = tracking_database()
+    run = _find(task_result, alias)
+    if run is None:
+        started_at = task_result.started_at or timezone.now()
+        fields = _fields(task_result) | {
+            "started_at": started_at,
+            "queued_at": task_result.enqueued_at or started_at,
+            "attempt": max(task_result.attempts, 1),
+        }
+        return JobRun.objects.db_manager(alias).start(
+            task_result.task.module_path, **fields
+        )
+    if run.status not in Status.ACTIVE:
+        logger.warning(
+            "Task %s started, but its run %s is already %s; this attempt is not recorded.",
+            task_result.id,
+            run.pk,
+            run.status,
+        )
+        return None
+    run.mark_running(
+        worker=default_worker(), using=alias
+    )  # running → running: a new attempt
+    return run
+
+
+def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
+    """Mark the run running and make it ``current_job()`` for the task's code."""
+    try:
+        run = _start(task_result)
+    except (OperationalError, InterfaceError):
+        logger.warning(
+            "Could not record the start of task %s (database unreachable); its end will be recorded.",
+            task_result.id,
+            exc_info=True,
+        )
+        return
+    except Exception:
+        logger.exception("Could not record the start of task %s.", task_result.id)
+        return
+    if run is None:
+        return
+    handle = JobHandle(run)
+    _running.set((str(task_result.id), handle, handle.activate(), _running.get()))
+    if run.kill_requested and not _is_inline(sender):
+        # Asked to stop while it waited: the worker records this as the task's failure, which ends the run killed.
+        raise JobKilled(f"Run {run.pk} was asked to stop before it started.")
+
+
+def _run_to_finish(task_result: Any) -> JobRun | None:
+    """The run to end when the start was not seen here: found or created, and running."""
+    from django_jobstatus.models import Status
+
+    alias = tracking_database()
+    run = _find(task_result, alias)
+    if run is None or run.status in (Status.QUEUED, Status.RETRYING):
+        return _start(task_result)
+    return run
+
+
+def _outcome(
+    task_result: Any, handle: JobHandle
+) -> tuple[BaseException | None, dict[str, Any]]:
+    """The exception (None: succeeded) and the extra fields that end the run."""
+    if str(task_result.status) == "SUCCESSFUL":
+        with contextlib.suppress(Exception):  # a value JSON cannot hold is not kept
+            handle.result = task_result.return_value
+        return None, {}
+    error = task_result.errors[-1] if task_result.errors else None
+    path = error.exception_class_path if error is not None else ""
+    if path == KILLED_PATH:
+        return JobKilled(), {}
+    traceback = error.traceback if error is not None else ""
+    text = _error(path, traceback) or str(task_result.status)
+    return TaskFailed(text), {"error": text, "traceback": traceback}
+
+
+def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
+    """End the run succeeded, failed (with error and traceback) or killed (JobKilled)."""
+    try:
+        entry = _running.get()
+        handle = None
+        if entry is not None and entry[0] == str(task_result.id):
+            _running.set(entry[3])
+            handle = entry[1]
+            with contextlib.suppress(
+                ValueError
+            ):  # finished in another context than it started
+                handle.deactivate(entry[2])
+        if handle is None:
+            run = contrib.durably(
+                lambda: _run_to_finish(task_result), f"the end of task {task_result.id}"
+            )
+            if run is None:
+                return
+            handle = JobHandle(run)
+        exc, values = _outcome(task_result, handle)
+        handle.finish(exc, **values)  # retries while the database is away, then logs
+    except Exception:
+        logger.exception("Could not record the end of task %s.", task_result.id)
+
+
+# Kill and retry from the admin and the API.
+
+
+class TasksBackend:
+    """Kill is cooperative; retry enqueues the task again with the same arguments."""
+
+    def kill(self, run: JobRun) -> None:
+        # The request is already recorded: the task sees it at its next check_kill(),
+        # and a task still waiting is refused when a worker picks it up.
+        return None
+
+    def retry(self, run: JobRun) -> JobRun:
+        from django_jobstatus.models import JobRun
+
+        task = import_string(run.job_name)
+        if (
+            run.queue and run.queue != task.queue_name
+        ) or run.priority != task.priority:
+            task = task.using(
+                queue_name=run.queue or task.queue_name, priority=run.priority
+            )
+        params = run.params or {}
+        result = task.enqueue(*params.get("args", []), **params.get("kwargs", {}))
+        new = (
+            JobRun.objects.filter(source=SOURCE, backend_job_id=str(result.id))
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        if new is None:  # the integration's receivers are off in this process
+            new = JobRun.objects.enqueue(run.job_name, **_fields(result))
+        return new
+
+
+backend = TasksBackend()
+
+
+# Switching on and off.
+
+_RECEIVERS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("task_enqueued", on_enqueued),
+    ("task_started", on_started),
+    ("task_finished", on_finished),
+)
+
+
+def _signals() -> Iterator[tuple[Signal, Callable[..., None], str]]:
+    seen: set[int] = set()
+    for module in SIGNAL_MODULES:
+        for name, receiver in _RECEIVERS:
+            signal = getattr(module, name)
+            if id(signal) not in seen:  # one module may re-export the other's signals
+                seen.add(id(signal))
+                yield signal, receiver, f"{__name__}.{name}"
+
+
+def connect() -> None:
+    """Record every task run from now on (idempotent)."""
+    for signal, receiver, uid in _signals():
+        signal.connect(receiver, weak=False, dispatch_uid=uid)
+    contrib.register(SOURCE, backend)
+
+
+def disconnect() -> None:
+    """Stop recording task runs (idempotent)."""
+    for signal, receiver, uid in _signals():
+        signal.disconnect(receiver, dispatch_uid=uid)
+    contrib.unregister(SOURCE)

@@ -1,0 +1,1 @@
+"""Task functions and worker settings for tests/contrib/test_tasks.py."""

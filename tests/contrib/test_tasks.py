@@ -1,0 +1,441 @@
+"""django_jobstatus.contrib.tasks: the ImmediateBackend in this process, and django-tasks-db's real db_worker."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.apps import apps
+from django.db import OperationalError, connection
+
+from django_jobstatus import contrib
+from django_jobstatus.contrib import tasks as integration
+from django_jobstatus.models import JobRun, Status
+from tests.conftest import CI
+from tests.contrib.tasks_app import tasks
+
+FRAMEWORK = tasks.framework.__name__
+IMMEDIATE = {
+    "default": {
+        "BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend",
+        "QUEUES": [],
+    }
+}
+DATABASE = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}}
+ROOT = Path(__file__).resolve().parents[2]
+SUCCESSFUL, FAILED = "SUCCESSFUL", "FAILED"
+
+
+@pytest.fixture
+def integration_on(settings: Any) -> Iterator[None]:
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "PROGRESS_INTERVAL": 0.05}
+    integration.connect()
+    yield
+    integration.disconnect()
+
+
+@pytest.fixture
+def immediate(settings: Any, integration_on: None) -> None:
+    settings.TASKS = IMMEDIATE
+
+
+def run_of(result: Any) -> JobRun:
+    return JobRun.objects.get(source="django_tasks", backend_job_id=str(result.id))
+
+
+# Switching on and off.
+
+
+def test_connect_and_disconnect_are_idempotent() -> None:
+    module = integration.SIGNAL_MODULES[0]
+    before = len(module.task_started.receivers)
+    integration.connect()
+    integration.connect()
+    try:
+        assert len(module.task_started.receivers) == before + 1
+        assert contrib._backends["django_tasks"] is integration.backend
+    finally:
+        integration.disconnect()
+        integration.disconnect()
+    assert len(module.task_started.receivers) == before
+    assert "django_tasks" not in contrib._backends
+
+
+def test_nothing_is_recorded_when_disconnected(db: None, settings: Any) -> None:
+    settings.TASKS = IMMEDIATE
+    was_on = contrib.can_retry(
+        JobRun(source="django_tasks")
+    )  # the settings may enable it
+    integration.disconnect()
+    try:
+        result = tasks.add.enqueue(1, 2)
+    finally:
+        if was_on:
+            integration.connect()
+    assert result.status == SUCCESSFUL
+    assert not JobRun.objects.exists()
+
+
+# ImmediateBackend: the task runs inside enqueue().
+
+
+def test_immediate_success(db: None, immediate: None) -> None:
+    result = tasks.add.enqueue(2, 3)
+    assert result.status == SUCCESSFUL
+    run = run_of(result)
+    assert run.status == Status.SUCCEEDED
+    assert run.job_name == "tests.contrib.tasks_app.tasks.add"
+    assert run.params == {"args": [2, 3], "kwargs": {}}
+    assert run.result == 5
+    assert (run.queue, run.priority, run.attempt) == ("default", 0, 1)
+    assert run.queued_at <= run.started_at <= run.finished_at
+    assert run.worker == f"{socket.gethostname()}:{os.getpid()}"
+    assert (run.error, run.traceback) == ("", "")
+
+
+def test_immediate_failure(db: None, immediate: None) -> None:
+    result = tasks.fail.enqueue(message="it broke")
+    assert result.status == FAILED
+    run = run_of(result)
+    assert run.status == Status.FAILED
+    assert run.params == {"args": [], "kwargs": {"message": "it broke"}}
+    assert run.error == "tests.contrib.tasks_app.tasks.TaskError: it broke"
+    assert "raise TaskError(message)" in run.traceback
+    assert run.finished_at is not None
+    assert run.result is None
+
+
+def test_immediate_progress_and_logs_through_current_job(
+    db: None, immediate: None
+) -> None:
+    result = tasks.count.enqueue(25)
+    assert result.status == SUCCESSFUL, result.errors
+    run = run_of(result)
+    assert run.status == Status.SUCCEEDED
+    assert (run.progress_current, run.progress_total, run.progress) == (25, 25, 1.0)
+    assert (run.step, run.message) == ("counting", "counted")
+    assert list(run.logs.values_list("message", flat=True)) == ["counted to 25"]
+
+
+def test_immediate_kill_ends_the_run_killed(db: None, immediate: None) -> None:
+    result = tasks.kill_myself.enqueue()
+    assert result.status == FAILED
+    assert (
+        result.errors[-1].exception_class_path
+        == "django_jobstatus.exceptions.JobKilled"
+    )
+    run = run_of(result)
+    assert run.status == Status.KILLED
+    assert run.kill_requested_at is not None
+    assert run.finished_at is not None
+    assert run.error == ""
+
+
+def test_current_job_is_reset_after_the_task(db: None, immediate: None) -> None:
+    from django_jobstatus import current_job
+
+    tasks.count.enqueue(3)
+    tasks.fail.enqueue("x")
+    assert current_job() is None
+
+
+def test_queue_and_priority_are_recorded(db: None, immediate: None) -> None:
+    result = tasks.add.using(queue_name="reports", priority=7).enqueue(1, 1)
+    run = run_of(result)
+    assert (run.queue, run.priority) == ("reports", 7)
+
+
+def test_retry_enqueues_the_same_task_with_the_same_arguments(
+    db: None, immediate: None
+) -> None:
+    first = run_of(tasks.add.using(priority=3).enqueue(4, b=5))
+    assert contrib.can_retry(first)
+    again = contrib.retry(first)
+    assert again.pk != first.pk
+    assert (again.job_name, again.params, again.priority) == (
+        first.job_name,
+        first.params,
+        3,
+    )
+    assert again.status == Status.SUCCEEDED
+    assert again.result == 9
+
+
+def test_a_failing_receiver_never_breaks_the_task(
+    db: None,
+    immediate: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("bug in the receiver")
+
+    monkeypatch.setattr(integration, "_start", broken)
+    monkeypatch.setattr(integration, "_run_to_finish", broken)
+    with caplog.at_level(logging.ERROR, logger="django_jobstatus"):
+        result = tasks.add.enqueue(1, 1)
+    assert result.status == SUCCESSFUL
+    assert result.return_value == 2
+    assert "Could not record the start of task" in caplog.text
+    assert "Could not record the end of task" in caplog.text
+
+
+# The database is briefly unreachable: the task runs; its end is recorded when it is back.
+
+
+@contextlib.contextmanager
+def outage() -> Iterator[None]:
+    """Every query on the app's tables fails while tasks.OUTAGE is set."""
+
+    def refuse(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if tasks.OUTAGE.is_set() and "django_jobstatus_" in sql:
+            raise OperationalError(
+                "server closed the connection unexpectedly (simulated)"
+            )
+        return execute(sql, params, many, context)
+
+    tasks.OUTAGE.set()
+    try:
+        with connection.execute_wrapper(refuse):
+            yield
+    finally:
+        tasks.OUTAGE.clear()
+
+
+def test_end_is_recorded_when_the_database_comes_back(
+    transactional_db: None, immediate: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="django_jobstatus"), outage():
+        result = (
+            tasks.end_outage.enqueue()
+        )  # the start cannot be recorded; the task ends the outage
+    assert result.status == SUCCESSFUL
+    assert "Could not record the start of task" in caplog.text
+    run = run_of(result)
+    assert run.status == Status.SUCCEEDED
+    assert run.result == "done"
+    assert run.started_at is not None
+    assert run.finished_at is not None
+
+
+def test_end_is_logged_when_the_database_never_comes_back(
+    transactional_db: None,
+    immediate: None,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "FINISH_RETRY_TIMEOUT": 0.3}
+    with caplog.at_level(logging.WARNING, logger="django_jobstatus"), outage():
+        result = tasks.add.enqueue(20, 22)
+    assert result.status == SUCCESSFUL
+    assert result.return_value == 42
+    assert f"Could not record the end of task {result.id}" in caplog.text
+    assert not JobRun.objects.exists()
+
+
+# django-tasks-db with its real db_worker process (PostgreSQL: both processes share the database).
+
+
+def _need_tasks_db() -> None:
+    if not apps.is_installed("django_tasks_db"):
+        reason = 'needs "django_tasks_db" in INSTALLED_APPS (tests/settings.py, or --ds tests.contrib.tasks_app.settings)'
+        if CI:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+
+class Worker:
+    """A ``manage.py db_worker`` process on the test database."""
+
+    def __init__(self, *args: str) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="db_worker-", suffix=".log")  # noqa: SIM115 (closed in stop())
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.contrib.tasks_app.settings",
+            "JOBSTATUS_WORKER_DB": connection.settings_dict["NAME"],
+            "PYTHONPATH": str(ROOT),
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "django",
+            "db_worker",
+            "--no-reload",
+            "--no-startup-delay",
+            "--interval",
+            "0.1",
+            "-v",
+            "2",
+            *args,
+        ]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def name(self) -> str:
+        return f"{socket.gethostname()}:{self.process.pid}"
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def worker(
+    transactional_db: None, settings: Any, integration_on: None
+) -> Iterator[Worker]:
+    _need_tasks_db()
+    settings.TASKS = DATABASE
+    process = Worker("--queue-name", "default")
+    yield process
+    process.stop()
+
+
+def wait_for(result: Any, worker: Worker, statuses: Any = None) -> JobRun:
+    try:
+        return run_of(result).wait(statuses, timeout=60)
+    except (TimeoutError, JobRun.DoesNotExist):
+        pytest.fail(
+            f"The run of task {result.id} did not get there; the worker said:\n{worker.output()}"
+        )
+
+
+@pytest.mark.postgres
+def test_db_worker_success(worker: Worker) -> None:
+    result = tasks.add.enqueue(2, 3)
+    run = run_of(result)  # recorded at enqueue, in the caller's transaction
+    assert run.queued_at is not None
+    run = wait_for(result, worker)
+    assert run.status == Status.SUCCEEDED, run.error
+    assert run.result == 5
+    assert run.worker == worker.name
+    assert run.queued_at <= run.started_at <= run.finished_at
+    assert run.params == {"args": [2, 3], "kwargs": {}}
+    result.refresh()
+    assert result.status == SUCCESSFUL
+
+
+@pytest.mark.postgres
+def test_db_worker_failure(worker: Worker) -> None:
+    result = tasks.fail.enqueue("broken in the worker")
+    run = wait_for(result, worker)
+    assert run.status == Status.FAILED
+    assert run.error == "tests.contrib.tasks_app.tasks.TaskError: broken in the worker"
+    assert "raise TaskError(message)" in run.traceback
+    assert run.worker == worker.name
+    assert run.started_at <= run.finished_at
+
+
+@pytest.mark.postgres
+def test_db_worker_progress_logs_and_logging_handler(worker: Worker) -> None:
+    counted = tasks.count.enqueue(40)
+    talked = tasks.chatty.enqueue(30)
+    run = wait_for(counted, worker)
+    assert run.status == Status.SUCCEEDED, run.error
+    assert (run.progress_current, run.progress_total, run.step, run.message) == (
+        40,
+        40,
+        "counting",
+        "counted",
+    )
+    assert list(run.logs.values_list("message", flat=True)) == ["counted to 40"]
+    chatty = wait_for(talked, worker)
+    assert chatty.status == Status.SUCCEEDED
+    lines = list(chatty.logs.order_by("id").values_list("message", "level", "extra"))
+    assert lines[0] == (
+        "line 0",
+        logging.INFO,
+        {"logger": "tests.contrib.tasks_app.tasks"},
+    )
+    assert [message for message, _, _ in lines] == [f"line {i}" for i in range(30)]
+
+
+@pytest.mark.postgres
+def test_db_worker_kill_from_the_admin_action_path(worker: Worker) -> None:
+    result = tasks.wait_for_kill.enqueue(120)
+    run = wait_for(result, worker, [Status.RUNNING])
+    assert run.worker == worker.name
+    assert contrib.request_kill(JobRun.objects.filter(pk=run.pk)) == 1
+    run = wait_for(result, worker)
+    assert run.status == Status.KILLED
+    assert run.kill_requested_at is not None
+    assert run.kill_requested_at <= run.finished_at
+    assert run.step == "waiting for a kill"
+    result.refresh()
+    assert result.status == FAILED
+    assert (
+        result.errors[-1].exception_class_path
+        == "django_jobstatus.exceptions.JobKilled"
+    )
+
+
+@pytest.mark.postgres
+def test_db_worker_refuses_a_task_killed_while_it_waited(worker: Worker) -> None:
+    result = tasks.wait_for_kill.using(queue_name="held").enqueue(120)
+    run = run_of(result)
+    assert run.status == Status.QUEUED
+    assert contrib.request_kill(JobRun.objects.filter(pk=run.pk)) == 1
+    held = Worker("--queue-name", "held", "--batch")
+    try:
+        assert held.wait() == 0, held.output()
+        run = wait_for(result, held)
+    finally:
+        held.stop()
+    assert run.status == Status.KILLED
+    assert run.step == ""  # the task's code never ran
+
+
+@pytest.mark.postgres
+def test_db_worker_retry_records_a_new_run(worker: Worker) -> None:
+    first = wait_for(tasks.add.enqueue(1, 2), worker)
+    again = contrib.retry(first)
+    assert again.pk != first.pk
+    assert again.status in Status.ACTIVE | {Status.SUCCEEDED}
+    again = again.wait(timeout=60)
+    assert (again.status, again.result, again.params) == (
+        Status.SUCCEEDED,
+        3,
+        first.params,
+    )
+
+
+def test_worker_settings_enable_the_integration() -> None:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.contrib.tasks_app.settings",
+        "PYTHONPATH": str(ROOT),
+    }
+    code = "import django; django.setup(); from django_jobstatus import contrib; print(contrib.can_retry(type('R', (), {'source': 'django_tasks'})()))"
+    output = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert output.stdout.strip() == "True", output.stderr

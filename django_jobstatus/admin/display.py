@@ -1,0 +1,115 @@
+"""HTML pieces shared by the run pages and the dashboard (all built with format_html)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils.html import format_html
+from django.utils.translation import gettext as _
+
+from django_jobstatus.redaction import redact
+
+if TYPE_CHECKING:
+    from django.utils.safestring import SafeString
+
+    from django_jobstatus.models import JobRun
+
+MEDIA_CSS = {"all": ["django_jobstatus/css/jobstatus.css"]}
+MEDIA_JS = ["django_jobstatus/js/jobstatus.js"]
+
+
+def format_duration(delta: timedelta | None) -> str:
+    """``1 h 02 min``, ``3 min 04 s``, ``5.2 s``; an empty string for None."""
+    if delta is None:
+        return ""
+    seconds = max(delta.total_seconds(), 0.0)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def status_badge(run: JobRun) -> SafeString:
+    badge = format_html(
+        '<span class="jobstatus-badge jobstatus-{}">{}</span>',
+        run.status,
+        run.get_status_display(),
+    )
+    if run.is_active and run.kill_requested:
+        badge = format_html(
+            '{} <span class="jobstatus-badge jobstatus-stopping">{}</span>',
+            badge,
+            _("stopping"),
+        )
+    return badge
+
+
+def progress_bar(run: JobRun) -> SafeString:
+    """A bar with its percentage and step; indeterminate while the total is unknown."""
+    share = run.progress
+    if share is None:
+        label = str(run.progress_current) if run.progress_current else ""
+        width, css = ("100", "jobstatus-indeterminate") if run.is_active else ("0", "")
+    else:
+        label = f"{share * 100:.0f}%"
+        width, css = f"{share * 100:.1f}", ""
+    return format_html(
+        '<span class="jobstatus-progress {}" data-run="{}" title="{} / {}">'
+        '<span class="jobstatus-progress-bar" style="width: {}%"></span></span>'
+        ' <span class="jobstatus-progress-label">{}</span> <span class="jobstatus-step">{}</span>',
+        css,
+        run.pk,
+        run.progress_current,
+        run.progress_total if run.progress_total is not None else "?",
+        width,
+        label,
+        run.step,
+    )
+
+
+def duration_cell(run: JobRun) -> SafeString:
+    """The run time; running runs carry their start so the script keeps counting."""
+    started = run.started_at.isoformat() if run.started_at and run.is_active else ""
+    return format_html(
+        '<span class="jobstatus-duration" data-started="{}">{}</span>',
+        started,
+        format_duration(run.duration),
+    )
+
+
+def pretty_json(value: Any) -> SafeString:
+    """Redacted, indented JSON in a <pre> (escaped: never HTML)."""
+    text = json.dumps(
+        redact(value),
+        indent=2,
+        sort_keys=True,
+        ensure_ascii=False,
+        cls=DjangoJSONEncoder,
+    )
+    return format_html('<pre class="jobstatus-json">{}</pre>', text)
+
+
+def level_badge(level: int) -> SafeString:
+    name = logging.getLevelName(level)
+    css = (
+        "error"
+        if level >= logging.ERROR
+        else "warning"
+        if level >= logging.WARNING
+        else "debug"
+        if level < logging.INFO
+        else "info"
+    )
+    return format_html(
+        '<span class="jobstatus-level jobstatus-level-{}">{}</span>', css, name
+    )

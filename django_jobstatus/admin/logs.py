@@ -1,0 +1,79 @@
+"""JobLogAdmin: every log line, filtered by run, level and time; read-only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.contrib import admin
+from django.template.defaultfilters import truncatechars
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy
+
+from django_jobstatus.admin.display import MEDIA_CSS, MEDIA_JS, level_badge
+from django_jobstatus.admin.filters import CreatedWithinFilter, LevelFilter
+from django_jobstatus.admin.paginator import CappedCountPaginator
+from django_jobstatus.models import JobLog
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+    from django.utils.safestring import SafeString
+
+
+class JobLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("created_at", "level_display", "message_display", "run_link")
+    list_filter = (LevelFilter, CreatedWithinFilter)
+    search_fields = ("message",)
+    search_help_text = gettext_lazy(
+        "Words of the message. Filter by a run first on big tables: ?run=<run id>."
+    )
+    ordering = ("-created_at", "-id")
+    sortable_by = ("created_at",)
+    list_per_page = 100
+    list_select_related = ("run",)
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
+    fields = ("run", "created_at", "level", "message", "extra")
+
+    class Media:
+        css = MEDIA_CSS
+        js = MEDIA_JS
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: JobLog | None = None
+    ) -> list[str]:
+        return [field.name for field in self.opts.fields]
+
+    # Log lines are written by jobs and deleted with their run.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: JobLog | None = None
+    ) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: JobLog | None = None
+    ) -> bool:
+        return False
+
+    @admin.display(description=gettext_lazy("level"), ordering="level")
+    def level_display(self, log: JobLog) -> SafeString:
+        return level_badge(log.level)
+
+    @admin.display(description=gettext_lazy("message"))
+    def message_display(self, log: JobLog) -> str:
+        return truncatechars(log.message, 200)
+
+    @admin.display(description=gettext_lazy("run"))
+    def run_link(self, log: JobLog) -> SafeString:
+        url = reverse("admin:django_jobstatus_jobrun_change", args=[log.run_id])
+        return format_html(
+            '<a href="{}">{}</a> <span class="jobstatus-badge jobstatus-{}">{}</span>',
+            url,
+            log.run.job_name,
+            log.run.status,
+            log.run.get_status_display(),
+        )

@@ -1,0 +1,501 @@
+"""JobRunAdmin: the changelist, a run's page with its newest logs, and the per-run buttons."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.defaultfilters import truncatechars
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+from django.utils.text import smart_split, unescape_string_literal
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from django_jobstatus import contrib
+from django_jobstatus.admin import actions, dashboard
+from django_jobstatus.admin.display import (
+    MEDIA_CSS,
+    MEDIA_JS,
+    duration_cell,
+    format_duration,
+    pretty_json,
+    progress_bar,
+    status_badge,
+)
+from django_jobstatus.admin.filters import (
+    LEVELS,
+    CreatedWithinFilter,
+    HasErrorsFilter,
+    JobNameFilter,
+    KillRequestedFilter,
+    SourceFilter,
+    StatusFilter,
+)
+from django_jobstatus.admin.paginator import CappedCountPaginator
+from django_jobstatus.models import JobLog, JobRun, Status
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+    from django.http import HttpRequest, HttpResponse
+    from django.utils.safestring import SafeString
+
+# Log lines shown on a run's page; the rest are in the JobLog changelist.
+INLINE_LOGS = 200
+
+
+class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = (
+        "job_name",
+        "status_display",
+        "progress_display",
+        "message_display",
+        "created_at",
+        "duration_display",
+        "attempt",
+        "source",
+    )
+    list_display_links = ("job_name",)
+    list_filter = (
+        StatusFilter,
+        JobNameFilter,
+        SourceFilter,
+        HasErrorsFilter,
+        KillRequestedFilter,
+        CreatedWithinFilter,
+    )
+    search_fields = ("id", "job_name", "backend_job_id", "subject", "message")
+    search_help_text = gettext_lazy(
+        "A run id, a job name (or its start), a backend job id, a subject, or words of the message."
+    )
+    ordering = ("-created_at", "-id")
+    sortable_by = ("job_name", "created_at")
+    list_per_page = 50
+    # Big tables: no COUNT(*) of the whole table, no per-filter counts, counts capped.
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
+    # No foreign key is shown in the list: nothing to join.
+    list_select_related = False
+    actions = (
+        actions.request_kill,
+        actions.mark_killed,
+        actions.retry,
+        actions.delete_finished,
+    )
+    change_list_template = "admin/django_jobstatus/jobrun/change_list.html"
+    change_form_template = "admin/django_jobstatus/jobrun/change_form.html"
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "job_name",
+                    "status_display",
+                    "message",
+                    "id",
+                    "source",
+                    "backend_job_id",
+                    "queue",
+                    "priority",
+                    "subject",
+                    "owner",
+                    "worker",
+                )
+            },
+        ),
+        (
+            gettext_lazy("Progress"),
+            {
+                "fields": (
+                    "progress_display",
+                    "step",
+                    "progress_current",
+                    "progress_total",
+                    "kill_requested_at",
+                )
+            },
+        ),
+        (gettext_lazy("Timeline"), {"fields": ("timeline_display",)}),
+        (
+            gettext_lazy("Arguments and result"),
+            {"fields": ("params_display", "data_display", "result_display")},
+        ),
+        (
+            gettext_lazy("Error"),
+            {
+                "fields": (
+                    "has_errors",
+                    "error",
+                    "traceback_display",
+                    "attempt",
+                    "attempts_display",
+                )
+            },
+        ),
+        (gettext_lazy("Batch"), {"fields": ("parent", "children_display")}),
+    )
+
+    class Media:
+        css = MEDIA_CSS
+        js = MEDIA_JS
+
+    # Read-only: runs are written by jobs, changed only through actions.
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: JobRun | None = None
+    ) -> list[str]:
+        fields = [field.name for field in self.opts.fields]
+        return [
+            *fields,
+            *(
+                name
+                for _title, options in self.fieldsets
+                for name in options["fields"]
+                if name not in fields
+            ),
+        ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: JobRun | None = None
+    ) -> bool:
+        if obj is not None and obj.is_active:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        found = super().get_actions(request)
+        found.pop("delete_selected", None)
+        return found
+
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        """The confirmation page's summary without listing every log line (a run may have 100,000)."""
+        runs = list(objs)
+        shown: list[Any] = [
+            format_html(
+                '<a href="{}">{}</a>',
+                reverse("admin:django_jobstatus_jobrun_change", args=[run.pk]),
+                run,
+            )
+            for run in runs[:100]
+        ]
+        if len(runs) > 100:
+            shown.append(_("… and %(n)d more runs") % {"n": len(runs) - 100})
+        logs = JobLog.objects.filter(run__in=[run.pk for run in runs]).count()
+        counts = {
+            str(JobRun._meta.verbose_name_plural): len(runs),
+            str(JobLog._meta.verbose_name_plural): logs,
+        }
+        perms_needed = (
+            set()
+            if self.has_delete_permission(request)
+            else {str(JobRun._meta.verbose_name)}
+        )
+        return shown, counts, perms_needed, []
+
+    # Columns.
+
+    @admin.display(description=gettext_lazy("status"), ordering="status")
+    def status_display(self, run: JobRun) -> SafeString:
+        return status_badge(run)
+
+    @admin.display(description=gettext_lazy("progress"))
+    def progress_display(self, run: JobRun) -> SafeString:
+        return progress_bar(run)
+
+    @admin.display(description=gettext_lazy("message"))
+    def message_display(self, run: JobRun) -> str:
+        return truncatechars(run.message, 80)
+
+    @admin.display(description=gettext_lazy("duration"))
+    def duration_display(self, run: JobRun) -> SafeString:
+        return duration_cell(run)
+
+    # A run's page.
+
+    @admin.display(description=gettext_lazy("timeline"))
+    def timeline_display(self, run: JobRun) -> SafeString:
+        steps = [
+            (_("created"), run.created_at),
+            (_("queued"), run.queued_at),
+            (_("started"), run.started_at),
+            (_("last heartbeat"), run.heartbeat_at),
+            (_("kill requested"), run.kill_requested_at),
+            (_("finished"), run.finished_at),
+        ]
+        items = format_html_join(
+            "",
+            '<li class="{}"><span class="jobstatus-timeline-label">{}</span> <time datetime="{}">{}</time></li>',
+            (
+                (
+                    "done" if when else "pending",
+                    label,
+                    when.isoformat() if when else "",
+                    when.strftime("%Y-%m-%d %H:%M:%S %Z") if when else "—",
+                )
+                for label, when in steps
+            ),
+        )
+        return format_html(
+            '<ol class="jobstatus-timeline">{}</ol><p>{}: {} · {}: {}</p>',
+            items,
+            _("waiting"),
+            format_duration(run.waiting) or "—",
+            _("duration"),
+            duration_cell(run) if run.started_at else "—",
+        )
+
+    @admin.display(description=gettext_lazy("parameters"))
+    def params_display(self, run: JobRun) -> SafeString:
+        return pretty_json(run.params)
+
+    @admin.display(description=gettext_lazy("data"))
+    def data_display(self, run: JobRun) -> SafeString:
+        return pretty_json(run.data)
+
+    @admin.display(description=gettext_lazy("result"))
+    def result_display(self, run: JobRun) -> SafeString:
+        return pretty_json(run.result)
+
+    @admin.display(description=gettext_lazy("traceback"))
+    def traceback_display(self, run: JobRun) -> SafeString | str:
+        return (
+            format_html('<pre class="jobstatus-traceback">{}</pre>', run.traceback)
+            if run.traceback
+            else "—"
+        )
+
+    @admin.display(description=gettext_lazy("earlier attempts"))
+    def attempts_display(self, run: JobRun) -> SafeString | str:
+        if not run.attempts:
+            return "—"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    a.get("attempt", ""),
+                    a.get("status", ""),
+                    a.get("started_at") or "—",
+                    a.get("finished_at") or "—",
+                    a.get("worker", ""),
+                    a.get("error", ""),
+                )
+                for a in run.attempts
+                if isinstance(a, dict)
+            ),
+        )
+        return format_html(
+            '<table class="jobstatus-attempts"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>',
+            _("attempt"),
+            _("outcome"),
+            _("started"),
+            _("finished"),
+            _("worker"),
+            _("error"),
+            rows,
+        )
+
+    @admin.display(description=gettext_lazy("children"))
+    def children_display(self, run: JobRun) -> SafeString | str:
+        counts = dict(
+            run.children.order_by().values_list("status").annotate(n=Count("pk"))
+        )
+        if not counts:
+            return "—"
+        url = (
+            reverse("admin:django_jobstatus_jobrun_changelist")
+            + "?"
+            + urlencode({"parent": str(run.pk)})
+        )
+        parts = format_html_join(
+            " ",
+            '<span class="jobstatus-badge jobstatus-{}">{} {}</span>',
+            ((s, counts[s], label) for s, label in Status.choices if s in counts),
+        )
+        return format_html(
+            '{} <a href="{}">{}</a>',
+            parts,
+            url,
+            _("%(n)d children") % {"n": sum(counts.values())},
+        )
+
+    # Search: exact ids, prefix of job names, words of the message.
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[JobRun], search_term: str
+    ) -> tuple[QuerySet[JobRun], bool]:
+        terms = []
+        for bit in smart_split(search_term):
+            if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
+                bit = unescape_string_literal(bit)
+            query = (
+                Q(job_name__istartswith=bit)
+                | Q(backend_job_id=bit)
+                | Q(subject=bit)
+                | Q(message__icontains=bit)
+            )
+            with contextlib.suppress(ValueError):
+                query |= Q(pk=uuid.UUID(bit))
+            terms.append(query)
+        for query in terms:
+            queryset = queryset.filter(query)
+        return queryset, False
+
+    # Views.
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "dashboard/",
+                view(self.dashboard_view),
+                name="django_jobstatus_jobrun_dashboard",
+            ),
+            path(
+                "dashboard/data/",
+                view(self.dashboard_data_view),
+                name="django_jobstatus_jobrun_dashboard_data",
+            ),
+            *dashboard.purge_urls(self),
+            path(
+                "<path:object_id>/kill/",
+                view(self.kill_view),
+                name="django_jobstatus_jobrun_kill",
+            ),
+            path(
+                "<path:object_id>/retry/",
+                view(self.retry_view),
+                name="django_jobstatus_jobrun_retry",
+            ),
+            *super().get_urls(),
+        ]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        return dashboard.dashboard_view(self, request)
+
+    def dashboard_data_view(self, request: HttpRequest) -> HttpResponse:
+        return dashboard.dashboard_data_view(self, request)
+
+    def _run_for_button(self, request: HttpRequest, object_id: str) -> JobRun:
+        if request.method != "POST":
+            raise PermissionDenied
+        run = get_object_or_404(
+            self.get_queryset(request), pk=self.to_field_pk(object_id)
+        )
+        if not self.has_change_permission(request, run):
+            raise PermissionDenied
+        return run
+
+    @staticmethod
+    def to_field_pk(object_id: str) -> uuid.UUID:
+        try:
+            return uuid.UUID(object_id)
+        except ValueError as exc:
+            raise Http404(_("No run with id %(id)r.") % {"id": object_id}) from exc
+
+    def kill_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        run = self._run_for_button(request, object_id)
+        if contrib.request_kill(JobRun.objects.filter(pk=run.pk)):
+            self.message_user(request, _("Asked the run to stop."), messages.SUCCESS)
+        else:
+            self.message_user(
+                request,
+                _("The run is finished or was already asked to stop."),
+                messages.WARNING,
+            )
+        return HttpResponseRedirect(
+            reverse("admin:django_jobstatus_jobrun_change", args=[run.pk])
+        )
+
+    def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        run = self._run_for_button(request, object_id)
+        if not contrib.can_retry(run):
+            self.message_user(
+                request,
+                _(
+                    "This run cannot be retried: no enabled integration can enqueue source “%(source)s” again."
+                )
+                % {"source": run.source},
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(
+                reverse("admin:django_jobstatus_jobrun_change", args=[run.pk])
+            )
+        try:
+            new = contrib.retry(run)
+        except Exception as exc:  # the integration's error is shown, not raised
+            self.message_user(
+                request,
+                _("Could not retry the run: %(error)s") % {"error": exc},
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(
+                reverse("admin:django_jobstatus_jobrun_change", args=[run.pk])
+            )
+        self.message_user(request, _("Enqueued the job again."), messages.SUCCESS)
+        return HttpResponseRedirect(
+            reverse("admin:django_jobstatus_jobrun_change", args=[new.pk])
+        )
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method == "POST":
+            # Nothing on the page is editable; buttons post to their own views.
+            return HttpResponseNotAllowed(["GET"])
+        context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
+        run = self.get_object(request, object_id)
+        if run is not None:
+            context |= self._logs_context(request, run)
+            context |= {
+                "jobstatus_run": run,
+                "can_kill": run.is_active
+                and not run.kill_requested
+                and self.has_change_permission(request, run),
+                "can_retry": contrib.can_retry(run)
+                and self.has_change_permission(request, run),
+            }
+        return super().change_view(request, object_id, form_url, context)
+
+    def _logs_context(self, request: HttpRequest, run: JobRun) -> dict[str, Any]:
+        """The newest INLINE_LOGS lines (one query, no count), optionally from a level up."""
+        level_param = request.GET.get("log_level", "")
+        logs = JobLog.objects.for_run(run).order_by("-created_at", "-id")
+        if level_param.isdigit():
+            logs = logs.at_least(int(level_param))
+        lines = list(logs[: INLINE_LOGS + 1])
+        changelist = reverse("admin:django_jobstatus_joblog_changelist")
+        query = {
+            "run": str(run.pk),
+            **({"level": level_param} if level_param.isdigit() else {}),
+        }
+        return {
+            "logs": lines[:INLINE_LOGS],
+            "logs_more": len(lines) > INLINE_LOGS,
+            "logs_limit": INLINE_LOGS,
+            "log_level": level_param,
+            "log_levels": [(str(number), name) for number, name in LEVELS],
+            "logs_url": f"{changelist}?{urlencode(query)}",
+        }

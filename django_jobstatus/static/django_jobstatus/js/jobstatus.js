@@ -1,0 +1,133 @@
+/* django-jobstatus: live durations, and the dashboard's polling of its JSON view.
+   Plain script, no dependencies. Everything from the server is written with textContent, never as HTML. */
+(function () {
+  "use strict";
+
+  function formatDuration(seconds) {
+    seconds = Math.max(seconds, 0);
+    if (seconds < 10) { return seconds.toFixed(1) + " s"; }
+    var whole = Math.floor(seconds);
+    var hours = Math.floor(whole / 3600);
+    var minutes = Math.floor((whole % 3600) / 60);
+    var secs = whole % 60;
+    function pad(n) { return (n < 10 ? "0" : "") + n; }
+    if (hours) { return hours + " h " + pad(minutes) + " min"; }
+    if (minutes) { return minutes + " min " + pad(secs) + " s"; }
+    return secs + " s";
+  }
+
+  function tickDurations() {
+    var now = Date.now();
+    document.querySelectorAll(".jobstatus-duration[data-started]").forEach(function (el) {
+      var started = el.getAttribute("data-started");
+      if (!started) { return; }
+      var t = Date.parse(started);
+      if (!isNaN(t)) { el.textContent = formatDuration((now - t) / 1000); }
+    });
+  }
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) { node.className = className; }
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    return node;
+  }
+
+  function progressCell(run) {
+    var td = el("td", "jobstatus-progress-col");
+    var outer = el("span", "jobstatus-progress" + (run.progress === null ? " jobstatus-indeterminate" : ""));
+    var bar = el("span", "jobstatus-progress-bar");
+    bar.style.width = (run.progress === null ? 100 : Number(run.progress)) + "%";
+    outer.appendChild(bar);
+    td.appendChild(outer);
+    td.appendChild(document.createTextNode(" "));
+    td.appendChild(el("span", "jobstatus-progress-label", run.progress === null ? "" : Math.round(run.progress) + "%"));
+    return td;
+  }
+
+  function activeRow(run, root) {
+    var tr = el("tr");
+    tr.setAttribute("data-run", run.id);
+    var name = el("td");
+    var link = el("a", null, run.job_name);
+    link.href = run.url;
+    name.appendChild(link);
+    var sub = [run.step, run.message].filter(Boolean).join(" · ");
+    name.appendChild(el("div", "jobstatus-sub", sub.length > 120 ? sub.slice(0, 119) + "…" : sub));
+    tr.appendChild(name);
+    var status = el("td");
+    status.appendChild(el("span", "jobstatus-badge jobstatus-" + String(run.status).replace(/[^a-z_]/g, ""), run.status_label));
+    if (run.kill_requested) {
+      status.appendChild(document.createTextNode(" "));
+      status.appendChild(el("span", "jobstatus-badge jobstatus-stopping", root.getAttribute("data-label-stopping")));
+    }
+    tr.appendChild(status);
+    tr.appendChild(progressCell(run));
+    var duration = el("td", "nowrap");
+    var span = el("span", "jobstatus-duration", run.duration);
+    span.setAttribute("data-started", run.started_at || "");
+    duration.appendChild(span);
+    tr.appendChild(duration);
+    return tr;
+  }
+
+  function render(root, data) {
+    Object.keys(data.counts).forEach(function (status) {
+      var node = root.querySelector('[data-count="' + status + '"]');
+      if (node) { node.textContent = data.counts[status]; }
+    });
+    var total = root.querySelector('[data-count="total"]');
+    if (total) { total.textContent = data.total; }
+    var body = root.querySelector("#jobstatus-active-rows");
+    if (!body) { return; }
+    var rows = document.createDocumentFragment();
+    data.active.forEach(function (run) { rows.appendChild(activeRow(run, root)); });
+    if (!data.active.length) {
+      var tr = el("tr", "jobstatus-empty-row");
+      var td = el("td", null, root.getAttribute("data-label-none"));
+      td.colSpan = 4;
+      tr.appendChild(td);
+      rows.appendChild(tr);
+    }
+    body.replaceChildren(rows);
+    tickDurations();
+  }
+
+  function startPolling(root) {
+    var seconds = parseInt(root.getAttribute("data-poll"), 10);
+    if (!seconds || seconds < 1) { return; }
+    var url = root.getAttribute("data-url");
+    var live = document.getElementById("jobstatus-live");
+    var busy = false;
+    function poll() {
+      if (busy || document.hidden) { return; }
+      busy = true;
+      fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (!response.ok) { throw new Error(response.status); }
+          return response.json();
+        })
+        .then(function (data) {
+          render(root, data);
+          if (live) { live.classList.remove("jobstatus-offline"); }
+          root.setAttribute("data-updated", data.generated_at);
+        })
+        .catch(function () { if (live) { live.classList.add("jobstatus-offline"); } })
+        .then(function () { busy = false; });
+    }
+    window.setInterval(poll, seconds * 1000);
+  }
+
+  function init() {
+    tickDurations();
+    window.setInterval(tickDurations, 1000);
+    var root = document.getElementById("jobstatus-dashboard");
+    if (root) { startPolling(root); }
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", init);
+  } else {
+    init();
+  }
+}());

@@ -15,6 +15,7 @@ from celery import signals
 
 from django_jobstatus import contrib
 from django_jobstatus.contrib import celery as jobstatus_celery
+from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.models import JobRun, Status
 from tests.contrib.celery_app import (
     BROKER_URL,
@@ -129,7 +130,7 @@ def test_a_receiver_error_never_reaches_the_task(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("tracking is broken")
 
-    monkeypatch.setattr(jobstatus_celery._Attempt, "start", broken)
+    monkeypatch.setattr(Execution, "start", broken)
     assert add.apply(args=(1, 2)).get() == 3
 
 

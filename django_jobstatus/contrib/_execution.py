@@ -1,0 +1,209 @@
+"""What the Celery and RQ integrations share: find a task's run, record it queued, and one execution of it.
+
+Runs are keyed on ``(source, backend_job_id)``. Writes outside the task's own execution
+are best-effort (logged, never raised); the end of an execution is durable (retried
+while the database is away, see ``contrib.durably``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextvars import Token
+from logging import getLogger
+from typing import Any
+
+from django.db import DatabaseError, connections, transaction
+
+from django_jobstatus import contrib
+from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.models import JobRun, Status
+from django_jobstatus.tracking import JobHandle, _reset_connection, tracking_database
+
+logger = getLogger(__name__)
+
+
+def find_run(
+    source: str, backend_job_id: str, using: str | None = None
+) -> JobRun | None:
+    """The newest run recorded for the task system's job ``backend_job_id``."""
+    alias = using or tracking_database()
+    return (
+        JobRun.objects.using(alias)
+        .filter(source=source, backend_job_id=backend_job_id)
+        .order_by("-created_at")
+        .first()
+    )
+
+
+def best_effort(action: Callable[[str], None], what: str) -> None:
+    """Run one write (given the database alias); log a database error or an illegal move, and go on."""
+    alias = tracking_database()
+    try:
+        with transaction.atomic(
+            using=alias, savepoint=connections[alias].in_atomic_block
+        ):
+            action(alias)
+    except InvalidTransition as error:
+        # Duplicate or late events (Celery's task_revoked fires twice; a retry raced a new attempt).
+        logger.debug("%s not recorded: %s", what, error)
+    except DatabaseError:
+        logger.warning("Could not record %s; the task goes on.", what, exc_info=True)
+        _reset_connection(alias)
+
+
+def record_queued(source: str, backend_job_id: str, name: str, **fields: Any) -> None:
+    """Upsert the run as queued: created if new, retrying → queued, otherwise left alone.
+
+    A running run stays running: Celery and RQ enqueue a retry while the failed attempt
+    is still executing, and running → queued is no legal move.
+    """
+
+    def record(alias: str) -> None:
+        run = find_run(source, backend_job_id, alias)
+        if run is None:
+            JobRun.objects.db_manager(alias).enqueue(
+                name, source=source, backend_job_id=backend_job_id, **fields
+            )
+        elif run.status == Status.RETRYING:
+            run.mark_queued(using=alias)
+
+    best_effort(record, f"the enqueueing of {source} job {backend_job_id}")
+
+
+class Execution:
+    """One execution of a task in this process: its run, and the handle ``current_job()`` returns."""
+
+    def __init__(
+        self,
+        source: str,
+        backend_job_id: str,
+        name: str,
+        *,
+        worker: str,
+        attempt: int = 1,
+        **fields: Any,
+    ) -> None:
+        self.source = source
+        self.backend_job_id = backend_job_id
+        self.name = name
+        self.worker = worker
+        self.attempt = attempt
+        self.fields = fields
+        self.handle: JobHandle | None = None
+        self.token: Token[JobHandle | None] | None = None
+        self.recorded = False
+        self.ended = False
+
+    def __repr__(self) -> str:
+        return f"<Execution {self.source} {self.backend_job_id}>"
+
+    def record_start(self) -> JobRun:
+        """Upsert the run as running: queued/retrying → running, running → a restart, else a new run."""
+        alias = tracking_database()
+        with transaction.atomic(
+            using=alias, savepoint=connections[alias].in_atomic_block
+        ):
+            run = find_run(self.source, self.backend_job_id, alias)
+            if run is None or run.is_finished:
+                run = JobRun.objects.db_manager(alias).start(
+                    self.name,
+                    source=self.source,
+                    backend_job_id=self.backend_job_id,
+                    worker=self.worker,
+                    attempt=self.attempt,
+                    **self.fields,
+                )
+            else:
+                run.mark_running(worker=self.worker, using=alias)
+                if run.attempt < self.attempt:  # its earlier attempts were not recorded
+                    JobRun.objects.using(alias).filter(pk=run.pk).update(
+                        attempt=self.attempt
+                    )
+                    run.attempt = self.attempt
+        self.recorded = True
+        return run
+
+    def start(self) -> JobHandle:
+        """Record the start (or, with the database away, try again at the end); activate the handle."""
+        try:
+            run = self.record_start()
+        except (DatabaseError, InvalidTransition):
+            logger.warning(
+                "Could not record the start of %s job %s; trying again when it ends.",
+                self.source,
+                self.backend_job_id,
+                exc_info=True,
+            )
+            _reset_connection(tracking_database())
+            # An unsaved run, so that current_job() works inside the task all the same.
+            run = JobRun(
+                job_name=self.name,
+                status=Status.RUNNING,
+                source=self.source,
+                backend_job_id=self.backend_job_id,
+                worker=self.worker,
+                attempt=self.attempt,
+            )
+        self.handle = JobHandle(run)
+        self.token = self.handle.activate()
+        return self.handle
+
+    def recorded_handle(self) -> JobHandle | None:
+        """The handle, once its run is in the database (recording the start now if needed, durably)."""
+        handle = self.handle
+        if handle is None:
+            return None
+        if not self.recorded:
+            run = contrib.durably(
+                self.record_start,
+                f"the start of {self.source} job {self.backend_job_id}",
+            )
+            if run is None:
+                return None
+            handle.run = run
+            for entry in handle._logs:  # written so far against the unsaved run
+                entry.run_id = run.pk
+        return handle
+
+    def end(
+        self, exc: BaseException | None = None, result: Any = None, **values: Any
+    ) -> None:
+        """Record the end: succeeded (with ``result``), killed (JobKilled) or failed; durable."""
+        self.ended = True
+        handle = self.recorded_handle()
+        if handle is None:
+            return
+        if exc is None and handle.result is None:
+            handle.result = contrib.jsonable(result)
+        handle.finish(exc, **values)
+
+    def retrying(self, exc: BaseException | None = None, **fields: Any) -> None:
+        """Record that this attempt failed and another one is scheduled; durable."""
+        self.ended = True
+        handle = self.recorded_handle()
+        if handle is None:
+            return
+        handle.flush()
+
+        def mark() -> None:
+            try:
+                handle.run.mark_failed(
+                    exc, retry=True, using=tracking_database(), **fields
+                )
+            except InvalidTransition as error:  # a newer attempt started already
+                logger.debug(
+                    "The retry of %s job %s was not recorded: %s",
+                    self.source,
+                    self.backend_job_id,
+                    error,
+                )
+
+        contrib.durably(mark, f"the retry of {self.source} job {self.backend_job_id}")
+
+    def close(self) -> None:
+        """Make ``current_job()`` return what it did before ``start()``."""
+        if self.handle is not None and self.token is not None:
+            with contextlib.suppress(ValueError):  # reset from another context
+                self.handle.deactivate(self.token)
+            self.token = None

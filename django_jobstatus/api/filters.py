@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -55,14 +56,20 @@ def parse_period(text: str, now: datetime) -> tuple[datetime, datetime | None]:
         if value == "today":
             return midnight, None
         # combine() again, so that a DST change yesterday still lands on midnight.
-        day_before = datetime.combine(local.date() - timedelta(days=1), time.min, tzinfo=local.tzinfo)
+        day_before = datetime.combine(
+            local.date() - timedelta(days=1), time.min, tzinfo=local.tzinfo
+        )
         return day_before, midnight
     if not value or _PERIOD_PART.sub("", value).strip():
-        raise ValueError(f"{text!r} is not a period such as 1h, 2h 30m, 10m, today or yesterday")
+        raise ValueError(
+            f"{text!r} is not a period such as 1h, 2h 30m, 10m, today or yesterday"
+        )
     delta = timedelta(0)
     for number, unit in _PERIOD_PART.findall(value):
         if unit not in _PERIOD_UNITS:
-            raise ValueError(f"unknown unit {unit!r} in period {text!r}; use s, m, h, d or w")
+            raise ValueError(
+                f"unknown unit {unit!r} in period {text!r}; use s, m, h, d or w"
+            )
         if len(number) > 9:
             raise ValueError(f"period {text!r} is too long")
         delta += timedelta(**{_PERIOD_UNITS[unit]: int(number)})
@@ -94,7 +101,9 @@ class MomentField(forms.CharField):
         text = super().to_python(value)
         if not text:
             return None
-        message = _("Enter an ISO 8601 date-time or a number of epoch milliseconds, not %(value)r.")
+        message = _(
+            "Enter an ISO 8601 date-time or a number of epoch milliseconds, not %(value)r."
+        )
         try:
             if re.fullmatch(r"-?\d+(\.\d+)?", text):
                 return datetime.fromtimestamp(float(text) / 1000, tz=UTC)
@@ -105,7 +114,9 @@ class MomentField(forms.CharField):
                     raise ValueError(text)
                 moment = datetime.combine(day, time.min)
         except (ValueError, OverflowError, OSError) as exc:
-            raise ValidationError(message, code="invalid", params={"value": text}) from exc
+            raise ValidationError(
+                message, code="invalid", params={"value": text}
+            ) from exc
         if timezone.is_naive(moment):
             moment = timezone.make_aware(moment)
         return moment
@@ -119,16 +130,22 @@ class JSONObjectField(forms.CharField):
         try:
             parsed = json.loads(text)
         except ValueError as exc:
-            raise ValidationError(_("Enter a JSON object, e.g. {\"user_id\": 7}."), code="invalid") from exc
+            raise ValidationError(
+                _('Enter a JSON object, e.g. {"user_id": 7}.'), code="invalid"
+            ) from exc
         if not isinstance(parsed, dict):
-            raise ValidationError(_("Enter a JSON object, e.g. {\"user_id\": 7}."), code="invalid")
+            raise ValidationError(
+                _('Enter a JSON object, e.g. {"user_id": 7}.'), code="invalid"
+            )
         return parsed
 
 
 class CommaListField(forms.CharField):
     """A comma-separated list; each item must be one of ``choices`` when given."""
 
-    def __init__(self, *args: Any, choices: tuple[str, ...] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, choices: tuple[str, ...] | None = None, **kwargs: Any
+    ) -> None:
         self.allowed = choices
         super().__init__(*args, **kwargs)
 
@@ -143,9 +160,14 @@ class CommaListField(forms.CharField):
             bad = [item for item in items if item not in self.allowed]
             if bad:
                 raise ValidationError(
-                    _("%(values)s is not a valid choice; use one or more of %(choices)s."),
+                    _(
+                        "%(values)s is not a valid choice; use one or more of %(choices)s."
+                    ),
                     code="invalid_choice",
-                    params={"values": ", ".join(repr(item) for item in bad), "choices": ", ".join(self.allowed)},
+                    params={
+                        "values": ", ".join(repr(item) for item in bad),
+                        "choices": ", ".join(self.allowed),
+                    },
                 )
         return items
 
@@ -158,7 +180,11 @@ class UserField(forms.CharField):
         try:
             return get_user_model()._meta.pk.to_python(text)
         except ValidationError as exc:
-            raise ValidationError(_("Enter a valid user id, not %(value)r."), code="invalid", params={"value": text}) from exc
+            raise ValidationError(
+                _("Enter a valid user id, not %(value)r."),
+                code="invalid",
+                params={"value": text},
+            ) from exc
 
 
 class LevelField(forms.CharField):
@@ -174,7 +200,9 @@ class LevelField(forms.CharField):
         if isinstance(level, int):
             return level
         raise ValidationError(
-            _("%(value)r is not a logging level; use a number or DEBUG, INFO, WARNING, ERROR, CRITICAL."),
+            _(
+                "%(value)r is not a logging level; use a number or DEBUG, INFO, WARNING, ERROR, CRITICAL."
+            ),
             code="invalid",
             params={"value": text},
         )
@@ -187,7 +215,9 @@ class LevelField(forms.CharField):
 class PeriodFilter(django_filters.Filter):
     field_class = PeriodField
 
-    def filter(self, qs: QuerySet[Any], value: tuple[datetime, datetime | None] | None) -> QuerySet[Any]:
+    def filter(
+        self, qs: QuerySet[Any], value: tuple[datetime, datetime | None] | None
+    ) -> QuerySet[Any]:
         if value is None:
             return qs
         since, until = value
@@ -227,42 +257,77 @@ class CommaListFilter(django_filters.Filter):
         return qs.filter(**{f"{self.field_name}__in": value})
 
 
-_MOMENT_HELP = _("ISO 8601 date-time (a date means its midnight) or epoch milliseconds.")
+_MOMENT_HELP = _(
+    "ISO 8601 date-time (a date means its midnight) or epoch milliseconds."
+)
 _PERIOD_HELP = _("Relative to now: 1h, 2h 30m, 10m, 7d, today or yesterday.")
 
 
 def _moment(field: str, lookup: str, help_text: str) -> MomentFilter:
-    return MomentFilter(field_name=field, lookup_expr=lookup, help_text=f"{help_text} {_MOMENT_HELP}")
+    return MomentFilter(
+        field_name=field, lookup_expr=lookup, help_text=f"{help_text} {_MOMENT_HELP}"
+    )
 
 
 class JobRunFilterSet(django_filters.FilterSet):
     status = CommaListFilter(
         method="filter_status",
         choices=(*Status.values, *STATUS_GROUPS),
-        help_text=_("One status or a comma list (queued, running, retrying, succeeded, failed, killed, lost, or the groups active and finished)."),
+        help_text=_(
+            "One status or a comma list (queued, running, retrying, succeeded, failed, killed, lost, or the groups active and finished)."
+        ),
     )
-    job_name = CommaListFilter(field_name="job_name", help_text=_("One job name or a comma list."))
-    source = django_filters.CharFilter(field_name="source", help_text=_("How the run was started, e.g. celery."))
-    subject = django_filters.CharFilter(field_name="subject", help_text=_('What the run is about, e.g. "library.Book:53".'))
-    owner = UserFilter(field_name="owner_id", help_text=_("The id of the user who started the run."))
-    parent = django_filters.UUIDFilter(field_name="parent_id", help_text=_("The id of the parent run (batches)."))
-    has_errors = django_filters.BooleanFilter(field_name="has_errors", help_text=_("Runs that logged an error (true) or did not (false)."))
-    kill_requested = django_filters.BooleanFilter(method="filter_kill_requested", help_text=_("Runs someone asked to stop (true) or not (false)."))
+    job_name = CommaListFilter(
+        field_name="job_name", help_text=_("One job name or a comma list.")
+    )
+    source = django_filters.CharFilter(
+        field_name="source", help_text=_("How the run was started, e.g. celery.")
+    )
+    subject = django_filters.CharFilter(
+        field_name="subject",
+        help_text=_('What the run is about, e.g. "library.Book:53".'),
+    )
+    owner = UserFilter(
+        field_name="owner_id", help_text=_("The id of the user who started the run.")
+    )
+    parent = django_filters.UUIDFilter(
+        field_name="parent_id", help_text=_("The id of the parent run (batches).")
+    )
+    has_errors = django_filters.BooleanFilter(
+        field_name="has_errors",
+        help_text=_("Runs that logged an error (true) or did not (false)."),
+    )
+    kill_requested = django_filters.BooleanFilter(
+        method="filter_kill_requested",
+        help_text=_("Runs someone asked to stop (true) or not (false)."),
+    )
     created_after = _moment("created_at", "gte", _("Created at or after."))
     created_before = _moment("created_at", "lt", _("Created before."))
     started_after = _moment("started_at", "gte", _("Started at or after."))
     started_before = _moment("started_at", "lt", _("Started before."))
     finished_after = _moment("finished_at", "gte", _("Finished at or after."))
     finished_before = _moment("finished_at", "lt", _("Finished before."))
-    period = PeriodFilter(field_name="created_at", help_text=_("Runs created in this period. ") + _PERIOD_HELP)
-    q = django_filters.CharFilter(method="filter_q", help_text=_("Search the id, job name, subject and message."))
-    params = JSONObjectFilter(method="filter_params", help_text=_('A JSON object the run\'s params must contain, e.g. {"user_id": 7}.'))
+    period = PeriodFilter(
+        field_name="created_at",
+        help_text=_("Runs created in this period. ") + _PERIOD_HELP,
+    )
+    q = django_filters.CharFilter(
+        method="filter_q", help_text=_("Search the id, job name, subject and message.")
+    )
+    params = JSONObjectFilter(
+        method="filter_params",
+        help_text=_(
+            'A JSON object the run\'s params must contain, e.g. {"user_id": 7}.'
+        ),
+    )
 
     class Meta:
         model = JobRun
         fields: list[str] = []
 
-    def filter_status(self, qs: QuerySet[JobRun], name: str, value: list[str] | None) -> QuerySet[JobRun]:
+    def filter_status(
+        self, qs: QuerySet[JobRun], name: str, value: list[str] | None
+    ) -> QuerySet[JobRun]:
         if not value:
             return qs
         # Every status and group has a scope of the same name: queued(), active(), finished()…
@@ -272,60 +337,85 @@ class JobRunFilterSet(django_filters.FilterSet):
             combined = part if combined is None else combined | part
         return combined if combined is not None else qs
 
-    def filter_kill_requested(self, qs: QuerySet[JobRun], name: str, value: bool | None) -> QuerySet[JobRun]:
+    def filter_kill_requested(
+        self,
+        qs: QuerySet[JobRun],
+        name: str,
+        value: bool | None,  # noqa: FBT001 (django-filter calls it so)
+    ) -> QuerySet[JobRun]:
         if value is None:
             return qs
-        return qs.kill_requested() if value else qs.filter(kill_requested_at__isnull=True)  # type: ignore[attr-defined]
+        return (
+            qs.kill_requested() if value else qs.filter(kill_requested_at__isnull=True)
+        )  # type: ignore[attr-defined]
 
     def filter_q(self, qs: QuerySet[JobRun], name: str, value: str) -> QuerySet[JobRun]:
         value = value.strip()
         if not value:
             return qs
-        match = Q(job_name__icontains=value) | Q(subject__icontains=value) | Q(message__icontains=value)
-        try:
+        match = (
+            Q(job_name__icontains=value)
+            | Q(subject__icontains=value)
+            | Q(message__icontains=value)
+        )
+        with contextlib.suppress(ValueError):
             match |= Q(pk=uuid.UUID(value))
-        except ValueError:
-            pass
         return qs.filter(match)
 
-    def filter_params(self, qs: QuerySet[JobRun], name: str, value: dict[str, Any] | None) -> QuerySet[JobRun]:
+    def filter_params(
+        self, qs: QuerySet[JobRun], name: str, value: dict[str, Any] | None
+    ) -> QuerySet[JobRun]:
         if not value:
             return qs
         if connections[qs.db].features.supports_json_field_contains:
             # PostgreSQL: params @> '{...}', served by the GIN index of migration 0002.
             return qs.filter(params__contains=value)
-        return qs.filter(_contains("params", value))
+        return _contains(qs, "params", value)
 
 
-def _contains(field: str | KeyTransform, wanted: dict[str, Any]) -> Q:
+def _contains(
+    runs: QuerySet[JobRun],
+    field: str | KeyTransform,
+    wanted: dict[str, Any],
+    prefix: str = "jobstatus_param",
+) -> QuerySet[JobRun]:
     """JSON containment by key lookups, for databases without ``contains`` (SQLite).
 
     Nested objects are contained key by key, like PostgreSQL's ``@>``; any other value
-    (including a list) must be equal.
+    (a list included) must be equal.
     """
-    condition = Q()
-    for key, value in wanted.items():
-        path = KeyTransform(key, field)
+    for number, (key, value) in enumerate(wanted.items()):
+        path = KeyTransform(str(key), field)
+        name = f"{prefix}_{number}"
         if isinstance(value, dict) and value:
-            condition &= _contains(path, value)
-        elif value is None:
-            condition &= Q(path.get_lookup("exact")(path, None))  # type: ignore[misc]
+            runs = _contains(runs, path, value, name)
         else:
-            condition &= Q(path.get_lookup("exact")(path, value))  # type: ignore[misc]
-    return condition
+            runs = runs.alias(**{name: path}).filter(**{name: value})
+    return runs
 
 
 class JobLogFilterSet(django_filters.FilterSet):
     level = LevelFilter(
         field_name="level",
         lookup_expr="gte",
-        help_text=_("This level and above: a number or a name (DEBUG, INFO, WARNING, ERROR, CRITICAL)."),
+        help_text=_(
+            "This level and above: a number or a name (DEBUG, INFO, WARNING, ERROR, CRITICAL)."
+        ),
     )
-    level_exact = LevelFilter(field_name="level", help_text=_("Exactly this level: a number or a name."))
-    message = django_filters.CharFilter(field_name="message", lookup_expr="icontains", help_text=_("Lines whose message contains this text."))
+    level_exact = LevelFilter(
+        field_name="level", help_text=_("Exactly this level: a number or a name.")
+    )
+    message = django_filters.CharFilter(
+        field_name="message",
+        lookup_expr="icontains",
+        help_text=_("Lines whose message contains this text."),
+    )
     after = _moment("created_at", "gte", _("Written at or after."))
     before = _moment("created_at", "lt", _("Written before."))
-    period = PeriodFilter(field_name="created_at", help_text=_("Lines written in this period. ") + _PERIOD_HELP)
+    period = PeriodFilter(
+        field_name="created_at",
+        help_text=_("Lines written in this period. ") + _PERIOD_HELP,
+    )
 
     class Meta:
         model = JobLog

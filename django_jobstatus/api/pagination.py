@@ -62,16 +62,34 @@ class KeysetPagination(BasePagination):
         except ValueError:
             size = 0
         if not 1 <= size <= settings.API_MAX_PAGE_SIZE:
-            raise ValidationError({self.page_size_query_param: [_("Enter a whole number from 1 to %(max)d.") % {"max": settings.API_MAX_PAGE_SIZE}]})
+            raise ValidationError(
+                {
+                    self.page_size_query_param: [
+                        _("Enter a whole number from 1 to %(max)d.")
+                        % {"max": settings.API_MAX_PAGE_SIZE}
+                    ]
+                }
+            )
         return size
 
     def get_ordering(self, request: Request) -> str:
-        raw = request.query_params.get(self.ordering_query_param) if self.ordering_param_enabled else None
+        raw = (
+            request.query_params.get(self.ordering_query_param)
+            if self.ordering_param_enabled
+            else None
+        )
         if raw in (None, ""):
             return self.default_ordering
         if raw.lstrip("-") not in self.orderings:
             choices = ", ".join(f"{name}, -{name}" for name in self.orderings)
-            raise ValidationError({self.ordering_query_param: [_("%(value)r is not a valid ordering; use one of %(choices)s.") % {"value": raw, "choices": choices}]})
+            raise ValidationError(
+                {
+                    self.ordering_query_param: [
+                        _("%(value)r is not a valid ordering; use one of %(choices)s.")
+                        % {"value": raw, "choices": choices}
+                    ]
+                }
+            )
         return raw
 
     # Cursors.
@@ -82,13 +100,33 @@ class KeysetPagination(BasePagination):
         elif isinstance(value, timedelta):
             value = value // timedelta(microseconds=1)
         payload = {"o": ordering, "v": value, "i": str(pk), "p": previous}
-        return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+        return (
+            base64.urlsafe_b64encode(
+                json.dumps(payload, separators=(",", ":")).encode()
+            )
+            .decode()
+            .rstrip("=")
+        )
 
-    def _decode(self, raw: str, ordering: str, kind: str, pk_field: Any) -> tuple[Any, Any, bool]:
-        error = ValidationError({self.cursor_query_param: [_("Invalid cursor: use the next or previous link of a page with the same ordering.")]})
+    def _decode(
+        self, raw: str, ordering: str, kind: str, pk_field: Any
+    ) -> tuple[Any, Any, bool]:
+        error = ValidationError(
+            {
+                self.cursor_query_param: [
+                    _(
+                        "Invalid cursor: use the next or previous link of a page with the same ordering."
+                    )
+                ]
+            }
+        )
         try:
             payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-            if not isinstance(payload, dict) or payload.get("o") != ordering or not isinstance(payload.get("p"), bool):
+            if (
+                not isinstance(payload, dict)
+                or payload.get("o") != ordering
+                or not isinstance(payload.get("p"), bool)
+            ):
                 raise error
             value = payload.get("v")
             if value is not None:
@@ -105,13 +143,22 @@ class KeysetPagination(BasePagination):
             pk = pk_field.to_python(payload.get("i"))
             if pk is None:
                 raise error
-        except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError, DjangoValidationError) as exc:
+        except (
+            ValueError,
+            TypeError,
+            OverflowError,
+            binascii.Error,
+            UnicodeDecodeError,
+            DjangoValidationError,
+        ) as exc:
             raise error from exc
         return value, pk, payload["p"]
 
     # Paging.
 
-    def paginate_queryset(self, queryset: QuerySet[Any], request: Request, view: Any = None) -> list[Any]:
+    def paginate_queryset(
+        self, queryset: QuerySet[Any], request: Request, view: Any = None
+    ) -> list[Any]:
         self.request = request
         self.page_size = self.get_page_size(request)
         self.ordering = self.get_ordering(request)
@@ -136,7 +183,16 @@ class KeysetPagination(BasePagination):
             key = F(field).asc(nulls_last=True)
         queryset = queryset.order_by(key, "-pk" if desc else "pk")
         if position is not None:
-            queryset = queryset.filter(_beyond(field, position[0], position[1], desc=desc, nulls_last=nulls_last, nullable=nullable))
+            queryset = queryset.filter(
+                _beyond(
+                    field,
+                    position[0],
+                    position[1],
+                    desc=desc,
+                    nulls_last=nulls_last,
+                    nullable=nullable,
+                )
+            )
         rows = list(queryset[: self.page_size + 1])
         more = len(rows) > self.page_size
         rows = rows[: self.page_size]
@@ -150,7 +206,10 @@ class KeysetPagination(BasePagination):
             self.has_next, self.next_position = True, last or here
         else:
             self.has_next, self.next_position = more, last
-            self.has_previous, self.previous_position = position is not None, first or here
+            self.has_previous, self.previous_position = (
+                position is not None,
+                first or here,
+            )
         return rows
 
     @staticmethod
@@ -165,7 +224,9 @@ class KeysetPagination(BasePagination):
         if position is None:
             return None
         url = self.request.build_absolute_uri()
-        cursor = self._encode(self.ordering, position[0], position[1], previous=previous)
+        cursor = self._encode(
+            self.ordering, position[0], position[1], previous=previous
+        )
         return replace_query_param(url, self.cursor_query_param, cursor)
 
     def get_next_link(self) -> str | None:
@@ -175,11 +236,21 @@ class KeysetPagination(BasePagination):
         if not self.has_previous:
             return None
         if self.previous_position is None:
-            return remove_query_param(self.request.build_absolute_uri(), self.cursor_query_param)
+            return remove_query_param(
+                self.request.build_absolute_uri(), self.cursor_query_param
+            )
         return self._link(self.previous_position, previous=True)
 
     def get_paginated_response(self, data: Any) -> Response:
-        return Response(OrderedDict([("next", self.get_next_link()), ("previous", self.get_previous_link()), ("results", data)]))
+        return Response(
+            OrderedDict(
+                [
+                    ("next", self.get_next_link()),
+                    ("previous", self.get_previous_link()),
+                    ("results", data),
+                ]
+            )
+        )
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
         link = {"type": "string", "nullable": True, "format": "uri"}
@@ -195,15 +266,27 @@ class KeysetPagination(BasePagination):
                 "name": self.cursor_query_param,
                 "required": False,
                 "in": "query",
-                "description": str(_("The cursor from a page's next or previous link.")),
+                "description": str(
+                    _("The cursor from a page's next or previous link.")
+                ),
                 "schema": {"type": "string"},
             },
             {
                 "name": self.page_size_query_param,
                 "required": False,
                 "in": "query",
-                "description": str(_("Rows per page (default %(default)d, at most %(max)d).") % {"default": settings.API_PAGE_SIZE, "max": settings.API_MAX_PAGE_SIZE}),
-                "schema": {"type": "integer", "minimum": 1, "maximum": settings.API_MAX_PAGE_SIZE},
+                "description": str(
+                    _("Rows per page (default %(default)d, at most %(max)d).")
+                    % {
+                        "default": settings.API_PAGE_SIZE,
+                        "max": settings.API_MAX_PAGE_SIZE,
+                    }
+                ),
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": settings.API_MAX_PAGE_SIZE,
+                },
             },
         ]
         if self.ordering_param_enabled:
@@ -213,20 +296,31 @@ class KeysetPagination(BasePagination):
                     "name": self.ordering_query_param,
                     "required": False,
                     "in": "query",
-                    "description": str(_("Sort key; a leading - sorts newest/largest first (default %(default)s). Runs without a value (not started, not finished) sort as the largest.") % {"default": self.default_ordering}),
+                    "description": str(
+                        _(
+                            "Sort key; a leading - sorts newest/largest first (default %(default)s). Runs without a value (not started, not finished) sort as the largest."
+                        )
+                        % {"default": self.default_ordering}
+                    ),
                     "schema": {"type": "string", "enum": choices},
                 }
             )
         return parameters
 
 
-def _beyond(field: str, value: Any, pk: Any, *, desc: bool, nulls_last: bool, nullable: bool) -> Q:
+def _beyond(
+    field: str, value: Any, pk: Any, *, desc: bool, nulls_last: bool, nullable: bool
+) -> Q:
     """Rows after ``(value, pk)`` in the order ``(field, pk)``, both ``desc`` or both ascending."""
     past = "lt" if desc else "gt"
     if value is None:
         # Position among the NULLs.
         after_nulls = Q(**{f"{field}__isnull": True, f"pk__{past}": pk})
-        return after_nulls if nulls_last else after_nulls | Q(**{f"{field}__isnull": False})
+        return (
+            after_nulls
+            if nulls_last
+            else after_nulls | Q(**{f"{field}__isnull": False})
+        )
     same_or_past = Q(**{f"{field}__{past}e": value})  # lets an index bound the scan
     strictly = Q(**{f"{field}__{past}": value}) | Q(**{f"pk__{past}": pk})
     condition = same_or_past & strictly

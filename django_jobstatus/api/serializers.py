@@ -31,17 +31,41 @@ class RedactedJSONField(serializers.JSONField):
 
 
 class JobRunSerializer(serializers.ModelSerializer):
-    params = RedactedJSONField(read_only=True, help_text=_("The job's arguments (sensitive keys masked)."))
-    data = RedactedJSONField(read_only=True, help_text=_("Job-specific data (sensitive keys masked)."))
-    result = RedactedJSONField(read_only=True, allow_null=True, help_text=_("The job's result (sensitive keys masked)."))
-    progress = serializers.FloatField(read_only=True, allow_null=True, help_text=_("Share done, 0.0 to 1.0; null while the total is unknown."))
-    duration = serializers.SerializerMethodField(help_text=_("Seconds the last attempt ran (growing while it runs); null before it starts."))
-    waiting = serializers.SerializerMethodField(help_text=_("Seconds spent queued before the start (growing while it waits); null if never queued."))
+    params = RedactedJSONField(
+        read_only=True, help_text=_("The job's arguments (sensitive keys masked).")
+    )
+    data = RedactedJSONField(
+        read_only=True, help_text=_("Job-specific data (sensitive keys masked).")
+    )
+    result = RedactedJSONField(
+        read_only=True,
+        allow_null=True,
+        help_text=_("The job's result (sensitive keys masked)."),
+    )
+    progress = serializers.FloatField(
+        read_only=True,
+        allow_null=True,
+        help_text=_("Share done, 0.0 to 1.0; null while the total is unknown."),
+    )
+    duration = serializers.SerializerMethodField(
+        help_text=_(
+            "Seconds the last attempt ran (growing while it runs); null before it starts."
+        )
+    )
+    waiting = serializers.SerializerMethodField(
+        help_text=_(
+            "Seconds spent queued before the start (growing while it waits); null if never queued."
+        )
+    )
     is_active = serializers.BooleanField(read_only=True)
     is_finished = serializers.BooleanField(read_only=True)
     kill_requested = serializers.BooleanField(read_only=True)
-    logs_url = serializers.SerializerMethodField(help_text=_("This run's log lines in the API."))
-    admin_url = serializers.SerializerMethodField(help_text=_("This run's admin page; null when the admin is not mounted."))
+    logs_url = serializers.SerializerMethodField(
+        help_text=_("This run's log lines in the API.")
+    )
+    admin_url = serializers.SerializerMethodField(
+        help_text=_("This run's admin page; null when the admin is not mounted.")
+    )
 
     class Meta:
         model = JobRun
@@ -100,7 +124,9 @@ class JobRunSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         match = getattr(request, "resolver_match", None)
         namespace = match.namespace if match and match.namespace else "django_jobstatus"
-        return reverse(f"{namespace}:jobrun-logs", kwargs={"pk": run.pk}, request=request)
+        return reverse(
+            f"{namespace}:jobrun-logs", kwargs={"pk": run.pk}, request=request
+        )
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_admin_url(self, run: JobRun) -> str | None:
@@ -113,7 +139,9 @@ class JobRunSerializer(serializers.ModelSerializer):
 
 
 class JobLogSerializer(serializers.ModelSerializer):
-    level_name = serializers.SerializerMethodField(help_text=_("The level's name, e.g. ERROR."))
+    level_name = serializers.SerializerMethodField(
+        help_text=_("The level's name, e.g. ERROR.")
+    )
     extra = RedactedJSONField(read_only=True)
 
     class Meta:
@@ -130,21 +158,31 @@ class KillRequestSerializer(serializers.Serializer):
         child=serializers.UUIDField(),
         required=False,
         max_length=10000,
-        help_text=_("Ids of the runs to stop. Without ids, the list filters in the query string pick the runs."),
+        help_text=_(
+            "Ids of the runs to stop. Without ids, the list filters in the query string pick the runs."
+        ),
     )
 
 
 class KillResultSerializer(serializers.Serializer):
     matched = serializers.IntegerField(help_text=_("Runs the ids or filters picked."))
-    active = serializers.IntegerField(help_text=_("Of those, runs still active (queued, running or retrying)."))
-    asked = serializers.IntegerField(help_text=_("Runs newly asked to stop (not asked before)."))
+    active = serializers.IntegerField(
+        help_text=_("Of those, runs still active (queued, running or retrying).")
+    )
+    asked = serializers.IntegerField(
+        help_text=_("Runs newly asked to stop (not asked before).")
+    )
 
 
 class ErrorSerializer(serializers.Serializer):
     """An error: ``detail``, or one list of messages per bad field."""
 
     detail = serializers.CharField(required=False)
-    status = serializers.ChoiceField(choices=Status.choices, required=False, help_text=_("The run's status, when it is what stops the request."))
+    status = serializers.ChoiceField(
+        choices=Status.choices,
+        required=False,
+        help_text=_("The run's status, when it is what stops the request."),
+    )
 
 
 class _CountsSerializer(serializers.Serializer):
@@ -161,7 +199,9 @@ class JobStatsSerializer(serializers.Serializer):
     job_name = serializers.CharField()
     total = serializers.IntegerField()
     counts = _CountsSerializer()
-    failure_rate = serializers.FloatField(allow_null=True, help_text=_("failed / finished."))
+    failure_rate = serializers.FloatField(
+        allow_null=True, help_text=_("failed / finished.")
+    )
     min_duration = serializers.FloatField(allow_null=True)
     avg_duration = serializers.FloatField(allow_null=True)
     max_duration = serializers.FloatField(allow_null=True)
@@ -179,7 +219,16 @@ class BucketSerializer(serializers.Serializer):
 
 
 class StatsSerializer(serializers.Serializer):
-    since = serializers.DateTimeField(allow_null=True, help_text=_("Start of the range (runs created at or after)."))
-    until = serializers.DateTimeField(allow_null=True, help_text=_("End of the range (runs created before); null: now."))
+    since = serializers.DateTimeField(
+        allow_null=True, help_text=_("Start of the range (runs created at or after).")
+    )
+    until = serializers.DateTimeField(
+        allow_null=True,
+        help_text=_("End of the range (runs created before); null: now."),
+    )
     jobs = JobStatsSerializer(many=True)
-    buckets = BucketSerializer(many=True, required=False, help_text=_("Finished runs per hour or day (with ?bucket=)."))
+    buckets = BucketSerializer(
+        many=True,
+        required=False,
+        help_text=_("Finished runs per hour or day (with ?bucket=)."),
+    )

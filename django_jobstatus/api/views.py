@@ -12,10 +12,16 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.generics import get_object_or_404
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -39,10 +45,19 @@ from django_jobstatus.models import JobLog, JobRun, Status
 STATS_DEFAULT_PERIOD = timedelta(hours=24)
 _BUCKETS = {"hour": TruncHour, "day": TruncDay}
 
-_ERROR = OpenApiResponse(ErrorSerializer, description=_("Bad input: one list of messages per bad parameter or field."))
-_NOT_FOUND = OpenApiResponse(ErrorSerializer, description=_("No run with this id (or not one you may see)."))
-_CONFLICT = OpenApiResponse(ErrorSerializer, description=_("The run's status does not allow it."))
-_DENIED = OpenApiResponse(ErrorSerializer, description=_("Not signed in, or without the permission."))
+_ERROR = OpenApiResponse(
+    ErrorSerializer,
+    description=_("Bad input: one list of messages per bad parameter or field."),
+)
+_NOT_FOUND = OpenApiResponse(
+    ErrorSerializer, description=_("No run with this id (or not one you may see).")
+)
+_CONFLICT = OpenApiResponse(
+    ErrorSerializer, description=_("The run's status does not allow it.")
+)
+_DENIED = OpenApiResponse(
+    ErrorSerializer, description=_("Not signed in, or without the permission.")
+)
 
 
 class _FilterBackend(DjangoFilterBackend):
@@ -55,17 +70,40 @@ class _FilterBackend(DjangoFilterBackend):
 @extend_schema_view(
     list=extend_schema(
         summary=_("List runs"),
-        description=_("Runs, newest first (see ordering), filtered and paginated with a cursor."),
-        responses={200: JobRunSerializer(many=True), 400: _ERROR, 401: _DENIED, 403: _DENIED},
+        description=_(
+            "Runs, newest first (see ordering), filtered and paginated with a cursor."
+        ),
+        responses={
+            200: JobRunSerializer(many=True),
+            400: _ERROR,
+            401: _DENIED,
+            403: _DENIED,
+        },
     ),
-    retrieve=extend_schema(summary=_("One run"), responses={200: JobRunSerializer, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND}),
+    retrieve=extend_schema(
+        summary=_("One run"),
+        responses={200: JobRunSerializer, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND},
+    ),
     destroy=extend_schema(
         summary=_("Delete a finished run"),
-        description=_("Deletes the run and its log lines. Only finished runs: an active run answers 409."),
-        responses={204: None, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND, 409: _CONFLICT},
+        description=_(
+            "Deletes the run and its log lines. Only finished runs: an active run answers 409."
+        ),
+        responses={
+            204: None,
+            401: _DENIED,
+            403: _DENIED,
+            404: _NOT_FOUND,
+            409: _CONFLICT,
+        },
     ),
 )
-class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+class JobRunViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
     queryset = JobRun.objects.all()
     serializer_class = JobRunSerializer
     filter_backends = [_FilterBackend]
@@ -73,7 +111,10 @@ class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
     # Settings are read per request, so that changes (and override_settings) apply at once.
 
     def get_authenticators(self) -> list[Any]:
-        classes = settings.API_AUTHENTICATION_CLASSES or api_settings.DEFAULT_AUTHENTICATION_CLASSES
+        classes = (
+            settings.API_AUTHENTICATION_CLASSES
+            or api_settings.DEFAULT_AUTHENTICATION_CLASSES
+        )
         return [cls() for cls in classes]
 
     def get_permissions(self) -> list[Any]:
@@ -81,7 +122,11 @@ class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
 
     @property
     def pagination_class(self) -> type[KeysetPagination]:  # type: ignore[override]
-        return LogPagination if getattr(self, "action", None) == "logs" else KeysetPagination
+        return (
+            LogPagination
+            if getattr(self, "action", None) == "logs"
+            else KeysetPagination
+        )
 
     def get_filterset_class(self) -> type[Any] | None:
         if self.action == "logs":
@@ -104,14 +149,25 @@ class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
         try:
             uuid.UUID(str(self.kwargs["pk"]))
         except ValueError as exc:
-            raise NotFound(_("%(value)r is not a run id (a UUID).") % {"value": self.kwargs["pk"]}) from exc
-        return super().get_object()
+            raise NotFound(
+                _("%(value)r is not a run id (a UUID).") % {"value": self.kwargs["pk"]}
+            ) from exc
+        # Not filter_queryset(): the list filters pick runs for lists, not for one run.
+        run = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        self.check_object_permissions(self.request, run)
+        return run
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         run = self.get_object()
         if not run.is_finished:
             return Response(
-                {"detail": _("Only finished runs can be deleted; this one is %(status)s.") % {"status": run.status}, "status": run.status},
+                {
+                    "detail": _(
+                        "Only finished runs can be deleted; this one is %(status)s."
+                    )
+                    % {"status": run.status},
+                    "status": run.status,
+                },
                 status=status.HTTP_409_CONFLICT,
             )
         run.delete()
@@ -120,27 +176,49 @@ class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
     @extend_schema(
         summary=_("A run's log lines"),
         description=_("Oldest first, filtered and paginated with a cursor."),
-        responses={200: JobLogSerializer(many=True), 400: _ERROR, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND},
+        responses={
+            200: JobLogSerializer(many=True),
+            400: _ERROR,
+            401: _DENIED,
+            403: _DENIED,
+            404: _NOT_FOUND,
+        },
     )
     @action(detail=True, methods=["get"])
     def logs(self, request: Request, pk: str | None = None) -> Response:
         run = self.get_object()
         lines = self.filter_queryset(JobLog.objects.for_run(run))
         page = self.paginate_queryset(lines)
-        return self.get_paginated_response(JobLogSerializer(page, many=True, context=self.get_serializer_context()).data)
+        return self.get_paginated_response(
+            JobLogSerializer(
+                page, many=True, context=self.get_serializer_context()
+            ).data
+        )
 
     @extend_schema(
         summary=_("Ask a run to stop"),
-        description=_("Records a kill request (and tells the task system, when its integration is on). The run stops at its next check."),
+        description=_(
+            "Records a kill request (and tells the task system, when its integration is on). The run stops at its next check."
+        ),
         request=None,
-        responses={202: JobRunSerializer, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND, 409: _CONFLICT},
+        responses={
+            202: JobRunSerializer,
+            401: _DENIED,
+            403: _DENIED,
+            404: _NOT_FOUND,
+            409: _CONFLICT,
+        },
     )
     @action(detail=True, methods=["post"])
     def kill(self, request: Request, pk: str | None = None) -> Response:
         run = self.get_object()
         if run.is_finished:
             return Response(
-                {"detail": _("The run has already finished (%(status)s).") % {"status": run.status}, "status": run.status},
+                {
+                    "detail": _("The run has already finished (%(status)s).")
+                    % {"status": run.status},
+                    "status": run.status,
+                },
                 status=status.HTTP_409_CONFLICT,
             )
         contrib.request_kill(JobRun.objects.filter(pk=run.pk))
@@ -149,7 +227,9 @@ class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
 
     @extend_schema(
         summary=_("Ask many runs to stop"),
-        description=_('Runs picked by {"ids": [...]} in the body, or by the list filters in the query string (at least one of them).'),
+        description=_(
+            'Runs picked by {"ids": [...]} in the body, or by the list filters in the query string (at least one of them).'
+        ),
         request=KillRequestSerializer,
         responses={200: KillResultSerializer, 400: _ERROR, 401: _DENIED, 403: _DENIED},
         filters=True,
@@ -159,21 +239,48 @@ class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
         body = KillRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         ids = body.validated_data.get("ids")
-        filtered = any(name in request.query_params for name in JobRunFilterSet.base_filters)
+        filtered = any(
+            name in request.query_params for name in JobRunFilterSet.base_filters
+        )
         if not ids and not filtered:
-            raise ValidationError({"ids": [_("Give the ids of the runs to stop, or at least one list filter.")]})
+            raise ValidationError(
+                {
+                    "ids": [
+                        _(
+                            "Give the ids of the runs to stop, or at least one list filter."
+                        )
+                    ]
+                }
+            )
         runs = self.filter_queryset(self.get_queryset())
         if ids:
             runs = runs.filter(pk__in=ids)
         matched = runs.count()
         active = runs.active().count()  # type: ignore[attr-defined]
         asked = contrib.request_kill(runs)
-        return Response(KillResultSerializer({"matched": matched, "active": active, "asked": asked}).data)
+        return Response(
+            KillResultSerializer(
+                {"matched": matched, "active": active, "asked": asked}
+            ).data
+        )
 
     @extend_schema(
         summary=_("The latest run of a job"),
-        parameters=[OpenApiParameter("job_name", OpenApiTypes.STR, required=True, description=_("The job's name."))],
-        responses={200: JobRunSerializer, 400: _ERROR, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND},
+        parameters=[
+            OpenApiParameter(
+                "job_name",
+                OpenApiTypes.STR,
+                required=True,
+                description=_("The job's name."),
+            )
+        ],
+        responses={
+            200: JobRunSerializer,
+            400: _ERROR,
+            401: _DENIED,
+            403: _DENIED,
+            404: _NOT_FOUND,
+        },
         filters=False,
     )
     @action(detail=False, methods=["get"])
@@ -194,7 +301,14 @@ class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
             "filters pick; without period, created_after or created_before, the last 24 hours. "
             "With bucket=hour or day, also the finished runs per hour or day."
         ),
-        parameters=[OpenApiParameter("bucket", OpenApiTypes.STR, enum=list(_BUCKETS), description=_("Also count finished runs per hour or day."))],
+        parameters=[
+            OpenApiParameter(
+                "bucket",
+                OpenApiTypes.STR,
+                enum=list(_BUCKETS),
+                description=_("Also count finished runs per hour or day."),
+            )
+        ],
         responses={200: StatsSerializer, 400: _ERROR, 401: _DENIED, 403: _DENIED},
         filters=True,
     )
@@ -202,8 +316,17 @@ class JobRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
     def stats(self, request: Request) -> Response:
         bucket = request.query_params.get("bucket") or None
         if bucket is not None and bucket not in _BUCKETS:
-            raise ValidationError({"bucket": [_("%(value)r is not a bucket; use hour or day.") % {"value": bucket}]})
-        filterset = JobRunFilterSet(request.query_params, queryset=self.get_queryset(), request=request)
+            raise ValidationError(
+                {
+                    "bucket": [
+                        _("%(value)r is not a bucket; use hour or day.")
+                        % {"value": bucket}
+                    ]
+                }
+            )
+        filterset = JobRunFilterSet(
+            request.query_params, queryset=self.get_queryset(), request=request
+        )
         if not filterset.is_valid():
             raise ValidationError(filterset.errors)
         runs = filterset.qs
@@ -229,6 +352,15 @@ def _range(cleaned: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
 
 
 def _buckets(runs: QuerySet[JobRun], trunc: Any) -> list[dict[str, Any]]:
-    counts = {name: Count("pk", filter=Q(status=name)) for name in sorted(Status.TERMINAL)}
-    rows = runs.finished().order_by().annotate(start=trunc("finished_at")).values("start").annotate(finished=Count("pk"), **counts).order_by("start")  # type: ignore[attr-defined]
+    counts = {
+        name: Count("pk", filter=Q(status=name)) for name in sorted(Status.TERMINAL)
+    }
+    rows = (
+        runs.finished()
+        .order_by()
+        .annotate(start=trunc("finished_at"))
+        .values("start")
+        .annotate(finished=Count("pk"), **counts)
+        .order_by("start")
+    )  # type: ignore[attr-defined]
     return list(rows)

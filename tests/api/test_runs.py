@@ -1,0 +1,298 @@
+"""GET runs/ and runs/<id>/: fields, filters, ordering and cursor pagination."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from django_jobstatus.models import JobRun, Status
+from tests.api.conftest import BASE
+
+pytestmark = pytest.mark.django_db
+
+
+def ids(response):
+    assert response.status_code == 200, response.content
+    return [row["id"] for row in response.json()["results"]]
+
+
+def test_detail_has_every_field_and_the_derived_values(api, make_run):
+    now = timezone.now()
+    run = make_run(
+        "reports.build",
+        status=Status.SUCCEEDED,
+        queued_at=now - timedelta(seconds=30),
+        started_at=now - timedelta(seconds=20),
+        finished_at=now - timedelta(seconds=5),
+        progress_current=3,
+        progress_total=4,
+        subject="library.Book:53",
+    )
+    body = api.get(f"{BASE}{run.pk}/").json()
+    model_fields = {field.name for field in JobRun._meta.concrete_fields}
+    assert model_fields <= set(body)
+    assert body["id"] == str(run.pk)
+    assert body["progress"] == 0.75
+    assert body["duration"] == 15.0
+    assert body["waiting"] == 10.0
+    assert body["is_finished"] is True
+    assert body["is_active"] is False
+    assert body["kill_requested"] is False
+    assert body["logs_url"] == f"http://testserver{BASE}{run.pk}/logs/"
+    assert (
+        body["admin_url"]
+        == f"http://testserver/admin/django_jobstatus/jobrun/{run.pk}/change/"
+    )
+
+
+@pytest.mark.urls("tests.api.urls_without_admin")
+def test_admin_url_is_null_when_the_admin_is_not_mounted(api, run):
+    body = api.get(f"{BASE}{run.pk}/").json()
+    assert body["admin_url"] is None
+    assert body["logs_url"].endswith(f"/runs/{run.pk}/logs/")
+
+
+def test_sensitive_keys_are_masked_at_any_depth(api, make_run):
+    run = make_run(
+        params={"user": 7, "password": "hunter2", "nested": [{"api_key": "k"}]},
+        data={"Authorization": "Bearer x"},
+        result={"token": "t", "ok": True},
+    )
+    body = api.get(f"{BASE}{run.pk}/").json()
+    assert body["params"] == {
+        "user": 7,
+        "password": "********",
+        "nested": [{"api_key": "********"}],
+    }
+    assert body["data"] == {"Authorization": "********"}
+    assert body["result"] == {"token": "********", "ok": True}
+    assert "hunter2" not in api.get(BASE).content.decode()
+
+
+def test_unknown_and_malformed_ids_are_404(api):
+    assert api.get(f"{BASE}0190b6f4-0000-7000-8000-000000000000/").status_code == 404
+    response = api.get(f"{BASE}not-a-uuid/")
+    assert response.status_code == 404
+    assert "not a run id" in response.json()["detail"]
+
+
+def test_list_is_newest_first_and_costs_a_fixed_number_of_queries(
+    api, make_run, django_assert_max_num_queries
+):
+    now = timezone.now()
+    runs = [
+        make_run(f"job{i}", created_at=now - timedelta(minutes=i)) for i in range(5)
+    ]
+    with django_assert_max_num_queries(3):
+        response = api.get(BASE)
+    assert ids(response) == [str(run.pk) for run in runs]
+
+
+def test_cursor_pages_walk_forward_and_back_without_gaps(api, make_run):
+    now = timezone.now()
+    # Equal created_at values force the id tie-breaker.
+    runs = [make_run(created_at=now - timedelta(minutes=i // 2)) for i in range(7)]
+    expected = [
+        str(run.pk)
+        for run in sorted(runs, key=lambda r: (r.created_at, r.pk), reverse=True)
+    ]
+    seen, url, pages = [], f"{BASE}?page_size=3", []
+    while url:
+        body = api.get(url).json()
+        pages.append(body)
+        seen += [row["id"] for row in body["results"]]
+        url = body["next"]
+    assert seen == expected
+    assert [len(page["results"]) for page in pages] == [3, 3, 1]
+    assert pages[0]["previous"] is None
+    back = api.get(pages[2]["previous"]).json()
+    assert [row["id"] for row in back["results"]] == expected[3:6]
+    first = api.get(back["previous"]).json()
+    assert [row["id"] for row in first["results"]] == expected[:3]
+    assert first["previous"] is None
+
+
+@pytest.mark.parametrize(
+    "ordering",
+    [
+        "created_at",
+        "-created_at",
+        "started_at",
+        "-started_at",
+        "finished_at",
+        "-finished_at",
+        "duration",
+        "-duration",
+        "job_name",
+        "-job_name",
+    ],
+)
+def test_every_ordering_pages_through_all_runs_in_order_with_nulls_largest(
+    api, make_run, ordering
+):
+    now = timezone.now()
+    runs = []
+    for i in range(6):
+        status = (
+            Status.QUEUED if i == 0 else Status.RUNNING if i == 1 else Status.SUCCEEDED
+        )
+        started = None if i == 0 else now - timedelta(minutes=10 + i)
+        finished = now - timedelta(minutes=i) if i > 1 else None
+        runs.append(
+            make_run(
+                f"job{i % 3}",
+                status=status,
+                started_at=started,
+                finished_at=finished,
+                created_at=now - timedelta(minutes=20 + i % 4),
+            )
+        )
+    runs.append(
+        make_run(
+            "job9",
+            status=Status.QUEUED,
+            started_at=None,
+            finished_at=None,
+            created_at=now,
+        )
+    )
+    key = ordering.lstrip("-")
+
+    def sort_key(run):
+        value = (
+            (run.finished_at - run.started_at)
+            if key == "duration" and run.started_at and run.finished_at
+            else None
+            if key == "duration"
+            else getattr(run, key)
+        )
+        return (value is None, value if value is not None else 0, run.pk)
+
+    expected = [
+        str(run.pk)
+        for run in sorted(runs, key=sort_key, reverse=ordering.startswith("-"))
+    ]
+    seen, url = [], f"{BASE}?page_size=2&ordering={ordering}"
+    while url:
+        body = api.get(url).json()
+        seen += [row["id"] for row in body["results"]]
+        url = body["next"]
+    assert seen == expected
+
+
+def test_status_filter_takes_one_a_list_or_a_group(api, make_run):
+    queued = make_run(status=Status.QUEUED)
+    running = make_run(status=Status.RUNNING)
+    failed = make_run(status=Status.FAILED)
+    succeeded = make_run(status=Status.SUCCEEDED)
+    assert set(ids(api.get(f"{BASE}?status=failed"))) == {str(failed.pk)}
+    assert set(ids(api.get(f"{BASE}?status=failed,succeeded"))) == {
+        str(failed.pk),
+        str(succeeded.pk),
+    }
+    assert set(ids(api.get(f"{BASE}?status=active"))) == {
+        str(queued.pk),
+        str(running.pk),
+    }
+    assert set(ids(api.get(f"{BASE}?status=finished,queued"))) == {
+        str(queued.pk),
+        str(failed.pk),
+        str(succeeded.pk),
+    }
+
+
+def test_job_name_source_subject_filters(api, make_run):
+    a = make_run("a", source="celery", subject="library.Book:1")
+    b = make_run("b", source="rq", subject="library.Book:2")
+    make_run("c")
+    assert set(ids(api.get(f"{BASE}?job_name=a,b"))) == {str(a.pk), str(b.pk)}
+    assert ids(api.get(f"{BASE}?job_name=b")) == [str(b.pk)]
+    assert ids(api.get(f"{BASE}?source=celery")) == [str(a.pk)]
+    assert ids(api.get(f"{BASE}?subject=library.Book:2")) == [str(b.pk)]
+
+
+def test_owner_parent_has_errors_kill_requested_filters(api, make_run, make_user):
+    user = make_user()
+    parent = make_run("batch")
+    child = make_run("part", parent=parent, owner=user, has_errors=True)
+    asked = make_run("asked", kill_requested_at=timezone.now())
+    assert ids(api.get(f"{BASE}?owner={user.pk}")) == [str(child.pk)]
+    assert ids(api.get(f"{BASE}?parent={parent.pk}")) == [str(child.pk)]
+    assert ids(api.get(f"{BASE}?has_errors=true")) == [str(child.pk)]
+    assert str(child.pk) not in ids(api.get(f"{BASE}?has_errors=false"))
+    assert ids(api.get(f"{BASE}?kill_requested=true")) == [str(asked.pk)]
+    assert set(ids(api.get(f"{BASE}?kill_requested=false"))) == {
+        str(parent.pk),
+        str(child.pk),
+    }
+
+
+def test_date_filters_take_iso_8601_and_epoch_milliseconds(api, make_run):
+    old = make_run(
+        status=Status.SUCCEEDED,
+        created_at=datetime(2026, 1, 1, 12, tzinfo=UTC),
+        started_at=datetime(2026, 1, 1, 12, tzinfo=UTC),
+        finished_at=datetime(2026, 1, 1, 13, tzinfo=UTC),
+    )
+    new = make_run(
+        status=Status.SUCCEEDED,
+        created_at=datetime(2026, 2, 1, 12, tzinfo=UTC),
+        started_at=datetime(2026, 2, 1, 12, tzinfo=UTC),
+        finished_at=datetime(2026, 2, 1, 13, tzinfo=UTC),
+    )
+    cut = datetime(2026, 1, 15, tzinfo=UTC)
+    millis = int(cut.timestamp() * 1000)
+    assert ids(api.get(BASE, {"created_after": cut.isoformat()})) == [str(new.pk)]
+    assert ids(api.get(BASE, {"created_before": str(millis)})) == [str(old.pk)]
+    assert ids(api.get(BASE, {"started_after": "2026-01-15"})) == [str(new.pk)]
+    assert ids(api.get(BASE, {"started_before": "2026-01-15T00:00:00Z"})) == [
+        str(old.pk)
+    ]
+    assert ids(api.get(BASE, {"finished_after": str(millis)})) == [str(new.pk)]
+    assert ids(api.get(BASE, {"finished_before": str(millis)})) == [str(old.pk)]
+
+
+def test_period_filter(api, make_run):
+    now = timezone.now()
+    recent = make_run(created_at=now - timedelta(minutes=5))
+    make_run(created_at=now - timedelta(hours=3))
+    assert ids(api.get(f"{BASE}?period=10m")) == [str(recent.pk)]
+    assert len(ids(api.get(f"{BASE}?period=2h 59m 59s"))) == 1
+    assert len(ids(api.get(f"{BASE}?period=4h"))) == 2
+
+
+def test_q_searches_id_job_name_subject_and_message(api, make_run):
+    a = make_run("imports.nightly", subject="shop.Order:9", message="reading row 7")
+    b = make_run("exports.daily")
+    assert ids(api.get(f"{BASE}?q=NIGHTLY")) == [str(a.pk)]
+    assert ids(api.get(f"{BASE}?q=Order:9")) == [str(a.pk)]
+    assert ids(api.get(f"{BASE}?q=row 7")) == [str(a.pk)]
+    assert ids(api.get(f"{BASE}?q={b.pk}")) == [str(b.pk)]
+
+
+def test_params_filter_is_json_containment(api, make_run):
+    a = make_run(params={"user_id": 7, "mode": "full", "opts": {"dry": True, "n": 2}})
+    b = make_run(params={"user_id": 8, "mode": "full"})
+    make_run(params={})
+    assert ids(api.get(BASE, {"params": '{"user_id": 7}'})) == [str(a.pk)]
+    assert set(ids(api.get(BASE, {"params": '{"mode": "full"}'}))) == {
+        str(a.pk),
+        str(b.pk),
+    }
+    assert ids(api.get(BASE, {"params": '{"opts": {"dry": true}}'})) == [str(a.pk)]
+    assert ids(api.get(BASE, {"params": '{"user_id": 7, "mode": "quick"}'})) == []
+    assert ids(api.get(BASE, {"params": '{"user_id": "7"}'})) == []
+    assert len(ids(api.get(BASE, {"params": "{}"}))) == 3
+
+
+@pytest.mark.postgres
+def test_params_filter_uses_containment_and_the_gin_index_exists_on_postgresql():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'jobstatus_run_params_gin'"
+        )
+        (definition,) = cursor.fetchone()
+    assert "gin (params jsonb_path_ops)" in definition

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from io import StringIO
 from typing import Any
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
@@ -21,10 +20,9 @@ def ago(days: float) -> Any:
     return timezone.now() - timedelta(days=days)
 
 
-def purge(*args: str) -> str:
-    out = StringIO()
-    call_command("purge_jobstatus", *args, stdout=out)
-    return out.getvalue()
+@pytest.fixture
+def purge(command: Any) -> Any:
+    return lambda *args: command("purge_jobstatus", *args)
 
 
 @pytest.fixture
@@ -51,7 +49,7 @@ def alive(*runs: JobRun) -> list[bool]:
 
 
 def test_defaults_keep_young_runs_failed_runs_active_runs_and_the_newest(
-    aged: Any,
+    aged: Any, purge: Any
 ) -> None:
     newest_old = aged("tests.old", days=40)
     older = aged("tests.old", days=50)
@@ -78,7 +76,7 @@ def test_defaults_keep_young_runs_failed_runs_active_runs_and_the_newest(
     assert "Deleted 3 runs and 0 log lines" in out
 
 
-def test_days_applies_to_every_status(aged: Any) -> None:
+def test_days_applies_to_every_status(aged: Any, purge: Any) -> None:
     aged("tests.job", days=1)  # the newest, kept
     failed = aged("tests.job", days=20, status=Status.FAILED)
     succeeded = aged("tests.job", days=20)
@@ -97,7 +95,7 @@ def test_days_applies_to_every_status(aged: Any) -> None:
         "KEEP_LAST": 0,
     }
 )
-def test_per_status_retention() -> None:
+def test_per_status_retention(purge: Any) -> None:
     def at(days: float, status: str) -> JobRun:
         return JobRun.objects.create(
             job_name="tests.job", status=status, created_at=ago(days)
@@ -121,7 +119,7 @@ def test_per_status_retention() -> None:
     }
 
 
-def test_settings_give_the_defaults(aged: Any) -> None:
+def test_settings_give_the_defaults(aged: Any, purge: Any) -> None:
     runs = [aged("tests.job", days=3 + n) for n in range(4)]
     with override_settings(
         JOBSTATUS={"RETENTION_DAYS": 2, "RETENTION": {}, "KEEP_LAST": 2}
@@ -131,7 +129,7 @@ def test_settings_give_the_defaults(aged: Any) -> None:
 
 
 def test_keep_last_keeps_the_newest_runs_of_every_job_whatever_their_age(
-    aged: Any,
+    aged: Any, purge: Any
 ) -> None:
     a = [aged("tests.a", days=100 + n) for n in range(5)]
     b = [aged("tests.b", days=200 + n) for n in range(2)]
@@ -143,7 +141,7 @@ def test_keep_last_keeps_the_newest_runs_of_every_job_whatever_their_age(
 
 
 def test_keep_last_counts_every_run_of_the_job_even_outside_the_narrowing(
-    aged: Any,
+    aged: Any, purge: Any
 ) -> None:
     newest = aged("tests.job", days=50)
     failed = aged("tests.job", days=200, status=Status.FAILED)
@@ -153,7 +151,9 @@ def test_keep_last_counts_every_run_of_the_job_even_outside_the_narrowing(
     assert alive(newest, failed) == [True, False]
 
 
-def test_keep_last_is_exact_when_runs_share_a_timestamp(make_run: Any) -> None:
+def test_keep_last_is_exact_when_runs_share_a_timestamp(
+    make_run: Any, purge: Any
+) -> None:
     created = ago(100)
     runs = [
         make_run("tests.job", status=Status.SUCCEEDED, created_at=created)
@@ -166,13 +166,13 @@ def test_keep_last_is_exact_when_runs_share_a_timestamp(make_run: Any) -> None:
     assert kept == {run.pk for run in sorted(runs, key=lambda run: run.pk)[-2:]}
 
 
-def test_keep_last_zero_deletes_everything_old(aged: Any) -> None:
+def test_keep_last_zero_deletes_everything_old(aged: Any, purge: Any) -> None:
     runs = [aged("tests.job", days=40 + n) for n in range(3)]
     purge("--keep-last", "0")
     assert alive(*runs) == [False, False, False]
 
 
-def test_job_name_narrows_and_repeats(aged: Any) -> None:
+def test_job_name_narrows_and_repeats(aged: Any, purge: Any) -> None:
     a, b, c = (aged(f"tests.{name}", days=100) for name in "abc")
     for name in "abc":
         aged(f"tests.{name}", days=1)  # the newest of each
@@ -182,7 +182,7 @@ def test_job_name_narrows_and_repeats(aged: Any) -> None:
     assert alive(a, b, c) == [False, True, False]
 
 
-def test_status_narrows_and_repeats(aged: Any) -> None:
+def test_status_narrows_and_repeats(aged: Any, purge: Any) -> None:
     aged("tests.job", days=1)
     runs = {
         status: aged("tests.job", days=400, status=status)
@@ -197,7 +197,7 @@ def test_status_narrows_and_repeats(aged: Any) -> None:
     }
 
 
-def test_active_runs_need_include_active(aged: Any) -> None:
+def test_active_runs_need_include_active(aged: Any, purge: Any) -> None:
     aged("tests.job", days=1)
     running = aged("tests.job", days=400, status=Status.RUNNING)
     queued = aged("tests.job", days=400, status=Status.QUEUED)
@@ -226,7 +226,7 @@ def test_active_runs_need_include_active(aged: Any) -> None:
     ],
 )
 def test_bad_arguments_are_command_errors(
-    aged: Any, args: list[str], message: str
+    aged: Any, args: list[str], message: str, purge: Any
 ) -> None:
     run = aged("tests.job", days=400)
     aged("tests.job", days=1)
@@ -272,7 +272,7 @@ def test_deleting_a_parent_keeps_its_children(aged: Any) -> None:
 
 
 def test_dry_run_deletes_nothing_and_reports_what_the_real_run_deletes(
-    aged: Any,
+    aged: Any, purge: Any
 ) -> None:
     aged("tests.a", days=1)
     aged("tests.b", days=1)
@@ -320,7 +320,7 @@ def test_batches_and_progress_lines(aged: Any) -> None:
     assert 0 < result.longest_batch <= result.elapsed
 
 
-def test_command_prints_progress_and_a_summary(aged: Any) -> None:
+def test_command_prints_progress_and_a_summary(aged: Any, purge: Any) -> None:
     aged("tests.job", days=1)
     for n in range(3):
         aged("tests.job", days=100 + n)
@@ -335,7 +335,7 @@ def test_command_prints_progress_and_a_summary(aged: Any) -> None:
 @pytest.mark.parametrize(
     "args", [["--quiet"], ["--verbosity", "0"], ["--quiet", "--dry-run"]]
 )
-def test_quiet_prints_nothing(aged: Any, args: list[str]) -> None:
+def test_quiet_prints_nothing(aged: Any, args: list[str], purge: Any) -> None:
     aged("tests.job", days=1)
     run = aged("tests.job", days=100)
     assert purge(*args) == ""

@@ -1,0 +1,192 @@
+"""PostgreSQL: reaping races a finishing job; purging runs while other processes write runs and logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+from django.db.models import Count
+from django.utils import timezone
+
+from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.models import JobLog, JobRun, Status
+from tests.commands.seeding import seed
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _in_thread(
+    target: Any, barrier: threading.Barrier, errors: list[BaseException]
+) -> threading.Thread:
+    def run() -> None:
+        try:
+            barrier.wait(timeout=30)
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_reapers_and_a_finishing_job_race_with_exactly_one_outcome_per_run() -> None:
+    old = timezone.now() - timedelta(hours=1)
+    runs = [
+        JobRun.objects.start("tests.race", started_at=old, heartbeat_at=old)
+        for _ in range(150)
+    ]
+    job_won: set[Any] = set()
+    reaper_won: set[Any] = set()
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def finish_jobs() -> None:
+        for run in reversed(runs):  # meets the reapers (which go by pk) in the middle
+            try:
+                run.mark_succeeded({"ok": True})
+                job_won.add(run.pk)
+            except InvalidTransition:
+                reaper_won.add(run.pk)
+
+    def reaper() -> None:
+        results.append(JobRun.objects.reap(60, batch_size=5))
+
+    barrier = threading.Barrier(3)
+    threads = [
+        _in_thread(target, barrier, errors) for target in (finish_jobs, reaper, reaper)
+    ]
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert not any(thread.is_alive() for thread in threads)
+
+    statuses = dict(JobRun.objects.for_job("tests.race").values_list("pk", "status"))
+    assert set(statuses.values()) <= {Status.SUCCEEDED, Status.LOST}
+    assert {
+        pk for pk, status in statuses.items() if status == Status.SUCCEEDED
+    } == job_won
+    assert {
+        pk for pk, status in statuses.items() if status == Status.LOST
+    } == reaper_won
+    assert len(job_won) + len(reaper_won) == len(runs)
+    assert sum(result.reaped for result in results) == len(
+        reaper_won
+    )  # no run reaped twice
+    reap_lines = dict(
+        JobLog.objects.filter(run__job_name="tests.race")
+        .values_list("run_id")
+        .annotate(n=Count("pk"))
+    )
+    assert reap_lines == dict.fromkeys(reaper_won, 1)
+
+
+def _wait_for_line(
+    process: subprocess.Popen[str], expected: str, timeout: float
+) -> None:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select(
+            [process.stdout], [], [], max(deadline - time.monotonic(), 0)
+        )
+        if ready:
+            line = process.stdout.readline()
+            if line.strip() == expected:
+                return
+            if not line:
+                break
+    raise AssertionError(
+        f"the writer did not say {expected!r} in {timeout} s: {process.stderr.read() if process.poll() is not None and process.stderr else ''}"
+    )
+
+
+def test_purge_while_other_processes_create_and_finish_tracked_runs(
+    tmp_path: Path,
+) -> None:
+    seed(
+        connection, runs=20_000, logs_per_run=3, jobs=5, newest_days=40, oldest_days=100
+    )
+    keys = ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT")
+    env = {
+        **os.environ,
+        "JOBSTATUS_WRITER_DB": json.dumps(
+            {key: connection.settings_dict[key] for key in keys}
+        ),
+    }
+    stop = tmp_path / "stop"
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.commands.writer", str(stop)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for writer in writers:
+            _wait_for_line(writer, "ready", timeout=60)
+        began = time.time()
+        result = JobRun.objects.purge(days=0, keep_last=0, batch_size=500)
+        ended = time.time()
+    finally:
+        stop.touch()
+        outputs = []
+        for writer in writers:
+            try:
+                outputs.append(writer.communicate(timeout=60))
+            except subprocess.TimeoutExpired:
+                writer.kill()
+                outputs.append(writer.communicate())
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+
+    # Every writer operation succeeded: no run was deleted under a live job, no log refused.
+    assert [report["errors"] for report in reports] == [[], []]
+    assert not JobRun.objects.active().exists()
+    assert not JobRun.objects.filter(job_name__startswith="seed.").exists()
+    assert result.runs >= 20_000
+    assert result.logs >= 60_000
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM {JobLog._meta.db_table} l LEFT JOIN {JobRun._meta.db_table} r ON r.id = l.run_id WHERE r.id IS NULL"  # noqa: S608
+        )
+        assert cursor.fetchone() == (0,)  # no orphaned log line
+    # A writer's run is either gone with all its lines, or kept with all of them.
+    lines = (
+        JobLog.objects.filter(run__job_name="tests.writer")
+        .values_list("run_id")
+        .annotate(n=Count("pk"))
+    )
+    assert {n for _, n in lines} <= {3}
+
+    # The writers never waited on the purge for more than one batch.
+    ops = [op for report in reports for op in report["ops"]]
+    during = [
+        seconds for start, seconds in ops if start < ended and start + seconds > began
+    ]
+    before = [seconds for start, seconds in ops[10:] if start + seconds < began]
+    assert during, "no writer operation overlapped the purge"
+    margin = 1.0 + 3 * max(before, default=0.0)
+    assert max(during) < result.longest_batch + margin, (
+        max(during),
+        result.longest_batch,
+        margin,
+        result.batches,
+    )

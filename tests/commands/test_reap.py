@@ -1,0 +1,147 @@
+"""reap_jobstatus and JobRun.objects.reap(): stale running runs become lost, with a message and a log line."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.management import CommandError
+from django.test.utils import override_settings
+from django.utils import timezone
+
+from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.models import JobLog, JobRun, Status
+
+pytestmark = pytest.mark.django_db
+
+
+def ago(seconds: float) -> Any:
+    return timezone.now() - timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def reap(command: Any) -> Any:
+    return lambda *args: command("reap_jobstatus", *args)
+
+
+def status(run: JobRun) -> str:
+    run.refresh_from_db()
+    return run.status
+
+
+@pytest.fixture
+def runs(make_run: Any) -> dict[str, JobRun]:
+    return {
+        "silent": make_run("tests.job", heartbeat_at=ago(600), started_at=ago(900)),
+        "never beat": make_run("tests.job", heartbeat_at=None, started_at=ago(600)),
+        "fresh": make_run("tests.job", heartbeat_at=ago(10), started_at=ago(900)),
+        "young": make_run("tests.job", heartbeat_at=None, started_at=ago(10)),
+        "queued": make_run("tests.job", status=Status.QUEUED, created_at=ago(9000)),
+        "retrying": make_run(
+            "tests.job", status=Status.RETRYING, heartbeat_at=ago(9000), started_at=None
+        ),
+        "finished": make_run(
+            "tests.job", status=Status.SUCCEEDED, heartbeat_at=ago(9000)
+        ),
+    }
+
+
+def test_default_timeout_reaps_silent_running_runs_only(
+    runs: dict[str, JobRun], reap: Any
+) -> None:
+    out = reap()  # HEARTBEAT_TIMEOUT 300
+
+    assert {name for name, run in runs.items() if status(run) == Status.LOST} == {
+        "silent",
+        "never beat",
+    }
+    assert "Marked 2 runs lost; 0 finished before they could be." in out
+    silent = runs["silent"]
+    assert silent.message.startswith("Lost: no heartbeat since")
+    assert silent.finished_at is not None
+    lines = list(JobLog.objects.for_run(silent))
+    assert [(line.level, line.message) for line in lines] == [(30, silent.message)]
+    assert not JobLog.objects.for_run(runs["fresh"]).exists()
+
+
+def test_timeout_option(runs: dict[str, JobRun], reap: Any) -> None:
+    reap("--timeout", "5")
+    assert {name for name, run in runs.items() if status(run) == Status.LOST} == {
+        "silent",
+        "never beat",
+        "fresh",
+        "young",
+    }
+
+
+def test_timeout_default_comes_from_settings(
+    runs: dict[str, JobRun], reap: Any
+) -> None:
+    with override_settings(JOBSTATUS={"HEARTBEAT_TIMEOUT": 700}):
+        reap()
+    assert {name for name, run in runs.items() if status(run) == Status.LOST} == set()
+    with override_settings(JOBSTATUS={"HEARTBEAT_TIMEOUT": 30}):
+        reap()
+    assert {name for name, run in runs.items() if status(run) == Status.LOST} == {
+        "silent",
+        "never beat",
+    }
+
+
+def test_dry_run_changes_nothing(runs: dict[str, JobRun], reap: Any) -> None:
+    out = reap("--dry-run")
+    assert "Dry run: 2 runs would be marked lost" in out
+    assert str(runs["silent"].pk) in out
+    assert not JobRun.objects.lost().exists()
+
+
+@pytest.mark.parametrize("args", [["--quiet"], ["--verbosity", "0"]])
+def test_quiet_prints_nothing(
+    runs: dict[str, JobRun], args: list[str], reap: Any
+) -> None:
+    assert reap(*args) == ""
+    assert JobRun.objects.lost().count() == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("-1", "0 or more"), ("soon", "not a number"), ("inf", "0 or more")],
+)
+def test_bad_timeout_is_a_command_error(
+    runs: dict[str, JobRun], value: str, message: str, reap: Any
+) -> None:
+    with pytest.raises(CommandError, match=message):
+        reap("--timeout", value)
+    assert not JobRun.objects.lost().exists()
+
+
+def test_a_run_that_comes_back_cannot_overwrite_lost(
+    runs: dict[str, JobRun], reap: Any
+) -> None:
+    worker_copy = JobRun.objects.get(
+        pk=runs["silent"].pk
+    )  # what the worker still holds
+    reap()
+    with pytest.raises(InvalidTransition):
+        worker_copy.mark_succeeded({"late": True})
+    with pytest.raises(InvalidTransition):
+        worker_copy.mark_failed(RuntimeError("late"))
+    assert status(runs["silent"]) == Status.LOST
+
+
+def test_python_api_counts_and_batches(make_run: Any) -> None:
+    stale = [make_run("tests.job", heartbeat_at=ago(600)) for _ in range(5)]
+    result = JobRun.objects.reap(60, batch_size=2)
+    assert (result.reaped, result.finished) == (5, 0)
+    assert all(status(run) == Status.LOST for run in stale)
+    assert (
+        JobRun.objects.reap(timedelta(seconds=60)).reaped == 0
+    )  # nothing left to reap
+
+
+def test_narrowed_queryset_reaps_only_its_runs(make_run: Any) -> None:
+    mine = make_run("tests.mine", heartbeat_at=ago(600))
+    other = make_run("tests.other", heartbeat_at=ago(600))
+    JobRun.objects.for_job("tests.mine").reap(60)
+    assert (status(mine), status(other)) == (Status.LOST, Status.RUNNING)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -125,10 +125,13 @@ def retry(modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]) -> 
 @admin.action(
     description=gettext_lazy("Delete selected finished runs"), permissions=["delete"]
 )
-def delete_finished(
+def delete_selected(
     modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]
 ) -> HttpResponse | None:
-    """Django's delete_selected (with its confirmation page), for finished runs only."""
+    """Django's delete_selected (with its confirmation page), for finished runs only.
+
+    It keeps Django's name: the confirmation page posts ``action=delete_selected`` back.
+    """
     active = queryset.active().count()
     if active:
         modeladmin.message_user(
@@ -144,4 +147,4 @@ def delete_finished(
     finished = queryset.finished()
     if not finished.exists():
         return None
-    return delete_selected(modeladmin, request, finished)
+    return django_delete_selected(modeladmin, request, finished)

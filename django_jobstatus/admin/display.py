@@ -54,8 +54,8 @@ def status_badge(run: JobRun) -> SafeString:
     return badge
 
 
-def progress_bar(run: JobRun) -> SafeString:
-    """A bar with its percentage and step; indeterminate while the total is unknown."""
+def progress_bar(run: JobRun, *, counts: bool = False) -> SafeString:
+    """A bar with its percentage and step (and ``current / total`` with ``counts``); indeterminate while the total is unknown."""
     share = run.progress
     if share is None:
         label = str(run.progress_current) if run.progress_current else ""
@@ -63,6 +63,8 @@ def progress_bar(run: JobRun) -> SafeString:
     else:
         label = f"{share * 100:.0f}%"
         width, css = f"{share * 100:.1f}", ""
+        if counts:
+            label += f" ({run.progress_current} / {run.progress_total})"
     return format_html(
         '<span class="jobstatus-progress {}" data-run="{}" title="{} / {}">'
         '<span class="jobstatus-progress-bar" style="width: {}%"></span></span>'

@@ -78,6 +78,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ordering = ("-created_at", "-id")
     sortable_by = ("job_name", "created_at")
     list_per_page = 50
+    view_on_site = False
     # Big tables: no COUNT(*) of the whole table, no per-filter counts, counts capped.
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
@@ -88,7 +89,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         actions.request_kill,
         actions.mark_killed,
         actions.retry,
-        actions.delete_finished,
+        actions.delete_selected,
     )
     change_list_template = "admin/django_jobstatus/jobrun/change_list.html"
     change_form_template = "admin/django_jobstatus/jobrun/change_form.html"
@@ -175,7 +176,9 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         found = super().get_actions(request)
-        found.pop("delete_selected", None)
+        if "delete_selected" in found:
+            # The site-wide action of the same name would win: ours refuses active runs.
+            found["delete_selected"] = self.get_action(actions.delete_selected)
         return found
 
     def get_deleted_objects(
@@ -214,6 +217,10 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description=gettext_lazy("progress"))
     def progress_display(self, run: JobRun) -> SafeString:
         return progress_bar(run)
+
+    @admin.display(description=gettext_lazy("progress"))
+    def progress_detail(self, run: JobRun) -> SafeString:
+        return progress_bar(run, counts=True)
 
     @admin.display(description=gettext_lazy("message"))
     def message_display(self, run: JobRun) -> str:

@@ -1,0 +1,157 @@
+"""The admin in a real browser: filters, bulk actions, a run's page, the live dashboard, escaping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from django_jobstatus.models import JobRun, Status
+
+pytestmark = pytest.mark.browser
+
+XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+
+
+def make(job_name: str, status: str = Status.RUNNING, **fields: Any) -> JobRun:
+    now = timezone.now()
+    if status != Status.QUEUED:
+        fields.setdefault("started_at", now)
+    if status in Status.TERMINAL:
+        fields.setdefault("finished_at", now)
+    fields.setdefault("queued_at", now)
+    return JobRun.objects.create(job_name=job_name, status=status, **fields)
+
+
+def changelist(page: Any, query: str = "") -> None:
+    page.goto(f"{page.base}/admin/django_jobstatus/jobrun/{query}")
+
+
+def run_action(page: Any, run: JobRun, action: str) -> None:
+    page.check(f'input[name="_selected_action"][value="{run.pk}"]')
+    page.select_option('select[name="action"]', action)
+    page.click('button[name="index"]')
+
+
+def test_log_in_and_filter_the_changelist(admin_page):
+    make("reports.build", Status.FAILED, error="ValueError: bad")
+    make("reports.build", Status.SUCCEEDED)
+    make("mail.send", Status.RUNNING)
+    changelist(admin_page)
+    assert admin_page.locator("#result_list tbody tr").count() == 3
+    admin_page.locator("#changelist-filter").get_by_role("link", name="Failed", exact=True).click()
+    admin_page.wait_for_url("**status=failed**")
+    rows = admin_page.locator("#result_list tbody tr")
+    assert rows.count() == 1
+    assert "reports.build" in rows.first.inner_text()
+    admin_page.locator("#changelist-filter").get_by_role("link", name="mail.send").click()
+    admin_page.wait_for_url("**job_name=mail.send**")
+    assert admin_page.locator("#result_list tbody tr").count() == 0
+    admin_page.fill("#searchbar", "mail")
+    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/?q=mail")
+    assert admin_page.locator("#result_list tbody tr").count() == 1
+
+
+def test_each_bulk_action(admin_page):
+    running = make("job.kill", Status.RUNNING)
+    changelist(admin_page)
+    run_action(admin_page, running, "request_kill")
+    assert "Asked 1 run to stop" in admin_page.locator(".messagelist").inner_text()
+    running.refresh_from_db()
+    assert running.kill_requested
+
+    run_action(admin_page, running, "mark_killed")
+    assert "Marked 1 run as killed" in admin_page.locator(".messagelist").inner_text()
+    running.refresh_from_db()
+    assert running.status == Status.KILLED
+
+    run_action(admin_page, running, "retry")
+    assert "cannot be retried" in admin_page.locator(".messagelist").inner_text()
+
+    active = make("job.active", Status.RUNNING)
+    changelist(admin_page)
+    page = admin_page
+    page.check(f'input[name="_selected_action"][value="{running.pk}"]')
+    page.check(f'input[name="_selected_action"][value="{active.pk}"]')
+    page.select_option('select[name="action"]', "delete_selected")
+    page.click('button[name="index"]')
+    assert "Refused to delete 1 active run" in page.locator(".messagelist").inner_text()
+    page.click('input[type="submit"]')  # Django's confirmation page: "Yes, I'm sure"
+    page.wait_for_url("**/jobrun/")
+    assert "Successfully deleted 1" in page.locator(".messagelist").inner_text()
+    assert list(JobRun.objects.values_list("pk", flat=True)) == [active.pk]
+
+
+def test_a_runs_page(admin_page, artifacts):
+    parent = make("batch.parent", Status.RUNNING, progress_current=40, progress_total=100, step="importing", message="Importing rows")
+    make("batch.child", Status.SUCCEEDED, parent=parent)
+    make("batch.child", Status.FAILED, parent=parent)
+    run = make(
+        "reports.build",
+        Status.FAILED,
+        params={"year": 2026, "api_key": "hunter2"},
+        result={"rows": 12},
+        error="ValueError: no data",
+        traceback='Traceback (most recent call last):\n  File "x.py", line 1\nValueError: no data',
+        parent=parent,
+    )
+    for i in range(5):
+        run.log(20, "step %d done", i)
+    run.log(40, "it broke")
+    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/{run.pk}/change/")
+    body = admin_page.locator("#content").inner_text()
+    assert "hunter2" not in body
+    assert '"api_key": "********"' in body
+    assert "ValueError: no data" in admin_page.locator("pre.jobstatus-traceback").inner_text()
+    assert admin_page.locator(".jobstatus-log-row").count() == 6
+    admin_page.get_by_role("link", name="ERROR+").click()
+    expect(admin_page.locator(".jobstatus-log-row")).to_have_count(1)
+    admin_page.screenshot(path=str(artifacts / "run_page.png"), full_page=True)
+
+    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/{parent.pk}/change/")
+    assert "3 children" in admin_page.locator("#content").inner_text()
+    admin_page.get_by_role("button", name="Request kill").click()
+    expect(admin_page.locator(".messagelist")).to_be_visible()
+    assert "Asked the run to stop" in admin_page.locator(".messagelist").inner_text()
+    parent.refresh_from_db()
+    assert parent.kill_requested
+
+
+def test_dashboard_progress_advances_without_a_reload(admin_page, artifacts):
+    now = timezone.now()
+    for i in range(12):
+        status = Status.FAILED if i % 4 == 0 else Status.SUCCEEDED
+        make(f"demo.job{i % 3}", status, started_at=now - timezone.timedelta(hours=i, minutes=5), finished_at=now - timezone.timedelta(hours=i), created_at=now - timezone.timedelta(hours=i, minutes=6), error="RuntimeError: boom" if status == Status.FAILED else "")
+    run = make("imports.nightly", Status.RUNNING, progress_current=10, progress_total=100, step="loading")
+    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/dashboard/?poll=1")
+    label = admin_page.locator(f'tr[data-run="{run.pk}"] .jobstatus-progress-label')
+    assert label.inner_text() == "10%"
+    admin_page.evaluate("window.__notReloaded = true")
+    run.set_progress(64, step="transforming")
+    admin_page.wait_for_function(
+        "id => { const el = document.querySelector(`tr[data-run='${id}'] .jobstatus-progress-label`); return el && el.textContent === '64%'; }",
+        arg=str(run.pk),
+        timeout=15_000,
+    )
+    assert admin_page.evaluate("window.__notReloaded") is True
+    width = admin_page.locator(f'tr[data-run="{run.pk}"] .jobstatus-progress-bar').evaluate("el => el.style.width")
+    assert width == "64%"
+    admin_page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
+
+
+def test_script_in_a_message_or_log_is_shown_as_text(admin_page):
+    run = make(XSS, Status.RUNNING, message=XSS, step=XSS, progress_current=1, progress_total=2)
+    run.log(40, XSS)
+    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/")
+    assert XSS in admin_page.locator("#result_list").inner_text()
+    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/{run.pk}/change/")
+    assert XSS in admin_page.locator(".jobstatus-log-message").first.inner_text()
+    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/joblog/")
+    assert XSS in admin_page.locator("#result_list").inner_text()
+    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/dashboard/?poll=1")
+    # Wait for one poll so the script-built rows are checked too.
+    admin_page.wait_for_function("() => document.getElementById('jobstatus-dashboard').hasAttribute('data-updated')", timeout=15_000)
+    assert XSS in admin_page.locator("#jobstatus-active-rows").inner_text()
+    assert admin_page.evaluate("typeof window.__xss") == "undefined"

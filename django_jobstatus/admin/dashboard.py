@@ -23,7 +23,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from django_jobstatus.admin.display import format_duration
-from django_jobstatus.models import Dashboard, JobRun, Status
+from django_jobstatus.models import JobRun, Status
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse

@@ -15,9 +15,13 @@ def staff_client(db: None, client: Any) -> Any:
     counter = iter(range(1000))
 
     def make(*codenames: str) -> Any:
-        user = User.objects.create_user(f"staff{next(counter)}", password="pw", is_staff=True)
+        user = User.objects.create_user(f"staff{next(counter)}", is_staff=True)
         if codenames:
-            user.user_permissions.set(Permission.objects.filter(content_type__app_label="django_jobstatus", codename__in=codenames))
+            user.user_permissions.set(
+                Permission.objects.filter(
+                    content_type__app_label="django_jobstatus", codename__in=codenames
+                )
+            )
         client.force_login(user)
         return client
 

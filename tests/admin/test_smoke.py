@@ -4,7 +4,9 @@ from django.urls import reverse
 
 
 def test_pages_render(admin_client, make_run):
-    run = make_run("a.job", progress_current=3, progress_total=10, params={"password": "x"})
+    run = make_run(
+        "a.job", progress_current=3, progress_total=10, params={"password": "x"}
+    )
     run.log(20, "hello")
     for url in [
         reverse("admin:django_jobstatus_jobrun_changelist"),

@@ -172,6 +172,32 @@ class CommaListField(forms.CharField):
         return items
 
 
+class StrictBooleanField(forms.CharField):
+    """true/false (also 1/0, yes/no); anything else is an error, not "no filter"."""
+
+    _VALUES = {
+        "true": True,
+        "1": True,
+        "yes": True,
+        "false": False,
+        "0": False,
+        "no": False,
+    }
+
+    def to_python(self, value: Any) -> bool | None:
+        text = super().to_python(value)
+        if not text:
+            return None
+        try:
+            return self._VALUES[text.lower()]
+        except KeyError:
+            raise ValidationError(
+                _("Enter true or false, not %(value)r."),
+                code="invalid",
+                params={"value": text},
+            ) from None
+
+
 class UserField(forms.CharField):
     def to_python(self, value: Any) -> Any:
         text = super().to_python(value)
@@ -230,6 +256,11 @@ class PeriodFilter(django_filters.Filter):
 @extend_schema_field(OpenApiTypes.STR)
 class MomentFilter(django_filters.Filter):
     field_class = MomentField
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class BooleanFilter(django_filters.Filter):
+    field_class = StrictBooleanField
 
 
 @extend_schema_field(OpenApiTypes.STR)
@@ -293,11 +324,11 @@ class JobRunFilterSet(django_filters.FilterSet):
     parent = django_filters.UUIDFilter(
         field_name="parent_id", help_text=_("The id of the parent run (batches).")
     )
-    has_errors = django_filters.BooleanFilter(
+    has_errors = BooleanFilter(
         field_name="has_errors",
         help_text=_("Runs that logged an error (true) or did not (false)."),
     )
-    kill_requested = django_filters.BooleanFilter(
+    kill_requested = BooleanFilter(
         method="filter_kill_requested",
         help_text=_("Runs someone asked to stop (true) or not (false)."),
     )

@@ -80,7 +80,7 @@ class KeysetPagination(BasePagination):
         )
         if raw in (None, ""):
             return self.default_ordering
-        if raw.lstrip("-") not in self.orderings:
+        if raw.removeprefix("-") not in self.orderings:
             choices = ", ".join(f"{name}, -{name}" for name in self.orderings)
             raise ValidationError(
                 {
@@ -162,7 +162,7 @@ class KeysetPagination(BasePagination):
         self.request = request
         self.page_size = self.get_page_size(request)
         self.ordering = self.get_ordering(request)
-        name = self.ordering.lstrip("-")
+        name = self.ordering.removeprefix("-")
         field, kind, nullable = self.orderings[name]
         descending = self.ordering.startswith("-")
         if field == _DURATION_ALIAS:

@@ -21,7 +21,6 @@ def make_user(db: None, django_user_model: Any) -> Any:
     def make(*perms: str, staff: bool = True, superuser: bool = False) -> Any:
         user = django_user_model.objects.create_user(
             username=f"user{next(counter)}",
-            password="pw",  # noqa: S106
             is_staff=staff,
             is_superuser=superuser,
         )

@@ -1,0 +1,152 @@
+"""Malformed input answers 400 (404 for ids) with JSON naming the field; never 500."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.api.conftest import BASE
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("status", "done"),
+        ("status", "running,nope"),
+        ("owner", "abc"),
+        ("parent", "not-a-uuid"),
+        ("has_errors", "maybe"),
+        ("kill_requested", "2"),
+        ("created_after", "yesterday-ish"),
+        ("created_before", "2026-13-01"),
+        ("started_after", "1e400"),
+        ("started_before", "99999999999999999999"),
+        ("finished_after", "2026-01-01T25:00"),
+        ("finished_before", "NaN"),
+        ("period", "1y"),
+        ("period", "0h"),
+        ("period", "today and tomorrow"),
+        ("params", "{not json"),
+        ("params", "[1, 2]"),
+        ("params", '"text"'),
+        ("page_size", "0"),
+        ("page_size", "-5"),
+        ("page_size", "100000"),
+        ("page_size", "ten"),
+        ("ordering", "priority"),
+        ("ordering", "--created_at"),
+        ("cursor", "garbage"),
+    ],
+)
+def test_bad_list_parameters_are_400_naming_the_field(api, run, field, value):
+    response = api.get(BASE, {field: value})
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert list(body) == [field]
+    assert body[field]
+
+
+def test_the_bad_status_value_is_named(api):
+    message = api.get(BASE, {"status": "running,nope"}).json()["status"][0]
+    assert "'nope'" in message
+    assert "running" in message
+
+
+def cursor(payload):
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {
+            "o": "-started_at",
+            "v": None,
+            "i": "0190b6f4-0000-7000-8000-000000000000",
+            "p": False,
+        },  # another ordering
+        {
+            "o": "-created_at",
+            "v": "not a date",
+            "i": "0190b6f4-0000-7000-8000-000000000000",
+            "p": False,
+        },
+        {"o": "-created_at", "v": "2026-01-01T00:00:00Z", "i": "nope", "p": False},
+        {
+            "o": "-created_at",
+            "v": "2026-01-01T00:00:00Z",
+            "i": "0190b6f4-0000-7000-8000-000000000000",
+            "p": "yes",
+        },
+        {
+            "o": "-created_at",
+            "v": 5,
+            "i": "0190b6f4-0000-7000-8000-000000000000",
+            "p": False,
+        },
+        ["a", "list"],
+    ],
+)
+def test_tampered_cursors_are_400(api, payload):
+    response = api.get(BASE, {"cursor": cursor(payload)})
+    assert response.status_code == 400
+    assert "cursor" in response.json()
+
+
+def test_a_duration_cursor_must_hold_microseconds(api):
+    response = api.get(
+        BASE,
+        {
+            "ordering": "duration",
+            "cursor": cursor(
+                {
+                    "o": "duration",
+                    "v": "1s",
+                    "i": "0190b6f4-0000-7000-8000-000000000000",
+                    "p": False,
+                }
+            ),
+        },
+    )
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("path", ["{}/", "{}/logs/", "{}/kill/"])
+@pytest.mark.parametrize("bad_id", ["abc", "1", "0190b6f4-0000-7000-8000", "%00"])
+def test_malformed_ids_are_404_as_json(api, path, bad_id):
+    url = BASE + path.format(bad_id)
+    response = api.post(url) if path.endswith("kill/") else api.get(url)
+    assert response.status_code == 404
+    assert "detail" in response.json()
+
+
+def test_malformed_id_on_delete_is_404(api):
+    assert api.delete(f"{BASE}abc/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"ids": "0190b6f4-0000-7000-8000-000000000000"}',
+        '{"ids": [{}]}',
+        "[1]",
+        '{"ids": ["x"]}',
+    ],
+)
+def test_bad_bulk_kill_bodies_are_400(api, run, body):
+    response = api.post(f"{BASE}kill/", body, content_type="application/json")
+    assert response.status_code == 400
+    run.refresh_from_db()
+    assert run.kill_requested_at is None
+
+
+def test_bulk_kill_with_a_bad_filter_is_400_and_kills_nothing(api, run):
+    response = api.post(f"{BASE}kill/?status=bogus")
+    assert response.status_code == 400
+    assert "status" in response.json()
+    run.refresh_from_db()
+    assert run.kill_requested_at is None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.management import CommandError
+from django.core.management import CommandError, load_command_class
 from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
@@ -379,3 +383,37 @@ def test_python_api_takes_a_timedelta_and_a_narrowed_queryset(aged: Any) -> None
     assert result.rows == [
         {"job_name": "tests.job", "status": "succeeded", "runs": 1, "logs": 0}
     ]
+
+
+@pytest.mark.parametrize("name", ["purge_jobstatus", "reap_jobstatus"])
+def test_help_renders_with_defaults(name: str) -> None:
+    text = (
+        load_command_class("django_jobstatus", name)
+        .create_parser("manage.py", name)
+        .format_help()
+    )
+    assert "(default: False)" in text  # --dry-run
+    assert "--quiet" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--days", "-1"], "negative"), (["--status", "queued"], "not finished")],
+)
+def test_bad_arguments_exit_non_zero_from_the_command_line(
+    args: list[str], message: str
+) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"} | {
+        "DJANGO_SETTINGS_MODULE": "tests.settings"
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "purge_jobstatus", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert message in done.stderr

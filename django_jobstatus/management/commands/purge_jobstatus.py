@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
 
 from django_jobstatus.conf import settings
 from django_jobstatus.models import JobRun, Status
@@ -52,16 +51,19 @@ def status_name(value: str) -> str:
 
 
 class Command(BaseCommand):
-    help = gettext_lazy(
-        "Delete finished job runs and their logs older than the retention, in short batches."
-    )
+    @property
+    def help(self) -> str:  # type: ignore[override]
+        # A property: argparse needs a str, and translating needs the active language.
+        return _(
+            "Delete finished job runs and their logs older than the retention, in short batches."
+        )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--days",
             type=whole_number,
             default=None,
-            help=gettext_lazy(
+            help=_(
                 "Delete runs created more than this many days ago, whatever their status; when not given, JOBSTATUS['RETENTION'] per status, then JOBSTATUS['RETENTION_DAYS'] (%(retention_days)s) (default: %%(default)r)"
             )
             % {"retention_days": settings.RETENTION_DAYS},
@@ -70,7 +72,7 @@ class Command(BaseCommand):
             "--keep-last",
             type=whole_number,
             default=settings.KEEP_LAST,
-            help=gettext_lazy(
+            help=_(
                 "Keep the newest N runs of every job name whatever their age (default: %(default)r)"
             ),
         )
@@ -78,23 +80,21 @@ class Command(BaseCommand):
             "--job-name",
             action="append",
             default=None,
-            help=gettext_lazy(
-                "Only runs of this job; repeat for several (default: %(default)r)"
-            ),
+            help=_("Only runs of this job; repeat for several (default: %(default)r)"),
         )
         parser.add_argument(
             "--status",
             action="append",
             type=status_name,
             default=None,
-            help=gettext_lazy(
+            help=_(
                 "Only runs in this status; repeat for several (default: %(default)r, every finished status)"
             ),
         )
         parser.add_argument(
             "--include-active",
             action="store_true",
-            help=gettext_lazy(
+            help=_(
                 "Also delete queued, running and retrying runs (default: %(default)r)"
             ),
         )
@@ -102,21 +102,21 @@ class Command(BaseCommand):
             "--batch-size",
             type=positive_int,
             default=1000,
-            help=gettext_lazy(
+            help=_(
                 "Runs deleted (with their logs) per transaction (default: %(default)r)"
             ),
         )
         parser.add_argument(
             "--dry-run",
             action="store_true",
-            help=gettext_lazy(
+            help=_(
                 "Print what would be deleted per job name and status; delete nothing (default: %(default)r)"
             ),
         )
         parser.add_argument(
             "--quiet",
             action="store_true",
-            help=gettext_lazy(
+            help=_(
                 "Print nothing but errors, for cron; same as --verbosity 0 (default: %(default)r)"
             ),
         )

@@ -7,7 +7,6 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
 
 from django_jobstatus.conf import settings
 from django_jobstatus.models import JobRun
@@ -29,30 +28,33 @@ def seconds(value: str) -> float:
 
 
 class Command(BaseCommand):
-    help = gettext_lazy(
-        "Mark as lost every running job run whose heartbeat (or start) is older than the timeout."
-    )
+    @property
+    def help(self) -> str:  # type: ignore[override]
+        # A property: argparse needs a str, and translating needs the active language.
+        return _(
+            "Mark as lost every running job run whose heartbeat (or start) is older than the timeout."
+        )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--timeout",
             type=seconds,
             default=settings.HEARTBEAT_TIMEOUT,
-            help=gettext_lazy(
+            help=_(
                 "Seconds without a heartbeat after which a running run is lost (default: %(default)r)"
             ),
         )
         parser.add_argument(
             "--dry-run",
             action="store_true",
-            help=gettext_lazy(
+            help=_(
                 "List the runs that would be marked lost; change nothing (default: %(default)r)"
             ),
         )
         parser.add_argument(
             "--quiet",
             action="store_true",
-            help=gettext_lazy(
+            help=_(
                 "Print nothing but errors, for cron; same as --verbosity 0 (default: %(default)r)"
             ),
         )

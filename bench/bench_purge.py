@@ -119,6 +119,7 @@ def main() -> None:
 def run(options: argparse.Namespace) -> None:
     from django.core.management import call_command
     from django.db import connection
+    from django.utils import timezone
     from django_celery_results.models import TaskResult
 
     from django_jobstatus.models import JobLog, JobRun
@@ -169,10 +170,19 @@ def run(options: argparse.Namespace) -> None:
                 flush=True,
             )
 
+    began = time.perf_counter()
+    now = timezone.now()
+    dry = JobRun.objects.purge(days=30, dry_run=True, now=now)
+    print(
+        f"  dry run: {dry.runs:,} runs and {dry.logs:,} log lines would go ({time.perf_counter() - began:.1f} s)",
+        flush=True,
+    )
     ours = JobRun.objects.purge(
-        days=30, batch_size=options.batch_size, progress=progress
+        days=30, batch_size=options.batch_size, progress=progress, now=now
     )
     left = (JobRun.objects.count(), JobLog.objects.count())
+    if ours.rows != dry.rows:
+        sys.exit("The dry run's counts differ from what the purge deleted.")
 
     print(
         "django-celery-results: TaskResult.objects.delete_expired(timedelta(days=30))",

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
 from django.db import connections, models, transaction
@@ -260,6 +260,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         batch_size: int = 1000,
         dry_run: bool = False,
         progress: Callable[[PurgeResult], None] | None = None,
+        now: datetime | None = None,
     ) -> PurgeResult:
         """Delete the old runs here with their log lines, in short batches; the counts.
 
@@ -271,13 +272,14 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         all its runs) stay whatever their age. Each batch of ``batch_size`` runs is one
         short transaction: log lines are deleted in SQL, never loaded, then the runs.
         ``progress(result)`` is called after each batch. ``dry_run`` deletes nothing and
-        returns the same counts per job name and status.
+        returns the same counts per job name and status (pass the same ``now``, the time
+        the retention counts back from, to both calls for exactly the same runs).
         """
         if self.query.is_sliced:
             raise TypeError("Cannot purge a sliced queryset.")
         keep = _whole("keep_last", settings.KEEP_LAST if keep_last is None else keep_last, 0)
         _whole("batch_size", batch_size, 1)
-        cutoffs = self._purge_cutoffs(self._purge_statuses(statuses, include_active), days, retention)
+        cutoffs = self._purge_cutoffs(self._purge_statuses(statuses, include_active), days, retention, now or timezone.now())
         old = Q()
         for cutoff, chosen in cutoffs.items():
             old |= Q(status__in=sorted(chosen), created_at__lt=cutoff)
@@ -317,7 +319,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             raise ValueError(f"{', '.join(sorted(active))} runs are not finished: pass include_active=True to purge them")
         return chosen
 
-    def _purge_cutoffs(self, chosen: set[str], days: float | timedelta | None, retention: Mapping[str, float | timedelta] | None) -> dict[Any, set[str]]:
+    def _purge_cutoffs(self, chosen: set[str], days: float | timedelta | None, retention: Mapping[str, float | timedelta] | None, now: datetime) -> dict[datetime, set[str]]:
         """Group the chosen statuses by the time before which their runs go."""
         if retention is None:
             retention = {} if days is not None else settings.RETENTION
@@ -325,8 +327,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         if unknown:
             raise ValueError(f"Unknown status in retention: {', '.join(sorted(unknown))}")
         default = as_timedelta("days", settings.RETENTION_DAYS if days is None else days)
-        now = timezone.now()
-        cutoffs: dict[Any, set[str]] = defaultdict(set)
+        cutoffs: dict[datetime, set[str]] = defaultdict(set)
         for status in chosen:
             keep_for = as_timedelta("days", retention[status]) if status in retention else default
             cutoffs[now - keep_for].add(status)

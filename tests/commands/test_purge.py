@@ -417,3 +417,20 @@ def test_bad_arguments_exit_non_zero_from_the_command_line(
     )
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def test_now_fixes_the_time_retention_counts_back_from(aged: Any) -> None:
+    aged("tests.job", days=0)
+    older = aged("tests.job", days=7)
+    newer = aged("tests.job", days=5)
+    then = timezone.now() - timedelta(days=4)
+
+    dry = JobRun.objects.purge(days=2, now=then, dry_run=True)
+    real = JobRun.objects.purge(days=2, now=then)
+
+    assert alive(older, newer) == [False, True]
+    assert (
+        real.rows
+        == dry.rows
+        == [{"job_name": "tests.job", "status": "succeeded", "runs": 1, "logs": 0}]
+    )

@@ -434,3 +434,20 @@ def test_now_fixes_the_time_retention_counts_back_from(aged: Any) -> None:
         == dry.rows
         == [{"job_name": "tests.job", "status": "succeeded", "runs": 1, "logs": 0}]
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_batch_is_its_own_transaction(aged: Any) -> None:
+    aged("tests.job", days=1)
+    for n in range(5):
+        aged("tests.job", days=100 + n, logs=2)
+
+    def stop(result: Any) -> None:
+        raise RuntimeError("stopped after the first batch")
+
+    with pytest.raises(RuntimeError):
+        JobRun.objects.purge(batch_size=2, progress=stop)
+
+    # The first batch was committed before the error; the rest is untouched.
+    assert JobRun.objects.count() == 4
+    assert JobLog.objects.count() == 6

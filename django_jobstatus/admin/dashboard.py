@@ -10,18 +10,19 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.db.models.functions import TruncHour, TruncMinute
 from django.http import HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from django_jobstatus import conf
 from django_jobstatus.admin.display import format_duration
 from django_jobstatus.models import JobRun, Status
 
@@ -269,15 +270,68 @@ def dashboard_data_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
     )
 
 
-# Purge now (the dry run first, then a confirming POST), when querysets have purge().
+# Purge now: the dry run first, then a confirming POST (needs delete_jobrun).
 
 
 def purge_urls(model_admin: Any) -> list[Any]:
-    return []
+    view = model_admin.admin_site.admin_view
+    return [
+        path(
+            "dashboard/purge/",
+            view(lambda request: purge_view(model_admin, request)),
+            name="django_jobstatus_jobrun_purge",
+        )
+    ]
 
 
 def purge_url(model_admin: Any, request: HttpRequest) -> str | None:
-    return None
+    return (
+        reverse("admin:django_jobstatus_jobrun_purge")
+        if model_admin.has_delete_permission(request)
+        else None
+    )
+
+
+def _purge_days(request: HttpRequest) -> float | None:
+    """``days`` from the query or the form; None: the retention settings."""
+    value = (
+        (request.POST if request.method == "POST" else request.GET)
+        .get("days", "")
+        .strip()
+    )
+    try:
+        days = float(value) if value else None
+    except ValueError:
+        return None
+    return days if days is None or days >= 0 else None
+
+
+def purge_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    """GET: what a purge would delete now (a dry run). POST: purge, then back to the dashboard."""
+    if not model_admin.has_delete_permission(request):
+        raise PermissionDenied
+    days = _purge_days(request)
+    if request.method == "POST":
+        result = JobRun.objects.purge(days=days)
+        model_admin.message_user(
+            request,
+            _("Purged %(runs)d runs and %(logs)d log lines.")
+            % {"runs": result.runs, "logs": result.logs},
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(reverse("admin:django_jobstatus_jobrun_dashboard"))
+    preview = JobRun.objects.purge(days=days, dry_run=True)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": _("Purge old runs"),
+        "preview": preview,
+        "days": "" if days is None else f"{days:g}",
+        "retention_days": conf.settings.RETENTION_DAYS,
+        "retention": sorted(conf.settings.RETENTION.items()),
+        "keep_last": conf.settings.KEEP_LAST,
+    }
+    return TemplateResponse(request, "django_jobstatus/purge.html", context)
 
 
 class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]

@@ -116,10 +116,8 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             gettext_lazy("Progress"),
             {
                 "fields": (
-                    "progress_display",
+                    "progress_detail",
                     "step",
-                    "progress_current",
-                    "progress_total",
                     "kill_requested_at",
                 )
             },

@@ -1,0 +1,179 @@
+"""Bulk actions: what each does, what it says, and who may run it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.messages import get_messages
+
+from django_jobstatus import contrib
+from django_jobstatus.models import JobLog, JobRun, Status
+
+URL = "/admin/django_jobstatus/jobrun/"
+
+
+def act(client, action: str, *runs: JobRun, **extra: str):
+    return client.post(
+        URL,
+        {"action": action, "_selected_action": [str(r.pk) for r in runs], **extra},
+        follow=True,
+    )
+
+
+def said(response) -> list[str]:
+    return [str(m) for m in get_messages(response.wsgi_request)] or [
+        str(m) for m in response.context["messages"]
+    ]
+
+
+def action_names(client) -> set[str]:
+    response = client.get(URL)
+    form = response.context["action_form"]
+    if form is None:  # no action at all
+        return set()
+    return {value for value, _label in form.fields["action"].choices if value}
+
+
+def test_request_kill_skips_finished_runs(admin_client, make_run):
+    running = make_run("a")
+    queued = make_run("b", status=Status.QUEUED)
+    done = make_run("c", status=Status.SUCCEEDED)
+    response = act(admin_client, "request_kill", running, queued, done)
+    messages = said(response)
+    assert "Asked 2 runs to stop." in messages
+    assert "Skipped 1 run: it is finished or was already asked to stop." in messages
+    running.refresh_from_db()
+    queued.refresh_from_db()
+    done.refresh_from_db()
+    assert running.kill_requested and queued.kill_requested and not done.kill_requested
+    assert running.status == Status.RUNNING  # cooperative: the job stops itself
+
+
+def test_request_kill_tells_the_integration(admin_client, make_run):
+    killed: list[Any] = []
+
+    class Backend:
+        def kill(self, run):
+            killed.append(run.pk)
+
+        def retry(self, run):  # pragma: no cover - not used here
+            raise AssertionError
+
+    contrib.register("tests_backend", Backend())
+    try:
+        run = make_run("a", source="tests_backend")
+        act(admin_client, "request_kill", run)
+    finally:
+        contrib.unregister("tests_backend")
+    assert killed == [run.pk]
+
+
+def test_mark_killed_counts_finished_runs_as_skipped(admin_client, make_run):
+    running = make_run("a")
+    done = make_run("b", status=Status.FAILED)
+    messages = said(act(admin_client, "mark_killed", running, done))
+    assert "Marked 1 run as killed." in messages
+    assert "Skipped 1 run: it is already finished." in messages
+    running.refresh_from_db()
+    done.refresh_from_db()
+    assert running.status == Status.KILLED
+    assert done.status == Status.FAILED
+
+
+def test_retry_with_and_without_an_integration(admin_client, make_run):
+    retried: list[Any] = []
+
+    class Backend:
+        def kill(self, run):  # pragma: no cover - not used here
+            pass
+
+        def retry(self, run):
+            retried.append(run.pk)
+            return JobRun.objects.enqueue(run.job_name, source=run.source)
+
+    contrib.register("tests_backend", Backend())
+    try:
+        can = make_run("a", status=Status.FAILED, source="tests_backend")
+        cannot = make_run("b", status=Status.FAILED, source="command")
+        messages = said(act(admin_client, "retry", can, cannot))
+    finally:
+        contrib.unregister("tests_backend")
+    assert retried == [can.pk]
+    assert "Enqueued 1 run again." in messages
+    assert any("cannot be retried" in m and "command" in m for m in messages)
+    assert JobRun.objects.for_job("a").queued().count() == 1
+
+
+def test_delete_shows_the_confirmation_then_deletes_finished_runs_only(
+    admin_client, make_run
+):
+    done = make_run("a", status=Status.SUCCEEDED)
+    for i in range(3):
+        done.log(20, "line %d", i)
+    active = make_run("b")
+    response = act(admin_client, "delete_selected", done, active)
+    html = response.content.decode()
+    assert response.templates[0].name == "admin/delete_selected_confirmation.html"
+    assert "Refused to delete 1 active run: stop it first." in html
+    assert "Job logs: 3" in html
+    assert str(active.pk) not in html.split("<h2>Objects</h2>")[1]
+    response = act(admin_client, "delete_selected", done, post="yes")
+    assert "Successfully deleted 1 job run." in said(response)
+    assert list(JobRun.objects.all()) == [active]
+    assert not JobLog.objects.exists()
+
+
+def test_delete_of_active_runs_only_is_refused(admin_client, make_run):
+    active = make_run("b")
+    response = act(admin_client, "delete_selected", active)
+    assert "Refused to delete 1 active run: stop it first." in said(response)
+    assert JobRun.objects.filter(pk=active.pk).exists()
+
+
+def test_run_page_has_no_delete_for_an_active_run(admin_client, make_run):
+    active = make_run("b")
+    assert admin_client.get(f"{URL}{active.pk}/delete/").status_code == 403
+
+
+# Permissions.
+
+
+def test_actions_offered_per_permission(staff_client):
+    assert action_names(staff_client("view_jobrun")) == set()
+    assert action_names(staff_client("view_jobrun", "change_jobrun")) == {
+        "request_kill",
+        "mark_killed",
+        "retry",
+    }
+    assert action_names(staff_client("view_jobrun", "delete_jobrun")) == {
+        "delete_selected"
+    }
+
+
+@pytest.mark.parametrize("action", ["request_kill", "mark_killed", "retry"])
+def test_without_change_permission_nothing_is_killed(staff_client, make_run, action):
+    client = staff_client("view_jobrun", "delete_jobrun")
+    run = make_run("a")
+    response = act(client, action, run)
+    assert "No action selected." in said(response)
+    run.refresh_from_db()
+    assert run.status == Status.RUNNING and not run.kill_requested
+
+
+def test_without_delete_permission_nothing_is_deleted(staff_client, make_run):
+    client = staff_client("view_jobrun", "change_jobrun")
+    run = make_run("a", status=Status.SUCCEEDED)
+    act(client, "delete_selected", run, post="yes")
+    assert JobRun.objects.filter(pk=run.pk).exists()
+    assert client.get(f"{URL}{run.pk}/delete/").status_code == 403
+
+
+def test_without_change_permission_the_kill_button_is_refused(staff_client, make_run):
+    client = staff_client("view_jobrun")
+    run = make_run("a")
+    page = client.get(f"{URL}{run.pk}/change/").content.decode()
+    assert "Request kill" not in page
+    assert client.post(f"{URL}{run.pk}/kill/").status_code == 403
+    run.refresh_from_db()
+    assert not run.kill_requested

@@ -1,0 +1,214 @@
+"""The JobRun changelist: columns, filters, search, read-only, and bounded queries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from django_jobstatus.admin.filters import distinct_job_names
+from django_jobstatus.admin.paginator import CappedCountPaginator
+from django_jobstatus.models import JobRun, Status
+
+URL = "/admin/django_jobstatus/jobrun/"
+
+
+def names(response) -> list[str]:
+    return sorted(run.job_name for run in response.context["cl"].result_list)
+
+
+def test_columns(admin_client, make_run):
+    make_run(
+        "reports.build",
+        progress_current=30,
+        progress_total=120,
+        step="rendering",
+        message="Page 30",
+        attempt=2,
+        source="celery",
+    )
+    response = admin_client.get(URL)
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert response.context["cl"].list_display[1:] == [
+        "job_name",
+        "status_display",
+        "progress_display",
+        "message_display",
+        "created_at",
+        "duration_display",
+        "attempt",
+        "source",
+    ]
+    for header in (
+        "Job name",
+        "Status",
+        "Progress",
+        "Message",
+        "Created",
+        "Duration",
+        "Attempt",
+        "Source",
+    ):
+        assert f">{header}<" in html.replace("\n", "")
+    assert 'class="jobstatus-badge jobstatus-running"' in html
+    assert 'style="width: 25.0%"' in html
+    assert "25%" in html
+    assert "rendering" in html
+    assert "Page 30" in html
+    assert (
+        'class="jobstatus-duration" data-started="' in html
+    )  # counted on by the script while it runs
+    assert "celery" in html
+    assert "/static/django_jobstatus/js/jobstatus.js" in html
+    assert (
+        reverse("admin:django_jobstatus_jobrun_dashboard") in html
+    )  # object-tools link
+
+
+def test_stopping_badge_for_a_run_asked_to_stop(admin_client, make_run):
+    run = make_run("a")
+    run.request_kill()
+    assert "jobstatus-stopping" in admin_client.get(URL).content.decode()
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("status=failed", ["failing"]),
+        ("status=active", ["queued", "running"]),
+        ("status=finished", ["ancient", "done", "failing", "old"]),
+        ("job_name=done", ["done"]),
+        ("source=celery", ["running"]),
+        ("has_errors=yes", ["failing"]),
+        ("has_errors=no", ["ancient", "done", "old", "queued", "running"]),
+        ("kill_requested=yes", ["running"]),
+        ("created=1h", ["done", "failing", "queued", "running"]),
+        ("created=24h", ["done", "failing", "old", "queued", "running"]),
+        ("status=succeeded&created=1h", ["done"]),
+    ],
+)
+def test_filters(admin_client, make_run, query, expected):
+    make_run("done", status=Status.SUCCEEDED)
+    make_run("failing", status=Status.FAILED, has_errors=True)
+    make_run("queued", status=Status.QUEUED)
+    make_run("running", source="celery").request_kill()
+    make_run(
+        "old", status=Status.SUCCEEDED, created_at=timezone.now() - timedelta(hours=3)
+    )
+    make_run(
+        "ancient",
+        status=Status.SUCCEEDED,
+        created_at=timezone.now() - timedelta(days=40),
+    )
+    response = admin_client.get(f"{URL}?{query}")
+    assert response.status_code == 200
+    assert names(response) == expected
+
+
+def test_filter_choices(admin_client, make_run):
+    make_run("b.job")
+    make_run("a.job", source="my_cron")
+    response = admin_client.get(URL)
+    specs = {str(spec.title): spec for spec in response.context["cl"].filter_specs}
+    assert set(specs) == {
+        "status",
+        "job name",
+        "source",
+        "has errors",
+        "kill requested",
+        "created",
+    }
+    assert [value for value, _label in specs["job name"].lookup_choices] == [
+        "a.job",
+        "b.job",
+    ]
+    assert "my_cron" in [value for value, _label in specs["source"].lookup_choices]
+    assert "celery" in [value for value, _label in specs["source"].lookup_choices]
+
+
+def test_distinct_job_names_is_bounded(make_run):
+    for i in range(5):
+        make_run(f"job{i}")
+        make_run(f"job{i}")
+    assert distinct_job_names(JobRun, "default") == [f"job{i}" for i in range(5)]
+    assert distinct_job_names(JobRun, "default", limit=2) == ["job0", "job1"]
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("reports", ["reports.build"]),
+        ("celery-abc-123", ["mail.send"]),
+        ("library.Book:53", ["cleanup"]),
+        ("disk full", ["cleanup"]),
+        ("nothing-like-this", []),
+    ],
+)
+def test_search(admin_client, make_run, term, expected):
+    make_run("reports.build")
+    make_run("mail.send", backend_job_id="celery-abc-123")
+    make_run("cleanup", subject="library.Book:53", message="Stopped: disk full on /var")
+    response = admin_client.get(URL, {"q": term})
+    assert names(response) == expected
+
+
+def test_search_by_id(admin_client, make_run):
+    run = make_run("x.one")
+    make_run("x.two")
+    response = admin_client.get(URL, {"q": str(run.pk)})
+    assert [r.pk for r in response.context["cl"].result_list] == [run.pk]
+
+
+def test_default_ordering_is_newest_first(admin_client, make_run):
+    now = timezone.now()
+    make_run("older", created_at=now - timedelta(minutes=5))
+    make_run("newer", created_at=now)
+    response = admin_client.get(URL)
+    assert [r.job_name for r in response.context["cl"].result_list] == [
+        "newer",
+        "older",
+    ]
+
+
+def test_read_only_no_add(admin_client, make_run):
+    assert admin_client.get(f"{URL}add/").status_code == 403
+    assert f"{URL}add/" not in admin_client.get(URL).content.decode()
+
+
+def test_no_full_count_and_no_facets(admin_client, make_run):
+    make_run("a")
+    response = admin_client.get(URL + "?_facets=1&status=running")
+    cl = response.context["cl"]
+    assert cl.show_full_result_count is False
+    assert cl.model_admin.show_facets.name == "NEVER"
+    assert isinstance(cl.paginator, CappedCountPaginator)
+
+
+def test_capped_count(make_run, monkeypatch):
+    for i in range(7):
+        make_run(f"j{i}")
+    monkeypatch.setattr(CappedCountPaginator, "cap", 5)
+    assert CappedCountPaginator(JobRun.objects.all(), 2).count == 5
+    assert CappedCountPaginator(JobRun.objects.for_job("j1"), 2).count == 1
+
+
+def test_changelist_queries_do_not_grow_with_rows(
+    admin_client, make_run, django_assert_max_num_queries
+):
+    for i in range(60):
+        make_run(
+            f"job{i % 7}",
+            status=Status.SUCCEEDED if i % 2 else Status.RUNNING,
+            progress_current=1,
+            progress_total=3,
+        )
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(URL)
+    assert len(response.context["cl"].result_list) == 50
+    with django_assert_max_num_queries(10):
+        admin_client.get(
+            URL, {"status": "running", "job_name": "job3", "created": "24h", "q": "job"}
+        )

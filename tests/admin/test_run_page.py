@@ -1,0 +1,166 @@
+"""A run's page: timeline, JSON (redacted), traceback, attempts, children, logs, buttons."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.utils import timezone
+
+from django_jobstatus import contrib
+from django_jobstatus.models import JobLog, JobRun, Status
+
+URL = "/admin/django_jobstatus/jobrun/"
+
+
+def page(client, run, query: str = "") -> str:
+    response = client.get(f"{URL}{run.pk}/change/{query}")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_every_part_of_a_failed_run(admin_client, make_run):
+    now = timezone.now()
+    run = make_run(
+        "reports.build",
+        status=Status.FAILED,
+        created_at=now - timedelta(minutes=10),
+        queued_at=now - timedelta(minutes=10),
+        started_at=now - timedelta(minutes=8),
+        finished_at=now - timedelta(minutes=5),
+        params={"year": 2026, "auth": {"Password": "hunter2"}},
+        data={"rows": [1, 2]},
+        result={"token": "abc123", "ok": False},
+        error="ValueError: no rows",
+        traceback='Traceback (most recent call last):\n  File "r.py", line 3, in build\nValueError: no rows <b>',
+        attempt=2,
+        attempts=[
+            {
+                "attempt": 1,
+                "status": "retrying",
+                "started_at": "2026-01-01T00:00:00",
+                "finished_at": "2026-01-01T00:01:00",
+                "worker": "host:1",
+                "error": "TimeoutError",
+            }
+        ],
+        worker="host:2",
+    )
+    html = page(admin_client, run)
+    for label in ("created", "queued", "started", "finished", "waiting", "duration"):
+        assert label in html
+    assert "2 min 00 s" in html  # waiting
+    assert "3 min 00 s" in html  # duration
+    assert "hunter2" not in html and "abc123" not in html
+    assert "&quot;Password&quot;: &quot;********&quot;" in html
+    assert "&quot;token&quot;: &quot;********&quot;" in html
+    assert (
+        '<pre class="jobstatus-json">{\n  &quot;rows&quot;: [\n    1,\n    2\n  ]\n}</pre>'
+        in html
+    )
+    assert '<pre class="jobstatus-traceback">Traceback (most recent call last):' in html
+    assert "ValueError: no rows &lt;b&gt;" in html
+    assert "TimeoutError" in html and "host:1" in html  # the attempts history
+    assert 'name="_save"' not in html  # read-only
+    assert "Request kill" not in html  # finished
+
+
+def test_post_to_the_page_changes_nothing(admin_client, make_run):
+    run = make_run("a", message="kept")
+    response = admin_client.post(f"{URL}{run.pk}/change/", {"message": "changed"})
+    assert response.status_code == 405
+    run.refresh_from_db()
+    assert run.message == "kept"
+
+
+def test_progress_and_kill_button_while_active(admin_client, make_run):
+    run = make_run("a", progress_current=40, progress_total=80, step="loading")
+    html = page(admin_client, run)
+    assert "50% (40 / 80)" in html
+    assert "Request kill" in html
+    response = admin_client.post(f"{URL}{run.pk}/kill/", follow=True)
+    assert "Asked the run to stop." in response.content.decode()
+    run.refresh_from_db()
+    assert run.kill_requested
+    assert "Request kill" not in page(admin_client, run)
+    assert admin_client.get(f"{URL}{run.pk}/kill/").status_code == 403  # POST only
+
+
+def test_retry_button(admin_client, make_run):
+    run = make_run("a", status=Status.FAILED, source="command")
+    assert (
+        "Retry"
+        not in page(admin_client, run)
+        .split('class="object-tools"')[1]
+        .split("</ul>")[0]
+    )
+    response = admin_client.post(f"{URL}{run.pk}/retry/", follow=True)
+    assert "cannot be retried" in response.content.decode()
+
+    class Backend:
+        def kill(self, run):  # pragma: no cover
+            pass
+
+        def retry(self, run):
+            return JobRun.objects.enqueue(run.job_name, source=run.source)
+
+    contrib.register("command", Backend())
+    try:
+        assert "Retry" in page(admin_client, run)
+        response = admin_client.post(f"{URL}{run.pk}/retry/")
+    finally:
+        contrib.unregister("command")
+    new = JobRun.objects.for_job("a").queued().get()
+    assert response["Location"].endswith(f"{new.pk}/change/")
+
+
+def test_children_counted_by_status(admin_client, make_run):
+    parent = make_run("batch")
+    for status in (Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED, Status.RUNNING):
+        make_run("batch.part", status=status, parent=parent)
+    html = page(admin_client, parent)
+    assert "2 Succeeded" in html and "1 Failed" in html and "1 Running" in html
+    assert f"?parent={parent.pk}" in html
+    child = parent.children.first()
+    response = admin_client.get(f"{URL}?parent={parent.pk}")
+    assert len(response.context["cl"].result_list) == 4
+    assert str(parent) in page(admin_client, child)  # the parent link
+
+
+def test_logs_inline_newest_200_with_level_filter(
+    admin_client, make_run, django_assert_max_num_queries
+):
+    run = make_run("a")
+    start = timezone.now() - timedelta(hours=1)
+    JobLog.objects.bulk_create(
+        JobLog(
+            run=run,
+            level=logging.ERROR if i % 50 == 0 else logging.INFO,
+            message=f"line {i}",
+            created_at=start + timedelta(seconds=i),
+        )
+        for i in range(450)
+    )
+    with django_assert_max_num_queries(12):
+        html = page(admin_client, run)
+    assert html.count('class="jobstatus-log-row"') == 200
+    assert "line 449" in html and "line 250" in html and "line 249<" not in html
+    assert "The newest 200 lines are shown." in html
+    assert f"/admin/django_jobstatus/joblog/?run={run.pk}" in html
+    html = page(admin_client, run, "?log_level=40")
+    assert html.count('class="jobstatus-log-row"') == 9
+    assert "The newest 200 lines are shown." not in html
+    assert f"/admin/django_jobstatus/joblog/?run={run.pk}&amp;level=40" in html
+
+
+def test_script_in_message_and_logs_is_escaped(admin_client, make_run):
+    evil = "<script>alert(1)</script>"
+    run = make_run(evil, message=evil, step=evil, error=evil)
+    run.log(40, evil)
+    for html in (
+        page(admin_client, run),
+        admin_client.get(URL).content.decode(),
+        admin_client.get("/admin/django_jobstatus/joblog/").content.decode(),
+    ):
+        assert evil not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

@@ -297,9 +297,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                 created, pk = boundary[0]
                 runs = runs.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=pk))
             if dry_run:
-                counted = runs.order_by().values("status").annotate(runs=Count("pk", distinct=True), logs=Count("logs"))
+                counted = runs.order_by().values("status").annotate(run_count=Count("pk", distinct=True), log_count=Count("logs"))
                 for row in counted:
-                    result._add(name, row["status"], row["runs"], row["logs"])
+                    result._add(name, row["status"], row["run_count"], row["log_count"])
             else:
                 runs._purge_batches(name, batch_size, result, progress)
         result.elapsed = time.monotonic() - result._began

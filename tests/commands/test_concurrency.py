@@ -190,3 +190,22 @@ def test_purge_while_other_processes_create_and_finish_tracked_runs(
         margin,
         result.batches,
     )
+
+
+def test_two_purges_at_once_share_the_work_and_count_each_run_once() -> None:
+    seed(connection, runs=4000, logs_per_run=2, jobs=3, newest_days=40, oldest_days=100)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def purge() -> None:
+        results.append(JobRun.objects.purge(days=0, keep_last=0, batch_size=100))
+
+    barrier = threading.Barrier(2)
+    threads = [_in_thread(purge, barrier, errors) for _ in range(2)]
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert sum(result.runs for result in results) == 4000
+    assert sum(result.logs for result in results) == 8000
+    assert not JobRun.objects.exists()
+    assert not JobLog.objects.exists()

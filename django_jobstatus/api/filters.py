@@ -19,8 +19,8 @@ from django.db.models import Q, QuerySet
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
 from django_jobstatus.models import JobLog, JobRun, Status
@@ -141,12 +141,12 @@ class JSONObjectField(forms.CharField):
 
 
 class CommaListField(forms.CharField):
-    """A comma-separated list; each item must be one of ``choices`` when given."""
+    """A comma-separated list; each item must be one of ``allowed`` when given."""
 
     def __init__(
-        self, *args: Any, choices: tuple[str, ...] | None = None, **kwargs: Any
+        self, *args: Any, allowed: tuple[str, ...] | None = None, **kwargs: Any
     ) -> None:
-        self.allowed = choices
+        self.allowed = allowed
         super().__init__(*args, **kwargs)
 
     def to_python(self, value: Any) -> list[str] | None:
@@ -237,8 +237,19 @@ class LevelField(forms.CharField):
 # Filters.
 
 
-@extend_schema_field(OpenApiTypes.STR)
-class PeriodFilter(django_filters.Filter):
+class _Documented(django_filters.Filter):
+    """A filter whose OpenAPI parameter has its type and its help text as description."""
+
+    schema_type = "string"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        extend_schema_field(
+            {"type": self.schema_type, "description": self.extra.get("help_text", "")}
+        )(self)
+
+
+class PeriodFilter(_Documented):
     field_class = PeriodField
 
     def filter(
@@ -253,33 +264,28 @@ class PeriodFilter(django_filters.Filter):
         return qs
 
 
-@extend_schema_field(OpenApiTypes.STR)
-class MomentFilter(django_filters.Filter):
+class MomentFilter(_Documented):
     field_class = MomentField
 
 
-@extend_schema_field(OpenApiTypes.BOOL)
-class BooleanFilter(django_filters.Filter):
+class BooleanFilter(_Documented):
     field_class = StrictBooleanField
+    schema_type = "boolean"
 
 
-@extend_schema_field(OpenApiTypes.STR)
-class UserFilter(django_filters.Filter):
+class UserFilter(_Documented):
     field_class = UserField
 
 
-@extend_schema_field(OpenApiTypes.STR)
-class LevelFilter(django_filters.Filter):
+class LevelFilter(_Documented):
     field_class = LevelField
 
 
-@extend_schema_field(OpenApiTypes.STR)
-class JSONObjectFilter(django_filters.Filter):
+class JSONObjectFilter(_Documented):
     field_class = JSONObjectField
 
 
-@extend_schema_field(OpenApiTypes.STR)
-class CommaListFilter(django_filters.Filter):
+class CommaListFilter(_Documented):
     field_class = CommaListField
 
     def filter(self, qs: QuerySet[Any], value: list[str] | None) -> QuerySet[Any]:
@@ -296,14 +302,16 @@ _PERIOD_HELP = _("Relative to now: 1h, 2h 30m, 10m, 7d, today or yesterday.")
 
 def _moment(field: str, lookup: str, help_text: str) -> MomentFilter:
     return MomentFilter(
-        field_name=field, lookup_expr=lookup, help_text=f"{help_text} {_MOMENT_HELP}"
+        field_name=field,
+        lookup_expr=lookup,
+        help_text=format_lazy("{} {}", help_text, _MOMENT_HELP),
     )
 
 
 class JobRunFilterSet(django_filters.FilterSet):
     status = CommaListFilter(
         method="filter_status",
-        choices=(*Status.values, *STATUS_GROUPS),
+        allowed=(*Status.values, *STATUS_GROUPS),
         help_text=_(
             "One status or a comma list (queued, running, retrying, succeeded, failed, killed, lost, or the groups active and finished)."
         ),
@@ -340,7 +348,7 @@ class JobRunFilterSet(django_filters.FilterSet):
     finished_before = _moment("finished_at", "lt", _("Finished before."))
     period = PeriodFilter(
         field_name="created_at",
-        help_text=_("Runs created in this period. ") + _PERIOD_HELP,
+        help_text=format_lazy("{} {}", _("Runs created in this period."), _PERIOD_HELP),
     )
     q = django_filters.CharFilter(
         method="filter_q", help_text=_("Search the id, job name, subject and message.")
@@ -445,7 +453,9 @@ class JobLogFilterSet(django_filters.FilterSet):
     before = _moment("created_at", "lt", _("Written before."))
     period = PeriodFilter(
         field_name="created_at",
-        help_text=_("Lines written in this period. ") + _PERIOD_HELP,
+        help_text=format_lazy(
+            "{} {}", _("Lines written in this period."), _PERIOD_HELP
+        ),
     )
 
     class Meta:

@@ -157,7 +157,7 @@ class KillRequestSerializer(serializers.Serializer):
     ids = serializers.ListField(
         child=serializers.UUIDField(),
         required=False,
-        max_length=10000,
+        max_length=1000,
         help_text=_(
             "Ids of the runs to stop. Without ids, the list filters in the query string pick the runs."
         ),
@@ -174,14 +174,17 @@ class KillResultSerializer(serializers.Serializer):
     )
 
 
-class ErrorSerializer(serializers.Serializer):
-    """An error: ``detail``, or one list of messages per bad field."""
+class DetailSerializer(serializers.Serializer):
+    """An error with one message."""
 
-    detail = serializers.CharField(required=False)
+    detail = serializers.CharField()
+
+
+class ConflictSerializer(DetailSerializer):
+    """A request the run's status does not allow."""
+
     status = serializers.ChoiceField(
-        choices=Status.choices,
-        required=False,
-        help_text=_("The run's status, when it is what stops the request."),
+        choices=Status.choices, help_text=_("The run's status.")
     )
 
 

@@ -9,6 +9,8 @@ from django_jobstatus.api.views import JobRunViewSet
 app_name = "django_jobstatus"
 
 router = DefaultRouter()
+# No format suffixes (runs.json): ?format=json does the same, and ids stay unambiguous.
+router.include_format_suffixes = False
 router.register("runs", JobRunViewSet, basename="jobrun")
 
 urlpatterns = router.urls

@@ -13,6 +13,7 @@ from django.utils.translation import gettext as _
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
+    OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
@@ -22,6 +23,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import get_object_or_404
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -31,7 +33,8 @@ from django_jobstatus.api.filters import JobLogFilterSet, JobRunFilterSet
 from django_jobstatus.api.pagination import KeysetPagination, LogPagination
 from django_jobstatus.api.permissions import owner_scoped
 from django_jobstatus.api.serializers import (
-    ErrorSerializer,
+    ConflictSerializer,
+    DetailSerializer,
     JobLogSerializer,
     JobRunSerializer,
     KillRequestSerializer,
@@ -46,17 +49,32 @@ STATS_DEFAULT_PERIOD = timedelta(hours=24)
 _BUCKETS = {"hour": TruncHour, "day": TruncDay}
 
 _ERROR = OpenApiResponse(
-    ErrorSerializer,
-    description=_("Bad input: one list of messages per bad parameter or field."),
+    OpenApiTypes.OBJECT,
+    description=_(
+        "Bad input: for each bad parameter or field, its messages (or ``detail`` for a body that is not JSON)."
+    ),
+    examples=[
+        OpenApiExample(
+            "Bad status",
+            {
+                "status": [
+                    "'done' is not a valid choice; use one or more of queued, running, …"
+                ]
+            },
+        )
+    ],
 )
 _NOT_FOUND = OpenApiResponse(
-    ErrorSerializer, description=_("No run with this id (or not one you may see).")
+    DetailSerializer, description=_("No run with this id (or not one you may see).")
 )
 _CONFLICT = OpenApiResponse(
-    ErrorSerializer, description=_("The run's status does not allow it.")
+    ConflictSerializer, description=_("The run's status does not allow it.")
+)
+_ID = OpenApiParameter(
+    "id", OpenApiTypes.UUID, OpenApiParameter.PATH, description=_("The run's id.")
 )
 _DENIED = OpenApiResponse(
-    ErrorSerializer, description=_("Not signed in, or without the permission.")
+    DetailSerializer, description=_("Not signed in, or without the permission.")
 )
 
 
@@ -82,10 +100,12 @@ class _FilterBackend(DjangoFilterBackend):
     ),
     retrieve=extend_schema(
         summary=_("One run"),
+        parameters=[_ID],
         responses={200: JobRunSerializer, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND},
     ),
     destroy=extend_schema(
         summary=_("Delete a finished run"),
+        parameters=[_ID],
         description=_(
             "Deletes the run and its log lines. Only finished runs: an active run answers 409."
         ),
@@ -107,6 +127,8 @@ class JobRunViewSet(
     queryset = JobRun.objects.all()
     serializer_class = JobRunSerializer
     filter_backends = [_FilterBackend]
+    # Any path segment reaches the view, so that a malformed id answers a JSON 404.
+    lookup_value_regex = "[^/]+"
 
     # Settings are read per request, so that changes (and override_settings) apply at once.
 
@@ -175,6 +197,7 @@ class JobRunViewSet(
 
     @extend_schema(
         summary=_("A run's log lines"),
+        parameters=[_ID],
         description=_("Oldest first, filtered and paginated with a cursor."),
         responses={
             200: JobLogSerializer(many=True),
@@ -197,6 +220,7 @@ class JobRunViewSet(
 
     @extend_schema(
         summary=_("Ask a run to stop"),
+        parameters=[_ID],
         description=_(
             "Records a kill request (and tells the task system, when its integration is on). The run stops at its next check."
         ),
@@ -226,6 +250,7 @@ class JobRunViewSet(
         return Response(self.get_serializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
+        operation_id="jobstatus_runs_bulk_kill",
         summary=_("Ask many runs to stop"),
         description=_(
             'Runs picked by {"ids": [...]} in the body, or by the list filters in the query string (at least one of them).'
@@ -234,7 +259,13 @@ class JobRunViewSet(
         responses={200: KillResultSerializer, 400: _ERROR, 401: _DENIED, 403: _DENIED},
         filters=True,
     )
-    @action(detail=False, methods=["post"], url_path="kill", url_name="bulk-kill")
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="kill",
+        url_name="bulk-kill",
+        parser_classes=[JSONParser],
+    )
     def bulk_kill(self, request: Request) -> Response:
         body = KillRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)

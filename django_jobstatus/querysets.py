@@ -343,16 +343,21 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         chunk = features.max_query_params - 1 if features.max_query_params else None
         raw = _can_raw_delete_runs(self.model)
         every = self.model._base_manager.using(db)
-        batch = self.order_by("created_at", "id").values_list("pk", "status")
-        if features.has_select_for_update_skip_locked:
-            # Another purge (or a writer) holding a row: skip it rather than wait.
-            batch = batch.select_for_update(skip_locked=True, of=("self",) if features.has_select_for_update_of else ())
+        ordered = self.order_by("created_at", "id")
+        after: tuple[datetime, Any] | None = None
         while True:
+            # Keyset pagination: each batch starts after the last one, never rescanning
+            # the index entries of the rows already deleted.
+            page = ordered if after is None else ordered.filter(Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1]))
+            batch = page.values_list("pk", "status", "created_at")
+            if features.has_select_for_update_skip_locked:
+                # Another purge (or a writer) holding a row: skip it rather than wait.
+                batch = batch.select_for_update(skip_locked=True, of=("self",) if features.has_select_for_update_of else ())
             began = time.monotonic()
             with transaction.atomic(using=db):
                 rows = list(batch[:batch_size])
                 by_status: dict[str, list[Any]] = defaultdict(list)
-                for pk, status in rows:
+                for pk, status, _created in rows:
                     by_status[status].append(pk)
                 for status, ids in by_status.items():
                     logs = runs = 0
@@ -366,6 +371,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                     result._add(name, status, runs, logs)
             if not rows:
                 return
+            after = (rows[-1][2], rows[-1][0])
             took = time.monotonic() - began
             result.batches += 1
             result.longest_batch = max(result.longest_batch, took)

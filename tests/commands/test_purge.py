@@ -451,3 +451,26 @@ def test_each_batch_is_its_own_transaction(aged: Any) -> None:
     # The first batch was committed before the error; the rest is untouched.
     assert JobRun.objects.count() == 4
     assert JobLog.objects.count() == 6
+
+
+def test_delete_receivers_of_runs_still_run(aged: Any) -> None:
+    from django.db.models.signals import post_delete
+
+    aged("tests.job", days=1)
+    doomed = [aged("tests.job", days=100 + n, logs=2) for n in range(3)]
+    child = aged("tests.child", days=1, parent=doomed[0])
+    seen: list[Any] = []
+
+    def receiver(sender: Any, instance: JobRun, **kwargs: Any) -> None:
+        seen.append(instance.pk)
+
+    post_delete.connect(receiver, sender=JobRun, dispatch_uid="tests.purge.receiver")
+    try:
+        result = JobRun.objects.purge(batch_size=2)
+    finally:
+        post_delete.disconnect(dispatch_uid="tests.purge.receiver", sender=JobRun)
+
+    assert sorted(seen) == sorted(run.pk for run in doomed)
+    assert (result.runs, result.logs) == (3, 6)
+    child.refresh_from_db()
+    assert child.parent is None

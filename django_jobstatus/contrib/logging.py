@@ -14,13 +14,14 @@ task recorded by an integration) each record becomes a line of that run, buffere
 the run's handle and written in batches with its next throttled write (at most one
 write per ``PROGRESS_INTERVAL``, or per 500 lines), so a chatty job does not write a row
 per line. Outside a run the handler does nothing. Records of django-jobstatus's own
-loggers, and records emitted while the handler is writing (SQL logging of its own
-queries, database errors), are left out, so it can never call itself.
+loggers, SQL logging of the app's own queries, and records emitted while the handler
+is writing are left out, so it can never call itself.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from contextvars import ContextVar
 from typing import Any
 
@@ -30,6 +31,8 @@ from django_jobstatus.tracking import current_job
 _emitting: ContextVar[bool] = ContextVar("django_jobstatus_log_emitting", default=False)
 
 _OWN_LOGGERS = ("django_jobstatus", "django_jobstatus.")
+# SQL on the app's tables, and the savepoints around its writes.
+_OWN_SQL = re.compile(r'django_jobstatus_|^(RELEASE |ROLLBACK TO )?SAVEPOINT "')
 
 
 class JobLogHandler(logging.Handler):
@@ -42,6 +45,8 @@ class JobLogHandler(logging.Handler):
             or record.name.startswith(_OWN_LOGGERS[1])
         ):
             return
+        if _OWN_SQL.search(str(getattr(record, "sql", ""))):
+            return  # django.db.backends logging the app's own writes (with DEBUG)
         job = current_job()
         if job is None:
             return

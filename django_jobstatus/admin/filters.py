@@ -54,25 +54,31 @@ class StatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-def distinct_job_names(
-    model: Any, using: str, limit: int = JOB_NAME_CHOICES
-) -> list[str]:
-    """Distinct job names, read by skipping through the (job_name, created_at) index.
+def job_names_sql(table: str) -> str:
+    """Distinct job names by skipping through the (job_name, created_at) index; one ``%s``: the limit.
 
     A plain ``SELECT DISTINCT`` reads every row; this recursive query (a "loose index
     scan") does one index probe per name, so its cost follows the number of names.
+    ``table`` must be quoted already.
     """
-    connection = connections[using]
-    table = connection.ops.quote_name(model._meta.db_table)
-    sql = (
-        f"WITH RECURSIVE names(name) AS ("  # noqa: S608 - only the table name is formatted in
+    return (
+        f"WITH RECURSIVE names(name) AS ("  # noqa: S608 - only the quoted table name is formatted in
         f" SELECT MIN(job_name) FROM {table}"
         f" UNION ALL"
         f" SELECT (SELECT MIN(job_name) FROM {table} WHERE job_name > names.name) FROM names WHERE names.name IS NOT NULL"
         f") SELECT name FROM names WHERE name IS NOT NULL LIMIT %s"
     )
+
+
+def distinct_job_names(
+    model: Any, using: str, limit: int = JOB_NAME_CHOICES
+) -> list[str]:
+    """Up to ``limit`` distinct job names, in order, without reading the table."""
+    connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [limit])
+        cursor.execute(
+            job_names_sql(connection.ops.quote_name(model._meta.db_table)), [limit]
+        )
         return [row[0] for row in cursor.fetchall()]
 
 

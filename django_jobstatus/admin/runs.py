@@ -39,7 +39,7 @@ from django_jobstatus.admin.filters import (
     SourceFilter,
     StatusFilter,
 )
-from django_jobstatus.admin.paginator import CappedCountPaginator
+from django_jobstatus.admin.paginator import COUNT_CAP, CappedCountPaginator
 from django_jobstatus.models import JobLog, JobRun, Status
 
 if TYPE_CHECKING:
@@ -194,10 +194,17 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         ]
         if len(runs) > 100:
             shown.append(_("… and %(n)d more runs") % {"n": len(runs) - 100})
-        logs = JobLog.objects.filter(run__in=[run.pk for run in runs]).count()
+        # Counted up to a cap: a run may hold 100,000 lines.
+        logs = (
+            JobLog.objects.filter(run__in=[run.pk for run in runs])
+            .order_by()[: COUNT_CAP + 1]
+            .count()
+        )
         counts = {
             str(JobRun._meta.verbose_name_plural): len(runs),
-            str(JobLog._meta.verbose_name_plural): logs,
+            str(JobLog._meta.verbose_name_plural): f"{COUNT_CAP}+"
+            if logs > COUNT_CAP
+            else logs,
         }
         perms_needed = (
             set()

@@ -227,6 +227,7 @@ def test_active_runs_need_include_active(aged: Any, purge: Any) -> None:
         (["--batch-size", "0"], "not 1 or more"),
         (["--status", "done"], "not a status"),
         (["--status", "queued"], "not finished"),
+        (["--database", "nope"], "not a database alias"),
     ],
 )
 def test_bad_arguments_are_command_errors(

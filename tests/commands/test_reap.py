@@ -105,14 +105,19 @@ def test_quiet_prints_nothing(
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
-    [("-1", "0 or more"), ("soon", "not a number"), ("inf", "0 or more")],
+    ("args", "message"),
+    [
+        (["--timeout", "-1"], "0 or more"),
+        (["--timeout", "soon"], "not a number"),
+        (["--timeout", "inf"], "0 or more"),
+        (["--database", "nope"], "not a database alias"),
+    ],
 )
-def test_bad_timeout_is_a_command_error(
-    runs: dict[str, JobRun], value: str, message: str, reap: Any
+def test_bad_arguments_are_command_errors(
+    runs: dict[str, JobRun], args: list[str], message: str, reap: Any
 ) -> None:
     with pytest.raises(CommandError, match=message):
-        reap("--timeout", value)
+        reap(*args)
     assert not JobRun.objects.lost().exists()
 
 
@@ -128,6 +133,11 @@ def test_a_run_that_comes_back_cannot_overwrite_lost(
     with pytest.raises(InvalidTransition):
         worker_copy.mark_failed(RuntimeError("late"))
     assert status(runs["silent"]) == Status.LOST
+
+
+def test_database_option(runs: dict[str, JobRun], reap: Any) -> None:
+    reap("--database", "default")
+    assert JobRun.objects.lost().count() == 2
 
 
 def test_python_api_counts_and_batches(make_run: Any) -> None:

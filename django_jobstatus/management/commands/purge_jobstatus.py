@@ -11,43 +11,16 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
 from django_jobstatus.conf import settings
-from django_jobstatus.models import JobRun, Status
+from django_jobstatus.management.commands._arguments import (
+    database_alias,
+    positive_int,
+    status_name,
+    whole_number,
+)
+from django_jobstatus.models import JobRun
 
 if TYPE_CHECKING:
     from django_jobstatus.querysets import PurgeResult
-
-
-def whole_number(value: str) -> int:
-    """argparse type: a whole number of 0 or more."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            _("%(value)r is not a whole number") % {"value": value}
-        ) from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(_("%(value)r is negative") % {"value": value})
-    return number
-
-
-def positive_int(value: str) -> int:
-    """argparse type: a whole number of 1 or more."""
-    number = whole_number(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(
-            _("%(value)r is not 1 or more") % {"value": value}
-        )
-    return number
-
-
-def status_name(value: str) -> str:
-    """argparse type: one of the run statuses."""
-    if value not in Status.values:
-        raise argparse.ArgumentTypeError(
-            _("%(value)r is not a status; choose from %(choices)s")
-            % {"value": value, "choices": ", ".join(Status.values)}
-        )
-    return value
 
 
 class Command(BaseCommand):
@@ -114,6 +87,14 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument(
+            "--database",
+            type=database_alias,
+            default=settings.DATABASE,
+            help=_(
+                "The database alias to work on (default: %(default)r, JOBSTATUS['DATABASE'])"
+            ),
+        )
+        parser.add_argument(
             "--quiet",
             action="store_true",
             help=_(
@@ -131,6 +112,7 @@ class Command(BaseCommand):
         include_active: bool,
         batch_size: int,
         dry_run: bool,
+        database: str,
         quiet: bool,
         verbosity: int,
         **options: Any,
@@ -138,9 +120,9 @@ class Command(BaseCommand):
         loud = verbosity > 0 and not quiet
         self.verbosity = verbosity
         self._printed_at = 0.0
-        runs = JobRun.objects.all()
+        runs = JobRun.objects.using(database).all()
         if job_name:
-            runs = reduce(or_, (JobRun.objects.for_job(name) for name in job_name))
+            runs = reduce(or_, (runs.for_job(name) for name in job_name))
         try:
             result = runs.purge(
                 days=days,

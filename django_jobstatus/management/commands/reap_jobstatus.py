@@ -9,22 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
 from django_jobstatus.conf import settings
+from django_jobstatus.management.commands._arguments import database_alias, seconds
 from django_jobstatus.models import JobRun
-
-
-def seconds(value: str) -> float:
-    """argparse type: a number of seconds, 0 or more."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            _("%(value)r is not a number of seconds") % {"value": value}
-        ) from None
-    if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(
-            _("%(value)r is not a number of seconds of 0 or more") % {"value": value}
-        )
-    return number
 
 
 class Command(BaseCommand):
@@ -52,6 +38,14 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument(
+            "--database",
+            type=database_alias,
+            default=settings.DATABASE,
+            help=_(
+                "The database alias to work on (default: %(default)r, JOBSTATUS['DATABASE'])"
+            ),
+        )
+        parser.add_argument(
             "--quiet",
             action="store_true",
             help=_(
@@ -64,6 +58,7 @@ class Command(BaseCommand):
         *,
         timeout: float,
         dry_run: bool,
+        database: str,
         quiet: bool,
         verbosity: int,
         **options: Any,
@@ -72,12 +67,13 @@ class Command(BaseCommand):
         try:
             if dry_run:
                 stale = list(
-                    JobRun.objects.stale(timeout)
+                    JobRun.objects.using(database)
+                    .stale(timeout)
                     .order_by("pk")
                     .values_list("pk", "job_name", "worker")
                 )
             else:
-                result = JobRun.objects.reap(timeout)
+                result = JobRun.objects.using(database).reap(timeout)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         if not loud:

@@ -1,0 +1,68 @@
+"""argparse types of the commands: each raises ArgumentTypeError, which makes a CommandError."""
+
+from __future__ import annotations
+
+import argparse
+
+from django.db import connections
+from django.utils.translation import gettext as _
+
+from django_jobstatus.models import Status
+
+
+def whole_number(value: str) -> int:
+    """argparse type: a whole number of 0 or more."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a whole number") % {"value": value}
+        ) from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(_("%(value)r is negative") % {"value": value})
+    return number
+
+
+def positive_int(value: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    number = whole_number(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not 1 or more") % {"value": value}
+        )
+    return number
+
+
+def status_name(value: str) -> str:
+    """argparse type: one of the run statuses."""
+    if value not in Status.values:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a status; choose from %(choices)s")
+            % {"value": value, "choices": ", ".join(Status.values)}
+        )
+    return value
+
+
+def seconds(value: str) -> float:
+    """argparse type: a number of seconds, 0 or more."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a number of seconds") % {"value": value}
+        ) from None
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a number of seconds of 0 or more") % {"value": value}
+        )
+    return number
+
+
+def database_alias(value: str) -> str:
+    """argparse type: a database alias from DATABASES."""
+    if value not in connections.settings:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a database alias; choose from %(choices)s")
+            % {"value": value, "choices": ", ".join(connections.settings)}
+        )
+    return value

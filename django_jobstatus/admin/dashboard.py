@@ -42,8 +42,8 @@ JOBS_LIMIT = 50
 STUCK_LIMIT = 20
 FAILURES_LIMIT = 10
 
-CHART_WIDTH = 720
-CHART_HEIGHT = 180
+CHART_WIDTH = 480
+CHART_HEIGHT = 150
 
 
 def _window(request: HttpRequest) -> str:
@@ -176,6 +176,7 @@ def chart(since: datetime, now: datetime, window: str) -> dict[str, Any]:
         "bars": bars,
         "labels": labels,
         "peak": peak,
+        "mid_y": CHART_HEIGHT / 2,
         "width": CHART_WIDTH,
         "height": CHART_HEIGHT,
         "totals": totals,
@@ -189,7 +190,9 @@ def job_table(since: datetime, window: str) -> list[dict[str, Any]]:
         key=lambda row: (-row["total"], row["job_name"]),
     )[:JOBS_LIMIT]
     for row in stats:
-        row["latest"] = JobRun.objects.latest_for(row["job_name"])
+        row["latest"] = JobRun.objects.only(
+            "pk", "job_name", "status", "created_at"
+        ).latest_for(row["job_name"])
         row["url"] = _changelist(job_name=row["job_name"], created=window)
         row["failed_url"] = _changelist(
             job_name=row["job_name"], created=window, status=Status.FAILED

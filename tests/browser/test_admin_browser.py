@@ -41,12 +41,16 @@ def test_log_in_and_filter_the_changelist(admin_page):
     make("mail.send", Status.RUNNING)
     changelist(admin_page)
     assert admin_page.locator("#result_list tbody tr").count() == 3
-    admin_page.locator("#changelist-filter").get_by_role("link", name="Failed", exact=True).click()
+    admin_page.locator("#changelist-filter").get_by_role(
+        "link", name="Failed", exact=True
+    ).click()
     admin_page.wait_for_url("**status=failed**")
     rows = admin_page.locator("#result_list tbody tr")
     assert rows.count() == 1
     assert "reports.build" in rows.first.inner_text()
-    admin_page.locator("#changelist-filter").get_by_role("link", name="mail.send").click()
+    admin_page.locator("#changelist-filter").get_by_role(
+        "link", name="mail.send"
+    ).click()
     admin_page.wait_for_url("**job_name=mail.send**")
     assert admin_page.locator("#result_list tbody tr").count() == 0
     admin_page.fill("#searchbar", "mail")
@@ -85,7 +89,14 @@ def test_each_bulk_action(admin_page):
 
 
 def test_a_runs_page(admin_page, artifacts):
-    parent = make("batch.parent", Status.RUNNING, progress_current=40, progress_total=100, step="importing", message="Importing rows")
+    parent = make(
+        "batch.parent",
+        Status.RUNNING,
+        progress_current=40,
+        progress_total=100,
+        step="importing",
+        message="Importing rows",
+    )
     make("batch.child", Status.SUCCEEDED, parent=parent)
     make("batch.child", Status.FAILED, parent=parent)
     run = make(
@@ -104,13 +115,18 @@ def test_a_runs_page(admin_page, artifacts):
     body = admin_page.locator("#content").inner_text()
     assert "hunter2" not in body
     assert '"api_key": "********"' in body
-    assert "ValueError: no data" in admin_page.locator("pre.jobstatus-traceback").inner_text()
+    assert (
+        "ValueError: no data"
+        in admin_page.locator("pre.jobstatus-traceback").inner_text()
+    )
     assert admin_page.locator(".jobstatus-log-row").count() == 6
     admin_page.get_by_role("link", name="ERROR+").click()
     expect(admin_page.locator(".jobstatus-log-row")).to_have_count(1)
     admin_page.screenshot(path=str(artifacts / "run_page.png"), full_page=True)
 
-    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/{parent.pk}/change/")
+    admin_page.goto(
+        f"{admin_page.base}/admin/django_jobstatus/jobrun/{parent.pk}/change/"
+    )
     assert "3 children" in admin_page.locator("#content").inner_text()
     admin_page.get_by_role("button", name="Request kill").click()
     expect(admin_page.locator(".messagelist")).to_be_visible()
@@ -123,9 +139,24 @@ def test_dashboard_progress_advances_without_a_reload(admin_page, artifacts):
     now = timezone.now()
     for i in range(12):
         status = Status.FAILED if i % 4 == 0 else Status.SUCCEEDED
-        make(f"demo.job{i % 3}", status, started_at=now - timezone.timedelta(hours=i, minutes=5), finished_at=now - timezone.timedelta(hours=i), created_at=now - timezone.timedelta(hours=i, minutes=6), error="RuntimeError: boom" if status == Status.FAILED else "")
-    run = make("imports.nightly", Status.RUNNING, progress_current=10, progress_total=100, step="loading")
-    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/dashboard/?poll=1")
+        make(
+            f"demo.job{i % 3}",
+            status,
+            started_at=now - timezone.timedelta(hours=i, minutes=5),
+            finished_at=now - timezone.timedelta(hours=i),
+            created_at=now - timezone.timedelta(hours=i, minutes=6),
+            error="RuntimeError: boom" if status == Status.FAILED else "",
+        )
+    run = make(
+        "imports.nightly",
+        Status.RUNNING,
+        progress_current=10,
+        progress_total=100,
+        step="loading",
+    )
+    admin_page.goto(
+        f"{admin_page.base}/admin/django_jobstatus/jobrun/dashboard/?poll=1"
+    )
     label = admin_page.locator(f'tr[data-run="{run.pk}"] .jobstatus-progress-label')
     assert label.inner_text() == "10%"
     admin_page.evaluate("window.__notReloaded = true")
@@ -136,13 +167,24 @@ def test_dashboard_progress_advances_without_a_reload(admin_page, artifacts):
         timeout=15_000,
     )
     assert admin_page.evaluate("window.__notReloaded") is True
-    width = admin_page.locator(f'tr[data-run="{run.pk}"] .jobstatus-progress-bar').evaluate("el => el.style.width")
+    width = admin_page.locator(
+        f'tr[data-run="{run.pk}"] .jobstatus-progress-bar'
+    ).evaluate("el => el.style.width")
     assert width == "64%"
     admin_page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
+    # The admin's dark mode: the page keeps to its CSS variables.
+    admin_page.emulate_media(color_scheme="dark")
+    background = admin_page.locator(".jobstatus-tab").first.evaluate(
+        "el => getComputedStyle(el).backgroundColor"
+    )
+    assert background != "rgb(255, 255, 255)"
+    admin_page.screenshot(path=str(artifacts / "dashboard-dark.png"), full_page=True)
 
 
 def test_script_in_a_message_or_log_is_shown_as_text(admin_page):
-    run = make(XSS, Status.RUNNING, message=XSS, step=XSS, progress_current=1, progress_total=2)
+    run = make(
+        XSS, Status.RUNNING, message=XSS, step=XSS, progress_current=1, progress_total=2
+    )
     run.log(40, XSS)
     admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/")
     assert XSS in admin_page.locator("#result_list").inner_text()
@@ -150,8 +192,13 @@ def test_script_in_a_message_or_log_is_shown_as_text(admin_page):
     assert XSS in admin_page.locator(".jobstatus-log-message").first.inner_text()
     admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/joblog/")
     assert XSS in admin_page.locator("#result_list").inner_text()
-    admin_page.goto(f"{admin_page.base}/admin/django_jobstatus/jobrun/dashboard/?poll=1")
+    admin_page.goto(
+        f"{admin_page.base}/admin/django_jobstatus/jobrun/dashboard/?poll=1"
+    )
     # Wait for one poll so the script-built rows are checked too.
-    admin_page.wait_for_function("() => document.getElementById('jobstatus-dashboard').hasAttribute('data-updated')", timeout=15_000)
+    admin_page.wait_for_function(
+        "() => document.getElementById('jobstatus-dashboard').hasAttribute('data-updated')",
+        timeout=15_000,
+    )
     assert XSS in admin_page.locator("#jobstatus-active-rows").inner_text()
     assert admin_page.evaluate("typeof window.__xss") == "undefined"

@@ -161,10 +161,16 @@ class Execution:
             )
             if run is None:
                 return None
-            handle.run = run
-            for entry in handle._logs:  # written so far against the unsaved run
-                entry.run_id = run.pk
+            self.adopt(run)
         return handle
+
+    def adopt(self, run: JobRun) -> None:
+        """Carry on with ``run``, recorded elsewhere (e.g. by the process that forked this one)."""
+        self.recorded = True
+        if self.handle is not None:
+            self.handle.run = run
+            for entry in self.handle._logs:  # written so far against the unsaved run
+                entry.run_id = run.pk
 
     def end(
         self, exc: BaseException | None = None, result: Any = None, **values: Any

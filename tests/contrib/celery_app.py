@@ -68,6 +68,8 @@ def sleepy(seconds: float) -> str:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.05)
+        if job is not None:
+            job.heartbeat()  # also writes the message
     return "woke up"
 
 

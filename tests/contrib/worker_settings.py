@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 
+from tests.contrib import rq_jobs
 from tests.settings import *  # noqa: F403
-from tests.settings import DATABASES, INSTALLED_APPS
+from tests.settings import DATABASES as _TEST_DATABASES
+from tests.settings import INSTALLED_APPS
 
+DATABASES = {"default": {**_TEST_DATABASES["default"]}}
 DATABASES["default"]["NAME"] = os.environ["JOBSTATUS_WORKER_DB"]
 if os.environ.get("JOBSTATUS_WORKER_DB_PORT"):
     DATABASES["default"]["HOST"] = "127.0.0.1"
@@ -24,19 +27,12 @@ JOBSTATUS = {
     "INTEGRATIONS": os.environ.get("JOBSTATUS_WORKER_INTEGRATIONS", "").split(",")
     if os.environ.get("JOBSTATUS_WORKER_INTEGRATIONS")
     else [],
-    "PROGRESS_INTERVAL": 0.0,
+    "PROGRESS_INTERVAL": 0.01,
     "FINISH_RETRY_TIMEOUT": 60.0,
 }
 
-REDIS_HOST = os.environ.get("JOBSTATUS_REDIS_HOST", "127.0.0.1")
-REDIS_PORT = int(os.environ.get("JOBSTATUS_REDIS_PORT", "63799"))
-RQ_QUEUES = {
-    "default": {"HOST": REDIS_HOST, "PORT": REDIS_PORT, "DB": 7, "DEFAULT_TIMEOUT": 60}
-}
-RQ = {
-    "WORKER_CLASS": "django_jobstatus.contrib.rq.Worker",
-    "JOB_CLASS": "django_jobstatus.contrib.rq.Job",
-}
+RQ_QUEUES = rq_jobs.RQ_QUEUES
+RQ = rq_jobs.RQ
 
 LOGGING = {
     "version": 1,

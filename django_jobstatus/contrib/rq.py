@@ -1,0 +1,339 @@
+"""RQ integration (with django-rq): record every job as a run, and kill/retry runs through RQ.
+
+Enable with::
+
+    JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.rq"]}
+    RQ = {
+        "WORKER_CLASS": "django_jobstatus.contrib.rq.Worker",
+        "JOB_CLASS": "django_jobstatus.contrib.rq.Job",
+        "QUEUE_CLASS": "django_jobstatus.contrib.rq.Queue",  # optional: records "queued"
+    }
+
+- ``Queue`` (where jobs are enqueued): the run is ``queued``;
+- ``Worker.execute_job`` (the worker's main process, around the fork): ``running`` with
+  ``worker`` = ``host:pid`` before the work horse starts; after the horse is gone, the
+  job's RQ status decides what is not recorded yet: ``failed`` (also when the horse
+  crashed or was killed by the OOM killer), ``retrying`` (RQ's ``Retry``), ``killed``
+  (stopped or canceled) or ``succeeded``;
+- ``Job.perform`` (the work horse): ``current_job()`` works inside the job, its progress
+  and logs are flushed when it ends, and a success is recorded with the result;
+- a worker that died is noticed by RQ's cleanup of abandoned jobs (``lost``), or by
+  ``reap_jobstatus``.
+
+Kill sends RQ's stop-job command (forking workers only: ``SimpleWorker`` cannot stop a
+job) or cancels a job that has not started; retry enqueues the function again with the
+same arguments, as a new run. The same classes work with rq 2.x and 3.x: they override
+only ``execute_job`` and ``perform``, whose signatures did not change.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import django_rq
+import rq
+from django.db import connections
+from django.utils.translation import gettext as _
+from django_rq.queues import DjangoRQ
+from redis import Redis
+from rq.command import send_stop_job_command
+from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
+from rq.job import JobStatus
+
+from django_jobstatus import contrib
+from django_jobstatus.contrib import _execution
+from django_jobstatus.contrib._execution import Execution
+from django_jobstatus.exceptions import JobKilled
+from django_jobstatus.models import JobRun, Status, default_worker
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "rq"
+
+_connected = False
+# The execution of each job this process runs; a forked work horse inherits it.
+_executions: dict[str, Execution] = {}
+
+
+def find_run(job_id: str, using: str | None = None) -> JobRun | None:
+    """The newest run recorded for the RQ job ``job_id``."""
+    return _execution.find_run(SOURCE, job_id, using)
+
+
+def _fields(job: rq.job.Job) -> dict[str, Any]:
+    return {
+        "queue": job.origin or "",
+        "params": contrib.params_of(job.args, job.kwargs),
+    }
+
+
+@contrib.never_raises
+def _record_queued(job: rq.job.Job) -> None:
+    if _connected:
+        _execution.record_queued(SOURCE, job.id, job.func_name, **_fields(job))
+
+
+def _execution_of(job: rq.job.Job) -> Execution:
+    return Execution(
+        SOURCE, job.id, job.func_name, worker=default_worker(), **_fields(job)
+    )
+
+
+# Where jobs are enqueued.
+
+
+class Queue(DjangoRQ):
+    """django-rq's queue that also records each enqueued or scheduled job as a queued run."""
+
+    # Recorded before RQ has it, so that a worker never starts a job whose run is not there yet.
+
+    def enqueue_job(self, job: rq.job.Job, *args: Any, **kwargs: Any) -> rq.job.Job:
+        _record_queued(job)
+        return super().enqueue_job(job, *args, **kwargs)
+
+    def schedule_job(self, job: rq.job.Job, *args: Any, **kwargs: Any) -> rq.job.Job:
+        _record_queued(job)
+        return super().schedule_job(job, *args, **kwargs)
+
+
+# The work horse.
+
+
+class Job(rq.job.Job):
+    """RQ's job whose ``perform()`` makes ``current_job()`` work and records a success."""
+
+    def perform(self) -> Any:
+        if not _connected:
+            return super().perform()
+        execution = _executions.get(self.id)
+        # Started by our Worker (in this process, or inherited through the fork), or here.
+        own = execution is None or execution.handle is None
+        if own:
+            execution = _execution_of(self)
+            _start(execution)
+        assert execution is not None  # noqa: S101 (for the type checker)
+        try:
+            result = super().perform()
+        except BaseException as exc:
+            # Here the exception and its traceback are known. RQ retries the job when it
+            # has retries left (rq 2 and 3 decide alike), unless it is being stopped:
+            # then the horse is killed and never gets here.
+            _end_here(
+                execution, exc, retry=bool(self.retries_left and self.retries_left > 0)
+            )
+            raise
+        else:
+            _finish(execution, result)
+            return result
+        finally:
+            if own:
+                execution.close()
+
+
+@contrib.never_raises
+def _start(execution: Execution) -> None:
+    execution.start()
+
+
+@contrib.never_raises
+def _finish(execution: Execution, result: Any) -> None:
+    execution.end(result=result)
+
+
+@contrib.never_raises
+def _end_here(execution: Execution, exc: BaseException, *, retry: bool) -> None:
+    if retry:
+        execution.retrying(exc)
+    else:
+        execution.end(exc)
+
+
+# The worker's main process.
+
+
+class _Recording:
+    """``execute_job`` around the work horse: running before it, the outcome after it."""
+
+    def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> Any:
+        if not _connected:
+            return super().execute_job(job, queue)  # type: ignore[misc]
+        execution = _execution_of(job)
+        _executions[job.id] = execution
+        _start(execution)
+        # The work horse is a fork of this process: it must not share its database connections.
+        connections.close_all()
+        try:
+            return super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            _executions.pop(job.id, None)
+            execution.close()
+            _record_outcome(job, execution)
+
+
+def _exc_string(job: rq.job.Job) -> str:
+    result = job.latest_result()
+    return str(
+        getattr(result, "exc_string", None) or getattr(job, "exc_info", None) or ""
+    )
+
+
+def _error_fields(job: rq.job.Job) -> dict[str, str]:
+    text = _exc_string(job).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return {"error": lines[-1] if lines else "", "traceback": text}
+
+
+@contrib.never_raises
+def _record_outcome(job: rq.job.Job, execution: Execution) -> None:
+    if execution.ended:
+        return  # recorded in this process (SimpleWorker)
+    try:
+        status = job.get_status(refresh=True)
+    except (InvalidJobOperation, NoSuchJobError):
+        status = None  # deleted already (result_ttl=0): it finished
+    # The work horse recorded what it could; this process knows only what it recorded itself.
+    found = contrib.durably(
+        lambda: (find_run(job.id),), f"the outcome of RQ job {job.id}"
+    )
+    if found is None:
+        return  # the database stayed away (logged)
+    run = found[0]
+    if run is not None:
+        if run.status != Status.RUNNING or run.worker != execution.worker:
+            return  # recorded by the work horse, or another worker runs its retry already
+        execution.adopt(run)
+    if status in (JobStatus.FINISHED, None):
+        value = None
+        if status is not None:
+            try:
+                value = job.return_value(refresh=True)
+            except Exception:  # a result RQ cannot load
+                logger.debug(
+                    "Could not load the result of RQ job %s.", job.id, exc_info=True
+                )
+        execution.end(result=value)
+    elif status in (JobStatus.STOPPED, JobStatus.CANCELED):
+        execution.end(JobKilled(job.id), message=str(_("Stopped through RQ.")))
+    elif status == JobStatus.FAILED:
+        fields = _error_fields(job)
+        execution.end(RuntimeError(fields["error"]), **fields)
+    elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        execution.retrying(None, **_error_fields(job))
+    # STARTED: another worker picked up its retry already.
+
+
+@contrib.never_raises
+def _abandoned(
+    job: rq.job.Job, exc_type: type[BaseException], exc_value: BaseException, tb: Any
+) -> bool:
+    """Exception handler: a job whose worker died (found by RQ's cleanup) is lost, or retrying."""
+    if not _connected or not issubclass(exc_type, AbandonedJobError):
+        return True  # let the next handler run
+
+    def record(alias: str) -> None:
+        run = find_run(job.id, alias)
+        if run is None or run.status != Status.RUNNING:
+            return
+        error = str(_("Abandoned: the worker running it died."))
+        if job.retries_left:
+            run.mark_failed(using=alias, retry=True, error=error)
+        else:
+            run.mark_lost(using=alias, error=error)
+
+    _execution.best_effort(record, f"the abandonment of RQ job {job.id}")
+    return True
+
+
+class Worker(_Recording, rq.Worker):
+    """RQ's forking worker, recording every job it runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.push_exc_handler(_abandoned)
+
+
+class SimpleWorker(_Recording, rq.SimpleWorker):
+    """RQ's worker without a fork, recording every job it runs (its jobs cannot be stopped)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.push_exc_handler(_abandoned)
+
+
+# Kill and retry.
+
+
+class RQBackend:
+    """Stops runs with RQ's stop-job command (or cancels them) and retries them by enqueueing again."""
+
+    def __init__(self, connection: Redis | None = None) -> None:
+        self._connection = connection
+
+    def connection(self, run: JobRun) -> Redis:
+        return self._connection or django_rq.get_connection(run.queue or "default")
+
+    def kill(self, run: JobRun) -> None:
+        connection = self.connection(run)
+        try:
+            send_stop_job_command(connection, run.backend_job_id)
+            return
+        except NoSuchJobError:
+            logger.warning(
+                "RQ has no job %s any more; run %s cannot be stopped through it.",
+                run.backend_job_id,
+                run.pk,
+            )
+            return
+        except InvalidJobOperation:
+            pass  # not executing: queued, scheduled or deferred
+        try:
+            rq.job.Job.fetch(run.backend_job_id, connection=connection).cancel()
+        except (NoSuchJobError, InvalidJobOperation):
+            logger.info(
+                "RQ job %s could not be canceled.", run.backend_job_id, exc_info=True
+            )
+
+        def record(alias: str) -> None:
+            current = JobRun.objects.using(alias).get(pk=run.pk)
+            if current.status != Status.RUNNING:
+                current.mark_killed(
+                    using=alias, message=str(_("Canceled before it ran."))
+                )
+
+        _execution.best_effort(record, f"the cancel of RQ job {run.backend_job_id}")
+
+    def retry(self, run: JobRun) -> JobRun:
+        params = run.params if isinstance(run.params, dict) else {}
+        queue = django_rq.get_queue(run.queue or "default", connection=self._connection)
+        enqueue = getattr(
+            queue, "original_enqueue_call", queue.enqueue_call
+        )  # never deferred to a commit
+        job = enqueue(
+            func=run.job_name,
+            args=params.get("args", []),
+            kwargs=params.get("kwargs", {}),
+        )
+        if not isinstance(queue, Queue):
+            _record_queued(job)
+        new = find_run(job.id)
+        if new is None:
+            new = JobRun.objects.enqueue(
+                run.job_name, source=SOURCE, backend_job_id=job.id, **_fields(job)
+            )
+        return new
+
+
+def connect(connection: Redis | None = None) -> None:
+    """Record RQ jobs (run by this module's Worker/Job/Queue classes); kill/retry through ``connection``
+    (default: django-rq's connection for the run's queue). Idempotent."""
+    global _connected
+    _connected = True
+    contrib.register(SOURCE, RQBackend(connection))
+
+
+def disconnect() -> None:
+    """Stop recording RQ jobs (the classes then behave like RQ's own). Idempotent."""
+    global _connected
+    _connected = False
+    contrib.unregister(SOURCE)

@@ -1,0 +1,77 @@
+"""The RQ jobs of the integration tests: the test enqueues, a real rqworker runs these.
+
+Also django-rq's settings for both sides; the worker's settings import this module, so
+it imports nothing from Django at the top.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import redis
+import rq
+
+REDIS_URL = os.environ.get("JOBSTATUS_RQ_REDIS", "redis://127.0.0.1:63799/7")
+QUEUE = "jobstatus-tests"
+# django-rq's settings, for the worker and for the test that enqueues.
+RQ_QUEUES = {QUEUE: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 120}}
+RQ = {
+    "WORKER_CLASS": "django_jobstatus.contrib.rq.Worker",
+    "JOB_CLASS": "django_jobstatus.contrib.rq.Job",
+    "QUEUE_CLASS": "django_jobstatus.contrib.rq.Queue",
+}
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def fail(text: str) -> None:
+    raise ValueError(text)
+
+
+def report(n: int) -> dict[str, Any]:
+    from django_jobstatus import current_job
+
+    job = current_job()
+    assert job is not None, "current_job() is None inside the job"
+    job.step("counting", total=n)
+    for _ in range(n):
+        job.advance()
+    job.info("counted %d items", n)
+    return {"counted": n}
+
+
+def flaky() -> str:
+    job = rq.get_current_job()
+    assert job is not None
+    if job.retries_left:
+        raise RuntimeError(f"{job.retries_left} retries left")
+    return "done"
+
+
+def sleepy(seconds: float) -> str:
+    from django_jobstatus import current_job
+
+    job = current_job()
+    if job is not None:
+        job.message("sleeping")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if job is not None:
+            job.heartbeat()  # also writes the message
+    return "woke up"
+
+
+def crash() -> None:
+    """Die the way an OOM kill does: no exception, no cleanup."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def marked(key: str) -> str:
+    redis.Redis.from_url(REDIS_URL).set(key, "1", ex=600)
+    return key

@@ -1,0 +1,285 @@
+"""The RQ integration, end to end: a real Redis and a real rqworker (forking Worker)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+import django_rq
+import pytest
+import redis
+import rq
+from rq import Retry
+
+from django_jobstatus import contrib
+from django_jobstatus.contrib import rq as jobstatus_rq
+from django_jobstatus.models import JobRun, Status
+from tests.contrib import rq_jobs
+from tests.contrib.dbproxy import Proxy
+from tests.contrib.workers import db_proxy, wait_for, worker_env, worker_process
+
+__all__ = ["db_proxy"]  # a fixture
+
+QUEUE = rq_jobs.QUEUE
+
+
+@pytest.fixture
+def rq_settings(settings: Any) -> Iterator[None]:
+    """django-rq configured as in the worker, and the integration switched on here."""
+    settings.RQ_QUEUES = rq_jobs.RQ_QUEUES
+    settings.RQ = rq_jobs.RQ
+    jobstatus_rq.connect()
+    yield
+    jobstatus_rq.disconnect()
+
+
+@pytest.fixture
+def queue(rq_settings: None) -> rq.Queue:
+    return django_rq.get_queue(QUEUE)
+
+
+@pytest.fixture(scope="module")
+def rq_worker(
+    db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Popen[bytes]]:
+    connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
+    rq.Queue(QUEUE, connection=connection).empty()
+    name = f"jobstatus-tests-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    log = tmp_path_factory.mktemp("rq") / "worker.log"
+    argv = ["-m", "django", "rqworker", QUEUE, "--name", name]
+    with worker_process(
+        argv, worker_env(db_proxy, "django_jobstatus.contrib.rq"), log
+    ) as process:
+        wait_for(
+            lambda: any(
+                worker.name == name for worker in rq.Worker.all(connection=connection)
+            ),
+            timeout=90,
+            what="the RQ worker to register",
+            process=process,
+            log=log,
+        )
+        process.log = log  # type: ignore[attr-defined]
+        process.rq_name = name  # type: ignore[attr-defined]
+        yield process
+
+
+def _idle(worker: Popen[bytes]) -> bool:
+    connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
+    key = f"{rq.Worker.redis_worker_namespace_prefix}{worker.rq_name}"  # type: ignore[attr-defined]
+    found = rq.Worker.find_by_key(key, connection=connection)
+    return (
+        found is not None
+        and found.get_state() == "idle"
+        and rq.Queue(QUEUE, connection=connection).count == 0
+    )
+
+
+def recorded(job: rq.job.Job) -> JobRun:
+    run = jobstatus_rq.find_run(job.id)
+    assert run is not None, f"no run recorded for job {job.id}"
+    return run
+
+
+def finished(run: JobRun, worker: Popen[bytes], timeout: float = 60) -> JobRun:
+    log: Path = worker.log  # type: ignore[attr-defined]
+    wait_for(
+        lambda: (run.refresh_from_db(), run.is_finished)[1],
+        timeout=timeout,
+        what=f"run {run.pk} to finish",
+        process=worker,
+        log=log,
+    )
+    return run
+
+
+def test_connect_and_disconnect_are_idempotent() -> None:
+    jobstatus_rq.connect()
+    jobstatus_rq.connect()
+    assert contrib.can_retry(JobRun(source="rq"))
+    jobstatus_rq.disconnect()
+    jobstatus_rq.disconnect()
+    assert not contrib.can_retry(JobRun(source="rq"))
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_simple_worker_in_this_process_records_its_jobs(queue: rq.Queue) -> None:
+    """SimpleWorker runs the jobs here (on any database): success with progress, and failure."""
+    good = queue.enqueue(rq_jobs.report, 4)
+    bad = queue.enqueue(rq_jobs.fail, "nope")
+    assert recorded(good).status == Status.QUEUED
+    worker = jobstatus_rq.SimpleWorker(
+        [queue], connection=queue.connection, job_class=jobstatus_rq.Job
+    )
+    worker.work(burst=True)
+    run = recorded(good)
+    assert run.status == Status.SUCCEEDED
+    assert (run.progress_current, run.progress_total, run.result) == (
+        4,
+        4,
+        {"counted": 4},
+    )
+    assert list(run.logs.values_list("message", flat=True)) == ["counted 4 items"]
+    failed = recorded(bad)
+    assert failed.status == Status.FAILED
+    assert failed.error == "ValueError: nope"
+    assert "raise ValueError(text)" in failed.traceback
+
+
+@pytest.mark.usefixtures("rq_settings")
+class TestWorker:
+    pytestmark = [
+        pytest.mark.postgres,
+        pytest.mark.redis,
+        pytest.mark.django_db(transaction=True),
+    ]
+
+    @pytest.fixture(autouse=True)
+    def _settle(self, rq_worker: Popen[bytes]) -> Iterator[None]:
+        """Let the worker finish its job before the test's tables are flushed."""
+        yield
+        log = rq_worker.log  # type: ignore[attr-defined]
+        wait_for(
+            lambda: _idle(rq_worker),
+            timeout=60,
+            what="the RQ worker to be idle",
+            process=rq_worker,
+            log=log,
+        )
+
+    def test_a_succeeding_job(self, rq_worker: Popen[bytes], queue: rq.Queue) -> None:
+        job = queue.enqueue(rq_jobs.add, 2, 3)
+        run = recorded(job)
+        assert run.job_name == "tests.contrib.rq_jobs.add"
+        assert run.queued_at is not None
+        assert run.params == {"args": [2, 3], "kwargs": {}}
+        assert run.queue == QUEUE
+        finished(run, rq_worker)
+        assert run.status == Status.SUCCEEDED
+        assert run.result == 5
+        assert run.worker.endswith(
+            f":{rq_worker.pid}"
+        )  # the worker, which forked the horse
+        assert run.queued_at <= run.started_at <= run.finished_at
+
+    def test_a_failing_job(self, rq_worker: Popen[bytes], queue: rq.Queue) -> None:
+        run = finished(recorded(queue.enqueue(rq_jobs.fail, "boom")), rq_worker)
+        assert run.status == Status.FAILED
+        assert run.error == "ValueError: boom"
+        assert "raise ValueError(text)" in run.traceback
+
+    def test_progress_and_logs_through_current_job(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        run = finished(recorded(queue.enqueue(rq_jobs.report, 5)), rq_worker)
+        assert run.status == Status.SUCCEEDED
+        assert (run.progress_current, run.progress_total, run.step) == (
+            5,
+            5,
+            "counting",
+        )
+        assert run.result == {"counted": 5}
+        assert list(run.logs.values_list("message", flat=True)) == ["counted 5 items"]
+
+    def test_a_retried_job_keeps_its_attempts(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        run = finished(
+            recorded(queue.enqueue(rq_jobs.flaky, retry=Retry(max=2))), rq_worker
+        )
+        assert run.status == Status.SUCCEEDED
+        assert run.result == "done"
+        assert run.attempt == 3
+        assert [entry["status"] for entry in run.attempts] == ["retrying", "retrying"]
+        assert [entry["error"] for entry in run.attempts] == [
+            "RuntimeError: 2 retries left",
+            "RuntimeError: 1 retries left",
+        ]
+
+    def test_a_crashed_work_horse_fails_the_run(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        run = finished(recorded(queue.enqueue(rq_jobs.crash)), rq_worker)
+        assert run.status == Status.FAILED
+        assert "Work-horse terminated unexpectedly" in run.error
+        # The worker goes on.
+        assert (
+            finished(recorded(queue.enqueue(rq_jobs.add, 1, 1)), rq_worker).result == 2
+        )
+
+    def test_a_long_job_killed_on_request(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        run = recorded(queue.enqueue(rq_jobs.sleepy, 120))
+        wait_for(
+            lambda: (
+                run.refresh_from_db(),
+                run.status == Status.RUNNING and run.message == "sleeping",
+            )[1],
+            timeout=60,
+            what="the job to run",
+        )
+        assert contrib.request_kill(JobRun.objects.filter(pk=run.pk)) == 1
+        finished(run, rq_worker)
+        assert run.status == Status.KILLED
+        assert run.kill_requested_at is not None
+
+    def test_a_queued_job_killed_on_request_is_canceled(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        blocker = recorded(queue.enqueue(rq_jobs.sleepy, 3))
+        waiting = recorded(queue.enqueue(rq_jobs.add, 1, 2))
+        assert contrib.request_kill(JobRun.objects.filter(pk=waiting.pk)) == 1
+        waiting.refresh_from_db()
+        assert waiting.status == Status.KILLED
+        assert (
+            rq.job.Job.fetch(
+                waiting.backend_job_id, connection=queue.connection
+            ).get_status()
+            == rq.job.JobStatus.CANCELED
+        )
+        assert finished(blocker, rq_worker).status == Status.SUCCEEDED
+
+    def test_retry_enqueues_the_job_again_as_a_new_run(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        first = finished(recorded(queue.enqueue(rq_jobs.add, 20, 22)), rq_worker)
+        second = contrib.retry(first)
+        assert second.pk != first.pk
+        assert second.backend_job_id != first.backend_job_id
+        assert (second.job_name, second.params, second.queue, second.status) == (
+            first.job_name,
+            first.params,
+            first.queue,
+            Status.QUEUED,
+        )
+        assert finished(second, rq_worker).result == 42
+
+    def test_the_job_runs_while_the_database_is_away(
+        self, rq_worker: Popen[bytes], db_proxy: Proxy, queue: rq.Queue
+    ) -> None:
+        key = f"jobstatus-tests:{uuid.uuid4()}"
+        db_proxy.cut()
+        try:
+            run = recorded(
+                queue.enqueue(rq_jobs.marked, key)
+            )  # this process reaches the database directly
+            wait_for(
+                lambda: queue.connection.exists(key),
+                timeout=60,
+                what="the job to run without its database",
+            )
+            run.refresh_from_db()
+            assert (
+                run.status == Status.QUEUED
+            )  # the worker could not record anything yet
+        finally:
+            db_proxy.restore()
+        finished(run, rq_worker)
+        assert run.status == Status.SUCCEEDED
+        assert run.result == key

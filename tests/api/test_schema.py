@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from django.core import signals
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.settings import patched_settings
 from drf_spectacular.validation import validate_schema
@@ -134,7 +136,13 @@ def fuzz_data(db, settings, django_user_model):
     JobRun.objects.enqueue("fuzz.child", parent=parent)
     done = JobRun.objects.start("fuzz.done")
     done.mark_succeeded({"token": "t"})
-    return done
+    # The raw WSGI app closes the connection after each request when it is inside a
+    # transaction (the test's); Django's test Client avoids that the same way.
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield done
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
 
 
 # The schema as /api/schema/ serves it (same generator); built at collection, without the database.

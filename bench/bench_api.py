@@ -1,0 +1,312 @@
+"""Time the REST API on a big history: a list request per single filter, and the stats endpoint.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:54329/jobstatus .venv/bin/python bench/bench_api.py
+    ... --runs 100000            # a quick, small run
+
+Seeds, in a scratch PostgreSQL database of its own (``--database``, created and dropped),
+``--runs`` runs over 30 days with SQL generate_series: 50 job names, every tenth failed
+(and has_errors), a few running, queued, killed, kill-requested; four sources, 100,000
+subjects, params ``{"user_id": 0..4999, ...}``, every hundredth owned by a user, 50
+children of one parent. Then requests each URL with Django's test Client as a superuser,
+``--repeat`` times after a warm-up, prints the median per URL, and EXPLAIN ANALYZE of the
+query each list request ran (the index it used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+
+DAYS = 30
+BASE = "/api/jobstatus/runs/"
+
+RUNS_SQL = """
+INSERT INTO {runs} (id, job_name, status, source, backend_job_id, queue, priority, subject,
+    params, data, message, step, progress_current, error, traceback, has_errors, attempt,
+    attempts, worker, owner_id, created_at, queued_at, started_at, finished_at, heartbeat_at,
+    kill_requested_at, updated_at)
+SELECT
+    (lpad(to_hex((extract(epoch FROM t.at) * 1000)::bigint), 12, '0') || '7'
+        || substr(md5('api' || t.i::text), 1, 19))::uuid,
+    'bench.job_' || (t.i %% 50)::text,
+    t.status, (ARRAY['celery', 'rq', 'schedule', 'command'])[t.i %% 4 + 1], '', '', 0,
+    'shop.Order:' || (t.i %% 100000)::text,
+    jsonb_build_object('user_id', t.i %% 5000, 'mode', CASE WHEN t.i %% 2 = 0 THEN 'full' ELSE 'quick' END),
+    '{{}}'::jsonb, 'processed ' || t.i::text || ' rows', '', 0,
+    CASE WHEN t.status = 'failed' THEN 'RuntimeError: boom' ELSE '' END, '', t.status = 'failed', 1,
+    '[]'::jsonb, 'bench:1', CASE WHEN t.i %% 100 = 0 THEN %(owner)s END,
+    t.at, t.at,
+    CASE WHEN t.status <> 'queued' THEN t.at + interval '1 second' END,
+    CASE WHEN t.status NOT IN ('queued', 'running') THEN t.at + make_interval(secs => 1 + t.i %% 600) END,
+    t.at, CASE WHEN t.i %% 5000 = 0 OR t.status = 'killed' THEN t.at END, t.at
+FROM (
+    SELECT i, now() - make_interval(secs => %(span)s * i / %(count)s::float) AS at,
+        CASE WHEN i %% 1000 = 0 THEN 'running' WHEN i %% 1000 = 1 THEN 'queued'
+             WHEN i %% 10 = 0 THEN 'failed' WHEN i %% 97 = 0 THEN 'killed' ELSE 'succeeded' END AS status
+    FROM generate_series(1, %(count)s) AS i
+) AS t
+"""
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1_000_000,
+        help="runs to seed (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=7,
+        help="timed requests per URL (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--database",
+        default="jobstatus_bench_api",
+        help="scratch PostgreSQL database (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch database at the end (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time a database kept by --keep, without seeding (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="skip the EXPLAIN ANALYZE plans (default: %(default)r)",
+    )
+    return parser.parse_args()
+
+
+def timed(label: str, action: Any) -> Any:
+    began = time.perf_counter()
+    value = action()
+    print(f"  {label}: {time.perf_counter() - began:.1f} s", flush=True)
+    return value
+
+
+def seed(runs: int, owner: Any) -> None:
+    from django.db import connection
+
+    from django_jobstatus.models import JobLog, JobRun
+
+    table = JobRun._meta.db_table
+    print(f"Seeding {runs:,} runs over {DAYS} days", flush=True)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SET session_replication_role = replica"
+        )  # no FK triggers while bulk loading
+        timed(
+            "runs",
+            lambda: cursor.execute(
+                RUNS_SQL.format(runs=table),
+                {"count": runs, "span": DAYS * 86400.0, "owner": owner.pk},
+            ),
+        )
+        cursor.execute("SET session_replication_role = DEFAULT")
+        parent = (
+            JobRun.objects.filter(job_name="bench.job_7")
+            .order_by("-created_at")
+            .first()
+        )
+        children = (
+            JobRun.objects.filter(job_name="bench.job_8")
+            .order_by("-created_at")
+            .values("pk")[:50]
+        )
+        JobRun.objects.filter(pk__in=children).update(parent=parent)
+        timed(
+            "vacuum analyze",
+            lambda: [
+                cursor.execute(f"VACUUM ANALYZE {name}")
+                for name in (table, JobLog._meta.db_table)
+            ],
+        )
+
+
+def urls() -> list[tuple[str, str]]:
+    from django.utils import timezone
+
+    from django_jobstatus.models import JobRun
+
+    parent = (
+        JobRun.objects.filter(children__isnull=False)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    owner = (
+        JobRun.objects.filter(owner__isnull=False)
+        .values_list("owner_id", flat=True)
+        .first()
+    )
+    some = JobRun.objects.filter(job_name="bench.job_3").values_list("pk", flat=True)[
+        500
+    ]
+    day_ago = (timezone.now() - timedelta(hours=24)).isoformat()
+    hour_ago_ms = str(int((timezone.now() - timedelta(hours=1)).timestamp() * 1000))
+    return [
+        ("no filter", BASE),
+        ("status=failed", f"{BASE}?status=failed"),
+        ("status=running", f"{BASE}?status=running"),
+        ("status=active", f"{BASE}?status=active"),
+        ("job_name", f"{BASE}?job_name=bench.job_7"),
+        ("job_name, 3 names", f"{BASE}?job_name=bench.job_7,bench.job_8,bench.job_9"),
+        ("source", f"{BASE}?source=rq"),
+        ("subject", f"{BASE}?subject=shop.Order:4242"),
+        ("owner", f"{BASE}?owner={owner}"),
+        ("parent", f"{BASE}?parent={parent}"),
+        ("has_errors", f"{BASE}?has_errors=true"),
+        ("kill_requested", f"{BASE}?kill_requested=true"),
+        ("created_after (ISO)", f"{BASE}?created_after={day_ago.replace('+', '%2B')}"),
+        ("created_before (ms)", f"{BASE}?created_before={hour_ago_ms}"),
+        ("started_after", f"{BASE}?started_after={day_ago.replace('+', '%2B')}"),
+        ("finished_after", f"{BASE}?finished_after={day_ago.replace('+', '%2B')}"),
+        ("period=1h", f"{BASE}?period=1h"),
+        ("q (text)", f"{BASE}?q=Order:4242"),
+        ("q (run id)", f"{BASE}?q={some}"),
+        ('params={"user_id": 42}', f'{BASE}?params={{"user_id":42}}'),
+        ("ordering=-finished_at", f"{BASE}?ordering=-finished_at"),
+        ("page 2 (cursor)", "NEXT"),
+        ("detail", f"{BASE}{some}/"),
+        ("latest", f"{BASE}latest/?job_name=bench.job_7"),
+        ("stats, 24 h", f"{BASE}stats/?period=24h"),
+        ("stats, 24 h, bucket=hour", f"{BASE}stats/?period=24h&bucket=hour"),
+    ]
+
+
+def measure(client: Any, url: str, repeat: int) -> tuple[float, Any]:
+    """Median milliseconds of ``repeat`` requests after one warm-up, and the warm-up's response."""
+    first = client.get(url)
+    if first.status_code != 200:
+        sys.exit(f"{url} answered {first.status_code}: {first.content[:300]!r}")
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        client.get(url)
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times), first
+
+
+def list_query(client: Any, url: str) -> str | None:
+    """The SQL of the runs query a list request ran (the one with LIMIT)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        client.get(url)
+    for query in captured.captured_queries:
+        sql = query["sql"]
+        if (
+            sql.startswith("SELECT")
+            and "LIMIT" in sql
+            and "django_jobstatus_jobrun" in sql
+        ):
+            return sql
+    return None
+
+
+def explain(sql: str) -> list[str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}")
+        return [line for (line,) in cursor.fetchall()]
+
+
+def run(options: argparse.Namespace) -> None:
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.test import Client
+
+    from django_jobstatus.models import JobRun
+
+    if not options.reuse:
+        call_command("migrate", verbosity=0)
+    user = User.objects.filter(
+        username="bench"
+    ).first() or User.objects.create_superuser("bench", "bench@example.com", "bench")
+    if not options.reuse:
+        seed(options.runs, user)
+    client = Client()
+    client.force_login(user)
+    print(
+        f"\n{JobRun.objects.count():,} runs; median of {options.repeat} requests (ms)\n",
+        flush=True,
+    )
+    header = f"{'request':28}{'median ms':>10}{'rows':>6}"
+    print(header)
+    print("-" * len(header))
+    plans: list[tuple[str, list[str]]] = []
+    next_url = None
+    for label, url in urls():
+        if url == "NEXT":
+            url = next_url
+        median, response = measure(client, url, options.repeat)
+        body = response.json()
+        rows = (
+            len(body["results"])
+            if "results" in body
+            else len(body.get("jobs", []))
+            if "jobs" in body
+            else 1
+        )
+        if label == "no filter":
+            next_url = body["next"].replace("http://testserver", "")
+        print(f"{label:28}{median:>10.1f}{rows:>6}", flush=True)
+        if not options.no_explain and "results" in body:
+            sql = list_query(client, url)
+            if sql:
+                plans.append((label, explain(sql)))
+    if plans:
+        print("\nEXPLAIN ANALYZE of each list request's runs query:")
+        for label, lines in plans:
+            print(f"\n{label}:")
+            for line in lines:
+                print("  " + line)
+
+
+def main() -> None:
+    options = parse()
+    import django
+    from django.conf import settings
+
+    settings.DATABASES["default"]["NAME"] = options.database
+    django.setup()
+    from django.db import connection
+
+    from bench.bench_purge import admin_sql
+
+    if connection.vendor != "postgresql":
+        sys.exit("The benchmark needs PostgreSQL: set DATABASE_URL.")
+    if not options.reuse:
+        admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
+        admin_sql(f'CREATE DATABASE "{options.database}"')
+    try:
+        run(options)
+    finally:
+        connection.close()
+        if not options.keep:
+            admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
+
+
+if __name__ == "__main__":
+    main()

@@ -126,7 +126,7 @@ def retry(modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]) -> 
     description=gettext_lazy("Delete selected finished runs"), permissions=["delete"]
 )
 def delete_selected(
-    modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]
+    modeladmin: Any, request: HttpRequest, queryset: Any
 ) -> HttpResponse | None:
     """Django's delete_selected (with its confirmation page), for finished runs only.
 

@@ -107,6 +107,7 @@ def status_counts(since: datetime) -> dict[str, int]:
 
 def chart(since: datetime, now: datetime, window: str) -> dict[str, Any]:
     """Finished runs per bucket (an hour; five minutes for the 1 h window), succeeded vs failed vs other."""
+    trunc: TruncMinute | TruncHour
     if window == "1h":
         size, trunc = timedelta(minutes=5), TruncMinute("finished_at")
     else:
@@ -144,7 +145,7 @@ def chart(since: datetime, now: datetime, window: str) -> dict[str, Any]:
     every = max(count // 8, 1)
     for i, (moment, values) in enumerate(buckets.items()):
         x = round(i * slot + (slot - bar) / 2, 2)
-        y = CHART_HEIGHT
+        y: float = CHART_HEIGHT
         parts = []
         for kind in (Status.SUCCEEDED, Status.FAILED, "other"):
             height = round(values.get(kind, 0) / peak * CHART_HEIGHT, 2)

@@ -14,7 +14,6 @@ from django.utils.translation import gettext_lazy as _
 from django_jobstatus.models import Status
 
 if TYPE_CHECKING:
-    from django.db.models import QuerySet
     from django.http import HttpRequest
 
 # How many job names the job-name filter offers.
@@ -47,7 +46,7 @@ class StatusFilter(admin.SimpleListFilter):
             ("finished", _("Finished")),
         ]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         value = self.value()
         if value in {*Status.values, "active", "finished"}:
             return getattr(queryset, str(value))()
@@ -93,7 +92,7 @@ class JobNameFilter(admin.SimpleListFilter):
             names.append(value)
         return [(name, name) for name in names]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         value = self.value()
         return queryset.for_job(value) if value else queryset
 
@@ -112,7 +111,7 @@ class SourceFilter(admin.SimpleListFilter):
         sources = sorted({*KNOWN_SOURCES, *seen, *([value] if value else [])} - {""})
         return [(source, source) for source in sources]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         value = self.value()
         return queryset.filter(source=value) if value else queryset
 
@@ -124,7 +123,7 @@ class HasErrorsFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [("yes", _("Yes")), ("no", _("No"))]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         if self.value() == "yes":
             return queryset.with_errors()
         if self.value() == "no":
@@ -139,7 +138,7 @@ class KillRequestedFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [("yes", _("Yes")), ("no", _("No"))]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         if self.value() == "yes":
             return queryset.kill_requested()
         if self.value() == "no":
@@ -169,7 +168,7 @@ class CreatedWithinFilter(admin.SimpleListFilter):
             ("30d", _("Last 30 days")),
         ]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         delta = WITHIN.get(str(self.value()))
         return (
             queryset.filter(created_at__gte=timezone.now() - delta)
@@ -196,6 +195,6 @@ class LevelFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [(str(number), name) for number, name in LEVELS]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         value = self.value()
         return queryset.at_least(int(value)) if value and value.isdigit() else queryset

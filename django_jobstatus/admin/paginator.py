@@ -12,7 +12,7 @@ from django.db import connections
 COUNT_CAP = 10_000
 
 
-class CappedCountPaginator(Paginator):
+class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
     """``count`` is exact up to COUNT_CAP rows, and capped (or estimated, unfiltered on PostgreSQL) above."""
 
     cap = COUNT_CAP
@@ -28,7 +28,7 @@ class CappedCountPaginator(Paginator):
             estimate = self._estimate(connection, queryset.model._meta.db_table)
             if estimate > self.cap:
                 return estimate
-        return queryset.order_by()[: self.cap].count()
+        return int(queryset.order_by()[: self.cap].count())
 
     @staticmethod
     def _estimate(connection: Any, table: str) -> int:

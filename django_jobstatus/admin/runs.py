@@ -152,15 +152,12 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         self, request: HttpRequest, obj: JobRun | None = None
     ) -> list[str]:
         fields = [field.name for field in self.opts.fields]
-        return [
-            *fields,
-            *(
-                name
-                for _title, options in self.fieldsets
-                for name in options["fields"]
-                if name not in fields
-            ),
+        shown = [
+            str(name)
+            for _title, options in self.fieldsets
+            for name in options["fields"]
         ]
+        return [*fields, *(name for name in shown if name not in fields)]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -181,7 +178,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_deleted_objects(
         self, objs: Any, request: HttpRequest
-    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+    ) -> tuple[list[Any], dict[str, Any], set[str], list[Any]]:
         """The confirmation page's summary without listing every log line (a run may have 100,000)."""
         runs = list(objs)
         shown: list[Any] = [
@@ -409,7 +406,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         )
         if not self.has_change_permission(request, run):
             raise PermissionDenied
-        return run
+        return run  # type: ignore[no-any-return]
 
     @staticmethod
     def to_field_pk(object_id: str) -> uuid.UUID:

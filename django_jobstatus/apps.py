@@ -12,8 +12,10 @@ class JobStatusConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django_jobstatus import checks  # noqa: F401 (registers the system checks)
+        from django_jobstatus import batches, checks  # noqa: F401 (checks registers the system checks)
         from django_jobstatus.conf import settings
+
+        batches.connect()  # a batch's parent follows its children
 
         for path in settings.INTEGRATIONS:
             # Each enabled integration's module has connect(); a missing extra fails here, loudly.

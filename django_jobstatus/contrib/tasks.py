@@ -23,7 +23,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from django_jobstatus import compat, contrib
+from django_jobstatus import batches, compat, contrib
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import JobKilled
 from django_jobstatus.tracking import JobHandle, tracking_database
@@ -68,6 +68,7 @@ def _fields(task_result: Any) -> dict[str, Any]:
         "queue": task.queue_name or "",
         "priority": task.priority,
         "params": contrib.params_of(task_result.args, task_result.kwargs),
+        "parent": batches.current_parent(),
     }
 
 

@@ -439,3 +439,23 @@ def test_worker_settings_enable_the_integration() -> None:
         check=False,
     )
     assert output.stdout.strip() == "True", output.stderr
+
+
+@pytest.mark.postgres
+def test_db_worker_batch_parent_follows_its_children(worker: Worker) -> None:
+    from django_jobstatus.batches import batch
+
+    with batch("sums") as parent:
+        results = [tasks.add.enqueue(i, i) for i in range(3)]
+        failing = tasks.fail.enqueue("one child fails")
+    for result in [*results, failing]:
+        wait_for(result, worker)
+    parent = parent.wait(timeout=60)  # the worker refreshed it as each child finished
+    assert parent.status == Status.FAILED
+    assert (parent.progress_current, parent.progress_total) == (4, 4)
+    assert parent.error == "1 of 4 child runs failed."
+    assert sorted(parent.children.succeeded().values_list("result", flat=True)) == [
+        0,
+        2,
+        4,
+    ]

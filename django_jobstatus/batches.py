@@ -1,0 +1,258 @@
+"""Batches: several runs under one parent, whose status and progress follow its children.
+
+``start_batch(name, children)`` records a parent run and one queued child per item;
+the children are then run like any run (``track(child.job_name, run=child)``, or by an
+integration that was given the child). ``batch_status(parent)`` reads the aggregate
+from one query, and ``refresh_batch(parent)`` moves the parent there with conditional
+transitions, so two processes refreshing at once cannot both win. Once ``connect()``
+is called (``JobStatusConfig.ready()`` does) the parent is refreshed whenever a child's
+status changes. Inside ``with batch(name) as parent:`` the runs that integrations
+record (a task enqueued there) become children of ``parent``.
+
+The aggregate: ``queued`` while every child is queued; ``failed`` as soon as one child
+failed or was lost; ``succeeded`` when all succeeded; ``killed`` when all finished and
+some were killed (none failed); ``running`` otherwise. Progress is the number of
+finished children out of all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from django_jobstatus.conf import settings
+from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.models import JobRun, Status, check_job_name, check_json
+from django_jobstatus.signals import job_status_changed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """What a parent's children add up to."""
+
+    status: str
+    done: int
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float | None:
+        """Finished children out of all of them, 0.0 to 1.0 (None without children)."""
+        return self.done / self.total if self.total else None
+
+
+def aggregate(counts: Mapping[str, int]) -> str:
+    """The parent's status for these numbers of children per status."""
+    total = sum(counts.values())
+    finished = sum(counts.get(status, 0) for status in Status.TERMINAL)
+    if counts.get(Status.FAILED, 0) or counts.get(Status.LOST, 0):
+        return Status.FAILED
+    if counts.get(Status.SUCCEEDED, 0) == total:
+        return Status.SUCCEEDED
+    if counts.get(Status.QUEUED, 0) == total:
+        return Status.QUEUED
+    if finished == total:
+        return Status.KILLED
+    return Status.RUNNING
+
+
+def _child(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    if isinstance(spec, str):
+        return check_job_name(spec), {}
+    fields = dict(spec)
+    name = check_job_name(fields.pop("job_name", None))
+    for name_of_json in ("params", "data"):
+        if name_of_json in fields:
+            check_json(name_of_json, fields[name_of_json])
+    return name, fields
+
+
+def start_batch(
+    name: str,
+    children: Iterable[str | Mapping[str, Any]],
+    *,
+    using: str | None = None,
+    **fields: Any,
+) -> JobRun:
+    """Record a queued parent run ``name`` with one queued child per item of ``children``.
+
+    An item is a job name, or a mapping of JobRun fields with ``job_name`` (``params``,
+    ``subject``, ``queue``…). ``fields`` are the parent's (``params``, ``owner``,
+    ``source``…); children take the parent's ``source`` and ``owner`` unless they name
+    their own. Returns the parent; its children are ``parent.children``.
+    """
+    specs = [_child(spec) for spec in children]
+    if not specs:
+        raise ValueError("A batch needs at least one child.")
+    db = using or settings.DATABASE
+    with transaction.atomic(using=db):
+        parent = JobRun.objects.db_manager(db).enqueue(
+            name, progress_total=len(specs), **fields
+        )
+        now = timezone.now()
+        inherited = {key: fields[key] for key in ("source", "owner") if key in fields}
+        rows = [
+            JobRun(
+                job_name=child_name,
+                status=Status.QUEUED,
+                parent=parent,
+                created_at=now,
+                updated_at=now,
+                queued_at=now,
+                **(inherited | child_fields),
+            )
+            for child_name, child_fields in specs
+        ]
+        JobRun.objects.using(db).bulk_create(rows)
+    return parent
+
+
+def batch_status(parent: JobRun) -> BatchStatus:
+    """The aggregate status and progress of ``parent``'s children (one query)."""
+    rows = (
+        JobRun.objects.using(parent._state.db or settings.DATABASE)
+        .filter(parent_id=parent.pk)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("pk"))
+    )
+    counts: dict[str, int] = dict(rows)
+    total = sum(counts.values())
+    done = sum(counts.get(status, 0) for status in Status.TERMINAL)
+    return BatchStatus(
+        status=aggregate(counts) if total else parent.status,
+        done=done,
+        total=total,
+        counts=counts,
+    )
+
+
+def _move(parent: JobRun, target: str, state: BatchStatus) -> None:
+    """Move ``parent`` towards ``target`` with the state machine's conditional transitions."""
+    if (
+        parent.status == target
+        or parent.status in Status.TERMINAL
+        or target == Status.QUEUED
+    ):
+        return
+    if (
+        target in (Status.RUNNING, Status.SUCCEEDED, Status.FAILED)
+        and parent.status != Status.RUNNING
+    ):
+        parent.mark_running(worker="")
+    if target == Status.SUCCEEDED:
+        parent.mark_succeeded(result={"children": state.counts})
+    elif target == Status.FAILED:
+        failed = state.counts.get(Status.FAILED, 0) + state.counts.get(Status.LOST, 0)
+        message = _("%(failed)d of %(total)d child runs failed.") % {
+            "failed": failed,
+            "total": state.total,
+        }
+        parent.mark_failed(error=message, result={"children": state.counts})
+    elif target == Status.KILLED:
+        parent.mark_killed()
+
+
+def refresh_batch(parent: JobRun) -> BatchStatus:
+    """Bring ``parent``'s status and progress in line with its children; return the aggregate.
+
+    Progress only moves forward and every transition is conditional, so a refresh
+    working from an older view of the children never undoes a newer one.
+    """
+    state = batch_status(parent)
+    db = parent._state.db or settings.DATABASE
+    now = timezone.now()
+    JobRun.objects.using(db).filter(
+        pk=parent.pk, progress_current__lte=state.done
+    ).update(progress_current=state.done, progress_total=state.total, updated_at=now)
+    parent.refresh_from_db(using=db)
+    try:
+        _move(parent, state.status, state)
+    except InvalidTransition:
+        parent.refresh_from_db(using=db)  # another process moved it first
+    return state
+
+
+def request_kill_batch(parent: JobRun) -> int:
+    """Ask the parent and its active children to stop (through their integrations); the number asked."""
+    from django_jobstatus import contrib
+
+    db = parent._state.db or settings.DATABASE
+    runs = JobRun.objects.using(db).filter(pk=parent.pk) | JobRun.objects.using(
+        db
+    ).filter(parent_id=parent.pk)
+    return contrib.request_kill(runs)
+
+
+# Children recorded by the integrations.
+
+_parent: ContextVar[JobRun | None] = ContextVar("django_jobstatus_batch", default=None)
+
+
+@contextlib.contextmanager
+def batch(name: str, *, using: str | None = None, **fields: Any) -> Iterator[JobRun]:
+    """Record a queued parent run ``name``; runs the integrations record in the block are its children.
+
+    For example, ``with batch("import.all"): for f in files: import_file.enqueue(f.pk)``.
+    Leaving the block refreshes the parent (children may all have run already).
+    """
+    parent = JobRun.objects.db_manager(using or settings.DATABASE).enqueue(
+        name, **fields
+    )
+    token = _parent.set(parent)
+    try:
+        yield parent
+    finally:
+        _parent.reset(token)
+    refresh_batch(parent)
+
+
+def current_parent() -> JobRun | None:
+    """The parent that runs recorded now belong to (inside ``batch()``), or None."""
+    return _parent.get()
+
+
+# Following the children automatically.
+
+
+def _child_changed(sender: Any, *, run: JobRun, **kwargs: Any) -> None:
+    if run.parent_id is None:
+        return
+    try:
+        parent = JobRun.objects.using(run._state.db or settings.DATABASE).get(
+            pk=run.parent_id
+        )
+        refresh_batch(parent)
+    except Exception:
+        logger.exception(
+            "Could not refresh batch %s after its child %s changed.",
+            run.parent_id,
+            run.pk,
+        )
+
+
+def connect() -> None:
+    """Refresh a parent whenever one of its children changes status (idempotent)."""
+    job_status_changed.connect(
+        _child_changed,
+        sender=JobRun,
+        weak=False,
+        dispatch_uid=f"{__name__}.child_changed",
+    )
+
+
+def disconnect() -> None:
+    job_status_changed.disconnect(
+        _child_changed, sender=JobRun, dispatch_uid=f"{__name__}.child_changed"
+    )

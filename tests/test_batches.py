@@ -1,0 +1,208 @@
+"""django_jobstatus.batches: runs under one parent, whose status and progress follow its children."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from django_jobstatus import track
+from django_jobstatus.batches import (
+    aggregate,
+    batch,
+    batch_status,
+    refresh_batch,
+    request_kill_batch,
+    start_batch,
+)
+from django_jobstatus.models import JobRun, Status
+
+Q, R, S, F, K, L, T = (
+    Status.QUEUED,
+    Status.RUNNING,
+    Status.SUCCEEDED,
+    Status.FAILED,
+    Status.KILLED,
+    Status.LOST,
+    Status.RETRYING,
+)
+
+
+@pytest.mark.parametrize(
+    ("children", "expected"),
+    [
+        ([Q, Q, Q], Q),
+        ([R, Q, Q], R),
+        ([S, Q], R),
+        ([T, S], R),
+        ([S, S, S], S),
+        ([S, F, R], F),
+        ([Q, F], F),
+        ([S, L], F),
+        ([S, K], K),
+        ([K, R], R),
+    ],
+)
+def test_aggregate(children: list[str], expected: str) -> None:
+    counts: dict[str, int] = {}
+    for status in children:
+        counts[status] = counts.get(status, 0) + 1
+    assert aggregate(counts) == expected
+
+
+def test_start_batch_records_a_parent_and_queued_children(
+    db: None, django_user_model: Any
+) -> None:
+    owner = django_user_model.objects.create(username="ada")
+    parent = start_batch(
+        "import.all",
+        [
+            "import.one",
+            {
+                "job_name": "import.two",
+                "params": {"file": "b.csv"},
+                "subject": "files.File:2",
+            },
+        ],
+        owner=owner,
+        source="api",
+    )
+    assert (
+        parent.job_name,
+        parent.status,
+        parent.progress_total,
+        parent.source,
+        parent.owner,
+    ) == ("import.all", Q, 2, "api", owner)
+    children = list(parent.children.order_by("job_name"))
+    assert [(c.job_name, c.status, c.source, c.owner_id) for c in children] == [
+        ("import.one", Q, "api", owner.pk),
+        ("import.two", Q, "api", owner.pk),
+    ]
+    assert (children[1].params, children[1].subject) == (
+        {"file": "b.csv"},
+        "files.File:2",
+    )
+    assert all(child.queued_at is not None for child in children)
+    state = batch_status(parent)
+    assert (state.status, state.done, state.total, state.progress) == (Q, 0, 2, 0.0)
+
+
+@pytest.mark.parametrize(
+    "children",
+    [[], [""], [{"params": {}}], [{"job_name": "x", "params": {"bad": object()}}]],
+)
+def test_start_batch_refuses_bad_children(db: None, children: list[Any]) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        start_batch("batch", children)
+    assert not JobRun.objects.exists()
+
+
+def test_parent_follows_its_children(
+    db: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    parent = start_batch("batch", ["a", "b", "c"])
+    a, b, c = parent.children.order_by("job_name")
+    with django_capture_on_commit_callbacks(execute=True), track("a", run=a):
+        pass
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_current, parent.progress_total) == (R, 1, 3)
+    assert parent.started_at is not None
+    with django_capture_on_commit_callbacks(execute=True):
+        with track("b", run=b):
+            pass
+        with track("c", run=c):
+            pass
+    parent.refresh_from_db()
+    assert (
+        parent.status,
+        parent.progress_current,
+        parent.progress,
+        parent.finished_at is not None,
+    ) == (S, 3, 1.0, True)
+    assert parent.result == {"children": {"succeeded": 3}}
+
+
+def test_one_failed_child_fails_the_parent(
+    db: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    parent = start_batch("batch", ["a", "b"])
+    a, _b = parent.children.order_by("job_name")
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(ZeroDivisionError),
+        track("a", run=a),
+    ):
+        1 / 0  # noqa: B018
+    parent.refresh_from_db()
+    assert parent.status == F
+    assert parent.error == "1 of 2 child runs failed."
+    assert (parent.progress_current, parent.progress_total) == (1, 2)
+
+
+def test_killing_a_batch_asks_every_active_run(db: None) -> None:
+    parent = start_batch("batch", ["a", "b", "c"])
+    a, b, c = parent.children.order_by("job_name")
+    a.mark_running()
+    a.mark_succeeded()
+    assert request_kill_batch(parent) == 3  # the parent, b and c
+    assert set(JobRun.objects.kill_requested().values_list("job_name", flat=True)) == {
+        "batch",
+        "b",
+        "c",
+    }
+    with track("c", run=JobRun.objects.get(pk=c.pk)) as job:
+        job.check_kill()
+        pytest.fail("check_kill() did not raise")
+    b.mark_running()
+    b.mark_killed()
+    state = refresh_batch(parent)
+    parent.refresh_from_db()
+    assert (state.status, parent.status, state.done, state.counts) == (
+        K,
+        K,
+        3,
+        {S: 1, K: 2},
+    )
+
+
+def test_refresh_is_idempotent_and_never_undoes_a_finish(db: None) -> None:
+    parent = start_batch("batch", ["a"])
+    (a,) = parent.children.all()
+    a.mark_running()
+    a.mark_succeeded()
+    assert refresh_batch(parent).status == S
+    assert refresh_batch(parent).status == S
+    parent.refresh_from_db()
+    assert parent.status == S
+    JobRun.objects.filter(pk=parent.pk).update(progress_current=1)
+    stale = JobRun.objects.get(pk=parent.pk)
+    a.delete()  # a later view sees fewer finished children: progress does not go back
+    refresh_batch(stale)
+    stale.refresh_from_db()
+    assert (stale.status, stale.progress_current) == (S, 1)
+
+
+def test_runs_recorded_inside_batch_are_its_children(
+    db: None, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django_jobstatus.contrib import tasks as integration
+    from tests.contrib.tasks_app import tasks
+
+    settings.TASKS = {
+        "default": {
+            "BACKEND": f"{tasks.framework.__name__}.backends.immediate.ImmediateBackend"
+        }
+    }
+    integration.connect()
+    try:
+        with django_capture_on_commit_callbacks(execute=True), batch("sums") as parent:
+            tasks.add.enqueue(1, 2)
+            tasks.add.enqueue(3, 4)
+        outside = tasks.add.enqueue(5, 6)
+    finally:
+        integration.disconnect()
+    parent.refresh_from_db()
+    assert sorted(parent.children.values_list("result", flat=True)) == [3, 7]
+    assert (parent.status, parent.progress_current, parent.progress_total) == (S, 2, 2)
+    assert JobRun.objects.get(backend_job_id=outside.id).parent is None

@@ -28,7 +28,13 @@ from tests.contrib.celery_app import (
     sleepy,
 )
 from tests.contrib.dbproxy import Proxy
-from tests.contrib.workers import db_proxy, wait_for, worker_env, worker_process
+from tests.contrib.workers import (
+    db_proxy,
+    kill_from_admin,
+    wait_for,
+    worker_env,
+    worker_process,
+)
 
 __all__ = ["db_proxy"]  # a fixture
 
@@ -192,7 +198,9 @@ class TestWorker:
         ]
         assert JobRun.objects.filter(backend_job_id=run.backend_job_id).count() == 1
 
-    def test_a_long_task_killed_on_request(self, celery_worker: Popen[bytes]) -> None:
+    def test_a_long_task_killed_from_the_admin(
+        self, celery_worker: Popen[bytes], admin_client: Any
+    ) -> None:
         run = recorded(sleepy.delay(120).id)
         wait_for(
             lambda: (
@@ -202,7 +210,7 @@ class TestWorker:
             timeout=60,
             what="the task to run",
         )
-        assert contrib.request_kill(JobRun.objects.filter(pk=run.pk)) == 1
+        kill_from_admin(admin_client, run)
         finished(run, celery_worker)
         assert run.status == Status.KILLED
         assert run.kill_requested_at is not None

@@ -20,7 +20,13 @@ from django_jobstatus.contrib import rq as jobstatus_rq
 from django_jobstatus.models import JobRun, Status
 from tests.contrib import rq_jobs
 from tests.contrib.dbproxy import Proxy
-from tests.contrib.workers import db_proxy, wait_for, worker_env, worker_process
+from tests.contrib.workers import (
+    db_proxy,
+    kill_from_admin,
+    wait_for,
+    worker_env,
+    worker_process,
+)
 
 __all__ = ["db_proxy"]  # a fixture
 
@@ -212,8 +218,8 @@ class TestWorker:
             finished(recorded(queue.enqueue(rq_jobs.add, 1, 1)), rq_worker).result == 2
         )
 
-    def test_a_long_job_killed_on_request(
-        self, rq_worker: Popen[bytes], queue: rq.Queue
+    def test_a_long_job_killed_from_the_admin(
+        self, rq_worker: Popen[bytes], queue: rq.Queue, admin_client: Any
     ) -> None:
         run = recorded(queue.enqueue(rq_jobs.sleepy, 120))
         wait_for(
@@ -224,7 +230,7 @@ class TestWorker:
             timeout=60,
             what="the job to run",
         )
-        assert contrib.request_kill(JobRun.objects.filter(pk=run.pk)) == 1
+        kill_from_admin(admin_client, run)
         finished(run, rq_worker)
         assert run.status == Status.KILLED
         assert run.kill_requested_at is not None

@@ -112,3 +112,16 @@ def _stop(process: subprocess.Popen[Any]) -> None:
     # Pool processes left behind in the group.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def kill_from_admin(client: Any, run: Any) -> None:
+    """Select ``run`` in the admin changelist and apply the "Request kill" action."""
+    from django.urls import reverse
+
+    url = reverse("admin:django_jobstatus_jobrun_changelist")
+    response = client.post(
+        url, {"action": "request_kill", "_selected_action": [str(run.pk)]}
+    )
+    assert response.status_code == 302, response.content[:2000]
+    run.refresh_from_db()
+    assert run.kill_requested_at is not None

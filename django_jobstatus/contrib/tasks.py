@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from django_jobstatus import batches, compat, contrib
 from django_jobstatus.conf import settings
+from django_jobstatus.contrib._execution import Execution, find_run
 from django_jobstatus.exceptions import JobKilled
-from django_jobstatus.tracking import JobHandle, tracking_database
+from django_jobstatus.tracking import JobHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -47,10 +48,11 @@ KILLED_PATH = f"{JobKilled.__module__}.{JobKilled.__qualname__}"
 
 logger = logging.getLogger(__name__)
 
-# The task executing in this context: its result id, its handle, the current_job() token,
-# and the entry it replaced (an ImmediateBackend task enqueued by a running task nests).
-_Entry = tuple[str, JobHandle, Token[JobHandle | None], Any]
-_running: ContextVar[_Entry | None] = ContextVar("django_jobstatus_task", default=None)
+# The task executing in this context, and the entry it replaced (an ImmediateBackend
+# task enqueued by a running task nests).
+_running: ContextVar[tuple[str, Execution, Any] | None] = ContextVar(
+    "django_jobstatus_task", default=None
+)
 
 
 class TaskFailed(Exception):  # noqa: N818 (names what happened, like JobKilled)
@@ -61,24 +63,14 @@ class TaskFailed(Exception):  # noqa: N818 (names what happened, like JobKilled)
 
 
 def _fields(task_result: Any) -> dict[str, Any]:
+    """What is known of a task result when it is enqueued."""
     task = task_result.task
     return {
-        "source": SOURCE,
-        "backend_job_id": str(task_result.id),
         "queue": task.queue_name or "",
         "priority": task.priority,
         "params": contrib.params_of(task_result.args, task_result.kwargs),
         "parent": batches.current_parent(),
     }
-
-
-def _find(task_result: Any, using: str) -> JobRun | None:
-    from django_jobstatus.models import JobRun
-
-    runs = JobRun.objects.using(using).filter(
-        source=SOURCE, backend_job_id=str(task_result.id)
-    )
-    return runs.order_by("-created_at", "-id").first()
 
 
 def _is_inline(sender: Any) -> bool:
@@ -109,10 +101,12 @@ def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
         alias = settings.DATABASE
         # A savepoint keeps a failed write from breaking the caller's transaction.
         with transaction.atomic(using=alias):
-            if _find(task_result, alias) is None:
+            if find_run(SOURCE, str(task_result.id), alias) is None:
                 queued_at = task_result.enqueued_at or timezone.now()
                 JobRun.objects.db_manager(alias).enqueue(
                     task_result.task.module_path,
+                    source=SOURCE,
+                    backend_job_id=str(task_result.id),
                     queued_at=queued_at,
                     **_fields(task_result),
                 )
@@ -123,68 +117,38 @@ def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
         )
 
 
-def _start(task_result: Any) -> JobRun | None:
-    """Upsert the run as running (its enqueueing may never have been seen)."""
-    from django_jobstatus.models import JobRun, Status, default_worker
+def _begin(task_result: Any) -> Execution:
+    """Record the start (an upsert: the enqueueing may not have been seen); activate current_job()."""
+    from django_jobstatus.models import default_worker
 
-    alias = tracking_database()
-    run = _find(task_result, alias)
-    if run is None:
-        started_at = task_result.started_at or timezone.now()
-        fields = _fields(task_result) | {
-            "started_at": started_at,
-            "queued_at": task_result.enqueued_at or started_at,
-            "attempt": max(task_result.attempts, 1),
-        }
-        return JobRun.objects.db_manager(alias).start(
-            task_result.task.module_path, **fields
-        )
-    if run.status not in Status.ACTIVE:
-        logger.warning(
-            "Task %s started, but its run %s is already %s; this attempt is not recorded.",
-            task_result.id,
-            run.pk,
-            run.status,
-        )
-        return None
-    run.mark_running(
-        worker=default_worker(), using=alias
-    )  # running → running: a new attempt
-    return run
+    fields = _fields(task_result)
+    if task_result.enqueued_at is not None:
+        fields["queued_at"] = task_result.enqueued_at
+    execution = Execution(
+        SOURCE,
+        str(task_result.id),
+        task_result.task.module_path,
+        worker=default_worker(),
+        attempt=max(task_result.attempts, 1),
+        **fields,
+    )
+    execution.start()  # with the database away: an unsaved run, recorded at the end
+    return execution
 
 
 def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
     """Mark the run running and make it ``current_job()`` for the task's code."""
     try:
-        run = _start(task_result)
-    except (OperationalError, InterfaceError):
-        logger.warning(
-            "Could not record the start of task %s (database unreachable); its end will be recorded.",
-            task_result.id,
-            exc_info=True,
-        )
-        return
+        execution = _begin(task_result)
     except Exception:
         logger.exception("Could not record the start of task %s.", task_result.id)
         return
-    if run is None:
-        return
-    handle = JobHandle(run)
-    _running.set((str(task_result.id), handle, handle.activate(), _running.get()))
-    if run.kill_requested and not _is_inline(sender):
-        # Asked to stop while it waited: the worker records this as the task's failure, which ends the run killed.
+    _running.set((str(task_result.id), execution, _running.get()))
+    run = execution.handle.run if execution.handle is not None else None
+    if run is not None and run.kill_requested and not _is_inline(sender):
+        # Asked to stop while it waited: the worker records this as the task's
+        # failure, which ends the run killed, and the task's code never runs.
         raise JobKilled(f"Run {run.pk} was asked to stop before it started.")
-
-
-def _run_to_finish(task_result: Any) -> JobRun | None:
-    """The run to end when the start was not seen here: found or created, and running."""
-    from django_jobstatus.models import Status
-
-    alias = tracking_database()
-    run = _find(task_result, alias)
-    if run is None or run.status in (Status.QUEUED, Status.RETRYING):
-        return _start(task_result)
-    return run
 
 
 def _outcome(
@@ -208,23 +172,18 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
     """End the run succeeded, failed (with error and traceback) or killed (JobKilled)."""
     try:
         entry = _running.get()
-        handle = None
         if entry is not None and entry[0] == str(task_result.id):
-            _running.set(entry[3])
-            handle = entry[1]
-            with contextlib.suppress(
-                ValueError
-            ):  # finished in another context than it started
-                handle.deactivate(entry[2])
-        if handle is None:
-            run = contrib.durably(
-                lambda: _run_to_finish(task_result), f"the end of task {task_result.id}"
-            )
-            if run is None:
-                return
-            handle = JobHandle(run)
-        exc, values = _outcome(task_result, handle)
-        handle.finish(exc, **values)  # retries while the database is away, then logs
+            _running.set(entry[2])
+            execution = entry[1]
+        else:  # the start was seen elsewhere, or not at all
+            execution = _begin(task_result)
+        try:
+            if execution.handle is not None:
+                exc, values = _outcome(task_result, execution.handle)
+                # Durable: retried while the database is away, then logged.
+                execution.end(exc, **values)
+        finally:
+            execution.close()
     except Exception:
         logger.exception("Could not record the end of task %s.", task_result.id)
 
@@ -252,13 +211,14 @@ class TasksBackend:
             )
         params = run.params or {}
         result = task.enqueue(*params.get("args", []), **params.get("kwargs", {}))
-        new = (
-            JobRun.objects.filter(source=SOURCE, backend_job_id=str(result.id))
-            .order_by("-created_at", "-id")
-            .first()
-        )
+        new = find_run(SOURCE, str(result.id), settings.DATABASE)
         if new is None:  # the integration's receivers are off in this process
-            new = JobRun.objects.enqueue(run.job_name, **_fields(result))
+            new = JobRun.objects.enqueue(
+                run.job_name,
+                source=SOURCE,
+                backend_job_id=str(result.id),
+                **_fields(result),
+            )
         return new
 
 

@@ -180,8 +180,7 @@ def test_a_failing_receiver_never_breaks_the_task(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("bug in the receiver")
 
-    monkeypatch.setattr(integration, "_start", broken)
-    monkeypatch.setattr(integration, "_run_to_finish", broken)
+    monkeypatch.setattr(integration, "_begin", broken)
     with caplog.at_level(logging.ERROR, logger="django_jobstatus"):
         result = tasks.add.enqueue(1, 1)
     assert result.status == SUCCESSFUL
@@ -220,10 +219,11 @@ def test_end_is_recorded_when_the_database_comes_back(
             tasks.end_outage.enqueue()
         )  # the start cannot be recorded; the task ends the outage
     assert result.status == SUCCESSFUL
-    assert "Could not record the start of task" in caplog.text
+    assert f"Could not record the start of django_tasks job {result.id}" in caplog.text
     run = run_of(result)
     assert run.status == Status.SUCCEEDED
     assert run.result == "done"
+    assert list(run.logs.values_list("message", flat=True)) == ["ran during the outage"]
     assert run.started_at is not None
     assert run.finished_at is not None
 
@@ -239,7 +239,10 @@ def test_end_is_logged_when_the_database_never_comes_back(
         result = tasks.add.enqueue(20, 22)
     assert result.status == SUCCESSFUL
     assert result.return_value == 42
-    assert f"Could not record the end of task {result.id}" in caplog.text
+    assert (
+        f"Could not record the start of django_tasks job {result.id} after"
+        in caplog.text
+    )
     assert not JobRun.objects.exists()
 
 

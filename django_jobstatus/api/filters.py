@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import uuid
 from datetime import UTC, datetime, time, timedelta
@@ -82,24 +83,36 @@ def parse_period(text: str, now: datetime) -> tuple[datetime, datetime | None]:
 # Form fields: each turns bad input into a ValidationError, which the API answers as a 400.
 
 
-class PeriodField(forms.CharField):
-    def to_python(self, value: Any) -> tuple[datetime, datetime | None] | None:
-        text = super().to_python(value)
+class _TextField(forms.Field):
+    """A query-string value, stripped; empty means "no filter", anything else goes to ``parse()``."""
+
+    def to_python(self, value: Any) -> Any:
+        text = "" if value in self.empty_values else str(value).strip()
         if not text:
             return None
+        if "\x00" in text:
+            raise ValidationError(
+                _("Null characters are not allowed."),
+                code="null_characters_not_allowed",
+            )
+        return self.parse(text)
+
+    def parse(self, text: str) -> Any:
+        return text
+
+
+class PeriodField(_TextField):
+    def parse(self, text: str) -> tuple[datetime, datetime | None]:
         try:
             return parse_period(text, timezone.now())
         except ValueError as exc:
             raise ValidationError(str(exc), code="invalid") from exc
 
 
-class MomentField(forms.CharField):
+class MomentField(_TextField):
     """A date-time as ISO 8601 (a bare date means its midnight) or as epoch milliseconds."""
 
-    def to_python(self, value: Any) -> datetime | None:
-        text = super().to_python(value)
-        if not text:
-            return None
+    def parse(self, text: str) -> datetime:
         message = _(
             "Enter an ISO 8601 date-time or a number of epoch milliseconds, not %(value)r."
         )
@@ -121,25 +134,30 @@ class MomentField(forms.CharField):
         return moment
 
 
-class JSONObjectField(forms.CharField):
-    def to_python(self, value: Any) -> dict[str, Any] | None:
-        text = super().to_python(value)
-        if not text:
-            return None
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")
+    return number
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not JSON")
+
+
+class JSONObjectField(_TextField):
+    def parse(self, text: str) -> dict[str, Any]:
+        message = _('Enter a JSON object, e.g. {"user_id": 7}.')
         try:
-            parsed = json.loads(text)
+            parsed = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
         except ValueError as exc:
-            raise ValidationError(
-                _('Enter a JSON object, e.g. {"user_id": 7}.'), code="invalid"
-            ) from exc
+            raise ValidationError(message, code="invalid") from exc
         if not isinstance(parsed, dict):
-            raise ValidationError(
-                _('Enter a JSON object, e.g. {"user_id": 7}.'), code="invalid"
-            )
+            raise ValidationError(message, code="invalid")
         return parsed
 
 
-class CommaListField(forms.CharField):
+class CommaListField(_TextField):
     """A comma-separated list; each item must be one of ``allowed`` when given."""
 
     def __init__(
@@ -148,13 +166,8 @@ class CommaListField(forms.CharField):
         self.allowed = allowed
         super().__init__(*args, **kwargs)
 
-    def to_python(self, value: Any) -> list[str] | None:
-        text = super().to_python(value)
-        if not text:
-            return None
+    def parse(self, text: str) -> list[str] | None:
         items = [item.strip() for item in text.split(",") if item.strip()]
-        if not items:
-            return None
         if self.allowed is not None:
             bad = [item for item in items if item not in self.allowed]
             if bad:
@@ -168,10 +181,10 @@ class CommaListField(forms.CharField):
                         "choices": ", ".join(self.allowed),
                     },
                 )
-        return items
+        return items or None
 
 
-class StrictBooleanField(forms.CharField):
+class StrictBooleanField(_TextField):
     """true/false (also 1/0, yes/no); anything else is an error, not "no filter"."""
 
     _VALUES = {
@@ -183,10 +196,7 @@ class StrictBooleanField(forms.CharField):
         "no": False,
     }
 
-    def to_python(self, value: Any) -> bool | None:
-        text = super().to_python(value)
-        if not text:
-            return None
+    def parse(self, text: str) -> bool:
         try:
             return self._VALUES[text.lower()]
         except KeyError:
@@ -197,13 +207,13 @@ class StrictBooleanField(forms.CharField):
             ) from None
 
 
-class UserField(forms.CharField):
-    def to_python(self, value: Any) -> Any:
-        text = super().to_python(value)
-        if not text:
-            return None
+class UserField(_TextField):
+    def parse(self, text: str) -> Any:
         try:
-            return get_user_model()._meta.pk.to_python(text)
+            pk = get_user_model()._meta.pk.to_python(text)  # type: ignore[union-attr]
+            if isinstance(pk, int) and not -(2**63) <= pk < 2**63:
+                raise ValidationError("out of range")
+            return pk
         except ValidationError as exc:
             raise ValidationError(
                 _("Enter a valid user id, not %(value)r."),
@@ -212,13 +222,10 @@ class UserField(forms.CharField):
             ) from exc
 
 
-class LevelField(forms.CharField):
+class LevelField(_TextField):
     """A logging level: a number (0 or more) or a name such as ERROR."""
 
-    def to_python(self, value: Any) -> int | None:
-        text = super().to_python(value)
-        if not text:
-            return None
+    def parse(self, text: str) -> int:
         if text.isdigit() and len(text) < 6:
             return int(text)
         level = logging.getLevelName(text.upper())

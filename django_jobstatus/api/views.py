@@ -319,6 +319,8 @@ class JobRunViewSet(
         name = request.query_params.get("job_name", "").strip()
         if not name:
             raise ValidationError({"job_name": [_("This parameter is required.")]})
+        if "\x00" in name:
+            raise ValidationError({"job_name": [_("Null characters are not allowed.")]})
         run = self.get_queryset().latest_for(name)  # type: ignore[attr-defined]
         if run is None:
             raise NotFound(_("Job %(name)r has no runs.") % {"name": name})

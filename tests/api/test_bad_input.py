@@ -150,3 +150,31 @@ def test_bulk_kill_with_a_bad_filter_is_400_and_kills_nothing(api, run):
     assert "status" in response.json()
     run.refresh_from_db()
     assert run.kill_requested_at is None
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "field"),
+    [
+        (f"{BASE}?owner=99999999999999999999999", 400, "owner"),
+        (f"{BASE}?owner=-1", 200, None),
+        ("LOGS?level=99999", 200, None),
+        ("LOGS?level_exact=99999", 200, None),
+        (f"{BASE}?subject=a%00b", 400, "subject"),
+        (f"{BASE}?q=%00", 400, "q"),
+        (f"{BASE}?source=x%00", 400, "source"),
+        (f"{BASE}?job_name=x%00", 400, "job_name"),
+        (f"{BASE}latest/?job_name=a%00", 400, "job_name"),
+        (f'{BASE}?params={{"a":1e400}}', 400, "params"),
+        (f'{BASE}?params={{"a":NaN}}', 400, "params"),
+        (f'{BASE}?params={{"a%00":1}}', 400, "params"),
+        (f'{BASE}?params={{"a":99999999999999999999999999}}', 200, None),
+        (f"{BASE}?created_after=1e20", 400, "created_after"),
+        (f"{BASE}?created_after=-99999999999999", 400, "created_after"),
+    ],
+)
+def test_edge_values_answer_400_or_nothing_never_500(api, run, url, status, field):
+    """Values that reach the database's limits (PostgreSQL rejects NUL, SQLite big integers)."""
+    response = api.get(url.replace("LOGS", f"{BASE}{run.pk}/logs/"))
+    assert response.status_code == status, response.content
+    if field:
+        assert field in response.json()

@@ -13,6 +13,7 @@ from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import truncatechars
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.text import smart_split, unescape_string_literal
@@ -57,7 +58,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "status_display",
         "progress_display",
         "message_display",
-        "created_at",
+        "created_display",
         "duration_display",
         "attempt",
         "source",
@@ -76,7 +77,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "A run id, a job name (or its start), a backend job id, a subject, or words of the message."
     )
     ordering = ("-created_at", "-id")
-    sortable_by = ("job_name", "created_at")
+    sortable_by = ("job_name", "created_display")
     list_per_page = 50
     view_on_site = False
     # Big tables: no COUNT(*) of the whole table, no per-filter counts, counts capped.
@@ -227,6 +228,16 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description=gettext_lazy("message"))
     def message_display(self, run: JobRun) -> str:
         return truncatechars(run.message, 80)
+
+    @admin.display(description=gettext_lazy("created"), ordering="created_at")
+    def created_display(self, run: JobRun) -> SafeString:
+        when = timezone.localtime(run.created_at)
+        return format_html(
+            '<time datetime="{}" title="{}">{}</time>',
+            when.isoformat(),
+            when.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            when.strftime("%Y-%m-%d %H:%M"),
+        )
 
     @admin.display(description=gettext_lazy("duration"))
     def duration_display(self, run: JobRun) -> SafeString:

@@ -37,7 +37,7 @@ def test_columns(admin_client, make_run):
         "status_display",
         "progress_display",
         "message_display",
-        "created_at",
+        "created_display",
         "duration_display",
         "attempt",
         "source",

@@ -35,12 +35,31 @@ def run_action(page: Any, run: JobRun, action: str) -> None:
     page.click('button[name="index"]')
 
 
-def test_log_in_and_filter_the_changelist(admin_page):
-    make("reports.build", Status.FAILED, error="ValueError: bad")
-    make("reports.build", Status.SUCCEEDED)
-    make("mail.send", Status.RUNNING)
+def test_log_in_and_filter_the_changelist(admin_page, artifacts):
+    make(
+        "reports.build",
+        Status.FAILED,
+        error="ValueError: bad",
+        message="No rows for 2026",
+    )
+    make(
+        "reports.build",
+        Status.SUCCEEDED,
+        progress_current=10,
+        progress_total=10,
+        message="Built 10 pages",
+    )
+    make(
+        "mail.send",
+        Status.RUNNING,
+        progress_current=3,
+        progress_total=8,
+        step="sending",
+        message="3 of 8 sent",
+    )
     changelist(admin_page)
     assert admin_page.locator("#result_list tbody tr").count() == 3
+    admin_page.screenshot(path=str(artifacts / "changelist.png"))
     admin_page.locator("#changelist-filter").get_by_role(
         "link", name="Failed", exact=True
     ).click()

@@ -61,6 +61,11 @@ def find_run(job_id: str, using: str | None = None) -> JobRun | None:
     return _execution.find_run(SOURCE, job_id, using)
 
 
+def _name(job: rq.job.Job) -> str:
+    """The job's function as a dotted path (what RQ can enqueue again)."""
+    return job.func_name or job.description or job.id
+
+
 def _fields(job: rq.job.Job) -> dict[str, Any]:
     return {
         "queue": job.origin or "",
@@ -71,12 +76,12 @@ def _fields(job: rq.job.Job) -> dict[str, Any]:
 @contrib.never_raises
 def _record_queued(job: rq.job.Job) -> None:
     if _connected:
-        _execution.record_queued(SOURCE, job.id, job.func_name, **_fields(job))
+        _execution.record_queued(SOURCE, job.id, _name(job), **_fields(job))
 
 
 def _execution_of(job: rq.job.Job) -> Execution:
     return Execution(
-        SOURCE, job.id, job.func_name, worker=default_worker(), **_fields(job)
+        SOURCE, job.id, _name(job), worker=default_worker(), **_fields(job)
     )
 
 
@@ -250,7 +255,7 @@ class Worker(_Recording, rq.Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.push_exc_handler(_abandoned)
+        self.push_exc_handler(_abandoned)  # type: ignore[no-untyped-call]
 
 
 class SimpleWorker(_Recording, rq.SimpleWorker):
@@ -258,7 +263,7 @@ class SimpleWorker(_Recording, rq.SimpleWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.push_exc_handler(_abandoned)
+        self.push_exc_handler(_abandoned)  # type: ignore[no-untyped-call]
 
 
 # Kill and retry.

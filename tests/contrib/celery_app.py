@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -77,3 +78,9 @@ def sleepy(seconds: float) -> str:
 def marked(key: str) -> str:
     _mark(key)
     return key
+
+
+@app.task(name="tests.crash")
+def crash() -> None:
+    """Die the way an OOM kill does: the pool process is gone, no exception, no signal from it."""
+    os.kill(os.getpid(), signal.SIGKILL)

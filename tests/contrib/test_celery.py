@@ -21,6 +21,7 @@ from tests.contrib.celery_app import (
     BROKER_URL,
     add,
     app,
+    crash,
     fail,
     flaky,
     marked,
@@ -31,6 +32,7 @@ from tests.contrib.dbproxy import Proxy
 from tests.contrib.workers import (
     db_proxy,
     kill_from_admin,
+    refreshed,
     wait_for,
     worker_env,
     worker_process,
@@ -95,7 +97,7 @@ def recorded(task_id: str) -> JobRun:
 def finished(run: JobRun, worker: Popen[bytes], timeout: float = 60) -> JobRun:
     log: Path = worker.log  # type: ignore[attr-defined]
     wait_for(
-        lambda: (run.refresh_from_db(), run.is_finished)[1],
+        lambda: refreshed(run).is_finished,
         timeout=timeout,
         what=f"run {run.pk} to finish",
         process=worker,
@@ -117,6 +119,13 @@ def test_connect_and_disconnect_are_idempotent() -> None:
     jobstatus_celery.disconnect()
     assert len(signals.task_prerun.receivers) == before
     assert not contrib.can_retry(JobRun(source="celery"))
+
+
+@pytest.mark.django_db
+def test_nothing_is_recorded_until_connected() -> None:
+    result = add.apply(args=(1, 2))
+    assert result.get() == 3
+    assert not JobRun.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -204,9 +213,8 @@ class TestWorker:
         run = recorded(sleepy.delay(120).id)
         wait_for(
             lambda: (
-                run.refresh_from_db(),
-                run.status == Status.RUNNING and run.message == "sleeping",
-            )[1],
+                refreshed(run).status == Status.RUNNING and run.message == "sleeping"
+            ),
             timeout=60,
             what="the task to run",
         )
@@ -217,6 +225,32 @@ class TestWorker:
         assert run.finished_at is not None
         # The worker replaced its pool process and goes on.
         assert finished(recorded(add.delay(1, 1).id), celery_worker).result == 2
+
+    def test_a_queued_task_killed_from_the_admin_is_revoked(
+        self, celery_worker: Popen[bytes], admin_client: Any
+    ) -> None:
+        blocker = recorded(sleepy.delay(2).id)
+        waiting = recorded(add.delay(1, 2).id)
+        kill_from_admin(admin_client, waiting)
+        finished(waiting, celery_worker)
+        assert waiting.status == Status.KILLED
+        assert waiting.started_at is None
+        assert finished(blocker, celery_worker).status == Status.SUCCEEDED
+
+    def test_a_lost_pool_process_marks_the_run_lost(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        run = finished(recorded(crash.delay().id), celery_worker)
+        assert run.status == Status.LOST
+        assert run.error.startswith("WorkerLostError: ")
+        assert finished(recorded(add.delay(2, 2).id), celery_worker).result == 4
+
+    def test_an_unknown_task_fails(self, celery_worker: Popen[bytes]) -> None:
+        run = finished(
+            recorded(app.send_task("tests.no_such_task", args=[1]).id), celery_worker
+        )
+        assert run.status == Status.FAILED
+        assert "tests.no_such_task" in run.error
 
     def test_retry_sends_the_task_again_as_a_new_run(
         self, celery_worker: Popen[bytes]

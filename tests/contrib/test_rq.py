@@ -23,6 +23,7 @@ from tests.contrib.dbproxy import Proxy
 from tests.contrib.workers import (
     db_proxy,
     kill_from_admin,
+    refreshed,
     wait_for,
     worker_env,
     worker_process,
@@ -94,7 +95,7 @@ def recorded(job: rq.job.Job) -> JobRun:
 def finished(run: JobRun, worker: Popen[bytes], timeout: float = 60) -> JobRun:
     log: Path = worker.log  # type: ignore[attr-defined]
     wait_for(
-        lambda: (run.refresh_from_db(), run.is_finished)[1],
+        lambda: refreshed(run).is_finished,
         timeout=timeout,
         what=f"run {run.pk} to finish",
         process=worker,
@@ -110,6 +111,18 @@ def test_connect_and_disconnect_are_idempotent() -> None:
     jobstatus_rq.disconnect()
     jobstatus_rq.disconnect()
     assert not contrib.can_retry(JobRun(source="rq"))
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_nothing_is_recorded_until_connected(queue: rq.Queue) -> None:
+    jobstatus_rq.disconnect()
+    job = queue.enqueue(rq_jobs.add, 1, 2)
+    jobstatus_rq.SimpleWorker(
+        [queue], connection=queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert rq.job.Job.fetch(job.id, connection=queue.connection).return_value() == 3
+    assert not JobRun.objects.exists()
 
 
 @pytest.mark.redis
@@ -224,9 +237,8 @@ class TestWorker:
         run = recorded(queue.enqueue(rq_jobs.sleepy, 120))
         wait_for(
             lambda: (
-                run.refresh_from_db(),
-                run.status == Status.RUNNING and run.message == "sleeping",
-            )[1],
+                refreshed(run).status == Status.RUNNING and run.message == "sleeping"
+            ),
             timeout=60,
             what="the job to run",
         )

@@ -43,7 +43,9 @@ def worker_env(proxy: Proxy, integration: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "tests.contrib.worker_settings",
         "JOBSTATUS_WORKER_DB": connection.settings_dict["NAME"],
         "JOBSTATUS_WORKER_DB_PORT": str(proxy.port),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+        ),
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -125,3 +127,9 @@ def kill_from_admin(client: Any, run: Any) -> None:
     assert response.status_code == 302, response.content[:2000]
     run.refresh_from_db()
     assert run.kill_requested_at is not None
+
+
+def refreshed(run: Any) -> Any:
+    """``run``, reloaded from the database."""
+    run.refresh_from_db()
+    return run

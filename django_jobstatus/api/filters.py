@@ -8,7 +8,7 @@ import math
 import re
 import uuid
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import django_filters
 from django import forms
@@ -24,6 +24,10 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 
 from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.querysets import JobRunQuerySet
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 # "active" and "finished" name groups of statuses; each maps to the scope of the same name.
 STATUS_GROUPS = ("active", "finished")
@@ -210,7 +214,7 @@ class StrictBooleanField(_TextField):
 class UserField(_TextField):
     def parse(self, text: str) -> Any:
         try:
-            pk = get_user_model()._meta.pk.to_python(text)  # type: ignore[union-attr]
+            pk = get_user_model()._meta.pk.to_python(text)
             if isinstance(pk, int) and not -(2**63) <= pk < 2**63:
                 raise ValidationError("out of range")
             return pk
@@ -306,7 +310,7 @@ _MOMENT_HELP = _(
 _PERIOD_HELP = _("Relative to now: 1h, 2h 30m, 10m, 7d, today or yesterday.")
 
 
-def _moment(field: str, lookup: str, help_text: str) -> MomentFilter:
+def _moment(field: str, lookup: str, help_text: StrOrPromise) -> MomentFilter:
     return MomentFilter(
         field_name=field,
         lookup_expr=lookup,
@@ -374,8 +378,8 @@ class JobRunFilterSet(django_filters.FilterSet):
         fields: list[str] = []
 
     def filter_status(
-        self, qs: QuerySet[JobRun], name: str, value: list[str] | None
-    ) -> QuerySet[JobRun]:
+        self, qs: JobRunQuerySet, name: str, value: list[str] | None
+    ) -> JobRunQuerySet:
         if not value:
             return qs
         # Every status and group has a scope of the same name: queued(), active(), finished()…
@@ -387,17 +391,17 @@ class JobRunFilterSet(django_filters.FilterSet):
 
     def filter_kill_requested(
         self,
-        qs: QuerySet[JobRun],
+        qs: JobRunQuerySet,
         name: str,
         value: bool | None,  # noqa: FBT001 (django-filter calls it so)
-    ) -> QuerySet[JobRun]:
+    ) -> JobRunQuerySet:
         if value is None:
             return qs
         return (
             qs.kill_requested() if value else qs.filter(kill_requested_at__isnull=True)
-        )  # type: ignore[attr-defined]
+        )
 
-    def filter_q(self, qs: QuerySet[JobRun], name: str, value: str) -> QuerySet[JobRun]:
+    def filter_q(self, qs: JobRunQuerySet, name: str, value: str) -> JobRunQuerySet:
         value = value.strip()
         if not value:
             return qs
@@ -414,8 +418,8 @@ class JobRunFilterSet(django_filters.FilterSet):
         return qs.filter(match)
 
     def filter_params(
-        self, qs: QuerySet[JobRun], name: str, value: dict[str, Any] | None
-    ) -> QuerySet[JobRun]:
+        self, qs: JobRunQuerySet, name: str, value: dict[str, Any] | None
+    ) -> JobRunQuerySet:
         if not value:
             return qs
         if connections[qs.db].features.supports_json_field_contains:
@@ -425,11 +429,11 @@ class JobRunFilterSet(django_filters.FilterSet):
 
 
 def _contains(
-    runs: QuerySet[JobRun],
+    runs: JobRunQuerySet,
     field: str | KeyTransform,
     wanted: dict[str, Any],
     prefix: str = "jobstatus_param",
-) -> QuerySet[JobRun]:
+) -> JobRunQuerySet:
     """JSON containment by key lookups, for databases without ``contains`` (SQLite).
 
     Nested objects are contained key by key, like PostgreSQL's ``@>``; any other value

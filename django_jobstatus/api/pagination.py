@@ -56,7 +56,7 @@ class KeysetPagination(BasePagination):
     def get_page_size(self, request: Request) -> int:
         raw = request.query_params.get(self.page_size_query_param)
         if raw in (None, ""):
-            return min(settings.API_PAGE_SIZE, settings.API_MAX_PAGE_SIZE)
+            return int(min(settings.API_PAGE_SIZE, settings.API_MAX_PAGE_SIZE))
         try:
             size = int(raw)
         except ValueError:
@@ -90,7 +90,7 @@ class KeysetPagination(BasePagination):
                     ]
                 }
             )
-        return raw
+        return str(raw)
 
     # Cursors.
 
@@ -227,7 +227,7 @@ class KeysetPagination(BasePagination):
         cursor = self._encode(
             self.ordering, position[0], position[1], previous=previous
         )
-        return replace_query_param(url, self.cursor_query_param, cursor)
+        return str(replace_query_param(url, self.cursor_query_param, cursor))
 
     def get_next_link(self) -> str | None:
         return self._link(self.next_position, previous=False) if self.has_next else None
@@ -236,8 +236,10 @@ class KeysetPagination(BasePagination):
         if not self.has_previous:
             return None
         if self.previous_position is None:
-            return remove_query_param(
-                self.request.build_absolute_uri(), self.cursor_query_param
+            return str(
+                remove_query_param(
+                    self.request.build_absolute_uri(), self.cursor_query_param
+                )
             )
         return self._link(self.previous_position, previous=True)
 

@@ -124,8 +124,8 @@ class JobRunSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         match = getattr(request, "resolver_match", None)
         namespace = match.namespace if match and match.namespace else "django_jobstatus"
-        return reverse(
-            f"{namespace}:jobrun-logs", kwargs={"pk": run.pk}, request=request
+        return str(
+            reverse(f"{namespace}:jobrun-logs", kwargs={"pk": run.pk}, request=request)
         )
 
     @extend_schema_field(serializers.URLField(allow_null=True))

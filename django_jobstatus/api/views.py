@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Q
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -43,6 +43,7 @@ from django_jobstatus.api.serializers import (
 )
 from django_jobstatus.conf import settings
 from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.querysets import JobRunQuerySet
 
 # The stats endpoint's range when the request gives none.
 STATS_DEFAULT_PERIOD = timedelta(hours=24)
@@ -143,7 +144,7 @@ class JobRunViewSet(
         return [cls() for cls in settings.API_PERMISSION_CLASSES]
 
     @property
-    def pagination_class(self) -> type[KeysetPagination]:  # type: ignore[override]
+    def pagination_class(self) -> type[KeysetPagination]:
         return (
             LogPagination
             if getattr(self, "action", None) == "logs"
@@ -160,7 +161,7 @@ class JobRunViewSet(
     def get_serializer_class(self) -> type[Any]:
         return JobLogSerializer if self.action == "logs" else JobRunSerializer
 
-    def get_queryset(self) -> QuerySet[JobRun]:
+    def get_queryset(self) -> JobRunQuerySet:
         runs = JobRun.objects.all()
         user = self.request.user
         if owner_scoped(user):
@@ -177,7 +178,7 @@ class JobRunViewSet(
         # Not filter_queryset(): the list filters pick runs for lists, not for one run.
         run = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
         self.check_object_permissions(self.request, run)
-        return run
+        return cast(JobRun, run)
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         run = self.get_object()
@@ -287,7 +288,7 @@ class JobRunViewSet(
         if ids:
             runs = runs.filter(pk__in=ids)
         matched = runs.count()
-        active = runs.active().count()  # type: ignore[attr-defined]
+        active = runs.active().count()
         asked = contrib.request_kill(runs)
         return Response(
             KillResultSerializer(
@@ -321,7 +322,7 @@ class JobRunViewSet(
             raise ValidationError({"job_name": [_("This parameter is required.")]})
         if "\x00" in name:
             raise ValidationError({"job_name": [_("Null characters are not allowed.")]})
-        run = self.get_queryset().latest_for(name)  # type: ignore[attr-defined]
+        run = self.get_queryset().latest_for(name)
         if run is None:
             raise NotFound(_("Job %(name)r has no runs.") % {"name": name})
         self.check_object_permissions(request, run)
@@ -367,7 +368,7 @@ class JobRunViewSet(
         if since is None and until is None:
             since = timezone.now() - STATS_DEFAULT_PERIOD
             runs = runs.filter(created_at__gte=since)
-        data: dict[str, Any] = {"since": since, "until": until, "jobs": runs.stats()}  # type: ignore[attr-defined]
+        data: dict[str, Any] = {"since": since, "until": until, "jobs": runs.stats()}
         if bucket is not None:
             data["buckets"] = _buckets(runs, _BUCKETS[bucket])
         return Response(StatsSerializer(data).data)
@@ -384,7 +385,7 @@ def _range(cleaned: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     return since, until
 
 
-def _buckets(runs: QuerySet[JobRun], trunc: Any) -> list[dict[str, Any]]:
+def _buckets(runs: JobRunQuerySet, trunc: Any) -> list[dict[str, Any]]:
     counts = {
         name: Count("pk", filter=Q(status=name)) for name in sorted(Status.TERMINAL)
     }
@@ -395,5 +396,5 @@ def _buckets(runs: QuerySet[JobRun], trunc: Any) -> list[dict[str, Any]]:
         .values("start")
         .annotate(finished=Count("pk"), **counts)
         .order_by("start")
-    )  # type: ignore[attr-defined]
-    return list(rows)
+    )
+    return [dict(row) for row in rows]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from django.apps import apps
 from django.db import OperationalError, connection
+from django.urls import reverse
 
 from django_jobstatus import contrib
 from django_jobstatus.contrib import tasks as integration
@@ -376,16 +377,26 @@ def test_db_worker_progress_logs_and_logging_handler(worker: Worker) -> None:
     assert [message for message, _, _ in lines] == [f"line {i}" for i in range(30)]
 
 
+def admin_action(client: Any, action: str, run: JobRun) -> None:
+    changelist = reverse("admin:django_jobstatus_jobrun_changelist")
+    response = client.post(
+        changelist, {"action": action, "_selected_action": [str(run.pk)]}
+    )
+    assert response.status_code == 302, response.content[:2000]
+
+
 @pytest.mark.postgres
-def test_db_worker_kill_from_the_admin_action_path(worker: Worker) -> None:
+def test_db_worker_kill_from_the_admin_action(
+    worker: Worker, admin_client: Any
+) -> None:
     result = tasks.wait_for_kill.enqueue(120)
     run = wait_for(result, worker, [Status.RUNNING])
     assert run.worker == worker.name
-    assert contrib.request_kill(JobRun.objects.filter(pk=run.pk)) == 1
+    admin_action(admin_client, "request_kill", run)
     run = wait_for(result, worker)
     assert run.status == Status.KILLED
     assert run.kill_requested_at is not None
-    assert run.kill_requested_at <= run.finished_at
+    assert run.started_at <= run.kill_requested_at <= run.finished_at
     assert run.step == "waiting for a kill"
     result.refresh()
     assert result.status == FAILED
@@ -412,17 +423,20 @@ def test_db_worker_refuses_a_task_killed_while_it_waited(worker: Worker) -> None
 
 
 @pytest.mark.postgres
-def test_db_worker_retry_records_a_new_run(worker: Worker) -> None:
-    first = wait_for(tasks.add.enqueue(1, 2), worker)
-    again = contrib.retry(first)
-    assert again.pk != first.pk
-    assert again.status in Status.ACTIVE | {Status.SUCCEEDED}
+def test_db_worker_retry_from_the_admin_action(
+    worker: Worker, admin_client: Any
+) -> None:
+    first = wait_for(tasks.fail.enqueue("fails every time"), worker)
+    admin_action(admin_client, "retry", first)
+    again = JobRun.objects.for_job(first.job_name).exclude(pk=first.pk).get()
+    assert again.backend_job_id != first.backend_job_id
     again = again.wait(timeout=60)
-    assert (again.status, again.result, again.params) == (
-        Status.SUCCEEDED,
-        3,
+    assert (again.status, again.params, again.error) == (
+        Status.FAILED,
         first.params,
+        first.error,
     )
+    assert again.worker == worker.name
 
 
 def test_worker_settings_enable_the_integration() -> None:

@@ -15,7 +15,8 @@ from rest_framework.reverse import reverse
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.redaction import redact
 
-_REDACTED = ("params", "data", "result")
+# Stands for a run id in URLs reversed once for a whole page.
+_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 
 
 def _seconds(value: Any) -> float | None:
@@ -121,21 +122,37 @@ class JobRunSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.URLField())
     def get_logs_url(self, run: JobRun) -> str:
-        request = self.context.get("request")
-        match = getattr(request, "resolver_match", None)
-        namespace = match.namespace if match and match.namespace else "django_jobstatus"
-        return str(
-            reverse(f"{namespace}:jobrun-logs", kwargs={"pk": run.pk}, request=request)
-        )
+        return str(self._urls()["logs"]).replace(_PLACEHOLDER, str(run.pk))
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_admin_url(self, run: JobRun) -> str | None:
-        try:
-            url = run.get_absolute_url()
-        except NoReverseMatch:
-            return None
-        request = self.context.get("request")
-        return request.build_absolute_uri(url) if request is not None else url
+        template = self._urls()["admin"]
+        return template.replace(_PLACEHOLDER, str(run.pk)) if template else None
+
+    def _urls(self) -> dict[str, str | None]:
+        """The logs and admin URLs with a placeholder id, reversed once per response (not per run)."""
+        cached: dict[str, Any] | None = self.context.get("_jobstatus_urls")
+        if cached is None:
+            request = self.context.get("request")
+            match = getattr(request, "resolver_match", None)
+            namespace = (
+                match.namespace if match and match.namespace else "django_jobstatus"
+            )
+            logs = str(
+                reverse(
+                    f"{namespace}:jobrun-logs",
+                    kwargs={"pk": _PLACEHOLDER},
+                    request=request,
+                )
+            )
+            try:
+                admin: str | None = JobRun(pk=_PLACEHOLDER).get_absolute_url()
+            except NoReverseMatch:
+                admin = None
+            if admin is not None and request is not None:
+                admin = request.build_absolute_uri(admin)
+            cached = self.context["_jobstatus_urls"] = {"logs": logs, "admin": admin}
+        return cached
 
 
 class JobLogSerializer(serializers.ModelSerializer):

@@ -296,3 +296,17 @@ def test_params_filter_uses_containment_and_the_gin_index_exists_on_postgresql()
         )
         (definition,) = cursor.fetchone()
     assert "gin (params jsonb_path_ops)" in definition
+
+
+def test_the_gin_migration_is_a_no_op_on_other_databases():
+    if connection.vendor == "postgresql":
+        pytest.skip("covered by the PostgreSQL test above")
+    with connection.cursor() as cursor:
+        names = [
+            index
+            for index in connection.introspection.get_constraints(
+                cursor, JobRun._meta.db_table
+            )
+            if "gin" in index
+        ]
+    assert names == []

@@ -175,6 +175,9 @@ class JobRun(models.Model):
             models.Index(fields=["status", "created_at"], name="jobstatus_run_status_idx"),
             models.Index(fields=["job_name", "created_at"], name="jobstatus_run_job_idx"),
             models.Index(fields=["finished_at"], name="jobstatus_run_finished_idx"),
+            # The API's ?ordering=started_at and ?ordering=duration (migration 0002).
+            models.Index(fields=["started_at"], name="jobstatus_run_started_idx"),
+            models.Index(F("finished_at") - F("started_at"), name="jobstatus_run_duration_idx"),
             models.Index(fields=["backend_job_id"], name="jobstatus_run_backend_idx"),
             models.Index(fields=["subject", "created_at"], name="jobstatus_run_subject_idx"),
             models.Index(

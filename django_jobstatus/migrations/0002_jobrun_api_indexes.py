@@ -1,31 +1,51 @@
-"""Indexes for the API: ordering by start and by duration, and a GIN index on params.
+"""Indexes for the API: ordering by start and by duration, and, on PostgreSQL only, GIN indexes.
 
-The GIN index (PostgreSQL only) serves ``?params={...}`` (``@>``); other databases have no
-GIN index and no ``@>``, and the API filters them with key lookups. It is created by
-RunPython and changes no model state, so ``makemigrations`` stays clean everywhere.
+- ``jobstatus_run_params_gin`` serves ``?params={...}`` (``@>``).
+- ``jobstatus_run_search_trgm`` serves ``?q=`` (``UPPER(col) LIKE UPPER('%text%')`` on
+  job_name, subject and message) with the pg_trgm extension; it is skipped, with a
+  warning, where the extension cannot be installed.
+
+Other databases have neither (nor ``@>``: the API filters params with key lookups). They
+are created by RunPython and change no model state, so ``makemigrations`` stays clean.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import django.db.models.expressions
-from django.db import migrations, models
+from django.db import DatabaseError, migrations, models
+
+logger = logging.getLogger(__name__)
 
 GIN_INDEX = "jobstatus_run_params_gin"
+TRGM_INDEX = "jobstatus_run_search_trgm"
 
 
-def create_gin_index(apps: Any, schema_editor: Any) -> None:
+def create_gin_indexes(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
     table = schema_editor.quote_name(apps.get_model("django_jobstatus", "JobRun")._meta.db_table)
     # CONCURRENTLY: adding it to a big existing table does not block writes.
     schema_editor.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {GIN_INDEX} ON {table} USING gin (params jsonb_path_ops)")
+    try:
+        # pg_trgm is a "trusted" extension since PostgreSQL 13: the database's owner may install it.
+        schema_editor.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    except DatabaseError as exc:
+        logger.warning("pg_trgm is not available (%s): the API's ?q= search will scan the table.", exc)
+        return
+    # The expressions are the ones Django writes for icontains, so the planner matches them.
+    schema_editor.execute(
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {TRGM_INDEX} ON {table} USING gin"
+        " (UPPER(job_name::text) gin_trgm_ops, UPPER(subject::text) gin_trgm_ops, UPPER(message) gin_trgm_ops)"
+    )
 
 
-def drop_gin_index(apps: Any, schema_editor: Any) -> None:
+def drop_gin_indexes(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
+    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {TRGM_INDEX}")
     schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {GIN_INDEX}")
 
 
@@ -49,5 +69,5 @@ class Migration(migrations.Migration):
                 name="jobstatus_run_duration_idx",
             ),
         ),
-        migrations.RunPython(create_gin_index, drop_gin_index, elidable=False),
+        migrations.RunPython(create_gin_indexes, drop_gin_indexes, elidable=False),
     ]

@@ -288,7 +288,7 @@ def test_params_filter_is_json_containment(api, make_run):
     assert len(ids(api.get(BASE, {"params": "{}"}))) == 3
 
 
-def test_migration_0002_adds_a_gin_index_on_params_on_postgresql_only():
+def test_migration_0002_adds_gin_indexes_on_postgresql_only():
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(
             cursor, JobRun._meta.db_table
@@ -298,5 +298,6 @@ def test_migration_0002_adds_a_gin_index_on_params_on_postgresql_only():
     }
     if connection.vendor == "postgresql":
         assert gin["jobstatus_run_params_gin"]["columns"] == ["params"]
+        assert "jobstatus_run_search_trgm" in gin
     else:
         assert gin == {}

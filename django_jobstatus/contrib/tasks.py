@@ -110,11 +110,43 @@ def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
                     queued_at=queued_at,
                     **_fields(task_result),
                 )
+        _merge_twins(str(task_result.id), alias)
     except Exception:
         logger.exception(
             "Could not record the enqueueing of task %s; it will be recorded when it starts.",
             task_result.id,
         )
+
+
+def _merge_twins(backend_job_id: str, alias: str) -> bool:
+    """Drop the queued twin of a run a worker recorded at the same moment; True if it did.
+
+    Outside a transaction the task is committed before ``task_enqueued`` is sent, so a
+    worker may record its start before the enqueueing is recorded, and both create a
+    run. Each side checks after its own write, so the later one sees both rows: the
+    worker's run is kept, with the queued twin's parent and kill request.
+    """
+    from django_jobstatus.models import JobRun, Status
+
+    runs = JobRun.objects.using(alias).filter(
+        source=SOURCE, backend_job_id=backend_job_id
+    )
+    rows = list(runs.values("pk", "status", "parent_id", "kill_requested_at"))
+    queued = [row for row in rows if row["status"] == Status.QUEUED]
+    kept = [row["pk"] for row in rows if row["status"] != Status.QUEUED]
+    if not queued or not kept:
+        return False
+    for row in queued:
+        if row["parent_id"] is not None:
+            runs.filter(pk__in=kept, parent__isnull=True).update(
+                parent_id=row["parent_id"]
+            )
+        if row["kill_requested_at"] is not None:
+            runs.filter(pk__in=kept, kill_requested_at__isnull=True).update(
+                kill_requested_at=row["kill_requested_at"]
+            )
+    runs.filter(pk__in=[row["pk"] for row in queued]).queued().delete()
+    return True
 
 
 def _begin(task_result: Any) -> Execution:
@@ -145,6 +177,12 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
         return
     _running.set((str(task_result.id), execution, _running.get()))
     run = execution.handle.run if execution.handle is not None else None
+    if run is not None and execution.recorded:
+        try:
+            if _merge_twins(str(task_result.id), run._state.db or settings.DATABASE):
+                run.refresh_from_db(fields=["parent", "kill_requested_at"])
+        except Exception:
+            logger.exception("Could not merge the runs of task %s.", task_result.id)
     if run is not None and run.kill_requested and not _is_inline(sender):
         # Asked to stop while it waited: the worker records this as the task's
         # failure, which ends the run killed, and the task's code never runs.

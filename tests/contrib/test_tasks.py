@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,31 @@ def test_a_failing_receiver_never_breaks_the_task(
     assert "Could not record the end of task" in caplog.text
 
 
+def test_a_queued_twin_is_merged_into_the_run_a_worker_recorded(make_run: Any) -> None:
+    # A worker can start a task before its enqueueing is recorded (outside a transaction).
+    parent = make_run("batch", status=Status.QUEUED)
+    queued = make_run(
+        "t",
+        status=Status.QUEUED,
+        source="django_tasks",
+        backend_job_id="abc",
+        parent=parent,
+    )
+    JobRun.objects.filter(pk=queued.pk).request_kill()
+    running = make_run("t", source="django_tasks", backend_job_id="abc")
+    other = make_run(
+        "t", status=Status.QUEUED, source="django_tasks", backend_job_id="xyz"
+    )
+    assert integration._merge_twins("abc", "default") is True
+    running.refresh_from_db()
+    assert (running.parent_id, running.kill_requested) == (parent.pk, True)
+    assert set(
+        JobRun.objects.filter(source="django_tasks").values_list("pk", flat=True)
+    ) == {running.pk, other.pk}
+    assert integration._merge_twins("abc", "default") is False
+    assert integration._merge_twins("xyz", "default") is False
+
+
 # The database is briefly unreachable: the task runs; its end is recorded when it is back.
 
 
@@ -293,6 +319,14 @@ class Worker:
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
+    def ready(self, timeout: float = 120) -> None:
+        """Wait until the worker polls for tasks (its start can be slow on a busy machine)."""
+        deadline = time.monotonic() + timeout
+        while "Starting worker" not in self.output():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"db_worker did not start:\n{self.output()}")
+            time.sleep(0.1)
+
     def wait(self, timeout: float = 60) -> int:
         return self.process.wait(timeout)
 
@@ -314,13 +348,14 @@ def worker(
     _need_tasks_db()
     settings.TASKS = DATABASE
     process = Worker("--queue-name", "default")
+    process.ready()
     yield process
     process.stop()
 
 
 def wait_for(result: Any, worker: Worker, statuses: Any = None) -> JobRun:
     try:
-        return run_of(result).wait(statuses, timeout=60)
+        return run_of(result).wait(statuses, timeout=90)
     except (TimeoutError, JobRun.DoesNotExist):
         pytest.fail(
             f"The run of task {result.id} did not get there; the worker said:\n{worker.output()}"

@@ -117,6 +117,12 @@ def _chunks(items: list[Any], size: int | None) -> Iterable[list[Any]]:
         yield items[start : start + size]
 
 
+def _chunk_size(db: str) -> int | None:
+    """Most ids one statement may take: SQLite caps query parameters, PostgreSQL does not."""
+    limit = connections[db].features.max_query_params
+    return limit - 1 if limit else None
+
+
 def _whole(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be a whole number of {minimum} or more, not {value!r}")
@@ -285,25 +291,45 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             old |= Q(status__in=sorted(chosen), created_at__lt=cutoff)
         candidates = self.filter(old) if old else self.none()
         result = PurgeResult(dry_run=dry_run)
-        names = sorted(set(candidates.order_by().values_list("job_name", flat=True).distinct()))
-        for name in names:
-            runs = candidates.for_job(name)
-            if keep:
-                # The keep-th newest run of this job: only runs older than it may go.
-                newest = self.model.objects.using(self.db).for_job(name).order_by("-created_at", "-id")
-                boundary = list(newest.values_list("created_at", "id")[keep - 1 : keep])
-                if not boundary:
-                    continue
-                created, pk = boundary[0]
-                runs = runs.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=pk))
-            if dry_run:
-                counted = runs.order_by().values("status").annotate(run_count=Count("pk", distinct=True), log_count=Count("logs"))
-                for row in counted:
-                    result._add(name, row["status"], row["run_count"], row["log_count"])
-            else:
-                runs._purge_batches(name, batch_size, result, progress)
+        kept = self._purge_kept(candidates, keep)
+        if dry_run:
+            candidates._purge_count(kept, result)
+        else:
+            candidates._purge_batches(kept, batch_size, result, progress)
         result.elapsed = time.monotonic() - result._began
         return result
+
+    def _purge_kept(self, candidates: Self, keep: int) -> set[Any]:
+        """The ids of the newest ``keep`` runs of each job name that has candidates, over all its runs."""
+        kept: set[Any] = set()
+        if not keep:
+            return kept
+        names = candidates.order_by().values_list("job_name", flat=True).distinct()
+        every = self.model.objects.using(self.db)
+        for name in sorted(set(names)):
+            # One short index scan of (job_name, created_at) per job.
+            kept.update(every.for_job(name).order_by("-created_at", "-id").values_list("pk", flat=True)[:keep])
+        return kept
+
+    def _purge_count(self, kept: set[Any], result: PurgeResult) -> None:
+        """Add to ``result`` what the purge would delete: every run here except ``kept``."""
+        from django_jobstatus.models import JobLog
+
+        counted = self.order_by().values("job_name", "status").annotate(run_count=Count("pk"))
+        for row in counted:
+            result._add(row["job_name"], row["status"], row["run_count"], 0)
+        logs = JobLog.objects.using(self.db).filter(run__in=self.order_by().values("pk"))
+        for row in logs.order_by().values("run__job_name", "run__status").annotate(n=Count("pk")):
+            result._add(row["run__job_name"], row["run__status"], 0, row["n"])
+        chunk = _chunk_size(self.db)
+        for part in _chunks(sorted(kept), chunk):
+            spared = self.filter(pk__in=part).order_by()
+            for row in spared.values("job_name", "status").annotate(run_count=Count("pk")):
+                result._add(row["job_name"], row["status"], -row["run_count"], 0)
+            lines = JobLog.objects.using(self.db).filter(run__in=spared.values("pk"))
+            for row in lines.order_by().values("run__job_name", "run__status").annotate(n=Count("pk")):
+                result._add(row["run__job_name"], row["run__status"], 0, -row["n"])
+        result.counts = {key: value for key, value in result.counts.items() if value[0]}
 
     def _purge_statuses(self, statuses: Iterable[str] | None, include_active: bool) -> set[str]:  # noqa: FBT001
         status = _status()
@@ -333,45 +359,33 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             cutoffs[now - keep_for].add(status)
         return cutoffs
 
-    def _purge_batches(self, name: str, batch_size: int, result: PurgeResult, progress: Callable[[PurgeResult], None] | None) -> None:
-        """Delete the runs here (all of job ``name``) and their logs, one transaction per batch."""
-        from django_jobstatus.models import JobLog
+    def _purge_batches(self, kept: set[Any], batch_size: int, result: PurgeResult, progress: Callable[[PurgeResult], None] | None) -> None:
+        """Delete the runs here but ``kept``, and their logs, oldest first, one transaction per batch.
 
+        One sweep in ``created_at`` order: runs and log lines written at the same time sit
+        together on disk, so each batch reads few pages.
+        """
         db = self.db
         features = connections[db].features
-        # SQLite caps the parameters of one statement; PostgreSQL has no such cap.
-        chunk = features.max_query_params - 1 if features.max_query_params else None
-        raw = _can_raw_delete_runs(self.model)
-        every = self.model._base_manager.using(db)
         ordered = self.order_by("created_at", "id")
         after: tuple[datetime, Any] | None = None
         while True:
             # Keyset pagination: each batch starts after the last one, never rescanning
             # the index entries of the rows already deleted.
             page = ordered if after is None else ordered.filter(Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1]))
-            batch = page.values_list("pk", "status", "created_at")
+            batch = page.values_list("pk", "job_name", "status", "created_at")
             if features.has_select_for_update_skip_locked:
                 # Another purge (or a writer) holding a row: skip it rather than wait.
                 batch = batch.select_for_update(skip_locked=True, of=("self",) if features.has_select_for_update_of else ())
             began = time.monotonic()
             with transaction.atomic(using=db):
                 rows = list(batch[:batch_size])
-                by_status: dict[str, list[Any]] = defaultdict(list)
-                for pk, status, _created in rows:
-                    by_status[status].append(pk)
-                for status, ids in by_status.items():
-                    logs = runs = 0
-                    for part in _chunks(ids, chunk):
-                        logs += JobLog.objects.using(db).filter(run_id__in=part)._raw_delete(db)
-                        if raw:
-                            every.filter(parent_id__in=part).update(parent=None)
-                            runs += every.filter(pk__in=part)._raw_delete(db)
-                        else:
-                            runs += every.filter(pk__in=part).only("pk").delete()[1].get(self.model._meta.label, 0)
-                    result._add(name, status, runs, logs)
+                doomed = {pk: (name, status) for pk, name, status, _created in rows if pk not in kept}
+                if doomed:
+                    self._purge_delete(doomed, result)
             if not rows:
                 return
-            after = (rows[-1][2], rows[-1][0])
+            after = (rows[-1][3], rows[-1][0])
             took = time.monotonic() - began
             result.batches += 1
             result.longest_batch = max(result.longest_batch, took)
@@ -380,6 +394,27 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                 progress(result)
             if len(rows) < batch_size:
                 return
+
+    def _purge_delete(self, doomed: dict[Any, tuple[str, str]], result: PurgeResult) -> None:
+        """Delete the runs ``doomed`` (id -> (job name, status)) and their log lines; count them in ``result``."""
+        from django_jobstatus.models import JobLog
+
+        db = self.db
+        every = self.model._base_manager.using(db)
+        raw = _can_raw_delete_runs(self.model)
+        lines: dict[Any, int] = {}
+        for part in _chunks(list(doomed), _chunk_size(db)):
+            logs = JobLog.objects.using(db).filter(run_id__in=part)
+            # Counted per run (a short index-only read), then deleted in SQL, never loaded.
+            lines.update(logs.order_by().values_list("run_id").annotate(n=Count("pk")))
+            logs._raw_delete(db)
+            if raw:
+                every.filter(parent_id__in=part).update(parent=None)
+                every.filter(pk__in=part)._raw_delete(db)
+            else:
+                every.filter(pk__in=part).only("pk").delete()
+        for pk, (name, status) in doomed.items():
+            result._add(name, status, 1, lines.get(pk, 0))
 
     def reap(self, timeout: float | timedelta | None = None, *, batch_size: int = 100) -> ReapResult:
         """Mark the stale running runs here ``lost``, each with a message and a log line.

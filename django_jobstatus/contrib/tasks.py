@@ -177,7 +177,7 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
         return
     _running.set((str(task_result.id), execution, _running.get()))
     run = execution.handle.run if execution.handle is not None else None
-    if run is not None and execution.recorded:
+    if run is not None and execution.recorded and not _is_inline(sender):
         try:
             if _merge_twins(str(task_result.id), run._state.db or settings.DATABASE):
                 run.refresh_from_db(fields=["parent", "kill_requested_at"])

@@ -105,6 +105,17 @@ def test_immediate_success(db: None, immediate: None) -> None:
     assert (run.error, run.traceback) == ("", "")
 
 
+def test_immediate_async_task(db: None, immediate: None) -> None:
+    result = tasks.async_add.enqueue(20, 22)
+    assert result.status == SUCCESSFUL
+    run = run_of(result)
+    assert (run.status, run.result, run.job_name) == (
+        Status.SUCCEEDED,
+        42,
+        "tests.contrib.tasks_app.tasks.async_add",
+    )
+
+
 def test_immediate_failure(db: None, immediate: None) -> None:
     result = tasks.fail.enqueue(message="it broke")
     assert result.status == FAILED

@@ -23,6 +23,11 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+@task()
+async def async_add(a: int, b: int) -> int:
+    return a + b
+
+
 class TaskError(Exception):
     pass
 

@@ -13,7 +13,13 @@ from contextvars import Token
 from logging import getLogger
 from typing import Any
 
-from django.db import DatabaseError, connections, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    transaction,
+)
 
 from django_jobstatus import contrib
 from django_jobstatus.exceptions import InvalidTransition
@@ -37,19 +43,36 @@ def find_run(
 
 
 def best_effort(action: Callable[[str], None], what: str) -> None:
-    """Run one write (given the database alias); log a database error or an illegal move, and go on."""
-    alias = tracking_database()
-    try:
-        with transaction.atomic(
-            using=alias, savepoint=connections[alias].in_atomic_block
-        ):
-            action(alias)
-    except InvalidTransition as error:
-        # Duplicate or late events (Celery's task_revoked fires twice; a retry raced a new attempt).
-        logger.debug("%s not recorded: %s", what, error)
-    except DatabaseError:
-        logger.warning("Could not record %s; the task goes on.", what, exc_info=True)
-        _reset_connection(alias)
+    """Run one write (given the database alias); log a database error or an illegal move, and go on.
+
+    A connection the server dropped (a restart, a network blip) is replaced and the write
+    tried once more, since long-lived processes such as a worker's main process have
+    nothing else that would close it.
+    """
+    for attempt in (1, 2):
+        alias = tracking_database()
+        try:
+            with transaction.atomic(
+                using=alias, savepoint=connections[alias].in_atomic_block
+            ):
+                action(alias)
+        except InvalidTransition as error:
+            # Duplicate or late events (Celery's task_revoked fires twice; a retry raced a new attempt).
+            logger.debug("%s not recorded: %s", what, error)
+        except (OperationalError, InterfaceError):
+            _reset_connection(alias)
+            if attempt == 2 or connections[alias].in_atomic_block:
+                logger.warning(
+                    "Could not record %s; the task goes on.", what, exc_info=True
+                )
+                return
+            continue
+        except DatabaseError:
+            logger.warning(
+                "Could not record %s; the task goes on.", what, exc_info=True
+            )
+            _reset_connection(alias)
+        return
 
 
 def record_queued(source: str, backend_job_id: str, name: str, **fields: Any) -> None:

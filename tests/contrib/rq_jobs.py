@@ -17,7 +17,10 @@ import rq
 REDIS_URL = os.environ.get("JOBSTATUS_RQ_REDIS", "redis://127.0.0.1:63799/7")
 QUEUE = "jobstatus-tests"
 # django-rq's settings, for the worker and for the test that enqueues.
-RQ_QUEUES = {QUEUE: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 120}}
+LOCAL_QUEUE = "jobstatus-tests-local"  # for workers in the test process, apart from the rqworker's
+RQ_QUEUES = {
+    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 120} for name in (QUEUE, LOCAL_QUEUE)
+}
 RQ = {
     "WORKER_CLASS": "django_jobstatus.contrib.rq.Worker",
     "JOB_CLASS": "django_jobstatus.contrib.rq.Job",

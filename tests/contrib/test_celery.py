@@ -271,6 +271,11 @@ class TestWorker:
     ) -> None:
         key = f"jobstatus-tests:{uuid.uuid4()}"
         broker = redis.Redis.from_url(BROKER_URL)
+        # The worker's main process records unknown tasks: give it a connection to lose.
+        before = finished(
+            recorded(app.send_task("tests.no_such_task").id), celery_worker
+        )
+        assert before.status == Status.FAILED
         db_proxy.cut()
         try:
             run = recorded(
@@ -291,3 +296,8 @@ class TestWorker:
         assert run.status == Status.SUCCEEDED
         assert run.result == key
         assert run.worker
+        # The main process replaces the connection the outage dropped.
+        after = finished(
+            recorded(app.send_task("tests.no_such_task").id), celery_worker
+        )
+        assert after.status == Status.FAILED

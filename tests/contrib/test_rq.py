@@ -49,6 +49,14 @@ def queue(rq_settings: None) -> rq.Queue:
     return django_rq.get_queue(QUEUE)
 
 
+@pytest.fixture
+def local_queue(rq_settings: None) -> rq.Queue:
+    """A queue no rqworker listens to: for SimpleWorkers in this process."""
+    queue = django_rq.get_queue(rq_jobs.LOCAL_QUEUE)
+    queue.empty()
+    return queue
+
+
 @pytest.fixture(scope="module")
 def rq_worker(
     db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
@@ -115,25 +123,29 @@ def test_connect_and_disconnect_are_idempotent() -> None:
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_nothing_is_recorded_until_connected(queue: rq.Queue) -> None:
+def test_nothing_is_recorded_until_connected(local_queue: rq.Queue) -> None:
     jobstatus_rq.disconnect()
-    job = queue.enqueue(rq_jobs.add, 1, 2)
+    job = local_queue.enqueue(rq_jobs.add, 1, 2)
     jobstatus_rq.SimpleWorker(
-        [queue], connection=queue.connection, job_class=jobstatus_rq.Job
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
     ).work(burst=True)
-    assert rq.job.Job.fetch(job.id, connection=queue.connection).return_value() == 3
+    assert (
+        rq.job.Job.fetch(job.id, connection=local_queue.connection).return_value() == 3
+    )
     assert not JobRun.objects.exists()
 
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_a_simple_worker_in_this_process_records_its_jobs(queue: rq.Queue) -> None:
+def test_a_simple_worker_in_this_process_records_its_jobs(
+    local_queue: rq.Queue,
+) -> None:
     """SimpleWorker runs the jobs here (on any database): success with progress, and failure."""
-    good = queue.enqueue(rq_jobs.report, 4)
-    bad = queue.enqueue(rq_jobs.fail, "nope")
+    good = local_queue.enqueue(rq_jobs.report, 4)
+    bad = local_queue.enqueue(rq_jobs.fail, "nope")
     assert recorded(good).status == Status.QUEUED
     worker = jobstatus_rq.SimpleWorker(
-        [queue], connection=queue.connection, job_class=jobstatus_rq.Job
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
     )
     worker.work(burst=True)
     run = recorded(good)

@@ -211,22 +211,21 @@ def measure(client: Any, url: str, repeat: int) -> tuple[float, Any]:
     return statistics.median(times), first
 
 
-def list_query(client: Any, url: str) -> str | None:
-    """The SQL of the runs query a list request ran (the one with LIMIT)."""
+def run_queries(client: Any, url: str) -> list[str]:
+    """The SQL of the runs queries a request ran: a list's page query (the one with LIMIT), or every aggregate."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as captured:
         client.get(url)
-    for query in captured.captured_queries:
-        sql = query["sql"]
-        if (
-            sql.startswith("SELECT")
-            and "LIMIT" in sql
-            and "django_jobstatus_jobrun" in sql
-        ):
-            return sql
-    return None
+    queries = [
+        query["sql"]
+        for query in captured.captured_queries
+        if query["sql"].startswith("SELECT")
+        and "django_jobstatus_jobrun" in query["sql"]
+    ]
+    pages = [sql for sql in queries if "LIMIT" in sql]
+    return pages[:1] if pages else [sql for sql in queries if "GROUP BY" in sql]
 
 
 def explain(sql: str) -> list[str]:
@@ -277,12 +276,10 @@ def run(options: argparse.Namespace) -> None:
         if label == "no filter":
             next_url = body["next"].replace("http://testserver", "")
         print(f"{label:28}{median:>10.1f}{rows:>6}", flush=True)
-        if not options.no_explain and "results" in body:
-            sql = list_query(client, url)
-            if sql:
-                plans.append((label, explain(sql)))
+        if not options.no_explain and label not in ("detail", "latest"):
+            plans += [(label, explain(sql)) for sql in run_queries(client, url)]
     if plans:
-        print("\nEXPLAIN ANALYZE of each list request's runs query:")
+        print("\nEXPLAIN ANALYZE of each request's runs query (stats: each aggregate):")
         for label, lines in plans:
             print(f"\n{label}:")
             for line in lines:

@@ -389,6 +389,14 @@ def test_db_worker_success(worker: Worker) -> None:
 
 
 @pytest.mark.postgres
+def test_db_worker_beats_for_a_task_that_reports_nothing(worker: Worker) -> None:
+    result = tasks.silent.enqueue()
+    run = wait_for(result, worker)
+    assert (run.status, run.result) == (Status.SUCCEEDED, "beaten")
+    assert run.heartbeat_at > run.started_at
+
+
+@pytest.mark.postgres
 def test_db_worker_failure(worker: Worker) -> None:
     result = tasks.fail.enqueue("broken in the worker")
     run = wait_for(result, worker)

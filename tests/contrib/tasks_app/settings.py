@@ -22,6 +22,7 @@ JOBSTATUS = {
     **JOBSTATUS,
     "INTEGRATIONS": ["django_jobstatus.contrib.tasks"],
     "PROGRESS_INTERVAL": 0.1,
+    "HEARTBEAT_TIMEOUT": 1.5,  # the integration beats every 0.5 s for a task that reports nothing
 }
 
 if os.environ.get("JOBSTATUS_WORKER_DB"):

@@ -88,6 +88,23 @@ def kill_myself() -> str:
 
 
 @task()
+def silent() -> str:
+    """Reports nothing; returns once its run's heartbeat moved on without it (30 s at most)."""
+    from django_jobstatus.models import JobRun
+
+    job = current_job()
+    assert job is not None, "current_job() is None inside the task"
+    runs = JobRun.objects.filter(pk=job.run.pk)
+    first = runs.get().heartbeat_at
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if runs.filter(heartbeat_at__gt=first).exists():
+            return "beaten"
+        time.sleep(0.05)
+    return "no heartbeat"
+
+
+@task()
 def end_outage() -> str:
     """Runs while the app's tables are unreachable, and ends the outage."""
     job = current_job()

@@ -8,7 +8,10 @@ keep one run per task result: ``source="django_tasks"``, ``backend_job_id`` = th
 result id. Inside a running task ``current_job()`` returns its handle, so the task can
 report progress, log and check for a kill. A kill is cooperative (the framework cannot
 stop a task): the task sees it at its next ``check_kill()``, and a task asked to stop
-before it started is refused when the worker picks it up.
+before it started is refused when the worker picks it up (``task_started`` raises
+JobKilled, the one exception a receiver lets through). A daemon thread beats for the
+runs executing in the process, so a task that reports nothing is not reaped as lost.
+Retry enqueues the task again (same path, arguments, queue and priority).
 """
 
 from __future__ import annotations

@@ -59,18 +59,32 @@ def run_of(result: Any) -> JobRun:
 
 
 def test_connect_and_disconnect_are_idempotent() -> None:
-    module = integration.SIGNAL_MODULES[0]
-    before = len(module.task_started.receivers)
+    # Every importable signals module: Django's and the backport's, when both are installed.
+    signals = [
+        getattr(module, name)
+        for module in integration.SIGNAL_MODULES
+        for name in ("task_enqueued", "task_started", "task_finished")
+    ]
+    integration.disconnect()
+    before = [len(signal.receivers) for signal in signals]
     integration.connect()
     integration.connect()
     try:
-        assert len(module.task_started.receivers) == before + 1
+        assert [len(signal.receivers) for signal in signals] == [n + 1 for n in before]
         assert contrib._backends["django_tasks"] is integration.backend
     finally:
         integration.disconnect()
         integration.disconnect()
-    assert len(module.task_started.receivers) == before
+    assert [len(signal.receivers) for signal in signals] == before
     assert "django_tasks" not in contrib._backends
+    if settings_enable_it():
+        integration.connect()
+
+
+def settings_enable_it() -> bool:
+    from django_jobstatus.conf import settings
+
+    return "django_jobstatus.contrib.tasks" in settings.INTEGRATIONS
 
 
 def test_nothing_is_recorded_when_disconnected(db: None, settings: Any) -> None:

@@ -183,3 +183,20 @@ def test_purge_needs_delete_permission(staff_client, make_run):
     assert client.get(URL + "purge/").status_code == 403
     assert client.post(URL + "purge/").status_code == 403
     assert JobRun.objects.filter(pk=old.pk).exists()
+
+
+def test_the_weeks_figures_are_cached_but_the_live_parts_are_not(
+    admin_client, runs, make_run, django_assert_max_num_queries
+):
+    first = admin_client.get(URL, {"window": "7d"})
+    assert first.context["total"] == 5
+    assert "figures as of" in first.content.decode()
+    make_run("new.job", status=Status.SUCCEEDED)
+    again = admin_client.get(URL, {"window": "7d"})
+    assert again.context["total"] == 5  # the cached figures
+    assert "new.job" not in [row["job_name"] for row in again.context["jobs"]]
+    assert len(again.context["active"]) == 2  # live
+    assert (
+        admin_client.get(DATA, {"window": "7d"}).json()["total"] == 6
+    )  # the JSON view is live
+    assert admin_client.get(URL, {"window": "24h"}).context["total"] == 5  # not cached

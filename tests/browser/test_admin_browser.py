@@ -193,10 +193,10 @@ def test_dashboard_progress_advances_without_a_reload(admin_page, artifacts):
     admin_page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
     # The admin's dark mode: the page keeps to its CSS variables.
     admin_page.emulate_media(color_scheme="dark")
-    background = admin_page.locator(".jobstatus-tab").first.evaluate(
-        "el => getComputedStyle(el).backgroundColor"
+    admin_page.wait_for_function(
+        "() => getComputedStyle(document.querySelector('.jobstatus-tab')).backgroundColor !== 'rgb(255, 255, 255)'",
+        timeout=15_000,
     )
-    assert background != "rgb(255, 255, 255)"
     admin_page.screenshot(path=str(artifacts / "dashboard-dark.png"), full_page=True)
 
 

@@ -271,6 +271,28 @@ def _outcome(
     return TaskFailed(text), {"error": text, "traceback": traceback}
 
 
+def _ending(task_result: Any) -> Execution:
+    """The execution to end when its start was not seen in this context.
+
+    A run another process or context started (django-tasks-rq finishes in RQ's
+    callbacks) is ended as it is, not restarted; otherwise the start is recorded now.
+    """
+    from django_jobstatus.models import Status
+
+    try:
+        run = find_run(SOURCE, str(task_result.id))
+    except DatabaseError:
+        run = None
+    if run is None or run.status != Status.RUNNING:
+        return _begin(task_result)
+    execution = Execution(
+        SOURCE, run.backend_job_id, run.job_name, worker=run.worker, attempt=run.attempt
+    )
+    execution.handle = JobHandle(run)
+    execution.adopt(run)
+    return execution
+
+
 def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
     """End the run succeeded, failed (with error and traceback) or killed (JobKilled)."""
     try:
@@ -279,7 +301,7 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
             _running.set(entry[2])
             execution = entry[1]
         else:  # the start was seen elsewhere, or not at all
-            execution = _begin(task_result)
+            execution = _ending(task_result)
         heartbeats.discard(str(task_result.id))
         try:
             if execution.handle is not None:

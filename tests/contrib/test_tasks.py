@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -174,6 +175,42 @@ def test_current_job_is_reset_after_the_task(db: None, immediate: None) -> None:
     tasks.count.enqueue(3)
     tasks.fail.enqueue("x")
     assert current_job() is None
+
+
+def test_a_finish_whose_start_was_seen_elsewhere_ends_that_run(
+    db: None, settings: Any, integration_on: None
+) -> None:
+    settings.TASKS = {
+        "default": {"BACKEND": f"{FRAMEWORK}.backends.dummy.DummyBackend", "QUEUES": []}
+    }
+    result = tasks.add.enqueue(1, 2)  # the DummyBackend only stores it: a queued run
+    run = run_of(result)
+    assert run.status == Status.QUEUED
+    run.mark_running(worker="elsewhere:1")  # started by another process
+    integration.on_finished(
+        sender=None, task_result=dataclasses.replace(result, status=SUCCESSFUL)
+    )
+    run.refresh_from_db()
+    assert (run.status, run.attempt, run.worker, run.attempts) == (
+        Status.SUCCEEDED,
+        1,
+        "elsewhere:1",
+        [],
+    )
+
+
+def test_a_finish_with_no_start_seen_records_both(
+    db: None, settings: Any, integration_on: None
+) -> None:
+    settings.TASKS = {
+        "default": {"BACKEND": f"{FRAMEWORK}.backends.dummy.DummyBackend", "QUEUES": []}
+    }
+    result = tasks.fail.enqueue("x")
+    failed = dataclasses.replace(result, status=FAILED, errors=[])
+    integration.on_finished(sender=None, task_result=failed)
+    run = run_of(result)
+    assert run.status == Status.FAILED
+    assert run.started_at is not None
 
 
 def test_queue_and_priority_are_recorded(db: None, immediate: None) -> None:

@@ -78,3 +78,31 @@ def test_filters_use_an_index(db, build, index):
         name in text for name in ((index,) if isinstance(index, str) else index)
     ), text
     assert "Seq Scan" not in text, text
+
+
+def test_paginator_never_scans_a_big_table_to_count(make_run, monkeypatch):
+    from django.test.utils import CaptureQueriesContext
+
+    from django_jobstatus.admin.paginator import CappedCountPaginator
+
+    run = make_run("a")
+    JobLog.objects.bulk_create(
+        JobLog(run=run, level=20, message=f"line {i}") for i in range(40)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {JobLog._meta.db_table}")
+    monkeypatch.setattr(CappedCountPaginator, "cap", 5)
+    with CaptureQueriesContext(connection) as queries:
+        assert (
+            CappedCountPaginator(JobLog.objects.all(), 10).count == 40
+        )  # the table's estimate
+        estimate = CappedCountPaginator(
+            JobLog.objects.filter(message__icontains="line 3"), 10
+        ).count
+    assert estimate >= 0
+    assert not any("COUNT(" in q["sql"] for q in queries.captured_queries)
+    # Served by an index: the exact capped count.
+    with CaptureQueriesContext(connection) as queries:
+        assert CappedCountPaginator(
+            JobLog.objects.filter(run=run, created_at__lt=timezone.now()), 10
+        ).count in {5, 40}

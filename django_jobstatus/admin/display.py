@@ -58,7 +58,7 @@ def progress_bar(run: JobRun, *, counts: bool = False) -> SafeString:
     """A bar with its percentage and step (and ``current / total`` with ``counts``); indeterminate while the total is unknown."""
     share = run.progress
     if share is None and not run.is_active and not run.progress_current:
-        return format_html('<span class="jobstatus-step">{}</span>', run.step)
+        return format_html('<span class="jobstatus-step">{}</span>', run.step or "—")
     if share is None:
         label = str(run.progress_current) if run.progress_current else ""
         width, css = ("100", "jobstatus-indeterminate") if run.is_active else ("0", "")

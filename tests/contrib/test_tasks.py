@@ -572,7 +572,11 @@ def test_db_worker_batch_parent_follows_its_children(worker: Worker) -> None:
         failing = tasks.fail.enqueue("one child fails")
     for result in [*results, failing]:
         wait_for(result, worker)
-    parent = parent.wait(timeout=60)  # the worker refreshed it as each child finished
+    parent = parent.wait(timeout=60)  # the worker refreshes it as each child finishes
+    deadline = time.monotonic() + 60  # the last refresh may follow the failure
+    while parent.progress_current < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        parent.refresh_from_db()
     assert parent.status == Status.FAILED
     assert (parent.progress_current, parent.progress_total) == (4, 4)
     assert parent.error == "1 of 4 child runs failed."

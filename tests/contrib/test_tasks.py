@@ -53,7 +53,12 @@ def immediate(settings: Any, integration_on: None) -> None:
 
 
 def run_of(result: Any) -> JobRun:
-    return JobRun.objects.get(source="django_tasks", backend_job_id=str(result.id))
+    """The task's run, once there is exactly one (a worker's twin is merged within moments)."""
+    runs = JobRun.objects.filter(source="django_tasks", backend_job_id=str(result.id))
+    deadline = time.monotonic() + 30
+    while runs.count() != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return runs.get()
 
 
 # Switching on and off.

@@ -1,0 +1,705 @@
+"""track() / tracked() / current_job(): the handle, its throttle, kills, failures and durability."""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.db import OperationalError, connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
+
+from django_jobstatus import JobKilled, current_job, track, tracked
+from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.tracking import SIDE_SUFFIX, JobHandle
+
+pytestmark = pytest.mark.django_db
+
+INTERVAL = 0.02
+
+
+@pytest.fixture(autouse=True)
+def _fast_settings(settings) -> None:
+    settings.JOBSTATUS = {"PROGRESS_INTERVAL": INTERVAL, "FINISH_RETRY_TIMEOUT": 2.0}
+
+
+def _row(run: JobRun) -> JobRun:
+    return JobRun.objects.get(pk=run.pk)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+class FailingWrites:
+    """An execute wrapper: UPDATE/INSERT on the app's tables raise OperationalError (``times`` times)."""
+
+    def __init__(self, times: float = math.inf) -> None:
+        self.times = times
+        self.failed = 0
+
+    def __call__(
+        self, execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        if (
+            self.failed < self.times
+            and sql.lstrip().upper().startswith(("UPDATE", "INSERT"))
+            and "django_jobstatus_" in sql
+        ):
+            self.failed += 1
+            raise OperationalError("the database went away (test)")
+        return execute(sql, params, many, context)
+
+
+@pytest.fixture
+def failing_writes() -> Iterator[Callable[..., FailingWrites]]:
+    """Install FailingWrites on the default connection; returns a factory."""
+    stack: list[Any] = []
+
+    def install(times: float = math.inf) -> FailingWrites:
+        wrapper = FailingWrites(times)
+        context = connection.execute_wrapper(wrapper)
+        context.__enter__()
+        stack.append(context)
+        return wrapper
+
+    yield install
+    for context in reversed(stack):
+        context.__exit__(None, None, None)
+
+
+# track() and tracked().
+
+
+def test_track_records_a_run(django_user_model) -> None:
+    owner = django_user_model.objects.create(username="ann")
+    with track(
+        "tests.import",
+        params={"days": 30},
+        subject="auth.User:7",
+        source="command",
+        owner=owner,
+        queue="low",
+    ) as job:
+        run = _row(job.run)
+        assert run.status == Status.RUNNING
+        assert (run.params, run.subject, run.source, run.owner, run.queue) == (
+            {"days": 30},
+            "auth.User:7",
+            "command",
+            owner,
+            "low",
+        )
+        job.result = {"deleted": 3}
+    run = _row(job.run)
+    assert run.status == Status.SUCCEEDED
+    assert run.result == {"deleted": 3}
+    assert run.finished_at >= run.started_at
+    assert job.run.status == Status.SUCCEEDED
+
+
+def test_track_starts_an_existing_queued_run() -> None:
+    run = JobRun.objects.enqueue("tests.job")
+    with track("ignored", run=run) as job:
+        assert job.run is run
+        assert _row(run).status == Status.RUNNING
+    assert _row(run).status == Status.SUCCEEDED
+    assert JobRun.objects.count() == 1
+
+
+def test_tracked_decorator() -> None:
+    @tracked("tests.report", params={"kind": "daily"})
+    def build(n: int) -> dict[str, int]:
+        job = current_job()
+        assert job is not None
+        job.progress(n, total=n)
+        return {"n": n}
+
+    assert build(4) == {"n": 4}
+    run = JobRun.objects.get()
+    assert (run.job_name, run.status, run.params, run.result, run.progress_current) == (
+        "tests.report",
+        Status.SUCCEEDED,
+        {"kind": "daily"},
+        {"n": 4},
+        4,
+    )
+
+
+def test_tracked_defaults_to_the_function_path_and_skips_non_json_results() -> None:
+    @tracked()
+    def make() -> object:
+        return object()
+
+    assert make() is not None
+    run = JobRun.objects.get()
+    assert (
+        run.job_name
+        == f"{__name__}.test_tracked_defaults_to_the_function_path_and_skips_non_json_results.<locals>.make"
+    )
+    assert run.result is None
+    assert run.status == Status.SUCCEEDED
+
+
+def test_tracked_killed_returns_none() -> None:
+    @tracked("tests.kill")
+    def work() -> int:
+        raise JobKilled
+
+    assert work() is None
+    assert JobRun.objects.get().status == Status.KILLED
+
+
+def test_tracked_refuses_async_functions() -> None:
+    async def work() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="async"):
+        tracked("x")(work)
+
+
+# current_job().
+
+
+def _nested() -> JobHandle | None:
+    return current_job()
+
+
+def test_current_job_in_nested_code() -> None:
+    assert current_job() is None
+    with track("outer") as outer:
+        assert _nested() is outer
+        with track("inner") as inner:
+            assert _nested() is inner
+        assert _nested() is outer
+    assert current_job() is None
+    assert JobRun.objects.succeeded().count() == 2
+
+
+def test_current_job_is_reset_after_an_exception() -> None:
+    with pytest.raises(KeyError), track("x"):
+        raise KeyError("k")
+    assert current_job() is None
+
+
+def test_current_job_in_threads() -> None:
+    seen: dict[str, Any] = {}
+    with track("x") as job:
+        context = contextvars.copy_context()
+        copied = threading.Thread(
+            target=context.run,
+            args=(lambda: seen.__setitem__("copied", current_job()),),
+        )
+        plain = threading.Thread(
+            target=lambda: seen.__setitem__("plain", current_job())
+        )
+        copied.start()
+        plain.start()
+        copied.join(5)
+        plain.join(5)
+    assert seen == {"copied": job, "plain": None}
+
+
+def test_activate_and_deactivate(run) -> None:
+    handle = JobHandle(run)
+    token = handle.activate()
+    assert current_job() is handle
+    handle.deactivate(token)
+    assert current_job() is None
+
+
+# The throttle.
+
+
+def test_advance_within_one_interval_writes_nothing(
+    django_assert_max_num_queries,
+) -> None:
+    with track("x", interval=3600) as job:
+        job.progress(0, total=100_000)
+        with django_assert_max_num_queries(0):
+            for _ in range(50_000):
+                job.advance()
+                job.heartbeat()
+                job.check_kill()
+            job.step("second")
+            job.message("half way")
+            job.info("buffered")
+        assert job.writes == 0
+        assert _row(job.run).progress_current == 0
+    # The last value is flushed at exit.
+    run = _row(job.run)
+    assert (run.progress_current, run.progress_total, run.step, run.message) == (
+        50_000,
+        100_000,
+        "second",
+        "half way",
+    )
+    assert JobLog.objects.get().message == "buffered"
+
+
+def test_writes_are_bounded_by_elapsed_time() -> None:
+    with track("x", interval=INTERVAL) as job:
+        with CaptureQueriesContext(connection) as queries:
+            start = time.monotonic()
+            deadline = start + 12 * INTERVAL
+            calls = 0
+            while time.monotonic() < deadline:
+                job.advance()
+                calls += 1
+            elapsed = time.monotonic() - start
+        writes = job.writes
+    updates = [q for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == writes
+    assert 1 <= writes <= elapsed / INTERVAL + 3
+    assert calls > writes * 10  # most calls made no write
+    assert _row(job.run).progress_current == calls
+
+
+def test_settings_interval_is_the_default(settings) -> None:
+    settings.JOBSTATUS = {"PROGRESS_INTERVAL": 3600}
+    with track("x") as job, CaptureQueriesContext(connection) as queries:
+        for _ in range(1000):
+            job.advance()
+    assert job.writes == 0
+    assert queries.captured_queries == []
+
+
+def test_kill_is_read_at_most_once_per_interval(
+    run, django_assert_max_num_queries
+) -> None:
+    with track("x", interval=3600) as job:
+        JobRun.objects.filter(pk=job.run.pk).update(
+            kill_requested_at=job.run.started_at
+        )
+        with django_assert_max_num_queries(0):
+            for _ in range(10_000):
+                assert job.kill_requested is False
+    with track("y", interval=INTERVAL) as job:
+        assert job.kill_requested is False
+        JobRun.objects.get(pk=job.run.pk).request_kill()
+        with CaptureQueriesContext(connection) as queries:
+            start = time.monotonic()
+            _wait_for(lambda: job.kill_requested)
+            elapsed = time.monotonic() - start
+        assert len(queries.captured_queries) <= elapsed / INTERVAL + 2
+        with django_assert_max_num_queries(0):
+            assert job.kill_requested is True  # once seen, never read again
+        with pytest.raises(JobKilled):
+            job.check_kill()
+        job.result = {"stopped": True}
+        raise JobKilled  # swallowed by track()
+    run = _row(job.run)
+    assert run.status == Status.KILLED
+    assert run.message == "Killed on request."
+
+
+def test_advance_past_total_is_capped(caplog) -> None:
+    with track("x", interval=3600) as job:
+        job.progress(0, total=3)
+        for _ in range(5):
+            job.advance()
+    assert _row(job.run).progress_current == 3
+    assert caplog.text.count("advanced past its total") == 1
+
+
+def test_step_with_total_restarts_progress() -> None:
+    with track("x", interval=3600) as job:
+        job.progress(5, total=5)
+        job.step("write", total=10)
+        job.advance(4)
+    run = _row(job.run)
+    assert (run.step, run.progress_current, run.progress_total) == ("write", 4, 10)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda job: job.progress(-1),
+        lambda job: job.progress(math.nan),
+        lambda job: job.progress(1, total=-1),
+        lambda job: job.progress(6, total=5),
+        lambda job: job.advance(-1),
+        lambda job: job.advance(math.nan),
+        lambda job: job.advance(math.inf),
+        lambda job: job.step("s", total=-3),
+    ],
+)
+def test_bad_progress_raises_value_error(call: Callable[[JobHandle], None]) -> None:
+    with pytest.raises(ValueError), track("x", interval=3600) as job:
+        call(job)
+    assert _row(job.run).status == Status.FAILED
+
+
+# Kill and failure.
+
+
+def test_check_kill_raises_job_killed() -> None:
+    with track("x") as job:
+        JobRun.objects.get(pk=job.run.pk).request_kill()
+        job._last_kill_read -= 3600  # the next read is due
+        with pytest.raises(JobKilled):
+            job.check_kill()
+    assert (
+        _row(job.run).status == Status.SUCCEEDED
+    )  # caught inside: the job chose to finish
+
+
+def test_job_killed_ends_killed_and_is_swallowed() -> None:
+    with track("x") as job:
+        job.info("stopping")
+        raise JobKilled("asked")
+    run = _row(job.run)
+    assert run.status == Status.KILLED
+    assert run.error == ""
+    assert JobLog.objects.get().message == "stopping"
+
+
+def test_exception_ends_failed_and_is_re_raised() -> None:
+    with pytest.raises(ValueError, match="bad row 7"), track("x") as job:
+        job.progress(3, total=10)
+        raise ValueError("bad row 7")
+    run = _row(job.run)
+    assert run.status == Status.FAILED
+    assert run.error == "ValueError: bad row 7"
+    assert run.traceback.startswith("Traceback (most recent call last):")
+    assert 'raise ValueError("bad row 7")' in run.traceback
+    assert run.progress_current == 3
+
+
+def test_base_exceptions_end_failed_too() -> None:
+    with pytest.raises(KeyboardInterrupt), track("x") as job:
+        raise KeyboardInterrupt
+    assert _row(job.run).error == "KeyboardInterrupt"
+
+
+def test_error_sets_has_errors_and_logs_are_buffered(
+    django_assert_max_num_queries,
+) -> None:
+    with track("x", interval=3600) as job:
+        with django_assert_max_num_queries(0):
+            job.debug("d")
+            job.info("copied %d rows", 5)
+            job.warning("w")
+            job.error("row %s is bad", "x1", extra={"row": "x1"})
+        assert not JobLog.objects.exists()
+        job.flush()
+        assert _row(job.run).has_errors is True
+        job.info("after")
+    logs = list(
+        JobLog.objects.for_run(job.run)
+        .order_by("id")
+        .values_list("level", "message", "extra")
+    )
+    assert logs == [
+        (10, "d", {}),
+        (20, "copied 5 rows", {}),
+        (30, "w", {}),
+        (40, "row x1 is bad", {"row": "x1"}),
+        (20, "after", {}),
+    ]
+    assert _row(job.run).status == Status.SUCCEEDED
+    assert JobRun.objects.with_errors().count() == 1
+
+
+def test_log_lines_are_cut(settings) -> None:
+    settings.JOBSTATUS = {"LOG_MAX_LENGTH": 50}
+    with track("x") as job:
+        job.info("z" * 80)
+    message = JobLog.objects.get().message
+    assert len(message) == 50
+    assert message.endswith("[cut 30 characters]")
+
+
+def test_many_logs_flush_before_the_interval() -> None:
+    with track("x", interval=3600) as job:
+        for i in range(500):
+            job.info("line %d", i)
+        assert JobLog.objects.count() == 500
+        assert job.writes == 1
+
+
+# Bad input.
+
+
+def test_result_must_be_json() -> None:
+    with (
+        pytest.raises(TypeError, match="^result must be JSON-serializable"),
+        track("x") as job,
+    ):
+        job.result = {"when": object()}
+    run = _row(job.run)
+    assert run.status == Status.FAILED
+    assert run.error.startswith("TypeError: result must be JSON-serializable")
+    assert run.result is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"params": {"x": object()}}, TypeError, "^params"),
+        ({"data": {"x": {1, 2}}}, TypeError, "^data"),
+        ({}, ValueError, "job_name"),
+    ],
+)
+def test_bad_input_writes_nothing(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    body_ran = False
+    with pytest.raises(error, match=match), track("" if not kwargs else "x", **kwargs):
+        body_ran = True
+    assert body_ran is False
+    assert not JobRun.objects.exists()
+
+
+# Best-effort writes and durable ends.
+
+
+def test_failed_progress_write_is_logged_and_retried(failing_writes, caplog) -> None:
+    with track("x", interval=3600) as job:
+        job.progress(5, total=10)
+        job.error("bad")
+        wrapper = failing_writes()
+        job.flush()  # does not raise into the job
+        assert wrapper.failed == 1
+        assert "Could not record the progress of run" in caplog.text
+        assert job.writes == 0
+        wrapper.times = 0  # the database is back
+        job.advance()
+        job.flush()
+        assert job.writes == 1
+        run = _row(job.run)
+        assert (run.progress_current, run.has_errors) == (6, True)
+        assert list(JobLog.objects.values_list("message", flat=True)) == ["bad"]
+    assert _row(job.run).status == Status.SUCCEEDED
+
+
+def test_failed_kill_read_is_logged_not_raised(caplog) -> None:
+    def fail(execute: Any, sql: str, *args: Any) -> Any:
+        if "kill_requested_at" in sql and sql.startswith("SELECT"):
+            raise OperationalError("away")
+        return execute(sql, *args)
+
+    with track("x") as job:
+        job._last_kill_read -= 3600
+        with connection.execute_wrapper(fail):
+            assert job.kill_requested is False
+        assert "Could not read the kill request" in caplog.text
+
+
+def test_finish_retries_until_the_database_is_back(failing_writes, caplog) -> None:
+    with track("x") as job:
+        job.info("last words")
+        wrapper = failing_writes(times=2)
+    assert wrapper.failed == 2
+    run = _row(job.run)
+    assert run.status == Status.SUCCEEDED
+    assert JobLog.objects.get().message == "last words"
+
+
+def test_finish_gives_up_after_the_retry_timeout(
+    failing_writes, settings, caplog
+) -> None:
+    settings.JOBSTATUS = {"FINISH_RETRY_TIMEOUT": 0.3}
+    with track("x") as job:
+        wrapper = failing_writes()
+    assert wrapper.failed >= 2
+    assert "Could not record the end of run" in caplog.text
+    wrapper.times = 0
+    assert _row(job.run).status == Status.RUNNING
+
+
+def test_a_reaped_run_stays_lost(caplog) -> None:
+    with track("x") as job:
+        JobRun.objects.stale(0).get().mark_lost()
+        job.info("still here")
+    assert _row(job.run).status == Status.LOST
+    assert "was not recorded" in caplog.text
+    with pytest.raises(RuntimeError), track("y") as job:
+        JobRun.objects.get(pk=job.run.pk).mark_lost()
+        raise RuntimeError("late")
+    assert _row(job.run).status == Status.LOST
+
+
+def test_a_run_killed_by_force_stays_killed() -> None:
+    with track("x") as job:
+        JobRun.objects.get(pk=job.run.pk).mark_killed()
+    assert _row(job.run).status == Status.KILLED
+
+
+def test_restarting_an_unknown_run_fails_loudly(make_run) -> None:
+    run = make_run(status=Status.SUCCEEDED)
+    with pytest.raises(InvalidTransition), track("x", run=run):
+        pass
+
+
+# PostgreSQL: a second connection for tracking, and races.
+
+
+@pytest.fixture
+def close_side_connections() -> Iterator[None]:
+    yield
+    alias = connection.alias + SIDE_SUFFIX
+    if alias in connections.settings:
+        connections[alias].close()
+
+
+def _in_thread(func: Callable[[], Any]) -> Any:
+    """Run ``func`` in another thread (its own database connection) and return its value."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = func()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(30)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_progress_is_visible_while_the_job_runs_inside_atomic(
+    close_side_connections,
+) -> None:
+    with (
+        pytest.raises(ZeroDivisionError),
+        transaction.atomic(),
+        track("x", interval=3600) as job,
+    ):
+        JobRun.objects.create(job_name="rolled back")  # the job's own work
+        job.progress(5, total=10)
+        job.info("half way")
+        job.flush()
+        seen = _in_thread(
+            lambda: (
+                JobRun.objects.filter(pk=job.run.pk)
+                .values_list("status", "progress_current", "heartbeat_at")
+                .get()
+            )
+        )
+        assert seen[:2] == (Status.RUNNING, 5)
+        assert seen[2] is not None
+        assert _in_thread(
+            lambda: list(
+                JobLog.objects.filter(run_id=job.run.pk).values_list(
+                    "message", flat=True
+                )
+            )
+        ) == ["half way"]
+        # A kill request from another process reaches the job.
+        assert (
+            _in_thread(lambda: JobRun.objects.get(pk=job.run.pk).request_kill()) is True
+        )
+        job._last_kill_read -= 3600
+        assert job.kill_requested is True
+        _ = 1 / 0
+    run = JobRun.objects.get(pk=job.run.pk)
+    assert run.status == Status.FAILED
+    assert run.error == "ZeroDivisionError: division by zero"
+    assert run.progress_current == 5
+    assert not JobRun.objects.filter(job_name="rolled back").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_job_inside_atomic_that_succeeds(close_side_connections) -> None:
+    with transaction.atomic(), track("x") as job:
+        assert _in_thread(lambda: JobRun.objects.filter(pk=job.run.pk).exists())
+    assert JobRun.objects.get(pk=job.run.pk).status == Status.SUCCEEDED
+
+
+TARGETS: dict[str, Callable[[JobRun], None]] = {
+    "succeeded": lambda run: run.mark_succeeded({"by": "worker"}),
+    "failed": lambda run: run.mark_failed(ValueError("x")),
+    "lost": lambda run: run.mark_lost(),
+    "killed": lambda run: run.mark_killed(),
+    "retrying": lambda run: run.mark_failed(ValueError("x"), retry=True),
+    "restart": lambda run: run.mark_running(),
+}
+
+
+def _race(run_id: Any, moves: list[Callable[[JobRun], None]]) -> list[str]:
+    """Each move in its own thread and connection, released together; their outcomes."""
+    barrier = threading.Barrier(len(moves))
+    outcomes: list[str] = [""] * len(moves)
+
+    def worker(i: int) -> None:
+        try:
+            run = JobRun.objects.get(pk=run_id)
+            barrier.wait(10)
+            try:
+                moves[i](run)
+                outcomes[i] = "won"
+            except InvalidTransition:
+                outcomes[i] = "lost"
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(moves))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcomes
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_racing_transitions_have_one_winner() -> None:
+    for _ in range(5):
+        run = JobRun.objects.start("race")
+        outcomes = _race(run.pk, list(TARGETS.values()))
+        assert sorted(outcomes) == ["lost"] * (len(TARGETS) - 1) + ["won"]
+        winner = list(TARGETS)[outcomes.index("won")]
+        row = JobRun.objects.get(pk=run.pk)
+        if winner == "restart":
+            assert (row.status, row.attempt) == (Status.RUNNING, 2)
+        elif winner == "retrying":
+            assert (row.status, row.attempt) == (Status.RETRYING, 2)
+        else:
+            assert (row.status, row.attempt) == (winner, 1)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_racing_workers_start_a_queued_run_once() -> None:
+    for _ in range(5):
+        run = JobRun.objects.enqueue("race")
+        workers = [f"w:{i}" for i in range(4)]
+        outcomes = _race(
+            run.pk, [lambda run, w=w: run.mark_running(worker=w) for w in workers]
+        )
+        assert sorted(outcomes) == ["lost", "lost", "lost", "won"]
+        row = JobRun.objects.get(pk=run.pk)
+        assert (row.status, row.attempt, row.worker) == (
+            Status.RUNNING,
+            1,
+            workers[outcomes.index("won")],
+        )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_racing_restarts_bump_the_attempt_once() -> None:
+    run = JobRun.objects.start("race")
+    outcomes = _race(run.pk, [lambda run: run.mark_running()] * 4)
+    assert sorted(outcomes) == ["lost", "lost", "lost", "won"]
+    row = JobRun.objects.get(pk=run.pk)
+    assert row.attempt == 2
+    assert len(row.attempts) == 1

@@ -26,8 +26,16 @@ def check_unknown_keys(**kwargs: Any) -> list[CheckMessage]:
         if key in DEFAULTS or key in REMOVED_SETTINGS:
             continue
         nearest = difflib.get_close_matches(key, DEFAULTS, n=1)
-        hint = f"Did you mean {nearest[0]!r}?" if nearest else "See the README for the valid keys."
-        messages.append(Warning(f"JOBSTATUS has an unknown key {key!r}.", hint=hint, id="jobstatus.W001"))
+        hint = (
+            f"Did you mean {nearest[0]!r}?"
+            if nearest
+            else "See the README for the valid keys."
+        )
+        messages.append(
+            Warning(
+                f"JOBSTATUS has an unknown key {key!r}.", hint=hint, id="jobstatus.W001"
+            )
+        )
     return messages
 
 
@@ -35,7 +43,11 @@ def check_unknown_keys(**kwargs: Any) -> list[CheckMessage]:
 def check_removed_keys(**kwargs: Any) -> list[CheckMessage]:
     """E002: a key that this app no longer reads."""
     return [
-        Error(f"JOBSTATUS[{key!r}] has been removed.", hint=REMOVED_SETTINGS[key], id="jobstatus.E002")
+        Error(
+            f"JOBSTATUS[{key!r}] has been removed.",
+            hint=REMOVED_SETTINGS[key],
+            id="jobstatus.E002",
+        )
         for key in settings.user_settings
         if key in REMOVED_SETTINGS
     ]
@@ -67,20 +79,56 @@ def check_values(**kwargs: Any) -> list[CheckMessage]:
 
     user = settings.user_settings
     messages: list[CheckMessage] = []
-    for key in ("API_MAX_PAGE_SIZE", "API_PAGE_SIZE", "FINISH_RETRY_TIMEOUT", "HEARTBEAT_TIMEOUT", "LOG_MAX_LENGTH", "PROGRESS_INTERVAL", "RETENTION_DAYS"):
+    for key in (
+        "API_MAX_PAGE_SIZE",
+        "API_PAGE_SIZE",
+        "FINISH_RETRY_TIMEOUT",
+        "HEARTBEAT_TIMEOUT",
+        "LOG_MAX_LENGTH",
+        "PROGRESS_INTERVAL",
+        "RETENTION_DAYS",
+    ):
         value = user.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-            messages.append(Error(f"JOBSTATUS[{key!r}] must be greater than 0, not {value!r}.", hint=f"The default is {DEFAULTS[key]!r}.", id="jobstatus.E003"))
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value <= 0
+        ):
+            messages.append(
+                Error(
+                    f"JOBSTATUS[{key!r}] must be greater than 0, not {value!r}.",
+                    hint=f"The default is {DEFAULTS[key]!r}.",
+                    id="jobstatus.E003",
+                )
+            )
     keep_last = user.get("KEEP_LAST")
     if isinstance(keep_last, int) and keep_last < 0:
-        messages.append(Error(f"JOBSTATUS['KEEP_LAST'] must be 0 or more, not {keep_last!r}.", hint="0 keeps no run past its retention.", id="jobstatus.E003"))
+        messages.append(
+            Error(
+                f"JOBSTATUS['KEEP_LAST'] must be 0 or more, not {keep_last!r}.",
+                hint="0 keeps no run past its retention.",
+                id="jobstatus.E003",
+            )
+        )
     retention = user.get("RETENTION")
     if isinstance(retention, dict):
         for status, days in retention.items():
             if status not in Status.TERMINAL:
-                messages.append(Error(f"JOBSTATUS['RETENTION'] names {status!r}, which is not a finished status.", hint=f"Use one of {sorted(Status.TERMINAL)}.", id="jobstatus.E004"))
+                messages.append(
+                    Error(
+                        f"JOBSTATUS['RETENTION'] names {status!r}, which is not a finished status.",
+                        hint=f"Use one of {sorted(Status.TERMINAL)}.",
+                        id="jobstatus.E004",
+                    )
+                )
             elif not isinstance(days, int) or isinstance(days, bool) or days <= 0:
-                messages.append(Error(f"JOBSTATUS['RETENTION'][{status!r}] must be a whole number of days above 0, not {days!r}.", hint="For example {'failed': 90}.", id="jobstatus.E004"))
+                messages.append(
+                    Error(
+                        f"JOBSTATUS['RETENTION'][{status!r}] must be a whole number of days above 0, not {days!r}.",
+                        hint="For example {'failed': 90}.",
+                        id="jobstatus.E004",
+                    )
+                )
     return messages
 
 
@@ -93,11 +141,23 @@ def check_import_strings(**kwargs: Any) -> list[CheckMessage]:
         try:
             __import__(path)
         except ImportError as exc:
-            messages.append(Error(f"JOBSTATUS['INTEGRATIONS'] lists {path!r}, which cannot be imported: {exc}.", hint="Install the matching extra, e.g. pip install 'django-jobstatus[celery]'.", id="jobstatus.E005"))
+            messages.append(
+                Error(
+                    f"JOBSTATUS['INTEGRATIONS'] lists {path!r}, which cannot be imported: {exc}.",
+                    hint="Install the matching extra, e.g. pip install 'django-jobstatus[celery]'.",
+                    id="jobstatus.E005",
+                )
+            )
     for key in ("API_PERMISSION_CLASSES", "API_AUTHENTICATION_CLASSES"):
         for path in user.get(key) or ():
             try:
                 import_string(path)
             except ImportError as exc:
-                messages.append(Error(f"JOBSTATUS[{key!r}] lists {path!r}, which cannot be imported: {exc}.", hint="Give the dotted path of a class.", id="jobstatus.E005"))
+                messages.append(
+                    Error(
+                        f"JOBSTATUS[{key!r}] lists {path!r}, which cannot be imported: {exc}.",
+                        hint="Give the dotted path of a class.",
+                        id="jobstatus.E005",
+                    )
+                )
     return messages

@@ -49,7 +49,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Settings that hold import strings (or lists of them), resolved on first access.
-IMPORT_STRINGS: tuple[str, ...] = ("API_AUTHENTICATION_CLASSES", "API_PERMISSION_CLASSES")
+IMPORT_STRINGS: tuple[str, ...] = (
+    "API_AUTHENTICATION_CLASSES",
+    "API_PERMISSION_CLASSES",
+)
 
 # The types each setting must have, checked by jobstatus.E001.
 TYPES: dict[str, tuple[type, ...]] = {

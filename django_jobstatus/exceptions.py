@@ -14,5 +14,5 @@ class JobKilled(JobStatusError):  # noqa: N818 (public name fixed by DESIGN.md)
     """
 
 
-class InvalidTransition(JobStatusError):
+class InvalidTransition(JobStatusError):  # noqa: N818 (public name fixed by DESIGN.md)
     """A state change that the state machine does not allow; nothing was written."""

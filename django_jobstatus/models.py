@@ -64,7 +64,9 @@ def check_job_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValueError("job_name must be a non-empty string")
     if len(name) > JOB_NAME_MAX_LENGTH:
-        raise ValueError(f"job_name is {len(name)} characters long; the most is {JOB_NAME_MAX_LENGTH}")
+        raise ValueError(
+            f"job_name is {len(name)} characters long; the most is {JOB_NAME_MAX_LENGTH}"
+        )
     return name
 
 
@@ -75,13 +77,17 @@ def check_progress(current: Any, total: Any = None) -> tuple[int, int | None]:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"progress {name} must be a number, not {value!r}")
         if not math.isfinite(value) or value < 0:
-            raise ValueError(f"progress {name} must be a finite number of 0 or more, not {value!r}")
+            raise ValueError(
+                f"progress {name} must be a finite number of 0 or more, not {value!r}"
+            )
         return int(value)
 
     current_n = number("current", current)
     total_n = None if total is None else number("total", total)
     if total_n is not None and current_n > total_n:
-        raise ValueError(f"progress current ({current_n}) is greater than total ({total_n})")
+        raise ValueError(
+            f"progress current ({current_n}) is greater than total ({total_n})"
+        )
     return current_n, total_n
 
 
@@ -117,14 +123,27 @@ class Status(models.TextChoices):
     @classmethod
     def sources_of(cls, target: str) -> list[str]:
         """The statuses a run may move to ``target`` from."""
-        return sorted(source for source, targets in cls.LEGAL_MOVES.items() if target in targets)
+        return sorted(
+            source for source, targets in cls.LEGAL_MOVES.items() if target in targets
+        )
 
 
-Status.TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.KILLED, Status.LOST})
+Status.TERMINAL = frozenset(
+    {Status.SUCCEEDED, Status.FAILED, Status.KILLED, Status.LOST}
+)
 Status.ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING})
 Status.LEGAL_MOVES = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.KILLED}),
-    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.KILLED, Status.LOST, Status.RUNNING}),
+    Status.RUNNING: frozenset(
+        {
+            Status.SUCCEEDED,
+            Status.FAILED,
+            Status.RETRYING,
+            Status.KILLED,
+            Status.LOST,
+            Status.RUNNING,
+        }
+    ),
     Status.RETRYING: frozenset({Status.QUEUED, Status.RUNNING, Status.KILLED}),
 }
 
@@ -134,27 +153,68 @@ _STATUS_LENGTH = max(len(value) for value in Status.values)
 class JobRun(models.Model):
     id = models.UUIDField(_("id"), primary_key=True, default=uuid7, editable=False)
     job_name = models.CharField(_("job name"), max_length=JOB_NAME_MAX_LENGTH)
-    status = models.CharField(_("status"), max_length=_STATUS_LENGTH, choices=Status.choices, default=Status.QUEUED)
-    source = models.CharField(_("source"), max_length=50, blank=True, default="manual", help_text=_("How the run was started: manual, command, schedule, api, admin, django_tasks, celery, rq…"))
-    backend_job_id = models.CharField(_("backend job id"), max_length=255, blank=True, default="", help_text=_("The task system's own id of this run."))
+    status = models.CharField(
+        _("status"),
+        max_length=_STATUS_LENGTH,
+        choices=Status.choices,
+        default=Status.QUEUED,
+    )
+    source = models.CharField(
+        _("source"),
+        max_length=50,
+        blank=True,
+        default="manual",
+        help_text=_(
+            "How the run was started: manual, command, schedule, api, admin, django_tasks, celery, rq…"
+        ),
+    )
+    backend_job_id = models.CharField(
+        _("backend job id"),
+        max_length=255,
+        blank=True,
+        default="",
+        help_text=_("The task system's own id of this run."),
+    )
     queue = models.CharField(_("queue"), max_length=255, blank=True, default="")
     priority = models.IntegerField(_("priority"), default=0)
-    subject = models.CharField(_("subject"), max_length=255, blank=True, default="", help_text=_('What the run is about, e.g. "library.Book:53".'))
+    subject = models.CharField(
+        _("subject"),
+        max_length=255,
+        blank=True,
+        default="",
+        help_text=_('What the run is about, e.g. "library.Book:53".'),
+    )
     params = models.JSONField(_("parameters"), default=dict, blank=True)
     data = models.JSONField(_("data"), default=dict, blank=True)
     result = models.JSONField(_("result"), null=True, blank=True)
     message = models.TextField(_("message"), blank=True, default="")
     step = models.CharField(_("step"), max_length=255, blank=True, default="")
     progress_current = models.PositiveBigIntegerField(_("progress"), default=0)
-    progress_total = models.PositiveBigIntegerField(_("progress total"), null=True, blank=True)
+    progress_total = models.PositiveBigIntegerField(
+        _("progress total"), null=True, blank=True
+    )
     error = models.TextField(_("error"), blank=True, default="")
     traceback = models.TextField(_("traceback"), blank=True, default="")
     has_errors = models.BooleanField(_("has errors"), default=False)
     attempt = models.PositiveIntegerField(_("attempt"), default=1)
     attempts = models.JSONField(_("earlier attempts"), default=list, blank=True)
     worker = models.CharField(_("worker"), max_length=255, blank=True, default="")
-    owner = models.ForeignKey(django_settings.AUTH_USER_MODEL, verbose_name=_("owner"), null=True, blank=True, on_delete=models.SET_NULL, related_name="jobstatus_runs")
-    parent = models.ForeignKey("self", verbose_name=_("parent"), null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    owner = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        verbose_name=_("owner"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobstatus_runs",
+    )
+    parent = models.ForeignKey(
+        "self",
+        verbose_name=_("parent"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+    )
     created_at = models.DateTimeField(_("created"), default=timezone.now)
     queued_at = models.DateTimeField(_("queued"), null=True, blank=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
@@ -172,14 +232,22 @@ class JobRun(models.Model):
         get_latest_by = "created_at"
         indexes = [
             models.Index(fields=["created_at"], name="jobstatus_run_created_idx"),
-            models.Index(fields=["status", "created_at"], name="jobstatus_run_status_idx"),
-            models.Index(fields=["job_name", "created_at"], name="jobstatus_run_job_idx"),
+            models.Index(
+                fields=["status", "created_at"], name="jobstatus_run_status_idx"
+            ),
+            models.Index(
+                fields=["job_name", "created_at"], name="jobstatus_run_job_idx"
+            ),
             models.Index(fields=["finished_at"], name="jobstatus_run_finished_idx"),
             # The API's ?ordering=started_at and ?ordering=duration (migration 0002).
             models.Index(fields=["started_at"], name="jobstatus_run_started_idx"),
-            models.Index(F("finished_at") - F("started_at"), name="jobstatus_run_duration_idx"),
+            models.Index(
+                F("finished_at") - F("started_at"), name="jobstatus_run_duration_idx"
+            ),
             models.Index(fields=["backend_job_id"], name="jobstatus_run_backend_idx"),
-            models.Index(fields=["subject", "created_at"], name="jobstatus_run_subject_idx"),
+            models.Index(
+                fields=["subject", "created_at"], name="jobstatus_run_subject_idx"
+            ),
             models.Index(
                 fields=["status", "heartbeat_at"],
                 condition=Q(status__in=["queued", "running", "retrying"]),
@@ -188,7 +256,8 @@ class JobRun(models.Model):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=Q(progress_total__isnull=True) | Q(progress_current__lte=F("progress_total")),
+                condition=Q(progress_total__isnull=True)
+                | Q(progress_current__lte=F("progress_total")),
                 name="jobstatus_run_progress_le_total",
             ),
         ]
@@ -239,7 +308,14 @@ class JobRun(models.Model):
     def _db(self, using: str | None) -> str:
         return using or self._state.db or settings.DATABASE
 
-    def _transition(self, target: str, *, using: str | None = None, new_attempt: bool = False, **values: Any) -> None:
+    def _transition(
+        self,
+        target: str,
+        *,
+        using: str | None = None,
+        new_attempt: bool = False,
+        **values: Any,
+    ) -> None:
         db = self._db(using)
         previous = self.status
         now = timezone.now()
@@ -255,30 +331,53 @@ class JobRun(models.Model):
         updates: dict[str, Any] = dict(values)
         for field, stamp in stamps.items():
             # First entry only: a stamp already set stays.
-            updates[field] = Coalesce(F(field), stamp) if not new_attempt or field != "started_at" else stamp
+            updates[field] = (
+                Coalesce(F(field), stamp)
+                if not new_attempt or field != "started_at"
+                else stamp
+            )
         sources = Status.sources_of(target)
         if target == Status.RUNNING:
             # running → running is only a restart (a new attempt); a start needs queued|retrying,
             # else two workers holding the same queued run would both win.
-            sources = [Status.RUNNING] if new_attempt else [s for s in sources if s != Status.RUNNING]
+            sources = (
+                [Status.RUNNING]
+                if new_attempt
+                else [s for s in sources if s != Status.RUNNING]
+            )
         rows = JobRun.objects.using(db).filter(pk=self.pk, status__in=sources)
         if new_attempt:
             # The history is rebuilt from this instance, so it must be current.
             rows = rows.filter(attempt=self.attempt)
         if not rows.update(**updates):
-            current = JobRun.objects.using(db).filter(pk=self.pk).values_list("status", "attempt").first()
+            current = (
+                JobRun.objects.using(db)
+                .filter(pk=self.pk)
+                .values_list("status", "attempt")
+                .first()
+            )
             if current is None:
                 raise JobRun.DoesNotExist(f"Run {self.pk} does not exist.")
-            if new_attempt and current[0] in Status.sources_of(target) and current[1] != self.attempt:
-                raise InvalidTransition(f"Run {self.pk} is at attempt {current[1]}, not {self.attempt}; reload it first.")
-            raise InvalidTransition(f"Run {self.pk} cannot move from {current[0]} to {target}.")
+            if (
+                new_attempt
+                and current[0] in Status.sources_of(target)
+                and current[1] != self.attempt
+            ):
+                raise InvalidTransition(
+                    f"Run {self.pk} is at attempt {current[1]}, not {self.attempt}; reload it first."
+                )
+            raise InvalidTransition(
+                f"Run {self.pk} cannot move from {current[0]} to {target}."
+            )
         for field, value in values.items():
             setattr(self, field, value)
         for field, stamp in stamps.items():
             if new_attempt or getattr(self, field) is None:
                 setattr(self, field, stamp)
         transaction.on_commit(
-            lambda: job_status_changed.send(sender=JobRun, run=self, previous=previous, status=target),
+            lambda: job_status_changed.send(
+                sender=JobRun, run=self, previous=previous, status=target
+            ),
             using=db,
         )
 
@@ -298,9 +397,13 @@ class JobRun(models.Model):
         """retrying → queued (the next attempt waits for a worker)."""
         self._transition(Status.QUEUED, using=using)
 
-    def mark_running(self, *, worker: str | None = None, using: str | None = None) -> None:
+    def mark_running(
+        self, *, worker: str | None = None, using: str | None = None
+    ) -> None:
         """queued|retrying → running; running → running is a restart (a new attempt)."""
-        values: dict[str, Any] = {"worker": worker if worker is not None else default_worker()}
+        values: dict[str, Any] = {
+            "worker": worker if worker is not None else default_worker()
+        }
         if self.status == Status.RUNNING:
             now = timezone.now()
             values |= self._next_attempt("restarted", self.error, now)
@@ -309,12 +412,21 @@ class JobRun(models.Model):
         else:
             self._transition(Status.RUNNING, using=using, **values)
 
-    def mark_succeeded(self, result: Any = None, *, using: str | None = None, **fields: Any) -> None:
+    def mark_succeeded(
+        self, result: Any = None, *, using: str | None = None, **fields: Any
+    ) -> None:
         """running → succeeded, with the job's result."""
         check_json("result", result)
         self._transition(Status.SUCCEEDED, using=using, result=result, **fields)
 
-    def mark_failed(self, exc: BaseException | None = None, *, retry: bool = False, using: str | None = None, **fields: Any) -> None:
+    def mark_failed(
+        self,
+        exc: BaseException | None = None,
+        *,
+        retry: bool = False,
+        using: str | None = None,
+        **fields: Any,
+    ) -> None:
         """running → failed (or → retrying with ``retry=True``), recording the error."""
         if exc is not None:
             fields.setdefault("error", exception_text(exc))
@@ -330,12 +442,17 @@ class JobRun(models.Model):
 
     def mark_killed(self, *, using: str | None = None, **fields: Any) -> None:
         """queued|running|retrying → killed."""
-        fields.setdefault("message", str(_("Killed on request.")) if self.kill_requested else str(_("Killed.")))
+        fields.setdefault(
+            "message",
+            str(_("Killed on request.")) if self.kill_requested else str(_("Killed.")),
+        )
         self._transition(Status.KILLED, using=using, **fields)
 
     def mark_lost(self, *, using: str | None = None, **fields: Any) -> None:
         """running → lost: its worker stopped sending heartbeats."""
-        fields.setdefault("message", str(_("Lost: the worker stopped sending heartbeats.")))
+        fields.setdefault(
+            "message", str(_("Lost: the worker stopped sending heartbeats."))
+        )
         self._transition(Status.LOST, using=using, **fields)
 
     # Writes that are not transitions.
@@ -343,21 +460,40 @@ class JobRun(models.Model):
     def request_kill(self, *, using: str | None = None) -> bool:
         """Ask the job to stop; True when the run is active and was not asked already."""
         now = timezone.now()
-        rows = JobRun.objects.using(self._db(using)).filter(pk=self.pk).active().filter(kill_requested_at__isnull=True)
+        rows = (
+            JobRun.objects.using(self._db(using))
+            .filter(pk=self.pk)
+            .active()
+            .filter(kill_requested_at__isnull=True)
+        )
         if rows.update(kill_requested_at=now, updated_at=now):
             self.kill_requested_at = now
             return True
         return False
 
-    def set_progress(self, current: float, total: float | None = None, *, step: str | None = None, message: str | None = None, using: str | None = None) -> None:
+    def set_progress(
+        self,
+        current: float,
+        total: float | None = None,
+        *,
+        step: str | None = None,
+        message: str | None = None,
+        using: str | None = None,
+    ) -> None:
         """Store progress now (unthrottled; running jobs use ``track()``'s handle)."""
         current_n, total_n = check_progress(current, total)
         now = timezone.now()
-        values: dict[str, Any] = {"progress_current": current_n, "heartbeat_at": now, "updated_at": now}
+        values: dict[str, Any] = {
+            "progress_current": current_n,
+            "heartbeat_at": now,
+            "updated_at": now,
+        }
         if total is not None:
             values["progress_total"] = total_n
         elif self.progress_total is not None and current_n > self.progress_total:
-            raise ValueError(f"progress current ({current_n}) is greater than total ({self.progress_total})")
+            raise ValueError(
+                f"progress current ({current_n}) is greater than total ({self.progress_total})"
+            )
         if step is not None:
             values["step"] = step
         if message is not None:
@@ -368,19 +504,36 @@ class JobRun(models.Model):
 
     def heartbeat(self, *, using: str | None = None) -> None:
         now = timezone.now()
-        JobRun.objects.using(self._db(using)).filter(pk=self.pk).update(heartbeat_at=now)
+        JobRun.objects.using(self._db(using)).filter(pk=self.pk).update(
+            heartbeat_at=now
+        )
         self.heartbeat_at = now
 
-    def log(self, level: int, message: str, *args: Any, extra: dict[str, Any] | None = None, using: str | None = None) -> JobLog:
+    def log(
+        self,
+        level: int,
+        message: str,
+        *args: Any,
+        extra: dict[str, Any] | None = None,
+        using: str | None = None,
+    ) -> JobLog:
         """Write one log line now; ``level`` is a ``logging`` level number."""
         entry = JobLog.build(self, level, message, *args, extra=extra)
         entry.save(using=self._db(using))
         if entry.level >= 40 and not self.has_errors:
-            JobRun.objects.using(self._db(using)).filter(pk=self.pk).update(has_errors=True)
+            JobRun.objects.using(self._db(using)).filter(pk=self.pk).update(
+                has_errors=True
+            )
             self.has_errors = True
         return entry
 
-    def wait(self, statuses: Iterable[str] | None = None, timeout: float = 60, *, interval: float = 0.2) -> JobRun:
+    def wait(
+        self,
+        statuses: Iterable[str] | None = None,
+        timeout: float = 60,
+        *,
+        interval: float = 0.2,
+    ) -> JobRun:
         """Block until the run is in one of ``statuses`` (default: finished); TimeoutError after ``timeout`` s."""
         wanted = frozenset(statuses) if statuses is not None else Status.TERMINAL
         deadline = time.monotonic() + timeout
@@ -389,13 +542,17 @@ class JobRun(models.Model):
             if self.status in wanted:
                 return self
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"Run {self.pk} is still {self.status} after {timeout} s.")
+                raise TimeoutError(
+                    f"Run {self.pk} is still {self.status} after {timeout} s."
+                )
             time.sleep(min(interval, max(deadline - time.monotonic(), 0)))
 
 
 class JobLog(models.Model):
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(JobRun, verbose_name=_("run"), on_delete=models.CASCADE, related_name="logs")
+    run = models.ForeignKey(
+        JobRun, verbose_name=_("run"), on_delete=models.CASCADE, related_name="logs"
+    )
     created_at = models.DateTimeField(_("time"), default=timezone.now)
     level = models.PositiveSmallIntegerField(_("level"), default=20)
     message = models.TextField(_("message"))
@@ -409,7 +566,9 @@ class JobLog(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["run", "created_at"], name="jobstatus_log_run_idx"),
-            models.Index(fields=["run", "level", "created_at"], name="jobstatus_log_level_idx"),
+            models.Index(
+                fields=["run", "level", "created_at"], name="jobstatus_log_level_idx"
+            ),
             models.Index(fields=["created_at"], name="jobstatus_log_created_idx"),
         ]
 
@@ -423,7 +582,14 @@ class JobLog(models.Model):
         return logging.getLevelName(self.level)
 
     @classmethod
-    def build(cls, run: JobRun | Any, level: int, message: str, *args: Any, extra: dict[str, Any] | None = None) -> JobLog:
+    def build(
+        cls,
+        run: JobRun | Any,
+        level: int,
+        message: str,
+        *args: Any,
+        extra: dict[str, Any] | None = None,
+    ) -> JobLog:
         """An unsaved line: ``%``-formatted, cut to LOG_MAX_LENGTH, ``extra`` checked for JSON."""
         if isinstance(level, bool) or not isinstance(level, int) or level < 0:
             raise ValueError(f"log level must be a logging level number, not {level!r}")
@@ -433,7 +599,12 @@ class JobLog(models.Model):
         extra = extra or {}
         check_json("extra", extra)
         run_id = run.pk if isinstance(run, JobRun) else run
-        return cls(run_id=run_id, level=level, message=cut(text, settings.LOG_MAX_LENGTH), extra=extra)
+        return cls(
+            run_id=run_id,
+            level=level,
+            message=cut(text, settings.LOG_MAX_LENGTH),
+            extra=extra,
+        )
 
 
 class Dashboard(JobRun):

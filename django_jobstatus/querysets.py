@@ -10,7 +10,16 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
 from django.db import connections, models, transaction
-from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Max, Min, Q
+from django.db.models import (
+    Avg,
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Max,
+    Min,
+    Q,
+)
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -33,7 +42,11 @@ def as_timedelta(name: str, value: float | timedelta) -> timedelta:
     """``value`` as a timedelta: a number counts ``name`` (days or seconds)."""
     if isinstance(value, timedelta):
         delta = value
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    elif (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    ):
         delta = timedelta(**{name: value})
     else:
         raise ValueError(f"{name} must be a number or a timedelta, not {value!r}")
@@ -42,9 +55,13 @@ def as_timedelta(name: str, value: float | timedelta) -> timedelta:
     return delta
 
 
-_REAPED = _("Lost: no heartbeat since %(since)s, more than %(timeout)g seconds ago; reaped.")
+_REAPED = _(
+    "Lost: no heartbeat since %(since)s, more than %(timeout)g seconds ago; reaped."
+)
 
-DURATION = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+DURATION = ExpressionWrapper(
+    F("finished_at") - F("started_at"), output_field=DurationField()
+)
 
 
 class _Percentile(models.Aggregate):
@@ -70,7 +87,9 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     position = (len(sorted_values) - 1) * fraction
     low = math.floor(position)
     high = math.ceil(position)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (
+        position - low
+    )
 
 
 @dataclasses.dataclass
@@ -85,12 +104,17 @@ class PurgeResult:
     batches: int = 0
     longest_batch: float = 0.0  # seconds: the longest single batch transaction
     elapsed: float = 0.0  # seconds since the purge began
-    _began: float = dataclasses.field(default_factory=time.monotonic, repr=False, compare=False)
+    _began: float = dataclasses.field(
+        default_factory=time.monotonic, repr=False, compare=False
+    )
 
     @property
     def rows(self) -> list[dict[str, Any]]:
         """One dict per job name and status (``job_name``, ``status``, ``runs``, ``logs``), sorted."""
-        return [{"job_name": name, "status": status, "runs": runs, "logs": logs} for (name, status), (runs, logs) in sorted(self.counts.items())]
+        return [
+            {"job_name": name, "status": status, "runs": runs, "logs": logs}
+            for (name, status), (runs, logs) in sorted(self.counts.items())
+        ]
 
     def _add(self, name: str, status: str, runs: int, logs: int) -> None:
         entry = self.counts.setdefault((name, status), [0, 0])
@@ -125,7 +149,9 @@ def _chunk_size(db: str) -> int | None:
 
 def _whole(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a whole number of {minimum} or more, not {value!r}")
+        raise ValueError(
+            f"{name} must be a whole number of {minimum} or more, not {value!r}"
+        )
     return value
 
 
@@ -138,7 +164,9 @@ def _can_raw_delete_runs(model: type[JobRun]) -> bool:
     if pre_delete.has_listeners(model) or post_delete.has_listeners(model):
         return False
     for relation in model._meta.related_objects:
-        if relation.related_model is JobLog or (relation.related_model is model and relation.field.name == "parent"):
+        if relation.related_model is JobLog or (
+            relation.related_model is model and relation.field.name == "parent"
+        ):
             continue
         return False
     return True
@@ -200,14 +228,21 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
     def recent(self, limit: int = 100) -> Self:
         """The newest ``limit`` runs, newest first."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be a whole number of 0 or more, not {limit!r}")
+            raise ValueError(
+                f"limit must be a whole number of 0 or more, not {limit!r}"
+            )
         return self.order_by("-created_at", "-id")[:limit]
 
     def stale(self, timeout: float | timedelta | None = None) -> Self:
         """Running runs with no heartbeat (or start, if they never beat) for ``timeout`` seconds."""
-        delta = as_timedelta("seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout)
+        delta = as_timedelta(
+            "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
+        )
         cutoff = timezone.now() - delta
-        return self.running().filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff))
+        return self.running().filter(
+            Q(heartbeat_at__lt=cutoff)
+            | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+        )
 
     def kill_requested(self) -> Self:
         """Runs someone asked to stop."""
@@ -253,7 +288,11 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
     def request_kill(self) -> int:
         """Ask every active run here to stop; the number of runs newly asked."""
         now = timezone.now()
-        return self.active().filter(kill_requested_at__isnull=True).update(kill_requested_at=now, updated_at=now)
+        return (
+            self.active()
+            .filter(kill_requested_at__isnull=True)
+            .update(kill_requested_at=now, updated_at=now)
+        )
 
     def purge(
         self,
@@ -283,9 +322,16 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """
         if self.query.is_sliced:
             raise TypeError("Cannot purge a sliced queryset.")
-        keep = _whole("keep_last", settings.KEEP_LAST if keep_last is None else keep_last, 0)
+        keep = _whole(
+            "keep_last", settings.KEEP_LAST if keep_last is None else keep_last, 0
+        )
         _whole("batch_size", batch_size, 1)
-        cutoffs = self._purge_cutoffs(self._purge_statuses(statuses, include_active), days, retention, now or timezone.now())
+        cutoffs = self._purge_cutoffs(
+            self._purge_statuses(statuses, include_active),
+            days,
+            retention,
+            now or timezone.now(),
+        )
         old = Q()
         for cutoff, chosen in cutoffs.items():
             old |= Q(status__in=sorted(chosen), created_at__lt=cutoff)
@@ -308,58 +354,105 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         every = self.model.objects.using(self.db)
         for name in sorted(set(names)):
             # One short index scan of (job_name, created_at) per job.
-            kept.update(every.for_job(name).order_by("-created_at", "-id").values_list("pk", flat=True)[:keep])
+            kept.update(
+                every.for_job(name)
+                .order_by("-created_at", "-id")
+                .values_list("pk", flat=True)[:keep]
+            )
         return kept
 
     def _purge_count(self, kept: set[Any], result: PurgeResult) -> None:
         """Add to ``result`` what the purge would delete: every run here except ``kept``."""
         from django_jobstatus.models import JobLog
 
-        counted = self.order_by().values("job_name", "status").annotate(run_count=Count("pk"))
+        counted = (
+            self.order_by().values("job_name", "status").annotate(run_count=Count("pk"))
+        )
         for row in counted:
             result._add(row["job_name"], row["status"], row["run_count"], 0)
-        logs = JobLog.objects.using(self.db).filter(run__in=self.order_by().values("pk"))
-        for row in logs.order_by().values("run__job_name", "run__status").annotate(n=Count("pk")):
+        logs = JobLog.objects.using(self.db).filter(
+            run__in=self.order_by().values("pk")
+        )
+        for row in (
+            logs.order_by()
+            .values("run__job_name", "run__status")
+            .annotate(n=Count("pk"))
+        ):
             result._add(row["run__job_name"], row["run__status"], 0, row["n"])
         chunk = _chunk_size(self.db)
         for part in _chunks(sorted(kept), chunk):
             spared = self.filter(pk__in=part).order_by()
-            for row in spared.values("job_name", "status").annotate(run_count=Count("pk")):
+            for row in spared.values("job_name", "status").annotate(
+                run_count=Count("pk")
+            ):
                 result._add(row["job_name"], row["status"], -row["run_count"], 0)
             lines = JobLog.objects.using(self.db).filter(run__in=spared.values("pk"))
-            for row in lines.order_by().values("run__job_name", "run__status").annotate(n=Count("pk")):
+            for row in (
+                lines.order_by()
+                .values("run__job_name", "run__status")
+                .annotate(n=Count("pk"))
+            ):
                 result._add(row["run__job_name"], row["run__status"], 0, -row["n"])
         result.counts = {key: value for key, value in result.counts.items() if value[0]}
 
-    def _purge_statuses(self, statuses: Iterable[str] | None, include_active: bool) -> set[str]:  # noqa: FBT001
+    def _purge_statuses(
+        self,
+        statuses: Iterable[str] | None,
+        include_active: bool,  # noqa: FBT001
+    ) -> set[str]:
         status = _status()
         allowed = set(status.values) if include_active else set(status.TERMINAL)
         if statuses is None:
             return allowed
-        chosen = {str(value) for value in ([statuses] if isinstance(statuses, str) else statuses)}
+        chosen = {
+            str(value)
+            for value in ([statuses] if isinstance(statuses, str) else statuses)
+        }
         unknown = chosen - set(status.values)
         if unknown:
             raise ValueError(f"Unknown status: {', '.join(sorted(unknown))}")
         active = chosen - allowed
         if active:
-            raise ValueError(f"{', '.join(sorted(active))} runs are not finished: pass include_active=True to purge them")
+            raise ValueError(
+                f"{', '.join(sorted(active))} runs are not finished: pass include_active=True to purge them"
+            )
         return chosen
 
-    def _purge_cutoffs(self, chosen: set[str], days: float | timedelta | None, retention: Mapping[str, float | timedelta] | None, now: datetime) -> dict[datetime, set[str]]:
+    def _purge_cutoffs(
+        self,
+        chosen: set[str],
+        days: float | timedelta | None,
+        retention: Mapping[str, float | timedelta] | None,
+        now: datetime,
+    ) -> dict[datetime, set[str]]:
         """Group the chosen statuses by the time before which their runs go."""
         if retention is None:
             retention = {} if days is not None else settings.RETENTION
         unknown = set(retention) - set(_status().values)
         if unknown:
-            raise ValueError(f"Unknown status in retention: {', '.join(sorted(unknown))}")
-        default = as_timedelta("days", settings.RETENTION_DAYS if days is None else days)
+            raise ValueError(
+                f"Unknown status in retention: {', '.join(sorted(unknown))}"
+            )
+        default = as_timedelta(
+            "days", settings.RETENTION_DAYS if days is None else days
+        )
         cutoffs: dict[datetime, set[str]] = defaultdict(set)
         for status in chosen:
-            keep_for = as_timedelta("days", retention[status]) if status in retention else default
+            keep_for = (
+                as_timedelta("days", retention[status])
+                if status in retention
+                else default
+            )
             cutoffs[now - keep_for].add(status)
         return cutoffs
 
-    def _purge_batches(self, kept: set[Any], batch_size: int, result: PurgeResult, progress: Callable[[PurgeResult], None] | None) -> None:
+    def _purge_batches(
+        self,
+        kept: set[Any],
+        batch_size: int,
+        result: PurgeResult,
+        progress: Callable[[PurgeResult], None] | None,
+    ) -> None:
         """Delete the runs here but ``kept``, and their logs, oldest first, one transaction per batch.
 
         One sweep in ``created_at`` order: runs and log lines written at the same time sit
@@ -372,15 +465,28 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         while True:
             # Keyset pagination: each batch starts after the last one, never rescanning
             # the index entries of the rows already deleted.
-            page = ordered if after is None else ordered.filter(Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1]))
+            page = (
+                ordered
+                if after is None
+                else ordered.filter(
+                    Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1])
+                )
+            )
             batch = page.values_list("pk", "job_name", "status", "created_at")
             if features.has_select_for_update_skip_locked:
                 # Another purge (or a writer) holding a row: skip it rather than wait.
-                batch = batch.select_for_update(skip_locked=True, of=("self",) if features.has_select_for_update_of else ())
+                batch = batch.select_for_update(
+                    skip_locked=True,
+                    of=("self",) if features.has_select_for_update_of else (),
+                )
             began = time.monotonic()
             with transaction.atomic(using=db):
                 rows = list(batch[:batch_size])
-                doomed = {pk: (name, status) for pk, name, status, _created in rows if pk not in kept}
+                doomed = {
+                    pk: (name, status)
+                    for pk, name, status, _created in rows
+                    if pk not in kept
+                }
                 if doomed:
                     self._purge_delete(doomed, result)
             if not rows:
@@ -395,7 +501,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             if len(rows) < batch_size:
                 return
 
-    def _purge_delete(self, doomed: dict[Any, tuple[str, str]], result: PurgeResult) -> None:
+    def _purge_delete(
+        self, doomed: dict[Any, tuple[str, str]], result: PurgeResult
+    ) -> None:
         """Delete the runs ``doomed`` (id -> (job name, status)) and their log lines; count them in ``result``."""
         from django_jobstatus.models import JobLog
 
@@ -416,7 +524,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         for pk, (name, status) in doomed.items():
             result._add(name, status, 1, lines.get(pk, 0))
 
-    def reap(self, timeout: float | timedelta | None = None, *, batch_size: int = 100) -> ReapResult:
+    def reap(
+        self, timeout: float | timedelta | None = None, *, batch_size: int = 100
+    ) -> ReapResult:
         """Mark the stale running runs here ``lost``, each with a message and a log line.
 
         ``timeout`` is in seconds (default ``HEARTBEAT_TIMEOUT``), as for ``stale()``. Each
@@ -429,7 +539,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
         from django_jobstatus.exceptions import InvalidTransition
 
-        delta = as_timedelta("seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout)
+        delta = as_timedelta(
+            "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
+        )
         _whole("batch_size", batch_size, 1)
         features = connections[self.db].features
         result = ReapResult()
@@ -437,11 +549,17 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             with transaction.atomic(using=self.db):
                 batch = self.stale(delta).order_by("pk")
                 if features.has_select_for_update_skip_locked:
-                    batch = batch.select_for_update(skip_locked=True, of=("self",) if features.has_select_for_update_of else ())
+                    batch = batch.select_for_update(
+                        skip_locked=True,
+                        of=("self",) if features.has_select_for_update_of else (),
+                    )
                 runs = list(batch[:batch_size])
                 for run in runs:
                     since = run.heartbeat_at or run.started_at
-                    text = str(_REAPED) % {"since": since.isoformat() if since else "?", "timeout": delta.total_seconds()}
+                    text = str(_REAPED) % {
+                        "since": since.isoformat() if since else "?",
+                        "timeout": delta.total_seconds(),
+                    }
                     try:
                         run.mark_lost(message=text)
                     except InvalidTransition:
@@ -473,7 +591,12 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             seconds = _EpochSeconds(DURATION)
             durations["p50_duration"] = _Percentile(seconds, 0.5, filter=timed)
             durations["p95_duration"] = _Percentile(seconds, 0.95, filter=timed)
-        rows = self.order_by().values("job_name").annotate(total=Count("pk"), **counts, **durations).order_by("job_name")
+        rows = (
+            self.order_by()
+            .values("job_name")
+            .annotate(total=Count("pk"), **counts, **durations)
+            .order_by("job_name")
+        )
         result = []
         for row in rows:
             finished = sum(row[status] for status in _status().TERMINAL)
@@ -495,7 +618,11 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     def _add_percentiles(self, result: list[dict[str, Any]]) -> None:
         by_job: dict[str, list[float]] = defaultdict(list)
-        rows = self.filter(finished_at__isnull=False, started_at__isnull=False).order_by().values_list("job_name", "started_at", "finished_at")
+        rows = (
+            self.filter(finished_at__isnull=False, started_at__isnull=False)
+            .order_by()
+            .values_list("job_name", "started_at", "finished_at")
+        )
         for name, started, finished in rows.iterator(chunk_size=5000):
             by_job[name].append((finished - started).total_seconds())
         for entry in result:
@@ -520,4 +647,3 @@ class JobLogQuerySet(models.QuerySet[Any]):
     def older_than(self, days: float | timedelta = 30) -> Self:
         """Lines written before ``days`` ago."""
         return self.filter(created_at__lt=timezone.now() - as_timedelta("days", days))
-

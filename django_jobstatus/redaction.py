@@ -17,7 +17,10 @@ def redact(value: Any) -> Any:
 
 def _redact(value: Any, keys: set[str]) -> Any:
     if isinstance(value, dict):
-        return {key: MASK if str(key).lower() in keys else _redact(item, keys) for key, item in value.items()}
+        return {
+            key: MASK if str(key).lower() in keys else _redact(item, keys)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_redact(item, keys) for item in value]
     return value

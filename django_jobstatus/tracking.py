@@ -19,7 +19,13 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    transaction,
+)
 from django.utils import timezone
 
 from django_jobstatus.conf import settings
@@ -33,7 +39,9 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_current: ContextVar[JobHandle | None] = ContextVar("django_jobstatus_current_job", default=None)
+_current: ContextVar[JobHandle | None] = ContextVar(
+    "django_jobstatus_current_job", default=None
+)
 
 SIDE_SUFFIX = "__jobstatus"
 
@@ -56,11 +64,17 @@ def tracking_database() -> str:
         return alias
     side = alias + SIDE_SUFFIX
     if side not in connections.settings:
-        side_settings = {**connection.settings_dict, "AUTOCOMMIT": True, "ATOMIC_REQUESTS": False}
+        side_settings = {
+            **connection.settings_dict,
+            "AUTOCOMMIT": True,
+            "ATOMIC_REQUESTS": False,
+        }
         if connection.vendor == "postgresql":
             # Never wait for ever on a row the job's own transaction holds.
             options = dict(side_settings.get("OPTIONS") or {})
-            options["options"] = f"{options.get('options', '')} -c lock_timeout=10000".strip()
+            options["options"] = (
+                f"{options.get('options', '')} -c lock_timeout=10000".strip()
+            )
             side_settings["OPTIONS"] = options
         connections.settings[side] = side_settings
     return side
@@ -86,7 +100,9 @@ class JobHandle:
 
     def __init__(self, run: JobRun, *, interval: float | None = None) -> None:
         self.run = run
-        self._interval = settings.PROGRESS_INTERVAL if interval is None else float(interval)
+        self._interval = (
+            settings.PROGRESS_INTERVAL if interval is None else float(interval)
+        )
         self._current = run.progress_current
         self._total = run.progress_total
         self._step = run.step
@@ -124,11 +140,15 @@ class JobHandle:
         """Set how far the job is (and, optionally, out of how much)."""
         from django_jobstatus.models import check_progress
 
-        self._current, new_total = check_progress(current, total if total is not None else None)
+        self._current, new_total = check_progress(
+            current, total if total is not None else None
+        )
         if total is not None:
             self._total = new_total
         elif self._total is not None and self._current > self._total:
-            raise ValueError(f"progress current ({self._current}) is greater than total ({self._total})")
+            raise ValueError(
+                f"progress current ({self._current}) is greater than total ({self._total})"
+            )
         self._changed()
 
     def advance(self, amount: float = 1) -> None:
@@ -138,7 +158,11 @@ class JobHandle:
         current = self._current + int(amount)
         if self._total is not None and current > self._total:
             if not self._clamped:
-                logger.warning("Run %s advanced past its total (%s); progress is capped there.", self.run.pk, self._total)
+                logger.warning(
+                    "Run %s advanced past its total (%s); progress is capped there.",
+                    self.run.pk,
+                    self._total,
+                )
                 self._clamped = True
             current = self._total
         self._current = current
@@ -166,7 +190,9 @@ class JobHandle:
 
     # Logs.
 
-    def log(self, level: int, msg: str, *args: Any, extra: dict[str, Any] | None = None) -> None:
+    def log(
+        self, level: int, msg: str, *args: Any, extra: dict[str, Any] | None = None
+    ) -> None:
         """Log a line on the run (written with the next throttled write)."""
         from django_jobstatus.models import JobLog
 
@@ -175,7 +201,10 @@ class JobHandle:
         self._logs.append(entry)
         if level >= logging.ERROR:
             self._has_errors = True
-        if len(self._logs) >= 500 or time.monotonic() - self._last_write >= self._interval:
+        if (
+            len(self._logs) >= 500
+            or time.monotonic() - self._last_write >= self._interval
+        ):
             self.flush()
 
     def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
@@ -201,7 +230,10 @@ class JobHandle:
     @property
     def kill_requested(self) -> bool:
         """Whether someone asked this run to stop (read from the database at most once per interval)."""
-        if not self._kill_requested and time.monotonic() - self._last_kill_read >= self._interval:
+        if (
+            not self._kill_requested
+            and time.monotonic() - self._last_kill_read >= self._interval
+        ):
             self._last_kill_read = time.monotonic()
             self._read_kill()
         return self._kill_requested
@@ -216,9 +248,18 @@ class JobHandle:
 
         alias = tracking_database()
         try:
-            requested = JobRun.objects.using(alias).filter(pk=self.run.pk).values_list("kill_requested_at", flat=True).first()
+            requested = (
+                JobRun.objects.using(alias)
+                .filter(pk=self.run.pk)
+                .values_list("kill_requested_at", flat=True)
+                .first()
+            )
         except DatabaseError:
-            logger.warning("Could not read the kill request of run %s; asking again later.", self.run.pk, exc_info=True)
+            logger.warning(
+                "Could not read the kill request of run %s; asking again later.",
+                self.run.pk,
+                exc_info=True,
+            )
             _reset_connection(alias)
             return
         if requested is not None:
@@ -231,7 +272,12 @@ class JobHandle:
         now = timezone.now()
         fields: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
         if self._dirty:
-            fields |= {"progress_current": self._current, "progress_total": self._total, "step": self._step, "message": self._message}
+            fields |= {
+                "progress_current": self._current,
+                "progress_total": self._total,
+                "step": self._step,
+                "message": self._message,
+            }
         if self._has_errors and not self.run.has_errors:
             fields["has_errors"] = True
         return fields
@@ -251,14 +297,22 @@ class JobHandle:
         fields = self._pending_fields()
         try:
             # A savepoint keeps a failed write from breaking the job's own transaction (SQLite).
-            with transaction.atomic(using=alias, savepoint=connections[alias].in_atomic_block):
+            with transaction.atomic(
+                using=alias, savepoint=connections[alias].in_atomic_block
+            ):
                 if self._logs:
                     JobLog.objects.using(alias).bulk_create(self._logs)
                 JobRun.objects.using(alias).filter(pk=self.run.pk).update(**fields)
         except DatabaseError:
-            logger.warning("Could not record the progress of run %s; trying again at the next write.", self.run.pk, exc_info=True)
+            logger.warning(
+                "Could not record the progress of run %s; trying again at the next write.",
+                self.run.pk,
+                exc_info=True,
+            )
             _reset_connection(alias)
-            if len(self._logs) > 10_000:  # the database has been away for long: keep the newest
+            if (
+                len(self._logs) > 10_000
+            ):  # the database has been away for long: keep the newest
                 del self._logs[:-10_000]
             return
         self.writes += 1
@@ -269,7 +323,9 @@ class JobHandle:
     def _write_logs_then(self, alias: str, action: Callable[[], None]) -> None:
         from django_jobstatus.models import JobLog
 
-        with transaction.atomic(using=alias, savepoint=connections[alias].in_atomic_block):
+        with transaction.atomic(
+            using=alias, savepoint=connections[alias].in_atomic_block
+        ):
             if self._logs:
                 JobLog.objects.using(alias).bulk_create(self._logs)
             action()
@@ -290,14 +346,24 @@ class JobHandle:
             fields = self._pending_fields() | values
             fields.pop("updated_at")
             try:
-                self._write_logs_then(alias, lambda: self._transition(exc, alias, fields))  # noqa: B023 (called at once)
+                self._write_logs_then(
+                    alias,
+                    lambda: self._transition(exc, alias, fields),  # noqa: B023 (called at once)
+                )
             except InvalidTransition as error:
-                logger.warning("The end of run %s was not recorded: %s", self.run.pk, error)
+                logger.warning(
+                    "The end of run %s was not recorded: %s", self.run.pk, error
+                )
                 return
             except (OperationalError, InterfaceError):
                 _reset_connection(alias)
                 if time.monotonic() + delay > deadline:
-                    logger.exception("Could not record the end of run %s (%s) after %.0f s.", self.run.pk, self.run.job_name, settings.FINISH_RETRY_TIMEOUT)
+                    logger.exception(
+                        "Could not record the end of run %s (%s) after %.0f s.",
+                        self.run.pk,
+                        self.run.job_name,
+                        settings.FINISH_RETRY_TIMEOUT,
+                    )
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -305,7 +371,9 @@ class JobHandle:
             self._applied(fields)
             return
 
-    def _transition(self, exc: BaseException | None, alias: str, fields: dict[str, Any]) -> None:
+    def _transition(
+        self, exc: BaseException | None, alias: str, fields: dict[str, Any]
+    ) -> None:
         if exc is None:
             self.run.mark_succeeded(self._result, using=alias, **fields)
         elif isinstance(exc, JobKilled):
@@ -366,7 +434,12 @@ def track(
     parent, backend_job_id, …).
     """
     if run is None:
-        fields |= {"params": params if params is not None else {}, "data": data if data is not None else {}, "subject": subject, "source": source}
+        fields |= {
+            "params": params if params is not None else {},
+            "data": data if data is not None else {},
+            "subject": subject,
+            "source": source,
+        }
         run = _start_run(job_name, fields)
     else:
         run.mark_running(using=tracking_database())
@@ -385,7 +458,9 @@ def track(
         handle.deactivate(token)
 
 
-def tracked(job_name: str | None = None, **track_kwargs: Any) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+def tracked(
+    job_name: str | None = None, **track_kwargs: Any
+) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
     """Decorate a function so that each call is a tracked run (``current_job()`` inside).
 
     The job name defaults to the function's module path. The call returns the function's
@@ -395,7 +470,9 @@ def tracked(job_name: str | None = None, **track_kwargs: Any) -> Callable[[Calla
 
     def decorator(func: Callable[P, R]) -> Callable[P, R | None]:
         if inspect.iscoroutinefunction(func):
-            raise TypeError("tracked() does not support async functions; call track() from sync code.")
+            raise TypeError(
+                "tracked() does not support async functions; call track() from sync code."
+            )
         name = job_name or f"{func.__module__}.{func.__qualname__}"
 
         @functools.wraps(func)

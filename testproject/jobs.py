@@ -7,12 +7,25 @@ import time
 
 from django_jobstatus import current_job, track, tracked
 
-BOOKS = ["Dune", "Emma", "Ulysses", "Beloved", "Middlemarch", "Persuasion", "Solaris", "Kindred"]
+BOOKS = [
+    "Dune",
+    "Emma",
+    "Ulysses",
+    "Beloved",
+    "Middlemarch",
+    "Persuasion",
+    "Solaris",
+    "Kindred",
+]
 
 
 def import_books(count: int = 200, *, delay: float = 0.02) -> dict[str, int]:
     """An import with steps and progress: download, parse, save."""
-    with track("library.import_books", params={"count": count, "source": "https://example.org/books.csv"}, source="command") as job:
+    with track(
+        "library.import_books",
+        params={"count": count, "source": "https://example.org/books.csv"},
+        source="command",
+    ) as job:
         job.step("download", total=count)
         for _ in range(count):
             time.sleep(delay / 4)
@@ -20,7 +33,7 @@ def import_books(count: int = 200, *, delay: float = 0.02) -> dict[str, int]:
         job.step("parse", total=count)
         rows = []
         for n in range(count):
-            rows.append(f"{random.choice(BOOKS)} #{n}")  # noqa: S311
+            rows.append(f"{random.choice(BOOKS)} #{n}")
             job.advance()
         job.step("save", total=count)
         skipped = 0
@@ -47,15 +60,19 @@ def build_report(month: str = "2026-10", *, fail_rate: float = 0.3) -> dict[str,
         time.sleep(0.05)
         job.message(f"Building {section}")
         job.advance()
-    if random.random() < fail_rate:  # noqa: S311
+    if random.random() < fail_rate:
         job.error("The warehouse API answered 503 for %s", month)
-        raise ConnectionError(f"warehouse API unavailable while building the {month} report")
+        raise ConnectionError(
+            f"warehouse API unavailable while building the {month} report"
+        )
     return {"month": month, "url": f"/reports/{month}.pdf"}
 
 
 def long_cleanup(seconds: float = 600, *, subject: str = "") -> None:
     """A long job that honours kill requests (check_kill) and beats while it waits."""
-    with track("maintenance.long_cleanup", params={"seconds": seconds}, subject=subject) as job:
+    with track(
+        "maintenance.long_cleanup", params={"seconds": seconds}, subject=subject
+    ) as job:
         steps = max(int(seconds * 4), 1)
         job.progress(0, total=steps)
         for _ in range(steps):

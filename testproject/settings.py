@@ -43,7 +43,9 @@ else:
         }
     }
 
-HAS_API = all(find_spec(name) for name in ("rest_framework", "django_filters", "drf_spectacular"))
+HAS_API = all(
+    find_spec(name) for name in ("rest_framework", "django_filters", "drf_spectacular")
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -100,17 +102,30 @@ TEMPLATES = [
 # Every integration whose library is installed is switched on, as a project would do
 # with one line each.
 _INTEGRATIONS = [
-    ("django_jobstatus.contrib.tasks", "django.tasks" if find_spec("django.tasks") else "django_tasks"),
+    (
+        "django_jobstatus.contrib.tasks",
+        "django.tasks" if find_spec("django.tasks") else "django_tasks",
+    ),
     ("django_jobstatus.contrib.celery", "celery"),
     ("django_jobstatus.contrib.rq", "django_rq"),
 ]
 JOBSTATUS = {
     "PROGRESS_INTERVAL": 0.5,
-    "INTEGRATIONS": [path for path, library in _INTEGRATIONS if find_spec(library) and find_spec(path)],
+    "INTEGRATIONS": [
+        path
+        for path, library in _INTEGRATIONS
+        if find_spec(library) and find_spec(path)
+    ],
 }
 
 # Django's tasks framework runs the demo's tasks in-process.
-TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend" if find_spec("django.tasks") else "django_tasks.backends.immediate.ImmediateBackend"}}
+TASKS = {
+    "default": {
+        "BACKEND": "django.tasks.backends.immediate.ImmediateBackend"
+        if find_spec("django.tasks")
+        else "django_tasks.backends.immediate.ImmediateBackend"
+    }
+}
 
 LOGGING = {
     "version": 1,

@@ -16,5 +16,9 @@ if settings.HAS_API:
     urlpatterns += [
         path("api/jobstatus/", include("django_jobstatus.api.urls")),
         path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-        path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+        path(
+            "api/docs/",
+            SpectacularSwaggerView.as_view(url_name="schema"),
+            name="swagger-ui",
+        ),
     ]

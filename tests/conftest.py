@@ -23,20 +23,26 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 def _missing(reason: str) -> None:
     if CI:
-        pytest.fail(f"{reason} (CI=true: a missing service fails the test)", pytrace=False)
+        pytest.fail(
+            f"{reason} (CI=true: a missing service fails the test)", pytrace=False
+        )
     pytest.skip(reason)
 
 
 def _reachable(url: str) -> bool:
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=1):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=1
+        ):
             return True
     except OSError:
         return False
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
     if connection.vendor == "postgresql":
         return
     kept, dropped = [], []

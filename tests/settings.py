@@ -28,7 +28,9 @@ INSTALLED_APPS = [
     "django_jobstatus",
 ]
 # The api extra is optional: the core suite also runs without it.
-HAS_API = all(find_spec(name) for name in ("rest_framework", "django_filters", "drf_spectacular"))
+HAS_API = all(
+    find_spec(name) for name in ("rest_framework", "django_filters", "drf_spectacular")
+)
 if HAS_API:
     INSTALLED_APPS += ["rest_framework", "django_filters", "drf_spectacular"]
     REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}

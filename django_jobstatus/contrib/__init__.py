@@ -63,7 +63,12 @@ def retry(run: JobRun) -> JobRun:
     """Enqueue ``run``'s job again; ValueError when no integration can."""
     backend = _backends.get(run.source)
     if backend is None:
-        raise ValueError(_("Runs from source %(source)r cannot be retried: no integration for it is enabled.") % {"source": run.source})
+        raise ValueError(
+            _(
+                "Runs from source %(source)r cannot be retried: no integration for it is enabled."
+            )
+            % {"source": run.source}
+        )
     return backend.retry(run)
 
 
@@ -78,7 +83,12 @@ def request_kill(runs: QuerySet[JobRun]) -> int:
     asked = runs.request_kill()
     if _backends:
         pks = runs.values("pk")
-        for run in JobRun.objects.filter(pk__in=pks).active().filter(source__in=list(_backends)).iterator():
+        for run in (
+            JobRun.objects.filter(pk__in=pks)
+            .active()
+            .filter(source__in=list(_backends))
+            .iterator()
+        ):
             _backends[run.source].kill(run)
     return asked
 

@@ -48,13 +48,43 @@ class Command(BaseCommand):
     help = "Fill the demo database with job history, and optionally keep live jobs running."
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--runs", type=positive_int, default=3000, help="Runs to seed over the last 30 days (default: %(default)r).")
-        parser.add_argument("--admin", action="store_true", help="Create the superuser admin/admin if it does not exist, and print the login.")
-        parser.add_argument("--reset", action="store_true", help="Delete every run first.")
-        parser.add_argument("--live", action="store_true", help="Keep demo jobs running (until interrupted or --for seconds).")
-        parser.add_argument("--for", dest="duration", type=positive_int, default=3600, help="Seconds the live jobs go on (default: %(default)r).")
+        parser.add_argument(
+            "--runs",
+            type=positive_int,
+            default=3000,
+            help="Runs to seed over the last 30 days (default: %(default)r).",
+        )
+        parser.add_argument(
+            "--admin",
+            action="store_true",
+            help="Create the superuser admin/admin if it does not exist, and print the login.",
+        )
+        parser.add_argument(
+            "--reset", action="store_true", help="Delete every run first."
+        )
+        parser.add_argument(
+            "--live",
+            action="store_true",
+            help="Keep demo jobs running (until interrupted or --for seconds).",
+        )
+        parser.add_argument(
+            "--for",
+            dest="duration",
+            type=positive_int,
+            default=3600,
+            help="Seconds the live jobs go on (default: %(default)r).",
+        )
 
-    def handle(self, *, runs: int, admin: bool, reset: bool, live: bool, duration: int, **options: Any) -> None:
+    def handle(
+        self,
+        *,
+        runs: int,
+        admin: bool,
+        reset: bool,
+        live: bool,
+        duration: int,
+        **options: Any,
+    ) -> None:
         if admin:
             self._admin()
         if reset:
@@ -63,7 +93,9 @@ class Command(BaseCommand):
             self._live(duration)
             return
         if JobRun.objects.exists():
-            self.stdout.write(f"The database already has {JobRun.objects.count()} runs; use --reset to seed again.")
+            self.stdout.write(
+                f"The database already has {JobRun.objects.count()} runs; use --reset to seed again."
+            )
         else:
             self._seed(runs)
 
@@ -71,43 +103,88 @@ class Command(BaseCommand):
         User = get_user_model()  # noqa: N806
         if not User.objects.filter(username="admin").exists():
             User.objects.create_superuser("admin", "admin@example.org", "admin")
-        self.stdout.write(self.style.SUCCESS("Admin login: http://127.0.0.1:8000/admin/  user: admin  password: admin"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                "Admin login: http://127.0.0.1:8000/admin/  user: admin  password: admin"
+            )
+        )
 
     def _seed(self, count: int) -> None:
-        rng = random.Random(7)  # noqa: S311 (demo data)
+        rng = random.Random(7)
         now = timezone.now()
         runs, logs = [], []
         for _ in range(count):
-            name, source, _share, fail_rate, seconds = rng.choices(JOBS, weights=[j[2] for j in JOBS])[0]
+            name, source, _share, fail_rate, seconds = rng.choices(
+                JOBS, weights=[j[2] for j in JOBS]
+            )[0]
             created = now - timedelta(seconds=rng.uniform(600, 30 * 86400))
             started = created + timedelta(seconds=rng.expovariate(1 / 5))
             finished = started + timedelta(seconds=rng.lognormvariate(0, 0.5) * seconds)
             roll = rng.random()
-            status = Status.FAILED if roll < fail_rate else Status.KILLED if roll < fail_rate + 0.01 else Status.SUCCEEDED
+            status = (
+                Status.FAILED
+                if roll < fail_rate
+                else Status.KILLED
+                if roll < fail_rate + 0.01
+                else Status.SUCCEEDED
+            )
             total = rng.choice([None, 100, 1000, 5000])
             error = rng.choice(ERRORS) if status == Status.FAILED else ""
             run = JobRun(
-                id=uuid7(), job_name=name, source=source, status=status, params={"batch": rng.randint(1, 40)},
-                created_at=created, queued_at=created, started_at=started, finished_at=finished, updated_at=finished,
-                heartbeat_at=finished, progress_total=total,
-                progress_current=(total or 0) if status == Status.SUCCEEDED else rng.randint(0, total or 0),
-                result={"rows": rng.randint(10, 5000)} if status == Status.SUCCEEDED else None,
-                error=error, traceback=f"Traceback (most recent call last):\n  File \"jobs.py\", line 42, in run\n{error}" if error else "",
-                has_errors=bool(error), worker=f"worker-{rng.randint(1, 4)}:{rng.randint(1000, 9999)}",
+                id=uuid7(),
+                job_name=name,
+                source=source,
+                status=status,
+                params={"batch": rng.randint(1, 40)},
+                created_at=created,
+                queued_at=created,
+                started_at=started,
+                finished_at=finished,
+                updated_at=finished,
+                heartbeat_at=finished,
+                progress_total=total,
+                progress_current=(total or 0)
+                if status == Status.SUCCEEDED
+                else rng.randint(0, total or 0),
+                result={"rows": rng.randint(10, 5000)}
+                if status == Status.SUCCEEDED
+                else None,
+                error=error,
+                traceback=f'Traceback (most recent call last):\n  File "jobs.py", line 42, in run\n{error}'
+                if error
+                else "",
+                has_errors=bool(error),
+                worker=f"worker-{rng.randint(1, 4)}:{rng.randint(1000, 9999)}",
                 message="Done" if status == Status.SUCCEEDED else error,
             )
             runs.append(run)
-            logs.append(JobLog(run=run, created_at=started, level=20, message=f"Started {name}"))
+            logs.append(
+                JobLog(run=run, created_at=started, level=20, message=f"Started {name}")
+            )
             if error:
-                logs.append(JobLog(run=run, created_at=finished, level=40, message=error))
+                logs.append(
+                    JobLog(run=run, created_at=finished, level=40, message=error)
+                )
         with transaction.atomic():
             JobRun.objects.bulk_create(runs, batch_size=500)
             JobLog.objects.bulk_create(logs, batch_size=500)
             # A stuck run: its worker died an hour ago.
-            JobRun.objects.start("search.reindex", source="rq", started_at=now - timedelta(hours=1), heartbeat_at=now - timedelta(hours=1), worker="worker-3:4242")
+            JobRun.objects.start(
+                "search.reindex",
+                source="rq",
+                started_at=now - timedelta(hours=1),
+                heartbeat_at=now - timedelta(hours=1),
+                worker="worker-3:4242",
+            )
             for _ in range(3):
-                JobRun.objects.enqueue("mail.send_newsletter", source="celery", queue="mail")
-        self.stdout.write(self.style.SUCCESS(f"Seeded {len(runs)} runs and {len(logs)} log lines over 30 days."))
+                JobRun.objects.enqueue(
+                    "mail.send_newsletter", source="celery", queue="mail"
+                )
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Seeded {len(runs)} runs and {len(logs)} log lines over 30 days."
+            )
+        )
 
     def _live(self, duration: int) -> None:
         """Run demo jobs in threads, one after another, until the time is up or Ctrl-C."""
@@ -126,8 +203,15 @@ class Command(BaseCommand):
                     close_old_connections()
                 stop.wait(2)
 
-        targets = [lambda: jobs.import_books(400, delay=0.1), lambda: jobs.build_report(), lambda: jobs.long_cleanup(120)]
-        threads = [threading.Thread(target=loop, args=(target,), daemon=True) for target in targets]
+        targets = [
+            lambda: jobs.import_books(400, delay=0.1),
+            lambda: jobs.build_report(),
+            lambda: jobs.long_cleanup(120),
+        ]
+        threads = [
+            threading.Thread(target=loop, args=(target,), daemon=True)
+            for target in targets
+        ]
         for thread in threads:
             thread.start()
         self.stdout.write("Live demo jobs are running; Ctrl-C stops them.")

@@ -70,20 +70,19 @@ def check_job_name(name: Any) -> str:
     return name
 
 
+def check_amount(name: str, value: Any) -> int:
+    """A progress figure as a whole number; ``ValueError`` naming it when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of 0 or more, not {value!r}")
+    return int(value)
+
+
 def check_progress(current: Any, total: Any = None) -> tuple[int, int | None]:
     """Validate a progress pair; return it as whole numbers."""
-
-    def number(name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"progress {name} must be a number, not {value!r}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(
-                f"progress {name} must be a finite number of 0 or more, not {value!r}"
-            )
-        return int(value)
-
-    current_n = number("current", current)
-    total_n = None if total is None else number("total", total)
+    current_n = check_amount("progress current", current)
+    total_n = None if total is None else check_amount("progress total", total)
     if total_n is not None and current_n > total_n:
         raise ValueError(
             f"progress current ({current_n}) is greater than total ({total_n})"
@@ -345,10 +344,12 @@ class JobRun(models.Model):
                 if new_attempt
                 else [s for s in sources if s != Status.RUNNING]
             )
-        rows = JobRun.objects.using(db).filter(pk=self.pk, status__in=sources)
-        if new_attempt:
-            # The history is rebuilt from this instance, so it must be current.
-            rows = rows.filter(attempt=self.attempt)
+        # A move applies to the attempt this instance saw: a worker finishing attempt 1
+        # cannot end attempt 2 that a restart opened meanwhile, and a new attempt's history
+        # is rebuilt from this instance, so it must be current.
+        rows = JobRun.objects.using(db).filter(
+            pk=self.pk, status__in=sources, attempt=self.attempt
+        )
         if not rows.update(**updates):
             current = (
                 JobRun.objects.using(db)
@@ -358,11 +359,7 @@ class JobRun(models.Model):
             )
             if current is None:
                 raise JobRun.DoesNotExist(f"Run {self.pk} does not exist.")
-            if (
-                new_attempt
-                and current[0] in Status.sources_of(target)
-                and current[1] != self.attempt
-            ):
+            if current[0] in sources and current[1] != self.attempt:
                 raise InvalidTransition(
                     f"Run {self.pk} is at attempt {current[1]}, not {self.attempt}; reload it first."
                 )

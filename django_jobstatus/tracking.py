@@ -13,7 +13,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
@@ -88,13 +87,6 @@ def _reset_connection(alias: str) -> None:
             connection.close()
 
 
-def _check_amount(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of 0 or more, not {value!r}")
-
-
 class JobHandle:
     """What a running job holds: report progress, log, heartbeat and check for a kill."""
 
@@ -153,9 +145,11 @@ class JobHandle:
 
     def advance(self, amount: float = 1) -> None:
         """Add ``amount`` to the progress; cheap enough to call for every item."""
-        if not 0 <= amount < math.inf:  # also False for NaN
-            _check_amount("advance amount", amount)
-        current = self._current + int(amount)
+        if type(amount) is not int or amount < 0:  # the common case checked fast
+            from django_jobstatus.models import check_amount
+
+            amount = check_amount("advance amount", amount)
+        current = self._current + amount
         if self._total is not None and current > self._total:
             if not self._clamped:
                 logger.warning(
@@ -174,8 +168,9 @@ class JobHandle:
         """Enter a stage of the job; with ``total``, progress restarts at 0 of it."""
         self._step = str(name)[:255]
         if total is not None:
-            _check_amount("step total", total)
-            self._current, self._total = 0, int(total)
+            from django_jobstatus.models import check_amount
+
+            self._current, self._total = 0, check_amount("step total", total)
         self._changed()
 
     def message(self, text: str) -> None:

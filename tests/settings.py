@@ -17,6 +17,13 @@ DATABASES = {"default": dj_database_url.config(default="sqlite://:memory:")}
 if os.environ.get("JOBSTATUS_TEST_DB"):
     # Lets several suites share one PostgreSQL server at once.
     DATABASES["default"]["TEST"] = {"NAME": os.environ["JOBSTATUS_TEST_DB"]}
+if "sqlite" not in DATABASES["default"]["ENGINE"]:
+    # The second connection that track() writes through inside atomic blocks, declared so
+    # that a test can name it in its ``databases`` (README: "Testing your jobs").
+    DATABASES["default__jobstatus"] = {
+        **DATABASES["default"],
+        "TEST": {"MIRROR": "default"},
+    }
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -222,6 +222,25 @@ def test_restart_from_a_stale_attempt_is_refused(make_run) -> None:
     assert _row(run) == before
 
 
+@pytest.mark.parametrize(
+    "finish",
+    [
+        lambda run: run.mark_succeeded(),
+        lambda run: run.mark_failed(ValueError("late")),
+        lambda run: run.mark_killed(),
+        lambda run: run.mark_lost(),
+    ],
+)
+def test_the_end_of_an_attempt_cannot_end_the_next_one(make_run, finish) -> None:
+    run = make_run(status=Status.RUNNING)
+    first_worker = JobRun.objects.get(pk=run.pk)
+    run.mark_running(worker="b:2")  # a restart: attempt 2 runs elsewhere
+    before = _row(run)
+    with pytest.raises(InvalidTransition, match="attempt 2, not 1"):
+        finish(first_worker)
+    assert _row(run) == before
+
+
 def test_mark_failed_records_error_and_traceback(run) -> None:
     try:
         raise RuntimeError("disk full")

@@ -331,6 +331,9 @@ def test_step_with_total_restarts_progress() -> None:
         lambda job: job.advance(math.nan),
         lambda job: job.advance(math.inf),
         lambda job: job.step("s", total=-3),
+        lambda job: job.advance("1"),
+        lambda job: job.advance(True),
+        lambda job: job.step("s", total="10"),
     ],
 )
 def test_bad_progress_raises_value_error(call: Callable[[JobHandle], None]) -> None:
@@ -573,7 +576,9 @@ def _in_thread(func: Callable[[], Any]) -> Any:
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
+# The side connection is an alias of its own: a test that lets the job write through it
+# names it (or "__all__"), as Django's TransactionTestCase.databases wants.
+@pytest.mark.django_db(transaction=True, databases="__all__")
 def test_progress_is_visible_while_the_job_runs_inside_atomic(
     close_side_connections,
 ) -> None:
@@ -617,7 +622,9 @@ def test_progress_is_visible_while_the_job_runs_inside_atomic(
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
+# The side connection is an alias of its own: a test that lets the job write through it
+# names it (or "__all__"), as Django's TransactionTestCase.databases wants.
+@pytest.mark.django_db(transaction=True, databases="__all__")
 def test_a_job_inside_atomic_that_succeeds(close_side_connections) -> None:
     with transaction.atomic(), track("x") as job:
         assert _in_thread(lambda: JobRun.objects.filter(pk=job.run.pk).exists())

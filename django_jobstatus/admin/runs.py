@@ -170,13 +170,6 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             return False
         return super().has_delete_permission(request, obj)
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        found = super().get_actions(request)
-        if "delete_selected" in found:
-            # The site-wide action of the same name would win: ours refuses active runs.
-            found["delete_selected"] = self.get_action(actions.delete_selected)
-        return found
-
     def get_deleted_objects(
         self, objs: Any, request: HttpRequest
     ) -> tuple[list[Any], dict[str, Any], set[str], list[Any]]:

@@ -74,8 +74,10 @@ dist-check: $(BIN)/.installed
 	need = ['django_jobstatus/py.typed', 'django_jobstatus/migrations/0001_initial.py', 'django_jobstatus/templates/', 'django_jobstatus/static/django_jobstatus/']; \
 	missing = [n for n in need if not any(x.startswith(n) for x in names)]; print('wheel:', len(names), 'files; missing:', missing or 'none'); sys.exit(bool(missing))"
 
+# make bench: every benchmark at full size (long); make bench BENCH_ARGS=--quick: small sizes.
+BENCH_ARGS ?=
 bench: $(BIN)/.installed services
-	DATABASE_URL=$(PG_URL) $(BIN)/python bench/run.py
+	DATABASE_URL=$(PG_URL) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .venv312 .venv-core .services dist db.sqlite3 testproject/db.sqlite3

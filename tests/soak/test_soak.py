@@ -1,0 +1,284 @@
+"""Soak: worker processes run tracked jobs while others kill, purge, reap and read, on PostgreSQL.
+
+The size comes from the environment: JOBSTATUS_SOAK_WORKERS processes (default 8) each run
+JOBSTATUS_SOAK_JOBS jobs (default 25, a few minutes at most on 2 cores; the full soak is
+``JOBSTATUS_SOAK_JOBS=500 pytest -m soak``), with a PROGRESS_INTERVAL of
+JOBSTATUS_SOAK_INTERVAL seconds (default 0.2). The totals are printed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import time
+import uuid
+from collections import Counter, defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.models import Count
+
+from django_jobstatus.models import JobLog, JobRun, Status
+from tests.soak.actors import ABANDONED, CHURN, KEPT
+from tests.soak.conftest import actor_env, start_actor, suite_database
+
+pytestmark = [pytest.mark.postgres, pytest.mark.soak]
+
+WORKERS = int(os.environ.get("JOBSTATUS_SOAK_WORKERS", "8"))
+JOBS = int(os.environ.get("JOBSTATUS_SOAK_JOBS", "25"))
+INTERVAL = float(os.environ.get("JOBSTATUS_SOAK_INTERVAL", "0.2"))
+ITEMS_PER_INTERVAL = 10  # a job's item sleeps INTERVAL / ITEMS_PER_INTERVAL
+# A kill is read at most one interval after it is requested, and may take one more when a
+# read fails: the items a job starts after the request, plus the one it was on.
+KILL_BOUND = 2 * ITEMS_PER_INTERVAL + 2
+REAP_TIMEOUT = 30  # seconds; far above the live jobs' heartbeat gaps
+
+TERMINAL = {str(status) for status in Status.TERMINAL}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+@pytest.mark.timeout(max(600, JOBS * 40))
+def test_soak(
+    tmp_path: Path,
+    audit: None,
+    django_user_model: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    django_user_model.objects.create_superuser("soak", "soak@example.com", "soak")
+    config = {
+        "seed": 20261202,
+        "jobs": JOBS,
+        "interval": INTERVAL,
+        "items_per_interval": ITEMS_PER_INTERVAL,
+        "min_items": 10,
+        "max_items": 50,
+        "fail_rate": 0.1,
+        "abandon_rate": 0.03,
+        "kill_pause": [0.2, 0.8],
+        "reap_timeout": REAP_TIMEOUT,
+        "user": "soak",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    env = actor_env(
+        suite_database(),
+        {
+            "PROGRESS_INTERVAL": INTERVAL,
+            "HEARTBEAT_TIMEOUT": REAP_TIMEOUT,
+            "FINISH_RETRY_TIMEOUT": 30.0,
+        },
+    )
+    began = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        helpers = {
+            role: start_actor(stack, tmp_path, role, 0, env)
+            for role in ("killer", "purger", "reaper", "reader")
+        }
+        workers = [
+            start_actor(stack, tmp_path, "worker", index, env)
+            for index in range(WORKERS)
+        ]
+        deadline = (
+            time.monotonic() + JOBS * 50 * INTERVAL / ITEMS_PER_INTERVAL * 4 + 120
+        )
+        for index, process in enumerate(workers):
+            code = process.wait(timeout=max(deadline - time.monotonic(), 1))
+            assert code == 0, (tmp_path / f"worker-{index}.log").read_text()[-3000:]
+        (tmp_path / "stop").touch()
+        for role, process in helpers.items():
+            code = process.wait(timeout=120)
+            assert code == 0, (tmp_path / f"{role}-0.log").read_text()[-3000:]
+    elapsed = time.monotonic() - began
+    report = _check(tmp_path, elapsed)
+    with capsys.disabled():
+        print(f"\nsoak totals:\n{report}")  # noqa: T201
+
+
+def _check(out: Path, elapsed: float) -> str:
+    """Check the soak's records against the database; the totals."""
+    runs = [
+        entry
+        for index in range(WORKERS)
+        for entry in _read_jsonl(out / f"worker-{index}.jsonl")
+    ]
+    assert len([r for r in runs if r["name"] != ABANDONED]) == WORKERS * JOBS
+    # No error, deadlock or serialization failure surfaced to a job, and no write failed.
+    assert [r["error"] for r in runs if r["outcome"] == "error"] == []
+    warnings = [
+        message
+        for index in range(WORKERS)
+        for message in json.loads((out / f"worker-{index}.json").read_text())[
+            "warnings"
+        ]
+    ]
+    assert warnings == []
+    helpers = {
+        role: json.loads((out / f"{role}-0.json").read_text())
+        for role in ("killer", "purger", "reaper", "reader")
+    }
+    assert {
+        role: report["errors"] for role, report in helpers.items()
+    } == dict.fromkeys(helpers, [])
+    assert (
+        helpers["reader"]["flips"] == []
+    )  # the API never showed a finished run otherwise
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT run_id, op, old_status, new_status, kill_requested_at, at FROM soak_audit ORDER BY id"
+        )
+        audit = cursor.fetchall()
+    changes: dict[uuid.UUID, list[tuple[str, str]]] = defaultdict(list)
+    deleted: dict[uuid.UUID, tuple[str, datetime | None]] = {}
+    ended_at: dict[uuid.UUID, datetime] = {}
+    for run_id, op, old, new, kill_at, at in audit:
+        if op == "delete":
+            deleted[run_id] = (old, kill_at)
+        else:
+            changes[run_id].append((old, new))
+            if new in TERMINAL:
+                ended_at[run_id] = at
+    # Nothing left a finished state, and only finished runs were purged.
+    left_terminal = [
+        (pk, old, new)
+        for pk, moves in changes.items()
+        for old, new in moves
+        if old in TERMINAL
+    ]
+    assert left_terminal == []
+    assert {status for status, _ in deleted.values()} <= TERMINAL
+
+    signals = [
+        entry
+        for path in sorted(out.glob("signals-*.jsonl"))
+        for entry in _read_jsonl(path)
+    ]
+    assert [s for s in signals if s["previous"] in TERMINAL] == []
+    ends_signalled: dict[str, list[str]] = defaultdict(list)
+    for entry in signals:
+        if entry["status"] in TERMINAL:
+            ends_signalled[entry["run"]].append(entry["status"])
+
+    rows = {
+        str(pk): (status, kill_at)
+        for pk, status, kill_at in JobRun.objects.filter(
+            job_name__in=[KEPT, CHURN, ABANDONED]
+        ).values_list("pk", "status", "kill_requested_at")
+    }
+    lines = dict(
+        JobLog.objects.filter(run__job_name__in=[KEPT, ABANDONED, CHURN])
+        .values_list("run_id")
+        .annotate(n=Count("pk"))
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM {JobLog._meta.db_table} l LEFT JOIN {JobRun._meta.db_table} r ON r.id = l.run_id WHERE r.id IS NULL"  # noqa: S608
+        )
+        assert cursor.fetchone() == (0,)  # no log line of a missing run
+
+    wrong: list[str] = []
+    outcomes: Counter[str] = Counter()
+    kills = Counter[str]()
+    after_kill: list[int] = []
+    latencies: list[float] = []
+    purged = 0
+    for entry in runs:
+        pk, outcome = entry["run"], entry["outcome"]
+        key = uuid.UUID(pk)
+        outcomes[outcome] += 1
+        if pk in rows:
+            final, kill_at = rows[pk]
+            if entry["name"] != ABANDONED and lines.get(key, 0) != entry["logs"]:
+                wrong.append(
+                    f"{pk}: {lines.get(key, 0)} log lines, the job wrote {entry['logs']}"
+                )
+        elif key in deleted:
+            final, kill_at = deleted[key]
+            purged += 1
+            if entry["name"] != CHURN:
+                wrong.append(f"{pk} ({entry['name']}) was purged")
+        else:
+            wrong.append(f"{pk}: gone without a trace")
+            continue
+        if final != outcome:
+            wrong.append(f"{pk}: {final}, but its job ended {outcome}")
+        if ends_signalled[pk] != [outcome]:
+            wrong.append(
+                f"{pk}: ends signalled {ends_signalled[pk]}, expected [{outcome}]"
+            )
+        if entry["name"] == ABANDONED:
+            continue
+        request = _ts(kill_at)
+        if outcome == "killed" and (request is None or request >= entry["end"]):
+            wrong.append(f"{pk}: killed without a kill request while it ran")
+        if request is None:
+            continue
+        if request >= entry["end"]:
+            kills["requested after the job's work was done"] += 1
+            continue
+        started_after = sum(1 for start in entry["starts"] if start >= request)
+        after_kill.append(started_after)
+        if started_after > KILL_BOUND:
+            wrong.append(
+                f"{pk}: {started_after} items started after the kill request (at most {KILL_BOUND})"
+            )
+        if outcome == "killed":
+            kills["ended killed"] += 1
+            latencies.append(ended_at[key].timestamp() - request)
+        else:
+            kills[f"ended {outcome} on its own first"] += 1
+    assert wrong == []
+    assert (
+        not JobRun.objects.filter(job_name__in=[KEPT, CHURN, ABANDONED])
+        .active()
+        .exists()
+    )
+    # The soak exercised every path.
+    assert outcomes["killed"] and outcomes["failed"] and outcomes["lost"], outcomes
+    assert purged, "the purge deleted nothing"
+
+    reader = helpers["reader"]
+    latencies.sort()
+    totals = {
+        "workers x jobs": f"{WORKERS} x {JOBS}",
+        "progress interval (s)": INTERVAL,
+        "duration (s)": round(elapsed, 1),
+        "runs by outcome": dict(sorted(outcomes.items())),
+        "runs purged while the soak ran": purged,
+        "log lines kept": sum(lines.values()),
+        "status changes audited": sum(len(moves) for moves in changes.values()),
+        "signals": len(signals),
+        "transitions out of a finished state": len(left_terminal),
+        "kill requests (API answers)": helpers["killer"]["answers"],
+        "kill requests while a job ran": dict(kills),
+        "items started after a kill request (max, bound)": (
+            max(after_kill, default=0),
+            KILL_BOUND,
+        ),
+        "kill to killed (s, median / p99 / max)": (
+            round(statistics.median(latencies), 3),
+            round(latencies[int(len(latencies) * 0.99)], 3),
+            round(latencies[-1], 3),
+        )
+        if latencies
+        else None,
+        "purge loops": helpers["purger"]["loops"],
+        "reap loops": helpers["reaper"]["loops"],
+        "API reads (answers)": reader["answers"],
+        "finished runs the reader watched": reader["finished_seen"],
+        "write warnings in jobs": len(warnings),
+    }
+    report = "\n".join(f"  {name}: {value}" for name, value in totals.items())
+    (out / "totals.txt").write_text(report)
+    return report

@@ -42,6 +42,10 @@ if HAS_API:
     INSTALLED_APPS += ["rest_framework", "django_filters", "drf_spectacular"]
     REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 
+# django-tasks-db's tables, for the db_worker tests (tests/contrib/test_tasks.py).
+if find_spec("django_tasks_db"):
+    INSTALLED_APPS += ["django_tasks_db"]
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

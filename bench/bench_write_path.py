@@ -103,6 +103,7 @@ class Side:
 
 
 def ours(alias: str) -> None:
+    """A tracked job's lifecycle; it writes to ``alias`` because on() made it JOBSTATUS["DATABASE"]."""
     from django_jobstatus.tracking import track
 
     with track("bench.job", params=PARAMS) as job:

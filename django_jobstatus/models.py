@@ -567,6 +567,12 @@ class JobLog(models.Model):
                 fields=["run", "level", "created_at"], name="jobstatus_log_level_idx"
             ),
             models.Index(fields=["created_at"], name="jobstatus_log_created_idx"),
+            # "Warnings and errors, newest first" across all runs, without the info lines.
+            models.Index(
+                fields=["created_at", "id"],
+                condition=models.Q(level__gte=30),
+                name="jobstatus_log_warning_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -9,7 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.core.management import call_command
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from django_jobstatus.conf import settings as jobstatus_settings
@@ -608,3 +609,31 @@ def test_bad_job_names_raise_value_error(name: Any) -> None:
 
 def test_longest_job_name_is_accepted() -> None:
     assert JobRun.objects.start("x" * 255).job_name == "x" * 255
+
+
+def _log_indexes() -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        return connection.introspection.get_constraints(
+            cursor, JobLog._meta.db_table
+        )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_warning_index_is_partial_and_its_migration_reverses() -> None:
+    assert _log_indexes()["jobstatus_log_warning_idx"]["columns"] == [
+        "created_at",
+        "id",
+    ]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                ["jobstatus_log_warning_idx"],
+            )
+            assert "WHERE (level >= 30)" in cursor.fetchone()[0]
+    call_command("migrate", "django_jobstatus", "0002", verbosity=0)
+    try:
+        assert "jobstatus_log_warning_idx" not in _log_indexes()
+    finally:
+        call_command("migrate", "django_jobstatus", verbosity=0)
+    assert "jobstatus_log_warning_idx" in _log_indexes()

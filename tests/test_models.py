@@ -613,9 +613,7 @@ def test_longest_job_name_is_accepted() -> None:
 
 def _log_indexes() -> dict[str, Any]:
     with connection.cursor() as cursor:
-        return connection.introspection.get_constraints(
-            cursor, JobLog._meta.db_table
-        )
+        return connection.introspection.get_constraints(cursor, JobLog._meta.db_table)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -313,8 +313,9 @@ def outage(config: dict[str, Any], out: Path, index: int) -> None:
 
     ``INDEX`` is ``through`` (works across the outage, ends once the database is back),
     ``ok`` or ``fail`` (ends while the database is down: succeeded, or with an error).
-    Prints ``run ID``, then ``write failed`` at the first write the outage broke, and
-    ``ending`` as the job leaves its block; the report has the items done, the log lines
+    Prints ``run ID``, then ``write failed`` at the first write the outage broke,
+    ``ending`` as the job leaves its block, ``finish refused`` when the database refused
+    the first attempt to record the end, and ``done``; the report has the items done, the log lines
     written, the connection attempts that failed while the run's end was being
     recorded, and any error that reached the job.
     """
@@ -332,6 +333,8 @@ def outage(config: dict[str, Any], out: Path, index: int) -> None:
             return connect(self, params)
         except Exception:
             refused[phase[0]] += 1
+            if phase[0] == "finishing" and refused[phase[0]] == 1:
+                _say("finish refused")
             raise
 
     DatabaseWrapper.get_new_connection = counting_connect  # type: ignore[method-assign]

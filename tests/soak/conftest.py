@@ -18,7 +18,7 @@ import pytest
 from django.db import connection
 
 from tests.conftest import _missing
-from tests.contrib.workers import ROOT, worker_process
+from tests.contrib.workers import ROOT, wait_for, worker_process
 
 _DB_KEYS = ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
 
@@ -64,6 +64,31 @@ def start_actor(
 def output_lines(out: Path, role: str, index: int | str) -> list[str]:
     log = out / f"{role}-{index}.log"
     return log.read_text(errors="replace").splitlines() if log.exists() else []
+
+
+def wait_for_line(
+    out: Path,
+    role: str,
+    index: int | str,
+    prefix: str,
+    process: subprocess.Popen[bytes],
+    timeout: float = 60,
+) -> str:
+    """The first line the actor printed that starts with ``prefix``, once it has printed it."""
+    return wait_for(
+        lambda: next(
+            (
+                line
+                for line in output_lines(out, role, index)
+                if line.startswith(prefix)
+            ),
+            None,
+        ),
+        timeout=timeout,
+        what=f"{role} {index} to print {prefix!r}",
+        process=process,
+        log=out / f"{role}-{index}.log",
+    )
 
 
 AUDIT_SQL = """
@@ -126,21 +151,7 @@ class Cluster:
     options: str
 
     def pg_ctl(self, *args: str) -> None:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(self.bin / "pg_ctl"),
-                "-D",
-                str(self.data),
-                *args,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        _as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), *args])
 
     def start(self) -> None:
         self.pg_ctl(
@@ -168,6 +179,13 @@ class Cluster:
         }
 
 
+def _as_postgres(argv: list[str]) -> None:
+    """Run a PostgreSQL program; as the postgres user when we are root (PostgreSQL refuses root)."""
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -183,33 +201,9 @@ def pg_cluster() -> Iterator[Cluster]:
     )
     if not found or not (found[-1] / "initdb").exists():
         _missing("needs the PostgreSQL server binaries (apt-get install postgresql)")
-    if os.geteuid() != 0 or not shutil.which("runuser"):
-        _missing("needs root (to run PostgreSQL as the postgres user with runuser)")
     root = Path(tempfile.mkdtemp(prefix="jobstatus-restart-"))
     root.chmod(0o755)
     data = root / "data"
-    data.mkdir()
-    shutil.chown(data, "postgres")
-    data.chmod(0o700)
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(found[-1] / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
     port = _free_port()
     cluster = Cluster(
         bin=found[-1],
@@ -217,10 +211,18 @@ def pg_cluster() -> Iterator[Cluster]:
         port=port,
         options=f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c synchronous_commit=off",
     )
-    cluster.start()
     try:
+        data.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres")
+        _as_postgres(
+            [str(cluster.bin / "initdb"), "-D", str(data), "-U", "postgres"]
+            + ["--auth=trust", "-E", "UTF8"]
+        )
+        cluster.start()
         yield cluster
     finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            cluster.pg_ctl("-m", "immediate", "-w", "-t", "60", "stop")
+        if (data / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.SubprocessError):
+                cluster.pg_ctl("-m", "immediate", "-w", "-t", "60", "stop")
         shutil.rmtree(root, ignore_errors=True)

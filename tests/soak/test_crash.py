@@ -19,7 +19,12 @@ from django_jobstatus import track
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.signals import job_status_changed
 from tests.contrib.workers import wait_for
-from tests.soak.conftest import actor_env, output_lines, start_actor, suite_database
+from tests.soak.conftest import (
+    actor_env,
+    start_actor,
+    suite_database,
+    wait_for_line,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -34,20 +39,7 @@ def _reap(timeout: float) -> str:
 
 def _started(out: Path, index: int, process: Any) -> JobRun:
     """The run of beater ``index``, once it has reported progress and written a log line."""
-    line = wait_for(
-        lambda: next(
-            (
-                found
-                for found in output_lines(out, "beater", index)
-                if found.startswith("run ")
-            ),
-            None,
-        ),
-        timeout=60,
-        what=f"beater {index} to start its run",
-        process=process,
-        log=out / f"beater-{index}.log",
-    )
+    line = wait_for_line(out, "beater", index, "run ", process)
     run = JobRun.objects.get(pk=line.split()[1])
     wait_for(
         lambda: (

@@ -65,7 +65,7 @@ $(CORE_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-core: $(CORE_VENV)/.installed
-	$(CORE_VENV)/bin/pytest -p no:cacheprovider tests/test_*.py tests/importable $(PYTEST_ARGS)
+	$(CORE_VENV)/bin/pytest -p no:cacheprovider tests/test_*.py $(PYTEST_ARGS)
 
 # The wheel must carry templates, static files, migrations and py.typed.
 dist-check: $(BIN)/.installed

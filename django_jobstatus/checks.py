@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
@@ -55,8 +56,17 @@ def check_removed_keys(**kwargs: Any) -> list[CheckMessage]:
 
 @register(Tags.compatibility)
 def check_types(**kwargs: Any) -> list[CheckMessage]:
-    """E001: a known key whose value has the wrong type."""
+    """E001: JOBSTATUS that is not a dict, or a known key whose value has the wrong type."""
     messages: list[CheckMessage] = []
+    given = getattr(django_settings, "JOBSTATUS", None)
+    if given is not None and not isinstance(given, dict):
+        messages.append(
+            Error(
+                f"JOBSTATUS must be a dict, not {type(given).__name__}.",
+                hint="For example JOBSTATUS = {'RETENTION_DAYS': 14}.",
+                id="jobstatus.E001",
+            )
+        )
     for key, value in settings.user_settings.items():
         expected = TYPES.get(key)
         if expected is None or _has_type(value, expected):
@@ -74,7 +84,7 @@ def check_types(**kwargs: Any) -> list[CheckMessage]:
 
 @register(Tags.compatibility)
 def check_values(**kwargs: Any) -> list[CheckMessage]:
-    """E003: numbers that must be positive, and RETENTION's shape."""
+    """E003: numbers that must be positive, a DATABASE that exists; E004: RETENTION's shape."""
     from django_jobstatus.models import Status
 
     user = settings.user_settings
@@ -101,6 +111,15 @@ def check_values(**kwargs: Any) -> list[CheckMessage]:
                     id="jobstatus.E003",
                 )
             )
+    database = user.get("DATABASE")
+    if isinstance(database, str) and database not in django_settings.DATABASES:
+        messages.append(
+            Error(
+                f"JOBSTATUS['DATABASE'] is {database!r}, which is not in DATABASES.",
+                hint=f"Use one of {sorted(django_settings.DATABASES)}.",
+                id="jobstatus.E003",
+            )
+        )
     keep_last = user.get("KEEP_LAST")
     if isinstance(keep_last, int) and keep_last < 0:
         messages.append(

@@ -94,7 +94,9 @@ class Settings:
 
     @property
     def user_settings(self) -> dict[str, Any]:
-        return getattr(django_settings, "JOBSTATUS", None) or {}
+        """``settings.JOBSTATUS``; ``{}`` when it is unset or not a dict (check E001 says so)."""
+        value = getattr(django_settings, "JOBSTATUS", None)
+        return value if isinstance(value, dict) else {}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in DEFAULTS:

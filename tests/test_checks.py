@@ -1,0 +1,114 @@
+"""The system checks of the JOBSTATUS setting: each id, with a message that names the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.checks import run_checks
+from django.test import override_settings
+
+
+def _messages(jobstatus: Any) -> list[tuple[str, str]]:
+    with override_settings(JOBSTATUS=jobstatus):
+        return [
+            (message.id, message.msg)
+            for message in run_checks()
+            if (message.id or "").startswith("jobstatus.")
+        ]
+
+
+def test_the_defaults_pass() -> None:
+    assert _messages({}) == []
+
+
+def test_a_full_valid_setting_passes() -> None:
+    assert (
+        _messages(
+            {
+                "PROGRESS_INTERVAL": 0.5,
+                "HEARTBEAT_TIMEOUT": 60,
+                "RETENTION_DAYS": 14,
+                "RETENTION": {"failed": 90, "succeeded": 7},
+                "KEEP_LAST": 0,
+                "REDACT_KEYS": ("password",),
+                "WORKER_NAME": "web-1",
+                "DATABASE": "default",
+                "INTEGRATIONS": ["django_jobstatus.contrib.logging"],
+            }
+        )
+        == []
+    )
+
+
+def test_an_unknown_key_is_a_warning_with_the_nearest_name() -> None:
+    with override_settings(JOBSTATUS={"PROGRES_INTERVAL": 1}):
+        (message,) = [m for m in run_checks() if m.id == "jobstatus.W001"]
+    assert "'PROGRES_INTERVAL'" in message.msg
+    assert message.hint == "Did you mean 'PROGRESS_INTERVAL'?"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("PROGRESS_INTERVAL", "1", "must be int or float, not str"),
+        ("KEEP_LAST", 1.5, "must be int, not float"),
+        ("KEEP_LAST", True, "must be int, not bool"),
+        ("API_OWNER_SCOPED", 1, "must be bool, not int"),
+        ("REDACT_KEYS", "password", "must be list or tuple or set or frozenset"),
+        ("WORKER_NAME", 7, "must be str or None, not int"),
+    ],
+)
+def test_a_wrong_type_is_e001_naming_the_key(key: str, value: Any, says: str) -> None:
+    messages = _messages({key: value})
+    assert [m[0] for m in messages] == ["jobstatus.E001"]
+    assert repr(key) in messages[0][1]
+    assert says in messages[0][1]
+
+
+def test_a_jobstatus_that_is_not_a_dict_is_e001() -> None:
+    assert _messages([("RETENTION_DAYS", 3)]) == [
+        ("jobstatus.E001", "JOBSTATUS must be a dict, not list.")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("jobstatus", "fragment"),
+    [
+        ({"PROGRESS_INTERVAL": 0}, "'PROGRESS_INTERVAL'] must be greater than 0"),
+        ({"HEARTBEAT_TIMEOUT": -5}, "'HEARTBEAT_TIMEOUT'] must be greater than 0"),
+        ({"LOG_MAX_LENGTH": 0}, "'LOG_MAX_LENGTH'] must be greater than 0"),
+        ({"KEEP_LAST": -1}, "'KEEP_LAST'] must be 0 or more"),
+        ({"DATABASE": "jobs"}, "'jobs', which is not in DATABASES"),
+    ],
+)
+def test_a_bad_value_is_e003(jobstatus: dict[str, Any], fragment: str) -> None:
+    messages = _messages(jobstatus)
+    assert [m[0] for m in messages] == ["jobstatus.E003"]
+    assert fragment in messages[0][1]
+
+
+@pytest.mark.parametrize(
+    ("retention", "fragment"),
+    [
+        ({"running": 3}, "names 'running', which is not a finished status"),
+        ({"failed": 0}, "['failed'] must be a whole number of days above 0"),
+        ({"failed": "90"}, "['failed'] must be a whole number of days above 0"),
+    ],
+)
+def test_a_bad_retention_is_e004(retention: dict[str, Any], fragment: str) -> None:
+    messages = _messages({"RETENTION": retention})
+    assert [m[0] for m in messages] == ["jobstatus.E004"]
+    assert fragment in messages[0][1]
+
+
+def test_an_integration_that_cannot_be_imported_is_e005() -> None:
+    messages = _messages({"INTEGRATIONS": ["django_jobstatus.contrib.nope"]})
+    assert [m[0] for m in messages] == ["jobstatus.E005"]
+    assert "'django_jobstatus.contrib.nope'" in messages[0][1]
+
+
+def test_a_permission_class_that_cannot_be_imported_is_e005() -> None:
+    messages = _messages({"API_PERMISSION_CLASSES": ["nowhere.Permission"]})
+    assert [m[0] for m in messages] == ["jobstatus.E005"]
+    assert "API_PERMISSION_CLASSES" in messages[0][1]

@@ -1,0 +1,52 @@
+"""Every module imports with only Django installed, except those of an extra, which need it.
+
+CI runs this file in a virtualenv without extras (``make test-core``) and in the full one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import django_jobstatus
+
+# Module prefix -> the top-level packages its extra brings.
+EXTRAS = {
+    "django_jobstatus.api": {"rest_framework", "django_filters", "drf_spectacular"},
+    "django_jobstatus.contrib.celery": {"celery"},
+    "django_jobstatus.contrib.rq": {"rq", "django_rq", "redis"},
+}
+
+MODULES = sorted(
+    info.name
+    for info in pkgutil.walk_packages(
+        django_jobstatus.__path__, prefix="django_jobstatus."
+    )
+    if ".migrations." not in info.name
+)
+
+
+def _extra_of(module: str) -> set[str]:
+    for prefix, packages in EXTRAS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return packages
+    return set()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_imports_or_needs_only_its_extra(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        assert missing in _extra_of(module), (
+            f"{module} needs {missing!r}, which is not part of its extra"
+        )
+
+
+def test_the_core_modules_are_all_found() -> None:
+    core = [m for m in MODULES if not _extra_of(m)]
+    for name in ("models", "querysets", "tracking", "admin", "management.commands"):
+        assert any(m.startswith(f"django_jobstatus.{name}") for m in core), name

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 
 from django_jobstatus import current_job, track, tracked
+
+# Records of this logger land in the running job's log too (LOGGING in settings.py).
+logger = logging.getLogger(__name__)
 
 BOOKS = [
     "Dune",
@@ -35,6 +39,7 @@ def import_books(count: int = 200, *, delay: float = 0.02) -> dict[str, int]:
         for n in range(count):
             rows.append(f"{random.choice(BOOKS)} #{n}")
             job.advance()
+        logger.info("Parsed %d rows", len(rows))
         job.step("save", total=count)
         skipped = 0
         for n, title in enumerate(rows):

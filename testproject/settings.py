@@ -57,6 +57,8 @@ INSTALLED_APPS = [
     "django_jobstatus",
     "testproject",
 ]
+if find_spec("django_rq"):
+    INSTALLED_APPS += ["django_rq"]  # for `manage.py rqworker`
 if HAS_API:
     INSTALLED_APPS += ["rest_framework", "django_filters", "drf_spectacular"]
     if find_spec("drf_spectacular_sidecar"):
@@ -127,9 +129,28 @@ TASKS = {
     }
 }
 
+# RQ (with `manage.py rqworker`): the integration's classes record every job.
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+RQ_QUEUES = {"default": {"URL": REDIS_URL}}
+RQ = {
+    "WORKER_CLASS": "django_jobstatus.contrib.rq.Worker",
+    "JOB_CLASS": "django_jobstatus.contrib.rq.Job",
+    "QUEUE_CLASS": "django_jobstatus.contrib.rq.Queue",
+}
+
+# What the demo jobs log goes to their runs' logs too (contrib.logging).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_jobstatus": {"handlers": ["console"], "level": "INFO"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler"},
+        "jobstatus": {
+            "class": "django_jobstatus.contrib.logging.JobLogHandler",
+            "level": "INFO",
+        },
+    },
+    "loggers": {
+        "django_jobstatus": {"handlers": ["console"], "level": "INFO"},
+        "testproject.jobs": {"handlers": ["jobstatus"], "level": "INFO"},
+    },
 }

@@ -51,22 +51,14 @@ def test_demo_command_seeds_history_and_an_admin(demo_db: Path):
     assert "already has 304 runs" in again.stdout  # 300 finished + 1 stuck + 3 queued
 
 
-def test_demo_pages_render(demo_db: Path):
-    script = (
-        "import django; django.setup()\n"
-        "from django.test import Client\n"
-        "c = Client(); assert c.login(username='admin', password='admin')\n"
-        "for url in ['/admin/', '/admin/django_jobstatus/jobrun/', '/admin/django_jobstatus/jobrun/dashboard/']:\n"
-        "    r = c.get(url); print(url, r.status_code); assert r.status_code == 200, (url, r.status_code)\n"
-    )
-    _manage("jobstatus_demo", "--admin", "--runs", "50", db=demo_db)
+def _python(script: str, db: Path) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
-        "DATABASE_URL": f"sqlite:///{demo_db}",
+        "DATABASE_URL": f"sqlite:///{db}",
     }
-    result = subprocess.run(
-        [sys.executable, "-c", script],
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()\n" + script],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -74,4 +66,36 @@ def test_demo_pages_render(demo_db: Path):
         timeout=300,
         check=False,
     )
+
+
+def test_demo_import_records_its_steps_and_its_logger_lines(demo_db: Path):
+    script = (
+        "from testproject.jobs import import_books\n"
+        "from django_jobstatus.models import JobRun\n"
+        "result = import_books(100, delay=0)\n"
+        "run = JobRun.objects.latest_for('library.import_books')\n"
+        "print(run.status, run.step, run.progress_current, run.progress_total, result)\n"
+        "print(sorted(run.logs.values_list('message', flat=True)))\n"
+    )
+    result = _python(script, demo_db)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status_line, logs_line = result.stdout.splitlines()[-2:]
+    assert status_line.startswith("succeeded save 100 100 {'imported': 99")
+    assert "'Parsed 100 rows'" in logs_line  # through LOGGING's JobLogHandler
+    assert "'Imported 99 books, skipped 1'" in logs_line
+
+
+def test_demo_pages_render(demo_db: Path):
+    script = (
+        "from django.test import Client\n"
+        "from django.conf import settings\n"
+        "c = Client(); assert c.login(username='admin', password='admin')\n"
+        "urls = ['/admin/', '/admin/django_jobstatus/jobrun/', '/admin/django_jobstatus/jobrun/dashboard/']\n"
+        "if settings.HAS_API:\n"
+        "    urls += ['/api/jobstatus/runs/', '/api/jobstatus/runs/stats/', '/api/schema/', '/api/docs/']\n"
+        "for url in urls:\n"
+        "    r = c.get(url); print(url, r.status_code); assert r.status_code == 200, (url, r.status_code)\n"
+    )
+    _manage("jobstatus_demo", "--admin", "--runs", "50", db=demo_db)
+    result = _python(script, demo_db)
     assert result.returncode == 0, result.stdout + result.stderr

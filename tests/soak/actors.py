@@ -19,6 +19,7 @@ every warning of ``django_jobstatus`` (a write that failed) in its report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -86,14 +87,31 @@ def _say(text: str) -> None:
 def _one_job(
     job_name: str, plan: dict[str, Any], rng: random.Random, index: int, n: int
 ) -> dict[str, Any]:
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+
     from django_jobstatus import JobKilled, track
 
     starts: list[float] = []
-    state: dict[str, Any] = {"outcome": "succeeded", "logs": 0, "end": None}
+    state: dict[str, Any] = {
+        "outcome": "succeeded",
+        "logs": 0,
+        "errors": 0,
+        "done": 0,
+        "end": None,
+    }
     item_seconds = plan["item_seconds"]
     job = None
+    # Some jobs run inside their own transaction: tracking then writes through a second
+    # connection, so the progress shows at once and the end survives the job's rollback.
+    own = transaction.atomic() if plan["atomic"] else contextlib.nullcontext()
     try:
-        with track(job_name, params={"worker": index, "n": n}, source="command") as job:
+        with (
+            own,
+            track(job_name, params={"worker": index, "n": n}, source="command") as job,
+        ):
+            if plan["atomic"]:
+                get_user_model().objects.filter(username=f"soak-{index}").exists()
             try:
                 job.progress(0, total=plan["items"])
                 for i in range(plan["items"]):
@@ -108,7 +126,9 @@ def _one_job(
                     if rng.random() < 0.02:
                         job.error("worker %d job %d item %d went wrong", index, n, i)
                         state["logs"] += 1
+                        state["errors"] += 1
                     job.advance()
+                    state["done"] += 1
                 job.result = {"items": plan["items"]}
             except JobKilled:
                 state["outcome"] = "killed"
@@ -127,6 +147,7 @@ def _one_job(
         "run": str(job.run.pk) if job is not None else None,
         "name": job_name,
         "items": plan["items"],
+        "atomic": plan["atomic"],
         "starts": starts,
         "recorded": job.run.status if job is not None else None,
         **state,
@@ -158,6 +179,7 @@ def worker(config: dict[str, Any], out: Path, index: int) -> None:
                 if rng.random() < config["fail_rate"]
                 else None,
                 "item_seconds": item_seconds,
+                "atomic": rng.random() < config["atomic_rate"],
             }
             name = KEPT if rng.random() < 0.5 else CHURN
             report.write(json.dumps(_one_job(name, plan, rng, index, n)) + "\n")

@@ -35,6 +35,7 @@ stop-services:
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy django_jobstatus
 
 check: $(BIN)/.installed
 	$(BIN)/python manage.py check --fail-level WARNING

@@ -7,7 +7,7 @@ import math
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from django.db import connections, models, transaction
 from django.db.models import (
@@ -598,9 +598,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             .order_by("job_name")
         )
         result = []
-        for row in rows:
+        # django-stubs types the rows by the values() keys only, not the annotations.
+        for row in cast("Iterable[Mapping[str, Any]]", rows):
             finished = sum(row[status] for status in _status().TERMINAL)
-            entry = {
+            entry: dict[str, Any] = {
                 "job_name": row["job_name"],
                 "total": row["total"],
                 "counts": {status: row[status] for status in statuses},
@@ -624,6 +625,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             .values_list("job_name", "started_at", "finished_at")
         )
         for name, started, finished in rows.iterator(chunk_size=5000):
+            assert started is not None and finished is not None  # noqa: S101 (filtered above)
             by_job[name].append((finished - started).total_seconds())
         for entry in result:
             values = sorted(by_job.get(entry["job_name"], []))

@@ -54,11 +54,11 @@ def tracking_database() -> str:
     time, so there the writes join the open transaction instead; so do they inside a
     TestCase, whose transaction a second connection could not see.
     """
-    alias = settings.DATABASE
+    alias: str = settings.DATABASE
     connection = connections[alias]
     if not connection.in_atomic_block or connection.vendor == "sqlite":
         return alias
-    if any(block._from_testcase for block in connection.atomic_blocks):
+    if any(getattr(b, "_from_testcase", False) for b in connection.atomic_blocks):
         # Inside Django's TestCase everything stays in the test's transaction, as on_commit does.
         return alias
     side = alias + SIDE_SUFFIX

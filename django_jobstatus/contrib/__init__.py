@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from logging import getLogger
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 
 from django.db import InterfaceError, OperationalError
 from django.utils.translation import gettext as _
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from django.db.models import QuerySet
 
     from django_jobstatus.models import JobRun
+    from django_jobstatus.querysets import JobRunQuerySet
 
 
 # Not `import logging`: the name is the submodule django_jobstatus.contrib.logging.
@@ -80,7 +81,7 @@ def request_kill(runs: QuerySet[JobRun]) -> int:
     """
     from django_jobstatus.models import JobRun
 
-    asked = runs.request_kill()
+    asked: int = cast("JobRunQuerySet", runs).request_kill()
     if _backends:
         pks = runs.values("pk")
         for run in (
@@ -102,7 +103,7 @@ def params_of(args: Any, kwargs: Any) -> dict[str, Any]:
     Values JSON cannot hold are stored as their ``repr()`` (such a run cannot be retried
     with the same arguments).
     """
-    params = {"args": list(args or ()), "kwargs": dict(kwargs or {})}
+    params: dict[str, Any] = {"args": list(args or ()), "kwargs": dict(kwargs or {})}
     try:
         json.dumps(params, allow_nan=False)
     except (TypeError, ValueError):

@@ -334,13 +334,16 @@ def outage(config: dict[str, Any], out: Path, index: int) -> None:
     """A tracked job that works until ``OUT_DIR/end-KIND`` exists, through a database restart.
 
     ``INDEX`` is ``through`` (works across the outage, ends once the database is back),
-    ``ok`` or ``fail`` (ends while the database is down: succeeded, or with an error).
+    ``ok`` or ``fail`` (ends while the database is down: succeeded, or with an error), or
+    ``atomic`` (as ``ok``, inside the job's own transaction: tracking writes through its
+    second connection).
     Prints ``run ID``, then ``write failed`` at the first write the outage broke,
     ``ending`` as the job leaves its block, ``finish refused`` when the database refused
     the first attempt to record the end, and ``done``; the report has the items done, the log lines
     written, the connection attempts that failed while the run's end was being
     recorded, and any error that reached the job.
     """
+    from django.db import transaction
     from django.db.backends.postgresql.base import DatabaseWrapper
 
     from django_jobstatus import track
@@ -372,7 +375,8 @@ def outage(config: dict[str, Any], out: Path, index: int) -> None:
     report: dict[str, Any] = {"items": 0, "logs": 0, "errors": []}
     end = out / f"end-{kind}"
     try:
-        with track(f"faults.outage.{kind}", source="command") as job:
+        own = transaction.atomic() if kind == "atomic" else contextlib.nullcontext()
+        with own, track(f"faults.outage.{kind}", source="command") as job:
             report["run"] = str(job.run.pk)
             _say(f"run {job.run.pk}")
             while not end.exists():

@@ -18,7 +18,8 @@ from tests.soak.conftest import Cluster, actor_env, start_actor, wait_for_line
 pytestmark = [pytest.mark.postgres]
 
 NAME = "jobstatus_restart"
-KINDS = ("through", "ok", "fail")
+KINDS = ("through", "ok", "fail", "atomic")
+ENDING = ("ok", "fail", "atomic")  # the jobs that end while the database is down
 
 
 def _query(cluster: Cluster, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -66,7 +67,7 @@ def test_tracked_jobs_run_through_a_database_restart(
                     pg_cluster,
                     "SELECT count(*) FROM django_jobstatus_jobrun WHERE status = 'running' AND progress_current > 0",
                 )
-                == [(3,)]
+                == [(len(KINDS),)]
             ),
             timeout=60,
             what="every job to record progress",
@@ -78,7 +79,7 @@ def test_tracked_jobs_run_through_a_database_restart(
         )[0][0]
 
         pg_cluster.stop()
-        for kind in ("ok", "fail"):
+        for kind in ENDING:
             (tmp_path / f"end-{kind}").touch()
         for kind, process in processes.items():
             text = "write failed" if kind == "through" else "finish refused"
@@ -87,7 +88,7 @@ def test_tracked_jobs_run_through_a_database_restart(
 
         # Once the database is back, the ends recorded during the outage arrive, and the
         # job that kept working records its progress again.
-        for kind in ("ok", "fail"):
+        for kind in ENDING:
             assert processes[kind].wait(timeout=180) == 0
         wait_for(
             lambda: (
@@ -120,8 +121,8 @@ def test_tracked_jobs_run_through_a_database_restart(
         for message in reports["through"]["warnings"]
     ), reports["through"]["warnings"]
     assert reports["through"]["warnings"]
-    assert reports["ok"]["refused"].get("finishing", 0) >= 1
-    assert reports["fail"]["refused"].get("finishing", 0) >= 1
+    for kind in ENDING:
+        assert reports[kind]["refused"].get("finishing", 0) >= 1, kind
 
     rows = {
         str(pk): (status, current, error, result, finished)
@@ -130,7 +131,7 @@ def test_tracked_jobs_run_through_a_database_restart(
             "SELECT id, status, progress_current, error, result, finished_at IS NOT NULL FROM django_jobstatus_jobrun",
         )
     }
-    assert len(rows) == 3
+    assert len(rows) == len(KINDS)
     through = reports["through"]
     assert rows[runs["through"]] == (
         "succeeded",
@@ -140,6 +141,7 @@ def test_tracked_jobs_run_through_a_database_restart(
         True,
     )
     assert rows[runs["ok"]][0::4] == ("succeeded", True)
+    assert rows[runs["atomic"]][0::4] == ("succeeded", True)
     assert rows[runs["fail"]][0] == "failed"
     assert rows[runs["fail"]][2] == (
         "PlannedError: planned failure while the database is down"
@@ -148,6 +150,7 @@ def test_tracked_jobs_run_through_a_database_restart(
         "through": "succeeded",
         "ok": "succeeded",
         "fail": "failed",
+        "atomic": "succeeded",
     }
     # The log lines written while the database was away were kept and written once it was back.
     lines = dict(

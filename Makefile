@@ -62,7 +62,7 @@ CORE_VENV := .venv-core
 $(CORE_VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CORE_VENV)/bin/python -m pip install --quiet -e . "$(DJANGO)" pytest pytest-django pytest-timeout dj-database-url
+	$(CORE_VENV)/bin/python -m pip install --quiet -e . "$(DJANGO)" pytest pytest-django pytest-timeout dj-database-url hypothesis
 	touch $@
 
 test-core: $(CORE_VENV)/.installed

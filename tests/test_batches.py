@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from django_jobstatus import track
+from django_jobstatus import compat, track
 from django_jobstatus.batches import (
     aggregate,
     batch,
@@ -183,6 +183,10 @@ def test_refresh_is_idempotent_and_never_undoes_a_finish(db: None) -> None:
     assert (stale.status, stale.progress_current) == (S, 1)
 
 
+@pytest.mark.skipif(
+    not compat.task_signal_modules(),
+    reason="needs a tasks framework: Django 6, or the tasks extra on Django 5.2",
+)
 def test_runs_recorded_inside_batch_are_its_children(
     db: None, settings: Any, django_capture_on_commit_callbacks: Any
 ) -> None:

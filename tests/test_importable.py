@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 import django_jobstatus
 
@@ -17,6 +18,8 @@ EXTRAS = {
     "django_jobstatus.api": {"rest_framework", "django_filters", "drf_spectacular"},
     "django_jobstatus.contrib.celery": {"celery"},
     "django_jobstatus.contrib.rq": {"rq", "django_rq", "redis"},
+    # Needs django.tasks (Django 6) or the backport; says so with ImproperlyConfigured.
+    "django_jobstatus.contrib.tasks": {"django_tasks"},
 }
 
 MODULES = sorted(
@@ -44,6 +47,10 @@ def test_module_imports_or_needs_only_its_extra(module: str) -> None:
         assert missing in _extra_of(module), (
             f"{module} needs {missing!r}, which is not part of its extra"
         )
+    except ImproperlyConfigured as exc:
+        # The tasks integration without a tasks framework: the message names the package.
+        assert _extra_of(module) == {"django_tasks"}, exc
+        assert "django-tasks" in str(exc)
 
 
 def test_the_core_modules_are_all_found() -> None:

@@ -344,13 +344,18 @@ class JobRun(models.Model):
                 if new_attempt
                 else [s for s in sources if s != Status.RUNNING]
             )
-        # A move applies to the attempt this instance saw: a worker finishing attempt 1
-        # cannot end attempt 2 that a restart opened meanwhile, and a new attempt's history
-        # is rebuilt from this instance, so it must be current.
-        rows = JobRun.objects.using(db).filter(
-            pk=self.pk, status__in=sources, attempt=self.attempt
-        )
-        if not rows.update(**updates):
+        # A move applies to the state this instance saw, status and attempt: a worker
+        # finishing attempt 1 cannot end attempt 2 that a restart opened meanwhile, the
+        # history of a new attempt is built from this instance's fields, and ``previous``
+        # is exactly the status the run left.
+        updated = 0
+        if previous in sources:
+            updated = (
+                JobRun.objects.using(db)
+                .filter(pk=self.pk, status=previous, attempt=self.attempt)
+                .update(**updates)
+            )
+        if not updated:
             current = (
                 JobRun.objects.using(db)
                 .filter(pk=self.pk)
@@ -359,12 +364,17 @@ class JobRun(models.Model):
             )
             if current is None:
                 raise JobRun.DoesNotExist(f"Run {self.pk} does not exist.")
-            if current[0] in sources and current[1] != self.attempt:
+            status, attempt = current
+            if status not in sources:
                 raise InvalidTransition(
-                    f"Run {self.pk} is at attempt {current[1]}, not {self.attempt}; reload it first."
+                    f"Run {self.pk} cannot move from {status} to {target}."
+                )
+            if attempt != self.attempt:
+                raise InvalidTransition(
+                    f"Run {self.pk} is at attempt {attempt}, not {self.attempt}; reload it first."
                 )
             raise InvalidTransition(
-                f"Run {self.pk} cannot move from {current[0]} to {target}."
+                f"Run {self.pk} is {status}, not {previous}; reload it first."
             )
         for field, value in values.items():
             setattr(self, field, value)

@@ -242,6 +242,19 @@ def test_the_end_of_an_attempt_cannot_end_the_next_one(make_run, finish) -> None
     assert _row(run) == before
 
 
+def test_a_move_from_a_status_the_run_has_left_is_refused(make_run) -> None:
+    # retrying and queued may both start; a worker holding "retrying" must not start a run
+    # that another process queued meanwhile, or the signal's previous would be wrong.
+    run = make_run(status=Status.RUNNING)
+    run.mark_failed(ValueError("first"), retry=True)
+    holder = JobRun.objects.get(pk=run.pk)
+    run.mark_queued()
+    before = _row(run)
+    with pytest.raises(InvalidTransition, match="is queued, not retrying; reload"):
+        holder.mark_running()
+    assert _row(run) == before
+
+
 def test_mark_failed_records_error_and_traceback(run) -> None:
     try:
         raise RuntimeError("disk full")

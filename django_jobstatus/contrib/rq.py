@@ -123,7 +123,10 @@ class Job(rq.job.Job):
         except BaseException as exc:
             # Here the exception and its traceback are known. RQ retries the job when it
             # has retries left (rq 2 and 3 decide alike), unless it is being stopped:
-            # then the horse is killed and never gets here.
+            # then the horse is killed and never gets here. A job that stopped itself on
+            # a kill request (JobKilled) is not retried: its retries are used up here.
+            if isinstance(exc, JobKilled):
+                self.retries_left = 0
             _end_here(
                 execution, exc, retry=bool(self.retries_left and self.retries_left > 0)
             )

@@ -70,6 +70,21 @@ def sleepy(seconds: float) -> str:
     return "woke up"
 
 
+def obedient(seconds: float) -> str:
+    """A long job that stops when asked (cooperative kill)."""
+    from django_jobstatus import current_job
+
+    job = current_job()
+    assert job is not None
+    job.message("working")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        job.heartbeat()
+        job.check_kill()
+    return "done"
+
+
 def crash() -> None:
     """Die the way an OOM kill does: no exception, no cleanup."""
     os.kill(os.getpid(), signal.SIGKILL)

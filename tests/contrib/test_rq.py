@@ -259,6 +259,33 @@ class TestWorker:
         assert run.status == Status.KILLED
         assert run.kill_requested_at is not None
 
+    def test_a_job_that_stops_on_a_kill_request_is_not_retried(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        job = queue.enqueue(rq_jobs.obedient, 120, retry=Retry(max=2))
+        run = recorded(job)
+        wait_for(
+            lambda: (
+                refreshed(run).status == Status.RUNNING and run.message == "working"
+            ),
+            timeout=60,
+            what="the job to run",
+        )
+        # Only the kill request: the job sees it through check_kill() and stops itself.
+        assert JobRun.objects.filter(pk=run.pk).request_kill() == 1
+        finished(run, rq_worker)
+        assert (run.status, run.attempt, run.attempts) == (Status.KILLED, 1, [])
+        wait_for(
+            lambda: _idle(rq_worker),
+            timeout=60,
+            what="the RQ worker to be idle",
+            process=rq_worker,
+            log=rq_worker.log,  # type: ignore[attr-defined]
+        )
+        job.refresh()
+        assert job.get_status() == rq.job.JobStatus.FAILED  # not scheduled for a retry
+        assert refreshed(run).status == Status.KILLED
+
     def test_a_queued_job_killed_on_request_is_canceled(
         self, rq_worker: Popen[bytes], queue: rq.Queue
     ) -> None:

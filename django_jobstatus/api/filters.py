@@ -110,7 +110,10 @@ class PeriodField(_TextField):
         try:
             return parse_period(text, timezone.now())
         except ValueError as exc:
-            raise ValidationError(str(exc), code="invalid") from exc
+            # The reason quotes the input: as a param, a "%" in it is not a format.
+            raise ValidationError(
+                "%(reason)s", code="invalid", params={"reason": str(exc)}
+            ) from exc
 
 
 class MomentField(_TextField):
@@ -129,12 +132,14 @@ class MomentField(_TextField):
                 if day is None:
                     raise ValueError(text)
                 moment = datetime.combine(day, time.min)
+            if timezone.is_naive(moment):
+                moment = timezone.make_aware(moment)
+            # The database compares in UTC: 0001-01-01T00:00+01:00 has no UTC date.
+            moment.astimezone(UTC)
         except (ValueError, OverflowError, OSError) as exc:
             raise ValidationError(
                 message, code="invalid", params={"value": text}
             ) from exc
-        if timezone.is_naive(moment):
-            moment = timezone.make_aware(moment)
         return moment
 
 
@@ -230,7 +235,8 @@ class LevelField(_TextField):
     """A logging level: a number (0 or more) or a name such as ERROR."""
 
     def parse(self, text: str) -> int:
-        if text.isdigit() and len(text) < 6:
+        # ASCII digits only: "²".isdigit() is True, but int() refuses it.
+        if text.isascii() and text.isdigit() and len(text) < 6:
             return int(text)
         level = logging.getLevelName(text.upper())
         if isinstance(level, int):

@@ -210,3 +210,18 @@ def test_runs_recorded_inside_batch_are_its_children(
     assert sorted(parent.children.values_list("result", flat=True)) == [3, 7]
     assert (parent.status, parent.progress_current, parent.progress_total) == (S, 2, 2)
     assert JobRun.objects.get(backend_job_id=outside.id).parent is None
+
+
+def test_a_task_enqueued_inside_batch_through_celery_or_rq_is_a_child(db: None) -> None:
+    from django_jobstatus.contrib._execution import record_queued
+
+    with batch("imports.all") as parent:
+        record_queued("celery", "task-1", "imports.one")
+        record_queued("rq", "job-1", "imports.one")
+    record_queued("rq", "job-2", "imports.one")  # outside: no parent
+    children = JobRun.objects.filter(parent=parent)
+    assert sorted(children.values_list("source", "backend_job_id")) == [
+        ("celery", "task-1"),
+        ("rq", "job-1"),
+    ]
+    assert JobRun.objects.get(backend_job_id="job-2").parent is None

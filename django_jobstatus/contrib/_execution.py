@@ -21,7 +21,7 @@ from django.db import (
     transaction,
 )
 
-from django_jobstatus import contrib
+from django_jobstatus import batches, contrib
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobRun, Status
 from django_jobstatus.tracking import JobHandle, _reset_connection, tracking_database
@@ -79,8 +79,10 @@ def record_queued(source: str, backend_job_id: str, name: str, **fields: Any) ->
     """Upsert the run as queued: created if new, retrying → queued, otherwise left alone.
 
     A running run stays running: Celery and RQ enqueue a retry while the failed attempt
-    is still executing, and running → queued is no legal move.
+    is still executing, and running → queued is no legal move. Enqueued inside
+    ``batch()``, a new run is a child of that batch's parent.
     """
+    fields.setdefault("parent", batches.current_parent())
 
     def record(alias: str) -> None:
         run = find_run(source, backend_job_id, alias)

@@ -108,6 +108,10 @@ BEGIN
         VALUES (OLD.id, 'delete', OLD.status, OLD.kill_requested_at);
         RETURN OLD;
     END IF;
+    IF OLD.kill_requested_at IS NULL AND NEW.kill_requested_at IS NOT NULL THEN
+        INSERT INTO soak_audit (run_id, op, old_status, kill_requested_at)
+        VALUES (NEW.id, 'kill', OLD.status, NEW.kill_requested_at);
+    END IF;
     IF OLD.status IS DISTINCT FROM NEW.status THEN
         INSERT INTO soak_audit (run_id, op, old_status, new_status, kill_requested_at)
         VALUES (NEW.id, 'update', OLD.status, NEW.status, NEW.kill_requested_at);
@@ -127,7 +131,7 @@ DROP TABLE IF EXISTS soak_audit;
 
 @pytest.fixture
 def audit(transactional_db: None) -> Iterator[None]:
-    """Record in ``soak_audit`` every status change and every deletion of a run, whoever makes it.
+    """Record in ``soak_audit`` every status change, kill request and deletion of a run, whoever makes it.
 
     A trigger sees every write, including bulk ``UPDATE``s and the purge's raw ``DELETE``s,
     which send no signal.

@@ -164,9 +164,12 @@ def _check(out: Path, elapsed: float) -> str:
     changes: dict[uuid.UUID, list[tuple[str, str]]] = defaultdict(list)
     deleted: dict[uuid.UUID, tuple[str, datetime | None]] = {}
     ended_at: dict[uuid.UUID, datetime] = {}
+    killed_at: dict[uuid.UUID, datetime] = {}  # when the kill request was written
     for run_id, op, old, new, kill_at, at in audit:
         if op == "delete":
             deleted[run_id] = (old, kill_at)
+        elif op == "kill":
+            killed_at[run_id] = at
         else:
             changes[run_id].append((old, new))
             if new in TERMINAL:
@@ -247,7 +250,9 @@ def _check(out: Path, elapsed: float) -> str:
             )
         if entry["name"] == ABANDONED:
             continue
-        request = _ts(kill_at)
+        # The request counts from when it was written to the table (the trigger's clock),
+        # not from the requester's clock, which may be read long before the write.
+        request = _ts(killed_at.get(key)) if kill_at is not None else None
         if outcome == "killed" and (request is None or request >= entry["end"]):
             wrong.append(f"{pk}: killed without a kill request while it ran")
         if request is None:

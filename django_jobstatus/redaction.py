@@ -9,10 +9,29 @@ from django_jobstatus.conf import settings
 MASK = "********"
 
 
+def _keys() -> set[str]:
+    return {str(key).lower() for key in settings.REDACT_KEYS}
+
+
 def redact(value: Any) -> Any:
     """A copy of ``value`` where every dict key listed in REDACT_KEYS (any case, any depth) is masked."""
-    keys = {str(key).lower() for key in settings.REDACT_KEYS}
+    keys = _keys()
     return _redact(value, keys) if keys else value
+
+
+def redacted_keys_in(value: Any) -> list[str]:
+    """The keys of ``value`` (any depth) that REDACT_KEYS hides: a filter must not test them."""
+    keys = _keys()
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found += [str(key) for key in item if str(key).lower() in keys]
+            stack += item.values()
+        elif isinstance(item, list | tuple):
+            stack += item
+    return sorted(found)
 
 
 def _redact(value: Any, keys: set[str]) -> Any:

@@ -25,6 +25,7 @@ from drf_spectacular.utils import extend_schema_field
 
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.querysets import JobRunQuerySet
+from django_jobstatus.redaction import redacted_keys_in
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -163,6 +164,14 @@ class JSONObjectField(_TextField):
             raise ValidationError(message, code="invalid") from exc
         if not isinstance(parsed, dict):
             raise ValidationError(message, code="invalid")
+        hidden = redacted_keys_in(parsed)
+        if hidden:
+            # Values the API masks cannot be guessed through a filter either.
+            raise ValidationError(
+                _("%(keys)s is redacted (REDACT_KEYS) and cannot be filtered on."),
+                code="redacted",
+                params={"keys": ", ".join(hidden)},
+            )
         return parsed
 
 

@@ -19,7 +19,7 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, routers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import get_object_or_404
@@ -86,6 +86,27 @@ class _FilterBackend(DjangoFilterBackend):
         return view.get_filterset_class()
 
 
+class Access:
+    """Authentication and permissions from JOBSTATUS, for every view of the API.
+
+    Settings are read per request, so that changes (and override_settings) apply at once.
+    """
+
+    def get_authenticators(self) -> list[Any]:
+        classes = (
+            settings.API_AUTHENTICATION_CLASSES
+            or api_settings.DEFAULT_AUTHENTICATION_CLASSES
+        )
+        return [cls() for cls in classes]
+
+    def get_permissions(self) -> list[Any]:
+        return [cls() for cls in settings.API_PERMISSION_CLASSES]
+
+
+class APIRootView(Access, routers.APIRootView):
+    """The API's root (links to its lists), behind the same permissions as the rest."""
+
+
 @extend_schema_view(
     list=extend_schema(
         summary=_("List runs"),
@@ -120,6 +141,7 @@ class _FilterBackend(DjangoFilterBackend):
     ),
 )
 class JobRunViewSet(
+    Access,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.DestroyModelMixin,
@@ -130,18 +152,6 @@ class JobRunViewSet(
     filter_backends = [_FilterBackend]
     # Any path segment reaches the view, so that a malformed id answers a JSON 404.
     lookup_value_regex = "[^/]+"
-
-    # Settings are read per request, so that changes (and override_settings) apply at once.
-
-    def get_authenticators(self) -> list[Any]:
-        classes = (
-            settings.API_AUTHENTICATION_CLASSES
-            or api_settings.DEFAULT_AUTHENTICATION_CLASSES
-        )
-        return [cls() for cls in classes]
-
-    def get_permissions(self) -> list[Any]:
-        return [cls() for cls in settings.API_PERMISSION_CLASSES]
 
     @property
     def pagination_class(self) -> type[KeysetPagination]:

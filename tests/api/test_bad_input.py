@@ -50,6 +50,20 @@ def test_bad_list_parameters_are_400_naming_the_field(api, run, field, value):
     assert body[field]
 
 
+@pytest.mark.parametrize(
+    "params",
+    ['{"token": "guess"}', '{"user": {"PassWord": "x"}}', '{"a": [{"api_key": 1}]}'],
+)
+def test_a_redacted_key_cannot_be_filtered_on(api, make_run, params):
+    # Else the masked value could be found by guessing, one filter at a time.
+    make_run(
+        params={"token": "guess", "user": {"PassWord": "x"}, "a": [{"api_key": 1}]}
+    )
+    response = api.get(BASE, {"params": params})
+    assert response.status_code == 400, response.content
+    assert "is redacted (REDACT_KEYS)" in response.json()["params"][0]
+
+
 def test_the_bad_status_value_is_named(api):
     message = api.get(BASE, {"status": "running,nope"}).json()["status"][0]
     assert "'nope'" in message

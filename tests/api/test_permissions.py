@@ -204,3 +204,13 @@ def test_permission_classes_come_from_settings(settings, client_for, runs):
         "API_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"]
     }
     assert client_for(None).get(BASE).status_code == 200
+
+
+def test_the_api_root_is_behind_the_same_permissions(client_for, api) -> None:
+    root = BASE.removesuffix("runs/")
+    anonymous = client_for().get(root)
+    assert anonymous.status_code in (401, 403)
+    assert "runs" not in anonymous.content.decode()
+    allowed = api.get(root)
+    assert allowed.status_code == 200
+    assert allowed.json()["runs"].endswith(BASE)

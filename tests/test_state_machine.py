@@ -1,9 +1,10 @@
-"""Property tests of the state machine: any sequence of moves by any number of actors.
+"""Property tests of the state machine: any sequence of moves by several actors.
 
-Several actors hold their own copy of one run, each loaded at some point and acted on
+Three actors hold their own copy of one run, each loaded at some point and acted on
 while others move the run on: the way concurrent workers, reapers and admins write.
 After every step the database must agree with an oracle written from DESIGN.md (not
-from the code), and keep DESIGN.md's invariants: an illegal move raises
+from the code; plus the rule that a move applies only to the status and attempt the
+actor saw, see ``Oracle.allows``), and keep DESIGN.md's invariants: an illegal move raises
 InvalidTransition and writes nothing; nothing leaves a terminal state; first-entry
 stamps stay; ``attempt`` only grows and ``attempts`` holds one entry per earlier
 attempt; ``finished_at`` is set exactly when the run is finished; and

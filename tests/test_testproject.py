@@ -12,14 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _manage(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str], db: Path) -> subprocess.CompletedProcess[str]:
+    """Python with ``args``, in the demo project's settings, on the SQLite file ``db``."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
         "DATABASE_URL": f"sqlite:///{db}",
     }
     return subprocess.run(
-        [sys.executable, "manage.py", *args],
+        [sys.executable, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -27,6 +28,10 @@ def _manage(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def _manage(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
+    return _run(["manage.py", *args], db)
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +57,7 @@ def test_demo_command_seeds_history_and_an_admin(demo_db: Path):
 
 
 def _python(script: str, db: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "testproject.settings",
-        "DATABASE_URL": f"sqlite:///{db}",
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()\n" + script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return _run(["-c", "import django; django.setup()\n" + script], db)
 
 
 def test_demo_import_records_its_steps_and_its_logger_lines(demo_db: Path):

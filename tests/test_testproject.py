@@ -34,9 +34,10 @@ def _manage(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
     return _run(["manage.py", *args], db)
 
 
-@pytest.fixture(scope="module")
-def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("demo") / "demo.sqlite3"
+@pytest.fixture
+def demo_db(tmp_path: Path) -> Path:
+    """A migrated demo database of the test's own (the tests count what is in it)."""
+    db = tmp_path / "demo.sqlite3"
     migrate = _manage("migrate", "--noinput", db=db)
     assert migrate.returncode == 0, migrate.stderr
     return db

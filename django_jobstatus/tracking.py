@@ -309,6 +309,8 @@ class JobHandle:
                 len(self._logs) > 10_000
             ):  # the database has been away for long: keep the newest
                 del self._logs[:-10_000]
+            for line in self._logs:  # ids given by a write that was rolled back
+                line.pk = None
             return
         self.writes += 1
         self._applied(fields)
@@ -336,6 +338,12 @@ class JobHandle:
         """
         deadline = time.monotonic() + settings.FINISH_RETRY_TIMEOUT
         delay = 0.1
+        retried = False
+        # A try that fails at COMMIT has already moved the instance; the next starts over.
+        saved = {
+            field.attname: getattr(self.run, field.attname)
+            for field in self.run._meta.concrete_fields
+        }
         while True:
             alias = tracking_database()
             fields = self._pending_fields() | values
@@ -346,11 +354,25 @@ class JobHandle:
                     lambda: self._transition(exc, alias, fields),  # noqa: B023 (called at once)
                 )
             except InvalidTransition as error:
+                if retried and self._ended_as(exc, alias):
+                    # The try before committed, but its answer was lost with the connection.
+                    self._applied(fields)
+                    self.run.refresh_from_db(using=alias)
+                    return
+                # The run ended elsewhere (reaped as lost, killed by force): it keeps that
+                # state, and the job's last log lines are still written.
+                with contextlib.suppress(DatabaseError):
+                    self._write_logs_then(alias, lambda: None)
                 logger.warning(
                     "The end of run %s was not recorded: %s", self.run.pk, error
                 )
                 return
             except (OperationalError, InterfaceError):
+                retried = True
+                for name, value in saved.items():
+                    setattr(self.run, name, value)
+                for line in self._logs:  # the ids the failed try gave them
+                    line.pk = None
                 _reset_connection(alias)
                 if time.monotonic() + delay > deadline:
                     logger.exception(
@@ -365,6 +387,23 @@ class JobHandle:
                 continue
             self._applied(fields)
             return
+
+    def _ended_as(self, exc: BaseException | None, alias: str) -> bool:
+        """Whether the database shows this attempt ended the way ``exc`` ends it."""
+        from django_jobstatus.models import JobRun, Status
+
+        target = (
+            Status.SUCCEEDED
+            if exc is None
+            else Status.KILLED
+            if isinstance(exc, JobKilled)
+            else Status.FAILED
+        )
+        return (
+            JobRun.objects.using(alias)
+            .filter(pk=self.run.pk, status=target, attempt=self.run.attempt)
+            .exists()
+        )
 
     def _transition(
         self, exc: BaseException | None, alias: str, fields: dict[str, Any]

@@ -521,15 +521,61 @@ def test_finish_gives_up_after_the_retry_timeout(
 
 
 def test_a_reaped_run_stays_lost(caplog) -> None:
-    with track("x") as job:
+    with track("x", interval=3600) as job:
         JobRun.objects.stale(0).get().mark_lost()
         job.info("still here")
     assert _row(job.run).status == Status.LOST
     assert "was not recorded" in caplog.text
+    # Its last log lines are kept all the same.
+    assert list(job.run.logs.values_list("message", flat=True)) == ["still here"]
     with pytest.raises(RuntimeError), track("y") as job:
         JobRun.objects.get(pk=job.run.pk).mark_lost()
         raise RuntimeError("late")
     assert _row(job.run).status == Status.LOST
+
+
+def test_an_end_that_failed_at_commit_is_tried_again_from_the_start(
+    monkeypatch, caplog
+) -> None:
+    # The first try moves the instance, then the connection drops before COMMIT.
+    moves = []
+    original = JobRun._transition
+
+    def drop_after_the_update(run: JobRun, *args: Any, **kwargs: Any) -> None:
+        original(run, *args, **kwargs)
+        moves.append(run.status)
+        if len(moves) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+
+    with track("x", interval=3600) as job:
+        job.info("last words")
+        monkeypatch.setattr(JobRun, "_transition", drop_after_the_update)
+    assert moves == [Status.SUCCEEDED, Status.SUCCEEDED]
+    run = _row(job.run)
+    assert run.status == Status.SUCCEEDED
+    assert list(run.logs.values_list("message", flat=True)) == ["last words"]
+    assert "was not recorded" not in caplog.text
+
+
+def test_an_end_whose_answer_was_lost_counts_as_recorded(monkeypatch, caplog) -> None:
+    # The first try commits, then its answer is lost with the connection.
+    tries = []
+    original = JobHandle._write_logs_then
+
+    def commit_then_drop(handle: JobHandle, *args: Any) -> None:
+        original(handle, *args)
+        tries.append(1)
+        if len(tries) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+
+    with track("x", interval=3600) as job:
+        job.info("last words")
+        monkeypatch.setattr(JobHandle, "_write_logs_then", commit_then_drop)
+    assert len(tries) == 1  # the second try found the end recorded
+    assert job.run.status == Status.SUCCEEDED
+    assert _row(job.run).status == Status.SUCCEEDED
+    assert JobLog.objects.filter(run_id=job.run.pk).count() == 1
+    assert "was not recorded" not in caplog.text
 
 
 def test_a_run_killed_by_force_stays_killed() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
@@ -35,9 +37,19 @@ def test_job_name_choices_skip_through_the_index(make_run):
     assert "Seq Scan" not in text
 
 
+def _analyze() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {JobRun._meta.db_table}")
+        cursor.execute(f"ANALYZE {JobLog._meta.db_table}")
+
+
 @pytest.fixture
-def seeded(db) -> None:
-    """A table shaped like a real one, analyzed, so the plan does not hang on stale statistics."""
+def seeded(db) -> Iterator[None]:
+    """A table shaped like a real one, analyzed, so the plan does not hang on stale statistics.
+
+    ANALYZE writes its figures outside the test's transaction: they are reset at the end,
+    else the next tests would see a table of 3,000 rows (the paginator reads them).
+    """
     from datetime import timedelta
 
     from django_jobstatus.models import Status, uuid7
@@ -60,9 +72,11 @@ def seeded(db) -> None:
     JobLog.objects.bulk_create(
         JobLog(run=runs[i % 100], level=20, message=f"line {i}") for i in range(3000)
     )
-    with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {JobRun._meta.db_table}")
-        cursor.execute(f"ANALYZE {JobLog._meta.db_table}")
+    _analyze()
+    yield
+    JobLog.objects.all().delete()
+    JobRun.objects.all().delete()
+    _analyze()
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,9 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
+# run_checks() runs every check, and the model checks may ask the database its features.
+pytestmark = pytest.mark.django_db
+
 
 def _messages(jobstatus: Any) -> list[tuple[str, str]]:
     with override_settings(JOBSTATUS=jobstatus):

@@ -7,6 +7,7 @@ import math
 import os
 import secrets
 import socket
+import threading
 import time
 import traceback as tb
 import uuid
@@ -32,18 +33,30 @@ if TYPE_CHECKING:
 JOB_NAME_MAX_LENGTH = 255
 
 
-def uuid7() -> uuid.UUID:
-    """A time-ordered UUID (RFC 9562 version 7): 48 bits of milliseconds, then random bits.
+_last_uuid7 = 0
+_uuid7_lock = threading.Lock()
 
-    Python has ``uuid.uuid7`` only from 3.14, so it is made here.
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7): milliseconds, then a fraction of one, then random bits.
+
+    The 12 bits after the milliseconds hold the sub-millisecond time (RFC 9562's method 3),
+    so ids made within one millisecond still sort by time across processes; within one
+    process each id is also greater than the one before. Python has ``uuid.uuid7`` only
+    from 3.14, so it is made here.
     """
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    global _last_uuid7
+    ms, ns = divmod(time.time_ns(), 1_000_000)
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version
-    value |= (rand >> 68) << 64 & (0xFFF << 64)  # rand_a, 12 bits
+    value |= (ns * 4096 // 1_000_000) << 64  # rand_a: the fraction of the millisecond
     value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
+    value |= int.from_bytes(secrets.token_bytes(8), "big") >> 2  # rand_b, 62 bits
+    with _uuid7_lock:
+        # The clock may repeat (or step back): keep this process's ids increasing.
+        if value <= _last_uuid7:
+            value = _last_uuid7 + 1
+        _last_uuid7 = value
     return uuid.UUID(int=value)
 
 

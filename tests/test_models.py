@@ -77,6 +77,30 @@ def test_uuid7_sorts_by_time() -> None:
     assert len(set(values)) == 200
 
 
+def test_uuid7_increases_within_one_millisecond() -> None:
+    # Many ids share a millisecond here; each must still be greater than the one before.
+    values = [uuid7() for _ in range(20_000)]
+    assert values == sorted(values)
+    assert len({value.int >> 80 for value in values}) < len(values)  # shared ms seen
+    assert all(value.version == 7 for value in values)
+
+
+def test_uuid7_from_other_threads_is_unique_and_ordered_per_thread() -> None:
+    results: list[list[uuid.UUID]] = [[] for _ in range(4)]
+
+    def make(bucket: list[uuid.UUID]) -> None:
+        bucket.extend(uuid7() for _ in range(5_000))
+
+    threads = [threading.Thread(target=make, args=(b,)) for b in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    every = [value for bucket in results for value in bucket]
+    assert len(set(every)) == len(every) == 20_000
+    assert all(bucket == sorted(bucket) for bucket in results)
+
+
 def test_runs_get_uuid7_primary_keys(make_run) -> None:
     run = make_run()
     assert isinstance(run.pk, uuid.UUID)

@@ -285,19 +285,18 @@ class JobHandle:
 
     def flush(self) -> None:
         """Write pending progress, logs and a heartbeat now; never raises a database error."""
-        from django_jobstatus.models import JobLog, JobRun
+        from django_jobstatus.models import JobRun
 
         self._last_write = time.monotonic()
         alias = tracking_database()
         fields = self._pending_fields()
         try:
-            # A savepoint keeps a failed write from breaking the job's own transaction (SQLite).
-            with transaction.atomic(
-                using=alias, savepoint=connections[alias].in_atomic_block
-            ):
-                if self._logs:
-                    JobLog.objects.using(alias).bulk_create(self._logs)
-                JobRun.objects.using(alias).filter(pk=self.run.pk).update(**fields)
+            self._write_logs_then(
+                alias,
+                lambda: (
+                    JobRun.objects.using(alias).filter(pk=self.run.pk).update(**fields)
+                ),
+            )
         except DatabaseError:
             logger.warning(
                 "Could not record the progress of run %s; trying again at the next write.",
@@ -309,23 +308,27 @@ class JobHandle:
                 len(self._logs) > 10_000
             ):  # the database has been away for long: keep the newest
                 del self._logs[:-10_000]
-            for line in self._logs:  # ids given by a write that was rolled back
-                line.pk = None
             return
         self.writes += 1
         self._applied(fields)
 
-    # Start and end (durable).
-
-    def _write_logs_then(self, alias: str, action: Callable[[], None]) -> None:
+    def _write_logs_then(self, alias: str, action: Callable[[], Any]) -> None:
+        """The buffered log lines, then ``action``, in one transaction (a savepoint inside
+        the job's own, so a failed write does not break it)."""
         from django_jobstatus.models import JobLog
 
         with transaction.atomic(
             using=alias, savepoint=connections[alias].in_atomic_block
         ):
             if self._logs:
+                for (
+                    line
+                ) in self._logs:  # still buffered: any id is a rolled-back write's
+                    line.pk = None
                 JobLog.objects.using(alias).bulk_create(self._logs)
             action()
+
+    # Start and end (durable).
 
     def finish(self, exc: BaseException | None = None, **values: Any) -> None:
         """Record the end of the run: succeeded, killed (JobKilled) or failed (any other exception).
@@ -371,8 +374,6 @@ class JobHandle:
                 retried = True
                 for name, value in saved.items():
                     setattr(self.run, name, value)
-                for line in self._logs:  # the ids the failed try gave them
-                    line.pk = None
                 _reset_connection(alias)
                 if time.monotonic() + delay > deadline:
                     logger.exception(
@@ -388,29 +389,34 @@ class JobHandle:
             self._applied(fields)
             return
 
+    @staticmethod
+    def _outcome(exc: BaseException | None) -> str:
+        """How leaving with ``exc`` ends the run: succeeded, killed (JobKilled) or failed."""
+        from django_jobstatus.models import Status
+
+        if exc is None:
+            return Status.SUCCEEDED
+        return Status.KILLED if isinstance(exc, JobKilled) else Status.FAILED
+
     def _ended_as(self, exc: BaseException | None, alias: str) -> bool:
         """Whether the database shows this attempt ended the way ``exc`` ends it."""
-        from django_jobstatus.models import JobRun, Status
+        from django_jobstatus.models import JobRun
 
-        target = (
-            Status.SUCCEEDED
-            if exc is None
-            else Status.KILLED
-            if isinstance(exc, JobKilled)
-            else Status.FAILED
-        )
         return (
             JobRun.objects.using(alias)
-            .filter(pk=self.run.pk, status=target, attempt=self.run.attempt)
+            .filter(pk=self.run.pk, status=self._outcome(exc), attempt=self.run.attempt)
             .exists()
         )
 
     def _transition(
         self, exc: BaseException | None, alias: str, fields: dict[str, Any]
     ) -> None:
-        if exc is None:
+        from django_jobstatus.models import Status
+
+        outcome = self._outcome(exc)
+        if outcome == Status.SUCCEEDED:
             self.run.mark_succeeded(self._result, using=alias, **fields)
-        elif isinstance(exc, JobKilled):
+        elif outcome == Status.KILLED:
             self.run.mark_killed(using=alias, **fields)
         else:
             self.run.mark_failed(exc, using=alias, **fields)

@@ -420,8 +420,7 @@ def test_str(run) -> None:
 def test_absolute_url_is_the_admin_page(run) -> None:
     from django.contrib import admin
 
-    if JobRun not in admin.site._registry:
-        pytest.skip("JobRun is not registered in the admin yet")
+    assert JobRun in admin.site._registry
     assert run.get_absolute_url() == f"/admin/django_jobstatus/jobrun/{run.pk}/change/"
 
 

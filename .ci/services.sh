@@ -3,7 +3,9 @@
 # Data lives in $JOBSTATUS_SERVICES_DIR (default /tmp/django-jobstatus-services, reachable by
 # the postgres user whatever the checkout's permissions). Idempotent: a server already
 # answering on the port is used as it is.
-#   .ci/services.sh start|stop|env
+#   .ci/services.sh start [postgres|redis]   start both (or one); exit 1 if any asked for is missing
+#   .ci/services.sh has postgres|redis       exit 0 when that service answers on its port
+#   .ci/services.sh stop|env
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="${JOBSTATUS_SERVICES_DIR:-/tmp/django-jobstatus-services}"
@@ -48,12 +50,26 @@ start_redis() {
   echo "services: Redis on 127.0.0.1:$REDISPORT"
 }
 
+has_postgres() { [ -n "$pgbin" ] && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$PGPORT"; }
+has_redis() { command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p "$REDISPORT" ping >/dev/null 2>&1; }
+
 case "${1:-start}" in
   start)
+    # Each service on its own: a missing Redis never hides a working PostgreSQL.
     status=0
-    start_postgres || status=1
-    start_redis || status=1
+    case "${2:-all}" in
+      postgres) start_postgres || status=1 ;;
+      redis) start_redis || status=1 ;;
+      all) start_postgres || status=1; start_redis || status=1 ;;
+      *) echo "usage: $0 start [postgres|redis]" >&2; exit 2 ;;
+    esac
     exit $status ;;
+  has)
+    case "${2:-}" in
+      postgres) has_postgres ;;
+      redis) has_redis ;;
+      *) echo "usage: $0 has postgres|redis" >&2; exit 2 ;;
+    esac ;;
   stop)
     [ -n "$pgbin" ] && [ -d "$root/pg" ] && as_postgres "$pgbin/pg_ctl" -D "$root/pg" -m fast stop >/dev/null 2>&1 || true
     redis-cli -h 127.0.0.1 -p "$REDISPORT" shutdown nosave >/dev/null 2>&1 || true ;;

@@ -1,0 +1,76 @@
+"""The services script reports PostgreSQL and Redis each on its own (issue 10, point 10).
+
+`make test` with PostgreSQL running and Redis missing must still run the PostgreSQL leg:
+a missing Redis only skips the tests that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / ".ci" / "services.sh"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def path_without_redis(tmp_path: Path) -> str:
+    """A PATH with every command of /usr/bin and /bin but Redis's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for entry in Path(folder).iterdir():
+            target = bin_dir / entry.name
+            if entry.name.startswith("redis") or target.exists():
+                continue
+            target.symlink_to(entry)
+    return str(bin_dir)
+
+
+@pytest.mark.postgres
+def test_missing_redis_is_reported_alone_and_postgres_still_counts(
+    path_without_redis: str,
+) -> None:
+    env = {
+        **os.environ,
+        "PATH": path_without_redis,
+        "JOBSTATUS_REDISPORT": str(_free_port()),
+    }
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = started.stdout + started.stderr
+    assert started.returncode == 1, output
+    assert "Redis is not installed" in output
+    assert "PostgreSQL is not installed" not in output
+    assert "services: PostgreSQL on 127.0.0.1" in output
+    has_postgres = subprocess.run(
+        ["bash", str(SCRIPT), "has", "postgres"], env=env, timeout=60, check=False
+    )
+    assert has_postgres.returncode == 0
+    has_redis = subprocess.run(
+        ["bash", str(SCRIPT), "has", "redis"], env=env, timeout=60, check=False
+    )
+    assert has_redis.returncode != 0
+
+
+def test_make_test_decides_the_postgres_leg_on_postgres_alone() -> None:
+    recipe = (ROOT / "Makefile").read_text()
+    test_target = recipe[recipe.index("\ntest:") : recipe.index("\nCORE_VENV")]
+    assert ".ci/services.sh has postgres" in test_target
+    assert "PostgreSQL is not installed" not in test_target

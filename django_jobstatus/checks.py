@@ -9,7 +9,7 @@ from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from django_jobstatus.conf import DEFAULTS, REMOVED_SETTINGS, TYPES, settings
+from django_jobstatus.conf import DEFAULTS, REMOVED_SETTINGS, SETTINGS, TYPES, settings
 
 
 def _has_type(value: Any, expected: tuple[type, ...]) -> bool:
@@ -89,43 +89,29 @@ def check_values(**kwargs: Any) -> list[CheckMessage]:
 
     user = settings.user_settings
     messages: list[CheckMessage] = []
-    for key in (
-        "API_MAX_PAGE_SIZE",
-        "API_PAGE_SIZE",
-        "FINISH_RETRY_TIMEOUT",
-        "HEARTBEAT_TIMEOUT",
-        "LOG_MAX_LENGTH",
-        "PROGRESS_INTERVAL",
-        "RETENTION_DAYS",
-    ):
-        value = user.get(key)
-        if (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and value <= 0
-        ):
-            messages.append(
-                Error(
-                    f"JOBSTATUS[{key!r}] must be greater than 0, not {value!r}.",
-                    hint=f"The default is {DEFAULTS[key]!r}.",
-                    id="jobstatus.E003",
-                )
+    for declared in SETTINGS:
+        value = user.get(declared.name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if declared.positive and value <= 0:
+            problem = "greater than 0"
+        elif declared.non_negative and value < 0:
+            problem = "0 or more"
+        else:
+            continue
+        messages.append(
+            Error(
+                f"JOBSTATUS[{declared.name!r}] must be {problem}, not {value!r}.",
+                hint=f"The default is {declared.default!r}.",
+                id="jobstatus.E003",
             )
+        )
     database = user.get("DATABASE")
     if isinstance(database, str) and database not in django_settings.DATABASES:
         messages.append(
             Error(
                 f"JOBSTATUS['DATABASE'] is {database!r}, which is not in DATABASES.",
                 hint=f"Use one of {sorted(django_settings.DATABASES)}.",
-                id="jobstatus.E003",
-            )
-        )
-    keep_last = user.get("KEEP_LAST")
-    if isinstance(keep_last, int) and keep_last < 0:
-        messages.append(
-            Error(
-                f"JOBSTATUS['KEEP_LAST'] must be 0 or more, not {keep_last!r}.",
-                hint="0 keeps no run past its retention.",
                 id="jobstatus.E003",
             )
         )

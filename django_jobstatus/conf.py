@@ -5,6 +5,7 @@ Code reads ``from django_jobstatus.conf import settings`` and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -12,67 +13,139 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
-DEFAULTS: dict[str, Any] = {
-    # Extra DRF authentication classes for the API (import strings); None: DRF's defaults.
-    "API_AUTHENTICATION_CLASSES": None,
-    # Largest page a client may ask for with ?page_size=.
-    "API_MAX_PAGE_SIZE": 500,
-    # When True, users who are not staff see and kill only the runs they own.
-    "API_OWNER_SCOPED": False,
-    # Page size of the API's lists when the client does not ask.
-    "API_PAGE_SIZE": 50,
-    # Who may use the API (import strings of DRF permission classes).
-    "API_PERMISSION_CLASSES": ["django_jobstatus.api.permissions.JobRunPermission"],
-    # Database alias the app writes to; tracking opens a second connection to it
-    # while the job's own connection is inside transaction.atomic() (not on SQLite).
-    "DATABASE": "default",
-    # Seconds track() keeps retrying to record a run's end while the database is away.
-    "FINISH_RETRY_TIMEOUT": 30.0,
-    # Seconds without a heartbeat after which a running run counts as stale (and is reaped).
-    "HEARTBEAT_TIMEOUT": 300,
-    # Dotted paths of the integrations to switch on (django_jobstatus.contrib.*).
-    "INTEGRATIONS": [],
-    # The newest N runs of every job survive the purge whatever their age.
-    "KEEP_LAST": 1,
-    # Longest log message kept, in characters; longer ones are cut with a marker.
-    "LOG_MAX_LENGTH": 10000,
-    # Seconds between two progress/heartbeat/log writes (and kill checks) of a running job.
-    "PROGRESS_INTERVAL": 1.0,
-    # Keys in params/data/result shown as "********" in the admin and the API, at any depth.
-    "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
-    # Days to keep finished runs per status, over RETENTION_DAYS.
-    "RETENTION": {"failed": 90},
-    # Days to keep finished runs.
-    "RETENTION_DAYS": 30,
-    # The `worker` recorded for runs started in this process; None: "host:pid".
-    "WORKER_NAME": None,
-}
 
-# Settings that hold import strings (or lists of them), resolved on first access.
-IMPORT_STRINGS: tuple[str, ...] = (
-    "API_AUTHENTICATION_CLASSES",
-    "API_PERMISSION_CLASSES",
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One key of ``JOBSTATUS``: its default, the types it may have, its bounds and what it does.
+
+    Declared once here; ``DEFAULTS``, ``TYPES`` and ``IMPORT_STRINGS``, the system checks and
+    the settings reference in the docs are all derived from it.
+    """
+
+    name: str
+    default: Any
+    types: tuple[type, ...]
+    help: str
+    positive: bool = False  # a number that must be greater than 0 (jobstatus.E003)
+    non_negative: bool = False  # a number that must be 0 or more (jobstatus.E003)
+    import_strings: bool = False  # import strings, resolved on first access
+
+
+_NONE = type(None)
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "API_AUTHENTICATION_CLASSES",
+        None,
+        (list, tuple, _NONE),
+        "DRF authentication classes for the API (import strings); `None` uses DRF's defaults.",
+        import_strings=True,
+    ),
+    Setting(
+        "API_MAX_PAGE_SIZE",
+        500,
+        (int,),
+        "The largest `page_size` a client may ask for.",
+        positive=True,
+    ),
+    Setting(
+        "API_OWNER_SCOPED",
+        default=False,
+        types=(bool,),
+        help="When true, users who are not staff see and kill only the runs they own.",
+    ),
+    Setting(
+        "API_PAGE_SIZE",
+        50,
+        (int,),
+        "Page size of the API's lists.",
+        positive=True,
+    ),
+    Setting(
+        "API_PERMISSION_CLASSES",
+        ["django_jobstatus.api.permissions.JobRunPermission"],
+        (list, tuple),
+        "Who may use the API (import strings).",
+        import_strings=True,
+    ),
+    Setting(
+        "DATABASE",
+        "default",
+        (str,),
+        "The database alias the app writes to.",
+    ),
+    Setting(
+        "FINISH_RETRY_TIMEOUT",
+        30.0,
+        (int, float),
+        "Seconds `track()` keeps retrying to record a run's end while the database is away.",
+        positive=True,
+    ),
+    Setting(
+        "HEARTBEAT_TIMEOUT",
+        300,
+        (int, float),
+        "Seconds without a heartbeat after which a running run is stale (and reaped as `lost`).",
+        positive=True,
+    ),
+    Setting(
+        "INTEGRATIONS",
+        [],
+        (list, tuple),
+        'Integrations to switch on, e.g. `["django_jobstatus.contrib.celery"]`.',
+    ),
+    Setting(
+        "KEEP_LAST",
+        1,
+        (int,),
+        "The newest N runs of every job survive the purge whatever their age.",
+        non_negative=True,
+    ),
+    Setting(
+        "LOG_MAX_LENGTH",
+        10000,
+        (int,),
+        "Longest log message kept; longer ones are cut with a visible marker.",
+        positive=True,
+    ),
+    Setting(
+        "PROGRESS_INTERVAL",
+        1.0,
+        (int, float),
+        "Seconds between two progress/heartbeat/log writes (and kill checks) of a running job.",
+        positive=True,
+    ),
+    Setting(
+        "REDACT_KEYS",
+        ["password", "secret", "token", "api_key", "authorization"],
+        (list, tuple, set, frozenset),
+        'Keys of params/data/result shown as `"********"` in the admin and the API, at any depth.',
+    ),
+    Setting(
+        "RETENTION",
+        {"failed": 90},
+        (dict,),
+        "Days to keep finished runs, per status, over `RETENTION_DAYS`.",
+    ),
+    Setting(
+        "RETENTION_DAYS",
+        30,
+        (int,),
+        "Days to keep finished runs.",
+        positive=True,
+    ),
+    Setting(
+        "WORKER_NAME",
+        None,
+        (str, _NONE),
+        "The `worker` recorded for runs started in this process; `None` means `host:pid`.",
+    ),
 )
 
-# The types each setting must have, checked by jobstatus.E001.
-TYPES: dict[str, tuple[type, ...]] = {
-    "API_AUTHENTICATION_CLASSES": (list, tuple, type(None)),
-    "API_MAX_PAGE_SIZE": (int,),
-    "API_OWNER_SCOPED": (bool,),
-    "API_PAGE_SIZE": (int,),
-    "API_PERMISSION_CLASSES": (list, tuple),
-    "DATABASE": (str,),
-    "FINISH_RETRY_TIMEOUT": (int, float),
-    "HEARTBEAT_TIMEOUT": (int, float),
-    "INTEGRATIONS": (list, tuple),
-    "KEEP_LAST": (int,),
-    "LOG_MAX_LENGTH": (int,),
-    "PROGRESS_INTERVAL": (int, float),
-    "REDACT_KEYS": (list, tuple, set, frozenset),
-    "RETENTION": (dict,),
-    "RETENTION_DAYS": (int,),
-    "WORKER_NAME": (str, type(None)),
-}
+DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+TYPES: dict[str, tuple[type, ...]] = {s.name: s.types for s in SETTINGS}
+# Settings that hold import strings (or lists of them), resolved on first access.
+IMPORT_STRINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.import_strings)
 
 # Settings that existed once, with what to do instead.
 REMOVED_SETTINGS: dict[str, str] = {}

@@ -29,6 +29,16 @@ def test_readme_defaults_match_the_code():
         assert shown == repr(default).replace('"', "'"), key
 
 
+def test_readme_meanings_are_the_declared_help():
+    from django_jobstatus.conf import SETTINGS
+
+    text = README.read_text().split("## Settings", 1)[1].split("\n## ", 1)[0]
+    meanings = dict(
+        re.findall(r"^\| `([A-Z_]+)` \| .+? \| (.+) \|$", text, flags=re.MULTILINE)
+    )
+    assert {s.name: s.help for s in SETTINGS} == meanings
+
+
 def test_readme_starts_with_the_two_commands():
     head = README.read_text().split("## ", 1)[0]
     assert re.findall(r"^make (\w+)", head, flags=re.MULTILINE) == ["demo", "test"]

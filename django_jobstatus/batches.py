@@ -27,7 +27,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
-from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
@@ -155,7 +155,11 @@ def _move(parent: JobRun, target: str, state: BatchStatus) -> None:
         parent.mark_succeeded(result={"children": state.counts})
     elif target == Status.FAILED:
         failed = state.counts.get(Status.FAILED, 0) + state.counts.get(Status.LOST, 0)
-        message = _("%(failed)d of %(total)d child runs failed.") % {
+        message = ngettext(
+            "%(failed)d of %(total)d child run failed.",
+            "%(failed)d of %(total)d child runs failed.",
+            state.total,
+        ) % {
             "failed": failed,
             "total": state.total,
         }

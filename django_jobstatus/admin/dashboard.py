@@ -21,7 +21,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 
 from django_jobstatus import conf
 from django_jobstatus.admin.display import format_duration
@@ -353,8 +353,13 @@ def purge_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         result = JobRun.objects.purge(days=days)
         model_admin.message_user(
             request,
-            _("Purged %(runs)d runs and %(logs)d log lines.")
-            % {"runs": result.runs, "logs": result.logs},
+            _("Purged %(runs)s and %(logs)s.")
+            % {
+                "runs": ngettext("%(n)d run", "%(n)d runs", result.runs)
+                % {"n": result.runs},
+                "logs": ngettext("%(n)d log line", "%(n)d log lines", result.logs)
+                % {"n": result.logs},
+            },
             messages.SUCCESS,
         )
         return HttpResponseRedirect(reverse("admin:django_jobstatus_jobrun_dashboard"))

@@ -18,7 +18,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 
 from django_jobstatus import contrib
 from django_jobstatus.admin import actions, dashboard
@@ -184,7 +184,11 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             for run in runs[:100]
         ]
         if len(runs) > 100:
-            shown.append(_("… and %(n)d more runs") % {"n": len(runs) - 100})
+            more = len(runs) - 100
+            shown.append(
+                ngettext("… and %(n)d more run", "… and %(n)d more runs", more)
+                % {"n": more}
+            )
         # Counted up to a cap: a run may hold 100,000 lines.
         logs = (
             JobLog.objects.filter(run__in=[run.pk for run in runs])
@@ -342,7 +346,8 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             '{} <a href="{}">{}</a>',
             parts,
             url,
-            _("%(n)d children") % {"n": sum(counts.values())},
+            ngettext("%(n)d child", "%(n)d children", sum(counts.values()))
+            % {"n": sum(counts.values())},
         )
 
     # Search: exact ids, prefix of job names, words of the message.

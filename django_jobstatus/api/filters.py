@@ -67,21 +67,23 @@ def parse_period(text: str, now: datetime) -> tuple[datetime, datetime | None]:
         return day_before, midnight
     if not value or _PERIOD_PART.sub("", value).strip():
         raise ValueError(
-            f"{text!r} is not a period such as 1h, 2h 30m, 10m, today or yesterday"
+            _("%(text)r is not a period such as 1h, 2h 30m, 10m, today or yesterday")
+            % {"text": text}
         )
     delta = timedelta(0)
     for number, unit in _PERIOD_PART.findall(value):
         if unit not in _PERIOD_UNITS:
             raise ValueError(
-                f"unknown unit {unit!r} in period {text!r}; use s, m, h, d or w"
+                _("unknown unit %(unit)r in period %(text)r; use s, m, h, d or w")
+                % {"unit": unit, "text": text}
             )
         if len(number) > 9:
-            raise ValueError(f"period {text!r} is too long")
+            raise ValueError(_("period %(text)r is too long") % {"text": text})
         delta += timedelta(**{_PERIOD_UNITS[unit]: int(number)})
     if delta <= timedelta(0):
-        raise ValueError(f"period {text!r} must be longer than zero")
+        raise ValueError(_("period %(text)r must be longer than zero") % {"text": text})
     if delta > _PERIOD_MAX:
-        raise ValueError(f"period {text!r} is too long")
+        raise ValueError(_("period %(text)r is too long") % {"text": text})
     return now - delta, None
 
 

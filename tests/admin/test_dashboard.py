@@ -169,7 +169,7 @@ def test_purge_dry_run_then_confirm(admin_client, make_run):
     assert response.context["preview"].logs == 1
     assert JobRun.objects.filter(pk=old.pk).exists()  # the dry run deleted nothing
     response = admin_client.post(URL + "purge/", {"days": ""}, follow=True)
-    assert "Purged 1 runs and 1 log lines." in response.content.decode()
+    assert "Purged 1 run and 1 log line." in response.content.decode()
     assert list(JobRun.objects.all()) == [keep]
 
 

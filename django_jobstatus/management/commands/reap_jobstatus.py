@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import database_alias, seconds
@@ -86,8 +87,10 @@ class Command(BaseCommand):
                 )
             self.stdout.write(
                 self.style.SUCCESS(
-                    _(
-                        "Dry run: %(count)d runs would be marked lost; nothing was changed."
+                    ngettext(
+                        "Dry run: %(count)d run would be marked lost; nothing was changed.",
+                        "Dry run: %(count)d runs would be marked lost; nothing was changed.",
+                        len(stale),
                     )
                     % {"count": len(stale)}
                 )
@@ -95,9 +98,19 @@ class Command(BaseCommand):
             return
         self.stdout.write(
             self.style.SUCCESS(
-                _(
-                    "Marked %(reaped)d runs lost; %(finished)d finished before they could be."
-                )
-                % {"reaped": result.reaped, "finished": result.finished}
+                # Translators: two sentences joined, e.g. "Marked 2 runs lost; 1 finished before it could be."
+                _("%(reaped)s; %(finished)s")
+                % {
+                    "reaped": ngettext(
+                        "Marked %(n)d run lost", "Marked %(n)d runs lost", result.reaped
+                    )
+                    % {"n": result.reaped},
+                    "finished": ngettext(
+                        "%(n)d finished before it could be.",
+                        "%(n)d finished before they could be.",
+                        result.finished,
+                    )
+                    % {"n": result.finished},
+                }
             )
         )

@@ -63,17 +63,17 @@ CORE_VENV := .venv-core
 $(CORE_VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CORE_VENV)/bin/python -m pip install --quiet -e . "$(DJANGO)" pytest pytest-django pytest-timeout dj-database-url hypothesis
+	$(CORE_VENV)/bin/python -m pip install --quiet -e . "$(DJANGO)" pytest pytest-django pytest-timeout dj-database-url hypothesis polib
 	touch $@
 
 test-core: $(CORE_VENV)/.installed
 	$(CORE_VENV)/bin/pytest -p no:cacheprovider tests/test_*.py $(PYTEST_ARGS)
 
-# The wheel must carry templates, static files, migrations and py.typed.
+# The wheel must carry templates, static files, migrations, compiled translations and py.typed.
 dist-check: $(BIN)/.installed
 	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps -w dist .
 	$(BIN)/python -c "import sys, zipfile; names = zipfile.ZipFile(next(__import__('pathlib').Path('dist').glob('*.whl'))).namelist(); \
-	need = ['django_jobstatus/py.typed', 'django_jobstatus/migrations/0001_initial.py', 'django_jobstatus/templates/', 'django_jobstatus/static/django_jobstatus/']; \
+	need = ['django_jobstatus/py.typed', 'django_jobstatus/migrations/0001_initial.py', 'django_jobstatus/templates/', 'django_jobstatus/static/django_jobstatus/', 'django_jobstatus/locale/fr/LC_MESSAGES/django.mo', 'django_jobstatus/locale/de/LC_MESSAGES/django.mo']; \
 	missing = [n for n in need if not any(x.startswith(n) for x in names)]; print('wheel:', len(names), 'files; missing:', missing or 'none'); sys.exit(bool(missing))"
 
 # make bench: every benchmark at full size (long); make bench BENCH_ARGS=--quick: small sizes.

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.cache import cache
 from django.core.management import call_command
 from django.test import override_settings
 from django.utils import translation
 
 import django_jobstatus
+from django_jobstatus.models import Status
 
 CI = os.environ.get("CI") == "true"
 PACKAGE = Path(django_jobstatus.__file__).parent
@@ -85,6 +87,24 @@ def test_admin_pages_are_translated(
         assert text in page
     for text in PAGES[url]["en"]:
         assert text not in page
+
+
+@pytest.mark.django_db
+def test_cached_dashboard_figures_are_per_language(
+    admin_client: Any, make_run: Any
+) -> None:
+    """The week's chart is cached; its bar titles must not come back in the language that cached them."""
+    make_run("reports.build", status=Status.KILLED)
+    cache.clear()
+    with override_settings(LANGUAGE_CODE="de"), translation.override("de"):
+        assert (
+            "abgebrochen oder verloren: 1"
+            in admin_client.get(DASHBOARD, {"window": "7d"}).content.decode()
+        )
+    with override_settings(LANGUAGE_CODE="fr"), translation.override("fr"):
+        page = admin_client.get(DASHBOARD, {"window": "7d"}).content.decode()
+    assert "arrêtées ou perdues\xa0: 1" in page
+    assert "abgebrochen oder verloren" not in page
 
 
 @pytest.mark.django_db

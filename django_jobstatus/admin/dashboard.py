@@ -20,8 +20,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
+from django.utils.translation import get_language, gettext_lazy, ngettext
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, ngettext
 
 from django_jobstatus import conf
 from django_jobstatus.admin.display import format_duration
@@ -196,7 +196,8 @@ def window_figures(since: datetime, now: datetime, window: str) -> dict[str, Any
     live parts (active runs, the JSON view) are never cached.
     """
     timeout = CACHED_WINDOWS.get(window)
-    key = f"django_jobstatus:dashboard:{window}"
+    # Per language: the chart's bar titles are translated.
+    key = f"django_jobstatus:dashboard:{window}:{get_language()}"
     if timeout:
         cached = cache.get(key)
         if cached is not None:

@@ -5,6 +5,7 @@ and every string the sources mark is in both catalogs, translated.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -253,3 +254,18 @@ def test_catalogs_hold_every_marked_string(tmp_path: Path) -> None:
         } == {key: _translation(entry) for key, entry in committed.items()}, (
             f"{language}: django.mo is not django.po compiled (run compilemessages)"
         )
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_chart_numbers_are_not_localized(
+    admin_client: Any, make_run: Any, language: str
+) -> None:
+    """SVG wants 12.5, not the 12,5 of a French or German number format."""
+    for status in (Status.SUCCEEDED, Status.FAILED, Status.KILLED):
+        make_run("reports.build", status=status)
+    with override_settings(LANGUAGE_CODE=language), translation.override(language):
+        page = admin_client.get(DASHBOARD, {"window": "1h"}).content.decode()
+    svg = page.split('class="jobstatus-chart"', 1)[1].split("</svg>", 1)[0]
+    numbers = re.findall(r'\s(?:x|y|x1|x2|y1|y2|width|height)="([^"]*)"', svg)
+    assert len(numbers) > 20
+    assert [n for n in numbers if not re.fullmatch(r"-?\d+(\.\d+)?", n)] == []

@@ -104,7 +104,7 @@ def test_a_killed_worker_leaves_its_run_running_until_the_reaper_marks_it_lost(
                 timeout=TIMEOUT + 60,
                 what="the dead worker's heartbeat to get older than the timeout",
             )
-            assert "Marked 1 runs lost; 0 finished" in _reap(TIMEOUT)
+            assert "Marked 1 run lost; 0 finished" in _reap(TIMEOUT)
 
             reaped = _row(lost)
             changed = {name for name in crashed if crashed[name] != reaped[name]}

@@ -348,12 +348,141 @@ def test_bad_progress_raises_value_error(call: Callable[[JobHandle], None]) -> N
 def test_check_kill_raises_job_killed() -> None:
     with track("x") as job:
         JobRun.objects.get(pk=job.run.pk).request_kill()
-        job._last_kill_read -= 3600  # the next read is due
+        job._due = 0.0  # the next read is due
         with pytest.raises(JobKilled):
             job.check_kill()
     assert (
         _row(job.run).status == Status.SUCCEEDED
     )  # caught inside: the job chose to finish
+
+
+PROGRESS_CALLS: dict[str, Callable[[JobHandle, int], None]] = {
+    "progress": lambda job, i: job.progress(i),
+    "advance": lambda job, i: job.advance(),
+    "step": lambda job, i: job.step(f"step {i}"),
+    "message": lambda job, i: job.message(f"message {i}"),
+    "heartbeat": lambda job, i: job.heartbeat(),
+}
+
+
+def _writes(queries: CaptureQueriesContext) -> list[str]:
+    """The statements sent, without the savepoints around them."""
+    return [
+        q["sql"]
+        for q in queries.captured_queries
+        if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(PROGRESS_CALLS))
+def test_every_progress_call_stops_a_job_asked_to_stop(name: str) -> None:
+    call = PROGRESS_CALLS[name]
+    calls = 0
+    with track("x", interval=INTERVAL) as job:
+        call(job, 0)
+        assert JobRun.objects.filter(pk=job.run.pk).request_kill() == 1
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the README's loop: no check_kill()
+            calls += 1
+            call(job, calls)
+        pytest.fail(f"{name}() never raised JobKilled")
+    run = _row(job.run)
+    assert run.status == Status.KILLED
+    assert run.kill_requested_at is not None
+    assert calls >= 1
+
+
+def test_the_kill_is_read_by_the_progress_write_itself() -> None:
+    with track("x", interval=3600) as job:
+        JobRun.objects.filter(pk=job.run.pk).request_kill()
+        job.advance()  # not due: no query
+        job._due = 0.0
+        with CaptureQueriesContext(connection) as queries, pytest.raises(JobKilled):
+            job.advance()
+        (sql,) = _writes(queries)
+        assert sql.startswith("UPDATE")
+        assert "RETURNING" in sql
+        assert _row(job.run).progress_current == 2
+        # Once seen, every progress call raises at once, without a query.
+        with CaptureQueriesContext(connection) as queries:
+            for call in PROGRESS_CALLS.values():
+                with pytest.raises(JobKilled):
+                    call(job, 3)
+            with pytest.raises(JobKilled):
+                job.check_kill()
+        assert queries.captured_queries == []
+
+
+def test_a_run_killed_by_force_stops_its_job_at_the_next_progress_call(
+    caplog,
+) -> None:
+    with track("x", interval=INTERVAL) as job:
+        job.progress(1)
+        job.flush()
+        JobRun.objects.get(pk=job.run.pk).mark_killed()
+        killed = _row(job.run)
+        with CaptureQueriesContext(connection) as queries, pytest.raises(JobKilled):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # no check_kill()
+                job.advance()
+        assert len([sql for sql in _writes(queries) if sql.startswith("UPDATE")]) == 1
+        with CaptureQueriesContext(connection) as queries:
+            with pytest.raises(JobKilled):
+                job.heartbeat()
+            assert job.kill_requested is True
+        assert queries.captured_queries == []
+        raise JobKilled  # leaving as the job would
+    run = _row(job.run)
+    assert (run.status, run.finished_at) == (Status.KILLED, killed.finished_at)
+    # The refused write changed nothing.
+    assert (run.progress_current, run.heartbeat_at, run.updated_at) == (
+        1,
+        killed.heartbeat_at,
+        killed.updated_at,
+    )
+    assert "ended elsewhere" in caplog.text
+
+
+@pytest.mark.parametrize("end", ["mark_lost", "mark_failed"])
+def test_a_handle_whose_run_ended_elsewhere_goes_quiet(end: str, caplog) -> None:
+    with track("x", interval=INTERVAL) as job:
+        job.progress(1)
+        job.flush()
+        getattr(JobRun.objects.get(pk=job.run.pk), end)()
+        ended = _row(job.run)
+        with CaptureQueriesContext(connection) as queries:
+            deadline = time.monotonic() + 10 * INTERVAL
+            i = 1
+            while time.monotonic() < deadline:
+                i += 1
+                for call in PROGRESS_CALLS.values():
+                    call(job, i)
+                job.info("line %d", i)
+                assert job.kill_requested is False
+        # One refused write, then quiet.
+        assert len([sql for sql in _writes(queries) if sql.startswith("UPDATE")]) == 1
+        assert i > 10
+    run = _row(job.run)
+    assert run.status == ended.status
+    assert (run.progress_current, run.heartbeat_at, run.updated_at) == (
+        1,
+        ended.heartbeat_at,
+        ended.updated_at,
+    )
+    assert caplog.text.count("ended elsewhere") == 1
+
+
+def test_a_handle_does_not_write_onto_a_newer_attempt() -> None:
+    with track("x", interval=INTERVAL) as job:
+        job.flush()
+        newer = JobRun.objects.get(pk=job.run.pk)
+        newer.mark_running()  # a restart elsewhere: attempt 2
+        job.progress(7)
+        job._due = 0.0
+        job.advance()
+        assert _row(job.run).progress_current == 0
+    run = _row(job.run)
+    assert (run.status, run.attempt) == (Status.RUNNING, 2)
 
 
 def test_job_killed_ends_killed_and_is_swallowed() -> None:
@@ -485,17 +614,16 @@ def test_failed_progress_write_is_logged_and_retried(failing_writes, caplog) -> 
     assert _row(job.run).status == Status.SUCCEEDED
 
 
-def test_failed_kill_read_is_logged_not_raised(caplog) -> None:
-    def fail(execute: Any, sql: str, *args: Any) -> Any:
-        if "kill_requested_at" in sql and sql.startswith("SELECT"):
-            raise OperationalError("away")
-        return execute(sql, *args)
-
+def test_failed_kill_read_is_logged_not_raised(failing_writes, caplog) -> None:
     with track("x") as job:
-        job._last_kill_read -= 3600
-        with connection.execute_wrapper(fail):
-            assert job.kill_requested is False
-        assert "Could not read the kill request" in caplog.text
+        JobRun.objects.get(pk=job.run.pk).request_kill()
+        job._due = 0.0
+        wrapper = failing_writes(times=1)
+        assert job.kill_requested is False  # the read failed with the write
+        assert wrapper.failed == 1
+        assert "Could not record the progress of run" in caplog.text
+        job._due = 0.0
+        assert job.kill_requested is True  # read again at the next write
 
 
 def test_finish_retries_until_the_database_is_back(failing_writes, caplog) -> None:
@@ -657,7 +785,7 @@ def test_progress_is_visible_while_the_job_runs_inside_atomic(
         assert (
             _in_thread(lambda: JobRun.objects.get(pk=job.run.pk).request_kill()) is True
         )
-        job._last_kill_read -= 3600
+        job._due = 0.0
         assert job.kill_requested is True
         _ = 1 / 0
     run = JobRun.objects.get(pk=job.run.pk)

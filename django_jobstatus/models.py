@@ -420,14 +420,19 @@ class JobRun(models.Model):
     def mark_running(
         self, *, worker: str | None = None, using: str | None = None
     ) -> None:
-        """queued|retrying → running; running → running is a restart (a new attempt)."""
+        """queued|retrying → running; running → running is a restart (a new attempt).
+
+        The attempt starts with no ``error`` or ``traceback``: an earlier attempt's are in ``attempts``.
+        """
         values: dict[str, Any] = {
-            "worker": worker if worker is not None else default_worker()
+            "worker": worker if worker is not None else default_worker(),
+            "error": "",
+            "traceback": "",
         }
         if self.status == Status.RUNNING:
             now = timezone.now()
             values |= self._next_attempt("restarted", self.error, now)
-            values |= {"error": "", "traceback": "", "finished_at": None}
+            values |= {"finished_at": None}
             self._transition(Status.RUNNING, using=using, new_attempt=True, **values)
         else:
             self._transition(Status.RUNNING, using=using, **values)
@@ -435,8 +440,10 @@ class JobRun(models.Model):
     def mark_succeeded(
         self, result: Any = None, *, using: str | None = None, **fields: Any
     ) -> None:
-        """running → succeeded, with the job's result."""
+        """running → succeeded, with the job's result (and no error left from an earlier attempt)."""
         check_json("result", result)
+        fields.setdefault("error", "")
+        fields.setdefault("traceback", "")
         self._transition(Status.SUCCEEDED, using=using, result=result, **fields)
 
     def mark_failed(

@@ -238,6 +238,34 @@ def test_retry_bumps_attempt_and_appends_error(make_run) -> None:
     assert row["status"] == Status.SUCCEEDED
 
 
+@pytest.mark.parametrize("through_queued", [True, False])
+def test_a_run_that_succeeds_after_failed_attempts_describes_its_final_attempt(
+    make_run, through_queued: bool
+) -> None:
+    run = make_run(status=Status.RUNNING)
+    run.mark_failed(ValueError("first"), retry=True)
+    retrying = JobRun.objects.get(pk=run.pk)
+    assert retrying.error == "ValueError: first"  # while it waits, the failure shows
+    assert "ValueError: first" in retrying.traceback
+    if through_queued:
+        run.mark_queued()
+    run.mark_running()
+    started = JobRun.objects.get(pk=run.pk)
+    assert (started.error, started.traceback) == ("", "")  # a new attempt starts clean
+    run.mark_succeeded({"ok": True})
+    row = JobRun.objects.get(pk=run.pk)
+    assert (row.status, row.error, row.traceback) == (Status.SUCCEEDED, "", "")
+    assert [entry["error"] for entry in row.attempts] == ["ValueError: first"]
+
+
+def test_a_success_clears_an_error_left_by_an_earlier_attempt(make_run) -> None:
+    # E.g. the failed attempt's retry was recorded after the next attempt had started.
+    run = make_run(status=Status.RUNNING, error="ValueError: old", traceback="tb")
+    run.mark_succeeded()
+    row = JobRun.objects.get(pk=run.pk)
+    assert (row.error, row.traceback) == ("", "")
+
+
 def test_restart_from_a_stale_attempt_is_refused(make_run) -> None:
     run = make_run(status=Status.RUNNING)
     other = JobRun.objects.get(pk=run.pk)

@@ -111,6 +111,21 @@ def check_values(**kwargs: Any) -> list[CheckMessage]:
                     id="jobstatus.E003",
                 )
             )
+    for key in (
+        "ERROR_MAX_LENGTH",
+        "JSON_MAX_LENGTH",
+        "MESSAGE_MAX_LENGTH",
+        "TRACEBACK_MAX_LENGTH",
+    ):
+        value = user.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 100:
+            messages.append(
+                Error(
+                    f"JOBSTATUS[{key!r}] must be at least 100 characters, not {value!r}.",
+                    hint=f"The default is {DEFAULTS[key]!r}; a cut text ends with a marker of about 40 characters.",
+                    id="jobstatus.E003",
+                )
+            )
     database = user.get("DATABASE")
     if isinstance(database, str) and database not in django_settings.DATABASES:
         messages.append(

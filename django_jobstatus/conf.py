@@ -26,16 +26,23 @@ DEFAULTS: dict[str, Any] = {
     # Database alias the app writes to; tracking opens a second connection to it
     # while the job's own connection is inside transaction.atomic() (not on SQLite).
     "DATABASE": "default",
+    # Longest error kept (the exception's class and message), in characters; cut with a marker.
+    "ERROR_MAX_LENGTH": 10000,
     # Seconds track() keeps retrying to record a run's end while the database is away.
     "FINISH_RETRY_TIMEOUT": 30.0,
     # Seconds without a heartbeat after which a running run counts as stale (and is reaped).
     "HEARTBEAT_TIMEOUT": 300,
     # Dotted paths of the integrations to switch on (django_jobstatus.contrib.*).
     "INTEGRATIONS": [],
+    # Longest JSON kept in params, data, result and a log line's extra, in characters;
+    # bigger JSON is replaced by {"cut": true, "length": ..., "preview": "..."}.
+    "JSON_MAX_LENGTH": 100000,
     # The newest N runs of every job survive the purge whatever their age.
     "KEEP_LAST": 1,
     # Longest log message kept, in characters; longer ones are cut with a marker.
     "LOG_MAX_LENGTH": 10000,
+    # Longest status message kept, in characters; longer ones are cut with a marker.
+    "MESSAGE_MAX_LENGTH": 2000,
     # Seconds between two progress/heartbeat/log writes (and kill checks) of a running job.
     "PROGRESS_INTERVAL": 1.0,
     # Keys in params/data/result shown as "********" in the admin and the API, at any depth.
@@ -44,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "RETENTION": {"failed": 90},
     # Days to keep finished runs.
     "RETENTION_DAYS": 30,
+    # Longest traceback kept, in characters; a longer one keeps its end, after a marker.
+    "TRACEBACK_MAX_LENGTH": 100000,
     # The `worker` recorded for runs started in this process; None: "host:pid".
     "WORKER_NAME": None,
 }
@@ -62,15 +71,19 @@ TYPES: dict[str, tuple[type, ...]] = {
     "API_PAGE_SIZE": (int,),
     "API_PERMISSION_CLASSES": (list, tuple),
     "DATABASE": (str,),
+    "ERROR_MAX_LENGTH": (int,),
     "FINISH_RETRY_TIMEOUT": (int, float),
     "HEARTBEAT_TIMEOUT": (int, float),
     "INTEGRATIONS": (list, tuple),
+    "JSON_MAX_LENGTH": (int,),
     "KEEP_LAST": (int,),
     "LOG_MAX_LENGTH": (int,),
+    "MESSAGE_MAX_LENGTH": (int,),
     "PROGRESS_INTERVAL": (int, float),
     "REDACT_KEYS": (list, tuple, set, frozenset),
     "RETENTION": (dict,),
     "RETENTION_DAYS": (int,),
+    "TRACEBACK_MAX_LENGTH": (int,),
     "WORKER_NAME": (str, type(None)),
 }
 

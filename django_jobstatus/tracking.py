@@ -333,14 +333,14 @@ class JobHandle:
         newer attempt), the refused write is the last one (a forced kill also counts as
         a kill request), and only ``finish()`` writes the remaining log lines.
         """
-        from django_jobstatus.models import Status
+        from django_jobstatus.models import Status, storable
 
         self._last_write = time.monotonic()
         if self._ended_elsewhere:
             return
         self._due = self._last_write + self._interval
         alias = tracking_database()
-        fields = self._pending_fields()
+        fields = storable(self._pending_fields())
         found: list[tuple[bool, datetime | None, str] | None] = []
         try:
             self._write_logs_then(
@@ -408,9 +408,12 @@ class JobHandle:
         failure. A run already finished elsewhere (reaped as lost, killed by force)
         keeps that state.
         """
+        from django_jobstatus.models import Status, storable
+
         deadline = time.monotonic() + settings.FINISH_RETRY_TIMEOUT
         delay = 0.1
         retried = False
+        alone = False  # the end without its details, after the database refused them
         # A try that fails at COMMIT has already moved the instance; the next starts over.
         saved = {
             field.attname: getattr(self.run, field.attname)
@@ -418,7 +421,7 @@ class JobHandle:
         }
         while True:
             alias = tracking_database()
-            fields = self._pending_fields() | values
+            fields = storable(self._pending_fields() | values)
             fields.pop("updated_at")
             try:
                 self._write_logs_then(
@@ -454,6 +457,27 @@ class JobHandle:
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            except DatabaseError:
+                # The database refused something in the details (text is cleaned and
+                # capped, so this should not happen): record the end alone rather than
+                # leave the run running.
+                for name, value in saved.items():
+                    setattr(self.run, name, value)
+                if alone:
+                    logger.exception("Could not record the end of run %s.", self.run.pk)
+                    return
+                logger.exception(
+                    "Could not record the end of run %s with its details; recording the end alone.",
+                    self.run.pk,
+                )
+                alone = True
+                self._logs, self._dirty, self._result = [], False, None
+                values = (
+                    {"error": type(exc).__qualname__, "traceback": ""}
+                    if self._outcome(exc) == Status.FAILED
+                    else {}
+                )
                 continue
             self._applied(fields)
             return

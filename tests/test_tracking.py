@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 import threading
 import time
@@ -10,10 +11,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection, connections, transaction
+from django.db import DataError, OperationalError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from django_jobstatus import JobKilled, current_job, track, tracked
+from django_jobstatus import JobKilled, contrib, current_job, track, tracked
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.tracking import SIDE_SUFFIX, JobHandle
@@ -290,7 +294,10 @@ def test_kill_is_read_at_most_once_per_interval(
             start = time.monotonic()
             _wait_for(lambda: job.kill_requested)
             elapsed = time.monotonic() - start
-        assert len(queries.captured_queries) <= elapsed / INTERVAL + 2
+        # Each read is the throttled progress write itself.
+        statements = _writes(queries)
+        assert 1 <= len(statements) <= elapsed / INTERVAL + 2
+        assert all(sql.startswith("UPDATE") for sql in statements)
         with django_assert_max_num_queries(0):
             assert job.kill_requested is True  # once seen, never read again
         with pytest.raises(JobKilled):
@@ -884,3 +891,198 @@ def test_racing_restarts_bump_the_attempt_once() -> None:
     row = JobRun.objects.get(pk=run.pk)
     assert row.attempt == 2
     assert len(row.attempts) == 1
+
+
+# Text the database cannot store, and sizes.
+
+# Any text: every code point, lone surrogates included, with NUL and surrogates often.
+ANY_TEXT = st.text(
+    st.one_of(
+        st.sampled_from(["\x00", "\ud800", "\udfff", "\ud83d"]),
+        st.characters(exclude_categories=()),
+    ),
+    max_size=30,
+)
+ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | ANY_TEXT,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(ANY_TEXT, children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def stored(value: Any) -> Any:
+    """What the database keeps of ``value``: NUL and lone surrogates as U+FFFD, at any depth."""
+    if isinstance(value, str):
+        return "".join(
+            "\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in value
+        )
+    if isinstance(value, dict):
+        return {stored(key): stored(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [stored(item) for item in value]
+    return value
+
+
+class BoomError(Exception):
+    pass
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@hypothesis_settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    texts=st.lists(ANY_TEXT, min_size=7, max_size=7),
+    value=ANY_JSON,
+    outcome=st.sampled_from([Status.SUCCEEDED, Status.FAILED, Status.KILLED]),
+)
+def test_any_text_never_wedges_a_run(
+    texts: list[str], value: Any, outcome: str
+) -> None:
+    subject, key, step, message, line, error_text, kill_text = texts
+    raised = BoomError(error_text)
+    try:
+        with track(
+            "any.text",
+            params={key: value},
+            data={"v": value},
+            subject=subject,
+            interval=0,  # every call writes
+        ) as job:
+            job.step(step, total=10)
+            job.progress(1)
+            job.advance()
+            job.message(message)
+            job.log(logging.INFO, line, extra={key: value})
+            for log in (job.debug, job.info, job.warning, job.error):
+                log(line)
+            job.heartbeat()
+            job.check_kill()
+            assert job.kill_requested is False
+            job.result = {key: value}
+            job.flush()
+            if outcome == Status.FAILED:
+                raise raised
+            if outcome == Status.KILLED:
+                raise JobKilled(kill_text)
+    except BoomError as caught:
+        assert caught is raised  # the job's own exception, re-raised
+    else:
+        assert outcome != Status.FAILED
+    run = _row(job.run)
+    assert run.status == outcome
+    assert (run.subject, run.step, run.progress_current) == (
+        stored(subject),
+        stored(step),
+        2,
+    )
+    assert (run.params, run.data) == (stored({key: value}), {"v": stored(value)})
+    assert run.has_errors is True
+    assert list(run.logs.values_list("message", flat=True)) == [stored(line)] * 5
+    assert run.logs.order_by("id").first().extra == stored({key: value})
+    if outcome == Status.SUCCEEDED:
+        assert (run.result, run.message) == (stored({key: value}), stored(message))
+    elif outcome == Status.FAILED:
+        name = BoomError.__qualname__
+        assert run.error == stored(f"{name}: {error_text}" if error_text else name)
+        assert "raise raised" in run.traceback
+
+
+def test_an_exception_whose_text_cannot_be_printed_is_still_re_raised() -> None:
+    raised = UnprintableError()
+    with pytest.raises(UnprintableError) as caught, track("x"):
+        raise raised
+    assert caught.value is raised
+    run = JobRun.objects.get()
+    assert (run.status, run.error) == (Status.FAILED, "UnprintableError: <unprintable>")
+
+
+def test_an_end_the_database_refuses_is_recorded_alone(caplog) -> None:
+    refused = []
+
+    def refuse_once(execute: Any, sql: str, params: Any, *args: Any) -> Any:
+        if sql.startswith("UPDATE") and "failed" in (params or ()) and not refused:
+            refused.append(sql)
+            raise DataError("value refused (test)")
+        return execute(sql, params, *args)
+
+    raised = BoomError("details")
+    with (
+        pytest.raises(BoomError) as caught,
+        connection.execute_wrapper(refuse_once),
+        track("x") as job,
+    ):
+        job.info("a line")
+        raise raised
+    assert caught.value is raised
+    assert refused
+    run = _row(job.run)
+    assert (run.status, run.error, run.traceback) == (Status.FAILED, "BoomError", "")
+    assert "recording the end alone" in caplog.text
+
+
+def test_a_megabyte_of_text_or_json_is_capped(settings) -> None:
+    settings.JOBSTATUS = {"REDACT_KEYS": ["password"]}
+    big = "x" * 1_000_000
+    with (
+        pytest.raises(BoomError),
+        track("x", params={"password": "hunter2", "a": big}) as job,
+    ):
+        job.message(big)
+        job.step(big)
+        job.info("line", extra={"a": big})
+        raise BoomError(big)
+    run = _row(job.run)
+    assert len(run.message) == 2000
+    assert run.message.endswith("… [cut 998000 characters]")
+    assert len(run.step) == 255
+    assert run.step.endswith("characters]")
+    assert len(run.error) == 10_000
+    assert run.error.startswith("BoomError: xxx")
+    assert len(run.traceback) == 100_000
+    assert run.traceback.startswith("[cut ")
+    assert run.traceback.endswith("x" * 1000 + "\n")  # keeps its end
+    for value in (run.params, run.logs.get().extra):
+        assert value["cut"] is True
+        assert value["length"] > 1_000_000
+        assert len(value["preview"]) == 1000
+        assert "hunter2" not in value["preview"]  # redacted before the preview is cut
+    assert run.params["preview"].startswith('{"password": "********", "a": "xxx')
+    with pytest.raises(ValueError, match="too big to keep"):
+        contrib.retry(run)  # not with other arguments than the job had
+    with track("y") as job:
+        job.result = {"rows": [big]}
+    assert _row(job.run).result["cut"] is True
+
+
+@pytest.mark.parametrize("name", ["subject", "source"])
+def test_a_name_too_long_is_a_value_error_before_anything_is_written(name: str) -> None:
+    body_ran = False
+    with (
+        pytest.raises(ValueError, match=f"{name} is 256 characters long"),
+        track("x", **{name: "s" * 256}),
+    ):
+        body_ran = True
+    assert body_ran is False
+    assert not JobRun.objects.exists()
+    with track("x", subject="s" * 255):  # the most it holds
+        pass
+    assert JobRun.objects.get().subject == "s" * 255
+
+
+def test_task_system_names_too_long_are_cut() -> None:
+    long = "q" * 300
+    with track("x", queue=long, worker=long, backend_job_id=long):
+        pass
+    run = JobRun.objects.get()
+    for value in (run.queue, run.worker, run.backend_job_id):
+        assert len(value) == 255
+        assert value.endswith("… [cut 45 characters]")

@@ -7,7 +7,6 @@ run that succeeds after a failed attempt keeps no error of that attempt.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from subprocess import Popen
 from typing import Any
@@ -25,17 +24,16 @@ from tests.contrib.tasks_app import tasks
 from tests.contrib.test_celery import finished as celery_finished
 from tests.contrib.test_celery import recorded as celery_recorded
 from tests.contrib.test_celery import recording
-from tests.contrib.test_rq import _idle, queue, rq_settings, rq_worker
 from tests.contrib.test_rq import finished as rq_finished
+from tests.contrib.test_rq import queue, rq_settings, rq_worker, settle
 from tests.contrib.test_rq import recorded as rq_recorded
 from tests.contrib.test_tasks import Worker, integration_on, run_of, worker
 from tests.contrib.test_tasks import wait_for as tasks_wait_for
 from tests.contrib.workers import (
+    celery_worker,
     db_proxy,
     refreshed,
     wait_for,
-    worker_env,
-    worker_process,
 )
 
 __all__ = [  # fixtures
@@ -122,38 +120,11 @@ def test_db_worker_a_kill_stops_the_loop_at_advance(worker: Worker, how: str) ->
 def solo_worker(
     db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Popen[bytes]]:
+    app.control.purge()
     log = tmp_path_factory.mktemp("celery-solo") / "worker.log"
-    argv = [
-        "-m",
-        "celery",
-        "-A",
-        "tests.contrib.celery_app",
-        "worker",
-        "--pool=solo",
-        "--loglevel=INFO",
-        "-Q",
-        SOLO_QUEUE,
-        "-n",
-        f"jobstatus-solo-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    with worker_process(
-        argv, worker_env(db_proxy, "django_jobstatus.contrib.celery"), log
+    with celery_worker(
+        db_proxy, log, pool="solo", queue=SOLO_QUEUE, prefix="jobstatus-solo"
     ) as process:
-        app.control.purge()
-        wait_for(
-            lambda: app.control.ping(
-                destination=[f"jobstatus-solo-{os.getpid()}@{os.uname().nodename}"],
-                timeout=0.5,
-            ),
-            timeout=90,
-            what="the Celery solo worker to answer a ping",
-            process=process,
-            log=log,
-        )
-        process.log = log  # type: ignore[attr-defined]
         yield process
 
 
@@ -197,13 +168,7 @@ def rq_one_at_a_time(
 ) -> Iterator[Popen[bytes]]:
     """The rqworker; it finishes its job before the test's tables are flushed."""
     yield rq_worker
-    wait_for(
-        lambda: _idle(rq_worker),
-        timeout=60,
-        what="the RQ worker to be idle",
-        process=rq_worker,
-        log=rq_worker.log,  # type: ignore[attr-defined]
-    )
+    settle(rq_worker)
 
 
 @pytest.mark.redis

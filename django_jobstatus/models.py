@@ -84,16 +84,16 @@ def check_job_name(name: Any) -> str:
     return name
 
 
-_BIGINT_MAX = 2**63 - 1  # the largest value a PositiveBigIntegerField stores
+BIGINT_MAX = 2**63 - 1  # the largest value a PositiveBigIntegerField stores
 
 
 def check_amount(name: str, value: Any) -> int:
     """A progress figure as a whole number; ``ValueError`` naming it when it is not one."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number, not {value!r}")
-    if not math.isfinite(value) or value < 0 or value > _BIGINT_MAX:
+    if not math.isfinite(value) or value < 0 or value > BIGINT_MAX:
         raise ValueError(
-            f"{name} must be a finite number from 0 to {_BIGINT_MAX}, not {value!r}"
+            f"{name} must be a finite number from 0 to {BIGINT_MAX}, not {value!r}"
         )
     return int(value)
 

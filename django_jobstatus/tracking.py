@@ -306,11 +306,14 @@ class JobHandle:
     # Writing.
 
     def _pending_fields(self) -> dict[str, Any]:
+        from django_jobstatus.models import BIGINT_MAX
+
         now = timezone.now()
         fields: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
         if self._dirty:
             fields |= {
-                "progress_current": self._current,
+                # advance() does not check its sum: the column stops at BIGINT_MAX.
+                "progress_current": min(self._current, BIGINT_MAX),
                 "progress_total": self._total,
                 "step": self._step,
                 "message": self._message,

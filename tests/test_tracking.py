@@ -309,6 +309,14 @@ def test_kill_is_read_at_most_once_per_interval(
     assert run.message == "Killed on request."
 
 
+def test_advance_past_what_the_column_holds_is_capped() -> None:
+    with track("x", interval=0) as job:
+        job.advance(2**62)
+        job.advance(2**62)
+        job.advance(2**62)
+    assert _row(job.run).progress_current == 2**63 - 1
+
+
 def test_advance_past_total_is_capped(caplog) -> None:
     with track("x", interval=3600) as job:
         job.progress(0, total=3)
@@ -341,6 +349,8 @@ def test_step_with_total_restarts_progress() -> None:
         lambda job: job.advance("1"),
         lambda job: job.advance(True),
         lambda job: job.step("s", total="10"),
+        lambda job: job.progress(2**63),  # more than the column holds
+        lambda job: job.progress(0, total=2**64),
     ],
 )
 def test_bad_progress_raises_value_error(call: Callable[[JobHandle], None]) -> None:

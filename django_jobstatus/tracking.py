@@ -4,9 +4,10 @@ Writes are throttled to one per ``PROGRESS_INTERVAL``; progress, heartbeat and l
 writes are best-effort (a failure is logged and retried at the next write), while the
 start and the end of a run are durable. Each progress write also reads the kill request,
 in the same statement, so every progress call stops a job that was asked to stop; a write
-refused because the run ended elsewhere (killed by force, reaped) is the handle's last. When the job's own connection is inside
-``transaction.atomic()``, the handle writes through a second connection so that other
-processes see the progress at once and a rollback does not take the run with it.
+refused because the run ended elsewhere (killed by force, reaped) is the handle's last.
+When the job's own connection is inside ``transaction.atomic()``, the handle writes
+through a second connection so that other processes see the progress at once and a
+rollback does not take the run with it.
 """
 
 from __future__ import annotations
@@ -159,8 +160,8 @@ class JobHandle:
         self._kill_requested = run.kill_requested_at is not None
         now = time.monotonic()
         self._last_write = now
-        # When the next progress call writes: -inf once a kill was seen (each call raises),
-        # +inf once the run ended elsewhere (the handle writes no more).
+        # When the next progress call writes: -inf once a kill was seen (each call then
+        # raises JobKilled), +inf once the run ended elsewhere (the handle writes no more).
         self._due = now + self._interval
         self._ended_elsewhere = False
         self._clamped = False
@@ -244,9 +245,6 @@ class JobHandle:
         if not self._kill_requested:
             self.flush()
         if self._kill_requested:
-            self._due = (
-                -math.inf
-            )  # every later progress call raises too, without a query
             raise JobKilled(f"Run {self.run.pk} was asked to stop.")
 
     # Logs.
@@ -342,6 +340,8 @@ class JobHandle:
         if self._ended_elsewhere:
             return
         self._due = self._last_write + self._interval
+        if self._kill_requested:
+            self._due = -math.inf  # every progress call raises, without a query
         alias = tracking_database()
         fields = storable(self._pending_fields())
         found: list[tuple[bool, datetime | None, str] | None] = []
@@ -370,14 +370,16 @@ class JobHandle:
         if kill_requested_at is not None:
             self.run.kill_requested_at = kill_requested_at
             self._kill_requested = True
+            self._due = -math.inf
         if written:
             self._applied(fields)
             return
         self._logs = []
         self._ended_elsewhere = True
-        self._due = math.inf
+        self._due = math.inf  # no progress call writes again
         if status == Status.KILLED:
             self._kill_requested = True
+            self._due = -math.inf
         logger.warning(
             "Run %s ended elsewhere (%s, or a newer attempt runs); its job's handle stops writing.",
             self.run.pk,

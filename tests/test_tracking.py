@@ -420,7 +420,9 @@ def test_the_kill_is_read_by_the_progress_write_itself() -> None:
         assert sql.startswith("UPDATE")
         assert "RETURNING" in sql
         assert _row(job.run).progress_current == 2
-        # Once seen, every progress call raises at once, without a query.
+        job.info("cleaning up")
+        job.flush()  # a write after the kill (the run is still running) ...
+        # ... and still, once seen, every progress call raises at once, without a query.
         with CaptureQueriesContext(connection) as queries:
             for call in PROGRESS_CALLS.values():
                 with pytest.raises(JobKilled):

@@ -31,7 +31,13 @@ from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
-from django_jobstatus.models import JobRun, Status, check_job_name, check_json
+from django_jobstatus.models import (
+    JobRun,
+    Status,
+    check_job_name,
+    check_json,
+    storable,
+)
 from django_jobstatus.signals import job_status_changed
 
 logger = logging.getLogger(__name__)
@@ -101,16 +107,23 @@ def start_batch(
             name, progress_total=len(specs), **fields
         )
         now = timezone.now()
-        inherited = {key: fields[key] for key in ("source", "owner") if key in fields}
+        inherited: dict[str, Any] = {
+            key: fields[key] for key in ("source", "owner") if key in fields
+        }
         rows = [
             JobRun(
-                job_name=child_name,
-                status=Status.QUEUED,
                 parent=parent,
-                created_at=now,
-                updated_at=now,
-                queued_at=now,
-                **(inherited | child_fields),
+                **storable(
+                    {
+                        "job_name": child_name,
+                        "status": Status.QUEUED,
+                        "created_at": now,
+                        "updated_at": now,
+                        "queued_at": now,
+                        **inherited,
+                        **child_fields,
+                    }
+                ),
             )
             for child_name, child_fields in specs
         ]

@@ -97,6 +97,8 @@ def check_values(**kwargs: Any) -> list[CheckMessage]:
             problem = "greater than 0"
         elif declared.non_negative and value < 0:
             problem = "0 or more"
+        elif declared.minimum is not None and value < declared.minimum:
+            problem = f"at least {declared.minimum}"
         else:
             continue
         messages.append(

@@ -28,6 +28,9 @@ class Setting:
     help: str
     positive: bool = False  # a number that must be greater than 0 (jobstatus.E003)
     non_negative: bool = False  # a number that must be 0 or more (jobstatus.E003)
+    minimum: int | None = (
+        None  # a whole number that must be at least this (jobstatus.E003)
+    )
     import_strings: bool = False  # import strings, resolved on first access
 
 
@@ -75,6 +78,13 @@ SETTINGS: tuple[Setting, ...] = (
         "The database alias the app writes to.",
     ),
     Setting(
+        "ERROR_MAX_LENGTH",
+        10000,
+        (int,),
+        "Longest `error` kept (the exception's class and message), in characters; longer is cut with a visible marker. At least 100.",
+        minimum=100,
+    ),
+    Setting(
         "FINISH_RETRY_TIMEOUT",
         30.0,
         (int, float),
@@ -95,6 +105,13 @@ SETTINGS: tuple[Setting, ...] = (
         'Integrations to switch on, e.g. `["django_jobstatus.contrib.celery"]`.',
     ),
     Setting(
+        "JSON_MAX_LENGTH",
+        100000,
+        (int,),
+        'Longest JSON kept in `params`, `data`, `result` and a log line\'s `extra`, in characters. Bigger JSON is replaced by `{"cut": true, "length": <characters>, "preview": "<its first characters, REDACT_KEYS masked>"}` (such params cannot be retried with the same arguments). At least 100.',
+        minimum=100,
+    ),
+    Setting(
         "KEEP_LAST",
         1,
         (int,),
@@ -107,6 +124,13 @@ SETTINGS: tuple[Setting, ...] = (
         (int,),
         "Longest log message kept; longer ones are cut with a visible marker.",
         positive=True,
+    ),
+    Setting(
+        "MESSAGE_MAX_LENGTH",
+        2000,
+        (int,),
+        "Longest status `message` kept; longer ones are cut with a visible marker. At least 100.",
+        minimum=100,
     ),
     Setting(
         "PROGRESS_INTERVAL",
@@ -133,6 +157,13 @@ SETTINGS: tuple[Setting, ...] = (
         (int,),
         "Days to keep finished runs.",
         positive=True,
+    ),
+    Setting(
+        "TRACEBACK_MAX_LENGTH",
+        100000,
+        (int,),
+        "Longest `traceback` kept; a longer one keeps its end, after a visible marker. At least 100.",
+        minimum=100,
     ),
     Setting(
         "WORKER_NAME",

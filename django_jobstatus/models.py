@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import socket
 import threading
@@ -83,12 +84,17 @@ def check_job_name(name: Any) -> str:
     return name
 
 
+BIGINT_MAX = 2**63 - 1  # the largest value a PositiveBigIntegerField stores
+
+
 def check_amount(name: str, value: Any) -> int:
     """A progress figure as a whole number; ``ValueError`` naming it when it is not one."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of 0 or more, not {value!r}")
+    if not math.isfinite(value) or value < 0 or value > BIGINT_MAX:
+        raise ValueError(
+            f"{name} must be a finite number from 0 to {BIGINT_MAX}, not {value!r}"
+        )
     return int(value)
 
 
@@ -104,18 +110,114 @@ def check_progress(current: Any, total: Any = None) -> tuple[int, int | None]:
 
 
 def exception_text(exc: BaseException) -> str:
-    """``"ExcClass: message"`` (or just the class when the message is empty)."""
+    """``"ExcClass: message"`` (or just the class when the message is empty, or unprintable)."""
     name = type(exc).__qualname__
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails must not replace it
+        text = "<unprintable>"
     return f"{name}: {text}" if text else name
 
 
-def cut(text: str, limit: int) -> str:
-    """Cut ``text`` to ``limit`` characters, ending with a visible marker when cut."""
+def cut(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """Cut ``text`` to ``limit`` characters with a visible marker (at the end, or the start with ``keep_end``)."""
     if len(text) <= limit:
         return text
+    if keep_end:
+        marker = f"[cut {len(text) - limit} characters] …"
+        return marker + text[len(text) - max(limit - len(marker), 0) :]
     marker = f"… [cut {len(text) - limit} characters]"
     return text[: max(limit - len(marker), 0)] + marker
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean(value: Any) -> Any:
+    """``value`` with the characters no database stores replaced by U+FFFD.
+
+    NUL (PostgreSQL refuses it in text and JSON) and lone surrogates (no UTF-8 encoding;
+    ``os.fsdecode`` makes them), in a string or, at any depth, in JSON keys and values.
+    """
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {clean(key): clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(item) for item in value]
+    return value
+
+
+def cut_json(value: Any, limit: int) -> Any:
+    """``value``, or when its JSON is longer than ``limit`` characters a small object that says so.
+
+    The object is ``{"cut": true, "length": <characters>, "preview": "<the start of the
+    JSON, with REDACT_KEYS masked>"}``.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return value  # not JSON: its own check reports it
+    if len(text) <= limit:
+        return value
+    from django_jobstatus.redaction import redact
+
+    preview = json.dumps(redact(value), ensure_ascii=False)
+    return {
+        "cut": True,
+        "length": len(text),
+        "preview": cut(preview, min(limit // 2, 1000)),
+    }
+
+
+def was_cut(value: Any) -> bool:
+    """Whether ``value`` is the object ``cut_json()`` put in place of JSON too big to keep."""
+    return isinstance(value, dict) and value.keys() == {"cut", "length", "preview"}
+
+
+# Text and JSON fields, with the setting that caps them.
+_CAPPED_TEXT = {
+    "message": "MESSAGE_MAX_LENGTH",
+    "error": "ERROR_MAX_LENGTH",
+    "traceback": "TRACEBACK_MAX_LENGTH",
+}
+_CAPPED_JSON = frozenset({"params", "data", "result"})
+# Names a caller gives: too long is a ValueError, not a cut (a cut subject finds nothing).
+_CHECKED_NAMES = frozenset({"job_name", "subject", "source"})
+
+
+def storable(values: dict[str, Any]) -> dict[str, Any]:
+    """JobRun field values as the database can store them, whatever text they hold.
+
+    Text and JSON are cleaned (``clean()``); ``message``, ``error`` and ``traceback``
+    are cut to their setting (a traceback keeps its end), ``params``, ``data`` and
+    ``result`` past JSON_MAX_LENGTH become ``cut_json()``'s object, other strings are cut
+    to their column; ``job_name``, ``subject`` or ``source`` too long for their column
+    raise ValueError, before anything is written.
+    """
+    stored: dict[str, Any] = {}
+    for name, value in values.items():
+        value = clean(value)
+        if isinstance(value, str):
+            setting = _CAPPED_TEXT.get(name)
+            if setting is not None:
+                value = cut(
+                    value, getattr(settings, setting), keep_end=name == "traceback"
+                )
+            else:
+                limit = getattr(_FIELDS.get(name), "max_length", None)
+                if limit is not None and len(value) > limit:
+                    if name in _CHECKED_NAMES:
+                        raise ValueError(
+                            f"{name} is {len(value)} characters long; the most is {limit}"
+                        )
+                    value = cut(value, limit)
+        elif name in _CAPPED_JSON:
+            value = cut_json(value, settings.JSON_MAX_LENGTH)
+        stored[name] = value
+    return stored
 
 
 class Status(models.TextChoices):
@@ -331,7 +433,7 @@ class JobRun(models.Model):
         db = self._db(using)
         previous = self.status
         now = timezone.now()
-        values = {"status": target, "updated_at": now, **values}
+        values = {"status": target, "updated_at": now, **storable(values)}
         stamps: dict[str, datetime] = {}
         if target == Status.QUEUED:
             stamps["queued_at"] = now
@@ -409,7 +511,7 @@ class JobRun(models.Model):
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": now.isoformat(),
             "worker": self.worker,
-            "error": error,
+            "error": storable({"error": error})["error"],
         }
         return {"attempt": self.attempt + 1, "attempts": [*self.attempts, entry]}
 
@@ -420,14 +522,19 @@ class JobRun(models.Model):
     def mark_running(
         self, *, worker: str | None = None, using: str | None = None
     ) -> None:
-        """queued|retrying → running; running → running is a restart (a new attempt)."""
+        """queued|retrying → running; running → running is a restart (a new attempt).
+
+        The attempt starts with no ``error`` or ``traceback``: an earlier attempt's are in ``attempts``.
+        """
         values: dict[str, Any] = {
-            "worker": worker if worker is not None else default_worker()
+            "worker": worker if worker is not None else default_worker(),
+            "error": "",
+            "traceback": "",
         }
         if self.status == Status.RUNNING:
             now = timezone.now()
             values |= self._next_attempt("restarted", self.error, now)
-            values |= {"error": "", "traceback": "", "finished_at": None}
+            values |= {"finished_at": None}
             self._transition(Status.RUNNING, using=using, new_attempt=True, **values)
         else:
             self._transition(Status.RUNNING, using=using, **values)
@@ -435,8 +542,10 @@ class JobRun(models.Model):
     def mark_succeeded(
         self, result: Any = None, *, using: str | None = None, **fields: Any
     ) -> None:
-        """running → succeeded, with the job's result."""
+        """running → succeeded, with the job's result (and no error left from an earlier attempt)."""
         check_json("result", result)
+        fields.setdefault("error", "")
+        fields.setdefault("traceback", "")
         self._transition(Status.SUCCEEDED, using=using, result=result, **fields)
 
     def mark_failed(
@@ -518,6 +627,7 @@ class JobRun(models.Model):
             values["step"] = step
         if message is not None:
             values["message"] = message
+        values = storable(values)
         JobRun.objects.using(self._db(using)).filter(pk=self.pk).update(**values)
         for field, value in values.items():
             setattr(self, field, value)
@@ -566,6 +676,9 @@ class JobRun(models.Model):
                     f"Run {self.pk} is still {self.status} after {timeout} s."
                 )
             time.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+
+
+_FIELDS: dict[str, Any] = {field.name: field for field in JobRun._meta.concrete_fields}
 
 
 class JobLog(models.Model):
@@ -628,8 +741,8 @@ class JobLog(models.Model):
         return cls(
             run_id=run_id,
             level=level,
-            message=cut(text, settings.LOG_MAX_LENGTH),
-            extra=extra,
+            message=cut(clean(text), settings.LOG_MAX_LENGTH),
+            extra=cut_json(clean(extra), settings.JSON_MAX_LENGTH),
         )
 
 

@@ -257,7 +257,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
     # Creating runs.
 
     def _create(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
-        from django_jobstatus.models import check_job_name, check_json
+        from django_jobstatus.models import check_job_name, check_json, storable
 
         check_job_name(name)
         for field in ("params", "data", "result"):
@@ -266,7 +266,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         now = timezone.now()
         fields.setdefault("created_at", now)
         fields.setdefault("updated_at", now)
-        return self.create(job_name=name, status=status, **fields)
+        return self.create(**storable({"job_name": name, "status": status, **fields}))
 
     def enqueue(self, name: str, **fields: Any) -> JobRun:
         """Record a run waiting for a worker."""

@@ -2,9 +2,12 @@
 
 Writes are throttled to one per ``PROGRESS_INTERVAL``; progress, heartbeat and log
 writes are best-effort (a failure is logged and retried at the next write), while the
-start and the end of a run are durable. When the job's own connection is inside
-``transaction.atomic()``, the handle writes through a second connection so that other
-processes see the progress at once and a rollback does not take the run with it.
+start and the end of a run are durable. Each progress write also reads the kill request,
+in the same statement, so every progress call stops a job that was asked to stop; a write
+refused because the run ended elsewhere (killed by force, reaped) is the handle's last.
+When the job's own connection is inside ``transaction.atomic()``, the handle writes
+through a second connection so that other processes see the progress at once and a
+rollback does not take the run with it.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from django.db import (
     DatabaseError,
@@ -79,6 +84,55 @@ def tracking_database() -> str:
     return side
 
 
+def _write_progress(
+    alias: str, run: JobRun, fields: dict[str, Any]
+) -> tuple[bool, datetime | None, str] | None:
+    """Write ``fields`` on ``run`` while it is running at its attempt, and read its kill request.
+
+    Returns whether the write applied, the run's ``kill_requested_at`` and its status;
+    None when the run is not in the database. One ``UPDATE … RETURNING`` statement where
+    the database has it (PostgreSQL, SQLite ≥ 3.35); a refused write reads the row once.
+    """
+    from django.db.models.sql import UpdateQuery
+
+    from django_jobstatus.models import JobRun, Status
+
+    rows = JobRun.objects.using(alias).filter(pk=run.pk)
+    mine = rows.filter(status=Status.RUNNING, attempt=run.attempt)
+    connection = connections[alias]
+    if connection.vendor in ("postgresql", "sqlite") and (
+        connection.features.can_return_columns_from_insert
+    ):
+        query = cast(UpdateQuery, mine.query.chain(UpdateQuery))
+        query.add_update_values(fields)
+        compiler = query.get_compiler(alias)
+        sql, params = compiler.as_sql()
+        field = JobRun._meta.get_field("kill_requested_at")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"{sql} RETURNING {compiler.quote_name_unless_alias(field.column)}",
+                params,
+            )
+            row = cursor.fetchone()
+        if row is not None:
+            col = field.get_col(JobRun._meta.db_table)
+            value = row[0]
+            for converter in [
+                *connection.ops.get_db_converters(col),
+                *field.get_db_converters(connection),
+            ]:
+                value = converter(value, col, connection)
+            return True, value, Status.RUNNING
+    elif mine.update(**fields):
+        return (
+            True,
+            rows.values_list("kill_requested_at", flat=True).get(),
+            Status.RUNNING,
+        )
+    current = rows.values_list("kill_requested_at", "status").first()
+    return None if current is None else (False, *current)
+
+
 def _reset_connection(alias: str) -> None:
     """After a database error outside a transaction, drop the connection so the next write reconnects."""
     connection = connections[alias]
@@ -106,7 +160,10 @@ class JobHandle:
         self._kill_requested = run.kill_requested_at is not None
         now = time.monotonic()
         self._last_write = now
-        self._last_kill_read = now
+        # When the next progress call writes: -inf once a kill was seen (each call then
+        # raises JobKilled), +inf once the run ended elsewhere (the handle writes no more).
+        self._due = now + self._interval
+        self._ended_elsewhere = False
         self._clamped = False
         self.writes = 0  # progress/heartbeat/log writes made, for tests and benchmarks
 
@@ -161,12 +218,12 @@ class JobHandle:
             current = self._total
         self._current = current
         self._dirty = True
-        if time.monotonic() - self._last_write >= self._interval:
-            self.flush()
+        if time.monotonic() >= self._due:
+            self._sync()
 
     def step(self, name: str, total: float | None = None) -> None:
         """Enter a stage of the job; with ``total``, progress restarts at 0 of it."""
-        self._step = str(name)[:255]
+        self._step = str(name)
         if total is not None:
             from django_jobstatus.models import check_amount
 
@@ -180,8 +237,15 @@ class JobHandle:
 
     def _changed(self) -> None:
         self._dirty = True
-        if time.monotonic() - self._last_write >= self._interval:
+        if time.monotonic() >= self._due:
+            self._sync()
+
+    def _sync(self) -> None:
+        """A progress call's write is due: write and read the kill request; raise JobKilled once asked to stop."""
+        if not self._kill_requested:
             self.flush()
+        if self._kill_requested:
+            raise JobKilled(f"Run {self.run.pk} was asked to stop.")
 
     # Logs.
 
@@ -219,18 +283,17 @@ class JobHandle:
 
     def heartbeat(self) -> None:
         """Say the job is alive (written at most once per interval, with pending progress)."""
-        if time.monotonic() - self._last_write >= self._interval:
-            self.flush()
+        if time.monotonic() >= self._due:
+            self._sync()
 
     @property
     def kill_requested(self) -> bool:
-        """Whether someone asked this run to stop (read from the database at most once per interval)."""
-        if (
-            not self._kill_requested
-            and time.monotonic() - self._last_kill_read >= self._interval
-        ):
-            self._last_kill_read = time.monotonic()
-            self._read_kill()
+        """Whether someone asked this run to stop, or it was killed by force.
+
+        Read at most once per interval, by the same statement that writes the progress.
+        """
+        if not self._kill_requested and time.monotonic() >= self._due:
+            self.flush()
         return self._kill_requested
 
     def check_kill(self) -> None:
@@ -238,37 +301,17 @@ class JobHandle:
         if self.kill_requested:
             raise JobKilled(f"Run {self.run.pk} was asked to stop.")
 
-    def _read_kill(self) -> None:
-        from django_jobstatus.models import JobRun
-
-        alias = tracking_database()
-        try:
-            requested = (
-                JobRun.objects.using(alias)
-                .filter(pk=self.run.pk)
-                .values_list("kill_requested_at", flat=True)
-                .first()
-            )
-        except DatabaseError:
-            logger.warning(
-                "Could not read the kill request of run %s; asking again later.",
-                self.run.pk,
-                exc_info=True,
-            )
-            _reset_connection(alias)
-            return
-        if requested is not None:
-            self.run.kill_requested_at = requested
-            self._kill_requested = True
-
     # Writing.
 
     def _pending_fields(self) -> dict[str, Any]:
+        from django_jobstatus.models import BIGINT_MAX
+
         now = timezone.now()
         fields: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
         if self._dirty:
             fields |= {
-                "progress_current": self._current,
+                # advance() does not check its sum: the column stops at BIGINT_MAX.
+                "progress_current": min(self._current, BIGINT_MAX),
                 "progress_total": self._total,
                 "step": self._step,
                 "message": self._message,
@@ -284,18 +327,27 @@ class JobHandle:
         self._logs = []
 
     def flush(self) -> None:
-        """Write pending progress, logs and a heartbeat now; never raises a database error."""
-        from django_jobstatus.models import JobRun
+        """Write pending progress, logs and a heartbeat now, and read the kill request.
+
+        Never raises. The write applies only while the run is ``running`` at this
+        handle's attempt: once it ended elsewhere (killed by force, reaped as lost, a
+        newer attempt), the refused write is the last one (a forced kill also counts as
+        a kill request), and only ``finish()`` writes the remaining log lines.
+        """
+        from django_jobstatus.models import Status, storable
 
         self._last_write = time.monotonic()
+        if self._ended_elsewhere:
+            return
+        self._due = self._last_write + self._interval
+        if self._kill_requested:
+            self._due = -math.inf  # every progress call raises, without a query
         alias = tracking_database()
-        fields = self._pending_fields()
+        fields = storable(self._pending_fields())
+        found: list[tuple[bool, datetime | None, str] | None] = []
         try:
             self._write_logs_then(
-                alias,
-                lambda: (
-                    JobRun.objects.using(alias).filter(pk=self.run.pk).update(**fields)
-                ),
+                alias, lambda: found.append(_write_progress(alias, self.run, fields))
             )
         except DatabaseError:
             logger.warning(
@@ -310,7 +362,29 @@ class JobHandle:
                 del self._logs[:-10_000]
             return
         self.writes += 1
-        self._applied(fields)
+        row = found[0]
+        if row is None:  # not recorded (yet): an integration records it later
+            self._applied(fields)
+            return
+        written, kill_requested_at, status = row
+        if kill_requested_at is not None:
+            self.run.kill_requested_at = kill_requested_at
+            self._kill_requested = True
+            self._due = -math.inf
+        if written:
+            self._applied(fields)
+            return
+        self._logs = []
+        self._ended_elsewhere = True
+        self._due = math.inf  # no progress call writes again
+        if status == Status.KILLED:
+            self._kill_requested = True
+            self._due = -math.inf
+        logger.warning(
+            "Run %s ended elsewhere (%s, or a newer attempt runs); its job's handle stops writing.",
+            self.run.pk,
+            status,
+        )
 
     def _write_logs_then(self, alias: str, action: Callable[[], Any]) -> None:
         """The buffered log lines, then ``action``, in one transaction (a savepoint inside
@@ -339,9 +413,12 @@ class JobHandle:
         failure. A run already finished elsewhere (reaped as lost, killed by force)
         keeps that state.
         """
+        from django_jobstatus.models import Status, storable
+
         deadline = time.monotonic() + settings.FINISH_RETRY_TIMEOUT
         delay = 0.1
         retried = False
+        alone = False  # the end without its details, after the database refused them
         # A try that fails at COMMIT has already moved the instance; the next starts over.
         saved = {
             field.attname: getattr(self.run, field.attname)
@@ -349,7 +426,7 @@ class JobHandle:
         }
         while True:
             alias = tracking_database()
-            fields = self._pending_fields() | values
+            fields = storable(self._pending_fields() | values)
             fields.pop("updated_at")
             try:
                 self._write_logs_then(
@@ -385,6 +462,27 @@ class JobHandle:
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            except DatabaseError:
+                # The database refused something in the details (text is cleaned and
+                # capped, so this should not happen): record the end alone rather than
+                # leave the run running.
+                for name, value in saved.items():
+                    setattr(self.run, name, value)
+                if alone:
+                    logger.exception("Could not record the end of run %s.", self.run.pk)
+                    return
+                logger.exception(
+                    "Could not record the end of run %s with its details; recording the end alone.",
+                    self.run.pk,
+                )
+                alone = True
+                self._logs, self._dirty, self._result = [], False, None
+                values = (
+                    {"error": type(exc).__qualname__, "traceback": ""}
+                    if self._outcome(exc) == Status.FAILED
+                    else {}
+                )
                 continue
             self._applied(fields)
             return

@@ -225,3 +225,14 @@ def test_a_task_enqueued_inside_batch_through_celery_or_rq_is_a_child(db: None) 
         ("rq", "job-1"),
     ]
     assert JobRun.objects.get(backend_job_id="job-2").parent is None
+
+
+def test_children_s_text_is_stored_like_any_run_s(db: None) -> None:
+    parent = start_batch(
+        "b", [{"job_name": "c", "subject": "a\x00b", "params": {"\ud800": "x\x00"}}]
+    )
+    child = parent.children.get()
+    assert (child.subject, child.params) == ("a\ufffdb", {"\ufffd": "x\ufffd"})
+    with pytest.raises(ValueError, match="subject is 256 characters long"):
+        start_batch("b2", ["c", {"job_name": "c", "subject": "s" * 256}])
+    assert not JobRun.objects.filter(job_name="b2").exists()  # nothing half-written

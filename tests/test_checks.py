@@ -82,6 +82,10 @@ def test_a_jobstatus_that_is_not_a_dict_is_e001() -> None:
         ({"HEARTBEAT_TIMEOUT": -5}, "'HEARTBEAT_TIMEOUT'] must be greater than 0"),
         ({"LOG_MAX_LENGTH": 0}, "'LOG_MAX_LENGTH'] must be greater than 0"),
         ({"KEEP_LAST": -1}, "'KEEP_LAST'] must be 0 or more"),
+        ({"MESSAGE_MAX_LENGTH": 50}, "'MESSAGE_MAX_LENGTH'] must be at least 100"),
+        ({"ERROR_MAX_LENGTH": 0}, "'ERROR_MAX_LENGTH'] must be at least 100"),
+        ({"TRACEBACK_MAX_LENGTH": -1}, "'TRACEBACK_MAX_LENGTH'] must be at least 100"),
+        ({"JSON_MAX_LENGTH": 99}, "'JSON_MAX_LENGTH'] must be at least 100"),
         ({"DATABASE": "jobs"}, "'jobs', which is not in DATABASES"),
     ],
 )

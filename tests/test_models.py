@@ -13,11 +13,14 @@ import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 
 from django_jobstatus.conf import settings as jobstatus_settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status, uuid7
 from django_jobstatus.signals import job_status_changed
+from tests.test_tracking import ANY_TEXT, stored
 
 pytestmark = pytest.mark.django_db
 
@@ -236,6 +239,34 @@ def test_retry_bumps_attempt_and_appends_error(make_run) -> None:
     assert row["attempts"][1]["error"] == "KeyError: 'again'"
     assert row["attempts"][1]["worker"] == "b:2"
     assert row["status"] == Status.SUCCEEDED
+
+
+@pytest.mark.parametrize("through_queued", [True, False])
+def test_a_run_that_succeeds_after_failed_attempts_describes_its_final_attempt(
+    make_run, through_queued: bool
+) -> None:
+    run = make_run(status=Status.RUNNING)
+    run.mark_failed(ValueError("first"), retry=True)
+    retrying = JobRun.objects.get(pk=run.pk)
+    assert retrying.error == "ValueError: first"  # while it waits, the failure shows
+    assert "ValueError: first" in retrying.traceback
+    if through_queued:
+        run.mark_queued()
+    run.mark_running()
+    started = JobRun.objects.get(pk=run.pk)
+    assert (started.error, started.traceback) == ("", "")  # a new attempt starts clean
+    run.mark_succeeded({"ok": True})
+    row = JobRun.objects.get(pk=run.pk)
+    assert (row.status, row.error, row.traceback) == (Status.SUCCEEDED, "", "")
+    assert [entry["error"] for entry in row.attempts] == ["ValueError: first"]
+
+
+def test_a_success_clears_an_error_left_by_an_earlier_attempt(make_run) -> None:
+    # E.g. the failed attempt's retry was recorded after the next attempt had started.
+    run = make_run(status=Status.RUNNING, error="ValueError: old", traceback="tb")
+    run.mark_succeeded()
+    row = JobRun.objects.get(pk=run.pk)
+    assert (row.error, row.traceback) == ("", "")
 
 
 def test_restart_from_a_stale_attempt_is_refused(make_run) -> None:
@@ -683,3 +714,36 @@ def test_the_warning_index_is_partial_and_its_migration_reverses() -> None:
     finally:
         call_command("migrate", "django_jobstatus", verbosity=0)
     assert "jobstatus_log_warning_idx" in _log_indexes()
+
+
+# Text the database cannot store, through the writes integrations make.
+
+
+@hypothesis_settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(text=ANY_TEXT)
+def test_any_text_in_an_integration_s_writes_is_stored(text: str) -> None:
+    run = JobRun.objects.start(
+        "any.text",
+        params={"args": [text], "kwargs": {text: text}},
+        queue=text,
+        worker=text,
+        backend_job_id=text,
+    )
+    run.set_progress(1, step=text, message=text)
+    run.log(40, text, extra={text: [text]})
+    run.mark_failed(retry=True, error=text, traceback=text)
+    run.mark_queued()
+    run.mark_running(worker=text)
+    run.mark_lost(error=text, traceback=text)
+    row = JobRun.objects.get(pk=run.pk)
+    clean = stored(text)
+    assert (row.status, row.error, row.traceback) == (Status.LOST, clean, clean)
+    assert (row.queue, row.worker, row.backend_job_id, row.step) == (clean,) * 4
+    assert row.params == {"args": [clean], "kwargs": {clean: clean}}
+    assert row.attempts[0]["error"] == clean
+    assert row.logs.get().message == clean
+    assert row.logs.get().extra == {clean: [clean]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 import threading
 import time
@@ -10,10 +11,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection, connections, transaction
+from django.db import DataError, OperationalError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from django_jobstatus import JobKilled, current_job, track, tracked
+from django_jobstatus import JobKilled, contrib, current_job, track, tracked
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.tracking import SIDE_SUFFIX, JobHandle
@@ -290,7 +294,10 @@ def test_kill_is_read_at_most_once_per_interval(
             start = time.monotonic()
             _wait_for(lambda: job.kill_requested)
             elapsed = time.monotonic() - start
-        assert len(queries.captured_queries) <= elapsed / INTERVAL + 2
+        # Each read is the throttled progress write itself.
+        statements = _writes(queries)
+        assert 1 <= len(statements) <= elapsed / INTERVAL + 2
+        assert all(sql.startswith("UPDATE") for sql in statements)
         with django_assert_max_num_queries(0):
             assert job.kill_requested is True  # once seen, never read again
         with pytest.raises(JobKilled):
@@ -300,6 +307,14 @@ def test_kill_is_read_at_most_once_per_interval(
     run = _row(job.run)
     assert run.status == Status.KILLED
     assert run.message == "Killed on request."
+
+
+def test_advance_past_what_the_column_holds_is_capped() -> None:
+    with track("x", interval=0) as job:
+        job.advance(2**62)
+        job.advance(2**62)
+        job.advance(2**62)
+    assert _row(job.run).progress_current == 2**63 - 1
 
 
 def test_advance_past_total_is_capped(caplog) -> None:
@@ -334,6 +349,8 @@ def test_step_with_total_restarts_progress() -> None:
         lambda job: job.advance("1"),
         lambda job: job.advance(True),
         lambda job: job.step("s", total="10"),
+        lambda job: job.progress(2**63),  # more than the column holds
+        lambda job: job.progress(0, total=2**64),
     ],
 )
 def test_bad_progress_raises_value_error(call: Callable[[JobHandle], None]) -> None:
@@ -348,12 +365,143 @@ def test_bad_progress_raises_value_error(call: Callable[[JobHandle], None]) -> N
 def test_check_kill_raises_job_killed() -> None:
     with track("x") as job:
         JobRun.objects.get(pk=job.run.pk).request_kill()
-        job._last_kill_read -= 3600  # the next read is due
+        job._due = 0.0  # the next read is due
         with pytest.raises(JobKilled):
             job.check_kill()
     assert (
         _row(job.run).status == Status.SUCCEEDED
     )  # caught inside: the job chose to finish
+
+
+PROGRESS_CALLS: dict[str, Callable[[JobHandle, int], None]] = {
+    "progress": lambda job, i: job.progress(i),
+    "advance": lambda job, i: job.advance(),
+    "step": lambda job, i: job.step(f"step {i}"),
+    "message": lambda job, i: job.message(f"message {i}"),
+    "heartbeat": lambda job, i: job.heartbeat(),
+}
+
+
+def _writes(queries: CaptureQueriesContext) -> list[str]:
+    """The statements sent, without the savepoints around them."""
+    return [
+        q["sql"]
+        for q in queries.captured_queries
+        if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(PROGRESS_CALLS))
+def test_every_progress_call_stops_a_job_asked_to_stop(name: str) -> None:
+    call = PROGRESS_CALLS[name]
+    calls = 0
+    with track("x", interval=INTERVAL) as job:
+        call(job, 0)
+        assert JobRun.objects.filter(pk=job.run.pk).request_kill() == 1
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the README's loop: no check_kill()
+            calls += 1
+            call(job, calls)
+        pytest.fail(f"{name}() never raised JobKilled")
+    run = _row(job.run)
+    assert run.status == Status.KILLED
+    assert run.kill_requested_at is not None
+    assert calls >= 1
+
+
+def test_the_kill_is_read_by_the_progress_write_itself() -> None:
+    with track("x", interval=3600) as job:
+        JobRun.objects.filter(pk=job.run.pk).request_kill()
+        job.advance()  # not due: no query
+        job._due = 0.0
+        with CaptureQueriesContext(connection) as queries, pytest.raises(JobKilled):
+            job.advance()
+        (sql,) = _writes(queries)
+        assert sql.startswith("UPDATE")
+        assert "RETURNING" in sql
+        assert _row(job.run).progress_current == 2
+        job.info("cleaning up")
+        job.flush()  # a write after the kill (the run is still running) ...
+        # ... and still, once seen, every progress call raises at once, without a query.
+        with CaptureQueriesContext(connection) as queries:
+            for call in PROGRESS_CALLS.values():
+                with pytest.raises(JobKilled):
+                    call(job, 3)
+            with pytest.raises(JobKilled):
+                job.check_kill()
+        assert queries.captured_queries == []
+
+
+def test_a_run_killed_by_force_stops_its_job_at_the_next_progress_call(
+    caplog,
+) -> None:
+    with track("x", interval=INTERVAL) as job:
+        job.progress(1)
+        job.flush()
+        JobRun.objects.get(pk=job.run.pk).mark_killed()
+        killed = _row(job.run)
+        with CaptureQueriesContext(connection) as queries, pytest.raises(JobKilled):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # no check_kill()
+                job.advance()
+        assert len([sql for sql in _writes(queries) if sql.startswith("UPDATE")]) == 1
+        with CaptureQueriesContext(connection) as queries:
+            with pytest.raises(JobKilled):
+                job.heartbeat()
+            assert job.kill_requested is True
+        assert queries.captured_queries == []
+        raise JobKilled  # leaving as the job would
+    run = _row(job.run)
+    assert (run.status, run.finished_at) == (Status.KILLED, killed.finished_at)
+    # The refused write changed nothing.
+    assert (run.progress_current, run.heartbeat_at, run.updated_at) == (
+        1,
+        killed.heartbeat_at,
+        killed.updated_at,
+    )
+    assert "ended elsewhere" in caplog.text
+
+
+@pytest.mark.parametrize("end", ["mark_lost", "mark_failed"])
+def test_a_handle_whose_run_ended_elsewhere_goes_quiet(end: str, caplog) -> None:
+    with track("x", interval=INTERVAL) as job:
+        job.progress(1)
+        job.flush()
+        getattr(JobRun.objects.get(pk=job.run.pk), end)()
+        ended = _row(job.run)
+        with CaptureQueriesContext(connection) as queries:
+            deadline = time.monotonic() + 10 * INTERVAL
+            i = 1
+            while time.monotonic() < deadline:
+                i += 1
+                for call in PROGRESS_CALLS.values():
+                    call(job, i)
+                job.info("line %d", i)
+                assert job.kill_requested is False
+        # One refused write, then quiet.
+        assert len([sql for sql in _writes(queries) if sql.startswith("UPDATE")]) == 1
+        assert i > 10
+    run = _row(job.run)
+    assert run.status == ended.status
+    assert (run.progress_current, run.heartbeat_at, run.updated_at) == (
+        1,
+        ended.heartbeat_at,
+        ended.updated_at,
+    )
+    assert caplog.text.count("ended elsewhere") == 1
+
+
+def test_a_handle_does_not_write_onto_a_newer_attempt() -> None:
+    with track("x", interval=INTERVAL) as job:
+        job.flush()
+        newer = JobRun.objects.get(pk=job.run.pk)
+        newer.mark_running()  # a restart elsewhere: attempt 2
+        job.progress(7)
+        job._due = 0.0
+        job.advance()
+        assert _row(job.run).progress_current == 0
+    run = _row(job.run)
+    assert (run.status, run.attempt) == (Status.RUNNING, 2)
 
 
 def test_job_killed_ends_killed_and_is_swallowed() -> None:
@@ -485,17 +633,16 @@ def test_failed_progress_write_is_logged_and_retried(failing_writes, caplog) -> 
     assert _row(job.run).status == Status.SUCCEEDED
 
 
-def test_failed_kill_read_is_logged_not_raised(caplog) -> None:
-    def fail(execute: Any, sql: str, *args: Any) -> Any:
-        if "kill_requested_at" in sql and sql.startswith("SELECT"):
-            raise OperationalError("away")
-        return execute(sql, *args)
-
+def test_failed_kill_read_is_logged_not_raised(failing_writes, caplog) -> None:
     with track("x") as job:
-        job._last_kill_read -= 3600
-        with connection.execute_wrapper(fail):
-            assert job.kill_requested is False
-        assert "Could not read the kill request" in caplog.text
+        JobRun.objects.get(pk=job.run.pk).request_kill()
+        job._due = 0.0
+        wrapper = failing_writes(times=1)
+        assert job.kill_requested is False  # the read failed with the write
+        assert wrapper.failed == 1
+        assert "Could not record the progress of run" in caplog.text
+        job._due = 0.0
+        assert job.kill_requested is True  # read again at the next write
 
 
 def test_finish_retries_until_the_database_is_back(failing_writes, caplog) -> None:
@@ -657,7 +804,7 @@ def test_progress_is_visible_while_the_job_runs_inside_atomic(
         assert (
             _in_thread(lambda: JobRun.objects.get(pk=job.run.pk).request_kill()) is True
         )
-        job._last_kill_read -= 3600
+        job._due = 0.0
         assert job.kill_requested is True
         _ = 1 / 0
     run = JobRun.objects.get(pk=job.run.pk)
@@ -756,3 +903,198 @@ def test_racing_restarts_bump_the_attempt_once() -> None:
     row = JobRun.objects.get(pk=run.pk)
     assert row.attempt == 2
     assert len(row.attempts) == 1
+
+
+# Text the database cannot store, and sizes.
+
+# Any text: every code point, lone surrogates included, with NUL and surrogates often.
+ANY_TEXT = st.text(
+    st.one_of(
+        st.sampled_from(["\x00", "\ud800", "\udfff", "\ud83d"]),
+        st.characters(exclude_categories=()),
+    ),
+    max_size=30,
+)
+ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | ANY_TEXT,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(ANY_TEXT, children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def stored(value: Any) -> Any:
+    """What the database keeps of ``value``: NUL and lone surrogates as U+FFFD, at any depth."""
+    if isinstance(value, str):
+        return "".join(
+            "\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in value
+        )
+    if isinstance(value, dict):
+        return {stored(key): stored(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [stored(item) for item in value]
+    return value
+
+
+class BoomError(Exception):
+    pass
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@hypothesis_settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    texts=st.lists(ANY_TEXT, min_size=7, max_size=7),
+    value=ANY_JSON,
+    outcome=st.sampled_from([Status.SUCCEEDED, Status.FAILED, Status.KILLED]),
+)
+def test_any_text_never_wedges_a_run(
+    texts: list[str], value: Any, outcome: str
+) -> None:
+    subject, key, step, message, line, error_text, kill_text = texts
+    raised = BoomError(error_text)
+    try:
+        with track(
+            "any.text",
+            params={key: value},
+            data={"v": value},
+            subject=subject,
+            interval=0,  # every call writes
+        ) as job:
+            job.step(step, total=10)
+            job.progress(1)
+            job.advance()
+            job.message(message)
+            job.log(logging.INFO, line, extra={key: value})
+            for log in (job.debug, job.info, job.warning, job.error):
+                log(line)
+            job.heartbeat()
+            job.check_kill()
+            assert job.kill_requested is False
+            job.result = {key: value}
+            job.flush()
+            if outcome == Status.FAILED:
+                raise raised
+            if outcome == Status.KILLED:
+                raise JobKilled(kill_text)
+    except BoomError as caught:
+        assert caught is raised  # the job's own exception, re-raised
+    else:
+        assert outcome != Status.FAILED
+    run = _row(job.run)
+    assert run.status == outcome
+    assert (run.subject, run.step, run.progress_current) == (
+        stored(subject),
+        stored(step),
+        2,
+    )
+    assert (run.params, run.data) == (stored({key: value}), {"v": stored(value)})
+    assert run.has_errors is True
+    assert list(run.logs.values_list("message", flat=True)) == [stored(line)] * 5
+    assert run.logs.order_by("id").first().extra == stored({key: value})
+    if outcome == Status.SUCCEEDED:
+        assert (run.result, run.message) == (stored({key: value}), stored(message))
+    elif outcome == Status.FAILED:
+        name = BoomError.__qualname__
+        assert run.error == stored(f"{name}: {error_text}" if error_text else name)
+        assert "raise raised" in run.traceback
+
+
+def test_an_exception_whose_text_cannot_be_printed_is_still_re_raised() -> None:
+    raised = UnprintableError()
+    with pytest.raises(UnprintableError) as caught, track("x"):
+        raise raised
+    assert caught.value is raised
+    run = JobRun.objects.get()
+    assert (run.status, run.error) == (Status.FAILED, "UnprintableError: <unprintable>")
+
+
+def test_an_end_the_database_refuses_is_recorded_alone(caplog) -> None:
+    refused = []
+
+    def refuse_once(execute: Any, sql: str, params: Any, *args: Any) -> Any:
+        if sql.startswith("UPDATE") and "failed" in (params or ()) and not refused:
+            refused.append(sql)
+            raise DataError("value refused (test)")
+        return execute(sql, params, *args)
+
+    raised = BoomError("details")
+    with (
+        pytest.raises(BoomError) as caught,
+        connection.execute_wrapper(refuse_once),
+        track("x") as job,
+    ):
+        job.info("a line")
+        raise raised
+    assert caught.value is raised
+    assert refused
+    run = _row(job.run)
+    assert (run.status, run.error, run.traceback) == (Status.FAILED, "BoomError", "")
+    assert "recording the end alone" in caplog.text
+
+
+def test_a_megabyte_of_text_or_json_is_capped(settings) -> None:
+    settings.JOBSTATUS = {"REDACT_KEYS": ["password"]}
+    big = "x" * 1_000_000
+    with (
+        pytest.raises(BoomError),
+        track("x", params={"password": "hunter2", "a": big}) as job,
+    ):
+        job.message(big)
+        job.step(big)
+        job.info("line", extra={"a": big})
+        raise BoomError(big)
+    run = _row(job.run)
+    assert len(run.message) == 2000
+    assert run.message.endswith("… [cut 998000 characters]")
+    assert len(run.step) == 255
+    assert run.step.endswith("characters]")
+    assert len(run.error) == 10_000
+    assert run.error.startswith("BoomError: xxx")
+    assert len(run.traceback) == 100_000
+    assert run.traceback.startswith("[cut ")
+    assert run.traceback.endswith("x" * 1000 + "\n")  # keeps its end
+    for value in (run.params, run.logs.get().extra):
+        assert value["cut"] is True
+        assert value["length"] > 1_000_000
+        assert len(value["preview"]) == 1000
+        assert "hunter2" not in value["preview"]  # redacted before the preview is cut
+    assert run.params["preview"].startswith('{"password": "********", "a": "xxx')
+    with pytest.raises(ValueError, match="too big to keep"):
+        contrib.retry(run)  # not with other arguments than the job had
+    with track("y") as job:
+        job.result = {"rows": [big]}
+    assert _row(job.run).result["cut"] is True
+
+
+@pytest.mark.parametrize("name", ["subject", "source"])
+def test_a_name_too_long_is_a_value_error_before_anything_is_written(name: str) -> None:
+    body_ran = False
+    with (
+        pytest.raises(ValueError, match=f"{name} is 256 characters long"),
+        track("x", **{name: "s" * 256}),
+    ):
+        body_ran = True
+    assert body_ran is False
+    assert not JobRun.objects.exists()
+    with track("x", subject="s" * 255):  # the most it holds
+        pass
+    assert JobRun.objects.get().subject == "s" * 255
+
+
+def test_task_system_names_too_long_are_cut() -> None:
+    long = "q" * 300
+    with track("x", queue=long, worker=long, backend_job_id=long):
+        pass
+    run = JobRun.objects.get()
+    for value in (run.queue, run.worker, run.backend_job_id):
+        assert len(value) == 255
+        assert value.endswith("… [cut 45 characters]")

@@ -62,6 +62,14 @@ def can_retry(run: JobRun) -> bool:
 
 def retry(run: JobRun) -> JobRun:
     """Enqueue ``run``'s job again; ValueError when no integration can."""
+    from django_jobstatus.models import was_cut
+
+    if was_cut(run.params):
+        raise ValueError(
+            _(
+                "This run cannot be retried: its parameters were too big to keep (JSON_MAX_LENGTH)."
+            )
+        )
     backend = _backends.get(run.source)
     if backend is None:
         raise ValueError(

@@ -11,6 +11,7 @@ import redis
 from celery import Celery
 
 from django_jobstatus import current_job
+from tests.contrib import loops
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.contrib.worker_settings")
 
@@ -84,3 +85,6 @@ def marked(key: str) -> str:
 def crash() -> None:
     """Die the way an OOM kill does: the pool process is gone, no exception, no signal from it."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+count_slowly = app.task(name="tests.count_slowly")(loops.count_slowly)

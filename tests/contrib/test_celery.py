@@ -29,13 +29,12 @@ from tests.contrib.celery_app import (
     sleepy,
 )
 from tests.contrib.dbproxy import Proxy
+from tests.contrib.workers import celery_worker as started_celery_worker
 from tests.contrib.workers import (
     db_proxy,
     kill_from_admin,
     refreshed,
     wait_for,
-    worker_env,
-    worker_process,
 )
 
 __all__ = ["db_proxy"]  # a fixture
@@ -57,34 +56,9 @@ def celery_worker(
 ) -> Iterator[Popen[bytes]]:
     app.control.purge()
     log = tmp_path_factory.mktemp("celery") / "worker.log"
-    argv = [
-        "-m",
-        "celery",
-        "-A",
-        "tests.contrib.celery_app",
-        "worker",
-        "--pool=prefork",
-        "--concurrency=1",
-        "--loglevel=INFO",
-        "-Q",
-        QUEUE,
-        "-n",
-        f"jobstatus-tests-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    with worker_process(
-        argv, worker_env(db_proxy, "django_jobstatus.contrib.celery"), log
+    with started_celery_worker(
+        db_proxy, log, pool="prefork", queue=QUEUE, prefix="jobstatus-tests"
     ) as process:
-        wait_for(
-            lambda: app.control.ping(timeout=0.5),
-            timeout=90,
-            what="the Celery worker to answer a ping",
-            process=process,
-            log=log,
-        )
-        process.log = log  # type: ignore[attr-defined]
         yield process
 
 

@@ -94,6 +94,17 @@ def _idle(worker: Popen[bytes]) -> bool:
     )
 
 
+def settle(worker: Popen[bytes]) -> None:
+    """Wait until the worker is idle and its queue empty."""
+    wait_for(
+        lambda: _idle(worker),
+        timeout=60,
+        what="the RQ worker to be idle",
+        process=worker,
+        log=worker.log,  # type: ignore[attr-defined]
+    )
+
+
 def recorded(job: rq.job.Job) -> JobRun:
     run = jobstatus_rq.find_run(job.id)
     assert run is not None, f"no run recorded for job {job.id}"
@@ -174,14 +185,7 @@ class TestWorker:
     def _settle(self, rq_worker: Popen[bytes]) -> Iterator[None]:
         """Let the worker finish its job before the test's tables are flushed."""
         yield
-        log = rq_worker.log  # type: ignore[attr-defined]
-        wait_for(
-            lambda: _idle(rq_worker),
-            timeout=60,
-            what="the RQ worker to be idle",
-            process=rq_worker,
-            log=log,
-        )
+        settle(rq_worker)
 
     def test_a_succeeding_job(self, rq_worker: Popen[bytes], queue: rq.Queue) -> None:
         job = queue.enqueue(rq_jobs.add, 2, 3)
@@ -275,13 +279,7 @@ class TestWorker:
         assert JobRun.objects.filter(pk=run.pk).request_kill() == 1
         finished(run, rq_worker)
         assert (run.status, run.attempt, run.attempts) == (Status.KILLED, 1, [])
-        wait_for(
-            lambda: _idle(rq_worker),
-            timeout=60,
-            what="the RQ worker to be idle",
-            process=rq_worker,
-            log=rq_worker.log,  # type: ignore[attr-defined]
-        )
+        settle(rq_worker)
         job.refresh()
         assert job.get_status() == rq.job.JobStatus.FAILED  # not scheduled for a retry
         assert refreshed(run).status == Status.KILLED

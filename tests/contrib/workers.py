@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,36 @@ def worker_env(proxy: Proxy, integration: str) -> dict[str, str]:
         ),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@contextlib.contextmanager
+def celery_worker(
+    proxy: Proxy, log: Path, *, pool: str, queue: str, prefix: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A Celery worker on the tests' app with one ``pool`` process, consuming ``queue``; ready when yielded.
+
+    Its name is ``<prefix>-<this pid>@<host>``.
+    """
+    from tests.contrib.celery_app import app
+
+    name = f"{prefix}-{os.getpid()}@{socket.gethostname()}"
+    argv = [
+        *("-m", "celery", "-A", "tests.contrib.celery_app", "worker"),
+        *(f"--pool={pool}", "--concurrency=1", "--loglevel=INFO", "-Q", queue),
+        *("-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"),
+    ]
+    with worker_process(
+        argv, worker_env(proxy, "django_jobstatus.contrib.celery"), log
+    ) as process:
+        wait_for(
+            lambda: app.control.ping(destination=[name], timeout=0.5),
+            timeout=90,
+            what=f"the Celery {pool} worker to answer a ping",
+            process=process,
+            log=log,
+        )
+        process.log = log  # type: ignore[attr-defined]
+        yield process
 
 
 def wait_for(

@@ -7,6 +7,7 @@ import threading
 import time
 
 from django_jobstatus import compat, contrib, current_job
+from tests.contrib import loops
 
 framework = compat.task_framework()
 assert framework is not None, "the tests need Django 6 or the django-tasks backport"
@@ -112,3 +113,9 @@ def end_outage() -> str:
     job.info("ran during the outage")  # kept, and written once the run is recorded
     OUTAGE.clear()
     return "done"
+
+
+@task()
+def count_slowly(n: int) -> int:
+    """The README's progress loop (tests/contrib/loops.py) as a task."""
+    return loops.count_slowly(n)

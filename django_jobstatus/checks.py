@@ -96,6 +96,7 @@ def check_values(**kwargs: Any) -> list[CheckMessage]:
         "HEARTBEAT_TIMEOUT",
         "LOG_MAX_LENGTH",
         "PROGRESS_INTERVAL",
+        "QUEUED_TIMEOUT",
         "RETENTION_DAYS",
     ):
         value = user.get(key)

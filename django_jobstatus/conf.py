@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "LOG_MAX_LENGTH": 10000,
     # Seconds between two progress/heartbeat/log writes (and kill checks) of a running job.
     "PROGRESS_INTERVAL": 1.0,
+    # Seconds a run may stay queued before reap_jobstatus ends it killed (its message was
+    # probably lost); None: never.
+    "QUEUED_TIMEOUT": None,
     # Keys in params/data/result shown as "********" in the admin and the API, at any depth.
     "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
     # Days to keep finished runs per status, over RETENTION_DAYS.
@@ -68,6 +71,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "KEEP_LAST": (int,),
     "LOG_MAX_LENGTH": (int,),
     "PROGRESS_INTERVAL": (int, float),
+    "QUEUED_TIMEOUT": (int, float, type(None)),
     "REDACT_KEYS": (list, tuple, set, frozenset),
     "RETENTION": (dict,),
     "RETENTION_DAYS": (int,),

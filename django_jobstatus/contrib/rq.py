@@ -345,8 +345,8 @@ _WAITING = frozenset(
 
 
 def _canceled(run: JobRun, alias: str) -> None:
-    current = JobRun.objects.using(alias).get(pk=run.pk)
-    if current.is_active and current.status != Status.RUNNING:
+    current = JobRun.objects.using(alias).filter(pk=run.pk).first()
+    if current is not None and current.is_active and current.status != Status.RUNNING:
         current.mark_killed(using=alias, message=str(_("Canceled before it ran.")))
 
 

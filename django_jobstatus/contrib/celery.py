@@ -14,7 +14,10 @@ Enable with ``JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.celery"]}`
 
 Runs are keyed on ``(source="celery", backend_job_id=task id)``. Kill is
 ``app.control.revoke(id, terminate=True)``, which stops a running task only on the
-prefork, eventlet and gevent pools; retry sends the task again as a new run.
+prefork, eventlet and gevent pools; a forced kill asks the worker running the task to
+confirm, and says so when it does not (solo and threads pools). Retry sends the task
+again as a new run. A publish that raises deletes the queued run it recorded (the app's
+``amqp.send_task_message`` is wrapped for that: Celery has no signal for it).
 """
 
 from __future__ import annotations

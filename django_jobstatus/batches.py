@@ -203,13 +203,11 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
 
 def request_kill_batch(parent: JobRun) -> int:
     """Ask the parent and its active children to stop (through their integrations); the number asked."""
-    from django_jobstatus import contrib
-
     db = parent._state.db or settings.DATABASE
     runs = JobRun.objects.using(db).filter(pk=parent.pk) | JobRun.objects.using(
         db
     ).filter(parent_id=parent.pk)
-    return contrib.request_kill(runs)
+    return runs.request_kill()
 
 
 # Children recorded by the integrations.

@@ -140,6 +140,13 @@ SETTINGS: tuple[Setting, ...] = (
         positive=True,
     ),
     Setting(
+        "QUEUED_TIMEOUT",
+        None,
+        (int, float, _NONE),
+        "Seconds a run may stay `queued` before `reap_jobstatus` ends it `killed` (its message was probably lost) and tells its task system to drop it; `None`: never.",
+        positive=True,
+    ),
+    Setting(
         "REDACT_KEYS",
         ["password", "secret", "token", "api_key", "authorization"],
         (list, tuple, set, frozenset),

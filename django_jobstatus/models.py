@@ -587,18 +587,12 @@ class JobRun(models.Model):
     # Writes that are not transitions.
 
     def request_kill(self, *, using: str | None = None) -> bool:
-        """Ask the job to stop; True when the run is active and was not asked already."""
-        now = timezone.now()
-        rows = (
-            JobRun.objects.using(self._db(using))
-            .filter(pk=self.pk)
-            .active()
-            .filter(kill_requested_at__isnull=True)
-        )
-        if rows.update(kill_requested_at=now, updated_at=now):
-            self.kill_requested_at = now
-            return True
-        return False
+        """Ask the job (and its task system) to stop, as ``JobRunQuerySet.request_kill()``
+        does; True when the run is active and was not asked already."""
+        result = JobRun.objects.using(self._db(using)).filter(pk=self.pk).request_kill()
+        if result:
+            self.kill_requested_at = result.requested_at
+        return bool(result)
 
     def set_progress(
         self,

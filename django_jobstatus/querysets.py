@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections import defaultdict
@@ -24,6 +25,8 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus.conf import settings
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -57,6 +60,11 @@ def as_timedelta(name: str, value: float | timedelta) -> timedelta:
 
 _REAPED = _(
     "Lost: no heartbeat since %(since)s, more than %(timeout)g seconds ago; reaped."
+)
+
+_EXPIRED = _(
+    "Killed: queued since %(since)s, more than %(timeout)g seconds, and no worker "
+    "started it (its message was probably lost); ended by the reaper."
 )
 
 DURATION = ExpressionWrapper(
@@ -130,6 +138,56 @@ class ReapResult:
 
     reaped: int = 0  # runs marked lost
     finished: int = 0  # stale runs whose job finished first (the job won the race)
+    expired: int = 0  # queued runs ended killed: no worker started them in time
+
+
+@dataclasses.dataclass(frozen=True)
+class NotStopped:
+    """A run a kill could not stop through its task system, and why."""
+
+    run_id: Any
+    job_name: str
+    reason: str
+    # True: the task system failed (e.g. its broker is down); False: it cannot stop such a run.
+    error: bool = False
+
+
+class KillResult(int):
+    """What ``JobRunQuerySet.request_kill()`` did: an int, with the details as attributes.
+
+    Its value is the number of runs newly asked to stop (``asked``), or with
+    ``force=True`` the number of runs it ended ``killed`` (``killed``); so
+    ``if runs.request_kill():`` and ``== 1`` read as they always did. ``not_stopped``
+    lists the runs whose task system failed to take the kill (errors), and with
+    ``force=True`` also those that nothing can stop, each with the reason.
+    """
+
+    asked: int
+    killed: int
+    not_stopped: tuple[NotStopped, ...]
+    requested_at: datetime
+
+    def __new__(
+        cls,
+        *,
+        asked: int,
+        killed: int = 0,
+        force: bool = False,
+        not_stopped: Iterable[NotStopped] = (),
+        requested_at: datetime,
+    ) -> Self:
+        result = super().__new__(cls, killed if force else asked)
+        result.asked = asked
+        result.killed = killed
+        result.not_stopped = tuple(not_stopped)
+        result.requested_at = requested_at
+        return result
+
+    def __repr__(self) -> str:
+        return (
+            f"KillResult(asked={self.asked}, killed={self.killed}, "
+            f"not_stopped={list(self.not_stopped)!r})"
+        )
 
 
 def _chunks(items: list[Any], size: int | None) -> Iterable[list[Any]]:
@@ -153,6 +211,23 @@ def _whole(name: str, value: Any, minimum: int) -> int:
             f"{name} must be a whole number of {minimum} or more, not {value!r}"
         )
     return value
+
+
+# Fields a kill never reads: not loaded for it.
+_UNUSED_BY_KILL = ("params", "data", "result", "traceback", "attempts")
+
+_KILLED_BY_FORCE = _("Killed by force.")
+
+
+def _killed(run: JobRun, message: str | None) -> bool:
+    """End ``run`` killed now; False when it finished first."""
+    from django_jobstatus.exceptions import InvalidTransition
+
+    try:
+        run.mark_killed(message=message or str(_KILLED_BY_FORCE))
+    except InvalidTransition:
+        return False
+    return True
 
 
 def _can_raw_delete_runs(model: type[JobRun]) -> bool:
@@ -244,6 +319,19 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
         )
 
+    def stale_queued(self, timeout: float | timedelta | None = None) -> Self:
+        """Queued runs no worker started for ``timeout`` seconds (default ``QUEUED_TIMEOUT``)."""
+        if timeout is None:
+            timeout = settings.QUEUED_TIMEOUT
+        if timeout is None:
+            raise ValueError(
+                "stale_queued() needs a timeout: pass one, or set JOBSTATUS['QUEUED_TIMEOUT']"
+            )
+        cutoff = timezone.now() - as_timedelta("seconds", timeout)
+        return self.queued().filter(
+            Q(queued_at__lt=cutoff) | Q(queued_at__isnull=True, created_at__lt=cutoff)
+        )
+
     def kill_requested(self) -> Self:
         """Runs someone asked to stop."""
         return self.filter(kill_requested_at__isnull=False)
@@ -285,13 +373,58 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     # Bulk writes.
 
-    def request_kill(self) -> int:
-        """Ask every active run here to stop; the number of runs newly asked."""
+    def request_kill(
+        self, *, force: bool = False, message: str | None = None
+    ) -> KillResult:
+        """Ask every active run here to stop, and tell the task systems running them.
+
+        The kill request is recorded first (``kill_requested_at``; the job sees it at its
+        next progress call or ``check_kill()``). Then each active run that an enabled
+        integration recorded is handed to it: Celery revokes (and terminates) the task,
+        RQ stops or cancels the job. With ``force=True`` every active run here also ends
+        ``killed`` at once (with ``message``), stopped where its task system can, and the
+        runs nothing can stop are listed with the reason. A task system's error (its
+        broker down) never loses the request: it is logged and listed in
+        ``not_stopped``. Returns a :class:`KillResult`: the number of runs newly asked
+        (forced: ended killed).
+        """
+        from django_jobstatus import contrib
+
         now = timezone.now()
-        return (
-            self.active()
-            .filter(kill_requested_at__isnull=True)
-            .update(kill_requested_at=now, updated_at=now)
+        sources = contrib.sources()
+        if not force and not sources:
+            asked = (
+                self.active()
+                .filter(kill_requested_at__isnull=True)
+                .update(kill_requested_at=now, updated_at=now)
+            )
+            return KillResult(asked=asked, requested_at=now)
+        # The runs picked now: the writes below must not change what the selection means.
+        ids = list(self.active().order_by().values_list("pk", flat=True))
+        every = self.model.objects.using(self.db)
+        asked = killed = 0
+        not_stopped: list[NotStopped] = []
+        for part in _chunks(ids, _chunk_size(self.db)):
+            asked += (
+                every.filter(pk__in=part)
+                .active()
+                .filter(kill_requested_at__isnull=True)
+                .update(kill_requested_at=now, updated_at=now)
+            )
+            runs = every.filter(pk__in=part).active().defer(*_UNUSED_BY_KILL)
+            if not force:
+                runs = runs.filter(source__in=sources)
+            chosen = list(runs)
+            if force:
+                chosen = [run for run in chosen if _killed(run, message)]
+                killed += len(chosen)
+            not_stopped += contrib.stop(chosen, force=force)
+        return KillResult(
+            asked=asked,
+            killed=killed,
+            force=force,
+            not_stopped=not_stopped,
+            requested_at=now,
         )
 
     def purge(
@@ -525,7 +658,11 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             result._add(name, status, 1, lines.get(pk, 0))
 
     def reap(
-        self, timeout: float | timedelta | None = None, *, batch_size: int = 100
+        self,
+        timeout: float | timedelta | None = None,
+        *,
+        queued_timeout: float | timedelta | None = None,
+        batch_size: int = 100,
     ) -> ReapResult:
         """Mark the stale running runs here ``lost``, each with a message and a log line.
 
@@ -534,26 +671,76 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         at once never reap a run twice, and ``mark_lost()`` is a conditional UPDATE: a job
         finishing at the same instant either wins (counted in ``finished``) or gets
         ``InvalidTransition``, never both.
+
+        With ``queued_timeout`` (seconds; default ``QUEUED_TIMEOUT``, which is off), runs
+        queued longer than that also end: ``killed``, with a message saying why, and
+        their task systems are told to drop them (Celery's revoke, RQ's cancel), so a
+        message the broker lost leaves no run waiting for ever (counted in ``expired``).
         """
-        import logging
-
-        from django_jobstatus.exceptions import InvalidTransition
-
         delta = as_timedelta(
             "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
         )
+        if queued_timeout is None:
+            queued_timeout = settings.QUEUED_TIMEOUT
+        queued_delta = (
+            None if queued_timeout is None else as_timedelta("seconds", queued_timeout)
+        )
         _whole("batch_size", batch_size, 1)
-        features = connections[self.db].features
         result = ReapResult()
+        self._reap_stale(delta, batch_size, result)
+        if queued_delta is not None:
+            self._expire_queued(queued_delta, batch_size, result)
+        return result
+
+    def _locked_batch(self, runs: Self, batch_size: int) -> list[JobRun]:
+        """The first ``batch_size`` of ``runs``, locked (``SKIP LOCKED`` where the database has it)."""
+        features = connections[self.db].features
+        batch = runs.order_by("pk")
+        if features.has_select_for_update_skip_locked:
+            batch = batch.select_for_update(
+                skip_locked=True,
+                of=("self",) if features.has_select_for_update_of else (),
+            )
+        return list(batch[:batch_size])
+
+    def _expire_queued(
+        self, delta: timedelta, batch_size: int, result: ReapResult
+    ) -> None:
+        """End the runs queued longer than ``delta`` killed, and tell their task systems."""
+        from django_jobstatus import contrib
+
         while True:
             with transaction.atomic(using=self.db):
-                batch = self.stale(delta).order_by("pk")
-                if features.has_select_for_update_skip_locked:
-                    batch = batch.select_for_update(
-                        skip_locked=True,
-                        of=("self",) if features.has_select_for_update_of else (),
-                    )
-                runs = list(batch[:batch_size])
+                runs = self._locked_batch(self.stale_queued(delta), batch_size)
+                ended = []
+                for run in runs:
+                    since = run.queued_at or run.created_at
+                    text = str(_EXPIRED) % {
+                        "since": since.isoformat(),
+                        "timeout": delta.total_seconds(),
+                    }
+                    if _killed(run, text):
+                        run.log(logging.WARNING, text)
+                        ended.append(run)
+            result.expired += len(ended)
+            # Outside the transaction: a broker is slow, a lock must not wait for it.
+            for problem in contrib.stop(ended, force=True):
+                logger.warning(
+                    "Run %s ended killed, but its task system did not drop it: %s",
+                    problem.run_id,
+                    problem.reason,
+                )
+            if len(runs) < batch_size:
+                return
+
+    def _reap_stale(
+        self, delta: timedelta, batch_size: int, result: ReapResult
+    ) -> None:
+        from django_jobstatus.exceptions import InvalidTransition
+
+        while True:
+            with transaction.atomic(using=self.db):
+                runs = self._locked_batch(self.stale(delta), batch_size)
                 for run in runs:
                     since = run.heartbeat_at or run.started_at
                     text = str(_REAPED) % {
@@ -568,7 +755,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                     run.log(logging.WARNING, text)
                     result.reaped += 1
             if len(runs) < batch_size:
-                return result
+                return
 
     # Numbers.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
@@ -10,13 +10,30 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from django_jobstatus import contrib
-from django_jobstatus.exceptions import InvalidTransition
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
     from django.http import HttpRequest, HttpResponse
 
     from django_jobstatus.models import JobRun
+    from django_jobstatus.querysets import JobRunQuerySet, KillResult
+
+
+def report_not_stopped(
+    modeladmin: Any, request: HttpRequest, result: KillResult
+) -> None:
+    """Say which runs a kill could not stop through their task system, and why."""
+    for problem in result.not_stopped:
+        modeladmin.message_user(
+            request,
+            (
+                _("Could not tell the task system to stop %(job)s (%(id)s): %(reason)s")
+                if problem.error
+                else _("Could not stop %(job)s (%(id)s): %(reason)s")
+            )
+            % {"job": problem.job_name, "id": problem.run_id, "reason": problem.reason},
+            messages.ERROR if problem.error else messages.WARNING,
+        )
 
 
 @admin.action(
@@ -26,7 +43,8 @@ def request_kill(
     modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]
 ) -> None:
     selected = queryset.count()
-    asked = contrib.request_kill(queryset)
+    result = cast("JobRunQuerySet", queryset).request_kill()
+    asked = result.asked
     skipped = selected - asked
     if asked:
         modeladmin.message_user(
@@ -46,6 +64,7 @@ def request_kill(
             % {"n": skipped},
             messages.WARNING,
         )
+    report_not_stopped(modeladmin, request, result)
 
 
 @admin.action(
@@ -54,14 +73,10 @@ def request_kill(
 def mark_killed(
     modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]
 ) -> None:
-    killed = skipped = 0
-    for run in queryset.iterator():
-        try:
-            run.mark_killed()
-        except InvalidTransition:
-            skipped += 1
-        else:
-            killed += 1
+    selected = queryset.count()
+    result = cast("JobRunQuerySet", queryset).request_kill(force=True)
+    killed = result.killed
+    skipped = selected - killed
     if killed:
         modeladmin.message_user(
             request,
@@ -82,6 +97,7 @@ def mark_killed(
             % {"n": skipped},
             messages.WARNING,
         )
+    report_not_stopped(modeladmin, request, result)
 
 
 @admin.action(description=gettext_lazy("Retry (enqueue again)"), permissions=["change"])

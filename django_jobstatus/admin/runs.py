@@ -394,6 +394,11 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 name="django_jobstatus_jobrun_kill",
             ),
             path(
+                "<path:object_id>/force-kill/",
+                view(self.force_kill_view),
+                name="django_jobstatus_jobrun_force_kill",
+            ),
+            path(
                 "<path:object_id>/retry/",
                 view(self.retry_view),
                 name="django_jobstatus_jobrun_retry",
@@ -426,7 +431,8 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def kill_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         run = self._run_for_button(request, object_id)
-        if contrib.request_kill(JobRun.objects.filter(pk=run.pk)):
+        result = JobRun.objects.filter(pk=run.pk).request_kill()
+        if result:
             self.message_user(request, _("Asked the run to stop."), messages.SUCCESS)
         else:
             self.message_user(
@@ -434,6 +440,21 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 _("The run is finished or was already asked to stop."),
                 messages.WARNING,
             )
+        actions.report_not_stopped(self, request, result)
+        return HttpResponseRedirect(
+            reverse("admin:django_jobstatus_jobrun_change", args=[run.pk])
+        )
+
+    def force_kill_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        run = self._run_for_button(request, object_id)
+        result = JobRun.objects.filter(pk=run.pk).request_kill(force=True)
+        if result:
+            self.message_user(request, _("Killed the run."), messages.SUCCESS)
+        else:
+            self.message_user(
+                request, _("The run has already finished."), messages.WARNING
+            )
+        actions.report_not_stopped(self, request, result)
         return HttpResponseRedirect(
             reverse("admin:django_jobstatus_jobrun_change", args=[run.pk])
         )
@@ -491,6 +512,8 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 "jobstatus_run": run,
                 "can_kill": run.is_active
                 and not run.kill_requested
+                and self.has_change_permission(request, run),
+                "can_force_kill": run.is_active
                 and self.has_change_permission(request, run),
                 "can_retry": contrib.can_retry(run)
                 and self.has_change_permission(request, run),

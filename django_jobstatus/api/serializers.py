@@ -170,7 +170,17 @@ class JobLogSerializer(serializers.ModelSerializer):
         return logging.getLevelName(entry.level)
 
 
-class KillRequestSerializer(serializers.Serializer):
+class KillSerializer(serializers.Serializer):
+    force = serializers.BooleanField(
+        default=False,
+        help_text=_(
+            "End the run killed now and stop the job where its task system can "
+            "(Celery: terminate; RQ: stop-job or cancel), instead of only asking it."
+        ),
+    )
+
+
+class KillRequestSerializer(KillSerializer):
     ids = serializers.ListField(
         child=serializers.UUIDField(),
         required=False,
@@ -181,6 +191,25 @@ class KillRequestSerializer(serializers.Serializer):
     )
 
 
+class NotStoppedSerializer(serializers.Serializer):
+    id = serializers.UUIDField(source="run_id")
+    job_name = serializers.CharField()
+    reason = serializers.CharField(
+        help_text=_("Why the task system could not stop it.")
+    )
+    error = serializers.BooleanField(
+        help_text=_(
+            "True when the task system failed (e.g. its broker is down); the kill request is recorded all the same."
+        )
+    )
+
+
+_NOT_STOPPED_HELP = _(
+    "Runs whose task system failed to take the kill (errors) and, when forced, running "
+    "runs that nothing can stop (they stop at their next progress call, if they make one)."
+)
+
+
 class KillResultSerializer(serializers.Serializer):
     matched = serializers.IntegerField(help_text=_("Runs the ids or filters picked."))
     active = serializers.IntegerField(
@@ -189,6 +218,22 @@ class KillResultSerializer(serializers.Serializer):
     asked = serializers.IntegerField(
         help_text=_("Runs newly asked to stop (not asked before).")
     )
+    killed = serializers.IntegerField(
+        help_text=_("Runs ended killed now (only with force).")
+    )
+    not_stopped = NotStoppedSerializer(many=True, help_text=_NOT_STOPPED_HELP)
+
+
+class KilledRunSerializer(JobRunSerializer):
+    """A run after a kill request, with what its task system could not do."""
+
+    not_stopped = NotStoppedSerializer(
+        many=True, read_only=True, help_text=_NOT_STOPPED_HELP
+    )
+
+    class Meta(JobRunSerializer.Meta):
+        fields = [*JobRunSerializer.Meta.fields, "not_stopped"]
+        read_only_fields = fields
 
 
 class DetailSerializer(serializers.Serializer):

@@ -28,7 +28,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from django_jobstatus import contrib
 from django_jobstatus.api.filters import JobLogFilterSet, JobRunFilterSet
 from django_jobstatus.api.pagination import KeysetPagination, LogPagination
 from django_jobstatus.api.permissions import owner_scoped
@@ -37,8 +36,10 @@ from django_jobstatus.api.serializers import (
     DetailSerializer,
     JobLogSerializer,
     JobRunSerializer,
+    KilledRunSerializer,
     KillRequestSerializer,
     KillResultSerializer,
+    KillSerializer,
     StatsSerializer,
 )
 from django_jobstatus.conf import settings
@@ -233,11 +234,14 @@ class JobRunViewSet(
         summary=_("Ask a run to stop"),
         parameters=[_ID],
         description=_(
-            "Records a kill request (and tells the task system, when its integration is on). The run stops at its next check."
+            "Records a kill request and tells the task system, when its integration is on. The run "
+            'stops at its next progress call or check. With {"force": true} it ends killed now and '
+            "its task system stops it where it can; not_stopped says which task system could not, and why."
         ),
-        request=None,
+        request=KillSerializer,
         responses={
-            202: JobRunSerializer,
+            202: KilledRunSerializer,
+            400: _ERROR,
             401: _DENIED,
             403: _DENIED,
             404: _NOT_FOUND,
@@ -247,6 +251,8 @@ class JobRunViewSet(
     @action(detail=True, methods=["post"])
     def kill(self, request: Request, pk: str | None = None) -> Response:
         run = self.get_object()
+        body = KillSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
         if run.is_finished:
             return Response(
                 {
@@ -256,15 +262,22 @@ class JobRunViewSet(
                 },
                 status=status.HTTP_409_CONFLICT,
             )
-        contrib.request_kill(JobRun.objects.filter(pk=run.pk))
+        result = JobRun.objects.filter(pk=run.pk).request_kill(
+            force=body.validated_data["force"]
+        )
         run.refresh_from_db()
-        return Response(self.get_serializer(run).data, status=status.HTTP_202_ACCEPTED)
+        run.not_stopped = result.not_stopped  # type: ignore[attr-defined]
+        return Response(
+            KilledRunSerializer(run, context=self.get_serializer_context()).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     @extend_schema(
         operation_id="jobstatus_runs_bulk_kill",
         summary=_("Ask many runs to stop"),
         description=_(
-            'Runs picked by {"ids": [...]} in the body, or by the list filters in the query string (at least one of them).'
+            'Runs picked by {"ids": [...]} in the body, or by the list filters in the query string (at least one of them). '
+            'With {"force": true} they end killed now, stopped where their task system can.'
         ),
         request=KillRequestSerializer,
         responses={200: KillResultSerializer, 400: _ERROR, 401: _DENIED, 403: _DENIED},
@@ -299,10 +312,16 @@ class JobRunViewSet(
             runs = runs.filter(pk__in=ids)
         matched = runs.count()
         active = runs.active().count()
-        asked = contrib.request_kill(runs)
+        result = runs.request_kill(force=body.validated_data["force"])
         return Response(
             KillResultSerializer(
-                {"matched": matched, "active": active, "asked": asked}
+                {
+                    "matched": matched,
+                    "active": active,
+                    "asked": result.asked,
+                    "killed": result.killed,
+                    "not_stopped": result.not_stopped,
+                }
             ).data
         )
 

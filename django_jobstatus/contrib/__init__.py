@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from logging import getLogger
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from django.db.models import QuerySet
 
     from django_jobstatus.models import JobRun
-    from django_jobstatus.querysets import JobRunQuerySet
+    from django_jobstatus.querysets import JobRunQuerySet, NotStopped
 
 
 # Not `import logging`: the name is the submodule django_jobstatus.contrib.logging.
@@ -36,8 +36,14 @@ R = TypeVar("R")
 class Backend(Protocol):
     """What an integration offers for the runs it records."""
 
-    def kill(self, run: JobRun) -> None:
-        """Stop the run in the task system (its kill was already requested in the database)."""
+    def kill(self, run: JobRun, *, force: bool = False) -> str | None:
+        """Stop the run in the task system (its kill was already recorded in the database).
+
+        Returns None when the task system took it, or why it cannot stop this run (e.g.
+        a pool that cannot terminate a task); raises when the task system failed (e.g.
+        its broker is down). ``force``: the run was just ended ``killed`` (it was running
+        when ``run.started_at`` is set); stop it now if at all possible.
+        """
 
     def retry(self, run: JobRun) -> JobRun:
         """Enqueue the run's job again with the same arguments; return the new run."""
@@ -53,6 +59,11 @@ def register(source: str, backend: Backend) -> None:
 
 def unregister(source: str) -> None:
     _backends.pop(source, None)
+
+
+def sources() -> list[str]:
+    """The sources an enabled integration can stop and retry runs of."""
+    return sorted(_backends)
 
 
 def can_retry(run: JobRun) -> bool:
@@ -81,25 +92,62 @@ def retry(run: JobRun) -> JobRun:
     return backend.retry(run)
 
 
-def request_kill(runs: QuerySet[JobRun]) -> int:
-    """Ask the active runs among ``runs`` to stop, and tell their task systems; the number asked.
+def stop(runs: Iterable[JobRun], *, force: bool = False) -> list[NotStopped]:
+    """Hand each run to the task system that runs it; the runs it could not stop, and why.
 
-    The kill request is recorded first (cooperative kill); then each run recorded by an
-    enabled integration is stopped through it (e.g. Celery's revoke with terminate).
+    Called by ``JobRunQuerySet.request_kill()`` once the kill is recorded. A task
+    system's error is logged and listed (``error=True``), never raised: the kill request
+    stays recorded. Without ``force`` only errors are listed (a cooperative kill relies
+    on the job); with ``force`` also the running runs that nothing can stop.
     """
-    from django_jobstatus.models import JobRun
+    from django_jobstatus.querysets import NotStopped
 
-    asked: int = cast("JobRunQuerySet", runs).request_kill()
-    if _backends:
-        pks = runs.values("pk")
-        for run in (
-            JobRun.objects.filter(pk__in=pks)
-            .active()
-            .filter(source__in=list(_backends))
-            .iterator()
-        ):
-            _backends[run.source].kill(run)
-    return asked
+    not_stopped: list[NotStopped] = []
+    for run in runs:
+        backend = _backends.get(run.source)
+        if backend is None:
+            if force and run.started_at is not None:
+                not_stopped.append(
+                    NotStopped(
+                        run.pk,
+                        run.job_name,
+                        _(
+                            "no enabled integration can stop a run from source “%(source)s”: "
+                            "it stops at its next progress call or heartbeat, if it makes one."
+                        )
+                        % {"source": run.source},
+                    )
+                )
+            continue
+        try:
+            reason = backend.kill(run, force=force)
+        except Exception as exc:
+            logger.exception(
+                "Could not tell the task system (source %r) to stop run %s; its kill request is recorded.",
+                run.source,
+                run.pk,
+            )
+            not_stopped.append(
+                NotStopped(
+                    run.pk,
+                    run.job_name,
+                    _(
+                        "the task system (source “%(source)s”) failed: %(error)s. The kill "
+                        "request is recorded: the job stops at its next progress call."
+                    )
+                    % {"source": run.source, "error": exc},
+                    error=True,
+                )
+            )
+            continue
+        if reason and force:
+            not_stopped.append(NotStopped(run.pk, run.job_name, reason))
+    return not_stopped
+
+
+def request_kill(runs: QuerySet[JobRun]) -> int:
+    """``runs.request_kill()``: kept for the code that called it here."""
+    return cast("JobRunQuerySet", runs).request_kill()
 
 
 # Helpers the integrations share.

@@ -42,18 +42,25 @@ def find_run(
     )
 
 
-def best_effort(action: Callable[[str], None], what: str) -> None:
+def best_effort(
+    action: Callable[[str], None], what: str, *, one_statement: bool = False
+) -> None:
     """Run one write (given the database alias); log a database error or an illegal move, and go on.
 
+    The write is a transaction of its own (a savepoint inside the caller's), except
+    ``one_statement`` outside a transaction: that one statement is atomic by itself.
     A connection the server dropped (a restart, a network blip) is replaced and the write
     tried once more, since long-lived processes such as a worker's main process have
     nothing else that would close it.
     """
     for attempt in (1, 2):
         alias = tracking_database()
+        in_atomic = connections[alias].in_atomic_block
         try:
-            with transaction.atomic(
-                using=alias, savepoint=connections[alias].in_atomic_block
+            with (
+                contextlib.nullcontext()
+                if one_statement and not in_atomic
+                else transaction.atomic(using=alias, savepoint=in_atomic)
             ):
                 action(alias)
         except InvalidTransition as error:
@@ -75,25 +82,52 @@ def best_effort(action: Callable[[str], None], what: str) -> None:
         return
 
 
-def record_queued(source: str, backend_job_id: str, name: str, **fields: Any) -> None:
-    """Upsert the run as queued: created if new, retrying → queued, otherwise left alone.
+def record_queued(
+    source: str, backend_job_id: str, name: str, *, fresh: bool = False, **fields: Any
+) -> Any:
+    """Record the run as queued; the id of the run it created, or None.
 
-    A running run stays running: Celery and RQ enqueue a retry while the failed attempt
-    is still executing, and running → queued is no legal move. Enqueued inside
-    ``batch()``, a new run is a child of that batch's parent.
+    ``fresh``: the task system just made ``backend_job_id`` for a new job, so no run has
+    it yet: the run is one INSERT, with no SELECT before it. Otherwise an upsert:
+    created if new, retrying → queued, otherwise left alone. A running run stays
+    running: Celery and RQ enqueue a retry while the failed attempt is still executing,
+    and running → queued is no legal move. Enqueued inside ``batch()``, a new run is a
+    child of that batch's parent.
     """
     fields.setdefault("parent", batches.current_parent())
+    created: list[Any] = []
 
     def record(alias: str) -> None:
-        run = find_run(source, backend_job_id, alias)
-        if run is None:
-            JobRun.objects.db_manager(alias).enqueue(
-                name, source=source, backend_job_id=backend_job_id, **fields
-            )
-        elif run.status == Status.RETRYING:
-            run.mark_queued(using=alias)
+        if not fresh:
+            run = find_run(source, backend_job_id, alias)
+            if run is not None:
+                if run.status == Status.RETRYING:
+                    run.mark_queued(using=alias)
+                return
+        run = JobRun.objects.db_manager(alias).enqueue(
+            name, source=source, backend_job_id=backend_job_id, **fields
+        )
+        created.append(run.pk)
 
-    best_effort(record, f"the enqueueing of {source} job {backend_job_id}")
+    best_effort(
+        record,
+        f"the enqueueing of {source} job {backend_job_id}",
+        one_statement=fresh,
+    )
+    return created[0] if created else None
+
+
+def forget_queued(pk: Any, source: str, backend_job_id: str) -> None:
+    """Delete the queued run ``pk``: its job never reached the task system (the push failed).
+
+    Nothing was enqueued, so no run is left waiting for a worker; the caller gets the
+    task system's error.
+    """
+
+    def forget(alias: str) -> None:
+        JobRun.objects.using(alias).filter(pk=pk).queued().delete()
+
+    best_effort(forget, f"the failed enqueueing of {source} job {backend_job_id}")
 
 
 class Execution:

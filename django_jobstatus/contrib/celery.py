@@ -14,11 +14,15 @@ Enable with ``JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.celery"]}`
 
 Runs are keyed on ``(source="celery", backend_job_id=task id)``. Kill is
 ``app.control.revoke(id, terminate=True)``, which stops a running task only on the
-prefork, eventlet and gevent pools; retry sends the task again as a new run.
+prefork, eventlet and gevent pools; a forced kill asks the worker running the task to
+confirm, and says so when it does not (solo and threads pools). Retry sends the task
+again as a new run. A publish that raises deletes the queued run it recorded (the app's
+``amqp.send_task_message`` is wrapped for that: Celery has no signal for it).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -36,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "celery"
 
+# Seconds a forced kill waits for the worker running a task to confirm it terminated it.
+TERMINATE_REPLY_TIMEOUT = 2.0
+
 
 def find_run(task_id: str, using: str | None = None) -> JobRun | None:
     """The newest run recorded for the Celery task ``task_id``."""
@@ -43,6 +50,9 @@ def find_run(task_id: str, using: str | None = None) -> JobRun | None:
 
 
 # The sender.
+
+# Runs recorded by before_task_publish whose message is not on the broker yet: task id → run id.
+_unconfirmed: dict[Any, Any] = {}
 
 
 @contrib.never_raises
@@ -64,14 +74,60 @@ def _published(
         else ((), {})
     )
     attempt = int(headers.get("retries") or 0) + 1
-    _execution.record_queued(
+    created = _execution.record_queued(
         SOURCE,
         task_id,
         name,
+        # A first publish carries a new task id: no run can have it yet.
+        fresh=attempt == 1,
         queue=routing_key or "",
         params=contrib.params_of(args, kwargs),
         attempt=attempt,
     )
+    if created is not None:
+        _unconfirmed[task_id] = created
+
+
+@contrib.never_raises
+def _confirmed(
+    sender: Any = None, headers: dict[str, Any] | None = None, **extra: Any
+) -> None:
+    _unconfirmed.pop((headers or {}).get("id"), None)
+
+
+@contrib.never_raises
+def _not_published(task_id: Any) -> None:
+    """The publish of a task raised: its run, if this process recorded it, goes."""
+    created = _unconfirmed.pop(task_id, None)
+    if created is not None:
+        _execution.forget_queued(created, SOURCE, str(task_id))
+
+
+def _guard(app: Celery) -> None:
+    """Make ``app``'s publishing forget the run of a task whose message the broker refused.
+
+    Celery sends ``before_task_publish`` before the message goes out and no signal when
+    it fails, so the app's ``amqp.send_task_message`` is wrapped, once per app.
+    """
+    amqp = app.amqp
+    send = amqp.send_task_message
+    if getattr(send, "_jobstatus_guard", False):
+        return
+
+    @functools.wraps(send)
+    def guarded(
+        producer: Any, name: str, message: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            return send(producer, name, message, *args, **kwargs)
+        except BaseException:
+            headers = getattr(message, "headers", None)
+            if isinstance(headers, dict):
+                _not_published(headers.get("id"))
+            raise
+
+    guarded._jobstatus_guard = True  # type: ignore[attr-defined]
+    amqp.send_task_message = guarded
 
 
 # The pool process that executes the task.
@@ -299,9 +355,44 @@ class CeleryBackend:
     def app(self) -> Celery:
         return self._app or current_app
 
-    def kill(self, run: JobRun) -> None:
-        if run.backend_job_id:
-            self.app.control.revoke(run.backend_job_id, terminate=True)
+    def kill(self, run: JobRun, *, force: bool = False) -> str | None:
+        task_id = run.backend_job_id
+        if not task_id:
+            return None
+        control = self.app.control
+        node = run.worker.rsplit(":", 1)[0] if run.worker else ""
+        if not (force and run.started_at is not None and node):
+            # Running: terminated on the prefork, eventlet and gevent pools; waiting: skipped.
+            control.revoke(task_id, terminate=True)
+            return None
+        # Forced, and running: every worker skips it from now on, and the one running it
+        # is asked to terminate it and to say whether it did.
+        control.revoke(task_id)
+        replies = control.revoke(
+            task_id,
+            terminate=True,
+            destination=[node],
+            reply=True,
+            timeout=TERMINATE_REPLY_TIMEOUT,
+            limit=1,
+        )
+        answers = [answer for reply in replies or () for answer in reply.values()]
+        if not answers:
+            return str(
+                _(
+                    "Celery worker %(node)s did not answer the terminate request within %(timeout)g s: "
+                    "its pool cannot terminate a task (solo or threads), or it is busy or gone. "
+                    "The task stops at its next progress call, or runs to its end."
+                )
+                % {"node": node, "timeout": TERMINATE_REPLY_TIMEOUT}
+            )
+        answer = answers[0]
+        if isinstance(answer, dict) and "error" in answer:
+            return str(
+                _("Celery worker %(node)s could not terminate it: %(error)s")
+                % {"node": node, "error": answer["error"]}
+            )
+        return None
 
     def retry(self, run: JobRun) -> JobRun:
         params = run.params if isinstance(run.params, dict) else {}
@@ -325,6 +416,7 @@ class CeleryBackend:
 
 _RECEIVERS: list[tuple[Any, Any]] = [
     (signals.before_task_publish, _published),
+    (signals.after_task_publish, _confirmed),
     (signals.task_prerun, _prerun),
     (signals.task_success, _succeeded),
     (signals.task_failure, _failed),
@@ -341,9 +433,13 @@ def _uid(receiver: Any) -> str:
 
 
 def connect(app: Celery | None = None) -> None:
-    """Record Celery tasks; kill/retry through ``app`` (default: Celery's current app). Idempotent."""
+    """Record Celery tasks; kill/retry through ``app`` (default: Celery's current app). Idempotent.
+
+    Tasks ``app`` fails to publish leave no run behind (see ``_guard``).
+    """
     for signal, receiver in _RECEIVERS:
         signal.connect(receiver, weak=False, dispatch_uid=_uid(receiver))
+    _guard(app or current_app._get_current_object())
     contrib.register(SOURCE, CeleryBackend(app))
 
 

@@ -28,7 +28,9 @@ only ``execute_job`` and ``perform``, whose signatures did not change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import django_rq
@@ -74,9 +76,23 @@ def _fields(job: rq.job.Job) -> dict[str, Any]:
 
 
 @contrib.never_raises
-def _record_queued(job: rq.job.Job) -> None:
-    if _connected:
-        _execution.record_queued(SOURCE, job.id, _name(job), **_fields(job))
+def _record_queued(job: rq.job.Job) -> Any:
+    """Record ``job``'s run as queued; the id of the run created, or None."""
+    if not _connected:
+        return None
+    return _execution.record_queued(
+        SOURCE,
+        job.id,
+        _name(job),
+        fresh=getattr(job, _FRESH, False),
+        **_fields(job),
+    )
+
+
+# Set on a job made by Queue.create_job() with a new id: no run can have that id yet.
+_FRESH = "_jobstatus_fresh"
+# In a job's meta: the worker running it cannot stop it (a SimpleWorker).
+CANNOT_STOP = "jobstatus_cannot_stop"
 
 
 def _execution_of(job: rq.job.Job) -> Execution:
@@ -89,17 +105,54 @@ def _execution_of(job: rq.job.Job) -> Execution:
 
 
 class Queue(DjangoRQ):
-    """django-rq's queue that also records each enqueued or scheduled job as a queued run."""
+    """django-rq's queue that also records each enqueued or scheduled job as a queued run.
 
-    # Recorded before RQ has it, so that a worker never starts a job whose run is not there yet.
+    The run is recorded before RQ has the job, so that a worker never starts a job whose
+    run is not there yet; when the push to Redis fails, the run goes again and the error
+    is raised. (A push in a pipeline the caller executes later cannot be seen failing:
+    such a run stays queued until ``reap_jobstatus --queued-timeout`` ends it.)
+    """
 
-    def enqueue_job(self, job: rq.job.Job, *args: Any, **kwargs: Any) -> rq.job.Job:
-        _record_queued(job)
-        return super().enqueue_job(job, *args, **kwargs)
+    def create_job(self, *args: Any, **kwargs: Any) -> rq.job.Job:
+        job = super().create_job(*args, **kwargs)
+        if kwargs.get("job_id") is None:
+            setattr(job, _FRESH, True)
+        return job
 
-    def schedule_job(self, job: rq.job.Job, *args: Any, **kwargs: Any) -> rq.job.Job:
-        _record_queued(job)
-        return super().schedule_job(job, *args, **kwargs)
+    def enqueue_job(
+        self, job: rq.job.Job, pipeline: Any = None, *args: Any, **kwargs: Any
+    ) -> rq.job.Job:
+        created = _record_queued(job)
+        with _forgotten_if_refused(job, created, pipeline):
+            return super().enqueue_job(job, pipeline, *args, **kwargs)
+
+    def schedule_job(
+        self,
+        job: rq.job.Job,
+        datetime: Any,
+        pipeline: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> rq.job.Job:
+        created = _record_queued(job)
+        with _forgotten_if_refused(job, created, pipeline):
+            return super().schedule_job(job, datetime, pipeline, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _forgotten_if_refused(
+    job: rq.job.Job, created: Any, pipeline: Any
+) -> Iterator[None]:
+    """Delete the run ``created`` for ``job`` when the push to Redis in the block raises."""
+    try:
+        yield
+    except BaseException:
+        if created is not None and pipeline is None:
+            _execution.forget_queued(created, SOURCE, job.id)
+        raise
+    finally:
+        if hasattr(job, _FRESH):
+            delattr(job, _FRESH)  # enqueued once; a later enqueue of it is no new job
 
 
 # The work horse.
@@ -119,6 +172,11 @@ class Job(rq.job.Job):
             _start(execution)
         assert execution is not None  # noqa: S101 (for the type checker)
         try:
+            handle = execution.handle
+            if handle is not None and handle.run.kill_requested:
+                # Asked to stop (or killed) while it waited, e.g. for an RQ Retry: the
+                # job's code does not run again.
+                raise JobKilled(self.id)
             result = super().perform()
         except BaseException as exc:
             # Here the exception and its traceback are known. RQ retries the job when it
@@ -268,8 +326,28 @@ class SimpleWorker(_Recording, rq.SimpleWorker):
         super().__init__(*args, **kwargs)
         self.push_exc_handler(_abandoned)  # type: ignore[no-untyped-call]
 
+    def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> Any:
+        if _connected:
+            # So that a forced kill can say it cannot stop it.
+            job.meta[CANNOT_STOP] = True
+            with contextlib.suppress(Exception):
+                job.save_meta()  # type: ignore[no-untyped-call]
+        return super().execute_job(job, queue)
+
 
 # Kill and retry.
+
+
+# RQ statuses of a job that no worker is running.
+_WAITING = frozenset(
+    {JobStatus.CREATED, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+)
+
+
+def _canceled(run: JobRun, alias: str) -> None:
+    current = JobRun.objects.using(alias).filter(pk=run.pk).first()
+    if current is not None and current.is_active and current.status != Status.RUNNING:
+        current.mark_killed(using=alias, message=str(_("Canceled before it ran.")))
 
 
 class RQBackend:
@@ -281,35 +359,37 @@ class RQBackend:
     def connection(self, run: JobRun) -> Redis:
         return self._connection or django_rq.get_connection(run.queue or "default")
 
-    def kill(self, run: JobRun) -> None:
+    def kill(self, run: JobRun, *, force: bool = False) -> str | None:
         connection = self.connection(run)
         try:
-            send_stop_job_command(connection, run.backend_job_id)
-            return
+            job = rq.job.Job.fetch(run.backend_job_id, connection=connection)
         except NoSuchJobError:
-            logger.warning(
-                "RQ has no job %s any more; run %s cannot be stopped through it.",
-                run.backend_job_id,
-                run.pk,
+            return str(
+                _("RQ has no job %(id)s any more: it cannot be stopped through RQ.")
+                % {"id": run.backend_job_id}
             )
-            return
-        except InvalidJobOperation:
-            pass  # not executing: queued, scheduled or deferred
-        try:
-            rq.job.Job.fetch(run.backend_job_id, connection=connection).cancel()
-        except (NoSuchJobError, InvalidJobOperation):
-            logger.info(
-                "RQ job %s could not be canceled.", run.backend_job_id, exc_info=True
-            )
-
-        def record(alias: str) -> None:
-            current = JobRun.objects.using(alias).get(pk=run.pk)
-            if current.status != Status.RUNNING:
-                current.mark_killed(
-                    using=alias, message=str(_("Canceled before it ran."))
+        status = job.get_status(refresh=False)
+        if status == JobStatus.STARTED:
+            if job.meta.get(CANNOT_STOP):
+                return str(
+                    _(
+                        "it runs on an RQ SimpleWorker, which cannot stop a job: it stops at "
+                        "its next progress call, or runs to its end."
+                    )
                 )
-
-        _execution.best_effort(record, f"the cancel of RQ job {run.backend_job_id}")
+            send_stop_job_command(connection, job.id)
+            return None
+        if status in _WAITING:
+            # Queued, scheduled (e.g. waiting for an RQ Retry) or deferred: RQ drops it.
+            # (job.worker_name still names the worker of an earlier attempt: a stop-job
+            # command would go to a worker that is not running it.)
+            with contextlib.suppress(InvalidJobOperation):  # canceled already
+                job.cancel()
+            _execution.best_effort(
+                lambda alias: _canceled(run, alias),
+                f"the cancel of RQ job {run.backend_job_id}",
+            )
+        return None  # finished, failed, stopped or canceled: nothing to stop
 
     def retry(self, run: JobRun) -> JobRun:
         params = run.params if isinstance(run.params, dict) else {}

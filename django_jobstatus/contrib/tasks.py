@@ -27,6 +27,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext as _
 
 from django_jobstatus import batches, compat, contrib
 from django_jobstatus.conf import settings
@@ -320,10 +321,17 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
 class TasksBackend:
     """Kill is cooperative; retry enqueues the task again with the same arguments."""
 
-    def kill(self, run: JobRun) -> None:
-        # The request is already recorded: the task sees it at its next check_kill(),
-        # and a task still waiting is refused when a worker picks it up.
-        return None
+    def kill(self, run: JobRun, *, force: bool = False) -> str | None:
+        # The request is already recorded: the task sees it at its next progress call or
+        # check_kill(), and a task still waiting is refused when a worker picks it up.
+        if run.started_at is None:
+            return None
+        return str(
+            _(
+                "Django's tasks framework cannot stop a running task: it stops at its next "
+                "progress call or check_kill(), or runs to its end."
+            )
+        )
 
     def retry(self, run: JobRun) -> JobRun:
         from django_jobstatus.models import JobRun

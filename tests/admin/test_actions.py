@@ -54,7 +54,7 @@ def test_request_kill_tells_the_integration(admin_client, make_run):
     killed: list[Any] = []
 
     class Backend:
-        def kill(self, run):
+        def kill(self, run, *, force=False):
             killed.append(run.pk)
 
         def retry(self, run):  # pragma: no cover - not used here
@@ -85,7 +85,7 @@ def test_retry_with_and_without_an_integration(admin_client, make_run):
     retried: list[Any] = []
 
     class Backend:
-        def kill(self, run):  # pragma: no cover - not used here
+        def kill(self, run, *, force=False):  # pragma: no cover - not used here
             pass
 
         def retry(self, run):

@@ -98,7 +98,7 @@ def test_retry_button(admin_client, make_run):
     assert "cannot be retried" in response.content.decode()
 
     class Backend:
-        def kill(self, run):  # pragma: no cover
+        def kill(self, run, *, force=False):  # pragma: no cover
             pass
 
         def retry(self, run):

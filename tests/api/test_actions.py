@@ -129,7 +129,7 @@ class Recorder:
     def __init__(self):
         self.killed = []
 
-    def kill(self, run):
+    def kill(self, run, *, force=False):
         self.killed.append(run.pk)
 
     def retry(self, run):
@@ -175,7 +175,13 @@ def test_bulk_kill_by_ids(api, make_run):
         f"{BASE}kill/", {"ids": [str(a.pk), str(b.pk), str(done.pk)]}, format="json"
     )
     assert response.status_code == 200
-    assert response.json() == {"matched": 3, "active": 2, "asked": 2}
+    assert response.json() == {
+        "matched": 3,
+        "active": 2,
+        "asked": 2,
+        "killed": 0,
+        "not_stopped": [],
+    }
     assert set(JobRun.objects.kill_requested().values_list("pk", flat=True)) == {
         a.pk,
         b.pk,
@@ -187,6 +193,8 @@ def test_bulk_kill_by_ids(api, make_run):
         "matched": 1,
         "active": 1,
         "asked": 0,
+        "killed": 0,
+        "not_stopped": [],
     }
 
 
@@ -195,7 +203,13 @@ def test_bulk_kill_by_list_filters(api, make_run):
     make_run("imports", status=Status.QUEUED)
     make_run("exports")
     response = api.post(f"{BASE}kill/?job_name=imports")
-    assert response.json() == {"matched": 2, "active": 2, "asked": 2}
+    assert response.json() == {
+        "matched": 2,
+        "active": 2,
+        "asked": 2,
+        "killed": 0,
+        "not_stopped": [],
+    }
     assert set(JobRun.objects.kill_requested().values_list("job_name", flat=True)) == {
         "imports"
     }

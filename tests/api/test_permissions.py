@@ -179,6 +179,8 @@ def test_owner_scope_lets_a_user_kill_only_their_runs_and_delete_none(
         "matched": 2,
         "active": 1,
         "asked": 1,
+        "killed": 0,
+        "not_stopped": [],
     }
     assert client.post(f"{BASE}{mine.pk}/kill/").status_code == 202
     assert client.delete(f"{BASE}{done.pk}/").status_code == 403

@@ -19,7 +19,8 @@ class Command(BaseCommand):
     def help(self) -> str:  # type: ignore[override]
         # A property: argparse needs a str, and translating needs the active language.
         return _(
-            "Mark as lost every running job run whose heartbeat (or start) is older than the timeout."
+            "Mark as lost every running job run whose heartbeat (or start) is older than the "
+            "timeout; with --queued-timeout, also end the runs queued too long."
         )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,16 @@ class Command(BaseCommand):
             default=settings.HEARTBEAT_TIMEOUT,
             help=_(
                 "Seconds without a heartbeat after which a running run is lost (default: %(default)r)"
+            ),
+        )
+        parser.add_argument(
+            "--queued-timeout",
+            type=seconds,
+            default=settings.QUEUED_TIMEOUT,
+            help=_(
+                "Also end, killed, every run queued longer than this many seconds: no worker "
+                "started it, its message was probably lost (default: %(default)r, "
+                "JOBSTATUS['QUEUED_TIMEOUT']; None: never)"
             ),
         )
         parser.add_argument(
@@ -58,6 +69,7 @@ class Command(BaseCommand):
         self,
         *,
         timeout: float,
+        queued_timeout: float | None,
         dry_run: bool,
         database: str,
         quiet: bool,
@@ -66,35 +78,30 @@ class Command(BaseCommand):
     ) -> None:
         loud = verbosity > 0 and not quiet
         try:
+            runs = JobRun.objects.using(database)
             if dry_run:
                 stale = list(
-                    JobRun.objects.using(database)
-                    .stale(timeout)
+                    runs.stale(timeout)
                     .order_by("pk")
                     .values_list("pk", "job_name", "worker")
                 )
+                waiting = (
+                    list(
+                        runs.stale_queued(queued_timeout)
+                        .order_by("pk")
+                        .values_list("pk", "job_name")
+                    )
+                    if queued_timeout is not None
+                    else []
+                )
             else:
-                result = JobRun.objects.using(database).reap(timeout)
+                result = runs.reap(timeout, queued_timeout=queued_timeout)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         if not loud:
             return
         if dry_run:
-            for pk, job_name, worker in stale:
-                self.stdout.write(
-                    _("%(job_name)s %(pk)s (worker %(worker)s)")
-                    % {"job_name": job_name, "pk": pk, "worker": worker or "?"}
-                )
-            self.stdout.write(
-                self.style.SUCCESS(
-                    ngettext(
-                        "Dry run: %(count)d run would be marked lost; nothing was changed.",
-                        "Dry run: %(count)d runs would be marked lost; nothing was changed.",
-                        len(stale),
-                    )
-                    % {"count": len(stale)}
-                )
-            )
+            self._dry_run(stale, waiting, queued_timeout)
             return
         self.stdout.write(
             self.style.SUCCESS(
@@ -112,5 +119,54 @@ class Command(BaseCommand):
                     )
                     % {"n": result.finished},
                 }
+            )
+        )
+        if queued_timeout is not None:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    ngettext(
+                        "Ended %(expired)d run queued too long (killed).",
+                        "Ended %(expired)d runs queued too long (killed).",
+                        result.expired,
+                    )
+                    % {"expired": result.expired}
+                )
+            )
+
+    def _dry_run(
+        self,
+        stale: list[tuple[Any, str, str]],
+        waiting: list[tuple[Any, str]],
+        queued_timeout: float | None,
+    ) -> None:
+        for pk, job_name, worker in stale:
+            self.stdout.write(
+                _("%(job_name)s %(pk)s (worker %(worker)s)")
+                % {"job_name": job_name, "pk": pk, "worker": worker or "?"}
+            )
+        self.stdout.write(
+            self.style.SUCCESS(
+                ngettext(
+                    "Dry run: %(count)d run would be marked lost; nothing was changed.",
+                    "Dry run: %(count)d runs would be marked lost; nothing was changed.",
+                    len(stale),
+                )
+                % {"count": len(stale)}
+            )
+        )
+        if queued_timeout is None:
+            return
+        for pk, job_name in waiting:
+            self.stdout.write(
+                _("%(job_name)s %(pk)s (queued)") % {"job_name": job_name, "pk": pk}
+            )
+        self.stdout.write(
+            self.style.SUCCESS(
+                ngettext(
+                    "Dry run: %(count)d run queued too long would be ended killed; nothing was changed.",
+                    "Dry run: %(count)d runs queued too long would be ended killed; nothing was changed.",
+                    len(waiting),
+                )
+                % {"count": len(waiting)}
             )
         )

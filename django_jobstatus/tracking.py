@@ -27,8 +27,10 @@ from django.db import (
 )
 from django.utils import timezone
 
+from django_jobstatus import own_connections
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
+from django_jobstatus.heartbeats import heartbeats
 
 if TYPE_CHECKING:
     from django_jobstatus.models import JobLog, JobRun
@@ -63,19 +65,8 @@ def tracking_database() -> str:
         return alias
     side = alias + SIDE_SUFFIX
     if side not in connections.settings:
-        side_settings = {
-            **connection.settings_dict,
-            "AUTOCOMMIT": True,
-            "ATOMIC_REQUESTS": False,
-        }
-        if connection.vendor == "postgresql":
-            # Never wait for ever on a row the job's own transaction holds.
-            options = dict(side_settings.get("OPTIONS") or {})
-            options["options"] = (
-                f"{options.get('options', '')} -c lock_timeout=10000".strip()
-            )
-            side_settings["OPTIONS"] = options
-        connections.settings[side] = side_settings
+        # Never waits for ever on a row the job's own transaction holds.
+        connections.settings[side] = own_connections.side_settings(alias)
     return side
 
 
@@ -424,11 +415,13 @@ class JobHandle:
     # current_job().
 
     def activate(self) -> Token[JobHandle | None]:
-        """Make this the handle ``current_job()`` returns in this context."""
+        """Make this the handle ``current_job()`` returns in this context; the process beats for its run."""
+        heartbeats.add(self)
         return _current.set(self)
 
-    @staticmethod
-    def deactivate(token: Token[JobHandle | None]) -> None:
+    def deactivate(self, token: Token[JobHandle | None]) -> None:
+        """Undo ``activate()``: no more beats for the run, and ``current_job()`` as before."""
+        heartbeats.discard(self)
         _current.reset(token)
 
 

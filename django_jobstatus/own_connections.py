@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
 
 # Longest wait of a tracking write for a lock the job's own transaction holds, in ms.
 LOCK_TIMEOUT_MS = 10_000
+TRACKING = (
+    "tracking"  # the purpose of the connection a worker writes its runs' state through
+)
+
+# Whether this process is a worker that writes its runs' state through an own connection.
+_tracking = False
 
 # Every own connection made in this process: (alias, wrapper).
 _made: list[tuple[str, BaseDatabaseWrapper]] = []
@@ -66,9 +73,32 @@ def own(alias: str, purpose: str) -> str:
         wrapper = backend.DatabaseWrapper(settings_dict, name)
         connections[name] = wrapper
         _made.append((name, wrapper))
-    # A connection that raised a database error is tested before it is used again.
-    wrapper.close_if_unusable_or_obsolete()
+    if not wrapper.in_atomic_block:
+        # A connection that raised a database error is tested before it is used again.
+        wrapper.close_if_unusable_or_obsolete()
     return name
+
+
+def track_through_own() -> None:
+    """From now on, write the state of running jobs through own connections (in a worker process)."""
+    global _tracking
+    _tracking = True
+
+
+def tracks_through_own() -> bool:
+    return _tracking
+
+
+@contextlib.contextmanager
+def tracking_through_own() -> Iterator[None]:
+    """Within the block, write through own connections; then close this thread's (a worker's loop)."""
+    global _tracking
+    before, _tracking = _tracking, True
+    try:
+        yield
+    finally:
+        _tracking = before
+        close(TRACKING)
 
 
 def close(purpose: str | None = None) -> None:

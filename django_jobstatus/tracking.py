@@ -54,14 +54,22 @@ def tracking_database() -> str:
     atomic block: then a second connection to the same database (autocommit), so the
     writes are visible at once and survive a rollback. SQLite allows one writer at a
     time, so there the writes join the open transaction instead; so do they inside a
-    TestCase, whose transaction a second connection could not see.
+    TestCase, whose transaction a second connection could not see. A worker process
+    (``own_connections.track_through_own()``) writes through a connection of its own,
+    kept open across tasks.
     """
     alias: str = settings.DATABASE
     connection = connections[alias]
-    if not connection.in_atomic_block or connection.vendor == "sqlite":
-        return alias
-    if any(getattr(b, "_from_testcase", False) for b in connection.atomic_blocks):
+    if connection.in_atomic_block and (
+        connection.vendor == "sqlite"
         # Inside Django's TestCase everything stays in the test's transaction, as on_commit does.
+        or any(getattr(b, "_from_testcase", False) for b in connection.atomic_blocks)
+    ):
+        return alias
+    if own_connections.tracks_through_own():
+        # A worker: a connection kept open across tasks (Celery closes the others around each).
+        return own_connections.own(alias, own_connections.TRACKING)
+    if not connection.in_atomic_block:
         return alias
     side = alias + SIDE_SUFFIX
     if side not in connections.settings:
@@ -308,6 +316,9 @@ class JobHandle:
         the job's own, so a failed write does not break it)."""
         from django_jobstatus.models import JobLog
 
+        if not self._logs and not connections[alias].in_atomic_block:
+            action()  # one statement: no BEGIN and COMMIT around it
+            return
         with transaction.atomic(
             using=alias, savepoint=connections[alias].in_atomic_block
         ):

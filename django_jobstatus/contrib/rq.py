@@ -41,7 +41,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, own_connections
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import JobKilled
@@ -162,6 +162,13 @@ def _end_here(execution: Execution, exc: BaseException, *, retry: bool) -> None:
 
 class _Recording:
     """``execute_job`` around the work horse: running before it, the outcome after it."""
+
+    def work(self, *args: Any, **kwargs: Any) -> Any:
+        if not _connected:
+            return super().work(*args, **kwargs)  # type: ignore[misc]
+        # One connection for the worker's whole loop (a forked work horse forgets it).
+        with own_connections.tracking_through_own():
+            return super().work(*args, **kwargs)  # type: ignore[misc]
 
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> Any:
         if not _connected:

@@ -181,7 +181,8 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
         return
     _running.set((str(task_result.id), execution, _running.get()))
     run = execution.handle.run if execution.handle is not None else None
-    if run is not None and execution.recorded and not _is_inline(sender):
+    if run is not None and execution.created and not _is_inline(sender):
+        # A run of its own: the enqueueing may be recorded now, as a queued twin.
         try:
             if _merge_twins(str(task_result.id), run._state.db or settings.DATABASE):
                 run.refresh_from_db(fields=["parent", "kill_requested_at"])

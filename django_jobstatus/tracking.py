@@ -262,6 +262,16 @@ class JobHandle:
 
     # Writing.
 
+    @property
+    def has_news(self) -> bool:
+        """Whether the job reported anything this handle has not written yet (progress, logs, a result)."""
+        return (
+            self._dirty
+            or bool(self._logs)
+            or (self._has_errors and not self.run.has_errors)
+            or self._result != self.run.result
+        )
+
     def _pending_fields(self) -> dict[str, Any]:
         now = timezone.now()
         fields: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}

@@ -16,7 +16,9 @@ Enable with::
   crashed or was killed by the OOM killer), ``retrying`` (RQ's ``Retry``), ``killed``
   (stopped or canceled) or ``succeeded``;
 - ``Job.perform`` (the work horse): ``current_job()`` works inside the job, its progress
-  and logs are flushed when it ends, and a success is recorded with the result;
+  and logs are flushed when it ends, and a success is recorded with the result (a job
+  that reported nothing leaves its success to the main process, which reads the result
+  from RQ: the horse then needs no database connection);
 - a worker that died is noticed by RQ's cleanup of abandoned jobs (``lost``), or by
   ``reap_jobstatus``.
 
@@ -29,6 +31,7 @@ only ``execute_job`` and ``perform``, whose signatures did not change.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import django_rq
@@ -54,6 +57,8 @@ SOURCE = "rq"
 _connected = False
 # The execution of each job this process runs; a forked work horse inherits it.
 _executions: dict[str, Execution] = {}
+# The process that recorded the start of the executions above (a work horse's parent).
+_recorder = 0
 
 
 def find_run(job_id: str, using: str | None = None) -> JobRun | None:
@@ -132,11 +137,31 @@ class Job(rq.job.Job):
             )
             raise
         else:
-            _finish(execution, result)
+            if own or not _parent_records(self, execution):
+                _finish(execution, result)
             return result
         finally:
             if own:
                 execution.close()
+
+
+def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
+    """Whether the worker's main process can record this success as well as this work horse.
+
+    It can when this is a fork of it that recorded the start, the job reported nothing
+    that is not written yet and wrote nothing so far (this horse has no database
+    connection), and RQ keeps the result for it to read: then the horse does not connect
+    to the database at all.
+    """
+    handle = execution.handle
+    return (
+        _recorder not in (0, os.getpid())
+        and execution.recorded
+        and handle is not None
+        and handle.writes == 0
+        and not handle.has_news
+        and job.result_ttl != 0
+    )
 
 
 @contrib.never_raises
@@ -173,8 +198,10 @@ class _Recording:
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> Any:
         if not _connected:
             return super().execute_job(job, queue)  # type: ignore[misc]
+        global _recorder
         execution = _execution_of(job)
         _executions[job.id] = execution
+        _recorder = os.getpid()
         _start(execution)
         # The work horse is a fork of this process: it must not share its database connections.
         connections.close_all()

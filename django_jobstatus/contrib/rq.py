@@ -59,6 +59,8 @@ _connected = False
 _executions: dict[str, Execution] = {}
 # The process that recorded the start of the executions above (a work horse's parent).
 _recorder = 0
+# In a job's meta: its work horse recorded the success (the main process need not look).
+RECORDED = "django_jobstatus_recorded"
 
 
 def find_run(job_id: str, using: str | None = None) -> JobRun | None:
@@ -137,12 +139,22 @@ class Job(rq.job.Job):
             )
             raise
         else:
-            if own or not _parent_records(self, execution):
+            if own:
                 _finish(execution, result)
+            elif not _parent_records(self, execution):
+                _finish(execution, result)
+                _tell_parent(self)
             return result
         finally:
             if own:
                 execution.close()
+
+
+@contrib.never_raises
+def _tell_parent(job: rq.job.Job) -> None:
+    """Let the worker's main process know that this work horse recorded the success."""
+    job.meta[RECORDED] = True
+    job.save_meta()  # type: ignore[no-untyped-call]
 
 
 def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
@@ -226,14 +238,29 @@ def _error_fields(job: rq.job.Job) -> dict[str, str]:
     return {"error": lines[-1] if lines else "", "traceback": text}
 
 
+def _return_value(job: rq.job.Job) -> Any:
+    try:
+        return job.return_value(refresh=True)
+    except Exception:  # a result RQ cannot load
+        logger.debug("Could not load the result of RQ job %s.", job.id, exc_info=True)
+        return None
+
+
 @contrib.never_raises
 def _record_outcome(job: rq.job.Job, execution: Execution) -> None:
     if execution.ended:
         return  # recorded in this process (SimpleWorker)
     try:
-        status = job.get_status(refresh=True)
+        job.refresh()  # type: ignore[no-untyped-call]  # its status and meta, in one read
+        status = job.get_status(refresh=False)
     except (InvalidJobOperation, NoSuchJobError):
         status = None  # deleted already (result_ttl=0): it finished
+    if status == JobStatus.FINISHED and execution.recorded:
+        if not job.meta.get(
+            RECORDED
+        ):  # the work horse left the success to this process
+            execution.end(result=_return_value(job))
+        return
     # The work horse recorded what it could; this process knows only what it recorded itself.
     found = contrib.durably(
         lambda: (find_run(job.id),), f"the outcome of RQ job {job.id}"
@@ -246,15 +273,7 @@ def _record_outcome(job: rq.job.Job, execution: Execution) -> None:
             return  # recorded by the work horse, or another worker runs its retry already
         execution.adopt(run)
     if status in (JobStatus.FINISHED, None):
-        value = None
-        if status is not None:
-            try:
-                value = job.return_value(refresh=True)
-            except Exception:  # a result RQ cannot load
-                logger.debug(
-                    "Could not load the result of RQ job %s.", job.id, exc_info=True
-                )
-        execution.end(result=value)
+        execution.end(result=_return_value(job) if status is not None else None)
     elif status in (JobStatus.STOPPED, JobStatus.CANCELED):
         execution.end(JobKilled(job.id), message=str(_("Stopped through RQ.")))
     elif status == JobStatus.FAILED:

@@ -29,6 +29,7 @@ QUICK = {
     ],
     "bench_purge": ["--runs", "30000", "--logs", "300000"],
     "bench_connections": ["--requests", "100", "--rounds", "1", "--runs", "2000"],
+    "bench_integrations": ["--quick"],
 }
 
 

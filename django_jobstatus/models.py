@@ -496,11 +496,15 @@ class JobRun(models.Model):
         for field, stamp in stamps.items():
             if new_attempt or getattr(self, field) is None:
                 setattr(self, field, stamp)
+        self._announce(previous, target, db)
+
+    def _announce(self, previous: str, target: str, using: str) -> None:
+        """Send job_status_changed for a move this run made, once its transaction commits."""
         transaction.on_commit(
             lambda: job_status_changed.send(
                 sender=JobRun, run=self, previous=previous, status=target
             ),
-            using=db,
+            using=using,
         )
 
     def _next_attempt(self, outcome: str, error: str, now: datetime) -> dict[str, Any]:

@@ -32,8 +32,10 @@ from django.db import (
 )
 from django.utils import timezone
 
+from django_jobstatus import own_connections
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
+from django_jobstatus.heartbeats import heartbeats
 
 if TYPE_CHECKING:
     from django_jobstatus.models import JobLog, JobRun
@@ -57,30 +59,27 @@ def tracking_database() -> str:
     atomic block: then a second connection to the same database (autocommit), so the
     writes are visible at once and survive a rollback. SQLite allows one writer at a
     time, so there the writes join the open transaction instead; so do they inside a
-    TestCase, whose transaction a second connection could not see.
+    TestCase, whose transaction a second connection could not see. A worker process
+    (``own_connections.track_through_own()``) writes through a connection of its own,
+    kept open across tasks.
     """
     alias: str = settings.DATABASE
     connection = connections[alias]
-    if not connection.in_atomic_block or connection.vendor == "sqlite":
-        return alias
-    if any(getattr(b, "_from_testcase", False) for b in connection.atomic_blocks):
+    if connection.in_atomic_block and (
+        connection.vendor == "sqlite"
         # Inside Django's TestCase everything stays in the test's transaction, as on_commit does.
+        or any(getattr(b, "_from_testcase", False) for b in connection.atomic_blocks)
+    ):
+        return alias
+    if own_connections.tracks_through_own():
+        # A worker: a connection kept open across tasks (Celery closes the others around each).
+        return own_connections.own(alias, own_connections.TRACKING)
+    if not connection.in_atomic_block:
         return alias
     side = alias + SIDE_SUFFIX
     if side not in connections.settings:
-        side_settings = {
-            **connection.settings_dict,
-            "AUTOCOMMIT": True,
-            "ATOMIC_REQUESTS": False,
-        }
-        if connection.vendor == "postgresql":
-            # Never wait for ever on a row the job's own transaction holds.
-            options = dict(side_settings.get("OPTIONS") or {})
-            options["options"] = (
-                f"{options.get('options', '')} -c lock_timeout=10000".strip()
-            )
-            side_settings["OPTIONS"] = options
-        connections.settings[side] = side_settings
+        # Never waits for ever on a row the job's own transaction holds.
+        connections.settings[side] = own_connections.side_settings(alias)
     return side
 
 
@@ -303,6 +302,16 @@ class JobHandle:
 
     # Writing.
 
+    @property
+    def has_news(self) -> bool:
+        """Whether the job reported anything this handle has not written yet (progress, logs, a result)."""
+        return (
+            self._dirty
+            or bool(self._logs)
+            or (self._has_errors and not self.run.has_errors)
+            or self._result != self.run.result
+        )
+
     def _pending_fields(self) -> dict[str, Any]:
         from django_jobstatus.models import BIGINT_MAX
 
@@ -391,6 +400,9 @@ class JobHandle:
         the job's own, so a failed write does not break it)."""
         from django_jobstatus.models import JobLog
 
+        if not self._logs and not connections[alias].in_atomic_block:
+            action()  # one statement: no BEGIN and COMMIT around it
+            return
         with transaction.atomic(
             using=alias, savepoint=connections[alias].in_atomic_block
         ):
@@ -522,11 +534,13 @@ class JobHandle:
     # current_job().
 
     def activate(self) -> Token[JobHandle | None]:
-        """Make this the handle ``current_job()`` returns in this context."""
+        """Make this the handle ``current_job()`` returns in this context; the process beats for its run."""
+        heartbeats.add(self)
         return _current.set(self)
 
-    @staticmethod
-    def deactivate(token: Token[JobHandle | None]) -> None:
+    def deactivate(self, token: Token[JobHandle | None]) -> None:
+        """Undo ``activate()``: no more beats for the run, and ``current_job()`` as before."""
+        heartbeats.discard(self)
         _current.reset(token)
 
 

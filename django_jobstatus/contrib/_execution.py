@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from contextvars import Token
 from logging import getLogger
-from typing import Any
+from typing import Any, cast
 
 from django.db import (
     DatabaseError,
@@ -20,6 +20,10 @@ from django.db import (
     connections,
     transaction,
 )
+from django.db.models import F, Subquery, Value
+from django.db.models.functions import Coalesce, Greatest
+from django.db.models.sql import UpdateQuery
+from django.utils import timezone
 
 from django_jobstatus import batches, contrib
 from django_jobstatus.exceptions import InvalidTransition
@@ -152,14 +156,22 @@ class Execution:
         self.handle: JobHandle | None = None
         self.token: Token[JobHandle | None] | None = None
         self.recorded = False
+        self.created = False  # whether record_start() made a new run (none was waiting)
         self.ended = False
 
     def __repr__(self) -> str:
         return f"<Execution {self.source} {self.backend_job_id}>"
 
     def record_start(self) -> JobRun:
-        """Upsert the run as running: queued/retrying → running, running → a restart, else a new run."""
+        """Upsert the run as running: queued/retrying → running, running → a restart, else a new run.
+
+        The common case, the task's run waiting queued, is one statement.
+        """
         alias = tracking_database()
+        run = self._start_queued(alias)
+        if run is not None:
+            self.recorded = True
+            return run
         with transaction.atomic(
             using=alias, savepoint=connections[alias].in_atomic_block
         ):
@@ -173,6 +185,7 @@ class Execution:
                     attempt=self.attempt,
                     **self.fields,
                 )
+                self.created = True
             else:
                 run.mark_running(worker=self.worker, using=alias)
                 if run.attempt < self.attempt:  # its earlier attempts were not recorded
@@ -183,10 +196,63 @@ class Execution:
         self.recorded = True
         return run
 
+    def _start_queued(self, alias: str) -> JobRun | None:
+        """queued → running in one UPDATE … RETURNING when the task's newest run is queued; else None.
+
+        The same conditional move as ``mark_running()``, without the SELECT that finds the
+        run first: the row comes back from the UPDATE itself.
+        """
+        connection = connections[alias]
+        if not connection.features.can_return_columns_from_insert:
+            return None  # no RETURNING (SQLite before 3.35): the general path
+        runs = JobRun.objects.using(alias)
+        newest = (
+            runs.filter(source=self.source, backend_job_id=self.backend_job_id)
+            .order_by("-created_at")
+            .values("pk")[:1]
+        )
+        now = timezone.now()
+        query = cast(
+            "UpdateQuery",
+            runs.filter(pk=Subquery(newest)).queued().query.chain(UpdateQuery),
+        )
+        query.add_update_values(
+            {
+                "status": Status.RUNNING,
+                "worker": self.worker,
+                "started_at": Coalesce(F("started_at"), Value(now)),
+                "heartbeat_at": now,
+                "updated_at": now,
+                "attempt": Greatest(F("attempt"), Value(self.attempt)),
+            }
+        )
+        sql, params = query.get_compiler(alias).as_sql()
+        columns = ", ".join(
+            connection.ops.quote_name(str(field.column))
+            for field in JobRun._meta.concrete_fields
+        )
+        savepoint = (
+            transaction.atomic(using=alias)
+            if connection.in_atomic_block
+            else contextlib.nullcontext()
+        )
+        with savepoint:
+            started = list(runs.raw(f"{sql} RETURNING {columns}", params))
+        if not started:
+            return None
+        run = started[0]
+        run._announce(Status.QUEUED, Status.RUNNING, alias)
+        return run
+
     def start(self) -> JobHandle:
         """Record the start (or, with the database away, try again at the end); activate the handle."""
         try:
-            run = self.record_start()
+            try:
+                run = self.record_start()
+            except (OperationalError, InterfaceError):
+                # A connection the server dropped while the worker idled: once more, anew.
+                _reset_connection(tracking_database())
+                run = self.record_start()
         except (DatabaseError, InvalidTransition):
             logger.warning(
                 "Could not record the start of %s job %s; trying again when it ends.",

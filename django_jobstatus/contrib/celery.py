@@ -31,7 +31,7 @@ from celery import Celery, current_app, signals, states
 from celery.exceptions import Retry, WorkerLostError
 from django.utils.translation import gettext as _
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, own_connections
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.models import JobRun, Status, default_worker, exception_text
@@ -175,6 +175,10 @@ def _prerun(
 ) -> None:
     if not task_id or task is None:
         return
+    if not getattr(task.request, "is_eager", False):
+        # In a worker: a connection kept open across tasks, which Celery's Django fixup,
+        # closing every connection it knows of around each task, does not close.
+        own_connections.track_through_own()
     execution = _execution_of(task_id, task, args, kwargs)
     _executions[task_id] = execution
     execution.start()

@@ -16,7 +16,9 @@ Enable with::
   crashed or was killed by the OOM killer), ``retrying`` (RQ's ``Retry``), ``killed``
   (stopped or canceled) or ``succeeded``;
 - ``Job.perform`` (the work horse): ``current_job()`` works inside the job, its progress
-  and logs are flushed when it ends, and a success is recorded with the result;
+  and logs are flushed when it ends, and a success is recorded with the result (a job
+  that reported nothing leaves its success to the main process, which reads the result
+  from RQ: the horse then needs no database connection);
 - a worker that died is noticed by RQ's cleanup of abandoned jobs (``lost``), or by
   ``reap_jobstatus``.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,7 +46,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, own_connections
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import JobKilled
@@ -56,6 +59,10 @@ SOURCE = "rq"
 _connected = False
 # The execution of each job this process runs; a forked work horse inherits it.
 _executions: dict[str, Execution] = {}
+# The process that recorded the start of the executions above (a work horse's parent).
+_recorder = 0
+# In a job's meta: its work horse recorded the success (the main process need not look).
+RECORDED = "django_jobstatus_recorded"
 
 
 def find_run(job_id: str, using: str | None = None) -> JobRun | None:
@@ -190,11 +197,41 @@ class Job(rq.job.Job):
             )
             raise
         else:
-            _finish(execution, result)
+            if own:
+                _finish(execution, result)
+            elif not _parent_records(self, execution):
+                _finish(execution, result)
+                _tell_parent(self)
             return result
         finally:
             if own:
                 execution.close()
+
+
+@contrib.never_raises
+def _tell_parent(job: rq.job.Job) -> None:
+    """Let the worker's main process know that this work horse recorded the success."""
+    job.meta[RECORDED] = True
+    job.save_meta()  # type: ignore[no-untyped-call]
+
+
+def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
+    """Whether the worker's main process can record this success as well as this work horse.
+
+    It can when this is a fork of it that recorded the start, the job reported nothing
+    that is not written yet and wrote nothing so far (this horse has no database
+    connection), and RQ keeps the result for it to read: then the horse does not connect
+    to the database at all.
+    """
+    handle = execution.handle
+    return (
+        _recorder not in (0, os.getpid())
+        and execution.recorded
+        and handle is not None
+        and handle.writes == 0
+        and not handle.has_news
+        and job.result_ttl != 0
+    )
 
 
 @contrib.never_raises
@@ -221,11 +258,20 @@ def _end_here(execution: Execution, exc: BaseException, *, retry: bool) -> None:
 class _Recording:
     """``execute_job`` around the work horse: running before it, the outcome after it."""
 
+    def work(self, *args: Any, **kwargs: Any) -> Any:
+        if not _connected:
+            return super().work(*args, **kwargs)  # type: ignore[misc]
+        # One connection for the worker's whole loop (a forked work horse forgets it).
+        with own_connections.tracking_through_own():
+            return super().work(*args, **kwargs)  # type: ignore[misc]
+
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> Any:
         if not _connected:
             return super().execute_job(job, queue)  # type: ignore[misc]
+        global _recorder
         execution = _execution_of(job)
         _executions[job.id] = execution
+        _recorder = os.getpid()
         _start(execution)
         # The work horse is a fork of this process: it must not share its database connections.
         connections.close_all()
@@ -250,14 +296,29 @@ def _error_fields(job: rq.job.Job) -> dict[str, str]:
     return {"error": lines[-1] if lines else "", "traceback": text}
 
 
+def _return_value(job: rq.job.Job) -> Any:
+    try:
+        return job.return_value(refresh=True)
+    except Exception:  # a result RQ cannot load
+        logger.debug("Could not load the result of RQ job %s.", job.id, exc_info=True)
+        return None
+
+
 @contrib.never_raises
 def _record_outcome(job: rq.job.Job, execution: Execution) -> None:
     if execution.ended:
         return  # recorded in this process (SimpleWorker)
     try:
-        status = job.get_status(refresh=True)
+        job.refresh()  # type: ignore[no-untyped-call]  # its status and meta, in one read
+        status = job.get_status(refresh=False)
     except (InvalidJobOperation, NoSuchJobError):
         status = None  # deleted already (result_ttl=0): it finished
+    if status == JobStatus.FINISHED and execution.recorded:
+        if not job.meta.get(
+            RECORDED
+        ):  # the work horse left the success to this process
+            execution.end(result=_return_value(job))
+        return
     # The work horse recorded what it could; this process knows only what it recorded itself.
     found = contrib.durably(
         lambda: (find_run(job.id),), f"the outcome of RQ job {job.id}"
@@ -270,15 +331,7 @@ def _record_outcome(job: rq.job.Job, execution: Execution) -> None:
             return  # recorded by the work horse, or another worker runs its retry already
         execution.adopt(run)
     if status in (JobStatus.FINISHED, None):
-        value = None
-        if status is not None:
-            try:
-                value = job.return_value(refresh=True)
-            except Exception:  # a result RQ cannot load
-                logger.debug(
-                    "Could not load the result of RQ job %s.", job.id, exc_info=True
-                )
-        execution.end(result=value)
+        execution.end(result=_return_value(job) if status is not None else None)
     elif status in (JobStatus.STOPPED, JobStatus.CANCELED):
         execution.end(JobKilled(job.id), message=str(_("Stopped through RQ.")))
     elif status == JobStatus.FAILED:

@@ -9,8 +9,9 @@ result id. Inside a running task ``current_job()`` returns its handle, so the ta
 report progress, log and check for a kill. A kill is cooperative (the framework cannot
 stop a task): the task sees it at its next ``check_kill()``, and a task asked to stop
 before it started is refused when the worker picks it up (``task_started`` raises
-JobKilled, the one exception a receiver lets through). A daemon thread beats for the
-runs executing in the process, so a task that reports nothing is not reaped as lost.
+JobKilled, the one exception a receiver lets through). The process beats for the runs
+it executes (``django_jobstatus.heartbeats``), so a task that reports nothing is not
+reaped as lost.
 Retry enqueues the task again (same path, arguments, queue and priority).
 """
 
@@ -18,13 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
@@ -183,9 +182,8 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
         return
     _running.set((str(task_result.id), execution, _running.get()))
     run = execution.handle.run if execution.handle is not None else None
-    if run is not None:
-        heartbeats.add(str(task_result.id), run.pk)
-    if run is not None and execution.recorded and not _is_inline(sender):
+    if run is not None and execution.created and not _is_inline(sender):
+        # A run of its own: the enqueueing may be recorded now, as a queued twin.
         try:
             if _merge_twins(str(task_result.id), run._state.db or settings.DATABASE):
                 run.refresh_from_db(fields=["parent", "kill_requested_at"])
@@ -195,64 +193,6 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
         # Asked to stop while it waited: the worker records this as the task's
         # failure, which ends the run killed, and the task's code never runs.
         raise JobKilled(f"Run {run.pk} was asked to stop before it started.")
-
-
-class _Heartbeats:
-    """A daemon thread that beats for the runs of the tasks executing in this process.
-
-    A task that reports nothing for HEARTBEAT_TIMEOUT seconds would otherwise look dead
-    to ``reap_jobstatus`` and be marked lost while it runs. The beats stop with the
-    process, so the run of a worker that died is still reaped.
-    """
-
-    def __init__(self) -> None:
-        self._runs: dict[str, Any] = {}  # task result id → run pk
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def add(self, task_id: str, pk: Any) -> None:
-        with self._lock:
-            self._runs[task_id] = pk
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._beat_forever, name="jobstatus-heartbeats", daemon=True
-                )
-                self._thread.start()
-
-    def discard(self, task_id: str) -> None:
-        with self._lock:
-            self._runs.pop(task_id, None)
-
-    def _beat_forever(self) -> None:
-        while True:
-            time.sleep(max(settings.HEARTBEAT_TIMEOUT / 3, 0.1))
-            with self._lock:
-                pks = list(self._runs.values())
-            if pks:
-                self.beat(pks)
-
-    @staticmethod
-    def beat(pks: list[Any]) -> None:
-        from django_jobstatus.models import JobRun
-
-        alias = settings.DATABASE
-        try:
-            JobRun.objects.using(alias).filter(pk__in=pks).running().update(
-                heartbeat_at=timezone.now()
-            )
-        except DatabaseError:
-            logger.warning(
-                "Could not record the heartbeat of runs %s; trying again later.",
-                pks,
-                exc_info=True,
-            )
-        finally:
-            connections[
-                alias
-            ].close()  # this thread's own connection: not held between beats
-
-
-heartbeats = _Heartbeats()
 
 
 def _outcome(
@@ -303,7 +243,6 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
             execution = entry[1]
         else:  # the start was seen elsewhere, or not at all
             execution = _ending(task_result)
-        heartbeats.discard(str(task_result.id))
         try:
             if execution.handle is not None:
                 exc, values = _outcome(task_result, execution.handle)

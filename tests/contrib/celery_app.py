@@ -75,6 +75,13 @@ def sleepy(seconds: float) -> str:
     return "woke up"
 
 
+@app.task(name="tests.silent")
+def silent(seconds: float) -> str:
+    """Run for ``seconds`` without a word: no progress, no heartbeat, no log."""
+    time.sleep(seconds)
+    return "woke up"
+
+
 @app.task(name="tests.marked")
 def marked(key: str) -> str:
     _mark(key)

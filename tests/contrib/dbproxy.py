@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 
 class Proxy:
@@ -59,16 +60,28 @@ class Proxy:
             with self._lock:
                 self._sockets += [client, upstream]
             threading.Thread(
-                target=self._pipe, args=(client, upstream), daemon=True
+                target=self._pipe,
+                args=(client, upstream, self.reader()),
+                daemon=True,
             ).start()
             threading.Thread(
                 target=self._pipe, args=(upstream, client), daemon=True
             ).start()
 
+    def reader(self) -> Callable[[bytes], None] | None:
+        """What sees the bytes one new client sends (bench/bench_integrations.py counts statements)."""
+        return None
+
     @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(
+        source: socket.socket,
+        sink: socket.socket,
+        read: Callable[[bytes], None] | None = None,
+    ) -> None:
         try:
             while data := source.recv(65536):
+                if read is not None:
+                    read(data)
                 sink.sendall(data)
         except OSError:
             pass

@@ -18,8 +18,10 @@ REDIS_URL = os.environ.get("JOBSTATUS_RQ_REDIS", "redis://127.0.0.1:63799/7")
 QUEUE = "jobstatus-tests"
 # django-rq's settings, for the worker and for the test that enqueues.
 LOCAL_QUEUE = "jobstatus-tests-local"  # for workers in the test process, apart from the rqworker's
+HEARTBEAT_QUEUE = "jobstatus-heartbeats"  # tests/contrib/test_heartbeats.py's workers
 RQ_QUEUES = {
-    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 120} for name in (QUEUE, LOCAL_QUEUE)
+    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 120}
+    for name in (QUEUE, LOCAL_QUEUE, HEARTBEAT_QUEUE)
 }
 RQ = {
     "WORKER_CLASS": "django_jobstatus.contrib.rq.Worker",
@@ -67,6 +69,12 @@ def sleepy(seconds: float) -> str:
         time.sleep(0.05)
         if job is not None:
             job.heartbeat()  # also writes the message
+    return "woke up"
+
+
+def silent(seconds: float) -> str:
+    """Run for ``seconds`` without a word: no progress, no heartbeat, no log."""
+    time.sleep(seconds)
     return "woke up"
 
 

@@ -29,6 +29,10 @@ JOBSTATUS = {
     else [],
     "PROGRESS_INTERVAL": 0.01,
     "FINISH_RETRY_TIMEOUT": 60.0,
+    # tests/contrib/test_heartbeats.py gives its workers a short one.
+    "HEARTBEAT_TIMEOUT": float(
+        os.environ.get("JOBSTATUS_WORKER_HEARTBEAT_TIMEOUT", 300)
+    ),
 }
 
 RQ_QUEUES = rq_jobs.RQ_QUEUES

@@ -1,0 +1,138 @@
+"""One heartbeat for every active run of this process, whatever started it.
+
+A job that reports nothing for HEARTBEAT_TIMEOUT seconds would look dead to
+``reap_jobstatus`` and be marked lost while it runs. So while a run's handle is active
+(``track()``, or a Celery, RQ or Django tasks integration executing the task), a daemon
+thread of this process beats for it: every HEARTBEAT_TIMEOUT / 3 seconds one UPDATE
+stamps ``heartbeat_at`` on all of them at once (``WHERE id IN (...) AND status =
+'running'``: a run that ended elsewhere is left alone). The handle's own throttled writes
+go on as before; the thread covers the silent stretches between them.
+
+The thread starts with the first active run and writes through a connection of its own
+(``own_connections``), open while there are runs to beat for and closed when there are
+none. The beats stop with the process, so a killed worker's runs are still reaped. A
+forked child (RQ's work horse, Celery's pool processes) starts with no runs, no thread
+and no connection: it beats only for the runs it executes itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from django.db import DatabaseError
+from django.utils import timezone
+
+from django_jobstatus import own_connections
+from django_jobstatus.conf import settings
+
+if TYPE_CHECKING:
+    from django_jobstatus.tracking import JobHandle
+
+logger = logging.getLogger(__name__)
+
+PURPOSE = "heartbeats"
+MIN_INTERVAL = 0.1  # seconds
+
+
+def interval() -> float:
+    """Seconds between two beats: a third of HEARTBEAT_TIMEOUT, so that a late beat is no loss."""
+    return max(float(settings.HEARTBEAT_TIMEOUT) / 3, MIN_INTERVAL)
+
+
+class Heartbeats:
+    """The active handles of this process, and the thread that beats for their runs."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._handles: dict[int, JobHandle] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._due = 0.0  # when the next beat is due (time.monotonic())
+        self._open = False  # whether the thread holds a connection
+
+    def add(self, handle: JobHandle) -> None:
+        """Beat for ``handle``'s run from now on (starting the thread if needed)."""
+        with self._lock:
+            self._handles[id(handle)] = handle
+            if self._thread is None or not self._thread.is_alive():
+                self._due = time.monotonic() + interval()
+                self._thread = threading.Thread(
+                    target=self._beat_forever, name="jobstatus-heartbeats", daemon=True
+                )
+                self._thread.start()
+            elif time.monotonic() + interval() < self._due:
+                self._wake.set()  # HEARTBEAT_TIMEOUT was made shorter: beat sooner
+
+    def discard(self, handle: JobHandle) -> None:
+        """Stop beating for ``handle``'s run."""
+        with self._lock:
+            self._handles.pop(id(handle), None)
+            if not self._handles and self._open:
+                self._wake.set()  # the thread lets its connection go
+
+    def handles(self) -> list[JobHandle]:
+        with self._lock:
+            return list(self._handles.values())
+
+    def connection(self) -> str:
+        """The alias the beats are written through, in this thread (made on first use)."""
+        return own_connections.own(settings.DATABASE, PURPOSE)
+
+    def beat(self) -> int:
+        """Stamp a heartbeat on every running run of the active handles now; the number stamped.
+
+        The runs are all in JOBSTATUS["DATABASE"], where tracking writes them.
+        """
+        from django_jobstatus.models import JobRun
+
+        pks = [handle.run.pk for handle in self.handles()]
+        if not pks:
+            return 0
+        try:
+            return int(
+                JobRun.objects.using(self.connection())
+                .filter(pk__in=pks)
+                .running()
+                .update(heartbeat_at=timezone.now())
+            )
+        except DatabaseError:
+            logger.warning(
+                "Could not record the heartbeat of %d runs; trying again in %.1f s.",
+                len(pks),
+                interval(),
+                exc_info=True,
+            )
+            return 0
+
+    def _beat_forever(self) -> None:
+        while True:
+            self._wake.wait(max(self._due - time.monotonic(), 0))
+            self._wake.clear()
+            now = time.monotonic()
+            self._due = min(self._due, now + interval())
+            if now >= self._due:
+                self._due = now + interval()
+                try:
+                    if self.handles():
+                        self._open = True
+                        self.beat()
+                except Exception:  # the thread must live on, whatever went wrong
+                    logger.exception("The heartbeat thread failed to beat; it goes on.")
+            if self._open and not self.handles():
+                own_connections.close(PURPOSE)
+                self._open = False
+
+    def _forked(self) -> None:
+        """In a forked child: no runs, no thread (it did not survive the fork), no lock held."""
+        self._reset()
+
+
+heartbeats = Heartbeats()
+os.register_at_fork(after_in_child=heartbeats._forked)

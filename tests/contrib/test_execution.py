@@ -1,0 +1,84 @@
+"""What one task execution costs the database: a statement for running, one for the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from django_jobstatus.contrib._execution import Execution
+from django_jobstatus.models import JobRun, Status
+from django_jobstatus.signals import job_status_changed
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def execution(run: JobRun, attempt: int = 1) -> Execution:
+    return Execution(
+        run.source, run.backend_job_id, run.job_name, worker="w:1", attempt=attempt
+    )
+
+
+def test_a_queued_task_starts_and_ends_in_one_statement_each(
+    make_run: Callable[..., JobRun], django_assert_num_queries: Any
+) -> None:
+    queued = make_run(status=Status.QUEUED, source="celery", backend_job_id="t-1")
+    moves: list[tuple[str, str]] = []
+
+    def record(sender: Any, run: JobRun, previous: str, status: str, **_: Any) -> None:
+        moves.append((previous, status))
+
+    job_status_changed.connect(record, weak=False, dispatch_uid="test-execution")
+    try:
+        task = execution(queued)
+        with django_assert_num_queries(1):  # UPDATE … RETURNING
+            task.start()
+        assert task.handle is not None
+        run = task.handle.run
+        assert (run.pk, run.status, run.worker, run.attempt) == (
+            queued.pk,
+            Status.RUNNING,
+            "w:1",
+            1,
+        )
+        assert run.started_at is not None and run.heartbeat_at is not None
+        assert not task.created
+        with django_assert_num_queries(1):  # the conditional UPDATE to succeeded
+            task.end(result={"n": 1})
+        task.close()
+    finally:
+        job_status_changed.disconnect(dispatch_uid="test-execution")
+    queued.refresh_from_db()
+    assert (queued.status, queued.result) == (Status.SUCCEEDED, {"n": 1})
+    assert queued.queued_at <= queued.started_at <= queued.finished_at
+    assert moves == [
+        (Status.QUEUED, Status.RUNNING),
+        (Status.RUNNING, Status.SUCCEEDED),
+    ]
+
+
+def test_the_start_sees_a_kill_requested_while_queued(
+    make_run: Callable[..., JobRun],
+) -> None:
+    queued = make_run(status=Status.QUEUED, source="rq", backend_job_id="t-2")
+    queued.request_kill()
+    task = execution(queued, attempt=2)
+    task.start()
+    assert task.handle is not None
+    assert task.handle.run.kill_requested
+    assert task.handle.run.attempt == 2  # the attempt the task system counts
+    task.close()
+
+
+def test_a_task_with_no_queued_run_gets_a_new_one(
+    make_run: Callable[..., JobRun],
+) -> None:
+    finished = make_run(status=Status.SUCCEEDED, source="celery", backend_job_id="t-3")
+    task = execution(finished)
+    task.start()
+    assert task.created
+    assert task.handle is not None
+    assert task.handle.run.pk != finished.pk
+    assert task.handle.run.status == Status.RUNNING
+    task.close()

@@ -1,0 +1,293 @@
+"""One heartbeat for every active run of a process: track(), Celery, RQ and Django tasks alike.
+
+A task that reports nothing for longer than HEARTBEAT_TIMEOUT must not be reaped as lost
+while its worker lives, and must still be reaped once its worker is gone. The end-to-end
+tests run a real prefork Celery worker and a real forking rqworker whose settings give
+HEARTBEAT_TIMEOUT = 2 s, and run ``reap_jobstatus --timeout 2`` while a task is silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+import django_rq
+import pytest
+import redis
+import rq
+from django.core.management import call_command
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django.utils.connection import ConnectionDoesNotExist
+
+from django_jobstatus import own_connections, track
+from django_jobstatus.contrib import celery as jobstatus_celery
+from django_jobstatus.contrib import rq as jobstatus_rq
+from django_jobstatus.heartbeats import heartbeats
+from django_jobstatus.models import JobRun, Status
+from django_jobstatus.tracking import JobHandle
+from tests.contrib import rq_jobs
+from tests.contrib.celery_app import app, silent
+from tests.contrib.dbproxy import Proxy
+from tests.contrib.workers import (
+    db_proxy,
+    refreshed,
+    wait_for,
+    worker_env,
+    worker_process,
+)
+
+__all__ = ["db_proxy"]  # a fixture
+
+TIMEOUT = (
+    2  # HEARTBEAT_TIMEOUT in the workers' settings, and the reaper's --timeout, in s
+)
+CELERY_QUEUE = f"jobstatus-heartbeats-{os.getpid()}"
+
+
+def reap(timeout: float = TIMEOUT) -> str:
+    out = StringIO()
+    call_command("reap_jobstatus", f"--timeout={timeout}", stdout=out)
+    return out.getvalue()
+
+
+def silent_for(run: JobRun, seconds: float) -> None:
+    """Wait until ``run`` has been running for ``seconds``."""
+    assert run.started_at is not None
+    wait_for(
+        lambda: timezone.now() - run.started_at > timedelta(seconds=seconds),
+        timeout=seconds + 30,
+        what=f"run {run.pk} to have run for {seconds} s",
+    )
+
+
+def started(run: JobRun, worker: Popen[bytes], log: Path) -> None:
+    wait_for(
+        lambda: refreshed(run).status == Status.RUNNING,
+        timeout=60,
+        what="the task to start",
+        process=worker,
+        log=log,
+    )
+
+
+def survives_the_reaper(run: JobRun, worker: Popen[bytes], log: Path) -> None:
+    """While the task says nothing for 3× the timeout, the reaper leaves its run alone; it then succeeds."""
+    started(run, worker, log)
+    for elapsed in (1.5 * TIMEOUT, 2.5 * TIMEOUT):
+        silent_for(run, elapsed)
+        assert "Marked 0 runs lost" in reap(), f"reaped after {elapsed} s of silence"
+        assert refreshed(run).status == Status.RUNNING
+    wait_for(
+        lambda: refreshed(run).is_finished,
+        timeout=60,
+        what="the task to finish",
+        process=worker,
+        log=log,
+    )
+    assert run.status == Status.SUCCEEDED
+    assert run.result == "woke up"
+
+
+def reaped_once_killed(run: JobRun, worker: Popen[bytes], log: Path) -> None:
+    """A worker killed with SIGKILL (its whole process group) stops beating: its run is reaped as lost."""
+    started(run, worker, log)
+    silent_for(run, 1.5 * TIMEOUT)
+    assert "Marked 0 runs lost" in reap()  # alive: still beaten for
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+    wait_for(
+        lambda: JobRun.objects.stale(TIMEOUT).filter(pk=run.pk).exists(),
+        timeout=TIMEOUT + 30,
+        what="the dead worker's last heartbeat to get older than the timeout",
+    )
+    assert "Marked 1 runs lost" in reap()
+    assert refreshed(run).status == Status.LOST
+
+
+# In this process: the mechanism itself.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_statement_beats_for_every_active_run_of_the_process(
+    make_run: Callable[..., JobRun],
+) -> None:
+    old = timezone.now() - timedelta(hours=1)
+    runs = [make_run(heartbeat_at=old, started_at=old) for _ in range(3)]
+    ended = make_run(status=Status.SUCCEEDED, heartbeat_at=old, started_at=old)
+    handles = [JobHandle(run) for run in [*runs, ended]]
+    tokens = [handle.activate() for handle in handles]
+    try:
+        with CaptureQueriesContext(connections[heartbeats.connection()]) as captured:
+            assert heartbeats.beat() == 3
+        statements = [query["sql"] for query in captured]
+        assert len(statements) == 1, statements
+        assert statements[0].startswith("UPDATE")
+    finally:
+        for handle, token in reversed(list(zip(handles, tokens, strict=True))):
+            handle.deactivate(token)
+        own_connections.close()  # made in this thread by the calls above
+    for run in runs:
+        assert refreshed(run).heartbeat_at > old
+    assert refreshed(ended).heartbeat_at == old  # a finished run is not beaten for
+    assert heartbeats.beat() == 0  # deactivated: none left
+
+
+def test_a_forked_child_beats_for_none_of_its_parents_runs() -> None:
+    handle = JobHandle(JobRun(job_name="tests.job", status=Status.RUNNING))
+    token = handle.activate()
+    alias = heartbeats.connection()  # the parent's own connection (not opened yet)
+    try:
+        assert handle in heartbeats.handles()
+        pid = os.fork()
+        if pid == 0:  # the child: no runs, no thread, the parent's connection forgotten
+            try:
+                connections[alias]
+            except ConnectionDoesNotExist:
+                os._exit(0 if not heartbeats.handles() else 1)
+            os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert handle in heartbeats.handles()  # the parent goes on beating
+        assert connections[alias] is not None
+    finally:
+        handle.deactivate(token)
+        own_connections.close()
+    assert handle not in heartbeats.handles()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_silent_tracked_job_is_not_reaped(settings: Any) -> None:
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "HEARTBEAT_TIMEOUT": TIMEOUT}
+    with track("tests.silent") as job:
+        for elapsed in (1.5 * TIMEOUT, 3 * TIMEOUT):
+            silent_for(job.run, elapsed)
+            assert "Marked 0 runs lost" in reap()
+    assert refreshed(job.run).status == Status.SUCCEEDED
+
+
+# A real prefork Celery worker.
+
+
+@pytest.fixture
+def celery_recording() -> Iterator[None]:
+    jobstatus_celery.connect(app)
+    yield
+    jobstatus_celery.disconnect()
+
+
+@contextlib.contextmanager
+def celery_worker(proxy: Proxy, log: Path) -> Iterator[Popen[bytes]]:
+    argv = [
+        *("-m", "celery", "-A", "tests.contrib.celery_app", "worker"),
+        *("--pool=prefork", "--concurrency=1", "--loglevel=INFO", "-Q", CELERY_QUEUE),
+        *("-n", f"jobstatus-heartbeats-{uuid.uuid4().hex[:8]}@%h"),
+        *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+    ]
+    env = worker_env(proxy, "django_jobstatus.contrib.celery")
+    env["JOBSTATUS_WORKER_HEARTBEAT_TIMEOUT"] = str(TIMEOUT)
+    with worker_process(argv, env, log) as process:
+        wait_for(
+            lambda: app.control.ping(timeout=0.5),
+            timeout=90,
+            what="the Celery worker to answer a ping",
+            process=process,
+            log=log,
+        )
+        yield process
+    with contextlib.suppress(Exception):
+        app.control.purge()
+
+
+def celery_run(seconds: float) -> JobRun:
+    result = silent.apply_async(args=(seconds,), queue=CELERY_QUEUE)
+    run = jobstatus_celery.find_run(result.id)
+    assert run is not None
+    return run
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("celery_recording")
+class TestCelery:
+    def test_a_silent_task_is_not_reaped(self, db_proxy: Proxy, tmp_path: Path) -> None:
+        log = tmp_path / "celery.log"
+        with celery_worker(db_proxy, log) as worker:
+            survives_the_reaper(celery_run(3 * TIMEOUT + 1), worker, log)
+
+    def test_a_killed_workers_run_is_reaped(
+        self, db_proxy: Proxy, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "celery.log"
+        with celery_worker(db_proxy, log) as worker:
+            reaped_once_killed(celery_run(60), worker, log)
+
+
+# A real forking rqworker.
+
+
+@pytest.fixture
+def rq_queue(settings: Any) -> Iterator[rq.Queue]:
+    settings.RQ_QUEUES = rq_jobs.RQ_QUEUES
+    settings.RQ = rq_jobs.RQ
+    jobstatus_rq.connect()
+    queue = django_rq.get_queue(rq_jobs.HEARTBEAT_QUEUE)
+    queue.empty()
+    yield queue
+    queue.empty()
+    jobstatus_rq.disconnect()
+
+
+@contextlib.contextmanager
+def rq_worker(proxy: Proxy, log: Path) -> Iterator[Popen[bytes]]:
+    connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
+    name = f"jobstatus-heartbeats-{uuid.uuid4().hex[:8]}"
+    argv = ["-m", "django", "rqworker", rq_jobs.HEARTBEAT_QUEUE, "--name", name]
+    env = worker_env(proxy, "django_jobstatus.contrib.rq")
+    env["JOBSTATUS_WORKER_HEARTBEAT_TIMEOUT"] = str(TIMEOUT)
+    with worker_process(argv, env, log) as process:
+        wait_for(
+            lambda: any(w.name == name for w in rq.Worker.all(connection=connection)),
+            timeout=90,
+            what="the RQ worker to register",
+            process=process,
+            log=log,
+        )
+        yield process
+
+
+def rq_run(queue: rq.Queue, seconds: float) -> JobRun:
+    job = queue.enqueue(rq_jobs.silent, seconds)
+    run = jobstatus_rq.find_run(job.id)
+    assert run is not None
+    return run
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+class TestRQ:
+    def test_a_silent_job_is_not_reaped(
+        self, db_proxy: Proxy, tmp_path: Path, rq_queue: rq.Queue
+    ) -> None:
+        log = tmp_path / "rq.log"
+        with rq_worker(db_proxy, log) as worker:
+            survives_the_reaper(rq_run(rq_queue, 3 * TIMEOUT + 1), worker, log)
+
+    def test_a_killed_workers_run_is_reaped(
+        self, db_proxy: Proxy, tmp_path: Path, rq_queue: rq.Queue
+    ) -> None:
+        log = tmp_path / "rq.log"
+        with rq_worker(db_proxy, log) as worker:
+            reaped_once_killed(rq_run(rq_queue, 60), worker, log)

@@ -6,29 +6,9 @@ import pytest
 
 from django_jobstatus.models import JobRun, Status
 from tests.api.conftest import BASE
+from tests.matrix import USERS, may
 
 pytestmark = pytest.mark.django_db
-
-# (name, permissions, staff, superuser); None: anonymous.
-USERS = {
-    "anonymous": None,
-    "non-staff": (("view", "change", "delete"), False, False),
-    "staff": ((), True, False),
-    "view": (("view",), True, False),
-    "change": (("change",), True, False),
-    "delete": (("delete",), True, False),
-    "change+delete": (("change", "delete"), True, False),
-    "view+change": (("view", "change"), True, False),
-    "view+delete": (("view", "delete"), True, False),
-    "superuser": ((), True, True),
-}
-
-
-def may(user, *needed):
-    if user is None:
-        return False
-    perms, staff, superuser = user
-    return superuser or (staff and all(name in perms for name in needed))
 
 
 @pytest.fixture(params=list(USERS))

@@ -199,7 +199,8 @@ class JobRunViewSet(
     def get_filterset_class(self) -> type[Any] | None:
         if self.action == "logs":
             return JobLogFilterSet
-        if self.action in ("list", "stats", "bulk_kill"):
+        # Bulk actions (bulk_kill…) pick runs with the list filters.
+        if self.action in ("list", "stats") or self.action.startswith("bulk_"):
             return JobRunFilterSet
         return None
 
@@ -214,6 +215,26 @@ class JobRunViewSet(
         if self.action == "stats":
             known.append("bucket")
         return known
+
+    def bulk_runs(self, request: Request, ids: list[Any] | None) -> JobRunQuerySet:
+        """The runs a bulk action picks: by ``ids`` and the list filters, at least one given.
+
+        An empty filter (``job_name=``) filters nothing, so it does not count: a bulk action
+        never falls back to every run. An unknown parameter is a 400 (StrictFilterSet).
+        """
+        filterset = _FilterBackend().valid_filterset(request, self.get_queryset(), self)
+        if not ids and not filterset.narrows():
+            raise ValidationError(
+                {
+                    "ids": [
+                        _(
+                            "Give the ids of the runs, or at least one list filter with a value."
+                        )
+                    ]
+                }
+            )
+        runs: JobRunQuerySet = filterset.qs
+        return runs.filter(pk__in=ids) if ids else runs
 
     def get_serializer_class(self) -> type[Any]:
         return JobLogSerializer if self.action == "logs" else JobRunSerializer
@@ -327,22 +348,7 @@ class JobRunViewSet(
     def bulk_kill(self, request: Request) -> Response:
         body = KillRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        ids = body.validated_data.get("ids")
-        filterset = _FilterBackend().valid_filterset(request, self.get_queryset(), self)
-        if not ids and not filterset.narrows():
-            # An empty filter (job_name=) filters nothing: it must not pick every run.
-            raise ValidationError(
-                {
-                    "ids": [
-                        _(
-                            "Give the ids of the runs to stop, or at least one list filter with a value."
-                        )
-                    ]
-                }
-            )
-        runs = filterset.qs
-        if ids:
-            runs = runs.filter(pk__in=ids)
+        runs = self.bulk_runs(request, body.validated_data.get("ids"))
         matched = runs.count()
         active = runs.active().count()
         asked = contrib.request_kill(runs)

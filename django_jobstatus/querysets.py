@@ -41,8 +41,13 @@ def _status() -> Any:
     return Status
 
 
+# The longest age or timeout: "now" minus it stays a date (datetime overflows past year 1).
+MAX_AGE = timedelta(days=365 * 1000)
+
+
 def as_timedelta(name: str, value: float | timedelta) -> timedelta:
-    """``value`` as a timedelta: a number counts ``name`` (days or seconds)."""
+    """``value`` as a timedelta: a number counts ``name`` (days or seconds), up to MAX_AGE."""
+    too_long = f"{name} must be at most 1000 years, not {value!r}"
     if isinstance(value, timedelta):
         delta = value
     elif (
@@ -50,11 +55,16 @@ def as_timedelta(name: str, value: float | timedelta) -> timedelta:
         and not isinstance(value, bool)
         and math.isfinite(value)
     ):
-        delta = timedelta(**{name: value})
+        try:
+            delta = timedelta(**{name: value})
+        except OverflowError:
+            raise ValueError(too_long) from None
     else:
         raise ValueError(f"{name} must be a number or a timedelta, not {value!r}")
     if delta < timedelta(0):
         raise ValueError(f"{name} must not be negative, not {value!r}")
+    if delta > MAX_AGE:
+        raise ValueError(too_long)
     return delta
 
 

@@ -105,7 +105,8 @@ def test_older_than_defaults_to_30_days(make_run) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [-1, timedelta(days=-1), "7", None, True, math.nan, math.inf]
+    "bad",
+    [-1, timedelta(days=-1), "7", None, True, math.nan, math.inf, 9_999_999, 1e308],
 )
 def test_older_than_rejects_bad_values(bad: Any) -> None:
     with pytest.raises(ValueError, match="days"):
@@ -151,7 +152,7 @@ def test_stale_defaults_to_heartbeat_timeout(make_run, settings) -> None:
     assert list(JobRun.objects.stale()) == [run]
 
 
-@pytest.mark.parametrize("bad", [-5, "300", math.nan])
+@pytest.mark.parametrize("bad", [-5, "300", math.nan, 1e12, 1e308])
 def test_stale_rejects_bad_timeouts(bad: Any) -> None:
     with pytest.raises(ValueError, match="seconds"):
         JobRun.objects.stale(bad)

@@ -10,6 +10,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
@@ -26,6 +27,7 @@ from django.utils.translation import gettext as _
 from django_jobstatus import conf
 from django_jobstatus.admin.display import format_duration
 from django_jobstatus.models import JobRun, Status
+from django_jobstatus.querysets import MAX_AGE
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
@@ -55,8 +57,19 @@ def _window(request: HttpRequest) -> str:
 
 
 def _poll(request: HttpRequest) -> int:
+    """Seconds between polls from ``?poll=`` (0 to 300); a bad value is a message and the default."""
     value = request.GET.get("poll", "")
-    return min(int(value), 300) if value.isdigit() else DEFAULT_POLL
+    if not value:
+        return DEFAULT_POLL
+    # ASCII digits only: "²".isdigit() is True, but int("²") fails.
+    if value.isascii() and value.isdigit():
+        return min(int(value), 300)
+    messages.warning(
+        request,
+        _("poll=%(value)r ignored: give a number of seconds from 0 to 300.")
+        % {"value": value},
+    )
+    return DEFAULT_POLL
 
 
 def _check(model_admin: Any, request: HttpRequest) -> None:
@@ -331,25 +344,38 @@ def purge_url(model_admin: Any, request: HttpRequest) -> str | None:
     )
 
 
-def _purge_days(request: HttpRequest) -> float | None:
-    """``days`` from the query or the form; None: the retention settings."""
-    value = (
-        (request.POST if request.method == "POST" else request.GET)
-        .get("days", "")
-        .strip()
+class PurgeForm(forms.Form):
+    """The purge page's ``days``: empty for the retention settings, else 0 to some 1000 years."""
+
+    days = forms.FloatField(
+        required=False, min_value=0, max_value=MAX_AGE.days, localize=False
     )
-    try:
-        days = float(value) if value else None
-    except ValueError:
-        return None
-    return days if days is None or days >= 0 else None
 
 
 def purge_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
-    """GET: what a purge would delete now (a dry run). POST: purge, then back to the dashboard."""
+    """GET: what a purge would delete now (a dry run). POST: purge, then back to the dashboard.
+
+    A bad ``days`` (abc, -5, nan, inf, 1e10) is an error on the page: never a fall-back to
+    the retention settings that a POST would then execute.
+    """
     if not model_admin.has_delete_permission(request):
         raise PermissionDenied
-    days = _purge_days(request)
+    form = PurgeForm(request.POST if request.method == "POST" else request.GET)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": _("Purge old runs"),
+        "form": form,
+        "retention_days": conf.settings.RETENTION_DAYS,
+        "retention": sorted(conf.settings.RETENTION.items()),
+        "keep_last": conf.settings.KEEP_LAST,
+    }
+    if not form.is_valid():
+        context |= {"preview": None, "days": form.data.get("days", "")}
+        return TemplateResponse(
+            request, "django_jobstatus/purge.html", context, status=400
+        )
+    days = form.cleaned_data["days"]
     if request.method == "POST":
         result = JobRun.objects.purge(days=days)
         model_admin.message_user(
@@ -364,16 +390,9 @@ def purge_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
             messages.SUCCESS,
         )
         return HttpResponseRedirect(reverse("admin:django_jobstatus_jobrun_dashboard"))
-    preview = JobRun.objects.purge(days=days, dry_run=True)
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.opts,
-        "title": _("Purge old runs"),
-        "preview": preview,
+    context |= {
+        "preview": JobRun.objects.purge(days=days, dry_run=True),
         "days": "" if days is None else f"{days:g}",
-        "retention_days": conf.settings.RETENTION_DAYS,
-        "retention": sorted(conf.settings.RETENTION.items()),
-        "keep_last": conf.settings.KEEP_LAST,
     }
     return TemplateResponse(request, "django_jobstatus/purge.html", context)
 
@@ -382,11 +401,7 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """The admin index's "Dashboard" row: its changelist is the dashboard; JobRun's view permission opens it."""
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        user: Any = request.user
-        return bool(
-            user.has_perm("django_jobstatus.view_jobrun")
-            or user.has_perm("django_jobstatus.change_jobrun")
-        )
+        return bool(request.user.has_perm("django_jobstatus.view_jobrun"))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -6,9 +6,11 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.db import connections
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus.models import Status
@@ -33,7 +35,50 @@ KNOWN_SOURCES = (
 SOURCE_SAMPLE = 1000
 
 
-class StatusFilter(admin.SimpleListFilter):
+class CheckedFilter(admin.SimpleListFilter):
+    """A list filter whose value is checked first: a bad one is a message, never a 500.
+
+    ``clean()`` raises ValueError for a bad value; the admin then shows the message and the
+    list without filters (Django's ``?e=1``). ``apply()`` filters by the cleaned value.
+    """
+
+    def clean(self, value: str) -> Any:
+        return value
+
+    def apply(self, queryset: Any, value: Any) -> Any:
+        raise NotImplementedError
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        value = self.value()
+        if not value:
+            return queryset
+        try:
+            if "\x00" in value:
+                raise ValueError(gettext("null characters are not allowed"))
+            cleaned = self.clean(value)
+        except ValueError as exc:
+            messages.error(
+                request,
+                gettext("Filter “%(title)s”: %(value)r is not valid (%(error)s).")
+                % {"title": self.title, "value": value, "error": exc},
+            )
+            raise IncorrectLookupParameters(exc) from exc
+        return self.apply(queryset, cleaned)
+
+
+class ChoiceFilter(CheckedFilter):
+    """A filter whose value must be one of its choices."""
+
+    def clean(self, value: str) -> Any:
+        choices = [str(key) for key, _label in self.lookup_choices]
+        if value not in choices:
+            raise ValueError(
+                gettext("choose one of %(choices)s") % {"choices": ", ".join(choices)}
+            )
+        return value
+
+
+class StatusFilter(ChoiceFilter):
     """Each choice is a scope of the same name (plus "active" and "finished")."""
 
     title = _("status")
@@ -46,11 +91,8 @@ class StatusFilter(admin.SimpleListFilter):
             ("finished", _("Finished")),
         ]
 
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        value = self.value()
-        if value in {*Status.values, "active", "finished"}:
-            return getattr(queryset, str(value))()
-        return queryset
+    def apply(self, queryset: Any, value: str) -> Any:
+        return getattr(queryset, value)()
 
 
 def job_names_sql(table: str) -> str:
@@ -81,7 +123,7 @@ def distinct_job_names(
         return [row[0] for row in cursor.fetchall()]
 
 
-class JobNameFilter(admin.SimpleListFilter):
+class JobNameFilter(CheckedFilter):
     title = _("job name")
     parameter_name = "job_name"
 
@@ -92,12 +134,11 @@ class JobNameFilter(admin.SimpleListFilter):
             names.append(value)
         return [(name, name) for name in names]
 
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        value = self.value()
-        return queryset.for_job(value) if value else queryset
+    def apply(self, queryset: Any, value: str) -> Any:
+        return queryset.for_job(value)
 
 
-class SourceFilter(admin.SimpleListFilter):
+class SourceFilter(CheckedFilter):
     title = _("source")
     parameter_name = "source"
 
@@ -111,39 +152,36 @@ class SourceFilter(admin.SimpleListFilter):
         sources = sorted({*KNOWN_SOURCES, *seen, *([value] if value else [])} - {""})
         return [(source, source) for source in sources]
 
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        value = self.value()
-        return queryset.filter(source=value) if value else queryset
+    def apply(self, queryset: Any, value: str) -> Any:
+        return queryset.filter(source=value)
 
 
-class HasErrorsFilter(admin.SimpleListFilter):
+class HasErrorsFilter(ChoiceFilter):
     title = _("has errors")
     parameter_name = "has_errors"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [("yes", _("Yes")), ("no", _("No"))]
 
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        if self.value() == "yes":
-            return queryset.with_errors()
-        if self.value() == "no":
-            return queryset.filter(has_errors=False)
-        return queryset
+    def apply(self, queryset: Any, value: str) -> Any:
+        return (
+            queryset.with_errors()
+            if value == "yes"
+            else queryset.filter(has_errors=False)
+        )
 
 
-class KillRequestedFilter(admin.SimpleListFilter):
+class KillRequestedFilter(ChoiceFilter):
     title = _("kill requested")
     parameter_name = "kill_requested"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [("yes", _("Yes")), ("no", _("No"))]
 
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        if self.value() == "yes":
+    def apply(self, queryset: Any, value: str) -> Any:
+        if value == "yes":
             return queryset.kill_requested()
-        if self.value() == "no":
-            return queryset.filter(kill_requested_at__isnull=True)
-        return queryset
+        return queryset.filter(kill_requested_at__isnull=True)
 
 
 WITHIN = {
@@ -154,7 +192,7 @@ WITHIN = {
 }
 
 
-class CreatedWithinFilter(admin.SimpleListFilter):
+class CreatedWithinFilter(ChoiceFilter):
     """A range on ``created_at`` (indexed on runs and on log lines)."""
 
     title = _("created")
@@ -168,13 +206,8 @@ class CreatedWithinFilter(admin.SimpleListFilter):
             ("30d", _("Last 30 days")),
         ]
 
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        delta = WITHIN.get(str(self.value()))
-        return (
-            queryset.filter(created_at__gte=timezone.now() - delta)
-            if delta
-            else queryset
-        )
+    def apply(self, queryset: Any, value: str) -> Any:
+        return queryset.filter(created_at__gte=timezone.now() - WITHIN[value])
 
 
 LEVELS = [
@@ -186,7 +219,19 @@ LEVELS = [
 ]
 
 
-class LevelFilter(admin.SimpleListFilter):
+def level_number(text: str) -> int:
+    """A logging level number from a query string: ASCII digits, 0 to 99999; else ValueError.
+
+    (``"²".isdigit()`` is True, but ``int("²")`` fails.)
+    """
+    if not (text.isascii() and text.isdigit() and len(text) < 6):
+        raise ValueError(
+            gettext("a level is a number from 0 to 99999, e.g. 40 for ERROR")
+        )
+    return int(text)
+
+
+class LevelFilter(CheckedFilter):
     """Log lines of a level and above."""
 
     title = _("level (and above)")
@@ -195,6 +240,8 @@ class LevelFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [(str(number), name) for number, name in LEVELS]
 
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        value = self.value()
-        return queryset.at_least(int(value)) if value and value.isdigit() else queryset
+    def clean(self, value: str) -> int:
+        return level_number(value)
+
+    def apply(self, queryset: Any, value: int) -> Any:
+        return queryset.at_least(value)

@@ -10,8 +10,14 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy
 
-from django_jobstatus.admin.display import MEDIA_CSS, MEDIA_JS, level_badge
+from django_jobstatus.admin.display import (
+    MEDIA_CSS,
+    MEDIA_JS,
+    level_badge,
+    pretty_json,
+)
 from django_jobstatus.admin.filters import CreatedWithinFilter, LevelFilter
+from django_jobstatus.admin.guard import GuardedAdmin
 from django_jobstatus.admin.paginator import CappedCountPaginator
 from django_jobstatus.models import JobLog
 
@@ -20,7 +26,7 @@ if TYPE_CHECKING:
     from django.utils.safestring import SafeString
 
 
-class JobLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class JobLogAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("created_at", "level_display", "message_display", "run_link")
     list_filter = (LevelFilter, CreatedWithinFilter)
     search_fields = ("message",)
@@ -34,7 +40,7 @@ class JobLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
-    fields = ("run", "created_at", "level", "message", "extra")
+    fields = ("run", "created_at", "level", "message", "extra_display")
 
     class Media:
         css = MEDIA_CSS
@@ -43,7 +49,7 @@ class JobLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def get_readonly_fields(
         self, request: HttpRequest, obj: JobLog | None = None
     ) -> list[str]:
-        return [field.name for field in self.opts.fields]
+        return [*(field.name for field in self.opts.fields), "extra_display"]
 
     # Log lines are written by jobs and deleted with their run.
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -66,6 +72,10 @@ class JobLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description=gettext_lazy("message"))
     def message_display(self, log: JobLog) -> str:
         return truncatechars(log.message, 200)
+
+    @admin.display(description=gettext_lazy("extra"))
+    def extra_display(self, log: JobLog) -> SafeString:
+        return pretty_json(log.extra)
 
     @admin.display(description=gettext_lazy("run"))
     def run_link(self, log: JobLog) -> SafeString:

@@ -39,7 +39,9 @@ from django_jobstatus.admin.filters import (
     KillRequestedFilter,
     SourceFilter,
     StatusFilter,
+    level_number,
 )
+from django_jobstatus.admin.guard import GuardedAdmin
 from django_jobstatus.admin.paginator import COUNT_CAP, CappedCountPaginator
 from django_jobstatus.models import JobLog, JobRun, Status
 
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 INLINE_LOGS = 200
 
 
-class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class JobRunAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "job_name",
         "status_display",
@@ -524,14 +526,22 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         """The newest INLINE_LOGS lines (one query, no count), optionally from a level up."""
         level_param = request.GET.get("log_level", "")
         logs = JobLog.objects.for_run(run).order_by("-created_at", "-id")
-        if level_param.isdigit():
-            logs = logs.at_least(int(level_param))
+        query = {"run": str(run.pk)}
+        if level_param:
+            try:
+                logs = logs.at_least(level_number(level_param))
+            except ValueError as exc:
+                self.message_user(
+                    request,
+                    _("Log level %(value)r ignored: %(error)s.")
+                    % {"value": level_param, "error": exc},
+                    messages.WARNING,
+                )
+                level_param = ""
+            else:
+                query["level"] = level_param
         lines = list(logs[: INLINE_LOGS + 1])
         changelist = reverse("admin:django_jobstatus_joblog_changelist")
-        query = {
-            "run": str(run.pk),
-            **({"level": level_param} if level_param.isdigit() else {}),
-        }
         return {
             "logs": lines[:INLINE_LOGS],
             "logs_more": len(lines) > INLINE_LOGS,

@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import connections
 from django.db.models import Q, QuerySet
 from django.db.models.fields.json import KeyTransform
+from django.forms.utils import ErrorDict, ErrorList
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.text import format_lazy
@@ -43,8 +45,14 @@ _PERIOD_UNITS = {
     "d": "days",
     "w": "weeks",
 }
-# The longest period accepted: past it datetime arithmetic overflows.
+# The longest period accepted (some 100 years).
 _PERIOD_MAX = timedelta(days=365 * 100)
+# The periods the OpenAPI pattern describes: today, yesterday, or one to four parts of a
+# number (1 to 999) and a unit, all within _PERIOD_MAX. parse_period() accepts more (any
+# case, longer numbers), and answers a clear error past _PERIOD_MAX.
+PERIOD_PATTERN = (
+    r"^ *(?:today|yesterday|(?:[1-9][0-9]{0,2} *(?:sec|min|s|m|h|d|w) *){1,4})?$"
+)
 
 
 def parse_period(text: str, now: datetime) -> tuple[datetime, datetime | None]:
@@ -79,7 +87,12 @@ def parse_period(text: str, now: datetime) -> tuple[datetime, datetime | None]:
             )
         if len(number) > 9:
             raise ValueError(_("period %(text)r is too long") % {"text": text})
-        delta += timedelta(**{_PERIOD_UNITS[unit]: int(number)})
+        try:
+            delta += timedelta(**{_PERIOD_UNITS[unit]: int(number)})
+        except OverflowError:
+            raise ValueError(
+                _("period %(text)r is too long") % {"text": text}
+            ) from None
     if delta <= timedelta(0):
         raise ValueError(_("period %(text)r must be longer than zero") % {"text": text})
     if delta > _PERIOD_MAX:
@@ -91,7 +104,12 @@ def parse_period(text: str, now: datetime) -> tuple[datetime, datetime | None]:
 
 
 class _TextField(forms.Field):
-    """A query-string value, stripped; empty means "no filter", anything else goes to ``parse()``."""
+    """A query-string value, stripped; empty means "no filter", anything else goes to ``parse()``.
+
+    ``pattern`` is the OpenAPI pattern of the parameter: every text it matches is accepted.
+    """
+
+    pattern: str | None = None
 
     def to_python(self, value: Any) -> Any:
         text = "" if value in self.empty_values else str(value).strip()
@@ -109,6 +127,8 @@ class _TextField(forms.Field):
 
 
 class PeriodField(_TextField):
+    pattern = PERIOD_PATTERN
+
     def parse(self, text: str) -> tuple[datetime, datetime | None]:
         try:
             return parse_period(text, timezone.now())
@@ -117,6 +137,11 @@ class PeriodField(_TextField):
             raise ValidationError(
                 "%(reason)s", code="invalid", params={"reason": str(exc)}
             ) from exc
+
+
+# Epoch milliseconds as the OpenAPI pattern describes them: up to 13 digits (the year
+# 2286), so that every one is a date; longer ones are accepted while they are dates.
+EPOCH_PATTERN = r"-?[0-9]{1,13}(?:\.[0-9]{1,6})?"
 
 
 class MomentField(_TextField):
@@ -137,12 +162,17 @@ class MomentField(_TextField):
                 moment = datetime.combine(day, time.min)
             if timezone.is_naive(moment):
                 moment = timezone.make_aware(moment)
-            # The database compares in UTC: 0001-01-01T00:00+01:00 has no UTC date.
-            moment.astimezone(UTC)
         except (ValueError, OverflowError, OSError) as exc:
             raise ValidationError(
                 message, code="invalid", params={"value": text}
             ) from exc
+        try:
+            moment.astimezone(UTC)
+        except OverflowError:
+            # The database compares in UTC, and 0001-01-01T00:00+01:00 has no UTC date: it
+            # is before every row, as 9999-12-31T23:59-01:00 is after every row.
+            edge = datetime.min if moment.year == 1 else datetime.max
+            return edge.replace(tzinfo=UTC)
         return moment
 
 
@@ -157,15 +187,71 @@ def _no_constant(text: str) -> float:
     raise ValueError(f"{text} is not JSON")
 
 
+# How deep a JSON filter may nest: deeper ones are refused before they are parsed.
+JSON_MAX_DEPTH = 32
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of brackets in ``text``, outside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _unstorable_text(value: Any) -> bool:
+    """Whether a key or string of ``value`` holds NUL or a lone surrogate (PostgreSQL refuses both)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += item.keys()
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str) and (
+            "\x00" in item or any("\ud800" <= char <= "\udfff" for char in item)
+        ):
+            return True
+    return False
+
+
 class JSONObjectField(_TextField):
     def parse(self, text: str) -> dict[str, Any]:
         message = _('Enter a JSON object, e.g. {"user_id": 7}.')
+        if _json_depth(text) > JSON_MAX_DEPTH:
+            raise ValidationError(
+                _("The JSON object nests deeper than %(max)d levels."),
+                code="too_deep",
+                params={"max": JSON_MAX_DEPTH},
+            )
         try:
             parsed = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValidationError(message, code="invalid") from exc
         if not isinstance(parsed, dict):
             raise ValidationError(message, code="invalid")
+        if _unstorable_text(parsed):
+            raise ValidationError(
+                _(
+                    "Null characters and lone surrogates (\\u0000, \\ud800) are not allowed."
+                ),
+                code="null_characters_not_allowed",
+            )
         hidden = redacted_keys_in(parsed)
         if hidden:
             # Values the API masks cannot be guessed through a filter either.
@@ -175,6 +261,12 @@ class JSONObjectField(_TextField):
                 params={"keys": ", ".join(hidden)},
             )
         return parsed
+
+
+def choices_pattern(allowed: Iterable[str]) -> str:
+    """The OpenAPI pattern of a comma list of ``allowed`` names (empty items are skipped)."""
+    name = "(?:" + "|".join(allowed) + ")"
+    return rf"^ *{name}? *(?:, *{name}? *)*$"
 
 
 class CommaListField(_TextField):
@@ -215,6 +307,7 @@ class StrictBooleanField(_TextField):
         "0": False,
         "no": False,
     }
+    choices = ("", *_VALUES)
 
     def parse(self, text: str) -> bool:
         try:
@@ -228,6 +321,8 @@ class StrictBooleanField(_TextField):
 
 
 class UserField(_TextField):
+    pattern = r"^(?:-?[0-9]{1,18})?$"
+
     def parse(self, text: str) -> Any:
         try:
             pk = get_user_model()._meta.pk.to_python(text)
@@ -242,8 +337,27 @@ class UserField(_TextField):
             ) from exc
 
 
+# Logging levels by name (logging.getLevelName() knows these), for the OpenAPI pattern.
+LEVEL_NAMES = (
+    "CRITICAL",
+    "FATAL",
+    "ERROR",
+    "WARNING",
+    "WARN",
+    "INFO",
+    "DEBUG",
+    "NOTSET",
+)
+
+
 class LevelField(_TextField):
     """A logging level: a number (0 or more) or a name such as ERROR."""
+
+    pattern = (
+        "^(?:[0-9]{1,5}|"
+        + "|".join([*LEVEL_NAMES, *(name.lower() for name in LEVEL_NAMES)])
+        + ")?$"
+    )
 
     def parse(self, text: str) -> int:
         # ASCII digits only: "²".isdigit() is True, but int() refuses it.
@@ -261,19 +375,63 @@ class LevelField(_TextField):
         )
 
 
+class RunIdField(_TextField):
+    """A run id (a UUID); unlike the other filters, an empty value is an error, not "no filter"."""
+
+    pattern = (
+        r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )
+
+    def to_python(self, value: Any) -> Any:
+        if value is not None and not re.search(self.pattern, str(value)):
+            raise ValidationError(
+                _("Enter a run id (a UUID), not %(value)r."),
+                code="invalid",
+                params={"value": str(value)},
+            )
+        return super().to_python(value)
+
+    def parse(self, text: str) -> uuid.UUID:
+        return uuid.UUID(text)
+
+
 # Filters.
 
 
-class _Documented(django_filters.Filter):
-    """A filter whose OpenAPI parameter has its type and its help text as description."""
+# Text without NUL, which PostgreSQL cannot store or compare.
+NO_NUL_PATTERN = r"^[^\x00]*$"
 
-    schema_type = "string"
+# The simple form of a JSON object filter, for the OpenAPI pattern: up to five keys with a
+# number, a short string, true, false or null (nested objects are accepted too).
+_JSON_KEY = r'"[a-z0-9_]{1,16}" *: *(?:[0-9]{1,9}|"[a-z0-9 _]{0,16}"|true|false|null)'
+JSON_OBJECT_PATTERN = (
+    rf"^ *(?:\{{ *(?:{_JSON_KEY}(?: *, *{_JSON_KEY}){{0,4}})? *\}})? *$"
+)
+
+
+class _Documented(django_filters.Filter):
+    """A filter whose OpenAPI parameter says what it accepts: its field's pattern, and its help text."""
+
+    def schema(self) -> dict[str, Any]:
+        pattern = getattr(self.field_class, "pattern", None)
+        return {"type": "string", "pattern": pattern or NO_NUL_PATTERN}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         extend_schema_field(
-            {"type": self.schema_type, "description": self.extra.get("help_text", "")}
+            {**self.schema(), "description": self.extra.get("help_text", "")}
         )(self)
+
+
+class TextFilter(_Documented, django_filters.CharFilter):
+    """Any text but NUL (Django's CharField refuses it)."""
+
+
+class RunIdFilter(_Documented):
+    field_class = RunIdField
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "format": "uuid"}
 
 
 class PeriodFilter(_Documented):
@@ -294,10 +452,22 @@ class PeriodFilter(_Documented):
 class MomentFilter(_Documented):
     field_class = MomentField
 
+    def schema(self) -> dict[str, Any]:
+        return {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "string", "format": "date"},
+                {"type": "string", "pattern": f"^{EPOCH_PATTERN}$"},
+                {"type": "string", "maxLength": 0},
+            ]
+        }
+
 
 class BooleanFilter(_Documented):
     field_class = StrictBooleanField
-    schema_type = "boolean"
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "enum": list(StrictBooleanField.choices)}
 
 
 class UserFilter(_Documented):
@@ -311,9 +481,18 @@ class LevelFilter(_Documented):
 class JSONObjectFilter(_Documented):
     field_class = JSONObjectField
 
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": JSON_OBJECT_PATTERN}
+
 
 class CommaListFilter(_Documented):
     field_class = CommaListField
+
+    def schema(self) -> dict[str, Any]:
+        allowed = self.extra.get("allowed")
+        if allowed is None:
+            return super().schema()
+        return {"type": "string", "pattern": choices_pattern(allowed)}
 
     def filter(self, qs: QuerySet[Any], value: list[str] | None) -> QuerySet[Any]:
         if not value:
@@ -327,6 +506,52 @@ _MOMENT_HELP = _(
 _PERIOD_HELP = _("Relative to now: 1h, 2h 30m, 10m, 7d, today or yesterday.")
 
 
+class StrictFilterSet(django_filters.FilterSet):
+    """A FilterSet that names what it does not know, and tells an empty filter from a real one.
+
+    ``known`` are the other query parameters the view reads (page size, cursor, format…):
+    any other parameter that is not a filter is an error, so that a typo never widens what a
+    list shows or what a bulk action touches.
+    """
+
+    def __init__(self, *args: Any, known: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.known = frozenset(known)
+
+    def unknown_parameters(self) -> list[str]:
+        return sorted(
+            name
+            for name in self.data
+            if name not in self.filters and name not in self.known
+        )
+
+    def is_valid(self) -> bool:
+        return bool(super().is_valid()) and not self.unknown_parameters()
+
+    @property
+    def errors(self) -> ErrorDict:
+        """The form's errors, and one for each unknown parameter under its name."""
+        errors = ErrorDict(self.form.errors)
+        choices = ", ".join(sorted({*self.filters, *self.known}))
+        for name in self.unknown_parameters():
+            errors[name] = ErrorList(
+                [
+                    ValidationError(
+                        _("%(name)r is not a parameter here; use one of %(choices)s."),
+                        code="unknown",
+                        params={"name": name, "choices": choices},
+                    )
+                ]
+            )
+        return errors
+
+    def narrows(self) -> bool:
+        """Whether at least one filter has a value (empty values filter nothing)."""
+        return any(
+            value not in (None, "", [], ()) for value in self.form.cleaned_data.values()
+        )
+
+
 def _moment(field: str, lookup: str, help_text: StrOrPromise) -> MomentFilter:
     return MomentFilter(
         field_name=field,
@@ -335,7 +560,7 @@ def _moment(field: str, lookup: str, help_text: StrOrPromise) -> MomentFilter:
     )
 
 
-class JobRunFilterSet(django_filters.FilterSet):
+class JobRunFilterSet(StrictFilterSet):
     status = CommaListFilter(
         method="filter_status",
         allowed=(*Status.values, *STATUS_GROUPS),
@@ -346,17 +571,17 @@ class JobRunFilterSet(django_filters.FilterSet):
     job_name = CommaListFilter(
         field_name="job_name", help_text=_("One job name or a comma list.")
     )
-    source = django_filters.CharFilter(
+    source = TextFilter(
         field_name="source", help_text=_("How the run was started, e.g. celery.")
     )
-    subject = django_filters.CharFilter(
+    subject = TextFilter(
         field_name="subject",
         help_text=_('What the run is about, e.g. "library.Book:53".'),
     )
     owner = UserFilter(
         field_name="owner_id", help_text=_("The id of the user who started the run.")
     )
-    parent = django_filters.UUIDFilter(
+    parent = RunIdFilter(
         field_name="parent_id", help_text=_("The id of the parent run (batches).")
     )
     has_errors = BooleanFilter(
@@ -377,7 +602,7 @@ class JobRunFilterSet(django_filters.FilterSet):
         field_name="created_at",
         help_text=format_lazy("{} {}", _("Runs created in this period."), _PERIOD_HELP),
     )
-    q = django_filters.CharFilter(
+    q = TextFilter(
         method="filter_q",
         help_text=_(
             "A run id (that run), or text searched in the job name, subject and message."
@@ -466,7 +691,7 @@ def _contains(
     return runs
 
 
-class JobLogFilterSet(django_filters.FilterSet):
+class JobLogFilterSet(StrictFilterSet):
     level = LevelFilter(
         field_name="level",
         lookup_expr="gte",
@@ -477,7 +702,7 @@ class JobLogFilterSet(django_filters.FilterSet):
     level_exact = LevelFilter(
         field_name="level", help_text=_("Exactly this level: a number or a name.")
     )
-    message = django_filters.CharFilter(
+    message = TextFilter(
         field_name="message",
         lookup_expr="icontains",
         help_text=_("Lines whose message contains this text."),

@@ -11,11 +11,12 @@ import base64
 import binascii
 import json
 from collections import OrderedDict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import F, Q, QuerySet
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 from rest_framework.exceptions import ValidationError
@@ -130,15 +131,8 @@ class KeysetPagination(BasePagination):
                 raise error
             value = payload.get("v")
             if value is not None:
-                if kind == "datetime":
-                    value = parse_datetime(value) if isinstance(value, str) else None
-                    if value is None:
-                        raise error
-                elif kind == "duration":
-                    if isinstance(value, bool) or not isinstance(value, int):
-                        raise error
-                    value = timedelta(microseconds=value)
-                elif not isinstance(value, str):
+                value = self._position_value(value, kind)
+                if value is None:
                     raise error
             pk = pk_field.to_python(payload.get("i"))
             if pk is None:
@@ -148,11 +142,34 @@ class KeysetPagination(BasePagination):
             TypeError,
             OverflowError,
             binascii.Error,
-            UnicodeDecodeError,
+            UnicodeError,
             DjangoValidationError,
         ) as exc:
             raise error from exc
         return value, pk, payload["p"]
+
+    @staticmethod
+    def _position_value(value: Any, kind: str) -> Any:
+        """A cursor's ``v`` as the database can compare it; None when it cannot."""
+        if kind == "datetime":
+            moment = parse_datetime(value) if isinstance(value, str) else None
+            if moment is None or timezone.is_naive(moment):
+                return None
+            # The database compares in UTC: 0001-01-01T00:00+01:00 has no UTC date.
+            moment.astimezone(UTC)
+            return moment
+        if kind == "duration":
+            # Microseconds, as a signed 64-bit integer (SQLite's and PostgreSQL's bigint).
+            if isinstance(value, bool) or not isinstance(value, int):
+                return None
+            if not -(2**63) <= value < 2**63:
+                return None
+            return timedelta(microseconds=value)
+        if not isinstance(value, str) or "\x00" in value:
+            return None
+        # Text PostgreSQL stores: no NUL, no lone surrogate.
+        value.encode()
+        return value
 
     # Paging.
 

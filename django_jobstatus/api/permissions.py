@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from rest_framework.permissions import BasePermission
@@ -9,16 +10,9 @@ from rest_framework.request import Request
 
 from django_jobstatus.conf import settings
 
-# Which model permission each HTTP method needs.
-_PERMISSIONS = {
-    "GET": "view",
-    "HEAD": "view",
-    "OPTIONS": "view",
-    "POST": "change",
-    "PUT": "change",
-    "PATCH": "change",
-    "DELETE": "delete",
-}
+# Which model permission each HTTP method needs besides view (seeing anything needs view).
+# A method the view does not allow needs view alone, so that it is answered 405.
+_ACTIONS = {"POST": "change", "DELETE": "delete"}
 # What an owner may do with their own runs under API_OWNER_SCOPED: read and kill.
 _OWNER_ACTIONS = frozenset({"view", "change"})
 
@@ -28,25 +22,37 @@ def owner_scoped(user: Any) -> bool:
     return bool(settings.API_OWNER_SCOPED and not getattr(user, "is_staff", False))
 
 
-class JobRunPermission(BasePermission):
-    """Authenticated staff with the model permission the method needs.
+def required_permissions(method: str, allowed_methods: Iterable[str]) -> list[str]:
+    """The jobrun permissions a request needs: view, and the action's permission when it acts.
 
-    ``view_jobrun`` for reads, ``change_jobrun`` for kills, ``delete_jobrun`` for deletes.
-    With ``JOBSTATUS["API_OWNER_SCOPED"] = True``, users who are not staff may also read and
-    kill the runs they own (the view narrows their queryset to those).
+    ``view`` to see anything; ``view`` and ``change`` to kill; ``view`` and ``delete`` to
+    delete. A method the view does not allow (TRACE, PROPFIND, PUT…) needs view alone, so
+    that a user who may see the API learns it is not allowed (405).
     """
+    action = _ACTIONS.get(method) if method in allowed_methods else None
+    return ["view", action] if action else ["view"]
 
-    def _action(self, request: Request) -> str | None:
-        return _PERMISSIONS.get(request.method or "")
+
+class JobRunPermission(BasePermission):
+    """Authenticated staff with ``view_jobrun``, plus the permission of the action.
+
+    ``view_jobrun`` for reads, and also ``change_jobrun`` for kills, ``delete_jobrun`` for
+    deletes. With ``JOBSTATUS["API_OWNER_SCOPED"] = True``, users who are not staff may also
+    read and kill the runs they own (the view narrows their queryset to those).
+    """
 
     def has_permission(self, request: Request, view: Any) -> bool:
         user = request.user
-        action = self._action(request)
-        if not user or not user.is_authenticated or action is None:
+        if not user or not user.is_authenticated:
             return False
+        needed = required_permissions(
+            request.method or "", getattr(view, "allowed_methods", ())
+        )
         if user.is_staff:
-            return bool(user.has_perm(f"django_jobstatus.{action}_jobrun"))
-        return owner_scoped(user) and action in _OWNER_ACTIONS
+            return all(
+                user.has_perm(f"django_jobstatus.{name}_jobrun") for name in needed
+            )
+        return owner_scoped(user) and set(needed) <= _OWNER_ACTIONS
 
     def has_object_permission(self, request: Request, view: Any, obj: Any) -> bool:
         user = request.user

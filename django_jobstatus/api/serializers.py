@@ -170,6 +170,15 @@ class JobLogSerializer(serializers.ModelSerializer):
         return logging.getLevelName(entry.level)
 
 
+class _RunIdField(serializers.UUIDField):
+    """A run id as a string: DRF's UUIDField also takes integers (and so false, as 0)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
 class KillSerializer(serializers.Serializer):
     force = serializers.BooleanField(
         default=False,
@@ -182,7 +191,7 @@ class KillSerializer(serializers.Serializer):
 
 class KillRequestSerializer(KillSerializer):
     ids = serializers.ListField(
-        child=serializers.UUIDField(),
+        child=_RunIdField(),
         required=False,
         max_length=1000,
         help_text=_(

@@ -10,6 +10,7 @@ from django.db.models import Count, Q
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django_filters import utils
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -21,7 +22,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, routers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.generics import get_object_or_404
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
@@ -81,10 +82,44 @@ _DENIED = OpenApiResponse(
 
 
 class _FilterBackend(DjangoFilterBackend):
-    """Each action names its own FilterSet (runs or log lines) through ``get_filterset_class()``."""
+    """Each action names its own FilterSet (runs or log lines) through ``get_filterset_class()``.
+
+    The FilterSets are strict (StrictFilterSet): a query parameter that is neither a filter
+    nor one the view reads (``known_parameters()``) is a 400 naming it.
+    """
 
     def get_filterset_class(self, view: Any, queryset: Any = None) -> Any:
         return view.get_filterset_class()
+
+    def get_filterset_kwargs(
+        self, request: Request, queryset: Any, view: Any
+    ) -> dict[str, Any]:
+        return {
+            **super().get_filterset_kwargs(request, queryset, view),
+            "known": view.known_parameters(),
+        }
+
+    def valid_filterset(self, request: Request, queryset: Any, view: Any) -> Any:
+        """The view's FilterSet for this request, validated: a 400 when it is not valid."""
+        filterset = self.get_filterset(request, queryset, view)
+        if not filterset.is_valid():
+            raise utils.translate_validation(filterset.errors)
+        return filterset
+
+
+class _JSONParser(JSONParser):
+    """DRF's JSON parser; a body nested deeper than Python can parse is a 400 too."""
+
+    def parse(
+        self,
+        stream: Any,
+        media_type: str | None = None,
+        parser_context: dict[str, Any] | None = None,
+    ) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise ParseError(_("JSON parse error - nested too deep.")) from exc
 
 
 class Access:
@@ -165,9 +200,42 @@ class JobRunViewSet(
     def get_filterset_class(self) -> type[Any] | None:
         if self.action == "logs":
             return JobLogFilterSet
-        if self.action in ("list", "stats", "bulk_kill"):
+        # Bulk actions (bulk_kill…) pick runs with the list filters.
+        if self.action in ("list", "stats") or self.action.startswith("bulk_"):
             return JobRunFilterSet
         return None
+
+    def known_parameters(self) -> list[str]:
+        """The query parameters this action reads besides its filters."""
+        known = [api_settings.URL_FORMAT_OVERRIDE or "format"]
+        if self.action in ("list", "logs"):
+            paginator = self.pagination_class()
+            known += [paginator.cursor_query_param, paginator.page_size_query_param]
+            if paginator.ordering_param_enabled:
+                known.append(paginator.ordering_query_param)
+        if self.action == "stats":
+            known.append("bucket")
+        return known
+
+    def bulk_runs(self, request: Request, ids: list[Any] | None) -> JobRunQuerySet:
+        """The runs a bulk action picks: by ``ids`` and the list filters, at least one given.
+
+        An empty filter (``job_name=``) filters nothing, so it does not count: a bulk action
+        never falls back to every run. An unknown parameter is a 400 (StrictFilterSet).
+        """
+        filterset = _FilterBackend().valid_filterset(request, self.get_queryset(), self)
+        if not ids and not filterset.narrows():
+            raise ValidationError(
+                {
+                    "ids": [
+                        _(
+                            "Give the ids of the runs, or at least one list filter with a value."
+                        )
+                    ]
+                }
+            )
+        runs: JobRunQuerySet = filterset.qs
+        return runs.filter(pk__in=ids) if ids else runs
 
     def get_serializer_class(self) -> type[Any]:
         return JobLogSerializer if self.action == "logs" else JobRunSerializer
@@ -288,28 +356,12 @@ class JobRunViewSet(
         methods=["post"],
         url_path="kill",
         url_name="bulk-kill",
-        parser_classes=[JSONParser],
+        parser_classes=[_JSONParser],
     )
     def bulk_kill(self, request: Request) -> Response:
         body = KillRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        ids = body.validated_data.get("ids")
-        filtered = any(
-            name in request.query_params for name in JobRunFilterSet.base_filters
-        )
-        if not ids and not filtered:
-            raise ValidationError(
-                {
-                    "ids": [
-                        _(
-                            "Give the ids of the runs to stop, or at least one list filter."
-                        )
-                    ]
-                }
-            )
-        runs = self.filter_queryset(self.get_queryset())
-        if ids:
-            runs = runs.filter(pk__in=ids)
+        runs = self.bulk_runs(request, body.validated_data.get("ids"))
         matched = runs.count()
         active = runs.active().count()
         result = runs.request_kill(force=body.validated_data["force"])
@@ -332,6 +384,9 @@ class JobRunViewSet(
                 "job_name",
                 OpenApiTypes.STR,
                 required=True,
+                # Not blank, no NUL.
+                pattern=r"^[^\x00]*[^\x00\s][^\x00]*$",
+                allow_blank=False,
                 description=_("The job's name."),
             )
         ],
@@ -368,7 +423,7 @@ class JobRunViewSet(
             OpenApiParameter(
                 "bucket",
                 OpenApiTypes.STR,
-                enum=list(_BUCKETS),
+                enum=["", *_BUCKETS],
                 description=_("Also count finished runs per hour or day."),
             )
         ],
@@ -387,11 +442,7 @@ class JobRunViewSet(
                     ]
                 }
             )
-        filterset = JobRunFilterSet(
-            request.query_params, queryset=self.get_queryset(), request=request
-        )
-        if not filterset.is_valid():
-            raise ValidationError(filterset.errors)
+        filterset = _FilterBackend().valid_filterset(request, self.get_queryset(), self)
         runs = filterset.qs
         since, until = _range(filterset.form.cleaned_data)
         if since is None and until is None:

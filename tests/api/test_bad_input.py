@@ -40,6 +40,13 @@ pytestmark = pytest.mark.django_db
         ("ordering", "priority"),
         ("ordering", "--created_at"),
         ("cursor", "garbage"),
+        # Issue 11: an empty parent is not "no filter"; and values outside the schema.
+        ("parent", ""),
+        ("parent", " "),
+        ("status", "running,nope"),
+        ("period", "1000000000w"),
+        ("has_errors", "maybe"),
+        ("owner", "1.5"),
     ],
 )
 def test_bad_list_parameters_are_400_naming_the_field(api, run, field, value):

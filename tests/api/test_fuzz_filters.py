@@ -489,7 +489,9 @@ def test_status_lists(api, seeded, status):
 
 
 job_words = st.sampled_from(JOB_NAMES) | st.text(
-    st.characters(blacklist_characters=","), max_size=12
+    # No lone surrogate: no client can put one in a URL (the test client fails to encode it).
+    st.characters(blacklist_characters=",", blacklist_categories=("Cs",)),
+    max_size=12,
 )
 
 

@@ -115,10 +115,20 @@ def test_view_permission_reads_but_cannot_kill_or_delete(make_user, client_for, 
     assert_untouched(run, finished)
 
 
-def test_change_permission_kills_but_cannot_read_or_delete(make_user, client_for, runs):
+def test_change_permission_alone_can_neither_read_nor_kill(make_user, client_for, runs):
+    # Acting needs view too: else a kill's 202 body would show the run (issue 11).
     run, finished = runs
     client = client_for(make_user("change"))
     assert client.get(BASE).status_code == 403
+    response = client.post(f"{BASE}{run.pk}/kill/")
+    assert response.status_code == 403
+    assert "secret.job" not in response.content.decode()
+    assert_untouched(run, finished)
+
+
+def test_view_and_change_kill_but_cannot_delete(make_user, client_for, runs):
+    run, finished = runs
+    client = client_for(make_user("view", "change"))
     assert client.delete(f"{BASE}{finished.pk}/").status_code == 403
     assert client.post(f"{BASE}{run.pk}/kill/").status_code == 202
     assert (
@@ -127,9 +137,9 @@ def test_change_permission_kills_but_cannot_read_or_delete(make_user, client_for
     )
 
 
-def test_delete_permission_deletes_but_cannot_kill(make_user, client_for, runs):
+def test_view_and_delete_delete_but_cannot_kill(make_user, client_for, runs):
     run, finished = runs
-    client = client_for(make_user("delete"))
+    client = client_for(make_user("view", "delete"))
     assert client.post(f"{BASE}{run.pk}/kill/").status_code == 403
     assert client.delete(f"{BASE}{finished.pk}/").status_code == 204
 

@@ -221,3 +221,65 @@ def test_script_in_a_message_or_log_is_shown_as_text(admin_page):
     )
     assert XSS in admin_page.locator("#jobstatus-active-rows").inner_text()
     assert admin_page.evaluate("typeof window.__xss") == "undefined"
+
+
+PAYLOADS = [
+    "<script>alert('s')</script>",
+    '"><img src=x onerror=alert("i")>',
+    "'><svg onload=alert('v')>",
+    "</script><script>alert('c')</script>",
+    "javascript:alert('j')",
+    "{{ 7|add:7 }}<b onmouseover=alert('b')>x</b>",
+]
+
+
+def test_xss_payloads_in_every_field_open_no_dialog(admin_page):
+    """Issue 11 held this: every field of a run and a log line, on every page, is text."""
+    dialogs: list[str] = []
+    admin_page.on(
+        "dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss())
+    )
+    runs = []
+    for n, payload in enumerate(PAYLOADS):
+        text = f"{payload}{n}"
+        run = make(
+            text,
+            Status.FAILED if n % 2 else Status.RUNNING,
+            source=text,
+            subject=text,
+            queue=text,
+            worker=text,
+            backend_job_id=text,
+            message=text,
+            step=text,
+            error=text,
+            traceback=text,
+            params={text: text, "nested": [text]},
+            data={text: text},
+            result={text: text},
+            attempts=[{"attempt": 1, "status": text, "error": text, "worker": text}],
+            progress_current=1,
+            progress_total=2,
+        )
+        run.log(40, text, extra={text: text})
+        runs.append(run)
+    base = f"{admin_page.base}/admin/django_jobstatus"
+    pages = [
+        f"{base}/jobrun/",
+        f"{base}/jobrun/?job_name={PAYLOADS[0]}0",
+        f"{base}/jobrun/?q={PAYLOADS[1]}",
+        f"{base}/joblog/",
+        f"{base}/jobrun/dashboard/",
+        f"{base}/jobrun/dashboard/purge/?days=0",
+        *(f"{base}/jobrun/{run.pk}/change/" for run in runs),
+        *(f"{base}/joblog/{run.logs.get().pk}/change/" for run in runs),
+    ]
+    for url in pages:
+        admin_page.goto(url)
+        admin_page.wait_for_load_state("load")
+        admin_page.mouse.move(200, 300)  # mouseover payloads would fire now
+        assert admin_page.evaluate("typeof window.__xss") == "undefined", url
+    # The payloads were on the pages, as text.
+    admin_page.goto(f"{base}/jobrun/{runs[0].pk}/change/")
+    assert f"{PAYLOADS[0]}0" in admin_page.locator("#content").inner_text()
+    assert dialogs == []

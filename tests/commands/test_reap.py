@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
+from tests.commands.conftest import manage
 
 pytestmark = pytest.mark.django_db
 
@@ -110,6 +111,8 @@ def test_quiet_prints_nothing(
         (["--timeout", "-1"], "0 or more"),
         (["--timeout", "soon"], "not a number"),
         (["--timeout", "inf"], "0 or more"),
+        (["--timeout", "1e12"], "at most 1000 years"),
+        (["--timeout", "1e308"], "at most 1000 years"),
         (["--database", "nope"], "not a database alias"),
     ],
 )
@@ -155,3 +158,13 @@ def test_narrowed_queryset_reaps_only_its_runs(make_run: Any) -> None:
     other = make_run("tests.other", heartbeat_at=ago(600))
     JobRun.objects.for_job("tests.mine").reap(60)
     assert (status(mine), status(other)) == (Status.LOST, Status.RUNNING)
+
+
+@pytest.mark.parametrize("timeout", ["1e12", "1e308"])
+def test_a_timeout_too_long_is_a_usage_error_from_the_command_line(
+    timeout: str,
+) -> None:
+    done = manage("reap_jobstatus", "--timeout", timeout)
+    assert done.returncode == 2, done.stderr
+    assert "at most 1000 years" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -8,6 +8,17 @@ from django.db import connections
 from django.utils.translation import gettext as _
 
 from django_jobstatus.models import Status
+from django_jobstatus.querysets import as_timedelta
+
+
+def _within_max_age(name: str, value: str, number: float) -> None:
+    """A usage error when ``number`` of ``name`` (days or seconds) is longer than 1000 years."""
+    try:
+        as_timedelta(name, number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is too long: at most 1000 years") % {"value": value}
+        ) from None
 
 
 def whole_number(value: str) -> int:
@@ -20,6 +31,13 @@ def whole_number(value: str) -> int:
         ) from None
     if number < 0:
         raise argparse.ArgumentTypeError(_("%(value)r is negative") % {"value": value})
+    return number
+
+
+def day_count(value: str) -> int:
+    """argparse type: a whole number of days, 0 or more, at most some 1000 years."""
+    number = whole_number(value)
+    _within_max_age("days", value, number)
     return number
 
 
@@ -55,6 +73,7 @@ def seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(
             _("%(value)r is not a number of seconds of 0 or more") % {"value": value}
         )
+    _within_max_age("seconds", value, number)
     return number
 
 

@@ -14,6 +14,7 @@ from django.utils.translation import ngettext
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
     database_alias,
+    day_count,
     positive_int,
     status_name,
     whole_number,
@@ -35,7 +36,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--days",
-            type=whole_number,
+            type=day_count,
             default=None,
             help=_(
                 "Delete runs created more than this many days ago, whatever their status; when not given, JOBSTATUS['RETENTION'] per status, then JOBSTATUS['RETENTION_DAYS'] (%(retention_days)s) (default: %%(default)r)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.http import QueryDict
 from django.urls import NoReverseMatch
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.types import OpenApiTypes
@@ -179,8 +180,21 @@ class _RunIdField(serializers.UUIDField):
         return super().to_internal_value(data)
 
 
+class _StrictBooleanField(serializers.BooleanField):
+    """A JSON ``true``/``false`` (or a form's "true"/"false"): DRF's BooleanField also takes 0, 1 and "yes"."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if isinstance(data, bool):
+            return data
+        form = isinstance(getattr(self.root, "initial_data", None), QueryDict)
+        if form and isinstance(data, str) and data.lower() in {"true", "false"}:
+            return data.lower() == "true"
+        self.fail("invalid", input=data)
+        raise AssertionError  # pragma: no cover (fail() raises)
+
+
 class KillSerializer(serializers.Serializer):
-    force = serializers.BooleanField(
+    force = _StrictBooleanField(
         default=False,
         help_text=_(
             "End the run killed now and stop the job where its task system can "

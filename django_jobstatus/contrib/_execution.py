@@ -153,18 +153,26 @@ class Execution:
         self.token: Token[JobHandle | None] | None = None
         self.recorded = False
         self.ended = False
+        self.killed_before_start = False
 
     def __repr__(self) -> str:
         return f"<Execution {self.source} {self.backend_job_id}>"
 
     def record_start(self) -> JobRun:
-        """Upsert the run as running: queued/retrying → running, running → a restart, else a new run."""
+        """Upsert the run as running: queued/retrying → running, running → a restart, else a new run.
+
+        A run killed while it waited stays killed (the kill reached the task system too
+        late, e.g. a worker took the job as it was canceled): ``killed_before_start`` is
+        then True, and the integration refuses to run the job where it can.
+        """
         alias = tracking_database()
         with transaction.atomic(
             using=alias, savepoint=connections[alias].in_atomic_block
         ):
             run = find_run(self.source, self.backend_job_id, alias)
-            if run is None or run.is_finished:
+            if run is not None and run.status == Status.KILLED:
+                self.killed_before_start = True
+            elif run is None or run.is_finished:
                 run = JobRun.objects.db_manager(alias).start(
                     self.name,
                     source=self.source,

@@ -158,6 +158,7 @@ class Execution:
         self.recorded = False
         self.created = False  # whether record_start() made a new run (none was waiting)
         self.ended = False
+        self.killed_before_start = False
 
     def __repr__(self) -> str:
         return f"<Execution {self.source} {self.backend_job_id}>"
@@ -166,6 +167,10 @@ class Execution:
         """Upsert the run as running: queued/retrying → running, running → a restart, else a new run.
 
         The common case, the task's run waiting queued, is one statement.
+
+        A run killed while it waited stays killed (the kill reached the task system too
+        late, e.g. a worker took the job as it was canceled): ``killed_before_start`` is
+        then True, and the integration refuses to run the job where it can.
         """
         alias = tracking_database()
         run = self._start_queued(alias)
@@ -176,7 +181,9 @@ class Execution:
             using=alias, savepoint=connections[alias].in_atomic_block
         ):
             run = find_run(self.source, self.backend_job_id, alias)
-            if run is None or run.is_finished:
+            if run is not None and run.status == Status.KILLED:
+                self.killed_before_start = True
+            elif run is None or run.is_finished:
                 run = JobRun.objects.db_manager(alias).start(
                     self.name,
                     source=self.source,
@@ -220,6 +227,9 @@ class Execution:
             {
                 "status": Status.RUNNING,
                 "worker": self.worker,
+                # As mark_running(): the attempt starts with no error of an earlier one.
+                "error": "",
+                "traceback": "",
                 "started_at": Coalesce(F("started_at"), Value(now)),
                 "heartbeat_at": now,
                 "updated_at": now,

@@ -180,7 +180,9 @@ class Job(rq.job.Job):
         assert execution is not None  # noqa: S101 (for the type checker)
         try:
             handle = execution.handle
-            if handle is not None and handle.run.kill_requested:
+            if execution.killed_before_start or (
+                handle is not None and handle.run.kill_requested
+            ):
                 # Asked to stop (or killed) while it waited, e.g. for an RQ Retry: the
                 # job's code does not run again.
                 raise JobKilled(self.id)

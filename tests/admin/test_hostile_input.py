@@ -183,7 +183,7 @@ def test_good_purge_days_still_preview_and_purge(admin_client, make_run):
     )
     make_run("x", status=Status.SUCCEEDED)
     assert (
-        "Yes, purge 1 runs" in admin_client.get(PURGE, {"days": "30"}).content.decode()
+        "Yes, purge 1 run" in admin_client.get(PURGE, {"days": "30"}).content.decode()
     )
     assert admin_client.post(PURGE, {"days": "30"}).status_code == 302
     assert not JobRun.objects.filter(pk=old.pk).exists()

@@ -457,10 +457,14 @@ class TestRQKill:
     ) -> None:
         queue = django_rq.get_queue(rq_jobs.QUEUE)
         key = f"kill:{uuid.uuid4()}"
-        job = queue.enqueue(kill_jobs.counted, key, retry=Retry(max=3, interval=2))
+        job = queue.enqueue(kill_jobs.counted, key, retry=Retry(max=3, interval=5))
         run = rq_run(job)
         wait_for(
-            lambda: refreshed(run).attempt == 2 and run.status != Status.RUNNING,
+            lambda: (
+                refreshed(run).attempt == 2
+                and run.status != Status.RUNNING
+                and job.get_status(refresh=True) == rq.job.JobStatus.SCHEDULED
+            ),
             timeout=60,
             what="the first attempt to fail",
             process=rq_forking,
@@ -471,7 +475,7 @@ class TestRQKill:
         assert job.get_status(refresh=True) == rq.job.JobStatus.CANCELED
         # A job scheduled after the retry was due has run: the retry would have run first.
         sentinel = f"kill:{uuid.uuid4()}"
-        queue.enqueue_in(timedelta(seconds=4), kill_jobs.mark, sentinel)
+        queue.enqueue_in(timedelta(seconds=7), kill_jobs.mark, sentinel)
         wait_for(
             lambda: queue.connection.exists(sentinel),
             timeout=60,
@@ -791,3 +795,28 @@ def test_reap_cancels_the_rq_job_of_a_run_queued_too_long() -> None:
         assert job.get_status(refresh=True) == rq.job.JobStatus.CANCELED
     finally:
         job.delete()
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("rq_on")
+def test_an_rq_job_whose_run_was_killed_as_a_worker_took_it_does_not_run() -> None:
+    """The cancel came too late: a worker had the job already. Its code does not run."""
+    connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
+    queue = jobstatus_rq.Queue(
+        f"jobstatus-kill-{uuid.uuid4().hex[:8]}", connection=connection
+    )
+    key = f"kill:{uuid.uuid4()}"
+    # RQ's own enqueue_call: django-rq's looks the queue up in RQ_QUEUES.
+    job = rq.Queue.enqueue_call(queue, kill_jobs.counted, args=(key,))
+    try:
+        run = rq_run(job)
+        run.mark_killed()
+        jobstatus_rq.SimpleWorker(
+            [queue], connection=connection, job_class=jobstatus_rq.Job
+        ).work(burst=True)
+        assert connection.get(key) is None
+        assert list(JobRun.objects.all()) == [run]
+        assert refreshed(run).status == Status.KILLED
+    finally:
+        queue.delete(delete_jobs=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import admin, messages
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
+from django.db import OperationalError
 from django.db.models import Count
 from django.db.models.functions import TruncHour, TruncMinute
 from django.http import HttpResponseRedirect, JsonResponse
@@ -350,7 +351,21 @@ def purge_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         raise PermissionDenied
     days = _purge_days(request)
     if request.method == "POST":
-        result = JobRun.objects.purge(days=days)
+        try:
+            result = JobRun.objects.purge(days=days)
+        except OperationalError as exc:
+            # SQLite locked past the purge's retries: say so, never a server error.
+            model_admin.message_user(
+                request,
+                _(
+                    "The database stayed busy (%(error)s); the batches done are committed. Try again."
+                )
+                % {"error": exc},
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(
+                reverse("admin:django_jobstatus_jobrun_dashboard")
+            )
         model_admin.message_user(
             request,
             _("Purged %(runs)d runs and %(logs)d log lines.")

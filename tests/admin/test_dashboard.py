@@ -173,6 +173,22 @@ def test_purge_dry_run_then_confirm(admin_client, make_run):
     assert list(JobRun.objects.all()) == [keep]
 
 
+def test_purge_now_says_when_the_database_stays_locked(
+    admin_client, make_run, monkeypatch
+):
+    from django.db import OperationalError
+
+    from django_jobstatus import retention
+
+    def locked(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(retention, "purge", locked)
+    response = admin_client.post(URL + "purge/", {"days": "30"}, follow=True)
+    assert response.status_code == 200
+    assert "The database stayed busy" in response.content.decode()
+
+
 def test_purge_needs_delete_permission(staff_client, make_run):
     client = staff_client("view_jobrun", "change_jobrun")
     old = make_run(

@@ -40,10 +40,15 @@ from django_jobstatus.admin.filters import (
     SourceFilter,
     StatusFilter,
 )
-from django_jobstatus.admin.paginator import COUNT_CAP, CappedCountPaginator
+from django_jobstatus.admin.paginator import (
+    COUNT_CAP,
+    BigTableChangeList,
+    CappedCountPaginator,
+)
 from django_jobstatus.models import JobLog, JobRun, Status
 
 if TYPE_CHECKING:
+    from django.contrib.admin.views.main import ChangeList
     from django.db.models import QuerySet
     from django.http import HttpRequest, HttpResponse
     from django.utils.safestring import SafeString
@@ -84,6 +89,10 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return BigTableChangeList
+
     # No foreign key is shown in the list: nothing to join.
     list_select_related = False
     actions = (

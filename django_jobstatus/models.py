@@ -243,7 +243,10 @@ class JobRun(models.Model):
         ordering = ["-created_at", "-id"]
         get_latest_by = "created_at"
         indexes = [
-            models.Index(fields=["created_at"], name="jobstatus_run_created_idx"),
+            # Newest first, and the changelist's deep pages: an index-only OFFSET (0004).
+            models.Index(
+                fields=["created_at", "id"], name="jobstatus_run_created_id_idx"
+            ),
             models.Index(
                 fields=["status", "created_at"], name="jobstatus_run_status_idx"
             ),
@@ -589,7 +592,9 @@ class JobLog(models.Model):
             models.Index(
                 fields=["run", "level", "created_at"], name="jobstatus_log_level_idx"
             ),
-            models.Index(fields=["created_at"], name="jobstatus_log_created_idx"),
+            models.Index(
+                fields=["created_at", "id"], name="jobstatus_log_created_id_idx"
+            ),
             # "Warnings and errors, newest first" across all runs, without the info lines.
             models.Index(
                 fields=["created_at", "id"],

@@ -190,6 +190,23 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """The newest run of job ``name``, or None."""
         return self.for_job(name).order_by("-created_at", "-id").first()
 
+    def latest_for_each(self, names: Iterable[str]) -> dict[str, JobRun]:
+        """The newest run of each job in ``names`` that has one, by name: one query.
+
+        One short index probe of (job_name, created_at) per name, OR-ed by primary key.
+        """
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        newest = Q()
+        for name in wanted:
+            newest |= Q(
+                pk=models.Subquery(
+                    self.for_job(name).order_by("-created_at", "-id").values("pk")[:1]
+                )
+            )
+        return {run.job_name: run for run in self.filter(newest)}
+
     # Creating runs.
 
     def _create(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:

@@ -87,6 +87,19 @@ def test_latest_for_breaks_ties_by_id(make_run) -> None:
     assert JobRun.objects.latest_for("a") == second
 
 
+def test_latest_for_each_in_one_query(make_run, django_assert_num_queries) -> None:
+    now = timezone.now()
+    make_run("a", created_at=now - timedelta(days=2))
+    a = make_run("a", created_at=now - timedelta(days=1))
+    tied = make_run("b", created_at=now)
+    b = make_run("b", created_at=now)
+    with django_assert_num_queries(1):
+        latest = JobRun.objects.latest_for_each(["a", "b", "missing", "a"])
+    assert latest == {"a": a, "b": max(tied, b, key=lambda run: run.pk)}
+    assert JobRun.objects.failed().latest_for_each(["a"]) == {}
+    assert JobRun.objects.latest_for_each([]) == {}
+
+
 @pytest.mark.parametrize("age", [7, 7.0, timedelta(days=7)])
 def test_older_than(make_run, age: Any) -> None:
     now = timezone.now()

@@ -213,17 +213,18 @@ def window_figures(since: datetime, now: datetime, window: str) -> dict[str, Any
 
 
 def job_table(stats: list[dict[str, Any]], window: str) -> list[dict[str, Any]]:
-    """The window's stats() rows with each job's latest run (latest_for), busiest jobs first."""
+    """The window's stats() rows with each job's latest run (one query), busiest jobs first."""
     stats = [
         dict(row)
         for row in sorted(stats, key=lambda row: (-row["total"], row["job_name"]))[
             :JOBS_LIMIT
         ]
     ]
+    latest = JobRun.objects.only(
+        "pk", "job_name", "status", "created_at"
+    ).latest_for_each(row["job_name"] for row in stats)
     for row in stats:
-        row["latest"] = JobRun.objects.only(
-            "pk", "job_name", "status", "created_at"
-        ).latest_for(row["job_name"])
+        row["latest"] = latest.get(row["job_name"])
         row["url"] = _changelist(job_name=row["job_name"], created=window)
         row["failed_url"] = _changelist(
             job_name=row["job_name"], created=window, status=Status.FAILED

@@ -99,6 +99,30 @@ def test_dashboard(admin_client, runs, django_assert_max_num_queries):
     assert 'href="/admin/django_jobstatus/jobrun/"' in html  # breadcrumbs
 
 
+@pytest.mark.parametrize("window", ["24h", "7d"])
+def test_fifty_jobs_cost_the_dashboard_no_more_queries_than_one(
+    admin_client, make_run, django_assert_max_num_queries, window
+):
+    from django.core.cache import cache
+
+    now = timezone.now()
+    for i in range(50):
+        for age in (5, 1):  # the newer run is each job's latest
+            make_run(
+                f"job.{i:02}",
+                status=Status.SUCCEEDED,
+                created_at=now - timedelta(minutes=age),
+                finished_at=now - timedelta(minutes=age),
+            )
+    admin_client.get(URL)  # the session and the user, loaded once
+    cache.clear()
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(URL, {"window": window})
+    jobs = response.context["jobs"]
+    assert len(jobs) == 50
+    assert all(row["latest"].created_at == now - timedelta(minutes=1) for row in jobs)
+
+
 @pytest.mark.parametrize(
     ("window", "total", "bars"), [("1h", 4, 13), ("24h", 4, 25), ("7d", 5, 169)]
 )

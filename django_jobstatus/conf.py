@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "LOG_MAX_LENGTH": 10000,
     # Seconds between two progress/heartbeat/log writes (and kill checks) of a running job.
     "PROGRESS_INTERVAL": 1.0,
+    # Database alias the admin, the API and the dashboard read from (a replica), through
+    # django_jobstatus.routers.JobStatusRouter; None: DATABASE. Writes always go to DATABASE.
+    "READ_DATABASE": None,
     # Keys in params/data/result shown as "********" in the admin and the API, at any depth.
     "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
     # Days to keep finished runs per status, over RETENTION_DAYS.
@@ -68,6 +71,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "KEEP_LAST": (int,),
     "LOG_MAX_LENGTH": (int,),
     "PROGRESS_INTERVAL": (int, float),
+    "READ_DATABASE": (str, type(None)),
     "REDACT_KEYS": (list, tuple, set, frozenset),
     "RETENTION": (dict,),
     "RETENTION_DAYS": (int,),

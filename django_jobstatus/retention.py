@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from django.db import OperationalError, connections, transaction
+from django.db import OperationalError, connections, router, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -88,6 +88,9 @@ def purge(
     """The body of ``JobRunQuerySet.purge()`` (which documents the arguments)."""
     if runs.query.is_sliced:
         raise TypeError("Cannot purge a sliced queryset.")
+    # Everything a purge reads decides what it deletes: all on the database it writes to
+    # (a router may send plain reads to a replica).
+    runs = runs.using(runs._db or router.db_for_write(runs.model))  # type: ignore[attr-defined]
     keep = _whole(
         "keep_last", settings.KEEP_LAST if keep_last is None else keep_last, 0
     )

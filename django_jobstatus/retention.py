@@ -373,10 +373,10 @@ class _Batches:
         )
         statement = f"""
             WITH gone AS (
-                DELETE FROM {runs} WHERE id IN ({sql})
+                DELETE FROM {runs} WHERE id = ANY(ARRAY({sql}))
                 RETURNING id, job_name, status, created_at
             ), lines AS (
-                DELETE FROM {logs} WHERE run_id IN (SELECT id FROM gone) RETURNING run_id
+                DELETE FROM {logs} WHERE run_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING run_id
             )
             SELECT gone.id, gone.job_name, gone.status, gone.created_at, coalesce(n.lines, 0)
             FROM gone LEFT JOIN (

@@ -100,6 +100,7 @@ def test_dashboard(admin_client, runs, django_assert_max_num_queries):
 
 
 @pytest.mark.parametrize("window", ["24h", "7d"])
+@pytest.mark.django_db(transaction=True)  # autocommit, as a request runs
 def test_fifty_jobs_cost_the_dashboard_no_more_queries_than_one(
     admin_client, make_run, django_assert_max_num_queries, window
 ):

@@ -574,7 +574,12 @@ class JobRun(models.Model):
 class JobLog(models.Model):
     id = models.BigAutoField(primary_key=True)
     run = models.ForeignKey(
-        JobRun, verbose_name=_("run"), on_delete=models.CASCADE, related_name="logs"
+        JobRun,
+        verbose_name=_("run"),
+        on_delete=models.CASCADE,
+        related_name="logs",
+        # jobstatus_log_run_idx (run, created_at) serves every lookup by run (0004).
+        db_index=False,
     )
     created_at = models.DateTimeField(_("time"), default=timezone.now)
     level = models.PositiveSmallIntegerField(_("level"), default=20)

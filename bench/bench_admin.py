@@ -68,6 +68,11 @@ def parse() -> argparse.Namespace:
         help="time a database kept by --keep, without seeding (default: %(default)r)",
     )
     parser.add_argument(
+        "--sizes",
+        action="store_true",
+        help="only print each table's rows, estimate, sizes and VACUUM ANALYZE time (default: %(default)r)",
+    )
+    parser.add_argument(
         "--explain",
         action="store_true",
         help="print EXPLAIN ANALYZE of the job-name filter's query (default: %(default)r)",
@@ -307,6 +312,46 @@ def explain() -> None:
             print("  " + line)
 
 
+def table_sizes() -> None:
+    """Rows (exact and PostgreSQL's estimate), heap and index sizes, and VACUUM ANALYZE's time, per table."""
+    from django.db import connection
+
+    tables = [
+        "django_jobstatus_jobrun",
+        "django_jobstatus_joblog",
+        "django_celery_results_taskresult",
+    ]
+    if _dtk() is not None:
+        tables.append(_dtk()._meta.db_table)
+    header = f"{'table':36}{'rows':>12}{'estimate':>12}{'heap MB':>9}{'indexes MB':>11}{'vacuum s':>9}"
+    print(header)
+    print("-" * len(header))
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"SELECT count(*) FROM {table}")  # noqa: S608
+            (rows,) = cursor.fetchone()
+            cursor.execute(
+                "SELECT reltuples::bigint, pg_relation_size(oid), pg_indexes_size(oid)"
+                " FROM pg_class WHERE oid = %s::regclass",
+                [table],
+            )
+            estimate, heap, indexes = cursor.fetchone()
+            began = time.perf_counter()
+            cursor.execute(f"VACUUM ANALYZE {table}")
+            took = time.perf_counter() - began
+            print(
+                f"{table:36}{rows:>12,}{estimate:>12,}{heap / 2**20:>9,.0f}{indexes / 2**20:>11,.0f}{took:>9.1f}"
+            )
+        cursor.execute(
+            "SELECT indexrelname, pg_relation_size(indexrelid) FROM pg_stat_user_indexes"
+            " WHERE relname IN ('django_jobstatus_jobrun', 'django_jobstatus_joblog')"
+            " ORDER BY 2 DESC"
+        )
+        print("\nindexes of the two tables, MB:")
+        for name, size in cursor.fetchall():
+            print(f"  {name:44}{size / 2**20:>8,.0f}")
+
+
 def run(options: argparse.Namespace) -> None:
     from django.contrib.auth.models import User
     from django.core.management import call_command
@@ -319,6 +364,9 @@ def run(options: argparse.Namespace) -> None:
     call_command("migrate", verbosity=0)
     if not options.reuse:
         seed_all(options)
+    if options.sizes:
+        table_sizes()
+        return
     user = User.objects.filter(
         username="bench"
     ).first() or User.objects.create_superuser("bench", "bench@example.com", "bench")

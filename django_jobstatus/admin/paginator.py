@@ -45,7 +45,8 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
     On PostgreSQL, when the table holds more than COUNT_CAP rows: unfiltered, the count is
     the table's estimate (``pg_class.reltuples``); filtered, the capped count runs unless
     the planner would read it with a sequential scan (a filter no index serves, whose
-    matches are rare), and then the planner's estimate of the matches is the count.
+    matches are rare) or it searches for a substring, and then the planner's estimate of
+    the matches is the count (BigTableChangeList never lists more than a page for it).
     """
 
     cap = COUNT_CAP
@@ -67,7 +68,9 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
             if not query.where:
                 self.estimated = True
                 return self._estimate(connection, queryset.model._meta.db_table)
-            if _scans(_plan(connection, capped)):
+            if _substring(query.where) or _scans(_plan(connection, capped)):
+                # A substring search (its matches are checked row by row, even through a
+                # trigram index) or a table scan: counting would read every candidate.
                 self.estimated = True
                 return max(int(_plan(connection, queryset.order_by())["Plan Rows"]), 0)
         return int(capped.count())
@@ -136,6 +139,13 @@ def _plan(connection: Any, queryset: Any) -> dict[str, Any]:
         "Plan"
     ]
     return plan
+
+
+def _substring(node: Any) -> bool:
+    """Whether a WHERE clause holds a substring lookup (``contains``, ``icontains``)."""
+    if getattr(node, "lookup_name", None) in {"contains", "icontains"}:
+        return True
+    return any(_substring(child) for child in getattr(node, "children", ()))
 
 
 def _scans(plan: dict[str, Any]) -> bool:

@@ -32,6 +32,7 @@ from django_jobstatus.admin.display import (
     status_badge,
 )
 from django_jobstatus.admin.filters import (
+    JOB_NAME_CHOICES,
     LEVELS,
     CreatedWithinFilter,
     HasErrorsFilter,
@@ -39,6 +40,7 @@ from django_jobstatus.admin.filters import (
     KillRequestedFilter,
     SourceFilter,
     StatusFilter,
+    distinct_job_names,
 )
 from django_jobstatus.admin.paginator import (
     COUNT_CAP,
@@ -79,7 +81,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     )
     search_fields = ("id", "job_name", "backend_job_id", "subject", "message")
     search_help_text = gettext_lazy(
-        "A run id, a job name (or its start), a backend job id, a subject, or words of the message."
+        "A run id, a backend job id, a subject, a job name or a part of one, or words of the message."
     )
     ordering = ("-created_at", "-id")
     sortable_by = ("job_name", "created_display")
@@ -354,25 +356,29 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             _("%(n)d children") % {"n": sum(counts.values())},
         )
 
-    # Search: exact ids, prefix of job names, words of the message.
+    # Search: exact ids, job names, words of the message.
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[JobRun], search_term: str
     ) -> tuple[QuerySet[JobRun], bool]:
-        terms = []
+        """Each word: a run id, a backend job id or a subject; and a part of job names
+        (those jobs' runs: an index range each) or, when no job name holds it, the start
+        of a job name or words of the message.
+        """
+        names: list[str] | None = None
         for bit in smart_split(search_term):
             if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
                 bit = unescape_string_literal(bit)
-            query = (
-                Q(job_name__istartswith=bit)
-                | Q(backend_job_id=bit)
-                | Q(subject=bit)
-                | Q(message__icontains=bit)
-            )
+            query = Q(backend_job_id=bit) | Q(subject=bit)
             with contextlib.suppress(ValueError):
                 query |= Q(pk=uuid.UUID(bit))
-            terms.append(query)
-        for query in terms:
+            if names is None:
+                names = distinct_job_names(JobRun, queryset.db, JOB_NAME_CHOICES + 1)
+            jobs = [name for name in names if bit.casefold() in name.casefold()]
+            if jobs and len(names) <= JOB_NAME_CHOICES:
+                query |= Q(job_name__in=jobs)
+            else:
+                query |= Q(job_name__istartswith=bit) | Q(message__icontains=bit)
             queryset = queryset.filter(query)
         return queryset, False
 

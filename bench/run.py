@@ -27,7 +27,7 @@ QUICK = {
         *("--runs", "20000", "--big-run-logs", "5000"),
         *("--repeat", "3"),
     ],
-    "bench_purge": ["--runs", "30000", "--logs", "300000"],
+    "bench_purge": ["--runs", "30000"],
 }
 
 

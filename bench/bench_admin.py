@@ -1,14 +1,16 @@
 """Time each admin page on a big history, beside django-celery-results' TaskResult admin.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:54329/jobstatus .venv/bin/python bench/bench_admin.py
-    ... --runs 20000 --logs 200000 --big-run-logs 5000      # a quick, small run
+    ... --runs 20000 --big-run-logs 5000      # a quick, small run
 
-Seeds, in a scratch PostgreSQL database of its own (``--database``, created and dropped):
-``--runs`` runs over 30 days (SQL generate_series; every tenth failed) with ``--logs`` log
-lines in all, one of them holding ``--big-run-logs`` lines, plus a few hundred active
-runs; and as many django-celery-results ``TaskResult`` rows. Then requests each page with
-Django's test Client, logged in as a superuser, ``--repeat`` times after a warm-up, and
-prints the median per page next to the TaskResult admin's nearest page, with the ratio.
+Seeds, in a scratch PostgreSQL database of its own (``--database``, created and dropped
+unless ``--keep``; ``--reuse`` times a kept one again): ``--runs`` runs of the shape in
+bench/seeding.py (50 job names over 30 days, 8% failed with 1–3 KB tracebacks, 1–19
+varied log lines a run), one more run with ``--big-run-logs`` lines, a few hundred active
+runs, and the same runs as django-celery-results ``TaskResult`` and django-tasks-db
+``DBTaskResult`` rows. Then requests each page with Django's test Client, logged in as a
+superuser, ``--repeat`` times after a warm-up, and prints the median per page and its
+number of queries, next to each peer admin's nearest page, with the ratios.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
 DAYS = 30
-JOBS = 20
 
 
 def parse() -> argparse.Namespace:
@@ -38,12 +39,6 @@ def parse() -> argparse.Namespace:
         type=int,
         default=1_000_000,
         help="runs (and TaskResult rows) to seed (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--logs",
-        type=int,
-        default=10_000_000,
-        help="log lines to seed in all (default: %(default)r)",
     )
     parser.add_argument(
         "--big-run-logs",
@@ -73,6 +68,11 @@ def parse() -> argparse.Namespace:
         help="time a database kept by --keep, without seeding (default: %(default)r)",
     )
     parser.add_argument(
+        "--sizes",
+        action="store_true",
+        help="only print each table's rows, estimate, sizes and VACUUM ANALYZE time (default: %(default)r)",
+    )
+    parser.add_argument(
         "--explain",
         action="store_true",
         help="print EXPLAIN ANALYZE of the job-name filter's query (default: %(default)r)",
@@ -92,57 +92,35 @@ def seed_all(options: argparse.Namespace) -> None:
     from django.utils import timezone
     from django_celery_results.models import TaskResult
 
-    from bench.bench_purge import TASKS_SQL
+    from bench.seeding import seed
     from django_jobstatus.models import JobLog, JobRun, Status
-    from tests.commands.seeding import seed
 
     runs = options.runs
-    per_run = max(round((options.logs - options.big_run_logs) / max(runs, 1)), 0)
     print(
-        f"Seeding {runs:,} runs with about {options.logs:,} log lines, and {runs:,} TaskResult rows",
+        f"Seeding {runs:,} runs with about {runs * 10 + options.big_run_logs:,} log lines,"
+        f" and {runs:,} rows for each peer",
         flush=True,
     )
     with connection.cursor() as cursor:
         # Bulk load: no foreign-key triggers while seeding (the rows are consistent by construction).
         cursor.execute("SET session_replication_role = replica")
-        timed(
-            "runs and logs",
-            lambda: seed(
-                connection,
-                runs=runs,
-                logs_per_run=per_run,
-                jobs=JOBS,
-                newest_days=0.01,
-                oldest_days=DAYS,
-                prefix="bench.job_",
-            ),
-        )
-        now = timezone.now()
-        big = JobRun.objects.create(
-            job_name="bench.big",
-            status=Status.SUCCEEDED,
-            created_at=now,
-            started_at=now,
-            finished_at=now,
-            queued_at=now,
-        )
-        timed(
-            "the big run's logs",
-            lambda: cursor.execute(
-                f"INSERT INTO {JobLog._meta.db_table} (run_id, created_at, level, message, extra)"  # noqa: S608
-                " SELECT %s, now() - g * interval '1 millisecond', CASE WHEN g %% 100 = 0 THEN 40 ELSE 20 END, 'big line ' || g, '{}'::jsonb"
-                " FROM generate_series(1, %s) AS g",
-                [big.pk, options.big_run_logs],
-            ),
+        seed(
+            connection,
+            runs=runs,
+            newest_days=0.01,
+            oldest_days=DAYS,
+            big_run_logs=options.big_run_logs,
+            timed=timed,
         )
         cursor.execute("SET session_replication_role = DEFAULT")
+        now = timezone.now()
         active = []
         for i in range(300):
             status = Status.RUNNING if i % 3 == 0 else Status.QUEUED
             beat = now - timezone.timedelta(hours=1) if i % 30 == 0 else now
             active.append(
                 JobRun(
-                    job_name=f"bench.job_{i % JOBS}",
+                    job_name=f"reports.tasks.job_{i % 7}",
                     status=status,
                     created_at=now,
                     queued_at=now,
@@ -154,34 +132,39 @@ def seed_all(options: argparse.Namespace) -> None:
                 )
             )
         JobRun.objects.bulk_create(active)
-        timed(
-            "task results",
-            lambda: cursor.execute(
-                TASKS_SQL.format(table=TaskResult._meta.db_table),
-                {"count": runs, "span": DAYS * 86400.0},
-            ),
-        )
+        tables = [
+            JobRun._meta.db_table,
+            JobLog._meta.db_table,
+            TaskResult._meta.db_table,
+        ]
+        if _dtk() is not None:
+            tables.append(_dtk()._meta.db_table)
         timed(
             "vacuum analyze",
-            lambda: [
-                cursor.execute(f"VACUUM ANALYZE {table}")
-                for table in (
-                    JobRun._meta.db_table,
-                    JobLog._meta.db_table,
-                    TaskResult._meta.db_table,
-                )
-            ],
+            lambda: [cursor.execute(f"VACUUM ANALYZE {table}") for table in tables],
         )
 
 
-def measure(client: Any, url: str, repeat: int, *, cold: bool = False) -> float:
+def measure(
+    client: Any, url: str, repeat: int, *, cold: bool = False
+) -> tuple[float, int]:
     """Median milliseconds of ``repeat`` requests after one warm-up; fails loudly on an error page.
 
     ``cold``: the cache is cleared before each request (the dashboard caches a week's figures).
     """
     from django.core.cache import cache
+    from django.db import connection
 
-    response = client.get(url)
+    queries: list[str] = []
+
+    def count(execute: Any, sql: str, *args: Any) -> Any:
+        queries.append(sql)
+        return execute(sql, *args)
+
+    if cold:
+        cache.clear()
+    with connection.execute_wrapper(count):
+        response = client.get(url)
     if response.status_code != 200:
         sys.exit(f"{url} answered {response.status_code}")
     times = []
@@ -191,62 +174,124 @@ def measure(client: Any, url: str, repeat: int, *, cold: bool = False) -> float:
         began = time.perf_counter()
         client.get(url)
         times.append((time.perf_counter() - began) * 1000)
-    return statistics.median(times)
+    return statistics.median(times), len(queries)
 
 
-def pages() -> list[tuple[str, str, str | None]]:
-    """(label, jobstatus URL, TaskResult admin's nearest URL or None)."""
+def _dtk() -> Any:
+    """django-tasks-db's model, or None when it is not installed."""
+    try:
+        from django_tasks_db.models import DBTaskResult
+    except ImportError:
+        return None
+    return DBTaskResult
+
+
+def _last_page(count: int, per_page: int) -> int:
+    return max((count + per_page - 1) // per_page, 1)
+
+
+def pages() -> list[tuple[str, str, str | None, str | None]]:
+    """(label, jobstatus URL, django-celery-results' nearest URL or None, django-tasks-db's or None)."""
     from django_celery_results.models import TaskResult
 
-    from django_jobstatus.models import JobRun
+    from django_jobstatus.admin.paginator import CappedCountPaginator
+    from django_jobstatus.models import JobLog, JobRun
 
     big = JobRun.objects.for_job("bench.big").get()
     task = TaskResult.objects.order_by("-date_done").first()
+    some = JobRun.objects.order_by("created_at")[1000:1001].get()
     runs = "/admin/django_jobstatus/jobrun/"
-    # The date hierarchy's link for the newest day.
+    logs = "/admin/django_jobstatus/joblog/"
+    tasks = "/admin/django_celery_results/taskresult/"
+    dtk = f"/admin/{_dtk()._meta.app_label}/dbtaskresult/" if _dtk() else None
     day = (
         f"date_done__year={task.date_done.year}&date_done__month={task.date_done.month}&date_done__day={task.date_done.day}"
         if task
         else ""
     )
-    tasks = "/admin/django_celery_results/taskresult/"
+    # The last page a reader reaches through the page links: each admin's own count.
+    ours_last = CappedCountPaginator(JobRun.objects.all(), 50).num_pages
+    logs_last = CappedCountPaginator(JobLog.objects.all(), 100).num_pages
+    theirs_last = _last_page(TaskResult.objects.count(), 100)
+    dtk_last = _last_page(_dtk().objects.count(), 100) if dtk else 0
+    name = "billing.tasks.sync_ledger"
+    # A small quick run has fewer pages than the deep pages timed at full size.
+    deep = [min(p, ours_last) for p in (50, 500, 1000)]
+    deep_theirs = [min(p, theirs_last) for p in (50, 500, 1000)]
+    deep_dtk = [min(p, dtk_last) for p in (50, 500, 1000)]
+    logs_deep = min(500, logs_last)
     return [
-        ("changelist", runs, tasks),
+        ("changelist", runs, tasks, dtk),
         (
             "changelist, status=failed",
             f"{runs}?status=failed",
             f"{tasks}?status__exact=FAILURE",
+            dtk and f"{dtk}?status__exact=FAILED",
         ),
         (
             "changelist, one job",
-            f"{runs}?job_name=bench.job_3",
-            f"{tasks}?task_name=bench.job_3",
+            f"{runs}?job_name={name}",
+            f"{tasks}?task_name={name}",
+            None,
         ),
         (
             "changelist, active",
             f"{runs}?status=active",
             f"{tasks}?status__exact=STARTED",
+            dtk and f"{dtk}?status__exact=RUNNING",
         ),
-        ("changelist, created 24 h", f"{runs}?created=24h", f"{tasks}?{day}"),
-        ("changelist, page 50", f"{runs}?p=50", f"{tasks}?p=50"),
-        ("changelist, search", f"{runs}?q=bench.job_3", f"{tasks}?q=bench.job_3"),
+        ("changelist, created 24 h", f"{runs}?created=24h", f"{tasks}?{day}", None),
+        ("search, run id", f"{runs}?q={some.pk}", f"{tasks}?q={some.pk}", None),
+        ("search, full job name", f"{runs}?q={name}", f"{tasks}?q={name}", None),
+        ("search, a fragment", f"{runs}?q=sync_ledg", f"{tasks}?q=sync_ledg", None),
+        (
+            f"changelist, p={deep[0]}",
+            f"{runs}?p={deep[0]}",
+            f"{tasks}?p={deep_theirs[0]}",
+            dtk and f"{dtk}?p={deep_dtk[0]}",
+        ),
+        (
+            f"changelist, p={deep[1]}",
+            f"{runs}?p={deep[1]}",
+            f"{tasks}?p={deep_theirs[1]}",
+            dtk and f"{dtk}?p={deep_dtk[1]}",
+        ),
+        (
+            f"changelist, p={deep[2]}",
+            f"{runs}?p={deep[2]}",
+            f"{tasks}?p={deep_theirs[2]}",
+            dtk and f"{dtk}?p={deep_dtk[2]}",
+        ),
+        (
+            "changelist, last page",
+            f"{runs}?p={ours_last}",
+            f"{tasks}?p={theirs_last}",
+            dtk and f"{dtk}?p={dtk_last}",
+        ),
         (
             "run page, 100k logs",
             f"{runs}{big.pk}/change/",
             f"{tasks}{task.pk}/change/" if task else None,
+            dtk and f"{dtk}{some.pk}/change/",
         ),
-        ("run page, 100k logs, ERROR+", f"{runs}{big.pk}/change/?log_level=40", None),
-        ("JobLog changelist", "/admin/django_jobstatus/joblog/", None),
         (
-            "JobLog changelist, one run",
-            f"/admin/django_jobstatus/joblog/?run={big.pk}",
+            "run page, 100k logs, ERROR+",
+            f"{runs}{big.pk}/change/?log_level=40",
+            None,
             None,
         ),
-        ("JobLog changelist, ERROR+", "/admin/django_jobstatus/joblog/?level=40", None),
-        ("dashboard, 24 h", f"{runs}dashboard/", None),
-        ("dashboard, 7 d", f"{runs}dashboard/?window=7d", None),
-        ("dashboard, 7 d, cold cache", f"{runs}dashboard/?window=7d", None),
-        ("dashboard JSON", f"{runs}dashboard/data/", None),
+        ("JobLog changelist", logs, None, None),
+        ("JobLog, one run", f"{logs}?run={big.pk}", None, None),
+        ("JobLog, ERROR+", f"{logs}?level=40", None, None),
+        (f"JobLog p={logs_deep}", f"{logs}?p={logs_deep}", None, None),
+        ("JobLog last page", f"{logs}?p={logs_last}", None, None),
+        ("JobLog search, a rare word", f"{logs}?q=customer+42424", None, None),
+        ("JobLog search, a common word", f"{logs}?q=emails", None, None),
+        ("JobLog search, two words", f"{logs}?q=retrying+503", None, None),
+        ("dashboard, 24 h, cold cache", f"{runs}dashboard/", None, None),
+        ("dashboard, 7 d", f"{runs}dashboard/?window=7d", None, None),
+        ("dashboard, 7 d, cold cache", f"{runs}dashboard/?window=7d", None, None),
+        ("dashboard JSON", f"{runs}dashboard/data/", None, None),
     ]
 
 
@@ -267,6 +312,46 @@ def explain() -> None:
             print("  " + line)
 
 
+def table_sizes() -> None:
+    """Rows (exact and PostgreSQL's estimate), heap and index sizes, and VACUUM ANALYZE's time, per table."""
+    from django.db import connection
+
+    tables = [
+        "django_jobstatus_jobrun",
+        "django_jobstatus_joblog",
+        "django_celery_results_taskresult",
+    ]
+    if _dtk() is not None:
+        tables.append(_dtk()._meta.db_table)
+    header = f"{'table':36}{'rows':>12}{'estimate':>12}{'heap MB':>9}{'indexes MB':>11}{'vacuum s':>9}"
+    print(header)
+    print("-" * len(header))
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"SELECT count(*) FROM {table}")  # noqa: S608
+            (rows,) = cursor.fetchone()
+            cursor.execute(
+                "SELECT reltuples::bigint, pg_relation_size(oid), pg_indexes_size(oid)"
+                " FROM pg_class WHERE oid = %s::regclass",
+                [table],
+            )
+            estimate, heap, indexes = cursor.fetchone()
+            began = time.perf_counter()
+            cursor.execute(f"VACUUM ANALYZE {table}")
+            took = time.perf_counter() - began
+            print(
+                f"{table:36}{rows:>12,}{estimate:>12,}{heap / 2**20:>9,.0f}{indexes / 2**20:>11,.0f}{took:>9.1f}"
+            )
+        cursor.execute(
+            "SELECT indexrelname, pg_relation_size(indexrelid) FROM pg_stat_user_indexes"
+            " WHERE relname IN ('django_jobstatus_jobrun', 'django_jobstatus_joblog')"
+            " ORDER BY 2 DESC"
+        )
+        print("\nindexes of the two tables, MB:")
+        for name, size in cursor.fetchall():
+            print(f"  {name:44}{size / 2**20:>8,.0f}")
+
+
 def run(options: argparse.Namespace) -> None:
     from django.contrib.auth.models import User
     from django.core.management import call_command
@@ -275,9 +360,13 @@ def run(options: argparse.Namespace) -> None:
 
     from django_jobstatus.models import JobLog, JobRun
 
+    # Always: a kept database gets the migrations added since it was seeded.
+    call_command("migrate", verbosity=0)
     if not options.reuse:
-        call_command("migrate", verbosity=0)
         seed_all(options)
+    if options.sizes:
+        table_sizes()
+        return
     user = User.objects.filter(
         username="bench"
     ).first() or User.objects.create_superuser("bench", "bench@example.com", "bench")
@@ -288,19 +377,25 @@ def run(options: argparse.Namespace) -> None:
         f"\n{sizes[0]:,} runs, {sizes[1]:,} log lines, {sizes[2]:,} TaskResult rows; median of {options.repeat} requests (ms)\n",
         flush=True,
     )
-    header = f"{'page':32}{'jobstatus':>12}{'celery-results':>16}{'ratio':>8}"
+    header = f"{'page':32}{'jobstatus':>10}{'queries':>8}{'DCR':>8}{'ratio':>8}{'DTK':>8}{'ratio':>8}"
     print(header)
     print("-" * len(header))
-    for label, ours_url, theirs_url in pages():
-        ours = measure(client, ours_url, options.repeat, cold="cold cache" in label)
-        theirs = measure(client, theirs_url, options.repeat) if theirs_url else None
-        ratio = f"{theirs / ours:.1f}x" if theirs else "-"
-        print(
-            f"{label:32}{ours:>12.0f}{(f'{theirs:.0f}' if theirs else '-'):>16}{ratio:>8}",
-            flush=True,
+    for label, ours_url, theirs_url, dtk_url in pages():
+        ours, queries = measure(
+            client, ours_url, options.repeat, cold="cold cache" in label
         )
+        cells = []
+        for url in (theirs_url, dtk_url):
+            theirs = measure(client, url, options.repeat)[0] if url else None
+            cells.append(
+                f"{theirs:>8.0f}{theirs / ours:>7.1f}x"
+                if theirs
+                else f"{'-':>8}{'-':>8}"
+            )
+        print(f"{label:32}{ours:>10.0f}{queries:>8}{''.join(cells)}", flush=True)
     print(
-        "\nratio = celery-results' time / jobstatus' time (above 1: jobstatus is faster)"
+        "\nDCR = django-celery-results, DTK = django-tasks-db; ratio = their time / jobstatus' time"
+        " (above 1: jobstatus is faster); queries: SQL queries of one jobstatus request"
     )
     if options.explain:
         explain()

@@ -1,22 +1,26 @@
 """Time the purge of two thirds of a big run history, beside django-celery-results' cleanup.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:54329/jobstatus .venv/bin/python bench/bench_purge.py
-    ... --runs 30000 --logs 300000        # a quick, small run
+    ... --runs 30000                      # a quick, small run
+    ... --reuse                           # copy the seeded template kept by an earlier run
 
-Seeds ``--runs`` finished runs spread evenly over 90 days with ``--logs`` log lines in all
-(SQL generate_series), and as many django-celery-results ``TaskResult`` rows over the same
-90 days, in a database of its own (``--database``, created and dropped). Then times
-``JobRun.objects.purge(days=30)`` (batches of ``--batch-size``) and
-``TaskResult.objects.delete_expired(timedelta(days=30))`` (one DELETE in one transaction),
-each deleting two thirds of its rows, and prints rows/s, the longest single transaction
-(how long writers could wait on it) and the ratio.
+Seeds ``--runs`` finished runs of the shape in bench/seeding.py (50 job names, 8% failed
+with 1–3 KB tracebacks, 1–19 varied log lines a run) spread over 90 days, and the same
+runs as django-celery-results ``TaskResult`` rows, into a template database
+(``--database``_seed, kept for ``--reuse``), and copies it into the scratch database.
+Then times ``JobRun.objects.purge(days=30)`` and ``TaskResult.objects.delete_expired
+(timedelta(days=30))`` (one DELETE in one transaction), each deleting two thirds of its
+rows, while a writer thread updates rows in the purged range; prints rows/s, the longest
+single transaction, the writer's longest wait, the WAL written and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -28,20 +32,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
 DAYS = 90  # the history spans this many days; the purge keeps the last 30
 
-TASKS_SQL = """
-INSERT INTO {table} (task_id, periodic_task_name, task_name, task_args, task_kwargs, status,
-    worker, content_type, content_encoding, result, date_created, date_started, date_done,
-    traceback, meta)
-SELECT md5('task' || t.i::text), NULL, 'bench.job_' || (t.i %% 20)::text, '()', '{{}}',
-    CASE WHEN t.i %% 10 = 0 THEN 'FAILURE' ELSE 'SUCCESS' END, 'celery@bench',
-    'application/json', 'utf-8', '{{"n": 1}}', t.at, t.at, t.at + interval '2 seconds',
-    CASE WHEN t.i %% 10 = 0 THEN 'RuntimeError: boom' ELSE NULL END, '{{"children": []}}'
-FROM (
-    SELECT i, now() - make_interval(secs => %(span)s * i / %(count)s::float) AS at
-    FROM generate_series(1, %(count)s) AS i
-) AS t
-"""
-
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -51,24 +41,29 @@ def parse() -> argparse.Namespace:
         "--runs",
         type=int,
         default=1_000_000,
-        help="runs (and TaskResult rows) to seed (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--logs",
-        type=int,
-        default=10_000_000,
-        help="log lines to seed, spread evenly over the runs (default: %(default)r)",
+        help="runs (and TaskResult rows) to seed; 10 log lines a run on average (default: %(default)r)",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=1000,
-        help="runs per purge batch (default: %(default)r)",
+        default=10_000,
+        help="most runs per purge batch (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=0.2,
+        help="the time each purge batch aims at (default: %(default)r)",
     )
     parser.add_argument(
         "--database",
         default="jobstatus_bench",
         help="scratch PostgreSQL database, created and dropped (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="copy the template database an earlier run seeded, if there is one (default: %(default)r)",
     )
     parser.add_argument(
         "--keep",
@@ -78,14 +73,15 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def admin_sql(sql: str) -> None:
-    """Run ``sql`` on the server's maintenance database (CREATE/DROP DATABASE)."""
+def admin_sql(sql: str) -> Any:
+    """Run ``sql`` on the server's maintenance database (CREATE/DROP DATABASE); its rows."""
     from django.db import connections
 
     base = connections["default"]
     params = base.get_connection_params() | {"dbname": "postgres", "autocommit": True}
     with base.Database.connect(**params) as conn:  # type: ignore[attr-defined]
-        conn.execute(sql)
+        cursor = conn.execute(sql)
+        return cursor.fetchall() if cursor.description else []
 
 
 def timed(label: str, action: Any) -> Any:
@@ -100,14 +96,27 @@ def main() -> None:
     import django
     from django.conf import settings
 
-    settings.DATABASES["default"]["NAME"] = options.database
+    template = f"{options.database}_seed"
+    settings.DATABASES["default"]["NAME"] = template
     django.setup()
     from django.db import connection
 
     if connection.vendor != "postgresql":
         sys.exit("The benchmark needs PostgreSQL: set DATABASE_URL.")
+    seeded = admin_sql(f"SELECT 1 FROM pg_database WHERE datname = '{template}'")  # noqa: S608
+    if not (options.reuse and seeded):
+        admin_sql(f'DROP DATABASE IF EXISTS "{template}"')
+        admin_sql(f'CREATE DATABASE "{template}"')
+        seed_template(options)
+    connection.close()
     admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
-    admin_sql(f'CREATE DATABASE "{options.database}"')
+    timed(
+        "copy of the seeded template",
+        lambda: admin_sql(
+            f'CREATE DATABASE "{options.database}" TEMPLATE "{template}"'
+        ),
+    )
+    settings.DATABASES["default"]["NAME"] = options.database
     try:
         run(options)
     finally:
@@ -116,48 +125,95 @@ def main() -> None:
             admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
 
 
-def run(options: argparse.Namespace) -> None:
+def seed_template(options: argparse.Namespace) -> None:
     from django.core.management import call_command
+    from django.db import connection
+
+    from bench.seeding import seed
+
+    print(
+        f"Seeding {options.runs:,} runs with about {options.runs * 10:,} log lines,"
+        f" and {options.runs:,} TaskResult rows, over {DAYS} days",
+        flush=True,
+    )
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")
+        seed(
+            connection, runs=options.runs, newest_days=0, oldest_days=DAYS, timed=timed
+        )
+        cursor.execute("SET session_replication_role = DEFAULT")
+        for table in (
+            "django_jobstatus_jobrun",
+            "django_jobstatus_joblog",
+            "django_celery_results_taskresult",
+        ):
+            cursor.execute(f"VACUUM ANALYZE {table}")
+    connection.close()
+
+
+class Writer(threading.Thread):
+    """Updates random rows of the purged range, one short transaction each, and times each wait."""
+
+    def __init__(self, sql: str, ids: list[Any]) -> None:
+        super().__init__(daemon=True)
+        self.sql, self.ids = sql, ids
+        self.stop = threading.Event()
+        self.waits: list[float] = []
+
+    def run(self) -> None:
+        from django.db import connection
+
+        rng = random.Random(7)
+        try:
+            while not self.stop.is_set():
+                began = time.perf_counter()
+                with connection.cursor() as cursor:
+                    cursor.execute(self.sql, [rng.choice(self.ids)])
+                self.waits.append(time.perf_counter() - began)
+                time.sleep(0.005)
+        finally:
+            connection.close()
+
+    def finish(self) -> tuple[float, float]:
+        """(longest wait, 99th percentile) in seconds."""
+        self.stop.set()
+        self.join()
+        ordered = sorted(self.waits) or [0.0]
+        return ordered[-1], ordered[int(len(ordered) * 0.99)]
+
+
+def wal_bytes(since: str | None = None) -> Any:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if since is None:
+            cursor.execute("SELECT pg_current_wal_lsn()::text")
+        else:
+            cursor.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [since])
+            return float(cursor.fetchone()[0])
+        return cursor.fetchone()[0]
+
+
+def run(options: argparse.Namespace) -> None:
     from django.db import connection
     from django.utils import timezone
     from django_celery_results.models import TaskResult
 
     from django_jobstatus.models import JobLog, JobRun
-    from tests.commands.seeding import seed
 
-    runs, per_run = options.runs, max(options.logs // max(options.runs, 1), 0)
-    print(
-        f"Seeding {runs:,} runs with {runs * per_run:,} log lines, and {runs:,} TaskResult rows, over {DAYS} days",
-        flush=True,
-    )
-    call_command("migrate", verbosity=0)
-    timed(
-        "runs and logs",
-        lambda: seed(
-            connection,
-            runs=runs,
-            logs_per_run=per_run,
-            jobs=20,
-            newest_days=0,
-            oldest_days=DAYS,
-            prefix="bench.job_",
-        ),
-    )
-
-    def seed_tasks() -> None:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                TASKS_SQL.format(table=TaskResult._meta.db_table),
-                {"count": runs, "span": DAYS * 86400.0},
-            )
-            cursor.execute(f"ANALYZE {TaskResult._meta.db_table}")
-
-    timed("task results", seed_tasks)
+    now = timezone.now()
+    cutoff = now - timedelta(days=30)
     with connection.cursor() as cursor:
         cursor.execute("CHECKPOINT")
+    runs, logs = JobRun.objects.count(), JobLog.objects.count()
+    print(
+        f"\n{runs:,} runs, {logs:,} log lines, {TaskResult.objects.count():,} TaskResult rows",
+        flush=True,
+    )
 
     print(
-        f"\njobstatus: JobRun.objects.purge(days=30, batch_size={options.batch_size})",
+        f"\njobstatus: JobRun.objects.purge(days=30, batch_size={options.batch_size}, batch_seconds={options.batch_seconds})",
         flush=True,
     )
     last = [0.0]
@@ -166,63 +222,100 @@ def run(options: argparse.Namespace) -> None:
         if result.elapsed - last[0] >= 10:
             last[0] = result.elapsed
             print(
-                f"  ... {result.runs:,} runs, {result.logs:,} logs, {result.runs / result.elapsed:,.0f} runs/s",
+                f"  ... {result.runs:,} runs, {result.logs:,} logs, {(result.runs + result.logs) / result.elapsed:,.0f} rows/s",
                 flush=True,
             )
 
     began = time.perf_counter()
-    now = timezone.now()
     dry = JobRun.objects.purge(days=30, dry_run=True, now=now)
     print(
         f"  dry run: {dry.runs:,} runs and {dry.logs:,} log lines would go ({time.perf_counter() - began:.1f} s)",
         flush=True,
     )
-    ours = JobRun.objects.purge(
-        days=30, batch_size=options.batch_size, progress=progress, now=now
+    doomed = list(
+        JobRun.objects.filter(created_at__lt=cutoff)
+        .order_by("?")
+        .values_list("pk", flat=True)[:2000]
     )
+    writer = Writer(
+        f"UPDATE {JobRun._meta.db_table} SET updated_at = now() WHERE id = %s",  # noqa: S608
+        doomed,
+    )
+    wal = wal_bytes()
+    writer.start()
+    ours = JobRun.objects.purge(
+        days=30,
+        batch_size=options.batch_size,
+        batch_seconds=options.batch_seconds,
+        progress=progress,
+        now=now,
+    )
+    ours_wait = writer.finish()
+    ours_wal = wal_bytes(wal)
     left = (JobRun.objects.count(), JobLog.objects.count())
     if ours.rows != dry.rows:
-        sys.exit("The dry run's counts differ from what the purge deleted.")
+        # The writer's row locks make SKIP LOCKED leave a few runs for the next purge.
+        print(
+            f"  note: {dry.runs - ours.runs} runs left for the next purge (locked by the writer)"
+        )
 
     print(
         "django-celery-results: TaskResult.objects.delete_expired(timedelta(days=30))",
         flush=True,
     )
+    with connection.cursor() as cursor:
+        cursor.execute("CHECKPOINT")
     before = TaskResult.objects.count()
+    expired = list(
+        TaskResult.objects.filter(date_done__lt=cutoff)
+        .order_by("?")
+        .values_list("pk", flat=True)[:2000]
+    )
+    writer = Writer(
+        f"UPDATE {TaskResult._meta.db_table} SET date_done = date_done WHERE id = %s",  # noqa: S608
+        expired,
+    )
+    wal = wal_bytes()
+    writer.start()
     began = time.perf_counter()
     TaskResult.objects.delete_expired(timedelta(days=30))
     theirs_elapsed = time.perf_counter() - began
+    theirs_wait = writer.finish()
+    theirs_wal = wal_bytes(wal)
     theirs = before - TaskResult.objects.count()
 
-    ours_rate = ours.runs / ours.elapsed
+    ours_rows = ours.runs + ours.logs
+    ours_rate = ours_rows / ours.elapsed
     theirs_rate = theirs / theirs_elapsed
-    rows_rate = (ours.runs + ours.logs) / ours.elapsed
     table = [
         ("runs / task results deleted", f"{ours.runs:,}", f"{theirs:,}"),
         ("log lines deleted", f"{ours.logs:,}", "-"),
         ("seconds", f"{ours.elapsed:.1f}", f"{theirs_elapsed:.1f}"),
-        ("runs / task results per s", f"{ours_rate:,.0f}", f"{theirs_rate:,.0f}"),
-        ("log lines per s", f"{ours.logs / ours.elapsed:,.0f}", "-"),
-        ("all rows per s", f"{rows_rate:,.0f}", f"{theirs_rate:,.0f}"),
+        ("all rows per s", f"{ours_rate:,.0f}", f"{theirs_rate:,.0f}"),
+        (
+            "runs / task results per s",
+            f"{ours.runs / ours.elapsed:,.0f}",
+            f"{theirs_rate:,.0f}",
+        ),
         ("transactions", f"{ours.batches:,}", "1"),
         (
             "longest transaction, s",
             f"{ours.longest_batch:.3f}",
             f"{theirs_elapsed:.3f}",
         ),
+        ("writer's longest wait, s", f"{ours_wait[0]:.3f}", f"{theirs_wait[0]:.3f}"),
+        ("writer's 99th percentile, s", f"{ours_wait[1]:.3f}", f"{theirs_wait[1]:.3f}"),
+        ("WAL written, MB", f"{ours_wal / 1e6:,.0f}", f"{theirs_wal / 1e6:,.0f}"),
     ]
-    print(f"\n{'':28}{'jobstatus purge':>18}{'celery-results':>18}")
+    print(f"\n{'':30}{'jobstatus purge':>18}{'celery-results':>18}")
     for label, mine, other in table:
-        print(f"{label:28}{mine:>18}{other:>18}")
+        print(f"{label:30}{mine:>18}{other:>18}")
     print()
     print(
-        f"ratio, seconds for the same number of runs / task results (jobstatus / celery-results): {ours.elapsed / theirs_elapsed:.1f}"
+        f"ratio, all rows per s (jobstatus / celery-results): {ours_rate / theirs_rate:.2f}"
     )
     print(
-        f"ratio, all rows per s (celery-results / jobstatus): {theirs_rate / rows_rate:.1f}"
-    )
-    print(
-        f"ratio, longest lock hold (celery-results / jobstatus): {theirs_elapsed / ours.longest_batch:.2f}"
+        f"ratio, longest lock hold (celery-results / jobstatus): {theirs_elapsed / ours.longest_batch:.1f}"
     )
     print(
         f"left: {left[0]:,} runs, {left[1]:,} log lines; {before - theirs:,} task results"

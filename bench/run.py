@@ -24,10 +24,10 @@ QUICK = {
     "bench_write_path": ["--runs", "200", "--advances", "100000", "--updates", "200"],
     "bench_api": ["--runs", "50000", "--repeat", "3"],
     "bench_admin": [
-        *("--runs", "20000", "--logs", "200000", "--big-run-logs", "5000"),
+        *("--runs", "20000", "--big-run-logs", "5000"),
         *("--repeat", "3"),
     ],
-    "bench_purge": ["--runs", "30000", "--logs", "300000"],
+    "bench_purge": ["--runs", "30000"],
     "bench_connections": ["--requests", "100", "--rounds", "1", "--runs", "2000"],
     "bench_integrations": ["--quick"],
 }

@@ -108,15 +108,16 @@ def check_values(**kwargs: Any) -> list[CheckMessage]:
                 id="jobstatus.E003",
             )
         )
-    database = user.get("DATABASE")
-    if isinstance(database, str) and database not in django_settings.DATABASES:
-        messages.append(
-            Error(
-                f"JOBSTATUS['DATABASE'] is {database!r}, which is not in DATABASES.",
-                hint=f"Use one of {sorted(django_settings.DATABASES)}.",
-                id="jobstatus.E003",
+    for key in ("DATABASE", "READ_DATABASE"):
+        database = user.get(key)
+        if isinstance(database, str) and database not in django_settings.DATABASES:
+            messages.append(
+                Error(
+                    f"JOBSTATUS[{key!r}] is {database!r}, which is not in DATABASES.",
+                    hint=f"Use one of {sorted(django_settings.DATABASES)}.",
+                    id="jobstatus.E003",
+                )
             )
-        )
     retention = user.get("RETENTION")
     if isinstance(retention, dict):
         for status, days in retention.items():

@@ -147,6 +147,12 @@ SETTINGS: tuple[Setting, ...] = (
         positive=True,
     ),
     Setting(
+        "READ_DATABASE",
+        None,
+        (str, _NONE),
+        "The database alias (a replica) the admin, the API and the dashboard read from, through `django_jobstatus.routers.JobStatusRouter`; `None` means `DATABASE`. Writes always go to `DATABASE` (see [Scaling](#scaling)).",
+    ),
+    Setting(
         "REDACT_KEYS",
         ["password", "secret", "token", "api_key", "authorization"],
         (list, tuple, set, frozenset),

@@ -345,7 +345,10 @@ class JobRun(models.Model):
         ordering = ["-created_at", "-id"]
         get_latest_by = "created_at"
         indexes = [
-            models.Index(fields=["created_at"], name="jobstatus_run_created_idx"),
+            # Newest first, and the changelist's deep pages: an index-only OFFSET (0004).
+            models.Index(
+                fields=["created_at", "id"], name="jobstatus_run_created_id_idx"
+            ),
             models.Index(
                 fields=["status", "created_at"], name="jobstatus_run_status_idx"
             ),
@@ -682,7 +685,12 @@ _FIELDS: dict[str, Any] = {field.name: field for field in JobRun._meta.concrete_
 class JobLog(models.Model):
     id = models.BigAutoField(primary_key=True)
     run = models.ForeignKey(
-        JobRun, verbose_name=_("run"), on_delete=models.CASCADE, related_name="logs"
+        JobRun,
+        verbose_name=_("run"),
+        on_delete=models.CASCADE,
+        related_name="logs",
+        # jobstatus_log_run_idx (run, created_at) serves every lookup by run (0004).
+        db_index=False,
     )
     created_at = models.DateTimeField(_("time"), default=timezone.now)
     level = models.PositiveSmallIntegerField(_("level"), default=20)
@@ -700,7 +708,9 @@ class JobLog(models.Model):
             models.Index(
                 fields=["run", "level", "created_at"], name="jobstatus_log_level_idx"
             ),
-            models.Index(fields=["created_at"], name="jobstatus_log_created_idx"),
+            models.Index(
+                fields=["created_at", "id"], name="jobstatus_log_created_id_idx"
+            ),
             # "Warnings and errors, newest first" across all runs, without the info lines.
             models.Index(
                 fields=["created_at", "id"],

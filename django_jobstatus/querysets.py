@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
-import time
+import threading
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self, cast
 
-from django.db import connections, models, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import (
     Avg,
     Count,
@@ -29,9 +30,10 @@ from django_jobstatus.conf import settings
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from django_jobstatus.models import JobRun
+    from django_jobstatus.retention import PurgeResult
 
 
 def _status() -> Any:
@@ -82,6 +84,47 @@ DURATION = ExpressionWrapper(
 )
 
 
+# What a big aggregate (a week of runs, sorted per job for exact percentiles) may use on
+# PostgreSQL: sorted in memory rather than spilled to disk with the default 4 MB work_mem,
+# and no JIT compilation, which costs more than it saves on a query of this size.
+AGGREGATE_WORK_MEM = "64MB"
+
+
+_aggregating = threading.local()
+
+
+@contextlib.contextmanager
+def aggregating(using: str) -> Iterator[None]:
+    """Run the block's queries with room to sort in memory (PostgreSQL); elsewhere, as they are.
+
+    Two queries in all, whatever the block runs: one sets ``work_mem`` and ``jit`` for
+    the connection, one puts the values before back when the block ends (a transaction
+    that failed meanwhile undoes the setting itself). Nested blocks share the outer one.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql" or getattr(_aggregating, using, False):
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('work_mem'), current_setting('jit'),"
+            " set_config('work_mem', %s, false), set_config('jit', 'off', false)",
+            [AGGREGATE_WORK_MEM],
+        )
+        work_mem, jit, *_new = cursor.fetchone()
+    setattr(_aggregating, using, True)
+    try:
+        yield
+    finally:
+        setattr(_aggregating, using, False)
+        if not connection.needs_rollback and connection.is_usable():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('work_mem', %s, false), set_config('jit', %s, false)",
+                    [work_mem, jit],
+                )
+
+
 class _Percentile(models.Aggregate):
     """PostgreSQL's exact ``percentile_cont(f) WITHIN GROUP (ORDER BY expr)``."""
 
@@ -108,38 +151,6 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (
         position - low
     )
-
-
-@dataclasses.dataclass
-class PurgeResult:
-    """What ``JobRunQuerySet.purge()`` deleted or, with ``dry_run``, would delete."""
-
-    dry_run: bool = False
-    runs: int = 0
-    logs: int = 0
-    # (job_name, status) -> [runs, logs]
-    counts: dict[tuple[str, str], list[int]] = dataclasses.field(default_factory=dict)
-    batches: int = 0
-    longest_batch: float = 0.0  # seconds: the longest single batch transaction
-    elapsed: float = 0.0  # seconds since the purge began
-    _began: float = dataclasses.field(
-        default_factory=time.monotonic, repr=False, compare=False
-    )
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per job name and status (``job_name``, ``status``, ``runs``, ``logs``), sorted."""
-        return [
-            {"job_name": name, "status": status, "runs": runs, "logs": logs}
-            for (name, status), (runs, logs) in sorted(self.counts.items())
-        ]
-
-    def _add(self, name: str, status: str, runs: int, logs: int) -> None:
-        entry = self.counts.setdefault((name, status), [0, 0])
-        entry[0] += runs
-        entry[1] += logs
-        self.runs += runs
-        self.logs += logs
 
 
 @dataclasses.dataclass
@@ -200,7 +211,7 @@ class KillResult(int):
         )
 
 
-def _chunks(items: list[Any], size: int | None) -> Iterable[list[Any]]:
+def _chunks(items: list[Any], size: int | None) -> Iterator[list[Any]]:
     """``items`` in slices of ``size`` (all at once when None): SQLite caps query parameters."""
     if not size:
         yield items
@@ -236,23 +247,6 @@ def _killed(run: JobRun, message: str | None) -> bool:
     try:
         run.mark_killed(message=message or str(_KILLED_BY_FORCE))
     except InvalidTransition:
-        return False
-    return True
-
-
-def _can_raw_delete_runs(model: type[JobRun]) -> bool:
-    """True when deleting runs needs nothing but their log lines gone and their children detached."""
-    from django.db.models.signals import post_delete, pre_delete
-
-    from django_jobstatus.models import JobLog
-
-    if pre_delete.has_listeners(model) or post_delete.has_listeners(model):
-        return False
-    for relation in model._meta.related_objects:
-        if relation.related_model is JobLog or (
-            relation.related_model is model and relation.field.name == "parent"
-        ):
-            continue
         return False
     return True
 
@@ -352,6 +346,23 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """The newest run of job ``name``, or None."""
         return self.for_job(name).order_by("-created_at", "-id").first()
 
+    def latest_for_each(self, names: Iterable[str]) -> dict[str, JobRun]:
+        """The newest run of each job in ``names`` that has one, by name: one query.
+
+        One short index probe of (job_name, created_at) per name, OR-ed by primary key.
+        """
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        newest = Q()
+        for name in wanted:
+            newest |= Q(
+                pk=models.Subquery(
+                    self.for_job(name).order_by("-created_at", "-id").values("pk")[:1]
+                )
+            )
+        return {run.job_name: run for run in self.filter(newest)}
+
     # Creating runs.
 
     def _create(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
@@ -383,6 +394,13 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     # Bulk writes.
 
+    def writing(self) -> Self:
+        """These runs on the database writes go to: everything a write reads decides what it
+        changes, and a router may send plain reads to a replica (``READ_DATABASE``)."""
+        if self._db is not None:  # type: ignore[attr-defined]
+            return self
+        return self.using(router.db_for_write(self.model))
+
     def request_kill(
         self, *, force: bool = False, message: str | None = None
     ) -> KillResult:
@@ -400,6 +418,8 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """
         from django_jobstatus import contrib
 
+        if (runs := self.writing()) is not self:
+            return runs.request_kill(force=force, message=message)
         now = timezone.now()
         sources = contrib.sources()
         if not force and not sources:
@@ -445,7 +465,8 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         keep_last: int | None = None,
         statuses: Iterable[str] | None = None,
         include_active: bool = False,
-        batch_size: int = 1000,
+        batch_size: int = 10_000,
+        batch_seconds: float = 0.2,
         dry_run: bool = False,
         progress: Callable[[PurgeResult], None] | None = None,
         now: datetime | None = None,
@@ -457,215 +478,29 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         ``RETENTION_DAYS`` (``retention`` replaces ``JOBSTATUS["RETENTION"]``). Only
         finished runs go unless ``include_active``; ``statuses`` narrows further. The
         newest ``keep_last`` runs of every job name (default ``KEEP_LAST``, counted over
-        all its runs) stay whatever their age. Each batch of ``batch_size`` runs is one
-        short transaction: log lines are deleted in SQL, never loaded, then the runs.
-        ``progress(result)`` is called after each batch. ``dry_run`` deletes nothing and
-        returns the same counts per job name and status (pass the same ``now``, the time
-        the retention counts back from, to both calls for exactly the same runs).
+        all its runs) stay whatever their age. Each batch is one short transaction that
+        takes the write lock up front, sized to last about ``batch_seconds`` and holding
+        at most ``batch_size`` runs: log lines are deleted in SQL, never loaded, with their
+        runs. ``progress(result)`` is called after each batch. ``dry_run`` deletes nothing
+        and returns the same counts per job name and status (pass the same ``now``, the
+        time the retention counts back from, to both calls for exactly the same runs).
+        The engine lives in ``django_jobstatus.retention``.
         """
-        if self.query.is_sliced:
-            raise TypeError("Cannot purge a sliced queryset.")
-        keep = _whole(
-            "keep_last", settings.KEEP_LAST if keep_last is None else keep_last, 0
+        from django_jobstatus import retention as engine
+
+        return engine.purge(
+            self,
+            days=days,
+            retention=retention,
+            keep_last=keep_last,
+            statuses=statuses,
+            include_active=include_active,
+            batch_size=batch_size,
+            batch_seconds=batch_seconds,
+            dry_run=dry_run,
+            progress=progress,
+            now=now,
         )
-        _whole("batch_size", batch_size, 1)
-        cutoffs = self._purge_cutoffs(
-            self._purge_statuses(statuses, include_active),
-            days,
-            retention,
-            now or timezone.now(),
-        )
-        old = Q()
-        for cutoff, chosen in cutoffs.items():
-            old |= Q(status__in=sorted(chosen), created_at__lt=cutoff)
-        candidates = self.filter(old) if old else self.none()
-        result = PurgeResult(dry_run=dry_run)
-        kept = self._purge_kept(candidates, keep)
-        if dry_run:
-            candidates._purge_count(kept, result)
-        else:
-            candidates._purge_batches(kept, batch_size, result, progress)
-        result.elapsed = time.monotonic() - result._began
-        return result
-
-    def _purge_kept(self, candidates: Self, keep: int) -> set[Any]:
-        """The ids of the newest ``keep`` runs of each job name that has candidates, over all its runs."""
-        kept: set[Any] = set()
-        if not keep:
-            return kept
-        names = candidates.order_by().values_list("job_name", flat=True).distinct()
-        every = self.model.objects.using(self.db)
-        for name in sorted(set(names)):
-            # One short index scan of (job_name, created_at) per job.
-            kept.update(
-                every.for_job(name)
-                .order_by("-created_at", "-id")
-                .values_list("pk", flat=True)[:keep]
-            )
-        return kept
-
-    def _purge_count(self, kept: set[Any], result: PurgeResult) -> None:
-        """Add to ``result`` what the purge would delete: every run here except ``kept``."""
-        from django_jobstatus.models import JobLog
-
-        counted = (
-            self.order_by().values("job_name", "status").annotate(run_count=Count("pk"))
-        )
-        for row in counted:
-            result._add(row["job_name"], row["status"], row["run_count"], 0)
-        logs = JobLog.objects.using(self.db).filter(
-            run__in=self.order_by().values("pk")
-        )
-        for row in (
-            logs.order_by()
-            .values("run__job_name", "run__status")
-            .annotate(n=Count("pk"))
-        ):
-            result._add(row["run__job_name"], row["run__status"], 0, row["n"])
-        chunk = _chunk_size(self.db)
-        for part in _chunks(sorted(kept), chunk):
-            spared = self.filter(pk__in=part).order_by()
-            for row in spared.values("job_name", "status").annotate(
-                run_count=Count("pk")
-            ):
-                result._add(row["job_name"], row["status"], -row["run_count"], 0)
-            lines = JobLog.objects.using(self.db).filter(run__in=spared.values("pk"))
-            for row in (
-                lines.order_by()
-                .values("run__job_name", "run__status")
-                .annotate(n=Count("pk"))
-            ):
-                result._add(row["run__job_name"], row["run__status"], 0, -row["n"])
-        result.counts = {key: value for key, value in result.counts.items() if value[0]}
-
-    def _purge_statuses(
-        self,
-        statuses: Iterable[str] | None,
-        include_active: bool,  # noqa: FBT001
-    ) -> set[str]:
-        status = _status()
-        allowed = set(status.values) if include_active else set(status.TERMINAL)
-        if statuses is None:
-            return allowed
-        chosen = {
-            str(value)
-            for value in ([statuses] if isinstance(statuses, str) else statuses)
-        }
-        unknown = chosen - set(status.values)
-        if unknown:
-            raise ValueError(f"Unknown status: {', '.join(sorted(unknown))}")
-        active = chosen - allowed
-        if active:
-            raise ValueError(
-                f"{', '.join(sorted(active))} runs are not finished: pass include_active=True to purge them"
-            )
-        return chosen
-
-    def _purge_cutoffs(
-        self,
-        chosen: set[str],
-        days: float | timedelta | None,
-        retention: Mapping[str, float | timedelta] | None,
-        now: datetime,
-    ) -> dict[datetime, set[str]]:
-        """Group the chosen statuses by the time before which their runs go."""
-        if retention is None:
-            retention = {} if days is not None else settings.RETENTION
-        unknown = set(retention) - set(_status().values)
-        if unknown:
-            raise ValueError(
-                f"Unknown status in retention: {', '.join(sorted(unknown))}"
-            )
-        default = as_timedelta(
-            "days", settings.RETENTION_DAYS if days is None else days
-        )
-        cutoffs: dict[datetime, set[str]] = defaultdict(set)
-        for status in chosen:
-            keep_for = (
-                as_timedelta("days", retention[status])
-                if status in retention
-                else default
-            )
-            cutoffs[now - keep_for].add(status)
-        return cutoffs
-
-    def _purge_batches(
-        self,
-        kept: set[Any],
-        batch_size: int,
-        result: PurgeResult,
-        progress: Callable[[PurgeResult], None] | None,
-    ) -> None:
-        """Delete the runs here but ``kept``, and their logs, oldest first, one transaction per batch.
-
-        One sweep in ``created_at`` order: runs and log lines written at the same time sit
-        together on disk, so each batch reads few pages.
-        """
-        db = self.db
-        features = connections[db].features
-        ordered = self.order_by("created_at", "id")
-        after: tuple[datetime, Any] | None = None
-        while True:
-            # Keyset pagination: each batch starts after the last one, never rescanning
-            # the index entries of the rows already deleted.
-            page = (
-                ordered
-                if after is None
-                else ordered.filter(
-                    Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1])
-                )
-            )
-            batch = page.values_list("pk", "job_name", "status", "created_at")
-            if features.has_select_for_update_skip_locked:
-                # Another purge (or a writer) holding a row: skip it rather than wait.
-                batch = batch.select_for_update(
-                    skip_locked=True,
-                    of=("self",) if features.has_select_for_update_of else (),
-                )
-            began = time.monotonic()
-            with transaction.atomic(using=db):
-                rows = list(batch[:batch_size])
-                doomed = {
-                    pk: (name, status)
-                    for pk, name, status, _created in rows
-                    if pk not in kept
-                }
-                if doomed:
-                    self._purge_delete(doomed, result)
-            if not rows:
-                return
-            after = (rows[-1][3], rows[-1][0])
-            took = time.monotonic() - began
-            result.batches += 1
-            result.longest_batch = max(result.longest_batch, took)
-            result.elapsed = time.monotonic() - result._began
-            if progress is not None:
-                progress(result)
-            if len(rows) < batch_size:
-                return
-
-    def _purge_delete(
-        self, doomed: dict[Any, tuple[str, str]], result: PurgeResult
-    ) -> None:
-        """Delete the runs ``doomed`` (id -> (job name, status)) and their log lines; count them in ``result``."""
-        from django_jobstatus.models import JobLog
-
-        db = self.db
-        every = self.model._base_manager.using(db)
-        raw = _can_raw_delete_runs(self.model)
-        lines: dict[Any, int] = {}
-        for part in _chunks(list(doomed), _chunk_size(db)):
-            logs = JobLog.objects.using(db).filter(run_id__in=part)
-            # Counted per run (a short index-only read), then deleted in SQL, never loaded.
-            lines.update(logs.order_by().values_list("run_id").annotate(n=Count("pk")))
-            logs._raw_delete(db)
-            if raw:
-                every.filter(parent_id__in=part).update(parent=None)
-                every.filter(pk__in=part)._raw_delete(db)
-            else:
-                every.filter(pk__in=part).only("pk").delete()
-        for pk, (name, status) in doomed.items():
-            result._add(name, status, 1, lines.get(pk, 0))
 
     def reap(
         self,
@@ -687,6 +522,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         their task systems are told to drop them (Celery's revoke, RQ's cancel), so a
         message the broker lost leaves no run waiting for ever (counted in ``expired``).
         """
+        if (runs := self.writing()) is not self:
+            return runs.reap(
+                timeout, queued_timeout=queued_timeout, batch_size=batch_size
+            )
         delta = as_timedelta(
             "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
         )
@@ -795,8 +634,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             .order_by("job_name")
         )
         result = []
-        # django-stubs types the rows by the values() keys only, not the annotations.
-        for row in cast("Iterable[Mapping[str, Any]]", rows):
+        with aggregating(self.db):
+            # django-stubs types the rows by the values() keys only, not the annotations.
+            fetched = list(cast("Iterable[Mapping[str, Any]]", rows))
+        for row in fetched:
             finished = sum(row[status] for status in _status().TERMINAL)
             entry: dict[str, Any] = {
                 "job_name": row["job_name"],

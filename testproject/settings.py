@@ -38,8 +38,14 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": BASE_DIR / "db.sqlite3",
-            # The demo's live jobs write while the admin reads.
-            "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+            # The demo's live jobs write while the admin reads and purges: every transaction
+            # takes the write lock when it begins (a deferred one that read first fails
+            # with "database is locked" at once when another connection committed since).
+            "OPTIONS": {
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL;",
+                "transaction_mode": "IMMEDIATE",
+            },
         }
     }
 

@@ -25,6 +25,9 @@ if "sqlite" not in DATABASES["default"]["ENGINE"]:
         "TEST": {"MIRROR": "default"},
     }
 
+# A replica of the default database, for JOBSTATUS["READ_DATABASE"] (tests/test_routers.py).
+DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

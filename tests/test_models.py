@@ -747,3 +747,40 @@ def test_any_text_in_an_integration_s_writes_is_stored(text: str) -> None:
     assert row.attempts[0]["error"] == clean
     assert row.logs.get().message == clean
     assert row.logs.get().extra == {clean: [clean]}
+
+
+def _run_indexes() -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        return connection.introspection.get_constraints(cursor, JobRun._meta.db_table)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_big_table_indexes_and_their_migration_reverses() -> None:
+    assert _run_indexes()["jobstatus_run_created_id_idx"]["columns"] == [
+        "created_at",
+        "id",
+    ]
+    assert _log_indexes()["jobstatus_log_created_id_idx"]["columns"] == [
+        "created_at",
+        "id",
+    ]
+    postgres = connection.vendor == "postgresql"
+    assert ("jobstatus_log_message_trgm" in _log_indexes()) is postgres
+    # No index of the foreign key alone: jobstatus_log_run_idx starts with it.
+    assert [
+        name
+        for name, index in _log_indexes().items()
+        if index["index"] and index["columns"] == ["run_id"]
+    ] == []
+    call_command("migrate", "django_jobstatus", "0003", verbosity=0)
+    try:
+        logs, runs = _log_indexes(), _run_indexes()
+        assert "jobstatus_log_message_trgm" not in logs
+        assert "jobstatus_log_created_id_idx" not in logs
+        assert "jobstatus_run_created_id_idx" not in runs
+        assert logs["jobstatus_log_created_idx"]["columns"] == ["created_at"]
+        assert runs["jobstatus_run_created_idx"]["columns"] == ["created_at"]
+    finally:
+        call_command("migrate", "django_jobstatus", verbosity=0)
+    assert ("jobstatus_log_message_trgm" in _log_indexes()) is postgres
+    assert "jobstatus_run_created_idx" not in _run_indexes()

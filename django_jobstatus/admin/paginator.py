@@ -1,15 +1,42 @@
-"""A paginator that never counts a whole big table (integrations.md §5.5)."""
+"""Big tables in the admin: a paginator that never counts a whole table (integrations.md §5.5),
+deep pages that never walk a long OFFSET over whole rows, and a changelist that never
+lists more than a page and reaches every row with "older" links, whatever the count says.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from django.core.paginator import Paginator
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import PAGE_VAR, ChangeList
+from django.core.exceptions import ValidationError
+from django.core.paginator import Page, Paginator
 from django.db import connections
+from django.db.models import Q
 
 # Counting stops here: a changelist shows "10000" rather than scanning millions of rows.
 COUNT_CAP = 10_000
+# The order both big changelists use by default, which their (created_at, id) indexes serve.
+NEWEST_FIRST = ("-created_at", "-id")
+# Pages that start past this many rows find their first row through the index alone.
+DEEP = 1000
+# The query parameter of the "older" links: the created_at and id of the last row shown.
+OLDER_VAR = "older"
+
+
+def _newest_first(queryset: Any) -> bool:
+    # The changelist appends the model's ordering to its own: the same fields twice.
+    return tuple(dict.fromkeys(queryset.query.order_by)) == NEWEST_FIRST
+
+
+def _at_or_before(created: datetime, pk: Any, *, reverse: bool = False) -> Q:
+    """Rows at or after (created, pk) in newest-first order (at or before in oldest-first)."""
+    if reverse:
+        return Q(created_at__gt=created) | Q(created_at=created, id__gte=pk)
+    return Q(created_at__lt=created) | Q(created_at=created, id__lte=pk)
 
 
 class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
@@ -18,10 +45,13 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
     On PostgreSQL, when the table holds more than COUNT_CAP rows: unfiltered, the count is
     the table's estimate (``pg_class.reltuples``); filtered, the capped count runs unless
     the planner would read it with a sequential scan (a filter no index serves, whose
-    matches are rare), and then the planner's estimate of the matches is the count.
+    matches are rare) or it searches for a substring, and then the planner's estimate of
+    the matches is the count (BigTableChangeList never lists more than a page for it).
     """
 
     cap = COUNT_CAP
+    # True once ``count`` came from PostgreSQL's estimate: the real count may be above or below.
+    estimated = False
 
     @cached_property
     def count(self) -> int:
@@ -36,10 +66,54 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
             and self._estimate(connection, queryset.model._meta.db_table) > self.cap
         ):
             if not query.where:
+                self.estimated = True
                 return self._estimate(connection, queryset.model._meta.db_table)
-            if _scans(_plan(connection, capped)):
+            if _substring(query.where) or _scans(_plan(connection, capped)):
+                # A substring search (its matches are checked row by row, even through a
+                # trigram index) or a table scan: counting would read every candidate.
+                self.estimated = True
                 return max(int(_plan(connection, queryset.order_by())["Plan Rows"]), 0)
         return int(capped.count())
+
+    def page(self, number: Any) -> Page:  # type: ignore[type-arg]
+        """Newest first, a deep page reads from the nearer end of the index, never a long OFFSET of rows.
+
+        The back half of the pages is read oldest first from the end, so the last page
+        holds the oldest rows even when an estimated count is below the real one; a page
+        past DEEP rows finds its first row with an index-only OFFSET of (created_at, id),
+        then reads its rows from there.
+        """
+        queryset: Any = self.object_list
+        if getattr(queryset, "query", None) is None or not _newest_first(queryset):
+            return super().page(number)
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        size = self.per_page
+        if number == self.num_pages:
+            # Exact: what is left; estimated: a full page of the oldest rows.
+            size = self.per_page if self.estimated else self.count - bottom
+            from_end = 0
+        else:
+            from_end = self.count - bottom - size
+        if number > 1 and from_end < bottom:
+            oldest_first = queryset.reverse()
+            rows = list(
+                reversed(self._rows(oldest_first, from_end, size, reverse=True))
+            )
+        else:
+            rows = self._rows(queryset, bottom, size)
+        return Page(rows, number, self)
+
+    @staticmethod
+    def _rows(
+        queryset: Any, offset: int, size: int, *, reverse: bool = False
+    ) -> list[Any]:
+        if offset < DEEP:
+            return list(queryset[offset : offset + size])
+        first = queryset.values_list("created_at", "id")[offset : offset + 1].first()
+        if first is None:
+            return []
+        return list(queryset.filter(_at_or_before(*first, reverse=reverse))[:size])
 
     @staticmethod
     def _estimate(connection: Any, table: str) -> int:
@@ -67,8 +141,77 @@ def _plan(connection: Any, queryset: Any) -> dict[str, Any]:
     return plan
 
 
+def _substring(node: Any) -> bool:
+    """Whether a WHERE clause holds a substring lookup (``contains``, ``icontains``)."""
+    if getattr(node, "lookup_name", None) in {"contains", "icontains"}:
+        return True
+    return any(_substring(child) for child in getattr(node, "children", ()))
+
+
 def _scans(plan: dict[str, Any]) -> bool:
     """Whether a node of ``plan`` reads a whole table."""
     return plan.get("Node Type") == "Seq Scan" or any(
         _scans(child) for child in plan.get("Plans", [])
     )
+
+
+class BigTableChangeList(ChangeList):
+    """A changelist that lists at most a page, and links to the rows older than its last one.
+
+    Django lists the whole queryset when the count is below a page, and PostgreSQL's
+    estimate of a search's matches can be tiny when thousands match: here a page never
+    holds more than ``list_per_page`` rows (``list_max_show_all`` for "Show all"). In the
+    newest-first order, a full page links to the next rows by their (created_at, id)
+    ("?older="), so every row can be reached however far the count is from the truth.
+    """
+
+    older_url: str | None = None
+
+    def get_filters_params(self, params: Any = None) -> Any:
+        lookup_params = super().get_filters_params(params)
+        lookup_params.pop(OLDER_VAR, None)
+        return lookup_params
+
+    def get_queryset(self, request: Any, exclude_parameters: Any = None) -> Any:
+        queryset = super().get_queryset(request, exclude_parameters)
+        older = self.params.get(OLDER_VAR)
+        if older and _newest_first(queryset):
+            queryset = queryset.filter(self._older_than(str(older)))
+        return queryset
+
+    def _older_than(self, value: str) -> Q:
+        created, _sep, pk = value.partition(",")
+        try:
+            moment = datetime.fromisoformat(created)
+            key = self.model._meta.pk.to_python(pk)
+        except (ValueError, ValidationError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+        return Q(created_at__lt=moment) | Q(created_at=moment, id__lt=key)
+
+    def get_results(self, request: Any) -> None:
+        super().get_results(request)
+        limit = (
+            self.list_max_show_all
+            if self.show_all and self.can_show_all
+            else self.list_per_page
+        )
+        if self.params.get(OLDER_VAR) or not self.multi_page or self.show_all:
+            # The count said one page (or none was asked for): never more than a page.
+            rows = list(self.queryset._clone()[: limit + 1])
+            more = len(rows) > limit
+            self.result_list = rows[:limit]
+            if self.params.get(OLDER_VAR):
+                self.multi_page = False
+                self.result_count = len(self.result_list)
+        else:
+            rows = list(self.result_list)
+            self.result_list = rows
+            last_page = self.page_num >= self.paginator.num_pages
+            more = len(rows) >= limit and not last_page
+        if more and _newest_first(self.queryset) and self.result_list:
+            last = self.result_list[-1]
+            with contextlib.suppress(AttributeError):
+                self.older_url = self.get_query_string(
+                    {OLDER_VAR: f"{last.created_at.isoformat()},{last.pk}"},
+                    remove=[PAGE_VAR],
+                )

@@ -32,6 +32,7 @@ from django_jobstatus.admin.display import (
     status_badge,
 )
 from django_jobstatus.admin.filters import (
+    JOB_NAME_CHOICES,
     LEVELS,
     CreatedWithinFilter,
     HasErrorsFilter,
@@ -39,13 +40,19 @@ from django_jobstatus.admin.filters import (
     KillRequestedFilter,
     SourceFilter,
     StatusFilter,
+    distinct_job_names,
     level_number,
 )
 from django_jobstatus.admin.guard import GuardedAdmin
-from django_jobstatus.admin.paginator import COUNT_CAP, CappedCountPaginator
+from django_jobstatus.admin.paginator import (
+    COUNT_CAP,
+    BigTableChangeList,
+    CappedCountPaginator,
+)
 from django_jobstatus.models import JobLog, JobRun, Status
 
 if TYPE_CHECKING:
+    from django.contrib.admin.views.main import ChangeList
     from django.db.models import QuerySet
     from django.http import HttpRequest, HttpResponse
     from django.utils.safestring import SafeString
@@ -76,7 +83,7 @@ class JobRunAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     )
     search_fields = ("id", "job_name", "backend_job_id", "subject", "message")
     search_help_text = gettext_lazy(
-        "A run id, a job name (or its start), a backend job id, a subject, or words of the message."
+        "A run id, a backend job id, a subject, a job name or a part of one, or words of the message."
     )
     ordering = ("-created_at", "-id")
     sortable_by = ("job_name", "created_display")
@@ -86,6 +93,10 @@ class JobRunAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return BigTableChangeList
+
     # No foreign key is shown in the list: nothing to join.
     list_select_related = False
     actions = (
@@ -352,25 +363,29 @@ class JobRunAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
             % {"n": sum(counts.values())},
         )
 
-    # Search: exact ids, prefix of job names, words of the message.
+    # Search: exact ids, job names, words of the message.
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[JobRun], search_term: str
     ) -> tuple[QuerySet[JobRun], bool]:
-        terms = []
+        """Each word: a run id, a backend job id or a subject; and a part of job names
+        (those jobs' runs: an index range each) or, when no job name holds it, the start
+        of a job name or words of the message.
+        """
+        names: list[str] | None = None
         for bit in smart_split(search_term):
             if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
                 bit = unescape_string_literal(bit)
-            query = (
-                Q(job_name__istartswith=bit)
-                | Q(backend_job_id=bit)
-                | Q(subject=bit)
-                | Q(message__icontains=bit)
-            )
+            query = Q(backend_job_id=bit) | Q(subject=bit)
             with contextlib.suppress(ValueError):
                 query |= Q(pk=uuid.UUID(bit))
-            terms.append(query)
-        for query in terms:
+            if names is None:
+                names = distinct_job_names(JobRun, queryset.db, JOB_NAME_CHOICES + 1)
+            jobs = [name for name in names if bit.casefold() in name.casefold()]
+            if jobs and len(names) <= JOB_NAME_CHOICES:
+                query |= Q(job_name__in=jobs)
+            else:
+                query |= Q(job_name__istartswith=bit) | Q(message__icontains=bit)
             queryset = queryset.filter(query)
         return queryset, False
 

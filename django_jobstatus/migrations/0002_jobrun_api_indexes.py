@@ -11,13 +11,12 @@ are created by RunPython and change no model state, so ``makemigrations`` stays 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import django.db.models.expressions
-from django.db import DatabaseError, migrations, models
+from django.db import migrations, models
 
-logger = logging.getLogger(__name__)
+from django_jobstatus.migrations._concurrently import trigram_extension
 
 GIN_INDEX = "jobstatus_run_params_gin"
 TRGM_INDEX = "jobstatus_run_search_trgm"
@@ -29,11 +28,7 @@ def create_gin_indexes(apps: Any, schema_editor: Any) -> None:
     table = schema_editor.quote_name(apps.get_model("django_jobstatus", "JobRun")._meta.db_table)
     # CONCURRENTLY: adding it to a big existing table does not block writes.
     schema_editor.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {GIN_INDEX} ON {table} USING gin (params jsonb_path_ops)")
-    try:
-        # pg_trgm is a "trusted" extension since PostgreSQL 13: the database's owner may install it.
-        schema_editor.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-    except DatabaseError as exc:
-        logger.warning("pg_trgm is not available (%s): the API's ?q= search will scan the table.", exc)
+    if not trigram_extension(schema_editor, "the API's ?q= search will scan the table."):
         return
     # The expressions are the ones Django writes for icontains, so the planner matches them.
     schema_editor.execute(

@@ -212,3 +212,22 @@ def test_changelist_queries_do_not_grow_with_rows(
         admin_client.get(
             URL, {"status": "running", "job_name": "job3", "created": "24h", "q": "job"}
         )
+
+
+def test_a_part_of_a_job_name_finds_its_runs_by_name_not_by_message(
+    admin_client, make_run
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_run("billing.tasks.sync_ledger")
+    make_run("mail.tasks.sync_ledger")
+    make_run("mail.tasks.send", message="waiting for sync_ledger")
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(URL, {"q": "sync_ledg"})
+    assert names(response) == ["billing.tasks.sync_ledger", "mail.tasks.sync_ledger"]
+    run_queries = [q["sql"] for q in queries.captured_queries if "jobrun" in q["sql"]]
+    assert not any('"message"' in sql and "LIKE" in sql for sql in run_queries)
+    # A word no job name holds: the start of a name, or a part of the message.
+    assert names(admin_client.get(URL, {"q": "waiting"})) == ["mail.tasks.send"]
+    assert names(admin_client.get(URL, {"q": "mail.tasks.se"})) == ["mail.tasks.send"]

@@ -99,6 +99,31 @@ def test_dashboard(admin_client, runs, django_assert_max_num_queries):
     assert 'href="/admin/django_jobstatus/jobrun/"' in html  # breadcrumbs
 
 
+@pytest.mark.parametrize("window", ["24h", "7d"])
+@pytest.mark.django_db(transaction=True)  # autocommit, as a request runs
+def test_fifty_jobs_cost_the_dashboard_no_more_queries_than_one(
+    admin_client, make_run, django_assert_max_num_queries, window
+):
+    from django.core.cache import cache
+
+    now = timezone.now()
+    for i in range(50):
+        for age in (5, 1):  # the newer run is each job's latest
+            make_run(
+                f"job.{i:02}",
+                status=Status.SUCCEEDED,
+                created_at=now - timedelta(minutes=age),
+                finished_at=now - timedelta(minutes=age),
+            )
+    admin_client.get(URL)  # the session and the user, loaded once
+    cache.clear()
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(URL, {"window": window})
+    jobs = response.context["jobs"]
+    assert len(jobs) == 50
+    assert all(row["latest"].created_at == now - timedelta(minutes=1) for row in jobs)
+
+
 @pytest.mark.parametrize(
     ("window", "total", "bars"), [("1h", 4, 13), ("24h", 4, 25), ("7d", 5, 169)]
 )
@@ -171,6 +196,22 @@ def test_purge_dry_run_then_confirm(admin_client, make_run):
     response = admin_client.post(URL + "purge/", {"days": ""}, follow=True)
     assert "Purged 1 run and 1 log line." in response.content.decode()
     assert list(JobRun.objects.all()) == [keep]
+
+
+def test_purge_now_says_when_the_database_stays_locked(
+    admin_client, make_run, monkeypatch
+):
+    from django.db import OperationalError
+
+    from django_jobstatus import retention
+
+    def locked(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(retention, "purge", locked)
+    response = admin_client.post(URL + "purge/", {"days": "30"}, follow=True)
+    assert response.status_code == 200
+    assert "The database stayed busy" in response.content.decode()
 
 
 def test_purge_needs_delete_permission(staff_client, make_run):

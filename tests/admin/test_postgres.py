@@ -94,11 +94,11 @@ def seeded(db) -> Iterator[None]:
             lambda: JobRun.objects.filter(created_at__gte=timezone.now()).order_by(
                 "-created_at"
             )[:50],
-            "jobstatus_run_created_idx",
+            "jobstatus_run_created_id_idx",
         ),
         (
             lambda: JobRun.objects.order_by("-created_at")[:50],
-            "jobstatus_run_created_idx",
+            "jobstatus_run_created_id_idx",
         ),
         (
             lambda: JobRun.objects.stale(),
@@ -111,8 +111,12 @@ def seeded(db) -> Iterator[None]:
             ("jobstatus_log_run_idx", "joblog_run_id"),
         ),
         (
+            lambda: JobLog.objects.filter(message__icontains="try 503").order_by(),
+            "jobstatus_log_message_trgm",
+        ),
+        (
             lambda: JobLog.objects.order_by("-created_at")[:100],
-            "jobstatus_log_created_idx",
+            "jobstatus_log_created_id_idx",
         ),
     ],
 )

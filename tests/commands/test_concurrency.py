@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -11,7 +12,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.db import connection, connections
@@ -21,6 +22,9 @@ from django.utils import timezone
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
 from tests.commands.seeding import seed
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -115,21 +119,16 @@ def _wait_for_line(
     )
 
 
-def test_purge_while_other_processes_create_and_finish_tracked_runs(
-    tmp_path: Path,
-) -> None:
-    seed(
-        connection, runs=20_000, logs_per_run=3, jobs=5, newest_days=40, oldest_days=100
-    )
-    keys = ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT")
-    env = {
-        **os.environ,
-        "JOBSTATUS_WRITER_DB": json.dumps(
-            {key: connection.settings_dict[key] for key in keys}
-        ),
-    }
+@contextlib.contextmanager
+def writers(
+    database: dict[str, Any], tmp_path: Path, count: int = 2
+) -> Iterator[list[dict[str, Any]]]:
+    """``count`` writer processes (tests/commands/writer.py) on ``database``, each past its
+    warm-up; the list yielded holds their reports once the block has ended.
+    """
+    env = {**os.environ, "JOBSTATUS_WRITER_DB": json.dumps(database)}
     stop = tmp_path / "stop"
-    writers = [
+    processes = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.commands.writer", str(stop)],
             cwd=ROOT,
@@ -138,24 +137,37 @@ def test_purge_while_other_processes_create_and_finish_tracked_runs(
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for _ in range(count)
     ]
+    reports: list[dict[str, Any]] = []
     try:
-        for writer in writers:
-            _wait_for_line(writer, "ready", timeout=60)
-        began = time.time()
-        result = JobRun.objects.purge(days=0, keep_last=0, batch_size=500)
-        ended = time.time()
+        for process in processes:
+            _wait_for_line(process, "ready", timeout=60)
+        yield reports
     finally:
         stop.touch()
         outputs = []
-        for writer in writers:
+        for process in processes:
             try:
-                outputs.append(writer.communicate(timeout=60))
+                outputs.append(process.communicate(timeout=60))
             except subprocess.TimeoutExpired:
-                writer.kill()
-                outputs.append(writer.communicate())
-    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+                process.kill()
+                outputs.append(process.communicate())
+    reports.extend(json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+
+
+def test_purge_while_other_processes_create_and_finish_tracked_runs(
+    tmp_path: Path,
+) -> None:
+    seed(
+        connection, runs=20_000, logs_per_run=3, jobs=5, newest_days=40, oldest_days=100
+    )
+    keys = ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT")
+    database = {key: connection.settings_dict[key] for key in keys}
+    with writers(database, tmp_path) as reports:
+        began = time.time()
+        result = JobRun.objects.purge(days=0, keep_last=0, batch_size=500)
+        ended = time.time()
 
     # Every writer operation succeeded: no run was deleted under a live job, no log refused.
     assert [report["errors"] for report in reports] == [[], []]

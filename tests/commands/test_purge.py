@@ -255,7 +255,26 @@ def test_logs_go_with_their_runs_without_being_loaded(aged: Any) -> None:
     # Log lines are counted per run, never read: no query selects their message.
     message = f'"{JobLog._meta.db_table}"."message"'
     assert [q["sql"] for q in queries if message in q["sql"]] == []
-    assert any(q["sql"].startswith("DELETE") for q in queries)
+    assert any("DELETE FROM" in q["sql"] for q in queries)
+
+
+@pytest.mark.postgres
+def test_postgresql_deletes_a_batch_of_runs_and_their_lines_in_one_statement(
+    aged: Any,
+) -> None:
+    doomed = [aged("tests.job", days=100 + n, logs=3) for n in range(5)]
+    child = aged("tests.child", days=1)
+    child.parent = doomed[0]
+    child.save(update_fields=["parent"])
+
+    with CaptureQueriesContext(connection) as queries:
+        result = JobRun.objects.purge(batch_size=10, keep_last=0)
+
+    deletes = [q["sql"] for q in queries if "DELETE FROM" in q["sql"]]
+    assert len(deletes) == 1  # runs and lines, one statement
+    assert (result.runs, result.logs, result.batches) == (5, 15, 1)
+    child.refresh_from_db()
+    assert child.parent_id is None
 
 
 def test_deleting_a_parent_keeps_its_children(aged: Any) -> None:

@@ -1,0 +1,423 @@
+"""Retention: which old runs a purge deletes, and the short batches that delete them with their logs.
+
+``JobRunQuerySet.purge()`` is the entry point; this module holds its engine. Each batch is
+one transaction that takes the write lock up front (SQLite: ``BEGIN IMMEDIATE``, retried a
+few times while another connection holds the lock) and is sized by time: it grows while
+batches finish under ``batch_seconds`` and shrinks when one takes longer, up to
+``batch_size`` runs. On PostgreSQL a batch is one statement: the runs are deleted with
+``FOR UPDATE SKIP LOCKED`` and their log lines in the same statement, counted as they go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from django.db import OperationalError, connections, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from django_jobstatus.conf import settings
+from django_jobstatus.querysets import (
+    _chunk_size,
+    _chunks,
+    _status,
+    _whole,
+    as_timedelta,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from datetime import datetime, timedelta
+
+    from django_jobstatus.models import JobRun
+    from django_jobstatus.querysets import JobRunQuerySet
+
+logger = logging.getLogger(__name__)
+
+# The first batch's runs (at most ``batch_size``); later batches are sized by the time they took.
+FIRST_BATCH = 200
+# SQLite: a batch that finds the database locked after the busy timeout is tried this many times.
+LOCKED_TRIES = 5
+
+
+@dataclasses.dataclass
+class PurgeResult:
+    """What ``JobRunQuerySet.purge()`` deleted or, with ``dry_run``, would delete."""
+
+    dry_run: bool = False
+    runs: int = 0
+    logs: int = 0
+    # (job_name, status) -> [runs, logs]
+    counts: dict[tuple[str, str], list[int]] = dataclasses.field(default_factory=dict)
+    batches: int = 0
+    longest_batch: float = 0.0  # seconds: the longest single batch transaction
+    elapsed: float = 0.0  # seconds since the purge began
+    _began: float = dataclasses.field(
+        default_factory=time.monotonic, repr=False, compare=False
+    )
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per job name and status (``job_name``, ``status``, ``runs``, ``logs``), sorted."""
+        return [
+            {"job_name": name, "status": status, "runs": runs, "logs": logs}
+            for (name, status), (runs, logs) in sorted(self.counts.items())
+        ]
+
+    def _add(self, name: str, status: str, runs: int, logs: int) -> None:
+        entry = self.counts.setdefault((name, status), [0, 0])
+        entry[0] += runs
+        entry[1] += logs
+        self.runs += runs
+        self.logs += logs
+
+
+def purge(
+    runs: JobRunQuerySet,
+    *,
+    days: float | timedelta | None,
+    retention: Mapping[str, float | timedelta] | None,
+    keep_last: int | None,
+    statuses: Iterable[str] | None,
+    include_active: bool,
+    batch_size: int,
+    batch_seconds: float,
+    dry_run: bool,
+    progress: Callable[[PurgeResult], None] | None,
+    now: datetime | None,
+) -> PurgeResult:
+    """The body of ``JobRunQuerySet.purge()`` (which documents the arguments)."""
+    if runs.query.is_sliced:
+        raise TypeError("Cannot purge a sliced queryset.")
+    runs = runs.writing()
+    keep = _whole(
+        "keep_last", settings.KEEP_LAST if keep_last is None else keep_last, 0
+    )
+    _whole("batch_size", batch_size, 1)
+    if not isinstance(batch_seconds, int | float) or not batch_seconds > 0:
+        raise ValueError(
+            f"batch_seconds must be a number above 0, not {batch_seconds!r}"
+        )
+    cutoffs = _cutoffs(
+        _statuses(statuses, include_active), days, retention, now or timezone.now()
+    )
+    old = Q()
+    for cutoff, chosen in cutoffs.items():
+        old |= Q(status__in=sorted(chosen), created_at__lt=cutoff)
+    candidates = runs.filter(old) if old else runs.none()
+    result = PurgeResult(dry_run=dry_run)
+    kept = _kept(runs, candidates, keep)
+    if dry_run:
+        _count(candidates, kept, result)
+    else:
+        _Batches(candidates, kept, result, progress).run(batch_size, batch_seconds)
+    result.elapsed = time.monotonic() - result._began
+    return result
+
+
+def _statuses(statuses: Iterable[str] | None, include_active: bool) -> set[str]:  # noqa: FBT001
+    status = _status()
+    allowed = set(status.values) if include_active else set(status.TERMINAL)
+    if statuses is None:
+        return allowed
+    chosen = {
+        str(value) for value in ([statuses] if isinstance(statuses, str) else statuses)
+    }
+    unknown = chosen - set(status.values)
+    if unknown:
+        raise ValueError(f"Unknown status: {', '.join(sorted(unknown))}")
+    active = chosen - allowed
+    if active:
+        raise ValueError(
+            f"{', '.join(sorted(active))} runs are not finished: pass include_active=True to purge them"
+        )
+    return chosen
+
+
+def _cutoffs(
+    chosen: set[str],
+    days: float | timedelta | None,
+    retention: Mapping[str, float | timedelta] | None,
+    now: datetime,
+) -> dict[datetime, set[str]]:
+    """Group the chosen statuses by the time before which their runs go."""
+    if retention is None:
+        retention = {} if days is not None else settings.RETENTION
+    unknown = set(retention) - set(_status().values)
+    if unknown:
+        raise ValueError(f"Unknown status in retention: {', '.join(sorted(unknown))}")
+    default = as_timedelta("days", settings.RETENTION_DAYS if days is None else days)
+    cutoffs: dict[datetime, set[str]] = defaultdict(set)
+    for status in chosen:
+        keep_for = (
+            as_timedelta("days", retention[status]) if status in retention else default
+        )
+        cutoffs[now - keep_for].add(status)
+    return cutoffs
+
+
+def _kept(runs: JobRunQuerySet, candidates: JobRunQuerySet, keep: int) -> list[Any]:
+    """The ids of the newest ``keep`` runs of each job name that has candidates, over all its runs."""
+    kept: set[Any] = set()
+    if not keep:
+        return []
+    names = candidates.order_by().values_list("job_name", flat=True).distinct()
+    every = runs.model.objects.using(runs.db)
+    for name in sorted(set(names)):
+        # One short index scan of (job_name, created_at) per job.
+        kept.update(
+            every.for_job(name)
+            .order_by("-created_at", "-id")
+            .values_list("pk", flat=True)[:keep]
+        )
+    return sorted(kept)
+
+
+def _count(candidates: JobRunQuerySet, kept: list[Any], result: PurgeResult) -> None:
+    """Add to ``result`` what the purge would delete: every candidate except ``kept``."""
+    from django_jobstatus.models import JobLog
+
+    db = candidates.db
+    counted = (
+        candidates.order_by()
+        .values("job_name", "status")
+        .annotate(run_count=Count("pk"))
+    )
+    for row in counted:
+        result._add(row["job_name"], row["status"], row["run_count"], 0)
+    logs = JobLog.objects.using(db).filter(run__in=candidates.order_by().values("pk"))
+    for row in (
+        logs.order_by().values("run__job_name", "run__status").annotate(n=Count("pk"))
+    ):
+        result._add(row["run__job_name"], row["run__status"], 0, row["n"])
+    for part in _chunks(kept, _chunk_size(db)):
+        spared = candidates.filter(pk__in=part).order_by()
+        for row in spared.values("job_name", "status").annotate(run_count=Count("pk")):
+            result._add(row["job_name"], row["status"], -row["run_count"], 0)
+        lines = JobLog.objects.using(db).filter(run__in=spared.values("pk"))
+        for row in (
+            lines.order_by()
+            .values("run__job_name", "run__status")
+            .annotate(n=Count("pk"))
+        ):
+            result._add(row["run__job_name"], row["run__status"], 0, -row["n"])
+    result.counts = {key: value for key, value in result.counts.items() if value[0]}
+
+
+def _can_raw_delete_runs(model: type[JobRun]) -> bool:
+    """True when deleting runs needs nothing but their log lines gone and their children detached."""
+    from django.db.models.signals import post_delete, pre_delete
+
+    from django_jobstatus.models import JobLog
+
+    if pre_delete.has_listeners(model) or post_delete.has_listeners(model):
+        return False
+    for relation in model._meta.related_objects:
+        if relation.related_model is JobLog or (
+            relation.related_model is model and relation.field.name == "parent"
+        ):
+            continue
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _write_transaction(db: str) -> Iterator[None]:
+    """A transaction that holds the write lock from its first statement.
+
+    SQLite's default (deferred) transaction reads first; once another connection has
+    committed since, its first write fails at once with "database is locked", whatever
+    the busy timeout. ``BEGIN IMMEDIATE`` waits for the lock (up to the busy timeout)
+    before reading anything. Other databases lock rows as they go.
+    """
+    connection = connections[db]
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        with transaction.atomic(using=db):
+            yield
+        return
+    connection.ensure_connection()
+    mode = connection.transaction_mode  # type: ignore[attr-defined]
+    connection.transaction_mode = "IMMEDIATE"  # type: ignore[attr-defined]
+    try:
+        with transaction.atomic(using=db):
+            connection.transaction_mode = mode  # type: ignore[attr-defined]
+            yield
+    finally:
+        connection.transaction_mode = mode  # type: ignore[attr-defined]
+
+
+def _locked(exc: OperationalError, db: str) -> bool:
+    return connections[db].vendor == "sqlite" and "locked" in str(exc)
+
+
+class _Batches:
+    """Delete the candidates but ``kept``, and their logs, oldest first, one transaction per batch.
+
+    One sweep in ``created_at`` order, each batch starting after the last one (keyset
+    pagination: never rescanning the index entries of rows already deleted). Runs and
+    log lines written at the same time sit together on disk, so each batch reads few pages.
+    """
+
+    def __init__(
+        self,
+        candidates: JobRunQuerySet,
+        kept: list[Any],
+        result: PurgeResult,
+        progress: Callable[[PurgeResult], None] | None,
+    ) -> None:
+        self.candidates = candidates
+        self.db = candidates.db
+        self.kept = kept
+        self.result = result
+        self.progress = progress
+        connection = connections[self.db]
+        self.set_based = connection.vendor == "postgresql" and _can_raw_delete_runs(
+            candidates.model
+        )
+
+    def run(self, batch_size: int, batch_seconds: float) -> None:
+        size = min(FIRST_BATCH, batch_size)
+        after: tuple[datetime, Any] | None = None
+        while True:
+            began = time.monotonic()
+            rows, last = self._batch_with_retries(size, after)
+            took = time.monotonic() - began
+            if last is None:
+                return
+            after = last
+            result = self.result
+            result.batches += 1
+            result.longest_batch = max(result.longest_batch, took)
+            result.elapsed = time.monotonic() - result._began
+            if self.progress is not None:
+                self.progress(result)
+            if rows < size:
+                return
+            # Sized by time: aim at batch_seconds, never more than doubling or halving at once.
+            share = batch_seconds / max(took, 1e-6)
+            size = max(1, min(batch_size, round(size * min(max(share, 0.5), 2.0))))
+
+    def _batch_with_retries(
+        self, size: int, after: tuple[datetime, Any] | None
+    ) -> tuple[int, tuple[datetime, Any] | None]:
+        for attempt in range(1, LOCKED_TRIES + 1):
+            try:
+                with _write_transaction(self.db):
+                    if self.set_based:
+                        return self._delete_set_based(size, after)
+                    return self._delete(size, after)
+            except OperationalError as exc:
+                if not _locked(exc, self.db) or attempt == LOCKED_TRIES:
+                    raise
+                logger.warning(
+                    "Purge batch found the database locked (try %d of %d): %s",
+                    attempt,
+                    LOCKED_TRIES,
+                    exc,
+                )
+                time.sleep(0.1 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _page(
+        self, size: int, after: tuple[datetime, Any] | None, *, spare: bool
+    ) -> JobRunQuerySet:
+        """The next ``size`` candidates; with ``spare``, the kept runs are left out in SQL."""
+        page = self.candidates.order_by("created_at", "id")
+        if after is not None:
+            page = page.filter(
+                Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1])
+            )
+        if spare and self.kept:
+            page = page.exclude(pk__in=self.kept)
+        features = connections[self.db].features
+        if features.has_select_for_update_skip_locked:
+            # Another purge (or a writer) holding a row: skip it rather than wait.
+            page = page.select_for_update(
+                skip_locked=True,
+                of=("self",) if features.has_select_for_update_of else (),
+            )
+        return page[:size]
+
+    def _delete_set_based(
+        self, size: int, after: tuple[datetime, Any] | None
+    ) -> tuple[int, tuple[datetime, Any] | None]:
+        """PostgreSQL: one statement deletes a batch of runs and their log lines, and counts them.
+
+        The log lines' foreign key is checked at commit (Django makes it DEFERRABLE
+        INITIALLY DEFERRED), so runs and lines go in one statement, in either order.
+        """
+        from django_jobstatus.models import JobLog
+
+        model = self.candidates.model
+        connection = connections[self.db]
+        quote = connection.ops.quote_name
+        runs, logs = quote(model._meta.db_table), quote(JobLog._meta.db_table)
+        sql, params = (
+            self._page(size, after, spare=True).values("pk").query.sql_with_params()
+        )
+        statement = f"""
+            WITH gone AS (
+                DELETE FROM {runs} WHERE id = ANY(ARRAY({sql}))
+                RETURNING id, job_name, status, created_at
+            ), lines AS (
+                DELETE FROM {logs} WHERE run_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING run_id
+            )
+            SELECT gone.id, gone.job_name, gone.status, gone.created_at, coalesce(n.lines, 0)
+            FROM gone LEFT JOIN (
+                SELECT run_id, count(*) AS lines FROM lines GROUP BY run_id
+            ) AS n ON n.run_id = gone.id
+        """  # noqa: S608 (table names quoted, values bound)
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
+            if rows:
+                # Runs kept whose parent went: detached, as on_delete=SET_NULL would.
+                cursor.execute(
+                    f"UPDATE {runs} SET parent_id = NULL WHERE parent_id = ANY(%s)",  # noqa: S608
+                    [[row[0] for row in rows]],
+                )
+        for _pk, name, status, _created, lines in rows:
+            self.result._add(name, status, 1, lines)
+        if not rows:
+            return 0, None
+        last = max((created, pk) for pk, _n, _s, created, _l in rows)
+        return len(rows), last
+
+    def _delete(
+        self, size: int, after: tuple[datetime, Any] | None
+    ) -> tuple[int, tuple[datetime, Any] | None]:
+        """Any database: read a batch's ids, delete its log lines in SQL (never loaded), then the runs."""
+        from django_jobstatus.models import JobLog
+
+        db = self.db
+        # The kept runs are skipped here rather than in SQL: SQLite caps query parameters.
+        rows = list(
+            self._page(size, after, spare=False).values_list(
+                "pk", "job_name", "status", "created_at"
+            )
+        )
+        if not rows:
+            return 0, None
+        kept = set(self.kept)
+        doomed = [row for row in rows if row[0] not in kept]
+        every = self.candidates.model._base_manager.using(db)
+        raw = _can_raw_delete_runs(self.candidates.model)
+        lines: dict[Any, int] = {}
+        for part in _chunks([row[0] for row in doomed], _chunk_size(db)):
+            logs = JobLog.objects.using(db).filter(run_id__in=part)
+            # Counted per run (a short index-only read), then deleted in SQL, never loaded.
+            lines.update(logs.order_by().values_list("run_id").annotate(n=Count("pk")))
+            logs._raw_delete(db)
+            if raw:
+                every.filter(parent_id__in=part).update(parent=None)
+                every.filter(pk__in=part)._raw_delete(db)
+            else:
+                every.filter(pk__in=part).only("pk").delete()
+        for pk, name, status, _created in doomed:
+            self.result._add(name, status, 1, lines.get(pk, 0))
+        return len(rows), (rows[-1][3], rows[-1][0])

@@ -1,0 +1,128 @@
+"""PostgreSQL: the changelists stay right when the count is PostgreSQL's estimate.
+
+A page never lists more than its size, even when the estimate says a search matches
+fewer rows than a page; every row stays reachable when the estimate is below the real
+count (the last page holds the oldest rows, and "older" links walk past any count).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from html import unescape
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from django_jobstatus.admin.paginator import CappedCountPaginator
+from django_jobstatus.models import JobLog, JobRun, Status, uuid7
+
+pytestmark = pytest.mark.postgres
+
+RUNS = "/admin/django_jobstatus/jobrun/"
+LOGS = "/admin/django_jobstatus/joblog/"
+
+
+def _analyze(*models) -> None:
+    with connection.cursor() as cursor:
+        for model in models:
+            cursor.execute(f"ANALYZE {model._meta.db_table}")
+
+
+def _runs(count: int, *, start: int = 0) -> list[JobRun]:
+    now = timezone.now()
+    return JobRun.objects.bulk_create(
+        JobRun(
+            id=uuid7(),
+            job_name=f"job{i % 7}",
+            status=Status.SUCCEEDED,
+            created_at=now - timedelta(minutes=i),
+            finished_at=now - timedelta(minutes=i),
+        )
+        for i in range(start, start + count)
+    )
+
+
+@pytest.fixture
+def small_cap(monkeypatch):
+    """Counts above 5 rows come from PostgreSQL's estimate, as on a big table."""
+    monkeypatch.setattr(CappedCountPaginator, "cap", 5)
+
+
+@pytest.fixture
+def reset_statistics():
+    # ANALYZE's figures outlive the test's transaction: reset them for the next tests.
+    yield
+    JobLog.objects.all().delete()
+    JobRun.objects.all().delete()
+    _analyze(JobRun, JobLog)
+
+
+def test_a_search_the_estimate_calls_rare_lists_one_page_and_links_to_more(
+    admin_client, small_cap, reset_statistics
+):
+    run = _runs(1)[0]
+    JobLog.objects.bulk_create(
+        JobLog(run=run, message=f"retrying upstream after HTTP 503, try {i}")
+        for i in range(400)
+    )
+    _analyze(JobRun, JobLog)
+
+    response = admin_client.get(LOGS, {"q": "retrying 503"})
+
+    assert response.status_code == 200
+    cl = response.context["cl"]
+    assert len(cl.result_list) == cl.list_per_page == 100  # not all 400
+    assert cl.older_url
+    assert 'rel="next"' in response.content.decode()
+    # "Show all" stops at its own page size too.
+    response = admin_client.get(LOGS, {"q": "retrying 503", "all": ""})
+    assert len(response.context["cl"].result_list) <= 200
+
+
+def _older_link(html: str) -> str | None:
+    found = re.search(r'<a href="([^"]+)" rel="next">', html)
+    return unescape(found.group(1)) if found else None
+
+
+def test_every_run_is_reachable_when_the_estimate_is_below_the_real_count(
+    admin_client, small_cap, reset_statistics
+):
+    _runs(130)
+    _analyze(JobRun)  # the estimate: 130
+    _runs(40, start=130)  # 40 older runs the statistics do not know about
+    every = set(JobRun.objects.values_list("pk", flat=True))
+    oldest = JobRun.objects.order_by("created_at", "id").first()
+
+    first = admin_client.get(RUNS)
+    cl = first.context["cl"]
+    assert cl.result_count == 130  # the estimate
+    last = admin_client.get(RUNS, {"p": cl.paginator.num_pages})
+    # The last page holds the oldest runs, a full page of them.
+    assert [run.pk for run in last.context["cl"].result_list][-1] == oldest.pk
+    assert len(last.context["cl"].result_list) == 50
+
+    # Walking the "older" links from the first page reaches every run, each once.
+    seen = [run.pk for run in cl.result_list]
+    link = _older_link(first.content.decode())
+    while link:
+        page = admin_client.get(RUNS + link)
+        assert page.status_code == 200
+        seen += [run.pk for run in page.context["cl"].result_list]
+        link = _older_link(page.content.decode())
+    assert len(seen) == len(set(seen))
+    assert set(seen) == every
+
+
+def test_deep_pages_are_the_pages_offset_would_give(admin_client, monkeypatch):
+    from django_jobstatus.admin import paginator
+
+    monkeypatch.setattr(
+        paginator, "DEEP", 60
+    )  # index-only first rows from the third page
+    _runs(260)
+    expected = list(JobRun.objects.order_by("-created_at", "-id"))
+    for number in range(1, 7):
+        page = admin_client.get(RUNS, {"p": number}).context["cl"].result_list
+        assert list(page) == expected[(number - 1) * 50 : number * 50], number

@@ -1,0 +1,101 @@
+"""JobStatusRouter: reads from READ_DATABASE (a replica), writes to DATABASE."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_jobstatus.models import JobRun, Status
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+
+RUNS_TABLE = JobRun._meta.db_table
+
+
+@pytest.fixture
+def routed(settings):
+    settings.DATABASE_ROUTERS = ["django_jobstatus.routers.JobStatusRouter"]
+    settings.JOBSTATUS = {"READ_DATABASE": "replica"}
+
+
+def _ours(queries: CaptureQueriesContext, verb: str) -> list[str]:
+    return [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith(verb) and RUNS_TABLE in q["sql"]
+    ]
+
+
+def test_the_admin_reads_from_the_replica_and_writes_to_the_primary(
+    routed, admin_client
+):
+    run = JobRun.objects.start("tests.replica")
+    assert run._state.db == "default"
+    with (
+        CaptureQueriesContext(connections["replica"]) as replica,
+        CaptureQueriesContext(connections["default"]) as primary,
+    ):
+        assert admin_client.get("/admin/django_jobstatus/jobrun/").status_code == 200
+        assert (
+            admin_client.get("/admin/django_jobstatus/jobrun/dashboard/").status_code
+            == 200
+        )
+        admin_client.post(f"/admin/django_jobstatus/jobrun/{run.pk}/kill/")
+    assert _ours(replica, "SELECT")
+    assert not _ours(primary, "SELECT")
+    assert _ours(primary, "UPDATE") and not _ours(replica, "UPDATE")
+    run.refresh_from_db()
+    assert run.kill_requested_at is not None
+
+
+@pytest.mark.skipif(not django_settings.HAS_API, reason="needs the api extra")
+def test_the_api_reads_from_the_replica(routed, admin_client):
+    JobRun.objects.start("tests.replica")
+    with (
+        CaptureQueriesContext(connections["replica"]) as replica,
+        CaptureQueriesContext(connections["default"]) as primary,
+    ):
+        response = admin_client.get("/api/jobstatus/runs/")
+    assert response.status_code == 200
+    assert [row["job_name"] for row in response.json()["results"]] == ["tests.replica"]
+    assert _ours(replica, "SELECT") and not _ours(primary, "SELECT")
+
+
+def test_purge_and_tracking_write_to_the_primary(routed):
+    old = timezone.now() - timedelta(days=400)
+    JobRun.objects.create(
+        job_name="tests.old", status=Status.SUCCEEDED, created_at=old, finished_at=old
+    )
+    JobRun.objects.create(job_name="tests.old", status=Status.SUCCEEDED)
+    with CaptureQueriesContext(connections["replica"]) as replica:
+        result = JobRun.objects.purge(days=30)
+    assert result.runs == 1
+    assert not [q for q in replica.captured_queries if "DELETE" in q["sql"]]
+    assert JobRun.objects.count() == 1
+
+
+def test_without_a_replica_reads_go_to_database(settings):
+    from django_jobstatus.routers import JobStatusRouter
+
+    settings.JOBSTATUS = {"DATABASE": "replica"}
+    router = JobStatusRouter()
+    assert router.db_for_read(JobRun) == router.db_for_write(JobRun) == "replica"
+    assert router.allow_migrate("default", "django_jobstatus") is False
+    assert router.allow_migrate("default", "auth") is None
+
+
+def test_a_kill_and_a_reap_write_to_the_primary(routed):
+    from django_jobstatus.models import JobRun, Status
+
+    queryset = JobRun.objects.running()
+    assert queryset.db == "replica"
+    assert queryset.writing().db == "default"
+    assert JobRun.objects.using("replica").writing().db == "replica"
+    assert JobRun.objects.create(job_name="x", status=Status.RUNNING).pk
+    assert JobRun.objects.running().request_kill() == 1
+    assert JobRun.objects.reap(timeout=3600).reaped == 0

@@ -167,13 +167,13 @@ class MomentField(_TextField):
                 message, code="invalid", params={"value": text}
             ) from exc
         try:
-            moment.astimezone(UTC)
+            # In UTC: PostgreSQL holds no offset past 15:59 (an ISO one may reach 23:59).
+            return moment.astimezone(UTC)
         except OverflowError:
-            # The database compares in UTC, and 0001-01-01T00:00+01:00 has no UTC date: it
-            # is before every row, as 9999-12-31T23:59-01:00 is after every row.
+            # 0001-01-01T00:00+01:00 has no UTC date: it is before every row, as
+            # 9999-12-31T23:59-01:00 is after every row.
             edge = datetime.min if moment.year == 1 else datetime.max
             return edge.replace(tzinfo=UTC)
-        return moment
 
 
 def _finite(text: str) -> float:

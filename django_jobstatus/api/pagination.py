@@ -155,9 +155,9 @@ class KeysetPagination(BasePagination):
             moment = parse_datetime(value) if isinstance(value, str) else None
             if moment is None or timezone.is_naive(moment):
                 return None
-            # The database compares in UTC: 0001-01-01T00:00+01:00 has no UTC date.
-            moment.astimezone(UTC)
-            return moment
+            # In UTC (0001-01-01T00:00+01:00 has no UTC date: an OverflowError), as
+            # PostgreSQL holds no offset past 15:59.
+            return moment.astimezone(UTC)
         if kind == "duration":
             # Microseconds, as a signed 64-bit integer (SQLite's and PostgreSQL's bigint).
             if isinstance(value, bool) or not isinstance(value, int):

@@ -13,6 +13,16 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 DEFAULTS: dict[str, Any] = {
+    # Prefix of the admin links in alerts, e.g. "https://ops.example.com"; None: paths only.
+    "ALERT_BASE_URL": None,
+    # Addresses that get an email when a monitor's incident opens or resolves.
+    "ALERT_EMAILS": [],
+    # Most alerts (email and webhooks together) one monitor sends in an hour; more are logged.
+    "ALERT_RATE_LIMIT": 6,
+    # Seconds an alert's webhook may take (to connect, and for each read).
+    "ALERT_TIMEOUT": 5.0,
+    # Webhooks for the same alerts: URLs (JSON), or {"url": ..., "format": "slack", "headers": {...}}.
+    "ALERT_WEBHOOKS": [],
     # Extra DRF authentication classes for the API (import strings); None: DRF's defaults.
     "API_AUTHENTICATION_CLASSES": None,
     # Largest page a client may ask for with ?page_size=.
@@ -36,6 +46,14 @@ DEFAULTS: dict[str, Any] = {
     "KEEP_LAST": 1,
     # Longest log message kept, in characters; longer ones are cut with a marker.
     "LOG_MAX_LENGTH": 10000,
+    # A token that also opens the API's metrics/ (Authorization: Bearer <token>); None: none.
+    "METRICS_BEARER_TOKEN": None,
+    # Seconds of runs the metrics count and time by job (runs created within the window).
+    "METRICS_WINDOW": 3600,
+    # Seconds a process keeps the set of monitored job names before it reads it again.
+    "MONITOR_CACHE_TIMEOUT": 60,
+    # Newest successful runs whose p95 duration a monitor's max_duration_p95_factor multiplies.
+    "MONITOR_DURATION_SAMPLE": 100,
     # Seconds between two progress/heartbeat/log writes (and kill checks) of a running job.
     "PROGRESS_INTERVAL": 1.0,
     # Keys in params/data/result shown as "********" in the admin and the API, at any depth.
@@ -56,6 +74,11 @@ IMPORT_STRINGS: tuple[str, ...] = (
 
 # The types each setting must have, checked by jobstatus.E001.
 TYPES: dict[str, tuple[type, ...]] = {
+    "ALERT_BASE_URL": (str, type(None)),
+    "ALERT_EMAILS": (list, tuple),
+    "ALERT_RATE_LIMIT": (int,),
+    "ALERT_TIMEOUT": (int, float),
+    "ALERT_WEBHOOKS": (list, tuple),
     "API_AUTHENTICATION_CLASSES": (list, tuple, type(None)),
     "API_MAX_PAGE_SIZE": (int,),
     "API_OWNER_SCOPED": (bool,),
@@ -67,6 +90,10 @@ TYPES: dict[str, tuple[type, ...]] = {
     "INTEGRATIONS": (list, tuple),
     "KEEP_LAST": (int,),
     "LOG_MAX_LENGTH": (int,),
+    "METRICS_BEARER_TOKEN": (str, type(None)),
+    "METRICS_WINDOW": (int, float),
+    "MONITOR_CACHE_TIMEOUT": (int, float),
+    "MONITOR_DURATION_SAMPLE": (int,),
     "PROGRESS_INTERVAL": (int, float),
     "REDACT_KEYS": (list, tuple, set, frozenset),
     "RETENTION": (dict,),

@@ -40,6 +40,7 @@ from django_jobstatus.admin.filters import (
     SourceFilter,
     StatusFilter,
 )
+from django_jobstatus.admin.monitors import MonitorColumn, MonitorFilter
 from django_jobstatus.admin.paginator import COUNT_CAP, CappedCountPaginator
 from django_jobstatus.models import JobLog, JobRun, Status
 
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 INLINE_LOGS = 200
 
 
-class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class JobRunAdmin(MonitorColumn, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "job_name",
         "status_display",
@@ -62,6 +63,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "duration_display",
         "attempt",
         "source",
+        "monitor_display",
     )
     list_display_links = ("job_name",)
     list_filter = (
@@ -71,6 +73,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         HasErrorsFilter,
         KillRequestedFilter,
         CreatedWithinFilter,
+        MonitorFilter,
     )
     search_fields = ("id", "job_name", "backend_job_id", "subject", "message")
     search_help_text = gettext_lazy(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from cronsim import CronSim
 from django.core.mail import send_mail
 from django.db import connections, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Prefetch, Q, Subquery
 from django.urls import NoReverseMatch
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -46,6 +46,8 @@ from django_jobstatus.signals import monitor_state_changed
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Callable, Iterable
+
+    from django.db.models import QuerySet
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,43 @@ def next_expected(monitor: JobMonitor, last_run_at: datetime | None) -> datetime
         start = timezone.localtime(anchor + monitor.grace)
         return next(CronSim(monitor.cron, start))
     return None
+
+
+# Reading monitors with their job's newest run.
+
+
+def _newest(field: str) -> Subquery:
+    """The newest run's ``field`` of the row's job: one probe of the (job_name, created_at) index."""
+    runs = JobRun.objects.filter(job_name=OuterRef("job_name")).order_by(
+        "-created_at", "-id"
+    )
+    return Subquery(runs.values(field)[:1])
+
+
+def open_incidents() -> Prefetch[Any]:
+    """Prefetch each monitor's open incident (a list of at most one) into ``open_incidents``."""
+    return Prefetch(
+        "incidents",
+        queryset=JobMonitorIncident.objects.filter(resolved_at__isnull=True),
+        to_attr="open_incidents",
+    )
+
+
+def with_last_run(monitors: QuerySet[JobMonitor]) -> QuerySet[JobMonitor]:
+    """Monitors with their job's newest run (``last_run_id/_at/_status``) and ``open_incidents``."""
+    return monitors.annotate(
+        last_run_id=_newest("pk"),
+        last_run_at=_newest("created_at"),
+        last_run_status=_newest("status"),
+    ).prefetch_related(open_incidents())
+
+
+def open_incident(monitor: JobMonitor) -> JobMonitorIncident | None:
+    """The monitor's open incident (prefetched by ``open_incidents()`` when it was)."""
+    found = getattr(monitor, "open_incidents", None)
+    if found is None:
+        return monitor.incidents.filter(resolved_at__isnull=True).first()
+    return found[0] if found else None
 
 
 # Judging one monitor.

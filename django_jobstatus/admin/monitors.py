@@ -11,7 +11,6 @@ from django.db.models import (
     Count,
     IntegerField,
     OuterRef,
-    Prefetch,
     Subquery,
     Value,
     When,
@@ -48,38 +47,6 @@ def state_badge(state: str) -> SafeString:
 def _runs_url(job_name: str, **params: str) -> str:
     url = reverse("admin:django_jobstatus_jobrun_changelist")
     return f"{url}?{urlencode({'job_name': job_name, **params})}"
-
-
-def _newest(field: str) -> Subquery:
-    """The newest run's ``field`` of the row's job: one probe of the (job_name, created_at) index."""
-    runs = JobRun.objects.filter(job_name=OuterRef("job_name")).order_by(
-        "-created_at", "-id"
-    )
-    return Subquery(runs.values(field)[:1])
-
-
-def _open_incidents() -> Prefetch[Any]:
-    return Prefetch(
-        "incidents",
-        queryset=JobMonitorIncident.objects.filter(resolved_at__isnull=True),
-        to_attr="open_incidents",
-    )
-
-
-def with_last_run(monitors: QuerySet[JobMonitor]) -> QuerySet[JobMonitor]:
-    """Monitors with their job's newest run (``last_run_id/_at/_status``) and ``open_incidents``."""
-    return monitors.annotate(
-        last_run_id=_newest("pk"),
-        last_run_at=_newest("created_at"),
-        last_run_status=_newest("status"),
-    ).prefetch_related(_open_incidents())
-
-
-def _open_incident(monitor: JobMonitor) -> JobMonitorIncident | None:
-    found = getattr(monitor, "open_incidents", None)
-    if found is None:
-        return monitor.incidents.filter(resolved_at__isnull=True).first()
-    return found[0] if found else None
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -169,7 +136,7 @@ class JobMonitorAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         js = MEDIA_JS
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[JobMonitor]:
-        return with_last_run(super().get_queryset(request))
+        return health.with_last_run(super().get_queryset(request))
 
     @admin.display(description=gettext_lazy("state"), ordering="state")
     def state_display(self, monitor: JobMonitor) -> SafeString:
@@ -204,7 +171,7 @@ class JobMonitorAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=gettext_lazy("open incident"))
     def incident_display(self, monitor: JobMonitor) -> SafeString | str:
-        incident = _open_incident(monitor)
+        incident = health.open_incident(monitor)
         if incident is None:
             return "—"
         return format_html(
@@ -352,11 +319,11 @@ def health_panel() -> dict[str, Any] | None:
         JobMonitor.objects.filter(state__in=MonitorState.UNHEALTHY)
         .annotate(worst=_WORST_FIRST)
         .order_by("worst", "-state_changed_at", "job_name")
-        .prefetch_related(_open_incidents())
+        .prefetch_related(health.open_incidents())
     )
     rows = []
     for monitor in unhealthy:
-        incident = _open_incident(monitor)
+        incident = health.open_incident(monitor)
         rows.append(
             {
                 "job_name": monitor.job_name,

@@ -53,3 +53,23 @@ class JobRunPermission(BasePermission):
         if owner_scoped(user):
             return bool(obj.owner_id == user.pk)
         return True
+
+
+class JobMonitorPermission(BasePermission):
+    """Authenticated staff with the JobMonitor permission the method needs (view, add, change, delete)."""
+
+    _METHODS = {**_PERMISSIONS, "POST": "add"}
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        action = self._METHODS.get(request.method or "")
+        if not user or not user.is_authenticated or not user.is_staff or action is None:
+            return False
+        return bool(user.has_perm(f"django_jobstatus.{action}_jobmonitor"))
+
+
+class MetricsPermission(BasePermission):
+    """The API's own permissions, but never for a user who sees only their own runs."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return not owner_scoped(request.user)

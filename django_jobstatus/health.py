@@ -31,6 +31,7 @@ from django.db.models import Count, OuterRef, Prefetch, Q, Subquery
 from django.urls import NoReverseMatch
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
 from django_jobstatus.models import (
@@ -169,9 +170,9 @@ def _failing(monitor: JobMonitor, runs: list[JobRun]) -> Assessment | None:
     if any(run.status not in _FAILURES for run in finished):
         return None
     newest = finished[0]
-    detail = _("The last %(count)d runs failed.") % {"count": wanted}
-    if wanted == 1:
-        detail = _("The last run failed.")
+    detail = ngettext(
+        "The last run failed.", "The last %(count)d runs failed.", wanted
+    ) % {"count": wanted}
     if newest.error:
         detail = f"{detail} {newest.error.strip().splitlines()[-1][:300]}"
     return Assessment(MonitorState.FAILING, detail, newest.pk)

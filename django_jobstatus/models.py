@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cronsim import CronSim, CronSimError
 from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
@@ -677,16 +677,29 @@ def validate_cron(value: str) -> None:
         ) from exc
 
 
+# The longest duration a monitor takes: past it, SQLite's microseconds overflow 64 bits.
+MONITOR_MAX_DURATION = timedelta(days=36500)
+
+
+def _validate_at_most(value: timedelta) -> None:
+    if value > MONITOR_MAX_DURATION:
+        raise ValidationError(
+            _("Give a duration of at most 100 years."), code="too_long"
+        )
+
+
 def validate_positive_duration(value: timedelta) -> None:
     if value <= timedelta(0):
         raise ValidationError(
             _("Give a duration longer than zero."), code="not_positive"
         )
+    _validate_at_most(value)
 
 
 def validate_not_negative_duration(value: timedelta) -> None:
     if value < timedelta(0):
         raise ValidationError(_("Give a duration of zero or more."), code="negative")
+    _validate_at_most(value)
 
 
 class JobMonitor(models.Model):
@@ -741,7 +754,7 @@ class JobMonitor(models.Model):
         _("maximum duration, × p95"),
         null=True,
         blank=True,
-        validators=[MinValueValidator(1.0)],
+        validators=[MinValueValidator(1.0), MaxValueValidator(1000.0)],
         help_text=_(
             "A run taking longer than this many times the job's own p95 duration is slow "
             "(p95 of its recent finished runs). Instead of a maximum duration."
@@ -750,6 +763,7 @@ class JobMonitor(models.Model):
     max_failures = models.PositiveIntegerField(
         _("maximum failures"),
         default=1,
+        validators=[MaxValueValidator(100)],
         help_text=_(
             "This many failed runs in a row make the job failing; 0: failures never do."
         ),

@@ -65,7 +65,7 @@ class StateFilter(admin.SimpleListFilter):
         return queryset
 
 
-@admin.action(description=gettext_lazy("Check now"), permissions=["view"])
+@admin.action(description=gettext_lazy("Check now"), permissions=["change"])
 def check_now(
     model_admin: Any, request: HttpRequest, queryset: QuerySet[JobMonitor]
 ) -> None:

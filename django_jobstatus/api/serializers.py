@@ -279,8 +279,7 @@ class SecondsField(serializers.Field):
         if isinstance(data, bool):
             self.fail("invalid")
         try:
-            seconds = float(data)
-            return timedelta(seconds=seconds)
+            return timedelta(seconds=float(data))
         except (TypeError, ValueError, OverflowError):
             self.fail("invalid")
         raise AssertionError  # fail() raised

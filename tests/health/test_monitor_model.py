@@ -28,6 +28,9 @@ def _errors(**fields) -> dict[str, list[str]]:
         ({"grace": timedelta(minutes=-1)}, "grace"),
         ({"max_duration": timedelta(seconds=-1)}, "max_duration"),
         ({"max_duration_p95_factor": 0.5}, "max_duration_p95_factor"),
+        ({"every": timedelta(days=40000)}, "every"),
+        ({"grace": timedelta(days=40000)}, "grace"),
+        ({"max_failures": 101}, "max_failures"),
         ({"every": timedelta(hours=1), "cron": "0 * * * *"}, "cron"),
         (
             {"max_duration": timedelta(hours=1), "max_duration_p95_factor": 3},

@@ -331,7 +331,9 @@ def _stamp_alerts(change: Change, now: datetime, db: str) -> None:
     )
     budget = settings.ALERT_RATE_LIMIT - counts["opened"] - counts["resolved"]
     resolved, opened = change.resolved, change.opened
-    if resolved is not None and resolved.open_alert_at is not None:
+    # A move from one unhealthy state to another is announced once: by the new incident.
+    announce = change.state not in MonitorState.UNHEALTHY
+    if resolved is not None and resolved.open_alert_at is not None and announce:
         if budget > 0:
             resolved.resolve_alert_at = now
             resolved.save(using=db, update_fields=["resolve_alert_at"])
@@ -499,9 +501,12 @@ def connect() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Alert:
+    """One message about an incident: ``opened`` (in ``state``) or ``resolved`` (``previous`` ended)."""
+
     event: str  # "opened" or "resolved"
     job_name: str
-    state: str  # the incident's state
+    state: str  # the monitor's new state
+    previous: str  # the state it left
     detail: str
     opened_at: datetime
     resolved_at: datetime | None
@@ -509,10 +514,21 @@ class Alert:
 
     @property
     def subject(self) -> str:
-        values = {"job": self.job_name, "state": MonitorState(self.state).label}
+        values = {
+            "job": self.job_name,
+            "state": MonitorState(self.state).label,
+            "previous": MonitorState(self.previous).label,
+        }
         if self.event == "opened":
+            if self.previous in MonitorState.UNHEALTHY:
+                return _("[jobstatus] %(job)s is %(state)s (was %(previous)s)") % values
             return _("[jobstatus] %(job)s is %(state)s") % values
-        return _("[jobstatus] %(job)s is healthy again (was %(state)s)") % values
+        if self.state == MonitorState.DISABLED:
+            return (
+                _("[jobstatus] %(job)s is no longer monitored (was %(previous)s)")
+                % values
+            )
+        return _("[jobstatus] %(job)s is healthy again (was %(previous)s)") % values
 
     @property
     def text(self) -> str:
@@ -531,6 +547,7 @@ class Alert:
             "event": self.event,
             "job_name": self.job_name,
             "state": self.state,
+            "previous": self.previous,
             "detail": self.detail,
             "opened_at": self.opened_at.isoformat(),
             "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
@@ -555,14 +572,16 @@ def _monitor_url(monitor: JobMonitor) -> str:
 
 def _alerts(change: Change) -> list[Alert]:
     url = _monitor_url(change.monitor)
+    name, state, previous = change.monitor.job_name, change.state, change.previous
     found = []
     resolved, opened = change.resolved, change.opened
     if resolved is not None and resolved.resolve_alert_at is not None:
         found.append(
             Alert(
                 "resolved",
-                change.monitor.job_name,
-                resolved.state,
+                name,
+                state,
+                previous,
                 resolved.detail,
                 resolved.opened_at,
                 resolved.resolved_at,
@@ -573,8 +592,9 @@ def _alerts(change: Change) -> list[Alert]:
         found.append(
             Alert(
                 "opened",
-                change.monitor.job_name,
-                opened.state,
+                name,
+                state,
+                previous,
                 opened.detail,
                 opened.opened_at,
                 None,

@@ -299,3 +299,26 @@ def test_saving_a_monitor_clears_the_cache(monitor):
     assert health.monitored.refresh() == frozenset()
     monitor("tests.nightly")
     assert health.monitored.known() is None
+
+
+def test_from_one_unhealthy_state_to_another_one_alert(
+    failing, past_run, django_capture_on_commit_callbacks
+):
+    """Failing, then late: the new incident's alert says both; no "healthy again" between."""
+    from django_jobstatus.models import JobMonitor
+
+    m = failing()
+    _check(django_capture_on_commit_callbacks)
+    JobMonitor.objects.filter(pk=m.pk).update(
+        max_failures=0, every=timedelta(seconds=1), grace=timedelta(0)
+    )
+    _check(django_capture_on_commit_callbacks)
+    assert [message.subject for message in mail.outbox] == [
+        "[jobstatus] tests.nightly is Failing",
+        "[jobstatus] tests.nightly is Late (was Failing)",
+    ]
+    JobMonitor.objects.filter(pk=m.pk).update(enabled=False)
+    _check(django_capture_on_commit_callbacks)
+    assert mail.outbox[-1].subject == (
+        "[jobstatus] tests.nightly is no longer monitored (was Late)"
+    )

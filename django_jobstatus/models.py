@@ -268,6 +268,13 @@ class JobRun(models.Model):
                 condition=Q(status__in=["queued", "running", "retrying"]),
                 name="jobstatus_run_active_idx",
             ),
+            # The active runs per job and status with the oldest's age (metrics/, migration
+            # 0006): an index-only scan of the few active rows, wherever they lie.
+            models.Index(
+                fields=["status", "job_name", "created_at"],
+                condition=Q(status__in=["queued", "running", "retrying"]),
+                name="jobstatus_run_active_job_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

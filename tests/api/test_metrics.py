@@ -49,8 +49,9 @@ def history(monitor, past_run):
         past_run("tests.import", took=timedelta(seconds=10))
     past_run("tests.import", took=timedelta(seconds=30), status=Status.FAILED)
     past_run("tests.old", ago=timedelta(hours=5))  # outside the window
+    ninety_seconds_ago = timezone.now() - timedelta(seconds=90)
     JobRun.objects.enqueue(
-        "tests.mail", queued_at=timezone.now() - timedelta(seconds=90)
+        "tests.mail", created_at=ninety_seconds_ago, queued_at=ninety_seconds_ago
     )
     JobRun.objects.start("tests.import")
     monitor("tests.import", max_failures=1)
@@ -80,7 +81,7 @@ def test_figures_by_job_and_status(api, history, django_assert_max_num_queries):
     age = samples[
         ("jobstatus_oldest_queued_age_seconds", (("job_name", "tests.mail"),))
     ]
-    assert 90 <= age < 600
+    assert 90 <= age < 600  # created 90 s ago
     p50 = samples[
         ("jobstatus_run_duration_p50_seconds", (("job_name", "tests.import"),))
     ]
@@ -142,3 +143,9 @@ def test_bearer_token_for_scrapers(client, settings, db):
     # The token opens metrics/ only.
     runs = client.get("/api/jobstatus/runs/", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert runs.status_code in (401, 403)
+
+
+def test_statuses_without_runs_in_the_window_are_left_out(api, history):
+    samples = _samples(api.get(URL).content.decode())
+    recent = "jobstatus_recent_runs"
+    assert (recent, (("job_name", "tests.import"), ("status", "lost"))) not in samples

@@ -5,7 +5,7 @@
 PY ?= python3
 DJANGO ?= Django>=5.2,<5.3
 VENV ?= .venv
-EXTRAS ?= api,celery,rq,tasks,dev
+EXTRAS ?= api,celery,rq,tasks,metrics,dev
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 PG_URL := postgres://postgres@127.0.0.1:$(or $(JOBSTATUS_PGPORT),54329)/jobstatus

@@ -30,6 +30,7 @@ QUICK = {
     "bench_purge": ["--runs", "30000"],
     "bench_connections": ["--requests", "100", "--rounds", "1", "--runs", "2000"],
     "bench_integrations": ["--quick"],
+    "bench_metrics": ["--runs", "50000", "--repeat", "5"],
 }
 
 

@@ -169,3 +169,75 @@ def check_import_strings(**kwargs: Any) -> list[CheckMessage]:
                     )
                 )
     return messages
+
+
+_WEBHOOK_KEYS = frozenset({"url", "format", "headers"})
+_WEBHOOK_FORMATS = ("json", "slack")
+
+
+def _webhook_problem(hook: Any) -> str | None:
+    """What is wrong with one ALERT_WEBHOOKS entry, or None."""
+    if isinstance(hook, dict):
+        unknown = set(hook) - _WEBHOOK_KEYS
+        if unknown:
+            return f"has unknown keys {sorted(unknown)}"
+        if hook.get("format", "json") not in _WEBHOOK_FORMATS:
+            return f"has format {hook.get('format')!r}, not one of {list(_WEBHOOK_FORMATS)}"
+        if not isinstance(hook.get("headers", {}), dict):
+            return "has headers that are not a dict"
+        hook = hook.get("url")
+    if not isinstance(hook, str) or not hook.startswith(("http://", "https://")):
+        return f"has {hook!r}, which is not an http(s) URL"
+    return None
+
+
+@register(Tags.compatibility)
+def check_alerts(**kwargs: Any) -> list[CheckMessage]:
+    """E006: alert addresses, webhooks, base URL and the metrics token must be usable."""
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    user = settings.user_settings
+    messages: list[CheckMessage] = []
+    emails = user.get("ALERT_EMAILS")
+    for address in emails if isinstance(emails, list | tuple) else ():
+        try:
+            validate_email(address)
+        except (ValidationError, TypeError):
+            messages.append(
+                Error(
+                    f"JOBSTATUS['ALERT_EMAILS'] has {address!r}, which is not an email address.",
+                    hint="For example ['ops@example.com'].",
+                    id="jobstatus.E006",
+                )
+            )
+    hooks = user.get("ALERT_WEBHOOKS")
+    for index, hook in enumerate(hooks if isinstance(hooks, list | tuple) else ()):
+        problem = _webhook_problem(hook)
+        if problem:
+            messages.append(
+                Error(
+                    f"JOBSTATUS['ALERT_WEBHOOKS'][{index}] {problem}.",
+                    hint="Give a URL, or {'url': 'https://…', 'format': 'slack'}.",
+                    id="jobstatus.E006",
+                )
+            )
+    base = user.get("ALERT_BASE_URL")
+    if isinstance(base, str) and not base.startswith(("http://", "https://")):
+        messages.append(
+            Error(
+                f"JOBSTATUS['ALERT_BASE_URL'] is {base!r}, which is not an http(s) URL.",
+                hint="For example 'https://ops.example.com'.",
+                id="jobstatus.E006",
+            )
+        )
+    token = user.get("METRICS_BEARER_TOKEN")
+    if isinstance(token, str) and len(token) < 16:
+        messages.append(
+            Error(
+                "JOBSTATUS['METRICS_BEARER_TOKEN'] is shorter than 16 characters.",
+                hint="Use a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe())'.",
+                id="jobstatus.E006",
+            )
+        )
+    return messages

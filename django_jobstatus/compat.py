@@ -6,6 +6,7 @@ This is the one module with ``try``/``except ImportError``; everything else asks
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 # Django's tasks framework: built in from Django 6.0, the django-tasks backport before.
@@ -42,3 +43,8 @@ def inline_task_backends() -> tuple[type, ...]:
     """The backends that run a task inside ``enqueue()`` (ImmediateBackend)."""
     modules = (_import(f"{name}.backends.immediate") for name in TASK_FRAMEWORKS)
     return tuple(module.ImmediateBackend for module in modules if module is not None)
+
+
+def installed(name: str) -> bool:
+    """Whether the module ``name`` can be imported (without importing it)."""
+    return importlib.util.find_spec(name) is not None

@@ -38,6 +38,38 @@ _NONE = type(None)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
+        "ALERT_BASE_URL",
+        None,
+        (str, _NONE),
+        'Prefix of the admin links in alerts, e.g. `"https://ops.example.com"`; `None` sends paths only.',
+    ),
+    Setting(
+        "ALERT_EMAILS",
+        [],
+        (list, tuple),
+        "Addresses that get an email when a monitor's incident opens or resolves (Django's mail settings).",
+    ),
+    Setting(
+        "ALERT_RATE_LIMIT",
+        6,
+        (int,),
+        "Most alerts (email and webhooks together) one monitor sends in an hour; more are logged, not sent.",
+        positive=True,
+    ),
+    Setting(
+        "ALERT_TIMEOUT",
+        5.0,
+        (int, float),
+        "Seconds an alert's webhook may take to connect, and for each read.",
+        positive=True,
+    ),
+    Setting(
+        "ALERT_WEBHOOKS",
+        [],
+        (list, tuple),
+        'Webhooks for the same alerts: URLs (a JSON payload), or `{"url": ..., "format": "slack", "headers": {...}}`.',
+    ),
+    Setting(
         "API_AUTHENTICATION_CLASSES",
         None,
         (list, tuple, _NONE),
@@ -131,6 +163,33 @@ SETTINGS: tuple[Setting, ...] = (
         (int,),
         "Longest status `message` kept; longer ones are cut with a visible marker. At least 100.",
         minimum=100,
+    ),
+    Setting(
+        "METRICS_BEARER_TOKEN",
+        None,
+        (str, _NONE),
+        "A token that also opens the API's `metrics/` to a scraper (`Authorization: Bearer <token>`); 16 characters at least.",
+    ),
+    Setting(
+        "METRICS_WINDOW",
+        3600,
+        (int, float),
+        "Seconds of runs that `metrics/` counts and times per job (runs created within the window).",
+        positive=True,
+    ),
+    Setting(
+        "MONITOR_CACHE_TIMEOUT",
+        60,
+        (int, float),
+        "Seconds a process keeps the set of monitored job names before it reads it again.",
+        positive=True,
+    ),
+    Setting(
+        "MONITOR_DURATION_SAMPLE",
+        100,
+        (int,),
+        "The newest successful runs whose p95 duration a monitor's `max_duration_p95_factor` multiplies.",
+        positive=True,
     ),
     Setting(
         "PROGRESS_INTERVAL",

@@ -15,7 +15,10 @@ import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from cronsim import CronSim, CronSimError
 from django.conf import settings as django_settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
@@ -369,6 +372,13 @@ class JobRun(models.Model):
                 fields=["status", "heartbeat_at"],
                 condition=Q(status__in=["queued", "running", "retrying"]),
                 name="jobstatus_run_active_idx",
+            ),
+            # The active runs per job and status with the oldest's age (metrics/, migration
+            # 0006): an index-only scan of the few active rows, wherever they lie.
+            models.Index(
+                fields=["status", "job_name", "created_at"],
+                condition=Q(status__in=["queued", "running", "retrying"]),
+                name="jobstatus_run_active_job_idx",
             ),
         ]
         constraints = [
@@ -762,3 +772,261 @@ class Dashboard(JobRun):
         verbose_name = _("dashboard")
         verbose_name_plural = _("dashboard")
         default_permissions = ()
+
+
+# Health: one monitor per job name, and the incidents its state changes open and resolve.
+
+
+class MonitorState(models.TextChoices):
+    HEALTHY = "healthy", _("Healthy")
+    LATE = "late", _("Late")
+    FAILING = "failing", _("Failing")
+    SLOW = "slow", _("Slow")
+    DISABLED = "disabled", _("Disabled")
+
+    # The states that open an incident, worst first (the panel's order).
+    UNHEALTHY: ClassVar[tuple[str, ...]]
+
+
+MonitorState.UNHEALTHY = (MonitorState.FAILING, MonitorState.LATE, MonitorState.SLOW)
+
+_MONITOR_STATE_LENGTH = max(len(value) for value in MonitorState.values)
+
+
+def validate_cron(value: str) -> None:
+    """A cron expression (5 fields, or 6 with seconds) that fires at least once."""
+    try:
+        next(CronSim(value, timezone.now()))
+    except (CronSimError, StopIteration) as exc:
+        raise ValidationError(
+            _("“%(value)s” is not a cron expression: %(error)s"),
+            code="invalid_cron",
+            params={"value": value, "error": exc or _("it never fires")},
+        ) from exc
+
+
+# The longest duration a monitor takes: past it, SQLite's microseconds overflow 64 bits.
+MONITOR_MAX_DURATION = timedelta(days=36500)
+
+
+def _validate_at_most(value: timedelta) -> None:
+    if value > MONITOR_MAX_DURATION:
+        raise ValidationError(
+            _("Give a duration of at most 100 years."), code="too_long"
+        )
+
+
+def validate_positive_duration(value: timedelta) -> None:
+    if value <= timedelta(0):
+        raise ValidationError(
+            _("Give a duration longer than zero."), code="not_positive"
+        )
+    _validate_at_most(value)
+
+
+def validate_not_negative_duration(value: timedelta) -> None:
+    if value < timedelta(0):
+        raise ValidationError(_("Give a duration of zero or more."), code="negative")
+    _validate_at_most(value)
+
+
+class JobMonitor(models.Model):
+    """What a healthy job looks like: how often it runs, how long it may take, how often it may fail.
+
+    ``save()`` validates (``full_clean()``): a bad value raises ``ValidationError`` naming
+    the field and writes nothing. ``state`` is written by the evaluation only
+    (``django_jobstatus.health``).
+    """
+
+    job_name = models.CharField(
+        _("job name"),
+        max_length=JOB_NAME_MAX_LENGTH,
+        unique=True,
+        help_text=_("The job to watch: a name its runs are recorded with."),
+    )
+    every = models.DurationField(
+        _("every"),
+        null=True,
+        blank=True,
+        validators=[validate_positive_duration],
+        help_text=_(
+            "How often the job should start, e.g. “1:00:00” for hourly. Or give a cron expression."
+        ),
+    )
+    cron = models.CharField(
+        _("cron"),
+        max_length=255,
+        blank=True,
+        default="",
+        validators=[validate_cron],
+        help_text=_(
+            "When the job should start, as a cron expression in TIME_ZONE, e.g. “0 2 * * *”."
+        ),
+    )
+    grace = models.DurationField(
+        _("grace"),
+        default=timedelta(minutes=5),
+        validators=[validate_not_negative_duration],
+        help_text=_(
+            "How long after the expected time a missing run is still not late."
+        ),
+    )
+    max_duration = models.DurationField(
+        _("maximum duration"),
+        null=True,
+        blank=True,
+        validators=[validate_positive_duration],
+        help_text=_("A run taking longer is slow."),
+    )
+    max_duration_p95_factor = models.FloatField(
+        _("maximum duration, × p95"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1.0), MaxValueValidator(1000.0)],
+        help_text=_(
+            "A run taking longer than this many times the job's own p95 duration is slow "
+            "(p95 of its recent finished runs). Instead of a maximum duration."
+        ),
+    )
+    max_failures = models.PositiveIntegerField(
+        _("maximum failures"),
+        default=1,
+        validators=[MaxValueValidator(100)],
+        help_text=_(
+            "This many failed runs in a row make the job failing; 0: failures never do."
+        ),
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    state = models.CharField(
+        _("state"),
+        max_length=_MONITOR_STATE_LENGTH,
+        choices=MonitorState.choices,
+        default=MonitorState.HEALTHY,
+        editable=False,
+    )
+    state_changed_at = models.DateTimeField(
+        _("state changed"), null=True, blank=True, editable=False
+    )
+    checked_at = models.DateTimeField(
+        _("last checked"), null=True, blank=True, editable=False
+    )
+    created_at = models.DateTimeField(
+        _("created"), default=timezone.now, editable=False
+    )
+
+    class Meta:
+        verbose_name = _("job monitor")
+        verbose_name_plural = _("job monitors")
+        ordering = ["job_name"]
+        indexes = [
+            models.Index(
+                fields=["state", "job_name"], name="jobstatus_monitor_state_idx"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.job_name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.full_clean()
+        super().save(*args, **kwargs)
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:django_jobstatus_jobmonitor_change", args=[self.pk])
+
+    def clean(self) -> None:
+        if self.every is not None and self.cron:
+            raise ValidationError(
+                {"cron": _("Give either “every” or a cron expression, not both.")},
+                code="both_cadences",
+            )
+        if self.max_duration is not None and self.max_duration_p95_factor is not None:
+            raise ValidationError(
+                {
+                    "max_duration_p95_factor": _(
+                        "Give either a maximum duration or a multiple of p95, not both."
+                    )
+                },
+                code="both_limits",
+            )
+        if self.job_name and not JobRun.objects.for_job(self.job_name).exists():
+            raise ValidationError(
+                {
+                    "job_name": _(
+                        "No run of “%(name)s” has been recorded; a monitor watches a job that has run at least once."
+                    )
+                    % {"name": self.job_name}
+                },
+                code="unknown_job",
+            )
+
+    @property
+    def is_unhealthy(self) -> bool:
+        return self.state in MonitorState.UNHEALTHY
+
+
+class JobMonitorIncident(models.Model):
+    """One stretch of time a monitor spent late, failing or slow."""
+
+    monitor = models.ForeignKey(
+        JobMonitor,
+        verbose_name=_("monitor"),
+        on_delete=models.CASCADE,
+        related_name="incidents",
+    )
+    state = models.CharField(
+        _("state"),
+        max_length=_MONITOR_STATE_LENGTH,
+        choices=[(s, MonitorState(s).label) for s in MonitorState.UNHEALTHY],
+    )
+    opened_at = models.DateTimeField(_("opened"), default=timezone.now)
+    resolved_at = models.DateTimeField(_("resolved"), null=True, blank=True)
+    detail = models.TextField(_("detail"), blank=True, default="")
+    # Not a foreign key: a purged run must not cost the purge a join (and the incident stays).
+    run_id = models.UUIDField(
+        _("run"),
+        null=True,
+        blank=True,
+        help_text=_("The run that showed the problem, when one did."),
+    )
+    open_alert_at = models.DateTimeField(
+        _("opening alerted"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When the alert of the opening was sent; empty: not sent (rate limit)."
+        ),
+    )
+    resolve_alert_at = models.DateTimeField(
+        _("resolution alerted"), null=True, blank=True
+    )
+
+    class Meta:
+        verbose_name = _("monitor incident")
+        verbose_name_plural = _("monitor incidents")
+        ordering = ["-opened_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["monitor", "opened_at"], name="jobstatus_incident_monitor_idx"
+            ),
+            models.Index(fields=["opened_at"], name="jobstatus_incident_opened_idx"),
+        ]
+        constraints = [
+            # At most one open incident per monitor: two checks at once cannot both open one.
+            models.UniqueConstraint(
+                fields=["monitor"],
+                condition=Q(resolved_at__isnull=True),
+                name="jobstatus_incident_one_open",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.monitor_id}: {self.get_state_display()} {self.opened_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+    @property
+    def duration(self) -> timedelta:
+        return (self.resolved_at or timezone.now()) - self.opened_at

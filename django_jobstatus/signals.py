@@ -13,3 +13,17 @@ Sender: the ``JobRun`` class. Keyword arguments:
 * ``previous``: the status the run had when the transition was asked for;
 * ``status``: the new status.
 """
+
+monitor_state_changed = Signal()
+"""Sent once a monitor's new state has been committed (``django_jobstatus.health``).
+
+Sender: the ``JobMonitor`` class. Keyword arguments:
+
+* ``monitor``: the ``JobMonitor`` instance, with its new state;
+* ``previous``: the state it left;
+* ``state``: the new state (healthy, late, failing, slow or disabled);
+* ``opened``: the ``JobMonitorIncident`` this change opened, or None;
+* ``resolved``: the ``JobMonitorIncident`` this change resolved, or None.
+
+Sent for every change, whatever ALERT_RATE_LIMIT holds back from email and webhooks.
+"""

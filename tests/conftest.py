@@ -91,3 +91,56 @@ def make_run(db: None) -> Any:
 def run(make_run: Any) -> Any:
     """A running JobRun."""
     return make_run()
+
+
+@pytest.fixture
+def past_run(db: None) -> Any:
+    """Create a finished run ``ago`` before now that took ``took`` (default: succeeded, 1 s)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_jobstatus.models import JobRun, Status
+
+    def make(
+        job_name: str = "tests.nightly",
+        *,
+        ago: Any = None,
+        took: Any = None,
+        status: str = "succeeded",
+        **fields: Any,
+    ) -> Any:
+        ago = timedelta(minutes=1) if ago is None else ago
+        took = timedelta(seconds=1) if took is None else took
+        created = timezone.now() - ago
+        finished = status in Status.TERMINAL
+        return JobRun.objects.create(
+            job_name=job_name,
+            status=status,
+            created_at=created,
+            queued_at=created,
+            started_at=created,
+            finished_at=created + took if finished else None,
+            heartbeat_at=timezone.now(),
+            **fields,
+        )
+
+    return make
+
+
+@pytest.fixture
+def monitor(past_run: Any) -> Any:
+    """Create a JobMonitor (and a run of its job first, so that the name is known)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_jobstatus.models import JobMonitor, JobRun
+
+    def make(job_name: str = "tests.nightly", **fields: Any) -> Any:
+        if not JobRun.objects.for_job(job_name).exists():
+            past_run(job_name, ago=timedelta(days=1))
+        fields.setdefault("created_at", timezone.now() - timedelta(days=30))
+        return JobMonitor.objects.create(job_name=job_name, **fields)
+
+    return make

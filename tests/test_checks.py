@@ -119,3 +119,57 @@ def test_a_permission_class_that_cannot_be_imported_is_e005() -> None:
     messages = _messages({"API_PERMISSION_CLASSES": ["nowhere.Permission"]})
     assert [m[0] for m in messages] == ["jobstatus.E005"]
     assert "API_PERMISSION_CLASSES" in messages[0][1]
+
+
+def test_valid_alert_and_metrics_settings_pass() -> None:
+    assert (
+        _messages(
+            {
+                "ALERT_EMAILS": ["ops@example.com"],
+                "ALERT_WEBHOOKS": [
+                    "https://hooks.example.com/x",
+                    {
+                        "url": "http://127.0.0.1:9/",
+                        "format": "slack",
+                        "headers": {"X-Token": "t"},
+                    },
+                ],
+                "ALERT_BASE_URL": "https://ops.example.com",
+                "ALERT_RATE_LIMIT": 10,
+                "ALERT_TIMEOUT": 2.5,
+                "METRICS_BEARER_TOKEN": "a-long-random-scraper-token",
+                "METRICS_WINDOW": 600,
+                "MONITOR_CACHE_TIMEOUT": 30,
+                "MONITOR_DURATION_SAMPLE": 50,
+            }
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("jobstatus", "message"),
+    [
+        ({"ALERT_EMAILS": ["not an address"]}, ("jobstatus.E006", "'not an address'")),
+        ({"ALERT_WEBHOOKS": ["ftp://x"]}, ("jobstatus.E006", "[0] has 'ftp://x'")),
+        (
+            {"ALERT_WEBHOOKS": [{"url": "https://x", "format": "teams"}]},
+            ("jobstatus.E006", "format 'teams'"),
+        ),
+        (
+            {"ALERT_WEBHOOKS": [{"url": "https://x", "secret": 1}]},
+            ("jobstatus.E006", "unknown keys ['secret']"),
+        ),
+        ({"ALERT_BASE_URL": "ops.example.com"}, ("jobstatus.E006", "ALERT_BASE_URL")),
+        ({"METRICS_BEARER_TOKEN": "short"}, ("jobstatus.E006", "16 characters")),
+        ({"ALERT_TIMEOUT": 0}, ("jobstatus.E003", "ALERT_TIMEOUT")),
+        ({"ALERT_RATE_LIMIT": -1}, ("jobstatus.E003", "ALERT_RATE_LIMIT")),
+        ({"METRICS_WINDOW": 0}, ("jobstatus.E003", "METRICS_WINDOW")),
+        ({"MONITOR_DURATION_SAMPLE": 0}, ("jobstatus.E003", "MONITOR_DURATION_SAMPLE")),
+        ({"ALERT_EMAILS": "ops@example.com"}, ("jobstatus.E001", "ALERT_EMAILS")),
+    ],
+)
+def test_bad_alert_and_metrics_settings(jobstatus, message) -> None:
+    (found,) = _messages(jobstatus)
+    assert found[0] == message[0]
+    assert message[1] in found[1]

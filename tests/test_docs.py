@@ -78,17 +78,34 @@ def test_readme_documents_every_option_of_the_commands(command: str) -> None:
     assert documented == own
 
 
+def test_readme_documents_every_option_of_check_jobstatus() -> None:
+    section = _section("Health and alerts")
+    own = _own_options("check_jobstatus")
+    assert "--dry-run" in own  # the parser was read
+    table = section.split("#### `check_jobstatus`", 1)[1].split("\n### ", 1)[0]
+    documented = set(re.findall(r"^\| `(--[a-z-]+)", table, flags=re.MULTILINE))
+    assert documented == own
+
+
 def test_readme_documents_every_api_url_and_filter() -> None:
     pytest.importorskip("rest_framework")
     pytest.importorskip("django_filters")
     from django_jobstatus.api import urls
-    from django_jobstatus.api.filters import JobLogFilterSet, JobRunFilterSet
+    from django_jobstatus.api.filters import (
+        JobLogFilterSet,
+        JobMonitorFilterSet,
+        JobRunFilterSet,
+    )
 
     section = _section("REST API")
     names = {pattern.name for pattern in urls.urlpatterns}
-    assert "jobrun-list" in names
+    assert {"jobrun-list", "jobmonitor-list", "metrics"} <= names
     assert {name for name in names if f"`{name}`" not in section} == set()
-    filters = {*JobRunFilterSet.base_filters, *JobLogFilterSet.base_filters}
+    filters = {
+        *JobRunFilterSet.base_filters,
+        *JobLogFilterSet.base_filters,
+        *JobMonitorFilterSet.base_filters,
+    }
     assert {name for name in filters if f"`{name}`" not in section} == set()
 
 

@@ -54,7 +54,8 @@ def test_demo_command_seeds_history_and_an_admin(demo_db: Path):
     assert "Seeded 300 runs" in result.stdout
     assert "password: admin" in result.stdout
     again = _manage("jobstatus_demo", db=demo_db)
-    assert "already has 304 runs" in again.stdout  # 300 finished + 1 stuck + 3 queued
+    # 300 finished + 1 stuck + 3 queued, + 5 for the monitors (1 late, 3 failed, 1 healthy)
+    assert "already has 309 runs" in again.stdout
 
 
 def _python(script: str, db: Path) -> subprocess.CompletedProcess[str]:
@@ -92,3 +93,28 @@ def test_demo_pages_render(demo_db: Path):
     _manage("jobstatus_demo", "--admin", "--runs", "50", db=demo_db)
     result = _python(script, demo_db)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_demo_health_panel_shows_a_late_a_failing_and_a_slow_job(demo_db: Path):
+    script = (
+        "import re\n"
+        "from django.test import Client\n"
+        "c = Client(); assert c.login(username='admin', password='admin')\n"
+        "html = c.get('/admin/django_jobstatus/jobrun/dashboard/').content.decode()\n"
+        'rows = re.findall(r\'<tr class="jobstatus-health-(\\w+)" data-job="([^"]+)"\', html)\n'
+        "print([(name, state) for state, name in rows])\n"
+        "print(html.index('id=\"jobstatus-health\"') < html.index('jobstatus-tabs'))\n"
+    )
+    seeded = _manage("jobstatus_demo", "--admin", "--runs", "50", db=demo_db)
+    assert "Created 4 job monitors" in seeded.stdout, seeded.stderr
+    result = _python(script, demo_db)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows, first = result.stdout.splitlines()[-2:]
+    assert rows == str(
+        [
+            ("billing.charge_subscriptions", "failing"),
+            ("exports.nightly_export", "late"),
+            ("search.reindex", "slow"),
+        ]
+    )
+    assert first == "True"  # the panel is at the top

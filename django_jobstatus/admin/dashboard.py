@@ -27,6 +27,7 @@ from django.utils.translation import gettext as _
 
 from django_jobstatus import conf
 from django_jobstatus.admin.display import format_duration
+from django_jobstatus.admin.monitors import health_panel
 from django_jobstatus.models import JobRun, Status
 from django_jobstatus.querysets import MAX_AGE, aggregating
 
@@ -306,6 +307,7 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         "failures": failures,
         "failures_url": _changelist(status=Status.FAILED),
         "purge_url": purge_url(model_admin, request),
+        "health": health_panel(),
     }
     return TemplateResponse(request, "django_jobstatus/dashboard.html", context)
 

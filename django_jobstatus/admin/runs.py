@@ -44,6 +44,7 @@ from django_jobstatus.admin.filters import (
     level_number,
 )
 from django_jobstatus.admin.guard import GuardedAdmin
+from django_jobstatus.admin.monitors import MonitorColumn, MonitorFilter
 from django_jobstatus.admin.paginator import (
     COUNT_CAP,
     BigTableChangeList,
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 INLINE_LOGS = 200
 
 
-class JobRunAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
+class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "job_name",
         "status_display",
@@ -71,6 +72,7 @@ class JobRunAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
         "duration_display",
         "attempt",
         "source",
+        "monitor_display",
     )
     list_display_links = ("job_name",)
     list_filter = (
@@ -80,6 +82,7 @@ class JobRunAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
         HasErrorsFilter,
         KillRequestedFilter,
         CreatedWithinFilter,
+        MonitorFilter,
     )
     search_fields = ("id", "job_name", "backend_job_id", "subject", "message")
     search_help_text = gettext_lazy(

@@ -25,7 +25,7 @@ from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 
-from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.models import JobLog, JobMonitor, JobRun, MonitorState, Status
 from django_jobstatus.querysets import JobRunQuerySet
 from django_jobstatus.redaction import redacted_keys_in
 
@@ -719,3 +719,33 @@ class JobLogFilterSet(StrictFilterSet):
     class Meta:
         model = JobLog
         fields: list[str] = []
+
+
+class JobMonitorFilterSet(django_filters.FilterSet):
+    state = CommaListFilter(
+        method="filter_state",
+        allowed=(*MonitorState.values, "unhealthy"),
+        help_text=_(
+            "One state or a comma list (healthy, late, failing, slow, disabled, or unhealthy: late, failing and slow)."
+        ),
+    )
+    job_name = CommaListFilter(
+        field_name="job_name", help_text=_("One job name or a comma list.")
+    )
+    enabled = BooleanFilter(
+        field_name="enabled", help_text=_("true: enabled monitors; false: disabled.")
+    )
+
+    class Meta:
+        model = JobMonitor
+        fields: list[str] = []
+
+    def filter_state(
+        self, qs: QuerySet[JobMonitor], name: str, value: list[str] | None
+    ) -> QuerySet[JobMonitor]:
+        if not value:
+            return qs
+        states = set(value)
+        if "unhealthy" in states:
+            states = (states - {"unhealthy"}) | set(MonitorState.UNHEALTHY)
+        return qs.filter(state__in=sorted(states))

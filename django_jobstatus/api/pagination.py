@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import BasePagination
+from rest_framework.pagination import BasePagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
@@ -354,3 +354,14 @@ class LogPagination(KeysetPagination):
     orderings = {"created_at": ("created_at", "datetime", False)}
     default_ordering = "created_at"
     ordering_param_enabled = False
+
+
+class MonitorPagination(PageNumberPagination):
+    """Pages of monitors and incidents: small tables, numbered pages, the API's page sizes."""
+
+    page_size_query_param = "page_size"
+
+    def get_page_size(self, request: Request) -> int:
+        self.page_size = settings.API_PAGE_SIZE
+        self.max_page_size = settings.API_MAX_PAGE_SIZE
+        return int(super().get_page_size(request) or settings.API_PAGE_SIZE)

@@ -59,3 +59,32 @@ class JobRunPermission(BasePermission):
         if owner_scoped(user):
             return bool(obj.owner_id == user.pk)
         return True
+
+
+class JobMonitorPermission(BasePermission):
+    """Authenticated staff with ``view_jobmonitor``, plus the permission of the action.
+
+    The same rule as for runs: view to see anything; view and add to create, view and change
+    to edit, view and delete to delete; a method the view does not allow needs view alone (405).
+    """
+
+    _ACTIONS = {"POST": "add", "PUT": "change", "PATCH": "change", "DELETE": "delete"}
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        if not user or not user.is_authenticated or not user.is_staff:
+            return False
+        method = request.method or ""
+        allowed = getattr(view, "allowed_methods", ())
+        action = self._ACTIONS.get(method) if method in allowed else None
+        needed = ["view", action] if action else ["view"]
+        return all(
+            user.has_perm(f"django_jobstatus.{name}_jobmonitor") for name in needed
+        )
+
+
+class MetricsPermission(BasePermission):
+    """The API's own permissions, but never for a user who sees only their own runs."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return not owner_scoped(request.user)

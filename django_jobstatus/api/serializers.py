@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import QueryDict
 from django.urls import NoReverseMatch
 from django.utils.translation import gettext_lazy as _
@@ -13,7 +15,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus import health
+from django_jobstatus.models import (
+    JobLog,
+    JobMonitor,
+    JobMonitorIncident,
+    JobRun,
+    Status,
+)
 from django_jobstatus.redaction import redact
 
 # Stands for a run id in URLs reversed once for a whole page.
@@ -320,3 +329,130 @@ class StatsSerializer(serializers.Serializer):
         required=False,
         help_text=_("Finished runs per hour or day (with ?bucket=)."),
     )
+
+
+# Monitors.
+
+
+@extend_schema_field(OpenApiTypes.NUMBER)
+class SecondsField(serializers.Field):
+    """A duration as a number of seconds (the model's validators judge its sign)."""
+
+    default_error_messages = {"invalid": _("Give a number of seconds.")}
+
+    def to_representation(self, value: timedelta) -> float:
+        return value.total_seconds()
+
+    def to_internal_value(self, data: Any) -> timedelta:
+        if isinstance(data, bool):
+            self.fail("invalid")
+        try:
+            return timedelta(seconds=float(data))
+        except (TypeError, ValueError, OverflowError):
+            self.fail("invalid")
+        raise AssertionError  # fail() raised
+
+
+class JobMonitorIncidentSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobMonitorIncident
+        fields = ["id", "state", "opened_at", "resolved_at", "detail", "run_id"]
+        read_only_fields = fields
+
+
+class _LastRunSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=Status.choices)
+    created_at = serializers.DateTimeField()
+
+
+class JobMonitorSerializer(serializers.ModelSerializer):
+    """A monitor with its job's newest run, the next expected run and the open incident.
+
+    Writes are validated by the model (``full_clean()``), as in the admin: a bad cron
+    expression, a negative duration or an unknown job name is a 400 naming the field.
+    """
+
+    every = SecondsField(
+        required=False,
+        allow_null=True,
+        help_text=_(
+            "Seconds between two expected starts; null with a cron expression."
+        ),
+    )
+    grace = SecondsField(
+        required=False,
+        help_text=_("Seconds after the expected time before the job counts as late."),
+    )
+    max_duration = SecondsField(
+        required=False,
+        allow_null=True,
+        help_text=_("Seconds a run may take before it is slow."),
+    )
+    last_run = serializers.SerializerMethodField(
+        help_text=_("The job's newest run; null when it has none.")
+    )
+    next_expected_at = serializers.SerializerMethodField(
+        help_text=_("When the job should start next; null without a cadence.")
+    )
+    open_incident = serializers.SerializerMethodField(
+        help_text=_("The incident open now; null when the job is healthy.")
+    )
+
+    class Meta:
+        model = JobMonitor
+        fields = [
+            "id",
+            "job_name",
+            "every",
+            "cron",
+            "grace",
+            "max_duration",
+            "max_duration_p95_factor",
+            "max_failures",
+            "enabled",
+            "state",
+            "state_changed_at",
+            "checked_at",
+            "last_run",
+            "next_expected_at",
+            "open_incident",
+        ]
+        read_only_fields = ["state", "state_changed_at", "checked_at"]
+
+    @extend_schema_field(_LastRunSerializer(allow_null=True))
+    def get_last_run(self, monitor: JobMonitor) -> dict[str, Any] | None:
+        run_id = getattr(monitor, "last_run_id", None)
+        if run_id is None:
+            return None
+        return {
+            "id": str(run_id),
+            "status": monitor.last_run_status,  # type: ignore[attr-defined]
+            "created_at": serializers.DateTimeField().to_representation(
+                monitor.last_run_at  # type: ignore[attr-defined]
+            ),
+        }
+
+    @extend_schema_field(OpenApiTypes.DATETIME)
+    def get_next_expected_at(self, monitor: JobMonitor) -> str | None:
+        expected = health.next_expected(monitor, getattr(monitor, "last_run_at", None))
+        return (
+            None
+            if expected is None
+            else serializers.DateTimeField().to_representation(expected)
+        )
+
+    @extend_schema_field(JobMonitorIncidentSerializer(allow_null=True))
+    def get_open_incident(self, monitor: JobMonitor) -> dict[str, Any] | None:
+        incident = health.open_incident(monitor)
+        return None if incident is None else JobMonitorIncidentSerializer(incident).data
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        monitor = self.instance or JobMonitor()
+        for field, value in attrs.items():
+            setattr(monitor, field, value)
+        try:
+            monitor.full_clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
+        return attrs

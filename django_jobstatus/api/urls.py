@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from django_jobstatus.api.views import APIRootView, JobRunViewSet
+from django_jobstatus.api.views import (
+    APIRootView,
+    JobMonitorViewSet,
+    JobRunViewSet,
+    MetricsView,
+)
+from django_jobstatus.compat import installed
 
 app_name = "django_jobstatus"
 
@@ -13,5 +20,8 @@ router.APIRootView = APIRootView
 # No format suffixes (runs.json): ?format=json does the same, and ids stay unambiguous.
 router.include_format_suffixes = False
 router.register("runs", JobRunViewSet, basename="jobrun")
+router.register("monitors", JobMonitorViewSet, basename="jobmonitor")
 
 urlpatterns = router.urls
+if installed("prometheus_client"):  # the metrics extra
+    urlpatterns.append(path("metrics/", MetricsView.as_view(), name="metrics"))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.db.models import Count, Q
 from django.db.models.functions import TruncDay, TruncHour
+from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_filters import utils
@@ -25,17 +27,34 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.generics import get_object_or_404
 from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
+from rest_framework.views import APIView
 
-from django_jobstatus.api.filters import JobLogFilterSet, JobRunFilterSet
-from django_jobstatus.api.pagination import KeysetPagination, LogPagination
-from django_jobstatus.api.permissions import owner_scoped
+from django_jobstatus import health
+from django_jobstatus.api.filters import (
+    JobLogFilterSet,
+    JobMonitorFilterSet,
+    JobRunFilterSet,
+)
+from django_jobstatus.api.pagination import (
+    KeysetPagination,
+    LogPagination,
+    MonitorPagination,
+)
+from django_jobstatus.api.permissions import (
+    JobMonitorPermission,
+    MetricsPermission,
+    owner_scoped,
+)
 from django_jobstatus.api.serializers import (
     ConflictSerializer,
     DetailSerializer,
     JobLogSerializer,
+    JobMonitorIncidentSerializer,
+    JobMonitorSerializer,
     JobRunSerializer,
     KilledRunSerializer,
     KillRequestSerializer,
@@ -44,7 +63,7 @@ from django_jobstatus.api.serializers import (
     StatsSerializer,
 )
 from django_jobstatus.conf import settings
-from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.models import JobLog, JobMonitor, JobRun, Status
 from django_jobstatus.querysets import JobRunQuerySet
 
 # The stats endpoint's range when the request gives none.
@@ -478,3 +497,148 @@ def _buckets(runs: JobRunQuerySet, trunc: Any) -> list[dict[str, Any]]:
         .order_by("start")
     )
     return [dict(row) for row in rows]
+
+
+# Monitors.
+
+_MONITOR_ID = OpenApiParameter(
+    "id", OpenApiTypes.INT, OpenApiParameter.PATH, description=_("The monitor's id.")
+)
+_MONITOR_NOT_FOUND = OpenApiResponse(
+    DetailSerializer, description=_("No monitor with this id, or no such page.")
+)
+_NO_PAGE = OpenApiResponse(DetailSerializer, description=_("No such page."))
+
+
+def _monitor_schema(summary: str, ok: int, *, one: bool = True, **extra: Any) -> Any:
+    """The schema of a monitor endpoint: its answer, and the errors every one shares."""
+    responses: dict[int, Any] = {ok: JobMonitorSerializer if ok != 204 else None}
+    responses |= {400: _ERROR, 401: _DENIED, 403: _DENIED, 404: _MONITOR_NOT_FOUND}
+    return extend_schema(
+        summary=summary,
+        parameters=[_MONITOR_ID] if one else [],
+        responses=responses,
+        **extra,
+    )
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary=_("List job monitors"),
+        description=_(
+            "Each job's monitor with its state, newest run, next expected run and open incident; by job name."
+        ),
+        responses={
+            200: JobMonitorSerializer(many=True),
+            400: _ERROR,
+            401: _DENIED,
+            403: _DENIED,
+            404: _NO_PAGE,
+        },
+    ),
+    retrieve=_monitor_schema(_("One job monitor"), 200),
+    create=_monitor_schema(_("Watch a job"), 201, one=False),
+    update=_monitor_schema(_("Change a job monitor"), 200),
+    partial_update=_monitor_schema(_("Change some fields of a job monitor"), 200),
+    destroy=_monitor_schema(
+        _("Stop watching a job"),
+        204,
+        description=_("Deletes the monitor and its incidents; the runs stay."),
+    ),
+)
+class JobMonitorViewSet(Access, viewsets.ModelViewSet):
+    """Job monitors: staff with the JobMonitor model permissions (view, add, change, delete)."""
+
+    queryset = JobMonitor.objects.all()
+    serializer_class = JobMonitorSerializer
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = JobMonitorFilterSet
+    pagination_class = MonitorPagination
+    parser_classes = [JSONParser]
+    # Any path segment reaches the view, so that a malformed id answers a JSON 404.
+    lookup_value_regex = "[^/]+"
+
+    def get_permissions(self) -> list[Any]:
+        return [JobMonitorPermission()]
+
+    def get_queryset(self) -> Any:
+        return health.with_last_run(JobMonitor.objects.order_by("job_name"))
+
+    @extend_schema(
+        summary=_("A monitor's incidents"),
+        parameters=[_MONITOR_ID],
+        description=_("Newest first: each spell the job spent late, failing or slow."),
+        responses={
+            200: JobMonitorIncidentSerializer(many=True),
+            401: _DENIED,
+            403: _DENIED,
+            404: _MONITOR_NOT_FOUND,
+        },
+        filters=False,
+    )
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def incidents(self, request: Request, pk: str | None = None) -> Response:
+        monitor = self.get_object()
+        page = self.paginate_queryset(monitor.incidents.order_by("-opened_at", "-id"))
+        return self.get_paginated_response(
+            JobMonitorIncidentSerializer(page, many=True).data
+        )
+
+
+# Metrics.
+
+
+class MetricsView(Access, APIView):
+    """Prometheus text or OpenMetrics (by the Accept header), computed from the tables.
+
+    Open to whoever may read the API, and, with ``JOBSTATUS["METRICS_BEARER_TOKEN"]``, to a
+    scraper that sends ``Authorization: Bearer <token>``.
+    """
+
+    renderer_classes = [JSONRenderer]
+
+    def get_authenticators(self) -> list[Any]:
+        # Before authentication: an authenticator of Bearer tokens (JWT) would refuse ours.
+        if self._bearer_request():
+            return []
+        return super().get_authenticators()
+
+    def _bearer_request(self) -> bool:
+        token = settings.METRICS_BEARER_TOKEN
+        request = getattr(self, "request", None)
+        if not token or request is None:
+            return False
+        given = request.META.get("HTTP_AUTHORIZATION", "")
+        return secrets.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def get_permissions(self) -> list[Any]:
+        if self._bearer_request():
+            return []
+        return [*super().get_permissions(), MetricsPermission()]
+
+    def perform_content_negotiation(
+        self,
+        request: Request,
+        force: bool = False,  # noqa: FBT001, FBT002 (DRF's signature)
+    ) -> Any:
+        # Errors (401, 403) are JSON; the figures choose their own format in get().
+        return (JSONRenderer(), JSONRenderer.media_type)
+
+    @extend_schema(
+        summary=_("Prometheus metrics"),
+        description=_(
+            "Runs by job and status (last METRICS_WINDOW seconds), active runs, the age of the "
+            "oldest queued run, duration p50/p95 per job, monitor states. Prometheus text, or "
+            "OpenMetrics when the Accept header asks for it. Needs the metrics extra."
+        ),
+        responses={
+            (200, "text/plain"): OpenApiTypes.STR,
+            401: _DENIED,
+            403: _DENIED,
+        },
+    )
+    def get(self, request: Request) -> HttpResponse:
+        from django_jobstatus.metrics import exposition
+
+        body, content_type = exposition(request.META.get("HTTP_ACCEPT"))
+        return HttpResponse(body, content_type=content_type)

@@ -41,6 +41,7 @@ def test_columns(admin_client, make_run):
         "duration_display",
         "attempt",
         "source",
+        "monitor_display",
     ]
     for header in (
         "Job name",
@@ -120,6 +121,7 @@ def test_filter_choices(admin_client, make_run):
         "has errors",
         "kill requested",
         "created",
+        "monitor",
     }
     assert [value for value, _label in specs["job name"].lookup_choices] == [
         "a.job",

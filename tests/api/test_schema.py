@@ -30,6 +30,10 @@ PATHS = [
     "/runs/kill/",
     "/runs/latest/",
     "/runs/stats/",
+    "/monitors/",
+    "/monitors/{id}/",
+    "/monitors/{id}/incidents/",
+    "/metrics/",
 ]
 
 

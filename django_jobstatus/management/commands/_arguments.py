@@ -85,3 +85,24 @@ def database_alias(value: str) -> str:
             % {"value": value, "choices": ", ".join(connections.settings)}
         )
     return value
+
+
+def add_database_and_quiet(parser: argparse.ArgumentParser) -> None:
+    """The ``--database`` and ``--quiet`` options the commands share."""
+    from django_jobstatus.conf import settings
+
+    parser.add_argument(
+        "--database",
+        type=database_alias,
+        default=settings.DATABASE,
+        help=_(
+            "The database alias to work on (default: %(default)r, JOBSTATUS['DATABASE'])"
+        ),
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help=_(
+            "Print nothing but errors, for cron; same as --verbosity 0 (default: %(default)r)"
+        ),
+    )

@@ -13,7 +13,7 @@ from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
-    database_alias,
+    add_database_and_quiet,
     day_count,
     positive_int,
     status_name,
@@ -88,21 +88,7 @@ class Command(BaseCommand):
                 "Print what would be deleted per job name and status; delete nothing (default: %(default)r)"
             ),
         )
-        parser.add_argument(
-            "--database",
-            type=database_alias,
-            default=settings.DATABASE,
-            help=_(
-                "The database alias to work on (default: %(default)r, JOBSTATUS['DATABASE'])"
-            ),
-        )
-        parser.add_argument(
-            "--quiet",
-            action="store_true",
-            help=_(
-                "Print nothing but errors, for cron; same as --verbosity 0 (default: %(default)r)"
-            ),
-        )
+        add_database_and_quiet(parser)
 
     def handle(
         self,

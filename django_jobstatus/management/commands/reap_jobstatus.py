@@ -10,7 +10,10 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
-from django_jobstatus.management.commands._arguments import database_alias, seconds
+from django_jobstatus.management.commands._arguments import (
+    add_database_and_quiet,
+    seconds,
+)
 from django_jobstatus.models import JobRun
 
 
@@ -49,21 +52,7 @@ class Command(BaseCommand):
                 "List the runs that would be marked lost; change nothing (default: %(default)r)"
             ),
         )
-        parser.add_argument(
-            "--database",
-            type=database_alias,
-            default=settings.DATABASE,
-            help=_(
-                "The database alias to work on (default: %(default)r, JOBSTATUS['DATABASE'])"
-            ),
-        )
-        parser.add_argument(
-            "--quiet",
-            action="store_true",
-            help=_(
-                "Print nothing but errors, for cron; same as --verbosity 0 (default: %(default)r)"
-            ),
-        )
+        add_database_and_quiet(parser)
 
     def handle(
         self,

@@ -14,7 +14,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from django_jobstatus.models import JobLog, JobRun, Status, uuid7
+from django_jobstatus import health
+from django_jobstatus.models import JobLog, JobMonitor, JobRun, Status, uuid7
 from testproject import jobs
 
 # (job name, source, share of the runs, failure rate, typical seconds)
@@ -88,6 +89,7 @@ class Command(BaseCommand):
         if admin:
             self._admin()
         if reset:
+            JobMonitor.objects.all().delete()
             JobRun.objects.all().delete()
         if live:
             self._live(duration)
@@ -98,6 +100,8 @@ class Command(BaseCommand):
             )
         else:
             self._seed(runs)
+        if not JobMonitor.objects.exists():
+            self._monitors()
 
     def _admin(self) -> None:
         User = get_user_model()  # noqa: N806
@@ -186,6 +190,67 @@ class Command(BaseCommand):
             )
         )
 
+    def _monitors(self) -> None:
+        """Four monitors, with runs that make one healthy, one late, one failing and one slow."""
+        now = timezone.now()
+        with transaction.atomic():
+            # Late: a nightly export whose last run was three days ago.
+            started = now - timedelta(days=3, hours=1)
+            JobRun.objects.create(
+                job_name="exports.nightly_export",
+                source="schedule",
+                status=Status.SUCCEEDED,
+                created_at=started,
+                queued_at=started,
+                started_at=started,
+                finished_at=started + timedelta(minutes=4),
+                updated_at=started + timedelta(minutes=4),
+            )
+            # Failing: the last three charges failed.
+            for minutes in (50, 30, 10):
+                run = JobRun.objects.start(
+                    "billing.charge_subscriptions",
+                    source="django_tasks",
+                    started_at=now - timedelta(minutes=minutes),
+                )
+                run.mark_failed(
+                    ConnectionError("payment provider unavailable (HTTP 503)")
+                )
+            # Slow: the stuck reindex has been running for an hour (see _seed).
+            if not JobRun.objects.for_job("search.reindex").exists():
+                JobRun.objects.start(
+                    "search.reindex", started_at=now - timedelta(hours=1)
+                )
+            # Healthy: the import runs every day (and the live demo runs it again).
+            JobRun.objects.start(
+                "library.import_books", source="command"
+            ).mark_succeeded()
+            JobMonitor.objects.create(
+                job_name="exports.nightly_export", cron="0 2 * * *"
+            )
+            JobMonitor.objects.create(
+                job_name="billing.charge_subscriptions", max_failures=3
+            )
+            JobMonitor.objects.create(
+                job_name="search.reindex", max_duration=timedelta(minutes=30)
+            )
+            JobMonitor.objects.create(
+                job_name="library.import_books",
+                every=timedelta(days=1),
+                max_duration_p95_factor=3,
+            )
+        result = health.check()
+        self.stdout.write(
+            self.style.SUCCESS(
+                "Created 4 job monitors: "
+                + ", ".join(
+                    f"{name} is {assessment.state}"
+                    for name, assessment in result.assessments.items()
+                )
+                + "."
+            )
+        )
+
     def _live(self, duration: int) -> None:
         """Run demo jobs in threads, one after another, until the time is up or Ctrl-C."""
         if JobRun.objects.count() == 0:
@@ -203,10 +268,15 @@ class Command(BaseCommand):
                     close_old_connections()
                 stop.wait(2)
 
+        def check_health() -> None:
+            health.check()  # what manage.py check_jobstatus does, twice a minute
+            stop.wait(28)
+
         targets = [
             lambda: jobs.import_books(400, delay=0.1),
             lambda: jobs.build_report(),
             lambda: jobs.long_cleanup(120),
+            check_health,
         ]
         threads = [
             threading.Thread(target=loop, args=(target,), daemon=True)

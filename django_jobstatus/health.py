@@ -1,0 +1,696 @@
+"""Health: judge each JobMonitor by its job's newest runs, keep incidents, send alerts.
+
+``check()`` (``manage.py check_jobstatus``) evaluates every monitor with at most two
+queries each: the job's newest runs, and, for a limit relative to the job's p95, the
+durations of its recent successful runs. A finished run of a monitored job is also
+evaluated as it happens, off the job's thread (a ``job_status_changed`` receiver).
+
+A state change is one conditional UPDATE of the monitor (two processes never both win),
+then the incident it closes or opens. After commit, ``monitor_state_changed`` is sent and
+the alerts (email, webhooks) are queued to one background thread: a slow or dead server
+costs that thread at most ``ALERT_TIMEOUT`` seconds a delivery, never a job or a check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import urllib.request
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cronsim import CronSim
+from django.core.mail import send_mail
+from django.db import connections, transaction
+from django.db.models import Count, OuterRef, Prefetch, Q, Subquery
+from django.urls import NoReverseMatch
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+
+from django_jobstatus.conf import settings
+from django_jobstatus.models import (
+    JobMonitor,
+    JobMonitorIncident,
+    JobRun,
+    MonitorState,
+    Status,
+)
+from django_jobstatus.querysets import percentile
+from django_jobstatus.signals import monitor_state_changed
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Callable, Iterable
+
+    from django.db.models import QuerySet
+
+logger = logging.getLogger(__name__)
+
+# Runs read past the ``max_failures`` newest, so that a few active runs on top do not hide them.
+_ACTIVE_HEAD = 5
+# Failed runs in a row that count toward ``max_failures``: a lost worker is a failure, a kill is not.
+_FAILURES = frozenset({Status.FAILED, Status.LOST})
+_RUN_FIELDS = ("pk", "status", "created_at", "started_at", "finished_at", "error")
+ALERT_WINDOW = timedelta(hours=1)  # ALERT_RATE_LIMIT counts alerts in this window
+
+
+# Cadence.
+
+
+def next_expected(monitor: JobMonitor, last_run_at: datetime | None) -> datetime | None:
+    """When the job should start next: ``every`` after its newest run, or the cron's next time.
+
+    A run counts for a cron time when it starts at most ``grace`` before it, so the next
+    time is the first one more than ``grace`` after the newest run. Cron expressions are
+    read in TIME_ZONE. None when the monitor has no cadence.
+    """
+    anchor = last_run_at or monitor.created_at
+    if monitor.every is not None:
+        return anchor + monitor.every
+    if monitor.cron:
+        start = timezone.localtime(anchor + monitor.grace)
+        return next(CronSim(monitor.cron, start))
+    return None
+
+
+# Reading monitors with their job's newest run.
+
+
+def _newest(field: str) -> Subquery:
+    """The newest run's ``field`` of the row's job: one probe of the (job_name, created_at) index."""
+    runs = JobRun.objects.filter(job_name=OuterRef("job_name")).order_by(
+        "-created_at", "-id"
+    )
+    return Subquery(runs.values(field)[:1])
+
+
+def open_incidents() -> Prefetch[Any]:
+    """Prefetch each monitor's open incident (a list of at most one) into ``open_incidents``."""
+    return Prefetch(
+        "incidents",
+        queryset=JobMonitorIncident.objects.filter(resolved_at__isnull=True),
+        to_attr="open_incidents",
+    )
+
+
+def with_last_run(monitors: QuerySet[JobMonitor]) -> QuerySet[JobMonitor]:
+    """Monitors with their job's newest run (``last_run_id/_at/_status``) and ``open_incidents``."""
+    return monitors.annotate(
+        last_run_id=_newest("pk"),
+        last_run_at=_newest("created_at"),
+        last_run_status=_newest("status"),
+    ).prefetch_related(open_incidents())
+
+
+def open_incident(monitor: JobMonitor) -> JobMonitorIncident | None:
+    """The monitor's open incident (prefetched by ``open_incidents()`` when it was)."""
+    found = getattr(monitor, "open_incidents", None)
+    if found is None:
+        return monitor.incidents.filter(resolved_at__isnull=True).first()
+    return found[0] if found else None
+
+
+# Judging one monitor.
+
+
+@dataclasses.dataclass(frozen=True)
+class Assessment:
+    """A monitor's state as its runs show it now, why, and the run that shows it."""
+
+    state: str
+    detail: str = ""
+    run_id: uuid.UUID | None = None
+    last_run_at: datetime | None = None
+    next_expected_at: datetime | None = None
+
+
+def recent_p95(job_name: str, *, using: str | None = None) -> float | None:
+    """Seconds: the p95 duration of the job's newest ``MONITOR_DURATION_SAMPLE`` successful runs (one query)."""
+    rows = (
+        JobRun.objects.using(using or settings.DATABASE)
+        .for_job(job_name)
+        .succeeded()
+        .filter(started_at__isnull=False, finished_at__isnull=False)
+        .order_by("-created_at", "-id")
+        .values_list("started_at", "finished_at")[: settings.MONITOR_DURATION_SAMPLE]
+    )
+    values = sorted(
+        (finished - started).total_seconds()
+        for started, finished in rows
+        if started is not None and finished is not None
+    )
+    return percentile(values, 0.95)
+
+
+def duration_limit(
+    monitor: JobMonitor, *, using: str | None = None
+) -> timedelta | None:
+    """The duration over which a run is slow: fixed, or a multiple of the job's p95."""
+    if monitor.max_duration is not None:
+        return monitor.max_duration
+    if monitor.max_duration_p95_factor is None:
+        return None
+    p95 = recent_p95(monitor.job_name, using=using)
+    if p95 is None:
+        return None
+    return timedelta(seconds=p95 * monitor.max_duration_p95_factor)
+
+
+def _failing(monitor: JobMonitor, runs: list[JobRun]) -> Assessment | None:
+    wanted = monitor.max_failures
+    finished = [run for run in runs if run.is_finished][:wanted]
+    if not wanted or len(finished) < wanted:
+        return None
+    if any(run.status not in _FAILURES for run in finished):
+        return None
+    newest = finished[0]
+    detail = ngettext(
+        "The last run failed.", "The last %(count)d runs failed.", wanted
+    ) % {"count": wanted}
+    if newest.error:
+        detail = f"{detail} {newest.error.strip().splitlines()[-1][:300]}"
+    return Assessment(MonitorState.FAILING, detail, newest.pk)
+
+
+def _slow(runs: list[JobRun], limit: timedelta | None) -> Assessment | None:
+    if limit is None:
+        return None
+    for run in runs:
+        duration = run.duration
+        if run.status == Status.RUNNING and duration is not None and duration > limit:
+            text = _("A run has been running for %(duration)s, longer than %(limit)s.")
+            return Assessment(
+                MonitorState.SLOW,
+                text % {"duration": _seconds(duration), "limit": _seconds(limit)},
+                run.pk,
+            )
+    newest = next((run for run in runs if run.is_finished), None)
+    if newest is not None and newest.duration is not None and newest.duration > limit:
+        text = _("The last run took %(duration)s, longer than %(limit)s.")
+        return Assessment(
+            MonitorState.SLOW,
+            text % {"duration": _seconds(newest.duration), "limit": _seconds(limit)},
+            newest.pk,
+        )
+    return None
+
+
+def _seconds(value: timedelta) -> str:
+    seconds = round(value.total_seconds())
+    minutes, second = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minute:02d}m{second:02d}s"
+    return f"{minute}m{second:02d}s" if minute else f"{second}s"
+
+
+def assess(
+    monitor: JobMonitor, *, now: datetime | None = None, using: str | None = None
+) -> Assessment:
+    """The monitor's state now, from the job's newest runs (at most two queries; none when disabled).
+
+    Worst first: failing (``max_failures`` finished runs in a row failed or were lost),
+    late (no run started by the expected time plus ``grace``), slow (a run running, or
+    the newest finished one, took longer than the limit), else healthy.
+    """
+    if not monitor.enabled:
+        return Assessment(MonitorState.DISABLED)
+    now = now or timezone.now()
+    db = using or settings.DATABASE
+    runs = list(
+        JobRun.objects.using(db)
+        .for_job(monitor.job_name)
+        .only(*_RUN_FIELDS)
+        .order_by("-created_at", "-id")[: max(monitor.max_failures, 1) + _ACTIVE_HEAD]
+    )
+    last_run_at = runs[0].created_at if runs else None
+    expected = next_expected(monitor, last_run_at)
+    found = _failing(monitor, runs)
+    if found is None and expected is not None and now > expected + monitor.grace:
+        text = _("No run since %(last)s; one was expected by %(expected)s.")
+        found = Assessment(
+            MonitorState.LATE,
+            text
+            % {
+                "last": _when(last_run_at) if last_run_at else _("the monitor began"),
+                "expected": _when(expected),
+            },
+            runs[0].pk if runs else None,
+        )
+    if found is None:
+        found = _slow(runs, duration_limit(monitor, using=db))
+    found = found or Assessment(MonitorState.HEALTHY)
+    return dataclasses.replace(
+        found, last_run_at=last_run_at, next_expected_at=expected
+    )
+
+
+def _when(moment: datetime) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M %Z")
+
+
+# Changing state: the monitor, its incidents, then (after commit) the signal and the alerts.
+
+
+@dataclasses.dataclass
+class Change:
+    """A monitor's move from one state to another, with the incidents it resolved and opened."""
+
+    monitor: JobMonitor
+    previous: str
+    state: str
+    detail: str = ""
+    resolved: JobMonitorIncident | None = None
+    opened: JobMonitorIncident | None = None
+
+
+def apply(
+    monitor: JobMonitor,
+    assessment: Assessment,
+    *,
+    now: datetime | None = None,
+    using: str | None = None,
+) -> Change | None:
+    """Store a new state: resolve the open incident, open one for an unhealthy state.
+
+    None when the state is the same, or when another process changed it first.
+    """
+    previous = monitor.state
+    if assessment.state == previous:
+        return None
+    db = using or settings.DATABASE
+    now = now or timezone.now()
+    change = Change(monitor, previous, assessment.state, assessment.detail)
+    with transaction.atomic(using=db):
+        won = (
+            JobMonitor.objects.using(db)
+            .filter(pk=monitor.pk, state=previous)
+            .update(state=assessment.state, state_changed_at=now)
+        )
+        if not won:
+            return None
+        monitor.state, monitor.state_changed_at = assessment.state, now
+        open_incident = (
+            JobMonitorIncident.objects.using(db)
+            .filter(monitor=monitor, resolved_at__isnull=True)
+            .first()
+        )
+        if open_incident is not None:
+            open_incident.resolved_at = now
+            open_incident.save(using=db, update_fields=["resolved_at"])
+            change.resolved = open_incident
+        if assessment.state in MonitorState.UNHEALTHY:
+            change.opened = JobMonitorIncident.objects.using(db).create(
+                monitor=monitor,
+                state=assessment.state,
+                opened_at=now,
+                detail=assessment.detail,
+                run_id=assessment.run_id,
+            )
+        _stamp_alerts(change, now, db)
+    transaction.on_commit(lambda: _announce(change), using=db)
+    return change
+
+
+def _stamp_alerts(change: Change, now: datetime, db: str) -> None:
+    """Mark which alerts go out: within ALERT_RATE_LIMIT a monitor an hour, and a resolution
+    only for an incident whose opening was announced."""
+    if not (settings.ALERT_EMAILS or settings.ALERT_WEBHOOKS):
+        return
+    since = now - ALERT_WINDOW
+    sent = JobMonitorIncident.objects.using(db).filter(monitor=change.monitor)
+    counts = sent.aggregate(
+        opened=Count("pk", filter=Q(open_alert_at__gte=since)),
+        resolved=Count("pk", filter=Q(resolve_alert_at__gte=since)),
+    )
+    budget = settings.ALERT_RATE_LIMIT - counts["opened"] - counts["resolved"]
+    resolved, opened = change.resolved, change.opened
+    # A move from one unhealthy state to another is announced once: by the new incident.
+    announce = change.state not in MonitorState.UNHEALTHY
+    if resolved is not None and resolved.open_alert_at is not None and announce:
+        if budget > 0:
+            resolved.resolve_alert_at = now
+            resolved.save(using=db, update_fields=["resolve_alert_at"])
+            budget -= 1
+        else:
+            _suppressed(change, "resolution")
+    if opened is not None:
+        if budget > 0:
+            opened.open_alert_at = now
+            opened.save(using=db, update_fields=["open_alert_at"])
+        else:
+            _suppressed(change, "opening")
+
+
+def _suppressed(change: Change, what: str) -> None:
+    logger.warning(
+        "Alert for the %s of a %s incident of %r not sent: more than ALERT_RATE_LIMIT=%d alerts in an hour.",
+        what,
+        change.state if what == "opening" else change.previous,
+        change.monitor.job_name,
+        settings.ALERT_RATE_LIMIT,
+    )
+
+
+def _announce(change: Change) -> None:
+    """After commit: the signal (always), then the alerts that were stamped, off this thread."""
+    try:
+        monitor_state_changed.send(
+            sender=JobMonitor,
+            monitor=change.monitor,
+            previous=change.previous,
+            state=change.state,
+            opened=change.opened,
+            resolved=change.resolved,
+        )
+    except Exception:
+        logger.exception("A monitor_state_changed receiver failed")
+    for alert in _alerts(change):
+        for target in _targets():
+            outbox.put(_deliver, target, alert)
+
+
+# Evaluating monitors.
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """What ``check()`` found: each monitor's assessment, and the changes it stored."""
+
+    assessments: dict[str, Assessment] = dataclasses.field(default_factory=dict)
+    changes: list[Change] = dataclasses.field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        found = dict.fromkeys(MonitorState.values, 0)
+        for assessment in self.assessments.values():
+            found[assessment.state] += 1
+        return found
+
+
+def check(
+    job_names: Iterable[str] | None = None,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    using: str | None = None,
+) -> CheckResult:
+    """Evaluate every monitor (or those of ``job_names``) and store their new states.
+
+    One query for the monitors, at most two per monitor, then writes only for the
+    monitors whose state changed, and one UPDATE of ``checked_at``. ``dry_run`` writes
+    nothing and sends nothing.
+    """
+    db = using or settings.DATABASE
+    now = now or timezone.now()
+    monitors = JobMonitor.objects.using(db).order_by("job_name")
+    if job_names is not None:
+        monitors = monitors.filter(job_name__in=list(job_names))
+    result = CheckResult()
+    checked = []
+    for monitor in monitors:
+        assessment = assess(monitor, now=now, using=db)
+        result.assessments[monitor.job_name] = assessment
+        checked.append(monitor.pk)
+        if dry_run:
+            continue
+        change = apply(monitor, assessment, now=now, using=db)
+        if change is not None:
+            result.changes.append(change)
+    if checked and not dry_run:
+        stamp = JobMonitor.objects.using(db)
+        if job_names is not None:
+            stamp = stamp.filter(pk__in=checked)
+        stamp.update(checked_at=now)
+    return result
+
+
+# The receiver: a finished run of a monitored job is judged at once, off the job's thread.
+
+
+class _MonitoredNames:
+    """The job names that have an enabled monitor, kept MONITOR_CACHE_TIMEOUT seconds a process."""
+
+    def __init__(self) -> None:
+        self._names: frozenset[str] = frozenset()
+        self._expires = 0.0
+
+    def known(self) -> frozenset[str] | None:
+        """The cached names, or None when they must be read again."""
+        return self._names if time.monotonic() < self._expires else None
+
+    def refresh(self) -> frozenset[str]:
+        names = JobMonitor.objects.using(settings.DATABASE).filter(enabled=True)
+        self._names = frozenset(names.values_list("job_name", flat=True))
+        self._expires = time.monotonic() + settings.MONITOR_CACHE_TIMEOUT
+        return self._names
+
+    def clear(self, **kwargs: Any) -> None:
+        self._expires = 0.0
+
+
+monitored = _MonitoredNames()
+
+
+def _check_if_monitored(job_name: str) -> None:
+    names = monitored.known()
+    if names is None:
+        names = monitored.refresh()
+    if job_name in names:
+        check([job_name])
+
+
+def on_job_status_changed(*, run: JobRun, status: str, **kwargs: Any) -> None:
+    """A finished run of a monitored job: queue its monitor's evaluation (no query on this thread).
+
+    With the names cached and this job not among them, nothing at all happens.
+    """
+    if status not in Status.TERMINAL:
+        return
+    names = monitored.known()
+    if names is not None and run.job_name not in names:
+        return
+    outbox.put(_check_if_monitored, run.job_name)
+
+
+def connect() -> None:
+    """Connect the receivers (``JobStatusConfig.ready()``)."""
+    from django.db.models.signals import post_delete, post_save
+
+    from django_jobstatus.signals import job_status_changed
+
+    job_status_changed.connect(
+        on_job_status_changed, sender=JobRun, dispatch_uid="django_jobstatus.health"
+    )
+    for signal in (post_save, post_delete):
+        signal.connect(
+            monitored.clear,
+            sender=JobMonitor,
+            dispatch_uid=f"django_jobstatus.health.{signal is post_save}",
+        )
+
+
+# Alerts.
+
+
+@dataclasses.dataclass(frozen=True)
+class Alert:
+    """One message about an incident: ``opened`` (in ``state``) or ``resolved`` (``previous`` ended)."""
+
+    event: str  # "opened" or "resolved"
+    job_name: str
+    state: str  # the monitor's new state
+    previous: str  # the state it left
+    detail: str
+    opened_at: datetime
+    resolved_at: datetime | None
+    url: str
+
+    @property
+    def subject(self) -> str:
+        values = {
+            "job": self.job_name,
+            "state": MonitorState(self.state).label,
+            "previous": MonitorState(self.previous).label,
+        }
+        if self.event == "opened":
+            if self.previous in MonitorState.UNHEALTHY:
+                return _("[jobstatus] %(job)s is %(state)s (was %(previous)s)") % values
+            return _("[jobstatus] %(job)s is %(state)s") % values
+        if self.state == MonitorState.DISABLED:
+            return (
+                _("[jobstatus] %(job)s is no longer monitored (was %(previous)s)")
+                % values
+            )
+        return _("[jobstatus] %(job)s is healthy again (was %(previous)s)") % values
+
+    @property
+    def text(self) -> str:
+        lines = [self.subject, ""]
+        if self.detail:
+            lines.append(self.detail)
+        lines.append(_("Since: %(when)s") % {"when": _when(self.opened_at)})
+        if self.resolved_at is not None:
+            lines.append(_("Resolved: %(when)s") % {"when": _when(self.resolved_at)})
+        if self.url:
+            lines.append(self.url)
+        return "\n".join(lines)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "job_name": self.job_name,
+            "state": self.state,
+            "previous": self.previous,
+            "detail": self.detail,
+            "opened_at": self.opened_at.isoformat(),
+            "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
+            "url": self.url,
+            "text": self.text,
+        }
+
+    def slack_payload(self) -> dict[str, Any]:
+        link = f" <{self.url}|{_('open')}>" if self.url else ""
+        detail = f"\n{self.detail}" if self.detail else ""
+        return {"text": f"*{self.subject}*{link}{detail}"}
+
+
+def _monitor_url(monitor: JobMonitor) -> str:
+    try:
+        path = monitor.get_absolute_url()
+    except NoReverseMatch:
+        return ""
+    base = settings.ALERT_BASE_URL
+    return f"{base.rstrip('/')}{path}" if base else path
+
+
+def _alerts(change: Change) -> list[Alert]:
+    url = _monitor_url(change.monitor)
+    name, state, previous = change.monitor.job_name, change.state, change.previous
+    found = []
+    resolved, opened = change.resolved, change.opened
+    if resolved is not None and resolved.resolve_alert_at is not None:
+        found.append(
+            Alert(
+                "resolved",
+                name,
+                state,
+                previous,
+                resolved.detail,
+                resolved.opened_at,
+                resolved.resolved_at,
+                url,
+            )
+        )
+    if opened is not None and opened.open_alert_at is not None:
+        found.append(
+            Alert(
+                "opened",
+                name,
+                state,
+                previous,
+                opened.detail,
+                opened.opened_at,
+                None,
+                url,
+            )
+        )
+    return found
+
+
+def _targets() -> list[dict[str, Any]]:
+    targets: list[dict[str, Any]] = []
+    if settings.ALERT_EMAILS:
+        targets.append({"email": list(settings.ALERT_EMAILS)})
+    for hook in settings.ALERT_WEBHOOKS:
+        targets.append({"url": hook} if isinstance(hook, str) else dict(hook))
+    return targets
+
+
+def _deliver(target: dict[str, Any], alert: Alert) -> None:
+    if "email" in target:
+        send_mail(alert.subject, alert.text, None, target["email"])
+        return
+    url = target["url"]
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"ALERT_WEBHOOKS: {url!r} is not an http(s) URL")
+    body = alert.slack_payload() if target.get("format") == "slack" else alert.payload()
+    request = urllib.request.Request(  # noqa: S310 (the scheme is checked above)
+        url,
+        data=json.dumps(body).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "django-jobstatus",
+            **target.get("headers", {}),
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=settings.ALERT_TIMEOUT) as response:  # noqa: S310
+        response.read(1024)
+
+
+class _Outbox:
+    """One daemon thread that runs queued calls in order: alert deliveries and monitor checks.
+
+    A call that fails is logged; the thread's database connections are closed after each.
+    The thread is started on first use (again after a fork).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            queue.Queue()
+        )
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def put(self, function: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            if (
+                self._thread is None
+                or not self._thread.is_alive()
+                or self._pid != os.getpid()
+            ):
+                if self._pid != os.getpid():
+                    self._queue = queue.Queue()
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._work, name="jobstatus-health", daemon=True
+                )
+                self._thread.start()
+            self._queue.put((function, args))
+
+    def _work(self) -> None:
+        jobs = self._queue
+        while True:
+            function, args = jobs.get()
+            try:
+                function(*args)
+            except Exception:
+                logger.exception(
+                    "django-jobstatus: %s failed", getattr(function, "__name__", "call")
+                )
+            finally:
+                connections.close_all()
+                jobs.task_done()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the queued calls; False when some are left."""
+        deadline = time.monotonic() + timeout
+        jobs = self._queue
+        with jobs.all_tasks_done:
+            while jobs.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                jobs.all_tasks_done.wait(remaining)
+        return True
+
+
+outbox = _Outbox()

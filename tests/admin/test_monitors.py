@@ -1,0 +1,160 @@
+"""The monitors' admin, the incidents' list, the dashboard's health panel, the runs' monitor column."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from django_jobstatus import health
+from django_jobstatus.models import JobMonitor, JobMonitorIncident, MonitorState, Status
+
+MONITORS = "/admin/django_jobstatus/jobmonitor/"
+RUNS = "/admin/django_jobstatus/jobrun/"
+DASHBOARD = "/admin/django_jobstatus/jobrun/dashboard/"
+
+
+def _form(**fields) -> dict[str, str]:
+    data = {
+        "job_name": "tests.nightly",
+        "enabled": "on",
+        "every": "",
+        "cron": "",
+        "grace": "00:05:00",
+        "max_duration": "",
+        "max_duration_p95_factor": "",
+        "max_failures": "1",
+    }
+    data.update(fields)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"cron": "0 25 * * *"}, "cron"),
+        ({"every": "-01:00:00"}, "every"),
+        ({"grace": "-1"}, "grace"),
+        ({"job_name": "tests.unknown"}, "job_name"),
+        ({"every": "1:00:00", "cron": "0 * * * *"}, "cron"),
+    ],
+)
+def test_add_form_names_the_bad_field(admin_client, past_run, fields, field):
+    past_run("tests.nightly")
+    response = admin_client.post(f"{MONITORS}add/", _form(**fields))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == [field]
+    assert not JobMonitor.objects.exists()
+
+
+def test_add_form_saves_a_good_monitor(admin_client, past_run):
+    past_run("tests.nightly")
+    response = admin_client.post(
+        f"{MONITORS}add/", _form(cron="0 2 * * *", max_duration="00:30:00")
+    )
+    assert response.status_code == 302
+    monitor = JobMonitor.objects.get()
+    assert (monitor.cron, monitor.max_duration) == ("0 2 * * *", timedelta(minutes=30))
+
+
+def test_changelist_shows_state_last_run_and_open_incident(
+    admin_client, monitor, past_run, django_assert_max_num_queries
+):
+    for index in range(5):
+        monitor(f"tests.job{index}", max_failures=1, every=timedelta(hours=1))
+        past_run(f"tests.job{index}", status=Status.FAILED)
+    health.check()
+    with django_assert_max_num_queries(12):  # no query per monitor
+        response = admin_client.get(MONITORS)
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.count('class="jobstatus-badge jobstatus-monitor-failing"') == 5
+    assert html.count("/admin/django_jobstatus/jobmonitorincident/") >= 5
+    assert "every 1 h 00 min" in html
+
+
+def test_change_page_lists_the_incidents(admin_client, monitor, past_run):
+    m = monitor(max_failures=1)
+    past_run(status=Status.FAILED, error="boom")
+    health.check()
+    past_run(ago=timedelta(seconds=1))
+    health.check()
+    html = admin_client.get(f"{MONITORS}{m.pk}/change/").content.decode()
+    assert "The last run failed. boom" in html
+    assert "All incidents of this monitor" in html
+
+
+def test_incidents_list_is_read_only(admin_client, monitor, past_run):
+    monitor(max_failures=1)
+    past_run(status=Status.FAILED)
+    health.check()
+    incident = JobMonitorIncident.objects.get()
+    listing = admin_client.get("/admin/django_jobstatus/jobmonitorincident/?open=yes")
+    assert listing.status_code == 200
+    assert list(listing.context["cl"].result_list) == [incident]
+    page = admin_client.get(
+        f"/admin/django_jobstatus/jobmonitorincident/{incident.pk}/change/"
+    )
+    assert page.status_code == 200
+    assert not page.context["has_change_permission"]
+
+
+def test_check_now_action(admin_client, monitor, past_run):
+    m = monitor(max_failures=1)
+    past_run(status=Status.FAILED)
+    response = admin_client.post(
+        MONITORS, {"action": "check_now", "_selected_action": [m.pk]}, follow=True
+    )
+    assert "Checked 1 monitors; 1 changed state." in response.content.decode()
+    m.refresh_from_db()
+    assert m.state == MonitorState.FAILING
+
+
+def test_dashboard_panel_lists_unhealthy_jobs_first(admin_client, monitor, past_run):
+    monitor("tests.fine", every=timedelta(days=1))
+    past_run("tests.fine")
+    monitor("tests.slow", max_duration=timedelta(seconds=10))
+    past_run("tests.slow", took=timedelta(minutes=1))
+    monitor("tests.late", every=timedelta(minutes=10))  # its run was a day ago
+    monitor("tests.failing", max_failures=1)
+    past_run("tests.failing", status=Status.FAILED)
+    health.check()
+    response = admin_client.get(DASHBOARD)
+    rows = response.context["health"]["rows"]
+    assert [row["job_name"] for row in rows] == [
+        "tests.failing",
+        "tests.late",
+        "tests.slow",
+    ]
+    html = response.content.decode()
+    assert html.index('id="jobstatus-health"') < html.index("jobstatus-tabs")
+    assert f'href="{RUNS}?job_name=tests.failing"' in html
+    assert "1 healthy" in html
+
+
+def test_no_panel_without_monitors(admin_client, db):
+    response = admin_client.get(DASHBOARD)
+    assert response.context["health"] is None
+    assert 'id="jobstatus-health"' not in response.content.decode()
+
+
+def test_runs_changelist_monitor_column_and_filter(
+    admin_client, monitor, past_run, make_run
+):
+    monitor("tests.nightly", max_failures=1)
+    past_run("tests.nightly", status=Status.FAILED)
+    make_run("tests.unwatched")
+    health.check()
+    response = admin_client.get(RUNS)
+    html = response.content.decode()
+    assert html.count('class="jobstatus-badge jobstatus-monitor-failing"') == 2
+    for query, expected in [
+        ("monitor=failing", {"tests.nightly"}),
+        ("monitor=unhealthy", {"tests.nightly"}),
+        ("monitor=healthy", set()),
+        ("monitor=any", {"tests.nightly"}),
+        ("monitor=none", {"tests.unwatched"}),
+    ]:
+        result = admin_client.get(f"{RUNS}?{query}").context["cl"].result_list
+        assert {run.job_name for run in result} == expected, query

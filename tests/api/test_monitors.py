@@ -1,0 +1,174 @@
+"""monitors/: state, newest run, next expected run, open incident; writes validated like the admin."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from django_jobstatus import health
+from django_jobstatus.models import JobMonitor, MonitorState, Status
+
+URL = "/api/jobstatus/monitors/"
+
+
+@pytest.fixture
+def monitor_api(make_user, client_for):
+    """A client for a staff user with every JobMonitor permission."""
+    from django.contrib.auth.models import Permission
+
+    user = make_user()
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__endswith="_jobmonitor")
+    )
+    return client_for(user)
+
+
+def test_list_shows_state_last_run_next_expected_and_open_incident(
+    monitor_api, monitor, past_run, django_assert_max_num_queries
+):
+    for index in range(4):
+        monitor(f"tests.job{index}", every=timedelta(hours=1), max_failures=1)
+    newest = past_run("tests.job1", status=Status.FAILED, error="boom")
+    health.check()
+    with django_assert_max_num_queries(8):  # session and user, count, page, incidents
+        response = monitor_api.get(URL)
+    assert response.status_code == 200
+    rows = {row["job_name"]: row for row in response.json()["results"]}
+    assert response.json()["count"] == 4
+    failing = rows["tests.job1"]
+    assert failing["state"] == "failing"
+    assert failing["last_run"]["id"] == str(newest.pk)
+    assert failing["last_run"]["status"] == "failed"
+    assert failing["open_incident"]["detail"] == "The last run failed. boom"
+    assert failing["every"] == 3600.0
+    assert failing["next_expected_at"] is not None
+    assert rows["tests.job0"]["state"] == "late"  # its only run is a day old
+    assert rows["tests.job0"]["open_incident"]["state"] == "late"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("state=failing", ["tests.b"]),
+        ("state=unhealthy", ["tests.b"]),
+        ("state=healthy,disabled", ["tests.a", "tests.c"]),
+        ("enabled=false", ["tests.c"]),
+        ("job_name=tests.a,tests.c", ["tests.a", "tests.c"]),
+    ],
+)
+def test_filters(monitor_api, monitor, past_run, query, expected):
+    monitor("tests.a")
+    monitor("tests.b", max_failures=1)
+    monitor("tests.c", enabled=False)
+    past_run("tests.b", status=Status.FAILED)
+    health.check()
+    response = monitor_api.get(f"{URL}?{query}")
+    assert response.status_code == 200
+    assert [row["job_name"] for row in response.json()["results"]] == expected
+
+
+def test_a_bad_filter_value_is_a_400(monitor_api, db):
+    response = monitor_api.get(f"{URL}?state=sad")
+    assert response.status_code == 400
+    assert "state" in response.json()
+
+
+def test_create_and_change(monitor_api, past_run):
+    past_run("tests.nightly")
+    response = monitor_api.post(
+        URL,
+        {"job_name": "tests.nightly", "cron": "0 2 * * *", "grace": 600},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    monitor = JobMonitor.objects.get()
+    assert (monitor.cron, monitor.grace) == ("0 2 * * *", timedelta(minutes=10))
+    response = monitor_api.patch(
+        f"{URL}{monitor.pk}/", {"max_duration": 1800}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    monitor.refresh_from_db()
+    assert monitor.max_duration == timedelta(minutes=30)
+    assert monitor.state == MonitorState.HEALTHY
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"cron": "0 2 * *"}, "cron"),
+        ({"every": -60}, "every"),
+        ({"grace": "soon"}, "grace"),
+        ({"max_duration": -1}, "max_duration"),
+        ({"max_duration": 1e300}, "max_duration"),
+        ({"every": 1e12}, "every"),
+        ({"grace": None}, "grace"),
+        ({"job_name": "tests.unknown"}, "job_name"),
+        ({"every": 60, "cron": "* * * * *"}, "cron"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_field(monitor_api, past_run, body, field):
+    past_run("tests.nightly")
+    response = monitor_api.post(
+        URL, {"job_name": "tests.nightly", **body}, format="json"
+    )
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+    assert not JobMonitor.objects.exists()
+
+
+def test_a_bad_change_saves_nothing(monitor_api, monitor):
+    m = monitor(every=timedelta(hours=1))
+    response = monitor_api.patch(
+        f"{URL}{m.pk}/", {"every": 0, "max_failures": 9}, format="json"
+    )
+    assert response.status_code == 400
+    assert list(response.json()) == ["every"]
+    m.refresh_from_db()
+    assert (m.every, m.max_failures) == (timedelta(hours=1), 1)
+
+
+def test_state_is_read_only(monitor_api, monitor):
+    m = monitor()
+    response = monitor_api.patch(f"{URL}{m.pk}/", {"state": "late"}, format="json")
+    assert response.status_code == 200
+    m.refresh_from_db()
+    assert m.state == MonitorState.HEALTHY
+
+
+def test_incidents_of_a_monitor(monitor_api, monitor, past_run):
+    m = monitor(max_failures=1)
+    past_run(status=Status.FAILED)
+    health.check()
+    past_run(ago=timedelta(seconds=1))
+    health.check()
+    response = monitor_api.get(f"{URL}{m.pk}/incidents/")
+    assert response.status_code == 200
+    (incident,) = response.json()["results"]
+    assert incident["state"] == "failing"
+    assert incident["resolved_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("perms", "method", "expected"),
+    [
+        ((), "get", 403),
+        (("view",), "get", 200),
+        (("view",), "post", 403),
+        (("view", "add"), "post", 201),
+    ],
+)
+def test_permissions(make_user, client_for, past_run, perms, method, expected):
+    from django.contrib.auth.models import Permission
+
+    past_run("tests.nightly")
+    user = make_user("view", "change", "delete")  # every JobRun permission: not enough
+    for perm in perms:
+        user.user_permissions.add(Permission.objects.get(codename=f"{perm}_jobmonitor"))
+    client = client_for(user)
+    if method == "get":
+        response = client.get(URL)
+    else:
+        response = client.post(URL, {"job_name": "tests.nightly"}, format="json")
+    assert response.status_code == expected
+    assert client_for(None).get(URL).status_code in (401, 403)

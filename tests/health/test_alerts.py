@@ -1,0 +1,324 @@
+"""Alerts: one when an incident opens, one when it resolves; email, webhooks, the signal."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from django.core import mail
+
+from django_jobstatus import health
+from django_jobstatus.models import JobMonitor, JobMonitorIncident, MonitorState, Status
+from django_jobstatus.signals import monitor_state_changed
+
+
+class _Hook:
+    """A real HTTP server on a free port that records the JSON bodies POSTed to it."""
+
+    def __init__(self, *, hold: threading.Event | None = None) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.received = threading.Event()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                hook.bodies.append(json.loads(self.rfile.read(length)))
+                hook.content_type = self.headers["Content-Type"]
+                hook.received.set()
+                if hold is not None:
+                    hold.wait(30)  # a server that does not answer
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook():
+    server = _Hook()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def failing(monitor, past_run, settings):
+    """A monitor whose job has just failed; returns (monitor, a function that makes it healthy)."""
+
+    def make(**jobstatus: Any) -> Any:
+        settings.JOBSTATUS = {"ALERT_EMAILS": ["ops@example.com"], **jobstatus}
+        m = monitor(max_failures=1)
+        past_run(ago=timedelta(minutes=2), status=Status.FAILED, error="KeyError: 'x'")
+        return m
+
+    return make
+
+
+def _check(capture) -> health.CheckResult:
+    with capture(execute=True):
+        result = health.check()
+    assert health.outbox.join(10)
+    return result
+
+
+def test_one_email_when_an_incident_opens_and_one_when_it_resolves(
+    failing, past_run, django_capture_on_commit_callbacks
+):
+    failing()
+    _check(django_capture_on_commit_callbacks)
+    _check(django_capture_on_commit_callbacks)  # still failing: no second email
+    assert [m.subject for m in mail.outbox] == ["[jobstatus] tests.nightly is Failing"]
+    assert mail.outbox[0].to == ["ops@example.com"]
+    assert "KeyError: 'x'" in mail.outbox[0].body
+    assert "/admin/django_jobstatus/jobmonitor/" in mail.outbox[0].body
+    past_run(ago=timedelta(minutes=1))
+    _check(django_capture_on_commit_callbacks)
+    assert [m.subject for m in mail.outbox][1:] == [
+        "[jobstatus] tests.nightly is healthy again (was Failing)"
+    ]
+    incident = JobMonitorIncident.objects.get()
+    assert incident.open_alert_at is not None
+    assert incident.resolve_alert_at is not None
+
+
+def test_alert_links_use_the_base_url(failing, django_capture_on_commit_callbacks):
+    m = failing(ALERT_BASE_URL="https://ops.example.com/")
+    _check(django_capture_on_commit_callbacks)
+    assert (
+        f"https://ops.example.com/admin/django_jobstatus/jobmonitor/{m.pk}/change/"
+        in (mail.outbox[0].body)
+    )
+
+
+def test_a_flapping_job_is_rate_limited(
+    failing, past_run, django_capture_on_commit_callbacks
+):
+    failing(ALERT_RATE_LIMIT=3)
+    for minute in range(10):
+        status = Status.SUCCEEDED if minute % 2 else Status.FAILED
+        past_run(ago=timedelta(seconds=50 - minute), status=status)
+        _check(django_capture_on_commit_callbacks)
+    # Ten state changes (5 incidents), three alerts, then silence for the hour.
+    assert JobMonitorIncident.objects.count() == 5
+    assert [m.subject.split()[-1] for m in mail.outbox] == [
+        "Failing",
+        "Failing)",
+        "Failing",
+    ]
+    # A resolution whose opening was not announced is not announced either.
+    unannounced = JobMonitorIncident.objects.filter(open_alert_at__isnull=True)
+    assert unannounced.exists()
+    assert not unannounced.filter(resolve_alert_at__isnull=False).exists()
+
+
+def test_the_signal_is_sent_for_every_change(
+    failing, past_run, django_capture_on_commit_callbacks
+):
+    seen = []
+
+    def receiver(sender, **kwargs):
+        seen.append(kwargs)
+
+    monitor_state_changed.connect(receiver)
+    try:
+        m = failing(ALERT_EMAILS=[])
+        _check(django_capture_on_commit_callbacks)
+    finally:
+        monitor_state_changed.disconnect(receiver)
+    assert len(seen) == 1
+    assert seen[0]["monitor"].pk == m.pk
+    assert (seen[0]["previous"], seen[0]["state"]) == ("healthy", "failing")
+    assert seen[0]["opened"].state == MonitorState.FAILING
+    assert seen[0]["resolved"] is None
+    assert mail.outbox == []  # no address: no email
+
+
+def test_json_webhook_against_a_real_http_server(
+    failing, hook, django_capture_on_commit_callbacks
+):
+    failing(ALERT_EMAILS=[], ALERT_WEBHOOKS=[hook.url])
+    _check(django_capture_on_commit_callbacks)
+    assert len(hook.bodies) == 1
+    body = hook.bodies[0]
+    assert hook.content_type == "application/json"
+    assert (body["event"], body["job_name"], body["state"]) == (
+        "opened",
+        "tests.nightly",
+        "failing",
+    )
+    assert body["resolved_at"] is None
+    assert "KeyError" in body["detail"]
+
+
+def test_slack_webhook_payload(failing, hook, django_capture_on_commit_callbacks):
+    failing(ALERT_EMAILS=[], ALERT_WEBHOOKS=[{"url": hook.url, "format": "slack"}])
+    _check(django_capture_on_commit_callbacks)
+    assert list(hook.bodies[0]) == ["text"]
+    assert hook.bodies[0]["text"].startswith("*[jobstatus] tests.nightly is Failing*")
+
+
+def test_a_dead_webhook_blocks_neither_the_check_nor_the_email(
+    failing, django_capture_on_commit_callbacks
+):
+    hold = threading.Event()
+    slow = _Hook(hold=hold)
+    try:
+        failing(ALERT_WEBHOOKS=[slow.url])
+        with django_capture_on_commit_callbacks(execute=True):
+            result = health.check()
+        # The check has returned while the server still holds the request.
+        assert result.changes
+        assert slow.received.wait(10)
+        assert not hold.is_set()
+    finally:
+        hold.set()
+        slow.close()
+    assert health.outbox.join(10)
+    assert len(mail.outbox) == 1
+
+
+def test_a_webhook_that_times_out_is_logged(
+    failing, django_capture_on_commit_callbacks, caplog
+):
+    hold = threading.Event()
+    slow = _Hook(hold=hold)
+    try:
+        failing(ALERT_EMAILS=[], ALERT_WEBHOOKS=[slow.url], ALERT_TIMEOUT=0.2)
+        with caplog.at_level("ERROR", logger="django_jobstatus.health"):
+            _check(django_capture_on_commit_callbacks)
+    finally:
+        hold.set()
+        slow.close()
+    assert "_deliver failed" in caplog.text
+    assert "timed out" in caplog.text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again: free, and nothing listens there
+
+
+def test_a_refused_connection_is_logged(
+    failing, django_capture_on_commit_callbacks, caplog
+):
+    failing(ALERT_EMAILS=[], ALERT_WEBHOOKS=[f"http://127.0.0.1:{_free_port()}/"])
+    with caplog.at_level("ERROR", logger="django_jobstatus.health"):
+        _check(django_capture_on_commit_callbacks)
+    assert "_deliver failed" in caplog.text
+
+
+def test_email_through_a_real_smtp_server(
+    failing, settings, django_capture_on_commit_callbacks
+):
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        def __init__(self) -> None:
+            self.messages: list[Any] = []
+            self.received = threading.Event()
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+            self.messages.append(envelope)
+            self.received.set()
+            return "250 OK"
+
+    handler = Handler()
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    try:
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST = "127.0.0.1"
+        settings.EMAIL_PORT = controller.port
+        settings.EMAIL_TIMEOUT = 5
+        failing()
+        _check(django_capture_on_commit_callbacks)
+        assert handler.received.wait(10)
+    finally:
+        controller.stop()
+    (envelope,) = handler.messages
+    assert envelope.rcpt_tos == ["ops@example.com"]
+    assert b"Subject: [jobstatus] tests.nightly is Failing" in envelope.content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_run_of_a_monitored_job_is_seen_at_once(settings):
+    """No check_jobstatus: the finished run's receiver judges the monitor, off the job's thread."""
+    from django_jobstatus import track
+    from django_jobstatus.models import JobRun
+
+    settings.JOBSTATUS = {"ALERT_EMAILS": ["ops@example.com"]}
+    JobRun.objects.start("tests.watched").mark_succeeded()
+    JobMonitor.objects.create(job_name="tests.watched", max_failures=1)
+    job_thread = threading.current_thread()
+    threads = []
+    health.outbox.put(lambda: threads.append(threading.current_thread()))
+    with pytest.raises(RuntimeError), track("tests.watched"):
+        raise RuntimeError("disk full")
+    assert health.outbox.join(10)
+    assert threads and threads[0] is not job_thread
+    assert JobMonitor.objects.get().state == MonitorState.FAILING
+    assert [m.subject for m in mail.outbox] == ["[jobstatus] tests.watched is Failing"]
+    with track("tests.watched"):
+        pass
+    assert health.outbox.join(10)
+    assert JobMonitor.objects.get().state == MonitorState.HEALTHY
+
+
+def test_without_monitors_a_finished_run_costs_nothing(
+    run, django_assert_num_queries, monkeypatch
+):
+    health.monitored.refresh()  # the cache: no monitored job
+    queued = []
+    monkeypatch.setattr(health.outbox, "put", lambda *args: queued.append(args))
+    with django_assert_num_queries(0):
+        health.on_job_status_changed(run=run, status=Status.FAILED, previous="running")
+    assert queued == []
+    health.monitored.clear()  # once the cache expires, the lookup goes to the health thread
+    health.on_job_status_changed(run=run, status=Status.FAILED, previous="running")
+    assert [args[1] for args in queued] == [run.job_name]
+
+
+def test_saving_a_monitor_clears_the_cache(monitor):
+    assert health.monitored.refresh() == frozenset()
+    monitor("tests.nightly")
+    assert health.monitored.known() is None
+
+
+def test_from_one_unhealthy_state_to_another_one_alert(
+    failing, past_run, django_capture_on_commit_callbacks
+):
+    """Failing, then late: the new incident's alert says both; no "healthy again" between."""
+    from django_jobstatus.models import JobMonitor
+
+    m = failing()
+    _check(django_capture_on_commit_callbacks)
+    JobMonitor.objects.filter(pk=m.pk).update(
+        max_failures=0, every=timedelta(seconds=1), grace=timedelta(0)
+    )
+    _check(django_capture_on_commit_callbacks)
+    assert [message.subject for message in mail.outbox] == [
+        "[jobstatus] tests.nightly is Failing",
+        "[jobstatus] tests.nightly is Late (was Failing)",
+    ]
+    JobMonitor.objects.filter(pk=m.pk).update(enabled=False)
+    _check(django_capture_on_commit_callbacks)
+    assert mail.outbox[-1].subject == (
+        "[jobstatus] tests.nightly is no longer monitored (was Late)"
+    )

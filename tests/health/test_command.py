@@ -1,0 +1,66 @@
+"""manage.py check_jobstatus."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from django_jobstatus.models import JobMonitor, JobMonitorIncident, MonitorState, Status
+
+
+def _call(*args: str) -> str:
+    out = StringIO()
+    call_command("check_jobstatus", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_check_reports_and_stores_states(monitor, past_run):
+    monitor("tests.nightly", max_failures=1)
+    monitor("tests.hourly", every=timedelta(hours=1))
+    past_run("tests.nightly", status=Status.FAILED, error="OSError: disk full")
+    out = _call()
+    assert "tests.nightly: Failing — The last run failed. OSError: disk full" in out
+    assert "tests.hourly: Late" in out
+    assert (
+        "Checked 2 monitors (1 late, 1 failing); opened 2 incidents, resolved 0." in out
+    )
+    assert dict(JobMonitor.objects.values_list("job_name", "state")) == {
+        "tests.nightly": MonitorState.FAILING,
+        "tests.hourly": MonitorState.LATE,
+    }
+
+
+def test_dry_run_changes_nothing(monitor, past_run):
+    monitor("tests.nightly", max_failures=1)
+    past_run("tests.nightly", status=Status.FAILED)
+    out = _call("--dry-run")
+    assert "Dry run: 1 monitors (1 failing); nothing was stored or sent." in out
+    assert JobMonitor.objects.get().state == MonitorState.HEALTHY
+    assert not JobMonitorIncident.objects.exists()
+
+
+def test_one_job_only(monitor, past_run):
+    monitor("tests.nightly", max_failures=1)
+    monitor("tests.other", max_failures=1)
+    past_run("tests.nightly", status=Status.FAILED)
+    past_run("tests.other", status=Status.FAILED)
+    _call("--job", "tests.other", "--quiet")
+    assert dict(JobMonitor.objects.values_list("job_name", "state")) == {
+        "tests.nightly": MonitorState.HEALTHY,
+        "tests.other": MonitorState.FAILING,
+    }
+
+
+def test_an_unknown_job_is_a_command_error(monitor):
+    monitor("tests.nightly")
+    with pytest.raises(CommandError, match="No monitor for: tests.nope"):
+        _call("--job", "tests.nope")
+
+
+@pytest.mark.parametrize("args", [["--wait", "-1"], ["--database", "nope"]])
+def test_bad_options_are_command_errors(db, args):
+    with pytest.raises(CommandError):
+        _call(*args)

@@ -1,0 +1,219 @@
+"""health.assess() and health.check(): states, incidents, and the queries they cost."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from django_jobstatus import health
+from django_jobstatus.models import (
+    JobMonitor,
+    JobMonitorIncident,
+    JobRun,
+    MonitorState,
+    Status,
+)
+
+
+def test_a_job_that_ran_on_time_is_healthy(monitor, past_run):
+    m = monitor(every=timedelta(hours=1))
+    past_run(ago=timedelta(minutes=10))
+    assessment = health.assess(m)
+    assert assessment.state == MonitorState.HEALTHY
+    assert assessment.next_expected_at is not None
+    assert assessment.next_expected_at > timezone.now() + timedelta(minutes=45)
+
+
+def test_no_run_within_every_plus_grace_is_late(monitor, past_run):
+    m = monitor(every=timedelta(hours=1), grace=timedelta(minutes=5))
+    JobRun.objects.all().delete()
+    last = past_run(ago=timedelta(minutes=66))
+    assessment = health.assess(m)
+    assert assessment.state == MonitorState.LATE
+    assert assessment.run_id == last.pk
+    # Within the grace it is not late yet.
+    assert health.assess(m, now=last.created_at + timedelta(minutes=64)).state == (
+        MonitorState.HEALTHY
+    )
+
+
+def test_cron_lateness_counts_from_the_scheduled_time(monitor, past_run):
+    m = monitor(cron="0 2 * * *", grace=timedelta(minutes=10))
+    JobRun.objects.all().delete()
+    day = datetime(2026, 3, 10, tzinfo=UTC)
+    past_run(ago=timezone.now() - (day + timedelta(hours=2, seconds=3)))
+    # Next expected: the 11th at 02:00 UTC (TIME_ZONE is UTC in the tests).
+    assert health.next_expected(m, day + timedelta(hours=2, seconds=3)) == day + (
+        timedelta(days=1, hours=2)
+    )
+    at = day + timedelta(days=1, hours=2, minutes=9)
+    assert health.assess(m, now=at).state == MonitorState.HEALTHY
+    at = day + timedelta(days=1, hours=2, minutes=11)
+    assert health.assess(m, now=at).state == MonitorState.LATE
+
+
+def test_a_run_started_a_little_early_counts_for_its_cron_time(monitor):
+    m = monitor(cron="0 2 * * *", grace=timedelta(minutes=10))
+    early = datetime(2026, 3, 10, 1, 58, tzinfo=UTC)
+    assert health.next_expected(m, early) == datetime(2026, 3, 11, 2, 0, tzinfo=UTC)
+
+
+def test_max_failures_in_a_row_is_failing(monitor, past_run):
+    m = monitor(max_failures=2)
+    past_run(ago=timedelta(minutes=3), status=Status.FAILED, error="x")
+    assert health.assess(m).state == MonitorState.HEALTHY  # one failure only
+    newest = past_run(
+        ago=timedelta(minutes=2), status=Status.FAILED, error="ValueError: boom"
+    )
+    past_run(ago=timedelta(minutes=1), status=Status.RUNNING)  # running on top
+    assessment = health.assess(m)
+    assert assessment.state == MonitorState.FAILING
+    assert assessment.run_id == newest.pk
+    assert "ValueError: boom" in assessment.detail
+
+
+def test_a_success_between_failures_breaks_the_streak(monitor, past_run):
+    m = monitor(max_failures=2)
+    past_run(ago=timedelta(minutes=3), status=Status.FAILED)
+    past_run(ago=timedelta(minutes=2), status=Status.SUCCEEDED)
+    past_run(ago=timedelta(minutes=1), status=Status.FAILED)
+    assert health.assess(m).state == MonitorState.HEALTHY
+
+
+def test_max_failures_zero_never_fails(monitor, past_run):
+    m = monitor(max_failures=0)
+    past_run(status=Status.FAILED)
+    assert health.assess(m).state == MonitorState.HEALTHY
+
+
+def test_a_run_running_over_the_limit_is_slow(monitor, past_run):
+    m = monitor(max_duration=timedelta(minutes=10))
+    run = past_run(ago=timedelta(minutes=11), status=Status.RUNNING)
+    assessment = health.assess(m)
+    assert assessment.state == MonitorState.SLOW
+    assert assessment.run_id == run.pk
+
+
+def test_a_last_run_that_took_too_long_is_slow(monitor, past_run):
+    m = monitor(max_duration=timedelta(minutes=10))
+    past_run(ago=timedelta(minutes=30), took=timedelta(minutes=12))
+    assert health.assess(m).state == MonitorState.SLOW
+    past_run(ago=timedelta(minutes=5), took=timedelta(minutes=2))
+    assert health.assess(m).state == MonitorState.HEALTHY
+
+
+def test_the_limit_may_be_a_multiple_of_the_jobs_own_p95(monitor, past_run):
+    m = monitor(max_duration_p95_factor=2)
+    JobRun.objects.all().delete()
+    for minute in range(20, 40):
+        past_run(ago=timedelta(minutes=minute), took=timedelta(seconds=60))
+    assert health.recent_p95("tests.nightly") == pytest.approx(60)
+    past_run(ago=timedelta(minutes=5), took=timedelta(seconds=119))
+    assert health.assess(m).state == MonitorState.HEALTHY
+    past_run(ago=timedelta(minutes=4), took=timedelta(seconds=500))
+    assert health.assess(m).state == MonitorState.SLOW
+
+
+def test_failing_comes_before_late_and_slow(monitor, past_run):
+    m = monitor(every=timedelta(minutes=1), max_duration=timedelta(seconds=1))
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=2), took=timedelta(minutes=5), status=Status.FAILED)
+    assert health.assess(m).state == MonitorState.FAILING
+
+
+def test_a_disabled_monitor_costs_no_query(monitor, django_assert_num_queries):
+    m = monitor(enabled=False, every=timedelta(seconds=1))
+    with django_assert_num_queries(0):
+        assert health.assess(m).state == MonitorState.DISABLED
+
+
+def test_check_opens_one_incident_and_resolves_it(
+    monitor, past_run, django_capture_on_commit_callbacks
+):
+    m = monitor(max_failures=1)
+    failed = past_run(status=Status.FAILED, error="boom")
+    with django_capture_on_commit_callbacks(execute=True):
+        first = health.check()
+    assert [(c.previous, c.state) for c in first.changes] == [
+        (MonitorState.HEALTHY, MonitorState.FAILING)
+    ]
+    incident = JobMonitorIncident.objects.get()
+    assert (incident.state, incident.run_id, incident.resolved_at) == (
+        MonitorState.FAILING,
+        failed.pk,
+        None,
+    )
+    # Checking again changes nothing and opens nothing.
+    assert health.check().changes == []
+    assert JobMonitorIncident.objects.count() == 1
+    past_run(ago=timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        health.check()
+    incident.refresh_from_db()
+    assert incident.resolved_at is not None
+    m.refresh_from_db()
+    assert m.state == MonitorState.HEALTHY
+    assert m.checked_at is not None
+
+
+def test_a_change_another_process_made_first_is_not_applied_twice(monitor, past_run):
+    m = monitor(max_failures=1)
+    past_run(status=Status.FAILED)
+    stale = JobMonitor.objects.get(pk=m.pk)
+    assert health.check().changes
+    # This copy still says healthy: its conditional UPDATE finds nothing to change.
+    assert health.apply(stale, health.assess(stale)) is None
+    assert JobMonitorIncident.objects.count() == 1
+
+
+def test_one_open_incident_per_monitor_is_enforced_by_the_database(monitor):
+    from django.db import IntegrityError, transaction
+
+    m = monitor()
+    JobMonitorIncident.objects.create(monitor=m, state=MonitorState.LATE)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        JobMonitorIncident.objects.create(monitor=m, state=MonitorState.FAILING)
+
+
+def test_disabling_resolves_the_open_incident(monitor, past_run):
+    m = monitor(max_failures=1)
+    past_run(status=Status.FAILED)
+    health.check()
+    JobMonitor.objects.filter(pk=m.pk).update(enabled=False)
+    change = health.check().changes[0]
+    assert change.state == MonitorState.DISABLED
+    assert change.resolved is not None
+    assert not JobMonitorIncident.objects.filter(resolved_at__isnull=True).exists()
+
+
+def test_check_costs_at_most_two_queries_a_monitor(
+    monitor, past_run, django_assert_max_num_queries
+):
+    for index in range(6):
+        name = f"tests.job{index}"
+        monitor(
+            name,
+            every=timedelta(hours=1),
+            max_failures=3,
+            max_duration_p95_factor=3 if index % 2 else None,
+            max_duration=None if index % 2 else timedelta(hours=1),
+        )
+        for _ in range(5):
+            past_run(name)
+    health.check()  # settle the states
+    # One query for the monitors, two for each, one UPDATE of checked_at.
+    with django_assert_max_num_queries(1 + 2 * 6 + 1):
+        result = health.check()
+    assert result.counts[MonitorState.HEALTHY] == 6
+
+
+def test_dry_run_stores_nothing(monitor, past_run):
+    m = monitor(max_failures=1)
+    past_run(status=Status.FAILED)
+    result = health.check(dry_run=True)
+    assert result.assessments[m.job_name].state == MonitorState.FAILING
+    m.refresh_from_db()
+    assert (m.state, m.checked_at) == (MonitorState.HEALTHY, None)
+    assert not JobMonitorIncident.objects.exists()

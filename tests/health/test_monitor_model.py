@@ -1,0 +1,71 @@
+"""JobMonitor validation: bad input is a ValidationError naming the field, and nothing is saved."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from django_jobstatus.models import JobMonitor, MonitorState
+
+
+def _errors(**fields) -> dict[str, list[str]]:
+    with pytest.raises(ValidationError) as caught:
+        JobMonitor.objects.create(**fields)
+    assert JobMonitor.objects.count() == 0  # nothing half-saved
+    return caught.value.message_dict
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"cron": "61 * * * *"}, "cron"),
+        ({"cron": "every day"}, "cron"),
+        ({"cron": "0 0 30 2 *"}, "cron"),
+        ({"every": timedelta(seconds=-5)}, "every"),
+        ({"every": timedelta(0)}, "every"),
+        ({"grace": timedelta(minutes=-1)}, "grace"),
+        ({"max_duration": timedelta(seconds=-1)}, "max_duration"),
+        ({"max_duration_p95_factor": 0.5}, "max_duration_p95_factor"),
+        ({"every": timedelta(days=40000)}, "every"),
+        ({"grace": timedelta(days=40000)}, "grace"),
+        ({"max_failures": 101}, "max_failures"),
+        ({"every": timedelta(hours=1), "cron": "0 * * * *"}, "cron"),
+        (
+            {"max_duration": timedelta(hours=1), "max_duration_p95_factor": 3},
+            "max_duration_p95_factor",
+        ),
+    ],
+)
+def test_bad_values_name_their_field(past_run, fields, field):
+    past_run("tests.nightly")
+    errors = _errors(job_name="tests.nightly", **fields)
+    assert list(errors) == [field]
+
+
+def test_unknown_job_name_is_refused(db):
+    errors = _errors(job_name="tests.never_ran", every=timedelta(hours=1))
+    assert list(errors) == ["job_name"]
+    assert "tests.never_ran" in errors["job_name"][0]
+
+
+def test_a_second_monitor_for_the_same_job_is_refused(monitor):
+    monitor("tests.nightly")
+    with pytest.raises(ValidationError) as caught:
+        JobMonitor.objects.create(job_name="tests.nightly")
+    assert list(caught.value.message_dict) == ["job_name"]
+    assert JobMonitor.objects.count() == 1
+
+
+def test_good_monitors_save(monitor):
+    hourly = monitor("tests.nightly", every=timedelta(hours=1))
+    nightly = monitor("tests.other", cron="0 2 * * *", max_failures=3)
+    seconds = monitor("tests.third", cron="*/30 * * * * *")
+    assert hourly.state == MonitorState.HEALTHY
+    assert {m.pk for m in JobMonitor.objects.all()} == {
+        hourly.pk,
+        nightly.pk,
+        seconds.pk,
+    }
+    assert str(nightly) == "tests.other"

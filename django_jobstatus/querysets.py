@@ -576,12 +576,18 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     # Numbers.
 
-    def failure_groups(self, since: datetime, limit: int = 200) -> list[dict[str, Any]]:
+    def failure_groups(
+        self,
+        since: datetime,
+        limit: int = 200,
+        retry_sources: Iterable[str] = (),
+    ) -> list[dict[str, Any]]:
         """Failed and lost runs finished since ``since``, one row per job and error fingerprint.
 
         Each row: ``job_name``, ``error_fingerprint``, ``count``, ``first_seen`` and
-        ``last_seen`` (finish times), ``lost`` (how many were lost), newest group first. One
-        aggregate over the partial index ``jobstatus_run_failure_idx``.
+        ``last_seen`` (finish times), ``lost`` (how many were lost) and ``retryable`` (how
+        many come from ``retry_sources``), newest group first. One aggregate over the
+        partial index ``jobstatus_run_failure_idx``.
         """
         rows = (
             self.failed_or_lost()
@@ -591,12 +597,13 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             .annotate(
                 count=Count("pk"),
                 lost=Count("pk", filter=Q(status=_status().LOST)),
+                retryable=Count("pk", filter=Q(source__in=list(retry_sources))),
                 first_seen=Min("finished_at"),
                 last_seen=Max("finished_at"),
             )
             .order_by("-last_seen", "job_name", "error_fingerprint")
         )
-        return list(rows[:limit])
+        return [dict(row) for row in rows[:limit]]
 
     def stats(self) -> list[dict[str, Any]]:
         """Per job name: total, a count per status, failure rate and duration figures in seconds.

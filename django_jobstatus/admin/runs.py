@@ -21,7 +21,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from django_jobstatus import contrib
-from django_jobstatus.admin import actions, dashboard
+from django_jobstatus.admin import actions, dashboard, failures, live, workers
 from django_jobstatus.admin.display import (
     MEDIA_CSS,
     MEDIA_JS,
@@ -34,11 +34,14 @@ from django_jobstatus.admin.display import (
 from django_jobstatus.admin.filters import (
     LEVELS,
     CreatedWithinFilter,
+    FailureGroupFilter,
     HasErrorsFilter,
     JobNameFilter,
     KillRequestedFilter,
+    QueueFilter,
     SourceFilter,
     StatusFilter,
+    WorkerFilter,
 )
 from django_jobstatus.admin.paginator import COUNT_CAP, CappedCountPaginator
 from django_jobstatus.models import JobLog, JobRun, Status
@@ -71,6 +74,9 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         HasErrorsFilter,
         KillRequestedFilter,
         CreatedWithinFilter,
+        WorkerFilter,
+        QueueFilter,
+        FailureGroupFilter,
     )
     search_fields = ("id", "job_name", "backend_job_id", "subject", "message")
     search_help_text = gettext_lazy(
@@ -383,6 +389,9 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 name="django_jobstatus_jobrun_dashboard_data",
             ),
             *dashboard.purge_urls(self),
+            *failures.failures_urls(self),
+            *workers.workers_urls(self),
+            *live.live_urls(self),
             path(
                 "<path:object_id>/kill/",
                 view(self.kill_view),
@@ -489,6 +498,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 and self.has_change_permission(request, run),
                 "can_retry": contrib.can_retry(run)
                 and self.has_change_permission(request, run),
+                "live_poll": live.poll_seconds(request),
             }
         return super().change_view(request, object_id, form_url, context)
 

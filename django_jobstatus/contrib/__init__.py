@@ -55,6 +55,11 @@ def unregister(source: str) -> None:
     _backends.pop(source, None)
 
 
+def retry_sources() -> list[str]:
+    """The sources whose runs an enabled integration can enqueue again."""
+    return sorted(_backends)
+
+
 def can_retry(run: JobRun) -> bool:
     """Whether the integration that recorded ``run`` can enqueue it again."""
     return run.source in _backends

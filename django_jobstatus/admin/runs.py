@@ -21,7 +21,14 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from django_jobstatus import contrib
-from django_jobstatus.admin import actions, dashboard, failures, live, workers
+from django_jobstatus.admin import (
+    actions,
+    dashboard,
+    exports,
+    failures,
+    live,
+    workers,
+)
 from django_jobstatus.admin.display import (
     MEDIA_CSS,
     MEDIA_JS,
@@ -97,6 +104,8 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         actions.mark_killed,
         actions.retry,
         actions.delete_selected,
+        exports.export_matching_csv,
+        exports.export_matching_jsonl,
     )
     change_list_template = "admin/django_jobstatus/jobrun/change_list.html"
     change_form_template = "admin/django_jobstatus/jobrun/change_form.html"
@@ -392,6 +401,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             *failures.failures_urls(self),
             *workers.workers_urls(self),
             *live.live_urls(self),
+            *exports.export_urls(self),
             path(
                 "<path:object_id>/kill/",
                 view(self.kill_view),

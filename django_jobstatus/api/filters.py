@@ -354,6 +354,17 @@ class JobRunFilterSet(django_filters.FilterSet):
     owner = UserFilter(
         field_name="owner_id", help_text=_("The id of the user who started the run.")
     )
+    worker = django_filters.CharFilter(
+        field_name="worker",
+        help_text=_("The worker that ran it, as host:pid (or WORKER_NAME)."),
+    )
+    queue = django_filters.CharFilter(
+        field_name="queue", help_text=_("The queue it was enqueued on.")
+    )
+    backend_job_id = django_filters.CharFilter(
+        field_name="backend_job_id",
+        help_text=_("The task system's own id of the run, e.g. a Celery task id."),
+    )
     parent = django_filters.UUIDFilter(
         field_name="parent_id", help_text=_("The id of the parent run (batches).")
     )

@@ -28,6 +28,7 @@ QUICK = {
         *("--repeat", "3"),
     ],
     "bench_purge": ["--runs", "30000", "--logs", "300000"],
+    "bench_export": ["--runs", "50000"],
 }
 
 

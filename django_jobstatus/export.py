@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import CharField, DateTimeField, TextField
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
@@ -60,23 +61,45 @@ class _Line:
         return value
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        value = json.dumps(
-            value, ensure_ascii=False, sort_keys=True, cls=DjangoJSONEncoder
-        )
-    elif isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
+def _json_cell(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, cls=DjangoJSONEncoder)
+
+
+def _moment_cell(value: datetime | None) -> str:
+    return "" if value is None else value.isoformat()
+
+
+def _text_cell(value: str) -> str:
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _same(value: Any) -> Any:
     return value
+
+
+def _cell_writers() -> list[Any]:
+    """One function per column turning its value into a CSV cell (chosen once, not per value)."""
+    writers = []
+    columns = {field.attname: field for field in JobRun._meta.concrete_fields}
+    for name in FIELDS:
+        field = columns[name]
+        if name in JSON_FIELDS:
+            writers.append(_json_cell)
+        elif isinstance(field, DateTimeField):
+            writers.append(_moment_cell)
+        elif isinstance(field, CharField | TextField):
+            writers.append(_text_cell)
+        else:
+            writers.append(_same)
+    return writers
 
 
 def csv_lines(runs: QuerySet[JobRun]) -> Iterator[str]:
     writer = csv.writer(_Line())
+    cells = list(zip(_cell_writers(), FIELDS, strict=True))
     yield writer.writerow(FIELDS)
     for row in records(runs):
-        yield writer.writerow([_cell(row[name]) for name in FIELDS])
+        yield writer.writerow([cell(row[name]) for cell, name in cells])
 
 
 def jsonl_lines(runs: QuerySet[JobRun]) -> Iterator[str]:

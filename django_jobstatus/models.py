@@ -214,6 +214,9 @@ class JobRun(models.Model):
         max_length=FINGERPRINT_MAX_LENGTH,
         blank=True,
         default="",
+        # Also a database default: code that inserts runs without it (an older release
+        # during a rolling deploy, raw SQL) still works.
+        db_default="",
         editable=False,
         help_text=_(
             "The error with its numbers, ids and quoted values stripped: runs failing for one cause share it."

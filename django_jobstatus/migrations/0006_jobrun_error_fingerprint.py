@@ -51,6 +51,7 @@ class Migration(migrations.Migration):
             name="error_fingerprint",
             field=models.CharField(
                 blank=True,
+                db_default="",
                 default="",
                 editable=False,
                 help_text="The error with its numbers, ids and quoted values stripped: runs failing for one cause share it.",

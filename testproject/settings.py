@@ -5,6 +5,7 @@ Not used by the test suite (tests/settings.py is), but smoke-tested by tests/tes
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from importlib.util import find_spec
 from pathlib import Path
@@ -66,6 +67,8 @@ if HAS_API:
     REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
     SPECTACULAR_SETTINGS = {
         "TITLE": "django-jobstatus demo API",
+        # The package's version, not drf-spectacular's default 0.0.0.
+        "VERSION": importlib.metadata.version("django-jobstatus"),
         "SWAGGER_UI_DIST": "SIDECAR",
         "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
         "REDOC_DIST": "SIDECAR",

@@ -13,10 +13,10 @@ from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import truncatechars
 from django.urls import path, reverse
-from django.utils import timezone
+from django.utils.formats import number_format
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
-from django.utils.text import smart_split, unescape_string_literal
+from django.utils.text import capfirst, smart_split, unescape_string_literal
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -33,7 +33,9 @@ from django_jobstatus.admin.display import (
     MEDIA_CSS,
     MEDIA_JS,
     duration_cell,
+    error_line,
     format_duration,
+    moment,
     pretty_json,
     progress_bar,
     status_badge,
@@ -147,7 +149,7 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             gettext_lazy("Error"),
             {
                 "fields": (
-                    "has_errors",
+                    "has_errors_display",
                     "error",
                     "traceback_display",
                     "attempt",
@@ -208,7 +210,9 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         )
         counts = {
             str(JobRun._meta.verbose_name_plural): len(runs),
-            str(JobLog._meta.verbose_name_plural): f"{COUNT_CAP}+"
+            str(
+                JobLog._meta.verbose_name_plural
+            ): f"{number_format(COUNT_CAP, force_grouping=True)}+"
             if logs > COUNT_CAP
             else logs,
         }
@@ -234,18 +238,27 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return progress_bar(run, counts=True)
 
     @admin.display(description=gettext_lazy("message"))
-    def message_display(self, run: JobRun) -> str:
+    def message_display(self, run: JobRun) -> SafeString | str:
+        # A failed run shows why it failed, not the last progress message it wrote.
+        if run.status == Status.FAILED and run.error:
+            return format_html(
+                '<span class="jobstatus-error-line">{}</span>',
+                truncatechars(error_line(run.error), 80),
+            )
         return truncatechars(run.message, 80)
+
+    @admin.display(description=gettext_lazy("has errors"))
+    def has_errors_display(self, run: JobRun) -> SafeString | str:
+        """A neutral marker: "errors logged" says nothing of the outcome (a run may succeed after one)."""
+        if not run.has_errors:
+            return "—"
+        return format_html(
+            '<span class="jobstatus-errors-logged">⚠ {}</span>', _("errors logged")
+        )
 
     @admin.display(description=gettext_lazy("created"), ordering="created_at")
     def created_display(self, run: JobRun) -> SafeString:
-        when = timezone.localtime(run.created_at)
-        return format_html(
-            '<time datetime="{}" title="{}">{}</time>',
-            when.isoformat(),
-            when.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            when.strftime("%Y-%m-%d %H:%M"),
-        )
+        return moment(run.created_at, seconds=False)
 
     @admin.display(description=gettext_lazy("duration"))
     def duration_display(self, run: JobRun) -> SafeString:
@@ -482,6 +495,16 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             reverse("admin:django_jobstatus_jobrun_change", args=[new.pk])
         )
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Runs are read-only: not "Select job run to change".
+        context = {
+            "title": capfirst(self.opts.verbose_name_plural),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
+
     def change_view(
         self,
         request: HttpRequest,
@@ -493,6 +516,8 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             # Nothing on the page is editable; buttons post to their own views.
             return HttpResponseNotAllowed(["GET"])
         context = {
+            # Runs are read-only: not "Change job run".
+            "title": capfirst(self.opts.verbose_name),
             **(extra_context or {}),
             "show_save": False,
             "show_save_and_continue": False,

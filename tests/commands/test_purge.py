@@ -330,7 +330,7 @@ def test_command_prints_progress_and_a_summary(aged: Any, purge: Any) -> None:
     out = purge("--batch-size", "1", "--verbosity", "2")
 
     assert out.count("runs/s") == 4  # three progress lines and the summary
-    assert "1 runs, 0 log lines deleted" in out
+    assert "1 run, 0 log lines deleted" in out
     assert "Deleted 3 runs and 0 log lines in 3 batches" in out
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
@@ -140,27 +141,27 @@ class Command(BaseCommand):
         if dry_run:
             for row in result.rows:
                 self.stdout.write(
-                    _("%(job_name)s %(status)s: %(runs)d runs, %(logs)d log lines")
-                    % row
+                    _("%(job_name)s %(status)s: %(runs)s, %(logs)s")
+                    % {**row, **_counts(row["runs"], row["logs"])}
                 )
             self.stdout.write(
                 self.style.SUCCESS(
                     _(
-                        "Dry run: %(runs)d runs and %(logs)d log lines would be deleted; nothing was deleted."
+                        "Dry run: %(runs)s and %(logs)s would be deleted; nothing was deleted."
                     )
-                    % {"runs": result.runs, "logs": result.logs}
+                    % _counts(result.runs, result.logs)
                 )
             )
             return
         self.stdout.write(
             self.style.SUCCESS(
                 _(
-                    "Deleted %(runs)d runs and %(logs)d log lines in %(batches)d batches, %(elapsed).1f s (%(rate).0f runs/s; longest batch %(longest).3f s)."
+                    "Deleted %(runs)s and %(logs)s in %(batches)s, %(elapsed).1f s (%(rate).0f runs/s; longest batch %(longest).3f s)."
                 )
                 % {
-                    "runs": result.runs,
-                    "logs": result.logs,
-                    "batches": result.batches,
+                    **_counts(result.runs, result.logs),
+                    "batches": ngettext("%(n)d batch", "%(n)d batches", result.batches)
+                    % {"n": result.batches},
                     "elapsed": result.elapsed,
                     "rate": result.runs / result.elapsed if result.elapsed else 0,
                     "longest": result.longest_batch,
@@ -175,6 +176,14 @@ class Command(BaseCommand):
         self._printed_at = result.elapsed
         rate = result.runs / result.elapsed if result.elapsed else 0
         self.stdout.write(
-            _("%(runs)d runs, %(logs)d log lines deleted (%(rate).0f runs/s)")
-            % {"runs": result.runs, "logs": result.logs, "rate": rate},
+            _("%(runs)s, %(logs)s deleted (%(rate).0f runs/s)")
+            % {**_counts(result.runs, result.logs), "rate": rate},
         )
+
+
+def _counts(runs: int, logs: int) -> dict[str, str]:
+    """``{"runs": "1 run", "logs": "2 log lines"}``, in the plural each number needs."""
+    return {
+        "runs": ngettext("%(n)d run", "%(n)d runs", runs) % {"n": runs},
+        "logs": ngettext("%(n)d log line", "%(n)d log lines", logs) % {"n": logs},
+    }

@@ -6,7 +6,8 @@
 Seeds ``--runs`` runs (bench_api's generator) in a scratch PostgreSQL database of its own
 (``--database``, created and dropped), then for each size (a tenth, a hundredth and all
 of the runs, picked with ``created_after``) and each format starts a fresh server process
-(Django's WSGI app under wsgiref, one process per export), downloads
+(Django's WSGI app under wsgiref, one process per export, warmed up by one small
+request), downloads
 ``/api/jobstatus/runs/export/?format=...`` through a socket, reading it piece by piece,
 and prints the rows, the seconds, the rows per second and the serving process's peak
 resident memory (``VmHWM`` of ``/proc/<pid>/status``, read before it exits). Memory that
@@ -29,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
-PORT = 8765
 SERVER = """
 import os, sys
 sys.path.insert(0, {root!r})
@@ -45,8 +45,9 @@ class Quiet(WSGIRequestHandler):
     def log_message(self, *args):
         pass
 
-server = make_server("127.0.0.1", {port}, get_wsgi_application(), handler_class=Quiet)
-print("ready", flush=True)
+server = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=Quiet)
+print("ready", server.server_port, flush=True)
+server.handle_request()  # a warm-up: the first request imports the URLconf's views
 server.handle_request()  # the export
 server.handle_request()  # /proc is read, then this last request ends the process
 """
@@ -87,6 +88,13 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _get(port: int, path: str, cookie: str) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    connection.request("GET", path, headers={"Cookie": cookie})
+    connection.getresponse().read()
+    connection.close()
+
+
 def export_once(
     database: str, cookie: str, query: str
 ) -> tuple[int, int, float, float]:
@@ -101,9 +109,12 @@ def export_once(
         text=True,
     )
     try:
-        if server.stdout is None or server.stdout.readline().strip() != "ready":
+        said = server.stdout.readline().split() if server.stdout else []
+        if len(said) != 2 or said[0] != "ready":
             sys.exit("the server did not start")
-        connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=600)
+        port = int(said[1])
+        _get(port, "/api/jobstatus/runs/?page_size=1", cookie)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
         began = time.perf_counter()
         connection.request(
             "GET", f"/api/jobstatus/runs/export/?{query}", headers={"Cookie": cookie}
@@ -118,10 +129,7 @@ def export_once(
         seconds = time.perf_counter() - began
         connection.close()
         peak = peak_rss_mb(server.pid)
-        ender = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
-        ender.request("GET", "/admin/login/")
-        ender.getresponse().read()
-        ender.close()
+        _get(port, "/admin/login/", cookie)
         server.wait(timeout=60)
     finally:
         if server.poll() is None:

@@ -72,7 +72,6 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "message_display",
         "created_display",
         "duration_display",
-        "attempt",
         "source",
     )
     list_display_links = ("job_name",)
@@ -227,6 +226,13 @@ class JobRunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_display(self, run: JobRun) -> SafeString:
+        # The attempt shows here when it is not the first (a column of 1s took room).
+        if run.attempt > 1:
+            return format_html(
+                '{}<div class="jobstatus-sub jobstatus-attempt">{}</div>',
+                status_badge(run),
+                _("attempt %(n)d") % {"n": run.attempt},
+            )
         return status_badge(run)
 
     @admin.display(description=gettext_lazy("progress"))

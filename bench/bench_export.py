@@ -103,7 +103,7 @@ def export_once(
         [
             sys.executable,
             "-c",
-            SERVER.format(root=str(ROOT), database=database, port=PORT),
+            SERVER.format(root=str(ROOT), database=database),
         ],
         stdout=subprocess.PIPE,
         text=True,

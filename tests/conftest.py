@@ -95,7 +95,7 @@ def run(make_run: Any) -> Any:
 
 
 @pytest.fixture
-def retry_backend(db: None) -> Iterator[list[Any]]:
+def retry_backend() -> Iterator[list[Any]]:
     """An integration for source ``tests_backend`` that retries runs (the ids it retried are yielded).
 
     A run with ``params={"broken": True}`` makes it raise, as a broker that is away would.

@@ -23,9 +23,12 @@ JOBS = [
     ("reports.build_report", "schedule", 0.2, 0.25, 20),
     ("mail.send_newsletter", "celery", 0.2, 0.03, 300),
     ("search.reindex", "rq", 0.15, 0.1, 600),
-    ("billing.charge_subscriptions", "django_tasks", 0.1, 0.08, 45),
+    # A real task (testproject/tasks.py): its runs' Retry enqueues it again.
+    ("testproject.tasks.charge_subscriptions", "django_tasks", 0.1, 0.08, 45),
     ("maintenance.long_cleanup", "manual", 0.1, 0.02, 1200),
 ]
+# Active runs among the seeded ones: one stuck, three queued.
+ACTIVE = 4
 ERRORS = [
     "ConnectionError: warehouse API unavailable",
     "ValueError: invalid ISBN '978-0'",
@@ -52,7 +55,7 @@ class Command(BaseCommand):
             "--runs",
             type=positive_int,
             default=3000,
-            help="Runs to seed over the last 30 days (default: %(default)r).",
+            help="Runs to seed over the last 30 days, 4 of them active (one stuck, three queued) when there are 4 or more (default: %(default)r).",
         )
         parser.add_argument(
             "--admin",
@@ -113,7 +116,9 @@ class Command(BaseCommand):
         rng = random.Random(7)
         now = timezone.now()
         runs, logs = [], []
-        for _ in range(count):
+        # Exactly ``count`` runs: the active ones (one stuck, three queued) are part of it.
+        active = ACTIVE if count >= ACTIVE else 0
+        for _ in range(count - active):
             name, source, _share, fail_rate, seconds = rng.choices(
                 JOBS, weights=[j[2] for j in JOBS]
             )[0]
@@ -135,7 +140,7 @@ class Command(BaseCommand):
                 job_name=name,
                 source=source,
                 status=status,
-                params={"batch": rng.randint(1, 40)},
+                params={"args": [rng.randint(1, 40)], "kwargs": {}},
                 created_at=created,
                 queued_at=created,
                 started_at=started,
@@ -168,21 +173,22 @@ class Command(BaseCommand):
         with transaction.atomic():
             JobRun.objects.bulk_create(runs, batch_size=500)
             JobLog.objects.bulk_create(logs, batch_size=500)
-            # A stuck run: its worker died an hour ago.
-            JobRun.objects.start(
-                "search.reindex",
-                source="rq",
-                started_at=now - timedelta(hours=1),
-                heartbeat_at=now - timedelta(hours=1),
-                worker="worker-3:4242",
-            )
-            for _ in range(3):
-                JobRun.objects.enqueue(
-                    "mail.send_newsletter", source="celery", queue="mail"
+            if active:
+                # A stuck run: its worker died an hour ago.
+                JobRun.objects.start(
+                    "search.reindex",
+                    source="rq",
+                    started_at=now - timedelta(hours=1),
+                    heartbeat_at=now - timedelta(hours=1),
+                    worker="worker-3:4242",
                 )
+                for _ in range(active - 1):
+                    JobRun.objects.enqueue(
+                        "mail.send_newsletter", source="celery", queue="mail"
+                    )
         self.stdout.write(
             self.style.SUCCESS(
-                f"Seeded {len(runs)} runs and {len(logs)} log lines over 30 days."
+                f"Seeded {len(runs) + active} runs and {len(logs)} log lines over 30 days."
             )
         )
 

@@ -126,3 +126,32 @@ def test_filters_by_worker_queue_and_backend_job_id(api, make_run):
     for query in ("worker=w:1&queue=mail", "backend_job_id=celery-abc"):
         found = api.get(f"{BASE}?{query}").json()["results"]
         assert [run["id"] for run in found] == [str(one.pk)], query
+
+
+def test_a_real_celery_broker_that_is_away_is_a_503(api, make_run):
+    """Celery's own error, from a real publish to a broker nobody listens on."""
+    celery = pytest.importorskip("celery")
+    from django_jobstatus.contrib import celery as jobstatus_celery
+
+    away = celery.Celery("tests.away", broker="redis://127.0.0.1:1/0")
+    away.conf.update(
+        broker_connection_timeout=1,
+        broker_connection_retry=False,
+        task_publish_retry=False,
+    )
+    jobstatus_celery.connect(away)
+    try:
+        run = make_run(
+            "tests.add",
+            status=Status.FAILED,
+            source="celery",
+            params={"args": [1, 2], "kwargs": {}},
+        )
+        response = api.post(f"{BASE}{run.pk}/retry/")
+    finally:
+        jobstatus_celery.disconnect()
+    assert response.status_code == 503, response.content
+    detail = response.json()["detail"]
+    assert detail.startswith("The task system could not enqueue the run again: ")
+    assert "Error" in detail and "refused" in detail.lower()
+    assert JobRun.objects.count() == 1

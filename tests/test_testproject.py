@@ -96,12 +96,15 @@ def test_demo_without_redis_has_no_broken_link_nor_a_button_that_can_only_fail(
         "        print('retry', source, r.status_code, 'Enqueued the job again.' in said)\n"
         "        assert 'Enqueued the job again.' in said, (source, said[-3000:])\n"
         "print('retryable', sorted(contrib.retry_sources()))\n"
+        "print('unfingerprinted', JobRun.objects.failed().filter(error_fingerprint='').count())\n"
     )
     result = _python(script, demo_db)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rq link False" in result.stdout
     assert "retry django_tasks 200 True" in result.stdout
     assert "retry celery" not in result.stdout and "retry rq" not in result.stdout
+    # The failures view groups the seeded failures by cause.
+    assert "unfingerprinted 0" in result.stdout
 
 
 def _python(script: str, db: Path) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
+from django_jobstatus.fingerprints import fingerprint
 from django_jobstatus.models import JobLog, JobRun, Status, uuid7
 from testproject import jobs
 
@@ -155,6 +156,8 @@ class Command(BaseCommand):
                 if status == Status.SUCCEEDED
                 else None,
                 error=error,
+                # bulk_create skips mark_failed(), which fingerprints the error.
+                error_fingerprint=fingerprint(error),
                 traceback=f'Traceback (most recent call last):\n  File "jobs.py", line 42, in run\n{error}'
                 if error
                 else "",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import BadRequest, PermissionDenied
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -119,7 +119,7 @@ def _window_label(key: str) -> str:
 def _posted_group(request: HttpRequest) -> tuple[str, str, str]:
     job_name = request.POST.get("job_name", "")
     if not job_name:
-        raise PermissionDenied
+        raise BadRequest(_("job_name is required: the group's job."))
     return job_name, request.POST.get("fingerprint", ""), _window(request.POST)
 
 

@@ -142,3 +142,13 @@ def test_permissions(staff_client, make_run):
     assert viewer.post(URL + "retry/", data).status_code == 403
     assert JobRun.objects.count() == 1
     assert viewer.get(URL + "delete/").status_code == 405
+
+
+def test_a_group_without_its_job_is_a_400(admin_client, make_run):
+    fail(make_run, "x", "E: 1")
+    for action in ("retry/", "delete/"):
+        response = admin_client.post(
+            URL + action, {"fingerprint": "E: <n>", "confirm": "yes"}
+        )
+        assert response.status_code == 400
+    assert JobRun.objects.count() == 1

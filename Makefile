@@ -12,7 +12,7 @@ PG_URL := postgres://postgres@127.0.0.1:$(or $(JOBSTATUS_PGPORT),54329)/jobstatu
 REDIS_URL ?= redis://127.0.0.1:$(or $(JOBSTATUS_REDISPORT),63799)/0
 export REDIS_URL
 
-.PHONY: demo test test-sqlite test-postgres test-core dist-check lint check services stop-services bench clean
+.PHONY: demo demo-reset test test-sqlite test-postgres test-core dist-check lint check services stop-services bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(BIN)/.installed
 	$(BIN)/python manage.py jobstatus_demo --admin
 	@$(BIN)/python manage.py jobstatus_demo --live & live=$$!; trap 'kill $$live 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+# The demo's data from scratch: every run deleted, a month of history seeded again.
+demo-reset: $(BIN)/.installed
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py jobstatus_demo --reset
 
 services:
 	.ci/services.sh start

@@ -31,6 +31,7 @@ QUICK = {
     "bench_connections": ["--requests", "100", "--rounds", "1", "--runs", "2000"],
     "bench_integrations": ["--quick"],
     "bench_metrics": ["--runs", "50000", "--repeat", "5"],
+    "bench_export": ["--runs", "50000"],
 }
 
 

@@ -28,6 +28,7 @@ from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.fingerprints import FINGERPRINT_MAX_LENGTH, fingerprint
 from django_jobstatus.querysets import JobLogQuerySet, JobRunQuerySet
 from django_jobstatus.signals import job_status_changed
 
@@ -313,6 +314,19 @@ class JobRun(models.Model):
     error = models.TextField(_("error"), blank=True, default="")
     traceback = models.TextField(_("traceback"), blank=True, default="")
     has_errors = models.BooleanField(_("has errors"), default=False)
+    error_fingerprint = models.CharField(
+        _("error fingerprint"),
+        max_length=FINGERPRINT_MAX_LENGTH,
+        blank=True,
+        default="",
+        # Also a database default: code that inserts runs without it (an older release
+        # during a rolling deploy, raw SQL) still works.
+        db_default="",
+        editable=False,
+        help_text=_(
+            "The error with its numbers, ids and quoted values stripped: runs failing for one cause share it."
+        ),
+    )
     attempt = models.PositiveIntegerField(_("attempt"), default=1)
     attempts = models.JSONField(_("earlier attempts"), default=list, blank=True)
     worker = models.CharField(_("worker"), max_length=255, blank=True, default="")
@@ -379,6 +393,12 @@ class JobRun(models.Model):
                 fields=["status", "job_name", "created_at"],
                 condition=Q(status__in=["queued", "running", "retrying"]),
                 name="jobstatus_run_active_job_idx",
+            ),
+            # The failures view: failed and lost runs of a window, grouped by cause (0007).
+            models.Index(
+                fields=["finished_at", "job_name", "error_fingerprint"],
+                condition=Q(status__in=["failed", "lost"]),
+                name="jobstatus_run_failure_idx",
             ),
         ]
         constraints = [
@@ -455,6 +475,8 @@ class JobRun(models.Model):
             values.setdefault("heartbeat_at", now)
         elif target in Status.TERMINAL:
             values.setdefault("finished_at", now)
+        if target in (Status.FAILED, Status.LOST):
+            values["error_fingerprint"] = self._fingerprint(target, values)
         updates: dict[str, Any] = dict(values)
         for field, stamp in stamps.items():
             # First entry only: a stamp already set stays.
@@ -519,6 +541,13 @@ class JobRun(models.Model):
             ),
             using=using,
         )
+
+    def _fingerprint(self, target: str, values: dict[str, Any]) -> str:
+        """The cause of a failed or lost run: its error, or a lost run's message."""
+        text = values.get("error", self.error) or ""
+        if not text and target == Status.LOST:
+            text = values.get("message", self.message) or ""
+        return fingerprint(str(text))
 
     def _next_attempt(self, outcome: str, error: str, now: datetime) -> dict[str, Any]:
         """Field values that close the current attempt into ``attempts`` and open the next."""

@@ -290,6 +290,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """Runs whose worker stopped sending heartbeats."""
         return self.filter(status=_status().LOST)
 
+    def failed_or_lost(self) -> Self:
+        """Runs that ended without reaching their end: failed, or lost with their worker."""
+        return self.filter(status__in=sorted({_status().FAILED, _status().LOST}))
+
     # Other predicates.
 
     def with_errors(self) -> Self:
@@ -607,6 +611,35 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                 return
 
     # Numbers.
+
+    def failure_groups(
+        self,
+        since: datetime,
+        limit: int = 200,
+        retry_sources: Iterable[str] = (),
+    ) -> list[dict[str, Any]]:
+        """Failed and lost runs finished since ``since``, one row per job and error fingerprint.
+
+        Each row: ``job_name``, ``error_fingerprint``, ``count``, ``first_seen`` and
+        ``last_seen`` (finish times), ``lost`` (how many were lost) and ``retryable`` (how
+        many come from ``retry_sources``), newest group first. One aggregate over the
+        partial index ``jobstatus_run_failure_idx``.
+        """
+        rows = (
+            self.failed_or_lost()
+            .filter(finished_at__gte=since)
+            .order_by()
+            .values("job_name", "error_fingerprint")
+            .annotate(
+                count=Count("pk"),
+                lost=Count("pk", filter=Q(status=_status().LOST)),
+                retryable=Count("pk", filter=Q(source__in=list(retry_sources))),
+                first_seen=Min("finished_at"),
+                last_seen=Max("finished_at"),
+            )
+            .order_by("-last_seen", "job_name", "error_fingerprint")
+        )
+        return [dict(row) for row in rows[:limit]]
 
     def stats(self) -> list[dict[str, Any]]:
         """Per job name: total, a count per status, failure rate and duration figures in seconds.

@@ -5,6 +5,7 @@ Not used by the test suite (tests/settings.py is), but smoke-tested by tests/tes
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from importlib.util import find_spec
 from pathlib import Path
@@ -63,8 +64,6 @@ INSTALLED_APPS = [
     "django_jobstatus",
     "testproject",
 ]
-if find_spec("django_rq"):
-    INSTALLED_APPS += ["django_rq"]  # for `manage.py rqworker`
 if HAS_API:
     INSTALLED_APPS += ["rest_framework", "django_filters", "drf_spectacular"]
     if find_spec("drf_spectacular_sidecar"):
@@ -72,6 +71,8 @@ if HAS_API:
     REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
     SPECTACULAR_SETTINGS = {
         "TITLE": "django-jobstatus demo API",
+        # The package's version, not drf-spectacular's default 0.0.0.
+        "VERSION": importlib.metadata.version("django-jobstatus"),
         "SWAGGER_UI_DIST": "SIDECAR",
         "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
         "REDOC_DIST": "SIDECAR",
@@ -107,15 +108,15 @@ TEMPLATES = [
     }
 ]
 
-# Every integration whose library is installed is switched on, as a project would do
-# with one line each.
+# The demo shows what runs without other services: Django's tasks framework, in-process.
+# Its Celery and RQ runs are seeded history (their integrations need a broker, Redis and
+# workers, which the test suite starts: tests/contrib), so they offer no Retry that could
+# only fail, and the admin has no Django-RQ page whose Redis is away.
 _INTEGRATIONS = [
     (
         "django_jobstatus.contrib.tasks",
         "django.tasks" if find_spec("django.tasks") else "django_tasks",
     ),
-    ("django_jobstatus.contrib.celery", "celery"),
-    ("django_jobstatus.contrib.rq", "django_rq"),
 ]
 JOBSTATUS = {
     "PROGRESS_INTERVAL": 0.5,
@@ -133,15 +134,6 @@ TASKS = {
         if find_spec("django.tasks")
         else "django_tasks.backends.immediate.ImmediateBackend"
     }
-}
-
-# RQ (with `manage.py rqworker`): the integration's classes record every job.
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-RQ_QUEUES = {"default": {"URL": REDIS_URL}}
-RQ = {
-    "WORKER_CLASS": "django_jobstatus.contrib.rq.Worker",
-    "JOB_CLASS": "django_jobstatus.contrib.rq.Job",
-    "QUEUE_CLASS": "django_jobstatus.contrib.rq.Queue",
 }
 
 # What the demo jobs log goes to their runs' logs too (contrib.logging).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -144,3 +145,31 @@ def monitor(past_run: Any) -> Any:
         return JobMonitor.objects.create(job_name=job_name, **fields)
 
     return make
+
+
+@pytest.fixture
+def retry_backend() -> Iterator[list[Any]]:
+    """An integration for source ``tests_backend`` that retries runs (the ids it retried are yielded).
+
+    A run with ``params={"broken": True}`` makes it raise, as a broker that is away would.
+    """
+    from django_jobstatus import contrib
+    from django_jobstatus.models import JobRun
+
+    retried: list[Any] = []
+
+    class Backend:
+        def kill(self, run: JobRun) -> None:  # pragma: no cover - not used
+            pass
+
+        def retry(self, run: JobRun) -> JobRun:
+            if run.params.get("broken"):
+                raise ConnectionError("Error 111 connecting to 127.0.0.1:1. Refused.")
+            retried.append(run.pk)
+            return JobRun.objects.enqueue(
+                run.job_name, source=run.source, params=run.params
+            )
+
+    contrib.register("tests_backend", Backend())
+    yield retried
+    contrib.unregister("tests_backend")

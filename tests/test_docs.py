@@ -114,7 +114,7 @@ def test_readme_names_every_admin_action() -> None:
 
     section = _section("Admin")
     descriptions = {str(action.short_description) for action in JobRunAdmin.actions}
-    assert len(descriptions) == 4
+    assert len(descriptions) == 6
     assert {text for text in descriptions if f"| {text} |" not in section} == set()
 
 

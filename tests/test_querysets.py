@@ -385,3 +385,40 @@ def test_stats_sort_in_memory_and_put_the_settings_back(make_run) -> None:
     sql = [q["sql"] for q in queries.captured_queries]
     assert any("set_config('work_mem'" in q for q in sql)
     assert any("percentile_cont" in q for q in sql)
+
+
+def test_failure_groups_count_runs_per_job_and_cause(
+    make_run, django_assert_num_queries
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_jobstatus.models import JobRun
+
+    now = timezone.now()
+    for user in (1, 2, 3):
+        make_run("mail.send", status="running").mark_failed(
+            ConnectionError(f"smtp refused user {user}")
+        )
+    make_run("mail.send", status="running").mark_failed(KeyError("template"))
+    make_run("report.build", status="running").mark_failed(
+        ConnectionError("smtp refused user 9")
+    )
+    make_run("report.build", status="running").mark_lost()
+    old = make_run("mail.send", status="running")
+    old.mark_failed(ConnectionError("smtp refused user 4"))
+    JobRun.objects.filter(pk=old.pk).update(finished_at=now - timedelta(days=2))
+    make_run("mail.send", status="succeeded")
+    with django_assert_num_queries(1):
+        groups = JobRun.objects.failure_groups(now - timedelta(hours=1))
+    found = {
+        (g["job_name"], g["error_fingerprint"]): (g["count"], g["lost"]) for g in groups
+    }
+    assert found == {
+        ("mail.send", "ConnectionError: smtp refused user <n>"): (3, 0),
+        ("mail.send", "KeyError: '…'"): (1, 0),
+        ("report.build", "ConnectionError: smtp refused user <n>"): (1, 0),
+        ("report.build", "Lost: the worker stopped sending heartbeats."): (1, 1),
+    }
+    assert all(g["first_seen"] <= g["last_seen"] for g in groups)

@@ -54,8 +54,58 @@ def test_demo_command_seeds_history_and_an_admin(demo_db: Path):
     assert "Seeded 300 runs" in result.stdout
     assert "password: admin" in result.stdout
     again = _manage("jobstatus_demo", db=demo_db)
-    # 300 finished + 1 stuck + 3 queued, + 5 for the monitors (1 late, 3 failed, 1 healthy)
-    assert "already has 309 runs" in again.stdout
+    # 296 finished + 1 stuck + 3 queued, + 5 for the monitors (1 late, 3 failed, 1 healthy)
+    assert "already has 305 runs" in again.stdout
+
+
+def test_demo_seeds_exactly_the_runs_asked(demo_db: Path):
+    result = _manage("jobstatus_demo", "--runs", "0", db=demo_db)
+    assert result.returncode == 0, result.stderr
+    assert "Seeded 0 runs" in result.stdout
+    count = _python(
+        "from django_jobstatus.models import JobRun; print(JobRun.objects.count())",
+        demo_db,
+    )
+    assert count.stdout.split()[-1] == "0"
+    _manage("jobstatus_demo", "--runs", "2", db=demo_db)
+    count = _python(
+        "from django_jobstatus.models import JobRun; print(JobRun.objects.count())",
+        demo_db,
+    )
+    assert count.stdout.split()[-1] == "2"
+
+
+def test_demo_without_redis_has_no_broken_link_nor_a_button_that_can_only_fail(
+    demo_db: Path,
+):
+    """Without Redis the demo shows what runs without it: no Django-RQ link, Retry only where it works."""
+    _manage("jobstatus_demo", "--admin", "--runs", "200", db=demo_db)
+    script = (
+        "import os\n"
+        "from django.test import Client\n"
+        "from django_jobstatus import contrib\n"
+        "from django_jobstatus.models import JobRun\n"
+        "c = Client(); assert c.login(username='admin', password='admin')\n"
+        "index = c.get('/admin/').content.decode()\n"
+        "print('rq link', 'django_rq' in index or '/admin/django-rq' in index)\n"
+        "for source in ('celery', 'rq', 'django_tasks'):\n"
+        "    for run in JobRun.objects.filter(source=source).finished()[:20]:\n"
+        "        page = c.get(f'/admin/django_jobstatus/jobrun/{run.pk}/change/').content.decode()\n"
+        "        if '/retry/' not in page: continue\n"
+        "        r = c.post(f'/admin/django_jobstatus/jobrun/{run.pk}/retry/', follow=True)\n"
+        "        said = r.content.decode()\n"
+        "        print('retry', source, r.status_code, 'Enqueued the job again.' in said)\n"
+        "        assert 'Enqueued the job again.' in said, (source, said[-3000:])\n"
+        "print('retryable', sorted(contrib.sources()))\n"
+        "print('unfingerprinted', JobRun.objects.failed().filter(error_fingerprint='').count())\n"
+    )
+    result = _python(script, demo_db)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rq link False" in result.stdout
+    assert "retry django_tasks 200 True" in result.stdout
+    assert "retry celery" not in result.stdout and "retry rq" not in result.stdout
+    # The failures view groups the seeded failures by cause.
+    assert "unfingerprinted 0" in result.stdout
 
 
 def _python(script: str, db: Path) -> subprocess.CompletedProcess[str]:

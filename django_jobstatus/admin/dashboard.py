@@ -93,6 +93,17 @@ def active_runs() -> list[JobRun]:
     return list(JobRun.objects.active().order_by("-created_at", "-id")[:ACTIVE_LIMIT])
 
 
+def active_rows() -> list[dict[str, Any]]:
+    """The active runs as ``active_json``, each marked ``stale`` when stale() holds it (one more query)."""
+    runs = active_runs()
+    stale = set(
+        JobRun.objects.stale()
+        .filter(pk__in=[run.pk for run in runs])
+        .values_list("pk", flat=True)
+    )
+    return [active_json(run) | {"stale": run.pk in stale} for run in runs]
+
+
 def active_json(run: JobRun) -> dict[str, Any]:
     share = run.progress
     return {
@@ -101,7 +112,8 @@ def active_json(run: JobRun) -> dict[str, Any]:
         "status": run.status,
         "status_label": str(run.get_status_display()),
         "kill_requested": run.kill_requested,
-        "progress": None if share is None else round(share * 100, 1),
+        # A share, 0 to 1, as in the API.
+        "progress": None if share is None else round(share, 4),
         "progress_current": run.progress_current,
         "progress_total": run.progress_total,
         "step": run.step,
@@ -298,7 +310,7 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         "poll": _poll(request),
         "tabs": tabs,
         "total": sum(counts.values()),
-        "active": [active_json(run) for run in active_runs()],
+        "active": active_rows(),
         "active_url": _changelist(status="active"),
         "chart": figures["chart"],
         "jobs": job_table(figures["stats"], window),
@@ -324,7 +336,7 @@ def dashboard_data_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
             "generated_at": now.isoformat(),
             "counts": counts,
             "total": sum(counts.values()),
-            "active": [active_json(run) for run in active_runs()],
+            "active": active_rows(),
             "stale": JobRun.objects.stale().count(),
         }
     )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 
+from django_jobstatus.models import Status
 from django_jobstatus.redaction import redact
 
 if TYPE_CHECKING:
@@ -54,14 +56,38 @@ def status_badge(run: JobRun) -> SafeString:
     return badge
 
 
+def moment(when: datetime, *, seconds: bool = True) -> SafeString:
+    """A ``<time>`` in the current time zone, to the second (or the minute), the full stamp as its title."""
+    local = timezone.localtime(when)
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>',
+        local.isoformat(),
+        local.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        local.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M"),
+    )
+
+
+def error_line(error: str) -> str:
+    """The line of an error text that says what went wrong: its first non-empty line."""
+    return next((line.strip() for line in error.splitlines() if line.strip()), "")
+
+
 def progress_bar(run: JobRun, *, counts: bool = False) -> SafeString:
-    """A bar with its percentage and step (and ``current / total`` with ``counts``); indeterminate while the total is unknown."""
+    """A bar with its percentage and step (and ``current / total`` with ``counts``).
+
+    While the total is unknown, a running run's bar is animated; a queued or retrying
+    run's bar stays empty (it is waiting, not working).
+    """
     share = run.progress
     if share is None and not run.is_active and not run.progress_current:
         return format_html('<span class="jobstatus-step">{}</span>', run.step or "—")
     if share is None:
         label = str(run.progress_current) if run.progress_current else ""
-        width, css = ("100", "jobstatus-indeterminate") if run.is_active else ("0", "")
+        width, css = (
+            ("100", "jobstatus-indeterminate")
+            if run.status == Status.RUNNING
+            else ("0", "")
+        )
     else:
         label = f"{share * 100:.0f}%"
         width, css = f"{share * 100:.1f}", ""

@@ -245,3 +245,49 @@ class LevelFilter(CheckedFilter):
 
     def apply(self, queryset: Any, value: int) -> Any:
         return queryset.at_least(value)
+
+
+class _SampledFilter(CheckedFilter):
+    """An exact filter on one field; its choices come from the active runs and the newest SOURCE_SAMPLE runs."""
+
+    field = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        runs = model_admin.model.objects
+        seen = {
+            *runs.active().values_list(self.field, flat=True)[:SOURCE_SAMPLE],
+            *runs.order_by("-created_at").values_list(self.field, flat=True)[
+                :SOURCE_SAMPLE
+            ],
+        }
+        value = self.value()
+        return [
+            (item, item) for item in sorted({*seen, *([value] if value else [])} - {""})
+        ]
+
+    def apply(self, queryset: Any, value: str) -> Any:
+        return queryset.filter(**{self.field: value})
+
+
+class WorkerFilter(_SampledFilter):
+    title = _("worker")
+    parameter_name = field = "worker"
+
+
+class QueueFilter(_SampledFilter):
+    title = _("queue")
+    parameter_name = field = "queue"
+
+
+class FailureGroupFilter(CheckedFilter):
+    """The failed and lost runs of one cause (the failures view links here); shown only when set."""
+
+    title = _("cause")
+    parameter_name = "error_fingerprint"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        value = self.value()
+        return [(value, value)] if value is not None else []
+
+    def apply(self, queryset: Any, value: str) -> Any:
+        return queryset.failed_or_lost().filter(error_fingerprint=value)

@@ -14,6 +14,7 @@ from django_jobstatus.admin.display import (
     MEDIA_CSS,
     MEDIA_JS,
     level_badge,
+    moment,
     pretty_json,
 )
 from django_jobstatus.admin.filters import CreatedWithinFilter, LevelFilter
@@ -28,14 +29,14 @@ if TYPE_CHECKING:
 
 
 class JobLogAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("created_at", "level_display", "message_display", "run_link")
+    list_display = ("created_display", "level_display", "message_display", "run_link")
     list_filter = (LevelFilter, CreatedWithinFilter)
     search_fields = ("message",)
     search_help_text = gettext_lazy(
         "Words of the message. Filter by a run first on big tables: ?run=<run id>."
     )
     ordering = ("-created_at", "-id")
-    sortable_by = ("created_at",)
+    sortable_by = ("created_display",)
     list_per_page = 100
     list_select_related = ("run",)
     show_full_result_count = False
@@ -69,6 +70,10 @@ class JobLogAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
         self, request: HttpRequest, obj: JobLog | None = None
     ) -> bool:
         return False
+
+    @admin.display(description=gettext_lazy("time"), ordering="created_at")
+    def created_display(self, log: JobLog) -> SafeString:
+        return moment(log.created_at)
 
     @admin.display(description=gettext_lazy("level"), ordering="level")
     def level_display(self, log: JobLog) -> SafeString:

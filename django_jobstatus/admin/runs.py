@@ -13,20 +13,29 @@ from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import truncatechars
 from django.urls import path, reverse
-from django.utils import timezone
+from django.utils.formats import number_format
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
-from django.utils.text import smart_split, unescape_string_literal
+from django.utils.text import capfirst, smart_split, unescape_string_literal
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from django_jobstatus import contrib
-from django_jobstatus.admin import actions, dashboard
+from django_jobstatus.admin import (
+    actions,
+    dashboard,
+    exports,
+    failures,
+    live,
+    workers,
+)
 from django_jobstatus.admin.display import (
     MEDIA_CSS,
     MEDIA_JS,
     duration_cell,
+    error_line,
     format_duration,
+    moment,
     pretty_json,
     progress_bar,
     status_badge,
@@ -35,11 +44,14 @@ from django_jobstatus.admin.filters import (
     JOB_NAME_CHOICES,
     LEVELS,
     CreatedWithinFilter,
+    FailureGroupFilter,
     HasErrorsFilter,
     JobNameFilter,
     KillRequestedFilter,
+    QueueFilter,
     SourceFilter,
     StatusFilter,
+    WorkerFilter,
     distinct_job_names,
     level_number,
 )
@@ -70,7 +82,6 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
         "message_display",
         "created_display",
         "duration_display",
-        "attempt",
         "source",
         "monitor_display",
     )
@@ -83,6 +94,9 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
         KillRequestedFilter,
         CreatedWithinFilter,
         MonitorFilter,
+        WorkerFilter,
+        QueueFilter,
+        FailureGroupFilter,
     )
     search_fields = ("id", "job_name", "backend_job_id", "subject", "message")
     search_help_text = gettext_lazy(
@@ -107,6 +121,8 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
         actions.mark_killed,
         actions.retry,
         actions.delete_selected,
+        exports.export_matching_csv,
+        exports.export_matching_jsonl,
     )
     change_list_template = "admin/django_jobstatus/jobrun/change_list.html"
     change_form_template = "admin/django_jobstatus/jobrun/change_form.html"
@@ -148,7 +164,7 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
             gettext_lazy("Error"),
             {
                 "fields": (
-                    "has_errors",
+                    "has_errors_display",
                     "error",
                     "traceback_display",
                     "attempt",
@@ -213,7 +229,9 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
         )
         counts = {
             str(JobRun._meta.verbose_name_plural): len(runs),
-            str(JobLog._meta.verbose_name_plural): f"{COUNT_CAP}+"
+            str(
+                JobLog._meta.verbose_name_plural
+            ): f"{number_format(COUNT_CAP, force_grouping=True)}+"
             if logs > COUNT_CAP
             else logs,
         }
@@ -228,6 +246,13 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
 
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_display(self, run: JobRun) -> SafeString:
+        # The attempt shows here when it is not the first (a column of 1s took room).
+        if run.attempt > 1:
+            return format_html(
+                '{}<div class="jobstatus-sub jobstatus-attempt">{}</div>',
+                status_badge(run),
+                _("attempt %(n)d") % {"n": run.attempt},
+            )
         return status_badge(run)
 
     @admin.display(description=gettext_lazy("progress"))
@@ -239,18 +264,27 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
         return progress_bar(run, counts=True)
 
     @admin.display(description=gettext_lazy("message"))
-    def message_display(self, run: JobRun) -> str:
+    def message_display(self, run: JobRun) -> SafeString | str:
+        # A failed run shows why it failed, not the last progress message it wrote.
+        if run.status == Status.FAILED and run.error:
+            return format_html(
+                '<span class="jobstatus-error-line">{}</span>',
+                truncatechars(error_line(run.error), 80),
+            )
         return truncatechars(run.message, 80)
+
+    @admin.display(description=gettext_lazy("has errors"))
+    def has_errors_display(self, run: JobRun) -> SafeString | str:
+        """A neutral marker: "errors logged" says nothing of the outcome (a run may succeed after one)."""
+        if not run.has_errors:
+            return "—"
+        return format_html(
+            '<span class="jobstatus-errors-logged">⚠ {}</span>', _("errors logged")
+        )
 
     @admin.display(description=gettext_lazy("created"), ordering="created_at")
     def created_display(self, run: JobRun) -> SafeString:
-        when = timezone.localtime(run.created_at)
-        return format_html(
-            '<time datetime="{}" title="{}">{}</time>',
-            when.isoformat(),
-            when.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            when.strftime("%Y-%m-%d %H:%M"),
-        )
+        return moment(run.created_at, seconds=False)
 
     @admin.display(description=gettext_lazy("duration"))
     def duration_display(self, run: JobRun) -> SafeString:
@@ -408,6 +442,10 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
                 name="django_jobstatus_jobrun_dashboard_data",
             ),
             *dashboard.purge_urls(self),
+            *failures.failures_urls(self),
+            *workers.workers_urls(self),
+            *live.live_urls(self),
+            *exports.export_urls(self),
             path(
                 "<path:object_id>/kill/",
                 view(self.kill_view),
@@ -509,6 +547,16 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
             reverse("admin:django_jobstatus_jobrun_change", args=[new.pk])
         )
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Runs are read-only: not "Select job run to change".
+        context = {
+            "title": capfirst(self.opts.verbose_name_plural),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
+
     def change_view(
         self,
         request: HttpRequest,
@@ -520,6 +568,8 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
             # Nothing on the page is editable; buttons post to their own views.
             return HttpResponseNotAllowed(["GET"])
         context = {
+            # Runs are read-only: not "Change job run".
+            "title": capfirst(self.opts.verbose_name),
             **(extra_context or {}),
             "show_save": False,
             "show_save_and_continue": False,
@@ -537,6 +587,7 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
                 and self.has_change_permission(request, run),
                 "can_retry": contrib.can_retry(run)
                 and self.has_change_permission(request, run),
+                "live_poll": live.poll_seconds(request),
             }
         return super().change_view(request, object_id, form_url, context)
 

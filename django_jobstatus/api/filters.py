@@ -581,6 +581,15 @@ class JobRunFilterSet(StrictFilterSet):
     owner = UserFilter(
         field_name="owner_id", help_text=_("The id of the user who started the run.")
     )
+    worker = TextFilter(
+        field_name="worker",
+        help_text=_("The worker that ran it, as host:pid (or WORKER_NAME)."),
+    )
+    queue = TextFilter(field_name="queue", help_text=_("The queue it was enqueued on."))
+    backend_job_id = TextFilter(
+        field_name="backend_job_id",
+        help_text=_("The task system's own id of the run, e.g. a Celery task id."),
+    )
     parent = RunIdFilter(
         field_name="parent_id", help_text=_("The id of the parent run (batches).")
     )

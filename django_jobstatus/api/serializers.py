@@ -98,6 +98,7 @@ class JobRunSerializer(serializers.ModelSerializer):
             "progress_total",
             "progress",
             "error",
+            "error_fingerprint",
             "traceback",
             "has_errors",
             "attempt",

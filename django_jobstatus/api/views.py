@@ -26,6 +26,7 @@ from rest_framework import mixins, routers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.generics import get_object_or_404
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -33,7 +34,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from django_jobstatus import health
+from django_jobstatus import contrib, export, health
 from django_jobstatus.api.filters import (
     JobLogFilterSet,
     JobMonitorFilterSet,
@@ -141,6 +142,21 @@ class _JSONParser(JSONParser):
             raise ParseError(_("JSON parse error - nested too deep.")) from exc
 
 
+def contrib_error(exc: Exception) -> str:
+    """An integration's error as one line for a person: its class and message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class _ExportNegotiation(DefaultContentNegotiation):
+    """On the export, ``?format=`` names the file format (csv, jsonl), not a renderer: errors stay JSON."""
+
+    def select_renderer(
+        self, request: Any, renderers: Any, format_suffix: Any = None
+    ) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
 class Access:
     """Authentication and permissions from JOBSTATUS, for every view of the API.
 
@@ -219,8 +235,10 @@ class JobRunViewSet(
     def get_filterset_class(self) -> type[Any] | None:
         if self.action == "logs":
             return JobLogFilterSet
-        # Bulk actions (bulk_kill…) pick runs with the list filters.
-        if self.action in ("list", "stats") or self.action.startswith("bulk_"):
+        # Bulk actions (bulk_kill…) and the export pick runs with the list filters.
+        if self.action in ("list", "stats", "export") or self.action.startswith(
+            "bulk_"
+        ):
             return JobRunFilterSet
         return None
 
@@ -395,6 +413,104 @@ class JobRunViewSet(
                 }
             ).data
         )
+
+    @extend_schema(
+        summary=_("Enqueue a run again"),
+        parameters=[_ID],
+        description=_(
+            "Enqueues the run's job again with the same arguments, through the integration that "
+            "recorded it (Django tasks, Celery, RQ), and answers the new run. 409 when no enabled "
+            "integration can retry it; 503 when the task system refused (e.g. its broker is away)."
+        ),
+        request=None,
+        responses={
+            202: JobRunSerializer,
+            401: _DENIED,
+            403: _DENIED,
+            404: _NOT_FOUND,
+            409: _CONFLICT,
+            503: OpenApiResponse(
+                ConflictSerializer,
+                description=_("The task system could not enqueue it; try again later."),
+            ),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        if not contrib.can_retry(run):
+            return Response(
+                {
+                    "detail": _(
+                        "This run cannot be retried: no enabled integration can enqueue source %(source)r again."
+                    )
+                    % {"source": run.source},
+                    "status": run.status,
+                },
+                status=status.HTTP_409_CONFLICT,
+            )
+        try:
+            new = contrib.retry(run)
+        except Exception as exc:  # the task system's error is answered, never a 500
+            return Response(
+                {
+                    "detail": _(
+                        "The task system could not enqueue the run again: %(error)s"
+                    )
+                    % {"error": contrib_error(exc)},
+                    "status": run.status,
+                },
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return Response(self.get_serializer(new).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary=_("Export runs as CSV or JSON Lines"),
+        description=_(
+            "Every run the list filters pick (no pagination), newest first, streamed: as CSV "
+            "(format=csv, the default) or one JSON object per line (format=jsonl). params, data "
+            "and result are redacted as in the other endpoints; tracebacks and log lines are left out."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "format",
+                OpenApiTypes.STR,
+                enum=list(export.FORMATS),
+                default="csv",
+                description=_("csv or jsonl."),
+            )
+        ],
+        responses={
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.STR, description=_("A header line, then one run a line.")
+            ),
+            (200, "application/jsonl"): OpenApiResponse(
+                OpenApiTypes.STR, description=_("One run a line, as a JSON object.")
+            ),
+            400: _ERROR,
+            401: _DENIED,
+            403: _DENIED,
+        },
+        filters=True,
+    )
+    @action(
+        detail=False,
+        methods=["get"],
+        content_negotiation_class=_ExportNegotiation,
+    )
+    def export(self, request: Request) -> Any:
+        file_format = request.query_params.get("format") or "csv"
+        if file_format not in export.FORMATS:
+            raise ValidationError(
+                {
+                    "format": [
+                        _("%(value)r is not an export format; use csv or jsonl.")
+                        % {"value": file_format}
+                    ]
+                }
+            )
+        runs = self.filter_queryset(self.get_queryset()).order_by("-created_at", "-id")
+        return export.response(runs, file_format)
 
     @extend_schema(
         summary=_("The latest run of a job"),

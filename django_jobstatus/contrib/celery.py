@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import uuid
 from typing import Any
 
 from celery import Celery, current_app, signals, states
@@ -400,12 +401,22 @@ class CeleryBackend:
 
     def retry(self, run: JobRun) -> JobRun:
         params = run.params if isinstance(run.params, dict) else {}
-        result = self.app.send_task(
-            run.job_name,
-            args=params.get("args", []),
-            kwargs=params.get("kwargs", {}),
-            queue=run.queue or None,
-        )
+        task_id = str(uuid.uuid4())
+        try:
+            result = self.app.send_task(
+                run.job_name,
+                args=params.get("args", []),
+                kwargs=params.get("kwargs", {}),
+                queue=run.queue or None,
+                task_id=task_id,
+            )
+        except Exception:
+            # before_task_publish recorded a queued run, but the broker never took the
+            # task: that run would wait forever.
+            JobRun.objects.filter(
+                source=SOURCE, backend_job_id=task_id
+            ).queued().delete()
+            raise
         new = find_run(result.id)  # recorded by before_task_publish
         if new is None:
             new = JobRun.objects.enqueue(

@@ -11,7 +11,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('django_jobstatus', '0003_joblog_warning_index'),
+        ('django_jobstatus', '0004_big_table_indexes'),
     ]
 
     operations = [

@@ -19,6 +19,14 @@ def names(response) -> list[str]:
     return sorted(run.job_name for run in response.context["cl"].result_list)
 
 
+def test_the_attempt_shows_under_the_status_when_not_the_first(admin_client, make_run):
+    make_run("first")
+    make_run("third", attempt=3)
+    html = admin_client.get(URL).content.decode()
+    assert html.count("jobstatus-attempt") == 1
+    assert "attempt 3" in html
+
+
 def test_columns(admin_client, make_run):
     make_run(
         "reports.build",
@@ -39,7 +47,6 @@ def test_columns(admin_client, make_run):
         "message_display",
         "created_display",
         "duration_display",
-        "attempt",
         "source",
         "monitor_display",
     ]
@@ -50,7 +57,6 @@ def test_columns(admin_client, make_run):
         "Message",
         "Created",
         "Duration",
-        "Attempt",
         "Source",
     ):
         assert f">{header}<" in html.replace("\n", "")

@@ -78,7 +78,7 @@ def test_dashboard(admin_client, runs, django_assert_max_num_queries):
         "stuck.job",
         "imports.nightly",
     ]
-    assert 'style="width: 50.0%"' in html and ">50%<" in html
+    assert 'style="width: 50%"' in html and ">50%<" in html
     assert "Loading &lt;b&gt;rows&lt;/b&gt;" in html
     assert [run.pk for run in ctx["stuck"]] == [runs["stale"].pk]
     assert [run.pk for run in ctx["failures"]] == [runs["failed"].pk]
@@ -148,7 +148,7 @@ def test_json_view(admin_client, runs, django_assert_max_num_queries):
     running = next(
         run for run in data["active"] if run["job_name"] == "imports.nightly"
     )
-    assert running["progress"] == 50.0
+    assert running["progress"] == 0.5  # a share, as in the API
     assert running["step"] == "loading"
     assert (
         running["message"] == "Loading <b>rows</b>"
@@ -163,7 +163,7 @@ def test_json_view(admin_client, runs, django_assert_max_num_queries):
             for run in admin_client.get(DATA).json()["active"]
             if run["job_name"] == "imports.nightly"
         )["progress"]
-        == 80.0
+        == 0.8
     )
 
 

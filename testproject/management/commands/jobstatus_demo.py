@@ -15,6 +15,7 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from django_jobstatus import health
+from django_jobstatus.fingerprints import fingerprint
 from django_jobstatus.models import JobLog, JobMonitor, JobRun, Status, uuid7
 from testproject import jobs
 
@@ -24,9 +25,12 @@ JOBS = [
     ("reports.build_report", "schedule", 0.2, 0.25, 20),
     ("mail.send_newsletter", "celery", 0.2, 0.03, 300),
     ("search.reindex", "rq", 0.15, 0.1, 600),
-    ("billing.charge_subscriptions", "django_tasks", 0.1, 0.08, 45),
+    # A real task (testproject/tasks.py): its runs' Retry enqueues it again.
+    ("testproject.tasks.charge_subscriptions", "django_tasks", 0.1, 0.08, 45),
     ("maintenance.long_cleanup", "manual", 0.1, 0.02, 1200),
 ]
+# Active runs among the seeded ones: one stuck, three queued.
+ACTIVE = 4
 ERRORS = [
     "ConnectionError: warehouse API unavailable",
     "ValueError: invalid ISBN '978-0'",
@@ -53,7 +57,7 @@ class Command(BaseCommand):
             "--runs",
             type=positive_int,
             default=3000,
-            help="Runs to seed over the last 30 days (default: %(default)r).",
+            help="Runs to seed over the last 30 days, 4 of them active (one stuck, three queued) when there are 4 or more (default: %(default)r).",
         )
         parser.add_argument(
             "--admin",
@@ -100,7 +104,7 @@ class Command(BaseCommand):
             )
         else:
             self._seed(runs)
-        if not JobMonitor.objects.exists():
+        if runs and not JobMonitor.objects.exists():  # --runs 0: no run at all
             self._monitors()
 
     def _admin(self) -> None:
@@ -117,7 +121,9 @@ class Command(BaseCommand):
         rng = random.Random(7)
         now = timezone.now()
         runs, logs = [], []
-        for _ in range(count):
+        # Exactly ``count`` runs: the active ones (one stuck, three queued) are part of it.
+        active = ACTIVE if count >= ACTIVE else 0
+        for _ in range(count - active):
             name, source, _share, fail_rate, seconds = rng.choices(
                 JOBS, weights=[j[2] for j in JOBS]
             )[0]
@@ -139,7 +145,7 @@ class Command(BaseCommand):
                 job_name=name,
                 source=source,
                 status=status,
-                params={"batch": rng.randint(1, 40)},
+                params={"args": [rng.randint(1, 40)], "kwargs": {}},
                 created_at=created,
                 queued_at=created,
                 started_at=started,
@@ -154,6 +160,8 @@ class Command(BaseCommand):
                 if status == Status.SUCCEEDED
                 else None,
                 error=error,
+                # bulk_create skips mark_failed(), which fingerprints the error.
+                error_fingerprint=fingerprint(error),
                 traceback=f'Traceback (most recent call last):\n  File "jobs.py", line 42, in run\n{error}'
                 if error
                 else "",
@@ -172,21 +180,22 @@ class Command(BaseCommand):
         with transaction.atomic():
             JobRun.objects.bulk_create(runs, batch_size=500)
             JobLog.objects.bulk_create(logs, batch_size=500)
-            # A stuck run: its worker died an hour ago.
-            JobRun.objects.start(
-                "search.reindex",
-                source="rq",
-                started_at=now - timedelta(hours=1),
-                heartbeat_at=now - timedelta(hours=1),
-                worker="worker-3:4242",
-            )
-            for _ in range(3):
-                JobRun.objects.enqueue(
-                    "mail.send_newsletter", source="celery", queue="mail"
+            if active:
+                # A stuck run: its worker died an hour ago.
+                JobRun.objects.start(
+                    "search.reindex",
+                    source="rq",
+                    started_at=now - timedelta(hours=1),
+                    heartbeat_at=now - timedelta(hours=1),
+                    worker="worker-3:4242",
                 )
+                for _ in range(active - 1):
+                    JobRun.objects.enqueue(
+                        "mail.send_newsletter", source="celery", queue="mail"
+                    )
         self.stdout.write(
             self.style.SUCCESS(
-                f"Seeded {len(runs)} runs and {len(logs)} log lines over 30 days."
+                f"Seeded {len(runs) + active} runs and {len(logs)} log lines over 30 days."
             )
         )
 

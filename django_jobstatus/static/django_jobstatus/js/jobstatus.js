@@ -35,13 +35,16 @@
 
   function progressCell(run) {
     var td = el("td", "jobstatus-progress-col");
-    var outer = el("span", "jobstatus-progress" + (run.progress === null ? " jobstatus-indeterminate" : ""));
+    // progress is a share, 0 to 1; unknown: animated while running, empty while waiting.
+    var working = run.status === "running";
+    var outer = el("span", "jobstatus-progress" + (run.progress === null && working ? " jobstatus-indeterminate" : ""));
     var bar = el("span", "jobstatus-progress-bar");
-    bar.style.width = (run.progress === null ? 100 : Number(run.progress)) + "%";
+    var percent = run.progress === null ? (working ? 100 : 0) : Math.round(Number(run.progress) * 1000) / 10;
+    bar.style.width = percent + "%";
     outer.appendChild(bar);
     td.appendChild(outer);
     td.appendChild(document.createTextNode(" "));
-    td.appendChild(el("span", "jobstatus-progress-label", run.progress === null ? "" : Math.round(run.progress) + "%"));
+    td.appendChild(el("span", "jobstatus-progress-label", run.progress === null ? "" : Math.round(Number(run.progress) * 100) + "%"));
     return td;
   }
 
@@ -60,6 +63,10 @@
     if (run.kill_requested) {
       status.appendChild(document.createTextNode(" "));
       status.appendChild(el("span", "jobstatus-badge jobstatus-stopping", root.getAttribute("data-label-stopping")));
+    }
+    if (run.stale) {
+      status.appendChild(document.createTextNode(" "));
+      status.appendChild(el("span", "jobstatus-badge jobstatus-stuck", root.getAttribute("data-label-stuck")));
     }
     tr.appendChild(status);
     tr.appendChild(progressCell(run));

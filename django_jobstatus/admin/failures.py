@@ -1,0 +1,172 @@
+"""Failures grouped by cause: the failed and lost runs of a window, one row per job and error fingerprint.
+
+The grouping is one aggregate (``JobRunQuerySet.failure_groups``) over a partial index;
+the fingerprint was computed when each run ended. A group can be retried (where an
+integration can enqueue its runs again) or deleted as a whole.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import messages
+from django.core.exceptions import BadRequest, PermissionDenied
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+
+from django_jobstatus import contrib
+from django_jobstatus.admin import actions
+from django_jobstatus.admin.filters import WITHIN
+from django_jobstatus.fingerprints import error_class
+from django_jobstatus.models import JobRun
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponse
+
+    from django_jobstatus.querysets import JobRunQuerySet
+
+DEFAULT_WINDOW = "24h"
+# Groups shown; the noisiest causes of a window are far fewer.
+GROUPS_LIMIT = 200
+# The query-string name of the changelist filter on a group's fingerprint.
+FINGERPRINT_PARAM = "error_fingerprint"
+
+
+def failures_urls(model_admin: Any) -> list[Any]:
+    view = model_admin.admin_site.admin_view
+    return [
+        path(
+            "failures/",
+            view(lambda request: failures_view(model_admin, request)),
+            name="django_jobstatus_jobrun_failures",
+        ),
+        path(
+            "failures/retry/",
+            view(lambda request: retry_group_view(model_admin, request)),
+            name="django_jobstatus_jobrun_failures_retry",
+        ),
+        path(
+            "failures/delete/",
+            view(lambda request: delete_group_view(model_admin, request)),
+            name="django_jobstatus_jobrun_failures_delete",
+        ),
+    ]
+
+
+def _window(params: Any) -> str:
+    value = params.get("window", DEFAULT_WINDOW)
+    return value if value in WITHIN else DEFAULT_WINDOW
+
+
+def group_runs(job_name: str, fingerprint: str, window: str) -> JobRunQuerySet:
+    """The runs of one group: failed or lost, of ``job_name``, with ``fingerprint``, finished in the window."""
+    return (
+        JobRun.objects.failed_or_lost()
+        .for_job(job_name)
+        .filter(
+            error_fingerprint=fingerprint,
+            finished_at__gte=timezone.now() - WITHIN[window],
+        )
+    )
+
+
+def changelist_url(job_name: str, fingerprint: str) -> str:
+    url = reverse("admin:django_jobstatus_jobrun_changelist")
+    return f"{url}?{urlencode({'job_name': job_name, FINGERPRINT_PARAM: fingerprint})}"
+
+
+def failures_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    window = _window(request.GET)
+    can_change = model_admin.has_change_permission(request)
+    groups = JobRun.objects.failure_groups(
+        timezone.now() - WITHIN[window],
+        limit=GROUPS_LIMIT,
+        retry_sources=contrib.sources(),
+    )
+    for group in groups:
+        group["error_class"] = error_class(group["error_fingerprint"])
+        group["url"] = changelist_url(group["job_name"], group["error_fingerprint"])
+        group["can_retry"] = can_change and group["retryable"] > 0
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": _("Failures by cause"),
+        "window": window,
+        "windows": [(key, _window_label(key)) for key in WITHIN],
+        "groups": groups,
+        "total": sum(group["count"] for group in groups),
+        "can_delete": model_admin.has_delete_permission(request),
+    }
+    return TemplateResponse(request, "django_jobstatus/failures.html", context)
+
+
+def _window_label(key: str) -> str:
+    return {
+        "1h": _("last hour"),
+        "24h": _("last 24 hours"),
+        "7d": _("last 7 days"),
+        "30d": _("last 30 days"),
+    }[key]
+
+
+def _posted_group(request: HttpRequest) -> tuple[str, str, str]:
+    job_name = request.POST.get("job_name", "")
+    if not job_name:
+        raise BadRequest(_("job_name is required: the group's job."))
+    return job_name, request.POST.get("fingerprint", ""), _window(request.POST)
+
+
+def _back(window: str) -> HttpResponse:
+    url = reverse("admin:django_jobstatus_jobrun_failures")
+    return HttpResponseRedirect(f"{url}?{urlencode({'window': window})}")
+
+
+def retry_group_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    """Enqueue again every run of a group whose integration can; report the others."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    if not model_admin.has_change_permission(request):
+        raise PermissionDenied
+    job_name, fingerprint, window = _posted_group(request)
+    # The changelist's retry action: the same checks and messages, over the group's runs.
+    actions.retry(model_admin, request, group_runs(job_name, fingerprint, window))
+    return _back(window)
+
+
+def delete_group_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
+    """A confirmation page, then (with ``confirm``) delete the group's runs and their log lines."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    if not model_admin.has_delete_permission(request):
+        raise PermissionDenied
+    job_name, fingerprint, window = _posted_group(request)
+    # Failed and lost runs are finished: nothing active is ever deleted here.
+    runs = group_runs(job_name, fingerprint, window).finished()
+    if request.POST.get("confirm") != "yes":
+        context = {
+            **model_admin.admin_site.each_context(request),
+            "opts": model_admin.opts,
+            "title": _("Delete a group of failures"),
+            "job_name": job_name,
+            "fingerprint": fingerprint,
+            "window": window,
+            "count": runs.count(),
+        }
+        return TemplateResponse(
+            request, "django_jobstatus/failures_delete.html", context
+        )
+    _total, by_model = JobRun.objects.filter(pk__in=runs.values("pk")).delete()
+    count = by_model.get(JobRun._meta.label, 0)
+    model_admin.message_user(
+        request,
+        ngettext("Deleted %(n)d run.", "Deleted %(n)d runs.", count) % {"n": count},
+        messages.SUCCESS,
+    )
+    return _back(window)

@@ -1,0 +1,151 @@
+/* django-jobstatus: a run's page, live. Polls the run's JSON while it is active, the tab is
+   visible and "follow" is on; stops when the run ends. Plain script, no dependencies.
+   Everything from the server is written with textContent, never as HTML. */
+(function () {
+  "use strict";
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) { node.className = className; }
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    return node;
+  }
+
+  function levelClass(level) {
+    if (level >= 40) { return "error"; }
+    if (level >= 30) { return "warning"; }
+    if (level < 20) { return "debug"; }
+    return "info";
+  }
+
+  function setText(selector, text) {
+    var node = document.querySelector(selector);
+    if (node) { node.textContent = text || "—"; }
+  }
+
+  function renderStatus(root, run) {
+    var box = document.querySelector(".field-status_display .readonly");
+    if (!box) { return; }
+    var badges = [el("span", "jobstatus-badge jobstatus-" + String(run.status).replace(/[^a-z_]/g, ""), run.status_label)];
+    if (run.is_active && run.kill_requested) {
+      badges.push(document.createTextNode(" "));
+      badges.push(el("span", "jobstatus-badge jobstatus-stopping", root.getAttribute("data-label-stopping")));
+    }
+    box.replaceChildren.apply(box, badges);
+  }
+
+  function renderProgress(run) {
+    var box = document.querySelector(".field-progress_detail .readonly");
+    if (!box) { return; }
+    var outer = box.querySelector(".jobstatus-progress");
+    var bar = box.querySelector(".jobstatus-progress-bar");
+    var label = box.querySelector(".jobstatus-progress-label");
+    if (!outer || !bar || !label) { return; }
+    if (run.progress === null) {
+      outer.classList.toggle("jobstatus-indeterminate", run.status === "running");
+      bar.style.width = run.status === "running" ? "100%" : "0%";
+      label.textContent = run.progress_current ? String(run.progress_current) : "";
+    } else {
+      outer.classList.remove("jobstatus-indeterminate");
+      bar.style.width = (run.progress * 100).toFixed(1) + "%";
+      label.textContent = Math.round(run.progress * 100) + "% (" + run.progress_current + " / " + run.progress_total + ")";
+    }
+    var step = box.querySelector(".jobstatus-step");
+    if (step) { step.textContent = run.step; }
+  }
+
+  function renderLogs(root, logs) {
+    var body = document.querySelector("#jobstatus-logs .jobstatus-log-table tbody");
+    if (!body || !logs.length) { return; }
+    var limit = parseInt(root.getAttribute("data-log-limit"), 10) || 200;
+    logs.forEach(function (line) {
+      var tr = el("tr", "jobstatus-log-row jobstatus-log-new");
+      tr.setAttribute("data-level", line.level);
+      var time = el("td", "nowrap");
+      var t = el("time", null, line.time);
+      t.setAttribute("datetime", line.created_at);
+      time.appendChild(t);
+      tr.appendChild(time);
+      var level = el("td");
+      level.appendChild(el("span", "jobstatus-level jobstatus-level-" + levelClass(line.level), line.level_name));
+      tr.appendChild(level);
+      tr.appendChild(el("td", "jobstatus-log-message", line.message));
+      body.insertBefore(tr, body.firstChild);
+      root.setAttribute("data-after", line.id);
+    });
+    while (body.children.length > limit) { body.removeChild(body.lastChild); }
+  }
+
+  function render(root, data) {
+    var run = data.run;
+    renderStatus(root, run);
+    renderProgress(run);
+    setText(".field-step .readonly", run.step);
+    setText(".field-message .readonly", run.message);
+    setText("#jobstatus-live-run-status", run.status_label);
+    renderLogs(root, data.logs);
+    root.setAttribute("data-status", run.status);
+    root.setAttribute("data-updated", run.updated_at);
+  }
+
+  function start(root) {
+    var seconds = parseFloat(root.getAttribute("data-poll")) || 2;
+    var follow = document.getElementById("jobstatus-follow");
+    var timer = null;
+    var busy = false;
+
+    function url() {
+      var query = "?after=" + encodeURIComponent(root.getAttribute("data-after") || "");
+      var level = root.getAttribute("data-log-level");
+      if (level) { query += "&log_level=" + encodeURIComponent(level); }
+      return root.getAttribute("data-url") + query;
+    }
+    function stop(state) {
+      if (timer !== null) { window.clearInterval(timer); timer = null; }
+      root.setAttribute("data-state", state);
+    }
+    function poll() {
+      if (busy) { return; }
+      busy = true;
+      fetch(url(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (!response.ok) { throw new Error(response.status); }
+          return response.json();
+        })
+        .then(function (data) {
+          render(root, data);
+          root.classList.remove("jobstatus-offline");
+          if (!data.run.is_active) {
+            stop("ended");
+            if (follow) { follow.checked = false; follow.disabled = true; }
+          }
+        })
+        .catch(function () { root.classList.add("jobstatus-offline"); })
+        .then(function () { busy = false; });
+    }
+    function resume() {
+      if (root.getAttribute("data-state") === "ended") { return; }
+      if (follow && !follow.checked) { stop("off"); return; }
+      if (document.visibilityState === "hidden") { stop("paused"); return; }
+      if (timer === null) {
+        root.setAttribute("data-state", "live");
+        poll();
+        timer = window.setInterval(poll, seconds * 1000);
+      }
+    }
+    document.addEventListener("visibilitychange", resume);
+    if (follow) { follow.addEventListener("change", resume); }
+    if (root.getAttribute("data-active") === "true") { resume(); } else { stop("ended"); }
+  }
+
+  function init() {
+    var root = document.getElementById("jobstatus-live-run");
+    if (root) { start(root); }
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", init);
+  } else {
+    init();
+  }
+}());

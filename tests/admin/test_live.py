@@ -1,0 +1,52 @@
+"""A run's live JSON: status, progress (0 to 1), step, message and the newest log lines."""
+
+from __future__ import annotations
+
+from django_jobstatus.models import Status
+
+URL = "/admin/django_jobstatus/jobrun/"
+
+
+def test_live_json(admin_client, make_run):
+    run = make_run(
+        "imports", progress_current=3, progress_total=12, step="load", message="3 of 12"
+    )
+    first = run.log(20, "one")
+    run.log(40, "two <b>")
+    data = admin_client.get(f"{URL}{run.pk}/live/").json()
+    assert data["run"]["status"] == Status.RUNNING
+    assert data["run"]["is_active"] is True
+    assert data["run"]["progress"] == 0.25
+    assert (data["run"]["step"], data["run"]["message"]) == ("load", "3 of 12")
+    assert [line["message"] for line in data["logs"]] == ["one", "two <b>"]
+    newer = admin_client.get(f"{URL}{run.pk}/live/?after={first.pk}").json()
+    assert [line["message"] for line in newer["logs"]] == ["two <b>"]
+    errors = admin_client.get(f"{URL}{run.pk}/live/?log_level=40").json()
+    assert [line["level_name"] for line in errors["logs"]] == ["ERROR"]
+    run.mark_succeeded()
+    assert admin_client.get(f"{URL}{run.pk}/live/").json()["run"]["is_active"] is False
+
+
+def test_live_json_needs_the_view_permission(staff_client, make_run):
+    run = make_run()
+    assert staff_client().get(f"{URL}{run.pk}/live/").status_code == 403
+    assert staff_client("view_jobrun").get(f"{URL}{run.pk}/live/").status_code == 200
+
+
+def test_live_json_of_a_missing_run_is_404(admin_client, db):
+    assert admin_client.get(f"{URL}nope/live/").status_code == 404
+    assert (
+        admin_client.get(f"{URL}0190c3d2-8f1e-7a2b-9c4d-1234567890ab/live/").status_code
+        == 404
+    )
+
+
+def test_the_run_page_carries_the_live_root(admin_client, make_run):
+    active = make_run()
+    body = admin_client.get(f"{URL}{active.pk}/change/").content.decode()
+    assert 'id="jobstatus-live-run"' in body and 'data-active="true"' in body
+    assert 'id="jobstatus-follow"' in body
+    assert "js/run.js" in body
+    done = make_run(status=Status.SUCCEEDED)
+    body = admin_client.get(f"{URL}{done.pk}/change/").content.decode()
+    assert 'data-active="false"' in body and 'id="jobstatus-follow"' not in body

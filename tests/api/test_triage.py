@@ -1,0 +1,157 @@
+"""runs/<id>/retry/, runs/export/, and the worker, queue and backend_job_id filters."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from django.test import override_settings
+
+from django_jobstatus.models import JobRun, Status
+from tests.api.conftest import BASE
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def backend(retry_backend):
+    return retry_backend
+
+
+# Retry.
+
+
+def test_retry_answers_the_new_run(api, make_run, backend):
+    run = make_run("mail.send", status=Status.FAILED, source="tests_backend")
+    response = api.post(f"{BASE}{run.pk}/retry/")
+    assert response.status_code == 202, response.content
+    data = response.json()
+    assert data["id"] != str(run.pk)
+    assert (data["job_name"], data["status"]) == ("mail.send", "queued")
+    assert backend == [run.pk]
+
+
+def test_retry_without_an_integration_is_a_409(api, make_run):
+    run = make_run(status=Status.FAILED, source="command")
+    response = api.post(f"{BASE}{run.pk}/retry/")
+    assert response.status_code == 409
+    assert "cannot be retried" in response.json()["detail"]
+    assert JobRun.objects.count() == 1
+
+
+def test_the_brokers_error_is_a_503_not_a_500(api, make_run, backend):
+    run = make_run(
+        status=Status.FAILED, source="tests_backend", params={"broken": True}
+    )
+    response = api.post(f"{BASE}{run.pk}/retry/")
+    assert response.status_code == 503
+    assert response.json()["detail"] == (
+        "The task system could not enqueue the run again: "
+        "ConnectionError: Error 111 connecting to 127.0.0.1:1. Refused."
+    )
+
+
+def test_retry_needs_the_change_permission(client_for, make_user, make_run, backend):
+    run = make_run(status=Status.FAILED, source="tests_backend")
+    assert (
+        client_for(make_user("view")).post(f"{BASE}{run.pk}/retry/").status_code == 403
+    )
+    assert backend == []
+
+
+def test_retry_of_a_missing_run_is_a_404(api):
+    assert (
+        api.post(f"{BASE}0190c3d2-8f1e-7a2b-9c4d-1234567890ab/retry/").status_code
+        == 404
+    )
+    assert api.post(f"{BASE}nope/retry/").status_code == 404
+
+
+# Export.
+
+
+def lines(response) -> str:
+    assert response.status_code == 200, (
+        response.content if not response.streaming else ""
+    )
+    return b"".join(response.streaming_content).decode()
+
+
+@override_settings(JOBSTATUS={"REDACT_KEYS": ["password"]})
+def test_export_csv_with_filters_redacted(api, make_run):
+    one = make_run("a", status=Status.FAILED, params={"password": "hunter2", "n": 1})
+    make_run("a", status=Status.SUCCEEDED)
+    make_run("b", status=Status.FAILED)
+    response = api.get(f"{BASE}export/?job_name=a&status=failed&format=csv")
+    assert response["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(lines(response))))
+    assert [row["id"] for row in rows] == [str(one.pk)]
+    assert json.loads(rows[0]["params"]) == {"n": 1, "password": "********"}
+
+
+@override_settings(JOBSTATUS={"REDACT_KEYS": ["password"]})
+def test_export_jsonl_masks_like_the_api(api, make_run):
+    run = make_run("a", params={"nested": [{"Password": "x"}]})
+    text = lines(api.get(f"{BASE}export/?format=jsonl"))
+    exported = json.loads(text)
+    shown = api.get(f"{BASE}{run.pk}/").json()
+    assert (
+        exported["params"] == shown["params"] == {"nested": [{"Password": "********"}]}
+    )
+
+
+def test_export_bad_input_is_a_400_in_json(api, make_run):
+    response = api.get(f"{BASE}export/?format=xlsx")
+    assert response.status_code == 400
+    assert "format" in response.json()
+    response = api.get(f"{BASE}export/?status=done&format=csv")
+    assert response.status_code == 400
+    assert "status" in response.json()
+
+
+def test_export_defaults_to_csv(api, make_run):
+    make_run()
+    assert lines(api.get(f"{BASE}export/")).startswith("id,job_name,status")
+
+
+# Filters.
+
+
+def test_filters_by_worker_queue_and_backend_job_id(api, make_run):
+    one = make_run(worker="w:1", queue="mail", backend_job_id="celery-abc")
+    make_run(worker="w:2", queue="mail", backend_job_id="celery-def")
+    make_run(worker="w:1", queue="reports")
+    for query in ("worker=w:1&queue=mail", "backend_job_id=celery-abc"):
+        found = api.get(f"{BASE}?{query}").json()["results"]
+        assert [run["id"] for run in found] == [str(one.pk)], query
+
+
+def test_a_real_celery_broker_that_is_away_is_a_503(api, make_run):
+    """Celery's own error, from a real publish to a broker nobody listens on."""
+    celery = pytest.importorskip("celery")
+    from django_jobstatus.contrib import celery as jobstatus_celery
+
+    away = celery.Celery("tests.away", broker="redis://127.0.0.1:1/0")
+    away.conf.update(
+        broker_connection_timeout=1,
+        broker_connection_retry=False,
+        task_publish_retry=False,
+    )
+    jobstatus_celery.connect(away)
+    try:
+        run = make_run(
+            "tests.add",
+            status=Status.FAILED,
+            source="celery",
+            params={"args": [1, 2], "kwargs": {}},
+        )
+        response = api.post(f"{BASE}{run.pk}/retry/")
+    finally:
+        jobstatus_celery.disconnect()
+    assert response.status_code == 503, response.content
+    detail = response.json()["detail"]
+    assert detail.startswith("The task system could not enqueue the run again: ")
+    assert "Error" in detail and "refused" in detail.lower()
+    assert JobRun.objects.count() == 1

@@ -1,0 +1,99 @@
+"""fingerprint(): runs failing for the same cause share one; different causes do not."""
+
+from __future__ import annotations
+
+import pytest
+
+from django_jobstatus.fingerprints import (
+    FINGERPRINT_MAX_LENGTH,
+    error_class,
+    fingerprint,
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("ValueError: no rows for user 42", "ValueError: no rows for user <n>"),
+        ("KeyError: 'user_7'", "KeyError: '…'"),
+        ('RuntimeError: file "/tmp/a b.csv" is gone', 'RuntimeError: file "…" is gone'),
+        (
+            "LookupError: run 0190c3d2-8f1e-7a2b-9c4d-1234567890ab not found",
+            "LookupError: run <id> not found",
+        ),
+        (
+            "LookupError: run 0190c3d28f1e7a2b9c4d1234567890ab not found",
+            "LookupError: run <id> not found",
+        ),
+        (
+            "MemoryError: at 0x7f3a2c1b, sha 9f86d081884c",
+            "MemoryError: at <hex>, sha <hex>",
+        ),
+        (
+            "TimeoutError: took 12.5 s (limit 10)",
+            "TimeoutError: took <n> s (limit <n>)",
+        ),
+        ("OSError:   too   many\tspaces", "OSError: too many spaces"),
+        ("ValueError: first line\nsecond line 123", "ValueError: first line"),
+        ("\n\n  KeyError\n", "KeyError"),
+        ("", ""),
+    ],
+)
+def test_fingerprint(error, expected):
+    assert fingerprint(error) == expected
+
+
+def test_same_cause_same_fingerprint_and_other_cause_another():
+    one = fingerprint("ConnectionError: host db-3 refused after 3 tries (id=881)")
+    two = fingerprint("ConnectionError: host db-12 refused after 5 tries (id=902)")
+    assert one == two
+    assert fingerprint("ConnectionError: host db-3 timed out") != one
+
+
+def test_words_are_kept():
+    # A word made of hex letters only is a word, not an id.
+    assert fingerprint("ValueError: bad cafe added") == "ValueError: bad cafe added"
+
+
+def test_cut_to_the_field_length():
+    assert len(fingerprint("E: " + "word " * 200)) == FINGERPRINT_MAX_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ValueError: x", "ValueError"),
+        ("app.errors.Refused: y", "app.errors.Refused"),
+        ("KeyError", "KeyError"),
+        ("no class here", ""),
+        ("", ""),
+    ],
+)
+def test_error_class(text, expected):
+    assert error_class(text) == expected
+
+
+# Written when a run fails or is lost.
+
+
+def test_a_failed_run_stores_its_fingerprint(make_run):
+    run = make_run(status="running")
+    run.mark_failed(ValueError("no rows for user 42"))
+    run.refresh_from_db()
+    assert run.error_fingerprint == "ValueError: no rows for user <n>"
+
+
+def test_a_lost_run_without_error_takes_its_message(make_run):
+    run = make_run(status="running")
+    run.mark_lost(message="Lost: no heartbeat since 2026-01-01T10:00:00, 300 s ago")
+    run.refresh_from_db()
+    assert (
+        run.error_fingerprint == "Lost: no heartbeat since <n>-<n>-<n>T<n>, <n> s ago"
+    )
+
+
+def test_a_succeeded_run_has_none(make_run):
+    run = make_run(status="running")
+    run.mark_succeeded()
+    run.refresh_from_db()
+    assert run.error_fingerprint == ""

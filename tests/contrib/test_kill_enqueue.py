@@ -763,7 +763,7 @@ def test_reap_ends_runs_queued_too_long_when_asked(
     assert "queued too long" not in _reap()  # off by default
     assert refreshed(lost).status == Status.QUEUED
     out = _reap("--queued-timeout", "300")
-    assert "Ended 1 runs queued too long (killed)." in out
+    assert "Ended 1 run queued too long (killed)." in out
     assert refreshed(lost).status == Status.KILLED
     assert lost.message.startswith(f"Killed: queued since {old.isoformat()}")
     assert "no worker started it" in lost.message
@@ -773,7 +773,7 @@ def test_reap_ends_runs_queued_too_long_when_asked(
     settings.JOBSTATUS = {"QUEUED_TIMEOUT": 60}
     young.queued_at = timezone.now() - timedelta(minutes=2)
     young.save(update_fields=["queued_at"])
-    assert "Ended 1 runs queued too long" in _reap()
+    assert "Ended 1 run queued too long" in _reap()
     assert refreshed(young).status == Status.KILLED
 
 
@@ -790,7 +790,7 @@ def test_reap_cancels_the_rq_job_of_a_run_queued_too_long() -> None:
         JobRun.objects.filter(pk=run.pk).update(
             queued_at=timezone.now() - timedelta(hours=1)
         )
-        assert "Ended 1 runs queued too long" in _reap("--queued-timeout", "60")
+        assert "Ended 1 run queued too long" in _reap("--queued-timeout", "60")
         assert refreshed(run).status == Status.KILLED
         assert job.get_status(refresh=True) == rq.job.JobStatus.CANCELED
     finally:

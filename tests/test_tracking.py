@@ -497,8 +497,7 @@ def test_a_handle_does_not_write_onto_a_newer_attempt() -> None:
         newer = JobRun.objects.get(pk=job.run.pk)
         newer.mark_running()  # a restart elsewhere: attempt 2
         job.progress(7)
-        job._due = 0.0
-        job.advance()
+        job.flush()
         assert _row(job.run).progress_current == 0
     run = _row(job.run)
     assert (run.status, run.attempt) == (Status.RUNNING, 2)

@@ -54,10 +54,12 @@ def recording() -> Iterator[None]:
 def celery_worker(
     db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Popen[bytes]]:
-    app.control.purge()
-    log = tmp_path_factory.mktemp("celery") / "worker.log"
     with started_celery_worker(
-        db_proxy, log, pool="prefork", queue=QUEUE, prefix="jobstatus-tests"
+        db_proxy,
+        tmp_path_factory,
+        pool="prefork",
+        queue=QUEUE,
+        prefix="jobstatus-tests",
     ) as process:
         yield process
 

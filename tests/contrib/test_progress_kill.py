@@ -17,7 +17,7 @@ from rq import Retry
 
 from django_jobstatus.models import JobRun, Status
 from tests.contrib import rq_jobs
-from tests.contrib.celery_app import add, app, count_slowly, flaky
+from tests.contrib.celery_app import add, count_slowly, flaky
 from tests.contrib.dbproxy import Proxy
 from tests.contrib.loops import count_slowly as count_slowly_job
 from tests.contrib.tasks_app import tasks
@@ -120,10 +120,12 @@ def test_db_worker_a_kill_stops_the_loop_at_advance(worker: Worker, how: str) ->
 def solo_worker(
     db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Popen[bytes]]:
-    app.control.purge()
-    log = tmp_path_factory.mktemp("celery-solo") / "worker.log"
     with celery_worker(
-        db_proxy, log, pool="solo", queue=SOLO_QUEUE, prefix="jobstatus-solo"
+        db_proxy,
+        tmp_path_factory,
+        pool="solo",
+        queue=SOLO_QUEUE,
+        prefix="jobstatus-solo",
     ) as process:
         yield process
 

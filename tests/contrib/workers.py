@@ -53,14 +53,21 @@ def worker_env(proxy: Proxy, integration: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def celery_worker(
-    proxy: Proxy, log: Path, *, pool: str, queue: str, prefix: str
+    proxy: Proxy,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    pool: str,
+    queue: str,
+    prefix: str,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker on the tests' app with one ``pool`` process, consuming ``queue``; ready when yielded.
 
-    Its name is ``<prefix>-<this pid>@<host>``.
+    Messages left in the broker are purged first. Its name is ``<prefix>-<this pid>@<host>``.
     """
     from tests.contrib.celery_app import app
 
+    app.control.purge()
+    log = tmp_path_factory.mktemp(f"celery-{pool}") / "worker.log"
     name = f"{prefix}-{os.getpid()}@{socket.gethostname()}"
     argv = [
         *("-m", "celery", "-A", "tests.contrib.celery_app", "worker"),

@@ -127,8 +127,8 @@ def _one_job(
                         job.error("worker %d job %d item %d went wrong", index, n, i)
                         state["logs"] += 1
                         state["errors"] += 1
-                    job.advance()
-                    state["done"] += 1
+                    state["done"] += 1  # the item is done: advance() records it, then
+                    job.advance()  # may raise JobKilled (a kill request seen)
                 job.result = {"items": plan["items"]}
             except JobKilled:
                 state["outcome"] = "killed"

@@ -108,7 +108,14 @@ def test_a_killed_worker_leaves_its_run_running_until_the_reaper_marks_it_lost(
 
             reaped = _row(lost)
             changed = {name for name in crashed if crashed[name] != reaped[name]}
-            assert changed == {"status", "finished_at", "updated_at", "message"}
+            # error_fingerprint: the run's cause, for the failures view.
+            assert changed == {
+                "status",
+                "finished_at",
+                "updated_at",
+                "message",
+                "error_fingerprint",
+            }
             assert reaped["status"] == Status.LOST
             assert reaped["finished_at"] >= crashed["heartbeat_at"]
             assert re.match(r"Lost: no heartbeat since .*; reaped\.", reaped["message"])

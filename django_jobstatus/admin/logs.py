@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.contrib import admin
 from django.template.defaultfilters import truncatechars
@@ -19,16 +19,15 @@ from django_jobstatus.admin.display import (
 )
 from django_jobstatus.admin.filters import CreatedWithinFilter, LevelFilter
 from django_jobstatus.admin.guard import GuardedAdmin
-from django_jobstatus.admin.paginator import BigTableChangeList, CappedCountPaginator
+from django_jobstatus.admin.paginator import BigTableAdmin, CappedCountPaginator
 from django_jobstatus.models import JobLog
 
 if TYPE_CHECKING:
-    from django.contrib.admin.views.main import ChangeList
     from django.http import HttpRequest
     from django.utils.safestring import SafeString
 
 
-class JobLogAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
+class JobLogAdmin(BigTableAdmin, GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("created_display", "level_display", "message_display", "run_link")
     list_filter = (LevelFilter, CreatedWithinFilter)
     search_fields = ("message",)
@@ -42,9 +41,6 @@ class JobLogAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return BigTableChangeList
 
     fields = ("run", "created_at", "level", "message", "extra_display")
 

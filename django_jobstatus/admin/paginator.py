@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
 from django.db import connections
 from django.db.models import Q
+from django.http import HttpRequest
 
 # Counting stops here: a changelist shows "10000" rather than scanning millions of rows.
 COUNT_CAP = 10_000
@@ -215,3 +216,14 @@ class BigTableChangeList(ChangeList):
                     {OLDER_VAR: f"{last.created_at.isoformat()},{last.pk}"},
                     remove=[PAGE_VAR],
                 )
+
+
+class BigTableAdmin:
+    """A ModelAdmin mixin for tables of millions of rows: its changelist is a BigTableChangeList.
+
+    Listed before the ModelAdmin in the bases, and after mixins that wrap the changelist
+    (such as the monitor column), which then wrap this one.
+    """
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return BigTableChangeList

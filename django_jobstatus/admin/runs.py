@@ -59,13 +59,12 @@ from django_jobstatus.admin.guard import GuardedAdmin
 from django_jobstatus.admin.monitors import MonitorColumn, MonitorFilter
 from django_jobstatus.admin.paginator import (
     COUNT_CAP,
-    BigTableChangeList,
+    BigTableAdmin,
     CappedCountPaginator,
 )
 from django_jobstatus.models import JobLog, JobRun, Status
 
 if TYPE_CHECKING:
-    from django.contrib.admin.views.main import ChangeList
     from django.db.models import QuerySet
     from django.http import HttpRequest, HttpResponse
     from django.utils.safestring import SafeString
@@ -74,7 +73,7 @@ if TYPE_CHECKING:
 INLINE_LOGS = 200
 
 
-class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
+class JobRunAdmin(MonitorColumn, BigTableAdmin, GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "job_name",
         "status_display",
@@ -110,9 +109,6 @@ class JobRunAdmin(MonitorColumn, GuardedAdmin, admin.ModelAdmin):  # type: ignor
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return BigTableChangeList
 
     # No foreign key is shown in the list: nothing to join.
     list_select_related = False

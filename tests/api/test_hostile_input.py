@@ -58,7 +58,7 @@ def test_bulk_kill_with_an_empty_parent_is_400(api, active):
     assert_nobody_asked()
 
 
-@pytest.mark.parametrize("name", ["backend_job_id", "jobname", "status_", "cursor"])
+@pytest.mark.parametrize("name", ["backend_id", "jobname", "status_", "cursor"])
 def test_bulk_kill_with_an_unknown_parameter_is_400_naming_it(api, active, name):
     response = api.post(f"{BASE}kill/?{name}=x&job_name=a", {}, format="json")
     assert response.status_code == 400, response.content
@@ -77,7 +77,7 @@ def test_bulk_kill_with_a_real_filter_still_works(api, active):
 @pytest.mark.parametrize(
     "url",
     [
-        f"{BASE}?backend_job_id=X",
+        f"{BASE}?backend_id=X",
         f"{BASE}?jobname=a",
         f"{BASE}stats/?foo=1",
         "LOGS?ordering=level",

@@ -67,7 +67,7 @@ def test_demo_seeds_exactly_the_runs_asked(demo_db: Path):
         demo_db,
     )
     assert count.stdout.split()[-1] == "0"
-    _manage("jobstatus_demo", "--runs", "2", db=demo_db)
+    _manage("jobstatus_demo", "--runs", "2", "--no-monitors", db=demo_db)
     count = _python(
         "from django_jobstatus.models import JobRun; print(JobRun.objects.count())",
         demo_db,

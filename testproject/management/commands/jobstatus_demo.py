@@ -60,6 +60,12 @@ class Command(BaseCommand):
             help="Runs to seed over the last 30 days, 4 of them active (one stuck, three queued) when there are 4 or more (default: %(default)r).",
         )
         parser.add_argument(
+            "--monitors",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="With the seeded runs, create 4 job monitors and the 6 runs that make one healthy, one late, one failing and one slow (default: %(default)r).",
+        )
+        parser.add_argument(
             "--admin",
             action="store_true",
             help="Create the superuser admin/admin if it does not exist, and print the login.",
@@ -84,6 +90,7 @@ class Command(BaseCommand):
         self,
         *,
         runs: int,
+        monitors: bool,
         admin: bool,
         reset: bool,
         live: bool,
@@ -104,7 +111,7 @@ class Command(BaseCommand):
             )
         else:
             self._seed(runs)
-        if runs and not JobMonitor.objects.exists():  # --runs 0: no run at all
+        if monitors and runs and not JobMonitor.objects.exists():  # --runs 0: no run at all
             self._monitors()
 
     def _admin(self) -> None:
@@ -219,7 +226,7 @@ class Command(BaseCommand):
             for minutes in (50, 30, 10):
                 run = JobRun.objects.start(
                     "billing.charge_subscriptions",
-                    source="django_tasks",
+                    source="schedule",  # not a real task: no Retry button that can only fail
                     started_at=now - timedelta(minutes=minutes),
                 )
                 run.mark_failed(

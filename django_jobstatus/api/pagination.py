@@ -31,6 +31,27 @@ from django_jobstatus.querysets import DURATION
 _DURATION_ALIAS = "jobstatus_duration"
 
 
+def page_size(request: Request, param: str) -> int:
+    """``?page_size=``: API_PAGE_SIZE when absent, else a whole number from 1 to API_MAX_PAGE_SIZE (a 400 otherwise)."""
+    raw = request.query_params.get(param)
+    if raw in (None, ""):
+        return int(min(settings.API_PAGE_SIZE, settings.API_MAX_PAGE_SIZE))
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= settings.API_MAX_PAGE_SIZE:
+        raise ValidationError(
+            {
+                param: [
+                    _("Enter a whole number from 1 to %(max)d.")
+                    % {"max": settings.API_MAX_PAGE_SIZE}
+                ]
+            }
+        )
+    return size
+
+
 class KeysetPagination(BasePagination):
     cursor_query_param = "cursor"
     page_size_query_param = "page_size"
@@ -55,23 +76,7 @@ class KeysetPagination(BasePagination):
     previous_position: tuple[Any, Any] | None = None
 
     def get_page_size(self, request: Request) -> int:
-        raw = request.query_params.get(self.page_size_query_param)
-        if raw in (None, ""):
-            return int(min(settings.API_PAGE_SIZE, settings.API_MAX_PAGE_SIZE))
-        try:
-            size = int(raw)
-        except ValueError:
-            size = 0
-        if not 1 <= size <= settings.API_MAX_PAGE_SIZE:
-            raise ValidationError(
-                {
-                    self.page_size_query_param: [
-                        _("Enter a whole number from 1 to %(max)d.")
-                        % {"max": settings.API_MAX_PAGE_SIZE}
-                    ]
-                }
-            )
-        return size
+        return page_size(request, self.page_size_query_param)
 
     def get_ordering(self, request: Request) -> str:
         raw = (
@@ -362,6 +367,13 @@ class MonitorPagination(PageNumberPagination):
     page_size_query_param = "page_size"
 
     def get_page_size(self, request: Request) -> int:
-        self.page_size = settings.API_PAGE_SIZE
-        self.max_page_size = settings.API_MAX_PAGE_SIZE
-        return int(super().get_page_size(request) or settings.API_PAGE_SIZE)
+        return page_size(request, self.page_size_query_param)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            bounds = {"minimum": 1}
+            if parameter["name"] == self.page_size_query_param:
+                bounds["maximum"] = settings.API_MAX_PAGE_SIZE
+            parameter["schema"] |= bounds
+        return parameters

@@ -420,6 +420,7 @@ class JobMonitorSerializer(serializers.ModelSerializer):
             "open_incident",
         ]
         read_only_fields = ["state", "state_changed_at", "checked_at"]
+        extra_kwargs = {"job_name": {"min_length": 1}}  # in the schema too
 
     @extend_schema_field(_LastRunSerializer(allow_null=True))
     def get_last_run(self, monitor: JobMonitor) -> dict[str, Any] | None:

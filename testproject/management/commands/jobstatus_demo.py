@@ -111,7 +111,9 @@ class Command(BaseCommand):
             )
         else:
             self._seed(runs)
-        if monitors and runs and not JobMonitor.objects.exists():  # --runs 0: no run at all
+        if (
+            monitors and runs and not JobMonitor.objects.exists()
+        ):  # --runs 0: no run at all
             self._monitors()
 
     def _admin(self) -> None:

@@ -12,7 +12,7 @@ PG_URL := postgres://postgres@127.0.0.1:$(or $(JOBSTATUS_PGPORT),54329)/jobstatu
 REDIS_URL ?= redis://127.0.0.1:$(or $(JOBSTATUS_REDISPORT),63799)/0
 export REDIS_URL
 
-.PHONY: demo demo-reset test test-sqlite test-postgres test-core dist-check lint check services stop-services bench clean
+.PHONY: demo demo-reset docs docs-check test test-sqlite test-postgres test-core dist-check lint check services stop-services bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,14 @@ lint: $(BIN)/.installed
 check: $(BIN)/.installed
 	$(BIN)/python manage.py check --fail-level WARNING
 	$(BIN)/python -m django makemigrations --check --dry-run --settings tests.settings
+	$(MAKE) --no-print-directory docs-check
+
+# The docs site (MkDocs + Material, docs/): make docs serves it at http://127.0.0.1:8001/.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+docs-check: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 
 test-sqlite: $(BIN)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)

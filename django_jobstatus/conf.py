@@ -209,7 +209,7 @@ SETTINGS: tuple[Setting, ...] = (
         "READ_DATABASE",
         None,
         (str, _NONE),
-        "The database alias (a replica) the admin, the API and the dashboard read from, through `django_jobstatus.routers.JobStatusRouter`; `None` means `DATABASE`. Writes always go to `DATABASE` (see [Scaling](#scaling)).",
+        "The database alias (a replica) the admin, the API and the dashboard read from, through `django_jobstatus.routers.JobStatusRouter`; `None` means `DATABASE`. Writes always go to `DATABASE` (see Scaling in the docs).",
     ),
     Setting(
         "REDACT_KEYS",

@@ -1,42 +1,60 @@
-"""The README documents the code as it is: settings, command options, API URLs and filters, admin actions, cited tests."""
+"""The docs (README.md and the MkDocs site in docs/) document the code as it is.
+
+Settings, command options, API URLs and filters, admin actions, cited tests and links are
+checked against the code, as django-htmx's tests/test_docs.py does.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-from django_jobstatus.conf import DEFAULTS
+from django_jobstatus.conf import DEFAULTS, SETTINGS
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def _settings_table() -> dict[str, str]:
-    text = README.read_text()
-    section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
-    return dict(re.findall(r"^\| `([A-Z_]+)` \| (.+?) \|", section, flags=re.MULTILINE))
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
-def test_readme_lists_every_setting_and_no_other():
-    assert sorted(_settings_table()) == sorted(DEFAULTS)
+def _page(name: str) -> str:
+    return (DOCS / name).read_text()
 
 
-def test_readme_defaults_match_the_code():
-    table = _settings_table()
-    for key, default in DEFAULTS.items():
-        shown = table[key].strip("`").replace('"', "'")
-        assert shown == repr(default).replace('"', "'"), key
+def _pages() -> dict[str, str]:
+    """Every Markdown page of the docs site, by its path under docs/."""
+    return {
+        str(path.relative_to(DOCS)): path.read_text()
+        for path in sorted(DOCS.rglob("*.md"))
+    }
 
 
-def test_readme_meanings_are_the_declared_help():
-    from django_jobstatus.conf import SETTINGS
+def _everything() -> str:
+    return README.read_text() + "\n".join(_pages().values())
 
-    text = README.read_text().split("## Settings", 1)[1].split("\n## ", 1)[0]
-    meanings = dict(
-        re.findall(r"^\| `([A-Z_]+)` \| .+? \| (.+) \|$", text, flags=re.MULTILINE)
+
+def _hooks() -> object:
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_settings_reference_is_generated_from_the_declarations():
+    hooks = _hooks()
+    assert hooks.MARKER in _page("settings.md")
+    page = hooks.on_page_markdown(_page("settings.md"))
+    rows = dict(
+        re.findall(r"^\| `([A-Z_]+)` \| (.+?) \| .+ \|$", page, flags=re.MULTILINE)
     )
-    assert {s.name: s.help for s in SETTINGS} == meanings
+    assert sorted(rows) == sorted(DEFAULTS)
+    for setting in SETTINGS:
+        shown = rows[setting.name].strip("`").replace('"', "'")
+        assert shown == repr(setting.default).replace('"', "'"), setting.name
+        assert f"| {setting.help} |" in page, setting.name
 
 
 def test_readme_starts_with_the_two_commands():
@@ -44,9 +62,24 @@ def test_readme_starts_with_the_two_commands():
     assert re.findall(r"^make (\w+)", head, flags=re.MULTILINE) == ["demo", "test"]
 
 
-def _section(title: str) -> str:
-    """The README's ``## title`` section, up to the next ``## `` heading."""
-    return README.read_text().split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+def test_readme_is_short_and_links_into_the_docs():
+    text = README.read_text()
+    assert len(text.encode()) <= 10 * 1024
+    links = re.findall(
+        r"\]\((?:https://github\.com/[^/]+/[^/]+/blob/main/)?(docs/[^)#]+)", text
+    )
+    assert len(links) >= 8
+    assert [link for link in links if not (ROOT / link).exists()] == []
+    assert "pip install" in text
+
+
+def test_every_page_is_in_the_nav_and_every_nav_entry_exists():
+    nav = set(
+        re.findall(
+            r"([\w/-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.MULTILINE
+        )
+    )
+    assert nav == set(_pages())
 
 
 def _own_options(command: str) -> set[str]:
@@ -68,26 +101,27 @@ def _own_options(command: str) -> set[str]:
     )
 
 
-@pytest.mark.parametrize("command", ["purge_jobstatus", "reap_jobstatus"])
-def test_readme_documents_every_option_of_the_commands(command: str) -> None:
-    section = _section("Retention and lost workers")
+def _options_table(page: str, heading: str) -> set[str]:
+    level = heading.split(" ", 1)[0]
+    table = page.split(f"\n{heading}\n", 1)[1].split(f"\n{level} ", 1)[0]
+    return set(re.findall(r"^\| `(--[a-z-]+)", table, flags=re.MULTILINE))
+
+
+@pytest.mark.parametrize(
+    ("command", "page", "heading"),
+    [
+        ("purge_jobstatus", "retention.md", "## `purge_jobstatus`"),
+        ("reap_jobstatus", "retention.md", "## `reap_jobstatus`"),
+        ("check_jobstatus", "health.md", "### `check_jobstatus`"),
+    ],
+)
+def test_the_docs_document_every_option_of_the_commands(command, page, heading):
     own = _own_options(command)
     assert "--dry-run" in own  # the parser was read
-    table = section.split(f"### `{command}`", 1)[1].split("\n### ", 1)[0]
-    documented = set(re.findall(r"^\| `(--[a-z-]+)", table, flags=re.MULTILINE))
-    assert documented == own
+    assert _options_table(_page(page), heading) == own
 
 
-def test_readme_documents_every_option_of_check_jobstatus() -> None:
-    section = _section("Health and alerts")
-    own = _own_options("check_jobstatus")
-    assert "--dry-run" in own  # the parser was read
-    table = section.split("#### `check_jobstatus`", 1)[1].split("\n### ", 1)[0]
-    documented = set(re.findall(r"^\| `(--[a-z-]+)", table, flags=re.MULTILINE))
-    assert documented == own
-
-
-def test_readme_documents_every_api_url_and_filter() -> None:
+def test_the_docs_document_every_api_url_and_filter() -> None:
     pytest.importorskip("rest_framework")
     pytest.importorskip("django_filters")
     from django_jobstatus.api import urls
@@ -97,42 +131,51 @@ def test_readme_documents_every_api_url_and_filter() -> None:
         JobRunFilterSet,
     )
 
-    section = _section("REST API")
+    page = _page("api.md")
     names = {pattern.name for pattern in urls.urlpatterns}
     assert {"jobrun-list", "jobmonitor-list", "metrics"} <= names
-    assert {name for name in names if f"`{name}`" not in section} == set()
+    assert {name for name in names if f"`{name}`" not in page} == set()
     filters = {
         *JobRunFilterSet.base_filters,
         *JobLogFilterSet.base_filters,
         *JobMonitorFilterSet.base_filters,
     }
-    assert {name for name in filters if f"`{name}`" not in section} == set()
+    assert {name for name in filters if f"`{name}`" not in page} == set()
 
 
-def test_readme_names_every_admin_action() -> None:
+def test_the_docs_name_every_admin_action() -> None:
     from django_jobstatus.admin.runs import JobRunAdmin
 
-    section = _section("Admin")
+    page = _page("admin.md")
     descriptions = {str(action.short_description) for action in JobRunAdmin.actions}
-    assert len(descriptions) == 6
-    assert {text for text in descriptions if f"| {text} |" not in section} == set()
+    assert len(descriptions) >= 6
+    assert {text for text in descriptions if f"| {text} |" not in page} == set()
 
 
-def test_tests_cited_by_the_readme_exist() -> None:
-    cited = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", README.read_text())
+def test_tests_cited_by_the_docs_exist() -> None:
+    cited = re.findall(r"`(tests/[\w/]+\.py)((?:::\w+)+)", _everything())
     assert len(cited) > 10
-    root = README.parent
     missing = [
-        f"{path}::{name}"
-        for path, name in cited
-        if not (root / path).exists()
-        or not re.search(rf"^\s*def {name}\(", (root / path).read_text(), re.MULTILINE)
+        f"{path}{names}"
+        for path, names in cited
+        if not (ROOT / path).exists()
+        or not all(
+            re.search(rf"^\s*(def|class) {name}\b", (ROOT / path).read_text(), re.M)
+            for name in names.split("::")[1:]
+        )
     ]
     assert missing == []
 
 
-def test_settings_named_in_the_readme_exist() -> None:
-    text = README.read_text()
-    named = set(re.findall(r'JOBSTATUS\["([A-Z_]+)"\]', text))
+def test_settings_named_in_the_docs_exist() -> None:
+    named = set(re.findall(r'JOBSTATUS\["([A-Z_]+)"\]', _everything()))
     assert "RETENTION" in named
     assert named - set(DEFAULTS) == set()
+
+
+def test_bench_commands_shown_in_the_docs_exist() -> None:
+    shown = set(re.findall(r"\bbench/(bench_\w+)\.py", _everything()))
+    assert shown
+    assert {
+        name for name in shown if not (ROOT / "bench" / f"{name}.py").exists()
+    } == set()

@@ -398,6 +398,37 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     # Bulk writes.
 
+    def update_returning(
+        self, fields: Iterable[str] = (), **values: Any
+    ) -> list[JobRun] | None:
+        """UPDATE these runs with ``values`` and return them as the UPDATE left them, in one
+        statement (``UPDATE … RETURNING``); only ``fields`` (and the id) are loaded when given.
+
+        None where the database cannot return rows from an UPDATE (SQLite before 3.35,
+        MySQL): the caller then updates and reads.
+        """
+        from django.db.models.sql import UpdateQuery
+
+        connection = connections[self.db]
+        if not connection.features.can_return_columns_from_insert:
+            return None
+        query = cast("UpdateQuery", self.query.chain(UpdateQuery))
+        query.add_update_values(values)
+        sql, params = query.get_compiler(self.db).as_sql()
+        meta = self.model._meta
+        chosen = (
+            [meta.pk, *(meta.get_field(name) for name in fields)]
+            if fields
+            else meta.concrete_fields
+        )
+        columns = ", ".join(
+            connection.ops.quote_name(str(field.column))  # type: ignore[union-attr]
+            for field in chosen
+        )
+        return list(
+            self.model.objects.raw(f"{sql} RETURNING {columns}", params, using=self.db)
+        )
+
     def writing(self) -> Self:
         """These runs on the database writes go to: everything a write reads decides what it
         changes, and a router may send plain reads to a replica (``READ_DATABASE``)."""

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from django.db import (
     DatabaseError,
@@ -92,37 +92,14 @@ def _write_progress(
     None when the run is not in the database. One ``UPDATE … RETURNING`` statement where
     the database has it (PostgreSQL, SQLite ≥ 3.35); a refused write reads the row once.
     """
-    from django.db.models.sql import UpdateQuery
-
     from django_jobstatus.models import JobRun, Status
 
     rows = JobRun.objects.using(alias).filter(pk=run.pk)
     mine = rows.filter(status=Status.RUNNING, attempt=run.attempt)
-    connection = connections[alias]
-    if connection.vendor in ("postgresql", "sqlite") and (
-        connection.features.can_return_columns_from_insert
-    ):
-        query = cast(UpdateQuery, mine.query.chain(UpdateQuery))
-        query.add_update_values(fields)
-        compiler = query.get_compiler(alias)
-        sql, params = compiler.as_sql()
-        field = JobRun._meta.get_field("kill_requested_at")
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"{sql} RETURNING {compiler.quote_name_unless_alias(field.column)}",
-                params,
-            )
-            row = cursor.fetchone()
-        if row is not None:
-            col = field.get_col(JobRun._meta.db_table)
-            value = row[0]
-            for converter in [
-                *connection.ops.get_db_converters(col),
-                *field.get_db_converters(connection),
-            ]:
-                value = converter(value, col, connection)
-            return True, value, Status.RUNNING
-    elif mine.update(**fields):
+    written = mine.update_returning(("kill_requested_at",), **fields)
+    if written:
+        return True, written[0].kill_requested_at, Status.RUNNING
+    if written is None and mine.update(**fields):
         return (
             True,
             rows.values_list("kill_requested_at", flat=True).get(),

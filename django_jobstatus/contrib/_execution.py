@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from contextvars import Token
 from logging import getLogger
-from typing import Any, cast
+from typing import Any
 
 from django.db import (
     DatabaseError,
@@ -22,7 +22,6 @@ from django.db import (
 )
 from django.db.models import F, Subquery, Value
 from django.db.models.functions import Coalesce, Greatest
-from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from django_jobstatus import batches, contrib
@@ -210,8 +209,6 @@ class Execution:
         run first: the row comes back from the UPDATE itself.
         """
         connection = connections[alias]
-        if not connection.features.can_return_columns_from_insert:
-            return None  # no RETURNING (SQLite before 3.35): the general path
         runs = JobRun.objects.using(alias)
         newest = (
             runs.filter(source=self.source, backend_job_id=self.backend_job_id)
@@ -219,35 +216,29 @@ class Execution:
             .values("pk")[:1]
         )
         now = timezone.now()
-        query = cast(
-            "UpdateQuery",
-            runs.filter(pk=Subquery(newest)).queued().query.chain(UpdateQuery),
-        )
-        query.add_update_values(
-            {
-                "status": Status.RUNNING,
-                "worker": self.worker,
-                # As mark_running(): the attempt starts with no error of an earlier one.
-                "error": "",
-                "traceback": "",
-                "started_at": Coalesce(F("started_at"), Value(now)),
-                "heartbeat_at": now,
-                "updated_at": now,
-                "attempt": Greatest(F("attempt"), Value(self.attempt)),
-            }
-        )
-        sql, params = query.get_compiler(alias).as_sql()
-        columns = ", ".join(
-            connection.ops.quote_name(str(field.column))
-            for field in JobRun._meta.concrete_fields
-        )
         savepoint = (
             transaction.atomic(using=alias)
             if connection.in_atomic_block
             else contextlib.nullcontext()
         )
         with savepoint:
-            started = list(runs.raw(f"{sql} RETURNING {columns}", params))
+            started = (
+                runs.filter(pk=Subquery(newest))
+                .queued()
+                .update_returning(
+                    status=Status.RUNNING,
+                    worker=self.worker,
+                    # As mark_running(): the attempt starts with no error of an earlier one.
+                    error="",
+                    traceback="",
+                    started_at=Coalesce(F("started_at"), Value(now)),
+                    heartbeat_at=now,
+                    updated_at=now,
+                    attempt=Greatest(F("attempt"), Value(self.attempt)),
+                )
+            )
+        if started is None:
+            return None  # no RETURNING (SQLite before 3.35): the general path
         if not started:
             return None
         run = started[0]

@@ -142,6 +142,7 @@ def test_one_statement_beats_for_every_active_run_of_the_process(
     assert heartbeats.beat() == 0  # deactivated: none left
 
 
+@pytest.mark.django_db  # an own connection left open by an earlier test is checked before use
 def test_a_forked_child_beats_for_none_of_its_parents_runs() -> None:
     handle = JobHandle(JobRun(job_name="tests.job", status=Status.RUNNING))
     token = handle.activate()

@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+from django.db import DataError
 from django.db.models import Count, Q
 from django.db.models.functions import TruncDay, TruncHour
 from django.http import HttpResponse
@@ -22,7 +23,7 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import mixins, routers, status, viewsets
+from rest_framework import exceptions, mixins, routers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.generics import get_object_or_404
@@ -169,6 +170,14 @@ class Access:
             or api_settings.DEFAULT_AUTHENTICATION_CLASSES
         )
         return [cls() for cls in classes]
+
+    def perform_authentication(self, request: Request) -> None:
+        # Credentials the database cannot even look up (a NUL in a Basic user name, on
+        # PostgreSQL) are refused like any wrong ones: a 401/403, never a 500.
+        try:
+            super().perform_authentication(request)  # type: ignore[misc]
+        except DataError as exc:
+            raise exceptions.AuthenticationFailed() from exc
 
     def get_permissions(self) -> list[Any]:
         return [cls() for cls in settings.API_PERMISSION_CLASSES]

@@ -262,3 +262,19 @@ def test_bulk_kill_force_must_be_a_json_boolean(api, active, force):
     assert response.status_code == 400, response.content
     assert "force" in response.json()
     assert_nobody_asked()
+
+
+@pytest.mark.postgres
+def test_basic_credentials_the_database_cannot_look_up_are_refused_not_a_500(
+    client, settings
+):
+    settings.JOBSTATUS = {
+        **settings.JOBSTATUS,
+        "API_AUTHENTICATION_CLASSES": [
+            "rest_framework.authentication.BasicAuthentication"
+        ],
+    }
+    token = base64.b64encode(b"nul\x00user:secret").decode()
+    for path in (BASE, "/api/jobstatus/metrics/", "/api/jobstatus/monitors/"):
+        response = client.get(path, HTTP_AUTHORIZATION=f"Basic {token}")
+        assert response.status_code in (401, 403), (path, response.content)

@@ -110,7 +110,7 @@ def reaped_once_killed(run: JobRun, worker: Popen[bytes], log: Path) -> None:
         timeout=TIMEOUT + 30,
         what="the dead worker's last heartbeat to get older than the timeout",
     )
-    assert "Marked 1 runs lost" in reap()
+    assert "Marked 1 run lost" in reap()
     assert refreshed(run).status == Status.LOST
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import rq
+from django.utils import timezone
 from rq import Retry
 
 from django_jobstatus.models import JobRun, Status
@@ -52,14 +53,20 @@ ITEMS = 6000  # a minute of work at 10 ms an item: a kill must stop it long befo
 SOLO_QUEUE = "jobstatus-tests-solo"
 
 
-def _stop(run: JobRun, how: str) -> None:
-    """Ask the run to stop (``request``), or kill it by force (``force``), once it counts."""
+def _stop(run: JobRun, how: str, *, cooperative_only: bool = False) -> None:
+    """Ask the run to stop (``request``), or kill it by force (``force``), once it counts.
+
+    ``cooperative_only``: record the request without telling the task system (RQ's stop-job
+    would end the job itself; tests/contrib/test_kill_enqueue.py covers that path).
+    """
     wait_for(
         lambda: refreshed(run).status == Status.RUNNING and run.progress_current > 0,
         timeout=90,
         what=f"run {run.pk} to count",
     )
-    if how == "request":
+    if how == "request" and cooperative_only:
+        assert JobRun.objects.filter(pk=run.pk).update(kill_requested_at=timezone.now())
+    elif how == "request":
         assert JobRun.objects.filter(pk=run.pk).request_kill() == 1
     else:
         JobRun.objects.get(pk=run.pk).mark_killed()
@@ -83,14 +90,18 @@ def _check_stopped(run: JobRun, how: str, frozen: JobRun | None) -> None:
 
 
 def _killed_then_next(
-    run: JobRun, how: str, next_done: Callable[[], JobRun]
+    run: JobRun,
+    how: str,
+    next_done: Callable[[], JobRun],
+    *,
+    cooperative_only: bool = False,
 ) -> JobRun | None:
     """Stop ``run``; wait for a task queued after it on the same one-at-a-time worker.
 
     The next task ending proves the killed one's code stopped. Returns the row right
     after a forced kill (nothing may change it afterwards).
     """
-    _stop(run, how)
+    _stop(run, how, cooperative_only=cooperative_only)
     frozen = JobRun.objects.get(pk=run.pk) if how == "force" else None
     assert next_done().status == Status.SUCCEEDED
     return frozen
@@ -181,7 +192,10 @@ def test_rq_a_kill_stops_the_loop_at_advance(
     run = rq_recorded(queue.enqueue(count_slowly_job, ITEMS))
     after = rq_recorded(queue.enqueue(rq_jobs.add, 1, 2))
     frozen = _killed_then_next(
-        run, how, lambda: rq_finished(after, rq_one_at_a_time, timeout=90)
+        run,
+        how,
+        lambda: rq_finished(after, rq_one_at_a_time, timeout=90),
+        cooperative_only=True,
     )
     _check_stopped(run, how, frozen)
 

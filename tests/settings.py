@@ -6,6 +6,7 @@ import os
 from importlib.util import find_spec
 
 import dj_database_url
+import django
 
 SECRET_KEY = "tests-only"  # noqa: S105
 DEBUG = False
@@ -76,3 +77,8 @@ TEMPLATES = [
 ]
 
 JOBSTATUS = {"FINISH_RETRY_TIMEOUT": 2.0}
+
+if django.VERSION >= (6, 1):
+    # Django 6.1 sends email through MAILERS (EMAIL_BACKEND is deprecated); the test
+    # environment turns every mailer into the locmem one.
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend"}}

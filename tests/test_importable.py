@@ -18,6 +18,7 @@ EXTRAS = {
     "django_jobstatus.api": {"rest_framework", "django_filters", "drf_spectacular"},
     "django_jobstatus.contrib.celery": {"celery"},
     "django_jobstatus.contrib.rq": {"rq", "django_rq", "redis"},
+    "django_jobstatus.metrics": {"prometheus_client"},
     # Needs django.tasks (Django 6) or the backport; says so with ImproperlyConfigured.
     "django_jobstatus.contrib.tasks": {"django_tasks"},
 }

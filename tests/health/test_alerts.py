@@ -243,10 +243,23 @@ def test_email_through_a_real_smtp_server(
     controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
     controller.start()
     try:
-        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-        settings.EMAIL_HOST = "127.0.0.1"
-        settings.EMAIL_PORT = controller.port
-        settings.EMAIL_TIMEOUT = 5
+        smtp = "django.core.mail.backends.smtp.EmailBackend"
+        if hasattr(settings, "MAILERS"):  # Django 6.1+
+            settings.MAILERS = {
+                "default": {
+                    "BACKEND": smtp,
+                    "OPTIONS": {
+                        "host": "127.0.0.1",
+                        "port": controller.port,
+                        "timeout": 5,
+                    },
+                }
+            }
+        else:
+            settings.EMAIL_BACKEND = smtp
+            settings.EMAIL_HOST = "127.0.0.1"
+            settings.EMAIL_PORT = controller.port
+            settings.EMAIL_TIMEOUT = 5
         failing()
         _check(django_capture_on_commit_callbacks)
         assert handler.received.wait(10)

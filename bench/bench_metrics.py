@@ -169,27 +169,9 @@ def run(options: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    options = parse()
-    import django
-    from django.conf import settings
+    from bench.seeding import on_scratch_database
 
-    settings.DATABASES["default"]["NAME"] = options.database
-    django.setup()
-    from django.db import connection
-
-    from bench.bench_purge import admin_sql
-
-    if connection.vendor != "postgresql":
-        sys.exit("The benchmark needs PostgreSQL: set DATABASE_URL.")
-    if not options.reuse:
-        admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
-        admin_sql(f'CREATE DATABASE "{options.database}"')
-    try:
-        run(options)
-    finally:
-        connection.close()
-        if not options.keep:
-            admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
+    on_scratch_database(parse(), run)
 
 
 if __name__ == "__main__":

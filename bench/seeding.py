@@ -9,6 +9,8 @@ the same runs: django-celery-results' ``TaskResult`` and django-tasks-db's ``DBT
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any
 
 # pg_temp functions live as long as the seeding connection; setseed() makes the data repeatable.
@@ -212,3 +214,28 @@ def seed(
                 "django-tasks-db rows",
                 DTK_SQL.format(table=DBTaskResult._meta.db_table, **tables),
             )
+
+
+def on_scratch_database(options: Any, run: Callable[[Any], None]) -> None:
+    """Run a benchmark on ``options.database`` (PostgreSQL): made anew unless ``--reuse``,
+    dropped afterwards unless ``--keep``."""
+    import django
+    from django.conf import settings
+
+    settings.DATABASES["default"]["NAME"] = options.database
+    django.setup()
+    from django.db import connection
+
+    from bench.bench_purge import admin_sql
+
+    if connection.vendor != "postgresql":
+        sys.exit("The benchmark needs PostgreSQL: set DATABASE_URL.")
+    if not options.reuse:
+        admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
+        admin_sql(f'CREATE DATABASE "{options.database}"')
+    try:
+        run(options)
+    finally:
+        connection.close()
+        if not options.keep:
+            admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')

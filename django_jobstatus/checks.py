@@ -7,9 +7,12 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.utils.module_loading import import_string
 
 from django_jobstatus.conf import DEFAULTS, REMOVED_SETTINGS, SETTINGS, TYPES, settings
+from django_jobstatus.states import Status
 
 
 def _has_type(value: Any, expected: tuple[type, ...]) -> bool:
@@ -85,8 +88,6 @@ def check_types(**kwargs: Any) -> list[CheckMessage]:
 @register(Tags.compatibility)
 def check_values(**kwargs: Any) -> list[CheckMessage]:
     """E003: numbers that must be positive, a DATABASE that exists; E004: RETENTION's shape."""
-    from django_jobstatus.models import Status
-
     user = settings.user_settings
     messages: list[CheckMessage] = []
     for declared in SETTINGS:
@@ -194,9 +195,6 @@ def _webhook_problem(hook: Any) -> str | None:
 @register(Tags.compatibility)
 def check_alerts(**kwargs: Any) -> list[CheckMessage]:
     """E006: alert addresses, webhooks, base URL and the metrics token must be usable."""
-    from django.core.exceptions import ValidationError
-    from django.core.validators import validate_email
-
     user = settings.user_settings
     messages: list[CheckMessage] = []
     emails = user.get("ALERT_EMAILS")

@@ -90,6 +90,7 @@ class Heartbeats:
 
         The runs are all in JOBSTATUS["DATABASE"], where tracking writes them.
         """
+        # Not at the top: tracking.py imports this module before the app registry is ready.
         from django_jobstatus.models import JobRun
 
         pks = [handle.run.pk for handle in self.handles()]

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import re
+import logging
 import secrets
-import socket
 import threading
 import time
 import traceback as tb
@@ -28,15 +24,59 @@ from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
-from django_jobstatus.fingerprints import FINGERPRINT_MAX_LENGTH, fingerprint
+from django_jobstatus.fingerprints import fingerprint
 from django_jobstatus.querysets import JobLogQuerySet, JobRunQuerySet
 from django_jobstatus.signals import job_status_changed
+from django_jobstatus.states import Status
+from django_jobstatus.values import (
+    BIGINT_MAX,
+    JOB_NAME_MAX_LENGTH,
+    MAX_LENGTHS,
+    check_amount,
+    check_job_name,
+    check_json,
+    check_progress,
+    clean,
+    cut,
+    cut_json,
+    default_worker,
+    exception_text,
+    storable,
+    was_cut,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-JOB_NAME_MAX_LENGTH = 255
-
+# Status and the value checks live in modules without models (querysets.py uses them, and
+# models.py imports querysets.py); their names stay importable from here.
+__all__ = [
+    "BIGINT_MAX",
+    "JOB_NAME_MAX_LENGTH",
+    "MONITOR_MAX_DURATION",
+    "Dashboard",
+    "JobLog",
+    "JobMonitor",
+    "JobMonitorIncident",
+    "JobRun",
+    "MonitorState",
+    "Status",
+    "check_amount",
+    "check_job_name",
+    "check_json",
+    "check_progress",
+    "clean",
+    "cut",
+    "cut_json",
+    "default_worker",
+    "exception_text",
+    "storable",
+    "uuid7",
+    "validate_cron",
+    "validate_not_negative_duration",
+    "validate_positive_duration",
+    "was_cut",
+]
 
 _last_uuid7 = 0
 _uuid7_lock = threading.Lock()
@@ -65,221 +105,18 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
-def default_worker() -> str:
-    """``host:pid`` of this process, or ``JOBSTATUS["WORKER_NAME"]``."""
-    return settings.WORKER_NAME or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def check_json(field: str, value: Any) -> None:
-    """Raise TypeError naming ``field`` when ``value`` cannot be stored as JSON."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{field} must be JSON-serializable: {exc}") from exc
-
-
-def check_job_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("job_name must be a non-empty string")
-    if len(name) > JOB_NAME_MAX_LENGTH:
-        raise ValueError(
-            f"job_name is {len(name)} characters long; the most is {JOB_NAME_MAX_LENGTH}"
-        )
-    return name
-
-
-BIGINT_MAX = 2**63 - 1  # the largest value a PositiveBigIntegerField stores
-
-
-def check_amount(name: str, value: Any) -> int:
-    """A progress figure as a whole number; ``ValueError`` naming it when it is not one."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, not {value!r}")
-    if not math.isfinite(value) or value < 0 or value > BIGINT_MAX:
-        raise ValueError(
-            f"{name} must be a finite number from 0 to {BIGINT_MAX}, not {value!r}"
-        )
-    return int(value)
-
-
-def check_progress(current: Any, total: Any = None) -> tuple[int, int | None]:
-    """Validate a progress pair; return it as whole numbers."""
-    current_n = check_amount("progress current", current)
-    total_n = None if total is None else check_amount("progress total", total)
-    if total_n is not None and current_n > total_n:
-        raise ValueError(
-            f"progress current ({current_n}) is greater than total ({total_n})"
-        )
-    return current_n, total_n
-
-
-def exception_text(exc: BaseException) -> str:
-    """``"ExcClass: message"`` (or just the class when the message is empty, or unprintable)."""
-    name = type(exc).__qualname__
-    try:
-        text = str(exc)
-    except Exception:  # an exception whose __str__ fails must not replace it
-        text = "<unprintable>"
-    return f"{name}: {text}" if text else name
-
-
-def cut(text: str, limit: int, *, keep_end: bool = False) -> str:
-    """Cut ``text`` to ``limit`` characters with a visible marker (at the end, or the start with ``keep_end``)."""
-    if len(text) <= limit:
-        return text
-    if keep_end:
-        marker = f"[cut {len(text) - limit} characters] …"
-        return marker + text[len(text) - max(limit - len(marker), 0) :]
-    marker = f"… [cut {len(text) - limit} characters]"
-    return text[: max(limit - len(marker), 0)] + marker
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def clean(value: Any) -> Any:
-    """``value`` with the characters no database stores replaced by U+FFFD.
-
-    NUL (PostgreSQL refuses it in text and JSON) and lone surrogates (no UTF-8 encoding;
-    ``os.fsdecode`` makes them), in a string or, at any depth, in JSON keys and values.
-    """
-    if isinstance(value, str):
-        return _UNSTORABLE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {clean(key): clean(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean(item) for item in value]
-    return value
-
-
-def cut_json(value: Any, limit: int) -> Any:
-    """``value``, or when its JSON is longer than ``limit`` characters a small object that says so.
-
-    The object is ``{"cut": true, "length": <characters>, "preview": "<the start of the
-    JSON, with REDACT_KEYS masked>"}``.
-    """
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return value  # not JSON: its own check reports it
-    if len(text) <= limit:
-        return value
-    from django_jobstatus.redaction import redact
-
-    preview = json.dumps(redact(value), ensure_ascii=False)
-    return {
-        "cut": True,
-        "length": len(text),
-        "preview": cut(preview, min(limit // 2, 1000)),
-    }
-
-
-def was_cut(value: Any) -> bool:
-    """Whether ``value`` is the object ``cut_json()`` put in place of JSON too big to keep."""
-    return isinstance(value, dict) and value.keys() == {"cut", "length", "preview"}
-
-
-# Text and JSON fields, with the setting that caps them.
-_CAPPED_TEXT = {
-    "message": "MESSAGE_MAX_LENGTH",
-    "error": "ERROR_MAX_LENGTH",
-    "traceback": "TRACEBACK_MAX_LENGTH",
-}
-_CAPPED_JSON = frozenset({"params", "data", "result"})
-# Names a caller gives: too long is a ValueError, not a cut (a cut subject finds nothing).
-_CHECKED_NAMES = frozenset({"job_name", "subject", "source"})
-
-
-def storable(values: dict[str, Any]) -> dict[str, Any]:
-    """JobRun field values as the database can store them, whatever text they hold.
-
-    Text and JSON are cleaned (``clean()``); ``message``, ``error`` and ``traceback``
-    are cut to their setting (a traceback keeps its end), ``params``, ``data`` and
-    ``result`` past JSON_MAX_LENGTH become ``cut_json()``'s object, other strings are cut
-    to their column; ``job_name``, ``subject`` or ``source`` too long for their column
-    raise ValueError, before anything is written.
-    """
-    stored: dict[str, Any] = {}
-    for name, value in values.items():
-        value = clean(value)
-        if isinstance(value, str):
-            setting = _CAPPED_TEXT.get(name)
-            if setting is not None:
-                value = cut(
-                    value, getattr(settings, setting), keep_end=name == "traceback"
-                )
-            else:
-                limit = getattr(_FIELDS.get(name), "max_length", None)
-                if limit is not None and len(value) > limit:
-                    if name in _CHECKED_NAMES:
-                        raise ValueError(
-                            f"{name} is {len(value)} characters long; the most is {limit}"
-                        )
-                    value = cut(value, limit)
-        elif name in _CAPPED_JSON:
-            value = cut_json(value, settings.JSON_MAX_LENGTH)
-        stored[name] = value
-    return stored
-
-
-class Status(models.TextChoices):
-    QUEUED = "queued", _("Queued")
-    RUNNING = "running", _("Running")
-    RETRYING = "retrying", _("Retrying")
-    SUCCEEDED = "succeeded", _("Succeeded")
-    FAILED = "failed", _("Failed")
-    KILLED = "killed", _("Killed")
-    LOST = "lost", _("Lost")
-
-    # Enum members cannot be declared in the class body as sets; they are set below.
-    TERMINAL: ClassVar[frozenset[str]]
-    ACTIVE: ClassVar[frozenset[str]]
-    LEGAL_MOVES: ClassVar[dict[str, frozenset[str]]]
-
-    @classmethod
-    def sources_of(cls, target: str) -> list[str]:
-        """The statuses a run may move to ``target`` from."""
-        return sorted(
-            source for source, targets in cls.LEGAL_MOVES.items() if target in targets
-        )
-
-
-Status.TERMINAL = frozenset(
-    {Status.SUCCEEDED, Status.FAILED, Status.KILLED, Status.LOST}
-)
-Status.ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING})
-Status.LEGAL_MOVES = {
-    Status.QUEUED: frozenset({Status.RUNNING, Status.KILLED}),
-    Status.RUNNING: frozenset(
-        {
-            Status.SUCCEEDED,
-            Status.FAILED,
-            Status.RETRYING,
-            Status.KILLED,
-            Status.LOST,
-            Status.RUNNING,
-        }
-    ),
-    Status.RETRYING: frozenset({Status.QUEUED, Status.RUNNING, Status.KILLED}),
-}
-
-_STATUS_LENGTH = max(len(value) for value in Status.values)
-
-
 class JobRun(models.Model):
     id = models.UUIDField(_("id"), primary_key=True, default=uuid7, editable=False)
-    job_name = models.CharField(_("job name"), max_length=JOB_NAME_MAX_LENGTH)
+    job_name = models.CharField(_("job name"), max_length=MAX_LENGTHS["job_name"])
     status = models.CharField(
         _("status"),
-        max_length=_STATUS_LENGTH,
+        max_length=MAX_LENGTHS["status"],
         choices=Status.choices,
         default=Status.QUEUED,
     )
     source = models.CharField(
         _("source"),
-        max_length=50,
+        max_length=MAX_LENGTHS["source"],
         blank=True,
         default="manual",
         help_text=_(
@@ -288,16 +125,18 @@ class JobRun(models.Model):
     )
     backend_job_id = models.CharField(
         _("backend job id"),
-        max_length=255,
+        max_length=MAX_LENGTHS["backend_job_id"],
         blank=True,
         default="",
         help_text=_("The task system's own id of this run."),
     )
-    queue = models.CharField(_("queue"), max_length=255, blank=True, default="")
+    queue = models.CharField(
+        _("queue"), max_length=MAX_LENGTHS["queue"], blank=True, default=""
+    )
     priority = models.IntegerField(_("priority"), default=0)
     subject = models.CharField(
         _("subject"),
-        max_length=255,
+        max_length=MAX_LENGTHS["subject"],
         blank=True,
         default="",
         help_text=_('What the run is about, e.g. "library.Book:53".'),
@@ -306,7 +145,9 @@ class JobRun(models.Model):
     data = models.JSONField(_("data"), default=dict, blank=True)
     result = models.JSONField(_("result"), null=True, blank=True)
     message = models.TextField(_("message"), blank=True, default="")
-    step = models.CharField(_("step"), max_length=255, blank=True, default="")
+    step = models.CharField(
+        _("step"), max_length=MAX_LENGTHS["step"], blank=True, default=""
+    )
     progress_current = models.PositiveBigIntegerField(_("progress"), default=0)
     progress_total = models.PositiveBigIntegerField(
         _("progress total"), null=True, blank=True
@@ -316,7 +157,7 @@ class JobRun(models.Model):
     has_errors = models.BooleanField(_("has errors"), default=False)
     error_fingerprint = models.CharField(
         _("error fingerprint"),
-        max_length=FINGERPRINT_MAX_LENGTH,
+        max_length=MAX_LENGTHS["error_fingerprint"],
         blank=True,
         default="",
         # Also a database default: code that inserts runs without it (an older release
@@ -329,7 +170,9 @@ class JobRun(models.Model):
     )
     attempt = models.PositiveIntegerField(_("attempt"), default=1)
     attempts = models.JSONField(_("earlier attempts"), default=list, blank=True)
-    worker = models.CharField(_("worker"), max_length=255, blank=True, default="")
+    worker = models.CharField(
+        _("worker"), max_length=MAX_LENGTHS["worker"], blank=True, default=""
+    )
     owner = models.ForeignKey(
         django_settings.AUTH_USER_MODEL,
         verbose_name=_("owner"),
@@ -718,9 +561,6 @@ class JobRun(models.Model):
             time.sleep(min(interval, max(deadline - time.monotonic(), 0)))
 
 
-_FIELDS: dict[str, Any] = {field.name: field for field in JobRun._meta.concrete_fields}
-
-
 class JobLog(models.Model):
     id = models.BigAutoField(primary_key=True)
     run = models.ForeignKey(
@@ -763,8 +603,6 @@ class JobLog(models.Model):
 
     @property
     def level_name(self) -> str:
-        import logging
-
         return logging.getLevelName(self.level)
 
     @classmethod

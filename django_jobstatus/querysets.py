@@ -22,10 +22,15 @@ from django.db.models import (
     Min,
     Q,
 )
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from django_jobstatus import contrib
 from django_jobstatus.conf import settings
+from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.states import Status
+from django_jobstatus.values import check_job_name, check_json, default_worker, storable
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +39,6 @@ if TYPE_CHECKING:
 
     from django_jobstatus.models import JobRun
     from django_jobstatus.retention import PurgeResult
-
-
-def _status() -> Any:
-    # querysets.py is imported by models.py, so Status is looked up when a scope runs.
-    from django_jobstatus.models import Status
-
-    return Status
 
 
 # The longest age or timeout: "now" minus it stays a date (datetime overflows past year 1).
@@ -242,8 +240,6 @@ _KILLED_BY_FORCE = _("Killed by force.")
 
 def _killed(run: JobRun, message: str | None) -> bool:
     """End ``run`` killed now; False when it finished first."""
-    from django_jobstatus.exceptions import InvalidTransition
-
     try:
         run.mark_killed(message=message or str(_KILLED_BY_FORCE))
     except InvalidTransition:
@@ -256,43 +252,43 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     def queued(self) -> Self:
         """Runs waiting for a worker."""
-        return self.filter(status=_status().QUEUED)
+        return self.filter(status=Status.QUEUED)
 
     def running(self) -> Self:
         """Runs a worker is executing now."""
-        return self.filter(status=_status().RUNNING)
+        return self.filter(status=Status.RUNNING)
 
     def retrying(self) -> Self:
         """Runs whose attempt failed and that wait for another."""
-        return self.filter(status=_status().RETRYING)
+        return self.filter(status=Status.RETRYING)
 
     def active(self) -> Self:
         """Runs not finished yet: queued, running or retrying."""
-        return self.filter(status__in=sorted(_status().ACTIVE))
+        return self.filter(status__in=sorted(Status.ACTIVE))
 
     def finished(self) -> Self:
         """Runs in a terminal state: succeeded, failed, killed or lost."""
-        return self.filter(status__in=sorted(_status().TERMINAL))
+        return self.filter(status__in=sorted(Status.TERMINAL))
 
     def succeeded(self) -> Self:
         """Runs that finished without error."""
-        return self.filter(status=_status().SUCCEEDED)
+        return self.filter(status=Status.SUCCEEDED)
 
     def failed(self) -> Self:
         """Runs that finished with an error and no retry left."""
-        return self.filter(status=_status().FAILED)
+        return self.filter(status=Status.FAILED)
 
     def killed(self) -> Self:
         """Runs stopped on request."""
-        return self.filter(status=_status().KILLED)
+        return self.filter(status=Status.KILLED)
 
     def lost(self) -> Self:
         """Runs whose worker stopped sending heartbeats."""
-        return self.filter(status=_status().LOST)
+        return self.filter(status=Status.LOST)
 
     def failed_or_lost(self) -> Self:
         """Runs that ended without reaching their end: failed, or lost with their worker."""
-        return self.filter(status__in=sorted({_status().FAILED, _status().LOST}))
+        return self.filter(status__in=sorted({Status.FAILED, Status.LOST}))
 
     # Other predicates.
 
@@ -370,8 +366,6 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
     # Creating runs.
 
     def _create(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
-        from django_jobstatus.models import check_job_name, check_json, storable
-
         check_job_name(name)
         for field in ("params", "data", "result"):
             if field in fields:
@@ -384,17 +378,15 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
     def enqueue(self, name: str, **fields: Any) -> JobRun:
         """Record a run waiting for a worker."""
         fields.setdefault("queued_at", timezone.now())
-        return self._create(name, _status().QUEUED, fields)
+        return self._create(name, Status.QUEUED, fields)
 
     def start(self, name: str, **fields: Any) -> JobRun:
         """Record a run that starts now, in this process."""
-        from django_jobstatus.models import default_worker
-
         now = timezone.now()
         fields.setdefault("started_at", now)
         fields.setdefault("heartbeat_at", now)
         fields.setdefault("worker", default_worker())
-        return self._create(name, _status().RUNNING, fields)
+        return self._create(name, Status.RUNNING, fields)
 
     # Bulk writes.
 
@@ -407,8 +399,6 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         None where the database cannot return rows from an UPDATE (SQLite before 3.35,
         MySQL): the caller then updates and reads.
         """
-        from django.db.models.sql import UpdateQuery
-
         connection = connections[self.db]
         if not connection.features.can_return_columns_from_insert:
             return None
@@ -451,8 +441,6 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         ``not_stopped``. Returns a :class:`KillResult`: the number of runs newly asked
         (forced: ended killed).
         """
-        from django_jobstatus import contrib
-
         if (runs := self.writing()) is not self:
             return runs.request_kill(force=force, message=message)
         now = timezone.now()
@@ -521,6 +509,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         time the retention counts back from, to both calls for exactly the same runs).
         The engine lives in ``django_jobstatus.retention``.
         """
+        # Imported here: retention.py builds on this module's helpers and imports it.
         from django_jobstatus import retention as engine
 
         return engine.purge(
@@ -663,7 +652,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             .values("job_name", "error_fingerprint")
             .annotate(
                 count=Count("pk"),
-                lost=Count("pk", filter=Q(status=_status().LOST)),
+                lost=Count("pk", filter=Q(status=Status.LOST)),
                 retryable=Count("pk", filter=Q(source__in=list(retry_sources))),
                 first_seen=Min("finished_at"),
                 last_seen=Max("finished_at"),
@@ -678,7 +667,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         ``failure_rate`` is failed / finished. Percentiles are exact on PostgreSQL
         (``percentile_cont``); elsewhere they are computed in Python from the durations.
         """
-        statuses = _status().values
+        statuses = Status.values
         postgres = connections[self.db].vendor == "postgresql"
         counts = {status: Count("pk", filter=Q(status=status)) for status in statuses}
         timed = Q(finished_at__isnull=False, started_at__isnull=False)
@@ -702,12 +691,12 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             # django-stubs types the rows by the values() keys only, not the annotations.
             fetched = list(cast("Iterable[Mapping[str, Any]]", rows))
         for row in fetched:
-            finished = sum(row[status] for status in _status().TERMINAL)
+            finished = sum(row[status] for status in Status.TERMINAL)
             entry: dict[str, Any] = {
                 "job_name": row["job_name"],
                 "total": row["total"],
                 "counts": {status: row[status] for status in statuses},
-                "failure_rate": row[_status().FAILED] / finished if finished else None,
+                "failure_rate": row[Status.FAILED] / finished if finished else None,
             }
             for key in ("min_duration", "avg_duration", "max_duration"):
                 entry[key] = row[key].total_seconds() if row[key] is not None else None

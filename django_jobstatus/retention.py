@@ -25,10 +25,10 @@ from django_jobstatus.conf import settings
 from django_jobstatus.querysets import (
     _chunk_size,
     _chunks,
-    _status,
     _whole,
     as_timedelta,
 )
+from django_jobstatus.states import Status
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -121,14 +121,13 @@ def purge(
 
 
 def _statuses(statuses: Iterable[str] | None, include_active: bool) -> set[str]:  # noqa: FBT001
-    status = _status()
-    allowed = set(status.values) if include_active else set(status.TERMINAL)
+    allowed = set(Status.values) if include_active else set(Status.TERMINAL)
     if statuses is None:
         return allowed
     chosen = {
         str(value) for value in ([statuses] if isinstance(statuses, str) else statuses)
     }
-    unknown = chosen - set(status.values)
+    unknown = chosen - set(Status.values)
     if unknown:
         raise ValueError(f"Unknown status: {', '.join(sorted(unknown))}")
     active = chosen - allowed
@@ -148,7 +147,7 @@ def _cutoffs(
     """Group the chosen statuses by the time before which their runs go."""
     if retention is None:
         retention = {} if days is not None else settings.RETENTION
-    unknown = set(retention) - set(_status().values)
+    unknown = set(retention) - set(Status.values)
     if unknown:
         raise ValueError(f"Unknown status in retention: {', '.join(sorted(unknown))}")
     default = as_timedelta("days", settings.RETENTION_DAYS if days is None else days)

@@ -36,9 +36,20 @@ from django_jobstatus import own_connections
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
 from django_jobstatus.heartbeats import heartbeats
+from django_jobstatus.states import Status
+from django_jobstatus.values import (
+    BIGINT_MAX,
+    check_amount,
+    check_json,
+    check_progress,
+    storable,
+)
 
 if TYPE_CHECKING:
     from django_jobstatus.models import JobLog, JobRun
+
+# JobRun and JobLog are imported where they are used: a LOGGING handler
+# (contrib.logging) imports this module before the app registry is ready.
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +103,7 @@ def _write_progress(
     None when the run is not in the database. One ``UPDATE … RETURNING`` statement where
     the database has it (PostgreSQL, SQLite ≥ 3.35); a refused write reads the row once.
     """
-    from django_jobstatus.models import JobRun, Status
+    from django_jobstatus.models import JobRun
 
     rows = JobRun.objects.using(alias).filter(pk=run.pk)
     mine = rows.filter(status=Status.RUNNING, attempt=run.attempt)
@@ -154,8 +165,6 @@ class JobHandle:
 
     @result.setter
     def result(self, value: Any) -> None:
-        from django_jobstatus.models import check_json
-
         check_json("result", value)
         self._result = value
 
@@ -163,8 +172,6 @@ class JobHandle:
 
     def progress(self, current: float, total: float | None = None) -> None:
         """Set how far the job is (and, optionally, out of how much)."""
-        from django_jobstatus.models import check_progress
-
         self._current, new_total = check_progress(
             current, total if total is not None else None
         )
@@ -179,8 +186,6 @@ class JobHandle:
     def advance(self, amount: float = 1) -> None:
         """Add ``amount`` to the progress; cheap enough to call for every item."""
         if type(amount) is not int or amount < 0:  # the common case checked fast
-            from django_jobstatus.models import check_amount
-
             amount = check_amount("advance amount", amount)
         current = self._current + amount
         if self._total is not None and current > self._total:
@@ -201,8 +206,6 @@ class JobHandle:
         """Enter a stage of the job; with ``total``, progress restarts at 0 of it."""
         self._step = str(name)
         if total is not None:
-            from django_jobstatus.models import check_amount
-
             self._current, self._total = 0, check_amount("step total", total)
         self._changed()
 
@@ -290,8 +293,6 @@ class JobHandle:
         )
 
     def _pending_fields(self) -> dict[str, Any]:
-        from django_jobstatus.models import BIGINT_MAX
-
         now = timezone.now()
         fields: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
         if self._dirty:
@@ -320,8 +321,6 @@ class JobHandle:
         newer attempt), the refused write is the last one (a forced kill also counts as
         a kill request), and only ``finish()`` writes the remaining log lines.
         """
-        from django_jobstatus.models import Status, storable
-
         self._last_write = time.monotonic()
         if self._ended_elsewhere:
             return
@@ -479,8 +478,6 @@ class JobHandle:
     @staticmethod
     def _outcome(exc: BaseException | None) -> str:
         """How leaving with ``exc`` ends the run: succeeded, killed (JobKilled) or failed."""
-        from django_jobstatus.models import Status
-
         if exc is None:
             return Status.SUCCEEDED
         return Status.KILLED if isinstance(exc, JobKilled) else Status.FAILED
@@ -498,8 +495,6 @@ class JobHandle:
     def _transition(
         self, exc: BaseException | None, alias: str, fields: dict[str, Any]
     ) -> None:
-        from django_jobstatus.models import Status
-
         outcome = self._outcome(exc)
         if outcome == Status.SUCCEEDED:
             self.run.mark_succeeded(self._result, using=alias, **fields)

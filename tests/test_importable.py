@@ -6,7 +6,10 @@ CI runs this file in a virtualenv without extras (``make test-core``) and in the
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import subprocess
+import sys
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -58,3 +61,27 @@ def test_the_core_modules_are_all_found() -> None:
     core = [m for m in MODULES if not _extra_of(m)]
     for name in ("models", "querysets", "tracking", "admin", "management.commands"):
         assert any(m.startswith(f"django_jobstatus.{name}") for m in core), name
+
+
+def test_the_scopes_import_no_model() -> None:
+    """querysets.py (which models.py imports) needs no model at import time: no cycle."""
+    code = (
+        "import sys, django_jobstatus.querysets, django_jobstatus.checks;"
+        "print('django_jobstatus.models' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+    )
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_models_still_offers_status_and_the_value_checks() -> None:
+    from django_jobstatus import models, states, values
+
+    assert models.Status is states.Status
+    for name in ("storable", "check_json", "check_progress", "cut", "default_worker"):
+        assert getattr(models, name) is getattr(values, name)

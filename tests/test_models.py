@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
+from django.db.models import CharField
 from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -20,6 +21,7 @@ from django_jobstatus.conf import settings as jobstatus_settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status, uuid7
 from django_jobstatus.signals import job_status_changed
+from django_jobstatus.values import MAX_LENGTHS
 from tests.test_tracking import ANY_TEXT, stored
 
 pytestmark = pytest.mark.django_db
@@ -784,3 +786,13 @@ def test_the_big_table_indexes_and_their_migration_reverses() -> None:
         call_command("migrate", "django_jobstatus", verbosity=0)
     assert ("jobstatus_log_message_trgm" in _log_indexes()) is postgres
     assert "jobstatus_run_created_idx" not in _run_indexes()
+
+
+def test_every_text_column_of_a_run_has_its_width_in_max_lengths() -> None:
+    """storable() cuts to MAX_LENGTHS: a column missing there would be refused by PostgreSQL."""
+    widths = {
+        field.name: field.max_length
+        for field in JobRun._meta.concrete_fields
+        if isinstance(field, CharField)
+    }
+    assert widths == MAX_LENGTHS

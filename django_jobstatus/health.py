@@ -28,6 +28,7 @@ from cronsim import CronSim
 from django.core.mail import send_mail
 from django.db import connections, transaction
 from django.db.models import Count, OuterRef, Prefetch, Q, Subquery
+from django.db.models.signals import post_delete, post_save
 from django.urls import NoReverseMatch
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -42,7 +43,7 @@ from django_jobstatus.models import (
     Status,
 )
 from django_jobstatus.querysets import percentile
-from django_jobstatus.signals import monitor_state_changed
+from django_jobstatus.signals import job_status_changed, monitor_state_changed
 
 if TYPE_CHECKING:
     import uuid
@@ -481,10 +482,6 @@ def on_job_status_changed(*, run: JobRun, status: str, **kwargs: Any) -> None:
 
 def connect() -> None:
     """Connect the receivers (``JobStatusConfig.ready()``)."""
-    from django.db.models.signals import post_delete, post_save
-
-    from django_jobstatus.signals import job_status_changed
-
     job_status_changed.connect(
         on_job_status_changed, sender=JobRun, dispatch_uid="django_jobstatus.health"
     )

@@ -6,6 +6,7 @@ lists more than a page and reaches every row with "older" links, whatever the co
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -130,8 +131,6 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
 
 def _plan(connection: Any, queryset: Any) -> dict[str, Any]:
     """PostgreSQL's plan of ``queryset`` (EXPLAIN, not run)."""
-    import json
-
     sql, params = queryset.query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)

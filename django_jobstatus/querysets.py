@@ -340,6 +340,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """Runs someone asked to stop."""
         return self.filter(kill_requested_at__isnull=False)
 
+    def not_kill_requested(self) -> Self:
+        """Runs nobody asked to stop."""
+        return self.filter(kill_requested_at__isnull=True)
+
     # Reading one run.
 
     def latest_for(self, name: str) -> JobRun | None:
@@ -448,7 +452,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         if not force and not sources:
             asked = (
                 self.active()
-                .filter(kill_requested_at__isnull=True)
+                .not_kill_requested()
                 .update(kill_requested_at=now, updated_at=now)
             )
             return KillResult(asked=asked, requested_at=now)
@@ -461,7 +465,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             asked += (
                 every.filter(pk__in=part)
                 .active()
-                .filter(kill_requested_at__isnull=True)
+                .not_kill_requested()
                 .update(kill_requested_at=now, updated_at=now)
             )
             runs = every.filter(pk__in=part).active().defer(*_UNUSED_BY_KILL)

@@ -178,6 +178,10 @@ def test_kill_requested_scope_and_bulk_request_kill(make_run) -> None:
     make_run("a", status=Status.SUCCEEDED)
     make_run("b")
     assert list(JobRun.objects.kill_requested()) == [asked]
+    assert set(JobRun.objects.not_kill_requested().for_job("a")) == {
+        queued,
+        running,
+    } | set(JobRun.objects.for_job("a").succeeded())
     assert (
         JobRun.objects.for_job("a").request_kill() == 2
     )  # finished and already-asked runs are left alone

@@ -163,7 +163,7 @@ class KillRequestedFilter(ChoiceFilter):
     def apply(self, queryset: Any, value: str) -> Any:
         if value == "yes":
             return queryset.kill_requested()
-        return queryset.filter(kill_requested_at__isnull=True)
+        return queryset.not_kill_requested()
 
 
 WITHIN = {

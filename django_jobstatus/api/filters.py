@@ -648,9 +648,7 @@ class JobRunFilterSet(StrictFilterSet):
     ) -> JobRunQuerySet:
         if value is None:
             return qs
-        return (
-            qs.kill_requested() if value else qs.filter(kill_requested_at__isnull=True)
-        )
+        return qs.kill_requested() if value else qs.not_kill_requested()
 
     def filter_q(self, qs: JobRunQuerySet, name: str, value: str) -> JobRunQuerySet:
         value = value.strip()

@@ -147,7 +147,7 @@ def _merge_twins(backend_job_id: str, alias: str) -> bool:
                 parent_id=row["parent_id"]
             )
         if row["kill_requested_at"] is not None:
-            runs.filter(pk__in=kept, kill_requested_at__isnull=True).update(
+            runs.filter(pk__in=kept).not_kill_requested().update(
                 kill_requested_at=row["kill_requested_at"]
             )
     runs.filter(pk__in=[row["pk"] for row in queued]).queued().delete()

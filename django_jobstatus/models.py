@@ -105,6 +105,18 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+def _sources(target: str, *, new_attempt: bool) -> list[str]:
+    """The statuses a move to ``target`` applies from."""
+    sources = Status.sources_of(target)
+    if target != Status.RUNNING:
+        return sources
+    # running → running is only a restart (a new attempt); a start needs queued|retrying,
+    # else two workers holding the same queued run would both win.
+    if new_attempt:
+        return [Status.RUNNING]
+    return [s for s in sources if s != Status.RUNNING]
+
+
 class JobRun(models.Model):
     id = models.UUIDField(_("id"), primary_key=True, default=uuid7, editable=False)
     job_name = models.CharField(_("job name"), max_length=MAX_LENGTHS["job_name"])
@@ -310,16 +322,7 @@ class JobRun(models.Model):
         previous = self.status
         now = timezone.now()
         values = {"status": target, "updated_at": now, **storable(values)}
-        stamps: dict[str, datetime] = {}
-        if target == Status.QUEUED:
-            stamps["queued_at"] = now
-        elif target == Status.RUNNING:
-            stamps["started_at"] = now
-            values.setdefault("heartbeat_at", now)
-        elif target in Status.TERMINAL:
-            values.setdefault("finished_at", now)
-        if target in (Status.FAILED, Status.LOST):
-            values["error_fingerprint"] = self._fingerprint(target, values)
+        stamps = self._stamps(target, now, values)
         updates: dict[str, Any] = dict(values)
         for field, stamp in stamps.items():
             # First entry only: a stamp already set stays.
@@ -328,15 +331,7 @@ class JobRun(models.Model):
                 if not new_attempt or field != "started_at"
                 else stamp
             )
-        sources = Status.sources_of(target)
-        if target == Status.RUNNING:
-            # running → running is only a restart (a new attempt); a start needs queued|retrying,
-            # else two workers holding the same queued run would both win.
-            sources = (
-                [Status.RUNNING]
-                if new_attempt
-                else [s for s in sources if s != Status.RUNNING]
-            )
+        sources = _sources(target, new_attempt=new_attempt)
         # A move applies to the state this instance saw, status and attempt: a worker
         # finishing attempt 1 cannot end attempt 2 that a restart opened meanwhile, the
         # history of a new attempt is built from this instance's fields, and ``previous``
@@ -349,32 +344,54 @@ class JobRun(models.Model):
                 .update(**updates)
             )
         if not updated:
-            current = (
-                JobRun.objects.using(db)
-                .filter(pk=self.pk)
-                .values_list("status", "attempt")
-                .first()
-            )
-            if current is None:
-                raise JobRun.DoesNotExist(f"Run {self.pk} does not exist.")
-            status, attempt = current
-            if status not in sources:
-                raise InvalidTransition(
-                    f"Run {self.pk} cannot move from {status} to {target}."
-                )
-            if attempt != self.attempt:
-                raise InvalidTransition(
-                    f"Run {self.pk} is at attempt {attempt}, not {self.attempt}; reload it first."
-                )
-            raise InvalidTransition(
-                f"Run {self.pk} is {status}, not {previous}; reload it first."
-            )
+            raise self._refusal(db, target, sources, previous)
         for field, value in values.items():
             setattr(self, field, value)
         for field, stamp in stamps.items():
             if new_attempt or getattr(self, field) is None:
                 setattr(self, field, stamp)
         self._announce(previous, target, db)
+
+    def _stamps(
+        self, target: str, now: datetime, values: dict[str, Any]
+    ) -> dict[str, datetime]:
+        """The first-entry timestamps a move to ``target`` sets; adds the other values it implies."""
+        stamps: dict[str, datetime] = {}
+        if target == Status.QUEUED:
+            stamps["queued_at"] = now
+        elif target == Status.RUNNING:
+            stamps["started_at"] = now
+            values.setdefault("heartbeat_at", now)
+        elif target in Status.TERMINAL:
+            values.setdefault("finished_at", now)
+        if target in (Status.FAILED, Status.LOST):
+            values["error_fingerprint"] = self._fingerprint(target, values)
+        return stamps
+
+    def _refusal(
+        self, db: str, target: str, sources: list[str], previous: str
+    ) -> Exception:
+        """Why the conditional UPDATE of a move to ``target`` changed no row, read from the row."""
+        current = (
+            JobRun.objects.using(db)
+            .filter(pk=self.pk)
+            .values_list("status", "attempt")
+            .first()
+        )
+        if current is None:
+            return JobRun.DoesNotExist(f"Run {self.pk} does not exist.")
+        status, attempt = current
+        if status not in sources:
+            return InvalidTransition(
+                f"Run {self.pk} cannot move from {status} to {target}."
+            )
+        if attempt != self.attempt:
+            return InvalidTransition(
+                f"Run {self.pk} is at attempt {attempt}, not {self.attempt}; reload it first."
+            )
+        return InvalidTransition(
+            f"Run {self.pk} is {status}, not {previous}; reload it first."
+        )
 
     def _announce(self, previous: str, target: str, using: str) -> None:
         """Send job_status_changed for a move this run made, once its transaction commits."""

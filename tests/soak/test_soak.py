@@ -10,6 +10,7 @@ run inside their own transaction. The totals are printed at the end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -127,8 +128,8 @@ def test_soak(
         print(f"\nsoak totals:\n{report}")  # noqa: T201
 
 
-def _check(out: Path, elapsed: float) -> str:
-    """Check the soak's records against the database; the totals."""
+def _worker_records(out: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """What the workers' jobs wrote down, and the write warnings they logged (none expected)."""
     runs = [
         entry
         for index in range(WORKERS)
@@ -145,6 +146,11 @@ def _check(out: Path, elapsed: float) -> str:
         ]
     ]
     assert warnings == []
+    return runs, warnings
+
+
+def _helper_reports(out: Path) -> dict[str, dict[str, Any]]:
+    """The killer's, purger's, reaper's and reader's reports; none met an error."""
     helpers = {
         role: json.loads((out / f"{role}-0.json").read_text())
         for role in ("killer", "purger", "reaper", "reader")
@@ -155,41 +161,130 @@ def _check(out: Path, elapsed: float) -> str:
     assert (
         helpers["reader"]["flips"] == []
     )  # the API never showed a finished run otherwise
+    return helpers
 
+
+@dataclasses.dataclass
+class _Audit:
+    """The audit trigger's rows: status changes, deletions, ends and kill requests per run."""
+
+    changes: dict[uuid.UUID, list[tuple[str, str]]]
+    deleted: dict[uuid.UUID, tuple[str, datetime | None]]
+    ended_at: dict[uuid.UUID, datetime]
+    killed_at: dict[uuid.UUID, datetime]  # when the kill request was written
+
+
+def _audit() -> _Audit:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT run_id, op, old_status, new_status, kill_requested_at, at FROM soak_audit ORDER BY id"
         )
-        audit = cursor.fetchall()
-    changes: dict[uuid.UUID, list[tuple[str, str]]] = defaultdict(list)
-    deleted: dict[uuid.UUID, tuple[str, datetime | None]] = {}
-    ended_at: dict[uuid.UUID, datetime] = {}
-    killed_at: dict[uuid.UUID, datetime] = {}  # when the kill request was written
-    for run_id, op, old, new, kill_at, at in audit:
+        rows = cursor.fetchall()
+    audit = _Audit(defaultdict(list), {}, {}, {})
+    for run_id, op, old, new, kill_at, at in rows:
         if op == "delete":
-            deleted[run_id] = (old, kill_at)
+            audit.deleted[run_id] = (old, kill_at)
         elif op == "kill":
-            killed_at[run_id] = at
+            audit.killed_at[run_id] = at
         else:
-            changes[run_id].append((old, new))
+            audit.changes[run_id].append((old, new))
             if new in TERMINAL:
-                ended_at[run_id] = at
-    # Nothing left a finished state, and only finished runs were purged.
-    left_terminal = [
-        (pk, old, new)
-        for pk, moves in changes.items()
-        for old, new in moves
-        if old in TERMINAL
-    ]
-    assert left_terminal == []
-    assert {status for status, _ in deleted.values()} <= TERMINAL
+                audit.ended_at[run_id] = at
+    return audit
 
+
+def _signals(out: Path) -> list[dict[str, Any]]:
+    """The job_status_changed signals the actors received; none left a finished state."""
     signals = [
         entry
         for path in sorted(out.glob("signals-*.jsonl"))
         for entry in _read_jsonl(path)
     ]
     assert [s for s in signals if s["previous"] in TERMINAL] == []
+    return signals
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What the check of each job's run found: the problems, and the totals."""
+
+    wrong: list[str] = dataclasses.field(default_factory=list)
+    outcomes: Counter[str] = dataclasses.field(default_factory=Counter)
+    kills: Counter[str] = dataclasses.field(default_factory=Counter)
+    after_kill: list[int] = dataclasses.field(default_factory=list)
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    purged: int = 0
+
+
+def _final_state(
+    entry: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    lines: dict[uuid.UUID, int],
+    audit: _Audit,
+    tally: _Tally,
+) -> tuple[str, datetime | None] | None:
+    """The run's last status and kill request, from its row or its deletion; None when gone."""
+    pk = entry["run"]
+    key = uuid.UUID(pk)
+    if pk in rows:
+        row = rows[pk]
+        if entry["name"] != ABANDONED:
+            tally.wrong += _lost_updates(pk, entry, row, lines.get(key, 0))
+        return row["status"], row["kill_requested_at"]
+    if key in audit.deleted:
+        tally.purged += 1
+        if entry["name"] != CHURN:
+            tally.wrong.append(f"{pk} ({entry['name']}) was purged")
+        return audit.deleted[key]
+    tally.wrong.append(f"{pk}: gone without a trace")
+    return None
+
+
+def _check_kill(
+    entry: dict[str, Any], kill_at: datetime | None, audit: _Audit, tally: _Tally
+) -> None:
+    """A kill request stopped the job within KILL_BOUND items, and only a request killed it."""
+    pk, outcome = entry["run"], entry["outcome"]
+    key = uuid.UUID(pk)
+    # The request counts from when it was written to the table (the trigger's clock),
+    # not from the requester's clock, which may be read long before the write.
+    request = _ts(audit.killed_at.get(key)) if kill_at is not None else None
+    if outcome == "killed" and (request is None or request >= entry["end"]):
+        tally.wrong.append(f"{pk}: killed without a kill request while it ran")
+    if request is None:
+        return
+    if request >= entry["end"]:
+        tally.kills["requested after the job's work was done"] += 1
+        return
+    started_after = sum(1 for start in entry["starts"] if start >= request)
+    tally.after_kill.append(started_after)
+    if started_after > KILL_BOUND:
+        tally.wrong.append(
+            f"{pk}: {started_after} items started after the kill request (at most {KILL_BOUND})"
+        )
+    if outcome == "killed":
+        tally.kills["ended killed"] += 1
+        tally.latencies.append(audit.ended_at[key].timestamp() - request)
+    else:
+        tally.kills[f"ended {outcome} on its own first"] += 1
+
+
+def _check(out: Path, elapsed: float) -> str:
+    """Check the soak's records against the database; the totals."""
+    runs, warnings = _worker_records(out)
+    helpers = _helper_reports(out)
+    audit = _audit()
+    # Nothing left a finished state, and only finished runs were purged.
+    left_terminal = [
+        (pk, old, new)
+        for pk, moves in audit.changes.items()
+        for old, new in moves
+        if old in TERMINAL
+    ]
+    assert left_terminal == []
+    assert {status for status, _ in audit.deleted.values()} <= TERMINAL
+
+    signals = _signals(out)
     ends_signalled: dict[str, list[str]] = defaultdict(list)
     for entry in signals:
         if entry["status"] in TERMINAL:
@@ -219,85 +314,50 @@ def _check(out: Path, elapsed: float) -> str:
         )
         assert cursor.fetchone() == (0,)  # no log line of a missing run
 
-    wrong: list[str] = []
-    outcomes: Counter[str] = Counter()
-    kills = Counter[str]()
-    after_kill: list[int] = []
-    latencies: list[float] = []
-    purged = 0
+    tally = _Tally()
     for entry in runs:
         pk, outcome = entry["run"], entry["outcome"]
-        key = uuid.UUID(pk)
-        outcomes[outcome] += 1
-        if pk in rows:
-            row = rows[pk]
-            final, kill_at = row["status"], row["kill_requested_at"]
-            if entry["name"] != ABANDONED:
-                wrong += _lost_updates(pk, entry, row, lines.get(key, 0))
-        elif key in deleted:
-            final, kill_at = deleted[key]
-            purged += 1
-            if entry["name"] != CHURN:
-                wrong.append(f"{pk} ({entry['name']}) was purged")
-        else:
-            wrong.append(f"{pk}: gone without a trace")
+        tally.outcomes[outcome] += 1
+        state = _final_state(entry, rows, lines, audit, tally)
+        if state is None:
             continue
+        final, kill_at = state
         if final != outcome:
-            wrong.append(f"{pk}: {final}, but its job ended {outcome}")
+            tally.wrong.append(f"{pk}: {final}, but its job ended {outcome}")
         if ends_signalled[pk] != [outcome]:
-            wrong.append(
+            tally.wrong.append(
                 f"{pk}: ends signalled {ends_signalled[pk]}, expected [{outcome}]"
             )
-        if entry["name"] == ABANDONED:
-            continue
-        # The request counts from when it was written to the table (the trigger's clock),
-        # not from the requester's clock, which may be read long before the write.
-        request = _ts(killed_at.get(key)) if kill_at is not None else None
-        if outcome == "killed" and (request is None or request >= entry["end"]):
-            wrong.append(f"{pk}: killed without a kill request while it ran")
-        if request is None:
-            continue
-        if request >= entry["end"]:
-            kills["requested after the job's work was done"] += 1
-            continue
-        started_after = sum(1 for start in entry["starts"] if start >= request)
-        after_kill.append(started_after)
-        if started_after > KILL_BOUND:
-            wrong.append(
-                f"{pk}: {started_after} items started after the kill request (at most {KILL_BOUND})"
-            )
-        if outcome == "killed":
-            kills["ended killed"] += 1
-            latencies.append(ended_at[key].timestamp() - request)
-        else:
-            kills[f"ended {outcome} on its own first"] += 1
-    assert wrong == []
+        if entry["name"] != ABANDONED:
+            _check_kill(entry, kill_at, audit, tally)
+    assert tally.wrong == []
     assert (
         not JobRun.objects.filter(job_name__in=[KEPT, CHURN, ABANDONED])
         .active()
         .exists()
     )
     # The soak exercised every path.
+    outcomes = tally.outcomes
     assert outcomes["killed"] and outcomes["failed"] and outcomes["lost"], outcomes
-    assert purged, "the purge deleted nothing"
+    assert tally.purged, "the purge deleted nothing"
 
     reader = helpers["reader"]
-    latencies.sort()
+    latencies = sorted(tally.latencies)
     totals = {
         "workers x jobs": f"{WORKERS} x {JOBS}",
         "progress interval (s)": INTERVAL,
         "duration (s)": round(elapsed, 1),
         "runs by outcome": dict(sorted(outcomes.items())),
         "jobs inside their own transaction": sum(1 for r in runs if r.get("atomic")),
-        "runs purged while the soak ran": purged,
+        "runs purged while the soak ran": tally.purged,
         "log lines kept": sum(lines.values()),
-        "status changes audited": sum(len(moves) for moves in changes.values()),
+        "status changes audited": sum(len(moves) for moves in audit.changes.values()),
         "signals": len(signals),
         "transitions out of a finished state": len(left_terminal),
         "kill requests (API answers)": helpers["killer"]["answers"],
-        "kill requests while a job ran": dict(kills),
+        "kill requests while a job ran": dict(tally.kills),
         "items started after a kill request (max, bound)": (
-            max(after_kill, default=0),
+            max(tally.after_kill, default=0),
             KILL_BOUND,
         ),
         "kill to killed (s, median / p99 / max)": (

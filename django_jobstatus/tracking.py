@@ -152,7 +152,7 @@ class JobHandle:
         self._due = now + self._interval
         self._ended_elsewhere = False
         self._clamped = False
-        self.writes = 0  # progress/heartbeat/log writes made, for tests and benchmarks
+        self._written = False
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.run.job_name} {self.run.pk}>"
@@ -292,6 +292,11 @@ class JobHandle:
             or self._result != self.run.result
         )
 
+    @property
+    def has_written(self) -> bool:
+        """Whether a progress, heartbeat or log write of this handle reached the database."""
+        return self._written
+
     def _pending_fields(self) -> dict[str, Any]:
         now = timezone.now()
         fields: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
@@ -346,7 +351,7 @@ class JobHandle:
             ):  # the database has been away for long: keep the newest
                 del self._logs[:-10_000]
             return
-        self.writes += 1
+        self._written = True
         row = found[0]
         if row is None:  # not recorded (yet): an integration records it later
             self._applied(fields)

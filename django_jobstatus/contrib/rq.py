@@ -230,7 +230,7 @@ def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
         _recorder not in (0, os.getpid())
         and execution.recorded
         and handle is not None
-        and handle.writes == 0
+        and not handle.has_written
         and not handle.has_news
         and job.result_ttl != 0
     )

@@ -352,10 +352,8 @@ def test_command_prints_progress_and_a_summary(aged: Any, purge: Any) -> None:
     assert "Deleted 3 runs and 0 log lines in 3 batches" in out
 
 
-@pytest.mark.parametrize(
-    "args", [["--quiet"], ["--verbosity", "0"], ["--quiet", "--dry-run"]]
-)
-def test_quiet_prints_nothing(aged: Any, args: list[str], purge: Any) -> None:
+@pytest.mark.parametrize("args", [["--verbosity", "0"], ["-v", "0", "--dry-run"]])
+def test_verbosity_0_prints_nothing(aged: Any, args: list[str], purge: Any) -> None:
     aged("tests.job", days=1)
     run = aged("tests.job", days=100)
     assert purge(*args) == ""
@@ -409,7 +407,8 @@ def test_help_renders_with_defaults(name: str) -> None:
         .format_help()
     )
     assert "(default: False)" in text  # --dry-run
-    assert "--quiet" in text
+    assert "--database" in text
+    assert "--quiet" not in text  # -v 0 says it
 
 
 @pytest.mark.parametrize(

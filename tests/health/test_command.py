@@ -47,7 +47,7 @@ def test_one_job_only(monitor, past_run):
     monitor("tests.other", max_failures=1)
     past_run("tests.nightly", status=Status.FAILED)
     past_run("tests.other", status=Status.FAILED)
-    _call("--job", "tests.other", "--quiet")
+    _call("--job", "tests.other", "-v", "0")
     assert dict(JobMonitor.objects.values_list("job_name", "state")) == {
         "tests.nightly": MonitorState.HEALTHY,
         "tests.other": MonitorState.FAILING,

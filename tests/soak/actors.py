@@ -252,7 +252,7 @@ def purger(config: dict[str, Any], out: Path, index: int) -> None:
             "--keep-last=3",
             f"--job-name={CHURN}",
             "--batch-size=25",
-            "--quiet",
+            "--verbosity=0",
         )
 
     (out / f"purger-{index}.json").write_text(json.dumps(_loop(out, (0.1, 0.3), step)))
@@ -262,7 +262,9 @@ def reaper(config: dict[str, Any], out: Path, index: int) -> None:
     from django.core.management import call_command
 
     def step() -> None:
-        call_command("reap_jobstatus", f"--timeout={config['reap_timeout']}", "--quiet")
+        call_command(
+            "reap_jobstatus", f"--timeout={config['reap_timeout']}", "--verbosity=0"
+        )
 
     (out / f"reaper-{index}.json").write_text(json.dumps(_loop(out, (0.2, 0.5), step)))
 

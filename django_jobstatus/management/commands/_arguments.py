@@ -7,6 +7,7 @@ import argparse
 from django.db import connections
 from django.utils.translation import gettext as _
 
+from django_jobstatus.conf import settings
 from django_jobstatus.models import Status
 from django_jobstatus.querysets import as_timedelta
 
@@ -87,22 +88,13 @@ def database_alias(value: str) -> str:
     return value
 
 
-def add_database_and_quiet(parser: argparse.ArgumentParser) -> None:
-    """The ``--database`` and ``--quiet`` options the commands share."""
-    from django_jobstatus.conf import settings
-
+def add_database(parser: argparse.ArgumentParser) -> None:
+    """The ``--database`` option the commands share (``-v 0`` prints nothing but errors)."""
     parser.add_argument(
         "--database",
         type=database_alias,
         default=settings.DATABASE,
         help=_(
             "The database alias to work on (default: %(default)r, JOBSTATUS['DATABASE'])"
-        ),
-    )
-    parser.add_argument(
-        "--quiet",
-        action="store_true",
-        help=_(
-            "Print nothing but errors, for cron; same as --verbosity 0 (default: %(default)r)"
         ),
     )

@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 from django_jobstatus import health
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
-    add_database_and_quiet,
+    add_database,
     seconds,
 )
 from django_jobstatus.models import JobMonitor, MonitorState
@@ -49,7 +49,7 @@ class Command(BaseCommand):
                 "Seconds to wait at the end for the alerts to be delivered (default: %(default)r)"
             ),
         )
-        add_database_and_quiet(parser)
+        add_database(parser)
 
     def handle(
         self,
@@ -58,11 +58,10 @@ class Command(BaseCommand):
         dry_run: bool,
         wait: float,
         database: str,
-        quiet: bool,
         verbosity: int,
         **options: Any,
     ) -> None:
-        loud = verbosity > 0 and not quiet
+        loud = verbosity > 0
         if jobs:
             known = set(
                 JobMonitor.objects.using(database)

@@ -13,7 +13,7 @@ from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
-    add_database_and_quiet,
+    add_database,
     day_count,
     positive_int,
     status_name,
@@ -88,7 +88,7 @@ class Command(BaseCommand):
                 "Print what would be deleted per job name and status; delete nothing (default: %(default)r)"
             ),
         )
-        add_database_and_quiet(parser)
+        add_database(parser)
 
     def handle(
         self,
@@ -101,11 +101,10 @@ class Command(BaseCommand):
         batch_size: int,
         dry_run: bool,
         database: str,
-        quiet: bool,
         verbosity: int,
         **options: Any,
     ) -> None:
-        loud = verbosity > 0 and not quiet
+        loud = verbosity > 0
         self.verbosity = verbosity
         self._printed_at = 0.0
         runs = JobRun.objects.using(database).all()

@@ -11,7 +11,7 @@ from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
-    add_database_and_quiet,
+    add_database,
     seconds,
 )
 from django_jobstatus.models import JobRun
@@ -52,7 +52,7 @@ class Command(BaseCommand):
                 "List the runs that would be marked lost; change nothing (default: %(default)r)"
             ),
         )
-        add_database_and_quiet(parser)
+        add_database(parser)
 
     def handle(
         self,
@@ -61,11 +61,10 @@ class Command(BaseCommand):
         queued_timeout: float | None,
         dry_run: bool,
         database: str,
-        quiet: bool,
         verbosity: int,
         **options: Any,
     ) -> None:
-        loud = verbosity > 0 and not quiet
+        loud = verbosity > 0
         try:
             runs = JobRun.objects.using(database)
             if dry_run:

@@ -71,7 +71,8 @@ test: $(BIN)/.installed
 		$(MAKE) --no-print-directory test-postgres; \
 	else echo "PostgreSQL is not running: the PostgreSQL run was left out (apt-get install postgresql)"; fi
 
-# The core without any extra: Django and the test runner only (STYLE.md: DRF's `tox base`).
+# The core without any extra: Django and the test runner only. The core must work for a
+# user who installed none of the extras (DRF's `tox base` env checks the same).
 CORE_VENV := .venv-core
 $(CORE_VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(CORE_VENV)

@@ -2,13 +2,13 @@
 
 Three actors hold their own copy of one run, each loaded at some point and acted on
 while others move the run on: the way concurrent workers, reapers and admins write.
-After every step the database must agree with an oracle written from DESIGN.md (not
-from the code; plus the rule that a move applies only to the status and attempt the
-actor saw, see ``Oracle.allows``), and keep DESIGN.md's invariants: an illegal move raises
-InvalidTransition and writes nothing; nothing leaves a terminal state; first-entry
-stamps stay; ``attempt`` only grows and ``attempts`` holds one entry per earlier
-attempt; ``finished_at`` is set exactly when the run is finished; and
-``job_status_changed`` fires once per committed transition.
+After every step the database must agree with an oracle written from the documented
+legal moves (docs/tracking.md, not the code; plus the rule that a move applies only to
+the status and attempt the actor saw, see ``Oracle.allows``), and keep the documented
+invariants: an illegal move raises InvalidTransition and writes nothing; nothing
+leaves a terminal state; first-entry stamps stay; ``attempt`` only grows and
+``attempts`` holds one entry per earlier attempt; ``finished_at`` is set exactly when
+the run is finished; and ``job_status_changed`` fires once per committed transition.
 
 The machine runs on a transactional database (autocommit, as in production), so that
 ``on_commit`` callbacks run when each write commits; every example starts from an
@@ -39,7 +39,8 @@ from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.signals import job_status_changed
 
-# The oracle: DESIGN.md's "Legal moves", copied by hand from the page (not from models.py).
+# The oracle: the "Legal moves" of docs/tracking.md, copied by hand from the page (not from
+# models.py), so a change of the code alone cannot change what the test expects.
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
 SUCCEEDED, FAILED, KILLED, LOST = "succeeded", "failed", "killed", "lost"
 TERMINAL = frozenset({SUCCEEDED, FAILED, KILLED, LOST})
@@ -70,7 +71,7 @@ def row(pk: Any) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Oracle:
-    """What the database should hold, from DESIGN.md alone."""
+    """What the database should hold, from the documented legal moves alone."""
 
     status: str
     attempt: int = 1
@@ -80,8 +81,8 @@ class Oracle:
     def allows(self, target: str, *, copy_status: str, copy_attempt: int) -> bool:
         """Whether an actor whose copy shows ``copy_status`` at ``copy_attempt`` may move the run to ``target`` now.
 
-        DESIGN.md's table decides from the run's status. On top of it a move applies
-        only to the state the actor saw (status and attempt, models.py since 285f72d):
+        The legal-moves table decides from the run's status. On top of it a move applies
+        only to the state the actor saw (status and attempt):
         a worker finishing attempt 1 must not end attempt 2 that a restart opened
         meanwhile, a restart or retry writes the actor's attempt into the history, and
         the signal's ``previous`` is the status the actor saw. So running -> running is
@@ -376,7 +377,7 @@ def test_any_sequence_of_moves_keeps_the_invariants() -> None:
 
 
 def test_the_oracle_is_the_models_table() -> None:
-    """The hand-written table above and Status.LEGAL_MOVES say the same (DESIGN.md's)."""
+    """The hand-written table above and Status.LEGAL_MOVES say the same."""
     assert set(Status.TERMINAL) == TERMINAL
     assert set(Status.ACTIVE) == ACTIVE
     assert {

@@ -1,6 +1,7 @@
-"""Big tables in the admin: a paginator that never counts a whole table (integrations.md §5.5),
-deep pages that never walk a long OFFSET over whole rows, and a changelist that never
-lists more than a page and reaches every row with "older" links, whatever the count says.
+"""Big tables in the admin: a paginator that never counts a whole table (the changelist's
+COUNT(*) reads every row: seconds on millions of runs), deep pages that never walk a long
+OFFSET over whole rows, and a changelist that never lists more than a page and reaches
+every row with "older" links, whatever the count says.
 """
 
 from __future__ import annotations

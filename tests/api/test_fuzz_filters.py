@@ -4,7 +4,7 @@ Each test seeds a small set of runs once and sends many generated query strings 
 real API. Bad input must answer 400 naming only the bad parameter; good input must
 answer 200 with exactly the rows a plain Python filter over the seeded runs selects,
 in the order asked for. The oracles below are written from the API's documentation
-(help texts, DESIGN.md), not from the parsers.
+(its help texts and docs/api.md), not from the parsers.
 """
 
 from __future__ import annotations

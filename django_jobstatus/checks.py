@@ -11,7 +11,15 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.utils.module_loading import import_string
 
-from django_jobstatus.conf import DEFAULTS, REMOVED_SETTINGS, SETTINGS, TYPES, settings
+from django_jobstatus.conf import (
+    BY_NAME,
+    DEFAULTS,
+    IMPORT_STRINGS,
+    REMOVED_SETTINGS,
+    SETTINGS,
+    TYPES,
+    settings,
+)
 from django_jobstatus.states import Status
 
 
@@ -33,7 +41,7 @@ def check_unknown_keys(**kwargs: Any) -> list[CheckMessage]:
         hint = (
             f"Did you mean {nearest[0]!r}?"
             if nearest
-            else "See the README for the valid keys."
+            else "See the settings reference in the docs for the valid keys."
         )
         messages.append(
             Warning(
@@ -92,30 +100,23 @@ def check_values(**kwargs: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     for declared in SETTINGS:
         value = user.get(declared.name)
+        if declared.database:
+            if isinstance(value, str) and value not in django_settings.DATABASES:
+                messages.append(
+                    Error(
+                        f"JOBSTATUS[{declared.name!r}] is {value!r}, which is not in DATABASES.",
+                        hint=f"Use one of {sorted(django_settings.DATABASES)}.",
+                        id="jobstatus.E003",
+                    )
+                )
+            continue
         if not isinstance(value, int | float) or isinstance(value, bool):
             continue
-        if declared.positive and value <= 0:
-            problem = "greater than 0"
-        elif declared.non_negative and value < 0:
-            problem = "0 or more"
-        elif declared.minimum is not None and value < declared.minimum:
-            problem = f"at least {declared.minimum}"
-        else:
-            continue
-        messages.append(
-            Error(
-                f"JOBSTATUS[{declared.name!r}] must be {problem}, not {value!r}.",
-                hint=f"The default is {declared.default!r}.",
-                id="jobstatus.E003",
-            )
-        )
-    for key in ("DATABASE", "READ_DATABASE"):
-        database = user.get(key)
-        if isinstance(database, str) and database not in django_settings.DATABASES:
+        if declared.breaks_bound(value):
             messages.append(
                 Error(
-                    f"JOBSTATUS[{key!r}] is {database!r}, which is not in DATABASES.",
-                    hint=f"Use one of {sorted(django_settings.DATABASES)}.",
+                    f"JOBSTATUS[{declared.name!r}] must be {declared.bound}, not {value!r}.",
+                    hint=f"The default is {declared.default!r}.",
                     id="jobstatus.E003",
                 )
             )
@@ -157,7 +158,7 @@ def check_import_strings(**kwargs: Any) -> list[CheckMessage]:
                     id="jobstatus.E005",
                 )
             )
-    for key in ("API_PERMISSION_CLASSES", "API_AUTHENTICATION_CLASSES"):
+    for key in IMPORT_STRINGS:
         for path in user.get(key) or ():
             try:
                 import_string(path)
@@ -230,10 +231,11 @@ def check_alerts(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     token = user.get("METRICS_BEARER_TOKEN")
-    if isinstance(token, str) and len(token) < 16:
+    shortest = BY_NAME["METRICS_BEARER_TOKEN"].min_length or 0
+    if isinstance(token, str) and len(token) < shortest:
         messages.append(
             Error(
-                "JOBSTATUS['METRICS_BEARER_TOKEN'] is shorter than 16 characters.",
+                f"JOBSTATUS['METRICS_BEARER_TOKEN'] is shorter than {shortest} characters.",
                 hint="Use a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe())'.",
                 id="jobstatus.E006",
             )

@@ -31,7 +31,40 @@ class Setting:
     minimum: int | None = (
         None  # a whole number that must be at least this (jobstatus.E003)
     )
+    min_length: int | None = None  # a string that must be at least this long (E006)
+    database: bool = False  # an alias in DATABASES (jobstatus.E003)
     import_strings: bool = False  # import strings, resolved on first access
+
+    @property
+    def bound(self) -> str | None:
+        """What a number given must be ("greater than 0"…), or None when any will do."""
+        if self.positive:
+            return "greater than 0"
+        if self.non_negative:
+            return "0 or more"
+        if self.minimum is not None:
+            return f"at least {self.minimum}"
+        return None
+
+    def breaks_bound(self, value: float) -> bool:
+        """Whether the number ``value`` is outside ``bound``."""
+        return (
+            (self.positive and value <= 0)
+            or (self.non_negative and value < 0)
+            or (self.minimum is not None and value < self.minimum)
+        )
+
+    @property
+    def description(self) -> str:
+        """``help`` with the bounds the checks hold it to: the settings reference's text."""
+        rules = []
+        if self.bound is not None:
+            rules.append(f"{self.bound[0].upper()}{self.bound[1:]}.")
+        if self.min_length is not None:
+            rules.append(f"At least {self.min_length} characters.")
+        if self.database:
+            rules.append("One of the aliases in `DATABASES`.")
+        return " ".join([self.help, *rules])
 
 
 _NONE = type(None)
@@ -108,12 +141,13 @@ SETTINGS: tuple[Setting, ...] = (
         "default",
         (str,),
         "The database alias the app writes to.",
+        database=True,
     ),
     Setting(
         "ERROR_MAX_LENGTH",
         10000,
         (int,),
-        "Longest `error` kept (the exception's class and message), in characters; longer is cut with a visible marker. At least 100.",
+        "Longest `error` kept (the exception's class and message), in characters; longer is cut with a visible marker.",
         minimum=100,
     ),
     Setting(
@@ -140,7 +174,7 @@ SETTINGS: tuple[Setting, ...] = (
         "JSON_MAX_LENGTH",
         100000,
         (int,),
-        'Longest JSON kept in `params`, `data`, `result` and a log line\'s `extra`, in characters. Bigger JSON is replaced by `{"cut": true, "length": <characters>, "preview": "<its first characters, REDACT_KEYS masked>"}` (such params cannot be retried with the same arguments). At least 100.',
+        'Longest JSON kept in `params`, `data`, `result` and a log line\'s `extra`, in characters. Bigger JSON is replaced by `{"cut": true, "length": <characters>, "preview": "<its first characters, REDACT_KEYS masked>"}` (such params cannot be retried with the same arguments).',
         minimum=100,
     ),
     Setting(
@@ -161,14 +195,15 @@ SETTINGS: tuple[Setting, ...] = (
         "MESSAGE_MAX_LENGTH",
         2000,
         (int,),
-        "Longest status `message` kept; longer ones are cut with a visible marker. At least 100.",
+        "Longest status `message` kept; longer ones are cut with a visible marker.",
         minimum=100,
     ),
     Setting(
         "METRICS_BEARER_TOKEN",
         None,
         (str, _NONE),
-        "A token that also opens the API's `metrics/` to a scraper (`Authorization: Bearer <token>`); 16 characters at least.",
+        "A token that also opens the API's `metrics/` to a scraper (`Authorization: Bearer <token>`).",
+        min_length=16,
     ),
     Setting(
         "METRICS_WINDOW",
@@ -210,6 +245,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         (str, _NONE),
         "The database alias (a replica) the admin, the API and the dashboard read from, through `django_jobstatus.routers.JobStatusRouter`; `None` means `DATABASE`. Writes always go to `DATABASE` (see Scaling in the docs).",
+        database=True,
     ),
     Setting(
         "REDACT_KEYS",
@@ -234,7 +270,7 @@ SETTINGS: tuple[Setting, ...] = (
         "TRACEBACK_MAX_LENGTH",
         100000,
         (int,),
-        "Longest `traceback` kept; a longer one keeps its end, after a visible marker. At least 100.",
+        "Longest `traceback` kept; a longer one keeps its end, after a visible marker.",
         minimum=100,
     ),
     Setting(
@@ -249,6 +285,7 @@ DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
 TYPES: dict[str, tuple[type, ...]] = {s.name: s.types for s in SETTINGS}
 # Settings that hold import strings (or lists of them), resolved on first access.
 IMPORT_STRINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.import_strings)
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 # Settings that existed once, with what to do instead.
 REMOVED_SETTINGS: dict[str, str] = {}

@@ -14,7 +14,7 @@ def settings_table() -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for setting in SETTINGS:
         default = repr(setting.default).replace("'", '"')
-        rows.append(f"| `{setting.name}` | `{default}` | {setting.help} |")
+        rows.append(f"| `{setting.name}` | `{default}` | {setting.description} |")
     return "\n".join(rows)
 
 

@@ -8,6 +8,8 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
+from django_jobstatus.conf import SETTINGS, Setting
+
 # run_checks() runs every check, and the model checks may ask the database its features.
 # Django's own checks may read every database (the replica alias too, on Django 6.1).
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -88,12 +90,33 @@ def test_a_jobstatus_that_is_not_a_dict_is_e001() -> None:
         ({"TRACEBACK_MAX_LENGTH": -1}, "'TRACEBACK_MAX_LENGTH'] must be at least 100"),
         ({"JSON_MAX_LENGTH": 99}, "'JSON_MAX_LENGTH'] must be at least 100"),
         ({"DATABASE": "jobs"}, "'jobs', which is not in DATABASES"),
+        ({"READ_DATABASE": "replica2"}, "'replica2', which is not in DATABASES"),
     ],
 )
 def test_a_bad_value_is_e003(jobstatus: dict[str, Any], fragment: str) -> None:
     messages = _messages(jobstatus)
     assert [m[0] for m in messages] == ["jobstatus.E003"]
     assert fragment in messages[0][1]
+
+
+def _just_outside(declared: Setting) -> float:
+    if declared.positive:
+        return 0
+    if declared.non_negative:
+        return -1
+    assert declared.minimum is not None
+    return declared.minimum - 1
+
+
+@pytest.mark.parametrize(
+    "declared", [s for s in SETTINGS if s.bound], ids=lambda s: s.name
+)
+def test_every_declared_bound_is_checked_and_documented(declared: Setting) -> None:
+    """The check and the settings reference both read the bound from the one declaration."""
+    messages = _messages({declared.name: _just_outside(declared)})
+    assert [m[0] for m in messages] == ["jobstatus.E003"]
+    assert f"must be {declared.bound}," in messages[0][1]
+    assert declared.bound.lower() in declared.description.lower()
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def test_the_settings_reference_is_generated_from_the_declarations():
     for setting in SETTINGS:
         shown = rows[setting.name].strip("`").replace('"', "'")
         assert shown == repr(setting.default).replace('"', "'"), setting.name
-        assert f"| {setting.help} |" in page, setting.name
+        assert f"| {setting.description} |" in page, setting.name
 
 
 def test_readme_starts_with_the_two_commands():

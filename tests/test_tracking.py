@@ -21,6 +21,7 @@ from django_jobstatus import JobKilled, contrib, current_job, track, tracked
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.tracking import SIDE_SUFFIX, JobHandle
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -34,14 +35,6 @@ def _fast_settings(settings) -> None:
 
 def _row(run: JobRun) -> JobRun:
     return JobRun.objects.get(pk=run.pk)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 class FailingWrites:
@@ -290,7 +283,12 @@ def test_kill_is_read_at_most_once_per_interval(
         JobRun.objects.get(pk=job.run.pk).request_kill()
         with CaptureQueriesContext(connection) as queries:
             start = time.monotonic()
-            _wait_for(lambda: job.kill_requested)
+            wait_for(
+                lambda: job.kill_requested,
+                timeout=10,
+                what="the handle to read the kill request",
+                interval=0.005,
+            )
             elapsed = time.monotonic() - start
         # Each read is the throttled progress write itself.
         statements = _writes(queries)

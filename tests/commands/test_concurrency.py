@@ -22,6 +22,7 @@ from django.utils import timezone
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
 from tests.commands.seeding import seed
+from tests.waiting import wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -99,24 +100,11 @@ def test_reapers_and_a_finishing_job_race_with_exactly_one_outcome_per_run() -> 
     assert reap_lines == dict.fromkeys(reaper_won, 1)
 
 
-def _wait_for_line(
-    process: subprocess.Popen[str], expected: str, timeout: float
-) -> None:
+def _said(process: subprocess.Popen[str], expected: str) -> bool:
+    """Whether ``process`` has printed a line now, and it is ``expected`` (never blocks)."""
     assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select(
-            [process.stdout], [], [], max(deadline - time.monotonic(), 0)
-        )
-        if ready:
-            line = process.stdout.readline()
-            if line.strip() == expected:
-                return
-            if not line:
-                break
-    raise AssertionError(
-        f"the writer did not say {expected!r} in {timeout} s: {process.stderr.read() if process.poll() is not None and process.stderr else ''}"
-    )
+    ready, _, _ = select.select([process.stdout], [], [], 0)
+    return bool(ready) and process.stdout.readline().strip() == expected
 
 
 @contextlib.contextmanager
@@ -128,21 +116,30 @@ def writers(
     """
     env = {**os.environ, "JOBSTATUS_WRITER_DB": json.dumps(database)}
     stop = tmp_path / "stop"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.commands.writer", str(stop)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
+    logs = [tmp_path / f"writer-{index}.err" for index in range(count)]
+    processes = []
+    for log in logs:
+        with log.open("w") as err:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.commands.writer", str(stop)],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                )
+            )
     reports: list[dict[str, Any]] = []
     try:
-        for process in processes:
-            _wait_for_line(process, "ready", timeout=60)
+        for process, log in zip(processes, logs, strict=True):
+            wait_for(
+                lambda process=process: _said(process, "ready"),
+                timeout=60,
+                what="the writer to say 'ready'",
+                process=process,
+                log=log,
+            )
         yield reports
     finally:
         stop.touch()

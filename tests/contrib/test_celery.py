@@ -34,8 +34,8 @@ from tests.contrib.workers import (
     db_proxy,
     kill_from_admin,
     refreshed,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 __all__ = ["db_proxy"]  # a fixture
 

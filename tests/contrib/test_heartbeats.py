@@ -41,10 +41,10 @@ from tests.contrib.dbproxy import Proxy
 from tests.contrib.workers import (
     db_proxy,
     refreshed,
-    wait_for,
     worker_env,
     worker_process,
 )
+from tests.waiting import wait_for
 
 __all__ = ["db_proxy"]  # a fixture
 

@@ -28,14 +28,19 @@ from tests.contrib.test_celery import recording
 from tests.contrib.test_rq import finished as rq_finished
 from tests.contrib.test_rq import queue, rq_settings, rq_worker, settle
 from tests.contrib.test_rq import recorded as rq_recorded
-from tests.contrib.test_tasks import Worker, integration_on, run_of, worker
-from tests.contrib.test_tasks import wait_for as tasks_wait_for
+from tests.contrib.test_tasks import (
+    Worker,
+    integration_on,
+    run_of,
+    run_reaching,
+    worker,
+)
 from tests.contrib.workers import (
     celery_worker,
     db_proxy,
     refreshed,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 __all__ = [  # fixtures
     "db_proxy",
@@ -115,7 +120,7 @@ def test_db_worker_a_kill_stops_the_loop_at_advance(worker: Worker, how: str) ->
     result = tasks.count_slowly.enqueue(ITEMS)
     run = run_of(result)
     after = tasks.add.enqueue(1, 2)
-    frozen = _killed_then_next(run, how, lambda: tasks_wait_for(after, worker))
+    frozen = _killed_then_next(run, how, lambda: run_reaching(after, worker))
     _check_stopped(run, how, frozen)
     result.refresh()
     assert result.status == "FAILED"

@@ -25,10 +25,10 @@ from tests.contrib.workers import (
     db_proxy,
     kill_from_admin,
     refreshed,
-    wait_for,
     worker_env,
     worker_process,
 )
+from tests.waiting import wait_for
 
 __all__ = ["db_proxy"]  # a fixture
 

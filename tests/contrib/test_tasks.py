@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from django_jobstatus.contrib import tasks as integration
 from django_jobstatus.models import JobRun, Status
 from tests.conftest import CI
 from tests.contrib.tasks_app import tasks
+from tests.waiting import wait_for
 
 FRAMEWORK = tasks.framework.__name__
 IMMEDIATE = {
@@ -55,9 +55,12 @@ def immediate(settings: Any, integration_on: None) -> None:
 def run_of(result: Any) -> JobRun:
     """The task's run, once there is exactly one (a worker's twin is merged within moments)."""
     runs = JobRun.objects.filter(source="django_tasks", backend_job_id=str(result.id))
-    deadline = time.monotonic() + 30
-    while runs.count() != 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(
+        lambda: runs.count() == 1,
+        timeout=30,
+        what=f"one run of task {result.id}",
+        interval=0.05,
+    )
     return runs.get()
 
 
@@ -388,11 +391,13 @@ class Worker:
 
     def ready(self, timeout: float = 120) -> None:
         """Wait until the worker polls for tasks (its start can be slow on a busy machine)."""
-        deadline = time.monotonic() + timeout
-        while "Starting worker" not in self.output():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"db_worker did not start:\n{self.output()}")
-            time.sleep(0.1)
+        wait_for(
+            lambda: "Starting worker" in self.output(),
+            timeout=timeout,
+            what="db_worker to start",
+            process=self.process,
+            log=Path(self.log.name),
+        )
 
     def wait(self, timeout: float = 60) -> int:
         return self.process.wait(timeout)
@@ -420,13 +425,16 @@ def worker(
     process.stop()
 
 
-def wait_for(result: Any, worker: Worker, statuses: Any = None) -> JobRun:
-    try:
-        return run_of(result).wait(statuses, timeout=90)
-    except (TimeoutError, JobRun.DoesNotExist):
-        pytest.fail(
-            f"The run of task {result.id} did not get there; the worker said:\n{worker.output()}"
-        )
+def run_reaching(result: Any, worker: Worker, statuses: Any = None) -> JobRun:
+    """The task's run once it is in one of ``statuses`` (default: finished)."""
+    wanted = sorted(Status.TERMINAL if statuses is None else statuses)
+    runs = JobRun.objects.filter(pk=run_of(result).pk, status__in=wanted)
+    return wait_for(
+        runs.first,
+        timeout=90,
+        what=f"the run of task {result.id} to be {' or '.join(wanted)}",
+        log=Path(worker.log.name),
+    )
 
 
 @pytest.mark.postgres
@@ -434,7 +442,7 @@ def test_db_worker_success(worker: Worker) -> None:
     result = tasks.add.enqueue(2, 3)
     run = run_of(result)  # recorded at enqueue, in the caller's transaction
     assert run.queued_at is not None
-    run = wait_for(result, worker)
+    run = run_reaching(result, worker)
     assert run.status == Status.SUCCEEDED, run.error
     assert run.result == 5
     assert run.worker == worker.name
@@ -447,7 +455,7 @@ def test_db_worker_success(worker: Worker) -> None:
 @pytest.mark.postgres
 def test_db_worker_beats_for_a_task_that_reports_nothing(worker: Worker) -> None:
     result = tasks.silent.enqueue()
-    run = wait_for(result, worker)
+    run = run_reaching(result, worker)
     assert (run.status, run.result) == (Status.SUCCEEDED, "beaten")
     assert run.heartbeat_at > run.started_at
 
@@ -455,7 +463,7 @@ def test_db_worker_beats_for_a_task_that_reports_nothing(worker: Worker) -> None
 @pytest.mark.postgres
 def test_db_worker_failure(worker: Worker) -> None:
     result = tasks.fail.enqueue("broken in the worker")
-    run = wait_for(result, worker)
+    run = run_reaching(result, worker)
     assert run.status == Status.FAILED
     assert run.error == "tests.contrib.tasks_app.tasks.TaskError: broken in the worker"
     assert "raise TaskError(message)" in run.traceback
@@ -467,7 +475,7 @@ def test_db_worker_failure(worker: Worker) -> None:
 def test_db_worker_progress_logs_and_logging_handler(worker: Worker) -> None:
     counted = tasks.count.enqueue(40)
     talked = tasks.chatty.enqueue(30)
-    run = wait_for(counted, worker)
+    run = run_reaching(counted, worker)
     assert run.status == Status.SUCCEEDED, run.error
     assert (run.progress_current, run.progress_total, run.step, run.message) == (
         40,
@@ -476,7 +484,7 @@ def test_db_worker_progress_logs_and_logging_handler(worker: Worker) -> None:
         "counted",
     )
     assert list(run.logs.values_list("message", flat=True)) == ["counted to 40"]
-    chatty = wait_for(talked, worker)
+    chatty = run_reaching(talked, worker)
     assert chatty.status == Status.SUCCEEDED
     lines = list(chatty.logs.order_by("id").values_list("message", "level", "extra"))
     assert lines[0] == (
@@ -500,10 +508,10 @@ def test_db_worker_kill_from_the_admin_action(
     worker: Worker, admin_client: Any
 ) -> None:
     result = tasks.wait_for_kill.enqueue(120)
-    run = wait_for(result, worker, [Status.RUNNING])
+    run = run_reaching(result, worker, [Status.RUNNING])
     assert run.worker == worker.name
     admin_action(admin_client, "request_kill", run)
-    run = wait_for(result, worker)
+    run = run_reaching(result, worker)
     assert run.status == Status.KILLED
     assert run.kill_requested_at is not None
     assert run.started_at <= run.kill_requested_at <= run.finished_at
@@ -525,7 +533,7 @@ def test_db_worker_refuses_a_task_killed_while_it_waited(worker: Worker) -> None
     held = Worker("--queue-name", "held", "--batch")
     try:
         assert held.wait() == 0, held.output()
-        run = wait_for(result, held)
+        run = run_reaching(result, held)
     finally:
         held.stop()
     assert run.status == Status.KILLED
@@ -536,7 +544,7 @@ def test_db_worker_refuses_a_task_killed_while_it_waited(worker: Worker) -> None
 def test_db_worker_retry_from_the_admin_action(
     worker: Worker, admin_client: Any
 ) -> None:
-    first = wait_for(tasks.fail.enqueue("fails every time"), worker)
+    first = run_reaching(tasks.fail.enqueue("fails every time"), worker)
     admin_action(admin_client, "retry", first)
     again = JobRun.objects.for_job(first.job_name).exclude(pk=first.pk).get()
     assert again.backend_job_id != first.backend_job_id
@@ -576,12 +584,15 @@ def test_db_worker_batch_parent_follows_its_children(worker: Worker) -> None:
         results = [tasks.add.enqueue(i, i) for i in range(3)]
         failing = tasks.fail.enqueue("one child fails")
     for result in [*results, failing]:
-        wait_for(result, worker)
+        run_reaching(result, worker)
     parent = parent.wait(timeout=60)  # the worker refreshes it as each child finishes
-    deadline = time.monotonic() + 60  # the last refresh may follow the failure
-    while parent.progress_current < 4 and time.monotonic() < deadline:
-        time.sleep(0.1)
-        parent.refresh_from_db()
+    # The last refresh may follow the failure.
+    parent = wait_for(
+        JobRun.objects.filter(pk=parent.pk, progress_current__gte=4).first,
+        timeout=60,
+        what="the batch's parent to count its four children",
+        log=Path(worker.log.name),
+    )
     assert parent.status == Status.FAILED
     assert (parent.progress_current, parent.progress_total) == (4, 4)
     assert parent.error == "1 of 4 child runs failed."

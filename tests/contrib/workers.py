@@ -8,18 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from django.db import connection
 
 from tests.contrib.dbproxy import Proxy
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -86,37 +85,6 @@ def celery_worker(
         )
         process.log = log  # type: ignore[attr-defined]
         yield process
-
-
-def wait_for(
-    condition: Callable[[], T],
-    *,
-    timeout: float,
-    what: str,
-    process: subprocess.Popen[bytes] | None = None,
-    log: Path | None = None,
-) -> T:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            pytest.fail(
-                f"the worker exited with {process.returncode} while waiting for {what}:\n{_tail(log)}"
-            )
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"timed out after {timeout} s waiting for {what}:\n{_tail(log)}"
-            )
-        time.sleep(0.1)
-
-
-def _tail(log: Path | None) -> str:
-    if log is None or not log.exists():
-        return ""
-    return "\n".join(log.read_text(errors="replace").splitlines()[-40:])
 
 
 @contextlib.contextmanager

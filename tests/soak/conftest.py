@@ -18,7 +18,8 @@ import pytest
 from django.db import connection
 
 from tests.conftest import _missing
-from tests.contrib.workers import ROOT, wait_for, worker_process
+from tests.contrib.workers import ROOT, worker_process
+from tests.waiting import wait_for
 
 _DB_KEYS = ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
 

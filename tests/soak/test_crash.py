@@ -18,13 +18,13 @@ from django.core.management import call_command
 from django_jobstatus import track
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.signals import job_status_changed
-from tests.contrib.workers import wait_for
 from tests.soak.conftest import (
     actor_env,
     start_actor,
     suite_database,
     wait_for_line,
 )
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

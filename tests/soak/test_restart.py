@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.contrib.workers import ROOT, wait_for
+from tests.contrib.workers import ROOT
 from tests.soak.conftest import Cluster, actor_env, start_actor, wait_for_line
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres]
 

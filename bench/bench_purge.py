@@ -53,7 +53,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--batch-seconds",
         type=float,
-        default=0.2,
+        default=0.1,
         help="the time each purge batch aims at (default: %(default)r)",
     )
     parser.add_argument(

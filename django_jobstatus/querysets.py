@@ -480,7 +480,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         statuses: Iterable[str] | None = None,
         include_active: bool = False,
         batch_size: int = 10_000,
-        batch_seconds: float = 0.2,
+        batch_seconds: float = 0.1,
         dry_run: bool = False,
         progress: Callable[[PurgeResult], None] | None = None,
         now: datetime | None = None,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 import threading
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self, cast
 
-from django.db import connections, models, router, transaction
+from django.db import connections, models, router
 from django.db.models import (
     Avg,
     Count,
@@ -32,13 +31,11 @@ from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.states import Status
 from django_jobstatus.values import check_job_name, check_json, default_worker, storable
 
-logger = logging.getLogger(__name__)
-
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from django_jobstatus.models import JobRun
-    from django_jobstatus.retention import PurgeResult
+    from django_jobstatus.retention import PurgeResult, ReapResult
 
 
 # The longest age or timeout: "now" minus it stays a date (datetime overflows past year 1).
@@ -67,15 +64,6 @@ def as_timedelta(name: str, value: float | timedelta) -> timedelta:
         raise ValueError(too_long)
     return delta
 
-
-_REAPED = _(
-    "Lost: no heartbeat since %(since)s, more than %(timeout)g seconds ago; reaped."
-)
-
-_EXPIRED = _(
-    "Killed: queued since %(since)s, more than %(timeout)g seconds, and no worker "
-    "started it (its message was probably lost); ended by the reaper."
-)
 
 DURATION = ExpressionWrapper(
     F("finished_at") - F("started_at"), output_field=DurationField()
@@ -149,15 +137,6 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (
         position - low
     )
-
-
-@dataclasses.dataclass
-class ReapResult:
-    """What ``JobRunQuerySet.reap()`` did."""
-
-    reaped: int = 0  # runs marked lost
-    finished: int = 0  # stale runs whose job finished first (the job won the race)
-    expired: int = 0  # queued runs ended killed: no worker started them in time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,7 +472,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         statuses: Iterable[str] | None = None,
         include_active: bool = False,
         batch_size: int = 10_000,
-        batch_seconds: float = 0.2,
+        batch_seconds: float = 0.1,
         dry_run: bool = False,
         progress: Callable[[PurgeResult], None] | None = None,
         now: datetime | None = None,
@@ -536,6 +515,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         *,
         queued_timeout: float | timedelta | None = None,
         batch_size: int = 100,
+        dry_run: bool = False,
     ) -> ReapResult:
         """Mark the stale running runs here ``lost``, each with a message and a log line.
 
@@ -549,90 +529,20 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         queued longer than that also end: ``killed``, with a message saying why, and
         their task systems are told to drop them (Celery's revoke, RQ's cancel), so a
         message the broker lost leaves no run waiting for ever (counted in ``expired``).
+
+        ``dry_run`` changes nothing: the result counts the runs that would be reaped and
+        expired, and lists them (``stale_runs``, ``queued_runs``). The engine lives in
+        ``django_jobstatus.retention``, with the purge's.
         """
-        if (runs := self.writing()) is not self:
-            return runs.reap(
-                timeout, queued_timeout=queued_timeout, batch_size=batch_size
-            )
-        delta = as_timedelta(
-            "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
+        from django_jobstatus import retention
+
+        return retention.reap(
+            self,
+            timeout,
+            queued_timeout=queued_timeout,
+            batch_size=batch_size,
+            dry_run=dry_run,
         )
-        if queued_timeout is None:
-            queued_timeout = settings.QUEUED_TIMEOUT
-        queued_delta = (
-            None if queued_timeout is None else as_timedelta("seconds", queued_timeout)
-        )
-        _whole("batch_size", batch_size, 1)
-        result = ReapResult()
-        self._reap_stale(delta, batch_size, result)
-        if queued_delta is not None:
-            self._expire_queued(queued_delta, batch_size, result)
-        return result
-
-    def _locked_batch(self, runs: Self, batch_size: int) -> list[JobRun]:
-        """The first ``batch_size`` of ``runs``, locked (``SKIP LOCKED`` where the database has it)."""
-        features = connections[self.db].features
-        batch = runs.order_by("pk")
-        if features.has_select_for_update_skip_locked:
-            batch = batch.select_for_update(
-                skip_locked=True,
-                of=("self",) if features.has_select_for_update_of else (),
-            )
-        return list(batch[:batch_size])
-
-    def _expire_queued(
-        self, delta: timedelta, batch_size: int, result: ReapResult
-    ) -> None:
-        """End the runs queued longer than ``delta`` killed, and tell their task systems."""
-        from django_jobstatus import contrib
-
-        while True:
-            with transaction.atomic(using=self.db):
-                runs = self._locked_batch(self.stale_queued(delta), batch_size)
-                ended = []
-                for run in runs:
-                    since = run.queued_at or run.created_at
-                    text = str(_EXPIRED) % {
-                        "since": since.isoformat(),
-                        "timeout": delta.total_seconds(),
-                    }
-                    if _killed(run, text):
-                        run.log(logging.WARNING, text)
-                        ended.append(run)
-            result.expired += len(ended)
-            # Outside the transaction: a broker is slow, a lock must not wait for it.
-            for problem in contrib.stop(ended, force=True):
-                logger.warning(
-                    "Run %s ended killed, but its task system did not drop it: %s",
-                    problem.run_id,
-                    problem.reason,
-                )
-            if len(runs) < batch_size:
-                return
-
-    def _reap_stale(
-        self, delta: timedelta, batch_size: int, result: ReapResult
-    ) -> None:
-        from django_jobstatus.exceptions import InvalidTransition
-
-        while True:
-            with transaction.atomic(using=self.db):
-                runs = self._locked_batch(self.stale(delta), batch_size)
-                for run in runs:
-                    since = run.heartbeat_at or run.started_at
-                    text = str(_REAPED) % {
-                        "since": since.isoformat() if since else "?",
-                        "timeout": delta.total_seconds(),
-                    }
-                    try:
-                        run.mark_lost(message=text)
-                    except InvalidTransition:
-                        result.finished += 1
-                        continue
-                    run.log(logging.WARNING, text)
-                    result.reaped += 1
-            if len(runs) < batch_size:
-                return
 
     # Numbers.
 

@@ -1,11 +1,22 @@
-"""Retention: which old runs a purge deletes, and the short batches that delete them with their logs.
+"""Retention: the purge, which deletes old runs with their logs, and the reaper, which ends runs
+whose worker went silent.
 
-``JobRunQuerySet.purge()`` is the entry point; this module holds its engine. Each batch is
+``JobRunQuerySet.purge()`` and ``JobRunQuerySet.reap()`` are the entry points (the
+``purge_jobstatus`` and ``reap_jobstatus`` commands and the dashboard call them); this
+module holds their engines.
+
+The purge: which old runs go, and the short batches that delete them. Each batch is
 one transaction that takes the write lock up front (SQLite: ``BEGIN IMMEDIATE``, retried a
 few times while another connection holds the lock) and is sized by time: it grows while
 batches finish under ``batch_seconds`` and shrinks when one takes longer, up to
-``batch_size`` runs. On PostgreSQL a batch is one statement: the runs are deleted with
-``FOR UPDATE SKIP LOCKED`` and their log lines in the same statement, counted as they go.
+``batch_size`` runs. On PostgreSQL a batch is one statement: the runs are picked with
+``FOR UPDATE SKIP LOCKED`` and deleted, and the database deletes their log lines with them
+(``ON DELETE CASCADE``, migration 0008), counted first.
+
+The reaper: runs ``running`` with no heartbeat for the timeout end ``lost``, and with a
+queued timeout, runs no worker started end ``killed``; each batch locks its runs (``SKIP
+LOCKED``), and each run moves by a conditional UPDATE, so a job finishing at the same
+instant and other reapers never make a run end twice.
 """
 
 from __future__ import annotations
@@ -20,11 +31,13 @@ from typing import TYPE_CHECKING, Any
 from django.db import OperationalError, connections, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus.conf import settings
 from django_jobstatus.querysets import (
     _chunk_size,
     _chunks,
+    _killed,
     _whole,
     as_timedelta,
 )
@@ -250,6 +263,65 @@ def _write_transaction(db: str) -> Iterator[None]:
         connection.transaction_mode = mode  # type: ignore[attr-defined]
 
 
+# PostgreSQL, the foreign keys as migration 0008 leaves them: deleting the runs deletes their
+# lines (ON DELETE CASCADE) and detaches their children (SET NULL) in the same statement.
+# The lines are counted first, in the statement's snapshot; a writer cannot add one to a
+# picked run meanwhile: inserting it waits for the run's lock, then finds the run gone.
+_CASCADING = """
+    WITH picked (id) AS MATERIALIZED ({page}),
+    lines AS (
+        SELECT run_id, count(*) AS n FROM {logs}
+        WHERE run_id = ANY(ARRAY(SELECT picked.id FROM picked)) GROUP BY run_id
+    ), gone AS (
+        DELETE FROM {runs} WHERE id = ANY(ARRAY(SELECT picked.id FROM picked))
+        RETURNING id, job_name, status, created_at
+    )
+    SELECT gone.id, gone.job_name, gone.status, gone.created_at, coalesce(lines.n, 0)
+    FROM gone LEFT JOIN lines ON lines.run_id = gone.id
+"""
+
+# Without those actions (a schema older than 0008, or changed since): the lines go in the
+# same statement; their foreign key is checked at commit (Django makes it DEFERRABLE
+# INITIALLY DEFERRED), so runs and lines may go in either order.
+_DELETING = """
+    WITH gone AS (
+        DELETE FROM {runs} WHERE id = ANY(ARRAY({page}))
+        RETURNING id, job_name, status, created_at
+    ), lines AS (
+        DELETE FROM {logs} WHERE run_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING run_id
+    )
+    SELECT gone.id, gone.job_name, gone.status, gone.created_at, coalesce(n.lines, 0)
+    FROM gone LEFT JOIN (
+        SELECT run_id, count(*) AS lines FROM lines GROUP BY run_id
+    ) AS n ON n.run_id = gone.id
+"""
+
+
+def _database_cascades(db: str, runs: str, logs: str) -> bool:
+    """PostgreSQL: True when the log lines' foreign key cascades and the parent's sets null
+    in the database (migration 0008)."""
+    with connections[db].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+            " AND confrelid = %s::regclass AND ((conrelid = %s::regclass AND confdeltype = 'c')"
+            " OR (conrelid = %s::regclass AND confdeltype = 'n'))",
+            [runs, logs, runs],
+        )
+        (found,) = cursor.fetchone()
+    return bool(found == 2)
+
+
+def _skipping_locked(runs: JobRunQuerySet) -> JobRunQuerySet:
+    """``runs`` locked as they are read, skipping those another transaction holds (where the
+    database can): another purge or reaper, or a writer, holding a run is not waited for."""
+    features = connections[runs.db].features
+    if not features.has_select_for_update_skip_locked:
+        return runs
+    return runs.select_for_update(
+        skip_locked=True, of=("self",) if features.has_select_for_update_of else ()
+    )
+
+
 def _locked(exc: OperationalError, db: str) -> bool:
     return connections[db].vendor == "sqlite" and "locked" in str(exc)
 
@@ -278,6 +350,15 @@ class _Batches:
         self.set_based = connection.vendor == "postgresql" and _can_raw_delete_runs(
             candidates.model
         )
+        if self.set_based:
+            from django_jobstatus.models import JobLog
+
+            quote = connection.ops.quote_name
+            self.tables = (
+                quote(candidates.model._meta.db_table),
+                quote(JobLog._meta.db_table),
+            )
+            self.cascades = _database_cascades(self.db, *self.tables)
 
     def run(self, batch_size: int, batch_seconds: float) -> None:
         size = min(FIRST_BATCH, batch_size)
@@ -328,56 +409,34 @@ class _Batches:
         """The next ``size`` candidates; with ``spare``, the kept runs are left out in SQL."""
         page = self.candidates.order_by("created_at", "id")
         if after is not None:
+            # created_at >= the last one is the index condition: the scan starts there
+            # rather than at the oldest entry, walking past every run deleted so far.
             page = page.filter(
-                Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1])
+                Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1]),
+                created_at__gte=after[0],
             )
         if spare and self.kept:
             page = page.exclude(pk__in=self.kept)
-        features = connections[self.db].features
-        if features.has_select_for_update_skip_locked:
-            # Another purge (or a writer) holding a row: skip it rather than wait.
-            page = page.select_for_update(
-                skip_locked=True,
-                of=("self",) if features.has_select_for_update_of else (),
-            )
-        return page[:size]
+        return _skipping_locked(page)[:size]
 
     def _delete_set_based(
         self, size: int, after: tuple[datetime, Any] | None
     ) -> tuple[int, tuple[datetime, Any] | None]:
-        """PostgreSQL: one statement deletes a batch of runs and their log lines, and counts them.
-
-        The log lines' foreign key is checked at commit (Django makes it DEFERRABLE
-        INITIALLY DEFERRED), so runs and lines go in one statement, in either order.
-        """
-        from django_jobstatus.models import JobLog
-
-        model = self.candidates.model
+        """PostgreSQL: one statement deletes a batch of runs and their log lines, and counts them."""
         connection = connections[self.db]
-        quote = connection.ops.quote_name
-        runs, logs = quote(model._meta.db_table), quote(JobLog._meta.db_table)
         sql, params = (
             self._page(size, after, spare=True).values("pk").query.sql_with_params()
         )
-        statement = f"""
-            WITH gone AS (
-                DELETE FROM {runs} WHERE id = ANY(ARRAY({sql}))
-                RETURNING id, job_name, status, created_at
-            ), lines AS (
-                DELETE FROM {logs} WHERE run_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING run_id
-            )
-            SELECT gone.id, gone.job_name, gone.status, gone.created_at, coalesce(n.lines, 0)
-            FROM gone LEFT JOIN (
-                SELECT run_id, count(*) AS lines FROM lines GROUP BY run_id
-            ) AS n ON n.run_id = gone.id
-        """  # noqa: S608 (table names quoted, values bound)
+        statement = (_CASCADING if self.cascades else _DELETING).format(
+            runs=self.tables[0], logs=self.tables[1], page=sql
+        )
         with connection.cursor() as cursor:
             cursor.execute(statement, params)
             rows = cursor.fetchall()
-            if rows:
+            if rows and not self.cascades:
                 # Runs kept whose parent went: detached, as on_delete=SET_NULL would.
                 cursor.execute(
-                    f"UPDATE {runs} SET parent_id = NULL WHERE parent_id = ANY(%s)",  # noqa: S608
+                    f"UPDATE {self.tables[0]} SET parent_id = NULL WHERE parent_id = ANY(%s)",  # noqa: S608
                     [[row[0] for row in rows]],
                 )
         for _pk, name, status, _created, lines in rows:
@@ -420,3 +479,130 @@ class _Batches:
         for pk, name, status, _created in doomed:
             self.result._add(name, status, 1, lines.get(pk, 0))
         return len(rows), (rows[-1][3], rows[-1][0])
+
+
+# The reaper.
+
+_REAPED = _(
+    "Lost: no heartbeat since %(since)s, more than %(timeout)g seconds ago; reaped."
+)
+
+_EXPIRED = _(
+    "Killed: queued since %(since)s, more than %(timeout)g seconds, and no worker "
+    "started it (its message was probably lost); ended by the reaper."
+)
+
+
+@dataclasses.dataclass
+class ReapResult:
+    """What ``JobRunQuerySet.reap()`` did or, with ``dry_run``, would do."""
+
+    reaped: int = 0  # runs marked lost
+    finished: int = 0  # stale runs whose job finished first (the job won the race)
+    expired: int = 0  # queued runs ended killed: no worker started them in time
+    dry_run: bool = False
+    # With dry_run: the runs that would be reaped, as (pk, job_name, worker) ...
+    stale_runs: list[tuple[Any, str, str]] = dataclasses.field(default_factory=list)
+    # ... and those that would end killed, queued too long, as (pk, job_name).
+    queued_runs: list[tuple[Any, str]] = dataclasses.field(default_factory=list)
+
+
+def reap(
+    runs: JobRunQuerySet,
+    timeout: float | timedelta | None,
+    *,
+    queued_timeout: float | timedelta | None,
+    batch_size: int,
+    dry_run: bool,
+) -> ReapResult:
+    """The body of ``JobRunQuerySet.reap()`` (which documents the arguments)."""
+    runs = runs.writing()
+    delta = as_timedelta(
+        "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
+    )
+    if queued_timeout is None:
+        queued_timeout = settings.QUEUED_TIMEOUT
+    queued_delta = (
+        None if queued_timeout is None else as_timedelta("seconds", queued_timeout)
+    )
+    _whole("batch_size", batch_size, 1)
+    result = ReapResult(dry_run=dry_run)
+    if dry_run:
+        result.stale_runs = list(
+            runs.stale(delta).order_by("pk").values_list("pk", "job_name", "worker")
+        )
+        result.reaped = len(result.stale_runs)
+        if queued_delta is not None:
+            result.queued_runs = list(
+                runs.stale_queued(queued_delta)
+                .order_by("pk")
+                .values_list("pk", "job_name")
+            )
+            result.expired = len(result.queued_runs)
+        return result
+    _reap_stale(runs, delta, batch_size, result)
+    if queued_delta is not None:
+        _expire_queued(runs, queued_delta, batch_size, result)
+    return result
+
+
+def _locked_batch(runs: JobRunQuerySet, batch_size: int) -> list[JobRun]:
+    """The first ``batch_size`` of ``runs`` by pk, locked (skipping those held elsewhere)."""
+    return list(_skipping_locked(runs.order_by("pk"))[:batch_size])
+
+
+def _reap_stale(
+    runs: JobRunQuerySet, delta: timedelta, batch_size: int, result: ReapResult
+) -> None:
+    """Mark lost the running runs silent longer than ``delta``, one transaction per batch."""
+    from django_jobstatus.exceptions import InvalidTransition
+
+    while True:
+        with transaction.atomic(using=runs.db):
+            batch = _locked_batch(runs.stale(delta), batch_size)
+            for run in batch:
+                since = run.heartbeat_at or run.started_at
+                text = str(_REAPED) % {
+                    "since": since.isoformat() if since else "?",
+                    "timeout": delta.total_seconds(),
+                }
+                try:
+                    run.mark_lost(message=text)
+                except InvalidTransition:
+                    result.finished += 1
+                    continue
+                run.log(logging.WARNING, text)
+                result.reaped += 1
+        if len(batch) < batch_size:
+            return
+
+
+def _expire_queued(
+    runs: JobRunQuerySet, delta: timedelta, batch_size: int, result: ReapResult
+) -> None:
+    """End the runs queued longer than ``delta`` killed, and tell their task systems."""
+    from django_jobstatus import contrib
+
+    while True:
+        with transaction.atomic(using=runs.db):
+            batch = _locked_batch(runs.stale_queued(delta), batch_size)
+            ended = []
+            for run in batch:
+                since = run.queued_at or run.created_at
+                text = str(_EXPIRED) % {
+                    "since": since.isoformat(),
+                    "timeout": delta.total_seconds(),
+                }
+                if _killed(run, text):
+                    run.log(logging.WARNING, text)
+                    ended.append(run)
+        result.expired += len(ended)
+        # Outside the transaction: a broker is slow, a lock must not wait for it.
+        for problem in contrib.stop(ended, force=True):
+            logger.warning(
+                "Run %s ended killed, but its task system did not drop it: %s",
+                problem.run_id,
+                problem.reason,
+            )
+        if len(batch) < batch_size:
+            return

@@ -277,6 +277,78 @@ def test_postgresql_deletes_a_batch_of_runs_and_their_lines_in_one_statement(
     assert child.parent_id is None
 
 
+@pytest.mark.postgres
+def test_postgresql_deletes_the_lines_and_children_links_of_a_deleted_run() -> None:
+    # Migration 0008: whoever deletes a run in SQL, the database takes its lines with it.
+    parent = JobRun.objects.start("tests.parent")
+    child = JobRun.objects.start("tests.child", parent=parent)
+    parent.log(20, "one")
+    parent.log(20, "two")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {JobRun._meta.db_table} WHERE id = %s",  # noqa: S608
+            [parent.pk],
+        )
+    assert not JobLog.objects.filter(run_id=parent.pk).exists()
+    child.refresh_from_db()
+    assert child.parent_id is None
+
+
+@pytest.mark.postgres
+def test_postgresql_purge_without_the_database_cascades_deletes_the_lines_itself(
+    aged: Any,
+) -> None:
+    # A schema whose foreign keys lost their ON DELETE actions (0008 reversed, or a later
+    # migration recreating them): the purge notices and deletes the lines and detaches.
+    from importlib import import_module
+
+    from django.apps import apps
+
+    cascades = import_module("django_jobstatus.migrations.0008_database_cascades")
+    aged("tests.job", days=1)
+    doomed = [aged("tests.job", days=100 + n, logs=2) for n in range(3)]
+    child = aged("tests.child", days=1, parent=doomed[0])
+    with connection.cursor() as cursor:
+        # No pending foreign key checks, or ALTER TABLE refuses to run.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    with connection.schema_editor() as editor:
+        cascades.backwards(apps, editor)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT confdeltype FROM pg_constraint WHERE confrelid = %s::regclass",
+            [JobRun._meta.db_table],
+        )
+        assert {row[0] for row in cursor.fetchall()} == {"a"}  # NO ACTION
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")  # as they are in a transaction
+
+    result = JobRun.objects.purge(batch_size=2)
+
+    assert (result.runs, result.logs) == (3, 6)
+    assert alive(*doomed) == [False, False, False]
+    assert not JobLog.objects.filter(run__in=doomed).exists()
+    child.refresh_from_db()
+    assert child.parent_id is None
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the deferred checks pass
+
+
+@pytest.mark.postgres
+def test_each_batch_starts_its_index_scan_where_the_last_one_ended(
+    aged: Any,
+) -> None:
+    # The keyset is an index condition (created_at >= the last one), not a filter on a
+    # scan from the oldest run, which would walk past every run deleted so far.
+    for n in range(6):
+        aged("tests.job", days=100 + n)
+    with CaptureQueriesContext(connection) as queries:
+        result = JobRun.objects.purge(batch_size=2, keep_last=0)
+    deletes = [q["sql"] for q in queries if "DELETE FROM" in q["sql"]]
+    assert result.batches == 3
+    assert len(deletes) == 4  # the last finds nothing
+    column = f'"{JobRun._meta.db_table}"."created_at"'
+    assert all(f"{column} >= " in sql for sql in deletes[1:])
+
+
 def test_deleting_a_parent_keeps_its_children(aged: Any) -> None:
     aged("tests.batch", days=1)
     parent = aged("tests.batch", days=100)

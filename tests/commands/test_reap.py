@@ -150,6 +150,19 @@ def test_python_api_counts_and_batches(make_run: Any) -> None:
     )  # nothing left to reap
 
 
+def test_python_api_dry_run_lists_and_changes_nothing(make_run: Any) -> None:
+    stale = make_run("tests.job", heartbeat_at=ago(600), worker="w:1")
+    make_run("tests.job", heartbeat_at=ago(1))
+    waiting = make_run("tests.waiting", status=Status.QUEUED, queued_at=ago(600))
+
+    result = JobRun.objects.reap(60, queued_timeout=120, dry_run=True)
+
+    assert (result.reaped, result.expired, result.dry_run) == (1, 1, True)
+    assert result.stale_runs == [(stale.pk, "tests.job", "w:1")]
+    assert result.queued_runs == [(waiting.pk, "tests.waiting")]
+    assert (status(stale), status(waiting)) == (Status.RUNNING, Status.QUEUED)
+
+
 def test_narrowed_queryset_reaps_only_its_runs(make_run: Any) -> None:
     mine = make_run("tests.mine", heartbeat_at=ago(600))
     other = make_run("tests.other", heartbeat_at=ago(600))

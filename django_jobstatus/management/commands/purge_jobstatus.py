@@ -78,7 +78,7 @@ class Command(BaseCommand):
             type=positive_int,
             default=10_000,
             help=_(
-                "Most runs deleted (with their logs) per transaction; each batch is sized to take about 0.2 s (default: %(default)r)"
+                "Most runs deleted (with their logs) per transaction; each batch is sized to take about 0.1 s (default: %(default)r)"
             ),
         )
         parser.add_argument(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
@@ -15,6 +15,9 @@ from django_jobstatus.management.commands._arguments import (
     seconds,
 )
 from django_jobstatus.models import JobRun
+
+if TYPE_CHECKING:
+    from django_jobstatus.retention import ReapResult
 
 
 class Command(BaseCommand):
@@ -66,30 +69,15 @@ class Command(BaseCommand):
     ) -> None:
         loud = verbosity > 0
         try:
-            runs = JobRun.objects.using(database)
-            if dry_run:
-                stale = list(
-                    runs.stale(timeout)
-                    .order_by("pk")
-                    .values_list("pk", "job_name", "worker")
-                )
-                waiting = (
-                    list(
-                        runs.stale_queued(queued_timeout)
-                        .order_by("pk")
-                        .values_list("pk", "job_name")
-                    )
-                    if queued_timeout is not None
-                    else []
-                )
-            else:
-                result = runs.reap(timeout, queued_timeout=queued_timeout)
+            result = JobRun.objects.using(database).reap(
+                timeout, queued_timeout=queued_timeout, dry_run=dry_run
+            )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         if not loud:
             return
         if dry_run:
-            self._dry_run(stale, waiting, queued_timeout)
+            self._dry_run(result, queued_timeout)
             return
         self.stdout.write(
             self.style.SUCCESS(
@@ -121,13 +109,8 @@ class Command(BaseCommand):
                 )
             )
 
-    def _dry_run(
-        self,
-        stale: list[tuple[Any, str, str]],
-        waiting: list[tuple[Any, str]],
-        queued_timeout: float | None,
-    ) -> None:
-        for pk, job_name, worker in stale:
+    def _dry_run(self, result: ReapResult, queued_timeout: float | None) -> None:
+        for pk, job_name, worker in result.stale_runs:
             self.stdout.write(
                 _("%(job_name)s %(pk)s (worker %(worker)s)")
                 % {"job_name": job_name, "pk": pk, "worker": worker or "?"}
@@ -137,14 +120,14 @@ class Command(BaseCommand):
                 ngettext(
                     "Dry run: %(count)d run would be marked lost; nothing was changed.",
                     "Dry run: %(count)d runs would be marked lost; nothing was changed.",
-                    len(stale),
+                    result.reaped,
                 )
-                % {"count": len(stale)}
+                % {"count": result.reaped}
             )
         )
         if queued_timeout is None:
             return
-        for pk, job_name in waiting:
+        for pk, job_name in result.queued_runs:
             self.stdout.write(
                 _("%(job_name)s %(pk)s (queued)") % {"job_name": job_name, "pk": pk}
             )
@@ -153,8 +136,8 @@ class Command(BaseCommand):
                 ngettext(
                     "Dry run: %(count)d run queued too long would be ended killed; nothing was changed.",
                     "Dry run: %(count)d runs queued too long would be ended killed; nothing was changed.",
-                    len(waiting),
+                    result.expired,
                 )
-                % {"count": len(waiting)}
+                % {"count": result.expired}
             )
         )

@@ -14,8 +14,6 @@ import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
-from django_jobstatus.contrib import celery as jobstatus_celery
-from django_jobstatus.contrib import rq as jobstatus_rq
 from django_jobstatus.contrib import tasks as jobstatus_tasks
 from django_jobstatus.models import JobRun, Status
 from tests.contrib import rq_jobs
@@ -43,18 +41,10 @@ def our_inserts(sql: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def celery_on() -> Iterator[None]:
-    jobstatus_celery.connect(app)
-    yield
-    jobstatus_celery.disconnect()
-
-
-@pytest.fixture
-def rq_queue(settings: Any) -> Iterator[Any]:
-    settings.RQ_QUEUES, settings.RQ = rq_jobs.RQ_QUEUES, rq_jobs.RQ
-    jobstatus_rq.connect()
-    yield django_rq.get_queue(rq_jobs.LOCAL_QUEUE)
-    jobstatus_rq.disconnect()
+def rq_queue(rq_on: None) -> Iterator[Any]:
+    queue = django_rq.get_queue(rq_jobs.LOCAL_QUEUE)
+    yield queue
+    queue.empty()
 
 
 @pytest.fixture
@@ -75,10 +65,7 @@ def test_a_celery_enqueue_is_one_insert(celery_on: None) -> None:
 
 
 def test_an_rq_enqueue_is_one_insert(rq_queue: Any) -> None:
-    try:
-        sql = statements(lambda: rq_queue.enqueue(rq_jobs.add, 1, 2))
-    finally:
-        rq_queue.empty()
+    sql = statements(lambda: rq_queue.enqueue(rq_jobs.add, 1, 2))
     assert len(sql) == 1, sql
     assert our_inserts(sql) == sql
     assert JobRun.objects.get().status == Status.QUEUED

@@ -6,6 +6,7 @@ an application enqueues outside a transaction.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -116,3 +117,21 @@ def test_a_start_reads_the_run_by_its_primary_key_whatever_is_queued() -> None:
         cursor.execute(f"EXPLAIN {update}")
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "django_jobstatus_jobrun_pkey" in plan, plan
+
+
+def test_a_django_task_s_queued_twin_recorded_while_it_ran_is_merged_when_it_ends(
+    tasks_on: None,
+) -> None:
+    """The enqueueing's INSERT may land after the worker looked for a twin at the start."""
+    jobstatus_tasks.disconnect()
+    result = tasks.add.enqueue(1, 2)
+    jobstatus_tasks.connect()
+    jobstatus_tasks.on_started(sender=None, task_result=result)  # no queued run yet
+    twin = JobRun.objects.enqueue(
+        result.task.module_path, source="django_tasks", backend_job_id=str(result.id)
+    )
+    jobstatus_tasks.on_finished(
+        sender=None, task_result=dataclasses.replace(result, status="SUCCESSFUL")
+    )
+    assert list(JobRun.objects.values_list("status", flat=True)) == [Status.SUCCEEDED]
+    assert not JobRun.objects.filter(pk=twin.pk).exists()

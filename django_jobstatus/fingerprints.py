@@ -52,3 +52,9 @@ def error_class(fingerprint_or_error: str) -> str:
     """The exception class an error text starts with (``"ValueError"``), or ``""``."""
     match = _CLASS.match(fingerprint_or_error)
     return match.group(1) if match else ""
+
+
+def last_line(text: str) -> str:
+    """The last line of ``text`` that is not blank (of a traceback: its exception), or ""."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].rstrip() if lines else ""

@@ -340,7 +340,8 @@ class JobRun(models.Model):
         if previous in sources:
             updated = (
                 JobRun.objects.using(db)
-                .filter(pk=self.pk, status=previous, attempt=self.attempt)
+                .filter(pk=self.pk)
+                .still(previous, self.attempt)
                 .update(**updates)
             )
         if not updated:

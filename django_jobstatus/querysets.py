@@ -20,7 +20,10 @@ from django.db.models import (
     Max,
     Min,
     Q,
+    Value,
 )
+from django.db.models.functions import Concat
+from django.db.models.lookups import Exact
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -245,6 +248,17 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """Runs not finished yet: queued, running or retrying."""
         return self.filter(status__in=sorted(Status.ACTIVE))
 
+    def still(self, status: str, attempt: int | None = None) -> Self:
+        """The runs the other filters find (by primary key) that are ``status`` (at ``attempt``).
+
+        The check is made on the rows found, never through an index: PostgreSQL would
+        otherwise walk an index that begins with ``status`` whenever its statistics are
+        stale, and a conditional move by primary key then read every queued run (5 ms a
+        task start with 300 queued, issue 12) instead of one row.
+        """
+        runs = self.filter(Exact(Concat(F("status"), Value("")), status))
+        return runs if attempt is None else runs.filter(attempt=attempt)
+
     def finished(self) -> Self:
         """Runs in a terminal state: succeeded, failed, killed or lost."""
         return self.filter(status__in=sorted(Status.TERMINAL))
@@ -348,7 +362,8 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     # Creating runs.
 
-    def _create(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
+    def _build(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
+        """The run to record, checked, not saved yet."""
         check_job_name(name)
         for field in ("params", "data", "result"):
             if field in fields:
@@ -356,12 +371,26 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         now = timezone.now()
         fields.setdefault("created_at", now)
         fields.setdefault("updated_at", now)
-        return self.create(**storable({"job_name": name, "status": status, **fields}))
+        return self.model(**storable({"job_name": name, "status": status, **fields}))
+
+    def _create(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
+        run = self._build(name, status, fields)
+        self._for_write = True
+        run.save(force_insert=True, using=self.db)
+        return run
 
     def enqueue(self, name: str, **fields: Any) -> JobRun:
         """Record a run waiting for a worker."""
+        return self._create(name, Status.QUEUED, self._queued(fields))
+
+    def build_queued(self, name: str, **fields: Any) -> JobRun:
+        """The run ``enqueue()`` would record, not saved (for a caller that inserts it its own way)."""
+        return self._build(name, Status.QUEUED, self._queued(fields))
+
+    @staticmethod
+    def _queued(fields: dict[str, Any]) -> dict[str, Any]:
         fields.setdefault("queued_at", timezone.now())
-        return self._create(name, Status.QUEUED, fields)
+        return fields
 
     def start(self, name: str, **fields: Any) -> JobRun:
         """Record a run that starts now, in this process."""

@@ -106,7 +106,7 @@ def _write_progress(
     from django_jobstatus.models import JobRun
 
     rows = JobRun.objects.using(alias).filter(pk=run.pk)
-    mine = rows.filter(status=Status.RUNNING, attempt=run.attempt)
+    mine = rows.still(Status.RUNNING, run.attempt)
     written = mine.update_returning(("kill_requested_at",), **fields)
     if written:
         return True, written[0].kill_requested_at, Status.RUNNING
@@ -126,6 +126,46 @@ def _reset_connection(alias: str) -> None:
     if not connection.in_atomic_block:
         with contextlib.suppress(Exception):
             connection.close()
+
+
+# Longest pause between two tries of a write while the database is away, in seconds.
+MAX_RETRY_DELAY = 5.0
+
+
+def while_database_away(
+    action: Callable[[str], R],
+    *,
+    timeout: float | None = None,
+    attempts: int | None = None,
+    delay: float = 0.1,
+) -> R:
+    """``action(alias)`` on the tracking database, tried again while the database is away.
+
+    On OperationalError or InterfaceError the connection is dropped (the next try
+    connects anew, through ``tracking_database()`` again) and the action is tried again
+    after ``delay`` seconds, doubled each time up to MAX_RETRY_DELAY, until ``timeout``
+    seconds have passed or ``attempts`` tries were made; then that error is raised.
+    Any other error is raised at once.
+    """
+    if timeout is None and attempts is None:
+        raise ValueError(
+            "while_database_away() needs a timeout or a number of attempts"
+        )
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    tries = 0
+    while True:
+        alias = tracking_database()
+        tries += 1
+        try:
+            return action(alias)
+        except (OperationalError, InterfaceError):
+            _reset_connection(alias)
+            if (
+                attempts is not None and tries >= attempts
+            ) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
 
 
 class JobHandle:
@@ -408,28 +448,34 @@ class JobHandle:
         """
         from django_jobstatus.models import Status, storable
 
-        deadline = time.monotonic() + settings.FINISH_RETRY_TIMEOUT
-        delay = 0.1
-        retried = False
-        alone = False  # the end without its details, after the database refused them
         # A try that fails at COMMIT has already moved the instance; the next starts over.
         saved = {
             field.attname: getattr(self.run, field.attname)
             for field in self.run._meta.concrete_fields
         }
-        while True:
-            alias = tracking_database()
+        tries: list[dict[str, Any]] = []  # the fields each try wrote
+
+        def write(alias: str) -> None:
+            if tries:
+                for name, value in saved.items():
+                    setattr(self.run, name, value)
             fields = storable(self._pending_fields() | values)
             fields.pop("updated_at")
+            tries.append(fields)
+            self._write_logs_then(
+                alias,
+                lambda: self._transition(exc, alias, fields),
+            )
+            self._applied(fields)
+
+        for alone in (False, True):  # alone: the end without its details
             try:
-                self._write_logs_then(
-                    alias,
-                    lambda: self._transition(exc, alias, fields),  # noqa: B023 (called at once)
-                )
+                while_database_away(write, timeout=settings.FINISH_RETRY_TIMEOUT)
             except InvalidTransition as error:
-                if retried and self._ended_as(exc, alias):
+                alias = tracking_database()
+                if len(tries) > 1 and self._ended_as(exc, alias):
                     # The try before committed, but its answer was lost with the connection.
-                    self._applied(fields)
+                    self._applied(tries[-1])
                     self.run.refresh_from_db(using=alias)
                     return
                 # The run ended elsewhere (reaped as lost, killed by force): it keeps that
@@ -439,23 +485,15 @@ class JobHandle:
                 logger.warning(
                     "The end of run %s was not recorded: %s", self.run.pk, error
                 )
-                return
             except (OperationalError, InterfaceError):
-                retried = True
                 for name, value in saved.items():
                     setattr(self.run, name, value)
-                _reset_connection(alias)
-                if time.monotonic() + delay > deadline:
-                    logger.exception(
-                        "Could not record the end of run %s (%s) after %.0f s.",
-                        self.run.pk,
-                        self.run.job_name,
-                        settings.FINISH_RETRY_TIMEOUT,
-                    )
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
+                logger.exception(
+                    "Could not record the end of run %s (%s) after %.0f s.",
+                    self.run.pk,
+                    self.run.job_name,
+                    settings.FINISH_RETRY_TIMEOUT,
+                )
             except DatabaseError:
                 # The database refused something in the details (text is cleaned and
                 # capped, so this should not happen): record the end alone rather than
@@ -469,15 +507,14 @@ class JobHandle:
                     "Could not record the end of run %s with its details; recording the end alone.",
                     self.run.pk,
                 )
-                alone = True
                 self._logs, self._dirty, self._result = [], False, None
                 values = (
                     {"error": type(exc).__qualname__, "traceback": ""}
                     if self._outcome(exc) == Status.FAILED
                     else {}
                 )
+                tries.clear()
                 continue
-            self._applied(fields)
             return
 
     @staticmethod
@@ -530,16 +567,11 @@ def _start_run(name: str, fields: dict[str, Any]) -> JobRun:
     """Create the run as running, retrying briefly while the database is unreachable."""
     from django_jobstatus.models import JobRun
 
-    for attempt in range(3):
-        alias = tracking_database()
-        try:
-            return JobRun.objects.db_manager(alias).start(name, **fields)
-        except (OperationalError, InterfaceError):
-            _reset_connection(alias)
-            if attempt == 2:
-                raise
-            time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return while_database_away(
+        lambda alias: JobRun.objects.db_manager(alias).start(name, **fields),
+        attempts=3,
+        delay=0.2,
+    )
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from django_jobstatus.fingerprints import (
     FINGERPRINT_MAX_LENGTH,
     error_class,
     fingerprint,
+    last_line,
 )
 
 
@@ -97,3 +98,9 @@ def test_a_succeeded_run_has_none(make_run):
     run.mark_succeeded()
     run.refresh_from_db()
     assert run.error_fingerprint == ""
+
+
+def test_last_line_is_a_traceback_s_exception() -> None:
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad  \n\n'
+    assert last_line(text) == "ValueError: bad"
+    assert last_line("  \n") == last_line("") == ""

@@ -1098,3 +1098,58 @@ def test_task_system_names_too_long_are_cut() -> None:
     for value in (run.queue, run.worker, run.backend_job_id):
         assert len(value) == 255
         assert value.endswith("… [cut 45 characters]")
+
+
+# while_database_away(): the one retry loop of the start, the end and the integrations' writes.
+
+
+def _failing(times: int, error: Exception) -> tuple[Callable[[str], str], list[str]]:
+    """An action that raises ``error`` ``times`` times, then returns the alias it was given."""
+    calls: list[str] = []
+
+    def action(alias: str) -> str:
+        calls.append(alias)
+        if len(calls) <= times:
+            raise error
+        return alias
+
+    return action, calls
+
+
+def test_while_database_away_tries_again_with_a_doubling_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django_jobstatus import tracking
+
+    pauses: list[float] = []
+    monkeypatch.setattr(tracking.time, "sleep", pauses.append)
+    action, calls = _failing(3, OperationalError("away"))
+    assert tracking.while_database_away(action, attempts=4, delay=0.2) == "default"
+    assert (len(calls), pauses) == (4, [0.2, 0.4, 0.8])
+
+
+def test_while_database_away_raises_after_its_attempts_or_its_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django_jobstatus import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    action, calls = _failing(5, OperationalError("away"))
+    with pytest.raises(OperationalError):
+        tracking.while_database_away(action, attempts=2, delay=0)
+    assert len(calls) == 2
+    action, calls = _failing(5, OperationalError("away"))
+    with pytest.raises(OperationalError):
+        tracking.while_database_away(action, timeout=0.05, delay=0.1)
+    assert len(calls) == 1  # the next try would come after the timeout
+
+
+def test_while_database_away_raises_other_errors_at_once() -> None:
+    from django_jobstatus import tracking
+
+    action, calls = _failing(1, DataError("refused"))
+    with pytest.raises(DataError):
+        tracking.while_database_away(action, attempts=3)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="timeout or a number of attempts"):
+        tracking.while_database_away(action)

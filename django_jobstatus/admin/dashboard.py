@@ -28,6 +28,7 @@ from django.utils.translation import gettext as _
 from django_jobstatus import conf
 from django_jobstatus.admin.display import format_duration
 from django_jobstatus.admin.monitors import health_panel
+from django_jobstatus.fingerprints import last_line
 from django_jobstatus.models import JobRun, Status
 from django_jobstatus.querysets import MAX_AGE, aggregating
 
@@ -82,11 +83,6 @@ def _check(model_admin: Any, request: HttpRequest) -> None:
 def _changelist(**params: str) -> str:
     url = reverse("admin:django_jobstatus_jobrun_changelist")
     return f"{url}?{urlencode(params)}" if params else url
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 def active_runs() -> list[JobRun]:
@@ -300,7 +296,7 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         JobRun.objects.failed().order_by("-created_at", "-id")[:FAILURES_LIMIT]
     )
     for run in failures:
-        run.error_line = _first_line(run.error) or _first_line(run.traceback)  # type: ignore[attr-defined]
+        run.error_line = last_line(run.error) or last_line(run.traceback)  # type: ignore[attr-defined]
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,

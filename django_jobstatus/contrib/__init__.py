@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Callable, Iterable
 from logging import getLogger
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
@@ -203,21 +202,14 @@ def durably(action: Callable[[], R], what: str) -> R | None:
 
     Returns None, after logging, when it never came back.
     """
-    from django_jobstatus.tracking import _reset_connection, tracking_database
+    from django_jobstatus.tracking import while_database_away
 
-    deadline = time.monotonic() + settings.FINISH_RETRY_TIMEOUT
-    delay = 0.1
-    while True:
-        try:
-            return action()
-        except (OperationalError, InterfaceError):
-            _reset_connection(tracking_database())
-            if time.monotonic() + delay > deadline:
-                logger.exception(
-                    "Could not record %s after %.0f s.",
-                    what,
-                    settings.FINISH_RETRY_TIMEOUT,
-                )
-                return None
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    try:
+        return while_database_away(
+            lambda alias: action(), timeout=settings.FINISH_RETRY_TIMEOUT
+        )
+    except (OperationalError, InterfaceError):
+        logger.exception(
+            "Could not record %s after %.0f s.", what, settings.FINISH_RETRY_TIMEOUT
+        )
+        return None

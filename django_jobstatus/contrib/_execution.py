@@ -15,8 +15,6 @@ from typing import Any
 
 from django.db import (
     DatabaseError,
-    InterfaceError,
-    OperationalError,
     connections,
     transaction,
 )
@@ -27,7 +25,12 @@ from django.utils import timezone
 from django_jobstatus import batches, contrib
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobRun, Status
-from django_jobstatus.tracking import JobHandle, _reset_connection, tracking_database
+from django_jobstatus.tracking import (
+    JobHandle,
+    _reset_connection,
+    tracking_database,
+    while_database_away,
+)
 
 logger = getLogger(__name__)
 
@@ -56,33 +59,27 @@ def best_effort(
     tried once more, since long-lived processes such as a worker's main process have
     nothing else that would close it.
     """
-    for attempt in (1, 2):
-        alias = tracking_database()
-        in_atomic = connections[alias].in_atomic_block
-        try:
-            with (
-                contextlib.nullcontext()
-                if one_statement and not in_atomic
-                else transaction.atomic(using=alias, savepoint=in_atomic)
-            ):
-                action(alias)
-        except InvalidTransition as error:
-            # Duplicate or late events (Celery's task_revoked fires twice; a retry raced a new attempt).
-            logger.debug("%s not recorded: %s", what, error)
-        except (OperationalError, InterfaceError):
-            _reset_connection(alias)
-            if attempt == 2 or connections[alias].in_atomic_block:
-                logger.warning(
-                    "Could not record %s; the task goes on.", what, exc_info=True
-                )
-                return
-            continue
-        except DatabaseError:
-            logger.warning(
-                "Could not record %s; the task goes on.", what, exc_info=True
+
+    def write(alias: str) -> None:
+        with (
+            contextlib.nullcontext()
+            if one_statement and not connections[alias].in_atomic_block
+            else transaction.atomic(
+                using=alias, savepoint=connections[alias].in_atomic_block
             )
-            _reset_connection(alias)
-        return
+        ):
+            action(alias)
+
+    # Inside a transaction the connection cannot be replaced: one try.
+    attempts = 1 if connections[tracking_database()].in_atomic_block else 2
+    try:
+        while_database_away(write, attempts=attempts, delay=0)
+    except InvalidTransition as error:
+        # Duplicate or late events (Celery's task_revoked fires twice; a retry raced a new attempt).
+        logger.debug("%s not recorded: %s", what, error)
+    except DatabaseError:  # the database is away still, or refused the write
+        logger.warning("Could not record %s; the task goes on.", what, exc_info=True)
+        _reset_connection(tracking_database())
 
 
 def record_queued(
@@ -224,7 +221,7 @@ class Execution:
         with savepoint:
             started = (
                 runs.filter(pk=Subquery(newest))
-                .queued()
+                .still(Status.QUEUED)
                 .update_returning(
                     status=Status.RUNNING,
                     worker=self.worker,
@@ -248,12 +245,10 @@ class Execution:
     def start(self) -> JobHandle:
         """Record the start (or, with the database away, try again at the end); activate the handle."""
         try:
-            try:
-                run = self.record_start()
-            except (OperationalError, InterfaceError):
-                # A connection the server dropped while the worker idled: once more, anew.
-                _reset_connection(tracking_database())
-                run = self.record_start()
+            # A connection the server dropped while the worker idled: once more, anew.
+            run = while_database_away(
+                lambda alias: self.record_start(), attempts=2, delay=0
+            )
         except (DatabaseError, InvalidTransition):
             logger.warning(
                 "Could not record the start of %s job %s; trying again when it ends.",

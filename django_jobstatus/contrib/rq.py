@@ -50,6 +50,7 @@ from django_jobstatus import contrib, own_connections
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import JobKilled
+from django_jobstatus.fingerprints import last_line
 from django_jobstatus.models import JobRun, Status, default_worker
 
 logger = logging.getLogger(__name__)
@@ -294,8 +295,7 @@ def _exc_string(job: rq.job.Job) -> str:
 
 def _error_fields(job: rq.job.Job) -> dict[str, str]:
     text = _exc_string(job).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return {"error": lines[-1] if lines else "", "traceback": text}
+    return {"error": last_line(text), "traceback": text}
 
 
 def _return_value(job: rq.job.Job) -> Any:

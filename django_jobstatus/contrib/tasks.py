@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
@@ -32,6 +32,7 @@ from django_jobstatus import batches, compat, contrib
 from django_jobstatus.conf import settings
 from django_jobstatus.contrib._execution import Execution, find_run
 from django_jobstatus.exceptions import JobKilled
+from django_jobstatus.fingerprints import last_line
 from django_jobstatus.tracking import JobHandle
 
 if TYPE_CHECKING:
@@ -90,37 +91,75 @@ def _error(path: str, traceback: str) -> str:
     for index in range(len(lines) - 1, -1, -1):
         if path and lines[index].startswith((path, short)):
             return "\n".join(lines[index:])
-    return lines[-1] if lines else path
+    return last_line(traceback) or path
 
 
 # Receivers: each catches and logs its errors, so the task system never sees them.
 
 
 def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
-    """Record a queued run, in the caller's transaction: a rollback takes it with the task."""
+    """Record a queued run: one INSERT (in the caller's transaction: a rollback takes it with the task)."""
     if _is_inline(sender):
         return  # it runs inside enqueue(): task_started records it, once
     try:
         from django_jobstatus.models import JobRun
 
         alias = settings.DATABASE
-        # A savepoint keeps a failed write from breaking the caller's transaction.
-        with transaction.atomic(using=alias):
-            if find_run(SOURCE, str(task_result.id), alias) is None:
-                queued_at = task_result.enqueued_at or timezone.now()
-                JobRun.objects.db_manager(alias).enqueue(
-                    task_result.task.module_path,
-                    source=SOURCE,
-                    backend_job_id=str(task_result.id),
-                    queued_at=queued_at,
-                    **_fields(task_result),
-                )
-        _merge_twins(str(task_result.id), alias)
+        run = JobRun.objects.db_manager(alias).build_queued(
+            task_result.task.module_path,
+            source=SOURCE,
+            backend_job_id=str(task_result.id),
+            queued_at=task_result.enqueued_at or timezone.now(),
+            **_fields(task_result),
+        )
+        in_atomic = connections[alias].in_atomic_block
+        # Inside the caller's transaction, a savepoint keeps a failed write from breaking it;
+        # outside, the one statement is atomic by itself.
+        with transaction.atomic(using=alias) if in_atomic else contextlib.nullcontext():
+            alone = _insert_alone(run, alias)
+        if not alone:
+            # A worker recorded the task first (it was committed before this signal).
+            _merge_twins(str(task_result.id), alias)
     except Exception:
         logger.exception(
             "Could not record the enqueueing of task %s; it will be recorded when it starts.",
             task_result.id,
         )
+
+
+def _insert_alone(run: JobRun, alias: str) -> bool:
+    """INSERT ``run``; whether no other run of its task was recorded before.
+
+    One statement where the database returns columns from an INSERT (``INSERT …
+    RETURNING id, EXISTS (…)``), else an INSERT and a SELECT.
+    """
+    from django.db.models.sql import InsertQuery
+
+    from django_jobstatus.models import JobRun
+
+    others = (
+        JobRun.objects.using(alias)
+        .filter(source=run.source, backend_job_id=run.backend_job_id)
+        .exclude(pk=run.pk)
+    )
+    connection = connections[alias]
+    if not connection.features.can_return_columns_from_insert:
+        run.save(force_insert=True, using=alias)
+        return not others.exists()
+    meta = JobRun._meta
+    query = InsertQuery(JobRun)
+    query.insert_values(
+        [field for field in meta.local_concrete_fields if not field.generated], [run]
+    )
+    compiler = query.get_compiler(alias)
+    compiler.returning_fields = [meta.pk]
+    [(sql, params)] = compiler.as_sql()
+    others_sql, others_params = others.values("pk").query.get_compiler(alias).as_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql}, EXISTS ({others_sql})", (*params, *others_params))
+        row = cursor.fetchone()
+    run._state.adding, run._state.db = False, alias
+    return not row[1]
 
 
 def _merge_twins(backend_job_id: str, alias: str) -> bool:
@@ -182,17 +221,29 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
         return
     _running.set((str(task_result.id), execution, _running.get()))
     run = execution.handle.run if execution.handle is not None else None
-    if run is not None and execution.created and not _is_inline(sender):
-        # A run of its own: the enqueueing may be recorded now, as a queued twin.
-        try:
-            if _merge_twins(str(task_result.id), run._state.db or settings.DATABASE):
-                run.refresh_from_db(fields=["parent", "kill_requested_at"])
-        except Exception:
-            logger.exception("Could not merge the runs of task %s.", task_result.id)
+    if not _is_inline(sender):
+        _merge_into(execution, str(task_result.id))
     if run is not None and run.kill_requested and not _is_inline(sender):
         # Asked to stop while it waited: the worker records this as the task's
         # failure, which ends the run killed, and the task's code never runs.
         raise JobKilled(f"Run {run.pk} was asked to stop before it started.")
+
+
+def _merge_into(execution: Execution, backend_job_id: str) -> None:
+    """Merge a queued twin into the run a worker started without finding the queued one.
+
+    Called when the task starts and again when it ends: the enqueueing's INSERT may land
+    in between (it checks for an earlier run in its own statement, which cannot see a
+    run committed while it runs).
+    """
+    run = execution.handle.run if execution.handle is not None else None
+    if run is None or not execution.created:
+        return
+    try:
+        if _merge_twins(backend_job_id, run._state.db or settings.DATABASE):
+            run.refresh_from_db(fields=["parent", "kill_requested_at"])
+    except Exception:
+        logger.exception("Could not merge the runs of task %s.", backend_job_id)
 
 
 def _outcome(
@@ -241,6 +292,8 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
         if entry is not None and entry[0] == str(task_result.id):
             _running.set(entry[2])
             execution = entry[1]
+            if not _is_inline(sender):
+                _merge_into(execution, str(task_result.id))
         else:  # the start was seen elsewhere, or not at all
             execution = _ending(task_result)
         try:

@@ -42,14 +42,6 @@ __all__ = ["db_proxy"]  # a fixture
 QUEUE = "jobstatus-tests"
 
 
-@pytest.fixture
-def recording() -> Iterator[None]:
-    """The integration switched on in this (the publishing) process."""
-    jobstatus_celery.connect(app)
-    yield
-    jobstatus_celery.disconnect()
-
-
 @pytest.fixture(scope="module")
 def celery_worker(
     db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
@@ -105,7 +97,7 @@ def test_nothing_is_recorded_until_connected() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_eager_task_is_recorded_with_its_progress(recording: None) -> None:
+def test_an_eager_task_is_recorded_with_its_progress(celery_on: None) -> None:
     result = report.apply(args=(3,))
     run = recorded(result.id)
     assert run.status == Status.SUCCEEDED
@@ -116,7 +108,7 @@ def test_an_eager_task_is_recorded_with_its_progress(recording: None) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_receiver_error_never_reaches_the_task(
-    recording: None, monkeypatch: pytest.MonkeyPatch
+    celery_on: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("tracking is broken")
@@ -128,7 +120,7 @@ def test_a_receiver_error_never_reaches_the_task(
 # With a real worker.
 
 
-@pytest.mark.usefixtures("recording")
+@pytest.mark.usefixtures("celery_on")
 class TestWorker:
     pytestmark = [
         pytest.mark.postgres,

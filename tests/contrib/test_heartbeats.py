@@ -21,7 +21,6 @@ from typing import Any
 
 import django_rq
 import pytest
-import redis
 import rq
 from django.core.management import call_command
 from django.db import connections
@@ -44,6 +43,7 @@ from tests.contrib.workers import (
     worker_env,
     worker_process,
 )
+from tests.contrib.workers import rq_worker as started_rq_worker
 from tests.waiting import wait_for
 
 __all__ = ["db_proxy"]  # a fixture
@@ -180,13 +180,6 @@ def test_a_silent_tracked_job_is_not_reaped(settings: Any) -> None:
 # A real prefork Celery worker.
 
 
-@pytest.fixture
-def celery_recording() -> Iterator[None]:
-    jobstatus_celery.connect(app)
-    yield
-    jobstatus_celery.disconnect()
-
-
 @contextlib.contextmanager
 def celery_worker(proxy: Proxy, log: Path) -> Iterator[Popen[bytes]]:
     argv = [
@@ -220,7 +213,7 @@ def celery_run(seconds: float) -> JobRun:
 @pytest.mark.postgres
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.usefixtures("celery_recording")
+@pytest.mark.usefixtures("celery_on")
 class TestCelery:
     def test_a_silent_task_is_not_reaped(self, db_proxy: Proxy, tmp_path: Path) -> None:
         log = tmp_path / "celery.log"
@@ -239,33 +232,23 @@ class TestCelery:
 
 
 @pytest.fixture
-def rq_queue(settings: Any) -> Iterator[rq.Queue]:
-    settings.RQ_QUEUES = rq_jobs.RQ_QUEUES
-    settings.RQ = rq_jobs.RQ
-    jobstatus_rq.connect()
+def rq_queue(rq_on: None) -> Iterator[rq.Queue]:
     queue = django_rq.get_queue(rq_jobs.HEARTBEAT_QUEUE)
     queue.empty()
     yield queue
     queue.empty()
-    jobstatus_rq.disconnect()
 
 
-@contextlib.contextmanager
-def rq_worker(proxy: Proxy, log: Path) -> Iterator[Popen[bytes]]:
-    connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
-    name = f"jobstatus-heartbeats-{uuid.uuid4().hex[:8]}"
-    argv = ["-m", "django", "rqworker", rq_jobs.HEARTBEAT_QUEUE, "--name", name]
-    env = worker_env(proxy, "django_jobstatus.contrib.rq")
-    env["JOBSTATUS_WORKER_HEARTBEAT_TIMEOUT"] = str(TIMEOUT)
-    with worker_process(argv, env, log) as process:
-        wait_for(
-            lambda: any(w.name == name for w in rq.Worker.all(connection=connection)),
-            timeout=90,
-            what="the RQ worker to register",
-            process=process,
-            log=log,
-        )
-        yield process
+def rq_worker(
+    proxy: Proxy, log: Path
+) -> contextlib.AbstractContextManager[Popen[bytes]]:
+    return started_rq_worker(
+        proxy,
+        log,
+        queue=rq_jobs.HEARTBEAT_QUEUE,
+        prefix="jobstatus-heartbeats",
+        env={"JOBSTATUS_WORKER_HEARTBEAT_TIMEOUT": str(TIMEOUT)},
+    )
 
 
 def rq_run(queue: rq.Queue, seconds: float) -> JobRun:

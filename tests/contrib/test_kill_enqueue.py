@@ -37,10 +37,10 @@ from tests.contrib import kill_jobs, rq_jobs
 from tests.contrib.celery_app import BROKER_URL, app
 from tests.contrib.dbproxy import Proxy
 from tests.contrib.workers import (
+    celery_worker,
     db_proxy,
     refreshed,
-    worker_env,
-    worker_process,
+    rq_worker,
 )
 from tests.waiting import wait_for
 
@@ -106,27 +106,11 @@ def pid_of(connection: redis.Redis, key: str) -> int:
 
 
 @pytest.fixture
-def celery_on() -> Iterator[None]:
-    jobstatus_celery.connect(app)
-    yield
-    jobstatus_celery.disconnect()
-
-
-@pytest.fixture
 def celery_down() -> Iterator[None]:
     """The Celery integration on, killing and retrying through an app whose broker is down."""
     jobstatus_celery.connect(down_app)
     yield
     jobstatus_celery.disconnect()
-
-
-@pytest.fixture
-def rq_on(settings: Any) -> Iterator[None]:
-    settings.RQ_QUEUES = rq_jobs.RQ_QUEUES
-    settings.RQ = rq_jobs.RQ
-    jobstatus_rq.connect()
-    yield
-    jobstatus_rq.disconnect()
 
 
 @pytest.fixture
@@ -143,37 +127,15 @@ def rq_down(settings: Any) -> Iterator[redis.Redis]:
 def _celery_worker(
     proxy: Proxy, factory: pytest.TempPathFactory, pool: str, queue: str
 ) -> Iterator[Popen[bytes]]:
-    name = f"kill-{pool}-{os.getpid()}@{HOST}"
-    log = factory.mktemp("celery") / f"{pool}.log"
-    argv = [
-        "-m",
-        "celery",
-        "-A",
-        "tests.contrib.celery_app",
-        "worker",
-        f"--pool={pool}",
-        "--concurrency=1",
-        "--loglevel=INFO",
-        "--include=tests.contrib.kill_jobs",
-        "-Q",
-        queue,
-        "-n",
-        name,
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    with worker_process(
-        argv, worker_env(proxy, "django_jobstatus.contrib.celery"), log
+    with celery_worker(
+        proxy,
+        factory,
+        pool=pool,
+        queue=queue,
+        prefix=f"kill-{pool}",
+        purge=False,
+        extra=("--include=tests.contrib.kill_jobs",),
     ) as process:
-        wait_for(
-            lambda: app.control.ping(destination=[name], timeout=0.5),
-            timeout=90,
-            what=f"the Celery {pool} worker to answer a ping",
-            process=process,
-            log=log,
-        )
-        process.log = log  # type: ignore[attr-defined]
         yield process
 
 
@@ -198,25 +160,10 @@ def celery_solo(
 def _rq_worker(
     proxy: Proxy, factory: pytest.TempPathFactory, queue: str, *extra: str
 ) -> Iterator[Popen[bytes]]:
-    connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
-    rq.Queue(queue, connection=connection).empty()
-    name = f"kill-{queue}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     log = factory.mktemp("rq") / "worker.log"
-    argv = ["-m", "django", "rqworker", queue, "--name", name, *extra]
-    with worker_process(
-        argv, worker_env(proxy, "django_jobstatus.contrib.rq"), log
+    with rq_worker(
+        proxy, log, queue=queue, prefix=f"kill-{queue}", extra=extra
     ) as process:
-        wait_for(
-            lambda: any(
-                worker.name == name for worker in rq.Worker.all(connection=connection)
-            ),
-            timeout=90,
-            what="the RQ worker to register",
-            process=process,
-            log=log,
-        )
-        process.log = log  # type: ignore[attr-defined]
-        process.rq_name = name  # type: ignore[attr-defined]
         yield process
 
 

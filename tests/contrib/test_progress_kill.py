@@ -24,9 +24,8 @@ from tests.contrib.loops import count_slowly as count_slowly_job
 from tests.contrib.tasks_app import tasks
 from tests.contrib.test_celery import finished as celery_finished
 from tests.contrib.test_celery import recorded as celery_recorded
-from tests.contrib.test_celery import recording
 from tests.contrib.test_rq import finished as rq_finished
-from tests.contrib.test_rq import queue, rq_settings, rq_worker, settle
+from tests.contrib.test_rq import queue, rq_worker, settle
 from tests.contrib.test_rq import recorded as rq_recorded
 from tests.contrib.test_tasks import (
     Worker,
@@ -46,8 +45,6 @@ __all__ = [  # fixtures
     "db_proxy",
     "integration_on",
     "queue",
-    "recording",
-    "rq_settings",
     "rq_worker",
     "worker",
 ]
@@ -151,7 +148,7 @@ def _solo(task: Any, *args: Any) -> JobRun:
 
 
 @pytest.mark.redis
-@pytest.mark.usefixtures("recording")
+@pytest.mark.usefixtures("celery_on")
 @pytest.mark.parametrize("how", ["request", "force"])
 def test_celery_solo_a_kill_stops_the_loop_at_advance(
     solo_worker: Popen[bytes], how: str
@@ -165,7 +162,7 @@ def test_celery_solo_a_kill_stops_the_loop_at_advance(
 
 
 @pytest.mark.redis
-@pytest.mark.usefixtures("recording")
+@pytest.mark.usefixtures("celery_on")
 def test_celery_a_success_after_a_retry_keeps_no_error(
     solo_worker: Popen[bytes],
 ) -> None:
@@ -181,9 +178,7 @@ def test_celery_a_success_after_a_retry_keeps_no_error(
 
 
 @pytest.fixture
-def rq_one_at_a_time(
-    rq_worker: Popen[bytes], rq_settings: None
-) -> Iterator[Popen[bytes]]:
+def rq_one_at_a_time(rq_worker: Popen[bytes], rq_on: None) -> Iterator[Popen[bytes]]:
     """The rqworker; it finishes its job before the test's tables are flushed."""
     yield rq_worker
     settle(rq_worker)

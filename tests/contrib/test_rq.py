@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +24,8 @@ from tests.contrib.workers import (
     db_proxy,
     kill_from_admin,
     refreshed,
-    worker_env,
-    worker_process,
 )
+from tests.contrib.workers import rq_worker as started_rq_worker
 from tests.waiting import wait_for
 
 __all__ = ["db_proxy"]  # a fixture
@@ -36,22 +34,12 @@ QUEUE = rq_jobs.QUEUE
 
 
 @pytest.fixture
-def rq_settings(settings: Any) -> Iterator[None]:
-    """django-rq configured as in the worker, and the integration switched on here."""
-    settings.RQ_QUEUES = rq_jobs.RQ_QUEUES
-    settings.RQ = rq_jobs.RQ
-    jobstatus_rq.connect()
-    yield
-    jobstatus_rq.disconnect()
-
-
-@pytest.fixture
-def queue(rq_settings: None) -> rq.Queue:
+def queue(rq_on: None) -> rq.Queue:
     return django_rq.get_queue(QUEUE)
 
 
 @pytest.fixture
-def local_queue(rq_settings: None) -> rq.Queue:
+def local_queue(rq_on: None) -> rq.Queue:
     """A queue no rqworker listens to: for SimpleWorkers in this process."""
     queue = django_rq.get_queue(rq_jobs.LOCAL_QUEUE)
     queue.empty()
@@ -62,25 +50,10 @@ def local_queue(rq_settings: None) -> rq.Queue:
 def rq_worker(
     db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Popen[bytes]]:
-    connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
-    rq.Queue(QUEUE, connection=connection).empty()
-    name = f"jobstatus-tests-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     log = tmp_path_factory.mktemp("rq") / "worker.log"
-    argv = ["-m", "django", "rqworker", QUEUE, "--name", name]
-    with worker_process(
-        argv, worker_env(db_proxy, "django_jobstatus.contrib.rq"), log
+    with started_rq_worker(
+        db_proxy, log, queue=QUEUE, prefix="jobstatus-tests"
     ) as process:
-        wait_for(
-            lambda: any(
-                worker.name == name for worker in rq.Worker.all(connection=connection)
-            ),
-            timeout=90,
-            what="the RQ worker to register",
-            process=process,
-            log=log,
-        )
-        process.log = log  # type: ignore[attr-defined]
-        process.rq_name = name  # type: ignore[attr-defined]
         yield process
 
 
@@ -174,7 +147,7 @@ def test_a_simple_worker_in_this_process_records_its_jobs(
     assert "raise ValueError(text)" in failed.traceback
 
 
-@pytest.mark.usefixtures("rq_settings")
+@pytest.mark.usefixtures("rq_on")
 class TestWorker:
     pytestmark = [
         pytest.mark.postgres,

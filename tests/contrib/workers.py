@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,20 +59,25 @@ def celery_worker(
     pool: str,
     queue: str,
     prefix: str,
+    purge: bool = True,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker on the tests' app with one ``pool`` process, consuming ``queue``; ready when yielded.
 
-    Messages left in the broker are purged first. Its name is ``<prefix>-<this pid>@<host>``.
+    Messages left in the broker are purged first (unless ``purge`` is false). Its name is
+    ``<prefix>-<this pid>@<host>``; ``extra``: more arguments of ``celery worker``.
     """
     from tests.contrib.celery_app import app
 
-    app.control.purge()
+    if purge:
+        app.control.purge()
     log = tmp_path_factory.mktemp(f"celery-{pool}") / "worker.log"
     name = f"{prefix}-{os.getpid()}@{socket.gethostname()}"
     argv = [
         *("-m", "celery", "-A", "tests.contrib.celery_app", "worker"),
         *(f"--pool={pool}", "--concurrency=1", "--loglevel=INFO", "-Q", queue),
         *("-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"),
+        *extra,
     ]
     with worker_process(
         argv, worker_env(proxy, "django_jobstatus.contrib.celery"), log
@@ -84,6 +90,46 @@ def celery_worker(
             log=log,
         )
         process.log = log  # type: ignore[attr-defined]
+        yield process
+
+
+@contextlib.contextmanager
+def rq_worker(
+    proxy: Proxy,
+    log: Path,
+    *,
+    queue: str,
+    prefix: str,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """An ``rqworker`` (this suite's classes) consuming ``queue``, emptied first; ready (registered) when yielded.
+
+    Its name is ``<prefix>-<this pid>-<random>``, also in ``process.rq_name``; ``extra``:
+    more arguments of ``rqworker``; ``env``: more environment.
+    """
+    import redis
+    import rq
+
+    from tests.contrib import rq_jobs
+
+    connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
+    rq.Queue(queue, connection=connection).empty()
+    name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    argv = ["-m", "django", "rqworker", queue, "--name", name, *extra]
+    environment = worker_env(proxy, "django_jobstatus.contrib.rq") | (env or {})
+    with worker_process(argv, environment, log) as process:
+        wait_for(
+            lambda: any(
+                worker.name == name for worker in rq.Worker.all(connection=connection)
+            ),
+            timeout=90,
+            what="the RQ worker to register",
+            process=process,
+            log=log,
+        )
+        process.log = log  # type: ignore[attr-defined]
+        process.rq_name = name  # type: ignore[attr-defined]
         yield process
 
 

@@ -1,0 +1,137 @@
+"""What an enqueue costs the database with an integration on (issue 12): one INSERT, and nothing around it.
+
+No BEGIN/COMMIT pair, no savepoint, no SELECT before or after it: run in autocommit, as
+an application enqueues outside a transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import django_rq
+import pytest
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+
+from django_jobstatus.contrib import tasks as jobstatus_tasks
+from django_jobstatus.models import JobRun, Status
+from tests.contrib import rq_jobs
+from tests.contrib.celery_app import app
+from tests.contrib.tasks_app import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DATABASE_TASKS = {
+    "default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}
+}
+
+
+def statements(send: Callable[[], Any]) -> list[str]:
+    """The SQL this process sent while ``send()`` ran (BEGIN, COMMIT and savepoints included)."""
+    with CaptureQueriesContext(connections["default"]) as captured:
+        send()
+    return [query["sql"] for query in captured.captured_queries]
+
+
+def our_inserts(sql: list[str]) -> list[str]:
+    return [
+        text for text in sql if text.startswith('INSERT INTO "django_jobstatus_jobrun"')
+    ]
+
+
+@pytest.fixture
+def rq_queue(rq_on: None) -> Iterator[Any]:
+    queue = django_rq.get_queue(rq_jobs.LOCAL_QUEUE)
+    yield queue
+    queue.empty()
+
+
+@pytest.fixture
+def tasks_on(settings: Any) -> Iterator[None]:
+    settings.TASKS = DATABASE_TASKS
+    jobstatus_tasks.connect()
+    yield
+    jobstatus_tasks.disconnect()
+
+
+def test_a_celery_enqueue_is_one_insert(celery_on: None) -> None:
+    sql = statements(
+        lambda: app.send_task("tests.add", (1, 2), queue="jobstatus-unused")
+    )
+    assert len(sql) == 1, sql
+    assert our_inserts(sql) == sql
+    assert JobRun.objects.get().status == Status.QUEUED
+
+
+def test_an_rq_enqueue_is_one_insert(rq_queue: Any) -> None:
+    sql = statements(lambda: rq_queue.enqueue(rq_jobs.add, 1, 2))
+    assert len(sql) == 1, sql
+    assert our_inserts(sql) == sql
+    assert JobRun.objects.get().status == Status.QUEUED
+
+
+def test_a_django_task_enqueue_is_one_insert_besides_the_framework_s(
+    tasks_on: None,
+) -> None:
+    sql = statements(lambda: tasks.add.enqueue(1, 2))
+    # The database backend's own INSERT of the task, and ours.
+    assert len(sql) == 2, sql
+    assert len(our_inserts(sql)) == 1
+    run = JobRun.objects.get()
+    assert (run.status, run.params) == (Status.QUEUED, {"args": [1, 2], "kwargs": {}})
+
+
+def test_a_django_task_a_worker_recorded_first_keeps_one_run(
+    tasks_on: None, settings: Any
+) -> None:
+    """The task is committed before task_enqueued is sent: a worker may record it first."""
+    jobstatus_tasks.disconnect()
+    result = tasks.add.enqueue(1, 2)
+    jobstatus_tasks.connect()
+    started = JobRun.objects.start(
+        result.task.module_path, source="django_tasks", backend_job_id=str(result.id)
+    )
+    jobstatus_tasks.on_enqueued(sender=None, task_result=result)
+    assert list(JobRun.objects.values_list("pk", "status")) == [
+        (started.pk, Status.RUNNING)
+    ]
+
+
+@pytest.mark.skipif(
+    connections["default"].vendor != "postgresql", reason="PostgreSQL's planner"
+)
+def test_a_start_reads_the_run_by_its_primary_key_whatever_is_queued() -> None:
+    """With statistics that know nothing of them (a new table), 300 queued runs made
+    PostgreSQL walk an index on status for each start: one row must be read, by its key."""
+    runs = [
+        JobRun.objects.enqueue("tests.add", backend_job_id=str(n)) for n in range(300)
+    ]
+    with CaptureQueriesContext(connections["default"]) as captured:
+        runs[150].mark_running()
+    [update] = [
+        q["sql"] for q in captured.captured_queries if q["sql"].startswith("UPDATE")
+    ]
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f"EXPLAIN {update}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "django_jobstatus_jobrun_pkey" in plan, plan
+
+
+def test_a_django_task_s_queued_twin_recorded_while_it_ran_is_merged_when_it_ends(
+    tasks_on: None,
+) -> None:
+    """The enqueueing's INSERT may land after the worker looked for a twin at the start."""
+    jobstatus_tasks.disconnect()
+    result = tasks.add.enqueue(1, 2)
+    jobstatus_tasks.connect()
+    jobstatus_tasks.on_started(sender=None, task_result=result)  # no queued run yet
+    twin = JobRun.objects.enqueue(
+        result.task.module_path, source="django_tasks", backend_job_id=str(result.id)
+    )
+    jobstatus_tasks.on_finished(
+        sender=None, task_result=dataclasses.replace(result, status="SUCCESSFUL")
+    )
+    assert list(JobRun.objects.values_list("status", flat=True)) == [Status.SUCCEEDED]
+    assert not JobRun.objects.filter(pk=twin.pk).exists()

@@ -240,7 +240,12 @@ def failure_groups(since: datetime) -> list[dict[str, Any]]:
     """The window's failures grouped by job and cause, newest first (one query)."""
     groups = JobRun.objects.failure_groups(since, limit=FAILURES_LIMIT)
     for group in groups:
-        group["error_class"] = error_class(group["error_fingerprint"])
+        text = group["error_fingerprint"]
+        group["error_class"] = error_class(text)
+        # "KeyError: '…'" shows as the class, then what follows it; no text: None.
+        group["error_message"] = (
+            text[len(group["error_class"]) :].lstrip(": ") if text else None
+        )
         group["url"] = group_url(group["job_name"], group["error_fingerprint"])
     return groups
 

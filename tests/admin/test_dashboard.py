@@ -86,7 +86,7 @@ def test_dashboard(admin_client, runs, django_assert_max_num_queries):
     assert [(group["job_name"], group["count"]) for group in ctx["failures"]] == [
         ("reports.build", 1)
     ]
-    assert "ValueError: no rows &lt;n&gt;" in html  # the group's fingerprint
+    assert "<strong>ValueError</strong>: no rows &lt;n&gt;" in html  # the fingerprint
     jobs = {row["job_name"]: row for row in ctx["jobs"]}
     assert jobs["reports.build"]["total"] == 2
     assert jobs["reports.build"]["failure_pct"] == 50.0

@@ -138,6 +138,12 @@
         .then(function () { busy = false; });
     }
     window.setInterval(poll, seconds * 1000);
+    // A hidden tab asks nothing; shown again, it catches up at once.
+    root.setAttribute("data-state", document.hidden ? "paused" : "live");
+    document.addEventListener("visibilitychange", function () {
+      root.setAttribute("data-state", document.hidden ? "paused" : "live");
+      if (!document.hidden) { poll(); }
+    });
   }
 
   function init() {

@@ -205,6 +205,14 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     )
 
 
+def stale_condition(timeout: timedelta) -> Q:
+    """A running run with no heartbeat (or start, if it never beat) for ``timeout``: stale()'s test."""
+    cutoff = timezone.now() - timeout
+    return Q(status=_status().RUNNING) & (
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    )
+
+
 @dataclasses.dataclass
 class ReapResult:
     """What ``JobRunQuerySet.reap()`` did."""
@@ -373,11 +381,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         delta = as_timedelta(
             "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
         )
-        cutoff = timezone.now() - delta
-        return self.running().filter(
-            Q(heartbeat_at__lt=cutoff)
-            | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
-        )
+        return self.filter(stale_condition(delta))
 
     def stale_queued(self, timeout: float | timedelta | None = None) -> Self:
         """Queued runs no worker started for ``timeout`` seconds (default ``QUEUED_TIMEOUT``)."""

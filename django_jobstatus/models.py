@@ -915,3 +915,38 @@ class JobMonitorIncident(models.Model):
     @property
     def duration(self) -> timedelta:
         return (self.resolved_at or timezone.now()) - self.opened_at
+
+
+class JobRunHour(models.Model):
+    """The runs of one job that finished in one closed hour, in one duration bucket: a roll-up.
+
+    Filled lazily by ``django_jobstatus.rollups`` for hours that are over (a run finishes
+    at "now", so a past hour's figures never change), read by the dashboard instead of
+    the runs themselves. A row with an empty ``job_name`` marks an hour as rolled up.
+    Runs deleted afterwards (purge, delete) stay counted: these are what happened.
+    """
+
+    hour = models.DateTimeField(_("hour"))
+    job_name = models.CharField(_("job name"), max_length=JOB_NAME_MAX_LENGTH)
+    # querysets.duration_bucket(): the histogram bucket of the runs' durations.
+    duration_bucket = models.SmallIntegerField(_("duration bucket"))
+    succeeded = models.PositiveIntegerField(_("succeeded"), default=0)
+    failed = models.PositiveIntegerField(_("failed"), default=0)
+    killed = models.PositiveIntegerField(_("killed"), default=0)
+    lost = models.PositiveIntegerField(_("lost"), default=0)
+    seconds = models.FloatField(_("seconds"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("hourly figures")
+        verbose_name_plural = _("hourly figures")
+        default_permissions = ()
+        constraints = [
+            # Two fills of one hour at once insert it once (ON CONFLICT DO NOTHING).
+            models.UniqueConstraint(
+                fields=["hour", "job_name", "duration_bucket"],
+                name="jobstatus_hour_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_name} {self.hour:%Y-%m-%d %H:00} [{self.duration_bucket}]"

@@ -1,45 +1,52 @@
-"""The dashboard: counts for a window, the runs active now (live), a chart, per-job figures.
+"""The dashboard: finished runs of a window (tabs, chart, per job), runs active now, stuck runs,
+failures grouped by cause and the health panel, all refreshed by polling its JSON view.
 
-Every aggregate is bounded to the chosen window (an index range on ``created_at`` or
-``finished_at``); the lists are bounded by LIMITs.
+``DashboardMixin`` gives the runs' ModelAdmin its views. The window's finished runs come
+from hourly roll-ups (``django_jobstatus.rollups``): two queries whatever the number of
+runs; every other panel is bounded by a LIMIT or an index range. Ten queries in all
+with monitors, the session and the user included.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import OperationalError
-from django.db.models import Count
-from django.db.models.functions import TruncHour, TruncMinute
+from django.db.models import (
+    BooleanField,
+    Case,
+    ExpressionWrapper,
+    Sum,
+    Value,
+    When,
+    Window,
+)
 from django.http import HttpResponseRedirect, JsonResponse
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
-from django.utils.translation import get_language, gettext_lazy, ngettext
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
-from django_jobstatus import conf
+from django_jobstatus import conf, rollups
 from django_jobstatus.admin.display import format_duration
+from django_jobstatus.admin.failures import changelist_url as group_url
 from django_jobstatus.admin.monitors import health_panel
-from django_jobstatus.fingerprints import last_line
+from django_jobstatus.admin.windows import DASHBOARD_WINDOWS, WINDOWS, chosen
+from django_jobstatus.fingerprints import error_class
 from django_jobstatus.models import JobRun, Status
-from django_jobstatus.querysets import MAX_AGE, aggregating
+from django_jobstatus.querysets import MAX_AGE, as_timedelta, stale_condition
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
 
-WINDOWS: dict[str, tuple[timedelta, Any]] = {
-    "1h": (timedelta(hours=1), gettext_lazy("1 hour")),
-    "24h": (timedelta(hours=24), gettext_lazy("24 hours")),
-    "7d": (timedelta(days=7), gettext_lazy("7 days")),
-}
 DEFAULT_WINDOW = "24h"
 # Seconds between two polls of the JSON view (?poll=0 switches polling off).
 DEFAULT_POLL = 5
@@ -47,16 +54,22 @@ ACTIVE_LIMIT = 25
 JOBS_LIMIT = 50
 STUCK_LIMIT = 20
 FAILURES_LIMIT = 10
-# Seconds the aggregates of these windows are cached (see window_figures).
-CACHED_WINDOWS = {"7d": 60}
+# The chart's bars: five minutes in the 1 h window, an hour in the others.
+BAR = {"1h": timedelta(minutes=5)}
 
 CHART_WIDTH = 480
 CHART_HEIGHT = 150
-
-
-def _window(request: HttpRequest) -> str:
-    value = request.GET.get("window", DEFAULT_WINDOW)
-    return value if value in WINDOWS else DEFAULT_WINDOW
+# The chart's three colours: succeeded, failed, and the other ends.
+KINDS = (Status.SUCCEEDED, Status.FAILED, "other")
+# The panels the JSON view sends rendered (each template's root has data-panel="<name>").
+PANELS = {
+    "tabs": "django_jobstatus/dashboard/tabs.html",
+    "chart": "django_jobstatus/dashboard/chart.html",
+    "jobs": "django_jobstatus/dashboard/jobs.html",
+    "stuck": "django_jobstatus/dashboard/stuck.html",
+    "failures": "django_jobstatus/dashboard/failures.html",
+    "health": "django_jobstatus/dashboard/health.html",
+}
 
 
 def _poll(request: HttpRequest) -> int:
@@ -75,29 +88,9 @@ def _poll(request: HttpRequest) -> int:
     return DEFAULT_POLL
 
 
-def _check(model_admin: Any, request: HttpRequest) -> None:
-    if not model_admin.has_view_permission(request):
-        raise PermissionDenied
-
-
 def _changelist(**params: str) -> str:
     url = reverse("admin:django_jobstatus_jobrun_changelist")
     return f"{url}?{urlencode(params)}" if params else url
-
-
-def active_runs() -> list[JobRun]:
-    return list(JobRun.objects.active().order_by("-created_at", "-id")[:ACTIVE_LIMIT])
-
-
-def active_rows() -> list[dict[str, Any]]:
-    """The active runs as ``active_json``, each marked ``stale`` when stale() holds it (one more query)."""
-    runs = active_runs()
-    stale = set(
-        JobRun.objects.stale()
-        .filter(pk__in=[run.pk for run in runs])
-        .values_list("pk", flat=True)
-    )
-    return [active_json(run) | {"stale": run.pk in stale} for run in runs]
 
 
 def active_json(run: JobRun) -> dict[str, Any]:
@@ -120,87 +113,62 @@ def active_json(run: JobRun) -> dict[str, Any]:
     }
 
 
-def status_counts(since: datetime) -> dict[str, int]:
-    rows = (
-        JobRun.objects.filter(created_at__gte=since)
-        .order_by()
-        .values_list("status")
-        .annotate(n=Count("pk"))
+def active_now() -> tuple[list[dict[str, Any]], Counter[str], int]:
+    """The newest active runs (each marked ``stale``), all active runs per status, and how many are stale.
+
+    One query: the counts are window aggregates over every active run, taken before the LIMIT.
+    """
+    # stale()'s test on the row itself, no subquery: a correlated EXISTS inside the window
+    # aggregates took seconds on a few hundred active runs.
+    stale = stale_condition(as_timedelta("seconds", conf.settings.HEARTBEAT_TIMEOUT))
+    one_if = {
+        f"n_{status}": Window(
+            Sum(Case(When(status=status, then=Value(1)), default=Value(0)))
+        )
+        for status in Status.ACTIVE
+    }
+    runs = list(
+        JobRun.objects.active()
+        .annotate(
+            stale=ExpressionWrapper(stale, output_field=BooleanField()),
+            n_stale=Window(Sum(Case(When(stale, then=Value(1)), default=Value(0)))),
+            **one_if,
+        )
+        .order_by("-created_at", "-id")[:ACTIVE_LIMIT]
     )
-    found = dict(rows)
-    return {status: found.get(status, 0) for status in Status.values}
+    counts: Counter[str] = Counter()
+    stale_count = 0
+    if runs:
+        counts.update(
+            {status: getattr(runs[0], f"n_{status}") for status in Status.ACTIVE}
+        )
+        stale_count = runs[0].n_stale  # type: ignore[attr-defined]
+    rows = [active_json(run) | {"stale": run.stale} for run in runs]  # type: ignore[attr-defined]
+    return rows, counts, stale_count
 
 
-def chart(since: datetime, now: datetime, window: str) -> dict[str, Any]:
-    """Finished runs per bucket (an hour; five minutes for the 1 h window), succeeded vs failed vs other."""
-    trunc: TruncMinute | TruncHour
-    if window == "1h":
-        size, trunc = timedelta(minutes=5), TruncMinute("finished_at")
-    else:
-        size, trunc = timedelta(hours=1), TruncHour("finished_at")
-    first = since.replace(
-        minute=since.minute - since.minute % 5 if window == "1h" else 0,
-        second=0,
-        microsecond=0,
-    )
-    buckets: dict[datetime, dict[str, int]] = {}
-    moment = first
-    while moment <= now:
-        buckets[moment] = defaultdict(int)
-        moment += size
-    rows = (
-        JobRun.objects.finished()
-        .filter(finished_at__gte=first)
-        .order_by()
-        .annotate(bucket=trunc)
-        .values_list("bucket", "status")
-        .annotate(n=Count("pk"))
-    )
-    with aggregating(rows.db):
-        fetched = list(rows)
-    for bucket, status, n in fetched:
-        if window == "1h":
-            bucket = bucket.replace(minute=bucket.minute - bucket.minute % 5)
-        kind = status if status in (Status.SUCCEEDED, Status.FAILED) else "other"
-        if bucket in buckets:
-            buckets[bucket][kind] += n
-    peak = max((sum(b.values()) for b in buckets.values()), default=0) or 1
-    count = len(buckets) or 1
+def chart(found: rollups.Figures, window: str) -> dict[str, Any]:
+    """The window's finished runs per bar (an hour; five minutes for 1 h): succeeded, failed, other."""
+    peak = max((sum(values.values()) for values in found.buckets.values()), default=0)
+    peak = peak or 1
+    count = len(found.buckets) or 1
     slot = CHART_WIDTH / count
-    bar = max(slot * 0.75, 1.0)
-    bars = []
-    labels = []
+    width = max(slot * 0.75, 1.0)
     every = max(count // 8, 1)
-    for i, (moment, values) in enumerate(buckets.items()):
-        x = round(i * slot + (slot - bar) / 2, 2)
-        y: float = CHART_HEIGHT
-        parts = []
-        for kind in (Status.SUCCEEDED, Status.FAILED, "other"):
-            height = round(values.get(kind, 0) / peak * CHART_HEIGHT, 2)
-            if height:
-                y -= height
-                parts.append({"kind": str(kind), "y": round(y, 2), "height": height})
-        local = timezone.localtime(moment)
-        title = _(
-            "%(time)s: %(succeeded)d succeeded, %(failed)d failed, %(other)d killed or lost"
-        ) % {
-            "time": local.strftime("%Y-%m-%d %H:%M"),
-            "succeeded": values.get(Status.SUCCEEDED, 0),
-            "failed": values.get(Status.FAILED, 0),
-            "other": values.get("other", 0),
-        }
-        bars.append({"x": x, "width": round(bar, 2), "parts": parts, "title": title})
+    label_format = "%a %H:%M" if window == "7d" else "%H:%M"
+    bars, labels = [], []
+    totals: Counter[str] = Counter()
+    for i, (moment, values) in enumerate(found.buckets.items()):
+        kinds = _kinds(values)
+        totals.update(kinds)
+        bars.append(_bar(i * slot + (slot - width) / 2, width, kinds, peak, moment))
         if i % every == 0:
             labels.append(
                 {
                     "x": round(i * slot + slot / 2, 2),
-                    "text": local.strftime("%H:%M" if window != "7d" else "%a %H:%M"),
+                    "text": timezone.localtime(moment).strftime(label_format),
                 }
             )
-    totals = {
-        kind: sum(b.get(kind, 0) for b in buckets.values())
-        for kind in (Status.SUCCEEDED, Status.FAILED, "other")
-    }
     return {
         "bars": bars,
         "labels": labels,
@@ -208,156 +176,254 @@ def chart(since: datetime, now: datetime, window: str) -> dict[str, Any]:
         "mid_y": CHART_HEIGHT / 2,
         "width": CHART_WIDTH,
         "height": CHART_HEIGHT,
-        "totals": totals,
+        "totals": {str(kind): totals[kind] for kind in KINDS},
     }
 
 
-def window_figures(since: datetime, now: datetime, window: str) -> dict[str, Any]:
-    """stats() and the chart for the window; the long windows' figures are cached a little while.
-
-    On a million runs, a week's stats() (exact percentiles) and chart read some
-    200,000 rows: about a second. A week's figures do not move much in a minute, so
-    they are kept in Django's default cache for CACHED_WINDOWS[window] seconds; the
-    live parts (active runs, the JSON view) are never cached.
-    """
-    timeout = CACHED_WINDOWS.get(window)
-    # Per language: the chart's bar titles are translated.
-    key = f"django_jobstatus:dashboard:{window}:{get_language()}"
-    if timeout:
-        cached = cache.get(key)
-        if cached is not None:
-            return cached  # type: ignore[no-any-return]
-    runs = JobRun.objects.filter(created_at__gte=since)
-    with aggregating(runs.db):  # both read the window's runs: one setting for the two
-        figures = {
-            "stats": runs.stats(),
-            "chart": chart(since, now, window),
-            "as_of": now,
+def _kinds(values: Counter[str]) -> Counter[str]:
+    """A bar's counts: succeeded, failed, and "other" for killed and lost."""
+    return Counter(
+        {
+            Status.SUCCEEDED: values[Status.SUCCEEDED],
+            Status.FAILED: values[Status.FAILED],
+            "other": values[Status.KILLED] + values[Status.LOST],
         }
-    if timeout:
-        cache.set(key, figures, timeout)
-    return figures
+    )
 
 
-def job_table(stats: list[dict[str, Any]], window: str) -> list[dict[str, Any]]:
-    """The window's stats() rows with each job's latest run (one query), busiest jobs first."""
-    stats = [
-        dict(row)
-        for row in sorted(stats, key=lambda row: (-row["total"], row["job_name"]))[
-            :JOBS_LIMIT
-        ]
-    ]
+def _bar(
+    x: float, width: float, kinds: Counter[str], peak: int, moment: datetime
+) -> dict[str, Any]:
+    y: float = CHART_HEIGHT
+    parts = []
+    for kind in KINDS:
+        height = round(kinds[kind] / peak * CHART_HEIGHT, 2)
+        if height:
+            y -= height
+            parts.append({"kind": str(kind), "y": round(y, 2), "height": height})
+    title = _(
+        "%(time)s: %(succeeded)d succeeded, %(failed)d failed, %(other)d killed or lost"
+    ) % {
+        "time": timezone.localtime(moment).strftime("%Y-%m-%d %H:%M"),
+        "succeeded": kinds[Status.SUCCEEDED],
+        "failed": kinds[Status.FAILED],
+        "other": kinds["other"],
+    }
+    return {"x": round(x, 2), "width": round(width, 2), "parts": parts, "title": title}
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else format_duration(timedelta(seconds=value))
+
+
+def job_table(found: rollups.Figures, window: str) -> list[dict[str, Any]]:
+    """The window's busiest jobs with their figures and latest run (one query)."""
+    jobs = list(rollups.by_job(found).items())[:JOBS_LIMIT]
     latest = JobRun.objects.only(
         "pk", "job_name", "status", "created_at"
-    ).latest_for_each(row["job_name"] for row in stats)
-    for row in stats:
-        row["latest"] = latest.get(row["job_name"])
-        row["url"] = _changelist(job_name=row["job_name"], created=window)
-        row["failed_url"] = _changelist(
-            job_name=row["job_name"], created=window, status=Status.FAILED
+    ).latest_for_each(name for name, _figures in jobs)
+    rows = []
+    for name, figures in jobs:
+        failed = figures.counts[Status.FAILED]
+        rows.append(
+            {
+                "job_name": name,
+                "total": figures.total,
+                "counts": {status: figures.counts[status] for status in Status.values},
+                "failed": failed,
+                "failure_pct": round(failed / figures.total * 100, 1)
+                if figures.total
+                else None,
+                "p50": _seconds(figures.percentile(0.5)),
+                "p95": _seconds(figures.percentile(0.95)),
+                "latest": latest.get(name),
+                "url": _changelist(job_name=name, created=window),
+                "failed_url": _changelist(
+                    job_name=name, created=window, status=Status.FAILED
+                ),
+            }
         )
-        row["failed"] = row["counts"][Status.FAILED]
-        row["p50"] = (
-            format_duration(timedelta(seconds=row["p50_duration"]))
-            if row["p50_duration"] is not None
-            else ""
-        )
-        row["p95"] = (
-            format_duration(timedelta(seconds=row["p95_duration"]))
-            if row["p95_duration"] is not None
-            else ""
-        )
-        row["failure_pct"] = (
-            None if row["failure_rate"] is None else round(row["failure_rate"] * 100, 1)
-        )
-    return stats
+    return rows
 
 
-def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
-    _check(model_admin, request)
-    window = _window(request)
-    now = timezone.now()
-    since = now - WINDOWS[window][0]
-    figures = window_figures(since, now, window)
-    counts = {
-        status: sum(row["counts"][status] for row in figures["stats"])
-        for status in Status.values
-    }
-    tabs = [
-        {
-            "status": status,
-            "label": label,
-            "count": counts[status],
-            "url": _changelist(status=status, created=window),
-        }
-        for status, label in Status.choices
-    ]
-    failures = list(
-        JobRun.objects.failed().order_by("-created_at", "-id")[:FAILURES_LIMIT]
-    )
-    for run in failures:
-        run.error_line = last_line(run.error) or last_line(run.traceback)  # type: ignore[attr-defined]
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.opts,
-        "title": _("Job dashboard"),
-        "window": window,
-        "windows": [(key, label) for key, (_delta, label) in WINDOWS.items()],
-        "poll": _poll(request),
-        "tabs": tabs,
-        "total": sum(counts.values()),
-        "active": active_rows(),
-        "active_url": _changelist(status="active"),
-        "chart": figures["chart"],
-        "jobs": job_table(figures["stats"], window),
-        "as_of": figures["as_of"] if window in CACHED_WINDOWS else None,
-        "stuck": list(JobRun.objects.stale().order_by("heartbeat_at")[:STUCK_LIMIT]),
-        "failures": failures,
-        "failures_url": _changelist(status=Status.FAILED),
-        "purge_url": purge_url(model_admin, request),
-        "health": health_panel(),
-    }
-    return TemplateResponse(request, "django_jobstatus/dashboard.html", context)
+def failure_groups(since: datetime) -> list[dict[str, Any]]:
+    """The window's failures grouped by job and cause, newest first (one query)."""
+    groups = JobRun.objects.failure_groups(since, limit=FAILURES_LIMIT)
+    for group in groups:
+        text = group["error_fingerprint"]
+        group["error_class"] = error_class(text)
+        # "KeyError: '…'" shows as the class, then what follows it; no text: None.
+        group["error_message"] = (
+            text[len(group["error_class"]) :].lstrip(": ") if text else None
+        )
+        group["url"] = group_url(group["job_name"], group["error_fingerprint"])
+    return groups
 
 
-def dashboard_data_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
-    """Live numbers for the dashboard's script: counts in the window and the active runs."""
-    _check(model_admin, request)
-    window = _window(request)
-    now = timezone.now()
-    counts = status_counts(now - WINDOWS[window][0])
-    return JsonResponse(
-        {
+class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The runs' admin's dashboard (``dashboard/``), its JSON (``dashboard/data/``) and purge page."""
+
+    def dashboard_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "dashboard/",
+                view(self.dashboard_view),
+                name="django_jobstatus_jobrun_dashboard",
+            ),
+            path(
+                "dashboard/data/",
+                view(self.dashboard_data_view),
+                name="django_jobstatus_jobrun_dashboard_data",
+            ),
+            path(
+                "dashboard/purge/",
+                view(self.purge_view),
+                name="django_jobstatus_jobrun_purge",
+            ),
+        ]
+
+    def dashboard_panels(self, request: HttpRequest, window: str) -> dict[str, Any]:
+        """Everything the panels show, for the page and for each poll of the JSON view."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        now = timezone.now()
+        since = now - WINDOWS[window].delta
+        found = rollups.figures(since, now, BAR.get(window, rollups.HOUR))
+        active, active_counts, stale_count = active_now()
+        counts = found.counts() + active_counts
+        tabs = [
+            {
+                "status": status,
+                "label": label,
+                "count": counts[status],
+                "url": _changelist(status=status)
+                if status in Status.ACTIVE
+                else _changelist(status=status, created=window),
+            }
+            for status, label in Status.choices
+        ]
+        failures_url = reverse("admin:django_jobstatus_jobrun_failures")
+        return {
             "window": window,
-            "generated_at": now.isoformat(),
-            "counts": counts,
+            "generated_at": now,
+            "counts": {status: counts[status] for status in Status.values},
             "total": sum(counts.values()),
-            "active": active_rows(),
-            "stale": JobRun.objects.stale().count(),
+            "tabs": tabs,
+            "active": active,
+            "stale": stale_count,
+            "chart": chart(found, window),
+            "hourly": window not in BAR,
+            "jobs": job_table(found, window),
+            "stuck": list(
+                JobRun.objects.stale().order_by("heartbeat_at")[:STUCK_LIMIT]
+            ),
+            "failures": failure_groups(since),
+            "failures_url": f"{failures_url}?{urlencode({'window': window})}",
+            "health": health_panel(),
         }
-    )
 
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        window = chosen(request.GET.get("window"), DEFAULT_WINDOW, DASHBOARD_WINDOWS)
+        context = {
+            **self.admin_site.each_context(request),
+            **self.dashboard_panels(request, window),
+            "opts": self.opts,
+            "title": _("Job dashboard"),
+            "windows": [(key, WINDOWS[key].label) for key in DASHBOARD_WINDOWS],
+            "poll": _poll(request),
+            "active_url": _changelist(status="active"),
+            "purge_url": self.purge_url(request),
+        }
+        return TemplateResponse(request, "django_jobstatus/dashboard.html", context)
 
-# Purge now: the dry run first, then a confirming POST (needs delete_jobrun).
-
-
-def purge_urls(model_admin: Any) -> list[Any]:
-    view = model_admin.admin_site.admin_view
-    return [
-        path(
-            "dashboard/purge/",
-            view(lambda request: purge_view(model_admin, request)),
-            name="django_jobstatus_jobrun_purge",
+    def dashboard_data_view(self, request: HttpRequest) -> HttpResponse:
+        """Every panel for the dashboard's script: the active runs as data, the others rendered."""
+        window = chosen(request.GET.get("window"), DEFAULT_WINDOW, DASHBOARD_WINDOWS)
+        panels = self.dashboard_panels(request, window)
+        return JsonResponse(
+            {
+                "window": window,
+                "generated_at": panels["generated_at"].isoformat(),
+                "counts": panels["counts"],
+                "total": panels["total"],
+                "active": panels["active"],
+                "stale": panels["stale"],
+                "panels": {
+                    name: render_to_string(template, panels, request)
+                    for name, template in PANELS.items()
+                },
+            }
         )
-    ]
 
+    # Purge now: the dry run first, then a confirming POST (needs delete_jobrun).
 
-def purge_url(model_admin: Any, request: HttpRequest) -> str | None:
-    return (
-        reverse("admin:django_jobstatus_jobrun_purge")
-        if model_admin.has_delete_permission(request)
-        else None
-    )
+    def purge_url(self, request: HttpRequest) -> str | None:
+        return (
+            reverse("admin:django_jobstatus_jobrun_purge")
+            if self.has_delete_permission(request)
+            else None
+        )
+
+    def purge_view(self, request: HttpRequest) -> HttpResponse:
+        """GET: what a purge would delete now (a dry run). POST: purge, then back to the dashboard.
+
+        A bad ``days`` (abc, -5, nan, inf, 1e10) is an error on the page: never a fall-back to
+        the retention settings that a POST would then execute.
+        """
+        if not self.has_delete_permission(request):
+            raise PermissionDenied
+        form = PurgeForm(request.POST if request.method == "POST" else request.GET)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Purge old runs"),
+            "form": form,
+            "retention_days": conf.settings.RETENTION_DAYS,
+            "retention": sorted(conf.settings.RETENTION.items()),
+            "keep_last": conf.settings.KEEP_LAST,
+        }
+        if not form.is_valid():
+            context |= {"preview": None, "days": form.data.get("days", "")}
+            return TemplateResponse(
+                request, "django_jobstatus/purge.html", context, status=400
+            )
+        days = form.cleaned_data["days"]
+        if request.method == "POST":
+            try:
+                result = JobRun.objects.purge(days=days)
+            except OperationalError as exc:
+                # SQLite locked past the purge's retries: say so, never a server error.
+                self.message_user(
+                    request,
+                    _(
+                        "The database stayed busy (%(error)s); the batches done are committed. Try again."
+                    )
+                    % {"error": exc},
+                    messages.ERROR,
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:django_jobstatus_jobrun_dashboard")
+                )
+            self.message_user(
+                request,
+                _("Purged %(runs)s and %(logs)s.")
+                % {
+                    "runs": ngettext("%(n)d run", "%(n)d runs", result.runs)
+                    % {"n": result.runs},
+                    "logs": ngettext("%(n)d log line", "%(n)d log lines", result.logs)
+                    % {"n": result.logs},
+                },
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(
+                reverse("admin:django_jobstatus_jobrun_dashboard")
+            )
+        context |= {
+            "preview": JobRun.objects.purge(days=days, dry_run=True),
+            "days": "" if days is None else f"{days:g}",
+        }
+        return TemplateResponse(request, "django_jobstatus/purge.html", context)
 
 
 class PurgeForm(forms.Form):
@@ -366,65 +432,6 @@ class PurgeForm(forms.Form):
     days = forms.FloatField(
         required=False, min_value=0, max_value=MAX_AGE.days, localize=False
     )
-
-
-def purge_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
-    """GET: what a purge would delete now (a dry run). POST: purge, then back to the dashboard.
-
-    A bad ``days`` (abc, -5, nan, inf, 1e10) is an error on the page: never a fall-back to
-    the retention settings that a POST would then execute.
-    """
-    if not model_admin.has_delete_permission(request):
-        raise PermissionDenied
-    form = PurgeForm(request.POST if request.method == "POST" else request.GET)
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.opts,
-        "title": _("Purge old runs"),
-        "form": form,
-        "retention_days": conf.settings.RETENTION_DAYS,
-        "retention": sorted(conf.settings.RETENTION.items()),
-        "keep_last": conf.settings.KEEP_LAST,
-    }
-    if not form.is_valid():
-        context |= {"preview": None, "days": form.data.get("days", "")}
-        return TemplateResponse(
-            request, "django_jobstatus/purge.html", context, status=400
-        )
-    days = form.cleaned_data["days"]
-    if request.method == "POST":
-        try:
-            result = JobRun.objects.purge(days=days)
-        except OperationalError as exc:
-            # SQLite locked past the purge's retries: say so, never a server error.
-            model_admin.message_user(
-                request,
-                _(
-                    "The database stayed busy (%(error)s); the batches done are committed. Try again."
-                )
-                % {"error": exc},
-                messages.ERROR,
-            )
-            return HttpResponseRedirect(
-                reverse("admin:django_jobstatus_jobrun_dashboard")
-            )
-        model_admin.message_user(
-            request,
-            _("Purged %(runs)s and %(logs)s.")
-            % {
-                "runs": ngettext("%(n)d run", "%(n)d runs", result.runs)
-                % {"n": result.runs},
-                "logs": ngettext("%(n)d log line", "%(n)d log lines", result.logs)
-                % {"n": result.logs},
-            },
-            messages.SUCCESS,
-        )
-        return HttpResponseRedirect(reverse("admin:django_jobstatus_jobrun_dashboard"))
-    context |= {
-        "preview": JobRun.objects.purge(days=days, dry_run=True),
-        "days": "" if days is None else f"{days:g}",
-    }
-    return TemplateResponse(request, "django_jobstatus/purge.html", context)
 
 
 class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]

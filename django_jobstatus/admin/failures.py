@@ -21,7 +21,7 @@ from django.utils.translation import ngettext
 
 from django_jobstatus import contrib
 from django_jobstatus.admin import actions
-from django_jobstatus.admin.filters import WITHIN
+from django_jobstatus.admin.windows import WINDOWS, chosen
 from django_jobstatus.fingerprints import error_class
 from django_jobstatus.models import JobRun
 
@@ -59,8 +59,7 @@ def failures_urls(model_admin: Any) -> list[Any]:
 
 
 def _window(params: Any) -> str:
-    value = params.get("window", DEFAULT_WINDOW)
-    return value if value in WITHIN else DEFAULT_WINDOW
+    return chosen(params.get("window"), DEFAULT_WINDOW)
 
 
 def group_runs(job_name: str, fingerprint: str, window: str) -> JobRunQuerySet:
@@ -70,7 +69,7 @@ def group_runs(job_name: str, fingerprint: str, window: str) -> JobRunQuerySet:
         .for_job(job_name)
         .filter(
             error_fingerprint=fingerprint,
-            finished_at__gte=timezone.now() - WITHIN[window],
+            finished_at__gte=timezone.now() - WINDOWS[window].delta,
         )
     )
 
@@ -86,7 +85,7 @@ def failures_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
     window = _window(request.GET)
     can_change = model_admin.has_change_permission(request)
     groups = JobRun.objects.failure_groups(
-        timezone.now() - WITHIN[window],
+        timezone.now() - WINDOWS[window].delta,
         limit=GROUPS_LIMIT,
         retry_sources=contrib.sources(),
     )
@@ -99,21 +98,12 @@ def failures_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         "opts": model_admin.opts,
         "title": _("Failures by cause"),
         "window": window,
-        "windows": [(key, _window_label(key)) for key in WITHIN],
+        "windows": [(key, window.last) for key, window in WINDOWS.items()],
         "groups": groups,
         "total": sum(group["count"] for group in groups),
         "can_delete": model_admin.has_delete_permission(request),
     }
     return TemplateResponse(request, "django_jobstatus/failures.html", context)
-
-
-def _window_label(key: str) -> str:
-    return {
-        "1h": _("last hour"),
-        "24h": _("last 24 hours"),
-        "7d": _("last 7 days"),
-        "30d": _("last 30 days"),
-    }[key]
 
 
 def _posted_group(request: HttpRequest) -> tuple[str, str, str]:

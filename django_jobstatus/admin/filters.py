@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
@@ -13,6 +12,7 @@ from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from django_jobstatus.admin.windows import WINDOWS
 from django_jobstatus.models import Status
 
 if TYPE_CHECKING:
@@ -166,14 +166,6 @@ class KillRequestedFilter(ChoiceFilter):
         return queryset.not_kill_requested()
 
 
-WITHIN = {
-    "1h": timedelta(hours=1),
-    "24h": timedelta(hours=24),
-    "7d": timedelta(days=7),
-    "30d": timedelta(days=30),
-}
-
-
 class CreatedWithinFilter(ChoiceFilter):
     """A range on ``created_at`` (indexed on runs and on log lines)."""
 
@@ -181,15 +173,10 @@ class CreatedWithinFilter(ChoiceFilter):
     parameter_name = "created"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [
-            ("1h", _("Last hour")),
-            ("24h", _("Last 24 hours")),
-            ("7d", _("Last 7 days")),
-            ("30d", _("Last 30 days")),
-        ]
+        return [(key, window.last) for key, window in WINDOWS.items()]
 
     def apply(self, queryset: Any, value: str) -> Any:
-        return queryset.filter(created_at__gte=timezone.now() - WITHIN[value])
+        return queryset.filter(created_at__gte=timezone.now() - WINDOWS[value].delta)
 
 
 LEVELS = [

@@ -23,12 +23,12 @@ from django.utils.translation import gettext_lazy, ngettext
 from django_jobstatus import contrib
 from django_jobstatus.admin import (
     actions,
-    dashboard,
     exports,
     failures,
     live,
     workers,
 )
+from django_jobstatus.admin.dashboard import DashboardMixin
 from django_jobstatus.admin.display import (
     MEDIA_CSS,
     MEDIA_JS,
@@ -73,7 +73,13 @@ if TYPE_CHECKING:
 INLINE_LOGS = 200
 
 
-class JobRunAdmin(MonitorColumn, BigTableAdmin, GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
+class JobRunAdmin(
+    MonitorColumn,
+    BigTableAdmin,
+    GuardedAdmin,
+    DashboardMixin,
+    admin.ModelAdmin,  # type: ignore[type-arg]
+):
     list_display = (
         "job_name",
         "status_display",
@@ -427,17 +433,7 @@ class JobRunAdmin(MonitorColumn, BigTableAdmin, GuardedAdmin, admin.ModelAdmin):
     def get_urls(self) -> list[Any]:
         view = self.admin_site.admin_view
         return [
-            path(
-                "dashboard/",
-                view(self.dashboard_view),
-                name="django_jobstatus_jobrun_dashboard",
-            ),
-            path(
-                "dashboard/data/",
-                view(self.dashboard_data_view),
-                name="django_jobstatus_jobrun_dashboard_data",
-            ),
-            *dashboard.purge_urls(self),
+            *self.dashboard_urls(),
             *failures.failures_urls(self),
             *workers.workers_urls(self),
             *live.live_urls(self),
@@ -459,12 +455,6 @@ class JobRunAdmin(MonitorColumn, BigTableAdmin, GuardedAdmin, admin.ModelAdmin):
             ),
             *super().get_urls(),
         ]
-
-    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
-        return dashboard.dashboard_view(self, request)
-
-    def dashboard_data_view(self, request: HttpRequest) -> HttpResponse:
-        return dashboard.dashboard_data_view(self, request)
 
     def _run_for_button(self, request: HttpRequest, object_id: str) -> JobRun:
         if request.method != "POST":

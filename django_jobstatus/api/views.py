@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.db import DataError
-from django.db.models import Count, Q
 from django.db.models.functions import TruncDay, TruncHour
 from django.http import HttpResponse
 from django.utils import timezone
@@ -65,7 +64,7 @@ from django_jobstatus.api.serializers import (
     StatsSerializer,
 )
 from django_jobstatus.conf import settings
-from django_jobstatus.models import JobLog, JobMonitor, JobRun, Status
+from django_jobstatus.models import JobLog, JobMonitor, JobRun
 from django_jobstatus.querysets import JobRunQuerySet
 
 # The stats endpoint's range when the request gives none.
@@ -594,7 +593,7 @@ class JobRunViewSet(
             runs = runs.filter(created_at__gte=since)
         data: dict[str, Any] = {"since": since, "until": until, "jobs": runs.stats()}
         if bucket is not None:
-            data["buckets"] = _buckets(runs, _BUCKETS[bucket])
+            data["buckets"] = runs.finished_buckets(bucket)
         return Response(StatsSerializer(data).data)
 
 
@@ -607,21 +606,6 @@ def _range(cleaned: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
         if period_until is not None:
             until = min(until, period_until) if until else period_until
     return since, until
-
-
-def _buckets(runs: JobRunQuerySet, trunc: Any) -> list[dict[str, Any]]:
-    counts = {
-        name: Count("pk", filter=Q(status=name)) for name in sorted(Status.TERMINAL)
-    }
-    rows = (
-        runs.finished()
-        .order_by()
-        .annotate(start=trunc("finished_at"))
-        .values("start")
-        .annotate(finished=Count("pk"), **counts)
-        .order_by("start")
-    )
-    return [dict(row) for row in rows]
 
 
 # Monitors.

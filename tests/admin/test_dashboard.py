@@ -8,6 +8,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from django_jobstatus.fingerprints import fingerprint
 from django_jobstatus.models import JobRun, Status
 
 URL = "/admin/django_jobstatus/jobrun/dashboard/"
@@ -27,7 +28,8 @@ def runs(make_run):
         "failed": make_run(
             "reports.build",
             status=Status.FAILED,
-            error="ValueError: no rows\nmore",
+            error="ValueError: no rows 12\nmore",
+            error_fingerprint=fingerprint("ValueError: no rows 12"),
             finished_at=now,
         ),
         "running": make_run(
@@ -81,8 +83,10 @@ def test_dashboard(admin_client, runs, django_assert_max_num_queries):
     assert 'style="width: 50%"' in html and ">50%<" in html
     assert "Loading &lt;b&gt;rows&lt;/b&gt;" in html
     assert [run.pk for run in ctx["stuck"]] == [runs["stale"].pk]
-    assert [run.pk for run in ctx["failures"]] == [runs["failed"].pk]
-    assert "more" in html  # the error's last line
+    assert [(group["job_name"], group["count"]) for group in ctx["failures"]] == [
+        ("reports.build", 1)
+    ]
+    assert "<strong>ValueError</strong>: no rows &lt;n&gt;" in html  # the fingerprint
     jobs = {row["job_name"]: row for row in ctx["jobs"]}
     assert jobs["reports.build"]["total"] == 2
     assert jobs["reports.build"]["failure_pct"] == 50.0
@@ -99,12 +103,14 @@ def test_dashboard(admin_client, runs, django_assert_max_num_queries):
     assert 'href="/admin/django_jobstatus/jobrun/"' in html  # breadcrumbs
 
 
-@pytest.mark.parametrize("window", ["24h", "7d"])
+@pytest.mark.parametrize("window", ["1h", "24h", "7d"])
 @pytest.mark.django_db(transaction=True)  # autocommit, as a request runs
-def test_fifty_jobs_cost_the_dashboard_no_more_queries_than_one(
-    admin_client, make_run, django_assert_max_num_queries, window
+def test_fifty_jobs_and_monitors_cost_the_dashboard_ten_queries(
+    admin_client, make_run, monitor, django_assert_max_num_queries, window
 ):
     from django.core.cache import cache
+
+    from django_jobstatus import health
 
     now = timezone.now()
     for i in range(50):
@@ -115,16 +121,30 @@ def test_fifty_jobs_cost_the_dashboard_no_more_queries_than_one(
                 created_at=now - timedelta(minutes=age),
                 finished_at=now - timedelta(minutes=age),
             )
-    admin_client.get(URL)  # the session and the user, loaded once
+        make_run(
+            f"job.{i:02}",
+            status=Status.FAILED,
+            created_at=now - timedelta(days=2),
+            finished_at=now - timedelta(days=2),
+            error_fingerprint="KeyError: '…'",
+        )
+    for i in range(3):  # failing monitors, each with an open incident
+        monitor(f"job.{i:02}", max_failures=1, every=timedelta(days=30))
+        make_run(f"job.{i:02}", status=Status.FAILED)
+    health.check()
+    admin_client.get(URL, {"window": window})  # the session, the user; the roll-ups
     cache.clear()
-    # 10: the session, the user and the runs' eight (two of them set and put back the sort
-    # memory on PostgreSQL), whatever the number of jobs; and 1 for the health panel's
-    # count of monitors (3 when monitors exist: counts, the unhealthy ones, their incidents).
-    with django_assert_max_num_queries(11):
+    # 10: the session and the user; the window's figures (roll-ups, then the runs since
+    # the last closed hour); the active runs with their counts; the stuck runs; each
+    # job's latest run; the failure groups; the health panel's counts and rows.
+    with django_assert_max_num_queries(10):
         response = admin_client.get(URL, {"window": window})
     jobs = response.context["jobs"]
     assert len(jobs) == 50
-    assert all(row["latest"].created_at == now - timedelta(minutes=1) for row in jobs)
+    assert all(row["latest"].created_at >= now - timedelta(minutes=1) for row in jobs)
+    assert len(response.context["health"]["rows"]) == 3
+    with django_assert_max_num_queries(10):
+        assert admin_client.get(DATA, {"window": window}).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -142,7 +162,8 @@ def test_poll_is_opt_out(admin_client, runs):
 
 
 def test_json_view(admin_client, runs, django_assert_max_num_queries):
-    with django_assert_max_num_queries(6):
+    admin_client.get(DATA, {"window": "24h"})  # rolls up the window's closed hours
+    with django_assert_max_num_queries(10):
         response = admin_client.get(DATA, {"window": "24h"})
     data = response.json()
     assert data["counts"]["running"] == 2
@@ -229,18 +250,71 @@ def test_purge_needs_delete_permission(staff_client, make_run):
     assert JobRun.objects.filter(pk=old.pk).exists()
 
 
-def test_the_weeks_figures_are_cached_but_the_live_parts_are_not(
-    admin_client, runs, make_run, django_assert_max_num_queries
-):
-    first = admin_client.get(URL, {"window": "7d"})
-    assert first.context["total"] == 5
-    assert "figures as of" in first.content.decode()
-    make_run("new.job", status=Status.SUCCEEDED)
-    again = admin_client.get(URL, {"window": "7d"})
-    assert again.context["total"] == 5  # the cached figures
-    assert "new.job" not in [row["job_name"] for row in again.context["jobs"]]
-    assert len(again.context["active"]) == 2  # live
+def test_every_panel_of_the_json_view_shows_a_change(admin_client, runs, make_run):
+    """The JSON sends every panel rendered: a new failure shows in the tabs, the chart,
+    the jobs, the failures, and a newly stuck run in the stuck runs."""
+    before = admin_client.get(DATA, {"window": "7d"}).json()
+    assert set(before["panels"]) == {
+        "tabs",
+        "chart",
+        "jobs",
+        "stuck",
+        "failures",
+        "health",
+    }
+    assert "new.job" not in before["panels"]["jobs"]
+    make_run(
+        "new.job",
+        status=Status.FAILED,
+        error_fingerprint="OSError: disk full",
+    )
+    make_run(
+        "newly.stuck",
+        heartbeat_at=timezone.now() - timedelta(hours=1),
+    )
+    after = admin_client.get(DATA, {"window": "7d"}).json()
+    assert after["total"] == before["total"] + 2
+    assert after["counts"]["failed"] == before["counts"]["failed"] + 1
     assert (
-        admin_client.get(DATA, {"window": "7d"}).json()["total"] == 6
-    )  # the JSON view is live
-    assert admin_client.get(URL, {"window": "24h"}).context["total"] == 5  # not cached
+        f'data-count="failed">{after["counts"]["failed"]}<' in after["panels"]["tabs"]
+    )
+    assert "new.job" in after["panels"]["jobs"]
+    assert "OSError" in after["panels"]["failures"]
+    assert "newly.stuck" in after["panels"]["stuck"]
+    assert after["panels"]["chart"] != before["panels"]["chart"]
+    assert "(2)" in after["panels"]["chart"]  # failed: 2 in the legend
+    assert after["stale"] == before["stale"] + 1
+
+
+def test_latest_failures_are_groups_not_one_noisy_job(admin_client, make_run):
+    for i in range(12):
+        make_run(
+            "noisy.job",
+            status=Status.FAILED,
+            error=f"TimeoutError: request {i} took {i + 30} s",
+            error_fingerprint=fingerprint(f"TimeoutError: request {i} took {i + 30} s"),
+        )
+    make_run(
+        "quiet.job",
+        status=Status.FAILED,
+        error="KeyError: 'user 7'",
+        error_fingerprint=fingerprint("KeyError: 'user 7'"),
+        finished_at=timezone.now() - timedelta(minutes=10),
+    )
+    response = admin_client.get(URL)
+    groups = response.context["failures"]
+    assert [(g["job_name"], g["error_class"], g["count"]) for g in groups] == [
+        ("noisy.job", "TimeoutError", 12),
+        ("quiet.job", "KeyError", 1),
+    ]
+    html = response.content.decode()
+    assert "12 times" in html
+    assert "/admin/django_jobstatus/jobrun/failures/?window=24h" in html
+    assert "error_fingerprint=TimeoutError" in html  # each group opens its runs
+
+
+def test_poll_zero_says_the_page_is_not_live(admin_client, runs):
+    html = admin_client.get(URL, {"poll": "0"}).content.decode()
+    assert "not live" in html
+    assert "every 0 s" not in html
+    assert "live, every 5 s" in admin_client.get(URL).content.decode()

@@ -1,5 +1,7 @@
 /* django-jobstatus: live durations, and the dashboard's polling of its JSON view.
-   Plain script, no dependencies. Everything from the server is written with textContent, never as HTML. */
+   Plain script, no dependencies. Values from the server are written with textContent; the
+   panels the JSON view sends rendered (Django templates, every value escaped) are parsed
+   with DOMParser, which runs no script, and swapped in whole. */
 (function () {
   "use strict";
 
@@ -78,7 +80,20 @@
     return tr;
   }
 
+  function swapPanels(root, panels) {
+    // Each panel's root carries data-panel="<name>": the tabs, chart, jobs, stuck runs, failures, health.
+    var parser = new DOMParser();
+    Object.keys(panels || {}).forEach(function (name) {
+      var old = root.querySelector('[data-panel="' + name + '"]');
+      var parsed = parser.parseFromString(panels[name], "text/html").body.firstElementChild;
+      if (old && parsed && parsed.getAttribute("data-panel") === name) {
+        old.replaceWith(document.importNode(parsed, true));
+      }
+    });
+  }
+
   function render(root, data) {
+    swapPanels(root, data.panels);
     Object.keys(data.counts).forEach(function (status) {
       var node = root.querySelector('[data-count="' + status + '"]');
       if (node) { node.textContent = data.counts[status]; }
@@ -123,6 +138,12 @@
         .then(function () { busy = false; });
     }
     window.setInterval(poll, seconds * 1000);
+    // A hidden tab asks nothing; shown again, it catches up at once.
+    root.setAttribute("data-state", document.hidden ? "paused" : "live");
+    document.addEventListener("visibilitychange", function () {
+      root.setAttribute("data-state", document.hidden ? "paused" : "live");
+      if (!document.hidden) { poll(); }
+    });
   }
 
   function init() {

@@ -1,0 +1,130 @@
+"""The dashboard's hourly roll-ups: the same figures as the runs, closed hours read once, p50/p95 within 5 %."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from django_jobstatus import rollups
+from django_jobstatus.models import JobRun, JobRunHour, Status
+from django_jobstatus.querysets import UNTIMED, percentile
+
+STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.KILLED, Status.LOST)
+
+
+@pytest.fixture
+def week(make_run):
+    """Runs finished over the last 7 days (and one 8 days ago): every terminal status, some untimed."""
+    now = timezone.now()
+    for i in range(150):
+        finished = now - timedelta(minutes=67 * i + 3)
+        status = STATUSES[i % 4]
+        make_run(
+            f"job.{i % 5}",
+            status=status,
+            created_at=finished - timedelta(seconds=i + 1),
+            started_at=None if i % 7 == 0 else finished - timedelta(seconds=i + 1),
+            finished_at=finished,
+        )
+    make_run("job.active")  # running: not a finished run
+    return now
+
+
+def exact(since, now) -> Counter:
+    rows = JobRun.objects.finished().filter(
+        finished_at__gte=since, finished_at__lte=now
+    )
+    return Counter(rows.values_list("status", flat=True))
+
+
+@pytest.mark.parametrize("days", [1, 7])
+def test_figures_match_the_runs_and_stay_so_once_rolled_up(
+    week, days, django_assert_max_num_queries
+):
+    since = week - timedelta(days=days)
+    first = rollups.figures(since, week, rollups.HOUR)
+    start = rollups.floor(since, rollups.HOUR)
+    assert first.counts() == exact(start, week)
+    chart = Counter()
+    for values in first.buckets.values():
+        chart.update(values)
+    assert +chart == exact(start, week)
+    assert len(first.buckets) == days * 24 + 1
+    # Every closed hour of the window is marked rolled up, the current one is not.
+    closed = rollups.floor(week - rollups.GRACE, rollups.HOUR)
+    marked = set(JobRunHour.objects.filter(job_name="").values_list("hour", flat=True))
+    assert marked == set(rollups._hours(start, closed))
+    # Then two queries: the roll-ups and the runs since the last closed hour.
+    with django_assert_max_num_queries(2):
+        again = rollups.figures(since, week, rollups.HOUR)
+    assert again.counts() == first.counts()
+    assert again.buckets == first.buckets
+    assert {name: job.histogram for name, job in again.jobs.items()} == {
+        name: job.histogram for name, job in first.jobs.items()
+    }
+
+
+def test_closed_hours_are_read_from_the_roll_ups(week):
+    since = week - timedelta(days=7)
+    before = rollups.figures(since, week, rollups.HOUR)
+    closed = rollups.floor(week - rollups.GRACE, rollups.HOUR)
+    JobRun.objects.filter(finished_at__lt=closed).delete()
+    # What finished in a closed hour stays counted (and no query reads those runs again).
+    assert rollups.figures(since, week, rollups.HOUR).counts() == before.counts()
+
+
+def test_two_fills_of_one_hour_count_it_once(week):
+    hours = rollups._hours(
+        rollups.floor(week - timedelta(days=2), rollups.HOUR),
+        rollups.floor(week - rollups.GRACE, rollups.HOUR),
+    )
+    rollups._fill(hours)
+    rows = sorted(
+        JobRunHour.objects.values_list("hour", "job_name", "duration_bucket", *STATUSES)
+    )
+    rollups._fill(hours)  # a second request filling the same hours at once
+    assert (
+        sorted(
+            JobRunHour.objects.values_list(
+                "hour", "job_name", "duration_bucket", *STATUSES
+            )
+        )
+        == rows
+    )
+    assert JobRunHour.objects.filter(job_name="").count() == len(hours)
+
+
+def test_untimed_runs_are_counted_but_have_no_duration(make_run):
+    now = timezone.now()
+    make_run("lost.job", status=Status.LOST, started_at=None, finished_at=now)
+    found = rollups.figures(now - timedelta(hours=1), now, timedelta(minutes=5))
+    job = found.jobs["lost.job"]
+    assert job.counts[Status.LOST] == 1
+    assert job.histogram == Counter()
+    assert job.percentile(0.5) is None
+    assert UNTIMED not in job.histogram
+
+
+def test_percentiles_are_within_five_percent(make_run):
+    now = timezone.now()
+    durations = [1.7**i / 10 for i in range(25)] * 3 + [42.0] * 20
+    for seconds in durations:
+        make_run(
+            "timed.job",
+            status=Status.SUCCEEDED,
+            started_at=now - timedelta(seconds=seconds),
+            finished_at=now,
+        )
+    job = rollups.figures(now - timedelta(hours=1), now, timedelta(minutes=5)).jobs[
+        "timed.job"
+    ]
+    ordered = sorted(durations)
+    for fraction in (0.5, 0.95):
+        wanted = percentile(ordered, fraction)
+        assert wanted is not None
+        found = job.percentile(fraction)
+        assert found is not None
+        assert abs(found - wanted) / wanted < 0.05, (fraction, found, wanted)

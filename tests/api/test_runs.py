@@ -301,3 +301,15 @@ def test_migration_0002_adds_gin_indexes_on_postgresql_only():
         assert "jobstatus_run_search_trgm" in gin
     else:
         assert gin == {}
+
+
+def test_the_browsable_api_shows_drfs_page_links(api, make_run):
+    """The pagination is DRF's CursorPagination: its page controls come with it."""
+    runs = [make_run() for _ in range(3)]
+    response = api.get(f"{BASE}?page_size=1", HTTP_ACCEPT="text/html")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'class="pager"' in html
+    next_url = api.get(f"{BASE}?page_size=1").json()["next"]
+    assert next_url.replace("&", "&amp;") in html
+    assert str(runs[-1].pk) in html

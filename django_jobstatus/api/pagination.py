@@ -61,7 +61,9 @@ class KeysetPagination(CursorPagination):
     browsable API's page controls and the schema's parameters. It replaces what cannot
     serve here: DRF filters on the first ordering field alone and walks ties with an offset
     capped at ``offset_cutoff`` (1000), so ``ordering=job_name`` over more runs per job than
-    that loses rows; its position is ``str(value)``, so NULL (a run not started) and the
+    that shows rows again and never reaches the rest
+    (``tests/api/test_runs.py::test_ordering_by_job_name_pages_through_more_ties_than_drfs_offset_cutoff``);
+    its position is ``str(value)``, so NULL (a run not started) and the
     ``duration`` expression cannot be positions; a bad cursor is a 404 and a bad page size
     falls back silently. Here a position is the last row's ``(key, id)`` in a JSON cursor,
     NULL sorts as the largest value, and bad input is a 400 naming the parameter. Tests:

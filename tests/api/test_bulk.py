@@ -173,6 +173,20 @@ def test_bulk_delete_by_list_filters(api, make_run):
     assert list(JobRun.objects.values_list("pk", flat=True)) == [kept.pk]
 
 
+def test_bulk_delete_by_params_and_text_deletes_only_what_the_list_shows(api, make_run):
+    picked = make_run("mail", status=Status.FAILED, params={"user_id": 7, "n": 1})
+    picked.log(logging.ERROR, "boom")
+    make_run("mail", status=Status.FAILED, params={"user_id": 8})
+    make_run("other", status=Status.FAILED, params={"user_id": 7})
+    query = 'params={"user_id": 7}&q=mai'
+    listed = [row["id"] for row in api.get(f"{BASE}?{query}").json()["results"]]
+    assert listed == [str(picked.pk)]
+    response = api.post(f"{BASE}delete/?{query}")
+    assert response.json() == {"matched": 1, "deleted": 1, "logs": 1, "not_finished": 0}
+    assert not JobRun.objects.filter(pk=picked.pk).exists()
+    assert JobRun.objects.count() == 2
+
+
 def test_bulk_delete_needs_ids_or_a_filter_with_a_value(api, make_run):
     run = make_run(status=Status.SUCCEEDED)
     for query, body in [

@@ -101,32 +101,35 @@ def parse_period(text: str, now: datetime) -> tuple[datetime, datetime | None]:
 
 
 # Form fields: each turns bad input into a ValidationError, which the API answers as a 400.
+#
+# django-filter's own filters serve the plain text filters (CharFilter). The values below
+# have no django-filter or Django field that reads them as the API documents them; each
+# names the test that shows what the library's field would get wrong.
 
 
-class _TextField(forms.Field):
-    """A query-string value, stripped; empty means "no filter", anything else goes to ``parse()``.
+class _TextField(forms.CharField):
+    """Django's CharField (stripped; NUL refused by its validator), then ``parse()``d; empty means "no filter".
 
     ``pattern`` is the OpenAPI pattern of the parameter: every text it matches is accepted.
     """
 
     pattern: str | None = None
 
-    def to_python(self, value: Any) -> Any:
-        text = "" if value in self.empty_values else str(value).strip()
-        if not text:
-            return None
-        if "\x00" in text:
-            raise ValidationError(
-                _("Null characters are not allowed."),
-                code="null_characters_not_allowed",
-            )
-        return self.parse(text)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "empty_value": None})
+
+    def clean(self, value: Any) -> Any:
+        text = super().clean(value)
+        return None if text is None else self.parse(text)
 
     def parse(self, text: str) -> Any:
         return text
 
 
 class PeriodField(_TextField):
+    """A period ending now: django-filter's DateRangeFilter has only fixed choices (today,
+    week…), not ``2h 30m`` (tests/api/test_fuzz_filters.py::test_relative_periods_select_the_runs_created_since)."""
+
     pattern = PERIOD_PATTERN
 
     def parse(self, text: str) -> tuple[datetime, datetime | None]:
@@ -145,7 +148,12 @@ EPOCH_PATTERN = r"-?[0-9]{1,13}(?:\.[0-9]{1,6})?"
 
 
 class MomentField(_TextField):
-    """A date-time as ISO 8601 (a bare date means its midnight) or as epoch milliseconds."""
+    """A date-time as ISO 8601 (a bare date means its midnight) or as epoch milliseconds.
+
+    Not django-filter's IsoDateTimeField: it reads no epoch milliseconds
+    (tests/api/test_fuzz_filters.py::test_epoch_milliseconds_of_any_size) and fails on a
+    moment UTC cannot hold (tests/api/test_hostile_input.py::test_dates_in_the_schema_are_accepted).
+    """
 
     def parse(self, text: str) -> datetime:
         message = _(
@@ -231,6 +239,10 @@ def _unstorable_text(value: Any) -> bool:
 
 
 class JSONObjectField(_TextField):
+    """A JSON object. Not Django's JSONField: it takes NaN and 1e400 (tests/api/test_bad_input.py::
+    test_edge_values_answer_400_or_nothing_never_500), any depth and masked keys
+    (tests/api/test_bad_input.py::test_a_redacted_key_cannot_be_filtered_on)."""
+
     def parse(self, text: str) -> dict[str, Any]:
         message = _('Enter a JSON object, e.g. {"user_id": 7}.')
         if _json_depth(text) > JSON_MAX_DEPTH:
@@ -270,7 +282,13 @@ def choices_pattern(allowed: Iterable[str]) -> str:
 
 
 class CommaListField(_TextField):
-    """A comma-separated list; each item must be one of ``allowed`` when given."""
+    """A comma-separated list; each item must be one of ``allowed`` when given.
+
+    Not django-filter's BaseCSVField: it keeps empty items, so ``job_name=%20`` would count
+    as a filter of a bulk action (tests/api/test_hostile_input.py::
+    test_bulk_kill_with_only_empty_filters_is_400_and_asks_nobody), and its ChoiceField
+    names neither the bad item nor the choices (tests/api/test_bad_input.py::test_the_bad_status_value_is_named).
+    """
 
     def __init__(
         self, *args: Any, allowed: tuple[str, ...] | None = None, **kwargs: Any
@@ -297,7 +315,11 @@ class CommaListField(_TextField):
 
 
 class StrictBooleanField(_TextField):
-    """true/false (also 1/0, yes/no); anything else is an error, not "no filter"."""
+    """true/false (also 1/0, yes/no); anything else is an error, not "no filter".
+
+    Not django-filter's BooleanFilter: its NullBooleanField reads ``maybe`` as no filter
+    (tests/api/test_bad_input.py::test_bad_list_parameters_are_400_naming_the_field).
+    """
 
     _VALUES = {
         "true": True,
@@ -321,6 +343,9 @@ class StrictBooleanField(_TextField):
 
 
 class UserField(_TextField):
+    """A user's id of any primary key type, in range; not a ModelChoiceField, which would
+    look the user up (a 400 for a deleted owner, whose runs stay)."""
+
     pattern = r"^(?:-?[0-9]{1,18})?$"
 
     def parse(self, text: str) -> Any:
@@ -376,7 +401,12 @@ class LevelField(_TextField):
 
 
 class RunIdField(_TextField):
-    """A run id (a UUID); unlike the other filters, an empty value is an error, not "no filter"."""
+    """A run id (a UUID); unlike the other filters, an empty value is an error, not "no filter".
+
+    Not django-filter's UUIDFilter: it reads ``parent=`` as no filter
+    (tests/api/test_hostile_input.py::test_bulk_kill_with_an_empty_parent_is_400) and takes
+    ids outside the schema's ``uuid`` format (32 bare hex digits, braces).
+    """
 
     pattern = (
         r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"

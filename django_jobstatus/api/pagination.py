@@ -1,8 +1,7 @@
 """Keyset ("cursor") pagination: stable while rows are added, and fast at millions of rows.
 
-DRF's CursorPagination orders by one field and cannot page over NULLs (a run that has
-not started has no ``started_at``), so this one orders by ``(key, id)``, with NULL as
-the largest value, and keeps the last row's ``(key, id)`` in an opaque cursor.
+DRF's CursorPagination, subclassed: ordered by ``(key, id)``, with NULL as the largest
+value, and the last row's ``(key, id)`` in an opaque cursor (see KeysetPagination).
 """
 
 from __future__ import annotations
@@ -10,19 +9,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import F, Q, QuerySet
+from django.db.models.expressions import OrderBy
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import BasePagination, PageNumberPagination
+from rest_framework.pagination import (
+    Cursor,
+    CursorPagination,
+    PageNumberPagination,
+)
 from rest_framework.request import Request
-from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from django_jobstatus.conf import settings
@@ -52,9 +54,30 @@ def page_size(request: Request, param: str) -> int:
     return size
 
 
-class KeysetPagination(BasePagination):
-    cursor_query_param = "cursor"
+class KeysetPagination(CursorPagination):
+    """DRF's CursorPagination, with a position of ``(key, id)`` instead of ``key`` and an offset.
+
+    From DRF it keeps the query parameters, the page of links and its response, the
+    browsable API's page controls and the schema's parameters. It replaces what cannot
+    serve here: DRF filters on the first ordering field alone and walks ties with an offset
+    capped at ``offset_cutoff`` (1000), so ``ordering=job_name`` over more runs per job than
+    that shows rows again and never reaches the rest
+    (``tests/api/test_runs.py::test_ordering_by_job_name_pages_through_more_ties_than_drfs_offset_cutoff``);
+    its position is ``str(value)``, so NULL (a run not started) and the
+    ``duration`` expression cannot be positions; a bad cursor is a 404 and a bad page size
+    falls back silently. Here a position is the last row's ``(key, id)`` in a JSON cursor,
+    NULL sorts as the largest value, and bad input is a 400 naming the parameter. Tests:
+    ``tests/api/test_runs.py::test_every_ordering_pages_through_all_runs_in_order_with_nulls_largest``,
+    ``test_cursor_pages_walk_forward_and_back_without_gaps``,
+    ``tests/api/test_bad_input.py::test_tampered_cursors_are_400``,
+    ``tests/api/test_fuzz_filters.py::test_any_page_size_text_is_a_200_or_a_400_naming_it``.
+    """
+
     page_size_query_param = "page_size"
+    cursor_query_description = _("The cursor from a page's next or previous link.")
+    invalid_cursor_message = _(
+        "Invalid cursor: use the next or previous link of a page with the same ordering."
+    )
     ordering_query_param = "ordering"
     # Public ordering name -> (expression name in the queryset, kind of value, nullable).
     orderings: dict[str, tuple[str, str, bool]] = {
@@ -64,12 +87,11 @@ class KeysetPagination(BasePagination):
         "duration": (_DURATION_ALIAS, "duration", True),
         "job_name": ("job_name", "str", False),
     }
-    default_ordering = "-created_at"
+    # The default; paginate_queryset sets the request's as a 1-tuple (as DRF does).
+    ordering: str | tuple[str] = "-created_at"
     ordering_param_enabled = True
 
-    # Set by paginate_queryset.
-    request: Request
-    page_size: int
+    # Set by paginate_queryset (DRF's names).
     has_next = False
     has_previous = False
     next_position: tuple[Any, Any] | None = None
@@ -78,14 +100,14 @@ class KeysetPagination(BasePagination):
     def get_page_size(self, request: Request) -> int:
         return page_size(request, self.page_size_query_param)
 
-    def get_ordering(self, request: Request) -> str:
+    def get_ordering(self, request: Request, queryset: Any, view: Any) -> tuple[str]:
         raw = (
             request.query_params.get(self.ordering_query_param)
             if self.ordering_param_enabled
             else None
         )
         if raw in (None, ""):
-            return self.default_ordering
+            return (str(type(self).ordering),)
         if raw.removeprefix("-") not in self.orderings:
             choices = ", ".join(f"{name}, -{name}" for name in self.orderings)
             raise ValidationError(
@@ -96,41 +118,39 @@ class KeysetPagination(BasePagination):
                     ]
                 }
             )
-        return str(raw)
+        return (str(raw),)
 
-    # Cursors.
+    # Cursors: DRF's Cursor, whose position is (value, id); the offset is always 0.
 
-    def _encode(self, ordering: str, value: Any, pk: Any, *, previous: bool) -> str:
+    def encode_cursor(self, cursor: Cursor) -> str:
+        value, pk = cursor.position
         if isinstance(value, datetime):
             value = value.isoformat()
         elif isinstance(value, timedelta):
             value = value // timedelta(microseconds=1)
-        payload = {"o": ordering, "v": value, "i": str(pk), "p": previous}
-        return (
+        payload = {"o": self.ordering[0], "v": value, "i": str(pk), "p": cursor.reverse}
+        encoded = (
             base64.urlsafe_b64encode(
                 json.dumps(payload, separators=(",", ":")).encode()
             )
             .decode()
             .rstrip("=")
         )
+        return str(replace_query_param(self.base_url, self.cursor_query_param, encoded))
 
-    def _decode(
-        self, raw: str, ordering: str, kind: str, pk_field: Any
-    ) -> tuple[Any, Any, bool]:
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        raw = request.query_params.get(self.cursor_query_param)
+        if not raw:
+            return None
         error = ValidationError(
-            {
-                self.cursor_query_param: [
-                    _(
-                        "Invalid cursor: use the next or previous link of a page with the same ordering."
-                    )
-                ]
-            }
+            {self.cursor_query_param: [self.invalid_cursor_message]}
         )
+        kind = self.orderings[self.ordering[0].removeprefix("-")][1]
         try:
             payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
             if (
                 not isinstance(payload, dict)
-                or payload.get("o") != ordering
+                or payload.get("o") != self.ordering[0]
                 or not isinstance(payload.get("p"), bool)
             ):
                 raise error
@@ -139,7 +159,7 @@ class KeysetPagination(BasePagination):
                 value = self._position_value(value, kind)
                 if value is None:
                     raise error
-            pk = pk_field.to_python(payload.get("i"))
+            pk = self.pk_field.to_python(payload.get("i"))
             if pk is None:
                 raise error
         except (
@@ -151,7 +171,7 @@ class KeysetPagination(BasePagination):
             DjangoValidationError,
         ) as exc:
             raise error from exc
-        return value, pk, payload["p"]
+        return Cursor(offset=0, reverse=payload["p"], position=(value, pk))
 
     @staticmethod
     def _position_value(value: Any, kind: str) -> Any:
@@ -182,56 +202,43 @@ class KeysetPagination(BasePagination):
         self, queryset: QuerySet[Any], request: Request, view: Any = None
     ) -> list[Any]:
         self.request = request
+        self.base_url = request.build_absolute_uri()
         self.page_size = self.get_page_size(request)
-        self.ordering = self.get_ordering(request)
-        name = self.ordering.removeprefix("-")
-        field, kind, nullable = self.orderings[name]
-        descending = self.ordering.startswith("-")
+        self.ordering = self.get_ordering(request, queryset, view)
+        self.pk_field = queryset.model._meta.pk
+        self.cursor = self.decode_cursor(request)
+        field, _kind, nullable = self.orderings[self.ordering[0].removeprefix("-")]
         if field == _DURATION_ALIAS:
             queryset = queryset.alias(**{_DURATION_ALIAS: DURATION})
-        pk_field = queryset.model._meta.pk
-        raw = request.query_params.get(self.cursor_query_param)
-        position = self._decode(raw, self.ordering, kind, pk_field) if raw else None
-        backwards = bool(position and position[2])
+        position = self.cursor.position if self.cursor else None
+        backwards = bool(self.cursor and self.cursor.reverse)
         # Walking backwards is walking the reversed order forwards. NULL sorts as the
         # largest value (PostgreSQL's default), so that a plain b-tree index serves both ways.
-        desc = descending != backwards
-        nulls_last = not desc
-        if not nullable:
-            key = F(field).desc() if desc else F(field).asc()
-        elif desc:
-            key = F(field).desc(nulls_first=True)
-        else:
-            key = F(field).asc(nulls_last=True)
-        queryset = queryset.order_by(key, "-pk" if desc else "pk")
+        desc = self.ordering[0].startswith("-") != backwards
+        queryset = queryset.order_by(
+            _key(field, desc=desc, nullable=nullable), "-pk" if desc else "pk"
+        )
         if position is not None:
             queryset = queryset.filter(
                 _beyond(
-                    field,
-                    position[0],
-                    position[1],
-                    desc=desc,
-                    nulls_last=nulls_last,
-                    nullable=nullable,
+                    field, *position, desc=desc, nulls_last=not desc, nullable=nullable
                 )
             )
         rows = list(queryset[: self.page_size + 1])
         more = len(rows) > self.page_size
-        rows = rows[: self.page_size]
+        self.page = rows = rows[: self.page_size]
         if backwards:
             rows.reverse()
         first = (self._value(rows[0], field), rows[0].pk) if rows else None
         last = (self._value(rows[-1], field), rows[-1].pk) if rows else None
-        here = (position[0], position[1]) if position else None
         if backwards:
             self.has_previous, self.previous_position = more, first
-            self.has_next, self.next_position = True, last or here
+            self.has_next, self.next_position = True, last or position
         else:
             self.has_next, self.next_position = more, last
-            self.has_previous, self.previous_position = (
-                position is not None,
-                first or here,
-            )
+            self.has_previous = position is not None
+            self.previous_position = first or position
+        self.display_page_controls = self.has_previous or self.has_next
         return rows
 
     @staticmethod
@@ -242,77 +249,46 @@ class KeysetPagination(BasePagination):
             return row.finished_at - row.started_at
         return getattr(row, field)
 
-    def _link(self, position: tuple[Any, Any] | None, *, previous: bool) -> str | None:
-        if position is None:
-            return None
-        url = self.request.build_absolute_uri()
-        cursor = self._encode(
-            self.ordering, position[0], position[1], previous=previous
-        )
-        return str(replace_query_param(url, self.cursor_query_param, cursor))
-
     def get_next_link(self) -> str | None:
-        return self._link(self.next_position, previous=False) if self.has_next else None
+        if not self.has_next or self.next_position is None:
+            return None
+        return self.encode_cursor(
+            Cursor(offset=0, reverse=False, position=self.next_position)
+        )
 
     def get_previous_link(self) -> str | None:
         if not self.has_previous:
             return None
         if self.previous_position is None:
-            return str(
-                remove_query_param(
-                    self.request.build_absolute_uri(), self.cursor_query_param
-                )
-            )
-        return self._link(self.previous_position, previous=True)
-
-    def get_paginated_response(self, data: Any) -> Response:
-        return Response(
-            OrderedDict(
-                [
-                    ("next", self.get_next_link()),
-                    ("previous", self.get_previous_link()),
-                    ("results", data),
-                ]
-            )
+            return str(remove_query_param(self.base_url, self.cursor_query_param))
+        return self.encode_cursor(
+            Cursor(offset=0, reverse=True, position=self.previous_position)
         )
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
-        link = {"type": "string", "nullable": True, "format": "uri"}
-        return {
-            "type": "object",
-            "required": ["next", "previous", "results"],
-            "properties": {"next": link, "previous": link, "results": schema},
-        }
+        response: dict[str, Any] = super().get_paginated_response_schema(schema)
+        # next and previous are always there (null at either end); DRF's example links
+        # (api.example.org/accounts/ with its own cursor format) are not ours.
+        response["required"] = ["next", "previous", "results"]
+        for link in ("next", "previous"):
+            response["properties"][link].pop("example", None)
+        return response
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        parameters = [
-            {
-                "name": self.cursor_query_param,
-                "required": False,
-                "in": "query",
-                "description": str(
-                    _("The cursor from a page's next or previous link.")
-                ),
-                "schema": {"type": "string"},
-            },
-            {
-                "name": self.page_size_query_param,
-                "required": False,
-                "in": "query",
-                "description": str(
+        parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["description"] = str(
                     _("Rows per page (default %(default)d, at most %(max)d).")
                     % {
                         "default": settings.API_PAGE_SIZE,
                         "max": settings.API_MAX_PAGE_SIZE,
                     }
-                ),
-                "schema": {
-                    "type": "integer",
+                )
+                parameter["schema"] |= {
                     "minimum": 1,
                     "maximum": settings.API_MAX_PAGE_SIZE,
-                },
-            },
-        ]
+                }
         if self.ordering_param_enabled:
             choices = [f"{sign}{name}" for name in self.orderings for sign in ("-", "")]
             parameters.append(
@@ -324,12 +300,19 @@ class KeysetPagination(BasePagination):
                         _(
                             "Sort key; a leading - sorts newest/largest first (default %(default)s). Runs without a value (not started, not finished) sort as the largest."
                         )
-                        % {"default": self.default_ordering}
+                        % {"default": type(self).ordering}
                     ),
                     "schema": {"type": "string", "enum": choices},
                 }
             )
         return parameters
+
+
+def _key(field: str, *, desc: bool, nullable: bool) -> OrderBy:
+    """``field``'s sort, NULL as the largest value."""
+    if not nullable:
+        return F(field).desc() if desc else F(field).asc()
+    return F(field).desc(nulls_first=True) if desc else F(field).asc(nulls_last=True)
 
 
 def _beyond(
@@ -357,7 +340,7 @@ class LogPagination(KeysetPagination):
     """Log lines, oldest first; no ``ordering`` parameter."""
 
     orderings = {"created_at": ("created_at", "datetime", False)}
-    default_ordering = "created_at"
+    ordering = "created_at"
     ordering_param_enabled = False
 
 

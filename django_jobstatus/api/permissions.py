@@ -22,22 +22,29 @@ def owner_scoped(user: Any) -> bool:
     return bool(settings.API_OWNER_SCOPED and not getattr(user, "is_staff", False))
 
 
-def required_permissions(method: str, allowed_methods: Iterable[str]) -> list[str]:
+def required_permissions(
+    method: str, allowed_methods: Iterable[str], acting: str | None = None
+) -> list[str]:
     """The jobrun permissions a request needs: view, and the action's permission when it acts.
 
-    ``view`` to see anything; ``view`` and ``change`` to kill; ``view`` and ``delete`` to
-    delete. A method the view does not allow (TRACE, PROPFIND, PUT…) needs view alone, so
-    that a user who may see the API learns it is not allowed (405).
+    ``view`` to see anything; ``view`` and ``change`` to kill or retry; ``view`` and
+    ``delete`` to delete. The action's permission follows the method (POST changes, DELETE
+    deletes) unless the view names it (``acting``: the bulk delete is a POST, as a DELETE
+    with a body has no place in OpenAPI, and needs ``delete``). A method the view does not
+    allow (TRACE, PROPFIND, PUT…) needs view alone, so that a user who may see the API
+    learns it is not allowed (405).
     """
     action = _ACTIONS.get(method) if method in allowed_methods else None
+    if action and acting:
+        action = acting
     return ["view", action] if action else ["view"]
 
 
 class JobRunPermission(BasePermission):
     """Authenticated staff with ``view_jobrun``, plus the permission of the action.
 
-    ``view_jobrun`` for reads, and also ``change_jobrun`` for kills, ``delete_jobrun`` for
-    deletes. With ``JOBSTATUS["API_OWNER_SCOPED"] = True``, users who are not staff may also
+    ``view_jobrun`` for reads, and also ``change_jobrun`` for kills and retries,
+    ``delete_jobrun`` for deletes (one run or many). With ``JOBSTATUS["API_OWNER_SCOPED"] = True``, users who are not staff may also
     read and kill the runs they own (the view narrows their queryset to those).
     """
 
@@ -46,7 +53,9 @@ class JobRunPermission(BasePermission):
         if not user or not user.is_authenticated:
             return False
         needed = required_permissions(
-            request.method or "", getattr(view, "allowed_methods", ())
+            request.method or "",
+            getattr(view, "allowed_methods", ()),
+            getattr(view, "acting_permission", None),
         )
         if user.is_staff:
             return all(

@@ -213,15 +213,25 @@ class KillSerializer(serializers.Serializer):
     )
 
 
-class KillRequestSerializer(KillSerializer):
+# The most ids a bulk action takes, and the most runs a bulk retry enqueues again.
+BULK_MAX = 1000
+
+
+class BulkSerializer(serializers.Serializer):
+    """The body of a bulk action: the runs' ids, or none (then the list filters pick them)."""
+
     ids = serializers.ListField(
         child=_RunIdField(),
         required=False,
-        max_length=1000,
+        max_length=BULK_MAX,
         help_text=_(
-            "Ids of the runs to stop. Without ids, the list filters in the query string pick the runs."
+            "Ids of the runs. Without ids, the list filters in the query string pick the runs."
         ),
     )
+
+
+class KillRequestSerializer(KillSerializer, BulkSerializer):
+    """The body of a bulk kill: the runs' ids (or none: the list filters), and force."""
 
 
 class NotStoppedSerializer(serializers.Serializer):
@@ -255,6 +265,48 @@ class KillResultSerializer(serializers.Serializer):
         help_text=_("Runs ended killed now (only with force).")
     )
     not_stopped = NotStoppedSerializer(many=True, help_text=_NOT_STOPPED_HELP)
+
+
+class RetriedSerializer(serializers.Serializer):
+    id = serializers.UUIDField(help_text=_("The run enqueued again."))
+    job_name = serializers.CharField()
+    new_id = serializers.UUIDField(help_text=_("The new run its task system recorded."))
+
+
+class NotRetriedSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    job_name = serializers.CharField()
+    reason = serializers.CharField(help_text=_("Why it was not enqueued again."))
+    error = serializers.BooleanField(
+        help_text=_(
+            "True when the task system failed (e.g. its broker is down): trying again later may work."
+        )
+    )
+
+
+class RetryResultSerializer(serializers.Serializer):
+    matched = serializers.IntegerField(help_text=_("Runs the ids or filters picked."))
+    retried = RetriedSerializer(
+        many=True, help_text=_("The runs enqueued again, each with its new run.")
+    )
+    not_retried = NotRetriedSerializer(
+        many=True,
+        help_text=_(
+            "The runs that were not: still active, no enabled integration can enqueue them "
+            "again, or their task system failed."
+        ),
+    )
+
+
+class DeleteResultSerializer(serializers.Serializer):
+    matched = serializers.IntegerField(help_text=_("Runs the ids or filters picked."))
+    deleted = serializers.IntegerField(help_text=_("Finished runs deleted."))
+    logs = serializers.IntegerField(help_text=_("Their log lines, deleted with them."))
+    not_finished = serializers.IntegerField(
+        help_text=_(
+            "Runs left because they are not finished (queued, running or retrying)."
+        )
+    )
 
 
 class KilledRunSerializer(JobRunSerializer):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from django.db import DataError
@@ -51,7 +52,10 @@ from django_jobstatus.api.permissions import (
     owner_scoped,
 )
 from django_jobstatus.api.serializers import (
+    BULK_MAX,
+    BulkSerializer,
     ConflictSerializer,
+    DeleteResultSerializer,
     DetailSerializer,
     JobLogSerializer,
     JobMonitorIncidentSerializer,
@@ -61,6 +65,7 @@ from django_jobstatus.api.serializers import (
     KillRequestSerializer,
     KillResultSerializer,
     KillSerializer,
+    RetryResultSerializer,
     StatsSerializer,
 )
 from django_jobstatus.conf import settings
@@ -157,6 +162,35 @@ class _ExportNegotiation(DefaultContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+def _bulk_action(
+    name: str,
+    *,
+    summary: str,
+    description: str,
+    responses: dict[int, Any],
+    request: Any = BulkSerializer,
+    **kwargs: Any,
+) -> Callable[[Callable[..., Response]], Any]:
+    """A bulk action on runs, with its schema: ``POST runs/<name>/``, a JSON body and the list filters."""
+    schema = extend_schema(
+        operation_id=f"jobstatus_runs_bulk_{name}",
+        summary=summary,
+        description=description,
+        request=request,
+        responses={**responses, 400: _ERROR, 401: _DENIED, 403: _DENIED},
+        filters=True,
+    )
+    route = action(
+        detail=False,
+        methods=["post"],
+        url_path=name,
+        url_name=f"bulk-{name}",
+        parser_classes=[_JSONParser],
+        **kwargs,
+    )
+    return lambda method: schema(route(method))
+
+
 class Access:
     """Authentication and permissions from JOBSTATUS, for every view of the API.
 
@@ -231,6 +265,9 @@ class JobRunViewSet(
     filter_backends = [_FilterBackend]
     # Any path segment reaches the view, so that a malformed id answers a JSON 404.
     lookup_value_regex = "[^/]+"
+    # The permission an action needs besides view, when not the one its method implies
+    # (permissions.required_permissions): the bulk delete is a POST that needs delete.
+    acting_permission: str | None = None
 
     @property
     def pagination_class(self) -> type[KeysetPagination]:
@@ -385,23 +422,15 @@ class JobRunViewSet(
             status=status.HTTP_202_ACCEPTED,
         )
 
-    @extend_schema(
-        operation_id="jobstatus_runs_bulk_kill",
+    @_bulk_action(
+        "kill",
         summary=_("Ask many runs to stop"),
         description=_(
             'Runs picked by {"ids": [...]} in the body, or by the list filters in the query string (at least one of them). '
             'With {"force": true} they end killed now, stopped where their task system can.'
         ),
         request=KillRequestSerializer,
-        responses={200: KillResultSerializer, 400: _ERROR, 401: _DENIED, 403: _DENIED},
-        filters=True,
-    )
-    @action(
-        detail=False,
-        methods=["post"],
-        url_path="kill",
-        url_name="bulk-kill",
-        parser_classes=[_JSONParser],
+        responses={200: KillResultSerializer},
     )
     def bulk_kill(self, request: Request) -> Response:
         body = KillRequestSerializer(data=request.data)
@@ -418,6 +447,87 @@ class JobRunViewSet(
                     "asked": result.asked,
                     "killed": result.killed,
                     "not_stopped": result.not_stopped,
+                }
+            ).data
+        )
+
+    @_bulk_action(
+        "retry",
+        summary=_("Enqueue many runs again"),
+        description=_(
+            'Finished runs picked by {"ids": [...]} in the body, or by the list filters in the query '
+            "string (at least one of them), enqueued again through the integration that recorded "
+            "each, at most %(max)d at a time. Answers each new run, and each run that was not "
+            "enqueued again with the reason: still active, no enabled integration can retry it, "
+            "or its task system failed (error)."
+        )
+        % {"max": BULK_MAX},
+        responses={202: RetryResultSerializer},
+    )
+    def bulk_retry(self, request: Request) -> Response:
+        runs = self.bulk_runs(request, _bulk_ids(request))
+        matched = runs.count()
+        if matched > BULK_MAX:
+            raise ValidationError(
+                {
+                    "ids": [
+                        _(
+                            "The ids and filters pick %(n)d runs; retry at most %(max)d at a time."
+                        )
+                        % {"n": matched, "max": BULK_MAX}
+                    ]
+                }
+            )
+        retried: list[dict[str, Any]] = []
+        not_retried: list[dict[str, Any]] = []
+        for run in runs.order_by("created_at", "pk"):
+            try:
+                new = _retry_finished(run)
+            except _NotRetried as refusal:
+                not_retried.append(
+                    {
+                        "id": run.pk,
+                        "job_name": run.job_name,
+                        "reason": refusal.reason,
+                        "error": refusal.error,
+                    }
+                )
+            else:
+                retried.append(
+                    {"id": run.pk, "job_name": run.job_name, "new_id": new.pk}
+                )
+        return Response(
+            RetryResultSerializer(
+                {"matched": matched, "retried": retried, "not_retried": not_retried}
+            ).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+    @_bulk_action(
+        "delete",
+        summary=_("Delete many finished runs"),
+        description=_(
+            'Runs picked by {"ids": [...]} in the body, or by the list filters in the query string '
+            "(at least one of them): the finished ones are deleted with their log lines, in short "
+            "batches; the others stay (not_finished). Needs the delete permission."
+        ),
+        responses={200: DeleteResultSerializer},
+        acting_permission="delete",
+    )
+    def bulk_delete(self, request: Request) -> Response:
+        runs = self.bulk_runs(request, _bulk_ids(request))
+        matched = runs.count()
+        not_finished = runs.active().count()
+        # The purge engine: only finished runs, log lines deleted in SQL, short batches.
+        # Every finished run goes, whatever its age (no cutoff, none of each job kept).
+        purged = runs.purge(days=0, keep_last=0, now=_END_OF_TIME)
+        return Response(
+            DeleteResultSerializer(
+                {
+                    "matched": matched,
+                    "deleted": purged.runs,
+                    "logs": purged.logs,
+                    "not_finished": not_finished,
                 }
             ).data
         )
@@ -595,6 +705,43 @@ class JobRunViewSet(
         if bucket is not None:
             data["buckets"] = runs.finished_buckets(bucket)
         return Response(StatsSerializer(data).data)
+
+
+# Later than any run's created_at: the bulk delete purges with no age cutoff.
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+def _bulk_ids(request: Request) -> list[Any] | None:
+    """The ``ids`` of a bulk action's body, validated (a 400 naming the field)."""
+    body = BulkSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    ids: list[Any] | None = body.validated_data.get("ids")
+    return ids
+
+
+class _NotRetried(Exception):  # noqa: N818 (a refusal, reported, never raised out)
+    def __init__(self, reason: str, *, error: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+def _retry_finished(run: JobRun) -> JobRun:
+    """Enqueue a finished ``run`` again: the new run, or _NotRetried saying why not."""
+    if not run.is_finished:
+        raise _NotRetried(
+            _("It is still %(status)s: only finished runs are retried.")
+            % {"status": run.status}
+        )
+    if not contrib.can_retry(run):
+        raise _NotRetried(
+            _("No enabled integration can enqueue source %(source)r again.")
+            % {"source": run.source}
+        )
+    try:
+        return contrib.retry(run)
+    except Exception as exc:  # the task system's error is reported, never a 500
+        raise _NotRetried(contrib_error(exc), error=True) from exc
 
 
 def _range(cleaned: dict[str, Any]) -> tuple[datetime | None, datetime | None]:

@@ -54,3 +54,20 @@ def client_for() -> Any:
 def api(make_user: Any, client_for: Any) -> Any:
     """A client for a staff user with every jobrun permission."""
     return client_for(make_user("view", "change", "delete"))
+
+
+@pytest.fixture
+def away_celery() -> Any:
+    """The Celery integration on, with a real broker URL nobody listens on (publishing fails)."""
+    celery = pytest.importorskip("celery")
+    from django_jobstatus.contrib import celery as jobstatus_celery
+
+    away = celery.Celery("tests.away", broker="redis://127.0.0.1:1/0")
+    away.conf.update(
+        broker_connection_timeout=1,
+        broker_connection_retry=False,
+        task_publish_retry=False,
+    )
+    jobstatus_celery.connect(away)
+    yield away
+    jobstatus_celery.disconnect()

@@ -64,12 +64,39 @@ def test_killing_needs_view_and_change(who, runs):
             assert not JobRun.objects.kill_requested().exists()
 
 
-def test_deleting_needs_view_and_delete(who, runs):
+def test_retrying_needs_view_and_change(who, runs, retry_backend):
     spec, client = who
     _run, finished = runs
-    response = client.delete(f"{BASE}{finished.pk}/")
-    if may(spec, "view", "delete"):
-        assert response.status_code == 204
-    else:
-        refused(response)
-        assert JobRun.objects.filter(pk=finished.pk).exists()
+    finished.source = "tests_backend"
+    finished.save(update_fields=["source"])
+    body = {"ids": [str(finished.pk)]}
+    for response in [
+        client.post(f"{BASE}{finished.pk}/retry/"),
+        client.post(f"{BASE}retry/", body, format="json"),
+    ]:
+        if may(spec, "view", "change"):
+            assert response.status_code == 202
+        else:
+            refused(response)
+    allowed = may(spec, "view", "change")
+    assert retry_backend == ([finished.pk, finished.pk] if allowed else [])
+
+
+def test_deleting_needs_view_and_delete(who, make_run, runs):
+    spec, client = who
+    _run, finished = runs
+    other = make_run("secret.job", status=Status.FAILED)
+    for response, allowed, gone in [
+        (client.delete(f"{BASE}{finished.pk}/"), 204, finished),
+        (
+            client.post(f"{BASE}delete/", {"ids": [str(other.pk)]}, format="json"),
+            200,
+            other,
+        ),
+    ]:
+        if may(spec, "view", "delete"):
+            assert response.status_code == allowed
+            assert not JobRun.objects.filter(pk=gone.pk).exists()
+        else:
+            refused(response)
+            assert JobRun.objects.filter(pk=gone.pk).exists()

@@ -128,28 +128,15 @@ def test_filters_by_worker_queue_and_backend_job_id(api, make_run):
         assert [run["id"] for run in found] == [str(one.pk)], query
 
 
-def test_a_real_celery_broker_that_is_away_is_a_503(api, make_run):
+def test_a_real_celery_broker_that_is_away_is_a_503(api, make_run, away_celery):
     """Celery's own error, from a real publish to a broker nobody listens on."""
-    celery = pytest.importorskip("celery")
-    from django_jobstatus.contrib import celery as jobstatus_celery
-
-    away = celery.Celery("tests.away", broker="redis://127.0.0.1:1/0")
-    away.conf.update(
-        broker_connection_timeout=1,
-        broker_connection_retry=False,
-        task_publish_retry=False,
+    run = make_run(
+        "tests.add",
+        status=Status.FAILED,
+        source="celery",
+        params={"args": [1, 2], "kwargs": {}},
     )
-    jobstatus_celery.connect(away)
-    try:
-        run = make_run(
-            "tests.add",
-            status=Status.FAILED,
-            source="celery",
-            params={"args": [1, 2], "kwargs": {}},
-        )
-        response = api.post(f"{BASE}{run.pk}/retry/")
-    finally:
-        jobstatus_celery.disconnect()
+    response = api.post(f"{BASE}{run.pk}/retry/")
     assert response.status_code == 503, response.content
     detail = response.json()["detail"]
     assert detail.startswith("The task system could not enqueue the run again: ")

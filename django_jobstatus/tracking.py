@@ -446,8 +446,6 @@ class JobHandle:
         failure. A run already finished elsewhere (reaped as lost, killed by force)
         keeps that state.
         """
-        from django_jobstatus.models import Status, storable
-
         # A try that fails at COMMIT has already moved the instance; the next starts over.
         saved = {
             field.attname: getattr(self.run, field.attname)

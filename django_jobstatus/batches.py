@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count
 from django.utils import timezone
 from django.utils.translation import ngettext
 
@@ -133,14 +132,11 @@ def start_batch(
 
 def batch_status(parent: JobRun) -> BatchStatus:
     """The aggregate status and progress of ``parent``'s children (one query)."""
-    rows = (
+    counts = (
         JobRun.objects.using(parent._state.db or settings.DATABASE)
         .filter(parent_id=parent.pk)
-        .order_by()
-        .values_list("status")
-        .annotate(n=Count("pk"))
+        .count_by_status()
     )
-    counts: dict[str, int] = dict(rows)
     total = sum(counts.values())
     done = sum(counts.get(status, 0) for status in Status.TERMINAL)
     return BatchStatus(

@@ -195,6 +195,19 @@ def test_kill_requested_scope_and_bulk_request_kill(make_run) -> None:
     )
 
 
+def test_count_by_status_counts_each_status_in_one_query(
+    make_run, django_assert_num_queries
+) -> None:
+    parent = make_run("batch")
+    for status in (Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED, Status.QUEUED):
+        make_run("child", status=status, parent=parent)
+    make_run("child", status=Status.FAILED)  # not a child
+    with django_assert_num_queries(1):
+        counts = parent.children.order_by("-created_at").count_by_status()
+    assert counts == {Status.SUCCEEDED: 2, Status.FAILED: 1, Status.QUEUED: 1}
+    assert JobRun.objects.none().count_by_status() == {}
+
+
 def test_enqueue(django_assert_num_queries) -> None:
     with django_assert_num_queries(1):
         run = JobRun.objects.enqueue(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import truncatechars
@@ -379,9 +379,7 @@ class JobRunAdmin(
 
     @admin.display(description=gettext_lazy("children"))
     def children_display(self, run: JobRun) -> SafeString | str:
-        counts = dict(
-            run.children.order_by().values_list("status").annotate(n=Count("pk"))
-        )
+        counts = run.children.count_by_status()
         if not counts:
             return "—"
         url = (

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from bench.integrations_jobs import noop as _noop
-from django_jobstatus import compat
 
-framework = compat.task_framework()
-if framework is None:
-    raise ImportError("the bench needs Django 6 or the django-tasks backport")
+try:
+    from django.tasks import task
+except ImportError:  # Django 5.2: the django-tasks backport
+    from django_tasks import task
 
 
-@framework.task()
+@task()
 def noop(i: int, n: int, key: str) -> int:
     return _noop(i, n, key)

@@ -20,15 +20,6 @@ def _import(name: str) -> ModuleType | None:
         return None
 
 
-def task_framework() -> ModuleType | None:
-    """``django.tasks`` when Django has it, else the ``django_tasks`` backport, else None."""
-    for name in TASK_FRAMEWORKS:
-        module = _import(name)
-        if module is not None:
-            return module
-    return None
-
-
 def task_signal_modules() -> list[ModuleType]:
     """Every importable ``signals`` module of the tasks framework.
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import time
 
-from django_jobstatus import compat, current_job
+from django_jobstatus import current_job
 
-framework = compat.task_framework()
-if framework is None:  # pragma: no cover - the demo installs the tasks extra
-    raise ImportError("the demo needs Django 6 or the django-tasks backport")
+try:
+    from django.tasks import task
+except ImportError:  # Django 5.2: the django-tasks backport
+    from django_tasks import task
 
 
-@framework.task()
+@task()
 def charge_subscriptions(batch: int) -> dict[str, int]:
     """Charge one batch of subscriptions (a few seconds of pretend work)."""
     job = current_job()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import django
 import pytest
 from django.apps import apps
 from django.db import OperationalError, connection
@@ -27,7 +28,8 @@ from tests.conftest import CI
 from tests.contrib.tasks_app import tasks
 from tests.waiting import wait_for
 
-FRAMEWORK = tasks.framework.__name__
+# The framework tasks_app.tasks imports: built in from Django 6.0, the backport before.
+FRAMEWORK = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
 IMMEDIATE = {
     "default": {
         "BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend",

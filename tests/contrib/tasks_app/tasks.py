@@ -6,12 +6,13 @@ import logging
 import threading
 import time
 
-from django_jobstatus import compat, contrib, current_job
+from django_jobstatus import contrib, current_job
 from tests.contrib import loops
 
-framework = compat.task_framework()
-assert framework is not None, "the tests need Django 6 or the django-tasks backport"
-task = framework.task
+try:
+    from django.tasks import task
+except ImportError:  # Django 5.2: the django-tasks backport
+    from django_tasks import task
 
 logger = logging.getLogger(__name__)
 

@@ -441,18 +441,28 @@ class _MonitoredNames:
     def __init__(self) -> None:
         self._names: frozenset[str] = frozenset()
         self._expires = 0.0
+        self._cleared = 0  # clear() calls so far: a refresh they overlap is not kept
 
     def known(self) -> frozenset[str] | None:
         """The cached names, or None when they must be read again."""
         return self._names if time.monotonic() < self._expires else None
 
     def refresh(self) -> frozenset[str]:
-        names = JobMonitor.objects.using(settings.DATABASE).filter(enabled=True)
-        self._names = frozenset(names.values_list("job_name", flat=True))
-        self._expires = time.monotonic() + settings.MONITOR_CACHE_TIMEOUT
-        return self._names
+        """Read the names; keep them unless a monitor was saved or deleted while they were read."""
+        cleared = self._cleared
+        names = self._read()
+        if cleared == self._cleared:
+            self._names = names
+            self._expires = time.monotonic() + settings.MONITOR_CACHE_TIMEOUT
+        return names
+
+    @staticmethod
+    def _read() -> frozenset[str]:
+        monitors = JobMonitor.objects.using(settings.DATABASE).filter(enabled=True)
+        return frozenset(monitors.values_list("job_name", flat=True))
 
     def clear(self, **kwargs: Any) -> None:
+        self._cleared += 1
         self._expires = 0.0
 
 

@@ -314,6 +314,27 @@ def test_saving_a_monitor_clears_the_cache(monitor):
     assert health.monitored.known() is None
 
 
+def test_a_monitor_saved_while_the_names_are_read_is_not_forgotten(
+    monitor, monkeypatch
+):
+    """The health thread reads the names while the admin saves a monitor: what it read is not
+    cached, or the new monitor's job would be taken as unmonitored for MONITOR_CACHE_TIMEOUT
+    (seen as a flaky test_a_failed_run_of_a_monitored_job_is_seen_at_once)."""
+    read = health.monitored._read
+
+    def read_then_save() -> frozenset[str]:
+        names = read()
+        monitor("tests.nightly")  # post_save clears the cache, after the read
+        return names
+
+    monkeypatch.setattr(health.monitored, "_read", read_then_save)
+    assert health.monitored.refresh() == frozenset()
+    assert health.monitored.known() is None
+    monkeypatch.undo()
+    assert health.monitored.refresh() == {"tests.nightly"}
+    assert health.monitored.known() == {"tests.nightly"}
+
+
 def test_from_one_unhealthy_state_to_another_one_alert(
     failing, past_run, django_capture_on_commit_callbacks
 ):

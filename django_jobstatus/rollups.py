@@ -20,6 +20,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connections, models, router, transaction
 from django.db.models import Sum, Value
 
@@ -73,6 +74,15 @@ class Figures:
             total.update(job.counts)
         return total
 
+    def merge(self, other: Figures) -> None:
+        """Add ``other``'s figures to these (``other`` is left as it is)."""
+        for start, counts in other.buckets.items():
+            self.buckets.setdefault(start, Counter()).update(counts)
+        for name, figures in other.jobs.items():
+            job = self.jobs.setdefault(name, JobFigures())
+            job.counts.update(figures.counts)
+            job.histogram.update(figures.histogram)
+
     def add(
         self, start: datetime, job_name: str, bucket: int, row: dict[str, Any]
     ) -> None:
@@ -97,21 +107,38 @@ def floor(moment: datetime, size: timedelta) -> datetime:
 def figures(since: datetime, now: datetime, size: timedelta) -> Figures:
     """Finished runs from ``since`` to ``now`` in buckets of ``size`` (an hour, or less: all live).
 
-    Two queries once the window's closed hours are rolled up; the first request after
-    an hour ends rolls it up (a few more).
+    One query (the runs since the last closed hour) while the closed hours' sums are in
+    the cache, two once they are rolled up, a few more for the first request after an
+    hour ends (it rolls the hour up).
     """
     result = _empty(since, now, size)
     if size < HOUR:
         _add_live(result, floor(since, size), size)
         return result
     start, closed = floor(since, HOUR), floor(now - GRACE, HOUR)
-    missing = _add_closed(result, start, closed)
-    if missing:
-        _fill(missing)
-        result = _empty(since, now, size)
-        _add_closed(result, start, closed)
+    result.merge(_closed(start, closed))
     _add_live(result, closed, size)
     return result
+
+
+def _closed(start: datetime, end: datetime) -> Figures:
+    """The roll-ups of the closed hours from ``start`` to ``end``, rolling up the missing ones.
+
+    Kept in Django's default cache until the next hour closes: the hours of a range never
+    change once rolled up, and the key names the range (a refresh of the page reads only
+    the runs of the current hour).
+    """
+    key = f"django_jobstatus.rollups:{start.isoformat()}:{end.isoformat()}"
+    found: Figures | None = cache.get(key)
+    if found is None:
+        found = Figures(buckets={}, jobs={})
+        missing = _add_closed(found, start, end)
+        if missing:
+            _fill(missing)
+            found = Figures(buckets={}, jobs={})
+            _add_closed(found, start, end)
+        cache.set(key, found, timeout=int((HOUR + GRACE).total_seconds()))
+    return found
 
 
 def _empty(since: datetime, now: datetime, size: timedelta) -> Figures:

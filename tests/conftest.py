@@ -68,6 +68,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             _missing("needs the playwright package")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """The dashboard keeps the closed hours' sums in Django's cache; each test starts without them."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def make_run(db: None) -> Any:
     """Create a JobRun with the given fields (status defaults to running)."""

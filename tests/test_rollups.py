@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 
 from django_jobstatus import rollups
@@ -58,6 +59,7 @@ def test_figures_match_the_runs_and_stay_so_once_rolled_up(
     marked = set(JobRunHour.objects.filter(job_name="").values_list("hour", flat=True))
     assert marked == set(rollups._hours(start, closed))
     # Then two queries: the roll-ups and the runs since the last closed hour.
+    cache.clear()
     with django_assert_max_num_queries(2):
         again = rollups.figures(since, week, rollups.HOUR)
     assert again.counts() == first.counts()
@@ -65,6 +67,26 @@ def test_figures_match_the_runs_and_stay_so_once_rolled_up(
     assert {name: job.histogram for name, job in again.jobs.items()} == {
         name: job.histogram for name, job in first.jobs.items()
     }
+
+
+def test_a_refresh_reads_only_the_current_hour_and_a_closing_hour_is_seen(
+    week, make_run, django_assert_num_queries
+):
+    since = week - timedelta(days=1)
+    first = rollups.figures(since, week, rollups.HOUR)
+    # The closed hours' sums are cached: a refresh reads the runs of the current hour only.
+    with django_assert_num_queries(1):
+        again = rollups.figures(since, week, rollups.HOUR)
+    assert again.counts() == first.counts() and again.buckets == first.buckets
+    # A run finishing now is counted live, then in its rolled-up hour once that closes.
+    make_run("tests.late", status=Status.FAILED, finished_at=week, started_at=week)
+    assert rollups.figures(since, week, rollups.HOUR).counts()[Status.FAILED] == (
+        first.counts()[Status.FAILED] + 1
+    )
+    later = week + rollups.HOUR + rollups.GRACE
+    closed = rollups.figures(later - timedelta(days=1), later, rollups.HOUR)
+    assert closed.jobs["tests.late"].counts[Status.FAILED] == 1
+    assert JobRunHour.objects.filter(job_name="tests.late").exists()
 
 
 def test_closed_hours_are_read_from_the_roll_ups(week):

@@ -26,11 +26,3 @@ def staff_client(db: None, client: Any) -> Any:
         return client
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dashboard_cache() -> None:
-    """The dashboard caches its long windows' figures; each test starts without them."""
-    from django.core.cache import cache
-
-    cache.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CHROMIUM
+from tests.waiting import wait_for
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls made by the
 # tests between page actions are still plain synchronous calls.
@@ -44,6 +46,18 @@ def page(browser: Any) -> Iterator[Any]:
     page = context.new_page()
     yield page
     context.close()
+    # The live server may still be answering a poll sent before the page closed: the
+    # database flush after a test would then find a table locked (SQLite in memory).
+    wait_for(
+        lambda: (
+            not any(
+                "process_request_thread" in thread.name
+                for thread in threading.enumerate()
+            )
+        ),
+        timeout=30,
+        what="the live server's last requests to end",
+    )
 
 
 @pytest.fixture

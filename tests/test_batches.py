@@ -194,9 +194,7 @@ def test_runs_recorded_inside_batch_are_its_children(
     from tests.contrib.tasks_app import tasks
 
     settings.TASKS = {
-        "default": {
-            "BACKEND": f"{tasks.framework.__name__}.backends.immediate.ImmediateBackend"
-        }
+        "default": {"BACKEND": f"{tasks.FRAMEWORK}.backends.immediate.ImmediateBackend"}
     }
     integration.connect()
     try:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import django
 import pytest
 from django.apps import apps
 from django.db import OperationalError, connection
@@ -28,8 +27,7 @@ from tests.conftest import CI
 from tests.contrib.tasks_app import tasks
 from tests.waiting import wait_for
 
-# The framework tasks_app.tasks imports: built in from Django 6.0, the backport before.
-FRAMEWORK = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
+FRAMEWORK = tasks.FRAMEWORK
 IMMEDIATE = {
     "default": {
         "BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend",

@@ -11,8 +11,12 @@ from tests.contrib import loops
 
 try:
     from django.tasks import task
+
+    FRAMEWORK = "django.tasks"
 except ImportError:  # Django 5.2: the django-tasks backport
     from django_tasks import task
+
+    FRAMEWORK = "django_tasks"
 
 logger = logging.getLogger(__name__)
 

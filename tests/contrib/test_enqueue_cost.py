@@ -99,9 +99,7 @@ def test_a_django_task_a_worker_recorded_first_keeps_one_run(
     ]
 
 
-@pytest.mark.skipif(
-    connections["default"].vendor != "postgresql", reason="PostgreSQL's planner"
-)
+@pytest.mark.postgres  # PostgreSQL's planner
 def test_a_start_reads_the_run_by_its_primary_key_whatever_is_queued() -> None:
     """With statistics that know nothing of them (a new table), 300 queued runs made
     PostgreSQL walk an index on status for each start: one row must be read, by its key."""

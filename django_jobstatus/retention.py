@@ -33,7 +33,10 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from django_jobstatus import contrib
 from django_jobstatus.conf import settings
+from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.models import JobLog
 from django_jobstatus.querysets import (
     _chunk_size,
     _chunks,
@@ -192,8 +195,6 @@ def _kept(runs: JobRunQuerySet, candidates: JobRunQuerySet, keep: int) -> list[A
 
 def _count(candidates: JobRunQuerySet, kept: list[Any], result: PurgeResult) -> None:
     """Add to ``result`` what the purge would delete: every candidate except ``kept``."""
-    from django_jobstatus.models import JobLog
-
     db = candidates.db
     counted = (
         candidates.order_by()
@@ -224,8 +225,6 @@ def _count(candidates: JobRunQuerySet, kept: list[Any], result: PurgeResult) -> 
 def _can_raw_delete_runs(model: type[JobRun]) -> bool:
     """True when deleting runs needs nothing but their log lines gone and their children detached."""
     from django.db.models.signals import post_delete, pre_delete
-
-    from django_jobstatus.models import JobLog
 
     if pre_delete.has_listeners(model) or post_delete.has_listeners(model):
         return False
@@ -351,8 +350,6 @@ class _Batches:
             candidates.model
         )
         if self.set_based:
-            from django_jobstatus.models import JobLog
-
             quote = connection.ops.quote_name
             self.tables = (
                 quote(candidates.model._meta.db_table),
@@ -450,8 +447,6 @@ class _Batches:
         self, size: int, after: tuple[datetime, Any] | None
     ) -> tuple[int, tuple[datetime, Any] | None]:
         """Any database: read a batch's ids, delete its log lines in SQL (never loaded), then the runs."""
-        from django_jobstatus.models import JobLog
-
         db = self.db
         # The kept runs are skipped here rather than in SQL: SQLite caps query parameters.
         rows = list(
@@ -555,8 +550,6 @@ def _reap_stale(
     runs: JobRunQuerySet, delta: timedelta, batch_size: int, result: ReapResult
 ) -> None:
     """Mark lost the running runs silent longer than ``delta``, one transaction per batch."""
-    from django_jobstatus.exceptions import InvalidTransition
-
     while True:
         with transaction.atomic(using=runs.db):
             batch = _locked_batch(runs.stale(delta), batch_size)
@@ -581,8 +574,6 @@ def _expire_queued(
     runs: JobRunQuerySet, delta: timedelta, batch_size: int, result: ReapResult
 ) -> None:
     """End the runs queued longer than ``delta`` killed, and tell their task systems."""
-    from django_jobstatus import contrib
-
     while True:
         with transaction.atomic(using=runs.db):
             batch = _locked_batch(runs.stale_queued(delta), batch_size)

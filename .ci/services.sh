@@ -43,7 +43,7 @@ start_redis() {
   command -v redis-server >/dev/null || { echo "services: Redis is not installed (apt-get install redis-server)" >&2; return 1; }
   mkdir -p "$root/redis"
   if ! redis-cli -h 127.0.0.1 -p "$REDISPORT" ping >/dev/null 2>&1; then
-    redis-server --bind 127.0.0.1 --port "$REDISPORT" --daemonize yes --save "" --appendonly no \
+    redis-server --bind 127.0.0.1 --port "$REDISPORT" --daemonize yes --save "" --appendonly no --databases 64 \
       --dir "$root/redis" --logfile "$root/redis/redis.log" >/dev/null
     for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p "$REDISPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   fi

@@ -7,6 +7,8 @@ from django.test import override_settings
 
 from django_jobstatus.conf import DEFAULTS, TYPES, settings
 
+pytestmark = pytest.mark.engine_agnostic
+
 
 def test_every_default_has_a_type_and_matches_it() -> None:
     assert set(TYPES) == set(DEFAULTS)

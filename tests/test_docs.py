@@ -14,6 +14,8 @@ import pytest
 
 from django_jobstatus.conf import DEFAULTS, SETTINGS
 
+pytestmark = pytest.mark.engine_agnostic
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"

@@ -16,6 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 import django_jobstatus
 
+pytestmark = pytest.mark.engine_agnostic
+
 # Module prefix -> the top-level packages its extra brings.
 EXTRAS = {
     "django_jobstatus.api": {"rest_framework", "django_filters", "drf_spectacular"},

@@ -203,6 +203,7 @@ def _translation(entry: Any) -> Any:
     )
 
 
+@pytest.mark.engine_agnostic
 def test_catalogs_hold_every_marked_string(tmp_path: Path) -> None:
     """Fails when ``makemessages`` would add a string to a catalog, or find one stale, untranslated or fuzzy."""
     _gettext_tools()

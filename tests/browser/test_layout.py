@@ -13,7 +13,7 @@ from django.utils import timezone
 from django_jobstatus.models import JobRun, Status
 from tests.browser.conftest import TIMEOUT_MS
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.engine_agnostic]
 
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 # JOBSTATUS_UPDATE_DOCS_IMG=1 make test-sqlite PYTEST_ARGS=tests/browser: renew docs/img/dashboard.png.

@@ -129,6 +129,7 @@ def test_poll_zero_is_not_live(admin_page):
     assert "every 0 s" not in admin_page.inner_text("#jobstatus-dashboard")
 
 
+@pytest.mark.engine_agnostic
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_german_tabs_stay_inside_the_tab_bar(

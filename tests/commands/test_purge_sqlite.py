@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.commands.test_concurrency import ROOT, writers
 
 
@@ -28,6 +30,7 @@ def _run(path: Path, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.engine_agnostic  # its own SQLite file, whatever the suite's database
 def test_purge_of_a_file_database_while_two_processes_write(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     _run(path, "migrate")

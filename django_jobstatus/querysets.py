@@ -452,9 +452,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """Record a run waiting for a worker."""
         return self._create(name, Status.QUEUED, self._queued(fields))
 
-    def build_queued(self, name: str, **fields: Any) -> JobRun:
-        """The run ``enqueue()`` would record, not saved (for a caller that inserts it its own way)."""
-        return self._build(name, Status.QUEUED, self._queued(fields))
+    def queued_values(self, name: str, **fields: Any) -> dict[str, Any]:
+        """The field values of the run ``enqueue()`` would record, checked (for a caller that inserts it its own way)."""
+        return self._checked(name, Status.QUEUED, self._queued(fields))
 
     @staticmethod
     def _queued(fields: dict[str, Any]) -> dict[str, Any]:

@@ -89,6 +89,21 @@ class _Table:
             f"INSERT INTO {self.name} ({self.columns}) "  # noqa: S608 (quoted names; values are parameters)
             f"VALUES ({', '.join(['%s'] * len(self.fields))})"
         )
+        column = self.column
+        others = (
+            f"SELECT 1 FROM {self.name} WHERE {column['source']} = %s "  # noqa: S608 (quoted names; values are parameters)
+            f"AND {column['backend_job_id']} = %s AND {self.pk} <> %s"
+        )
+        self.insert_alone = f"{self.insert} RETURNING EXISTS ({others})"
+        # Defaults that are constants (not callables), converted once.
+        self.constants: dict[str, tuple[Any, Any]] = {
+            field.attname: (
+                field.get_default(),
+                field.get_db_prep_save(field.get_default(), connection),
+            )
+            for field in self.fields
+            if not callable(field.default)
+        }
         # The status compared on the row, not through an index (JobRunQuerySet.still()).
         self.still = f"({quote('status')} || '') = %s"
 
@@ -114,12 +129,13 @@ def table(alias: str) -> _Table:
     return _table(alias, connections[alias].vendor)
 
 
-def insert(alias: str, values: dict[str, Any]) -> JobRun:
-    """INSERT one run with ``values`` (field name or attname → value; the others their defaults); the run.
+def _row(spec: _Table, alias: str, values: dict[str, Any]) -> tuple[JobRun, list[Any]]:
+    """The run ``values`` make (field name or attname → value; the others their defaults), and its INSERT's parameters.
 
     A foreign key given by name takes a model instance (or None), as ``JobRun(...)`` does.
     """
-    spec = table(alias)
+    from django_jobstatus.models import JobRun
+
     connection = connections[alias]
     given: dict[str, Any] = {}
     related: list[tuple[Field[Any, Any], Any]] = []
@@ -135,22 +151,50 @@ def insert(alias: str, values: dict[str, Any]) -> JobRun:
             related.append((field, value))
             value = value.pk
         given[field.attname] = value
-    python = [
-        given[field.attname] if field.attname in given else field.get_default()
-        for field in spec.fields
-    ]
-    params = [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(spec.fields, python, strict=True)
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(spec.insert, params)
-    from django_jobstatus.models import JobRun
-
+    python: list[Any] = []
+    params: list[Any] = []
+    for field in spec.fields:
+        attname = field.attname
+        if attname in given:
+            value = given[attname]
+        elif attname in spec.constants:  # a constant default, converted once
+            value, prepared = spec.constants[attname]
+            python.append(value)
+            params.append(prepared)
+            continue
+        else:
+            value = field.get_default()
+        python.append(value)
+        params.append(field.get_db_prep_save(value, connection))
     run = JobRun.from_db(alias, spec.attnames, python)
     for field, value in related:
         field.set_cached_value(run, value)  # type: ignore[attr-defined]
+    return run, params
+
+
+def insert(alias: str, values: dict[str, Any]) -> JobRun:
+    """INSERT one run with ``values`` (see ``_row()``); the run."""
+    spec = table(alias)
+    run, params = _row(spec, alias, values)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(spec.insert, params)
     return run
+
+
+def insert_alone(alias: str, values: dict[str, Any]) -> tuple[JobRun, bool]:
+    """INSERT one run (see ``_row()``); the run, and whether no other run of its job was recorded before.
+
+    One statement: ``INSERT … RETURNING EXISTS (…)`` for the runs with its ``source``
+    and ``backend_job_id``.
+    """
+    spec = table(alias)
+    run, params = _row(spec, alias, values)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            spec.insert_alone, [*params, run.source, run.backend_job_id, params[0]]
+        )
+        row = cursor.fetchone()
+    return run, not row[0]
 
 
 @functools.lru_cache(maxsize=256)

@@ -18,6 +18,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import FieldDoesNotExist
 from django.db import connections
 from django.db.models.signals import post_save, pre_save
 
@@ -223,11 +224,13 @@ def move(
     """UPDATE run ``pk`` while it is ``status`` at ``attempt``: ``values`` set, ``first`` set where NULL; the rows changed."""
     spec = table(alias)
     connection = connections[alias]
+    params = []
+    for name, value in (*values.items(), *first.items()):
+        field = spec.by_name.get(name)
+        if field is None:
+            raise FieldDoesNotExist(f"JobRun has no field named '{name}'")
+        params.append(field.get_db_prep_save(value, connection))
     sql = _move_sql(alias, spec.vendor, tuple(values), tuple(first))
-    params = [
-        spec.by_name[name].get_db_prep_save(value, connection)
-        for name, value in (*values.items(), *first.items())
-    ]
     params += [spec.by_name["id"].get_db_prep_save(pk, connection), status, attempt]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

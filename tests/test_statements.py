@@ -13,6 +13,7 @@ from unittest import mock
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import FieldDoesNotExist
 from django.db.models.signals import post_save
 from django.db.models.sql import compiler
 
@@ -155,6 +156,14 @@ def test_the_start_returns_the_row_it_wrote() -> None:
         "default", "rq", "t-3", worker="w:3", attempt=1, now=queued.created_at
     )
     assert again is None
+
+
+def test_a_move_names_a_field_the_run_does_not_have() -> None:
+    run = JobRun.objects.start("tests.job")
+    with pytest.raises(FieldDoesNotExist, match="nope"):
+        run.mark_failed(RuntimeError("x"), nope=1)
+    run.refresh_from_db()
+    assert run.status == Status.RUNNING
 
 
 def test_a_move_is_still_conditional() -> None:

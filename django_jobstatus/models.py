@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from django_jobstatus import statements
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.fingerprints import fingerprint
@@ -338,12 +339,31 @@ class JobRun(models.Model):
         # is exactly the status the run left.
         updated = 0
         if previous in sources:
-            updated = (
-                JobRun.objects.using(db)
-                .filter(pk=self.pk)
-                .still(previous, self.attempt)
-                .update(**updates)
-            )
+            if statements.usable(db) and not any(
+                hasattr(value, "resolve_expression") for value in values.values()
+            ):
+                # The same UPDATE from SQL text made once (issue 12: the ORM's compiling
+                # cost more than the statement).
+                first = {
+                    field: stamp
+                    for field, stamp in stamps.items()
+                    if not new_attempt or field != "started_at"
+                }
+                plain = {
+                    field: value
+                    for field, value in updates.items()
+                    if field not in first
+                }
+                updated = statements.move(
+                    db, self.pk, previous, self.attempt, plain, first
+                )
+            else:
+                updated = (
+                    JobRun.objects.using(db)
+                    .filter(pk=self.pk)
+                    .still(previous, self.attempt)
+                    .update(**updates)
+                )
         if not updated:
             raise self._refusal(db, target, sources, previous)
         for field, value in values.items():

@@ -28,7 +28,7 @@ from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, statements
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.states import Status
@@ -422,8 +422,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     # Creating runs.
 
-    def _build(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
-        """The run to record, checked, not saved yet."""
+    @staticmethod
+    def _checked(name: str, status: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The field values of the run to record, checked and storable."""
         check_job_name(name)
         for field in ("params", "data", "result"):
             if field in fields:
@@ -431,21 +432,29 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         now = timezone.now()
         fields.setdefault("created_at", now)
         fields.setdefault("updated_at", now)
-        return self.model(**storable({"job_name": name, "status": status, **fields}))
+        return storable({"job_name": name, "status": status, **fields})
+
+    def _build(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
+        """The run to record, checked, not saved yet."""
+        return self.model(**self._checked(name, status, fields))
 
     def _create(self, name: str, status: str, fields: dict[str, Any]) -> JobRun:
-        run = self._build(name, status, fields)
         self._for_write = True
-        run.save(force_insert=True, using=self.db)
+        alias = self.db
+        if statements.usable(alias) and not statements.observed():
+            # One INSERT from SQL text made once: no model save, no ORM compiler (issue 12).
+            return statements.insert(alias, self._checked(name, status, fields))
+        run = self._build(name, status, fields)
+        run.save(force_insert=True, using=alias)
         return run
 
     def enqueue(self, name: str, **fields: Any) -> JobRun:
         """Record a run waiting for a worker."""
         return self._create(name, Status.QUEUED, self._queued(fields))
 
-    def build_queued(self, name: str, **fields: Any) -> JobRun:
-        """The run ``enqueue()`` would record, not saved (for a caller that inserts it its own way)."""
-        return self._build(name, Status.QUEUED, self._queued(fields))
+    def queued_values(self, name: str, **fields: Any) -> dict[str, Any]:
+        """The field values of the run ``enqueue()`` would record, checked (for a caller that inserts it its own way)."""
+        return self._checked(name, Status.QUEUED, self._queued(fields))
 
     @staticmethod
     def _queued(fields: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from django.db.models import F, Subquery, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from django_jobstatus import batches, contrib
+from django_jobstatus import batches, contrib, statements
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobRun, Status
 from django_jobstatus.tracking import (
@@ -206,17 +206,31 @@ class Execution:
         run first: the row comes back from the UPDATE itself.
         """
         connection = connections[alias]
-        runs = JobRun.objects.using(alias)
-        newest = (
-            runs.filter(source=self.source, backend_job_id=self.backend_job_id)
-            .order_by("-created_at")
-            .values("pk")[:1]
-        )
         now = timezone.now()
         savepoint = (
             transaction.atomic(using=alias)
             if connection.in_atomic_block
             else contextlib.nullcontext()
+        )
+        if statements.usable(alias):
+            # SQL text made once: the ORM's compiling cost more than the statement (issue 12).
+            with savepoint:
+                run = statements.start_queued(
+                    alias,
+                    self.source,
+                    self.backend_job_id,
+                    worker=self.worker,
+                    attempt=self.attempt,
+                    now=now,
+                )
+            if run is not None:
+                run._announce(Status.QUEUED, Status.RUNNING, alias)
+            return run
+        runs = JobRun.objects.using(alias)
+        newest = (
+            runs.filter(source=self.source, backend_job_id=self.backend_job_id)
+            .order_by("-created_at")
+            .values("pk")[:1]
         )
         with savepoint:
             started = (

@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 
-from django_jobstatus import batches, compat, contrib
+from django_jobstatus import batches, compat, contrib, statements
 from django_jobstatus.conf import settings
 from django_jobstatus.contrib._execution import Execution, find_run
 from django_jobstatus.exceptions import JobKilled
@@ -105,7 +105,7 @@ def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
         from django_jobstatus.models import JobRun
 
         alias = settings.DATABASE
-        run = JobRun.objects.db_manager(alias).build_queued(
+        values = JobRun.objects.db_manager(alias).queued_values(
             task_result.task.module_path,
             source=SOURCE,
             backend_job_id=str(task_result.id),
@@ -116,7 +116,7 @@ def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
         # Inside the caller's transaction, a savepoint keeps a failed write from breaking it;
         # outside, the one statement is atomic by itself.
         with transaction.atomic(using=alias) if in_atomic else contextlib.nullcontext():
-            alone = _insert_alone(run, alias)
+            alone = _insert_alone(values, alias)
         if not alone:
             # A worker recorded the task first (it was committed before this signal).
             _merge_twins(str(task_result.id), alias)
@@ -127,39 +127,24 @@ def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
         )
 
 
-def _insert_alone(run: JobRun, alias: str) -> bool:
-    """INSERT ``run``; whether no other run of its task was recorded before.
+def _insert_alone(values: dict[str, Any], alias: str) -> bool:
+    """INSERT the run of ``values``; whether no other run of its task was recorded before.
 
     One statement where the database returns columns from an INSERT (``INSERT …
-    RETURNING id, EXISTS (…)``), else an INSERT and a SELECT.
+    RETURNING EXISTS (…)``, SQL text made once), else an INSERT and a SELECT.
     """
-    from django.db.models.sql import InsertQuery
-
     from django_jobstatus.models import JobRun
 
-    others = (
-        JobRun.objects.using(alias)
+    if statements.usable(alias) and not statements.observed():
+        return statements.insert_alone(alias, values)[1]
+    run = JobRun(**values)
+    run.save(force_insert=True, using=alias)
+    return (
+        not JobRun.objects.using(alias)
         .filter(source=run.source, backend_job_id=run.backend_job_id)
         .exclude(pk=run.pk)
+        .exists()
     )
-    connection = connections[alias]
-    if not connection.features.can_return_columns_from_insert:
-        run.save(force_insert=True, using=alias)
-        return not others.exists()
-    meta = JobRun._meta
-    query = InsertQuery(JobRun)
-    query.insert_values(
-        [field for field in meta.local_concrete_fields if not field.generated], [run]
-    )
-    compiler = query.get_compiler(alias)
-    compiler.returning_fields = [meta.pk]
-    [(sql, params)] = compiler.as_sql()
-    others_sql, others_params = others.values("pk").query.get_compiler(alias).as_sql()
-    with connection.cursor() as cursor:
-        cursor.execute(f"{sql}, EXISTS ({others_sql})", (*params, *others_params))
-        row = cursor.fetchone()
-    run._state.adding, run._state.db = False, alias
-    return not row[1]
 
 
 def _merge_twins(backend_job_id: str, alias: str) -> bool:

@@ -1,0 +1,294 @@
+"""The statements a worker sends for every task — the run queued, started, moved — as SQL text made once.
+
+Building and compiling an ORM query costs more Python than the statement costs the
+database: 1–3 ms a statement, most of the overhead of recording a trivial task (issue 12).
+These write the same rows with the same conditions, from SQL text made once per database
+alias and shape, with each value converted by its field (``get_db_prep_save``) and each
+returned column by the converters the ORM would use. PostgreSQL and SQLite only: on
+another database ``usable()`` is False and the callers take the ORM's way.
+
+A move is the same conditional UPDATE as the ORM's (``still()``: the status compared on
+the row found by primary key, never through an index), so two processes still never
+both win.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import FieldDoesNotExist
+from django.db import connections
+from django.db.models.signals import post_save, pre_save
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from django.db.models import Field
+
+    from django_jobstatus.models import JobRun
+
+VENDORS = frozenset({"postgresql", "sqlite"})
+
+
+def usable(alias: str) -> bool:
+    """Whether runs are written through these statements on database ``alias`` (not on SQLite before 3.35)."""
+    connection = connections[alias]
+    return (
+        connection.vendor in VENDORS
+        # UPDATE … RETURNING: SQLite 3.35+.
+        and connection.features.can_return_columns_from_insert
+    )
+
+
+def observed() -> bool:
+    """Whether a ``pre_save``/``post_save`` receiver listens to JobRun: a new run is then saved through the ORM, so that it sees it."""
+    from django_jobstatus.models import JobRun
+
+    return pre_save.has_listeners(JobRun) or post_save.has_listeners(JobRun)
+
+
+Converter = Callable[[Any, Any, Any], Any]
+
+
+class _Table:
+    """The run table as one database spells it: its columns, and the converters of each."""
+
+    def __init__(self, alias: str, vendor: str) -> None:
+        from django_jobstatus.models import JobRun
+
+        connection = connections[alias]
+        quote = connection.ops.quote_name
+        meta = JobRun._meta
+        self.vendor = vendor
+        self.name = quote(meta.db_table)
+        self.fields: list[Field[Any, Any]] = [
+            field for field in meta.concrete_fields if not field.generated
+        ]
+        self.by_name: dict[str, Field[Any, Any]] = {}
+        for field in self.fields:
+            self.by_name[field.name] = field
+            self.by_name[field.attname] = field
+        self.attnames = [field.attname for field in self.fields]
+        self.column = {field.name: quote(str(field.column)) for field in self.fields}
+        self.pk = self.column[meta.pk.name]
+        self.columns = ", ".join(quote(str(field.column)) for field in self.fields)
+        self.converters: list[tuple[Any, list[Converter]]] = []
+        for field in self.fields:
+            col = field.get_col(meta.db_table)
+            self.converters.append(
+                (
+                    col,
+                    [
+                        *connection.ops.get_db_converters(col),
+                        *col.get_db_converters(connection),
+                    ],
+                )
+            )
+        self.insert = (
+            f"INSERT INTO {self.name} ({self.columns}) "  # noqa: S608 (quoted names; values are parameters)
+            f"VALUES ({', '.join(['%s'] * len(self.fields))})"
+        )
+        column = self.column
+        others = (
+            f"SELECT 1 FROM {self.name} WHERE {column['source']} = %s "  # noqa: S608 (quoted names; values are parameters)
+            f"AND {column['backend_job_id']} = %s AND {self.pk} <> %s"
+        )
+        self.insert_alone = f"{self.insert} RETURNING EXISTS ({others})"
+        # Defaults that are constants (not callables), converted once.
+        self.constants: dict[str, tuple[Any, Any]] = {
+            field.attname: (
+                field.get_default(),
+                field.get_db_prep_save(field.get_default(), connection),
+            )
+            for field in self.fields
+            if not callable(field.default)
+        }
+        # The status compared on the row, not through an index (JobRunQuerySet.still()).
+        self.still = f"({quote('status')} || '') = %s"
+
+    def run(self, alias: str, row: Iterable[Any]) -> JobRun:
+        """The JobRun of a row of all the columns, as a query would load it."""
+        from django_jobstatus.models import JobRun
+
+        connection = connections[alias]
+        values = []
+        for value, (col, converters) in zip(row, self.converters, strict=True):
+            for converter in converters:
+                value = converter(value, col, connection)
+            values.append(value)
+        return JobRun.from_db(alias, self.attnames, values)
+
+
+@functools.lru_cache(maxsize=32)
+def _table(alias: str, vendor: str) -> _Table:
+    return _Table(alias, vendor)
+
+
+def table(alias: str) -> _Table:
+    return _table(alias, connections[alias].vendor)
+
+
+def _row(spec: _Table, alias: str, values: dict[str, Any]) -> tuple[JobRun, list[Any]]:
+    """The run ``values`` make (field name or attname → value; the others their defaults), and its INSERT's parameters.
+
+    A foreign key given by name takes a model instance (or None), as ``JobRun(...)`` does.
+    """
+    from django_jobstatus.models import JobRun
+
+    connection = connections[alias]
+    given: dict[str, Any] = {}
+    related: list[tuple[Field[Any, Any], Any]] = []
+    for name, value in values.items():
+        field = spec.by_name.get(name)
+        if field is None:
+            raise TypeError(f"JobRun() got unexpected keyword arguments: {name!r}")
+        if field.is_relation and name == field.name and value is not None:
+            if value.pk is None:
+                raise ValueError(
+                    f"save() prohibited to prevent data loss due to unsaved related object '{name}'."
+                )
+            related.append((field, value))
+            value = value.pk
+        given[field.attname] = value
+    python: list[Any] = []
+    params: list[Any] = []
+    for field in spec.fields:
+        attname = field.attname
+        if attname in given:
+            value = given[attname]
+        elif attname in spec.constants:  # a constant default, converted once
+            value, prepared = spec.constants[attname]
+            python.append(value)
+            params.append(prepared)
+            continue
+        else:
+            value = field.get_default()
+        python.append(value)
+        params.append(field.get_db_prep_save(value, connection))
+    run = JobRun.from_db(alias, spec.attnames, python)
+    for field, value in related:
+        field.set_cached_value(run, value)  # type: ignore[attr-defined]
+    return run, params
+
+
+def insert(alias: str, values: dict[str, Any]) -> JobRun:
+    """INSERT one run with ``values`` (see ``_row()``); the run."""
+    spec = table(alias)
+    run, params = _row(spec, alias, values)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(spec.insert, params)
+    return run
+
+
+def insert_alone(alias: str, values: dict[str, Any]) -> tuple[JobRun, bool]:
+    """INSERT one run (see ``_row()``); the run, and whether no other run of its job was recorded before.
+
+    One statement: ``INSERT … RETURNING EXISTS (…)`` for the runs with its ``source``
+    and ``backend_job_id``.
+    """
+    spec = table(alias)
+    run, params = _row(spec, alias, values)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            spec.insert_alone, [*params, run.source, run.backend_job_id, params[0]]
+        )
+        row = cursor.fetchone()
+    return run, not row[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _move_sql(
+    alias: str, vendor: str, names: tuple[str, ...], first: tuple[str, ...]
+) -> str:
+    spec = _table(alias, vendor)
+    sets = [f"{spec.column[name]} = %s" for name in names]
+    sets += [
+        f"{spec.column[name]} = COALESCE({spec.column[name]}, %s)" for name in first
+    ]
+    return (
+        f"UPDATE {spec.name} SET {', '.join(sets)} "  # noqa: S608 (quoted names; values are parameters)
+        f"WHERE {spec.pk} = %s AND {spec.still} AND {spec.column['attempt']} = %s"
+    )
+
+
+def move(
+    alias: str,
+    pk: Any,
+    status: str,
+    attempt: int,
+    values: dict[str, Any],
+    first: dict[str, Any],
+) -> int:
+    """UPDATE run ``pk`` while it is ``status`` at ``attempt``: ``values`` set, ``first`` set where NULL; the rows changed."""
+    spec = table(alias)
+    connection = connections[alias]
+    params = []
+    for name, value in (*values.items(), *first.items()):
+        field = spec.by_name.get(name)
+        if field is None:
+            raise FieldDoesNotExist(f"JobRun has no field named '{name}'")
+        params.append(field.get_db_prep_save(value, connection))
+    sql = _move_sql(alias, spec.vendor, tuple(values), tuple(first))
+    params += [spec.by_name["id"].get_db_prep_save(pk, connection), status, attempt]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+@functools.lru_cache(maxsize=32)
+def _start_sql(alias: str, vendor: str) -> str:
+    spec = _table(alias, vendor)
+    column = spec.column
+    greatest = "MAX" if vendor == "sqlite" else "GREATEST"
+    newest = (
+        f"SELECT {spec.pk} FROM {spec.name} "  # noqa: S608 (quoted names; values are parameters)
+        f"WHERE {column['source']} = %s AND {column['backend_job_id']} = %s "
+        f"ORDER BY {column['created_at']} DESC LIMIT 1"
+    )
+    return (
+        f"UPDATE {spec.name} SET {column['status']} = %s, {column['worker']} = %s, "  # noqa: S608 (quoted names; values are parameters)
+        f"{column['error']} = '', {column['traceback']} = '', "
+        f"{column['started_at']} = COALESCE({column['started_at']}, %s), "
+        f"{column['heartbeat_at']} = %s, {column['updated_at']} = %s, "
+        f"{column['attempt']} = {greatest}({column['attempt']}, %s) "
+        f"WHERE {spec.pk} = ({newest}) AND {spec.still} "
+        f"RETURNING {spec.columns}"
+    )
+
+
+def start_queued(
+    alias: str,
+    source: str,
+    backend_job_id: str,
+    *,
+    worker: str,
+    attempt: int,
+    now: datetime,
+) -> JobRun | None:
+    """queued → running for the newest run of the job, in one UPDATE … RETURNING; the run, or None when it is not queued.
+
+    As ``mark_running()``: the attempt starts with no error of an earlier one, and
+    ``started_at`` is set once.
+    """
+    from django_jobstatus.states import Status
+
+    spec = table(alias)
+    connection = connections[alias]
+    stamp = spec.by_name["started_at"].get_db_prep_save(now, connection)
+    params = [
+        Status.RUNNING,
+        spec.by_name["worker"].get_db_prep_save(worker, connection),
+        stamp,
+        stamp,
+        stamp,
+        attempt,
+        source,
+        backend_job_id,
+        Status.QUEUED,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_start_sql(alias, spec.vendor), params)
+        row = cursor.fetchone()
+    return None if row is None else spec.run(alias, row)

@@ -11,8 +11,8 @@ few times while another connection holds the lock) and is sized by time: it grow
 batches finish under ``batch_seconds`` and shrinks when one takes longer, up to
 ``batch_size`` runs. On PostgreSQL a batch is one statement: the runs are picked with
 ``FOR UPDATE SKIP LOCKED`` and deleted, and the database deletes their log lines with them
-(``ON DELETE CASCADE``, migration 0008), counted first. A batch statement still running
-after ``CANCEL_AFTER`` times ``batch_seconds`` is cancelled (``statement_timeout``) and
+(``ON DELETE CASCADE``, migration 0008), counted first. A batch waiting for a lock longer
+than ``CANCEL_AFTER`` times ``batch_seconds`` is rolled back (``lock_timeout``) and
 tried again at half the size; a run alone past it is left for the next purge.
 
 The reaper: runs ``running`` with no heartbeat for the timeout end ``lost``, and with a
@@ -64,13 +64,14 @@ logger = logging.getLogger(__name__)
 FIRST_BATCH = 200
 # SQLite: a batch that finds the database locked after the busy timeout is tried this many times.
 LOCKED_TRIES = 5
-# PostgreSQL: a batch statement still running after this many times ``batch_seconds`` is
-# cancelled (``statement_timeout``), rolled back and tried again at half the size, so that
-# neither a busy machine nor a lock held on one of the batch's rows keeps a transaction
-# (and the writers waiting on its locks) long: 0.4 s at the default 0.1 s.
-CANCEL_AFTER = 4
-# The SQLSTATE of a statement cancelled by statement_timeout.
-QUERY_CANCELED = "57014"
+# PostgreSQL: a batch that waits longer than this many times ``batch_seconds`` for a lock
+# another transaction holds (on one of its runs' log lines, say) is rolled back
+# (``lock_timeout``) and tried again at half the size, so that it never holds its own
+# locks, which writers wait on, while it waits: 0.2 s at the default 0.1 s. Only a wait
+# for a lock counts: a batch slowed by a busy machine is never thrown away.
+CANCEL_AFTER = 2
+# The SQLSTATE of a statement that gave up waiting for a lock (lock_timeout).
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 @dataclasses.dataclass
@@ -338,10 +339,10 @@ def _locked(exc: OperationalError, db: str) -> bool:
 
 
 def _cancelled(exc: OperationalError) -> bool:
-    """True when PostgreSQL cancelled the statement at its ``statement_timeout``."""
+    """True when PostgreSQL gave up waiting for a lock at the ``lock_timeout``."""
     cause = exc.__cause__
     code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    return bool(code == QUERY_CANCELED)
+    return bool(code == LOCK_NOT_AVAILABLE)
 
 
 class _Batches:
@@ -421,7 +422,7 @@ class _Batches:
                     if connections[self.db].vendor == "postgresql":
                         with connections[self.db].cursor() as cursor:
                             cursor.execute(
-                                f"SET LOCAL statement_timeout = {self.timeout_ms:d}"
+                                f"SET LOCAL lock_timeout = {self.timeout_ms:d}"
                             )
                     if self.set_based:
                         return self._delete_set_based(size, after)
@@ -455,8 +456,8 @@ class _Batches:
         )
 
     def _skip(self, after: tuple[datetime, Any] | None) -> tuple[datetime, Any] | None:
-        """Step past the next candidate: alone in its batch, it outlasted the statement
-        timeout (a transaction holds a lock on it or its lines); the next purge takes it."""
+        """Step past the next candidate: alone in its batch, it waited past the lock
+        timeout (a transaction holds a lock on its lines); the next purge takes it."""
         run = (
             self._page(1, after, spare=True, lock=False)
             .values_list("created_at", "pk")
@@ -465,8 +466,8 @@ class _Batches:
         if run is None:
             return None
         logger.warning(
-            "Purge skipped run %s: deleting it alone took more than %d ms (a transaction"
-            " holds a lock on it or on its log lines); the next purge deletes it.",
+            "Purge skipped run %s: deleting it waited more than %d ms for a lock (a"
+            " transaction holds one on its log lines); the next purge deletes it.",
             run[1],
             self.timeout_ms,
         )

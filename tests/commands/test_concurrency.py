@@ -300,7 +300,7 @@ def test_a_batch_held_up_by_a_lock_is_cancelled_and_the_locked_run_left_for_late
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Another transaction holds a lock on one log line of the oldest run: deleting it
-    # waits. The batch statement is cancelled at its timeout (4 x batch_seconds), tried
+    # waits. The batch gives up at its lock timeout (2 x batch_seconds), is tried
     # again at half the size until that run is alone, then the run is stepped over:
     # no transaction waits on the lock for long, and the other runs go.
     blocked = _old_run("tests.blocked", lines=2)

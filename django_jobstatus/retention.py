@@ -416,11 +416,16 @@ class _Batches:
     def _batch_with_retries(
         self, size: int, after: tuple[datetime, Any] | None
     ) -> tuple[int, tuple[datetime, Any] | None]:
+        connection = connections[self.db]
         for attempt in range(1, LOCKED_TRIES + 1):
             try:
+                # Not inside a caller's transaction: SET LOCAL would outlive the batch.
+                bound = connection.vendor == "postgresql" and not (
+                    connection.in_atomic_block
+                )
                 with _write_transaction(self.db):
-                    if connections[self.db].vendor == "postgresql":
-                        with connections[self.db].cursor() as cursor:
+                    if bound:
+                        with connection.cursor() as cursor:
                             cursor.execute(
                                 f"SET LOCAL lock_timeout = {self.timeout_ms:d}"
                             )

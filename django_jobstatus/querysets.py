@@ -584,8 +584,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         newest ``keep_last`` runs of every job name (default ``KEEP_LAST``, counted over
         all its runs) stay whatever their age. Each batch is one short transaction that
         takes the write lock up front, sized to last about ``batch_seconds`` and holding
-        at most ``batch_size`` runs: log lines are deleted in SQL, never loaded, with their
-        runs. ``progress(result)`` is called after each batch. ``dry_run`` deletes nothing
+        at most ``batch_size`` runs (on PostgreSQL, a batch waiting for a lock longer than
+        twice ``batch_seconds`` is rolled back and tried again at half the size): log lines are
+        deleted in SQL, never loaded, with their runs. ``progress(result)`` is called after each batch. ``dry_run`` deletes nothing
         and returns the same counts per job name and status (pass the same ``now``, the
         time the retention counts back from, to both calls for exactly the same runs).
         The engine lives in ``django_jobstatus.retention``.

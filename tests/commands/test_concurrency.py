@@ -218,3 +218,120 @@ def test_two_purges_at_once_share_the_work_and_count_each_run_once() -> None:
     assert sum(result.logs for result in results) == 8000
     assert not JobRun.objects.exists()
     assert not JobLog.objects.exists()
+
+
+@contextlib.contextmanager
+def _other_connection() -> Iterator[Any]:
+    """A second connection to the test database, outside Django: another process's writer."""
+    params = connection.get_connection_params() | {"autocommit": False}
+    other = connection.Database.connect(**params)  # type: ignore[attr-defined]
+    try:
+        yield other
+    finally:
+        other.close()
+
+
+def _old_run(job: str, lines: int) -> JobRun:
+    run = JobRun.objects.create(
+        job_name=job,
+        status=Status.SUCCEEDED,
+        created_at=timezone.now() - timedelta(days=100),
+    )
+    for n in range(lines):
+        run.log(20, "line %d", n)
+    return run
+
+
+def _orphans() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM {JobLog._meta.db_table} l LEFT JOIN {JobRun._meta.db_table} r ON r.id = l.run_id WHERE r.id IS NULL"  # noqa: S608
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _insert_line(other: Any, run: JobRun) -> None:
+    other.execute(
+        f"INSERT INTO {JobLog._meta.db_table} (run_id, created_at, level, message, extra)"  # noqa: S608
+        " VALUES (%s, now(), 20, 'late line', '{}')",
+        [run.pk],
+    )
+
+
+def test_a_line_written_while_its_run_is_purged_is_refused_not_orphaned() -> None:
+    # The writer's transaction inserted a line before the purge locked the run, and
+    # commits after the purge deleted it: its foreign key check (deferred to commit)
+    # finds the run gone and refuses the line.
+    doomed = _old_run("tests.doomed", lines=2)
+    with _other_connection() as other:
+        _insert_line(other, doomed)
+
+        result = JobRun.objects.purge(days=0, keep_last=0)
+
+        assert (result.runs, result.logs) == (1, 2)  # the late line was not committed
+        with pytest.raises(connection.Database.IntegrityError):  # type: ignore[attr-defined]
+            other.commit()
+    assert not JobRun.objects.filter(pk=doomed.pk).exists()
+    assert _orphans() == 0
+
+
+def test_a_run_whose_line_is_being_checked_is_skipped_and_purged_later() -> None:
+    # The writer's line already passed its foreign key check (which locks the run
+    # against deletion until the writer commits): the purge skips that run, the next
+    # purge deletes it with every line, the writer's included.
+    doomed, other_run = _old_run("tests.doomed", lines=2), _old_run("tests.other", 1)
+    with _other_connection() as other:
+        other.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        _insert_line(other, doomed)
+
+        first = JobRun.objects.purge(days=0, keep_last=0)
+
+        other.commit()
+    assert (first.runs, first.logs) == (1, 1)
+    assert list(JobRun.objects.values_list("pk", flat=True)) == [doomed.pk]
+    assert JobLog.objects.filter(run=doomed).count() == 3
+    second = JobRun.objects.purge(days=0, keep_last=0)
+    assert (second.runs, second.logs) == (1, 3)
+    assert not JobRun.objects.filter(pk__in=[doomed.pk, other_run.pk]).exists()
+    assert _orphans() == 0
+
+
+def test_a_batch_held_up_by_a_lock_is_cancelled_and_the_locked_run_left_for_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Another transaction holds a lock on one log line of the oldest run: deleting it
+    # waits. The batch gives up at its lock timeout (2 x batch_seconds), is tried
+    # again at half the size until that run is alone, then the run is stepped over:
+    # no transaction waits on the lock for long, and the other runs go.
+    blocked = _old_run("tests.blocked", lines=2)
+    JobRun.objects.filter(pk=blocked.pk).update(
+        created_at=timezone.now() - timedelta(days=200)
+    )
+    others = [_old_run("tests.other", lines=1) for _ in range(5)]
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    with _other_connection() as other:
+        other.execute(
+            f"SELECT id FROM {JobLog._meta.db_table} WHERE run_id = %s FOR UPDATE",  # noqa: S608
+            [blocked.pk],
+        )
+
+        def purge() -> None:
+            results.append(
+                JobRun.objects.purge(days=0, keep_last=0, batch_seconds=0.05)
+            )
+
+        thread = _in_thread(purge, threading.Barrier(1), errors)
+        thread.join(timeout=30)
+        finished_under_the_lock = not thread.is_alive()
+        other.rollback()
+        thread.join(timeout=30)
+
+    assert finished_under_the_lock
+    assert not errors
+    assert (results[0].runs, results[0].logs) == (5, 5)
+    assert not JobRun.objects.filter(pk__in=[run.pk for run in others]).exists()
+    assert JobLog.objects.filter(run=blocked).count() == 2
+    assert f"Purge skipped run {blocked.pk}" in caplog.text
+    later = JobRun.objects.purge(days=0, keep_last=0)
+    assert (later.runs, later.logs) == (1, 2)

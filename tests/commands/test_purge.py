@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -347,6 +348,27 @@ def test_each_batch_starts_its_index_scan_where_the_last_one_ended(
     assert len(deletes) == 4  # the last finds nothing
     column = f'"{JobRun._meta.db_table}"."created_at"'
     assert all(f"{column} >= " in sql for sql in deletes[1:])
+
+
+@pytest.mark.postgres
+def test_the_keyset_reaches_the_planner_as_a_subquery_not_a_constant(
+    aged: Any,
+) -> None:
+    # A constant below the lowest bound of created_at's statistics (where the keyset is
+    # after an autoanalyze mid-purge) makes PostgreSQL's planner read the index's actual
+    # lowest entry, walking past every entry the earlier batches deleted: tens of ms of
+    # planning a batch. A one-row subquery is a parameter it does not estimate.
+    for n in range(4):
+        aged("tests.job", days=100 + n)
+    with CaptureQueriesContext(connection) as queries:
+        JobRun.objects.purge(batch_size=2, keep_last=0)
+    deletes = [q["sql"] for q in queries if "DELETE FROM" in q["sql"]]
+    column = f'"{JobRun._meta.db_table}"."created_at"'
+    assert len(deletes) == 3
+    for sql in deletes[1:]:
+        assert re.search(rf"{re.escape(column)} >= \(+SELECT ", sql)
+        assert re.search(rf"{re.escape(column)} > \(+SELECT ", sql)
+        assert not re.search(rf"{re.escape(column)} >=? '", sql)  # no constant
 
 
 def test_deleting_a_parent_keeps_its_children(aged: Any) -> None:

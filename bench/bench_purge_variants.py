@@ -1,0 +1,143 @@
+"""Server CPU of one purge batch, three ways, on the database bench_purge.py seeded.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:54329/jobstatus .venv/bin/python bench/bench_purge_variants.py
+    ... --database jobstatus_bench --batch 2000 --rounds 10
+
+Copies ``--database``_seed (kept by ``bench_purge.py``) into ``--database``_variants, then
+deletes batches of the oldest runs with their lines, the variants taking turns (round
+after round, each batch the next oldest runs, committed): as ``purge()`` does (the runs
+picked and deleted in one statement, the database's ``ON DELETE CASCADE`` and ``SET
+NULL`` firing once per run); the lines deleted as one set first (``run_id = ANY``), the
+triggers still firing and finding nothing; and the same with no trigger at all
+(``session_replication_role = replica``, superuser only: the floor a purge without
+foreign keys would reach), the children detached by one ``UPDATE``. Prints the database
+backend's CPU per batch (read from ``/proc``: the server must run on this machine) and
+the median elapsed time. Each round takes the variants in another order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import psycopg
+
+RUNS, LOGS = "django_jobstatus_jobrun", "django_jobstatus_joblog"
+PICK = (
+    f"SELECT id FROM {RUNS} WHERE created_at < now() - interval '30 days'"  # noqa: S608
+    " AND created_at >= %(after)s ORDER BY created_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED"
+)
+CASCADE = f"""
+    WITH picked (id) AS MATERIALIZED ({PICK}),
+    lines AS (
+        SELECT run_id, count(*) AS n FROM {LOGS}
+        WHERE run_id = ANY(ARRAY(SELECT picked.id FROM picked)) GROUP BY run_id
+    ), gone AS (
+        DELETE FROM {RUNS} WHERE id = ANY(ARRAY(SELECT picked.id FROM picked)) RETURNING id
+    )
+    SELECT gone.id, coalesce(lines.n, 0) FROM gone LEFT JOIN lines ON lines.run_id = gone.id
+"""  # noqa: S608
+SET_BASED = f"""
+    WITH picked (id) AS MATERIALIZED ({PICK}),
+    lines AS (
+        DELETE FROM {LOGS} WHERE run_id = ANY(ARRAY(SELECT picked.id FROM picked))
+        RETURNING run_id
+    ), gone AS (
+        DELETE FROM {RUNS} WHERE id = ANY(ARRAY(SELECT picked.id FROM picked)) RETURNING id
+    )
+    SELECT gone.id, coalesce(n.n, 0) FROM gone LEFT JOIN (
+        SELECT run_id, count(*) AS n FROM lines GROUP BY run_id
+    ) AS n ON n.run_id = gone.id
+"""  # noqa: S608
+
+
+def cascade(cursor: Any, params: dict[str, Any]) -> list[Any]:
+    cursor.execute(CASCADE, params)
+    return cursor.fetchall()
+
+
+def set_based(cursor: Any, params: dict[str, Any]) -> list[Any]:
+    cursor.execute(SET_BASED, params)
+    return cursor.fetchall()
+
+
+def no_triggers(cursor: Any, params: dict[str, Any]) -> list[Any]:
+    cursor.execute("SET LOCAL session_replication_role = replica")
+    rows = set_based(cursor, params)
+    cursor.execute(
+        f"UPDATE {RUNS} SET parent_id = NULL WHERE parent_id = ANY(%s)",  # noqa: S608
+        [[row[0] for row in rows]],
+    )
+    return rows
+
+
+VARIANTS = {
+    "cascade (purge() today)": cascade,
+    "lines as a set, triggers": set_based,
+    "lines as a set, no trigger": no_triggers,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--database", default="jobstatus_bench")
+    parser.add_argument("--batch", type=int, default=2000, help="runs a batch")
+    parser.add_argument("--rounds", type=int, default=10)
+    options = parser.parse_args()
+    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:54329/postgres")
+    scratch = f"{options.database}_variants"
+    with psycopg.connect(url, dbname="postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{scratch}"')
+        admin.execute(f'CREATE DATABASE "{scratch}" TEMPLATE "{options.database}_seed"')
+    try:
+        run(url, scratch, options)
+    finally:
+        with psycopg.connect(url, dbname="postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{scratch}"')
+
+
+def run(url: str, scratch: str, options: argparse.Namespace) -> None:
+    conn = psycopg.connect(url, dbname=scratch, cursor_factory=psycopg.ClientCursor)
+    stat = f"/proc/{conn.info.backend_pid}/stat"
+
+    def cpu() -> float:
+        with open(stat) as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    spent = dict.fromkeys(VARIANTS, 0.0)
+    took: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    rows = dict.fromkeys(VARIANTS, 0)
+    after = "-infinity"
+    with conn:
+        names = list(VARIANTS)
+        for turn in range(options.rounds):
+            # Each round in another order: no variant always follows the same one.
+            for name in names[turn % 3 :] + names[: turn % 3]:
+                variant = VARIANTS[name]
+                began, cpu_began = time.perf_counter(), cpu()
+                with conn.transaction(), conn.cursor() as cursor:
+                    done = variant(cursor, {"after": after, "n": options.batch})
+                took[name].append(time.perf_counter() - began)
+                spent[name] += cpu() - cpu_began
+                rows[name] += len(done) + sum(lines for _, lines in done)
+                with conn.cursor() as cursor:
+                    cursor.execute(f"SELECT min(created_at)::text FROM {RUNS}")  # noqa: S608
+                    after = cursor.fetchone()[0]
+    print(f"{options.rounds} batches of {options.batch:,} runs each (with their lines)")
+    print(f"{'':28}{'CPU ms/batch':>14}{'rows/CPU s':>12}{'median ms':>11}")
+    for name in VARIANTS:
+        print(
+            f"{name:28}{spent[name] / options.rounds * 1000:>14.0f}"
+            f"{rows[name] / max(spent[name], 1e-9):>12,.0f}"
+            f"{statistics.median(took[name]) * 1000:>11.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,9 @@ KNOWN_SOURCES = (
 )
 # The newest runs whose other sources the source filter offers too (one index range, no scan).
 SOURCE_SAMPLE = 1000
+# At most this many sampled values are offered (the newest ones): a fleet of workers would
+# otherwise list hundreds of links, each a query string to build on every changelist.
+SAMPLED_CHOICES = 20
 
 
 class CheckedFilter(admin.SimpleListFilter):
@@ -217,19 +220,24 @@ class LevelFilter(CheckedFilter):
 
 
 class _SampledFilter(CheckedFilter):
-    """An exact filter on one field; its choices are the values of the newest SOURCE_SAMPLE runs (one index range, no scan), plus ``known``."""
+    """An exact filter on one field; its choices are up to SAMPLED_CHOICES values of the newest
+    SOURCE_SAMPLE runs (one index range, no scan), plus ``known`` and the value chosen.
+    """
 
     field = ""
     known: tuple[str, ...] = ()
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        seen = set(
+        # Newest first, each value once, the first SAMPLED_CHOICES of them.
+        seen = dict.fromkeys(
             model_admin.model.objects.order_by("-created_at").values_list(
                 self.field, flat=True
             )[:SOURCE_SAMPLE]
         )
+        seen.pop("", None)
+        newest = list(seen)[:SAMPLED_CHOICES]
         value = self.value()
-        values = sorted({*self.known, *seen, *([value] if value else [])} - {""})
+        values = sorted({*self.known, *newest, *([value] if value else [])} - {""})
         return [(item, item) for item in values]
 
     def apply(self, queryset: Any, value: str) -> Any:

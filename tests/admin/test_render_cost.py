@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.contrib import admin
 from django.contrib.admin.templatetags.admin_list import result_list
 
@@ -116,3 +118,32 @@ def test_status_label_is_djangos_in_each_language(make_run):
         assert run.get_status_display() == "Fehlgeschlagen"
     run.status = "unheard-of"
     assert run.get_status_display() == "unheard-of"
+
+
+def test_search_by_a_job_name_also_finds_that_word_as_an_id_or_subject(
+    admin_client, make_run
+):
+    ledger = make_run("billing.sync_ledger")
+    other = make_run("mail.send", subject="sync_ledg")
+    make_run("mail.send")
+    response = admin_client.get(RUNS + "?q=sync_ledg")
+    assert {run.pk for run in response.context["cl"].result_list} == {
+        ledger.pk,
+        other.pk,
+    }
+    response = admin_client.get(RUNS + "?q=billing.sync_ledger")
+    assert [run.pk for run in response.context["cl"].result_list] == [ledger.pk]
+
+
+def test_names_and_samples_are_read_once_per_request(
+    admin_client, make_run, django_assert_max_num_queries
+):
+    for i in range(5):
+        make_run(f"billing.job{i}", worker=f"w{i}", queue="q", source="celery")
+    admin_client.get(RUNS + "?q=billing.job1")
+    with django_assert_max_num_queries(10) as captured:
+        response = admin_client.get(RUNS + "?q=billing.job1")
+    assert len(response.context["cl"].result_list) == 1
+    sql = [query["sql"] for query in captured.captured_queries]
+    assert sum("WITH RECURSIVE" in text for text in sql) == 1
+    assert sum(bool(re.search(r"LIMIT 1000\b", text)) for text in sql) == 1

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
+from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
@@ -22,6 +25,28 @@ if TYPE_CHECKING:
 
 MEDIA_CSS = {"all": ["django_jobstatus/css/jobstatus.css"]}
 MEDIA_JS = ["django_jobstatus/js/jobstatus.js"]
+# Stands for a primary key in a URL reversed once, then filled in per row.
+PK_PLACEHOLDER = "0jobstatus0pk0"
+
+
+@functools.lru_cache(maxsize=64)
+def _url_with_placeholder(name: str, prefix: str, urlconf: Any) -> str:
+    return reverse(name, urlconf=urlconf, args=[PK_PLACEHOLDER])
+
+
+def run_url(pk: Any) -> str:
+    """A run's admin page: ``reverse()`` once per script prefix and URLconf, not once per row."""
+    template = _url_with_placeholder(
+        "admin:django_jobstatus_jobrun_change",
+        get_script_prefix(),
+        get_urlconf() or settings.ROOT_URLCONF,
+    )
+    return template.replace(PK_PLACEHOLDER, str(pk))
+
+
+def shorten(text: str, length: int) -> str:
+    """``text`` cut to ``length`` characters, the last one "…" when cut (``truncatechars``, cheaper)."""
+    return text if len(text) <= length else text[: length - 1] + "…"
 
 
 def format_duration(delta: timedelta | None) -> str:

@@ -32,8 +32,7 @@ from django.urls import NoReverseMatch
 from django.utils.html import conditional_escape, escape
 from django.utils.safestring import SafeString
 
-# Stands for a row's primary key in the change URL reversed once per page.
-_PK = "0jobstatus0pk0"
+from django_jobstatus.admin.display import PK_PLACEHOLDER
 
 Cell = Callable[[Any], str]
 
@@ -124,7 +123,7 @@ def fast_result_list(cl: Any) -> dict[str, Any]:
     )
     rows = []
     for row in cl.result_list:
-        href = url.replace(_PK, escape(quote(getattr(row, cl.pk_attname))))
+        href = url.replace(PK_PLACEHOLDER, escape(quote(getattr(row, cl.pk_attname))))
         cells = []
         for start, cell, end, is_link in columns:
             content = cell(row)
@@ -146,4 +145,4 @@ class _Placeholder:
     """A stand-in row whose primary key is the placeholder (``url_for_result`` reads only that)."""
 
     def __init__(self, attname: str) -> None:
-        setattr(self, attname, _PK)
+        setattr(self, attname, PK_PLACEHOLDER)

@@ -11,7 +11,6 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
-from django.template.defaultfilters import truncatechars
 from django.urls import path, reverse
 from django.utils.formats import number_format
 from django.utils.html import format_html, format_html_join
@@ -38,6 +37,7 @@ from django_jobstatus.admin.display import (
     moment,
     pretty_json,
     progress_bar,
+    shorten,
     status_badge,
 )
 from django_jobstatus.admin.filters import (
@@ -271,9 +271,9 @@ class JobRunAdmin(
         if run.status == Status.FAILED and run.error:
             return format_html(
                 '<span class="jobstatus-error-line">{}</span>',
-                truncatechars(error_line(run.error), 80),
+                shorten(error_line(run.error), 80),
             )
-        return truncatechars(run.message, 80)
+        return shorten(run.message, 80)
 
     @admin.display(description=gettext_lazy("has errors"))
     def has_errors_display(self, run: JobRun) -> SafeString | str:

@@ -147,3 +147,33 @@ def test_names_and_samples_are_read_once_per_request(
     sql = [query["sql"] for query in captured.captured_queries]
     assert sum("WITH RECURSIVE" in text for text in sql) == 1
     assert sum(bool(re.search(r"LIMIT 1000\b", text)) for text in sql) == 1
+
+
+def test_run_url_is_reverse_under_any_script_prefix(make_run):
+    from django.urls import reverse, set_script_prefix
+
+    from django_jobstatus.admin.display import run_url
+
+    run = make_run()
+    assert run_url(run.pk) == reverse(
+        "admin:django_jobstatus_jobrun_change", args=[run.pk]
+    )
+    try:
+        set_script_prefix("/mounted/")
+        assert (
+            run_url(run.pk)
+            == f"/mounted/admin/django_jobstatus/jobrun/{run.pk}/change/"
+        )
+    finally:
+        set_script_prefix("/")
+    assert run_url(run.pk).startswith("/admin/")
+
+
+def test_shorten_is_truncatechars():
+    from django.template.defaultfilters import truncatechars
+
+    from django_jobstatus.admin.display import shorten
+
+    for text in ("", "short", "x" * 80, "y" * 81, "a <b> & c " * 30):
+        for length in (1, 10, 80, 200):
+            assert shorten(text, length) == truncatechars(text, length)

@@ -29,19 +29,27 @@ MEDIA_JS = ["django_jobstatus/js/jobstatus.js"]
 PK_PLACEHOLDER = "0jobstatus0pk0"
 
 
-@functools.lru_cache(maxsize=64)
-def _url_with_placeholder(name: str, prefix: str, urlconf: Any) -> str:
-    return reverse(name, urlconf=urlconf, args=[PK_PLACEHOLDER])
+@functools.lru_cache(maxsize=256)
+def _reversed(name: str, prefix: str, urlconf: Any, *, placeholder: bool) -> str:
+    return reverse(name, urlconf=urlconf, args=[PK_PLACEHOLDER] if placeholder else [])
+
+
+def admin_url(name: str, pk: Any = None) -> str:
+    """``reverse(name)`` (with ``pk`` as its one argument, if given), reversed once per
+    script prefix and URLconf rather than once per row or link.
+    """
+    url = _reversed(
+        name,
+        get_script_prefix(),
+        get_urlconf() or settings.ROOT_URLCONF,
+        placeholder=pk is not None,
+    )
+    return url if pk is None else url.replace(PK_PLACEHOLDER, str(pk))
 
 
 def run_url(pk: Any) -> str:
-    """A run's admin page: ``reverse()`` once per script prefix and URLconf, not once per row."""
-    template = _url_with_placeholder(
-        "admin:django_jobstatus_jobrun_change",
-        get_script_prefix(),
-        get_urlconf() or settings.ROOT_URLCONF,
-    )
-    return template.replace(PK_PLACEHOLDER, str(pk))
+    """A run's admin page."""
+    return admin_url("admin:django_jobstatus_jobrun_change", pk)
 
 
 def shorten(text: str, length: int) -> str:

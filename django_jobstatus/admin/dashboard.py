@@ -36,7 +36,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from django_jobstatus import conf, rollups
-from django_jobstatus.admin.display import format_duration
+from django_jobstatus.admin.display import admin_url, format_duration, run_url
 from django_jobstatus.admin.failures import changelist_url as group_url
 from django_jobstatus.admin.monitors import health_panel
 from django_jobstatus.admin.windows import DASHBOARD_WINDOWS, WINDOWS, chosen
@@ -89,7 +89,7 @@ def _poll(request: HttpRequest) -> int:
 
 
 def _changelist(**params: str) -> str:
-    url = reverse("admin:django_jobstatus_jobrun_changelist")
+    url = admin_url("admin:django_jobstatus_jobrun_changelist")
     return f"{url}?{urlencode(params)}" if params else url
 
 
@@ -109,7 +109,7 @@ def active_json(run: JobRun) -> dict[str, Any]:
         "message": run.message[:200],
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "duration": format_duration(run.duration),
-        "url": reverse("admin:django_jobstatus_jobrun_change", args=[run.pk]),
+        "url": run_url(run.pk),
     }
 
 
@@ -237,6 +237,7 @@ def job_table(found: rollups.Figures, window: str) -> list[dict[str, Any]]:
                 "p50": _seconds(figures.percentile(0.5)),
                 "p95": _seconds(figures.percentile(0.95)),
                 "latest": latest.get(name),
+                "latest_url": run_url(latest[name].pk) if name in latest else None,
                 "url": _changelist(job_name=name, created=window),
                 "failed_url": _changelist(
                     job_name=name, created=window, status=Status.FAILED

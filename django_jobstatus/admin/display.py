@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
+from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
@@ -22,6 +25,36 @@ if TYPE_CHECKING:
 
 MEDIA_CSS = {"all": ["django_jobstatus/css/jobstatus.css"]}
 MEDIA_JS = ["django_jobstatus/js/jobstatus.js"]
+# Stands for a primary key in a URL reversed once, then filled in per row.
+PK_PLACEHOLDER = "0jobstatus0pk0"
+
+
+@functools.lru_cache(maxsize=256)
+def _reversed(name: str, prefix: str, urlconf: Any, *, placeholder: bool) -> str:
+    return reverse(name, urlconf=urlconf, args=[PK_PLACEHOLDER] if placeholder else [])
+
+
+def admin_url(name: str, pk: Any = None) -> str:
+    """``reverse(name)`` (with ``pk`` as its one argument, if given), reversed once per
+    script prefix and URLconf rather than once per row or link.
+    """
+    url = _reversed(
+        name,
+        get_script_prefix(),
+        get_urlconf() or settings.ROOT_URLCONF,
+        placeholder=pk is not None,
+    )
+    return url if pk is None else url.replace(PK_PLACEHOLDER, str(pk))
+
+
+def run_url(pk: Any) -> str:
+    """A run's admin page."""
+    return admin_url("admin:django_jobstatus_jobrun_change", pk)
+
+
+def shorten(text: str, length: int) -> str:
+    """``text`` cut to ``length`` characters, the last one "…" when cut (``truncatechars``, cheaper)."""
+    return text if len(text) <= length else text[: length - 1] + "…"
 
 
 def format_duration(delta: timedelta | None) -> str:

@@ -21,6 +21,7 @@ from django.utils.translation import ngettext
 
 from django_jobstatus import contrib
 from django_jobstatus.admin import actions
+from django_jobstatus.admin.display import admin_url
 from django_jobstatus.admin.windows import WINDOWS, chosen
 from django_jobstatus.fingerprints import error_class
 from django_jobstatus.models import JobRun
@@ -75,7 +76,7 @@ def group_runs(job_name: str, fingerprint: str, window: str) -> JobRunQuerySet:
 
 
 def changelist_url(job_name: str, fingerprint: str) -> str:
-    url = reverse("admin:django_jobstatus_jobrun_changelist")
+    url = admin_url("admin:django_jobstatus_jobrun_changelist")
     return f"{url}?{urlencode({'job_name': job_name, FINGERPRINT_PARAM: fingerprint})}"
 
 

@@ -33,6 +33,11 @@ KNOWN_SOURCES = (
 )
 # The newest runs whose other sources the source filter offers too (one index range, no scan).
 SOURCE_SAMPLE = 1000
+# At most this many sampled values are offered (the newest ones): a fleet of workers would
+# otherwise list hundreds of links, each a query string to build on every changelist.
+SAMPLED_CHOICES = 20
+# The columns the sampled filters offer values of (one query reads them all).
+SAMPLED_FIELDS = ("source", "worker", "queue")
 
 
 class CheckedFilter(admin.SimpleListFilter):
@@ -123,12 +128,35 @@ def distinct_job_names(
         return [row[0] for row in cursor.fetchall()]
 
 
+def _memo(request: HttpRequest, key: tuple[Any, ...], read: Any) -> Any:
+    """``read()``, once per request and key (the filters and the search ask for the same rows)."""
+    memo: dict[tuple[Any, ...], Any] = request.__dict__.setdefault(
+        "_jobstatus_memo", {}
+    )
+    if key not in memo:
+        memo[key] = read()
+    return memo[key]
+
+
+def request_job_names(request: HttpRequest, model: Any, using: str) -> list[str]:
+    """Up to JOB_NAME_CHOICES + 1 distinct job names (one more tells that the list is cut), read once per request."""
+    return list(
+        _memo(
+            request,
+            ("job_names", model._meta.label, using),
+            lambda: distinct_job_names(model, using, JOB_NAME_CHOICES + 1),
+        )
+    )
+
+
 class JobNameFilter(CheckedFilter):
     title = _("job name")
     parameter_name = "job_name"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        names = distinct_job_names(model_admin.model, model_admin.model.objects.db)
+        names = request_job_names(
+            request, model_admin.model, model_admin.model.objects.db
+        )[:JOB_NAME_CHOICES]
         value = self.value()
         if value and value not in names:
             names.append(value)
@@ -217,19 +245,32 @@ class LevelFilter(CheckedFilter):
 
 
 class _SampledFilter(CheckedFilter):
-    """An exact filter on one field; its choices are the values of the newest SOURCE_SAMPLE runs (one index range, no scan), plus ``known``."""
+    """An exact filter on one field; its choices are up to SAMPLED_CHOICES values of the newest
+    SOURCE_SAMPLE runs (one index range, no scan), plus ``known`` and the value chosen.
+    """
 
     field = ""
     known: tuple[str, ...] = ()
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        seen = set(
-            model_admin.model.objects.order_by("-created_at").values_list(
-                self.field, flat=True
-            )[:SOURCE_SAMPLE]
+        # The sampled columns of the newest runs, read once for every sampled filter.
+        model = model_admin.model
+        rows = _memo(
+            request,
+            ("sampled", model._meta.label),
+            lambda: list(
+                model.objects.order_by("-created_at").values_list(*SAMPLED_FIELDS)[
+                    :SOURCE_SAMPLE
+                ]
+            ),
         )
+        column = SAMPLED_FIELDS.index(self.field)
+        # Newest first, each value once, the first SAMPLED_CHOICES of them.
+        seen = dict.fromkeys(row[column] for row in rows)
+        seen.pop("", None)
+        newest = list(seen)[:SAMPLED_CHOICES]
         value = self.value()
-        values = sorted({*self.known, *seen, *([value] if value else [])} - {""})
+        values = sorted({*self.known, *newest, *([value] if value else [])} - {""})
         return [(item, item) for item in values]
 
     def apply(self, queryset: Any, value: str) -> Any:

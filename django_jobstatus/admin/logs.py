@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.contrib import admin
-from django.template.defaultfilters import truncatechars
-from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy
 
@@ -16,6 +14,8 @@ from django_jobstatus.admin.display import (
     level_badge,
     moment,
     pretty_json,
+    run_url,
+    shorten,
 )
 from django_jobstatus.admin.filters import CreatedWithinFilter, LevelFilter
 from django_jobstatus.admin.guard import GuardedAdmin
@@ -77,7 +77,7 @@ class JobLogAdmin(BigTableAdmin, GuardedAdmin, admin.ModelAdmin):  # type: ignor
 
     @admin.display(description=gettext_lazy("message"))
     def message_display(self, log: JobLog) -> str:
-        return truncatechars(log.message, 200)
+        return shorten(log.message, 200)
 
     @admin.display(description=gettext_lazy("extra"))
     def extra_display(self, log: JobLog) -> SafeString:
@@ -85,10 +85,9 @@ class JobLogAdmin(BigTableAdmin, GuardedAdmin, admin.ModelAdmin):  # type: ignor
 
     @admin.display(description=gettext_lazy("run"))
     def run_link(self, log: JobLog) -> SafeString:
-        url = reverse("admin:django_jobstatus_jobrun_change", args=[log.run_id])
         return format_html(
             '<a href="{}">{}</a> <span class="jobstatus-badge jobstatus-{}">{}</span>',
-            url,
+            run_url(log.run_id),
             log.run.job_name,
             log.run.status,
             log.run.get_status_display(),

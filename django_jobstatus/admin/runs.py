@@ -11,7 +11,6 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
-from django.template.defaultfilters import truncatechars
 from django.urls import path, reverse
 from django.utils.formats import number_format
 from django.utils.html import format_html, format_html_join
@@ -38,6 +37,7 @@ from django_jobstatus.admin.display import (
     moment,
     pretty_json,
     progress_bar,
+    shorten,
     status_badge,
 )
 from django_jobstatus.admin.filters import (
@@ -52,8 +52,8 @@ from django_jobstatus.admin.filters import (
     SourceFilter,
     StatusFilter,
     WorkerFilter,
-    distinct_job_names,
     level_number,
+    request_job_names,
 )
 from django_jobstatus.admin.guard import GuardedAdmin
 from django_jobstatus.admin.monitors import MonitorColumn, MonitorFilter
@@ -271,9 +271,9 @@ class JobRunAdmin(
         if run.status == Status.FAILED and run.error:
             return format_html(
                 '<span class="jobstatus-error-line">{}</span>',
-                truncatechars(error_line(run.error), 80),
+                shorten(error_line(run.error), 80),
             )
-        return truncatechars(run.message, 80)
+        return shorten(run.message, 80)
 
     @admin.display(description=gettext_lazy("has errors"))
     def has_errors_display(self, run: JobRun) -> SafeString | str:
@@ -407,7 +407,8 @@ class JobRunAdmin(
     ) -> tuple[QuerySet[JobRun], bool]:
         """Each word: a run id, a backend job id or a subject; and a part of job names
         (those jobs' runs: an index range each) or, when no job name holds it, the start
-        of a job name or words of the message.
+        of a job name or words of the message. A word that is part of job names and no
+        id or subject (two index probes tell) filters by the names alone.
         """
         names: list[str] | None = None
         for bit in smart_split(search_term):
@@ -417,10 +418,16 @@ class JobRunAdmin(
             with contextlib.suppress(ValueError):
                 query |= Q(pk=uuid.UUID(bit))
             if names is None:
-                names = distinct_job_names(JobRun, queryset.db, JOB_NAME_CHOICES + 1)
+                names = request_job_names(request, JobRun, queryset.db)
             jobs = [name for name in names if bit.casefold() in name.casefold()]
             if jobs and len(names) <= JOB_NAME_CHOICES:
-                query |= Q(job_name__in=jobs)
+                # Usually no id or subject is the word: then only the names are asked
+                # for, and one name's newest runs come in order from its index (an OR
+                # with the other columns read every run of the names, then sorted them).
+                if not JobRun.objects.using(queryset.db).filter(query).exists():
+                    query = Q(job_name__in=jobs)
+                else:
+                    query |= Q(job_name__in=jobs)
             else:
                 query |= Q(job_name__istartswith=bit) | Q(message__icontains=bit)
             queryset = queryset.filter(query)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django import template
 from django.contrib.admin.templatetags.base import InclusionAdminNode
@@ -14,6 +15,9 @@ from django.utils.translation import gettext as _
 from django_jobstatus.admin.rows import fast_result_list
 
 register = template.Library()
+
+# Django 6.1 gives InclusionAdminNode the tag's name as its first argument; 5.2 does not.
+_NAMED = "name" in inspect.signature(InclusionAdminNode.__init__).parameters
 
 
 @register.filter
@@ -29,11 +33,14 @@ def jobstatus_ago(moment: datetime | None) -> str:
 @register.tag(name="jobstatus_result_list")
 def jobstatus_result_list(parser: Any, token: Any) -> InclusionAdminNode:
     """Django's ``{% result_list cl %}`` (the same templates, the same HTML), its rows built cheaply."""
-    # django-stubs gives InclusionAdminNode a ``name`` argument Django's does not take.
-    return InclusionAdminNode(  # type: ignore[call-arg]
-        parser,
-        token,
-        func=fast_result_list,
-        template_name="change_list_results.html",
-        takes_context=False,
+    node: Any = InclusionAdminNode  # the stubs know one of the two signatures
+    args = ("jobstatus_result_list", parser, token) if _NAMED else (parser, token)
+    return cast(
+        "InclusionAdminNode",
+        node(
+            *args,
+            func=fast_result_list,
+            template_name="change_list_results.html",
+            takes_context=False,
+        ),
     )

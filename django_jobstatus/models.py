@@ -26,7 +26,7 @@ from django_jobstatus import statements
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.fingerprints import fingerprint
-from django_jobstatus.querysets import JobLogQuerySet, JobRunQuerySet
+from django_jobstatus.querysets import JobLogQuerySet, JobRunManager
 from django_jobstatus.signals import job_status_changed
 from django_jobstatus.states import Status
 from django_jobstatus.values import (
@@ -210,7 +210,7 @@ class JobRun(models.Model):
     kill_requested_at = models.DateTimeField(_("kill requested"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated"), default=timezone.now)
 
-    objects = JobRunQuerySet.as_manager()
+    objects = JobRunManager()
 
     class Meta:
         verbose_name = _("job run")

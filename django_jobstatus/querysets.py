@@ -28,7 +28,7 @@ from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_jobstatus import contrib, statements
+from django_jobstatus import contrib, statements, writebehind
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.states import Status
@@ -789,6 +789,25 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             values = sorted(by_job.get(entry["job_name"], []))
             entry["p50_duration"] = percentile(values, 0.5)
             entry["p95_duration"] = percentile(values, 0.95)
+
+
+_JobRunManagerBase = models.Manager.from_queryset(JobRunQuerySet)
+
+
+class JobRunManager(_JobRunManagerBase["JobRun"]):
+    """JobRunQuerySet's manager: a query first waits for the queued runs this process handed to its writer.
+
+    An integration writes a queued run behind the enqueue (``writebehind``): this
+    process reads its own writes all the same.
+    """
+
+    def get_queryset(self) -> JobRunQuerySet:
+        writebehind.catch_up()
+        return cast("JobRunQuerySet", super().get_queryset())
+
+    def queued_values(self, name: str, **fields: Any) -> dict[str, Any]:
+        """``JobRunQuerySet.queued_values()``, which reads nothing: it does not wait for the writer."""
+        return JobRunQuerySet(self.model, using=self._db).queued_values(name, **fields)
 
 
 class JobLogQuerySet(models.QuerySet[Any]):

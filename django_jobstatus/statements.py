@@ -14,7 +14,11 @@ both win.
 
 from __future__ import annotations
 
+import datetime
 import functools
+import json
+import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +27,6 @@ from django.db import connections
 from django.db.models.signals import post_save, pre_save
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from django.db.models import Field
 
     from django_jobstatus.models import JobRun
@@ -130,14 +132,13 @@ def table(alias: str) -> _Table:
     return _table(alias, connections[alias].vendor)
 
 
-def _row(spec: _Table, alias: str, values: dict[str, Any]) -> tuple[JobRun, list[Any]]:
-    """The run ``values`` make (field name or attname → value; the others their defaults), and its INSERT's parameters.
+def _python(
+    spec: _Table, alias: str, values: dict[str, Any]
+) -> tuple[list[Any], list[tuple[Field[Any, Any], Any]]]:
+    """The value of every column of the run ``values`` make (field name or attname → value; the others their defaults), and its related instances.
 
     A foreign key given by name takes a model instance (or None), as ``JobRun(...)`` does.
     """
-    from django_jobstatus.models import JobRun
-
-    connection = connections[alias]
     given: dict[str, Any] = {}
     related: list[tuple[Field[Any, Any], Any]] = []
     for name, value in values.items():
@@ -153,20 +154,32 @@ def _row(spec: _Table, alias: str, values: dict[str, Any]) -> tuple[JobRun, list
             value = value.pk
         given[field.attname] = value
     python: list[Any] = []
-    params: list[Any] = []
     for field in spec.fields:
         attname = field.attname
         if attname in given:
-            value = given[attname]
-        elif attname in spec.constants:  # a constant default, converted once
-            value, prepared = spec.constants[attname]
-            python.append(value)
-            params.append(prepared)
-            continue
+            python.append(given[attname])
+        elif attname in spec.constants:
+            python.append(spec.constants[attname][0])
         else:
-            value = field.get_default()
-        python.append(value)
-        params.append(field.get_db_prep_save(value, connection))
+            python.append(field.get_default())
+    return python, related
+
+
+def _row(spec: _Table, alias: str, values: dict[str, Any]) -> tuple[JobRun, list[Any]]:
+    """The run ``values`` make (see ``_python()``), and its INSERT's parameters."""
+    from django_jobstatus.models import JobRun
+
+    connection = connections[alias]
+    python, related = _python(spec, alias, values)
+    params: list[Any] = []
+    for field, value in zip(spec.fields, python, strict=True):
+        constant = spec.constants.get(field.attname)
+        if (
+            constant is not None and constant[0] is value
+        ):  # a constant default, converted once
+            params.append(constant[1])
+        else:
+            params.append(field.get_db_prep_save(value, connection))
     run = JobRun.from_db(alias, spec.attnames, python)
     for field, value in related:
         field.set_cached_value(run, value)  # type: ignore[attr-defined]
@@ -265,7 +278,7 @@ def start_queued(
     *,
     worker: str,
     attempt: int,
-    now: datetime,
+    now: datetime.datetime,
 ) -> JobRun | None:
     """queued → running for the newest run of the job, in one UPDATE … RETURNING; the run, or None when it is not queued.
 
@@ -292,3 +305,111 @@ def start_queued(
         cursor.execute(_start_sql(alias, spec.vendor), params)
         row = cursor.fetchone()
     return None if row is None else spec.run(alias, row)
+
+
+# Queued runs written behind the enqueue (writebehind.py).
+
+# The advisory locks of a task's run: (LOCK_CLASS, a 32-bit hash of its source and id).
+LOCK_CLASS = 0x6A6F6273  # "jobs"
+
+
+def _job_key(source: str, backend_job_id: str) -> int:
+    value = zlib.crc32(f"{source}\x00{backend_job_id}".encode())
+    return value - 2**32 if value >= 2**31 else value
+
+
+def lock_jobs(alias: str, jobs: Iterable[tuple[str, str]]) -> None:
+    """On PostgreSQL, hold the advisory lock of each task ``(source, backend_job_id)`` until the transaction ends.
+
+    The writer of queued runs and a worker that found no queued run take it, so that
+    they never both create a run of the task. Elsewhere nothing (SQLite has one writer).
+    """
+    connection = connections[alias]
+    keys = sorted({_job_key(source, job) for source, job in jobs})
+    if connection.vendor != "postgresql" or not keys:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::integer[]) AS key",
+            [LOCK_CLASS, keys],
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def _write_queued_sql(alias: str, vendor: str) -> str:
+    spec = _table(alias, vendor)
+    column = spec.column
+    picked = ", ".join(f"r.{column[field.name]}" for field in spec.fields)
+    rows = f"jsonb_populate_recordset(NULL::{spec.name}, %s::jsonb) AS r"
+    same_task = (
+        f"{{run}}.{column['source']} = r.{column['source']} "
+        f"AND {{run}}.{column['backend_job_id']} = r.{column['backend_job_id']}"
+    )
+    queued, parent = column["queued_at"], column["parent"]
+    return (
+        # 1. The advisory lock of every task (a worker that found no queued run holds it).
+        "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::integer[]) AS key; "  # noqa: S608 (quoted names; values are parameters)
+        # 2. The runs of the tasks that have none yet: the snapshot of this statement
+        #    comes after the locks, so it sees a run a worker recorded meanwhile.
+        f"INSERT INTO {spec.name} ({spec.columns}) SELECT {picked} FROM {rows} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {same_task.format(run='o')}); "
+        # 3. A run a worker recorded first keeps its own values, with what only the
+        #    enqueue knew: the queued time and the batch parent.
+        f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, r.{queued}), "
+        f"{parent} = COALESCE(t.{parent}, r.{parent}) FROM {rows} "
+        f"WHERE {same_task.format(run='t')} AND t.{spec.pk} <> r.{spec.pk} "
+        f"AND ((t.{queued} IS NULL AND r.{queued} IS NOT NULL) "
+        f"OR (t.{parent} IS NULL AND r.{parent} IS NOT NULL))"
+    )
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+def write_queued(alias: str, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL: write the queued runs of ``rows`` (see ``_python()``) in one round trip, as one transaction.
+
+    Under the advisory lock of each task, the runs of the tasks that have no run yet are
+    inserted; a task a worker recorded first gets the queued time and the parent of its
+    row. The rows go as one JSON document read into the table's row type by
+    ``jsonb_populate_recordset``: converted by Python's JSON encoder, not column by
+    column. The three statements go in one query string (PostgreSQL runs them as one
+    transaction), through a client-side binding cursor.
+    """
+    spec = table(alias)
+    names = [str(field.column) for field in spec.fields]
+    document = json.dumps(
+        [dict(zip(names, _python(spec, alias, row)[0], strict=True)) for row in rows],
+        default=_json_scalar,
+    )
+    keys = sorted({_job_key(row["source"], row["backend_job_id"]) for row in rows})
+    with _client_cursor(alias) as cursor:
+        cursor.execute(
+            _write_queued_sql(alias, spec.vendor),
+            [LOCK_CLASS, keys, document, document],
+        )
+
+
+def _client_cursor(alias: str) -> Any:
+    """A cursor that binds parameters in the client, as several statements in one query need.
+
+    Django's own, unless the database's OPTIONS ask psycopg 3 for server-side binding.
+    """
+    connection = connections[alias]
+    if not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+        return connection.cursor()
+    import psycopg
+
+    connection.ensure_connection()
+    cursor = psycopg.ClientCursor(connection.connection)
+    wrapped: Any = cursor
+    return (
+        connection.make_debug_cursor(wrapped)
+        if connection.queries_logged
+        else connection.make_cursor(wrapped)
+    )

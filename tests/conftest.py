@@ -81,6 +81,18 @@ def _fresh_cache() -> None:
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _writer_stopped() -> Iterator[None]:
+    """Queued runs written behind an enqueue are in before the test's database is emptied, and the writer's connection closed.
+
+    (pytest-django's database fixtures come from a plugin, so their teardown follows this one.)
+    """
+    yield
+    from django_jobstatus import writebehind
+
+    assert writebehind.writer.stop(), "the writer of queued runs did not stop"
+
+
 @pytest.fixture
 def make_run(db: None) -> Any:
     """Create a JobRun with the given fields (status defaults to running)."""

@@ -22,9 +22,10 @@ from django.db.models import F, Subquery, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from django_jobstatus import batches, contrib, statements
+from django_jobstatus import batches, contrib, statements, writebehind
+from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
-from django_jobstatus.models import JobRun, Status
+from django_jobstatus.models import JobRun, Status, uuid7
 from django_jobstatus.tracking import (
     JobHandle,
     _reset_connection,
@@ -46,6 +47,25 @@ def find_run(
         .order_by("-created_at")
         .first()
     )
+
+
+def find_or_enqueue(
+    source: str, backend_job_id: str, name: str | None, alias: str
+) -> JobRun | None:
+    """In a transaction: the newest run of the job, recorded as queued now if the job has none and ``name`` is known.
+
+    For what the task system reports of a job that no worker started (refused, revoked):
+    its queued run may still be on its way (written behind the enqueue), so the job's
+    advisory lock is taken first; a queued run that comes after this one then only adds
+    its queued time (``writebehind``).
+    """
+    statements.lock_jobs(alias, [(source, backend_job_id)])
+    run = find_run(source, backend_job_id, alias)
+    if run is None and name:
+        run = JobRun.objects.db_manager(alias).enqueue(
+            name, source=source, backend_job_id=backend_job_id
+        )
+    return run
 
 
 def best_effort(
@@ -88,13 +108,23 @@ def record_queued(
     """Record the run as queued; the id of the run it created, or None.
 
     ``fresh``: the task system just made ``backend_job_id`` for a new job, so no run has
-    it yet: the run is one INSERT, with no SELECT before it. Otherwise an upsert:
-    created if new, retrying → queued, otherwise left alone. A running run stays
-    running: Celery and RQ enqueue a retry while the failed attempt is still executing,
-    and running → queued is no legal move. Enqueued inside ``batch()``, a new run is a
-    child of that batch's parent.
+    it yet: the run is one INSERT, with no SELECT before it, and on PostgreSQL outside a
+    transaction it is written behind the caller (``writebehind``; the id is returned at
+    once). Otherwise an upsert: created if new, retrying → queued, otherwise left alone.
+    A running run stays running: Celery and RQ enqueue a retry while the failed attempt
+    is still executing, and running → queued is no legal move. Enqueued inside
+    ``batch()``, a new run is a child of that batch's parent.
     """
     fields.setdefault("parent", batches.current_parent())
+    if fresh:
+        alias = tracking_database()
+        if writebehind.accepts(alias):
+            values = JobRun.objects.db_manager(alias).queued_values(
+                name, source=source, backend_job_id=backend_job_id, **fields
+            )
+            values["id"] = uuid7()
+            if writebehind.writer.put(settings.DATABASE, values):
+                return values["id"]
     created: list[Any] = []
 
     def record(alias: str) -> None:
@@ -123,6 +153,9 @@ def forget_queued(pk: Any, source: str, backend_job_id: str) -> None:
     Nothing was enqueued, so no run is left waiting for a worker; the caller gets the
     task system's error.
     """
+
+    if writebehind.writer.discard(pk):
+        return  # never written
 
     def forget(alias: str) -> None:
         JobRun.objects.using(alias).filter(pk=pk).queued().delete()
@@ -168,6 +201,7 @@ class Execution:
         late, e.g. a worker took the job as it was canceled): ``killed_before_start`` is
         then True, and the integration refuses to run the job where it can.
         """
+        writebehind.catch_up()  # a queued run this process handed to its writer
         alias = tracking_database()
         run = self._start_queued(alias)
         if run is not None:
@@ -176,6 +210,9 @@ class Execution:
         with transaction.atomic(
             using=alias, savepoint=connections[alias].in_atomic_block
         ):
+            # The task's queued run may be on its way (written behind its enqueue): wait
+            # for it, and make a writer that comes later find this run (writebehind.py).
+            statements.lock_jobs(alias, [(self.source, self.backend_job_id)])
             run = find_run(self.source, self.backend_job_id, alias)
             if run is not None and run.status == Status.KILLED:
                 self.killed_before_start = True

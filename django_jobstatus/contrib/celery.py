@@ -32,7 +32,7 @@ from celery import Celery, current_app, signals, states
 from celery.exceptions import Retry, WorkerLostError
 from django.utils.translation import gettext as _
 
-from django_jobstatus import contrib, own_connections
+from django_jobstatus import contrib, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.models import JobRun, Status, default_worker, exception_text
@@ -265,6 +265,8 @@ def _postrun(
             # Otherwise (a terminated or rejected task): the worker's main process reports it.
     finally:
         execution.close()
+        # Runs this task enqueued, written before a pool process may exit without atexit.
+        writebehind.flush()
 
 
 # The worker's main process.
@@ -290,19 +292,21 @@ def _revoked(
         message = _("Revoked before it ran.")
 
     def record(alias: str) -> None:
-        run = find_run(task_id, alias)
+        run = _execution.find_or_enqueue(
+            SOURCE, task_id, getattr(request, "name", None), alias
+        )
         if run is not None and run.is_active:
             run.mark_killed(using=alias, message=str(message))
 
     _execution.best_effort(record, f"the revoke of Celery task {task_id}")
 
 
-def _refused(task_id: str | None, error: str, worker: str) -> None:
+def _refused(task_id: str | None, name: str | None, error: str, worker: str) -> None:
     if not task_id:
         return
 
     def record(alias: str) -> None:
-        run = find_run(task_id, alias)
+        run = _execution.find_or_enqueue(SOURCE, task_id, name, alias)
         if run is None or not run.is_active:
             return
         if run.status != Status.RUNNING:
@@ -325,6 +329,7 @@ def _rejected(
     )
     _refused(
         headers.get("id"),
+        headers.get("task"),
         error,
         str(getattr(sender, "hostname", "") or default_worker()),
     )
@@ -344,7 +349,7 @@ def _unknown(
         if exc is not None
         else str(_("Unknown task %(name)s.") % {"name": name})
     )
-    _refused(id, error, str(getattr(sender, "hostname", "") or default_worker()))
+    _refused(id, name, error, str(getattr(sender, "hostname", "") or default_worker()))
 
 
 # Kill and retry.

@@ -46,7 +46,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 
-from django_jobstatus import contrib, own_connections
+from django_jobstatus import contrib, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import JobKilled
@@ -115,9 +115,10 @@ def _execution_of(job: rq.job.Job) -> Execution:
 class Queue(DjangoRQ):
     """django-rq's queue that also records each enqueued or scheduled job as a queued run.
 
-    The run is recorded before RQ has the job, so that a worker never starts a job whose
-    run is not there yet; when the push to Redis fails, the run goes again and the error
-    is raised. (A push in a pipeline the caller executes later cannot be seen failing:
+    The run is recorded before RQ has the job (on PostgreSQL written behind the enqueue:
+    a worker that starts the job first waits for it or records the run itself, see
+    ``writebehind``); when the push to Redis fails, the run goes again (or is never
+    written) and the error is raised. (A push in a pipeline the caller executes later cannot be seen failing:
     such a run stays queued until ``reap_jobstatus --queued-timeout`` ends it.)
     """
 
@@ -209,6 +210,8 @@ class Job(rq.job.Job):
         finally:
             if own:
                 execution.close()
+            # Runs this job enqueued, written before the work horse exits without atexit.
+            writebehind.flush()
 
 
 @contrib.never_raises

@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 
-from django_jobstatus import batches, compat, contrib, statements
+from django_jobstatus import batches, compat, contrib, statements, writebehind
 from django_jobstatus.conf import settings
 from django_jobstatus.contrib._execution import Execution, find_run
 from django_jobstatus.exceptions import JobKilled
@@ -98,11 +98,11 @@ def _error(path: str, traceback: str) -> str:
 
 
 def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
-    """Record a queued run: one INSERT (in the caller's transaction: a rollback takes it with the task)."""
+    """Record a queued run: one INSERT (in the caller's transaction: a rollback takes it with the task; outside one on PostgreSQL, written behind the caller)."""
     if _is_inline(sender):
         return  # it runs inside enqueue(): task_started records it, once
     try:
-        from django_jobstatus.models import JobRun
+        from django_jobstatus.models import JobRun, uuid7
 
         alias = settings.DATABASE
         values = JobRun.objects.db_manager(alias).queued_values(
@@ -112,6 +112,11 @@ def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
             queued_at=task_result.enqueued_at or timezone.now(),
             **_fields(task_result),
         )
+        if writebehind.accepts(alias):
+            # Outside a transaction on PostgreSQL: written behind the caller (writebehind.py).
+            values["id"] = uuid7()
+            if writebehind.writer.put(alias, values):
+                return
         in_atomic = connections[alias].in_atomic_block
         # Inside the caller's transaction, a savepoint keeps a failed write from breaking it;
         # outside, the one statement is atomic by itself.
@@ -288,6 +293,7 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
                 execution.end(exc, **values)
         finally:
             execution.close()
+            writebehind.flush()  # runs this task enqueued
     except Exception:
         logger.exception("Could not record the end of task %s.", task_result.id)
 

@@ -1,13 +1,15 @@
 """What an enqueue costs the database with an integration on (issue 12): one INSERT, and nothing around it.
 
 No BEGIN/COMMIT pair, no savepoint, no SELECT before or after it: run in autocommit, as
-an application enqueues outside a transaction.
+an application enqueues outside a transaction. On PostgreSQL the INSERT is written behind
+the caller (writebehind.py), which then sends nothing: the writer sends it, after the
+advisory lock of the task.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import django_rq
@@ -19,6 +21,7 @@ from django_jobstatus.contrib import tasks as jobstatus_tasks
 from django_jobstatus.models import JobRun, Status
 from tests.contrib import rq_jobs
 from tests.contrib.celery_app import app
+from tests.contrib.sent import statements
 from tests.contrib.tasks_app import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,13 +29,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 DATABASE_TASKS = {
     "default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}
 }
-
-
-def statements(send: Callable[[], Any]) -> list[str]:
-    """The SQL this process sent while ``send()`` ran (BEGIN, COMMIT and savepoints included)."""
-    with CaptureQueriesContext(connections["default"]) as captured:
-        send()
-    return [query["sql"] for query in captured.captured_queries]
 
 
 def our_inserts(sql: list[str]) -> list[str]:

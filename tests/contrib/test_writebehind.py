@@ -1,0 +1,289 @@
+"""Queued runs written behind the enqueue (writebehind.py, issue 12), on PostgreSQL outside a transaction.
+
+The enqueue does not wait for the database; nothing is recorded twice when a worker
+starts the task first; this process reads its own writes; a refused publish writes
+nothing; a forked child never writes its parent's runs; nothing handed over is lost at
+exit. The writer is held back by holding a task's advisory lock from another connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import psycopg
+import pytest
+from django.db import OperationalError, connection
+from django.utils import timezone
+
+from django_jobstatus import statements, writebehind
+from django_jobstatus.contrib import celery
+from django_jobstatus.contrib._execution import Execution
+from django_jobstatus.models import JobRun, Status, uuid7
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _dsn() -> str:
+    params = connection.get_connection_params()
+    return psycopg.conninfo.make_conninfo(
+        **{
+            key: value
+            for key, value in params.items()
+            if key in {"dbname", "user", "password", "host", "port"}
+        }
+    )
+
+
+@contextlib.contextmanager
+def held(*task_ids: str) -> Iterator[psycopg.Connection[Any]]:
+    """Hold the advisory locks of Celery tasks ``task_ids`` from another connection: their queued runs wait."""
+    with psycopg.connect(_dsn(), autocommit=True) as other:
+        for task_id in task_ids:
+            other.execute(
+                "SELECT pg_advisory_lock(%s, %s)",
+                [statements.LOCK_CLASS, statements._job_key("celery", task_id)],
+            )
+        yield other
+
+
+def publish(task_id: str | None = None) -> str:
+    """What Celery's before_task_publish and after_task_publish do for a new task."""
+    task_id = task_id or str(uuid.uuid4())
+    celery._published(
+        sender="tests.add",
+        body=((1, 2), {}, {}),
+        headers={"id": task_id, "task": "tests.add", "retries": 0},
+        routing_key="celery",
+    )
+    celery._confirmed(headers={"id": task_id})
+    return task_id
+
+
+def stored(task_id: str) -> list[tuple[Any, ...]]:
+    """The runs of the task as another connection sees them (no wait for this process's writer)."""
+    with psycopg.connect(_dsn(), autocommit=True) as other:
+        return other.execute(
+            "SELECT status, queued_at IS NOT NULL, parent_id FROM django_jobstatus_jobrun "
+            "WHERE source = 'celery' AND backend_job_id = %s",
+            [task_id],
+        ).fetchall()
+
+
+def test_an_enqueue_does_not_wait_for_its_insert() -> None:
+    task_id = str(uuid.uuid4())
+    with held(task_id):
+        publish(task_id)  # returns while the INSERT waits for the lock
+        assert stored(task_id) == []
+        assert not writebehind.writer.idle
+    assert writebehind.flush()
+    assert stored(task_id) == [(Status.QUEUED, True, None)]
+
+
+def test_this_process_reads_its_own_queued_runs() -> None:
+    task_id = str(uuid.uuid4())
+    with held(task_id) as other:
+        publish(task_id)
+        # The lock goes once the query below waits for the writer.
+        threading.Timer(
+            0.2, lambda: other.execute("SELECT pg_advisory_unlock_all()")
+        ).start()
+        run = celery.find_run(task_id)
+    assert run is not None
+    assert run.status == Status.QUEUED
+
+
+def test_a_worker_that_starts_first_keeps_the_one_run_and_the_queued_time() -> None:
+    parent = JobRun.objects.start("tests.batch")
+    task_id = str(uuid.uuid4())
+    values = JobRun.objects.queued_values(
+        "tests.add", source="celery", backend_job_id=task_id, parent=parent
+    )
+    values["id"] = uuid7()
+    execution = Execution("celery", task_id, "tests.add", worker="w@host:1")
+    execution.start()  # no queued run yet: the worker records the run itself
+    execution.close()
+    assert execution.created
+    writebehind._insert("default", [values])  # the enqueue's INSERT comes later
+    run = JobRun.objects.get(backend_job_id=task_id)
+    assert run.pk == execution.handle.run.pk
+    assert run.status == Status.RUNNING
+    assert run.queued_at == values["queued_at"]
+    assert run.parent_id == parent.pk
+
+
+def test_a_worker_starting_while_the_queued_run_is_written_finds_it() -> None:
+    task_id = str(uuid.uuid4())
+    executions: list[Execution] = []
+
+    def work() -> None:
+        execution = Execution("celery", task_id, "tests.add", worker="w@host:1")
+        execution.start()
+        execution.close()
+        executions.append(execution)
+        connection.close()
+
+    with mock.patch.object(writebehind, "catch_up", lambda: None):
+        # The worker as another process: it never waits for this process's writer.
+        with held(task_id) as other:
+            publish(task_id)  # its INSERT waits for the lock
+            worker = threading.Thread(target=work)
+            worker.start()
+            # The worker found no queued run and waits for the task's lock too.
+            wait_for(
+                lambda: (
+                    other.execute(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    ).fetchone()[0]
+                    == 2
+                ),
+                timeout=10,
+                what="the writer and the worker waiting for the task's lock",
+            )
+        worker.join(10)
+        assert not worker.is_alive()
+    assert writebehind.flush()
+    assert executions and executions[0].handle is not None
+    assert [status for status, *_ in stored(task_id)] == [Status.RUNNING]
+
+
+def _publish_only(task_id: str) -> None:
+    celery._published(
+        sender="tests.add",
+        body=((1, 2), {}, {}),
+        headers={"id": task_id, "task": "tests.add", "retries": 0},
+        routing_key="celery",
+    )
+
+
+def test_a_refused_publish_of_a_waiting_run_writes_nothing() -> None:
+    first, refused = str(uuid.uuid4()), str(uuid.uuid4())
+    with held(first):
+        publish(first)  # the writer takes it, and waits for the lock
+        wait_for(
+            lambda: writebehind.writer._busy,
+            timeout=10,
+            what="the writer to take the first run",
+        )
+        _publish_only(refused)  # waits behind it
+        celery._not_published(refused)  # the broker refused the message
+    assert writebehind.flush()
+    assert len(stored(first)) == 1
+    assert stored(refused) == []
+
+
+def test_a_refused_publish_of_a_run_being_written_deletes_it() -> None:
+    task_id = str(uuid.uuid4())
+    _publish_only(task_id)
+    celery._not_published(task_id)  # waits for the writer, then deletes the run
+    assert writebehind.flush()
+    assert stored(task_id) == []
+
+
+def test_one_bad_run_does_not_lose_the_others() -> None:
+    rows = []
+    for owner_id in (None, 2**31 - 1, None):  # no such user: a foreign key violation
+        values = JobRun.objects.queued_values(
+            "tests.add", source="celery", backend_job_id=str(uuid.uuid4())
+        )
+        values["id"] = uuid7()
+        values["owner_id"] = owner_id
+        rows.append(values)
+    writebehind.writer._write([("default", row) for row in rows])
+    written = set(JobRun.objects.values_list("pk", flat=True))
+    assert written == {rows[0]["id"], rows[2]["id"]}
+
+
+def test_the_writer_tries_again_while_the_database_is_away() -> None:
+    insert = writebehind._insert
+    calls: list[int] = []
+
+    def away_once(alias: str, rows: list[dict[str, Any]]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        insert(alias, rows)
+
+    with mock.patch.object(writebehind, "_insert", away_once):
+        task_id = publish()
+        assert writebehind.flush()
+    assert len(calls) == 2
+    assert [status for status, *_ in stored(task_id)] == [Status.QUEUED]
+
+
+def test_a_forked_child_never_writes_its_parents_runs() -> None:
+    task_id = str(uuid.uuid4())
+    with held(task_id):
+        publish(task_id)
+        pid = os.fork()
+        if pid == 0:  # the child: nothing of the parent's to write
+            os._exit(0 if writebehind.writer.idle and writebehind.flush(1) else 1)
+        _pid, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert writebehind.flush()
+    assert len(stored(task_id)) == 1
+
+
+def test_the_runs_handed_over_are_written_before_the_process_exits() -> None:
+    script = (
+        "import django, uuid; django.setup()\n"
+        "from django_jobstatus.contrib import celery\n"
+        "ids = [str(uuid.uuid4()) for _ in range(50)]\n"
+        "for task_id in ids:\n"
+        "    celery._published(sender='tests.add', body=((), {}, {}),"
+        " headers={'id': task_id, 'task': 'tests.add', 'retries': 0})\n"
+        "print(' '.join(ids))\n"  # and exit at once
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.contrib.worker_settings",
+        "JOBSTATUS_WORKER_DB": connection.settings_dict["NAME"],
+        "JOBSTATUS_WORKER_INTEGRATIONS": "",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    ids = done.stdout.split()
+    assert len(ids) == 50
+    assert (
+        JobRun.objects.filter(backend_job_id__in=ids, status=Status.QUEUED).count()
+        == 50
+    )
+
+
+def test_a_run_enqueued_in_a_transaction_outlives_its_rollback() -> None:
+    """As before: the message went to the broker, so the run is recorded outside the transaction."""
+    from django.db import transaction
+
+    with contextlib.suppress(RuntimeError), transaction.atomic():
+        task_id = publish()
+        raise RuntimeError("rolled back")
+    assert writebehind.flush()
+    assert [status for status, *_ in stored(task_id)] == [Status.QUEUED]
+
+
+def test_the_queued_time_is_the_enqueue_s() -> None:
+    before = timezone.now()
+    task_id = publish()
+    after = timezone.now()
+    run = celery.find_run(task_id)
+    assert run is not None
+    assert before <= run.queued_at <= after
+    assert before <= run.created_at <= after

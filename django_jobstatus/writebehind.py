@@ -21,7 +21,8 @@ What stays true:
   process writes them at the end of each task (``flush()``), before a fork's child may
   exit without atexit. A child process never writes its parent's runs.
 - The database away: the writer keeps the runs and tries again, pausing up to
-  MAX_RETRY_DELAY seconds; past MAX_PENDING runs waiting, the enqueue writes inline.
+  MAX_RETRY_DELAY seconds, for RETRY_FOR seconds (then it logs them as lost); past
+  MAX_PENDING runs waiting, the enqueue writes inline.
   A process killed outright loses what it had not written: the worker then records the
   run when it starts (``running``, without its time in the queue).
 """
@@ -54,6 +55,8 @@ BATCH = 500
 LINGER = 0.002
 # Longest pause between two tries while the database is away, in seconds.
 MAX_RETRY_DELAY = 5.0
+# Seconds of errors after which the runs being written are given up (and logged).
+RETRY_FOR = 60.0
 # Longest wait of flush(), stop() and catch_up(), in seconds.
 FLUSH_TIMEOUT = 10.0
 # Seconds the thread waits for runs before it closes its connection and ends.
@@ -84,6 +87,8 @@ class Writer:
         self._busy = 0  # runs taken by the thread and not written yet
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # Set when a wait for the writer timed out: queries stop waiting until it writes again.
+        self.stalled = False
 
     @property
     def idle(self) -> bool:
@@ -113,25 +118,30 @@ class Writer:
                     return True
         return False
 
-    def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every run handed over so far is written (or given up); False on timeout."""
         if self.idle or threading.current_thread() is self._thread:
             return True
         with self._cond:
             self._cond.notify_all()
-            return self._cond.wait_for(lambda: self.idle, timeout)
+            return self._cond.wait_for(
+                lambda: self.idle, FLUSH_TIMEOUT if timeout is None else timeout
+            )
 
-    def stop(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+    def stop(self, timeout: float | None = None) -> bool:
         """Write what waits, then end the thread and close its connections (a new one starts when needed); False on timeout."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-            stopped = self._cond.wait_for(lambda: self._thread is None, timeout)
+            stopped = self._cond.wait_for(
+                lambda: self._thread is None,
+                FLUSH_TIMEOUT if timeout is None else timeout,
+            )
             self._stopping = False
             return stopped
 
     def _run(self) -> None:
-        delay = 0.1
+        delay, failing_since = 0.1, None
         while True:
             with self._cond:
                 if (
@@ -153,15 +163,25 @@ class Writer:
                 self._busy = len(batch)
             try:
                 self._write(batch)
-                delay = 0.1
+                delay, failing_since, self.stalled = 0.1, None, False
             except (OperationalError, InterfaceError):
+                connections.close_all()
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > RETRY_FOR:
+                    logger.exception(
+                        "Gave up recording %d queued runs after %g s of errors; their"
+                        " tasks are recorded when a worker starts them.",
+                        len(batch),
+                        RETRY_FOR,
+                    )
+                    failing_since, self.stalled = None, False
+                    continue
                 logger.warning(
                     "Could not record %d queued runs; trying again in %g s.",
                     len(batch),
                     delay,
                     exc_info=True,
                 )
-                connections.close_all()
                 with self._cond:
                     self._pending[:0] = batch
                 time.sleep(delay)
@@ -218,10 +238,18 @@ flush = writer.flush
 
 
 def catch_up() -> None:
-    """Wait for the queued runs this process handed to the writer, so that a query sees them."""
-    if not writer.idle and not writer.flush():
+    """Wait for the queued runs this process handed to the writer, so that a query sees them.
+
+    After a wait that timed out (the database away), queries no longer wait until the
+    writer writes again.
+    """
+    if writer.idle or writer.stalled:
+        return
+    if not writer.flush():
+        writer.stalled = True
         logger.warning(
-            "Queued runs were not written within %g s; a query may not see them yet.",
+            "Queued runs were not written within %g s; queries do not wait for them"
+            " until the writer gets through.",
             FLUSH_TIMEOUT,
         )
 

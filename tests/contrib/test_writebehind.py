@@ -222,6 +222,37 @@ def test_the_writer_tries_again_while_the_database_is_away() -> None:
     assert [status for status, *_ in stored(task_id)] == [Status.QUEUED]
 
 
+def test_the_writer_gives_up_after_a_while_and_queries_stop_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+    release = threading.Event()
+
+    def away(alias: str, rows: list[dict[str, Any]]) -> None:
+        calls.append(len(rows))
+        release.wait(5)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with (
+        mock.patch.object(writebehind, "_insert", away),
+        mock.patch.object(writebehind, "FLUSH_TIMEOUT", 0.2),
+        mock.patch.object(writebehind, "RETRY_FOR", 0.0),
+    ):
+        task_id = publish()
+        assert JobRun.objects.count() == 0  # waited 0.2 s, then went on
+        assert writebehind.writer.stalled
+        with mock.patch.object(writebehind.writer, "flush") as waited:
+            JobRun.objects.count()  # no second wait while it is stalled
+        waited.assert_not_called()
+        release.set()
+        assert writebehind.flush(10)
+    assert "Gave up recording 1 queued runs" in caplog.text
+    assert stored(task_id) == []
+    publish()  # a new run goes through: no longer stalled once written
+    assert JobRun.objects.count() == 1
+    assert not writebehind.writer.stalled
+
+
 def test_a_forked_child_never_writes_its_parents_runs() -> None:
     task_id = str(uuid.uuid4())
     with held(task_id):

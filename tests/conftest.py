@@ -83,14 +83,19 @@ def _fresh_cache() -> None:
 
 @pytest.fixture(autouse=True)
 def _writer_stopped() -> Iterator[None]:
-    """Queued runs written behind an enqueue are in before the test's database is emptied, and the writer's connection closed.
+    """Queued runs written behind an enqueue are in before the test's database is emptied, and
+    the writer's connection closed; so are the own connections of a task run as in a worker.
 
     (pytest-django's database fixtures come from a plugin, so their teardown follows this one.)
     """
-    yield
-    from django_jobstatus import writebehind
+    from django_jobstatus import own_connections, writebehind
 
+    worker = own_connections._tracking
+    yield
     assert writebehind.writer.stop(), "the writer of queued runs did not stop"
+    # A task a test ran in this process as a worker would: the process is no worker.
+    own_connections._tracking = worker
+    own_connections.close()
 
 
 @pytest.fixture

@@ -601,3 +601,31 @@ def test_db_worker_batch_parent_follows_its_children(worker: Worker) -> None:
         2,
         4,
     ]
+
+
+def test_a_worker_writes_through_one_connection_kept_open(
+    transactional_db: None, settings: Any, integration_on: None
+) -> None:
+    """db_worker closes its connections after every task (CONN_MAX_AGE = 0): the runs are
+    written through a connection of the integration's, kept open across tasks (issue 12)."""
+    _need_tasks_db()
+    from django.db import connections
+    from django_tasks_db import DatabaseBackend
+
+    from django_jobstatus.tracking import tracking_database
+
+    settings.TASKS = DATABASE
+    sessions = set()
+    for n in range(3):
+        result = tasks.add.enqueue(n, 1)
+        integration.on_started(sender=DatabaseBackend, task_result=result)
+        alias = tracking_database()
+        assert alias != "default"
+        sessions.add(id(connections[alias].connection))
+        integration.on_finished(
+            sender=DatabaseBackend,
+            task_result=dataclasses.replace(result, status=SUCCESSFUL),
+        )
+        connection.close()  # as db_worker does after each task
+    assert len(sessions) == 1
+    assert set(JobRun.objects.values_list("status", flat=True)) == {Status.SUCCEEDED}

@@ -30,10 +30,13 @@ What stays true:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from django.db import (
@@ -63,11 +66,27 @@ FLUSH_TIMEOUT = 10.0
 IDLE_SECONDS = 60.0
 
 
+_inline: ContextVar[bool] = ContextVar(
+    "django_jobstatus_writebehind_inline", default=False
+)
+
+
+@contextlib.contextmanager
+def inline() -> Iterator[None]:
+    """Within the block, queued runs are written in the caller, before the enqueue returns."""
+    token = _inline.set(True)
+    try:
+        yield
+    finally:
+        _inline.reset(token)
+
+
 def accepts(alias: str) -> bool:
     """Whether a queued run for database ``alias`` (the tracking alias of this moment) may be written behind."""
     connection = connections[alias]
     return (
-        connection.vendor == "postgresql"
+        not _inline.get()
+        and connection.vendor == "postgresql"
         and not connection.in_atomic_block
         and statements.usable(alias)
         and not statements.observed()

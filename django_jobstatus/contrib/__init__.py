@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 from django.db import InterfaceError, OperationalError
 from django.utils.translation import gettext as _
 
+from django_jobstatus import writebehind
 from django_jobstatus.conf import settings
 
 if TYPE_CHECKING:
@@ -88,7 +89,10 @@ def retry(run: JobRun) -> JobRun:
             )
             % {"source": run.source}
         )
-    return backend.retry(run)
+    # Written before the push, not behind it: the new run is there, queued, when the
+    # caller (the admin, the API) shows it, even if a worker takes the job at once.
+    with writebehind.inline():
+        return backend.retry(run)
 
 
 def stop(runs: Iterable[JobRun], *, force: bool = False) -> list[NotStopped]:

@@ -310,6 +310,15 @@ def test_a_run_enqueued_in_a_transaction_outlives_its_rollback() -> None:
     assert [status for status, *_ in stored(task_id)] == [Status.QUEUED]
 
 
+def test_a_retry_writes_its_run_before_the_push() -> None:
+    """contrib.retry() (the admin's and the API's Retry) enqueues inside writebehind.inline()."""
+    task_id = str(uuid.uuid4())
+    with held(task_id), writebehind.inline():
+        publish(task_id)  # not handed to the writer: the lock is no writer's concern
+        assert writebehind.writer.idle
+        assert [status for status, *_ in stored(task_id)] == [Status.QUEUED]
+
+
 def test_the_queued_time_is_the_enqueue_s() -> None:
     before = timezone.now()
     task_id = publish()

@@ -336,21 +336,20 @@ def lock_jobs(alias: str, jobs: Iterable[tuple[str, str]]) -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def _write_queued_statements(alias: str, vendor: str) -> tuple[str, str, str]:
-    """The three statements of ``write_queued()``; each ``%s`` pair after the locks' is the rows and their number.
+def _write_queued_statements(alias: str, vendor: str) -> tuple[str, str]:
+    """The two statements of ``write_queued()``: the tasks' locks, then the rows written.
 
-    The rows are read with ``LIMIT`` their number: PostgreSQL estimates any set-returning
-    function at 100 rows, and with that estimate it joined a few runs to the whole run
-    table by a sequential scan (milliseconds on 8,000 runs, seconds on millions) instead
-    of looking each one up in the ``backend_job_id`` index.
+    The second reads the rows once (its parameters: the JSON document and the number of
+    rows) and, on one snapshot taken after the locks, inserts the runs of the tasks that
+    have none and updates the runs that workers recorded first. The rows are read with
+    ``LIMIT`` their number: PostgreSQL estimates any set-returning function at 100 rows,
+    and with that estimate it joined a few runs to the whole run table by a sequential
+    scan (milliseconds on 8,000 runs, growing with the table) instead of looking each one
+    up in the ``backend_job_id`` index.
     """
     spec = _table(alias, vendor)
     column = spec.column
     picked = ", ".join(f"r.{column[field.name]}" for field in spec.fields)
-    rows = (
-        f"(SELECT * FROM jsonb_populate_recordset(NULL::{spec.name}, %s::jsonb) "  # noqa: S608 (a quoted name)
-        "LIMIT %s) AS r"
-    )
     same_task = (
         f"{{run}}.{column['source']} = r.{column['source']} "
         f"AND {{run}}.{column['backend_job_id']} = r.{column['backend_job_id']}"
@@ -359,14 +358,15 @@ def _write_queued_statements(alias: str, vendor: str) -> tuple[str, str, str]:
     return (
         # 1. The advisory lock of every task (a worker that found no queued run holds it).
         "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::integer[]) AS key",
-        # 2. The runs of the tasks that have none yet: the snapshot of this statement
-        #    comes after the locks, so it sees a run a worker recorded meanwhile.
-        f"INSERT INTO {spec.name} ({spec.columns}) SELECT {picked} FROM {rows} "  # noqa: S608 (quoted names; values are parameters)
-        f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {same_task.format(run='o')})",
-        # 3. A run a worker recorded first keeps its own values, with what only the
-        #    enqueue knew: the queued time and the batch parent.
-        f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, r.{queued}), "  # noqa: S608
-        f"{parent} = COALESCE(t.{parent}, r.{parent}) FROM {rows} "
+        # 2. Its snapshot comes after the locks: it sees a run a worker recorded meanwhile.
+        f"WITH r AS (SELECT * FROM jsonb_populate_recordset(NULL::{spec.name}, %s::jsonb) LIMIT %s), "  # noqa: S608 (quoted names; values are parameters)
+        # The runs of the tasks that have none yet.
+        f"inserted AS (INSERT INTO {spec.name} ({spec.columns}) SELECT {picked} FROM r "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {same_task.format(run='o')})) "
+        # A run a worker recorded first keeps its own values, with what only the enqueue
+        # knew: the queued time and the batch parent.
+        f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, r.{queued}), "
+        f"{parent} = COALESCE(t.{parent}, r.{parent}) FROM r "
         f"WHERE {same_task.format(run='t')} AND t.{spec.pk} <> r.{spec.pk} "
         f"AND ((t.{queued} IS NULL AND r.{queued} IS NOT NULL) "
         f"OR (t.{parent} IS NULL AND r.{parent} IS NOT NULL))",
@@ -388,7 +388,7 @@ def write_queued(alias: str, rows: list[dict[str, Any]]) -> None:
     inserted; a task a worker recorded first gets the queued time and the parent of its
     row. The rows go as one JSON document read into the table's row type by
     ``jsonb_populate_recordset``: converted by Python's JSON encoder, not column by
-    column. The three statements go in one query string (PostgreSQL runs them as one
+    column. The two statements go in one query string (PostgreSQL runs them as one
     transaction), through a client-side binding cursor.
     """
     spec = table(alias)
@@ -401,7 +401,7 @@ def write_queued(alias: str, rows: list[dict[str, Any]]) -> None:
     with _client_cursor(alias) as cursor:
         cursor.execute(
             "; ".join(_write_queued_statements(alias, spec.vendor)),
-            [LOCK_CLASS, keys, document, len(rows), document, len(rows)],
+            [LOCK_CLASS, keys, document, len(rows)],
         )
 
 

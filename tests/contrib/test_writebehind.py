@@ -353,10 +353,9 @@ def test_a_batch_looks_its_tasks_up_in_the_index_not_the_whole_table() -> None:
     values["id"] = uuid7()
     with CaptureQueriesContext(connection) as captured:
         statements.write_queued("default", [values])
-    _locks, insert, update = captured.captured_queries[-1]["sql"].split("; ")
+    _locks, write = captured.captured_queries[-1]["sql"].split("; ")
     with connection.cursor() as cursor:
-        for sql in (insert, update):
-            cursor.execute(f"EXPLAIN {sql}")
-            plan = "\n".join(row[0] for row in cursor.fetchall())
-            assert "Seq Scan on django_jobstatus_jobrun" not in plan, plan
+        cursor.execute(f"EXPLAIN {write}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Seq Scan on django_jobstatus_jobrun" not in plan, plan
     assert JobRun.objects.filter(pk=values["id"], status=Status.QUEUED).exists()

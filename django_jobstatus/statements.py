@@ -336,8 +336,8 @@ def lock_jobs(alias: str, jobs: Iterable[tuple[str, str]]) -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def _write_queued_statements(alias: str, vendor: str) -> tuple[str, str]:
-    """The two statements of ``write_queued()``: the tasks' locks, then the rows written.
+def _write_queued_sql(alias: str, vendor: str) -> str:
+    """The two statements of ``write_queued()``, in one query string: the tasks' locks, then the rows written.
 
     The second reads the rows once (its parameters: the JSON document and the number of
     rows) and, on one snapshot taken after the locks, inserts the runs of the tasks that
@@ -355,21 +355,23 @@ def _write_queued_statements(alias: str, vendor: str) -> tuple[str, str]:
         f"AND {{run}}.{column['backend_job_id']} = r.{column['backend_job_id']}"
     )
     queued, parent = column["queued_at"], column["parent"]
-    return (
-        # 1. The advisory lock of every task (a worker that found no queued run holds it).
-        "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::integer[]) AS key",
-        # 2. Its snapshot comes after the locks: it sees a run a worker recorded meanwhile.
-        f"WITH r AS (SELECT * FROM jsonb_populate_recordset(NULL::{spec.name}, %s::jsonb) LIMIT %s), "  # noqa: S608 (quoted names; values are parameters)
-        # The runs of the tasks that have none yet.
-        f"inserted AS (INSERT INTO {spec.name} ({spec.columns}) SELECT {picked} FROM r "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {same_task.format(run='o')})) "
-        # A run a worker recorded first keeps its own values, with what only the enqueue
-        # knew: the queued time and the batch parent.
-        f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, r.{queued}), "
-        f"{parent} = COALESCE(t.{parent}, r.{parent}) FROM r "
-        f"WHERE {same_task.format(run='t')} AND t.{spec.pk} <> r.{spec.pk} "
-        f"AND ((t.{queued} IS NULL AND r.{queued} IS NOT NULL) "
-        f"OR (t.{parent} IS NULL AND r.{parent} IS NOT NULL))",
+    return "; ".join(
+        (
+            # 1. The advisory lock of every task (a worker that found no queued run holds it).
+            "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::integer[]) AS key",
+            # 2. Its snapshot comes after the locks: it sees a run a worker recorded meanwhile.
+            f"WITH r AS (SELECT * FROM jsonb_populate_recordset(NULL::{spec.name}, %s::jsonb) LIMIT %s), "  # noqa: S608 (quoted names; values are parameters)
+            # The runs of the tasks that have none yet.
+            f"inserted AS (INSERT INTO {spec.name} ({spec.columns}) SELECT {picked} FROM r "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {same_task.format(run='o')})) "
+            # A run a worker recorded first keeps its own values, with what only the enqueue
+            # knew: the queued time and the batch parent.
+            f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, r.{queued}), "
+            f"{parent} = COALESCE(t.{parent}, r.{parent}) FROM r "
+            f"WHERE {same_task.format(run='t')} AND t.{spec.pk} <> r.{spec.pk} "
+            f"AND ((t.{queued} IS NULL AND r.{queued} IS NOT NULL) "
+            f"OR (t.{parent} IS NULL AND r.{parent} IS NOT NULL))",
+        )
     )
 
 
@@ -400,7 +402,7 @@ def write_queued(alias: str, rows: list[dict[str, Any]]) -> None:
     keys = sorted({_job_key(row["source"], row["backend_job_id"]) for row in rows})
     with _client_cursor(alias) as cursor:
         cursor.execute(
-            "; ".join(_write_queued_statements(alias, spec.vendor)),
+            _write_queued_sql(alias, spec.vendor),
             [LOCK_CLASS, keys, document, len(rows)],
         )
 

@@ -250,9 +250,16 @@ class JobRun(models.Model):
                 condition=Q(status__in=["queued", "running", "retrying"]),
                 name="jobstatus_run_active_job_idx",
             ),
-            # The failures view: failed and lost runs of a window, grouped by cause (0007).
+            # The failures view and the dashboard: failed and lost runs of a window, grouped
+            # by cause, read from the index alone (0007, status and source since 0010).
             models.Index(
-                fields=["finished_at", "job_name", "error_fingerprint"],
+                fields=[
+                    "finished_at",
+                    "job_name",
+                    "error_fingerprint",
+                    "status",
+                    "source",
+                ],
                 condition=Q(status__in=["failed", "lost"]),
                 name="jobstatus_run_failure_idx",
             ),

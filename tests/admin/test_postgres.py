@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_jobstatus.admin.filters import JOB_NAME_CHOICES, job_names_sql
@@ -159,3 +161,18 @@ def test_paginator_never_scans_a_big_table_to_count(make_run, monkeypatch):
         assert CappedCountPaginator(
             JobLog.objects.filter(run=run, created_at__lt=timezone.now()), 10
         ).count in {5, 40}
+
+
+@pytest.mark.parametrize("retry_sources", [(), ("celery", "rq")])
+def test_failures_are_grouped_from_the_index_alone(seeded, retry_sources):
+    """The dashboard's and the failures view's groups: no run is read from the table."""
+    since = timezone.now() - timedelta(days=7)
+    with CaptureQueriesContext(connection) as captured:
+        JobRun.objects.failure_groups(since, retry_sources=retry_sources)
+    queries = [query["sql"] for query in captured.captured_queries]
+    assert len(queries) == 1
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN {queries[0]}")
+        text = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index Only Scan using jobstatus_run_failure_idx" in text, text

@@ -954,15 +954,18 @@ class JobMonitorIncident(models.Model):
 
 
 class JobRunHour(models.Model):
-    """The runs of one job that finished in one closed hour, in one duration bucket: a roll-up.
+    """The runs of one job that finished in one closed hour (or UTC day), in one duration bucket.
 
-    Filled lazily by ``django_jobstatus.rollups`` for hours that are over (a run finishes
-    at "now", so a past hour's figures never change), read by the dashboard instead of
-    the runs themselves. A row with an empty ``job_name`` marks an hour as rolled up.
-    Runs deleted afterwards (purge, delete) stay counted: these are what happened.
+    A roll-up, filled lazily by ``django_jobstatus.rollups`` for hours that are over (a run
+    finishes at "now", so a past hour's figures never change), read by the dashboard
+    instead of the runs themselves. A row with an empty ``job_name`` marks an hour (a day)
+    as rolled up and holds its totals. Runs deleted afterwards (purge, delete) stay
+    counted: these are what happened.
     """
 
+    # Where the row starts; ``hours``: 1, or 24 for a day's sum of its hours' rows.
     hour = models.DateTimeField(_("hour"))
+    hours = models.PositiveSmallIntegerField(_("hours"), default=1)
     job_name = models.CharField(_("job name"), max_length=JOB_NAME_MAX_LENGTH)
     # querysets.duration_bucket(): the histogram bucket of the runs' durations.
     duration_bucket = models.SmallIntegerField(_("duration bucket"))
@@ -979,8 +982,16 @@ class JobRunHour(models.Model):
         constraints = [
             # Two fills of one hour at once insert it once (ON CONFLICT DO NOTHING).
             models.UniqueConstraint(
-                fields=["hour", "job_name", "duration_bucket"],
-                name="jobstatus_hour_unique",
+                fields=["hour", "hours", "job_name", "duration_bucket"],
+                name="jobstatus_figures_unique",
+            ),
+        ]
+        indexes = [
+            # The markers of a window's hours and days (the chart, and what is rolled up).
+            models.Index(
+                fields=["hours", "hour"],
+                condition=Q(job_name=""),
+                name="jobstatus_figures_marker_idx",
             ),
         ]
 

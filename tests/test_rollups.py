@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.db.models import F
 from django.utils import timezone
 
 from django_jobstatus import rollups
@@ -69,6 +70,66 @@ def test_figures_match_the_runs_and_stay_so_once_rolled_up(
     }
 
 
+def by_job(found) -> dict:
+    return {name: (+job.counts, job.histogram) for name, job in found.jobs.items()}
+
+
+def exact_by_job(since, now) -> Counter:
+    runs = JobRun.objects.finished().filter(
+        finished_at__gte=since, finished_at__lte=now
+    )
+    return Counter(runs.values_list("job_name", "status"))
+
+
+def test_a_week_is_read_from_its_own_roll_up_and_moves_on_by_an_hour(week):
+    """The window's sums per job are rows of their own (no sums over 168 hours' rows to read),
+    derived from the window an hour earlier once the next hour closes."""
+    start = rollups.floor(week - timedelta(days=7), rollups.HOUR)
+    end = rollups.floor(week - rollups.GRACE, rollups.HOUR)
+    span = rollups._span(start, end)
+    first = rollups.figures(week - timedelta(days=7), week, rollups.HOUR)
+    assert Counter(
+        {
+            (name, status): count
+            for name, job in first.jobs.items()
+            for status, count in job.counts.items()
+            if count
+        }
+    ) == exact_by_job(start, week)
+    assert JobRunHour.objects.filter(hours=span, hour=start, job_name="").exists()
+
+    # A mark on the earlier window (a thousand runs more of job.0) shows the next one is
+    # derived from it: its rows, plus the hour that closed, minus the hour that left.
+    JobRunHour.objects.filter(
+        hours=span, hour=start, job_name="job.0", duration_bucket=UNTIMED
+    ).update(succeeded=F("succeeded") + 1000)
+    later = week + rollups.HOUR
+    cache.clear()
+    moved = rollups.figures(later - timedelta(days=7), later, rollups.HOUR)
+    assert sorted(
+        JobRunHour.objects.filter(hours=span, job_name="").values_list(
+            "hour", flat=True
+        )
+    ) == [start + rollups.HOUR]
+    JobRunHour.objects.filter(hours=span).delete()
+    cache.clear()
+    from_hours = rollups.figures(later - timedelta(days=7), later, rollups.HOUR)
+    assert moved.jobs["job.0"].counts[Status.SUCCEEDED] == (
+        from_hours.jobs["job.0"].counts[Status.SUCCEEDED] + 1000
+    )
+    moved.jobs["job.0"].counts[Status.SUCCEEDED] -= 1000
+    assert by_job(moved) == by_job(from_hours)
+    assert moved.buckets == from_hours.buckets
+
+    # The hours' own rows are not read again: the window's rows and each hour's marker
+    # (with its totals) give the same figures.
+    JobRunHour.objects.filter(hours=1).exclude(job_name="").delete()
+    cache.clear()
+    again = rollups.figures(later - timedelta(days=7), later, rollups.HOUR)
+    assert by_job(again) == by_job(from_hours)
+    assert again.buckets == from_hours.buckets
+
+
 def test_a_refresh_reads_only_the_current_hour_and_a_closing_hour_is_seen(
     week, make_run, django_assert_num_queries
 ):
@@ -103,11 +164,14 @@ def test_two_fills_of_one_hour_count_it_once(week):
         rollups.floor(week - timedelta(days=2), rollups.HOUR),
         rollups.floor(week - rollups.GRACE, rollups.HOUR),
     )
-    rollups._fill(hours)
+    start, end = hours[0], hours[-1] + rollups.HOUR
+    rollups._fill(start, end, hours, derive=False)
     rows = sorted(
         JobRunHour.objects.values_list("hour", "job_name", "duration_bucket", *STATUSES)
     )
-    rollups._fill(hours)  # a second request filling the same hours at once
+    rollups._fill(
+        start, end, hours, derive=False
+    )  # a second request filling the same hours at once
     assert (
         sorted(
             JobRunHour.objects.values_list(
@@ -116,7 +180,7 @@ def test_two_fills_of_one_hour_count_it_once(week):
         )
         == rows
     )
-    assert JobRunHour.objects.filter(job_name="").count() == len(hours)
+    assert JobRunHour.objects.filter(hours=1, job_name="").count() == len(hours)
 
 
 def test_untimed_runs_are_counted_but_have_no_duration(make_run):

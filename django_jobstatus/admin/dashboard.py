@@ -31,7 +31,9 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import escape
 from django.utils.http import urlencode
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -158,10 +160,14 @@ def chart(found: rollups.Figures, window: str) -> dict[str, Any]:
     label_format = "%a %H:%M" if window == "7d" else "%H:%M"
     bars, labels = [], []
     totals: Counter[str] = Counter()
+    title_format = _(
+        "%(time)s: %(succeeded)d succeeded, %(failed)d failed, %(other)d killed or lost"
+    )
     for i, (moment, values) in enumerate(found.buckets.items()):
         kinds = _kinds(values)
         totals.update(kinds)
-        bars.append(_bar(i * slot + (slot - width) / 2, width, kinds, peak, moment))
+        x = i * slot + (slot - width) / 2
+        bars.append(_bar(x, width, kinds, peak, moment, title_format))
         if i % every == 0:
             labels.append(
                 {
@@ -171,6 +177,7 @@ def chart(found: rollups.Figures, window: str) -> dict[str, Any]:
             )
     return {
         "bars": bars,
+        "svg": _bars_svg(bars),
         "labels": labels,
         "peak": peak,
         "mid_y": CHART_HEIGHT / 2,
@@ -192,7 +199,12 @@ def _kinds(values: Counter[str]) -> Counter[str]:
 
 
 def _bar(
-    x: float, width: float, kinds: Counter[str], peak: int, moment: datetime
+    x: float,
+    width: float,
+    kinds: Counter[str],
+    peak: int,
+    moment: datetime,
+    title_format: str,
 ) -> dict[str, Any]:
     y: float = CHART_HEIGHT
     parts = []
@@ -201,15 +213,34 @@ def _bar(
         if height:
             y -= height
             parts.append({"kind": str(kind), "y": round(y, 2), "height": height})
-    title = _(
-        "%(time)s: %(succeeded)d succeeded, %(failed)d failed, %(other)d killed or lost"
-    ) % {
+    title = title_format % {
         "time": timezone.localtime(moment).strftime("%Y-%m-%d %H:%M"),
         "succeeded": kinds[Status.SUCCEEDED],
         "failed": kinds[Status.FAILED],
         "other": kinds["other"],
     }
     return {"x": round(x, 2), "width": round(width, 2), "parts": parts, "title": title}
+
+
+def _bars_svg(bars: list[dict[str, Any]]) -> str:
+    """The bars' SVG markup (a week has 168), built here: as a template loop it took 40 ms.
+
+    Only the title is text; the rest are numbers and the kinds' fixed names.
+    """
+    return mark_safe(  # noqa: S308 (the title is escaped, the rest are numbers)
+        "".join(
+            f'<g class="jobstatus-bar"><title>{escape(bar["title"])}</title>'
+            f'<rect class="jobstatus-bar-hit" x="{bar["x"]}" y="0" width="{bar["width"]}" '
+            f'height="{CHART_HEIGHT}"></rect>'
+            + "".join(
+                f'<rect class="jobstatus-bar-{part["kind"]}" x="{bar["x"]}" y="{part["y"]}" '
+                f'width="{bar["width"]}" height="{part["height"]}"></rect>'
+                for part in bar["parts"]
+            )
+            + "</g>"
+            for bar in bars
+        )
+    )
 
 
 def _seconds(value: float | None) -> str:

@@ -3,9 +3,13 @@
 A run finishes at "now", so once an hour is over (plus GRACE for a transaction that
 commits late) the runs that finished in it never change: its counts per job, status and
 duration bucket are computed once, on the first request that needs them, and kept in
-``JobRunHour`` (an ``INSERT … SELECT``, nothing added to a task's own writes). A window's
-figures are then a sum over at most 168 hours of roll-ups plus the runs that finished
-since the last closed hour: two queries, whatever the number of runs.
+``JobRunHour`` (an ``INSERT … SELECT``, nothing added to a task's own writes); each hour's
+marker row holds its totals (the chart). A window (24 h, 7 d) has rows of its own too: its
+sums per job and duration bucket, made once from its hours, then moved on by an hour
+each hour (the earlier window's rows, plus the hour that closed, minus the hour that
+left). A window's figures are then its rows, its hours' markers and the runs finished
+since the last closed hour: two queries and some 5,000 rows for a busy week, whatever
+the number of runs.
 
 What is approximate: the 24 h and 7 d windows start on a whole hour (up to an hour
 more than the window), and p50/p95 come from a log-scale histogram (within about 4.4 %,

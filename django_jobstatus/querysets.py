@@ -702,15 +702,20 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     def finished_buckets_query(
         self,
-        size: str,
+        size: str | None,
         *by: str,
         durations: bool = False,
         tzinfo: tzinfo | None = None,
     ) -> models.QuerySet[Any]:
-        """finished_buckets() as an unordered ``values()`` queryset (to insert from, for one)."""
-        groups: dict[str, Any] = {
-            "start": TIME_BUCKETS[size]("finished_at", tzinfo=tzinfo)
-        }
+        """finished_buckets() as an unordered ``values()`` queryset (to insert from, for one).
+
+        ``size`` None: no ``start``, the counts of the whole range per the fields of ``by``.
+        """
+        groups: dict[str, Any] = (
+            {}
+            if size is None
+            else {"start": TIME_BUCKETS[size]("finished_at", tzinfo=tzinfo)}
+        )
         if "duration_bucket" in by:
             groups["duration_bucket"] = duration_bucket()
         counts: dict[str, Any] = {

@@ -54,8 +54,11 @@ logger = logging.getLogger(__name__)
 MAX_PENDING = 10_000
 # Runs in one statement.
 BATCH = 500
-# Seconds the writer waits after a run arrives for the next ones, to write them together.
+# Seconds the writer waits after a run arrives for the next ones, to write them together:
+# while they keep coming within LINGER of each other, up to MAX_LINGER after the first
+# (a busy enqueuer's runs go dozens at a time, a lone run within LINGER).
 LINGER = 0.002
+MAX_LINGER = 0.05
 # Longest pause between two tries while the database is away, in seconds.
 MAX_RETRY_DELAY = 5.0
 # Seconds of errors after which the runs being written are given up (and logged).
@@ -125,7 +128,10 @@ class Writer:
                     target=self._run, name="django-jobstatus writer", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify_all()
+            # Only the first run of a batch, or a full one, wakes the writer: a wake-up
+            # per run would take the GIL from the enqueuer each time.
+            if len(self._pending) == 1 or len(self._pending) >= BATCH:
+                self._cond.notify_all()
         return True
 
     def discard(self, pk: Any) -> bool:
@@ -174,10 +180,7 @@ class Writer:
                         return
                     continue
                 if LINGER and not self._stopping:
-                    # A moment for the runs enqueued right after this one: one statement for all.
-                    self._cond.wait_for(
-                        lambda: len(self._pending) >= BATCH or self._stopping, LINGER
-                    )
+                    self._linger()
                 batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
                 self._busy = len(batch)
             try:
@@ -213,6 +216,20 @@ class Writer:
                 with self._cond:
                     self._busy = 0
                     self._cond.notify_all()
+
+    def _linger(self) -> None:
+        """Wait for the runs enqueued right after the first, to write them in one statement.
+
+        Until none came for LINGER, the batch is full, MAX_LINGER passed, or someone waits
+        for the writer (``flush()``, a query's ``catch_up()``). Called holding the lock.
+        """
+        deadline = time.monotonic() + MAX_LINGER
+        seen = len(self._pending)
+        while seen < BATCH and not self._stopping and time.monotonic() < deadline:
+            woken = self._cond.wait(LINGER)
+            if woken or len(self._pending) == seen:
+                return
+            seen = len(self._pending)
 
     def _end(self) -> bool:
         """Close this thread's connections; whether the thread ends (nothing came meanwhile). Called holding the lock."""

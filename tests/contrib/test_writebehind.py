@@ -359,3 +359,32 @@ def test_a_batch_looks_its_tasks_up_in_the_index_not_the_whole_table() -> None:
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Seq Scan on django_jobstatus_jobrun" not in plan, plan
     assert JobRun.objects.filter(pk=values["id"], status=Status.QUEUED).exists()
+
+
+def test_a_busy_enqueuer_s_runs_go_in_one_statement_and_a_flush_does_not_wait(
+    monkeypatch,
+) -> None:
+    """The writer waits while runs keep coming (each within LINGER of the last), up to
+    MAX_LINGER: one statement for a stream of enqueues, not one per LINGER. A flush (or a
+    query catching up) ends the wait at once."""
+    monkeypatch.setattr(writebehind, "LINGER", 0.1)
+    monkeypatch.setattr(writebehind, "MAX_LINGER", 30.0)
+    batches: list[int] = []
+    insert = writebehind._insert
+
+    def counted(alias: str, rows: list[dict[str, Any]]) -> None:
+        batches.append(len(rows))
+        insert(alias, rows)
+
+    monkeypatch.setattr(writebehind, "_insert", counted)
+    stream = threading.Event()
+    for _ in range(50):  # 50 enqueues 10 ms apart: 0.5 s, 5 LINGERs
+        publish()
+        stream.wait(0.01)
+    # Still waiting for more (the last came within LINGER); the flush writes them now.
+    began = timezone.now()
+    assert writebehind.flush(timeout=10)
+    assert (timezone.now() - began).total_seconds() < 5
+    assert sum(batches) == 50
+    assert len(batches) <= 2, batches  # one, or two if the machine stalled past LINGER
+    assert JobRun.objects.filter(status=Status.QUEUED).count() == 50

@@ -3,9 +3,9 @@
 An integration records a new task as ``queued`` when it is enqueued. On PostgreSQL,
 outside a transaction, that INSERT does not run in the caller: the run's values are
 checked there (an error is the caller's, as before), then handed to this process's
-writer thread, which writes the runs waiting at that moment in one statement on a
-connection of its own. A busy enqueuer's runs go in batches; a lone one is written
-within a round trip.
+writer thread, which writes the runs waiting in one statement on a connection of its
+own. A lone run is written LINGER after its enqueue; a busy enqueuer's runs go dozens at
+a time (the thread waits while they keep coming, up to MAX_LINGER).
 
 What stays true:
 

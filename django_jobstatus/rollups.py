@@ -141,7 +141,8 @@ def _closed(start: datetime, end: datetime) -> Figures:
         if hours or start not in windows:
             _fill(start, end, hours, derive=start - HOUR in windows)
             found = Figures(buckets={}, jobs={})
-            _add_closed(found, start, end)
+            # Read back where they were written: a replica (READ_DATABASE) may lag.
+            _add_closed(found, start, end, using=router.db_for_write(JobRunHour))
         cache.set(key, found, timeout=int((HOUR + GRACE).total_seconds()))
     return found
 
@@ -218,7 +219,7 @@ def _add_jobs(result: Figures, rows: Iterable[tuple[str, int, list[int]]]) -> No
 
 
 def _add_closed(
-    result: Figures, start: datetime, end: datetime
+    result: Figures, start: datetime, end: datetime, using: str | None = None
 ) -> tuple[list[datetime], set[datetime]]:
     """Add the roll-ups from ``start`` to ``end`` (one query); the hours not rolled up yet, and
     the starts of the windows of this length there (this one, the one an hour earlier).
@@ -227,18 +228,22 @@ def _add_closed(
     window's rows (its sums per job and duration bucket, some 5,000 for a week).
     """
     hours = _span(start, end)
-    rows = JobRunHour.objects.filter(
-        Q(hours=1, job_name="", hour__gte=start, hour__lt=end)
-        | Q(hours=hours, hour=start)
-        | Q(hours=hours, hour=start - HOUR, job_name="")
-    ).values_list(
-        # The hour of the markers only: Django's psycopg loader of a datetime is Python
-        # (8 us a row, 40 ms for a week's rows).
-        Case(When(job_name="", then=F("hour"))),
-        "hours",
-        "job_name",
-        "duration_bucket",
-        *FINISHED,
+    rows = (
+        JobRunHour.objects.using(using)
+        .filter(
+            Q(hours=1, job_name="", hour__gte=start, hour__lt=end)
+            | Q(hours=hours, hour=start)
+            | Q(hours=hours, hour=start - HOUR, job_name="")
+        )
+        .values_list(
+            # The hour of the markers only: Django's psycopg loader of a datetime is Python
+            # (8 us a row, 40 ms for a week's rows).
+            Case(When(job_name="", then=F("hour"))),
+            "hours",
+            "job_name",
+            "duration_bucket",
+            *FINISHED,
+        )
     )
     seen: set[datetime] = set()
     windows: set[datetime] = set()

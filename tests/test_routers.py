@@ -14,7 +14,8 @@ from django_jobstatus.models import JobRun, Status
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 
-RUNS_TABLE = JobRun._meta.db_table
+# Quoted: the roll-ups' table (django_jobstatus_jobrunhour) starts with the same name.
+RUNS_TABLE = f'"{JobRun._meta.db_table}"'
 
 
 @pytest.fixture
@@ -99,3 +100,37 @@ def test_a_kill_and_a_reap_write_to_the_primary(routed):
     assert JobRun.objects.create(job_name="x", status=Status.RUNNING).pk
     assert JobRun.objects.running().request_kill() == 1
     assert JobRun.objects.reap(timeout=3600).reaped == 0
+
+
+def test_the_dashboard_reads_the_roll_ups_it_just_wrote_from_the_primary(
+    routed, admin_client
+):
+    """A replica may not have the rows yet: what a request rolled up is read back where it
+    was written, never cached empty for an hour. Later requests read the replica."""
+    from django.core.cache import cache
+
+    from django_jobstatus.models import JobRunHour
+
+    table = JobRunHour._meta.db_table
+    cache.clear()
+    with (
+        CaptureQueriesContext(connections["replica"]) as replica,
+        CaptureQueriesContext(connections["default"]) as primary,
+    ):
+        assert (
+            admin_client.get("/admin/django_jobstatus/jobrun/dashboard/").status_code
+            == 200
+        )
+    written = [q["sql"] for q in primary.captured_queries if table in q["sql"]]
+    assert any(sql.startswith("INSERT") for sql in written)
+    inserted = max(i for i, sql in enumerate(written) if sql.startswith("INSERT"))
+    assert any(sql.startswith("SELECT") for sql in written[inserted:])
+    assert any(table in q["sql"] for q in replica.captured_queries)  # the first look
+    cache.clear()
+    with (
+        CaptureQueriesContext(connections["replica"]) as replica,
+        CaptureQueriesContext(connections["default"]) as primary,
+    ):
+        admin_client.get("/admin/django_jobstatus/jobrun/dashboard/")
+    assert not [q for q in primary.captured_queries if table in q["sql"]]
+    assert any(table in q["sql"] for q in replica.captured_queries)

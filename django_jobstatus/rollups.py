@@ -190,7 +190,11 @@ def _add_live(result: Figures, since: datetime, size: timedelta) -> None:
         .values_list("at", "job_name", "duration_bucket", *FINISHED)
     )
     jobs = []
-    for at, job_name, bucket, *row in per_bar.union(per_job, all=True):
+    # Ordered by a column of the union: Django 6.1 would order it by JobRun's Meta.ordering,
+    # which names no column of it.
+    for at, job_name, bucket, *row in per_bar.union(per_job, all=True).order_by(
+        "start"
+    ):
         if at is None:
             jobs.append((job_name, bucket, row))
         else:

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -214,3 +215,25 @@ def test_percentiles_are_within_five_percent(make_run):
         found = job.percentile(fraction)
         assert found is not None
         assert abs(found - wanted) / wanted < 0.05, (fraction, found, wanted)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_window_migration_reverses_with_roll_ups_in_the_table(week):
+    """A week's roll-ups (the hours' rows and the window's, which share hour, job and
+    bucket) are forgotten before the old unique constraint comes back, not after."""
+    from django.core.management import call_command
+
+    rollups.figures(week - timedelta(days=7), week, rollups.HOUR)
+    assert JobRunHour.objects.exclude(hours=1).exists()
+    call_command("migrate", "django_jobstatus", "0010", verbosity=0)
+    try:
+        with connection.cursor() as cursor:
+            table = connection.ops.quote_name(JobRunHour._meta.db_table)
+            cursor.execute(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 (a quoted name)
+            assert cursor.fetchone()[0] == 0
+    finally:
+        call_command("migrate", "django_jobstatus", verbosity=0)
+    cache.clear()
+    assert rollups.figures(week - timedelta(days=1), week, rollups.HOUR).counts() == (
+        exact(rollups.floor(week - timedelta(days=1), rollups.HOUR), week)
+    )

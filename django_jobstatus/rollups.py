@@ -88,16 +88,11 @@ class Figures:
             job.counts.update(figures.counts)
             job.histogram.update(figures.histogram)
 
-    def add(
-        self, start: datetime, job_name: str, bucket: int, row: dict[str, Any]
-    ) -> None:
+    def add_bar(self, start: datetime, counts: list[int]) -> None:
+        """Add a count per FINISHED status to the bar starting at ``start``."""
         self.buckets.setdefault(start, Counter()).update(
-            {status: row[status] for status in FINISHED}
+            dict(zip(FINISHED, counts, strict=True))
         )
-        job = self.jobs.setdefault(job_name, JobFigures())
-        job.counts.update({status: row[status] for status in FINISHED})
-        if bucket != UNTIMED:
-            job.histogram[bucket] += sum(row[status] for status in FINISHED)
 
 
 def floor(moment: datetime, size: timedelta) -> datetime:
@@ -198,9 +193,7 @@ def _add_live(result: Figures, since: datetime, size: timedelta) -> None:
         if at is None:
             jobs.append((job_name, bucket, row))
         else:
-            result.buckets.setdefault(floor(at, size), Counter()).update(
-                dict(zip(FINISHED, row, strict=True))
-            )
+            result.add_bar(floor(at, size), row)
     _add_jobs(result, jobs)
 
 
@@ -255,9 +248,7 @@ def _add_closed(
     for at, span, job_name, bucket, *row in rows.order_by():
         if span == 1:
             seen.add(at)
-            result.buckets.setdefault(at, Counter()).update(
-                dict(zip(FINISHED, row, strict=True))
-            )
+            result.add_bar(at, row)
         elif not job_name:
             windows.add(at)
         else:

@@ -33,11 +33,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import django_rq
 import rq
+import rq.registry
 from django.db import connections
 from django.utils.translation import gettext as _
 from django_rq.queues import DjangoRQ
@@ -49,7 +51,7 @@ from rq.job import JobStatus
 from django_jobstatus import contrib, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
-from django_jobstatus.exceptions import JobKilled
+from django_jobstatus.exceptions import InvalidTransition, JobKilled
 from django_jobstatus.fingerprints import last_line
 from django_jobstatus.models import JobRun, Status, default_worker
 
@@ -403,9 +405,34 @@ _WAITING = frozenset(
 
 
 def _canceled(run: JobRun, alias: str) -> None:
-    current = JobRun.objects.using(alias).filter(pk=run.pk).first()
-    if current is not None and current.is_active and current.status != Status.RUNNING:
-        current.mark_killed(using=alias, message=str(_("Canceled before it ran.")))
+    """End ``run`` killed: its job was canceled before a worker took it.
+
+    Read again when the move is refused: the worker that scheduled the retry may have
+    moved the run retrying → queued between the read and the write.
+    """
+    for _attempt in range(3):
+        current = JobRun.objects.using(alias).filter(pk=run.pk).first()
+        if current is None or not current.is_active or current.status == Status.RUNNING:
+            return
+        try:
+            current.mark_killed(using=alias, message=str(_("Canceled before it ran.")))
+        except InvalidTransition:
+            continue
+        return
+
+
+# How long a kill waits for a worker to finish handing a failed job to RQ's scheduler.
+SCHEDULING_TIMEOUT = 5.0
+
+
+def _scheduling(job: rq.job.Job, connection: Redis) -> bool:
+    """Whether ``job`` is marked scheduled while its worker has not put it in the registry yet.
+
+    RQ's retry marks the job scheduled at once and registers it in a pipeline run later:
+    a cancel between the two would be undone by that pipeline.
+    """
+    registry = rq.registry.ScheduledJobRegistry(job.origin, connection=connection)
+    return job.id not in registry
 
 
 class RQBackend:
@@ -441,6 +468,10 @@ class RQBackend:
             # Queued, scheduled (e.g. waiting for an RQ Retry) or deferred: RQ drops it.
             # (job.worker_name still names the worker of an earlier attempt: a stop-job
             # command would go to a worker that is not running it.)
+            if status == JobStatus.SCHEDULED:
+                deadline = time.monotonic() + SCHEDULING_TIMEOUT
+                while _scheduling(job, connection) and time.monotonic() < deadline:
+                    time.sleep(0.005)
             with contextlib.suppress(InvalidJobOperation):  # canceled already
                 job.cancel()
             _execution.best_effort(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
@@ -12,6 +13,7 @@ import django_rq
 import pytest
 import redis
 import rq
+import rq.registry
 from django.utils import timezone
 from rq import Retry
 
@@ -145,6 +147,62 @@ def test_a_simple_worker_in_this_process_records_its_jobs(
     assert failed.status == Status.FAILED
     assert failed.error == "ValueError: nope"
     assert "raise ValueError(text)" in failed.traceback
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_that_races_the_retry_s_queued_record_still_ends_the_run_killed(
+    local_queue: rq.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker that schedules a retry moves the run retrying → queued: when that lands
+    between the kill's read of the run and its write, the run is read again and killed
+    (it stayed queued, with the job canceled: a run no worker would ever end)."""
+    job = local_queue.enqueue(rq_jobs.add, 1, 2)
+    run = recorded(job)
+    run.mark_running()
+    run.mark_failed(RuntimeError("attempt 1 failed"), retry=True)
+    own_mark_killed = JobRun.mark_killed
+    raced: list[bool] = []
+
+    def after_the_worker_s_move(self: JobRun, **fields: Any) -> None:
+        if not raced:
+            raced.append(True)
+            JobRun.objects.get(pk=self.pk).mark_queued()  # the worker, just before
+        own_mark_killed(self, **fields)
+
+    monkeypatch.setattr(JobRun, "mark_killed", after_the_worker_s_move)
+    assert JobRun.objects.filter(pk=run.pk).request_kill() == 1
+    assert raced == [True]
+    assert (refreshed(run).status, run.attempt) == (Status.KILLED, 2)
+    assert job.get_status(refresh=True) == rq.job.JobStatus.CANCELED
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_kill_waits_for_a_retry_being_scheduled_before_it_cancels_it(
+    local_queue: rq.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RQ's retry marks the job scheduled at once and registers it in a pipeline the worker
+    runs a moment later: a cancel in between was undone (the job ran again)."""
+    job = local_queue.enqueue(rq_jobs.add, 1, 2)
+    run = recorded(job)
+    job.set_status(rq.job.JobStatus.SCHEDULED)  # the worker's retry, half done
+    own_scheduling = jobstatus_rq._scheduling
+    seen: list[bool] = []
+
+    def then_the_worker_s_pipeline(job: rq.job.Job, connection: Any) -> bool:
+        pending = own_scheduling(job, connection)
+        if pending and not seen:
+            seen.append(True)
+            local_queue.schedule_job(job, timezone.now() + timedelta(minutes=5))
+        return pending
+
+    monkeypatch.setattr(jobstatus_rq, "_scheduling", then_the_worker_s_pipeline)
+    assert JobRun.objects.filter(pk=run.pk).request_kill() == 1
+    assert seen == [True]
+    assert job.get_status(refresh=True) == rq.job.JobStatus.CANCELED
+    assert job.id not in rq.registry.ScheduledJobRegistry(queue=local_queue)
+    assert refreshed(run).status == Status.KILLED
 
 
 @pytest.mark.usefixtures("rq_on")
@@ -285,12 +343,15 @@ class TestWorker:
         second = contrib.retry(first)
         assert second.pk != first.pk
         assert second.backend_job_id != first.backend_job_id
-        assert (second.job_name, second.params, second.queue, second.status) == (
+        assert (second.job_name, second.params, second.queue) == (
             first.job_name,
             first.params,
             first.queue,
-            Status.QUEUED,
         )
+        # Recorded queued before the push; the worker may have taken it by the time
+        # retry() reads it back.
+        assert second.queued_at is not None
+        assert second.status in (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED)
         assert finished(second, rq_worker).result == 42
 
     def test_the_job_runs_while_the_database_is_away(

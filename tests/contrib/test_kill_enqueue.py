@@ -634,7 +634,9 @@ def test_a_celery_retry_with_the_broker_down_leaves_no_run(
 
     with pytest.raises(Exception, match="Connection refused"):
         contrib.retry(failed)
-    assert list(JobRun.objects.all()) == [failed]
+    # No run of the job but the failed one (a late write of another test's worker may
+    # still land in the table: CI saw one when an RQ test before this one failed).
+    assert list(JobRun.objects.filter(job_name="tests.add")) == [failed]
 
 
 @pytest.mark.redis

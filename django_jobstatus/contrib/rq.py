@@ -431,7 +431,7 @@ def _scheduling(job: rq.job.Job, connection: Redis) -> bool:
     RQ's retry marks the job scheduled at once and registers it in a pipeline run later:
     a cancel between the two would be undone by that pipeline.
     """
-    registry = rq.registry.ScheduledJobRegistry(job.origin, connection=connection)
+    registry = rq.registry.ScheduledJobRegistry(job.origin, connection=connection)  # type: ignore[no-untyped-call]
     return job.id not in registry
 
 

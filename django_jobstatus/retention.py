@@ -287,9 +287,11 @@ _CASCADING = """
     ), gone AS (
         DELETE FROM {runs} WHERE id = ANY(ARRAY(SELECT picked.id FROM picked))
         RETURNING id, job_name, status, created_at
+    ), batch AS (
+        SELECT gone.*, coalesce(lines.n, 0) AS n
+        FROM gone LEFT JOIN lines ON lines.run_id = gone.id
     )
-    SELECT gone.id, gone.job_name, gone.status, gone.created_at, coalesce(lines.n, 0)
-    FROM gone LEFT JOIN lines ON lines.run_id = gone.id
+    {totals}
 """
 
 # Without those actions (a schema older than 0008, or changed since): the lines go in the
@@ -301,11 +303,28 @@ _DELETING = """
         RETURNING id, job_name, status, created_at
     ), lines AS (
         DELETE FROM {logs} WHERE run_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING run_id
+    ), batch AS (
+        SELECT gone.*, coalesce(n.lines, 0) AS n
+        FROM gone LEFT JOIN (
+            SELECT run_id, count(*) AS lines FROM lines GROUP BY run_id
+        ) AS n ON n.run_id = gone.id
     )
-    SELECT gone.id, gone.job_name, gone.status, gone.created_at, coalesce(n.lines, 0)
-    FROM gone LEFT JOIN (
-        SELECT run_id, count(*) AS lines FROM lines GROUP BY run_id
-    ) AS n ON n.run_id = gone.id
+    {totals}
+"""
+
+# What a batch deleted, per job name and status (runs, lines); the newest run's created_at
+# and id (where the next batch starts) on one of the rows; the deleted ids with ``ids``.
+# Summed here: a row per run cost more to load in Python (its datetime, its UUID) than
+# the batch's delete.
+_TOTALS = """
+    SELECT job_name, status, count(*), sum(n)::bigint, max(last_created), max(last_id){ids}
+    FROM (
+        SELECT id, job_name, status, n,
+            CASE WHEN row_number() OVER newest = 1 THEN created_at END AS last_created,
+            CASE WHEN row_number() OVER newest = 1 THEN id::text END AS last_id
+        FROM batch WINDOW newest AS (ORDER BY created_at DESC, id DESC)
+    ) AS numbered
+    GROUP BY job_name, status
 """
 
 
@@ -512,8 +531,9 @@ class _Batches:
         sql, params = (
             self._page(size, after, spare=True).values("pk").query.sql_with_params()
         )
+        totals = _TOTALS.format(ids="" if self.cascades else ", array_agg(id)")
         statement = (_CASCADING if self.cascades else _DELETING).format(
-            runs=self.tables[0], logs=self.tables[1], page=sql
+            runs=self.tables[0], logs=self.tables[1], page=sql, totals=totals
         )
         with connection.cursor() as cursor:
             cursor.execute(statement, params)
@@ -522,14 +542,15 @@ class _Batches:
                 # Runs kept whose parent went: detached, as on_delete=SET_NULL would.
                 cursor.execute(
                     f"UPDATE {self.tables[0]} SET parent_id = NULL WHERE parent_id = ANY(%s)",  # noqa: S608
-                    [[row[0] for row in rows]],
+                    [[pk for row in rows for pk in row[6]]],
                 )
-        for _pk, name, status, _created, lines in rows:
-            self.result._add(name, status, 1, lines)
-        if not rows:
-            return 0, None
-        last = max((created, pk) for pk, _n, _s, created, _l in rows)
-        return len(rows), last
+        deleted, last = 0, None
+        for name, status, runs, lines, last_created, last_id, *_ids in rows:
+            self.result._add(name, status, runs, lines)
+            deleted += runs
+            if last_created is not None:
+                last = (last_created, self.candidates.model._meta.pk.to_python(last_id))
+        return deleted, last
 
     def _delete(
         self, size: int, after: tuple[datetime, Any] | None

@@ -686,17 +686,25 @@ def test_a_celery_publish_records_its_run_with_one_insert() -> None:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("rq_on")
 def test_an_rq_enqueue_records_its_run_with_one_insert() -> None:
-    queue = django_rq.get_queue(rq_jobs.LOCAL_QUEUE)
+    # A queue of its own: a worker of this module took a job enqueued on LOCAL_QUEUE
+    # before the test emptied it, and recorded its run into the next test's table (CI).
+    queue = jobstatus_rq.Queue(
+        f"jobstatus-kill-nobody-{uuid.uuid4().hex[:8]}",
+        connection=redis.Redis.from_url(rq_jobs.REDIS_URL),
+    )
     jobs: list[Any] = []
     try:
         sql = statements(
-            lambda: jobs.append(queue.enqueue(kill_jobs.mark, "nobody runs it"))
+            # RQ's own enqueue_call: django-rq's looks the queue up in RQ_QUEUES.
+            lambda: jobs.append(
+                rq.Queue.enqueue_call(queue, kill_jobs.mark, args=("nobody runs it",))
+            )
         )
         assert len(sql) == 1, sql
         job = jobs[0]
     finally:
         queue.empty()
-    assert rq_run(job).queued_at is not None  # a worker of this module may run it since
+    assert rq_run(job).status == Status.QUEUED
 
 
 # Point 4: runs queued longer than QUEUED_TIMEOUT end.

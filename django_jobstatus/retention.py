@@ -535,21 +535,25 @@ class _Batches:
         statement = (_CASCADING if self.cascades else _DELETING).format(
             runs=self.tables[0], logs=self.tables[1], page=sql, totals=totals
         )
+        deleted, last = 0, None
+        ids: list[Any] = []  # without the database's SET NULL: the children to detach
         with connection.cursor() as cursor:
             cursor.execute(statement, params)
-            rows = cursor.fetchall()
-            if rows and not self.cascades:
+            for name, status, runs, lines, last_created, last_id, *more in cursor:
+                self.result._add(name, status, runs, lines)
+                deleted += runs
+                ids += more[0] if more else []
+                if last_created is not None:
+                    last = (
+                        last_created,
+                        self.candidates.model._meta.pk.to_python(last_id),
+                    )
+            if ids:
                 # Runs kept whose parent went: detached, as on_delete=SET_NULL would.
                 cursor.execute(
                     f"UPDATE {self.tables[0]} SET parent_id = NULL WHERE parent_id = ANY(%s)",  # noqa: S608
-                    [[pk for row in rows for pk in row[6]]],
+                    [ids],
                 )
-        deleted, last = 0, None
-        for name, status, runs, lines, last_created, last_id, *_ids in rows:
-            self.result._add(name, status, runs, lines)
-            deleted += runs
-            if last_created is not None:
-                last = (last_created, self.candidates.model._meta.pk.to_python(last_id))
         return deleted, last
 
     def _delete(

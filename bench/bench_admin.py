@@ -254,6 +254,12 @@ def pages() -> list[tuple[str, str, str | None, str | None]]:
         ("search, full job name", f"{runs}?q={name}", f"{tasks}?q={name}", None),
         ("search, a fragment", f"{runs}?q=sync_ledg", f"{tasks}?q=sync_ledg", None),
         (
+            "search, a name not there",
+            f"{runs}?q=reports.sync_ledger",
+            f"{tasks}?q=reports.sync_ledger",
+            None,
+        ),
+        (
             f"changelist, p={deep[0]}",
             f"{runs}?p={deep[0]}",
             f"{tasks}?p={deep_theirs[0]}",

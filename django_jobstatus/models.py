@@ -225,8 +225,10 @@ class JobRun(models.Model):
             models.Index(
                 fields=["status", "created_at"], name="jobstatus_run_status_idx"
             ),
+            # One job's runs newest first, and its deep pages: an index-only OFFSET (0012).
             models.Index(
-                fields=["job_name", "created_at"], name="jobstatus_run_job_idx"
+                fields=["job_name", "created_at", "id"],
+                name="jobstatus_run_job_id_idx",
             ),
             models.Index(fields=["finished_at"], name="jobstatus_run_finished_idx"),
             # The API's ?ordering=started_at and ?ordering=duration (migration 0002).

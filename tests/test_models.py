@@ -788,6 +788,25 @@ def test_the_big_table_indexes_and_their_migration_reverses() -> None:
     assert "jobstatus_run_created_idx" not in _run_indexes()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_job_index_holds_the_id_and_its_migration_reverses() -> None:
+    runs = _run_indexes()
+    assert runs["jobstatus_run_job_id_idx"]["columns"] == [
+        "job_name",
+        "created_at",
+        "id",
+    ]
+    assert "jobstatus_run_job_idx" not in runs
+    call_command("migrate", "django_jobstatus", "0011", verbosity=0)
+    try:
+        runs = _run_indexes()
+        assert runs["jobstatus_run_job_idx"]["columns"] == ["job_name", "created_at"]
+        assert "jobstatus_run_job_id_idx" not in runs
+    finally:
+        call_command("migrate", "django_jobstatus", verbosity=0)
+    assert "jobstatus_run_job_idx" not in _run_indexes()
+
+
 def test_every_text_column_of_a_run_has_its_width_in_max_lengths() -> None:
     """storable() cuts to MAX_LENGTHS: a column missing there would be refused by PostgreSQL."""
     widths = {

@@ -41,10 +41,19 @@ def _newest_first(queryset: Any) -> bool:
 
 
 def _at_or_before(created: datetime, pk: Any, *, reverse: bool = False) -> Q:
-    """Rows at or after (created, pk) in newest-first order (at or before in oldest-first)."""
+    """Rows at or after (created, pk) in newest-first order (at or before in oldest-first).
+
+    The plain bound on ``created_at`` says the same as the OR beside it, and is what an
+    index of (…, created_at) starts its scan at: without it the scan began at the newest
+    row and filtered out every row of the pages before (55 ms at page 300 of one job).
+    """
     if reverse:
-        return Q(created_at__gt=created) | Q(created_at=created, id__gte=pk)
-    return Q(created_at__lt=created) | Q(created_at=created, id__lte=pk)
+        return Q(created_at__gte=created) & (
+            Q(created_at__gt=created) | Q(created_at=created, id__gte=pk)
+        )
+    return Q(created_at__lte=created) & (
+        Q(created_at__lt=created) | Q(created_at=created, id__lte=pk)
+    )
 
 
 class CappedCountPaginator(Paginator):  # type: ignore[type-arg]

@@ -46,7 +46,7 @@ def test_job_name_choices_skip_through_the_index(make_run):
     table = connection.ops.quote_name(JobRun._meta.db_table)
     sql = job_names_sql(table)
     text = plan(sql, [JOB_NAME_CHOICES])
-    assert "jobstatus_run_job_idx" in text
+    assert "jobstatus_run_job_id_idx" in text
     assert "Seq Scan" not in text
 
 
@@ -101,7 +101,7 @@ def seeded(db) -> Iterator[None]:
         ),
         (
             lambda: JobRun.objects.for_job("a").order_by("-created_at")[:50],
-            "jobstatus_run_job_idx",
+            "jobstatus_run_job_id_idx",
         ),
         (
             lambda: JobRun.objects.filter(created_at__gte=timezone.now()).order_by(
@@ -209,3 +209,43 @@ def test_failures_are_grouped_from_the_index_alone(retry_sources):
     assert len(queries) == 1
     text = plan(queries[0], off=("seqscan", "bitmapscan"))
     assert "Index Only Scan using jobstatus_run_failure_idx" in text, text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_s_deep_page_is_found_from_the_index_alone(monkeypatch, admin_client):
+    """Page 300 of a job: its first row comes from an index-only OFFSET of (job_name,
+    created_at, id), and its rows from an index range starting there (the plain bound on
+    created_at beside the OR). Before, the first row walked the (created_at, id) index and
+    read every run of the pages before from the table, and the rows were found by
+    filtering every run newer than the page (161 ms on a million runs)."""
+    from django_jobstatus.admin import paginator
+    from django_jobstatus.models import Status, uuid7
+
+    monkeypatch.setattr(paginator, "DEEP", 60)
+    now = timezone.now()
+    JobRun.objects.bulk_create(
+        JobRun(
+            id=uuid7(),
+            job_name=f"job{i % 7}",
+            status=Status.SUCCEEDED,
+            created_at=now - timedelta(seconds=i),
+        )
+        for i in range(7000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {JobRun._meta.db_table}")
+    expected = list(JobRun.objects.for_job("job3").order_by("-created_at", "-id"))
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(
+            "/admin/django_jobstatus/jobrun/", {"job_name": "job3", "p": 4}
+        )
+    assert list(response.context["cl"].result_list) == expected[150:200]
+    queries = [query["sql"] for query in captured.captured_queries]
+    (first,) = [sql for sql in queries if "OFFSET" in sql]
+    text = plan(first, off=("seqscan", "bitmapscan"))
+    assert "Index Only Scan Backward using jobstatus_run_job_id_idx" in text, text
+    (rows,) = [sql for sql in queries if sql.endswith(" LIMIT 50") and "<=" in sql]
+    text = plan(rows, off=("seqscan", "bitmapscan"))
+    assert (
+        "Index Cond: (((job_name)::text = 'job3'::text) AND (created_at <=" in text
+    ), text

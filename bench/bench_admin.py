@@ -199,6 +199,14 @@ def _last_page(count: int, per_page: int) -> int:
     return max((count + per_page - 1) // per_page, 1)
 
 
+def _older(rows: Any, offset: int) -> str:
+    """The ``older`` parameter of the link past the row ``offset`` rows down, newest first."""
+    from urllib.parse import quote
+
+    row = rows.order_by("-created_at", "-id").values_list("created_at", "pk")[offset]
+    return quote(f"{row[0].isoformat()},{row[1]}")
+
+
 def pages() -> list[tuple[str, str, str | None, str | None]]:
     """(label, jobstatus URL, django-celery-results' nearest URL or None, django-tasks-db's or None)."""
     from django_celery_results.models import TaskResult
@@ -224,6 +232,15 @@ def pages() -> list[tuple[str, str, str | None, str | None]]:
     theirs_last = _last_page(TaskResult.objects.count(), 100)
     dtk_last = _last_page(_dtk().objects.count(), 100) if dtk else 0
     name = "billing.tasks.sync_ledger"
+    # Where an *Older* link leads after reading 90% of the runs, or of a job's runs.
+    older = [
+        _older(rows, rows.count() * 9 // 10)
+        for rows in (
+            JobRun.objects.all(),
+            JobRun.objects.for_job(name),
+            JobLog.objects.all(),
+        )
+    ]
     # A small quick run has fewer pages than the deep pages timed at full size.
     deep = [min(p, ours_last) for p in (50, 500, 1000)]
     deep_theirs = [min(p, theirs_last) for p in (50, 500, 1000)]
@@ -283,6 +300,13 @@ def pages() -> list[tuple[str, str, str | None, str | None]]:
             f"{tasks}?p={theirs_last}",
             dtk and f"{dtk}?p={dtk_last}",
         ),
+        ("changelist, Older link 90% down", f"{runs}?older={older[0]}", None, None),
+        (
+            "one job, Older link 90% down",
+            f"{runs}?job_name={name}&older={older[1]}",
+            None,
+            None,
+        ),
         (
             "run page, 100k logs",
             f"{runs}{big.pk}/change/",
@@ -300,6 +324,7 @@ def pages() -> list[tuple[str, str, str | None, str | None]]:
         ("JobLog, ERROR+", f"{logs}?level=40", None, None),
         (f"JobLog p={logs_deep}", f"{logs}?p={logs_deep}", None, None),
         ("JobLog last page", f"{logs}?p={logs_last}", None, None),
+        ("JobLog, Older link 90% down", f"{logs}?older={older[2]}", None, None),
         ("JobLog search, a rare word", f"{logs}?q=customer+42424", None, None),
         ("JobLog search, a common word", f"{logs}?q=emails", None, None),
         ("JobLog search, two words", f"{logs}?q=retrying+503", None, None),

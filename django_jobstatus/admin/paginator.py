@@ -40,19 +40,23 @@ def _newest_first(queryset: Any) -> bool:
     return tuple(dict.fromkeys(queryset.query.order_by)) == NEWEST_FIRST
 
 
-def _at_or_before(created: datetime, pk: Any, *, reverse: bool = False) -> Q:
-    """Rows at or after (created, pk) in newest-first order (at or before in oldest-first).
+def _past(created: datetime, pk: Any, *, reverse: bool = False, inclusive: bool) -> Q:
+    """Rows after (created, pk) in newest-first order, or before it in oldest-first
+    (``reverse``); with ``inclusive``, that row too.
 
-    The plain bound on ``created_at`` says the same as the OR beside it, and is what an
+    The plain bound on ``created_at`` says no more than the OR beside it, and is what an
     index of (…, created_at) starts its scan at: without it the scan began at the newest
-    row and filtered out every row of the pages before (55 ms at page 300 of one job).
+    row and filtered out every row before the page (a job's page 2,000: 161 ms; an
+    *Older* link 900,000 runs down: 860 ms).
     """
     if reverse:
+        tie = Q(id__gte=pk) if inclusive else Q(id__gt=pk)
         return Q(created_at__gte=created) & (
-            Q(created_at__gt=created) | Q(created_at=created, id__gte=pk)
+            Q(created_at__gt=created) | Q(created_at=created) & tie
         )
+    tie = Q(id__lte=pk) if inclusive else Q(id__lt=pk)
     return Q(created_at__lte=created) & (
-        Q(created_at__lt=created) | Q(created_at=created, id__lte=pk)
+        Q(created_at__lt=created) | Q(created_at=created) & tie
     )
 
 
@@ -130,7 +134,9 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
         first = queryset.values_list("created_at", "id")[offset : offset + 1].first()
         if first is None:
             return []
-        return list(queryset.filter(_at_or_before(*first, reverse=reverse))[:size])
+        return list(
+            queryset.filter(_past(*first, reverse=reverse, inclusive=True))[:size]
+        )
 
     @staticmethod
     def _estimate(connection: Any, table: str) -> int:
@@ -201,7 +207,7 @@ class BigTableChangeList(ChangeList):
             key = self.model._meta.pk.to_python(pk)
         except (ValueError, ValidationError) as exc:
             raise IncorrectLookupParameters(exc) from exc
-        return Q(created_at__lt=moment) | Q(created_at=moment, id__lt=key)
+        return _past(moment, key, inclusive=False)
 
     def get_results(self, request: Any) -> None:
         super().get_results(request)

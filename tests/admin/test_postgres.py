@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -249,3 +250,56 @@ def test_a_job_s_deep_page_is_found_from_the_index_alone(monkeypatch, admin_clie
     assert (
         "Index Cond: (((job_name)::text = 'job3'::text) AND (created_at <=" in text
     ), text
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("url", "extra"),
+    [
+        ("/admin/django_jobstatus/jobrun/", {}),
+        ("/admin/django_jobstatus/jobrun/", {"job_name": "job3"}),
+        ("/admin/django_jobstatus/joblog/", {}),
+    ],
+)
+def test_an_older_link_starts_its_index_scan_at_its_row(admin_client, url, extra):
+    """An *Older* link's page is an index range from the last row shown. Without the plain
+    bound on created_at beside the keyset's OR, the scan began at the newest row and
+    filtered out every row before: 860 ms for runs and 3 s for log lines 90% down a
+    million runs."""
+    from django_jobstatus.models import Status, uuid7
+
+    now = timezone.now()
+    runs = JobRun.objects.bulk_create(
+        JobRun(
+            id=uuid7(),
+            job_name=f"job{i % 7}",
+            status=Status.SUCCEEDED,
+            created_at=now - timedelta(seconds=i),
+        )
+        for i in range(3000)
+    )
+    JobLog.objects.bulk_create(
+        JobLog(run=run, level=20, message="line", created_at=now - timedelta(seconds=i))
+        for i, run in enumerate(runs)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {JobRun._meta.db_table}")
+        cursor.execute(f"VACUUM ANALYZE {JobLog._meta.db_table}")
+    model = JobLog if "joblog" in url else JobRun
+    rows = model.objects.filter(**extra).order_by("-created_at", "-id")
+    at = rows.count() * 2 // 3
+    last = rows[at]
+    older = f"{last.created_at.isoformat()},{last.pk}"
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(url, {**extra, "older": older})
+    shown = list(response.context["cl"].result_list)
+    assert shown == list(rows[at + 1 : at + 1 + len(shown)]) and shown
+    pages = [
+        query["sql"]
+        for query in captured.captured_queries
+        if "COUNT(" not in query["sql"] and "<=" in query["sql"]
+    ]
+    assert pages
+    for page in pages:
+        text = plan(page, off=("seqscan", "bitmapscan"))
+        assert re.search(r"Index Cond: .*created_at <=", text), text

@@ -212,6 +212,22 @@ def test_failures_are_grouped_from_the_index_alone(retry_sources):
     assert "Index Only Scan using jobstatus_run_failure_idx" in text, text
 
 
+def _seven_jobs(count: int) -> list[JobRun]:
+    """``count`` finished runs of seven jobs, a second apart, newest now."""
+    from django_jobstatus.models import Status, uuid7
+
+    now = timezone.now()
+    return JobRun.objects.bulk_create(
+        JobRun(
+            id=uuid7(),
+            job_name=f"job{i % 7}",
+            status=Status.SUCCEEDED,
+            created_at=now - timedelta(seconds=i),
+        )
+        for i in range(count)
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_job_s_deep_page_is_found_from_the_index_alone(monkeypatch, admin_client):
     """Page 300 of a job: its first row comes from an index-only OFFSET of (job_name,
@@ -220,19 +236,9 @@ def test_a_job_s_deep_page_is_found_from_the_index_alone(monkeypatch, admin_clie
     read every run of the pages before from the table, and the rows were found by
     filtering every run newer than the page (161 ms on a million runs)."""
     from django_jobstatus.admin import paginator
-    from django_jobstatus.models import Status, uuid7
 
     monkeypatch.setattr(paginator, "DEEP", 60)
-    now = timezone.now()
-    JobRun.objects.bulk_create(
-        JobRun(
-            id=uuid7(),
-            job_name=f"job{i % 7}",
-            status=Status.SUCCEEDED,
-            created_at=now - timedelta(seconds=i),
-        )
-        for i in range(7000)
-    )
+    _seven_jobs(7000)
     with connection.cursor() as cursor:
         cursor.execute(f"VACUUM ANALYZE {JobRun._meta.db_table}")
     expected = list(JobRun.objects.for_job("job3").order_by("-created_at", "-id"))
@@ -266,18 +272,8 @@ def test_an_older_link_starts_its_index_scan_at_its_row(admin_client, url, extra
     bound on created_at beside the keyset's OR, the scan began at the newest row and
     filtered out every row before: 860 ms for runs and 3 s for log lines 90% down a
     million runs."""
-    from django_jobstatus.models import Status, uuid7
-
+    runs = _seven_jobs(3000)
     now = timezone.now()
-    runs = JobRun.objects.bulk_create(
-        JobRun(
-            id=uuid7(),
-            job_name=f"job{i % 7}",
-            status=Status.SUCCEEDED,
-            created_at=now - timedelta(seconds=i),
-        )
-        for i in range(3000)
-    )
     JobLog.objects.bulk_create(
         JobLog(run=run, level=20, message="line", created_at=now - timedelta(seconds=i))
         for i, run in enumerate(runs)

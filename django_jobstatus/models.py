@@ -646,11 +646,12 @@ class JobLog(models.Model):
             models.Index(
                 fields=["created_at", "id"], name="jobstatus_log_created_id_idx"
             ),
-            # "Warnings and errors, newest first" across all runs, without the info lines.
+            # "Warnings and errors, newest first" across all runs, without the info lines;
+            # with the level, "errors" pages skip the warnings in the index alone (0013).
             models.Index(
-                fields=["created_at", "id"],
+                fields=["created_at", "id", "level"],
                 condition=models.Q(level__gte=30),
-                name="jobstatus_log_warning_idx",
+                name="jobstatus_log_warn_level_idx",
             ),
         ]
 

@@ -698,24 +698,30 @@ def _log_indexes() -> dict[str, Any]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_warning_index_is_partial_and_its_migration_reverses() -> None:
-    assert _log_indexes()["jobstatus_log_warning_idx"]["columns"] == [
+def test_the_warning_index_is_partial_and_its_migrations_reverse() -> None:
+    assert _log_indexes()["jobstatus_log_warn_level_idx"]["columns"] == [
         "created_at",
         "id",
+        "level",
     ]
+    assert "jobstatus_log_warning_idx" not in _log_indexes()
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT indexdef FROM pg_indexes WHERE indexname = %s",
-                ["jobstatus_log_warning_idx"],
+                ["jobstatus_log_warn_level_idx"],
             )
             assert "WHERE (level >= 30)" in cursor.fetchone()[0]
-    call_command("migrate", "django_jobstatus", "0002", verbosity=0)
+    call_command("migrate", "django_jobstatus", "0012", verbosity=0)
     try:
+        logs = _log_indexes()
+        assert logs["jobstatus_log_warning_idx"]["columns"] == ["created_at", "id"]
+        assert "jobstatus_log_warn_level_idx" not in logs
+        call_command("migrate", "django_jobstatus", "0002", verbosity=0)
         assert "jobstatus_log_warning_idx" not in _log_indexes()
     finally:
         call_command("migrate", "django_jobstatus", verbosity=0)
-    assert "jobstatus_log_warning_idx" in _log_indexes()
+    assert "jobstatus_log_warn_level_idx" in _log_indexes()
 
 
 # Text the database cannot store, through the writes integrations make.

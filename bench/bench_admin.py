@@ -73,6 +73,12 @@ def parse() -> argparse.Namespace:
         help="only print each table's rows, estimate, sizes and VACUUM ANALYZE time (default: %(default)r)",
     )
     parser.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        help="time only this page of ours (repeat it for several) instead of the table (default: %(default)r)",
+    )
+    parser.add_argument(
         "--explain",
         action="store_true",
         help="print EXPLAIN ANALYZE of the job-name filter's query (default: %(default)r)",
@@ -421,7 +427,8 @@ def run(options: argparse.Namespace) -> None:
     header = f"{'page':32}{'jobstatus':>10}{'queries':>8}{'DCR':>8}{'ratio':>8}{'DTK':>8}{'ratio':>8}"
     print(header)
     print("-" * len(header))
-    for label, ours_url, theirs_url, dtk_url in pages():
+    chosen = [(url, url, None, None) for url in options.url]
+    for label, ours_url, theirs_url, dtk_url in chosen or pages():
         ours, queries = measure(
             client,
             ours_url,
@@ -437,6 +444,9 @@ def run(options: argparse.Namespace) -> None:
                 if theirs
                 else f"{'-':>8}{'-':>8}"
             )
+        if chosen:
+            print(f"{ours:>6.0f} ms {queries:>3} queries  {label}", flush=True)
+            continue
         print(f"{label:32}{ours:>10.0f}{queries:>8}{''.join(cells)}", flush=True)
         if "no roll-ups" in label:
             # That measurement deleted and rolled up every hour again, ``repeat`` + 1

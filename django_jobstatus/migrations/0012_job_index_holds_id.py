@@ -2,8 +2,8 @@
 from the index alone.
 
 With (job_name, created_at) the page's first row was found by walking the (created_at, id)
-index and reading every run of the pages before from the table: page 300 of a job with
-141,000 of a million runs took 45 ms, page 2,000 161 ms. The new index is built before the
+index and reading every run of the pages before from the table: page 2,000 of a job with
+141,000 of a million runs took 294 ms (57 ms with this index). The new index is built before the
 old one is dropped, both CONCURRENTLY on PostgreSQL, so the job filter is never without
 one and workers are not blocked.
 """

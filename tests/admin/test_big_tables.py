@@ -8,15 +8,14 @@ count (the last page holds the oldest rows, and "older" links walk past any coun
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from html import unescape
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
 from django_jobstatus.admin.paginator import CappedCountPaginator
-from django_jobstatus.models import JobLog, JobRun, Status, uuid7
+from django_jobstatus.models import JobLog, JobRun
+from tests.admin.history import seven_jobs
 
 pytestmark = pytest.mark.postgres
 
@@ -28,20 +27,6 @@ def _analyze(*models) -> None:
     with connection.cursor() as cursor:
         for model in models:
             cursor.execute(f"ANALYZE {model._meta.db_table}")
-
-
-def _runs(count: int, *, start: int = 0) -> list[JobRun]:
-    now = timezone.now()
-    return JobRun.objects.bulk_create(
-        JobRun(
-            id=uuid7(),
-            job_name=f"job{i % 7}",
-            status=Status.SUCCEEDED,
-            created_at=now - timedelta(minutes=i),
-            finished_at=now - timedelta(minutes=i),
-        )
-        for i in range(start, start + count)
-    )
 
 
 @pytest.fixture
@@ -62,7 +47,7 @@ def reset_statistics():
 def test_a_search_the_estimate_calls_rare_lists_one_page_and_links_to_more(
     admin_client, small_cap, reset_statistics
 ):
-    run = _runs(1)[0]
+    run = seven_jobs(1)[0]
     JobLog.objects.bulk_create(
         JobLog(run=run, message=f"retrying upstream after HTTP 503, try {i}")
         for i in range(400)
@@ -89,9 +74,9 @@ def _older_link(html: str) -> str | None:
 def test_every_run_is_reachable_when_the_estimate_is_below_the_real_count(
     admin_client, small_cap, reset_statistics
 ):
-    _runs(130)
+    seven_jobs(130)
     _analyze(JobRun)  # the estimate: 130
-    _runs(40, start=130)  # 40 older runs the statistics do not know about
+    seven_jobs(40, start=130)  # 40 older runs the statistics do not know about
     every = set(JobRun.objects.values_list("pk", flat=True))
     oldest = JobRun.objects.order_by("created_at", "id").first()
 
@@ -121,7 +106,7 @@ def test_deep_pages_are_the_pages_offset_would_give(admin_client, monkeypatch):
     monkeypatch.setattr(
         paginator, "DEEP", 60
     )  # index-only first rows from the third page
-    _runs(260)
+    seven_jobs(260)
     expected = list(JobRun.objects.order_by("-created_at", "-id"))
     for number in range(1, 7):
         page = admin_client.get(RUNS, {"p": number}).context["cl"].result_list

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from django_jobstatus.admin.filters import JOB_NAME_CHOICES, job_names_sql
 from django_jobstatus.models import JobLog, JobRun
+from tests.admin.history import seven_jobs
 
 pytestmark = pytest.mark.postgres
 
@@ -212,33 +213,17 @@ def test_failures_are_grouped_from_the_index_alone(retry_sources):
     assert "Index Only Scan using jobstatus_run_failure_idx" in text, text
 
 
-def _seven_jobs(count: int) -> list[JobRun]:
-    """``count`` finished runs of seven jobs, a second apart, newest now."""
-    from django_jobstatus.models import Status, uuid7
-
-    now = timezone.now()
-    return JobRun.objects.bulk_create(
-        JobRun(
-            id=uuid7(),
-            job_name=f"job{i % 7}",
-            status=Status.SUCCEEDED,
-            created_at=now - timedelta(seconds=i),
-        )
-        for i in range(count)
-    )
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_job_s_deep_page_is_found_from_the_index_alone(monkeypatch, admin_client):
     """Page 300 of a job: its first row comes from an index-only OFFSET of (job_name,
     created_at, id), and its rows from an index range starting there (the plain bound on
     created_at beside the OR). Before, the first row walked the (created_at, id) index and
     read every run of the pages before from the table, and the rows were found by
-    filtering every run newer than the page (161 ms on a million runs)."""
+    filtering every run newer than the page (294 ms on a million runs)."""
     from django_jobstatus.admin import paginator
 
     monkeypatch.setattr(paginator, "DEEP", 60)
-    _seven_jobs(7000)
+    seven_jobs(7000)
     with connection.cursor() as cursor:
         cursor.execute(f"VACUUM ANALYZE {JobRun._meta.db_table}")
     expected = list(JobRun.objects.for_job("job3").order_by("-created_at", "-id"))
@@ -270,9 +255,9 @@ def test_a_job_s_deep_page_is_found_from_the_index_alone(monkeypatch, admin_clie
 def test_an_older_link_starts_its_index_scan_at_its_row(admin_client, url, extra):
     """An *Older* link's page is an index range from the last row shown. Without the plain
     bound on created_at beside the keyset's OR, the scan began at the newest row and
-    filtered out every row before: 860 ms for runs and 3 s for log lines 90% down a
+    filtered out every row before: 883 ms for runs and 3.3 s for log lines 90% down a
     million runs."""
-    runs = _seven_jobs(3000)
+    runs = seven_jobs(3000)
     now = timezone.now()
     JobLog.objects.bulk_create(
         JobLog(run=run, level=20, message="line", created_at=now - timedelta(seconds=i))
@@ -304,9 +289,9 @@ def test_an_older_link_starts_its_index_scan_at_its_row(admin_client, url, extra
 @pytest.mark.django_db(transaction=True)
 def test_a_deep_page_of_errors_skips_the_warnings_in_the_index_alone(admin_client):
     """The log lines' errors filter, deep: the warnings it skips are read from the
-    index (which holds the level), not from the table (0.7 s with a cold cache at page
-    100 of 10 million lines)."""
-    runs = _seven_jobs(10)
+    index (which holds the level), not from the table (191 ms at page 100 of 10 million
+    lines)."""
+    runs = seven_jobs(10)
     now = timezone.now()
     JobLog.objects.bulk_create(
         JobLog(

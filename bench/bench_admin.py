@@ -273,6 +273,16 @@ def pages() -> list[tuple[str, str, str | None, str | None]]:
             dtk and f"{dtk}?status__exact=RUNNING",
         ),
         ("changelist, created 24 h", f"{runs}?created=24h", f"{tasks}?{day}", None),
+        # Filters on a few runs: an index range each, not a walk of the runs (0014).
+        (
+            "filter, a worker",
+            f"{runs}?worker={some.worker}",
+            f"{tasks}?worker=celery@{some.worker}",
+            None,
+        ),
+        ("filter, a rare source", f"{runs}?source=manual", None, None),
+        ("filter, kill requested", f"{runs}?kill_requested=yes", None, None),
+        ("filter, monitor unhealthy", f"{runs}?monitor=unhealthy", None, None),
         ("search, run id", f"{runs}?q={some.pk}", f"{tasks}?q={some.pk}", None),
         ("search, full job name", f"{runs}?q={name}", f"{tasks}?q={name}", None),
         ("search, a fragment", f"{runs}?q=sync_ledg", f"{tasks}?q=sync_ledg", None),

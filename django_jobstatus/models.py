@@ -265,6 +265,32 @@ class JobRun(models.Model):
                 condition=Q(status__in=["failed", "lost"]),
                 name="jobstatus_run_failure_idx",
             ),
+            # The changelist's other filters, each an index range newest first however few
+            # runs match: without, a rare value walked every run (0014).
+            models.Index(
+                fields=["source", "created_at", "id"], name="jobstatus_run_source_idx"
+            ),
+            models.Index(
+                fields=["worker", "created_at", "id"], name="jobstatus_run_worker_idx"
+            ),
+            models.Index(
+                fields=["queue", "created_at", "id"], name="jobstatus_run_queue_idx"
+            ),
+            models.Index(
+                fields=["created_at", "id"],
+                condition=Q(kill_requested_at__isnull=False),
+                name="jobstatus_run_kill_idx",
+            ),
+            models.Index(
+                fields=["created_at", "id"],
+                condition=Q(has_errors=True),
+                name="jobstatus_run_errors_idx",
+            ),
+            models.Index(
+                fields=["error_fingerprint", "created_at", "id"],
+                condition=Q(status__in=["failed", "lost"]),
+                name="jobstatus_run_cause_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -724,6 +724,40 @@ def test_the_warning_index_is_partial_and_its_migrations_reverse() -> None:
     assert "jobstatus_log_warn_level_idx" in _log_indexes()
 
 
+FILTER_INDEXES = {
+    "jobstatus_run_source_idx": (["source", "created_at", "id"], None),
+    "jobstatus_run_worker_idx": (["worker", "created_at", "id"], None),
+    "jobstatus_run_queue_idx": (["queue", "created_at", "id"], None),
+    "jobstatus_run_kill_idx": (
+        ["created_at", "id"],
+        "WHERE (kill_requested_at IS NOT NULL)",
+    ),
+    "jobstatus_run_errors_idx": (["created_at", "id"], "WHERE has_errors"),
+    "jobstatus_run_cause_idx": (
+        ["error_fingerprint", "created_at", "id"],
+        "WHERE ((status)::text = ANY",
+    ),
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_runs_filter_has_its_index_and_the_migration_reverses() -> None:
+    for name, (columns, where) in FILTER_INDEXES.items():
+        assert _run_indexes()[name]["columns"] == columns, name
+        if where and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = %s", [name]
+                )
+                assert where in cursor.fetchone()[0], name
+    call_command("migrate", "django_jobstatus", "0013", verbosity=0)
+    try:
+        assert not set(FILTER_INDEXES) & set(_run_indexes())
+    finally:
+        call_command("migrate", "django_jobstatus", verbosity=0)
+    assert set(FILTER_INDEXES) <= set(_run_indexes())
+
+
 # Text the database cannot store, through the writes integrations make.
 
 

@@ -23,6 +23,11 @@ from django.utils.translation import gettext_lazy
 
 from django_jobstatus import health
 from django_jobstatus.admin.display import MEDIA_CSS, MEDIA_JS, format_duration
+from django_jobstatus.admin.filters import (
+    JOB_NAME_CHOICES,
+    ChoiceFilter,
+    request_job_names,
+)
 from django_jobstatus.models import JobMonitor, JobMonitorIncident, JobRun, MonitorState
 
 if TYPE_CHECKING:
@@ -358,11 +363,17 @@ def health_panel() -> dict[str, Any] | None:
 # The runs' changelist: a monitor column and filter.
 
 
-class MonitorFilter(admin.SimpleListFilter):
-    """Runs of the jobs whose monitor is in a state (or of monitored jobs at all)."""
+class MonitorFilter(ChoiceFilter):
+    """Runs of the jobs whose monitor is in a state (or of monitored jobs at all, or not)."""
 
     title = gettext_lazy("monitor")
     parameter_name = "monitor"
+
+    def __init__(
+        self, request: HttpRequest, params: Any, model: Any, model_admin: Any
+    ) -> None:
+        self.request = request
+        super().__init__(request, params, model, model_admin)
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [
@@ -372,18 +383,26 @@ class MonitorFilter(admin.SimpleListFilter):
             ("none", _("Not monitored")),
         ]
 
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        value = self.value()
-        monitors = JobMonitor.objects.all()
+    def apply(self, queryset: Any, value: str) -> Any:
+        # The names first (one monitor a job: a short list), then their runs by the job
+        # index. Asked as a subquery, the planner walked every run newest first looking
+        # for those of a state no monitor was in (800 ms on a million runs).
+        monitors = JobMonitor.objects.using(queryset.db)
         if value == "unhealthy":
             monitors = monitors.filter(state__in=MonitorState.UNHEALTHY)
         elif value in MonitorState.values:
             monitors = monitors.filter(state=value)
-        elif value == "none":
-            return queryset.exclude(job_name__in=monitors.values("job_name"))
-        elif value != "any":
-            return queryset
-        return queryset.filter(job_name__in=monitors.values("job_name"))
+        names = set(monitors.values_list("job_name", flat=True))
+        if value == "none":
+            if not names:
+                return queryset
+            every = request_job_names(self.request, queryset.model, queryset.db)
+            if len(every) > JOB_NAME_CHOICES:
+                return queryset.exclude(job_name__in=sorted(names))
+            # Every job's name is known: the others' runs are index ranges too, however
+            # few they are.
+            names = {name for name in every if name not in names}
+        return queryset.filter(job_name__in=sorted(names)) if names else queryset.none()
 
 
 @functools.cache

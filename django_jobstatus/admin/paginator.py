@@ -80,6 +80,8 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
         query = getattr(queryset, "query", None)
         if query is None:
             return len(queryset)
+        if query.is_empty():
+            return 0  # .none(): nothing to count, nor to EXPLAIN
         connection = connections[queryset.db]
         capped = queryset.order_by()[: self.cap]
         if (

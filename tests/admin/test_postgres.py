@@ -314,3 +314,113 @@ def test_a_deep_page_of_errors_skips_the_warnings_in_the_index_alone(admin_clien
     )
     text = queryset_plan(deep)
     assert "Index Only Scan Backward using jobstatus_log_warn_level_idx" in text, text
+
+
+RUNS = "/admin/django_jobstatus/jobrun/"
+
+
+def _page_queries(captured: CaptureQueriesContext) -> list[str]:
+    """The queries that read a page's rows: 50, or 51 when the count said one page."""
+    return [
+        query["sql"]
+        for query in captured.captured_queries
+        if re.search(r" LIMIT 5[01]$", query["sql"])
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("query", "fields", "index"),
+    [
+        ({"source": "rq"}, {"source": "rq"}, "jobstatus_run_source_idx"),
+        (
+            {"worker": "celery@box-7:4711"},
+            {"worker": "celery@box-7:4711"},
+            "jobstatus_run_worker_idx",
+        ),
+        ({"queue": "slow"}, {"queue": "slow"}, "jobstatus_run_queue_idx"),
+        (
+            {"kill_requested": "yes"},
+            {"kill_requested_at": timezone.now()},
+            "jobstatus_run_kill_idx",
+        ),
+        ({"has_errors": "yes"}, {"has_errors": True}, "jobstatus_run_errors_idx"),
+        (
+            {"error_fingerprint": "f00dfeed"},
+            {"status": "failed", "error_fingerprint": "f00dfeed"},
+            "jobstatus_run_cause_idx",
+        ),
+    ],
+)
+def test_a_rare_value_s_page_is_an_index_range(admin_client, query, fields, index):
+    """A filter's page is a range of an index on its column, however few runs match.
+    Without one the page walked the runs newest first, reading each from the table, to
+    the last match or the end: ``?source=manual`` (301 of a million runs) took 510 ms,
+    ``?kill_requested=yes`` (none) 298 ms."""
+    runs = seven_jobs(7000)
+    rare = [run.pk for run in runs[3000::700]]
+    JobRun.objects.filter(pk__in=rare).update(**fields)
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {JobRun._meta.db_table}")
+    expected = list(JobRun.objects.filter(pk__in=rare).order_by("-created_at", "-id"))
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(RUNS, query)
+    assert list(response.context["cl"].result_list) == expected
+    (rows,) = _page_queries(captured)
+    text = plan(rows, off=("seqscan", "bitmapscan"))
+    assert f"Index Scan Backward using {index}" in text, text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_source_s_deep_page_is_found_from_its_index_alone(monkeypatch, admin_client):
+    """Page 4 of a source past DEEP rows: its first row is an index-only OFFSET of
+    (source, created_at, id), not a walk of every run's row newest first."""
+    from django_jobstatus.admin import paginator
+
+    monkeypatch.setattr(paginator, "DEEP", 60)
+    runs = seven_jobs(7000)
+    JobRun.objects.filter(pk__in=[run.pk for run in runs[::3]]).update(source="rq")
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {JobRun._meta.db_table}")
+    expected = list(JobRun.objects.filter(source="rq").order_by("-created_at", "-id"))
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(RUNS, {"source": "rq", "p": 4})
+    assert list(response.context["cl"].result_list) == expected[150:200]
+    (first,) = [
+        query["sql"] for query in captured.captured_queries if "OFFSET" in query["sql"]
+    ]
+    text = plan(first, off=("seqscan", "bitmapscan"))
+    assert "Index Only Scan Backward using jobstatus_run_source_idx" in text, text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_monitor_filter_reads_its_jobs_runs_by_name(admin_client):
+    """The monitored jobs' names are read first, then their runs from the job index. As a
+    subquery, a state no monitor was in had the planner walk every run (800 ms on a
+    million runs); now no run is read at all."""
+    from django_jobstatus.models import JobMonitor, MonitorState
+
+    seven_jobs(7000)
+    JobMonitor.objects.create(job_name="job3", state=MonitorState.FAILING)
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {JobRun._meta.db_table}")
+    newest = JobRun.objects.order_by("-created_at", "-id")
+
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(RUNS, {"monitor": "late"})
+    assert list(response.context["cl"].result_list) == []
+    assert not _page_queries(captured)
+
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(RUNS, {"monitor": "unhealthy"})
+    assert list(response.context["cl"].result_list) == list(
+        newest.filter(job_name="job3")[:50]
+    )
+    (rows,) = _page_queries(captured)
+    text = plan(rows, off=("seqscan", "bitmapscan"))
+    assert "Index Cond: ((job_name)::text = 'job3'::text)" in text, text
+
+    response = admin_client.get(RUNS, {"monitor": "none"})
+    assert list(response.context["cl"].result_list) == list(
+        newest.exclude(job_name="job3")[:50]
+    )

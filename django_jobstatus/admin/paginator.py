@@ -202,6 +202,13 @@ class BigTableChangeList(ChangeList):
             queryset = queryset.filter(self._older_than(str(older)))
         return queryset
 
+    def get_ordering_field(self, field_name: Any) -> Any:
+        # Only the columns offered for sorting, whose orders an index serves: Django would
+        # sort by any column an ?o= names (by status: a third of a second on a million runs).
+        if self.sortable_by is not None and field_name not in self.sortable_by:
+            return None
+        return super().get_ordering_field(field_name)
+
     def _older_than(self, value: str) -> Q:
         created, _sep, pk = value.partition(",")
         try:

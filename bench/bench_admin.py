@@ -31,6 +31,8 @@ DAYS = 30
 
 
 def parse() -> argparse.Namespace:
+    from bench.seeding import scratch_arguments
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -53,21 +55,6 @@ def parse() -> argparse.Namespace:
         help="timed requests per page (default: %(default)r)",
     )
     parser.add_argument(
-        "--database",
-        default="jobstatus_bench_admin",
-        help="scratch PostgreSQL database (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the scratch database at the end (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="time a database kept by --keep, without seeding (default: %(default)r)",
-    )
-    parser.add_argument(
         "--sizes",
         action="store_true",
         help="only print each table's rows, estimate, sizes and VACUUM ANALYZE time (default: %(default)r)",
@@ -83,6 +70,7 @@ def parse() -> argparse.Namespace:
         action="store_true",
         help="print EXPLAIN ANALYZE of the job-name filter's query (default: %(default)r)",
     )
+    scratch_arguments(parser, "jobstatus_bench_admin")
     return parser.parse_args()
 
 

@@ -60,6 +60,8 @@ FROM (
 
 
 def parse() -> argparse.Namespace:
+    from bench.seeding import scratch_arguments
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -76,25 +78,11 @@ def parse() -> argparse.Namespace:
         help="timed requests per URL (default: %(default)r)",
     )
     parser.add_argument(
-        "--database",
-        default="jobstatus_bench_api",
-        help="scratch PostgreSQL database (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the scratch database at the end (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="time a database kept by --keep, without seeding (default: %(default)r)",
-    )
-    parser.add_argument(
         "--no-explain",
         action="store_true",
         help="skip the EXPLAIN ANALYZE plans (default: %(default)r)",
     )
+    scratch_arguments(parser, "jobstatus_bench_api")
     return parser.parse_args()
 
 

@@ -54,6 +54,8 @@ server.handle_request()  # /proc is read, then this last request ends the proces
 
 
 def parse() -> argparse.Namespace:
+    from bench.seeding import scratch_arguments
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -63,21 +65,7 @@ def parse() -> argparse.Namespace:
         default=1_000_000,
         help="runs to seed (default: %(default)r)",
     )
-    parser.add_argument(
-        "--database",
-        default="jobstatus_bench_export",
-        help="scratch PostgreSQL database (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the scratch database at the end (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="time a database kept by --keep, without seeding (default: %(default)r)",
-    )
+    scratch_arguments(parser, "jobstatus_bench_export")
     return parser.parse_args()
 
 

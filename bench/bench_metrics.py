@@ -33,6 +33,8 @@ JOBS = 50
 
 
 def parse() -> argparse.Namespace:
+    from bench.seeding import scratch_arguments
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -48,21 +50,7 @@ def parse() -> argparse.Namespace:
         default=15,
         help="timed scrapes and checks (default: %(default)r)",
     )
-    parser.add_argument(
-        "--database",
-        default="jobstatus_bench_metrics",
-        help="scratch PostgreSQL database (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the scratch database at the end (default: %(default)r)",
-    )
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="time a database kept by --keep, without seeding (default: %(default)r)",
-    )
+    scratch_arguments(parser, "jobstatus_bench_metrics")
     return parser.parse_args()
 
 

@@ -32,6 +32,7 @@ QUICK = {
     "bench_integrations": ["--quick"],
     "bench_metrics": ["--runs", "50000", "--repeat", "5"],
     "bench_export": ["--runs", "50000"],
+    "bench_index_cost": ["--runs", "20000", "--rounds", "1", "--lifecycles", "200"],
 }
 
 

@@ -216,6 +216,25 @@ def seed(
             )
 
 
+def scratch_arguments(parser: Any, database: str) -> None:
+    """Add the options ``on_scratch_database`` reads: ``--database``, ``--keep``, ``--reuse``."""
+    parser.add_argument(
+        "--database",
+        default=database,
+        help="scratch PostgreSQL database (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch database at the end (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time a database kept by --keep, without seeding (default: %(default)r)",
+    )
+
+
 def on_scratch_database(options: Any, run: Callable[[Any], None]) -> None:
     """Run a benchmark on ``options.database`` (PostgreSQL): made anew unless ``--reuse``,
     dropped afterwards unless ``--keep``."""

@@ -113,6 +113,7 @@ def test_every_admin_page_masks(viewer, secret_runs):
         f"{RUNS}?job_name=%00",
         f"{RUNS}?source=%00",
         f"{RUNS}?status=bogus",
+        f"{RUNS}?monitor=bogus",
         f"{RUNS}?q=%00",
         f"{LOGS}?q=%00",
         f"{RUNS}?message=%00",

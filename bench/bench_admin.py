@@ -66,6 +66,11 @@ def parse() -> argparse.Namespace:
         help="time only this page of ours (repeat it for several) instead of the table (default: %(default)r)",
     )
     parser.add_argument(
+        "--only",
+        default="",
+        help="time only the table's rows whose label holds this, e.g. dashboard (default: %(default)r)",
+    )
+    parser.add_argument(
         "--explain",
         action="store_true",
         help="print EXPLAIN ANALYZE of the job-name filter's query (default: %(default)r)",
@@ -425,8 +430,10 @@ def run(options: argparse.Namespace) -> None:
     header = f"{'page':32}{'jobstatus':>10}{'queries':>8}{'DCR':>8}{'ratio':>8}{'DTK':>8}{'ratio':>8}"
     print(header)
     print("-" * len(header))
-    chosen = [(url, url, None, None) for url in options.url]
-    for label, ours_url, theirs_url, dtk_url in chosen or pages():
+    chosen = [(url, url, None, None) for url in options.url] or [
+        page for page in pages() if options.only in page[0]
+    ]
+    for label, ours_url, theirs_url, dtk_url in chosen:
         ours, queries = measure(
             client,
             ours_url,
@@ -442,7 +449,7 @@ def run(options: argparse.Namespace) -> None:
                 if theirs
                 else f"{'-':>8}{'-':>8}"
             )
-        if chosen:
+        if options.url:
             print(f"{ours:>6.0f} ms {queries:>3} queries  {label}", flush=True)
             continue
         print(f"{label:32}{ours:>10.0f}{queries:>8}{''.join(cells)}", flush=True)

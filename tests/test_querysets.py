@@ -100,6 +100,33 @@ def test_latest_for_each_in_one_query(make_run, django_assert_num_queries) -> No
     assert JobRun.objects.latest_for_each([]) == {}
 
 
+def test_latest_for_each_plans_one_probe_whatever_the_number_of_names(
+    make_run,
+) -> None:
+    """The dashboard asks for fifty jobs: fifty probes OR-ed took longer to plan than to run."""
+    now = timezone.now()
+    older = make_run("a", status=Status.SUCCEEDED, created_at=now - timedelta(hours=1))
+    make_run("a", status=Status.FAILED, created_at=now)
+    names = [f"job.{n}" for n in range(50)]
+    for name in names[:3]:
+        make_run(name)
+    statements = []
+
+    def record(execute, sql, *args):
+        statements.append(sql)
+        return execute(sql, *args)
+
+    with connection.execute_wrapper(record):
+        few = JobRun.objects.latest_for_each(names[:2])
+        many = JobRun.objects.latest_for_each(names)
+        # The queryset's own filters hold inside the probe.
+        succeeded = JobRun.objects.succeeded().latest_for_each(["a", "%s", "x'y"])
+    assert len(statements[0]) == len(statements[1])
+    assert sorted(few) == names[:2]
+    assert sorted(many) == sorted(names[:3])
+    assert succeeded == {"a": older}
+
+
 @pytest.mark.parametrize("age", [7, 7.0, timedelta(days=7)])
 def test_older_than(make_run, age: Any) -> None:
     now = timezone.now()

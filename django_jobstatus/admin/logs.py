@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.contrib import admin
+from django.db.models import Prefetch
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy
 
@@ -20,9 +21,10 @@ from django_jobstatus.admin.display import (
 from django_jobstatus.admin.filters import CreatedWithinFilter, LevelFilter
 from django_jobstatus.admin.guard import GuardedAdmin
 from django_jobstatus.admin.paginator import BigTableAdmin, CappedCountPaginator
-from django_jobstatus.models import JobLog
+from django_jobstatus.models import JobLog, JobRun
 
 if TYPE_CHECKING:
+    from django.db.models import QuerySet
     from django.http import HttpRequest
     from django.utils.safestring import SafeString
 
@@ -37,7 +39,9 @@ class JobLogAdmin(BigTableAdmin, GuardedAdmin, admin.ModelAdmin):  # type: ignor
     ordering = ("-created_at", "-id")
     sortable_by = ("created_display",)
     list_per_page = 100
-    list_select_related = ("run",)
+    # Each page's runs come in a second query, after the page is cut: joined, a search's
+    # every match was joined to its run before the sort and the limit.
+    list_select_related = False
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
@@ -47,6 +51,15 @@ class JobLogAdmin(BigTableAdmin, GuardedAdmin, admin.ModelAdmin):  # type: ignor
     class Media:
         css = MEDIA_CSS
         js = MEDIA_JS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[JobLog]:
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related(
+                Prefetch("run", JobRun.objects.only("pk", "job_name", "status"))
+            )
+        )
 
     def get_readonly_fields(
         self, request: HttpRequest, obj: JobLog | None = None

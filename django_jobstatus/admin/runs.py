@@ -15,7 +15,7 @@ from django.urls import path, reverse
 from django.utils.formats import number_format
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
-from django.utils.text import capfirst, smart_split, unescape_string_literal
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -61,6 +61,7 @@ from django_jobstatus.admin.paginator import (
     COUNT_CAP,
     BigTableAdmin,
     CappedCountPaginator,
+    search_words,
 )
 from django_jobstatus.models import JobLog, JobRun, Status
 
@@ -412,9 +413,7 @@ class JobRunAdmin(
         probes tell) filters by the names alone.
         """
         names: list[str] | None = None
-        for bit in smart_split(search_term):
-            if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
-                bit = unescape_string_literal(bit)
+        for bit in search_words(search_term):
             query = Q(backend_job_id=bit) | Q(subject=bit)
             with contextlib.suppress(ValueError):
                 query |= Q(pk=uuid.UUID(bit))

@@ -37,10 +37,12 @@ services:
 stop-services:
 	.ci/services.sh stop
 
+# mypy's cache lives in the virtualenv: CI lints two virtualenvs at once in one checkout,
+# and two mypy processes writing one cache crashed one of them (INTERNAL ERROR).
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy django_jobstatus
+	$(BIN)/mypy --cache-dir $(VENV)/.mypy_cache django_jobstatus
 
 check: $(BIN)/.installed
 	$(BIN)/python manage.py check --fail-level WARNING

@@ -9,6 +9,7 @@ import pytest
 from django.core.cache import cache
 from django.db import connection
 from django.db.models import F
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_jobstatus import rollups
@@ -129,6 +130,32 @@ def test_a_week_is_read_from_its_own_roll_up_and_moves_on_by_an_hour(week):
     again = rollups.figures(later - timedelta(days=7), later, rollups.HOUR)
     assert by_job(again) == by_job(from_hours)
     assert again.buckets == from_hours.buckets
+
+
+def test_a_window_reaches_python_as_a_row_per_job_and_its_histogram_is_the_runs(week):
+    """A closed window is read as a row per job (its counts, its histogram as lists) and a
+    row per hour: its rows of a job and duration bucket are summed by the database."""
+    since = week - timedelta(days=7)
+    start = rollups.floor(since, rollups.HOUR)
+    end = rollups.floor(week - rollups.GRACE, rollups.HOUR)
+    rolled = rollups.figures(since, week, rollups.HOUR)
+    found = rollups.Figures(buckets={}, jobs={})
+    with CaptureQueriesContext(connection) as queries:
+        rollups._add_closed(found, start, end)
+    (query,) = queries.captured_queries
+    with connection.cursor() as cursor:
+        cursor.execute(query["sql"])
+        rows = cursor.fetchall()
+    # Each hour's marker, the window's marker and its five jobs; the jobs hold 130
+    # timed runs of some 60 durations, each a row of its own before.
+    assert len(rows) == rollups._span(start, end) + 1 + 5
+
+    live = rollups.Figures(buckets={}, jobs={})
+    rollups._add_live(live, start, rollups.HOUR)
+    assert {name: job.histogram for name, job in rolled.jobs.items()} == {
+        name: job.histogram for name, job in live.jobs.items()
+    }
+    assert by_job(rolled) == by_job(live)
 
 
 def test_a_refresh_reads_only_the_current_hour_and_a_closing_hour_is_seen(

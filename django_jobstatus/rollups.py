@@ -55,16 +55,22 @@ class JobFigures:
 
     def percentile(self, fraction: float) -> float | None:
         """The duration (seconds) below which ``fraction`` of the timed runs lie, from the histogram."""
+        return self.percentiles(fraction)[0]
+
+    def percentiles(self, *fractions: float) -> list[float | None]:
+        """percentile() of each of ``fractions`` (ascending), in one pass over the histogram."""
         timed = sum(self.histogram.values())
         if not timed:
-            return None
-        rank = fraction * timed
-        seen = 0
-        for bucket in sorted(self.histogram):
-            seen += self.histogram[bucket]
-            if seen >= rank:
-                return bucket_seconds(bucket)
-        return bucket_seconds(max(self.histogram))
+            return [None] * len(fractions)
+        ordered = sorted(self.histogram)
+        found: list[float | None] = []
+        i, seen = 0, self.histogram[ordered[0]]
+        for fraction in fractions:
+            while seen < fraction * timed and i + 1 < len(ordered):
+                i += 1
+                seen += self.histogram[ordered[i]]
+            found.append(bucket_seconds(ordered[i]))
+        return found
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from django_jobstatus import rollups
 from django_jobstatus.models import JobRun, JobRunHour, Status
-from django_jobstatus.querysets import UNTIMED, percentile
+from django_jobstatus.querysets import UNTIMED, bucket_seconds, percentile
 
 STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.KILLED, Status.LOST)
 
@@ -220,6 +220,26 @@ def test_untimed_runs_are_counted_but_have_no_duration(make_run):
     assert job.histogram == Counter()
     assert job.percentile(0.5) is None
     assert UNTIMED not in job.histogram
+
+
+def test_percentiles_of_one_pass_are_each_percentile():
+    """percentiles() walks the histogram once for all its fractions: the same as one by one."""
+    job = rollups.JobFigures(
+        histogram=Counter({-3: 2, 0: 0, 4: 5, 9: 1, 30: 12, 31: 0})
+    )
+
+    def alone(fraction: float) -> float:
+        rank, seen = fraction * job.histogram.total(), 0
+        for bucket in sorted(job.histogram):
+            seen += job.histogram[bucket]
+            if seen >= rank:
+                return bucket_seconds(bucket)
+        raise AssertionError(fraction)
+
+    fractions = (0.0, 0.05, 0.1, 0.35, 0.4, 0.5, 0.95, 1.0)
+    assert job.percentiles(*fractions) == [alone(f) for f in fractions]
+    assert job.percentile(0.5) == alone(0.5)
+    assert rollups.JobFigures().percentiles(0.5, 0.95) == [None, None]
 
 
 def test_percentiles_are_within_five_percent(make_run):

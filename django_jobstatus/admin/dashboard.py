@@ -150,97 +150,76 @@ def active_now() -> tuple[list[dict[str, Any]], Counter[str], int]:
 
 
 def chart(found: rollups.Figures, window: str) -> dict[str, Any]:
-    """The window's finished runs per bar (an hour; five minutes for 1 h): succeeded, failed, other."""
-    peak = max((sum(values.values()) for values in found.buckets.values()), default=0)
-    peak = peak or 1
-    count = len(found.buckets) or 1
+    """The window's finished runs per bar (an hour; five minutes for 1 h): succeeded, failed, other.
+
+    ``bars`` holds each bar's SVG markup (a week has 169), built here: as a template loop
+    it took 40 ms, and as dicts and Counters 10 ms. Only the title is text.
+    """
+    zone = timezone.get_current_timezone()
+    rows = [
+        (
+            moment.astimezone(zone),
+            values[Status.SUCCEEDED],
+            values[Status.FAILED],
+            values[Status.KILLED] + values[Status.LOST],
+        )
+        for moment, values in found.buckets.items()
+    ]
+    peak = max((sum(kinds) for _moment, *kinds in rows), default=0) or 1
+    count = len(rows) or 1
     slot = CHART_WIDTH / count
-    width = max(slot * 0.75, 1.0)
+    bar_width = max(slot * 0.75, 1.0)
+    width = round(bar_width, 2)
     every = max(count // 8, 1)
     label_format = "%a %H:%M" if window == "7d" else "%H:%M"
-    bars, labels = [], []
-    totals: Counter[str] = Counter()
     title_format = _(
         "%(time)s: %(succeeded)d succeeded, %(failed)d failed, %(other)d killed or lost"
     )
-    for i, (moment, values) in enumerate(found.buckets.items()):
-        kinds = _kinds(values)
-        totals.update(kinds)
-        x = i * slot + (slot - width) / 2
-        bars.append(_bar(x, width, kinds, peak, moment, title_format))
+    bars, labels = [], []
+    totals = [0, 0, 0]
+    for i, (moment, *kinds) in enumerate(rows):
+        x = round(i * slot + (slot - bar_width) / 2, 2)
+        title = title_format % {
+            "time": f"{moment:%Y-%m-%d %H:%M}",
+            "succeeded": kinds[0],
+            "failed": kinds[1],
+            "other": kinds[2],
+        }
+        parts = [
+            f'<g class="jobstatus-bar"><title>{escape(title)}</title>'
+            f'<rect class="jobstatus-bar-hit" x="{x}" y="0" width="{width}" '
+            f'height="{CHART_HEIGHT}"></rect>'
+        ]
+        y: float = CHART_HEIGHT
+        for k, (kind, n) in enumerate(zip(map(str, KINDS), kinds, strict=True)):
+            totals[k] += n
+            height = round(n / peak * CHART_HEIGHT, 2)
+            if height:
+                y -= height
+                parts.append(
+                    f'<rect class="jobstatus-bar-{kind}" x="{x}" y="{round(y, 2)}" '
+                    f'width="{width}" height="{height}"></rect>'
+                )
+        parts.append("</g>")
+        bars.append("".join(parts))
         if i % every == 0:
             labels.append(
                 {
                     "x": round(i * slot + slot / 2, 2),
-                    "text": timezone.localtime(moment).strftime(label_format),
+                    "text": moment.strftime(label_format),
                 }
             )
     return {
         "bars": bars,
-        "svg": _bars_svg(bars),
+        # The title is escaped, the rest are numbers and the kinds' fixed names.
+        "svg": mark_safe("".join(bars)),  # noqa: S308
         "labels": labels,
         "peak": peak,
         "mid_y": CHART_HEIGHT / 2,
         "width": CHART_WIDTH,
         "height": CHART_HEIGHT,
-        "totals": {str(kind): totals[kind] for kind in KINDS},
+        "totals": {str(kind): total for kind, total in zip(KINDS, totals, strict=True)},
     }
-
-
-def _kinds(values: Counter[str]) -> Counter[str]:
-    """A bar's counts: succeeded, failed, and "other" for killed and lost."""
-    return Counter(
-        {
-            Status.SUCCEEDED: values[Status.SUCCEEDED],
-            Status.FAILED: values[Status.FAILED],
-            "other": values[Status.KILLED] + values[Status.LOST],
-        }
-    )
-
-
-def _bar(
-    x: float,
-    width: float,
-    kinds: Counter[str],
-    peak: int,
-    moment: datetime,
-    title_format: str,
-) -> dict[str, Any]:
-    y: float = CHART_HEIGHT
-    parts = []
-    for kind in KINDS:
-        height = round(kinds[kind] / peak * CHART_HEIGHT, 2)
-        if height:
-            y -= height
-            parts.append({"kind": str(kind), "y": round(y, 2), "height": height})
-    title = title_format % {
-        "time": timezone.localtime(moment).strftime("%Y-%m-%d %H:%M"),
-        "succeeded": kinds[Status.SUCCEEDED],
-        "failed": kinds[Status.FAILED],
-        "other": kinds["other"],
-    }
-    return {"x": round(x, 2), "width": round(width, 2), "parts": parts, "title": title}
-
-
-def _bars_svg(bars: list[dict[str, Any]]) -> str:
-    """The bars' SVG markup (a week has 168), built here: as a template loop it took 40 ms.
-
-    Only the title is text; the rest are numbers and the kinds' fixed names.
-    """
-    return mark_safe(  # noqa: S308 (the title is escaped, the rest are numbers)
-        "".join(
-            f'<g class="jobstatus-bar"><title>{escape(bar["title"])}</title>'
-            f'<rect class="jobstatus-bar-hit" x="{bar["x"]}" y="0" width="{bar["width"]}" '
-            f'height="{CHART_HEIGHT}"></rect>'
-            + "".join(
-                f'<rect class="jobstatus-bar-{part["kind"]}" x="{bar["x"]}" y="{part["y"]}" '
-                f'width="{bar["width"]}" height="{part["height"]}"></rect>'
-                for part in bar["parts"]
-            )
-            + "</g>"
-            for bar in bars
-        )
-    )
 
 
 def _seconds(value: float | None) -> str:
@@ -256,6 +235,7 @@ def job_table(found: rollups.Figures, window: str) -> list[dict[str, Any]]:
     rows = []
     for name, figures in jobs:
         failed = figures.counts[Status.FAILED]
+        p50, p95 = figures.percentiles(0.5, 0.95)
         rows.append(
             {
                 "job_name": name,
@@ -265,8 +245,8 @@ def job_table(found: rollups.Figures, window: str) -> list[dict[str, Any]]:
                 "failure_pct": round(failed / figures.total * 100, 1)
                 if figures.total
                 else None,
-                "p50": _seconds(figures.percentile(0.5)),
-                "p95": _seconds(figures.percentile(0.95)),
+                "p50": _seconds(p50),
+                "p95": _seconds(p95),
                 "latest": latest.get(name),
                 "latest_url": run_url(latest[name].pk) if name in latest else None,
                 "url": _changelist(job_name=name, created=window),

@@ -27,20 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
+from bench.seeding import (  # noqa: E402 (after sys.path)
+    bench_parser,
+    bench_user,
+    on_scratch_database,
+    scratch_arguments,
+    seed,
+    timed,
+)
+
 DAYS = 30
 
 
 def parse() -> argparse.Namespace:
-    from bench.seeding import scratch_arguments
-
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=1_000_000,
-        help="runs (and TaskResult rows) to seed (default: %(default)r)",
+    parser = bench_parser(
+        __doc__, runs=1_000_000, runs_help="runs (and TaskResult rows) to seed"
     )
     parser.add_argument(
         "--big-run-logs",
@@ -79,19 +80,11 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def timed(label: str, action: Any) -> Any:
-    began = time.perf_counter()
-    value = action()
-    print(f"  {label}: {time.perf_counter() - began:.1f} s", flush=True)
-    return value
-
-
 def seed_all(options: argparse.Namespace) -> None:
     from django.db import connection
     from django.utils import timezone
     from django_celery_results.models import TaskResult
 
-    from bench.seeding import seed
     from django_jobstatus.models import JobLog, JobRun, Status
 
     runs = options.runs
@@ -403,7 +396,6 @@ def table_sizes() -> None:
 
 
 def run(options: argparse.Namespace) -> None:
-    from django.contrib.auth.models import User
     from django.core.management import call_command
     from django.test import Client
     from django_celery_results.models import TaskResult
@@ -417,9 +409,7 @@ def run(options: argparse.Namespace) -> None:
     if options.sizes:
         table_sizes()
         return
-    user = User.objects.filter(
-        username="bench"
-    ).first() or User.objects.create_superuser("bench", "bench@example.com", "bench")
+    user = bench_user()
     client = Client()
     client.force_login(user)
     sizes = (JobRun.objects.count(), JobLog.objects.count(), TaskResult.objects.count())
@@ -471,8 +461,6 @@ def run(options: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from bench.seeding import on_scratch_database
-
     on_scratch_database(parse(), run)
 
 

@@ -28,6 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
+from bench.seeding import (  # noqa: E402 (after sys.path)
+    bench_parser,
+    bench_user,
+    explain,
+    on_scratch_database,
+    scratch_arguments,
+    timed,
+)
+
 DAYS = 30
 BASE = "/api/jobstatus/runs/"
 
@@ -60,17 +69,7 @@ FROM (
 
 
 def parse() -> argparse.Namespace:
-    from bench.seeding import scratch_arguments
-
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=1_000_000,
-        help="runs to seed (default: %(default)r)",
-    )
+    parser = bench_parser(__doc__, runs=1_000_000)
     parser.add_argument(
         "--repeat",
         type=int,
@@ -84,13 +83,6 @@ def parse() -> argparse.Namespace:
     )
     scratch_arguments(parser, "jobstatus_bench_api")
     return parser.parse_args()
-
-
-def timed(label: str, action: Any) -> Any:
-    began = time.perf_counter()
-    value = action()
-    print(f"  {label}: {time.perf_counter() - began:.1f} s", flush=True)
-    return value
 
 
 def seed(runs: int, owner: Any) -> None:
@@ -221,16 +213,7 @@ def run_queries(client: Any, url: str) -> list[str]:
     return pages[:1] if pages else [sql for sql in queries if "GROUP BY" in sql]
 
 
-def explain(sql: str) -> list[str]:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}")
-        return [line for (line,) in cursor.fetchall()]
-
-
 def run(options: argparse.Namespace) -> None:
-    from django.contrib.auth.models import User
     from django.core.management import call_command
     from django.test import Client
 
@@ -238,9 +221,7 @@ def run(options: argparse.Namespace) -> None:
 
     if not options.reuse:
         call_command("migrate", verbosity=0)
-    user = User.objects.filter(
-        username="bench"
-    ).first() or User.objects.create_superuser("bench", "bench@example.com", "bench")
+    user = bench_user()
     if not options.reuse:
         seed(options.runs, user)
     client = Client()
@@ -280,8 +261,6 @@ def run(options: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from bench.seeding import on_scratch_database
-
     on_scratch_database(parse(), run)
 
 

@@ -233,9 +233,9 @@ def measure(name: str, config: dict[str, Any], requests: int) -> dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from bench.seeding import bench_parser
+
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--requests",
         type=int,

@@ -30,6 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
+from bench.seeding import (  # noqa: E402 (after sys.path)
+    bench_parser,
+    bench_user,
+    on_scratch_database,
+    scratch_arguments,
+)
+
 SERVER = """
 import os, sys
 sys.path.insert(0, {root!r})
@@ -54,17 +61,7 @@ server.handle_request()  # /proc is read, then this last request ends the proces
 
 
 def parse() -> argparse.Namespace:
-    from bench.seeding import scratch_arguments
-
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=1_000_000,
-        help="runs to seed (default: %(default)r)",
-    )
+    parser = bench_parser(__doc__, runs=1_000_000)
     scratch_arguments(parser, "jobstatus_bench_export")
     return parser.parse_args()
 
@@ -127,7 +124,6 @@ def export_once(
 
 def run(options: argparse.Namespace) -> None:
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.auth.models import User
     from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
     from django.utils import timezone
@@ -137,9 +133,7 @@ def run(options: argparse.Namespace) -> None:
 
     if not options.reuse:
         call_command("migrate", verbosity=0)
-    user = User.objects.filter(
-        username="bench"
-    ).first() or User.objects.create_superuser("bench", "bench@example.com", "bench")
+    user = bench_user()
     if not options.reuse:
         seed(options.runs, user)
     session = SessionStore()
@@ -170,8 +164,6 @@ def run(options: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from bench.seeding import on_scratch_database
-
     on_scratch_database(parse(), run)
 
 

@@ -35,9 +35,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from bench.seeding import bench_parser
+
+    parser = bench_parser(__doc__)
     parser.add_argument("--calls", type=int, default=300, help="calls per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per way")
     parser.add_argument(

@@ -39,17 +39,9 @@ PREFIX = "bench.index_cost."
 
 
 def parse() -> argparse.Namespace:
-    from bench.seeding import scratch_arguments
+    from bench.seeding import bench_parser, scratch_arguments
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=1_000_000,
-        help="runs to seed (default: %(default)r)",
-    )
+    parser = bench_parser(__doc__, runs=1_000_000)
     parser.add_argument(
         "--index",
         action="append",

@@ -64,9 +64,9 @@ QUEUE = "bench"
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from bench.seeding import bench_parser
+
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--tasks",
         type=int,

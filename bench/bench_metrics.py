@@ -28,22 +28,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
+from bench.seeding import (  # noqa: E402 (after sys.path)
+    bench_parser,
+    bench_user,
+    explain,
+    on_scratch_database,
+    scratch_arguments,
+)
+
 URL = "/api/jobstatus/metrics/"
 JOBS = 50
 
 
 def parse() -> argparse.Namespace:
-    from bench.seeding import scratch_arguments
-
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=1_000_000,
-        help="runs to seed (default: %(default)r)",
-    )
+    parser = bench_parser(__doc__, runs=1_000_000)
     parser.add_argument(
         "--repeat",
         type=int,
@@ -88,16 +86,7 @@ def queries_of(action: Any) -> list[str]:
     return [query["sql"] for query in captured.captured_queries]
 
 
-def explain(sql: str) -> list[str]:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}")
-        return [line for (line,) in cursor.fetchall()]
-
-
 def run(options: argparse.Namespace) -> None:
-    from django.contrib.auth.models import User
     from django.core.management import call_command
     from django.test import Client
 
@@ -107,9 +96,7 @@ def run(options: argparse.Namespace) -> None:
 
     if not options.reuse:
         call_command("migrate", verbosity=0)
-    user = User.objects.filter(
-        username="bench"
-    ).first() or User.objects.create_superuser("bench", "bench@example.com", "bench")
+    user = bench_user()
     if not options.reuse:
         seed(options.runs, user)
         monitors()
@@ -157,8 +144,6 @@ def run(options: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from bench.seeding import on_scratch_database
-
     on_scratch_database(parse(), run)
 
 

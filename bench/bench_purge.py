@@ -31,18 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
+from bench.seeding import bench_parser, seed, timed  # noqa: E402 (after sys.path)
+
 DAYS = 90  # the history spans this many days; the purge keeps the last 30
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=1_000_000,
-        help="runs (and TaskResult rows) to seed; 10 log lines a run on average (default: %(default)r)",
+    parser = bench_parser(
+        __doc__,
+        runs=1_000_000,
+        runs_help="runs (and TaskResult rows) to seed; 10 log lines a run on average",
     )
     parser.add_argument(
         "--batch-size",
@@ -85,13 +83,6 @@ def admin_sql(sql: str) -> Any:
         return cursor.fetchall() if cursor.description else []
 
 
-def timed(label: str, action: Any) -> Any:
-    began = time.perf_counter()
-    value = action()
-    print(f"  {label}: {time.perf_counter() - began:.1f} s", flush=True)
-    return value
-
-
 def main() -> None:
     options = parse()
     import django
@@ -129,8 +120,6 @@ def main() -> None:
 def seed_template(options: argparse.Namespace) -> None:
     from django.core.management import call_command
     from django.db import connection
-
-    from bench.seeding import seed
 
     print(
         f"Seeding {options.runs:,} runs with about {options.runs * 10:,} log lines,"

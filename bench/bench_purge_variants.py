@@ -82,9 +82,9 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from bench.seeding import bench_parser
+
+    parser = bench_parser(__doc__)
     parser.add_argument("--database", default="jobstatus_bench")
     parser.add_argument("--batch", type=int, default=2000, help="runs a batch")
     parser.add_argument("--rounds", type=int, default=10)

@@ -48,14 +48,10 @@ COUNTED = 20  # lifecycles per side in the query-counting pass
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=2000,
-        help="timed lifecycles per side and database (default: %(default)r)",
+    from bench.seeding import bench_parser
+
+    parser = bench_parser(
+        __doc__, runs=2000, runs_help="timed lifecycles per side and database"
     )
     parser.add_argument(
         "--advances",

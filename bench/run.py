@@ -37,9 +37,9 @@ QUICK = {
 
 
 def parse(found: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from bench.seeding import bench_parser
+
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -9,7 +9,9 @@ the same runs: django-celery-results' ``TaskResult`` and django-tasks-db's ``DBT
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -214,6 +216,49 @@ def seed(
                 "django-tasks-db rows",
                 DTK_SQL.format(table=DBTaskResult._meta.db_table, **tables),
             )
+
+
+def bench_parser(
+    doc: str | None, *, runs: int | None = None, runs_help: str = "runs to seed"
+) -> argparse.ArgumentParser:
+    """A benchmark's options: its docstring as the description and, given ``runs``, ``--runs``."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if runs is not None:
+        parser.add_argument(
+            "--runs",
+            type=int,
+            default=runs,
+            help=f"{runs_help} (default: %(default)r)",
+        )
+    return parser
+
+
+def timed(label: str, action: Callable[[], Any]) -> Any:
+    """``action()``, printing how long it took."""
+    began = time.perf_counter()
+    value = action()
+    print(f"  {label}: {time.perf_counter() - began:.1f} s", flush=True)
+    return value
+
+
+def explain(sql: str) -> list[str]:
+    """EXPLAIN ANALYZE's lines for ``sql`` (costs left out)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}")
+        return [line for (line,) in cursor.fetchall()]
+
+
+def bench_user() -> Any:
+    """The superuser the benchmarks' requests log in as, made on first use."""
+    from django.contrib.auth.models import User
+
+    return User.objects.filter(
+        username="bench"
+    ).first() or User.objects.create_superuser("bench", "bench@example.com", "bench")
 
 
 def scratch_arguments(parser: Any, database: str) -> None:

@@ -72,6 +72,11 @@ def parse() -> argparse.Namespace:
         help="time only the table's rows whose label holds this, e.g. dashboard (default: %(default)r)",
     )
     parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="time the dashboard's pieces (warm, and with a cold cache) instead of the table (default: %(default)r)",
+    )
+    parser.add_argument(
         "--explain",
         action="store_true",
         help="print EXPLAIN ANALYZE of the job-name filter's query (default: %(default)r)",
@@ -410,6 +415,9 @@ def run(options: argparse.Namespace) -> None:
         table_sizes()
         return
     user = bench_user()
+    if options.parts:
+        dashboard_parts(user, options.repeat)
+        return
     client = Client()
     client.force_login(user)
     sizes = (JobRun.objects.count(), JobLog.objects.count(), TaskResult.objects.count())
@@ -458,6 +466,75 @@ def run(options: argparse.Namespace) -> None:
     )
     if options.explain:
         explain()
+
+
+def dashboard_parts(user: Any, repeat: int) -> None:
+    """Median milliseconds of each piece of the dashboard's panels, warm and with a cold cache.
+
+    Each piece is timed inside ``dashboard_panels()`` (its functions wrapped), so the
+    table reads the same on the code of any commit; the rest is the stuck runs' query.
+    """
+    from collections import defaultdict
+
+    from django.contrib import admin
+    from django.core.cache import cache
+    from django.template.loader import render_to_string
+    from django.test import RequestFactory
+
+    from django_jobstatus import rollups
+    from django_jobstatus.admin import dashboard
+    from django_jobstatus.models import JobRun
+
+    spent: dict[str, list[float]] = defaultdict(list)
+
+    def wrap(owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        def timed_piece(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[name].append((time.perf_counter() - began) * 1000)
+
+        setattr(owner, name, timed_piece)
+
+    for name in ("active_now", "chart", "job_table", "failure_groups", "health_panel"):
+        wrap(dashboard, name)
+    for name in ("figures", "_closed"):
+        wrap(rollups, name)
+    request = RequestFactory().get("/")
+    request.user = user
+    model_admin = admin.site._registry[JobRun]
+    print(f"\nthe dashboard's pieces, median of {repeat} calls (ms)\n")
+    print(
+        f"{'piece':24}"
+        + "".join(f"{w + ' ' + t:>12}" for w in ("24h", "7d") for t in ("warm", "cold"))
+    )
+    columns: list[dict[str, float]] = []
+    for window in ("24h", "7d"):
+        for cold in (False, True):
+            spent.clear()
+            model_admin.dashboard_panels(request, window)  # rolls up what is missing
+            spent.clear()
+            for _ in range(repeat):
+                if cold:
+                    cache.clear()
+                began = time.perf_counter()
+                panels = model_admin.dashboard_panels(request, window)
+                spent["all panels"].append((time.perf_counter() - began) * 1000)
+                began = time.perf_counter()
+                for template in dashboard.PANELS.values():
+                    render_to_string(template, panels, request)
+                spent["rendering"].append((time.perf_counter() - began) * 1000)
+            columns.append(
+                {name: statistics.median(times) for name, times in spent.items()}
+            )
+    for name in columns[0]:
+        print(
+            f"{name:24}"
+            + "".join(f"{column.get(name, 0):>12.1f}" for column in columns)
+        )
 
 
 def main() -> None:

@@ -149,6 +149,45 @@ def _closed(start: datetime, end: datetime) -> Figures:
     return found
 
 
+def failure_groups(
+    since: datetime, now: datetime, size: timedelta, limit: int
+) -> list[dict[str, Any]]:
+    """``JobRunQuerySet.failure_groups()`` of the runs finished from ``since`` (down to a
+    whole ``size``, as the figures) to ``now``, newest group first: ``limit`` groups.
+
+    The closed hours' groups are kept in the cache as the figures are, so a refresh reads
+    the failures since the last closed hour only (the week's groups were a scan of every
+    failure of the week, each request and poll). One query either way: without the
+    cache, the window's groups come split in two at the last closed hour.
+    """
+    if size < HOUR:
+        return JobRun.objects.failure_groups(floor(since, size), limit=limit)
+    start, closed = floor(since, HOUR), floor(now - GRACE, HOUR)
+    key = f"django_jobstatus.failures:{start.isoformat()}:{closed.isoformat()}"
+    kept: list[dict[str, Any]] | None = cache.get(key)
+    live: list[dict[str, Any]] = []
+    if kept is None:
+        kept = []
+        for row in JobRun.objects.failure_groups(start, limit=None, split=closed):
+            (live if row.pop("live") else kept).append(row)
+        cache.set(key, kept, timeout=int((HOUR + GRACE).total_seconds()))
+    else:
+        live = JobRun.objects.failure_groups(closed, limit=None)
+    before = {(row["job_name"], row["error_fingerprint"]): row for row in kept}
+    groups = []
+    for row in live:
+        group = dict(row)
+        earlier = before.pop((row["job_name"], row["error_fingerprint"]), None)
+        if earlier:
+            for total in ("count", "lost", "retryable"):
+                group[total] += earlier[total]
+            group["first_seen"] = earlier["first_seen"]
+        groups.append(group)
+    # Each list newest first (the query's order); a group seen since the last closed hour
+    # is newer than every group seen only before it.
+    return [*groups, *(dict(row) for row in before.values())][:limit]
+
+
 def _empty(since: datetime, now: datetime, size: timedelta) -> Figures:
     result = Figures(buckets={}, jobs={})
     moment = floor(since, size)
@@ -256,33 +295,46 @@ def _add_closed(
     the window's rows summed per job (a count per status, the duration histogram).
     """
     hours = _span(start, end)
-    everyone = F(FINISHED[0]) + F(FINISHED[1]) + F(FINISHED[2]) + F(FINISHED[3])
-    rows = (
-        JobRunHour.objects.using(using)
-        .filter(
-            Q(hours=1, job_name="", hour__gte=start, hour__lt=end)
-            | Q(hours=hours, hour=start)
-            | Q(hours=hours, hour=start - HOUR, job_name="")
+    table = JobRunHour.objects.using(using).order_by()
+    none = {
+        "buckets": Value(None, output_field=_ListField()),
+        "runs": Value(None, output_field=_ListField()),
+    }
+    markers = (
+        table.filter(
+            Q(hours=1, hour__gte=start, hour__lt=end)
+            | Q(hours=hours, hour__in=(start, start - HOUR)),
+            job_name="",
         )
-        .order_by()
-        .values("hour", "hours", "job_name")
+        .annotate(**none)
+        .values_list("hour", "hours", "job_name", *FINISHED, "buckets", "runs")
+    )
+    # Summed per job apart from the markers: read in the unique index's order, they need
+    # no sort (grouped with the markers, PostgreSQL sorted the week's rows first).
+    everyone = F(FINISHED[0]) + F(FINISHED[1]) + F(FINISHED[2]) + F(FINISHED[3])
+    jobs = (
+        table.filter(hours=hours, hour=start)
+        .exclude(job_name="")
+        .values("job_name")
         .annotate(
-            *(Sum(status) for status in FINISHED),
+            at=Value(None, output_field=models.DateTimeField()),
+            span=Value(hours),
+            **{f"n_{status}": Sum(status) for status in FINISHED},
             # The histogram: its buckets and their runs, as two lists (a week's 5,000
             # rows of a job and bucket were a third of a cold dashboard's time in Python).
             buckets=_Listed("duration_bucket"),
             runs=_Listed(everyone),
         )
         .values_list(
-            # The hour of the markers only: Django's psycopg loader of a datetime is Python.
-            Case(When(job_name="", then=F("hour"))),
-            "hours",
+            "at",
+            "span",
             "job_name",
-            *(f"{status}__sum" for status in FINISHED),
+            *(f"n_{status}" for status in FINISHED),
             "buckets",
             "runs",
         )
     )
+    rows = markers.union(jobs, all=True)
     seen: set[datetime] = set()
     windows: set[datetime] = set()
     for at, span, job_name, *row, buckets, runs in rows:

@@ -670,30 +670,21 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
     def failure_groups(
         self,
         since: datetime,
-        limit: int | None = 200,
+        limit: int = 200,
         retry_sources: Iterable[str] = (),
-        *,
-        split: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Failed and lost runs finished since ``since``, one row per job and error fingerprint.
 
         Each row: ``job_name``, ``error_fingerprint``, ``count``, ``first_seen`` and
         ``last_seen`` (finish times), ``lost`` (how many were lost) and ``retryable`` (how
         many come from ``retry_sources``), newest group first. One aggregate, an index-only
-        scan of the partial index ``jobstatus_run_failure_idx``. ``split``: each group in
-        two rows, its runs finished before ``split`` and since (``live``: True).
+        scan of the partial index ``jobstatus_run_failure_idx``.
         """
-        rows = self.failed_or_lost().filter(finished_at__gte=since).order_by()
-        by = ["job_name", "error_fingerprint"]
-        if split is not None:
-            rows = rows.annotate(
-                live=ExpressionWrapper(
-                    Q(finished_at__gte=split), output_field=models.BooleanField()
-                )
-            )
-            by.append("live")
-        groups = (
-            rows.values(*by)
+        rows = (
+            self.failed_or_lost()
+            .filter(finished_at__gte=since)
+            .order_by()
+            .values("job_name", "error_fingerprint")
             .annotate(
                 # Columns of the index only (no id): an index-only scan.
                 count=Count("*"),
@@ -704,7 +695,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             )
             .order_by("-last_seen", "job_name", "error_fingerprint")
         )
-        return [dict(row) for row in groups[:limit]]
+        return [dict(row) for row in rows[:limit]]
 
     def finished_buckets(
         self,

@@ -149,45 +149,6 @@ def _closed(start: datetime, end: datetime) -> Figures:
     return found
 
 
-def failure_groups(
-    since: datetime, now: datetime, size: timedelta, limit: int
-) -> list[dict[str, Any]]:
-    """``JobRunQuerySet.failure_groups()`` of the runs finished from ``since`` (down to a
-    whole ``size``, as the figures) to ``now``, newest group first: ``limit`` groups.
-
-    The closed hours' groups are kept in the cache as the figures are, so a refresh reads
-    the failures since the last closed hour only (the week's groups were a scan of every
-    failure of the week, each request and poll). One query either way: without the
-    cache, the window's groups come split in two at the last closed hour.
-    """
-    if size < HOUR:
-        return JobRun.objects.failure_groups(floor(since, size), limit=limit)
-    start, closed = floor(since, HOUR), floor(now - GRACE, HOUR)
-    key = f"django_jobstatus.failures:{start.isoformat()}:{closed.isoformat()}"
-    kept: list[dict[str, Any]] | None = cache.get(key)
-    live: list[dict[str, Any]] = []
-    if kept is None:
-        kept = []
-        for row in JobRun.objects.failure_groups(start, limit=None, split=closed):
-            (live if row.pop("live") else kept).append(row)
-        cache.set(key, kept, timeout=int((HOUR + GRACE).total_seconds()))
-    else:
-        live = JobRun.objects.failure_groups(closed, limit=None)
-    before = {(row["job_name"], row["error_fingerprint"]): row for row in kept}
-    groups = []
-    for row in live:
-        group = dict(row)
-        earlier = before.pop((row["job_name"], row["error_fingerprint"]), None)
-        if earlier:
-            for total in ("count", "lost", "retryable"):
-                group[total] += earlier[total]
-            group["first_seen"] = earlier["first_seen"]
-        groups.append(group)
-    # Each list newest first (the query's order); a group seen since the last closed hour
-    # is newer than every group seen only before it.
-    return [*groups, *(dict(row) for row in before.values())][:limit]
-
-
 def _empty(since: datetime, now: datetime, size: timedelta) -> Figures:
     result = Figures(buckets={}, jobs={})
     moment = floor(since, size)

@@ -222,60 +222,6 @@ def test_untimed_runs_are_counted_but_have_no_duration(make_run):
     assert UNTIMED not in job.histogram
 
 
-def test_failure_groups_keep_the_closed_hours_and_read_only_the_current_one(
-    make_run, django_assert_num_queries
-):
-    """The dashboard's failure groups: the closed hours' groups from the cache, the failures
-    since the last closed hour from the runs, summed per group; the query's order."""
-    now = timezone.now()
-    closed = rollups.floor(now - rollups.GRACE, rollups.HOUR)
-
-    def fail(job: str, cause: str, at, status=Status.FAILED) -> None:
-        make_run(job, status=status, error_fingerprint=cause, finished_at=at)
-
-    for day in range(
-        6
-    ):  # one cause a day over the week, another only in its first days
-        fail(
-            "mail.send", "ConnectionError: smtp <n>", now - timedelta(days=day, hours=2)
-        )
-        if day > 3:
-            fail("mail.send", "KeyError: '…'", now - timedelta(days=day, hours=5))
-    fail("report.build", "Lost", now - timedelta(hours=3), status=Status.LOST)
-    fail("report.build", "Lost", closed + timedelta(seconds=1), status=Status.LOST)
-    fail("old.job", "ValueError", now - timedelta(days=9))  # before the window
-    since = now - timedelta(days=7)
-
-    def exact(limit: int) -> list:
-        start = rollups.floor(since, rollups.HOUR)
-        return JobRun.objects.failure_groups(start, limit=limit)
-
-    cache.clear()
-    with django_assert_num_queries(1):
-        first = rollups.failure_groups(since, now, rollups.HOUR, limit=10)
-    assert first == exact(10)
-    assert [(g["job_name"], g["count"], g["lost"]) for g in first] == [
-        ("report.build", 2, 2),
-        ("mail.send", 6, 0),
-        ("mail.send", 2, 0),
-    ]
-    assert rollups.failure_groups(since, now, rollups.HOUR, limit=2) == exact(2)
-
-    # A refresh reads the runs since the last closed hour only: the closed hours' failures
-    # deleted from the table stay counted, a new failure adds to its group.
-    JobRun.objects.filter(finished_at__lt=closed).delete()
-    fail("mail.send", "KeyError: '…'", now)
-    with django_assert_num_queries(1):
-        again = rollups.failure_groups(since, now, rollups.HOUR, limit=10)
-    assert [(g["job_name"], g["error_fingerprint"], g["count"]) for g in again] == [
-        ("mail.send", "KeyError: '…'", 3),
-        ("report.build", "Lost", 2),
-        ("mail.send", "ConnectionError: smtp <n>", 6),
-    ]
-    assert again[0]["first_seen"] == first[2]["first_seen"]
-    assert again[0]["last_seen"] >= now - timedelta(seconds=1)
-
-
 def test_percentiles_of_one_pass_are_each_percentile():
     """percentiles() walks the histogram once for all its fractions: the same as one by one."""
     job = rollups.JobFigures(

@@ -258,11 +258,9 @@ def job_table(found: rollups.Figures, window: str) -> list[dict[str, Any]]:
     return rows
 
 
-def failure_groups(
-    since: datetime, now: datetime, size: timedelta
-) -> list[dict[str, Any]]:
+def failure_groups(since: datetime) -> list[dict[str, Any]]:
     """The window's failures grouped by job and cause, newest first (one query)."""
-    groups = rollups.failure_groups(since, now, size, limit=FAILURES_LIMIT)
+    groups = JobRun.objects.failure_groups(since, limit=FAILURES_LIMIT)
     for group in groups:
         text = group["error_fingerprint"]
         group["error_class"] = error_class(text)
@@ -303,8 +301,7 @@ class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
             raise PermissionDenied
         now = timezone.now()
         since = now - WINDOWS[window].delta
-        size = BAR.get(window, rollups.HOUR)
-        found = rollups.figures(since, now, size)
+        found = rollups.figures(since, now, BAR.get(window, rollups.HOUR))
         active, active_counts, stale_count = active_now()
         counts = found.counts() + active_counts
         tabs = [
@@ -333,7 +330,7 @@ class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
             "stuck": list(
                 JobRun.objects.stale().order_by("heartbeat_at")[:STUCK_LIMIT]
             ),
-            "failures": failure_groups(since, now, size),
+            "failures": failure_groups(since),
             "failures_url": f"{failures_url}?{urlencode({'window': window})}",
             "health": health_panel(),
         }

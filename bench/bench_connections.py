@@ -64,16 +64,14 @@ def setup(count: int) -> None:
     django.setup()
     import random
 
-    from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.utils import timezone
 
+    from bench.seeding import bench_user
     from django_jobstatus.models import JobLog, JobRun, Status
 
     call_command("migrate", verbosity=0)
-    user_model = get_user_model()
-    if not user_model.objects.filter(username="bench").exists():
-        user_model.objects.create_superuser("bench", "bench@example.com", "bench")
+    bench_user()
     have = JobRun.objects.count()
     if have >= count:
         return

@@ -373,8 +373,8 @@ def _fill_hours(db: str, hours: list[datetime]) -> None:
         .values_list(
             "start", "span", "job_name", "duration_bucket", *FINISHED, "seconds"
         )
-        # Grouped and inserted in the unique index's order: each row lands on its
-        # rightmost page (a week's first roll-up: 169,000 rows, 3.9 s -> 3.0 s).
+        # Grouped and inserted in the unique index's order, each row after the last:
+        # a week's first roll-up (169,000 rows) inserted in a quarter less time.
         .order_by("start", "job_name", "duration_bucket"),
     )
     sums = {status: Sum(status) for status in FINISHED}

@@ -40,6 +40,9 @@ GRACE = timedelta(minutes=5)
 KEEP = timedelta(days=8)
 # The terminal statuses, in the roll-up's column order.
 FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.KILLED, Status.LOST)
+# The dashboard's windows read from the roll-ups (its last hour is read live), which
+# ``reap_jobstatus`` keeps rolled up (``roll_up()``).
+WINDOWS = (timedelta(hours=24), timedelta(days=7))
 
 
 @dataclasses.dataclass
@@ -126,6 +129,19 @@ def figures(since: datetime, now: datetime, size: timedelta) -> Figures:
     result.merge(_closed(start, closed))
     _add_live(result, closed, size)
     return result
+
+
+def roll_up(now: datetime) -> None:
+    """Roll up the closed hours and the rows of each of the dashboard's WINDOWS ending at
+    ``now``, as the dashboard's first request at ``now`` would.
+
+    ``reap_jobstatus`` calls this each time it runs, so the dashboard never rolls up
+    more than the hour that closed since: opened after a week nobody looked, it would
+    roll the week up in that request (3 to 4 s on a million runs).
+    """
+    end = floor(now - GRACE, HOUR)
+    for window in WINDOWS:
+        _closed(floor(now - window, HOUR), end)
 
 
 def _closed(start: datetime, end: datetime) -> Figures:

@@ -6,12 +6,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.core.management import CommandError
-from django.test.utils import override_settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 
+from django_jobstatus import rollups
 from django_jobstatus.exceptions import InvalidTransition
-from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.models import JobLog, JobRun, JobRunHour, Status
 from tests.commands.conftest import manage
 
 pytestmark = pytest.mark.django_db
@@ -178,3 +181,63 @@ def test_a_timeout_too_long_is_a_usage_error_from_the_command_line(
     assert done.returncode == 2, done.stderr
     assert "at most 1000 years" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_each_reap_rolls_up_the_dashboards_hours_which_its_next_request_only_reads(
+    make_run: Any, reap: Any, admin_client: Any
+) -> None:
+    """A dashboard opened after a quiet week would roll the week up in that request
+    (seconds on a busy site): the reaper, run every few minutes, does it instead."""
+    for i in range(40):
+        finished = ago(3600 * 4 * i + 420)
+        make_run(
+            f"tests.job{i % 3}",
+            status=Status.FAILED if i % 4 == 0 else Status.SUCCEEDED,
+            started_at=finished - timedelta(seconds=i + 1),
+            finished_at=finished,
+        )
+
+    def windows() -> set[tuple[Any, int]]:
+        """The dashboard's 24 h and 7 d windows now: (first hour, hours)."""
+        now = timezone.now()
+        end = rollups.floor(now - rollups.GRACE, rollups.HOUR)
+        starts = [
+            rollups.floor(now - timedelta(hours=hours), rollups.HOUR)
+            for hours in (24, 24 * 7)
+        ]
+        return {(start, rollups._span(start, end)) for start in starts}
+
+    for _ in range(2):  # once more if an hour closed meanwhile
+        expected = windows()
+        reap()
+        made = set(
+            JobRunHour.objects.filter(job_name="", hours__gt=1).values_list(
+                "hour", "hours"
+            )
+        )
+        cache.clear()
+        with CaptureQueriesContext(connection) as done:
+            page = admin_client.get(
+                "/admin/django_jobstatus/jobrun/dashboard/?window=7d"
+            )
+        if windows() == expected:
+            break
+    assert made == expected
+    assert page.status_code == 200
+    writes = [q["sql"] for q in done if not q["sql"].lstrip("( ").startswith("SELECT")]
+    assert writes == []
+
+
+def test_a_dry_run_rolls_nothing_up(make_run: Any, reap: Any) -> None:
+    make_run("tests.job", status=Status.SUCCEEDED, finished_at=ago(7200))
+    reap("--dry-run")
+    assert not JobRunHour.objects.exists()
+
+
+def test_the_reaper_rolls_up_the_dashboards_windows() -> None:
+    from django_jobstatus.admin.dashboard import BAR
+    from django_jobstatus.admin.windows import DASHBOARD_WINDOWS, WINDOWS
+
+    assert set(rollups.WINDOWS) == {
+        WINDOWS[key].delta for key in DASHBOARD_WINDOWS if key not in BAR
+    }

@@ -1,4 +1,5 @@
-"""``manage.py reap_jobstatus``: mark running runs whose worker went silent as ``lost``."""
+"""``manage.py reap_jobstatus``: mark running runs whose worker went silent as ``lost``, and
+roll up the dashboard's closed hours."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import router
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
+from django_jobstatus import rollups
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
     add_database,
     seconds,
 )
-from django_jobstatus.models import JobRun
+from django_jobstatus.models import JobRun, JobRunHour
 
 if TYPE_CHECKING:
     from django_jobstatus.retention import ReapResult
@@ -26,7 +30,8 @@ class Command(BaseCommand):
         # A property: argparse needs a str, and translating needs the active language.
         return _(
             "Mark as lost every running job run whose heartbeat (or start) is older than the "
-            "timeout; with --queued-timeout, also end the runs queued too long."
+            "timeout; with --queued-timeout, also end the runs queued too long. Then roll up "
+            "the dashboard's closed hours, so that it never has to."
         )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -74,11 +79,17 @@ class Command(BaseCommand):
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        if not loud:
-            return
-        if dry_run:
-            self._dry_run(result, queued_timeout)
-            return
+        if loud:
+            if dry_run:
+                self._dry_run(result, queued_timeout)
+            else:
+                self._done(result, queued_timeout)
+        if not dry_run and database == router.db_for_write(JobRunHour):
+            # The dashboard's hours, so that its first request after a quiet spell reads
+            # them rather than rolling them up (seconds for a busy week).
+            rollups.roll_up(timezone.now())
+
+    def _done(self, result: ReapResult, queued_timeout: float | None) -> None:
         self.stdout.write(
             self.style.SUCCESS(
                 # Translators: two sentences joined, e.g. "Marked 2 runs lost; 1 finished before it could be."

@@ -189,6 +189,52 @@ def measure(
     return statistics.median(times), len(queries)
 
 
+def measure_reaped(client: Any, url: str, repeat: int) -> tuple[float, float, int]:
+    """What a site that runs ``reap_jobstatus`` sees after a quiet week: with the roll-ups
+    deleted, the reaper's median milliseconds (it rolls the week up), then the page's with
+    a cold cache (median milliseconds, queries of one more such request)."""
+    from django.core.cache import cache
+    from django.core.management import call_command
+    from django.db import connection
+
+    from django_jobstatus.models import JobRunHour
+
+    reaps, pages, queries = [], [], []
+
+    def count(execute: Any, sql: str, *args: Any) -> Any:
+        queries.append(sql)
+        return execute(sql, *args)
+
+    for turn in range(repeat + 1):
+        JobRunHour.objects.all().delete()
+        cache.clear()
+        began = time.perf_counter()
+        call_command("reap_jobstatus", verbosity=0)
+        reaps.append((time.perf_counter() - began) * 1000)
+        cache.clear()
+        began = time.perf_counter()
+        if turn < repeat:
+            response = client.get(url)
+            pages.append((time.perf_counter() - began) * 1000)
+            if response.status_code != 200:
+                sys.exit(f"{url} answered {response.status_code}")
+        else:
+            with connection.execute_wrapper(count):
+                client.get(url)
+    return statistics.median(reaps[:repeat]), statistics.median(pages), len(queries)
+
+
+def vacuum_rollups() -> None:
+    """After a measurement that deleted and rolled up every hour again, ``repeat`` + 1
+    times: clear the dead rows it left (autovacuum would) before the next pages."""
+    from django.db import connection
+
+    from django_jobstatus.models import JobRunHour
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {JobRunHour._meta.db_table}")
+
+
 def _dtk() -> Any:
     """django-tasks-db's model, or None when it is not installed."""
     try:
@@ -342,6 +388,8 @@ def pages() -> list[tuple[str, str, str | None, str | None]]:
         ("JobLog search, a common word", f"{logs}?q=emails", None, None),
         ("JobLog search, two words", f"{logs}?q=retrying+503", None, None),
         ("dashboard, 7 d, no roll-ups yet", f"{runs}dashboard/?window=7d", None, None),
+        # The same after reap_jobstatus (which rolls the hours up), as scheduled.
+        ("dashboard, 7 d, after reap", f"{runs}dashboard/?window=7d", None, None),
         ("dashboard, 24 h, cold cache", f"{runs}dashboard/", None, None),
         ("dashboard, 7 d", f"{runs}dashboard/?window=7d", None, None),
         ("dashboard, 7 d, cold cache", f"{runs}dashboard/?window=7d", None, None),
@@ -438,6 +486,12 @@ def run(options: argparse.Namespace) -> None:
         page for page in pages() if options.only in page[0]
     ]
     for label, ours_url, theirs_url, dtk_url in chosen:
+        if "after reap" in label:
+            reap, ours, queries = measure_reaped(client, ours_url, options.repeat)
+            print(f"{'reap_jobstatus, no roll-ups yet':32}{reap:>10.0f}{'-':>8}")
+            print(f"{label:32}{ours:>10.0f}{queries:>8}", flush=True)
+            vacuum_rollups()
+            continue
         ours, queries = measure(
             client,
             ours_url,
@@ -458,14 +512,7 @@ def run(options: argparse.Namespace) -> None:
             continue
         print(f"{label:32}{ours:>10.0f}{queries:>8}{''.join(cells)}", flush=True)
         if "no roll-ups" in label:
-            # That measurement deleted and rolled up every hour again, ``repeat`` + 1
-            # times: clear the dead rows it left (autovacuum would) before the next pages.
-            from django.db import connection
-
-            from django_jobstatus.models import JobRunHour
-
-            with connection.cursor() as cursor:
-                cursor.execute(f"VACUUM ANALYZE {JobRunHour._meta.db_table}")
+            vacuum_rollups()
     print(
         "\nDCR = django-celery-results, DTK = django-tasks-db; ratio = their time / jobstatus' time"
         " (above 1: jobstatus is faster); queries: SQL queries of one jobstatus request"

@@ -143,23 +143,35 @@ def seed_all(options: argparse.Namespace) -> None:
 
 
 def measure(
-    client: Any, url: str, repeat: int, *, cold: bool = False, fresh: bool = False
+    client: Any,
+    url: str,
+    repeat: int,
+    *,
+    cold: bool = False,
+    fresh: bool = False,
+    prepare: Any = None,
 ) -> tuple[float, int]:
     """Median milliseconds of ``repeat`` requests after one warm-up; fails loudly on an error page.
 
     ``cold``: Django's cache is cleared before each request. ``fresh``: the dashboard's
     hourly roll-ups are deleted too, so each request rolls the window's hours up again
-    (what only the first request after installing does).
+    (what only the first request after installing does). ``prepare``: called (untimed)
+    after that, before each request.
     """
     from django.core.cache import cache
     from django.db import connection
 
     from django_jobstatus.models import JobRunHour
 
+    each = cold or fresh or prepare is not None
+
     def clear() -> None:
         cache.clear()
         if fresh:
             JobRunHour.objects.all().delete()
+        if prepare is not None:
+            prepare()
+            cache.clear()
 
     queries: list[str] = []
 
@@ -167,14 +179,14 @@ def measure(
         queries.append(sql)
         return execute(sql, *args)
 
-    if cold or fresh:
+    if each:
         clear()
     response = client.get(url)
     if response.status_code != 200:
         sys.exit(f"{url} answered {response.status_code}")
     times = []
     for _ in range(repeat):
-        if cold or fresh:
+        if each:
             clear()
         began = time.perf_counter()
         client.get(url)
@@ -182,7 +194,7 @@ def measure(
     # Counted on one more request like the timed ones, not on the warm-up: that one may
     # also do what an earlier page left to do (the first 24 h request after the roll-ups
     # were wiped builds the window's rows: 14 queries, where every later one makes 9).
-    if cold or fresh:
+    if each:
         clear()
     with connection.execute_wrapper(count):
         client.get(url)
@@ -192,36 +204,18 @@ def measure(
 def measure_reaped(client: Any, url: str, repeat: int) -> tuple[float, float, int]:
     """What a site that runs ``reap_jobstatus`` sees after a quiet week: with the roll-ups
     deleted, the reaper's median milliseconds (it rolls the week up), then the page's with
-    a cold cache (median milliseconds, queries of one more such request)."""
-    from django.core.cache import cache
+    a cold cache (``measure()``'s median and queries)."""
     from django.core.management import call_command
-    from django.db import connection
 
-    from django_jobstatus.models import JobRunHour
+    reaps: list[float] = []
 
-    reaps, pages, queries = [], [], []
-
-    def count(execute: Any, sql: str, *args: Any) -> Any:
-        queries.append(sql)
-        return execute(sql, *args)
-
-    for turn in range(repeat + 1):
-        JobRunHour.objects.all().delete()
-        cache.clear()
+    def reap() -> None:
         began = time.perf_counter()
         call_command("reap_jobstatus", verbosity=0)
         reaps.append((time.perf_counter() - began) * 1000)
-        cache.clear()
-        began = time.perf_counter()
-        if turn < repeat:
-            response = client.get(url)
-            pages.append((time.perf_counter() - began) * 1000)
-            if response.status_code != 200:
-                sys.exit(f"{url} answered {response.status_code}")
-        else:
-            with connection.execute_wrapper(count):
-                client.get(url)
-    return statistics.median(reaps[:repeat]), statistics.median(pages), len(queries)
+
+    ours, queries = measure(client, url, repeat, fresh=True, prepare=reap)
+    return statistics.median(reaps), ours, queries
 
 
 def vacuum_rollups() -> None:

@@ -82,6 +82,8 @@ def _column(cl: Any, name: Any, empty: str) -> tuple[str, Cell] | None:
         value = method(row)
         if isinstance(value, str) and value.strip() == "":
             value = ""
+        elif isinstance(value, SafeString):
+            return value  # what display_for_value and conditional_escape return for it
         return conditional_escape(display_for_value(value, shown))
 
     return css, method_cell

@@ -388,14 +388,19 @@ def pages() -> list[tuple[str, str, str | None, str | None]]:
         ("dashboard, 7 d", f"{runs}dashboard/?window=7d", None, None),
         ("dashboard, 7 d, cold cache", f"{runs}dashboard/?window=7d", None, None),
         ("dashboard JSON", f"{runs}dashboard/data/", None, None),
+        # The purge page's dry run: what the retention settings would delete now, and
+        # what 7 days would (most of the runs).
+        ("purge page, retention settings", f"{runs}dashboard/purge/", None, None),
+        ("purge page, 7 days", f"{runs}dashboard/purge/?days=7", None, None),
     ]
 
 
 def explain() -> None:
     from django.db import connection
 
-    from django_jobstatus.admin.filters import JOB_NAME_CHOICES, job_names_sql
+    from django_jobstatus.admin.filters import JOB_NAME_CHOICES
     from django_jobstatus.models import JobRun
+    from django_jobstatus.querysets import job_names_sql
 
     with connection.cursor() as cursor:
         cursor.execute(

@@ -127,6 +127,36 @@ def test_latest_for_each_plans_one_probe_whatever_the_number_of_names(
     assert succeeded == {"a": older}
 
 
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_newest_ids_of_each_job(make_run, count) -> None:
+    """The purge's kept runs: the newest ``count`` of each job, the queryset's filters held."""
+    now = timezone.now()
+    made = {
+        name: [
+            make_run(name, status=Status.SUCCEEDED, created_at=now - timedelta(hours=h))
+            for h in range(4)
+        ]
+        for name in ("a", "b", "x'y")
+    }
+    make_run("a", status=Status.FAILED, created_at=now + timedelta(hours=1))
+    expected = {run.pk for runs in made.values() for run in runs[:count]}
+    found = JobRun.objects.succeeded().newest_ids(["a", "b", "x'y", "missing"], count)
+    assert sorted(found) == sorted(expected)
+    assert JobRun.objects.newest_ids([], count) == []
+    assert JobRun.objects.newest_ids(["a"], 0) == []
+
+
+@pytest.mark.postgres
+def test_newest_ids_of_each_job_in_one_query_on_postgresql(
+    make_run, django_assert_num_queries
+) -> None:
+    for name in ("a", "b", "c"):
+        make_run(name)
+        make_run(name)
+    with django_assert_num_queries(1):
+        assert len(JobRun.objects.newest_ids(["a", "b", "c"], 5)) == 6
+
+
 @pytest.mark.parametrize("age", [7, 7.0, timedelta(days=7)])
 def test_older_than(make_run, age: Any) -> None:
     now = timezone.now()

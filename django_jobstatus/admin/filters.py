@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.db import connections
 from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus.admin.windows import WINDOWS
 from django_jobstatus.models import Status
+from django_jobstatus.querysets import distinct_job_names
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -98,34 +98,6 @@ class StatusFilter(ChoiceFilter):
 
     def apply(self, queryset: Any, value: str) -> Any:
         return getattr(queryset, value)()
-
-
-def job_names_sql(table: str) -> str:
-    """Distinct job names by skipping through the (job_name, created_at) index; one ``%s``: the limit.
-
-    A plain ``SELECT DISTINCT`` reads every row; this recursive query (a "loose index
-    scan") does one index probe per name, so its cost follows the number of names.
-    ``table`` must be quoted already.
-    """
-    return (
-        f"WITH RECURSIVE names(name) AS ("  # noqa: S608 - only the quoted table name is formatted in
-        f" SELECT MIN(job_name) FROM {table}"
-        f" UNION ALL"
-        f" SELECT (SELECT MIN(job_name) FROM {table} WHERE job_name > names.name) FROM names WHERE names.name IS NOT NULL"
-        f") SELECT name FROM names WHERE name IS NOT NULL LIMIT %s"
-    )
-
-
-def distinct_job_names(
-    model: Any, using: str, limit: int = JOB_NAME_CHOICES
-) -> list[str]:
-    """Up to ``limit`` distinct job names, in order, without reading the table."""
-    connection = connections[using]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            job_names_sql(connection.ops.quote_name(model._meta.db_table)), [limit]
-        )
-        return [row[0] for row in cursor.fetchall()]
 
 
 def _memo(request: HttpRequest, key: tuple[Any, ...], read: Any) -> Any:

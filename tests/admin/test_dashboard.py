@@ -222,6 +222,77 @@ def test_purge_dry_run_then_confirm(admin_client, make_run):
     assert list(JobRun.objects.all()) == [keep]
 
 
+def _old_runs(make_run, jobs, per_job=1, lines=0):
+    """``per_job`` runs of 60 days ago for each of ``jobs`` job names, each with ``lines``
+    log lines, and one new run of each job (the newest run of a job stays)."""
+    ago = timezone.now() - timedelta(days=60)
+    for job in range(jobs):
+        for _ in range(per_job):
+            old = make_run(
+                f"jobs.job{job:02d}",
+                status=Status.SUCCEEDED,
+                created_at=ago,
+                finished_at=ago,
+            )
+            for line in range(lines):
+                old.log(20, f"line {line}")
+        make_run(f"jobs.job{job:02d}", status=Status.SUCCEEDED)
+
+
+def test_the_purge_page_reads_as_many_queries_for_40_jobs_as_for_one(
+    admin_client, make_run, django_assert_max_num_queries
+):
+    """It used to read the newest runs of each job (kept) one job at a time: a query per job."""
+    _old_runs(make_run, jobs=40, lines=1)
+    with django_assert_max_num_queries(9):
+        response = admin_client.get(URL + "purge/")
+    preview = response.context["preview"]
+    assert (preview.runs, preview.logs) == (40, 40)
+    assert not preview.more_runs
+    assert not preview.more_logs
+
+
+def test_the_purge_page_counts_runs_up_to_a_cap_and_says_there_are_more(
+    admin_client, make_run, monkeypatch
+):
+    """A million runs to go took the page 5 s to count: it counts up to a cap, then says "more than"."""
+    from django_jobstatus import retention
+
+    monkeypatch.setattr(retention, "PREVIEW_RUNS", 4)
+    _old_runs(make_run, jobs=2, per_job=3)
+    response = admin_client.get(URL + "purge/")
+    html = response.content.decode()
+    assert response.context["preview"].more_runs
+    assert "More than 4 runs would go" in html
+    assert "Yes, purge them" in html
+    monkeypatch.setattr(retention, "PREVIEW_RUNS", 6)
+    response = admin_client.get(URL + "purge/")
+    assert not response.context["preview"].more_runs
+    assert response.context["preview"].runs == 6
+    assert "Yes, purge 6 runs" in response.content.decode()
+    response = admin_client.post(URL + "purge/", {"days": ""}, follow=True)
+    assert "Purged 6 runs" in response.content.decode()
+    assert JobRun.objects.count() == 2  # the newest run of each job
+
+
+def test_the_purge_page_counts_log_lines_up_to_a_cap(
+    admin_client, make_run, monkeypatch
+):
+    from django_jobstatus import retention
+
+    monkeypatch.setattr(retention, "PREVIEW_LINES", 5)
+    _old_runs(make_run, jobs=2, lines=3)
+    response = admin_client.get(URL + "purge/")
+    preview = response.context["preview"]
+    assert (preview.runs, preview.more_runs, preview.more_logs) == (2, False, True)
+    assert [row["runs"] for row in preview.rows] == [1, 1]
+    assert "more than 5" in response.content.decode()
+    monkeypatch.setattr(retention, "PREVIEW_LINES", 6)
+    preview = admin_client.get(URL + "purge/").context["preview"]
+    assert (preview.logs, preview.more_logs) == (6, False)
+    assert [row["logs"] for row in preview.rows] == [3, 3]
+
+
 def test_purge_now_says_when_the_database_stays_locked(
     admin_client, make_run, monkeypatch
 ):

@@ -11,8 +11,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_jobstatus.admin.filters import JOB_NAME_CHOICES, job_names_sql
+from django_jobstatus.admin.filters import JOB_NAME_CHOICES
 from django_jobstatus.models import JobLog, JobRun
+from django_jobstatus.querysets import job_names_sql
 from tests.admin.history import seven_jobs
 
 pytestmark = pytest.mark.postgres

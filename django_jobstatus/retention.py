@@ -473,6 +473,16 @@ class _Batches:
                 quote(JobLog._meta.db_table),
             )
             self.cascades = _database_cascades(self.db, *self.tables)
+            # The kept runs as one array parameter: with a placeholder each, every batch
+            # statement grew with the number of job names (a run kept for each).
+            pk = candidates.model._meta.pk
+            ids_sql, param = values_table(
+                connection, kept, "kept", str(pk.db_type(connection))
+            )
+            self.spared = RawSQL(  # noqa: S611 - the ids are a parameter
+                f"SELECT value FROM {ids_sql}",  # noqa: S608
+                [param],
+            )
 
     def run(self, batch_size: int, batch_seconds: float) -> None:
         size = min(FIRST_BATCH, batch_size)
@@ -598,7 +608,7 @@ class _Batches:
                 created_at__gte=since,
             )
         if spare and self.kept:
-            page = page.exclude(pk__in=self.kept)
+            page = page.exclude(pk__in=self.spared)
         return (_skipping_locked(page) if lock else page)[:size]
 
     def _delete_set_based(

@@ -371,6 +371,29 @@ def test_the_keyset_reaches_the_planner_as_a_subquery_not_a_constant(
         assert not re.search(rf"{re.escape(column)} >=? '", sql)  # no constant
 
 
+@pytest.mark.postgres
+def test_a_batch_statement_does_not_grow_with_the_number_of_jobs(aged: Any) -> None:
+    """The runs each job keeps go to a batch as one array: with a placeholder each, a purge
+    of one job on a table of thousands of job names sent thousands with every batch."""
+    for n in range(300):
+        aged(f"tests.job{n:03d}", days=1)
+    for n in range(3):
+        aged("tests.job000", days=100 + n)
+    placeholders = []
+
+    def count(execute, sql, params, *args):
+        if "DELETE FROM" in sql:
+            placeholders.append(len(params))
+        return execute(sql, params, *args)
+
+    with connection.execute_wrapper(count):
+        result = JobRun.objects.for_job("tests.job000").purge(keep_last=1)
+    assert result.runs == 3
+    # 300 runs kept (the newest of each job): one placeholder each before.
+    assert placeholders
+    assert max(placeholders) < 20, placeholders
+
+
 def test_deleting_a_parent_keeps_its_children(aged: Any) -> None:
     aged("tests.batch", days=1)
     parent = aged("tests.batch", days=100)

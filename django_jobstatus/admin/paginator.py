@@ -92,11 +92,16 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
             if not query.where:
                 self.estimated = True
                 return self._estimate(connection, queryset.model._meta.db_table)
-            if _substring(query.where) or _scans(_plan(connection, capped)):
-                # A substring search (its matches are checked row by row, even through a
-                # trigram index) or a table scan: counting would read every candidate.
+            if _substring(query.where):
+                # A substring search: its matches are checked row by row, even through a
+                # trigram index, so counting would read every candidate.
                 self.estimated = True
                 return max(int(_plan(connection, queryset.order_by())["Plan Rows"]), 0)
+            plan = _plan(connection, capped)
+            if _scans(plan):
+                # A table scan: the estimate of the rows under the LIMIT is the count.
+                self.estimated = True
+                return max(int(_under_limit(plan)["Plan Rows"]), 0)
         return int(capped.count())
 
     def page(self, number: Any) -> Page:  # type: ignore[type-arg]
@@ -163,6 +168,20 @@ def _plan(connection: Any, queryset: Any) -> dict[str, Any]:
         "Plan"
     ]
     return plan
+
+
+def _under_limit(plan: dict[str, Any]) -> dict[str, Any]:
+    """The node a Limit reads from (its estimate is the rows before the LIMIT); else ``plan``."""
+    if plan.get("Node Type") != "Limit":
+        return plan
+    return next(
+        (
+            child
+            for child in plan.get("Plans", [])
+            if child.get("Parent Relationship") == "Outer"
+        ),
+        plan,
+    )
 
 
 def search_words(search_term: str) -> list[str]:

@@ -177,6 +177,29 @@ def test_paginator_never_scans_a_big_table_to_count(make_run, monkeypatch):
         ).count in {5, 40}
 
 
+def test_a_filter_read_by_a_table_scan_is_counted_from_one_plan(make_run, monkeypatch):
+    """The estimate of a filter no index serves comes from the plan that found the scan:
+    one EXPLAIN, not a second one of the query without its LIMIT."""
+    from django_jobstatus.admin.paginator import CappedCountPaginator, _plan
+
+    run = make_run("a")
+    JobLog.objects.bulk_create(
+        JobLog(run=run, level=20, message=f"line {i}", extra={"n": i} if i % 2 else {})
+        for i in range(60)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {JobLog._meta.db_table}")
+    monkeypatch.setattr(CappedCountPaginator, "cap", 5)
+    unindexed = JobLog.objects.filter(extra__has_key="n")
+    with CaptureQueriesContext(connection) as queries:
+        count = CappedCountPaginator(unindexed, 10).count
+    explains = [q for q in queries.captured_queries if q["sql"].startswith("EXPLAIN")]
+    assert len(explains) == 1, [q["sql"][:80] for q in queries.captured_queries]
+    assert not any("COUNT(" in q["sql"] for q in queries.captured_queries)
+    # The same figure as the plan of the whole query.
+    assert count == max(int(_plan(connection, unindexed.order_by())["Plan Rows"]), 0)
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("retry_sources", [(), ("celery", "rq")])
 def test_failures_are_grouped_from_the_index_alone(retry_sources):

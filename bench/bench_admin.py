@@ -50,6 +50,12 @@ def parse() -> argparse.Namespace:
         help="log lines of the one big run (default: %(default)r)",
     )
     parser.add_argument(
+        "--max-lines",
+        type=int,
+        default=19,
+        help="log lines of a run: 1 to this many (default: %(default)r, 10 on average)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=5,
@@ -94,7 +100,7 @@ def seed_all(options: argparse.Namespace) -> None:
 
     runs = options.runs
     print(
-        f"Seeding {runs:,} runs with about {runs * 10 + options.big_run_logs:,} log lines,"
+        f"Seeding {runs:,} runs with about {runs * (1 + options.max_lines) // 2 + options.big_run_logs:,} log lines,"
         f" and {runs:,} rows for each peer",
         flush=True,
     )
@@ -107,6 +113,7 @@ def seed_all(options: argparse.Namespace) -> None:
             newest_days=0.01,
             oldest_days=DAYS,
             big_run_logs=options.big_run_logs,
+            max_lines=options.max_lines,
             timed=timed,
         )
         cursor.execute("SET session_replication_role = DEFAULT")

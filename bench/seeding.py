@@ -103,7 +103,7 @@ FROM (
 ) AS t
 """
 
-# 1–19 lines a run (a hash of its id), a WARNING now and then, the last line of a failed run an ERROR.
+# 1 to max_lines lines a run (19: 10 on average; a hash of its id), a WARNING now and then, the last line of a failed run an ERROR.
 LOGS_SQL = """
 INSERT INTO {logs} (run_id, created_at, level, message, extra)
 SELECT r.id, r.started_at + g * interval '37 milliseconds',
@@ -111,7 +111,7 @@ SELECT r.id, r.started_at + g * interval '37 milliseconds',
     CASE WHEN r.has_errors AND g = r.lines THEN r.error ELSE pg_temp.log_message(g, r.lines) END,
     '{{}}'::jsonb
 FROM (
-    SELECT id, started_at, has_errors, error, 1 + abs(hashtext(id::text)) %% 19 AS lines
+    SELECT id, started_at, has_errors, error, 1 + abs(hashtext(id::text)) %% %(max_lines)s AS lines
     FROM {runs} WHERE job_name <> 'bench.big' ORDER BY created_at
 ) AS r, generate_series(1, r.lines) AS g
 """
@@ -156,12 +156,13 @@ def seed(
     newest_days: float,
     oldest_days: float,
     big_run_logs: int = 0,
+    max_lines: int = 19,
     peers: bool = True,
     timed: Any = None,
 ) -> None:
     """Insert ``runs`` finished runs between ``newest_days`` and ``oldest_days`` ago with their
-    log lines (10 a run on average), ``big_run_logs`` lines of one more run "bench.big",
-    and with ``peers`` the same runs in django-celery-results' and django-tasks-db's tables.
+    log lines (1 to ``max_lines`` a run: 10 on average for 19), ``big_run_logs`` lines of
+    one more run "bench.big", and with ``peers`` the same runs in django-celery-results' and django-tasks-db's tables.
     """
     from django.utils import timezone
 
@@ -184,7 +185,7 @@ def seed(
         RUNS_SQL.format(**tables),
         {"count": runs, "newest": newest_days * day, "oldest": oldest_days * day},
     )
-    step("log lines", LOGS_SQL.format(**tables))
+    step("log lines", LOGS_SQL.format(**tables), {"max_lines": max_lines})
     if big_run_logs:
         now = timezone.now()
         big = JobRun.objects.create(

@@ -265,6 +265,19 @@ class JobRun(models.Model):
                 condition=Q(status__in=["failed", "lost"]),
                 name="jobstatus_run_failure_idx",
             ),
+            # The same, one range per job and cause: the newest groups' figures without
+            # reading the whole window's failures (0015).
+            models.Index(
+                fields=[
+                    "job_name",
+                    "error_fingerprint",
+                    "finished_at",
+                    "status",
+                    "source",
+                ],
+                condition=Q(status__in=["failed", "lost"]),
+                name="jobstatus_run_group_idx",
+            ),
             # The changelist's other filters, each an index range newest first however few
             # runs match: without, a rare value walked every run (0014).
             models.Index(

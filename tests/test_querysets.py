@@ -496,3 +496,92 @@ def test_failure_groups_count_runs_per_job_and_cause(
         ("report.build", "Lost: the worker stopped sending heartbeats."): (1, 1),
     }
     assert all(g["first_seen"] <= g["last_seen"] for g in groups)
+
+
+@pytest.mark.parametrize(
+    ("window_failures", "scan"), [(0, 50), (10**6, 50), (10**6, 1)]
+)
+def test_failure_groups_are_the_newest_groups_of_the_whole_window(
+    monkeypatch, window_failures, scan
+):
+    """Counted from the newest groups' own failures (a window said to hold many, and the
+    newest failures settle which groups are newest) or from every failure of the window,
+    the groups are those of a count done by hand: the newest ``limit`` by last failure
+    (ties by name), with their counts, lost, retryable, first and last seen."""
+    import random
+    from collections import defaultdict
+    from datetime import timedelta
+
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from django_jobstatus import querysets
+    from django_jobstatus.models import JobRun, Status, uuid7
+
+    monkeypatch.setattr(querysets, "GROUP_SCAN", scan)
+    now = timezone.now().replace(microsecond=0)
+    pick = random.Random(7)
+    runs = []
+    for _ in range(600):
+        status = pick.choice([Status.FAILED] * 4 + [Status.LOST, Status.SUCCEEDED])
+        # Whole seconds over ten days: many failures share a finish time, groups tie.
+        finished = now - timedelta(seconds=pick.randrange(0, 10 * 86400, 600))
+        runs.append(
+            JobRun(
+                id=uuid7(),
+                job_name=f"job{pick.randrange(12)}",
+                status=status,
+                source=pick.choice(["celery", "rq", "manual"]),
+                error_fingerprint=pick.choice(["", "KeyError: '…'", "Timeout", "Boom"])
+                if status != Status.SUCCEEDED
+                else "",
+                created_at=finished - timedelta(seconds=5),
+                finished_at=finished,
+            )
+        )
+    JobRun.objects.bulk_create(runs)
+    since = now - timedelta(days=7)
+    by_hand: dict[tuple[str, str], dict] = defaultdict(
+        lambda: {"count": 0, "lost": 0, "retryable": 0, "at": []}
+    )
+    for run in runs:
+        if run.status in (Status.FAILED, Status.LOST) and run.finished_at >= since:
+            group = by_hand[(run.job_name, run.error_fingerprint)]
+            group["count"] += 1
+            group["lost"] += run.status == Status.LOST
+            group["retryable"] += run.source in ("celery", "rq")
+            group["at"].append(run.finished_at)
+    expected = sorted(
+        (
+            {
+                "job_name": name,
+                "error_fingerprint": cause,
+                "count": g["count"],
+                "lost": g["lost"],
+                "retryable": g["retryable"],
+                "first_seen": min(g["at"]),
+                "last_seen": max(g["at"]),
+            }
+            for (name, cause), g in by_hand.items()
+        ),
+        key=lambda g: (
+            -g["last_seen"].timestamp(),
+            g["job_name"],
+            g["error_fingerprint"],
+        ),
+    )
+    assert len(expected) > 30
+    for limit in (1, 2, 3, 10, 25, 200):
+        with CaptureQueriesContext(connection) as queries:
+            groups = JobRun.objects.failure_groups(
+                since,
+                limit=limit,
+                retry_sources=("celery", "rq"),
+                window_failures=window_failures,
+            )
+        assert groups == expected[:limit], limit
+        # Only the newest groups counted, or (too few failures read) every group.
+        only_newest = '"error_fingerprint" IN' in queries.captured_queries[-1]["sql"]
+        settled = window_failures and scan == 50 and limit < len(expected)
+        assert only_newest == bool(settled), limit
+        assert len(queries.captured_queries) == (2 if window_failures else 1)

@@ -258,9 +258,12 @@ def job_table(found: rollups.Figures, window: str) -> list[dict[str, Any]]:
     return rows
 
 
-def failure_groups(since: datetime) -> list[dict[str, Any]]:
-    """The window's failures grouped by job and cause, newest first (one query)."""
-    groups = JobRun.objects.failure_groups(since, limit=FAILURES_LIMIT)
+def failure_groups(since: datetime, failures: int) -> list[dict[str, Any]]:
+    """The window's failures grouped by job and cause, newest first (one query; two, only
+    the newest groups counted, when the roll-ups say the window holds many ``failures``)."""
+    groups = JobRun.objects.failure_groups(
+        since, limit=FAILURES_LIMIT, window_failures=failures
+    )
     for group in groups:
         text = group["error_fingerprint"]
         group["error_class"] = error_class(text)
@@ -330,7 +333,9 @@ class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
             "stuck": list(
                 JobRun.objects.stale().order_by("heartbeat_at")[:STUCK_LIMIT]
             ),
-            "failures": failure_groups(since),
+            "failures": failure_groups(
+                since, counts[Status.FAILED] + counts[Status.LOST]
+            ),
             "failures_url": f"{failures_url}?{urlencode({'window': window})}",
             "health": health_panel(),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -145,6 +146,56 @@ def test_fifty_jobs_and_monitors_cost_the_dashboard_ten_queries(
     assert len(response.context["health"]["rows"]) == 3
     with django_assert_max_num_queries(10):
         assert admin_client.get(DATA, {"window": window}).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)  # autocommit, as a request runs
+def test_a_week_of_many_failures_counts_only_its_newest_groups(
+    admin_client, django_assert_max_num_queries, monkeypatch
+):
+    """The roll-ups say the week holds more failures than a read of its newest ones: the
+    panel's groups come from that read, then only theirs are counted (still ten queries),
+    and they are the groups of every failure of the week."""
+    from django.core.cache import cache
+    from django.test.utils import CaptureQueriesContext
+
+    from django_jobstatus import querysets
+    from django_jobstatus.admin.dashboard import FAILURES_LIMIT
+    from django_jobstatus.models import uuid7
+    from django_jobstatus.querysets import GROUP_SCAN
+
+    monkeypatch.setattr(querysets, "GROUPED_AT_ONCE", 500)
+    now = timezone.now()
+    JobRun.objects.bulk_create(
+        JobRun(
+            id=uuid7(),
+            job_name=f"job{i % 15}",
+            status=Status.LOST if i % 9 == 0 else Status.FAILED,
+            error_fingerprint=f"KeyError: case {i % 4}",
+            created_at=now - timedelta(hours=2 + i * 0.1),
+            finished_at=now - timedelta(hours=2 + i * 0.1),
+        )
+        for i in range(FAILURES_LIMIT * GROUP_SCAN + 100)
+    )
+    admin_client.get(URL, {"window": "7d"})  # the session, the user; the roll-ups
+    cache.clear()
+    with (
+        django_assert_max_num_queries(10),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        response = admin_client.get(URL, {"window": "7d"})
+    assert any('"error_fingerprint" IN' in q["sql"] for q in queries.captured_queries)
+    shown = [
+        {key: group[key] for key in ("job_name", "error_fingerprint", "count", "lost")}
+        for group in response.context["failures"]
+    ]
+    every = JobRun.objects.failure_groups(
+        response.context["generated_at"] - timedelta(days=7), limit=FAILURES_LIMIT
+    )
+    assert shown == [
+        {key: group[key] for key in ("job_name", "error_fingerprint", "count", "lost")}
+        for group in every
+    ]
+    assert len(shown) == FAILURES_LIMIT
 
 
 @pytest.mark.parametrize(

@@ -202,9 +202,18 @@ def test_a_filter_read_by_a_table_scan_is_counted_from_one_plan(make_run, monkey
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("retry_sources", [(), ("celery", "rq")])
-def test_failures_are_grouped_from_the_index_alone(retry_sources):
-    """The dashboard's and the failures view's groups: no run is read from the table.
+@pytest.mark.parametrize(
+    ("limit", "window_failures", "index"),
+    [(200, 0, "jobstatus_run_failure_idx"), (3, 10**6, "jobstatus_run_group_idx")],
+)
+def test_failures_are_grouped_from_the_index_alone(
+    retry_sources, limit, window_failures, index
+):
+    """The failures view's and the dashboard's groups: no run is read from the table.
 
+    The view groups every failure of the window, from the window's index. The dashboard,
+    whose roll-ups say the window holds many, reads the newest failures from that index
+    first, then counts only the newest groups, a range of the (job, cause) index each.
     Committed and vacuumed (an index-only scan needs the visibility map), so the planner
     prices the plan as on a real table.
     """
@@ -228,13 +237,23 @@ def test_failures_are_grouped_from_the_index_alone(retry_sources):
         cursor.execute(f"VACUUM ANALYZE {JobRun._meta.db_table}")
     with CaptureQueriesContext(connection) as captured:
         groups = JobRun.objects.failure_groups(
-            now - timedelta(days=7), retry_sources=retry_sources
+            now - timedelta(days=7),
+            limit=limit,
+            retry_sources=retry_sources,
+            window_failures=window_failures,
         )
-    assert sum(group["count"] for group in groups) == 500
-    queries = [query["sql"] for query in captured.captured_queries]
-    assert len(queries) == 1
-    text = plan(queries[0], off=("seqscan", "bitmapscan"))
-    assert "Index Only Scan using jobstatus_run_failure_idx" in text, text
+    assert len(groups) == min(limit, 28)
+    if limit == 200:
+        assert sum(group["count"] for group in groups) == 500
+    plans = [
+        plan(query["sql"], off=("seqscan", "bitmapscan"))
+        for query in captured.captured_queries
+    ]
+    if window_failures:
+        newest = plans.pop(0)
+        assert "Index Only Scan Backward using jobstatus_run_failure_idx" in newest
+    [counted] = plans
+    assert f"Index Only Scan using {index}" in counted, counted
 
 
 @pytest.mark.django_db(transaction=True)

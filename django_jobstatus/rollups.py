@@ -43,6 +43,10 @@ FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.KILLED, Status.LOST)
 # The dashboard's windows read from the roll-ups (its last hour is read live), which
 # ``reap_jobstatus`` keeps rolled up (``roll_up()``).
 WINDOWS = (timedelta(hours=24), timedelta(days=7))
+# Missing hours are rolled up this many at a time, each batch in a transaction of its own:
+# a request that dies meanwhile (a worker timeout) keeps the hours it finished, and the
+# next one goes on from there (a week in one transaction: 9.9 s at ten million runs).
+FILL_AT_ONCE = 24
 
 
 @dataclasses.dataclass
@@ -334,19 +338,26 @@ COLUMNS = ("hour", "hours", "job_name", "duration_bucket", *FINISHED, "seconds")
 def _fill(
     start: datetime, end: datetime, hours: list[datetime], *, derive: bool
 ) -> None:
-    """Roll up the missing ``hours`` (closed), then the window from ``start`` to ``end``
-    (``derive``: from the window an hour earlier).
+    """Roll up the missing ``hours`` (closed, ascending), then the window from ``start`` to
+    ``end`` (``derive``: from the window an hour earlier).
 
-    One transaction; the earlier window and the roll-ups older than KEEP are deleted.
+    FILL_AT_ONCE hours a transaction, the last of them in the window's, which also deletes
+    the earlier window and the roll-ups older than KEEP: the usual fill (the hour that
+    closed) is one transaction.
     """
     db = router.db_for_write(JobRunHour)
-    with transaction.atomic(using=db), aggregating(db):
-        if hours:
-            _fill_hours(db, hours)
-        _fill_window(db, start, end, derive=derive)
-        JobRunHour.objects.using(db).filter(
-            Q(hour__lt=end - KEEP) | Q(hours=_span(start, end), hour__lt=start)
-        ).delete()
+    with aggregating(db):
+        while len(hours) > FILL_AT_ONCE:
+            with transaction.atomic(using=db):
+                _fill_hours(db, hours[:FILL_AT_ONCE])
+            hours = hours[FILL_AT_ONCE:]
+        with transaction.atomic(using=db):
+            if hours:
+                _fill_hours(db, hours)
+            _fill_window(db, start, end, derive=derive)
+            JobRunHour.objects.using(db).filter(
+                Q(hour__lt=end - KEEP) | Q(hours=_span(start, end), hour__lt=start)
+            ).delete()
 
 
 def _insert(db: str, query: models.QuerySet[Any]) -> None:

@@ -211,6 +211,51 @@ def test_two_fills_of_one_hour_count_it_once(week):
     assert JobRunHour.objects.filter(hours=1, job_name="").count() == len(hours)
 
 
+class _Killed(Exception):  # noqa: N818 - what happened, not an error to handle
+    """Stands for a worker killed mid-request (a timeout)."""
+
+
+def test_a_roll_up_cut_short_keeps_the_hours_it_finished(week, monkeypatch):
+    """The missing hours are rolled up FILL_AT_ONCE a transaction: a request that dies
+    midway keeps the hours it finished, and the next one rolls up only the others. In one
+    transaction, a week at ten million runs took 9.9 s: a request killed at its worker's
+    timeout lost it all, and so did every request after it."""
+    since = week - timedelta(days=7)
+    start = rollups.floor(since, rollups.HOUR)
+    end = rollups.floor(week - rollups.GRACE, rollups.HOUR)
+    monkeypatch.setattr(rollups, "FILL_AT_ONCE", 24)
+    fill_hours, filled = rollups._fill_hours, []
+
+    def killed_in_the_third(db, hours):
+        filled.append(hours)
+        fill_hours(db, hours)
+        if len(filled) == 3:
+            raise _Killed
+
+    monkeypatch.setattr(rollups, "_fill_hours", killed_in_the_third)
+    with pytest.raises(_Killed):
+        rollups.figures(since, week, rollups.HOUR)
+    done = set(
+        JobRunHour.objects.filter(hours=1, job_name="").values_list("hour", flat=True)
+    )
+    assert [len(hours) for hours in filled] == [24, 24, 24]
+    assert done == set(filled[0] + filled[1])
+    assert not JobRunHour.objects.filter(hours__gt=1).exists()
+
+    filled.clear()
+    monkeypatch.setattr(
+        rollups,
+        "_fill_hours",
+        lambda db, hours: filled.append(hours) or fill_hours(db, hours),
+    )
+    found = rollups.figures(since, week, rollups.HOUR)
+    assert filled[0][0] == start + 48 * rollups.HOUR
+    assert sum(len(hours) for hours in filled) == rollups._span(start, end) - 48
+    assert found.counts() == exact(start, week)
+    cache.clear()
+    assert rollups.figures(since, week, rollups.HOUR).counts() == exact(start, week)
+
+
 def test_untimed_runs_are_counted_but_have_no_duration(make_run):
     now = timezone.now()
     make_run("lost.job", status=Status.LOST, started_at=None, finished_at=now)

@@ -1,4 +1,4 @@
-"""Server CPU of one purge batch, four ways, on the database bench_purge.py seeded.
+"""Server CPU of one purge batch, six ways, on the database bench_purge.py seeded.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:54329/jobstatus .venv/bin/python bench/bench_purge_variants.py
     ... --database jobstatus_bench --batch 2000 --rounds 10
@@ -8,7 +8,9 @@ deletes batches of the oldest runs with their lines, the variants taking turns (
 after round, each batch the next oldest runs, committed): as ``purge()`` does (the runs
 picked and deleted in one statement, the database's ``ON DELETE CASCADE`` and ``SET
 NULL`` firing once per run); the same without counting the lines first (what the count
-costs: ``purge()`` reports the lines it deleted); the lines deleted as one set first (``run_id = ANY``), the
+costs: ``purge()`` reports the lines it deleted); the same with the parent's ``SET NULL``
+trigger disabled for the batch, counted and not (what the children's foreign key
+costs: the floor without it); the lines deleted as one set first (``run_id = ANY``), the
 triggers still firing and finding nothing; and the same with no trigger at all
 (``session_replication_role = replica``, superuser only: the floor a purge without
 foreign keys would reach), the children detached by one ``UPDATE``. Prints the database
@@ -69,6 +71,34 @@ def uncounted(cursor: Any, params: dict[str, Any]) -> list[Any]:
     return cursor.fetchall()
 
 
+def _without_set_null(cursor: Any, params: dict[str, Any], sql: str) -> list[Any]:
+    """``sql`` with the parent's ``ON DELETE SET NULL`` trigger off (ALTER TABLE, in the batch's
+    transaction: on again before it commits), the children detached by one ``UPDATE``."""
+    cursor.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass"
+        " AND tgfoid = 'pg_catalog.\"RI_FKey_setnull_del\"'::regproc",
+        [RUNS],
+    )
+    (trigger,) = cursor.fetchone()
+    cursor.execute(f'ALTER TABLE {RUNS} DISABLE TRIGGER "{trigger}"')
+    cursor.execute(sql, params)
+    rows = cursor.fetchall()
+    cursor.execute(
+        f"UPDATE {RUNS} SET parent_id = NULL WHERE parent_id = ANY(%s)",  # noqa: S608
+        [[row[0] for row in rows]],
+    )
+    cursor.execute(f'ALTER TABLE {RUNS} ENABLE TRIGGER "{trigger}"')
+    return rows
+
+
+def no_set_null(cursor: Any, params: dict[str, Any]) -> list[Any]:
+    return _without_set_null(cursor, params, CASCADE)
+
+
+def no_set_null_uncounted(cursor: Any, params: dict[str, Any]) -> list[Any]:
+    return _without_set_null(cursor, params, UNCOUNTED)
+
+
 def set_based(cursor: Any, params: dict[str, Any]) -> list[Any]:
     cursor.execute(SET_BASED, params)
     return cursor.fetchall()
@@ -87,6 +117,8 @@ def no_triggers(cursor: Any, params: dict[str, Any]) -> list[Any]:
 VARIANTS = {
     "cascade (purge() today)": cascade,
     "cascade, lines not counted": uncounted,
+    "cascade, no SET NULL trigger": no_set_null,
+    "neither": no_set_null_uncounted,
     "lines as a set, triggers": set_based,
     "lines as a set, no trigger": no_triggers,
 }
@@ -113,7 +145,13 @@ def main() -> None:
 
 
 def run(url: str, scratch: str, options: argparse.Namespace) -> None:
-    conn = psycopg.connect(url, dbname=scratch, cursor_factory=psycopg.ClientCursor)
+    # Autocommit, so that each batch's transaction() is a transaction of its own. Without it
+    # the first query opened one that every batch then ran inside as a savepoint: the "no
+    # trigger" variant's SET LOCAL session_replication_role lasted until the end, and
+    # every batch after it ran without the foreign keys' triggers (its lines orphaned).
+    conn = psycopg.connect(
+        url, dbname=scratch, cursor_factory=psycopg.ClientCursor, autocommit=True
+    )
     stat = f"/proc/{conn.info.backend_pid}/stat"
 
     def cpu() -> float:
@@ -141,12 +179,24 @@ def run(url: str, scratch: str, options: argparse.Namespace) -> None:
                 with conn.cursor() as cursor:
                     cursor.execute(f"SELECT min(created_at)::text FROM {RUNS}")  # noqa: S608
                     after = cursor.fetchone()[0]
+                    cursor.execute("SHOW session_replication_role")
+                    if cursor.fetchone()[0] != "origin":
+                        raise SystemExit(f"{name} left the triggers off")
+        with conn.cursor() as cursor:
+            # Every variant deletes a run's lines with it: none may be left without its run.
+            cursor.execute(
+                f"SELECT count(*) FROM {LOGS} WHERE NOT EXISTS"  # noqa: S608
+                f" (SELECT 1 FROM {RUNS} WHERE {RUNS}.id = {LOGS}.run_id)"
+            )
+            (orphans,) = cursor.fetchone()
+            if orphans:
+                raise SystemExit(f"{orphans:,} log lines outlived their runs")
     print(f"{options.rounds} batches of {options.batch:,} runs each (with their lines)")
     print(f"{'':28}{'CPU ms/batch':>14}{'rows/CPU s':>12}{'median ms':>11}")
     for name in VARIANTS:
         rate = (
             "-"
-            if VARIANTS[name] is uncounted
+            if VARIANTS[name] in (uncounted, no_set_null_uncounted)
             else f"{rows[name] / max(spent[name], 1e-9):,.0f}"
         )
         print(

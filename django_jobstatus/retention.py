@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.db import OperationalError, connections, transaction
 from django.db.models import Count, Q
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from django_jobstatus.querysets import JobRunQuerySet
 
 logger = logging.getLogger(__name__)
+V = TypeVar("V", bound="Callable[..., Any]")
 
 # The admin's purge page counts what a purge would delete only this far (``purge(dry_run=True)``
 # and ``purge_jobstatus --dry-run`` count everything): counting the 7.9 million lines of
@@ -326,6 +327,16 @@ def _can_raw_delete_runs(model: type[JobRun]) -> bool:
             continue
         return False
     return True
+
+
+def own_transactions(view: V) -> V:
+    """``view`` (a view function) kept out of ``ATOMIC_REQUESTS``' transaction, on every
+    database: it commits short transactions of its own (a purge's batches, the dashboard's
+    roll-ups). In the request's one transaction, a purge held every run it deleted locked
+    until the response, and a request killed at a timeout lost the roll-ups it had made."""
+    for alias in connections:
+        transaction.non_atomic_requests(using=alias)(view)
+    return view
 
 
 @contextlib.contextmanager

@@ -141,7 +141,7 @@ def roll_up(now: datetime) -> None:
 
     ``reap_jobstatus`` calls this each time it runs, so the dashboard never rolls up
     more than the hour that closed since: opened after a week nobody looked, it would
-    roll the week up in that request (3 to 4 s on a million runs).
+    roll the week up in that request (1.9 s on a million runs, 10 s on ten million).
     """
     end = floor(now - GRACE, HOUR)
     for window in WINDOWS:

@@ -279,7 +279,10 @@ class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
     """The runs' admin's dashboard (``dashboard/``), its JSON (``dashboard/data/``) and purge page."""
 
     def dashboard_urls(self) -> list[Any]:
-        view = self.admin_site.admin_view
+        def view(method: Any) -> Any:
+            # Each commits its own transactions (roll-ups, purge batches).
+            return retention.own_transactions(self.admin_site.admin_view(method))
+
         return [
             path(
                 "dashboard/",

@@ -12,6 +12,7 @@ from django_jobstatus.api.views import (
     MetricsView,
 )
 from django_jobstatus.compat import installed
+from django_jobstatus.retention import own_transactions
 
 app_name = "django_jobstatus"
 
@@ -23,5 +24,9 @@ router.register("runs", JobRunViewSet, basename="jobrun")
 router.register("monitors", JobMonitorViewSet, basename="jobmonitor")
 
 urlpatterns = router.urls
+for pattern in urlpatterns:
+    if pattern.name == "jobrun-bulk-delete":
+        # The purge's batches commit one by one, under ATOMIC_REQUESTS too.
+        own_transactions(pattern.callback)
 if installed("prometheus_client"):  # the metrics extra
     urlpatterns.append(path("metrics/", MetricsView.as_view(), name="metrics"))

@@ -149,6 +149,22 @@ def seed_all(options: argparse.Namespace) -> None:
         )
 
 
+class Post(str):
+    """A page reached by a POST (an action's confirmation page): the URL, and ``data`` the form."""
+
+    data: dict[str, Any]
+
+    def __new__(cls, url: str, data: dict[str, Any]) -> Post:
+        page = super().__new__(cls, url)
+        page.data = data
+        return page
+
+
+def fetch(client: Any, url: str) -> Any:
+    """GET ``url``, or POST its form when it is a ``Post``."""
+    return client.post(url, url.data) if isinstance(url, Post) else client.get(url)
+
+
 def measure(
     client: Any,
     url: str,
@@ -188,7 +204,7 @@ def measure(
 
     if each:
         clear()
-    response = client.get(url)
+    response = fetch(client, url)
     if response.status_code != 200:
         sys.exit(f"{url} answered {response.status_code}")
     times = []
@@ -196,7 +212,7 @@ def measure(
         if each:
             clear()
         began = time.perf_counter()
-        client.get(url)
+        fetch(client, url)
         times.append((time.perf_counter() - began) * 1000)
     # Counted on one more request like the timed ones, not on the warm-up: that one may
     # also do what an earlier page left to do (the first 24 h request after the roll-ups
@@ -204,7 +220,7 @@ def measure(
     if each:
         clear()
     with connection.execute_wrapper(count):
-        client.get(url)
+        fetch(client, url)
     return statistics.median(times), len(queries)
 
 
@@ -395,11 +411,32 @@ def pages() -> list[tuple[str, str, str | None, str | None]]:
         ("dashboard, 7 d", f"{runs}dashboard/?window=7d", None, None),
         ("dashboard, 7 d, cold cache", f"{runs}dashboard/?window=7d", None, None),
         ("dashboard JSON", f"{runs}dashboard/data/", None, None),
+        # "Select all" the failed runs, then Delete: the confirmation page (nothing deleted).
+        (
+            "delete selected, all failed",
+            Post(f"{runs}?status=failed", _select_all("delete_selected", some.pk)),
+            task
+            and Post(
+                f"{tasks}?status__exact=FAILURE",
+                _select_all("delete_selected", task.pk),
+            ),
+            None,
+        ),
         # The purge page's dry run: what the retention settings would delete now, and
         # what 7 days would (most of the runs).
         ("purge page, retention settings", f"{runs}dashboard/purge/", None, None),
         ("purge page, 7 days", f"{runs}dashboard/purge/?days=7", None, None),
     ]
+
+
+def _select_all(action: str, pk: Any) -> dict[str, Any]:
+    """The changelist's form for ``action`` on every matching row ("Select all"), one row ticked."""
+    return {
+        "action": action,
+        "select_across": "1",
+        "index": "0",
+        "_selected_action": [str(pk)],
+    }
 
 
 def explain() -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
-from django.contrib.admin.actions import delete_selected as django_delete_selected
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import model_ngettext
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, retention
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -144,9 +147,15 @@ def retry(modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]) -> 
 def delete_selected(
     modeladmin: Any, request: HttpRequest, queryset: Any
 ) -> HttpResponse | None:
-    """Django's delete_selected (with its confirmation page), for finished runs only.
+    """Django's delete_selected for finished runs only: its confirmation page (its template
+    and context), then the deletion, each bounded whatever the selection.
 
-    It keeps Django's name: the confirmation page posts ``action=delete_selected`` back.
+    It keeps Django's name: the confirmation page posts ``action=delete_selected`` back,
+    with ``select_across`` when every matching run was selected. Django's page counted
+    every selected run, read them all whole and posted each id back (past
+    DATA_UPLOAD_MAX_NUMBER_FIELDS, 1,000, the request was refused); its deletion read them
+    all again and deleted them in one transaction. Here the page reads 100 runs and counts
+    up to COUNT_CAP, and the runs go in the purge's short batches.
     """
     active = queryset.active().count()
     if active:
@@ -163,4 +172,49 @@ def delete_selected(
     finished = queryset.finished()
     if not finished.exists():
         return None
-    return django_delete_selected(modeladmin, request, finished)
+    opts = modeladmin.model._meta
+    shown, counts, perms_needed, protected = modeladmin.get_deleted_objects(
+        finished, request
+    )
+    if request.POST.get("post") and not protected:
+        if perms_needed:
+            raise PermissionDenied
+        modeladmin.log_deletions(request, finished)
+        deleted = retention.delete_finished(finished).runs
+        modeladmin.message_user(
+            request,
+            _("Successfully deleted %(count)d %(items)s.")
+            % {"count": deleted, "items": model_ngettext(opts, deleted)},
+            messages.SUCCESS,
+        )
+        return None
+    select_across = request.POST.get("select_across") in ("1", "True")
+    runs = counts[str(opts.verbose_name_plural)]
+    objects_name = str(model_ngettext(opts, runs if isinstance(runs, int) else 2))
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": _("Cannot delete %(name)s") % {"name": objects_name}
+        if perms_needed or protected
+        else _("Delete multiple objects"),
+        "subtitle": None,
+        "objects_name": objects_name,
+        "deletable_objects": [shown],
+        "model_count": counts.items(),
+        "perms_lacking": perms_needed,
+        "protected": protected,
+        "opts": opts,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "media": modeladmin.media,
+        # Posted back: every matching run (the changelist's filters are in the URL), or
+        # the ids of the page's selection (a page of them at most).
+        "select_across": select_across,
+        "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)[:1]
+        if select_across
+        else list(finished.values_list("pk", flat=True)),
+    }
+    request.current_app = modeladmin.admin_site.name
+    return TemplateResponse(
+        request,
+        f"admin/{opts.app_label}/{opts.model_name}/delete_selected_confirmation.html",
+        context,
+    )

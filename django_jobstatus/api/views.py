@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.db import DataError
@@ -35,7 +35,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from django_jobstatus import contrib, export, health
+from django_jobstatus import contrib, export, health, retention
 from django_jobstatus.api.filters import (
     JobLogFilterSet,
     JobMonitorFilterSet,
@@ -518,9 +518,7 @@ class JobRunViewSet(
         runs = self.bulk_runs(request, _bulk_ids(request))
         matched = runs.count()
         not_finished = runs.active().count()
-        # The purge engine: only finished runs, log lines deleted in SQL, short batches.
-        # Every finished run goes, whatever its age (no cutoff, none of each job kept).
-        purged = runs.purge(days=0, keep_last=0, now=_END_OF_TIME)
+        purged = retention.delete_finished(runs)
         return Response(
             DeleteResultSerializer(
                 {
@@ -705,10 +703,6 @@ class JobRunViewSet(
         if bucket is not None:
             data["buckets"] = runs.finished_buckets(bucket)
         return Response(StatsSerializer(data).data)
-
-
-# Later than any run's created_at: the bulk delete purges with no age cutoff.
-_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 
 def _bulk_ids(request: Request) -> list[Any] | None:

@@ -77,6 +77,17 @@ def test_the_admin_purge_commits_batch_by_batch(admin_client, make_run):
     assert found and {savepoints for _, savepoints in found} == {0}
 
 
+def test_the_failures_delete_all_commits_batch_by_batch(admin_client, make_run):
+    for i in range(3):
+        make_run("tests.x", status=Status.RUNNING).mark_failed(error=f"E: {i}")
+    data = {"job_name": "tests.x", "fingerprint": "E: <n>", "confirm": "yes"}
+    with nesting("DELETE") as found:
+        response = admin_client.post(f"{RUNS}failures/delete/", data)
+    assert response.status_code == 302
+    assert not JobRun.objects.exists()
+    assert found and {savepoints for _, savepoints in found} == {0}
+
+
 @pytest.mark.parametrize("path", ["dashboard/", "dashboard/data/"])
 def test_the_dashboard_commits_its_roll_ups_itself(admin_client, make_run, path):
     ago = timezone.now() - timedelta(hours=30)

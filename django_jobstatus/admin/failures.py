@@ -19,7 +19,7 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, retention
 from django_jobstatus.admin import actions
 from django_jobstatus.admin.display import admin_url
 from django_jobstatus.admin.windows import WINDOWS, chosen
@@ -53,7 +53,10 @@ def failures_urls(model_admin: Any) -> list[Any]:
         ),
         path(
             "failures/delete/",
-            view(lambda request: delete_group_view(model_admin, request)),
+            # Its batches commit one by one, under ATOMIC_REQUESTS too.
+            retention.own_transactions(
+                view(lambda request: delete_group_view(model_admin, request))
+            ),
             name="django_jobstatus_jobrun_failures_delete",
         ),
     ]
@@ -153,8 +156,9 @@ def delete_group_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         return TemplateResponse(
             request, "django_jobstatus/failures_delete.html", context
         )
-    _total, by_model = JobRun.objects.filter(pk__in=runs.values("pk")).delete()
-    count = by_model.get(JobRun._meta.label, 0)
+    # The purge's short batches: a group may hold thousands of runs (the ORM's delete
+    # read them all and deleted them in one transaction).
+    count = retention.delete_finished(runs).runs
     model_admin.message_user(
         request,
         ngettext("Deleted %(n)d run.", "Deleted %(n)d runs.", count) % {"n": count},

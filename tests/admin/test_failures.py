@@ -132,6 +132,28 @@ def test_delete_all_asks_then_deletes_only_the_group(admin_client, make_run):
     assert not JobLog.objects.exists()
 
 
+def test_delete_all_goes_in_short_batches(admin_client, make_run, monkeypatch):
+    """A group may hold thousands of runs: they go in the purge's batches, each a short
+    transaction, not in one ORM delete that reads them all first."""
+    from django_jobstatus import retention
+
+    doomed = [fail(make_run, "x", f"E: {i}") for i in range(12)]
+    monkeypatch.setattr(retention, "FIRST_BATCH", 2)
+    batches = []
+    write_transaction = retention._write_transaction
+
+    def counted(db):
+        batches.append(db)
+        return write_transaction(db)
+
+    monkeypatch.setattr(retention, "_write_transaction", counted)
+    data = {"job_name": "x", "fingerprint": "E: <n>", "confirm": "yes"}
+    response = admin_client.post(URL + "delete/", data, follow=True)
+    assert "Deleted 12 runs." in [str(m) for m in response.context["messages"]]
+    assert not JobRun.objects.filter(pk__in=[run.pk for run in doomed]).exists()
+    assert len(batches) >= 3  # 2, then up to twice as many each time
+
+
 def test_permissions(staff_client, make_run):
     fail(make_run, "x", "E: 1")
     assert staff_client().get(URL).status_code == 403

@@ -1,8 +1,10 @@
-"""HTML pieces shared by the run pages and the dashboard (all built with format_html)."""
+"""HTML pieces shared by the run pages and the dashboard (all built with format_html, or
+with format_cell, its equivalent for what every changelist row calls)."""
 
 from __future__ import annotations
 
 import functools
+import html
 import json
 import logging
 from datetime import datetime, timedelta
@@ -12,15 +14,15 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
+from django.utils.functional import Promise
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 
 from django_jobstatus.models import Status
 from django_jobstatus.redaction import redact
 
 if TYPE_CHECKING:
-    from django.utils.safestring import SafeString
-
     from django_jobstatus.models import JobRun
 
 MEDIA_CSS = {"all": ["django_jobstatus/css/jobstatus.css"]}
@@ -74,14 +76,32 @@ def format_duration(delta: timedelta | None) -> str:
     return f"{secs} s"
 
 
+def _escaped(value: Any) -> str:
+    """``conditional_escape(value)``: safe HTML as it is, anything else escaped."""
+    if isinstance(value, Promise):
+        value = str(value)
+    if hasattr(value, "__html__"):
+        return str(value.__html__())
+    return html.escape(str(value))
+
+
+def format_cell(template: str, *args: Any) -> SafeString:
+    """``format_html(template, *args)``, the same HTML, for the pieces of a changelist row.
+
+    A page of runs calls it some 300 times and escapes a thousand values: Django's
+    ``escape`` checks every call for lazy arguments, which cost a fifth of the rows' time.
+    """
+    return SafeString(template.format(*map(_escaped, args)))
+
+
 def status_badge(run: JobRun) -> SafeString:
-    badge = format_html(
+    badge = format_cell(
         '<span class="jobstatus-badge jobstatus-{}">{}</span>',
         run.status,
         run.get_status_display(),
     )
     if run.is_active and run.kill_requested:
-        badge = format_html(
+        badge = format_cell(
             '{} <span class="jobstatus-badge jobstatus-stopping">{}</span>',
             badge,
             _("stopping"),
@@ -92,7 +112,7 @@ def status_badge(run: JobRun) -> SafeString:
 def moment(when: datetime, *, seconds: bool = True) -> SafeString:
     """A ``<time>`` in the current time zone, to the second (or the minute), the full stamp as its title."""
     local = timezone.localtime(when)
-    return format_html(
+    return format_cell(
         '<time datetime="{}" title="{}">{}</time>',
         local.isoformat(),
         local.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -113,7 +133,7 @@ def progress_bar(run: JobRun, *, counts: bool = False) -> SafeString:
     """
     share = run.progress
     if share is None and not run.is_active and not run.progress_current:
-        return format_html('<span class="jobstatus-step">{}</span>', run.step or "—")
+        return format_cell('<span class="jobstatus-step">{}</span>', run.step or "—")
     if share is None:
         label = str(run.progress_current) if run.progress_current else ""
         width, css = (
@@ -126,7 +146,7 @@ def progress_bar(run: JobRun, *, counts: bool = False) -> SafeString:
         width, css = f"{share * 100:.1f}", ""
         if counts:
             label += f" ({run.progress_current} / {run.progress_total})"
-    return format_html(
+    return format_cell(
         '<span class="jobstatus-progress {}" data-run="{}" title="{} / {}">'
         '<span class="jobstatus-progress-bar" style="width: {}%"></span></span>'
         ' <span class="jobstatus-progress-label">{}</span> <span class="jobstatus-step">{}</span>',
@@ -143,7 +163,7 @@ def progress_bar(run: JobRun, *, counts: bool = False) -> SafeString:
 def duration_cell(run: JobRun) -> SafeString:
     """The run time; running runs carry their start so the script keeps counting."""
     started = run.started_at.isoformat() if run.started_at and run.is_active else ""
-    return format_html(
+    return format_cell(
         '<span class="jobstatus-duration" data-started="{}">{}</span>',
         started,
         format_duration(run.duration),
@@ -173,6 +193,6 @@ def level_badge(level: int) -> SafeString:
         if level < logging.INFO
         else "info"
     )
-    return format_html(
+    return format_cell(
         '<span class="jobstatus-level jobstatus-level-{}">{}</span>', css, name
     )

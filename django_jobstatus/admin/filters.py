@@ -45,7 +45,10 @@ class CheckedFilter(admin.SimpleListFilter):
 
     ``clean()`` raises ValueError for a bad value; the admin then shows the message and the
     list without filters (Django's ``?e=1``). ``apply()`` filters by the cleaned value.
+    The template is Django's ``admin/filter.html`` with its items joined in Python.
     """
+
+    template = "admin/django_jobstatus/filter.html"
 
     def clean(self, value: str) -> Any:
         return value

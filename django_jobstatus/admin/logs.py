@@ -9,12 +9,12 @@ from django.db import connections
 from django.db.models import Prefetch, Value
 from django.db.models.functions import StrIndex, Upper
 from django.db.models.lookups import GreaterThan
-from django.utils.html import format_html
 from django.utils.translation import gettext_lazy
 
 from django_jobstatus.admin.display import (
     MEDIA_CSS,
     MEDIA_JS,
+    format_cell,
     level_badge,
     moment,
     pretty_json,
@@ -127,7 +127,7 @@ class JobLogAdmin(BigTableAdmin, GuardedAdmin, admin.ModelAdmin):  # type: ignor
 
     @admin.display(description=gettext_lazy("run"))
     def run_link(self, log: JobLog) -> SafeString:
-        return format_html(
+        return format_cell(
             '<a href="{}">{}</a> <span class="jobstatus-badge jobstatus-{}">{}</span>',
             run_url(log.run_id),
             log.run.job_name,

@@ -22,7 +22,12 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from django_jobstatus import health
-from django_jobstatus.admin.display import MEDIA_CSS, MEDIA_JS, format_duration
+from django_jobstatus.admin.display import (
+    MEDIA_CSS,
+    MEDIA_JS,
+    format_cell,
+    format_duration,
+)
 from django_jobstatus.admin.filters import (
     JOB_NAME_CHOICES,
     ChoiceFilter,
@@ -42,7 +47,7 @@ RECENT_INCIDENTS = 20
 
 
 def state_badge(state: str) -> SafeString:
-    return format_html(
+    return format_cell(
         '<span class="jobstatus-badge jobstatus-monitor-{}">{}</span>',
         state,
         MonitorState(state).label,

@@ -21,10 +21,11 @@ from django.core.paginator import Page, Paginator
 from django.db import connections
 from django.db.models import Q
 from django.http import HttpRequest
-from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext
+
+from django_jobstatus.admin.display import format_cell
 
 # Counting stops here: a changelist shows "10000" rather than scanning millions of rows.
 COUNT_CAP = 10_000
@@ -305,9 +306,9 @@ class BigTableAdmin:
     @admin.display(description=mark_safe('<input type="checkbox" id="action-toggle">'))
     def action_checkbox(self, obj: Any) -> SafeString:
         """Django's row checkbox, the same HTML, without rendering a form widget's templates per row."""
-        return format_html(
+        return format_cell(
             '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
             helpers.ACTION_CHECKBOX_NAME,
             str(obj.pk),
-            format_html(gettext("Select this object for an action - {}"), str(obj)),
+            format_cell(gettext("Select this object for an action - {}"), str(obj)),
         )

@@ -34,6 +34,7 @@ from django_jobstatus.admin.display import (
     MEDIA_JS,
     duration_cell,
     error_line,
+    format_cell,
     format_duration,
     moment,
     pretty_json,
@@ -298,7 +299,7 @@ class JobRunAdmin(
     def status_display(self, run: JobRun) -> SafeString:
         # The attempt shows here when it is not the first (a column of 1s took room).
         if run.attempt > 1:
-            return format_html(
+            return format_cell(
                 '{}<div class="jobstatus-sub jobstatus-attempt">{}</div>',
                 status_badge(run),
                 _("attempt %(n)d") % {"n": run.attempt},
@@ -317,7 +318,7 @@ class JobRunAdmin(
     def message_display(self, run: JobRun) -> SafeString | str:
         # A failed run shows why it failed, not the last progress message it wrote.
         if run.status == Status.FAILED and run.error:
-            return format_html(
+            return format_cell(
                 '<span class="jobstatus-error-line">{}</span>',
                 shorten(error_line(run.error), 80),
             )

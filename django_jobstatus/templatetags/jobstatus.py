@@ -1,4 +1,5 @@
-"""Template filters and tags of the admin pages: ``{{ moment|jobstatus_ago }}``, ``{% jobstatus_result_list cl %}``."""
+"""Template filters and tags of the admin pages: ``{{ moment|jobstatus_ago }}``,
+``{% jobstatus_result_list cl %}``, ``{{ choices|jobstatus_filter_choices }}``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import Any, cast
 from django import template
 from django.contrib.admin.templatetags.base import InclusionAdminNode
 from django.utils import timezone
+from django.utils.encoding import iri_to_uri
+from django.utils.html import conditional_escape, escape
+from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 
@@ -44,3 +48,18 @@ def jobstatus_result_list(parser: Any, token: Any) -> InclusionAdminNode:
             takes_context=False,
         ),
     )
+
+
+@register.filter
+def jobstatus_filter_choices(choices: list[dict[str, Any]]) -> SafeString:
+    """A list filter's ``<li>`` items, the HTML of the loop in Django's ``admin/filter.html``,
+    joined in Python: a filter of a hundred job names is a hundred template loops less."""
+    items = [
+        '\n    <li{}>\n    <a href="{}">{}</a></li>\n  '.format(
+            ' class="selected"' if choice["selected"] else "",
+            escape(iri_to_uri(choice["query_string"])),
+            conditional_escape(choice["display"]),
+        )
+        for choice in choices
+    ]
+    return SafeString("".join(items))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import uuid
 from unittest import mock
 
 from django.contrib import admin
 from django.contrib.admin.templatetags.admin_list import result_list
 from django.db import connection
 from django.utils import timezone
+from django.utils.safestring import SafeString
 
 from django_jobstatus.admin.filters import SAMPLED_CHOICES
 from django_jobstatus.admin.rows import fast_result_list
@@ -18,8 +20,9 @@ RUNS = "/admin/django_jobstatus/jobrun/"
 LOGS = "/admin/django_jobstatus/joblog/"
 
 
-def _rows(context: dict) -> list[list[str]]:
-    return [[str(cell) for cell in row] for row in context["results"]]
+def _rows(context: dict) -> list[str]:
+    """Each row's HTML as the template writes it: its cells one after the other."""
+    return ["".join(str(cell) for cell in row) for row in context["results"]]
 
 
 def _where(cl) -> str:
@@ -46,7 +49,7 @@ def test_run_rows_are_djangos_rows(admin_client, make_run):
     assert ours["result_headers"] == djangos["result_headers"]
     assert ours["num_sorted_fields"] == djangos["num_sorted_fields"] == 1
     # The preserved filters reach the links as Django writes them.
-    assert "_changelist_filters=status%3Dactive%26o%3D1" in _rows(ours)[0][1]
+    assert "_changelist_filters=status%3Dactive%26o%3D1" in _rows(ours)[0]
     body = response.content.decode()
     assert (
         "&lt;b&gt;&quot;a&amp;b&quot;&lt;/b&gt;" in body and '<b>"a&b"</b>' not in body
@@ -242,3 +245,50 @@ def test_shorten_is_truncatechars():
     for text in ("", "short", "x" * 80, "y" * 81, "a <b> & c " * 30):
         for length in (1, 10, 80, 200):
             assert shorten(text, length) == truncatechars(text, length)
+
+
+def test_filters_are_djangos_filters(admin_client, make_run):
+    from django.template.loader import get_template
+
+    _hostile_runs(make_run)
+    make_run("über/job?x=1&y=2", worker="wörker 1", queue="q&<1>")
+    response = admin_client.get(RUNS + '?q="a b"&job_name=plain&o=1')
+    cl = response.context["cl"]
+    ours = get_template("admin/django_jobstatus/filter.html")
+    djangos = get_template("admin/filter.html")
+    rendered = 0
+    for spec in cl.filter_specs:
+        if not spec.has_output():
+            continue
+        context = {"title": spec.title, "choices": list(spec.choices(cl)), "spec": spec}
+        assert spec.template == "admin/django_jobstatus/filter.html"
+        assert ours.render(context) == djangos.render(context), spec.title
+        rendered += 1
+    assert rendered >= 8
+    body = response.content.decode()
+    assert 'class="selected"' in body
+    assert "?job_name=%C3%BCber%2Fjob%3Fx%3D1%26y%3D2&amp;o=1&amp;q=%22a+b%22" in body
+
+
+def test_format_cell_is_format_html():
+    from django.utils.html import format_html
+    from django.utils.safestring import mark_safe
+    from django.utils.translation import gettext_lazy
+
+    from django_jobstatus.admin.display import format_cell
+
+    values = (
+        "<b>\"a\" & 'b'</b>",
+        mark_safe("<i>safe</i>"),
+        gettext_lazy("Failed"),
+        mark_safe(gettext_lazy("Running")),  # noqa: S308 (a lazy safe string)
+        None,
+        3.5,
+        uuid.UUID(int=7),
+    )
+    template = "<span>{}</span>" * len(values)
+    ours, djangos = format_cell(template, *values), format_html(template, *values)
+    assert ours == djangos
+    assert isinstance(ours, SafeString)
+    assert "&lt;b&gt;&quot;a&quot; &amp; &#x27;b&#x27;&lt;/b&gt;" in ours
+    assert "<i>safe</i>" in ours

@@ -182,17 +182,18 @@ def pretty_json(value: Any) -> SafeString:
     return format_html('<pre class="jobstatus-json">{}</pre>', text)
 
 
+def level_css(level: int) -> str:
+    """The colour class of a logging level: ``error``, ``warning``, ``info`` or ``debug``."""
+    if level >= logging.ERROR:
+        return "error"
+    if level >= logging.WARNING:
+        return "warning"
+    return "debug" if level < logging.INFO else "info"
+
+
 def level_badge(level: int) -> SafeString:
-    name = logging.getLevelName(level)
-    css = (
-        "error"
-        if level >= logging.ERROR
-        else "warning"
-        if level >= logging.WARNING
-        else "debug"
-        if level < logging.INFO
-        else "info"
-    )
     return format_cell(
-        '<span class="jobstatus-level jobstatus-level-{}">{}</span>', css, name
+        '<span class="jobstatus-level jobstatus-level-{}">{}</span>',
+        level_css(level),
+        logging.getLevelName(level),
     )

@@ -1,13 +1,16 @@
 """Template filters and tags of the admin pages: ``{{ moment|jobstatus_ago }}``,
-``{% jobstatus_result_list cl %}``, ``{{ choices|jobstatus_filter_choices }}``."""
+``{% jobstatus_result_list cl %}``, ``{{ choices|jobstatus_filter_choices }}``,
+``{{ logs|jobstatus_log_rows }}``."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from django import template
+from django.conf import settings
 from django.contrib.admin.templatetags.base import InclusionAdminNode
 from django.utils import timezone
 from django.utils.encoding import iri_to_uri
@@ -16,7 +19,11 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 
+from django_jobstatus.admin.display import level_css
 from django_jobstatus.admin.rows import fast_result_list
+
+if TYPE_CHECKING:
+    from django_jobstatus.models import JobLog
 
 register = template.Library()
 
@@ -63,3 +70,31 @@ def jobstatus_filter_choices(choices: list[dict[str, Any]]) -> SafeString:
         for choice in choices
     ]
     return SafeString("".join(items))
+
+
+@register.filter
+def jobstatus_log_rows(lines: Iterable[JobLog]) -> SafeString:
+    """A run page's log lines as the rows of its log table, built in Python.
+
+    The same HTML as a template loop over them (the time as the ``date:"Y-m-d H:i:s"``
+    filter shows it, in the current time zone), which rendered the page's 200 lines in
+    half of its time.
+    """
+    rows = []
+    for line in lines:
+        level = line.level
+        at = line.created_at
+        if settings.USE_TZ and timezone.is_aware(at):
+            at = timezone.localtime(at)  # what the date filter formats
+        stamp = (
+            f"{at.year:04d}-{at.month:02d}-{at.day:02d} "
+            f"{at.hour:02d}:{at.minute:02d}:{at.second:02d}"
+        )
+        rows.append(
+            f'\n      <tr class="jobstatus-log-row" data-level="{level}">'
+            f'\n        <td class="nowrap"><time datetime="{escape(line.created_at.isoformat())}">{stamp}</time></td>'
+            f'\n        <td><span class="jobstatus-level jobstatus-level-{level_css(level)}">{escape(line.level_name)}</span></td>'
+            f'\n        <td class="jobstatus-log-message">{conditional_escape(line.message)}</td>'
+            "\n      </tr>\n    "
+        )
+    return SafeString("".join(rows))

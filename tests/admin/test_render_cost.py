@@ -292,3 +292,46 @@ def test_format_cell_is_format_html():
     assert isinstance(ours, SafeString)
     assert "&lt;b&gt;&quot;a&quot; &amp; &#x27;b&#x27;&lt;/b&gt;" in ours
     assert "<i>safe</i>" in ours
+
+
+# The log table's loop as the run page's template wrote it before its rows were built in Python.
+_LOG_LOOP = """{% for line in logs %}
+      <tr class="jobstatus-log-row" data-level="{{ line.level }}">
+        <td class="nowrap"><time datetime="{{ line.created_at.isoformat }}">{{ line.created_at|date:"Y-m-d H:i:s" }}</time></td>
+        <td><span class="jobstatus-level jobstatus-level-{% if line.level >= 40 %}error{% elif line.level >= 30 %}warning{% elif line.level < 20 %}debug{% else %}info{% endif %}">{{ line.level_name }}</span></td>
+        <td class="jobstatus-log-message">{{ line.message }}</td>
+      </tr>
+    {% endfor %}"""
+
+
+def test_run_page_log_rows_are_the_template_loops_rows(make_run, settings):
+    from datetime import UTC, datetime
+
+    from django.template import Context, Template
+
+    from django_jobstatus.templatetags.jobstatus import jobstatus_log_rows
+
+    run = make_run()
+    moment = datetime(
+        2026, 3, 29, 0, 59, 58, 123456, tzinfo=UTC
+    )  # a DST change in Paris
+    for level in (5, 10, 19, 20, 25, 30, 39, 40, 50, 60):
+        JobLog.objects.create(
+            run=run,
+            level=level,
+            message=f"<b>\"{level}\" & 'x'</b>\n  more",
+            created_at=moment,
+        )
+    logs = list(JobLog.objects.for_run(run).order_by("level"))
+    loop = Template(_LOG_LOOP)
+    for zone in ("UTC", "Europe/Paris", "America/St_Johns"):
+        with timezone.override(zone):
+            expected = loop.render(Context({"logs": logs}))
+            assert jobstatus_log_rows(logs) == expected, zone
+    with timezone.override("Europe/Paris"):
+        assert "2026-03-29 01:59:58" in jobstatus_log_rows(logs)  # CET, 2 s before CEST
+    assert (
+        "&lt;b&gt;&quot;40&quot; &amp; &#x27;x&#x27;&lt;/b&gt;"
+        in jobstatus_log_rows(logs)
+    )
+    assert jobstatus_log_rows([]) == ""

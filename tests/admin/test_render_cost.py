@@ -335,3 +335,97 @@ def test_run_page_log_rows_are_the_template_loops_rows(make_run, settings):
         in jobstatus_log_rows(logs)
     )
     assert jobstatus_log_rows([]) == ""
+
+
+# The dashboard's job table loop as its template wrote it before its rows were built in Python.
+_JOB_LOOP = """{% load jobstatus %}{% for job in jobs %}
+        <tr>
+          <td><a href="{{ job.url }}">{{ job.job_name }}</a></td>
+          <td class="num">{{ job.total }}</td>
+          <td class="num">{% if job.failed %}<a href="{{ job.failed_url }}" class="jobstatus-failed-link">{{ job.failed }}</a>{% else %}0{% endif %}</td>
+          <td class="num">{% if job.failure_pct is not None %}<span class="jobstatus-rate{% if job.failure_pct >= 10 %} jobstatus-rate-bad{% elif job.failure_pct > 0 %} jobstatus-rate-warn{% endif %}">{{ job.failure_pct }}%</span>{% else %}—{% endif %}</td>
+          <td class="num">{{ job.p50|default:"—" }}</td>
+          <td class="num">{{ job.p95|default:"—" }}</td>
+          <td>{% if job.latest %}<a href="{{ job.latest_url }}"><span class="jobstatus-badge jobstatus-{{ job.latest.status }}">{{ job.latest.get_status_display }}</span></a> <span class="jobstatus-sub">{{ job.latest.created_at|jobstatus_ago }}</span>{% endif %}</td>
+        </tr>
+      {% endfor %}"""
+
+
+def test_dashboard_job_rows_are_the_template_loops_rows(make_run, settings):
+    from datetime import timedelta
+
+    from django.template import Context, Template
+    from django.utils import translation
+
+    from django_jobstatus.admin.dashboard import job_table
+    from django_jobstatus.rollups import figures
+    from django_jobstatus.templatetags.jobstatus import jobstatus_job_rows
+
+    failed = make_run('<b>"a&b"</b>', status=Status.FAILED)
+    done = make_run("plain", status=Status.SUCCEEDED)
+    done.created_at = timezone.now() - timedelta(hours=5)
+    jobs = [
+        {
+            "job_name": failed.job_name,
+            "url": "/runs/?job_name=%3Cb%3E&x=1",
+            "failed_url": "/runs/?status=failed&job_name=a",
+            "total": 12345,
+            "failed": 1234,
+            "failure_pct": 10.0,
+            "p50": "1.5 s",
+            "p95": "3 min 04 s",
+            "latest": failed,
+            "latest_url": "/run/1/",
+        },
+        {
+            "job_name": "plain",
+            "url": "/runs/?job_name=plain",
+            "failed_url": "/f/",
+            "total": 7,
+            "failed": 0,
+            "failure_pct": 0.0,
+            "p50": "",
+            "p95": "",
+            "latest": done,
+            "latest_url": "/run/2/",
+        },
+        {
+            "job_name": "warn",
+            "url": "/u/",
+            "failed_url": "/f/",
+            "total": 3,
+            "failed": 1,
+            "failure_pct": 33.3,
+            "p50": "",
+            "p95": "",
+            "latest": None,
+            "latest_url": None,
+        },
+        {
+            "job_name": "none",
+            "url": "/u/",
+            "failed_url": "/f/",
+            "total": 0,
+            "failed": 0,
+            "failure_pct": None,
+            "p50": "",
+            "p95": "",
+            "latest": None,
+            "latest_url": None,
+        },
+    ]
+    now = timezone.now()
+    jobs += job_table(
+        figures(now - timedelta(hours=24), now, timedelta(hours=1)), "24h"
+    )
+    loop = Template(_JOB_LOOP)
+    settings.USE_THOUSAND_SEPARATOR = True
+    for language in ("en", "fr", "de"):
+        with translation.override(language):
+            expected = loop.render(Context({"jobs": jobs}))
+            assert jobstatus_job_rows(jobs) == expected, language
+    with translation.override("fr"):
+        rows = jobstatus_job_rows(jobs)
+    assert "12\xa0345" in rows  # French thousands, a no-break space
+    assert "33,3%" in rows and "Échoué" in rows
+    assert "&lt;b&gt;&quot;a&amp;b&quot;&lt;/b&gt;" in jobstatus_job_rows(jobs)

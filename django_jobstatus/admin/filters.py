@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from django_jobstatus.admin.rows import is_djangos
 from django_jobstatus.admin.windows import WINDOWS
 from django_jobstatus.models import Status
 from django_jobstatus.querysets import distinct_job_names
@@ -45,10 +46,15 @@ class CheckedFilter(admin.SimpleListFilter):
 
     ``clean()`` raises ValueError for a bad value; the admin then shows the message and the
     list without filters (Django's ``?e=1``). ``apply()`` filters by the cleaned value.
-    The template is Django's ``admin/filter.html`` with its items joined in Python.
+    The template is Django's ``admin/filter.html`` with its items joined in Python, unless
+    the project overrides ``admin/filter.html``: then that one.
     """
 
-    template = "admin/django_jobstatus/filter.html"
+    @property
+    def template(self) -> str:  # type: ignore[override]
+        if is_djangos("admin/filter.html"):
+            return "admin/django_jobstatus/filter.html"
+        return "admin/filter.html"
 
     def clean(self, value: str) -> Any:
         return value

@@ -14,9 +14,12 @@ rendered by Django's own code.
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import django.contrib.admin
 from django.contrib.admin.templatetags.admin_list import (
     ResultList,
     result_headers,
@@ -30,6 +33,8 @@ from django.contrib.admin.utils import (
 )
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
+from django.template import TemplateDoesNotExist
+from django.template.loader import select_template
 from django.urls import NoReverseMatch
 from django.utils.html import conditional_escape, escape
 from django.utils.safestring import SafeString
@@ -102,6 +107,21 @@ def _field_cell(field: Any, shown: str) -> Cell | None:
     return field_cell
 
 
+# Django admin's own templates: a project that overrides one gets it as Django would use it.
+_ADMIN_TEMPLATES = f"{Path(django.contrib.admin.__file__).parent / 'templates'}{os.sep}"
+
+
+def is_djangos(*names: str) -> bool:
+    """Whether the first of the templates ``names`` found is Django admin's own, not a
+    project's override (which may read what Django gives it differently)."""
+    try:
+        found = select_template(list(names))
+    except TemplateDoesNotExist:
+        return False
+    origin = getattr(found, "origin", None)
+    return str(getattr(origin, "name", "")).startswith(_ADMIN_TEMPLATES)
+
+
 def fast_result_list(cl: Any) -> dict[str, Any]:
     """The context of Django's ``result_list`` tag for ``cl``, each row built from columns worked out once."""
     if (
@@ -136,6 +156,14 @@ def fast_result_list(cl: Any) -> dict[str, Any]:
             {"preserved_filters": cl.preserved_filters, "opts": cl.opts}, url
         )
     )
+    # Django's template writes a row's cells one after the other: one string is the same
+    # HTML, one template variable a row rather than one a cell. An override gets the cells.
+    app, model = cl.opts.app_label, cl.opts.model_name
+    keep_cells = not is_djangos(
+        f"admin/{app}/{model}/change_list_results.html",
+        f"admin/{app}/change_list_results.html",
+        "admin/change_list_results.html",
+    )
     rows = []
     for row in cl.result_list:
         href = url.replace(PK_PLACEHOLDER, escape(quote(getattr(row, cl.pk_attname))))
@@ -144,10 +172,10 @@ def fast_result_list(cl: Any) -> dict[str, Any]:
             content = cell(row)
             if is_link:
                 content = f'<a href="{href}">{content}</a>'
-            cells.append(start + content + end)
-        # The template writes a row's cells one after the other: one string is the same
-        # HTML, one template variable a row rather than one a cell.
-        rows.append(ResultList(None, [SafeString("".join(cells))]))
+            cells.append(SafeString(start + content + end))
+        rows.append(
+            ResultList(None, cells if keep_cells else [SafeString("".join(cells))])
+        )
     headers = list(result_headers(cl))
     return {
         "cl": cl,

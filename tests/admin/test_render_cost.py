@@ -429,3 +429,46 @@ def test_dashboard_job_rows_are_the_template_loops_rows(make_run, settings):
     assert "12\xa0345" in rows  # French thousands, a no-break space
     assert "33,3%" in rows and "Échoué" in rows
     assert "&lt;b&gt;&quot;a&amp;b&quot;&lt;/b&gt;" in jobstatus_job_rows(jobs)
+
+
+def _with_templates(settings, tmp_path, files: dict[str, str]) -> None:
+    """The test project's templates, plus ``files`` in a project directory (overrides)."""
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    settings.TEMPLATES = [
+        {**settings.TEMPLATES[0], "DIRS": [tmp_path]},
+        *settings.TEMPLATES[1:],
+    ]
+
+
+def test_a_projects_own_filter_template_is_used(
+    admin_client, make_run, settings, tmp_path
+):
+    make_run("a.job")
+    _with_templates(
+        settings,
+        tmp_path,
+        {"admin/filter.html": "<p class=mine>{{ title }}: {{ choices|length }}</p>"},
+    )
+    body = admin_client.get(RUNS).content.decode()
+    assert "<p class=mine>job name: 2</p>" in body
+    assert "<p class=mine>status: 10</p>" in body
+
+
+def test_a_projects_own_results_template_gets_each_cell(
+    admin_client, make_run, settings, tmp_path
+):
+    for i in range(3):
+        make_run(f"job{i}")
+    loop = (
+        "{% for result in results %}<tr>{% for item in result %}<x>{{ item }}</x>"
+        "{% endfor %}</tr>{% endfor %}"
+    )
+    _with_templates(settings, tmp_path, {"admin/change_list_results.html": loop})
+    response = admin_client.get(RUNS)
+    body = response.content.decode()
+    columns = len(response.context["cl"].list_display)
+    assert body.count("<x>") == 3 * columns
+    assert body.count("<x><td") >= 3 and "<x><th" in body

@@ -13,7 +13,6 @@ rendered by Django's own code.
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +38,7 @@ from django.urls import NoReverseMatch
 from django.utils.html import conditional_escape, escape
 from django.utils.safestring import SafeString
 
-from django_jobstatus.admin.display import PK_PLACEHOLDER
+from django_jobstatus.admin.display import PK_PLACEHOLDER, escaped
 
 Cell = Callable[[Any], str]
 
@@ -99,7 +98,7 @@ def _field_cell(field: Any, shown: str) -> Cell | None:
         value = getattr(row, attname)
         if isinstance(value, str):
             if plain and value.strip():
-                return html.escape(value)
+                return escaped(value)
             if value.strip() == "":
                 value = ""
         return conditional_escape(display_for_field(value, field, shown))

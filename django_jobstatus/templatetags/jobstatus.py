@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import html
 import inspect
 from collections.abc import Iterable
 from datetime import datetime
@@ -16,12 +15,11 @@ from django.contrib.admin.templatetags.base import InclusionAdminNode
 from django.utils import timezone
 from django.utils.encoding import iri_to_uri
 from django.utils.formats import localize
-from django.utils.html import conditional_escape, escape
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 
-from django_jobstatus.admin.display import level_css
+from django_jobstatus.admin.display import escaped, level_css
 from django_jobstatus.admin.rows import fast_result_list
 
 if TYPE_CHECKING:
@@ -66,8 +64,8 @@ def jobstatus_filter_choices(choices: list[dict[str, Any]]) -> SafeString:
     items = [
         '\n    <li{}>\n    <a href="{}">{}</a></li>\n  '.format(
             ' class="selected"' if choice["selected"] else "",
-            escape(iri_to_uri(choice["query_string"])),
-            conditional_escape(choice["display"]),
+            escaped(iri_to_uri(choice["query_string"])),
+            escaped(choice["display"]),
         )
         for choice in choices
     ]
@@ -94,21 +92,17 @@ def jobstatus_log_rows(lines: Iterable[JobLog]) -> SafeString:
         )
         rows.append(
             f'\n      <tr class="jobstatus-log-row" data-level="{level}">'
-            f'\n        <td class="nowrap"><time datetime="{escape(line.created_at.isoformat())}">{stamp}</time></td>'
-            f'\n        <td><span class="jobstatus-level jobstatus-level-{level_css(level)}">{escape(line.level_name)}</span></td>'
-            f'\n        <td class="jobstatus-log-message">{conditional_escape(line.message)}</td>'
+            f'\n        <td class="nowrap"><time datetime="{escaped(line.created_at.isoformat())}">{stamp}</time></td>'
+            f'\n        <td><span class="jobstatus-level jobstatus-level-{level_css(level)}">{escaped(line.level_name)}</span></td>'
+            f'\n        <td class="jobstatus-log-message">{escaped(line.message)}</td>'
             "\n      </tr>\n    "
         )
     return SafeString("".join(rows))
 
 
 def _shown(value: Any) -> str:
-    """What ``{{ value }}`` writes: the value localized, then escaped (text as it is)."""
-    if hasattr(value, "__html__"):
-        return str(value.__html__())
-    if isinstance(value, str):
-        return html.escape(value)
-    return str(conditional_escape(localize(value)))
+    """What ``{{ value }}`` writes: the value localized, then escaped."""
+    return escaped(localize(value))
 
 
 @register.filter

@@ -1,4 +1,4 @@
-"""Server CPU of one purge batch, six ways, on the database bench_purge.py seeded.
+"""Server CPU of one purge batch, seven ways, on the database bench_purge.py seeded.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:54329/jobstatus .venv/bin/python bench/bench_purge_variants.py
     ... --database jobstatus_bench --batch 2000 --rounds 10
@@ -13,7 +13,11 @@ trigger disabled for the batch, counted and not (what the children's foreign key
 costs: the floor without it); the lines deleted as one set first (``run_id = ANY``), the
 triggers still firing and finding nothing; and the same with no trigger at all
 (``session_replication_role = replica``, superuser only: the floor a purge without
-foreign keys would reach), the children detached by one ``UPDATE``. Prints the database
+foreign keys would reach), the children detached by one ``UPDATE``; and the lines
+deleted first by a range of their time, from the batch's first run to an hour past its
+last, joined to the batch's runs (a read of the lines in the order they were written,
+rather than an index probe a run), the cascade deleting any line outside that range.
+Prints the database
 backend's CPU per batch (read from ``/proc``: the server must run on this machine) and
 the median elapsed time. Each round takes the variants in another order.
 """
@@ -58,6 +62,23 @@ SET_BASED = f"""
     SELECT gone.id, coalesce(n.n, 0) FROM gone LEFT JOIN (
         SELECT run_id, count(*) AS n FROM lines GROUP BY run_id
     ) AS n ON n.run_id = gone.id
+"""  # noqa: S608
+# The lines a batch's runs wrote, read as a range of time (the runs' lines that fall
+# outside it go by the cascade, and are counted first with the rest).
+RANGED = f"""
+    WITH picked (id, created_at) AS MATERIALIZED (
+        {PICK.replace("SELECT id FROM", "SELECT id, created_at FROM")}
+    ), lines AS (
+        SELECT run_id, count(*) AS n FROM {LOGS}
+        WHERE run_id = ANY(ARRAY(SELECT picked.id FROM picked)) GROUP BY run_id
+    ), ranged AS (
+        DELETE FROM {LOGS} USING picked WHERE {LOGS}.run_id = picked.id
+        AND {LOGS}.created_at >= (SELECT min(created_at) FROM picked)
+        AND {LOGS}.created_at < (SELECT max(created_at) FROM picked) + interval '1 hour'
+    ), gone AS (
+        DELETE FROM {RUNS} WHERE id = ANY(ARRAY(SELECT picked.id FROM picked)) RETURNING id
+    )
+    SELECT gone.id, coalesce(lines.n, 0) FROM gone LEFT JOIN lines ON lines.run_id = gone.id
 """  # noqa: S608
 
 
@@ -104,6 +125,11 @@ def set_based(cursor: Any, params: dict[str, Any]) -> list[Any]:
     return cursor.fetchall()
 
 
+def ranged(cursor: Any, params: dict[str, Any]) -> list[Any]:
+    cursor.execute(RANGED, params)
+    return cursor.fetchall()
+
+
 def no_triggers(cursor: Any, params: dict[str, Any]) -> list[Any]:
     cursor.execute("SET LOCAL session_replication_role = replica")
     rows = set_based(cursor, params)
@@ -121,6 +147,7 @@ VARIANTS = {
     "neither": no_set_null_uncounted,
     "lines as a set, triggers": set_based,
     "lines as a set, no trigger": no_triggers,
+    "lines by time, then cascade": ranged,
 }
 
 

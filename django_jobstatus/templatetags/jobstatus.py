@@ -19,7 +19,7 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 
-from django_jobstatus.admin.display import escaped, level_css
+from django_jobstatus.admin.display import escaped, level_badge
 from django_jobstatus.admin.rows import fast_result_list
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def jobstatus_log_rows(lines: Iterable[JobLog]) -> SafeString:
         rows.append(
             f'\n      <tr class="jobstatus-log-row" data-level="{level}">'
             f'\n        <td class="nowrap"><time datetime="{escaped(line.created_at.isoformat())}">{stamp}</time></td>'
-            f'\n        <td><span class="jobstatus-level jobstatus-level-{level_css(level)}">{escaped(line.level_name)}</span></td>'
+            f"\n        <td>{level_badge(level)}</td>"
             f'\n        <td class="jobstatus-log-message">{escaped(line.message)}</td>'
             "\n      </tr>\n    "
         )

@@ -4,7 +4,8 @@ A test marked with a service fails under CI=true when the service is missing, an
 skipped (with the reason) elsewhere. Tests marked ``postgres`` run only when the
 suite's database is PostgreSQL (``DATABASE_URL``); on SQLite they are deselected. Tests
 marked ``engine_agnostic`` do not depend on the suite's database engine (the demo on its own
-SQLite file, the docs, the catalogs, CSS layout): they run in the SQLite pass only.
+SQLite file, the docs, the catalogs, CSS layout): they run in the SQLite pass only. A test marked
+with both would run in neither, and stops the collection.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def pytest_collection_modifyitems(
     )
     kept, dropped = [], []
     for item in items:
+        if item.get_closest_marker("postgres") and item.get_closest_marker(
+            "engine_agnostic"
+        ):
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked both postgres and engine_agnostic: "
+                "neither run of the suite would run it"
+            )
         (dropped if item.get_closest_marker(dropped_marker) else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

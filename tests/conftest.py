@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 CI = os.environ.get("CI") == "true"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
@@ -79,6 +79,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             import playwright  # noqa: F401
         except ImportError:
             _missing("needs the playwright package")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's, then every connection closed before the test database is dropped:
+    PostgreSQL refuses to drop it while a mirror (replica, default__jobstatus) holds one."""
+    yield
+    connections.close_all()
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
@@ -16,6 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "repl
 
 # Quoted: the roll-ups' table (django_jobstatus_jobrunhour) starts with the same name.
 RUNS_TABLE = f'"{JobRun._meta.db_table}"'
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -135,3 +140,26 @@ def test_the_dashboard_reads_the_roll_ups_it_just_wrote_from_the_primary(
         admin_client.get("/admin/django_jobstatus/jobrun/dashboard/")
     assert not [q for q in primary.captured_queries if table in q["sql"]]
     assert any(table in q["sql"] for q in replica.captured_queries)
+
+
+@pytest.mark.postgres
+def test_a_suite_that_read_the_replica_drops_its_test_database() -> None:
+    """The replica and default__jobstatus are mirrors of default: their connections, left
+    open by a test, kept PostgreSQL from dropping the test database at the end of the run."""
+    name = f"{connections['default'].settings_dict['NAME']}_teardown"
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider"]
+        + ["tests/test_checks.py::test_the_defaults_pass"],
+        cwd=ROOT,
+        env={**os.environ, "JOBSTATUS_TEST_DB": name},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = child.stdout + child.stderr
+    assert child.returncode == 0, output
+    assert "1 passed" in output and "teardown test databases" not in output, output
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [name])
+        assert cursor.fetchone() == (0,)

@@ -375,10 +375,18 @@ def _write_transaction(db: str) -> Iterator[None]:
         connection.transaction_mode = mode  # type: ignore[attr-defined]
 
 
+# A batch's runs are locked (FOR UPDATE SKIP LOCKED) and read as one array by a statement
+# of their own, which the deleting statements below take as ``{page}``. Their snapshot,
+# taken after the lock, holds every line those runs will have: a writer's line was
+# committed before the lock, or waits for it and then finds its run gone. Locked by the
+# deleting statement itself, a line committed between its snapshot and the lock went
+# uncounted by the cascade or, without one, was left behind and the commit refused.
+_LOCKED_PAGE = "SELECT array_agg(page.id)::text FROM ({page}) AS page (id)"
+_PICKED = "SELECT unnest(%s::{type}[])"
+
 # PostgreSQL, the foreign keys as migration 0008 leaves them: deleting the runs deletes their
 # lines (ON DELETE CASCADE) and detaches their children (SET NULL) in the same statement.
-# The lines are counted first, in the statement's snapshot; a writer cannot add one to a
-# picked run meanwhile: inserting it waits for the run's lock, then finds the run gone.
+# The lines are counted first, in the statement's snapshot, taken once the runs were locked.
 _CASCADING = """
     WITH picked (id) AS MATERIALIZED ({page}),
     lines AS (
@@ -636,28 +644,33 @@ class _Batches:
     def _delete_set_based(
         self, size: int, after: tuple[datetime, Any] | None
     ) -> tuple[int, tuple[datetime, Any] | None]:
-        """PostgreSQL: one statement deletes a batch of runs and their log lines, and counts them."""
+        """PostgreSQL: a statement locks a batch of runs; the next deletes them and their log lines, and counts both."""
         connection = connections[self.db]
+        pk = self.candidates.model._meta.pk
         sql, params = (
             self._page(size, after, spare=True).values("pk").query.sql_with_params()
         )
         totals = _TOTALS.format(ids="" if self.cascades else ", array_agg(id)")
         statement = (_CASCADING if self.cascades else _DELETING).format(
-            runs=self.tables[0], logs=self.tables[1], page=sql, totals=totals
+            runs=self.tables[0],
+            logs=self.tables[1],
+            page=_PICKED.format(type=pk.db_type(connection)),
+            totals=totals,
         )
         deleted, last = 0, None
         ids: list[Any] = []  # without the database's SET NULL: the children to detach
         with connection.cursor() as cursor:
-            cursor.execute(statement, params)
+            cursor.execute(_LOCKED_PAGE.format(page=sql), params)
+            (picked,) = cursor.fetchone()
+            if picked is None:
+                return 0, None
+            cursor.execute(statement, [picked])
             for name, status, runs, lines, last_created, last_id, *more in cursor:
                 self.result._add(name, status, runs, lines)
                 deleted += runs
                 ids += more[0] if more else []
                 if last_created is not None:
-                    last = (
-                        last_created,
-                        self.candidates.model._meta.pk.to_python(last_id),
-                    )
+                    last = (last_created, pk.to_python(last_id))
             if ids:
                 # Runs kept whose parent went: detached, as on_delete=SET_NULL would.
                 cursor.execute(

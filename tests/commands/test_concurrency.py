@@ -296,6 +296,102 @@ def test_a_run_whose_line_is_being_checked_is_skipped_and_purged_later() -> None
     assert _orphans() == 0
 
 
+# A filter that holds the purge's read of a run until a line "late line" of it is
+# committed: VOLATILE, each query in it sees what others committed since it began.
+_GATE = f"""
+    CREATE FUNCTION jobstatus_test_gate(run uuid) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        FOR i IN 1..3000 LOOP
+            IF EXISTS (SELECT 1 FROM {JobLog._meta.db_table}
+                       WHERE run_id = run AND message = 'late line') THEN
+                RETURN true;
+            END IF;
+            PERFORM pg_sleep(0.01);
+        END LOOP;
+        RETURN false;
+    END $$
+"""  # noqa: S608
+
+
+@contextlib.contextmanager
+def _gated_runs() -> Iterator[Any]:
+    """JobRun.objects through the gate: reading a run waits for its late line."""
+    from django.db.models import BooleanField
+    from django.db.models.expressions import RawSQL
+
+    with connection.cursor() as cursor:
+        cursor.execute(_GATE)
+    try:
+        yield JobRun.objects.alias(
+            gate=RawSQL("jobstatus_test_gate(id)", (), output_field=BooleanField())
+        ).filter(gate=True)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP FUNCTION IF EXISTS jobstatus_test_gate(uuid)")
+
+
+def _gate_waiting() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND query LIKE '%%jobstatus_test_gate%%' AND wait_event = 'PgSleep'"
+        )
+        return bool(cursor.fetchone()[0])
+
+
+@contextlib.contextmanager
+def _schema(*, cascades: bool) -> Iterator[None]:
+    """The foreign keys with the database's ON DELETE actions (migration 0008) or without."""
+    if cascades:
+        yield
+        return
+    from importlib import import_module
+
+    from django.apps import apps
+
+    migration = import_module("django_jobstatus.migrations.0008_database_cascades")
+    with connection.schema_editor() as editor:
+        migration.backwards(apps, editor)
+    try:
+        yield
+    finally:
+        with connection.schema_editor() as editor:
+            migration.forwards(apps, editor)
+
+
+@pytest.mark.parametrize("cascades", [True, False], ids=["cascade", "no-cascade"])
+def test_a_line_committed_while_the_purge_reads_its_run_is_counted(
+    cascades: bool,
+) -> None:
+    # The writer commits a line after the purge's statement began but before it locked
+    # the run (so nothing stops the line): the purge deletes that line with the run, and
+    # must count it. Read in the deleting statement's snapshot, taken before the line was
+    # committed, it was deleted uncounted by the cascade (the report said 2 lines, 3
+    # went), or, without the cascade, left behind and the batch's commit refused.
+    doomed = _old_run("tests.doomed", lines=2)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    with _schema(cascades=cascades), _gated_runs() as gated:
+        thread = _in_thread(
+            lambda: results.append(gated.purge(days=0, keep_last=0)),
+            threading.Barrier(1),
+            errors,
+        )
+        wait_for(_gate_waiting, timeout=30, what="the purge reading the run")
+        with _other_connection() as other:
+            _insert_line(other, doomed)
+            other.commit()
+        thread.join(timeout=30)
+
+    assert not thread.is_alive()
+    assert not errors
+    assert (results[0].runs, results[0].logs) == (1, 3)
+    assert results[0].counts == {("tests.doomed", Status.SUCCEEDED): [1, 3]}
+    assert not JobRun.objects.filter(pk=doomed.pk).exists()
+    assert _orphans() == 0
+
+
 def test_a_batch_held_up_by_a_lock_is_cancelled_and_the_locked_run_left_for_later(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

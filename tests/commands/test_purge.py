@@ -333,6 +333,11 @@ def test_postgresql_purge_without_the_database_cascades_deletes_the_lines_itself
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the deferred checks pass
 
 
+def _pages(queries: CaptureQueriesContext) -> list[str]:
+    """The statements that read (and lock) a batch's runs, one a batch."""
+    return [q["sql"] for q in queries if "SKIP LOCKED" in q["sql"]]
+
+
 @pytest.mark.postgres
 def test_each_batch_starts_its_index_scan_where_the_last_one_ended(
     aged: Any,
@@ -343,11 +348,11 @@ def test_each_batch_starts_its_index_scan_where_the_last_one_ended(
         aged("tests.job", days=100 + n)
     with CaptureQueriesContext(connection) as queries:
         result = JobRun.objects.purge(batch_size=2, keep_last=0)
-    deletes = [q["sql"] for q in queries if "DELETE FROM" in q["sql"]]
+    pages = _pages(queries)
     assert result.batches == 3
-    assert len(deletes) == 4  # the last finds nothing
+    assert len(pages) == 4  # the last finds nothing
     column = f'"{JobRun._meta.db_table}"."created_at"'
-    assert all(f"{column} >= " in sql for sql in deletes[1:])
+    assert all(f"{column} >= " in sql for sql in pages[1:])
 
 
 @pytest.mark.postgres
@@ -362,10 +367,10 @@ def test_the_keyset_reaches_the_planner_as_a_subquery_not_a_constant(
         aged("tests.job", days=100 + n)
     with CaptureQueriesContext(connection) as queries:
         JobRun.objects.purge(batch_size=2, keep_last=0)
-    deletes = [q["sql"] for q in queries if "DELETE FROM" in q["sql"]]
+    pages = _pages(queries)
     column = f'"{JobRun._meta.db_table}"."created_at"'
-    assert len(deletes) == 3
-    for sql in deletes[1:]:
+    assert len(pages) == 3
+    for sql in pages[1:]:
         assert re.search(rf"{re.escape(column)} >= \(+SELECT ", sql)
         assert re.search(rf"{re.escape(column)} > \(+SELECT ", sql)
         assert not re.search(rf"{re.escape(column)} >=? '", sql)  # no constant
@@ -382,7 +387,7 @@ def test_a_batch_statement_does_not_grow_with_the_number_of_jobs(aged: Any) -> N
     placeholders = []
 
     def count(execute, sql, params, *args):
-        if "DELETE FROM" in sql:
+        if "DELETE FROM" in sql or "SKIP LOCKED" in sql:
             placeholders.append(len(params))
         return execute(sql, params, *args)
 

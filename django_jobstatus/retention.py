@@ -787,7 +787,7 @@ def _reap_stale(
 ) -> None:
     """Mark lost the running runs silent longer than ``delta``, one transaction per batch."""
     while True:
-        with transaction.atomic(using=runs.db):
+        with _write_transaction(runs.db):
             batch = _locked_batch(runs.stale(delta), batch_size)
             for run in batch:
                 since = run.heartbeat_at or run.started_at
@@ -811,7 +811,7 @@ def _expire_queued(
 ) -> None:
     """End the runs queued longer than ``delta`` killed, and tell their task systems."""
     while True:
-        with transaction.atomic(using=runs.db):
+        with _write_transaction(runs.db):
             batch = _locked_batch(runs.stale_queued(delta), batch_size)
             ended = []
             for run in batch:

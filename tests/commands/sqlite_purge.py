@@ -1,7 +1,8 @@
-"""A process for the SQLite lock test: migrates, seeds or purges a file SQLite database.
+"""A process for the SQLite lock tests: migrates, seeds, purges or reaps a file SQLite database.
 
-``python -m tests.commands.sqlite_purge DB_PATH migrate|seed RUNS|purge`` (``purge`` runs
-``manage.py purge_jobstatus`` and prints its exit status and output as one JSON line).
+``python -m tests.commands.sqlite_purge DB_PATH migrate|seed RUNS|purge|reap`` (``purge``
+runs ``manage.py purge_jobstatus``, ``reap`` ``manage.py reap_jobstatus``; each prints its
+exit status and output as one JSON line).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import io
 import json
 import sys
 from datetime import timedelta
+from typing import Any
 
 import django
 from django.conf import settings
@@ -78,8 +80,66 @@ def main(path: str, action: str, *args: str) -> None:
                 }
             )
         )
+    elif action == "reap":
+        _reap(path)
     else:
         sys.exit(f"unknown action {action!r}")
+
+
+def _reap(path: str) -> None:
+    """``reap_jobstatus`` on a lost run and a queued one, another connection writing each
+    time the reaper is about to end a run it read (a zero busy timeout: refused at once if
+    the reaper holds the write lock); prints what happened as one JSON line."""
+    import sqlite3
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from django_jobstatus.models import JobRun
+
+    old = timezone.now() - timedelta(hours=1)
+    JobRun.objects.start("tests.silent", started_at=old, heartbeat_at=old)
+    JobRun.objects.enqueue("tests.forgotten", queued_at=old, created_at=old)
+    JobRun.objects.start("tests.bystander")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    writes: list[str] = []
+
+    def meanwhile(method: Any) -> Any:
+        def wrapped(run: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                other.execute(
+                    "UPDATE django_jobstatus_jobrun SET message = 'written meanwhile'"
+                    " WHERE job_name = 'tests.bystander'"
+                )
+                writes.append("committed")
+            except sqlite3.OperationalError as exc:
+                writes.append(str(exc))
+            return method(run, *args, **kwargs)
+
+        return wrapped
+
+    JobRun.mark_lost = meanwhile(JobRun.mark_lost)  # type: ignore[method-assign]
+    JobRun.mark_killed = meanwhile(JobRun.mark_killed)  # type: ignore[method-assign]
+    out = io.StringIO()
+    try:
+        call_command(
+            "reap_jobstatus", "--timeout=600", "--queued-timeout=600", stdout=out
+        )
+        code, err = 0, ""
+    except Exception as exc:  # the test reports what the command raised
+        code, err = 1, f"{type(exc).__name__}: {exc}"
+    statuses = dict(JobRun.objects.values_list("job_name", "status"))
+    print(  # noqa: T201
+        json.dumps(
+            {
+                "code": code,
+                "out": out.getvalue(),
+                "err": err,
+                "writes": writes,
+                "statuses": statuses,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

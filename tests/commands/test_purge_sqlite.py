@@ -1,9 +1,9 @@
-"""SQLite: a purge while other processes write runs and logs never fails with "database is locked".
+"""SQLite: a purge or a reap while other processes write never fails with "database is locked".
 
 A file database in WAL mode, as the demo runs it. A deferred transaction that reads and
 then writes cannot get the write lock once another connection has committed since its
 read began: SQLite answers SQLITE_BUSY at once, whatever the busy timeout. Each purge
-batch must therefore take the write lock up front (BEGIN IMMEDIATE).
+batch, and each reaper batch, must therefore take the write lock up front (BEGIN IMMEDIATE).
 """
 
 from __future__ import annotations
@@ -43,3 +43,24 @@ def test_purge_of_a_file_database_while_two_processes_write(tmp_path: Path) -> N
     assert report["left"] == 0
     assert "Deleted 3000 runs and 6000 log lines" in report["out"]
     assert all(writer["runs"] > 5 for writer in reports)
+
+
+@pytest.mark.engine_agnostic  # its own SQLite file, whatever the suite's database
+def test_reap_of_a_file_database_while_another_connection_writes(
+    tmp_path: Path,
+) -> None:
+    # Each time the reaper is about to end a run it has read, another connection writes.
+    # In a deferred transaction that write committed, and the reaper's own then failed
+    # ("database is locked"). Holding the write lock from its first read, the reaper
+    # makes the other connection wait (refused here: its busy timeout is zero).
+    path = tmp_path / "db.sqlite3"
+    _run(path, "migrate")
+    report = json.loads(_run(path, "reap").strip().splitlines()[-1])
+
+    assert report["code"] == 0, report["err"]
+    assert report["statuses"] == {
+        "tests.silent": "lost",
+        "tests.forgotten": "killed",
+        "tests.bystander": "running",
+    }
+    assert report["writes"] == ["database is locked", "database is locked"]

@@ -23,7 +23,6 @@ instant and other reapers never make a run end twice.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -37,7 +36,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, statements
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog
@@ -53,7 +52,7 @@ from django_jobstatus.querysets import (
 from django_jobstatus.states import Status
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from datetime import timedelta
 
     from django.db.models import Field
@@ -350,31 +349,6 @@ def own_transactions(view: V) -> V:
     return view
 
 
-@contextlib.contextmanager
-def _write_transaction(db: str) -> Iterator[None]:
-    """A transaction that holds the write lock from its first statement.
-
-    SQLite's default (deferred) transaction reads first; once another connection has
-    committed since, its first write fails at once with "database is locked", whatever
-    the busy timeout. ``BEGIN IMMEDIATE`` waits for the lock (up to the busy timeout)
-    before reading anything. Other databases lock rows as they go.
-    """
-    connection = connections[db]
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
-        with transaction.atomic(using=db):
-            yield
-        return
-    connection.ensure_connection()
-    mode = connection.transaction_mode  # type: ignore[attr-defined]
-    connection.transaction_mode = "IMMEDIATE"  # type: ignore[attr-defined]
-    try:
-        with transaction.atomic(using=db):
-            connection.transaction_mode = mode  # type: ignore[attr-defined]
-            yield
-    finally:
-        connection.transaction_mode = mode  # type: ignore[attr-defined]
-
-
 # A batch's runs are locked (FOR UPDATE SKIP LOCKED) and read as one array by a statement
 # of their own, which the deleting statements below take as ``{page}``. Their snapshot,
 # taken after the lock, holds every line those runs will have: a writer's line was
@@ -560,7 +534,7 @@ class _Batches:
                 bound = connection.vendor == "postgresql" and not (
                     connection.in_atomic_block
                 )
-                with _write_transaction(self.db):
+                with statements.write_transaction(self.db):
                     if bound:
                         with connection.cursor() as cursor:
                             cursor.execute(
@@ -787,7 +761,7 @@ def _reap_stale(
 ) -> None:
     """Mark lost the running runs silent longer than ``delta``, one transaction per batch."""
     while True:
-        with _write_transaction(runs.db):
+        with statements.write_transaction(runs.db):
             batch = _locked_batch(runs.stale(delta), batch_size)
             for run in batch:
                 since = run.heartbeat_at or run.started_at
@@ -811,7 +785,7 @@ def _expire_queued(
 ) -> None:
     """End the runs queued longer than ``delta`` killed, and tell their task systems."""
     while True:
-        with _write_transaction(runs.db):
+        with statements.write_transaction(runs.db):
             batch = _locked_batch(runs.stale_queued(delta), batch_size)
             ended = []
             for run in batch:

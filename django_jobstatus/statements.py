@@ -14,16 +14,17 @@ both win.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models.signals import post_save, pre_save
 
 if TYPE_CHECKING:
@@ -333,6 +334,31 @@ def lock_jobs(alias: str, jobs: Iterable[tuple[str, str]]) -> None:
             "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::integer[]) AS key",
             [LOCK_CLASS, keys],
         )
+
+
+@contextlib.contextmanager
+def write_transaction(db: str) -> Iterator[None]:
+    """A transaction that holds the write lock from its first statement.
+
+    SQLite's default (deferred) transaction reads first; once another connection has
+    committed since, its first write fails at once with "database is locked", whatever
+    the busy timeout. ``BEGIN IMMEDIATE`` waits for the lock (up to the busy timeout)
+    before reading anything. Other databases lock rows as they go.
+    """
+    connection = connections[db]
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        with transaction.atomic(using=db):
+            yield
+        return
+    connection.ensure_connection()
+    mode = connection.transaction_mode  # type: ignore[attr-defined]
+    connection.transaction_mode = "IMMEDIATE"  # type: ignore[attr-defined]
+    try:
+        with transaction.atomic(using=db):
+            connection.transaction_mode = mode  # type: ignore[attr-defined]
+            yield
+    finally:
+        connection.transaction_mode = mode  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=32)

@@ -73,7 +73,8 @@ def best_effort(
 ) -> None:
     """Run one write (given the database alias); log a database error or an illegal move, and go on.
 
-    The write is a transaction of its own (a savepoint inside the caller's), except
+    The write is a transaction of its own (a savepoint inside the caller's) that holds
+    the write lock from its first statement (``statements.write_transaction()``), except
     ``one_statement`` outside a transaction: that one statement is atomic by itself.
     A connection the server dropped (a restart, a network blip) is replaced and the write
     tried once more, since long-lived processes such as a worker's main process have
@@ -84,9 +85,7 @@ def best_effort(
         with (
             contextlib.nullcontext()
             if one_statement and not connections[alias].in_atomic_block
-            else transaction.atomic(
-                using=alias, savepoint=connections[alias].in_atomic_block
-            )
+            else statements.write_transaction(alias)
         ):
             action(alias)
 
@@ -207,9 +206,7 @@ class Execution:
         if run is not None:
             self.recorded = True
             return run
-        with transaction.atomic(
-            using=alias, savepoint=connections[alias].in_atomic_block
-        ):
+        with statements.write_transaction(alias):
             # The task's queued run may be on its way (written behind its enqueue): wait
             # for it, and make a writer that comes later find this run (writebehind.py).
             statements.lock_jobs(alias, [(self.source, self.backend_job_id)])

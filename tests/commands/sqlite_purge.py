@@ -1,8 +1,8 @@
-"""A process for the SQLite lock tests: migrates, seeds, purges or reaps a file SQLite database.
+"""A process for the SQLite lock tests: migrates, seeds, purges, reaps or records tasks in a file SQLite database.
 
-``python -m tests.commands.sqlite_purge DB_PATH migrate|seed RUNS|purge|reap`` (``purge``
-runs ``manage.py purge_jobstatus``, ``reap`` ``manage.py reap_jobstatus``; each prints its
-exit status and output as one JSON line).
+``python -m tests.commands.sqlite_purge DB_PATH migrate|seed RUNS|purge|reap|record``
+(``purge`` runs ``manage.py purge_jobstatus``, ``reap`` ``manage.py reap_jobstatus``,
+``record`` what an integration records of a task; each prints its outcome as one JSON line).
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ def main(path: str, action: str, *args: str) -> None:
         )
     elif action == "reap":
         _reap(path)
+    elif action == "record":
+        _record(path)
     else:
         sys.exit(f"unknown action {action!r}")
 
@@ -135,6 +137,51 @@ def _reap(path: str) -> None:
                 "code": code,
                 "out": out.getvalue(),
                 "err": err,
+                "writes": writes,
+                "statuses": statuses,
+            }
+        )
+    )
+
+
+def _record(path: str) -> None:
+    """An integration records a task enqueued and a task started that has no run yet,
+    another connection writing each time it has looked the task's run up (a zero busy
+    timeout: refused at once if the recording holds the write lock); prints what was
+    recorded as one JSON line."""
+    import sqlite3
+
+    from django_jobstatus.contrib import _execution
+    from django_jobstatus.models import JobRun
+
+    JobRun.objects.start("tests.bystander")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    writes: list[str] = []
+    find_run = _execution.find_run
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        run = find_run(*args, **kwargs)
+        try:
+            other.execute(
+                "UPDATE django_jobstatus_jobrun SET message = ?"
+                " WHERE job_name = 'tests.bystander'",
+                [f"written meanwhile ({len(writes)})"],
+            )
+            writes.append("committed")
+        except sqlite3.OperationalError as exc:
+            writes.append(str(exc))
+        return run
+
+    _execution.find_run = meanwhile  # type: ignore[assignment]
+    queued = _execution.record_queued("rq", "job-queued", "tests.queued")
+    execution = _execution.Execution("rq", "job-started", "tests.started", worker="w1")
+    execution.start()
+    statuses = dict(JobRun.objects.values_list("job_name", "status"))
+    print(  # noqa: T201
+        json.dumps(
+            {
+                "queued": queued is not None,
+                "started": execution.recorded,
                 "writes": writes,
                 "statuses": statuses,
             }

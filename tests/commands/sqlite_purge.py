@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -88,11 +89,40 @@ def main(path: str, action: str, *args: str) -> None:
         sys.exit(f"unknown action {action!r}")
 
 
+def _another_writer(path: str) -> tuple[Callable[[], None], list[str]]:
+    """A run ``tests.bystander``, and a function that updates it from another connection
+    (a zero busy timeout: refused at once while this process holds the write lock),
+    with the list of what each call did: "committed", or SQLite's refusal.
+
+    Each update changes the row: after one that left the row as it was, a transaction
+    that had read before it could still write (seen while writing these tests).
+    """
+    import sqlite3
+
+    from django_jobstatus.models import JobRun
+
+    JobRun.objects.start("tests.bystander")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    writes: list[str] = []
+
+    def write() -> None:
+        try:
+            other.execute(
+                "UPDATE django_jobstatus_jobrun SET message = ?"
+                " WHERE job_name = 'tests.bystander'",
+                [f"written meanwhile ({len(writes)})"],
+            )
+            writes.append("committed")
+        except sqlite3.OperationalError as exc:
+            writes.append(str(exc))
+
+    return write, writes
+
+
 def _reap(path: str) -> None:
     """``reap_jobstatus`` on a lost run and a queued one, another connection writing each
     time the reaper is about to end a run it read (a zero busy timeout: refused at once if
     the reaper holds the write lock); prints what happened as one JSON line."""
-    import sqlite3
 
     from django.core.management import call_command
     from django.utils import timezone
@@ -102,20 +132,11 @@ def _reap(path: str) -> None:
     old = timezone.now() - timedelta(hours=1)
     JobRun.objects.start("tests.silent", started_at=old, heartbeat_at=old)
     JobRun.objects.enqueue("tests.forgotten", queued_at=old, created_at=old)
-    JobRun.objects.start("tests.bystander")
-    other = sqlite3.connect(path, timeout=0, isolation_level=None)
-    writes: list[str] = []
+    write, writes = _another_writer(path)
 
     def meanwhile(method: Any) -> Any:
         def wrapped(run: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                other.execute(
-                    "UPDATE django_jobstatus_jobrun SET message = 'written meanwhile'"
-                    " WHERE job_name = 'tests.bystander'"
-                )
-                writes.append("committed")
-            except sqlite3.OperationalError as exc:
-                writes.append(str(exc))
+            write()
             return method(run, *args, **kwargs)
 
         return wrapped
@@ -149,27 +170,16 @@ def _record(path: str) -> None:
     another connection writing each time it has looked the task's run up (a zero busy
     timeout: refused at once if the recording holds the write lock); prints what was
     recorded as one JSON line."""
-    import sqlite3
 
     from django_jobstatus.contrib import _execution
     from django_jobstatus.models import JobRun
 
-    JobRun.objects.start("tests.bystander")
-    other = sqlite3.connect(path, timeout=0, isolation_level=None)
-    writes: list[str] = []
+    write, writes = _another_writer(path)
     find_run = _execution.find_run
 
     def meanwhile(*args: Any, **kwargs: Any) -> Any:
         run = find_run(*args, **kwargs)
-        try:
-            other.execute(
-                "UPDATE django_jobstatus_jobrun SET message = ?"
-                " WHERE job_name = 'tests.bystander'",
-                [f"written meanwhile ({len(writes)})"],
-            )
-            writes.append("committed")
-        except sqlite3.OperationalError as exc:
-            writes.append(str(exc))
+        write()
         return run
 
     _execution.find_run = meanwhile  # type: ignore[assignment]

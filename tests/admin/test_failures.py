@@ -135,18 +135,18 @@ def test_delete_all_asks_then_deletes_only_the_group(admin_client, make_run):
 def test_delete_all_goes_in_short_batches(admin_client, make_run, monkeypatch):
     """A group may hold thousands of runs: they go in the purge's batches, each a short
     transaction, not in one ORM delete that reads them all first."""
-    from django_jobstatus import retention
+    from django_jobstatus import retention, statements
 
     doomed = [fail(make_run, "x", f"E: {i}") for i in range(12)]
     monkeypatch.setattr(retention, "FIRST_BATCH", 2)
     batches = []
-    write_transaction = retention._write_transaction
+    write_transaction = statements.write_transaction
 
     def counted(db):
         batches.append(db)
         return write_transaction(db)
 
-    monkeypatch.setattr(retention, "_write_transaction", counted)
+    monkeypatch.setattr(statements, "write_transaction", counted)
     data = {"job_name": "x", "fingerprint": "E: <n>", "confirm": "yes"}
     response = admin_client.post(URL + "delete/", data, follow=True)
     assert "Deleted 12 runs." in [str(m) for m in response.context["messages"]]

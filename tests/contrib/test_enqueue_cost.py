@@ -23,6 +23,7 @@ from tests.contrib import rq_jobs
 from tests.contrib.celery_app import app
 from tests.contrib.sent import statements
 from tests.contrib.tasks_app import tasks
+from tests.plans import plan
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -98,7 +99,10 @@ def test_a_django_task_a_worker_recorded_first_keeps_one_run(
 @pytest.mark.postgres  # PostgreSQL's planner
 def test_a_start_reads_the_run_by_its_primary_key_whatever_is_queued() -> None:
     """With statistics that know nothing of them (a new table), 300 queued runs made
-    PostgreSQL walk an index on status for each start: one row must be read, by its key."""
+    PostgreSQL walk an index on status for each start: one row must be read, by its key.
+
+    A table scan priced out: once the server's autovacuum had counted the few rows the
+    tests before left, reading the table's few pages cost less than the key's index."""
     runs = [
         JobRun.objects.enqueue("tests.add", backend_job_id=str(n)) for n in range(300)
     ]
@@ -107,10 +111,8 @@ def test_a_start_reads_the_run_by_its_primary_key_whatever_is_queued() -> None:
     [update] = [
         q["sql"] for q in captured.captured_queries if q["sql"].startswith("UPDATE")
     ]
-    with connections["default"].cursor() as cursor:
-        cursor.execute(f"EXPLAIN {update}")
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "django_jobstatus_jobrun_pkey" in plan, plan
+    chosen = plan(update)
+    assert "Index Scan using django_jobstatus_jobrun_pkey" in chosen, chosen
 
 
 def test_a_django_task_s_queued_twin_recorded_while_it_ran_is_merged_when_it_ends(

@@ -121,9 +121,8 @@ def _another_writer(path: str) -> tuple[Callable[[], None], list[str]]:
 
 def _reap(path: str) -> None:
     """``reap_jobstatus`` on a lost run and a queued one, another connection writing each
-    time the reaper is about to end a run it read (a zero busy timeout: refused at once if
-    the reaper holds the write lock); prints what happened as one JSON line."""
-
+    time the reaper is about to end a run it read (``_another_writer()``); prints what
+    happened as one JSON line."""
     from django.core.management import call_command
     from django.utils import timezone
 
@@ -167,10 +166,8 @@ def _reap(path: str) -> None:
 
 def _record(path: str) -> None:
     """An integration records a task enqueued and a task started that has no run yet,
-    another connection writing each time it has looked the task's run up (a zero busy
-    timeout: refused at once if the recording holds the write lock); prints what was
-    recorded as one JSON line."""
-
+    another connection writing each time it has looked the task's run up
+    (``_another_writer()``); prints what was recorded as one JSON line."""
     from django_jobstatus.contrib import _execution
     from django_jobstatus.models import JobRun
 

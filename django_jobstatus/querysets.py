@@ -200,10 +200,24 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
 
 
 def stale_condition(timeout: timedelta) -> Q:
-    """A running run with no heartbeat (or start, if it never beat) for ``timeout``: stale()'s test."""
+    """stale()'s test: a running run with no heartbeat (or start, if it never beat) for
+    ``timeout``, and no active child.
+
+    No process beats for a batch's parent: it lives while a child is queued, running or
+    retrying. The children are read by one subquery (not correlated: once per query)."""
+    from django_jobstatus.models import JobRun
+
     cutoff = timezone.now() - timeout
-    return Q(status=Status.RUNNING) & (
-        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    parents = JobRun.objects.filter(
+        status__in=sorted(Status.ACTIVE), parent__isnull=False
+    ).values("parent_id")
+    return (
+        Q(status=Status.RUNNING)
+        & (
+            Q(heartbeat_at__lt=cutoff)
+            | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+        )
+        & ~Q(pk__in=parents)
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from django_jobstatus import compat, track
 from django_jobstatus.batches import (
@@ -138,6 +140,30 @@ def test_one_failed_child_fails_the_parent(
     assert parent.status == F
     assert parent.error == "1 of 2 child runs failed."
     assert (parent.progress_current, parent.progress_total) == (1, 2)
+
+
+def test_a_running_parent_is_not_reaped_while_a_child_is_active(db: None) -> None:
+    """No process beats for a parent: it is alive while a child is queued, running or retrying."""
+    parent = start_batch("batch", ["a", "b", "c"])
+    a, b, c = parent.children.order_by("job_name")
+    a.mark_running()
+    a.mark_succeeded()
+    assert refresh_batch(parent).status == R
+    b.mark_running()  # b's worker beats for it; nothing beats for the parent
+    long_ago = timezone.now() - timedelta(hours=1)
+    JobRun.objects.filter(pk=parent.pk).update(heartbeat_at=long_ago)
+    assert list(JobRun.objects.stale(60)) == []
+    assert JobRun.objects.reap(60).reaped == 0
+    assert JobRun.objects.get(pk=parent.pk).status == R
+    # b's worker went silent too: b is stale, the parent (c still queued) is not.
+    JobRun.objects.filter(pk=b.pk).update(heartbeat_at=long_ago)
+    assert set(JobRun.objects.stale(60).values_list("job_name", flat=True)) == {"b"}
+    # With no child active, a silent parent is stale like any run (the refresh on the
+    # children's last move, left out here, would have ended it).
+    b.mark_succeeded()
+    c.mark_running()
+    c.mark_succeeded()
+    assert list(JobRun.objects.stale(60)) == [JobRun.objects.get(pk=parent.pk)]
 
 
 def test_killing_a_batch_asks_every_active_run(db: None) -> None:

@@ -444,8 +444,16 @@ class JobHandle:
         ``traceback`` an integration got from its task system). Retries while the
         database is unreachable, for up to FINISH_RETRY_TIMEOUT seconds; then logs the
         failure. A run already finished elsewhere (reaped as lost, killed by force)
-        keeps that state.
+        keeps that state. A result that JSON can no longer hold (changed after it was
+        set) ends the run failed with the TypeError, which is then raised.
         """
+        if exc is None and (error := self._unstorable_result()) is not None:
+            self._record_end(error, values)  # failed, as setting it so would have
+            raise error
+        self._record_end(exc, values)
+
+    def _record_end(self, exc: BaseException | None, values: dict[str, Any]) -> None:
+        """finish()'s write, tried again while the database is away."""
         # A try that fails at COMMIT has already moved the instance; the next starts over.
         saved = {
             field.attname: getattr(self.run, field.attname)
@@ -515,6 +523,15 @@ class JobHandle:
                 continue
             return
 
+    def _unstorable_result(self) -> TypeError | None:
+        """The TypeError of a result JSON can no longer hold: changed after it was set
+        (``job.result = {}``, then ``job.result["at"] = now()``)."""
+        try:
+            check_json("result", self._result)
+        except TypeError as error:
+            return error
+        return None
+
     @staticmethod
     def _outcome(exc: BaseException | None) -> str:
         """How leaving with ``exc`` ends the run: succeeded, killed (JobKilled) or failed."""
@@ -562,14 +579,27 @@ def current_job() -> JobHandle | None:
 
 
 def _start_run(name: str, fields: dict[str, Any]) -> JobRun:
-    """Create the run as running, retrying briefly while the database is unreachable."""
-    from django_jobstatus.models import JobRun
+    """Create the run as running, retrying briefly while the database is unreachable.
 
-    return while_database_away(
-        lambda alias: JobRun.objects.db_manager(alias).start(name, **fields),
-        attempts=3,
-        delay=0.2,
-    )
+    Every try writes the same id: a try after one whose answer was lost with the
+    connection finds that run instead of recording a second one.
+    """
+    from django_jobstatus.models import JobRun, uuid7
+
+    fields = {"id": uuid7(), **fields}
+    tries = 0
+
+    def start(alias: str) -> JobRun:
+        nonlocal tries
+        tries += 1
+        runs = JobRun.objects.db_manager(alias)
+        if tries > 1:
+            recorded = runs.filter(pk=fields["id"]).first()
+            if recorded is not None:
+                return recorded
+        return runs.start(name, **fields)
+
+    return while_database_away(start, attempts=3, delay=0.2)
 
 
 @contextlib.contextmanager

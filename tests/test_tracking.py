@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.db import DataError, OperationalError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from django_jobstatus import JobKilled, contrib, current_job, track, tracked
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.querysets import JobRunQuerySet
 from django_jobstatus.tracking import SIDE_SUFFIX, JobHandle
 from tests.waiting import wait_for
 
@@ -594,6 +596,20 @@ def test_result_must_be_json() -> None:
     assert run.result is None
 
 
+def test_a_result_changed_after_it_was_set_fails_the_run_as_its_setting_would() -> None:
+    """``job.result = {}`` then ``job.result["when"] = now()``: the setter saw a valid
+    value; the end finds it no longer is. The run ends failed, not left running."""
+    with (
+        pytest.raises(TypeError, match="^result must be JSON-serializable"),
+        track("x") as job,
+    ):
+        job.result = {}
+        job.result["when"] = timezone.now()
+    run = _row(job.run)
+    assert (run.status, run.result) == (Status.FAILED, None)
+    assert run.error.startswith("TypeError: result must be JSON-serializable")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -723,6 +739,27 @@ def test_an_end_whose_answer_was_lost_counts_as_recorded(monkeypatch, caplog) ->
     assert _row(job.run).status == Status.SUCCEEDED
     assert JobLog.objects.filter(run_id=job.run.pk).count() == 1
     assert "was not recorded" not in caplog.text
+
+
+def test_a_start_whose_answer_was_lost_records_one_run(monkeypatch) -> None:
+    # The first try commits, then its answer is lost with the connection.
+    original = JobRunQuerySet.start
+    tries = []
+
+    def commit_then_drop(queryset: JobRunQuerySet, *args: Any, **kwargs: Any) -> Any:
+        run = original(queryset, *args, **kwargs)
+        tries.append(run.pk)
+        if len(tries) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return run
+
+    monkeypatch.setattr(JobRunQuerySet, "start", commit_then_drop)
+    with track("x") as job:
+        pass
+    assert tries == [job.run.pk]  # the second try found the run recorded
+    assert list(JobRun.objects.values_list("pk", "status")) == [
+        (job.run.pk, Status.SUCCEEDED)
+    ]
 
 
 def test_a_run_killed_by_force_stays_killed() -> None:

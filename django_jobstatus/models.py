@@ -587,7 +587,10 @@ class JobRun(models.Model):
         message: str | None = None,
         using: str | None = None,
     ) -> None:
-        """Store progress now (unthrottled; running jobs use ``track()``'s handle)."""
+        """Store progress now (unthrottled; running jobs use ``track()``'s handle).
+
+        A run that has ended is left as it is (a copy read before its end cannot move it).
+        """
         current_n, total_n = check_progress(current, total)
         now = timezone.now()
         values: dict[str, Any] = {
@@ -606,16 +609,17 @@ class JobRun(models.Model):
         if message is not None:
             values["message"] = message
         values = storable(values)
-        JobRun.objects.using(self._db(using)).filter(pk=self.pk).update(**values)
-        for field, value in values.items():
-            setattr(self, field, value)
+        runs = JobRun.objects.using(self._db(using)).filter(pk=self.pk).active()
+        if runs.update(**values):
+            for field, value in values.items():
+                setattr(self, field, value)
 
     def heartbeat(self, *, using: str | None = None) -> None:
+        """Stamp ``heartbeat_at`` now, while the run is running."""
         now = timezone.now()
-        JobRun.objects.using(self._db(using)).filter(pk=self.pk).update(
-            heartbeat_at=now
-        )
-        self.heartbeat_at = now
+        runs = JobRun.objects.using(self._db(using)).filter(pk=self.pk).running()
+        if runs.update(heartbeat_at=now):
+            self.heartbeat_at = now
 
     def log(
         self,
@@ -627,12 +631,14 @@ class JobRun(models.Model):
     ) -> JobLog:
         """Write one log line now; ``level`` is a ``logging`` level number."""
         entry = JobLog.build(self, level, message, *args, extra=extra)
-        entry.save(using=self._db(using))
-        if entry.level >= 40 and not self.has_errors:
-            JobRun.objects.using(self._db(using)).filter(pk=self.pk).update(
-                has_errors=True
-            )
-            self.has_errors = True
+        db = self._db(using)
+        if entry.level < 40 or self.has_errors:
+            entry.save(using=db)
+            return entry
+        with transaction.atomic(using=db):  # the error line and the flag, or neither
+            entry.save(using=db)
+            JobRun.objects.using(db).filter(pk=self.pk).update(has_errors=True)
+        self.has_errors = True
         return entry
 
     def wait(

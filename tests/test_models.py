@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import CharField
 from django.utils import timezone
 from hypothesis import HealthCheck, given
@@ -542,6 +542,16 @@ def test_heartbeat(run) -> None:
     assert _row(run)["heartbeat_at"] == run.heartbeat_at is not None
 
 
+def test_set_progress_and_heartbeat_leave_a_finished_run_alone(run) -> None:
+    copy = JobRun.objects.get(pk=run.pk)  # e.g. the job's own, read before the end
+    run.mark_succeeded()
+    before = _row(run)
+    copy.set_progress(1, 2, message="still going")
+    copy.heartbeat()
+    assert _row(run) == before
+    assert (copy.message, copy.progress_current) == (run.message, 0)
+
+
 # Logs.
 
 
@@ -565,6 +575,21 @@ def test_log_error_sets_has_errors(run) -> None:
     assert run.has_errors is True
     assert _row(run)["has_errors"] is True
     assert list(JobRun.objects.with_errors()) == [run]
+
+
+def test_an_error_line_and_has_errors_are_written_together(run) -> None:
+    def refuse_the_flag(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith("UPDATE") and "has_errors" in sql:
+            raise DatabaseError("the database went away (test)")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(refuse_the_flag), pytest.raises(DatabaseError):
+        run.log(40, "bad row")
+    assert (JobLog.objects.count(), _row(run)["has_errors"], run.has_errors) == (
+        0,
+        False,
+        False,
+    )
 
 
 @pytest.mark.parametrize("limit", [100, 10000])

@@ -4,8 +4,9 @@ A job that reports nothing for HEARTBEAT_TIMEOUT seconds would look dead to
 ``reap_jobstatus`` and be marked lost while it runs. So while a run's handle is active
 (``track()``, or a Celery, RQ or Django tasks integration executing the task), a daemon
 thread of this process beats for it: every HEARTBEAT_TIMEOUT / 3 seconds one UPDATE
-stamps ``heartbeat_at`` on all of them at once (``WHERE id IN (...) AND status =
-'running'``: a run that ended elsewhere is left alone). The handle's own throttled writes
+stamps ``heartbeat_at`` on all of them at once (``WHERE id IN (...) AND attempt = …
+AND status = 'running'``: a run that ended elsewhere, or that another worker started
+again, is left alone). The handle's own throttled writes
 go on as before; the thread covers the silent stretches between them.
 
 The thread starts with the first active run and writes through a connection of its own
@@ -17,13 +18,16 @@ and no connection: it beats only for the runs it executes itself.
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError
+from django.db.models import Q
 from django.utils import timezone
 
 from django_jobstatus import own_connections
@@ -93,20 +97,29 @@ class Heartbeats:
         # Not at the top: tracking.py imports this module before the app registry is ready.
         from django_jobstatus.models import JobRun
 
-        pks = [handle.run.pk for handle in self.handles()]
-        if not pks:
+        # Each run at the handle's attempt: a next attempt started by another worker is
+        # that worker's to keep alive.
+        handles = self.handles()
+        if not handles:
             return 0
+        by_attempt: dict[int, list[Any]] = {}
+        for handle in handles:
+            by_attempt.setdefault(handle.run.attempt, []).append(handle.run.pk)
+        ours = functools.reduce(
+            operator.or_,
+            (Q(attempt=attempt, pk__in=ids) for attempt, ids in by_attempt.items()),
+        )
         try:
             return int(
                 JobRun.objects.using(self.connection())
-                .filter(pk__in=pks)
+                .filter(ours)
                 .running()
                 .update(heartbeat_at=timezone.now())
             )
         except DatabaseError:
             logger.warning(
                 "Could not record the heartbeat of %d runs; trying again in %.1f s.",
-                len(pks),
+                len(handles),
                 interval(),
                 exc_info=True,
             )

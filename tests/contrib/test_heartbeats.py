@@ -124,7 +124,11 @@ def test_one_statement_beats_for_every_active_run_of_the_process(
     old = timezone.now() - timedelta(hours=1)
     runs = [make_run(heartbeat_at=old, started_at=old) for _ in range(3)]
     ended = make_run(status=Status.SUCCEEDED, heartbeat_at=old, started_at=old)
-    handles = [JobHandle(run) for run in [*runs, ended]]
+    restarted = make_run(heartbeat_at=old, started_at=old)
+    handles = [JobHandle(run) for run in [*runs, ended, restarted]]
+    # Another worker started the next attempt of this one (and may die): not ours to beat for.
+    JobRun.objects.get(pk=restarted.pk).mark_running(worker="elsewhere:1")
+    JobRun.objects.filter(pk=restarted.pk).update(heartbeat_at=old)
     tokens = [handle.activate() for handle in handles]
     try:
         with CaptureQueriesContext(connections[heartbeats.connection()]) as captured:
@@ -139,6 +143,7 @@ def test_one_statement_beats_for_every_active_run_of_the_process(
     for run in runs:
         assert refreshed(run).heartbeat_at > old
     assert refreshed(ended).heartbeat_at == old  # a finished run is not beaten for
+    assert refreshed(restarted).heartbeat_at == old
     assert heartbeats.beat() == 0  # deactivated: none left
 
 

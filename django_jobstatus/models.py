@@ -349,7 +349,10 @@ class JobRun(models.Model):
         """Time spent queued before the first start; grows while it waits."""
         if self.queued_at is None:
             return None
-        return (self.started_at or self.finished_at or timezone.now()) - self.queued_at
+        # A retry clears started_at: the first attempt's start is in attempts.
+        first = self.attempts[0].get("started_at") if self.attempts else None
+        started = datetime.fromisoformat(first) if first else self.started_at
+        return (started or self.finished_at or timezone.now()) - self.queued_at
 
     @property
     def is_active(self) -> bool:

@@ -438,6 +438,18 @@ def test_duration_and_waiting(make_run) -> None:
     assert JobRun(job_name="x").waiting is None
 
 
+def test_waiting_ends_at_the_first_start_whatever_the_attempt(make_run) -> None:
+    now = timezone.now()
+    run = make_run(queued_at=now - timedelta(seconds=100))
+    JobRun.objects.filter(pk=run.pk).update(started_at=now - timedelta(seconds=90))
+    run.refresh_from_db()
+    run.mark_failed(ValueError("boom"), retry=True)
+    assert run.waiting == timedelta(seconds=10)  # not 10 s and attempt 1's run time
+    run.mark_running()
+    run.mark_succeeded()
+    assert JobRun.objects.get(pk=run.pk).waiting == timedelta(seconds=10)
+
+
 def test_is_active_is_finished(make_run) -> None:
     for status in ALL:
         run = make_run(status=status)

@@ -241,3 +241,17 @@ def check_alerts(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+@register(Tags.compatibility)
+def check_use_tz(**kwargs: Any) -> list[CheckMessage]:
+    """E007: runs are stamped and compared in UTC; USE_TZ = False is not supported."""
+    if django_settings.USE_TZ:
+        return []
+    return [
+        Error(
+            "django-jobstatus needs USE_TZ = True.",
+            hint="Its timestamps are aware datetimes: with USE_TZ = False the admin and the purge fail.",
+            id="jobstatus.E007",
+        )
+    ]

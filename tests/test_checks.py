@@ -197,3 +197,10 @@ def test_bad_alert_and_metrics_settings(jobstatus, message) -> None:
     (found,) = _messages(jobstatus)
     assert found[0] == message[0]
     assert message[1] in found[1]
+
+
+def test_use_tz_false_is_e007() -> None:
+    with override_settings(USE_TZ=False):
+        assert _messages({}) == [
+            ("jobstatus.E007", "django-jobstatus needs USE_TZ = True.")
+        ]

@@ -8,7 +8,7 @@ import threading
 import time
 import traceback as tb
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cronsim import CronSim, CronSimError
@@ -20,6 +20,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus import statements
@@ -349,10 +350,20 @@ class JobRun(models.Model):
         """Time spent queued before the first start; grows while it waits."""
         if self.queued_at is None:
             return None
-        # A retry clears started_at: the first attempt's start is in attempts.
-        first = self.attempts[0].get("started_at") if self.attempts else None
-        started = datetime.fromisoformat(first) if first else self.started_at
+        started = self._first_start() or self.started_at
         return (started or self.finished_at or timezone.now()) - self.queued_at
+
+    def _first_start(self) -> datetime | None:
+        """The first attempt's start, from ``attempts`` (a retry clears ``started_at``)."""
+        first = self.attempts[0] if self.attempts else None
+        text = first.get("started_at") if isinstance(first, dict) else None
+        try:
+            started = parse_datetime(text) if isinstance(text, str) else None
+        except ValueError:  # well formed, but no such time
+            return None
+        if started is not None and timezone.is_naive(started):
+            started = timezone.make_aware(started, UTC)
+        return started
 
     @property
     def is_active(self) -> bool:

@@ -448,6 +448,14 @@ def test_waiting_ends_at_the_first_start_whatever_the_attempt(make_run) -> None:
     run.mark_running()
     run.mark_succeeded()
     assert JobRun.objects.get(pk=run.pk).waiting == timedelta(seconds=10)
+    # attempts is JSON anyone may have written: what is not a time there is passed over.
+    for attempts in ([{"started_at": "not a time"}], [{"started_at": 3}], ["x"]):
+        odd = make_run(
+            queued_at=now - timedelta(seconds=30),
+            started_at=now - timedelta(seconds=20),
+            attempts=attempts,
+        )
+        assert odd.waiting == timedelta(seconds=10)
 
 
 def test_is_active_is_finished(make_run) -> None:

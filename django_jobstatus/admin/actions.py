@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from django_jobstatus import contrib, retention
+from django_jobstatus import contrib, retention, retries
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -105,9 +105,12 @@ def mark_killed(
 
 @admin.action(description=gettext_lazy("Retry (enqueue again)"), permissions=["change"])
 def retry(modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]) -> None:
-    retried = 0
+    retried = active = 0
     refused: dict[str, int] = {}
     for run in queryset.iterator():
+        if retries.refusal(run) is not None:
+            active += 1
+            continue
         if not contrib.can_retry(run):
             refused[run.source] = refused.get(run.source, 0) + 1
             continue
@@ -127,6 +130,17 @@ def retry(modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]) -> 
             ngettext("Enqueued %(n)d run again.", "Enqueued %(n)d runs again.", retried)
             % {"n": retried},
             messages.SUCCESS,
+        )
+    if active:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "Skipped %(n)d run: it is still active, and only finished runs are retried.",
+                "Skipped %(n)d runs: they are still active, and only finished runs are retried.",
+                active,
+            )
+            % {"n": active},
+            messages.WARNING,
         )
     for source, n in sorted(refused.items()):
         modeladmin.message_user(

@@ -35,7 +35,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from django_jobstatus import contrib, export, health, retention
+from django_jobstatus import contrib, export, health, retention, retries
 from django_jobstatus.api.filters import (
     JobLogFilterSet,
     JobMonitorFilterSet,
@@ -535,8 +535,8 @@ class JobRunViewSet(
         parameters=[_ID],
         description=_(
             "Enqueues the run's job again with the same arguments, through the integration that "
-            "recorded it (Django tasks, Celery, RQ), and answers the new run. 409 when no enabled "
-            "integration can retry it; 503 when the task system refused (e.g. its broker is away)."
+            "recorded it (Django tasks, Celery, RQ), and answers the new run. 409 when it is still "
+            "active (only finished runs are retried) or no enabled integration can retry it; 503 when the task system refused (e.g. its broker is away)."
         ),
         request=None,
         responses={
@@ -554,6 +554,12 @@ class JobRunViewSet(
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
         run = self.get_object()
+        refusal = retries.refusal(run)
+        if refusal is not None:
+            return Response(
+                {"detail": refusal, "status": run.status},
+                status=status.HTTP_409_CONFLICT,
+            )
         if not contrib.can_retry(run):
             return Response(
                 {
@@ -722,11 +728,9 @@ class _NotRetried(Exception):  # noqa: N818 (a refusal, reported, never raised o
 
 def _retry_finished(run: JobRun) -> JobRun:
     """Enqueue a finished ``run`` again: the new run, or _NotRetried saying why not."""
-    if not run.is_finished:
-        raise _NotRetried(
-            _("It is still %(status)s: only finished runs are retried.")
-            % {"status": run.status}
-        )
+    refusal = retries.refusal(run)
+    if refusal is not None:
+        raise _NotRetried(refusal)
     if not contrib.can_retry(run):
         raise _NotRetried(
             _("No enabled integration can enqueue source %(source)r again.")

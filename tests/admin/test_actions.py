@@ -109,6 +109,20 @@ def test_retry_with_and_without_an_integration(admin_client, make_run):
     assert JobRun.objects.for_job("a").queued().count() == 1
 
 
+def test_retry_skips_active_runs(admin_client, make_run, retry_backend):
+    done = make_run("a", status=Status.FAILED, source="tests_backend")
+    running = make_run("b", status=Status.RUNNING, source="tests_backend")
+    queued = make_run("c", status=Status.QUEUED, source="tests_backend")
+    messages = said(act(admin_client, "retry", done, running, queued))
+    assert retry_backend == [done.pk]
+    assert "Enqueued 1 run again." in messages
+    assert (
+        "Skipped 2 runs: they are still active, and only finished runs are retried."
+        in messages
+    )
+    assert JobRun.objects.count() == 4
+
+
 def test_delete_shows_the_confirmation_then_deletes_finished_runs_only(
     admin_client, make_run
 ):

@@ -114,6 +114,18 @@ def test_retry_button(admin_client, make_run):
     assert response["Location"].endswith(f"{new.pk}/change/")
 
 
+def test_no_retry_of_an_active_run(admin_client, make_run, retry_backend):
+    run = make_run("a", status=Status.RUNNING, source="tests_backend")
+    tools = page(admin_client, run).split('class="object-tools"')[1].split("</ul>")[0]
+    assert "Retry" not in tools
+    response = admin_client.post(f"{URL}{run.pk}/retry/", follow=True)
+    assert "It is still running: only finished runs are retried." in (
+        response.content.decode()
+    )
+    assert retry_backend == []
+    assert list(JobRun.objects.all()) == [run]
+
+
 def test_children_counted_by_status(admin_client, make_run):
     parent = make_run("batch")
     for status in (Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED, Status.RUNNING):

@@ -33,6 +33,20 @@ def test_retry_answers_the_new_run(api, make_run, backend):
     assert backend == [run.pk]
 
 
+@pytest.mark.parametrize("still", [Status.QUEUED, Status.RUNNING, Status.RETRYING])
+def test_retry_of_an_active_run_is_a_409_like_the_bulk_retry(
+    api, make_run, backend, still
+):
+    run = make_run("mail.send", status=still, source="tests_backend")
+    bulk = api.post(f"{BASE}retry/", {"ids": [str(run.pk)]}, format="json").json()
+    response = api.post(f"{BASE}{run.pk}/retry/")
+    assert response.status_code == 409, response.content
+    reason = f"It is still {still}: only finished runs are retried."
+    assert response.json()["detail"] == bulk["not_retried"][0]["reason"] == reason
+    assert backend == []
+    assert JobRun.objects.count() == 1
+
+
 def test_retry_without_an_integration_is_a_409(api, make_run):
     run = make_run(status=Status.FAILED, source="command")
     response = api.post(f"{BASE}{run.pk}/retry/")

@@ -34,7 +34,13 @@ from django_jobstatus import contrib, statements, writebehind
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.states import Status
-from django_jobstatus.values import check_job_name, check_json, default_worker, storable
+from django_jobstatus.values import (
+    BIGINT_MAX,
+    check_job_name,
+    check_json,
+    default_worker,
+    storable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -357,9 +363,14 @@ def distinct_job_names(model: Any, using: str, limit: int | None = None) -> list
 
 
 def _whole(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``value``, a whole number from ``minimum`` to BIGINT_MAX (the SQL bound it goes to)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not minimum <= value <= BIGINT_MAX
+    ):
         raise ValueError(
-            f"{name} must be a whole number of {minimum} or more, not {value!r}"
+            f"{name} must be a whole number from {minimum} to {BIGINT_MAX}, not {value!r}"
         )
     return value
 

@@ -222,6 +222,9 @@ def test_active_runs_need_include_active(aged: Any, purge: Any) -> None:
         (["--days", "-1"], "negative"),
         (["--days", "soon"], "not a whole number"),
         (["--keep-last", "-2"], "negative"),
+        (["--keep-last", str(2**63)], "too big: at most 9223372036854775807"),
+        (["--keep-last", str(2**63), "--dry-run"], "too big"),
+        (["--batch-size", str(2**63)], "too big"),
         (["--batch-size", "0"], "not 1 or more"),
         (["--status", "done"], "not a status"),
         (["--status", "queued"], "not finished"),
@@ -496,8 +499,12 @@ def test_queries_do_not_grow_with_the_runs(
 def test_python_api_checks_its_arguments(aged: Any) -> None:
     with pytest.raises(ValueError, match="keep_last"):
         JobRun.objects.purge(keep_last=-1)
+    with pytest.raises(ValueError, match="keep_last .* to 9223372036854775807"):
+        JobRun.objects.purge(keep_last=2**63)
     with pytest.raises(ValueError, match="batch_size"):
         JobRun.objects.purge(batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        JobRun.objects.purge(batch_size=2**63)
     with pytest.raises(ValueError, match="Unknown status in retention"):
         JobRun.objects.purge(retention={"done": 3})
     with pytest.raises(ValueError, match="days"):

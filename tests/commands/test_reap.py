@@ -153,6 +153,14 @@ def test_python_api_counts_and_batches(make_run: Any) -> None:
     )  # nothing left to reap
 
 
+@pytest.mark.parametrize("batch_size", [0, 2**63])
+def test_python_api_checks_the_batch_size(make_run: Any, batch_size: int) -> None:
+    run = make_run("tests.job", heartbeat_at=ago(600))
+    with pytest.raises(ValueError, match="batch_size"):
+        JobRun.objects.reap(60, batch_size=batch_size)
+    assert status(run) == Status.RUNNING
+
+
 def test_python_api_dry_run_lists_and_changes_nothing(make_run: Any) -> None:
     stale = make_run("tests.job", heartbeat_at=ago(600), worker="w:1")
     make_run("tests.job", heartbeat_at=ago(1))

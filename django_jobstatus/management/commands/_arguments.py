@@ -10,6 +10,7 @@ from django.utils.translation import gettext as _
 from django_jobstatus.conf import settings
 from django_jobstatus.models import Status
 from django_jobstatus.querysets import as_timedelta
+from django_jobstatus.values import BIGINT_MAX
 
 
 def _within_max_age(name: str, value: str, number: float) -> None:
@@ -23,7 +24,18 @@ def _within_max_age(name: str, value: str, number: float) -> None:
 
 
 def whole_number(value: str) -> int:
-    """argparse type: a whole number of 0 or more."""
+    """argparse type: a whole number of 0 or more, at most BIGINT_MAX (an SQL bigint)."""
+    number = _not_negative(value)
+    if number > BIGINT_MAX:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is too big: at most %(max)d")
+            % {"value": value, "max": BIGINT_MAX}
+        )
+    return number
+
+
+def _not_negative(value: str) -> int:
+    """``value`` as a whole number of 0 or more; a usage error when it is not one."""
     try:
         number = int(value)
     except ValueError:
@@ -37,7 +49,7 @@ def whole_number(value: str) -> int:
 
 def day_count(value: str) -> int:
     """argparse type: a whole number of days, 0 or more, at most some 1000 years."""
-    number = whole_number(value)
+    number = _not_negative(value)
     _within_max_age("days", value, number)
     return number
 

@@ -22,6 +22,7 @@ from django.utils.translation import ngettext
 from django_jobstatus import contrib, retention
 from django_jobstatus.admin import actions
 from django_jobstatus.admin.display import admin_url
+from django_jobstatus.admin.guard import holds_nul
 from django_jobstatus.admin.windows import WINDOWS, chosen
 from django_jobstatus.fingerprints import error_class
 from django_jobstatus.models import JobRun
@@ -112,9 +113,12 @@ def failures_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
 
 def _posted_group(request: HttpRequest) -> tuple[str, str, str]:
     job_name = request.POST.get("job_name", "")
+    fingerprint = request.POST.get("fingerprint", "")
     if not job_name:
         raise BadRequest(_("job_name is required: the group's job."))
-    return job_name, request.POST.get("fingerprint", ""), _window(request.POST)
+    if holds_nul(job_name, fingerprint):
+        raise BadRequest(_("null characters are not allowed"))
+    return job_name, fingerprint, _window(request.POST)
 
 
 def _back(window: str) -> HttpResponse:

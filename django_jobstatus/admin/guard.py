@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
 
 
+def holds_nul(*values: Any) -> bool:
+    """Whether one of ``values`` holds NUL, which PostgreSQL cannot compare with text."""
+    return any("\x00" in str(value) for value in values)
+
+
 class GuardedAdmin:
     """A ModelAdmin mixin (put it first): the permission rule, refused lookups, checked ids."""
 
@@ -53,7 +58,7 @@ class GuardedAdmin:
             f.name for f in self.opts.get_fields() if isinstance(f, JSONField)
         }
         values = value if isinstance(value, list | tuple) else [value]
-        if field in json_fields or any("\x00" in str(item) for item in values):
+        if field in json_fields or holds_nul(*values):
             return False
         return bool(super().lookup_allowed(lookup, value, request))  # type: ignore[misc]
 

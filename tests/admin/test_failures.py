@@ -174,3 +174,21 @@ def test_a_group_without_its_job_is_a_400(admin_client, make_run):
         )
         assert response.status_code == 400
     assert JobRun.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("action", "group"),
+    [
+        ("retry/", {"job_name": "x\x00"}),
+        ("delete/", {"job_name": "x\x00"}),
+        ("delete/", {"job_name": "x", "fingerprint": "E: <n>\x00"}),
+    ],
+)
+def test_a_group_with_a_nul_is_a_400(admin_client, make_run, backend, action, group):
+    """PostgreSQL cannot compare NUL: the admin's rule for lookups (holds_nul), not a 500."""
+    fail(make_run, "x", "E: 1", source="tests_backend")
+    admin_client.raise_request_exception = False
+    response = admin_client.post(URL + action, {**group, "confirm": "yes"})
+    assert response.status_code == 400
+    assert JobRun.objects.count() == 1
+    assert backend == []

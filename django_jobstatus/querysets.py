@@ -28,9 +28,10 @@ from django.db.models.functions import Concat
 from django.db.models.lookups import Exact
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from django_jobstatus import contrib, statements, writebehind
+from django_jobstatus import contrib, heartbeats, statements, writebehind
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.states import Status
@@ -203,6 +204,31 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (
         position - low
     )
+
+
+def stale_timeout(timeout: float | timedelta | None = None) -> timedelta:
+    """The silence after which a running run is stale: ``timeout`` seconds (default
+    HEARTBEAT_TIMEOUT), which live runs must be able to meet (else a ValueError saying why).
+
+    Workers beat every ``heartbeats.interval()`` (HEARTBEAT_TIMEOUT / 3): a timeout shorter
+    than two intervals would find live runs stale between two beats. HEARTBEAT_TIMEOUT
+    itself always passes.
+    """
+    delta = as_timedelta(
+        "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
+    )
+    beat = heartbeats.interval()
+    shortest = min(2 * beat, float(settings.HEARTBEAT_TIMEOUT))
+    if delta.total_seconds() < shortest:
+        raise ValueError(
+            gettext(
+                "A timeout of %(timeout)g s would mark live runs lost: it must be at least "
+                "%(shortest)g s, two heartbeat intervals, as workers beat every %(beat)g s "
+                "(HEARTBEAT_TIMEOUT / 3)."
+            )
+            % {"timeout": delta.total_seconds(), "shortest": shortest, "beat": beat}
+        )
+    return delta
 
 
 def stale_condition(timeout: timedelta) -> Q:
@@ -467,11 +493,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         return self.order_by("-created_at", "-id")[:limit]
 
     def stale(self, timeout: float | timedelta | None = None) -> Self:
-        """Running runs with no heartbeat (or start, if they never beat) for ``timeout`` seconds."""
-        delta = as_timedelta(
-            "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
-        )
-        return self.filter(stale_condition(delta))
+        """Running runs with no heartbeat (or start, if they never beat) for ``timeout``
+        seconds (default HEARTBEAT_TIMEOUT; at least two heartbeat intervals, stale_timeout())."""
+        return self.filter(stale_condition(stale_timeout(timeout)))
 
     def stale_queued(self, timeout: float | timedelta | None = None) -> Self:
         """Queued runs no worker started for ``timeout`` seconds (default ``QUEUED_TIMEOUT``)."""

@@ -47,6 +47,7 @@ from django_jobstatus.querysets import (
     _whole,
     as_timedelta,
     distinct_job_names,
+    stale_timeout,
     values_table,
 )
 from django_jobstatus.states import Status
@@ -722,9 +723,7 @@ def reap(
 ) -> ReapResult:
     """The body of ``JobRunQuerySet.reap()`` (which documents the arguments)."""
     runs = runs.writing()
-    delta = as_timedelta(
-        "seconds", settings.HEARTBEAT_TIMEOUT if timeout is None else timeout
-    )
+    delta = stale_timeout(timeout)
     if queued_timeout is None:
         queued_timeout = settings.QUEUED_TIMEOUT
     queued_delta = (

@@ -197,7 +197,7 @@ def test_recent_rejects_bad_limits(bad: Any) -> None:
         JobRun.objects.recent(bad)
 
 
-def test_stale_uses_heartbeat_then_start(make_run) -> None:
+def test_stale_uses_heartbeat_then_start(make_run, settings) -> None:
     now = timezone.now()
     old, new = now - timedelta(seconds=600), now - timedelta(seconds=10)
     silent = make_run(heartbeat_at=old, started_at=old)
@@ -210,8 +210,9 @@ def test_stale_uses_heartbeat_then_start(make_run) -> None:
     make_run(status=Status.SUCCEEDED, heartbeat_at=old, started_at=old)  # finished
     assert set(JobRun.objects.stale(300)) == {silent, never_beat}
     assert set(JobRun.objects.stale(timedelta(seconds=300))) == {silent, never_beat}
-    assert JobRun.objects.stale(5).count() == 4
     assert JobRun.objects.stale(3600).count() == 0
+    settings.JOBSTATUS = {"HEARTBEAT_TIMEOUT": 6}  # workers beat every 2 s
+    assert JobRun.objects.stale(5).count() == 4
 
 
 def test_stale_defaults_to_heartbeat_timeout(make_run, settings) -> None:

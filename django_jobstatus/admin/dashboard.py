@@ -44,7 +44,7 @@ from django_jobstatus.admin.monitors import health_panel
 from django_jobstatus.admin.windows import DASHBOARD_WINDOWS, WINDOWS, chosen
 from django_jobstatus.fingerprints import error_class
 from django_jobstatus.models import JobRun, Status
-from django_jobstatus.querysets import MAX_AGE, as_timedelta, stale_condition
+from django_jobstatus.querysets import MAX_AGE, stale_condition, stale_timeout
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
@@ -122,7 +122,7 @@ def active_now() -> tuple[list[dict[str, Any]], Counter[str], int]:
     """
     # stale()'s test on the row itself, no subquery: a correlated EXISTS inside the window
     # aggregates took seconds on a few hundred active runs.
-    stale = stale_condition(as_timedelta("seconds", conf.settings.HEARTBEAT_TIMEOUT))
+    stale = stale_condition(stale_timeout())
     one_if = {
         f"n_{status}": Window(
             Sum(Case(When(status=status, then=Value(1)), default=Value(0)))

@@ -69,7 +69,7 @@ def test_reapers_and_a_finishing_job_race_with_exactly_one_outcome_per_run() -> 
                 reaper_won.add(run.pk)
 
     def reaper() -> None:
-        results.append(JobRun.objects.reap(60, batch_size=5))
+        results.append(JobRun.objects.reap(300, batch_size=5))
 
     barrier = threading.Barrier(3)
     threads = [

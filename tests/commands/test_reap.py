@@ -70,13 +70,8 @@ def test_default_timeout_reaps_silent_running_runs_only(
 
 
 def test_timeout_option(runs: dict[str, JobRun], reap: Any) -> None:
-    reap("--timeout", "5")
-    assert {name for name, run in runs.items() if status(run) == Status.LOST} == {
-        "silent",
-        "never beat",
-        "fresh",
-        "young",
-    }
+    reap("--timeout", "1000")
+    assert {name for name, run in runs.items() if status(run) == Status.LOST} == set()
 
 
 def test_timeout_default_comes_from_settings(
@@ -145,11 +140,11 @@ def test_database_option(runs: dict[str, JobRun], reap: Any) -> None:
 
 def test_python_api_counts_and_batches(make_run: Any) -> None:
     stale = [make_run("tests.job", heartbeat_at=ago(600)) for _ in range(5)]
-    result = JobRun.objects.reap(60, batch_size=2)
+    result = JobRun.objects.reap(300, batch_size=2)
     assert (result.reaped, result.finished) == (5, 0)
     assert all(status(run) == Status.LOST for run in stale)
     assert (
-        JobRun.objects.reap(timedelta(seconds=60)).reaped == 0
+        JobRun.objects.reap(timedelta(seconds=300)).reaped == 0
     )  # nothing left to reap
 
 
@@ -157,7 +152,7 @@ def test_python_api_counts_and_batches(make_run: Any) -> None:
 def test_python_api_checks_the_batch_size(make_run: Any, batch_size: int) -> None:
     run = make_run("tests.job", heartbeat_at=ago(600))
     with pytest.raises(ValueError, match="batch_size"):
-        JobRun.objects.reap(60, batch_size=batch_size)
+        JobRun.objects.reap(300, batch_size=batch_size)
     assert status(run) == Status.RUNNING
 
 
@@ -166,7 +161,7 @@ def test_python_api_dry_run_lists_and_changes_nothing(make_run: Any) -> None:
     make_run("tests.job", heartbeat_at=ago(1))
     waiting = make_run("tests.waiting", status=Status.QUEUED, queued_at=ago(600))
 
-    result = JobRun.objects.reap(60, queued_timeout=120, dry_run=True)
+    result = JobRun.objects.reap(300, queued_timeout=120, dry_run=True)
 
     assert (result.reaped, result.expired, result.dry_run) == (1, 1, True)
     assert result.stale_runs == [(stale.pk, "tests.job", "w:1")]
@@ -177,8 +172,25 @@ def test_python_api_dry_run_lists_and_changes_nothing(make_run: Any) -> None:
 def test_narrowed_queryset_reaps_only_its_runs(make_run: Any) -> None:
     mine = make_run("tests.mine", heartbeat_at=ago(600))
     other = make_run("tests.other", heartbeat_at=ago(600))
-    JobRun.objects.for_job("tests.mine").reap(60)
+    JobRun.objects.for_job("tests.mine").reap(300)
     assert (status(mine), status(other)) == (Status.LOST, Status.RUNNING)
+
+
+def test_a_timeout_live_runs_cannot_meet_is_refused(make_run: Any, reap: Any) -> None:
+    """With HEARTBEAT_TIMEOUT 300 the workers beat every 100 s: a run that beat 90 s ago
+    lives, and a timeout below two beats (200 s) would mark it lost."""
+    live = make_run("tests.job", heartbeat_at=ago(90))
+    message = r"at least 200 s, two heartbeat intervals.*every 100 s"
+    with pytest.raises(CommandError, match=message):
+        reap("--timeout", "60")
+    with pytest.raises(ValueError, match=message):
+        JobRun.objects.reap(timeout=60)
+    with pytest.raises(ValueError, match=message):
+        JobRun.objects.stale(timedelta(seconds=199))
+    assert status(live) == Status.RUNNING
+    assert JobRun.objects.reap(timeout=200).reaped == 0
+    with override_settings(JOBSTATUS={"HEARTBEAT_TIMEOUT": 90}):  # beats every 30 s
+        assert JobRun.objects.reap(timeout=60).reaped == 1
 
 
 @pytest.mark.parametrize("timeout", ["1e12", "1e308"])

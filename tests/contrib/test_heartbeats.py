@@ -22,9 +22,10 @@ from typing import Any
 import django_rq
 import pytest
 import rq
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connections
-from django.test.utils import CaptureQueriesContext
+from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 from django.utils.connection import ConnectionDoesNotExist
 
@@ -54,9 +55,18 @@ TIMEOUT = (
 CELERY_QUEUE = f"jobstatus-heartbeats-{os.getpid()}"
 
 
+def like_the_workers() -> Any:
+    """This process configured as the workers are: the reaper refuses a timeout shorter
+    than two heartbeat intervals of its own HEARTBEAT_TIMEOUT."""
+    return override_settings(
+        JOBSTATUS={**django_settings.JOBSTATUS, "HEARTBEAT_TIMEOUT": TIMEOUT}
+    )
+
+
 def reap(timeout: float = TIMEOUT) -> str:
     out = StringIO()
-    call_command("reap_jobstatus", f"--timeout={timeout}", stdout=out)
+    with like_the_workers():
+        call_command("reap_jobstatus", f"--timeout={timeout}", stdout=out)
     return out.getvalue()
 
 
@@ -105,11 +115,12 @@ def reaped_once_killed(run: JobRun, worker: Popen[bytes], log: Path) -> None:
     assert "Marked 0 runs lost" in reap()  # alive: still beaten for
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(timeout=30)
-    wait_for(
-        lambda: JobRun.objects.stale(TIMEOUT).filter(pk=run.pk).exists(),
-        timeout=TIMEOUT + 30,
-        what="the dead worker's last heartbeat to get older than the timeout",
-    )
+    with like_the_workers():
+        wait_for(
+            lambda: JobRun.objects.stale(TIMEOUT).filter(pk=run.pk).exists(),
+            timeout=TIMEOUT + 30,
+            what="the dead worker's last heartbeat to get older than the timeout",
+        )
     assert "Marked 1 run lost" in reap()
     assert refreshed(run).status == Status.LOST
 

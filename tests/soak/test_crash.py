@@ -67,8 +67,10 @@ def _lines(run: JobRun) -> list[tuple[Any, ...]]:
 
 
 def test_a_killed_worker_leaves_its_run_running_until_the_reaper_marks_it_lost(
-    tmp_path: Path,
+    tmp_path: Path, settings: Any
 ) -> None:
+    # The reaper's configuration: it refuses a timeout below two of its heartbeat intervals.
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "HEARTBEAT_TIMEOUT": TIMEOUT}
     with track("faults.done") as job:
         job.info("done before the crash")
     done = job.run

@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from django_jobstatus import contrib, retention, retries
+from django_jobstatus import contrib, retention
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -108,7 +108,7 @@ def retry(modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]) -> 
     retried = active = 0
     refused: dict[str, int] = {}
     for run in queryset.iterator():
-        if retries.refusal(run) is not None:
+        if contrib.retry_refusal(run) is not None:
             active += 1
             continue
         if not contrib.can_retry(run):

@@ -20,7 +20,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from django_jobstatus import contrib, retries
+from django_jobstatus import contrib
 from django_jobstatus.admin import (
     actions,
     exports,
@@ -565,7 +565,7 @@ class JobRunAdmin(
 
     def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         run = self._run_for_button(request, object_id)
-        refusal = retries.refusal(run)
+        refusal = contrib.retry_refusal(run)
         if refusal is not None:
             self.message_user(request, refusal, messages.WARNING)
             return HttpResponseRedirect(
@@ -637,7 +637,7 @@ class JobRunAdmin(
                 and self.has_change_permission(request, run),
                 "can_force_kill": run.is_active
                 and self.has_change_permission(request, run),
-                "can_retry": retries.refusal(run) is None
+                "can_retry": contrib.retry_refusal(run) is None
                 and contrib.can_retry(run)
                 and self.has_change_permission(request, run),
                 "live_poll": live.poll_seconds(request),

@@ -35,7 +35,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from django_jobstatus import contrib, export, health, retention, retries
+from django_jobstatus import contrib, export, health, retention
 from django_jobstatus.api.filters import (
     JobLogFilterSet,
     JobMonitorFilterSet,
@@ -554,7 +554,7 @@ class JobRunViewSet(
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
         run = self.get_object()
-        refusal = retries.refusal(run)
+        refusal = contrib.retry_refusal(run)
         if refusal is not None:
             return Response(
                 {"detail": refusal, "status": run.status},
@@ -728,7 +728,7 @@ class _NotRetried(Exception):  # noqa: N818 (a refusal, reported, never raised o
 
 def _retry_finished(run: JobRun) -> JobRun:
     """Enqueue a finished ``run`` again: the new run, or _NotRetried saying why not."""
-    refusal = retries.refusal(run)
+    refusal = contrib.retry_refusal(run)
     if refusal is not None:
         raise _NotRetried(refusal)
     if not contrib.can_retry(run):

@@ -71,6 +71,17 @@ def can_retry(run: JobRun) -> bool:
     return run.source in _backends
 
 
+def retry_refusal(run: JobRun) -> str | None:
+    """Why ``run`` may not be enqueued again now, or None when it may: the rule every
+    retry (the API's, the admin's) applies first. Only a finished run is retried: an
+    active one would run twice at once."""
+    if run.is_finished:
+        return None
+    return _("It is still %(status)s: only finished runs are retried.") % {
+        "status": run.status
+    }
+
+
 def retry(run: JobRun) -> JobRun:
     """Enqueue ``run``'s job again; ValueError when no integration can."""
     from django_jobstatus.models import was_cut

@@ -16,16 +16,19 @@ Enable with::
   crashed or was killed by the OOM killer), ``retrying`` (RQ's ``Retry``), ``killed``
   (stopped or canceled) or ``succeeded``;
 - ``Job.perform`` (the work horse): ``current_job()`` works inside the job, its progress
-  and logs are flushed when it ends, and a success is recorded with the result (a job
-  that reported nothing leaves its success to the main process, which reads the result
-  from RQ: the horse then needs no database connection);
+  and logs are flushed when it ends, and a success is recorded with the result once RQ
+  has finished the job (a returned ``Retry``, or a success callback that raises, is no
+  success: the main process records what RQ decided; a job that reported nothing leaves
+  its success to the main process, which reads the result from RQ: the horse then needs
+  no database connection);
 - a worker that died is noticed by RQ's cleanup of abandoned jobs (``lost``), or by
   ``reap_jobstatus``.
 
 Kill sends RQ's stop-job command (forking workers only: ``SimpleWorker`` cannot stop a
 job) or cancels a job that has not started; retry enqueues the function again with the
 same arguments, as a new run. The same classes work with rq 2.x and 3.x: they override
-only ``execute_job`` and ``perform``, whose signatures did not change.
+``execute_job`` and ``perform``, whose signatures did not change, and ``perform_job``,
+passing on what follows the job and its queue (rq 3 added the execution).
 """
 
 from __future__ import annotations
@@ -172,6 +175,9 @@ def _forgotten_if_refused(
 class Job(rq.job.Job):
     """RQ's job whose ``perform()`` makes ``current_job()`` work and records a success."""
 
+    # What the function returned, while the work horse waits for RQ to decide the outcome.
+    _jobstatus_returned: tuple[Any] | None = None
+
     def perform(self) -> Any:
         if not _connected:
             return super().perform()
@@ -206,7 +212,9 @@ class Job(rq.job.Job):
             if own:
                 _finish(execution, result)
             elif not _parent_records(self, execution):
-                _finish(execution, result)
+                # Recorded once RQ has decided (``_Recording.perform_job``): it may retry
+                # (a returned ``Retry``) or fail (a raising success callback) the job.
+                self._jobstatus_returned = (result,)
                 _tell_parent(self)
             return result
         finally:
@@ -218,9 +226,26 @@ class Job(rq.job.Job):
 
 @contrib.never_raises
 def _tell_parent(job: rq.job.Job) -> None:
-    """Let the worker's main process know that this work horse recorded the success."""
+    """Let the worker's main process know that this work horse records the success (if RQ finishes the job)."""
     job.meta[RECORDED] = True
     job.save_meta()  # type: ignore[no-untyped-call]
+
+
+@contrib.never_raises
+def _decided(job: rq.job.Job, *, done: bool) -> None:
+    """In the work horse, once RQ has handled what the job's function returned: record the
+    success, unless RQ retries the job (it returned ``Retry``) or failed it (``done`` is
+    false: e.g. its success callback raised). Then what the job reported is written, and
+    the worker's main process records the outcome from the job's RQ status."""
+    execution = _executions.get(job.id)
+    if not isinstance(job, Job) or job._jobstatus_returned is None or execution is None:
+        return
+    (result,) = job._jobstatus_returned
+    job._jobstatus_returned = None
+    if done and not isinstance(result, rq.Retry):
+        _finish(execution, result)
+    elif execution.handle is not None and execution.handle.has_news:
+        execution.handle.flush()
 
 
 def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
@@ -273,6 +298,13 @@ class _Recording:
         with own_connections.tracking_through_own():
             return super().work(*args, **kwargs)  # type: ignore[misc]
 
+    def perform_job(self, job: rq.job.Job, queue: rq.Queue, *args: Any) -> bool:
+        # rq 3 passes the execution too: whatever follows job and queue goes through.
+        done: bool = super().perform_job(job, queue, *args)  # type: ignore[misc]
+        if _connected:
+            _decided(job, done=done)
+        return done
+
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> Any:
         if not _connected:
             return super().execute_job(job, queue)  # type: ignore[misc]
@@ -293,9 +325,9 @@ class _Recording:
 
 def _exc_string(job: rq.job.Job) -> str:
     result = job.latest_result()
-    return str(
-        getattr(result, "exc_string", None) or getattr(job, "exc_info", None) or ""
-    )
+    if result is not None:  # a job that returned Retry: a result with no exc_string
+        return str(result.exc_string or "")
+    return str(getattr(job, "exc_info", None) or "")  # deprecated in rq 3
 
 
 def _error_fields(job: rq.job.Job) -> dict[str, str]:

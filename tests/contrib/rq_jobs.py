@@ -93,6 +93,26 @@ def obedient(seconds: float) -> str:
     return "done"
 
 
+def retried_once(report: bool) -> str | rq.Retry:
+    """Ask RQ for one retry by returning ``Retry`` (no exception); say which attempt runs when ``report``."""
+    job = rq.get_current_job()
+    assert job is not None
+    if report:
+        from django_jobstatus import current_job
+
+        handle = current_job()
+        assert handle is not None
+        handle.message(f"attempt {(job.number_of_retries or 0) + 1}")
+    if not job.number_of_retries:
+        return rq.Retry(max=2)
+    return "done"
+
+
+def refuse_success(job: rq.job.Job, connection: Any, result: Any) -> None:
+    """An ``on_success`` callback that fails: RQ then fails the job that returned."""
+    raise RuntimeError("the success callback failed")
+
+
 def crash() -> None:
     """Die the way an OOM kill does: no exception, no cleanup."""
     os.kill(os.getpid(), signal.SIGKILL)

@@ -15,7 +15,7 @@ import redis
 import rq
 import rq.registry
 from django.utils import timezone
-from rq import Retry
+from rq import Callback, Retry
 
 from django_jobstatus import contrib
 from django_jobstatus.contrib import rq as jobstatus_rq
@@ -151,6 +151,44 @@ def test_a_simple_worker_in_this_process_records_its_jobs(
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
+def test_a_job_that_returns_retry_is_a_retry_of_its_run(local_queue: rq.Queue) -> None:
+    """RQ retries a job that returned ``rq.Retry``: that attempt did not succeed, and the
+    next one is attempt 2 of the same run (it was recorded succeeded, the retry a new run)."""
+    job = local_queue.enqueue(rq_jobs.retried_once, True)
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert job.get_status(refresh=True) == rq.job.JobStatus.FINISHED
+    runs = list(JobRun.objects.filter(source="rq", backend_job_id=job.id))
+    assert [(run.status, run.attempt, run.result) for run in runs] == [
+        (Status.SUCCEEDED, 2, "done")
+    ]
+    assert [entry["status"] for entry in runs[0].attempts] == ["retrying"]
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_job_rq_fails_after_it_returned_is_recorded_failed(
+    local_queue: rq.Queue,
+) -> None:
+    """A success callback that raises makes RQ fail the job after its function returned."""
+    job = local_queue.enqueue(
+        rq_jobs.report, 2, on_success=Callback(rq_jobs.refuse_success)
+    )
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert job.get_status(refresh=True) == rq.job.JobStatus.FAILED
+    run = recorded(job)
+    assert (run.status, run.error) == (
+        Status.FAILED,
+        "RuntimeError: the success callback failed",
+    )
+    assert run.progress_current == 2  # what the job reported is kept
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
 def test_a_cancel_that_races_the_retry_s_queued_record_still_ends_the_run_killed(
     local_queue: rq.Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -267,6 +305,35 @@ class TestWorker:
             "RuntimeError: 2 retries left",
             "RuntimeError: 1 retries left",
         ]
+
+    @pytest.mark.parametrize("report", [True, False], ids=["reporting", "silent"])
+    def test_a_job_that_returns_retry_is_a_retry_of_its_run(
+        self, rq_worker: Popen[bytes], queue: rq.Queue, report: bool
+    ) -> None:
+        """Reporting: the work horse writes; silent: the worker's main process records alone."""
+        job = queue.enqueue(rq_jobs.retried_once, report)
+        run = finished(recorded(job), rq_worker)
+        assert (run.status, run.attempt, run.result) == (Status.SUCCEEDED, 2, "done")
+        assert [entry["status"] for entry in run.attempts] == ["retrying"]
+        assert JobRun.objects.filter(source="rq", backend_job_id=job.id).count() == 1
+        if report:
+            assert run.message == "attempt 2"
+
+    @pytest.mark.parametrize(
+        ("func", "args"),
+        [(rq_jobs.report, (2,)), (rq_jobs.add, (1, 2))],
+        ids=["reporting", "silent"],
+    )
+    def test_a_job_rq_fails_after_it_returned_is_recorded_failed(
+        self, rq_worker: Popen[bytes], queue: rq.Queue, func: Any, args: tuple[int, ...]
+    ) -> None:
+        job = queue.enqueue(func, *args, on_success=Callback(rq_jobs.refuse_success))
+        run = finished(recorded(job), rq_worker)
+        assert (run.status, run.error) == (
+            Status.FAILED,
+            "RuntimeError: the success callback failed",
+        )
+        assert job.get_status(refresh=True) == rq.job.JobStatus.FAILED
 
     def test_a_crashed_work_horse_fails_the_run(
         self, rq_worker: Popen[bytes], queue: rq.Queue

@@ -32,6 +32,7 @@ from django_jobstatus.tracking import (
     tracking_database,
     while_database_away,
 )
+from django_jobstatus.values import exception_text, storable
 
 logger = getLogger(__name__)
 
@@ -160,6 +161,25 @@ def forget_queued(pk: Any, source: str, backend_job_id: str) -> None:
         JobRun.objects.using(alias).filter(pk=pk).queued().delete()
 
     best_effort(forget, f"the failed enqueueing of {source} job {backend_job_id}")
+
+
+def _late_retry(run: JobRun, error: str, alias: str) -> None:
+    """Record the retry of ``run``'s attempt after the next attempt started (e.g. on another
+    worker, before Celery's ``task_retry`` of this one): into this attempt's entry in
+    ``attempts``, which the start closed as ``restarted`` (``mark_running()``) with no error."""
+    with statements.write_transaction(alias):
+        current = JobRun.objects.using(alias).select_for_update().filter(pk=run.pk)
+        found = current.values_list("attempts", flat=True).first()
+        attempts = [dict(entry) for entry in found or []]
+        for entry in attempts:
+            if (
+                entry.get("attempt") == run.attempt
+                and entry.get("status") == "restarted"
+            ):
+                entry["status"] = Status.RETRYING.value
+                entry["error"] = storable({"error": error})["error"]
+                current.update(attempts=attempts, updated_at=timezone.now())
+                return
 
 
 class Execution:
@@ -362,17 +382,18 @@ class Execution:
         handle.flush()
 
         def mark() -> None:
+            run = handle.run
             try:
-                handle.run.mark_failed(
-                    exc, retry=True, using=tracking_database(), **fields
-                )
-            except InvalidTransition as error:  # a newer attempt started already
+                run.mark_failed(exc, retry=True, using=tracking_database(), **fields)
+            except InvalidTransition as error:  # e.g. a newer attempt started already
                 logger.debug(
-                    "The retry of %s job %s was not recorded: %s",
+                    "The retry of %s job %s came late: %s",
                     self.source,
                     self.backend_job_id,
                     error,
                 )
+                text = exception_text(exc) if exc is not None else ""
+                _late_retry(run, fields.get("error") or text, tracking_database())
 
         contrib.durably(mark, f"the retry of {self.source} job {self.backend_job_id}")
 

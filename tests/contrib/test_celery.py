@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from celery import signals
+from celery import signals, states
 
 from django_jobstatus import contrib
 from django_jobstatus.contrib import celery as jobstatus_celery
@@ -115,6 +115,47 @@ def test_a_receiver_error_never_reaches_the_task(
 
     monkeypatch.setattr(Execution, "start", broken)
     assert add.apply(args=(1, 2)).get() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_task_retry_keeps_the_attempt_s_error(celery_on: None) -> None:
+    """Celery publishes a retry before it sends ``task_retry`` in the failing attempt, so
+    another worker can start attempt 2 in between: attempt 1's retry then goes into its
+    entry in ``attempts`` (it was dropped, leaving ``restarted`` with no error). Attempt 1
+    runs here through the receivers, attempt 2 as the other worker's receiver runs it."""
+    task_id = str(uuid.uuid4())
+    flaky.push_request(id=task_id, retries=0, hostname="w1@h", is_eager=True)
+    try:
+        signals.task_prerun.send(
+            sender=flaky, task_id=task_id, task=flaky, args=(2,), kwargs={}
+        )
+        other = Execution("celery", task_id, flaky.name, worker="w2@h:2", attempt=2)
+        other.start()
+        signals.task_retry.send(
+            sender=flaky,
+            request=flaky.request,
+            reason=RuntimeError("attempt 1 failed"),
+            einfo=None,
+        )
+        other.end(result=2)
+        other.close()
+        signals.task_postrun.send(
+            sender=flaky,
+            task_id=task_id,
+            task=flaky,
+            args=(2,),
+            kwargs={},
+            retval=None,
+            state=states.RETRY,
+        )
+    finally:
+        flaky.pop_request()
+    run = recorded(task_id)
+    assert (run.status, run.attempt, run.result) == (Status.SUCCEEDED, 2, 2)
+    assert [
+        (entry["attempt"], entry["status"], entry["worker"], entry["error"])
+        for entry in run.attempts
+    ] == [(1, Status.RETRYING, f"w1@h:{os.getpid()}", "RuntimeError: attempt 1 failed")]
 
 
 # With a real worker.

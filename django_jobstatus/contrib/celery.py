@@ -256,7 +256,11 @@ def _postrun(
             )
             if state in _ENDED_OK:  # e.g. raise Ignore()
                 execution.end(result=retval)
-            elif state == states.FAILURE:
+            elif state == states.FAILURE or (
+                state == states.REJECTED
+                and getattr(getattr(sender, "request", None), "is_eager", False)
+            ):
+                # Run by apply(), a rejected task has no worker's main process to report it.
                 execution.end(
                     retval
                     if isinstance(retval, BaseException)

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.exceptions import Reject
 
 from django_jobstatus import current_job
 from tests.contrib import loops
@@ -86,6 +87,11 @@ def silent(seconds: float) -> str:
 def marked(key: str) -> str:
     _mark(key)
     return key
+
+
+@app.task(name="tests.rejects")
+def rejects() -> None:
+    raise Reject("bad message", requeue=False)
 
 
 @app.task(name="tests.crash")

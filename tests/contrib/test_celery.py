@@ -25,6 +25,7 @@ from tests.contrib.celery_app import (
     fail,
     flaky,
     marked,
+    rejects,
     report,
     sleepy,
 )
@@ -104,6 +105,16 @@ def test_an_eager_task_is_recorded_with_its_progress(celery_on: None) -> None:
     assert (run.progress_current, run.progress_total, run.step) == (3, 3, "counting")
     assert run.result == {"counted": 3}
     assert list(run.logs.values_list("message", flat=True)) == ["counted 3 items"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_eager_task_that_rejects_its_message_fails(celery_on: None) -> None:
+    """apply() has no worker's main process to report a Reject: the run stayed running."""
+    result = rejects.apply()
+    assert result.state == states.REJECTED
+    run = recorded(result.id)
+    assert run.status == Status.FAILED
+    assert run.error.startswith("Reject: ")
 
 
 @pytest.mark.django_db(transaction=True)

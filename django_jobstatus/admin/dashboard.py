@@ -120,8 +120,8 @@ def active_now() -> tuple[list[dict[str, Any]], Counter[str], int]:
 
     One query: the counts are window aggregates over every active run, taken before the LIMIT.
     """
-    # stale()'s test on the row itself, no subquery: a correlated EXISTS inside the window
-    # aggregates took seconds on a few hundred active runs.
+    # stale()'s test, whose one subquery (the active children's parents) is not correlated:
+    # a correlated EXISTS inside the window aggregates took seconds on a few hundred active runs.
     stale = stale_condition(stale_timeout())
     one_if = {
         f"n_{status}": Window(

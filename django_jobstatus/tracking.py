@@ -447,10 +447,16 @@ class JobHandle:
         keeps that state. A result that JSON can no longer hold (changed after it was
         set) ends the run failed with the TypeError, which is then raised.
         """
-        if exc is None and (error := self._unstorable_result()) is not None:
+        try:
+            self._record_end(exc, values)
+        except TypeError:
+            # mark_succeeded() checks the result before writing anything; it is read
+            # again only here, off the common path.
+            error = self._unstorable_result() if exc is None else None
+            if error is None:
+                raise
             self._record_end(error, values)  # failed, as setting it so would have
-            raise error
-        self._record_end(exc, values)
+            raise error from None
 
     def _record_end(self, exc: BaseException | None, values: dict[str, Any]) -> None:
         """finish()'s write, tried again while the database is away."""

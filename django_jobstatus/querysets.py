@@ -317,6 +317,10 @@ def _chunk_size(db: str) -> int | None:
     return limit - 1 if limit else None
 
 
+# purge()'s batches: at most this many runs, sized to last about this many seconds.
+PURGE_BATCH_SIZE = 10_000
+PURGE_BATCH_SECONDS = 0.1
+
 # failure_groups() groups every failure of a window up to this many: that aggregate is
 # then as quick as reading the newest failures first (1M runs: a week's 18,700 failures
 # 5.8 ms at once, 5.0 the other way; a day's 2,700, 2.5 against 4.9).
@@ -736,8 +740,8 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         keep_last: int | None = None,
         statuses: Iterable[str] | None = None,
         include_active: bool = False,
-        batch_size: int = 10_000,
-        batch_seconds: float = 0.1,
+        batch_size: int = PURGE_BATCH_SIZE,
+        batch_seconds: float = PURGE_BATCH_SECONDS,
         dry_run: bool = False,
         progress: Callable[[PurgeResult], None] | None = None,
         now: datetime | None = None,

@@ -41,6 +41,8 @@ from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog
 from django_jobstatus.querysets import (
+    PURGE_BATCH_SECONDS,
+    PURGE_BATCH_SIZE,
     _chunk_size,
     _chunks,
     _killed,
@@ -132,8 +134,10 @@ def purge(
     dry_run: bool,
     progress: Callable[[PurgeResult], None] | None,
     now: datetime | None,
+    deleted: Callable[[list[JobRun]], None] | None = None,
 ) -> PurgeResult:
-    """The body of ``JobRunQuerySet.purge()`` (which documents the arguments)."""
+    """The body of ``JobRunQuerySet.purge()`` (which documents the arguments), and of
+    ``delete_finished()`` (``deleted``)."""
     if runs.query.is_sliced:
         raise TypeError("Cannot purge a sliced queryset.")
     runs = runs.writing()
@@ -153,7 +157,8 @@ def purge(
     if dry_run:
         _count(candidates, kept, result)
     else:
-        _Batches(candidates, kept, result, progress).run(batch_size, batch_seconds)
+        batches = _Batches(candidates, kept, result, progress, deleted)
+        batches.run(batch_size, batch_seconds)
     result.elapsed = time.monotonic() - result._began
     return result
 
@@ -334,10 +339,30 @@ def _can_raw_delete_runs(model: type[JobRun]) -> bool:
 END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 
-def delete_finished(runs: JobRunQuerySet) -> PurgeResult:
+def delete_finished(
+    runs: JobRunQuerySet, deleted: Callable[[list[JobRun]], None] | None = None
+) -> PurgeResult:
     """Delete the finished runs of ``runs`` (whatever their age, none of a job kept) with
-    their log lines, in the purge's short batches: the admin's and the API's bulk delete."""
-    return runs.purge(days=0, keep_last=0, now=END_OF_TIME)
+    their log lines, in the purge's short batches: the admin's and the API's bulk delete.
+
+    ``deleted`` is called after each batch commits, with the runs it deleted (unsaved
+    instances holding ``pk``, ``job_name`` and ``status``): a run that another purge or a
+    reaper holds is skipped, so what was selected is not always what went.
+    """
+    return purge(
+        runs,
+        days=0,
+        retention=None,
+        keep_last=0,
+        statuses=None,
+        include_active=False,
+        batch_size=PURGE_BATCH_SIZE,
+        batch_seconds=PURGE_BATCH_SECONDS,
+        dry_run=False,
+        progress=None,
+        now=END_OF_TIME,
+        deleted=deleted,
+    )
 
 
 def own_transactions(view: V) -> V:
@@ -461,12 +486,15 @@ class _Batches:
         kept: list[Any],
         result: PurgeResult,
         progress: Callable[[PurgeResult], None] | None,
+        deleted: Callable[[list[JobRun]], None] | None = None,
     ) -> None:
         self.candidates = candidates
         self.db = candidates.db
         self.kept = kept
         self.result = result
         self.progress = progress
+        self.deleted = deleted
+        self.gone: list[JobRun] = []  # the last batch's runs, for ``deleted``
         connection = connections[self.db]
         self.set_based = connection.vendor == "postgresql" and _can_raw_delete_runs(
             candidates.model
@@ -513,6 +541,8 @@ class _Batches:
             if last is None:
                 return
             after = last
+            if self.deleted is not None:
+                self.deleted(self.gone)
             result = self.result
             result.batches += 1
             result.longest_batch = max(result.longest_batch, took)
@@ -625,7 +655,8 @@ class _Batches:
         sql, params = (
             self._page(size, after, spare=True).values("pk").query.sql_with_params()
         )
-        totals = _TOTALS.format(ids="" if self.cascades else ", array_agg(id)")
+        every_id = not self.cascades or self.deleted is not None
+        totals = _TOTALS.format(ids=", array_agg(id)" if every_id else "")
         statement = (_CASCADING if self.cascades else _DELETING).format(
             runs=self.tables[0],
             logs=self.tables[1],
@@ -633,7 +664,8 @@ class _Batches:
             totals=totals,
         )
         deleted, last = 0, None
-        ids: list[Any] = []  # without the database's SET NULL: the children to detach
+        ids: list[Any] = []
+        self.gone = []
         with connection.cursor() as cursor:
             cursor.execute(_LOCKED_PAGE.format(page=sql), params)
             (picked,) = cursor.fetchone()
@@ -643,10 +675,12 @@ class _Batches:
             for name, status, runs, lines, last_created, last_id, *more in cursor:
                 self.result._add(name, status, runs, lines)
                 deleted += runs
-                ids += more[0] if more else []
+                if more:
+                    ids += more[0]
+                    self._went(more[0], name, status)
                 if last_created is not None:
                     last = (last_created, pk.to_python(last_id))
-            if ids:
+            if ids and not self.cascades:
                 # Runs kept whose parent went: detached, as on_delete=SET_NULL would.
                 cursor.execute(
                     f"UPDATE {self.tables[0]} SET parent_id = NULL WHERE parent_id = ANY(%s)",  # noqa: S608
@@ -682,9 +716,17 @@ class _Batches:
                 every.filter(pk__in=part)._raw_delete(db)
             else:
                 every.filter(pk__in=part).only("pk").delete()
+        self.gone = []
         for pk, name, status, _created in doomed:
             self.result._add(name, status, 1, lines.get(pk, 0))
+            self._went([pk], name, status)
         return len(rows), (rows[-1][3], rows[-1][0])
+
+    def _went(self, ids: list[Any], name: str, status: str) -> None:
+        """For ``deleted``: runs of ``ids``, of job ``name`` in ``status``, were deleted."""
+        if self.deleted is not None:
+            model = self.candidates.model
+            self.gone += [model(pk=pk, job_name=name, status=status) for pk in ids]
 
 
 # The reaper.

@@ -193,8 +193,11 @@ def delete_selected(
     if request.POST.get("post") and not protected:
         if perms_needed:
             raise PermissionDenied
-        modeladmin.log_deletions(request, finished)
-        deleted = retention.delete_finished(finished).runs
+        # History for each batch's runs once they went: Django's action logged every
+        # selected run first, and the purge skips a run another purge or a reaper holds.
+        deleted = retention.delete_finished(
+            finished, deleted=lambda runs: modeladmin.log_deletions(request, runs)
+        ).runs
         modeladmin.message_user(
             request,
             _("Successfully deleted %(count)d %(items)s.")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.contrib.admin.models import DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
@@ -76,9 +75,7 @@ if TYPE_CHECKING:
 INLINE_LOGS = 200
 
 
-# A bulk delete logs the runs it deletes this many at a time; its confirmation page
-# counts their log lines up to SUMMARY_LINES.
-LOG_CHUNK = 2_000
+# A bulk delete's confirmation page counts the runs' log lines up to SUMMARY_LINES.
 SUMMARY_LINES = 1_000
 
 
@@ -269,29 +266,6 @@ class JobRunAdmin(
             else {str(JobRun._meta.verbose_name)}
         )
         return shown, counts, perms_needed, []
-
-    def log_deletions(self, request: HttpRequest, queryset: Any) -> list[LogEntry]:
-        """Django's history entry for each run deleted. For a queryset (a bulk delete), written
-        LOG_CHUNK at a time from only what a run's name needs, and not kept: Django's reads
-        every selected run whole at once, and returns every entry."""
-        if not isinstance(queryset, QuerySet):  # the run page's delete: [run]
-            return super().log_deletions(request, queryset)
-        runs = queryset.only("pk", "job_name", "status").order_by()
-        chunk: list[JobRun] = []
-        for run in runs.iterator(chunk_size=LOG_CHUNK):
-            chunk.append(run)
-            if len(chunk) == LOG_CHUNK:
-                self._log_deleted(request, chunk)
-                chunk = []
-        if chunk:
-            self._log_deleted(request, chunk)
-        return []
-
-    @staticmethod
-    def _log_deleted(request: HttpRequest, runs: list[JobRun]) -> None:
-        LogEntry.objects.log_actions(
-            user_id=cast("int", request.user.pk), queryset=runs, action_flag=DELETION
-        )
 
     # Columns.
 

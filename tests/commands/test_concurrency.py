@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from django.contrib.admin.models import DELETION, LogEntry
 from django.db import connection, connections
 from django.db.models import Count
 from django.utils import timezone
@@ -431,3 +432,32 @@ def test_a_batch_held_up_by_a_lock_is_cancelled_and_the_locked_run_left_for_late
     assert f"Purge skipped run {blocked.pk}" in caplog.text
     later = JobRun.objects.purge(days=0, keep_last=0)
     assert (later.runs, later.logs) == (1, 2)
+
+
+def test_the_admin_s_bulk_delete_writes_history_only_for_the_runs_it_deleted(
+    admin_client: Any,
+) -> None:
+    # Another purge (or a reaper) holds one of the selected runs: the bulk delete skips it
+    # (SKIP LOCKED). Its history said "deleted" for it all the same, as Django's action
+    # logs every selected object before deleting.
+    held, *others = [_old_run("tests.selected", lines=1) for _ in range(3)]
+    selected = [str(run.pk) for run in (held, *others)]
+    with _other_connection() as other:
+        other.execute(
+            f"SELECT id FROM {JobRun._meta.db_table} WHERE id = %s FOR UPDATE",  # noqa: S608
+            [held.pk],
+        )
+        response = admin_client.post(
+            "/admin/django_jobstatus/jobrun/",
+            {"action": "delete_selected", "_selected_action": selected, "post": "yes"},
+            follow=True,
+        )
+        other.rollback()
+
+    assert response.status_code == 200
+    assert "Successfully deleted 2 job runs." in response.content.decode()
+    assert list(JobRun.objects.values_list("pk", flat=True)) == [held.pk]
+    logged = LogEntry.objects.filter(action_flag=DELETION)
+    assert sorted(logged.values_list("object_id", flat=True)) == sorted(
+        str(run.pk) for run in others
+    )

@@ -502,7 +502,13 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         return self.filter(stale_condition(stale_timeout(timeout)))
 
     def stale_queued(self, timeout: float | timedelta | None = None) -> Self:
-        """Queued runs no worker started for ``timeout`` seconds (default ``QUEUED_TIMEOUT``)."""
+        """Runs waiting for a worker that none started for ``timeout`` seconds (default
+        ``QUEUED_TIMEOUT``): queued, or retrying (the next attempt's message on its way).
+
+        A first attempt waits from ``queued_at``; a later one from its retry, the move into
+        ``retrying`` or back into ``queued`` (``updated_at``): ``queued_at`` stays the first
+        attempt's, and a retrying run has no other stamp.
+        """
         if timeout is None:
             timeout = settings.QUEUED_TIMEOUT
         if timeout is None:
@@ -510,9 +516,15 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                 "stale_queued() needs a timeout: pass one, or set JOBSTATUS['QUEUED_TIMEOUT']"
             )
         cutoff = timezone.now() - as_timedelta("seconds", timeout)
-        return self.queued().filter(
+        first = Q(status=Status.QUEUED, attempt=1) & (
             Q(queued_at__lt=cutoff) | Q(queued_at__isnull=True, created_at__lt=cutoff)
         )
+        later = Q(
+            status__in=[Status.QUEUED, Status.RETRYING],
+            attempt__gt=1,
+            updated_at__lt=cutoff,
+        )
+        return self.filter(first | later)
 
     def kill_requested(self) -> Self:
         """Runs someone asked to stop."""

@@ -740,6 +740,11 @@ _EXPIRED = _(
     "started it (its message was probably lost); ended by the reaper."
 )
 
+_EXPIRED_RETRY = _(
+    "Killed: attempt %(attempt)d waiting since %(since)s, more than %(timeout)g seconds, "
+    "and no worker started it (its retry was probably lost); ended by the reaper."
+)
+
 
 @dataclasses.dataclass
 class ReapResult:
@@ -830,11 +835,17 @@ def _expire_queued(
             batch = _locked_batch(runs.stale_queued(delta), batch_size)
             ended = []
             for run in batch:
-                since = run.queued_at or run.created_at
-                text = str(_EXPIRED) % {
-                    "since": since.isoformat(),
-                    "timeout": delta.total_seconds(),
-                }
+                if run.attempt > 1:  # a retry: waiting since it was scheduled
+                    text = str(_EXPIRED_RETRY) % {
+                        "attempt": run.attempt,
+                        "since": run.updated_at.isoformat(),
+                        "timeout": delta.total_seconds(),
+                    }
+                else:
+                    text = str(_EXPIRED) % {
+                        "since": (run.queued_at or run.created_at).isoformat(),
+                        "timeout": delta.total_seconds(),
+                    }
                 if _killed(run, text):
                     run.log(logging.WARNING, text)
                     ended.append(run)

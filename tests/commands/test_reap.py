@@ -169,6 +169,31 @@ def test_python_api_dry_run_lists_and_changes_nothing(make_run: Any) -> None:
     assert (status(stale), status(waiting)) == (Status.RUNNING, Status.QUEUED)
 
 
+def test_the_queued_timeout_counts_a_later_attempt_s_wait_from_its_retry(
+    make_run: Any,
+) -> None:
+    """A retry whose message the broker lost left its run ``retrying`` for ever: only
+    queued runs were ended. A retry queued again was ended at once: its wait was counted
+    from ``queued_at``, the first attempt's, as if its new message had been lost."""
+    lost_retry = make_run("tests.job", queued_at=ago(7200), started_at=ago(7100))
+    lost_retry.mark_failed(RuntimeError("boom"), retry=True)
+    JobRun.objects.filter(pk=lost_retry.pk).update(updated_at=ago(3600))
+    requeued = make_run("tests.job", queued_at=ago(7200), started_at=ago(7100))
+    requeued.mark_failed(RuntimeError("boom"), retry=True)
+    requeued.mark_queued()
+    recent_retry = make_run("tests.job", queued_at=ago(7200), started_at=ago(7100))
+    recent_retry.mark_failed(RuntimeError("boom"), retry=True)
+
+    assert set(JobRun.objects.stale_queued(600)) == {lost_retry}
+    result = JobRun.objects.reap(300, queued_timeout=600)
+
+    assert result.expired == 1
+    assert status(lost_retry) == Status.KILLED
+    assert lost_retry.message.startswith("Killed: attempt 2 waiting since ")
+    assert "no worker started it" in lost_retry.message
+    assert (status(requeued), status(recent_retry)) == (Status.QUEUED, Status.RETRYING)
+
+
 def test_narrowed_queryset_reaps_only_its_runs(make_run: Any) -> None:
     mine = make_run("tests.mine", heartbeat_at=ago(600))
     other = make_run("tests.other", heartbeat_at=ago(600))

@@ -31,6 +31,9 @@ class Setting:
     minimum: int | None = (
         None  # a whole number that must be at least this (jobstatus.E003)
     )
+    maximum: int | None = (
+        None  # a whole number that must be at most this (jobstatus.E003)
+    )
     min_length: int | None = None  # a string that must be at least this long (E006)
     database: bool = False  # an alias in DATABASES (jobstatus.E003)
     import_strings: bool = False  # import strings, resolved on first access
@@ -38,6 +41,9 @@ class Setting:
     @property
     def bound(self) -> str | None:
         """What a number given must be ("greater than 0"…), or None when any will do."""
+        if self.maximum is not None:  # whole numbers only
+            low = 1 if self.positive else 0 if self.non_negative else self.minimum
+            return f"from {low} to {self.maximum}"
         if self.positive:
             return "greater than 0"
         if self.non_negative:
@@ -52,6 +58,7 @@ class Setting:
             (self.positive and value <= 0)
             or (self.non_negative and value < 0)
             or (self.minimum is not None and value < self.minimum)
+            or (self.maximum is not None and value > self.maximum)
         )
 
     @property
@@ -68,6 +75,10 @@ class Setting:
 
 
 _NONE = type(None)
+
+# The largest value a PositiveBigIntegerField stores (declared here, before any setting's
+# bound; ``django_jobstatus.values`` exports it with the other limits).
+BIGINT_MAX = 2**63 - 1
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -183,6 +194,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int,),
         "The newest N runs of every job survive the purge whatever their age.",
         non_negative=True,
+        maximum=BIGINT_MAX,
     ),
     Setting(
         "LOG_MAX_LENGTH",
@@ -225,6 +237,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int,),
         "The newest successful runs whose p95 duration a monitor's `max_duration_p95_factor` multiplies.",
         positive=True,
+        maximum=BIGINT_MAX,
     ),
     Setting(
         "PROGRESS_INTERVAL",

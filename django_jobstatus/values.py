@@ -14,14 +14,13 @@ import re
 import socket
 from typing import Any
 
+from django_jobstatus.conf import BIGINT_MAX as BIGINT_MAX  # exported with the limits
 from django_jobstatus.conf import settings
 from django_jobstatus.fingerprints import FINGERPRINT_MAX_LENGTH
 from django_jobstatus.redaction import redact
 from django_jobstatus.states import STATUS_LENGTH
 
 JOB_NAME_MAX_LENGTH = 255
-
-BIGINT_MAX = 2**63 - 1  # the largest value a PositiveBigIntegerField stores
 
 # The width of each of JobRun's text columns: declared here, the model's fields use it.
 MAX_LENGTHS: dict[str, int] = {

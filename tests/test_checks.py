@@ -84,7 +84,9 @@ def test_a_jobstatus_that_is_not_a_dict_is_e001() -> None:
         ({"PROGRESS_INTERVAL": 0}, "'PROGRESS_INTERVAL'] must be greater than 0"),
         ({"HEARTBEAT_TIMEOUT": -5}, "'HEARTBEAT_TIMEOUT'] must be greater than 0"),
         ({"LOG_MAX_LENGTH": 0}, "'LOG_MAX_LENGTH'] must be greater than 0"),
-        ({"KEEP_LAST": -1}, "'KEEP_LAST'] must be 0 or more"),
+        ({"KEEP_LAST": -1}, "'KEEP_LAST'] must be from 0 to 9223372036854775807"),
+        # Past the largest number SQL takes (a purge's keep_last).
+        ({"KEEP_LAST": 2**63}, "'KEEP_LAST'] must be from 0 to 9223372036854775807"),
         ({"MESSAGE_MAX_LENGTH": 50}, "'MESSAGE_MAX_LENGTH'] must be at least 100"),
         ({"ERROR_MAX_LENGTH": 0}, "'ERROR_MAX_LENGTH'] must be at least 100"),
         ({"TRACEBACK_MAX_LENGTH": -1}, "'TRACEBACK_MAX_LENGTH'] must be at least 100"),
@@ -190,6 +192,11 @@ def test_valid_alert_and_metrics_settings_pass() -> None:
         ({"ALERT_RATE_LIMIT": -1}, ("jobstatus.E003", "ALERT_RATE_LIMIT")),
         ({"METRICS_WINDOW": 0}, ("jobstatus.E003", "METRICS_WINDOW")),
         ({"MONITOR_DURATION_SAMPLE": 0}, ("jobstatus.E003", "MONITOR_DURATION_SAMPLE")),
+        # Past the largest number SQL takes (a LIMIT).
+        (
+            {"MONITOR_DURATION_SAMPLE": 2**63},
+            ("jobstatus.E003", "must be from 1 to 9223372036854775807"),
+        ),
         ({"ALERT_EMAILS": "ops@example.com"}, ("jobstatus.E001", "ALERT_EMAILS")),
     ],
 )

@@ -250,7 +250,7 @@ SETTINGS: tuple[Setting, ...] = (
         "QUEUED_TIMEOUT",
         None,
         (int, float, _NONE),
-        "Seconds a run may stay `queued` before `reap_jobstatus` ends it `killed` (its message was probably lost) and tells its task system to drop it; `None`: never.",
+        "Seconds a run may wait for a worker (`queued`, or a retry, counted from when it was scheduled) before `reap_jobstatus` ends it `killed` (its message was probably lost) and tells its task system to drop it; `None`: never.",
         positive=True,
     ),
     Setting(

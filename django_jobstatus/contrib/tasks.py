@@ -12,12 +12,17 @@ before it started is refused when the worker picks it up (``task_started`` raise
 JobKilled, the one exception a receiver lets through). The process beats for the runs
 it executes (``django_jobstatus.heartbeats``), so a task that reports nothing is not
 reaped as lost.
+The ImmediateBackend runs a task inside ``enqueue()``, which is wrapped (once, on
+``connect()``) to end the runs no ``task_finished`` ended: the backend lets
+KeyboardInterrupt through with no signal, and another project's ``task_finished``
+receiver that raises before ours keeps ours from running.
 Retry enqueues the task again (same path, arguments, queue and priority).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -61,9 +66,9 @@ KILLED_PATH = f"{JobKilled.__module__}.{JobKilled.__qualname__}"
 
 logger = logging.getLogger(__name__)
 
-# The task executing in this context, and the entry it replaced (an ImmediateBackend
-# task enqueued by a running task nests).
-_running: ContextVar[tuple[str, Execution, Any] | None] = ContextVar(
+# The task result executing in this context, its execution, and the entry it replaced
+# (an ImmediateBackend task enqueued by a running task nests).
+_running: ContextVar[tuple[Any, Execution, Any] | None] = ContextVar(
     "django_jobstatus_task", default=None
 )
 
@@ -222,7 +227,7 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
     except Exception:
         logger.exception("Could not record the start of task %s.", task_result.id)
         return
-    _running.set((str(task_result.id), execution, _running.get()))
+    _running.set((task_result, execution, _running.get()))
     run = execution.handle.run if execution.handle is not None else None
     if not _is_inline(sender):
         _merge_into(execution, str(task_result.id))
@@ -249,6 +254,14 @@ def _merge_into(execution: Execution, backend_job_id: str) -> None:
         logger.exception("Could not merge the runs of task %s.", backend_job_id)
 
 
+def _failure(task_result: Any) -> tuple[str, str, str]:
+    """The exception class path, ``"Class: message"`` and traceback of a failed task result."""
+    error = task_result.errors[-1] if task_result.errors else None
+    path = error.exception_class_path if error is not None else ""
+    traceback = error.traceback if error is not None else ""
+    return path, _error(path, traceback) or str(task_result.status), traceback
+
+
 def _outcome(
     task_result: Any, handle: JobHandle
 ) -> tuple[BaseException | None, dict[str, Any]]:
@@ -257,13 +270,25 @@ def _outcome(
         with contextlib.suppress(Exception):  # a value JSON cannot hold is not kept
             handle.result = task_result.return_value
         return None, {}
-    error = task_result.errors[-1] if task_result.errors else None
-    path = error.exception_class_path if error is not None else ""
+    path, text, traceback = _failure(task_result)
     if path == KILLED_PATH:
         return JobKilled(), {}
-    traceback = error.traceback if error is not None else ""
-    text = _error(path, traceback) or str(task_result.status)
     return TaskFailed(text), {"error": text, "traceback": traceback}
+
+
+def _end(execution: Execution, task_result: Any, exc: BaseException | None) -> None:
+    """End the run as the task result says, or failed with ``exc`` when the task system
+    decided nothing (KeyboardInterrupt left the task); make ``current_job()`` as before."""
+    try:
+        if execution.handle is not None:
+            values: dict[str, Any] = {}
+            if exc is None or str(task_result.status) in {"SUCCESSFUL", "FAILED"}:
+                exc, values = _outcome(task_result, execution.handle)
+            # Durable: retried while the database is away, then logged.
+            execution.end(exc, **values)
+    finally:
+        execution.close()
+        writebehind.flush()  # runs this task enqueued
 
 
 def _ending(task_result: Any) -> Execution:
@@ -292,23 +317,57 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
     """End the run succeeded, failed (with error and traceback) or killed (JobKilled)."""
     try:
         entry = _running.get()
-        if entry is not None and entry[0] == str(task_result.id):
+        if entry is not None and str(entry[0].id) == str(task_result.id):
             _running.set(entry[2])
-            execution = entry[1]
+            execution: Execution | None = entry[1]
             if not _is_inline(sender):
-                _merge_into(execution, str(task_result.id))
+                _merge_into(entry[1], str(task_result.id))
         else:  # the start was seen elsewhere, or not at all
             execution = _ending(task_result)
-        try:
-            if execution.handle is not None:
-                exc, values = _outcome(task_result, execution.handle)
-                # Durable: retried while the database is away, then logged.
-                execution.end(exc, **values)
-        finally:
-            execution.close()
-            writebehind.flush()  # runs this task enqueued
+        if execution is not None:
+            _end(execution, task_result, None)
     except Exception:
         logger.exception("Could not record the end of task %s.", task_result.id)
+
+
+def _end_unfinished(
+    before: tuple[Any, Execution, Any] | None, exc: BaseException
+) -> None:
+    """End the runs started in this context since ``before`` that no ``task_finished`` ended."""
+    entry = _running.get()
+    while entry is not None and entry is not before:
+        task_result, execution, previous = entry
+        _running.set(previous)
+        try:
+            _end(execution, task_result, exc)
+        except Exception:
+            logger.exception("Could not record the end of task %s.", task_result.id)
+        entry = previous
+
+
+def _guard(backend: type) -> None:
+    """Make ``backend.enqueue()`` (an inline backend's) end the runs that no ``task_finished`` ended.
+
+    The ImmediateBackend lets KeyboardInterrupt through with no ``task_finished``, and
+    an exception of another ``task_finished`` receiver leaves ``enqueue()`` before ours
+    may run. The run then ends as the task result says (succeeded or failed), or failed
+    with the exception, as ``track()`` ends a block left by one; it is re-raised.
+    """
+    enqueue = backend.enqueue  # type: ignore[attr-defined]
+    if getattr(enqueue, "_jobstatus_guard", False):
+        return
+
+    @functools.wraps(enqueue)
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        before = _running.get()
+        try:
+            return enqueue(self, *args, **kwargs)
+        except BaseException as exc:
+            _end_unfinished(before, exc)
+            raise
+
+    guarded._jobstatus_guard = True  # type: ignore[attr-defined]
+    backend.enqueue = guarded  # type: ignore[attr-defined]
 
 
 # Kill and retry from the admin and the API.
@@ -378,6 +437,8 @@ def connect() -> None:
     """Record every task run from now on (idempotent)."""
     for signal, receiver, uid in _signals():
         signal.connect(receiver, weak=False, dispatch_uid=uid)
+    for inline in INLINE_BACKENDS:
+        _guard(inline)  # inert while disconnected: no run is started in enqueue()
     contrib.register(SOURCE, backend)
 
 

@@ -177,6 +177,77 @@ def test_immediate_kill_ends_the_run_killed(db: None, immediate: None) -> None:
     assert run.error == ""
 
 
+def runs_of(task: Any) -> Any:
+    return JobRun.objects.filter(source="django_tasks", job_name=task.module_path)
+
+
+def test_immediate_keyboard_interrupt_ends_the_run_failed(
+    db: None, immediate: None
+) -> None:
+    # The ImmediateBackend lets KeyboardInterrupt through, with no task_finished.
+    from django_jobstatus import current_job
+    from django_jobstatus.heartbeats import heartbeats
+
+    with pytest.raises(KeyboardInterrupt):
+        tasks.interrupt.enqueue()
+    run = runs_of(tasks.interrupt).get()
+    assert run.status == Status.FAILED
+    assert run.error == "KeyboardInterrupt"
+    assert "raise KeyboardInterrupt" in run.traceback
+    assert run.started_at <= run.finished_at
+    assert current_job() is None
+    assert run.pk not in [handle.run.pk for handle in heartbeats.handles()]
+
+
+def test_immediate_system_exit_ends_the_run_failed(db: None, immediate: None) -> None:
+    # SystemExit is a failure the backend reports (task_finished), as track() records it.
+    result = tasks.leave.enqueue()
+    assert result.status == FAILED
+    run = run_of(result)
+    assert (run.status, run.error) == (Status.FAILED, "SystemExit: 3")
+    assert "raise SystemExit(3)" in run.traceback
+
+
+def test_immediate_interrupt_caught_by_the_enclosing_task(
+    db: None, immediate: None
+) -> None:
+    result = tasks.survive_an_interrupt.enqueue()
+    assert (result.status, result.return_value) == (SUCCESSFUL, "survived")
+    outer = run_of(result)
+    inner = runs_of(tasks.interrupt).get()
+    assert (outer.status, outer.result) == (Status.SUCCEEDED, "survived")
+    assert (inner.status, inner.error) == (Status.FAILED, "KeyboardInterrupt")
+
+
+@pytest.mark.parametrize("first", ["theirs", "ours"])
+def test_immediate_a_receiver_raising_after_a_success(
+    db: None, immediate: None, first: str
+) -> None:
+    """Another receiver of task_finished raises: enqueue() raises it, and the task
+    system's result says SUCCESSFUL; the run ends succeeded, before or after that receiver."""
+    integration.disconnect()
+    tasks.task_finished.disconnect(
+        dispatch_uid="tests.contrib.tasks_app.refuse_success"
+    )
+    receivers = [
+        lambda: tasks.task_finished.connect(
+            tasks.refuse_success,
+            weak=False,
+            dispatch_uid="tests.contrib.tasks_app.refuse_success",
+        ),
+        integration.connect,
+    ]
+    for connect in receivers if first == "theirs" else receivers[::-1]:
+        connect()
+    with pytest.raises(RuntimeError, match="the other receiver refused"):
+        tasks.refused_after_success.enqueue()
+    run = runs_of(tasks.refused_after_success).get()
+    assert (run.status, run.result, run.error) == (Status.SUCCEEDED, "done", "")
+    from django_jobstatus import current_job
+
+    assert current_job() is None
+
+
 def test_current_job_is_reset_after_the_task(db: None, immediate: None) -> None:
     from django_jobstatus import current_job
 

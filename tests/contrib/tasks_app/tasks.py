@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from django_jobstatus import contrib, current_job
 from tests.contrib import loops
 
 try:
     from django.tasks import task
+    from django.tasks.signals import task_finished
 
     FRAMEWORK = "django.tasks"
 except ImportError:  # Django 5.2: the django-tasks backport
     from django_tasks import task
+    from django_tasks.signals import task_finished
 
     FRAMEWORK = "django_tasks"
 
@@ -124,3 +127,45 @@ def end_outage() -> str:
 def count_slowly(n: int) -> int:
     """The README's progress loop (tests/contrib/loops.py) as a task."""
     return loops.count_slowly(n)
+
+
+@task()
+def interrupt() -> None:
+    """Raises KeyboardInterrupt, which the ImmediateBackend lets through with no signal."""
+    raise KeyboardInterrupt
+
+
+@task()
+def leave() -> None:
+    raise SystemExit(3)
+
+
+@task()
+def survive_an_interrupt() -> str:
+    """Enqueues ``interrupt`` (inline on the ImmediateBackend), catches it, and succeeds."""
+    try:
+        interrupt.enqueue()
+    except KeyboardInterrupt:
+        return "survived"
+    return "no interrupt"
+
+
+@task()
+def refused_after_success() -> str:
+    """Succeeds; ``refuse_success`` (another project's receiver) then raises on its end."""
+    return "done"
+
+
+def refuse_success(sender: object, task_result: Any, **kwargs: object) -> None:
+    """A ``task_finished`` receiver of another project that raises after a success."""
+    if (
+        task_result.task.func is refused_after_success.func
+        and str(task_result.status) == "SUCCESSFUL"
+    ):
+        raise RuntimeError("the other receiver refused")
+
+
+# Connected when this module is imported: in a db_worker, after the integration's receiver.
+task_finished.connect(
+    refuse_success, weak=False, dispatch_uid="tests.contrib.tasks_app.refuse_success"
+)

@@ -16,6 +16,9 @@ The ImmediateBackend runs a task inside ``enqueue()``, which is wrapped (once, o
 ``connect()``) to end the runs no ``task_finished`` ended: the backend lets
 KeyboardInterrupt through with no signal, and another project's ``task_finished``
 receiver that raises before ours keeps ours from running.
+A ``task_finished`` for a run that has already ended (db_worker sends it again, as
+FAILED, when a receiver after ours raises on a success) records no second run: the
+run keeps its terminal state, and a warning line on it tells the task system's word.
 Retry enqueues the task again (same path, arguments, queue and priority).
 """
 
@@ -291,8 +294,45 @@ def _end(execution: Execution, task_result: Any, exc: BaseException | None) -> N
         writebehind.flush()  # runs this task enqueued
 
 
-def _ending(task_result: Any) -> Execution:
-    """The execution to end when its start was not seen in this context.
+def _ended_already(task_result: Any, run: JobRun) -> None:
+    """Keep the run of a task that ends again, and note a last word that contradicts it.
+
+    db_worker records a task FAILED and sends ``task_finished`` again when a receiver
+    after ours raises on its success. Nothing leaves a terminal state: the run keeps it
+    (one run, as the task ran once), and a warning line on it tells what the task system
+    recorded last.
+    """
+    from django_jobstatus.models import Status
+
+    succeeded = str(task_result.status) == "SUCCESSFUL"
+    path, text, traceback = ("", "", "") if succeeded else _failure(task_result)
+    said = (
+        Status.SUCCEEDED
+        if succeeded
+        else Status.KILLED
+        if path == KILLED_PATH
+        else Status.FAILED
+    )
+    if run.status == said:
+        return  # the same end, told twice
+    message = _(
+        "The task system recorded this task as %(status)s after its run had ended "
+        "(%(state)s); the run keeps its state."
+    ) % {"status": task_result.status, "state": Status(run.status).label}
+    extra = {"task_status": str(task_result.status)}
+    if traceback:
+        extra["traceback"] = traceback
+    run.log(
+        logging.WARNING,
+        f"{message}\n{text}" if text else message,
+        extra=extra,
+        using=run._state.db,
+    )
+
+
+def _ending(task_result: Any) -> Execution | None:
+    """The execution to end when its start was not seen in this context; None when the
+    run of this attempt has ended already.
 
     A run another process or context started (django-tasks-rq finishes in RQ's
     callbacks) is ended as it is, not restarted; otherwise the start is recorded now.
@@ -303,6 +343,9 @@ def _ending(task_result: Any) -> Execution:
         run = find_run(SOURCE, str(task_result.id))
     except DatabaseError:
         run = None
+    if run is not None and run.is_finished and run.attempt >= task_result.attempts:
+        _ended_already(task_result, run)
+        return None
     if run is None or run.status != Status.RUNNING:
         return _begin(task_result)
     execution = Execution(
@@ -322,7 +365,7 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
             execution: Execution | None = entry[1]
             if not _is_inline(sender):
                 _merge_into(entry[1], str(task_result.id))
-        else:  # the start was seen elsewhere, or not at all
+        else:  # the start was seen elsewhere or not at all, or the run has ended
             execution = _ending(task_result)
         if execution is not None:
             _end(execution, task_result, None)

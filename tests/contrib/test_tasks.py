@@ -524,6 +524,32 @@ def test_db_worker_success(worker: Worker) -> None:
 
 
 @pytest.mark.postgres
+def test_db_worker_a_receiver_raising_after_a_success(worker: Worker) -> None:
+    """A task_finished receiver after ours raises on the success: db_worker then records
+    the task FAILED and sends task_finished again. The run has ended succeeded (a terminal
+    state holds): it stays the task's one run, with a warning that tells the last word."""
+    result = tasks.refused_after_success.enqueue()
+    after = tasks.add.using(priority=-1).enqueue(1, 1)  # picked up after it
+    run_reaching(after, worker)  # the worker is done with the first task
+    result.refresh()
+    assert result.status == FAILED
+    assert result.errors[-1].exception_class_path == "builtins.RuntimeError"
+    runs = JobRun.objects.filter(source="django_tasks", backend_job_id=str(result.id))
+    assert list(runs.values_list("status", "result", "error")) == [
+        (Status.SUCCEEDED, "done", "")
+    ]
+    run = runs.get()
+    assert not run.has_errors
+    (line,) = run.logs.values_list("level", "message", "extra")
+    assert line[0] == logging.WARNING
+    assert line[1] == (
+        "The task system recorded this task as FAILED after its run had ended "
+        "(Succeeded); the run keeps its state.\nRuntimeError: the other receiver refused"
+    )
+    assert "the other receiver refused" in line[2]["traceback"]
+
+
+@pytest.mark.postgres
 def test_db_worker_beats_for_a_task_that_reports_nothing(worker: Worker) -> None:
     result = tasks.silent.enqueue()
     run = run_reaching(result, worker)

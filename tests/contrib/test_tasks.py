@@ -292,6 +292,30 @@ def test_a_finish_with_no_start_seen_records_both(
     assert run.started_at is not None
 
 
+def test_a_finish_for_a_run_that_ended_records_no_second_run(
+    db: None, settings: Any, integration_on: None
+) -> None:
+    settings.TASKS = {
+        "default": {"BACKEND": f"{FRAMEWORK}.backends.dummy.DummyBackend", "QUEUES": []}
+    }
+    result = tasks.add.enqueue(1, 2)
+    run = run_of(result)
+    run.mark_running(worker="elsewhere:1")
+    run.mark_lost()  # its worker looked dead, yet the task system says it succeeded
+    integration.on_finished(
+        sender=None, task_result=dataclasses.replace(result, status=SUCCESSFUL)
+    )
+    run = JobRun.objects.get(source="django_tasks", backend_job_id=str(result.id))
+    assert run.status == Status.LOST
+    assert list(run.logs.values_list("message", "extra")) == [
+        (
+            "The task system recorded this task as SUCCESSFUL after its run had ended "
+            "(Lost); the run keeps its state.",
+            {"task_status": "SUCCESSFUL"},
+        )
+    ]
+
+
 def test_queue_and_priority_are_recorded(db: None, immediate: None) -> None:
     result = tasks.add.using(queue_name="reports", priority=7).enqueue(1, 1)
     run = run_of(result)

@@ -8,6 +8,10 @@ Enable with ``JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.celery"]}`
   ``attempt`` = retries + 1, and ``current_job()`` returns its handle inside the task;
 - ``task_success`` / ``task_failure`` / ``task_retry``: ``succeeded`` (with the result),
   ``failed`` (error, traceback), ``retrying`` (the attempt is kept in ``attempts``);
+- ``task_postrun`` of a task that raised ``Ignore``, which tells Celery to record no
+  state: ``killed``, with a message saying so (no success is known); of a task that
+  called ``self.replace(sig)``: ``retrying``, the attempt's error naming the replacement,
+  which takes over the task id and so goes on as the same run;
 - ``task_failure`` from the worker's main process (WorkerLostError: ``lost``; hard time
   limit: ``failed``), ``task_revoked`` (``killed``), ``task_rejected``/``task_unknown``
   (``failed``).
@@ -28,13 +32,14 @@ import os
 import uuid
 from typing import Any
 
-from celery import Celery, current_app, signals, states
+from celery import Celery, current_app, current_task, signals, states
 from celery.exceptions import Retry, WorkerLostError
 from django.utils.translation import gettext as _
 
 from django_jobstatus import contrib, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
+from django_jobstatus.exceptions import JobKilled
 from django_jobstatus.models import JobRun, Status, default_worker, exception_text
 
 logger = logging.getLogger(__name__)
@@ -75,18 +80,30 @@ def _published(
         else ((), {})
     )
     attempt = int(headers.get("retries") or 0) + 1
+    # Set by self.replace(sig) on sig (and on the tasks of a chain it replaces with).
+    replacing = bool(headers.get("replaced_task_nesting"))
+    if replacing:
+        _note_replacement(name)
     created = _execution.record_queued(
         SOURCE,
         task_id,
         name,
-        # A first publish carries a new task id: no run can have it yet.
-        fresh=attempt == 1,
+        # A first publish carries a new task id: no run can have it yet. A replacement
+        # carries the id of the task it replaces: its run goes on.
+        fresh=attempt == 1 and not replacing,
         queue=routing_key or "",
         params=contrib.params_of(args, kwargs),
         attempt=attempt,
     )
     if created is not None:
         _unconfirmed[task_id] = created
+
+
+def _note_replacement(name: str) -> None:
+    """The task executing in this process called ``self.replace()``: its postrun hands its run over to ``name``."""
+    task_id = getattr(getattr(current_task, "request", None), "id", None)
+    if task_id in _executions:
+        _replacements[task_id] = name
 
 
 @contrib.never_raises
@@ -161,8 +178,26 @@ def _retrying(execution: Execution, reason: Any, einfo: Any) -> None:
 
 
 _executions: dict[str, Execution] = {}
+# Tasks executing here that called self.replace(): task id → the replacement's name.
+_replacements: dict[str, str] = {}
+# Executions of a task whose replacement runs inside them (eager: replace() calls apply()).
+_outer: dict[str, Execution] = {}
 
-_ENDED_OK = frozenset({states.SUCCESS, states.IGNORED})
+
+def _ignored(execution: Execution, replacement: str | None) -> None:
+    """The task raised ``Ignore``: Celery records no state for it, so no success is known.
+
+    ``self.replace(sig)`` raises it too, once ``sig``, which takes over the task id, is
+    sent: the run waits for it (retrying) and ends with its outcome.
+    """
+    if replacement is not None:
+        error = _(
+            "Replaced by %(name)s (Celery's replace()): the run goes on as that task."
+        ) % {"name": replacement}
+        execution.retrying(None, error=str(error))
+    else:
+        message = _("Ignored: the task raised Celery's Ignore, so no outcome is known.")
+        execution.end(JobKilled(execution.backend_job_id), message=str(message))
 
 
 @contrib.never_raises
@@ -181,6 +216,10 @@ def _prerun(
         # closing every connection it knows of around each task, does not close.
         own_connections.track_through_own()
     execution = _execution_of(task_id, task, args, kwargs)
+    # An eager replacement runs inside the task it replaces, with its id.
+    outer = _executions.get(task_id)
+    if outer is not None:
+        _outer[task_id] = outer
     _executions[task_id] = execution
     execution.start()
 
@@ -245,6 +284,7 @@ def _postrun(
     **extra: Any,
 ) -> None:
     execution = _executions.pop(task_id, None) if task_id else None
+    replacement = _replacements.pop(task_id, None) if task_id else None
     if execution is None:
         return
     try:
@@ -254,8 +294,10 @@ def _postrun(
                 task_id,
                 state,
             )
-            if state in _ENDED_OK:  # e.g. raise Ignore()
+            if state == states.SUCCESS:
                 execution.end(result=retval)
+            elif state == states.IGNORED:
+                _ignored(execution, replacement)
             elif state == states.FAILURE or (
                 state == states.REJECTED
                 and getattr(getattr(sender, "request", None), "is_eager", False)
@@ -269,6 +311,8 @@ def _postrun(
             # Otherwise (a terminated or rejected task): the worker's main process reports it.
     finally:
         execution.close()
+        if task_id and task_id in _outer:
+            _executions[task_id] = _outer.pop(task_id)  # its own signals come next
         # Runs this task enqueued, written before a pool process may exit without atexit.
         writebehind.flush()
 

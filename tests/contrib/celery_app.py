@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 
 from django_jobstatus import current_job
 from tests.contrib import loops
@@ -92,6 +92,18 @@ def marked(key: str) -> str:
 @app.task(name="tests.rejects")
 def rejects() -> None:
     raise Reject("bad message", requeue=False)
+
+
+@app.task(name="tests.ignores")
+def ignores() -> None:
+    """Tell Celery to record no state for this task (its documented "revoke-like" use)."""
+    raise Ignore()
+
+
+@app.task(name="tests.replaced", bind=True)
+def replaced(self: Any, task: str, *args: Any) -> Any:
+    """Hand the work over to the task named ``task`` (it takes over this task's id)."""
+    return self.replace(app.signature(task, args=args))
 
 
 @app.task(name="tests.crash")

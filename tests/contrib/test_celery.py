@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery import signals, states
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, current_job
 from django_jobstatus.contrib import celery as jobstatus_celery
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.models import JobRun, Status
@@ -24,8 +24,10 @@ from tests.contrib.celery_app import (
     crash,
     fail,
     flaky,
+    ignores,
     marked,
     rejects,
+    replaced,
     report,
     sleepy,
 )
@@ -115,6 +117,35 @@ def test_an_eager_task_that_rejects_its_message_fails(celery_on: None) -> None:
     run = recorded(result.id)
     assert run.status == Status.FAILED
     assert run.error.startswith("Reject: ")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_eager_task_that_raises_ignore_is_killed_not_succeeded(
+    celery_on: None,
+) -> None:
+    """Ignore tells Celery to record no outcome: the run ends without claiming one."""
+    result = ignores.apply()
+    assert result.state == states.IGNORED
+    run = recorded(result.id)
+    assert (run.status, run.result, run.error) == (Status.KILLED, None, "")
+    assert "Ignore" in run.message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_eager_replaced_task_s_run_ends_with_its_replacement_s_outcome(
+    celery_on: None,
+) -> None:
+    """Run by apply(), replace() runs the replacement inside the task, with its id."""
+    result = replaced.apply(args=("tests.add", 2, 3))
+    assert result.get() == 5
+    run = recorded(result.id)
+    assert (run.job_name, run.status, run.result) == (
+        "tests.replaced",
+        Status.SUCCEEDED,
+        5,
+    )
+    assert list(JobRun.objects.filter(backend_job_id=result.id)) == [run]
+    assert current_job() is None  # the replaced task's handle went with it
 
 
 @pytest.mark.django_db(transaction=True)
@@ -226,6 +257,47 @@ class TestWorker:
             "RuntimeError: attempt 2 failed",
         ]
         assert JobRun.objects.filter(backend_job_id=run.backend_job_id).count() == 1
+
+    def test_a_task_that_raises_ignore_is_killed_not_succeeded(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        run = finished(recorded(ignores.delay().id), celery_worker)
+        assert (run.status, run.result, run.error) == (Status.KILLED, None, "")
+        assert "Ignore" in run.message
+        assert run.started_at is not None
+
+    @pytest.mark.parametrize(
+        ("task", "args", "status", "result", "error"),
+        [
+            ("tests.add", (2, 3), Status.SUCCEEDED, 5, ""),
+            ("tests.fail", ("boom",), Status.FAILED, None, "ValueError: boom"),
+        ],
+        ids=["succeeding", "failing"],
+    )
+    def test_a_replaced_task_s_run_ends_with_its_replacement_s_outcome(
+        self,
+        celery_worker: Popen[bytes],
+        task: str,
+        args: tuple[Any, ...],
+        status: str,
+        result: Any,
+        error: str,
+    ) -> None:
+        """``self.replace(sig)`` hands the task's id over to ``sig``: one run, two attempts."""
+        task_id = replaced.delay(task, *args).id
+        run = finished(recorded(task_id), celery_worker)
+        assert (run.job_name, run.status, run.result, run.error) == (
+            "tests.replaced",
+            status,
+            result,
+            error,
+        )
+        assert run.attempt == 2
+        assert [(entry["attempt"], entry["status"]) for entry in run.attempts] == [
+            (1, Status.RETRYING)
+        ]
+        assert task in run.attempts[0]["error"]
+        assert list(JobRun.objects.filter(backend_job_id=task_id)) == [run]
 
     def test_a_long_task_killed_from_the_admin(
         self, celery_worker: Popen[bytes], admin_client: Any

@@ -50,6 +50,7 @@ from redis import Redis
 from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
+from rq.results import Result
 
 from django_jobstatus import contrib, own_connections, writebehind
 from django_jobstatus.contrib import _execution
@@ -323,15 +324,22 @@ class _Recording:
             _record_outcome(job, execution)
 
 
-def _exc_string(job: rq.job.Job) -> str:
-    result = job.latest_result()
-    if result is not None:  # a job that returned Retry: a result with no exc_string
-        return str(result.exc_string or "")
-    return str(getattr(job, "exc_info", None) or "")  # deprecated in rq 3
+# The type of the result RQ keeps for a job that returned Retry (none before rq 2.4).
+_RETRIED = getattr(Result.Type, "RETRIED", None)
 
 
 def _error_fields(job: rq.job.Job) -> dict[str, str]:
-    text = _exc_string(job).strip()
+    """The error and traceback of the job's last execution, from RQ's result."""
+    result = job.latest_result()
+    if result is None:
+        text = str(getattr(job, "exc_info", None) or "")  # deprecated in rq 3
+    elif result.type == _RETRIED and not result.exc_string:
+        # The job returned Retry: RQ keeps no error, so the attempt says why it ended.
+        error = _("Retry requested by the job (it returned rq.Retry).")
+        return {"error": str(error), "traceback": ""}
+    else:
+        text = str(result.exc_string or "")
+    text = text.strip()
     return {"error": last_line(text), "traceback": text}
 
 

@@ -33,6 +33,8 @@ from tests.waiting import wait_for
 __all__ = ["db_proxy"]  # a fixture
 
 QUEUE = rq_jobs.QUEUE
+# The error of an attempt whose job returned rq.Retry (RQ stores none).
+RETRY_REQUESTED = "Retry requested by the job (it returned rq.Retry)."
 
 
 @pytest.fixture
@@ -163,7 +165,9 @@ def test_a_job_that_returns_retry_is_a_retry_of_its_run(local_queue: rq.Queue) -
     assert [(run.status, run.attempt, run.result) for run in runs] == [
         (Status.SUCCEEDED, 2, "done")
     ]
-    assert [entry["status"] for entry in runs[0].attempts] == ["retrying"]
+    assert [(entry["status"], entry["error"]) for entry in runs[0].attempts] == [
+        ("retrying", RETRY_REQUESTED)
+    ]
 
 
 @pytest.mark.redis
@@ -314,7 +318,9 @@ class TestWorker:
         job = queue.enqueue(rq_jobs.retried_once, report)
         run = finished(recorded(job), rq_worker)
         assert (run.status, run.attempt, run.result) == (Status.SUCCEEDED, 2, "done")
-        assert [entry["status"] for entry in run.attempts] == ["retrying"]
+        assert [(entry["status"], entry["error"]) for entry in run.attempts] == [
+            ("retrying", RETRY_REQUESTED)
+        ]
         assert JobRun.objects.filter(source="rq", backend_job_id=job.id).count() == 1
         if report:
             assert run.message == "attempt 2"

@@ -42,6 +42,11 @@ class GuardedAdmin:
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self._has(request, "view")
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request) and bool(
+            super().has_add_permission(request)  # type: ignore[misc]
+        )
+
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self.has_view_permission(request, obj) and bool(
             super().has_change_permission(request, obj)  # type: ignore[misc]

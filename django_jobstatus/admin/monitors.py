@@ -33,6 +33,7 @@ from django_jobstatus.admin.filters import (
     ChoiceFilter,
     request_job_names,
 )
+from django_jobstatus.admin.guard import GuardedAdmin
 from django_jobstatus.models import JobMonitor, JobMonitorIncident, JobRun, MonitorState
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def check_now(
     )
 
 
-class JobMonitorAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class JobMonitorAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "job_name",
         "state_display",
@@ -249,7 +250,7 @@ class OpenFilter(admin.SimpleListFilter):
         return queryset
 
 
-class JobMonitorIncidentAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class JobMonitorIncidentAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     """The incidents: a history to browse, written by the evaluation only."""
 
     list_display = (

@@ -158,3 +158,61 @@ def test_runs_changelist_monitor_column_and_filter(
     ]:
         result = admin_client.get(f"{RUNS}?{query}").context["cl"].result_list
         assert {run.job_name for run in result} == expected, query
+
+
+INCIDENTS = "/admin/django_jobstatus/jobmonitorincident/"
+
+
+@pytest.mark.parametrize(
+    "codenames",
+    [
+        ("change_jobmonitor",),
+        ("add_jobmonitor",),
+        ("delete_jobmonitor",),
+        ("add_jobmonitor", "change_jobmonitor", "delete_jobmonitor"),
+        ("delete_jobmonitorincident",),
+    ],
+)
+def test_monitor_pages_need_the_view_permission(
+    staff_client, monitor, past_run, codenames
+):
+    """The admin's one rule on the monitors' pages too: change, add or delete alone see and do nothing."""
+    past_run("tests.secret", status=Status.FAILED, error="SecretError: boom")
+    m = monitor("tests.secret", max_failures=1)
+    health.check()
+    incident = JobMonitorIncident.objects.get()
+    client = staff_client(*codenames)
+    for url in [
+        MONITORS,
+        f"{MONITORS}{m.pk}/change/",
+        f"{MONITORS}add/",
+        f"{MONITORS}{m.pk}/delete/",
+        INCIDENTS,
+        f"{INCIDENTS}{incident.pk}/change/",
+        f"{INCIDENTS}{incident.pk}/delete/",
+    ]:
+        response = client.get(url)
+        assert response.status_code == 403, (url, response.status_code)
+        assert b"SecretError" not in response.content
+    client.post(f"{MONITORS}{m.pk}/change/", _form(job_name="tests.secret", enabled=""))
+    client.post(f"{MONITORS}{m.pk}/delete/", {"post": "yes"})
+    client.post(f"{INCIDENTS}{incident.pk}/delete/", {"post": "yes"})
+    m.refresh_from_db()
+    assert m.enabled
+    assert JobMonitorIncident.objects.filter(pk=incident.pk).exists()
+
+
+def test_monitor_pages_open_with_view_and_act_with_view_and_change(
+    staff_client, monitor
+):
+    m = monitor("tests.nightly")
+    viewer = staff_client("view_jobmonitor")
+    assert viewer.get(MONITORS).status_code == 200
+    assert viewer.get(f"{MONITORS}{m.pk}/change/").status_code == 200
+    assert viewer.get(f"{MONITORS}add/").status_code == 403
+    editor = staff_client("view_jobmonitor", "change_jobmonitor", "add_jobmonitor")
+    response = editor.post(f"{MONITORS}{m.pk}/change/", _form(enabled=""))
+    assert response.status_code == 302
+    m.refresh_from_db()
+    assert not m.enabled
+    assert editor.get(f"{MONITORS}add/").status_code == 200

@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ERROR_FLAG
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponseBadRequest
-from django.urls import path
+from django.http import HttpResponseBadRequest, HttpResponseRedirect
+from django.urls import path, reverse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -57,7 +59,13 @@ def export_view(model_admin: Any, request: HttpRequest) -> HttpResponseBase:
         return HttpResponseBadRequest(
             _("format must be csv or jsonl, not %(value)r.") % {"value": file_format}
         )
-    return export.response(matching_runs(model_admin, request), file_format)
+    try:
+        runs = matching_runs(model_admin, request)
+    except IncorrectLookupParameters:
+        # What the changelist does with filters it cannot apply (Django's ?e=1).
+        url = reverse("admin:django_jobstatus_jobrun_changelist")
+        return HttpResponseRedirect(f"{url}?{ERROR_FLAG}=1")
+    return export.response(runs, file_format)
 
 
 def _action(file_format: str, label: Any) -> Any:

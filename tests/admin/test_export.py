@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import pytest
 from django.test import override_settings
 
 from django_jobstatus.models import Status
@@ -84,3 +85,20 @@ def test_the_changelist_links_carry_its_filters(admin_client, make_run):
     make_run()
     page = admin_client.get(URL + "?status=failed").content.decode()
     assert "export/?status=failed&amp;format=csv" in page
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "bogus=1",
+        "status=bogus",
+        "created_at__gte=not-a-date",
+        "parent=not-a-run-id",
+    ],
+)
+def test_bad_filters_go_back_to_the_changelist_not_a_500(admin_client, make_run, query):
+    """As the changelist does with them (Django's ?e=1), never a server error."""
+    make_run("tests.job")
+    response = admin_client.get(f"{URL}export/?{query}&format=csv")
+    assert response.status_code == 302
+    assert response["Location"] == f"{URL}?e=1"

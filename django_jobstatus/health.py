@@ -522,7 +522,8 @@ class Alert:
     @property
     def subject(self) -> str:
         values = {
-            "job": self.job_name,
+            # One line: a header holds no line break (Django refuses one, and the alert was lost).
+            "job": " ".join(self.job_name.split()),
             "state": MonitorState(self.state).label,
             "previous": MonitorState(self.previous).label,
         }

@@ -356,3 +356,18 @@ def test_from_one_unhealthy_state_to_another_one_alert(
     assert mail.outbox[-1].subject == (
         "[jobstatus] tests.nightly is no longer monitored (was Late)"
     )
+
+
+def test_a_job_name_with_line_breaks_is_still_announced_by_email(
+    monitor, past_run, settings, django_capture_on_commit_callbacks
+):
+    """A subject holds no line break (Django refuses it, and the alert was lost), nor another header."""
+    name = "tests.nightly\r\nBcc: someone@example.com"
+    settings.JOBSTATUS = {"ALERT_EMAILS": ["ops@example.com"]}
+    monitor(name, max_failures=1)
+    past_run(name, ago=timedelta(minutes=2), status=Status.FAILED, error="KeyError")
+    _check(django_capture_on_commit_callbacks)
+    assert [m.subject for m in mail.outbox] == [
+        "[jobstatus] tests.nightly Bcc: someone@example.com is Failing"
+    ]
+    assert mail.outbox[0].bcc == []

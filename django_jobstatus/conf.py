@@ -131,7 +131,7 @@ SETTINGS: tuple[Setting, ...] = (
         "API_OWNER_SCOPED",
         default=False,
         types=(bool,),
-        help="When true, users who are not staff see and kill only the runs they own.",
+        help="When true, users who are not staff see, kill and retry only the runs they own.",
     ),
     Setting(
         "API_PAGE_SIZE",

@@ -13,7 +13,8 @@ from django_jobstatus.conf import settings
 # Which model permission each HTTP method needs besides view (seeing anything needs view).
 # A method the view does not allow needs view alone, so that it is answered 405.
 _ACTIONS = {"POST": "change", "DELETE": "delete"}
-# What an owner may do with their own runs under API_OWNER_SCOPED: read and kill.
+# What an owner may do with their own runs under API_OWNER_SCOPED: read, and kill or
+# retry (change).
 _OWNER_ACTIONS = frozenset({"view", "change"})
 
 
@@ -45,7 +46,7 @@ class JobRunPermission(BasePermission):
 
     ``view_jobrun`` for reads, and also ``change_jobrun`` for kills and retries,
     ``delete_jobrun`` for deletes (one run or many). With ``JOBSTATUS["API_OWNER_SCOPED"] = True``, users who are not staff may also
-    read and kill the runs they own (the view narrows their queryset to those).
+    read, kill and retry the runs they own (the view narrows their queryset to those).
     """
 
     def has_permission(self, request: Request, view: Any) -> bool:

@@ -664,6 +664,7 @@ class _Batches:
             totals=totals,
         )
         deleted, last = 0, None
+        # The deleted ids: read when asked for, or to detach children without SET NULL.
         ids: list[Any] = []
         self.gone = []
         with connection.cursor() as cursor:

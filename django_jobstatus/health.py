@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import urllib.request
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cronsim import CronSim
@@ -68,15 +68,21 @@ def next_expected(monitor: JobMonitor, last_run_at: datetime | None) -> datetime
     """When the job should start next: ``every`` after its newest run, or the cron's next time.
 
     A run counts for a cron time when it starts at most ``grace`` before it, so the next
-    time is the first one more than ``grace`` after the newest run. Cron expressions are
-    read in TIME_ZONE. None when the monitor has no cadence.
+    time is the first one more than ``grace`` after the newest run. Nothing is expected
+    before the monitor was created: a run older than the monitor counts from its
+    creation. Cron expressions are read in TIME_ZONE (never the active time zone), and
+    the time is returned in UTC, so that adding the grace is real time across a DST
+    change. None when the monitor has no cadence.
     """
-    anchor = last_run_at or monitor.created_at
+    if last_run_at is None or last_run_at < monitor.created_at:
+        anchor, early = monitor.created_at, timedelta(0)
+    else:
+        anchor, early = last_run_at, monitor.grace
     if monitor.every is not None:
         return anchor + monitor.every
     if monitor.cron:
-        start = timezone.localtime(anchor + monitor.grace)
-        return next(CronSim(monitor.cron, start))
+        start = (anchor + early).astimezone(timezone.get_default_timezone())
+        return next(CronSim(monitor.cron, start)).astimezone(UTC)
     return None
 
 

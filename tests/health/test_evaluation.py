@@ -16,6 +16,8 @@ from django_jobstatus.models import (
     Status,
 )
 
+_JANUARY = datetime(2026, 1, 1, tzinfo=UTC)  # a monitor created before the runs below
+
 
 def test_a_job_that_ran_on_time_is_healthy(monitor, past_run):
     m = monitor(every=timedelta(hours=1))
@@ -40,7 +42,7 @@ def test_no_run_within_every_plus_grace_is_late(monitor, past_run):
 
 
 def test_cron_lateness_counts_from_the_scheduled_time(monitor, past_run):
-    m = monitor(cron="0 2 * * *", grace=timedelta(minutes=10))
+    m = monitor(cron="0 2 * * *", grace=timedelta(minutes=10), created_at=_JANUARY)
     JobRun.objects.all().delete()
     day = datetime(2026, 3, 10, tzinfo=UTC)
     past_run(ago=timezone.now() - (day + timedelta(hours=2, seconds=3)))
@@ -55,7 +57,7 @@ def test_cron_lateness_counts_from_the_scheduled_time(monitor, past_run):
 
 
 def test_a_run_started_a_little_early_counts_for_its_cron_time(monitor):
-    m = monitor(cron="0 2 * * *", grace=timedelta(minutes=10))
+    m = monitor(cron="0 2 * * *", grace=timedelta(minutes=10), created_at=_JANUARY)
     early = datetime(2026, 3, 10, 1, 58, tzinfo=UTC)
     assert health.next_expected(m, early) == datetime(2026, 3, 11, 2, 0, tzinfo=UTC)
 
@@ -217,3 +219,34 @@ def test_dry_run_stores_nothing(monitor, past_run):
     m.refresh_from_db()
     assert (m.state, m.checked_at) == (MonitorState.HEALTHY, None)
     assert not JobMonitorIncident.objects.exists()
+
+
+def test_a_cron_is_read_in_time_zone_not_the_active_one(monitor):
+    m = monitor(cron="0 2 * * *", grace=timedelta(minutes=10), created_at=_JANUARY)
+    last = datetime(2026, 3, 10, 2, 0, 3, tzinfo=UTC)
+    with timezone.override("America/New_York"):  # a user's time zone, in the admin
+        expected = health.next_expected(m, last)
+    assert expected == datetime(2026, 3, 11, 2, 0, tzinfo=UTC)
+
+
+def test_grace_across_a_dst_change_is_real_time(monitor, past_run, settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+    m = monitor(cron="30 1 * * *", grace=timedelta(hours=2), created_at=_JANUARY)
+    JobRun.objects.all().delete()
+    # 01:30 CET on the 28th of March; the 29th's 01:30 is still CET (00:30 UTC), then
+    # the clocks go forward at 02:00: the grace ends at 02:30 UTC, not 01:30 UTC.
+    last = datetime(2026, 3, 28, 0, 30, tzinfo=UTC)
+    past_run(ago=timezone.now() - last)
+    at = datetime(2026, 3, 29, 1, 45, tzinfo=UTC)
+    assert health.assess(m, now=at).state == MonitorState.HEALTHY
+    at = datetime(2026, 3, 29, 2, 31, tzinfo=UTC)
+    assert health.assess(m, now=at).state == MonitorState.LATE
+
+
+def test_a_monitor_is_not_late_at_its_creation(monitor, past_run):
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=3))
+    m = monitor(every=timedelta(hours=1), created_at=timezone.now())
+    assert health.assess(m).state == MonitorState.HEALTHY
+    later = timezone.now() + timedelta(hours=1, minutes=6)
+    assert health.assess(m, now=later).state == MonitorState.LATE

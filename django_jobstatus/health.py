@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from cronsim import CronSim
 from django.core.mail import send_mail
 from django.db import connections, transaction
-from django.db.models import Count, OuterRef, Prefetch, Q, Subquery
+from django.db.models import Count, Max, OuterRef, Prefetch, Q, Subquery
 from django.db.models.signals import post_delete, post_save
 from django.urls import NoReverseMatch
 from django.utils import timezone
@@ -137,16 +137,24 @@ class Assessment:
     next_expected_at: datetime | None = None
 
 
-def recent_p95(job_name: str, *, using: str | None = None) -> float | None:
-    """Seconds: the p95 duration of the job's newest ``MONITOR_DURATION_SAMPLE`` successful runs (one query)."""
-    rows = (
+def recent_p95(
+    job_name: str, *, using: str | None = None, excluding: uuid.UUID | None = None
+) -> float | None:
+    """Seconds: the p95 duration of the job's newest ``MONITOR_DURATION_SAMPLE`` successful runs (one query).
+
+    ``excluding``: a run left out, the one being judged (it must not raise its own limit).
+    """
+    runs = (
         JobRun.objects.using(using or settings.DATABASE)
         .for_job(job_name)
         .succeeded()
         .filter(started_at__isnull=False, finished_at__isnull=False)
-        .order_by("-created_at", "-id")
-        .values_list("started_at", "finished_at")[: settings.MONITOR_DURATION_SAMPLE]
     )
+    if excluding is not None:
+        runs = runs.exclude(pk=excluding)
+    rows = runs.order_by("-created_at", "-id").values_list("started_at", "finished_at")[
+        : settings.MONITOR_DURATION_SAMPLE
+    ]
     values = sorted(
         (finished - started).total_seconds()
         for started, finished in rows
@@ -156,22 +164,33 @@ def recent_p95(job_name: str, *, using: str | None = None) -> float | None:
 
 
 def duration_limit(
-    monitor: JobMonitor, *, using: str | None = None
+    monitor: JobMonitor,
+    *,
+    using: str | None = None,
+    excluding: uuid.UUID | None = None,
 ) -> timedelta | None:
-    """The duration over which a run is slow: fixed, or a multiple of the job's p95."""
+    """The duration over which a run is slow: fixed, or a multiple of the job's p95 (without ``excluding``)."""
     if monitor.max_duration is not None:
         return monitor.max_duration
     if monitor.max_duration_p95_factor is None:
         return None
-    p95 = recent_p95(monitor.job_name, using=using)
+    p95 = recent_p95(monitor.job_name, using=using, excluding=excluding)
     if p95 is None:
         return None
     return timedelta(seconds=p95 * monitor.max_duration_p95_factor)
 
 
+def _by_finish(runs: list[JobRun]) -> list[JobRun]:
+    """The finished runs, the last to finish first (a run created earlier may end later)."""
+    finished = [run for run in runs if run.is_finished]
+    return sorted(
+        finished, key=lambda run: run.finished_at or run.created_at, reverse=True
+    )
+
+
 def _failing(monitor: JobMonitor, runs: list[JobRun]) -> Assessment | None:
     wanted = monitor.max_failures
-    finished = [run for run in runs if run.is_finished][:wanted]
+    finished = _by_finish(runs)[:wanted]
     if not wanted or len(finished) < wanted:
         return None
     if any(run.status not in _FAILURES for run in finished):
@@ -197,7 +216,7 @@ def _slow(runs: list[JobRun], limit: timedelta | None) -> Assessment | None:
                 text % {"duration": _seconds(duration), "limit": _seconds(limit)},
                 run.pk,
             )
-    newest = next((run for run in runs if run.is_finished), None)
+    newest = next(iter(_by_finish(runs)), None)
     if newest is not None and newest.duration is not None and newest.duration > limit:
         text = _("The last run took %(duration)s, longer than %(limit)s.")
         return Assessment(
@@ -237,7 +256,8 @@ def assess(
         .order_by("-created_at", "-id")[: max(monitor.max_failures, 1) + _ACTIVE_HEAD]
     )
     last_run_at = runs[0].created_at if runs else None
-    expected = next_expected(monitor, last_run_at)
+    last_start = _last_start(monitor, runs, db)
+    expected = next_expected(monitor, last_start)
     found = _failing(monitor, runs)
     if found is None and expected is not None and now > expected + monitor.grace:
         text = _("No run since %(last)s; one was expected by %(expected)s.")
@@ -245,17 +265,35 @@ def assess(
             MonitorState.LATE,
             text
             % {
-                "last": _when(last_run_at) if last_run_at else _("the monitor began"),
+                "last": _when(last_start) if last_start else _("the monitor began"),
                 "expected": _when(expected),
             },
             runs[0].pk if runs else None,
         )
     if found is None:
-        found = _slow(runs, duration_limit(monitor, using=db))
+        newest = next(iter(_by_finish(runs)), None)
+        limit = duration_limit(
+            monitor, using=db, excluding=newest.pk if newest is not None else None
+        )
+        found = _slow(runs, limit)
     found = found or Assessment(MonitorState.HEALTHY)
     return dataclasses.replace(
         found, last_run_at=last_run_at, next_expected_at=expected
     )
+
+
+def _last_start(monitor: JobMonitor, runs: list[JobRun], db: str) -> datetime | None:
+    """When the job's newest run started: a run queued but never started (or ended, killed,
+    before a worker took it) is no sign of life. Read apart only when none of ``runs`` started."""
+    started = [run.started_at for run in runs if run.started_at is not None]
+    if started or not runs:
+        return max(started, default=None)
+    found: datetime | None = (
+        JobRun.objects.using(db)
+        .for_job(monitor.job_name)
+        .aggregate(last=Max("started_at"))["last"]
+    )
+    return found
 
 
 def _when(moment: datetime) -> str:

@@ -250,3 +250,36 @@ def test_a_monitor_is_not_late_at_its_creation(monitor, past_run):
     assert health.assess(m).state == MonitorState.HEALTHY
     later = timezone.now() + timedelta(hours=1, minutes=6)
     assert health.assess(m, now=later).state == MonitorState.LATE
+
+
+def test_a_queued_run_that_never_started_does_not_hide_lateness(monitor, past_run):
+    m = monitor(every=timedelta(hours=1), grace=timedelta(minutes=5))
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=2))
+    created = timezone.now() - timedelta(minutes=10)
+    JobRun.objects.create(
+        job_name=m.job_name, status=Status.QUEUED, created_at=created, queued_at=created
+    )
+    assert health.assess(m).state == MonitorState.LATE
+    # Nor does one the reaper ended, killed, because no worker ever took it.
+    JobRun.objects.filter(status=Status.QUEUED).update(
+        status=Status.KILLED, finished_at=timezone.now()
+    )
+    assert health.assess(m).state == MonitorState.LATE
+
+
+def test_the_last_run_to_finish_is_the_last_run(monitor, past_run):
+    m = monitor(max_failures=1)
+    JobRun.objects.all().delete()
+    # Created first, failed last: a newer run succeeded meanwhile.
+    past_run(ago=timedelta(minutes=10), took=timedelta(minutes=9), status=Status.FAILED)
+    past_run(ago=timedelta(minutes=9), took=timedelta(seconds=10))
+    assert health.assess(m).state == MonitorState.FAILING
+
+
+def test_a_slow_run_is_not_judged_against_its_own_duration(monitor, past_run):
+    m = monitor(max_duration_p95_factor=2)
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(minutes=30), took=timedelta(seconds=60))
+    past_run(ago=timedelta(minutes=10), took=timedelta(seconds=500))
+    assert health.assess(m).state == MonitorState.SLOW

@@ -364,8 +364,8 @@ def apply(
 
 
 def _stamp_alerts(change: Change, now: datetime, db: str) -> None:
-    """Mark which alerts go out: within ALERT_RATE_LIMIT a monitor an hour, and a resolution
-    only for an incident whose opening was announced."""
+    """Mark which alerts go out: openings within ALERT_RATE_LIMIT a monitor an hour, and the
+    resolution of every incident whose opening was announced (and of no other)."""
     if not (settings.ALERT_EMAILS or settings.ALERT_WEBHOOKS):
         return
     since = now - ALERT_WINDOW
@@ -379,25 +379,22 @@ def _stamp_alerts(change: Change, now: datetime, db: str) -> None:
     # A move from one unhealthy state to another is announced once: by the new incident.
     announce = change.state not in MonitorState.UNHEALTHY
     if resolved is not None and resolved.open_alert_at is not None and announce:
-        if budget > 0:
-            resolved.resolve_alert_at = now
-            resolved.save(using=db, update_fields=["resolve_alert_at"])
-            budget -= 1
-        else:
-            _suppressed(change, "resolution")
+        # Never limited: the end of an announced incident is never left unsaid (it counts).
+        resolved.resolve_alert_at = now
+        resolved.save(using=db, update_fields=["resolve_alert_at"])
+        budget -= 1
     if opened is not None:
         if budget > 0:
             opened.open_alert_at = now
             opened.save(using=db, update_fields=["open_alert_at"])
         else:
-            _suppressed(change, "opening")
+            _suppressed(change)
 
 
-def _suppressed(change: Change, what: str) -> None:
+def _suppressed(change: Change) -> None:
     logger.warning(
-        "Alert for the %s of a %s incident of %r not sent: more than ALERT_RATE_LIMIT=%d alerts in an hour.",
-        what,
-        change.state if what == "opening" else change.previous,
+        "Alert for the opening of a %s incident of %r not sent: more than ALERT_RATE_LIMIT=%d alerts in an hour.",
+        change.state,
         change.monitor.job_name,
         settings.ALERT_RATE_LIMIT,
     )

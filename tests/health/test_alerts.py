@@ -114,13 +114,19 @@ def test_a_flapping_job_is_rate_limited(
         status = Status.SUCCEEDED if minute % 2 else Status.FAILED
         past_run(ago=timedelta(seconds=50 - minute), status=status)
         _check(django_capture_on_commit_callbacks)
-    # Ten state changes (5 incidents), three alerts, then silence for the hour.
+    # Ten state changes (5 incidents), three alerts, the end of the incident the third
+    # announced (never dropped), then silence for the hour.
     assert JobMonitorIncident.objects.count() == 5
     assert [m.subject.split()[-1] for m in mail.outbox] == [
         "Failing",
         "Failing)",
         "Failing",
+        "Failing)",
     ]
+    # Every incident announced is announced resolved.
+    assert not JobMonitorIncident.objects.filter(
+        open_alert_at__isnull=False, resolve_alert_at__isnull=True
+    ).exists()
     # A resolution whose opening was not announced is not announced either.
     unannounced = JobMonitorIncident.objects.filter(open_alert_at__isnull=True)
     assert unannounced.exists()
@@ -371,3 +377,16 @@ def test_a_job_name_with_line_breaks_is_still_announced_by_email(
         "[jobstatus] tests.nightly Bcc: someone@example.com is Failing"
     ]
     assert mail.outbox[0].bcc == []
+
+
+def test_the_rate_limit_never_drops_the_end_of_an_announced_incident(
+    failing, past_run, django_capture_on_commit_callbacks
+):
+    failing(ALERT_RATE_LIMIT=1)
+    _check(django_capture_on_commit_callbacks)
+    past_run(ago=timedelta(seconds=30))
+    _check(django_capture_on_commit_callbacks)
+    assert [m.subject for m in mail.outbox] == [
+        "[jobstatus] tests.nightly is Failing",
+        "[jobstatus] tests.nightly is healthy again (was Failing)",
+    ]

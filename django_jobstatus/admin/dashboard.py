@@ -41,7 +41,12 @@ from django_jobstatus import conf, retention, rollups
 from django_jobstatus.admin.display import admin_url, format_duration, run_url
 from django_jobstatus.admin.failures import changelist_url as group_url
 from django_jobstatus.admin.monitors import health_panel
-from django_jobstatus.admin.windows import DASHBOARD_WINDOWS, WINDOWS, chosen
+from django_jobstatus.admin.windows import (
+    DASHBOARD_WINDOWS,
+    WINDOWS,
+    chosen,
+    finished_since,
+)
 from django_jobstatus.fingerprints import error_class
 from django_jobstatus.models import JobRun, Status
 from django_jobstatus.querysets import MAX_AGE, stale_condition, stale_timeout
@@ -57,7 +62,7 @@ JOBS_LIMIT = 50
 STUCK_LIMIT = 20
 FAILURES_LIMIT = 10
 # The chart's bars: five minutes in the 1 h window, an hour in the others.
-BAR = {"1h": timedelta(minutes=5)}
+BAR = {key: w.bar for key, w in WINDOWS.items() if w.bar < rollups.HOUR}
 
 CHART_WIDTH = 480
 CHART_HEIGHT = 150
@@ -249,16 +254,16 @@ def job_table(found: rollups.Figures, window: str) -> list[dict[str, Any]]:
                 "p95": _seconds(p95),
                 "latest": latest.get(name),
                 "latest_url": run_url(latest[name].pk) if name in latest else None,
-                "url": _changelist(job_name=name, created=window),
+                "url": _changelist(job_name=name, finished=window),
                 "failed_url": _changelist(
-                    job_name=name, created=window, status=Status.FAILED
+                    job_name=name, finished=window, status=Status.FAILED
                 ),
             }
         )
     return rows
 
 
-def failure_groups(since: datetime, failures: int) -> list[dict[str, Any]]:
+def failure_groups(since: datetime, window: str, failures: int) -> list[dict[str, Any]]:
     """The window's failures grouped by job and cause, newest first (one query; two, only
     the newest groups counted, when the roll-ups say the window holds many ``failures``)."""
     groups = JobRun.objects.failure_groups(
@@ -271,7 +276,7 @@ def failure_groups(since: datetime, failures: int) -> list[dict[str, Any]]:
         group["error_message"] = (
             text[len(group["error_class"]) :].lstrip(": ") if text else None
         )
-        group["url"] = group_url(group["job_name"], group["error_fingerprint"])
+        group["url"] = group_url(group["job_name"], group["error_fingerprint"], window)
     return groups
 
 
@@ -306,8 +311,9 @@ class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = timezone.now()
-        since = now - WINDOWS[window].delta
-        found = rollups.figures(since, now, BAR.get(window, rollups.HOUR))
+        # From the whole bar: the runs the roll-ups count, and the ?finished= filter lists.
+        since = finished_since(window, now)
+        found = rollups.figures(since, now, WINDOWS[window].bar)
         active, active_counts, stale_count = active_now()
         counts = found.counts() + active_counts
         tabs = [
@@ -317,7 +323,7 @@ class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
                 "count": counts[status],
                 "url": _changelist(status=status)
                 if status in Status.ACTIVE
-                else _changelist(status=status, created=window),
+                else _changelist(status=status, finished=window),
             }
             for status, label in Status.choices
         ]
@@ -337,7 +343,7 @@ class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
                 JobRun.objects.stale().order_by("heartbeat_at")[:STUCK_LIMIT]
             ),
             "failures": failure_groups(
-                since, counts[Status.FAILED] + counts[Status.LOST]
+                since, window, counts[Status.FAILED] + counts[Status.LOST]
             ),
             "failures_url": f"{failures_url}?{urlencode({'window': window})}",
             "health": health_panel(),

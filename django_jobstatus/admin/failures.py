@@ -23,7 +23,7 @@ from django_jobstatus import contrib, retention
 from django_jobstatus.admin import actions
 from django_jobstatus.admin.display import admin_url
 from django_jobstatus.admin.guard import holds_nul
-from django_jobstatus.admin.windows import WINDOWS, chosen
+from django_jobstatus.admin.windows import WINDOWS, chosen, finished_since
 from django_jobstatus.fingerprints import error_class
 from django_jobstatus.models import JobRun
 
@@ -74,14 +74,16 @@ def group_runs(job_name: str, fingerprint: str, window: str) -> JobRunQuerySet:
         .for_job(job_name)
         .filter(
             error_fingerprint=fingerprint,
-            finished_at__gte=timezone.now() - WINDOWS[window].delta,
+            finished_at__gte=finished_since(window, timezone.now()),
         )
     )
 
 
-def changelist_url(job_name: str, fingerprint: str) -> str:
+def changelist_url(job_name: str, fingerprint: str, window: str) -> str:
+    """The changelist of one group's runs that finished in ``window`` (the ones counted)."""
     url = admin_url("admin:django_jobstatus_jobrun_changelist")
-    return f"{url}?{urlencode({'job_name': job_name, FINGERPRINT_PARAM: fingerprint})}"
+    params = {"job_name": job_name, FINGERPRINT_PARAM: fingerprint, "finished": window}
+    return f"{url}?{urlencode(params)}"
 
 
 def failures_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
@@ -90,13 +92,15 @@ def failures_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
     window = _window(request.GET)
     can_change = model_admin.has_change_permission(request)
     groups = JobRun.objects.failure_groups(
-        timezone.now() - WINDOWS[window].delta,
+        finished_since(window, timezone.now()),
         limit=GROUPS_LIMIT,
         retry_sources=contrib.sources(),
     )
     for group in groups:
         group["error_class"] = error_class(group["error_fingerprint"])
-        group["url"] = changelist_url(group["job_name"], group["error_fingerprint"])
+        group["url"] = changelist_url(
+            group["job_name"], group["error_fingerprint"], window
+        )
         group["can_retry"] = can_change and group["retryable"] > 0
     context = {
         **model_admin.admin_site.each_context(request),

@@ -12,7 +12,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus.admin.rows import is_djangos
-from django_jobstatus.admin.windows import WINDOWS
+from django_jobstatus.admin.windows import WINDOWS, finished_since
 from django_jobstatus.models import Status
 from django_jobstatus.querysets import distinct_job_names
 
@@ -175,17 +175,31 @@ class KillRequestedFilter(ChoiceFilter):
         return queryset.not_kill_requested()
 
 
-class CreatedWithinFilter(ChoiceFilter):
+class _WithinFilter(ChoiceFilter):
+    """A window of WINDOWS (last hour … 30 days) on a timestamp."""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [(key, window.last) for key, window in WINDOWS.items()]
+
+
+class CreatedWithinFilter(_WithinFilter):
     """A range on ``created_at`` (indexed on runs and on log lines)."""
 
     title = _("created")
     parameter_name = "created"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [(key, window.last) for key, window in WINDOWS.items()]
-
     def apply(self, queryset: Any, value: str) -> Any:
         return queryset.filter(created_at__gte=timezone.now() - WINDOWS[value].delta)
+
+
+class FinishedWithinFilter(_WithinFilter):
+    """A range on ``finished_at`` from the window's whole hour: the runs the dashboard counts."""
+
+    title = _("finished")
+    parameter_name = "finished"
+
+    def apply(self, queryset: Any, value: str) -> Any:
+        return queryset.filter(finished_at__gte=finished_since(value, timezone.now()))
 
 
 LEVELS = [

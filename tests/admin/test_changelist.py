@@ -127,6 +127,7 @@ def test_filter_choices(admin_client, make_run):
         "has errors",
         "kill requested",
         "created",
+        "finished",
         "monitor",
     }
     assert [value for value, _label in specs["job name"].lookup_choices] == [

@@ -92,7 +92,7 @@ def test_dashboard(admin_client, runs, django_assert_max_num_queries):
     assert jobs["reports.build"]["total"] == 2
     assert jobs["reports.build"]["failure_pct"] == 50.0
     assert jobs["reports.build"]["latest"].pk == runs["failed"].pk
-    assert "?job_name=reports.build&amp;created=24h" in html
+    assert "?job_name=reports.build&amp;finished=24h" in html
     assert (
         "<svg" in html
         and 'class="jobstatus-bar-succeeded"' in html
@@ -440,3 +440,43 @@ def test_poll_zero_says_the_page_is_not_live(admin_client, runs):
     assert "not live" in html
     assert "every 0 s" not in html
     assert "live, every 5 s" in admin_client.get(URL).content.decode()
+
+
+def _listed(admin_client, url):
+    response = admin_client.get(url.replace("&amp;", "&"))
+    assert response.status_code == 200
+    return {run.pk for run in response.context["cl"].result_list}
+
+
+@pytest.mark.parametrize("window", ["1h", "24h", "7d"])
+def test_a_count_s_link_lists_the_runs_it_counts(admin_client, make_run, window):
+    """A tab, a job's row and a failure group count the runs that finished in the window;
+    their links list those runs: not the runs created in it (a run created before the
+    window, or a failure of the group from last month)."""
+    now = timezone.now()
+    error = {
+        "status": Status.FAILED,
+        "error": "ValueError: no rows",
+        "error_fingerprint": fingerprint("ValueError: no rows"),
+    }
+    thirty_days = now - timedelta(days=30)
+    long = make_run(
+        "reports.build",
+        **error,
+        created_at=thirty_days,
+        started_at=thirty_days,
+        finished_at=now - timedelta(minutes=2),
+    )
+    twenty_days = now - timedelta(days=20)  # the same cause, long before the window
+    make_run("reports.build", **error, created_at=twenty_days, finished_at=twenty_days)
+    ctx = admin_client.get(URL, {"window": window}).context
+    [tab] = [tab for tab in ctx["tabs"] if tab["status"] == Status.FAILED]
+    assert tab["count"] == 1
+    assert _listed(admin_client, tab["url"]) == {long.pk}
+    [job] = ctx["jobs"]
+    assert (job["total"], job["failed"]) == (1, 1)
+    assert _listed(admin_client, job["url"]) == {long.pk}
+    assert _listed(admin_client, job["failed_url"]) == {long.pk}
+    [group] = ctx["failures"]
+    assert group["count"] == 1
+    assert _listed(admin_client, group["url"]) == {long.pk}

@@ -480,3 +480,24 @@ def test_a_count_s_link_lists_the_runs_it_counts(admin_client, make_run, window)
     [group] = ctx["failures"]
     assert group["count"] == 1
     assert _listed(admin_client, group["url"]) == {long.pk}
+
+
+def test_a_run_deleted_after_its_hour_was_counted_stays_counted_and_the_page_says_so(
+    admin_client, make_run
+):
+    """The roll-ups keep what happened: the run's hour is not counted again when it is
+    deleted, and the dashboard says so above the jobs table (docs/admin.md)."""
+    ago = timezone.now() - timedelta(hours=3)
+    run = make_run(
+        "reports.build", status=Status.FAILED, created_at=ago, finished_at=ago
+    )
+    admin_client.get(URL)  # rolls the hour up
+    run.delete()
+    response = admin_client.get(URL)
+    [tab] = [tab for tab in response.context["tabs"] if tab["status"] == "failed"]
+    assert tab["count"] == 1
+    assert "runs deleted after their hour was counted stay counted" in (
+        response.content.decode()
+    )
+    hour = admin_client.get(URL, {"window": "1h"}).content.decode()
+    assert "stay counted" not in hour  # the last hour is read from the runs

@@ -40,6 +40,7 @@ from django.utils.translation import ngettext
 from django_jobstatus import conf, retention, rollups
 from django_jobstatus.admin.display import admin_url, format_duration, run_url
 from django_jobstatus.admin.failures import changelist_url as group_url
+from django_jobstatus.admin.filters import OR_ACTIVE
 from django_jobstatus.admin.monitors import health_panel
 from django_jobstatus.admin.windows import (
     DASHBOARD_WINDOWS,
@@ -333,6 +334,7 @@ class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
             "generated_at": now,
             "counts": {status: counts[status] for status in Status.values},
             "total": sum(counts.values()),
+            "total_url": _changelist(finished=f"{window}{OR_ACTIVE}"),
             "tabs": tabs,
             "active": active,
             "stale": stale_count,

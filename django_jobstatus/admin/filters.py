@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -192,14 +193,37 @@ class CreatedWithinFilter(_WithinFilter):
         return queryset.filter(created_at__gte=timezone.now() - WINDOWS[value].delta)
 
 
+# ?finished=24h-or-active: the runs finished in the window and the active ones (the
+# dashboard's "all runs").
+OR_ACTIVE = "-or-active"
+
+
 class FinishedWithinFilter(_WithinFilter):
-    """A range on ``finished_at`` from the window's whole hour: the runs the dashboard counts."""
+    """A range on ``finished_at`` from the window's whole hour: the runs the dashboard counts
+    (and, with OR_ACTIVE, the active runs too: no ``finished_at``)."""
 
     title = _("finished")
     parameter_name = "finished"
 
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [
+            *super().lookups(request, model_admin),
+            *(
+                (
+                    f"{key}{OR_ACTIVE}",
+                    gettext("%(window)s, or not finished yet")
+                    % {"window": window.last},
+                )
+                for key, window in WINDOWS.items()
+            ),
+        ]
+
     def apply(self, queryset: Any, value: str) -> Any:
-        return queryset.filter(finished_at__gte=finished_since(value, timezone.now()))
+        key = value.removesuffix(OR_ACTIVE)
+        since = Q(finished_at__gte=finished_since(key, timezone.now()))
+        if key != value:
+            return queryset.filter(since | Q(finished_at__isnull=True))
+        return queryset.filter(since)
 
 
 LEVELS = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -501,3 +502,24 @@ def test_a_run_deleted_after_its_hour_was_counted_stays_counted_and_the_page_say
     )
     hour = admin_client.get(URL, {"window": "1h"}).content.decode()
     assert "stay counted" not in hour  # the last hour is read from the runs
+
+
+@pytest.mark.parametrize("window", ["1h", "24h", "7d"])
+def test_the_total_s_link_lists_the_runs_it_counts(admin_client, make_run, window):
+    """ "All runs" counts the runs finished in the window and the runs active now; its
+    link lists those: not the runs created in the window."""
+    now = timezone.now()
+    month = now - timedelta(days=30)
+    counted = {
+        make_run("a", status=Status.FAILED, created_at=month, finished_at=now).pk,
+        make_run("b", created_at=month, heartbeat_at=now).pk,  # running for a month
+        make_run("c", status=Status.QUEUED).pk,
+    }
+    make_run("d", status=Status.SUCCEEDED, created_at=month, finished_at=month)
+    response = admin_client.get(URL, {"window": window})
+    assert response.context["total"] == len(counted)
+    [link] = re.findall(
+        r'href="([^"]*)"[^>]*>\s*<span[^>]*data-count="total"',
+        str(response.content.decode()),
+    )
+    assert _listed(admin_client, link) == counted

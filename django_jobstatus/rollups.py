@@ -28,7 +28,7 @@ from typing import Any
 
 from django.core.cache import cache
 from django.db import connections, models, router, transaction
-from django.db.models import Case, F, Q, Sum, Value, When
+from django.db.models import Case, Exists, F, Q, Sum, Value, When
 
 from django_jobstatus.models import JobRun, JobRunHour, Status
 from django_jobstatus.querysets import UNTIMED, aggregating, bucket_seconds
@@ -440,6 +440,11 @@ def _fill_window(db: str, start: datetime, end: datetime, *, derive: bool) -> No
         left = Q(hours=1, hour=start - HOUR)
         rows = table.filter(
             Q(hours=hours, hour=start - HOUR) | left | Q(hours=1, hour=end - HOUR)
+        ).filter(
+            # Read in the statement's own snapshot: a process that made this window
+            # meanwhile deleted the earlier one, and the hour that left, subtracted
+            # from nothing, would be a negative count. Then this one inserts nothing.
+            Exists(table.filter(hours=hours, hour=start - HOUR, job_name=""))
         )
         sign = Case(When(left, then=Value(-1)), default=Value(1))
     else:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from django.core.cache import cache
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -329,3 +331,49 @@ def test_the_window_migration_reverses_with_roll_ups_in_the_table(week):
     assert rollups.figures(week - timedelta(days=1), week, rollups.HOUR).counts() == (
         exact(rollups.floor(week - timedelta(days=1), rollups.HOUR), week)
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("days", [1, 7])
+def test_processes_rolling_up_the_same_window_at_once_agree(make_run, days):
+    """The dashboard's requests and reap_jobstatus roll up the hour that closed at once: each
+    derives the window from the one an hour earlier, which the first to commit deletes.
+    The others read it gone (PostgreSQL: a statement's snapshot) and subtracted the hour
+    that left from nothing: a negative count, refused by the table (IntegrityError)."""
+    now = timezone.now()
+    for i in range(300):
+        finished = now - timedelta(minutes=37 * i + 3)
+        make_run(
+            f"job.{i % 5}",
+            status=STATUSES[i % 4],
+            created_at=finished - timedelta(seconds=i + 1),
+            started_at=finished - timedelta(seconds=i + 1),
+            finished_at=finished,
+        )
+    since = now - timedelta(days=days)
+    rollups.figures(since - rollups.HOUR, now - rollups.HOUR, rollups.HOUR)
+    barrier = threading.Barrier(4)
+    found: list[Counter] = []
+    errors: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            barrier.wait(timeout=30)
+            found.append(rollups.figures(since, now, rollups.HOUR).counts())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    with mock.patch.object(cache, "get", return_value=None):  # none reads another's
+        threads = [threading.Thread(target=request) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert errors == []
+    expected = exact(rollups.floor(since, rollups.HOUR), now)
+    assert found == [expected] * 4
+    cache.clear()
+    assert rollups.figures(since, now, rollups.HOUR).counts() == expected

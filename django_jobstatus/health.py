@@ -1,8 +1,9 @@
 """Health: judge each JobMonitor by its job's newest runs, keep incidents, send alerts.
 
-``check()`` (``manage.py check_jobstatus``) evaluates every monitor with at most two
-queries each: the job's newest runs, and, for a limit relative to the job's p95, the
-durations of its recent successful runs. A finished run of a monitored job is also
+``check()`` (``manage.py check_jobstatus``) reads the monitors with their job's last
+start, then evaluates each with at most three queries: the job's newest finished runs,
+and, with a duration limit, its run running longest and (for a limit relative to the
+job's p95) the durations of its recent successful runs. A finished run of a monitored job is also
 evaluated as it happens, off the job's thread (a ``job_status_changed`` receiver).
 
 A state change is one conditional UPDATE of the monitor (two processes never both win),
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from cronsim import CronSim
 from django.core.mail import send_mail
 from django.db import connections, transaction
-from django.db.models import Count, Max, OuterRef, Prefetch, Q, Subquery
+from django.db.models import Count, OuterRef, Prefetch, Q, Subquery
 from django.db.models.signals import post_delete, post_save
 from django.urls import NoReverseMatch
 from django.utils import timezone
@@ -53,8 +54,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Runs read past the ``max_failures`` newest, so that a few active runs on top do not hide them.
-_ACTIVE_HEAD = 5
+# Finished runs read past the ``max_failures`` newest: one created earlier may have ended later.
+_OVERTAKEN = 5
 # Failed runs in a row that count toward ``max_failures``: a lost worker is a failure, a kill is not.
 _FAILURES = frozenset({Status.FAILED, Status.LOST})
 _RUN_FIELDS = ("pk", "status", "created_at", "started_at", "finished_at", "error")
@@ -86,6 +87,35 @@ def next_expected(monitor: JobMonitor, last_run_at: datetime | None) -> datetime
     return None
 
 
+def _started(job_name: str | OuterRef) -> QuerySet[JobRun]:
+    """The job's runs that started, newest first: a run queued but never started (or ended,
+    killed, before a worker took it) is no sign of life."""
+    return JobRun.objects.filter(job_name=job_name, started_at__isnull=False).order_by(
+        "-created_at", "-id"
+    )
+
+
+def with_last_start(monitors: QuerySet[JobMonitor]) -> QuerySet[JobMonitor]:
+    """Monitors with ``last_start_at``: when their job's newest run that started did."""
+    return monitors.annotate(
+        last_start_at=Subquery(_started(OuterRef("job_name")).values("started_at")[:1])
+    )
+
+
+def last_start(monitor: JobMonitor, *, using: str | None = None) -> datetime | None:
+    """When the job's newest run that started did (annotated by ``with_last_start()``, else one query)."""
+    if hasattr(monitor, "last_start_at"):
+        annotated: datetime | None = monitor.last_start_at
+        return annotated
+    found: datetime | None = (
+        _started(monitor.job_name)
+        .using(using or settings.DATABASE)
+        .values_list("started_at", flat=True)
+        .first()
+    )
+    return found
+
+
 # Reading monitors with their job's newest run.
 
 
@@ -107,12 +137,16 @@ def open_incidents() -> Prefetch[Any]:
 
 
 def with_last_run(monitors: QuerySet[JobMonitor]) -> QuerySet[JobMonitor]:
-    """Monitors with their job's newest run (``last_run_id/_at/_status``) and ``open_incidents``."""
-    return monitors.annotate(
-        last_run_id=_newest("pk"),
-        last_run_at=_newest("created_at"),
-        last_run_status=_newest("status"),
-    ).prefetch_related(open_incidents())
+    """Monitors with their job's newest run (``last_run_id/_at/_status``), ``last_start_at`` and ``open_incidents``."""
+    return (
+        with_last_start(monitors)
+        .annotate(
+            last_run_id=_newest("pk"),
+            last_run_at=_newest("created_at"),
+            last_run_status=_newest("status"),
+        )
+        .prefetch_related(open_incidents())
+    )
 
 
 def open_incident(monitor: JobMonitor) -> JobMonitorIncident | None:
@@ -133,7 +167,6 @@ class Assessment:
     state: str
     detail: str = ""
     run_id: uuid.UUID | None = None
-    last_run_at: datetime | None = None
     next_expected_at: datetime | None = None
 
 
@@ -181,16 +214,43 @@ def duration_limit(
 
 
 def _by_finish(runs: list[JobRun]) -> list[JobRun]:
-    """The finished runs, the last to finish first (a run created earlier may end later)."""
-    finished = [run for run in runs if run.is_finished]
-    return sorted(
-        finished, key=lambda run: run.finished_at or run.created_at, reverse=True
+    """The runs, the last to finish first (a run created earlier may end later)."""
+    return sorted(runs, key=lambda run: run.finished_at or run.created_at, reverse=True)
+
+
+def _finished_runs(monitor: JobMonitor, db: str) -> list[JobRun]:
+    """The job's newest finished runs, the last to finish first (one query).
+
+    Active runs are not read, so that any number of them cannot hide the finished ones.
+    A few more than ``max_failures`` are read by creation and sorted by finish, so that a
+    run created earlier that ends later is still seen as the last.
+    """
+    runs = (
+        JobRun.objects.using(db)
+        .for_job(monitor.job_name)
+        .finished()
+        .only(*_RUN_FIELDS)
+        .order_by("-created_at", "-id")[: max(monitor.max_failures, 1) + _OVERTAKEN]
+    )
+    return _by_finish(list(runs))
+
+
+def _longest_running(monitor: JobMonitor, db: str) -> JobRun | None:
+    """The job's run that has been running longest (one query; the few running rows of the job)."""
+    return (
+        JobRun.objects.using(db)
+        .for_job(monitor.job_name)
+        .running()
+        .filter(started_at__isnull=False)
+        .only(*_RUN_FIELDS)
+        .order_by("started_at", "id")
+        .first()
     )
 
 
-def _failing(monitor: JobMonitor, runs: list[JobRun]) -> Assessment | None:
+def _failing(monitor: JobMonitor, finished: list[JobRun]) -> Assessment | None:
     wanted = monitor.max_failures
-    finished = _by_finish(runs)[:wanted]
+    finished = finished[:wanted]
     if not wanted or len(finished) < wanted:
         return None
     if any(run.status not in _FAILURES for run in finished):
@@ -204,19 +264,23 @@ def _failing(monitor: JobMonitor, runs: list[JobRun]) -> Assessment | None:
     return Assessment(MonitorState.FAILING, detail, newest.pk)
 
 
-def _slow(runs: list[JobRun], limit: timedelta | None) -> Assessment | None:
+def _slow(monitor: JobMonitor, finished: list[JobRun], db: str) -> Assessment | None:
+    """The run running longest, or the last to finish, over the duration limit."""
+    newest = next(iter(finished), None)
+    limit = duration_limit(
+        monitor, using=db, excluding=newest.pk if newest is not None else None
+    )
     if limit is None:
         return None
-    for run in runs:
-        duration = run.duration
-        if run.status == Status.RUNNING and duration is not None and duration > limit:
-            text = _("A run has been running for %(duration)s, longer than %(limit)s.")
-            return Assessment(
-                MonitorState.SLOW,
-                text % {"duration": _seconds(duration), "limit": _seconds(limit)},
-                run.pk,
-            )
-    newest = next(iter(_by_finish(runs)), None)
+    running = _longest_running(monitor, db)
+    duration = running.duration if running is not None else None
+    if running is not None and duration is not None and duration > limit:
+        text = _("A run has been running for %(duration)s, longer than %(limit)s.")
+        return Assessment(
+            MonitorState.SLOW,
+            text % {"duration": _seconds(duration), "limit": _seconds(limit)},
+            running.pk,
+        )
     if newest is not None and newest.duration is not None and newest.duration > limit:
         text = _("The last run took %(duration)s, longer than %(limit)s.")
         return Assessment(
@@ -239,7 +303,11 @@ def _seconds(value: timedelta) -> str:
 def assess(
     monitor: JobMonitor, *, now: datetime | None = None, using: str | None = None
 ) -> Assessment:
-    """The monitor's state now, from the job's newest runs (at most two queries; none when disabled).
+    """The monitor's state now, from the job's runs (none when disabled).
+
+    At most four queries: the newest finished runs, the last start (none when the
+    monitor comes from ``with_last_start()``), then for a duration limit the run running
+    longest and, for a multiple of the p95, the recent durations.
 
     Worst first: failing (``max_failures`` finished runs in a row failed or were lost),
     late (no run started by the expected time plus ``grace``), slow (a run running, or
@@ -249,51 +317,25 @@ def assess(
         return Assessment(MonitorState.DISABLED)
     now = now or timezone.now()
     db = using or settings.DATABASE
-    runs = list(
-        JobRun.objects.using(db)
-        .for_job(monitor.job_name)
-        .only(*_RUN_FIELDS)
-        .order_by("-created_at", "-id")[: max(monitor.max_failures, 1) + _ACTIVE_HEAD]
-    )
-    last_run_at = runs[0].created_at if runs else None
-    last_start = _last_start(monitor, runs, db)
-    expected = next_expected(monitor, last_start)
-    found = _failing(monitor, runs)
+    finished = _finished_runs(monitor, db)
+    started = last_start(monitor, using=db)
+    expected = next_expected(monitor, started)
+    found = _failing(monitor, finished)
     if found is None and expected is not None and now > expected + monitor.grace:
         text = _("No run since %(last)s; one was expected by %(expected)s.")
         found = Assessment(
             MonitorState.LATE,
             text
             % {
-                "last": _when(last_start) if last_start else _("the monitor began"),
+                "last": _when(started) if started else _("the monitor began"),
                 "expected": _when(expected),
             },
-            runs[0].pk if runs else None,
+            finished[0].pk if finished else None,
         )
     if found is None:
-        newest = next(iter(_by_finish(runs)), None)
-        limit = duration_limit(
-            monitor, using=db, excluding=newest.pk if newest is not None else None
-        )
-        found = _slow(runs, limit)
+        found = _slow(monitor, finished, db)
     found = found or Assessment(MonitorState.HEALTHY)
-    return dataclasses.replace(
-        found, last_run_at=last_run_at, next_expected_at=expected
-    )
-
-
-def _last_start(monitor: JobMonitor, runs: list[JobRun], db: str) -> datetime | None:
-    """When the job's newest run started: a run queued but never started (or ended, killed,
-    before a worker took it) is no sign of life. Read apart only when none of ``runs`` started."""
-    started = [run.started_at for run in runs if run.started_at is not None]
-    if started or not runs:
-        return max(started, default=None)
-    found: datetime | None = (
-        JobRun.objects.using(db)
-        .for_job(monitor.job_name)
-        .aggregate(last=Max("started_at"))["last"]
-    )
-    return found
+    return dataclasses.replace(found, next_expected_at=expected)
 
 
 def _when(moment: datetime) -> str:
@@ -445,13 +487,13 @@ def check(
 ) -> CheckResult:
     """Evaluate every monitor (or those of ``job_names``) and store their new states.
 
-    One query for the monitors, at most two per monitor, then writes only for the
+    One query for the monitors, at most three per monitor, then writes only for the
     monitors whose state changed, and one UPDATE of ``checked_at``. ``dry_run`` writes
     nothing and sends nothing.
     """
     db = using or settings.DATABASE
     now = now or timezone.now()
-    monitors = JobMonitor.objects.using(db).order_by("job_name")
+    monitors = with_last_start(JobMonitor.objects.using(db).order_by("job_name"))
     if job_names is not None:
         monitors = monitors.filter(job_name__in=list(job_names))
     result = CheckResult()

@@ -190,7 +190,7 @@ def test_disabling_resolves_the_open_incident(monitor, past_run):
     assert not JobMonitorIncident.objects.filter(resolved_at__isnull=True).exists()
 
 
-def test_check_costs_at_most_two_queries_a_monitor(
+def test_check_costs_at_most_three_queries_a_monitor(
     monitor, past_run, django_assert_max_num_queries
 ):
     for index in range(6):
@@ -205,8 +205,10 @@ def test_check_costs_at_most_two_queries_a_monitor(
         for _ in range(5):
             past_run(name)
     health.check()  # settle the states
-    # One query for the monitors, two for each, one UPDATE of checked_at.
-    with django_assert_max_num_queries(1 + 2 * 6 + 1):
+    # One query for the monitors (with their last start), then for each its newest
+    # finished runs and its longest running run, and the recent durations for the three
+    # with a p95 limit; one UPDATE of checked_at.
+    with django_assert_max_num_queries(1 + 2 * 6 + 3 + 1):
         result = health.check()
     assert result.counts[MonitorState.HEALTHY] == 6
 
@@ -283,3 +285,28 @@ def test_a_slow_run_is_not_judged_against_its_own_duration(monitor, past_run):
     past_run(ago=timedelta(minutes=30), took=timedelta(seconds=60))
     past_run(ago=timedelta(minutes=10), took=timedelta(seconds=500))
     assert health.assess(m).state == MonitorState.SLOW
+
+
+def test_active_runs_on_top_do_not_hide_failures(monitor, past_run):
+    """More active runs than the head read before: the failures behind them still count."""
+    m = monitor(max_failures=2)
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(minutes=30), status=Status.FAILED, error="KeyError: 'x'")
+    past_run(ago=timedelta(minutes=20), status=Status.FAILED, error="KeyError: 'y'")
+    for _ in range(10):
+        past_run(ago=timedelta(minutes=1), status=Status.RUNNING)
+    for _ in range(10):
+        JobRun.objects.create(job_name=m.job_name, status=Status.QUEUED)
+    assessment = health.assess(m)
+    assert assessment.state == MonitorState.FAILING
+    assert assessment.detail.endswith("KeyError: 'y'")
+
+
+def test_an_old_stuck_run_under_many_active_runs_is_slow(monitor, past_run):
+    m = monitor(max_duration=timedelta(hours=1))
+    JobRun.objects.all().delete()
+    stuck = past_run(ago=timedelta(hours=3), status=Status.RUNNING)
+    for _ in range(10):
+        past_run(ago=timedelta(minutes=1), status=Status.RUNNING)
+    assessment = health.assess(m)
+    assert (assessment.state, assessment.run_id) == (MonitorState.SLOW, stuck.pk)

@@ -116,6 +116,11 @@ def last_start(monitor: JobMonitor, *, using: str | None = None) -> datetime | N
     return found
 
 
+def expected_at(monitor: JobMonitor, *, using: str | None = None) -> datetime | None:
+    """When the monitor expects its job's next start, as ``assess()`` judges it (the admin, the API)."""
+    return next_expected(monitor, last_start(monitor, using=using))
+
+
 # Reading monitors with their job's newest run.
 
 

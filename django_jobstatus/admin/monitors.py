@@ -177,7 +177,7 @@ class JobMonitorAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
     def next_expected_display(self, monitor: JobMonitor) -> str:
         if monitor.pk is None:
             return "—"
-        expected = health.next_expected(monitor, getattr(monitor, "last_run_at", None))
+        expected = health.expected_at(monitor)
         return expected.strftime("%Y-%m-%d %H:%M") if expected else "—"
 
     @admin.display(description=gettext_lazy("open incident"))

@@ -489,7 +489,7 @@ class JobMonitorSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(OpenApiTypes.DATETIME)
     def get_next_expected_at(self, monitor: JobMonitor) -> str | None:
-        expected = health.next_expected(monitor, getattr(monitor, "last_run_at", None))
+        expected = health.expected_at(monitor)
         return (
             None
             if expected is None

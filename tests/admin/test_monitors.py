@@ -216,3 +216,25 @@ def test_monitor_pages_open_with_view_and_act_with_view_and_change(
     m.refresh_from_db()
     assert not m.enabled
     assert editor.get(f"{MONITORS}add/").status_code == 200
+
+
+def test_next_expected_is_the_time_the_state_is_judged_by(
+    admin_client, monitor, past_run
+):
+    """The newest run was queued and never started: lateness counts from the last start,
+    and so does the page, which showed a time to come beside a late state."""
+    from django.utils import timezone
+
+    from django_jobstatus.models import JobRun
+
+    m = monitor(every=timedelta(hours=1))
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=2))
+    JobRun.objects.create(job_name=m.job_name, status=Status.QUEUED)
+    health.check()
+    expected = health.assess(m).next_expected_at
+    assert expected is not None and expected < timezone.now()
+    for url in (MONITORS, f"{MONITORS}{m.pk}/change/"):
+        html = admin_client.get(url).content.decode()
+        assert expected.strftime("%Y-%m-%d %H:%M") in html
+        assert 'jobstatus-monitor-late"' in html

@@ -172,3 +172,29 @@ def test_permissions(make_user, client_for, past_run, perms, method, expected):
         response = client.post(URL, {"job_name": "tests.nightly"}, format="json")
     assert response.status_code == expected
     assert client_for(None).get(URL).status_code in (401, 403)
+
+
+def test_next_expected_at_is_the_time_the_state_is_judged_by(
+    monitor_api, monitor, past_run
+):
+    """Counted from the newest run's start, not its creation: a run queued two hours ago
+    that started ten minutes ago makes the next start due in fifty minutes."""
+    from django.utils import timezone
+    from rest_framework import serializers
+
+    from django_jobstatus.models import JobRun
+
+    m = monitor(every=timedelta(hours=1))
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=2), status=Status.RUNNING)
+    JobRun.objects.update(started_at=timezone.now() - timedelta(minutes=10))
+    health.check()
+    expected = health.assess(m).next_expected_at
+    assert expected is not None and expected > timezone.now()
+    for url in (URL, f"{URL}{m.pk}/"):
+        body = monitor_api.get(url).json()
+        row = body["results"][0] if "results" in body else body
+        assert row["state"] == "healthy"
+        assert row["next_expected_at"] == serializers.DateTimeField().to_representation(
+            expected
+        )

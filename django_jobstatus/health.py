@@ -406,7 +406,7 @@ def apply(
                 run_id=assessment.run_id,
             )
         _stamp_alerts(change, now, db)
-    transaction.on_commit(lambda: _announce(change), using=db)
+    transaction.on_commit(lambda: _announce(change, db), using=db)
     return change
 
 
@@ -447,7 +447,7 @@ def _suppressed(change: Change) -> None:
     )
 
 
-def _announce(change: Change) -> None:
+def _announce(change: Change, db: str) -> None:
     """After commit: the signal (always), then the alerts that were stamped, off this thread."""
     try:
         monitor_state_changed.send(
@@ -460,9 +460,9 @@ def _announce(change: Change) -> None:
         )
     except Exception:
         logger.exception("A monitor_state_changed receiver failed")
-    for alert in _alerts(change):
-        for target in _targets():
-            outbox.put(_deliver, target, alert)
+    targets = _targets()
+    for alert, incident, stamp in _alerts(change):
+        outbox.put(_send, alert, targets, incident, stamp, db)
 
 
 # Evaluating monitors.
@@ -666,37 +666,29 @@ def _monitor_url(monitor: JobMonitor) -> str:
     return f"{base.rstrip('/')}{path}" if base else path
 
 
-def _alerts(change: Change) -> list[Alert]:
+def _alerts(change: Change) -> list[tuple[Alert, JobMonitorIncident, str]]:
+    """The alerts stamped for this change, each with its incident and the stamp that records it."""
     url = _monitor_url(change.monitor)
     name, state, previous = change.monitor.job_name, change.state, change.previous
     found = []
     resolved, opened = change.resolved, change.opened
     if resolved is not None and resolved.resolve_alert_at is not None:
-        found.append(
-            Alert(
-                "resolved",
-                name,
-                state,
-                previous,
-                resolved.detail,
-                resolved.opened_at,
-                resolved.resolved_at,
-                url,
-            )
+        alert = Alert(
+            "resolved",
+            name,
+            state,
+            previous,
+            resolved.detail,
+            resolved.opened_at,
+            resolved.resolved_at,
+            url,
         )
+        found.append((alert, resolved, "resolve_alert_at"))
     if opened is not None and opened.open_alert_at is not None:
-        found.append(
-            Alert(
-                "opened",
-                name,
-                state,
-                previous,
-                opened.detail,
-                opened.opened_at,
-                None,
-                url,
-            )
+        alert = Alert(
+            "opened", name, state, previous, opened.detail, opened.opened_at, None, url
         )
+        found.append((alert, opened, "open_alert_at"))
     return found
 
 
@@ -707,6 +699,34 @@ def _targets() -> list[dict[str, Any]]:
     for hook in settings.ALERT_WEBHOOKS:
         targets.append({"url": hook} if isinstance(hook, str) else dict(hook))
     return targets
+
+
+def _send(
+    alert: Alert,
+    targets: list[dict[str, Any]],
+    incident: JobMonitorIncident,
+    stamp: str,
+    db: str,
+) -> None:
+    """Deliver one alert to every target, each failure logged. When none took it, clear its
+    stamp: the incident must not read as announced (nor count toward ALERT_RATE_LIMIT)."""
+    delivered = False
+    for target in targets:
+        try:
+            _deliver(target, alert)
+        except Exception:
+            logger.exception(
+                "django-jobstatus: _deliver failed: the %s alert of %r by %s",
+                alert.event,
+                alert.job_name,
+                "email" if "email" in target else "webhook",
+            )
+        else:
+            delivered = True
+    if not delivered:
+        JobMonitorIncident.objects.using(db).filter(
+            pk=incident.pk, **{stamp: getattr(incident, stamp)}
+        ).update(**{stamp: None})
 
 
 def _deliver(target: dict[str, Any], alert: Alert) -> None:

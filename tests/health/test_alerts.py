@@ -230,50 +230,126 @@ def test_a_refused_connection_is_logged(
     assert "_deliver failed" in caplog.text
 
 
-def test_email_through_a_real_smtp_server(
-    failing, settings, django_capture_on_commit_callbacks
-):
-    from aiosmtpd.controller import Controller
+class _Smtp:
+    """A real SMTP server (aiosmtpd) on a free port that records, or refuses, each message."""
 
-    class Handler:
-        def __init__(self) -> None:
-            self.messages: list[Any] = []
-            self.received = threading.Event()
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
 
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
-            self.messages.append(envelope)
-            self.received.set()
-            return "250 OK"
+        self.messages: list[Any] = []
+        self.received = threading.Event()
+        self.refuse = False
+        server = self
 
-    handler = Handler()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    try:
-        smtp = "django.core.mail.backends.smtp.EmailBackend"
-        if hasattr(settings, "MAILERS"):  # Django 6.1+
-            settings.MAILERS = {
-                "default": {
-                    "BACKEND": smtp,
-                    "OPTIONS": {
-                        "host": "127.0.0.1",
-                        "port": controller.port,
-                        "timeout": 5,
-                    },
-                }
+        class Handler:
+            async def handle_DATA(self, smtp, session, envelope):  # noqa: N802 (aiosmtpd's name)
+                server.received.set()
+                if server.refuse:
+                    return "554 5.7.1 Message refused"
+                server.messages.append(envelope)
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=_free_port())
+        self.controller.start()
+        self.port = self.controller.port
+
+    def close(self) -> None:
+        self.controller.stop()
+
+
+def _use_smtp(settings, port: int) -> None:
+    """Send Django's email through the SMTP server on ``port``."""
+    smtp = "django.core.mail.backends.smtp.EmailBackend"
+    if hasattr(settings, "MAILERS"):  # Django 6.1+
+        settings.MAILERS = {
+            "default": {
+                "BACKEND": smtp,
+                "OPTIONS": {"host": "127.0.0.1", "port": port, "timeout": 5},
             }
-        else:
-            settings.EMAIL_BACKEND = smtp
-            settings.EMAIL_HOST = "127.0.0.1"
-            settings.EMAIL_PORT = controller.port
-            settings.EMAIL_TIMEOUT = 5
-        failing()
-        _check(django_capture_on_commit_callbacks)
-        assert handler.received.wait(10)
-    finally:
-        controller.stop()
-    (envelope,) = handler.messages
+        }
+    else:
+        settings.EMAIL_BACKEND = smtp
+        settings.EMAIL_HOST = "127.0.0.1"
+        settings.EMAIL_PORT = port
+        settings.EMAIL_TIMEOUT = 5
+
+
+@pytest.fixture
+def smtp(settings):
+    server = _Smtp()
+    _use_smtp(settings, server.port)
+    yield server
+    server.close()
+
+
+def test_email_through_a_real_smtp_server(
+    failing, smtp, django_capture_on_commit_callbacks
+):
+    failing()
+    _check(django_capture_on_commit_callbacks)
+    assert smtp.received.wait(10)
+    (envelope,) = smtp.messages
     assert envelope.rcpt_tos == ["ops@example.com"]
     assert b"Subject: [jobstatus] tests.nightly is Failing" in envelope.content
+    _recorded_and_not_sent_again(django_capture_on_commit_callbacks, smtp.messages)
+
+
+def _recorded_and_not_sent_again(capture, sent: list[Any]) -> None:
+    """One alert was delivered: the incident says so, and a later check sends nothing more."""
+    assert len(sent) == 1
+    assert JobMonitorIncident.objects.get().open_alert_at is not None
+    _check(capture)
+    assert len(sent) == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the health thread clears the stamp
+def test_an_alert_the_smtp_server_refused_is_not_recorded_as_sent(
+    failing, smtp, django_capture_on_commit_callbacks, caplog
+):
+    smtp.refuse = True
+    failing()
+    with caplog.at_level("ERROR", logger="django_jobstatus.health"):
+        _check(django_capture_on_commit_callbacks)
+    assert smtp.received.is_set()
+    assert "_deliver failed" in caplog.text
+    assert JobMonitorIncident.objects.get().open_alert_at is None
+
+
+@pytest.mark.django_db(transaction=True)  # the health thread clears the stamp
+def test_an_alert_no_channel_delivered_is_not_recorded_as_sent(
+    failing, settings, django_capture_on_commit_callbacks
+):
+    """The SMTP server is down and the webhook refuses the connection."""
+    down = f"http://127.0.0.1:{_free_port()}/"
+    _use_smtp(settings, _free_port())
+    failing(ALERT_WEBHOOKS=[down])
+    _check(django_capture_on_commit_callbacks)
+    assert JobMonitorIncident.objects.get().open_alert_at is None
+
+
+def test_an_alert_one_channel_delivered_is_recorded_as_sent(
+    failing, hook, settings, django_capture_on_commit_callbacks
+):
+    _use_smtp(settings, _free_port())  # down
+    failing(ALERT_WEBHOOKS=[hook.url])
+    _check(django_capture_on_commit_callbacks)
+    _recorded_and_not_sent_again(django_capture_on_commit_callbacks, hook.bodies)
+
+
+@pytest.mark.django_db(transaction=True)  # the health thread clears the stamp
+def test_a_resolution_the_smtp_server_refused_is_not_recorded_as_sent(
+    failing, smtp, past_run, django_capture_on_commit_callbacks
+):
+    failing()
+    _check(django_capture_on_commit_callbacks)
+    assert len(smtp.messages) == 1
+    smtp.refuse = True
+    past_run(ago=timedelta(minutes=1))
+    _check(django_capture_on_commit_callbacks)
+    incident = JobMonitorIncident.objects.get()
+    assert incident.resolved_at is not None
+    assert incident.open_alert_at is not None
+    assert incident.resolve_alert_at is None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -10,6 +10,8 @@ A state change is one conditional UPDATE of the monitor (two processes never bot
 then the incident it closes or opens. After commit, ``monitor_state_changed`` is sent and
 the alerts (email, webhooks) are queued to one background thread: a slow or dead server
 costs that thread at most ``ALERT_TIMEOUT`` seconds a delivery, never a job or a check.
+An incident's alert stamp (``open_alert_at``, ``resolve_alert_at``) is set before the
+alert goes, so two checks never both send it, and cleared again when no channel took it.
 """
 
 from __future__ import annotations

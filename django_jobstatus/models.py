@@ -15,7 +15,7 @@ from cronsim import CronSim, CronSimError
 from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.urls import reverse
@@ -817,7 +817,8 @@ class JobMonitor(models.Model):
     """What a healthy job looks like: how often it runs, how long it may take, how often it may fail.
 
     ``save()`` validates (``full_clean()``): a bad value raises ``ValidationError`` naming
-    the field and writes nothing. ``state`` is written by the evaluation only
+    the field and writes nothing. It stamps ``enabled_at`` when it turns a disabled
+    monitor on again (a queryset ``update()`` does not). ``state`` is written by the evaluation only
     (``django_jobstatus.health``).
     """
 
@@ -896,6 +897,16 @@ class JobMonitor(models.Model):
     created_at = models.DateTimeField(
         _("created"), default=timezone.now, editable=False
     )
+    enabled_at = models.DateTimeField(
+        _("enabled again"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_(
+            "When the monitor was last turned on again; no run is expected before. "
+            "Empty: on since its creation."
+        ),
+    )
 
     class Meta:
         verbose_name = _("job monitor")
@@ -912,6 +923,11 @@ class JobMonitor(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.full_clean()
+        update_fields = kwargs.get("update_fields")
+        if self._turned_on_again(kwargs.get("using"), update_fields):
+            self.enabled_at = timezone.now()
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "enabled_at"}
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
@@ -946,6 +962,23 @@ class JobMonitor(models.Model):
     @property
     def is_unhealthy(self) -> bool:
         return self.state in MonitorState.UNHEALTHY
+
+    def _turned_on_again(self, using: str | None, update_fields: Any) -> bool:
+        """Whether this save turns a disabled monitor on: the stored value is read (by
+        primary key, only when an existing monitor is saved enabled), not the one the
+        instance was loaded with, which another process may have changed since.
+        ``JobMonitor.objects.update(enabled=True)`` bypasses ``save()`` and stamps nothing."""
+        if not self.enabled or self._state.adding:
+            return False
+        if update_fields is not None and "enabled" not in update_fields:
+            return False
+        db = using or router.db_for_write(type(self), instance=self)
+        return (
+            type(self)
+            ._default_manager.using(db)
+            .filter(pk=self.pk, enabled=False)
+            .exists()
+        )
 
 
 class JobMonitorIncident(models.Model):

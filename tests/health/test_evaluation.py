@@ -254,6 +254,22 @@ def test_a_monitor_is_not_late_at_its_creation(monitor, past_run):
     assert health.assess(m, now=later).state == MonitorState.LATE
 
 
+def test_a_monitor_enabled_again_is_not_late_at_once(monitor, past_run):
+    """A pause is like a creation: nothing is expected before the monitor was enabled again."""
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=3))
+    m = monitor(every=timedelta(hours=1))
+    m.enabled = False
+    m.save()
+    assert health.assess(m).state == MonitorState.DISABLED
+    m = JobMonitor.objects.get(pk=m.pk)  # as the admin and the API read it
+    m.enabled = True
+    m.save()
+    assert health.assess(m).state == MonitorState.HEALTHY
+    later = timezone.now() + timedelta(hours=1, minutes=6)
+    assert health.assess(m, now=later).state == MonitorState.LATE
+
+
 def test_a_queued_run_that_never_started_does_not_hide_lateness(monitor, past_run):
     m = monitor(every=timedelta(hours=1), grace=timedelta(minutes=5))
     JobRun.objects.all().delete()

@@ -69,3 +69,33 @@ def test_good_monitors_save(monitor):
         seconds.pk,
     }
     assert str(nightly) == "tests.other"
+
+
+def test_enabled_at_is_stamped_when_a_monitor_is_turned_on_again(monitor):
+    m = monitor()
+    m.save()
+    assert m.enabled_at is None  # on since its creation
+    m.enabled = False
+    m.save()
+    assert m.enabled_at is None
+    m.enabled = True
+    m.save(update_fields=["enabled"])
+    m.refresh_from_db()
+    assert m.enabled_at is not None
+    first = m.enabled_at
+    m.max_failures = 3
+    m.save()  # on already: no new stamp
+    m.refresh_from_db()
+    assert m.enabled_at == first
+    # Loaded while it was on, turned off elsewhere since: saving it turns it on again.
+    stale = JobMonitor.objects.get(pk=m.pk)
+    JobMonitor.objects.filter(pk=m.pk).update(enabled=False)
+    stale.save()
+    stale.refresh_from_db()
+    assert stale.enabled and stale.enabled_at > first
+    # A queryset update() bypasses save(): it stamps nothing (docs/health.md says so).
+    second = stale.enabled_at
+    JobMonitor.objects.filter(pk=m.pk).update(enabled=False)
+    JobMonitor.objects.filter(pk=m.pk).update(enabled=True)
+    stale.refresh_from_db()
+    assert stale.enabled_at == second

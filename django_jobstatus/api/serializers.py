@@ -467,11 +467,12 @@ class JobMonitorSerializer(serializers.ModelSerializer):
             "state",
             "state_changed_at",
             "checked_at",
+            "enabled_at",
             "last_run",
             "next_expected_at",
             "open_incident",
         ]
-        read_only_fields = ["state", "state_changed_at", "checked_at"]
+        read_only_fields = ["state", "state_changed_at", "checked_at", "enabled_at"]
         extra_kwargs = {"job_name": {"min_length": 1}}  # in the schema too
 
     @extend_schema_field(_LastRunSerializer(allow_null=True))

@@ -238,3 +238,25 @@ def test_next_expected_is_the_time_the_state_is_judged_by(
         html = admin_client.get(url).content.decode()
         assert expected.strftime("%Y-%m-%d %H:%M") in html
         assert 'jobstatus-monitor-late"' in html
+
+
+def test_enabling_a_monitor_again_stamps_when_and_shows_it(
+    admin_client, monitor, past_run
+):
+    """Its next expected run counts from then, not from a run before the pause."""
+    from django.utils import formats, timezone
+
+    from django_jobstatus.models import JobRun
+
+    m = monitor(every=timedelta(hours=1), enabled=False)
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=3))
+    response = admin_client.post(f"{MONITORS}{m.pk}/change/", _form(every="01:00:00"))
+    assert response.status_code == 302
+    m.refresh_from_db()
+    assert m.enabled and m.enabled_at is not None
+    assert health.assess(m).state == MonitorState.HEALTHY
+    html = admin_client.get(f"{MONITORS}{m.pk}/change/").content.decode()
+    shown = formats.localize(timezone.template_localtime(m.enabled_at))
+    assert f'<div class="readonly">{shown}</div>' in html  # read-only, on the page
+    assert 'name="enabled_at"' not in html

@@ -198,3 +198,20 @@ def test_next_expected_at_is_the_time_the_state_is_judged_by(
         assert row["next_expected_at"] == serializers.DateTimeField().to_representation(
             expected
         )
+
+
+def test_enabling_a_monitor_again_stamps_enabled_at(monitor_api, monitor):
+    m = monitor(enabled=False)
+    response = monitor_api.patch(
+        f"{URL}{m.pk}/", {"enabled": True, "enabled_at": None}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    m.refresh_from_db()
+    assert m.enabled_at is not None
+    assert response.json()["enabled_at"] is not None
+    # Read-only: a value given is ignored.
+    response = monitor_api.patch(
+        f"{URL}{m.pk}/", {"enabled_at": "2020-01-01T00:00:00Z"}, format="json"
+    )
+    assert response.status_code == 200
+    assert JobMonitor.objects.get(pk=m.pk).enabled_at == m.enabled_at

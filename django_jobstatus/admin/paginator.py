@@ -26,6 +26,7 @@ from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext
 
 from django_jobstatus.admin.display import format_cell
+from django_jobstatus.admin.forms import ActionForm
 
 # Counting stops here: a changelist shows "10000" rather than scanning millions of rows.
 COUNT_CAP = 10_000
@@ -299,6 +300,8 @@ class BigTableAdmin:
     Listed before the ModelAdmin in the bases, and after mixins that wrap the changelist
     (such as the monitor column), which then wrap this one.
     """
+
+    action_form = ActionForm
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return BigTableChangeList

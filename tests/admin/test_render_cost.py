@@ -472,3 +472,67 @@ def test_a_projects_own_results_template_gets_each_cell(
     columns = len(response.context["cl"].list_display)
     assert body.count("<x>") == 3 * columns
     assert body.count("<x><td") >= 3 and "<x><th" in body
+
+
+def _action_forms(data=None, choices=()):
+    from django.contrib.admin import helpers
+
+    from django_jobstatus.admin.forms import ActionForm
+
+    forms = ActionForm(data, auto_id=None), helpers.ActionForm(data, auto_id=None)
+    for form in forms:
+        form.fields["action"].choices = choices
+    return forms
+
+
+def test_the_action_form_is_djangos():
+    choices = [
+        ("", "---------"),
+        ("kill", '<b>"Kill" & more</b>'),
+        ("retry", SafeString("<i>Retry</i>")),
+        ("Groups", [("a&b", "A & B"), (3, "three")]),
+    ]
+    for data in (None, {"action": "kill", "select_across": "1"}, {"action": "3"}):
+        ours, djangos = _action_forms(data, choices)
+        for name in ("action", "select_across"):
+            assert str(ours[name]) == str(djangos[name]), (data, name)
+        assert "&lt;b&gt;&quot;Kill&quot; &amp; more&lt;/b&gt;" in str(ours["action"])
+
+
+def test_the_changelist_s_actions_are_djangos(admin_client, make_run):
+    from django.contrib.admin import helpers
+
+    from django_jobstatus.admin.runs import JobRunAdmin
+
+    make_run("a.job")
+
+    def actions(body: str) -> str:
+        return re.search(r'<div class="actions">.*?</div>', body, re.S).group(0)
+
+    ours = admin_client.get(RUNS).content.decode()
+    with mock.patch.object(JobRunAdmin, "action_form", helpers.ActionForm):
+        djangos = admin_client.get(RUNS).content.decode()
+    assert 'name="action"' in actions(ours) and 'class="select-across"' in actions(ours)
+    assert actions(ours) == actions(djangos)
+
+
+def test_a_projects_form_renderer_renders_the_action_form(settings):
+    """A renderer other than Django's own may hold a project's widget templates: used."""
+    settings.FORM_RENDERER = f"{__name__}.MarkingRenderer"
+    from django.forms.renderers import get_default_renderer
+
+    get_default_renderer.cache_clear()
+    try:
+        ours, _djangos = _action_forms(None, [("kill", "Kill")])
+        assert str(ours["action"]) == "<mine django/forms/widgets/select.html>"
+        assert str(ours["select_across"]) == "<mine django/forms/widgets/hidden.html>"
+    finally:
+        get_default_renderer.cache_clear()
+
+
+from django.forms.renderers import DjangoTemplates  # noqa: E402
+
+
+class MarkingRenderer(DjangoTemplates):
+    def render(self, template_name, context, request=None):
+        return f"<mine {template_name}>"

@@ -184,9 +184,23 @@ def test_closed_hours_are_read_from_the_roll_ups(week):
     since = week - timedelta(days=7)
     before = rollups.figures(since, week, rollups.HOUR)
     closed = rollups.floor(week - rollups.GRACE, rollups.HOUR)
+    later = week + rollups.HOUR
+    moved = exact(rollups.floor(later - timedelta(days=7), rollups.HOUR), later)
     JobRun.objects.filter(finished_at__lt=closed).delete()
-    # What finished in a closed hour stays counted (and no query reads those runs again).
+    # What finished in a closed hour stays counted (and no query reads those runs again):
+    # read from the roll-ups, not the cache,
+    cache.clear()
     assert rollups.figures(since, week, rollups.HOUR).counts() == before.counts()
+    # in the window moved on by an hour (the hour that left is subtracted from its rows),
+    assert rollups.figures(later - timedelta(days=7), later, rollups.HOUR).counts() == (
+        moved
+    )
+    # and in a window made afresh from its hours.
+    JobRunHour.objects.exclude(hours=1).delete()
+    cache.clear()
+    assert rollups.figures(later - timedelta(days=7), later, rollups.HOUR).counts() == (
+        moved
+    )
 
 
 def test_two_fills_of_one_hour_count_it_once(week):

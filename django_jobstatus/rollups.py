@@ -162,9 +162,16 @@ def _closed(start: datetime, end: datetime) -> Figures:
         hours, windows = _add_closed(found, start, end)
         if hours or start not in windows:
             _fill(start, end, hours, derive=start - HOUR in windows)
-            found = Figures(buckets={}, jobs={})
             # Read back where they were written: a replica (READ_DATABASE) may lag.
-            _add_closed(found, start, end, using=router.db_for_write(JobRunHour))
+            db = router.db_for_write(JobRunHour)
+            found = Figures(buckets={}, jobs={})
+            _missing, windows = _add_closed(found, start, end, using=db)
+            if start not in windows:
+                # Deleted by a process rolling up a later window (its "now" an hour on)
+                # since this one made it, or never made: that process deleted the window
+                # this one was to move on from. The sums of its hours instead.
+                found = Figures(buckets={}, jobs={})
+                _add_closed(found, start, end, using=db, from_hours=True)
         cache.set(key, found, timeout=int((HOUR + GRACE).total_seconds()))
     return found
 
@@ -267,13 +274,19 @@ class _Listed(models.Aggregate):
 
 
 def _add_closed(
-    result: Figures, start: datetime, end: datetime, using: str | None = None
+    result: Figures,
+    start: datetime,
+    end: datetime,
+    using: str | None = None,
+    *,
+    from_hours: bool = False,
 ) -> tuple[list[datetime], set[datetime]]:
     """Add the roll-ups from ``start`` to ``end`` (one query); the hours not rolled up yet, and
     the starts of the windows of this length there (this one, the one an hour earlier).
 
     One query: each hour's marker (its totals, for the chart), the windows' markers, and
-    the window's rows summed per job (a count per status, the duration histogram).
+    the window's rows summed per job (a count per status, the duration histogram);
+    ``from_hours``: its hours' rows summed per job and duration bucket instead.
     """
     hours = _span(start, end)
     table = JobRunHour.objects.using(using).order_by()
@@ -293,10 +306,14 @@ def _add_closed(
     # Summed per job apart from the markers: read in the unique index's order, they need
     # no sort (grouped with the markers, PostgreSQL sorted the week's rows first).
     everyone = F(FINISHED[0]) + F(FINISHED[1]) + F(FINISHED[2]) + F(FINISHED[3])
+    own = (
+        table.filter(hours=1, hour__gte=start, hour__lt=end)
+        if from_hours
+        else table.filter(hours=hours, hour=start)
+    )
     jobs = (
-        table.filter(hours=hours, hour=start)
-        .exclude(job_name="")
-        .values("job_name")
+        own.exclude(job_name="")
+        .values("job_name", *(["duration_bucket"] if from_hours else []))
         .annotate(
             at=Value(None, output_field=models.DateTimeField()),
             span=Value(hours),
@@ -327,7 +344,10 @@ def _add_closed(
         else:
             job = result.jobs.setdefault(job_name, JobFigures())
             job.counts.update(dict(zip(FINISHED, row, strict=True)))
-            job.histogram.update(dict(zip(buckets, runs, strict=True)))
+            if from_hours:  # a row per duration bucket, listed once per hour
+                job.histogram[buckets[0]] += sum(row)
+            else:
+                job.histogram.update(dict(zip(buckets, runs, strict=True)))
             job.histogram.pop(UNTIMED, None)
     return [hour for hour in _hours(start, end) if hour not in seen], windows
 

@@ -9,7 +9,7 @@ from unittest import mock
 
 import pytest
 from django.core.cache import cache
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -391,3 +391,120 @@ def test_processes_rolling_up_the_same_window_at_once_agree(make_run, days):
     assert found == [expected] * 4
     cache.clear()
     assert rollups.figures(since, now, rollups.HOUR).counts() == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("paused_at", ["read_back", "move_on"])
+def test_a_process_rolling_up_a_later_window_meanwhile_leaves_the_figures_whole(
+    make_run, paused_at
+):
+    """A request rolls up its window while a process whose "now" is an hour on (a later
+    request, reap_jobstatus) rolls up the next one, which deletes the earlier windows:
+    the window the first had just made ("read_back": before it read it back), or the one
+    it was to move on from ("move_on": before it did). The first read no window back and
+    counted none of its closed hours' runs."""
+    now = timezone.now()
+    for i in range(300):
+        finished = now - timedelta(minutes=37 * i + 3)
+        make_run(
+            f"job.{i % 5}",
+            status=STATUSES[i % 4],
+            created_at=finished - timedelta(seconds=i + 1),
+            started_at=finished - timedelta(seconds=i + 1),
+            finished_at=finished,
+        )
+    since = now - timedelta(days=1)
+    end = rollups.floor(now - rollups.GRACE, rollups.HOUR)
+    # The window an hour earlier, and every hour of this one: this request makes only
+    # its window (the later one would wait on an hour it is rolling up).
+    rollups.figures(since - rollups.HOUR, now - rollups.HOUR, rollups.HOUR)
+    with transaction.atomic():
+        rollups._fill_hours("default", [end - rollups.HOUR])
+    add_closed, fill_window = rollups._add_closed, rollups._fill_window
+    paused, go = threading.Event(), threading.Event()
+    derived: list[bool] = []
+    stops: list[str] = []
+
+    def pause(here: str) -> None:
+        if here == paused_at and threading.current_thread() is first:
+            stops.append(here)
+            paused.set()
+            assert go.wait(timeout=30)
+
+    def read_back(result, start, end, using=None, **kwargs):
+        if using is not None and not kwargs:
+            pause("read_back")
+        return add_closed(result, start, end, using=using, **kwargs)
+
+    def move_on(db, start, end, *, derive):
+        if threading.current_thread() is first:
+            derived.append(derive)
+        pause("move_on")
+        return fill_window(db, start, end, derive=derive)
+
+    found: list[rollups.Figures] = []
+    errors: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            found.append(rollups.figures(since, now, rollups.HOUR))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            paused.set()
+            connections.close_all()
+
+    first = threading.Thread(target=request)
+    with (
+        mock.patch.object(rollups, "_add_closed", read_back),
+        mock.patch.object(rollups, "_fill_window", move_on),
+    ):
+        first.start()
+        try:
+            assert paused.wait(timeout=30)
+            later = rollups.figures(
+                since + rollups.HOUR, now + rollups.HOUR, rollups.HOUR
+            )
+        finally:
+            go.set()
+            first.join(timeout=30)
+    assert not first.is_alive()
+    assert errors == []
+    assert stops == [paused_at]
+    assert derived == [True]
+    assert [figures.counts() for figures in found] == [
+        exact(rollups.floor(since, rollups.HOUR), now)
+    ]
+    assert later.counts() == exact(
+        rollups.floor(since + rollups.HOUR, rollups.HOUR), now + rollups.HOUR
+    )
+    # Each job's counts and durations too: those of the window made afresh.
+    cache.clear()
+    again = rollups.figures(since, now, rollups.HOUR)
+    assert by_job(found[0]) == by_job(again)
+    assert found[0].buckets == again.buckets
+
+
+@pytest.mark.parametrize("days", [1, 7])
+def test_a_window_deleted_before_it_is_read_back_is_read_from_its_hours(
+    week, days, monkeypatch
+):
+    """What a process rolling up a later window may do meanwhile (see the test above): the
+    window is gone when the request that made it reads it back, which then sums its hours."""
+    since = week - timedelta(days=days)
+    made = rollups.figures(since, week, rollups.HOUR)
+    JobRunHour.objects.exclude(hours=1).delete()
+    cache.clear()
+    fill = rollups._fill
+
+    def and_deleted(start, end, hours, *, derive):
+        fill(start, end, hours, derive=derive)
+        JobRunHour.objects.exclude(hours=1).delete()
+
+    monkeypatch.setattr(rollups, "_fill", and_deleted)
+    found = rollups.figures(since, week, rollups.HOUR)
+    assert not JobRunHour.objects.exclude(hours=1).exists()
+    assert found.counts() == made.counts()
+    assert by_job(found) == by_job(made)
+    assert found.buckets == made.buckets

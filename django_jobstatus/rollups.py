@@ -160,7 +160,8 @@ def _closed(start: datetime, end: datetime) -> Figures:
     if found is None:
         found = Figures(buckets={}, jobs={})
         hours, windows = _add_closed(found, start, end)
-        if hours or start not in windows:
+        # One hour is its own window: its rows are the window's.
+        if hours or (start not in windows and _span(start, end) > 1):
             _fill(start, end, hours, derive=start - HOUR in windows)
             # Read back where they were written: a replica (READ_DATABASE) may lag.
             db = router.db_for_write(JobRunHour)
@@ -336,12 +337,7 @@ def _add_closed(
     seen: set[datetime] = set()
     windows: set[datetime] = set()
     for at, span, job_name, *row, buckets, runs in rows:
-        if span == 1:
-            seen.add(at)
-            result.add_bar(at, row)
-        elif not job_name:
-            windows.add(at)
-        else:
+        if job_name:
             job = result.jobs.setdefault(job_name, JobFigures())
             job.counts.update(dict(zip(FINISHED, row, strict=True)))
             if from_hours:  # a row per duration bucket, listed once per hour
@@ -349,6 +345,11 @@ def _add_closed(
             else:
                 job.histogram.update(dict(zip(buckets, runs, strict=True)))
             job.histogram.pop(UNTIMED, None)
+        elif span == 1:
+            seen.add(at)
+            result.add_bar(at, row)
+        else:
+            windows.add(at)
     return [hour for hour in _hours(start, end) if hour not in seen], windows
 
 
@@ -374,10 +375,13 @@ def _fill(
         with transaction.atomic(using=db):
             if hours:
                 _fill_hours(db, hours)
-            _fill_window(db, start, end, derive=derive)
-            JobRunHour.objects.using(db).filter(
-                Q(hour__lt=end - KEEP) | Q(hours=_span(start, end), hour__lt=start)
-            ).delete()
+            old = Q(hour__lt=end - KEEP)
+            if _span(start, end) > 1:
+                # A single hour is its own window (its rows are the window's): made as
+                # one, its earlier "windows" deleted were every hour's rows before it.
+                _fill_window(db, start, end, derive=derive)
+                old |= Q(hours=_span(start, end), hour__lt=start)
+            JobRunHour.objects.using(db).filter(old).delete()
 
 
 def _insert(db: str, query: models.QuerySet[Any]) -> None:

@@ -508,3 +508,15 @@ def test_a_window_deleted_before_it_is_read_back_is_read_from_its_hours(
     assert found.counts() == made.counts()
     assert by_job(found) == by_job(made)
     assert found.buckets == made.buckets
+
+
+@pytest.mark.parametrize("minutes", [30, 90, 150])
+def test_a_range_of_an_hour_or_less_keeps_the_hours_rows(week, minutes):
+    """A range whose closed hours are one hour or none has no window of its own: the hour's
+    rows are it. Made as a window, its fill deleted every hour's rows before it."""
+    rollups.figures(week - timedelta(days=7), week, rollups.HOUR)
+    hours = JobRunHour.objects.filter(hours=1).count()
+    since = week - timedelta(minutes=minutes)
+    found = rollups.figures(since, week, rollups.HOUR)
+    assert JobRunHour.objects.filter(hours=1).count() == hours
+    assert found.counts() == exact(rollups.floor(since, rollups.HOUR), week)

@@ -1,13 +1,15 @@
 """Health: judge each JobMonitor by its job's newest runs, keep incidents, send alerts.
 
-``check()`` (``manage.py check_jobstatus``) reads the monitors with their job's last
-start, then evaluates each with at most three queries: the job's newest finished runs,
+``check()`` (``manage.py check_jobstatus``) reads the monitors, then evaluates each with
+at most four queries: its row lock, the job's newest finished runs (with its last start),
 and, with a duration limit, its run running longest and (for a limit relative to the
 job's p95) the durations of its recent successful runs. A finished run of a monitored job is also
 evaluated as it happens, off the job's thread (a ``job_status_changed`` receiver).
 
-A state change is one conditional UPDATE of the monitor (two processes never both win),
-then the incident it closes or opens. After commit, ``monitor_state_changed`` is sent and
+Checks of one monitor take turns: each locks the monitor's row, then reads it and the runs,
+so none stores a judgment of runs older than those the check before it judged. A state
+change is one conditional UPDATE of the monitor (two processes never both win), then the
+incident it closes or opens. After commit, ``monitor_state_changed`` is sent and
 the alerts (email, webhooks) are queued to one background thread: a slow or dead server
 costs that thread at most ``ALERT_TIMEOUT`` seconds a delivery, never a job or a check.
 An incident's alert stamp (``open_alert_at``, ``resolve_alert_at``) is set before the
@@ -226,21 +228,33 @@ def _by_finish(runs: list[JobRun]) -> list[JobRun]:
     return sorted(runs, key=lambda run: run.finished_at or run.created_at, reverse=True)
 
 
-def _finished_runs(monitor: JobMonitor, db: str) -> list[JobRun]:
-    """The job's newest finished runs, the last to finish first (one query).
+def _finished_runs(
+    monitor: JobMonitor, db: str
+) -> tuple[list[JobRun], datetime | None]:
+    """The job's newest finished runs, the last to finish first, and its last start (one query).
 
     Active runs are not read, so that any number of them cannot hide the finished ones.
     A few more than ``max_failures`` are read by creation and sorted by finish, so that a
-    run created earlier that ends later is still seen as the last.
+    run created earlier that ends later is still seen as the last. The last start is read
+    in the same statement, so that it and the runs are of one moment (one more query when
+    the job has no finished run).
     """
-    runs = (
+    runs = list(
         JobRun.objects.using(db)
         .for_job(monitor.job_name)
         .finished()
         .only(*_RUN_FIELDS)
+        .annotate(
+            job_last_start_at=Subquery(
+                _started(monitor.job_name).values("started_at")[:1]
+            )
+        )
         .order_by("-created_at", "-id")[: max(monitor.max_failures, 1) + _OVERTAKEN]
     )
-    return _by_finish(list(runs))
+    if runs and hasattr(runs[0], "job_last_start_at"):
+        started: datetime | None = runs[0].job_last_start_at
+        return _by_finish(runs), started
+    return runs, last_start(monitor, using=db)
 
 
 def _longest_running(monitor: JobMonitor, db: str) -> JobRun | None:
@@ -313,9 +327,10 @@ def assess(
 ) -> Assessment:
     """The monitor's state now, from the job's runs (none when disabled).
 
-    At most four queries: the newest finished runs, the last start (none when the
-    monitor comes from ``with_last_start()``), then for a duration limit the run running
-    longest and, for a multiple of the p95, the recent durations.
+    At most three queries: the newest finished runs with the last start (one more when
+    the job has no finished run, unless the monitor comes from ``with_last_start()``),
+    then for a duration limit the run running longest and, for a multiple of the p95, the
+    recent durations.
 
     Worst first: failing (``max_failures`` finished runs in a row failed or were lost),
     late (no run started by the expected time plus ``grace``), slow (a run running, or
@@ -325,8 +340,7 @@ def assess(
         return Assessment(MonitorState.DISABLED)
     now = now or timezone.now()
     db = using or settings.DATABASE
-    finished = _finished_runs(monitor, db)
-    started = last_start(monitor, using=db)
+    finished, started = _finished_runs(monitor, db)
     expected = next_expected(monitor, started)
     found = _failing(monitor, finished)
     if found is None and expected is not None and now > expected + monitor.grace:
@@ -495,24 +509,27 @@ def check(
 ) -> CheckResult:
     """Evaluate every monitor (or those of ``job_names``) and store their new states.
 
-    One query for the monitors, at most three per monitor, then writes only for the
-    monitors whose state changed, and one UPDATE of ``checked_at``. ``dry_run`` writes
-    nothing and sends nothing.
+    One query for the monitors, at most four per monitor (its row lock, then what
+    ``assess()`` reads), then writes only for the monitors whose state changed, and one
+    UPDATE of ``checked_at``. ``dry_run`` takes no lock, writes nothing and sends nothing.
     """
     db = using or settings.DATABASE
     now = now or timezone.now()
-    monitors = with_last_start(JobMonitor.objects.using(db).order_by("job_name"))
+    monitors = JobMonitor.objects.using(db).order_by("job_name")
     if job_names is not None:
         monitors = monitors.filter(job_name__in=list(job_names))
     result = CheckResult()
     checked = []
     for monitor in monitors:
-        assessment = assess(monitor, now=now, using=db)
+        if dry_run:
+            result.assessments[monitor.job_name] = assess(monitor, now=now, using=db)
+            continue
+        found = _check_locked(monitor, now, db)
+        if found is None:
+            continue  # deleted since it was listed
+        assessment, change = found
         result.assessments[monitor.job_name] = assessment
         checked.append(monitor.pk)
-        if dry_run:
-            continue
-        change = apply(monitor, assessment, now=now, using=db)
         if change is not None:
             result.changes.append(change)
     if checked and not dry_run:
@@ -521,6 +538,32 @@ def check(
             stamp = stamp.filter(pk__in=checked)
         stamp.update(checked_at=now)
     return result
+
+
+def _check_locked(
+    monitor: JobMonitor, now: datetime, db: str
+) -> tuple[Assessment, Change | None] | None:
+    """Judge one monitor and store its state under its row lock (None: it was deleted).
+
+    The monitor is read again once locked, and its runs after, so each check judges what
+    the check before it committed and runs committed by then. Without the lock, a check
+    that read the runs before a newer run was committed could store its state after a
+    later check had judged that run: the compare-and-set on the state it read cannot tell,
+    when the state stayed the same or changed and came back. SQLite has no row lock, but
+    its transactions are serializable: a write that would overtake what a check read waits
+    for the check, or the check fails ("database is locked"); it never stores what it read.
+    """
+    with transaction.atomic(using=db, savepoint=False):
+        locked = (
+            JobMonitor.objects.using(db)
+            .select_for_update()
+            .filter(pk=monitor.pk)
+            .first()
+        )
+        if locked is None:
+            return None
+        assessment = assess(locked, now=now, using=db)
+        return assessment, apply(locked, assessment, now=now, using=db)
 
 
 # The receiver: a finished run of a monitored job is judged at once, off the job's thread.

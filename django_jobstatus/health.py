@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Finished runs read past the ``max_failures`` newest: one created earlier may have ended later.
-_OVERTAKEN = 5
 # Failed runs in a row that count toward ``max_failures``: a lost worker is a failure, a kill is not.
 _FAILURES = frozenset({Status.FAILED, Status.LOST})
 _RUN_FIELDS = ("pk", "status", "created_at", "started_at", "finished_at", "error")
@@ -223,37 +221,33 @@ def duration_limit(
     return timedelta(seconds=p95 * monitor.max_duration_p95_factor)
 
 
-def _by_finish(runs: list[JobRun]) -> list[JobRun]:
-    """The runs, the last to finish first (a run created earlier may end later)."""
-    return sorted(runs, key=lambda run: run.finished_at or run.created_at, reverse=True)
-
-
 def _finished_runs(
     monitor: JobMonitor, db: str
 ) -> tuple[list[JobRun], datetime | None]:
-    """The job's newest finished runs, the last to finish first, and its last start (one query).
+    """The job's last runs to finish, the last first, and its last start (one query).
 
     Active runs are not read, so that any number of them cannot hide the finished ones.
-    A few more than ``max_failures`` are read by creation and sorted by finish, so that a
-    run created earlier that ends later is still seen as the last. The last start is read
-    in the same statement, so that it and the runs are of one moment (one more query when
-    the job has no finished run).
+    The runs are read by finish, so that a run created before any number of newer ones
+    that ended before it is still the last (one range of the index of migration 0017).
+    The last start is read in the same statement, so that it and the runs are of one
+    moment (one more query when the job has no finished run).
     """
     runs = list(
         JobRun.objects.using(db)
         .for_job(monitor.job_name)
         .finished()
+        .filter(finished_at__isnull=False)  # the index's condition (SQLite needs it)
         .only(*_RUN_FIELDS)
         .annotate(
             job_last_start_at=Subquery(
                 _started(monitor.job_name).values("started_at")[:1]
             )
         )
-        .order_by("-created_at", "-id")[: max(monitor.max_failures, 1) + _OVERTAKEN]
+        .order_by("-finished_at", "-id")[: max(monitor.max_failures, 1)]
     )
     if runs and hasattr(runs[0], "job_last_start_at"):
         started: datetime | None = runs[0].job_last_start_at
-        return _by_finish(runs), started
+        return runs, started
     return runs, last_start(monitor, using=db)
 
 

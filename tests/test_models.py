@@ -892,6 +892,25 @@ def test_the_job_index_holds_the_id_and_its_migration_reverses() -> None:
     assert "jobstatus_run_job_idx" not in _run_indexes()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_finished_runs_index_and_its_migration_reverses() -> None:
+    index = _run_indexes()["jobstatus_run_job_finished_idx"]
+    assert index["columns"] == ["job_name", "finished_at", "id"]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                ["jobstatus_run_job_finished_idx"],
+            )
+            assert "WHERE (finished_at IS NOT NULL)" in cursor.fetchone()[0]
+    call_command("migrate", "django_jobstatus", "0016", verbosity=0)
+    try:
+        assert "jobstatus_run_job_finished_idx" not in _run_indexes()
+    finally:
+        call_command("migrate", "django_jobstatus", verbosity=0)
+    assert "jobstatus_run_job_finished_idx" in _run_indexes()
+
+
 def test_every_text_column_of_a_run_has_its_width_in_max_lengths() -> None:
     """storable() cuts to MAX_LENGTHS: a column missing there would be refused by PostgreSQL."""
     widths = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_jobstatus import health
@@ -293,6 +295,51 @@ def test_the_last_run_to_finish_is_the_last_run(monitor, past_run):
     past_run(ago=timedelta(minutes=10), took=timedelta(minutes=9), status=Status.FAILED)
     past_run(ago=timedelta(minutes=9), took=timedelta(seconds=10))
     assert health.assess(m).state == MonitorState.FAILING
+
+
+@pytest.mark.parametrize(
+    ("last", "others", "state"),
+    [
+        (Status.FAILED, Status.SUCCEEDED, MonitorState.FAILING),
+        (Status.SUCCEEDED, Status.FAILED, MonitorState.HEALTHY),
+    ],
+)
+def test_the_last_run_to_finish_decides_however_many_newer_runs_ended_first(
+    monitor, past_run, last, others, state
+):
+    """A long run, created before many short ones that all ended before it: it is the last."""
+    m = monitor(max_failures=1)
+    JobRun.objects.all().delete()
+    long = past_run(ago=timedelta(minutes=30), took=timedelta(minutes=29), status=last)
+    for minute in range(20, 10, -1):
+        past_run(
+            ago=timedelta(minutes=minute), took=timedelta(seconds=10), status=others
+        )
+    assessment = health.assess(m)
+    assert assessment.state == state
+    if state == MonitorState.FAILING:
+        assert assessment.run_id == long.pk
+
+
+def test_the_last_runs_to_finish_are_read_from_their_index(monitor, past_run):
+    """jobstatus_run_job_finished_idx (migration 0017): one range, no sort of the job's runs."""
+    m = monitor(max_failures=3)
+    with CaptureQueriesContext(connection) as queries:
+        health.assess(m)
+    sql = next(
+        q["sql"] for q in queries.captured_queries if '"finished_at" DESC' in q["sql"]
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # So few rows are read quicker whole: only a plan that cannot use the index sorts.
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL enable_sort = off")
+            cursor.execute(f"EXPLAIN {sql}")
+        else:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        plan = str(cursor.fetchall())
+    assert "jobstatus_run_job_finished_idx" in plan, plan
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_a_slow_run_is_not_judged_against_its_own_duration(monitor, past_run):

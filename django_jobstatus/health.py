@@ -543,10 +543,15 @@ def _check_locked(
     the check before it committed and runs committed by then. Without the lock, a check
     that read the runs before a newer run was committed could store its state after a
     later check had judged that run: the compare-and-set on the state it read cannot tell,
-    when the state stayed the same or changed and came back. SQLite has no row lock, but
-    its transactions are serializable: a write that would overtake what a check read waits
-    for the check, or the check fails ("database is locked"); it never stores what it read.
+    when the state stayed the same or changed and came back.
+
+    A database without row locks (SQLite) judges and stores as before, the reads outside
+    a transaction: held across them, a finish written meanwhile made the check fail
+    ("database is locked", in WAL mode) or made the job's write wait for the check.
     """
+    if not connections[db].features.has_select_for_update:
+        assessment = assess(monitor, now=now, using=db)
+        return assessment, apply(monitor, assessment, now=now, using=db)
     with transaction.atomic(using=db, savepoint=False):
         locked = (
             JobMonitor.objects.using(db)

@@ -354,7 +354,9 @@ class JobRunViewSet(
                 },
                 status=status.HTTP_409_CONFLICT,
             )
-        run.delete()
+        _total, deleted = run.delete()
+        if not deleted.get(JobRun._meta.label):
+            raise NotFound(_("The run was deleted meanwhile."))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
@@ -404,18 +406,17 @@ class JobRunViewSet(
         body = KillSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         if run.is_finished:
-            return Response(
-                {
-                    "detail": _("The run has already finished (%(status)s).")
-                    % {"status": run.status},
-                    "status": run.status,
-                },
-                status=status.HTTP_409_CONFLICT,
-            )
-        result = JobRun.objects.filter(pk=run.pk).request_kill(
-            force=body.validated_data["force"]
-        )
-        run.refresh_from_db()
+            return _finished_conflict(run)
+        force = body.validated_data["force"]
+        result = JobRun.objects.filter(pk=run.pk).request_kill(force=force)
+        try:
+            run.refresh_from_db()
+        except JobRun.DoesNotExist as exc:  # deleted meanwhile (a purge of active runs)
+            raise NotFound(_("The run was deleted meanwhile.")) from exc
+        if run.is_finished and not (result.killed if force else result.asked):
+            # It finished (or another request killed it) between the read and the write:
+            # this request asked nothing and killed nothing.
+            return _finished_conflict(run)
         run.not_stopped = result.not_stopped  # type: ignore[attr-defined]
         return Response(
             KilledRunSerializer(run, context=self.get_serializer_context()).data,
@@ -466,7 +467,9 @@ class JobRunViewSet(
     )
     def bulk_retry(self, request: Request) -> Response:
         runs = self.bulk_runs(request, _bulk_ids(request))
-        matched = runs.count()
+        # Read once: the runs counted are the runs retried (more may match meanwhile).
+        picked = list(runs.order_by("created_at", "pk")[: BULK_MAX + 1])
+        matched = len(picked)
         if matched > BULK_MAX:
             raise ValidationError(
                 {
@@ -474,13 +477,13 @@ class JobRunViewSet(
                         _(
                             "The ids and filters pick %(n)d runs; retry at most %(max)d at a time."
                         )
-                        % {"n": matched, "max": BULK_MAX}
+                        % {"n": runs.count(), "max": BULK_MAX}
                     ]
                 }
             )
         retried: list[dict[str, Any]] = []
         not_retried: list[dict[str, Any]] = []
-        for run in runs.order_by("created_at", "pk"):
+        for run in picked:
             try:
                 new = _retry_finished(run)
             except _NotRetried as refusal:
@@ -517,8 +520,9 @@ class JobRunViewSet(
     def bulk_delete(self, request: Request) -> Response:
         runs = self.bulk_runs(request, _bulk_ids(request))
         matched = runs.count()
-        not_finished = runs.active().count()
         purged = retention.delete_finished(runs)
+        # Counted once the deletes are done: a run that finished meanwhile was deleted.
+        not_finished = runs.active().count()
         return Response(
             DeleteResultSerializer(
                 {
@@ -709,6 +713,18 @@ class JobRunViewSet(
         if bucket is not None:
             data["buckets"] = runs.finished_buckets(bucket)
         return Response(StatsSerializer(data).data)
+
+
+def _finished_conflict(run: JobRun) -> Response:
+    """The 409 of a kill of a run that has finished."""
+    return Response(
+        {
+            "detail": _("The run has already finished (%(status)s).")
+            % {"status": run.status},
+            "status": run.status,
+        },
+        status=status.HTTP_409_CONFLICT,
+    )
 
 
 def _bulk_ids(request: Request) -> list[Any] | None:

@@ -203,7 +203,35 @@ class _StrictBooleanField(serializers.BooleanField):
         raise AssertionError  # pragma: no cover (fail() raises)
 
 
-class KillSerializer(serializers.Serializer):
+class _StrictBody(serializers.Serializer):
+    """An action's body: a key that is not one of its fields is a 400 naming it.
+
+    A misspelt ``ids`` (``idz``) must not leave the list filters to pick every run they
+    match, nor a misspelt ``force`` make a kill that is quietly not forced.
+    """
+
+    # Django's CSRF token, posted with the form of the browsable API.
+    _ALLOWED = frozenset({"csrfmiddlewaretoken"})
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        data = self.initial_data
+        keys = data.keys() if hasattr(data, "keys") else ()
+        unknown = sorted(set(keys) - set(self.fields) - self._ALLOWED)
+        if unknown:
+            choices = ", ".join(sorted(self.fields))
+            raise serializers.ValidationError(
+                {
+                    name: [
+                        _("%(name)r is not a field here; use one of %(choices)s.")
+                        % {"name": name, "choices": choices}
+                    ]
+                    for name in unknown
+                }
+            )
+        return attrs
+
+
+class KillSerializer(_StrictBody):
     force = _StrictBooleanField(
         default=False,
         help_text=_(
@@ -217,7 +245,7 @@ class KillSerializer(serializers.Serializer):
 BULK_MAX = 1000
 
 
-class BulkSerializer(serializers.Serializer):
+class BulkSerializer(_StrictBody):
     """The body of a bulk action: the runs' ids, or none (then the list filters pick them)."""
 
     ids = serializers.ListField(

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from django_jobstatus.models import JobRun, Status
 from tests.api.conftest import BASE
 
 pytestmark = pytest.mark.django_db
@@ -199,3 +200,73 @@ def test_edge_values_answer_400_or_nothing_never_500(api, run, url, status, fiel
     assert response.status_code == status, response.content
     if field:
         assert field in response.json()
+
+
+@pytest.mark.parametrize("action", ["kill", "retry", "delete"])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"idz": ["0190b6f4-0000-7000-8000-000000000000"]}', "idz"),
+        ('{"id": ["0190b6f4-0000-7000-8000-000000000000"]}', "id"),
+        ('{"ids": [], "forse": true}', "forse"),
+        ('{"\\u0000": 1}', "\x00"),
+    ],
+)
+def test_an_unknown_field_in_a_bulk_body_is_400_naming_it(
+    api, make_run, action, body, field
+):
+    """A misspelt ``ids`` never leaves the filters to pick every run they match."""
+    picked = make_run("tests.typo", status=Status.FAILED)
+    response = api.post(
+        f"{BASE}{action}/?job_name=tests.typo", body, content_type="application/json"
+    )
+    assert response.status_code == 400, response.content
+    assert field in response.json()
+    assert JobRun.objects.filter(pk=picked.pk).exists()
+    assert JobRun.objects.count() == 1  # nothing enqueued again
+
+
+def test_an_unknown_field_in_a_kill_body_is_400_naming_it(api, run):
+    """``{"forse": true}`` is not a kill that is quietly not forced."""
+    response = api.post(f"{BASE}{run.pk}/kill/", {"forse": True}, format="json")
+    assert response.status_code == 400, response.content
+    assert "forse" in response.json()
+    run.refresh_from_db()
+    assert run.kill_requested_at is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"ids": [1e400]}',
+        '{"ids": [99999999999999999999999999999999999999999]}',
+        '{"ids": ["0190b6f4-0000-7000-8000-00000000000\\u0000"]}',
+        '{"ids": [["0190b6f4-0000-7000-8000-000000000000"]]}',
+        '{"ids": null}',
+        '{"ids": ["0190b6f4-0000-7000-8000-000000000000"], "force": [true]}',
+        '{"ids": ["0190b6f4-0000-7000-8000-000000000000"], "force": "true"}',
+        '{"ids": ["0190b6f4-0000-7000-8000-000000000000"], "force": 1}',
+    ],
+)
+@pytest.mark.parametrize("action", ["kill", "retry", "delete"])
+def test_bad_bulk_values_are_400_naming_the_field(api, run, action, body):
+    response = api.post(f"{BASE}{action}/", body, content_type="application/json")
+    if action != "kill" and '"force"' in body:
+        # force is the bulk kill's: elsewhere it is an unknown field.
+        assert response.status_code == 400, response.content
+        assert "force" in response.json()
+        return
+    assert response.status_code == 400, response.content
+    assert set(response.json()) <= {"ids", "force"}, response.json()
+    run.refresh_from_db()
+    assert run.kill_requested_at is None
+
+
+@pytest.mark.parametrize(
+    "body", ['{"force": [true]}', '{"force": "yes"}', '{"force": null}', "[]"]
+)
+def test_bad_kill_bodies_are_400(api, run, body):
+    response = api.post(f"{BASE}{run.pk}/kill/", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    run.refresh_from_db()
+    assert run.kill_requested_at is None

@@ -110,3 +110,53 @@ def test_the_api_bulk_delete_commits_batch_by_batch(api, make_run):
     assert response.json()["deleted"] == 3
     assert not JobRun.objects.exists()
     assert found and {savepoints for _, savepoints in found} == {0}
+
+
+@pytest.fixture
+def failing_backend() -> Iterator[list[str]]:
+    """An integration for source ``tests_db_error`` whose retry of a run with
+    ``params={"bad": True}`` fails in the database (a CheckConstraint); the others are
+    enqueued again. Yields the job names of the runs it recorded."""
+    from django_jobstatus import contrib
+
+    recorded: list[str] = []
+
+    class Backend:
+        def kill(self, run: JobRun, *, force: bool = False) -> None:  # pragma: no cover
+            pass
+
+        def retry(self, run: JobRun) -> JobRun:
+            if run.params.get("bad"):
+                JobRun.objects.create(
+                    job_name=run.job_name, progress_current=2, progress_total=1
+                )
+            recorded.append(run.job_name)
+            return JobRun.objects.enqueue(run.job_name, source=run.source)
+
+    contrib.register("tests_db_error", Backend())
+    yield recorded
+    contrib.unregister("tests_db_error")
+
+
+def test_a_bulk_retry_s_new_runs_outlive_a_database_error_in_another_retry(
+    api, make_run, failing_backend
+):
+    """Each retry is its own savepoint: a database error in one did roll back the request's
+    transaction, and the new runs the answer listed as retried were never there."""
+    first = make_run("tests.first", status=Status.FAILED, source="tests_db_error")
+    bad = make_run(
+        "tests.bad", status=Status.FAILED, source="tests_db_error", params={"bad": True}
+    )
+    last = make_run("tests.last", status=Status.FAILED, source="tests_db_error")
+    response = api.post(
+        "/api/jobstatus/runs/retry/",
+        {"ids": [str(run.pk) for run in (first, bad, last)]},
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+    data = response.json()
+    assert [row["id"] for row in data["not_retried"]] == [str(bad.pk)]
+    assert data["not_retried"][0]["error"] is True
+    new_ids = [row["new_id"] for row in data["retried"]]
+    assert [row["id"] for row in data["retried"]] == [str(first.pk), str(last.pk)]
+    assert JobRun.objects.filter(pk__in=new_ids).count() == 2

@@ -7,13 +7,14 @@ admin and the API can stop a run through the real task system and enqueue it aga
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable, Iterable
 from logging import getLogger
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils.translation import gettext as _
 
 from django_jobstatus import writebehind
@@ -102,8 +103,17 @@ def retry(run: JobRun) -> JobRun:
         )
     # Written before the push, not behind it: the new run is there, queued, when the
     # caller (the admin, the API) shows it, even if a worker takes the job at once.
-    with writebehind.inline():
+    with writebehind.inline(), _savepoint(settings.DATABASE):
         return backend.retry(run)
+
+
+def _savepoint(using: str) -> Any:
+    """A savepoint when a transaction is open (ATOMIC_REQUESTS): a database error in one
+    retry rolls back that retry alone, not the runs that the retries before it recorded
+    (and their callers listed). Outside one, nothing: each write commits as it did."""
+    if transaction.get_connection(using).in_atomic_block:
+        return transaction.atomic(using=using)
+    return contextlib.nullcontext()
 
 
 def stop(runs: Iterable[JobRun], *, force: bool = False) -> list[NotStopped]:

@@ -337,6 +337,13 @@ class DeleteResultSerializer(serializers.Serializer):
     )
 
 
+class DeleteFailedSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    deleted = serializers.IntegerField(
+        help_text=_("Finished runs deleted before the database failed.")
+    )
+
+
 class KilledRunSerializer(JobRunSerializer):
     """A run after a kill request, with what its task system could not do."""
 

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from django.db import DataError
+from django.db import DatabaseError, DataError
 from django.db.models.functions import TruncDay, TruncHour
 from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django_filters import utils
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
@@ -55,6 +56,7 @@ from django_jobstatus.api.serializers import (
     BULK_MAX,
     BulkSerializer,
     ConflictSerializer,
+    DeleteFailedSerializer,
     DeleteResultSerializer,
     DetailSerializer,
     JobLogSerializer,
@@ -514,13 +516,37 @@ class JobRunViewSet(
             "(at least one of them): the finished ones are deleted with their log lines, in short "
             "batches; the others stay (not_finished). Needs the delete permission."
         ),
-        responses={200: DeleteResultSerializer},
+        responses={
+            200: DeleteResultSerializer,
+            503: OpenApiResponse(
+                DeleteFailedSerializer,
+                description=_(
+                    "The database failed partway: the batches before it are deleted (deleted)."
+                ),
+            ),
+        },
         acting_permission="delete",
     )
     def bulk_delete(self, request: Request) -> Response:
         runs = self.bulk_runs(request, _bulk_ids(request))
         matched = runs.count()
-        purged = retention.delete_finished(runs)
+        gone: list[JobRun] = []
+        try:
+            purged = retention.delete_finished(runs, deleted=gone.extend)
+        except DatabaseError as exc:
+            # The batches before the error are committed: say so, not a bare 500.
+            return Response(
+                {
+                    "detail": ngettext(
+                        "The database failed after %(n)d run was deleted; the others stay: %(error)s",
+                        "The database failed after %(n)d runs were deleted; the others stay: %(error)s",
+                        len(gone),
+                    )
+                    % {"n": len(gone), "error": contrib_error(exc)},
+                    "deleted": len(gone),
+                },
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
         # Counted once the deletes are done: a run that finished meanwhile was deleted.
         not_finished = runs.active().count()
         return Response(

@@ -301,3 +301,32 @@ def test_bulk_retry_through_a_real_celery_worker(api, make_run, celery_worker):
         JobRun.objects.filter(pk__in=retried.values()).values_list("status", "result")
     )
     assert results == [(Status.SUCCEEDED, 2), (Status.SUCCEEDED, 3)]
+
+
+def test_a_bulk_delete_the_database_stops_partway_says_how_many_went(
+    api, make_run, monkeypatch
+):
+    """Its batches commit one by one: an error after the first is no 500 hiding them."""
+    from django.db import OperationalError
+
+    from django_jobstatus import retention
+
+    runs = [make_run("tests.partway", status=Status.FAILED) for _ in range(3)]
+    monkeypatch.setattr(retention, "PURGE_BATCH_SIZE", 1)
+    batch = retention._Batches._batch_with_retries
+    calls = []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        return batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(retention._Batches, "_batch_with_retries", failing)
+    response = api.post(
+        f"{BASE}delete/", ids(*runs), format="json", HTTP_ACCEPT_LANGUAGE="en"
+    )
+    assert response.status_code == 503, response.content
+    left = JobRun.objects.filter(pk__in=[run.pk for run in runs]).count()
+    assert response.json()["deleted"] == 3 - left == 1
+    assert "server closed the connection" in response.json()["detail"]

@@ -412,10 +412,10 @@ _KILLED_BY_FORCE = _("Killed by force.")
 
 
 def _killed(run: JobRun, message: str | None) -> bool:
-    """End ``run`` killed now; False when it finished first."""
+    """End ``run`` killed now; False when it finished (or was deleted) first."""
     try:
         run.mark_killed(message=message or str(_KILLED_BY_FORCE))
-    except InvalidTransition:
+    except (InvalidTransition, run.DoesNotExist):
         return False
     return True
 

@@ -136,3 +136,18 @@ def test_a_bulk_retry_answers_for_the_runs_it_counted(
     assert response.status_code == 202
     data = response.json()
     assert data["matched"] == len(data["retried"]) + len(data["not_retried"]), data
+
+
+def test_a_forced_bulk_kill_of_a_run_deleted_meanwhile_kills_the_others(
+    api, make_run, monkeypatch
+):
+    gone, other = make_run("tests.race"), make_run("tests.race")
+    delete = lambda: JobRun.objects.filter(pk=gone.pk).delete()  # noqa: E731
+    # Deleted before the first kill, whichever run that is.
+    with meanwhile(monkeypatch, JobRun, "mark_killed", delete):
+        response = api.post(
+            f"{BASE}kill/?job_name=tests.race", {"force": True}, format="json"
+        )
+    assert response.status_code == 200, response.content
+    assert response.json()["killed"] == 1
+    assert JobRun.objects.get(pk=other.pk).status == Status.KILLED

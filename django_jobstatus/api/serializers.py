@@ -204,10 +204,12 @@ class _StrictBooleanField(serializers.BooleanField):
 
 
 class _StrictBody(serializers.Serializer):
-    """An action's body: a key that is not one of its fields is a 400 naming it.
+    """A request's body: a key that is not one of its fields is a 400 naming it.
 
     A misspelt ``ids`` (``idz``) must not leave the list filters to pick every run they
-    match, nor a misspelt ``force`` make a kill that is quietly not forced.
+    match, a misspelt ``force`` make a kill that is quietly not forced, nor a misspelt
+    monitor field (``enabeld``) answer 200 for a change that was not made. Read-only fields
+    (a monitor's ``state``) are fields: a body read from the API may be sent back.
     """
 
     # Django's CSRF token, posted with the form of the browsable API.
@@ -454,7 +456,7 @@ class _LastRunSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class JobMonitorSerializer(serializers.ModelSerializer):
+class JobMonitorSerializer(_StrictBody, serializers.ModelSerializer):
     """A monitor with its job's newest run, the next expected run and the open incident.
 
     Writes are validated by the model (``full_clean()``), as in the admin: a bad cron
@@ -538,6 +540,7 @@ class JobMonitorSerializer(serializers.ModelSerializer):
         return None if incident is None else JobMonitorIncidentSerializer(incident).data
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
         monitor = self.instance or JobMonitor()
         for field, value in attrs.items():
             setattr(monitor, field, value)

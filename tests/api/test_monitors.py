@@ -128,6 +128,22 @@ def test_a_bad_change_saves_nothing(monitor_api, monitor):
     assert (m.every, m.max_failures) == (timedelta(hours=1), 1)
 
 
+@pytest.mark.parametrize("method", ["post", "put", "patch"])
+def test_an_unknown_field_is_a_400_naming_it(monitor_api, monitor, past_run, method):
+    """``{"enabeld": false}`` is not a 200 that leaves the monitor enabled."""
+    m = monitor(every=timedelta(hours=1))
+    past_run("tests.other")
+    url = URL if method == "post" else f"{URL}{m.pk}/"
+    name = "tests.other" if method == "post" else "tests.nightly"
+    body = {"job_name": name, "every": 60, "enabeld": False}
+    response = getattr(monitor_api, method)(url, body, format="json")
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["enabeld"]
+    m.refresh_from_db()
+    assert (m.enabled, m.every) == (True, timedelta(hours=1))
+    assert JobMonitor.objects.count() == 1
+
+
 def test_state_is_read_only(monitor_api, monitor):
     m = monitor()
     response = monitor_api.patch(f"{URL}{m.pk}/", {"state": "late"}, format="json")

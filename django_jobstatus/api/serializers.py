@@ -337,6 +337,12 @@ class DeleteResultSerializer(serializers.Serializer):
             "Runs left because they are not finished (queued, running or retrying)."
         )
     )
+    held = serializers.IntegerField(
+        help_text=_(
+            "Finished runs left: another process held them while the deletes ran (e.g. "
+            "another purge), or they finished just after; deleting again may take them."
+        )
+    )
 
 
 class DeleteFailedSerializer(serializers.Serializer):

@@ -71,7 +71,7 @@ from django_jobstatus.api.serializers import (
     StatsSerializer,
 )
 from django_jobstatus.conf import settings
-from django_jobstatus.models import JobLog, JobMonitor, JobRun
+from django_jobstatus.models import JobLog, JobMonitor, JobRun, Status
 from django_jobstatus.querysets import JobRunQuerySet
 
 # The stats endpoint's range when the request gives none.
@@ -547,8 +547,11 @@ class JobRunViewSet(
                 },
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        # Counted once the deletes are done: a run that finished meanwhile was deleted.
-        not_finished = runs.active().count()
+        # Counted once the deletes are done, in one query: a run that finished meanwhile
+        # was deleted, and a finished run another process held was skipped, and is left.
+        left = runs.count_by_status()
+        not_finished = sum(left.get(state, 0) for state in Status.ACTIVE)
+        held = sum(left.get(state, 0) for state in Status.TERMINAL)
         return Response(
             DeleteResultSerializer(
                 {
@@ -556,6 +559,7 @@ class JobRunViewSet(
                     "deleted": purged.runs,
                     "logs": purged.logs,
                     "not_finished": not_finished,
+                    "held": held,
                 }
             ).data
         )

@@ -155,6 +155,7 @@ def test_bulk_delete_removes_finished_runs_and_says_how_many_were_left(api, make
         "deleted": 2,
         "logs": 2,
         "not_finished": 2,
+        "held": 0,
     }
     assert set(JobRun.objects.values_list("pk", flat=True)) == {
         running.pk,
@@ -169,7 +170,13 @@ def test_bulk_delete_by_list_filters(api, make_run):
     make_run("imports", status=Status.SUCCEEDED)
     kept = make_run("exports", status=Status.FAILED)
     response = api.post(f"{BASE}delete/?job_name=imports")
-    assert response.json() == {"matched": 2, "deleted": 2, "logs": 0, "not_finished": 0}
+    assert response.json() == {
+        "matched": 2,
+        "deleted": 2,
+        "logs": 0,
+        "not_finished": 0,
+        "held": 0,
+    }
     assert list(JobRun.objects.values_list("pk", flat=True)) == [kept.pk]
 
 
@@ -182,7 +189,13 @@ def test_bulk_delete_by_params_and_text_deletes_only_what_the_list_shows(api, ma
     listed = [row["id"] for row in api.get(f"{BASE}?{query}").json()["results"]]
     assert listed == [str(picked.pk)]
     response = api.post(f"{BASE}delete/?{query}")
-    assert response.json() == {"matched": 1, "deleted": 1, "logs": 1, "not_finished": 0}
+    assert response.json() == {
+        "matched": 1,
+        "deleted": 1,
+        "logs": 1,
+        "not_finished": 0,
+        "held": 0,
+    }
     assert not JobRun.objects.filter(pk=picked.pk).exists()
     assert JobRun.objects.count() == 2
 
@@ -212,7 +225,13 @@ def test_bulk_delete_needs_ids_or_a_filter_with_a_value(api, make_run):
 def test_bulk_delete_of_unknown_ids_deletes_nothing(api, make_run):
     run = make_run(status=Status.SUCCEEDED)
     response = api.post(f"{BASE}delete/", {"ids": [str(uuid.uuid4())]}, format="json")
-    assert response.json() == {"matched": 0, "deleted": 0, "logs": 0, "not_finished": 0}
+    assert response.json() == {
+        "matched": 0,
+        "deleted": 0,
+        "logs": 0,
+        "not_finished": 0,
+        "held": 0,
+    }
     assert JobRun.objects.filter(pk=run.pk).exists()
 
 

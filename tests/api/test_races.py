@@ -119,6 +119,7 @@ def test_a_run_that_finished_before_the_bulk_delete_is_not_said_to_be_left(
         "deleted": 2,
         "logs": 0,
         "not_finished": 0,
+        "held": 0,
     }
 
 
@@ -151,3 +152,45 @@ def test_a_forced_bulk_kill_of_a_run_deleted_meanwhile_kills_the_others(
     assert response.status_code == 200, response.content
     assert response.json()["killed"] == 1
     assert JobRun.objects.get(pk=other.pk).status == Status.KILLED
+
+
+def test_a_bulk_delete_says_which_finished_runs_another_process_held(api, make_run):
+    """A run another transaction holds is skipped (FOR UPDATE SKIP LOCKED): the answer
+    counts it as left, not as gone nor as unfinished."""
+    from django.db import transaction
+
+    held, free = (make_run("tests.race", status=Status.FAILED) for _ in range(2))
+    locked, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                list(JobRun.objects.filter(pk=held.pk).select_for_update())
+                locked.set()
+                assert release.wait(timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+            locked.set()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert locked.wait(timeout=30)
+        response = api.post(f"{BASE}delete/?job_name=tests.race", {}, format="json")
+    finally:
+        release.set()
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert response.status_code == 200, response.content
+    assert not JobRun.objects.filter(pk=free.pk).exists()
+    assert JobRun.objects.filter(pk=held.pk).exists()
+    assert response.json() == {
+        "matched": 2,
+        "deleted": 1,
+        "logs": 0,
+        "not_finished": 0,
+        "held": 1,
+    }

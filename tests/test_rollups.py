@@ -347,14 +347,8 @@ def test_the_window_migration_reverses_with_roll_ups_in_the_table(week):
     )
 
 
-@pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("days", [1, 7])
-def test_processes_rolling_up_the_same_window_at_once_agree(make_run, days):
-    """The dashboard's requests and reap_jobstatus roll up the hour that closed at once: each
-    derives the window from the one an hour earlier, which the first to commit deletes.
-    The others read it gone (PostgreSQL: a statement's snapshot) and subtracted the hour
-    that left from nothing: a negative count, refused by the table (IntegrityError)."""
+def _runs_every_37_minutes(make_run):
+    """300 runs finished every 37 minutes back from now (a week), every terminal status; now."""
     now = timezone.now()
     for i in range(300):
         finished = now - timedelta(minutes=37 * i + 3)
@@ -365,6 +359,18 @@ def test_processes_rolling_up_the_same_window_at_once_agree(make_run, days):
             started_at=finished - timedelta(seconds=i + 1),
             finished_at=finished,
         )
+    return now
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("days", [1, 7])
+def test_processes_rolling_up_the_same_window_at_once_agree(make_run, days):
+    """The dashboard's requests and reap_jobstatus roll up the hour that closed at once: each
+    derives the window from the one an hour earlier, which the first to commit deletes.
+    The others read it gone (PostgreSQL: a statement's snapshot) and subtracted the hour
+    that left from nothing: a negative count, refused by the table (IntegrityError)."""
+    now = _runs_every_37_minutes(make_run)
     since = now - timedelta(days=days)
     rollups.figures(since - rollups.HOUR, now - rollups.HOUR, rollups.HOUR)
     barrier = threading.Barrier(4)
@@ -404,16 +410,7 @@ def test_a_process_rolling_up_a_later_window_meanwhile_leaves_the_figures_whole(
     the window the first had just made ("read_back": before it read it back), or the one
     it was to move on from ("move_on": before it did). The first read no window back and
     counted none of its closed hours' runs."""
-    now = timezone.now()
-    for i in range(300):
-        finished = now - timedelta(minutes=37 * i + 3)
-        make_run(
-            f"job.{i % 5}",
-            status=STATUSES[i % 4],
-            created_at=finished - timedelta(seconds=i + 1),
-            started_at=finished - timedelta(seconds=i + 1),
-            finished_at=finished,
-        )
+    now = _runs_every_37_minutes(make_run)
     since = now - timedelta(days=1)
     end = rollups.floor(now - rollups.GRACE, rollups.HOUR)
     # The window an hour earlier, and every hour of this one: this request makes only

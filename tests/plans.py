@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
+import pytest
 from django.db import connection
+
+from tests.waiting import wait_for
 
 
 def plan(
@@ -24,15 +29,45 @@ def plan(
                 cursor.execute(f"RESET enable_{plan_type}")
 
 
-def vacuum_analyze(*models) -> None:
-    """VACUUM ANALYZE the models' tables once their rows' commits are on disk.
+def vacuum_analyze(*models, timeout: float = 30.0) -> None:
+    """VACUUM ANALYZE the models' tables until every page of them is all-visible.
 
     The test server commits asynchronously (``synchronous_commit=off``), and VACUUM marks a
     page all-visible, which an index-only scan needs, only when its rows' commits are
-    flushed. Without the CHECKPOINT, whether it did depended on the WAL writer's timing, and
-    so did the plan the planner chose.
+    flushed (hence the CHECKPOINT) and older than every snapshot open in the database (an
+    autovacuum worker's ANALYZE, say). A table left partly visible has its index-only scans
+    priced as index scans, and the planner chose another index (a CI run, 2026-12-05):
+    VACUUM again until ``pg_class.relallvisible`` covers its pages, or fail naming the
+    sessions that hold the rows back.
     """
     with connection.cursor() as cursor:
-        cursor.execute("CHECKPOINT")
         for model in models:
-            cursor.execute(f"VACUUM ANALYZE {model._meta.db_table}")
+            table = model._meta.db_table
+            try:
+                wait_for(
+                    functools.partial(_vacuumed, cursor, table),
+                    timeout=timeout,
+                    interval=0.05,
+                    what=f"every page of {table} all-visible",
+                )
+            except pytest.fail.Exception as exc:
+                cursor.execute(
+                    "SELECT pid, backend_type, state, left(query, 80)"
+                    " FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid()"
+                    " AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)"
+                )
+                pytest.fail(
+                    f"{exc}; transactions holding rows back: {cursor.fetchall()}"
+                )
+
+
+def _vacuumed(cursor, table: str) -> bool:
+    """VACUUM ANALYZE ``table`` (its commits flushed first); whether every page is all-visible."""
+    cursor.execute("CHECKPOINT")
+    cursor.execute(f"VACUUM ANALYZE {table}")
+    cursor.execute(
+        "SELECT relallvisible >= relpages FROM pg_class WHERE oid = %s::regclass",
+        [table],
+    )
+    return bool(cursor.fetchone()[0])

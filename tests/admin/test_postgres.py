@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -180,6 +180,44 @@ def test_a_filter_read_by_a_table_scan_is_counted_from_one_plan(make_run, monkey
     assert not any("COUNT(" in q["sql"] for q in queries.captured_queries)
     # The same figure as the plan of the whole query.
     assert count == max(int(_plan(connection, unindexed.order_by())["Plan Rows"]), 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_vacuum_analyze_waits_out_a_transaction_that_holds_the_rows_back():
+    """What failed test_failures_are_grouped_from_the_index_alone once in CI (its plan read
+    jobstatus_run_finished_idx): a transaction open elsewhere in the database, older than
+    the rows, kept VACUUM from marking their pages all-visible, so index-only scans were
+    priced as index scans and the planner chose another index. vacuum_analyze() now
+    VACUUMs again until the pages are all-visible, and names what holds them back."""
+    other = connections.create_connection("default")
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:
+            cursor.execute("SELECT txid_current()")
+        seven_jobs(700)
+        with pytest.raises(
+            pytest.fail.Exception, match="(?s)all-visible.*idle in transaction"
+        ):
+            vacuum_analyze(JobRun, timeout=0.2)
+
+        def end_it_after_a_vacuum(execute, sql, *args):
+            result = execute(sql, *args)
+            if sql.startswith("VACUUM"):
+                other.rollback()
+            return result
+
+        with connection.execute_wrapper(end_it_after_a_vacuum):
+            vacuum_analyze(JobRun)
+    finally:
+        other.close()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass",
+            [JobRun._meta.db_table],
+        )
+        pages, visible = cursor.fetchone()
+    assert pages > 0
+    assert visible == pages
 
 
 @pytest.mark.django_db(transaction=True)

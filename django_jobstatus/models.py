@@ -194,6 +194,7 @@ class JobRun(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="jobstatus_runs",
+        db_index=False,  # jobstatus_run_owner_idx: the runs that have one (0018)
     )
     parent = models.ForeignKey(
         "self",
@@ -202,6 +203,7 @@ class JobRun(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="children",
+        db_index=False,  # jobstatus_run_parent_idx: the runs that have one (0018)
     )
     created_at = models.DateTimeField(_("created"), default=timezone.now)
     queued_at = models.DateTimeField(_("queued"), null=True, blank=True)
@@ -313,6 +315,20 @@ class JobRun(models.Model):
                 fields=["error_fingerprint", "created_at", "id"],
                 condition=Q(status__in=["failed", "lost"]),
                 name="jobstatus_run_cause_idx",
+            ),
+            # The two nullable foreign keys, on the runs that have one (0018): most runs
+            # have neither, and an index of the whole column held an entry for each.
+            # ``parent_id = x`` and ``owner_id = x`` imply the condition, as does the
+            # SET NULL each run deleted fires for its children.
+            models.Index(
+                fields=["parent"],
+                condition=Q(parent__isnull=False),
+                name="jobstatus_run_parent_idx",
+            ),
+            models.Index(
+                fields=["owner"],
+                condition=Q(owner__isnull=False),
+                name="jobstatus_run_owner_idx",
             ),
         ]
         constraints = [

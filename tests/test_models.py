@@ -911,6 +911,88 @@ def test_the_finished_runs_index_and_its_migration_reverses() -> None:
     assert "jobstatus_run_job_finished_idx" in _run_indexes()
 
 
+def _foreign_key_indexes() -> dict[str, list[str]]:
+    """The runs' indexes of each nullable foreign key alone, by column."""
+    return {
+        column: sorted(
+            name
+            for name, index in _run_indexes().items()
+            if index["index"] and index["columns"] == [column]
+        )
+        for column in ("parent_id", "owner_id")
+    }
+
+
+def _where(name: str) -> str:
+    """The index's definition as the database holds it (its condition included)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = %s", [name]
+            )
+        else:
+            cursor.execute("SELECT sql FROM sqlite_master WHERE name = %s", [name])
+        return str(cursor.fetchone()[0])
+
+
+def _delete_actions() -> list[tuple[str, str]]:
+    """PostgreSQL: the ON DELETE action of each foreign key that points at a run."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT conrelid::regclass::text, confdeltype FROM pg_constraint"
+            " WHERE confrelid = %s::regclass ORDER BY 1",
+            [JobRun._meta.db_table],
+        )
+        return cursor.fetchall()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parent_and_owner_are_indexed_where_set_and_the_migration_reverses() -> None:
+    assert _foreign_key_indexes() == {
+        "parent_id": ["jobstatus_run_parent_idx"],
+        "owner_id": ["jobstatus_run_owner_idx"],
+    }
+    postgres = connection.vendor == "postgresql"
+    for name, column in [
+        ("jobstatus_run_parent_idx", "parent_id"),
+        ("jobstatus_run_owner_idx", "owner_id"),
+    ]:
+        assert (
+            f"WHERE ({column} IS NOT NULL)"
+            if postgres
+            else f'WHERE "{column}" IS NOT NULL'
+        ) in _where(name)
+    # Only the indexes change: the lines' CASCADE and the children's SET NULL (0008) stay.
+    actions = [
+        (JobLog._meta.db_table, "c"),
+        (JobRun._meta.db_table, "n"),
+    ]
+    if postgres:
+        assert _delete_actions() == actions
+    parent = JobRun.objects.start("tests.parent")
+    child = JobRun.objects.start("tests.child", parent=parent)
+    call_command("migrate", "django_jobstatus", "0017", verbosity=0)
+    try:
+        before = _foreign_key_indexes()
+        for column, names in before.items():
+            assert len(names) == 1, before
+            assert " WHERE " not in _where(names[0]).upper(), column
+        assert not {"jobstatus_run_parent_idx", "jobstatus_run_owner_idx"} & set(
+            _run_indexes()
+        )
+        if postgres:
+            assert _delete_actions() == actions
+    finally:
+        call_command("migrate", "django_jobstatus", verbosity=0)
+    assert _foreign_key_indexes() == {
+        "parent_id": ["jobstatus_run_parent_idx"],
+        "owner_id": ["jobstatus_run_owner_idx"],
+    }
+    if postgres:
+        assert _delete_actions() == actions
+    assert list(parent.children.all()) == [child]
+
+
 def test_every_text_column_of_a_run_has_its_width_in_max_lengths() -> None:
     """storable() cuts to MAX_LENGTHS: a column missing there would be refused by PostgreSQL."""
     widths = {

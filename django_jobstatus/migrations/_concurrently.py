@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import DatabaseError, migrations
+from django.db import DatabaseError, migrations, models
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +71,68 @@ class RemoveIndexConcurrentlyOnPostgres(migrations.RemoveIndex):
     ) -> None:
         if not _concurrently(self, schema_editor, app_label, to_state, "add_index"):
             super().database_backwards(app_label, schema_editor, from_state, to_state)
+
+
+
+# Where a foreign key's index can be dropped alone (MySQL needs one for the key: Django's way there).
+_INDEX_DROPPED_ALONE = ("postgresql", "sqlite")
+
+
+def _concurrent(schema_editor: Any) -> dict[str, bool]:
+    return (
+        {"concurrently": True}
+        if schema_editor.connection.vendor == "postgresql"
+        else {}
+    )
+
+
+class DropForeignKeyIndexConcurrentlyOnPostgres(migrations.AlterField):
+    """``AlterField`` to ``db_index=False`` of a foreign key that an index of ``Meta.indexes``
+    now serves: only the field's own index is dropped, CONCURRENTLY on PostgreSQL.
+
+    Django's ``AlterField`` would also drop the foreign key and add it again on PostgreSQL
+    (without the ``ON DELETE`` action migration 0008 gave it, and validated while the table
+    is locked), and rebuild the whole table on SQLite. Backwards, the index comes back
+    under the name Django gives it. On other databases this is Django's ``AlterField``.
+    """
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor not in _INDEX_DROPPED_ALONE:
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+            return
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        column = model._meta.get_field(self.name).column
+        declared = {index.name for index in model._meta.indexes}
+        with schema_editor.connection.cursor() as cursor:
+            found = schema_editor.connection.introspection.get_constraints(
+                cursor, model._meta.db_table
+            )
+        for name, details in found.items():
+            # What Django's AlterField drops: a plain index of the column alone, not declared.
+            if (
+                details["index"]
+                and details["columns"] == [column]
+                and details["type"] == models.Index.suffix
+                and not (details["unique"] or details["primary_key"])
+                and name not in declared
+            ):
+                index = models.Index(fields=[self.name], name=name)
+                schema_editor.remove_index(model, index, **_concurrent(schema_editor))
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor not in _INDEX_DROPPED_ALONE:
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+            return
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        column = model._meta.get_field(self.name).column
+        name = schema_editor._create_index_name(model._meta.db_table, [column])
+        index = models.Index(fields=[self.name], name=name)
+        schema_editor.add_index(model, index, **_concurrent(schema_editor))

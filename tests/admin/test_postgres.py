@@ -121,6 +121,14 @@ def seeded(db) -> Iterator[None]:
             lambda: JobLog.objects.order_by("-created_at")[:100],
             "jobstatus_log_created_id_idx",
         ),
+        # The nullable foreign keys, indexed where set (0018): a lookup implies the condition.
+        (
+            lambda: JobRun.objects.filter(
+                parent_id="01a20000-0000-7000-8000-000000000000"
+            ),
+            "jobstatus_run_parent_idx",
+        ),
+        (lambda: JobRun.objects.filter(owner_id=1), "jobstatus_run_owner_idx"),
     ],
 )
 def test_filters_use_an_index(seeded, build, index):
@@ -129,6 +137,32 @@ def test_filters_use_an_index(seeded, build, index):
         name in text for name in ((index,) if isinstance(index, str) else index)
     ), text
     assert "Seq Scan" not in text, text
+
+
+def test_each_run_deleted_looks_its_children_up_in_the_index_of_set_parents(seeded):
+    """The SET NULL the database fires for every run deleted (a purge: once a run) reads
+    the partial index of the runs that have a parent (0018), not an index of every run."""
+    runs = JobRun._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"PREPARE jobstatus_set_null (uuid) AS UPDATE ONLY {runs}"  # noqa: S608
+            " SET parent_id = NULL WHERE $1 = parent_id"
+        )
+        try:
+            # The foreign key's own query, as a generic plan (its parameter unknown).
+            cursor.execute("SET plan_cache_mode = force_generic_plan")
+            text = plan("EXECUTE jobstatus_set_null (%s)", [JobRun.objects.first().pk])
+        finally:
+            cursor.execute("RESET plan_cache_mode")
+            cursor.execute("DEALLOCATE jobstatus_set_null")
+    assert "jobstatus_run_parent_idx" in text, text
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s"
+            " AND indexdef LIKE %s AND indexdef NOT LIKE %s",
+            [runs, "%(parent_id)%", "% WHERE %"],
+        )
+        assert cursor.fetchall() == []
 
 
 def test_paginator_never_scans_a_big_table_to_count(make_run, monkeypatch):

@@ -55,7 +55,9 @@ class AddIndexConcurrentlyOnPostgres(migrations.AddIndex):
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        if not _concurrently(self, schema_editor, app_label, from_state, "remove_index"):
+        if not _concurrently(
+            self, schema_editor, app_label, from_state, "remove_index"
+        ):
             super().database_backwards(app_label, schema_editor, from_state, to_state)
 
 
@@ -63,7 +65,9 @@ class RemoveIndexConcurrentlyOnPostgres(migrations.RemoveIndex):
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        if not _concurrently(self, schema_editor, app_label, from_state, "remove_index"):
+        if not _concurrently(
+            self, schema_editor, app_label, from_state, "remove_index"
+        ):
             super().database_forwards(app_label, schema_editor, from_state, to_state)
 
     def database_backwards(
@@ -73,17 +77,14 @@ class RemoveIndexConcurrentlyOnPostgres(migrations.RemoveIndex):
             super().database_backwards(app_label, schema_editor, from_state, to_state)
 
 
-
-# Where a foreign key's index can be dropped alone (MySQL needs one for the key: Django's way there).
+# Where a foreign key's index can be dropped alone (MySQL needs one for the key).
 _INDEX_DROPPED_ALONE = ("postgresql", "sqlite")
 
 
-def _concurrent(schema_editor: Any) -> dict[str, bool]:
-    return (
-        {"concurrently": True}
-        if schema_editor.connection.vendor == "postgresql"
-        else {}
-    )
+def _concurrently_on_postgres(schema_editor: Any) -> dict[str, bool]:
+    """``concurrently=True`` on PostgreSQL; nothing elsewhere (SQLite's editor has no such keyword)."""
+    postgres = schema_editor.connection.vendor == "postgresql"
+    return {"concurrently": True} if postgres else {}
 
 
 class DropForeignKeyIndexConcurrentlyOnPostgres(migrations.AlterField):
@@ -121,7 +122,9 @@ class DropForeignKeyIndexConcurrentlyOnPostgres(migrations.AlterField):
                 and name not in declared
             ):
                 index = models.Index(fields=[self.name], name=name)
-                schema_editor.remove_index(model, index, **_concurrent(schema_editor))
+                schema_editor.remove_index(
+                    model, index, **_concurrently_on_postgres(schema_editor)
+                )
 
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -135,4 +138,6 @@ class DropForeignKeyIndexConcurrentlyOnPostgres(migrations.AlterField):
         column = model._meta.get_field(self.name).column
         name = schema_editor._create_index_name(model._meta.db_table, [column])
         index = models.Index(fields=[self.name], name=name)
-        schema_editor.add_index(model, index, **_concurrent(schema_editor))
+        schema_editor.add_index(
+            model, index, **_concurrently_on_postgres(schema_editor)
+        )

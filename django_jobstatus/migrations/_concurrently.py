@@ -55,9 +55,7 @@ class AddIndexConcurrentlyOnPostgres(migrations.AddIndex):
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        if not _concurrently(
-            self, schema_editor, app_label, from_state, "remove_index"
-        ):
+        if not _concurrently(self, schema_editor, app_label, from_state, "remove_index"):
             super().database_backwards(app_label, schema_editor, from_state, to_state)
 
 
@@ -65,9 +63,7 @@ class RemoveIndexConcurrentlyOnPostgres(migrations.RemoveIndex):
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        if not _concurrently(
-            self, schema_editor, app_label, from_state, "remove_index"
-        ):
+        if not _concurrently(self, schema_editor, app_label, from_state, "remove_index"):
             super().database_forwards(app_label, schema_editor, from_state, to_state)
 
     def database_backwards(

@@ -757,6 +757,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         dry_run: bool = False,
         progress: Callable[[PurgeResult], None] | None = None,
         now: datetime | None = None,
+        jobs: int = 1,
     ) -> PurgeResult:
         """Delete the old runs here with their log lines, in short batches; the counts.
 
@@ -772,7 +773,12 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         deleted in SQL, never loaded, with their runs. ``progress(result)`` is called after each batch. ``dry_run`` deletes nothing
         and returns the same counts per job name and status (pass the same ``now``, the
         time the retention counts back from, to both calls for exactly the same runs).
-        The engine lives in ``django_jobstatus.retention``.
+
+        ``jobs`` above 1 (PostgreSQL only, outside any transaction; at most 16) deletes
+        with that many connections at once, each taking the next slice of the runs'
+        time: a long backlog goes faster, for as many of the database's cores.
+        ``progress`` is then called from their threads, one at a time. The engine lives
+        in ``django_jobstatus.retention``.
         """
         # Imported here: retention.py builds on this module's helpers and imports it.
         from django_jobstatus import retention as engine
@@ -789,6 +795,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             dry_run=dry_run,
             progress=progress,
             now=now,
+            jobs=jobs,
         )
 
     def reap(

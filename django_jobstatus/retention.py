@@ -9,11 +9,13 @@ The purge: which old runs go, and the short batches that delete them. Each batch
 one transaction that takes the write lock up front (SQLite: ``BEGIN IMMEDIATE``, retried a
 few times while another connection holds the lock) and is sized by time: it grows while
 batches finish under ``batch_seconds`` and shrinks when one takes longer, up to
-``batch_size`` runs. On PostgreSQL a batch is one statement: the runs are picked with
-``FOR UPDATE SKIP LOCKED`` and deleted, and the database deletes their log lines with them
-(``ON DELETE CASCADE``, migration 0008), counted first. A batch waiting for a lock longer
+``batch_size`` runs. On PostgreSQL a batch is two statements: one picks the runs with
+``FOR UPDATE SKIP LOCKED``, the next deletes them, and the database deletes their log
+lines with them (``ON DELETE CASCADE``, migration 0008), counted first. A batch waiting for a lock longer
 than ``CANCEL_AFTER`` times ``batch_seconds`` is rolled back (``lock_timeout``) and
-tried again at half the size; a run alone past it is left for the next purge.
+tried again at half the size; a run alone past it is left for the next purge. With
+``jobs`` above 1, that many threads, each with its own connection, delete at once, each
+taking the next slice of the candidates' time.
 
 The reaper: runs ``running`` with no heartbeat for the timeout end ``lost``, and with a
 queued timeout, runs no worker started end ``killed``; each batch locks its runs (``SKIP
@@ -23,8 +25,11 @@ instant and other reapers never make a run end twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import queue
+import threading
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -83,6 +88,12 @@ LOCKED_TRIES = 5
 CANCEL_AFTER = 2
 # The SQLSTATE of a statement that gave up waiting for a lock (lock_timeout).
 LOCK_NOT_AVAILABLE = "55P03"
+# ``purge(jobs=N)``: at most this many connections at once.
+MAX_JOBS = 16
+# ``purge(jobs=N)`` splits the candidates' time into this many slices per connection; each
+# connection takes the next slice when it is done with one, so a slice denser than the
+# others does not leave the rest idle.
+SLICES_PER_JOB = 8
 
 
 @dataclasses.dataclass
@@ -135,6 +146,7 @@ def purge(
     progress: Callable[[PurgeResult], None] | None,
     now: datetime | None,
     deleted: Callable[[list[JobRun]], None] | None = None,
+    jobs: int = 1,
 ) -> PurgeResult:
     """The body of ``JobRunQuerySet.purge()`` (which documents the arguments), and of
     ``delete_finished()`` (``deleted``)."""
@@ -149,18 +161,41 @@ def purge(
         raise ValueError(
             f"batch_seconds must be a number above 0, not {batch_seconds!r}"
         )
-    candidates = _candidates(
-        runs, _cutoffs(_statuses(statuses, include_active), days, retention, now)
-    )
+    _jobs(jobs, runs.db, dry_run)
+    cutoffs = _cutoffs(_statuses(statuses, include_active), days, retention, now)
+    candidates = _candidates(runs, cutoffs)
     result = PurgeResult(dry_run=dry_run)
     kept = _kept(runs, keep)
     if dry_run:
         _count(candidates, kept, result)
+    elif jobs > 1 and cutoffs:
+        parallel = _Parallel(candidates, kept, result, progress, max(cutoffs))
+        parallel.run(jobs, batch_size, batch_seconds)
     else:
         batches = _Batches(candidates, kept, result, progress, deleted)
         batches.run(batch_size, batch_seconds)
     result.elapsed = time.monotonic() - result._began
     return result
+
+
+def _jobs(jobs: int, db: str, dry_run: bool) -> None:  # noqa: FBT001
+    """Check ``purge()``'s ``jobs``: above 1, the batches run on connections of their own."""
+    _whole("jobs", jobs, 1)
+    if jobs > MAX_JOBS:
+        raise ValueError(f"jobs must be at most {MAX_JOBS}, not {jobs}")
+    if jobs == 1 or dry_run:
+        return
+    connection = connections[db]
+    if connection.vendor != "postgresql":
+        raise ValueError(
+            f"jobs above 1 needs PostgreSQL ({connection.vendor} writes one transaction"
+            " at a time): leave jobs at 1"
+        )
+    if connection.in_atomic_block:
+        raise ValueError(
+            "jobs above 1 deletes on connections of their own, outside this"
+            " transaction: purge outside transaction.atomic(), or leave jobs at 1"
+        )
 
 
 def preview(runs: JobRunQuerySet, *, days: float | None) -> PurgeResult:
@@ -487,6 +522,7 @@ class _Batches:
         result: PurgeResult,
         progress: Callable[[PurgeResult], None] | None,
         deleted: Callable[[list[JobRun]], None] | None = None,
+        parallel: _Parallel | None = None,
     ) -> None:
         self.candidates = candidates
         self.db = candidates.db
@@ -494,7 +530,12 @@ class _Batches:
         self.result = result
         self.progress = progress
         self.deleted = deleted
+        self.parallel = parallel  # the purge this is one slice of, with jobs > 1
+        # Held while the result is added to: the lock the slices share, with jobs > 1.
+        self.lock = parallel.lock if parallel else contextlib.nullcontext()
         self.gone: list[JobRun] = []  # the last batch's runs, for ``deleted``
+        # The last batch's (job_name, status, runs, lines), added to the result once it commits.
+        self.counted: list[tuple[str, str, int, int]] = []
         connection = connections[self.db]
         self.set_based = connection.vendor == "postgresql" and _can_raw_delete_runs(
             candidates.model
@@ -521,7 +562,7 @@ class _Batches:
         size = min(FIRST_BATCH, batch_size)
         after: tuple[datetime, Any] | None = None
         self.timeout_ms = max(1, round(CANCEL_AFTER * batch_seconds * 1000))
-        while True:
+        while not (self.parallel and self.parallel.stopped.is_set()):
             began = time.monotonic()
             try:
                 rows, last = self._batch_with_retries(size, after)
@@ -529,7 +570,8 @@ class _Batches:
                 if not _cancelled(exc):
                     raise
                 took = time.monotonic() - began
-                self.result.longest_batch = max(self.result.longest_batch, took)
+                with self.lock:
+                    self.result.longest_batch = max(self.result.longest_batch, took)
                 if size > 1:
                     size = max(1, size // 2)
                     continue
@@ -543,17 +585,24 @@ class _Batches:
             after = last
             if self.deleted is not None:
                 self.deleted(self.gone)
-            result = self.result
-            result.batches += 1
-            result.longest_batch = max(result.longest_batch, took)
-            result.elapsed = time.monotonic() - result._began
-            if self.progress is not None:
-                self.progress(result)
+            with self.lock:
+                self._committed(took)
             if rows < size:
                 return
             # Sized by time: aim at batch_seconds, never more than doubling or halving at once.
             share = batch_seconds / max(took, 1e-6)
             size = max(1, min(batch_size, round(size * min(max(share, 0.5), 2.0))))
+
+    def _committed(self, took: float) -> None:
+        """Add the batch that just committed, which took ``took`` seconds, to the result."""
+        result = self.result
+        for name, status, runs, lines in self.counted:
+            result._add(name, status, runs, lines)
+        result.batches += 1
+        result.longest_batch = max(result.longest_batch, took)
+        result.elapsed = time.monotonic() - result._began
+        if self.progress is not None:
+            self.progress(result)
 
     def _batch_with_retries(
         self, size: int, after: tuple[datetime, Any] | None
@@ -666,7 +715,7 @@ class _Batches:
         deleted, last = 0, None
         # The deleted ids: read when asked for, or to detach children without SET NULL.
         ids: list[Any] = []
-        self.gone = []
+        self.gone, self.counted = [], []
         with connection.cursor() as cursor:
             cursor.execute(_LOCKED_PAGE.format(page=sql), params)
             (picked,) = cursor.fetchone()
@@ -674,7 +723,7 @@ class _Batches:
                 return 0, None
             cursor.execute(statement, [picked])
             for name, status, runs, lines, last_created, last_id, *more in cursor:
-                self.result._add(name, status, runs, lines)
+                self.counted.append((name, status, runs, lines))
                 deleted += runs
                 if more:
                     ids += more[0]
@@ -718,8 +767,10 @@ class _Batches:
             else:
                 every.filter(pk__in=part).only("pk").delete()
         self.gone = []
+        self.counted = [
+            (name, status, 1, lines.get(pk, 0)) for pk, name, status, _created in doomed
+        ]
         for pk, name, status, _created in doomed:
-            self.result._add(name, status, 1, lines.get(pk, 0))
             self._went([pk], name, status)
         return len(rows), (rows[-1][3], rows[-1][0])
 
@@ -728,6 +779,96 @@ class _Batches:
         if self.deleted is not None:
             model = self.candidates.model
             self.gone += [model(pk=pk, job_name=name, status=status) for pk in ids]
+
+
+class _Parallel:
+    """``purge(jobs=N)``: the candidates deleted by ``N`` connections at once, each in the
+    short batches of ``_Batches``.
+
+    The time from the oldest candidate to ``before`` (the latest cutoff) is cut into
+    ``SLICES_PER_JOB`` slices per connection; each thread takes the next slice when it is
+    done with one and deletes it oldest first, so two never pick the same runs (and
+    ``SKIP LOCKED`` would skip them if they did). The result is added to under a lock, and
+    ``progress`` is called from the threads, one at a time. The first error stops the
+    threads after their batch under way and is raised here.
+    """
+
+    def __init__(
+        self,
+        candidates: JobRunQuerySet,
+        kept: list[Any],
+        result: PurgeResult,
+        progress: Callable[[PurgeResult], None] | None,
+        before: datetime,
+    ) -> None:
+        self.candidates = candidates
+        self.kept = kept
+        self.result = result
+        self.progress = progress
+        self.before = before
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.slices: queue.SimpleQueue[JobRunQuerySet] = queue.SimpleQueue()
+        self.errors: list[BaseException] = []
+
+    def run(self, jobs: int, batch_size: int, batch_seconds: float) -> None:
+        oldest = (
+            self.candidates.order_by("created_at", "id")
+            .values_list("created_at", flat=True)
+            .first()
+        )
+        if oldest is None:
+            return
+        count = jobs * SLICES_PER_JOB
+        step = (self.before - oldest) / count
+        bounds = [oldest + step * n for n in range(1, count)]
+        for lower, upper in zip([None, *bounds], [*bounds, None], strict=True):
+            part = self.candidates
+            if lower is not None:
+                part = part.filter(created_at__gte=lower)
+            if upper is not None:
+                part = part.filter(created_at__lt=upper)
+            self.slices.put(part)
+        threads = [
+            threading.Thread(
+                target=self._work,
+                args=(batch_size, batch_seconds),
+                name=f"jobstatus-purge-{n}",
+            )
+            for n in range(1, jobs + 1)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:  # Ctrl-C: the threads stop after their batch under way.
+            self.stopped.set()
+            for thread in threads:
+                thread.join()
+            raise
+        if self.errors:
+            raise self.errors[0]
+
+    def _work(self, batch_size: int, batch_seconds: float) -> None:
+        """One thread: the next slice, until none is left (or another thread failed)."""
+        db = self.candidates.db
+        try:
+            while not self.stopped.is_set():
+                try:
+                    part = self.slices.get_nowait()
+                except queue.Empty:
+                    return
+                batches = _Batches(
+                    part, self.kept, self.result, self.progress, parallel=self
+                )
+                batches.run(batch_size, batch_seconds)
+        except BaseException as exc:  # raised by run(), in the caller's thread
+            with self.lock:
+                self.errors.append(exc)
+            self.stopped.set()
+        finally:
+            connections[db].close()
 
 
 # The reaper.

@@ -11,12 +11,15 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
+from django.core.management import call_command
 from django.db import connection, connections
+from django.db.backends.signals import connection_created
 from django.db.models import Count
 from django.utils import timezone
 
@@ -219,6 +222,110 @@ def test_two_purges_at_once_share_the_work_and_count_each_run_once() -> None:
     assert sum(result.logs for result in results) == 8000
     assert not JobRun.objects.exists()
     assert not JobLog.objects.exists()
+
+
+@contextlib.contextmanager
+def _first_delete_of_each_worker_waits_for(
+    barrier: threading.Barrier,
+) -> Iterator[set[int]]:
+    """Each connection a purge's worker thread opens waits at its first delete until
+    ``barrier`` is full: it breaks (after its timeout) unless that many delete at once.
+    Yields the backend pids of those connections."""
+    pids: set[int] = set()
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        pid = context["connection"].connection.info.backend_pid
+        if "DELETE FROM" in sql and pid not in pids:
+            pids.add(pid)
+            barrier.wait()
+        return execute(sql, params, many, context)
+
+    def opened(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            connection.execute_wrappers.append(wrapper)
+
+    connection_created.connect(opened)
+    try:
+        yield pids
+    finally:
+        connection_created.disconnect(opened)
+
+
+def _wait_for_the_workers_to_close() -> None:
+    """Wait until no connection to the test database but this one is left."""
+
+    def others() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+            return int(cursor.fetchone()[0])
+
+    wait_for(lambda: others() == 0, timeout=10, what="the workers' connections closed")
+
+
+def test_a_purge_with_two_jobs_deletes_on_two_connections_at_once() -> None:
+    seed(connection, runs=3000, logs_per_run=2, jobs=3, newest_days=0, oldest_days=90)
+    now = timezone.now()
+    cutoff = now - timedelta(days=30)
+    kept = set(JobRun.objects.newest_ids(["seed.job_0", "seed.job_1", "seed.job_2"], 1))
+    young = set(
+        JobRun.objects.filter(created_at__gte=cutoff).values_list("pk", flat=True)
+    )
+    lines = JobLog.objects.filter(run__in=young | kept).count()
+    dry = JobRun.objects.purge(days=30, now=now, dry_run=True)
+    assert dry.runs > 1500
+    seen: list[str] = []
+
+    with _first_delete_of_each_worker_waits_for(
+        threading.Barrier(2, timeout=30)
+    ) as pids:
+        result = JobRun.objects.purge(
+            days=30,
+            now=now,
+            jobs=2,
+            batch_size=100,
+            progress=lambda result: seen.append(threading.current_thread().name),
+        )
+
+    assert len(pids) == 2
+    assert set(seen) == {"jobstatus-purge-1", "jobstatus-purge-2"}
+    assert result.rows == dry.rows
+    assert (result.runs, result.logs) == (dry.runs, dry.logs)
+    assert result.batches == len(seen)
+    assert set(JobRun.objects.values_list("pk", flat=True)) == young | kept
+    assert JobLog.objects.count() == lines
+    assert _orphans() == 0
+    _wait_for_the_workers_to_close()
+
+
+def test_an_error_in_one_job_stops_the_others_and_is_raised() -> None:
+    seed(connection, runs=2000, logs_per_run=1, jobs=2, newest_days=40, oldest_days=100)
+
+    def progress(result: Any) -> None:
+        raise RuntimeError(f"progress failed after {result.runs} runs")
+
+    with pytest.raises(RuntimeError, match="progress failed after"):
+        JobRun.objects.purge(
+            days=30, keep_last=0, jobs=2, batch_size=20, progress=progress
+        )
+    # Each worker committed its first batch, failed telling it, and took no other.
+    left = JobRun.objects.count()
+    assert 2000 - 2 * 20 <= left < 2000
+    assert JobLog.objects.count() == left
+    _wait_for_the_workers_to_close()
+
+
+def test_the_command_purges_with_several_jobs() -> None:
+    seed(connection, runs=600, logs_per_run=1, jobs=2, newest_days=40, oldest_days=100)
+    out = StringIO()
+    call_command(
+        "purge_jobstatus", "--days", "30", "--keep-last", "0", "--jobs", "3", stdout=out
+    )
+    assert "Deleted 600 runs and 600 log lines" in out.getvalue()
+    assert not JobRun.objects.exists()
+    _wait_for_the_workers_to_close()
 
 
 @contextlib.contextmanager

@@ -226,6 +226,8 @@ def test_active_runs_need_include_active(aged: Any, purge: Any) -> None:
         (["--keep-last", str(2**63), "--dry-run"], "too big"),
         (["--batch-size", str(2**63)], "too big"),
         (["--batch-size", "0"], "not 1 or more"),
+        (["--jobs", "0"], "not 1 or more"),
+        (["--jobs", "17"], "jobs must be at most 16, not 17"),
         (["--status", "done"], "not a status"),
         (["--status", "queued"], "not finished"),
         (["--database", "nope"], "not a database alias"),
@@ -511,6 +513,34 @@ def test_python_api_checks_its_arguments(aged: Any) -> None:
         JobRun.objects.purge(days=-1)
     with pytest.raises(TypeError, match="sliced"):
         JobRun.objects.recent(5).purge()
+    with pytest.raises(ValueError, match="jobs must be a whole number from 1"):
+        JobRun.objects.purge(jobs=0)
+    with pytest.raises(ValueError, match="jobs must be a whole number from 1"):
+        JobRun.objects.purge(jobs=True)
+    with pytest.raises(ValueError, match="jobs must be at most 16, not 17"):
+        JobRun.objects.purge(jobs=17)
+
+
+def test_more_than_one_job_is_refused_where_it_cannot_run(
+    aged: Any, purge: Any
+) -> None:
+    """SQLite writes one transaction at a time; inside a transaction (as every test here
+    runs) the connections of a parallel purge would not see it, nor be undone with it."""
+    run = aged("tests.job", days=400, logs=2)
+    aged("tests.job", days=1)
+    message = (
+        "jobs above 1 needs PostgreSQL \\(sqlite"
+        if connection.vendor == "sqlite"
+        else "outside this transaction"
+    )
+    with pytest.raises(ValueError, match=message):
+        JobRun.objects.purge(jobs=2)
+    with pytest.raises(CommandError, match=message):
+        purge("--jobs", "2")
+    assert alive(run) == [True]
+    assert JobLog.objects.filter(run=run).count() == 2
+    # Counting needs no connection of its own.
+    assert JobRun.objects.purge(jobs=2, dry_run=True).runs == 1
 
 
 def test_python_api_takes_a_timedelta_and_a_narrowed_queryset(aged: Any) -> None:

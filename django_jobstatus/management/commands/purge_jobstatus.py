@@ -82,6 +82,14 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument(
+            "--jobs",
+            type=positive_int,
+            default=1,
+            help=_(
+                "Delete with this many database connections at once, on PostgreSQL: a long backlog goes faster, using as many of the database's cores (default: %(default)r)"
+            ),
+        )
+        parser.add_argument(
             "--dry-run",
             action="store_true",
             help=_(
@@ -99,6 +107,7 @@ class Command(BaseCommand):
         status: list[str] | None,
         include_active: bool,
         batch_size: int,
+        jobs: int,
         dry_run: bool,
         database: str,
         verbosity: int,
@@ -117,6 +126,7 @@ class Command(BaseCommand):
                 statuses=status,
                 include_active=include_active,
                 batch_size=batch_size,
+                jobs=jobs,
                 dry_run=dry_run,
                 progress=self._progress if loud else None,
             )

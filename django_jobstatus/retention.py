@@ -558,8 +558,12 @@ class _Batches:
                 [param],
             )
 
-    def run(self, batch_size: int, batch_seconds: float) -> None:
-        size = min(FIRST_BATCH, batch_size)
+    def run(
+        self, batch_size: int, batch_seconds: float, first: int = FIRST_BATCH
+    ) -> int:
+        """Delete every candidate, the first batch of ``first`` runs at most; the size the
+        next batch would have had (a parallel purge's next slice starts there)."""
+        size = min(first, batch_size)
         after: tuple[datetime, Any] | None = None
         self.timeout_ms = max(1, round(CANCEL_AFTER * batch_seconds * 1000))
         while not (self.parallel and self.parallel.stopped.is_set()):
@@ -577,21 +581,22 @@ class _Batches:
                     continue
                 after = self._skip(after)
                 if after is None:
-                    return
+                    return size
                 continue
             took = time.monotonic() - began
             if last is None:
-                return
+                return size
             after = last
             if self.deleted is not None:
                 self.deleted(self.gone)
             with self.lock:
                 self._committed(took)
             if rows < size:
-                return
+                return size
             # Sized by time: aim at batch_seconds, never more than doubling or halving at once.
             share = batch_seconds / max(took, 1e-6)
             size = max(1, min(batch_size, round(size * min(max(share, 0.5), 2.0))))
+        return size
 
     def _committed(self, took: float) -> None:
         """Add the batch that just committed, which took ``took`` seconds, to the result."""
@@ -853,6 +858,7 @@ class _Parallel:
     def _work(self, batch_size: int, batch_seconds: float) -> None:
         """One thread: the next slice, until none is left (or another thread failed)."""
         db = self.candidates.db
+        size = FIRST_BATCH
         try:
             while not self.stopped.is_set():
                 try:
@@ -862,7 +868,7 @@ class _Parallel:
                 batches = _Batches(
                     part, self.kept, self.result, self.progress, parallel=self
                 )
-                batches.run(batch_size, batch_seconds)
+                size = batches.run(batch_size, batch_seconds, size)
         except BaseException as exc:  # raised by run(), in the caller's thread
             with self.lock:
                 self.errors.append(exc)

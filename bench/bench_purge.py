@@ -8,11 +8,13 @@ Seeds ``--runs`` finished runs of the shape in bench/seeding.py (50 job names, 8
 with 1–3 KB tracebacks, 1–19 varied log lines a run) spread over 90 days, and the same
 runs as django-celery-results ``TaskResult`` rows, into a template database
 (``--database``_seed, kept for ``--reuse``), and copies it into the scratch database.
-Then times ``JobRun.objects.purge(days=30)`` and ``TaskResult.objects.delete_expired
+Then times ``JobRun.objects.purge(days=30, jobs=N)`` and ``TaskResult.objects.delete_expired
 (timedelta(days=30))`` (one DELETE in one transaction), each deleting two thirds of its
 rows, while a writer thread updates rows in the purged range; prints rows/s, the longest
 single transaction, the writer's longest wait, the WAL written (the whole server's), the
-database backend's CPU time (when the server runs on this machine) and the ratios.
+database backends' CPU time (when the server runs on this machine: this connection's, and
+with ``jobs`` above 1 each worker's as of its last batch) and the ratios. Each ``--jobs``
+value (default 1, then 2) is timed on a fresh copy, DCR's cleanup after it on the same copy.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def parse() -> argparse.Namespace:
         type=float,
         default=0.1,
         help="the time each purge batch aims at (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="connections the purge deletes with at once (purge(jobs=N)); each value is"
+        " timed on a fresh copy, beside DCR on the same copy (default: %(default)r)",
     )
     parser.add_argument(
         "--database",
@@ -100,21 +110,22 @@ def main() -> None:
         admin_sql(f'DROP DATABASE IF EXISTS "{template}"')
         admin_sql(f'CREATE DATABASE "{template}"')
         seed_template(options)
-    connection.close()
-    admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
-    timed(
-        "copy of the seeded template",
-        lambda: admin_sql(
-            f'CREATE DATABASE "{options.database}" TEMPLATE "{template}"'
-        ),
-    )
-    settings.DATABASES["default"]["NAME"] = options.database
-    try:
-        run(options)
-    finally:
+    for jobs in options.jobs:
         connection.close()
-        if not options.keep:
-            admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
+        admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
+        timed(
+            "copy of the seeded template",
+            lambda: admin_sql(
+                f'CREATE DATABASE "{options.database}" TEMPLATE "{template}"'
+            ),
+        )
+        settings.DATABASES["default"]["NAME"] = options.database
+        try:
+            run(options, jobs)
+        finally:
+            connection.close()
+            if not options.keep:
+                admin_sql(f'DROP DATABASE IF EXISTS "{options.database}"')
 
 
 def seed_template(options: argparse.Namespace) -> None:
@@ -205,7 +216,7 @@ def cpu_since(began: float | None) -> float | None:
     return None if began is None or now is None else now - began
 
 
-def run(options: argparse.Namespace) -> None:
+def run(options: argparse.Namespace, jobs: int) -> None:
     from django.db import connection
     from django.utils import timezone
     from django_celery_results.models import TaskResult
@@ -223,12 +234,17 @@ def run(options: argparse.Namespace) -> None:
     )
 
     print(
-        f"\njobstatus: JobRun.objects.purge(days=30, batch_size={options.batch_size}, batch_seconds={options.batch_seconds})",
+        f"\njobstatus: JobRun.objects.purge(days=30, batch_size={options.batch_size}, batch_seconds={options.batch_seconds}, jobs={jobs})",
         flush=True,
     )
     last = [0.0]
+    # With jobs above 1, each worker's backend: its CPU at its latest batch (server_cpu()
+    # reads the connection of the thread that calls it).
+    workers: dict[int, float] = {}
 
     def progress(result: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            workers[connection.connection.info.backend_pid] = server_cpu() or 0.0
         if result.elapsed - last[0] >= 10:
             last[0] = result.elapsed
             print(
@@ -260,8 +276,11 @@ def run(options: argparse.Namespace) -> None:
         batch_seconds=options.batch_seconds,
         progress=progress,
         now=now,
+        jobs=jobs,
     )
     ours_cpu = cpu_since(cpu)
+    if ours_cpu is not None:
+        ours_cpu += sum(workers.values())
     ours_wait = writer.finish()
     ours_wal = wal_bytes(wal)
     left = (JobRun.objects.count(), JobLog.objects.count())
@@ -330,7 +349,7 @@ def run(options: argparse.Namespace) -> None:
                 f"{theirs / theirs_cpu:,.0f}",
             ),
         ]
-    print(f"\n{'':30}{'jobstatus purge':>18}{'celery-results':>18}")
+    print(f"\n{'':30}{f'purge, jobs={jobs}':>18}{'celery-results':>18}")
     for label, mine, other in table:
         print(f"{label:30}{mine:>18}{other:>18}")
     print()

@@ -559,11 +559,12 @@ class _Batches:
             )
 
     def run(
-        self, batch_size: int, batch_seconds: float, first: int = FIRST_BATCH
+        self, batch_size: int, batch_seconds: float, first: int | None = None
     ) -> int:
-        """Delete every candidate, the first batch of ``first`` runs at most; the size the
-        next batch would have had (a parallel purge's next slice starts there)."""
-        size = min(first, batch_size)
+        """Delete every candidate, the first batch of ``first`` runs at most (default
+        FIRST_BATCH); the size the next batch would have had (a parallel purge's next
+        slice starts there)."""
+        size = min(FIRST_BATCH if first is None else first, batch_size)
         after: tuple[datetime, Any] | None = None
         self.timeout_ms = max(1, round(CANCEL_AFTER * batch_seconds * 1000))
         while not (self.parallel and self.parallel.stopped.is_set()):
@@ -858,7 +859,7 @@ class _Parallel:
     def _work(self, batch_size: int, batch_seconds: float) -> None:
         """One thread: the next slice, until none is left (or another thread failed)."""
         db = self.candidates.db
-        size = FIRST_BATCH
+        size = None
         try:
             while not self.stopped.is_set():
                 try:

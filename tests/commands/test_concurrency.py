@@ -224,45 +224,56 @@ def test_two_purges_at_once_share_the_work_and_count_each_run_once() -> None:
     assert not JobLog.objects.exists()
 
 
-@contextlib.contextmanager
-def _first_delete_of_each_worker_waits_for(
-    barrier: threading.Barrier,
-) -> Iterator[set[int]]:
-    """Each connection a purge's worker thread opens waits at its first delete until
-    ``barrier`` is full: it breaks (after its timeout) unless that many delete at once.
-    Yields the backend pids of those connections."""
-    pids: set[int] = set()
+class _Workers:
+    """The connections a purge's worker threads open (threads named ``jobstatus-purge-N``),
+    while ``watching()``: their backend pids and, with ``barrier``, the pids that reached
+    a delete; each waits at its first delete until ``barrier`` is full, which breaks
+    (after its timeout) unless that many delete at once."""
 
-    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    def __init__(self, barrier: threading.Barrier | None = None) -> None:
+        self.barrier = barrier
+        self.pids: set[int] = set()
+        self.deleting: set[int] = set()
+
+    def _execute(
+        self, execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
         pid = context["connection"].connection.info.backend_pid
-        if "DELETE FROM" in sql and pid not in pids:
-            pids.add(pid)
-            barrier.wait()
+        if self.barrier and "DELETE FROM" in sql and pid not in self.deleting:
+            self.deleting.add(pid)
+            self.barrier.wait()
         return execute(sql, params, many, context)
 
-    def opened(sender: Any, connection: Any, **kwargs: Any) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            connection.execute_wrappers.append(wrapper)
+    def _opened(self, sender: Any, connection: Any, **kwargs: Any) -> None:
+        if threading.current_thread().name.startswith("jobstatus-purge-"):
+            self.pids.add(connection.connection.info.backend_pid)
+            connection.execute_wrappers.append(self._execute)
 
-    connection_created.connect(opened)
-    try:
-        yield pids
-    finally:
-        connection_created.disconnect(opened)
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[_Workers]:
+        connection_created.connect(self._opened)
+        try:
+            yield self
+        finally:
+            connection_created.disconnect(self._opened)
 
+    def wait_until_closed(self) -> None:
+        """Wait until none of the workers' connections is left on the server."""
 
-def _wait_for_the_workers_to_close() -> None:
-    """Wait until no connection to the test database but this one is left."""
+        def open_ones() -> int:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                    [sorted(self.pids)],
+                )
+                return int(cursor.fetchone()[0])
 
-    def others() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-            )
-            return int(cursor.fetchone()[0])
-
-    wait_for(lambda: others() == 0, timeout=10, what="the workers' connections closed")
+        assert self.pids
+        wait_for(
+            lambda: open_ones() == 0,
+            timeout=10,
+            what="the workers' connections closed",
+        )
 
 
 def test_a_purge_with_two_jobs_deletes_on_two_connections_at_once() -> None:
@@ -278,9 +289,7 @@ def test_a_purge_with_two_jobs_deletes_on_two_connections_at_once() -> None:
     assert dry.runs > 1500
     seen: list[str] = []
 
-    with _first_delete_of_each_worker_waits_for(
-        threading.Barrier(2, timeout=30)
-    ) as pids:
+    with _Workers(threading.Barrier(2, timeout=30)).watching() as workers:
         result = JobRun.objects.purge(
             days=30,
             now=now,
@@ -289,7 +298,8 @@ def test_a_purge_with_two_jobs_deletes_on_two_connections_at_once() -> None:
             progress=lambda result: seen.append(threading.current_thread().name),
         )
 
-    assert len(pids) == 2
+    assert len(workers.pids) == 2
+    assert workers.deleting == workers.pids
     assert set(seen) == {"jobstatus-purge-1", "jobstatus-purge-2"}
     assert result.rows == dry.rows
     assert (result.runs, result.logs) == (dry.runs, dry.logs)
@@ -297,7 +307,7 @@ def test_a_purge_with_two_jobs_deletes_on_two_connections_at_once() -> None:
     assert set(JobRun.objects.values_list("pk", flat=True)) == young | kept
     assert JobLog.objects.count() == lines
     assert _orphans() == 0
-    _wait_for_the_workers_to_close()
+    workers.wait_until_closed()
 
 
 def test_an_error_in_one_job_stops_the_others_and_is_raised() -> None:
@@ -306,7 +316,10 @@ def test_an_error_in_one_job_stops_the_others_and_is_raised() -> None:
     def progress(result: Any) -> None:
         raise RuntimeError(f"progress failed after {result.runs} runs")
 
-    with pytest.raises(RuntimeError, match="progress failed after"):
+    with (
+        _Workers().watching() as workers,
+        pytest.raises(RuntimeError, match="progress failed after"),
+    ):
         JobRun.objects.purge(
             days=30, keep_last=0, jobs=2, batch_size=20, progress=progress
         )
@@ -314,18 +327,22 @@ def test_an_error_in_one_job_stops_the_others_and_is_raised() -> None:
     left = JobRun.objects.count()
     assert 2000 - 2 * 20 <= left < 2000
     assert JobLog.objects.count() == left
-    _wait_for_the_workers_to_close()
+    workers.wait_until_closed()
 
 
 def test_the_command_purges_with_several_jobs() -> None:
     seed(connection, runs=600, logs_per_run=1, jobs=2, newest_days=40, oldest_days=100)
     out = StringIO()
-    call_command(
-        "purge_jobstatus", "--days", "30", "--keep-last", "0", "--jobs", "3", stdout=out
-    )
+    with _Workers().watching() as workers:
+        call_command(
+            "purge_jobstatus",
+            *("--days", "30", "--keep-last", "0", "--jobs", "3"),
+            stdout=out,
+        )
     assert "Deleted 600 runs and 600 log lines" in out.getvalue()
     assert not JobRun.objects.exists()
-    _wait_for_the_workers_to_close()
+    assert len(workers.pids) == 3
+    workers.wait_until_closed()
 
 
 @contextlib.contextmanager

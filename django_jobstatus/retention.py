@@ -11,11 +11,11 @@ few times while another connection holds the lock) and is sized by time: it grow
 batches finish under ``batch_seconds`` and shrinks when one takes longer, up to
 ``batch_size`` runs. On PostgreSQL a batch is two statements: one picks the runs with
 ``FOR UPDATE SKIP LOCKED``, the next deletes them, and the database deletes their log
-lines with them (``ON DELETE CASCADE``, migration 0008), counted first. A batch waiting for a lock longer
-than ``CANCEL_AFTER`` times ``batch_seconds`` is rolled back (``lock_timeout``) and
-tried again at half the size; a run alone past it is left for the next purge. With
-``jobs`` above 1, that many threads, each with its own connection, delete at once, each
-taking the next slice of the candidates' time.
+lines with them (``ON DELETE CASCADE``, migration 0008), counted first. A batch waiting
+for a lock longer than ``CANCEL_AFTER`` times ``batch_seconds`` is rolled back
+(``lock_timeout``) and tried again at half the size; a run alone past it is left for the
+next purge. With ``jobs`` above 1, that many threads, each with its own connection,
+delete at once, each taking the next slice of the candidates' time.
 
 The reaper: runs ``running`` with no heartbeat for the timeout end ``lost``, and with a
 queued timeout, runs no worker started end ``killed``; each batch locks its runs (``SKIP

@@ -15,7 +15,7 @@ lines with them (``ON DELETE CASCADE``, migration 0008), counted first. A batch 
 for a lock longer than ``CANCEL_AFTER`` times ``batch_seconds`` is rolled back
 (``lock_timeout``) and tried again at half the size; a run alone past it is left for the
 next purge. With ``jobs`` above 1, that many threads, each with its own connection,
-delete at once, each taking the next slice of the candidates' time.
+delete at once, each taking the next slice of the candidates.
 
 The reaper: runs ``running`` with no heartbeat for the timeout end ``lost``, and with a
 queued timeout, runs no worker started end ``killed``; each batch locks its runs (``SKIP
@@ -90,9 +90,10 @@ CANCEL_AFTER = 2
 LOCK_NOT_AVAILABLE = "55P03"
 # ``purge(jobs=N)``: at most this many connections at once.
 MAX_JOBS = 16
-# ``purge(jobs=N)`` splits the candidates' time into this many slices per connection; each
-# connection takes the next slice when it is done with one, so a slice denser than the
-# others does not leave the rest idle.
+# ``purge(jobs=N)`` cuts the candidates into this many slices of equal time per connection,
+# and as many again of about equal runs (``_Parallel.cut()``); each connection takes the
+# next slice when it is done with one, so a slice denser than the others does not leave
+# the rest idle.
 SLICES_PER_JOB = 8
 
 
@@ -787,13 +788,32 @@ class _Batches:
             self.gone += [model(pk=pk, job_name=name, status=status) for pk in ids]
 
 
+def _histogram(runs: JobRunQuerySet) -> list[datetime]:
+    """PostgreSQL's equal-count bounds of the runs' ``created_at`` (about as many runs
+    between each two), as of the table's last ANALYZE; none before one."""
+    connection = connections[runs.db]
+    meta = runs.model._meta
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT s.histogram_bounds::text::timestamptz[] FROM pg_stats s"
+            " JOIN pg_class c ON c.relname = s.tablename"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname"
+            " WHERE c.oid = %s::regclass AND s.attname = %s AND NOT s.inherited",
+            [
+                connection.ops.quote_name(meta.db_table),
+                meta.get_field("created_at").column,
+            ],
+        )
+        row = cursor.fetchone()
+    return sorted(row[0]) if row and row[0] else []
+
+
 class _Parallel:
     """``purge(jobs=N)``: the candidates deleted by ``N`` connections at once, each in the
     short batches of ``_Batches``.
 
-    The time from the oldest candidate to ``before`` (the latest cutoff) is cut into
-    ``SLICES_PER_JOB`` slices per connection; each thread takes the next slice when it is
-    done with one and deletes it oldest first, so two never pick the same runs (and
+    The candidates are cut into about ``SLICES_PER_JOB`` slices per connection (``cut()``);
+    each thread takes the next slice when it is done with one and deletes it oldest first, so two never pick the same runs (and
     ``SKIP LOCKED`` would skip them if they did). The result is added to under a lock, and
     ``progress`` is called from the threads, one at a time. The first error stops the
     threads after their batch under way and is raised here.
@@ -818,22 +838,7 @@ class _Parallel:
         self.errors: list[BaseException] = []
 
     def run(self, jobs: int, batch_size: int, batch_seconds: float) -> None:
-        oldest = (
-            self.candidates.order_by("created_at", "id")
-            .values_list("created_at", flat=True)
-            .first()
-        )
-        if oldest is None:
-            return
-        count = jobs * SLICES_PER_JOB
-        step = (self.before - oldest) / count
-        bounds = [oldest + step * n for n in range(1, count)]
-        for lower, upper in zip([None, *bounds], [*bounds, None], strict=True):
-            part = self.candidates
-            if lower is not None:
-                part = part.filter(created_at__gte=lower)
-            if upper is not None:
-                part = part.filter(created_at__lt=upper)
+        for part in self.cut(jobs * SLICES_PER_JOB):
             self.slices.put(part)
         threads = [
             threading.Thread(
@@ -855,6 +860,36 @@ class _Parallel:
             raise
         if self.errors:
             raise self.errors[0]
+
+    def cut(self, count: int) -> list[JobRunQuerySet]:
+        """The candidates in slices of ``created_at``, oldest first: ``count`` slices of
+        equal time from the oldest candidate to ``before``, each cut again where
+        PostgreSQL's statistics put as many runs on either side (``pg_stats``' histogram
+        of ``created_at``, from the last ANALYZE), so that a backlog packed into a few
+        hours is shared out too. No slice when there is no candidate."""
+        oldest = (
+            self.candidates.order_by("created_at", "id")
+            .values_list("created_at", flat=True)
+            .first()
+        )
+        if oldest is None:
+            return []
+        step = (self.before - oldest) / count
+        bounds = {oldest + step * n for n in range(1, count)}
+        dense = [b for b in _histogram(self.candidates) if oldest < b < self.before]
+        if len(dense) >= count:
+            dense = [dense[len(dense) * n // count] for n in range(1, count)]
+        bounds.update(dense)
+        ordered = sorted(bounds)
+        parts = []
+        for lower, upper in zip([None, *ordered], [*ordered, None], strict=True):
+            part = self.candidates
+            if lower is not None:
+                part = part.filter(created_at__gte=lower)
+            if upper is not None:
+                part = part.filter(created_at__lt=upper)
+            parts.append(part)
+        return parts
 
     def _work(self, batch_size: int, batch_seconds: float) -> None:
         """One thread: the next slice, until none is left (or another thread failed)."""

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.retention import PurgeResult, _Parallel
 from tests.commands.seeding import seed
 from tests.waiting import wait_for
 
@@ -342,6 +343,75 @@ def test_the_command_purges_with_several_jobs() -> None:
     assert "Deleted 600 runs and 600 log lines" in out.getvalue()
     assert not JobRun.objects.exists()
     assert len(workers.pids) == 3
+    workers.wait_until_closed()
+
+
+def _burst() -> None:
+    """A backlog packed into two minutes, 60 days ago, beside a few runs spread over 100 days."""
+    seed(
+        connection,
+        runs=1200,
+        logs_per_run=1,
+        jobs=3,
+        newest_days=60,
+        oldest_days=60.001,
+        prefix="burst.job_",
+    )
+    seed(
+        connection,
+        runs=40,
+        logs_per_run=1,
+        jobs=2,
+        newest_days=0,
+        oldest_days=100,
+        prefix="spread.job_",
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {JobRun._meta.db_table}")
+
+
+def test_a_backlog_packed_into_minutes_is_cut_into_slices_of_about_equal_runs() -> None:
+    _burst()
+    candidates = JobRun.objects.filter(
+        created_at__lt=timezone.now() - timedelta(days=30)
+    )
+    total = candidates.count()
+    assert total > 1200
+    parallel = _Parallel(
+        candidates, [], PurgeResult(), None, timezone.now() - timedelta(days=30)
+    )
+
+    slices = parallel.cut(16)
+
+    sizes = [part.count() for part in slices]
+    assert sum(sizes) == total  # every candidate in exactly one slice
+    assert len(slices) >= 16
+    # Each of the busiest slices holds a small share: with slices of equal time, one held
+    # the whole burst.
+    assert max(sizes) <= total // 8, sizes
+    assert sum(1 for size in sizes if size >= total // 40) >= 10, sizes
+
+
+def test_a_purge_with_two_jobs_deletes_a_packed_backlog_on_both_connections() -> None:
+    _burst()
+    now = timezone.now()
+    cutoff = now - timedelta(days=30)
+    young = set(
+        JobRun.objects.filter(created_at__gte=cutoff).values_list("pk", flat=True)
+    )
+    dry = JobRun.objects.purge(days=30, keep_last=0, now=now, dry_run=True)
+
+    with _Workers(threading.Barrier(2, timeout=30)).watching() as workers:
+        result = JobRun.objects.purge(
+            days=30, keep_last=0, now=now, jobs=2, batch_size=25
+        )
+
+    assert len(workers.pids) == 2
+    assert workers.deleting == workers.pids
+    assert (result.runs, result.logs) == (dry.runs, dry.logs)
+    assert result.rows == dry.rows
+    assert set(JobRun.objects.values_list("pk", flat=True)) == young
+    assert JobLog.objects.count() == len(young)
     workers.wait_until_closed()
 
 

@@ -840,23 +840,28 @@ class _Parallel:
     def run(self, jobs: int, batch_size: int, batch_seconds: float) -> None:
         for part in self.cut(jobs * SLICES_PER_JOB):
             self.slices.put(part)
+        # Set by each thread as it ends. Not Thread.join() after Ctrl-C: on Python 3.11, a
+        # join that Ctrl-C interrupts marks a thread that is still running as stopped, and
+        # joining it again returns at once (seen in the test of Ctrl-C).
+        ended = [threading.Event() for _ in range(jobs)]
         threads = [
             threading.Thread(
                 target=self._work,
-                args=(batch_size, batch_seconds),
+                args=(batch_size, batch_seconds, done),
                 name=f"jobstatus-purge-{n}",
             )
-            for n in range(1, jobs + 1)
+            for n, done in enumerate(ended, 1)
         ]
-        for thread in threads:
-            thread.start()
         try:
+            for thread in threads:
+                thread.start()
             for thread in threads:
                 thread.join()
         except BaseException:  # Ctrl-C: the threads stop after their batch under way.
             self.stopped.set()
-            for thread in threads:
-                thread.join()
+            for thread, done in zip(threads, ended, strict=True):
+                if thread.ident is not None:  # started (one starting now does nothing)
+                    done.wait()
             raise
         if self.errors:
             raise self.errors[0]
@@ -891,8 +896,11 @@ class _Parallel:
             parts.append(part)
         return parts
 
-    def _work(self, batch_size: int, batch_seconds: float) -> None:
-        """One thread: the next slice, until none is left (or another thread failed)."""
+    def _work(
+        self, batch_size: int, batch_seconds: float, done: threading.Event
+    ) -> None:
+        """One thread: the next slice, until none is left (or another thread failed);
+        ``done`` set as it ends."""
         db = self.candidates.db
         size = None
         try:
@@ -911,6 +919,7 @@ class _Parallel:
             self.stopped.set()
         finally:
             connections[db].close()
+            done.set()
 
 
 # The reaper.

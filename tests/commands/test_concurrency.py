@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -329,6 +330,72 @@ def test_an_error_in_one_job_stops_the_others_and_is_raised() -> None:
     assert 2000 - 2 * 20 <= left < 2000
     assert JobLog.objects.count() == left
     workers.wait_until_closed()
+
+
+@pytest.mark.parametrize("starting", [False, True], ids=["deleting", "starting"])
+def test_ctrl_c_stops_the_jobs_after_their_batch_and_closes_their_connections(
+    monkeypatch: pytest.MonkeyPatch,
+    starting: bool,
+) -> None:
+    seed(connection, runs=2000, logs_per_run=1, jobs=2, newest_days=40, oldest_days=100)
+    purges: list[_Parallel] = []
+    sent = threading.Event()
+    run, start = _Parallel.run, threading.Thread.start
+
+    def watched(self: _Parallel, *args: Any) -> None:
+        purges.append(self)
+        run(self, *args)
+
+    def start_late(self: threading.Thread) -> None:
+        # With ``starting``, the second worker is started once the first sent Ctrl-C:
+        # it reaches the main thread while it starts the workers.
+        if starting and self.name == "jobstatus-purge-2":
+            sent.wait(timeout=30)
+        start(self)
+
+    # A worker's connection closes a moment late (at most a second): the purge must wait
+    # for every worker to end before it raises, not leave one behind.
+    raised = threading.Event()
+    closed: list[str] = []
+    close = type(connections["default"]).close
+
+    def close_late(self: Any) -> None:
+        name = threading.current_thread().name
+        if name.startswith("jobstatus-purge-"):
+            raised.wait(timeout=1)
+            closed.append(name)
+        close(self)
+
+    monkeypatch.setattr(_Parallel, "run", watched)
+    monkeypatch.setattr(threading.Thread, "start", start_late)
+    monkeypatch.setattr(type(connections["default"]), "close", close_late)
+
+    def progress(result: Any) -> None:
+        if result.batches == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, handled by the main thread
+            sent.set()
+            # Held here (and any other worker at its next commit) until it was.
+            purges[0].stopped.wait(timeout=10)
+
+    with _Workers().watching() as workers, pytest.raises(KeyboardInterrupt):
+        try:
+            JobRun.objects.purge(
+                days=30, keep_last=0, jobs=2, batch_size=20, progress=progress
+            )
+        finally:
+            closed_first = list(closed)
+            raised.set()
+    assert purges[0].stopped.is_set()
+    assert len(closed_first) == len(workers.pids)
+    # The batch that sent it went, and at most one under way in the other worker; none
+    # after the purge raised.
+    left = JobRun.objects.count()
+    assert 2000 - 2 * 20 <= left < 2000
+    assert JobLog.objects.count() == left
+    if starting:
+        assert len(workers.pids) == 1
+    workers.wait_until_closed()
+    assert JobRun.objects.count() == left
 
 
 def test_the_command_purges_with_several_jobs() -> None:

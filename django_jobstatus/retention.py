@@ -812,11 +812,12 @@ class _Parallel:
     """``purge(jobs=N)``: the candidates deleted by ``N`` connections at once, each in the
     short batches of ``_Batches``.
 
-    The candidates are cut into about ``SLICES_PER_JOB`` slices per connection (``cut()``);
-    each thread takes the next slice when it is done with one and deletes it oldest first, so two never pick the same runs (and
-    ``SKIP LOCKED`` would skip them if they did). The result is added to under a lock, and
-    ``progress`` is called from the threads, one at a time. The first error stops the
-    threads after their batch under way and is raised here.
+    The candidates are cut into about ``SLICES_PER_JOB`` slices per connection
+    (``cut()``); each thread takes the next slice when it is done with one and deletes it
+    oldest first, so two never pick the same runs (and ``SKIP LOCKED`` would skip them if
+    they did). The result is added to under a lock, and ``progress`` is called from the
+    threads, one at a time. The first error, or Ctrl-C, stops the threads after their
+    batch under way and is raised here, once every thread has ended.
     """
 
     def __init__(

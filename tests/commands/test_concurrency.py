@@ -332,6 +332,18 @@ def test_an_error_in_one_job_stops_the_others_and_is_raised() -> None:
     workers.wait_until_closed()
 
 
+@contextlib.contextmanager
+def _python_ctrl_c() -> Iterator[None]:
+    """Python's own Ctrl-C handler (KeyboardInterrupt), whatever an earlier test left: an
+    RQ worker run in this process installs its own, and leaves it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("starting", [False, True], ids=["deleting", "starting"])
 def test_ctrl_c_stops_the_jobs_after_their_batch_and_closes_their_connections(
     monkeypatch: pytest.MonkeyPatch,
@@ -377,7 +389,11 @@ def test_ctrl_c_stops_the_jobs_after_their_batch_and_closes_their_connections(
             # Held here (and any other worker at its next commit) until it was.
             purges[0].stopped.wait(timeout=10)
 
-    with _Workers().watching() as workers, pytest.raises(KeyboardInterrupt):
+    with (
+        _python_ctrl_c(),
+        _Workers().watching() as workers,
+        pytest.raises(KeyboardInterrupt),
+    ):
         try:
             JobRun.objects.purge(
                 days=30, keep_last=0, jobs=2, batch_size=20, progress=progress

@@ -775,8 +775,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         time the retention counts back from, to both calls for exactly the same runs).
 
         ``jobs`` above 1 (PostgreSQL only, outside any transaction; at most 16) deletes
-        with that many connections at once, each taking the next slice of the runs'
-        time: a long backlog goes faster, for as many of the database's cores.
+        with that many connections at once, each taking the next slice of the runs (cut
+        by time and by the database's statistics): a long backlog goes faster, for as
+        many of the database's cores.
         ``progress`` is then called from their threads, one at a time. The engine lives
         in ``django_jobstatus.retention``.
         """

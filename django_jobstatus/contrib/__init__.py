@@ -84,8 +84,12 @@ def retry_refusal(run: JobRun) -> str | None:
 
 
 def retry(run: JobRun) -> JobRun:
-    """Enqueue ``run``'s job again; ValueError when no integration can."""
-    from django_jobstatus.models import was_cut
+    """Enqueue ``run``'s job again; ValueError when no integration can.
+
+    The new run keeps ``run``'s owner: a user who sees only their own runs follows the
+    run their retry enqueued.
+    """
+    from django_jobstatus.models import JobRun, was_cut
 
     if was_cut(run.params):
         raise ValueError(
@@ -104,7 +108,13 @@ def retry(run: JobRun) -> JobRun:
     # Written before the push, not behind it: the new run is there, queued, when the
     # caller (the admin, the API) shows it, even if a worker takes the job at once.
     with writebehind.inline(), _savepoint(settings.DATABASE):
-        return backend.retry(run)
+        new = backend.retry(run)
+        if run.owner_id is not None and new.owner_id is None:
+            # The integrations record the new run from the task system's signals, which
+            # know no owner. Only this column: a worker may already be writing the run.
+            JobRun.objects.filter(pk=new.pk, owner=None).update(owner=run.owner_id)
+            new.owner_id = run.owner_id
+        return new
 
 
 def _savepoint(using: str) -> Any:

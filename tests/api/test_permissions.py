@@ -199,6 +199,29 @@ def test_owner_scope_lets_a_user_kill_only_their_runs_and_delete_none(
     assert JobRun.objects.filter(pk=done.pk).exists()
 
 
+def test_owner_scope_lets_a_user_follow_the_run_their_retry_enqueued(
+    scoped, make_user, client_for, make_run, retry_backend
+):
+    alice = make_user(staff=False)
+    failed = [
+        make_run("export", owner=alice, status=Status.FAILED, source="tests_backend")
+        for _ in range(2)
+    ]
+    client = client_for(alice)
+    one = client.post(f"{BASE}{failed[0].pk}/retry/")
+    assert one.status_code == 202, one.content
+    bulk = client.post(f"{BASE}retry/", {"ids": [str(failed[1].pk)]}, format="json")
+    assert bulk.status_code == 202, bulk.content
+    new_ids = {one.json()["id"], bulk.json()["retried"][0]["new_id"]}
+    assert set(
+        JobRun.objects.filter(pk__in=new_ids).values_list("owner_id", flat=True)
+    ) == {alice.pk}
+    for new_id in new_ids:
+        assert client.get(f"{BASE}{new_id}/").status_code == 200
+    listed = {row["id"] for row in client.get(BASE).json()["results"]}
+    assert listed == new_ids | {str(run.pk) for run in failed}
+
+
 def test_owner_scope_leaves_staff_seeing_everything(
     scoped, make_user, client_for, make_run
 ):

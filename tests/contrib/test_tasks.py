@@ -338,6 +338,21 @@ def test_retry_enqueues_the_same_task_with_the_same_arguments(
     assert again.result == 9
 
 
+def test_a_retry_keeps_the_owner_of_the_run_it_retries(
+    db: None, immediate: None, django_user_model: Any
+) -> None:
+    owner = django_user_model.objects.create_user("owner")
+    first = run_of(tasks.add.enqueue(1, 2))
+    JobRun.objects.filter(pk=first.pk).update(owner=owner)
+    first.refresh_from_db()
+    again = contrib.retry(first)
+    assert again.owner_id == owner.pk
+    assert JobRun.objects.get(pk=again.pk).owner_id == owner.pk
+    assert contrib.retry(again).owner_id == owner.pk
+    nobody = contrib.retry(run_of(tasks.add.enqueue(1, 1)))
+    assert JobRun.objects.get(pk=nobody.pk).owner_id is None
+
+
 def test_a_failing_receiver_never_breaks_the_task(
     db: None,
     immediate: None,

@@ -1035,11 +1035,18 @@ class JobMonitorIncident(models.Model):
         null=True,
         blank=True,
         help_text=_(
-            "When the alert of the opening was sent; empty: not sent (rate limit)."
+            "When the alert of the opening went out. Empty: none did (no alert target is "
+            "set, the rate limit, or every target failed)."
         ),
     )
     resolve_alert_at = models.DateTimeField(
-        _("resolution alerted"), null=True, blank=True
+        _("resolution alerted"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When the alert of the resolution went out. Empty: none did (its opening was "
+            "not announced, or every target failed)."
+        ),
     )
 
     class Meta:

@@ -100,6 +100,25 @@ def test_incidents_list_is_read_only(admin_client, monitor, past_run):
     assert not page.context["has_change_permission"]
 
 
+def test_an_incident_page_says_why_no_alert_went_out(admin_client, monitor, past_run):
+    """No alert target is set: the stamps stay empty, and their help says why that can be."""
+    monitor(max_failures=1)
+    past_run(status=Status.FAILED)
+    health.check()
+    incident = JobMonitorIncident.objects.get()
+    assert incident.open_alert_at is None
+    html = admin_client.get(
+        f"/admin/django_jobstatus/jobmonitorincident/{incident.pk}/change/"
+    ).content.decode()
+    for reason, stamps in [
+        ("no alert target is set", 1),
+        ("the rate limit", 1),
+        ("its opening was not announced", 1),
+        ("every target failed", 2),
+    ]:
+        assert html.count(reason) == stamps, reason
+
+
 def test_check_now_action(admin_client, monitor, past_run):
     m = monitor(max_failures=1)
     past_run(status=Status.FAILED)

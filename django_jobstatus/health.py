@@ -18,7 +18,9 @@ alert goes, so two checks never both send it, and cleared again when no channel 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -473,7 +475,15 @@ def _announce(change: Change, db: str) -> None:
         logger.exception("A monitor_state_changed receiver failed")
     targets = _targets()
     for alert, incident, stamp in _alerts(change):
-        outbox.put(_send, alert, targets, incident, stamp, db)
+        outbox.put(
+            _send,
+            alert,
+            targets,
+            incident,
+            stamp,
+            db,
+            dropped=functools.partial(_not_sent, alert, incident, stamp, db),
+        )
 
 
 # Evaluating monitors.
@@ -769,9 +779,25 @@ def _send(
         else:
             delivered = True
     if not delivered:
-        JobMonitorIncident.objects.using(db).filter(
-            pk=incident.pk, **{stamp: getattr(incident, stamp)}
-        ).update(**{stamp: None})
+        _unstamp(incident, stamp, db)
+
+
+def _unstamp(incident: JobMonitorIncident, stamp: str, db: str) -> None:
+    """Clear an alert's stamp: the incident must not read as announced (nor the alert
+    count toward ALERT_RATE_LIMIT)."""
+    JobMonitorIncident.objects.using(db).filter(
+        pk=incident.pk, **{stamp: getattr(incident, stamp)}
+    ).update(**{stamp: None})
+
+
+def _not_sent(alert: Alert, incident: JobMonitorIncident, stamp: str, db: str) -> None:
+    """An alert dropped because the process is ending: logged, and its stamp cleared."""
+    logger.warning(
+        "django-jobstatus: the %s alert of %r was not sent: the process ended first.",
+        alert.event,
+        alert.job_name,
+    )
+    _unstamp(incident, stamp, db)
 
 
 def _deliver(target: dict[str, Any], alert: Alert) -> None:
@@ -800,18 +826,27 @@ class _Outbox:
     """One daemon thread that runs queued calls in order: alert deliveries and monitor checks.
 
     A call that fails is logged; the thread's database connections are closed after each.
-    The thread is started on first use (again after a fork).
+    The thread is started on first use (again after a fork). A daemon thread dies with its
+    process, so ``close()`` is called before the process ends: the calls get a while to
+    finish, then those left are dropped, each running its ``dropped`` (an alert's clears
+    its stamp).
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
-            queue.Queue()
-        )
+        self._queue: queue.Queue[_Call] = queue.Queue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._closing = False
+        self._current: _Call | None = None
+        self._dropped = 0
 
-    def put(self, function: Callable[..., Any], *args: Any) -> None:
+    def put(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        dropped: Callable[[], Any] | None = None,
+    ) -> None:
         with self._lock:
             if (
                 self._thread is None
@@ -825,21 +860,33 @@ class _Outbox:
                     target=self._work, name="jobstatus-health", daemon=True
                 )
                 self._thread.start()
-            self._queue.put((function, args))
+            self._queue.put(_Call(function, args, dropped))
 
     def _work(self) -> None:
         jobs = self._queue
         while True:
-            function, args = jobs.get()
+            call = jobs.get()
+            self._current = call
             try:
-                function(*args)
+                if self._closing:
+                    self._drop(call)
+                else:
+                    call.function(*call.args)
             except Exception:
                 logger.exception(
-                    "django-jobstatus: %s failed", getattr(function, "__name__", "call")
+                    "django-jobstatus: %s failed",
+                    getattr(call.function, "__name__", "call"),
                 )
             finally:
+                self._current = None
                 connections.close_all()
                 jobs.task_done()
+
+    def _drop(self, call: _Call) -> None:
+        if call.dropped is not None:
+            with self._lock:
+                self._dropped += 1
+            call.dropped()
 
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the queued calls; False when some are left."""
@@ -853,5 +900,57 @@ class _Outbox:
                 jobs.all_tasks_done.wait(remaining)
         return True
 
+    def close(self, timeout: float, grace: float) -> int:
+        """Before the process ends: wait up to ``timeout`` seconds for the queued calls,
+        then drop those not started once the one under way has ended (up to ``grace``
+        seconds more; past that, it is dropped too). Returns how many calls that had a
+        ``dropped`` were dropped.
+        """
+        if self._pid != os.getpid() or self.join(timeout):
+            return 0  # nothing queued in this process, or all of it done
+        with self._lock:
+            self._closing = True
+            before = self._dropped
+        if self.join(grace):
+            self._closing = False  # each call ended or was dropped
+        else:
+            # The call under way is stuck: drop it and the rest from this thread, and
+            # stay closed (what it may still queue is dropped too).
+            current = self._current
+            if current is not None:
+                self._drop(current)
+            while True:
+                try:
+                    call = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self._drop(call)
+                self._queue.task_done()
+        return self._dropped - before
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    dropped: Callable[[], Any] | None = None
+
 
 outbox = _Outbox()
+
+
+def finish(wait: float | None = None) -> int:
+    """Before this process ends: its queued checks and alerts get ``wait`` seconds (twice
+    ALERT_TIMEOUT by default), then the alerts not sent are dropped, and their incidents
+    do not read as announced. Returns how many alerts were dropped.
+
+    Run at the exit of every process (``atexit``); by ``check_jobstatus`` with its
+    ``--wait``; and where a process ends without atexit: an RQ work horse, a Celery
+    pool process (``worker_process_shutdown``).
+    """
+    if wait is None:
+        wait = settings.ALERT_TIMEOUT * 2
+    return outbox.close(wait, grace=settings.ALERT_TIMEOUT * (len(_targets()) + 1))
+
+
+atexit.register(finish)

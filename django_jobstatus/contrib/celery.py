@@ -36,7 +36,7 @@ from celery import Celery, current_app, current_task, signals, states
 from celery.exceptions import Retry, WorkerLostError
 from django.utils.translation import gettext as _
 
-from django_jobstatus import contrib, own_connections, writebehind
+from django_jobstatus import contrib, health, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import JobKilled
@@ -482,6 +482,13 @@ class CeleryBackend:
         return new
 
 
+@contrib.never_raises
+def _process_ends(**kwargs: Any) -> None:
+    """A pool process ends without atexit: the monitor checks and alerts it queued go out
+    first, or are dropped (``health.finish()``)."""
+    health.finish()
+
+
 _RECEIVERS: list[tuple[Any, Any]] = [
     (signals.before_task_publish, _published),
     (signals.after_task_publish, _confirmed),
@@ -493,6 +500,7 @@ _RECEIVERS: list[tuple[Any, Any]] = [
     (signals.task_revoked, _revoked),
     (signals.task_rejected, _rejected),
     (signals.task_unknown, _unknown),
+    (signals.worker_process_shutdown, _process_ends),
 ]
 
 

@@ -52,7 +52,7 @@ from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 from rq.results import Result
 
-from django_jobstatus import contrib, own_connections, writebehind
+from django_jobstatus import contrib, health, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
@@ -268,6 +268,10 @@ def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
     )
 
 
+# A work horse ends without atexit: what health.finish() then does, done before.
+_finish_health = contrib.never_raises(health.finish)
+
+
 @contrib.never_raises
 def _start(execution: Execution) -> None:
     execution.start()
@@ -304,6 +308,10 @@ class _Recording:
         done: bool = super().perform_job(job, queue, *args)  # type: ignore[misc]
         if _connected:
             _decided(job, done=done)
+            if _recorder not in (0, os.getpid()):
+                # A work horse ends next, without atexit: the check of a monitored
+                # job that it recorded, and the alerts, go out first (or are dropped).
+                _finish_health()
         return done
 
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> Any:

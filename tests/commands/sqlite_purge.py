@@ -18,7 +18,8 @@ import django
 from django.conf import settings
 
 
-def main(path: str, action: str, *args: str) -> None:
+def configure(path: str, **extra: Any) -> None:
+    """Set Django up on the file SQLite database ``path`` (with ``extra`` settings)."""
     settings.configure(
         # The defaults a project gets: no transaction_mode, Python's 5-second busy timeout.
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}},
@@ -28,8 +29,13 @@ def main(path: str, action: str, *args: str) -> None:
             "django_jobstatus",
         ],
         USE_TZ=True,
+        **extra,
     )
     django.setup()
+
+
+def main(path: str, action: str, *args: str) -> None:
+    configure(path)
     from django.core.management import call_command
     from django.utils import timezone
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery import signals, states
 
-from django_jobstatus import contrib, current_job
+from django_jobstatus import contrib, current_job, health
 from django_jobstatus.contrib import celery as jobstatus_celery
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.models import JobRun, Status
@@ -90,6 +90,27 @@ def test_connect_and_disconnect_are_idempotent() -> None:
     jobstatus_celery.disconnect()
     assert len(signals.task_prerun.receivers) == before
     assert not contrib.can_retry(JobRun(source="celery"))
+
+
+def test_a_pool_process_that_ends_sends_or_drops_its_alerts_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A prefork pool process ends with ``os._exit()`` (no atexit, which would): the
+    ``worker_process_shutdown`` Celery sends in it just before runs ``health.finish()``,
+    so an alert its monitor checks queued is sent, or its stamp cleared (tests/health/test_exit.py)."""
+    finished: list[float | None] = []
+    monkeypatch.setattr(health, "finish", lambda wait=None: finished.append(wait) or 0)
+    jobstatus_celery.connect()
+    try:
+        signals.worker_process_shutdown.send(
+            sender="celery@tests", pid=os.getpid(), exitcode=0
+        )
+    finally:
+        jobstatus_celery.disconnect()
+    signals.worker_process_shutdown.send(
+        sender="celery@tests", pid=os.getpid(), exitcode=0
+    )
+    assert finished == [None]
 
 
 @pytest.mark.django_db

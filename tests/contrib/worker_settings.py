@@ -44,3 +44,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"django_jobstatus": {"handlers": ["console"], "level": "DEBUG"}},
 }
+
+# tests/contrib/test_rq_alerts.py: alerts to its webhook, the monitored names read anew.
+if os.environ.get("JOBSTATUS_WORKER_ALERT_WEBHOOK"):
+    JOBSTATUS |= {
+        "ALERT_WEBHOOKS": [os.environ["JOBSTATUS_WORKER_ALERT_WEBHOOK"]],
+        "MONITOR_CACHE_TIMEOUT": 0.001,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.core import mail
+from django.core.management import call_command
 
 from django_jobstatus import health
 from django_jobstatus.models import JobMonitor, JobMonitorIncident, MonitorState, Status
@@ -466,3 +468,24 @@ def test_the_rate_limit_never_drops_the_end_of_an_announced_incident(
         "[jobstatus] tests.nightly is Failing",
         "[jobstatus] tests.nightly is healthy again (was Failing)",
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_check_jobstatus_called_from_code_leaves_its_alerts_to_the_thread(failing):
+    """``call_command("check_jobstatus")`` in a process that goes on: after ``--wait`` the
+    alert under way is not dropped; the thread delivers it, and its stamp stays."""
+    hold = threading.Event()
+    server = _Hook(hold=hold)
+    try:
+        failing(ALERT_EMAILS=[], ALERT_WEBHOOKS=[server.url])
+        err = io.StringIO()
+        call_command("check_jobstatus", wait=0.2, stderr=err, verbosity=0)
+        assert "they go on in the background" in err.getvalue()
+        assert server.received.wait(10)
+        hold.set()
+        assert health.outbox.join(10)
+        assert [body["event"] for body in server.bodies] == ["opened"]
+        assert JobMonitorIncident.objects.get().open_alert_at is not None
+    finally:
+        hold.set()
+        server.close()

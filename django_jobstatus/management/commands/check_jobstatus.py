@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from django_jobstatus import health
 from django_jobstatus.conf import settings
@@ -46,10 +47,18 @@ class Command(BaseCommand):
             type=seconds,
             default=settings.ALERT_TIMEOUT * 2,
             help=_(
-                "Seconds to wait at the end for the alerts to be delivered (default: %(default)r)"
+                "Seconds to wait at the end for the alerts to be delivered; those not sent by then are dropped (default: %(default)r)"
             ),
         )
         add_database(parser)
+
+    # From the command line, the process ends with the command; called from code
+    # (call_command()), it goes on, and so does the alerts' thread.
+    _process_ends = False
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        self._process_ends = True
+        super().run_from_argv(argv)
 
     def handle(
         self,
@@ -74,8 +83,22 @@ class Command(BaseCommand):
                     _("No monitor for: %(names)s") % {"names": ", ".join(missing)}
                 )
         result = health.check(jobs, dry_run=dry_run, using=database)
-        delivered = dry_run or health.outbox.join(wait)
-        if not delivered:
+        if dry_run:
+            pass
+        elif self._process_ends:
+            # The alerts' thread ends with this process: what it has not sent by then
+            # is dropped, and its incident does not read as announced.
+            unsent = health.finish(wait)
+            if unsent:
+                self.stderr.write(
+                    ngettext(
+                        "%(count)d alert was not sent within %(wait)g seconds; its incident does not read as announced.",
+                        "%(count)d alerts were not sent within %(wait)g seconds; their incidents do not read as announced.",
+                        unsent,
+                    )
+                    % {"count": unsent, "wait": wait}
+                )
+        elif not health.outbox.join(wait):
             self.stderr.write(
                 _(
                     "Some alerts were still being delivered after %(wait)g seconds; they go on in the background."

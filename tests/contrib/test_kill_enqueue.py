@@ -481,11 +481,17 @@ def test_db_worker_a_forced_kill_says_the_framework_cannot_stop_a_task(
 ) -> None:
     result, run = _task_running(db_worker)
     messages = act(admin_client, "mark_killed", run)
+    # Once seen in CI (1 run in dozens): the run had ended before the action. Say how.
+    ended = refreshed(run)
     assert messages == [
         "Marked 1 run as killed.",
         f"Could not stop {run.job_name} ({run.pk}): Django's tasks framework cannot stop "
         "a running task: it stops at its next progress call or check_kill(), or runs to its end.",
-    ]
+    ], (
+        f"run {ended.status}: {ended.error!r}, kill requested {ended.kill_requested_at},"
+        f" worker {ended.worker!r}, logs {list(ended.logs.values_list('message', flat=True))}"
+        f"\n{db_worker.output()[-3000:]}"
+    )
     assert refreshed(run).status == Status.KILLED
     wait_for(
         lambda: result.refresh() or result.is_finished,

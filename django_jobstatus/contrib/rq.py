@@ -268,8 +268,11 @@ def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
     )
 
 
-# A work horse ends without atexit: what health.finish() then does, done before.
-_finish_health = contrib.never_raises(health.finish)
+@contrib.never_raises
+def _finish_health() -> None:
+    """A work horse ends without atexit: the monitor checks and alerts it queued go out
+    first, or are dropped (``health.finish()``)."""
+    health.finish()
 
 
 @contrib.never_raises

@@ -60,6 +60,28 @@ class Command(BaseCommand):
         self._process_ends = True
         super().run_from_argv(argv)
 
+    def _wait_for_alerts(self, wait: float) -> None:
+        if self._process_ends:
+            # The alerts' thread ends with this process: what it has not sent by then
+            # is dropped, and its incident does not read as announced.
+            unsent = health.finish(wait)
+            if unsent:
+                self.stderr.write(
+                    ngettext(
+                        "%(count)d alert was not sent within %(wait)g seconds; its incident does not read as announced.",
+                        "%(count)d alerts were not sent within %(wait)g seconds; their incidents do not read as announced.",
+                        unsent,
+                    )
+                    % {"count": unsent, "wait": wait}
+                )
+        elif not health.outbox.join(wait):
+            self.stderr.write(
+                _(
+                    "Some alerts were still being delivered after %(wait)g seconds; they go on in the background."
+                )
+                % {"wait": wait}
+            )
+
     def handle(
         self,
         *,
@@ -83,28 +105,8 @@ class Command(BaseCommand):
                     _("No monitor for: %(names)s") % {"names": ", ".join(missing)}
                 )
         result = health.check(jobs, dry_run=dry_run, using=database)
-        if dry_run:
-            pass
-        elif self._process_ends:
-            # The alerts' thread ends with this process: what it has not sent by then
-            # is dropped, and its incident does not read as announced.
-            unsent = health.finish(wait)
-            if unsent:
-                self.stderr.write(
-                    ngettext(
-                        "%(count)d alert was not sent within %(wait)g seconds; its incident does not read as announced.",
-                        "%(count)d alerts were not sent within %(wait)g seconds; their incidents do not read as announced.",
-                        unsent,
-                    )
-                    % {"count": unsent, "wait": wait}
-                )
-        elif not health.outbox.join(wait):
-            self.stderr.write(
-                _(
-                    "Some alerts were still being delivered after %(wait)g seconds; they go on in the background."
-                )
-                % {"wait": wait}
-            )
+        if not dry_run:
+            self._wait_for_alerts(wait)
         if not loud:
             return
         for name, assessment in result.assessments.items():

@@ -1036,7 +1036,8 @@ class JobMonitorIncident(models.Model):
         blank=True,
         help_text=_(
             "When the alert of the opening went out. Empty: none did (no alert target is "
-            "set, the rate limit, or every target failed)."
+            "set, the rate limit, every target failed, or its process ended before it "
+            "was sent)."
         ),
     )
     resolve_alert_at = models.DateTimeField(
@@ -1045,7 +1046,8 @@ class JobMonitorIncident(models.Model):
         blank=True,
         help_text=_(
             "When the alert of the resolution went out. Empty: none did (its opening was "
-            "not announced, or every target failed)."
+            "not announced, every target failed, or its process ended before it was "
+            "sent)."
         ),
     )
 

@@ -115,6 +115,7 @@ def test_an_incident_page_says_why_no_alert_went_out(admin_client, monitor, past
         ("the rate limit", 1),
         ("its opening was not announced", 1),
         ("every target failed", 2),
+        ("its process ended before it was sent", 2),
     ]:
         assert html.count(reason) == stamps, reason
 

@@ -37,6 +37,8 @@ from tests.contrib import kill_jobs, rq_jobs
 from tests.contrib.celery_app import BROKER_URL, app
 from tests.contrib.dbproxy import Proxy
 from tests.contrib.sent import statements
+from tests.contrib.test_rq import recorded as rq_run
+from tests.contrib.test_rq import settle
 from tests.contrib.workers import (
     celery_worker,
     db_proxy,
@@ -204,34 +206,6 @@ def celery_run(task_id: str) -> JobRun:
     run = jobstatus_celery.find_run(task_id)
     assert run is not None, f"no run recorded for task {task_id}"
     return run
-
-
-def rq_run(job: rq.job.Job) -> JobRun:
-    run = jobstatus_rq.find_run(job.id)
-    assert run is not None, f"no run recorded for job {job.id}"
-    return run
-
-
-def rq_idle(worker: Popen[bytes], queue: str) -> bool:
-    connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
-    key = f"{rq.Worker.redis_worker_namespace_prefix}{worker.rq_name}"  # type: ignore[attr-defined]
-    found = rq.Worker.find_by_key(key, connection=connection)
-    return (
-        found is not None
-        and found.get_state() == "idle"
-        and rq.Queue(queue, connection=connection).count == 0
-    )
-
-
-def settle(worker: Popen[bytes], queue: str) -> None:
-    """Let the RQ worker finish what it does before the test's tables are flushed."""
-    wait_for(
-        lambda: rq_idle(worker, queue),
-        timeout=60,
-        what="the RQ worker to be idle",
-        process=worker,
-        log=worker.log,  # type: ignore[attr-defined]
-    )
 
 
 WORKERS = [

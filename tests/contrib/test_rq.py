@@ -61,21 +61,21 @@ def rq_worker(
         yield process
 
 
-def _idle(worker: Popen[bytes]) -> bool:
+def _idle(worker: Popen[bytes], queue: str) -> bool:
     connection = redis.Redis.from_url(rq_jobs.REDIS_URL)
     key = f"{rq.Worker.redis_worker_namespace_prefix}{worker.rq_name}"  # type: ignore[attr-defined]
     found = rq.Worker.find_by_key(key, connection=connection)
     return (
         found is not None
         and found.get_state() == "idle"
-        and rq.Queue(QUEUE, connection=connection).count == 0
+        and rq.Queue(queue, connection=connection).count == 0
     )
 
 
-def settle(worker: Popen[bytes]) -> None:
+def settle(worker: Popen[bytes], queue: str = QUEUE) -> None:
     """Wait until the worker is idle and its queue empty."""
     wait_for(
-        lambda: _idle(worker),
+        lambda: _idle(worker, queue),
         timeout=60,
         what="the RQ worker to be idle",
         process=worker,

@@ -590,18 +590,19 @@ class _MonitoredNames:
         """The cached names, or None when they must be read again."""
         return self._names if time.monotonic() < self._expires else None
 
-    def refresh(self) -> frozenset[str]:
-        """Read the names; keep them unless a monitor was saved or deleted while they were read."""
+    def refresh(self, using: str | None = None) -> frozenset[str]:
+        """Read the names (through the connection ``using``, by default the app's database's);
+        keep them unless a monitor was saved or deleted while they were read."""
         cleared = self._cleared
-        names = self._read()
+        names = self._read(using or settings.DATABASE)
         if cleared == self._cleared:
             self._names = names
             self._expires = time.monotonic() + settings.MONITOR_CACHE_TIMEOUT
         return names
 
     @staticmethod
-    def _read() -> frozenset[str]:
-        monitors = JobMonitor.objects.using(settings.DATABASE).filter(enabled=True)
+    def _read(using: str) -> frozenset[str]:
+        monitors = JobMonitor.objects.using(using).filter(enabled=True)
         return frozenset(monitors.values_list("job_name", flat=True))
 
     def clear(self, **kwargs: Any) -> None:
@@ -631,6 +632,18 @@ def on_job_status_changed(*, run: JobRun, status: str, **kwargs: Any) -> None:
     if names is not None and run.job_name not in names:
         return
     outbox.put(_check_if_monitored, run.job_name)
+
+
+def before_fork(using: str | None = None) -> None:
+    """In a process about to fork a child for one job (RQ's worker): read the monitored job
+    names now, through the connection ``using``, unless they are cached.
+
+    The child inherits them. For a job that no monitor watches it then queues no check,
+    which would cost it a thread and a connection of their own, and a wait before it
+    ends (``finish()``).
+    """
+    if monitored.known() is None:
+        monitored.refresh(using)
 
 
 def connect() -> None:

@@ -58,6 +58,7 @@ from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
 from django_jobstatus.fingerprints import last_line
 from django_jobstatus.models import JobRun, Status, default_worker
+from django_jobstatus.tracking import tracking_database
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +282,13 @@ def _start(execution: Execution) -> None:
 
 
 @contrib.never_raises
+def _before_fork() -> None:
+    """The work horse inherits the monitored job names, read here through this process's
+    own connection when they are stale (``health.before_fork()``)."""
+    health.before_fork(tracking_database())
+
+
+@contrib.never_raises
 def _finish(execution: Execution, result: Any) -> None:
     execution.end(result=result)
 
@@ -325,6 +333,7 @@ class _Recording:
         _executions[job.id] = execution
         _recorder = os.getpid()
         _start(execution)
+        _before_fork()
         # The work horse is a fork of this process: it must not share its database connections.
         connections.close_all()
         try:

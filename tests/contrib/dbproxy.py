@@ -9,12 +9,16 @@ from collections.abc import Callable
 
 
 class Proxy:
-    """Forward 127.0.0.1:<port> to ``target``; ``cut()`` drops and refuses connections, ``restore()`` accepts again."""
+    """Forward 127.0.0.1:<port> to ``target``; ``cut()`` drops and refuses connections, ``restore()`` accepts again.
+
+    ``accepted`` counts the connections made through it so far.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
+        self.accepted = 0
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -59,6 +63,7 @@ class Proxy:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets += [client, upstream]
+                self.accepted += 1
             threading.Thread(
                 target=self._pipe,
                 args=(client, upstream, self.reader()),

@@ -19,9 +19,11 @@ QUEUE = "jobstatus-tests"
 # django-rq's settings, for the worker and for the test that enqueues.
 LOCAL_QUEUE = "jobstatus-tests-local"  # for workers in the test process, apart from the rqworker's
 HEARTBEAT_QUEUE = "jobstatus-heartbeats"  # tests/contrib/test_heartbeats.py's workers
+# The worker of one test of tests/contrib/test_rq_alerts.py, apart from the module's.
+HORSE_QUEUE = "jobstatus-horses"
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 120}
-    for name in (QUEUE, LOCAL_QUEUE, HEARTBEAT_QUEUE)
+    for name in (QUEUE, LOCAL_QUEUE, HEARTBEAT_QUEUE, HORSE_QUEUE)
 }
 RQ = {
     "WORKER_CLASS": "django_jobstatus.contrib.rq.Worker",

@@ -406,8 +406,8 @@ def test_a_monitor_saved_while_the_names_are_read_is_not_forgotten(
     (seen as a flaky test_a_failed_run_of_a_monitored_job_is_seen_at_once)."""
     read = health.monitored._read
 
-    def read_then_save() -> frozenset[str]:
-        names = read()
+    def read_then_save(using: str) -> frozenset[str]:
+        names = read(using)
         monitor("tests.nightly")  # post_save clears the cache, after the read
         return names
 

@@ -23,6 +23,10 @@ enqueue side is counted in this process.
 The database is ``--database`` on the server of DATABASE_URL (created when missing and
 then dropped again). The last lines are the ratios of the issue's goals; ``enqueue`` is
 the lowest of the three systems' ratios.
+
+With ``--log`` each task logs one line through ``current_job()``: an RQ work horse then
+connects to the database to record its job (with no line, the worker's main process
+records the success, on the connection it keeps).
 """
 
 from __future__ import annotations
@@ -89,6 +93,12 @@ def parse() -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="--tasks 200 --rounds 2 --count 20: a few minutes (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--log",
+        action="store_true",
+        help="each task logs one line through current_job(), which RQ's work horse then"
+        " connects to the database to record (default: %(default)r)",
     )
     parser.add_argument(
         "--database",
@@ -578,7 +588,8 @@ def report(
     figures: dict[tuple[str, str], Figures], options: argparse.Namespace
 ) -> None:
     print(
-        f"\n{options.tasks} trivial tasks per measurement, {options.rounds} rounds (medians);"
+        f"\n{options.tasks} {'tasks logging one line' if options.log else 'trivial tasks'}"
+        f" per measurement, {options.rounds} rounds (medians);"
         f" counted over {options.count} tasks"
     )
     print(
@@ -620,6 +631,8 @@ def main() -> None:
     # Stopped from outside: still stop the workers and Redis, and drop the database.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"signal {signum}"))
     url = database_url(options.database)
+    if options.log:
+        os.environ["BENCH_LOG"] = "1"  # read by the workers' tasks
     with redis_server(options.redis) as redis_url, scratch_database(url):
         env = {
             **os.environ,

@@ -2,6 +2,8 @@
 
 The first and the last of ``n`` tasks leave the time they ran in Redis (``key``), so
 that the bench measures the rate of the tasks between them, without the worker's start.
+With ``--log`` (BENCH_LOG in the environment), each task recorded by our integration
+also logs one line through ``current_job()``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,15 @@ import redis
 
 
 def noop(i: int, n: int, key: str) -> int:
+    if os.environ.get("BENCH_LOG") and os.environ.get("BENCH_RECORD") == "ours":
+        # bench_integrations.py --log. Only with our integration: unrecorded, the task
+        # stays the trivial one (no import that a work horse would pay for each job).
+        from django_jobstatus import current_job
+
+        job = current_job()
+        if job is None:
+            raise RuntimeError("current_job() is None inside a recorded task")
+        job.info("task %d of %d", i, n)
     if i in (0, n - 1):
         stamp = time.time()
         url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

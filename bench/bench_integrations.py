@@ -24,8 +24,8 @@ The database is ``--database`` on the server of DATABASE_URL (created when missi
 then dropped again). The last lines are the ratios of the issue's goals; ``enqueue`` is
 the lowest of the three systems' ratios.
 
-With ``--log`` each task logs one line through ``current_job()``: an RQ work horse then
-connects to the database to record its job (with no line, the worker's main process
+With ``--log`` each task our integration records logs one line through ``current_job()``:
+an RQ work horse then connects to the database to record its job (with no line, the worker's main process
 records the success, on the connection it keeps).
 """
 
@@ -97,8 +97,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--log",
         action="store_true",
-        help="each task logs one line through current_job(), which RQ's work horse then"
-        " connects to the database to record (default: %(default)r)",
+        help="each task our integration records logs one line through current_job(), which"
+        " RQ's work horse then connects to the database to record (default: %(default)r)",
     )
     parser.add_argument(
         "--database",
@@ -192,7 +192,8 @@ def scratch_database(url: str) -> Iterator[None]:
 
 
 class CountingProxy(Proxy):
-    """The tests' proxy in front of PostgreSQL, counting the connections and the statements clients send.
+    """The tests' proxy in front of PostgreSQL (which counts the connections, ``accepted``),
+    counting the statements clients send.
 
     Reads the frontend protocol: a simple query ('Q') or an Execute ('E') is a statement;
     a statement outside BEGIN … COMMIT is a commit of its own.
@@ -201,13 +202,11 @@ class CountingProxy(Proxy):
     SSL_REQUEST, GSS_REQUEST = 80877103, 80877104
 
     def __init__(self, target: tuple[str, int]) -> None:
-        self.connections = self.statements = self.commits = 0
+        self.statements = self.commits = 0
         self._counting = threading.Lock()
         super().__init__(target)
 
     def reader(self) -> Callable[[bytes], None]:
-        with self._counting:
-            self.connections += 1
         return _Reader(self).feed
 
     def count(self, text: bytes, *, in_transaction: bool) -> bool:
@@ -573,7 +572,7 @@ def count(
                 time.sleep(0.2)  # the last bytes through the proxy
             finally:
                 proxy.close()
-            totals.append((proxy.statements, proxy.commits, proxy.connections))
+            totals.append((proxy.statements, proxy.commits, proxy.accepted))
         mode = figures[system, record]
         mode.statements, mode.commits, mode.connections = (
             (after - before) / m for before, after in zip(*totals, strict=True)

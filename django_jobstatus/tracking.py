@@ -61,6 +61,8 @@ _current: ContextVar[JobHandle | None] = ContextVar(
 )
 
 SIDE_SUFFIX = "__jobstatus"
+# The most log lines a handle hands to another process (``JobHandle.unwritten()``).
+HANDOVER_MAX_LINES = 100
 
 
 def tracking_database() -> str:
@@ -336,6 +338,47 @@ class JobHandle:
     def has_written(self) -> bool:
         """Whether a progress, heartbeat or log write of this handle reached the database."""
         return self._written
+
+    def unwritten(self) -> dict[str, Any] | None:
+        """What this handle holds and has not written, in JSON's types, for a process
+        that records the run's end in its place (``take()``); None once it has written
+        something, or when it holds more than HANDOVER_MAX_LINES log lines."""
+        if self._written or len(self._logs) > HANDOVER_MAX_LINES:
+            return None
+        progress = [self._current, self._total, self._step, self._message]
+        return {
+            "progress": progress if self._dirty else None,
+            "has_errors": self._has_errors,
+            "result": self._result,
+            "logs": [
+                [line.level, line.message, line.extra, line.created_at.isoformat()]
+                for line in self._logs
+            ],
+        }
+
+    def take(self, unwritten: dict[str, Any]) -> None:
+        """Hold what another handle of this run left unwritten (its ``unwritten()``): it
+        is written with this handle's next write, the end of the run for one."""
+        from django_jobstatus.models import JobLog
+
+        if unwritten["progress"] is not None:
+            self._current, self._total, self._step, self._message = unwritten[
+                "progress"
+            ]
+            self._dirty = True
+        self._has_errors = self._has_errors or bool(unwritten["has_errors"])
+        if unwritten["result"] is not None:
+            self._result = unwritten["result"]
+        self._logs.extend(
+            JobLog(
+                run_id=self.run.pk,
+                level=level,
+                message=message,
+                extra=extra,
+                created_at=datetime.fromisoformat(created_at),
+            )
+            for level, message, extra, created_at in unwritten["logs"]
+        )
 
     def _pending_fields(self) -> dict[str, Any]:
         now = timezone.now()

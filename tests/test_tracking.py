@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import math
 import threading
@@ -22,7 +23,7 @@ from django_jobstatus import JobKilled, contrib, current_job, track, tracked
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.querysets import JobRunQuerySet
-from django_jobstatus.tracking import SIDE_SUFFIX, JobHandle
+from django_jobstatus.tracking import HANDOVER_MAX_LINES, SIDE_SUFFIX, JobHandle
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -579,6 +580,64 @@ def test_many_logs_flush_before_the_interval() -> None:
                 job.info("line %d", i)
         assert JobLog.objects.count() == 500
         assert len(_updates(queries)) == 1
+
+
+# Handing what a handle did not write to another (an RQ work horse to its worker).
+
+
+def test_what_a_handle_did_not_write_is_written_by_the_handle_it_is_handed_to(
+    make_run,
+) -> None:
+    run = make_run("x")
+    horse = JobHandle(JobRun.objects.get(pk=run.pk), interval=3600)
+    horse.step("load", total=4)
+    horse.advance(3)
+    horse.message("3 of 4")
+    horse.info("a %s line", "first", extra={"n": 1})
+    horse.error("then an error")
+    horse.result = {"rows": 3}
+    # Through JSON, as RQ's JSON serializer would carry it.
+    unwritten = json.loads(json.dumps(horse.unwritten()))
+    assert not JobLog.objects.exists()  # nothing written yet
+
+    worker = JobHandle(JobRun.objects.get(pk=run.pk), interval=3600)
+    worker.take(unwritten)
+    worker.finish()
+    done = _row(run)
+    assert (done.status, done.step, done.message) == (
+        Status.SUCCEEDED,
+        "load",
+        "3 of 4",
+    )
+    assert (done.progress_current, done.progress_total) == (3, 4)
+    assert (done.has_errors, done.result) == (True, {"rows": 3})
+    lines = list(done.logs.order_by("id"))
+    assert [(line.level, line.message, line.extra) for line in lines] == [
+        (20, "a first line", {"n": 1}),
+        (40, "then an error", {}),
+    ]
+    # Each line keeps the time it was logged at, not the time it was written.
+    assert [line.created_at for line in lines] == [
+        line.created_at for line in horse._logs
+    ]
+
+
+def test_a_handle_that_wrote_or_holds_too_many_lines_hands_nothing_over(
+    make_run,
+) -> None:
+    handle = JobHandle(make_run("x"), interval=3600)
+    assert handle.unwritten() == {
+        "progress": None,
+        "has_errors": False,
+        "result": None,
+        "logs": [],
+    }
+    for i in range(HANDOVER_MAX_LINES + 1):
+        handle.info("line %d", i)
+    assert handle.unwritten() is None
+    handle.flush()
+    handle.info("one more")
+    assert handle.unwritten() is None  # it has written: it writes the rest itself
 
 
 # Bad input.

@@ -58,7 +58,7 @@ from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
 from django_jobstatus.fingerprints import last_line
 from django_jobstatus.models import JobRun, Status, default_worker
-from django_jobstatus.tracking import tracking_database
+from django_jobstatus.tracking import JobHandle, tracking_database
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ _executions: dict[str, Execution] = {}
 _recorder = 0
 # In a job's meta: its work horse recorded the success (the main process need not look).
 RECORDED = "django_jobstatus_recorded"
+# In a job's meta: what it reported that its work horse did not write (for the main process).
+UNWRITTEN = "django_jobstatus_unwritten"
 
 
 def find_run(job_id: str, using: str | None = None) -> JobRun | None:
@@ -253,10 +255,11 @@ def _decided(job: rq.job.Job, *, done: bool) -> None:
 def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
     """Whether the worker's main process can record this success as well as this work horse.
 
-    It can when this is a fork of it that recorded the start, the job reported nothing
-    that is not written yet and wrote nothing so far (this horse has no database
-    connection), and RQ keeps the result for it to read: then the horse does not connect
-    to the database at all.
+    It can when this is a fork of it that recorded the start, the job wrote nothing so
+    far (this horse has no database connection), and RQ keeps the result for it to read.
+    What the job reported (progress, log lines) goes to it in the job's meta: then the
+    horse does not connect to the database at all, and the main process writes it with
+    the end through the connection it keeps open.
     """
     handle = execution.handle
     return (
@@ -264,9 +267,29 @@ def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
         and execution.recorded
         and handle is not None
         and not handle.has_written
-        and not handle.has_news
         and job.result_ttl != 0
+        and (not handle.has_news or _hand_over(job, handle))
     )
+
+
+def _hand_over(job: rq.job.Job, handle: JobHandle) -> bool:
+    """Leave what the job reported in its meta, for the main process; False when there
+    is too much of it (``JobHandle.unwritten()``) or Redis refused it."""
+    unwritten = handle.unwritten()
+    if unwritten is None:
+        return False
+    job.meta[UNWRITTEN] = unwritten
+    try:
+        job.save_meta()  # type: ignore[no-untyped-call]
+    except Exception:
+        logger.warning(
+            "Could not hand the reports of RQ job %s to its worker; its work horse writes them.",
+            job.id,
+            exc_info=True,
+        )
+        job.meta.pop(UNWRITTEN, None)
+        return False
+    return True
 
 
 @contrib.never_raises
@@ -371,6 +394,20 @@ def _return_value(job: rq.job.Job) -> Any:
         return None
 
 
+def _take_unwritten(job: rq.job.Job, execution: Execution) -> None:
+    """What the work horse handed over (``_hand_over()``), to this process's handle; and
+    out of Redis, where the job's meta stays as long as its result."""
+    unwritten = job.meta.pop(UNWRITTEN, None)
+    if unwritten is None:
+        return
+    if execution.handle is not None:
+        execution.handle.take(unwritten)
+    try:
+        job.save_meta()  # type: ignore[no-untyped-call]
+    except Exception:
+        logger.debug("Could not clear the meta of RQ job %s.", job.id, exc_info=True)
+
+
 @contrib.never_raises
 def _record_outcome(job: rq.job.Job, execution: Execution) -> None:
     if execution.ended:
@@ -380,6 +417,7 @@ def _record_outcome(job: rq.job.Job, execution: Execution) -> None:
         status = job.get_status(refresh=False)
     except (InvalidJobOperation, NoSuchJobError):
         status = None  # deleted already (result_ttl=0): it finished
+    _take_unwritten(job, execution)  # written with the outcome, whatever it is
     if status == JobStatus.FINISHED and execution.recorded:
         if not job.meta.get(
             RECORDED

@@ -19,7 +19,7 @@ QUEUE = "jobstatus-tests"
 # django-rq's settings, for the worker and for the test that enqueues.
 LOCAL_QUEUE = "jobstatus-tests-local"  # for workers in the test process, apart from the rqworker's
 HEARTBEAT_QUEUE = "jobstatus-heartbeats"  # tests/contrib/test_heartbeats.py's workers
-# The worker of one test of tests/contrib/test_rq_alerts.py, apart from the module's.
+# The workers of tests/contrib/test_rq_horses.py, apart from the others'.
 HORSE_QUEUE = "jobstatus-horses"
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 120}
@@ -50,6 +50,28 @@ def report(n: int) -> dict[str, Any]:
         job.advance()
     job.info("counted %d items", n)
     return {"counted": n}
+
+
+def report_written(n: int) -> dict[str, Any]:
+    """report(), then its progress written at once: the work horse has a connection, and
+    records the end itself."""
+    from django_jobstatus import current_job
+
+    counted = report(n)
+    job = current_job()
+    assert job is not None
+    job.flush()
+    return counted
+
+
+def chatty(lines: int) -> int:
+    from django_jobstatus import current_job
+
+    job = current_job()
+    assert job is not None, "current_job() is None inside the job"
+    for i in range(lines):
+        job.info("line %d", i)
+    return lines
 
 
 def flaky() -> str:

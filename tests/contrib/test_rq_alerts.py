@@ -1,7 +1,6 @@
-"""A monitored job run by a real rqworker: the work horse sends the alert of its check before it exits;
-a job that no monitor watches costs the horse no check.
+"""A monitored job run by a real rqworker: the work horse sends the alert of its check before it exits.
 
-The work horse records the success of a job that reported progress, and a finished run of
+The work horse records the success of a job that wrote its progress, and a finished run of
 a monitored job is judged in the background. The horse ends with ``os._exit()`` (no
 atexit), so that check and its alert must be done before.
 """
@@ -66,7 +65,7 @@ def test_the_work_horse_sends_the_alert_of_the_check_its_success_started(
     settings: Any,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    name = "tests.contrib.rq_jobs.report"
+    name = "tests.contrib.rq_jobs.report_written"
     # The job failed last: its monitor opens an incident, announced to the hook.
     settings.JOBSTATUS = {"ALERT_WEBHOOKS": [hook.url]}
     monitor(name, max_failures=1)
@@ -78,9 +77,9 @@ def test_the_work_horse_sends_the_alert_of_the_check_its_success_started(
     assert incident.open_alert_at is not None
     assert [body["event"] for body in hook.bodies] == ["opened"]
 
-    # Its next run succeeds, recorded by the work horse (the job reports progress).
+    # Its next run succeeds, recorded by the work horse (the job wrote its progress).
     queue = django_rq.get_queue(rq_jobs.QUEUE)
-    run = finished(recorded(queue.enqueue(rq_jobs.report, 3)), rq_worker)
+    run = finished(recorded(queue.enqueue(rq_jobs.report_written, 3)), rq_worker)
     assert run.status == Status.SUCCEEDED
 
     def announced() -> bool:
@@ -101,31 +100,3 @@ def test_the_work_horse_sends_the_alert_of_the_check_its_success_started(
     ]
     assert incident.monitor.state == MonitorState.HEALTHY
     settle(rq_worker)
-
-
-@pytest.mark.usefixtures("rq_on")
-def test_a_work_horse_checks_no_monitor_for_a_job_that_none_watches(
-    db_proxy: Proxy, tmp_path: Any
-) -> None:
-    # Jobs that report progress, no monitor: each work horse records its job's success
-    # and connects once for it. Were the monitored names unknown to the horse, it would
-    # queue a check for each of them, open a second connection for it and wait for it
-    # before it ends.
-    jobs = 5
-    queue = django_rq.get_queue(rq_jobs.HORSE_QUEUE)
-    with started_rq_worker(
-        db_proxy,
-        tmp_path / "worker.log",
-        queue=rq_jobs.HORSE_QUEUE,
-        prefix="jobstatus-horses",
-    ) as worker:
-        before = db_proxy.accepted
-        runs = [
-            finished(recorded(queue.enqueue(rq_jobs.report, 3)), worker)
-            for _ in range(jobs)
-        ]
-        settle(worker, rq_jobs.HORSE_QUEUE)  # the last horse has ended
-        opened = db_proxy.accepted - before
-    assert [run.status for run in runs] == [Status.SUCCEEDED] * jobs
-    # One connection a horse, and the worker's own.
-    assert opened <= jobs + 1, f"{opened} connections for {jobs} jobs"

@@ -27,7 +27,10 @@ JOBSTATUS = {
     "INTEGRATIONS": os.environ.get("JOBSTATUS_WORKER_INTEGRATIONS", "").split(",")
     if os.environ.get("JOBSTATUS_WORKER_INTEGRATIONS")
     else [],
-    "PROGRESS_INTERVAL": 0.01,
+    # tests/contrib/test_rq_horses.py gives its workers a longer one.
+    "PROGRESS_INTERVAL": float(
+        os.environ.get("JOBSTATUS_WORKER_PROGRESS_INTERVAL", 0.01)
+    ),
     "FINISH_RETRY_TIMEOUT": 60.0,
     # tests/contrib/test_heartbeats.py gives its workers a short one.
     "HEARTBEAT_TIMEOUT": float(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import logging
 import math
 import time
@@ -61,8 +62,8 @@ _current: ContextVar[JobHandle | None] = ContextVar(
 )
 
 SIDE_SUFFIX = "__jobstatus"
-# The most log lines a handle hands to another process (``JobHandle.unwritten()``).
-HANDOVER_MAX_LINES = 100
+# The most a handle hands to another process (``JobHandle.unwritten()``), in JSON characters.
+HANDOVER_MAX_CHARS = 64 * 1024
 
 
 def tracking_database() -> str:
@@ -342,11 +343,11 @@ class JobHandle:
     def unwritten(self) -> dict[str, Any] | None:
         """What this handle holds and has not written, in JSON's types, for a process
         that records the run's end in its place (``take()``); None once it has written
-        something, or when it holds more than HANDOVER_MAX_LINES log lines."""
-        if self._written or len(self._logs) > HANDOVER_MAX_LINES:
+        something, or when it is more than HANDOVER_MAX_CHARS characters of JSON."""
+        if self._written:
             return None
         progress = [self._current, self._total, self._step, self._message]
-        return {
+        unwritten = {
             "progress": progress if self._dirty else None,
             "has_errors": self._has_errors,
             "result": self._result,
@@ -355,6 +356,11 @@ class JobHandle:
                 for line in self._logs
             ],
         }
+        try:
+            size = len(json.dumps(unwritten))
+        except (TypeError, ValueError):
+            return None  # a result changed after it was set: finish() fails the run
+        return unwritten if size <= HANDOVER_MAX_CHARS else None
 
     def take(self, unwritten: dict[str, Any]) -> None:
         """Hold what another handle of this run left unwritten (its ``unwritten()``): it

@@ -23,7 +23,7 @@ from django_jobstatus import JobKilled, contrib, current_job, track, tracked
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.querysets import JobRunQuerySet
-from django_jobstatus.tracking import HANDOVER_MAX_LINES, SIDE_SUFFIX, JobHandle
+from django_jobstatus.tracking import HANDOVER_MAX_CHARS, SIDE_SUFFIX, JobHandle
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -622,9 +622,10 @@ def test_what_a_handle_did_not_write_is_written_by_the_handle_it_is_handed_to(
     ]
 
 
-def test_a_handle_that_wrote_or_holds_too_many_lines_hands_nothing_over(
-    make_run,
+def test_a_handle_that_wrote_or_holds_too_much_hands_nothing_over(
+    make_run, settings
 ) -> None:
+    settings.JOBSTATUS = {"LOG_MAX_LENGTH": 10_000}
     handle = JobHandle(make_run("x"), interval=3600)
     assert handle.unwritten() == {
         "progress": None,
@@ -632,12 +633,24 @@ def test_a_handle_that_wrote_or_holds_too_many_lines_hands_nothing_over(
         "result": None,
         "logs": [],
     }
-    for i in range(HANDOVER_MAX_LINES + 1):
-        handle.info("line %d", i)
-    assert handle.unwritten() is None
+    lines = (
+        HANDOVER_MAX_CHARS // 10_000
+    )  # 6 lines of 10,000 characters: 60,000 and more
+    for _ in range(lines):
+        handle.info("x" * 10_000)
+    assert handle.unwritten() is not None
+    handle.info("x" * 10_000)
+    assert handle.unwritten() is None  # too much to hand over
     handle.flush()
     handle.info("one more")
     assert handle.unwritten() is None  # it has written: it writes the rest itself
+
+
+def test_a_result_json_can_no_longer_hold_is_not_handed_over(make_run) -> None:
+    handle = JobHandle(make_run("x"), interval=3600)
+    handle.result = {"at": []}
+    handle.result["at"].append(timezone.now())  # its finish() fails the run
+    assert handle.unwritten() is None
 
 
 # Bad input.

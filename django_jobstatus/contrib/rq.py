@@ -274,7 +274,7 @@ def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
 
 def _hand_over(job: rq.job.Job, handle: JobHandle) -> bool:
     """Leave what the job reported in its meta, for the main process; False when there
-    is too much of it (``JobHandle.unwritten()``) or Redis refused it."""
+    is too much of it (``JobHandle.unwritten()``: 64 KB) or Redis refused it."""
     unwritten = handle.unwritten()
     if unwritten is None:
         return False

@@ -65,12 +65,13 @@ def report_written(n: int) -> dict[str, Any]:
 
 
 def chatty(lines: int) -> int:
+    """Log ``lines`` lines of a thousand characters and more."""
     from django_jobstatus import current_job
 
     job = current_job()
     assert job is not None, "current_job() is None inside the job"
     for i in range(lines):
-        job.info("line %d", i)
+        job.info("line %d %s", i, "x" * 1000)
     return lines
 
 

@@ -51,11 +51,17 @@ def run_jobs(
     ) as worker:
 
         def run(
-            function: Callable[..., Any], *args: Any, times: int = 1, **options: Any
+            function: Callable[..., Any],
+            *args: Any,
+            times: int = 1,
+            timeout: float = 60,
+            **options: Any,
         ) -> Any:
             before = db_proxy.accepted
             runs = [
-                finished(recorded(queue.enqueue(function, *args, **options)), worker)
+                finished(
+                    recorded(queue.enqueue(function, *args, **options)), worker, timeout
+                )
                 for _ in range(times)
             ]
             settle(worker, rq_jobs.HORSE_QUEUE)  # the last horse has ended
@@ -92,11 +98,12 @@ def test_a_job_that_reports_and_succeeds_costs_its_horse_no_connection(
 def test_a_horse_with_more_lines_than_it_hands_over_writes_them_itself(
     run_jobs: Any,
 ) -> None:
-    [run], opened = run_jobs(rq_jobs.chatty, 150)
+    # 100 lines of a thousand characters: more than the 64 KB a horse hands over.
+    [run], opened = run_jobs(rq_jobs.chatty, 100)
     assert run.status == Status.SUCCEEDED
     assert list(
         run.logs.order_by("created_at", "id").values_list("message", flat=True)
-    ) == [f"line {i}" for i in range(150)]
+    ) == [f"line {i} {'x' * 1000}" for i in range(100)]
     assert 1 <= opened <= 2, opened  # the horse's, and the worker's own
 
 

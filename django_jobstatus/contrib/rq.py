@@ -305,6 +305,16 @@ def _start(execution: Execution) -> None:
 
 
 @contrib.never_raises
+def _forget_earlier_attempt(job: rq.job.Job) -> None:
+    """Out of the job's meta, what an earlier attempt's work horse left there (a retry's):
+    its RECORDED would tell this process that this attempt's horse recorded the success."""
+    if RECORDED in job.meta or UNWRITTEN in job.meta:
+        job.meta.pop(RECORDED, None)
+        job.meta.pop(UNWRITTEN, None)  # its worker ended before it wrote them
+        job.save_meta()  # type: ignore[no-untyped-call]
+
+
+@contrib.never_raises
 def _before_fork() -> None:
     """The work horse inherits the monitored job names, read here through this process's
     own connection when they are stale (``health.before_fork()``)."""
@@ -356,6 +366,7 @@ class _Recording:
         _executions[job.id] = execution
         _recorder = os.getpid()
         _start(execution)
+        _forget_earlier_attempt(job)
         _before_fork()
         # The work horse is a fork of this process: it must not share its database connections.
         connections.close_all()

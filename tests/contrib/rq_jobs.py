@@ -133,6 +133,24 @@ def retried_once(report: bool) -> str | rq.Retry:
     return "done"
 
 
+def retried_after_writing(report: bool) -> str | rq.Retry:
+    """Write on the first attempt, which then returns ``Retry`` (its work horse records);
+    on the second, report without writing when ``report``, or nothing (either way its
+    worker's main process records)."""
+    from django_jobstatus import current_job
+
+    job = rq.get_current_job()
+    handle = current_job()
+    assert job is not None and handle is not None
+    if not job.number_of_retries:
+        handle.message("attempt 1")
+        handle.flush()
+        return rq.Retry(max=1)
+    if report:
+        handle.message("attempt 2")
+    return "done"
+
+
 def refuse_success(job: rq.job.Job, connection: Any, result: Any) -> None:
     """An ``on_success`` callback that fails: RQ then fails the job that returned."""
     raise RuntimeError("the success callback failed")

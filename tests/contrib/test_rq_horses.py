@@ -135,6 +135,18 @@ def test_what_a_job_reported_before_it_returned_retry_is_written_with_the_retry(
     )
 
 
+@pytest.mark.parametrize("report", [True, False], ids=["reporting", "silent"])
+def test_a_success_is_recorded_when_the_horse_of_an_earlier_attempt_recorded_its_own(
+    run_jobs: Any, report: bool
+) -> None:
+    # The first attempt's horse wrote, and marked the job's meta so that its worker would
+    # not record its outcome. That mark stayed for the second attempt, whose worker then
+    # left its success unrecorded: the run stayed running.
+    [run], opened = run_jobs(rq_jobs.retried_after_writing, report, timeout=20)
+    assert (run.status, run.attempt, run.result) == (Status.SUCCEEDED, 2, "done")
+    assert run.message == ("attempt 2" if report else "attempt 1")
+
+
 def test_what_a_job_reported_is_written_when_rq_fails_it_after_it_returned(
     run_jobs: Any,
 ) -> None:

@@ -47,7 +47,7 @@ def run_jobs(
         queue=rq_jobs.HORSE_QUEUE,
         prefix="jobstatus-horses",
         # Longer than a job takes: what it reports stays unwritten until its end.
-        env={"JOBSTATUS_WORKER_PROGRESS_INTERVAL": "2"},
+        env={"JOBSTATUS_WORKER_PROGRESS_INTERVAL": "30"},
     ) as worker:
 
         def run(

@@ -54,14 +54,14 @@ CHANGELIST = "/admin/django_jobstatus/jobrun/"
 API = "/api/jobstatus/runs/"
 
 
-def _closed_port() -> int:
-    """A local port nothing listens on: a broker that is down."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-DOWN_URL = f"redis://127.0.0.1:{_closed_port()}/0"
+# A local port nothing listens on: a broker that is down. The socket stays bound, never
+# listening, for the whole run: a port only looked up, then let go, can be taken later in
+# the run by a listener (a test proxy, a worker). Once, with two suites running at once,
+# a retry through this broker failed with an empty error, not "Connection refused"; that
+# this was the cause is a guess.
+_DOWN = socket.socket()
+_DOWN.bind(("127.0.0.1", 0))
+DOWN_URL = f"redis://127.0.0.1:{_DOWN.getsockname()[1]}/0"
 # A Celery app whose broker is down (not the current app of the suite).
 down_app = Celery("tests.kill.down", broker=DOWN_URL, set_as_current=False)
 down_app.conf.update(task_publish_retry=False, broker_connection_retry=False)

@@ -215,7 +215,7 @@ class Job(rq.job.Job):
         else:
             if own:
                 _finish(execution, result)
-            elif not _parent_records(self, execution):
+            elif not _left_to_parent(self, execution):
                 # Recorded once RQ has decided (``_Recording.perform_job``): it may retry
                 # (a returned ``Retry``) or fail (a raising success callback) the job.
                 self._jobstatus_returned = (result,)
@@ -252,14 +252,15 @@ def _decided(job: rq.job.Job, *, done: bool) -> None:
         execution.handle.flush()
 
 
-def _parent_records(job: rq.job.Job, execution: Execution) -> bool:
-    """Whether the worker's main process can record this success as well as this work horse.
+def _left_to_parent(job: rq.job.Job, execution: Execution) -> bool:
+    """Leave this success to the worker's main process when it can record it as well as
+    this work horse; whether it was left.
 
     It can when this is a fork of it that recorded the start, the job wrote nothing so
     far (this horse has no database connection), and RQ keeps the result for it to read.
-    What the job reported (progress, log lines) goes to it in the job's meta: then the
-    horse does not connect to the database at all, and the main process writes it with
-    the end through the connection it keeps open.
+    What the job reported (progress, log lines) is handed to it in the job's meta: then
+    the horse does not connect to the database at all, and the main process writes it
+    with the end through the connection it keeps open.
     """
     handle = execution.handle
     return (

@@ -306,12 +306,11 @@ def _start(execution: Execution) -> None:
 
 
 @contrib.never_raises
-def _forget_earlier_attempt(job: rq.job.Job) -> None:
-    """Out of the job's meta, what an earlier attempt's work horse left there (a retry's):
-    its RECORDED would tell this process that this attempt's horse recorded the success."""
-    if RECORDED in job.meta or UNWRITTEN in job.meta:
-        job.meta.pop(RECORDED, None)
-        job.meta.pop(UNWRITTEN, None)  # its worker ended before it wrote them
+def _clear_marks(job: rq.job.Job, *marks: str) -> None:
+    """Take ``marks`` out of the job's meta, and out of Redis, when one is there."""
+    if any(mark in job.meta for mark in marks):
+        for mark in marks:
+            job.meta.pop(mark, None)
         job.save_meta()  # type: ignore[no-untyped-call]
 
 
@@ -367,7 +366,10 @@ class _Recording:
         _executions[job.id] = execution
         _recorder = os.getpid()
         _start(execution)
-        _forget_earlier_attempt(job)
+        # What an earlier attempt's work horse left (a retry's): its RECORDED would tell
+        # this process that this attempt's horse recorded the success; its UNWRITTEN,
+        # that its worker ended before it wrote them.
+        _clear_marks(job, RECORDED, UNWRITTEN)
         _before_fork()
         # The work horse is a fork of this process: it must not share its database connections.
         connections.close_all()
@@ -409,15 +411,12 @@ def _return_value(job: rq.job.Job) -> Any:
 def _take_unwritten(job: rq.job.Job, execution: Execution) -> None:
     """What the work horse handed over (``_hand_over()``), to this process's handle; and
     out of Redis, where the job's meta stays as long as its result."""
-    unwritten = job.meta.pop(UNWRITTEN, None)
+    unwritten = job.meta.get(UNWRITTEN)
     if unwritten is None:
         return
     if execution.handle is not None:
         execution.handle.take(unwritten)
-    try:
-        job.save_meta()  # type: ignore[no-untyped-call]
-    except Exception:
-        logger.debug("Could not clear the meta of RQ job %s.", job.id, exc_info=True)
+    _clear_marks(job, UNWRITTEN)
 
 
 @contrib.never_raises

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError
 from django.db.models import Q
-from django.utils import timezone
 
 from django_jobstatus import own_connections
+from django_jobstatus.clock import database_now
 from django_jobstatus.conf import settings
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class Heartbeats:
                 JobRun.objects.using(self.connection())
                 .filter(ours)
                 .running()
-                .update(heartbeat_at=timezone.now())
+                .update(heartbeat_at=database_now())
             )
         except DatabaseError:
             logger.warning(

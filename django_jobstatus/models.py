@@ -24,6 +24,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus import statements
+from django_jobstatus.clock import DatabaseNow, database_now
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.fingerprints import fingerprint
@@ -436,7 +437,9 @@ class JobRun(models.Model):
         updated = 0
         if previous in sources:
             if statements.usable(db) and not any(
-                hasattr(value, "resolve_expression") for value in values.values()
+                hasattr(value, "resolve_expression")
+                and not isinstance(value, DatabaseNow)  # statements write it
+                for value in values.values()
             ):
                 # The same UPDATE from SQL text made once (issue 12: the ORM's compiling
                 # cost more than the statement).
@@ -478,7 +481,7 @@ class JobRun(models.Model):
             stamps["queued_at"] = now
         elif target == Status.RUNNING:
             stamps["started_at"] = now
-            values.setdefault("heartbeat_at", now)
+            values.setdefault("heartbeat_at", database_now(now))
         elif target in Status.TERMINAL:
             values.setdefault("finished_at", now)
         if target in (Status.FAILED, Status.LOST):
@@ -634,7 +637,7 @@ class JobRun(models.Model):
         now = timezone.now()
         values: dict[str, Any] = {
             "progress_current": current_n,
-            "heartbeat_at": now,
+            "heartbeat_at": database_now(now),
             "updated_at": now,
         }
         if total is not None:
@@ -655,7 +658,7 @@ class JobRun(models.Model):
 
     def heartbeat(self, *, using: str | None = None) -> None:
         """Stamp ``heartbeat_at`` now, while the run is running."""
-        now = timezone.now()
+        now = database_now()
         runs = JobRun.objects.using(self._db(using)).filter(pk=self.pk).running()
         if runs.update(heartbeat_at=now):
             self.heartbeat_at = now

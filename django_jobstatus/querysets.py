@@ -32,6 +32,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus import contrib, heartbeats, statements, writebehind
+from django_jobstatus.clock import Ago, database_now
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.states import Status
@@ -235,11 +236,13 @@ def stale_condition(timeout: timedelta) -> Q:
     """stale()'s test: a running run with no heartbeat (or start, if it never beat) for
     ``timeout``, and no active child.
 
-    No process beats for a batch's parent: it lives while a child is queued, running or
+    The silence is measured on the clock the heartbeats were stamped with (``clock.Ago``), so a
+    worker's or the reaper's clock running behind or ahead marks no live run lost. No
+    process beats for a batch's parent: it lives while a child is queued, running or
     retrying. The children are read by one subquery (not correlated: once per query)."""
     from django_jobstatus.models import JobRun
 
-    cutoff = timezone.now() - timeout
+    cutoff = Ago(timeout)
     parents = JobRun.objects.filter(
         status__in=sorted(Status.ACTIVE), parent__isnull=False
     ).values("parent_id")
@@ -648,7 +651,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """Record a run that starts now, in this process."""
         now = timezone.now()
         fields.setdefault("started_at", now)
-        fields.setdefault("heartbeat_at", now)
+        fields.setdefault("heartbeat_at", database_now(now))
         fields.setdefault("worker", default_worker())
         return self._create(name, Status.RUNNING, fields)
 

@@ -27,6 +27,8 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, transaction
 from django.db.models.signals import post_save, pre_save
 
+from django_jobstatus import clock
+
 if TYPE_CHECKING:
     from django.db.models import Field
 
@@ -89,16 +91,11 @@ class _Table:
                     ],
                 )
             )
-        self.insert = (
-            f"INSERT INTO {self.name} ({self.columns}) "  # noqa: S608 (quoted names; values are parameters)
-            f"VALUES ({', '.join(['%s'] * len(self.fields))})"
-        )
         column = self.column
-        others = (
+        self.others = (
             f"SELECT 1 FROM {self.name} WHERE {column['source']} = %s "  # noqa: S608 (quoted names; values are parameters)
             f"AND {column['backend_job_id']} = %s AND {self.pk} <> %s"
         )
-        self.insert_alone = f"{self.insert} RETURNING EXISTS ({others})"
         # Defaults that are constants (not callables), converted once.
         self.constants: dict[str, tuple[Any, Any]] = {
             field.attname: (
@@ -166,33 +163,54 @@ def _python(
     return python, related
 
 
-def _row(spec: _Table, alias: str, values: dict[str, Any]) -> tuple[JobRun, list[Any]]:
-    """The run ``values`` make (see ``_python()``), and its INSERT's parameters."""
+def _on_server_clock(value: Any, vendor: str) -> bool:
+    """Whether ``value`` is written as the database's now, in SQL (``clock.DatabaseNow``)."""
+    return isinstance(value, clock.DatabaseNow) and clock.sql(vendor) is not None
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_sql(alias: str, vendor: str, stamped: frozenset[str]) -> str:
+    """INSERT of one run, the columns in ``stamped`` set to the database's now."""
+    spec = _table(alias, vendor)
+    now = clock.sql(vendor) or "%s"
+    values = ", ".join(
+        now if field.attname in stamped else "%s" for field in spec.fields
+    )
+    return f"INSERT INTO {spec.name} ({spec.columns}) VALUES ({values})"  # noqa: S608 (quoted names; values are parameters)
+
+
+def _row(
+    spec: _Table, alias: str, values: dict[str, Any]
+) -> tuple[JobRun, str, list[Any]]:
+    """The run ``values`` make (see ``_python()``), its INSERT and the INSERT's parameters."""
     from django_jobstatus.models import JobRun
 
     connection = connections[alias]
     python, related = _python(spec, alias, values)
     params: list[Any] = []
+    stamped = set()
     for field, value in zip(spec.fields, python, strict=True):
         constant = spec.constants.get(field.attname)
         if (
             constant is not None and constant[0] is value
         ):  # a constant default, converted once
             params.append(constant[1])
+        elif _on_server_clock(value, spec.vendor):
+            stamped.add(field.attname)
         else:
             params.append(field.get_db_prep_save(value, connection))
     run = JobRun.from_db(alias, spec.attnames, python)
     for field, value in related:
         field.set_cached_value(run, value)  # type: ignore[attr-defined]
-    return run, params
+    return run, _insert_sql(alias, spec.vendor, frozenset(stamped)), params
 
 
 def insert(alias: str, values: dict[str, Any]) -> JobRun:
     """INSERT one run with ``values`` (see ``_row()``); the run."""
     spec = table(alias)
-    run, params = _row(spec, alias, values)
+    run, sql, params = _row(spec, alias, values)
     with connections[alias].cursor() as cursor:
-        cursor.execute(spec.insert, params)
+        cursor.execute(sql, params)
     return run
 
 
@@ -203,10 +221,11 @@ def insert_alone(alias: str, values: dict[str, Any]) -> tuple[JobRun, bool]:
     and ``backend_job_id``.
     """
     spec = table(alias)
-    run, params = _row(spec, alias, values)
+    run, sql, params = _row(spec, alias, values)
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            spec.insert_alone, [*params, run.source, run.backend_job_id, params[0]]
+            f"{sql} RETURNING EXISTS ({spec.others})",
+            [*params, run.source, run.backend_job_id, params[0]],
         )
         row = cursor.fetchone()
     return run, not row[0]
@@ -214,12 +233,19 @@ def insert_alone(alias: str, values: dict[str, Any]) -> tuple[JobRun, bool]:
 
 @functools.lru_cache(maxsize=256)
 def _move_sql(
-    alias: str, vendor: str, names: tuple[str, ...], first: tuple[str, ...]
+    alias: str,
+    vendor: str,
+    names: tuple[str, ...],
+    first: tuple[str, ...],
+    stamped: frozenset[str],
 ) -> str:
     spec = _table(alias, vendor)
-    sets = [f"{spec.column[name]} = %s" for name in names]
+    now = clock.sql(vendor) or "%s"
+    value = {name: now if name in stamped else "%s" for name in (*names, *first)}
+    sets = [f"{spec.column[name]} = {value[name]}" for name in names]
     sets += [
-        f"{spec.column[name]} = COALESCE({spec.column[name]}, %s)" for name in first
+        f"{spec.column[name]} = COALESCE({spec.column[name]}, {value[name]})"
+        for name in first
     ]
     return (
         f"UPDATE {spec.name} SET {', '.join(sets)} "  # noqa: S608 (quoted names; values are parameters)
@@ -239,12 +265,16 @@ def move(
     spec = table(alias)
     connection = connections[alias]
     params = []
+    stamped = set()
     for name, value in (*values.items(), *first.items()):
         field = spec.by_name.get(name)
         if field is None:
             raise FieldDoesNotExist(f"JobRun has no field named '{name}'")
-        params.append(field.get_db_prep_save(value, connection))
-    sql = _move_sql(alias, spec.vendor, tuple(values), tuple(first))
+        if _on_server_clock(value, spec.vendor):
+            stamped.add(name)
+        else:
+            params.append(field.get_db_prep_save(value, connection))
+    sql = _move_sql(alias, spec.vendor, tuple(values), tuple(first), frozenset(stamped))
     params += [spec.by_name["id"].get_db_prep_save(pk, connection), status, attempt]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -265,7 +295,8 @@ def _start_sql(alias: str, vendor: str) -> str:
         f"UPDATE {spec.name} SET {column['status']} = %s, {column['worker']} = %s, "  # noqa: S608 (quoted names; values are parameters)
         f"{column['error']} = '', {column['traceback']} = '', "
         f"{column['started_at']} = COALESCE({column['started_at']}, %s), "
-        f"{column['heartbeat_at']} = %s, {column['updated_at']} = %s, "
+        f"{column['heartbeat_at']} = {clock.sql(vendor) or '%s'}, "
+        f"{column['updated_at']} = %s, "
         f"{column['attempt']} = {greatest}({column['attempt']}, %s) "
         f"WHERE {spec.pk} = ({newest}) AND {spec.still} "
         f"RETURNING {spec.columns}"
@@ -291,11 +322,13 @@ def start_queued(
     spec = table(alias)
     connection = connections[alias]
     stamp = spec.by_name["started_at"].get_db_prep_save(now, connection)
+    # The heartbeat is the database's now where it has a clock of its own (clock.sql()).
+    beat = [] if clock.sql(spec.vendor) else [stamp]
     params = [
         Status.RUNNING,
         spec.by_name["worker"].get_db_prep_save(worker, connection),
         stamp,
-        stamp,
+        *beat,
         stamp,
         attempt,
         source,

@@ -34,6 +34,7 @@ from django.db import (
 from django.utils import timezone
 
 from django_jobstatus import own_connections
+from django_jobstatus.clock import database_now
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
 from django_jobstatus.heartbeats import heartbeats
@@ -388,7 +389,7 @@ class JobHandle:
 
     def _pending_fields(self) -> dict[str, Any]:
         now = timezone.now()
-        fields: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
+        fields: dict[str, Any] = {"heartbeat_at": database_now(now), "updated_at": now}
         if self._dirty:
             fields |= {
                 # advance() does not check its sum: the column stops at BIGINT_MAX.

@@ -23,6 +23,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from django_jobstatus import batches, contrib, statements, writebehind
+from django_jobstatus.clock import database_now
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobRun, Status, uuid7
@@ -297,7 +298,7 @@ class Execution:
                     error="",
                     traceback="",
                     started_at=Coalesce(F("started_at"), Value(now)),
-                    heartbeat_at=now,
+                    heartbeat_at=database_now(now),
                     updated_at=now,
                     attempt=Greatest(F("attempt"), Value(self.attempt)),
                 )

@@ -3,7 +3,8 @@
 A task that reports nothing for longer than HEARTBEAT_TIMEOUT must not be reaped as lost
 while its worker lives, and must still be reaped once its worker is gone. The end-to-end
 tests run a real prefork Celery worker and a real forking rqworker whose settings give
-HEARTBEAT_TIMEOUT = 2 s, and run ``reap_jobstatus --timeout 2`` while a task is silent.
+HEARTBEAT_TIMEOUT = 2 s, and run ``reap_jobstatus --timeout 2`` while a task is silent;
+also with the worker's clock ten timeouts behind the database's (and this process's).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -52,6 +54,7 @@ __all__ = ["db_proxy"]  # a fixture
 TIMEOUT = (
     2  # HEARTBEAT_TIMEOUT in the workers' settings, and the reaper's --timeout, in s
 )
+BEHIND = {"JOBSTATUS_WORKER_CLOCK_OFFSET": str(-10 * TIMEOUT)}  # a worker's clock, in s
 CELERY_QUEUE = f"jobstatus-heartbeats-{os.getpid()}"
 
 
@@ -91,10 +94,17 @@ def started(run: JobRun, worker: Popen[bytes], log: Path) -> None:
 
 
 def survives_the_reaper(run: JobRun, worker: Popen[bytes], log: Path) -> None:
-    """While the task says nothing for 3× the timeout, the reaper leaves its run alone; it then succeeds."""
+    """While the task says nothing for 3× the timeout, the reaper leaves its run alone; it then succeeds.
+
+    The silence is timed by this process (the worker's clock may be off)."""
     started(run, worker, log)
-    for elapsed in (1.5 * TIMEOUT, 2.5 * TIMEOUT):
-        silent_for(run, elapsed)
+    begun = time.monotonic()
+    for elapsed in (0, 1.5 * TIMEOUT, 2.5 * TIMEOUT):
+        wait_for(
+            lambda: time.monotonic() - begun >= elapsed,  # noqa: B023 (called at once)
+            timeout=elapsed + 30,
+            what=f"{elapsed} s of silence",
+        )
         assert "Marked 0 runs lost" in reap(), f"reaped after {elapsed} s of silence"
         assert refreshed(run).status == Status.RUNNING
     wait_for(
@@ -197,16 +207,18 @@ def test_a_silent_tracked_job_is_not_reaped(settings: Any) -> None:
 
 
 @contextlib.contextmanager
-def celery_worker(proxy: Proxy, log: Path) -> Iterator[Popen[bytes]]:
+def celery_worker(
+    proxy: Proxy, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Popen[bytes]]:
     argv = [
         *("-m", "celery", "-A", "tests.contrib.celery_app", "worker"),
         *("--pool=prefork", "--concurrency=1", "--loglevel=INFO", "-Q", CELERY_QUEUE),
         *("-n", f"jobstatus-heartbeats-{uuid.uuid4().hex[:8]}@%h"),
         *("--without-gossip", "--without-mingle", "--without-heartbeat"),
     ]
-    env = worker_env(proxy, "django_jobstatus.contrib.celery")
-    env["JOBSTATUS_WORKER_HEARTBEAT_TIMEOUT"] = str(TIMEOUT)
-    with worker_process(argv, env, log) as process:
+    environment = worker_env(proxy, "django_jobstatus.contrib.celery") | (env or {})
+    environment["JOBSTATUS_WORKER_HEARTBEAT_TIMEOUT"] = str(TIMEOUT)
+    with worker_process(argv, environment, log) as process:
         wait_for(
             lambda: app.control.ping(timeout=0.5),
             timeout=90,
@@ -236,6 +248,13 @@ class TestCelery:
         with celery_worker(db_proxy, log) as worker:
             survives_the_reaper(celery_run(3 * TIMEOUT + 1), worker, log)
 
+    def test_a_silent_task_on_a_worker_whose_clock_is_behind_is_not_reaped(
+        self, db_proxy: Proxy, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "celery.log"
+        with celery_worker(db_proxy, log, BEHIND) as worker:
+            survives_the_reaper(celery_run(3 * TIMEOUT + 1), worker, log)
+
     def test_a_killed_workers_run_is_reaped(
         self, db_proxy: Proxy, tmp_path: Path
     ) -> None:
@@ -256,14 +275,14 @@ def rq_queue(rq_on: None) -> Iterator[rq.Queue]:
 
 
 def rq_worker(
-    proxy: Proxy, log: Path
+    proxy: Proxy, log: Path, env: dict[str, str] | None = None
 ) -> contextlib.AbstractContextManager[Popen[bytes]]:
     return started_rq_worker(
         proxy,
         log,
         queue=rq_jobs.HEARTBEAT_QUEUE,
         prefix="jobstatus-heartbeats",
-        env={"JOBSTATUS_WORKER_HEARTBEAT_TIMEOUT": str(TIMEOUT)},
+        env={"JOBSTATUS_WORKER_HEARTBEAT_TIMEOUT": str(TIMEOUT)} | (env or {}),
     )
 
 
@@ -283,6 +302,13 @@ class TestRQ:
     ) -> None:
         log = tmp_path / "rq.log"
         with rq_worker(db_proxy, log) as worker:
+            survives_the_reaper(rq_run(rq_queue, 3 * TIMEOUT + 1), worker, log)
+
+    def test_a_silent_job_on_a_worker_whose_clock_is_behind_is_not_reaped(
+        self, db_proxy: Proxy, tmp_path: Path, rq_queue: rq.Queue
+    ) -> None:
+        log = tmp_path / "rq.log"
+        with rq_worker(db_proxy, log, BEHIND) as worker:
             survives_the_reaper(rq_run(rq_queue, 3 * TIMEOUT + 1), worker, log)
 
     def test_a_killed_workers_run_is_reaped(

@@ -48,6 +48,19 @@ LOGGING = {
     "loggers": {"django_jobstatus": {"handlers": ["console"], "level": "DEBUG"}},
 }
 
+# tests/contrib/test_heartbeats.py: a worker on a machine whose clock is off by this many
+# seconds (negative: behind the database's).
+if os.environ.get("JOBSTATUS_WORKER_CLOCK_OFFSET"):
+    import datetime as _datetime
+
+    from django.utils import timezone as _timezone
+
+    _offset = _datetime.timedelta(
+        seconds=float(os.environ["JOBSTATUS_WORKER_CLOCK_OFFSET"])
+    )
+    _real_now = _timezone.now
+    _timezone.now = lambda: _real_now() + _offset
+
 # tests/contrib/test_rq_alerts.py: alerts to its webhook, the monitored names read anew.
 if os.environ.get("JOBSTATUS_WORKER_ALERT_WEBHOOK"):
     JOBSTATUS |= {

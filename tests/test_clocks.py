@@ -23,6 +23,7 @@ from django.db.models.signals import pre_save
 from django.utils import timezone
 
 from django_jobstatus import track
+from django_jobstatus.admin.workers import workers
 from django_jobstatus.clock import database_now
 from django_jobstatus.models import JobRun, Status
 from tests.waiting import wait_for
@@ -147,3 +148,16 @@ def test_a_heartbeats_time_in_a_filter_is_the_time_it_holds() -> None:
     an_hour_ago = database_now(timezone.now() - timedelta(hours=1))
     assert not JobRun.objects.filter(pk=run.pk, heartbeat_at__lt=an_hour_ago).exists()
     assert JobRun.objects.filter(pk=run.pk, heartbeat_at__gt=an_hour_ago).exists()
+
+
+def test_a_live_worker_is_not_flagged_silent_by_a_web_server_whose_clock_is_ahead() -> (
+    None
+):
+    with track("tests.clock") as job:
+        with clocks(worker=OFF):  # the page's process, here
+            (row,) = workers(timezone.now())
+        assert (row["worker"], row["running"], row["silent"]) == (
+            job.run.worker,
+            1,
+            False,
+        )

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 
+from django_jobstatus.clock import Ago
 from django_jobstatus.conf import settings
 from django_jobstatus.models import JobRun, Status
 
@@ -42,7 +43,8 @@ def workers_urls(model_admin: Any) -> list[Any]:
 def workers(now: datetime) -> list[dict[str, Any]]:
     """One row per worker: ``worker``, ``running``, ``last_heartbeat``, ``finished``, ``failed``, ``silent``."""
     since = now - SEEN_WITHIN
-    timeout = timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
+    # Silent: nothing newer than the cutoff the reaper uses, on the heartbeats' clock.
+    recent = Ago(timedelta(seconds=settings.HEARTBEAT_TIMEOUT))
     rows: dict[str, dict[str, Any]] = {}
 
     def row(name: str) -> dict[str, Any]:
@@ -54,6 +56,7 @@ def workers(now: datetime) -> list[dict[str, Any]]:
                 "last_heartbeat": None,
                 "finished": 0,
                 "failed": 0,
+                "heard": 0,  # runs beaten for or finished since the cutoff
             },
         )
 
@@ -62,12 +65,17 @@ def workers(now: datetime) -> list[dict[str, Any]]:
         .exclude(worker="")
         .order_by()
         .values("worker")
-        .annotate(n=Count("pk"), beat=Max("heartbeat_at"))
+        .annotate(
+            n=Count("pk"),
+            beat=Max("heartbeat_at"),
+            heard=Count("pk", filter=Q(heartbeat_at__gte=recent)),
+        )
     )
     for item in running:
         entry = row(item["worker"])
         entry["running"] = item["n"]
         entry["last_heartbeat"] = item["beat"]
+        entry["heard"] = item["heard"]
     finished = (
         JobRun.objects.finished()
         .filter(finished_at__gte=since)
@@ -79,20 +87,22 @@ def workers(now: datetime) -> list[dict[str, Any]]:
             failed=Count("pk", filter=Q(status=Status.FAILED)),
             beat=Max("heartbeat_at"),
             end=Max("finished_at"),
+            heard=Count(
+                "pk", filter=Q(heartbeat_at__gte=recent) | Q(finished_at__gte=recent)
+            ),
         )
     )
     for item in finished:
         entry = row(item["worker"])
         entry["finished"] = item["n"]
         entry["failed"] = item["failed"]
+        entry["heard"] += item["heard"]
         beats = [b for b in (entry["last_heartbeat"], item["beat"], item["end"]) if b]
         entry["last_heartbeat"] = max(beats) if beats else None
     result = []
     for entry in rows.values():
         beat = entry["last_heartbeat"]
-        entry["silent"] = bool(
-            entry["running"] and (beat is None or now - beat > timeout)
-        )
+        entry["silent"] = bool(entry["running"] and not entry.pop("heard"))
         if entry["running"] or (beat is not None and beat >= since):
             result.append(entry)
     return sorted(result, key=lambda e: (not e["silent"], -e["running"], e["worker"]))

@@ -12,8 +12,14 @@ change is one conditional UPDATE of the monitor (two processes never both win), 
 incident it closes or opens. After commit, ``monitor_state_changed`` is sent and
 the alerts (email, webhooks) are queued to one background thread: a slow or dead server
 costs that thread at most ``ALERT_TIMEOUT`` seconds a delivery, never a job or a check.
-An incident's alert stamp (``open_alert_at``, ``resolve_alert_at``) is set before the
-alert goes, so two checks never both send it, and cleared again when no channel took it.
+
+An alert has two stamps on its incident. Its queued stamp (``open_alert_queued_at``,
+``resolve_alert_queued_at``) is set in the change's transaction: the process that set it
+owns the alert, and renews the stamp just before it delivers. Its sent stamp
+(``open_alert_at``, ``resolve_alert_at``) is set once a channel took it. An alert queued
+and not sent (every channel failed; its process ended first, or was killed outright) is
+queued again by a later ``check()``, once its queued stamp is older than a delivery can
+take, for a day (``ALERT_RETRY_FOR``).
 """
 
 from __future__ import annotations
@@ -64,6 +70,12 @@ logger = logging.getLogger(__name__)
 _FAILURES = frozenset({Status.FAILED, Status.LOST})
 _RUN_FIELDS = ("pk", "status", "created_at", "started_at", "finished_at", "error")
 ALERT_WINDOW = timedelta(hours=1)  # ALERT_RATE_LIMIT counts alerts in this window
+ALERT_RETRY_FOR = timedelta(days=1)  # an alert not sent is queued again for this long
+# Each alert's stamps on its incident: (queued, went out).
+_STAMPS = {
+    "opened": ("open_alert_queued_at", "open_alert_at"),
+    "resolved": ("resolve_alert_queued_at", "resolve_alert_at"),
+}
 
 
 # Cadence.
@@ -425,28 +437,28 @@ def apply(
 
 def _stamp_alerts(change: Change, now: datetime, db: str) -> None:
     """Mark which alerts go out: openings within ALERT_RATE_LIMIT a monitor an hour, and the
-    resolution of every incident whose opening was announced (and of no other)."""
+    resolution of every incident whose opening was queued (and of no other)."""
     if not (settings.ALERT_EMAILS or settings.ALERT_WEBHOOKS):
         return
     since = now - ALERT_WINDOW
-    sent = JobMonitorIncident.objects.using(db).filter(monitor=change.monitor)
-    counts = sent.aggregate(
-        opened=Count("pk", filter=Q(open_alert_at__gte=since)),
-        resolved=Count("pk", filter=Q(resolve_alert_at__gte=since)),
+    queued = JobMonitorIncident.objects.using(db).filter(monitor=change.monitor)
+    counts = queued.aggregate(
+        opened=Count("pk", filter=Q(open_alert_queued_at__gte=since)),
+        resolved=Count("pk", filter=Q(resolve_alert_queued_at__gte=since)),
     )
     budget = settings.ALERT_RATE_LIMIT - counts["opened"] - counts["resolved"]
     resolved, opened = change.resolved, change.opened
     # A move from one unhealthy state to another is announced once: by the new incident.
     announce = change.state not in MonitorState.UNHEALTHY
-    if resolved is not None and resolved.open_alert_at is not None and announce:
+    if resolved is not None and resolved.open_alert_queued_at is not None and announce:
         # Never limited: the end of an announced incident is never left unsaid (it counts).
-        resolved.resolve_alert_at = now
-        resolved.save(using=db, update_fields=["resolve_alert_at"])
+        resolved.resolve_alert_queued_at = now
+        resolved.save(using=db, update_fields=["resolve_alert_queued_at"])
         budget -= 1
     if opened is not None:
         if budget > 0:
-            opened.open_alert_at = now
-            opened.save(using=db, update_fields=["open_alert_at"])
+            opened.open_alert_queued_at = now
+            opened.save(using=db, update_fields=["open_alert_queued_at"])
         else:
             _suppressed(change)
 
@@ -473,17 +485,25 @@ def _announce(change: Change, db: str) -> None:
         )
     except Exception:
         logger.exception("A monitor_state_changed receiver failed")
-    targets = _targets()
-    for alert, incident, stamp in _alerts(change):
-        outbox.put(
-            _send,
-            alert,
-            targets,
-            incident,
-            stamp,
-            db,
-            dropped=functools.partial(_not_sent, alert, incident, stamp, db),
-        )
+    for alert, incident in _alerts(change):
+        _queue(alert, incident.pk, _queued_stamp(incident, alert), db)
+
+
+def _queue(alert: Alert, incident_pk: int, claim: datetime, db: str) -> None:
+    outbox.put(
+        _send,
+        alert,
+        _targets(),
+        incident_pk,
+        claim,
+        db,
+        dropped=functools.partial(_not_sent, alert),
+    )
+
+
+def _queued_stamp(incident: JobMonitorIncident, alert: Alert) -> datetime:
+    stamp: datetime = getattr(incident, _STAMPS[alert.event][0])
+    return stamp
 
 
 # Evaluating monitors.
@@ -495,6 +515,7 @@ class CheckResult:
 
     assessments: dict[str, Assessment] = dataclasses.field(default_factory=dict)
     changes: list[Change] = dataclasses.field(default_factory=list)
+    resent: int = 0  # alerts queued again (see resend())
 
     @property
     def counts(self) -> dict[str, int]:
@@ -515,7 +536,9 @@ def check(
 
     One query for the monitors, at most four per monitor (its row lock, then what
     ``assess()`` reads), then writes only for the monitors whose state changed, and one
-    UPDATE of ``checked_at``. ``dry_run`` takes no lock, writes nothing and sends nothing.
+    UPDATE of ``checked_at``. A check of every monitor (no ``job_names``) then queues
+    again the alerts not sent (``resend()``: one query when there are none).
+    ``dry_run`` takes no lock, writes nothing and sends nothing.
     """
     db = using or settings.DATABASE
     now = now or timezone.now()
@@ -541,6 +564,8 @@ def check(
         if job_names is not None:
             stamp = stamp.filter(pk__in=checked)
         stamp.update(checked_at=now)
+    if job_names is None and not dry_run:
+        result.resent = resend(now=now, using=db)
     return result
 
 
@@ -734,30 +759,43 @@ def _monitor_url(monitor: JobMonitor) -> str:
     return f"{base.rstrip('/')}{path}" if base else path
 
 
-def _alerts(change: Change) -> list[tuple[Alert, JobMonitorIncident, str]]:
-    """The alerts stamped for this change, each with its incident and the stamp that records it."""
+def _alerts(change: Change) -> list[tuple[Alert, JobMonitorIncident]]:
+    """The alerts queued for this change, each with its incident."""
     url = _monitor_url(change.monitor)
-    name, state, previous = change.monitor.job_name, change.state, change.previous
+    name = change.monitor.job_name
     found = []
     resolved, opened = change.resolved, change.opened
-    if resolved is not None and resolved.resolve_alert_at is not None:
-        alert = Alert(
-            "resolved",
-            name,
-            state,
-            previous,
-            resolved.detail,
-            resolved.opened_at,
-            resolved.resolved_at,
-            url,
-        )
-        found.append((alert, resolved, "resolve_alert_at"))
-    if opened is not None and opened.open_alert_at is not None:
-        alert = Alert(
-            "opened", name, state, previous, opened.detail, opened.opened_at, None, url
-        )
-        found.append((alert, opened, "open_alert_at"))
+    if resolved is not None and resolved.resolve_alert_queued_at is not None:
+        found.append((_resolution(resolved, name, change.state, url), resolved))
+    if opened is not None and opened.open_alert_queued_at is not None:
+        found.append((_opening(opened, name, change.previous, url), opened))
     return found
+
+
+def _opening(incident: JobMonitorIncident, name: str, previous: str, url: str) -> Alert:
+    return Alert(
+        "opened",
+        name,
+        incident.state,
+        previous,
+        incident.detail,
+        incident.opened_at,
+        None,
+        url,
+    )
+
+
+def _resolution(incident: JobMonitorIncident, name: str, state: str, url: str) -> Alert:
+    return Alert(
+        "resolved",
+        name,
+        state,
+        incident.state,
+        incident.detail,
+        incident.opened_at,
+        incident.resolved_at,
+        url,
+    )
 
 
 def _targets() -> list[dict[str, Any]]:
@@ -772,12 +810,24 @@ def _targets() -> list[dict[str, Any]]:
 def _send(
     alert: Alert,
     targets: list[dict[str, Any]],
-    incident: JobMonitorIncident,
-    stamp: str,
+    incident_pk: int,
+    claim: datetime,
     db: str,
 ) -> None:
-    """Deliver one alert to every target, each failure logged. When none took it, clear its
-    stamp: the incident must not read as announced (nor count toward ALERT_RATE_LIMIT)."""
+    """Deliver one alert to every target, each failure logged, and stamp it sent when one
+    took it.
+
+    ``claim`` is the queued stamp this process set. It is renewed first: when it changed
+    meanwhile (a check queued the alert again, its claim being old, or it went out), this
+    process leaves the alert alone. When no target took it, its queued stamp stays, and a
+    later check queues it again.
+    """
+    queued, sent = _STAMPS[alert.event]
+    unsent = JobMonitorIncident.objects.using(db).filter(
+        pk=incident_pk, **{f"{sent}__isnull": True}
+    )
+    if not unsent.filter(**{queued: claim}).update(**{queued: timezone.now()}):
+        return
     delivered = False
     for target in targets:
         try:
@@ -791,26 +841,112 @@ def _send(
             )
         else:
             delivered = True
-    if not delivered:
-        _unstamp(incident, stamp, db)
+    if delivered:
+        unsent.update(**{sent: timezone.now()})
+    else:
+        logger.warning(
+            "django-jobstatus: the %s alert of %r went to no target; check_jobstatus sends it again.",
+            alert.event,
+            alert.job_name,
+        )
 
 
-def _unstamp(incident: JobMonitorIncident, stamp: str, db: str) -> None:
-    """Clear an alert's stamp: the incident must not read as announced (nor the alert
-    count toward ALERT_RATE_LIMIT)."""
-    JobMonitorIncident.objects.using(db).filter(
-        pk=incident.pk, **{stamp: getattr(incident, stamp)}
-    ).update(**{stamp: None})
-
-
-def _not_sent(alert: Alert, incident: JobMonitorIncident, stamp: str, db: str) -> None:
-    """An alert dropped because the process is ending: logged, and its stamp cleared."""
+def _not_sent(alert: Alert) -> None:
+    """An alert dropped because the process is ending: logged (a later check sends it)."""
     logger.warning(
-        "django-jobstatus: the %s alert of %r was not sent: the process ended first.",
+        "django-jobstatus: the %s alert of %r was not sent: the process ended first; check_jobstatus sends it again.",
         alert.event,
         alert.job_name,
     )
-    _unstamp(incident, stamp, db)
+
+
+# Alerts queued and not sent: queued again by a check.
+
+
+def _claim_lease() -> timedelta:
+    """How long an alert's queued stamp keeps it to its process: longer than one delivery
+    to every target takes (the stamp is renewed just before), and at least a minute."""
+    return timedelta(seconds=max(60, settings.ALERT_TIMEOUT * (len(_targets()) + 1)))
+
+
+def resend(*, now: datetime | None = None, using: str | None = None) -> int:
+    """Queue again each alert that was queued and has not gone out, once its queued stamp
+    is older than ``_claim_lease()``, for ``ALERT_RETRY_FOR`` after its incident opened
+    (resolved). Each is taken by a compare-and-set of that stamp, so two checks never both
+    queue it. Returns how many were queued.
+    """
+    if not _targets():
+        return 0
+    db = using or settings.DATABASE
+    now = now or timezone.now()
+    taken, since = now - _claim_lease(), now - ALERT_RETRY_FOR
+    incidents = JobMonitorIncident.objects.using(db).select_related("monitor")
+    pending = incidents.filter(
+        Q(
+            open_alert_at__isnull=True,
+            open_alert_queued_at__lte=taken,
+            opened_at__gte=since,
+        )
+        | Q(
+            resolve_alert_at__isnull=True,
+            resolve_alert_queued_at__lte=taken,
+            resolved_at__gte=since,
+        )
+    ).order_by("opened_at", "pk")
+    count = 0
+    for incident in pending:
+        for alert in _unsent(incident, taken, since, db):
+            queued = _STAMPS[alert.event][0]
+            if incidents.filter(
+                pk=incident.pk, **{queued: _queued_stamp(incident, alert)}
+            ).update(**{queued: now}):
+                _queue(alert, incident.pk, now, db)
+                count += 1
+    return count
+
+
+def _unsent(
+    incident: JobMonitorIncident, taken: datetime, since: datetime, db: str
+) -> list[Alert]:
+    """The alerts of ``incident`` to queue again, rebuilt from the stored history.
+
+    The state before an opening is the state of the incident that ended as it opened
+    (else healthy); the state a resolution moved to is the monitor's when it has not
+    changed since (else healthy).
+    """
+    monitor = incident.monitor
+    url = _monitor_url(monitor)
+    found = []
+    resolved_at = incident.resolved_at
+    if (
+        incident.resolve_alert_at is None
+        and incident.resolve_alert_queued_at is not None
+        and incident.resolve_alert_queued_at <= taken
+        and resolved_at is not None
+        and resolved_at >= since
+    ):
+        state = (
+            monitor.state
+            if monitor.state_changed_at == resolved_at
+            else MonitorState.HEALTHY
+        )
+        found.append(_resolution(incident, monitor.job_name, state, url))
+    if (
+        incident.open_alert_at is None
+        and incident.open_alert_queued_at is not None
+        and incident.open_alert_queued_at <= taken
+        and incident.opened_at >= since
+    ):
+        before = (
+            JobMonitorIncident.objects.using(db)
+            .filter(monitor=monitor, resolved_at=incident.opened_at)
+            .values_list("state", flat=True)
+            .first()
+        )
+        found.append(
+            _opening(incident, monitor.job_name, before or MonitorState.HEALTHY, url)
+        )
+    return found
 
 
 def _deliver(target: dict[str, Any], alert: Alert) -> None:
@@ -841,8 +977,8 @@ class _Outbox:
     A call that fails is logged; the thread's database connections are closed after each.
     The thread is started on first use (again after a fork). A daemon thread dies with its
     process, so ``close()`` is called before the process ends: the calls get a while to
-    finish, then those left are dropped, each running its ``dropped`` (an alert's clears
-    its stamp).
+    finish, then those left are dropped, each running its ``dropped`` (an alert's logs
+    it; a later check sends it).
     """
 
     def __init__(self) -> None:
@@ -954,8 +1090,8 @@ outbox = _Outbox()
 
 def finish(wait: float | None = None) -> int:
     """Before this process ends: its queued checks and alerts get ``wait`` seconds (twice
-    ALERT_TIMEOUT by default), then the alerts not sent are dropped, and their incidents
-    do not read as announced. Returns how many alerts were dropped.
+    ALERT_TIMEOUT by default), then the alerts not sent are dropped: their incidents do
+    not read as announced, and a later check sends them. Returns how many were dropped.
 
     Run at the exit of every process (``atexit``); by ``check_jobstatus`` with its
     ``--wait``; and where a process ends without atexit: an RQ work horse, a Celery

@@ -1033,14 +1033,32 @@ class JobMonitorIncident(models.Model):
         blank=True,
         help_text=_("The run that showed the problem, when one did."),
     )
+    # An alert is queued (its process claims it), then goes out: see health.py.
+    open_alert_queued_at = models.DateTimeField(
+        _("opening alert queued"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When a process last took the alert of the opening to send. Set while the "
+            "alert has not gone out: manage.py check_jobstatus sends it again (for a day)."
+        ),
+    )
     open_alert_at = models.DateTimeField(
         _("opening alerted"),
         null=True,
         blank=True,
         help_text=_(
-            "When the alert of the opening went out. Empty: none did (no alert target is "
-            "set, the rate limit, every target failed, or its process ended before it "
-            "was sent)."
+            "When the alert of the opening went out (a channel took it). Empty: none did "
+            "(no alert target is set, the rate limit, or it is queued: see when)."
+        ),
+    )
+    resolve_alert_queued_at = models.DateTimeField(
+        _("resolution alert queued"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When a process last took the alert of the resolution to send. Set while the "
+            "alert has not gone out: manage.py check_jobstatus sends it again (for a day)."
         ),
     )
     resolve_alert_at = models.DateTimeField(
@@ -1048,9 +1066,8 @@ class JobMonitorIncident(models.Model):
         null=True,
         blank=True,
         help_text=_(
-            "When the alert of the resolution went out. Empty: none did (its opening was "
-            "not announced, every target failed, or its process ended before it was "
-            "sent)."
+            "When the alert of the resolution went out (a channel took it). Empty: none "
+            "did (its opening was not announced, or it is queued: see when)."
         ),
     )
 

@@ -275,7 +275,9 @@ class JobMonitorIncidentAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[t
         "resolved_at",
         "detail",
         "run_link",
+        "open_alert_queued_at",
         "open_alert_at",
+        "resolve_alert_queued_at",
         "resolve_alert_at",
     )
     readonly_fields = fields

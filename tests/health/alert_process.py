@@ -6,7 +6,11 @@ database (migrated by the first call), with webhook alerts to HOOK_URL:
 - ``command``: two monitors whose jobs have just failed, then ``manage.py
   check_jobstatus --wait=0.3``, as the command line runs it;
 - ``script``: a monitor, then a tracked job that fails, as a cron script's would: its
-  monitor is judged in the background, and the process ends right after the job.
+  monitor is judged in the background, and the process ends right after the job;
+- ``held``: a monitor whose job has just failed, checked; then the process waits for its
+  alert (the test kills it meanwhile, with SIGKILL);
+- ``later``: a check ten minutes on, as ``check_jobstatus`` will run by then (the alerts
+  it queues again are delivered before the process ends).
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ def main(path: str, hook: str, action: str) -> None:
     configure(
         path,
         ROOT_URLCONF=__name__,  # no URL: the alerts link to no page
-        JOBSTATUS={"ALERT_WEBHOOKS": [hook], "ALERT_TIMEOUT": 5},
+        # ``held``: the alert is still under way when the test kills the process.
+        JOBSTATUS={
+            "ALERT_WEBHOOKS": [hook],
+            "ALERT_TIMEOUT": 60 if action == "held" else 5,
+        },
     )
     from django.core.management import call_command, execute_from_command_line
     from django.utils import timezone
 
-    from django_jobstatus import track
+    from django_jobstatus import health, track
     from django_jobstatus.models import JobMonitor, JobRun, Status
 
     call_command("migrate", verbosity=0)
@@ -60,6 +68,13 @@ def main(path: str, hook: str, action: str) -> None:
                 raise KeyError("x")
         except KeyError:
             pass
+    elif action == "held":
+        monitored("tests.held", Status.FAILED)
+        health.check()
+        health.outbox.join(120)
+    elif action == "later":
+        health.check(now=now + timedelta(minutes=10))
+        health.finish(30)
     else:
         raise SystemExit(f"unknown action {action!r}")
 

@@ -13,10 +13,14 @@ from typing import Any
 import pytest
 from django.core import mail
 from django.core.management import call_command
+from django.test import override_settings
 
 from django_jobstatus import health
 from django_jobstatus.models import JobMonitor, JobMonitorIncident, MonitorState, Status
 from django_jobstatus.signals import monitor_state_changed
+
+# The health thread reads and stamps each alert's incident through its own connection.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class _Hook:
@@ -304,7 +308,6 @@ def _recorded_and_not_sent_again(capture, sent: list[Any]) -> None:
     assert len(sent) == 1
 
 
-@pytest.mark.django_db(transaction=True)  # the health thread clears the stamp
 def test_an_alert_the_smtp_server_refused_is_not_recorded_as_sent(
     failing, smtp, django_capture_on_commit_callbacks, caplog
 ):
@@ -317,7 +320,6 @@ def test_an_alert_the_smtp_server_refused_is_not_recorded_as_sent(
     assert JobMonitorIncident.objects.get().open_alert_at is None
 
 
-@pytest.mark.django_db(transaction=True)  # the health thread clears the stamp
 def test_an_alert_no_channel_delivered_is_not_recorded_as_sent(
     failing, settings, django_capture_on_commit_callbacks
 ):
@@ -338,7 +340,6 @@ def test_an_alert_one_channel_delivered_is_recorded_as_sent(
     _recorded_and_not_sent_again(django_capture_on_commit_callbacks, hook.bodies)
 
 
-@pytest.mark.django_db(transaction=True)  # the health thread clears the stamp
 def test_a_resolution_the_smtp_server_refused_is_not_recorded_as_sent(
     failing, smtp, past_run, django_capture_on_commit_callbacks
 ):
@@ -354,7 +355,6 @@ def test_a_resolution_the_smtp_server_refused_is_not_recorded_as_sent(
     assert incident.resolve_alert_at is None
 
 
-@pytest.mark.django_db(transaction=True)
 def test_a_failed_run_of_a_monitored_job_is_seen_at_once(settings):
     """No check_jobstatus: the finished run's receiver judges the monitor, off the job's thread."""
     from django_jobstatus import track
@@ -470,7 +470,6 @@ def test_the_rate_limit_never_drops_the_end_of_an_announced_incident(
     ]
 
 
-@pytest.mark.django_db(transaction=True)
 def test_check_jobstatus_called_from_code_leaves_its_alerts_to_the_thread(failing):
     """``call_command("check_jobstatus")`` in a process that goes on: after ``--wait`` the
     alert under way is not dropped; the thread delivers it, and its stamp stays."""
@@ -489,3 +488,149 @@ def test_check_jobstatus_called_from_code_leaves_its_alerts_to_the_thread(failin
     finally:
         hold.set()
         server.close()
+
+
+# Alerts that did not go out: a later check sends them again.
+
+LATER = timedelta(minutes=10)  # past an alert's claim (health._claim_lease())
+
+
+def _check_at(now: Any) -> health.CheckResult:
+    result = health.check(now=now)
+    assert health.outbox.join(10)
+    return result
+
+
+def _subjects(smtp: _Smtp) -> list[str]:
+    return [
+        line.removeprefix(b"Subject: ").decode()
+        for envelope in smtp.messages
+        for line in envelope.content.splitlines()
+        if line.startswith(b"Subject: ")
+    ]
+
+
+def test_an_alert_no_channel_took_is_sent_again_by_a_later_check(
+    failing, smtp, django_capture_on_commit_callbacks
+):
+    """The SMTP server refused it: the incident says it did not go out, and once its
+    claim is old, the next check sends it (once)."""
+    from django.utils import timezone
+
+    smtp.refuse = True
+    failing()
+    _check(django_capture_on_commit_callbacks)
+    incident = JobMonitorIncident.objects.get()
+    assert incident.open_alert_at is None
+    assert incident.open_alert_queued_at is not None
+    smtp.refuse = False
+    assert _check(django_capture_on_commit_callbacks).resent == 0  # its claim holds
+    assert smtp.messages == []
+
+    later = timezone.now() + LATER
+    assert _check_at(later).resent == 1
+    assert _subjects(smtp) == ["[jobstatus] tests.nightly is Failing"]
+    incident.refresh_from_db()
+    assert incident.open_alert_at is not None
+    assert _check_at(later + LATER).resent == 0  # gone out: never again
+    assert len(smtp.messages) == 1
+
+
+def test_a_resolution_no_channel_took_is_sent_again_as_it_was(
+    failing, smtp, past_run, django_capture_on_commit_callbacks
+):
+    """Failing, then (the mail server down) failing again on another run, then healthy:
+    the alerts sent again say what the first would have said."""
+    from django.utils import timezone
+
+    m = failing()
+    _check(django_capture_on_commit_callbacks)
+    smtp.refuse = True
+    JobMonitor.objects.filter(pk=m.pk).update(
+        max_failures=0, every=timedelta(seconds=1), grace=timedelta(0)
+    )
+    _check(django_capture_on_commit_callbacks)  # late (was failing): refused
+    JobMonitor.objects.filter(pk=m.pk).update(every=None)
+    past_run(ago=timedelta(seconds=1))
+    _check(django_capture_on_commit_callbacks)  # healthy again: refused
+    assert _subjects(smtp) == ["[jobstatus] tests.nightly is Failing"]
+    smtp.refuse = False
+
+    assert _check_at(timezone.now() + LATER).resent == 2
+    assert sorted(_subjects(smtp)[1:]) == [
+        "[jobstatus] tests.nightly is Late (was Failing)",
+        "[jobstatus] tests.nightly is healthy again (was Late)",
+    ]
+    assert not JobMonitorIncident.objects.filter(open_alert_at__isnull=True).exists()
+    assert not JobMonitorIncident.objects.filter(
+        resolve_alert_at__isnull=True, resolve_alert_queued_at__isnull=False
+    ).exists()
+
+
+def test_an_alert_is_not_sent_again_after_a_day(
+    failing, hook, django_capture_on_commit_callbacks
+):
+    from django.utils import timezone
+
+    failing(ALERT_EMAILS=[], ALERT_WEBHOOKS=[f"http://127.0.0.1:{_free_port()}/"])
+    _check(django_capture_on_commit_callbacks)
+    with override_settings(JOBSTATUS={"ALERT_WEBHOOKS": [hook.url]}):
+        day = timezone.now() + health.ALERT_RETRY_FOR + timedelta(minutes=1)
+        assert _check_at(day).resent == 0
+        assert hook.bodies == []
+        assert _check_at(timezone.now() + LATER).resent == 1
+    assert [body["event"] for body in hook.bodies] == ["opened"]
+
+
+def test_an_alert_a_check_took_over_is_not_sent_by_the_process_that_queued_it(
+    failing, hook, django_capture_on_commit_callbacks
+):
+    """Its process's thread got to it only after its claim ran out and a check had queued
+    it again: that thread sees its claim changed, and leaves it to the check's."""
+    from django.utils import timezone
+
+    hold = threading.Event()
+    failing(ALERT_EMAILS=[], ALERT_WEBHOOKS=[hook.url])
+    health.outbox.put(hold.wait, 10)  # the thread is busy while the check runs
+    with django_capture_on_commit_callbacks(execute=True):
+        health.check()
+    queued = JobMonitorIncident.objects.get().open_alert_queued_at
+    assert health.resend(now=timezone.now() + LATER) == 1
+    assert JobMonitorIncident.objects.get().open_alert_queued_at != queued
+    hold.set()
+    assert health.outbox.join(10)
+    assert [body["event"] for body in hook.bodies] == ["opened"]
+    assert JobMonitorIncident.objects.get().open_alert_at is not None
+
+
+def test_two_checks_at_once_send_an_alert_again_once(
+    failing, hook, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Both read the alert as not sent; the second to stamp it queues nothing."""
+    from django.utils import timezone
+
+    failing(ALERT_EMAILS=[], ALERT_WEBHOOKS=[f"http://127.0.0.1:{_free_port()}/"])
+    _check(django_capture_on_commit_callbacks)
+    later = timezone.now() + LATER
+    unsent = health._unsent
+    other: list[int] = []
+
+    def meanwhile(*args: Any) -> Any:
+        found = unsent(*args)
+        if (
+            not other
+        ):  # the other check runs whole between this one's read and its stamp
+            other.append(-1)
+            thread = threading.Thread(
+                target=lambda: other.append(health.resend(now=later))
+            )
+            thread.start()
+            thread.join(10)
+        return found
+
+    monkeypatch.setattr(health, "_unsent", meanwhile)
+    with override_settings(JOBSTATUS={"ALERT_WEBHOOKS": [hook.url]}):
+        mine = health.resend(now=later)
+        assert health.outbox.join(10)
+    assert sorted([mine, other[1]]) == [0, 1]
+    assert [body["event"] for body in hook.bodies] == ["opened"]

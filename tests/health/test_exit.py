@@ -154,3 +154,52 @@ def test_close_after_a_wait_long_enough_drops_nothing() -> None:
     outbox.put(ran.append, 3)
     assert outbox.join(5)
     assert ran == [0, 1, 2, 3]
+
+
+@pytest.mark.engine_agnostic  # its own SQLite file, whatever the suite's database
+def test_an_alert_whose_process_was_killed_is_sent_by_a_later_check(
+    tmp_path: Path,
+) -> None:
+    """The process is killed outright (SIGKILL) while its alert is under way.
+
+    Its incident said the alert went out, and no check ever sent it. It now reads as not
+    gone out, and the next check (once the alert's claim is old) sends it.
+    """
+    path = tmp_path / "db.sqlite3"
+    hold = threading.Event()
+    held = _Hook(hold=hold)  # takes the alert and never answers
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.health.alert_process",
+                str(path),
+                held.url,
+                "held",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert held.received.wait(60), process.stderr
+        finally:
+            process.kill()
+            process.communicate(timeout=30)
+        assert [body["event"] for body in held.bodies] == ["opened"]
+        assert _incidents(path) == {"tests.held": None}
+    finally:
+        hold.set()
+        held.close()
+
+    hook = _Hook()
+    try:
+        _run(path, hook, "later")
+        assert [(body["event"], body["job_name"]) for body in hook.bodies] == [
+            ("opened", "tests.held")
+        ]
+        assert _incidents(path)["tests.held"] is not None
+    finally:
+        hook.close()

@@ -63,13 +63,13 @@ class Command(BaseCommand):
     def _wait_for_alerts(self, wait: float) -> None:
         if self._process_ends:
             # The alerts' thread ends with this process: what it has not sent by then
-            # is dropped, and its incident does not read as announced.
+            # is dropped (its incident does not read as announced), for the next check.
             unsent = health.finish(wait)
             if unsent:
                 self.stderr.write(
                     ngettext(
-                        "%(count)d alert was not sent within %(wait)g seconds; its incident does not read as announced.",
-                        "%(count)d alerts were not sent within %(wait)g seconds; their incidents do not read as announced.",
+                        "%(count)d alert was not sent within %(wait)g seconds; the next check sends it again.",
+                        "%(count)d alerts were not sent within %(wait)g seconds; the next check sends them again.",
                         unsent,
                     )
                     % {"count": unsent, "wait": wait}
@@ -141,3 +141,12 @@ class Command(BaseCommand):
                 }
             )
         )
+        if result.resent:
+            self.stdout.write(
+                ngettext(
+                    "Queued again %(count)d alert that had not gone out.",
+                    "Queued again %(count)d alerts that had not gone out.",
+                    result.resent,
+                )
+                % {"count": result.resent}
+            )

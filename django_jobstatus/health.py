@@ -71,10 +71,10 @@ _FAILURES = frozenset({Status.FAILED, Status.LOST})
 _RUN_FIELDS = ("pk", "status", "created_at", "started_at", "finished_at", "error")
 ALERT_WINDOW = timedelta(hours=1)  # ALERT_RATE_LIMIT counts alerts in this window
 ALERT_RETRY_FOR = timedelta(days=1)  # an alert not sent is queued again for this long
-# Each alert's stamps on its incident: (queued, went out).
+# Each alert's stamps on its incident (queued, went out), and the time of its event.
 _STAMPS = {
-    "opened": ("open_alert_queued_at", "open_alert_at"),
-    "resolved": ("resolve_alert_queued_at", "resolve_alert_at"),
+    "opened": ("open_alert_queued_at", "open_alert_at", "opened_at"),
+    "resolved": ("resolve_alert_queued_at", "resolve_alert_at", "resolved_at"),
 }
 
 
@@ -537,7 +537,7 @@ def check(
     One query for the monitors, at most four per monitor (its row lock, then what
     ``assess()`` reads), then writes only for the monitors whose state changed, and one
     UPDATE of ``checked_at``. A check of every monitor (no ``job_names``) then queues
-    again the alerts not sent (``resend()``: one query when there are none).
+    again the alerts not sent (``resend()``: two queries when there are none).
     ``dry_run`` takes no lock, writes nothing and sends nothing.
     """
     db = using or settings.DATABASE
@@ -822,7 +822,7 @@ def _send(
     process leaves the alert alone. When no target took it, its queued stamp stays, and a
     later check queues it again.
     """
-    queued, sent = _STAMPS[alert.event]
+    queued, sent, _ = _STAMPS[alert.event]
     unsent = JobMonitorIncident.objects.using(db).filter(
         pk=incident_pk, **{f"{sent}__isnull": True}
     )
@@ -872,81 +872,56 @@ def _claim_lease() -> timedelta:
 def resend(*, now: datetime | None = None, using: str | None = None) -> int:
     """Queue again each alert that was queued and has not gone out, once its queued stamp
     is older than ``_claim_lease()``, for ``ALERT_RETRY_FOR`` after its incident opened
-    (resolved). Each is taken by a compare-and-set of that stamp, so two checks never both
-    queue it. Returns how many were queued.
+    (resolved): openings first. Each is taken by a compare-and-set of that stamp, so two
+    checks never both queue it. Two queries, then at most two an alert queued again.
+    Returns how many were queued.
     """
     if not _targets():
         return 0
     db = using or settings.DATABASE
     now = now or timezone.now()
     taken, since = now - _claim_lease(), now - ALERT_RETRY_FOR
-    incidents = JobMonitorIncident.objects.using(db).select_related("monitor")
-    pending = incidents.filter(
-        Q(
-            open_alert_at__isnull=True,
-            open_alert_queued_at__lte=taken,
-            opened_at__gte=since,
-        )
-        | Q(
-            resolve_alert_at__isnull=True,
-            resolve_alert_queued_at__lte=taken,
-            resolved_at__gte=since,
-        )
-    ).order_by("opened_at", "pk")
+    incidents = JobMonitorIncident.objects.using(db)
     count = 0
-    for incident in pending:
-        for alert in _unsent(incident, taken, since, db):
-            queued = _STAMPS[alert.event][0]
-            if incidents.filter(
-                pk=incident.pk, **{queued: _queued_stamp(incident, alert)}
-            ).update(**{queued: now}):
-                _queue(alert, incident.pk, now, db)
+    for event, (queued, sent, moment) in _STAMPS.items():
+        pending = incidents.filter(
+            **{
+                f"{sent}__isnull": True,
+                f"{queued}__lte": taken,
+                f"{moment}__gte": since,
+            }
+        )
+        for incident in pending.select_related("monitor").order_by(moment, "pk"):
+            claim = incidents.filter(
+                pk=incident.pk, **{queued: getattr(incident, queued)}
+            )
+            if claim.update(**{queued: now}):
+                _queue(_again(incident, event, db), incident.pk, now, db)
                 count += 1
     return count
 
 
-def _unsent(
-    incident: JobMonitorIncident, taken: datetime, since: datetime, db: str
-) -> list[Alert]:
-    """The alerts of ``incident`` to queue again, rebuilt from the stored history.
+def _again(incident: JobMonitorIncident, event: str, db: str) -> Alert:
+    """The alert of ``incident``'s ``event``, rebuilt from the stored history.
 
-    The state before an opening is the state of the incident that ended as it opened
-    (else healthy); the state a resolution moved to is the monitor's when it has not
-    changed since (else healthy).
+    The state before an opening is that of the incident that ended as it opened (else
+    healthy); the state a resolution moved to is the monitor's while it has not changed
+    since (else healthy).
     """
     monitor = incident.monitor
     url = _monitor_url(monitor)
-    found = []
-    resolved_at = incident.resolved_at
-    if (
-        incident.resolve_alert_at is None
-        and incident.resolve_alert_queued_at is not None
-        and incident.resolve_alert_queued_at <= taken
-        and resolved_at is not None
-        and resolved_at >= since
-    ):
-        state = (
-            monitor.state
-            if monitor.state_changed_at == resolved_at
-            else MonitorState.HEALTHY
-        )
-        found.append(_resolution(incident, monitor.job_name, state, url))
-    if (
-        incident.open_alert_at is None
-        and incident.open_alert_queued_at is not None
-        and incident.open_alert_queued_at <= taken
-        and incident.opened_at >= since
-    ):
-        before = (
-            JobMonitorIncident.objects.using(db)
-            .filter(monitor=monitor, resolved_at=incident.opened_at)
-            .values_list("state", flat=True)
-            .first()
-        )
-        found.append(
-            _opening(incident, monitor.job_name, before or MonitorState.HEALTHY, url)
-        )
-    return found
+    if event == "resolved":
+        state = MonitorState.HEALTHY
+        if monitor.state_changed_at == incident.resolved_at:
+            state = MonitorState(monitor.state)
+        return _resolution(incident, monitor.job_name, state, url)
+    before = (
+        JobMonitorIncident.objects.using(db)
+        .filter(monitor=monitor, resolved_at=incident.opened_at)
+        .values_list("state", flat=True)
+        .first()
+    )
+    return _opening(incident, monitor.job_name, before or MonitorState.HEALTHY, url)
 
 
 def _deliver(target: dict[str, Any], alert: Alert) -> None:

@@ -1080,6 +1080,21 @@ class JobMonitorIncident(models.Model):
                 fields=["monitor", "opened_at"], name="jobstatus_incident_monitor_idx"
             ),
             models.Index(fields=["opened_at"], name="jobstatus_incident_opened_idx"),
+            # The alerts queued and not gone out, for health.resend(): a few rows at most.
+            models.Index(
+                fields=["open_alert_queued_at"],
+                condition=Q(
+                    open_alert_at__isnull=True, open_alert_queued_at__isnull=False
+                ),
+                name="jobstatus_incident_open_unsent",
+            ),
+            models.Index(
+                fields=["resolve_alert_queued_at"],
+                condition=Q(
+                    resolve_alert_at__isnull=True, resolve_alert_queued_at__isnull=False
+                ),
+                name="jobstatus_incident_res_unsent",
+            ),
         ]
         constraints = [
             # At most one open incident per monitor: two checks at once cannot both open one.

@@ -1,7 +1,8 @@
 """An alert's two stamps: queued (a process took it to send) and went out (a channel took
 it). An alert queued and never sent (its process was killed, or every channel failed) is
 sent again by ``check_jobstatus``. Stamps set before this migration were kept only for
-alerts that went out: each is copied to its queued stamp.
+alerts that went out: each is copied to its queued stamp. Two partial indexes hold the
+alerts queued and not gone out (a few rows at most), for ``health.resend()``.
 """
 
 from __future__ import annotations
@@ -69,5 +70,27 @@ class Migration(migrations.Migration):
         ),
         migrations.RunPython(
             _queued_when_sent, migrations.RunPython.noop, elidable=True
+        ),
+        migrations.AddIndex(
+            model_name="jobmonitorincident",
+            index=models.Index(
+                condition=models.Q(
+                    ("open_alert_at__isnull", True),
+                    ("open_alert_queued_at__isnull", False),
+                ),
+                fields=["open_alert_queued_at"],
+                name="jobstatus_incident_open_unsent",
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="jobmonitorincident",
+            index=models.Index(
+                condition=models.Q(
+                    ("resolve_alert_at__isnull", True),
+                    ("resolve_alert_queued_at__isnull", False),
+                ),
+                fields=["resolve_alert_queued_at"],
+                name="jobstatus_incident_res_unsent",
+            ),
         ),
     ]

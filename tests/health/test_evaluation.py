@@ -193,7 +193,7 @@ def test_disabling_resolves_the_open_incident(monitor, past_run):
 
 
 def test_check_costs_at_most_four_queries_a_monitor(
-    monitor, past_run, django_assert_max_num_queries
+    monitor, past_run, django_assert_max_num_queries, settings
 ):
     for index in range(6):
         name = f"tests.job{index}"
@@ -211,6 +211,11 @@ def test_check_costs_at_most_four_queries_a_monitor(
     # (with its last start) and its longest running run, and the recent durations for the
     # three with a p95 limit; one UPDATE of checked_at.
     with django_assert_max_num_queries(1 + 3 * 6 + 3 + 1):
+        result = health.check()
+    assert result.counts[MonitorState.HEALTHY] == 6
+    # With an alert target: two queries more, for the alerts that have not gone out.
+    settings.JOBSTATUS = {"ALERT_EMAILS": ["ops@example.com"]}
+    with django_assert_max_num_queries(1 + 3 * 6 + 3 + 1 + 2):
         result = health.check()
     assert result.counts[MonitorState.HEALTHY] == 6
 

@@ -396,7 +396,9 @@ def apply(
 ) -> Change | None:
     """Store a new state: resolve the open incident, open one for an unhealthy state.
 
-    None when the state is the same, or when another process changed it first.
+    None when the state is the same, when another process changed it first, or when the
+    stored state was judged after ``now`` (by a check that began later and got there
+    first): an older judgment never undoes a newer one.
     """
     previous = monitor.state
     if assessment.state == previous:
@@ -407,7 +409,7 @@ def apply(
     with transaction.atomic(using=db):
         won = (
             JobMonitor.objects.using(db)
-            .filter(pk=monitor.pk, state=previous)
+            .filter(_not_after("state_changed_at", now), pk=monitor.pk, state=previous)
             .update(state=assessment.state, state_changed_at=now)
         )
         if not won:
@@ -433,6 +435,12 @@ def apply(
         _stamp_alerts(change, now, db)
     transaction.on_commit(lambda: _announce(change, db), using=db)
     return change
+
+
+def _not_after(field: str, now: datetime) -> Q:
+    """Rows whose ``field`` is ``now`` or before, or empty: a judgment made at ``now`` may
+    replace what they hold."""
+    return Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__lte": now})
 
 
 def _stamp_alerts(change: Change, now: datetime, db: str) -> None:
@@ -560,7 +568,8 @@ def check(
         if change is not None:
             result.changes.append(change)
     if checked and not dry_run:
-        stamp = JobMonitor.objects.using(db)
+        # A check that began earlier than the last one to stamp a monitor leaves it.
+        stamp = JobMonitor.objects.using(db).filter(_not_after("checked_at", now))
         if job_names is not None:
             stamp = stamp.filter(pk__in=checked)
         stamp.update(checked_at=now)

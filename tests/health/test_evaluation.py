@@ -378,3 +378,26 @@ def test_an_old_stuck_run_under_many_active_runs_is_slow(monitor, past_run):
         past_run(ago=timedelta(minutes=1), status=Status.RUNNING)
     assessment = health.assess(m)
     assert (assessment.state, assessment.run_id) == (MonitorState.SLOW, stuck.pk)
+
+
+def test_a_check_that_began_before_the_stored_state_was_judged_does_not_undo_it(
+    monitor, past_run
+):
+    """Two checks overlap (a slow one, and the next cron's): the later one finds the job
+    late; the earlier one, reaching the monitor after it with its older time, judged it on
+    time. It stored healthy over late, and resolved the incident before it had opened
+    (announcing a recovery that did not happen)."""
+    m = monitor(every=timedelta(hours=1), grace=timedelta(0))
+    past_run(ago=timedelta(hours=2))  # expected an hour ago
+    now = timezone.now()
+    health.check(now=now)
+    m.refresh_from_db()
+    assert m.state == MonitorState.LATE
+
+    earlier = health.check(now=now - timedelta(hours=1, minutes=30))
+    assert earlier.assessments[m.job_name].state == MonitorState.HEALTHY
+    assert earlier.changes == []
+    m.refresh_from_db()
+    assert (m.state, m.state_changed_at, m.checked_at) == (MonitorState.LATE, now, now)
+    incident = JobMonitorIncident.objects.get()
+    assert (incident.opened_at, incident.resolved_at) == (now, None)

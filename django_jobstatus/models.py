@@ -1039,8 +1039,8 @@ class JobMonitorIncident(models.Model):
         null=True,
         blank=True,
         help_text=_(
-            "When a process last took the alert of the opening to send. Set while the "
-            "alert has not gone out: manage.py check_jobstatus sends it again (for a day)."
+            "When a process last took the alert of the opening to send it. While the "
+            "alert has not gone out, manage.py check_jobstatus sends it again (for a day)."
         ),
     )
     open_alert_at = models.DateTimeField(
@@ -1057,8 +1057,8 @@ class JobMonitorIncident(models.Model):
         null=True,
         blank=True,
         help_text=_(
-            "When a process last took the alert of the resolution to send. Set while the "
-            "alert has not gone out: manage.py check_jobstatus sends it again (for a day)."
+            "When a process last took the alert of the resolution to send it. While the "
+            "alert has not gone out, manage.py check_jobstatus sends it again (for a day)."
         ),
     )
     resolve_alert_at = models.DateTimeField(

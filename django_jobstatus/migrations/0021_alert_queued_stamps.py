@@ -33,7 +33,7 @@ class Migration(migrations.Migration):
             name="open_alert_queued_at",
             field=models.DateTimeField(
                 blank=True,
-                help_text="When a process last took the alert of the opening to send. Set while the alert has not gone out: manage.py check_jobstatus sends it again (for a day).",
+                help_text="When a process last took the alert of the opening to send it. While the alert has not gone out, manage.py check_jobstatus sends it again (for a day).",
                 null=True,
                 verbose_name="opening alert queued",
             ),
@@ -43,7 +43,7 @@ class Migration(migrations.Migration):
             name="resolve_alert_queued_at",
             field=models.DateTimeField(
                 blank=True,
-                help_text="When a process last took the alert of the resolution to send. Set while the alert has not gone out: manage.py check_jobstatus sends it again (for a day).",
+                help_text="When a process last took the alert of the resolution to send it. While the alert has not gone out, manage.py check_jobstatus sends it again (for a day).",
                 null=True,
                 verbose_name="resolution alert queued",
             ),

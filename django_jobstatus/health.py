@@ -9,9 +9,10 @@ evaluated as it happens, off the job's thread (a ``job_status_changed`` receiver
 Checks of one monitor take turns: each locks the monitor's row, then reads it and the runs,
 so none stores a judgment of runs older than those the check before it judged. A state
 change is one conditional UPDATE of the monitor (two processes never both win), then the
-incident it closes or opens. After commit, ``monitor_state_changed`` is sent and
-the alerts (email, webhooks) are queued to one background thread: a slow or dead server
-costs that thread at most ``ALERT_TIMEOUT`` seconds a delivery, never a job or a check.
+incident it closes or opens. At the end of the check, once committed,
+``monitor_state_changed`` is sent and the alerts (email, webhooks) are queued to one
+background thread: a slow or dead server costs that thread at most ``ALERT_TIMEOUT``
+seconds a delivery, never a job or a check.
 
 An alert has two stamps on its incident. Its queued stamp (``open_alert_queued_at``,
 ``resolve_alert_queued_at``) is set in the change's transaction: the process that set it
@@ -398,7 +399,8 @@ def apply(
 
     None when the state is the same, when another process changed it first, or when the
     stored state was judged after ``now`` (by a check that began later and got there
-    first): an older judgment never undoes a newer one.
+    first): an older judgment never undoes a newer one. The caller announces the change
+    once it is committed (``_announce()``).
     """
     previous = monitor.state
     if assessment.state == previous:
@@ -433,7 +435,6 @@ def apply(
                 run_id=assessment.run_id,
             )
         _stamp_alerts(change, now, db)
-    transaction.on_commit(lambda: _announce(change, db), using=db)
     return change
 
 
@@ -555,26 +556,34 @@ def check(
         monitors = monitors.filter(job_name__in=list(job_names))
     result = CheckResult()
     checked = []
-    for monitor in monitors:
-        if dry_run:
-            result.assessments[monitor.job_name] = assess(monitor, now=now, using=db)
-            continue
-        found = _check_locked(monitor, now, db)
-        if found is None:
-            continue  # deleted since it was listed
-        assessment, change = found
-        result.assessments[monitor.job_name] = assessment
-        checked.append(monitor.pk)
-        if change is not None:
-            result.changes.append(change)
-    if checked and not dry_run:
-        # A check that began earlier than the last one to stamp a monitor leaves it.
-        stamp = JobMonitor.objects.using(db).filter(_not_after("checked_at", now))
-        if job_names is not None:
-            stamp = stamp.filter(pk__in=checked)
-        stamp.update(checked_at=now)
-    if job_names is None and not dry_run:
-        result.resent = resend(now=now, using=db)
+    try:
+        for monitor in monitors:
+            if dry_run:
+                result.assessments[monitor.job_name] = assess(
+                    monitor, now=now, using=db
+                )
+                continue
+            found = _check_locked(monitor, now, db)
+            if found is None:
+                continue  # deleted since it was listed
+            assessment, change = found
+            result.assessments[monitor.job_name] = assessment
+            checked.append(monitor.pk)
+            if change is not None:
+                result.changes.append(change)
+        if checked and not dry_run:
+            # A check that began earlier than the last one to stamp a monitor leaves it.
+            stamp = JobMonitor.objects.using(db).filter(_not_after("checked_at", now))
+            if job_names is not None:
+                stamp = stamp.filter(pk__in=checked)
+            stamp.update(checked_at=now)
+        if job_names is None and not dry_run:
+            result.resent = resend(now=now, using=db)
+    finally:
+        # Once committed, and once this check wrote all it writes: the alerts' thread
+        # then writes (each alert's stamps) while this one does not.
+        for change in result.changes:
+            transaction.on_commit(functools.partial(_announce, change, db), using=db)
     return result
 
 
@@ -882,7 +891,7 @@ def resend(*, now: datetime | None = None, using: str | None = None) -> int:
     """Queue again each alert that was queued and has not gone out, once its queued stamp
     is older than ``_claim_lease()``, for ``ALERT_RETRY_FOR`` after its incident opened
     (resolved): openings first. Each is taken by a compare-and-set of that stamp, so two
-    checks never both queue it. Two queries, then at most two an alert queued again.
+    checks never both queue it, and queued once committed. Two queries, then at most two an alert queued again.
     Returns how many were queued.
     """
     if not _targets():
@@ -891,7 +900,7 @@ def resend(*, now: datetime | None = None, using: str | None = None) -> int:
     now = now or timezone.now()
     taken, since = now - _claim_lease(), now - ALERT_RETRY_FOR
     incidents = JobMonitorIncident.objects.using(db)
-    count = 0
+    taken_alerts = []
     for event, (queued, sent, moment) in _STAMPS.items():
         pending = incidents.filter(
             **{
@@ -905,9 +914,11 @@ def resend(*, now: datetime | None = None, using: str | None = None) -> int:
                 pk=incident.pk, **{queued: getattr(incident, queued)}
             )
             if claim.update(**{queued: now}):
-                _queue(_again(incident, event, db), incident.pk, now, db)
-                count += 1
-    return count
+                taken_alerts.append((_again(incident, event, db), incident.pk))
+    # Queued once committed, and once all are taken (this thread writes no more).
+    for alert, pk in taken_alerts:
+        transaction.on_commit(functools.partial(_queue, alert, pk, now, db), using=db)
+    return len(taken_alerts)
 
 
 def _again(incident: JobMonitorIncident, event: str, db: str) -> Alert:

@@ -414,10 +414,10 @@ _UNUSED_BY_KILL = ("params", "data", "result", "traceback", "attempts")
 _KILLED_BY_FORCE = _("Killed by force.")
 
 
-def _killed(run: JobRun, message: str | None) -> bool:
-    """End ``run`` killed now; False when it finished (or was deleted) first."""
+def _killed(run: JobRun, message: str | None, **fields: Any) -> bool:
+    """End ``run`` killed now (with ``fields``); False when it finished (or was deleted) first."""
     try:
-        run.mark_killed(message=message or str(_KILLED_BY_FORCE))
+        run.mark_killed(message=message or str(_KILLED_BY_FORCE), **fields)
     except (InvalidTransition, run.DoesNotExist):
         return False
     return True

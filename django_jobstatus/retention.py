@@ -42,6 +42,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus import contrib, statements
+from django_jobstatus.batches import refresh_batch
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog
@@ -946,6 +947,9 @@ class ReapResult:
 
     reaped: int = 0  # runs marked lost
     finished: int = 0  # stale runs whose job finished first (the job won the race)
+    # Batches' parents whose children had all ended, moved where they add up to: no
+    # worker beats for a parent, and its refresh after the last child was missed.
+    settled: int = 0
     expired: int = 0  # queued runs ended killed: no worker started them in time
     dry_run: bool = False
     # With dry_run: the runs that would be reaped, as (pk, job_name, worker) ...
@@ -973,10 +977,13 @@ def reap(
     _whole("batch_size", batch_size, 1)
     result = ReapResult(dry_run=dry_run)
     if dry_run:
-        result.stale_runs = list(
+        stale = list(
             runs.stale(delta).order_by("pk").values_list("pk", "job_name", "worker")
         )
+        parents = _parents(runs, [pk for pk, _name, _worker in stale])
+        result.stale_runs = [row for row in stale if row[0] not in parents]
         result.reaped = len(result.stale_runs)
+        result.settled = len(parents)
         if queued_delta is not None:
             result.queued_runs = list(
                 runs.stale_queued(queued_delta)
@@ -1003,7 +1010,14 @@ def _reap_stale(
     while True:
         with statements.write_transaction(runs.db):
             batch = _locked_batch(runs.stale(delta), batch_size)
+            parents = _parents(runs, [run.pk for run in batch])
             for run in batch:
+                if run.pk in parents:
+                    # Not lost: a batch's parent lives while a child is active, and
+                    # these have all ended. It follows them, as its refresh would have.
+                    refresh_batch(run)
+                    result.settled += 1
+                    continue
                 since = run.heartbeat_at or run.started_at
                 text = str(_REAPED) % {
                     "since": since.isoformat() if since else "?",
@@ -1018,6 +1032,16 @@ def _reap_stale(
                 result.reaped += 1
         if len(batch) < batch_size:
             return
+
+
+def _parents(runs: JobRunQuerySet, pks: list[Any]) -> set[Any]:
+    """Which of the runs ``pks`` have children (batches' parents): a query a chunk."""
+    found: set[Any] = set()
+    every = runs.model.objects.using(runs.db).order_by()
+    for part in _chunks(pks, _chunk_size(runs.db)):
+        children = every.filter(parent_id__in=part)
+        found.update(children.values_list("parent_id", flat=True).distinct())
+    return found
 
 
 def _expire_queued(
@@ -1040,7 +1064,11 @@ def _expire_queued(
                         "since": (run.queued_at or run.created_at).isoformat(),
                         "timeout": delta.total_seconds(),
                     }
-                if _killed(run, text):
+                # Recorded as asked to stop too, as a forced kill is: a worker that
+                # takes the task afterwards refuses it (or the job sees it at once).
+                if run.kill_requested_at is None:
+                    run.kill_requested_at = timezone.now()
+                if _killed(run, text, kill_requested_at=run.kill_requested_at):
                     run.log(logging.WARNING, text)
                     ended.append(run)
         result.expired += len(ended)

@@ -24,6 +24,7 @@ from contextvars import ContextVar, Token
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import (
     DatabaseError,
     InterfaceError,
@@ -32,6 +33,7 @@ from django.db import (
     transaction,
 )
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from django_jobstatus import own_connections
 from django_jobstatus.clock import database_now
@@ -268,7 +270,7 @@ class JobHandle:
         if not self._kill_requested:
             self.flush()
         if self._kill_requested:
-            raise JobKilled(f"Run {self.run.pk} was asked to stop.")
+            raise self._killed()
 
     # Logs.
 
@@ -322,7 +324,10 @@ class JobHandle:
     def check_kill(self) -> None:
         """Raise JobKilled when a kill was requested."""
         if self.kill_requested:
-            raise JobKilled(f"Run {self.run.pk} was asked to stop.")
+            raise self._killed()
+
+    def _killed(self) -> JobKilled:
+        return JobKilled(f"Run {self.run.pk} was asked to stop.", run_id=self.run.pk)
 
     # Writing.
 
@@ -533,20 +538,8 @@ class JobHandle:
         for alone in (False, True):  # alone: the end without its details
             try:
                 while_database_away(write, timeout=settings.FINISH_RETRY_TIMEOUT)
-            except InvalidTransition as error:
-                alias = tracking_database()
-                if len(tries) > 1 and self._ended_as(exc, alias):
-                    # The try before committed, but its answer was lost with the connection.
-                    self._applied(tries[-1])
-                    self.run.refresh_from_db(using=alias)
-                    return
-                # The run ended elsewhere (reaped as lost, killed by force): it keeps that
-                # state, and the job's last log lines are still written.
-                with contextlib.suppress(DatabaseError):
-                    self._write_logs_then(alias, lambda: None)
-                logger.warning(
-                    "The end of run %s was not recorded: %s", self.run.pk, error
-                )
+            except (InvalidTransition, ObjectDoesNotExist) as error:
+                self._refused(exc, error, tries)
             except (OperationalError, InterfaceError):
                 for name, value in saved.items():
                     setattr(self.run, name, value)
@@ -578,6 +571,28 @@ class JobHandle:
                 tries.clear()
                 continue
             return
+
+    def _refused(
+        self,
+        exc: BaseException | None,
+        error: Exception,
+        tries: list[dict[str, Any]],
+    ) -> None:
+        """The end's write changed no row: the run ended elsewhere, or is gone."""
+        alias = tracking_database()
+        if len(tries) > 1 and self._ended_as(exc, alias):
+            # The try before committed, but its answer was lost with the connection.
+            self._applied(tries[-1])
+            self.run.refresh_from_db(using=alias)
+            return
+        if isinstance(error, InvalidTransition):
+            # The run ended elsewhere (reaped as lost, killed by force): it keeps that
+            # state, and the job's last log lines are still written.
+            with contextlib.suppress(DatabaseError):
+                self._write_logs_then(alias, lambda: None)
+        # Else it was deleted (purged with include_active): the job goes on as if it had
+        # been recorded, and never sees the error.
+        logger.warning("The end of run %s was not recorded: %s", self.run.pk, error)
 
     def _unstorable_result(self) -> TypeError | None:
         """The TypeError of a result JSON can no longer hold: changed after it was set
@@ -675,8 +690,10 @@ def track(
     Leaving the block ends the run succeeded; JobKilled ends it killed (and is not
     re-raised); any other exception ends it failed, with error and traceback, and is
     re-raised. With ``run=``, an existing queued or retrying run is started instead of
-    creating one. Other keyword arguments are JobRun fields (queue, priority, owner,
-    parent, backend_job_id, …).
+    creating one; a kill asked while it waited is seen at the first ``check_kill()``.
+    Other keyword arguments are JobRun fields (queue, priority, owner, parent,
+    backend_job_id, …). The JobKilled of an outer block's run, raised inside this one,
+    ends this run killed too and is re-raised.
     """
     if run is None:
         fields |= {
@@ -687,13 +704,25 @@ def track(
         }
         run = _start_run(job_name, fields)
     else:
-        run.mark_running(using=tracking_database())
+        alias = tracking_database()
+        run.mark_running(using=alias)
+        if run.kill_requested_at is None:
+            # Asked to stop while it waited (a batch's kill, the admin's): the caller's
+            # copy may be older than the request, which the job must see at once.
+            run.refresh_from_db(using=alias, fields=["kill_requested_at"])
     handle = JobHandle(run, interval=interval)
     token = handle.activate()
     try:
         yield handle
     except JobKilled as exc:
-        handle.finish(exc)
+        if exc.run_id in (None, run.pk):
+            handle.finish(exc)
+        else:
+            # Another run's kill (an outer block's) leaves this block: this run stops
+            # with it, and the run that was asked stops too.
+            text = _("Stopped: run %(run)s, which it ran in, was asked to stop.")
+            handle.finish(exc, message=text % {"run": exc.run_id})
+            raise
     except BaseException as exc:
         handle.finish(exc)
         raise

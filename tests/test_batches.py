@@ -159,11 +159,60 @@ def test_a_running_parent_is_not_reaped_while_a_child_is_active(db: None) -> Non
     JobRun.objects.filter(pk=b.pk).update(heartbeat_at=long_ago)
     assert set(JobRun.objects.stale(300).values_list("job_name", flat=True)) == {"b"}
     # With no child active, a silent parent is stale like any run (the refresh on the
-    # children's last move, left out here, would have ended it).
+    # children's last move, left out here, would have ended it) ...
     b.mark_succeeded()
     c.mark_running()
     c.mark_succeeded()
     assert list(JobRun.objects.stale(300)) == [JobRun.objects.get(pk=parent.pk)]
+    # ... and the reaper ends it as its children add up, never lost: no worker beats for it.
+    assert JobRun.objects.reap(300, dry_run=True).settled == 1
+    reaped = JobRun.objects.reap(300)
+    assert (reaped.reaped, reaped.settled) == (0, 1)
+    parent.refresh_from_db()
+    assert (parent.status, parent.result) == (S, {"children": {S: 3}})
+
+
+def test_a_reap_between_the_last_child_s_end_and_its_parent_s_refresh_does_not_lose_the_batch(
+    db: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The parent is refreshed once its last child's end commits: a reaper that runs in
+    between finds it running, silent and with no active child. It was marked lost (the
+    refresh then could not leave lost): every child succeeded, the batch said lost."""
+    parent = start_batch("batch", ["a", "b"])
+    a, b = parent.children.order_by("job_name")
+    with django_capture_on_commit_callbacks(execute=True):
+        a.mark_running()
+        a.mark_succeeded()
+        b.mark_running()
+    long_ago = timezone.now() - timedelta(hours=1)  # the batch has run for an hour
+    JobRun.objects.filter(pk=parent.pk).update(heartbeat_at=long_ago)
+    with django_capture_on_commit_callbacks(execute=False) as refreshes:
+        b.mark_succeeded()  # committed; its parent's refresh waits for the commit hook
+    assert JobRun.objects.reap(300).reaped == 0  # reap_jobstatus, from cron, then
+    for refresh in refreshes:
+        refresh()
+    parent.refresh_from_db()
+    assert (parent.status, parent.message) == (S, "")
+
+
+@pytest.mark.django_db(transaction=True)  # the parent follows its children on commit
+def test_a_batch_killed_while_its_children_wait_stops_those_its_workers_start_after() -> (
+    None
+):
+    """A worker's loop holds the children it read before the batch's kill, and starts each
+    with ``track(run=child)``: the start used to keep the copy's (no) kill request, so every
+    child ran to its end and the batch ended succeeded."""
+    parent = start_batch("batch", ["a", "b"])
+    children = list(parent.children.order_by("job_name"))
+    assert request_kill_batch(parent) == 3
+    finished = 0
+    for child in children:
+        with track(child.job_name, run=child) as job:
+            job.check_kill()
+            finished += 1
+    parent.refresh_from_db()
+    statuses = {child.status for child in JobRun.objects.filter(parent=parent)}
+    assert (finished, statuses, parent.status) == (0, {K}, K)
 
 
 def test_killing_a_batch_asks_every_active_run(db: None) -> None:

@@ -517,6 +517,69 @@ def test_job_killed_ends_killed_and_is_swallowed() -> None:
     assert JobLog.objects.get().message == "stopping"
 
 
+def test_an_outer_run_s_kill_seen_inside_a_nested_block_stops_both() -> None:
+    """The outer job, asked to stop, sees it inside a nested ``track()`` block of its own:
+    the inner block took the kill as its own, swallowed it, and the outer job went on to
+    succeed. Now the inner run ends killed saying why, and the outer one is killed."""
+    went_on = False
+    with track("outer") as outer:
+        assert JobRun.objects.filter(pk=outer.run.pk).request_kill() == 1
+        outer._due = 0.0  # the next read is due (as after PROGRESS_INTERVAL)
+        with track("inner") as inner:
+            outer.check_kill()
+        went_on = True
+    outer_row, inner_row = _row(outer.run), _row(inner.run)
+    assert (went_on, outer_row.status, inner_row.status) == (
+        False,
+        Status.KILLED,
+        Status.KILLED,
+    )
+    assert outer_row.message == "Killed on request."
+    assert inner_row.kill_requested_at is None
+    assert inner_row.message == (
+        f"Stopped: run {outer.run.pk}, which it ran in, was asked to stop."
+    )
+
+
+def test_a_queued_run_asked_to_stop_is_seen_asked_when_track_starts_it() -> None:
+    """A worker holds a copy of the queued run read before the kill, and starts it with
+    ``track(run=...)``: the handle kept the copy's (no) request until its first read, a
+    ``PROGRESS_INTERVAL`` away, and a short job ran to its end."""
+    queued = JobRun.objects.enqueue("x")
+    held = JobRun.objects.get(pk=queued.pk)  # read before the kill
+    assert JobRun.objects.filter(pk=queued.pk).request_kill() == 1
+    went_on = False
+    with track("x", run=held) as job:
+        job.check_kill()
+        went_on = True
+    assert (went_on, _row(queued).status) == (False, Status.KILLED)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_job_whose_run_was_purged_meanwhile_ends_as_it_would_have(
+    fails: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``purge(include_active=True)`` deleted the run under its job: leaving ``track()``
+    raised ``JobRun.DoesNotExist`` into the job, in place of its own exception when it had
+    one (an integration then recorded, or retried, the wrong error)."""
+    raised: BaseException | None = None
+    try:
+        with track("x") as job:
+            job.info("working")
+            assert (
+                JobRun.objects.purge(days=0, keep_last=0, include_active=True).runs == 1
+            )
+            job.info("still working")
+            if fails:
+                raise BoomError("the job's own error")
+    except BaseException as exc:
+        raised = exc
+    assert type(raised) is (BoomError if fails else type(None))
+    assert "was not recorded" in caplog.text
+    assert not JobRun.objects.exists()
+
+
 def test_exception_ends_failed_and_is_re_raised() -> None:
     with pytest.raises(ValueError, match="bad row 7"), track("x") as job:
         job.progress(3, total=10)

@@ -234,9 +234,10 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
     run = execution.handle.run if execution.handle is not None else None
     if not _is_inline(sender):
         _merge_into(execution, str(task_result.id))
-    if run is not None and run.kill_requested and not _is_inline(sender):
-        # Asked to stop while it waited: the worker records this as the task's
-        # failure, which ends the run killed, and the task's code never runs.
+    asked = execution.killed_before_start or (run is not None and run.kill_requested)
+    if asked and run is not None and not _is_inline(sender):
+        # Asked to stop (or ended killed) while it waited: the worker records this as
+        # the task's failure, which ends the run killed, and the task's code never runs.
         raise JobKilled(f"Run {run.pk} was asked to stop before it started.")
 
 

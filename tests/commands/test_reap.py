@@ -194,6 +194,48 @@ def test_the_queued_timeout_counts_a_later_attempt_s_wait_from_its_retry(
     assert (status(requeued), status(recent_retry)) == (Status.QUEUED, Status.RETRYING)
 
 
+def test_a_run_ended_for_waiting_too_long_is_recorded_as_asked_to_stop(
+    make_run: Any,
+) -> None:
+    """As a forced kill records the request first: a worker that takes the task later
+    refuses it (the integrations read the request), or its job sees it at once."""
+    waiting = make_run("tests.job", status=Status.QUEUED, queued_at=ago(7200))
+    asked = make_run("tests.job", status=Status.QUEUED, queued_at=ago(7200))
+    assert JobRun.objects.filter(pk=asked.pk).request_kill() == 1
+    first_request = JobRun.objects.get(pk=asked.pk).kill_requested_at
+    assert JobRun.objects.reap(300, queued_timeout=600).expired == 2
+    waiting.refresh_from_db()
+    asked.refresh_from_db()
+    assert (waiting.status, asked.status) == (Status.KILLED, Status.KILLED)
+    assert waiting.kill_requested_at is not None
+    assert asked.kill_requested_at == first_request  # the first request stays
+
+
+def test_a_batch_whose_children_all_ended_is_settled_not_lost(
+    make_run: Any, reap: Any
+) -> None:
+    """No worker beats for a batch's parent: once its children have all ended (and its
+    refresh was missed), the reaper ends it as they add up, and says so."""
+    from django_jobstatus.batches import start_batch
+
+    parent = start_batch("tests.batch", ["tests.a"])
+    (child,) = parent.children.all()
+    child.mark_running()
+    child.mark_failed(RuntimeError("boom"))
+    JobRun.objects.filter(pk=parent.pk).update(
+        status=Status.RUNNING, heartbeat_at=ago(3600), started_at=ago(3600)
+    )
+    out = reap("--dry-run")
+    assert "Dry run: 0 runs would be marked lost" in out
+    assert "Dry run: 1 batch whose children have all ended would be ended" in out
+    assert status(parent) == Status.RUNNING
+    out = reap()
+    assert "Marked 0 runs lost" in out
+    assert "Ended 1 batch whose children had all ended, as they add up." in out
+    parent.refresh_from_db()
+    assert (parent.status, parent.error) == (Status.FAILED, "1 of 1 child run failed.")
+
+
 def test_narrowed_queryset_reaps_only_its_runs(make_run: Any) -> None:
     mine = make_run("tests.mine", heartbeat_at=ago(600))
     other = make_run("tests.other", heartbeat_at=ago(600))

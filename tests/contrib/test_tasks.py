@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from django.apps import apps
 from django.db import OperationalError, connection
 from django.urls import reverse
+from django.utils import timezone
 
 from django_jobstatus import contrib
 from django_jobstatus.contrib import tasks as integration
@@ -674,6 +676,32 @@ def test_db_worker_refuses_a_task_killed_while_it_waited(worker: Worker) -> None
         held.stop()
     assert run.status == Status.KILLED
     assert run.step == ""  # the task's code never ran
+
+
+@pytest.mark.postgres
+def test_db_worker_refuses_a_task_the_reaper_ended_while_it_waited(
+    worker: Worker,
+) -> None:
+    """QUEUED_TIMEOUT: the reaper ends a run queued too long killed and tells its task
+    system to drop it, which Django's tasks cannot: the worker refuses it when it picks
+    it up. That refusal read the kill request, which the reaper did not record: the
+    task's code ran to success while its run said killed."""
+    result = tasks.add.using(queue_name="held").enqueue(2, 3)
+    run = run_of(result)
+    JobRun.objects.filter(pk=run.pk).update(
+        queued_at=timezone.now() - timedelta(hours=2)
+    )
+    assert JobRun.objects.reap(300, queued_timeout=3600).expired == 1
+    held = Worker("--queue-name", "held", "--batch")
+    try:
+        assert held.wait() == 0, held.output()
+        run = run_reaching(result, held)
+    finally:
+        held.stop()
+    result.refresh()
+    assert (run.status, result.status) == (Status.KILLED, FAILED)
+    assert run.kill_requested_at is not None
+    assert result.errors[-1].exception_class_path == integration.KILLED_PATH
 
 
 @pytest.mark.postgres

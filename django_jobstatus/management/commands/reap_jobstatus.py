@@ -108,6 +108,17 @@ class Command(BaseCommand):
                 }
             )
         )
+        if result.settled:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    ngettext(
+                        "Ended %(n)d batch whose children had all ended, as they add up.",
+                        "Ended %(n)d batches whose children had all ended, as they add up.",
+                        result.settled,
+                    )
+                    % {"n": result.settled}
+                )
+            )
         if queued_timeout is not None:
             self.stdout.write(
                 self.style.SUCCESS(
@@ -136,6 +147,17 @@ class Command(BaseCommand):
                 % {"count": result.reaped}
             )
         )
+        if result.settled:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    ngettext(
+                        "Dry run: %(n)d batch whose children have all ended would be ended as they add up.",
+                        "Dry run: %(n)d batches whose children have all ended would be ended as they add up.",
+                        result.settled,
+                    )
+                    % {"n": result.settled}
+                )
+            )
         if queued_timeout is None:
             return
         for pk, job_name in result.queued_runs:

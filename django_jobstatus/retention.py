@@ -87,6 +87,9 @@ LOCKED_TRIES = 5
 # locks, which writers wait on, while it waits: 0.2 s at the default 0.1 s. Only a wait
 # for a lock counts: a batch slowed by a busy machine is never thrown away.
 CANCEL_AFTER = 2
+# The longest batch_seconds: its lock timeout (CANCEL_AFTER times it) stays within
+# PostgreSQL's lock_timeout, at most 2,147,483,647 ms (some 12 days).
+MAX_BATCH_SECONDS = 86_400
 # The SQLSTATE of a statement that gave up waiting for a lock (lock_timeout).
 LOCK_NOT_AVAILABLE = "55P03"
 # ``purge(jobs=N)``: at most this many connections at once.
@@ -159,9 +162,13 @@ def purge(
         "keep_last", settings.KEEP_LAST if keep_last is None else keep_last, 0
     )
     _whole("batch_size", batch_size, 1)
-    if not isinstance(batch_seconds, int | float) or not batch_seconds > 0:
+    if (
+        not isinstance(batch_seconds, int | float)
+        or not 0 < batch_seconds <= MAX_BATCH_SECONDS
+    ):
         raise ValueError(
-            f"batch_seconds must be a number above 0, not {batch_seconds!r}"
+            f"batch_seconds must be a number above 0 and at most {MAX_BATCH_SECONDS},"
+            f" not {batch_seconds!r}"
         )
     _jobs(jobs, runs.db, dry_run)
     cutoffs = _cutoffs(_statuses(statuses, include_active), days, retention, now)
@@ -269,6 +276,13 @@ def _candidates(
         old |= Q(status__in=sorted(chosen), created_at__lt=cutoff)
     if not old:
         return runs.none()
+    if not set().union(*cutoffs.values()) & Status.ACTIVE:
+        # A batch's finished children stay while it runs: its status and progress add
+        # theirs up. (Purging active runs too, a batch goes whole.)
+        batches = runs.model._base_manager.using(runs.db).filter(
+            status__in=sorted(Status.ACTIVE)
+        )
+        runs = runs.exclude(parent__in=batches.order_by().values("pk"))
     # Older than the latest cutoff too: an index range, which the OR of the cutoffs alone
     # is not (a scan would walk on past the last candidate, through the newer runs).
     return runs.filter(old, created_at__lt=max(cutoffs))
@@ -372,8 +386,10 @@ def _can_raw_delete_runs(model: type[JobRun]) -> bool:
     return True
 
 
-# Later than any run's created_at: delete_finished() purges with no age cutoff.
-END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+# Later than any run's created_at: delete_finished() purges with no age cutoff. Two
+# days short of datetime.max: a database that stores local time (DATABASES' TIME_ZONE,
+# SQLite) is sent it in its zone, and east of UTC datetime.max overflows.
+END_OF_TIME = datetime(9999, 12, 29, tzinfo=UTC)
 
 
 def delete_finished(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, load_command_class
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 
@@ -233,6 +233,9 @@ def test_active_runs_need_include_active(aged: Any, purge: Any) -> None:
         (["--database", "nope"], "not a database alias"),
         (["--days", "9999999"], "at most 1000 years"),
         (["--days", "99999999999999999999"], "at most 1000 years"),
+        # PostgreSQL refused it with a DataError; SQLite matched nothing, silently.
+        (["--job-name", "tests.job\x00"], "not a job name"),
+        (["--job-name", " "], "not a job name"),
     ],
 )
 def test_bad_arguments_are_command_errors(
@@ -519,6 +522,10 @@ def test_python_api_checks_its_arguments(aged: Any) -> None:
         JobRun.objects.purge(jobs=True)
     with pytest.raises(ValueError, match="jobs must be at most 16, not 17"):
         JobRun.objects.purge(jobs=17)
+    # An OverflowError (infinity), a DataError on PostgreSQL (past lock_timeout's range).
+    for seconds in (float("inf"), float("nan"), 1e7, 0):
+        with pytest.raises(ValueError, match="batch_seconds must be a number above 0"):
+            JobRun.objects.purge(batch_seconds=seconds)
 
 
 def test_more_than_one_job_is_refused_where_it_cannot_run(
@@ -644,3 +651,54 @@ def test_delete_receivers_of_runs_still_run(aged: Any) -> None:
     assert (result.runs, result.logs) == (3, 6)
     child.refresh_from_db()
     assert child.parent is None
+
+
+@pytest.mark.django_db(transaction=True)  # the parent follows its children on commit
+def test_a_batch_s_finished_children_stay_while_it_runs(aged: Any, purge: Any) -> None:
+    """A batch's status adds its children's up: the nightly purge took a finished child
+    of a batch still running (picked by its own status and age), and the batch with a
+    killed child then ended succeeded. Once the batch ends, they go with it."""
+    from django_jobstatus import JobKilled, track
+    from django_jobstatus.batches import start_batch
+
+    parent = start_batch("tests.batch", ["tests.child", "tests.child"])
+    first, second = parent.children.order_by("pk")
+    JobRun.objects.filter(parent=parent).update(created_at=ago(40))
+    JobRun.objects.filter(pk=parent.pk).update(created_at=ago(40))
+    with track("tests.child", run=first):
+        raise JobKilled("stopped by an operator")
+    aged("tests.child", days=1)  # what KEEP_LAST keeps
+    aged("tests.batch", days=1)
+
+    purge()
+    assert alive(first) == [True]
+    with track("tests.child", run=JobRun.objects.get(pk=second.pk)):
+        pass
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_current) == (Status.KILLED, 2)
+    purge()
+    assert alive(parent, first, second) == [False, False, False]
+
+
+@pytest.mark.engine_agnostic  # SQLite: PostgreSQL stores time zones, and refuses this setting
+def test_a_bulk_delete_works_on_a_database_that_stores_local_time(aged: Any) -> None:
+    """DATABASES' TIME_ZONE (SQLite): aware datetimes are sent in that zone. The bulk
+    delete (the admin's, the API's) counted back from datetime.max in UTC, which east of
+    UTC overflows: every bulk delete raised OverflowError."""
+    from django_jobstatus.retention import delete_finished
+
+    done = aged("tests.job", days=1, logs=1)
+    active = aged("tests.job", days=1, status=Status.RUNNING)
+    real = connections[connection.alias]  # not the proxy: its cached properties
+    saved = real.settings_dict.get("TIME_ZONE")
+    real.settings_dict["TIME_ZONE"] = "Asia/Tokyo"
+    for cached in ("timezone", "timezone_name"):
+        real.__dict__.pop(cached, None)
+    try:
+        result = delete_finished(JobRun.objects.all())
+    finally:
+        real.settings_dict["TIME_ZONE"] = saved
+        for cached in ("timezone", "timezone_name"):
+            real.__dict__.pop(cached, None)
+    assert (result.runs, result.logs) == (1, 1)
+    assert alive(done, active) == [False, True]

@@ -60,7 +60,15 @@ def test_an_unknown_job_is_a_command_error(monitor):
         _call("--job", "tests.nope")
 
 
-@pytest.mark.parametrize("args", [["--wait", "-1"], ["--database", "nope"]])
-def test_bad_options_are_command_errors(db, args):
-    with pytest.raises(CommandError):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--wait", "-1"], "seconds of 0 or more"),
+        (["--database", "nope"], "not a database alias"),
+        # A NUL: PostgreSQL's text refuses it (a DataError, not a CommandError).
+        (["--job", "tests.nightly\x00"], "not a job name"),
+    ],
+)
+def test_bad_options_are_command_errors(db, args, message):
+    with pytest.raises(CommandError, match=message):
         _call(*args)

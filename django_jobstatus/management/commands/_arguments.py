@@ -74,6 +74,15 @@ def status_name(value: str) -> str:
     return value
 
 
+def job_name(value: str) -> str:
+    """argparse type: a job name (not blank; no NUL, which PostgreSQL's text refuses)."""
+    if not value.strip() or "\x00" in value:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a job name") % {"value": value}
+        )
+    return value
+
+
 def seconds(value: str) -> float:
     """argparse type: a number of seconds, 0 or more."""
     try:

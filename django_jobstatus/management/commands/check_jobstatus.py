@@ -13,6 +13,7 @@ from django_jobstatus import health
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
     add_database,
+    job_name,
     seconds,
 )
 from django_jobstatus.models import JobMonitor, MonitorState
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--job",
             action="append",
+            type=job_name,
             dest="jobs",
             metavar="NAME",
             help=_(

@@ -15,6 +15,7 @@ from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
     add_database,
     day_count,
+    job_name,
     positive_int,
     status_name,
     whole_number,
@@ -54,6 +55,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--job-name",
             action="append",
+            type=job_name,
             default=None,
             help=_("Only runs of this job; repeat for several (default: %(default)r)"),
         )

@@ -43,6 +43,7 @@ from django_jobstatus.values import (
     cut,
     cut_json,
     default_worker,
+    escaped,
     exception_text,
     storable,
     was_cut,
@@ -812,7 +813,7 @@ def validate_cron(value: str) -> None:
         raise ValidationError(
             _("“%(value)s” is not a cron expression: %(error)s"),
             code="invalid_cron",
-            params={"value": value, "error": exc or _("it never fires")},
+            params={"value": escaped(value), "error": exc or _("it never fires")},
         ) from exc
 
 

@@ -105,6 +105,12 @@ def cut(text: str, limit: int, *, keep_end: bool = False) -> str:
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+def escaped(text: str) -> str:
+    """``text`` to quote in a message: lone surrogates as ``\\ud800`` (JSON in UTF-8
+    cannot hold them raw; a response that quoted one raw was a 500)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def clean(value: Any) -> Any:
     """``value`` with the characters no database stores replaced by U+FFFD.
 

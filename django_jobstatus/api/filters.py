@@ -239,11 +239,16 @@ def _unstorable_text(value: Any) -> bool:
 
 
 class JSONObjectField(_TextField):
-    """A JSON object. Not Django's JSONField: it takes NaN and 1e400 (tests/api/test_bad_input.py::
-    test_edge_values_answer_400_or_nothing_never_500), any depth and masked keys
-    (tests/api/test_bad_input.py::test_a_redacted_key_cannot_be_filtered_on)."""
+    """A JSON object; an empty one (``{}``) filters nothing, so it is "no filter" (None).
 
-    def parse(self, text: str) -> dict[str, Any]:
+    Not Django's JSONField: it takes NaN and 1e400 (tests/api/test_bad_input.py::
+    test_edge_values_answer_400_or_nothing_never_500), any depth and masked keys
+    (tests/api/test_bad_input.py::test_a_redacted_key_cannot_be_filtered_on), and a ``{}``
+    it returns would count as a filter of a bulk action (tests/api/test_hostile_input.py::
+    test_bulk_actions_with_an_empty_params_object_are_400_and_touch_nobody).
+    """
+
+    def parse(self, text: str) -> dict[str, Any] | None:
         message = _('Enter a JSON object, e.g. {"user_id": 7}.')
         if _json_depth(text) > JSON_MAX_DEPTH:
             raise ValidationError(
@@ -272,7 +277,7 @@ class JSONObjectField(_TextField):
                 code="redacted",
                 params={"keys": ", ".join(hidden)},
             )
-        return parsed
+        return parsed or None
 
 
 def choices_pattern(allowed: Iterable[str]) -> str:

@@ -24,6 +24,7 @@ from django_jobstatus.models import (
     Status,
 )
 from django_jobstatus.redaction import redact
+from django_jobstatus.values import escaped
 
 # Stands for a run id in URLs reversed once for a whole page.
 _PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
@@ -223,7 +224,7 @@ class _StrictBody(serializers.Serializer):
             choices = ", ".join(sorted(self.fields))
             raise serializers.ValidationError(
                 {
-                    name: [
+                    escaped(name): [
                         _("%(name)r is not a field here; use one of %(choices)s.")
                         % {"name": name, "choices": choices}
                     ]

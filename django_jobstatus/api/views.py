@@ -8,9 +8,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from django.db import DatabaseError, DataError
+from django.db import DatabaseError, DataError, router
 from django.db.models.functions import TruncDay, TruncHour
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
@@ -29,7 +29,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.generics import get_object_or_404
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -155,6 +155,33 @@ def contrib_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+class _Negotiation(DefaultContentNegotiation):
+    """DRF's, but an unknown ``?format=`` is a 400 naming ``format``, as any bad parameter is.
+
+    DRF answers it 404 "Not found.", which on ``runs/<id>/`` says a run that exists is missing.
+    """
+
+    def select_renderer(
+        self, request: Any, renderers: Any, format_suffix: Any = None
+    ) -> Any:
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except Http404:
+            name = self.settings.URL_FORMAT_OVERRIDE
+            value = request.query_params.get(name) if name else None
+            if format_suffix or not value:
+                raise
+            choices = ", ".join(sorted({r.format for r in renderers if r.format}))
+            raise ValidationError(
+                {
+                    name: [
+                        _("%(value)r is not a format here; use one of %(choices)s.")
+                        % {"value": value, "choices": choices}
+                    ]
+                }
+            ) from None
+
+
 class _ExportNegotiation(DefaultContentNegotiation):
     """On the export, ``?format=`` names the file format (csv, jsonl), not a renderer: errors stay JSON."""
 
@@ -221,6 +248,8 @@ class Access:
 class APIRootView(Access, routers.APIRootView):
     """The API's root (links to its lists), behind the same permissions as the rest."""
 
+    content_negotiation_class = _Negotiation
+
 
 @extend_schema_view(
     list=extend_schema(
@@ -265,6 +294,7 @@ class JobRunViewSet(
     queryset = JobRun.objects.all()
     serializer_class = JobRunSerializer
     filter_backends = [_FilterBackend]
+    content_negotiation_class = _Negotiation
     # Any path segment reaches the view, so that a malformed id answers a JSON 404.
     lookup_value_regex = "[^/]+"
     # The permission an action needs besides view, when not the one its method implies
@@ -402,7 +432,13 @@ class JobRunViewSet(
             409: _CONFLICT,
         },
     )
-    @action(detail=True, methods=["post"])
+    # DRF's default parsers, with the JSON one that answers a body nested too deep with a
+    # 400; the forms are the browsable API's.
+    @action(
+        detail=True,
+        methods=["post"],
+        parser_classes=[_JSONParser, FormParser, MultiPartParser],
+    )
     def kill(self, request: Request, pk: str | None = None) -> Response:
         run = self.get_object()
         body = KillSerializer(data=request.data)
@@ -412,7 +448,8 @@ class JobRunViewSet(
         force = body.validated_data["force"]
         result = JobRun.objects.filter(pk=run.pk).request_kill(force=force)
         try:
-            run.refresh_from_db()
+            # Read back where the kill was written: a replica (READ_DATABASE) may lag.
+            run.refresh_from_db(using=router.db_for_write(JobRun, instance=run))
         except JobRun.DoesNotExist as exc:  # deleted meanwhile (a purge of active runs)
             raise NotFound(_("The run was deleted meanwhile.")) from exc
         if run.is_finished and not (result.killed if force else result.asked):
@@ -528,7 +565,9 @@ class JobRunViewSet(
         acting_permission="delete",
     )
     def bulk_delete(self, request: Request) -> Response:
-        runs = self.bulk_runs(request, _bulk_ids(request))
+        # Counted, deleted and counted again on the database the deletes go to: a replica
+        # (READ_DATABASE) may not have them yet.
+        runs = self.bulk_runs(request, _bulk_ids(request)).writing()
         matched = runs.count()
         gone: list[JobRun] = []
         try:
@@ -853,8 +892,9 @@ class JobMonitorViewSet(Access, viewsets.ModelViewSet):
     serializer_class = JobMonitorSerializer
     filter_backends = [DjangoFilterBackend]
     filterset_class = JobMonitorFilterSet
+    content_negotiation_class = _Negotiation
     pagination_class = MonitorPagination
-    parser_classes = [JSONParser]
+    parser_classes = [_JSONParser]
     # Any path segment reaches the view, so that a malformed id answers a JSON 404.
     lookup_value_regex = "[^/]+"
 

@@ -151,6 +151,33 @@ def test_malformed_id_on_delete_is_404(api):
 
 
 @pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("runs/?format=", "xml"),
+        ("runs/{run}/?format=", "yaml"),
+        ("runs/{run}/logs/?format=", "csv"),
+        ("runs/stats/?format=", "csv"),
+        ("runs/latest/?job_name=a&format=", "yaml"),
+        ("runs/kill/?job_name=a&format=", "yaml"),
+        ("monitors/?format=", "yaml"),
+        ("?format=", "yaml"),
+    ],
+)
+def test_an_unknown_format_is_a_400_naming_format(api, make_run, path, value):
+    """An unknown ``?format=`` is a bad parameter, not DRF's 404 "Not found.", which for a run
+    that exists would say it is missing; and an action with one does nothing."""
+    run = make_run("a")
+    url = "/api/jobstatus/" + path.format(run=run.pk) + value
+    response = api.post(url, {}, format="json") if "kill" in path else api.get(url)
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["format"]
+    message = response.json()["format"][0]
+    assert repr(value) in message
+    assert "json" in message
+    assert not JobRun.objects.kill_requested().exists()
+
+
+@pytest.mark.parametrize(
     "body",
     [
         '{"ids": "0190b6f4-0000-7000-8000-000000000000"}',

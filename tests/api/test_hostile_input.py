@@ -58,6 +58,23 @@ def test_bulk_kill_with_an_empty_parent_is_400(api, active):
     assert_nobody_asked()
 
 
+@pytest.mark.parametrize("value", ["{}", "%7B%7D", "%20{%20}%20"])
+@pytest.mark.parametrize("action", ["kill", "retry", "delete"])
+def test_bulk_actions_with_an_empty_params_object_are_400_and_touch_nobody(
+    api, make_run, action, value
+):
+    """``params={}`` contains every run's params: like ``params=``, it is no filter, so a
+    bulk action with only it is the "ids or a filter" 400 and asks, enqueues or deletes nothing."""
+    make_run("a", params={"user_id": 7})
+    make_run("b", status=Status.QUEUED)
+    make_run("c", status=Status.SUCCEEDED)
+    response = api.post(f"{BASE}{action}/?params={value}", {}, format="json")
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["ids"]
+    assert_nobody_asked()
+    assert JobRun.objects.count() == 3
+
+
 @pytest.mark.parametrize("name", ["backend_id", "jobname", "status_", "cursor"])
 def test_bulk_kill_with_an_unknown_parameter_is_400_naming_it(api, active, name):
     response = api.post(f"{BASE}kill/?{name}=x&job_name=a", {}, format="json")
@@ -117,6 +134,20 @@ def test_a_period_too_long_on_bulk_kill_is_400(api, active):
     assert response.status_code == 400
     assert "period" in response.json()
     assert_nobody_asked()
+
+
+@pytest.mark.parametrize("path", ["kill/", "retry/", "delete/", "{run}/kill/"])
+def test_an_unknown_body_key_with_a_lone_surrogate_is_400_naming_it_escaped(
+    api, active, path
+):
+    """A key holding a lone surrogate (valid JSON) is named escaped: raw, the 400 could not be
+    encoded, and would be a 500."""
+    url = BASE + path.format(run=active[0].pk)
+    response = api.post(url, '{"\\ud800": 1}', content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["\\ud800"]
+    assert_nobody_asked()
+    assert JobRun.objects.count() == 3
 
 
 def nested(depth):
@@ -185,6 +216,17 @@ def test_a_cursor_with_an_offset_postgresql_cannot_hold_still_pages(api, make_ru
 def test_a_bulk_kill_body_nested_100000_deep_is_400(api, active):
     body = '{"ids":' + "[" * 100_000 + "]" * 100_000 + "}"
     response = api.post(f"{BASE}kill/", body, content_type="application/json")
+    assert response.status_code == 400
+    assert "detail" in response.json()
+    assert_nobody_asked()
+
+
+def test_a_kill_body_nested_100000_deep_is_400(api, active):
+    """The kill of one run parses its body as the bulk actions do: too deep is a 400, not a 500."""
+    body = "[" * 100_000 + "]" * 100_000
+    response = api.post(
+        f"{BASE}{active[0].pk}/kill/", body, content_type="application/json"
+    )
     assert response.status_code == 400
     assert "detail" in response.json()
     assert_nobody_asked()

@@ -144,6 +144,51 @@ def test_an_unknown_field_is_a_400_naming_it(monitor_api, monitor, past_run, met
     assert JobMonitor.objects.count() == 1
 
 
+def test_an_unknown_field_with_a_lone_surrogate_is_a_400_naming_it_escaped(
+    monitor_api, past_run
+):
+    """A key holding a lone surrogate (valid JSON) is named escaped: raw, the 400 could not be
+    encoded, and would be a 500."""
+    past_run("tests.other")
+    response = monitor_api.post(
+        URL,
+        '{"job_name": "tests.other", "every": 60, "\\ud800": 1}',
+        content_type="application/json",
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["\\ud800"]
+    assert not JobMonitor.objects.exists()
+
+
+def test_a_cron_with_a_lone_surrogate_is_a_400_naming_cron(monitor_api, monitor):
+    """The cron error quotes the expression with the surrogate escaped, not raw (a 500)."""
+    m = monitor(every=timedelta(hours=1))
+    response = monitor_api.patch(
+        f"{URL}{m.pk}/",
+        '{"cron": "0 2 * * *\\ud800", "every": null}',
+        content_type="application/json",
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["cron"]
+    assert "0 2 * * *\\ud800" in response.json()["cron"][0]
+    m.refresh_from_db()
+    assert (m.cron, m.every) == ("", timedelta(hours=1))
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch"])
+def test_a_body_nested_100000_deep_is_a_400(monitor_api, monitor, method):
+    """A body deeper than Python parses is a 400 saying so, not a 500, and changes nothing."""
+    m = monitor(every=timedelta(hours=1))
+    url = URL if method == "post" else f"{URL}{m.pk}/"
+    body = "[" * 100_000 + "]" * 100_000
+    response = getattr(monitor_api, method)(url, body, content_type="application/json")
+    assert response.status_code == 400
+    assert "detail" in response.json()
+    m.refresh_from_db()
+    assert m.every == timedelta(hours=1)
+    assert JobMonitor.objects.count() == 1
+
+
 def test_state_is_read_only(monitor_api, monitor):
     m = monitor()
     response = monitor_api.patch(f"{URL}{m.pk}/", {"state": "late"}, format="json")

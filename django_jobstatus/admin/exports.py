@@ -19,6 +19,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from django_jobstatus import export
+from django_jobstatus.admin.paginator import OLDER_VAR
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -42,9 +43,14 @@ def export_urls(model_admin: Any) -> list[Any]:
 
 
 def matching_runs(model_admin: Any, request: HttpRequest) -> QuerySet[JobRun]:
-    """What the changelist at this query string lists (filters and search), on every page, newest first."""
+    """What the changelist at this query string lists (filters and search), on every page, newest first.
+
+    Every page: without the "Older →" links' ``older=`` (a page reached through one links
+    here with it), which would leave out the runs newer than that page.
+    """
     query = request.GET.copy()
     query.pop(FORMAT_PARAM, None)
+    query.pop(OLDER_VAR, None)
     request.GET = query  # type: ignore[assignment]
     changelist = model_admin.get_changelist_instance(request)
     runs: QuerySet[JobRun] = changelist.get_queryset(request)

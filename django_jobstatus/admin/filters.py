@@ -320,7 +320,16 @@ class FailureGroupFilter(CheckedFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         value = self.value()
-        return [(value, value)] if value is not None else []
+        if value is None:
+            return []
+        return [(value, value or gettext("(no error text)"))]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        # An empty cause is a group too (failed without an exception, lost without a
+        # message): ``?error_fingerprint=`` lists its runs, never every run of the job.
+        if self.value() == "":
+            return self.apply(queryset, "")
+        return super().queryset(request, queryset)
 
     def apply(self, queryset: Any, value: str) -> Any:
         return queryset.failed_or_lost().filter(error_fingerprint=value)

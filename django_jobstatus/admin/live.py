@@ -1,4 +1,4 @@
-"""A run's page, live: a small JSON of its status, progress, step, message and newest log lines.
+"""A run's page, live: a small JSON of its status, progress, step, message and new log lines.
 
 The page's script (``js/run.js``) polls it while the run is active and the tab visible;
 it needs the same view permission as the page.
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
     from django_jobstatus.models import JobRun
 
-# Log lines one answer carries at most (the newest ones).
+# Log lines one answer carries at most: the oldest after ``?after=``, and ``more`` when
+# others follow (the page asks again at once).
 TAIL = 50
 # Seconds between two polls of a run's page (``?poll=`` changes it, 1 to 60).
 DEFAULT_POLL = 2
@@ -71,7 +72,13 @@ def run_json(run: JobRun) -> dict[str, Any]:
 
 
 def live_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponse:
-    """``?after=<log id>``: only newer lines; ``?log_level=<n>``: lines of that level and above."""
+    """``?after=<log id>``: the lines after it, oldest first, at most TAIL, with ``more``
+    when there are others; ``?log_level=<n>``: lines of that level and above.
+
+    The page moves ``after`` to the last line it was given: lines come in the order of
+    their ids, the order ``after`` counts in, so none is ever skipped. (The newest TAIL
+    lines lost those in between when more than TAIL arrived between two polls.)
+    """
     run = get_object_or_404(
         model_admin.get_queryset(request), pk=model_admin.to_field_pk(object_id)
     )
@@ -84,10 +91,11 @@ def live_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpRes
     level = _whole(request.GET.get("log_level", ""))
     if level is not None:
         lines = lines.at_least(level)
-    newest = list(lines.order_by("-created_at", "-id")[:TAIL])
+    batch = list(lines.order_by("id")[: TAIL + 1])
     return JsonResponse(
         {
             "run": run_json(run),
+            "more": len(batch) > TAIL,
             "logs": [
                 {
                     "id": line.pk,
@@ -99,7 +107,7 @@ def live_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpRes
                     "level_name": line.level_name,
                     "message": line.message,
                 }
-                for line in reversed(newest)
+                for line in batch[:TAIL]
             ],
         }
     )

@@ -16,6 +16,7 @@ from django.db.models import (
     When,
 )
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
@@ -27,6 +28,7 @@ from django_jobstatus.admin.display import (
     MEDIA_JS,
     format_cell,
     format_duration,
+    moment,
 )
 from django_jobstatus.admin.filters import (
     JOB_NAME_CHOICES,
@@ -170,17 +172,17 @@ class JobMonitorAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
         return format_html(
             '<a href="{}">{}</a> <span class="jobstatus-badge jobstatus-{}">{}</span>',
             reverse("admin:django_jobstatus_jobrun_change", args=[run_id]),
-            when.strftime("%Y-%m-%d %H:%M"),
+            moment(when, seconds=False),
             monitor.last_run_status,  # type: ignore[attr-defined]
             monitor.last_run_status,  # type: ignore[attr-defined]
         )
 
     @admin.display(description=gettext_lazy("next expected"))
-    def next_expected_display(self, monitor: JobMonitor) -> str:
+    def next_expected_display(self, monitor: JobMonitor) -> SafeString | str:
         if monitor.pk is None:
             return "—"
         expected = health.expected_at(monitor)
-        return expected.strftime("%Y-%m-%d %H:%M") if expected else "—"
+        return moment(expected, seconds=False) if expected else "—"
 
     @admin.display(description=gettext_lazy("open incident"))
     def incident_display(self, monitor: JobMonitor) -> SafeString | str:
@@ -193,7 +195,11 @@ class JobMonitorAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
                 "admin:django_jobstatus_jobmonitorincident_change", args=[incident.pk]
             ),
             _("since %(when)s")
-            % {"when": incident.opened_at.strftime("%Y-%m-%d %H:%M")},
+            % {
+                "when": timezone.localtime(incident.opened_at).strftime(
+                    "%Y-%m-%d %H:%M"
+                )
+            },
         )
 
     @admin.display(description=gettext_lazy("incidents"))
@@ -215,8 +221,8 @@ class JobMonitorAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
                         args=[incident.pk],
                     ),
                     incident.get_state_display(),
-                    incident.opened_at.strftime("%Y-%m-%d %H:%M"),
-                    incident.resolved_at.strftime("%Y-%m-%d %H:%M")
+                    moment(incident.opened_at, seconds=False),
+                    moment(incident.resolved_at, seconds=False)
                     if incident.resolved_at
                     else _("open"),
                     incident.detail,

@@ -21,6 +21,7 @@ from django.core.paginator import Page, Paginator
 from django.db import connections
 from django.db.models import Q
 from django.http import HttpRequest
+from django.utils.formats import number_format
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext
@@ -236,6 +237,29 @@ class BigTableChangeList(ChangeList):
     """
 
     older_url: str | None = None
+
+    @property
+    def capped_total(self) -> str:
+        """What "Select all" acts on when the count stopped at the paginator's cap: "10,000+";
+        "" when the count is exact, or when it is an estimate below the cap (see ``uncounted``).
+
+        Django's action bar offers "Select all 10000 job runs" for the capped count, then acts
+        on every matching run: the bar must say what the action will touch.
+        """
+        cap = getattr(getattr(self, "paginator", None), "cap", None)
+        if cap is None or self.params.get(OLDER_VAR) or self.result_count < cap:
+            return ""
+        return f"{number_format(cap, force_grouping=True)}+"
+
+    @property
+    def uncounted(self) -> bool:
+        """Whether the count is PostgreSQL's estimate below the cap: any number of runs may
+        match, and "Select all" says "all matching" rather than a number."""
+        return bool(
+            getattr(getattr(self, "paginator", None), "estimated", False)
+            and not self.params.get(OLDER_VAR)
+            and not self.capped_total
+        )
 
     def get_filters_params(self, params: Any = None) -> Any:
         lookup_params = super().get_filters_params(params)

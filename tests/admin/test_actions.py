@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from unittest import mock
 
@@ -208,6 +209,58 @@ def test_delete_confirmation_reads_a_hundred_runs_and_caps_its_counts(
     assert whole and all("LIMIT" in sql for sql in whole)
     assert any("LIMIT 100" in sql and '"traceback"' not in sql for sql in statements)
     assert JobRun.objects.count() == 160  # nothing deleted before it is confirmed
+
+
+def _select_all_notes(html: str) -> tuple[str, str]:
+    offered = re.search(r'<span class="question hidden">\s*<a [^>]*>([^<]+)</a>', html)
+    selected = re.search(r'<span class="all hidden">([^<]+)</span>', html)
+    assert offered and selected, "no 'Select all' in the action bar"
+    return offered.group(1).strip(), selected.group(1).strip()
+
+
+@pytest.mark.parametrize("action", ["request_kill", "mark_killed"])
+def test_select_all_past_the_count_cap_says_at_least_the_cap(
+    admin_client, make_run, monkeypatch, action
+):
+    """Past the count's cap "Select all" acts on every matching run, with no confirmation
+    page: the action bar says "3+" (not "3", the capped count), and the result message
+    says how many runs it touched."""
+    from django_jobstatus.admin import paginator
+
+    monkeypatch.setattr(paginator.CappedCountPaginator, "cap", 3)
+    monkeypatch.setattr("django_jobstatus.admin.runs.JobRunAdmin.list_per_page", 2)
+    runs = [make_run("etl.load") for _ in range(6)]
+    make_run("etl.load", status=Status.SUCCEEDED)
+
+    html = admin_client.get(URL, {"status": "running"}).content.decode()
+    assert _select_all_notes(html) == ("Select all 3+ job runs", "All 3+ selected")
+
+    response = admin_client.post(
+        f"{URL}?status=running",
+        {
+            "action": action,
+            "select_across": "1",
+            "index": "0",
+            "_selected_action": [str(runs[0].pk)],
+        },
+        follow=True,
+    )
+    assert {
+        "request_kill": "Asked 6 runs to stop.",
+        "mark_killed": "Marked 6 runs as killed.",
+    }[action] in said(response)
+    assert JobRun.objects.kill_requested().count() == 6
+
+
+def test_select_all_below_the_count_cap_says_the_count(
+    admin_client, make_run, monkeypatch
+):
+    """Below the cap the count is exact: Django's own "Select all 6 job runs"."""
+    monkeypatch.setattr("django_jobstatus.admin.runs.JobRunAdmin.list_per_page", 2)
+    for _ in range(6):
+        make_run("etl.load")
+    html = admin_client.get(URL, {"status": "running"}).content.decode()
+    assert _select_all_notes(html) == ("Select all 6 job runs", "All 6 selected")
 
 
 def test_delete_of_active_runs_only_is_refused(admin_client, make_run):

@@ -100,6 +100,25 @@ def test_every_run_is_reachable_when_the_estimate_is_below_the_real_count(
     assert set(seen) == every
 
 
+def test_select_all_on_an_estimated_count_names_no_number(
+    admin_client, small_cap, reset_statistics
+):
+    """When the count is the planner's estimate of a search's matches (a few, where 130
+    match), "Select all" acts on every match: the action bar names no number."""
+    seven_jobs(130)
+    _analyze(JobRun)  # statistics from before the runs said "retrying"
+    JobRun.objects.update(message="retrying upstream after HTTP 503")
+
+    response = admin_client.get(RUNS, {"q": "retrying"})
+
+    cl = response.context["cl"]
+    assert cl.paginator.estimated and cl.result_count < len(cl.result_list)
+    html = response.content.decode()
+    assert "Select all matching job runs" in html
+    assert "All matching job runs selected" in html
+    assert f"Select all {cl.result_count} job runs" not in html
+
+
 def test_deep_pages_are_the_pages_offset_would_give(admin_client, monkeypatch):
     from django_jobstatus.admin import paginator
 

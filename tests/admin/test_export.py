@@ -5,13 +5,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 
 from django_jobstatus.models import Status
 
 URL = "/admin/django_jobstatus/jobrun/"
+
+
+def _link(html: str, pattern: str) -> str:
+    found = re.search(pattern, html)
+    assert found, pattern
+    return unescape(found.group(1))
 
 
 def body(response) -> str:
@@ -85,6 +95,37 @@ def test_the_changelist_links_carry_its_filters(admin_client, make_run):
     make_run()
     page = admin_client.get(URL + "?status=failed").content.decode()
     assert "export/?status=failed&amp;format=csv" in page
+
+
+def test_from_a_page_reached_by_older_every_match_is_exported(
+    admin_client, make_run, monkeypatch
+):
+    """A page reached through "Older →" carries ``older=`` in its query string: its Export
+    link and export actions still export every run the filters match, not only the older
+    ones."""
+    monkeypatch.setattr("django_jobstatus.admin.runs.JobRunAdmin.list_per_page", 2)
+    now = timezone.now()
+    runs = [
+        make_run(
+            "etl.load", status=Status.SUCCEEDED, created_at=now - timedelta(minutes=i)
+        )
+        for i in range(5)
+    ]
+    make_run("other", status=Status.SUCCEEDED)
+    every = {str(run.pk) for run in runs}
+    first = admin_client.get(URL, {"job_name": "etl.load"}).content.decode()
+    older = _link(first, r'<a href="([^"]+)" rel="next">')
+    assert "older=" in older
+    page = admin_client.get(URL + older).content.decode()
+    export = _link(page, r'<a href="([^"]+)" class="jobstatus-export"')
+
+    rows = csv.DictReader(io.StringIO(body(admin_client.get(export))))
+    assert {row["id"] for row in rows} == every
+    response = admin_client.post(
+        URL + older,
+        {"action": "export_matching_jsonl", "_selected_action": [str(runs[-1].pk)]},
+    )
+    assert {json.loads(line)["id"] for line in body(response).splitlines()} == every
 
 
 @pytest.mark.parametrize(

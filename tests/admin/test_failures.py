@@ -51,6 +51,26 @@ def test_groups_with_counts_and_a_link_to_their_runs(admin_client, make_run):
     assert [run.pk for run in listed.context["cl"].result_list] == [other.pk]
 
 
+def test_a_group_without_error_text_links_to_its_runs_only(admin_client, make_run):
+    """A run failed without an exception has an empty cause: its group's link
+    (``?error_fingerprint=``) lists that group's runs, not every run of the job."""
+    failed, again = (make_run("mail.send", status=Status.RUNNING) for _ in range(2))
+    failed.mark_failed()
+    again.mark_failed()
+    fail(make_run, "mail.send", "KeyError: 'template_9'")
+    make_run("mail.send", status=Status.SUCCEEDED)
+    make_run("mail.send")
+
+    groups = admin_client.get(URL).context["groups"]
+    group = next(g for g in groups if g["error_fingerprint"] == "")
+    assert (group["job_name"], group["count"]) == ("mail.send", 2)
+    listed = admin_client.get(group["url"])
+    assert listed.status_code == 200
+    shown = {run.pk for run in listed.context["cl"].result_list}
+    assert shown == {failed.pk, again.pk}
+    assert "(no error text)" in listed.content.decode()  # the filter says which cause
+
+
 def test_the_window_bounds_the_groups(admin_client, make_run):
     run = fail(make_run, "old.job", "ValueError: x")
     JobRun.objects.filter(pk=run.pk).update(

@@ -1,8 +1,11 @@
-"""A run's live JSON: status, progress (0 to 1), step, message and the newest log lines."""
+"""A run's live JSON: status, progress (0 to 1), step, message and the new log lines."""
 
 from __future__ import annotations
 
-from django_jobstatus.models import Status
+import logging
+
+from django_jobstatus.admin.live import TAIL
+from django_jobstatus.models import JobLog, Status
 
 URL = "/admin/django_jobstatus/jobrun/"
 
@@ -25,6 +28,37 @@ def test_live_json(admin_client, make_run):
     assert [line["level_name"] for line in errors["logs"]] == ["ERROR"]
     run.mark_succeeded()
     assert admin_client.get(f"{URL}{run.pk}/live/").json()["run"]["is_active"] is False
+
+
+def test_polling_as_run_js_does_delivers_every_line_however_many_arrive(
+    admin_client, run
+):
+    """More than TAIL lines between two polls (a busy job, or a hidden tab): each answer
+    carries the oldest lines after ``?after=`` and says ``more``; run.js asks again at once
+    from the last line it was given, and every line reaches the page, in order, once."""
+    run.log(logging.INFO, "before the page was opened")
+    page = admin_client.get(f"{URL}{run.pk}/change/").content.decode()
+    first = JobLog.objects.for_run(run).get()
+    assert f'data-after="{first.pk}"' in page  # where run.js starts
+    for i in range(2 * TAIL + 20):
+        run.log(logging.INFO, f"row {i}")
+    expected = list(
+        JobLog.objects.for_run(run)
+        .exclude(pk=first.pk)
+        .order_by("id")
+        .values_list("pk", flat=True)
+    )
+
+    after, delivered, answers = first.pk, [], []
+    while len(answers) < 10:
+        data = admin_client.get(f"{URL}{run.pk}/live/", {"after": after}).json()
+        answers.append((len(data["logs"]), data["more"]))
+        delivered += [line["id"] for line in data["logs"]]
+        if not data["more"]:
+            break
+        after = data["logs"][-1]["id"]
+    assert answers == [(TAIL, True), (TAIL, True), (20, False)]
+    assert delivered == expected
 
 
 def test_live_json_needs_the_view_permission(staff_client, make_run):

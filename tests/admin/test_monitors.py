@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.test import override_settings
+from django.utils import timezone
 
 from django_jobstatus import health
 from django_jobstatus.models import JobMonitor, JobMonitorIncident, MonitorState, Status
@@ -280,3 +282,51 @@ def test_enabling_a_monitor_again_stamps_when_and_shows_it(
     shown = formats.localize(timezone.template_localtime(m.enabled_at))
     assert f'<div class="readonly">{shown}</div>' in html  # read-only, on the page
     assert 'name="enabled_at"' not in html
+
+
+@override_settings(TIME_ZONE="Asia/Tokyo")
+def test_monitor_pages_show_times_in_the_current_time_zone(admin_client, make_run):
+    """The last run, the next expected run and the incidents are shown in the site's time
+    zone, as the runs' changelist shows the runs: never as unlabelled UTC beside it."""
+    at = datetime(2024, 1, 1, 0, 30, tzinfo=UTC)  # 09:30 in Tokyo
+    make_run(
+        "nightly.report",
+        status=Status.SUCCEEDED,
+        created_at=at,
+        queued_at=at,
+        started_at=at,
+        finished_at=at + timedelta(seconds=5),
+    )
+    m = JobMonitor.objects.create(
+        job_name="nightly.report", every=timedelta(days=1), grace=timedelta(hours=1)
+    )
+    JobMonitorIncident.objects.create(
+        monitor=m,
+        state="late",
+        opened_at=at - timedelta(days=1),  # 2023-12-31 09:30 in Tokyo
+        resolved_at=at - timedelta(hours=23, minutes=45),  # 2023-12-31 09:45
+        detail="late",
+    )
+    JobMonitorIncident.objects.create(
+        monitor=m, state="late", opened_at=at + timedelta(days=2), detail="late"
+    )
+    expected = health.expected_at(m)
+    assert expected is not None
+    local = timezone.localtime(expected).strftime("%Y-%m-%d %H:%M")
+
+    runs = admin_client.get(RUNS).content.decode()
+    assert "2024-01-01 09:30" in runs  # the runs' changelist: the current time zone
+    listed = admin_client.get(MONITORS).content.decode()
+    assert "2024-01-01 09:30" in listed  # the last run
+    assert "since 2024-01-03 09:30" in listed  # the open incident
+    page = admin_client.get(f"{MONITORS}{m.pk}/change/").content.decode()
+    for shown in ("2023-12-31 09:30", "2023-12-31 09:45", "2024-01-03 09:30", local):
+        assert shown in page
+    utc = (
+        "2024-01-01 00:30",
+        "2023-12-31 00:30",
+        "2023-12-31 00:45",
+        "2024-01-03 00:30",
+    )
+    assert not [when for when in utc if when in listed or when in page]
+    assert expected.strftime("%Y-%m-%d %H:%M") not in page

@@ -154,6 +154,23 @@ def test_a_runs_page(admin_page, artifacts):
     assert parent.kill_requested
 
 
+def test_a_live_run_page_gets_every_line_however_many_arrive_at_once(admin_page):
+    """More lines than one answer carries (50) between two polls: the page showed the
+    newest 50 and never the ones in between. It now asks again until it has them all."""
+    run = make("reports.live", Status.RUNNING)
+    run.log(20, "first")
+    admin_page.goto(
+        f"{admin_page.base}/admin/django_jobstatus/jobrun/{run.pk}/change/?poll=1"
+    )
+    rows = admin_page.locator(".jobstatus-log-row")
+    expect(rows).to_have_count(1)
+    for i in range(120):
+        run.log(20, "line %d", i)
+    expect(rows).to_have_count(121, timeout=20_000)
+    shown = admin_page.locator(".jobstatus-log-message").all_inner_texts()
+    assert shown == [f"line {i}" for i in reversed(range(120))] + ["first"]
+
+
 def test_dashboard_progress_advances_without_a_reload(admin_page, artifacts):
     now = timezone.now()
     for i in range(12):

@@ -1,5 +1,7 @@
 /* django-jobstatus: a run's page, live. Polls the run's JSON while it is active, the tab is
-   visible and "follow" is on; stops when the run ends. Plain script, no dependencies.
+   visible and "follow" is on; stops when the run ends. Log lines come oldest first after the
+   last one shown, a batch at a time: while the answer says "more", it asks again at once.
+   Plain script, no dependencies.
    Everything from the server is written with textContent, never as HTML. */
 (function () {
   "use strict";
@@ -107,6 +109,7 @@
     function poll() {
       if (busy) { return; }
       busy = true;
+      var again = false;
       fetch(url(), { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (response) {
           if (!response.ok) { throw new Error(response.status); }
@@ -115,13 +118,20 @@
         .then(function (data) {
           render(root, data);
           root.classList.remove("jobstatus-offline");
-          if (!data.run.is_active) {
+          if (data.more) {
+            // More lines arrived than one answer carries: fetch the rest now (also once
+            // the run has ended), unless following stopped meanwhile.
+            again = root.getAttribute("data-state") === "live";
+          } else if (!data.run.is_active) {
             stop("ended");
             if (follow) { follow.checked = false; follow.disabled = true; }
           }
         })
         .catch(function () { root.classList.add("jobstatus-offline"); })
-        .then(function () { busy = false; });
+        .then(function () {
+          busy = false;
+          if (again) { poll(); }
+        });
     }
     function resume() {
       if (root.getAttribute("data-state") === "ended") { return; }

@@ -662,18 +662,23 @@ def test_db_worker_kill_from_the_admin_action(
     )
 
 
+def run_on_the_held_queue(result: Any) -> JobRun:
+    """The run of ``result`` (enqueued on the queue "held") once a worker of that queue ran it."""
+    held = Worker("--queue-name", "held", "--batch")
+    try:
+        assert held.wait() == 0, held.output()
+        return run_reaching(result, held)
+    finally:
+        held.stop()
+
+
 @pytest.mark.postgres
 def test_db_worker_refuses_a_task_killed_while_it_waited(worker: Worker) -> None:
     result = tasks.wait_for_kill.using(queue_name="held").enqueue(120)
     run = run_of(result)
     assert run.status == Status.QUEUED
     assert contrib.request_kill(JobRun.objects.filter(pk=run.pk)) == 1
-    held = Worker("--queue-name", "held", "--batch")
-    try:
-        assert held.wait() == 0, held.output()
-        run = run_reaching(result, held)
-    finally:
-        held.stop()
+    run = run_on_the_held_queue(result)
     assert run.status == Status.KILLED
     assert run.step == ""  # the task's code never ran
 
@@ -692,12 +697,7 @@ def test_db_worker_refuses_a_task_the_reaper_ended_while_it_waited(
         queued_at=timezone.now() - timedelta(hours=2)
     )
     assert JobRun.objects.reap(300, queued_timeout=3600).expired == 1
-    held = Worker("--queue-name", "held", "--batch")
-    try:
-        assert held.wait() == 0, held.output()
-        run = run_reaching(result, held)
-    finally:
-        held.stop()
+    run = run_on_the_held_queue(result)
     result.refresh()
     assert (run.status, result.status) == (Status.KILLED, FAILED)
     assert run.kill_requested_at is not None

@@ -349,7 +349,9 @@ class JobRunViewSet(
                 }
             )
         runs: JobRunQuerySet = filterset.qs
-        return runs.filter(pk__in=ids) if ids else runs
+        # Picked, counted and acted on where the writes go: a replica (READ_DATABASE) may
+        # not have a run yet, or still have it active.
+        return (runs.filter(pk__in=ids) if ids else runs).writing()
 
     def get_serializer_class(self) -> type[Any]:
         return JobLogSerializer if self.action == "logs" else JobRunSerializer
@@ -565,9 +567,7 @@ class JobRunViewSet(
         acting_permission="delete",
     )
     def bulk_delete(self, request: Request) -> Response:
-        # Counted, deleted and counted again on the database the deletes go to: a replica
-        # (READ_DATABASE) may not have them yet.
-        runs = self.bulk_runs(request, _bulk_ids(request)).writing()
+        runs = self.bulk_runs(request, _bulk_ids(request))
         matched = runs.count()
         gone: list[JobRun] = []
         try:

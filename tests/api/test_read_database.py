@@ -76,6 +76,22 @@ def test_the_kill_answers_the_run_as_the_primary_has_it(routed, api, make_run):
     assert not read_on_the_replica_after_the_write(seen)
 
 
+@pytest.mark.parametrize("action", ["kill", "retry"])
+def test_the_bulk_actions_pick_and_count_their_runs_on_the_primary(
+    routed, api, make_run, action
+):
+    """The runs a bulk kill counts (matched, active) or a bulk retry judges (still
+    active?) are read where the writes go: the replica may not have them yet."""
+    runs = [make_run("a", status=Status.SUCCEEDED), make_run("a")]
+    with statements() as seen:
+        response = api.post(
+            f"{BASE}{action}/", {"ids": [str(run.pk) for run in runs]}, format="json"
+        )
+    assert response.status_code in (200, 202), response.content
+    assert seen
+    assert all(alias == "default" for alias, _ in seen), seen
+
+
 def test_the_bulk_delete_counts_what_is_left_on_the_primary(routed, api, make_run):
     """The bulk delete counts what it picked, deletes, and counts what is left
     (not_finished, held) all on the primary."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from contextvars import Token
-from logging import getLogger
+from logging import WARNING, getLogger
 from typing import Any
 
 from django.db import (
@@ -21,6 +21,7 @@ from django.db import (
 from django.db.models import F, Subquery, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus import batches, contrib, statements, writebehind
 from django_jobstatus.clock import database_now
@@ -183,6 +184,12 @@ def _late_retry(run: JobRun, error: str, alias: str) -> None:
                 return
 
 
+_TAKEN_WHEN_KILLED = _(
+    "Worker %(worker)s took this task after its run had ended killed: the task is "
+    "refused, or stops at its first progress call or check_kill()."
+)
+
+
 class Execution:
     """One execution of a task in this process: its run, and the handle ``current_job()`` returns."""
 
@@ -234,6 +241,9 @@ class Execution:
             run = find_run(self.source, self.backend_job_id, alias)
             if run is not None and run.status == Status.KILLED:
                 self.killed_before_start = True
+                # The record says what happened: a worker took it all the same (Celery's
+                # revoke reaches only the workers up when it is sent).
+                run.log(WARNING, _TAKEN_WHEN_KILLED % {"worker": self.worker})
             elif run is None or run.is_finished:
                 run = JobRun.objects.db_manager(alias).start(
                     self.name,

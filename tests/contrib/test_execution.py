@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -69,6 +70,32 @@ def test_the_start_sees_a_kill_requested_while_queued(
     assert task.handle.run.kill_requested
     assert task.handle.run.attempt == 2  # the attempt the task system counts
     task.close()
+
+
+def test_a_task_taken_after_the_reaper_ended_its_run_stops_and_says_so(
+    make_run: Callable[..., JobRun],
+) -> None:
+    """QUEUED_TIMEOUT ended the run killed while no Celery worker was up to take the
+    revoke; a worker takes the task later. Its run stays killed, the job stops at its
+    first check, and a line on the run says a worker took it."""
+    from django_jobstatus import JobKilled
+
+    queued = make_run(status=Status.QUEUED, source="celery", backend_job_id="t-4")
+    JobRun.objects.filter(pk=queued.pk).update(
+        queued_at=queued.created_at - timedelta(hours=2)
+    )
+    assert JobRun.objects.reap(300, queued_timeout=600).expired == 1
+    task = execution(queued)
+    task.start()
+    assert task.killed_before_start and task.handle is not None
+    with pytest.raises(JobKilled):
+        task.handle.check_kill()
+    task.close()
+    queued.refresh_from_db()
+    assert queued.status == Status.KILLED
+    assert queued.logs.filter(
+        message__startswith="Worker w:1 took this task after its run had ended killed"
+    ).exists()
 
 
 def test_a_task_with_no_queued_run_gets_a_new_one(

@@ -54,6 +54,20 @@ def records(runs: QuerySet[JobRun]) -> Iterator[dict[str, Any]]:
         yield row
 
 
+class _Encoder(DjangoJSONEncoder):
+    """DjangoJSONEncoder, but a moment keeps its microseconds (it cuts them to milliseconds)."""
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, datetime):
+            moment = o.isoformat()
+            return (
+                moment.removesuffix("+00:00") + "Z"
+                if moment.endswith("+00:00")
+                else moment
+            )
+        return super().default(o)
+
+
 class _Line:
     """A file-like object whose ``write`` returns what it was given (Django's CSV streaming recipe)."""
 
@@ -104,7 +118,7 @@ def csv_lines(runs: QuerySet[JobRun]) -> Iterator[str]:
 
 def jsonl_lines(runs: QuerySet[JobRun]) -> Iterator[str]:
     for row in records(runs):
-        yield json.dumps(row, ensure_ascii=False, cls=DjangoJSONEncoder) + "\n"
+        yield json.dumps(row, ensure_ascii=False, cls=_Encoder) + "\n"
 
 
 def _pieces(lines: Iterator[str]) -> Iterator[str]:

@@ -110,5 +110,10 @@ def exposition(accept: str | None, **options: Any) -> tuple[bytes, str]:
     """The figures in the format the ``Accept`` header asks for: (body, content type)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobStatusCollector(**options))
-    encoder, content_type = choose_encoder(accept or "")
+    try:
+        encoder, content_type = choose_encoder(accept or "")
+    except (TypeError, ValueError):
+        # A version prometheus_client cannot parse (``version=abc``): Accept is only a
+        # preference, so the default format rather than a 500.
+        encoder, content_type = choose_encoder("")
     return encoder(registry), content_type

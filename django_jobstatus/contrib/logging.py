@@ -13,9 +13,10 @@ Inside a tracked run (whatever ``current_job()`` returns: ``track()``, ``@tracke
 task recorded by an integration) each record becomes a line of that run, buffered by
 the run's handle and written in batches with its next throttled write (at most one
 write per ``PROGRESS_INTERVAL``, or per 500 lines), so a chatty job does not write a row
-per line. Outside a run the handler does nothing. Records of django-jobstatus's own
-loggers, SQL logging of the app's own queries, and records emitted while the handler
-is writing are left out, so it can never call itself.
+per line. A line logged once the run's end is recorded (a receiver of
+``job_status_changed``) is written at once. Outside a run the handler does nothing.
+Records of django-jobstatus's own loggers, SQL logging of the app's own queries, and
+records emitted while the handler is writing are left out, so it can never call itself.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from __future__ import annotations
 import logging
 import re
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django_jobstatus.tracking import current_job
+from django_jobstatus.tracking import current_job, tracking_database
+
+if TYPE_CHECKING:
+    from django_jobstatus.tracking import JobHandle
 
 # True while this context is inside emit(): what it logs meanwhile is not recorded.
 _emitting: ContextVar[bool] = ContextVar("django_jobstatus_log_emitting", default=False)
@@ -62,9 +66,12 @@ class JobLogHandler(logging.Handler):
             if record.stack_info:
                 extra["stack"] = record.stack_info
             message = self.format(record) if self.formatter else record.getMessage()
-            job.log(
-                record.levelno, message, extra=extra
-            )  # no args: the message is already formatted
+            if job.run.is_finished:
+                _write_now(job, record.levelno, message, extra)
+            else:
+                job.log(
+                    record.levelno, message, extra=extra
+                )  # no args: the message is already formatted
         except Exception:
             self.handleError(record)
         finally:
@@ -72,6 +79,14 @@ class JobLogHandler(logging.Handler):
 
 
 _FORMATTER = logging.Formatter()
+
+
+def _write_now(job: JobHandle, level: int, message: str, extra: dict[str, Any]) -> None:
+    """A line logged once the run's end is recorded (a receiver of job_status_changed
+    logging): its handle writes no more lines, so it is written at once."""
+    from django_jobstatus.models import JobLog
+
+    JobLog.build(job.run, level, message, extra=extra).save(using=tracking_database())
 
 
 def connect() -> None:

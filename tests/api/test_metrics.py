@@ -149,3 +149,22 @@ def test_statuses_without_runs_in_the_window_are_left_out(api, history):
     samples = _samples(api.get(URL).content.decode())
     recent = "jobstatus_recent_runs"
     assert (recent, (("job_name", "tests.import"), ("status", "lost"))) not in samples
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/openmetrics-text; version=abc",
+        "text/plain; version=x.y",
+    ],
+)
+def test_a_malformed_accept_header_gets_the_text_format(api, history, accept):
+    """A scraper's Accept header is a preference: one the parser cannot read gets the
+    Prometheus text format, never a 500 (prometheus_client's choose_encoder raised a
+    TypeError on a version that is not a number)."""
+    response = api.get(URL, HTTP_ACCEPT=accept)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    samples = _samples(response.content.decode())
+    labels = (("job_name", "tests.import"), ("status", "failed"))
+    assert samples[("jobstatus_recent_runs", labels)] == 1

@@ -176,3 +176,46 @@ def test_records_logged_while_the_handler_writes_are_left_out(
         JobLog.objects.for_run(job.run).order_by("id").values_list("message", flat=True)
     )
     assert messages == ["one", "two"]
+
+
+def test_nested_runs_each_get_their_own_lines(db: None, logger: logging.Logger) -> None:
+    """A run started inside another takes the lines logged while it runs; the outer run
+    gets its lines back when the inner one ends."""
+    with track("logging.outer", interval=3600) as outer:
+        logger.info("outer before")
+        with track("logging.inner", interval=3600) as inner:
+            logger.info("inner")
+        logger.info("outer after")
+
+    def messages(run: JobRun) -> list[str]:
+        return list(
+            JobLog.objects.for_run(run).order_by("id").values_list("message", flat=True)
+        )
+
+    assert messages(outer.run) == ["outer before", "outer after"]
+    assert messages(inner.run) == ["inner"]
+
+
+def test_a_line_logged_while_the_run_ends_is_not_lost(
+    transactional_db: None, logger: logging.Logger
+) -> None:
+    """A receiver of job_status_changed that logs runs while the run's handle is still
+    current: its line is written, never buffered on a handle nothing flushes again."""
+    from django_jobstatus.signals import job_status_changed
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        logger.info("status changed")
+
+    job_status_changed.connect(receiver, dispatch_uid="test_logging_receiver")
+    try:
+        with track("logging.job", interval=3600) as job:
+            logger.info("working")
+    finally:
+        job_status_changed.disconnect(dispatch_uid="test_logging_receiver")
+    run = JobRun.objects.get(pk=job.run.pk)
+    assert run.status == "succeeded"
+    messages = list(
+        JobLog.objects.for_run(run).order_by("id").values_list("message", flat=True)
+    )
+    assert "working" in messages
+    assert messages.count("status changed") >= 1

@@ -45,6 +45,7 @@ from django.db.models import Count, OuterRef, Prefetch, Q, Subquery
 from django.db.models.signals import post_delete, post_save
 from django.urls import NoReverseMatch
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -67,7 +68,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Failed runs in a row that count toward ``max_failures``: a lost worker is a failure, a kill is not.
+# Failed runs in a row that count toward ``max_failures``: a lost worker is a failure; a kill
+# is neither a failure nor a success (skipped).
 _FAILURES = frozenset({Status.FAILED, Status.LOST})
 _RUN_FIELDS = ("pk", "status", "created_at", "started_at", "finished_at", "error")
 ALERT_WINDOW = timedelta(hours=1)  # ALERT_RATE_LIMIT counts alerts in this window
@@ -105,33 +107,61 @@ def next_expected(monitor: JobMonitor, last_run_at: datetime | None) -> datetime
     return None
 
 
+# A retry clears ``started_at``: a run waiting for its retry started at its first attempt's.
+_FIRST_START = "attempts__0__started_at"
+
+
 def _started(job_name: str | OuterRef) -> QuerySet[JobRun]:
     """The job's runs that started, newest first: a run queued but never started (or ended,
-    killed, before a worker took it) is no sign of life."""
-    return JobRun.objects.filter(job_name=job_name, started_at__isnull=False).order_by(
-        "-created_at", "-id"
-    )
+    killed, before a worker took it) is no sign of life; one waiting for its retry is."""
+    return JobRun.objects.filter(
+        Q(started_at__isnull=False) | Q(attempt__gt=1), job_name=job_name
+    ).order_by("-created_at", "-id")
+
+
+def _start(started: datetime | None, first: Any) -> datetime | None:
+    """A run's start: ``started_at``, else (retrying) its first attempt's, from ``attempts``."""
+    if started is not None or not isinstance(first, str):
+        return started
+    try:
+        parsed = parse_datetime(first)
+    except ValueError:  # well formed, but no such time
+        return None
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, UTC)
+    return parsed
+
+
+def _last_start_columns(job_name: str | OuterRef) -> dict[str, Subquery]:
+    """The newest run that started: its ``started_at`` and its first attempt's start."""
+    runs = _started(job_name)
+    return {
+        "started": Subquery(runs.values("started_at")[:1]),
+        "first": Subquery(runs.values(_FIRST_START)[:1]),
+    }
 
 
 def with_last_start(monitors: QuerySet[JobMonitor]) -> QuerySet[JobMonitor]:
-    """Monitors with ``last_start_at``: when their job's newest run that started did."""
+    """Monitors with ``last_start_at``/``last_first_start_at``: when their job's newest run that started did (see ``last_start()``)."""
+    columns = _last_start_columns(OuterRef("job_name"))
     return monitors.annotate(
-        last_start_at=Subquery(_started(OuterRef("job_name")).values("started_at")[:1])
+        last_start_at=columns["started"], last_first_start_at=columns["first"]
     )
 
 
 def last_start(monitor: JobMonitor, *, using: str | None = None) -> datetime | None:
     """When the job's newest run that started did (annotated by ``with_last_start()``, else one query)."""
     if hasattr(monitor, "last_start_at"):
-        annotated: datetime | None = monitor.last_start_at
-        return annotated
-    found: datetime | None = (
+        return _start(
+            monitor.last_start_at, getattr(monitor, "last_first_start_at", None)
+        )
+    found = (
         _started(monitor.job_name)
         .using(using or settings.DATABASE)
-        .values_list("started_at", flat=True)
+        .values_list("started_at", _FIRST_START)
         .first()
     )
-    return found
+    return _start(*found) if found is not None else None
 
 
 def expected_at(monitor: JobMonitor, *, using: str | None = None) -> datetime | None:
@@ -241,28 +271,40 @@ def _finished_runs(
 ) -> tuple[list[JobRun], datetime | None]:
     """The job's last runs to finish, the last first, and its last start (one query).
 
+    Killed runs are left out, but for the last to finish (a stuck run killed still took
+    too long): a kill says neither that the job works nor that it fails, so it must not
+    break a failing streak (``_failing()`` skips that one).
     Active runs are not read, so that any number of them cannot hide the finished ones.
     The runs are read by finish, so that a run created before any number of newer ones
     that ended before it is still the last (one range of the index of migration 0017).
     The last start is read in the same statement, so that it and the runs are of one
     moment (one more query when the job has no finished run).
     """
+    last = (
+        JobRun.objects.using(db)
+        .for_job(monitor.job_name)
+        .finished()
+        .filter(finished_at__isnull=False)
+        .order_by("-finished_at", "-id")
+    )
     runs = list(
         JobRun.objects.using(db)
         .for_job(monitor.job_name)
         .finished()
         .filter(finished_at__isnull=False)  # the index's condition (SQLite needs it)
+        .filter(~Q(status=Status.KILLED) | Q(pk=Subquery(last.values("pk")[:1])))
         .only(*_RUN_FIELDS)
         .annotate(
-            job_last_start_at=Subquery(
-                _started(monitor.job_name).values("started_at")[:1]
-            )
+            **{
+                f"job_last_{name}": column
+                for name, column in _last_start_columns(monitor.job_name).items()
+            }
         )
-        .order_by("-finished_at", "-id")[: max(monitor.max_failures, 1)]
+        .order_by("-finished_at", "-id")[: monitor.max_failures + 1]
     )
-    if runs and hasattr(runs[0], "job_last_start_at"):
-        started: datetime | None = runs[0].job_last_start_at
-        return runs, started
+    if runs:
+        head = runs[0]
+        return runs, _start(head.job_last_started, head.job_last_first)  # type: ignore[attr-defined]
     return runs, last_start(monitor, using=db)
 
 
@@ -281,7 +323,7 @@ def _longest_running(monitor: JobMonitor, db: str) -> JobRun | None:
 
 def _failing(monitor: JobMonitor, finished: list[JobRun]) -> Assessment | None:
     wanted = monitor.max_failures
-    finished = finished[:wanted]
+    finished = [run for run in finished if run.status != Status.KILLED][:wanted]
     if not wanted or len(finished) < wanted:
         return None
     if any(run.status not in _FAILURES for run in finished):
@@ -290,8 +332,9 @@ def _failing(monitor: JobMonitor, finished: list[JobRun]) -> Assessment | None:
     detail = ngettext(
         "The last run failed.", "The last %(count)d runs failed.", wanted
     ) % {"count": wanted}
-    if newest.error:
-        detail = f"{detail} {newest.error.strip().splitlines()[-1][:300]}"
+    lines = (newest.error or "").strip().splitlines()  # none: an error of blanks only
+    if lines:
+        detail = f"{detail} {lines[-1][:300]}"
     return Assessment(MonitorState.FAILING, detail, newest.pk)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -963,6 +964,12 @@ class JobMonitor(models.Model):
         return reverse("admin:django_jobstatus_jobmonitor_change", args=[self.pk])
 
     def clean(self) -> None:
+        factor = self.max_duration_p95_factor
+        if factor is not None and math.isnan(factor):
+            # NaN passes both bounds (each comparison is false), and every check raised.
+            raise ValidationError(
+                {"max_duration_p95_factor": _("Enter a number.")}, code="invalid"
+            )
         if self.every is not None and self.cron:
             raise ValidationError(
                 {"cron": _("Give either “every” or a cron expression, not both.")},
@@ -977,7 +984,10 @@ class JobMonitor(models.Model):
                 },
                 code="both_limits",
             )
-        if self.job_name and not JobRun.objects.for_job(self.job_name).exists():
+        if (
+            self._names_a_new_job()
+            and not JobRun.objects.for_job(self.job_name).exists()
+        ):
             raise ValidationError(
                 {
                     "job_name": _(
@@ -991,6 +1001,17 @@ class JobMonitor(models.Model):
     @property
     def is_unhealthy(self) -> bool:
         return self.state in MonitorState.UNHEALTHY
+
+    def _names_a_new_job(self) -> bool:
+        """Whether the job name is new to this monitor (it is added, or watches another
+        job now): a monitor kept after its job's runs were purged stays editable."""
+        if not self.job_name:
+            return False
+        if self._state.adding:
+            return True
+        db = self._state.db or router.db_for_read(type(self), instance=self)
+        stored = type(self)._default_manager.using(db)
+        return not stored.filter(pk=self.pk, job_name=self.job_name).exists()
 
     def _turned_on_again(self, using: str | None, update_fields: Any) -> bool:
         """Whether this save turns a disabled monitor on: the stored value is read (by

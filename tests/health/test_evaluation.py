@@ -401,3 +401,60 @@ def test_a_check_that_began_before_the_stored_state_was_judged_does_not_undo_it(
     assert (m.state, m.state_changed_at, m.checked_at) == (MonitorState.LATE, now, now)
     incident = JobMonitorIncident.objects.get()
     assert (incident.opened_at, incident.resolved_at) == (now, None)
+
+
+def test_a_run_retrying_after_a_start_on_time_is_not_late(monitor, past_run):
+    """A run that started on time, failed its attempt and waits for its retry has
+    started: the job is not late. A retry clears ``started_at``, so the run counted as
+    never started and the monitor said "No run since" the run before."""
+    m = monitor(every=timedelta(hours=1), grace=timedelta(minutes=5))
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(minutes=70))  # expected 10 minutes ago
+    retried = JobRun.objects.create(job_name=m.job_name, status=Status.QUEUED)
+    retried.mark_running()
+    started = retried.started_at
+    retried.mark_failed(ValueError("flaky"), retry=True)
+    assert retried.started_at is None and retried.status == Status.RETRYING
+    assessment = health.assess(m)
+    assert assessment.state == MonitorState.HEALTHY, assessment.detail
+    assert assessment.next_expected_at == started + timedelta(hours=1)
+    assert health.expected_at(m) == started + timedelta(hours=1)
+    # The admin's list reads it in the same way.
+    (listed,) = health.with_last_run(JobMonitor.objects.filter(pk=m.pk))
+    assert health.expected_at(listed) == started + timedelta(hours=1)
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_a_killed_run_does_not_end_a_failing_streak(monitor, past_run, started):
+    """A kill is no failure, and no success either: a run killed on request (or by the
+    reaper before a worker took it) said nothing of the job's health, yet it broke the
+    streak, resolved the incident and announced the job "healthy again"."""
+    m = monitor(max_failures=2)
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(minutes=30), status=Status.FAILED, error="KeyError: 'x'")
+    failed = past_run(
+        ago=timedelta(minutes=20), status=Status.FAILED, error="KeyError: 'y'"
+    )
+    killed = past_run(ago=timedelta(minutes=10), status=Status.KILLED)
+    if not started:
+        JobRun.objects.filter(pk=killed.pk).update(started_at=None)
+    assessment = health.assess(m)
+    assert (assessment.state, assessment.run_id) == (MonitorState.FAILING, failed.pk)
+    # A success after it does end the streak.
+    past_run(ago=timedelta(minutes=5))
+    assert health.assess(m).state == MonitorState.HEALTHY
+
+
+@pytest.mark.parametrize("error", ["\n", "   ", " \n\t"])
+def test_a_failure_whose_error_is_blank_is_failing_with_no_reason(
+    monitor, past_run, error
+):
+    """An error of blanks only (a task system's empty message): the detail took the last
+    of no lines, and the check raised IndexError for every monitor after this one."""
+    m = monitor(max_failures=1)
+    JobRun.objects.all().delete()
+    failed = past_run(status=Status.FAILED, error=error)
+    assert JobRun.objects.get(pk=failed.pk).error == error
+    assessment = health.assess(m)
+    assert (assessment.state, assessment.run_id) == (MonitorState.FAILING, failed.pk)
+    assert assessment.detail == "The last run failed."

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.core.exceptions import ValidationError
 
-from django_jobstatus.models import JobMonitor, MonitorState
+from django_jobstatus.models import JobMonitor, JobRun, MonitorState
 
 
 def _errors(**fields) -> dict[str, list[str]]:
@@ -99,3 +99,31 @@ def test_enabled_at_is_stamped_when_a_monitor_is_turned_on_again(monitor):
     JobMonitor.objects.filter(pk=m.pk).update(enabled=True)
     stale.refresh_from_db()
     assert stale.enabled_at == second
+
+
+def test_a_monitor_whose_runs_were_purged_can_still_be_edited(monitor):
+    """The runs of a job that stopped are purged in time: its monitor (late, say) must
+    still be editable, to turn it off or delete its alerts. save() refused it ("No run
+    has been recorded"), in the admin and the API too."""
+    m = monitor("tests.nightly", every=timedelta(hours=1))
+    JobMonitor.objects.filter(pk=m.pk).update(state=MonitorState.LATE)
+    JobRun.objects.all().delete()
+    m.enabled = False
+    m.save()
+    m.refresh_from_db()
+    assert not m.enabled
+    # Moved to another job, it watches a job that must have run.
+    m.job_name = "tests.never_ran"
+    with pytest.raises(ValidationError) as caught:
+        m.save()
+    assert list(caught.value.message_dict) == ["job_name"]
+    assert JobMonitor.objects.get(pk=m.pk).job_name == "tests.nightly"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_p95_factor_that_is_no_number_is_refused(past_run, value):
+    """NaN passed both bounds of the p95 factor: the monitor was saved, and each check of
+    it raised (a duration of NaN seconds) once the job had a successful run."""
+    past_run("tests.nightly")
+    errors = _errors(job_name="tests.nightly", max_duration_p95_factor=value)
+    assert list(errors) == ["max_duration_p95_factor"]

@@ -45,7 +45,6 @@ from django.db.models import Count, OuterRef, Prefetch, Q, Subquery
 from django.db.models.signals import post_delete, post_save
 from django.urls import NoReverseMatch
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -56,6 +55,7 @@ from django_jobstatus.models import (
     JobRun,
     MonitorState,
     Status,
+    attempt_time,
 )
 from django_jobstatus.querysets import percentile
 from django_jobstatus.signals import job_status_changed, monitor_state_changed
@@ -121,15 +121,7 @@ def _started(job_name: str | OuterRef) -> QuerySet[JobRun]:
 
 def _start(started: datetime | None, first: Any) -> datetime | None:
     """A run's start: ``started_at``, else (retrying) its first attempt's, from ``attempts``."""
-    if started is not None or not isinstance(first, str):
-        return started
-    try:
-        parsed = parse_datetime(first)
-    except ValueError:  # well formed, but no such time
-        return None
-    if parsed is not None and timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, UTC)
-    return parsed
+    return started if started is not None else attempt_time(first)
 
 
 def _last_start_columns(job_name: str | OuterRef) -> dict[str, Subquery]:
@@ -280,27 +272,23 @@ def _finished_runs(
     The last start is read in the same statement, so that it and the runs are of one
     moment (one more query when the job has no finished run).
     """
-    last = (
-        JobRun.objects.using(db)
-        .for_job(monitor.job_name)
-        .finished()
-        .filter(finished_at__isnull=False)
-        .order_by("-finished_at", "-id")
-    )
-    runs = list(
+    finished = (
         JobRun.objects.using(db)
         .for_job(monitor.job_name)
         .finished()
         .filter(finished_at__isnull=False)  # the index's condition (SQLite needs it)
-        .filter(~Q(status=Status.KILLED) | Q(pk=Subquery(last.values("pk")[:1])))
+        .order_by("-finished_at", "-id")
+    )
+    last = Subquery(finished.values("pk")[:1])
+    runs = list(
+        finished.filter(~Q(status=Status.KILLED) | Q(pk=last))
         .only(*_RUN_FIELDS)
         .annotate(
             **{
                 f"job_last_{name}": column
                 for name, column in _last_start_columns(monitor.job_name).items()
             }
-        )
-        .order_by("-finished_at", "-id")[: monitor.max_failures + 1]
+        )[: monitor.max_failures + 1]
     )
     if runs:
         head = runs[0]

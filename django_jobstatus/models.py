@@ -122,6 +122,19 @@ def _sources(target: str, *, new_attempt: bool) -> list[str]:
     return [s for s in sources if s != Status.RUNNING]
 
 
+def attempt_time(text: Any) -> datetime | None:
+    """A moment of an ``attempts`` entry (ISO 8601 text, UTC when naive), or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = parse_datetime(text)
+    except ValueError:  # well formed, but no such time
+        return None
+    if moment is not None and timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, UTC)
+    return moment
+
+
 class JobRun(models.Model):
     id = models.UUIDField(_("id"), primary_key=True, default=uuid7, editable=False)
     job_name = models.CharField(_("job name"), max_length=MAX_LENGTHS["job_name"])
@@ -384,14 +397,9 @@ class JobRun(models.Model):
     def _first_start(self) -> datetime | None:
         """The first attempt's start, from ``attempts`` (a retry clears ``started_at``)."""
         first = self.attempts[0] if self.attempts else None
-        text = first.get("started_at") if isinstance(first, dict) else None
-        try:
-            started = parse_datetime(text) if isinstance(text, str) else None
-        except ValueError:  # well formed, but no such time
-            return None
-        if started is not None and timezone.is_naive(started):
-            started = timezone.make_aware(started, UTC)
-        return started
+        return attempt_time(
+            first.get("started_at") if isinstance(first, dict) else None
+        )
 
     @property
     def is_active(self) -> bool:

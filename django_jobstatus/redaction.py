@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from django_jobstatus.conf import settings
 
 MASK = "********"
+
+# A JSON string, and whether a colon follows it (then it is a key).
+_STRING = re.compile(r'("(?:[^"\\]|\\.)*")(\s*:)?')
 
 
 def _keys() -> set[str]:
@@ -34,7 +39,14 @@ def redacted_keys_in(value: Any) -> list[str]:
     return sorted(found)
 
 
+def was_cut(value: Any) -> bool:
+    """Whether ``value`` is the object ``values.cut_json()`` put in place of JSON too big to keep."""
+    return isinstance(value, dict) and value.keys() == {"cut", "length", "preview"}
+
+
 def _redact(value: Any, keys: set[str]) -> Any:
+    if was_cut(value) and isinstance(value["preview"], str):
+        return value | {"preview": _cut_preview(value["preview"], keys)}
     if isinstance(value, dict):
         return {
             key: MASK if str(key).lower() in keys else _redact(item, keys)
@@ -43,3 +55,13 @@ def _redact(value: Any, keys: set[str]) -> Any:
     if isinstance(value, list | tuple):
         return [_redact(item, keys) for item in value]
     return value
+
+
+def _cut_preview(preview: str, keys: set[str]) -> str:
+    """A stored preview (the start of some JSON, masked when it was cut) cut where the
+    first key REDACT_KEYS hides now begins: a key added since shows no value."""
+    # Between two strings of JSON text there is no quote: each match starts a string.
+    for found in _STRING.finditer(preview):
+        if found.group(2) and json.loads(found.group(1)).lower() in keys:
+            return f'{preview[: found.end()]} "{MASK}" …'
+    return preview

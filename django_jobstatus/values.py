@@ -18,6 +18,7 @@ from django_jobstatus.conf import BIGINT_MAX as BIGINT_MAX  # exported with the 
 from django_jobstatus.conf import settings
 from django_jobstatus.fingerprints import FINGERPRINT_MAX_LENGTH
 from django_jobstatus.redaction import redact
+from django_jobstatus.redaction import was_cut as was_cut  # exported with cut_json
 from django_jobstatus.states import STATUS_LENGTH
 
 JOB_NAME_MAX_LENGTH = 255
@@ -146,11 +147,6 @@ def cut_json(value: Any, limit: int) -> Any:
         "length": len(text),
         "preview": cut(preview, min(limit // 2, 1000)),
     }
-
-
-def was_cut(value: Any) -> bool:
-    """Whether ``value`` is the object ``cut_json()`` put in place of JSON too big to keep."""
-    return isinstance(value, dict) and value.keys() == {"cut", "length", "preview"}
 
 
 # Text and JSON fields, with the setting that caps them.

@@ -9,6 +9,7 @@ import json
 import pytest
 from django.test import override_settings
 
+from django_jobstatus import track
 from django_jobstatus.models import JobRun, Status
 from tests.api.conftest import BASE
 
@@ -114,6 +115,35 @@ def test_export_jsonl_masks_like_the_api(api, make_run):
     assert (
         exported["params"] == shown["params"] == {"nested": [{"Password": "********"}]}
     )
+
+
+def test_a_cut_value_s_preview_hides_keys_redacted_after_it_was_stored(
+    api, make_run, settings
+):
+    """A value too big to keep is stored as a preview of its first characters, masked
+    with the REDACT_KEYS of that moment. A key added to REDACT_KEYS later still showed
+    its value in that preview, in the API, the export and the admin: the preview is now
+    cut where the first such key begins."""
+    settings.JOBSTATUS = {"JSON_MAX_LENGTH": 200}
+    secret = {"user": "ann", "card_number": "4111-1111", "rows": ["x" * 50] * 10}
+    with track("a", params=secret) as job:
+        pass
+    run = job.run
+    stored = JobRun.objects.get(pk=run.pk).params
+    assert stored["cut"] is True and "4111-1111" in stored["preview"]
+    settings.JOBSTATUS = {"JSON_MAX_LENGTH": 200, "REDACT_KEYS": ["CARD_NUMBER"]}
+    shown = api.get(f"{BASE}{run.pk}/").json()["params"]
+    assert shown["preview"].startswith('{"user": "ann", ')
+    assert "4111-1111" not in shown["preview"]
+    assert "4111-1111" not in lines(api.get(f"{BASE}export/?format=jsonl"))
+    # A key of that name inside a string is text, not a key: it is left as it is.
+    with track(
+        "b", params={"note": 'say "card_number": no', "rows": ["x" * 50] * 10}
+    ) as job:
+        pass
+    run = job.run
+    shown = api.get(f"{BASE}{run.pk}/").json()["params"]
+    assert shown["preview"] == JobRun.objects.get(pk=run.pk).params["preview"]
 
 
 def test_export_bad_input_is_a_400_in_json(api, make_run):

@@ -89,12 +89,20 @@ def next_expected(monitor: JobMonitor, last_run_at: datetime | None) -> datetime
 
     A run counts for a cron time when it starts at most ``grace`` before it, so the next
     time is the first one more than ``grace`` after the newest run. Nothing is expected
-    before the monitor was created or last turned on again (``enabled_at``): a run
-    older than that counts from then. Cron expressions are read in TIME_ZONE (never the active time zone), and
+    before the monitor was created, last turned on again (``enabled_at``) or given its
+    cadence (``cadence_changed_at``): a run older than that counts from then. Cron expressions are read in TIME_ZONE (never the active time zone), and
     the time is returned in UTC, so that adding the grace is real time across a DST
     change. None when the monitor has no cadence.
     """
-    since = max(monitor.created_at, monitor.enabled_at or monitor.created_at)
+    since = max(
+        moment
+        for moment in (
+            monitor.created_at,
+            monitor.enabled_at,
+            monitor.cadence_changed_at,
+        )
+        if moment is not None
+    )
     if last_run_at is None or last_run_at < since:
         anchor, early = since, timedelta(0)
     else:

@@ -856,7 +856,8 @@ class JobMonitor(models.Model):
 
     ``save()`` validates (``full_clean()``): a bad value raises ``ValidationError`` naming
     the field and writes nothing. It stamps ``enabled_at`` when it turns a disabled
-    monitor on again (a queryset ``update()`` does not). ``state`` is written by the evaluation only
+    monitor on again, and ``cadence_changed_at`` when it changes ``every`` or ``cron`` (a
+    queryset ``update()`` stamps neither). ``state`` is written by the evaluation only
     (``django_jobstatus.health``).
     """
 
@@ -945,6 +946,16 @@ class JobMonitor(models.Model):
             "Empty: on since its creation."
         ),
     )
+    cadence_changed_at = models.DateTimeField(
+        _("cadence changed"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_(
+            "When “every” or the cron expression last changed; the new cadence expects "
+            "no run before. Empty: unchanged since its creation."
+        ),
+    )
 
     class Meta:
         verbose_name = _("job monitor")
@@ -962,10 +973,15 @@ class JobMonitor(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.full_clean()
         update_fields = kwargs.get("update_fields")
-        if self._turned_on_again(kwargs.get("using"), update_fields):
-            self.enabled_at = timezone.now()
+        using = kwargs.get("using")
+        stamps = {
+            "enabled_at": self._turned_on_again(using, update_fields),
+            "cadence_changed_at": self._cadence_changed(using, update_fields),
+        }
+        for field in [name for name, stamp in stamps.items() if stamp]:
+            setattr(self, field, timezone.now())
             if update_fields is not None:
-                kwargs["update_fields"] = {*update_fields, "enabled_at"}
+                kwargs["update_fields"] = update_fields = {*update_fields, field}
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
@@ -1020,6 +1036,17 @@ class JobMonitor(models.Model):
         db = self._state.db or router.db_for_read(type(self), instance=self)
         stored = type(self)._default_manager.using(db)
         return not stored.filter(pk=self.pk, job_name=self.job_name).exists()
+
+    def _cadence_changed(self, using: str | None, update_fields: Any) -> bool:
+        """Whether this save changes ``every`` or ``cron`` from their stored values (read by
+        primary key, as ``_turned_on_again()`` reads ``enabled``)."""
+        if self._state.adding:
+            return False
+        if update_fields is not None and not {"every", "cron"} & set(update_fields):
+            return False
+        db = using or router.db_for_write(type(self), instance=self)
+        stored = type(self)._default_manager.using(db)
+        return not stored.filter(pk=self.pk, every=self.every, cron=self.cron).exists()
 
     def _turned_on_again(self, using: str | None, update_fields: Any) -> bool:
         """Whether this save turns a disabled monitor on: the stored value is read (by

@@ -512,11 +512,18 @@ class JobMonitorSerializer(_StrictBody, serializers.ModelSerializer):
             "state_changed_at",
             "checked_at",
             "enabled_at",
+            "cadence_changed_at",
             "last_run",
             "next_expected_at",
             "open_incident",
         ]
-        read_only_fields = ["state", "state_changed_at", "checked_at", "enabled_at"]
+        read_only_fields = [
+            "state",
+            "state_changed_at",
+            "checked_at",
+            "enabled_at",
+            "cadence_changed_at",
+        ]
         extra_kwargs = {"job_name": {"min_length": 1}}  # in the schema too
 
     @extend_schema_field(_LastRunSerializer(allow_null=True))

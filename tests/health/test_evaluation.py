@@ -277,6 +277,27 @@ def test_a_monitor_enabled_again_is_not_late_at_once(monitor, past_run):
     assert health.assess(m, now=later).state == MonitorState.LATE
 
 
+def test_a_monitor_whose_cadence_changed_is_not_late_at_once(monitor, past_run):
+    """Daily to hourly, 20 hours after the last run: the new cadence counts from its
+    change, as a new monitor counts from its creation. The edit made the monitor late at
+    once (measured from the last run by the new cadence), and alerted on a job whose
+    first run on the new cadence was not due yet."""
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=20))
+    m = monitor(every=timedelta(days=1), created_at=_JANUARY)
+    assert health.assess(m).state == MonitorState.HEALTHY
+    m = JobMonitor.objects.get(pk=m.pk)  # as the admin and the API read it
+    m.every = timedelta(hours=1)
+    m.save()
+    assert health.assess(m).state == MonitorState.HEALTHY
+    later = timezone.now() + timedelta(hours=1, minutes=6)
+    assert health.assess(m, now=later).state == MonitorState.LATE
+    # From "every" to a first cron expression: the same.
+    m.every, m.cron = None, "0 * * * *"
+    m.save()
+    assert health.assess(m).state == MonitorState.HEALTHY
+
+
 def test_a_queued_run_that_never_started_does_not_hide_lateness(monitor, past_run):
     m = monitor(every=timedelta(hours=1), grace=timedelta(minutes=5))
     JobRun.objects.all().delete()

@@ -101,6 +101,30 @@ def test_enabled_at_is_stamped_when_a_monitor_is_turned_on_again(monitor):
     assert stale.enabled_at == second
 
 
+def test_cadence_changed_at_is_stamped_when_every_or_cron_changes(monitor):
+    m = monitor(every=timedelta(hours=1))
+    assert m.cadence_changed_at is None  # its cadence since its creation
+    m.max_failures = 3
+    m.every = timedelta(hours=1)  # the same value again
+    m.save()
+    m.refresh_from_db()
+    assert m.cadence_changed_at is None
+    m.every = timedelta(hours=2)
+    m.save(update_fields=["every"])
+    m.refresh_from_db()
+    first = m.cadence_changed_at
+    assert first is not None
+    m.every, m.cron = None, "0 2 * * *"
+    m.save()
+    m.refresh_from_db()
+    assert m.cadence_changed_at > first
+    second = m.cadence_changed_at
+    m.grace = timedelta(minutes=30)  # not the cadence
+    m.save()
+    m.refresh_from_db()
+    assert m.cadence_changed_at == second
+
+
 def test_a_monitor_whose_runs_were_purged_can_still_be_edited(monitor):
     """The runs of a job that stopped are purged in time: its monitor (late, say) must
     still be editable, to turn it off or delete its alerts. save() refused it ("No run

@@ -42,7 +42,7 @@ from cronsim import CronSim
 from django.core.mail import send_mail
 from django.db import connections, transaction
 from django.db.models import Count, OuterRef, Prefetch, Q, Subquery
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_save, pre_delete
 from django.urls import NoReverseMatch
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -739,6 +739,49 @@ def connect() -> None:
             sender=JobMonitor,
             dispatch_uid=f"django_jobstatus.health.{signal is post_save}",
         )
+    pre_delete.connect(
+        on_monitor_deleted,
+        sender=JobMonitor,
+        dispatch_uid="django_jobstatus.health.deleted",
+    )
+
+
+def on_monitor_deleted(*, instance: JobMonitor, using: str, **kwargs: Any) -> None:
+    """A monitor deleted with an announced incident open: its end goes out once the delete
+    is committed, as a disabled monitor's does ("no longer monitored").
+
+    The incident goes with the monitor, so nothing records this alert: it is sent once,
+    never again by a later check, and no ``monitor_state_changed`` is sent.
+    """
+    targets = _targets()
+    if not targets:
+        return
+    incident = (
+        JobMonitorIncident.objects.using(using)
+        .filter(
+            monitor=instance,
+            resolved_at__isnull=True,
+            open_alert_queued_at__isnull=False,
+        )
+        .first()
+    )
+    if incident is None:
+        return
+    incident.resolved_at = timezone.now()
+    incident.detail = "\n".join(
+        filter(None, [_("The monitor was deleted."), incident.detail])
+    )
+    alert = _resolution(incident, instance.job_name, MonitorState.DISABLED, "")
+    transaction.on_commit(
+        functools.partial(
+            outbox.put,
+            _deliver_each,
+            alert,
+            targets,
+            dropped=functools.partial(_not_sent, alert, again=False),
+        ),
+        using=using,
+    )
 
 
 # Alerts.
@@ -885,6 +928,18 @@ def _send(
     )
     if not unsent.filter(**{queued: claim}).update(**{queued: timezone.now()}):
         return
+    if _deliver_each(alert, targets):
+        unsent.update(**{sent: timezone.now()})
+    else:
+        logger.warning(
+            "django-jobstatus: the %s alert of %r went to no target; check_jobstatus sends it again.",
+            alert.event,
+            alert.job_name,
+        )
+
+
+def _deliver_each(alert: Alert, targets: list[dict[str, Any]]) -> bool:
+    """Deliver ``alert`` to every target, each failure logged; whether one took it."""
     delivered = False
     for target in targets:
         try:
@@ -898,22 +953,17 @@ def _send(
             )
         else:
             delivered = True
-    if delivered:
-        unsent.update(**{sent: timezone.now()})
-    else:
-        logger.warning(
-            "django-jobstatus: the %s alert of %r went to no target; check_jobstatus sends it again.",
-            alert.event,
-            alert.job_name,
-        )
+    return delivered
 
 
-def _not_sent(alert: Alert) -> None:
-    """An alert dropped because the process is ending: logged (a later check sends it)."""
+def _not_sent(alert: Alert, *, again: bool = True) -> None:
+    """An alert dropped because the process is ending: logged (a later check sends it,
+    unless its incident is gone: ``again=False``)."""
     logger.warning(
-        "django-jobstatus: the %s alert of %r was not sent: the process ended first; check_jobstatus sends it again.",
+        "django-jobstatus: the %s alert of %r was not sent: the process ended first%s",
         alert.event,
         alert.job_name,
+        "; check_jobstatus sends it again." if again else ".",
     )
 
 

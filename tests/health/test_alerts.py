@@ -442,6 +442,44 @@ def test_from_one_unhealthy_state_to_another_one_alert(
     )
 
 
+@pytest.mark.parametrize("how", ["instance", "queryset"])
+def test_deleting_a_monitor_with_an_announced_incident_announces_its_end(
+    failing, monitor, django_capture_on_commit_callbacks, how
+):
+    """A failing monitor was announced, then deleted (its page, the admin's bulk delete,
+    the API): its incident went with it and no alert said so, so the last one anyone got
+    still said Failing. Its end now goes out as a disabled monitor's does."""
+    m = failing()
+    _check(django_capture_on_commit_callbacks)
+    quiet = monitor("tests.other", max_failures=1)  # healthy: deleting it says nothing
+    with django_capture_on_commit_callbacks(execute=True):
+        if how == "instance":
+            m.delete()
+            quiet.delete()
+        else:
+            JobMonitor.objects.all().delete()
+    assert health.outbox.join(10)
+    assert [message.subject for message in mail.outbox] == [
+        "[jobstatus] tests.nightly is Failing",
+        "[jobstatus] tests.nightly is no longer monitored (was Failing)",
+    ]
+    assert "The monitor was deleted." in mail.outbox[-1].body
+    assert "KeyError: 'x'" in mail.outbox[-1].body
+    assert not JobMonitorIncident.objects.exists()
+
+
+def test_deleting_a_monitor_whose_incident_was_not_announced_sends_nothing(
+    failing, django_capture_on_commit_callbacks, settings
+):
+    m = failing(ALERT_EMAILS=[])  # no target when it opened
+    _check(django_capture_on_commit_callbacks)
+    settings.JOBSTATUS = {"ALERT_EMAILS": ["ops@example.com"]}
+    with django_capture_on_commit_callbacks(execute=True):
+        m.delete()
+    assert health.outbox.join(10)
+    assert mail.outbox == []
+
+
 def test_a_job_name_with_line_breaks_is_still_announced_by_email(
     monitor, past_run, settings, django_capture_on_commit_callbacks
 ):

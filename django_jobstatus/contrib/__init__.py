@@ -97,6 +97,13 @@ def retry(run: JobRun) -> JobRun:
                 "This run cannot be retried: its parameters were too big to keep (JSON_MAX_LENGTH)."
             )
         )
+    if isinstance(run.params, dict) and run.params.get(REPR) is True:
+        raise ValueError(
+            _(
+                "This run cannot be retried: some of its arguments were kept as text "
+                "(their repr()), and its job would get that text in their place."
+            )
+        )
     backend = _backends.get(run.source)
     if backend is None:
         raise ValueError(
@@ -190,24 +197,51 @@ def request_kill(runs: QuerySet[JobRun]) -> int:
 def params_of(args: Any, kwargs: Any) -> dict[str, Any]:
     """A task's arguments as the run's ``params``: ``{"args": [...], "kwargs": {...}}``.
 
-    Values JSON cannot hold are stored as their ``repr()`` (such a run cannot be retried
-    with the same arguments).
+    Values JSON cannot hold are stored as their ``repr()``, one by one (see
+    ``jsonable()``), and ``"repr": true`` says so: such a run is not retried, since its
+    job would get other arguments (a ``str`` for a ``datetime``).
     """
-    params: dict[str, Any] = {"args": list(args or ()), "kwargs": dict(kwargs or {})}
-    try:
-        json.dumps(params, allow_nan=False)
-    except (TypeError, ValueError):
-        params = {
-            "args": [jsonable(value) for value in params["args"]],
-            "kwargs": {
-                str(key): jsonable(value) for key, value in params["kwargs"].items()
-            },
-        }
-    return params
+    params = {"args": list(args or ()), "kwargs": dict(kwargs or {})}
+    stored: dict[str, Any] = jsonable(params)
+    if stored is not params:
+        stored[REPR] = True
+    return stored
+
+
+# The key of params that says some of its values are their repr() (see params_of()).
+REPR = "repr"
+
+
+# Deeper than this, a value is not walked (JSON itself gives up near 1,000 levels).
+_MAX_DEPTH = 100
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` itself when JSON can hold it, else its ``repr()``."""
+    """``value`` itself when JSON can hold it, else a copy where each value JSON cannot
+    hold, at any depth, is its ``repr()``.
+
+    Dicts and lists stay dicts and lists, so REDACT_KEYS still finds their keys: a token
+    beside a ``Decimal`` in one argument was stored inside one ``repr()`` string, and
+    shown in clear.
+    """
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return _jsonable_leaves(value, frozenset())
+    return value
+
+
+def _jsonable_leaves(value: Any, within: frozenset[int]) -> Any:
+    if isinstance(value, dict | list | tuple):
+        if id(value) in within or len(within) >= _MAX_DEPTH:
+            # Not its repr(): that would show, as text, the keys REDACT_KEYS masks.
+            return f"<{type(value).__name__} within itself or too deep>"
+        within |= {id(value)}
+        if isinstance(value, dict):
+            return {
+                str(key): _jsonable_leaves(item, within) for key, item in value.items()
+            }
+        return [_jsonable_leaves(item, within) for item in value]
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):

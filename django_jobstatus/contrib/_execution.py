@@ -206,7 +206,8 @@ class Execution:
         self.source = source
         self.backend_job_id = backend_job_id
         self.name = name
-        self.worker = worker
+        # Written raw by the start's UPDATE: cut to its column, as storable() cuts it.
+        self.worker: str = storable({"worker": worker})["worker"]
         self.attempt = attempt
         self.fields = fields
         self.handle: JobHandle | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import time
@@ -36,6 +37,12 @@ def _mark(key: str) -> None:
 @app.task(name="tests.add")
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task(name="tests.charge")
+def charge(card: dict[str, Any]) -> dict[str, Any]:
+    """A result with a secret beside a value JSON cannot hold (a datetime)."""
+    return {"token": card["token"], "expires": datetime.datetime(2030, 1, 1)}
 
 
 @app.task(name="tests.fail")

@@ -21,6 +21,7 @@ from tests.contrib.celery_app import (
     BROKER_URL,
     add,
     app,
+    charge,
     crash,
     fail,
     flaky,
@@ -128,6 +129,39 @@ def test_an_eager_task_is_recorded_with_its_progress(celery_on: None) -> None:
     assert (run.progress_current, run.progress_total, run.step) == (3, 3, "counting")
     assert run.result == {"counted": 3}
     assert list(run.logs.values_list("message", flat=True)) == ["counted 3 items"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_secret_beside_a_value_json_cannot_hold_is_still_masked(
+    celery_on: None, settings: Any
+) -> None:
+    """``charge.delay(card={"token": …, "amount": Decimal("9.99")})``: the whole argument
+    was stored as one ``repr()`` string, as was a result holding a datetime, and
+    REDACT_KEYS (which masks keys) showed the token in clear on every surface. Only the
+    values JSON cannot hold are ``repr()`` now, and the keys stay keys. A retry sent the
+    ``repr()`` text as the argument (the job got a str): it is refused."""
+    from decimal import Decimal
+
+    from django_jobstatus.redaction import MASK, redact
+
+    settings.JOBSTATUS = {"REDACT_KEYS": ["token"]}
+    card = {"token": "tok_live_s3cret", "amount": Decimal("9.99")}
+    run = recorded(charge.apply(kwargs={"card": card}).id)
+    assert run.params == {
+        "args": [],
+        "kwargs": {"card": {"token": "tok_live_s3cret", "amount": "Decimal('9.99')"}},
+        "repr": True,
+    }
+    assert redact(run.params)["kwargs"]["card"]["token"] == MASK
+    assert run.result == {
+        "token": "tok_live_s3cret",
+        "expires": "datetime.datetime(2030, 1, 1, 0, 0)",
+    }
+    assert "tok_live" not in str(redact(run.result))
+    # Retried, the job would get a str for its Decimal: refused, as for params cut.
+    with pytest.raises(ValueError, match=r"kept as text \(their repr\(\)\)"):
+        contrib.retry(run)
+    assert JobRun.objects.count() == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -72,6 +72,21 @@ def test_the_start_sees_a_kill_requested_while_queued(
     task.close()
 
 
+def test_a_worker_name_longer_than_its_column_is_cut_when_the_run_starts(
+    make_run: Callable[..., JobRun],
+) -> None:
+    """The start of a queued run (one UPDATE … RETURNING) wrote ``worker`` as given: a
+    Celery hostname or WORKER_NAME of 300 characters failed the UPDATE on PostgreSQL, and
+    the run stayed ``queued`` while its task ran. It is cut as every other write cuts it."""
+    queued = make_run(status=Status.QUEUED, source="celery", backend_job_id="t-5")
+    task = Execution(queued.source, "t-5", queued.job_name, worker="w" * 300)
+    task.start()
+    task.close()
+    queued.refresh_from_db()
+    assert queued.status != Status.QUEUED
+    assert queued.worker.startswith("w" * 200) and len(queued.worker) == 255
+
+
 def test_a_task_taken_after_the_reaper_ended_its_run_stops_and_says_so(
     make_run: Callable[..., JobRun],
 ) -> None:

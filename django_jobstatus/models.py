@@ -614,10 +614,9 @@ class JobRun(models.Model):
         self._transition(Status.KILLED, using=using, **fields)
 
     def mark_lost(self, *, using: str | None = None, **fields: Any) -> None:
-        """running → lost: its worker stopped sending heartbeats."""
-        fields.setdefault(
-            "message", str(_("Lost: the worker stopped sending heartbeats."))
-        )
+        """running → lost: the worker process running it died (the reaper, which finds a
+        run whose heartbeats stopped, gives its own message)."""
+        fields.setdefault("message", str(_("Lost: the worker process running it died.")))
         self._transition(Status.LOST, using=using, **fields)
 
     # Writes that are not transitions.

@@ -494,7 +494,7 @@ def test_failure_groups_count_runs_per_job_and_cause(
         ("mail.send", "ConnectionError: smtp refused user <n>"): (3, 0),
         ("mail.send", "KeyError: '…'"): (1, 0),
         ("report.build", "ConnectionError: smtp refused user <n>"): (1, 0),
-        ("report.build", "Lost: the worker stopped sending heartbeats."): (1, 1),
+        ("report.build", "Lost: the worker process running it died."): (1, 1),
     }
     assert all(g["first_seen"] <= g["last_seen"] for g in groups)
 

@@ -34,6 +34,8 @@ from typing import Any
 
 from celery import Celery, current_app, current_task, signals, states
 from celery.exceptions import Retry, WorkerLostError
+from celery.utils.saferepr import saferepr
+from celery.utils.serialization import UnpickleableExceptionWrapper
 from django.utils.translation import gettext as _
 
 from django_jobstatus import contrib, health, own_connections, writebehind
@@ -92,7 +94,7 @@ def _published(
         # carries the id of the task it replaces: its run goes on.
         fresh=attempt == 1 and not replacing,
         queue=routing_key or "",
-        params=contrib.params_of(args, kwargs),
+        params=_params(args, kwargs, headers),
         attempt=attempt,
     )
     if created is not None:
@@ -161,17 +163,45 @@ def _execution_of(task_id: str, task: Any, args: Any, kwargs: Any) -> Execution:
         worker=f"{hostname}:{os.getpid()}" if hostname else default_worker(),
         attempt=int(getattr(request, "retries", 0) or 0) + 1,
         queue=(getattr(request, "delivery_info", None) or {}).get("routing_key") or "",
-        params=contrib.params_of(args, kwargs),
+        params=_params(args, kwargs, vars(request)),
     )
 
 
-def _retrying(execution: Execution, reason: Any, einfo: Any) -> None:
-    # task.retry(exc=...) raises Retry; the error is the exception it carries.
+def _params(args: Any, kwargs: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The task's arguments as ``params``; a part the caller hid from Celery's logs and
+    monitors with ``argsrepr`` or ``kwargsrepr`` is kept as that text (``"repr": true``),
+    never as the values it hides."""
+    params = contrib.params_of(args, kwargs)
+    for name, values in (("args", args or ()), ("kwargs", kwargs or {})):
+        text = given.get(f"{name}repr")
+        if isinstance(text, str) and not _celery_repr(values, text, name):
+            params[name], params[contrib.REPR] = text, True
+    return params
+
+
+def _celery_repr(values: Any, text: str, name: str) -> bool:
+    """Whether ``text`` is Celery's own ``argsrepr``/``kwargsrepr`` of ``values`` (the
+    default, made when the caller gave none): ``repr()`` first, its ``saferepr()`` (cut
+    and depth-bounded) only when they differ."""
+    forms = [values] if isinstance(values, dict) else [tuple(values), list(values)]
+    if any(repr(form) == text for form in forms):
+        return True
+    maxsize = getattr(current_app.amqp, f"{name}repr_maxsize", 1024)
+    maxlevels = current_app.conf.task_repr_maxlevels
+    return any(saferepr(form, maxsize, maxlevels=maxlevels) == text for form in forms)
+
+
+def _retry_cause(reason: Any) -> tuple[BaseException | None, dict[str, Any]]:
+    """A retry's exception (``task.retry(exc=...)`` raises Retry carrying it), or else its
+    reason as the ``error`` field."""
     cause = getattr(reason, "exc", None) if isinstance(reason, Retry) else reason
-    exc = cause if isinstance(cause, BaseException) else None
-    fields: dict[str, Any] = {}
-    if exc is None:
-        fields["error"] = str(reason or "")
+    if isinstance(cause, BaseException):
+        return cause, {}
+    return None, {"error": str(reason or "")}
+
+
+def _retrying(execution: Execution, reason: Any, einfo: Any) -> None:
+    exc, fields = _retry_cause(reason)
     if getattr(einfo, "traceback", None):
         fields["traceback"] = einfo.traceback
     execution.retrying(exc, **fields)
@@ -241,10 +271,16 @@ def _failed(
 ) -> None:
     if not task_id:
         return
+    # An exception Celery could not pickle comes wrapped: its own class and text are named.
+    named: dict[str, Any] = (
+        {"error": exception_text(exception.restore())}
+        if isinstance(exception, UnpickleableExceptionWrapper)
+        else {}
+    )
     execution = _executions.get(task_id)
     if execution is not None:
         if not execution.ended:
-            execution.end(exception or RuntimeError(_("The task failed.")))
+            execution.end(exception or RuntimeError(_("The task failed.")), **named)
         return
     # Sent by the worker's main process: the pool process died, or a hard time limit.
     error = exception_text(exception) if exception is not None else ""
@@ -256,7 +292,7 @@ def _failed(
         if isinstance(exception, WorkerLostError):
             run.mark_lost(using=alias, error=error)
         elif run.status == Status.RUNNING:
-            run.mark_failed(exception, using=alias)
+            run.mark_failed(exception, using=alias, **named)
 
     _execution.best_effort(record, f"the failure of Celery task {task_id}")
 
@@ -270,9 +306,25 @@ def _retried(
     **extra: Any,
 ) -> None:
     task_id = getattr(request, "id", None)
-    execution = _executions.get(task_id) if task_id else None
-    if execution is not None and not execution.ended:
-        _retrying(execution, reason, einfo)
+    if not task_id:
+        return
+    execution = _executions.get(task_id)
+    if execution is not None:
+        if not execution.ended:
+            _retrying(execution, reason, einfo)
+        return
+    # Sent by the worker's main process (task_retry_on_worker_lost: the pool process died
+    # and the task is sent again): the run waits for its next attempt, not on a dead process.
+    exc, fields = _retry_cause(reason)
+    # The task is sent again first: its next attempt may be running already, elsewhere.
+    attempt = int(getattr(request, "retries", 0) or 0) + 1
+
+    def record(alias: str) -> None:
+        run = find_run(task_id, alias)
+        if run is not None and (run.status, run.attempt) == (Status.RUNNING, attempt):
+            run.mark_failed(exc, retry=True, using=alias, **fields)
+
+    _execution.best_effort(record, f"the retry of Celery task {task_id}")
 
 
 @contrib.never_raises

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -43,6 +44,33 @@ def add(x: int, y: int) -> int:
 def charge(card: dict[str, Any]) -> dict[str, Any]:
     """A result with a secret beside a value JSON cannot hold (a datetime)."""
     return {"token": card["token"], "expires": datetime.datetime(2030, 1, 1)}
+
+
+class UnpicklableError(Exception):
+    """An exception Celery cannot pickle (it holds a lock): it reports a wrapper."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.lock = threading.Lock()
+
+
+@app.task(name="tests.unpicklable")
+def unpicklable() -> None:
+    raise UnpicklableError("has a lock")
+
+
+@app.task(
+    name="tests.lost_then_ok",
+    bind=True,
+    retry_on_worker_lost=True,
+    max_retries=3,
+    default_retry_delay=1,
+)
+def lost_then_ok(self: Any) -> int:
+    """Its first pool process dies (an OOM kill); Celery's main process sends it again."""
+    if self.request.retries == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return self.request.retries + 1
 
 
 @app.task(name="tests.fail")

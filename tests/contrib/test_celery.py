@@ -26,11 +26,13 @@ from tests.contrib.celery_app import (
     fail,
     flaky,
     ignores,
+    lost_then_ok,
     marked,
     rejects,
     replaced,
     report,
     sleepy,
+    unpicklable,
 )
 from tests.contrib.dbproxy import Proxy
 from tests.contrib.workers import celery_worker as started_celery_worker
@@ -390,7 +392,60 @@ class TestWorker:
         run = finished(recorded(crash.delay().id), celery_worker)
         assert run.status == Status.LOST
         assert run.error.startswith("WorkerLostError: ")
+        # Reported at once by the worker's main process: no heartbeat was missed.
+        assert run.message == "Lost: the worker process running it died."
         assert finished(recorded(add.delay(2, 2).id), celery_worker).result == 4
+
+    def test_a_pool_process_lost_then_sent_again_by_celery_records_the_loss(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        """``retry_on_worker_lost``: the main process sends the task again and sends
+        ``task_retry``, which only a pool process's retry was recorded from. The run
+        said ``running`` on a dead process until the next attempt, whose entry for the
+        first then read *restarted*, with no error."""
+        run = finished(recorded(lost_then_ok.delay().id), celery_worker)
+        assert (run.status, run.attempt, run.result) == (Status.SUCCEEDED, 2, 2)
+        first = run.attempts[0]
+        assert first["status"] == Status.RETRYING
+        assert first["error"].startswith("WorkerLostError: ")
+
+    def test_an_exception_celery_cannot_pickle_is_recorded_under_its_own_class(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        """Celery hands ``task_failure`` its pickling wrapper: the run said
+        ``UnpickleableExceptionWrapper``, a class the task never raised."""
+        run = finished(recorded(unpicklable.delay().id), celery_worker)
+        assert run.status == Status.FAILED
+        assert run.error == "UnpicklableError: has a lock"
+
+    def test_arguments_hidden_with_argsrepr_are_kept_as_that_text(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        """Celery's way to keep a secret out of its logs and monitors (``argsrepr``,
+        ``kwargsrepr``) was ignored: the run's params showed the secret."""
+        result = add.apply_async(
+            args=(2, 3), kwargs={}, argsrepr="(2, '<hidden>')", kwargsrepr="{}"
+        )
+        run = finished(recorded(result.id), celery_worker)
+        assert run.params == {"args": "(2, '<hidden>')", "kwargs": {}, "repr": True}
+        assert run.result == 5
+        with pytest.raises(ValueError, match="kept as text"):
+            contrib.retry(run)
+        # Started by a worker with no queued run to find (recorded there, not at the publish).
+        JobRun.objects.all().delete()
+        jobstatus_celery.disconnect()
+        try:
+            result = add.apply_async(args=(4, 5), argsrepr="(4, '<hidden>')")
+        finally:
+            jobstatus_celery.connect(app)
+        wait_for(
+            lambda: jobstatus_celery.find_run(result.id) is not None,
+            timeout=60,
+            what="the worker to record the run",
+            process=celery_worker,
+        )
+        run = finished(recorded(result.id), celery_worker)
+        assert run.params == {"args": "(4, '<hidden>')", "kwargs": {}, "repr": True}
 
     def test_an_unknown_task_fails(self, celery_worker: Popen[bytes]) -> None:
         run = finished(

@@ -15,11 +15,12 @@ from django_jobstatus.conf import (
     BY_NAME,
     DEFAULTS,
     IMPORT_STRINGS,
+    MAX_AGE_DAYS,
     REMOVED_SETTINGS,
-    SETTINGS,
     TYPES,
     settings,
 )
+from django_jobstatus.routers import JobStatusRouter
 from django_jobstatus.states import Status
 
 
@@ -93,80 +94,162 @@ def check_types(**kwargs: Any) -> list[CheckMessage]:
     return messages
 
 
-@register(Tags.compatibility)
-def check_values(**kwargs: Any) -> list[CheckMessage]:
-    """E003: numbers that must be positive, a DATABASE that exists; E004: RETENTION's shape."""
-    user = settings.user_settings
+def _value_message(name: str, value: Any) -> CheckMessage | None:
+    """E003 for a number outside its declared bound; W003 for a string longer than kept."""
+    declared = BY_NAME[name]
+    if isinstance(value, str) and declared.max_length is not None:
+        if len(value) > declared.max_length:
+            return Warning(
+                f"JOBSTATUS[{name!r}] is {len(value)} characters long; runs keep only its first {declared.max_length}.",
+                hint=f"Use a name of at most {declared.max_length} characters.",
+                id="jobstatus.W003",
+            )
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if not declared.breaks_bound(value):
+        return None
+    return Error(
+        f"JOBSTATUS[{name!r}] must be {declared.bound}, not {value!r}.",
+        hint=f"The default is {declared.default!r}.",
+        id="jobstatus.E003",
+    )
+
+
+def _retention_messages(retention: dict[Any, Any]) -> list[CheckMessage]:
+    """E004: RETENTION names finished statuses, each with days a purge can take."""
     messages: list[CheckMessage] = []
-    for declared in SETTINGS:
-        value = user.get(declared.name)
-        if declared.database:
-            if isinstance(value, str) and value not in django_settings.DATABASES:
-                messages.append(
-                    Error(
-                        f"JOBSTATUS[{declared.name!r}] is {value!r}, which is not in DATABASES.",
-                        hint=f"Use one of {sorted(django_settings.DATABASES)}.",
-                        id="jobstatus.E003",
-                    )
-                )
-            continue
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            continue
-        if declared.breaks_bound(value):
+    for status, days in retention.items():
+        if status not in Status.TERMINAL:
             messages.append(
                 Error(
-                    f"JOBSTATUS[{declared.name!r}] must be {declared.bound}, not {value!r}.",
-                    hint=f"The default is {declared.default!r}.",
+                    f"JOBSTATUS['RETENTION'] names {status!r}, which is not a finished status.",
+                    hint=f"Use one of {sorted(Status.TERMINAL)}.",
+                    id="jobstatus.E004",
+                )
+            )
+        elif (
+            not isinstance(days, int)
+            or isinstance(days, bool)
+            or not 0 < days <= MAX_AGE_DAYS
+        ):
+            messages.append(
+                Error(
+                    f"JOBSTATUS['RETENTION'][{status!r}] must be a whole number of days from 1 to {MAX_AGE_DAYS}, not {days!r}.",
+                    hint="For example {'failed': 90}.",
+                    id="jobstatus.E004",
+                )
+            )
+    return messages
+
+
+def _has_router() -> bool:
+    """Whether DATABASE_ROUTERS holds JobStatusRouter (a subclass, or an instance of one)."""
+    for router in django_settings.DATABASE_ROUTERS:
+        if isinstance(router, str):
+            try:
+                router = import_string(router)
+            except Exception:  # noqa: S112 -- Django reports a router it cannot import
+                continue
+        if isinstance(router, JobStatusRouter) or (
+            isinstance(router, type) and issubclass(router, JobStatusRouter)
+        ):
+            return True
+    return False
+
+
+def _database_messages(user: dict[str, Any]) -> list[CheckMessage]:
+    """E003: DATABASE and READ_DATABASE are aliases in DATABASES; W002: and they are routed to."""
+    messages: list[CheckMessage] = []
+    routed = []
+    for name in ("DATABASE", "READ_DATABASE"):
+        value = user.get(name)
+        if isinstance(value, str) and value not in django_settings.DATABASES:
+            messages.append(
+                Error(
+                    f"JOBSTATUS[{name!r}] is {value!r}, which is not in DATABASES.",
+                    hint=f"Use one of {sorted(django_settings.DATABASES)}.",
                     id="jobstatus.E003",
                 )
             )
-    retention = user.get("RETENTION")
-    if isinstance(retention, dict):
-        for status, days in retention.items():
-            if status not in Status.TERMINAL:
-                messages.append(
-                    Error(
-                        f"JOBSTATUS['RETENTION'] names {status!r}, which is not a finished status.",
-                        hint=f"Use one of {sorted(Status.TERMINAL)}.",
-                        id="jobstatus.E004",
-                    )
-                )
-            elif not isinstance(days, int) or isinstance(days, bool) or days <= 0:
-                messages.append(
-                    Error(
-                        f"JOBSTATUS['RETENTION'][{status!r}] must be a whole number of days above 0, not {days!r}.",
-                        hint="For example {'failed': 90}.",
-                        id="jobstatus.E004",
-                    )
-                )
+        elif isinstance(value, str) and (name == "READ_DATABASE" or value != "default"):
+            routed.append(name)
+    if routed and not _has_router():
+        given = " and ".join(f"JOBSTATUS[{name!r}]" for name in routed)
+        messages.append(
+            Warning(
+                f"{given} {'are' if len(routed) > 1 else 'is'} set, but no router in DATABASE_ROUTERS sends the app's tables there.",
+                hint="Add 'django_jobstatus.routers.JobStatusRouter' to DATABASE_ROUTERS (see Scaling in the docs): without it, the admin and the API read 'default'.",
+                id="jobstatus.W002",
+            )
+        )
     return messages
 
 
 @register(Tags.compatibility)
+def check_values(**kwargs: Any) -> list[CheckMessage]:
+    """E003: numbers within their bounds, databases that exist; E004: RETENTION's shape;
+    W002: a database of the app's own with no router to it; W003: a WORKER_NAME too long."""
+    user = settings.user_settings
+    messages = _database_messages(user)
+    for name, value in user.items():
+        if name in BY_NAME and not BY_NAME[name].database:
+            message = _value_message(name, value)
+            if message is not None:
+                messages.append(message)
+    retention = user.get("RETENTION")
+    if isinstance(retention, dict):
+        messages += _retention_messages(retention)
+    return messages
+
+
+def _import_problem(path: str) -> str | None:
+    """Why ``import_string(path)`` fails, or None. Importing runs a module's code, which
+    may raise anything: a check reports it and never crashes."""
+    try:
+        import_string(path)
+    except Exception as exc:
+        return f"which cannot be imported: {exc}"
+    return None
+
+
+@register(Tags.compatibility)
 def check_import_strings(**kwargs: Any) -> list[CheckMessage]:
-    """E005: an integration or class path that cannot be imported."""
+    """E005: an integration or class path that cannot be imported, or an item that is neither."""
     messages: list[CheckMessage] = []
     user = settings.user_settings
-    for path in user.get("INTEGRATIONS") or ():
-        try:
-            __import__(path)
-        except ImportError as exc:
+    integrations = user.get("INTEGRATIONS")
+    # Not a list: check_types says so (E001).
+    for path in integrations if isinstance(integrations, list | tuple) else ():
+        # ready() calls each one's connect(), found by its dotted path.
+        problem = (
+            _import_problem(f"{path}.connect")
+            if isinstance(path, str) and path.strip()
+            else "which is not the dotted path of a module"
+        )
+        if problem:
             messages.append(
                 Error(
-                    f"JOBSTATUS['INTEGRATIONS'] lists {path!r}, which cannot be imported: {exc}.",
-                    hint="Install the matching extra, e.g. pip install 'django-jobstatus[celery]'.",
+                    f"JOBSTATUS['INTEGRATIONS'] lists {path!r}, {problem}.",
+                    hint="Give the dotted path of a module with connect(), e.g. 'django_jobstatus.contrib.celery', and install its extra: pip install 'django-jobstatus[celery]'.",
                     id="jobstatus.E005",
                 )
             )
     for key in IMPORT_STRINGS:
-        for path in user.get(key) or ():
-            try:
-                import_string(path)
-            except ImportError as exc:
+        given = user.get(key)
+        for item in given if isinstance(given, list | tuple) else ():
+            # conf resolves a string and passes anything else through, as DRF takes a class.
+            if isinstance(item, str):
+                problem = _import_problem(item)
+            elif isinstance(item, type):
+                problem = None
+            else:
+                problem = "which is neither an import string nor a class"
+            if problem:
                 messages.append(
                     Error(
-                        f"JOBSTATUS[{key!r}] lists {path!r}, which cannot be imported: {exc}.",
-                        hint="Give the dotted path of a class.",
+                        f"JOBSTATUS[{key!r}] lists {item!r}, {problem}.",
+                        hint="Give the dotted path of a class, or the class.",
                         id="jobstatus.E005",
                     )
                 )

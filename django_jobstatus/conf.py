@@ -6,6 +6,7 @@ Code reads ``from django_jobstatus.conf import settings`` and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -31,19 +32,25 @@ class Setting:
     minimum: int | None = (
         None  # a whole number that must be at least this (jobstatus.E003)
     )
-    maximum: int | None = (
-        None  # a whole number that must be at most this (jobstatus.E003)
-    )
+    maximum: int | None = None  # a number that must be at most this (jobstatus.E003)
     min_length: int | None = None  # a string that must be at least this long (E006)
+    max_length: int | None = None  # a string cut to this where it is stored (W003)
     database: bool = False  # an alias in DATABASES (jobstatus.E003)
     import_strings: bool = False  # import strings, resolved on first access
 
     @property
     def bound(self) -> str | None:
         """What a number given must be ("greater than 0"…), or None when any will do."""
-        if self.maximum is not None:  # whole numbers only
+        whole = float not in self.types
+        if self.maximum is not None:
+            if self.positive and not whole:
+                return f"greater than 0 and at most {self.maximum}"
             low = 1 if self.positive else 0 if self.non_negative else self.minimum
-            return f"from {low} to {self.maximum}"
+            return (
+                f"at most {self.maximum}"
+                if low is None
+                else f"from {low} to {self.maximum}"
+            )
         if self.positive:
             return "greater than 0"
         if self.non_negative:
@@ -53,9 +60,12 @@ class Setting:
         return None
 
     def breaks_bound(self, value: float) -> bool:
-        """Whether the number ``value`` is outside ``bound``."""
+        """Whether the number ``value`` is outside ``bound`` (NaN and infinities always are)."""
+        if self.bound is None:
+            return False
         return (
-            (self.positive and value <= 0)
+            (isinstance(value, float) and not math.isfinite(value))
+            or (self.positive and value <= 0)
             or (self.non_negative and value < 0)
             or (self.minimum is not None and value < self.minimum)
             or (self.maximum is not None and value > self.maximum)
@@ -69,6 +79,8 @@ class Setting:
             rules.append(f"{self.bound[0].upper()}{self.bound[1:]}.")
         if self.min_length is not None:
             rules.append(f"At least {self.min_length} characters.")
+        if self.max_length is not None:
+            rules.append(f"At most {self.max_length} characters are kept.")
         if self.database:
             rules.append("One of the aliases in `DATABASES`.")
         return " ".join([self.help, *rules])
@@ -79,6 +91,18 @@ _NONE = type(None)
 # The largest value a PositiveBigIntegerField stores (declared here, before any setting's
 # bound; ``django_jobstatus.values`` exports it with the other limits).
 BIGINT_MAX = 2**63 - 1
+
+# The longest age the app's queries take: ``querysets.MAX_AGE`` (1000 years), which conf
+# cannot import (querysets reads these settings). The bound of every setting in days, and
+# of the seconds that only become an age (a cutoff, a window, a deadline).
+MAX_AGE_DAYS = 365 * 1000
+MAX_AGE_SECONDS = MAX_AGE_DAYS * 24 * 60 * 60
+# HEARTBEAT_TIMEOUT is an age too, but the heartbeat thread waits a third of it, and a
+# thread waits at most ``threading.TIMEOUT_MAX`` (about 292 years): a tenth of MAX_AGE.
+HEARTBEAT_TIMEOUT_MAX = MAX_AGE_SECONDS // 10
+# A webhook's socket waits ALERT_TIMEOUT, a process's end waits it once per alert target
+# and once more, and an alert's claim lasts as long: an hour keeps each of these small.
+ALERT_TIMEOUT_MAX = 60 * 60
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -106,6 +130,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int, float),
         "Seconds an alert's webhook may take to connect, and for each read.",
         positive=True,
+        maximum=ALERT_TIMEOUT_MAX,
     ),
     Setting(
         "ALERT_WEBHOOKS",
@@ -126,6 +151,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int,),
         "The largest `page_size` a client may ask for.",
         positive=True,
+        maximum=BIGINT_MAX - 1,  # a page reads one row more (a LIMIT of BIGINT_MAX)
     ),
     Setting(
         "API_OWNER_SCOPED",
@@ -139,6 +165,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int,),
         "Page size of the API's lists.",
         positive=True,
+        maximum=BIGINT_MAX - 1,  # a page reads one row more (a LIMIT of BIGINT_MAX)
     ),
     Setting(
         "API_PERMISSION_CLASSES",
@@ -167,6 +194,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int, float),
         "Seconds `track()` keeps retrying to record a run's end while the database is away.",
         positive=True,
+        maximum=MAX_AGE_SECONDS,
     ),
     Setting(
         "HEARTBEAT_TIMEOUT",
@@ -174,6 +202,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int, float),
         "Seconds without a heartbeat after which a running run is stale (and reaped as `lost`).",
         positive=True,
+        maximum=HEARTBEAT_TIMEOUT_MAX,
     ),
     Setting(
         "INTEGRATIONS",
@@ -201,7 +230,7 @@ SETTINGS: tuple[Setting, ...] = (
         10000,
         (int,),
         "Longest log message kept; longer ones are cut with a visible marker.",
-        positive=True,
+        minimum=100,
     ),
     Setting(
         "MESSAGE_MAX_LENGTH",
@@ -223,6 +252,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int, float),
         "Seconds of runs that `metrics/` counts and times per job (runs created within the window).",
         positive=True,
+        maximum=MAX_AGE_SECONDS,
     ),
     Setting(
         "MONITOR_CACHE_TIMEOUT",
@@ -230,6 +260,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int, float),
         "Seconds a process keeps the set of monitored job names before it reads it again.",
         positive=True,
+        maximum=MAX_AGE_SECONDS,
     ),
     Setting(
         "MONITOR_DURATION_SAMPLE",
@@ -245,6 +276,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int, float),
         "Seconds between two progress/heartbeat/log writes (and kill checks) of a running job.",
         positive=True,
+        maximum=MAX_AGE_SECONDS,
     ),
     Setting(
         "QUEUED_TIMEOUT",
@@ -252,6 +284,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int, float, _NONE),
         "Seconds a run may wait for a worker (`queued`, or a retry, counted from when it was scheduled) before `reap_jobstatus` ends it `killed` (its message was probably lost) and tells its task system to drop it; `None`: never.",
         positive=True,
+        maximum=MAX_AGE_SECONDS,
     ),
     Setting(
         "READ_DATABASE",
@@ -270,7 +303,7 @@ SETTINGS: tuple[Setting, ...] = (
         "RETENTION",
         {"failed": 90},
         (dict,),
-        "Days to keep finished runs, per status, over `RETENTION_DAYS`.",
+        f"Days to keep finished runs, per status, over `RETENTION_DAYS`: whole numbers from 1 to {MAX_AGE_DAYS}.",
     ),
     Setting(
         "RETENTION_DAYS",
@@ -278,6 +311,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int,),
         "Days to keep finished runs.",
         positive=True,
+        maximum=MAX_AGE_DAYS,
     ),
     Setting(
         "TRACEBACK_MAX_LENGTH",
@@ -291,6 +325,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         (str, _NONE),
         "The `worker` recorded for runs started in this process; `None` means `host:pid`.",
+        max_length=255,  # values.MAX_LENGTHS["worker"], the column's
     ),
 )
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import types
 from typing import Any
 
 import pytest
 from django.core.checks import run_checks
+from django.core.management import call_command
 from django.test import override_settings
 
-from django_jobstatus.conf import SETTINGS, Setting
+from django_jobstatus.conf import BY_NAME, SETTINGS, Setting
+from django_jobstatus.routers import JobStatusRouter
 
 # run_checks() runs every check, and the model checks may ask the database its features.
 # Django's own checks may read every database (the replica alias too, on Django 6.1).
@@ -83,7 +87,9 @@ def test_a_jobstatus_that_is_not_a_dict_is_e001() -> None:
     [
         ({"PROGRESS_INTERVAL": 0}, "'PROGRESS_INTERVAL'] must be greater than 0"),
         ({"HEARTBEAT_TIMEOUT": -5}, "'HEARTBEAT_TIMEOUT'] must be greater than 0"),
-        ({"LOG_MAX_LENGTH": 0}, "'LOG_MAX_LENGTH'] must be greater than 0"),
+        ({"LOG_MAX_LENGTH": 0}, "'LOG_MAX_LENGTH'] must be at least 100"),
+        # The marker of a cut line takes up to 30 characters, as for the other limits.
+        ({"LOG_MAX_LENGTH": 99}, "'LOG_MAX_LENGTH'] must be at least 100"),
         ({"KEEP_LAST": -1}, "'KEEP_LAST'] must be from 0 to 9223372036854775807"),
         # Past the largest number SQL takes (a purge's keep_last).
         ({"KEEP_LAST": 2**63}, "'KEEP_LAST'] must be from 0 to 9223372036854775807"),
@@ -125,8 +131,16 @@ def test_every_declared_bound_is_checked_and_documented(declared: Setting) -> No
     ("retention", "fragment"),
     [
         ({"running": 3}, "names 'running', which is not a finished status"),
-        ({"failed": 0}, "['failed'] must be a whole number of days above 0"),
-        ({"failed": "90"}, "['failed'] must be a whole number of days above 0"),
+        ({"failed": 0}, "['failed'] must be a whole number of days from 1 to 365000"),
+        (
+            {"failed": "90"},
+            "['failed'] must be a whole number of days from 1 to 365000",
+        ),
+        # "Keep failed runs forever": past the 1000 years a purge takes (querysets.MAX_AGE).
+        (
+            {"failed": 1_000_000},
+            "['failed'] must be a whole number of days from 1 to 365000",
+        ),
     ],
 )
 def test_a_bad_retention_is_e004(retention: dict[str, Any], fragment: str) -> None:
@@ -139,6 +153,64 @@ def test_an_integration_that_cannot_be_imported_is_e005() -> None:
     messages = _messages({"INTEGRATIONS": ["django_jobstatus.contrib.nope"]})
     assert [m[0] for m in messages] == ["jobstatus.E005"]
     assert "'django_jobstatus.contrib.nope'" in messages[0][1]
+
+
+def test_an_integration_without_connect_is_e005() -> None:
+    """ready() calls the module's connect(): a module that has none cannot be enabled."""
+    messages = _messages({"INTEGRATIONS": ["django_jobstatus.conf"]})
+    assert [m[0] for m in messages] == ["jobstatus.E005"]
+    assert "'django_jobstatus.conf'" in messages[0][1]
+
+
+@pytest.mark.parametrize(
+    "integrations",
+    [[types], [None], [""], [".contrib.celery"]],
+    ids=["module", "none", "blank", "relative"],
+)
+def test_an_integration_that_is_not_a_dotted_path_is_e005(integrations) -> None:
+    messages = _messages({"INTEGRATIONS": integrations})
+    assert [m[0] for m in messages] == ["jobstatus.E005"]
+    assert "JOBSTATUS['INTEGRATIONS'] lists" in messages[0][1]
+
+
+@pytest.mark.parametrize(
+    "jobstatus",
+    [
+        {"INTEGRATIONS": "django_jobstatus.contrib.logging"},
+        {"INTEGRATIONS": 5},
+        {"API_PERMISSION_CLASSES": "django.test.TestCase"},
+        {"API_PERMISSION_CLASSES": 5},
+    ],
+)
+def test_a_list_setting_that_is_not_a_list_is_e001_alone(jobstatus) -> None:
+    """Not an E005 per character of a string, nor a crash on a number."""
+    assert [m[0] for m in _messages(jobstatus)] == ["jobstatus.E001"]
+
+
+class _AllowAll:
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return True
+
+
+def test_classes_instead_of_import_strings_pass() -> None:
+    """conf passes a class through as it is, and DRF takes it."""
+    assert (
+        _messages(
+            {
+                "API_PERMISSION_CLASSES": [_AllowAll],
+                "API_AUTHENTICATION_CLASSES": (_AllowAll,),
+            }
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize("item", [5, None, ["django.test.TestCase"]])
+def test_an_item_that_is_neither_an_import_string_nor_a_class_is_e005(item) -> None:
+    messages = _messages({"API_PERMISSION_CLASSES": [item]})
+    assert [m[0] for m in messages] == ["jobstatus.E005"]
+    assert "'API_PERMISSION_CLASSES'" in messages[0][1]
+    assert "neither an import string nor a class" in messages[0][1]
 
 
 def test_a_permission_class_that_cannot_be_imported_is_e005() -> None:
@@ -204,6 +276,145 @@ def test_bad_alert_and_metrics_settings(jobstatus, message) -> None:
     (found,) = _messages(jobstatus)
     assert found[0] == message[0]
     assert message[1] in found[1]
+
+
+@pytest.mark.parametrize(
+    "declared", [s for s in SETTINGS if float in s.types], ids=lambda s: s.name
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_number_that_is_not_finite_is_e003(declared: Setting, value: float) -> None:
+    """NaN is neither above nor below a bound: it is refused on its own."""
+    messages = _messages({declared.name: value})
+    assert [m[0] for m in messages] == ["jobstatus.E003"]
+    assert (
+        f"JOBSTATUS[{declared.name!r}] must be {declared.bound}, not" in messages[0][1]
+    )
+
+
+# Seconds and days become ages of at most 1000 years (querysets.MAX_AGE); a seconds
+# setting that a thread or a socket waits on is held to what they can wait.
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("HEARTBEAT_TIMEOUT", 10**11),
+        ("QUEUED_TIMEOUT", 10**11),
+        ("METRICS_WINDOW", 10**12),
+        ("PROGRESS_INTERVAL", 10**11),
+        ("MONITOR_CACHE_TIMEOUT", 10**11),
+        ("FINISH_RETRY_TIMEOUT", 10**11),
+        ("ALERT_TIMEOUT", 10**11),
+        ("RETENTION_DAYS", 1_000_000),
+        ("API_PAGE_SIZE", 10**20),
+        ("API_MAX_PAGE_SIZE", 10**20),
+    ],
+)
+def test_a_number_past_what_the_app_can_use_is_e003(key: str, value: int) -> None:
+    messages = _messages({key: value})
+    assert [m[0] for m in messages] == ["jobstatus.E003"]
+    assert f"JOBSTATUS[{key!r}] must be " in messages[0][1]
+    assert f" to {BY_NAME[key].maximum}, not" in messages[0][1] or (
+        f"at most {BY_NAME[key].maximum}, not" in messages[0][1]
+    )
+
+
+@pytest.mark.parametrize(
+    "declared", [s for s in SETTINGS if s.maximum is not None], ids=lambda s: s.name
+)
+def test_every_declared_maximum_is_checked(declared: Setting) -> None:
+    assert declared.maximum is not None
+    assert _messages({declared.name: declared.maximum}) == []
+    (message,) = _messages({declared.name: declared.maximum + 1})
+    assert message[0] == "jobstatus.E003"
+    assert f"must be {declared.bound}, not" in message[1]
+
+
+def _largest() -> dict[str, Any]:
+    """Every number setting at the largest value the checks let through."""
+    return {
+        **{s.name: s.maximum for s in SETTINGS if s.maximum is not None},
+        "RETENTION": {"failed": BY_NAME["RETENTION_DAYS"].maximum},
+    }
+
+
+def test_the_largest_values_pass_the_checks() -> None:
+    assert _messages(_largest()) == []
+
+
+@pytest.mark.django_db  # the default database only: no run_checks() here
+def test_the_pages_work_with_the_largest_values_the_checks_pass(
+    admin_client, make_run
+) -> None:
+    """What the checks let through does not make a page, the API or the purge a 500."""
+    make_run()
+    pages = [
+        "/admin/django_jobstatus/jobrun/dashboard/",
+        "/admin/django_jobstatus/jobrun/workers/",
+        "/admin/django_jobstatus/jobrun/dashboard/purge/",
+        "/admin/django_jobstatus/jobrun/",
+    ]
+    try:
+        import rest_framework  # noqa: F401
+
+        pages += ["/api/jobstatus/runs/", "/api/jobstatus/runs/stats/"]
+        import prometheus_client  # noqa: F401
+
+        pages += ["/api/jobstatus/metrics/"]
+    except ImportError:
+        pass
+    with override_settings(JOBSTATUS=_largest()):
+        assert {
+            page: admin_client.get(page).status_code for page in pages
+        } == dict.fromkeys(pages, 200)
+        call_command("purge_jobstatus", "--dry-run", stdout=None)
+        call_command("reap_jobstatus", "--dry-run", stdout=None)
+
+
+@pytest.mark.parametrize(
+    ("jobstatus", "routers", "warned"),
+    [
+        ({"DATABASE": "replica"}, [], True),
+        ({"READ_DATABASE": "replica"}, [], True),
+        ({"DATABASE": "default", "READ_DATABASE": None}, [], False),
+        ({"DATABASE": "replica"}, ["django_jobstatus.routers.JobStatusRouter"], False),
+        ({"READ_DATABASE": "replica"}, [JobStatusRouter()], False),
+        ({"DATABASE": "replica"}, ["tests.test_checks._OwnRouter"], False),
+        ({"DATABASE": "replica"}, ["tests.test_checks._OtherRouter"], True),
+    ],
+)
+def test_a_database_of_its_own_without_the_router_is_w002(
+    jobstatus, routers, warned
+) -> None:
+    with override_settings(DATABASE_ROUTERS=routers):
+        messages = _messages(jobstatus)
+    if not warned:
+        assert messages == []
+        return
+    assert [m[0] for m in messages] == ["jobstatus.W002"]
+    assert "DATABASE_ROUTERS" in messages[0][1]
+
+
+def test_w002_names_the_router_in_its_hint() -> None:
+    with override_settings(DATABASE_ROUTERS=[], JOBSTATUS={"DATABASE": "replica"}):
+        (message,) = [m for m in run_checks() if m.id == "jobstatus.W002"]
+    assert "'django_jobstatus.routers.JobStatusRouter'" in message.hint
+
+
+class _OwnRouter(JobStatusRouter):
+    pass
+
+
+class _OtherRouter:
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        return None
+
+
+def test_a_worker_name_longer_than_its_column_is_w003() -> None:
+    assert _messages({"WORKER_NAME": "w" * 255}) == []
+    messages = _messages({"WORKER_NAME": "w" * 300})
+    assert [m[0] for m in messages] == ["jobstatus.W003"]
+    assert "'WORKER_NAME'" in messages[0][1]
+    assert "300 characters" in messages[0][1]
+    assert "255" in messages[0][1]
 
 
 def test_use_tz_false_is_e007() -> None:

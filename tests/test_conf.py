@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+from datetime import timedelta
+
 import pytest
 from django.test import override_settings
 
-from django_jobstatus.conf import DEFAULTS, TYPES, settings
+from django_jobstatus import conf
+from django_jobstatus.conf import BY_NAME, DEFAULTS, TYPES, settings
 
 pytestmark = pytest.mark.engine_agnostic
 
@@ -58,3 +63,46 @@ def test_an_unknown_name_is_an_attribute_error_naming_it() -> None:
 def test_a_jobstatus_that_is_not_a_dict_reads_the_defaults() -> None:
     with override_settings(JOBSTATUS=["RETENTION_DAYS", 3]):
         assert DEFAULTS["RETENTION_DAYS"] == settings.RETENTION_DAYS
+
+
+def test_the_longest_age_is_the_one_of_the_queries() -> None:
+    """conf cannot import querysets (a cycle): its copy of MAX_AGE stays in step."""
+    from django_jobstatus.querysets import MAX_AGE
+
+    assert timedelta(days=conf.MAX_AGE_DAYS) == MAX_AGE
+    assert timedelta(seconds=conf.MAX_AGE_SECONDS) == MAX_AGE
+
+
+def test_the_worker_name_length_is_the_one_of_its_column() -> None:
+    from django_jobstatus.values import MAX_LENGTHS
+
+    assert BY_NAME["WORKER_NAME"].max_length == MAX_LENGTHS["worker"]
+
+
+def test_the_longest_heartbeat_timeout_is_a_wait_a_thread_can_make() -> None:
+    """The heartbeat thread waits a third of HEARTBEAT_TIMEOUT (heartbeats.interval())."""
+    from django_jobstatus import heartbeats
+
+    largest = BY_NAME["HEARTBEAT_TIMEOUT"].maximum
+    with override_settings(JOBSTATUS={"HEARTBEAT_TIMEOUT": largest}):
+        assert heartbeats.interval() <= threading.TIMEOUT_MAX
+    lock = threading.Lock()
+    assert lock.acquire(timeout=heartbeats.interval())  # free: no wait, but no overflow
+    lock.release()
+
+
+def test_the_longest_alert_timeout_is_one_a_socket_and_a_thread_can_wait() -> None:
+    """A webhook's socket waits ALERT_TIMEOUT; the end of a process waits it once per
+    target and once more (health.finish())."""
+    largest = BY_NAME["ALERT_TIMEOUT"].maximum
+    assert largest is not None
+    with socket.socket() as sock:
+        sock.settimeout(largest)
+    assert largest * 1001 <= threading.TIMEOUT_MAX
+
+
+@pytest.mark.parametrize(
+    "name", [s.name for s in conf.SETTINGS if s.maximum is not None]
+)
+def test_a_maximum_is_a_whole_number(name: str) -> None:
+    assert isinstance(BY_NAME[name].maximum, int)

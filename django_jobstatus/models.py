@@ -223,6 +223,15 @@ class JobRun(models.Model):
     )
     created_at = models.DateTimeField(_("created"), default=timezone.now)
     queued_at = models.DateTimeField(_("queued"), null=True, blank=True)
+    due_at = models.DateTimeField(
+        _("due"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When a job scheduled for later is due (an ETA or countdown, enqueue_at, "
+            "run_after, a retry's delay): a worker is not expected before."
+        ),
+    )
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
     heartbeat_at = models.DateTimeField(_("last heartbeat"), null=True, blank=True)
@@ -551,9 +560,9 @@ class JobRun(models.Model):
         }
         return {"attempt": self.attempt + 1, "attempts": [*self.attempts, entry]}
 
-    def mark_queued(self, *, using: str | None = None) -> None:
+    def mark_queued(self, *, using: str | None = None, **fields: Any) -> None:
         """retrying → queued (the next attempt waits for a worker)."""
-        self._transition(Status.QUEUED, using=using)
+        self._transition(Status.QUEUED, using=using, **fields)
 
     def mark_running(
         self, *, worker: str | None = None, using: str | None = None
@@ -616,7 +625,9 @@ class JobRun(models.Model):
     def mark_lost(self, *, using: str | None = None, **fields: Any) -> None:
         """running → lost: the worker process running it died (the reaper, which finds a
         run whose heartbeats stopped, gives its own message)."""
-        fields.setdefault("message", str(_("Lost: the worker process running it died.")))
+        fields.setdefault(
+            "message", str(_("Lost: the worker process running it died."))
+        )
         self._transition(Status.LOST, using=using, **fields)
 
     # Writes that are not transitions.

@@ -510,7 +510,8 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
         A first attempt waits from ``queued_at``; a later one from its retry, the move into
         ``retrying`` or back into ``queued`` (``updated_at``): ``queued_at`` stays the first
-        attempt's, and a retrying run has no other stamp.
+        attempt's, and a retrying run has no other stamp. A run scheduled for later waits
+        from when it is due (``due_at``), if that is later still.
         """
         if timeout is None:
             timeout = settings.QUEUED_TIMEOUT
@@ -527,7 +528,8 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             attempt__gt=1,
             updated_at__lt=cutoff,
         )
-        return self.filter(first | later)
+        due = Q(due_at__isnull=True) | Q(due_at__lt=cutoff)
+        return self.filter(first | later, due)
 
     def kill_requested(self) -> Self:
         """Runs someone asked to stop."""

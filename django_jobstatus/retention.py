@@ -1069,15 +1069,22 @@ def _expire_queued(
             batch = _locked_batch(runs.stale_queued(delta), batch_size)
             ended = []
             for run in batch:
-                if run.attempt > 1:  # a retry: waiting since it was scheduled
+                # A retry waits since it was scheduled; a job scheduled for later, since it was due.
+                since = max(
+                    run.updated_at
+                    if run.attempt > 1
+                    else run.queued_at or run.created_at,
+                    run.due_at or run.created_at,
+                ).isoformat()
+                if run.attempt > 1:
                     text = str(_EXPIRED_RETRY) % {
                         "attempt": run.attempt,
-                        "since": run.updated_at.isoformat(),
+                        "since": since,
                         "timeout": delta.total_seconds(),
                     }
                 else:
                     text = str(_EXPIRED) % {
-                        "since": (run.queued_at or run.created_at).isoformat(),
+                        "since": since,
                         "timeout": delta.total_seconds(),
                     }
                 # Recorded as asked to stop too, as a forced kill is: a worker that

@@ -324,6 +324,7 @@ class JobRunAdmin(
         steps = [
             (_("created"), run.created_at),
             (_("queued"), run.queued_at),
+            (_("due"), run.due_at),
             (_("started"), run.started_at),
             (_("last heartbeat"), run.heartbeat_at),
             (_("kill requested"), run.kill_requested_at),

@@ -109,6 +109,7 @@ class JobRunSerializer(serializers.ModelSerializer):
             "parent",
             "created_at",
             "queued_at",
+            "due_at",
             "started_at",
             "finished_at",
             "heartbeat_at",

@@ -114,8 +114,9 @@ def record_queued(
     transaction it is written behind the caller (``writebehind``; the id is returned at
     once). Otherwise an upsert: created if new, retrying → queued, otherwise left alone.
     A running run stays running: Celery and RQ enqueue a retry while the failed attempt
-    is still executing, and running → queued is no legal move. Enqueued inside
-    ``batch()``, a new run is a child of that batch's parent.
+    is still executing, and running → queued is no legal move (its ``due_at`` is written,
+    for a retry scheduled for later). Enqueued inside ``batch()``, a new run is a child of
+    that batch's parent.
     """
     fields.setdefault("parent", batches.current_parent())
     if fresh:
@@ -133,8 +134,12 @@ def record_queued(
         if not fresh:
             run = find_run(source, backend_job_id, alias)
             if run is not None:
+                due = {"due_at": fields["due_at"]} if fields.get("due_at") else {}
                 if run.status == Status.RETRYING:
-                    run.mark_queued(using=alias)
+                    run.mark_queued(using=alias, **due)
+                elif due and run.is_active:
+                    # A retry sent while its attempt still runs: due later, not lost then.
+                    JobRun.objects.using(alias).filter(pk=run.pk).update(**due)
                 return
         run = JobRun.objects.db_manager(alias).enqueue(
             name, source=source, backend_job_id=backend_job_id, **fields

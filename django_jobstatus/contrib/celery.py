@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, current_app, current_task, signals, states
@@ -96,6 +97,7 @@ def _published(
         queue=routing_key or "",
         params=_params(args, kwargs, headers),
         attempt=attempt,
+        due_at=_due(headers.get("eta")),
     )
     if created is not None:
         _unconfirmed[task_id] = created
@@ -165,6 +167,17 @@ def _execution_of(task_id: str, task: Any, args: Any, kwargs: Any) -> Execution:
         queue=(getattr(request, "delivery_info", None) or {}).get("routing_key") or "",
         params=_params(args, kwargs, vars(request)),
     )
+
+
+def _due(eta: Any) -> datetime | None:
+    """A message's ``eta`` header (ISO 8601; a countdown becomes one) as an aware datetime."""
+    if not isinstance(eta, str) or not eta:
+        return None
+    try:
+        moment = datetime.fromisoformat(eta)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _params(args: Any, kwargs: Any, given: dict[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,7 @@ def _fields(task_result: Any) -> dict[str, Any]:
         "priority": task.priority,
         "params": contrib.params_of(task_result.args, task_result.kwargs),
         "parent": batches.current_parent(),
+        "due_at": task.run_after,
     }
 
 

@@ -194,6 +194,30 @@ def test_the_queued_timeout_counts_a_later_attempt_s_wait_from_its_retry(
     assert (status(requeued), status(recent_retry)) == (Status.QUEUED, Status.RETRYING)
 
 
+def test_the_queued_timeout_counts_a_wait_from_when_the_run_is_due(
+    make_run: Any,
+) -> None:
+    """A job scheduled for later (an ETA, enqueue_in, run_after, a retry's delay) was
+    ended killed, "its message was probably lost", an hour after its enqueue, although it
+    was due the next day: its task system was told to drop it too."""
+    tomorrow = timezone.now() + timedelta(days=1)
+    scheduled = make_run(
+        "tests.job", status=Status.QUEUED, queued_at=ago(7200), due_at=tomorrow
+    )
+    retry_later = make_run("tests.job", queued_at=ago(7200), started_at=ago(7100))
+    retry_later.mark_failed(RuntimeError("boom"), retry=True, due_at=tomorrow)
+    JobRun.objects.filter(pk=retry_later.pk).update(updated_at=ago(3600))
+    overdue = make_run(
+        "tests.job", status=Status.QUEUED, queued_at=ago(7200), due_at=ago(3600)
+    )
+    assert set(JobRun.objects.stale_queued(600)) == {overdue}
+    assert JobRun.objects.reap(300, queued_timeout=600).expired == 1
+    overdue.refresh_from_db()
+    assert overdue.status == Status.KILLED
+    assert f"queued since {ago(3600).isoformat()[:13]}" in overdue.message
+    assert (status(scheduled), status(retry_later)) == (Status.QUEUED, Status.RETRYING)
+
+
 def test_a_run_ended_for_waiting_too_long_is_recorded_as_asked_to_stop(
     make_run: Any,
 ) -> None:

@@ -257,6 +257,31 @@ def test_a_late_task_retry_keeps_the_attempt_s_error(celery_on: None) -> None:
     ] == [(1, Status.RETRYING, f"w1@h:{os.getpid()}", "RuntimeError: attempt 1 failed")]
 
 
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_task_sent_with_a_countdown_is_recorded_due_then(celery_on: None) -> None:
+    """An ETA or countdown: the queued timeout counted the wait from the publish, and
+    ended (and revoked) a task due later as if its message had been lost."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    queue = f"jobstatus-tests-due-{uuid.uuid4().hex}"  # no worker takes it
+    try:
+        result = add.apply_async(args=(1, 2), countdown=3600, queue=queue)
+        run = recorded(result.id)
+        assert run.due_at is not None
+        assert abs(run.due_at - (timezone.now() + timedelta(hours=1))) < timedelta(
+            minutes=1
+        )
+        JobRun.objects.filter(pk=run.pk).update(
+            queued_at=timezone.now() - timedelta(hours=2)
+        )
+        assert JobRun.objects.reap(300, queued_timeout=600).expired == 0
+    finally:
+        redis.Redis.from_url(BROKER_URL).delete(queue)
+
+
 # With a real worker.
 
 

@@ -87,6 +87,22 @@ def test_a_worker_name_longer_than_its_column_is_cut_when_the_run_starts(
     assert queued.worker.startswith("w" * 200) and len(queued.worker) == 255
 
 
+def test_a_retry_sent_while_its_attempt_runs_records_when_it_is_due(
+    make_run: Callable[..., JobRun],
+) -> None:
+    """Celery and RQ send a retry with a delay while the failed attempt still runs: the
+    run stays running, and the time the retry is due is kept for the queued timeout."""
+    from django.utils import timezone
+
+    from django_jobstatus.contrib._execution import record_queued
+
+    running = make_run(status=Status.RUNNING, source="celery", backend_job_id="t-6")
+    due = timezone.now() + timedelta(hours=1)
+    assert record_queued("celery", "t-6", running.job_name, due_at=due) is None
+    running.refresh_from_db()
+    assert (running.status, running.due_at) == (Status.RUNNING, due)
+
+
 def test_a_task_taken_after_the_reaper_ended_its_run_stops_and_says_so(
     make_run: Callable[..., JobRun],
 ) -> None:

@@ -280,6 +280,26 @@ def test_a_finish_whose_start_was_seen_elsewhere_ends_that_run(
     )
 
 
+def test_a_task_to_run_later_is_recorded_due_then(
+    db: None, settings: Any, integration_on: None
+) -> None:
+    """``run_after``: the queued timeout counted its wait from the enqueue, and ended a
+    task scheduled for tomorrow as lost before it was due."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.TASKS = {
+        "default": {"BACKEND": f"{FRAMEWORK}.backends.dummy.DummyBackend", "QUEUES": []}
+    }
+    later = timezone.now() + timedelta(hours=2)
+    run = run_of(tasks.add.using(run_after=later).enqueue(1, 2))
+    assert run.due_at == later
+    JobRun.objects.filter(pk=run.pk).update(queued_at=later - timedelta(days=1))
+    assert JobRun.objects.reap(300, queued_timeout=600).expired == 0
+    assert JobRun.objects.get(pk=run.pk).status == Status.QUEUED
+
+
 def test_a_finish_with_no_start_seen_records_both(
     db: None, settings: Any, integration_on: None
 ) -> None:

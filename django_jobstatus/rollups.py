@@ -20,7 +20,9 @@ counted.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -65,18 +67,35 @@ class JobFigures:
         return self.percentiles(fraction)[0]
 
     def percentiles(self, *fractions: float) -> list[float | None]:
-        """percentile() of each of ``fractions`` (ascending), in one pass over the histogram."""
+        """percentile() of each of ``fractions`` (ascending), in one pass over the histogram.
+
+        Interpolated between the two nearest ranks, as ``stats()`` (``percentile_cont``)
+        does: the lower nearest rank showed a p95 of 1 s for 19 runs of 1 s and one of
+        100 s, where ``stats()``, the API and the metrics say 5.95 s.
+        """
         timed = sum(self.histogram.values())
         if not timed:
             return [None] * len(fractions)
         ordered = sorted(self.histogram)
+        # ends[k]: how many durations lie in the buckets up to ordered[k], it included.
+        ends = list(itertools.accumulate(self.histogram[b] for b in ordered))
+
+        def bucket_of(rank: int, k: int) -> int:
+            """The bucket holding the ``rank``-th duration (from 0), searched from ``k`` on."""
+            while ends[k] <= rank:
+                k += 1
+            return k
+
         found: list[float | None] = []
-        i, seen = 0, self.histogram[ordered[0]]
+        k = 0
         for fraction in fractions:
-            while seen < fraction * timed and i + 1 < len(ordered):
-                i += 1
-                seen += self.histogram[ordered[i]]
-            found.append(bucket_seconds(ordered[i]))
+            position = (timed - 1) * fraction
+            low = math.floor(position)
+            k = bucket_of(low, k)
+            above = bucket_of(min(low + 1, timed - 1), k)
+            low_value = bucket_seconds(ordered[k])
+            high_value = bucket_seconds(ordered[above])
+            found.append(low_value + (high_value - low_value) * (position - low))
         return found
 
 
@@ -391,7 +410,11 @@ def _insert(db: str, query: models.QuerySet[Any]) -> None:
     pass through Python): two requests filling the same rows insert them once.
     """
     connection = connections[db]
-    if connection.vendor in ("postgresql", "sqlite"):
+    # SQLite stores datetimes as text in the connection's time zone: an hour made by SQL
+    # in UTC would be stored as UTC text and read as local time (DATABASES' TIME_ZONE).
+    if connection.vendor == "postgresql" or (
+        connection.vendor == "sqlite" and connection.timezone_name == "UTC"
+    ):
         quote = connection.ops.quote_name
         sql, params = query.query.get_compiler(using=db).as_sql()
         with connection.cursor() as cursor:

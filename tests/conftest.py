@@ -219,3 +219,21 @@ def retry_backend() -> Iterator[list[Any]]:
     contrib.register("tests_backend", Backend())
     yield retried
     contrib.unregister("tests_backend")
+
+
+@pytest.fixture
+def database_stores_local_time() -> Iterator[None]:
+    """DATABASES' TIME_ZONE on SQLite (Asia/Tokyo): a database that stores local time,
+    where aware datetimes are sent, and text is read, in that zone. (PostgreSQL refuses
+    this setting: mark the test ``engine_agnostic``.)"""
+    real = connections[connection.alias]  # not a proxy: its cached properties
+    saved = real.settings_dict.get("TIME_ZONE")
+
+    def zone(name: str | None) -> None:
+        real.settings_dict["TIME_ZONE"] = name
+        for cached in ("timezone", "timezone_name"):
+            real.__dict__.pop(cached, None)
+
+    zone("Asia/Tokyo")
+    yield
+    zone(saved)

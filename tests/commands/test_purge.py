@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, load_command_class
-from django.db import connection, connections
+from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 
@@ -681,7 +681,9 @@ def test_a_batch_s_finished_children_stay_while_it_runs(aged: Any, purge: Any) -
 
 
 @pytest.mark.engine_agnostic  # SQLite: PostgreSQL stores time zones, and refuses this setting
-def test_a_bulk_delete_works_on_a_database_that_stores_local_time(aged: Any) -> None:
+def test_a_bulk_delete_works_on_a_database_that_stores_local_time(
+    aged: Any, database_stores_local_time: None
+) -> None:
     """DATABASES' TIME_ZONE (SQLite): aware datetimes are sent in that zone. The bulk
     delete (the admin's, the API's) counted back from datetime.max in UTC, which east of
     UTC overflows: every bulk delete raised OverflowError."""
@@ -689,16 +691,6 @@ def test_a_bulk_delete_works_on_a_database_that_stores_local_time(aged: Any) -> 
 
     done = aged("tests.job", days=1, logs=1)
     active = aged("tests.job", days=1, status=Status.RUNNING)
-    real = connections[connection.alias]  # not the proxy: its cached properties
-    saved = real.settings_dict.get("TIME_ZONE")
-    real.settings_dict["TIME_ZONE"] = "Asia/Tokyo"
-    for cached in ("timezone", "timezone_name"):
-        real.__dict__.pop(cached, None)
-    try:
-        result = delete_finished(JobRun.objects.all())
-    finally:
-        real.settings_dict["TIME_ZONE"] = saved
-        for cached in ("timezone", "timezone_name"):
-            real.__dict__.pop(cached, None)
+    result = delete_finished(JobRun.objects.all())
     assert (result.runs, result.logs) == (1, 1)
     assert alive(done, active) == [False, True]

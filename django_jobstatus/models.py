@@ -779,8 +779,16 @@ class JobLog(models.Model):
         extra: dict[str, Any] | None = None,
     ) -> JobLog:
         """An unsaved line: ``%``-formatted, cut to LOG_MAX_LENGTH, ``extra`` checked for JSON."""
-        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
-            raise ValueError(f"log level must be a logging level number, not {level!r}")
+        # What the level column holds everywhere (a smallint on PostgreSQL).
+        highest = 32767
+        if (
+            isinstance(level, bool)
+            or not isinstance(level, int)
+            or not 0 <= level <= highest
+        ):
+            raise ValueError(
+                f"log level must be a logging level number from 0 to {highest}, not {level!r}"
+            )
         text = str(message)
         if args:
             text = text % args

@@ -7,7 +7,8 @@ in the same statement, so every progress call stops a job that was asked to stop
 refused because the run ended elsewhere (killed by force, reaped) is the handle's last.
 When the job's own connection is inside ``transaction.atomic()``, the handle writes
 through a second connection so that other processes see the progress at once and a
-rollback does not take the run with it.
+rollback does not take the run with it. A handle may be used from several threads of its
+job: a lock guards its buffer and progress, and one write runs at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import inspect
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
@@ -67,6 +69,9 @@ _current: ContextVar[JobHandle | None] = ContextVar(
 SIDE_SUFFIX = "__jobstatus"
 # The most a handle hands to another process (``JobHandle.unwritten()``), in JSON characters.
 HANDOVER_MAX_CHARS = 64 * 1024
+# The most log lines a handle holds that it cannot write (the database away, the run ended
+# elsewhere); it keeps the newest.
+LOG_BUFFER_MAX = 10_000
 
 
 def tracking_database() -> str:
@@ -126,11 +131,21 @@ def _write_progress(
     return None if current is None else (False, *current)
 
 
-def _reset_connection(alias: str) -> None:
-    """After a database error outside a transaction, drop the connection so the next write reconnects."""
+def _reset_connection(alias: str, error: BaseException | None = None) -> None:
+    """After a database error outside a transaction, drop the connection if it is unusable,
+    so the next write reconnects.
+
+    Only after an OperationalError or InterfaceError (any error when ``error`` is not
+    given), and only when the connection no longer answers: a usable connection may be the
+    job's own, with its server-side cursors open on it.
+    """
+    if error is not None and not isinstance(error, (OperationalError, InterfaceError)):
+        return
     connection = connections[alias]
-    if not connection.in_atomic_block:
-        with contextlib.suppress(Exception):
+    if connection.in_atomic_block or connection.connection is None:
+        return
+    with contextlib.suppress(Exception):
+        if not connection.is_usable():
             connection.close()
 
 
@@ -144,11 +159,12 @@ def while_database_away(
     timeout: float | None = None,
     attempts: int | None = None,
     delay: float = 0.1,
+    database: Callable[[], str] = tracking_database,
 ) -> R:
     """``action(alias)`` on the tracking database, tried again while the database is away.
 
-    On OperationalError or InterfaceError the connection is dropped (the next try
-    connects anew, through ``tracking_database()`` again) and the action is tried again
+    On OperationalError or InterfaceError an unusable connection is dropped (the next try
+    connects anew, through ``database()`` again) and the action is tried again
     after ``delay`` seconds, doubled each time up to MAX_RETRY_DELAY, until ``timeout``
     seconds have passed or ``attempts`` tries were made; then that error is raised.
     Any other error is raised at once.
@@ -160,12 +176,12 @@ def while_database_away(
     deadline = math.inf if timeout is None else time.monotonic() + timeout
     tries = 0
     while True:
-        alias = tracking_database()
+        alias = database()
         tries += 1
         try:
             return action(alias)
-        except (OperationalError, InterfaceError):
-            _reset_connection(alias)
+        except (OperationalError, InterfaceError) as error:
+            _reset_connection(alias, error)
             if (
                 attempts is not None and tries >= attempts
             ) or time.monotonic() + delay > deadline:
@@ -175,10 +191,21 @@ def while_database_away(
 
 
 class JobHandle:
-    """What a running job holds: report progress, log, heartbeat and check for a kill."""
+    """What a running job holds: report progress, log, heartbeat and check for a kill.
 
-    def __init__(self, run: JobRun, *, interval: float | None = None) -> None:
+    Safe to use from several threads of the job: ``_lock`` guards the buffered lines and
+    the progress (held for a few attribute moves, never across a query), and ``_writing``
+    lets one write run at a time, on the lines and progress it took from the buffer.
+    """
+
+    def __init__(
+        self, run: JobRun, *, interval: float | None = None, using: str | None = None
+    ) -> None:
         self.run = run
+        # The alias to write through; None: tracking_database() at each write.
+        self._using = using
+        self._lock = threading.Lock()
+        self._writing = threading.RLock()
         self._interval = (
             settings.PROGRESS_INTERVAL if interval is None else float(interval)
         )
@@ -218,50 +245,63 @@ class JobHandle:
 
     def progress(self, current: float, total: float | None = None) -> None:
         """Set how far the job is (and, optionally, out of how much)."""
-        self._current, new_total = check_progress(
-            current, total if total is not None else None
-        )
-        if total is not None:
-            self._total = new_total
-        elif self._total is not None and self._current > self._total:
-            raise ValueError(
-                f"progress current ({self._current}) is greater than total ({self._total})"
-            )
+        current, new_total = check_progress(current, total)
+        with self._lock:
+            if total is not None:
+                self._total = new_total
+            elif self._total is not None and current > self._total:
+                raise ValueError(
+                    f"progress current ({current}) is greater than total ({self._total})"
+                )
+            self._current = current
+            self._dirty = True
         self._changed()
 
     def advance(self, amount: float = 1) -> None:
         """Add ``amount`` to the progress; cheap enough to call for every item."""
         if type(amount) is not int or amount < 0:  # the common case checked fast
             amount = check_amount("advance amount", amount)
-        current = self._current + amount
-        if self._total is not None and current > self._total:
-            if not self._clamped:
-                logger.warning(
-                    "Run %s advanced past its total (%s); progress is capped there.",
-                    self.run.pk,
-                    self._total,
-                )
-                self._clamped = True
-            current = self._total
-        self._current = current
-        self._dirty = True
+        self._lock.acquire()  # not ``with``: twice as fast on the hottest path
+        try:
+            current = self._current + amount
+            capped = False
+            if self._total is not None and current > self._total:
+                current, capped = self._total, True
+            self._current = current
+            self._dirty = True
+        finally:
+            self._lock.release()
+        if capped and not self._clamped:
+            self._clamped = True
+            logger.warning(
+                "Run %s advanced past its total (%s); progress is capped there.",
+                self.run.pk,
+                self._total,
+            )
         if time.monotonic() >= self._due:
             self._sync()
 
     def step(self, name: str, total: float | None = None) -> None:
         """Enter a stage of the job; with ``total``, progress restarts at 0 of it."""
-        self._step = str(name)
+        name = str(name)
         if total is not None:
-            self._current, self._total = 0, check_amount("step total", total)
+            total = check_amount("step total", total)
+        with self._lock:
+            self._step = name
+            if total is not None:
+                self._current, self._total = 0, total
+            self._dirty = True
         self._changed()
 
     def message(self, text: str) -> None:
         """Set the run's status message."""
-        self._message = str(text)
+        text = str(text)
+        with self._lock:
+            self._message = text
+            self._dirty = True
         self._changed()
 
     def _changed(self) -> None:
-        self._dirty = True
         if time.monotonic() >= self._due:
             self._sync()
 
@@ -282,13 +322,12 @@ class JobHandle:
 
         entry = JobLog.build(self.run, level, msg, *args, extra=extra)
         entry.created_at = timezone.now()
-        self._logs.append(entry)
-        if level >= logging.ERROR:
-            self._has_errors = True
-        if (
-            len(self._logs) >= 500
-            or time.monotonic() - self._last_write >= self._interval
-        ):
+        with self._lock:
+            self._logs.append(entry)
+            buffered = len(self._logs)
+            if level >= logging.ERROR:
+                self._has_errors = True
+        if buffered >= 500 or time.monotonic() - self._last_write >= self._interval:
             self.flush()
 
     def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
@@ -352,14 +391,16 @@ class JobHandle:
         something, or when it is more than HANDOVER_MAX_CHARS characters of JSON."""
         if self._written:
             return None
-        progress = [self._current, self._total, self._step, self._message]
+        with self._lock:
+            progress = [self._current, self._total, self._step, self._message]
+            dirty, logs = self._dirty, list(self._logs)
         unwritten = {
-            "progress": progress if self._dirty else None,
+            "progress": progress if dirty else None,
             "has_errors": self._has_errors,
             "result": self._result,
             "logs": [
                 [line.level, line.message, line.extra, line.created_at.isoformat()]
-                for line in self._logs
+                for line in logs
             ],
         }
         try:
@@ -373,15 +414,7 @@ class JobHandle:
         is written with this handle's next write, the end of the run for one."""
         from django_jobstatus.models import JobLog
 
-        if unwritten["progress"] is not None:
-            self._current, self._total, self._step, self._message = unwritten[
-                "progress"
-            ]
-            self._dirty = True
-        self._has_errors = self._has_errors or bool(unwritten["has_errors"])
-        if unwritten["result"] is not None:
-            self._result = unwritten["result"]
-        self._logs.extend(
+        lines = [
             JobLog(
                 run_id=self.run.pk,
                 level=level,
@@ -390,12 +423,23 @@ class JobHandle:
                 created_at=datetime.fromisoformat(created_at),
             )
             for level, message, extra, created_at in unwritten["logs"]
-        )
+        ]
+        with self._lock:
+            if unwritten["progress"] is not None:
+                self._current, self._total, self._step, self._message = unwritten[
+                    "progress"
+                ]
+                self._dirty = True
+            self._has_errors = self._has_errors or bool(unwritten["has_errors"])
+            if unwritten["result"] is not None:
+                self._result = unwritten["result"]
+            self._logs.extend(lines)
 
-    def _pending_fields(self) -> dict[str, Any]:
+    def _pending_fields(self, *, dirty: bool) -> dict[str, Any]:
+        """The fields a write stores (the progress when ``dirty``); called under ``_lock``."""
         now = timezone.now()
         fields: dict[str, Any] = {"heartbeat_at": database_now(now), "updated_at": now}
-        if self._dirty:
+        if dirty:
             fields |= {
                 # advance() does not check its sum: the column stops at BIGINT_MAX.
                 "progress_current": min(self._current, BIGINT_MAX),
@@ -410,8 +454,27 @@ class JobHandle:
     def _applied(self, fields: dict[str, Any]) -> None:
         for name, value in fields.items():
             setattr(self.run, name, value)
-        self._dirty = False
-        self._logs = []
+
+    def _take(self) -> tuple[dict[str, Any], list[JobLog]]:
+        """The fields and the lines the next write stores, taken from the buffer at once."""
+        with self._lock:
+            fields = self._pending_fields(dirty=self._dirty)
+            self._dirty = False
+            logs, self._logs = self._logs, []
+        return fields, logs
+
+    def _put_back(self, fields: dict[str, Any], logs: list[JobLog]) -> None:
+        """A write failed: its lines go back in front of the buffer (the newest
+        LOG_BUFFER_MAX kept), and its progress is written with the next one."""
+        with self._lock:
+            self._logs[:0] = logs
+            if len(self._logs) > LOG_BUFFER_MAX:
+                del self._logs[:-LOG_BUFFER_MAX]
+            if "progress_current" in fields:
+                self._dirty = True
+
+    def _database(self) -> str:
+        return self._using or tracking_database()
 
     def flush(self) -> None:
         """Write pending progress, logs and a heartbeat now, and read the kill request.
@@ -419,32 +482,40 @@ class JobHandle:
         Never raises. The write applies only while the run is ``running`` at this
         handle's attempt: once it ended elsewhere (killed by force, reaped as lost, a
         newer attempt), the refused write is the last one (a forced kill also counts as
-        a kill request), and only ``finish()`` writes the remaining log lines.
+        a kill request), and only ``finish()`` writes the remaining log lines (the newest
+        LOG_BUFFER_MAX).
         """
+        with self._writing:
+            self._flush()
+
+    def _flush(self) -> None:
         self._last_write = time.monotonic()
         if self._ended_elsewhere:
+            if len(self._logs) > LOG_BUFFER_MAX:
+                with self._lock:
+                    del self._logs[:-LOG_BUFFER_MAX]
             return
         self._due = self._last_write + self._interval
         if self._kill_requested:
             self._due = -math.inf  # every progress call raises, without a query
-        alias = tracking_database()
-        fields = storable(self._pending_fields())
+        alias = self._database()
+        fields, logs = self._take()
+        fields = storable(fields)
         found: list[tuple[bool, datetime | None, str] | None] = []
         try:
             self._write_logs_then(
-                alias, lambda: found.append(_write_progress(alias, self.run, fields))
+                alias,
+                logs,
+                lambda: found.append(_write_progress(alias, self.run, fields)),
             )
-        except DatabaseError:
+        except DatabaseError as error:
             logger.warning(
                 "Could not record the progress of run %s; trying again at the next write.",
                 self.run.pk,
                 exc_info=True,
             )
-            _reset_connection(alias)
-            if (
-                len(self._logs) > 10_000
-            ):  # the database has been away for long: keep the newest
-                del self._logs[:-10_000]
+            _reset_connection(alias, error)
+            self._put_back(fields, logs)
             return
         self._written = True
         row = found[0]
@@ -459,7 +530,6 @@ class JobHandle:
         if written:
             self._applied(fields)
             return
-        self._logs = []
         self._ended_elsewhere = True
         self._due = math.inf  # no progress call writes again
         if status == Status.KILLED:
@@ -471,23 +541,49 @@ class JobHandle:
             status,
         )
 
-    def _write_logs_then(self, alias: str, action: Callable[[], Any]) -> None:
-        """The buffered log lines, then ``action``, in one transaction (a savepoint inside
-        the job's own, so a failed write does not break it)."""
+    def _write_logs_then(
+        self,
+        alias: str,
+        logs: list[JobLog],
+        action: Callable[[], Any],
+        *,
+        apart: bool = False,
+    ) -> None:
+        """The log lines ``logs``, then ``action``, in one transaction (a savepoint inside
+        the job's own, so a failed write does not break it).
+
+        ``apart``: each line in a savepoint of its own, a line the database refuses
+        left out (and taken from ``logs``), so the others and ``action`` still apply.
+        """
         from django_jobstatus.models import JobLog
 
-        if not self._logs and not connections[alias].in_atomic_block:
+        if not logs and not connections[alias].in_atomic_block:
             action()  # one statement: no BEGIN and COMMIT around it
             return
+        lines = JobLog.objects.using(alias)
         with transaction.atomic(
             using=alias, savepoint=connections[alias].in_atomic_block
         ):
-            if self._logs:
-                for (
-                    line
-                ) in self._logs:  # still buffered: any id is a rolled-back write's
-                    line.pk = None
-                JobLog.objects.using(alias).bulk_create(self._logs)
+            for line in logs:  # still buffered: any id is a rolled-back write's
+                line.pk = None
+            if not apart:
+                if logs:
+                    lines.bulk_create(logs)
+            else:
+                for line in list(logs):
+                    try:
+                        with transaction.atomic(using=alias):
+                            lines.bulk_create([line])
+                    except (OperationalError, InterfaceError):
+                        raise
+                    except DatabaseError:
+                        logger.warning(
+                            "Could not record a log line of run %s; left out.",
+                            self.run.pk,
+                            exc_info=True,
+                        )
+                        line.pk = None
+                        logs.remove(line)
             action()
 
     # Start and end (durable).
@@ -515,31 +611,60 @@ class JobHandle:
 
     def _record_end(self, exc: BaseException | None, values: dict[str, Any]) -> None:
         """finish()'s write, tried again while the database is away."""
+        with self._writing:
+            with self._lock:
+                logs, self._logs = self._logs, []
+            try:
+                written = self._write_end(exc, values, logs)
+            except BaseException:
+                self._put_back({}, logs)
+                raise
+            if not written:
+                self._put_back({}, logs)
+
+    def _write_end(
+        self, exc: BaseException | None, values: dict[str, Any], logs: list[JobLog]
+    ) -> bool:
+        """``_record_end()`` with the lines taken from the buffer; False when nothing was
+        written because the database stayed away."""
         # A try that fails at COMMIT has already moved the instance; the next starts over.
         saved = {
             field.attname: getattr(self.run, field.attname)
             for field in self.run._meta.concrete_fields
         }
         tries: list[dict[str, Any]] = []  # the fields each try wrote
+        apart = False  # each line in a savepoint of its own, a refused one left out
 
         def write(alias: str) -> None:
             if tries:
                 for name, value in saved.items():
                     setattr(self.run, name, value)
-            fields = storable(self._pending_fields() | values)
+            with self._lock:
+                fields = self._pending_fields(dirty=self._dirty)
+            fields = storable(fields | values)
             fields.pop("updated_at")
             tries.append(fields)
             self._write_logs_then(
                 alias,
+                logs,
                 lambda: self._transition(exc, alias, fields),
+                apart=apart,
             )
             self._applied(fields)
+            self._dirty = False
 
-        for alone in (False, True):  # alone: the end without its details
+        # The end with its details; then with the lines one by one, a line the database
+        # refuses left out; then the end alone (with the lines one by one).
+        alone = False
+        while True:
             try:
-                while_database_away(write, timeout=settings.FINISH_RETRY_TIMEOUT)
+                while_database_away(
+                    write,
+                    timeout=settings.FINISH_RETRY_TIMEOUT,
+                    database=self._database,
+                )
             except (InvalidTransition, ObjectDoesNotExist) as error:
-                self._refused(exc, error, tries)
+                self._refused(exc, error, tries, logs)
             except (OperationalError, InterfaceError):
                 for name, value in saved.items():
                     setattr(self.run, name, value)
@@ -549,37 +674,48 @@ class JobHandle:
                     self.run.job_name,
                     settings.FINISH_RETRY_TIMEOUT,
                 )
+                return False
             except DatabaseError:
-                # The database refused something in the details (text is cleaned and
-                # capped, so this should not happen): record the end alone rather than
-                # leave the run running.
+                # The database refused a log line or something in the details (text is
+                # cleaned and capped, so this should not happen): record the end with
+                # what it takes rather than leave the run running.
                 for name, value in saved.items():
                     setattr(self.run, name, value)
+                tries.clear()
                 if alone:
                     logger.exception("Could not record the end of run %s.", self.run.pk)
-                    return
+                    return True
+                if logs and not apart:
+                    logger.warning(
+                        "Could not record the end of run %s with its log lines; writing them one by one.",
+                        self.run.pk,
+                        exc_info=True,
+                    )
+                    apart = True
+                    continue
                 logger.exception(
                     "Could not record the end of run %s with its details; recording the end alone.",
                     self.run.pk,
                 )
-                self._logs, self._dirty, self._result = [], False, None
+                apart = alone = True
+                self._dirty, self._result = False, None
                 values = (
                     {"error": type(exc).__qualname__, "traceback": ""}
                     if self._outcome(exc) == Status.FAILED
                     else {}
                 )
-                tries.clear()
                 continue
-            return
+            return True
 
     def _refused(
         self,
         exc: BaseException | None,
         error: Exception,
         tries: list[dict[str, Any]],
+        logs: list[JobLog],
     ) -> None:
         """The end's write changed no row: the run ended elsewhere, or is gone."""
-        alias = tracking_database()
+        alias = self._database()
         if len(tries) > 1 and self._ended_as(exc, alias):
             # The try before committed, but its answer was lost with the connection.
             self._applied(tries[-1])
@@ -589,7 +725,7 @@ class JobHandle:
             # The run ended elsewhere (reaped as lost, killed by force): it keeps that
             # state, and the job's last log lines are still written.
             with contextlib.suppress(DatabaseError):
-                self._write_logs_then(alias, lambda: None)
+                self._write_logs_then(alias, logs, lambda: None)
         # Else it was deleted (purged with include_active): the job goes on as if it had
         # been recorded, and never sees the error.
         logger.warning("The end of run %s was not recorded: %s", self.run.pk, error)
@@ -688,13 +824,17 @@ def track(
     """Record a run of ``job_name`` while the block executes; yields its JobHandle.
 
     Leaving the block ends the run succeeded; JobKilled ends it killed (and is not
-    re-raised); any other exception ends it failed, with error and traceback, and is
-    re-raised. With ``run=``, an existing queued or retrying run is started instead of
-    creating one; a kill asked while it waited is seen at the first ``check_kill()``.
+    re-raised); ``SystemExit`` ends it succeeded when its code is 0 or None, failed
+    otherwise, and is re-raised; any other exception ends it failed, with error and
+    traceback, and is re-raised. With ``run=``, an existing queued or retrying run is
+    started instead of creating one; a kill asked while it waited is seen at the first
+    ``check_kill()``. A run created in the caller's open transaction (which a second
+    connection cannot see) is tracked through the caller's connection, in that transaction.
     Other keyword arguments are JobRun fields (queue, priority, owner, parent,
     backend_job_id, …). The JobKilled of an outer block's run, raised inside this one,
     ends this run killed too and is re-raised.
     """
+    using = None  # the handle writes through tracking_database()
     if run is None:
         fields |= {
             "params": params if params is not None else {},
@@ -705,12 +845,21 @@ def track(
         run = _start_run(job_name, fields)
     else:
         alias = tracking_database()
-        run.mark_running(using=alias)
+        try:
+            run.mark_running(using=alias)
+        except ObjectDoesNotExist:
+            # Created in the caller's transaction, not committed yet: the second
+            # connection cannot see it, so the run is tracked in that transaction.
+            using = _uncommitted_run_database(alias, run)
+            if using is None:
+                raise
+            alias = using
+            run.mark_running(using=alias)
         if run.kill_requested_at is None:
             # Asked to stop while it waited (a batch's kill, the admin's): the caller's
             # copy may be older than the request, which the job must see at once.
             run.refresh_from_db(using=alias, fields=["kill_requested_at"])
-    handle = JobHandle(run, interval=interval)
+    handle = JobHandle(run, interval=interval, using=using)
     token = handle.activate()
     try:
         yield handle
@@ -723,6 +872,10 @@ def track(
             text = _("Stopped: run %(run)s, which it ran in, was asked to stop.")
             handle.finish(exc, message=text % {"run": exc.run_id})
             raise
+    except SystemExit as exc:
+        # sys.exit(0) and sys.exit() are a success, for Python and for cron.
+        handle.finish(None if exc.code in (0, None) else exc)
+        raise
     except BaseException as exc:
         handle.finish(exc)
         raise
@@ -730,6 +883,17 @@ def track(
         handle.finish()
     finally:
         handle.deactivate(token)
+
+
+def _uncommitted_run_database(alias: str, run: JobRun) -> str | None:
+    """The app's database when ``run`` is in its connection's open transaction only (created
+    there, not committed), which ``alias`` (a second connection) cannot see; else None."""
+    from django_jobstatus.models import JobRun
+
+    own: str = settings.DATABASE
+    if alias == own or not connections[own].in_atomic_block:
+        return None
+    return own if JobRun.objects.using(own).filter(pk=run.pk).exists() else None
 
 
 def tracked(
@@ -746,6 +910,14 @@ def tracked(
         if inspect.iscoroutinefunction(func):
             raise TypeError(
                 "tracked() does not support async functions; call track() from sync code."
+            )
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            kind = (
+                "generator" if inspect.isgeneratorfunction(func) else "async generator"
+            )
+            raise TypeError(
+                f"tracked() does not support {kind} functions: the call returns before the "
+                "generator runs; use track() inside it."
             )
         name = job_name or f"{func.__module__}.{func.__qualname__}"
 

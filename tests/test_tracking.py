@@ -6,9 +6,11 @@ import contextvars
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from django_jobstatus import JobKilled, contrib, current_job, track, tracked
+from django_jobstatus.batches import start_batch
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog, JobRun, Status
 from django_jobstatus.querysets import JobRunQuerySet
@@ -165,6 +168,22 @@ def test_tracked_refuses_async_functions() -> None:
 
     with pytest.raises(TypeError, match="async"):
         tracked("x")(work)
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator"])
+def test_tracked_refuses_generator_functions(kind: str) -> None:
+    """A generator function returns before its body runs: its run was recorded
+    ``succeeded`` before any work, and a failure while it was consumed stayed unrecorded."""
+
+    def rows() -> Iterator[int]:
+        yield 1
+
+    async def arows() -> Any:
+        yield 1
+
+    with pytest.raises(TypeError, match=f"{kind} functions.*track\\(\\) inside"):
+        tracked("x")(rows if kind == "generator" else arows)
+    assert not JobRun.objects.exists()
 
 
 # current_job().
@@ -495,6 +514,21 @@ def test_a_handle_whose_run_ended_elsewhere_goes_quiet(end: str, caplog) -> None
     assert caplog.text.count("ended elsewhere") == 1
 
 
+def test_a_handle_whose_run_ended_elsewhere_keeps_its_newest_10000_lines() -> None:
+    """A job reaped as lost that carried on held every line it logged in memory."""
+    with track("x", interval=INTERVAL) as job:
+        job.flush()
+        JobRun.objects.get(pk=job.run.pk).mark_lost()
+        job.info("first line after the reap")
+        job.flush()  # refused: the run ended elsewhere
+        for index in range(12_000):
+            job.info("item %d", index)
+        assert len(job._logs) == 10_000
+        assert job._logs[0].message == "item 2000"
+    assert _row(job.run).status == Status.LOST
+    assert JobLog.objects.for_run(job.run).count() == 10_000 + 1  # + the reaper's line
+
+
 def test_a_handle_does_not_write_onto_a_newer_attempt() -> None:
     with track("x", interval=INTERVAL) as job:
         job.flush()
@@ -598,6 +632,32 @@ def test_base_exceptions_end_failed_too() -> None:
     assert _row(job.run).error == "KeyboardInterrupt"
 
 
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (0, Status.SUCCEEDED),
+        (None, Status.SUCCEEDED),
+        (1, Status.FAILED),
+        ("no input file", Status.FAILED),
+    ],
+)
+def test_sys_exit_ends_succeeded_with_status_0_and_is_re_raised(
+    code: Any, status: str
+) -> None:
+    """``sys.exit(0)`` (a command with nothing to do) exits 0, as Python counts it: its
+    run was recorded failed, "SystemExit: 0"."""
+    with pytest.raises(SystemExit) as caught, track("x") as job:
+        job.result = {"nothing": "to do"}
+        sys.exit(code)
+    assert caught.value.code == code
+    run = _row(job.run)
+    assert run.status == status
+    if status == Status.SUCCEEDED:
+        assert (run.error, run.result) == ("", {"nothing": "to do"})
+    else:
+        assert run.error.startswith("SystemExit")
+
+
 def test_error_sets_has_errors_and_logs_are_buffered(
     django_assert_max_num_queries,
 ) -> None:
@@ -643,6 +703,50 @@ def test_many_logs_flush_before_the_interval() -> None:
                 job.info("line %d", i)
         assert JobLog.objects.count() == 500
         assert len(_updates(queries)) == 1
+
+
+def test_a_line_logged_while_the_handle_writes_is_kept() -> None:
+    """Another thread of the job logging while the handle wrote: the line was dropped
+    (the buffer was emptied after the write, not swapped before it)."""
+    logged_meanwhile: list[str] = []
+
+    def log_meanwhile(execute: Any, sql: str, params: Any, *args: Any) -> Any:
+        if "django_jobstatus_joblog" in sql and not logged_meanwhile:
+            logged_meanwhile.append(sql)
+            job.info("meanwhile")  # as another thread of the job would
+        return execute(sql, params, *args)
+
+    with track("x", interval=3600) as job:
+        job.info("before")
+        with connection.execute_wrapper(log_meanwhile):
+            job.flush()
+        assert logged_meanwhile
+    messages = JobLog.objects.for_run(job.run).order_by("id")
+    assert list(messages.values_list("message", flat=True)) == ["before", "meanwhile"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_lines_a_job_s_threads_log_are_each_written_once() -> None:
+    """A job logging from a thread pool lost lines and wrote others twice: each thread
+    wrote the shared buffer, then emptied it."""
+    threads, lines = 8, 1500
+
+    def work(index: int) -> None:
+        try:
+            for line in range(lines):
+                job.info("t%d line %d", index, line)
+                job.advance()
+        finally:
+            connection.close()
+
+    with track("x", interval=0.01) as job:
+        job.progress(0, total=threads * lines)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, range(threads)))
+    messages = list(JobLog.objects.for_run(job.run).values_list("message", flat=True))
+    assert len(messages) == len(set(messages)) == threads * lines
+    assert _row(job.run).progress_current == threads * lines
 
 
 # Handing what a handle did not write to another (an RQ work horse to its worker).
@@ -860,8 +964,8 @@ def test_an_end_whose_answer_was_lost_counts_as_recorded(monkeypatch, caplog) ->
     tries = []
     original = JobHandle._write_logs_then
 
-    def commit_then_drop(handle: JobHandle, *args: Any) -> None:
-        original(handle, *args)
+    def commit_then_drop(handle: JobHandle, *args: Any, **kwargs: Any) -> None:
+        original(handle, *args, **kwargs)
         tries.append(1)
         if len(tries) == 1:
             raise OperationalError("server closed the connection unexpectedly")
@@ -994,6 +1098,57 @@ def test_a_job_inside_atomic_that_succeeds(close_side_connections) -> None:
     with transaction.atomic(), track("x") as job:
         assert _in_thread(lambda: JobRun.objects.filter(pk=job.run.pk).exists())
     assert JobRun.objects.get(pk=job.run.pk).status == Status.SUCCEEDED
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_log_write_leaves_the_job_s_own_connection_open(
+    django_user_model,
+) -> None:
+    """A refused write (the run purged under its job: the lines' foreign key) closed the
+    connection it went through, outside a transaction the job's own: the job's
+    server-side cursor died with "connection is closed"."""
+    for index in range(6):
+        django_user_model.objects.create(username=f"user{index}")
+    seen = []
+    with track("x", interval=0) as job:
+        users = django_user_model.objects.order_by("pk").iterator(chunk_size=2)
+        for index, user in enumerate(users):
+            if index == 1:
+                JobRun.objects.purge(days=0, keep_last=0, include_active=True)
+            job.info("user %s", user.username)
+            seen.append(user.username)
+    assert seen == [f"user{index}" for index in range(6)]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_run_created_in_the_job_s_transaction_is_tracked_in_it(
+    close_side_connections,
+) -> None:
+    """``start_batch()`` or ``enqueue()`` then ``track(run=...)`` in one
+    ``transaction.atomic()`` raised ``JobRun.DoesNotExist``: the second connection
+    cannot see a run that is not committed."""
+    with transaction.atomic():
+        parent = start_batch("x.all", ["x.one"])
+        for child in parent.children.all():
+            with track(child.job_name, run=child, interval=0) as job:
+                job.info("in the transaction")
+                job.progress(1, total=1)
+                job.flush()
+                assert (
+                    _in_thread(lambda: JobRun.objects.filter(pk=job.run.pk).exists())
+                    is False
+                )
+    run = _row(job.run)
+    assert (run.status, run.progress_current) == (Status.SUCCEEDED, 1)
+    assert JobLog.objects.for_run(run).count() == 1
+    assert _row(parent).status == Status.SUCCEEDED
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        rolled_back = JobRun.objects.enqueue("x")
+        with track("x", run=rolled_back):
+            _ = 1 / 0
+    assert not JobRun.objects.filter(pk=rolled_back.pk).exists()
 
 
 TARGETS: dict[str, Callable[[JobRun], None]] = {
@@ -1192,8 +1347,8 @@ def test_an_exception_whose_text_cannot_be_printed_is_still_re_raised() -> None:
 def test_an_end_the_database_refuses_is_recorded_alone(caplog) -> None:
     refused = []
 
-    def refuse_once(execute: Any, sql: str, params: Any, *args: Any) -> Any:
-        if sql.startswith("UPDATE") and "failed" in (params or ()) and not refused:
+    def refuse_details(execute: Any, sql: str, params: Any, *args: Any) -> Any:
+        if sql.startswith("UPDATE") and "BoomError: details" in (params or ()):
             refused.append(sql)
             raise DataError("value refused (test)")
         return execute(sql, params, *args)
@@ -1201,7 +1356,7 @@ def test_an_end_the_database_refuses_is_recorded_alone(caplog) -> None:
     raised = BoomError("details")
     with (
         pytest.raises(BoomError) as caught,
-        connection.execute_wrapper(refuse_once),
+        connection.execute_wrapper(refuse_details),
         track("x") as job,
     ):
         job.info("a line")
@@ -1211,6 +1366,51 @@ def test_an_end_the_database_refuses_is_recorded_alone(caplog) -> None:
     run = _row(job.run)
     assert (run.status, run.error, run.traceback) == (Status.FAILED, "BoomError", "")
     assert "recording the end alone" in caplog.text
+    assert JobLog.objects.for_run(run).get().message == "a line"  # the lines stay
+
+
+@pytest.mark.parametrize("level", [32768, 40000, -1])
+def test_a_log_level_the_column_cannot_hold_is_a_value_error(level: int) -> None:
+    """``job.log(40000, ...)`` was buffered, and on PostgreSQL every later write failed on
+    it: the run lost its progress, result and every other line."""
+    with track("x") as job:
+        job.info("first")
+        with pytest.raises(ValueError, match=f"not {level}"):
+            job.log(level, "a custom level")
+        job.log(32767, "the highest level")
+        job.result = {"done": 1}
+    lines = JobLog.objects.for_run(job.run).order_by("id")
+    assert list(lines.values_list("level", "message")) == [
+        (20, "first"),
+        (32767, "the highest level"),
+    ]
+    assert _row(job.run).result == {"done": 1}
+
+
+def test_an_end_whose_log_lines_the_database_refuses_keeps_the_rest(caplog) -> None:
+    """A log line the database refused at the end dropped every line, the progress and
+    the result with it ("recording the end alone")."""
+
+    def refuse_one_line(execute: Any, sql: str, params: Any, *args: Any) -> Any:
+        if "django_jobstatus_joblog" in sql and "refused line" in str(params):
+            raise DataError("value refused (test)")
+        return execute(sql, params, *args)
+
+    with connection.execute_wrapper(refuse_one_line), track("x", interval=3600) as job:
+        job.info("first")
+        job.info("refused line")
+        job.info("second")
+        job.progress(5, total=10)
+        job.result = {"done": 5}
+    run = _row(job.run)
+    assert (run.status, run.result, run.progress_current) == (
+        Status.SUCCEEDED,
+        {"done": 5},
+        5,
+    )
+    lines = JobLog.objects.for_run(run).order_by("id")
+    assert list(lines.values_list("message", flat=True)) == ["first", "second"]
+    assert "recording the end alone" not in caplog.text
 
 
 def test_a_megabyte_of_text_or_json_is_capped(settings) -> None:

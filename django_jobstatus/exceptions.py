@@ -22,4 +22,11 @@ class JobKilled(JobStatusError):  # noqa: N818 (a public name: users catch it)
 
 
 class InvalidTransition(JobStatusError):  # noqa: N818 (a public name: users catch it)
-    """A state change that the state machine does not allow; nothing was written."""
+    """A state change that the state machine does not allow; nothing was written.
+
+    ``status``: the run's status when the change was refused, when it was read.
+    """
+
+    def __init__(self, *args: object, status: str | None = None) -> None:
+        super().__init__(*args)
+        self.status = status

@@ -522,14 +522,16 @@ class JobRun(models.Model):
         status, attempt = current
         if status not in sources:
             return InvalidTransition(
-                f"Run {self.pk} cannot move from {status} to {target}."
+                f"Run {self.pk} cannot move from {status} to {target}.", status=status
             )
         if attempt != self.attempt:
             return InvalidTransition(
-                f"Run {self.pk} is at attempt {attempt}, not {self.attempt}; reload it first."
+                f"Run {self.pk} is at attempt {attempt}, not {self.attempt}; reload it first.",
+                status=status,
             )
         return InvalidTransition(
-            f"Run {self.pk} is {status}, not {previous}; reload it first."
+            f"Run {self.pk} is {status}, not {previous}; reload it first.",
+            status=status,
         )
 
     def _announce(self, previous: str, target: str, using: str) -> None:

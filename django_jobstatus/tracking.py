@@ -36,6 +36,7 @@ from django.db import (
 )
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from django_jobstatus import own_connections
 from django_jobstatus.clock import database_now
@@ -72,6 +73,11 @@ HANDOVER_MAX_CHARS = 64 * 1024
 # The most log lines a handle holds that it cannot write (the database away, the run ended
 # elsewhere); it keeps the newest.
 LOG_BUFFER_MAX = 10_000
+# The line on a run that ended elsewhere while its job went on to an end of its own.
+_WENT_ON = gettext_lazy(
+    "The job went on after its run had ended %(status)s, and ended %(outcome)s "
+    "(attempt %(attempt)s); the run stays %(status)s."
+)
 
 
 def tracking_database() -> str:
@@ -723,12 +729,29 @@ class JobHandle:
             return
         if isinstance(error, InvalidTransition):
             # The run ended elsewhere (reaped as lost, killed by force): it keeps that
-            # state, and the job's last log lines are still written.
+            # state, and the job's last log lines are still written, with one saying
+            # how the job itself ended (a task that outlived its terminate, say).
+            outcome = self._outcome(exc)
+            if error.status in Status.TERMINAL and error.status != outcome:
+                logs = [*logs, self._went_on(error.status, outcome)]
             with contextlib.suppress(DatabaseError):
                 self._write_logs_then(alias, logs, lambda: None)
         # Else it was deleted (purged with include_active): the job goes on as if it had
         # been recorded, and never sees the error.
         logger.warning("The end of run %s was not recorded: %s", self.run.pk, error)
+
+    def _went_on(self, status: str, outcome: str) -> JobLog:
+        """The line that says the job ran on after its run ended ``status`` elsewhere."""
+        from django_jobstatus.models import JobLog
+
+        text = _WENT_ON % {
+            "status": status,
+            "outcome": outcome,
+            "attempt": self.run.attempt,
+        }
+        line = JobLog.build(self.run, logging.WARNING, str(text))
+        line.created_at = timezone.now()
+        return line
 
     def _unstorable_result(self) -> TypeError | None:
         """The TypeError of a result JSON can no longer hold: changed after it was set

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -526,7 +527,9 @@ def test_a_handle_whose_run_ended_elsewhere_keeps_its_newest_10000_lines() -> No
         assert len(job._logs) == 10_000
         assert job._logs[0].message == "item 2000"
     assert _row(job.run).status == Status.LOST
-    assert JobLog.objects.for_run(job.run).count() == 10_000 + 1  # + the reaper's line
+    lines = JobLog.objects.for_run(job.run)
+    assert lines.count() == 10_000 + 2  # + the reaper's line, + the job's own end:
+    assert lines.filter(message__startswith="The job went on after").count() == 1
 
 
 def test_a_handle_does_not_write_onto_a_newer_attempt() -> None:
@@ -928,8 +931,12 @@ def test_a_reaped_run_stays_lost(caplog) -> None:
         job.info("still here")
     assert _row(job.run).status == Status.LOST
     assert "was not recorded" in caplog.text
-    # Its last log lines are kept all the same.
-    assert list(job.run.logs.values_list("message", flat=True)) == ["still here"]
+    # Its last log lines are kept all the same, and a line says how the job ended.
+    assert list(job.run.logs.order_by("pk").values_list("message", flat=True)) == [
+        "still here",
+        "The job went on after its run had ended lost, and ended succeeded (attempt 1); "
+        "the run stays lost.",
+    ]
     with pytest.raises(RuntimeError), track("y") as job:
         JobRun.objects.get(pk=job.run.pk).mark_lost()
         raise RuntimeError("late")
@@ -1005,6 +1012,27 @@ def test_a_run_killed_by_force_stays_killed() -> None:
     with track("x") as job:
         JobRun.objects.get(pk=job.run.pk).mark_killed()
     assert _row(job.run).status == Status.KILLED
+
+
+@pytest.mark.parametrize("raised", [None, ValueError("boom")])
+def test_a_job_that_went_on_after_its_run_ended_says_so_on_the_run(
+    raised: Exception | None,
+) -> None:
+    """Celery's terminate sends SIGTERM and reports the run killed at once; a task that
+    handles SIGTERM runs on and ends. The run said *killed* with nothing to tell that the
+    job went on to its end: the record claimed a stop that did not happen."""
+    with contextlib.suppress(ValueError), track("x") as job:
+        JobRun.objects.get(pk=job.run.pk).mark_killed(message="Killed: terminated.")
+        if raised is not None:
+            raise raised
+    run = _row(job.run)
+    assert (run.status, run.message) == (Status.KILLED, "Killed: terminated.")
+    ended = "failed" if raised else "succeeded"
+    [line] = run.logs.filter(level=logging.WARNING)
+    assert line.message == (
+        f"The job went on after its run had ended killed, and ended {ended} "
+        "(attempt 1); the run stays killed."
+    )
 
 
 def test_restarting_an_unknown_run_fails_loudly(make_run) -> None:

@@ -12,6 +12,7 @@ from django.db.models import Q, QuerySet
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.formats import number_format
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
@@ -65,12 +66,19 @@ from django_jobstatus.admin.paginator import (
     CappedCountPaginator,
     search_words,
 )
-from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.models import JobLog, JobRun, Status, attempt_time
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
     from django.http import HttpRequest, HttpResponse
     from django.utils.safestring import SafeString
+
+
+def _attempt_moment(text: Any) -> SafeString | str:
+    """An ``attempts`` entry's moment in the current time zone (stored as UTC text)."""
+    when = attempt_time(text)
+    return moment(when) if when is not None else "—"
+
 
 # Log lines shown on a run's page; the rest are in the JobLog changelist.
 INLINE_LOGS = 200
@@ -340,7 +348,9 @@ class JobRunAdmin(
                     when.isoformat() if when else "",
                     when.strftime("%Y-%m-%d %H:%M:%S %Z") if when else "—",
                 )
-                for label, when in steps
+                for label, when in (
+                    (label, when and timezone.localtime(when)) for label, when in steps
+                )
             ),
         )
         return format_html(
@@ -383,8 +393,8 @@ class JobRunAdmin(
                 (
                     a.get("attempt", ""),
                     a.get("status", ""),
-                    a.get("started_at") or "—",
-                    a.get("finished_at") or "—",
+                    _attempt_moment(a.get("started_at")),
+                    _attempt_moment(a.get("finished_at")),
                     a.get("worker", ""),
                     a.get("error", ""),
                 )

@@ -176,3 +176,45 @@ def test_script_in_message_and_logs_is_escaped(admin_client, make_run):
     ):
         assert evil not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_the_timeline_and_the_attempts_are_in_the_current_time_zone(
+    admin_client, make_run, settings
+):
+    """TIME_ZONE "America/New_York": the log lines said 07:00, and the timeline above
+    them 12:00 UTC, as if the job had started five hours after its first line; the
+    earlier attempts showed their stored UTC text."""
+    import re
+    from datetime import UTC, datetime
+
+    settings.TIME_ZONE = "America/New_York"
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    run = make_run(
+        "tz.job",
+        status=Status.SUCCEEDED,
+        created_at=at,
+        queued_at=at,
+        started_at=at,
+        finished_at=at,
+        attempt=2,
+        attempts=[
+            {
+                "attempt": 1,
+                "status": "retrying",
+                "started_at": "2026-12-01T11:00:00+00:00",
+                "finished_at": "2026-12-01T11:30:00+00:00",
+                "worker": "w:1",
+                "error": "x",
+            }
+        ],
+    )
+    html = page(admin_client, run)
+    timeline = re.search(r'<ol class="jobstatus-timeline">(.*?)</ol>', html, re.S)
+    assert timeline is not None
+    assert "2026-12-01 07:00:00 EST" in timeline.group(1)
+    assert "12:00:00" not in timeline.group(1)
+    attempts = re.search(r'<table class="jobstatus-attempts">(.*?)</table>', html, re.S)
+    assert attempts is not None
+    assert "2026-12-01 06:00:00" in attempts.group(1)
+    assert "2026-12-01 06:30:00" in attempts.group(1)
+    assert "T11:00:00+00:00</td>" not in attempts.group(1)

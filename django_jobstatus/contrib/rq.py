@@ -9,7 +9,7 @@ Enable with::
         "QUEUE_CLASS": "django_jobstatus.contrib.rq.Queue",  # optional: records "queued"
     }
 
-- ``Queue`` (where jobs are enqueued): the run is ``queued``;
+- ``Queue`` (where jobs are enqueued, also with ``enqueue_many()``): the run is ``queued``;
 - ``Worker.execute_job`` (the worker's main process, around the fork): ``running`` with
   ``worker`` = ``host:pid`` before the work horse starts; after the horse is gone, the
   job's RQ status decides what is not recorded yet: ``failed`` (also when the horse
@@ -22,22 +22,28 @@ Enable with::
   its success to the main process, which reads the result from RQ: the horse then needs
   no database connection);
 - a worker that died is noticed by RQ's cleanup of abandoned jobs (``lost``), or by
-  ``reap_jobstatus``.
+  ``reap_jobstatus``;
+- a job that RQ enqueues again after a success (``rq.Repeat``) is a new run for each
+  execution; ``Job.cancel()`` ends the run killed; the runs of the jobs that wait for a
+  job that failed, was stopped or canceled (RQ keeps them deferred) end killed.
 
 Kill sends RQ's stop-job command (forking workers only: ``SimpleWorker`` cannot stop a
 job) or cancels a job that has not started; retry enqueues the function again with the
-same arguments, as a new run. The same classes work with rq 2.x and 3.x: they override
-``execute_job`` and ``perform``, whose signatures did not change, and ``perform_job``,
-passing on what follows the job and its queue (rq 3 added the execution).
+same arguments (and the queue's defaults), as a new run. The same classes work with rq
+2.x and 3.x: they override ``execute_job`` and ``perform``, whose signatures did not
+change, and ``perform_job``, ``handle_job_success`` and ``handle_job_failure``, passing
+on what follows the job and its queue (rq 3 added the execution).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import django_rq
@@ -51,6 +57,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 from rq.results import Result
+from rq.utils import import_attribute
 
 from django_jobstatus import contrib, health, own_connections, writebehind
 from django_jobstatus.contrib import _execution
@@ -73,6 +80,8 @@ _recorder = 0
 RECORDED = "django_jobstatus_recorded"
 # In a job's meta: what it reported that its work horse did not write (for the main process).
 UNWRITTEN = "django_jobstatus_unwritten"
+# On a job in the worker's main process: the error it failed the job with (a dead work horse).
+_FAILURE = "_jobstatus_failure"
 
 
 def find_run(job_id: str, using: str | None = None) -> JobRun | None:
@@ -81,8 +90,18 @@ def find_run(job_id: str, using: str | None = None) -> JobRun | None:
 
 
 def _name(job: rq.job.Job) -> str:
-    """The job's function as a dotted path (what RQ can enqueue again)."""
-    return job.func_name or job.description or job.id
+    """The job's function as a dotted path (what RQ can enqueue again).
+
+    RQ names a bound method by its name alone (its instance goes with the job): the run
+    gets ``module.Class.method``, the path of a classmethod that RQ can enqueue again, and
+    of an instance method that it cannot (``RQBackend.retry()`` refuses it).
+    """
+    name = job.func_name
+    instance = job.instance if name else None
+    if instance is not None:
+        owner = instance if inspect.isclass(instance) else type(instance)
+        return f"{owner.__module__}.{owner.__qualname__}.{name}"
+    return name or job.description or job.id
 
 
 def _fields(job: rq.job.Job) -> dict[str, Any]:
@@ -93,8 +112,8 @@ def _fields(job: rq.job.Job) -> dict[str, Any]:
 
 
 @contrib.never_raises
-def _record_queued(job: rq.job.Job) -> Any:
-    """Record ``job``'s run as queued; the id of the run created, or None."""
+def _record_queued(job: rq.job.Job, **fields: Any) -> Any:
+    """Record ``job``'s run as queued (with ``fields`` too); the id of the run created, or None."""
     if not _connected:
         return None
     return _execution.record_queued(
@@ -103,11 +122,16 @@ def _record_queued(job: rq.job.Job) -> Any:
         _name(job),
         fresh=getattr(job, _FRESH, False),
         **_fields(job),
+        **fields,
     )
 
 
 # Set on a job made by Queue.create_job() with a new id: no run can have that id yet.
 _FRESH = "_jobstatus_fresh"
+# Inside Queue.enqueue_many(): each job it makes, with the id of the run recorded for it.
+_many: ContextVar[list[tuple[rq.job.Job, Any]] | None] = ContextVar(
+    "jobstatus_rq_many", default=None
+)
 # In a job's meta: the worker running it cannot stop it (a SimpleWorker).
 CANNOT_STOP = "jobstatus_cannot_stop"
 
@@ -122,7 +146,8 @@ def _execution_of(job: rq.job.Job) -> Execution:
 
 
 class Queue(DjangoRQ):
-    """django-rq's queue that also records each enqueued or scheduled job as a queued run.
+    """django-rq's queue that also records each enqueued or scheduled job as a queued run
+    (also those of ``enqueue_many()``).
 
     The run is recorded before RQ has the job (on PostgreSQL written behind the enqueue:
     a worker that starts the job first waits for it or records the run itself, see
@@ -135,7 +160,34 @@ class Queue(DjangoRQ):
         job = super().create_job(*args, **kwargs)
         if kwargs.get("job_id") is None:
             setattr(job, _FRESH, True)
+        many = _many.get()
+        if many is not None:
+            # enqueue_many() pushes the job without enqueue_job(): recorded here, before.
+            many.append((job, _record_queued(job)))
+            if hasattr(job, _FRESH):
+                delattr(job, _FRESH)
         return job
+
+    def enqueue_many(
+        self, job_datas: Iterable[Any], pipeline: Any = None, *args: Any, **kwargs: Any
+    ) -> list[rq.job.Job]:
+        """RQ's enqueue_many(), each job recorded queued as ``enqueue_job()`` records it."""
+        many: list[tuple[rq.job.Job, Any]] = []
+        token = _many.set(many)
+        try:
+            jobs: list[rq.job.Job] = super().enqueue_many(
+                job_datas, pipeline, *args, **kwargs
+            )
+        except BaseException:
+            if pipeline is None:
+                # RQ pushes the jobs without dependencies first: those that got there stay.
+                for job, created in many:
+                    if created is not None and not _pushed(job):
+                        _execution.forget_queued(created, SOURCE, job.id)
+            raise
+        finally:
+            _many.reset(token)
+        return jobs
 
     def enqueue_job(
         self, job: rq.job.Job, pipeline: Any = None, *args: Any, **kwargs: Any
@@ -152,9 +204,18 @@ class Queue(DjangoRQ):
         *args: Any,
         **kwargs: Any,
     ) -> rq.job.Job:
-        created = _record_queued(job)
+        # Due then: the queued timeout counts its wait from that time, not from now.
+        created = _record_queued(job, due_at=datetime)
         with _forgotten_if_refused(job, created, pipeline):
             return super().schedule_job(job, datetime, pipeline, *args, **kwargs)
+
+
+def _pushed(job: rq.job.Job) -> bool:
+    """Whether Redis has ``job`` (False when it cannot tell)."""
+    try:
+        return bool(job.connection.exists(job.key))
+    except Exception:
+        return False
 
 
 @contextlib.contextmanager
@@ -227,6 +288,42 @@ class Job(rq.job.Job):
             # Runs this job enqueued, written before the work horse exits without atexit.
             writebehind.flush()
 
+    def cancel(self, *args: Any, **kwargs: Any) -> Any:
+        """RQ's cancel, which also ends the job's run killed when no worker runs it.
+
+        (``rq.cancel_job()`` fetches RQ's own ``Job``: a cancel through it is not seen.)
+        """
+        outcome = super().cancel(*args, **kwargs)
+        if _connected:
+            _record_canceled(
+                self, dependents=not _argument(args, kwargs, 1, "enqueue_dependents")
+            )
+        return outcome
+
+
+def _argument(
+    args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str
+) -> Any:
+    """The argument ``name`` (at ``index`` when positional) of a call, or None."""
+    return (
+        kwargs[name] if name in kwargs else args[index] if len(args) > index else None
+    )
+
+
+@contrib.never_raises
+def _record_canceled(job: rq.job.Job, *, dependents: bool) -> None:
+    """End the run of ``job``, canceled through RQ, killed (unless a worker runs it); and
+    the runs of the jobs that waited for it, when RQ keeps them deferred (``dependents``)."""
+
+    def record(alias: str) -> None:
+        run = find_run(job.id, alias)
+        if run is not None:
+            _canceled(run, alias)
+
+    _execution.best_effort(record, f"the cancel of RQ job {job.id}")
+    if dependents:
+        _end_dependents(job, JobStatus.CANCELED)
+
 
 @contrib.never_raises
 def _tell_parent(job: rq.job.Job) -> None:
@@ -252,12 +349,36 @@ def _decided(job: rq.job.Job, *, done: bool) -> None:
         execution.handle.flush()
 
 
+@contrib.never_raises
+def _repeated(job: rq.job.Job) -> Any:
+    """In the work horse, before RQ enqueues ``job`` again under its id (``rq.Repeat``):
+    record this execution's success, which ends its run, and the repetition as a new
+    run, queued; the id of that run, or None.
+
+    Each execution is a run of its own: recorded now, the success cannot be taken for
+    the next execution's, which a worker may start as soon as RQ has enqueued it.
+    """
+    execution = _executions.get(job.id)
+    if not isinstance(job, Job) or job._jobstatus_returned is None or execution is None:
+        return None  # recorded by perform() (a worker that is not ours), or not ours
+    (result,) = job._jobstatus_returned
+    job._jobstatus_returned = None
+    _finish(execution, result)
+    with writebehind.inline():  # this process exits next, without atexit
+        return _execution.record_queued(
+            SOURCE, job.id, _name(job), fresh=True, **_fields(job)
+        )
+
+
 def _left_to_parent(job: rq.job.Job, execution: Execution) -> bool:
     """Leave this success to the worker's main process when it can record it as well as
     this work horse; whether it was left.
 
-    It can when this is a fork of it that recorded the start, the job wrote nothing so
-    far (this horse has no database connection), and RQ keeps the result for it to read.
+    It can when this is a fork of it that recorded the start and is still its child (a
+    main process that was killed, e.g. with SIGKILL, records nothing), the job wrote
+    nothing so far (this horse has no database connection), RQ keeps the result for it
+    to read, and will not enqueue the job again at once under its id (``rq.Repeat``:
+    ``_Recording.handle_job_success()`` records each repetition's success first).
     What the job reported (progress, log lines) is handed to it in the job's meta: then
     the horse does not connect to the database at all, and the main process writes it
     with the end through the connection it keeps open.
@@ -265,12 +386,20 @@ def _left_to_parent(job: rq.job.Job, execution: Execution) -> bool:
     handle = execution.handle
     return (
         _recorder not in (0, os.getpid())
+        and os.getppid() == _recorder
+        and not _repeats(job)
         and execution.recorded
         and handle is not None
         and not handle.has_written
         and job.result_ttl != 0
         and (not handle.has_news or _hand_over(job, handle))
     )
+
+
+def _repeats(job: rq.job.Job) -> bool:
+    """Whether RQ runs ``job`` again once it succeeds (``rq.Repeat``, under the same id)."""
+    left = getattr(job, "repeats_left", None)  # rq >= 2.2
+    return bool(left and left > 0)
 
 
 def _hand_over(job: rq.job.Job, handle: JobHandle) -> bool:
@@ -353,10 +482,33 @@ class _Recording:
         if _connected:
             _decided(job, done=done)
             if _recorder not in (0, os.getpid()):
+                writebehind.flush()  # a repetition's queued run (handle_job_success)
                 # A work horse ends next, without atexit: the check of a monitored
                 # job that it recorded, and the alerts, go out first (or are dropped).
                 _finish_health()
         return done
+
+    def handle_job_success(
+        self, job: rq.job.Job, queue: rq.Queue, *args: Any, **kwargs: Any
+    ) -> Any:
+        # rq 3 passes the execution too (by keyword): what follows job and queue goes through.
+        if not (_connected and _repeats(job)):
+            return super().handle_job_success(job, queue, *args, **kwargs)  # type: ignore[misc]
+        # RQ enqueues the job again, under its id (rq.Repeat), in what follows: this
+        # execution's run ends now, before a worker can start the next one.
+        created = _repeated(job)
+        with _forgotten_if_refused(job, created, None):
+            return super().handle_job_success(job, queue, *args, **kwargs)  # type: ignore[misc]
+
+    def handle_job_failure(
+        self, job: rq.job.Job, queue: rq.Queue, *args: Any, **kwargs: Any
+    ) -> Any:
+        # rq 3 passes the execution too: what follows job and queue goes through.
+        if _connected and os.getpid() == _recorder:
+            # The main process fails a work horse that died (e.g. killed by a signal);
+            # when the job has retries left, RQ keeps no result that says why.
+            setattr(job, _FAILURE, _argument(args, kwargs, 1, "exc_string") or "")
+        return super().handle_job_failure(job, queue, *args, **kwargs)  # type: ignore[misc]
 
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> Any:
         if not _connected:
@@ -385,16 +537,17 @@ class _Recording:
 _RETRIED = getattr(Result.Type, "RETRIED", None)
 
 
-def _error_fields(job: rq.job.Job) -> dict[str, str]:
-    """The error and traceback of the job's last execution, from RQ's result."""
-    result = job.latest_result()
-    if result is None:
+def _error_fields(job: rq.job.Job, result: Result | None) -> dict[str, str]:
+    """The error and traceback of the job's last execution: what the worker's main process
+    failed it with (a work horse that died), else from RQ's ``result``."""
+    text = getattr(job, _FAILURE, "")
+    if not text and result is None:
         text = str(getattr(job, "exc_info", None) or "")  # deprecated in rq 3
-    elif result.type == _RETRIED and not result.exc_string:
-        # The job returned Retry: RQ keeps no error, so the attempt says why it ended.
-        error = _("Retry requested by the job (it returned rq.Retry).")
-        return {"error": str(error), "traceback": ""}
-    else:
+    elif not text and result is not None:
+        if result.type == _RETRIED and not result.exc_string:
+            # The job returned Retry: RQ keeps no error, so the attempt says why it ended.
+            error = _("Retry requested by the job (it returned rq.Retry).")
+            return {"error": str(error), "traceback": ""}
         text = str(result.exc_string or "")
     text = text.strip()
     return {"error": last_line(text), "traceback": text}
@@ -419,10 +572,21 @@ def _take_unwritten(job: rq.job.Job, execution: Execution) -> None:
     _clear_marks(job, UNWRITTEN)
 
 
-@contrib.never_raises
+# What RQ decided of a job whose dependents it then keeps deferred (unless they allow it).
+_UNSUCCESSFUL = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
+
+
 def _record_outcome(job: rq.job.Job, execution: Execution) -> None:
-    if execution.ended:
-        return  # recorded in this process (SimpleWorker)
+    status = _outcome(job, execution)
+    if status in _UNSUCCESSFUL:
+        _end_dependents(job, status)
+
+
+@contrib.never_raises
+def _outcome(job: rq.job.Job, execution: Execution) -> JobStatus | None:
+    """Record what is not recorded yet of ``job``'s execution; the RQ status it ended with."""
+    if execution.ended:  # recorded in this process (SimpleWorker)
+        return job.get_status(refresh=False)
     try:
         job.refresh()  # type: ignore[no-untyped-call]  # its status and meta, in one read
         status = job.get_status(refresh=False)
@@ -434,28 +598,87 @@ def _record_outcome(job: rq.job.Job, execution: Execution) -> None:
             RECORDED
         ):  # the work horse left the success to this process
             execution.end(result=_return_value(job))
-        return
+        return status
     # The work horse recorded what it could; this process knows only what it recorded itself.
     found = contrib.durably(
         lambda: (find_run(job.id),), f"the outcome of RQ job {job.id}"
     )
     if found is None:
-        return  # the database stayed away (logged)
+        return status  # the database stayed away (logged)
     run = found[0]
     if run is not None:
         if run.status != Status.RUNNING or run.worker != execution.worker:
-            return  # recorded by the work horse, or another worker runs its retry already
+            return status  # recorded by the work horse, or another worker runs its retry already
         execution.adopt(run)
+    _end_as(job, execution, status)
+    return status
+
+
+def _end_as(job: rq.job.Job, execution: Execution, status: JobStatus | None) -> None:
+    """Record the end of the execution of ``job``, which RQ says is ``status`` now."""
     if status in (JobStatus.FINISHED, None):
         execution.end(result=_return_value(job) if status is not None else None)
     elif status in (JobStatus.STOPPED, JobStatus.CANCELED):
         execution.end(JobKilled(job.id), message=str(_("Stopped through RQ.")))
     elif status == JobStatus.FAILED:
-        fields = _error_fields(job)
+        fields = _error_fields(job, job.latest_result())
         execution.end(RuntimeError(fields["error"]), **fields)
     elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-        execution.retrying(None, **_error_fields(job))
+        result = job.latest_result()
+        if (
+            not getattr(job, _FAILURE, "")  # a dead horse's retry: no result of its own
+            and result is not None
+            and result.type == Result.Type.SUCCESSFUL
+        ):
+            # Enqueued again after a success (rq.Repeat), which its work horse did not
+            # record (it records it before RQ enqueues the repetition).
+            execution.end(result=result.return_value)
+        else:
+            execution.retrying(None, **_error_fields(job, result))
     # STARTED: another worker picked up its retry already.
+
+
+# How many jobs, at most, the end of one job's dependents reaches.
+DEPENDENTS_MAX = 1000
+
+
+@contrib.never_raises
+def _end_dependents(job: rq.job.Job, status: JobStatus) -> None:
+    """End killed the queued runs of the jobs waiting for ``job``, which ended ``status``
+    (failed, stopped or canceled): RQ keeps them deferred and never runs them (except
+    those that allow a dependency's failure, which RQ enqueues); and so on, for the jobs
+    that wait for those."""
+    ended: list[tuple[str, str]] = []  # (job id, the id of the job it waited for)
+    waiting = [job]
+    seen = {job.id}
+    while waiting and len(seen) < DEPENDENTS_MAX:
+        dependency = waiting.pop()
+        ids = [id_ for id_ in dependency.dependent_ids if id_ not in seen]
+        seen.update(ids)
+        dependents = rq.job.Job.fetch_many(
+            ids, connection=job.connection, serializer=job.serializer
+        )
+        for dependent in dependents:
+            if dependent is None or dependent.get_status(refresh=False) != (
+                JobStatus.DEFERRED
+            ):
+                continue
+            if dependency is job and dependent.allow_dependency_failures:
+                continue  # RQ enqueues it
+            ended.append((dependent.id, dependency.id))
+            waiting.append(dependent)
+    for job_id, dependency_id in ended:
+        message = _(
+            "Not run: RQ keeps it deferred, as RQ job %(dependency)s, which it waits "
+            "for, will not finish (it ended %(status)s, or waits for one that did)."
+        ) % {"dependency": dependency_id, "status": status.value}
+
+        def record(alias: str, job_id: str = job_id, message: str = message) -> None:
+            run = find_run(job_id, alias)
+            if run is not None:
+                _canceled(run, alias, message=message)
+
+        _execution.best_effort(record, f"the end of RQ job {job_id}'s wait")
 
 
 @contrib.never_raises
@@ -513,8 +736,8 @@ _WAITING = frozenset(
 )
 
 
-def _canceled(run: JobRun, alias: str) -> None:
-    """End ``run`` killed: its job was canceled before a worker took it.
+def _canceled(run: JobRun, alias: str, *, message: str | None = None) -> None:
+    """End ``run`` killed (with ``message``): its job was canceled before a worker took it.
 
     Read again when the move is refused: the worker that scheduled the retry may have
     moved the run retrying → queued between the read and the write.
@@ -524,7 +747,9 @@ def _canceled(run: JobRun, alias: str) -> None:
         if current is None or not current.is_active or current.status == Status.RUNNING:
             return
         try:
-            current.mark_killed(using=alias, message=str(_("Canceled before it ran.")))
+            current.mark_killed(
+                using=alias, message=message or str(_("Canceled before it ran."))
+            )
         except InvalidTransition:
             continue
         return
@@ -583,6 +808,7 @@ class RQBackend:
                     time.sleep(0.005)
             with contextlib.suppress(InvalidJobOperation):  # canceled already
                 job.cancel()
+            _end_dependents(job, JobStatus.CANCELED)
             _execution.best_effort(
                 lambda alias: _canceled(run, alias),
                 f"the cancel of RQ job {run.backend_job_id}",
@@ -590,6 +816,9 @@ class RQBackend:
         return None  # finished, failed, stopped or canceled: nothing to stop
 
     def retry(self, run: JobRun) -> JobRun:
+        refusal = _unretriable(run.job_name)
+        if refusal is not None:
+            raise ValueError(refusal)
         params = run.params if isinstance(run.params, dict) else {}
         queue = django_rq.get_queue(run.queue or "default", connection=self._connection)
         enqueue = getattr(
@@ -608,6 +837,32 @@ class RQBackend:
                 run.job_name, source=SOURCE, backend_job_id=job.id, **_fields(job)
             )
         return new
+
+
+def _unretriable(name: str) -> str | None:
+    """Why RQ cannot run the function ``name`` again from its dotted path, or None when it
+    may: a method of an instance, which went with the job. A name this process cannot
+    import is left to RQ, as before (the worker may have modules the web process has not)."""
+    owner_name, _dot, attribute = name.rpartition(".")
+    owner = _owner(owner_name)
+    if inspect.isclass(owner) and inspect.isfunction(
+        inspect.getattr_static(owner, attribute, None)
+    ):
+        return str(
+            _(
+                "This run cannot be retried: its job is a method of an instance of "
+                "%(owner)s, which RQ pickled with the job, and the run does not keep it."
+            )
+            % {"owner": owner_name}
+        )
+    return None
+
+
+def _owner(name: str) -> Any:
+    try:
+        return import_attribute(name) if name else None
+    except Exception:
+        return None
 
 
 def connect(connection: Redis | None = None) -> None:

@@ -164,3 +164,26 @@ def crash() -> None:
 def marked(key: str) -> str:
     redis.Redis.from_url(REDIS_URL).set(key, "1", ex=600)
     return key
+
+
+def crash_first_attempt() -> str:
+    """crash() on the first attempt (while it has retries left); succeed on the next."""
+    job = rq.get_current_job()
+    assert job is not None
+    if not job.number_of_retries and job.retries_left:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "done"
+
+
+class Calculator:
+    """Enqueued as a bound method, RQ pickles the instance with the job."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def add(self, x: int) -> int:
+        return self.offset + x
+
+    @classmethod
+    def double(cls, x: int) -> int:
+        return 2 * x

@@ -726,13 +726,15 @@ def test_reap_ends_runs_queued_too_long_when_asked(
 @pytest.mark.usefixtures("rq_on")
 def test_reap_cancels_the_rq_job_of_a_run_queued_too_long() -> None:
     queue = django_rq.get_queue(rq_jobs.LOCAL_QUEUE)
-    # Scheduled for later: no worker of this module runs it meanwhile.
+    # Scheduled for later: no worker of this module runs it meanwhile. Its run is made
+    # to look due an hour ago (waiting since then).
     job = queue.enqueue_in(timedelta(hours=1), kill_jobs.mark, "nobody runs it")
     try:
         run = rq_run(job)
         assert run.status == Status.QUEUED
+        an_hour_ago = timezone.now() - timedelta(hours=1)
         JobRun.objects.filter(pk=run.pk).update(
-            queued_at=timezone.now() - timedelta(hours=1)
+            queued_at=an_hour_ago, due_at=an_hour_ago
         )
         assert "Ended 1 run queued too long" in _reap("--queued-timeout", "60")
         assert refreshed(run).status == Status.KILLED

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -16,6 +19,7 @@ import rq
 import rq.registry
 from django.utils import timezone
 from rq import Callback, Retry
+from rq.job import Dependency
 
 from django_jobstatus import contrib
 from django_jobstatus.contrib import rq as jobstatus_rq
@@ -247,6 +251,151 @@ def test_a_kill_waits_for_a_retry_being_scheduled_before_it_cancels_it(
     assert refreshed(run).status == Status.KILLED
 
 
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_each_execution_of_a_repeated_job_is_a_run_that_succeeded(
+    local_queue: rq.Queue,
+) -> None:
+    """rq.Repeat enqueues the job again under its id after each success."""
+    job = local_queue.enqueue(rq_jobs.add, 1, 2, repeat=rq.Repeat(times=2))
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    runs = JobRun.objects.filter(source="rq", backend_job_id=job.id)
+    assert [(run.status, run.result, run.attempts) for run in runs] == [
+        (Status.SUCCEEDED, 3, [])
+    ] * 3
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_job_canceled_through_rq_ends_its_run_killed(
+    local_queue: rq.Queue,
+) -> None:
+    """job.cancel() on a job of the configured Job class; what waited for it is not run."""
+    job = local_queue.enqueue(rq_jobs.add, 1, 2)
+    child = local_queue.enqueue(rq_jobs.add, 3, 4, depends_on=job)
+    fetched = local_queue.fetch_job(job.id)
+    assert isinstance(fetched, jobstatus_rq.Job)
+    fetched.cancel()
+    run = recorded(job)
+    assert (run.status, run.message) == (Status.KILLED, "Canceled before it ran.")
+    waited = recorded(child)
+    assert waited.status == Status.KILLED
+    assert job.id in waited.message
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_the_jobs_waiting_for_a_failed_job_end_killed(local_queue: rq.Queue) -> None:
+    """RQ keeps them deferred for ever; one that allows the failure runs."""
+    parent = local_queue.enqueue(rq_jobs.fail, "boom")
+    child = local_queue.enqueue(rq_jobs.add, 1, 2, depends_on=parent)
+    grandchild = local_queue.enqueue(rq_jobs.add, 3, 4, depends_on=child)
+    tolerant = local_queue.enqueue(
+        rq_jobs.add, 5, 6, depends_on=Dependency(jobs=[parent], allow_failure=True)
+    )
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert recorded(parent).status == Status.FAILED
+    assert child.get_status(refresh=True) == rq.job.JobStatus.DEFERRED
+    for waiting, dependency in ((child, parent), (grandchild, child)):
+        run = recorded(waiting)
+        assert run.status == Status.KILLED
+        assert dependency.id in run.message
+    assert (recorded(tolerant).status, recorded(tolerant).result) == (
+        Status.SUCCEEDED,
+        11,
+    )
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_bound_method_job_is_named_by_its_class_and_its_retry_refused(
+    local_queue: rq.Queue,
+) -> None:
+    """RQ keeps the instance in the job, not the run: a retry could not run it again."""
+    job = local_queue.enqueue(rq_jobs.Calculator(40).add, 2)
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    run = recorded(job)
+    assert (run.status, run.result, run.job_name) == (
+        Status.SUCCEEDED,
+        42,
+        "tests.contrib.rq_jobs.Calculator.add",
+    )
+    with pytest.raises(ValueError, match="method of an instance"):
+        contrib.retry(run)
+    # A classmethod is found again from its name.
+    run.job_name = "tests.contrib.rq_jobs.Calculator.double"
+    again = contrib.retry(run)
+    assert again.job_name == run.job_name
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_job_scheduled_for_later_is_not_ended_before_it_is_due(
+    local_queue: rq.Queue,
+) -> None:
+    """``enqueue_in()`` / ``enqueue_at()``: the queued timeout counted the wait from the
+    enqueue, and the reaper ended the run killed ("its message was probably lost") and
+    canceled the RQ job one timeout later, however far ahead it was due."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = local_queue.enqueue_in(timedelta(hours=1), rq_jobs.add, 1, 2)
+    run = recorded(job)
+    assert run.due_at is not None
+    assert abs(run.due_at - (timezone.now() + timedelta(hours=1))) < timedelta(
+        minutes=1
+    )
+    JobRun.objects.filter(pk=run.pk).update(
+        queued_at=timezone.now() - timedelta(hours=2)
+    )
+    assert JobRun.objects.reap(300, queued_timeout=600).expired == 0
+    assert job.get_status(refresh=True) == rq.job.JobStatus.SCHEDULED
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_many_records_each_job_queued(local_queue: rq.Queue) -> None:
+    first = local_queue.enqueue(rq_jobs.add, 0, 0)
+    jobs = local_queue.enqueue_many(
+        [
+            rq.Queue.prepare_data(rq_jobs.add, (1, 1)),
+            rq.Queue.prepare_data(rq_jobs.add, (2, 2), job_id=f"many-{uuid.uuid4()}"),
+            rq.Queue.prepare_data(rq_jobs.add, (3, 3), depends_on=first),
+        ]
+    )
+    runs = [recorded(job) for job in jobs]
+    assert [(run.status, run.params["args"]) for run in runs] == [
+        (Status.QUEUED, [n, n]) for n in (1, 2, 3)
+    ]
+    assert JobRun.objects.count() == 4  # one each
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert [refreshed(run).result for run in runs] == [2, 4, 6]
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_many_forgets_its_runs_when_the_push_fails(
+    local_queue: rq.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise redis.exceptions.ConnectionError("refused")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", refused)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        local_queue.enqueue_many([rq.Queue.prepare_data(rq_jobs.add, (1, 1))])
+    monkeypatch.undo()
+    assert not JobRun.objects.exists()
+
+
 @pytest.mark.usefixtures("rq_on")
 class TestWorker:
     pytestmark = [
@@ -352,6 +501,48 @@ class TestWorker:
             finished(recorded(queue.enqueue(rq_jobs.add, 1, 1)), rq_worker).result == 2
         )
 
+    def test_a_crashed_work_horse_with_retries_left_says_why_its_attempt_ended(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        """RQ keeps no result for the attempt it retries: the main process's error is used."""
+        job = queue.enqueue(rq_jobs.crash_first_attempt, retry=Retry(max=1))
+        run = finished(recorded(job), rq_worker)
+        assert (run.status, run.attempt, run.result) == (Status.SUCCEEDED, 2, "done")
+        [entry] = run.attempts
+        assert entry["status"] == "retrying"
+        assert "Work-horse terminated unexpectedly" in entry["error"], run.attempts
+
+    def test_each_execution_of_a_repeated_job_is_a_run_that_succeeded(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        """A silent job's success is left to the main process, which found the job queued
+        again (rq.Repeat) and took it for a retry."""
+        job = queue.enqueue(rq_jobs.add, 2, 3, repeat=rq.Repeat(times=2))
+
+        def repeated() -> bool:
+            job.refresh()
+            return (
+                job.get_status() == rq.job.JobStatus.FINISHED and job.repeats_left == 0
+            )
+
+        wait_for(repeated, timeout=60, what="the job to run three times")
+        settle(rq_worker)
+        runs = JobRun.objects.filter(source="rq", backend_job_id=job.id)
+        assert [(run.status, run.result, run.attempts) for run in runs] == [
+            (Status.SUCCEEDED, 5, [])
+        ] * 3
+
+    def test_the_jobs_waiting_for_a_failed_job_end_killed(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        parent = queue.enqueue(rq_jobs.fail, "boom")
+        child = queue.enqueue(rq_jobs.add, 1, 2, depends_on=parent)
+        finished(recorded(parent), rq_worker)
+        run = finished(recorded(child), rq_worker, timeout=10)
+        assert run.status == Status.KILLED
+        assert parent.id in run.message
+        assert child.get_status(refresh=True) == rq.job.JobStatus.DEFERRED
+
     def test_a_long_job_killed_from_the_admin(
         self, rq_worker: Popen[bytes], queue: rq.Queue, admin_client: Any
     ) -> None:
@@ -450,3 +641,39 @@ class TestWorker:
         finished(run, rq_worker)
         assert run.status == Status.SUCCEEDED
         assert run.result == key
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("rq_on")
+def test_a_success_is_recorded_when_the_worker_was_killed_while_its_horse_ran(
+    db_proxy: Proxy, tmp_path: Path
+) -> None:
+    """The worker's main process is SIGKILLed while the horse (a session of its own) runs
+    a silent job: the horse finishes it, and records the success that it would have left
+    to its main process."""
+    queue = django_rq.get_queue(rq_jobs.HORSE_QUEUE)
+    with started_rq_worker(
+        db_proxy, tmp_path / "worker.log", queue=rq_jobs.HORSE_QUEUE, prefix="kill9"
+    ) as worker:
+        job = queue.enqueue(rq_jobs.silent, 2)
+        run = recorded(job)
+        wait_for(  # STARTED is set by the work horse: it exists
+            lambda: (
+                refreshed(run).status == Status.RUNNING
+                and job.get_status(refresh=True) == rq.job.JobStatus.STARTED
+            ),
+            timeout=60,
+            what="the job to start in its work horse",
+            process=worker,
+        )
+        os.kill(worker.pid, signal.SIGKILL)  # the main process only
+        worker.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    wait_for(
+        lambda: refreshed(run).is_finished or time.monotonic() > deadline,
+        timeout=40,
+        what="the run to end",
+    )
+    assert (run.status, run.result) == (Status.SUCCEEDED, "woke up")

@@ -163,18 +163,21 @@ def _move(parent: JobRun, target: str, state: BatchStatus) -> None:
     if target == Status.SUCCEEDED:
         parent.mark_succeeded(result={"children": state.counts})
     elif target == Status.FAILED:
-        failed = state.counts.get(Status.FAILED, 0) + state.counts.get(Status.LOST, 0)
-        message = ngettext(
-            "%(failed)d of %(total)d child run failed.",
-            "%(failed)d of %(total)d child runs failed.",
-            state.total,
-        ) % {
-            "failed": failed,
-            "total": state.total,
-        }
-        parent.mark_failed(error=message, result={"children": state.counts})
+        parent.mark_failed(**_failure(state))
     elif target == Status.KILLED:
         parent.mark_killed()
+
+
+def _failure(state: BatchStatus) -> dict[str, Any]:
+    """A failed parent's ``error`` and ``result``: how many of its children failed, and
+    the count of each status."""
+    failed = state.counts.get(Status.FAILED, 0) + state.counts.get(Status.LOST, 0)
+    message = ngettext(
+        "%(failed)d of %(total)d child run failed.",
+        "%(failed)d of %(total)d child runs failed.",
+        state.total,
+    ) % {"failed": failed, "total": state.total}
+    return {"error": message, "result": {"children": state.counts}}
 
 
 def refresh_batch(parent: JobRun) -> BatchStatus:
@@ -186,10 +189,17 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
     state = batch_status(parent)
     db = parent._state.db or settings.DATABASE
     now = timezone.now()
-    JobRun.objects.using(db).filter(
+    newer = JobRun.objects.using(db).filter(
         pk=parent.pk, progress_current__lte=state.done
-    ).update(progress_current=state.done, progress_total=state.total, updated_at=now)
+    )
+    newer.update(
+        progress_current=state.done, progress_total=state.total, updated_at=now
+    )
     parent.refresh_from_db(using=db)
+    if parent.status == Status.FAILED:
+        # It failed with its first failed child: its figures follow the others to their end.
+        newer.filter(status=Status.FAILED).update(**_failure(state))
+        parent.refresh_from_db(using=db, fields=["error", "result"])
     try:
         _move(parent, state.status, state)
     except InvalidTransition:

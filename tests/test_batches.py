@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -140,6 +141,31 @@ def test_one_failed_child_fails_the_parent(
     assert parent.status == F
     assert parent.error == "1 of 2 child runs failed."
     assert (parent.progress_current, parent.progress_total) == (1, 2)
+
+
+def test_a_failed_batch_s_error_and_result_follow_its_children_to_their_end(
+    db: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The parent failed with its first failed child, and its error and result stayed as
+    they were then: "1 of 3 child runs failed." and two children queued, for good, while
+    two had failed and one succeeded."""
+    parent = start_batch("batch", ["a", "b", "c"])
+    first, second, third = parent.children.order_by("job_name")
+    for child in (first, second, third):  # each refresh runs as its child's end commits
+        with (
+            django_capture_on_commit_callbacks(execute=True),
+            contextlib.suppress(ValueError),
+            track(child.job_name, run=child),
+        ):
+            if child != second:
+                raise ValueError("bad file")
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_current) == (F, 3)
+    assert parent.error == "2 of 3 child runs failed."
+    assert parent.result == {"children": {"failed": 2, "succeeded": 1}}
+    assert (
+        parent.error_fingerprint == JobRun.objects.get(pk=parent.pk).error_fingerprint
+    )
 
 
 def test_a_running_parent_is_not_reaped_while_a_child_is_active(db: None) -> None:

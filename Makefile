@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py jobstatus_demo --admin
-	@$(BIN)/python manage.py jobstatus_demo --live & live=$$!; trap 'kill $$live 2>/dev/null' EXIT INT TERM; \
+	@$(BIN)/python manage.py jobstatus_demo --live & live=$$!; trap 'kill $$live 2>/dev/null; wait $$live 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 # The demo's data from scratch: every run deleted, a month of history seeded again.

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.engine_agnostic
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(args: list[str], db: Path) -> subprocess.CompletedProcess[str]:
-    """Python with ``args``, in the demo project's settings, on the SQLite file ``db``."""
-    env = {
+def _env(db: Path) -> dict[str, str]:
+    """The demo project's settings, on the SQLite file ``db``."""
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
         "DATABASE_URL": f"sqlite:///{db}",
     }
+
+
+def _run(args: list[str], db: Path) -> subprocess.CompletedProcess[str]:
+    """Python with ``args``, in the demo project's settings, on the SQLite file ``db``."""
     return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
-        env=env,
+        env=_env(db),
         capture_output=True,
         text=True,
         timeout=300,
@@ -172,3 +181,121 @@ def test_demo_health_panel_shows_a_late_a_failing_and_a_slow_job(demo_db: Path):
         ]
     )
     assert first == "True"  # the panel is at the top
+
+
+def test_demo_says_how_many_runs_the_monitors_add(demo_db: Path):
+    """``--runs N`` seeds N runs; the monitors (on by default) add theirs, and say how many."""
+    count = "from django_jobstatus.models import JobRun; print(JobRun.objects.count())"
+    result = _manage("jobstatus_demo", "--runs", "10", db=demo_db)
+    assert result.returncode == 0, result.stderr
+    assert "Seeded 10 runs" in result.stdout
+    # 1 late export, 3 failed charges, 1 healthy import (the slow reindex is seeded).
+    assert "Created 4 job monitors and 5 runs for them" in result.stdout
+    assert _python(count, demo_db).stdout.split()[-1] == "15"
+    again = _manage("jobstatus_demo", "--reset", "--runs", "2", db=demo_db)
+    # Under 4 runs none is the stuck reindex: the slow monitor gets a run of its own.
+    assert "Created 4 job monitors and 6 runs for them" in again.stdout, again.stderr
+    assert _python(count, demo_db).stdout.split()[-1] == "8"
+    helped = _manage("help", "jobstatus_demo", db=demo_db)
+    assert "plus the 5 runs" in " ".join(helped.stdout.split())
+    docs = " ".join((ROOT / "docs" / "getting-started.md").read_text().split())
+    assert "plus the 5 runs the four monitors need" in docs
+    assert "--no-monitors" in docs
+
+
+def test_demo_reset_forgets_the_dashboard_figures_of_the_deleted_runs(demo_db: Path):
+    """--reset deletes the hourly roll-ups and their cached sums with the runs."""
+    script = (
+        "import json\n"
+        "from django.core.management import call_command\n"
+        "from django.test import Client\n"
+        "from django_jobstatus.models import JobRunHour\n"
+        "call_command('jobstatus_demo', '--admin', '--runs', '300')\n"
+        "c = Client(); assert c.login(username='admin', password='admin')\n"
+        "def total():\n"
+        "    r = c.get('/admin/django_jobstatus/jobrun/dashboard/data/?window=7d')\n"
+        "    return json.loads(r.content)['total']\n"
+        "print('before', total() > 0, JobRunHour.objects.exists())\n"
+        "call_command('jobstatus_demo', '--reset', '--runs', '0')\n"
+        "print('after', JobRunHour.objects.count(), total())\n"
+    )
+    result = _python(script, demo_db)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "before True True" in result.stdout  # the week was rolled up and cached
+    assert "after 0 0" in result.stdout
+
+
+def _live(db: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """``jobstatus_demo --live`` on ``db`` (seeded with 5 runs), its output in ``log``."""
+    seeded = _manage("jobstatus_demo", "--runs", "5", "--no-monitors", db=db)
+    assert seeded.returncode == 0, seeded.stderr
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "jobstatus_demo", "--live", *args],
+            cwd=ROOT,
+            env=_env(db),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _live_runs(db: Path) -> list[tuple[str, str]]:
+    """(job name, status) of the runs the live demo made (the seeded ones left out)."""
+    with sqlite3.connect(db) as con:
+        return con.execute(
+            "select job_name, status from django_jobstatus_jobrun where job_name in "
+            "('maintenance.long_cleanup', 'library.import_books') order by job_name"
+        ).fetchall()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_live_demo_stops_its_runs_when_interrupted(
+    demo_db: Path, tmp_path: Path, signum: signal.Signals
+):
+    """Ctrl-C (SIGINT), or the SIGTERM of `make demo`'s trap: the live runs end killed."""
+    log = tmp_path / "live.log"
+    proc = _live(demo_db, "--for", "600", log=log)
+    try:
+        wait_for(
+            lambda: (
+                [status for _name, status in _live_runs(demo_db)]
+                == ["running", "running"]
+            ),
+            timeout=60,
+            what="the long cleanup and the import to run",
+            process=proc,
+            log=log,
+        )
+        proc.send_signal(signum)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()
+    assert _live_runs(demo_db) == [
+        ("library.import_books", "killed"),
+        ("maintenance.long_cleanup", "killed"),
+    ], log.read_text()
+
+
+def test_live_demo_stops_its_runs_at_the_end_of_for_seconds(
+    demo_db: Path, tmp_path: Path
+):
+    """`--for 2` ends the live jobs after 2 s, the 120 s cleanup too, and then the command."""
+    log = tmp_path / "live.log"
+    start = time.monotonic()
+    proc = _live(demo_db, "--for", "2", log=log)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"--for 2 still running after 30 s:\n{log.read_text()}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    took = time.monotonic() - start
+    assert proc.returncode == 0, log.read_text()
+    assert took < 20, took  # a few seconds to start Django and stop the jobs
+    assert ("maintenance.long_cleanup", "killed") in _live_runs(demo_db)
+    assert "running" not in {status for _name, status in _live_runs(demo_db)}

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import threading
 import time
 from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from django_jobstatus import health
 from django_jobstatus.fingerprints import fingerprint
-from django_jobstatus.models import JobLog, JobMonitor, JobRun, Status, uuid7
+from django_jobstatus.models import (
+    JobLog,
+    JobMonitor,
+    JobRun,
+    JobRunHour,
+    Status,
+    uuid7,
+)
+from django_jobstatus.values import default_worker
 from testproject import jobs
 
 # (job name, source, share of the runs, failure rate, typical seconds)
@@ -37,6 +47,8 @@ ERRORS = [
     "TimeoutError: SMTP server did not answer in 30 s",
     "IntegrityError: duplicate key value violates unique constraint",
 ]
+# Seconds the live jobs have to stop once asked (they check at least twice a second).
+STOP_TIMEOUT = 10
 
 
 def positive_int(value: str) -> int:
@@ -57,13 +69,13 @@ class Command(BaseCommand):
             "--runs",
             type=positive_int,
             default=3000,
-            help="Runs to seed over the last 30 days, 4 of them active (one stuck, three queued) when there are 4 or more (default: %(default)r).",
+            help="Runs of history to seed over the last 30 days, 4 of them active (one stuck, three queued) when there are 4 or more; --monitors adds its own (default: %(default)r).",
         )
         parser.add_argument(
             "--monitors",
             action=argparse.BooleanOptionalAction,
             default=True,
-            help="With the seeded runs, create 4 job monitors and the 6 runs that make one healthy, one late, one failing and one slow (default: %(default)r).",
+            help="Create 4 job monitors (one healthy, one late, one failing, one slow): the --runs runs of history, plus the 5 runs the monitors need (6 when --runs is 1 to 3: the slow monitor's stuck run too; none with --runs 0). With --no-monitors, exactly --runs runs (default: %(default)r).",
         )
         parser.add_argument(
             "--admin",
@@ -71,12 +83,14 @@ class Command(BaseCommand):
             help="Create the superuser admin/admin if it does not exist, and print the login.",
         )
         parser.add_argument(
-            "--reset", action="store_true", help="Delete every run first."
+            "--reset",
+            action="store_true",
+            help="Delete every run and monitor, and the dashboard's roll-ups of them, first.",
         )
         parser.add_argument(
             "--live",
             action="store_true",
-            help="Keep demo jobs running (until interrupted or --for seconds).",
+            help="Keep demo jobs running until Ctrl-C, SIGTERM or --for seconds, then stop them (their runs end killed).",
         )
         parser.add_argument(
             "--for",
@@ -102,6 +116,9 @@ class Command(BaseCommand):
         if reset:
             JobMonitor.objects.all().delete()
             JobRun.objects.all().delete()
+            # The dashboard's figures of closed hours: rows, and their sums in the cache.
+            JobRunHour.objects.all().delete()
+            cache.clear()
         if live:
             self._live(duration)
             return
@@ -211,6 +228,7 @@ class Command(BaseCommand):
     def _monitors(self) -> None:
         """Four monitors, with runs that make one healthy, one late, one failing and one slow."""
         now = timezone.now()
+        before = JobRun.objects.count()
         with transaction.atomic():
             # Late: a nightly export whose last run was three days ago.
             started = now - timedelta(days=3, hours=1)
@@ -260,10 +278,11 @@ class Command(BaseCommand):
                 every=timedelta(days=1),
                 max_duration_p95_factor=3,
             )
+        added = JobRun.objects.count() - before
         result = health.check()
         self.stdout.write(
             self.style.SUCCESS(
-                "Created 4 job monitors: "
+                f"Created 4 job monitors and {added} runs for them: "
                 + ", ".join(
                     f"{name} is {assessment.state}"
                     for name, assessment in result.assessments.items()
@@ -273,14 +292,17 @@ class Command(BaseCommand):
         )
 
     def _live(self, duration: int) -> None:
-        """Run demo jobs in threads, one after another, until the time is up or Ctrl-C."""
+        """Run demo jobs in threads, one after another, until the time is up, Ctrl-C or SIGTERM.
+
+        Then the runs they hold are asked to stop and end ``killed`` before the command
+        returns: daemon threads killed with the interpreter would leave them ``running``.
+        """
         if JobRun.objects.count() == 0:
             raise CommandError("Seed the demo first: manage.py jobstatus_demo")
         stop = threading.Event()
-        deadline = time.monotonic() + duration
 
         def loop(target: Any) -> None:
-            while not stop.is_set() and time.monotonic() < deadline:
+            while not stop.is_set():
                 try:
                     target()
                 except Exception:  # noqa: S110 (a failing demo job is the demo)
@@ -303,11 +325,44 @@ class Command(BaseCommand):
             threading.Thread(target=loop, args=(target,), daemon=True)
             for target in targets
         ]
-        for thread in threads:
-            thread.start()
-        self.stdout.write("Live demo jobs are running; Ctrl-C stops them.")
+        # Ctrl-C, and the SIGTERM of `make demo`'s trap, only note that the demo is to stop:
+        # an exception raised by a second signal (the trap follows Ctrl-C with SIGTERM)
+        # would cut the stopping short and leave runs running.
+        signals: list[int] = []
+        handlers = {
+            signum: signal.signal(signum, lambda signum, frame: signals.append(signum))
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
-            while any(thread.is_alive() for thread in threads):
-                time.sleep(0.5)
-        except KeyboardInterrupt:
+            for thread in threads:
+                thread.start()
+            self.stdout.write("Live demo jobs are running; Ctrl-C stops them.")
+            deadline = time.monotonic() + duration
+            while not signals and time.monotonic() < deadline:
+                time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
             stop.set()
+            self._stop(threads)
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+
+    def _stop(self, threads: list[threading.Thread]) -> None:
+        """Ask the live jobs' runs to stop, wait for their threads, and kill what is left.
+
+        The live threads are the only code of this process that runs jobs, so its runs are
+        the active runs with this process's worker name. Asked again while waiting: a
+        thread may have started a run just before ``stop`` was set.
+        """
+        held = JobRun.objects.active().filter(worker=default_worker())
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            held.request_kill()
+            for thread in threads:
+                thread.join(timeout=0.5)
+            if not any(thread.is_alive() for thread in threads):
+                break
+        # A job that did not stop in time: its run ends killed now, not left running.
+        held.request_kill(
+            force=True, message="The live demo ended before this run did."
+        )
+        self.stdout.write(self.style.SUCCESS("Stopped the live demo jobs."))

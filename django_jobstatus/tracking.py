@@ -8,20 +8,26 @@ refused because the run ended elsewhere (killed by force, reaped) is the handle'
 When the job's own connection is inside ``transaction.atomic()``, the handle writes
 through a second connection so that other processes see the progress at once and a
 rollback does not take the run with it. A handle may be used from several threads of its
-job: a lock guards its buffer and progress, and one write runs at a time.
+job: a lock guards its buffer and progress, and one write runs at a time. Used on an event
+loop's thread (an ``async def`` task), where Django refuses queries, a handle writes
+through a thread of the app's own while the caller waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, Token
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -99,8 +105,9 @@ def tracking_database() -> str:
         or any(getattr(b, "_from_testcase", False) for b in connection.atomic_blocks)
     ):
         return alias
-    if own_connections.tracks_through_own():
-        # A worker: a connection kept open across tasks (Celery closes the others around each).
+    if own_connections.tracks_through_own() or _in_async_writer():
+        # A worker: a connection kept open across tasks (Celery closes the others around
+        # each). The async writer: the job's transaction, if any, is another thread's.
         return own_connections.own(alias, own_connections.TRACKING)
     if not connection.in_atomic_block:
         return alias
@@ -153,6 +160,66 @@ def _reset_connection(alias: str, error: BaseException | None = None) -> None:
     with contextlib.suppress(Exception):
         if not connection.is_usable():
             connection.close()
+
+
+# The thread that writes for handles used on an event loop's thread (an ``async def``
+# task), where Django refuses queries: started on first use, one per process (a forked
+# child starts without it). It writes through a connection of its own, closed once no
+# run of the process is active.
+_async_writer: ThreadPoolExecutor | None = None
+_async_writer_lock = threading.Lock()
+_async_writer_local = threading.local()  # ``on`` in the writer's thread
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an event loop (Django refuses queries there)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _mark_async_writer() -> None:
+    _async_writer_local.on = True
+
+
+def _in_async_writer() -> bool:
+    return bool(getattr(_async_writer_local, "on", False))
+
+
+def _off_the_loop(action: Callable[[], R]) -> R:
+    """``action()`` on the async writer's thread, in a copy of this context; this thread
+    (and its event loop) waits for it, and gets its value or its exception."""
+    global _async_writer
+    with _async_writer_lock:
+        if _async_writer is None:
+            # Not a daemon, but idle between writes: it never holds up the exit.
+            _async_writer = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="jobstatus-async",
+                initializer=_mark_async_writer,
+            )
+        writer = _async_writer
+    return writer.submit(contextvars.copy_context().run, action).result()
+
+
+def _close_async_writer_connections() -> None:
+    """In the async writer's thread: close its connections (they open again when used)."""
+    own_connections.close(own_connections.TRACKING)
+    for connection in connections.all(initialized_only=True):
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def _forget_async_writer() -> None:
+    """In a forked child: no writer (its thread did not survive the fork), no lock held."""
+    global _async_writer, _async_writer_lock
+    _async_writer = None
+    _async_writer_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_async_writer)
 
 
 # Longest pause between two tries of a write while the database is away, in seconds.
@@ -489,8 +556,12 @@ class JobHandle:
         handle's attempt: once it ended elsewhere (killed by force, reaped as lost, a
         newer attempt), the refused write is the last one (a forced kill also counts as
         a kill request), and only ``finish()`` writes the remaining log lines (the newest
-        LOG_BUFFER_MAX).
+        LOG_BUFFER_MAX). On an event loop's thread (an ``async def`` task) the write runs
+        on the async writer's thread while this one waits.
         """
+        if _in_event_loop():
+            _off_the_loop(self.flush)
+            return
         with self._writing:
             self._flush()
 
@@ -525,8 +596,11 @@ class JobHandle:
             return
         self._written = True
         row = found[0]
-        if row is None:  # not recorded (yet): an integration records it later
-            self._applied(fields)
+        if row is None:
+            # Not in the database, or not yet for this connection (an integration records
+            # it later; the async writer cannot see the caller's open transaction): its
+            # progress is written with the next write, the end for one.
+            self._put_back(fields, [])
             return
         written, kill_requested_at, status = row
         if kill_requested_at is not None:
@@ -801,6 +875,11 @@ class JobHandle:
         """Undo ``activate()``: no more beats for the run, and ``current_job()`` as before."""
         heartbeats.discard(self)
         _current.reset(token)
+        writer = _async_writer
+        if writer is not None and not heartbeats.handles():
+            # The process's last active run ended: the async writer lets its connections go.
+            with contextlib.suppress(RuntimeError):  # the interpreter is shutting down
+                writer.submit(_close_async_writer_connections)
 
 
 def current_job() -> JobHandle | None:

@@ -83,13 +83,21 @@ class TaskFailed(Exception):  # noqa: N818 (names what happened, like JobKilled)
 # What is recorded.
 
 
+# The key of params that names the backend a task ran on, when not its own default.
+BACKEND = "backend"
+
+
 def _fields(task_result: Any) -> dict[str, Any]:
     """What is known of a task result when it is enqueued."""
     task = task_result.task
+    params = contrib.params_of(task_result.args, task_result.kwargs)
+    if task_result.backend != "default":  # the framework's DEFAULT_TASK_BACKEND_ALIAS
+        # A retry goes to the same backend (task.using(backend=...) is not the task's own).
+        params[BACKEND] = task_result.backend
     return {
         "queue": task.queue_name or "",
         "priority": task.priority,
-        "params": contrib.params_of(task_result.args, task_result.kwargs),
+        "params": params,
         "parent": batches.current_parent(),
         "due_at": task.run_after,
     }
@@ -101,12 +109,23 @@ def _is_inline(sender: Any) -> bool:
 
 
 def _error(path: str, traceback: str) -> str:
-    """``"Class: message"`` from the end of a formatted traceback (the framework keeps no message)."""
+    """``"Class: message"`` from the end of a formatted traceback (the framework keeps no message).
+
+    An exception group's lines are drawn in a box (``  | ExceptionGroup: …``, then its
+    sub-exceptions' boxes): its own line is found inside, and read without the box.
+    """
     lines = traceback.rstrip().splitlines()
     short = path.rpartition(".")[2]
     for index in range(len(lines) - 1, -1, -1):
-        if path and lines[index].startswith((path, short)):
-            return "\n".join(lines[index:])
+        line = lines[index].lstrip(" |")
+        if path and line.startswith((path, short)):
+            box = lines[index][: len(lines[index]) - len(line)]
+            message = [line]
+            for following in lines[index + 1 :]:
+                if not following.startswith(box) or following.lstrip().startswith("+"):
+                    break
+                message.append(following[len(box) :])
+            return "\n".join(message)
     return last_line(traceback) or path
 
 
@@ -437,13 +456,18 @@ class TasksBackend:
         from django_jobstatus.models import JobRun
 
         task = import_string(run.job_name)
-        if (
-            run.queue and run.queue != task.queue_name
-        ) or run.priority != task.priority:
-            task = task.using(
-                queue_name=run.queue or task.queue_name, priority=run.priority
-            )
         params = run.params or {}
+        backend = params.get(BACKEND) or task.backend
+        if (
+            (run.queue and run.queue != task.queue_name)
+            or run.priority != task.priority
+            or backend != task.backend
+        ):
+            task = task.using(
+                queue_name=run.queue or task.queue_name,
+                priority=run.priority,
+                backend=backend,
+            )
         result = task.enqueue(*params.get("args", []), **params.get("kwargs", {}))
         new = find_run(SOURCE, str(result.id), settings.DATABASE)
         if new is None:  # the integration's receivers are off in this process

@@ -179,6 +179,53 @@ def test_immediate_kill_ends_the_run_killed(db: None, immediate: None) -> None:
     assert run.error == ""
 
 
+def test_immediate_async_task_reports_through_current_job(
+    transactional_db: None, immediate: None
+) -> None:
+    """An ``async def`` task's progress, log line and heartbeat are written while it runs
+    (Django refuses queries on its event loop's thread: the handle writes through a thread
+    of its own), and a check for a kill that reads the database lets it go on."""
+    result = tasks.async_report.enqueue(3)
+    assert result.status == SUCCESSFUL, result.errors
+    assert result.return_value == {
+        "progress": [3, 3],
+        "step": "counting",
+        "logs": ["counted to 3"],
+        "beaten": True,
+    }
+    run = run_of(result)
+    assert (run.status, run.error) == (Status.SUCCEEDED, "")
+    assert (run.progress_current, run.progress_total) == (3, 3)
+    assert list(run.logs.values_list("message", flat=True)) == ["counted to 3"]
+
+
+def test_immediate_async_task_in_the_test_s_transaction(
+    db: None, immediate: None
+) -> None:
+    """Inside a TestCase the run is in the test's transaction, which the handle's thread
+    cannot see: its writes are refused, the task goes on, and the end writes it all."""
+    result = tasks.async_report.enqueue(3)
+    assert result.status == SUCCESSFUL, result.errors
+    run = run_of(result)
+    assert (run.status, run.error) == (Status.SUCCEEDED, "")
+    assert (run.progress_current, run.progress_total) == (3, 3)
+    assert list(run.logs.values_list("message", flat=True)) == ["counted to 3"]
+
+
+def test_immediate_async_task_kill_ends_the_run_killed(
+    transactional_db: None, immediate: None
+) -> None:
+    result = tasks.async_kill_myself.enqueue()
+    assert result.status == FAILED
+    assert (
+        result.errors[-1].exception_class_path
+        == "django_jobstatus.exceptions.JobKilled"
+    )
+    run = run_of(result)
+    assert (run.status, run.error) == (Status.KILLED, "")
+    assert run.kill_requested_at is not None
+
+
 def runs_of(task: Any) -> Any:
     return JobRun.objects.filter(source="django_tasks", job_name=task.module_path)
 
@@ -358,6 +405,51 @@ def test_retry_enqueues_the_same_task_with_the_same_arguments(
     )
     assert again.status == Status.SUCCEEDED
     assert again.result == 9
+
+
+def test_a_retry_goes_to_the_backend_the_task_ran_on(
+    db: None, settings: Any, integration_on: None
+) -> None:
+    """``task.using(backend="inline")``: the retry went to the task's default backend
+    (here one that never runs anything), and its run stayed queued for good."""
+    settings.TASKS = {
+        "default": {
+            "BACKEND": f"{FRAMEWORK}.backends.dummy.DummyBackend",
+            "QUEUES": [],
+        },
+        "inline": {
+            "BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend",
+            "QUEUES": [],
+        },
+    }
+    first = run_of(tasks.add.using(backend="inline").enqueue(2, 3))
+    assert first.params == {"args": [2, 3], "kwargs": {}, "backend": "inline"}
+    again = contrib.retry(first)
+    again.refresh_from_db()
+    assert (again.status, again.result, again.params) == (
+        Status.SUCCEEDED,
+        5,
+        first.params,
+    )
+
+
+@pytest.mark.parametrize(
+    ("task_name", "error"),
+    [
+        ("rows_failed", "ExceptionGroup: several rows failed (2 sub-exceptions)"),
+        (
+            "children_failed",
+            "ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)",
+        ),
+    ],
+)
+def test_an_exception_group_is_recorded_by_its_own_line(
+    db: None, immediate: None, task_name: str, error: str
+) -> None:
+    """A group's traceback is drawn in a box: the run's error was the box's last line,
+    ``+------------------------------------``, the same for every group whatever failed."""
+    run = run_of(getattr(tasks, task_name).enqueue())
+    assert (run.status, run.error) == (Status.FAILED, error)
 
 
 def test_a_retry_keeps_the_owner_of_the_run_it_retries(
@@ -676,6 +768,21 @@ def test_db_worker_kill_from_the_admin_action(
     assert run.step == "waiting for a kill"
     result.refresh()
     assert result.status == FAILED
+    assert (
+        result.errors[-1].exception_class_path
+        == "django_jobstatus.exceptions.JobKilled"
+    )
+
+
+@pytest.mark.postgres
+def test_db_worker_kills_an_async_task(worker: Worker, admin_client: Any) -> None:
+    result = tasks.async_wait_for_kill.enqueue(120)
+    run = run_reaching(result, worker, [Status.RUNNING])
+    admin_action(admin_client, "request_kill", run)
+    run = run_reaching(result, worker)
+    assert (run.status, run.error) == (Status.KILLED, "")
+    assert run.step == "waiting for a kill"
+    result.refresh()
     assert (
         result.errors[-1].exception_class_path
         == "django_jobstatus.exceptions.JobKilled"

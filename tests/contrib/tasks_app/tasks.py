@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from typing import Any
+
+from asgiref.sync import sync_to_async
 
 from django_jobstatus import contrib, current_job
 from tests.contrib import loops
@@ -35,6 +38,80 @@ def add(a: int, b: int) -> int:
 @task()
 async def async_add(a: int, b: int) -> int:
     return a + b
+
+
+# Longer than the tests' PROGRESS_INTERVAL (0.05 s): each call after it writes.
+PAST_THE_INTERVAL = 0.06
+
+
+def _recorded(run_id: Any) -> dict[str, Any]:
+    """What the database holds of a run's progress and logs now (read from sync code)."""
+    from django_jobstatus.models import JobRun
+
+    run = JobRun.objects.get(pk=run_id)
+    return {
+        "progress": [run.progress_current, run.progress_total],
+        "step": run.step,
+        "logs": list(run.logs.values_list("message", flat=True)),
+    }
+
+
+def _heartbeat_at(run_id: Any) -> Any:
+    from django_jobstatus.models import JobRun
+
+    return JobRun.objects.values_list("heartbeat_at", flat=True).get(pk=run_id)
+
+
+@task()
+async def async_report(n: int) -> dict[str, Any]:
+    """Report progress, log, beat and check for a kill between awaits, each call once its
+    write is due; returns what the database held of its run meanwhile."""
+    job = current_job()
+    assert job is not None, "current_job() is None inside the task"
+    job.step("counting", total=n)
+    for _ in range(n):
+        await asyncio.sleep(PAST_THE_INTERVAL)
+        job.advance()
+    await asyncio.sleep(PAST_THE_INTERVAL)
+    job.info("counted to %d", n)
+    recorded = await sync_to_async(_recorded)(job.run.pk)
+    before = await sync_to_async(_heartbeat_at)(job.run.pk)
+    await asyncio.sleep(PAST_THE_INTERVAL)
+    job.heartbeat()
+    beaten = await sync_to_async(_heartbeat_at)(job.run.pk) > before
+    await asyncio.sleep(PAST_THE_INTERVAL)
+    job.check_kill()
+    return {**recorded, "beaten": beaten}
+
+
+@task()
+async def async_kill_myself() -> str:
+    """Ask for its own kill the way the admin does, then wait for it between awaits."""
+    from django_jobstatus.models import JobRun
+
+    job = current_job()
+    assert job is not None, "current_job() is None inside the task"
+    runs = JobRun.objects.filter(pk=job.run.pk)
+    await sync_to_async(contrib.request_kill)(runs)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job.check_kill()
+        await asyncio.sleep(0.02)
+    return "not killed"
+
+
+@task()
+async def async_wait_for_kill(seconds: float) -> str:
+    """``wait_for_kill`` as an ``async def`` task."""
+    job = current_job()
+    assert job is not None, "current_job() is None inside the task"
+    job.step("waiting for a kill")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job.check_kill()
+        job.heartbeat()
+        await asyncio.sleep(0.02)
+    return "not killed"
 
 
 class TaskError(Exception):
@@ -154,6 +231,24 @@ def survive_an_interrupt() -> str:
 def refused_after_success() -> str:
     """Succeeds; ``refuse_success`` (another project's receiver) then raises on its end."""
     return "done"
+
+
+@task()
+def rows_failed() -> None:
+    raise ExceptionGroup(
+        "several rows failed", [ValueError("row 1"), KeyError("row 2")]
+    )
+
+
+@task()
+async def children_failed() -> None:
+    """An ``asyncio.TaskGroup`` whose child fails: it raises an ExceptionGroup."""
+
+    async def child() -> None:
+        raise ValueError("one child broke")
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(child())
 
 
 def refuse_success(sender: object, task_result: Any, **kwargs: object) -> None:

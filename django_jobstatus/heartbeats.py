@@ -6,8 +6,9 @@ A job that reports nothing for HEARTBEAT_TIMEOUT seconds would look dead to
 thread of this process beats for it: every HEARTBEAT_TIMEOUT / 3 seconds one UPDATE
 stamps ``heartbeat_at`` on all of them at once (``WHERE id IN (...) AND attempt = …
 AND status = 'running'``: a run that ended elsewhere, or that another worker started
-again, is left alone). The handle's own throttled writes
-go on as before; the thread covers the silent stretches between them.
+again, is left alone; on PostgreSQL a row another transaction holds is skipped, not
+waited on). A beat that fails is tried again a second later. The handle's own throttled
+writes go on as before; the thread covers the silent stretches between them.
 
 The thread starts with the first active run and writes through a connection of its own
 (``own_connections``), open while there are runs to beat for and closed when there are
@@ -26,7 +27,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Q
 
 from django_jobstatus import own_connections
@@ -47,6 +48,14 @@ def interval() -> float:
     return max(float(settings.HEARTBEAT_TIMEOUT) / 3, MIN_INTERVAL)
 
 
+# Seconds before a beat that failed is tried again (at most an interval).
+RETRY_DELAY = 1.0
+
+
+def retry_delay() -> float:
+    return min(RETRY_DELAY, interval())
+
+
 class Heartbeats:
     """The active handles of this process, and the thread that beats for their runs."""
 
@@ -60,6 +69,7 @@ class Heartbeats:
         self._thread: threading.Thread | None = None
         self._due = 0.0  # when the next beat is due (time.monotonic())
         self._open = False  # whether the thread holds a connection
+        self._failing = False  # whether the last beat failed (the next one comes soon)
 
     def add(self, handle: JobHandle) -> None:
         """Beat for ``handle``'s run from now on (starting the thread if needed)."""
@@ -110,20 +120,37 @@ class Heartbeats:
             (Q(attempt=attempt, pk__in=ids) for attempt, ids in by_attempt.items()),
         )
         try:
-            return int(
-                JobRun.objects.using(self.connection())
-                .filter(ours)
-                .running()
-                .update(heartbeat_at=database_now())
-            )
+            alias = self.connection()
+            runs = JobRun.objects.using(alias).filter(ours).running()
+            if connections[alias].features.has_select_for_update_skip_locked:
+                # A run whose row a transaction holds (its own job's, say) is skipped, not
+                # waited on: the wait, up to the lock timeout, kept every other run of the
+                # process from its beat, and the reaper took them for dead.
+                with transaction.atomic(using=alias):
+                    free = runs.order_by().select_for_update(skip_locked=True)
+                    stamped = (
+                        JobRun.objects.using(alias)
+                        .filter(pk__in=free.values("pk"))
+                        .update(heartbeat_at=database_now())
+                    )
+            else:
+                stamped = runs.update(heartbeat_at=database_now())
         except DatabaseError:
-            logger.warning(
+            # Tried again soon, not a whole interval later: after an outage longer than
+            # HEARTBEAT_TIMEOUT, the runs of this live process looked dead until then.
+            log = logger.debug if self._failing else logger.warning
+            log(
                 "Could not record the heartbeat of %d runs; trying again in %.1f s.",
                 len(handles),
-                interval(),
+                retry_delay(),
                 exc_info=True,
             )
+            self._failing = True
             return 0
+        if self._failing:
+            logger.info("Recorded the heartbeat of %d runs again.", stamped)
+            self._failing = False
+        return int(stamped)
 
     def _beat_forever(self) -> None:
         while True:
@@ -139,6 +166,8 @@ class Heartbeats:
                         self.beat()
                 except Exception:  # the thread must live on, whatever went wrong
                     logger.exception("The heartbeat thread failed to beat; it goes on.")
+                if self._failing:
+                    self._due = min(self._due, time.monotonic() + retry_delay())
             if self._open and not self.handles():
                 own_connections.close(PURPOSE)
                 self._open = False

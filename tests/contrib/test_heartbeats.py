@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ import pytest
 import rq
 from django.conf import settings as django_settings
 from django.core.management import call_command
-from django.db import connections
+from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 from django.utils.connection import ConnectionDoesNotExist
@@ -154,7 +155,12 @@ def test_one_statement_beats_for_every_active_run_of_the_process(
     try:
         with CaptureQueriesContext(connections[heartbeats.connection()]) as captured:
             assert heartbeats.beat() == 3
-        statements = [query["sql"] for query in captured]
+        # One UPDATE (on PostgreSQL in a transaction, for its FOR UPDATE SKIP LOCKED).
+        statements = [
+            query["sql"]
+            for query in captured
+            if query["sql"] not in ("BEGIN", "COMMIT")
+        ]
         assert len(statements) == 1, statements
         assert statements[0].startswith("UPDATE")
     finally:
@@ -200,6 +206,82 @@ def test_a_silent_tracked_job_is_not_reaped(settings: Any) -> None:
         for elapsed in (1.5 * TIMEOUT, 3 * TIMEOUT):
             silent_for(job.run, elapsed)
             assert "Marked 0 runs lost" in reap()
+    assert refreshed(job.run).status == Status.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_beat_that_failed_is_tried_again_within_a_second(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, make_run: Callable[..., JobRun]
+) -> None:
+    """After a database outage longer than HEARTBEAT_TIMEOUT, the next beat came a whole
+    interval (a third of the timeout, 100 s by default) after the failed one: a reaper
+    that ran meanwhile marked the runs of this live process lost."""
+    from django.db import OperationalError
+
+    from django_jobstatus.heartbeats import Heartbeats
+
+    real = Heartbeats.connection
+    attempts: list[float] = []
+
+    def away(self: Heartbeats) -> str:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise OperationalError("the server closed the connection unexpectedly")
+        return real(self)
+
+    monkeypatch.setattr(Heartbeats, "connection", away)
+    old = timezone.now() - timedelta(hours=1)
+    run = make_run("tests.silent", heartbeat_at=old, started_at=old)
+    handle = JobHandle(run)
+    beats = Heartbeats()  # a thread of its own, started now
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "HEARTBEAT_TIMEOUT": 3}
+    beats.add(handle)  # its first beat is due in a second, and fails;
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "HEARTBEAT_TIMEOUT": 300}
+    try:  # the one after must not wait an interval of 100 s
+        wait_for(
+            lambda: refreshed(run).heartbeat_at > old,
+            timeout=10,
+            what="a beat after the failed one",
+        )
+    finally:
+        beats.discard(handle)
+    assert len(attempts) >= 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_row_is_locked_holds_up_no_other_run_s_beat(settings: Any) -> None:
+    """Two jobs in threads of one process; one updates its own run's row inside its
+    transaction and keeps it open. The one UPDATE that beats for every run of the process
+    waited on that row lock (up to its 10 s lock timeout), failed, and did so at every
+    beat: the other job, silent and alive, was reaped as lost."""
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "HEARTBEAT_TIMEOUT": TIMEOUT}
+    locked, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with track("tests.holder") as job, transaction.atomic():
+                JobRun.objects.filter(pk=job.run.pk).update(message="mine")
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    old = timezone.now() - timedelta(hours=1)
+    with track("tests.silent") as job:
+        thread = threading.Thread(target=holder)
+        thread.start()
+        try:
+            assert locked.wait(10)
+            JobRun.objects.filter(pk=job.run.pk).update(heartbeat_at=old)
+            wait_for(
+                lambda: refreshed(job.run).heartbeat_at > old,
+                timeout=5,  # less than the lock timeout the UPDATE waited
+                what="a beat for the run whose row is not locked",
+            )
+        finally:
+            release.set()
+            thread.join(30)
     assert refreshed(job.run).status == Status.SUCCEEDED
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,19 +12,21 @@ import pytest
 from tests.conftest import CHROMIUM
 from tests.waiting import wait_for
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls made by the
-# tests between page actions are still plain synchronous calls.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(scope="session")
+# A module's browser: Playwright's sync API runs an event loop in this thread while it
+# is open. Open for the whole session, it was running in every test that came after the
+# first browser test (pytest-randomly's order): Django's immediate tasks backend could
+# not run an async task there, and handles took the main thread for an event loop's.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
+    with pytest.MonkeyPatch.context() as env, sync_playwright() as p:
+        # The ORM calls the tests make between page actions are still plain sync calls.
+        env.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             args=[

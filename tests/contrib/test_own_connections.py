@@ -13,13 +13,13 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 import pytest
 from django.db import connection, connections
 
 from django_jobstatus import own_connections, track
 from django_jobstatus.models import JobRun
 from django_jobstatus.tracking import tracking_database
+from tests.contrib.workers import other_session
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -28,20 +28,9 @@ TASKS = 5
 SUB_JOBS = 4  # per task, on two threads of the task's own
 
 
-def _dsn() -> str:
-    params = connection.get_connection_params()
-    return psycopg.conninfo.make_conninfo(
-        **{
-            key: value
-            for key, value in params.items()
-            if key in {"dbname", "user", "password", "host", "port"}
-        }
-    )
-
-
 def _sessions() -> int:
     """Sessions open on the test database, seen from a connection of the test's own."""
-    with psycopg.connect(_dsn(), autocommit=True) as other:
+    with other_session() as other:
         row = other.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid()"

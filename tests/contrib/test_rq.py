@@ -28,6 +28,7 @@ from tests.contrib import rq_jobs
 from tests.contrib.dbproxy import Proxy
 from tests.contrib.workers import (
     db_proxy,
+    kept_until_due,
     kill_from_admin,
     refreshed,
 )
@@ -344,18 +345,8 @@ def test_a_job_scheduled_for_later_is_not_ended_before_it_is_due(
     canceled the RQ job one timeout later, however far ahead it was due."""
     from datetime import timedelta
 
-    from django.utils import timezone
-
     job = local_queue.enqueue_in(timedelta(hours=1), rq_jobs.add, 1, 2)
-    run = recorded(job)
-    assert run.due_at is not None
-    assert abs(run.due_at - (timezone.now() + timedelta(hours=1))) < timedelta(
-        minutes=1
-    )
-    JobRun.objects.filter(pk=run.pk).update(
-        queued_at=timezone.now() - timedelta(hours=2)
-    )
-    assert JobRun.objects.reap(300, queued_timeout=600).expired == 0
+    kept_until_due(recorded(job), timedelta(hours=1))
     assert job.get_status(refresh=True) == rq.job.JobStatus.SCHEDULED
 
 

@@ -29,6 +29,7 @@ from django_jobstatus import statements, writebehind
 from django_jobstatus.contrib import celery
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.models import JobRun, Status, uuid7
+from tests.contrib.workers import other_session
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -36,21 +37,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _dsn() -> str:
-    params = connection.get_connection_params()
-    return psycopg.conninfo.make_conninfo(
-        **{
-            key: value
-            for key, value in params.items()
-            if key in {"dbname", "user", "password", "host", "port"}
-        }
-    )
-
-
 @contextlib.contextmanager
 def held(*task_ids: str) -> Iterator[psycopg.Connection[Any]]:
     """Hold the advisory locks of Celery tasks ``task_ids`` from another connection: their queued runs wait."""
-    with psycopg.connect(_dsn(), autocommit=True) as other:
+    with other_session() as other:
         for task_id in task_ids:
             other.execute(
                 "SELECT pg_advisory_lock(%s, %s)",
@@ -74,7 +64,7 @@ def publish(task_id: str | None = None) -> str:
 
 def stored(task_id: str) -> list[tuple[Any, ...]]:
     """The runs of the task as another connection sees them (no wait for this process's writer)."""
-    with psycopg.connect(_dsn(), autocommit=True) as other:
+    with other_session() as other:
         return other.execute(
             "SELECT status, queued_at IS NOT NULL, parent_id FROM django_jobstatus_jobrun "
             "WHERE source = 'celery' AND backend_job_id = %s",

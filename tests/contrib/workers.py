@@ -185,3 +185,33 @@ def refreshed(run: Any) -> Any:
     """``run``, reloaded from the database."""
     run.refresh_from_db()
     return run
+
+
+def other_session() -> Any:
+    """A psycopg connection of its own to the test database (PostgreSQL), in autocommit:
+    another session than any the code under test holds."""
+    import psycopg
+
+    params = connection.get_connection_params()
+    keys = {"dbname", "user", "password", "host", "port"}
+    dsn = psycopg.conninfo.make_conninfo(
+        **{key: value for key, value in params.items() if key in keys}
+    )
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def kept_until_due(run: Any, due_in: Any) -> None:
+    """Assert that ``run`` is due ``due_in`` (a timedelta) from now, and that the reaper's
+    queued timeout leaves it, though it was queued two hours ago."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_jobstatus.models import JobRun
+
+    assert run.due_at is not None
+    assert abs(run.due_at - (timezone.now() + due_in)) < timedelta(minutes=1)
+    JobRun.objects.filter(pk=run.pk).update(
+        queued_at=timezone.now() - timedelta(hours=2)
+    )
+    assert JobRun.objects.reap(300, queued_timeout=600).expired == 0

@@ -38,7 +38,9 @@ def vacuum_analyze(*models, timeout: float = 30.0) -> None:
     autovacuum worker's ANALYZE, say). A table left partly visible has its index-only scans
     priced as index scans, and the planner chose another index (a CI run, 2026-12-05):
     VACUUM again until ``pg_class.relallvisible`` covers its pages, or fail naming the
-    sessions that hold the rows back.
+    sessions that hold the rows back. The index pass is asked for (``INDEX_CLEANUP ON``):
+    VACUUM skips it when under 2% of a table's pages hold dead items (a rolled-back
+    insert's), and such a page is never all-visible (a CI run, 2026-12-07).
     """
     with connection.cursor() as cursor:
         for model in models:
@@ -51,23 +53,57 @@ def vacuum_analyze(*models, timeout: float = 30.0) -> None:
                     what=f"every page of {table} all-visible",
                 )
             except pytest.fail.Exception as exc:
-                cursor.execute(
-                    "SELECT pid, backend_type, state, left(query, 80)"
-                    " FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid()"
-                    " AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)"
-                )
-                pytest.fail(
-                    f"{exc}; transactions holding rows back: {cursor.fetchall()}"
-                )
+                pytest.fail(f"{exc}; {_why_not(cursor, table)}")
 
 
 def _vacuumed(cursor, table: str) -> bool:
     """VACUUM ANALYZE ``table`` (its commits flushed first); whether every page is all-visible."""
     cursor.execute("CHECKPOINT")
-    cursor.execute(f"VACUUM ANALYZE {table}")
+    cursor.execute(f"VACUUM (ANALYZE, INDEX_CLEANUP ON) {table}")
+    pages, visible = _pages(cursor, table)
+    return visible >= pages
+
+
+def visible_pages(model) -> tuple[int, int]:
+    """The pages of ``model``'s table and how many of them are all-visible, as VACUUM last counted."""
+    with connection.cursor() as cursor:
+        return _pages(cursor, model._meta.db_table)
+
+
+def _pages(cursor, table: str) -> tuple[int, int]:
     cursor.execute(
-        "SELECT relallvisible >= relpages FROM pg_class WHERE oid = %s::regclass",
+        "SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass",
         [table],
     )
-    return bool(cursor.fetchone()[0])
+    pages, visible = cursor.fetchone()
+    return pages, visible
+
+
+def _why_not(cursor, table: str) -> str:
+    """What may keep ``table``'s pages from being all-visible, for a failure's message."""
+    cursor.execute(
+        "SELECT relpages, relallvisible, n_dead_tup, n_live_tup"
+        " FROM pg_class JOIN pg_stat_user_tables ON relid = pg_class.oid"
+        " WHERE pg_class.oid = %s::regclass",
+        [table],
+    )
+    pages, visible, dead, live = cursor.fetchone()
+    cursor.execute(
+        "SELECT pid, backend_type, state, backend_xid IS NOT NULL"
+        " OR backend_xmin IS NOT NULL, left(query, 80)"
+        " FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()"
+    )
+    sessions = cursor.fetchall()
+    holding = [row[:3] + row[4:] for row in sessions if row[3]]
+    cursor.execute(
+        "SELECT pid, mode, granted FROM pg_locks"
+        " WHERE relation = %s::regclass AND pid <> pg_backend_pid()",
+        [table],
+    )
+    return (
+        f"{visible} of {pages} pages all-visible, {live} live and {dead} dead rows;"
+        f" transactions holding rows back: {holding};"
+        f" locks on the table: {cursor.fetchall()};"
+        f" other sessions: {[row[:3] + row[4:] for row in sessions]}"
+    )

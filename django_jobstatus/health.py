@@ -462,8 +462,8 @@ def apply(
             .first()
         )
         if open_incident is not None:
-            open_incident.resolved_at = now
-            open_incident.save(using=db, update_fields=["resolved_at"])
+            open_incident.resolved_at, open_incident.resolved_to = now, assessment.state
+            open_incident.save(using=db, update_fields=["resolved_at", "resolved_to"])
             change.resolved = open_incident
         if assessment.state in MonitorState.UNHEALTHY:
             change.opened = JobMonitorIncident.objects.using(db).create(
@@ -1014,14 +1014,17 @@ def _again(incident: JobMonitorIncident, event: str, db: str) -> Alert:
     """The alert of ``incident``'s ``event``, rebuilt from the stored history.
 
     The state before an opening is that of the incident that ended as it opened (else
-    healthy); the state a resolution moved to is the monitor's while it has not changed
-    since (else healthy).
+    healthy); the state a resolution moved to is stored with it (an incident resolved
+    before 0024 has none: the monitor's while it has not changed since, else healthy).
     """
     monitor = incident.monitor
     url = _monitor_url(monitor)
     if event == "resolved":
-        state = MonitorState.HEALTHY
-        if monitor.state_changed_at == incident.resolved_at:
+        state = incident.resolved_to or MonitorState.HEALTHY
+        if (
+            not incident.resolved_to
+            and monitor.state_changed_at == incident.resolved_at
+        ):
             state = MonitorState(monitor.state)
         return _resolution(incident, monitor.job_name, state, url)
     before = (

@@ -1102,6 +1102,15 @@ class JobMonitorIncident(models.Model):
     )
     opened_at = models.DateTimeField(_("opened"), default=timezone.now)
     resolved_at = models.DateTimeField(_("resolved"), null=True, blank=True)
+    # What the end's alert says when it is sent again after the monitor moved on.
+    resolved_to = models.CharField(
+        _("resolved to"),
+        max_length=_MONITOR_STATE_LENGTH,
+        choices=MonitorState.choices,
+        blank=True,
+        default="",
+        help_text=_("The state the monitor moved to as the incident ended."),
+    )
     detail = models.TextField(_("detail"), blank=True, default="")
     # Not a foreign key: a purged run must not cost the purge a join (and the incident stays).
     run_id = models.UUIDField(

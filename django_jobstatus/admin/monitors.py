@@ -281,6 +281,7 @@ class JobMonitorIncidentAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[t
         "state",
         "opened_at",
         "resolved_at",
+        "resolved_to",
         "detail",
         "run_link",
         "open_alert_queued_at",

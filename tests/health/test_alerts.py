@@ -605,6 +605,31 @@ def test_a_resolution_no_channel_took_is_sent_again_as_it_was(
     ).exists()
 
 
+def test_the_end_of_an_incident_by_a_disable_is_sent_again_as_it_was(
+    failing, smtp, past_run, django_capture_on_commit_callbacks
+):
+    """Failing, then disabled (the mail server down), then enabled again and healthy: the
+    end sent again says the monitor was disabled, as the first would have. It said
+    "healthy again": the state it moved to was read from the monitor, which had moved on."""
+    from django.utils import timezone
+
+    m = failing()
+    _check(django_capture_on_commit_callbacks)
+    smtp.refuse = True
+    JobMonitor.objects.filter(pk=m.pk).update(enabled=False)
+    _check(django_capture_on_commit_callbacks)  # no longer monitored: refused
+    past_run(ago=timedelta(seconds=1))
+    JobMonitor.objects.filter(pk=m.pk).update(enabled=True)
+    _check(django_capture_on_commit_callbacks)  # healthy, no incident: nothing to send
+    assert JobMonitor.objects.get(pk=m.pk).state == MonitorState.HEALTHY
+    smtp.refuse = False
+
+    assert _check_at(timezone.now() + LATER).resent == 1
+    assert _subjects(smtp)[1:] == [
+        "[jobstatus] tests.nightly is no longer monitored (was Failing)"
+    ]
+
+
 def test_an_alert_is_not_sent_again_after_a_day(
     failing, hook, django_capture_on_commit_callbacks
 ):

@@ -106,6 +106,9 @@ _ID = OpenApiParameter(
 _DENIED = OpenApiResponse(
     DetailSerializer, description=_("Not signed in, or without the permission.")
 )
+_NOT_JSON = OpenApiResponse(
+    DetailSerializer, description=_("The body is not JSON (its Content-Type).")
+)
 
 
 class _FilterBackend(DjangoFilterBackend):
@@ -206,7 +209,13 @@ def _bulk_action(
         summary=summary,
         description=description,
         request=request,
-        responses={**responses, 400: _ERROR, 401: _DENIED, 403: _DENIED},
+        responses={
+            **responses,
+            400: _ERROR,
+            401: _DENIED,
+            403: _DENIED,
+            415: _NOT_JSON,
+        },
         filters=True,
     )
     route = action(
@@ -432,6 +441,7 @@ class JobRunViewSet(
             403: _DENIED,
             404: _NOT_FOUND,
             409: _CONFLICT,
+            415: _NOT_JSON,
         },
     )
     # DRF's default parsers, with the JSON one that answers a body nested too deep with a
@@ -849,10 +859,15 @@ _MONITOR_NOT_FOUND = OpenApiResponse(
 _NO_PAGE = OpenApiResponse(DetailSerializer, description=_("No such page."))
 
 
-def _monitor_schema(summary: str, ok: int, *, one: bool = True, **extra: Any) -> Any:
-    """The schema of a monitor endpoint: its answer, and the errors every one shares."""
+def _monitor_schema(
+    summary: str, ok: int, *, one: bool = True, body: bool = False, **extra: Any
+) -> Any:
+    """The schema of a monitor endpoint: its answer, and the errors every one shares
+    (``body``: it reads a JSON body, so a body of another type answers 415)."""
     responses: dict[int, Any] = {ok: JobMonitorSerializer if ok != 204 else None}
     responses |= {400: _ERROR, 401: _DENIED, 403: _DENIED, 404: _MONITOR_NOT_FOUND}
+    if body:
+        responses[415] = _NOT_JSON
     return extend_schema(
         summary=summary,
         parameters=[_MONITOR_ID] if one else [],
@@ -876,9 +891,11 @@ def _monitor_schema(summary: str, ok: int, *, one: bool = True, **extra: Any) ->
         },
     ),
     retrieve=_monitor_schema(_("One job monitor"), 200),
-    create=_monitor_schema(_("Watch a job"), 201, one=False),
-    update=_monitor_schema(_("Change a job monitor"), 200),
-    partial_update=_monitor_schema(_("Change some fields of a job monitor"), 200),
+    create=_monitor_schema(_("Watch a job"), 201, one=False, body=True),
+    update=_monitor_schema(_("Change a job monitor"), 200, body=True),
+    partial_update=_monitor_schema(
+        _("Change some fields of a job monitor"), 200, body=True
+    ),
     destroy=_monitor_schema(
         _("Stop watching a job"),
         204,

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from django_jobstatus.models import JobRun
+from django_jobstatus.models import JobMonitor, JobRun
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.api.urls")]
 
@@ -96,6 +96,28 @@ def test_schema_is_valid_and_describes_every_endpoint(client):
         "204",
         "409",
     }
+
+
+def test_every_operation_that_reads_a_body_lists_its_415(make_user, client_for, run):
+    """A body that is not JSON (a form to a JSON-only endpoint, text to any) answers 415:
+    the schema lists it for each operation with a request body, and each one answers it."""
+    paths = SchemaGenerator(urlconf="tests.api.urls").get_schema(
+        request=None, public=True
+    )["paths"]
+    with_body = {
+        (path, method): operation
+        for path, item in paths.items()
+        for method, operation in item.items()
+        if path.startswith("/api/jobstatus/") and "requestBody" in operation
+    }
+    assert len(with_body) >= 6, sorted(with_body)
+    api = client_for(make_user(superuser=True))
+    monitor = JobMonitor.objects.create(job_name=run.job_name)
+    for (path, method), operation in with_body.items():
+        assert "415" in operation["responses"], (path, method)
+        url = path.format(id=monitor.pk if "monitors" in path else run.pk)
+        response = getattr(api, method)(url, "x", content_type="text/plain")
+        assert response.status_code == 415, (path, method, response.content)
 
 
 def test_schema_generation_gives_no_warnings(caplog):

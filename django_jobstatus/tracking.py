@@ -295,7 +295,9 @@ class JobHandle:
         self._last_write = now
         # When the next progress call writes: -inf once a kill was seen (each call then
         # raises JobKilled), +inf once the run ended elsewhere (the handle writes no more).
-        self._due = now + self._interval
+        # A run asked to stop before its handle was made (killed while it waited) stops
+        # at its first progress call, not one interval later: a short job ran to its end.
+        self._due = -math.inf if self._kill_requested else now + self._interval
         self._ended_elsewhere = False
         self._clamped = False
         self._written = False
@@ -930,7 +932,7 @@ def track(
     otherwise, and is re-raised; any other exception ends it failed, with error and
     traceback, and is re-raised. With ``run=``, an existing queued or retrying run is
     started instead of creating one; a kill asked while it waited is seen at the first
-    ``check_kill()``. A run created in the caller's open transaction (which a second
+    progress call or ``check_kill()``. A run created in the caller's open transaction (which a second
     connection cannot see) is tracked through the caller's connection, in that transaction.
     Other keyword arguments are JobRun fields (queue, priority, owner, parent,
     backend_job_id, …). The JobKilled of an outer block's run, raised inside this one,

@@ -592,6 +592,33 @@ def test_a_queued_run_asked_to_stop_is_seen_asked_when_track_starts_it() -> None
     assert (went_on, _row(queued).status) == (False, Status.KILLED)
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda job: job.advance(),
+        lambda job: job.progress(1, 5),
+        lambda job: job.step("next"),
+        lambda job: job.message("on"),
+    ],
+    ids=["advance", "progress", "step", "message"],
+)
+def test_a_run_asked_to_stop_before_its_handle_stops_at_the_first_progress_call(
+    call: Callable[[Any], None],
+) -> None:
+    """The handle of a run asked to stop while it waited (a Celery worker took a task the
+    reaper had ended killed) raised only once a progress write was due, a
+    ``PROGRESS_INTERVAL`` later: a short job that never called ``check_kill()`` ran to its
+    end under a run that said killed."""
+    queued = JobRun.objects.enqueue("x")
+    assert JobRun.objects.filter(pk=queued.pk).request_kill() == 1
+    calls = 0
+    with track("x", run=queued, interval=3600) as job:
+        for _ in range(3):
+            call(job)
+            calls += 1
+    assert (calls, _row(queued).status) == (0, Status.KILLED)
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("fails", [False, True])
 def test_a_job_whose_run_was_purged_meanwhile_ends_as_it_would_have(

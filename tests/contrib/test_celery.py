@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
@@ -269,6 +270,66 @@ def test_a_task_sent_with_a_countdown_is_recorded_due_then(celery_on: None) -> N
     try:
         result = add.apply_async(args=(1, 2), countdown=3600, queue=queue)
         kept_until_due(recorded(result.id), timedelta(hours=1))
+    finally:
+        redis.Redis.from_url(BROKER_URL).delete(queue)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_that_takes_a_task_after_the_reaper_ended_it_stops_it_and_says_so(
+    celery_on: None, db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """QUEUED_TIMEOUT ended the run killed and revoked the task while no worker of its
+    queue was up; a worker started later (which never heard the revoke) takes it. The run
+    stays killed, the task stops at its first progress call, and a line says a worker took
+    it: the record never says killed over a task that ran to its end unsaid."""
+    queue = f"jobstatus-tests-late-{uuid.uuid4().hex}"
+    try:
+        result = report.apply_async(args=(5,), queue=queue)
+        run = recorded(result.id)
+        JobRun.objects.filter(pk=run.pk).update(
+            queued_at=run.created_at - timedelta(hours=2)
+        )
+        assert JobRun.objects.reap(300, queued_timeout=600).expired == 1
+        with started_celery_worker(
+            db_proxy,
+            tmp_path_factory,
+            pool="prefork",
+            queue=queue,
+            prefix="jobstatus-late",
+            purge=False,
+        ) as worker:
+            line = wait_for(
+                lambda: run.logs.filter(
+                    message__contains="took this task after its run had ended killed"
+                ).first(),
+                timeout=60,
+                what="the worker's line on the killed run",
+                process=worker,
+                log=worker.log,  # type: ignore[attr-defined]
+            )
+            log: Path = worker.log  # type: ignore[attr-defined]
+            ended = wait_for(
+                lambda: [
+                    text
+                    for text in log.read_text().splitlines()
+                    if f"[{result.id}]" in text
+                    and ("succeeded" in text or "raised" in text)
+                ],
+                timeout=60,
+                what="the task to end",
+                process=worker,
+                log=log,
+            )
+        assert line.level == 30
+        assert "succeeded" not in ended[0] and "JobKilled" in ended[0], ended
+        run = refreshed(run)
+        assert (run.status, run.progress_current, run.result) == (
+            Status.KILLED,
+            0,
+            None,
+        )
     finally:
         redis.Redis.from_url(BROKER_URL).delete(queue)
 

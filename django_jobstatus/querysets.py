@@ -408,19 +408,51 @@ def _whole(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def _job_names(names: Iterable[str]) -> list[str]:
+    """``names``, sorted and each once; a ValueError for one name passed alone (a string
+    is an iterable of its letters: each letter was looked up as a job)."""
+    if isinstance(names, str):
+        raise ValueError(f"names must be a list of job names, not the string {names!r}")
+    return sorted(set(names))
+
+
 # Fields a kill never reads: not loaded for it.
 _UNUSED_BY_KILL = ("params", "data", "result", "traceback", "attempts")
 
 _KILLED_BY_FORCE = _("Killed by force.")
 
 
-def _killed(run: JobRun, message: str | None, **fields: Any) -> bool:
-    """End ``run`` killed now (with ``fields``); False when it finished (or was deleted) first."""
-    try:
-        run.mark_killed(message=message or str(_KILLED_BY_FORCE), **fields)
-    except (InvalidTransition, run.DoesNotExist):
-        return False
-    return True
+# Reads of a run a forced kill makes when the run keeps moving under it.
+_KILL_TRIES = 3
+
+
+def _killed(
+    run: JobRun, message: str | None, *, however_active: bool = False, **fields: Any
+) -> bool:
+    """End ``run`` killed now (with ``fields``); False when it finished (or was deleted) first.
+
+    ``however_active`` (a forced kill): a run that moved on meanwhile to another active
+    status or attempt (its worker retried it, or restarted it) is read again and killed
+    there. The move was refused, and taken for an end: the kill said nothing went wrong
+    and the retry ran.
+    """
+    for _try in range(_KILL_TRIES):
+        try:
+            run.mark_killed(message=message or str(_KILLED_BY_FORCE), **fields)
+        except run.DoesNotExist:
+            return False
+        except InvalidTransition:
+            if not however_active:
+                return False
+            try:
+                run.refresh_from_db(fields=["status", "attempt"])
+            except run.DoesNotExist:
+                return False
+            if run.is_finished:
+                return False
+        else:
+            return True
+    return False
 
 
 class JobRunQuerySet(models.QuerySet["JobRun"]):
@@ -493,11 +525,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
     def recent(self, limit: int = 100) -> Self:
         """The newest ``limit`` runs, newest first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(
-                f"limit must be a whole number of 0 or more, not {limit!r}"
-            )
-        return self.order_by("-created_at", "-id")[:limit]
+        return self.order_by("-created_at", "-id")[: _whole("limit", limit, 0)]
 
     def stale(self, timeout: float | timedelta | None = None) -> Self:
         """Running runs with no heartbeat (or start, if they never beat) for ``timeout``
@@ -555,7 +583,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         One subquery, an index probe of (job_name, created_at), run for each name of a
         list passed as one parameter: planned once whatever the number of names.
         """
-        wanted = sorted(set(names))
+        wanted = _job_names(names)
         if not wanted:
             return {}
         newest = self._newest_of_each(wanted, 1)
@@ -567,8 +595,8 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         One query on PostgreSQL (and anywhere for ``count`` 1), as latest_for_each();
         elsewhere one query a job.
         """
-        wanted = sorted(set(names))
-        if not wanted or count < 1:
+        wanted = _job_names(names)
+        if not wanted or _whole("count", count, 0) < 1:
             return []
         if count == 1 or connections[self.db].vendor == "postgresql":
             newest = self._newest_of_each(wanted, count)
@@ -738,7 +766,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                 runs = runs.filter(source__in=sources)
             chosen = list(runs)
             if force:
-                chosen = [run for run in chosen if _killed(run, message)]
+                chosen = [
+                    run for run in chosen if _killed(run, message, however_active=True)
+                ]
                 killed += len(chosen)
             not_stopped += contrib.stop(chosen, force=force)
         return KillResult(
@@ -921,6 +951,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
         ``size`` None: no ``start``, the counts of the whole range per the fields of ``by``.
         """
+        if size is not None and size not in TIME_BUCKETS:
+            raise ValueError(
+                f"size must be one of {', '.join(TIME_BUCKETS)} (or None), not {size!r}"
+            )
         groups: dict[str, Any] = (
             {}
             if size is None

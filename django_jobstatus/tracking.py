@@ -799,9 +799,13 @@ class JobHandle:
         """The end's write changed no row: the run ended elsewhere, or is gone."""
         alias = self._database()
         if len(tries) > 1 and self._ended_as(exc, alias):
-            # The try before committed, but its answer was lost with the connection.
+            # The try before committed, but its answer was lost with the connection, and
+            # its job_status_changed with it (Django drops the hooks of a COMMIT that
+            # raised): sent now, or a batch's parent and a monitor never heard of the end.
+            previous = self.run.status
             self._applied(tries[-1])
             self.run.refresh_from_db(using=alias)
+            self.run._announce(previous, self.run.status, alias)
             return
         if isinstance(error, InvalidTransition):
             # The run ended elsewhere (reaped as lost, killed by force): it keeps that

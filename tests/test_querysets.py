@@ -191,10 +191,30 @@ def test_recent(make_run) -> None:
     assert list(JobRun.objects.recent(0)) == []
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "3", None, True])
+@pytest.mark.parametrize("bad", [-1, 1.5, "3", None, True, 2**63, 2**64])
 def test_recent_rejects_bad_limits(bad: Any) -> None:
+    """Past BIGINT_MAX too: the query failed in the driver (DataError: bigint out of range
+    on PostgreSQL, IntegrityError on SQLite)."""
     with pytest.raises(ValueError, match="limit"):
-        JobRun.objects.recent(bad)
+        list(JobRun.objects.recent(bad))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda runs: runs.latest_for_each("a.job"), "string"),
+        (lambda runs: runs.newest_ids("a.job", 2), "string"),
+        (lambda runs: runs.newest_ids(["a.job"], "2"), "count"),
+        (lambda runs: runs.finished_buckets("week"), "size"),
+    ],
+    ids=["latest_for_each-str", "newest_ids-str", "newest_ids-count", "buckets-week"],
+)
+def test_scopes_refuse_arguments_they_cannot_use(call: Any, match: str) -> None:
+    """A ValueError that names the argument: one job name passed as a string was read as
+    its letters (latest_for_each("a") answered for a job "a"), a count as text raised a
+    TypeError, an unknown bucket size a KeyError."""
+    with pytest.raises(ValueError, match=match):
+        call(JobRun.objects)
 
 
 def test_stale_uses_heartbeat_then_start(make_run, settings) -> None:

@@ -1014,6 +1014,43 @@ def test_an_end_whose_answer_was_lost_counts_as_recorded(monkeypatch, caplog) ->
     assert "was not recorded" not in caplog.text
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_end_whose_commit_answer_was_lost_is_announced_once(monkeypatch) -> None:
+    """COMMIT went through and its answer was lost with the connection: the end is found
+    written on the next try, but Django drops the ``on_commit`` hooks of a COMMIT that
+    raised, so ``job_status_changed`` was never sent (a batch's parent was not refreshed,
+    a monitored job's failure not checked)."""
+    from django_jobstatus.signals import job_status_changed
+
+    connection = connections["default"]
+    real_commit = connection._commit
+    lost = []
+
+    def commit_then_lose_the_answer() -> None:
+        real_commit()
+        if not lost:
+            lost.append(True)
+            raise OperationalError("server closed the connection unexpectedly")
+
+    ends: list[str] = []
+
+    def receiver(sender: Any, run: JobRun, status: str, **kwargs: Any) -> None:
+        if status in Status.TERMINAL:
+            ends.append(status)
+
+    job_status_changed.connect(receiver, dispatch_uid="test.lost_answer")
+    try:
+        with track("x", interval=3600) as job:
+            job.info("one line: the end is written in a transaction")
+            monkeypatch.setattr(connection, "_commit", commit_then_lose_the_answer)
+        monkeypatch.undo()
+    finally:
+        job_status_changed.disconnect(dispatch_uid="test.lost_answer")
+    assert lost
+    assert _row(job.run).status == Status.SUCCEEDED
+    assert ends == [Status.SUCCEEDED]
+
+
 def test_a_start_whose_answer_was_lost_records_one_run(monkeypatch) -> None:
     # The first try commits, then its answer is lost with the connection.
     original = JobRunQuerySet.start

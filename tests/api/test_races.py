@@ -154,6 +154,31 @@ def test_a_forced_bulk_kill_of_a_run_deleted_meanwhile_kills_the_others(
     assert JobRun.objects.get(pk=other.pk).status == Status.KILLED
 
 
+@pytest.mark.parametrize("move", ["retry", "restart"])
+def test_a_forced_kill_of_a_run_its_worker_moved_on_meanwhile_kills_it(
+    api, make_run, monkeypatch, move
+):
+    """The worker retried the run (running → retrying, attempt 2) or restarted it between
+    the kill's read and its end: the end was refused, and taken for "it finished first".
+    The answer said nothing went wrong (killed 0, nothing not stopped) and the run went
+    on to its next attempt."""
+    run = make_run("tests.race", status=Status.RUNNING, source="tests_backend")
+
+    def worker() -> None:
+        mine = JobRun.objects.get(pk=run.pk)
+        if move == "retry":
+            mine.mark_failed(ValueError("timeout"), retry=True)
+        else:
+            mine.mark_running()  # a restart: attempt 2
+
+    with meanwhile(monkeypatch, JobRun, "mark_killed", worker):
+        response = api.post(f"{BASE}{run.pk}/kill/", {"force": True}, format="json")
+    assert response.status_code == 202, response.content
+    run.refresh_from_db()
+    assert (run.status, run.attempt) == (Status.KILLED, 2)
+    assert response.json()["status"] == Status.KILLED
+
+
 def test_a_bulk_delete_says_which_finished_runs_another_process_held(api, make_run):
     """A run another transaction holds is skipped (FOR UPDATE SKIP LOCKED): the answer
     counts it as left, not as gone nor as unfinished."""

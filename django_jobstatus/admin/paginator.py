@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -21,6 +21,7 @@ from django.core.paginator import Page, Paginator
 from django.db import connections
 from django.db.models import Q
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.formats import number_format
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import smart_split, unescape_string_literal
@@ -284,8 +285,14 @@ class BigTableChangeList(ChangeList):
         created, _sep, pk = value.partition(",")
         try:
             moment = datetime.fromisoformat(created)
+            if timezone.is_naive(moment):
+                moment = timezone.make_aware(moment)
+            # In UTC, as the link writes it: 0001-01-01T00:00+01:00 has no UTC date (SQLite
+            # raised OverflowError adapting it, a 500), and PostgreSQL holds no offset past
+            # 15:59. No row has such a moment, so it is a bad link like any other.
+            moment = moment.astimezone(UTC)
             key = self.model._meta.pk.to_python(pk)
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, OverflowError, ValidationError) as exc:
             raise IncorrectLookupParameters(exc) from exc
         return _past(moment, key, inclusive=False)
 

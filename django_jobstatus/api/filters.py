@@ -162,7 +162,8 @@ class MomentField(_TextField):
         try:
             if re.fullmatch(r"-?\d+(\.\d+)?", text):
                 return datetime.fromtimestamp(float(text) / 1000, tz=UTC)
-            moment = parse_datetime(text)
+            # RFC 3339 (the schema's date-time) allows a lower-case t and z; Django does not.
+            moment = parse_datetime(text.replace("t", "T").replace("z", "Z"))
             if moment is None:
                 day = parse_date(text)
                 if day is None:

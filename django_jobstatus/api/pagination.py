@@ -352,6 +352,26 @@ class MonitorPagination(PageNumberPagination):
     def get_page_size(self, request: Request) -> int:
         return page_size(request, self.page_size_query_param)
 
+    def get_page_number(self, request: Request, paginator: Any) -> Any:
+        """``?page=``: 1 when absent, ``last``, or a whole number of 1 or more (a 400 otherwise).
+
+        DRF answers any page it cannot show with 404 "Invalid page.", which names no
+        parameter and reads as "no such monitor"; a page past the last one stays a 404.
+        Digits only: Django's paginator would also read ``1e3`` and ``1.0``.
+        """
+        number = request.query_params.get(self.page_query_param) or "1"
+        if number in self.last_page_strings:
+            return paginator.num_pages
+        if not (number.isascii() and number.isdigit() and number.lstrip("0")):
+            raise ValidationError(
+                {
+                    self.page_query_param: [
+                        _("Enter a whole number of 1 or more, or last.")
+                    ]
+                }
+            )
+        return number
+
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
         for parameter in parameters:

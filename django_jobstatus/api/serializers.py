@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -413,11 +413,31 @@ class BucketSerializer(serializers.Serializer):
     lost = serializers.IntegerField()
 
 
+class _BoundField(serializers.DateTimeField):
+    """A bound of the stats' range: in the current time zone, as every moment the API
+    answers, or in UTC where local time cannot write it.
+
+    A moment at the edge of what UTC holds is a valid bound (docs/api.md), but
+    9999-12-31T23:59:59Z is in the year 10000 in Berlin (DRF answered "Datetime value out of
+    range.", a 400 naming nothing), and New York's offset before 1883 was -04:56:02, which
+    RFC 3339 cannot write.
+    """
+
+    def enforce_timezone(self, value: datetime) -> datetime:
+        try:
+            local: datetime = super().enforce_timezone(value)
+        except serializers.ValidationError:  # it overflows
+            return value.astimezone(UTC)
+        if (local.utcoffset() or timedelta(0)) % timedelta(minutes=1):
+            return value.astimezone(UTC)
+        return local
+
+
 class StatsSerializer(serializers.Serializer):
-    since = serializers.DateTimeField(
+    since = _BoundField(
         allow_null=True, help_text=_("Start of the range (runs created at or after).")
     )
-    until = serializers.DateTimeField(
+    until = _BoundField(
         allow_null=True,
         help_text=_("End of the range (runs created before); null: now."),
     )
@@ -540,7 +560,7 @@ class JobMonitorSerializer(_StrictBody, serializers.ModelSerializer):
             ),
         }
 
-    @extend_schema_field(OpenApiTypes.DATETIME)
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_next_expected_at(self, monitor: JobMonitor) -> str | None:
         expected = health.expected_at(monitor)
         return (

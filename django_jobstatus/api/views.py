@@ -927,6 +927,7 @@ class JobMonitorViewSet(Access, viewsets.ModelViewSet):
         description=_("Newest first: each spell the job spent late, failing or slow."),
         responses={
             200: JobMonitorIncidentSerializer(many=True),
+            400: _ERROR,
             401: _DENIED,
             403: _DENIED,
             404: _MONITOR_NOT_FOUND,

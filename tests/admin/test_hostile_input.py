@@ -132,6 +132,40 @@ def test_bad_changelist_values_are_a_message_not_a_500(viewer, make_run, url):
         assert said(page) or "?e=1" in response["Location"]
 
 
+@pytest.mark.parametrize(
+    "older",
+    [
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01T00:00:00",  # no offset: Berlin's, east of UTC
+        "x",
+    ],
+)
+def test_an_older_link_with_a_moment_no_row_can_have_is_a_bad_link_not_a_500(
+    viewer, make_run, settings, older
+):
+    """The runs' changelist reads its own "Older →" link, ``?older=<created_at>,<id>``. A
+    hand-written one whose moment has no UTC date (``0001-01-01T00:00+01:00``) raised
+    OverflowError while SQLite adapted it: a 500, where any other bad ``older`` is Django's
+    ``?e=1`` redirect. No row has such a moment, so it is that redirect too."""
+    settings.TIME_ZONE = "Europe/Berlin"
+    run = make_run("a")
+    response = viewer.get(RUNS, {"older": f"{older},{run.pk}"})
+    assert response.status_code == 302
+    assert response["Location"].endswith("?e=1")
+
+
+def test_an_older_link_with_any_offset_is_compared_in_utc(viewer, make_run):
+    """+23:59 is a valid ISO offset that PostgreSQL cannot hold (it stops at 15:59)."""
+    from datetime import UTC, datetime
+
+    newer = make_run("a", created_at=datetime(2026, 1, 1, 1, tzinfo=UTC))
+    older = make_run("b", created_at=datetime(2025, 12, 31, 23, tzinfo=UTC))
+    response = viewer.get(RUNS, {"older": f"2026-01-01T23:59:00+23:59,{newer.pk}"})
+    assert response.status_code == 200
+    assert [row.pk for row in response.context["cl"].result_list] == [older.pk]
+
+
 def test_a_bad_level_says_what_is_wrong(viewer):
     response = viewer.get(f"{LOGS}?level=²", follow=True)
     assert response.status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import pytest
 
@@ -243,11 +244,58 @@ def test_a_kill_body_nested_100000_deep_is_400(api, active):
         # An offset PostgreSQL cannot hold (it stops at 15:59): compared in UTC.
         ("created_before", "1528-05-10T18:18:53+21:17"),
         ("created_after", "2026-01-01T00:00:00-23:59"),
+        # RFC 3339 (the schema's date-time) allows a lower-case t and z: they were refused.
+        ("created_after", "2026-01-01t08:00:00z"),
+        ("created_before", "2026-01-01T08:00:00z"),
     ],
 )
 def test_dates_in_the_schema_are_accepted(api, run, field, value):
     """Every value the schema allows is answered, even one past the database's range."""
     assert api.get(BASE, {field: value}).status_code == 200
+
+
+def test_a_lower_case_t_and_z_mean_what_upper_case_ones_do(api, make_run):
+    from datetime import UTC, datetime
+
+    run = make_run("a", created_at=datetime(2026, 1, 1, 8, tzinfo=UTC))
+    for moment, expected in (
+        ("2026-01-01t08:00:00z", [str(run.pk)]),
+        ("2026-01-01t08:00:01z", []),
+    ):
+        found = api.get(BASE, {"created_after": moment}).json()["results"]
+        assert [row["id"] for row in found] == expected, moment
+
+
+# A date-time as RFC 3339 writes it: no offset with seconds (-04:56:02).
+RFC_3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+@pytest.mark.parametrize(
+    ("time_zone", "field", "value", "shown"),
+    [
+        ("Europe/Berlin", "created_before", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"),
+        ("America/New_York", "created_after", "0001-01-01T00:00Z", "0001-01-01T00:00:00Z"),
+        # New York's offset was -04:56:02 then, which RFC 3339 cannot write.
+        ("America/New_York", "created_after", "1800-01-01T00:00Z", "1800-01-01T00:00:00Z"),
+        # Local time, as every moment answered, when it can write the bound.
+        ("Europe/Berlin", "created_after", "2020-01-01T08:00Z", "2020-01-01T09:00:00+01:00"),
+    ],
+)  # fmt: skip
+def test_stats_answer_any_bound_the_filters_accept(
+    api, run, settings, time_zone, field, value, shown
+):
+    """With TIME_ZONE = "Europe/Berlin", ``runs/stats/?created_before=9999-12-31T23:59:59Z``
+    (a bound "until forever", which the filter accepts) answered
+    ``400 ["Datetime value out of range."]``, a list naming no parameter: the filter was
+    fine, but the answer's ``until`` could not be written in local time (the year 10000).
+    ``created_after=0001-01-01T00:00Z`` in New York did the same with ``since``."""
+    settings.TIME_ZONE = time_zone
+    response = api.get(f"{BASE}stats/", {field: value})
+    assert response.status_code == 200, response.content
+    bound = response.json()["since" if field == "created_after" else "until"]
+    assert bound == shown
+    assert RFC_3339.fullmatch(bound)
+    assert [job["job_name"] for job in response.json()["jobs"]] == [run.job_name]
 
 
 # 8. Unknown HTTP methods are 405 for a user who may see the API.

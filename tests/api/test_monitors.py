@@ -210,6 +210,33 @@ def test_incidents_of_a_monitor(monitor_api, monitor, past_run):
     assert incident["resolved_at"] is not None
 
 
+@pytest.mark.parametrize("incidents", [False, True])
+@pytest.mark.parametrize("page", ["abc", "0", "-1", "1e3", "1.0", " 1", "²"])
+def test_a_page_that_is_not_a_whole_number_of_1_or_more_is_a_400_naming_it(
+    monitor_api, monitor, incidents, page
+):
+    """docs/api.md: a bad parameter is a 400 naming it. ``monitors/?page=abc`` (or ``0``,
+    ``-1``, ``1e3``) answered DRF's ``404 {"detail": "Invalid page."}``, which names no
+    parameter and reads as "no such monitor", where ``page_size=abc`` was a 400 naming
+    ``page_size``. A monitor's incidents have the same numbered pages."""
+    m = monitor()
+    url = f"{URL}{m.pk}/incidents/" if incidents else URL
+    response = monitor_api.get(url, {"page": page})
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["page"]
+
+
+@pytest.mark.parametrize("incidents", [False, True])
+def test_the_last_page_and_a_page_past_it_are_still_a_200_and_a_404(
+    monitor_api, monitor, incidents
+):
+    m = monitor()
+    url = f"{URL}{m.pk}/incidents/" if incidents else URL
+    for page, expected in (("", 200), ("1", 200), ("last", 200), ("2", 404)):
+        assert monitor_api.get(url, {"page": page}).status_code == expected, page
+    assert monitor_api.get(url, {"page": "9" * 5000}).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("perms", "method", "expected"),
     [

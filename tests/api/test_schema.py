@@ -6,6 +6,7 @@ import base64
 import logging
 import re
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
+    response_schema_conformance,
     status_code_conformance,
 )
 
@@ -255,3 +257,44 @@ def test_fuzz_data_is_reachable_through_the_wsgi_app(fuzz_data):
     assert response.status_code == 200
     assert [row["id"] for row in response.json()["results"]] == [str(fuzz_data.pk)]
     assert response.json()["results"][0]["result"] == {"token": "********"}
+
+
+# Answers checked against the schema, through the WSGI app as the fuzz superuser.
+
+
+def _conforming(path: str, **case: Any) -> Any:
+    """GET ``path``'s answer; fails unless its status and body are the ones the schema documents."""
+    operation = schema[f"/api/jobstatus{path}"]["GET"]
+    request = operation.Case(headers=AUTH, **case)
+    response = request.call()
+    request.validate_response(
+        response, checks=[status_code_conformance, response_schema_conformance]
+    )
+    return response
+
+
+def test_a_monitor_without_a_cadence_answers_the_null_next_expected_at_the_schema_allows(
+    fuzz_data,
+):
+    """A monitor that watches only failures or durations (no ``every``, no ``cron``) is
+    answered with ``"next_expected_at": null``, as its help text says; the schema typed the
+    field as a date-time that is never null, so a client generated from it failed on the answer.
+    """
+    monitor = JobMonitor.objects.create(job_name="fuzz.done", max_failures=3)
+    response = _conforming("/monitors/{id}/", path_parameters={"id": monitor.pk})
+    assert response.json()["next_expected_at"] is None
+
+
+def test_a_bad_page_size_of_a_monitor_s_incidents_is_a_400_the_schema_lists(fuzz_data):
+    """``monitors/{id}/incidents/?page_size=0`` (below the schema's minimum) answers 400
+    naming ``page_size``; the operation listed only 200, 401, 403 and 404, so a client
+    built from the schema had no type for the error (schemathesis never saw it: its fixture
+    has no monitor, so every incidents request was a 404 first)."""
+    monitor = JobMonitor.objects.create(job_name="fuzz.done", max_failures=3)
+    response = _conforming(
+        "/monitors/{id}/incidents/",
+        path_parameters={"id": monitor.pk},
+        query={"page_size": 0},
+    )
+    assert response.status_code == 400
+    assert list(response.json()) == ["page_size"]

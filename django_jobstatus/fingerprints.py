@@ -13,9 +13,11 @@ import re
 FINGERPRINT_MAX_LENGTH = 255
 
 # Order matters: quoted values first (they may hold anything), then ids, then numbers.
+# A quote opens where no word character comes before it and closes where none follows (the
+# apostrophe of "can't" is no quote); a bytes or raw prefix (b'…') goes with the value.
 _REPLACEMENTS = (
-    (re.compile(r"'(?:[^'\\]|\\.)*'"), "'…'"),
-    (re.compile(r'"(?:[^"\\]|\\.)*"'), '"…"'),
+    (re.compile(r"(?<!\w)[bBrRuU]{0,2}'(?:[^'\\]|\\.)*'(?!\w)"), "'…'"),
+    (re.compile(r'(?<!\w)[bBrRuU]{0,2}"(?:[^"\\]|\\.)*"(?!\w)'), '"…"'),
     (re.compile(r"«[^»]*»|“[^”]*”"), "“…”"),
     (
         re.compile(
@@ -25,8 +27,12 @@ _REPLACEMENTS = (
         "<id>",
     ),
     (re.compile(r"\b0x[0-9a-f]+\b", re.IGNORECASE), "<hex>"),
-    # Hex runs of 8 or more with at least one digit: hashes, object ids, request ids.
-    (re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b", re.IGNORECASE), "<hex>"),
+    # Hex runs of 8 or more with a digit and a letter: hashes, object ids, request ids.
+    # One of digits only is a number: "order 10000000" is the cause of "order 9999999".
+    (
+        re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", re.IGNORECASE),
+        "<hex>",
+    ),
     (re.compile(r"\d+(?:[.,:]\d+)*"), "<n>"),
     (re.compile(r"\s+"), " "),
 )
@@ -43,9 +49,13 @@ def fingerprint(error: str) -> str:
     empty fingerprint.
     """
     line = next((part.strip() for part in error.splitlines() if part.strip()), "")
+    # The class is a name, kept as it is: S3UploadFailedError, OAuth2Error, Http404. In
+    # the message, digits glued to a word are replaced like any number (worker7, T10:00).
+    name = error_class(line)
+    message = line[len(name) :]
     for pattern, placeholder in _REPLACEMENTS:
-        line = pattern.sub(placeholder, line)
-    return line.strip()[:FINGERPRINT_MAX_LENGTH]
+        message = pattern.sub(placeholder, message)
+    return (name + message).strip()[:FINGERPRINT_MAX_LENGTH]
 
 
 def error_class(fingerprint_or_error: str) -> str:

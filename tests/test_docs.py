@@ -181,3 +181,12 @@ def test_bench_commands_shown_in_the_docs_exist() -> None:
     assert {
         name for name in shown if not (ROOT / "bench" / f"{name}.py").exists()
     } == set()
+
+
+def test_the_docs_name_the_migration_that_adds_the_fingerprint() -> None:
+    """docs/admin.md said "migration 0006 adds it" of ``JobRun.error_fingerprint``, its
+    index and its backfill (which reads every failed and lost run, in batches): 0006 is
+    the active-job index, and someone planning the rollout read the wrong migration."""
+    migrations = ROOT / "django_jobstatus" / "migrations"
+    (adding,) = migrations.glob("*_jobrun_error_fingerprint.py")
+    assert f"migration {adding.name[:4]} adds it" in _page("admin.md")

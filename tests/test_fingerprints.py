@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from django_jobstatus.fingerprints import (
@@ -54,6 +56,57 @@ def test_same_cause_same_fingerprint_and_other_cause_another():
 def test_words_are_kept():
     # A word made of hex letters only is a word, not an id.
     assert fingerprint("ValueError: bad cafe added") == "ValueError: bad cafe added"
+
+
+def test_an_apostrophe_is_not_a_quote():
+    """The failures view counted "OSError: Can't open 'a.csv'" and "Can't parse 'a.csv'"
+    as one cause, shown as "OSError: Can'…'a.csv'", and split Python's own "can't
+    multiply sequence by non-int of type 'float'" from its "'str'": the apostrophe of
+    "can't" opened a quote that the one before the value closed, so the words between
+    (the cause) were replaced and the quoted value (what varies) was kept."""
+    assert fingerprint("OSError: Can't open 'a.csv'") == "OSError: Can't open '…'"
+    assert fingerprint("OSError: Can't parse 'a.csv'") == "OSError: Can't parse '…'"
+    assert fingerprint(
+        "TypeError: can't multiply sequence by non-int of type 'float'"
+    ) == fingerprint("TypeError: can't multiply sequence by non-int of type 'str'")
+    assert fingerprint('E: don\'t load "a" or "b"') == 'E: don\'t load "…" or "…"'
+
+
+def test_a_bytes_value_is_a_quoted_value():
+    assert (
+        fingerprint("ValueError: bad literal b'\\xff'") == "ValueError: bad literal '…'"
+    )
+
+
+def test_unclosed_quotes_take_linear_time():
+    """A quote that opens and does not close is read up to the next quote only, so that
+    failing a run whose error is long and full of apostrophes stays quick."""
+    started = time.monotonic()
+    fingerprint("E:" + " 'a'b" * 20_000 + " b'x" * 20_000)
+    assert time.monotonic() - started < 1
+
+
+def test_a_number_of_eight_digits_or_more_is_a_number():
+    """ "order 9999999 not found" and "order 10000000 not found" were two causes in the
+    failures view ("order <n> not found" and "order <hex> not found"): a decimal number of
+    8 digits or more matched the hex-id rule. Ids, byte sizes and timestamps in ms cross
+    that length all the time."""
+    assert fingerprint("LookupError: order 9999999 not found") == fingerprint(
+        "LookupError: order 10000000 not found"
+    )
+    assert fingerprint("E: at 1767225600000 ms") == "E: at <n> ms"
+
+
+@pytest.mark.parametrize(
+    "name", ["S3UploadFailedError", "OAuth2Error", "Http404", "app.v2.Refused"]
+)
+def test_an_exception_class_with_a_digit_keeps_its_name(name):
+    """The failures view showed no class badge for boto3's S3UploadFailedError, and its
+    cause read "S<n>UploadFailedError: …": the number rule rewrote the digit inside the
+    class name, so error_class() found none."""
+    assert fingerprint(f"{name}: run 7 failed") == f"{name}: run <n> failed"
+    assert error_class(fingerprint(f"{name}: run 7 failed")) == name
+    assert fingerprint(name) == name
 
 
 def test_cut_to_the_field_length():

@@ -91,10 +91,17 @@ def failures_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         raise PermissionDenied
     window = _window(request.GET)
     can_change = model_admin.has_change_permission(request)
+    since = finished_since(window, timezone.now())
     groups = JobRun.objects.failure_groups(
-        finished_since(window, timezone.now()),
-        limit=GROUPS_LIMIT,
-        retry_sources=contrib.sources(),
+        since, limit=GROUPS_LIMIT, retry_sources=contrib.sources()
+    )
+    shown = sum(group["count"] for group in groups)
+    # Cut to GROUPS_LIMIT, the groups are not all the window's failures: count those (one
+    # more query, only then).
+    total = (
+        JobRun.objects.failed_or_lost().filter(finished_at__gte=since).count()
+        if len(groups) == GROUPS_LIMIT
+        else shown
     )
     for group in groups:
         group["error_class"] = error_class(group["error_fingerprint"])
@@ -109,7 +116,8 @@ def failures_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         "window": window,
         "windows": [(key, window.last) for key, window in WINDOWS.items()],
         "groups": groups,
-        "total": sum(group["count"] for group in groups),
+        "total": total,
+        "shown": shown,
         "can_delete": model_admin.has_delete_permission(request),
     }
     return TemplateResponse(request, "django_jobstatus/failures.html", context)

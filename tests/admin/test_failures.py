@@ -87,6 +87,39 @@ def test_grouping_is_one_query(admin_client, make_run, django_assert_max_num_que
     with django_assert_max_num_queries(4):
         response = admin_client.get(URL)
     assert len(response.context["groups"]) == 3
+    assert response.context["total"] == 30
+    assert "groups seen last" not in response.content.decode()
+
+
+def test_the_total_counts_the_failures_of_groups_left_out(
+    admin_client, db, django_assert_max_num_queries
+):
+    """Past GROUPS_LIMIT (200) groups in the window, the page opened with "200 failed or
+    lost runs" for 250 failed runs of 250 causes, and nothing said that groups were left
+    out: the total was the sum of the groups shown."""
+    now = timezone.now()
+    JobRun.objects.bulk_create(
+        JobRun(
+            job_name=f"jobs.n{index:03d}",
+            status=Status.FAILED,
+            created_at=now,
+            queued_at=now,
+            started_at=now,
+            finished_at=now,
+            error="ValueError: bad",
+            error_fingerprint="ValueError: bad",
+        )
+        for index in range(250)
+    )
+    # Session, user, the aggregate and the count of the window's failures.
+    with django_assert_max_num_queries(5):
+        response = admin_client.get(URL)
+    assert response.status_code == 200
+    assert len(response.context["groups"]) == 200
+    assert response.context["total"] == 250
+    body = response.content.decode()
+    assert "250 failed or lost runs" in body
+    assert "Only the 200 groups seen last are listed (200 of these runs)." in body
 
 
 def test_retry_all_of_a_group(admin_client, make_run, backend):

@@ -17,6 +17,8 @@ from tests.commands.conftest import manage
 
 pytestmark = pytest.mark.django_db
 
+NOT_UTF8 = b"nightly-\xff".decode("utf-8", "surrogateescape")
+
 
 def ago(days: float) -> Any:
     return timezone.now() - timedelta(days=days)
@@ -236,6 +238,10 @@ def test_active_runs_need_include_active(aged: Any, purge: Any) -> None:
         # PostgreSQL refused it with a DataError; SQLite matched nothing, silently.
         (["--job-name", "tests.job\x00"], "not a job name"),
         (["--job-name", " "], "not a job name"),
+        # What Python puts in sys.argv for a byte that is not UTF-8 (0xff from a Latin-1
+        # shell): a lone surrogate. The error was the codec's, naming neither the option
+        # nor the problem.
+        (["--job-name", NOT_UTF8], r"--job-name: 'nightly-\\udcff' is not valid UTF-8"),
     ],
 )
 def test_bad_arguments_are_command_errors(

@@ -67,6 +67,9 @@ def test_an_unknown_job_is_a_command_error(monitor):
         (["--database", "nope"], "not a database alias"),
         # A NUL: PostgreSQL's text refuses it (a DataError, not a CommandError).
         (["--job", "tests.nightly\x00"], "not a job name"),
+        # A byte that is not UTF-8 (a Latin-1 terminal's) reaches sys.argv as a lone
+        # surrogate, which no driver sends: a traceback from it before.
+        (["--job", b"tests.nightly-\xff".decode("utf-8", "surrogateescape")], "UTF-8"),
     ],
 )
 def test_bad_options_are_command_errors(db, args, message):

@@ -75,11 +75,21 @@ def status_name(value: str) -> str:
 
 
 def job_name(value: str) -> str:
-    """argparse type: a job name (not blank; no NUL, which PostgreSQL's text refuses)."""
+    """argparse type: a job name (not blank; no NUL, which PostgreSQL's text refuses).
+
+    Bytes that are not UTF-8 (a Latin-1 terminal's) reach sys.argv as lone surrogates,
+    which no database driver can send: a usage error too.
+    """
     if not value.strip() or "\x00" in value:
         raise argparse.ArgumentTypeError(
             _("%(value)r is not a job name") % {"value": value}
         )
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not valid UTF-8") % {"value": value}
+        ) from None
     return value
 
 

@@ -7,7 +7,10 @@ from one query, and ``refresh_batch(parent)`` moves the parent there with condit
 transitions, so two processes refreshing at once cannot both win. Once ``connect()``
 is called (``JobStatusConfig.ready()`` does) the parent is refreshed whenever a child's
 status changes. Inside ``with batch(name) as parent:`` the runs that integrations
-record (a task enqueued there) become children of ``parent``.
+record (a task enqueued there) become children of ``parent``. Until the block ends the
+parent has no total (``progress_total`` is NULL) and stays ``queued``: its children so
+far do not say the batch is over. The mark lives in the row, as the children end in
+other processes.
 
 The aggregate: ``queued`` while every child is queued; ``failed`` as soon as one child
 failed or was lost; ``succeeded`` when all succeeded; ``killed`` when all finished and
@@ -25,11 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Case, F, Q, TextField, Value, When
 from django.utils import timezone
 from django.utils.translation import ngettext
 
 from django_jobstatus.conf import settings
-from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.exceptions import InvalidTransition, JobKilled
 from django_jobstatus.models import (
     JobRun,
     Status,
@@ -147,12 +151,29 @@ def batch_status(parent: JobRun) -> BatchStatus:
     )
 
 
-def _move(parent: JobRun, target: str, state: BatchStatus) -> None:
-    """Move ``parent`` towards ``target`` with the state machine's conditional transitions."""
+# A parent whose ``batch()`` block is still recording children: queued, with no total
+# yet. In the row, not in memory: its children end in other processes. _is_open() is
+# the same test on a run read.
+_OPEN = Q(status=Status.QUEUED, progress_total__isnull=True)
+
+
+def _is_open(parent: JobRun) -> bool:
+    return parent.status == Status.QUEUED and parent.progress_total is None
+
+
+def _move(
+    parent: JobRun,
+    target: str,
+    state: BatchStatus,
+    error: BaseException | None = None,
+) -> None:
+    """Move ``parent`` towards ``target`` with the state machine's conditional transitions
+    (failed with ``error``, the exception its block raised, when given)."""
     if (
         parent.status == target
         or parent.status in Status.TERMINAL
         or target == Status.QUEUED
+        or _is_open(parent)
     ):
         return
     if (
@@ -160,12 +181,15 @@ def _move(parent: JobRun, target: str, state: BatchStatus) -> None:
         and parent.status != Status.RUNNING
     ):
         parent.mark_running(worker="")
+    counts = {"children": state.counts}
     if target == Status.SUCCEEDED:
-        parent.mark_succeeded(result={"children": state.counts})
+        parent.mark_succeeded(result=counts)
+    elif target == Status.FAILED and error is not None:
+        parent.mark_failed(error, result=counts)
     elif target == Status.FAILED:
         parent.mark_failed(**_failure(state))
     elif target == Status.KILLED:
-        parent.mark_killed()
+        parent.mark_killed(result=counts)
 
 
 def _failure(state: BatchStatus) -> dict[str, Any]:
@@ -184,7 +208,8 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
     """Bring ``parent``'s status and progress in line with its children; return the aggregate.
 
     Progress only moves forward and every transition is conditional, so a refresh
-    working from an older view of the children never undoes a newer one.
+    working from an older view of the children never undoes a newer one. A parent whose
+    ``batch()`` block is open gets no total and stays queued.
     """
     state = batch_status(parent)
     db = parent._state.db or settings.DATABASE
@@ -193,12 +218,27 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
         pk=parent.pk, progress_current__lte=state.done
     )
     newer.update(
-        progress_current=state.done, progress_total=state.total, updated_at=now
+        progress_current=state.done,
+        progress_total=Case(
+            When(_OPEN, then=F("progress_total")), default=Value(state.total)
+        ),
+        updated_at=now,
     )
     parent.refresh_from_db(using=db)
-    if parent.status == Status.FAILED:
-        # It failed with its first failed child: its figures follow the others to their end.
-        newer.filter(status=Status.FAILED).update(**_failure(state))
+    if parent.status in (Status.FAILED, Status.KILLED):
+        # It ended before its last child did: its figures follow the others to their end.
+        # The error of a parent its children failed says how many; one its block's
+        # exception failed keeps that exception (and its traceback).
+        newer.filter(status=parent.status).update(
+            result={"children": state.counts},
+            error=Case(
+                When(
+                    Q(status=Status.FAILED, traceback=""),
+                    then=Value(_failure(state)["error"], output_field=TextField()),
+                ),
+                default=F("error"),
+            ),
+        )
         parent.refresh_from_db(using=db, fields=["error", "result"])
     try:
         _move(parent, state.status, state)
@@ -226,17 +266,53 @@ def batch(name: str, *, using: str | None = None, **fields: Any) -> Iterator[Job
     """Record a queued parent run ``name``; runs the integrations record in the block are its children.
 
     For example, ``with batch("import.all"): for f in files: import_file.enqueue(f.pk)``.
-    Leaving the block refreshes the parent (children may all have run already).
+    While the block runs, the parent has no total and its children cannot end it (a
+    quick worker may end the first before the block enqueues the next). Leaving the
+    block sets the total and refreshes the parent (children may all have run already);
+    with no child it ends succeeded. An exception in the block ends the parent failed
+    with it (killed with a JobKilled), and is re-raised; the children enqueued before it
+    run on.
     """
     parent = JobRun.objects.db_manager(using or settings.DATABASE).enqueue(
-        name, **fields
+        name, progress_total=None, **fields
     )
     token = _parent.set(parent)
     try:
         yield parent
-    finally:
+    except BaseException as error:
         _parent.reset(token)
-    refresh_batch(parent)
+        try:
+            _close(parent, error)
+        except Exception:
+            # The block's own error matters more (the database may be why it raised).
+            logger.exception("Could not record the failure of batch %s.", parent.pk)
+        raise
+    _parent.reset(token)
+    _close(parent)
+
+
+def _close(parent: JobRun, error: BaseException | None = None) -> None:
+    """End ``parent``'s block: set its total, then end it failed with ``error`` (killed
+    with a JobKilled), or as its children add up (succeeded with none)."""
+    db = parent._state.db or settings.DATABASE
+    state = batch_status(parent)
+    JobRun.objects.using(db).filter(pk=parent.pk, progress_total__isnull=True).update(
+        progress_total=state.total
+    )
+    parent.refresh_from_db(using=db)
+    if error is None and state.total:
+        refresh_batch(parent)
+        return
+    if error is None:
+        target = Status.SUCCEEDED
+    elif isinstance(error, JobKilled):  # the job that ran the block was asked to stop
+        target, error = Status.KILLED, None
+    else:
+        target = Status.FAILED
+    try:
+        _move(parent, target, state, error)
+    except InvalidTransition:
+        parent.refresh_from_db(using=db)  # another process ended it first (a kill)
 
 
 def current_parent() -> JobRun | None:

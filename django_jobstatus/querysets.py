@@ -240,20 +240,27 @@ def stale_condition(timeout: timedelta) -> Q:
     worker's or the reaper's clock running behind or ahead marks no live run lost. No
     process beats for a batch's parent: it lives while a child is queued, running or
     retrying. The children are read by one subquery (not correlated: once per query)."""
-    from django_jobstatus.models import JobRun
-
     cutoff = Ago(timeout)
-    parents = JobRun.objects.filter(
-        status__in=sorted(Status.ACTIVE), parent__isnull=False
-    ).values("parent_id")
     return (
         Q(status=Status.RUNNING)
         & (
             Q(heartbeat_at__lt=cutoff)
             | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
         )
-        & ~Q(pk__in=parents)
+        & ~with_active_child()
     )
+
+
+def with_active_child() -> Q:
+    """Runs with a child queued, running or retrying: a batch's parent, which no worker
+    runs and which lives while they are active. One subquery (not correlated: once per
+    query)."""
+    from django_jobstatus.models import JobRun
+
+    parents = JobRun.objects.filter(
+        status__in=sorted(Status.ACTIVE), parent__isnull=False
+    ).values("parent_id")
+    return Q(pk__in=parents)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,7 +546,8 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         A first attempt waits from ``queued_at``; a later one from its retry, the move into
         ``retrying`` or back into ``queued`` (``updated_at``): ``queued_at`` stays the first
         attempt's, and a retrying run has no other stamp. A run scheduled for later waits
-        from when it is due (``due_at``), if that is later still.
+        from when it is due (``due_at``), if that is later still. A batch's parent with an
+        active child waits for no worker but for its children (as in stale_condition()).
         """
         if timeout is None:
             timeout = settings.QUEUED_TIMEOUT
@@ -557,7 +565,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             updated_at__lt=cutoff,
         )
         due = Q(due_at__isnull=True) | Q(due_at__lt=cutoff)
-        return self.filter(first | later, due)
+        return self.filter(first | later, due).exclude(with_active_child())
 
     def kill_requested(self) -> Self:
         """Runs someone asked to stop."""

@@ -956,6 +956,12 @@ _EXPIRED_RETRY = _(
     "and no worker started it (its retry was probably lost); ended by the reaper."
 )
 
+_EXPIRED_BATCH = _(
+    "Killed: queued since %(since)s, more than %(timeout)g seconds; its children have "
+    "all ended, but its batch() block never ended (its total is unknown); ended by the "
+    "reaper."
+)
+
 
 @dataclasses.dataclass
 class ReapResult:
@@ -1001,11 +1007,18 @@ def reap(
         result.reaped = len(result.stale_runs)
         result.settled = len(parents)
         if queued_delta is not None:
-            result.queued_runs = list(
+            queued = list(
                 runs.stale_queued(queued_delta)
                 .order_by("pk")
-                .values_list("pk", "job_name")
+                .values_list("pk", "job_name", "progress_total")
             )
+            # A batch's parent whose block ended (it has a total) follows its children.
+            parents = _parents(runs, [row[0] for row in queued])
+            closed = {
+                row[0] for row in queued if row[0] in parents and row[2] is not None
+            }
+            result.settled += len(closed)
+            result.queued_runs = [row[:2] for row in queued if row[0] not in closed]
             result.expired = len(result.queued_runs)
         return result
     _reap_stale(runs, delta, batch_size, result)
@@ -1063,12 +1076,25 @@ def _parents(runs: JobRunQuerySet, pks: list[Any]) -> set[Any]:
 def _expire_queued(
     runs: JobRunQuerySet, delta: timedelta, batch_size: int, result: ReapResult
 ) -> None:
-    """End the runs queued longer than ``delta`` killed, and tell their task systems."""
+    """End the runs queued longer than ``delta`` killed, and tell their task systems.
+
+    A batch's parent among them (its children have all ended: stale_queued() leaves out
+    one with an active child) ends as they add up instead, as its refresh would have.
+    """
     while True:
         with statements.write_transaction(runs.db):
             batch = _locked_batch(runs.stale_queued(delta), batch_size)
+            parents = _parents(runs, [run.pk for run in batch])
             ended = []
             for run in batch:
+                fields: dict[str, Any] = {}
+                if run.pk in parents:
+                    state = refresh_batch(run)
+                    if run.is_finished:
+                        result.settled += 1
+                        continue
+                    # Still queued: its batch() block never ended and set its total.
+                    fields["result"] = {"children": state.counts}
                 # A retry waits since it was scheduled; a job scheduled for later, since it was due.
                 since = max(
                     run.updated_at
@@ -1076,7 +1102,12 @@ def _expire_queued(
                     else run.queued_at or run.created_at,
                     run.due_at or run.created_at,
                 ).isoformat()
-                if run.attempt > 1:
+                if run.pk in parents:
+                    text = str(_EXPIRED_BATCH) % {
+                        "since": since,
+                        "timeout": delta.total_seconds(),
+                    }
+                elif run.attempt > 1:
                     text = str(_EXPIRED_RETRY) % {
                         "attempt": run.attempt,
                         "since": since,
@@ -1091,7 +1122,9 @@ def _expire_queued(
                 # takes the task afterwards refuses it (or the job sees it at once).
                 if run.kill_requested_at is None:
                     run.kill_requested_at = timezone.now()
-                if _killed(run, text, kill_requested_at=run.kill_requested_at):
+                if _killed(
+                    run, text, kill_requested_at=run.kill_requested_at, **fields
+                ):
                     run.log(logging.WARNING, text)
                     ended.append(run)
         result.expired += len(ended)

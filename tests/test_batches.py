@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from django_jobstatus import compat, track
+from django_jobstatus import JobKilled, compat, track
 from django_jobstatus.batches import (
     aggregate,
     batch,
@@ -335,3 +335,113 @@ def test_children_s_text_is_stored_like_any_run_s(db: None) -> None:
     with pytest.raises(ValueError, match="subject is 256 characters long"):
         start_batch("b2", ["c", {"job_name": "c", "subject": "s" * 256}])
     assert not JobRun.objects.filter(job_name="b2").exists()  # nothing half-written
+
+
+def test_a_killed_batch_s_result_counts_its_children(db: None) -> None:
+    """docs/tracking.md says a parent's ``result`` is ``{"children": counts}``: a killed
+    one was ended with a bare ``mark_killed()`` and showed no count of what its children
+    did (here one succeeded, one was killed). A parent killed before its children ended
+    keeps its counts current, as a failed one does."""
+    parent = start_batch("batch", ["a", "b"])
+    a, b = parent.children.order_by("job_name")
+    with track("a", run=a):
+        pass
+    b.mark_killed()
+    refresh_batch(parent)
+    parent.refresh_from_db()
+    assert (parent.status, parent.result) == (K, {"children": {S: 1, K: 1}})
+
+    early = start_batch("batch", ["a", "b"])
+    early.mark_killed()  # by hand, or a forced kill, while its children wait
+    a, b = early.children.order_by("job_name")
+    with track("a", run=a):
+        pass
+    refresh_batch(early)
+    early.refresh_from_db()
+    assert (early.status, early.result) == (K, {"children": {S: 1, Q: 1}})
+
+
+def test_a_batch_block_that_records_no_child_ends_succeeded(db: None) -> None:
+    """``with batch(...): for f in files: import_file.enqueue(f.pk)`` on a day with no
+    files left its parent ``queued`` for ever: with no child, a refresh keeps the parent's
+    own status. It was an active run nothing would start (the dashboard's queued count,
+    the metrics' oldest queued age), until the reaper killed it as a lost message."""
+    files: list[int] = []
+    with batch("imports.all") as parent:
+        for _ in files:
+            pytest.fail("no file to import")
+    parent.refresh_from_db()
+    assert (parent.status, parent.result) == (S, {"children": {}})
+    assert (parent.progress_current, parent.progress_total) == (0, 0)
+
+
+@pytest.mark.django_db(
+    transaction=True
+)  # each child's end refreshes its parent on commit
+def test_a_batch_does_not_end_while_its_block_still_records_children() -> None:
+    """A worker quick enough (or an immediate backend) ended the first child before the
+    block enqueued the second: the parent added up to 1 of 1 succeeded and ended
+    ``succeeded``. The second child then failed, and the batch stayed succeeded."""
+    from django_jobstatus.contrib._execution import record_queued
+
+    with batch("imports.all") as parent:
+        first = JobRun.objects.get(pk=record_queued("rq", "job-1", "imports.one"))
+        with track(first.job_name, run=first):
+            pass
+        parent.refresh_from_db()
+        # Its total is not known yet: it waits for the block.
+        assert (parent.status, parent.progress_current, parent.progress_total) == (
+            Q,
+            1,
+            None,
+        )
+        second = JobRun.objects.get(pk=record_queued("rq", "job-2", "imports.one"))
+        with contextlib.suppress(RuntimeError), track(second.job_name, run=second):
+            raise RuntimeError("file 2 is broken")
+    parent.refresh_from_db()
+    assert (parent.status, parent.error) == (F, "1 of 2 child runs failed.")
+    assert (parent.progress_current, parent.progress_total) == (2, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_block_was_asked_to_stop_ends_killed() -> None:
+    """The job that ran the block was asked to stop (JobKilled at its progress call): the
+    batch ends killed, as that job does, not failed with "JobKilled"."""
+    from django_jobstatus.contrib._execution import record_queued
+
+    with pytest.raises(JobKilled), batch("imports.all") as parent:
+        record_queued("rq", "job-1", "imports.one")
+        raise JobKilled("asked to stop")
+    parent.refresh_from_db()
+    assert (parent.status, parent.error) == (Status.KILLED, "")
+    assert parent.result == {"children": {Q: 1}}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_block_raised_fails_with_its_exception() -> None:
+    """The enqueue loop failed after the first of ten files: the exception went to the
+    caller, but the parent recorded nothing of it, and once the one child enqueued
+    succeeded the batch read ``succeeded``, 1 of 1. The children enqueued go on; the
+    parent keeps the block's error and counts them."""
+    from django_jobstatus.contrib._execution import record_queued
+
+    with pytest.raises(ConnectionError), batch("imports.all") as parent:
+        child_id = record_queued("rq", "job-1", "imports.one")
+        raise ConnectionError("broker away after file 1 of 10")
+    parent.refresh_from_db()
+    assert (parent.status, parent.error) == (
+        F,
+        "ConnectionError: broker away after file 1 of 10",
+    )
+    assert "raise ConnectionError" in parent.traceback
+    assert parent.result == {"children": {Q: 1}}
+    child = JobRun.objects.get(pk=child_id)
+    with track(child.job_name, run=child):  # its worker runs it
+        pass
+    parent.refresh_from_db()
+    assert (parent.status, parent.error) == (
+        F,
+        "ConnectionError: broker away after file 1 of 10",
+    )
+    assert parent.result == {"children": {S: 1}}
+    assert (parent.progress_current, parent.progress_total) == (1, 1)

@@ -260,6 +260,60 @@ def test_a_batch_whose_children_all_ended_is_settled_not_lost(
     assert (parent.status, parent.error) == (Status.FAILED, "1 of 1 child run failed.")
 
 
+def test_a_batch_whose_children_are_due_later_is_not_killed_as_queued_too_long(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """Imports scheduled for tonight (each child due in 3 hours), QUEUED_TIMEOUT one hour:
+    the reaper left the children alone but ended their parent ``killed``, "no worker
+    started it (its message was probably lost)". No worker starts a parent: it waits for
+    its children. When they ran and succeeded, the batch stayed killed for good."""
+    from django_jobstatus import track
+    from django_jobstatus.batches import start_batch
+
+    due = timezone.now() + timedelta(hours=3)
+    parent = start_batch(
+        "tests.batch", [{"job_name": "tests.a", "due_at": due} for _ in range(2)]
+    )
+    JobRun.objects.update(created_at=ago(7200), queued_at=ago(7200))
+    assert list(JobRun.objects.stale_queued(3600)) == []
+    assert JobRun.objects.reap(300, queued_timeout=3600).expired == 0
+    with django_capture_on_commit_callbacks(execute=True):
+        for child in parent.children.all():  # tonight
+            with track(child.job_name, run=child):
+                pass
+    parent.refresh_from_db()
+    assert (parent.status, parent.message) == (Status.SUCCEEDED, "")
+
+
+def test_a_queued_batch_whose_children_all_ended_is_settled_not_expired(
+    make_run: Any,
+) -> None:
+    """Its refresh after the last child was missed: the reaper ends the parent as its
+    children add up, not as a run whose message was lost. One whose ``batch()`` block
+    never ended (its process died) has no known total: it is killed, and says why."""
+    from django_jobstatus.batches import start_batch
+
+    parent = start_batch("tests.batch", ["tests.a"])
+    parent.children.get().mark_killed()  # dropped while queued; no refresh
+    unclosed = JobRun.objects.enqueue("tests.batch")  # as batch() records it
+    make_run("tests.a", status=Status.SUCCEEDED, parent=unclosed)
+    JobRun.objects.update(created_at=ago(7200), queued_at=ago(7200))
+
+    dry = JobRun.objects.reap(300, queued_timeout=3600, dry_run=True)
+    assert (dry.expired, dry.settled) == (1, 1)
+    assert [pk for pk, _name in dry.queued_runs] == [unclosed.pk]
+    result = JobRun.objects.reap(300, queued_timeout=3600)
+
+    assert (result.expired, result.settled) == (1, 1)
+    parent.refresh_from_db()
+    assert (parent.status, parent.message) == (Status.KILLED, "Killed.")
+    assert parent.result == {"children": {Status.KILLED: 1}}
+    unclosed.refresh_from_db()
+    assert unclosed.status == Status.KILLED
+    assert "its batch() block never ended" in unclosed.message
+    assert unclosed.result == {"children": {Status.SUCCEEDED: 1}}
+
+
 def test_narrowed_queryset_reaps_only_its_runs(make_run: Any) -> None:
     mine = make_run("tests.mine", heartbeat_at=ago(600))
     other = make_run("tests.other", heartbeat_at=ago(600))

@@ -99,11 +99,13 @@ def start_batch(
     An item is a job name, or a mapping of JobRun fields with ``job_name`` (``params``,
     ``subject``, ``queue``…). ``fields`` are the parent's (``params``, ``owner``,
     ``source``…); children take the parent's ``source`` and ``owner`` unless they name
-    their own. Returns the parent; its children are ``parent.children``.
+    their own. Inside a ``batch()`` block the parent is one of that batch's children.
+    Returns the parent; its children are ``parent.children``.
     """
     specs = [_child(spec) for spec in children]
     if not specs:
         raise ValueError("A batch needs at least one child.")
+    fields.setdefault("parent", current_parent())  # a batch inside a batch() block
     db = using or settings.DATABASE
     with transaction.atomic(using=db):
         parent = JobRun.objects.db_manager(db).enqueue(
@@ -209,22 +211,25 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
 
     Progress only moves forward and every transition is conditional, so a refresh
     working from an older view of the children never undoes a newer one. A parent whose
-    ``batch()`` block is open gets no total and stays queued.
+    ``batch()`` block was open when the children were read gets no total and does not
+    move: the view may lack the children the block records after it (the block's end
+    refreshes it again).
     """
-    state = batch_status(parent)
     db = parent._state.db or settings.DATABASE
+    # Read before the children: closed then, the block had recorded every child.
+    was_open = JobRun.objects.using(db).filter(_OPEN, pk=parent.pk).exists()
+    state = batch_status(parent)
     now = timezone.now()
     newer = JobRun.objects.using(db).filter(
         pk=parent.pk, progress_current__lte=state.done
     )
-    newer.update(
-        progress_current=state.done,
-        progress_total=Case(
-            When(_OPEN, then=F("progress_total")), default=Value(state.total)
-        ),
-        updated_at=now,
-    )
+    values: dict[str, Any] = {"progress_current": state.done, "updated_at": now}
+    if not was_open:
+        values["progress_total"] = state.total
+    newer.update(**values)
     parent.refresh_from_db(using=db)
+    if was_open:
+        return state
     if parent.status in (Status.FAILED, Status.KILLED):
         # It ended before its last child did: its figures follow the others to their end.
         # The error of a parent its children failed says how many; one its block's
@@ -273,6 +278,8 @@ def batch(name: str, *, using: str | None = None, **fields: Any) -> Iterator[Job
     with it (killed with a JobKilled), and is re-raised; the children enqueued before it
     run on.
     """
+    # Inside another batch() block, one of its children: that batch ends with this one.
+    fields.setdefault("parent", current_parent())
     parent = JobRun.objects.db_manager(using or settings.DATABASE).enqueue(
         name, progress_total=None, **fields
     )

@@ -17,10 +17,12 @@ from django.db.models import (
     Avg,
     Count,
     DurationField,
+    Exists,
     ExpressionWrapper,
     F,
     Max,
     Min,
+    OuterRef,
     Q,
     Value,
 )
@@ -452,7 +454,9 @@ def _killed(
             if not however_active:
                 return False
             try:
-                run.refresh_from_db(fields=["status", "attempt"])
+                # All of it: the task system is told with its worker and start (a run
+                # started meanwhile is running, and may be one nothing can stop).
+                run.refresh_from_db()
             except run.DoesNotExist:
                 return False
             if run.is_finished:
@@ -546,8 +550,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         A first attempt waits from ``queued_at``; a later one from its retry, the move into
         ``retrying`` or back into ``queued`` (``updated_at``): ``queued_at`` stays the first
         attempt's, and a retrying run has no other stamp. A run scheduled for later waits
-        from when it is due (``due_at``), if that is later still. A batch's parent with an
-        active child waits for no worker but for its children (as in stale_condition()).
+        from when it is due (``due_at``), if that is later still. A batch's parent waits
+        for no worker but for its children: not while one is active, and from the last
+        time one moved (an open ``batch()`` block's enqueues included), probed per run by
+        the children's index.
         """
         if timeout is None:
             timeout = settings.QUEUED_TIMEOUT
@@ -565,7 +571,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             updated_at__lt=cutoff,
         )
         due = Q(due_at__isnull=True) | Q(due_at__lt=cutoff)
-        return self.filter(first | later, due).exclude(with_active_child())
+        moving = self.model.objects.filter(parent=OuterRef("pk")).filter(
+            Q(status__in=sorted(Status.ACTIVE)) | Q(updated_at__gte=cutoff)
+        )
+        return self.filter(first | later, due).exclude(Exists(moving))
 
     def kill_requested(self) -> Self:
         """Runs someone asked to stop."""

@@ -445,3 +445,62 @@ def test_a_batch_whose_block_raised_fails_with_its_exception() -> None:
     )
     assert parent.result == {"children": {S: 1}}
     assert (parent.progress_current, parent.progress_total) == (1, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refresh_that_read_the_children_while_the_block_was_open_does_not_end_it(
+    monkeypatch: Any,
+) -> None:
+    """A worker's refresh read the children (1 of 1 succeeded) while the block was still
+    open; the block then recorded a second child and ended; the refresh wrote after that:
+    total 1 over the block's 2, and the parent ``succeeded`` with the second child
+    queued (and later failed)."""
+    from django_jobstatus import batches
+    from django_jobstatus.contrib._execution import record_queued
+
+    real = batches.batch_status
+    calls: list[int] = []
+
+    def block_goes_on_meanwhile(parent: JobRun) -> batches.BatchStatus:
+        state = real(parent)
+        if not calls:  # the worker's read; then the block records one more and ends
+            calls.append(1)
+            record_queued("rq", "job-2", "imports.one")
+            batches._parent.set(None)
+            batches._close(JobRun.objects.get(pk=parent.pk))
+        return state
+
+    batches.disconnect()  # the worker's refresh is made by hand, at its moment
+    try:
+        with batch("imports.all") as parent:
+            first = JobRun.objects.get(pk=record_queued("rq", "job-1", "imports.one"))
+            first.mark_running(worker="w:1")
+            first.mark_succeeded()
+            monkeypatch.setattr(batches, "batch_status", block_goes_on_meanwhile)
+            batches.refresh_batch(JobRun.objects.get(pk=parent.pk))
+            monkeypatch.undo()
+        second = JobRun.objects.get(backend_job_id="job-2")
+        second.mark_running(worker="w:2")
+        second.mark_failed(RuntimeError("file 2 is broken"))
+        batches.refresh_batch(JobRun.objects.get(pk=parent.pk))
+    finally:
+        batches.connect()
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_total) == (F, 2), parent.result
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_inside_a_batch_block_is_one_of_its_children() -> None:
+    """The inner batches were recorded with no parent: the outer block recorded no child
+    and its parent ended ``succeeded``, ``{"children": {}}``, with every inner batch's
+    tasks still queued."""
+    from django_jobstatus.contrib._execution import record_queued
+
+    with batch("nightly") as outer:
+        with batch("tenant.import") as inner:
+            record_queued("rq", "job-1", "imports.one")
+        listed = start_batch("tenant.report", ["tenant.one"])
+    outer.refresh_from_db()
+    assert set(outer.children.values_list("pk", flat=True)) == {inner.pk, listed.pk}
+    assert outer.status == Q
+    assert outer.progress_total == 2

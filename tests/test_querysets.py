@@ -606,3 +606,25 @@ def test_failure_groups_are_the_newest_groups_of_the_whole_window(
         settled = window_failures and scan == 50 and limit < len(expected)
         assert only_newest == bool(settled), limit
         assert len(queries.captured_queries) == (2 if window_failures else 1)
+
+
+def test_a_forced_kill_of_a_run_started_meanwhile_says_what_could_not_stop_it(
+    monkeypatch: Any,
+) -> None:
+    """Read queued, started by its worker before the kill's write: killed at its new
+    status, but told to the task systems with the copy read before (no start, no
+    worker), so the answer said nothing was left running while the job ran on."""
+    from django_jobstatus import querysets
+
+    run = JobRun.objects.enqueue("tests.child")
+    original = querysets._killed
+
+    def started_meanwhile(found: JobRun, *args: Any, **kwargs: Any) -> bool:
+        JobRun.objects.get(pk=found.pk).mark_running(worker="host:1")
+        return original(found, *args, **kwargs)
+
+    monkeypatch.setattr(querysets, "_killed", started_meanwhile)
+    result = JobRun.objects.filter(pk=run.pk).request_kill(force=True)
+    run.refresh_from_db()
+    assert (run.status, result.killed) == (Status.KILLED, 1)
+    assert [entry.run_id for entry in result.not_stopped] == [run.pk]

@@ -274,7 +274,9 @@ def test_a_batch_whose_children_are_due_later_is_not_killed_as_queued_too_long(
     parent = start_batch(
         "tests.batch", [{"job_name": "tests.a", "due_at": due} for _ in range(2)]
     )
-    JobRun.objects.update(created_at=ago(7200), queued_at=ago(7200))
+    JobRun.objects.update(
+        created_at=ago(7200), queued_at=ago(7200), updated_at=ago(7200)
+    )
     assert list(JobRun.objects.stale_queued(3600)) == []
     assert JobRun.objects.reap(300, queued_timeout=3600).expired == 0
     with django_capture_on_commit_callbacks(execute=True):
@@ -297,7 +299,9 @@ def test_a_queued_batch_whose_children_all_ended_is_settled_not_expired(
     parent.children.get().mark_killed()  # dropped while queued; no refresh
     unclosed = JobRun.objects.enqueue("tests.batch")  # as batch() records it
     make_run("tests.a", status=Status.SUCCEEDED, parent=unclosed)
-    JobRun.objects.update(created_at=ago(7200), queued_at=ago(7200))
+    JobRun.objects.update(
+        created_at=ago(7200), queued_at=ago(7200), updated_at=ago(7200)
+    )
 
     dry = JobRun.objects.reap(300, queued_timeout=3600, dry_run=True)
     assert (dry.expired, dry.settled) == (1, 1)
@@ -406,3 +410,64 @@ def test_the_reaper_rolls_up_the_dashboards_windows() -> None:
     assert set(rollups.WINDOWS) == {
         WINDOWS[key].delta for key in DASHBOARD_WINDOWS if key not in BAR
     }
+
+
+@pytest.mark.django_db(
+    transaction=True
+)  # each child's end refreshes its parent on commit
+def test_a_live_batch_block_older_than_the_queued_timeout_is_not_killed() -> None:
+    """A block enqueuing for two hours (QUEUED_TIMEOUT one hour), its quick workers ending
+    each child a moment after its enqueue: a reap between two enqueues found no child
+    active and killed the batch ("its batch() block never ended"); it still read killed
+    once the block ended with every child succeeded. The parent waits from the last time
+    a child moved."""
+    from django_jobstatus import track
+    from django_jobstatus.batches import batch
+    from django_jobstatus.contrib._execution import record_queued
+
+    with batch("imports.all") as parent:
+        JobRun.objects.filter(pk=parent.pk).update(
+            created_at=ago(7200), queued_at=ago(7200)
+        )
+        first = JobRun.objects.get(pk=record_queued("rq", "job-1", "imports.one"))
+        with track(first.job_name, run=first):
+            pass
+        reaped = JobRun.objects.reap(300, queued_timeout=3600)
+        second = JobRun.objects.get(pk=record_queued("rq", "job-2", "imports.one"))
+        with track(second.job_name, run=second):
+            pass
+    parent.refresh_from_db()
+    assert reaped.expired == 0, parent.message
+    assert (parent.status, parent.result) == (
+        Status.SUCCEEDED,
+        {"children": {Status.SUCCEEDED: 2}},
+    )
+
+
+def test_a_batch_whose_block_died_waits_a_timeout_after_its_last_child(
+    make_run: Any,
+) -> None:
+    """The machine running a batch() block and its one child died: the reap marks the
+    child lost, and the dry run says the same of the parent as the reap does (it said
+    nothing of the parent, which the reap then killed). The parent is killed one
+    timeout after its child last moved."""
+    parent = JobRun.objects.enqueue("tests.batch")  # as batch() records it
+    child = make_run(
+        "tests.a", parent=parent, heartbeat_at=ago(7200), started_at=ago(7200)
+    )
+    JobRun.objects.filter(pk=parent.pk).update(
+        created_at=ago(7200), queued_at=ago(7200)
+    )
+
+    dry = JobRun.objects.reap(300, queued_timeout=3600, dry_run=True)
+    done = JobRun.objects.reap(300, queued_timeout=3600)
+    assert (dry.reaped, dry.expired, dry.settled) == (1, 0, 0)
+    assert (done.reaped, done.expired, done.settled) == (1, 0, 0)
+    assert status(child) == Status.LOST
+    assert status(parent) == Status.QUEUED
+
+    JobRun.objects.filter(pk=child.pk).update(updated_at=ago(3700))
+    assert JobRun.objects.reap(300, queued_timeout=3600).expired == 1
+    parent.refresh_from_db()
+    assert parent.status == Status.KILLED
+    assert "its batch() block never ended" in parent.message

@@ -41,6 +41,7 @@ from django_jobstatus.models import (
     check_json,
     storable,
 )
+from django_jobstatus.routers import write_database
 from django_jobstatus.signals import job_status_changed
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def start_batch(
 def batch_status(parent: JobRun) -> BatchStatus:
     """The aggregate status and progress of ``parent``'s children (one query)."""
     counts = (
-        JobRun.objects.using(parent._state.db or settings.DATABASE)
+        JobRun.objects.using(write_database(parent._state.db))
         .filter(parent_id=parent.pk)
         .count_by_status()
     )
@@ -215,7 +216,7 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
     move: the view may lack the children the block records after it (the block's end
     refreshes it again).
     """
-    db = parent._state.db or settings.DATABASE
+    db = write_database(parent._state.db)
     # Read before the children: closed then, the block had recorded every child.
     was_open = JobRun.objects.using(db).filter(_OPEN, pk=parent.pk).exists()
     state = batch_status(parent)
@@ -254,7 +255,7 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
 
 def request_kill_batch(parent: JobRun) -> int:
     """Ask the parent and its active children to stop (through their integrations); the number asked."""
-    db = parent._state.db or settings.DATABASE
+    db = write_database(parent._state.db)
     runs = JobRun.objects.using(db).filter(pk=parent.pk) | JobRun.objects.using(
         db
     ).filter(parent_id=parent.pk)
@@ -301,7 +302,7 @@ def batch(name: str, *, using: str | None = None, **fields: Any) -> Iterator[Job
 def _close(parent: JobRun, error: BaseException | None = None) -> None:
     """End ``parent``'s block: set its total, then end it failed with ``error`` (killed
     with a JobKilled), or as its children add up (succeeded with none)."""
-    db = parent._state.db or settings.DATABASE
+    db = write_database(parent._state.db)
     state = batch_status(parent)
     JobRun.objects.using(db).filter(pk=parent.pk, progress_total__isnull=True).update(
         progress_total=state.total
@@ -334,7 +335,7 @@ def _child_changed(sender: Any, *, run: JobRun, **kwargs: Any) -> None:
     if run.parent_id is None:
         return
     try:
-        parent = JobRun.objects.using(run._state.db or settings.DATABASE).get(
+        parent = JobRun.objects.using(write_database(run._state.db)).get(
             pk=run.parent_id
         )
         refresh_batch(parent)

@@ -9,6 +9,7 @@ from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
+from django.db import router
 from django.utils.module_loading import import_string
 
 from django_jobstatus.conf import (
@@ -20,7 +21,6 @@ from django_jobstatus.conf import (
     TYPES,
     settings,
 )
-from django_jobstatus.routers import JobStatusRouter
 from django_jobstatus.states import Status
 
 
@@ -143,21 +143,6 @@ def _retention_messages(retention: dict[Any, Any]) -> list[CheckMessage]:
     return messages
 
 
-def _has_router() -> bool:
-    """Whether DATABASE_ROUTERS holds JobStatusRouter (a subclass, or an instance of one)."""
-    for router in django_settings.DATABASE_ROUTERS:
-        if isinstance(router, str):
-            try:
-                router = import_string(router)
-            except Exception:  # noqa: S112 -- Django reports a router it cannot import
-                continue
-        if isinstance(router, JobStatusRouter) or (
-            isinstance(router, type) and issubclass(router, JobStatusRouter)
-        ):
-            return True
-    return False
-
-
 def _database_messages(user: dict[str, Any]) -> list[CheckMessage]:
     """E003: DATABASE and READ_DATABASE are aliases in DATABASES; W002: and they are routed to."""
     messages: list[CheckMessage] = []
@@ -174,16 +159,28 @@ def _database_messages(user: dict[str, Any]) -> list[CheckMessage]:
             )
         elif isinstance(value, str) and (name == "READ_DATABASE" or value != "default"):
             routed.append(name)
-    if routed and not _has_router():
+    if routed and not messages and not _routed_there():
         given = " and ".join(f"JOBSTATUS[{name!r}]" for name in routed)
         messages.append(
             Warning(
                 f"{given} {'are' if len(routed) > 1 else 'is'} set, but no router in DATABASE_ROUTERS sends the app's tables there.",
-                hint="Add 'django_jobstatus.routers.JobStatusRouter' to DATABASE_ROUTERS (see Scaling in the docs): without it, the admin and the API read 'default'.",
+                hint="Add 'django_jobstatus.routers.JobStatusRouter' to DATABASE_ROUTERS (see Scaling in the docs), ahead of any router that answers for every model (Django takes the first answer): without it, the admin and the API read 'default'.",
                 id="jobstatus.W002",
             )
         )
     return messages
+
+
+def _routed_there() -> bool:
+    """Whether Django's routers send the app's writes to DATABASE and its reads to
+    READ_DATABASE (or DATABASE): JobStatusRouter, or another that does the same, is
+    asked before any router that answers for every model."""
+    from django_jobstatus.models import JobRun
+
+    return bool(
+        router.db_for_write(JobRun) == settings.DATABASE
+        and router.db_for_read(JobRun) == (settings.READ_DATABASE or settings.DATABASE)
+    )
 
 
 @register(Tags.compatibility)

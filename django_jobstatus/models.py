@@ -30,6 +30,7 @@ from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.fingerprints import fingerprint
 from django_jobstatus.querysets import JobLogQuerySet, JobRunManager
+from django_jobstatus.routers import write_database
 from django_jobstatus.signals import job_status_changed
 from django_jobstatus.states import Status
 from django_jobstatus.values import (
@@ -425,7 +426,7 @@ class JobRun(models.Model):
     # Transitions: each is one conditional UPDATE, so two processes can never both win.
 
     def _db(self, using: str | None) -> str:
-        return using or self._state.db or settings.DATABASE
+        return using or write_database(self._state.db)
 
     def _transition(
         self,

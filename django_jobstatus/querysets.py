@@ -456,7 +456,7 @@ def _killed(
             try:
                 # All of it: the task system is told with its worker and start (a run
                 # started meanwhile is running, and may be one nothing can stop).
-                run.refresh_from_db()
+                run.refresh_from_db(using=run._state.db)
             except run.DoesNotExist:
                 return False
             if run.is_finished:

@@ -20,6 +20,15 @@ def _ours(model: Any) -> bool:
     return bool(model._meta.app_label == APP_LABEL)
 
 
+def write_database(alias: str | None) -> str:
+    """Where a write of a row read through ``alias`` goes: ``DATABASE`` for a row read
+    from ``READ_DATABASE`` (a replica refuses the write, or keeps it from the primary),
+    else ``alias`` itself (a tracking connection of the app's own), or ``DATABASE``."""
+    if not alias or alias == settings.READ_DATABASE:
+        return str(settings.DATABASE)
+    return alias
+
+
 class JobStatusRouter:
     def db_for_read(self, model: Any, **hints: Any) -> str | None:
         if not _ours(model):

@@ -379,6 +379,23 @@ def test_the_pages_work_with_the_largest_values_the_checks_pass(
         ({"READ_DATABASE": "replica"}, [JobStatusRouter()], False),
         ({"DATABASE": "replica"}, ["tests.test_checks._OwnRouter"], False),
         ({"DATABASE": "replica"}, ["tests.test_checks._OtherRouter"], True),
+        # A router that answers for every model ahead of it: Django takes its answer.
+        (
+            {"DATABASE": "replica"},
+            [
+                "tests.test_checks._CatchAllRouter",
+                "django_jobstatus.routers.JobStatusRouter",
+            ],
+            True,
+        ),
+        (
+            {"READ_DATABASE": "replica"},
+            [
+                "django_jobstatus.routers.JobStatusRouter",
+                "tests.test_checks._CatchAllRouter",
+            ],
+            False,
+        ),
     ],
 )
 def test_a_database_of_its_own_without_the_router_is_w002(
@@ -422,3 +439,13 @@ def test_use_tz_false_is_e007() -> None:
         assert _messages({}) == [
             ("jobstatus.E007", "django-jobstatus needs USE_TZ = True.")
         ]
+
+
+class _CatchAllRouter:
+    """A project-wide primary/replica router (Django's docs' example): every model to default."""
+
+    def db_for_read(self, model: Any, **hints: Any) -> str:
+        return "default"
+
+    def db_for_write(self, model: Any, **hints: Any) -> str:
+        return "default"

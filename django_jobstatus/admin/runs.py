@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -72,6 +72,8 @@ if TYPE_CHECKING:
     from django.db.models import QuerySet
     from django.http import HttpRequest, HttpResponse
     from django.utils.safestring import SafeString
+
+    from django_jobstatus.querysets import JobRunQuerySet
 
 
 def _attempt_moment(text: Any) -> SafeString | str:
@@ -506,12 +508,14 @@ class JobRunAdmin(
     def _run_for_button(self, request: HttpRequest, object_id: str) -> JobRun:
         if request.method != "POST":
             raise PermissionDenied
+        # Judged where the write goes: a replica (READ_DATABASE) may lag behind it.
         run = get_object_or_404(
-            self.get_queryset(request), pk=self.to_field_pk(object_id)
+            cast("JobRunQuerySet", self.get_queryset(request)).writing(),
+            pk=self.to_field_pk(object_id),
         )
         if not self.has_change_permission(request, run):
             raise PermissionDenied
-        return run  # type: ignore[no-any-return]
+        return run
 
     @staticmethod
     def to_field_pk(object_id: str) -> uuid.UUID:

@@ -30,6 +30,7 @@ from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.generics import get_object_or_404
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -380,7 +381,12 @@ class JobRunViewSet(
                 _("%(value)r is not a run id (a UUID).") % {"value": self.kwargs["pk"]}
             ) from exc
         # Not filter_queryset(): the list filters pick runs for lists, not for one run.
-        run = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        runs = self.get_queryset()
+        if self.request.method not in SAFE_METHODS:
+            # Judged where the write goes: a replica (READ_DATABASE) may not have the run
+            # yet (a 404), or still have it running (a 409 for a run that just ended).
+            runs = runs.writing()
+        run = get_object_or_404(runs, pk=self.kwargs["pk"])
         self.check_object_permissions(self.request, run)
         return cast(JobRun, run)
 

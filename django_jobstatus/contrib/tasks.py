@@ -48,6 +48,7 @@ from django_jobstatus.conf import settings
 from django_jobstatus.contrib._execution import Execution, find_run
 from django_jobstatus.exceptions import JobKilled
 from django_jobstatus.fingerprints import last_line
+from django_jobstatus.routers import write_database
 from django_jobstatus.tracking import JobHandle
 
 if TYPE_CHECKING:
@@ -272,8 +273,9 @@ def _merge_into(execution: Execution, backend_job_id: str) -> None:
     if run is None or not execution.created:
         return
     try:
-        if _merge_twins(backend_job_id, run._state.db or settings.DATABASE):
-            run.refresh_from_db(fields=["parent", "kill_requested_at"])
+        db = write_database(run._state.db)
+        if _merge_twins(backend_job_id, db):
+            run.refresh_from_db(using=db, fields=["parent", "kill_requested_at"])
     except Exception:
         logger.exception("Could not merge the runs of task %s.", backend_job_id)
 

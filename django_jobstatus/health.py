@@ -35,6 +35,7 @@ import queue
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +88,9 @@ _STAMPS = {
 def next_expected(monitor: JobMonitor, last_run_at: datetime | None) -> datetime | None:
     """When the job should start next: ``every`` after its newest run, or the cron's next time.
 
-    A run counts for a cron time when it starts at most ``grace`` before it, so the next
-    time is the first one more than ``grace`` after the newest run. Nothing is expected
+    A run counts for one cron time: the next one when it starts at most ``grace`` before
+    it, and nearer to it than to the one before; else the one before (it ran late, or on
+    time), and the next is then expected. Nothing is expected
     before the monitor was created, last turned on again (``enabled_at``) or given its
     cadence (``cadence_changed_at``): a run older than that counts from then. Cron expressions are read in TIME_ZONE (never the active time zone), and
     the time is returned in UTC, so that adding the grace is real time across a DST
@@ -110,9 +112,32 @@ def next_expected(monitor: JobMonitor, last_run_at: datetime | None) -> datetime
     if monitor.every is not None:
         return anchor + monitor.every
     if monitor.cron:
-        start = (anchor + early).astimezone(timezone.get_default_timezone())
-        return next(CronSim(monitor.cron, start)).astimezone(UTC)
+        after = _cron_times(monitor.cron, anchor)
+        following = next(after, None)
+        if following is None or not early:
+            return following
+        # A run: up to grace early for the next time, unless nearer the one before (a
+        # grace longer than the cron's period let one run count for several times).
+        before = next(_cron_times(monitor.cron, anchor, reverse=True), None)
+        ahead = following - anchor
+        if ahead <= early and (before is None or ahead < anchor - before):
+            return next(after, None)
+        return following
     return None
+
+
+def _cron_times(
+    expr: str, moment: datetime, *, reverse: bool = False
+) -> Iterator[datetime]:
+    """The cron's times after ``moment`` (``reverse``: at or before it), read in TIME_ZONE,
+    in UTC and in real time: in the hour a DST change repeats, cronsim gives a time of the
+    hour's first pass for a start in its second, an hour before the start."""
+    zone = timezone.get_default_timezone()
+    start = moment + timedelta(seconds=1) if reverse else moment
+    for found in CronSim(expr, start.astimezone(zone), reverse=reverse):
+        found = found.astimezone(UTC)
+        if (found <= moment) if reverse else (found > moment):
+            yield found
 
 
 # A retry clears ``started_at``: a run waiting for its retry started at its first attempt's.
@@ -165,7 +190,10 @@ def last_start(monitor: JobMonitor, *, using: str | None = None) -> datetime | N
 
 
 def expected_at(monitor: JobMonitor, *, using: str | None = None) -> datetime | None:
-    """When the monitor expects its job's next start, as ``assess()`` judges it (the admin, the API)."""
+    """When the monitor expects its job's next start, as ``assess()`` judges it (the admin,
+    the API): never while it is off."""
+    if not monitor.enabled:
+        return None
     return next_expected(monitor, last_start(monitor, using=using))
 
 
@@ -230,23 +258,35 @@ def recent_p95(
 
     ``excluding``: a run left out, the one being judged (it must not raise its own limit).
     """
-    runs = (
+    sample = settings.MONITOR_DURATION_SAMPLE
+    return _p95(_recent_durations(job_name, using, sample + 1), excluding, sample)
+
+
+def _recent_durations(
+    job_name: str, using: str | None, count: int
+) -> list[tuple[uuid.UUID, float]]:
+    """The ids and seconds of the job's newest ``count`` successful runs, newest first."""
+    rows = (
         JobRun.objects.using(using or settings.DATABASE)
         .for_job(job_name)
         .succeeded()
         .filter(started_at__isnull=False, finished_at__isnull=False)
+        .order_by("-created_at", "-id")
+        .values_list("pk", "started_at", "finished_at")[:count]
     )
-    if excluding is not None:
-        runs = runs.exclude(pk=excluding)
-    rows = runs.order_by("-created_at", "-id").values_list("started_at", "finished_at")[
-        : settings.MONITOR_DURATION_SAMPLE
-    ]
-    values = sorted(
-        (finished - started).total_seconds()
-        for started, finished in rows
+    return [
+        (pk, (finished - started).total_seconds())
+        for pk, started, finished in rows
         if started is not None and finished is not None
-    )
-    return percentile(values, 0.95)
+    ]
+
+
+def _p95(
+    rows: list[tuple[uuid.UUID, float]], excluding: uuid.UUID | None, sample: int
+) -> float | None:
+    """The p95 of the newest ``sample`` of ``rows`` but ``excluding``."""
+    kept = [seconds for pk, seconds in rows if pk != excluding][:sample]
+    return percentile(sorted(kept), 0.95)
 
 
 def duration_limit(
@@ -256,14 +296,26 @@ def duration_limit(
     excluding: uuid.UUID | None = None,
 ) -> timedelta | None:
     """The duration over which a run is slow: fixed, or a multiple of the job's p95 (without ``excluding``)."""
+    return _limits(monitor, using, [excluding])[0]
+
+
+def _limits(
+    monitor: JobMonitor, using: str | None, excluding: list[uuid.UUID | None]
+) -> list[timedelta | None]:
+    """duration_limit() leaving out each of ``excluding`` in turn, from one read of the
+    durations: a run is judged against the others, never against itself."""
     if monitor.max_duration is not None:
-        return monitor.max_duration
-    if monitor.max_duration_p95_factor is None:
-        return None
-    p95 = recent_p95(monitor.job_name, using=using, excluding=excluding)
-    if p95 is None:
-        return None
-    return timedelta(seconds=p95 * monitor.max_duration_p95_factor)
+        return [monitor.max_duration for _run in excluding]
+    factor = monitor.max_duration_p95_factor
+    if factor is None:
+        return [None for _run in excluding]
+    sample = settings.MONITOR_DURATION_SAMPLE
+    rows = _recent_durations(monitor.job_name, using, sample + 1)
+    limits = []
+    for run in excluding:
+        p95 = _p95(rows, run, sample)
+        limits.append(None if p95 is None else timedelta(seconds=p95 * factor))
+    return limits
 
 
 def _finished_runs(
@@ -337,31 +389,46 @@ def _failing(monitor: JobMonitor, finished: list[JobRun]) -> Assessment | None:
 def _slow(monitor: JobMonitor, finished: list[JobRun], db: str) -> Assessment | None:
     """The run running longest, or the last to finish, over the duration limit."""
     newest = next(iter(finished), None)
-    limit = duration_limit(
-        monitor, using=db, excluding=newest.pk if newest is not None else None
-    )
-    if limit is None:
+    if monitor.max_duration is None and monitor.max_duration_p95_factor is None:
         return None
+    # The running run against every finished one; the last to finish against the others.
+    running_limit, last_limit = _limits(
+        monitor, db, [None, newest.pk if newest is not None else None]
+    )
     running = _longest_running(monitor, db)
     duration = running.duration if running is not None else None
-    if running is not None and duration is not None and duration > limit:
+    if (
+        running is not None
+        and duration is not None
+        and running_limit is not None
+        and duration > running_limit
+    ):
         text = _("A run has been running for %(duration)s, longer than %(limit)s.")
         return Assessment(
             MonitorState.SLOW,
-            text % {"duration": _seconds(duration), "limit": _seconds(limit)},
+            text % {"duration": _seconds(duration), "limit": _seconds(running_limit)},
             running.pk,
         )
-    if newest is not None and newest.duration is not None and newest.duration > limit:
+    if (
+        newest is not None
+        and newest.duration is not None
+        and last_limit is not None
+        and newest.duration > last_limit
+    ):
         text = _("The last run took %(duration)s, longer than %(limit)s.")
         return Assessment(
             MonitorState.SLOW,
-            text % {"duration": _seconds(newest.duration), "limit": _seconds(limit)},
+            text
+            % {"duration": _seconds(newest.duration), "limit": _seconds(last_limit)},
             newest.pk,
         )
     return None
 
 
 def _seconds(value: timedelta) -> str:
+    if value < timedelta(seconds=10):
+        # A sub-second job's figures: "took 0s, longer than 0s" said nothing.
+        return f"{value.total_seconds():.3g}s"
     seconds = round(value.total_seconds())
     minutes, second = divmod(seconds, 60)
     hours, minute = divmod(minutes, 60)

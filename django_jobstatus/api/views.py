@@ -927,6 +927,22 @@ class JobMonitorViewSet(Access, viewsets.ModelViewSet):
     def get_queryset(self) -> Any:
         return health.with_last_run(JobMonitor.objects.order_by("job_name"))
 
+    def perform_create(self, serializer: Any) -> None:
+        super().perform_create(serializer)
+        self._read_again(serializer)
+
+    def perform_update(self, serializer: Any) -> None:
+        super().perform_update(serializer)
+        self._read_again(serializer)
+
+    def _read_again(self, serializer: Any) -> None:
+        """Answer with the monitor as saved, read with its job's newest run: a new one had
+        none read, a changed job_name kept the old job's run and last start. Where it was
+        written: a replica (READ_DATABASE) may not have it yet."""
+        saved = serializer.instance
+        monitors = self.get_queryset().using(saved._state.db)
+        serializer.instance = monitors.get(pk=saved.pk)
+
     @extend_schema(
         summary=_("A monitor's incidents"),
         parameters=[_MONITOR_ID],

@@ -303,3 +303,65 @@ def test_enabling_a_monitor_again_stamps_enabled_at(monitor_api, monitor):
     )
     assert response.status_code == 200
     assert JobMonitor.objects.get(pk=m.pk).enabled_at == m.enabled_at
+
+
+def test_the_answer_to_a_create_names_the_jobs_newest_run(monitor_api, past_run):
+    """POST monitors/ for a job that ran an hour ago answers ``"last_run": null``, which
+    the schema defines as "the job's newest run; null when it has none", though a monitor
+    can only be created for a job that has run. A GET of the same monitor a moment later
+    shows the run. The create's instance is a fresh ``JobMonitor()`` with none of the
+    annotations of ``health.with_last_run()`` that ``get_last_run()`` reads."""
+    run = past_run("tests.nightly", ago=timedelta(hours=1))
+    response = monitor_api.post(
+        URL, {"job_name": "tests.nightly", "every": 86400}, format="json"
+    )
+    assert response.status_code == 201, response.json()
+    later = monitor_api.get(f"{URL}{response.json()['id']}/").json()
+    assert later["last_run"]["id"] == str(run.pk)
+    assert response.json()["last_run"] == later["last_run"]
+
+
+def test_the_answer_to_a_move_to_another_job_shows_that_jobs_run(
+    monitor_api, monitor, past_run
+):
+    """PATCH monitors/{id}/ moving a monitor from tests.nightly to tests.other answers
+    ``"job_name": "tests.other"`` beside the *old* job's newest run (succeeded), while
+    tests.other's newest run failed: the instance keeps the annotations it was read
+    with, before the save. ``next_expected_at`` is also counted from the old job's
+    last start (``last_start_at`` annotation)."""
+    m = monitor("tests.nightly", every=timedelta(hours=1))
+    past_run("tests.nightly", ago=timedelta(minutes=5))
+    other = past_run("tests.other", ago=timedelta(hours=3), status=Status.FAILED)
+    response = monitor_api.patch(
+        f"{URL}{m.pk}/", {"job_name": "tests.other"}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    assert JobMonitor.objects.get(pk=m.pk).job_name == "tests.other"
+    body = response.json()
+    later = monitor_api.get(f"{URL}{m.pk}/").json()
+    assert body["last_run"]["id"] == str(other.pk), body["last_run"]
+    assert body["next_expected_at"] == later["next_expected_at"]
+
+
+def test_a_paused_monitor_shows_no_next_expected_run(monitor_api, monitor, past_run):
+    """A monitor turned off (``enabled: false``) reads ``state: disabled`` and expects
+    nothing (``health.assess()`` gives ``next_expected_at=None``), yet monitors/ shows
+    ``next_expected_at`` two hours in the past for it (and the admin's "next expected"
+    column the same). The docs say the next expected run shown "is the time the state
+    is judged by"; a disabled monitor is judged by no time, and once turned on again it
+    counts from ``enabled_at``, not from that time. ``get_next_expected_at()`` (and
+    ``JobMonitorAdmin.next_expected_display``) call ``health.expected_at()``, which
+    never looks at ``enabled``."""
+    from django_jobstatus import health
+    from django_jobstatus.models import JobRun
+
+    m = monitor(every=timedelta(hours=1))
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=3))
+    m.enabled = False
+    m.save()
+    health.check()
+    assert health.assess(m).next_expected_at is None
+    body = monitor_api.get(f"{URL}{m.pk}/").json()
+    assert body["state"] == "disabled"
+    assert body["next_expected_at"] is None, body["next_expected_at"]

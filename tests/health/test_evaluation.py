@@ -479,3 +479,95 @@ def test_a_failure_whose_error_is_blank_is_failing_with_no_reason(
     assessment = health.assess(m)
     assert (assessment.state, assessment.run_id) == (MonitorState.FAILING, failed.pk)
     assert assessment.detail == "The last run failed."
+
+
+def test_a_daily_run_on_time_on_the_fall_back_night_is_not_late(
+    monitor, past_run, settings
+):
+    """A job at 01:30 New York time, grace 45 minutes. On the night the clocks go back
+    (1 November 2026, 01:00-02:00 happens twice) it runs on time at 01:30 EDT. Twenty
+    minutes into the repeated hour (01:20 EST), the monitor says *late*: "one was
+    expected by 01:30 EDT", a time before the run that it just saw, and it stays late
+    (with an alert) until the next day's run. The next cron time is looked up from
+    the run's start plus grace, 01:15 EST (fold=1), and cronsim answers 01:30 EDT,
+    an hour *before* that start."""
+    settings.TIME_ZONE = "America/New_York"
+    m = monitor(cron="30 1 * * *", grace=timedelta(minutes=45), created_at=_JANUARY)
+    JobRun.objects.all().delete()
+    ran = datetime(2026, 11, 1, 5, 30, 2, tzinfo=UTC)  # 01:30:02 EDT
+    past_run(ago=timezone.now() - ran)
+    expected = health.next_expected(m, ran)
+    assert expected > ran, f"next expected {expected} is before the run at {ran}"
+    at = datetime(2026, 11, 1, 6, 20, tzinfo=UTC)  # 01:20 EST, second 01:xx
+    assessment = health.assess(m, now=at)
+    assert assessment.state == MonitorState.HEALTHY, assessment.detail
+
+
+def test_a_monitor_created_in_the_repeated_hour_is_not_late_at_once(
+    monitor, past_run, settings
+):
+    """Berlin, a job every day at 02:30. A monitor created at 02:10 CET on the night the
+    clocks go back (the second 02:10) is *late* at its first check, five minutes later:
+    it expects a run at 02:30 CEST, 40 minutes before it was created, though the docs
+    say nothing is expected before a monitor's creation."""
+    settings.TIME_ZONE = "Europe/Berlin"
+    created = datetime(2026, 10, 25, 1, 10, tzinfo=UTC)  # 02:10 CET (second 02:10)
+    m = monitor(cron="30 2 * * *", grace=timedelta(minutes=5), created_at=created)
+    JobRun.objects.all().delete()
+    past_run(ago=timezone.now() - datetime(2026, 10, 24, 0, 30, tzinfo=UTC))
+    expected = health.next_expected(m, datetime(2026, 10, 24, 0, 30, tzinfo=UTC))
+    assert expected > created, f"next expected {expected} is before {created}"
+    at = created + timedelta(minutes=5)
+    assessment = health.assess(m, now=at)
+    assert assessment.state == MonitorState.HEALTHY, assessment.detail
+
+
+def test_a_job_every_five_minutes_is_late_ten_minutes_after_its_missed_run(
+    monitor, past_run
+):
+    """A job every 5 minutes ("*/5 * * * *"), grace 10 minutes ("how long after the
+    expected time a missing run is still not late"). It last ran at 10:00:01; the
+    10:05 run never comes, nor the 10:10 and 10:15 ones. At 10:16 the 10:05 run is
+    11 minutes overdue, yet the monitor says healthy and shows 10:15 as the next
+    expected run; it turns late only at 10:25, after three missed runs. ``next_expected()``
+    looks for the first cron time after *start + grace*, so one run "counts" for every
+    cron time within the grace after it (10:05 and 10:10 here), not only for the one
+    it started a little early for."""
+    m = monitor(cron="*/5 * * * *", grace=timedelta(minutes=10), created_at=_JANUARY)
+    JobRun.objects.all().delete()
+    ran = datetime(2026, 3, 10, 10, 0, 1, tzinfo=UTC)
+    past_run(ago=timezone.now() - ran)
+    assert health.next_expected(m, ran) == datetime(2026, 3, 10, 10, 5, tzinfo=UTC)
+    at = datetime(2026, 3, 10, 10, 16, tzinfo=UTC)
+    assert health.assess(m, now=at).state == MonitorState.LATE
+
+
+def test_a_run_stuck_after_the_jobs_first_success_is_slow(monitor, past_run):
+    """A job has run once, in 1 second; its monitor's limit is 3 × p95. The second run
+    has been running for an hour: the monitor says *healthy*. The docs say a p95 limit
+    is "the p95 of the other runs, never including the run it judges", but ``_slow()``
+    leaves out the run that finished last (``excluding=newest.pk``) also when it judges
+    the run running now: here that is the only success, so there is no limit at all
+    and a run stuck for ever is never slow."""
+    JobRun.objects.all().delete()
+    past_run(ago=timedelta(hours=2), took=timedelta(seconds=1))
+    m = monitor(max_duration_p95_factor=3)
+    stuck = past_run(ago=timedelta(hours=1), status=Status.RUNNING)
+    assessment = health.assess(m)
+    assert assessment.state == MonitorState.SLOW, assessment
+    assert assessment.run_id == stuck.pk
+
+
+def test_a_slow_sub_second_run_says_how_long_it_took(monitor, past_run):
+    """A job whose runs take 0.1 s, watched with a limit of 3 × p95 (0.3 s). A run takes
+    0.45 s: the monitor turns slow, and the incident, the admin and the alert say "The
+    last run took 0s, longer than 0s." - a sentence that is false on its face and says
+    nothing of what happened. ``_seconds()`` rounds both figures to whole seconds."""
+    JobRun.objects.all().delete()
+    for minutes in range(10, 2, -1):
+        past_run(ago=timedelta(minutes=minutes), took=timedelta(milliseconds=100))
+    m = monitor(max_duration_p95_factor=3)
+    past_run(ago=timedelta(minutes=1), took=timedelta(milliseconds=450))
+    assessment = health.assess(m)
+    assert assessment.state == MonitorState.SLOW
+    assert "took 0s, longer than 0s" not in assessment.detail, assessment.detail

@@ -21,17 +21,19 @@ finished children out of all of them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import Case, F, Q, TextField, Value, When
 from django.utils import timezone
 from django.utils.translation import ngettext
 
+from django_jobstatus import writebehind
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
 from django_jobstatus.models import (
@@ -281,14 +283,17 @@ def batch(name: str, *, using: str | None = None, **fields: Any) -> Iterator[Job
     """
     # Inside another batch() block, one of its children: that batch ends with this one.
     fields.setdefault("parent", current_parent())
-    parent = JobRun.objects.db_manager(using or settings.DATABASE).enqueue(
-        name, progress_total=None, **fields
-    )
+    db = using or settings.DATABASE
+    parent = JobRun.objects.db_manager(db).enqueue(name, progress_total=None, **fields)
+    uncommitted = _in_open_transaction(db)
+    if uncommitted:
+        _UNCOMMITTED.add(parent.pk)
     token = _parent.set(parent)
     try:
         yield parent
     except BaseException as error:
         _parent.reset(token)
+        _UNCOMMITTED.discard(parent.pk)
         try:
             _close(parent, error)
         except Exception:
@@ -296,7 +301,58 @@ def batch(name: str, *, using: str | None = None, **fields: Any) -> Iterator[Job
             logger.exception("Could not record the failure of batch %s.", parent.pk)
         raise
     _parent.reset(token)
-    _close(parent)
+    _UNCOMMITTED.discard(parent.pk)
+    if uncommitted:
+        # After the children recorded elsewhere are made its own (adopt(), registered
+        # before); a rollback takes the parent with it, and they stay runs of no batch.
+        transaction.on_commit(functools.partial(_close, parent), using=db)
+    else:
+        _close(parent)
+
+
+# The batch() parents created in a transaction still open, while their block runs.
+_UNCOMMITTED: set[Any] = set()
+
+
+def _in_open_transaction(db: str) -> bool:
+    """Whether a run created through ``db`` now is in a transaction that the connection
+    the integrations record through cannot see (``tracking_database()``)."""
+    from django_jobstatus.tracking import tracking_database  # it imports this module
+
+    return bool(connections[db].in_atomic_block) and tracking_database() != db
+
+
+def child_of(alias: str | None, fields: dict[str, Any]) -> JobRun | None:
+    """A child recorded through ``alias`` (None: the write-behind writer's connection):
+    when its ``fields`` name a parent that connection cannot see yet (created in the
+    caller's open transaction, the children through a connection of their own), take it
+    out and return it, for ``adopt()``. The foreign key failed, and the child was not
+    recorded at all."""
+    parent = fields.get("parent")
+    if (
+        not isinstance(parent, JobRun)
+        or parent.pk not in _UNCOMMITTED
+        or alias == parent._state.db
+    ):
+        return None
+    fields["parent"] = None
+    return parent
+
+
+def adopt(parent: JobRun | None, child_id: Any) -> None:
+    """Make ``child_id`` a child of ``parent`` (from ``child_of()``) once the caller's
+    transaction commits, with the parent row; nothing if it rolls back."""
+    if parent is not None and child_id is not None:
+        transaction.on_commit(
+            functools.partial(_adopt, parent, child_id), using=parent._state.db
+        )
+
+
+def _adopt(parent: JobRun, child_id: Any) -> None:
+    writebehind.catch_up()  # a queued child handed to the writer
+    JobRun.objects.using(write_database(parent._state.db)).filter(
+        pk=child_id, parent__isnull=True
+    ).update(parent=parent.pk)
 
 
 def _close(parent: JobRun, error: BaseException | None = None) -> None:
@@ -326,6 +382,17 @@ def _close(parent: JobRun, error: BaseException | None = None) -> None:
 def current_parent() -> JobRun | None:
     """The parent that runs recorded now belong to (inside ``batch()``), or None."""
     return _parent.get()
+
+
+@contextlib.contextmanager
+def within(parent: JobRun) -> Iterator[None]:
+    """Runs recorded in the block are children of ``parent``: a job that ``batch()``'s block
+    enqueued and its task system pushes later (at the commit)."""
+    token = _parent.set(parent)
+    try:
+        yield
+    finally:
+        _parent.reset(token)
 
 
 # Following the children automatically.

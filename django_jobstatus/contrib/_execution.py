@@ -72,7 +72,11 @@ def find_or_enqueue(
 
 
 def best_effort(
-    action: Callable[[str], None], what: str, *, one_statement: bool = False
+    action: Callable[[str], None],
+    what: str,
+    *,
+    one_statement: bool = False,
+    database: str | None = None,
 ) -> None:
     """Run one write (given the database alias); log a database error or an illegal move, and go on.
 
@@ -92,16 +96,19 @@ def best_effort(
         ):
             action(alias)
 
+    # ``database``: the connection of a caller that holds the run's row (a kill in an
+    # ATOMIC_REQUESTS request): a second one waited on that lock, and gave up.
+    where = tracking_database if database is None else lambda: database
     # Inside a transaction the connection cannot be replaced: one try.
-    attempts = 1 if connections[tracking_database()].in_atomic_block else 2
+    attempts = 1 if connections[where()].in_atomic_block else 2
     try:
-        while_database_away(write, attempts=attempts, delay=0)
+        while_database_away(write, attempts=attempts, delay=0, database=where)
     except InvalidTransition as error:
         # Duplicate or late events (Celery's task_revoked fires twice; a retry raced a new attempt).
         logger.debug("%s not recorded: %s", what, error)
     except DatabaseError:  # the database is away still, or refused the write
         logger.warning("Could not record %s; the task goes on.", what, exc_info=True)
-        _reset_connection(tracking_database())
+        _reset_connection(where())
 
 
 def record_queued(
@@ -122,12 +129,15 @@ def record_queued(
     if fresh:
         alias = tracking_database()
         if writebehind.accepts(alias):
+            later = batches.child_of(None, fields)  # the writer's own connection
             values = JobRun.objects.db_manager(alias).queued_values(
                 name, source=source, backend_job_id=backend_job_id, **fields
             )
             values["id"] = uuid7()
             if writebehind.writer.put(settings.DATABASE, values):
+                batches.adopt(later, values["id"])
                 return values["id"]
+            fields["parent"] = later or fields["parent"]
     created: list[Any] = []
 
     def record(alias: str) -> None:
@@ -141,9 +151,12 @@ def record_queued(
                     # A retry sent while its attempt still runs: due later, not lost then.
                     JobRun.objects.using(alias).filter(pk=run.pk).update(**due)
                 return
+        mine = dict(fields)
+        later = batches.child_of(alias, mine)
         run = JobRun.objects.db_manager(alias).enqueue(
-            name, source=source, backend_job_id=backend_job_id, **fields
+            name, source=source, backend_job_id=backend_job_id, **mine
         )
+        batches.adopt(later, run.pk)
         created.append(run.pk)
 
     best_effort(
@@ -251,14 +264,17 @@ class Execution:
                 # revoke reaches only the workers up when it is sent).
                 run.log(WARNING, _TAKEN_WHEN_KILLED % {"worker": self.worker})
             elif run is None or run.is_finished:
+                fields = dict(self.fields)
+                later = batches.child_of(alias, fields)
                 run = JobRun.objects.db_manager(alias).start(
                     self.name,
                     source=self.source,
                     backend_job_id=self.backend_job_id,
                     worker=self.worker,
                     attempt=self.attempt,
-                    **self.fields,
+                    **fields,
                 )
+                batches.adopt(later, run.pk)
                 self.created = True
             else:
                 run.mark_running(worker=self.worker, using=alias)

@@ -1,0 +1,198 @@
+"""PostgreSQL: what the record says when the caller's transaction is open while the task
+system acts (a batch() inside transaction.atomic() or ATOMIC_REQUESTS; a kill in such a
+request). Found by a red-team pass."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import redis
+import rq
+from django.db import connection, connections, transaction
+
+from django_jobstatus import own_connections, writebehind
+from django_jobstatus.batches import batch
+from django_jobstatus.contrib import rq as jobstatus_rq
+from django_jobstatus.models import JobRun, Status
+from tests.contrib import kill_jobs, rq_jobs
+from tests.contrib.celery_app import BROKER_URL, app
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+CHANGELIST = "/admin/django_jobstatus/jobrun/"
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("celery_on")
+def test_a_batch_inside_atomic_keeps_the_celery_tasks_it_enqueued() -> None:
+    """``with transaction.atomic(): with batch("import"): task.delay(...)`` (or the same
+    batch in a view under ATOMIC_REQUESTS) on PostgreSQL: the batch's parent ends at once
+    ``succeeded`` with 0 children, and the tasks' queued runs are never written (an
+    IntegrityError is logged by the write-behind writer). The user sees a batch that
+    "succeeded" having done nothing, while its tasks run unattached, and their failures
+    never fail it.
+
+    The parent is INSERTed on the caller's connection, in its open transaction, while the
+    integration writes each child's queued run through another connection (the
+    write-behind writer, or the side connection), which cannot see the uncommitted parent:
+    the child's parent_id violates the foreign key."""
+    queue = f"rt-tx-{uuid.uuid4().hex[:8]}"
+    try:
+        with transaction.atomic(), batch("rt.import") as parent:
+            first = app.send_task("tests.add", args=[1, 2], queue=queue)
+            second = app.send_task("tests.add", args=[3, 4], queue=queue)
+        writebehind.flush()
+    finally:
+        redis.Redis.from_url(BROKER_URL).delete(queue)
+    parent.refresh_from_db()
+    children = JobRun.objects.filter(backend_job_id__in=[first.id, second.id])
+    assert sorted(children.values_list("parent_id", flat=True)) == [parent.pk] * 2
+    assert parent.status == Status.QUEUED
+    assert parent.progress_total == 2
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("rq_on")
+def test_an_rq_job_enqueued_in_a_batch_inside_atomic_is_its_child() -> None:
+    """As with Celery: RQ's ``Queue.enqueue_many()`` (pushed at once, not deferred to the
+    commit) inside ``batch()`` inside ``transaction.atomic()`` leaves the parent
+    ``succeeded`` with no children, and the jobs' queued runs are never written (the
+    foreign key to the uncommitted parent fails on the writer's connection)."""
+    queue = jobstatus_rq.Queue(
+        f"rt-tx-{uuid.uuid4().hex[:8]}",
+        connection=redis.Redis.from_url(rq_jobs.REDIS_URL),
+    )
+    try:
+        with transaction.atomic(), batch("rt.rq-import") as parent:
+            jobs = queue.enqueue_many(
+                [
+                    rq.Queue.prepare_data(kill_jobs.mark, args=(f"rt:{i}",))
+                    for i in range(2)
+                ]
+            )
+        writebehind.flush()
+        parent.refresh_from_db()
+        children = JobRun.objects.filter(backend_job_id__in=[job.id for job in jobs])
+        assert sorted(children.values_list("parent_id", flat=True)) == [parent.pk] * 2
+        assert parent.status == Status.QUEUED
+    finally:
+        queue.empty()
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("rq_on")
+@pytest.mark.django_db(transaction=True, databases=["default", "default__jobstatus"])
+def test_a_kill_of_a_queued_rq_job_under_atomic_requests_ends_its_run_killed(
+    admin_client: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """The admin's *Request kill* of a queued RQ job with ATOMIC_REQUESTS = True: RQ cancels
+    the job (it will never run), but the request hung about 20 s and the run stayed
+    ``queued`` (kill requested) for ever, where the docs say "canceled: the run ends
+    `killed` at once". Nothing will move it again but the queued-timeout reaper, if set.
+
+    request_kill() writes kill_requested_at in the request's transaction (row locked until
+    the response); RQBackend.kill() then records the cancel through best_effort(), whose
+    tracking_database() is the side connection inside an atomic block: its UPDATE waits
+    for the request's row lock, hits lock_timeout (10 s) twice, and is logged and dropped."""
+    name = f"rt-tx-{uuid.uuid4().hex[:8]}"
+    settings.RQ_QUEUES = {**rq_jobs.RQ_QUEUES, name: {"URL": rq_jobs.REDIS_URL}}
+    queue = jobstatus_rq.Queue(name, connection=redis.Redis.from_url(rq_jobs.REDIS_URL))
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    # The side connection as production makes it (tests/settings.py declares the alias,
+    # as docs/testing.md says to, with no lock_timeout: there the request waits for ever).
+    side = connections["default__jobstatus"]
+    side.close()
+    monkeypatch.setattr(side, "settings_dict", own_connections.side_settings("default"))
+    try:
+        job = rq.Queue.enqueue_call(queue, kill_jobs.mark, args=("rt:never",))
+        writebehind.flush()
+        run = jobstatus_rq.find_run(job.id)
+        assert run is not None and run.status == Status.QUEUED
+        response = admin_client.post(
+            CHANGELIST,
+            {"action": "request_kill", "_selected_action": [str(run.pk)]},
+            follow=True,
+        )
+        assert response.status_code == 200
+        assert job.get_status(refresh=True) == rq.job.JobStatus.CANCELED
+        run.refresh_from_db()
+        assert run.status == Status.KILLED
+    finally:
+        queue.empty()
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "default__jobstatus"])
+def test_an_immediate_task_run_in_a_batch_inside_atomic_is_recorded(
+    settings: Any,
+) -> None:
+    """Django tasks' ImmediateBackend inside ``batch()`` inside ``transaction.atomic()``
+    on PostgreSQL: the task runs, but no run of it is recorded at all (start and end both
+    fail on the foreign key, logged as "Could not record the end of task"), and the
+    parent ends ``succeeded`` with no children. A task that ran leaves no trace.
+
+    The start is written through the side connection (tracking_database()) with
+    ``parent`` = the batch's parent, which exists only in the caller's open transaction."""
+    from django_jobstatus.contrib import tasks as integration
+    from tests.contrib.tasks_app import tasks
+
+    settings.TASKS = {
+        "default": {
+            "BACKEND": f"{tasks.FRAMEWORK}.backends.immediate.ImmediateBackend",
+            "QUEUES": [],
+        }
+    }
+    integration.connect()
+    try:
+        with transaction.atomic(), batch("rt.immediate") as parent:
+            result = tasks.add.enqueue(1, 2)
+    finally:
+        integration.disconnect()
+    assert str(result.status) == "SUCCESSFUL"  # the task ran
+    runs = JobRun.objects.filter(source="django_tasks", backend_job_id=str(result.id))
+    assert list(runs.values_list("status", "parent_id")) == [
+        (Status.SUCCEEDED, parent.pk)
+    ]
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("rq_on")
+def test_a_job_django_rq_enqueues_at_the_commit_is_a_child_of_its_batch(
+    settings: Any,
+) -> None:
+    """django-rq's default COMMIT_MODE ("on_db_commit") defers ``queue.enqueue()`` made
+    inside a transaction to its commit. A view under ATOMIC_REQUESTS (or any
+    ``transaction.atomic()``) doing the docs' ``with batch("imports.all"):
+    import_file.delay(...)`` gets a parent that ends ``succeeded`` with no children at
+    the block's end, and jobs pushed at the commit that are recorded as runs of no batch:
+    the batch says all went well whatever its jobs do.
+
+    ``batch()`` hands its parent to the integrations through a ContextVar read when the
+    run is recorded (``batches.current_parent()``); the deferred enqueue records it after
+    the block has reset it, and the block's end counted no child."""
+    name = f"rt-tx-{uuid.uuid4().hex[:8]}"
+    settings.RQ_QUEUES = {**rq_jobs.RQ_QUEUES, name: {"URL": rq_jobs.REDIS_URL}}
+    import django_rq
+
+    queue = django_rq.get_queue(name)
+    assert isinstance(queue, jobstatus_rq.Queue)
+    try:
+        with transaction.atomic():
+            with batch("rt.deferred") as parent:
+                queue.enqueue(kill_jobs.mark, "rt:deferred")
+            parent.refresh_from_db()
+            status_at_block_end = parent.status
+        writebehind.flush()
+        job_ids = queue.get_job_ids()
+        assert len(job_ids) == 1  # pushed at the commit
+        runs = JobRun.objects.filter(source="rq", backend_job_id__in=job_ids)
+        assert (
+            status_at_block_end,
+            list(runs.values_list("parent_id", flat=True)),
+        ) == (
+            Status.QUEUED,
+            [parent.pk],
+        )
+    finally:
+        queue.empty()

@@ -587,19 +587,38 @@ def _suppressed(change: Change) -> None:
     )
 
 
+# Held while a change is announced: this process's signals come in the order of the
+# changes (the thread of an earlier change may get to its signal later).
+_ANNOUNCING = threading.Lock()
+
+
 def _announce(change: Change, db: str) -> None:
-    """After commit: the signal (always), then the alerts that were stamped, off this thread."""
-    try:
-        monitor_state_changed.send(
-            sender=JobMonitor,
-            monitor=change.monitor,
-            previous=change.previous,
-            state=change.state,
-            opened=change.opened,
-            resolved=change.resolved,
+    """After commit: the signal, then the alerts that were stamped, off this thread.
+
+    No signal for a change a newer one already replaced (stored by a check that began
+    later, and announced by it): it came after that one and said a state the monitor had
+    left. Its alerts still go: its incident opened (or ended) all the same.
+    """
+    with _ANNOUNCING:
+        newest = (
+            JobMonitor.objects.using(db)
+            .filter(pk=change.monitor.pk)
+            .values_list("state_changed_at", flat=True)
+            .first()
         )
-    except Exception:
-        logger.exception("A monitor_state_changed receiver failed")
+        stamped = change.monitor.state_changed_at
+        if newest is None or stamped is None or newest <= stamped:
+            try:
+                monitor_state_changed.send(
+                    sender=JobMonitor,
+                    monitor=change.monitor,
+                    previous=change.previous,
+                    state=change.state,
+                    opened=change.opened,
+                    resolved=change.resolved,
+                )
+            except Exception:
+                logger.exception("A monitor_state_changed receiver failed")
     for alert, incident in _alerts(change):
         _queue(alert, incident.pk, _queued_stamp(incident, alert), db)
 

@@ -62,9 +62,10 @@ class _Check(threading.Thread):
             raise self.error
 
 
+@pytest.mark.parametrize("p1_announces_last", [False, True])
 @pytest.mark.parametrize("meanwhile", ["unchanged", "changed_and_back"])
 def test_a_check_that_read_before_a_newer_run_does_not_store_its_stale_state(
-    monitor, past_run, monkeypatch, meanwhile
+    monitor, past_run, monkeypatch, meanwhile, p1_announces_last
 ):
     """P1 reads the monitor (healthy) and the runs (none for two hours: late), then waits.
     A run finishes and P2 checks: healthy stays healthy, or (``changed_and_back``) a failed
@@ -90,6 +91,17 @@ def test_a_check_that_read_before_a_newer_run_does_not_store_its_stale_state(
         return found
 
     monkeypatch.setattr(health, "assess", assess)
+    # P1's thread gets to its signal after P2's (it had more to do after its commit): the
+    # signals came in the wrong order, LATE last (a CI run, 2026-12-07).
+    later: list[threading.Thread] = []
+    real_resend = health.resend
+
+    def resend(*args: Any, **kwargs: Any) -> int:
+        if p1_announces_last and threading.current_thread() is first and later:
+            wait_for(lambda: not later[0].is_alive(), timeout=10, what="P2 to announce")
+        return real_resend(*args, **kwargs)
+
+    monkeypatch.setattr(health, "resend", resend)
     states: list[str] = []
 
     def record(*, state: str, **kwargs: Any) -> None:
@@ -114,6 +126,7 @@ def test_a_check_that_read_before_a_newer_run_does_not_store_its_stale_state(
                 health.check,
             )
         p2 = _Check(*steps)
+        later.append(p2)
         p2.start()
         # P2 has checked, or waits for P1 (a check holding the monitor's lock).
         wait_for(

@@ -289,21 +289,12 @@ def _p95(
     return percentile(sorted(kept), 0.95)
 
 
-def duration_limit(
-    monitor: JobMonitor,
-    *,
-    using: str | None = None,
-    excluding: uuid.UUID | None = None,
-) -> timedelta | None:
-    """The duration over which a run is slow: fixed, or a multiple of the job's p95 (without ``excluding``)."""
-    return _limits(monitor, using, [excluding])[0]
-
-
 def _limits(
     monitor: JobMonitor, using: str | None, excluding: list[uuid.UUID | None]
 ) -> list[timedelta | None]:
-    """duration_limit() leaving out each of ``excluding`` in turn, from one read of the
-    durations: a run is judged against the others, never against itself."""
+    """The duration over which a run is slow (fixed, or a multiple of the job's p95),
+    leaving out each of ``excluding`` in turn, from one read of the durations: a run is
+    judged against the others, never against itself."""
     if monitor.max_duration is not None:
         return [monitor.max_duration for _run in excluding]
     factor = monitor.max_duration_p95_factor

@@ -16,6 +16,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django_filters import utils
 from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -186,6 +187,38 @@ class _Negotiation(DefaultContentNegotiation):
             ) from None
 
 
+class _Schema(AutoSchema):
+    """drf-spectacular's, with the ``format`` parameter the views read (_Negotiation).
+
+    Its values are the formats of the view's JSON renderers; any other is a 400, but for
+    ``api``, the browsable API where it is on: HTML for a person, not for a client. The
+    export names its own formats.
+    """
+
+    def get_override_parameters(self) -> list[Any]:
+        formats = sorted(
+            {
+                r.format
+                for r in self.view.get_renderers()
+                if r.format and r.media_type == "application/json"
+            }
+        )
+        name = api_settings.URL_FORMAT_OVERRIDE
+        if not name or not formats:
+            return super().get_override_parameters()
+        return [
+            OpenApiParameter(
+                name,
+                OpenApiTypes.STR,
+                enum=formats,
+                description=_(
+                    "The answer's format: json (the default), or api for the browsable API."
+                ),
+            ),
+            *super().get_override_parameters(),
+        ]
+
+
 class _ExportNegotiation(DefaultContentNegotiation):
     """On the export, ``?format=`` names the file format (csv, jsonl), not a renderer: errors stay JSON."""
 
@@ -277,7 +310,13 @@ class APIRootView(Access, routers.APIRootView):
     retrieve=extend_schema(
         summary=_("One run"),
         parameters=[_ID],
-        responses={200: JobRunSerializer, 401: _DENIED, 403: _DENIED, 404: _NOT_FOUND},
+        responses={
+            200: JobRunSerializer,
+            400: _ERROR,
+            401: _DENIED,
+            403: _DENIED,
+            404: _NOT_FOUND,
+        },
     ),
     destroy=extend_schema(
         summary=_("Delete a finished run"),
@@ -287,6 +326,7 @@ class APIRootView(Access, routers.APIRootView):
         ),
         responses={
             204: None,
+            400: _ERROR,
             401: _DENIED,
             403: _DENIED,
             404: _NOT_FOUND,
@@ -305,6 +345,7 @@ class JobRunViewSet(
     serializer_class = JobRunSerializer
     filter_backends = [_FilterBackend]
     content_negotiation_class = _Negotiation
+    schema = _Schema()
     # Any path segment reaches the view, so that a malformed id answers a JSON 404.
     lookup_value_regex = "[^/]+"
     # The permission an action needs besides view, when not the one its method implies
@@ -630,6 +671,7 @@ class JobRunViewSet(
         request=None,
         responses={
             202: JobRunSerializer,
+            400: _ERROR,
             401: _DENIED,
             403: _DENIED,
             404: _NOT_FOUND,
@@ -916,6 +958,7 @@ class JobMonitorViewSet(Access, viewsets.ModelViewSet):
     filter_backends = [DjangoFilterBackend]
     filterset_class = JobMonitorFilterSet
     content_negotiation_class = _Negotiation
+    schema = _Schema()
     pagination_class = MonitorPagination
     parser_classes = [_JSONParser]
     # Any path segment reaches the view, so that a malformed id answers a JSON 404.

@@ -298,3 +298,34 @@ def test_a_bad_page_size_of_a_monitor_s_incidents_is_a_400_the_schema_lists(fuzz
     )
     assert response.status_code == 400
     assert list(response.json()) == ["page_size"]
+
+
+def test_every_operation_lists_the_formats_it_answers_in(make_user, client_for, run):
+    """``?format=`` picks the answer's renderer on every endpoint, and a format the view
+    has not is a 400 naming it: the schema lists the parameter, its values and the 400 (it
+    did not, and one run, its delete and its retry listed no 400)."""
+    paths = SchemaGenerator(urlconf="tests.api.urls").get_schema(
+        request=None, public=True
+    )["paths"]
+    api = client_for(make_user(superuser=True))
+    monitor = JobMonitor.objects.create(job_name=run.job_name)
+    listed = 0
+    for path, item in paths.items():
+        if not path.startswith("/api/jobstatus/") or path.endswith("/metrics/"):
+            continue
+        for method, operation in item.items():
+            (format_,) = [p for p in operation["parameters"] if p["name"] == "format"]
+            assert "400" in operation["responses"], (path, method)
+            listed += 1
+            if method != "get":
+                continue
+            url = path.format(id=monitor.pk if "monitors" in path else run.pk)
+            url += "?job_name=" + run.job_name if path.endswith("/latest/") else ""
+            glue = "&" if "?" in url else "?"
+            for value in format_["schema"]["enum"]:
+                response = api.get(f"{url}{glue}format={value}")
+                assert response.status_code == 200, (path, value, response.content)
+            response = api.get(f"{url}{glue}format=yaml")
+            assert response.status_code == 400, (path, response.content)
+            assert "format" in response.json(), path
+    assert listed >= 19

@@ -922,9 +922,16 @@ class Alert:
         }
 
     def slack_payload(self) -> dict[str, Any]:
-        link = f" <{self.url}|{_('open')}>" if self.url else ""
-        detail = f"\n{self.detail}" if self.detail else ""
-        return {"text": f"*{self.subject}*{link}{detail}"}
+        link = f" <{self.url}|{_slack_text(_('open'))}>" if self.url else ""
+        detail = f"\n{_slack_text(self.detail)}" if self.detail else ""
+        return {"text": f"*{_slack_text(self.subject)}*{link}{detail}"}
+
+
+def _slack_text(text: str) -> str:
+    """``text`` as Slack shows it literally: Slack reads ``<!channel>`` as a mention and
+    ``<url|label>`` as a link, and a job's error often quotes user input. Slack's own
+    escapes, the only three it asks for."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _monitor_url(monitor: JobMonitor) -> str:

@@ -62,8 +62,10 @@ def export_view(model_admin: Any, request: HttpRequest) -> HttpResponseBase:
         raise PermissionDenied
     file_format = request.GET.get(FORMAT_PARAM, "csv")
     if file_format not in export.FORMATS:
+        # Text, not Django's default HTML: the message quotes the parameter as given.
         return HttpResponseBadRequest(
-            _("format must be csv or jsonl, not %(value)r.") % {"value": file_format}
+            _("format must be csv or jsonl, not %(value)r.") % {"value": file_format},
+            content_type="text/plain; charset=utf-8",
         )
     try:
         runs = matching_runs(model_admin, request)

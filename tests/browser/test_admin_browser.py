@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.utils import timezone
@@ -300,3 +301,18 @@ def test_xss_payloads_in_every_field_open_no_dialog(admin_page):
     admin_page.goto(f"{base}/jobrun/{runs[0].pk}/change/")
     assert f"{PAYLOADS[0]}0" in admin_page.locator("#content").inner_text()
     assert dialogs == []
+
+
+def test_a_bad_export_format_is_answered_as_text(admin_page):
+    """``jobrun/export/?format=<img src=x onerror=…>`` answered its 400 as HTML, with the
+    parameter in it unescaped: Chromium ran the script, in the admin's origin and with
+    the session of whoever followed the link. The answer is text now."""
+    payload = '<img src=x onerror="window.__xss = 1">'
+    response = admin_page.goto(
+        f"{admin_page.base}/admin/django_jobstatus/jobrun/export/?format={quote(payload)}"
+    )
+    admin_page.wait_for_load_state("load")
+    assert response.status == 400
+    assert response.headers["content-type"].startswith("text/plain"), response.headers
+    assert admin_page.evaluate("typeof window.__xss") == "undefined"
+    assert payload in admin_page.inner_text("body")

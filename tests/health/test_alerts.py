@@ -704,3 +704,32 @@ def test_two_checks_at_once_send_an_alert_again_once(
         assert health.outbox.join(10)
     assert (mine, other) == (0, [1])
     assert [body["event"] for body in hook.bodies] == ["opened"]
+
+
+def test_a_slack_alert_shows_an_error_s_markup_as_text(
+    monitor, past_run, settings, hook, django_capture_on_commit_callbacks
+):
+    """An exception's message often quotes user input (a form value, a file name). Slack
+    reads ``<!channel>`` in a message's text as an @channel mention and ``<url|label>`` as
+    a link: such an error pinged the whole channel and planted a disguised link, and a job
+    named ``reports.<!here>`` did the same from the subject. Slack's ``&amp;``, ``&lt;`` and
+    ``&gt;`` escapes make them text; the alert's own link stays a link."""
+    settings.JOBSTATUS = {
+        "ALERT_EMAILS": [],
+        "ALERT_WEBHOOKS": [{"url": hook.url, "format": "slack"}],
+        "ALERT_BASE_URL": "https://ops.example.com",
+    }
+    monitor(job_name="reports.<!here>", max_failures=1)
+    past_run(
+        job_name="reports.<!here>",
+        ago=timedelta(minutes=2),
+        status=Status.FAILED,
+        error="ValueError: bad name '<!channel> <https://evil.example|reset>' & more",
+    )
+    _check(django_capture_on_commit_callbacks)
+    assert hook.received.wait(10)
+    text = hook.bodies[0]["text"]
+    assert text.count("<") == text.count(">") == 1, text
+    assert "reports.&lt;!here&gt;" in text, text
+    assert "&lt;!channel&gt; &lt;https://evil.example|reset&gt;' &amp; more" in text
+    assert " <https://ops.example.com/" in text, text

@@ -1029,9 +1029,10 @@ class JobMonitor(models.Model):
                 },
                 code="both_limits",
             )
+        # On DATABASE: a replica (READ_DATABASE) may not have the run of a job that just ran.
         if (
             self._names_a_new_job()
-            and not JobRun.objects.for_job(self.job_name).exists()
+            and not JobRun.objects.for_job(self.job_name).writing().exists()
         ):
             raise ValidationError(
                 {
@@ -1054,8 +1055,7 @@ class JobMonitor(models.Model):
             return False
         if self._state.adding:
             return True
-        db = self._state.db or router.db_for_read(type(self), instance=self)
-        stored = type(self)._default_manager.using(db)
+        stored = type(self)._default_manager.using(write_database(self._state.db))
         return not stored.filter(pk=self.pk, job_name=self.job_name).exists()
 
     def _cadence_changed(self, using: str | None, update_fields: Any) -> bool:

@@ -107,7 +107,9 @@ def mark_killed(
 def retry(modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]) -> None:
     retried = active = 0
     refused: dict[str, int] = {}
-    for run in queryset.iterator():
+    # Judged where the retry is written: a replica (READ_DATABASE) may still have a run
+    # that just failed active (skipped), or not have it at all.
+    for run in cast("JobRunQuerySet", queryset).writing().iterator():
         if contrib.retry_refusal(run) is not None:
             active += 1
             continue
@@ -171,6 +173,9 @@ def delete_selected(
     all again and deleted them in one transaction. Here the page reads 100 runs and counts
     up to COUNT_CAP, and the runs go in the purge's short batches.
     """
+    # Judged where the deletion is written: a replica (READ_DATABASE) may still have a run
+    # that just finished active (refused), or not have it at all.
+    queryset = queryset.writing()
     active = queryset.active().count()
     if active:
         modeladmin.message_user(

@@ -6,6 +6,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
+from django.db import router
 from django.db.models import (
     Case,
     Count,
@@ -153,7 +154,24 @@ class JobMonitorAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
         js = MEDIA_JS
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[JobMonitor]:
-        return health.with_last_run(super().get_queryset(request))
+        monitors = super().get_queryset(request)
+        if request.method == "POST":
+            # Read where the write goes: a replica (READ_DATABASE) may not have the state
+            # a check just stored, nor a monitor just created.
+            monitors = monitors.using(router.db_for_write(JobMonitor))
+        return health.with_last_run(monitors)
+
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: JobMonitor,
+        form: Any,
+        change: bool,  # noqa: FBT001 (Django's signature)
+    ) -> None:
+        # A change saves the fields the form changed (and the stamps save() adds): a whole
+        # save() wrote back the state as the form read it, over a check that stored
+        # another meanwhile (the monitor healthy again with its incident open).
+        obj.save(update_fields=form.changed_data if change else None)
 
     @admin.display(description=gettext_lazy("state"), ordering="state")
     def state_display(self, monitor: JobMonitor) -> SafeString:

@@ -264,7 +264,8 @@ class JobRunAdmin(
         # The lines of scattered runs cost an index probe a run: counted up to 10,000, the
         # page took 112 ms for the 80,000 failed runs of a million; up to 1,000, 36 ms.
         lines = (
-            JobLog.objects.filter(run__in=runs.values_list("pk", flat=True))
+            JobLog.objects.using(runs.db)
+            .filter(run__in=runs.values_list("pk", flat=True))
             .order_by()[: SUMMARY_LINES + 1]
             .count()
         )

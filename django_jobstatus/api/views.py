@@ -968,14 +968,26 @@ class JobMonitorViewSet(Access, viewsets.ModelViewSet):
         return [JobMonitorPermission()]
 
     def get_queryset(self) -> Any:
-        return health.with_last_run(JobMonitor.objects.order_by("job_name"))
+        monitors = JobMonitor.objects.order_by("job_name")
+        if self.request.method not in SAFE_METHODS:
+            # Picked where the write goes: a replica (READ_DATABASE) may not have a monitor
+            # just created (a 404), nor the state a check just stored.
+            monitors = monitors.using(router.db_for_write(JobMonitor))
+        return health.with_last_run(monitors)
 
     def perform_create(self, serializer: Any) -> None:
         super().perform_create(serializer)
         self._read_again(serializer)
 
     def perform_update(self, serializer: Any) -> None:
-        super().perform_update(serializer)
+        # Only the fields sent (and the stamps save() adds): the serializer's whole save()
+        # wrote back the state as read, over a check that stored another meanwhile (the
+        # monitor healthy again with its incident open, and the next check opened another).
+        monitor = serializer.instance
+        changes = serializer.validated_data
+        for field, value in changes.items():
+            setattr(monitor, field, value)
+        monitor.save(update_fields=list(changes))
         self._read_again(serializer)
 
     def _read_again(self, serializer: Any) -> None:

@@ -11,13 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import timedelta
 
 import pytest
 from django.db import connections, transaction
 
-from django_jobstatus import contrib
-from django_jobstatus.models import JobRun, Status
+from django_jobstatus import contrib, health
+from django_jobstatus.api.serializers import JobMonitorSerializer
+from django_jobstatus.models import (
+    JobMonitor,
+    JobMonitorIncident,
+    JobRun,
+    MonitorState,
+    Status,
+)
 from tests.api.conftest import BASE
+from tests.api.test_monitors import URL as MONITORS
+from tests.api.test_monitors import monitor_api as monitor_api  # the fixture
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 
@@ -336,3 +346,104 @@ def test_the_delete_of_a_run_that_just_finished_is_not_refused_as_running(
         response = admin_client.delete(f"{BASE}{run.pk}/")
     assert response.status_code == 204, (response.status_code, response.content)
     assert not JobRun.objects.using("default").filter(pk=run.pk).exists()
+
+
+# A monitor picked and saved by a change; the runs that make its job known (found by a
+# red-team pass).
+
+
+def _failing_meanwhile(job_name, past_run):
+    """The job's run that just failed: the next check turns its monitor failing."""
+    past_run(job_name, ago=timedelta(minutes=1), status=Status.FAILED, error="boom")
+
+
+def _stored_and_incidents(monitor):
+    """The monitor's state on the primary after one more check, and its incidents."""
+    stored = JobMonitor.objects.using("default").get(pk=monitor.pk).state
+    health.check([monitor.job_name])
+    incidents = JobMonitorIncident.objects.using("default").filter(monitor=monitor)
+    return stored, list(incidents.values_list("state", "resolved_to"))
+
+
+@pytest.mark.postgres
+def test_a_monitor_changed_behind_a_lagging_replica_keeps_the_state_the_check_stored(
+    routed, monitor_api, monitor, past_run
+):
+    """A check turned the monitor failing (an incident opened, an alert went out); a
+    moment later a PATCH {"grace": 600} answered 200 and left it healthy with the
+    incident open, and the next check resolved that incident and opened a second one for
+    the same failure (a second alert). The view picked the monitor on the replica, which
+    still had it healthy, and saved every column of it back to the primary."""
+    m = monitor("tests.mon", every=timedelta(hours=1), max_failures=1)
+    past_run("tests.mon", ago=timedelta(minutes=5))
+    health.check(["tests.mon"])
+    with lagging_replica():
+        _failing_meanwhile("tests.mon", past_run)
+        health.check(["tests.mon"])
+        response = monitor_api.patch(
+            f"{MONITORS}{m.pk}/", {"grace": 600}, format="json"
+        )
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == MonitorState.FAILING
+    assert _stored_and_incidents(m) == (
+        MonitorState.FAILING,
+        [(MonitorState.FAILING, "")],
+    )
+
+
+def test_a_monitor_change_keeps_the_state_a_check_stored_meanwhile(
+    monitor_api, monitor, past_run, monkeypatch
+):
+    """The same without a replica: a check that stores the monitor failing between the
+    PATCH's read and its save was overwritten (the serializer's save() wrote every
+    column as read, the state too)."""
+    m = monitor("tests.mon", every=timedelta(hours=1), max_failures=1)
+    _failing_meanwhile("tests.mon", past_run)
+    validate = JobMonitorSerializer.validate
+
+    def a_check_meanwhile(self, attrs):
+        health.check(["tests.mon"])
+        return validate(self, attrs)
+
+    monkeypatch.setattr(JobMonitorSerializer, "validate", a_check_meanwhile)
+    response = monitor_api.patch(f"{MONITORS}{m.pk}/", {"grace": 600}, format="json")
+    assert response.status_code == 200, response.content
+    assert _stored_and_incidents(m) == (
+        MonitorState.FAILING,
+        [(MonitorState.FAILING, "")],
+    )
+    assert JobMonitor.objects.get(pk=m.pk).grace == timedelta(minutes=10)
+
+
+@pytest.mark.postgres
+def test_a_monitor_for_a_job_that_just_ran_is_created(routed, monitor_api):
+    """A deploy script runs a job once, then creates its monitor: 400 {"job_name": ["No
+    run of “tests.fresh” has been recorded; ..."]}. The model's clean() asked the replica,
+    which did not have the run yet, whether the job had run."""
+    with lagging_replica():
+        JobRun.objects.db_manager("default").start("tests.fresh").mark_succeeded()
+        response = monitor_api.post(
+            MONITORS, {"job_name": "tests.fresh", "every": 3600}, format="json"
+        )
+    assert response.status_code == 201, response.content
+    assert JobMonitor.objects.using("default").filter(job_name="tests.fresh").exists()
+
+
+@pytest.mark.postgres
+def test_a_monitor_just_created_can_be_changed_at_once(routed, monitor_api, past_run):
+    """A client that creates a monitor and then disables it with the id the 201 gave got
+    404 "No JobMonitor matches the given query.": the view picked the monitor on the
+    replica, which did not have it yet."""
+    past_run("tests.new")
+    with lagging_replica():
+        created = monitor_api.post(
+            MONITORS, {"job_name": "tests.new", "every": 3600}, format="json"
+        )
+        assert created.status_code == 201, created.content
+        url = f"{MONITORS}{created.json()['id']}/"
+        changed = monitor_api.patch(url, {"enabled": False}, format="json")
+        assert changed.status_code == 200, (changed.status_code, changed.content)
+        assert not JobMonitor.objects.using("default").get().enabled
+        deleted = monitor_api.delete(url)
+    assert deleted.status_code == 204, (deleted.status_code, deleted.content)
+    assert not JobMonitor.objects.using("default").exists()

@@ -6,6 +6,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.db import router
 from django.db.models import (
     Case,
@@ -160,6 +161,30 @@ class JobMonitorAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
             # a check just stored, nor a monitor just created.
             monitors = monitors.using(router.db_for_write(JobMonitor))
         return health.with_last_run(monitors)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        """Without ``view_jobmonitorincident``, no incidents: their details quote runs'
+        errors, which the incidents' own pages refuse to such a user."""
+        fieldsets = super().get_fieldsets(request, obj)
+        opts = JobMonitorIncident._meta
+        if request.user.has_perm(
+            f"{opts.app_label}.{get_permission_codename('view', opts)}"
+        ):
+            return fieldsets
+        return [
+            (
+                title,
+                {
+                    **options,
+                    "fields": tuple(
+                        field
+                        for field in options["fields"]
+                        if field != "incidents_display"
+                    ),
+                },
+            )
+            for title, options in fieldsets
+        ]
 
     def save_model(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from django_jobstatus.models import Status
+from django_jobstatus.models import JobMonitorIncident, MonitorState, Status
 
 PAGES = [
     "/admin/django_jobstatus/jobrun/",
@@ -48,3 +48,27 @@ def test_view_permission_opens_everything_read_only(staff_client, make_run):
         client.get(f"/admin/django_jobstatus/jobrun/{run.pk}/change/").status_code
         == 200
     )
+
+
+@pytest.mark.django_db
+def test_a_monitor_page_shows_its_incidents_only_to_who_may_see_incidents(
+    staff_client, monitor, past_run
+):
+    """A user with view_jobmonitor alone is refused the incidents' pages and the runs',
+    but the monitor's page listed its incidents with their details, which quote the
+    failed runs' errors (a card number, an address)."""
+    watched = monitor("tests.nightly", max_failures=1)
+    error = "ValueError: card 4111-1111-1111-1111 declined for ann@example.com"
+    run = past_run("tests.nightly", status=Status.FAILED, error=error)
+    JobMonitorIncident.objects.create(
+        monitor=watched,
+        state=MonitorState.FAILING,
+        detail=f"The last run failed. {error}",
+        run_id=run.pk,
+    )
+    page = f"/admin/django_jobstatus/jobmonitor/{watched.pk}/change/"
+    monitors_only = staff_client("view_jobmonitor").get(page)
+    assert monitors_only.status_code == 200
+    assert "4111" not in monitors_only.content.decode()
+    both = staff_client("view_jobmonitor", "view_jobmonitorincident").get(page)
+    assert "4111-1111-1111-1111" in both.content.decode()

@@ -1217,7 +1217,9 @@ class _Outbox:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                jobs.all_tasks_done.wait(remaining)
+                # threading's waits stop at TIMEOUT_MAX (some 292 years), below what
+                # --wait accepts: past it they raise OverflowError.
+                jobs.all_tasks_done.wait(min(remaining, threading.TIMEOUT_MAX))
         return True
 
     def close(self, timeout: float, grace: float) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from django_jobstatus import health
 from django_jobstatus.models import JobMonitor, JobMonitorIncident, MonitorState, Status
 
 
@@ -75,3 +77,33 @@ def test_an_unknown_job_is_a_command_error(monitor):
 def test_bad_options_are_command_errors(db, args, message):
     with pytest.raises(CommandError, match=message):
         _call(*args)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_longest_wait_the_option_accepts_waits_for_the_alerts(
+    monitor, past_run, settings
+):
+    """``--wait 1e10`` (some 317 years, "as long as it takes") passes the option's check
+    (at most 1,000 years), but with an alert still on its way at the end, the wait for it
+    raised ``OverflowError: timestamp out of range for platform time_t``: threading's
+    waits stop at ``threading.TIMEOUT_MAX`` (some 292 years)."""
+    from tests.health.test_alerts import _Hook
+
+    hold = threading.Event()
+    slow = _Hook(hold=hold)  # answers once `hold` is set
+    try:
+        settings.JOBSTATUS = {"ALERT_EMAILS": [], "ALERT_WEBHOOKS": [slow.url]}
+        monitor(max_failures=1)
+        past_run(ago=timedelta(minutes=2), status=Status.FAILED, error="KeyError: 'x'")
+        # The webhook answers a second after the request: the command is waiting then.
+        threading.Thread(
+            target=lambda: slow.received.wait(10) and not hold.wait(1) and hold.set(),
+            daemon=True,
+        ).start()
+        assert "opened 1 incidents" in _call("--wait", "1e10")
+        assert slow.bodies
+    finally:
+        hold.set()
+        slow.close()
+        assert health.outbox.join(10)
+        health.monitored.clear()

@@ -503,10 +503,20 @@ class JobRun(models.Model):
             stamps["started_at"] = now
             values.setdefault("heartbeat_at", database_now(now))
         elif target in Status.TERMINAL:
-            values.setdefault("finished_at", now)
+            values.setdefault("finished_at", self._end(now))
         if target in (Status.FAILED, Status.LOST):
             values["error_fingerprint"] = self._fingerprint(target, values)
         return stamps
+
+    def _end(self, now: datetime) -> datetime:
+        """The end of this attempt at ``now``, never before its start: the process that
+        ends it (a forced kill from the web server, say) may have a clock behind the
+        worker's that stamped ``started_at``, and the duration would be negative.
+
+        The instance's ``started_at`` is the row's: a move applies only to the status
+        and attempt this instance saw, and an attempt's start is stamped once.
+        """
+        return max(now, self.started_at) if self.started_at is not None else now
 
     def _refusal(
         self, db: str, target: str, sources: list[str], previous: str
@@ -557,7 +567,7 @@ class JobRun(models.Model):
             "attempt": self.attempt,
             "status": outcome,
             "started_at": self.started_at.isoformat() if self.started_at else None,
-            "finished_at": now.isoformat(),
+            "finished_at": self._end(now).isoformat(),
             "worker": self.worker,
             "error": storable({"error": error})["error"],
         }
@@ -655,6 +665,7 @@ class JobRun(models.Model):
         """Store progress now (unthrottled; running jobs use ``track()``'s handle).
 
         A run that has ended is left as it is (a copy read before its end cannot move it).
+        Without ``total``, ``current`` past the stored total raises ValueError.
         """
         current_n, total_n = check_progress(current, total)
         now = timezone.now()
@@ -665,19 +676,35 @@ class JobRun(models.Model):
         }
         if total is not None:
             values["progress_total"] = total_n
-        elif self.progress_total is not None and current_n > self.progress_total:
-            raise ValueError(
-                f"progress current ({current_n}) is greater than total ({self.progress_total})"
-            )
         if step is not None:
             values["step"] = step
         if message is not None:
             values["message"] = message
         values = storable(values)
         runs = JobRun.objects.using(self._db(using)).filter(pk=self.pk).active()
-        if runs.update(**values):
+        # Judged on the stored total, not this copy's: another writer may have changed
+        # it since this copy was read (a new step), and the UPDATE would break the
+        # progress <= total constraint.
+        fits = (
+            runs
+            if total is not None
+            else runs.filter(
+                Q(progress_total__isnull=True) | Q(progress_total__gte=current_n)
+            )
+        )
+        if fits.update(**values):
             for field, value in values.items():
                 setattr(self, field, value)
+            return
+        if total is not None:
+            return  # the run has ended
+        stored = runs.values_list("progress_total", flat=True).first()
+        # Nothing written: past the stored total, or the run has ended (left as it is).
+        if stored is not None and current_n > stored:
+            self.progress_total = stored
+            raise ValueError(
+                f"progress current ({current_n}) is greater than total ({stored})"
+            )
 
     def heartbeat(self, *, using: str | None = None) -> None:
         """Stamp ``heartbeat_at`` now, while the run is running."""

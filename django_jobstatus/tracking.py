@@ -522,8 +522,6 @@ class JobHandle:
                 "step": self._step,
                 "message": self._message,
             }
-        if self._has_errors and not self.run.has_errors:
-            fields["has_errors"] = True
         return fields
 
     def _applied(self, fields: dict[str, Any]) -> None:
@@ -634,14 +632,20 @@ class JobHandle:
         """The log lines ``logs``, then ``action``, in one transaction (a savepoint inside
         the job's own, so a failed write does not break it).
 
+        The run's ``has_errors`` goes with them once the job logged an error, whatever
+        the run's state, as ``JobRun.log()`` sets it: the lines of a job that went on
+        after a forced kill are still written, and the flag with them.
+
         ``apart``: each line in a savepoint of its own, a line the database refuses
         left out (and taken from ``logs``), so the others and ``action`` still apply.
         """
-        from django_jobstatus.models import JobLog
+        from django_jobstatus.models import JobLog, JobRun
 
-        if not logs and not connections[alias].in_atomic_block:
+        flag = self._has_errors and not self.run.has_errors
+        if not logs and not flag and not connections[alias].in_atomic_block:
             action()  # one statement: no BEGIN and COMMIT around it
             return
+        flagged = False
         lines = JobLog.objects.using(alias)
         with transaction.atomic(
             using=alias, savepoint=connections[alias].in_atomic_block
@@ -666,7 +670,13 @@ class JobHandle:
                         )
                         line.pk = None
                         logs.remove(line)
+            if flag:
+                # No row: not (yet) visible to this connection; the next write sets it.
+                rows = JobRun.objects.using(alias).filter(pk=self.run.pk)
+                flagged = bool(rows.update(has_errors=True))
             action()
+        if flagged:
+            self.run.has_errors = True
 
     # Start and end (durable).
 

@@ -192,6 +192,44 @@ def test_first_entry_timestamps_are_kept(make_run) -> None:
     assert row["finished_at"] >= row["started_at"]
 
 
+@pytest.mark.parametrize(
+    "end",
+    ["request_kill", "mark_killed", "mark_lost", "mark_failed", "mark_succeeded"],
+)
+def test_an_end_is_never_before_the_start(make_run, end: str) -> None:
+    """A forced kill from a host whose clock is behind the worker's (a web server 3 s
+    behind) stamped ``finished_at`` before ``started_at``: a negative duration in the
+    admin, the API, the stats and the monitors. The end took the clock of the process
+    that wrote it as it was; it is now never before the start."""
+    worker_clock = timezone.now() + timedelta(seconds=3)
+    run = make_run(started_at=worker_clock)
+    if end == "request_kill":
+        assert JobRun.objects.filter(pk=run.pk).request_kill(force=True) == 1
+        run.refresh_from_db()
+    else:
+        getattr(run, end)()
+    row = _row(run)
+    assert row["finished_at"] == row["started_at"] == worker_clock
+    assert run.finished_at == row["finished_at"]  # the instance holds what was stored
+    assert run.duration == timedelta(0)
+    [stats] = JobRun.objects.stats()
+    assert stats["min_duration"] == 0
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_an_attempt_s_end_is_never_before_its_start(make_run, retry: bool) -> None:
+    """The same for the end of an attempt kept in ``attempts``, by a retry or by a
+    restart on another worker whose clock is behind."""
+    worker_clock = timezone.now() + timedelta(seconds=3)
+    run = make_run(started_at=worker_clock)
+    if retry:
+        run.mark_failed(ValueError("flaky"), retry=True)
+    else:
+        run.mark_running(worker="b:2")
+    [entry] = _row(run)["attempts"]
+    assert entry["finished_at"] == entry["started_at"] == worker_clock.isoformat()
+
+
 def test_restart_bumps_attempt_and_keeps_history(make_run) -> None:
     run = make_run(status=Status.RUNNING, worker="a:1", error="stalled")
     first_start = run.started_at
@@ -547,6 +585,24 @@ def test_set_progress_past_the_stored_total_is_refused(run) -> None:
     with pytest.raises(ValueError, match="greater than total"):
         run.set_progress(6)
     assert _row(run)["progress_current"] == 1
+
+
+def test_set_progress_on_an_older_copy_is_judged_on_the_stored_total(run) -> None:
+    """``run.set_progress(50)`` without a total, on a copy read before another writer
+    lowered the total (a new step: ``job.step("pass 2", total=10)``), raised
+    IntegrityError from the ``progress <= total`` constraint, where a fresh copy gives a
+    ValueError: the copy checked the total it held, and the UPDATE did not."""
+    run.set_progress(0, 100)
+    copy = JobRun.objects.get(pk=run.pk)
+    run.set_progress(0, 10)
+    with pytest.raises(ValueError, match=r"50\) is greater than total \(10\)"):
+        copy.set_progress(50)
+    assert copy.progress_total == 10
+    assert _row(run)["progress_current"] == 0
+    # A copy read before the total was raised may go up to the stored total.
+    run.set_progress(0, 100)
+    copy.set_progress(50)
+    assert _row(run)["progress_current"] == copy.progress_current == 50
 
 
 def test_progress_check_constraint(run) -> None:

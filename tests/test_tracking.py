@@ -1078,6 +1078,28 @@ def test_a_run_killed_by_force_stays_killed() -> None:
     assert _row(job.run).status == Status.KILLED
 
 
+@pytest.mark.parametrize("flush", [True, False])
+def test_an_error_logged_after_a_forced_kill_marks_the_run_has_errors(
+    flush: bool,
+) -> None:
+    """A job killed by force that cannot be stopped at once (a thread pool, a solo
+    worker) goes on and logs ``job.error(...)``: its ERROR line was written on the
+    killed run, by its next write or by its end, but the run kept ``has_errors =
+    False``, so the admin's "has errors" filter and ``with_errors()`` missed it. The
+    flag went only with the progress write, refused once the run had ended, while
+    ``JobRun.log()`` at ERROR sets it whatever the run's state."""
+    with track("x", interval=3600) as job:
+        JobRun.objects.get(pk=job.run.pk).mark_killed()
+        job.error("row 7 could not be written")
+        if flush:
+            job.flush()  # refused: the run ended elsewhere; its lines are written
+            assert _row(job.run).has_errors is True
+    run = _row(job.run)
+    assert run.status == Status.KILLED
+    assert JobLog.objects.for_run(run).errors().count() == 1
+    assert list(JobRun.objects.with_errors()) == [run]
+
+
 @pytest.mark.parametrize("raised", [None, ValueError("boom")])
 def test_a_job_that_went_on_after_its_run_ended_says_so_on_the_run(
     raised: Exception | None,

@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +35,6 @@ from django.db.models import Case, F, Q, TextField, Value, When
 from django.utils import timezone
 from django.utils.translation import ngettext
 
-from django_jobstatus import writebehind
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
 from django_jobstatus.models import (
@@ -279,39 +280,45 @@ def batch(name: str, *, using: str | None = None, **fields: Any) -> Iterator[Job
     block sets the total and refreshes the parent (children may all have run already);
     with no child it ends succeeded. An exception in the block ends the parent failed
     with it (killed with a JobKilled), and is re-raised; the children enqueued before it
-    run on.
+    run on. Inside a transaction the block ends at its commit (``_end()``).
     """
     # Inside another batch() block, one of its children: that batch ends with this one.
     fields.setdefault("parent", current_parent())
     db = using or settings.DATABASE
     parent = JobRun.objects.db_manager(db).enqueue(name, progress_total=None, **fields)
-    uncommitted = _in_open_transaction(db)
-    if uncommitted:
-        _UNCOMMITTED.add(parent.pk)
+    _blocks[parent] = _Block(uncommitted=_in_open_transaction(db))
+    hooks = _hooks()
     token = _parent.set(parent)
     try:
         yield parent
     except BaseException as error:
         _parent.reset(token)
-        _UNCOMMITTED.discard(parent.pk)
         try:
-            _close(parent, error)
+            _end(parent, hooks, error)
         except Exception:
             # The block's own error matters more (the database may be why it raised).
             logger.exception("Could not record the failure of batch %s.", parent.pk)
         raise
     _parent.reset(token)
-    _UNCOMMITTED.discard(parent.pk)
-    if uncommitted:
-        # After the children recorded elsewhere are made its own (adopt(), registered
-        # before); a rollback takes the parent with it, and they stay runs of no batch.
-        transaction.on_commit(functools.partial(_close, parent), using=db)
-    else:
-        _close(parent)
+    _end(parent, hooks)
 
 
-# The batch() parents created in a transaction still open, while their block runs.
-_UNCOMMITTED: set[Any] = set()
+@dataclass
+class _Block:
+    """What this process keeps of a ``batch()`` parent until its block is closed."""
+
+    # Created in a transaction that the connection the integrations record through
+    # cannot see: children recorded there are written without it, and adopted at the close.
+    uncommitted: bool
+    adoptions: list[tuple[str, str]] = field(default_factory=list)
+    kill_read_at: float = field(default_factory=time.monotonic)
+
+
+# Weak: a parent whose transaction rolled back, its close dropped, leaves nothing behind.
+_blocks: weakref.WeakKeyDictionary[JobRun, _Block] = weakref.WeakKeyDictionary()
+
+# How often, at most, an open block reads whether its batch was asked to stop (seconds).
+_KILL_READ_INTERVAL = 1.0
 
 
 def _in_open_transaction(db: str) -> bool:
@@ -322,42 +329,118 @@ def _in_open_transaction(db: str) -> bool:
     return bool(connections[db].in_atomic_block) and tracking_database() != db
 
 
+def _hooks() -> dict[str, int]:
+    """How many on-commit callbacks each connection in a transaction holds now."""
+    return {
+        connection.alias: len(connection.run_on_commit)
+        for connection in connections.all(initialized_only=True)
+        if connection.in_atomic_block
+    }
+
+
+def _end(
+    parent: JobRun, hooks: dict[str, int], error: BaseException | None = None
+) -> None:
+    """Close ``parent``'s block now, or when the transactions it ran in have committed.
+
+    The callbacks the block left for a commit (django-rq's push, Celery's
+    ``delay_on_commit()``, ``transaction.on_commit(lambda: task.delay())``) record their
+    runs then, as children of ``parent``; the close comes after them, and after the
+    commit of the parent's own transaction when the children cannot see it. Each keeps
+    its savepoints: a savepoint rolled back drops it still, and a rollback of the
+    parent's transaction takes the parent with it.
+    """
+    block = _blocks.get(parent)
+    waiting = set()
+    for alias, count in hooks.items():
+        # Django's (savepoint ids, func, robust), the same in 5.2 and 6.x.
+        callbacks: list[Any] = connections[alias].run_on_commit
+        left = callbacks[count:]
+        callbacks[count:] = [
+            (savepoints, _as_child(parent, func), robust)
+            for savepoints, func, robust in left
+        ]
+        if left or (alias == parent._state.db and block and block.uncommitted):
+            waiting.add(alias)
+    if not waiting:
+        _close(parent, error)
+        return
+
+    def committed(alias: str) -> None:
+        waiting.discard(alias)
+        if not waiting:
+            _close(parent, error)
+
+    for alias in list(waiting):
+        transaction.on_commit(functools.partial(committed, alias), using=alias)
+
+
+def _as_child(parent: JobRun, func: Callable[[], Any]) -> Callable[[], None]:
+    @functools.wraps(func)
+    def run() -> None:
+        with within(parent):
+            func()
+
+    return run
+
+
 def child_of(alias: str | None, fields: dict[str, Any]) -> JobRun | None:
     """A child recorded through ``alias`` (None: the write-behind writer's connection):
     when its ``fields`` name a parent that connection cannot see yet (created in the
     caller's open transaction, the children through a connection of their own), take it
-    out and return it, for ``adopt()``. The foreign key failed, and the child was not
-    recorded at all."""
+    out and return it, for ``adopt()``. The foreign key would fail, and the child would
+    not be recorded at all."""
     parent = fields.get("parent")
-    if (
-        not isinstance(parent, JobRun)
-        or parent.pk not in _UNCOMMITTED
-        or alias == parent._state.db
-    ):
+    if not isinstance(parent, JobRun):
+        return None
+    block = _blocks.get(parent)
+    committed = not connections[write_database(parent._state.db)].in_atomic_block
+    if block is None or not block.uncommitted or alias == parent._state.db or committed:
         return None
     fields["parent"] = None
     return parent
 
 
-def adopt(parent: JobRun | None, child_id: Any) -> None:
-    """Make ``child_id`` a child of ``parent`` (from ``child_of()``) once the caller's
-    transaction commits, with the parent row; nothing if it rolls back."""
-    if parent is not None and child_id is not None:
-        transaction.on_commit(
-            functools.partial(_adopt, parent, child_id), using=parent._state.db
+def adopt(parent: JobRun | None, source: str, backend_job_id: str) -> None:
+    """Make the run of ``source``'s job ``backend_job_id`` a child of ``parent`` (from
+    ``child_of()``) when its block is closed, after the commit. By the job, not the run's
+    id: a worker may have recorded the run first, and the queued one merged into it."""
+    block = _blocks.get(parent) if parent is not None else None
+    if block is not None:
+        block.adoptions.append((source, backend_job_id))
+
+
+def _adopt(parent: JobRun, adoptions: Iterable[tuple[str, str]]) -> None:
+    jobs: dict[str, list[str]] = {}
+    for source, backend_job_id in adoptions:
+        jobs.setdefault(source, []).append(backend_job_id)
+    runs = JobRun.objects.using(write_database(parent._state.db))
+    for source, ids in jobs.items():
+        runs.filter(source=source, backend_job_id__in=ids, parent__isnull=True).update(
+            parent=parent.pk
         )
 
 
-def _adopt(parent: JobRun, child_id: Any) -> None:
-    writebehind.catch_up()  # a queued child handed to the writer
-    JobRun.objects.using(write_database(parent._state.db)).filter(
-        pk=child_id, parent__isnull=True
-    ).update(parent=parent.pk)
+def _stop_late_children(parent: JobRun) -> bool:
+    """If the batch was asked to stop, ask its active children not asked yet, and say so:
+    killed while its block still enqueued, those recorded since would run unasked."""
+    runs = JobRun.objects.using(write_database(parent._state.db))
+    if not runs.filter(pk=parent.pk).kill_requested().exists():
+        return False
+    runs.filter(parent_id=parent.pk).active().not_kill_requested().request_kill()
+    return True
 
 
 def _close(parent: JobRun, error: BaseException | None = None) -> None:
-    """End ``parent``'s block: set its total, then end it failed with ``error`` (killed
-    with a JobKilled), or as its children add up (succeeded with none)."""
+    """End ``parent``'s block: adopt its children recorded elsewhere, set its total, then
+    end it failed with ``error``, killed with a JobKilled or when the batch was asked to
+    stop, or as its children add up (succeeded with none)."""
+    block = _blocks.pop(parent, None)
+    if block is not None and block.adoptions:
+        _adopt(parent, block.adoptions)
+        refresh_batch(parent)  # its progress: they may have ended, unseen by it
+    if _stop_late_children(parent) and error is None:
+        error = JobKilled(run_id=parent.pk)
     db = write_database(parent._state.db)
     state = batch_status(parent)
     JobRun.objects.using(db).filter(pk=parent.pk, progress_total__isnull=True).update(
@@ -380,8 +463,23 @@ def _close(parent: JobRun, error: BaseException | None = None) -> None:
 
 
 def current_parent() -> JobRun | None:
-    """The parent that runs recorded now belong to (inside ``batch()``), or None."""
-    return _parent.get()
+    """The parent that runs recorded now belong to (inside ``batch()``), or None.
+
+    Called as each run is recorded: at most every ``_KILL_READ_INTERVAL``, an open block
+    asks the children recorded since its batch was asked to stop (``_close()`` asks the
+    last ones).
+    """
+    parent = _parent.get()
+    if parent is None:
+        return None
+    block = _blocks.get(parent)
+    if (
+        block is not None
+        and time.monotonic() - block.kill_read_at >= _KILL_READ_INTERVAL
+    ):
+        block.kill_read_at = time.monotonic()
+        _stop_late_children(parent)
+    return parent
 
 
 @contextlib.contextmanager

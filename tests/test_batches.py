@@ -504,3 +504,56 @@ def test_a_batch_inside_a_batch_block_is_one_of_its_children() -> None:
     assert set(outer.children.values_list("pk", flat=True)) == {inner.pk, listed.pk}
     assert outer.status == Q
     assert outer.progress_total == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_recorded_at_the_commit_by_a_batch_s_block_is_its_child() -> None:
+    """``with batch("imports.all"): queue.enqueue(...)`` inside ``transaction.atomic()``
+    (or ATOMIC_REQUESTS) with django-rq's default COMMIT_MODE, Celery's
+    ``delay_on_commit()`` or Django's ``transaction.on_commit(lambda: task.delay())``:
+    the push, and the recording of its run, wait for the commit. The parent ended
+    ``succeeded`` 0 of 0 at the block's end (at once on SQLite, where only django-rq's
+    push was carried over; at the commit before the push on PostgreSQL for the others),
+    and the runs recorded at the commit were children of a finished batch, or of none.
+    A push made in a savepoint that rolled back is dropped with it."""
+    from django.db import transaction
+
+    from django_jobstatus.contrib._execution import record_queued
+
+    with transaction.atomic():
+        with batch("imports.all") as parent:
+            transaction.on_commit(lambda: record_queued("rq", "job-1", "imports.one"))
+            with contextlib.suppress(ValueError), transaction.atomic():
+                transaction.on_commit(
+                    lambda: record_queued("rq", "job-2", "imports.one")
+                )
+                raise ValueError("file 2 is bad")
+        parent.refresh_from_db()
+        assert (parent.status, parent.progress_total) == (Q, None)  # not over yet
+    parent.refresh_from_db()
+    runs = JobRun.objects.filter(source="rq")
+    assert list(runs.values_list("backend_job_id", "parent_id")) == [
+        ("job-1", parent.pk)
+    ]
+    assert (parent.status, parent.progress_total) == (Q, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_child_recorded_after_its_batch_was_asked_to_stop_is_asked_too() -> None:
+    """A batch killed (``request_kill_batch()``, the run page's kill) while its block still
+    enqueued, a command looping over 10,000 files: the children recorded after the kill
+    had no kill request, their workers ran them to their end, and the parent followed
+    them to ``succeeded`` as if no kill had been asked."""
+    from django_jobstatus.contrib._execution import record_queued
+
+    with batch("imports.all") as parent:
+        record_queued("rq", "job-1", "imports.one")
+        assert request_kill_batch(parent) == 2  # the parent and job-1
+        late = JobRun.objects.get(pk=record_queued("rq", "job-2", "imports.one"))
+    late.refresh_from_db()
+    assert late.kill_requested_at is not None
+    with track(late.job_name, run=late) as job:  # its worker starts it
+        job.check_kill()
+        pytest.fail("the batch was asked to stop before this child was recorded")
+    parent.refresh_from_db()
+    assert (parent.status, late.parent_id) == (K, parent.pk)

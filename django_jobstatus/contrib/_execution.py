@@ -135,7 +135,7 @@ def record_queued(
             )
             values["id"] = uuid7()
             if writebehind.writer.put(settings.DATABASE, values):
-                batches.adopt(later, values["id"])
+                batches.adopt(later, source, backend_job_id)
                 return values["id"]
             fields["parent"] = later or fields["parent"]
     created: list[Any] = []
@@ -156,7 +156,7 @@ def record_queued(
         run = JobRun.objects.db_manager(alias).enqueue(
             name, source=source, backend_job_id=backend_job_id, **mine
         )
-        batches.adopt(later, run.pk)
+        batches.adopt(later, source, backend_job_id)
         created.append(run.pk)
 
     best_effort(
@@ -274,7 +274,7 @@ class Execution:
                     attempt=self.attempt,
                     **fields,
                 )
-                batches.adopt(later, run.pk)
+                batches.adopt(later, self.source, self.backend_job_id)
                 self.created = True
             else:
                 run.mark_running(worker=self.worker, using=alias)

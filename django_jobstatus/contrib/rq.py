@@ -49,7 +49,7 @@ from typing import Any
 import django_rq
 import rq
 import rq.registry
-from django.db import connection, connections, transaction
+from django.db import connections
 from django.utils.translation import gettext as _
 from django_rq.queues import DjangoRQ
 from redis import Redis
@@ -59,7 +59,7 @@ from rq.job import JobStatus
 from rq.results import Result
 from rq.utils import import_attribute
 
-from django_jobstatus import batches, contrib, health, own_connections, writebehind
+from django_jobstatus import contrib, health, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
@@ -167,25 +167,6 @@ class Queue(DjangoRQ):
             if hasattr(job, _FRESH):
                 delattr(job, _FRESH)
         return job
-
-    def enqueue_call(self, *args: Any, **kwargs: Any) -> Any:
-        """django-rq's, but a job it pushes at the commit (its default ``COMMIT_MODE``
-        inside a transaction) made inside ``batch()`` is still a child of that batch: the
-        block had ended, and it was recorded as a run of no batch."""
-        parent = batches.current_parent()
-        if (
-            parent is None
-            or getattr(self, "_commit_mode", None) != "on_db_commit"
-            or not connection.in_atomic_block
-        ):
-            return super().enqueue_call(*args, **kwargs)  # type: ignore[no-untyped-call]
-
-        def push() -> None:
-            with batches.within(parent):
-                self.original_enqueue_call(*args, **kwargs)  # type: ignore[no-untyped-call]
-
-        transaction.on_commit(push)
-        return None
 
     def enqueue_many(
         self, job_datas: Iterable[Any], pipeline: Any = None, *args: Any, **kwargs: Any

@@ -4,6 +4,7 @@ request). Found by a red-team pass."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -196,3 +197,137 @@ def test_a_job_django_rq_enqueues_at_the_commit_is_a_child_of_its_batch(
         )
     finally:
         queue.empty()
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("celery_on")
+def test_celery_tasks_sent_at_the_commit_of_a_batch_are_its_children() -> None:
+    """Celery's own answer to "enqueue inside a transaction", ``delay_on_commit()`` /
+    ``apply_async_on_commit()`` (DjangoTask), and Django's documented
+    ``transaction.on_commit(lambda: task.delay())``, inside ``batch()`` in a view under
+    ATOMIC_REQUESTS: the parent ended ``succeeded`` with 0 children at the commit, and the
+    tasks, published at that same commit after the block had ended, were runs of no
+    batch. Only django-rq's deferred push carried the parent over."""
+    from tests.contrib.celery_app import add
+
+    queue = f"rt-tx-{uuid.uuid4().hex[:8]}"
+    try:
+        with transaction.atomic(), batch("rt.on-commit") as parent:
+            add.apply_async_on_commit(args=(1, 2), queue=queue)
+            transaction.on_commit(lambda: add.apply_async(args=(3, 4), queue=queue))
+        writebehind.flush()
+        published = redis.Redis.from_url(BROKER_URL).llen(queue)
+    finally:
+        redis.Redis.from_url(BROKER_URL).delete(queue)
+    parent.refresh_from_db()
+    runs = JobRun.objects.filter(source="celery", queue=queue)
+    assert published == 2
+    assert list(runs.values_list("parent_id", flat=True)) == [parent.pk] * 2
+    assert (parent.status, parent.progress_total) == (Status.QUEUED, 2)
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("celery_on")
+def test_a_task_sent_in_a_savepoint_rolled_back_is_still_a_child_of_its_batch() -> None:
+    """A batch in a view under ATOMIC_REQUESTS that handles each item in a savepoint and
+    skips a failed one: a task sent before the savepoint rolled back is published all the
+    same (the broker is not transactional), runs, and its run is recorded, but it was no
+    child of the batch, which counted 1 of its 2 tasks. Its adoption was an on_commit
+    callback registered inside the savepoint, and Django drops those."""
+    queue = f"rt-tx-{uuid.uuid4().hex[:8]}"
+    try:
+        with transaction.atomic(), batch("rt.savepoint") as parent:
+            first = app.send_task("tests.add", args=[1, 2], queue=queue)
+            try:
+                with transaction.atomic():
+                    second = app.send_task("tests.add", args=[3, 4], queue=queue)
+                    raise ValueError("item 2 is bad")
+            except ValueError:
+                pass
+        writebehind.flush()
+        published = redis.Redis.from_url(BROKER_URL).llen(queue)
+    finally:
+        redis.Redis.from_url(BROKER_URL).delete(queue)
+    parent.refresh_from_db()
+    runs = JobRun.objects.filter(backend_job_id__in=[first.id, second.id])
+    assert published == 2
+    assert list(runs.values_list("parent_id", flat=True)) == [parent.pk] * 2
+    assert parent.progress_total == 2
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "default__jobstatus"])
+def test_a_batch_whose_block_raised_inside_atomic_counts_its_children(
+    settings: Any,
+) -> None:
+    """A ``batch()`` inside ``transaction.atomic()`` whose block raised after running an
+    immediate task, the error caught and the transaction committed: the parent ended
+    failed 0 of 0 with ``{"children": {}}`` at the raise, before its child (which ran and
+    succeeded) was adopted at the commit, and nothing refreshed it again."""
+    from django_jobstatus.contrib import tasks as integration
+    from tests.contrib.tasks_app import tasks
+
+    settings.TASKS = {
+        "default": {
+            "BACKEND": f"{tasks.FRAMEWORK}.backends.immediate.ImmediateBackend",
+            "QUEUES": [],
+        }
+    }
+    integration.connect()
+    try:
+        with (
+            transaction.atomic(),
+            contextlib.suppress(ValueError),
+            batch("rt.caught") as parent,
+        ):
+            result = tasks.add.enqueue(1, 2)
+            raise ValueError("the import's last step failed")
+    finally:
+        integration.disconnect()
+    parent.refresh_from_db()
+    child = JobRun.objects.get(source="django_tasks", backend_job_id=str(result.id))
+    assert (child.status, child.parent_id) == (Status.SUCCEEDED, parent.pk)
+    assert (parent.status, parent.error) == (
+        Status.FAILED,
+        "ValueError: the import's last step failed",
+    )
+    assert (parent.progress_current, parent.progress_total, parent.result) == (
+        1,
+        1,
+        {"children": {Status.SUCCEEDED: 1}},
+    )
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("celery_on")
+def test_a_child_a_worker_recorded_before_the_writer_is_adopted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch inside ``transaction.atomic()`` whose task an idle worker took before the
+    write-behind writer wrote its queued run: the worker recorded the run, the writer
+    merged its queued time into it (writebehind.py), and the commit's adoption, by the id
+    of the writer's row, matched nothing: the batch ended ``succeeded`` 0 of 0 while its
+    task ran outside it."""
+    real = writebehind._insert
+
+    def worker_first(alias: str, rows: list[dict[str, Any]]) -> None:
+        for row in rows:  # what a worker that finds no queued run records
+            JobRun.objects.db_manager(alias).start(
+                row["job_name"],
+                source=row["source"],
+                backend_job_id=row["backend_job_id"],
+                worker="celery@elsewhere:1",
+            )
+        real(alias, rows)
+
+    monkeypatch.setattr(writebehind, "_insert", worker_first)
+    queue = f"rt-tx-{uuid.uuid4().hex[:8]}"
+    try:
+        with transaction.atomic(), batch("rt.race") as parent:
+            sent = app.send_task("tests.add", args=[1, 2], queue=queue)
+            writebehind.flush()  # the writer's turn, after the worker's
+    finally:
+        redis.Redis.from_url(BROKER_URL).delete(queue)
+    parent.refresh_from_db()
+    run = JobRun.objects.get(source="celery", backend_job_id=sent.id)
+    assert run.queued_at is not None  # the writer's row merged into the worker's
+    assert (run.parent_id, parent.status) == (parent.pk, Status.RUNNING)

@@ -9,6 +9,7 @@ import threading
 import time
 import traceback as tb
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -1069,6 +1070,19 @@ class JobMonitor(models.Model):
                     % {"name": self.job_name}
                 },
                 code="unknown_job",
+            )
+
+    def validate_unique(self, exclude: Collection[str] | None = None) -> None:
+        """Django's, with the job name asked of DATABASE: a replica (READ_DATABASE) may
+        not have a monitor just created, and the insert failed (an IntegrityError)."""
+        skipped = set(exclude or ())
+        super().validate_unique(exclude=skipped | {"job_name"})
+        if "job_name" in skipped or not self.job_name:
+            return
+        stored = type(self)._default_manager.using(write_database(self._state.db))
+        if stored.filter(job_name=self.job_name).exclude(pk=self.pk).exists():
+            raise ValidationError(
+                {"job_name": [self.unique_error_message(type(self), ("job_name",))]}
             )
 
     @property

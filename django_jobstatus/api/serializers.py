@@ -545,7 +545,13 @@ class JobMonitorSerializer(_StrictBody, serializers.ModelSerializer):
             "enabled_at",
             "cadence_changed_at",
         ]
-        extra_kwargs = {"job_name": {"min_length": 1}}  # in the schema too
+        extra_kwargs = {
+            "job_name": {
+                "min_length": 1,  # in the schema too
+                # Unique: the model's check, which asks DATABASE (DRF's asks the replica).
+                "validators": [],
+            }
+        }
 
     @extend_schema_field(_LastRunSerializer(allow_null=True))
     def get_last_run(self, monitor: JobMonitor) -> dict[str, Any] | None:

@@ -447,3 +447,19 @@ def test_a_monitor_just_created_can_be_changed_at_once(routed, monitor_api, past
         deleted = monitor_api.delete(url)
     assert deleted.status_code == 204, (deleted.status_code, deleted.content)
     assert not JobMonitor.objects.using("default").exists()
+
+
+@pytest.mark.postgres
+def test_a_second_monitor_for_a_job_just_watched_is_a_400(routed, monitor_api, past_run):
+    """A client that sends its "watch this job" twice in a row: the second was a 500
+    (an IntegrityError on the insert), the model's uniqueness check having asked the
+    replica, which did not have the first monitor yet. It is a 400 naming job_name, as
+    without a replica."""
+    past_run("tests.new")
+    with lagging_replica():
+        body = {"job_name": "tests.new", "every": 3600}
+        assert monitor_api.post(MONITORS, body, format="json").status_code == 201
+        again = monitor_api.post(MONITORS, body, format="json")
+    assert again.status_code == 400, (again.status_code, again.content)
+    assert "job_name" in again.json()
+    assert JobMonitor.objects.using("default").count() == 1

@@ -42,6 +42,7 @@ from django_jobstatus.values import (
     BIGINT_MAX,
     check_job_name,
     check_json,
+    check_progress,
     default_worker,
     storable,
 )
@@ -659,9 +660,23 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
     def _checked(name: str, status: str, fields: dict[str, Any]) -> dict[str, Any]:
         """The field values of the run to record, checked and storable."""
         check_job_name(name)
+        for field in ("job_name", "status", "finished_at", "error_fingerprint"):
+            # Named here or set by the run's moves (mark_*()): status="bogus" was stored.
+            if field in fields:
+                raise ValueError(
+                    f"{field} is not given when a run is recorded: the job is named by "
+                    "the first argument, and the run's moves (mark_*()) set the rest."
+                )
         for field in ("params", "data", "result"):
             if field in fields:
                 check_json(field, fields[field])
+        if "progress_current" in fields or "progress_total" in fields:
+            # As the handle and set_progress() refuse them: the database's CHECK
+            # constraint raised IntegrityError, which breaks the caller's transaction.
+            current, total = check_progress(
+                fields.get("progress_current", 0), fields.get("progress_total")
+            )
+            fields |= {"progress_current": current, "progress_total": total}
         now = timezone.now()
         fields.setdefault("created_at", now)
         fields.setdefault("updated_at", now)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, Token
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import (
@@ -53,6 +53,7 @@ from django_jobstatus.states import Status
 from django_jobstatus.values import (
     BIGINT_MAX,
     check_amount,
+    check_job_name,
     check_json,
     check_progress,
     storable,
@@ -301,6 +302,9 @@ class JobHandle:
         self._ended_elsewhere = False
         self._clamped = False
         self._written = False
+        # activate(): the handle current before it, and whether it is current somewhere.
+        self._enclosing: JobHandle | None = None
+        self._active = False
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.run.job_name} {self.run.pk}>"
@@ -885,12 +889,28 @@ class JobHandle:
     def activate(self) -> Token[JobHandle | None]:
         """Make this the handle ``current_job()`` returns in this context; the process beats for its run."""
         heartbeats.add(self)
+        self._enclosing = _current.get()
+        self._active = True
         return _current.set(self)
 
     def deactivate(self, token: Token[JobHandle | None]) -> None:
-        """Undo ``activate()``: no more beats for the run, and ``current_job()`` as before."""
+        """Undo ``activate()``: no more beats for the run, and ``current_job()`` the handle
+        current before it, or the nearest one before that still active (None if none is).
+
+        ``token`` is what ``activate()`` returned; it is not reset. Blocks in generators
+        end in any order (two consumed by ``zip()``): the block that ended last restored
+        the handle of one that had ended, and a block advanced through
+        ``asyncio.to_thread()`` ends in another context than it began, where resetting
+        the token raised ValueError. So this context changes only while this handle is
+        its current one.
+        """
         heartbeats.discard(self)
-        _current.reset(token)
+        self._active = False
+        if _current.get() is self:
+            outer = self._enclosing
+            while outer is not None and not outer._active:
+                outer = outer._enclosing
+            _current.set(outer)
         writer = _async_writer
         if writer is not None and not heartbeats.handles():
             # The process's last active run ended: the async writer lets its connections go.
@@ -1014,15 +1034,33 @@ def _uncommitted_run_database(alias: str, run: JobRun) -> str | None:
     return own if JobRun.objects.using(own).filter(pk=run.pk).exists() else None
 
 
+@overload
+def tracked(job_name: Callable[P, R], /) -> Callable[P, R | None]: ...
+
+
+@overload
 def tracked(
     job_name: str | None = None, **track_kwargs: Any
-) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+) -> Callable[[Callable[P, R]], Callable[P, R | None]]: ...
+
+
+def tracked(
+    job_name: str | Callable[P, R] | None = None, **track_kwargs: Any
+) -> Callable[P, R | None] | Callable[[Callable[P, R]], Callable[P, R | None]]:
     """Decorate a function so that each call is a tracked run (``current_job()`` inside).
 
-    The job name defaults to the function's module path. The call returns the function's
-    value, which is also stored as the run's result when it is JSON-serializable; a killed
-    run returns None.
+    ``@tracked``, ``@tracked()`` or ``@tracked("name", **track_kwargs)``; the job name
+    defaults to the function's module path. The call returns the function's value, which
+    is also stored as the run's result when it is JSON-serializable; a killed run returns
+    None.
     """
+    if callable(job_name):
+        return tracked()(job_name)  # @tracked, without parentheses
+    if job_name is not None and not isinstance(job_name, str):
+        raise TypeError(
+            "tracked() takes a job name: write @tracked, @tracked() or "
+            f'@tracked("name"), not tracked({job_name!r}).'
+        )
 
     def decorator(func: Callable[P, R]) -> Callable[P, R | None]:
         if inspect.iscoroutinefunction(func):
@@ -1037,13 +1075,17 @@ def tracked(
                 f"tracked() does not support {kind} functions: the call returns before the "
                 "generator runs; use track() inside it."
             )
-        name = job_name or f"{func.__module__}.{func.__qualname__}"
+        # Only None stands for the function's path: tracked("") is refused, as track("") is.
+        name = check_job_name(
+            f"{func.__module__}.{func.__qualname__}" if job_name is None else job_name
+        )
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
             value: R | None = None
             with track(name, **track_kwargs) as job:
                 value = func(*args, **kwargs)
+                _refuse_unstarted(func, value)
                 if job.result is None:
                     with contextlib.suppress(TypeError):
                         job.result = value
@@ -1052,3 +1094,23 @@ def tracked(
         return wrapper
 
     return decorator
+
+
+def _refuse_unstarted(func: Callable[..., Any], value: Any) -> None:
+    """Raise TypeError (closing ``value``) when ``func`` returned work that has not run
+    yet: a coroutine or a generator, from an async or generator function that another
+    decorator hid from tracked()'s check (its run was recorded succeeded at once)."""
+    if not (
+        inspect.isawaitable(value)
+        or inspect.isgenerator(value)
+        or inspect.isasyncgen(value)
+    ):
+        return
+    close = getattr(value, "close", None)
+    if close is not None:
+        close()  # a coroutine never awaited warns when it is collected
+    raise TypeError(
+        f"{func.__qualname__}() returned a {type(value).__name__} object, whose work has "
+        "not run yet: tracked() does not support async functions or generator functions, "
+        "even behind another decorator; use track() inside them."
+    )

@@ -317,6 +317,47 @@ def test_start(settings) -> None:
     assert run.heartbeat_at is not None
 
 
+@pytest.mark.parametrize("create", ["start", "enqueue"])
+@pytest.mark.parametrize(
+    ("progress", "match"),
+    [
+        ({"progress_total": -1}, "progress total must be a finite number"),
+        ({"progress_current": -1}, "progress current must be a finite number"),
+        ({"progress_current": 5, "progress_total": 3}, "greater than total"),
+    ],
+)
+def test_start_and_enqueue_refuse_a_bad_progress_with_value_error(
+    create: str, progress: dict[str, int], match: str
+) -> None:
+    """A negative total, a negative current or a current above the total, which the
+    handle and ``set_progress()`` refuse with a ValueError, reached the database and came
+    back as an IntegrityError from its CHECK constraint (on PostgreSQL one that breaks
+    the caller's transaction)."""
+    with pytest.raises(ValueError, match=match):
+        getattr(JobRun.objects, create)("tests.job", **progress)
+    assert not JobRun.objects.exists()
+
+
+@pytest.mark.parametrize("create", ["start", "enqueue"])
+@pytest.mark.parametrize(
+    "field", ["status", "finished_at", "error_fingerprint", "job_name"]
+)
+def test_start_and_enqueue_refuse_the_fields_they_and_the_moves_set(
+    create: str, field: str
+) -> None:
+    """``JobRun.objects.start("x", status="bogus")`` stored a run whose status is
+    ``bogus``: the fields given went over the ones the run is recorded with."""
+    value = {
+        "status": "bogus",
+        "finished_at": timezone.now(),
+        "error_fingerprint": "x",
+        "job_name": "tests.other",
+    }[field]
+    with pytest.raises(ValueError, match=f"^{field} is not given"):
+        getattr(JobRun.objects, create)("tests.job", **{field: value})
+    assert not JobRun.objects.exists()
+
+
 def test_start_default_worker_is_host_and_pid() -> None:
     import os
     import socket

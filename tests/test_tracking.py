@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import math
@@ -187,6 +189,99 @@ def test_tracked_refuses_generator_functions(kind: str) -> None:
     assert not JobRun.objects.exists()
 
 
+def test_tracked_without_parentheses_decorates_the_function() -> None:
+    """``@tracked`` without parentheses, as the docs write it, took the function for the
+    job name and returned the decorator: calling the function never ran it, recorded no
+    run and returned a function instead of its value."""
+
+    @tracked
+    def build(n: int) -> int:
+        assert current_job() is not None
+        return n
+
+    assert build(4) == 4
+    run = JobRun.objects.get()
+    assert (run.job_name, run.status, run.result) == (
+        f"{__name__}.test_tracked_without_parentheses_decorates_the_function.<locals>.build",
+        Status.SUCCEEDED,
+        4,
+    )
+
+
+@pytest.mark.parametrize(
+    ("job_name", "error", "match"),
+    [
+        ("", ValueError, "job_name must be a non-empty string"),
+        ("  ", ValueError, "job_name must be a non-empty string"),
+        (42, TypeError, '@tracked, @tracked\\(\\) or @tracked\\("name"\\)'),
+    ],
+)
+def test_tracked_refuses_a_job_name_that_is_not_one(
+    job_name: Any, error: type[Exception], match: str
+) -> None:
+    """``tracked("")`` recorded its runs under the function's module path, a name the
+    caller never asked for, where ``track("")`` refuses the blank name; it is refused
+    when it decorates, before any call."""
+
+    def build() -> None:
+        pass
+
+    with pytest.raises(error, match=match):
+        tracked(job_name)(build)
+    assert not JobRun.objects.exists()
+
+
+def _unawaited() -> Any:
+    async def work() -> None:
+        raise RuntimeError("the real work failed")
+
+    return work
+
+
+def _ungenerated() -> Any:
+    def rows() -> Iterator[int]:
+        yield 1
+
+    return rows
+
+
+def _async_ungenerated() -> Any:
+    async def arows() -> Any:
+        yield 1
+
+    return arows
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (_unawaited, "coroutine"),
+        (_ungenerated, "generator"),
+        (_async_ungenerated, "async_generator"),
+    ],
+)
+def test_tracked_refuses_what_another_decorator_hides_at_its_call(
+    make: Callable[[], Any], kind: str
+) -> None:
+    """An async or generator function behind a plain ``functools.wraps`` decorator (a
+    timing or retry helper) passed tracked()'s check: each call recorded its run
+    ``succeeded`` at once and returned the coroutine, whose work (and failure) came after,
+    unrecorded. The call's value gives it away: the run ends failed with a TypeError."""
+    func = make()
+
+    @functools.wraps(func)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    work = tracked("tests.hidden")(timed)
+    with pytest.raises(
+        TypeError, match=f"returned a {kind} object.*track\\(\\) inside"
+    ):
+        work()
+    run = JobRun.objects.get()
+    assert (run.status, run.error.split(":")[0]) == (Status.FAILED, "TypeError")
+
+
 # current_job().
 
 
@@ -234,6 +329,75 @@ def test_activate_and_deactivate(run) -> None:
     token = handle.activate()
     assert current_job() is handle
     handle.deactivate(token)
+    assert current_job() is None
+
+
+def _rows(name: str, n: int) -> Iterator[int]:
+    """The docs' pattern: ``track()`` inside a generator function."""
+    with track(name) as job:
+        for i in range(n):
+            job.advance()
+            yield i
+
+
+@pytest.mark.parametrize("first_to_end", ["a", "b"])
+def test_generators_consumed_interleaved_leave_no_ended_run_current(
+    first_to_end: str,
+) -> None:
+    """Two generators with ``track()`` inside, consumed interleaved (``zip()``, a merge):
+    once both had ended, ``current_job()`` outside any block was the first one's handle,
+    of an ended run (the second block's end reset the token to what it saw at its start),
+    so the logging integration and any ``current_job()`` reported into an ended run."""
+    gens = {"a": _rows("tests.a", 2), "b": _rows("tests.b", 2)}
+    handles = {}
+    for key, gen in gens.items():
+        next(gen)
+        handles[key] = current_job()
+    second = "b" if first_to_end == "a" else "a"
+    assert list(gens[first_to_end]) == [1]
+    assert current_job() is handles[second]  # the block still running
+    assert list(gens[second]) == [1]
+    assert current_job() is None
+    assert set(JobRun.objects.values_list("status", flat=True)) == {Status.SUCCEEDED}
+
+
+def test_a_suspended_generator_s_block_is_its_consumer_s_current_job() -> None:
+    """What tracking.md says: a generator has no context of its own, so while one is
+    suspended inside its ``track()`` block, ``current_job()`` in the job consuming it is
+    the generator's handle (a line logged through it lands on the generator's run); the
+    job's own handle still logs on its run, and once the generator is closed
+    ``current_job()`` is the job's again."""
+    with track("tests.outer") as outer:
+        rows = _rows("tests.rows", 3)
+        next(rows)
+        inner = current_job()
+        assert inner is not None
+        assert inner.run.job_name == "tests.rows"
+        outer.info("the outer job's line")
+        rows.close()
+        assert current_job() is outer
+    line = JobLog.objects.get(message="the outer job's line")
+    assert line.run_id == outer.run.pk
+
+
+async def _next_in_threads(gen: Iterator[int]) -> list[int]:
+    items: list[int] = []
+    end = object()
+    while (item := await asyncio.to_thread(next, gen, end)) is not end:
+        items.append(item)
+    return items
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_generator_advanced_through_asyncio_to_thread_ends_succeeded() -> None:
+    """A generator with ``track()`` inside consumed from async code with
+    ``asyncio.to_thread(next, gen)``: each step runs in a fresh copy of the context, so the
+    block's end reset its token in another context than it was made in, and
+    ``ValueError: <Token ...> was created in a different Context`` came out of ``next()``,
+    the run already recorded succeeded: the caller saw its job crash."""
+    assert asyncio.run(_next_in_threads(_rows("tests.threads", 3))) == [0, 1, 2]
+    run = JobRun.objects.get()
+    assert (run.status, run.progress_current) == (Status.SUCCEEDED, 3)
     assert current_job() is None
 
 

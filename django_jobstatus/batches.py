@@ -10,7 +10,8 @@ status changes. Inside ``with batch(name) as parent:`` the runs that integration
 record (a task enqueued there) become children of ``parent``. Until the block ends the
 parent has no total (``progress_total`` is NULL) and stays ``queued``: its children so
 far do not say the batch is over. The mark lives in the row, as the children end in
-other processes.
+other processes. A run a worker runs, with children of its own, is no batch's parent:
+it ends as its job does.
 
 The aggregate: ``queued`` while every child is queued; ``failed`` as soon as one child
 failed or was lost; ``succeeded`` when all succeeded; ``killed`` when all finished and
@@ -167,6 +168,19 @@ def _is_open(parent: JobRun) -> bool:
     return parent.status == Status.QUEUED and parent.progress_total is None
 
 
+# A batch's parent: a run no worker runs. start_batch() and batch() enqueue it, and
+# _move() starts it with no worker; a run started by a worker or a process (track(),
+# mark_running(), an integration) always names one, and may have children of its own
+# (``track("step", parent=job.run)``) without being a batch: they neither move it nor
+# write its progress, and the reaper calls it lost when it falls silent.
+# _is_batch_parent() is the same test on a run read.
+BATCH_PARENT = Q(worker="")
+
+
+def _is_batch_parent(run: JobRun) -> bool:
+    return run.worker == ""
+
+
 def _move(
     parent: JobRun,
     target: str,
@@ -217,7 +231,8 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
     working from an older view of the children never undoes a newer one. A parent whose
     ``batch()`` block was open when the children were read gets no total and does not
     move: the view may lack the children the block records after it (the block's end
-    refreshes it again).
+    refreshes it again). A run a worker runs is no batch's parent (``BATCH_PARENT``):
+    it is left as it is.
     """
     db = write_database(parent._state.db)
     # Read before the children: closed then, the block had recorded every child.
@@ -225,14 +240,14 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
     state = batch_status(parent)
     now = timezone.now()
     newer = JobRun.objects.using(db).filter(
-        pk=parent.pk, progress_current__lte=state.done
+        BATCH_PARENT, pk=parent.pk, progress_current__lte=state.done
     )
     values: dict[str, Any] = {"progress_current": state.done, "updated_at": now}
     if not was_open:
         values["progress_total"] = state.total
     newer.update(**values)
     parent.refresh_from_db(using=db)
-    if was_open:
+    if was_open or not _is_batch_parent(parent):
         return state
     if parent.status in (Status.FAILED, Status.KILLED):
         # It ended before its last child did: its figures follow the others to their end.
@@ -500,10 +515,13 @@ def _child_changed(sender: Any, *, run: JobRun, **kwargs: Any) -> None:
     if run.parent_id is None:
         return
     try:
-        parent = JobRun.objects.using(write_database(run._state.db)).get(
-            pk=run.parent_id
+        parent = (
+            JobRun.objects.using(write_database(run._state.db))
+            .filter(BATCH_PARENT, pk=run.parent_id)
+            .first()
         )
-        refresh_batch(parent)
+        if parent is not None:  # not a run a worker runs
+            refresh_batch(parent)
     except Exception:
         logger.exception(
             "Could not refresh batch %s after its child %s changed.",

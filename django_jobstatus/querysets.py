@@ -255,15 +255,16 @@ def stale_condition(timeout: timedelta) -> Q:
 
 
 def with_active_child() -> Q:
-    """Runs with a child queued, running or retrying: a batch's parent, which no worker
-    runs and which lives while they are active. One subquery (not correlated: once per
-    query)."""
+    """Batches' parents with a child queued, running or retrying: no worker runs them
+    (``batches.BATCH_PARENT``), and they live while their children are active. A run a
+    worker runs, children or not, lives by its own heartbeats. One subquery (not
+    correlated: once per query)."""
     from django_jobstatus.models import JobRun
 
     parents = JobRun.objects.filter(
         status__in=sorted(Status.ACTIVE), parent__isnull=False
     ).values("parent_id")
-    return Q(pk__in=parents)
+    return Q(worker="", pk__in=parents)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,7 +42,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_jobstatus import contrib, statements
-from django_jobstatus.batches import refresh_batch
+from django_jobstatus.batches import BATCH_PARENT, refresh_batch
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
 from django_jobstatus.models import JobLog
@@ -1064,11 +1064,12 @@ def _reap_stale(
 
 
 def _parents(runs: JobRunQuerySet, pks: list[Any]) -> set[Any]:
-    """Which of the runs ``pks`` have children (batches' parents): a query a chunk."""
+    """Which of the runs ``pks`` are batches' parents, with children and no worker (a
+    run a worker runs, children or not, is lost when it falls silent): a query a chunk."""
     found: set[Any] = set()
     every = runs.model.objects.using(runs.db).order_by()
     for part in _chunks(pks, _chunk_size(runs.db)):
-        children = every.filter(parent_id__in=part)
+        children = every.filter(parent__in=every.filter(BATCH_PARENT, pk__in=part))
         found.update(children.values_list("parent_id", flat=True).distinct())
     return found
 

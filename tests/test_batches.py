@@ -557,3 +557,21 @@ def test_a_child_recorded_after_its_batch_was_asked_to_stop_is_asked_too() -> No
         pytest.fail("the batch was asked to stop before this child was recorded")
     parent.refresh_from_db()
     assert (parent.status, late.parent_id) == (K, parent.pk)
+
+
+@pytest.mark.django_db(transaction=True)  # the parent is refreshed on the commit
+def test_a_step_tracked_as_a_run_of_its_own_does_not_end_the_job_that_runs_it() -> None:
+    """``track()`` takes run fields, ``parent`` among them: a job that tracks one step as a
+    run of its own, ``track("import.file", parent=job.run)``, had its own run (which its
+    worker was still running) ended ``succeeded`` the moment the step ended, its progress
+    1 of 5 overwritten with the step's 1 of 1; the job's later failure was then refused
+    ("cannot move from succeeded to failed") and the record said succeeded. The batches'
+    refresh took any run with a child for a batch's parent; a worker runs this one."""
+    with pytest.raises(ZeroDivisionError), track("import.all", interval=0) as job:
+        job.progress(1, total=5)
+        with track("import.file", parent=job.run):
+            pass
+        seen = JobRun.objects.get(pk=job.run.pk)
+        assert (seen.status, seen.progress_current, seen.progress_total) == (R, 1, 5)
+        _ = 1 / 0
+    assert JobRun.objects.get(pk=job.run.pk).status == F

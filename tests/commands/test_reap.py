@@ -260,6 +260,59 @@ def test_a_batch_whose_children_all_ended_is_settled_not_lost(
     assert (parent.status, parent.error) == (Status.FAILED, "1 of 1 child run failed.")
 
 
+def test_a_dead_job_with_a_finished_step_of_its_own_is_lost_not_settled(
+    make_run: Any,
+) -> None:
+    """A worker running a job whose run has a child (a step it tracked as a run of its
+    own, ``track("step", parent=job.run)``, or a job it enqueued with ``parent=job.run``)
+    died. The reaper did not mark the job lost: it took the run for a batch's parent and
+    ended it as its children added up, ``succeeded``, counted as settled. A run a worker
+    runs is no batch's parent: silent, it is lost like any run."""
+    dead = make_run(
+        "tests.job", worker="host:1", started_at=ago(3600), heartbeat_at=ago(3600)
+    )
+    make_run("tests.step", status=Status.SUCCEEDED, parent=dead)
+
+    dry = JobRun.objects.reap(300, dry_run=True)
+    result = JobRun.objects.reap(300)
+
+    assert (dry.reaped, dry.settled, result.reaped, result.settled) == (1, 0, 1, 0)
+    assert status(dead) == Status.LOST
+
+
+def test_a_dead_job_whose_own_child_still_waits_is_lost(make_run: Any) -> None:
+    """The same dead job, with a task it enqueued (``parent=job.run``) still queued: the
+    reaper left it ``running`` until the task ended, as a batch's parent waits for its
+    children, though its worker was gone."""
+    dead = make_run(
+        "tests.job", worker="host:1", started_at=ago(3600), heartbeat_at=ago(3600)
+    )
+    make_run("tests.sub", status=Status.QUEUED, parent=dead)
+
+    result = JobRun.objects.reap(300)
+
+    assert (result.reaped, result.settled) == (1, 0)
+    assert status(dead) == Status.LOST
+
+
+def test_a_lost_retry_of_a_job_with_a_finished_step_of_its_own_is_expired_not_settled(
+    make_run: Any,
+) -> None:
+    """The same job, its retry's message lost: the reaper took the waiting run for a
+    batch's parent, started it and ended it ``succeeded`` from its first attempt's step,
+    a retry that never ran."""
+    waiting = make_run("tests.job", status=Status.RETRYING, worker="host:1", attempt=2)
+    make_run("tests.step", status=Status.SUCCEEDED, parent=waiting)
+    JobRun.objects.update(updated_at=ago(7200))
+
+    result = JobRun.objects.reap(300, queued_timeout=3600)
+
+    assert (result.expired, result.settled) == (1, 0)
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.result) == (Status.KILLED, None)
+    assert waiting.message.startswith("Killed: attempt 2 waiting since")
+
+
 def test_a_batch_whose_children_are_due_later_is_not_killed_as_queued_too_long(
     django_capture_on_commit_callbacks: Any,
 ) -> None:

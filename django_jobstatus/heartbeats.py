@@ -14,7 +14,8 @@ The thread starts with the first active run and writes through a connection of i
 (``own_connections``), open while there are runs to beat for and closed when there are
 none. The beats stop with the process, so a killed worker's runs are still reaped. A
 forked child (RQ's work horse, Celery's pool processes) starts with no runs, no thread
-and no connection: it beats only for the runs it executes itself.
+and no connection: it beats only for the runs it executes itself (and for its job's run
+once its parent is gone: an RQ work horse whose worker was killed carries on with the job).
 """
 
 from __future__ import annotations
@@ -71,18 +72,23 @@ class Heartbeats:
         self._open = False  # whether the thread holds a connection
         self._failing = False  # whether the last beat failed (the next one comes soon)
 
-    def add(self, handle: JobHandle) -> None:
-        """Beat for ``handle``'s run from now on (starting the thread if needed)."""
+    def add(self, handle: JobHandle, *, now: bool = False) -> None:
+        """Beat for ``handle``'s run from now on (starting the thread if needed); ``now``:
+        the first beat at once, not an interval later (the process that beat for the run
+        so far died: its last beat may be an interval old already)."""
         with self._lock:
             self._handles[id(handle)] = handle
+            due = time.monotonic() + (0 if now else interval())
             if self._thread is None or not self._thread.is_alive():
-                self._due = time.monotonic() + interval()
+                self._due = due
                 self._thread = threading.Thread(
                     target=self._beat_forever, name="jobstatus-heartbeats", daemon=True
                 )
                 self._thread.start()
-            elif time.monotonic() + interval() < self._due:
-                self._wake.set()  # HEARTBEAT_TIMEOUT was made shorter: beat sooner
+            elif due < self._due:
+                # Also when HEARTBEAT_TIMEOUT was made shorter: beat sooner.
+                self._due = due
+                self._wake.set()
 
     def discard(self, handle: JobHandle) -> None:
         """Stop beating for ``handle``'s run."""

@@ -24,8 +24,10 @@ Enable with::
 - a worker that died is noticed by RQ's cleanup of abandoned jobs (``lost``), or by
   ``reap_jobstatus``;
 - a job that RQ enqueues again after a success (``rq.Repeat``) is a new run for each
-  execution; ``Job.cancel()`` ends the run killed; the runs of the jobs that wait for a
-  job that failed, was stopped or canceled (RQ keeps them deferred) end killed.
+  execution; ``Job.cancel()`` ends the run killed, and so do ``Job.delete()`` and
+  ``Queue.empty()`` for the jobs they delete before they ran; the runs of the jobs that
+  wait for a job that failed, was stopped or canceled (RQ keeps them deferred) end killed;
+- a work horse whose worker's main process died (SIGKILL) beats for its run itself.
 
 Kill sends RQ's stop-job command (forking workers only: ``SimpleWorker`` cannot stop a
 job) or cancels a job that has not started; retry enqueues the function again with the
@@ -41,6 +43,7 @@ import contextlib
 import inspect
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -54,7 +57,12 @@ from django.utils.translation import gettext as _
 from django_rq.queues import DjangoRQ
 from redis import Redis
 from rq.command import send_stop_job_command
-from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
+from rq.exceptions import (
+    AbandonedJobError,
+    DeserializationError,
+    InvalidJobOperation,
+    NoSuchJobError,
+)
 from rq.job import JobStatus
 from rq.results import Result
 from rq.utils import import_attribute
@@ -64,6 +72,7 @@ from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import InvalidTransition, JobKilled
 from django_jobstatus.fingerprints import last_line
+from django_jobstatus.heartbeats import heartbeats
 from django_jobstatus.models import JobRun, Status, default_worker
 from django_jobstatus.tracking import JobHandle, tracking_database
 
@@ -137,9 +146,14 @@ CANNOT_STOP = "jobstatus_cannot_stop"
 
 
 def _execution_of(job: rq.job.Job) -> Execution:
-    return Execution(
-        SOURCE, job.id, _name(job), worker=default_worker(), **_fields(job)
-    )
+    try:
+        name, fields = _name(job), _fields(job)
+    except DeserializationError:
+        # Its function or arguments cannot be unpickled here (e.g. a class that a deploy
+        # renamed while it waited): the run, named by what RQ keeps of the job, starts,
+        # and RQ fails the job in its work horse. Raised here, it stopped the worker.
+        name, fields = job.description or job.id, {"queue": job.origin or ""}
+    return Execution(SOURCE, job.id, name, worker=default_worker(), **fields)
 
 
 # Where jobs are enqueued.
@@ -167,6 +181,18 @@ class Queue(DjangoRQ):
             if hasattr(job, _FRESH):
                 delattr(job, _FRESH)
         return job
+
+    def empty(self) -> Any:
+        """RQ's empty(), which also ends killed the runs of the jobs it deletes (django-rq's
+        admin *Empty queue*).
+
+        RQ's script returns a count, not the ids: they are read before it runs (a job
+        enqueued between the two is deleted, and its run left queued).
+        """
+        ids = self.get_job_ids() if _connected else []
+        emptied = super().empty()  # type: ignore[no-untyped-call]
+        _record_deleted(ids)
+        return emptied
 
     def enqueue_many(
         self, job_datas: Iterable[Any], pipeline: Any = None, *args: Any, **kwargs: Any
@@ -237,6 +263,31 @@ def _forgotten_if_refused(
 # The work horse.
 
 
+# Seconds between two looks of a work horse at its parent, the worker's main process.
+PARENT_POLL = 1.0
+
+
+def _beat_once_orphaned(execution: Execution) -> threading.Event | None:
+    """In a work horse: beat for the job's run once the worker's main process, which beats
+    for it, is gone (killed with SIGKILL, say: the horse, in a process group of its own,
+    runs on and records the end); until then nothing changes. The event stops the watch;
+    None when this is no work horse of ours."""
+    handle = execution.handle
+    if handle is None or _recorder in (0, os.getpid()):
+        return None
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(PARENT_POLL):
+            if os.getppid() != _recorder:
+                # Else the reaper takes the live run for dead: its beats died with the parent.
+                heartbeats.add(handle, now=True)
+                return
+
+    threading.Thread(target=watch, name="jobstatus-rq-parent", daemon=True).start()
+    return done
+
+
 class Job(rq.job.Job):
     """RQ's job whose ``perform()`` makes ``current_job()`` work and records a success."""
 
@@ -253,6 +304,7 @@ class Job(rq.job.Job):
             execution = _execution_of(self)
             _start(execution)
         assert execution is not None  # noqa: S101 (for the type checker)
+        orphaned = None if own else _beat_once_orphaned(execution)
         try:
             handle = execution.handle
             if execution.killed_before_start or (
@@ -283,10 +335,23 @@ class Job(rq.job.Job):
                 _tell_parent(self)
             return result
         finally:
+            if orphaned is not None:
+                orphaned.set()
             if own:
                 execution.close()
             # Runs this job enqueued, written before the work horse exits without atexit.
             writebehind.flush()
+
+    def delete(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's delete, which also ends the job's run killed when the job still waited for a
+        worker (RQ also deletes a job that ran, when it keeps no result: its run ended).
+
+        (django-rq's admin *Delete* fetches RQ's own ``Job``: a delete there is not seen.)
+        """
+        waiting = _connected and self.get_status(refresh=False) in _WAITING
+        super().delete(*args, **kwargs)
+        if waiting:
+            _record_deleted([self.id])
 
     def cancel(self, *args: Any, **kwargs: Any) -> Any:
         """RQ's cancel, which also ends the job's run killed when no worker runs it.
@@ -323,6 +388,33 @@ def _record_canceled(job: rq.job.Job, *, dependents: bool) -> None:
     _execution.best_effort(record, f"the cancel of RQ job {job.id}")
     if dependents:
         _end_dependents(job, JobStatus.CANCELED)
+
+
+# Runs, at most, that one transaction of ``_record_deleted()`` ends.
+DELETED_CHUNK = 500
+
+
+@contrib.never_raises
+def _record_deleted(job_ids: list[str]) -> None:
+    """End killed the runs of the jobs ``job_ids``, deleted from Redis while they waited
+    for a worker (one that a worker runs already is left to it): one query finds them."""
+    message = str(_("Deleted through RQ before it ran."))
+    for start in range(0, len(job_ids), DELETED_CHUNK):
+        part = job_ids[start : start + DELETED_CHUNK]
+
+        def record(alias: str, part: list[str] = part) -> None:
+            runs = JobRun.objects.using(alias).filter(
+                source=SOURCE, backend_job_id__in=part
+            )
+            for run in runs.active():
+                if run.status == Status.RUNNING:
+                    continue
+                try:
+                    run.mark_killed(using=alias, message=message)
+                except InvalidTransition:  # it moved meanwhile: read it again
+                    _canceled(run, alias, message=message)
+
+        _execution.best_effort(record, f"the deletion of {len(part)} RQ jobs")
 
 
 @contrib.never_raises

@@ -103,6 +103,15 @@ def silent(seconds: float) -> str:
     return "woke up"
 
 
+def silent_and_seen(seconds: float, key: str) -> str:
+    """silent(), its pid in ``key`` while it runs, and ``<key>:done`` set at its end."""
+    connection = redis.Redis.from_url(REDIS_URL)
+    connection.set(key, str(os.getpid()), ex=600)
+    time.sleep(seconds)
+    connection.set(f"{key}:done", "1", ex=600)
+    return "woke up"
+
+
 def obedient(seconds: float) -> str:
     """A long job that stops when asked (cooperative kill)."""
     from django_jobstatus import current_job

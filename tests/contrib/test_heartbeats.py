@@ -119,12 +119,20 @@ def survives_the_reaper(run: JobRun, worker: Popen[bytes], log: Path) -> None:
     assert run.result == "woke up"
 
 
-def reaped_once_killed(run: JobRun, worker: Popen[bytes], log: Path) -> None:
-    """A worker killed with SIGKILL (its whole process group) stops beating: its run is reaped as lost."""
+def reaped_once_killed(
+    run: JobRun,
+    worker: Popen[bytes],
+    log: Path,
+    outside: Callable[[], int] | None = None,
+) -> None:
+    """A worker killed with SIGKILL (its whole process group, and the process
+    ``outside()`` names, which left the group) stops beating: its run is reaped as lost."""
     started(run, worker, log)
     silent_for(run, 1.5 * TIMEOUT)
     assert "Marked 0 runs lost" in reap()  # alive: still beaten for
     os.killpg(worker.pid, signal.SIGKILL)
+    if outside is not None:
+        os.kill(outside(), signal.SIGKILL)
     worker.wait(timeout=30)
     with like_the_workers():
         wait_for(
@@ -368,8 +376,12 @@ def rq_worker(
     )
 
 
-def rq_run(queue: rq.Queue, seconds: float) -> JobRun:
-    job = queue.enqueue(rq_jobs.silent, seconds)
+def rq_run(queue: rq.Queue, seconds: float, key: str | None = None) -> JobRun:
+    """The run of a silent job; with ``key``, the job's pid (its work horse's) goes there."""
+    if key is None:
+        job = queue.enqueue(rq_jobs.silent, seconds)
+    else:
+        job = queue.enqueue(rq_jobs.silent_and_seen, seconds, key)
     run = jobstatus_rq.find_run(job.id)
     assert run is not None
     return run
@@ -396,6 +408,49 @@ class TestRQ:
     def test_a_killed_workers_run_is_reaped(
         self, db_proxy: Proxy, tmp_path: Path, rq_queue: rq.Queue
     ) -> None:
+        """The worker and its work horse (in a process group of its own, which RQ made
+        so that it outlives its worker) are both killed: a horse alone beats for its run."""
         log = tmp_path / "rq.log"
+        key = f"jobstatus-heartbeats:{uuid.uuid4()}"
         with rq_worker(db_proxy, log) as worker:
-            reaped_once_killed(rq_run(rq_queue, 60), worker, log)
+            reaped_once_killed(
+                rq_run(rq_queue, 60, key),
+                worker,
+                log,
+                outside=lambda: int(rq_queue.connection.get(key)),
+            )
+
+    def test_a_run_whose_worker_was_killed_is_not_lost_while_its_horse_runs(
+        self, db_proxy: Proxy, tmp_path: Path, rq_queue: rq.Queue
+    ) -> None:
+        """kill -9 of the rqworker's main process (a supervisor's, or the OOM killer's)
+        leaves its work horse, a process group of its own, running the job; only the main
+        process beat for the run. The reaper marked the live job lost after the timeout,
+        and the horse's success was then refused (lost is an end): RQ said finished."""
+        log = tmp_path / "rq.log"
+        key = f"jobstatus-heartbeats:{uuid.uuid4()}"
+        with rq_worker(db_proxy, log) as worker:
+            run = rq_run(rq_queue, 5 * TIMEOUT, key)
+            started(run, worker, log)
+            horse = wait_for(
+                lambda: rq_queue.connection.get(key),
+                timeout=30,
+                what="the job to start in its work horse",
+            )
+            os.kill(worker.pid, signal.SIGKILL)  # the main process only
+            worker.wait(timeout=10)
+            begun = time.monotonic()
+            wait_for(
+                lambda: time.monotonic() - begun >= 2.5 * TIMEOUT,
+                timeout=2.5 * TIMEOUT + 30,
+                what="a silence longer than the timeout",
+            )
+            os.kill(int(horse), 0)  # the horse lives, and runs the job still
+            assert not rq_queue.connection.exists(f"{key}:done")
+            assert "Marked 0 runs lost" in reap()
+            wait_for(
+                lambda: refreshed(run).is_finished,
+                timeout=60,
+                what="the horse to record the end",
+            )
+        assert (run.status, run.result) == (Status.SUCCEEDED, "woke up")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,6 +19,8 @@ import pytest
 import redis
 import rq
 import rq.registry
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rq import Callback, Retry
 from rq.job import Dependency
@@ -24,6 +28,7 @@ from rq.job import Dependency
 from django_jobstatus import contrib
 from django_jobstatus.contrib import rq as jobstatus_rq
 from django_jobstatus.models import JobRun, Status
+from django_jobstatus.tracking import tracking_database
 from tests.contrib import rq_jobs
 from tests.contrib.dbproxy import Proxy
 from tests.contrib.workers import (
@@ -284,6 +289,45 @@ def test_a_queued_job_canceled_through_rq_ends_its_run_killed(
     waited = recorded(child)
     assert waited.status == Status.KILLED
     assert job.id in waited.message
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_job_deleted_through_rq_ends_its_run_killed(
+    local_queue: rq.Queue,
+) -> None:
+    """job.delete() on a queued job of the configured Job class: RQ has no job any more
+    and no worker will run it, but its run said ``queued`` for good."""
+    job = local_queue.enqueue(rq_jobs.add, 1, 2)
+    fetched = local_queue.fetch_job(job.id)
+    assert isinstance(fetched, jobstatus_rq.Job)
+    fetched.delete()
+    assert not local_queue.connection.exists(job.key)
+    run = recorded(job)
+    assert (run.status, run.message) == (
+        Status.KILLED,
+        "Deleted through RQ before it ran.",
+    )
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_the_jobs_of_a_queue_emptied_through_rq_end_their_runs_killed(
+    local_queue: rq.Queue,
+) -> None:
+    """queue.empty() (django-rq's admin *Empty queue*) deletes every queued job from
+    Redis: their runs said ``queued`` for good. They are found in one query."""
+    jobs = [local_queue.enqueue(rq_jobs.add, n, n) for n in range(3)]
+    assert isinstance(local_queue, jobstatus_rq.Queue)
+    with CaptureQueriesContext(connections[tracking_database()]) as captured:
+        local_queue.empty()
+    assert not any(local_queue.connection.exists(job.key) for job in jobs)
+    runs = [recorded(job) for job in jobs]
+    assert [(run.status, run.message) for run in runs] == [
+        (Status.KILLED, "Deleted through RQ before it ran.")
+    ] * 3
+    reads = [query for query in captured if query["sql"].startswith("SELECT")]
+    assert len(reads) == 1, reads
 
 
 @pytest.mark.redis
@@ -668,3 +712,46 @@ def test_a_success_is_recorded_when_the_worker_was_killed_while_its_horse_ran(
         what="the run to end",
     )
     assert (run.status, run.result) == (Status.SUCCEEDED, "woke up")
+
+
+def _unimportable(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An object of a class that only this process can import (in a worker, as a class
+    that a deploy renamed while the job waited)."""
+    module = types.ModuleType("tests_contrib_rq_only_here")
+
+    class Gone:
+        pass
+
+    Gone.__module__ = module.__name__
+    Gone.__qualname__ = "Gone"
+    module.Gone = Gone  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return Gone()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("rq_on")
+def test_a_job_the_worker_cannot_unpickle_fails_and_the_worker_goes_on(
+    db_proxy: Proxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RQ's own worker fails a job whose arguments it cannot unpickle, and goes on. Ours
+    unpickled them in its main process to record the start: the DeserializationError
+    stopped the rqworker ("found an unhandled exception, quitting..."), the run stayed
+    queued, and so did every job after it."""
+    queue = django_rq.get_queue(rq_jobs.HORSE_QUEUE)
+    with started_rq_worker(
+        db_proxy, tmp_path / "worker.log", queue=rq_jobs.HORSE_QUEUE, prefix="unpickle"
+    ) as worker:
+        job = queue.enqueue(rq_jobs.add, _unimportable(monkeypatch), 1)
+        after = queue.enqueue(rq_jobs.add, 1, 1)
+        run = finished(recorded(job), worker, timeout=30)
+        assert (run.status, run.job_name) == (
+            Status.FAILED,
+            "tests.contrib.rq_jobs.add",
+        )
+        assert "DeserializationError" in run.error, run.error
+        assert job.get_status(refresh=True) == rq.job.JobStatus.FAILED
+        next_run = finished(recorded(after), worker, timeout=30)
+        assert (next_run.status, next_run.result) == (Status.SUCCEEDED, 2)

@@ -450,7 +450,9 @@ def test_a_monitor_just_created_can_be_changed_at_once(routed, monitor_api, past
 
 
 @pytest.mark.postgres
-def test_a_second_monitor_for_a_job_just_watched_is_a_400(routed, monitor_api, past_run):
+def test_a_second_monitor_for_a_job_just_watched_is_a_400(
+    routed, monitor_api, past_run
+):
     """A client that sends its "watch this job" twice in a row: the second was a 500
     (an IntegrityError on the insert), the model's uniqueness check having asked the
     replica, which did not have the first monitor yet. It is a 400 naming job_name, as

@@ -377,24 +377,43 @@ def _end(
         ]
         if left or (alias == parent._state.db and block and block.uncommitted):
             waiting.add(alias)
-    if not waiting:
+    if not waiting or (error is not None and parent._state.db not in waiting):
+        # A block that raised, its parent where every process sees it: it ends now, as
+        # the transaction around it may roll back; children pushed at a commit that
+        # comes are its own all the same, and counted as they move.
         _close(parent, error)
         return
 
-    def committed(alias: str) -> None:
-        waiting.discard(alias)
-        if not waiting:
-            _close(parent, error)
+    def committed(alias: str) -> Callable[[], None]:
+        def close_once_all_committed() -> None:  # a name for Django's log of a failure
+            waiting.discard(alias)
+            if not waiting:
+                _close(parent, error)
+
+        return close_once_all_committed
 
     for alias in list(waiting):
-        transaction.on_commit(functools.partial(committed, alias), using=alias)
+        # Robust: a close that fails is logged, and the app's callbacks after it still run.
+        transaction.on_commit(committed(alias), using=alias, robust=True)
 
 
 def _as_child(parent: JobRun, func: Callable[[], Any]) -> Callable[[], None]:
     @functools.wraps(func)
     def run() -> None:
-        with within(parent):
-            func()
+        try:
+            with within(parent):
+                func()
+        except BaseException as error:
+            # Django drops the callbacks after one that raised, the block's close too:
+            # the batch ends failed with the error (a push the broker refused, say).
+            if parent in _blocks:
+                try:
+                    _close(parent, error)
+                except Exception:
+                    logger.exception(
+                        "Could not record the failure of batch %s.", parent.pk
+                    )
+            raise
 
     return run
 
@@ -450,8 +469,10 @@ def _close(parent: JobRun, error: BaseException | None = None) -> None:
     """End ``parent``'s block: adopt its children recorded elsewhere, set its total, then
     end it failed with ``error``, killed with a JobKilled or when the batch was asked to
     stop, or as its children add up (succeeded with none)."""
-    block = _blocks.pop(parent, None)
-    if block is not None and block.adoptions:
+    if parent not in _blocks:
+        return  # closed already (a callback that failed at the commit closed it)
+    block = _blocks.pop(parent)
+    if block.adoptions:
         _adopt(parent, block.adoptions)
         refresh_batch(parent)  # its progress: they may have ended, unseen by it
     if _stop_late_children(parent) and error is None:

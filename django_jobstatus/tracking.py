@@ -1063,13 +1063,15 @@ def tracked(
         )
 
     def decorator(func: Callable[P, R]) -> Callable[P, R | None]:
-        if inspect.iscoroutinefunction(func):
+        # Also behind decorators that say what they wrap (functools.wraps).
+        inner = inspect.unwrap(func)
+        if inspect.iscoroutinefunction(inner):
             raise TypeError(
                 "tracked() does not support async functions; call track() from sync code."
             )
-        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        if inspect.isgeneratorfunction(inner) or inspect.isasyncgenfunction(inner):
             kind = (
-                "generator" if inspect.isgeneratorfunction(func) else "async generator"
+                "generator" if inspect.isgeneratorfunction(inner) else "async generator"
             )
             raise TypeError(
                 f"tracked() does not support {kind} functions: the call returns before the "
@@ -1097,20 +1099,17 @@ def tracked(
 
 
 def _refuse_unstarted(func: Callable[..., Any], value: Any) -> None:
-    """Raise TypeError (closing ``value``) when ``func`` returned work that has not run
-    yet: a coroutine or a generator, from an async or generator function that another
-    decorator hid from tracked()'s check (its run was recorded succeeded at once)."""
-    if not (
-        inspect.isawaitable(value)
-        or inspect.isgenerator(value)
-        or inspect.isasyncgen(value)
-    ):
+    """Raise TypeError (closing ``value``) when ``func`` returned an awaitable: an async
+    function that a decorator hid from tracked()'s check, whose work has not run (its run
+    was recorded succeeded at once). A generator may be a plain function's lazy result,
+    its work done: it is returned."""
+    if not inspect.isawaitable(value):
         return
     close = getattr(value, "close", None)
     if close is not None:
         close()  # a coroutine never awaited warns when it is collected
     raise TypeError(
         f"{func.__qualname__}() returned a {type(value).__name__} object, whose work has "
-        "not run yet: tracked() does not support async functions or generator functions, "
-        "even behind another decorator; use track() inside them."
+        "not run yet: tracked() does not support async functions, even behind another "
+        "decorator; call track() from sync code."
     )

@@ -575,3 +575,81 @@ def test_a_step_tracked_as_a_run_of_its_own_does_not_end_the_job_that_runs_it() 
         assert (seen.status, seen.progress_current, seen.progress_total) == (R, 1, 5)
         _ = 1 / 0
     assert JobRun.objects.get(pk=job.run.pk).status == F
+
+
+# A block that leaves work for the commit (django-rq's push, Celery's delay_on_commit()).
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_a_block_that_raised_its_parent_on_a_database_apart_ends_failed(
+    settings: Any,
+) -> None:
+    """JOBSTATUS["DATABASE"] apart from the app's ("replica" stands for a jobs database),
+    a view under ATOMIC_REQUESTS: the block left a push for the commit, then raised, and
+    the view's error rolled the request back. The parent, committed on the jobs
+    database, waited for that commit, which never came: queued with no total for ever,
+    its error lost. It ends failed with the block's error at once."""
+    from django.db import transaction
+
+    from django_jobstatus.contrib._execution import record_queued
+
+    settings.JOBSTATUS = {"DATABASE": "replica"}
+    with (
+        contextlib.suppress(ValueError),
+        transaction.atomic(),
+        batch("imports.all") as parent,
+    ):
+        transaction.on_commit(lambda: record_queued("rq", "job-1", "imports.one"))
+        raise ValueError("file 2 is bad")
+    parent.refresh_from_db()
+    assert (parent.status, parent.error) == (F, "ValueError: file 2 is bad")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_push_that_fails_at_the_commit_ends_its_batch_failed() -> None:
+    """The broker down at the commit: the block's second push raised. Django stops at a
+    callback that raises and drops the rest, the block's close too: the parent stayed
+    queued with no total for ever. It ends failed with the push's error, its first
+    child counted."""
+    from django.db import transaction
+
+    from django_jobstatus.contrib._execution import record_queued
+
+    def push_fails() -> None:
+        raise ConnectionError("Error 111 connecting to redis:6379")
+
+    with (
+        pytest.raises(ConnectionError),
+        transaction.atomic(),
+        batch("imports.all") as parent,
+    ):
+        transaction.on_commit(lambda: record_queued("rq", "job-1", "imports.one"))
+        transaction.on_commit(push_fails)
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_total) == (F, 1)
+    assert parent.error.startswith("ConnectionError: Error 111")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_close_that_fails_at_the_commit_leaves_the_app_s_callbacks_to_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The block's close failed at the commit (the database away a moment): Django
+    stopped at it, the view's own on_commit (a confirmation mail) never ran, and the
+    caller got the app's OperationalError after its data had committed. The close is a
+    robust callback: its failure is logged."""
+    from django.db import OperationalError, transaction
+
+    from django_jobstatus import batches
+    from django_jobstatus.contrib._execution import record_queued
+
+    def away(parent: Any) -> Any:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    sent: list[str] = []
+    with transaction.atomic():
+        with batch("imports.all"):
+            transaction.on_commit(lambda: record_queued("rq", "job-1", "imports.one"))
+        monkeypatch.setattr(batches, "batch_status", away)
+        transaction.on_commit(lambda: sent.append("confirmation mail"))
+    assert sent == ["confirmation mail"]

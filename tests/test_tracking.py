@@ -255,31 +255,58 @@ def _async_ungenerated() -> Any:
 @pytest.mark.parametrize(
     ("make", "kind"),
     [
-        (_unawaited, "coroutine"),
+        (_unawaited, "async"),
         (_ungenerated, "generator"),
-        (_async_ungenerated, "async_generator"),
+        (_async_ungenerated, "async generator"),
     ],
 )
-def test_tracked_refuses_what_another_decorator_hides_at_its_call(
+def test_tracked_refuses_what_a_decorator_that_says_what_it_wraps_hides(
     make: Callable[[], Any], kind: str
 ) -> None:
-    """An async or generator function behind a plain ``functools.wraps`` decorator (a
-    timing or retry helper) passed tracked()'s check: each call recorded its run
-    ``succeeded`` at once and returned the coroutine, whose work (and failure) came after,
-    unrecorded. The call's value gives it away: the run ends failed with a TypeError."""
+    """An async or generator function behind a ``functools.wraps`` decorator (a timing
+    or retry helper) passed tracked()'s check: each call recorded its run ``succeeded``
+    at once and returned the coroutine, whose work (and failure) came after, unrecorded.
+    The decorator says what it wraps: tracked() refuses it when it decorates."""
     func = make()
 
     @functools.wraps(func)
     def timed(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
 
+    with pytest.raises(TypeError, match=f"does not support {kind} functions"):
+        tracked("tests.hidden")(timed)
+    assert not JobRun.objects.exists()
+
+
+def test_tracked_refuses_a_coroutine_returned_by_a_function_it_could_not_see() -> None:
+    """Behind a decorator that does not say what it wraps, the call's value gives an async
+    function away: the coroutine is closed, and the run ends failed with a TypeError."""
+    func = _unawaited()
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
     work = tracked("tests.hidden")(timed)
-    with pytest.raises(
-        TypeError, match=f"returned a {kind} object.*track\\(\\) inside"
-    ):
+    with pytest.raises(TypeError, match="returned a coroutine object.*sync code"):
         work()
     run = JobRun.objects.get()
     assert (run.status, run.error.split(":")[0]) == (Status.FAILED, "TypeError")
+
+
+def test_a_plain_function_that_returns_a_generator_is_tracked() -> None:
+    """A function that does its work and returns a lazy view of the result (``return
+    (row.upper() for row in rows)``) was refused, its run failed, once tracked() refused
+    every generator a call returned: its work had run."""
+    calls: list[str] = []
+
+    @tracked("reports.names")
+    def names() -> Iterator[str]:
+        calls.append("the work")
+        return (row.upper() for row in ["ada", "grace"])
+
+    assert list(names()) == ["ADA", "GRACE"]  # type: ignore[arg-type]
+    assert calls == ["the work"]
+    assert JobRun.objects.get().status == Status.SUCCEEDED
 
 
 # current_job().

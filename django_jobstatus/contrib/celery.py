@@ -13,8 +13,9 @@ Enable with ``JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.celery"]}`
   called ``self.replace(sig)``: ``retrying``, the attempt's error naming the replacement,
   which takes over the task id and so goes on as the same run;
 - ``task_failure`` from the worker's main process (WorkerLostError: ``lost``; hard time
-  limit: ``failed``), ``task_revoked`` (``killed``), ``task_rejected``/``task_unknown``
-  (``failed``).
+  limit: ``failed``), ``task_retry`` from it (``retrying``; ``lost`` for a task without
+  ``acks_late`` that a cold shutdown cancelled), ``task_revoked`` (``killed``),
+  ``task_rejected``/``task_unknown`` (``failed``).
 
 Runs are keyed on ``(source="celery", backend_job_id=task id)``. Kill is
 ``app.control.revoke(id, terminate=True)``, which stops a running task only on the
@@ -326,15 +327,26 @@ def _retried(
         if not execution.ended:
             _retrying(execution, reason, einfo)
         return
-    # Sent by the worker's main process (task_retry_on_worker_lost: the pool process died
-    # and the task is sent again): the run waits for its next attempt, not on a dead process.
+    # Sent by the worker's main process: task_retry_on_worker_lost (the pool process died
+    # and the task is sent again, with a reason), or Request.cancel() with no reason. A
+    # cancel on a lost broker connection leaves an acks_late task's message unacked, so it
+    # is delivered again; a cold shutdown cancels a task acknowledged when it started, and
+    # nothing runs it again.
+    dropped = reason is None and not getattr(sender, "acks_late", False)
     exc, fields = _retry_cause(reason)
     # The task is sent again first: its next attempt may be running already, elsewhere.
     attempt = int(getattr(request, "retries", 0) or 0) + 1
 
     def record(alias: str) -> None:
         run = find_run(task_id, alias)
-        if run is not None and (run.status, run.attempt) == (Status.RUNNING, attempt):
+        if run is None or (run.status, run.attempt) != (Status.RUNNING, attempt):
+            return
+        if dropped:
+            message = _(
+                "Lost: the worker's cold shutdown cancelled it, and Celery does not run it again."
+            )
+            run.mark_lost(using=alias, message=str(message))
+        else:
             run.mark_failed(exc, retry=True, using=alias, **fields)
 
     _execution.best_effort(record, f"the retry of Celery task {task_id}")

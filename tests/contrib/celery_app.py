@@ -118,6 +118,15 @@ def silent(seconds: float) -> str:
     return "woke up"
 
 
+@app.task(name="tests.silent_once", acks_late=True)
+def silent_once(key: str) -> str:
+    """Acknowledged when it ends (``acks_late``): the first delivery sets ``key`` and runs a
+    minute without a word, the next ends at once."""
+    if redis.Redis.from_url(BROKER_URL).set(key, "1", ex=600, nx=True):
+        time.sleep(60)
+    return key
+
+
 @app.task(name="tests.marked")
 def marked(key: str) -> str:
     _mark(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -32,6 +33,8 @@ from tests.contrib.celery_app import (
     rejects,
     replaced,
     report,
+    silent,
+    silent_once,
     sleepy,
     unpicklable,
 )
@@ -332,6 +335,100 @@ def test_a_worker_that_takes_a_task_after_the_reaper_ended_it_stops_it_and_says_
         )
     finally:
         redis.Redis.from_url(BROKER_URL).delete(queue)
+
+
+def in_broker(task_id: str, queue: str) -> bool:
+    """Whether the broker holds a message of ``task_id``: waiting in ``queue``, or delivered
+    and not acknowledged."""
+    broker = redis.Redis.from_url(BROKER_URL)
+    messages = [*broker.lrange(queue, 0, -1), *broker.hvals("unacked")]
+    return any(task_id.encode() in message for message in messages)
+
+
+def cold_shutdown(started: Any, worker: Popen[bytes]) -> None:
+    """Wait for ``started()``, then stop ``worker`` with SIGQUIT (an operator's Ctrl+C
+    twice): Celery's cold shutdown cancels the tasks it runs."""
+    wait_for(
+        started,
+        timeout=60,
+        what="the task to start",
+        process=worker,
+        log=worker.log,  # type: ignore[attr-defined]
+    )
+    os.kill(worker.pid, signal.SIGQUIT)
+    worker.wait(timeout=60)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_task_a_cold_shutdown_cancelled_is_lost_not_retrying(
+    celery_on: None, db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A worker stopped with SIGQUIT (or Ctrl+C twice) cancels the task it runs and sends
+    ``task_retry`` for it, but the task, acknowledged when it started, is never sent
+    again. The run said ``retrying`` (attempt 2, no error) for ever, a retry nobody would
+    run."""
+    queue = f"jobstatus-tests-cold-{uuid.uuid4().hex}"
+    try:
+        with started_celery_worker(
+            db_proxy,
+            tmp_path_factory,
+            pool="prefork",
+            queue=queue,
+            prefix="jobstatus-cold",
+            purge=False,
+        ) as worker:
+            run = recorded(silent.apply_async(args=(60,), queue=queue).id)
+            cold_shutdown(lambda: refreshed(run).status == Status.RUNNING, worker)
+        assert not in_broker(run.backend_job_id, queue)
+        run = refreshed(run)
+        assert (run.status, run.attempt, run.attempts) == (Status.LOST, 1, [])
+        assert run.message == (
+            "Lost: the worker's cold shutdown cancelled it, and Celery does not run it again."
+        )
+    finally:
+        redis.Redis.from_url(BROKER_URL).delete(queue)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_an_acks_late_task_a_cold_shutdown_cancelled_runs_again(
+    celery_on: None, db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """An ``acks_late`` task's message is not acknowledged yet when a cold shutdown
+    cancels it: Celery sends no ``task_retry``, the next worker runs it again, and the run
+    ends with that run's outcome."""
+    queue = f"jobstatus-tests-cold-{uuid.uuid4().hex}"
+    key = f"jobstatus-tests:{uuid.uuid4()}"
+    broker = redis.Redis.from_url(BROKER_URL)
+    try:
+        with started_celery_worker(
+            db_proxy,
+            tmp_path_factory,
+            pool="prefork",
+            queue=queue,
+            prefix="jobstatus-cold",
+            purge=False,
+        ) as worker:
+            run = recorded(silent_once.apply_async(args=(key,), queue=queue).id)
+            cold_shutdown(lambda: broker.exists(key), worker)
+        assert in_broker(run.backend_job_id, queue)
+        assert refreshed(run).status == Status.RUNNING
+        with started_celery_worker(
+            db_proxy,
+            tmp_path_factory,
+            pool="prefork",
+            queue=queue,
+            prefix="jobstatus-warm",
+            purge=False,
+        ) as worker:
+            finished(run, worker)
+        assert (run.status, run.result, run.attempt) == (Status.SUCCEEDED, key, 2)
+        assert [entry["status"] for entry in run.attempts] == ["restarted"]
+    finally:
+        broker.delete(queue, key)
 
 
 # With a real worker.

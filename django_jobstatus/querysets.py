@@ -9,7 +9,7 @@ import math
 import re
 import threading
 from collections import defaultdict
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Self, cast
 
 from django.db import connections, models, router
@@ -26,7 +26,7 @@ from django.db.models import (
     Q,
     Value,
 )
-from django.db.models.functions import Concat
+from django.db.models.functions import Concat, TruncSecond
 from django.db.models.lookups import Exact
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
@@ -196,6 +196,28 @@ TIME_BUCKETS: dict[str, Any] = {
     "hour": models.functions.TruncHour,
     "day": models.functions.TruncDay,
 }
+
+
+def _time_groups(size: str, zone: tzinfo | None) -> dict[str, Any]:
+    """What finished_buckets_query() groups a time bucket by: ``start``, the truncation
+    of finished_at in ``zone`` (default: the current one), and for a minute or an hour
+    in a zone whose offset changes, ``offset``, the UTC offset in force.
+
+    A day is a local day (23 or 25 hours across a DST change). A minute or an hour is a
+    real one, starting on the local clock: the wall clock alone merges the two 02:00
+    hours of a fall-back into one, and UTC's hours start at half past in Asia/Kolkata.
+    The wall clock with the offset in force tells the two apart, whatever the offset.
+    """
+    zone = zone or timezone.get_current_timezone()
+    start = TIME_BUCKETS[size]("finished_at", tzinfo=zone)
+    # utcoffset(None) is the offset of a fixed one (UTC, datetime.timezone), None for a
+    # zone with rules: a fixed offset has no hour twice.
+    if size == "day" or zone.utcoffset(None) is not None:
+        return {"start": start}
+    offset = TruncSecond("finished_at", tzinfo=zone) - TruncSecond(
+        "finished_at", tzinfo=UTC
+    )
+    return {"start": start, "offset": offset}
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -965,13 +987,29 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         Each row: ``start``, the fields named in ``by`` (a field, or ``"duration_bucket"``
         for the histogram bucket of duration_bucket()), ``finished`` and one count per
         terminal status; with ``durations``, ``seconds``: the sum of their durations.
-        ``tzinfo`` is the buckets' time zone (default: the current one). One aggregate:
+        ``tzinfo`` is the buckets' time zone (default: the current one): a day is a local
+        day, a minute or an hour a real one that starts on the local clock (the hour a
+        DST fall-back repeats is two buckets). One aggregate:
         the dashboard's chart and hourly figures and the API's stats buckets.
         """
-        rows = self.finished_buckets_query(
-            size, *by, durations=durations, tzinfo=tzinfo
-        ).order_by("start")
-        return [dict(row) for row in rows]
+        zone = tzinfo or timezone.get_current_timezone()
+        rows = [
+            dict(row)
+            for row in self.finished_buckets_query(
+                size, *by, durations=durations, tzinfo=zone
+            ).order_by("start")
+        ]
+        if not any("offset" in row for row in rows):
+            return rows
+        for row in rows:
+            # The local wall-clock start at the offset in force: its moment, in UTC.
+            wall = row["start"].replace(tzinfo=None)
+            row["start"] = (wall - row.pop("offset")).replace(tzinfo=UTC)
+        # Sorted in UTC: the two 02:00 of a fall-back compare equal in their zone.
+        rows.sort(key=lambda row: row["start"])
+        for row in rows:
+            row["start"] = row["start"].astimezone(zone)
+        return rows
 
     def finished_buckets_query(
         self,
@@ -983,16 +1021,15 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """finished_buckets() as an unordered ``values()`` queryset (to insert from, for one).
 
         ``size`` None: no ``start``, the counts of the whole range per the fields of ``by``.
+        A minute or an hour in a zone whose offset changes (not UTC or a fixed offset)
+        has its local wall-clock ``start`` and the UTC ``offset`` in force (see
+        _time_groups()): finished_buckets() makes them one moment.
         """
         if size is not None and size not in TIME_BUCKETS:
             raise ValueError(
                 f"size must be one of {', '.join(TIME_BUCKETS)} (or None), not {size!r}"
             )
-        groups: dict[str, Any] = (
-            {}
-            if size is None
-            else {"start": TIME_BUCKETS[size]("finished_at", tzinfo=tzinfo)}
-        )
+        groups: dict[str, Any] = {} if size is None else _time_groups(size, tzinfo)
         if "duration_bucket" in by:
             groups["duration_bucket"] = duration_bucket()
         counts: dict[str, Any] = {

@@ -494,6 +494,76 @@ def test_stats_query_is_one_grouped_query_on_postgres(make_run) -> None:
     assert len([q for q in queries.captured_queries if table in q["sql"]]) == expected
 
 
+@pytest.mark.parametrize(
+    ("zone", "finished", "starts"),
+    [
+        # Berlin's fall-back: 02:30 CEST, then 02:30 CET an hour later.
+        (
+            "Europe/Berlin",
+            ["2024-10-27T00:30Z", "2024-10-27T01:30Z"],
+            ["2024-10-27T02:00+02:00", "2024-10-27T02:00+01:00"],
+        ),
+        # Local hours start at half past UTC's: 10:00 and 10:59 IST are one hour.
+        (
+            "Asia/Kolkata",
+            ["2024-03-01T04:30Z", "2024-03-01T05:29Z", "2024-03-01T05:30Z"],
+            ["2024-03-01T10:00+05:30", "2024-03-01T11:00+05:30"],
+        ),
+        (
+            "Asia/Kathmandu",
+            ["2024-03-01T04:15Z", "2024-03-01T05:14Z", "2024-03-01T05:15Z"],
+            ["2024-03-01T10:00+05:45", "2024-03-01T11:00+05:45"],
+        ),
+        # UTC and a fixed offset have no hour twice: truncated as they are.
+        (
+            "UTC",
+            ["2024-03-01T04:15Z", "2024-03-01T05:14Z"],
+            ["2024-03-01T04:00Z", "2024-03-01T05:00Z"],
+        ),
+    ],
+    ids=["berlin-fall-back", "kolkata", "kathmandu", "utc"],
+)
+def test_hour_buckets_are_real_hours_that_start_on_the_local_clock(
+    make_run, zone: str, finished: list[str], starts: list[str]
+) -> None:
+    """An hour bucket was the truncation of the local wall clock: the two 02:00 hours of
+    a DST fall-back made one bucket. Truncated in UTC instead, a local hour of India or
+    Nepal would start at half past (or a quarter to)."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    for at in finished:
+        make_run(status=Status.SUCCEEDED, finished_at=datetime.fromisoformat(at))
+    tz = UTC if zone == "UTC" else ZoneInfo(zone)
+    buckets = JobRun.objects.finished_buckets("hour", tzinfo=tz)
+    # As text: an ambiguous local time never equals one of another zone (PEP 495).
+    assert [b["start"].isoformat() for b in buckets] == [
+        datetime.fromisoformat(at).isoformat() for at in starts
+    ]
+    assert sum(b["finished"] for b in buckets) == len(finished)
+
+
+def test_minute_buckets_keep_a_minute_of_a_dst_fall_back_twice(make_run) -> None:
+    """02:30 CEST and 02:30 CET are an hour apart: two minute buckets, not one of 2."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    for hour in (0, 1):
+        make_run(
+            status=Status.SUCCEEDED,
+            finished_at=datetime(2024, 10, 27, hour, 30, 10, tzinfo=UTC),
+        )
+    buckets = JobRun.objects.finished_buckets(
+        "minute", "job_name", tzinfo=ZoneInfo("Europe/Berlin")
+    )
+    assert [
+        (b["start"].isoformat(), b["job_name"], b["finished"]) for b in buckets
+    ] == [
+        ("2024-10-27T02:30:00+02:00", "tests.job", 1),
+        ("2024-10-27T02:30:00+01:00", "tests.job", 1),
+    ]
+
+
 @pytest.mark.postgres
 def test_stats_sort_in_memory_and_put_the_settings_back(make_run) -> None:
     from django.db import connection, transaction

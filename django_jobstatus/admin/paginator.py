@@ -30,7 +30,7 @@ from django.utils.translation import gettext
 from django_jobstatus.admin.display import format_cell
 from django_jobstatus.admin.forms import ActionForm
 
-# Counting stops here: a changelist shows "10000" rather than scanning millions of rows.
+# Counting stops one row past here: a changelist shows "10,000+" rather than scanning millions of rows.
 COUNT_CAP = 10_000
 # The order both big changelists use by default, which their (created_at, id) indexes serve.
 NEWEST_FIRST = ("-created_at", "-id")
@@ -78,6 +78,13 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
     cap = COUNT_CAP
     # True once ``count`` came from PostgreSQL's estimate: the real count may be above or below.
     estimated = False
+    # True once ``count`` found a row past the cap (it then says the cap, as pages go).
+    counted_past = False
+
+    @property
+    def past_cap(self) -> bool:
+        """Whether more rows match than the cap: counted past it, or estimated above it."""
+        return self.counted_past or self.count > self.cap
 
     @cached_property
     def count(self) -> int:
@@ -88,7 +95,8 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
         if query.is_empty():
             return 0  # .none(): nothing to count, nor to EXPLAIN
         connection = connections[queryset.db]
-        capped = queryset.order_by()[: self.cap]
+        # One row past the cap: exactly the cap is a count, more is "10,000+".
+        capped = queryset.order_by()[: self.cap + 1]
         if (
             connection.vendor == "postgresql"
             and self._estimate(connection, queryset.model._meta.db_table) > self.cap
@@ -106,7 +114,9 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
                 # A table scan: the estimate of the rows under the LIMIT is the count.
                 self.estimated = True
                 return max(int(_under_limit(plan)["Plan Rows"]), 0)
-        return int(capped.count())
+        found = int(capped.count())
+        self.counted_past = found > self.cap
+        return min(found, self.cap)
 
     def page(self, number: Any) -> Page:  # type: ignore[type-arg]
         """Newest first, a deep page reads from the nearer end of the index, never a long OFFSET of rows.
@@ -241,20 +251,23 @@ class BigTableChangeList(ChangeList):
 
     @property
     def capped_total(self) -> str:
-        """What "Select all" acts on when the count stopped at the paginator's cap: "10,000+";
-        "" when the count is exact, or when it is an estimate below the cap (see ``uncounted``).
+        """What "Select all" acts on when more runs match than the paginator's cap: "10,000+";
+        "" when the count is exact (the cap itself too), or when it is an estimate not
+        above the cap (see ``uncounted``).
 
         Django's action bar offers "Select all 10000 job runs" for the capped count, then acts
         on every matching run: the bar must say what the action will touch.
         """
-        cap = getattr(getattr(self, "paginator", None), "cap", None)
-        if cap is None or self.params.get(OLDER_VAR) or self.result_count < cap:
+        paginator = getattr(self, "paginator", None)
+        if not isinstance(paginator, CappedCountPaginator):
             return ""
-        return f"{number_format(cap, force_grouping=True)}+"
+        if not paginator.past_cap or self.params.get(OLDER_VAR):
+            return ""
+        return f"{number_format(paginator.cap, force_grouping=True)}+"
 
     @property
     def uncounted(self) -> bool:
-        """Whether the count is PostgreSQL's estimate below the cap: any number of runs may
+        """Whether the count is PostgreSQL's estimate not above the cap: any number of runs may
         match, and "Select all" says "all matching" rather than a number."""
         return bool(
             getattr(getattr(self, "paginator", None), "estimated", False)

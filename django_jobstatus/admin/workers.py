@@ -24,7 +24,7 @@ from django_jobstatus.models import JobRun, Status
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
 
-# Workers are "seen" when they beat or finished a run this recently.
+# Workers are "seen" when they beat or ended a run themselves this recently.
 SEEN_WITHIN = timedelta(hours=1)
 
 
@@ -76,6 +76,12 @@ def workers(now: datetime) -> list[dict[str, Any]]:
         entry["running"] = item["n"]
         entry["last_heartbeat"] = item["beat"]
         entry["heard"] = item["heard"]
+    # An end the worker wrote itself. Not a lost run's (the reaper's clock), nor a kill
+    # that was asked for: a forced kill ends the run on the killer's clock, and a job
+    # that stops on request writes a heartbeat with its end.
+    own_end = ~Q(status=Status.LOST) & ~Q(
+        status=Status.KILLED, kill_requested_at__isnull=False
+    )
     finished = (
         JobRun.objects.finished()
         .filter(finished_at__gte=since)
@@ -86,9 +92,11 @@ def workers(now: datetime) -> list[dict[str, Any]]:
             n=Count("pk"),
             failed=Count("pk", filter=Q(status=Status.FAILED)),
             beat=Max("heartbeat_at"),
-            end=Max("finished_at"),
+            end=Max("finished_at", filter=own_end),
             heard=Count(
-                "pk", filter=Q(heartbeat_at__gte=recent) | Q(finished_at__gte=recent)
+                "pk",
+                filter=Q(heartbeat_at__gte=recent)
+                | own_end & Q(finished_at__gte=recent),
             ),
         )
     )

@@ -204,6 +204,32 @@ def test_capped_count(make_run, monkeypatch):
     assert CappedCountPaginator(JobRun.objects.for_job("j1"), 2).count == 1
 
 
+def test_a_changelist_of_exactly_the_cap_says_its_count_not_cap_plus(
+    admin_client, db, monkeypatch
+):
+    """The count stops at COUNT_CAP (10,000): a filter matching exactly 10,000 runs showed
+    "10,000+ job runs" and "Select all 10,000+", as if there were more, because the
+    paginator counted ``[:cap]`` and could not tell 10,000 from 10,001. Here with a cap
+    of 1,000: one run more is "1,000+" (thousands grouped)."""
+    monkeypatch.setattr(CappedCountPaginator, "cap", 1000)
+    now = timezone.now()
+    JobRun.objects.bulk_create(
+        JobRun(job_name="j", created_at=now, queued_at=now) for _ in range(1000)
+    )
+    response = admin_client.get(URL)
+    html = response.content.decode()
+    assert "1000 job runs" in html
+    assert "1,000+" not in html
+    assert response.context["cl"].capped_total == ""
+    JobRun.objects.create(job_name="j")
+    response = admin_client.get(URL)
+    assert "1,000+ job runs" in response.content.decode()
+    assert response.context["cl"].capped_total == "1,000+"
+    # The pages span the cap, as before: 20 of 50.
+    assert response.context["cl"].result_count == 1000
+    assert response.context["cl"].paginator.num_pages == 20
+
+
 def test_changelist_queries_do_not_grow_with_rows(
     admin_client, make_run, django_assert_max_num_queries
 ):

@@ -118,7 +118,7 @@ def test_a_capped_count_groups_thousands(admin_client, db):
 
     class Changelist:
         result_count = 10_000
-        paginator = type("P", (), {"cap": 10_000, "capped": True})()
+        paginator = type("P", (), {"cap": 10_000, "past_cap": True})()
         opts = JobRun._meta
         show_all = False
         can_show_all = False

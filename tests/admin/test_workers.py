@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.test import override_settings
 from django.utils import timezone
 
-from django_jobstatus.models import Status
+from django_jobstatus.models import JobRun, Status
 
 URL = "/admin/django_jobstatus/jobrun/workers/"
 CHANGELIST = "/admin/django_jobstatus/jobrun/"
@@ -41,6 +41,30 @@ def test_each_worker_with_its_runs_and_silence(admin_client, make_run):
     # Silent workers first.
     assert response.context["workers"][0]["worker"] == "quiet:2"
     assert "silent" in response.content.decode()
+
+
+@override_settings(JOBSTATUS={"HEARTBEAT_TIMEOUT": 60})
+def test_a_dead_worker_s_last_heartbeat_is_not_when_its_run_was_reaped_or_killed(
+    admin_client, make_run
+):
+    """Worker ``dead:9`` beat last 20 minutes ago and died; the reaper marked its run lost
+    now. The page said its last heartbeat was now, as if it were alive a moment ago: the
+    reaper's ``finished_at`` was taken for a sign of life (a forced kill's too, the
+    killer's clock: ``gone:8``, silent for two hours, was listed as seen this hour)."""
+    now = timezone.now()
+    beat = now - timedelta(minutes=20)
+    make_run("nightly", worker="dead:9", heartbeat_at=beat, started_at=beat)
+    old = now - timedelta(hours=2)
+    make_run("hourly", worker="gone:7", heartbeat_at=old, started_at=old)
+    killed = make_run("weekly", worker="gone:8", heartbeat_at=old, started_at=old)
+    JobRun.objects.filter(pk=killed.pk).request_kill(force=True)
+    assert JobRun.objects.reap().reaped == 2
+    response = admin_client.get(URL)
+    assert response.status_code == 200
+    rows = {w["worker"]: w for w in response.context["workers"]}
+    assert set(rows) == {"dead:9"}
+    assert rows["dead:9"]["last_heartbeat"] == beat
+    assert rows["dead:9"]["finished"] == 1
 
 
 def test_workers_view_needs_the_view_permission(staff_client):

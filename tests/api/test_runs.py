@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.utils import timezone
 
 from django_jobstatus.models import JobRun, Status
@@ -333,3 +334,30 @@ def test_ordering_by_job_name_pages_through_more_ties_than_drfs_offset_cutoff(ap
         if url is None:
             break
     assert len(seen) == len(set(seen)) == count
+
+
+@override_settings(TIME_ZONE="Europe/Berlin")
+def test_hour_buckets_keep_the_two_hours_of_a_dst_fall_back_apart(api, make_run):
+    """On 2024-10-27 Berlin's clocks go from 03:00 CEST back to 02:00 CET: local 02:00 to
+    03:00 happens twice, two real hours. One run finished in each. ``stats/?bucket=hour``
+    answered one bucket, ``02:00+02:00``, with 2 finished runs: the hour was truncated on
+    the local wall clock, which reads the same in both."""
+    for moment in (
+        datetime(2024, 10, 27, 0, 30, tzinfo=UTC),  # 02:30 CEST
+        datetime(2024, 10, 27, 1, 30, tzinfo=UTC),  # 02:30 CET
+    ):
+        make_run(
+            "j",
+            status=Status.SUCCEEDED,
+            created_at=moment,
+            started_at=moment,
+            finished_at=moment,
+        )
+    response = api.get(
+        f"{BASE}stats/", {"bucket": "hour", "created_after": "2024-10-26T00:00:00Z"}
+    )
+    assert response.status_code == 200
+    assert [(b["start"], b["finished"]) for b in response.json()["buckets"]] == [
+        ("2024-10-27T02:00:00+02:00", 1),
+        ("2024-10-27T02:00:00+01:00", 1),
+    ]

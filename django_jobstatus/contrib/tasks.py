@@ -19,6 +19,9 @@ receiver that raises before ours keeps ours from running.
 A ``task_finished`` for a run that has already ended (db_worker sends it again, as
 FAILED, when a receiver after ours raises on a success) records no second run: the
 run keeps its terminal state, and a warning line on it tells the task system's word.
+With django-tasks-db installed, a task its worker records FAILED with no signal (its
+``task_path`` no longer imports, or names no Task) ends its queued run failed: a
+``post_save`` receiver on the task result model.
 Retry enqueues the task again (same path, arguments, queue and priority).
 """
 
@@ -30,8 +33,10 @@ import logging
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, transaction
+from django.db.models.signals import post_save
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
@@ -45,7 +50,12 @@ from django_jobstatus import (
     writebehind,
 )
 from django_jobstatus.conf import settings
-from django_jobstatus.contrib._execution import Execution, find_run
+from django_jobstatus.contrib._execution import (
+    Execution,
+    best_effort,
+    find_or_enqueue,
+    find_run,
+)
 from django_jobstatus.exceptions import JobKilled
 from django_jobstatus.fingerprints import last_line
 from django_jobstatus.routers import write_database
@@ -396,6 +406,39 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
         logger.exception("Could not record the end of task %s.", task_result.id)
 
 
+@contrib.never_raises  # save() of the task result must not fail for our sake
+def on_result_saved(
+    sender: Any, *, instance: Any, created: bool, update_fields: Any, **kwargs: Any
+) -> None:
+    """End failed the queued run of a task django-tasks-db recorded FAILED before it started.
+
+    db_worker cannot build a task whose ``task_path`` no longer imports or names no Task
+    (a deploy renamed or removed it while it waited): it records the task FAILED and
+    sends neither ``task_started`` nor ``task_finished``, which carry the task. A run
+    whose start was seen is left to ``task_finished``, so no end is recorded twice.
+    """
+    if created or str(instance.status) != "FAILED":
+        return
+    if update_fields is not None and "status" not in update_fields:
+        return
+    entry = _running.get()
+    if entry is not None and str(entry[0].id) == str(instance.id):
+        return  # the normal failure: task_finished ends the run
+    from django_jobstatus.models import Status, default_worker
+
+    backend_job_id = str(instance.id)
+    path, traceback = instance.exception_class_path, instance.traceback
+
+    def record(alias: str) -> None:
+        run = find_or_enqueue(SOURCE, backend_job_id, None, alias)
+        if run is None or run.status != Status.QUEUED:
+            return  # a run that started is task_finished's to end
+        run.mark_running(worker=default_worker(), using=alias)
+        run.mark_failed(using=alias, error=_error(path, traceback), traceback=traceback)
+
+    best_effort(record, f"the failure of task {backend_job_id} before it started")
+
+
 def _end_unfinished(
     before: tuple[Any, Execution, Any] | None, exc: BaseException
 ) -> None:
@@ -504,10 +547,26 @@ def _signals() -> Iterator[tuple[Signal, Callable[..., None], str]]:
                 yield signal, receiver, f"{__name__}.{name}"
 
 
+def _result_model() -> type | None:
+    """django-tasks-db's task result model, when it is installed."""
+    if not apps.is_installed("django_tasks_db"):
+        return None
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult
+
+
+RESULT_SAVED = f"{__name__}.result_saved"
+
+
 def connect() -> None:
     """Record every task run from now on (idempotent)."""
     for signal, receiver, uid in _signals():
         signal.connect(receiver, weak=False, dispatch_uid=uid)
+    if (model := _result_model()) is not None:
+        post_save.connect(
+            on_result_saved, sender=model, weak=False, dispatch_uid=RESULT_SAVED
+        )
     for inline in INLINE_BACKENDS:
         _guard(inline)  # inert while disconnected: no run is started in enqueue()
     contrib.register(SOURCE, backend)
@@ -517,4 +576,6 @@ def disconnect() -> None:
     """Stop recording task runs (idempotent)."""
     for signal, receiver, uid in _signals():
         signal.disconnect(receiver, dispatch_uid=uid)
+    if (model := _result_model()) is not None:
+        post_save.disconnect(sender=model, dispatch_uid=RESULT_SAVED)
     contrib.unregister(SOURCE)

@@ -832,6 +832,66 @@ def test_db_worker_refuses_a_task_the_reaper_ended_while_it_waited(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        (
+            "tests.contrib.tasks_app.tasks.renamed_since",
+            'ImportError: Module "tests.contrib.tasks_app.tasks" does not define a '
+            '"renamed_since" attribute/class',
+        ),
+        (
+            "tests.contrib.tasks_app.tasks.undecorated",
+            "django.core.exceptions.SuspiciousOperation: Task {id} does not point "
+            "to a Task "
+            "(tests.contrib.tasks_app.tasks.undecorated)",
+        ),
+    ],
+    ids=["renamed", "not-a-task"],
+)
+def test_db_worker_fails_a_task_it_cannot_load(
+    worker: Worker, path: str, error: str
+) -> None:
+    """A deploy renamed a task's function, or took its ``@task()`` off, while it waited:
+    db_worker records the task FAILED and sends no ``task_started`` or ``task_finished``
+    (it cannot build the task they carry). The run stayed ``queued`` for ever, a job
+    waiting for a worker that had disposed of it (and with QUEUED_TIMEOUT the reaper
+    ended it ``killed``, "its message was probably lost"): it ends ``failed``, as the
+    backend recorded it."""
+    from django_tasks_db.models import DBTaskResult
+
+    result = tasks.add.using(queue_name="held").enqueue(1, 1)
+    assert run_of(result).status == Status.QUEUED
+    DBTaskResult.objects.filter(id=result.id).update(task_path=path)
+    run = run_on_the_held_queue(result)
+    assert DBTaskResult.objects.get(id=result.id).status == FAILED
+    assert (run.status, run.error) == (Status.FAILED, error.format(id=result.id))
+    assert error.split(":")[0] in run.traceback
+    assert run.started_at <= run.finished_at
+    assert not run.logs.exists()
+
+
+def test_a_result_failed_before_its_start_ends_only_a_queued_run(
+    db: None, settings: Any, integration_on: None
+) -> None:
+    """django-tasks-db records a task FAILED that its worker could not load, with no
+    signal: its queued run ends failed. A run whose start was seen is left to
+    ``task_finished`` (which ends it once)."""
+    _need_tasks_db()
+    from django_tasks_db.models import DBTaskResult
+
+    settings.TASKS = DATABASE
+    waiting, started = tasks.add.enqueue(1, 1), tasks.add.enqueue(2, 2)
+    run_of(started).mark_running()
+    for result in (waiting, started):
+        DBTaskResult.objects.get(id=result.id).set_failed(ImportError("gone"))
+    failed = run_of(waiting)
+    assert (failed.status, failed.error) == (Status.FAILED, "ImportError: gone")
+    assert failed.traceback == "ImportError: gone\n"
+    assert run_of(started).status == Status.RUNNING
+
+
+@pytest.mark.postgres
 def test_db_worker_retry_from_the_admin_action(
     worker: Worker, admin_client: Any
 ) -> None:

@@ -251,6 +251,10 @@ async def children_failed() -> None:
         group.create_task(child())
 
 
+def undecorated() -> None:
+    """A task a deploy left without its ``@task()``: its path imports, but is no Task."""
+
+
 def refuse_success(sender: object, task_result: Any, **kwargs: object) -> None:
     """A ``task_finished`` receiver of another project that raises after a success."""
     if (

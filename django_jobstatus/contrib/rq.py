@@ -152,7 +152,9 @@ def _execution_of(job: rq.job.Job) -> Execution:
         # Its function or arguments cannot be unpickled here (e.g. a class that a deploy
         # renamed while it waited): the run, named by what RQ keeps of the job, starts,
         # and RQ fails the job in its work horse. Raised here, it stopped the worker.
-        name, fields = job.description or job.id, {"queue": job.origin or ""}
+        # The function's path: RQ's description also quotes the arguments (secrets too).
+        path = (job.description or "").split("(", 1)[0]
+        name, fields = path or job.id, {"queue": job.origin or ""}
     return Execution(SOURCE, job.id, name, worker=default_worker(), **fields)
 
 
@@ -349,9 +351,14 @@ class Job(rq.job.Job):
         (django-rq's admin *Delete* fetches RQ's own ``Job``: a delete there is not seen.)
         """
         waiting = _connected and self.get_status(refresh=False) in _WAITING
+        # Deleted with it, through RQ's own Job: read before they go.
+        dependents = (
+            list(self.dependent_ids)
+            if _connected and _argument(args, kwargs, 2, "delete_dependents")
+            else []
+        )
         super().delete(*args, **kwargs)
-        if waiting:
-            _record_deleted([self.id])
+        _record_deleted([self.id, *dependents] if waiting else dependents)
 
     def cancel(self, *args: Any, **kwargs: Any) -> Any:
         """RQ's cancel, which also ends the job's run killed when no worker runs it.

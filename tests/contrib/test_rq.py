@@ -312,6 +312,23 @@ def test_a_queued_job_deleted_through_rq_ends_its_run_killed(
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
+def test_the_jobs_deleted_with_their_dependency_end_their_runs_killed(
+    local_queue: rq.Queue,
+) -> None:
+    """job.delete(delete_dependents=True) deletes the jobs that wait for it too, through
+    RQ's own Job class: the job's run ended killed, theirs said ``queued`` for good."""
+    first = local_queue.enqueue(rq_jobs.add, 1, 2)
+    waiting = local_queue.enqueue(rq_jobs.add, 3, 4, depends_on=first)
+    assert recorded(waiting).status == Status.QUEUED
+    local_queue.fetch_job(first.id).delete(delete_dependents=True)
+    assert not local_queue.connection.exists(waiting.key)
+    assert [
+        (recorded(job).status, recorded(job).message) for job in (first, waiting)
+    ] == [(Status.KILLED, "Deleted through RQ before it ran.")] * 2
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
 def test_the_jobs_of_a_queue_emptied_through_rq_end_their_runs_killed(
     local_queue: rq.Queue,
 ) -> None:
@@ -727,6 +744,28 @@ def _unimportable(monkeypatch: pytest.MonkeyPatch) -> Any:
     module.Gone = Gone  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return Gone()
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_job_that_cannot_be_unpickled_is_named_by_its_function_alone(
+    local_queue: rq.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Such a job with no queued run (another producer enqueued it with plain rq.Queue)
+    was named by RQ's description of the call, its arguments in it: a secret under a
+    REDACT_KEYS key showed in the job name (never redacted), and every call was a job
+    of its own."""
+    plain = rq.Queue(rq_jobs.LOCAL_QUEUE, connection=local_queue.connection)
+    job = plain.enqueue(rq_jobs.add, _unimportable(monkeypatch), token="hunter2")  # noqa: S106
+    assert jobstatus_rq.find_run(job.id) is None
+    monkeypatch.delitem(
+        sys.modules, "tests_contrib_rq_only_here"
+    )  # renamed by a deploy
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    run = recorded(job)
+    assert (run.status, run.job_name) == (Status.FAILED, "tests.contrib.rq_jobs.add")
 
 
 @pytest.mark.postgres

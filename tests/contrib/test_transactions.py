@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +24,25 @@ from tests.contrib.celery_app import BROKER_URL, app
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 CHANGELIST = "/admin/django_jobstatus/jobrun/"
+
+
+@pytest.fixture
+def immediate_tasks(settings: Any) -> Iterator[Any]:
+    """The Django tasks integration on the ImmediateBackend; the test app's tasks module."""
+    from django_jobstatus.contrib import tasks as integration
+    from tests.contrib.tasks_app import tasks
+
+    settings.TASKS = {
+        "default": {
+            "BACKEND": f"{tasks.FRAMEWORK}.backends.immediate.ImmediateBackend",
+            "QUEUES": [],
+        }
+    }
+    integration.connect()
+    try:
+        yield tasks
+    finally:
+        integration.disconnect()
 
 
 @pytest.mark.redis
@@ -126,7 +146,7 @@ def test_a_kill_of_a_queued_rq_job_under_atomic_requests_ends_its_run_killed(
 
 @pytest.mark.django_db(transaction=True, databases=["default", "default__jobstatus"])
 def test_an_immediate_task_run_in_a_batch_inside_atomic_is_recorded(
-    settings: Any,
+    immediate_tasks: Any,
 ) -> None:
     """Django tasks' ImmediateBackend inside ``batch()`` inside ``transaction.atomic()``
     on PostgreSQL: the task runs, but no run of it is recorded at all (start and end both
@@ -135,21 +155,8 @@ def test_an_immediate_task_run_in_a_batch_inside_atomic_is_recorded(
 
     The start is written through the side connection (tracking_database()) with
     ``parent`` = the batch's parent, which exists only in the caller's open transaction."""
-    from django_jobstatus.contrib import tasks as integration
-    from tests.contrib.tasks_app import tasks
-
-    settings.TASKS = {
-        "default": {
-            "BACKEND": f"{tasks.FRAMEWORK}.backends.immediate.ImmediateBackend",
-            "QUEUES": [],
-        }
-    }
-    integration.connect()
-    try:
-        with transaction.atomic(), batch("rt.immediate") as parent:
-            result = tasks.add.enqueue(1, 2)
-    finally:
-        integration.disconnect()
+    with transaction.atomic(), batch("rt.immediate") as parent:
+        result = immediate_tasks.add.enqueue(1, 2)
     assert str(result.status) == "SUCCESSFUL"  # the task ran
     runs = JobRun.objects.filter(source="django_tasks", backend_job_id=str(result.id))
     assert list(runs.values_list("status", "parent_id")) == [
@@ -257,32 +264,19 @@ def test_a_task_sent_in_a_savepoint_rolled_back_is_still_a_child_of_its_batch() 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "default__jobstatus"])
 def test_a_batch_whose_block_raised_inside_atomic_counts_its_children(
-    settings: Any,
+    immediate_tasks: Any,
 ) -> None:
     """A ``batch()`` inside ``transaction.atomic()`` whose block raised after running an
     immediate task, the error caught and the transaction committed: the parent ended
     failed 0 of 0 with ``{"children": {}}`` at the raise, before its child (which ran and
     succeeded) was adopted at the commit, and nothing refreshed it again."""
-    from django_jobstatus.contrib import tasks as integration
-    from tests.contrib.tasks_app import tasks
-
-    settings.TASKS = {
-        "default": {
-            "BACKEND": f"{tasks.FRAMEWORK}.backends.immediate.ImmediateBackend",
-            "QUEUES": [],
-        }
-    }
-    integration.connect()
-    try:
-        with (
-            transaction.atomic(),
-            contextlib.suppress(ValueError),
-            batch("rt.caught") as parent,
-        ):
-            result = tasks.add.enqueue(1, 2)
-            raise ValueError("the import's last step failed")
-    finally:
-        integration.disconnect()
+    with (
+        transaction.atomic(),
+        contextlib.suppress(ValueError),
+        batch("rt.caught") as parent,
+    ):
+        result = immediate_tasks.add.enqueue(1, 2)
+        raise ValueError("the import's last step failed")
     parent.refresh_from_db()
     child = JobRun.objects.get(source="django_tasks", backend_job_id=str(result.id))
     assert (child.status, child.parent_id) == (Status.SUCCEEDED, parent.pk)

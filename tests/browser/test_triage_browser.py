@@ -91,6 +91,34 @@ def test_a_runs_page_follows_the_run_without_a_reload(admin_page, artifacts):
     assert len(polls) == seen  # a finished run's page never polls
 
 
+def test_a_runs_page_shows_the_ended_run_once_it_saw_it_end(admin_page):
+    """Once the page saw the run end, its fields are the ended run's: the duration it ran
+    for, not a clock still counting from its start, its error, and no kill button."""
+    started = timezone.now() - timedelta(seconds=40)
+    run = make("reports.live", Status.RUNNING, queued_at=started, started_at=started)
+    admin_page.goto(f"{admin_page.base}{RUNS}{run.pk}/change/?poll=1")
+    expect(admin_page.locator("#jobstatus-live-run")).to_have_attribute(
+        "data-state", "live"
+    )
+    admin_page.evaluate("window.__notReloaded = true")
+    JobRun.objects.filter(pk=run.pk).update(
+        status=Status.FAILED,
+        finished_at=started + timedelta(seconds=5),
+        error="ValueError: row 7 has no id",
+    )
+    expect(admin_page.locator("#jobstatus-live-run")).to_have_attribute(
+        "data-state", "ended", timeout=15_000
+    )
+    duration = admin_page.locator(".field-timeline_display .jobstatus-duration")
+    expect(duration).to_have_text("5.0 s")
+    expect(duration).to_have_attribute("data-started", "")  # the clock stopped
+    expect(admin_page.locator(".field-error .readonly")).to_have_text(
+        "ValueError: row 7 has no id"
+    )
+    expect(admin_page.locator(".object-tools")).not_to_contain_text("Request kill")
+    assert admin_page.evaluate("window.__notReloaded") is True
+
+
 def test_polling_pauses_in_a_hidden_tab_and_with_follow_off(admin_page):
     run = make("imports.nightly", Status.RUNNING, progress_current=1, progress_total=4)
     admin_page.goto(f"{admin_page.base}{RUNS}{run.pk}/change/?poll=1")

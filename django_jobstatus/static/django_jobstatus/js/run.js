@@ -1,8 +1,11 @@
 /* django-jobstatus: a run's page, live. Polls the run's JSON while it is active, the tab is
    visible and "follow" is on; stops when the run ends. Log lines come oldest first after the
    last one shown, a batch at a time: while the answer says "more", it asks again at once.
+   Once the run has ended, the page's fields (its timeline and duration, error, result,
+   attempts) and its tools are swapped for the server's rendering of the ended run.
    Plain script, no dependencies.
-   Everything from the server is written with textContent, never as HTML. */
+   Everything from the server is written with textContent, never as HTML; the page the
+   server renders (every value escaped) is parsed with DOMParser, which runs no script. */
 (function () {
   "use strict";
 
@@ -90,6 +93,27 @@
     root.setAttribute("data-updated", run.updated_at);
   }
 
+  // The ended run as the server renders it: every field and the tools, swapped in place
+  // (the timeline, whose duration kept counting from the start, the error, the result...).
+  function settle() {
+    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (response) {
+        if (!response.ok) { throw new Error(response.status); }
+        return response.text();
+      })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        document.querySelectorAll(".form-row, .object-tools").forEach(function (node) {
+          var name = Array.prototype.find.call(node.classList, function (c) {
+            return c.indexOf("field-") === 0 || c === "object-tools";
+          });
+          var other = name && fresh.querySelector("." + name);
+          if (other) { node.replaceWith(document.adoptNode(other)); }
+        });
+      })
+      .catch(function () { /* the live figures stay; a reload shows the rest */ });
+  }
+
   function start(root) {
     var seconds = parseFloat(root.getAttribute("data-poll")) || 2;
     var follow = document.getElementById("jobstatus-follow");
@@ -125,6 +149,7 @@
           } else if (!data.run.is_active) {
             stop("ended");
             if (follow) { follow.checked = false; follow.disabled = true; }
+            settle();
           }
         })
         .catch(function () { root.classList.add("jobstatus-offline"); })

@@ -547,7 +547,8 @@ class StrictFilterSet(django_filters.FilterSet):
 
     ``known`` are the other query parameters the view reads (page size, cursor, format…):
     any other parameter that is not a filter is an error, so that a typo never widens what a
-    list shows or what a bulk action touches.
+    list shows or what a bulk action touches. So is a parameter given twice: Django's forms
+    read its last value only, and ``status=failed&status=`` would filter nothing.
     """
 
     def __init__(self, *args: Any, known: Iterable[str] = (), **kwargs: Any) -> None:
@@ -561,8 +562,18 @@ class StrictFilterSet(django_filters.FilterSet):
             if name not in self.filters and name not in self.known
         )
 
+    def repeated_parameters(self) -> list[str]:
+        getlist = getattr(self.data, "getlist", None)
+        if getlist is None:  # a plain dict holds each name once
+            return []
+        return sorted(name for name in self.data if len(getlist(name)) > 1)
+
     def is_valid(self) -> bool:
-        return bool(super().is_valid()) and not self.unknown_parameters()
+        return (
+            bool(super().is_valid())
+            and not self.unknown_parameters()
+            and not self.repeated_parameters()
+        )
 
     @property
     def errors(self) -> ErrorDict:
@@ -578,6 +589,16 @@ class StrictFilterSet(django_filters.FilterSet):
                         params={"name": name, "choices": choices},
                     )
                 ]
+            )
+        for name in self.repeated_parameters():
+            errors.setdefault(name, ErrorList()).append(
+                ValidationError(
+                    _(
+                        "Give %(name)r once; to ask for several values, separate them with commas where the parameter allows it."
+                    ),
+                    code="repeated",
+                    params={"name": name},
+                )
             )
         return errors
 

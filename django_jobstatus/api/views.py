@@ -387,6 +387,8 @@ class JobRunViewSet(
 
         An empty filter (``job_name=``) filters nothing, so it does not count: a bulk action
         never falls back to every run. An unknown parameter is a 400 (StrictFilterSet).
+        Ids given are a selection, even an empty one: ``{"ids": []}`` with a filter picks no
+        run (a client sending the rows it selected, none, with its view's filter).
         """
         filterset = _FilterBackend().valid_filterset(request, self.get_queryset(), self)
         if not ids and not filterset.narrows():
@@ -402,7 +404,7 @@ class JobRunViewSet(
         runs: JobRunQuerySet = filterset.qs
         # Picked, counted and acted on where the writes go: a replica (READ_DATABASE) may
         # not have a run yet, or still have it active.
-        return (runs.filter(pk__in=ids) if ids else runs).writing()
+        return (runs if ids is None else runs.filter(pk__in=ids)).writing()
 
     def get_serializer_class(self) -> type[Any]:
         return JobLogSerializer if self.action == "logs" else JobRunSerializer

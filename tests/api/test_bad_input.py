@@ -297,3 +297,31 @@ def test_bad_kill_bodies_are_400(api, run, body):
     assert response.status_code == 400, response.content
     run.refresh_from_db()
     assert run.kill_requested_at is None
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "field"),
+    [
+        ("post", "delete/?job_name=x&status=failed&status=", "status"),
+        ("post", "kill/?status=running&job_name=imports&job_name=", "job_name"),
+        ("post", "retry/?job_name=x&job_name=", "job_name"),
+        ("get", "?status=failed&status=succeeded", "status"),
+        ("get", "?job_name=x&page_size=1&page_size=500", "page_size"),
+        ("get", "export/?format=csv&format=jsonl", "format"),
+    ],
+)
+def test_a_parameter_given_twice_is_a_400_naming_it(api, make_run, method, url, field):
+    """Django's forms read a parameter's last value only: ``status=failed&status=``
+    filtered nothing, and a bulk delete of a job's failed runs deleted its succeeded ones
+    too; ``job_name=imports&job_name=`` asked every running run of every job to stop."""
+    failed = make_run("x", status=Status.FAILED)
+    succeeded = make_run("x", status=Status.SUCCEEDED)
+    imports = make_run("imports")
+    other = make_run("billing")
+    response = getattr(api, method)(f"{BASE}{url}", {}, format="json")
+    assert response.status_code == 400, response.content
+    assert field in response.json()
+    assert JobRun.objects.filter(pk__in=[failed.pk, succeeded.pk]).count() == 2
+    assert not JobRun.objects.filter(
+        pk__in=[imports.pk, other.pk], kill_requested_at__isnull=False
+    ).exists()

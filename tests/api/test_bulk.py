@@ -349,3 +349,18 @@ def test_a_bulk_delete_the_database_stops_partway_says_how_many_went(
     left = JobRun.objects.filter(pk__in=[run.pk for run in runs]).count()
     assert response.json()["deleted"] == 3 - left == 1
     assert "server closed the connection" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("action", ["kill", "retry", "delete"])
+def test_an_empty_ids_list_with_a_filter_picks_no_run(api, make_run, backend, action):
+    """Ids given are a selection, even an empty one: a client sending the rows it
+    selected (none) with its view's filter killed, retried or deleted every run of it."""
+    running = make_run("x", source="tests_backend")
+    done = make_run("x", status=Status.FAILED, source="tests_backend")
+    response = api.post(f"{BASE}{action}/?job_name=x", {"ids": []}, format="json")
+    assert response.status_code in (200, 202), response.content
+    assert response.json()["matched"] == 0, response.content
+    running.refresh_from_db()
+    assert running.kill_requested_at is None
+    assert JobRun.objects.filter(pk=done.pk).exists()
+    assert backend == []

@@ -140,53 +140,81 @@ def _cron_times(
             yield found
 
 
-# A retry clears ``started_at``: a run waiting for its retry started at its first attempt's.
+# A retry clears ``started_at`` and the next attempt sets it again: a run that was retried
+# (or restarted) started at its first attempt's start, kept in ``attempts``.
 _FIRST_START = "attempts__0__started_at"
+# The job's newest runs that started, by creation, whose latest start is its last start: a
+# run created before newer ones (queued behind a backlog, or for later) may start after
+# them. Ordering the job's runs by their start would sort them all (no index holds a
+# run's start, the first attempt's when it was retried); the newest few by creation are
+# one range of the (job_name, created_at) index. A run is not seen once that many runs
+# created after it have started.
+_RECENT_STARTS = 5
 
 
 def _started(job_name: str | OuterRef) -> QuerySet[JobRun]:
-    """The job's runs that started, newest first: a run queued but never started (or ended,
-    killed, before a worker took it) is no sign of life; one waiting for its retry is."""
+    """The job's runs that started, newest first by creation: a run queued but never
+    started (or ended, killed, before a worker took it) is no sign of life; one waiting
+    for its retry is."""
     return JobRun.objects.filter(
         Q(started_at__isnull=False) | Q(attempt__gt=1), job_name=job_name
     ).order_by("-created_at", "-id")
 
 
 def _start(started: datetime | None, first: Any) -> datetime | None:
-    """A run's start: ``started_at``, else (retrying) its first attempt's, from ``attempts``."""
-    return started if started is not None else attempt_time(first)
+    """A run's start: its first attempt's (``first``, from ``attempts``) when it was
+    retried or restarted, else ``started_at``."""
+    return attempt_time(first) or started
 
 
-def _last_start_columns(job_name: str | OuterRef) -> dict[str, Subquery]:
-    """The newest run that started: its ``started_at`` and its first attempt's start."""
+def _latest(starts: Iterable[tuple[datetime | None, Any]]) -> datetime | None:
+    """The latest start of the runs whose ``started_at`` and first attempt's start are ``starts``."""
+    found = [_start(started, first) for started, first in starts]
+    return max((start for start in found if start is not None), default=None)
+
+
+def _last_start_columns(job_name: str | OuterRef, prefix: str) -> dict[str, Subquery]:
+    """The ``started_at`` and first attempt's start of each of the job's
+    ``_RECENT_STARTS`` newest runs that started, named ``{prefix}started_{i}`` and
+    ``{prefix}first_{i}`` (read back by ``_last_start_of()``)."""
     runs = _started(job_name)
-    return {
-        "started": Subquery(runs.values("started_at")[:1]),
-        "first": Subquery(runs.values(_FIRST_START)[:1]),
-    }
+    columns = {}
+    for index in range(_RECENT_STARTS):
+        run = runs[index : index + 1]
+        columns[f"{prefix}started_{index}"] = Subquery(run.values("started_at"))
+        columns[f"{prefix}first_{index}"] = Subquery(run.values(_FIRST_START))
+    return columns
+
+
+def _last_start_of(row: Any, prefix: str) -> datetime | None:
+    """The job's last start, from the columns of ``_last_start_columns()`` on ``row``."""
+    return _latest(
+        (
+            getattr(row, f"{prefix}started_{index}"),
+            getattr(row, f"{prefix}first_{index}"),
+        )
+        for index in range(_RECENT_STARTS)
+    )
+
+
+_ANNOTATED = "last_start_"  # the prefix of the columns of with_last_start()
 
 
 def with_last_start(monitors: QuerySet[JobMonitor]) -> QuerySet[JobMonitor]:
-    """Monitors with ``last_start_at``/``last_first_start_at``: when their job's newest run that started did (see ``last_start()``)."""
-    columns = _last_start_columns(OuterRef("job_name"))
-    return monitors.annotate(
-        last_start_at=columns["started"], last_first_start_at=columns["first"]
-    )
+    """Monitors with their job's last start in columns that ``last_start()`` reads."""
+    return monitors.annotate(**_last_start_columns(OuterRef("job_name"), _ANNOTATED))
 
 
 def last_start(monitor: JobMonitor, *, using: str | None = None) -> datetime | None:
-    """When the job's newest run that started did (annotated by ``with_last_start()``, else one query)."""
-    if hasattr(monitor, "last_start_at"):
-        return _start(
-            monitor.last_start_at, getattr(monitor, "last_first_start_at", None)
-        )
-    found = (
+    """When the job last started a run: the latest start of its newest runs that started
+    (see ``_RECENT_STARTS``), annotated by ``with_last_start()``, else one query."""
+    if hasattr(monitor, f"{_ANNOTATED}started_0"):
+        return _last_start_of(monitor, _ANNOTATED)
+    return _latest(
         _started(monitor.job_name)
         .using(using or settings.DATABASE)
-        .values_list("started_at", _FIRST_START)
-        .first()
+        .values_list("started_at", _FIRST_START)[:_RECENT_STARTS]
     )
-    return _start(*found) if found is not None else None
 
 
 def expected_at(monitor: JobMonitor, *, using: str | None = None) -> datetime | None:
@@ -218,7 +246,7 @@ def open_incidents() -> Prefetch[Any]:
 
 
 def with_last_run(monitors: QuerySet[JobMonitor]) -> QuerySet[JobMonitor]:
-    """Monitors with their job's newest run (``last_run_id/_at/_status``), ``last_start_at`` and ``open_incidents``."""
+    """Monitors with their job's newest run (``last_run_id/_at/_status``), last start (``with_last_start()``) and ``open_incidents``."""
     return (
         with_last_start(monitors)
         .annotate(
@@ -334,16 +362,12 @@ def _finished_runs(
     runs = list(
         finished.filter(~Q(status=Status.KILLED) | Q(pk=last))
         .only(*_RUN_FIELDS)
-        .annotate(
-            **{
-                f"job_last_{name}": column
-                for name, column in _last_start_columns(monitor.job_name).items()
-            }
-        )[: monitor.max_failures + 1]
+        .annotate(**_last_start_columns(monitor.job_name, "job_last_"))[
+            : monitor.max_failures + 1
+        ]
     )
     if runs:
-        head = runs[0]
-        return runs, _start(head.job_last_started, head.job_last_first)  # type: ignore[attr-defined]
+        return runs, _last_start_of(runs[0], "job_last_")
     return runs, last_start(monitor, using=db)
 
 
@@ -396,9 +420,7 @@ def _slow(monitor: JobMonitor, finished: list[JobRun], db: str) -> Assessment | 
     ):
         text = _("A run has been running for %(duration)s, longer than %(limit)s.")
         return Assessment(
-            MonitorState.SLOW,
-            text % {"duration": _seconds(duration), "limit": _seconds(running_limit)},
-            running.pk,
+            MonitorState.SLOW, text % _over(duration, running_limit), running.pk
         )
     if (
         newest is not None
@@ -408,24 +430,40 @@ def _slow(monitor: JobMonitor, finished: list[JobRun], db: str) -> Assessment | 
     ):
         text = _("The last run took %(duration)s, longer than %(limit)s.")
         return Assessment(
-            MonitorState.SLOW,
-            text
-            % {"duration": _seconds(newest.duration), "limit": _seconds(last_limit)},
-            newest.pk,
+            MonitorState.SLOW, text % _over(newest.duration, last_limit), newest.pk
         )
     return None
 
 
-def _seconds(value: timedelta) -> str:
-    if value < timedelta(seconds=10):
-        # A sub-second job's figures: "took 0s, longer than 0s" said nothing.
+def _over(duration: timedelta, limit: timedelta) -> dict[str, str]:
+    """A duration over its limit and the limit, as the detail shows them: to the second,
+    else with as many decimals as it takes to tell them apart ("took 30.4s, longer than
+    30.0s", never "took 30s, longer than 30s")."""
+    figures = {"duration": _seconds(duration), "limit": _seconds(limit)}
+    for digits in range(1, 7):  # at 6 (microseconds) they differ
+        if figures["duration"] != figures["limit"]:
+            break
+        figures = {
+            "duration": _seconds(duration, digits),
+            "limit": _seconds(limit, digits),
+        }
+    return figures
+
+
+def _seconds(value: timedelta, digits: int | None = None) -> str:
+    """``value`` to the second, or to 3 figures under 10 s (a sub-second job's figures:
+    "took 0s, longer than 0s" said nothing); with ``digits``, seconds with that many
+    decimals."""
+    if digits is None and value < timedelta(seconds=10):
         return f"{value.total_seconds():.3g}s"
-    seconds = round(value.total_seconds())
-    minutes, second = divmod(seconds, 60)
-    hours, minute = divmod(minutes, 60)
+    total = round(value.total_seconds(), digits or 0)
+    minutes, second = divmod(total, 60)
+    hours, minute = divmod(int(minutes), 60)
+    width = digits + 3 if digits else 2  # zero-padded after the minutes: 1m05.5s
+    text = f"{second:.{digits or 0}f}"
     if hours:
-        return f"{hours}h{minute:02d}m{second:02d}s"
-    return f"{minute}m{second:02d}s" if minute else f"{second}s"
+        return f"{hours}h{minute:02d}m{text:0>{width}}s"
+    return f"{minute}m{text:0>{width}}s" if minute else f"{text}s"
 
 
 def assess(
@@ -543,7 +581,11 @@ def _not_after(field: str, now: datetime) -> Q:
 
 def _stamp_alerts(change: Change, now: datetime, db: str) -> None:
     """Mark which alerts go out: openings within ALERT_RATE_LIMIT a monitor an hour, and the
-    resolution of every incident whose opening was queued (and of no other)."""
+    resolution of every incident whose opening was queued (and of no other).
+
+    A move from one unhealthy state to another is announced once, by the new incident;
+    when the limit drops that opening, by the end of the old one ("is Slow (was
+    Failing)"), else the last word said would be the old state, for good."""
     if not (settings.ALERT_EMAILS or settings.ALERT_WEBHOOKS):
         return
     since = now - ALERT_WINDOW
@@ -554,19 +596,20 @@ def _stamp_alerts(change: Change, now: datetime, db: str) -> None:
     )
     budget = settings.ALERT_RATE_LIMIT - counts["opened"] - counts["resolved"]
     resolved, opened = change.resolved, change.opened
-    # A move from one unhealthy state to another is announced once: by the new incident.
-    announce = change.state not in MonitorState.UNHEALTHY
-    if resolved is not None and resolved.open_alert_queued_at is not None and announce:
-        # Never limited: the end of an announced incident is never left unsaid (it counts).
-        resolved.resolve_alert_queued_at = now
-        resolved.save(using=db, update_fields=["resolve_alert_queued_at"])
-        budget -= 1
     if opened is not None:
         if budget > 0:
             opened.open_alert_queued_at = now
             opened.save(using=db, update_fields=["open_alert_queued_at"])
         else:
             _suppressed(change)
+    if (
+        resolved is not None
+        and resolved.open_alert_queued_at is not None
+        and (opened is None or opened.open_alert_queued_at is None)
+    ):
+        # Never limited: the end of an announced incident is never left unsaid (it counts).
+        resolved.resolve_alert_queued_at = now
+        resolved.save(using=db, update_fields=["resolve_alert_queued_at"])
 
 
 def _suppressed(change: Change) -> None:
@@ -885,9 +928,14 @@ class Alert:
             "state": MonitorState(self.state).label,
             "previous": MonitorState(self.previous).label,
         }
+        # A move between unhealthy states, said by the new incident's opening, or by the
+        # old one's end when the rate limit dropped that opening (_stamp_alerts()).
+        if (
+            self.previous in MonitorState.UNHEALTHY
+            and self.state in MonitorState.UNHEALTHY
+        ):
+            return _("[jobstatus] %(job)s is %(state)s (was %(previous)s)") % values
         if self.event == "opened":
-            if self.previous in MonitorState.UNHEALTHY:
-                return _("[jobstatus] %(job)s is %(state)s (was %(previous)s)") % values
             return _("[jobstatus] %(job)s is %(state)s") % values
         if self.state == MonitorState.DISABLED:
             return (
@@ -1002,15 +1050,17 @@ def _send(
     took it.
 
     ``claim`` is the queued stamp this process set. It is renewed first: when it changed
-    meanwhile (a check queued the alert again, its claim being old, or it went out), this
-    process leaves the alert alone. When no target took it, its queued stamp stays, and a
-    later check queues it again.
+    meanwhile (a check queued the alert again, its claim being old, or it went out), or
+    when it is an opening whose incident's end went out (``_unsent()``), this process
+    leaves the alert alone. When no target took it, its queued stamp stays, and a later
+    check queues it again.
     """
     queued, sent, _ = _STAMPS[alert.event]
     unsent = JobMonitorIncident.objects.using(db).filter(
         pk=incident_pk, **{f"{sent}__isnull": True}
     )
-    if not unsent.filter(**{queued: claim}).update(**{queued: timezone.now()}):
+    due = unsent.filter(_unsent(alert.event), **{queued: claim})
+    if not due.update(**{queued: timezone.now()}):
         return
     if _deliver_each(alert, targets):
         unsent.update(**{sent: timezone.now()})
@@ -1054,6 +1104,16 @@ def _not_sent(alert: Alert, *, again: bool = True) -> None:
 # Alerts queued and not sent: queued again by a check.
 
 
+def _unsent(event: str) -> Q:
+    """The incidents whose ``event`` alert is still to go: it has not gone out, nor, for an
+    opening, has the incident's end (sent after it, the opening would be the last word,
+    saying a state the monitor has left)."""
+    found = Q(**{f"{_STAMPS[event][1]}__isnull": True})
+    if event == "opened":
+        found &= Q(resolve_alert_at__isnull=True)
+    return found
+
+
 def _claim_lease() -> timedelta:
     """How long an alert's queued stamp keeps it to its process: longer than one delivery
     to every target takes (the stamp is renewed just before), and at least a minute."""
@@ -1063,7 +1123,8 @@ def _claim_lease() -> timedelta:
 def resend(*, now: datetime | None = None, using: str | None = None) -> int:
     """Queue again each alert that was queued and has not gone out, once its queued stamp
     is older than ``_claim_lease()``, for ``ALERT_RETRY_FOR`` after its incident opened
-    (resolved): openings first. Each is taken by a compare-and-set of that stamp, so two
+    (resolved): openings first, and never an opening once its incident's end went out
+    (``_unsent()``). Each is taken by a compare-and-set of that stamp, so two
     checks never both queue it, and queued once committed. Two queries, then at most two an alert queued again.
     Returns how many were queued.
     """
@@ -1074,13 +1135,9 @@ def resend(*, now: datetime | None = None, using: str | None = None) -> int:
     taken, since = now - _claim_lease(), now - ALERT_RETRY_FOR
     incidents = JobMonitorIncident.objects.using(db)
     taken_alerts = []
-    for event, (queued, sent, moment) in _STAMPS.items():
+    for event, (queued, _sent, moment) in _STAMPS.items():
         pending = incidents.filter(
-            **{
-                f"{sent}__isnull": True,
-                f"{queued}__lte": taken,
-                f"{moment}__gte": since,
-            }
+            _unsent(event), **{f"{queued}__lte": taken, f"{moment}__gte": since}
         )
         for incident in pending.select_related("monitor").order_by(moment, "pk"):
             claim = incidents.filter(

@@ -508,6 +508,33 @@ def test_the_rate_limit_never_drops_the_end_of_an_announced_incident(
     ]
 
 
+def test_the_rate_limit_never_leaves_an_announced_incident_unresolved_through_another(
+    failing, past_run, django_capture_on_commit_callbacks
+):
+    """Failing (announced), then slow (the limit drops its opening), then healthy. The
+    failing incident ended in slow, which its new incident would announce; the slow
+    incident's end is not announced, its opening was not. Nobody was told the job stopped
+    failing: the end of the failing incident goes out in place of the opening dropped."""
+    m = failing(ALERT_RATE_LIMIT=1)
+    JobMonitor.objects.filter(pk=m.pk).update(max_duration=timedelta(seconds=10))
+    _check(django_capture_on_commit_callbacks)
+    past_run(ago=timedelta(seconds=90), took=timedelta(seconds=60))  # slow success
+    _check(django_capture_on_commit_callbacks)
+    past_run(ago=timedelta(seconds=10))  # fast success
+    _check(django_capture_on_commit_callbacks)
+    incidents = JobMonitorIncident.objects.order_by("opened_at")
+    assert list(incidents.values_list("state", "resolved_to")) == [
+        (MonitorState.FAILING, MonitorState.SLOW),
+        (MonitorState.SLOW, MonitorState.HEALTHY),
+    ]
+    subjects = [m.subject for m in mail.outbox]
+    assert subjects == [
+        "[jobstatus] tests.nightly is Failing",
+        "[jobstatus] tests.nightly is Slow (was Failing)",
+    ]
+    assert subjects[-1] != "[jobstatus] tests.nightly is Failing", subjects
+
+
 def test_check_jobstatus_called_from_code_leaves_its_alerts_to_the_thread(failing):
     """``call_command("check_jobstatus")`` in a process that goes on: after ``--wait`` the
     alert under way is not dropped; the thread delivers it, and its stamp stays."""
@@ -572,6 +599,34 @@ def test_an_alert_no_channel_took_is_sent_again_by_a_later_check(
     assert incident.open_alert_at is not None
     assert _check_at(later + LATER).resent == 0  # gone out: never again
     assert len(smtp.messages) == 1
+
+
+def test_an_opening_is_not_sent_again_once_its_incident_s_end_went_out(
+    failing, smtp, past_run, django_capture_on_commit_callbacks
+):
+    """The SMTP server refused the opening and was back when the job recovered, so
+    "healthy again (was Failing)" went out. The next check sent the stale "is Failing"
+    again: the last word said failing, for a job that is healthy."""
+    from django.utils import timezone
+
+    smtp.refuse = True
+    failing()
+    _check(django_capture_on_commit_callbacks)  # failing: refused
+    incident = JobMonitorIncident.objects.get()
+    assert incident.open_alert_at is None
+    smtp.refuse = False
+    past_run(ago=timedelta(seconds=30))
+    _check(django_capture_on_commit_callbacks)  # healthy again: sent
+    incident.refresh_from_db()
+    assert incident.resolve_alert_at is not None
+    assert _subjects(smtp) == [
+        "[jobstatus] tests.nightly is healthy again (was Failing)"
+    ]
+
+    assert _check_at(timezone.now() + LATER).resent == 0
+    subjects = _subjects(smtp)
+    assert subjects[-1] != "[jobstatus] tests.nightly is Failing", subjects
+    assert len(subjects) == 1
 
 
 def test_a_resolution_no_channel_took_is_sent_again_as_it_was(

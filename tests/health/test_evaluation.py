@@ -445,6 +445,85 @@ def test_a_run_retrying_after_a_start_on_time_is_not_late(monitor, past_run):
     assert health.expected_at(listed) == started + timedelta(hours=1)
 
 
+def test_a_retry_attempt_starting_does_not_make_a_missed_hourly_run_on_time(monitor):
+    """An hourly job: its only run started 100 minutes ago, failed and was retried; the
+    retry began 30 minutes ago. A run's start is its first attempt's: the run due 40
+    minutes ago is missed. Once the retry started, the run counted as started 30 minutes
+    ago: the monitor turned healthy and expected the next run an hour past the missed one."""
+    m = monitor(every=timedelta(hours=1), grace=timedelta(minutes=5))
+    JobRun.objects.all().delete()
+    run = JobRun.objects.create(job_name=m.job_name, status=Status.QUEUED)
+    run.mark_running()
+    run.mark_failed(ValueError("flaky"), retry=True)
+    now = timezone.now()
+    first_start = now - timedelta(minutes=100)
+    run.refresh_from_db()
+    attempts = [
+        {
+            **run.attempts[0],
+            "started_at": first_start.isoformat(),
+            "finished_at": (first_start + timedelta(seconds=5)).isoformat(),
+        }
+    ]
+    JobRun.objects.filter(pk=run.pk).update(
+        attempts=attempts, created_at=first_start, queued_at=first_start
+    )
+    waiting = health.assess(m, now=now)
+    assert waiting.state == MonitorState.LATE, waiting
+    assert waiting.next_expected_at == first_start + timedelta(hours=1)
+
+    run.refresh_from_db()
+    run.mark_running()  # the retry attempt begins, 30 minutes ago
+    JobRun.objects.filter(pk=run.pk).update(started_at=now - timedelta(minutes=30))
+    retrying = health.assess(m, now=now)
+    assert retrying.next_expected_at == first_start + timedelta(hours=1), retrying
+    assert retrying.state == MonitorState.LATE, retrying
+    assert health.expected_at(m) == first_start + timedelta(hours=1)
+    (listed,) = health.with_last_run(JobMonitor.objects.filter(pk=m.pk))
+    assert health.expected_at(listed) == first_start + timedelta(hours=1)
+
+
+def test_a_run_queued_first_and_started_last_is_the_job_s_latest_start(
+    monitor, past_run
+):
+    """An hourly job. Run B was created 90 minutes ago and ran at once; run A was created
+    100 minutes ago (behind a backlog, or for later) and started 10 minutes ago. The job
+    started 10 minutes ago, yet the newest run *created* decided: "No run since" 90
+    minutes ago, late, an incident and an alert."""
+    m = monitor(every=timedelta(hours=1), grace=timedelta(minutes=5))
+    JobRun.objects.all().delete()
+    now = timezone.now()
+    past_run(ago=timedelta(minutes=90))  # B: created and started 90 minutes ago
+    a = past_run(ago=timedelta(minutes=100), status=Status.RUNNING)
+    JobRun.objects.filter(pk=a.pk).update(started_at=now - timedelta(minutes=10))
+    assessment = health.assess(m, now=now)
+    assert assessment.state == MonitorState.HEALTHY, assessment.detail
+    latest = now - timedelta(minutes=10) + timedelta(hours=1)
+    assert assessment.next_expected_at == latest
+    assert health.expected_at(m) == latest
+    (listed,) = health.with_last_run(JobMonitor.objects.filter(pk=m.pk))
+    assert health.expected_at(listed) == latest
+
+
+def test_the_job_s_last_start_is_read_from_the_index_of_its_runs(monitor):
+    """The newest runs that started, by creation: one range of jobstatus_run_job_id_idx
+    (job_name, created_at, id), never a sort of the job's runs by their start."""
+    m = monitor(every=timedelta(hours=1))
+    with CaptureQueriesContext(connection) as queries:
+        health.last_start(m)
+    (query,) = queries.captured_queries
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL enable_sort = off")
+            cursor.execute(f"EXPLAIN {query['sql']}")
+        else:
+            cursor.execute(f"EXPLAIN QUERY PLAN {query['sql']}")
+        plan = str(cursor.fetchall())
+    assert "jobstatus_run_job_id_idx" in plan, plan
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
+
+
 @pytest.mark.parametrize("started", [True, False])
 def test_a_killed_run_does_not_end_a_failing_streak(monitor, past_run, started):
     """A kill is no failure, and no success either: a run killed on request (or by the
@@ -571,3 +650,17 @@ def test_a_slow_sub_second_run_says_how_long_it_took(monitor, past_run):
     assessment = health.assess(m)
     assert assessment.state == MonitorState.SLOW
     assert "took 0s, longer than 0s" not in assessment.detail, assessment.detail
+
+
+def test_a_slow_run_s_detail_gives_figures_that_show_it_was_over_the_limit(
+    monitor, past_run
+):
+    """A limit of 30 s and a run that took 30.4 s: the detail said "The last run took
+    30s, longer than 30s.", figures that contradict the claim (``_seconds()`` rounds to
+    whole seconds from 10 s up)."""
+    m = monitor(max_duration=timedelta(seconds=30), max_failures=0)
+    past_run(ago=timedelta(minutes=2), took=timedelta(seconds=30.4))
+    assessment = health.assess(m)
+    assert assessment.state == MonitorState.SLOW
+    assert assessment.detail != "The last run took 30s, longer than 30s."
+    assert assessment.detail == "The last run took 30.4s, longer than 30.0s."

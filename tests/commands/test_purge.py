@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -659,6 +660,65 @@ def test_delete_receivers_of_runs_still_run(aged: Any) -> None:
     assert child.parent is None
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)  # the lock is held by another connection
+def test_a_locked_run_is_stepped_over_when_a_delete_receiver_is_connected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a delete receiver the batches delete through the ORM; a run alone past its
+    lock timeout is stepped over as on the set-based path. The step read the kept runs'
+    array, which only the set-based path builds: the nightly purge died with
+    AttributeError."""
+    from django.db.models.signals import post_delete
+
+    from tests.commands.test_concurrency import (
+        _in_thread,
+        _old_run,
+        _orphans,
+        _other_connection,
+    )
+
+    blocked = _old_run("tests.blocked", lines=2)
+    JobRun.objects.filter(pk=blocked.pk).update(created_at=ago(200))
+    others = [_old_run("tests.other", lines=1) for _ in range(5)]
+    JobRun.objects.create(job_name="tests.other", status="succeeded")  # KEEP_LAST keeps
+    JobRun.objects.create(job_name="tests.blocked", status="succeeded")
+
+    def receiver(sender: Any, instance: JobRun, **kwargs: Any) -> None:
+        pass
+
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    post_delete.connect(receiver, sender=JobRun, dispatch_uid="tests.purge.locked")
+    try:
+        with _other_connection() as other:
+            other.execute(
+                f"SELECT id FROM {JobLog._meta.db_table} WHERE run_id = %s FOR UPDATE",  # noqa: S608
+                [blocked.pk],
+            )
+            thread = _in_thread(
+                lambda: results.append(
+                    JobRun.objects.purge(days=30, batch_seconds=0.05)
+                ),
+                threading.Barrier(1),
+                errors,
+            )
+            thread.join(timeout=30)
+            finished_under_the_lock = not thread.is_alive()
+            other.rollback()
+            thread.join(timeout=30)
+    finally:
+        post_delete.disconnect(dispatch_uid="tests.purge.locked", sender=JobRun)
+
+    assert finished_under_the_lock
+    assert not errors, errors
+    assert (results[0].runs, results[0].logs) == (5, 5)
+    assert not JobRun.objects.filter(pk__in=[run.pk for run in others]).exists()
+    assert JobLog.objects.filter(run=blocked).count() == 2
+    assert f"Purge skipped run {blocked.pk}" in caplog.text
+    assert _orphans() == 0
+
+
 @pytest.mark.django_db(transaction=True)  # the parent follows its children on commit
 def test_a_batch_s_finished_children_stay_while_it_runs(aged: Any, purge: Any) -> None:
     """A batch's status adds its children's up: the nightly purge took a finished child
@@ -683,6 +743,75 @@ def test_a_batch_s_finished_children_stay_while_it_runs(aged: Any, purge: Any) -
     parent.refresh_from_db()
     assert (parent.status, parent.progress_current) == (Status.KILLED, 2)
     purge()
+    assert alive(parent, first, second) == [False, False, False]
+
+
+@pytest.mark.django_db(transaction=True)  # the parent follows its children on commit
+def test_a_failed_batch_keeps_its_children_while_one_still_runs(purge: Any) -> None:
+    """A batch's parent ends failed as soon as one child fails, and its figures follow
+    the others to their end. Its succeeded child (30 days) went while a third still ran,
+    the parent and the failed child staying (90 days): once the third ended, the parent
+    counted 2 children, not 3."""
+    from django_jobstatus import track
+    from django_jobstatus.batches import start_batch
+
+    parent = start_batch("tests.batch", ["tests.child", "tests.child", "tests.child"])
+    first, second, third = parent.children.order_by("pk")
+    with pytest.raises(RuntimeError), track("tests.child", run=first):
+        raise RuntimeError("boom")
+    with track("tests.child", run=JobRun.objects.get(pk=second.pk)):
+        pass
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_current) == (Status.FAILED, 2)
+    JobRun.objects.filter(pk__in=[parent.pk, first.pk, second.pk, third.pk]).update(
+        created_at=ago(40)
+    )
+
+    purge("--keep-last", "0")
+    assert alive(parent, first, second) == [True, True, True]
+    with track("tests.child", run=JobRun.objects.get(pk=third.pk)):
+        pass
+    parent.refresh_from_db()
+    assert (parent.progress_current, parent.progress_total) == (3, 3)
+    assert parent.result == {"children": {"failed": 1, "succeeded": 2}}
+    purge("--keep-last", "0")
+    assert alive(parent, first, second, third) == [True, True, False, False]
+
+
+@pytest.mark.django_db(transaction=True)  # the parent follows its children on commit
+def test_naming_an_active_status_keeps_the_children_of_a_batch_not_purged(
+    purge: Any,
+) -> None:
+    """``--include-active --status killed --status retrying`` (old stuck retries, and
+    killed runs) took the killed child of a running batch, whose parent is not purged:
+    the batch then ended succeeded. A batch goes whole only with its parent."""
+    from django_jobstatus import JobKilled, track
+    from django_jobstatus.batches import start_batch
+
+    parent = start_batch("tests.batch", ["tests.child", "tests.child"])
+    first, second = parent.children.order_by("pk")
+    with track("tests.child", run=first):
+        raise JobKilled("stopped by an operator")
+    JobRun.objects.filter(pk__in=[parent.pk, first.pk, second.pk]).update(
+        created_at=ago(40)
+    )
+    active = ["--include-active", "--keep-last", "0"]
+
+    purge(*active, "--status", "killed", "--status", "retrying")
+    assert alive(first) == [True]
+    with track("tests.child", run=JobRun.objects.get(pk=second.pk)):
+        pass
+    assert not JobRun.objects.filter(pk=parent.pk, status=Status.SUCCEEDED).exists()
+
+    # With its parent, the batch goes whole.
+    parent = start_batch("tests.batch", ["tests.child", "tests.child"])
+    first, second = parent.children.order_by("pk")
+    with track("tests.child", run=first):
+        raise JobKilled("stopped by an operator")
+    JobRun.objects.filter(pk__in=[parent.pk, first.pk, second.pk]).update(
+        created_at=ago(40)
+    )
+    purge(*active, "--status", "killed", "--status", "running", "--status", "queued")
     assert alive(parent, first, second) == [False, False, False]
 
 

@@ -10,6 +10,11 @@ again, is left alone; on PostgreSQL a row another transaction holds is skipped, 
 waited on). A beat that fails is tried again a second later. The handle's own throttled
 writes go on as before; the thread covers the silent stretches between them.
 
+The thread also writes the ends that had to wait (``end_later()``): a job whose own
+transaction holds its run's row cannot have its end written through a second connection
+until that transaction ends, committed or rolled back. The thread tries each such end a
+second apart, without waiting on the row, and the process tries those left when it exits.
+
 The thread starts with the first active run and writes through a connection of its own
 (``own_connections``), open while there are runs to beat for and closed when there are
 none. The beats stop with the process, so a killed worker's runs are still reaped. A
@@ -20,12 +25,14 @@ once its parent is gone: an RQ work horse whose worker was killed carries on wit
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import operator
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections, transaction
@@ -71,6 +78,9 @@ class Heartbeats:
         self._due = 0.0  # when the next beat is due (time.monotonic())
         self._open = False  # whether the thread holds a connection
         self._failing = False  # whether the last beat failed (the next one comes soon)
+        # end_later(): each end still to write, called with the alias to write through;
+        # it says whether it is done.
+        self._ends: list[Callable[[str], bool]] = []
 
     def add(self, handle: JobHandle, *, now: bool = False) -> None:
         """Beat for ``handle``'s run from now on (starting the thread if needed); ``now``:
@@ -78,17 +88,27 @@ class Heartbeats:
         so far died: its last beat may be an interval old already)."""
         with self._lock:
             self._handles[id(handle)] = handle
-            due = time.monotonic() + (0 if now else interval())
-            if self._thread is None or not self._thread.is_alive():
-                self._due = due
-                self._thread = threading.Thread(
-                    target=self._beat_forever, name="jobstatus-heartbeats", daemon=True
-                )
-                self._thread.start()
-            elif due < self._due:
-                # Also when HEARTBEAT_TIMEOUT was made shorter: beat sooner.
-                self._due = due
-                self._wake.set()
+            self._wake_by(time.monotonic() + (0 if now else interval()))
+
+    def end_later(self, end: Callable[[str], bool]) -> None:
+        """Call ``end(alias)`` a second from now, and again each second until it returns
+        True (the run's end is written, or there is none to write)."""
+        with self._lock:
+            self._ends.append(end)
+            self._wake_by(time.monotonic() + retry_delay())
+
+    def _wake_by(self, due: float) -> None:
+        """Start the thread, or wake it, so that it runs by ``due``; with ``_lock`` held."""
+        if self._thread is None or not self._thread.is_alive():
+            self._due = due
+            self._thread = threading.Thread(
+                target=self._beat_forever, name="jobstatus-heartbeats", daemon=True
+            )
+            self._thread.start()
+        elif due < self._due:
+            # Also when HEARTBEAT_TIMEOUT was made shorter: beat sooner.
+            self._due = due
+            self._wake.set()
 
     def discard(self, handle: JobHandle) -> None:
         """Stop beating for ``handle``'s run."""
@@ -96,6 +116,36 @@ class Heartbeats:
             self._handles.pop(id(handle), None)
             if not self._handles and self._open:
                 self._wake.set()  # the thread lets its connection go
+
+    def write_ends(self, alias: str | None = None) -> int:
+        """Try each end ``end_later()`` holds once, through ``alias`` (default: this
+        thread's own connection); how many are left. Each is taken out while it is tried,
+        so two threads never write one."""
+        with self._lock:
+            ends, self._ends = self._ends, []
+        left = []
+        for end in ends:
+            try:
+                done = end(alias or self.connection())
+            except Exception:  # the others are tried all the same
+                logger.exception("Could not record the end of a run; trying again.")
+                done = False
+            if not done:
+                left.append(end)
+        with self._lock:
+            self._ends[:0] = left
+            return len(self._ends)
+
+    def _write_ends_at_exit(self) -> None:
+        """At the process's exit: the ends still held, tried until FINISH_RETRY_TIMEOUT."""
+        deadline = time.monotonic() + float(settings.FINISH_RETRY_TIMEOUT)
+        while self.write_ends() and time.monotonic() < deadline:
+            time.sleep(retry_delay())
+        if self._ends:
+            logger.error(
+                "Could not record the end of %d runs before the process exited.",
+                len(self._ends),
+            )
 
     def handles(self) -> list[JobHandle]:
         with self._lock:
@@ -174,7 +224,11 @@ class Heartbeats:
                     logger.exception("The heartbeat thread failed to beat; it goes on.")
                 if self._failing:
                     self._due = min(self._due, time.monotonic() + retry_delay())
-            if self._open and not self.handles():
+            if self._ends:
+                self._open = True
+                if self.write_ends():
+                    self._due = min(self._due, time.monotonic() + retry_delay())
+            if self._open and not self.handles() and not self._ends:
                 own_connections.close(PURPOSE)
                 self._open = False
 
@@ -185,3 +239,4 @@ class Heartbeats:
 
 heartbeats = Heartbeats()
 os.register_at_fork(after_in_child=heartbeats._forked)
+atexit.register(heartbeats._write_ends_at_exit)

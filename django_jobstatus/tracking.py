@@ -119,6 +119,57 @@ def tracking_database() -> str:
     return side
 
 
+def caller_holds(alias: str, run: JobRun) -> bool:
+    """Whether the caller's open transaction holds ``run``'s row, which a write through
+    ``alias`` (a second connection) would wait on until that transaction ends.
+
+    PostgreSQL only, and only inside an atomic block that has written or locked something
+    (it has a transaction id): then the row is tried without waiting, through ``alias``
+    and, in a savepoint rolled back at once, through the caller's connection. Locked for
+    the first and free for the second, it is the caller's. A job that locks or updates its
+    own run in its transaction (``select_for_update()``, a queue's claim) would otherwise
+    wait on itself: a lock timeout on each write, and its end never written.
+    """
+    from django_jobstatus.models import JobRun
+
+    own: str = settings.DATABASE
+    connection = connections[own]
+    if (
+        alias == own
+        or connection.vendor != "postgresql"
+        or not connection.in_atomic_block
+    ):
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+        if not cursor.fetchone()[0]:
+            return False
+
+    def locked(using: str) -> bool:
+        rows = JobRun.objects.using(using).filter(pk=run.pk)
+        try:
+            with transaction.atomic(using=using):
+                list(rows.select_for_update(nowait=True, no_key=True).values("pk"))
+                transaction.set_rollback(True, using=using)
+        except OperationalError:  # LockNotAvailable (or the database away)
+            return True
+        return False
+
+    return locked(alias) and not locked(own)
+
+
+def _row_free(alias: str, run: JobRun) -> bool | None:
+    """Whether ``run``'s row can be written through ``alias`` without waiting; None when
+    it is gone."""
+    from django_jobstatus.models import JobRun
+
+    rows = JobRun.objects.using(alias).filter(pk=run.pk)
+    with transaction.atomic(using=alias):
+        if list(rows.select_for_update(skip_locked=True, no_key=True).values("pk")):
+            return True
+    return False if rows.exists() else None
+
+
 def _write_progress(
     alias: str, run: JobRun, fields: dict[str, Any]
 ) -> tuple[bool, datetime | None, str] | None:
@@ -580,6 +631,11 @@ class JobHandle:
         if self._kill_requested:
             self._due = -math.inf  # every progress call raises, without a query
         alias = self._database()
+        if caller_holds(alias, self.run):
+            # The job's own transaction holds its run's row: what it reported waits for
+            # the next write (or the end); the kill request is read, which never waits.
+            self._read_kill_request(alias)
+            return
         fields, logs = self._take()
         fields = storable(fields)
         found: list[tuple[bool, datetime | None, str] | None] = []
@@ -624,6 +680,21 @@ class JobHandle:
             self.run.pk,
             status,
         )
+
+    def _read_kill_request(self, alias: str) -> None:
+        from django_jobstatus.models import JobRun
+
+        with contextlib.suppress(DatabaseError):
+            kill_requested_at = (
+                JobRun.objects.using(alias)
+                .filter(pk=self.run.pk)
+                .values_list("kill_requested_at", flat=True)
+                .first()
+            )
+            if kill_requested_at is not None:
+                self.run.kill_requested_at = kill_requested_at
+                self._kill_requested = True
+                self._due = -math.inf
 
     def _write_logs_then(
         self,
@@ -694,6 +765,9 @@ class JobHandle:
         keeps that state. A result that JSON can no longer hold (changed after it was
         set) ends the run failed with the TypeError, which is then raised.
         """
+        if caller_holds(self._database(), self.run):
+            self._end_later(exc, values)
+            return
         try:
             self._record_end(exc, values)
         except TypeError:
@@ -705,8 +779,8 @@ class JobHandle:
             self._record_end(error, values)  # failed, as setting it so would have
             raise error from None
 
-    def _record_end(self, exc: BaseException | None, values: dict[str, Any]) -> None:
-        """finish()'s write, tried again while the database is away."""
+    def _record_end(self, exc: BaseException | None, values: dict[str, Any]) -> bool:
+        """finish()'s write, tried again while the database is away; whether it was written."""
         with self._writing:
             with self._lock:
                 logs, self._logs = self._logs, []
@@ -717,6 +791,32 @@ class JobHandle:
                 raise
             if not written:
                 self._put_back({}, logs)
+            return written
+
+    def _end_later(self, exc: BaseException | None, values: dict[str, Any]) -> None:
+        """The end, written by the heartbeat thread once the caller's transaction, which
+        holds the run's row, has ended (committed or rolled back): through a second
+        connection, the write would wait on that transaction, which waits on the job.
+        A result JSON cannot hold is raised now, and ends the run failed then."""
+        error = self._unstorable_result() if exc is None else None
+        ending = exc if error is None else error
+
+        def end(alias: str) -> bool:
+            free = _row_free(alias, self.run)
+            if free is None:  # purged meanwhile: nothing to end
+                return True
+            if not free:
+                return False
+            self._using = alias
+            return self._record_end(ending, values)
+
+        logger.info(
+            "The end of run %s waits for the transaction that holds its row to end.",
+            self.run.pk,
+        )
+        heartbeats.end_later(end)
+        if error is not None:
+            raise error
 
     def _write_end(
         self, exc: BaseException | None, values: dict[str, Any], logs: list[JobLog]
@@ -982,45 +1082,65 @@ def track(
         }
         run = _start_run(job_name, fields)
     else:
-        alias = tracking_database()
-        try:
-            run.mark_running(using=alias)
-        except ObjectDoesNotExist:
-            # Created in the caller's transaction, not committed yet: the second
-            # connection cannot see it, so the run is tracked in that transaction.
-            using = _uncommitted_run_database(alias, run)
-            if using is None:
-                raise
-            alias = using
-            run.mark_running(using=alias)
-        if run.kill_requested_at is None:
-            # Asked to stop while it waited (a batch's kill, the admin's): the caller's
-            # copy may be older than the request, which the job must see at once.
-            run.refresh_from_db(using=alias, fields=["kill_requested_at"])
+        using = _start_waiting_run(run)
     handle = JobHandle(run, interval=interval, using=using)
     token = handle.activate()
+    process = os.getpid()
+
+    def finish(exc: BaseException | None = None, **values: Any) -> None:
+        # A child the job forked (os.fork()) that leaves the block, by sys.exit() or an
+        # exception, ends its own process, not the run: the job goes on in its parent.
+        if os.getpid() == process:
+            handle.finish(exc, **values)
+
     try:
         yield handle
     except JobKilled as exc:
         if exc.run_id in (None, run.pk):
-            handle.finish(exc)
+            finish(exc)
         else:
             # Another run's kill (an outer block's) leaves this block: this run stops
             # with it, and the run that was asked stops too.
             text = _("Stopped: run %(run)s, which it ran in, was asked to stop.")
-            handle.finish(exc, message=text % {"run": exc.run_id})
+            finish(exc, message=text % {"run": exc.run_id})
             raise
     except SystemExit as exc:
         # sys.exit(0) and sys.exit() are a success, for Python and for cron.
-        handle.finish(None if exc.code in (0, None) else exc)
+        finish(None if exc.code in (0, None) else exc)
         raise
     except BaseException as exc:
-        handle.finish(exc)
+        finish(exc)
         raise
     else:
-        handle.finish()
+        finish()
     finally:
         handle.deactivate(token)
+
+
+def _start_waiting_run(run: JobRun) -> str | None:
+    """Start ``run`` (queued or retrying); the alias to track it through, or None for
+    ``tracking_database()``'s at each write."""
+    using = None
+    alias = tracking_database()
+    if caller_holds(alias, run):
+        # Claimed in the caller's transaction (``select_for_update()``): tracked through
+        # the caller's connection, in that transaction, as a run created there is.
+        alias = using = settings.DATABASE
+    try:
+        run.mark_running(using=alias)
+    except ObjectDoesNotExist:
+        # Created in the caller's transaction, not committed yet: the second
+        # connection cannot see it, so the run is tracked in that transaction.
+        using = _uncommitted_run_database(alias, run)
+        if using is None:
+            raise
+        alias = using
+        run.mark_running(using=alias)
+    if run.kill_requested_at is None:
+        # Asked to stop while it waited (a batch's kill, the admin's): the caller's
+        # copy may be older than the request, which the job must see at once.
+        run.refresh_from_db(using=alias, fields=["kill_requested_at"])
+    return using
 
 
 def _uncommitted_run_database(alias: str, run: JobRun) -> str | None:

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -1830,3 +1831,43 @@ def test_while_database_away_raises_other_errors_at_once() -> None:
     assert len(calls) == 1
     with pytest.raises(ValueError, match="timeout or a number of attempts"):
         tracking.while_database_away(action)
+
+
+def _run_a_forking_job(name: str, child: Callable[[], None]) -> tuple[str, str]:
+    """A tracked job that forks ``child`` and waits for it: its run's status once the child
+    exited (the job still running), and at its end."""
+    parent = os.getpid()
+    seen: list[str] = []
+    try:
+        with track(name) as job:
+            connections.close_all()  # Django's advice: no connection shared with a fork
+            pid = os.fork()
+            if pid == 0:
+                child()
+                os._exit(0)
+            os.waitpid(pid, 0)
+            seen.append(JobRun.objects.get(pk=job.run.pk).status)
+            job.info("the job goes on after its child")
+    except BaseException:
+        if os.getpid() != parent:
+            os._exit(0)  # the child, out of track(): never back into pytest
+        raise
+    return seen[0], JobRun.objects.get(pk=job.run.pk).status
+
+
+@pytest.mark.postgres  # a child's connection to SQLite's in-memory test database sees none of it
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("how", ["sys.exit", "an exception"])
+def test_a_forked_child_leaving_the_block_does_not_end_its_parent_s_run(how):
+    """A child forked inside ``track()`` unwinds through the block when it calls
+    ``sys.exit()`` or raises: it ended the run (succeeded, or failed with the child's
+    error) while the job went on, and the job's own end was then refused."""
+
+    def child() -> None:
+        if how == "sys.exit":
+            sys.exit(0)
+        raise RuntimeError("only the child failed")
+
+    while_running, at_end = _run_a_forking_job(f"tests.fork.{how}", child)
+    assert while_running == Status.RUNNING
+    assert at_end == Status.SUCCEEDED

@@ -1,0 +1,142 @@
+"""PostgreSQL: a job whose own transaction holds its run's row (found by a red-team pass).
+
+The job runs inside the caller's ``transaction.atomic()`` (a view under ATOMIC_REQUESTS, a
+task or command wrapped in a transaction) and locks or updates its own run through the
+caller's connection. The handle writes through a second connection, which waited on that
+lock: a lock timeout on each write, then the end given up, and the run, whose job ended,
+reaped ``lost``. The end is now written once the caller's transaction has ended.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connections, transaction
+from django.utils import timezone
+
+from django_jobstatus import current_job, own_connections, track, tracked
+from django_jobstatus.models import JobRun, Status
+from tests.waiting import wait_for
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+]
+
+
+@pytest.fixture
+def production_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second connection as the app makes it, with its lock timeout (the test
+    settings declare the alias, as docs/testing.md says to, without one)."""
+    side = connections["default__jobstatus"]
+    side.close()
+    monkeypatch.setattr(side, "settings_dict", own_connections.side_settings("default"))
+
+
+def ends(pk: Any, status: str) -> None:
+    wait_for(
+        lambda: JobRun.objects.filter(pk=pk, status=status).exists(),
+        timeout=10,
+        what=f"run {pk} {status}",
+    )
+
+
+@pytest.mark.usefixtures("production_side")
+@pytest.mark.parametrize("how", ["select_for_update", "update"])
+def test_a_job_that_locked_its_own_run_in_the_caller_s_transaction_ends(how) -> None:
+    with transaction.atomic():
+        with track(f"tests.own_lock.{how}") as job:
+            rows = JobRun.objects.filter(pk=job.run.pk)
+            if how == "update":
+                rows.update(data={"note": "set by the job"})
+            else:
+                rows.select_for_update().get()
+            job.progress(1, 2)
+            job.info("working")
+            job.flush()  # no wait on the job's own lock
+    ends(job.run.pk, Status.SUCCEEDED)
+    run = JobRun.objects.get(pk=job.run.pk)
+    assert run.logs.get().message == "working"
+    assert (run.progress_current, run.progress_total) == (1, 2)
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_failure_after_touching_its_own_run_survives_the_rollback() -> None:
+    pk = None
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        with track("tests.own_lock.fail") as job:
+            pk = job.run.pk
+            JobRun.objects.filter(pk=pk).update(message="working")
+            1 / 0  # noqa: B018
+    ends(pk, Status.FAILED)
+    assert "ZeroDivisionError" in JobRun.objects.get(pk=pk).error
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_tracked_function_that_locked_its_run_is_not_reaped_lost() -> None:
+    @tracked("tests.own_lock.tracked")
+    def job() -> int:
+        run = current_job().run  # type: ignore[union-attr]
+        JobRun.objects.filter(pk=run.pk).update(data={"seen": True})
+        return 1
+
+    with transaction.atomic():
+        job()
+    run = JobRun.objects.get(job_name="tests.own_lock.tracked")
+    ends(run.pk, Status.SUCCEEDED)
+    JobRun.objects.filter(pk=run.pk).update(
+        heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
+    JobRun.objects.reap(timeout=600)
+    assert JobRun.objects.get(pk=run.pk).status == Status.SUCCEEDED
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_run_claimed_with_select_for_update_is_tracked_in_the_claim() -> None:
+    """A database queue's claim (``select_for_update(skip_locked=True)``), then
+    ``track(run=...)`` in the same transaction: its start waited on the claim's own lock,
+    and track() raised after the lock timeout."""
+    queued = JobRun.objects.enqueue("tests.own_lock.claim")
+    with transaction.atomic():
+        run = (
+            JobRun.objects.queued()
+            .filter(pk=queued.pk)
+            .select_for_update(skip_locked=True)
+            .get()
+        )
+        with track(run.job_name, run=run) as job:
+            job.info("claimed")
+    assert JobRun.objects.get(pk=queued.pk).status == Status.SUCCEEDED
+
+
+def test_a_job_that_locked_its_own_run_does_not_hang_with_the_documented_test_settings() -> (
+    None
+):
+    """docs/testing.md's ``default__jobstatus``, a mirror with no lock timeout: the
+    handle's write waited on the job's own lock for ever."""
+    done = threading.Event()
+    pks: list[Any] = []
+
+    def job() -> None:
+        try:
+            with transaction.atomic(), track("tests.own_lock.testing") as handle:
+                pks.append(handle.run.pk)
+                JobRun.objects.filter(pk=handle.run.pk).update(message="mine")
+        finally:
+            connections.close_all()
+            done.set()
+
+    threading.Thread(target=job, daemon=True).start()
+    finished = done.wait(20)
+    if not finished:  # free the deadlock, so that the test database can be dropped
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid()"
+            )
+    assert finished, "the job's end waited for ever on its own transaction's lock"
+    ends(pks[0], Status.SUCCEEDED)

@@ -112,7 +112,13 @@ def best_effort(
 
 
 def record_queued(
-    source: str, backend_job_id: str, name: str, *, fresh: bool = False, **fields: Any
+    source: str,
+    backend_job_id: str,
+    name: str,
+    *,
+    fresh: bool = False,
+    again: bool = False,
+    **fields: Any,
 ) -> Any:
     """Record the run as queued; the id of the run it created, or None.
 
@@ -123,7 +129,8 @@ def record_queued(
     A running run stays running: Celery and RQ enqueue a retry while the failed attempt
     is still executing, and running → queued is no legal move (its ``due_at`` is written,
     for a retry scheduled for later). Enqueued inside ``batch()``, a new run is a child of
-    that batch's parent.
+    that batch's parent. ``again``: the task system puts the job back in its queue after
+    it ended (RQ's requeue): a newest run that has finished is followed by a new one.
     """
     fields.setdefault("parent", batches.current_parent())
     if fresh:
@@ -143,7 +150,7 @@ def record_queued(
     def record(alias: str) -> None:
         if not fresh:
             run = find_run(source, backend_job_id, alias)
-            if run is not None:
+            if run is not None and not (again and run.is_finished):
                 due = {"due_at": fields["due_at"]} if fields.get("due_at") else {}
                 if run.status == Status.RETRYING:
                     run.mark_queued(using=alias, **due)

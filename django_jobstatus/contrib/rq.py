@@ -22,11 +22,13 @@ Enable with::
   its success to the main process, which reads the result from RQ: the horse then needs
   no database connection);
 - a worker that died is noticed by RQ's cleanup of abandoned jobs (``lost``), or by
-  ``reap_jobstatus``;
-- a job that RQ enqueues again after a success (``rq.Repeat``) is a new run for each
-  execution; ``Job.cancel()`` ends the run killed, and so do ``Job.delete()`` and
-  ``Queue.empty()`` for the jobs they delete before they ran; the runs of the jobs that
-  wait for a job that failed, was stopped or canceled (RQ keeps them deferred) end killed;
+  ``reap_jobstatus``; one whose cold shutdown killed its work horse ends its run
+  ``failed`` (``retrying`` with retries left) on its way out;
+- a job that RQ enqueues again after a success (``rq.Repeat``), or that it is asked to
+  requeue after it ended (``Job.requeue()``), is a new run for each execution;
+  ``Job.cancel()`` ends the run killed, and so do ``Job.delete()`` and ``Queue.empty()``
+  for the jobs they delete before they ran; the runs of the jobs that wait for a job
+  that failed, was stopped, canceled or deleted (RQ keeps them deferred) end killed;
 - a work horse whose worker's main process died (SIGKILL) beats for its run itself.
 
 Kill sends RQ's stop-job command (forking workers only: ``SimpleWorker`` cannot stop a
@@ -65,7 +67,7 @@ from rq.exceptions import (
 )
 from rq.job import JobStatus
 from rq.results import Result
-from rq.utils import import_attribute
+from rq.utils import as_text, import_attribute
 
 from django_jobstatus import contrib, health, own_connections, writebehind
 from django_jobstatus.contrib import _execution
@@ -91,6 +93,8 @@ RECORDED = "django_jobstatus_recorded"
 UNWRITTEN = "django_jobstatus_unwritten"
 # On a job in the worker's main process: the error it failed the job with (a dead work horse).
 _FAILURE = "_jobstatus_failure"
+# On a job in the worker's main process: its work horse was killed by the worker's cold shutdown.
+_COLD_SHUTDOWN = "_jobstatus_cold_shutdown"
 
 
 def find_run(job_id: str, using: str | None = None) -> JobRun | None:
@@ -121,8 +125,12 @@ def _fields(job: rq.job.Job) -> dict[str, Any]:
 
 
 @contrib.never_raises
-def _record_queued(job: rq.job.Job, **fields: Any) -> Any:
-    """Record ``job``'s run as queued (with ``fields`` too); the id of the run created, or None."""
+def _record_queued(job: rq.job.Job, *, again: bool = False, **fields: Any) -> Any:
+    """Record ``job``'s run as queued (with ``fields`` too); the id of the run created, or None.
+
+    ``again``: RQ puts the job back in its queue after it ended (a requeue): a new run
+    is recorded when its newest one has finished.
+    """
     if not _connected:
         return None
     return _execution.record_queued(
@@ -130,6 +138,7 @@ def _record_queued(job: rq.job.Job, **fields: Any) -> Any:
         job.id,
         _name(job),
         fresh=getattr(job, _FRESH, False),
+        again=again,
         **_fields(job),
         **fields,
     )
@@ -186,14 +195,17 @@ class Queue(DjangoRQ):
 
     def empty(self) -> Any:
         """RQ's empty(), which also ends killed the runs of the jobs it deletes (django-rq's
-        admin *Empty queue*).
+        admin *Empty queue*), and of the deferred jobs that waited for them: RQ deletes
+        the lists of those with the jobs, and keeps them deferred for good.
 
         RQ's script returns a count, not the ids: they are read before it runs (a job
         enqueued between the two is deleted, and its run left queued).
         """
         ids = self.get_job_ids() if _connected else []
+        stranded = _deferred_for_good(self.connection, self.serializer, ids, gone=ids)
         emptied = super().empty()  # type: ignore[no-untyped-call]
         _record_deleted(ids)
+        _end_waiting(stranded, None)
         return emptied
 
     def enqueue_many(
@@ -224,6 +236,19 @@ class Queue(DjangoRQ):
         with _forgotten_if_refused(job, created, pipeline):
             return super().enqueue_job(job, pipeline, *args, **kwargs)
 
+    def _enqueue_job(
+        self, job: rq.job.Job, pipeline: Any = None, *args: Any, **kwargs: Any
+    ) -> rq.job.Job:
+        """RQ's enqueue of a job as it is (no dependencies looked at), which also records
+        a new queued run for a job that ended (django-rq's *Requeue* action on selected
+        jobs, ``django_rq.utils.requeue_job()``): its run ended, and a worker runs it
+        again. (RQ's own retries and repetitions enqueue a job that has not ended yet.)"""
+        if not (_connected and job.get_status(refresh=False) in _REQUEUED):
+            return super()._enqueue_job(job, pipeline, *args, **kwargs)
+        created = _record_queued(job, again=True)
+        with _forgotten_if_refused(job, created, pipeline):
+            return super()._enqueue_job(job, pipeline, *args, **kwargs)
+
     def schedule_job(
         self,
         job: rq.job.Job,
@@ -236,6 +261,10 @@ class Queue(DjangoRQ):
         created = _record_queued(job, due_at=datetime)
         with _forgotten_if_refused(job, created, pipeline):
             return super().schedule_job(job, datetime, pipeline, *args, **kwargs)
+
+
+# RQ statuses of a job that RQ puts back in its queue only when asked to (a requeue).
+_REQUEUED = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 
 
 def _pushed(job: rq.job.Job) -> bool:
@@ -346,19 +375,43 @@ class Job(rq.job.Job):
 
     def delete(self, *args: Any, **kwargs: Any) -> None:
         """RQ's delete, which also ends the job's run killed when the job still waited for a
-        worker (RQ also deletes a job that ran, when it keeps no result: its run ended).
+        worker (RQ also deletes a job that ran, when it keeps no result: its run ended);
+        and the runs of the jobs that waited for it, deleted with it (``delete_dependents``)
+        or kept deferred for good, and of those that waited for these, and so on.
 
         (django-rq's admin *Delete* fetches RQ's own ``Job``: a delete there is not seen.)
         """
         waiting = _connected and self.get_status(refresh=False) in _WAITING
-        # Deleted with it, through RQ's own Job: read before they go.
+        # Deleted with it, through RQ's own Job (not those that wait for them): read
+        # before they go, with the jobs that wait for the deleted ones.
         dependents = (
             list(self.dependent_ids)
             if _connected and _argument(args, kwargs, 2, "delete_dependents")
             else []
         )
+        # Not those of a job that ran: RQ deletes a finished job in the transaction that
+        # enqueues its dependents (no result kept), after this read.
+        stranded = _deferred_for_good(
+            self.connection,
+            self.serializer,
+            [self.id, *dependents] if waiting else dependents,
+            gone=[self.id, *dependents],
+        )
         super().delete(*args, **kwargs)
         _record_deleted([self.id, *dependents] if waiting else dependents)
+        _end_waiting(stranded, None)
+
+    def requeue(self, *args: Any, **kwargs: Any) -> Any:
+        """RQ's requeue (of a failed or stopped job, under its id), which also records the
+        new attempt as a queued run: the run of the job, which ended, says so until a
+        worker starts it (and for good if none does).
+
+        (``rq.requeue_job()``, and so django-rq's admin *Requeue* and *Requeue all*, fetch
+        RQ's own ``Job``: a requeue there is recorded when a worker starts the job.)
+        """
+        created = _record_queued(self, again=True)
+        with _forgotten_if_refused(self, created, None):
+            return super().requeue(*args, **kwargs)
 
     def cancel(self, *args: Any, **kwargs: Any) -> Any:
         """RQ's cancel, which also ends the job's run killed when no worker runs it.
@@ -568,6 +621,20 @@ def _end_here(execution: Execution, exc: BaseException, *, retry: bool) -> None:
 class _Recording:
     """``execute_job`` around the work horse: running before it, the outcome after it."""
 
+    # Whether this worker's cold shutdown killed its work horse (``request_force_stop``).
+    _jobstatus_cold_shutdown = False
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """RQ's cold shutdown (a second stop signal), which kills the work horse, waits for
+        it and exits: RQ leaves the job started (until its cleanup of abandoned jobs takes
+        it), and ``execute_job()`` records its end on the way out."""
+        horse = getattr(self, "horse_pid", 0)
+        try:
+            super().request_force_stop(signum, frame)  # type: ignore[misc]
+        except SystemExit:
+            self._jobstatus_cold_shutdown = bool(horse)
+            raise
+
     def work(self, *args: Any, **kwargs: Any) -> Any:
         if not _connected:
             return super().work(*args, **kwargs)  # type: ignore[misc]
@@ -629,6 +696,8 @@ class _Recording:
         finally:
             _executions.pop(job.id, None)
             execution.close()
+            if self._jobstatus_cold_shutdown:
+                setattr(job, _COLD_SHUTDOWN, True)
             _record_outcome(job, execution)
 
 
@@ -734,43 +803,148 @@ def _end_as(job: rq.job.Job, execution: Execution, status: JobStatus | None) -> 
             execution.end(result=result.return_value)
         else:
             execution.retrying(None, **_error_fields(job, result))
-    # STARTED: another worker picked up its retry already.
+    elif status == JobStatus.STARTED and getattr(job, _COLD_SHUTDOWN, False):
+        # RQ's cleanup of abandoned jobs later fails it, or retries it if it has retries
+        # left (as ``_abandoned()`` records it when a worker died).
+        fields = {
+            "error": str(
+                _("Killed by its worker's cold shutdown (a second stop signal).")
+            ),
+            "traceback": "",
+        }
+        if job.retries_left:
+            execution.retrying(None, **fields)
+        else:
+            execution.end(RuntimeError(fields["error"]), **fields)
+    # STARTED otherwise: another worker picked up its retry already.
 
 
 # How many jobs, at most, the end of one job's dependents reaches.
 DEPENDENTS_MAX = 1000
+# RQ statuses of a job that will not run any more (a deleted one has none).
+_ENDED = frozenset(
+    {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+)
+
+
+def _end_dependents(job: rq.job.Job, status: JobStatus) -> None:
+    """End killed the queued runs of the jobs waiting for ``job``, which ended ``status``
+    (failed, stopped or canceled), and that RQ keeps deferred for good."""
+    _end_waiting(
+        _deferred_for_good(
+            job.connection,
+            job.serializer,
+            [job.id],
+            failed=status == JobStatus.FAILED,
+        ),
+        status,
+    )
 
 
 @contrib.never_raises
-def _end_dependents(job: rq.job.Job, status: JobStatus) -> None:
-    """End killed the queued runs of the jobs waiting for ``job``, which ended ``status``
-    (failed, stopped or canceled): RQ keeps them deferred and never runs them (except
-    those that allow a dependency's failure, which RQ enqueues); and so on, for the jobs
-    that wait for those."""
-    ended: list[tuple[str, str]] = []  # (job id, the id of the job it waited for)
-    waiting = [job]
-    seen = {job.id}
-    while waiting and len(seen) < DEPENDENTS_MAX:
-        dependency = waiting.pop()
-        ids = [id_ for id_ in dependency.dependent_ids if id_ not in seen]
-        seen.update(ids)
-        dependents = rq.job.Job.fetch_many(
-            ids, connection=job.connection, serializer=job.serializer
-        )
-        for dependent in dependents:
-            if dependent is None or dependent.get_status(refresh=False) != (
-                JobStatus.DEFERRED
-            ):
+def _deferred_for_good(
+    connection: Redis,
+    serializer: Any,
+    job_ids: list[str],
+    *,
+    failed: bool = False,
+    gone: Iterable[str] = (),
+) -> list[tuple[str, str]]:
+    """The deferred jobs that wait for the jobs ``job_ids``, which will not finish, and
+    that RQ will therefore never run; and so on, for the jobs that wait for those: (job
+    id, the id of the job it waits for). Read from Redis before ``gone`` are deleted.
+
+    RQ enqueues a job once its dependencies are met (``Job.dependencies_are_met()``): a
+    failed job (``failed``) meets it only for a job that allows its failure
+    (``Dependency(allow_failure=True)``), a stopped or canceled one never does. A
+    deleted job has no status left, which RQ skips: a job that also waits for another
+    one, still to finish, is enqueued when that one succeeds.
+    """
+    if not _connected or not job_ids:
+        return []
+    first, deleted = set(job_ids), set(gone)
+    stranded: list[tuple[str, str]] = []
+    seen = set(first)
+    level = list(job_ids)
+    while level and len(seen) - len(first) < DEPENDENTS_MAX:
+        waits = _dependents_of(connection, level, seen)
+        level = []
+        jobs = rq.job.Job.fetch_many(list(waits), connection, serializer=serializer)
+        for dependent in jobs:
+            if dependent is None:
                 continue
-            if dependency is job and dependent.allow_dependency_failures:
+            dependency_id = waits[dependent.id]
+            if dependent.id in deleted:
+                # Deleted too (its run is recorded so): those that wait for it are looked at.
+                level.append(dependent.id)
+                continue
+            if dependent.get_status(refresh=False) != JobStatus.DEFERRED:
+                continue
+            if (
+                failed
+                and dependency_id in first
+                and dependent.allow_dependency_failures
+            ):
                 continue  # RQ enqueues it
-            ended.append((dependent.id, dependency.id))
-            waiting.append(dependent)
-    for job_id, dependency_id in ended:
-        message = _(
-            "Not run: RQ keeps it deferred, as RQ job %(dependency)s, which it waits "
-            "for, will not finish (it ended %(status)s, or waits for one that did)."
-        ) % {"dependency": dependency_id, "status": status.value}
+            if dependency_id in deleted and _awaited(dependent, deleted):
+                continue
+            stranded.append((dependent.id, dependency_id))
+            level.append(dependent.id)
+    return stranded
+
+
+def _dependents_of(
+    connection: Redis, job_ids: list[str], seen: set[str]
+) -> dict[str, str]:
+    """The jobs that wait for the jobs ``job_ids`` (in one round trip), each with the job
+    it waits for; but those ``seen`` already, which it adds them to."""
+    with connection.pipeline(transaction=False) as pipeline:
+        for job_id in job_ids:
+            pipeline.smembers(rq.job.Job.dependents_key_for(job_id))
+        found = pipeline.execute()
+    waits: dict[str, str] = {}
+    for dependency_id, ids in zip(job_ids, found, strict=True):
+        for dependent_id in map(as_text, ids):
+            if dependent_id not in seen:
+                seen.add(dependent_id)
+                waits[dependent_id] = dependency_id
+    return waits
+
+
+def _awaited(job: rq.job.Job, deleted: set[str]) -> bool:
+    """Whether ``job`` waits for a job still to finish besides those ``deleted``: that
+    one enqueues it when it succeeds, as RQ skips the deleted ones."""
+    ids = [
+        job_id
+        for job_id in map(as_text, job.connection.smembers(job.dependencies_key))
+        if job_id not in deleted
+    ]
+    with job.connection.pipeline(transaction=False) as pipeline:
+        for job_id in ids:
+            pipeline.hget(rq.job.Job.key_for(job_id), "status")
+        statuses = pipeline.execute()
+    return any(
+        status is not None and as_text(status) not in _ENDED for status in statuses
+    )
+
+
+@contrib.never_raises
+def _end_waiting(
+    stranded: list[tuple[str, str]] | None, status: JobStatus | None
+) -> None:
+    """End killed the queued runs of the jobs ``stranded`` (``_deferred_for_good()``),
+    saying which job each waited for, which ended ``status`` (None: was deleted)."""
+    for job_id, dependency_id in stranded or []:
+        if status is None:
+            message = _(
+                "Not run: RQ keeps it deferred, as RQ job %(dependency)s, which it waits "
+                "for, was deleted (or waits for one that was)."
+            ) % {"dependency": dependency_id}
+        else:
+            message = _(
+                "Not run: RQ keeps it deferred, as RQ job %(dependency)s, which it waits "
+                "for, will not finish (it ended %(status)s, or waits for one that did)."
+            ) % {"dependency": dependency_id, "status": status.value}
 
         def record(alias: str, job_id: str = job_id, message: str = message) -> None:
             run = find_run(job_id, alias)

@@ -111,6 +111,20 @@ def finished(run: JobRun, worker: Popen[bytes], timeout: float = 60) -> JobRun:
     return run
 
 
+def _running(run: JobRun, job: rq.job.Job, worker: Popen[bytes]) -> None:
+    """Wait until ``job`` runs in its work horse (RQ's STARTED is set by the horse)."""
+    wait_for(
+        lambda: (
+            refreshed(run).status == Status.RUNNING
+            and job.get_status(refresh=True) == rq.job.JobStatus.STARTED
+        ),
+        timeout=60,
+        what="the job to start in its work horse",
+        process=worker,
+        log=worker.log,  # type: ignore[attr-defined]
+    )
+
+
 def test_connect_and_disconnect_are_idempotent() -> None:
     jobstatus_rq.connect()
     jobstatus_rq.connect()
@@ -349,6 +363,66 @@ def test_the_jobs_of_a_queue_emptied_through_rq_end_their_runs_killed(
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
+def test_the_deferred_dependents_of_an_emptied_queue_end_killed(
+    local_queue: rq.Queue,
+) -> None:
+    """queue.empty() deletes the queued jobs and their lists of dependents, not the
+    deferred jobs that wait for them: RQ keeps those deferred for good (nothing will
+    enqueue them), and their runs said ``queued`` for good."""
+    first = local_queue.enqueue(rq_jobs.add, 1, 2)
+    waiting = local_queue.enqueue(rq_jobs.add, 3, 4, depends_on=first)
+    assert recorded(waiting).status == Status.QUEUED
+    local_queue.empty()
+    assert not local_queue.connection.exists(first.key)
+    assert waiting.get_status(refresh=True) == rq.job.JobStatus.DEFERRED
+    assert recorded(first).status == Status.KILLED
+    run = recorded(waiting)
+    assert run.status == Status.KILLED, run.status
+    assert first.id in run.message
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_the_grandchildren_of_a_job_deleted_with_its_dependents_end_killed(
+    local_queue: rq.Queue,
+) -> None:
+    """A -> B -> C; A.delete(delete_dependents=True): RQ deletes B (not recursively), and
+    C, whose dependency B is gone, stays deferred for good: its run said ``queued``."""
+    a = local_queue.enqueue(rq_jobs.add, 1, 2)
+    b = local_queue.enqueue(rq_jobs.add, 3, 4, depends_on=a)
+    c = local_queue.enqueue(rq_jobs.add, 5, 6, depends_on=b)
+    local_queue.fetch_job(a.id).delete(delete_dependents=True)
+    assert not local_queue.connection.exists(b.key)
+    assert c.get_status(refresh=True) == rq.job.JobStatus.DEFERRED  # for good
+    assert recorded(b).status == Status.KILLED
+    run = recorded(c)
+    assert run.status == Status.KILLED, run.status
+    assert b.id in run.message
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_job_left_waiting_by_a_deleted_job_ends_killed_unless_another_enqueues_it(
+    local_queue: rq.Queue,
+) -> None:
+    """A plain delete leaves the jobs that wait for it deferred: for good when they wait
+    for nothing else; one that also waits for a job still queued is enqueued when that
+    one succeeds (RQ skips a deleted dependency), and stays queued."""
+    first = local_queue.enqueue(rq_jobs.add, 1, 2)
+    other = local_queue.enqueue(rq_jobs.add, 3, 4)
+    alone = local_queue.enqueue(rq_jobs.add, 5, 6, depends_on=first)
+    both = local_queue.enqueue(rq_jobs.add, 7, 8, depends_on=[first, other])
+    local_queue.fetch_job(first.id).delete()
+    assert recorded(alone).status == Status.KILLED
+    assert recorded(both).status == Status.QUEUED
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert (recorded(both).status, recorded(both).result) == (Status.SUCCEEDED, 15)
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
 def test_the_jobs_waiting_for_a_failed_job_end_killed(local_queue: rq.Queue) -> None:
     """RQ keeps them deferred for ever; one that allows the failure runs."""
     parent = local_queue.enqueue(rq_jobs.fail, "boom")
@@ -370,6 +444,51 @@ def test_the_jobs_waiting_for_a_failed_job_end_killed(local_queue: rq.Queue) -> 
         Status.SUCCEEDED,
         11,
     )
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_job_that_allows_failures_of_a_canceled_job_ends_killed(
+    local_queue: rq.Queue,
+) -> None:
+    """RQ never runs a job that waits for a canceled (or stopped) one, even one that
+    allows its dependency's failure (``dependencies_are_met()``): its run said
+    ``queued`` for good, as if RQ would enqueue it."""
+    parent = local_queue.enqueue(rq_jobs.add, 1, 2)
+    tolerant = local_queue.enqueue(
+        rq_jobs.add, 5, 6, depends_on=Dependency(jobs=[parent], allow_failure=True)
+    )
+    local_queue.fetch_job(parent.id).cancel()
+    assert recorded(parent).status == Status.KILLED
+    assert tolerant.get_status(refresh=True) == rq.job.JobStatus.DEFERRED  # for good
+    assert recorded(tolerant).status == Status.KILLED, recorded(tolerant).status
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_job_requeued_by_django_rq_s_requeue_action_is_a_new_queued_run(
+    local_queue: rq.Queue,
+) -> None:
+    """django-rq's admin *Requeue* action on the jobs selected enqueues RQ's own Job
+    through the queue class (``django_rq.utils.requeue_job()``)."""
+    from django_rq.utils import requeue_job
+
+    job = local_queue.enqueue(rq_jobs.fail, "boom")
+    worker = jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    )
+    worker.work(burst=True)
+    first = recorded(job)
+    assert first.status == Status.FAILED
+    requeue_job(
+        local_queue, rq.job.Job.fetch(job.id, connection=local_queue.connection)
+    )
+    assert job.get_status(refresh=True) == rq.job.JobStatus.QUEUED
+    newest = recorded(job)
+    assert (newest.pk != first.pk, newest.status) == (True, Status.QUEUED)
+    worker.work(burst=True)
+    assert refreshed(newest).status == Status.FAILED
+    assert JobRun.objects.filter(source="rq", backend_job_id=job.id).count() == 2
 
 
 @pytest.mark.redis
@@ -595,6 +714,29 @@ class TestWorker:
         assert parent.id in run.message
         assert child.get_status(refresh=True) == rq.job.JobStatus.DEFERRED
 
+    def test_a_job_that_allows_failures_of_a_stopped_job_ends_killed(
+        self, rq_worker: Popen[bytes], queue: rq.Queue
+    ) -> None:
+        """RQ enqueues a job only when its dependencies are met, and a stopped one never
+        is, even for a job that allows failures: it stays deferred for good, and its run
+        said ``queued``."""
+        parent = queue.enqueue(rq_jobs.silent, 120)
+        tolerant = queue.enqueue(
+            rq_jobs.add, 5, 6, depends_on=Dependency(jobs=[parent], allow_failure=True)
+        )
+        run = recorded(parent)
+        _running(run, parent, rq_worker)
+        assert contrib.request_kill(JobRun.objects.filter(pk=run.pk)) == 1
+        assert finished(run, rq_worker).status == Status.KILLED
+        wait_for(
+            lambda: parent.get_status(refresh=True) == rq.job.JobStatus.STOPPED,
+            timeout=30,
+            what="RQ to mark the job stopped",
+        )
+        assert tolerant.get_status(refresh=True) == rq.job.JobStatus.DEFERRED
+        waiting = finished(recorded(tolerant), rq_worker, timeout=10)
+        assert waiting.status == Status.KILLED
+
     def test_a_long_job_killed_from_the_admin(
         self, rq_worker: Popen[bytes], queue: rq.Queue, admin_client: Any
     ) -> None:
@@ -729,6 +871,95 @@ def test_a_success_is_recorded_when_the_worker_was_killed_while_its_horse_ran(
         what="the run to end",
     )
     assert (run.status, run.result) == (Status.SUCCEEDED, "woke up")
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("rq_on")
+def test_a_cold_shutdown_ends_the_run_of_the_job_it_killed(
+    db_proxy: Proxy, tmp_path: Path
+) -> None:
+    """A second SIGTERM (RQ's cold shutdown) makes the worker kill its work horse, wait
+    for it, and exit, leaving the job started: the run stayed ``running`` with no
+    worker, until the reaper or RQ's cleanup took it for ``lost``."""
+    queue = django_rq.get_queue(rq_jobs.HORSE_QUEUE)
+    with started_rq_worker(
+        db_proxy, tmp_path / "w.log", queue=rq_jobs.HORSE_QUEUE, prefix="cold"
+    ) as worker:
+        key = f"jobstatus-tests-cold:{uuid.uuid4().hex}"
+        job = queue.enqueue(rq_jobs.silent_and_seen, 60, key)
+        run = recorded(job)
+        _running(run, job, worker)
+        horse = int(
+            wait_for(lambda: queue.connection.get(key), timeout=30, what="the horse")
+        )
+        os.kill(worker.pid, signal.SIGTERM)  # a warm shutdown
+        sent = [time.monotonic()]
+
+        def cold() -> bool:
+            # RQ ignores a second signal within a second of the first: sent again until
+            # the worker takes it for a cold shutdown (kills the horse) and exits.
+            if worker.poll() is not None:
+                return True
+            if time.monotonic() - sent[-1] > 1.5:
+                os.kill(worker.pid, signal.SIGTERM)
+                sent.append(time.monotonic())
+            return False
+
+        wait_for(cold, timeout=60, what="the worker's cold shutdown")
+    with pytest.raises(ProcessLookupError):
+        os.kill(horse, 0)  # the work horse is gone
+    assert (
+        job.get_status(refresh=True) == rq.job.JobStatus.STARTED
+    )  # until RQ's cleanup
+    log = (tmp_path / "w.log").read_text()
+    assert "cold shut down" in log, log[-2000:]
+    refreshed(run)
+    assert run.is_finished, (run.status, run.worker)
+    assert (run.status, run.error) == (
+        Status.FAILED,
+        "Killed by its worker's cold shutdown (a second stop signal).",
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("rq_on")
+def test_a_failed_job_requeued_through_rq_is_recorded_queued_again(
+    db_proxy: Proxy, tmp_path: Path
+) -> None:
+    """``job.requeue()`` puts a failed job back in its queue under its id: RQ said
+    QUEUED, the job's newest run ``failed`` until a worker took it (and for good if none
+    did: the queued timeout never saw it). The new attempt is a run of its own."""
+    queue = django_rq.get_queue(rq_jobs.HORSE_QUEUE)
+    with started_rq_worker(
+        db_proxy, tmp_path / "w.log", queue=rq_jobs.HORSE_QUEUE, prefix="requeue"
+    ) as worker:
+        job = queue.enqueue(rq_jobs.fail, "boom")
+        run = finished(recorded(job), worker)
+        assert run.status == Status.FAILED
+        wait_for(
+            lambda: job.get_status(refresh=True) == rq.job.JobStatus.FAILED,
+            timeout=30,
+            what="RQ to fail the job",
+        )
+    # No worker now: the requeued job waits.
+    queue.fetch_job(job.id).requeue()
+    assert job.get_status(refresh=True) == rq.job.JobStatus.QUEUED
+    assert job.id in queue.get_job_ids()
+    newest = recorded(job)
+    assert newest.status == Status.QUEUED, (newest.status, newest.pk == run.pk)
+    assert refreshed(run).status == Status.FAILED  # the first attempt's run
+    jobstatus_rq.SimpleWorker(
+        [queue], connection=queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert (refreshed(newest).status, newest.error) == (
+        Status.FAILED,
+        "ValueError: boom",
+    )
+    assert JobRun.objects.filter(source="rq", backend_job_id=job.id).count() == 2
 
 
 def _unimportable(monkeypatch: pytest.MonkeyPatch) -> Any:

@@ -21,7 +21,11 @@ FAILED, when a receiver after ours raises on a success) records no second run: t
 run keeps its terminal state, and a warning line on it tells the task system's word.
 With django-tasks-db installed, a task its worker records FAILED with no signal (its
 ``task_path`` no longer imports, or names no Task) ends its queued run failed: a
-``post_save`` receiver on the task result model.
+``post_save`` receiver on the task result model. (A task result deleted while it
+waited leaves its run queued: a ``post_delete`` receiver would make Django load every row
+of each delete, django-tasks-db's prune included; ``QUEUED_TIMEOUT`` ends such runs.)
+With ``JOBSTATUS["DATABASE"]`` apart from django-tasks-db's database, the queued run of
+a task enqueued in a transaction there is recorded when it commits.
 Retry enqueues the task again (same path, arguments, queue and priority).
 """
 
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -144,38 +148,86 @@ def _error(path: str, traceback: str) -> str:
 
 
 def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
-    """Record a queued run: one INSERT (in the caller's transaction: a rollback takes it with the task; outside one on PostgreSQL, written behind the caller)."""
+    """Record a queued run: one INSERT (in the caller's transaction: a rollback takes it with the task; outside one on PostgreSQL, written behind the caller).
+
+    With the runs' database apart from the one the task's row is written to, a
+    transaction there cannot hold the run: it is recorded once that one commits (a worker
+    that starts the task first records its run, and the queued twin is merged into it).
+    """
     if _is_inline(sender):
         return  # it runs inside enqueue(): task_started records it, once
     try:
-        from django_jobstatus.models import JobRun, uuid7
+        from django_jobstatus.models import JobRun
 
-        alias = settings.DATABASE
-        values = JobRun.objects.db_manager(alias).queued_values(
+        values = JobRun.objects.db_manager(settings.DATABASE).queued_values(
             task_result.task.module_path,
             source=SOURCE,
             backend_job_id=str(task_result.id),
             queued_at=task_result.enqueued_at or timezone.now(),
             **_fields(task_result),
         )
-        if writebehind.accepts(alias):
-            # Outside a transaction on PostgreSQL: written behind the caller (writebehind.py).
-            values["id"] = uuid7()
-            if writebehind.writer.put(alias, values):
-                return
-        in_atomic = connections[alias].in_atomic_block
-        # Inside the caller's transaction, a savepoint keeps a failed write from breaking it;
-        # outside, the one statement is atomic by itself.
-        with transaction.atomic(using=alias) if in_atomic else contextlib.nullcontext():
-            alone = _insert_alone(values, alias)
-        if not alone:
-            # A worker recorded the task first (it was committed before this signal).
-            _merge_twins(str(task_result.id), alias)
+        row = _row_database(sender)
+        if (
+            row is not None
+            and row != settings.DATABASE
+            and connections[row].in_atomic_block
+        ):
+            transaction.on_commit(
+                functools.partial(_record_queued, values), using=row, robust=True
+            )
+            return
+        _write_queued(values)
     except Exception:
-        logger.exception(
-            "Could not record the enqueueing of task %s; it will be recorded when it starts.",
-            task_result.id,
-        )
+        _not_recorded(str(task_result.id))
+
+
+def _not_recorded(backend_job_id: str) -> None:
+    logger.exception(
+        "Could not record the enqueueing of task %s; it will be recorded when it starts.",
+        backend_job_id,
+    )
+
+
+def _row_database(sender: Any) -> str | None:
+    """The database django-tasks-db writes the task's row to; None for another backend
+    (its task is no row that a transaction could take back)."""
+    model = _result_model()
+    if model is None:
+        return None
+    from django_tasks_db.backend import DatabaseBackend
+
+    backend = sender if isinstance(sender, type) else type(sender)
+    if not issubclass(backend, DatabaseBackend):
+        return None
+    return str(router.db_for_write(model))
+
+
+def _record_queued(values: dict[str, Any]) -> None:
+    """``_write_queued()`` once the task's row is committed."""
+    try:
+        _write_queued(values)
+    except Exception:
+        _not_recorded(values["backend_job_id"])
+
+
+def _write_queued(values: dict[str, Any]) -> None:
+    """Write a queued run (``values`` from ``on_enqueued``)."""
+    from django_jobstatus.models import uuid7
+
+    alias = settings.DATABASE
+    if writebehind.accepts(alias):
+        # Outside a transaction on PostgreSQL: written behind the caller (writebehind.py).
+        values["id"] = uuid7()
+        if writebehind.writer.put(alias, values):
+            return
+    in_atomic = connections[alias].in_atomic_block
+    # Inside the caller's transaction, a savepoint keeps a failed write from breaking it;
+    # outside, the one statement is atomic by itself.
+    with transaction.atomic(using=alias) if in_atomic else contextlib.nullcontext():
+        alone = _insert_alone(values, alias)
+    if not alone:
+        # A worker recorded the task first (it was committed before this signal).
+        _merge_twins(values["backend_job_id"], alias)
 
 
 def _insert_alone(values: dict[str, Any], alias: str) -> bool:

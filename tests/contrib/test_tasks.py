@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from django.apps import apps
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, writebehind
 from django_jobstatus.contrib import tasks as integration
 from django_jobstatus.models import JobRun, Status
 from tests.conftest import CI
@@ -889,6 +889,35 @@ def test_a_result_failed_before_its_start_ends_only_a_queued_run(
     assert (failed.status, failed.error) == (Status.FAILED, "ImportError: gone")
     assert failed.traceback == "ImportError: gone\n"
     assert run_of(started).status == Status.RUNNING
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_with_the_runs_database_apart_an_enqueue_is_recorded_when_it_commits(
+    settings: Any, integration_on: None
+) -> None:
+    """JOBSTATUS["DATABASE"] apart from django-tasks-db's ("replica" stands for the jobs
+    database, as in tests/test_batches.py): the caller's transaction cannot hold the run,
+    which is recorded when the task's row commits; a rollback leaves no queued run of a
+    task that does not exist."""
+    _need_tasks_db()
+    from django_tasks_db.models import DBTaskResult
+
+    settings.TASKS = DATABASE
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "DATABASE": "replica"}
+    runs = JobRun.objects.using("replica").filter(source="django_tasks")
+    with contextlib.suppress(RuntimeError), transaction.atomic():
+        rolled_back = tasks.add.enqueue(1, 2)
+        raise RuntimeError("the request failed after the enqueue")
+    with transaction.atomic():
+        committed = tasks.add.enqueue(3, 4)
+        assert not runs.filter(backend_job_id=str(committed.id)).exists()
+    writebehind.flush()
+    assert not DBTaskResult.objects.filter(id=rolled_back.id).exists()
+    assert not runs.filter(backend_job_id=str(rolled_back.id)).exists()
+    assert list(
+        runs.filter(backend_job_id=str(committed.id)).values_list("status", flat=True)
+    ) == [Status.QUEUED]
 
 
 @pytest.mark.postgres

@@ -11,10 +11,13 @@ Enable with ``JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.celery"]}`
 - ``task_postrun`` of a task that raised ``Ignore``, which tells Celery to record no
   state: ``killed``, with a message saying so (no success is known); of a task that
   called ``self.replace(sig)``: ``retrying``, the attempt's error naming the replacement,
-  which takes over the task id and so goes on as the same run;
+  which takes over the task id and so goes on as the same run; of a task that raised
+  ``Reject``: ``retrying`` when its message goes back to the queue (``requeue=True`` on
+  an ``acks_late`` task), the next delivery going on with the run, else ``failed``;
 - ``task_failure`` from the worker's main process (WorkerLostError: ``lost``; hard time
-  limit: ``failed``), ``task_retry`` from it (``retrying``; ``lost`` for a task without
-  ``acks_late`` that a cold shutdown cancelled), ``task_revoked`` (``killed``),
+  limit: ``failed``, or ``retrying`` when Celery puts the message back, see
+  ``_requeued_on_timeout``), ``task_retry`` from it (``retrying``; ``lost`` for a task
+  without ``acks_late`` that a cold shutdown cancelled), ``task_revoked`` (``killed``),
   ``task_rejected``/``task_unknown`` (``failed``).
 
 Runs are keyed on ``(source="celery", backend_job_id=task id)``. Kill is
@@ -35,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, current_app, current_task, signals, states
-from celery.exceptions import Retry, WorkerLostError
+from celery.exceptions import Reject, Retry, TimeLimitExceeded, WorkerLostError
 from celery.utils.saferepr import saferepr
 from celery.utils.serialization import UnpickleableExceptionWrapper
 from django.utils.translation import gettext as _
@@ -298,6 +301,7 @@ def _failed(
         return
     # Sent by the worker's main process: the pool process died, or a hard time limit.
     error = exception_text(exception) if exception is not None else ""
+    requeued = isinstance(exception, TimeLimitExceeded) and _requeued_on_timeout(sender)
 
     def record(alias: str) -> None:
         run = find_run(task_id, alias)
@@ -306,9 +310,41 @@ def _failed(
         if isinstance(exception, WorkerLostError):
             run.mark_lost(using=alias, error=error)
         elif run.status == Status.RUNNING:
-            run.mark_failed(exception, using=alias, **named)
+            # A requeued task runs again under its id: the next delivery goes on with the run.
+            run.mark_failed(exception, retry=requeued, using=alias, **named)
 
     _execution.best_effort(record, f"the failure of Celery task {task_id}")
+
+
+def _requeued_on_timeout(task: Any) -> bool:
+    """Whether the hard time limit of ``task``, which sent ``task_failure``, puts its
+    message back in the queue, so that a worker runs it again with the same id.
+
+    Celery 5.7's ``Request`` rejects it with ``requeue=True`` when the task is
+    ``acks_late`` and not ``acks_on_timeout`` (binding the task resolves that from
+    ``acks_on_failure_or_timeout`` and the app's ``task_acks_on_timeout`` /
+    ``task_acks_on_failure_or_timeout``). Celery before 5.7 has no ``acks_on_timeout``,
+    and sends ``task_failure`` for a hard time limit only when it does not put it back.
+    """
+    return bool(getattr(task, "acks_late", False)) and not getattr(
+        task, "acks_on_timeout", True
+    )
+
+
+def _rejected_in_task(execution: Execution, reject: Any, task: Any) -> None:
+    """The task raised ``Reject``: its message goes back to the queue only with
+    ``requeue=True`` on an ``acks_late`` task (``Request.reject()`` does nothing to a message
+    acknowledged when the task started), run by a worker (``apply()`` has no message).
+
+    Put back, the run waits for the next delivery (retrying), which goes on with it;
+    otherwise Celery never runs the task again, and the run fails with the Reject.
+    """
+    eager = getattr(getattr(task, "request", None), "is_eager", False)
+    exc = reject if isinstance(reject, BaseException) else RuntimeError(states.REJECTED)
+    if isinstance(reject, Reject) and reject.requeue and task.acks_late and not eager:
+        execution.retrying(exc)
+    else:
+        execution.end(exc)
 
 
 @contrib.never_raises
@@ -375,17 +411,15 @@ def _postrun(
                 execution.end(result=retval)
             elif state == states.IGNORED:
                 _ignored(execution, replacement)
-            elif state == states.FAILURE or (
-                state == states.REJECTED
-                and getattr(getattr(sender, "request", None), "is_eager", False)
-            ):
-                # Run by apply(), a rejected task has no worker's main process to report it.
+            elif state == states.REJECTED:
+                _rejected_in_task(execution, retval, sender)
+            elif state == states.FAILURE:
                 execution.end(
                     retval
                     if isinstance(retval, BaseException)
                     else RuntimeError(str(state))
                 )
-            # Otherwise (a terminated or rejected task): the worker's main process reports it.
+            # Otherwise (a terminated task): the worker's main process reports it.
     finally:
         execution.close()
         if task_id and task_id in _outer:

@@ -35,6 +35,12 @@ def _mark(key: str) -> None:
     redis.Redis.from_url(BROKER_URL).set(key, "1", ex=600)
 
 
+def _first(key: str) -> bool:
+    """True on the first call with ``key`` (a mark in the broker's Redis): a task's first
+    delivery, when the message of a task is delivered again."""
+    return bool(redis.Redis.from_url(BROKER_URL).set(key, "1", ex=600, nx=True))
+
+
 @app.task(name="tests.add")
 def add(x: int, y: int) -> int:
     return x + y
@@ -122,8 +128,35 @@ def silent(seconds: float) -> str:
 def silent_once(key: str) -> str:
     """Acknowledged when it ends (``acks_late``): the first delivery sets ``key`` and runs a
     minute without a word, the next ends at once."""
-    if redis.Redis.from_url(BROKER_URL).set(key, "1", ex=600, nx=True):
+    if _first(key):
         time.sleep(60)
+    return key
+
+
+@app.task(
+    name="tests.slow_once_late", acks_late=True, acks_on_timeout=False, time_limit=1
+)
+def slow_once_late(key: str) -> str:
+    """Put back in the queue on a hard time limit (``acks_late``, not ``acks_on_timeout``):
+    the first delivery runs past it, the next ends at once."""
+    if _first(key):
+        time.sleep(30)
+    return key
+
+
+@app.task(name="tests.rejects_once")
+def rejects_once(key: str) -> str:
+    """The first delivery rejects its message with ``requeue=True``, acknowledged already."""
+    if _first(key):
+        raise Reject("not now", requeue=True)
+    return key
+
+
+@app.task(name="tests.rejects_once_late", acks_late=True)
+def rejects_once_late(key: str) -> str:
+    """The first delivery rejects its message with ``requeue=True``, which puts it back."""
+    if _first(key):
+        raise Reject("not now", requeue=True)
     return key
 
 

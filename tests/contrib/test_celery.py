@@ -31,11 +31,14 @@ from tests.contrib.celery_app import (
     lost_then_ok,
     marked,
     rejects,
+    rejects_once,
+    rejects_once_late,
     replaced,
     report,
     silent,
     silent_once,
     sleepy,
+    slow_once_late,
     unpicklable,
 )
 from tests.contrib.dbproxy import Proxy
@@ -582,6 +585,61 @@ class TestWorker:
         first = run.attempts[0]
         assert first["status"] == Status.RETRYING
         assert first["error"].startswith("WorkerLostError: ")
+
+    def test_a_task_its_hard_time_limit_put_back_in_the_queue_stays_one_run(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        """``acks_late=True, acks_on_timeout=False``: a hard time limit puts the message
+        back in the queue (Celery's ``Request.on_timeout``, after its ``task_failure``),
+        and the worker runs the task again, with the same id. The run said ``failed``
+        (TimeLimitExceeded) for ever, and the next delivery made a second run of the task
+        id, which succeeded."""
+        key = f"jobstatus-tests:{uuid.uuid4()}"
+        try:
+            run = finished(recorded(slow_once_late.delay(key).id), celery_worker)
+        finally:
+            redis.Redis.from_url(BROKER_URL).delete(key)
+        assert list(JobRun.objects.filter(backend_job_id=run.backend_job_id)) == [run]
+        assert (run.status, run.result, run.error) == (Status.SUCCEEDED, key, "")
+        assert [(entry["status"], entry["error"]) for entry in run.attempts] == [
+            (Status.RETRYING, "TimeLimitExceeded: TimeLimitExceeded(1,)")
+        ]
+
+    def test_a_task_that_rejects_with_requeue_but_was_acknowledged_fails(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        """``raise Reject(..., requeue=True)`` in a task without ``acks_late``: its
+        message was acknowledged when it started, so nothing goes back to the queue and
+        Celery never runs it again. The run said ``running`` on a worker that runs
+        nothing, for ever (until the reaper called it lost)."""
+        key = f"jobstatus-tests:{uuid.uuid4()}"
+        try:
+            run = finished(recorded(rejects_once.delay(key).id), celery_worker)
+            # The worker has done with it: a task sent after it has run to its end.
+            assert finished(recorded(add.delay(1, 2).id), celery_worker).result == 3
+        finally:
+            redis.Redis.from_url(BROKER_URL).delete(key)
+        assert not in_broker(run.backend_job_id, QUEUE)  # Celery will not run it again
+        assert list(JobRun.objects.filter(backend_job_id=run.backend_job_id)) == [
+            refreshed(run)
+        ]
+        assert (run.status, run.attempts) == (Status.FAILED, [])
+        assert run.error.startswith("Reject: ")
+
+    def test_an_acks_late_task_that_rejects_with_requeue_stays_one_run(
+        self, celery_worker: Popen[bytes]
+    ) -> None:
+        """``raise Reject(..., requeue=True)`` in an ``acks_late`` task puts its message
+        back: the run waits (retrying), and the next delivery goes on with it."""
+        key = f"jobstatus-tests:{uuid.uuid4()}"
+        try:
+            run = finished(recorded(rejects_once_late.delay(key).id), celery_worker)
+        finally:
+            redis.Redis.from_url(BROKER_URL).delete(key)
+        assert list(JobRun.objects.filter(backend_job_id=run.backend_job_id)) == [run]
+        assert (run.status, run.result) == (Status.SUCCEEDED, key)
+        assert [entry["status"] for entry in run.attempts] == [Status.RETRYING]
+        assert run.attempts[0]["error"].startswith("Reject: ")
 
     def test_an_exception_celery_cannot_pickle_is_recorded_under_its_own_class(
         self, celery_worker: Popen[bytes]

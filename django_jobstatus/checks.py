@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -200,6 +202,14 @@ def check_values(**kwargs: Any) -> list[CheckMessage]:
     return messages
 
 
+def is_module_path(value: Any) -> bool:
+    """Whether an INTEGRATIONS item is the dotted path of a module (``ready()`` imports only
+    those; E005 reports the others)."""
+    return isinstance(value, str) and all(
+        part.isidentifier() for part in value.split(".")
+    )
+
+
 def _import_problem(path: str) -> str | None:
     """Why ``import_string(path)`` fails, or None. Importing runs a module's code, which
     may raise anything: a check reports it and never crashes."""
@@ -221,7 +231,7 @@ def check_import_strings(**kwargs: Any) -> list[CheckMessage]:
         # ready() calls each one's connect(), found by its dotted path.
         problem = (
             _import_problem(f"{path}.connect")
-            if isinstance(path, str) and path.strip()
+            if is_module_path(path)
             else "which is not the dotted path of a module"
         )
         if problem:
@@ -255,22 +265,70 @@ def check_import_strings(**kwargs: Any) -> list[CheckMessage]:
 
 _WEBHOOK_KEYS = frozenset({"url", "format", "headers"})
 _WEBHOOK_FORMATS = ("json", "slack")
+# RFC 9110's token: what a header's name is made of.
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 6750's b64token: what a bearer token is made of.
+_BEARER_TOKEN = re.compile(r"[-._~+/0-9A-Za-z]+=*")
+
+
+def _has_control_character(text: str) -> bool:
+    """Whether ``text`` has a line break or another control character (a tab aside)."""
+    return any((ord(char) < 32 and char != "\t") or ord(char) == 127 for char in text)
+
+
+def _url_problem(url: Any) -> str | None:
+    """What keeps a request to ``url`` from reaching a webhook, or None."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return f"has {url!r}, which is not an http(s) URL"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (read for the ValueError of a port that is not a number)
+    except ValueError as exc:
+        return f"has {url!r}, which is not a valid URL ({exc})"
+    if not parts.hostname:
+        return f"has {url!r}, which names no host"
+    if any(char.isspace() for char in url) or _has_control_character(url):
+        return (
+            f"has {url!r}, which has a space or a control character (percent-encode it)"
+        )
+    if not (parts.path + parts.query).isascii():
+        return f"has {url!r}, whose path or query is not ASCII (percent-encode it)"
+    return None
+
+
+def _header_problem(name: Any, value: Any) -> str | None:
+    """What keeps the header ``name: value`` from being sent as it is, or None."""
+    if not isinstance(name, str) or not _HTTP_TOKEN.fullmatch(name):
+        return f"has a header name {name!r}, which is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
+    if not isinstance(value, str):
+        return f"has header {name!r} set to {value!r}, which is not a string"
+    if _has_control_character(value):
+        return f"has header {name!r} set to {value!r}, which has a line break or another control character"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return f"has header {name!r} set to {value!r}, which has characters that are not latin-1"
+    return None
 
 
 def _webhook_problem(hook: Any) -> str | None:
-    """What is wrong with one ALERT_WEBHOOKS entry, or None."""
+    """What is wrong with one ALERT_WEBHOOKS entry, or None: each of these would make every
+    delivery fail before a byte is sent, and the alert be queued again and again."""
     if isinstance(hook, dict):
         unknown = set(hook) - _WEBHOOK_KEYS
         if unknown:
             return f"has unknown keys {sorted(unknown)}"
         if hook.get("format", "json") not in _WEBHOOK_FORMATS:
             return f"has format {hook.get('format')!r}, not one of {list(_WEBHOOK_FORMATS)}"
-        if not isinstance(hook.get("headers", {}), dict):
+        headers = hook.get("headers", {})
+        if not isinstance(headers, dict):
             return "has headers that are not a dict"
+        for name, value in headers.items():
+            problem = _header_problem(name, value)
+            if problem:
+                return problem
         hook = hook.get("url")
-    if not isinstance(hook, str) or not hook.startswith(("http://", "https://")):
-        return f"has {hook!r}, which is not an http(s) URL"
-    return None
+    return _url_problem(hook)
 
 
 @register(Tags.compatibility)
@@ -297,7 +355,7 @@ def check_alerts(**kwargs: Any) -> list[CheckMessage]:
             messages.append(
                 Error(
                     f"JOBSTATUS['ALERT_WEBHOOKS'][{index}] {problem}.",
-                    hint="Give a URL, or {'url': 'https://…', 'format': 'slack'}.",
+                    hint="Give a URL, or {'url': 'https://…', 'format': 'slack', 'headers': {'Authorization': 'Bearer …'}}: header names and values are strings, the values latin-1 on one line.",
                     id="jobstatus.E006",
                 )
             )
@@ -311,12 +369,31 @@ def check_alerts(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     token = user.get("METRICS_BEARER_TOKEN")
+    if isinstance(token, str):
+        messages += _token_messages(token)
+    return messages
+
+
+def _token_messages(token: str) -> list[CheckMessage]:
+    """E006: a METRICS_BEARER_TOKEN that is long, and that a scraper can send as it is."""
     shortest = BY_NAME["METRICS_BEARER_TOKEN"].min_length or 0
-    if isinstance(token, str) and len(token) < shortest:
+    hint = "Use a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe())'."
+    messages: list[CheckMessage] = []
+    if len(token) < shortest:
         messages.append(
             Error(
                 f"JOBSTATUS['METRICS_BEARER_TOKEN'] is shorter than {shortest} characters.",
-                hint="Use a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe())'.",
+                hint=hint,
+                id="jobstatus.E006",
+            )
+        )
+    # A space is stripped from a header's ends, and a character that is not ASCII travels
+    # as bytes each server decodes its own way: such a token may never match.
+    elif not _BEARER_TOKEN.fullmatch(token):
+        messages.append(
+            Error(
+                "JOBSTATUS['METRICS_BEARER_TOKEN'] has characters that a bearer token cannot carry (RFC 6750: letters, digits, -._~+/ and = at the end).",
+                hint=hint,
                 id="jobstatus.E006",
             )
         )

@@ -29,9 +29,7 @@ class Setting:
     help: str
     positive: bool = False  # a number that must be greater than 0 (jobstatus.E003)
     non_negative: bool = False  # a number that must be 0 or more (jobstatus.E003)
-    minimum: int | None = (
-        None  # a whole number that must be at least this (jobstatus.E003)
-    )
+    minimum: int | None = None  # a number that must be at least this (jobstatus.E003)
     maximum: int | None = None  # a number that must be at most this (jobstatus.E003)
     min_length: int | None = None  # a string that must be at least this long (E006)
     max_length: int | None = None  # a string cut to this where it is stored (W003)
@@ -100,6 +98,10 @@ MAX_AGE_SECONDS = MAX_AGE_DAYS * 24 * 60 * 60
 # HEARTBEAT_TIMEOUT is an age too, but the heartbeat thread waits a third of it, and a
 # thread waits at most ``threading.TIMEOUT_MAX`` (about 292 years): a tenth of MAX_AGE.
 HEARTBEAT_TIMEOUT_MAX = MAX_AGE_SECONDS // 10
+# The heartbeat thread beats every third of HEARTBEAT_TIMEOUT, but never more often than
+# ``heartbeats.MIN_INTERVAL`` (0.1 s, which conf cannot import: heartbeats reads these
+# settings): a shorter timeout would pass between two beats and mark live runs lost.
+HEARTBEAT_TIMEOUT_MIN = 1
 # A webhook's socket waits ALERT_TIMEOUT, a process's end waits it once per alert target
 # and once more, and an alert's claim lasts as long: an hour keeps each of these small.
 ALERT_TIMEOUT_MAX = 60 * 60
@@ -136,7 +138,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ALERT_WEBHOOKS",
         [],
         (list, tuple),
-        'Webhooks for the same alerts: URLs (a JSON payload), or `{"url": ..., "format": "slack", "headers": {...}}`.',
+        'Webhooks for the same alerts: URLs (a JSON payload), or `{"url": ..., "format": "slack", "headers": {...}}`. Header names are HTTP tokens, their values strings of latin-1 characters on one line.',
     ),
     Setting(
         "API_AUTHENTICATION_CLASSES",
@@ -200,8 +202,8 @@ SETTINGS: tuple[Setting, ...] = (
         "HEARTBEAT_TIMEOUT",
         300,
         (int, float),
-        "Seconds without a heartbeat after which a running run is stale (and reaped as `lost`).",
-        positive=True,
+        "Seconds without a heartbeat after which a running run is stale (and reaped as `lost`). Workers beat every third of it, and at most ten times a second: the bound leaves room for three beats.",
+        minimum=HEARTBEAT_TIMEOUT_MIN,
         maximum=HEARTBEAT_TIMEOUT_MAX,
     ),
     Setting(
@@ -243,7 +245,7 @@ SETTINGS: tuple[Setting, ...] = (
         "METRICS_BEARER_TOKEN",
         None,
         (str, _NONE),
-        "A token that also opens the API's `metrics/` to a scraper (`Authorization: Bearer <token>`).",
+        "A token that also opens the API's `metrics/` to a scraper (`Authorization: Bearer <token>`). Made of letters, digits and `-._~+/`, with `=` at the end (RFC 6750).",
         min_length=16,
     ),
     Setting(

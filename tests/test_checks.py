@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
 import types
+from io import StringIO
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core.checks import run_checks
 from django.core.management import call_command
 from django.test import override_settings
 
-from django_jobstatus.conf import BY_NAME, SETTINGS, Setting
+from django_jobstatus import health, track
+from django_jobstatus.conf import BY_NAME, HEARTBEAT_TIMEOUT_MIN, SETTINGS, Setting
+from django_jobstatus.models import JobRun, Status
 from django_jobstatus.routers import JobStatusRouter
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # run_checks() runs every check, and the model checks may ask the database its features.
 # Django's own checks may read every database (the replica alias too, on Django 6.1).
@@ -86,7 +98,9 @@ def test_a_jobstatus_that_is_not_a_dict_is_e001() -> None:
     ("jobstatus", "fragment"),
     [
         ({"PROGRESS_INTERVAL": 0}, "'PROGRESS_INTERVAL'] must be greater than 0"),
-        ({"HEARTBEAT_TIMEOUT": -5}, "'HEARTBEAT_TIMEOUT'] must be greater than 0"),
+        ({"HEARTBEAT_TIMEOUT": -5}, "'HEARTBEAT_TIMEOUT'] must be from 1 to"),
+        # Workers never beat more often than every 0.1 s: a beat would come too late.
+        ({"HEARTBEAT_TIMEOUT": 0.05}, "'HEARTBEAT_TIMEOUT'] must be from 1 to"),
         ({"LOG_MAX_LENGTH": 0}, "'LOG_MAX_LENGTH'] must be at least 100"),
         # The marker of a cut line takes up to 30 characters, as for the other limits.
         ({"LOG_MAX_LENGTH": 99}, "'LOG_MAX_LENGTH'] must be at least 100"),
@@ -105,6 +119,31 @@ def test_a_bad_value_is_e003(jobstatus: dict[str, Any], fragment: str) -> None:
     messages = _messages(jobstatus)
     assert [m[0] for m in messages] == ["jobstatus.E003"]
     assert fragment in messages[0][1]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_shortest_heartbeat_timeout_never_marks_a_live_run_lost(
+    settings: Any,
+) -> None:
+    """HEARTBEAT_TIMEOUT = 0.05 used to pass the checks, and the reaper, with its default
+    timeout, marked a live run `lost` between two beats (they come every 0.1 s at most).
+    The shortest value the checks take gives the beats the room they need."""
+    assert _messages({"HEARTBEAT_TIMEOUT": 0.05})[0][0] == "jobstatus.E003"
+    settings.JOBSTATUS = {
+        **settings.JOBSTATUS,
+        "HEARTBEAT_TIMEOUT": HEARTBEAT_TIMEOUT_MIN,
+    }
+    with track("tests.checks.alive") as job:
+        deadline = time.monotonic() + 3 * HEARTBEAT_TIMEOUT_MIN
+        while time.monotonic() < deadline:
+            out = StringIO()
+            call_command("reap_jobstatus", stdout=out)
+            run = JobRun.objects.get(pk=job.run.pk)
+            assert run.status == Status.RUNNING, (
+                f"a live run was reaped as {run.status}: {out.getvalue()!r}"
+            )
+            time.sleep(0.01)
 
 
 def _just_outside(declared: Setting) -> float:
@@ -173,6 +212,55 @@ def test_an_integration_that_is_not_a_dotted_path_is_e005(integrations) -> None:
     assert "JOBSTATUS['INTEGRATIONS'] lists" in messages[0][1]
 
 
+def _manage_check(
+    tmp_path: Path, jobstatus: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` in a process of its own, started with ``jobstatus``."""
+    (tmp_path / "check_settings.py").write_text(
+        textwrap.dedent(
+            f"""
+            from tests.settings import *  # noqa: F403
+            DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}}
+            JOBSTATUS = {jobstatus!r}
+            """
+        )
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "check_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+    }
+    env.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "django", "check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "integrations",
+    ["django_jobstatus.contrib.tasks", [None], [".contrib.celery"]],
+    ids=["string", "none", "relative"],
+)
+def test_a_malformed_integrations_setting_is_reported_by_the_checks_not_a_crash(
+    tmp_path: Path, integrations: Any
+) -> None:
+    """ready() imported each item's connect() before any check ran: `manage.py check` died
+    with `ModuleNotFoundError: No module named 'd'` (or 'None'), naming neither JOBSTATUS
+    nor INTEGRATIONS. It leaves such a value to the checks (E001, E005)."""
+    done = _manage_check(tmp_path, {"INTEGRATIONS": integrations})
+    output = done.stdout + done.stderr
+    assert "ModuleNotFoundError" not in output, output[-1500:]
+    assert "Traceback" not in output, output[-1500:]
+    assert "JOBSTATUS['INTEGRATIONS']" in output, output[-1500:]
+    assert "jobstatus.E001" in output or "jobstatus.E005" in output, output[-1500:]
+
+
 @pytest.mark.parametrize(
     "jobstatus",
     [
@@ -231,6 +319,13 @@ def test_valid_alert_and_metrics_settings_pass() -> None:
                         "format": "slack",
                         "headers": {"X-Token": "t"},
                     },
+                    {
+                        "url": "https://hooks.example.com:8443/a%20b?team=ops",
+                        "headers": {
+                            "Authorization": "Bearer a.b-c",
+                            "X-Name": "Zoë\tx",
+                        },
+                    },
                 ],
                 "ALERT_BASE_URL": "https://ops.example.com",
                 "ALERT_RATE_LIMIT": 10,
@@ -260,6 +355,17 @@ def test_valid_alert_and_metrics_settings_pass() -> None:
         ),
         ({"ALERT_BASE_URL": "ops.example.com"}, ("jobstatus.E006", "ALERT_BASE_URL")),
         ({"METRICS_BEARER_TOKEN": "short"}, ("jobstatus.E006", "16 characters")),
+        # A scraper's token travels in a header: a character that is not ASCII is decoded
+        # the server's way, and the server strips a space at the end.
+        (
+            {"METRICS_BEARER_TOKEN": "geheimnis-schlüssel-0123456789"},
+            ("jobstatus.E006", "cannot carry (RFC 6750"),
+        ),
+        (
+            {"METRICS_BEARER_TOKEN": "scraper-token-0123456789 "},
+            ("jobstatus.E006", "cannot carry (RFC 6750"),
+        ),
+        ({"METRICS_BEARER_TOKEN": "scraper+token/0123456789=="}, None),
         ({"ALERT_TIMEOUT": 0}, ("jobstatus.E003", "ALERT_TIMEOUT")),
         ({"ALERT_RATE_LIMIT": -1}, ("jobstatus.E003", "ALERT_RATE_LIMIT")),
         ({"METRICS_WINDOW": 0}, ("jobstatus.E003", "METRICS_WINDOW")),
@@ -273,9 +379,88 @@ def test_valid_alert_and_metrics_settings_pass() -> None:
     ],
 )
 def test_bad_alert_and_metrics_settings(jobstatus, message) -> None:
+    if message is None:
+        assert _messages(jobstatus) == []
+        return
     (found,) = _messages(jobstatus)
     assert found[0] == message[0]
     assert message[1] in found[1]
+
+
+UNSENDABLE_WEBHOOKS = [
+    (
+        {"url": "https://hooks.example.com/x", "headers": {"Authorization": None}},
+        "header 'Authorization' set to None, which is not a string",
+    ),
+    (
+        {
+            "url": "https://hooks.example.com/x",
+            "headers": {"Authorization": "Bearer tök€n"},
+        },
+        "header 'Authorization' set to 'Bearer tök€n', which has characters that are not latin-1",
+    ),
+    (
+        {"url": "https://hooks.example.com/x", "headers": {"X-Team": "ops\nX-Evil: 1"}},
+        "header 'X-Team' set to 'ops\\nX-Evil: 1', which has a line break",
+    ),
+    (
+        {"url": "https://hooks.example.com/x", "headers": {1: "a"}},
+        "header name 1, which is not an HTTP token",
+    ),
+    (
+        {"url": "https://hooks.example.com/x", "headers": {"X-Tags": {"a": 1}}},
+        "header 'X-Tags' set to {'a': 1}, which is not a string",
+    ),
+    ("https://", "has 'https://', which names no host"),
+    ("https://hooks example.com/x", "which has a space or a control character"),
+    ("https://hooks.example.com/a b", "which has a space or a control character"),
+    ("https://hooks.example.com:port/x", "which is not a valid URL"),
+    ("https://hooks.example.com/ü", "whose path or query is not ASCII"),
+]
+
+
+@pytest.mark.parametrize(
+    ("hook", "fragment"), UNSENDABLE_WEBHOOKS, ids=range(len(UNSENDABLE_WEBHOOKS))
+)
+def test_a_webhook_that_can_never_be_sent_is_e006(hook: Any, fragment: str) -> None:
+    """The checks held a webhook to its keys, format, a dict of headers and an http(s)
+    scheme, but not to its header names and values nor to its URL's host: every alert to
+    such a hook raised in health._deliver (TypeError, UnicodeEncodeError, ValueError,
+    URLError 'no host given', InvalidURL…), was logged and queued again at each check, and
+    never reached anyone."""
+    jobstatus = {"ALERT_WEBHOOKS": [hook]}
+    messages = _messages(jobstatus)
+    assert [m[0] for m in messages] == ["jobstatus.E006"]
+    assert "JOBSTATUS['ALERT_WEBHOOKS'][0] " in messages[0][1]
+    assert fragment in messages[0][1]
+    # What the check refuses does fail in _deliver, while the request is being built.
+    alert = mock.Mock(payload=dict, slack_payload=dict)
+    reached = AssertionError("reached the network")
+    with (
+        override_settings(JOBSTATUS=jobstatus),
+        mock.patch("socket.create_connection", side_effect=reached),
+        pytest.raises(Exception) as raised,  # each fails its own way
+    ):
+        health._deliver(health._targets()[0], alert)
+    assert raised.value is not reached
+
+
+@pytest.mark.parametrize(
+    ("hook", "fragment"),
+    [
+        # urllib sends it; a server answers 400.
+        (
+            {"url": "https://hooks.example.com/x", "headers": {"X Team": "a"}},
+            "header name 'X Team', which is not an HTTP token",
+        ),
+        # urllib sends it to this machine.
+        ("https://:8443/x", "has 'https://:8443/x', which names no host"),
+    ],
+)
+def test_a_webhook_that_would_reach_nobody_is_e006(hook: Any, fragment: str) -> None:
+    messages = _messages({"ALERT_WEBHOOKS": [hook]})
+    assert [m[0] for m in messages] == ["jobstatus.E006"]
+    assert fragment in messages[0][1]
 
 
 @pytest.mark.parametrize(

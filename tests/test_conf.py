@@ -91,6 +91,17 @@ def test_the_longest_heartbeat_timeout_is_a_wait_a_thread_can_make() -> None:
     lock.release()
 
 
+def test_the_shortest_heartbeat_timeout_leaves_room_for_three_beats() -> None:
+    """Workers beat every third of HEARTBEAT_TIMEOUT, never more often than MIN_INTERVAL:
+    a shorter timeout passes between two beats, and the reaper marks live runs lost."""
+    from django_jobstatus import heartbeats
+
+    assert BY_NAME["HEARTBEAT_TIMEOUT"].minimum == conf.HEARTBEAT_TIMEOUT_MIN
+    assert conf.HEARTBEAT_TIMEOUT_MIN >= 3 * heartbeats.MIN_INTERVAL
+    with override_settings(JOBSTATUS={"HEARTBEAT_TIMEOUT": conf.HEARTBEAT_TIMEOUT_MIN}):
+        assert heartbeats.interval() * 3 <= conf.HEARTBEAT_TIMEOUT_MIN
+
+
 def test_the_longest_alert_timeout_is_one_a_socket_and_a_thread_can_wait() -> None:
     """A webhook's socket waits ALERT_TIMEOUT; the end of a process waits it once per
     target and once more (health.finish())."""

@@ -1041,12 +1041,27 @@ class MetricsView(Access, APIView):
         return super().get_authenticators()
 
     def _bearer_request(self) -> bool:
+        """Whether the request sends ``Authorization: Bearer <METRICS_BEARER_TOKEN>``.
+
+        Check E006 refuses a token that is not RFC 6750's b64token; a server that never
+        ran the checks still lets the scraper in. So the bytes sent are compared (the
+        server hands the header over decoded as latin-1, PEP 3333, and a scraper sends
+        the token UTF-8 encoded), and the token's ends are stripped as the server strips
+        the header's.
+        """
         token = settings.METRICS_BEARER_TOKEN
+        expected = token.strip().encode() if isinstance(token, str) else b""
         request = getattr(self, "request", None)
-        if not token or request is None:
+        if not expected or request is None:
             return False
-        given = request.META.get("HTTP_AUTHORIZATION", "")
-        return secrets.compare_digest(given.encode(), f"Bearer {token}".encode())
+        scheme, _, credentials = request.META.get("HTTP_AUTHORIZATION", "").partition(
+            " "
+        )
+        try:
+            sent = credentials.strip().encode("latin-1")
+        except UnicodeEncodeError:  # not bytes a server decoded: no token of ours
+            return False
+        return scheme.lower() == "bearer" and secrets.compare_digest(sent, expected)
 
     def get_permissions(self) -> list[Any]:
         if self._bearer_request():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 from datetime import timedelta
+from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
@@ -16,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
-from django_jobstatus import health
+from django_jobstatus import checks, health
 from django_jobstatus.models import JobRun, Status
 
 URL = "/api/jobstatus/metrics/"
@@ -143,6 +146,52 @@ def test_bearer_token_for_scrapers(client, settings, db):
     # The token opens metrics/ only.
     runs = client.get("/api/jobstatus/runs/", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert runs.status_code in (401, 403)
+
+
+def _scrape(live_server: Any, authorization: bytes) -> int:
+    """The status of a GET of metrics/ over real HTTP, the header sent as these bytes."""
+    address = urlparse(live_server.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    try:
+        connection.putrequest("GET", URL)
+        connection.putheader("Authorization", authorization)
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "geheimnis-schlüssel-0123456789",  # not ASCII
+        "scraper-token-0123456789 ",  # a space at the end (pasted from a secret store)
+    ],
+)
+def test_a_token_a_header_cannot_carry_as_is_is_e006_and_still_lets_the_scraper_in(
+    live_server: Any, settings: Any, token: str
+) -> None:
+    """The checks held METRICS_BEARER_TOKEN to 16 characters only, and the view compared
+    the header with f"Bearer {token}": a token that is not ASCII arrives as its UTF-8
+    bytes decoded latin-1, the space at the end is stripped by the server, and every
+    scrape was a 401. The checks refuse such a token (RFC 6750's b64token), and a server
+    that never ran them compares the bytes sent."""
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "METRICS_BEARER_TOKEN": token}
+    assert [m.id for m in checks.check_alerts()] == ["jobstatus.E006"]
+    # What Prometheus sends: the configured credentials, UTF-8 encoded.
+    assert _scrape(live_server, f"Bearer {token}".encode()) == 200
+    assert _scrape(live_server, b"Bearer scraper-token-0123456789x") in (401, 403)
+
+
+def test_the_token_is_compared_whole(client, settings, db):
+    """The scheme is case-insensitive (RFC 9110); the token is neither a prefix nor blank."""
+    settings.JOBSTATUS = {"METRICS_BEARER_TOKEN": TOKEN}
+    assert client.get(URL, HTTP_AUTHORIZATION=f"bearer  {TOKEN}").status_code == 200
+    for sent in ("Bearer", "Bearer ", f"Bearer {TOKEN[:-1]}", f"Basic {TOKEN}", TOKEN):
+        assert client.get(URL, HTTP_AUTHORIZATION=sent).status_code in (401, 403), sent
+    assert client.get(URL, HTTP_AUTHORIZATION="Bearer töken").status_code in (401, 403)
+    settings.JOBSTATUS = {"METRICS_BEARER_TOKEN": " " * 20}  # E006; opens nothing
+    assert client.get(URL, HTTP_AUTHORIZATION="Bearer ").status_code in (401, 403)
 
 
 def test_statuses_without_runs_in_the_window_are_left_out(api, history):

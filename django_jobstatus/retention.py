@@ -174,6 +174,9 @@ def purge(
     cutoffs = _cutoffs(_statuses(statuses, include_active), days, retention, now)
     candidates = _candidates(runs, cutoffs)
     result = PurgeResult(dry_run=dry_run)
+    if candidates.query.is_empty():  # ``none()``: no statement could pick a run
+        result.elapsed = time.monotonic() - result._began
+        return result
     kept = _kept(runs, keep)
     if dry_run:
         _count(candidates, kept, result)
@@ -271,7 +274,7 @@ def _candidates(
     runs: JobRunQuerySet, cutoffs: dict[datetime, set[str]]
 ) -> JobRunQuerySet:
     """The runs of ``runs`` past their cutoff (the kept ones included), but the runs of a
-    batch still gathering its children.
+    batch still gathering its children (a parent no worker runs, ``BATCH_PARENT``).
 
     A batch's status and progress add its children's up until the last one ends, and a
     parent that failed or was killed early follows them too (``refresh_batch()``): a
@@ -291,8 +294,13 @@ def _candidates(
     if not old:
         return runs.none()
     every = runs.model._base_manager.using(runs.db).order_by()
+    # Only a run no worker runs follows its children (BATCH_PARENT): a job's own run
+    # that enqueued sub-tasks is no batch, and goes whatever they do.
     active = every.filter(status__in=sorted(Status.ACTIVE))
-    gathering = active.filter(parent__isnull=False).values_list("parent_id", flat=True)
+    gathering = active.filter(parent__in=every.filter(BATCH_PARENT)).values_list(
+        "parent_id", flat=True
+    )
+    active = active.filter(BATCH_PARENT)
     if set().union(*cutoffs.values()) & Status.ACTIVE:
         # Purging active runs too: the children of a parent that goes go with it.
         active = active.exclude(old)

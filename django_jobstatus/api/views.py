@@ -404,7 +404,9 @@ class JobRunViewSet(
         runs: JobRunQuerySet = filterset.qs
         # Picked, counted and acted on where the writes go: a replica (READ_DATABASE) may
         # not have a run yet, or still have it active.
-        return (runs if ids is None else runs.filter(pk__in=ids)).writing()
+        if ids is not None:
+            runs = runs.filter(pk__in=ids) if ids else runs.none()
+        return runs.writing()
 
     def get_serializer_class(self) -> type[Any]:
         return JobLogSerializer if self.action == "logs" else JobRunSerializer

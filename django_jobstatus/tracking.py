@@ -73,6 +73,12 @@ R = TypeVar("R")
 _current: ContextVar[JobHandle | None] = ContextVar(
     "django_jobstatus_current_job", default=None
 )
+# True while this context runs a handle's own write (a flush, the end of a run): the
+# logging handler (contrib.logging) leaves out the SQL logging of those writes, their
+# BEGIN and COMMIT included, which no pattern of their SQL text could tell apart.
+_handle_writing: ContextVar[bool] = ContextVar(
+    "django_jobstatus_handle_writing", default=False
+)
 
 SIDE_SUFFIX = "__jobstatus"
 # The most a handle hands to another process (``JobHandle.unwritten()``), in JSON characters.
@@ -85,6 +91,22 @@ _WENT_ON = gettext_lazy(
     "The job went on after its run had ended %(status)s, and ended %(outcome)s "
     "(attempt %(attempt)s); the run stays %(status)s."
 )
+
+
+def in_handle_write() -> bool:
+    """Whether this context is running a write of a JobHandle's own (a flush, an end)."""
+    return _handle_writing.get()
+
+
+@contextlib.contextmanager
+def _handle_write() -> Iterator[None]:
+    """Mark this context as running a write of a handle's own (see ``in_handle_write()``);
+    also a decorator."""
+    token = _handle_writing.set(True)
+    try:
+        yield
+    finally:
+        _handle_writing.reset(token)
 
 
 def tracking_database() -> str:
@@ -617,7 +639,7 @@ class JobHandle:
         if _in_event_loop():
             _off_the_loop(self.flush)
             return
-        with self._writing:
+        with self._writing, _handle_write():
             self._flush()
 
     def _flush(self) -> None:
@@ -755,6 +777,7 @@ class JobHandle:
 
     # Start and end (durable).
 
+    @_handle_write()
     def finish(self, exc: BaseException | None = None, **values: Any) -> None:
         """Record the end of the run: succeeded, killed (JobKilled) or failed (any other exception).
 
@@ -791,7 +814,29 @@ class JobHandle:
                 raise
             if not written:
                 self._put_back({}, logs)
-            return written
+                return False
+            self._write_late_lines()
+            return True
+
+    def _write_late_lines(self) -> None:
+        """The lines another thread of the job logged while the end was written, after
+        the end had taken the buffer (the run was not finished yet, so they were
+        buffered): written now, or no write of this handle would ever take them."""
+        with self._lock:
+            logs, self._logs = self._logs, []
+        if not logs:
+            return
+        alias = self._database()
+        try:
+            self._write_logs_then(alias, logs, lambda: None)
+        except DatabaseError as error:
+            logger.warning(
+                "Could not record the last log lines of run %s.",
+                self.run.pk,
+                exc_info=True,
+            )
+            _reset_connection(alias, error)
+            self._put_back({}, logs)
 
     def _end_later(self, exc: BaseException | None, values: dict[str, Any]) -> None:
         """The end, written by the heartbeat thread once the caller's transaction, which
@@ -801,6 +846,7 @@ class JobHandle:
         error = self._unstorable_result() if exc is None else None
         ending = exc if error is None else error
 
+        @_handle_write()
         def end(alias: str) -> bool:
             free = _row_free(alias, self.run)
             if free is None:  # purged meanwhile: nothing to end

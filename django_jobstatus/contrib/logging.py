@@ -14,9 +14,10 @@ task recorded by an integration) each record becomes a line of that run, buffere
 the run's handle and written in batches with its next throttled write (at most one
 write per ``PROGRESS_INTERVAL``, or per 500 lines), so a chatty job does not write a row
 per line. A line logged once the run's end is recorded (a receiver of
-``job_status_changed``) is written at once. Outside a run the handler does nothing.
-Records of django-jobstatus's own loggers, SQL logging of the app's own queries, and
-records emitted while the handler is writing are left out, so it can never call itself.
+``job_status_changed``) is written at once, and sets the run's ``has_errors`` at ERROR.
+Outside a run the handler does nothing. Records of django-jobstatus's own loggers, the
+SQL logging of the handle's own writes and of queries on the app's tables, and records
+emitted while the handler is writing are left out, so it can never call itself.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import re
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from django_jobstatus.tracking import current_job, tracking_database
+from django.db import connections
+
+from django_jobstatus.tracking import current_job, in_handle_write, tracking_database
 
 if TYPE_CHECKING:
     from django_jobstatus.tracking import JobHandle
@@ -35,8 +38,9 @@ if TYPE_CHECKING:
 _emitting: ContextVar[bool] = ContextVar("django_jobstatus_log_emitting", default=False)
 
 _OWN_LOGGERS = ("django_jobstatus", "django_jobstatus.")
-# SQL on the app's tables, and the savepoints around its writes.
-_OWN_SQL = re.compile(r'django_jobstatus_|^(RELEASE |ROLLBACK TO )?SAVEPOINT "')
+# SQL on the app's tables that is not a handle's write (an integration recording a task
+# the job enqueues, a nested run's start).
+_OWN_SQL = re.compile(r"django_jobstatus_")
 
 
 class JobLogHandler(logging.Handler):
@@ -49,8 +53,13 @@ class JobLogHandler(logging.Handler):
             or record.name.startswith(_OWN_LOGGERS[1])
         ):
             return
-        if _OWN_SQL.search(str(getattr(record, "sql", ""))):
-            return  # django.db.backends logging the app's own writes (with DEBUG)
+        # django.db.backends logging SQL (with DEBUG) of a handle's write: its statements,
+        # and its COMMIT, logged before autocommit is back on, when no write may follow.
+        # A job_status_changed receiver, run by the end's COMMIT, is inside that write:
+        # its SQL is left out, its other records are lines of the run.
+        sql = getattr(record, "sql", None)
+        if sql is not None and (in_handle_write() or _OWN_SQL.search(str(sql))):
+            return
         job = current_job()
         if job is None:
             return
@@ -83,10 +92,16 @@ _FORMATTER = logging.Formatter()
 
 def _write_now(job: JobHandle, level: int, message: str, extra: dict[str, Any]) -> None:
     """A line logged once the run's end is recorded (a receiver of job_status_changed
-    logging): its handle writes no more lines, so it is written at once."""
-    from django_jobstatus.models import JobLog
-
-    JobLog.build(job.run, level, message, extra=extra).save(using=tracking_database())
+    logging): its handle writes no more lines, so it is written at once, through the
+    run's own ``log()``, which sets ``has_errors`` with an error line."""
+    alias = tracking_database()
+    connection = connections[alias]
+    if not connection.in_atomic_block and not connection.get_autocommit():
+        # Between a COMMIT and Django turning autocommit back on (the SQL logging of that
+        # COMMIT gets here): an INSERT would open a transaction nothing commits, and
+        # turning autocommit on would fail. That record is left out.
+        return
+    job.run.log(level, message, extra=extra, using=alias)
 
 
 def connect() -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, connections, transaction
 
 from django_jobstatus import track
 from django_jobstatus.contrib.logging import JobLogHandler
 from django_jobstatus.models import JobLog, JobRun
+from django_jobstatus.signals import job_status_changed
+from django_jobstatus.tracking import tracking_database
 
 NAME = "tests.contrib.logging_target"
 
@@ -201,7 +205,6 @@ def test_a_line_logged_while_the_run_ends_is_not_lost(
 ) -> None:
     """A receiver of job_status_changed that logs runs while the run's handle is still
     current: its line is written, never buffered on a handle nothing flushes again."""
-    from django_jobstatus.signals import job_status_changed
 
     def receiver(sender: Any, **kwargs: Any) -> None:
         logger.info("status changed")
@@ -219,3 +222,165 @@ def test_a_line_logged_while_the_run_ends_is_not_lost(
     )
     assert "working" in messages
     assert messages.count("status changed") >= 1
+
+
+def test_an_error_logged_once_the_run_ended_sets_has_errors(
+    transactional_db: None, logger: logging.Logger
+) -> None:
+    """A line logged once the run's end is recorded (a job_status_changed receiver) is
+    written at once; at ERROR it sets the run's has_errors, as any error line does."""
+
+    def receiver(sender: Any, run: JobRun, status: str, **kwargs: Any) -> None:
+        if status == "succeeded":
+            logger.error("could not send the report of %s", run.job_name)
+
+    job_status_changed.connect(receiver, dispatch_uid="test_logging_error_receiver")
+    try:
+        with track("logging.end_error", interval=3600) as job:
+            logger.info("working")
+    finally:
+        job_status_changed.disconnect(dispatch_uid="test_logging_error_receiver")
+    levels = list(
+        JobLog.objects.for_run(job.run).order_by("id").values_list("level", flat=True)
+    )
+    assert levels == [logging.INFO, logging.ERROR]
+    run = JobRun.objects.get(pk=job.run.pk)
+    assert run.has_errors is True
+    assert JobRun.objects.with_errors().filter(pk=run.pk).exists()
+
+
+def test_a_line_a_thread_logs_while_the_end_is_written_is_kept(
+    transactional_db: None, logger: logging.Logger
+) -> None:
+    """A thread of the job (in a copy of its context) logs while the end is written,
+    after the end took the buffer and before the run is finished: the line is written
+    with the end, not left on a handle that never writes again."""
+    ending = threading.Event()
+    go = threading.Event()
+    logged = threading.Event()
+
+    def worker() -> None:
+        assert go.wait(10)
+        logger.info("late line from the worker")
+        logged.set()
+
+    def at_the_end(
+        execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        if (
+            ending.is_set()
+            and sql.startswith("UPDATE")
+            and "django_jobstatus_jobrun" in sql
+        ):
+            ending.clear()
+            go.set()
+            assert logged.wait(10), "the worker did not log"
+        return execute(sql, params, many, context)
+
+    with (
+        connections[tracking_database()].execute_wrapper(at_the_end),
+        track("logging.thread_end", interval=3600) as job,
+    ):
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(worker,))
+        thread.start()
+        logger.info("main line")
+        ending.set()
+    thread.join(10)
+    assert go.is_set(), "the end's UPDATE was not seen"
+    messages = list(
+        JobLog.objects.for_run(job.run).order_by("id").values_list("message", flat=True)
+    )
+    assert messages == ["main line", "late line from the worker"]
+
+
+@pytest.fixture
+def sql_logging() -> Iterator[logging.Handler]:
+    """A handler on the root logger at DEBUG, with Django's SQL logging on (DEBUG=True
+    and "django.db.backends" at DEBUG: a development LOGGING that shows the SQL)."""
+    root = logging.getLogger()
+    handler = JobLogHandler(level=logging.DEBUG)
+    before = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    sql = logging.getLogger("django.db.backends")
+    sql.setLevel(logging.DEBUG)
+    alias = connections[tracking_database()]
+    alias.force_debug_cursor = True
+    yield handler
+    alias.force_debug_cursor = False
+    root.removeHandler(handler)
+    root.setLevel(before)
+    sql.setLevel(logging.NOTSET)
+    if not alias.get_autocommit():  # left in a transaction: let the database be flushed
+        alias.connection.rollback()
+        alias.set_autocommit(True)
+
+
+def test_the_sql_of_the_handle_s_own_writes_is_left_out(
+    transactional_db: None, sql_logging: logging.Handler
+) -> None:
+    """A write of the handle not started by a log record (a due progress call) adds
+    none of its SQL, BEGIN and COMMIT included, as lines of the run."""
+    target = logging.getLogger(NAME)
+    with track("logging.own_sql", interval=3600) as job:
+        target.info("one")
+        job.advance()
+        job.flush()  # the handle's own write, as a due progress call makes
+        target.info("two")
+        job.advance()
+        job.flush()
+    messages = list(
+        JobLog.objects.for_run(job.run).order_by("id").values_list("message", flat=True)
+    )
+    assert messages == ["one", "two"]
+
+
+@pytest.mark.postgres
+def test_sql_logging_of_the_end_s_commit_leaves_the_end_and_the_connection_sound(
+    transactional_db: None, sql_logging: logging.Handler
+) -> None:
+    """Django logs the end's COMMIT once the run is finished, before it turns autocommit
+    back on: the handler writes nothing then, so the end is recorded once (with its
+    job_status_changed) and the job's connection is not left in a transaction."""
+    sent: list[str] = []
+
+    def receiver(sender: Any, run: JobRun, status: str, **kwargs: Any) -> None:
+        sent.append(status)
+
+    job_status_changed.connect(receiver, dispatch_uid="test_logging_commit_receiver")
+    try:
+        with track("logging.commit_line", interval=3600) as job:
+            logging.getLogger(NAME).info("working")
+    finally:
+        job_status_changed.disconnect(dispatch_uid="test_logging_commit_receiver")
+    own = connections[tracking_database()]
+    assert own.get_autocommit() is True
+    assert not own.in_atomic_block
+    assert sent == ["succeeded"]
+    assert JobRun.objects.get(pk=job.run.pk).status == "succeeded"
+
+
+def test_a_transaction_logged_once_the_run_ended_leaves_the_connection_sound(
+    transactional_db: None, sql_logging: logging.Handler
+) -> None:
+    """Code still running in the run's context once its end is recorded (a thread the
+    job left behind) commits a transaction with SQL logging on: the handler writes no
+    line while Django has committed and not yet turned autocommit back on (the
+    COMMIT's record), which would leave the connection in a transaction."""
+    with track("logging.after_the_end", interval=3600) as job:
+        context = contextvars.copy_context()
+
+    def lingering() -> None:
+        with transaction.atomic(using=tracking_database()):
+            pass
+        logging.getLogger(NAME).info("still logging")
+
+    context.run(lingering)
+    own = connections[tracking_database()]
+    assert own.get_autocommit() is True
+    assert not own.in_atomic_block
+    messages = list(
+        JobLog.objects.for_run(job.run).order_by("id").values_list("message", flat=True)
+    )
+    assert "still logging" in messages
+    assert not any("COMMIT" in message for message in messages), messages

@@ -81,6 +81,7 @@ class Heartbeats:
         # end_later(): each end still to write, called with the alias to write through;
         # it says whether it is done.
         self._ends: list[Callable[[str], bool]] = []
+        self._ends_due = 0.0  # when the thread tries them next
 
     def add(self, handle: JobHandle, *, now: bool = False) -> None:
         """Beat for ``handle``'s run from now on (starting the thread if needed); ``now``:
@@ -94,8 +95,26 @@ class Heartbeats:
         """Call ``end(alias)`` a second from now, and again each second until it returns
         True (the run's end is written, or there is none to write)."""
         with self._lock:
+            if not self._ends:
+                self._ends_due = time.monotonic() + retry_delay()
             self._ends.append(end)
-            self._wake_by(time.monotonic() + retry_delay())
+            self._wake_by(self._ends_due)
+
+    def write_end(self, end: Callable[[str], bool], alias: str) -> None:
+        """Try ``end`` (held by ``end_later()``) now, through ``alias``: the transaction
+        that held its run's row has committed. Left to the thread when it is trying it."""
+        with self._lock:
+            if end not in self._ends:
+                return
+            self._ends.remove(end)
+        try:
+            done = end(alias)
+        except Exception:
+            logger.exception("Could not record the end of a run; trying again.")
+            done = False
+        if not done:
+            with self._lock:
+                self._ends.append(end)
 
     def _wake_by(self, due: float) -> None:
         """Start the thread, or wake it, so that it runs by ``due``; with ``_lock`` held."""
@@ -136,8 +155,11 @@ class Heartbeats:
             self._ends[:0] = left
             return len(self._ends)
 
-    def _write_ends_at_exit(self) -> None:
-        """At the process's exit: the ends still held, tried until FINISH_RETRY_TIMEOUT."""
+    def write_ends_before_exit(self) -> None:
+        """Before the process exits: the ends still held, tried until FINISH_RETRY_TIMEOUT.
+
+        At ``atexit``, and where a process ends without it (an RQ work horse, a Celery pool
+        process)."""
         deadline = time.monotonic() + float(settings.FINISH_RETRY_TIMEOUT)
         while self.write_ends() and time.monotonic() < deadline:
             time.sleep(retry_delay())
@@ -224,10 +246,12 @@ class Heartbeats:
                     logger.exception("The heartbeat thread failed to beat; it goes on.")
                 if self._failing:
                     self._due = min(self._due, time.monotonic() + retry_delay())
-            if self._ends:
+            if self._ends and time.monotonic() >= self._ends_due:
                 self._open = True
                 if self.write_ends():
-                    self._due = min(self._due, time.monotonic() + retry_delay())
+                    self._ends_due = time.monotonic() + retry_delay()
+            if self._ends:
+                self._due = min(self._due, self._ends_due)
             if self._open and not self.handles() and not self._ends:
                 own_connections.close(PURPOSE)
                 self._open = False
@@ -239,4 +263,4 @@ class Heartbeats:
 
 heartbeats = Heartbeats()
 os.register_at_fork(after_in_child=heartbeats._forked)
-atexit.register(heartbeats._write_ends_at_exit)
+atexit.register(heartbeats.write_ends_before_exit)

@@ -40,6 +40,7 @@ from django.db import (
     connections,
     transaction,
 )
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -150,10 +151,10 @@ def caller_holds(alias: str, run: JobRun) -> bool:
     and, in a savepoint rolled back at once, through the caller's connection. Locked for
     the first and free for the second, it is the caller's. A job that locks or updates its
     own run in its transaction (``select_for_update()``, a queue's claim) would otherwise
-    wait on itself: a lock timeout on each write, and its end never written.
+    wait on itself: a lock timeout on each write, and its end never written. A broken
+    transaction (an error, ``set_rollback()``) takes no query, and holds its locks until
+    it is rolled back: a row locked for ``alias`` is then taken as its. Never raises.
     """
-    from django_jobstatus.models import JobRun
-
     own: str = settings.DATABASE
     connection = connections[own]
     if (
@@ -162,22 +163,36 @@ def caller_holds(alias: str, run: JobRun) -> bool:
         or not connection.in_atomic_block
     ):
         return False
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
-        if not cursor.fetchone()[0]:
-            return False
-
-    def locked(using: str) -> bool:
-        rows = JobRun.objects.using(using).filter(pk=run.pk)
-        try:
-            with transaction.atomic(using=using):
-                list(rows.select_for_update(nowait=True, no_key=True).values("pk"))
-                transaction.set_rollback(True, using=using)
-        except OperationalError:  # LockNotAvailable (or the database away)
-            return True
+    try:
+        broken = connection.needs_rollback
+        if not broken:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT pg_current_xact_id_if_assigned() IS NOT NULL"
+                    )
+                    if not cursor.fetchone()[0]:
+                        return False
+            except DatabaseError:  # aborted by an error the job caught
+                broken = True
+        return _locked(alias, run) and (broken or not _locked(own, run))
+    except (DatabaseError, TransactionManagementError):
         return False
 
-    return locked(alias) and not locked(own)
+
+def _locked(alias: str, run: JobRun) -> bool:
+    """Whether another transaction than ``alias``'s holds ``run``'s row (tried with NOWAIT,
+    in a transaction or savepoint rolled back at once)."""
+    from django_jobstatus.models import JobRun
+
+    rows = JobRun.objects.using(alias).filter(pk=run.pk)
+    try:
+        with transaction.atomic(using=alias):
+            list(rows.select_for_update(nowait=True, no_key=True).values("pk"))
+            transaction.set_rollback(True, using=alias)
+    except OperationalError:  # LockNotAvailable (or the database away)
+        return True
+    return False
 
 
 def _row_free(alias: str, run: JobRun) -> bool | None:
@@ -861,6 +876,12 @@ class JobHandle:
             self.run.pk,
         )
         heartbeats.end_later(end)
+        own = settings.DATABASE
+        if not connections[own].needs_rollback:
+            # Written at once when that transaction commits (a second later on a rollback).
+            transaction.on_commit(
+                functools.partial(heartbeats.write_end, end, own), using=own, robust=True
+            )
         if error is not None:
             raise error
 

@@ -9,12 +9,13 @@ reaped ``lost``. The end is now written once the caller's transaction has ended.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connections, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.utils import timezone
 
 from django_jobstatus import current_job, own_connections, track, tracked
@@ -47,16 +48,15 @@ def ends(pk: Any, status: str) -> None:
 @pytest.mark.usefixtures("production_side")
 @pytest.mark.parametrize("how", ["select_for_update", "update"])
 def test_a_job_that_locked_its_own_run_in_the_caller_s_transaction_ends(how) -> None:
-    with transaction.atomic():
-        with track(f"tests.own_lock.{how}") as job:
-            rows = JobRun.objects.filter(pk=job.run.pk)
-            if how == "update":
-                rows.update(data={"note": "set by the job"})
-            else:
-                rows.select_for_update().get()
-            job.progress(1, 2)
-            job.info("working")
-            job.flush()  # no wait on the job's own lock
+    with transaction.atomic(), track(f"tests.own_lock.{how}") as job:
+        rows = JobRun.objects.filter(pk=job.run.pk)
+        if how == "update":
+            rows.update(data={"note": "set by the job"})
+        else:
+            rows.select_for_update().get()
+        job.progress(1, 2)
+        job.info("working")
+        job.flush()  # no wait on the job's own lock
     ends(job.run.pk, Status.SUCCEEDED)
     run = JobRun.objects.get(pk=job.run.pk)
     assert run.logs.get().message == "working"
@@ -66,11 +66,14 @@ def test_a_job_that_locked_its_own_run_in_the_caller_s_transaction_ends(how) -> 
 @pytest.mark.usefixtures("production_side")
 def test_a_failure_after_touching_its_own_run_survives_the_rollback() -> None:
     pk = None
-    with pytest.raises(ZeroDivisionError), transaction.atomic():
-        with track("tests.own_lock.fail") as job:
-            pk = job.run.pk
-            JobRun.objects.filter(pk=pk).update(message="working")
-            1 / 0  # noqa: B018
+    with (
+        pytest.raises(ZeroDivisionError),
+        transaction.atomic(),
+        track("tests.own_lock.fail") as job,
+    ):
+        pk = job.run.pk
+        JobRun.objects.filter(pk=pk).update(message="working")
+        1 / 0  # noqa: B018
     ends(pk, Status.FAILED)
     assert "ZeroDivisionError" in JobRun.objects.get(pk=pk).error
 
@@ -140,3 +143,105 @@ def test_a_job_that_locked_its_own_run_does_not_hang_with_the_documented_test_se
             )
     assert finished, "the job's end waited for ever on its own transaction's lock"
     ends(pks[0], Status.SUCCEEDED)
+
+
+# A review of the fix above found these.
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_job_failing_on_a_database_error_in_its_transaction_ends_failed() -> None:
+    """A statement of the job fails, which aborts its transaction on PostgreSQL: the
+    probe's query on that transaction raised in finish(), in place of the job's error,
+    and the run stayed running."""
+    pk = None
+    with (
+        pytest.raises(DatabaseError) as raised,
+        transaction.atomic(),
+        track("tests.own_lock.db_error") as job,
+    ):
+        pk = job.run.pk
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+    ends(pk, Status.FAILED)
+    assert "division by zero" in str(raised.value)
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_job_that_locked_its_run_then_failed_on_a_database_error_ends_failed() -> (
+    None
+):
+    """An aborted transaction still holds its locks until it is rolled back."""
+    pk = None
+    with (
+        pytest.raises(DatabaseError),
+        transaction.atomic(),
+        track("tests.own_lock.locked_then_error") as job,
+    ):
+        pk = job.run.pk
+        JobRun.objects.filter(pk=pk).update(message="working")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+    ends(pk, Status.FAILED)
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_job_logging_after_a_database_error_in_its_transaction_does_not_raise() -> (
+    None
+):
+    """flush() never raises: the probe's InternalError came out of ``job.error()``."""
+    pk = None
+    with (
+        transaction.atomic(),
+        track("tests.own_lock.log_after_error", interval=0) as job,
+    ):
+        pk = job.run.pk
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 / 0")
+        except DatabaseError:
+            job.error("the statement failed")  # a flush (interval 0)
+        transaction.set_rollback(True)
+    ends(pk, Status.SUCCEEDED)
+    assert (
+        JobRun.objects.get(pk=pk).logs.filter(message="the statement failed").exists()
+    )
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_dry_run_that_marks_its_transaction_for_rollback_ends() -> None:
+    """``transaction.set_rollback(True)``: Django refuses any query on that connection
+    until the block ends, and the probe raised TransactionManagementError."""
+    pk = None
+    with transaction.atomic(), track("tests.own_lock.dry_run") as job:
+        pk = job.run.pk
+        JobRun.objects.enqueue("tests.own_lock.dry_run.work")
+        transaction.set_rollback(True)
+    ends(pk, Status.SUCCEEDED)
+    assert not JobRun.objects.filter(job_name="tests.own_lock.dry_run.work").exists()
+
+
+def _job_that_locks_its_own_run(name: str) -> None:
+    """In a child process: a job run in a transaction that updates its own run; the
+    process ends with os._exit(), without atexit, as a pool's processes do."""
+    try:
+        with transaction.atomic(), track(name) as job:
+            JobRun.objects.filter(pk=job.run.pk).update(data={"claimed": True})
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.usefixtures("production_side")
+def test_the_end_is_written_when_the_transaction_commits_in_a_process_without_atexit() -> (
+    None
+):
+    name = "tests.own_lock.pool_process"
+    connections.close_all()  # no connection shared with the child
+    process = multiprocessing.get_context("fork").Process(
+        target=_job_that_locks_its_own_run, args=(name,)
+    )
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    run = JobRun.objects.get(job_name=name)
+    assert run.data == {"claimed": True}
+    assert run.status == Status.SUCCEEDED  # written at the commit, not a second later

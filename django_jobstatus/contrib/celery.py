@@ -47,6 +47,7 @@ from django_jobstatus import contrib, health, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import JobKilled
+from django_jobstatus.heartbeats import heartbeats
 from django_jobstatus.models import JobRun, Status, default_worker, exception_text
 
 logger = logging.getLogger(__name__)
@@ -595,8 +596,10 @@ class CeleryBackend:
 
 @contrib.never_raises
 def _process_ends(**kwargs: Any) -> None:
-    """A pool process ends without atexit: the monitor checks and alerts it queued go out
-    first, or are dropped (``health.finish()``)."""
+    """A pool process ends without atexit: the ends of runs still to write (their job's
+    transaction held their row) and the monitor checks and alerts it queued go out first,
+    or are dropped (``health.finish()``)."""
+    heartbeats.write_ends_before_exit()
     health.finish()
 
 

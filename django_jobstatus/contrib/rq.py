@@ -576,8 +576,10 @@ def _hand_over(job: rq.job.Job, handle: JobHandle) -> bool:
 
 @contrib.never_raises
 def _finish_health() -> None:
-    """A work horse ends without atexit: the monitor checks and alerts it queued go out
-    first, or are dropped (``health.finish()``)."""
+    """A work horse ends without atexit: the ends of runs still to write (their job's
+    transaction held their row) and the monitor checks and alerts it queued go out first,
+    or are dropped (``health.finish()``)."""
+    heartbeats.write_ends_before_exit()
     health.finish()
 
 

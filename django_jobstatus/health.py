@@ -604,12 +604,25 @@ def _stamp_alerts(change: Change, now: datetime, db: str) -> None:
             _suppressed(change)
     if (
         resolved is not None
-        and resolved.open_alert_queued_at is not None
+        and _announced(resolved)
         and (opened is None or opened.open_alert_queued_at is None)
     ):
         # Never limited: the end of an announced incident is never left unsaid (it counts).
         resolved.resolve_alert_queued_at = now
         resolved.save(using=db, update_fields=["resolve_alert_queued_at"])
+        if opened is not None:
+            # That end ("is Slow (was Failing)") announces the new incident: its own end
+            # is announced in turn, and its opening never goes out.
+            opened.open_alert_at = now
+            opened.save(using=db, update_fields=["open_alert_at"])
+
+
+def _announced(incident: JobMonitorIncident) -> bool:
+    """Whether the incident's opening was queued, or said by the end of the incident
+    before it (``_stamp_alerts()``)."""
+    return (
+        incident.open_alert_queued_at is not None or incident.open_alert_at is not None
+    )
 
 
 def _suppressed(change: Change) -> None:
@@ -879,9 +892,9 @@ def on_monitor_deleted(*, instance: JobMonitor, using: str, **kwargs: Any) -> No
     incident = (
         JobMonitorIncident.objects.using(using)
         .filter(
+            Q(open_alert_queued_at__isnull=False) | Q(open_alert_at__isnull=False),
             monitor=instance,
             resolved_at__isnull=True,
-            open_alert_queued_at__isnull=False,
         )
         .first()
     )

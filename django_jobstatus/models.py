@@ -736,13 +736,26 @@ class JobRun(models.Model):
 
     def wait(
         self,
-        statuses: Iterable[str] | None = None,
+        statuses: str | Iterable[str] | None = None,
         timeout: float = 60,
         *,
         interval: float = 0.2,
     ) -> JobRun:
-        """Block until the run is in one of ``statuses`` (default: finished); TimeoutError after ``timeout`` s."""
-        wanted = frozenset(statuses) if statuses is not None else Status.TERMINAL
+        """Block until the run is in one of ``statuses`` (default: finished); TimeoutError after ``timeout`` s.
+
+        One status may be given alone (``wait("running")``); a status that does not exist
+        is a ValueError (it was waited for until the timeout, a string as its letters).
+        """
+        if statuses is None:
+            wanted = Status.TERMINAL
+        else:
+            wanted = frozenset([statuses] if isinstance(statuses, str) else statuses)
+            unknown = sorted(map(str, wanted - set(Status.values)))
+            if unknown:
+                raise ValueError(
+                    f"statuses must be statuses of a run ({', '.join(Status.values)}), "
+                    f"not {', '.join(unknown)}"
+                )
         deadline = time.monotonic() + timeout
         while True:
             self.refresh_from_db()

@@ -63,14 +63,12 @@ def as_timedelta(name: str, value: float | timedelta) -> timedelta:
     too_long = f"{name} must be at most 1000 years, not {value!r}"
     if isinstance(value, timedelta):
         delta = value
-    elif (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    ):
+    elif isinstance(value, int | float) and not isinstance(value, bool):
         try:
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value!r}")
             delta = timedelta(**{name: value})
-        except OverflowError:
+        except OverflowError:  # a whole number too big for a float, or for a timedelta
             raise ValueError(too_long) from None
     else:
         raise ValueError(f"{name} must be a number or a timedelta, not {value!r}")
@@ -551,7 +549,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         return self.filter(has_errors=True)
 
     def for_job(self, name: str) -> Self:
-        """Runs of one job."""
+        """Runs of one job (a ValueError for what is not a job name: a list was looked up
+        as its text, and matched nothing)."""
+        if not isinstance(name, str):
+            raise ValueError(f"name must be a job name (a string), not {name!r}")
         return self.filter(job_name=name)
 
     def older_than(self, days: float | timedelta = 30) -> Self:

@@ -739,3 +739,48 @@ def test_a_forced_kill_of_a_run_started_meanwhile_says_what_could_not_stop_it(
     run.refresh_from_db()
     assert (run.status, result.killed) == (Status.KILLED, 1)
     assert [entry.run_id for entry in result.not_stopped] == [run.pk]
+
+
+def test_wait_takes_one_status_passed_alone(make_run):
+    """``run.wait(Status.RUNNING)``: a status passed alone was read as its letters, so the
+    call waited out the whole timeout and said the run "is still running"."""
+    run = make_run(status=Status.RUNNING)
+    assert run.wait(Status.RUNNING, timeout=5, interval=0.05).status == Status.RUNNING
+
+
+def test_wait_refuses_a_status_that_does_not_exist(make_run):
+    """``run.wait(["finished"])`` (a scope's name, not a status) could never match."""
+    run = make_run(status=Status.SUCCEEDED)
+    with pytest.raises(ValueError, match="statuses .* not finished"):
+        run.wait(["finished"], timeout=5)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda runs: list(runs.for_job(["a.job", "b.job"])),
+        lambda runs: runs.latest_for(["a.job"]),
+        lambda runs: runs.latest_for(None),
+    ],
+    ids=["for_job-list", "latest_for-list", "latest_for-None"],
+)
+def test_for_job_and_latest_for_refuse_what_is_not_a_job_name(make_run, call):
+    """``for_job(["a.job", "b.job"])`` looked up a job named "['a.job', 'b.job']", and
+    ``latest_for(["a.job"])`` answered None although a.job has a run."""
+    make_run("a.job", status=Status.SUCCEEDED)
+    with pytest.raises(ValueError, match="name must be a job name"):
+        call(JobRun.objects)
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda runs: runs.older_than(10**400), "days"),
+        (lambda runs: runs.stale(10**400), "seconds"),
+    ],
+    ids=["older_than", "stale"],
+)
+def test_a_whole_number_too_big_for_a_float_is_a_value_error(call, name):
+    """It was a bare ``OverflowError: int too large to convert to float``."""
+    with pytest.raises(ValueError, match=f"{name} must be at most 1000 years"):
+        call(JobRun.objects)

@@ -267,8 +267,9 @@ _WEBHOOK_KEYS = frozenset({"url", "format", "headers"})
 _WEBHOOK_FORMATS = ("json", "slack")
 # RFC 9110's token: what a header's name is made of.
 _HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# RFC 6750's b64token: what a bearer token is made of.
-_BEARER_TOKEN = re.compile(r"[-._~+/0-9A-Za-z]+=*")
+# Visible ASCII: what every scraper sends and every server hands over as it is (RFC 6750's
+# b64token is narrower; Django's get_random_secret_key() and many tokens are not).
+_BEARER_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def _has_control_character(text: str) -> bool:
@@ -287,6 +288,9 @@ def _url_problem(url: Any) -> str | None:
         return f"has {url!r}, which is not a valid URL ({exc})"
     if not parts.hostname:
         return f"has {url!r}, which names no host"
+    if parts.username is not None or parts.password is not None:
+        # urllib takes "user:secret@host" for the host's name: nothing is ever sent.
+        return "has a URL with credentials (user:password@), which urllib does not send: put them in an Authorization header"
     if any(char.isspace() for char in url) or _has_control_character(url):
         return (
             f"has {url!r}, which has a space or a control character (percent-encode it)"
@@ -392,7 +396,7 @@ def _token_messages(token: str) -> list[CheckMessage]:
     elif not _BEARER_TOKEN.fullmatch(token):
         messages.append(
             Error(
-                "JOBSTATUS['METRICS_BEARER_TOKEN'] has characters that a bearer token cannot carry (RFC 6750: letters, digits, -._~+/ and = at the end).",
+                "JOBSTATUS['METRICS_BEARER_TOKEN'] has characters that a scraper cannot send as they are (a space, a control character, or a character that is not ASCII).",
                 hint=hint,
                 id="jobstatus.E006",
             )

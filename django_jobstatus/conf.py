@@ -245,7 +245,7 @@ SETTINGS: tuple[Setting, ...] = (
         "METRICS_BEARER_TOKEN",
         None,
         (str, _NONE),
-        "A token that also opens the API's `metrics/` to a scraper (`Authorization: Bearer <token>`). Made of letters, digits and `-._~+/`, with `=` at the end (RFC 6750).",
+        "A token that also opens the API's `metrics/` to a scraper (`Authorization: Bearer <token>`). Visible ASCII characters only (no space).",
         min_length=16,
     ),
     Setting(

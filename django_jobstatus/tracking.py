@@ -388,6 +388,9 @@ class JobHandle:
         # at its first progress call, not one interval later: a short job ran to its end.
         self._due = -math.inf if self._kill_requested else now + self._interval
         self._ended_elsewhere = False
+        self._ended = (
+            False  # the end and its last lines are written (_write_late_lines())
+        )
         self._clamped = False
         self._written = False
         # activate(): the handle current before it, and whether it is current somewhere.
@@ -490,12 +493,31 @@ class JobHandle:
         entry = JobLog.build(self.run, level, msg, *args, extra=extra)
         entry.created_at = timezone.now()
         with self._lock:
-            self._logs.append(entry)
-            buffered = len(self._logs)
-            if level >= logging.ERROR:
-                self._has_errors = True
-        if buffered >= 500 or time.monotonic() - self._last_write >= self._interval:
+            ended = self._ended
+            if not ended:
+                self._logs.append(entry)
+                buffered = len(self._logs)
+                if level >= logging.ERROR:
+                    self._has_errors = True
+        if ended:
+            # The end and the lines left after it are written: no write takes a line
+            # buffered now (another thread of the job logs after its end).
+            self._write_after_end(entry)
+        elif buffered >= 500 or time.monotonic() - self._last_write >= self._interval:
             self.flush()
+
+    def _write_after_end(self, entry: JobLog) -> None:
+        alias = self._database()
+        try:
+            with _handle_write():
+                self.run.log(entry.level, entry.message, extra=entry.extra, using=alias)
+        except DatabaseError as error:
+            logger.warning(
+                "Could not record a log line of run %s after its end.",
+                self.run.pk,
+                exc_info=True,
+            )
+            _reset_connection(alias, error)
 
     def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
         self.log(logging.DEBUG, msg, *args, **kwargs)
@@ -839,6 +861,7 @@ class JobHandle:
         buffered): written now, or no write of this handle would ever take them."""
         with self._lock:
             logs, self._logs = self._logs, []
+            self._ended = True  # from now on, a line is written as it is logged
         if not logs:
             return
         alias = self._database()
@@ -880,7 +903,9 @@ class JobHandle:
         if not connections[own].needs_rollback:
             # Written at once when that transaction commits (a second later on a rollback).
             transaction.on_commit(
-                functools.partial(heartbeats.write_end, end, own), using=own, robust=True
+                functools.partial(heartbeats.write_end, end, own),
+                using=own,
+                robust=True,
             )
         if error is not None:
             raise error

@@ -1045,7 +1045,7 @@ class MetricsView(Access, APIView):
     def _bearer_request(self) -> bool:
         """Whether the request sends ``Authorization: Bearer <METRICS_BEARER_TOKEN>``.
 
-        Check E006 refuses a token that is not RFC 6750's b64token; a server that never
+        Check E006 refuses a token that is not visible ASCII; a server that never
         ran the checks still lets the scraper in. So the bytes sent are compared (the
         server hands the header over decoded as latin-1, PEP 3333, and a scraper sends
         the token UTF-8 encoded), and the token's ends are stripped as the server strips

@@ -174,7 +174,7 @@ def test_a_token_a_header_cannot_carry_as_is_is_e006_and_still_lets_the_scraper_
     """The checks held METRICS_BEARER_TOKEN to 16 characters only, and the view compared
     the header with f"Bearer {token}": a token that is not ASCII arrives as its UTF-8
     bytes decoded latin-1, the space at the end is stripped by the server, and every
-    scrape was a 401. The checks refuse such a token (RFC 6750's b64token), and a server
+    scrape was a 401. The checks refuse such a token (visible ASCII only), and a server
     that never ran them compares the bytes sent."""
     settings.JOBSTATUS = {**settings.JOBSTATUS, "METRICS_BEARER_TOKEN": token}
     assert [m.id for m in checks.check_alerts()] == ["jobstatus.E006"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from django_jobstatus import track
 from django_jobstatus.contrib.logging import JobLogHandler
 from django_jobstatus.models import JobLog, JobRun
 from django_jobstatus.signals import job_status_changed
-from django_jobstatus.tracking import tracking_database
+from django_jobstatus.tracking import JobHandle, tracking_database
 
 NAME = "tests.contrib.logging_target"
 
@@ -384,3 +385,41 @@ def test_a_transaction_logged_once_the_run_ended_leaves_the_connection_sound(
     )
     assert "still logging" in messages
     assert not any("COMMIT" in message for message in messages), messages
+
+
+def test_a_line_a_thread_emits_as_the_end_is_written_is_kept(
+    transactional_db: None, logger: logging.Logger
+) -> None:
+    """The handler reads ``job.run.is_finished`` (False: the end is not written yet),
+    then buffers the line with ``job.log()``. A thread held between the two (by a trace
+    hook at the call of ``JobHandle.log``) while the end and its last lines were written
+    put its line in a buffer no write took any more (found by a review)."""
+    at_log = threading.Event()
+    end_written = threading.Event()
+    code = JobHandle.log.__code__
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code is code:
+            at_log.set()
+            assert end_written.wait(20), "the end was not written"
+        return None
+
+    def worker() -> None:
+        sys.settrace(tracer)
+        try:
+            logger.info("line from the worker")
+        finally:
+            sys.settrace(None)
+
+    with track("logging.thread_race", interval=3600) as job:
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(worker,))
+        thread.start()
+        assert at_log.wait(20), "the worker did not log"
+    # The end is written (the block has been left).
+    end_written.set()
+    thread.join(20)
+    assert not thread.is_alive()
+    messages = list(
+        JobLog.objects.for_run(job.run).order_by("id").values_list("message", flat=True)
+    )
+    assert messages == ["line from the worker"]

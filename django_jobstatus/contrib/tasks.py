@@ -26,7 +26,8 @@ waited leaves its run queued: a ``post_delete`` receiver would make Django load 
 of each delete, django-tasks-db's prune included; ``QUEUED_TIMEOUT`` ends such runs.)
 With ``JOBSTATUS["DATABASE"]`` apart from django-tasks-db's database, the queued run of
 a task enqueued in a transaction there is recorded when it commits.
-Retry enqueues the task again (same path, arguments, queue and priority).
+Retry enqueues the task again (same path, arguments, queue and priority) and records
+the queued run itself, as ``on_enqueued`` would: the run it answers is the one recorded.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ logger = logging.getLogger(__name__)
 _running: ContextVar[tuple[Any, Execution, Any] | None] = ContextVar(
     "django_jobstatus_task", default=None
 )
+# True while TasksBackend.retry() enqueues: it records the queued run, not on_enqueued.
+_retrying: ContextVar[bool] = ContextVar("django_jobstatus_task_retry", default=False)
 
 
 class TaskFailed(Exception):  # noqa: N818 (names what happened, like JobKilled)
@@ -156,22 +159,12 @@ def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
     """
     if _is_inline(sender):
         return  # it runs inside enqueue(): task_started records it, once
+    if _retrying.get():
+        return  # TasksBackend.retry() records it, and answers it
     try:
-        from django_jobstatus.models import JobRun
-
-        values = JobRun.objects.db_manager(settings.DATABASE).queued_values(
-            task_result.task.module_path,
-            source=SOURCE,
-            backend_job_id=str(task_result.id),
-            queued_at=task_result.enqueued_at or timezone.now(),
-            **_fields(task_result),
-        )
-        row = _row_database(sender)
-        if (
-            row is not None
-            and row != settings.DATABASE
-            and connections[row].in_atomic_block
-        ):
+        values = _queued_values(task_result)
+        row = _waited_for(sender)
+        if row is not None:
             transaction.on_commit(
                 functools.partial(_record_queued, values), using=row, robust=True
             )
@@ -179,6 +172,29 @@ def on_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
         _write_queued(values)
     except Exception:
         _not_recorded(str(task_result.id))
+
+
+def _queued_values(task_result: Any) -> dict[str, Any]:
+    """The checked values of the queued run of an enqueued task."""
+    from django_jobstatus.models import JobRun
+
+    return JobRun.objects.db_manager(settings.DATABASE).queued_values(
+        task_result.task.module_path,
+        source=SOURCE,
+        backend_job_id=str(task_result.id),
+        queued_at=task_result.enqueued_at or timezone.now(),
+        **_fields(task_result),
+    )
+
+
+def _waited_for(sender: Any) -> str | None:
+    """The database whose commit the queued run of a task ``sender`` enqueued waits for:
+    django-tasks-db's, when a transaction is open there and the runs are kept apart (one
+    transaction cannot hold both the task's row and its run); None: written now."""
+    row = _row_database(sender)
+    if row is None or row == settings.DATABASE or not connections[row].in_atomic_block:
+        return None
+    return row
 
 
 def _not_recorded(backend_job_id: str) -> None:
@@ -210,28 +226,30 @@ def _record_queued(values: dict[str, Any]) -> None:
         _not_recorded(values["backend_job_id"])
 
 
-def _write_queued(values: dict[str, Any]) -> None:
-    """Write a queued run (``values`` from ``on_enqueued``)."""
+def _write_queued(values: dict[str, Any]) -> JobRun | None:
+    """Write a queued run (``values`` from ``_queued_values()``, its ``id`` kept if set);
+    the run, or None when it is written behind or merged into a worker's run."""
     from django_jobstatus.models import uuid7
 
     alias = settings.DATABASE
     if writebehind.accepts(alias):
         # Outside a transaction on PostgreSQL: written behind the caller (writebehind.py).
-        values["id"] = uuid7()
+        values.setdefault("id", uuid7())
         if writebehind.writer.put(alias, values):
-            return
+            return None
     in_atomic = connections[alias].in_atomic_block
     # Inside the caller's transaction, a savepoint keeps a failed write from breaking it;
     # outside, the one statement is atomic by itself.
     with transaction.atomic(using=alias) if in_atomic else contextlib.nullcontext():
-        alone = _insert_alone(values, alias)
-    if not alone:
-        # A worker recorded the task first (it was committed before this signal).
-        _merge_twins(values["backend_job_id"], alias)
+        run, alone = _insert_alone(values, alias)
+    if not alone and _merge_twins(values["backend_job_id"], alias):
+        return None  # a worker recorded the task first (committed before this write)
+    return run
 
 
-def _insert_alone(values: dict[str, Any], alias: str) -> bool:
-    """INSERT the run of ``values``; whether no other run of its task was recorded before.
+def _insert_alone(values: dict[str, Any], alias: str) -> tuple[JobRun, bool]:
+    """INSERT the run of ``values``; the run, and whether no other run of its task was
+    recorded before.
 
     One statement where the database returns columns from an INSERT (``INSERT …
     RETURNING EXISTS (…)``, SQL text made once), else an INSERT and a SELECT.
@@ -239,11 +257,11 @@ def _insert_alone(values: dict[str, Any], alias: str) -> bool:
     from django_jobstatus.models import JobRun
 
     if statements.usable(alias) and not statements.observed():
-        return statements.insert_alone(alias, values)[1]
+        return statements.insert_alone(alias, values)
     run = JobRun(**values)
     run.save(force_insert=True, using=alias)
-    return (
-        not JobRun.objects.using(alias)
+    return run, not (
+        JobRun.objects.using(alias)
         .filter(source=run.source, backend_job_id=run.backend_job_id)
         .exclude(pk=run.pk)
         .exists()
@@ -550,6 +568,13 @@ class TasksBackend:
         )
 
     def retry(self, run: JobRun) -> JobRun:
+        """Enqueue the task again and record its queued run here (on_enqueued leaves it).
+
+        As ``on_enqueued`` would, with the runs' database apart from the task's row in an
+        open transaction: the run answered is saved when that transaction commits, and
+        never if it rolls back (with the task). Else it is written now, before the
+        caller shows it.
+        """
         from django_jobstatus.models import JobRun
 
         task = import_string(run.job_name)
@@ -565,16 +590,45 @@ class TasksBackend:
                 priority=run.priority,
                 backend=backend,
             )
-        result = task.enqueue(*params.get("args", []), **params.get("kwargs", {}))
-        new = find_run(SOURCE, str(result.id), settings.DATABASE)
-        if new is None:  # the integration's receivers are off in this process
-            new = JobRun.objects.enqueue(
-                run.job_name,
-                source=SOURCE,
-                backend_job_id=str(result.id),
-                **_fields(result),
+        sender = task.get_backend()
+        # Not around an inline backend's enqueue(): the task runs in it, and the tasks
+        # it enqueues are recorded as usual.
+        token = _retrying.set(not _is_inline(sender))
+        try:
+            result = task.enqueue(*params.get("args", []), **params.get("kwargs", {}))
+        finally:
+            _retrying.reset(token)
+        if _is_inline(sender):  # it ran inside enqueue(): task_started recorded it
+            ran = find_run(SOURCE, str(result.id), settings.DATABASE)
+            if ran is not None:
+                return ran
+        values = _queued_values(result)
+        row = _waited_for(sender)
+        if row is not None:
+            waiting = JobRun(**values)
+            transaction.on_commit(
+                functools.partial(_record_retried, values, waiting),
+                using=row,
+                robust=True,
             )
-        return new
+            return waiting
+        with writebehind.inline():  # there when the caller shows it
+            written = _write_queued(values)
+        if written is not None:
+            return written
+        # Merged into the run of a worker that started the task first.
+        return (
+            JobRun.objects.using(settings.DATABASE)
+            .filter(source=SOURCE, backend_job_id=str(result.id))
+            .latest("created_at")
+        )
+
+
+def _record_retried(values: dict[str, Any], new: JobRun) -> None:
+    """Save the run ``TasksBackend.retry()`` answered, once the task's row is committed:
+    written now (the caller showed it), with the owner ``contrib.retry()`` gave it."""
+    with writebehind.inline():
+        _record_queued({**values, "id": new.pk, "owner_id": new.owner_id})
 
 
 backend = TasksBackend()

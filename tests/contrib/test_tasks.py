@@ -920,6 +920,72 @@ def test_with_the_runs_database_apart_an_enqueue_is_recorded_when_it_commits(
     ) == [Status.QUEUED]
 
 
+@pytest.fixture
+def runs_apart(settings: Any, integration_on: None) -> None:
+    """django-tasks-db's rows on "default", the runs on "replica" (standing for the jobs
+    database), routed there by JobStatusRouter as docs/scaling.md sets it up."""
+    _need_tasks_db()
+    settings.TASKS = DATABASE
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "DATABASE": "replica"}
+    settings.DATABASE_ROUTERS = ["django_jobstatus.routers.JobStatusRouter"]
+
+
+def _finished_run_apart(**fields: Any) -> JobRun:
+    run = JobRun.objects.db_manager("replica").enqueue(
+        "tests.contrib.tasks_app.tasks.add",
+        source="django_tasks",
+        backend_job_id="00000000-0000-0000-0000-000000000001",
+        params={"args": [1, 2], "kwargs": {}},
+        **fields,
+    )
+    run.mark_running(worker="w", using="replica")
+    run.mark_succeeded(3, using="replica")
+    return run
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_with_the_runs_database_apart_a_retry_in_a_request_records_one_run(
+    runs_apart: None, django_user_model: Any
+) -> None:
+    """ATOMIC_REQUESTS on both databases (the admin's or the API's retry): the
+    integration waited for default's commit to record the queued run, retry() found none
+    and recorded one itself, and the commit recorded a second. retry() records it alone,
+    at the commit: the run it answered, with the owner of the run it retried."""
+    owner = django_user_model.objects.db_manager("replica").create_user("owner")
+    first = _finished_run_apart(owner=owner)
+    with transaction.atomic(using="replica"), transaction.atomic(using="default"):
+        new = contrib.retry(first)
+    writebehind.flush()
+    runs = JobRun.objects.using("replica").filter(
+        source="django_tasks", backend_job_id=new.backend_job_id
+    )
+    assert list(runs.values_list("pk", "status", "owner_id")) == [
+        (new.pk, Status.QUEUED, owner.pk)
+    ]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_with_the_runs_database_apart_a_retry_rolled_back_leaves_no_queued_run(
+    runs_apart: None,
+) -> None:
+    """The request's transaction on "default" rolled back after the retry, taking the
+    task's row: retry() had written its queued run on the runs' database at once."""
+    from django_tasks_db.models import DBTaskResult
+
+    first = _finished_run_apart()
+    with contextlib.suppress(RuntimeError), transaction.atomic(using="default"):
+        new = contrib.retry(first)
+        raise RuntimeError("the request failed after the retry")
+    writebehind.flush()
+    assert not DBTaskResult.objects.filter(id=new.backend_job_id).exists()
+    queued = JobRun.objects.using("replica").filter(
+        source="django_tasks", backend_job_id=new.backend_job_id, status=Status.QUEUED
+    )
+    assert not queued.exists()
+
+
 @pytest.mark.postgres
 def test_db_worker_retry_from_the_admin_action(
     worker: Worker, admin_client: Any

@@ -15,7 +15,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.views.main import PAGE_VAR, ChangeList
+from django.contrib.admin.views.main import ORDER_VAR, PAGE_VAR, ChangeList
 from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
 from django.db import connections
@@ -122,9 +122,9 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
         """Newest first, a deep page reads from the nearer end of the index, never a long OFFSET of rows.
 
         The back half of the pages is read oldest first from the end, so the last page
-        holds the oldest rows even when an estimated count is below the real one; a page
-        past DEEP rows finds its first row with an index-only OFFSET of (created_at, id),
-        then reads its rows from there.
+        holds the oldest rows even when an estimated count is below the real one (the
+        "older" links reach the rows between); a page past DEEP rows finds its first row
+        with an index-only OFFSET of (created_at, id), then reads its rows from there.
         """
         queryset: Any = self.object_list
         if getattr(queryset, "query", None) is None or not _newest_first(queryset):
@@ -133,8 +133,9 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
         bottom = (number - 1) * self.per_page
         size = self.per_page
         if number == self.num_pages:
-            # Exact: what is left; estimated: a full page of the oldest rows.
-            size = self.per_page if self.estimated else self.count - bottom
+            # What the count leaves, estimated or not: a full page here repeated rows of
+            # the page before whenever the count was not a multiple of the page size.
+            size = self.count - bottom
             from_end = 0
         else:
             from_end = self.count - bottom - size
@@ -245,9 +246,18 @@ class BigTableChangeList(ChangeList):
     holds more than ``list_per_page`` rows (``list_max_show_all`` for "Show all"). In the
     newest-first order, a full page links to the next rows by their (created_at, id)
     ("?older="), so every row can be reached however far the count is from the truth.
+    Another order has no such link: its pages end where the count does, and the page
+    says so, with a link to the newest-first order.
     """
 
     older_url: str | None = None
+    # The newest-first changelist, set when the active order's pages may end before its
+    # last matching row (past the cap, or after an estimate).
+    newest_first_url: str | None = None
+    # The count the page states, and how: "exact", "about" (PostgreSQL's estimate) or
+    # "at least" (counting stopped at the cap, or the estimate is below the rows listed).
+    counted = 0
+    count_is = "exact"
 
     @property
     def capped_total(self) -> str:
@@ -316,26 +326,66 @@ class BigTableChangeList(ChangeList):
             if self.show_all and self.can_show_all
             else self.list_per_page
         )
-        if self.params.get(OLDER_VAR) or not self.multi_page or self.show_all:
+        newest_first = _newest_first(self.queryset)
+        one_page = bool(
+            self.params.get(OLDER_VAR) or not self.multi_page or self.show_all
+        )
+        if one_page:
             # The count said one page (or none was asked for): never more than a page.
             rows = list(self.queryset._clone()[: limit + 1])
             more = len(rows) > limit
             self.result_list = rows[:limit]
-            if self.params.get(OLDER_VAR):
-                self.multi_page = False
-                self.result_count = len(self.result_list)
+            before = 0
         else:
             rows = list(self.result_list)
             self.result_list = rows
             last_page = self.page_num >= self.paginator.num_pages
             more = len(rows) >= limit and not last_page
-        if more and _newest_first(self.queryset) and self.result_list:
+            before = (self.page_num - 1) * self.list_per_page
+        self._state_count(
+            before + len(self.result_list), all_seen=one_page and not more
+        )
+        if self.params.get(OLDER_VAR):
+            # Django offers "Select all" when the count differs from the rows listed, and
+            # it would act on every match, not on the older runs alone.
+            self.multi_page = False
+            self.result_count = len(self.result_list)
+        paginator: Any = self.paginator
+        # Past a page, rows no page lists; past the last page, maybe.
+        uncertain = getattr(paginator, "past_cap", False) or getattr(
+            paginator, "estimated", False
+        )
+        if not newest_first and (more if one_page else uncertain):
+            self.newest_first_url = self.get_query_string(
+                remove=[ORDER_VAR, PAGE_VAR, OLDER_VAR]
+            )
+        if more and newest_first and self.result_list:
             last = self.result_list[-1]
             with contextlib.suppress(AttributeError):
                 self.older_url = self.get_query_string(
                     {OLDER_VAR: f"{last.created_at.isoformat()},{last.pk}"},
                     remove=[PAGE_VAR],
                 )
+
+    def _state_count(self, seen: int, *, all_seen: bool) -> None:
+        """Set the count the page states: never an estimate as a fact, never fewer than
+        the ``seen`` rows up to this page's last (all of them when ``all_seen``).
+
+        PostgreSQL's estimate of a search's matches can say 1 where 130 match, and a
+        page reached by an "older" link counts the runs from there on, not its own rows.
+        """
+        paginator: Any = self.paginator
+        if all_seen:
+            self.counted, self.count_is = seen, "exact"
+        elif getattr(paginator, "past_cap", False):
+            self.counted, self.count_is = paginator.cap, "at least"
+        elif seen > paginator.count:
+            self.counted, self.count_is = seen, "at least"
+        else:
+            self.counted = paginator.count
+            self.count_is = (
+                "about" if getattr(paginator, "estimated", False) else "exact"
+            )
 
 
 class BigTableAdmin:

@@ -84,9 +84,9 @@ def test_every_run_is_reachable_when_the_estimate_is_below_the_real_count(
     cl = first.context["cl"]
     assert cl.result_count == 130  # the estimate
     last = admin_client.get(RUNS, {"p": cl.paginator.num_pages})
-    # The last page holds the oldest runs, a full page of them.
+    # The last page holds the oldest runs, as many as the count leaves (130 - 100).
     assert [run.pk for run in last.context["cl"].result_list][-1] == oldest.pk
-    assert len(last.context["cl"].result_list) == 50
+    assert len(last.context["cl"].result_list) == 30
 
     # Walking the "older" links from the first page reaches every run, each once.
     seen = [run.pk for run in cl.result_list]
@@ -117,6 +117,62 @@ def test_select_all_on_an_estimated_count_names_no_number(
     assert "Select all matching job runs" in html
     assert "All matching job runs selected" in html
     assert f"Select all {cl.result_count} job runs" not in html
+
+
+def _count_text(html: str) -> str:
+    """The count the paginator states, as a person reads it ("130 job runs")."""
+    found = re.search(r'<p class="paginator">(.*?)</p>', html, re.S)
+    assert found, "no paginator"
+    text = re.sub(
+        r"<a [^>]*>.*?</a>|<span class=\"this-page\">.*?</span>", "", found[1]
+    )
+    text = re.sub(r"<[^>]+>", "", text)
+    return " ".join(text.split())
+
+
+def test_an_estimated_count_is_never_stated_as_an_exact_count(
+    admin_client, small_cap, reset_statistics
+):
+    """130 runs match a search; the planner's estimate is 1 (statistics from before the
+    runs said it). The page read "1 job run" above 50 listed runs: now "50+ job runs"."""
+    seven_jobs(130)
+    _analyze(JobRun)
+    JobRun.objects.update(message="retrying upstream after HTTP 503")
+
+    response = admin_client.get(RUNS, {"q": "retrying"})
+
+    assert response.status_code == 200
+    listed = len(response.context["cl"].result_list)
+    assert listed == 50
+    text = _count_text(response.content.decode())
+    assert not re.fullmatch(r"[\d,]+ job runs?", text), f"{text!r} is an estimate"
+    numbers = [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", text)]
+    assert all(n >= listed for n in numbers), f"{text!r} above {listed} listed runs"
+    assert text == "50+ job runs"
+
+
+def test_the_pages_of_an_estimated_count_list_each_run_once(
+    admin_client, small_cap, reset_statistics
+):
+    """The estimate is exactly right (130 runs, pages of 50): the last page read a full
+    page of the oldest runs, so 20 runs were on both page 2 and page 3."""
+    seven_jobs(130)
+    _analyze(JobRun)
+
+    first = admin_client.get(RUNS).context["cl"]
+    assert first.paginator.estimated and first.result_count == 130
+    seen = []
+    for number in range(1, first.paginator.num_pages + 1):
+        page = admin_client.get(RUNS, {"p": number})
+        assert page.status_code == 200
+        assert len(page.context["cl"].result_list) <= 50
+        seen += [run.pk for run in page.context["cl"].result_list]
+
+    assert set(seen) == set(JobRun.objects.values_list("pk", flat=True))
+    twice = len(seen) - len(set(seen))
+    assert twice == 0, (
+        f"{twice} runs shown on two pages ({len(seen)} rows for 130 runs)"
+    )
 
 
 def test_deep_pages_are_the_pages_offset_would_give(admin_client, monkeypatch):

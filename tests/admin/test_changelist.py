@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from html import escape, unescape
 
 import pytest
 from django.urls import reverse
@@ -11,6 +13,7 @@ from django.utils import timezone
 from django_jobstatus.admin.filters import distinct_job_names
 from django_jobstatus.admin.paginator import CappedCountPaginator
 from django_jobstatus.models import JobRun, Status
+from tests.admin.history import seven_jobs
 
 URL = "/admin/django_jobstatus/jobrun/"
 
@@ -228,6 +231,85 @@ def test_a_changelist_of_exactly_the_cap_says_its_count_not_cap_plus(
     # The pages span the cap, as before: 20 of 50.
     assert response.context["cl"].result_count == 1000
     assert response.context["cl"].paginator.num_pages == 20
+
+
+def _count_text(html: str) -> str:
+    """The count the paginator states, as a person reads it ("130 job runs")."""
+    found = re.search(r'<p class="paginator">(.*?)</p>', html, re.S)
+    assert found, "no paginator"
+    text = re.sub(
+        r"<a [^>]*>.*?</a>|<span class=\"this-page\">.*?</span>", "", found[1]
+    )
+    text = re.sub(r"<[^>]+>", "", text)
+    return " ".join(text.split())
+
+
+def _older_link(html: str) -> str | None:
+    found = re.search(r'<a href="([^"]+)" rel="next">', html)
+    return unescape(found.group(1)) if found else None
+
+
+def _every_run_listed(client, url: str, params: dict[str, str]) -> list:
+    """The runs of every page of ``url`` and of every "Older →" link from them."""
+    cl = client.get(url, params).context["cl"]
+    seen = []
+    for number in range(1, cl.paginator.num_pages + 1):
+        page = client.get(url, {**params, "p": number})
+        seen += [run.pk for run in page.context["cl"].result_list]
+        link = _older_link(page.content.decode())
+        while link:
+            page = client.get(URL + link)
+            seen += [run.pk for run in page.context["cl"].result_list]
+            link = _older_link(page.content.decode())
+    return seen
+
+
+def test_a_page_reached_by_older_counts_the_older_runs(admin_client, db):
+    """130 runs; the first page's "Older →" leads to the 80 older ones. That page said
+    "50 job runs", the rows it lists: the count (80) was overwritten by the page's length."""
+    seven_jobs(130)
+    first = admin_client.get(URL)
+    assert _count_text(first.content.decode()) == "130 job runs"
+    link = _older_link(first.content.decode())
+    assert link
+
+    page = admin_client.get(URL + link)
+
+    assert page.status_code == 200
+    assert len(page.context["cl"].result_list) == 50
+    assert _count_text(page.content.decode()) == "80 job runs"
+    # Django's "Select all" is still not offered there: it would act on all 130.
+    assert page.context["cl"].result_count == 50
+
+
+@pytest.mark.parametrize("o", ["1", "-1", "5", "1.5"])  # job name, created oldest first
+def test_a_sorted_changelist_past_the_cap_says_not_every_run_is_listed(
+    admin_client, monkeypatch, o
+):
+    """Sorted by a column the changelist offers, past the cap the pages stop and no
+    "Older →" link goes on (no index serves a keyset in those orders): the jobs late in
+    the alphabet, or the newest runs, were never listed, and nothing said so. The pages
+    now say so, and link to the newest-first order, which lists every run."""
+    monkeypatch.setattr(CappedCountPaginator, "cap", 100)  # 10,000 in production
+    seven_jobs(230)
+    every = set(JobRun.objects.values_list("pk", flat=True))
+
+    sorted_pages = admin_client.get(URL, {"o": o, "q": "job"})
+    html = sorted_pages.content.decode()
+    assert "the pages may end before the last of the job runs" in html
+    assert _older_link(html) is None
+    newest_first = sorted_pages.context["cl"].newest_first_url
+    assert f'<a href="{escape(newest_first)}">List newest first</a>' in html
+    assert "o=" not in newest_first and "q=job" in newest_first  # the search stays
+
+    seen = _every_run_listed(admin_client, URL + newest_first, {})
+
+    missing = every - set(seen)
+    assert not missing, f"{len(missing)} of {len(every)} runs never listed"
+    assert "the pages may end" not in admin_client.get(URL).content.decode()
+    assert (
+        "the pages may end" not in admin_client.get(URL, {"o": "-5"}).content.decode()
+    )
 
 
 def test_changelist_queries_do_not_grow_with_rows(

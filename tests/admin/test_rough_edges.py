@@ -118,6 +118,8 @@ def test_a_capped_count_groups_thousands(admin_client, db):
 
     class Changelist:
         result_count = 10_000
+        counted = 10_000
+        count_is = "at least"
         paginator = type("P", (), {"cap": 10_000, "past_cap": True})()
         opts = JobRun._meta
         show_all = False
@@ -129,6 +131,28 @@ def test_a_capped_count_groups_thousands(admin_client, db):
         {"cl": Changelist(), "pagination_required": False, "page_range": []},
     )
     assert "10,000+ job runs" in html
+
+
+@pytest.mark.parametrize(
+    ("counted", "text"), [(130, "about 130 job runs"), (1, "about 1 job run")]
+)
+def test_an_estimated_count_says_about(db, counted, text):
+    """PostgreSQL's estimate is not a count: the page says "about" (it said "130 job runs")."""
+    from django.template.loader import render_to_string
+
+    class Changelist:
+        result_count = counted
+        count_is = "about"
+        paginator = type("P", (), {"cap": 10_000, "past_cap": False})()
+        opts = JobRun._meta
+
+    Changelist.counted = counted
+    html = render_to_string(
+        "admin/django_jobstatus/pagination.html",
+        {"cl": Changelist(), "pagination_required": False, "page_range": []},
+    )
+    assert "jobstatus-estimated-count" in html
+    assert text in " ".join(html.split())
 
 
 def test_no_zero_minutes_ago(admin_client, make_run):

@@ -212,6 +212,34 @@ def _move(
         parent.mark_killed(result=counts)
 
 
+# How many times _settle() reads the parent again after another process moved it first.
+_MOVE_ATTEMPTS = 3
+
+
+def _settle(
+    parent: JobRun,
+    target: str,
+    state: BatchStatus,
+    error: BaseException | None = None,
+) -> None:
+    """``_move()``, from the row as it is now whenever another process moved ``parent``
+    first, until it reaches ``target`` or ends.
+
+    A refresh that read the parent queued has its start refused when another one started
+    it meanwhile: giving up there would leave it running once every child has ended (the
+    other refresh, from an older view, aimed no further). Moves are conditional and an
+    end is final, so going on from the fresh row undoes nothing a newer view did.
+    """
+    db = write_database(parent._state.db)
+    for _attempt in range(_MOVE_ATTEMPTS):
+        try:
+            _move(parent, target, state, error)
+        except InvalidTransition:
+            parent.refresh_from_db(using=db)  # another process moved it first
+        else:
+            return
+
+
 def _failure(state: BatchStatus) -> dict[str, Any]:
     """A failed parent's ``error`` and ``result``: how many of its children failed, and
     the count of each status."""
@@ -264,15 +292,14 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
             ),
         )
         parent.refresh_from_db(using=db, fields=["error", "result"])
-    try:
-        _move(parent, state.status, state)
-    except InvalidTransition:
-        parent.refresh_from_db(using=db)  # another process moved it first
+    _settle(parent, state.status, state)
     return state
 
 
 def request_kill_batch(parent: JobRun) -> int:
-    """Ask the parent and its active children to stop (through their integrations); the number asked."""
+    """Ask the parent and the active runs under it to stop (through their integrations),
+    down through the batches inside it (``request_kill()`` takes a batch's along); the
+    number of the parent and its children newly asked (``in_batches``: those deeper)."""
     db = write_database(parent._state.db)
     runs = JobRun.objects.using(db).filter(pk=parent.pk) | JobRun.objects.using(
         db
@@ -492,10 +519,7 @@ def _close(parent: JobRun, error: BaseException | None = None) -> None:
         target, error = Status.KILLED, None
     else:
         target = Status.FAILED
-    try:
-        _move(parent, target, state, error)
-    except InvalidTransition:
-        parent.refresh_from_db(using=db)  # another process ended it first (a kill)
+    _settle(parent, target, state, error)
 
 
 def current_parent() -> JobRun | None:

@@ -287,6 +287,41 @@ def with_active_child() -> Q:
     return Q(worker="", pk__in=parents)
 
 
+def gathering_batches(
+    every: models.QuerySet[JobRun],
+) -> tuple[models.QuerySet[JobRun, Any], models.QuerySet[JobRun, Any]]:
+    """The batches of ``every`` (the runs of one database) still gathering their
+    children, as two subqueries of ids: their parents that are active, and those with
+    an active child. A batch's parent is a run no worker runs (``batches.BATCH_PARENT``):
+    a job's own run that enqueued sub-tasks is no batch, and ends as its job does."""
+    from django_jobstatus.batches import BATCH_PARENT  # it imports this module
+
+    active = every.filter(status__in=sorted(Status.ACTIVE))
+    waiting = active.filter(parent__in=every.filter(BATCH_PARENT)).values_list(
+        "parent_id", flat=True
+    )
+    return active.filter(BATCH_PARENT).values_list("pk", flat=True), waiting
+
+
+def held_by_batch_condition(every: models.QuerySet[JobRun]) -> Q:
+    """The runs a batch still gathering its children holds (``gathering_batches()``):
+    its parent and its children, finished or not.
+
+    A batch's status and progress add its children's up until the last one ends, and a
+    parent that failed or was killed early follows them too (``refresh_batch()``): a
+    finished child deleted meanwhile leaves its figures short (a batch with a killed
+    child then ended ``succeeded``). The purge keeps them (``retention._candidates()``),
+    and so do the deletes of one run.
+    """
+    active, waiting = gathering_batches(every)
+    return (
+        Q(pk__in=active)
+        | Q(pk__in=waiting)
+        | Q(parent__in=active)
+        | Q(parent__in=waiting)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class NotStopped:
     """A run a kill could not stop through its task system, and why."""
@@ -301,15 +336,18 @@ class NotStopped:
 class KillResult(int):
     """What ``JobRunQuerySet.request_kill()`` did: an int, with the details as attributes.
 
-    Its value is the number of runs newly asked to stop (``asked``), or with
-    ``force=True`` the number of runs it ended ``killed`` (``killed``); so
-    ``if runs.request_kill():`` and ``== 1`` read as they always did. ``not_stopped``
-    lists the runs whose task system failed to take the kill (errors), and with
-    ``force=True`` also those that nothing can stop, each with the reason.
+    Its value is the number of runs picked newly asked to stop (``asked``), or with
+    ``force=True`` the number of runs picked it ended ``killed`` (``killed``); so
+    ``if runs.request_kill():`` and ``== 1`` read as they always did, and neither
+    counts more runs than were picked. ``in_batches`` counts the runs under the
+    batches' parents picked that were newly asked too (forced: ended killed).
+    ``not_stopped`` lists the runs whose task system failed to take the kill (errors),
+    and with ``force=True`` also those that nothing can stop, each with the reason.
     """
 
     asked: int
     killed: int
+    in_batches: int
     not_stopped: tuple[NotStopped, ...]
     requested_at: datetime
 
@@ -318,6 +356,7 @@ class KillResult(int):
         *,
         asked: int,
         killed: int = 0,
+        in_batches: int = 0,
         force: bool = False,
         not_stopped: Iterable[NotStopped] = (),
         requested_at: datetime,
@@ -325,6 +364,7 @@ class KillResult(int):
         result = super().__new__(cls, killed if force else asked)
         result.asked = asked
         result.killed = killed
+        result.in_batches = in_batches
         result.not_stopped = tuple(not_stopped)
         result.requested_at = requested_at
         return result
@@ -332,7 +372,7 @@ class KillResult(int):
     def __repr__(self) -> str:
         return (
             f"KillResult(asked={self.asked}, killed={self.killed}, "
-            f"not_stopped={list(self.not_stopped)!r})"
+            f"in_batches={self.in_batches}, not_stopped={list(self.not_stopped)!r})"
         )
 
 
@@ -601,6 +641,13 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         )
         return self.filter(first | later, due).exclude(Exists(moving))
 
+    def held_by_batch(self) -> Self:
+        """Runs a batch still gathering its children holds, its parent and children: not
+        to be deleted before the batch ends, which still counts them
+        (``held_by_batch_condition()``)."""
+        every = self.model._base_manager.using(self.db).order_by()
+        return self.filter(held_by_batch_condition(every))
+
     def kill_requested(self) -> Self:
         """Runs someone asked to stop."""
         return self.filter(kill_requested_at__isnull=False)
@@ -793,47 +840,89 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         broker down) never loses the request: it is logged and listed in
         ``not_stopped``. Returns a :class:`KillResult`: the number of runs newly asked
         (forced: ended killed).
+
+        A batch's parent here takes the active runs under it along (``_under_batches()``,
+        counted apart in ``in_batches``): no worker runs a parent, so none would ever
+        read its request, and the batch would run on to its end.
         """
         if (runs := self.writing()) is not self:
             return runs.request_kill(force=force, message=message)
         now = timezone.now()
         sources = contrib.sources()
+        # Read before any write: the writes must not change what the selection means.
+        under = self._under_batches()
+        every = self.model.objects.using(self.db)
         if not force and not sources:
             asked = (
                 self.active()
                 .not_kill_requested()
                 .update(kill_requested_at=now, updated_at=now)
             )
-            return KillResult(asked=asked, requested_at=now)
-        # The runs picked now: the writes below must not change what the selection means.
-        ids = list(self.active().order_by().values_list("pk", flat=True))
-        every = self.model.objects.using(self.db)
-        asked = killed = 0
-        not_stopped: list[NotStopped] = []
-        for part in _chunks(ids, _chunk_size(self.db)):
-            asked += (
+            in_batches = sum(
                 every.filter(pk__in=part)
                 .active()
                 .not_kill_requested()
                 .update(kill_requested_at=now, updated_at=now)
+                for part in _chunks(under, _chunk_size(self.db))
             )
-            runs = every.filter(pk__in=part).active().defer(*_UNUSED_BY_KILL)
-            if not force:
-                runs = runs.filter(source__in=sources)
-            chosen = list(runs)
-            if force:
-                chosen = [
-                    run for run in chosen if _killed(run, message, however_active=True)
-                ]
-                killed += len(chosen)
-            not_stopped += contrib.stop(chosen, force=force)
+            return KillResult(asked=asked, in_batches=in_batches, requested_at=now)
+        ids = list(self.active().order_by().values_list("pk", flat=True))
+        picked = set(ids)
+        # The runs picked first: a batch's parent killed after its children would have
+        # ended already, as they add up.
+        groups = [ids, [pk for pk in under if pk not in picked]]
+        newly_asked, ended = [0, 0], [0, 0]
+        not_stopped: list[NotStopped] = []
+        for group, group_ids in enumerate(groups):
+            for part in _chunks(group_ids, _chunk_size(self.db)):
+                newly_asked[group] += (
+                    every.filter(pk__in=part)
+                    .active()
+                    .not_kill_requested()
+                    .update(kill_requested_at=now, updated_at=now)
+                )
+                runs = every.filter(pk__in=part).active().defer(*_UNUSED_BY_KILL)
+                if not force:
+                    runs = runs.filter(source__in=sources)
+                chosen = list(runs)
+                if force:
+                    chosen = [
+                        run
+                        for run in chosen
+                        if _killed(run, message, however_active=True)
+                    ]
+                    ended[group] += len(chosen)
+                not_stopped += contrib.stop(chosen, force=force)
         return KillResult(
-            asked=asked,
-            killed=killed,
+            asked=newly_asked[0],
+            killed=ended[0],
+            in_batches=ended[1] if force else newly_asked[1],
             force=force,
             not_stopped=not_stopped,
             requested_at=now,
         )
+
+    def _under_batches(self) -> list[Any]:
+        """The ids of the active runs under the batches' parents among the active runs here
+        (``batches.BATCH_PARENT``), through the nested batches: a query a level, most
+        often two (the children; none of them a batch).
+
+        No worker runs a batch's parent, so none reads a kill request made to it (an open
+        ``batch()`` block asks its children, but only while it runs): its runs must be
+        asked themselves, or the batch runs on to its end.
+        """
+        from django_jobstatus.batches import BATCH_PARENT  # it imports this module
+
+        every = self.model.objects.using(self.db).order_by().active()
+        found: dict[Any, None] = {}
+        level = self.active().filter(BATCH_PARENT).order_by()
+        while True:
+            level = every.filter(parent__in=level.values("pk"))
+            new = [pk for pk in level.values_list("pk", flat=True) if pk not in found]
+            if not new:
+                return list(found)
+            found.update(dict.fromkeys(new))
+            level = level.filter(BATCH_PARENT)
 
     def purge(
         self,

@@ -55,6 +55,7 @@ from django_jobstatus.querysets import (
     _whole,
     as_timedelta,
     distinct_job_names,
+    gathering_batches,
     stale_timeout,
     values_table,
 )
@@ -274,7 +275,7 @@ def _candidates(
     runs: JobRunQuerySet, cutoffs: dict[datetime, set[str]]
 ) -> JobRunQuerySet:
     """The runs of ``runs`` past their cutoff (the kept ones included), but the runs of a
-    batch still gathering its children (a parent no worker runs, ``BATCH_PARENT``).
+    batch still gathering its children (``JobRunQuerySet.held_by_batch()``).
 
     A batch's status and progress add its children's up until the last one ends, and a
     parent that failed or was killed early follows them too (``refresh_batch()``): a
@@ -294,13 +295,8 @@ def _candidates(
     if not old:
         return runs.none()
     every = runs.model._base_manager.using(runs.db).order_by()
-    # Only a run no worker runs follows its children (BATCH_PARENT): a job's own run
-    # that enqueued sub-tasks is no batch, and goes whatever they do.
-    active = every.filter(status__in=sorted(Status.ACTIVE))
-    gathering = active.filter(parent__in=every.filter(BATCH_PARENT)).values_list(
-        "parent_id", flat=True
-    )
-    active = active.filter(BATCH_PARENT)
+    # held_by_batch_condition()'s rule, as separate exclusions that purging active runs narrows.
+    active, gathering = gathering_batches(every)
     if set().union(*cutoffs.values()) & Status.ACTIVE:
         # Purging active runs too: the children of a parent that goes go with it.
         active = active.exclude(old)
@@ -309,7 +305,7 @@ def _candidates(
         )
     else:
         runs = runs.exclude(pk__in=gathering)  # a parent with an active child
-    runs = runs.exclude(parent__in=active.values("pk")).exclude(parent__in=gathering)
+    runs = runs.exclude(parent__in=active).exclude(parent__in=gathering)
     # Older than the latest cutoff too: an index range, which the OR of the cutoffs alone
     # is not (a scan would walk on past the last candidate, through the newer runs).
     return runs.filter(old, created_at__lt=max(cutoffs))

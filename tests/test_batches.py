@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 
-from django_jobstatus import JobKilled, compat, track
+from django_jobstatus import JobKilled, batches, compat, track
 from django_jobstatus.batches import (
     aggregate,
     batch,
@@ -264,6 +266,128 @@ def test_killing_a_batch_asks_every_active_run(db: None) -> None:
         K,
         3,
         {S: 1, K: 2},
+    )
+
+
+def test_killing_a_batch_s_parent_alone_asks_the_runs_under_it(db: None) -> None:
+    """No worker runs a batch's parent: asked alone (the admin's button, the API's kill),
+    nobody read its request, its children ran on and the batch ended succeeded. A batch
+    inside it is asked down to its own children; the count says what it counts."""
+    outer = start_batch("outer", ["a"])
+    (a,) = outer.children.all()
+    a.mark_running()
+    inner = start_batch("inner", ["b", "c"], parent=outer)
+    done = JobRun.objects.filter(parent=inner, job_name="c").get()
+    done.mark_running()
+    done.mark_succeeded()
+    result = JobRun.objects.filter(pk=outer.pk).request_kill()
+    assert (result, result.asked, result.in_batches) == (1, 1, 3)  # a, inner, b
+    assert set(JobRun.objects.kill_requested().values_list("job_name", flat=True)) == {
+        "outer",
+        "a",
+        "inner",
+        "b",
+    }
+    again = JobRun.objects.filter(pk=outer.pk).request_kill()
+    assert (again.asked, again.in_batches) == (0, 0)
+    forced = JobRun.objects.filter(pk=inner.pk).request_kill(force=True)
+    assert (forced, forced.killed, forced.in_batches) == (1, 1, 1)  # inner, then b
+    assert JobRun.objects.get(job_name="b").status == K
+
+
+def test_a_run_a_worker_runs_is_killed_without_its_children(db: None) -> None:
+    """A job's own run with steps tracked as runs of their own is no batch: its worker
+    reads its kill request, and the steps are its job's business."""
+    job = JobRun.objects.start("job", worker="w1")
+    step = JobRun.objects.start("step", worker="w1", parent=job)
+    result = JobRun.objects.filter(pk=job.pk).request_kill()
+    assert (result, result.in_batches) == (1, 0)
+    step.refresh_from_db()
+    assert step.kill_requested_at is None
+
+
+def test_a_batch_still_gathering_holds_its_runs(db: None) -> None:
+    """Which runs a delete must leave (``held_by_batch()``): the purge's rule."""
+    parent = start_batch("batch", ["a", "b"])
+    a, b = parent.children.order_by("job_name")
+    a.mark_running()
+    a.mark_killed()
+    lone = JobRun.objects.start("lone")
+    lone.mark_succeeded()
+    assert set(JobRun.objects.held_by_batch().values_list("job_name", flat=True)) == {
+        "batch",
+        "a",
+        "b",
+    }
+    b.mark_running()
+    b.mark_succeeded()
+    refresh_batch(parent)
+    assert not JobRun.objects.held_by_batch().exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_refresh_that_loses_the_start_to_an_older_one_still_ends_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two children's refreshes at once, in two workers, both reading the parent queued:
+    A read child a just started (target: running), B read both children succeeded. A
+    starts the parent first; B's own start was then refused, and B gave up, taking it
+    for "another process moved it first": the parent stayed running for good, every
+    child succeeded (until a reaper's settle, a STALE_TIMEOUT later)."""
+    batches.disconnect()  # the refreshes are run by hand below, as the signal would
+    try:
+        parent = start_batch("batch", ["a", "b"])
+        a, b = parent.children.order_by("job_name")
+        a.mark_running()
+        original = batches._move
+        a_at_move, b_at_move, a_moved = (threading.Event() for _ in range(3))
+        errors: list[BaseException] = []
+
+        def move(run: JobRun, target: str, state: Any, error: Any = None) -> None:
+            name = threading.current_thread().name
+            if name == "refresh-A":
+                a_at_move.set()
+                assert b_at_move.wait(30)
+                try:
+                    original(run, target, state, error)
+                finally:
+                    a_moved.set()
+                return
+            if name == "refresh-B":
+                b_at_move.set()
+                assert a_moved.wait(30)
+            original(run, target, state, error)
+
+        monkeypatch.setattr(batches, "_move", move)
+
+        def refresh() -> None:
+            try:
+                refresh_batch(JobRun.objects.get(pk=parent.pk))
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        first = threading.Thread(target=refresh, name="refresh-A")
+        first.start()  # read the children: a running, b queued
+        assert a_at_move.wait(30)
+        a.mark_succeeded()
+        b.mark_running()
+        b.mark_succeeded()
+        second = threading.Thread(target=refresh, name="refresh-B")
+        second.start()  # read the children: both succeeded
+        first.join(30)
+        second.join(30)
+        assert not first.is_alive() and not second.is_alive()
+        assert not errors, errors
+    finally:
+        batches.connect()
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_current, parent.result) == (
+        S,
+        2,
+        {"children": {S: 2}},
     )
 
 

@@ -232,6 +232,13 @@ class JobRunAdmin(
     ) -> bool:
         if obj is not None and obj.is_active:
             return False
+        if (
+            obj is not None
+            and JobRun.objects.writing().filter(pk=obj.pk).held_by_batch().exists()
+        ):
+            # A batch that has not ended still counts it (as the purge and the bulk
+            # delete, which keep it): without it, the batch would add up short.
+            return False
         return super().has_delete_permission(request, obj)
 
     def get_deleted_objects(
@@ -530,11 +537,22 @@ class JobRunAdmin(
         result = JobRun.objects.filter(pk=run.pk).request_kill()
         if result:
             self.message_user(request, _("Asked the run to stop."), messages.SUCCESS)
-        else:
+        elif not result.in_batches:
             self.message_user(
                 request,
                 _("The run is finished or was already asked to stop."),
                 messages.WARNING,
+            )
+        if result.in_batches:
+            self.message_user(
+                request,
+                ngettext(
+                    "Asked %(n)d run under this batch to stop.",
+                    "Asked %(n)d runs under this batch to stop.",
+                    result.in_batches,
+                )
+                % {"n": result.in_batches},
+                messages.SUCCESS,
             )
         actions.report_not_stopped(self, request, result)
         return HttpResponseRedirect(
@@ -549,6 +567,17 @@ class JobRunAdmin(
         else:
             self.message_user(
                 request, _("The run has already finished."), messages.WARNING
+            )
+        if result.in_batches:
+            self.message_user(
+                request,
+                ngettext(
+                    "Killed %(n)d run under this batch.",
+                    "Killed %(n)d runs under this batch.",
+                    result.in_batches,
+                )
+                % {"n": result.in_batches},
+                messages.SUCCESS,
             )
         actions.report_not_stopped(self, request, result)
         return HttpResponseRedirect(

@@ -448,6 +448,25 @@ class JobRunViewSet(
                 },
                 status=status.HTTP_409_CONFLICT,
             )
+        if (
+            JobRun.objects.using(run._state.db)
+            .filter(pk=run.pk)
+            .held_by_batch()
+            .exists()
+        ):
+            # The batch adds its runs up until it ends: without this one, it would add
+            # up short (a batch with a killed child ended succeeded), as the purge and
+            # the bulk delete, which keep it, know.
+            return Response(
+                {
+                    "detail": _(
+                        "This run belongs to a batch that has not ended, which still "
+                        "counts it: it can be deleted once the batch has ended."
+                    ),
+                    "status": run.status,
+                },
+                status=status.HTTP_409_CONFLICT,
+            )
         _total, deleted = run.delete()
         if not deleted.get(JobRun._meta.label):
             raise NotFound(_("The run was deleted meanwhile."))

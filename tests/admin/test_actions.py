@@ -12,7 +12,8 @@ from django.contrib.messages import get_messages
 from django.db import connection
 from django.test import override_settings
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, track
+from django_jobstatus.batches import start_batch
 from django_jobstatus.models import JobLog, JobRun, Status
 
 URL = "/admin/django_jobstatus/jobrun/"
@@ -273,6 +274,60 @@ def test_delete_of_active_runs_only_is_refused(admin_client, make_run):
 def test_run_page_has_no_delete_for_an_active_run(admin_client, make_run):
     active = make_run("b")
     assert admin_client.get(f"{URL}{active.pk}/delete/").status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)  # the batch follows its children on commit
+def test_run_page_has_no_delete_for_a_finished_child_of_a_batch_still_running(
+    admin_client,
+):
+    """The batch adds its children up until it ends: deleted, its killed child left it
+    ending succeeded, 2 of 2 (the purge and the bulk delete already kept it)."""
+    parent = start_batch("imports.all", ["a", "b", "c"])
+    killed, *rest = parent.children.order_by("job_name")
+    killed.mark_running(worker="w1")
+    killed.mark_killed()
+    page = admin_client.get(f"{URL}{killed.pk}/change/").content.decode()
+    assert f"{killed.pk}/delete/" not in page
+    response = admin_client.post(f"{URL}{killed.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 403
+    for child in rest:
+        with track(child.job_name, run=child):
+            pass
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_total) == (Status.KILLED, 3)
+    # Once the batch has ended, its children go as any finished run.
+    assert admin_client.get(f"{URL}{killed.pk}/delete/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)  # the batch follows its children on commit
+def test_request_kill_on_a_batch_s_page_stops_the_batch(admin_client):
+    """No worker runs a batch's parent: the button asked it alone, nobody read its request,
+    its children ran on and the batch ended succeeded."""
+    parent = start_batch("imports.all", ["a", "b"])
+    response = admin_client.post(f"{URL}{parent.pk}/kill/", follow=True)
+    assert said(response) == [
+        "Asked the run to stop.",
+        "Asked 2 runs under this batch to stop.",
+    ]
+    ran = []
+    for child in parent.children.order_by("job_name"):
+        with track(child.job_name, run=child) as job:  # a worker's loop
+            job.check_kill()
+            ran.append(child.job_name)
+    parent.refresh_from_db()
+    assert (ran, parent.status) == ([], Status.KILLED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_forced_kill_on_a_batch_s_page_ends_its_children_killed(admin_client):
+    """"Kill now (forced)" on a batch's parent said "Killed the run." and left its queued
+    children to the workers, which ran them all: the batch said killed, its work done."""
+    parent = start_batch("imports.all", ["a", "b"])
+    response = admin_client.post(f"{URL}{parent.pk}/force-kill/", follow=True)
+    assert said(response) == ["Killed the run.", "Killed 2 runs under this batch."]
+    assert set(parent.children.values_list("status", flat=True)) == {Status.KILLED}
+    parent.refresh_from_db()
+    assert parent.status == Status.KILLED
 
 
 # Permissions.

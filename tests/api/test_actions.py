@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from django_jobstatus import contrib
+from django_jobstatus import contrib, track
+from django_jobstatus.batches import refresh_batch, start_batch
 from django_jobstatus.models import JobLog, JobRun, Status
 from tests.api.conftest import BASE
 
@@ -245,6 +246,50 @@ def test_delete_an_active_run_is_409(api, run):
     assert response.status_code == 409
     assert response.json()["status"] == "running"
     assert JobRun.objects.filter(pk=run.pk).exists()
+
+
+def _batch_with_a_killed_child():
+    """A batch of three whose first child was killed: the batch still gathers the others."""
+    parent = start_batch("imports.all", ["a", "b", "c"])
+    a, b, c = parent.children.order_by("job_name")
+    a.mark_running(worker="w1")
+    a.mark_killed()
+    refresh_batch(parent)  # as the signal does, on commit
+    parent.refresh_from_db()
+    assert parent.status == Status.RUNNING
+    return parent, a, [b, c]
+
+
+def test_delete_a_finished_child_of_a_batch_still_running_is_409(api):
+    """The batch adds its children up until it ends: deleted, the killed child left it
+    ending succeeded, 2 of 2 (the purge and the bulk delete already kept it)."""
+    parent, killed, rest = _batch_with_a_killed_child()
+    response = api.delete(f"{BASE}{killed.pk}/")
+    assert response.status_code == 409
+    assert response.json()["status"] == "killed"
+    assert "batch" in response.json()["detail"]
+    for child in rest:
+        with track(child.job_name, run=child):
+            pass
+    refresh_batch(parent)
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_total) == (Status.KILLED, 3)
+    # Once the batch has ended, its children go as any finished run.
+    assert api.delete(f"{BASE}{killed.pk}/").status_code == 204
+
+
+def test_kill_a_batch_s_parent_asks_its_children(api):
+    """No worker runs a batch's parent: asked alone, nobody read its request, its children
+    ran on and the batch ended succeeded."""
+    parent = start_batch("imports.all", ["a", "b"])
+    a, b = parent.children.order_by("job_name")
+    a.mark_running(worker="w1")
+    assert api.post(f"{BASE}{parent.pk}/kill/").status_code == 202
+    assert set(JobRun.objects.kill_requested().values_list("job_name", flat=True)) == {
+        "imports.all",
+        "a",
+        "b",
+    }
 
 
 # Latest.

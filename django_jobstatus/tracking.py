@@ -502,22 +502,9 @@ class JobHandle:
         if ended:
             # The end and the lines left after it are written: no write takes a line
             # buffered now (another thread of the job logs after its end).
-            self._write_after_end(entry)
+            self._write_after_end([entry])
         elif buffered >= 500 or time.monotonic() - self._last_write >= self._interval:
             self.flush()
-
-    def _write_after_end(self, entry: JobLog) -> None:
-        alias = self._database()
-        try:
-            with _handle_write():
-                self.run.log(entry.level, entry.message, extra=entry.extra, using=alias)
-        except DatabaseError as error:
-            logger.warning(
-                "Could not record a log line of run %s after its end.",
-                self.run.pk,
-                exc_info=True,
-            )
-            _reset_connection(alias, error)
 
     def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
         self.log(logging.DEBUG, msg, *args, **kwargs)
@@ -862,19 +849,23 @@ class JobHandle:
         with self._lock:
             logs, self._logs = self._logs, []
             self._ended = True  # from now on, a line is written as it is logged
-        if not logs:
-            return
+        if logs:
+            self._write_after_end(logs)
+
+    def _write_after_end(self, logs: list[JobLog]) -> None:
+        """Lines of a run whose end is written: now, or never (no write comes after)."""
         alias = self._database()
         try:
-            self._write_logs_then(alias, logs, lambda: None)
+            with _handle_write():
+                self._write_logs_then(alias, logs, lambda: None)
         except DatabaseError as error:
             logger.warning(
-                "Could not record the last log lines of run %s.",
+                "Could not record %d log lines of run %s after its end.",
+                len(logs),
                 self.run.pk,
                 exc_info=True,
             )
             _reset_connection(alias, error)
-            self._put_back({}, logs)
 
     def _end_later(self, exc: BaseException | None, values: dict[str, Any]) -> None:
         """The end, written by the heartbeat thread once the caller's transaction, which

@@ -320,7 +320,7 @@ def test_request_kill_on_a_batch_s_page_stops_the_batch(admin_client):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_forced_kill_on_a_batch_s_page_ends_its_children_killed(admin_client):
-    """"Kill now (forced)" on a batch's parent said "Killed the run." and left its queued
+    """ "Kill now (forced)" on a batch's parent said "Killed the run." and left its queued
     children to the workers, which ran them all: the batch said killed, its work done."""
     parent = start_batch("imports.all", ["a", "b"])
     response = admin_client.post(f"{URL}{parent.pk}/force-kill/", follow=True)

@@ -322,6 +322,22 @@ def held_by_batch_condition(every: models.QuerySet[JobRun]) -> Q:
     )
 
 
+def _parents_first(runs: list[JobRun]) -> list[JobRun]:
+    """``runs`` with each batch's parent before the runs under it among them: killed
+    after them, a parent has ended already, as they add up, and the kill that ended it
+    neither counts it nor gives it its message."""
+    by_id = {run.pk: run for run in runs}
+
+    def depth(run: JobRun) -> int:
+        seen: set[Any] = set()
+        while run.parent_id in by_id and run.parent_id not in seen:
+            seen.add(run.parent_id)
+            run = by_id[run.parent_id]
+        return len(seen)
+
+    return sorted(runs, key=depth)
+
+
 @dataclasses.dataclass(frozen=True)
 class NotStopped:
     """A run a kill could not stop through its task system, and why."""
@@ -884,7 +900,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                 runs = every.filter(pk__in=part).active().defer(*_UNUSED_BY_KILL)
                 if not force:
                     runs = runs.filter(source__in=sources)
-                chosen = list(runs)
+                chosen = _parents_first(list(runs))
                 if force:
                     chosen = [
                         run

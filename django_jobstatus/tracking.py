@@ -153,7 +153,8 @@ def caller_holds(alias: str, run: JobRun) -> bool:
     own run in its transaction (``select_for_update()``, a queue's claim) would otherwise
     wait on itself: a lock timeout on each write, and its end never written. A broken
     transaction (an error, ``set_rollback()``) takes no query, and holds its locks until
-    it is rolled back: a row locked for ``alias`` is then taken as its. Never raises.
+    it is rolled back: a row locked for ``alias`` is then taken as its. A connection with
+    no transaction begun yet takes no query either. Never raises.
     """
     own: str = settings.DATABASE
     connection = connections[own]
@@ -163,8 +164,14 @@ def caller_holds(alias: str, run: JobRun) -> bool:
         or not connection.in_atomic_block
     ):
         return False
+    status = _transaction_status(connection)
+    if status not in (_IN_TRANSACTION, _IN_ERROR):
+        # No statement yet (the driver begins at the first), or no connection: it holds
+        # nothing, and a probe would begin a transaction on it (one that an outage
+        # then breaks, and the job's commit with it).
+        return False
     try:
-        broken = connection.needs_rollback
+        broken = connection.needs_rollback or status == _IN_ERROR
         if not broken:
             try:
                 with connection.cursor() as cursor:
@@ -173,11 +180,31 @@ def caller_holds(alias: str, run: JobRun) -> bool:
                     )
                     if not cursor.fetchone()[0]:
                         return False
-            except DatabaseError:  # aborted by an error the job caught
+            except DatabaseError:  # the connection lost
                 broken = True
         return _locked(alias, run) and (broken or not _locked(own, run))
     except (DatabaseError, TransactionManagementError):
         return False
+
+
+# The driver's transaction status (psycopg 2 and 3 number them alike).
+_IN_TRANSACTION, _IN_ERROR = 2, 3
+
+
+def _transaction_status(connection: Any) -> int | None:
+    """The transaction status of ``connection``'s driver connection (None without one)."""
+    raw = connection.connection
+    if raw is None:
+        return None
+    info = getattr(raw, "info", None)  # psycopg 3
+    try:
+        return int(
+            info.transaction_status
+            if info is not None
+            else raw.get_transaction_status()
+        )
+    except Exception:  # a closed connection, another driver
+        return None
 
 
 def _locked(alias: str, run: JobRun) -> bool:

@@ -14,6 +14,7 @@ from django_jobstatus.admin.filters import distinct_job_names
 from django_jobstatus.admin.paginator import CappedCountPaginator
 from django_jobstatus.models import JobRun, Status
 from tests.admin.history import seven_jobs
+from tests.admin.test_big_tables import _count_text
 
 URL = "/admin/django_jobstatus/jobrun/"
 
@@ -231,17 +232,6 @@ def test_a_changelist_of_exactly_the_cap_says_its_count_not_cap_plus(
     # The pages span the cap, as before: 20 of 50.
     assert response.context["cl"].result_count == 1000
     assert response.context["cl"].paginator.num_pages == 20
-
-
-def _count_text(html: str) -> str:
-    """The count the paginator states, as a person reads it ("130 job runs")."""
-    found = re.search(r'<p class="paginator">(.*?)</p>', html, re.S)
-    assert found, "no paginator"
-    text = re.sub(
-        r"<a [^>]*>.*?</a>|<span class=\"this-page\">.*?</span>", "", found[1]
-    )
-    text = re.sub(r"<[^>]+>", "", text)
-    return " ".join(text.split())
 
 
 def _older_link(html: str) -> str | None:

@@ -15,8 +15,15 @@ TIME_ZONE = "UTC"
 ALLOWED_HOSTS = ["*"]
 
 DATABASES = {"default": dj_database_url.config(default="sqlite://:memory:")}
-if os.environ.get("JOBSTATUS_TEST_DB"):
-    # Lets several suites share one PostgreSQL server at once.
+if (
+    os.environ.get("JOBSTATUS_TEST_DB")
+    and "sqlite" not in DATABASES["default"]["ENGINE"]
+):
+    # Lets several suites share one PostgreSQL server at once. Not SQLite's: its name would
+    # make the test database a file in the working directory, where each thread writes
+    # through a connection of its own (the live server's, the health thread's), and a
+    # test's first write after a read fails at once ("database is locked") while one of
+    # them writes. SQLite's test database stays in memory, one per process.
     DATABASES["default"]["TEST"] = {"NAME": os.environ["JOBSTATUS_TEST_DB"]}
 if "sqlite" not in DATABASES["default"]["ENGINE"]:
     # The second connection that track() writes through inside atomic blocks, declared so

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,37 @@ def test_make_test_decides_the_postgres_leg_on_postgres_alone() -> None:
     test_target = recipe[recipe.index("\ntest:") : recipe.index("\nCORE_VENV")]
     assert ".ci/services.sh has postgres" in test_target
     assert "PostgreSQL is not installed" not in test_target
+
+
+def _test_database_name(**env: str) -> str:
+    """The engine and test database name tests/settings.py gives ``default`` under ``env``."""
+    script = (
+        "import tests.settings as s; d = s.DATABASES['default']; "
+        "print(d['ENGINE'].rsplit('.', 1)[-1], d.get('TEST', {}).get('NAME'))"
+    )
+    unset = ("DATABASE_URL", "JOBSTATUS_TEST_DB")
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if k not in unset}, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout.strip()
+
+
+def test_the_sqlite_test_database_stays_in_memory_when_ci_names_one() -> None:
+    """.ci/run names each leg's test database (JOBSTATUS_TEST_DB), for PostgreSQL. On SQLite
+    the name made the test database a file, where the live server's and the health thread's
+    connections are others than the test's: a test whose transaction read, then wrote, while
+    one of them wrote, failed at once with "database is locked" (in CI only, at random)."""
+    assert _test_database_name(JOBSTATUS_TEST_DB="test_jobstatus_ci") == "sqlite3 None"
+    postgres = "postgres://postgres@127.0.0.1:54329/jobstatus"
+    assert (
+        _test_database_name(
+            JOBSTATUS_TEST_DB="test_jobstatus_ci", DATABASE_URL=postgres
+        )
+        == "postgresql test_jobstatus_ci"
+    )

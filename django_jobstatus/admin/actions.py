@@ -209,6 +209,23 @@ def delete_selected(
             % {"count": deleted, "items": model_ngettext(opts, deleted)},
             messages.SUCCESS,
         )
+        # The purge's rules keep some: say so, or the count above looks short.
+        kept = finished.count()
+        if kept:
+            modeladmin.message_user(
+                request,
+                ngettext(
+                    "Kept %(n)d finished run: a batch that has not ended still counts "
+                    "it, or another process held it while the deletes ran. Delete it "
+                    "again later.",
+                    "Kept %(n)d finished runs: a batch that has not ended still counts "
+                    "them, or another process held them while the deletes ran. Delete "
+                    "them again later.",
+                    kept,
+                )
+                % {"n": kept},
+                messages.WARNING,
+            )
         return None
     select_across = request.POST.get("select_across") in ("1", "True")
     runs = counts[str(opts.verbose_name_plural)]

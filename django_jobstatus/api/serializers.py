@@ -341,8 +341,9 @@ class DeleteResultSerializer(serializers.Serializer):
     )
     held = serializers.IntegerField(
         help_text=_(
-            "Finished runs left: another process held them while the deletes ran (e.g. "
-            "another purge), or they finished just after; deleting again may take them."
+            "Finished runs left: a batch that has not ended still counts them, another "
+            "process held them while the deletes ran (e.g. another purge), or they "
+            "finished just after; deleting again later may take them."
         )
     )
 

@@ -300,6 +300,27 @@ def test_run_page_has_no_delete_for_a_finished_child_of_a_batch_still_running(
 
 
 @pytest.mark.django_db(transaction=True)  # the batch follows its children on commit
+def test_delete_selected_says_why_the_finished_runs_of_a_running_batch_stay(
+    admin_client, make_run
+):
+    """The bulk delete keeps a finished child of a batch still running (the batch counts
+    it), and said only "Successfully deleted 1 job run." of the two selected."""
+    parent = start_batch("imports.all", ["a", "b"])
+    child = parent.children.get(job_name="a")
+    with track(child.job_name, run=child):
+        pass
+    other = make_run("c", status=Status.SUCCEEDED)
+    response = act(admin_client, "delete_selected", child, other, post="yes")
+    assert said(response) == [
+        "Successfully deleted 1 job run.",
+        "Kept 1 finished run: a batch that has not ended still counts it, or another"
+        " process held it while the deletes ran. Delete it again later.",
+    ]
+    assert JobRun.objects.filter(pk=child.pk).exists()
+    assert not JobRun.objects.filter(pk=other.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the batch follows its children on commit
 def test_request_kill_on_a_batch_s_page_stops_the_batch(admin_client):
     """No worker runs a batch's parent: the button asked it alone, nobody read its request,
     its children ran on and the batch ended succeeded."""

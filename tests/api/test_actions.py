@@ -278,6 +278,27 @@ def test_delete_a_finished_child_of_a_batch_still_running_is_409(api):
     assert api.delete(f"{BASE}{killed.pk}/").status_code == 204
 
 
+def test_bulk_delete_counts_a_finished_child_of_a_batch_still_running_as_held(
+    api, make_run
+):
+    """The bulk delete keeps it, as the single delete refuses it: the answer says it is
+    left (held), beside the run it deleted."""
+    _parent, killed, _rest = _batch_with_a_killed_child()
+    other = make_run("c", status=Status.SUCCEEDED)
+    response = api.post(
+        f"{BASE}delete/", {"ids": [str(killed.pk), str(other.pk)]}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert response.json() == {
+        "matched": 2,
+        "deleted": 1,
+        "logs": 0,
+        "not_finished": 0,
+        "held": 1,
+    }
+    assert JobRun.objects.filter(pk=killed.pk).exists()
+
+
 def test_kill_a_batch_s_parent_asks_its_children(api):
     """No worker runs a batch's parent: asked alone, nobody read its request, its children
     ran on and the batch ended succeeded."""

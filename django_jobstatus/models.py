@@ -665,7 +665,8 @@ class JobRun(models.Model):
     ) -> None:
         """Store progress now (unthrottled; running jobs use ``track()``'s handle).
 
-        A run that has ended is left as it is (a copy read before its end cannot move it).
+        A run that has ended is left as it is (a copy read before its end cannot move it),
+        and so is a next attempt (a copy of an earlier one cannot move it either).
         Without ``total``, ``current`` past the stored total raises ValueError.
         """
         current_n, total_n = check_progress(current, total)
@@ -682,7 +683,11 @@ class JobRun(models.Model):
         if message is not None:
             values["message"] = message
         values = storable(values)
-        runs = JobRun.objects.using(self._db(using)).filter(pk=self.pk).active()
+        runs = (
+            JobRun.objects.using(self._db(using))
+            .filter(pk=self.pk, attempt=self.attempt)
+            .active()
+        )
         # Judged on the stored total, not this copy's: another writer may have changed
         # it since this copy was read (a new step), and the UPDATE would break the
         # progress <= total constraint.
@@ -708,9 +713,14 @@ class JobRun(models.Model):
             )
 
     def heartbeat(self, *, using: str | None = None) -> None:
-        """Stamp ``heartbeat_at`` now, while the run is running."""
+        """Stamp ``heartbeat_at`` now, while the run is running at this copy's attempt (a
+        next attempt lives and dies with the worker that started it)."""
         now = database_now()
-        runs = JobRun.objects.using(self._db(using)).filter(pk=self.pk).running()
+        runs = (
+            JobRun.objects.using(self._db(using))
+            .filter(pk=self.pk)
+            .still(Status.RUNNING, self.attempt)
+        )
         if runs.update(heartbeat_at=now):
             self.heartbeat_at = now
 

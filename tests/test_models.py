@@ -338,6 +338,33 @@ def test_the_end_of_an_attempt_cannot_end_the_next_one(make_run, finish) -> None
     assert _row(run) == before
 
 
+def test_a_beat_of_an_attempt_does_not_keep_the_next_one_alive(make_run) -> None:
+    """Worker A's copy of attempt 1 beat on attempt 2, which worker B started and died in:
+    the run stayed running, never reaped (docs/guarantees.md: a next attempt lives and
+    dies with the worker that started it)."""
+    run = make_run(status=Status.RUNNING, worker="a:1")
+    first_worker = JobRun.objects.get(pk=run.pk)
+    run.mark_running(worker="b:2")  # a restart: attempt 2, whose worker dies at once
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    JobRun.objects.filter(pk=run.pk).update(
+        heartbeat_at=an_hour_ago, started_at=an_hour_ago
+    )
+    first_worker.heartbeat()
+    assert JobRun.objects.reap(300).reaped == 1
+    run.refresh_from_db()
+    assert (run.attempt, run.status) == (2, Status.LOST)
+
+
+def test_progress_of_an_attempt_does_not_move_the_next_one(make_run) -> None:
+    run = make_run(status=Status.RUNNING)
+    first_worker = JobRun.objects.get(pk=run.pk)
+    run.mark_running(worker="b:2")
+    run.set_progress(1, 10, step="second attempt")
+    first_worker.set_progress(9, 10, step="first attempt")
+    run.refresh_from_db()
+    assert (run.progress_current, run.step) == (1, "second attempt")
+
+
 def test_a_move_from_a_status_the_run_has_left_is_refused(make_run) -> None:
     # retrying and queued may both start; a worker holding "retrying" must not start a run
     # that another process queued meanwhile, or the signal's previous would be wrong.

@@ -32,7 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import Case, F, Q, TextField, Value, When
+from django.db.models import (
+    Case,
+    Exists,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    TextField,
+    Value,
+    When,
+)
 from django.utils import timezone
 from django.utils.translation import ngettext
 
@@ -294,6 +304,33 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
         parent.refresh_from_db(using=db, fields=["error", "result"])
     _settle(parent, state.status, state)
     return state
+
+
+def settle_ended(runs: QuerySet[JobRun]) -> None:
+    """Refresh the batches' parents among ``runs`` still active though every child has
+    ended: they end as their children add up.
+
+    A child's end is committed a moment before its parent's refresh (the child's
+    ``job_status_changed`` receiver): a kill in between found the batch running and
+    ended it killed, or asked it to stop, when it had in fact ended. Settled first, such
+    a parent is finished and the kill leaves it (the reaper settles the same window:
+    ``retention._reap_stale()``). A parent's end may end the parent around it (a batch
+    inside a batch) whose refresh waits for a transaction's commit: the parents are read
+    again until no new one is found.
+    """
+    children = JobRun.objects.filter(parent=OuterRef("pk"))
+    ended = (
+        runs.filter(BATCH_PARENT, status__in=sorted(Status.ACTIVE))
+        .filter(Exists(children))
+        .exclude(Exists(children.filter(status__in=sorted(Status.ACTIVE))))
+        .order_by()
+    )
+    tried: set[Any] = set()
+    # A parent refreshed but left active (an open batch() block) is not tried again.
+    while found := [run for run in ended.all() if run.pk not in tried]:
+        for run in found:
+            tried.add(run.pk)
+            refresh_batch(run)
 
 
 def request_kill_batch(parent: JobRun) -> int:

@@ -859,15 +859,25 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
 
         A batch's parent here takes the active runs under it along (``_under_batches()``,
         counted apart in ``in_batches``): no worker runs a parent, so none would ever
-        read its request, and the batch would run on to its end.
+        read its request, and the batch would run on to its end. A parent still active
+        though every child has ended (its refresh after the last one not made yet) is
+        neither asked nor killed: it ends first as its children add up
+        (``batches.settle_ended()``), and counts as a run already finished.
         """
         if (runs := self.writing()) is not self:
             return runs.request_kill(force=force, message=message)
+        from django_jobstatus.batches import settle_ended  # it imports this module
+
         now = timezone.now()
         sources = contrib.sources()
         # Read before any write: the writes must not change what the selection means.
         under = self._under_batches()
         every = self.model.objects.using(self.db)
+        # The runs under the selection first: a batch inside a batch ends before the one
+        # around it.
+        for part in _chunks(under, _chunk_size(self.db)):
+            settle_ended(every.filter(pk__in=part))
+        settle_ended(self)
         if not force and not sources:
             asked = (
                 self.active()

@@ -1,10 +1,18 @@
-"""A forced kill of batches counts and says what it ended, parents included (found by a review)."""
+"""A kill of batches counts and says what it ended, parents included, and settles a batch
+that had ended (found by reviews)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from django.contrib.messages import get_messages
+from django.db import connections, transaction
 
+from django_jobstatus import batches
 from django_jobstatus.batches import start_batch
 from django_jobstatus.models import JobRun, Status
 
@@ -72,3 +80,156 @@ def test_admin_mark_as_killed_on_a_batch_and_its_children_says_no_run_was_skippe
     )
     assert set(JobRun.objects.values_list("status", flat=True)) == {Status.KILLED}
     assert said(response) == ["Marked 3 runs as killed."]
+
+
+# A batch's last child ended, its parent's refresh not made yet.
+
+
+@contextlib.contextmanager
+def parents_not_refreshed() -> Iterator[None]:
+    """The children's moves, their parents' refreshes held back: the moment between a
+    child's committed end and its parent's refresh (the child's receiver), held open."""
+    batches.disconnect()
+    try:
+        yield
+    finally:
+        batches.connect()
+
+
+def batch_whose_children_succeeded() -> JobRun:
+    parent = start_batch("imports.all", ["a", "b"])
+    for child in parent.children.all():
+        child.mark_running(worker="host:1")
+    with parents_not_refreshed():
+        for child in parent.children.all():
+            child.mark_succeeded()
+    parent.refresh_from_db()
+    assert parent.status == Status.RUNNING  # its refresh is still to come
+    return parent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_forced_kill_of_a_batch_whose_children_all_ended_settles_it() -> None:
+    """Every child had succeeded before the kill: the batch succeeded, and the kill
+    counts nothing killed (it was ended killed, and counted)."""
+    parent = batch_whose_children_succeeded()
+    result = JobRun.objects.filter(pk=parent.pk).request_kill(force=True)
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_current, parent.progress_total) == (
+        Status.SUCCEEDED,
+        2,
+        2,
+    )
+    assert parent.kill_requested_at is None
+    assert (result, result.killed, result.asked, result.in_batches) == (0, 0, 0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_kill_request_to_a_batch_whose_children_all_ended_settles_it() -> None:
+    """Asking such a batch to stop: it is not asked (it was, and counted), it ends as
+    its children add up."""
+    parent = batch_whose_children_succeeded()
+    result = JobRun.objects.filter(pk=parent.pk).request_kill()
+    parent.refresh_from_db()
+    assert parent.status == Status.SUCCEEDED
+    assert parent.kill_requested_at is None
+    assert (result, result.asked, result.in_batches) == (0, 0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_forced_kill_of_nested_batches_whose_runs_all_ended_settles_each() -> None:
+    """Every run under the outer batch ended, no parent refreshed; the kill runs in a
+    transaction, so a parent's end refreshes the one around it only at its commit: the
+    innermost batch ends first, then each around it, all succeeded, nothing killed."""
+    outer = start_batch("outer", ["a"])
+    middle = start_batch("middle", ["b"], parent=outer)
+    start_batch("inner", ["c"], parent=middle)
+    with parents_not_refreshed():
+        for child in JobRun.objects.filter(job_name__in=["a", "b", "c"]):
+            child.mark_running(worker="host:1")
+            child.mark_succeeded()
+    with transaction.atomic():
+        result = JobRun.objects.filter(pk=outer.pk).request_kill(force=True)
+    names = ["outer", "a", "middle", "b", "inner", "c"]
+    statuses = dict(JobRun.objects.values_list("job_name", "status"))
+    assert statuses == dict.fromkeys(names, Status.SUCCEEDED)
+    assert (result.killed, result.in_batches) == (0, 0)
+    assert not JobRun.objects.filter(kill_requested_at__isnull=False).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_mark_as_killed_on_a_batch_whose_children_all_ended_says_it_is_finished(
+    admin_client,
+) -> None:
+    parent = batch_whose_children_succeeded()
+    response = admin_client.post(
+        URL,
+        {"action": "mark_killed", "_selected_action": [str(parent.pk)]},
+        follow=True,
+    )
+    parent.refresh_from_db()
+    assert parent.status == Status.SUCCEEDED
+    assert said(response) == ["Skipped 1 run: it is already finished."]
+
+
+def _in_thread(name: str, body: Any, errors: list[BaseException]) -> threading.Thread:
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_forced_kill_between_the_last_child_s_end_and_its_parent_s_refresh_settles_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker of a batch's last child commits its success; the parent's refresh (the
+    child's job_status_changed receiver, in the worker's thread) comes a moment after.
+    A forced kill of the batch in between found the parent still running and ended it
+    killed (1 of 1 succeeded), counting a run it killed. It settles it instead, as the
+    reaper does."""
+    parent = start_batch("rt.batch", ["rt.child"])
+    (child,) = parent.children.all()
+    child.mark_running(worker="host:1")
+    parent.refresh_from_db()
+    assert parent.status == Status.RUNNING  # refreshed by the child's start
+
+    original = batches.refresh_batch
+    committed, killed = threading.Event(), threading.Event()
+
+    def refresh(run: JobRun) -> Any:
+        if threading.current_thread().name == "child-worker":
+            committed.set()  # the child's end is committed: its refresh is under way
+            assert killed.wait(30)
+        return original(run)
+
+    monkeypatch.setattr(batches, "refresh_batch", refresh)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        JobRun.objects.get(pk=child.pk).mark_succeeded(result={"ok": True})
+
+    thread = _in_thread("child-worker", worker, errors)
+    assert committed.wait(30)
+    assert JobRun.objects.get(pk=child.pk).status == Status.SUCCEEDED
+    result = JobRun.objects.filter(pk=parent.pk).request_kill(force=True)
+    killed.set()
+    thread.join(30)
+    assert not thread.is_alive() and not errors, errors
+
+    parent.refresh_from_db()
+    assert list(parent.children.values_list("status", flat=True)) == [Status.SUCCEEDED]
+    assert (parent.status, parent.progress_current, parent.progress_total) == (
+        Status.SUCCEEDED,
+        1,
+        1,
+    )
+    assert result.killed == 0

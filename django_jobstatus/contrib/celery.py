@@ -24,7 +24,9 @@ Runs are keyed on ``(source="celery", backend_job_id=task id)``. Kill is
 ``app.control.revoke(id, terminate=True)``, which stops a running task only on the
 prefork, eventlet and gevent pools; a forced kill asks the worker running the task to
 confirm, and says so when it does not (solo and threads pools). Retry sends the task
-again as a new run. A publish that raises deletes the queued run it recorded (the app's
+again as a new run, to where the first was sent: ``queue`` is the routing key, and a task
+sent to another exchange than the default one has its name in ``params``
+(``"exchange"``). A publish that raises deletes the queued run it recorded (the app's
 ``amqp.send_task_message`` is wrapped for that: Celery has no signal for it).
 """
 
@@ -74,6 +76,7 @@ def _published(
     sender: Any = None,
     body: Any = None,
     headers: dict[str, Any] | None = None,
+    exchange: Any = None,
     routing_key: str | None = None,
     **extra: Any,
 ) -> None:
@@ -100,7 +103,7 @@ def _published(
         # carries the id of the task it replaces: its run goes on.
         fresh=attempt == 1 and not replacing,
         queue=routing_key or "",
-        params=_params(args, kwargs, headers),
+        params=_params(args, kwargs, headers, exchange),
         attempt=attempt,
         due_at=_due(headers.get("eta")),
     )
@@ -163,14 +166,15 @@ def _guard(app: Celery) -> None:
 def _execution_of(task_id: str, task: Any, args: Any, kwargs: Any) -> Execution:
     request = task.request
     hostname = getattr(request, "hostname", None)
+    delivery_info = getattr(request, "delivery_info", None) or {}
     return Execution(
         SOURCE,
         task_id,
         task.name,
         worker=f"{hostname}:{os.getpid()}" if hostname else default_worker(),
         attempt=int(getattr(request, "retries", 0) or 0) + 1,
-        queue=(getattr(request, "delivery_info", None) or {}).get("routing_key") or "",
-        params=_params(args, kwargs, vars(request)),
+        queue=delivery_info.get("routing_key") or "",
+        params=_params(args, kwargs, vars(request), delivery_info.get("exchange")),
     )
 
 
@@ -185,15 +189,30 @@ def _due(eta: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _params(args: Any, kwargs: Any, given: dict[str, Any]) -> dict[str, Any]:
+# The key of params that names the exchange a task was sent to, when not the default one.
+EXCHANGE = "exchange"
+
+
+def _params(
+    args: Any, kwargs: Any, given: dict[str, Any], exchange: Any
+) -> dict[str, Any]:
     """The task's arguments as ``params``; a part the caller hid from Celery's logs and
     monitors with ``argsrepr`` or ``kwargsrepr`` is kept as that text (``"repr": true``),
-    never as the values it hides."""
+    never as the values it hides.
+
+    A task sent to another exchange than the default one (Celery's "Routing Tasks": a
+    topic exchange whose queue is bound with ``feed.#``) has its name as ``"exchange"``:
+    its routing key, the run's ``queue``, names no queue, and a retry sends it there
+    again. On the default exchange the routing key is the queue's name: nothing is added.
+    """
     params = contrib.params_of(args, kwargs)
     for name, values in (("args", args or ()), ("kwargs", kwargs or {})):
         text = given.get(f"{name}repr")
         if isinstance(text, str) and not _celery_repr(values, text, name):
             params[name], params[contrib.REPR] = text, True
+    exchange = getattr(exchange, "name", exchange)  # a kombu Exchange, or its name
+    if exchange:
+        params[EXCHANGE] = str(exchange)
     return params
 
 
@@ -564,16 +583,49 @@ class CeleryBackend:
             )
         return None
 
+    def _destination(self, run: JobRun) -> dict[str, Any]:
+        """``send_task()``'s options that send ``run``'s task again where it was sent.
+
+        On the default exchange, the queue its routing key names. On another one, that
+        exchange and routing key, and one of the app's queues bound to it, which Celery
+        declares first: the exchange is then declared with its type, by which the Redis
+        transport routes. ValueError when the app has no such queue (nothing says where
+        the exchange routes to, and the task would wait where no worker reads).
+        """
+        params = run.params if isinstance(run.params, dict) else {}
+        exchange = params.get(EXCHANGE)
+        if not exchange:
+            return {"queue": run.queue or None}
+        bound = [
+            queue
+            for queue in self.app.amqp.queues.values()
+            if queue.exchange is not None and queue.exchange.name == exchange
+        ]
+        if not bound:
+            raise ValueError(
+                _(
+                    "This run cannot be retried: its task was sent to the Celery exchange "
+                    "%(exchange)r, to which none of the app's task_queues is bound."
+                )
+                % {"exchange": exchange}
+            )
+        return {
+            "queue": bound[0],
+            "exchange": exchange,
+            "routing_key": run.queue or None,
+        }
+
     def retry(self, run: JobRun) -> JobRun:
         params = run.params if isinstance(run.params, dict) else {}
+        destination = self._destination(run)
         task_id = str(uuid.uuid4())
         try:
             result = self.app.send_task(
                 run.job_name,
                 args=params.get("args", []),
                 kwargs=params.get("kwargs", {}),
-                queue=run.queue or None,
                 task_id=task_id,
+                **destination,
             )
         except Exception:
             # before_task_publish recorded a queued run, but the broker never took the

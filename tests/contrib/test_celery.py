@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -41,6 +42,11 @@ from tests.contrib.celery_app import (
     slow_once_late,
     unpicklable,
 )
+from tests.contrib.celery_routes import EXCHANGE as FEEDS_EXCHANGE
+from tests.contrib.celery_routes import QUEUE as FEEDS_QUEUE
+from tests.contrib.celery_routes import ROUTING_KEY as FEED_ROUTING_KEY
+from tests.contrib.celery_routes import app as routed_app
+from tests.contrib.celery_routes import import_feed
 from tests.contrib.dbproxy import Proxy
 from tests.contrib.workers import celery_worker as started_celery_worker
 from tests.contrib.workers import (
@@ -48,6 +54,8 @@ from tests.contrib.workers import (
     kept_until_due,
     kill_from_admin,
     refreshed,
+    worker_env,
+    worker_process,
 )
 from tests.waiting import wait_for
 
@@ -263,6 +271,25 @@ def test_a_late_task_retry_keeps_the_attempt_s_error(celery_on: None) -> None:
         (entry["attempt"], entry["status"], entry["worker"], entry["error"])
         for entry in run.attempts
     ] == [(1, Status.RETRYING, f"w1@h:{os.getpid()}", "RuntimeError: attempt 1 failed")]
+
+
+@pytest.mark.django_db
+def test_a_retry_to_an_exchange_the_app_does_not_route_to_is_refused(
+    celery_on: None,
+) -> None:
+    """A run sent to an exchange none of the app's queues is bound to: nothing says where
+    its routing key leads, so the retry is refused, with no run and no message left."""
+    run = JobRun.objects.create(
+        job_name="tests.add",
+        source="celery",
+        backend_job_id=str(uuid.uuid4()),
+        status=Status.SUCCEEDED,
+        queue="reports.daily",
+        params={"args": [1, 2], "kwargs": {}, "exchange": "reports"},
+    )
+    with pytest.raises(ValueError, match="exchange 'reports'"):
+        contrib.retry(run)
+    assert list(JobRun.objects.all()) == [run]
 
 
 @pytest.mark.redis
@@ -735,3 +762,66 @@ class TestWorker:
             recorded(app.send_task("tests.no_such_task").id), celery_worker
         )
         assert after.status == Status.FAILED
+
+
+# Celery's "Routing Tasks": a topic exchange, where the routing key names no queue.
+
+
+@pytest.fixture(scope="module")
+def routed_worker(
+    db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Popen[bytes]]:
+    """A prefork worker on tests/contrib/celery_routes.py, consuming its queue."""
+    routed_app.control.purge()
+    log = tmp_path_factory.mktemp("celery-routes") / "worker.log"
+    name = f"jobstatus-tests-feeds-{os.getpid()}@{socket.gethostname()}"
+    argv = [
+        *("-m", "celery", "-A", "tests.contrib.celery_routes", "worker"),
+        *("--pool=prefork", "--concurrency=1", "--loglevel=INFO", "-Q", FEEDS_QUEUE),
+        *("-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"),
+    ]
+    with worker_process(
+        argv, worker_env(db_proxy, "django_jobstatus.contrib.celery"), log
+    ) as process:
+        wait_for(
+            lambda: routed_app.control.ping(destination=[name], timeout=0.5),
+            timeout=90,
+            what="the routed Celery worker to answer a ping",
+            process=process,
+            log=log,
+        )
+        process.log = log  # type: ignore[attr-defined]
+        yield process
+
+
+@pytest.fixture
+def routed_celery_on() -> Iterator[None]:
+    """The Celery integration on, killing and retrying through the routed app."""
+    jobstatus_celery.connect(routed_app)
+    yield
+    jobstatus_celery.disconnect()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_reaches_the_queue_the_task_was_routed_to(
+    routed_worker: Popen[bytes], routed_celery_on: None
+) -> None:
+    """A queue bound to a topic exchange with a routing key that is not its name: the
+    retry took the routing key for a queue's name, and its message went to a new list
+    that no worker reads, while the retry answered a new queued run."""
+    first = finished(recorded(import_feed.delay(21).id), routed_worker)
+    assert (first.status, first.result) == (Status.SUCCEEDED, 42)
+    try:
+        second = contrib.retry(first)
+        assert second.status == Status.QUEUED
+        second = finished(second, routed_worker, timeout=45)
+        assert (second.status, second.result) == (Status.SUCCEEDED, 42)
+    finally:
+        # Where the retry went instead: a list named after the routing key.
+        redis.Redis.from_url(BROKER_URL).delete(FEED_ROUTING_KEY)
+    # The routing key is the queue (routing key) users know; the exchange goes with it.
+    assert first.queue == second.queue == FEED_ROUTING_KEY
+    assert first.params == second.params
+    assert first.params == {"args": [21], "kwargs": {}, "exchange": FEEDS_EXCHANGE}

@@ -306,29 +306,36 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
     return state
 
 
-def settle_ended(runs: QuerySet[JobRun]) -> None:
-    """Refresh the batches' parents among ``runs`` still active though every child has
-    ended: they end as their children add up.
+def settle_ended(*selections: QuerySet[JobRun]) -> None:
+    """Refresh the batches' parents among the runs of ``selections`` still active though
+    every child has ended: they end as their children add up.
 
     A child's end is committed a moment before its parent's refresh (the child's
     ``job_status_changed`` receiver): a kill in between found the batch running and
     ended it killed, or asked it to stop, when it had in fact ended. Settled first, such
     a parent is finished and the kill leaves it (the reaper settles the same window:
     ``retention._reap_stale()``). A parent's end may end the parent around it (a batch
-    inside a batch) whose refresh waits for a transaction's commit: the parents are read
-    again until no new one is found.
+    inside a batch) whose refresh waits for a transaction's commit, and which may be in
+    another selection (a chunk of ids read before): every selection is read again until
+    none has a parent not tried yet.
     """
     children = JobRun.objects.filter(parent=OuterRef("pk"))
-    ended = (
-        runs.filter(BATCH_PARENT, status__in=sorted(Status.ACTIVE))
-        .filter(Exists(children))
-        .exclude(Exists(children.filter(status__in=sorted(Status.ACTIVE))))
-        .order_by()
-    )
     tried: set[Any] = set()
+
+    def found() -> list[JobRun]:
+        return [
+            run
+            for runs in selections
+            for run in runs.filter(BATCH_PARENT, status__in=sorted(Status.ACTIVE))
+            .filter(Exists(children))
+            .exclude(Exists(children.filter(status__in=sorted(Status.ACTIVE))))
+            .order_by()
+            if run.pk not in tried
+        ]
+
     # A parent refreshed but left active (an open batch() block) is not tried again.
-    while found := [run for run in ended.all() if run.pk not in tried]:
-        for run in found:
+    while parents := found():
+        for run in parents:
             tried.add(run.pk)
             refresh_batch(run)
 

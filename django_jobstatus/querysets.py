@@ -875,9 +875,13 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         every = self.model.objects.using(self.db)
         # The runs under the selection first: a batch inside a batch ends before the one
         # around it.
-        for part in _chunks(under, _chunk_size(self.db)):
-            settle_ended(every.filter(pk__in=part))
-        settle_ended(self)
+        settle_ended(
+            *(
+                every.filter(pk__in=part)
+                for part in _chunks(under, _chunk_size(self.db))
+            ),
+            self,
+        )
         if not force and not sources:
             asked = (
                 self.active()

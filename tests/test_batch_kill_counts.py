@@ -233,3 +233,45 @@ def test_forced_kill_between_the_last_child_s_end_and_its_parent_s_refresh_settl
         1,
     )
     assert result.killed == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_forced_kill_in_a_transaction_settles_a_nested_batch_found_in_an_earlier_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runs under a selection are read in chunks of ids (SQLite caps a statement's
+    parameters: 998). Inside a transaction an inner batch's end refreshes the batch around
+    it only at the commit: settled a chunk at a time, once each, a middle batch in an
+    earlier chunk than the inner batch whose end completes it was left active, and the
+    forced kill ended it killed though every run under it had succeeded (found by a review)."""
+    from django_jobstatus import querysets
+
+    monkeypatch.setattr(querysets, "_chunk_size", lambda db: 2)
+    outer = start_batch("outer", ["first"])
+    middle = start_batch("middle", ["b"], parent=outer)
+    inner = start_batch("inner", ["c"], parent=middle)
+    batches.disconnect()  # the children's ends, their parents' refreshes not made yet
+    try:
+        for child in JobRun.objects.filter(job_name__in=["b", "c"]):
+            child.mark_running(worker="host:1")
+            child.mark_succeeded()
+    finally:
+        batches.connect()
+    # The premise: the middle batch is in the first chunk, the inner one in a later one.
+    under = JobRun.objects.filter(pk=outer.pk)._under_batches()
+    assert under.index(middle.pk) < 2 <= under.index(inner.pk)
+
+    with transaction.atomic():
+        result = JobRun.objects.filter(pk=outer.pk).request_kill(force=True)
+
+    statuses = dict(
+        JobRun.objects.filter(pk__in=[outer.pk, middle.pk, inner.pk]).values_list(
+            "job_name", "status"
+        )
+    )
+    assert statuses == {
+        "outer": Status.KILLED,  # its first child still waited: killed with it
+        "middle": Status.SUCCEEDED,
+        "inner": Status.SUCCEEDED,
+    }, result
+    assert result.in_batches == 1

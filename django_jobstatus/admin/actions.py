@@ -9,6 +9,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import model_ngettext
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -200,6 +201,7 @@ def delete_selected(
             raise PermissionDenied
         # History for each batch's runs once they went: Django's action logged every
         # selected run first, and the purge skips a run another purge or a reaper holds.
+        started = timezone.now()
         deleted = retention.delete_finished(
             finished, deleted=lambda runs: modeladmin.log_deletions(request, runs)
         ).runs
@@ -209,8 +211,10 @@ def delete_selected(
             % {"count": deleted, "items": model_ngettext(opts, deleted)},
             messages.SUCCESS,
         )
-        # The purge's rules keep some: say so, or the count above looks short.
-        kept = finished.count()
+        # The purge's rules keep some: say so, or the count above looks short. Those that
+        # finished while it ran (a refused run that ended, one a filter now takes) were
+        # never its to delete.
+        kept = finished.filter(finished_at__lt=started).count()
         if kept:
             modeladmin.message_user(
                 request,

@@ -12,7 +12,7 @@ from django.contrib.messages import get_messages
 from django.db import connection
 from django.test import override_settings
 
-from django_jobstatus import contrib, track
+from django_jobstatus import contrib, retention, track
 from django_jobstatus.batches import start_batch
 from django_jobstatus.models import JobLog, JobRun, Status
 
@@ -318,6 +318,77 @@ def test_delete_selected_says_why_the_finished_runs_of_a_running_batch_stay(
     ]
     assert JobRun.objects.filter(pk=child.pk).exists()
     assert not JobRun.objects.filter(pk=other.pk).exists()
+
+
+def _while_deleting(monkeypatch, then) -> None:
+    """Another process (a worker) acts once the deletion's batches ran."""
+    original = retention.delete_finished
+
+    def deleting(runs, deleted=None):
+        result = original(runs, deleted=deleted)
+        then()
+        return result
+
+    monkeypatch.setattr(retention, "delete_finished", deleting)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_active_run_that_ends_during_the_delete_is_not_said_kept(
+    admin_client, make_run, monkeypatch
+):
+    """A finished run and a running one selected: the running one is refused ("stop it
+    first"); its job ends while the deletion runs. The message then also said "Kept 1
+    finished run: a batch that has not ended still counts it, or another process held
+    it" of that same run: counted twice, with a reason that is not so."""
+    done = make_run("etl.load", status=Status.SUCCEEDED)
+    live = make_run("etl.load")  # running
+    _while_deleting(
+        monkeypatch, lambda: JobRun.objects.get(pk=live.pk).mark_succeeded()
+    )
+    response = admin_client.post(
+        URL,
+        {
+            "action": "delete_selected",
+            "_selected_action": [str(done.pk), str(live.pk)],
+            "post": "yes",
+        },
+        follow=True,
+    )
+    messages = said(response)
+    assert "Refused to delete 1 active run: stop it first." in messages
+    assert "Successfully deleted 1 job run." in messages
+    assert not JobRun.objects.filter(pk=done.pk).exists()
+    assert not [m for m in messages if m.startswith("Kept ")], messages
+
+
+@pytest.mark.django_db(transaction=True)
+def test_select_all_delete_does_not_count_runs_that_finished_after_it_as_kept(
+    admin_client, make_run, monkeypatch
+):
+    """Select all across "succeeded runs of etl.load": every one is deleted. Meanwhile
+    the job ran again and succeeded (a busy job always does during a long delete): the
+    message said that run was kept because a batch counts it or another process held it,
+    and told the user to delete it again later."""
+    for _ in range(3):
+        make_run("etl.load", status=Status.SUCCEEDED)
+    _while_deleting(monkeypatch, lambda: make_run("etl.load", status=Status.SUCCEEDED))
+    url = f"{URL}?status=succeeded&job_name=etl.load"
+    first = JobRun.objects.first()
+    response = admin_client.post(
+        url,
+        {
+            "action": "delete_selected",
+            "select_across": "1",
+            "index": "0",
+            "_selected_action": [str(first.pk)],
+            "post": "yes",
+        },
+        follow=True,
+    )
+    messages = said(response)
+    assert "Successfully deleted 3 job runs." in messages
+    assert JobRun.objects.count() == 1  # the new run, never selected
+    assert not [m for m in messages if m.startswith("Kept ")], messages
 
 
 @pytest.mark.django_db(transaction=True)  # the batch follows its children on commit

@@ -853,35 +853,57 @@ class JobHandle:
             self._record_end(error, values)  # failed, as setting it so would have
             raise error from None
 
-    def _record_end(self, exc: BaseException | None, values: dict[str, Any]) -> bool:
-        """finish()'s write, tried again while the database is away; whether it was written."""
+    def _record_end(
+        self,
+        exc: BaseException | None,
+        values: dict[str, Any],
+        *,
+        alias: str | None = None,
+        ended_at: datetime | None = None,
+    ) -> bool:
+        """finish()'s write, tried again while the database is away; whether it was written.
+
+        ``alias``: the connection to write it through, this once (the heartbeat thread's
+        own, which exists in that thread only: the handle keeps none of it, or a thread
+        of the job logging after the end wrote through an alias it does not have).
+        ``ended_at``: when the job ended, for an end written later (``_end_later()``).
+        """
+
+        def database() -> str:
+            return alias or self._database()
+
+        # Never before the start (``JobRun._end()``), as the end's own stamp.
+        ended = {} if ended_at is None else {"finished_at": self.run._end(ended_at)}
+
         with self._writing:
             with self._lock:
                 logs, self._logs = self._logs, []
             try:
-                written = self._write_end(exc, values, logs)
+                written = self._write_end(exc, values, logs, database, ended)
             except BaseException:
                 self._put_back({}, logs)
                 raise
             if not written:
                 self._put_back({}, logs)
                 return False
-            self._write_late_lines()
+            self._write_late_lines(database())
             return True
 
-    def _write_late_lines(self) -> None:
+    def _write_late_lines(self, alias: str) -> None:
         """The lines another thread of the job logged while the end was written, after
         the end had taken the buffer (the run was not finished yet, so they were
-        buffered): written now, or no write of this handle would ever take them."""
+        buffered): written now through ``alias``, the end's, or no write of this handle
+        would ever take them."""
         with self._lock:
             logs, self._logs = self._logs, []
             self._ended = True  # from now on, a line is written as it is logged
         if logs:
-            self._write_after_end(logs)
+            self._write_after_end(logs, alias)
 
-    def _write_after_end(self, logs: list[JobLog]) -> None:
-        """Lines of a run whose end is written: now, or never (no write comes after)."""
-        alias = self._database()
+    def _write_after_end(self, logs: list[JobLog], alias: str | None = None) -> None:
+        """Lines of a run whose end is written: now, or never (no write comes after);
+        through ``alias``, or the handle's connection in this thread."""
+        alias = alias or self._database()
         try:
             with _handle_write():
                 self._write_logs_then(alias, logs, lambda: None)
@@ -899,6 +921,9 @@ class JobHandle:
         holds the run's row, has ended (committed or rolled back): through a second
         connection, the write would wait on that transaction, which waits on the job.
         A result JSON cannot hold is raised now, and ends the run failed then."""
+        # Stamped with the job's end, not the commit's: the caller's work after the block
+        # is not the job's (its duration, the monitors' max_duration).
+        ended_at = timezone.now()
         error = self._unstorable_result() if exc is None else None
         ending = exc if error is None else error
 
@@ -909,8 +934,7 @@ class JobHandle:
                 return True
             if not free:
                 return False
-            self._using = alias
-            return self._record_end(ending, values)
+            return self._record_end(ending, values, alias=alias, ended_at=ended_at)
 
         logger.info(
             "The end of run %s waits for the transaction that holds its row to end.",
@@ -929,10 +953,16 @@ class JobHandle:
             raise error
 
     def _write_end(
-        self, exc: BaseException | None, values: dict[str, Any], logs: list[JobLog]
+        self,
+        exc: BaseException | None,
+        values: dict[str, Any],
+        logs: list[JobLog],
+        database: Callable[[], str],
+        ended: dict[str, Any],
     ) -> bool:
-        """``_record_end()`` with the lines taken from the buffer; False when nothing was
-        written because the database stayed away."""
+        """``_record_end()`` with the lines taken from the buffer, through ``database()``,
+        and ``ended`` (the ``finished_at`` of an end written later); False when nothing
+        was written because the database stayed away."""
         # A try that fails at COMMIT has already moved the instance; the next starts over.
         saved = {
             field.attname: getattr(self.run, field.attname)
@@ -947,7 +977,7 @@ class JobHandle:
                     setattr(self.run, name, value)
             with self._lock:
                 fields = self._pending_fields(dirty=self._dirty)
-            fields = storable(fields | values)
+            fields = storable(fields | ended | values)
             fields.pop("updated_at")
             tries.append(fields)
             self._write_logs_then(
@@ -967,10 +997,10 @@ class JobHandle:
                 while_database_away(
                     write,
                     timeout=settings.FINISH_RETRY_TIMEOUT,
-                    database=self._database,
+                    database=database,
                 )
             except (InvalidTransition, ObjectDoesNotExist) as error:
-                self._refused(exc, error, tries, logs)
+                self._refused(exc, error, tries, logs, database())
             except (OperationalError, InterfaceError):
                 for name, value in saved.items():
                     setattr(self.run, name, value)
@@ -1019,9 +1049,10 @@ class JobHandle:
         error: Exception,
         tries: list[dict[str, Any]],
         logs: list[JobLog],
+        alias: str,
     ) -> None:
-        """The end's write changed no row: the run ended elsewhere, or is gone."""
-        alias = self._database()
+        """The end's write changed no row (through ``alias``): the run ended elsewhere,
+        or is gone."""
         if len(tries) > 1 and self._ended_as(exc, alias):
             # The try before committed, but its answer was lost with the connection, and
             # its job_status_changed with it (Django drops the hooks of a COMMIT that
@@ -1133,15 +1164,22 @@ def current_job() -> JobHandle | None:
     return _current.get()
 
 
-def _start_run(name: str, fields: dict[str, Any]) -> JobRun:
-    """Create the run as running, retrying briefly while the database is unreachable.
+def _start_run(name: str, fields: dict[str, Any]) -> tuple[JobRun, str | None]:
+    """Create the run as running, retrying briefly while the database is unreachable; the
+    run, and the alias to track it through (None for ``tracking_database()``'s at each
+    write).
 
     Every try writes the same id: a try after one whose answer was lost with the
-    connection finds that run instead of recording a second one.
+    connection finds that run instead of recording a second one. A run whose parent's
+    row is in the caller's open transaction is created in that transaction
+    (``_parent_database()``), once: an error there breaks the transaction.
     """
     from django_jobstatus.models import JobRun, uuid7
 
     fields = {"id": uuid7(), **fields}
+    using = _parent_database(fields.get("parent"))
+    if using is not None:
+        return JobRun.objects.db_manager(using).start(name, **fields), using
     tries = 0
 
     def start(alias: str) -> JobRun:
@@ -1154,7 +1192,27 @@ def _start_run(name: str, fields: dict[str, Any]) -> JobRun:
                 return recorded
         return runs.start(name, **fields)
 
-    return while_database_away(start, attempts=3, delay=0.2)
+    return while_database_away(start, attempts=3, delay=0.2), None
+
+
+def _parent_database(parent: Any) -> str | None:
+    """The app's database when ``parent``'s row is in the caller's open transaction, else
+    None: a child inserted through a second connection would not see a parent created
+    there, and its foreign key check would wait on a parent locked there (a queue's
+    claim, ``track(run=...)`` in the same transaction) until that transaction ends, which
+    waits on the job. Such a child is tracked in that transaction, as its parent is.
+
+    No query for a parent that the current job tracks through that database, nor outside
+    an atomic block (``caller_holds()``)."""
+    from django_jobstatus.models import JobRun
+
+    if not isinstance(parent, JobRun):  # none, or one the insert refuses
+        return None
+    own: str = settings.DATABASE
+    job = current_job()
+    if job is not None and job.run.pk == parent.pk and job._using == own:
+        return own
+    return own if caller_holds(tracking_database(), parent) else None
 
 
 @contextlib.contextmanager
@@ -1177,8 +1235,9 @@ def track(
     traceback, and is re-raised. With ``run=``, an existing queued or retrying run is
     started instead of creating one; a kill asked while it waited is seen at the first
     progress call or ``check_kill()``. A run created in the caller's open transaction (which a second
-    connection cannot see) is tracked through the caller's connection, in that transaction.
-    Other keyword arguments are JobRun fields (queue, priority, owner, parent,
+    connection cannot see) is tracked through the caller's connection, in that transaction;
+    so is one whose ``parent``'s row that transaction created or holds (a claimed run's
+    step). Other keyword arguments are JobRun fields (queue, priority, owner, parent,
     backend_job_id, …). The JobKilled of an outer block's run, raised inside this one,
     ends this run killed too and is re-raised.
     """
@@ -1190,7 +1249,7 @@ def track(
             "subject": subject,
             "source": source,
         }
-        run = _start_run(job_name, fields)
+        run, using = _start_run(job_name, fields)
     else:
         using = _start_waiting_run(run)
     handle = JobHandle(run, interval=interval, using=using)

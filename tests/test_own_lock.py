@@ -245,3 +245,138 @@ def test_the_end_is_written_when_the_transaction_commits_in_a_process_without_at
     run = JobRun.objects.get(job_name=name)
     assert run.data == {"claimed": True}
     assert run.status == Status.SUCCEEDED  # written at the commit, not a second later
+
+
+# A second red-team pass found these.
+
+
+def in_thread(action: Any) -> dict[str, Any]:
+    """``action()`` on a thread of its own (a thread of the job): its value or its error."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = action()
+        except BaseException as error:
+            outcome["error"] = error
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the thread hung"
+    return outcome
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_thread_of_the_job_logging_after_a_rolled_back_end_does_not_raise() -> None:
+    """The end written by the heartbeat thread after the rollback left the handle on that
+    thread's own connection, an alias that exists in that thread only: a line logged
+    after it by another thread of the job (written at once) raised
+    ``ConnectionDoesNotExist``."""
+    pk = None
+    with (
+        pytest.raises(ZeroDivisionError),
+        transaction.atomic(),
+        track("tests.own_lock.late_line") as job,
+    ):
+        pk = job.run.pk
+        JobRun.objects.filter(pk=pk).update(message="working")
+        1 / 0  # noqa: B018
+    ends(pk, Status.FAILED)
+
+    outcome = in_thread(lambda: job.info("a worker thread of the job finished"))
+
+    assert "error" not in outcome, f"job.info() raised {outcome.get('error')!r}"
+    assert (
+        JobRun.objects.get(pk=pk)
+        .logs.filter(message="a worker thread of the job finished")
+        .exists()
+    )
+
+
+@pytest.fixture
+def short_lock_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The production second connection with a shorter lock timeout (a quicker failure)."""
+    monkeypatch.setattr(own_connections, "LOCK_TIMEOUT_MS", 500)
+    side = connections["default__jobstatus"]
+    side.close()
+    monkeypatch.setattr(side, "settings_dict", own_connections.side_settings("default"))
+
+
+@pytest.mark.usefixtures("short_lock_timeout")
+def test_a_claimed_run_tracks_a_step_as_a_run_of_its_own() -> None:
+    """``track("step", parent=job.run)`` in a claimed run: the step's run was inserted
+    through the second connection, whose foreign key check on the parent waited on the
+    claim's lock; after three lock timeouts track() raised OperationalError into the
+    job."""
+    queued = JobRun.objects.enqueue("tests.own_lock.claimed")
+    raised: BaseException | None = None
+    with transaction.atomic():
+        run = (
+            JobRun.objects.queued()
+            .filter(pk=queued.pk)
+            .select_for_update(skip_locked=True)
+            .get()
+        )
+        with track(run.job_name, run=run) as job:
+            try:
+                with track("tests.own_lock.claimed.step", parent=job.run) as step:
+                    step.info("one file")
+            except Exception as error:
+                raised = error
+
+    assert raised is None, f"track() of the step raised {raised!r}"
+    assert JobRun.objects.get(pk=queued.pk).status == Status.SUCCEEDED
+    child = JobRun.objects.get(job_name="tests.own_lock.claimed.step")
+    assert (child.parent_id, child.status) == (queued.pk, Status.SUCCEEDED)
+    assert child.logs.get().message == "one file"
+
+
+@pytest.mark.usefixtures("short_lock_timeout")
+def test_a_job_that_locked_its_own_run_tracks_a_step_as_a_run_of_its_own() -> None:
+    """The same step, its parent locked by the job itself: created in the job's
+    transaction, it commits with it, and the parent's end waits for the commit."""
+    with transaction.atomic(), track("tests.own_lock.locked_parent") as job:
+        JobRun.objects.select_for_update().get(pk=job.run.pk)
+        with track("tests.own_lock.locked_parent.step", parent=job.run) as step:
+            step.info("one file")
+    ends(job.run.pk, Status.SUCCEEDED)
+    child = JobRun.objects.get(job_name="tests.own_lock.locked_parent.step")
+    assert (child.parent_id, child.status) == (job.run.pk, Status.SUCCEEDED)
+
+
+def test_a_run_created_in_the_transaction_tracks_a_step_as_a_run_of_its_own() -> None:
+    """A parent the second connection cannot see (created in the caller's transaction,
+    not committed): the step's insert through it broke its foreign key, and track()
+    raised IntegrityError into the job."""
+    with transaction.atomic():
+        queued = JobRun.objects.enqueue("tests.own_lock.uncommitted")
+        with (
+            track(queued.job_name, run=queued) as job,
+            track("tests.own_lock.uncommitted.step", parent=job.run),
+        ):
+            pass
+    child = JobRun.objects.get(job_name="tests.own_lock.uncommitted.step")
+    assert (child.parent_id, child.status) == (queued.pk, Status.SUCCEEDED)
+    assert JobRun.objects.get(pk=queued.pk).status == Status.SUCCEEDED
+
+
+@pytest.mark.usefixtures("production_side")
+def test_an_end_written_at_the_commit_is_stamped_when_the_job_ended() -> None:
+    """The caller's transaction goes on with other work after the job's block: the end
+    waits for the commit, but ``finished_at`` (and the duration the admin, the API, the
+    stats and the monitors' ``max_duration`` read) counted that work as the job's."""
+    with transaction.atomic():
+        with track("tests.own_lock.stamped") as job:
+            JobRun.objects.filter(pk=job.run.pk).update(data={"note": "mine"})
+        block_ended = timezone.now()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(2)")  # the caller's own work, after the job
+    ends(job.run.pk, Status.SUCCEEDED)
+    run = JobRun.objects.get(pk=job.run.pk)
+    assert run.started_at <= run.finished_at <= block_ended + timedelta(seconds=1), (
+        f"finished_at {run.finished_at} is {run.finished_at - block_ended} after the "
+        "job's block ended"
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -54,8 +53,6 @@ from tests.contrib.workers import (
     kept_until_due,
     kill_from_admin,
     refreshed,
-    worker_env,
-    worker_process,
 )
 from tests.waiting import wait_for
 
@@ -772,25 +769,14 @@ def routed_worker(
     db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Popen[bytes]]:
     """A prefork worker on tests/contrib/celery_routes.py, consuming its queue."""
-    routed_app.control.purge()
-    log = tmp_path_factory.mktemp("celery-routes") / "worker.log"
-    name = f"jobstatus-tests-feeds-{os.getpid()}@{socket.gethostname()}"
-    argv = [
-        *("-m", "celery", "-A", "tests.contrib.celery_routes", "worker"),
-        *("--pool=prefork", "--concurrency=1", "--loglevel=INFO", "-Q", FEEDS_QUEUE),
-        *("-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"),
-    ]
-    with worker_process(
-        argv, worker_env(db_proxy, "django_jobstatus.contrib.celery"), log
+    with started_celery_worker(
+        db_proxy,
+        tmp_path_factory,
+        pool="prefork",
+        queue=FEEDS_QUEUE,
+        prefix="jobstatus-tests-feeds",
+        app_module="tests.contrib.celery_routes",
     ) as process:
-        wait_for(
-            lambda: routed_app.control.ping(destination=[name], timeout=0.5),
-            timeout=90,
-            what="the routed Celery worker to answer a ping",
-            process=process,
-            log=log,
-        )
-        process.log = log  # type: ignore[attr-defined]
         yield process
 
 

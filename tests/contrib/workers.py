@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import socket
@@ -61,20 +62,21 @@ def celery_worker(
     prefix: str,
     purge: bool = True,
     extra: tuple[str, ...] = (),
+    app_module: str = "tests.contrib.celery_app",
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A Celery worker on the tests' app with one ``pool`` process, consuming ``queue``; ready when yielded.
+    """A Celery worker on the tests' app (``app_module``'s ``app``) with one ``pool``
+    process, consuming ``queue``; ready when yielded.
 
     Messages left in the broker are purged first (unless ``purge`` is false). Its name is
     ``<prefix>-<this pid>@<host>``; ``extra``: more arguments of ``celery worker``.
     """
-    from tests.contrib.celery_app import app
-
+    app = importlib.import_module(app_module).app
     if purge:
         app.control.purge()
     log = tmp_path_factory.mktemp(f"celery-{pool}") / "worker.log"
     name = f"{prefix}-{os.getpid()}@{socket.gethostname()}"
     argv = [
-        *("-m", "celery", "-A", "tests.contrib.celery_app", "worker"),
+        *("-m", "celery", "-A", app_module, "worker"),
         *(f"--pool={pool}", "--concurrency=1", "--loglevel=INFO", "-Q", queue),
         *("-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"),
         *extra,

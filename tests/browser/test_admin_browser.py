@@ -118,7 +118,8 @@ def test_a_runs_page(admin_page, artifacts):
         message="Importing rows",
     )
     make("batch.child", Status.SUCCEEDED, parent=parent)
-    make("batch.child", Status.FAILED, parent=parent)
+    # A child still running: a batch whose children have all ended settles at a kill.
+    make("batch.child", Status.RUNNING, parent=parent)
     run = make(
         "reports.build",
         Status.FAILED,
@@ -150,7 +151,9 @@ def test_a_runs_page(admin_page, artifacts):
     assert "3 children" in admin_page.locator("#content").inner_text()
     admin_page.get_by_role("button", name="Request kill").click()
     expect(admin_page.locator(".messagelist")).to_be_visible()
-    assert "Asked the run to stop" in admin_page.locator(".messagelist").inner_text()
+    said = admin_page.locator(".messagelist").inner_text()
+    assert "Asked the run to stop" in said
+    assert "Asked 1 run under this batch to stop." in said
     parent.refresh_from_db()
     assert parent.kill_requested
 

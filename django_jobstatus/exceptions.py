@@ -30,3 +30,13 @@ class InvalidTransition(JobStatusError):  # noqa: N818 (a public name: users cat
     def __init__(self, *args: object, status: str | None = None) -> None:
         super().__init__(*args)
         self.status = status
+
+
+class RetryRefused(JobStatusError, ValueError):  # noqa: N818 (a public name: users catch it)
+    """A run that cannot be enqueued again as it was recorded; nothing was enqueued.
+
+    A refusal, not an outage: its parameters were cut or kept as text, no integration
+    for its source is enabled, or the task system has nowhere to send it. Trying again
+    later gives the same answer, so the API answers it 409, not 503. A ``ValueError``, as
+    ``retry()`` documented before this class existed.
+    """

@@ -14,6 +14,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from django_jobstatus import contrib, retention
+from django_jobstatus.exceptions import RetryRefused
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -119,6 +120,12 @@ def retry(modeladmin: Any, request: HttpRequest, queryset: QuerySet[JobRun]) -> 
             continue
         try:
             contrib.retry(run)
+        except RetryRefused as exc:
+            modeladmin.message_user(
+                request,
+                _("Did not retry %(run)s: %(reason)s") % {"run": run, "reason": exc},
+                messages.WARNING,
+            )
         except Exception as exc:  # the integration's error is shown, not raised
             modeladmin.message_user(
                 request,

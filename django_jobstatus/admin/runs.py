@@ -66,6 +66,7 @@ from django_jobstatus.admin.paginator import (
     CappedCountPaginator,
     search_words,
 )
+from django_jobstatus.exceptions import RetryRefused
 from django_jobstatus.models import JobLog, JobRun, Status, attempt_time
 
 if TYPE_CHECKING:
@@ -606,6 +607,11 @@ class JobRunAdmin(
             )
         try:
             new = contrib.retry(run)
+        except RetryRefused as exc:
+            self.message_user(request, str(exc), messages.WARNING)
+            return HttpResponseRedirect(
+                reverse("admin:django_jobstatus_jobrun_change", args=[run.pk])
+            )
         except Exception as exc:  # the integration's error is shown, not raised
             self.message_user(
                 request,

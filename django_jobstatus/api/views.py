@@ -73,6 +73,7 @@ from django_jobstatus.api.serializers import (
     StatsSerializer,
 )
 from django_jobstatus.conf import settings
+from django_jobstatus.exceptions import RetryRefused
 from django_jobstatus.models import JobLog, JobMonitor, JobRun, Status
 from django_jobstatus.querysets import JobRunQuerySet
 
@@ -689,7 +690,9 @@ class JobRunViewSet(
         description=_(
             "Enqueues the run's job again with the same arguments, through the integration that "
             "recorded it (Django tasks, Celery, RQ), and answers the new run. 409 when it is still "
-            "active (only finished runs are retried) or no enabled integration can retry it; 503 when the task system refused (e.g. its broker is away)."
+            "active (only finished runs are retried), no enabled integration can retry it, or the run "
+            "cannot be enqueued as it was recorded (its parameters were cut, or its task system has "
+            "nowhere to send it); 503 when the task system failed (e.g. its broker is away)."
         ),
         request=None,
         responses={
@@ -727,6 +730,11 @@ class JobRunViewSet(
             )
         try:
             new = contrib.retry(run)
+        except RetryRefused as exc:  # the same answer later: not "try again"
+            return Response(
+                {"detail": str(exc), "status": run.status},
+                status=status.HTTP_409_CONFLICT,
+            )
         except Exception as exc:  # the task system's error is answered, never a 500
             return Response(
                 {
@@ -904,6 +912,8 @@ def _retry_finished(run: JobRun) -> JobRun:
         )
     try:
         return contrib.retry(run)
+    except RetryRefused as exc:
+        raise _NotRetried(str(exc)) from exc
     except Exception as exc:  # the task system's error is reported, never a 500
         raise _NotRetried(contrib_error(exc), error=True) from exc
 

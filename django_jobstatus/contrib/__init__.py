@@ -19,6 +19,7 @@ from django.utils.translation import gettext as _
 
 from django_jobstatus import writebehind
 from django_jobstatus.conf import settings
+from django_jobstatus.exceptions import RetryRefused
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -84,7 +85,7 @@ def retry_refusal(run: JobRun) -> str | None:
 
 
 def retry(run: JobRun) -> JobRun:
-    """Enqueue ``run``'s job again; ValueError when no integration can.
+    """Enqueue ``run``'s job again; ``RetryRefused`` (a ``ValueError``) when it cannot be.
 
     The new run keeps ``run``'s owner: a user who sees only their own runs follows the
     run their retry enqueued.
@@ -92,13 +93,13 @@ def retry(run: JobRun) -> JobRun:
     from django_jobstatus.models import JobRun, was_cut
 
     if was_cut(run.params):
-        raise ValueError(
+        raise RetryRefused(
             _(
                 "This run cannot be retried: its parameters were too big to keep (JSON_MAX_LENGTH)."
             )
         )
     if isinstance(run.params, dict) and run.params.get(REPR) is True:
-        raise ValueError(
+        raise RetryRefused(
             _(
                 "This run cannot be retried: some of its arguments were kept as text "
                 "(their repr()), and its job would get that text in their place."
@@ -106,7 +107,7 @@ def retry(run: JobRun) -> JobRun:
         )
     backend = _backends.get(run.source)
     if backend is None:
-        raise ValueError(
+        raise RetryRefused(
             _(
                 "Runs from source %(source)r cannot be retried: no integration for it is enabled."
             )

@@ -48,7 +48,7 @@ from django.utils.translation import gettext as _
 from django_jobstatus import contrib, health, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
-from django_jobstatus.exceptions import JobKilled
+from django_jobstatus.exceptions import JobKilled, RetryRefused
 from django_jobstatus.heartbeats import heartbeats
 from django_jobstatus.models import JobRun, Status, default_worker, exception_text
 
@@ -602,7 +602,7 @@ class CeleryBackend:
             if queue.exchange is not None and queue.exchange.name == exchange
         ]
         if not bound:
-            raise ValueError(
+            raise RetryRefused(
                 _(
                     "This run cannot be retried: its task was sent to the Celery exchange "
                     "%(exchange)r, to which none of the app's task_queues is bound."

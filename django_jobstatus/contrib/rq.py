@@ -72,7 +72,7 @@ from rq.utils import as_text, import_attribute
 from django_jobstatus import contrib, health, own_connections, writebehind
 from django_jobstatus.contrib import _execution
 from django_jobstatus.contrib._execution import Execution
-from django_jobstatus.exceptions import InvalidTransition, JobKilled
+from django_jobstatus.exceptions import InvalidTransition, JobKilled, RetryRefused
 from django_jobstatus.fingerprints import last_line
 from django_jobstatus.heartbeats import heartbeats
 from django_jobstatus.models import JobRun, Status, default_worker
@@ -1095,7 +1095,7 @@ class RQBackend:
     def retry(self, run: JobRun) -> JobRun:
         refusal = _unretriable(run.job_name)
         if refusal is not None:
-            raise ValueError(refusal)
+            raise RetryRefused(refusal)
         params = run.params if isinstance(run.params, dict) else {}
         queue = django_rq.get_queue(run.queue or "default", connection=self._connection)
         enqueue = getattr(

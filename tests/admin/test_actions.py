@@ -125,6 +125,25 @@ def test_retry_skips_active_runs(admin_client, make_run, retry_backend):
     assert JobRun.objects.count() == 4
 
 
+def test_a_retry_refused_for_what_the_run_kept_is_a_warning_not_an_error(
+    admin_client, make_run, retry_backend
+):
+    """Parameters cut to a preview cannot be sent again: a refusal, not a failure of the
+    task system, said as the other refusals are, on the changelist and on the run's page."""
+    cut = {"cut": True, "length": 2_000_000, "preview": "{"}
+    run = make_run("a", status=Status.FAILED, source="tests_backend", params=cut)
+    response = act(admin_client, "retry", run)
+    [message] = get_messages(response.wsgi_request)
+    assert message.level_tag == "warning"
+    assert str(message).startswith(f"Did not retry {run}: This run cannot be retried")
+    response = admin_client.post(f"{URL}{run.pk}/retry/", follow=True)
+    [message] = get_messages(response.wsgi_request)
+    assert message.level_tag == "warning"
+    assert "too big to keep" in str(message)
+    assert retry_backend == []
+    assert list(JobRun.objects.all()) == [run]
+
+
 def test_delete_shows_the_confirmation_then_deletes_finished_runs_only(
     admin_client, make_run
 ):

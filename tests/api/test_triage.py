@@ -68,6 +68,29 @@ def test_the_brokers_error_is_a_503_not_a_500(api, make_run, backend):
     )
 
 
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"cut": True, "length": 2_000_000, "preview": "{"}, "too big to keep"),
+        ({"args": ["<object at 0x7f>"], "repr": True}, "kept as text"),
+    ],
+)
+def test_a_run_that_cannot_be_enqueued_as_recorded_is_a_409_not_a_503(
+    api, make_run, backend, params, reason
+):
+    """A refusal that trying again later cannot change: a 503 says "try again"."""
+    run = make_run(status=Status.FAILED, source="tests_backend", params=params)
+    response = api.post(f"{BASE}{run.pk}/retry/")
+    assert response.status_code == 409, response.content
+    assert reason in response.json()["detail"]
+    assert not response.json()["detail"].startswith("The task system")
+    bulk = api.post(f"{BASE}retry/", {"ids": [str(run.pk)]}, format="json").json()
+    [refused] = bulk["not_retried"]
+    assert (refused["error"], reason in refused["reason"]) == (False, True)
+    assert backend == []
+    assert JobRun.objects.count() == 1
+
+
 def test_retry_needs_the_change_permission(client_for, make_user, make_run, backend):
     run = make_run(status=Status.FAILED, source="tests_backend")
     assert (

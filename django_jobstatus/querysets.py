@@ -255,6 +255,17 @@ def stale_timeout(timeout: float | timedelta | None = None) -> timedelta:
     return delta
 
 
+def queued_wait(timeout: float | timedelta) -> timedelta:
+    """The wait after which a run no worker started is stale: ``timeout`` seconds, above 0
+    as ``QUEUED_TIMEOUT`` must be (check jobstatus.E003), else a ValueError. A wait of 0
+    ended every queued run, one enqueued a moment ago too, and dropped it from its task
+    system."""
+    delta = as_timedelta("seconds", timeout)
+    if not delta:
+        raise ValueError(f"the queued timeout must be above 0 seconds, not {timeout!r}")
+    return delta
+
+
 def stale_condition(timeout: timedelta) -> Q:
     """stale()'s test: a running run with no heartbeat (or start, if it never beat) for
     ``timeout``, and no active child.
@@ -642,7 +653,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             raise ValueError(
                 "stale_queued() needs a timeout: pass one, or set JOBSTATUS['QUEUED_TIMEOUT']"
             )
-        cutoff = timezone.now() - as_timedelta("seconds", timeout)
+        cutoff = timezone.now() - queued_wait(timeout)
         first = Q(status=Status.QUEUED, attempt=1) & (
             Q(queued_at__lt=cutoff) | Q(queued_at__isnull=True, created_at__lt=cutoff)
         )

@@ -56,6 +56,7 @@ from django_jobstatus.querysets import (
     as_timedelta,
     distinct_job_names,
     gathering_batches,
+    queued_wait,
     stale_timeout,
     values_table,
 )
@@ -173,12 +174,12 @@ def purge(
         )
     _jobs(jobs, runs.db, dry_run)
     cutoffs = _cutoffs(_statuses(statuses, include_active), days, retention, now)
-    candidates = _candidates(runs, cutoffs)
     result = PurgeResult(dry_run=dry_run)
-    if candidates.query.is_empty():  # ``none()``: no statement could pick a run
+    if not cutoffs or runs.query.is_empty():  # no statement could pick a run
         result.elapsed = time.monotonic() - result._began
         return result
     kept = _kept(runs, keep)
+    candidates = _candidates(runs, cutoffs, kept)
     if dry_run:
         _count(candidates, kept, result)
     elif jobs > 1 and cutoffs:
@@ -221,8 +222,11 @@ def preview(runs: JobRunQuerySet, *, days: float | None) -> PurgeResult:
     """
     runs = runs.writing()
     db = runs.db
-    candidates = _candidates(runs, _cutoffs(set(Status.TERMINAL), days, None, None))
-    kept = set(_kept(runs, _whole("keep_last", settings.KEEP_LAST, 0)))
+    spared = _kept(runs, _whole("keep_last", settings.KEEP_LAST, 0))
+    candidates = _candidates(
+        runs, _cutoffs(set(Status.TERMINAL), days, None, None), spared
+    )
+    kept = set(spared)
     result = PurgeResult(dry_run=True)
     # The oldest first, as the purge goes; the kept runs left out here (SQLite caps
     # query parameters), so read as many more.
@@ -242,6 +246,20 @@ def preview(runs: JobRunQuerySet, *, days: float | None) -> PurgeResult:
     if result.more_logs:
         result.logs = PREVIEW_LINES
     return result
+
+
+def _id_subquery(db: str, model: type[JobRun], ids: list[Any]) -> RawSQL:
+    """A subquery of the runs ``ids``, all in one parameter (``values_table()``): a
+    statement that does not grow with their number, nor meet SQLite's cap on parameters."""
+    connection = connections[db]
+    pk = model._meta.pk
+    ids_sql, param = values_table(
+        connection,
+        [pk.get_db_prep_value(i, connection) for i in ids],
+        "ids",
+        str(pk.db_type(connection)),
+    )
+    return RawSQL(f"SELECT value FROM {ids_sql}", [param])  # noqa: S611, S608 - the ids are a parameter
 
 
 def _lines_per_run(
@@ -272,17 +290,20 @@ def _lines_per_run(
 
 
 def _candidates(
-    runs: JobRunQuerySet, cutoffs: dict[datetime, set[str]]
+    runs: JobRunQuerySet, cutoffs: dict[datetime, set[str]], kept: list[Any]
 ) -> JobRunQuerySet:
-    """The runs of ``runs`` past their cutoff (the kept ones included), but the runs of a
-    batch still gathering its children (``JobRunQuerySet.held_by_batch()``).
+    """The runs of ``runs`` past their cutoff (``kept``, the ids ``_kept()`` spares,
+    included), but the runs of a batch still gathering its children
+    (``JobRunQuerySet.held_by_batch()``).
 
     A batch's status and progress add its children's up until the last one ends, and a
     parent that failed or was killed early follows them too (``refresh_batch()``): a
     finished child purged meanwhile leaves the parent's figures short (a batch with a
     killed child then ended ``succeeded``). So while a parent is active, or has an
     active child, it stays, and so do its children, however old. Purging active runs
-    too, a batch whose parent is a candidate goes whole.
+    too, a batch whose parent goes (past its cutoff, and not kept) goes whole; one whose
+    parent stays keeps its children: a parent kept as its job's newest run, its
+    children purged, stayed running for ever.
 
     The parents are read from the active runs (few, and indexed) once a statement, a
     hashed subplan on PostgreSQL that each candidate is looked up in: 8 ms to pick a
@@ -299,9 +320,10 @@ def _candidates(
     active, gathering = gathering_batches(every)
     if set().union(*cutoffs.values()) & Status.ACTIVE:
         # Purging active runs too: the children of a parent that goes go with it.
-        active = active.exclude(old)
+        goes = old & ~Q(pk__in=_id_subquery(runs.db, runs.model, kept)) if kept else old
+        active = active.exclude(goes)
         gathering = (
-            every.filter(pk__in=gathering).exclude(old).values_list("pk", flat=True)
+            every.filter(pk__in=gathering).exclude(goes).values_list("pk", flat=True)
         )
     else:
         runs = runs.exclude(pk__in=gathering)  # a parent with an active child
@@ -590,14 +612,7 @@ class _Batches:
             self.cascades = _database_cascades(self.db, *self.tables)
             # The kept runs as one array parameter: with a placeholder each, every batch
             # statement grew with the number of job names (a run kept for each).
-            pk = candidates.model._meta.pk
-            ids_sql, param = values_table(
-                connection, kept, "kept", str(pk.db_type(connection))
-            )
-            self.spared = RawSQL(  # noqa: S611 - the ids are a parameter
-                f"SELECT value FROM {ids_sql}",  # noqa: S608
-                [param],
-            )
+            self.spared = _id_subquery(self.db, candidates.model, kept)
 
     def run(
         self, batch_size: int, batch_seconds: float, first: int | None = None
@@ -1019,9 +1034,7 @@ def reap(
     delta = stale_timeout(timeout)
     if queued_timeout is None:
         queued_timeout = settings.QUEUED_TIMEOUT
-    queued_delta = (
-        None if queued_timeout is None else as_timedelta("seconds", queued_timeout)
-    )
+    queued_delta = None if queued_timeout is None else queued_wait(queued_timeout)
     _whole("batch_size", batch_size, 1)
     result = ReapResult(dry_run=dry_run)
     if dry_run:

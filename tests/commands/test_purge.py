@@ -829,6 +829,63 @@ def test_naming_an_active_status_keeps_the_children_of_a_batch_not_purged(
     assert alive(parent, first, second) == [False, False, False]
 
 
+@pytest.mark.django_db(transaction=True)  # the parent follows its children on commit
+def test_include_active_keeps_the_children_of_a_batch_whose_parent_keep_last_keeps(
+    aged: Any, purge: Any
+) -> None:
+    """``--include-active --days 30`` took both children of an old running batch whose
+    parent KEEP_LAST kept (its job's newest run): the parent stayed running, with no
+    child left to end it, for ever. A batch goes whole only with its parent; the dry run
+    counts as much."""
+    from django_jobstatus import JobKilled, track
+    from django_jobstatus.batches import start_batch
+
+    parent = start_batch("tests.batch", ["tests.child", "tests.child"])
+    first, second = parent.children.order_by("pk")
+    with track("tests.child", run=first):
+        raise JobKilled("stopped by an operator")
+    JobRun.objects.filter(pk__in=[parent.pk, first.pk, second.pk]).update(
+        created_at=ago(40)
+    )
+    aged("tests.child", days=1)  # what KEEP_LAST keeps of the children's job
+    parent.refresh_from_db()
+    assert parent.status == Status.RUNNING  # a killed child, a queued one
+
+    dry = JobRun.objects.purge(days=30, include_active=True, dry_run=True)
+    done = JobRun.objects.purge(days=30, include_active=True)  # KEEP_LAST 1
+    assert alive(parent, first, second) == [True, True, True]
+    assert (dry.runs, done.runs) == (0, 0)
+
+    purge("--include-active", "--days", "30", "--keep-last", "0")  # the parent too
+    assert alive(parent, first, second) == [False, False, False]
+
+
+@pytest.mark.django_db(transaction=True)  # the parent follows its children on commit
+def test_include_active_keeps_a_kept_failed_batch_s_children_while_one_still_runs(
+    aged: Any,
+) -> None:
+    """A batch's parent that failed early follows its children to their end: kept by
+    KEEP_LAST, it keeps them too, while one still runs, the active ones included."""
+    from django_jobstatus import track
+    from django_jobstatus.batches import start_batch
+
+    parent = start_batch("tests.batch", ["tests.child", "tests.child"])
+    first, second = parent.children.order_by("pk")
+    with pytest.raises(RuntimeError), track("tests.child", run=first):
+        raise RuntimeError("boom")
+    JobRun.objects.filter(pk__in=[parent.pk, first.pk, second.pk]).update(
+        created_at=ago(40)
+    )
+    aged("tests.child", days=1)
+    parent.refresh_from_db()
+    assert parent.status == Status.FAILED  # a failed child, a queued one
+
+    dry = JobRun.objects.purge(days=30, include_active=True, dry_run=True)
+    done = JobRun.objects.purge(days=30, include_active=True)
+    assert alive(parent, first, second) == [True, True, True]
+    assert (dry.runs, done.runs) == (0, 0)
+
+
 @pytest.mark.engine_agnostic  # SQLite: PostgreSQL stores time zones, and refuses this setting
 def test_a_bulk_delete_works_on_a_database_that_stores_local_time(
     aged: Any, database_stores_local_time: None

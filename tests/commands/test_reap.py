@@ -395,6 +395,27 @@ def test_a_timeout_live_runs_cannot_meet_is_refused(make_run: Any, reap: Any) ->
         assert JobRun.objects.reap(timeout=60).reaped == 1
 
 
+def test_a_queued_timeout_of_zero_is_a_usage_error_not_a_kill_of_every_queued_run(
+    make_run: Any, reap: Any
+) -> None:
+    """QUEUED_TIMEOUT must be above 0 (check jobstatus.E003); ``--queued-timeout 0`` was
+    taken, and ended killed a run enqueued a moment ago ("no worker started it (its
+    message was probably lost)"), revoking it in its task system."""
+    run = make_run("tests.job", status=Status.QUEUED)  # enqueued just now
+
+    with pytest.raises(CommandError, match="--queued-timeout"):
+        reap("--queued-timeout", "0")
+    with pytest.raises(ValueError, match="queued timeout must be above 0"):
+        JobRun.objects.reap(queued_timeout=0)
+    with pytest.raises(ValueError, match="queued timeout must be above 0"):
+        JobRun.objects.reap(queued_timeout=timedelta(0), dry_run=True)
+    with pytest.raises(ValueError, match="queued timeout must be above 0"):
+        JobRun.objects.stale_queued(0)
+
+    run.refresh_from_db()
+    assert (run.status, run.kill_requested_at) == (Status.QUEUED, None), run.message
+
+
 @pytest.mark.parametrize("timeout", ["1e12", "1e308"])
 def test_a_timeout_too_long_is_a_usage_error_from_the_command_line(
     timeout: str,

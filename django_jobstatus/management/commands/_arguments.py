@@ -109,6 +109,17 @@ def seconds(value: str) -> float:
     return number
 
 
+def positive_seconds(value: str) -> float:
+    """argparse type: a number of seconds above 0, for a wait after which runs end (a
+    wait of 0 ends every run at once, one a moment old too)."""
+    number = seconds(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a number of seconds above 0") % {"value": value}
+        )
+    return number
+
+
 def database_alias(value: str) -> str:
     """argparse type: a database alias from DATABASES."""
     if value not in connections.settings:

@@ -16,6 +16,7 @@ from django_jobstatus import rollups
 from django_jobstatus.conf import settings
 from django_jobstatus.management.commands._arguments import (
     add_database,
+    positive_seconds,
     seconds,
 )
 from django_jobstatus.models import JobRun, JobRunHour
@@ -45,7 +46,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--queued-timeout",
-            type=seconds,
+            type=positive_seconds,
             default=settings.QUEUED_TIMEOUT,
             help=_(
                 "Also end, killed, every run queued longer than this many seconds: no worker "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
 import functools
 import inspect
 import json
@@ -142,9 +143,9 @@ def tracking_database() -> str:
     return side
 
 
-def caller_holds(alias: str, run: JobRun) -> bool:
-    """Whether the caller's open transaction holds ``run``'s row, which a write through
-    ``alias`` (a second connection) would wait on until that transaction ends.
+def caller_holds(alias: str, pk: Any) -> bool:
+    """Whether the caller's open transaction holds the row of run ``pk``, which a write
+    through ``alias`` (a second connection) would wait on until that transaction ends.
 
     PostgreSQL only, and only inside an atomic block that has written or locked something
     (it has a transaction id): then the row is tried without waiting, through ``alias``
@@ -182,7 +183,7 @@ def caller_holds(alias: str, run: JobRun) -> bool:
                         return False
             except DatabaseError:  # the connection lost
                 broken = True
-        return _locked(alias, run) and (broken or not _locked(own, run))
+        return _locked(alias, pk) and (broken or not _locked(own, pk))
     except (DatabaseError, TransactionManagementError):
         return False
 
@@ -207,12 +208,12 @@ def _transaction_status(connection: Any) -> int | None:
         return None
 
 
-def _locked(alias: str, run: JobRun) -> bool:
-    """Whether another transaction than ``alias``'s holds ``run``'s row (tried with NOWAIT,
-    in a transaction or savepoint rolled back at once)."""
+def _locked(alias: str, pk: Any) -> bool:
+    """Whether another transaction than ``alias``'s holds the row of run ``pk`` (tried
+    with NOWAIT, in a transaction or savepoint rolled back at once)."""
     from django_jobstatus.models import JobRun
 
-    rows = JobRun.objects.using(alias).filter(pk=run.pk)
+    rows = JobRun.objects.using(alias).filter(pk=pk)
     try:
         with transaction.atomic(using=alias):
             list(rows.select_for_update(nowait=True, no_key=True).values("pk"))
@@ -704,7 +705,7 @@ class JobHandle:
         if self._kill_requested:
             self._due = -math.inf  # every progress call raises, without a query
         alias = self._database()
-        if caller_holds(alias, self.run):
+        if caller_holds(alias, self.run.pk):
             # The job's own transaction holds its run's row: what it reported waits for
             # the next write (or the end); the kill request is read, which never waits.
             self._read_kill_request(alias)
@@ -839,7 +840,7 @@ class JobHandle:
         keeps that state. A result that JSON can no longer hold (changed after it was
         set) ends the run failed with the TypeError, which is then raised.
         """
-        if caller_holds(self._database(), self.run):
+        if caller_holds(self._database(), self.run.pk):
             self._end_later(exc, values)
             return
         try:
@@ -920,12 +921,20 @@ class JobHandle:
         """The end, written by the heartbeat thread once the caller's transaction, which
         holds the run's row, has ended (committed or rolled back): through a second
         connection, the write would wait on that transaction, which waits on the job.
-        A result JSON cannot hold is raised now, and ends the run failed then."""
+        A result JSON cannot hold is raised now, and ends the run failed then. The result
+        and ``values`` written are copies taken now (the result as JSON stores it)."""
         # Stamped with the job's end, not the commit's: the caller's work after the block
         # is not the job's (its duration, the monitors' max_duration).
         ended_at = timezone.now()
         error = self._unstorable_result() if exc is None else None
         ending = exc if error is None else error
+        # Copied: the caller goes on in its transaction with the objects the job handed
+        # over (a tracked function's returned dict); the end written at the commit
+        # recorded its later changes, or failed each second on a value JSON cannot hold
+        # until the run was reaped lost.
+        values = copy.deepcopy(values)
+        if ending is None:
+            self._result = json.loads(json.dumps(self._result))
 
         @_handle_write()
         def end(alias: str) -> bool:
@@ -1172,12 +1181,17 @@ def _start_run(name: str, fields: dict[str, Any]) -> tuple[JobRun, str | None]:
     Every try writes the same id: a try after one whose answer was lost with the
     connection finds that run instead of recording a second one. A run whose parent's
     row is in the caller's open transaction is created in that transaction
-    (``_parent_database()``), once: an error there breaks the transaction.
+    (``_parent_database()``), once: an error there breaks the transaction. The parent is
+    ``parent=`` (a run) or ``parent_id=`` (its id).
     """
     from django_jobstatus.models import JobRun, uuid7
 
     fields = {"id": uuid7(), **fields}
-    using = _parent_database(fields.get("parent"))
+    parent = fields.get("parent")
+    # A parent= that is not a run is refused by the insert.
+    using = _parent_database(
+        parent.pk if isinstance(parent, JobRun) else fields.get("parent_id")
+    )
     if using is not None:
         return JobRun.objects.db_manager(using).start(name, **fields), using
     tries = 0
@@ -1196,23 +1210,27 @@ def _start_run(name: str, fields: dict[str, Any]) -> tuple[JobRun, str | None]:
 
 
 def _parent_database(parent: Any) -> str | None:
-    """The app's database when ``parent``'s row is in the caller's open transaction, else
-    None: a child inserted through a second connection would not see a parent created
-    there, and its foreign key check would wait on a parent locked there (a queue's
-    claim, ``track(run=...)`` in the same transaction) until that transaction ends, which
-    waits on the job. Such a child is tracked in that transaction, as its parent is.
+    """The app's database when the row of the parent run ``parent`` (its id, or None) is
+    in the caller's open transaction, else None: a child inserted through a second
+    connection would not see a parent created there, and its foreign key check would
+    wait on a parent locked there (a queue's claim, ``track(run=...)`` in the same
+    transaction) until that transaction ends, which waits on the job. Such a child is
+    tracked in that transaction, as its parent is.
 
-    No query for a parent that the current job tracks through that database, nor outside
-    an atomic block (``caller_holds()``)."""
-    from django_jobstatus.models import JobRun
-
-    if not isinstance(parent, JobRun):  # none, or one the insert refuses
+    No query without a parent, for a parent that the current job tracks through that
+    database, nor outside an atomic block (``caller_holds()``,
+    ``_uncommitted_run_database()``)."""
+    if parent is None:
         return None
     own: str = settings.DATABASE
     job = current_job()
-    if job is not None and job.run.pk == parent.pk and job._using == own:
+    if job is not None and job.run.pk == parent and job._using == own:
         return own
-    return own if caller_holds(tracking_database(), parent) else None
+    alias = tracking_database()
+    if caller_holds(alias, parent):
+        return own
+    # Not held, but perhaps created there (enqueued in the same transaction).
+    return _uncommitted_run_database(alias, parent)
 
 
 @contextlib.contextmanager
@@ -1236,9 +1254,9 @@ def track(
     started instead of creating one; a kill asked while it waited is seen at the first
     progress call or ``check_kill()``. A run created in the caller's open transaction (which a second
     connection cannot see) is tracked through the caller's connection, in that transaction;
-    so is one whose ``parent``'s row that transaction created or holds (a claimed run's
-    step). Other keyword arguments are JobRun fields (queue, priority, owner, parent,
-    backend_job_id, …). The JobKilled of an outer block's run, raised inside this one,
+    so is one whose parent's row (``parent=`` or ``parent_id=``) that transaction created
+    or holds (a claimed run's step). Other keyword arguments are JobRun fields (queue,
+    priority, owner, parent, backend_job_id, …). The JobKilled of an outer block's run, raised inside this one,
     ends this run killed too and is re-raised.
     """
     using = None  # the handle writes through tracking_database()
@@ -1291,7 +1309,7 @@ def _start_waiting_run(run: JobRun) -> str | None:
     ``tracking_database()``'s at each write."""
     using = None
     alias = tracking_database()
-    if caller_holds(alias, run):
+    if caller_holds(alias, run.pk):
         # Claimed in the caller's transaction (``select_for_update()``): tracked through
         # the caller's connection, in that transaction, as a run created there is.
         alias = using = settings.DATABASE
@@ -1300,7 +1318,7 @@ def _start_waiting_run(run: JobRun) -> str | None:
     except ObjectDoesNotExist:
         # Created in the caller's transaction, not committed yet: the second
         # connection cannot see it, so the run is tracked in that transaction.
-        using = _uncommitted_run_database(alias, run)
+        using = _uncommitted_run_database(alias, run.pk)
         if using is None:
             raise
         alias = using
@@ -1312,15 +1330,23 @@ def _start_waiting_run(run: JobRun) -> str | None:
     return using
 
 
-def _uncommitted_run_database(alias: str, run: JobRun) -> str | None:
-    """The app's database when ``run`` is in its connection's open transaction only (created
-    there, not committed), which ``alias`` (a second connection) cannot see; else None."""
+def _uncommitted_run_database(alias: str, pk: Any) -> str | None:
+    """The app's database when run ``pk`` is in its connection's open transaction only
+    (created there, not committed), which ``alias`` (a second connection) cannot see;
+    else None.
+
+    No query outside an atomic block, nor in one marked for rollback (Django refuses
+    queries there); one for a run ``alias`` sees."""
     from django_jobstatus.models import JobRun
 
     own: str = settings.DATABASE
-    if alias == own or not connections[own].in_atomic_block:
+    connection = connections[own]
+    if alias == own or not connection.in_atomic_block or connection.needs_rollback:
         return None
-    return own if JobRun.objects.using(own).filter(pk=run.pk).exists() else None
+    runs = JobRun.objects.filter(pk=pk)
+    if runs.using(alias).exists() or not runs.using(own).exists():
+        return None
+    return own
 
 
 @overload

@@ -380,3 +380,101 @@ def test_an_end_written_at_the_commit_is_stamped_when_the_job_ended() -> None:
         f"finished_at {run.finished_at} is {run.finished_at - block_ended} after the "
         "job's block ended"
     )
+
+
+# A third red-team pass found these.
+
+
+@pytest.mark.usefixtures("production_side")
+def test_an_end_written_at_the_commit_records_the_result_the_job_ended_with() -> None:
+    """The job sets its result and leaves its block; the caller goes on using that dict
+    in its transaction. The end written at the commit stored the caller's later changes,
+    where an end written at once stores what the job ended with."""
+    summary: dict[str, Any] = {"imported": 3}
+    with transaction.atomic():
+        with track("tests.own_lock.result") as job:
+            JobRun.objects.filter(pk=job.run.pk).update(data={"note": "mine"})
+            job.result = summary
+        summary["imported"] = 999  # the caller's own use of the dict, after the job
+        summary["extra"] = "not the job's"
+    ends(job.run.pk, Status.SUCCEEDED)
+    assert JobRun.objects.get(pk=job.run.pk).result == {"imported": 3}
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_tracked_function_s_value_changed_by_its_caller_still_ends() -> None:
+    """``@tracked`` stores the function's value as the result; the caller adds a datetime
+    to it in its transaction (JSON cannot hold it). The end written at the commit raised
+    TypeError in the heartbeat thread each second: the run stayed running, and was
+    reaped lost."""
+
+    @tracked("tests.own_lock.tracked_result")
+    def job() -> dict[str, Any]:
+        run = current_job().run  # type: ignore[union-attr]
+        JobRun.objects.filter(pk=run.pk).update(data={"seen": True})
+        return {"rows": 2}
+
+    with transaction.atomic():
+        value = job()
+        value["checked_at"] = timezone.now()  # the caller's, after the job
+    run = JobRun.objects.get(job_name="tests.own_lock.tracked_result")
+    ends(run.pk, Status.SUCCEEDED)
+    assert JobRun.objects.get(pk=run.pk).result == {"rows": 2}
+
+
+@pytest.mark.usefixtures("short_lock_timeout")
+def test_a_claimed_run_tracks_a_step_named_by_parent_id() -> None:
+    """``track("step", parent_id=job.run.pk)``: only ``parent=`` was checked for the
+    caller's lock, and the step's insert through the second connection waited on the
+    claim's; after three lock timeouts track() raised OperationalError into the job."""
+    queued = JobRun.objects.enqueue("tests.own_lock.claimed_by_id")
+    raised: BaseException | None = None
+    with transaction.atomic():
+        run = JobRun.objects.queued().filter(pk=queued.pk).select_for_update().get()
+        with track(run.job_name, run=run) as job:
+            try:
+                with track("tests.own_lock.claimed_by_id.step", parent_id=job.run.pk):
+                    pass
+            except Exception as error:
+                raised = error
+    assert raised is None, f"track() of the step raised {raised!r}"
+    child = JobRun.objects.get(job_name="tests.own_lock.claimed_by_id.step")
+    assert (child.parent_id, child.status) == (queued.pk, Status.SUCCEEDED)
+
+
+def test_a_run_created_in_the_transaction_tracks_a_step_named_by_parent_id() -> None:
+    """The parent created in the caller's transaction, not committed, and named by its
+    id: the step's insert through the second connection, which cannot see it, broke its
+    foreign key."""
+    raised: BaseException | None = None
+    with transaction.atomic():
+        queued = JobRun.objects.enqueue("tests.own_lock.uncommitted_by_id")
+        with track(queued.job_name, run=queued) as job:
+            try:
+                with track(
+                    "tests.own_lock.uncommitted_by_id.step", parent_id=job.run.pk
+                ):
+                    pass
+            except Exception as error:
+                raised = error
+    assert raised is None, f"track() of the step raised {raised!r}"
+    child = JobRun.objects.get(job_name="tests.own_lock.uncommitted_by_id.step")
+    assert (child.parent_id, child.status) == (queued.pk, Status.SUCCEEDED)
+
+
+def test_a_step_of_a_parent_created_in_the_transaction_is_created_there() -> None:
+    """A parent recorded in the caller's transaction that no job tracks: the second
+    connection cannot see its row, so ``caller_holds()`` found it free, and the step's
+    insert through that connection broke its foreign key (IntegrityError into the
+    caller)."""
+    raised: BaseException | None = None
+    with transaction.atomic():
+        parent = JobRun.objects.enqueue("tests.own_lock.created_parent")
+        try:
+            with track("tests.own_lock.created_parent.step", parent=parent):
+                pass
+        except Exception as error:
+            raised = error
+    assert raised is None, f"track() of the step raised {raised!r}"
+    child = JobRun.objects.get(job_name="tests.own_lock.created_parent.step")
+    assert (child.parent_id, child.status) == (parent.pk, Status.SUCCEEDED)

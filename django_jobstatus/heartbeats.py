@@ -13,7 +13,8 @@ writes go on as before; the thread covers the silent stretches between them.
 The thread also writes the ends that had to wait (``end_later()``): a job whose own
 transaction holds its run's row cannot have its end written through a second connection
 until that transaction ends, committed or rolled back. The thread tries each such end a
-second apart, without waiting on the row, and the process tries those left when it exits.
+second apart, without waiting on the row, and the process tries those left when it exits
+(after waiting for the one the thread is trying, if any).
 
 The thread starts with the first active run and writes through a connection of its own
 (``own_connections``), open while there are runs to beat for and closed when there are
@@ -82,6 +83,12 @@ class Heartbeats:
         # it says whether it is done.
         self._ends: list[Callable[[str], bool]] = []
         self._ends_due = 0.0  # when the thread tries them next
+        # The ends a thread has taken out of _ends and is trying: no other thread tries
+        # them meanwhile, but one exiting waits for them (``_settled``). ``_again``: those
+        # whose transaction committed during the try, tried again at once if it failed.
+        self._trying: set[Callable[[str], bool]] = set()
+        self._again: set[Callable[[str], bool]] = set()
+        self._settled = threading.Condition(self._lock)
 
     def add(self, handle: JobHandle, *, now: bool = False) -> None:
         """Beat for ``handle``'s run from now on (starting the thread if needed); ``now``:
@@ -102,19 +109,57 @@ class Heartbeats:
 
     def write_end(self, end: Callable[[str], bool], alias: str) -> None:
         """Try ``end`` (held by ``end_later()``) now, through ``alias``: the transaction
-        that held its run's row has committed. Left to the thread when it is trying it."""
+        that held its run's row has committed. One another thread is trying is tried again
+        by that thread at once if its try fails: the try may have found the row still
+        held, just before the commit, and a second later the process may be gone."""
         with self._lock:
-            if end not in self._ends:
+            if end in self._trying:
+                self._again.add(end)
                 return
-            self._ends.remove(end)
+            if not self._take(end):
+                return  # written already
+        self._try(end, alias)
+
+    def _take(self, end: Callable[[str], bool]) -> bool:
+        """Move ``end`` from the held ends to those being tried; whether it was held.
+        With ``_lock`` held."""
+        if end not in self._ends:
+            return False
+        self._ends.remove(end)
+        self._trying.add(end)
+        return True
+
+    def _try(self, end: Callable[[str], bool], alias: str | None) -> None:
+        """Call ``end`` (taken by ``_take()``) through ``alias`` (default: this thread's own
+        connection), again while ``write_end()`` asked for it meanwhile; then hold it
+        again unless it is done. It is never out of both ``_ends`` and ``_trying``, or
+        ``write_end()`` would take it for written."""
+        done = settled = False
         try:
-            done = end(alias)
-        except Exception:
-            logger.exception("Could not record the end of a run; trying again.")
-            done = False
+            while not settled:
+                try:
+                    done = end(alias or self.connection())
+                except Exception:  # the others are tried all the same
+                    logger.exception("Could not record the end of a run; trying again.")
+                    done = False
+                with self._lock:
+                    settled = done or end not in self._again
+                    if settled:
+                        self._settle(end, done=done)
+                    else:
+                        self._again.discard(end)
+        finally:
+            if not settled:  # interrupted: held again, or the exit would wait for it
+                with self._lock:
+                    self._settle(end, done=False)
+
+    def _settle(self, end: Callable[[str], bool], *, done: bool) -> None:
+        """``end``'s try is over: held again unless it is ``done``. With ``_lock`` held."""
+        self._trying.discard(end)
+        self._again.discard(end)
         if not done:
-            with self._lock:
-                self._ends.append(end)
+            self._ends.append(end)
+        self._settled.notify_all()
 
     def _wake_by(self, due: float) -> None:
         """Start the thread, or wake it, so that it runs by ``due``; with ``_lock`` held."""
@@ -138,35 +183,39 @@ class Heartbeats:
 
     def write_ends(self, alias: str | None = None) -> int:
         """Try each end ``end_later()`` holds once, through ``alias`` (default: this
-        thread's own connection); how many are left. Each is taken out while it is tried,
-        so two threads never write one."""
+        thread's own connection); how many are left, held or being tried by another
+        thread. Each is taken out while it is tried, so two threads never write one."""
         with self._lock:
-            ends, self._ends = self._ends, []
-        left = []
+            ends = list(self._ends)
         for end in ends:
-            try:
-                done = end(alias or self.connection())
-            except Exception:  # the others are tried all the same
-                logger.exception("Could not record the end of a run; trying again.")
-                done = False
-            if not done:
-                left.append(end)
+            with self._lock:
+                taken = self._take(end)  # not when written meanwhile
+            if taken:
+                self._try(end, alias)
         with self._lock:
-            self._ends[:0] = left
-            return len(self._ends)
+            return len(self._ends) + len(self._trying)
 
     def write_ends_before_exit(self) -> None:
         """Before the process exits: the ends still held, tried until FINISH_RETRY_TIMEOUT.
 
+        An end another thread is trying (the heartbeat thread, a commit's) is waited for,
+        however long: that try is bounded as this one's would be. If it comes back
+        unwritten, it is tried again here, past the deadline too.
+
         At ``atexit``, and where a process ends without it (an RQ work horse, a Celery pool
         process)."""
         deadline = time.monotonic() + float(settings.FINISH_RETRY_TIMEOUT)
-        while self.write_ends() and time.monotonic() < deadline:
-            time.sleep(retry_delay())
-        if self._ends:
+        while self.write_ends():
+            with self._lock:
+                if not self._trying and time.monotonic() >= deadline:
+                    break
+                # A second, or until another thread's try comes back.
+                self._settled.wait(retry_delay())
+        with self._lock:
+            left = len(self._ends)
+        if left:
             logger.error(
-                "Could not record the end of %d runs before the process exited.",
-                len(self._ends),
+                "Could not record the end of %d runs before the process exited.", left
             )
 
     def handles(self) -> list[JobHandle]:

@@ -293,6 +293,50 @@ def test_a_run_whose_row_is_locked_holds_up_no_other_run_s_beat(settings: Any) -
     assert refreshed(job.run).status == Status.SUCCEEDED
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_an_end_the_thread_is_trying_at_the_commit_is_written_before_the_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job updates its own run in the caller's transaction: its end is held, and the
+    thread tries it each second. The commit came while the thread was in such a try (its
+    probe found the row still locked; the answer is slow to come back): the commit's
+    write was left to the thread, and a pool process exiting then
+    (``write_ends_before_exit()``, as Celery's and RQ's integrations call it) found no
+    end held and returned. The process exited, the end never written, the run reaped lost."""
+    from django_jobstatus import tracking
+
+    side = connections["default__jobstatus"]  # with the lock timeout the app sets
+    side.close()
+    monkeypatch.setattr(side, "settings_dict", own_connections.side_settings("default"))
+    real = tracking._row_free
+    probed, answer = threading.Event(), threading.Event()
+
+    def slow_row_free(alias: str, run: JobRun) -> bool | None:
+        free = real(alias, run)
+        if threading.current_thread().name == "jobstatus-heartbeats" and not free:
+            probed.set()
+            answer.wait(5)
+        return free
+
+    monkeypatch.setattr(tracking, "_row_free", slow_row_free)
+    try:
+        with transaction.atomic():
+            with track("tests.held_end") as job:
+                JobRun.objects.filter(pk=job.run.pk).update(data={"claimed": True})
+            assert probed.wait(10), "the heartbeat thread never tried the end"
+        heartbeats.write_ends_before_exit()  # committed; the process exits
+        status = JobRun.objects.get(pk=job.run.pk).status  # not job.run: the thread's
+    finally:
+        answer.set()
+    wait_for(  # the thread, let go, writes it: nothing left for the next test
+        lambda: JobRun.objects.filter(pk=job.run.pk).succeeded().exists(),
+        timeout=10,
+        what="the end written",
+    )
+    assert status == Status.SUCCEEDED, f"the run was {status} at the exit"
+
+
 # A real prefork Celery worker.
 
 

@@ -586,6 +586,20 @@ def current_parent() -> JobRun | None:
     return parent
 
 
+def replace_parent(parent: JobRun | None) -> JobRun | None:
+    """Make ``parent`` (None: no batch) the parent of the runs recorded from now on in this
+    context; the one it replaces, for the caller to put back.
+
+    For a job whose start and end are two signals of its task system, not one block:
+    Django's ImmediateBackend runs a task inside ``enqueue()``, so inside the
+    ``batch()`` block that enqueued it. What the task enqueues in turn is no child of
+    that batch, as with a worker.
+    """
+    previous = _parent.get()
+    _parent.set(parent)
+    return previous
+
+
 @contextlib.contextmanager
 def within(parent: JobRun) -> Iterator[None]:
     """Runs recorded in the block are children of ``parent``: a job that ``batch()``'s block

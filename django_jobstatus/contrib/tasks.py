@@ -26,8 +26,11 @@ waited leaves its run queued: a ``post_delete`` receiver would make Django load 
 of each delete, django-tasks-db's prune included; ``QUEUED_TIMEOUT`` ends such runs.)
 With ``JOBSTATUS["DATABASE"]`` apart from django-tasks-db's database, the queued run of
 a task enqueued in a transaction there is recorded when it commits.
-Retry enqueues the task again (same path, arguments, queue and priority) and records
-the queued run itself, as ``on_enqueued`` would: the run it answers is the one recorded.
+While a task runs, the ``batch()`` block that enqueued it (an ImmediateBackend task runs
+inside ``enqueue()``) is hidden: what the task enqueues is no child of that batch.
+Retry enqueues the task again (same path, arguments, queue, priority and the backend it
+ran on) and records the queued run itself, as ``on_enqueued`` would: the run it answers
+is the one recorded.
 """
 
 from __future__ import annotations
@@ -85,9 +88,9 @@ KILLED_PATH = f"{JobKilled.__module__}.{JobKilled.__qualname__}"
 
 logger = logging.getLogger(__name__)
 
-# The task result executing in this context, its execution, and the entry it replaced
-# (an ImmediateBackend task enqueued by a running task nests).
-_running: ContextVar[tuple[Any, Execution, Any] | None] = ContextVar(
+# The task result executing in this context, its execution, the entry it replaced (an
+# ImmediateBackend task enqueued by a running task nests) and the batch parent it hid.
+_running: ContextVar[tuple[Any, Execution, Any, JobRun | None] | None] = ContextVar(
     "django_jobstatus_task", default=None
 )
 # True while TasksBackend.retry() enqueues: it records the queued run, not on_enqueued.
@@ -101,16 +104,19 @@ class TaskFailed(Exception):  # noqa: N818 (names what happened, like JobKilled)
 # What is recorded.
 
 
-# The key of params that names the backend a task ran on, when not its own default.
+# The key of params that names the backend a task ran on, when not the framework's default.
 BACKEND = "backend"
+# The framework's DEFAULT_TASK_BACKEND_ALIAS: the backend of a run whose params name none.
+DEFAULT_BACKEND = "default"
 
 
 def _fields(task_result: Any) -> dict[str, Any]:
     """What is known of a task result when it is enqueued."""
     task = task_result.task
     params = contrib.params_of(task_result.args, task_result.kwargs)
-    if task_result.backend != "default":  # the framework's DEFAULT_TASK_BACKEND_ALIAS
-        # A retry goes to the same backend (task.using(backend=...) is not the task's own).
+    if task_result.backend != DEFAULT_BACKEND:
+        # A retry goes to the same backend: with none named, the default one, whatever
+        # backend the task declares (task.using(backend=...) overrides it).
         params[BACKEND] = task_result.backend
     return {
         "queue": task.queue_name or "",
@@ -319,7 +325,12 @@ def _begin(task_result: Any) -> Execution:
 
 
 def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
-    """Mark the run running and make it ``current_job()`` for the task's code."""
+    """Mark the run running and make it ``current_job()`` for the task's code.
+
+    The task's code runs outside the ``batch()`` block that enqueued it (an
+    ImmediateBackend task runs inside ``enqueue()``): the tasks it enqueues are no
+    children of that batch, as with a worker. The batch is back when the run ends.
+    """
     if sender is not None and not _is_inline(sender):
         # A worker (db_worker, an RQ worker of django-tasks-rq): a connection kept open
         # across tasks. db_worker connects anew for every task, and in a new PostgreSQL
@@ -331,7 +342,8 @@ def on_started(sender: Any, task_result: Any, **kwargs: Any) -> None:
     except Exception:
         logger.exception("Could not record the start of task %s.", task_result.id)
         return
-    _running.set((task_result, execution, _running.get()))
+    hidden = batches.replace_parent(None)
+    _running.set((task_result, execution, _running.get(), hidden))
     run = execution.handle.run if execution.handle is not None else None
     if not _is_inline(sender):
         _merge_into(execution, str(task_result.id))
@@ -465,6 +477,7 @@ def on_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
         entry = _running.get()
         if entry is not None and str(entry[0].id) == str(task_result.id):
             _running.set(entry[2])
+            batches.replace_parent(entry[3])
             execution: Execution | None = entry[1]
             if not _is_inline(sender):
                 _merge_into(entry[1], str(task_result.id))
@@ -510,13 +523,14 @@ def on_result_saved(
 
 
 def _end_unfinished(
-    before: tuple[Any, Execution, Any] | None, exc: BaseException
+    before: tuple[Any, Execution, Any, JobRun | None] | None, exc: BaseException
 ) -> None:
     """End the runs started in this context since ``before`` that no ``task_finished`` ended."""
     entry = _running.get()
     while entry is not None and entry is not before:
-        task_result, execution, previous = entry
+        task_result, execution, previous, hidden = entry
         _running.set(previous)
+        batches.replace_parent(hidden)
         try:
             _end(execution, task_result, exc)
         except Exception:
@@ -579,7 +593,9 @@ class TasksBackend:
 
         task = import_string(run.job_name)
         params = run.params or {}
-        backend = params.get(BACKEND) or task.backend
+        # Where it ran: a run with no backend in its params ran on the default one, even
+        # when the task declares another (it was enqueued with task.using()).
+        backend = params.get(BACKEND) or DEFAULT_BACKEND
         if (
             (run.queue and run.queue != task.queue_name)
             or run.priority != task.priority

@@ -433,6 +433,35 @@ def test_a_retry_goes_to_the_backend_the_task_ran_on(
     )
 
 
+def test_a_retry_of_a_task_run_on_default_goes_to_default_not_its_declared_backend(
+    db: None, settings: Any, integration_on: None
+) -> None:
+    """``@task(backend="reports")`` enqueued with ``.using(backend="default")`` ran on
+    "default": its params name no backend, and the retry went to the declared one (here a
+    backend that never runs anything), its run queued for good."""
+    settings.TASKS = {
+        "default": {
+            "BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend",
+            "QUEUES": [],
+        },
+        "reports": {
+            "BACKEND": f"{FRAMEWORK}.backends.dummy.DummyBackend",
+            "QUEUES": [],
+        },
+    }
+    result = tasks.reports_add.using(backend="default").enqueue(2, 3)
+    assert str(result.status) == SUCCESSFUL
+    first = run_of(result)
+    assert (first.job_name, first.status, first.params) == (
+        "tests.contrib.tasks_app.tasks.reports_add",
+        Status.SUCCEEDED,
+        {"args": [2, 3], "kwargs": {}},
+    )
+    again = contrib.retry(first)
+    again.refresh_from_db()
+    assert (again.status, again.result) == (Status.SUCCEEDED, 5)
+
+
 @pytest.mark.parametrize(
     ("task_name", "error"),
     [
@@ -1047,6 +1076,55 @@ def test_db_worker_batch_parent_follows_its_children(worker: Worker) -> None:
         2,
         4,
     ]
+
+
+def test_a_sub_task_of_an_inline_child_is_no_child_of_the_batch(
+    transactional_db: None, immediate: None
+) -> None:
+    """The block enqueued one task, which succeeded (it handled the failure of a sub-task
+    of its own). The sub-task, enqueued while the child ran inline, was counted as the
+    batch's child, and the batch ended failed, "1 of 2 child runs failed."; with a worker
+    it is no child of the batch."""
+    from django_jobstatus.batches import batch
+
+    with batch("nightly") as parent:
+        result = tasks.tolerant.enqueue()
+    assert str(result.status) == SUCCESSFUL
+    parent.refresh_from_db()
+    assert (parent.status, parent.error) == (Status.SUCCEEDED, "")
+    children = list(parent.children.values_list("job_name", "status"))
+    assert children == [("tests.contrib.tasks_app.tasks.tolerant", Status.SUCCEEDED)]
+    assert (parent.progress_current, parent.progress_total) == (1, 1)
+    sub = JobRun.objects.get(job_name="tests.contrib.tasks_app.tasks.fail")
+    assert (sub.status, sub.parent_id) == (Status.FAILED, None)
+
+
+def test_the_batch_is_back_after_an_inline_child_ends_however_it_ends(
+    transactional_db: None, immediate: None
+) -> None:
+    """Hidden while an inline child runs, the batch is back once it succeeded, failed,
+    or was left by a KeyboardInterrupt (no task_finished)."""
+    from django_jobstatus.batches import batch, current_parent
+
+    with batch("nightly") as parent:
+        tasks.add.enqueue(1, 2)
+        assert current_parent() is parent
+        tasks.fail.enqueue("a child fails")
+        assert current_parent() is parent
+        with pytest.raises(KeyboardInterrupt):
+            tasks.interrupt.enqueue()
+        assert current_parent() is parent
+    assert current_parent() is None
+    parent.refresh_from_db()
+    assert sorted(parent.children.values_list("job_name", "status")) == [
+        ("tests.contrib.tasks_app.tasks.add", Status.SUCCEEDED),
+        ("tests.contrib.tasks_app.tasks.fail", Status.FAILED),
+        ("tests.contrib.tasks_app.tasks.interrupt", Status.FAILED),
+    ]
+    assert (parent.status, parent.error) == (
+        Status.FAILED,
+        "2 of 3 child runs failed.",
+    )
 
 
 def test_a_worker_writes_through_one_connection_kept_open(

@@ -268,3 +268,28 @@ def refuse_success(sender: object, task_result: Any, **kwargs: object) -> None:
 task_finished.connect(
     refuse_success, weak=False, dispatch_uid="tests.contrib.tasks_app.refuse_success"
 )
+
+
+@task()
+def tolerant() -> str:
+    """Enqueues ``fail``, looks at its result, and carries on: it succeeds."""
+    sub = fail.enqueue("a sub-task failed, and was handled")
+    return f"handled {sub.status}"
+
+
+def _reports_add(a: int, b: int) -> int:
+    return a + b
+
+
+_reports_add.__name__ = _reports_add.__qualname__ = "reports_add"
+
+
+def __getattr__(name: str) -> Any:
+    """``reports_add``, declared ``@task(backend="reports")``, built when it is looked up.
+
+    The decorator needs that backend configured, which the tests' settings are not until
+    a test sets TASKS; a project whose TASKS has "reports" would import it as it is.
+    """
+    if name == "reports_add":
+        return task(backend="reports")(_reports_add)
+    raise AttributeError(name)

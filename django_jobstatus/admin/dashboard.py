@@ -478,6 +478,21 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def get_urls(self) -> list[Any]:
+        """Only the changelist (the index row's link): the proxy's other pages are 404.
+
+        Django's change, history and delete pages of the proxy would show a run by id as the
+        plain read-only form: its params, data and result unmasked, beside the run's own
+        page that masks the REDACT_KEYS values.
+        """
+        return [
+            path(
+                "",
+                self.admin_site.admin_view(self.changelist_view),
+                name=f"{self.opts.app_label}_{self.opts.model_name}_changelist",
+            ),
+        ]
+
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:

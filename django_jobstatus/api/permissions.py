@@ -71,11 +71,18 @@ class JobRunPermission(BasePermission):
         return True
 
 
+def sees_incidents(user: Any) -> bool:
+    """Whether ``user`` may read incidents (``view_jobmonitorincident``): their details
+    quote failed runs' errors, which the admin shows only with that permission too."""
+    return bool(user.has_perm("django_jobstatus.view_jobmonitorincident"))
+
+
 class JobMonitorPermission(BasePermission):
     """Authenticated staff with ``view_jobmonitor``, plus the permission of the action.
 
     The same rule as for runs: view to see anything; view and add to create, view and change
     to edit, view and delete to delete; a method the view does not allow needs view alone (405).
+    A view that lists incidents (``reads_incidents``) also needs ``view_jobmonitorincident``.
     """
 
     _ACTIONS = {"POST": "add", "PUT": "change", "PATCH": "change", "DELETE": "delete"}
@@ -88,6 +95,8 @@ class JobMonitorPermission(BasePermission):
         allowed = getattr(view, "allowed_methods", ())
         action = self._ACTIONS.get(method) if method in allowed else None
         needed = ["view", action] if action else ["view"]
+        if getattr(view, "reads_incidents", False) and not sees_incidents(user):
+            return False
         return all(
             user.has_perm(f"django_jobstatus.{name}_jobmonitor") for name in needed
         )

@@ -16,6 +16,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from django_jobstatus import health
+from django_jobstatus.api.permissions import sees_incidents
 from django_jobstatus.models import (
     JobLog,
     JobMonitor,
@@ -479,6 +480,18 @@ class JobMonitorIncidentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class OpenIncidentSerializer(JobMonitorIncidentSerializer):
+    """A monitor's open incident, whose detail only a user who may read incidents sees."""
+
+    detail = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text=_(
+            "Why the incident opened; null without view_jobmonitorincident, as it quotes failed runs' errors."
+        ),
+    )
+
+
 class _LastRunSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     status = serializers.ChoiceField(choices=Status.choices)
@@ -576,10 +589,16 @@ class JobMonitorSerializer(_StrictBody, serializers.ModelSerializer):
             else serializers.DateTimeField().to_representation(expected)
         )
 
-    @extend_schema_field(JobMonitorIncidentSerializer(allow_null=True))
+    @extend_schema_field(OpenIncidentSerializer(allow_null=True))
     def get_open_incident(self, monitor: JobMonitor) -> dict[str, Any] | None:
         incident = health.open_incident(monitor)
-        return None if incident is None else JobMonitorIncidentSerializer(incident).data
+        if incident is None:
+            return None
+        shown = dict(OpenIncidentSerializer(incident).data)
+        request = self.context.get("request")
+        if request is None or not sees_incidents(request.user):
+            shown["detail"] = None
+        return shown
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)

@@ -996,6 +996,9 @@ class JobMonitorViewSet(Access, viewsets.ModelViewSet):
     parser_classes = [_JSONParser]
     # Any path segment reaches the view, so that a malformed id answers a JSON 404.
     lookup_value_regex = "[^/]+"
+    # Whether the action lists incidents, which also needs view_jobmonitorincident
+    # (permissions.JobMonitorPermission): their details quote failed runs' errors.
+    reads_incidents = False
 
     def get_permissions(self) -> list[Any]:
         return [JobMonitorPermission()]
@@ -1034,7 +1037,9 @@ class JobMonitorViewSet(Access, viewsets.ModelViewSet):
     @extend_schema(
         summary=_("A monitor's incidents"),
         parameters=[_MONITOR_ID],
-        description=_("Newest first: each spell the job spent late, failing or slow."),
+        description=_(
+            "Newest first: each spell the job spent late, failing or slow. Needs view_jobmonitorincident besides view_jobmonitor, as the details quote failed runs' errors."
+        ),
         responses={
             200: JobMonitorIncidentSerializer(many=True),
             400: _ERROR,
@@ -1044,7 +1049,7 @@ class JobMonitorViewSet(Access, viewsets.ModelViewSet):
         },
         filters=False,
     )
-    @action(detail=True, methods=["get"], filter_backends=[])
+    @action(detail=True, methods=["get"], filter_backends=[], reads_incidents=True)
     def incidents(self, request: Request, pk: str | None = None) -> Response:
         monitor = self.get_object()
         page = self.paginate_queryset(monitor.incidents.order_by("-opened_at", "-id"))

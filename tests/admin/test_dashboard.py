@@ -251,6 +251,25 @@ def test_admin_index_links_to_the_dashboard(admin_client):
     assert response["Location"] == URL
 
 
+def test_the_dashboard_row_s_proxy_serves_no_page_of_a_run(staff_client, make_run):
+    """Django's read-only form of the proxy would show the params, data and result unmasked."""
+    run = make_run(
+        "secret.job",
+        params={"password": "hunter2", "user": 7},
+        data={"secret": "s3cr3t-value"},
+        result={"token": "t0k3n-value"},
+    )
+    viewer = staff_client("view_jobrun")
+    for page in ("change", "history", "delete"):
+        response = viewer.get(f"/admin/django_jobstatus/dashboard/{run.pk}/{page}/")
+        html = response.content.decode()
+        shown = [s for s in ("hunter2", "s3cr3t-value", "t0k3n-value") if s in html]
+        assert shown == [], (page, response.status_code, shown)
+        assert response.status_code == 404, page
+    assert viewer.get("/admin/django_jobstatus/dashboard/add/").status_code == 404
+    assert viewer.get("/admin/django_jobstatus/dashboard/")["Location"] == URL
+
+
 def test_purge_dry_run_then_confirm(admin_client, make_run):
     now = timezone.now()
     old = make_run(

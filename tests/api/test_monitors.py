@@ -14,14 +14,38 @@ URL = "/api/jobstatus/monitors/"
 
 @pytest.fixture
 def monitor_api(make_user, client_for):
-    """A client for a staff user with every JobMonitor permission."""
+    """A client for a staff user with every JobMonitor permission and view_jobmonitorincident."""
     from django.contrib.auth.models import Permission
 
     user = make_user()
     user.user_permissions.add(
-        *Permission.objects.filter(codename__endswith="_jobmonitor")
+        *Permission.objects.filter(codename__endswith="_jobmonitor"),
+        Permission.objects.get(codename="view_jobmonitorincident"),
     )
     return client_for(user)
+
+
+@pytest.fixture
+def monitor_viewer(make_user, client_for):
+    """Staff with view_jobmonitor only: may see monitors, not incidents nor runs."""
+    from django.contrib.auth.models import Permission
+
+    user = make_user()
+    user.user_permissions.add(Permission.objects.get(codename="view_jobmonitor"))
+    return client_for(user)
+
+
+SECRET = "db password is hunter2"  # noqa: S105 (an error that must not be shown)
+
+
+@pytest.fixture
+def failing_monitor(monitor, past_run):
+    """A monitor whose open incident's detail quotes a failed run's error."""
+    m = monitor(max_failures=1)
+    past_run(status=Status.FAILED, error=f"RuntimeError: {SECRET}")
+    health.check()
+    assert m.incidents.filter(detail__contains=SECRET).exists()
+    return m
 
 
 def test_list_shows_state_last_run_next_expected_and_open_incident(
@@ -208,6 +232,34 @@ def test_incidents_of_a_monitor(monitor_api, monitor, past_run):
     (incident,) = response.json()["results"]
     assert incident["state"] == "failing"
     assert incident["resolved_at"] is not None
+
+
+def test_incidents_are_refused_without_view_jobmonitorincident(
+    failing_monitor, monitor_viewer
+):
+    """Their details quote failed runs' errors, which the admin hides from this user too."""
+    response = monitor_viewer.get(f"{URL}{failing_monitor.pk}/incidents/")
+    assert SECRET not in response.content.decode(), response.json()
+    assert response.status_code == 403
+
+
+def test_open_incident_s_detail_is_null_without_view_jobmonitorincident(
+    failing_monitor, monitor_viewer, monitor_api
+):
+    response = monitor_viewer.get(URL)
+    assert response.status_code == 200
+    assert SECRET not in response.content.decode(), response.json()
+    (row,) = response.json()["results"]
+    assert row["open_incident"]["state"] == "failing"
+    assert row["open_incident"]["detail"] is None
+    assert (
+        monitor_viewer.get(f"{URL}{failing_monitor.pk}/").json()["open_incident"][
+            "detail"
+        ]
+        is None
+    )
+    (row,) = monitor_api.get(URL).json()["results"]
+    assert SECRET in row["open_incident"]["detail"]
 
 
 @pytest.mark.parametrize("incidents", [False, True])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +16,8 @@ import django_filters
 from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import connections
-from django.db.models import Q, QuerySet
-from django.db.models.fields.json import KeyTransform
+from django.db import NotSupportedError, connections
+from django.db.models import BooleanField, Expression, F, Q, QuerySet
 from django.forms.utils import ErrorDict, ErrorList
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -731,28 +731,77 @@ class JobRunFilterSet(StrictFilterSet):
         if connections[qs.db].features.supports_json_field_contains:
             # PostgreSQL: params @> '{...}', served by the GIN index of migration 0002.
             return qs.filter(params__contains=value)
-        return _contains(qs, "params", value)
+        return qs.filter(_Contains(F("params"), value))
 
 
-def _contains(
-    runs: JobRunQuerySet,
-    field: str | KeyTransform,
-    wanted: dict[str, Any],
-    prefix: str = "jobstatus_param",
-) -> JobRunQuerySet:
-    """JSON containment by key lookups, for databases without ``contains`` (SQLite).
+class _Contains(Expression):
+    """JSON containment on SQLite (no ``contains``), as PostgreSQL's ``@>`` reads it.
 
-    Nested objects are contained key by key, like PostgreSQL's ``@>``; any other value
-    (a list included) must be equal.
+    Each key is looked up with ``json_each()``, whose ``key`` column is the key as stored,
+    unescaped: a JSON path cannot say every key (Django's turns ``"0"`` and ``"-1"`` into
+    array indexes, and SQLite's path compares quoted labels with the stored, escaped
+    text, so ``a"b`` and ``é`` were not found). Nested objects are contained key by key,
+    like ``@>``; any other value (a list included) must be equal, of the same JSON type.
     """
-    for number, (key, value) in enumerate(wanted.items()):
-        path = KeyTransform(str(key), field)
-        name = f"{prefix}_{number}"
-        if isinstance(value, dict) and value:
-            runs = _contains(runs, path, value, name)
-        else:
-            runs = runs.alias(**{name: path}).filter(**{name: value})
-    return runs
+
+    output_field = BooleanField()
+
+    def __init__(self, column: Any, wanted: dict[str, Any]) -> None:
+        super().__init__()
+        self.column = column
+        self.wanted = wanted
+
+    def get_source_expressions(self) -> list[Any]:
+        return [self.column]
+
+    def set_source_expressions(self, exprs: Sequence[Any]) -> None:
+        (self.column,) = exprs
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, Any]:
+        raise NotSupportedError("The params filter needs JSON contains or SQLite.")
+
+    def as_sqlite(self, compiler: Any, connection: Any) -> tuple[str, Any]:
+        column, params = compiler.compile(self.column)
+        sql, more = _object_holds(column, self.wanted, itertools.count())
+        return sql, (*params, *more)
+
+
+def _object_holds(
+    container: str, wanted: dict[str, Any], aliases: Iterator[int]
+) -> tuple[str, list[Any]]:
+    """SQL true when the JSON object ``container`` holds every key of ``wanted`` with its value."""
+    parts, params = [], []
+    for key, value in wanted.items():
+        each = f"jobstatus_each_{next(aliases)}"
+        match, match_params = _value_is(each, value, aliases)
+        parts.append(
+            f"EXISTS (SELECT 1 FROM json_each({container}) AS {each}"  # noqa: S608 (our aliases; values are parameters)
+            f" WHERE {each}.key = %s AND {match})"
+        )
+        params += [key, *match_params]
+    return " AND ".join(parts), params
+
+
+def _value_is(each: str, value: Any, aliases: Iterator[int]) -> tuple[str, list[Any]]:
+    """SQL true when the ``json_each()`` row ``each`` holds ``value`` (contains it, for an object)."""
+    if isinstance(value, dict):
+        if not value:
+            return f"{each}.type = 'object'", []
+        inner, params = _object_holds(f"{each}.value", value, aliases)
+        return f"{each}.type = 'object' AND {inner}", params
+    if isinstance(value, list):
+        return f"{each}.type = 'array' AND json({each}.value) = json(%s)", [
+            json.dumps(value)
+        ]
+    if value is None or isinstance(value, bool):
+        return f"{each}.type = %s", [json.dumps(value)]  # 'null', 'true', 'false'
+    if isinstance(value, str):
+        return f"{each}.type = 'text' AND {each}.atom = %s", [value]
+    # A number as JSON text: an integer past 64 bits is no SQL parameter.
+    return (
+        f"{each}.type IN ('integer', 'real') AND {each}.atom = json_extract(%s, '$')",
+        [json.dumps(value)],
+    )
 
 
 class JobLogFilterSet(StrictFilterSet):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -287,6 +288,34 @@ def test_params_filter_is_json_containment(api, make_run):
     assert ids(api.get(BASE, {"params": '{"user_id": 7, "mode": "quick"}'})) == []
     assert ids(api.get(BASE, {"params": '{"user_id": "7"}'})) == []
     assert len(ids(api.get(BASE, {"params": "{}"}))) == 3
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"-1": "minus one"},
+        {"0": "zero"},
+        {"7": 7},
+        {'a"b': 1},
+        {"outer": {"-2": True}},
+    ],
+    ids=["minus-one", "zero", "seven", "quote", "nested-minus-two"],
+)
+def test_params_filter_finds_keys_a_json_path_cannot_say(api, make_run, params):
+    """On SQLite, a key of digits read as an array index (``{"-1": …}`` was a 500) and a
+    key holding a quote was not found; PostgreSQL's ``@>`` finds them all."""
+    api.raise_request_exception = False  # a server error is a 500, as a browser sees it
+    wanted = make_run("keys.job", params=params)
+    make_run("keys.job", params={"other": 1})
+    response = api.get(BASE, {"params": json.dumps(params)})
+    assert response.status_code == 200, (response.status_code, response.content[:200])
+    assert [row["id"] for row in response.json()["results"]] == [str(wanted.pk)]
+
+
+def test_params_filter_s_empty_object_is_any_object_as_on_postgresql(api, make_run):
+    a = make_run(params={"opts": {"dry": True}})
+    make_run(params={"opts": [1]})
+    assert ids(api.get(BASE, {"params": '{"opts": {}}'})) == [str(a.pk)]
 
 
 def test_migration_0002_adds_gin_indexes_on_postgresql_only():

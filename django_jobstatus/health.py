@@ -880,41 +880,57 @@ def connect() -> None:
 
 
 def on_monitor_deleted(*, instance: JobMonitor, using: str, **kwargs: Any) -> None:
-    """A monitor deleted with an announced incident open: its end goes out once the delete
-    is committed, as a disabled monitor's does ("no longer monitored").
+    """A monitor deleted: the ends of its incidents still to be said go out once the
+    delete is committed, since its incidents go with it and nothing could send them later.
 
-    The incident goes with the monitor, so nothing records this alert: it is sent once,
-    never again by a later check, and no ``monitor_state_changed`` is sent.
+    - The end of an incident queued and not gone out (a channel refused it, or it waits
+      in an outbox) goes out as it was. The delete takes it over (``_take()``), so the
+      process that queued it leaves it: without that, it was never sent at all.
+    - An announced incident still open ends as a disabled monitor's does ("no longer
+      monitored").
+
+    Nothing records these alerts: each is tried once (``_send_once()``), never again by
+    a later check, and no ``monitor_state_changed`` is sent. An end whose delivery was
+    already under way as the delete began may go out twice, never zero times.
     """
     targets = _targets()
     if not targets:
         return
-    incident = (
-        JobMonitorIncident.objects.using(using)
-        .filter(
-            Q(open_alert_queued_at__isnull=False) | Q(open_alert_at__isnull=False),
-            monitor=instance,
-            resolved_at__isnull=True,
+    now = timezone.now()
+    incidents = JobMonitorIncident.objects.using(using).filter(monitor=instance)
+    unsent = incidents.filter(
+        _unsent("resolved"),
+        resolve_alert_queued_at__isnull=False,
+        resolved_at__gte=now - ALERT_RETRY_FOR,  # as resend() would still send it
+    )
+    alerts = [
+        _resolution(incident, instance.job_name, _resolved_to(incident, instance), "")
+        for incident in unsent.order_by("resolved_at", "pk")
+        if _take(incidents, incident, "resolved", now)
+    ]
+    incident = incidents.filter(
+        Q(open_alert_queued_at__isnull=False) | Q(open_alert_at__isnull=False),
+        resolved_at__isnull=True,
+    ).first()
+    if incident is not None:
+        incident.resolved_at = now
+        incident.detail = "\n".join(
+            filter(None, [_("The monitor was deleted."), incident.detail])
         )
-        .first()
-    )
-    if incident is None:
-        return
-    incident.resolved_at = timezone.now()
-    incident.detail = "\n".join(
-        filter(None, [_("The monitor was deleted."), incident.detail])
-    )
-    alert = _resolution(incident, instance.job_name, MonitorState.DISABLED, "")
-    transaction.on_commit(
-        functools.partial(
-            outbox.put,
-            _deliver_each,
-            alert,
-            targets,
-            dropped=functools.partial(_not_sent, alert, again=False),
-        ),
-        using=using,
-    )
+        alerts.append(
+            _resolution(incident, instance.job_name, MonitorState.DISABLED, "")
+        )
+    for alert in alerts:
+        transaction.on_commit(
+            functools.partial(
+                outbox.put,
+                _send_once,
+                alert,
+                targets,
+                dropped=functools.partial(_not_sent, alert, again=False),
+            ),
+            using=using,
+        )
 
 
 # Alerts.
@@ -1063,9 +1079,10 @@ def _send(
     took it.
 
     ``claim`` is the queued stamp this process set. It is renewed first: when it changed
-    meanwhile (a check queued the alert again, its claim being old, or it went out), or
-    when it is an opening whose incident's end went out (``_unsent()``), this process
-    leaves the alert alone. When no target took it, its queued stamp stays, and a later
+    meanwhile (a check queued the alert again, its claim being old, or it went out), when
+    its incident is gone (its monitor's delete sent what was left to say), or when it is
+    an opening whose incident's end went out (``_unsent()``), this process leaves the
+    alert alone. When no target took it, its queued stamp stays, and a later
     check queues it again.
     """
     queued, sent, _ = _STAMPS[alert.event]
@@ -1101,6 +1118,17 @@ def _deliver_each(alert: Alert, targets: list[dict[str, Any]]) -> bool:
         else:
             delivered = True
     return delivered
+
+
+def _send_once(alert: Alert, targets: list[dict[str, Any]]) -> None:
+    """Deliver an alert that nothing records (its monitor was deleted): tried once, and
+    when no target took it, the log says it is lost rather than that a check sends it."""
+    if not _deliver_each(alert, targets):
+        logger.warning(
+            "django-jobstatus: the %s alert of %r went to no target; its monitor was deleted, so it is not sent again.",
+            alert.event,
+            alert.job_name,
+        )
 
 
 def _not_sent(alert: Alert, *, again: bool = True) -> None:
@@ -1153,10 +1181,7 @@ def resend(*, now: datetime | None = None, using: str | None = None) -> int:
             _unsent(event), **{f"{queued}__lte": taken, f"{moment}__gte": since}
         )
         for incident in pending.select_related("monitor").order_by(moment, "pk"):
-            claim = incidents.filter(
-                pk=incident.pk, **{queued: getattr(incident, queued)}
-            )
-            if claim.update(**{queued: now}):
+            if _take(incidents, incident, event, now):
                 taken_alerts.append((_again(incident, event, db), incident.pk))
     # Queued once committed, and once all are taken (this thread writes no more).
     for alert, pk in taken_alerts:
@@ -1164,22 +1189,32 @@ def resend(*, now: datetime | None = None, using: str | None = None) -> int:
     return len(taken_alerts)
 
 
+def _take(
+    incidents: QuerySet[JobMonitorIncident],
+    incident: JobMonitorIncident,
+    event: str,
+    now: datetime,
+) -> bool:
+    """Take ``incident``'s ``event`` alert to send it: a compare-and-set of its queued
+    stamp as read, so that of two processes one does, and none once it went out. The
+    process that held it sees its claim changed (``_send()``) and leaves it."""
+    queued = _STAMPS[event][0]
+    claim = incidents.filter(
+        _unsent(event), pk=incident.pk, **{queued: getattr(incident, queued)}
+    )
+    return bool(claim.update(**{queued: now}))
+
+
 def _again(incident: JobMonitorIncident, event: str, db: str) -> Alert:
     """The alert of ``incident``'s ``event``, rebuilt from the stored history.
 
     The state before an opening is that of the incident that ended as it opened (else
-    healthy); the state a resolution moved to is stored with it (an incident resolved
-    before 0024 has none: the monitor's while it has not changed since, else healthy).
+    healthy); the state a resolution moved to, ``_resolved_to()``.
     """
     monitor = incident.monitor
     url = _monitor_url(monitor)
     if event == "resolved":
-        state = incident.resolved_to or MonitorState.HEALTHY
-        if (
-            not incident.resolved_to
-            and monitor.state_changed_at == incident.resolved_at
-        ):
-            state = MonitorState(monitor.state)
+        state = _resolved_to(incident, monitor)
         return _resolution(incident, monitor.job_name, state, url)
     before = (
         JobMonitorIncident.objects.using(db)
@@ -1188,6 +1223,17 @@ def _again(incident: JobMonitorIncident, event: str, db: str) -> Alert:
         .first()
     )
     return _opening(incident, monitor.job_name, before or MonitorState.HEALTHY, url)
+
+
+def _resolved_to(incident: JobMonitorIncident, monitor: JobMonitor) -> str:
+    """The state ``incident``'s end moved ``monitor`` to: stored with it (an incident
+    resolved before 0024 has none: the monitor's while it has not changed since, else
+    healthy)."""
+    if incident.resolved_to:
+        return incident.resolved_to
+    if monitor.state_changed_at == incident.resolved_at:
+        return MonitorState(monitor.state)
+    return MonitorState.HEALTHY
 
 
 def _deliver(target: dict[str, Any], alert: Alert) -> None:

@@ -762,6 +762,79 @@ def test_two_checks_at_once_send_an_alert_again_once(
     assert [body["event"] for body in hook.bodies] == ["opened"]
 
 
+def test_deleting_a_monitor_sends_the_end_of_an_incident_that_did_not_go_out(
+    failing, smtp, past_run, django_capture_on_commit_callbacks
+):
+    """The opening ("is Failing") went out; the job recovered while the mail server
+    refused mail, so "healthy again (was Failing)" waited for a later check. The monitor
+    was then deleted, its incidents with it: neither the delete nor a later check said
+    anything, and the last word anyone got said Failing, for good. The delete now sends
+    it, as it was."""
+    from django.utils import timezone
+
+    m = failing()
+    _check(django_capture_on_commit_callbacks)
+    assert _subjects(smtp) == ["[jobstatus] tests.nightly is Failing"]
+    smtp.refuse = True
+    past_run(ago=timedelta(seconds=30))  # healthy again: refused
+    _check(django_capture_on_commit_callbacks)
+    incident = JobMonitorIncident.objects.get()
+    assert incident.resolve_alert_queued_at is not None
+    assert incident.resolve_alert_at is None
+    smtp.refuse = False
+
+    with django_capture_on_commit_callbacks(execute=True):
+        JobMonitor.objects.get(pk=m.pk).delete()
+    assert health.outbox.join(10)
+    _check_at(timezone.now() + LATER)  # past the claim: nothing is left to send
+    _check_at(timezone.now() + 2 * LATER)
+    subjects = _subjects(smtp)
+    assert subjects[0] == "[jobstatus] tests.nightly is Failing"
+    assert len(subjects) == 2, subjects
+    assert subjects[1] == "[jobstatus] tests.nightly is healthy again (was Failing)"
+
+
+def test_deleting_a_monitor_sends_the_end_of_an_incident_waiting_in_the_outbox_once(
+    failing, smtp, past_run, django_capture_on_commit_callbacks
+):
+    """The job recovered and the check queued "healthy again (was Failing)" behind a busy
+    health thread; the monitor was deleted meanwhile. The delete sent nothing (no
+    incident was open), and the queued alert found its incident gone and was dropped
+    without a word. The delete now takes it over: it goes out once."""
+    m = failing()
+    _check(django_capture_on_commit_callbacks)
+    assert _subjects(smtp) == ["[jobstatus] tests.nightly is Failing"]
+
+    busy = threading.Event()
+    health.outbox.put(busy.wait, 10)  # the thread is busy with something else
+    past_run(ago=timedelta(seconds=30))
+    with django_capture_on_commit_callbacks(execute=True):
+        health.check()  # healthy again: its alert is queued behind
+    with django_capture_on_commit_callbacks(execute=True):
+        JobMonitor.objects.get(pk=m.pk).delete()
+    busy.set()
+    assert health.outbox.join(10)
+    subjects = _subjects(smtp)
+    assert len(subjects) == 2, subjects
+    assert subjects[1] == "[jobstatus] tests.nightly is healthy again (was Failing)"
+
+
+def test_a_deleted_monitor_s_end_no_channel_took_is_logged_as_lost(
+    failing, smtp, django_capture_on_commit_callbacks, caplog
+):
+    """Nothing records it once its incident is gone: the log says so, and does not
+    promise that a check sends it again."""
+    m = failing()
+    _check(django_capture_on_commit_callbacks)
+    smtp.refuse = True
+    with caplog.at_level("WARNING", logger="django_jobstatus.health"):
+        with django_capture_on_commit_callbacks(execute=True):
+            m.delete()
+        assert health.outbox.join(10)
+    assert "its monitor was deleted, so it is not sent again" in caplog.text
+    assert _subjects(smtp) == ["[jobstatus] tests.nightly is Failing"]
+
+
 def test_a_slack_alert_shows_an_error_s_markup_as_text(
     monitor, past_run, settings, hook, django_capture_on_commit_callbacks
 ):

@@ -21,9 +21,10 @@ Enable with::
   success: the main process records what RQ decided; a job that reported nothing leaves
   its success to the main process, which reads the result from RQ: the horse then needs
   no database connection);
-- a worker that died is noticed by RQ's cleanup of abandoned jobs (``lost``), or by
-  ``reap_jobstatus``; one whose cold shutdown killed its work horse ends its run
-  ``failed`` (``retrying`` with retries left) on its way out;
+- a worker that died is noticed by RQ's cleanup of abandoned jobs (``lost``; a run
+  that still beats is left to its work horse), or by ``reap_jobstatus``; one whose cold
+  shutdown killed its work horse ends its run ``failed`` (``retrying`` with retries
+  left) on its way out;
 - a job that RQ enqueues again after a success (``rq.Repeat``), or that it is asked to
   requeue after it ended (``Job.requeue()``), is a new run for each execution;
   ``Job.cancel()`` ends the run killed, and so do ``Job.delete()`` and ``Queue.empty()``
@@ -960,22 +961,59 @@ def _end_waiting(
 def _abandoned(
     job: rq.job.Job, exc_type: type[BaseException], exc_value: BaseException, tb: Any
 ) -> bool:
-    """Exception handler: a job whose worker died (found by RQ's cleanup) is lost, or retrying."""
+    """Exception handler: a job whose worker died (found by RQ's cleanup) is lost, or
+    retrying; and the runs of the jobs that wait for it end killed when RQ fails it.
+
+    RQ takes a job for abandoned once its worker's main process stopped beating for it,
+    but a work horse outlives a main process killed alone, and then beats for the run
+    itself (``_beat_once_orphaned()``). A run whose heartbeat is fresh (as ``stale()``
+    judges it, on the database's clock) is left to that horse, with a line saying what
+    RQ did: the horse records the job's real end; if it is dead after all,
+    ``reap_jobstatus`` takes the run for lost once its heartbeat is stale. Without
+    retries left, RQ fails the job and keeps the jobs that wait for it deferred for
+    good, whatever its run says (reaped first, or its horse's success to come: RQ reads
+    the job failed then, and enqueues none of them).
+    """
     if not _connected or not issubclass(exc_type, AbandonedJobError):
         return True  # let the next handler run
+    retry = bool(job.retries_left and job.retries_left > 0)  # as RQ's cleanup decides
 
     def record(alias: str) -> None:
         run = find_run(job.id, alias)
         if run is None or run.status != Status.RUNNING:
+            return  # ended already (reaped, or by a cold shutdown)
+        if not JobRun.objects.using(alias).filter(pk=run.pk).stale().exists():
+            run.log(logging.WARNING, _abandoned_while_beating(retry=retry), using=alias)
             return
         error = str(_("Abandoned: the worker running it died."))
-        if job.retries_left:
+        if retry:
             run.mark_failed(using=alias, retry=True, error=error)
         else:
             run.mark_lost(using=alias, error=error)
 
     _execution.best_effort(record, f"the abandonment of RQ job {job.id}")
+    if not retry:
+        _end_dependents(job, JobStatus.FAILED)
     return True
+
+
+def _abandoned_while_beating(*, retry: bool) -> str:
+    """The line on a run that RQ's cleanup took for abandoned while it beats (``retry``:
+    RQ enqueues the job again)."""
+    if retry:
+        return str(
+            _(
+                "RQ took this job for abandoned (the worker that ran it died) and enqueued "
+                "it again, but its run still beats: its work horse runs it on, and the "
+                "retry runs it once more."
+            )
+        )
+    return str(
+        _(
+            "RQ took this job for abandoned (the worker that ran it died) and failed it, "
+            "but its run still beats: its work horse runs it on and records its end."
+        )
+    )
 
 
 class Worker(_Recording, rq.Worker):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ import pytest
 import redis
 import rq
 import rq.registry
+from django.core.management import call_command
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -1025,3 +1027,184 @@ def test_a_job_the_worker_cannot_unpickle_fails_and_the_worker_goes_on(
         assert job.get_status(refresh=True) == rq.job.JobStatus.FAILED
         next_run = finished(recorded(after), worker, timeout=30)
         assert (next_run.status, next_run.result) == (Status.SUCCEEDED, 2)
+
+
+# RQ's cleanup of abandoned jobs, whose worker died. Any worker's maintenance runs it once
+# a dead worker's entry of the job in the started registry expired: past its heartbeat
+# TTL, min(timeout left, 30 s) + 60 s after its last beat. Here it runs at once, as if
+# that much time had gone by, with the exception handlers of our Worker.
+ABANDONED_AFTER = 100
+
+
+def _cleanup_abandoned(queue: rq.Queue) -> None:
+    cleaner = jobstatus_rq.Worker([queue], connection=queue.connection)
+    rq.registry.StartedJobRegistry(queue=queue).cleanup(
+        timestamp=time.time() + ABANDONED_AFTER,
+        exception_handlers=cleaner._exc_handlers,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _worker_dies_mid_job(
+    db_proxy: Proxy, log: Path, *, seconds: float, horse_too: bool, **options: Any
+) -> tuple[rq.job.Job, rq.job.Job, int]:
+    """Enqueue a job that runs ``seconds``, and one that waits for it; SIGKILL the
+    worker's main process while its work horse runs the job (and the horse too, with
+    ``horse_too``): the job, the one that waits for it, and the horse's pid."""
+    queue = django_rq.get_queue(rq_jobs.HORSE_QUEUE)
+    key = f"jobstatus-tests-abandoned:{uuid.uuid4().hex}"
+    with started_rq_worker(
+        db_proxy, log, queue=rq_jobs.HORSE_QUEUE, prefix="abandoned"
+    ) as worker:
+        job = queue.enqueue(rq_jobs.silent_and_seen, seconds, key, **options)
+        child = queue.enqueue(rq_jobs.add, 1, 2, depends_on=job)
+        horse = int(
+            wait_for(
+                lambda: queue.connection.get(key),
+                timeout=60,
+                what="the work horse to start the job",
+                process=worker,
+                log=log,
+            )
+        )
+        wait_for(
+            lambda: refreshed(recorded(job)).status == Status.RUNNING,
+            timeout=30,
+            what="the run to be running",
+        )
+        os.kill(worker.pid, signal.SIGKILL)  # the main process only
+        if horse_too:
+            os.kill(horse, signal.SIGKILL)
+        worker.wait(timeout=10)
+    return job, child, horse
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("rq_on")
+@pytest.mark.parametrize(
+    ("retry", "line", "waiting"),
+    [
+        # RQ reads the job failed when the horse succeeds: it enqueues no dependent.
+        (None, "and failed it, but its run still beats", Status.KILLED),
+        (Retry(max=1), "and enqueued it again, but its run still beats", Status.QUEUED),
+    ],
+    ids=["no-retries", "retries-left"],
+)
+def test_rq_s_cleanup_leaves_the_run_of_a_live_horse_whose_worker_died_to_it(
+    db_proxy: Proxy, tmp_path: Path, retry: Retry | None, line: str, waiting: Status
+) -> None:
+    """The work horse outlives its killed main process, and beats for its run. RQ's
+    cleanup of abandoned jobs marked that live run ``lost`` all the same, and the horse's
+    success, which RQ records, could not leave that state: the record said lost for
+    good. The run is left to the horse, with a line saying what RQ did. The job that
+    waits for it runs when RQ retried the job, and never when RQ failed it (its run
+    then ends killed)."""
+    queue = django_rq.get_queue(rq_jobs.HORSE_QUEUE)
+    job, child, horse = _worker_dies_mid_job(
+        db_proxy,
+        tmp_path / "w.log",
+        seconds=8,
+        horse_too=False,
+        job_timeout=600,
+        retry=retry,
+    )
+    try:
+        run = recorded(job)
+        _cleanup_abandoned(queue)
+        assert _alive(horse), "the work horse should still run the job"
+        assert refreshed(run).status != Status.LOST, run.error
+        assert [entry.message for entry in run.logs.all() if line in entry.message], (
+            list(run.logs.values_list("message", flat=True))
+        )
+        wait_for(
+            lambda: (
+                job.get_status(refresh=True) == rq.job.JobStatus.FINISHED
+                and not _alive(horse)
+            ),
+            timeout=60,
+            what="the horse to finish the job",
+        )
+        assert job.return_value() == "woke up"
+        refreshed(run)
+        assert (run.status, run.result) == (Status.SUCCEEDED, "woke up")
+        assert recorded(child).status == waiting
+        assert child.get_status(refresh=True) == (
+            rq.job.JobStatus.QUEUED if retry else rq.job.JobStatus.DEFERRED
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(horse, signal.SIGKILL)
+        queue.empty()  # the job that waited (and, retried, the job): no worker runs them
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("rq_on")
+def test_the_jobs_waiting_for_a_job_that_rq_s_cleanup_failed_end_killed(
+    db_proxy: Proxy, tmp_path: Path, settings: Any
+) -> None:
+    """The worker and its horse are SIGKILLed: RQ's cleanup, once the run's heartbeats
+    are stale, fails the job (``lost`` here) and keeps the job that waits for it
+    deferred for good. That job's run stayed ``queued`` for ever."""
+    queue = django_rq.get_queue(rq_jobs.HORSE_QUEUE)
+    job, child, _horse = _worker_dies_mid_job(
+        db_proxy, tmp_path / "w.log", seconds=60, horse_too=True
+    )
+    run = recorded(job)
+    assert recorded(child).status == Status.QUEUED
+    # RQ's cleanup comes ~90 s after the worker died: with a HEARTBEAT_TIMEOUT shorter
+    # than that, the run's heartbeats are stale by then (the worker beat every 100 s).
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "HEARTBEAT_TIMEOUT": 3}
+    wait_for(
+        lambda: JobRun.objects.filter(pk=run.pk).stale().exists(),
+        timeout=30,
+        what="the run's heartbeats to be stale",
+    )
+    _cleanup_abandoned(queue)
+    assert job.get_status(refresh=True) == rq.job.JobStatus.FAILED
+    assert refreshed(run).status == Status.LOST
+    assert child.get_status(refresh=True) == rq.job.JobStatus.DEFERRED
+    waiting = recorded(child)
+    assert waiting.status == Status.KILLED, waiting.status
+    assert job.id in waiting.message
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("rq_on")
+def test_the_jobs_waiting_for_an_abandoned_job_end_killed_when_the_reaper_came_first(
+    db_proxy: Proxy, tmp_path: Path, settings: Any
+) -> None:
+    """``reap_jobstatus`` takes the run of a dead worker for lost first (a shorter
+    ``HEARTBEAT_TIMEOUT``); RQ's cleanup then fails the job, and keeps the job that
+    waits for it deferred for good. That job's run stayed ``queued``: the cleanup's
+    handler left alone a job whose run was no longer running."""
+    queue = django_rq.get_queue(rq_jobs.HORSE_QUEUE)
+    job, child, _horse = _worker_dies_mid_job(
+        db_proxy, tmp_path / "w.log", seconds=60, horse_too=True
+    )
+    run = recorded(job)
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "HEARTBEAT_TIMEOUT": 3}
+
+    def reaped() -> bool:
+        call_command("reap_jobstatus", "--timeout", "2", verbosity=0)
+        return refreshed(run).status == Status.LOST
+
+    wait_for(reaped, timeout=30, what="reap_jobstatus to take the run for lost")
+    _cleanup_abandoned(queue)
+    assert job.get_status(refresh=True) == rq.job.JobStatus.FAILED
+    assert child.get_status(refresh=True) == rq.job.JobStatus.DEFERRED
+    waiting = recorded(child)
+    assert waiting.status == Status.KILLED, waiting.status
+    assert job.id in waiting.message

@@ -11,7 +11,9 @@ Enable with ``JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.celery"]}`
 - ``task_postrun`` of a task that raised ``Ignore``, which tells Celery to record no
   state: ``killed``, with a message saying so (no success is known); of a task that
   called ``self.replace(sig)``: ``retrying``, the attempt's error naming the replacement,
-  which takes over the task id and so goes on as the same run; of a task that raised
+  which takes over the task id and so goes on as the same run (a chain's last task, a
+  group's callback: an earlier task of it that does not succeed ends the run, see
+  ``_end_replaced``); of a task that raised
   ``Reject``: ``retrying`` when its message goes back to the queue (``requeue=True`` on
   an ``acks_late`` task), the next delivery going on with the run, else ``failed``;
 - ``task_failure`` from the worker's main process (WorkerLostError: ``lost``; hard time
@@ -44,6 +46,7 @@ from celery.exceptions import Reject, Retry, TimeLimitExceeded, WorkerLostError
 from celery.utils.saferepr import saferepr
 from celery.utils.serialization import UnpickleableExceptionWrapper
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from django_jobstatus import contrib, health, own_connections, writebehind
 from django_jobstatus.contrib import _execution
@@ -94,7 +97,7 @@ def _published(
     # Set by self.replace(sig) on sig (and on the tasks of a chain it replaces with).
     replacing = bool(headers.get("replaced_task_nesting"))
     if replacing:
-        _note_replacement(name)
+        _note_replacement(task_id, name, body)
     created = _execution.record_queued(
         SOURCE,
         task_id,
@@ -111,11 +114,40 @@ def _published(
         _unconfirmed[task_id] = created
 
 
-def _note_replacement(name: str) -> None:
-    """The task executing in this process called ``self.replace()``: its postrun hands its run over to ``name``."""
-    task_id = getattr(getattr(current_task, "request", None), "id", None)
-    if task_id in _executions:
-        _replacements[task_id] = name
+def _note_replacement(task_id: str, name: str, body: Any) -> None:
+    """Note what the task executing in this process hands its run over to, when this
+    message (task ``task_id``, ``name``) is the one its ``self.replace()`` sends.
+
+    Its id goes to a single task, to a chain's last task (the message of the first one
+    carries the rest of the chain) or to the callback of a group (each task of the group
+    carries it as its chord). Tasks sent later by a chain's tasks carry the header too,
+    and hand nothing over for the task running here.
+    """
+    replaced = getattr(getattr(current_task, "request", None), "id", None)
+    if replaced not in _executions:
+        return
+    if task_id == replaced:
+        _replacements[replaced] = ("task", name, 1)
+        return
+    embed = body[2] if isinstance(body, list | tuple) and len(body) >= 3 else {}
+    embed = embed if isinstance(embed, dict) else {}
+    # The chain is kept last task first: this task's id is that of the replacement's last.
+    following = _task_ids(embed.get("chain"))[::-1]
+    if replaced in following:
+        _replacements[replaced] = ("chain", name, following.index(replaced) + 2)
+    elif replaced in _task_ids([embed.get("chord")]):
+        _kind, first, count = _replacements.get(replaced, ("group", name, 0))
+        _replacements[replaced] = ("group", first, count + 1)
+
+
+def _task_ids(signatures: Any) -> list[str]:
+    """The task ids given to ``signatures`` (a message's chain, or its chord in a list)."""
+    return [
+        task_id
+        for signature in signatures or ()
+        if isinstance(signature, dict)
+        and (task_id := (signature.get("options") or {}).get("task_id"))
+    ]
 
 
 @contrib.never_raises
@@ -245,26 +277,125 @@ def _retrying(execution: Execution, reason: Any, einfo: Any) -> None:
 
 
 _executions: dict[str, Execution] = {}
-# Tasks executing here that called self.replace(): task id → the replacement's name.
-_replacements: dict[str, str] = {}
+# Tasks executing here that called self.replace(): task id → what replaced it ("task",
+# "chain" or "group"), the name of its (first) task, and its number of tasks.
+_replacements: dict[str, tuple[str, str, int]] = {}
 # Executions of a task whose replacement runs inside them (eager: replace() calls apply()).
 _outer: dict[str, Execution] = {}
 
 
-def _ignored(execution: Execution, replacement: str | None) -> None:
+def _ignored(execution: Execution, replacement: tuple[str, str, int] | None) -> None:
     """The task raised ``Ignore``: Celery records no state for it, so no success is known.
 
     ``self.replace(sig)`` raises it too, once ``sig``, which takes over the task id, is
     sent: the run waits for it (retrying) and ends with its outcome.
     """
     if replacement is not None:
-        error = _(
-            "Replaced by %(name)s (Celery's replace()): the run goes on as that task."
-        ) % {"name": replacement}
-        execution.retrying(None, error=str(error))
+        execution.retrying(None, error=_replaced_by(*replacement))
     else:
         message = _("Ignored: the task raised Celery's Ignore, so no outcome is known.")
         execution.end(JobKilled(execution.backend_job_id), message=str(message))
+
+
+def _replaced_by(kind: str, name: str, count: int) -> str:
+    """The error of a replaced task's attempt: what took its task id over."""
+    values = {"name": name, "count": count}
+    if kind == "chain":
+        return (
+            ngettext(
+                "Replaced by a chain of %(count)d task that starts with %(name)s (Celery's "
+                "replace()): the run goes on as its last task, or ends with the first of "
+                "them that does not succeed.",
+                "Replaced by a chain of %(count)d tasks that starts with %(name)s (Celery's "
+                "replace()): the run goes on as its last task, or ends with the first of "
+                "them that does not succeed.",
+                count,
+            )
+            % values
+        )
+    if kind == "group":
+        return (
+            ngettext(
+                "Replaced by a group of %(count)d task, %(name)s first (Celery's "
+                "replace()): the run goes on as the callback that collects their results, "
+                "or ends with the first of them that does not succeed.",
+                "Replaced by a group of %(count)d tasks, %(name)s first (Celery's "
+                "replace()): the run goes on as the callback that collects their results, "
+                "or ends with the first of them that does not succeed.",
+                count,
+            )
+            % values
+        )
+    return (
+        _("Replaced by %(name)s (Celery's replace()): the run goes on as that task.")
+        % values
+    )
+
+
+def _end_replaced(
+    request: Any,
+    name: str,
+    status: str,
+    *,
+    worker: str | None = None,
+    exc: BaseException | None = None,
+    **fields: Any,
+) -> None:
+    """Task ``name`` ended ``status`` (failed, killed or lost) for good: when it is a task
+    of a chain or group that replaced a task, the run of that task ends so too.
+
+    ``self.replace(chain(a, b))`` gives the replaced task's id to ``b``, and ``a`` an id
+    of its own; ``self.replace(group(...))`` gives it to the callback that collects the
+    group's results. When ``a``, or a task of the group, does not succeed, Celery never
+    sends the task that has that id (its result backend marks the rest of the chain
+    failed, ``_fail_chain``): the run, retrying since the replacement, would wait for ever.
+
+    ``request``: the task's request, with the chain and the chord its message carries
+    (in the worker's main process too: Celery gives its signals the request's context).
+    Only tasks sent for a replacement carry ``replaced_task_nesting``: for any other
+    task nothing is looked up.
+    """
+    if not getattr(request, "replaced_task_nesting", 0):
+        return
+    waiting = _task_ids(
+        [*(getattr(request, "chain", None) or ()), getattr(request, "chord", None)]
+    )
+    if not waiting:
+        return
+    message = str(
+        _(
+            "Ended with its replacement: %(name)s, a task of the chain or group that "
+            "replaced it (Celery's replace()), did not succeed, and Celery never sends "
+            "the task that took over this task id."
+        )
+        % {"name": name}
+    )
+
+    def record(alias: str) -> None:
+        replaced = JobRun.objects.using(alias).filter(
+            source=SOURCE, backend_job_id__in=waiting
+        )
+        # Retrying; or running still, when its postrun comes after the end of the task
+        # it sent (another pool process was quicker).
+        for run in replaced.active():
+            if run.status == Status.QUEUED:
+                continue  # its task was sent after all: it ends the run
+            if status == Status.KILLED:
+                run.mark_killed(using=alias, message=message)
+                continue
+            if run.status != Status.RUNNING:
+                run.mark_running(worker=worker, using=alias)
+            if status == Status.LOST:
+                run.mark_lost(using=alias, message=message, **fields)
+            else:
+                run.mark_failed(exc, using=alias, message=message, **fields)
+
+    _execution.best_effort(record, f"the end of the Celery tasks {name} replaced")
+
+
+def _stopped(exc: BaseException | None) -> str:
+    """The status a task that raised ``exc`` ends: killed (``JobKilled``) or failed."""
+    return Status.KILLED if isinstance(exc, JobKilled) else Status.FAILED
 
 
 @contrib.never_raises
@@ -315,9 +446,15 @@ def _failed(
         else {}
     )
     execution = _executions.get(task_id)
+    request = getattr(sender, "request", None)
+    name = str(getattr(sender, "name", "") or "")
     if execution is not None:
         if not execution.ended:
-            execution.end(exception or RuntimeError(_("The task failed.")), **named)
+            exc = exception or RuntimeError(_("The task failed."))
+            execution.end(exc, **named)
+            _end_replaced(
+                request, name, _stopped(exc), worker=execution.worker, exc=exc, **named
+            )
         return
     # Sent by the worker's main process: the pool process died, or a hard time limit.
     error = exception_text(exception) if exception is not None else ""
@@ -334,6 +471,18 @@ def _failed(
             run.mark_failed(exception, retry=requeued, using=alias, **named)
 
     _execution.best_effort(record, f"the failure of Celery task {task_id}")
+    if not requeued:
+        # The task's request is on its stack for a lost pool process (Celery pushes it
+        # for task_failure's receivers), not for a hard time limit.
+        lost = isinstance(exception, WorkerLostError)
+        _end_replaced(
+            request,
+            name,
+            Status.LOST if lost else Status.FAILED,
+            worker=getattr(request, "hostname", None),
+            exc=None if lost else exception,
+            **({"error": error} if lost else named),
+        )
 
 
 def _requeued_on_timeout(task: Any) -> bool:
@@ -357,14 +506,19 @@ def _rejected_in_task(execution: Execution, reject: Any, task: Any) -> None:
     acknowledged when the task started), run by a worker (``apply()`` has no message).
 
     Put back, the run waits for the next delivery (retrying), which goes on with it;
-    otherwise Celery never runs the task again, and the run fails with the Reject.
+    otherwise Celery never runs the task again, and the run fails with the Reject (and
+    so does the run of a task it replaced, ``_end_replaced``).
     """
-    eager = getattr(getattr(task, "request", None), "is_eager", False)
+    request = getattr(task, "request", None)
+    eager = getattr(request, "is_eager", False)
     exc = reject if isinstance(reject, BaseException) else RuntimeError(states.REJECTED)
     if isinstance(reject, Reject) and reject.requeue and task.acks_late and not eager:
         execution.retrying(exc)
-    else:
-        execution.end(exc)
+        return
+    execution.end(exc)
+    _end_replaced(
+        request, execution.name, Status.FAILED, worker=execution.worker, exc=exc
+    )
 
 
 @contrib.never_raises
@@ -406,6 +560,13 @@ def _retried(
             run.mark_failed(exc, retry=True, using=alias, **fields)
 
     _execution.best_effort(record, f"the retry of Celery task {task_id}")
+    if dropped:
+        _end_replaced(
+            request,
+            str(getattr(sender, "name", "") or ""),
+            Status.LOST,
+            worker=getattr(request, "hostname", None),
+        )
 
 
 @contrib.never_raises
@@ -431,13 +592,27 @@ def _postrun(
                 execution.end(result=retval)
             elif state == states.IGNORED:
                 _ignored(execution, replacement)
+                if replacement is None:
+                    _end_replaced(
+                        getattr(sender, "request", None),
+                        execution.name,
+                        Status.KILLED,
+                    )
             elif state == states.REJECTED:
                 _rejected_in_task(execution, retval, sender)
             elif state == states.FAILURE:
-                execution.end(
+                exc = (
                     retval
                     if isinstance(retval, BaseException)
                     else RuntimeError(str(state))
+                )
+                execution.end(exc)
+                _end_replaced(
+                    getattr(sender, "request", None),
+                    execution.name,
+                    _stopped(exc),
+                    worker=execution.worker,
+                    exc=exc,
                 )
             # Otherwise (a terminated task): the worker's main process reports it.
     finally:
@@ -478,6 +653,7 @@ def _revoked(
             run.mark_killed(using=alias, message=str(message))
 
     _execution.best_effort(record, f"the revoke of Celery task {task_id}")
+    _end_replaced(request, str(getattr(sender, "name", "") or ""), Status.KILLED)
 
 
 def _refused(task_id: str | None, name: str | None, error: str, worker: str) -> None:

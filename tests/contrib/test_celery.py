@@ -41,6 +41,10 @@ from tests.contrib.celery_app import (
     slow_once_late,
     unpicklable,
 )
+from tests.contrib.celery_replace import QUEUE as REPLACE_QUEUE
+from tests.contrib.celery_replace import add as replace_add
+from tests.contrib.celery_replace import app as replace_app
+from tests.contrib.celery_replace import replaced_by_chain, replaced_by_group
 from tests.contrib.celery_routes import EXCHANGE as FEEDS_EXCHANGE
 from tests.contrib.celery_routes import QUEUE as FEEDS_QUEUE
 from tests.contrib.celery_routes import ROUTING_KEY as FEED_ROUTING_KEY
@@ -811,3 +815,110 @@ def test_a_retry_reaches_the_queue_the_task_was_routed_to(
     assert first.queue == second.queue == FEED_ROUTING_KEY
     assert first.params == second.params
     assert first.params == {"args": [21], "kwargs": {}, "exchange": FEEDS_EXCHANGE}
+
+
+# self.replace() with a chain or a group: the replaced task's id goes to its last task.
+
+
+@pytest.fixture(scope="module")
+def replace_worker(
+    db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Popen[bytes]]:
+    """A prefork worker on tests/contrib/celery_replace.py (a result backend: a group
+    that replaces a task is a chord), consuming its queue."""
+    with started_celery_worker(
+        db_proxy,
+        tmp_path_factory,
+        pool="prefork",
+        queue=REPLACE_QUEUE,
+        prefix="jobstatus-tests-replace",
+        app_module="tests.contrib.celery_replace",
+    ) as process:
+        yield process
+
+
+@pytest.fixture
+def replace_celery_on() -> Iterator[None]:
+    """The Celery integration on, killing and retrying through the replacing app."""
+    jobstatus_celery.connect(replace_app)
+    yield
+    jobstatus_celery.disconnect()
+
+
+def replaced_run_after_failure(task_id: str, text: str, worker: Popen[bytes]) -> JobRun:
+    """The run of ``task_id`` once its replacement's task failed with ``text``, and the
+    worker (one process, one message at a time) is done with what was sent before."""
+    log: Path = worker.log  # type: ignore[attr-defined]
+    first = wait_for(
+        lambda: (
+            JobRun.objects.filter(
+                job_name="tests.replace.fail", error=f"ValueError: {text}"
+            )
+            .failed()
+            .first()
+        ),
+        timeout=60,
+        what="the replacement's first task to fail",
+        process=worker,
+        log=log,
+    )
+    assert first.backend_job_id != task_id
+    assert finished(recorded(replace_add.delay(0, 0).id), worker).result == 0
+    return refreshed(recorded(task_id))
+
+
+@pytest.mark.usefixtures("replace_celery_on")
+class TestReplacedByACanvas:
+    pytestmark = [
+        pytest.mark.postgres,
+        pytest.mark.redis,
+        pytest.mark.django_db(transaction=True),
+    ]
+
+    def test_a_task_replaced_by_a_chain_that_succeeds_is_one_run(
+        self, replace_worker: Popen[bytes]
+    ) -> None:
+        """The chain's last task takes the task's id, and ends the run."""
+        task_id = replaced_by_chain.delay(None).id
+        run = finished(recorded(task_id), replace_worker)
+        assert (run.status, run.result, run.attempt) == (Status.SUCCEEDED, 7, 2)
+        assert run.job_name == "tests.replace.by_chain"
+        assert [entry["status"] for entry in run.attempts] == [Status.RETRYING]
+        assert run.attempts[0]["error"].startswith(
+            "Replaced by a chain of 2 tasks that starts with tests.replace.add "
+        )
+
+    def test_a_task_replaced_by_a_chain_whose_first_task_fails_ends_failed(
+        self, replace_worker: Popen[bytes]
+    ) -> None:
+        """The chain's first task has an id of its own: when it fails, Celery never
+        sends the last one, which has the task's id. The run said retrying for ever,
+        "Replaced by tests.replace.fail (...): the run goes on as that task.", untrue."""
+        text = f"first task failed {uuid.uuid4()}"
+        task_id = replaced_by_chain.delay(text).id
+        run = replaced_run_after_failure(task_id, text, replace_worker)
+        assert run.status != Status.RETRYING, (
+            f"the replaced task's run says {run.status!r}, {run.error!r}, for ever"
+        )
+        assert (run.status, run.error) == (Status.FAILED, f"ValueError: {text}")
+        assert "raise ValueError(text)" in run.traceback
+        assert "tests.replace.fail" in run.message
+        assert run.attempts[0]["error"].startswith("Replaced by a chain of 2 tasks ")
+
+    def test_a_task_replaced_by_a_group_is_one_run(
+        self, replace_worker: Popen[bytes]
+    ) -> None:
+        """The chord callback that collects the group's results takes the task's id."""
+        task_id = replaced_by_group.delay(None).id
+        run = finished(recorded(task_id), replace_worker)
+        assert (run.status, run.result, run.attempt) == (Status.SUCCEEDED, [3, 7], 2)
+        assert run.attempts[0]["error"].startswith("Replaced by a group of 2 tasks, ")
+
+    def test_a_task_replaced_by_a_group_whose_task_fails_ends_failed(
+        self, replace_worker: Popen[bytes]
+    ) -> None:
+        """A task of the group fails: Celery never sends the chord's callback."""
+        text = f"a group task failed {uuid.uuid4()}"
+        task_id = replaced_by_group.delay(text).id
+        run = replaced_run_after_failure(task_id, text, replace_worker)
+        assert (run.status, run.error) == (Status.FAILED, f"ValueError: {text}")

@@ -159,6 +159,14 @@ class Heartbeats:
         self._again.discard(end)
         if not done:
             self._ends.append(end)
+            # Tried again a second from now: the thread, finding no end held while this
+            # try ran, set its next wake an interval away. Not started anew (the process
+            # may be exiting, when no thread can start).
+            due = time.monotonic() + retry_delay()
+            self._ends_due = min(self._ends_due, due)
+            if self._thread is not None and self._thread.is_alive() and due < self._due:
+                self._due = due
+                self._wake.set()
         self._settled.notify_all()
 
     def _wake_by(self, due: float) -> None:

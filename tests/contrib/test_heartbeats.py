@@ -35,7 +35,7 @@ from django.utils.connection import ConnectionDoesNotExist
 from django_jobstatus import own_connections, track
 from django_jobstatus.contrib import celery as jobstatus_celery
 from django_jobstatus.contrib import rq as jobstatus_rq
-from django_jobstatus.heartbeats import heartbeats
+from django_jobstatus.heartbeats import Heartbeats, heartbeats
 from django_jobstatus.models import JobRun, Status
 from django_jobstatus.tracking import JobHandle
 from tests.contrib import rq_jobs
@@ -335,6 +335,46 @@ def test_an_end_the_thread_is_trying_at_the_commit_is_written_before_the_exit(
         what="the end written",
     )
     assert status == Status.SUCCEEDED, f"the run was {status} at the exit"
+
+
+def test_an_end_a_commit_s_try_puts_back_is_tried_again_a_second_later(
+    settings: Any,
+) -> None:
+    """The commit's ``write_end()`` takes the end and its try fails (the row held a moment
+    by another transaction: a kill request, the reaper, a purge batch). Meanwhile the
+    thread woke for it, found no end held, and set its next wake an interval away (100 s
+    here): the end put back waited that long, not a second."""
+    settings.JOBSTATUS = {**settings.JOBSTATUS, "HEARTBEAT_TIMEOUT": 300}
+    beats = Heartbeats()
+    tries: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def end(alias: str) -> bool:
+        tries.append(threading.current_thread().name)
+        if len(tries) == 1:  # the commit's try: the row is held by someone else
+            holding.set()
+            release.wait(10)
+            return False
+        return True
+
+    beats.end_later(end)  # the thread is due in a second
+    commit = threading.Thread(target=beats.write_end, args=(end, "default"))
+    commit.start()
+    assert holding.wait(5)
+    wait_for(
+        lambda: beats._due > time.monotonic() + 10,
+        timeout=5,
+        what="the heartbeat thread to look at the ends during the commit's try",
+    )
+    release.set()
+    commit.join(5)
+    wait_for(
+        lambda: len(tries) >= 2,
+        timeout=5,
+        what="the heartbeat thread to try the end again about a second later",
+    )
+    assert tries[1] == "jobstatus-heartbeats"
+    assert beats._ends == []
 
 
 # A real prefork Celery worker.

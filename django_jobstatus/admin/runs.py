@@ -7,7 +7,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -251,7 +251,8 @@ class JobRunAdmin(
         runs = (
             objs
             if isinstance(objs, QuerySet)
-            else JobRun.objects.filter(pk__in=[run.pk for run in objs])
+            # A run's "Delete": counted where it is deleted, as the run was read.
+            else JobRun.objects.writing().filter(pk__in=[run.pk for run in objs])
         ).order_by()
         first = list(runs.only("pk", "job_name", "status")[:100])
         total = runs.values("pk")[: COUNT_CAP + 1].count()
@@ -513,6 +514,28 @@ class JobRunAdmin(
             ),
             *super().get_urls(),
         ]
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> JobRun | None:
+        """A run's "Delete" (its confirmation page too) and any other write read the run on
+        DATABASE, as the buttons do: a replica (READ_DATABASE) may still have a run that
+        just ended running, and has_delete_permission() refuses an active run. The run's
+        page and its history, reads, stay on the replica."""
+        match = request.resolver_match
+        deleting = match is not None and match.url_name == (
+            f"{self.opts.app_label}_{self.opts.model_name}_delete"
+        )
+        if request.method in ("GET", "HEAD") and not deleting:
+            return cast(
+                "JobRun | None", super().get_object(request, object_id, from_field)
+            )
+        runs = cast("JobRunQuerySet", self.get_queryset(request)).writing()
+        field = self.opts.pk if from_field is None else self.opts.get_field(from_field)
+        try:
+            return runs.get(**{field.name: field.to_python(object_id)})
+        except (JobRun.DoesNotExist, ValidationError, ValueError):
+            return None
 
     def _run_for_button(self, request: HttpRequest, object_id: str) -> JobRun:
         if request.method != "POST":

@@ -1,6 +1,7 @@
 """With READ_DATABASE (a replica), what decides an admin write is read on DATABASE: the
 monitor a change form saves, the runs that make a monitor's job known, the runs a retry
-judges (tests/api/test_read_database.py for the API, whose lagging replica this reuses).
+judges, the run a "Delete" deletes (tests/api/test_read_database.py for the API, whose
+lagging replica this reuses).
 """
 
 from __future__ import annotations
@@ -163,4 +164,23 @@ def test_the_delete_action_of_a_run_that_just_finished_is_not_refused(
         assert not [text for text in said if "Refused" in text], said
         response = admin_client.post(RUNS, {**form, "index": 0, "post": "yes"})
     assert response.status_code == 302
+    assert not JobRun.objects.using("default").filter(pk=run.pk).exists()
+
+
+@pytest.mark.postgres
+def test_the_delete_button_of_a_run_that_just_finished_deletes_it(
+    routed, admin_client, make_run
+):
+    """An operator told a run succeeded clicks its page's "Delete": the confirmation page
+    and the confirmed POST were 403, and the run stayed. Django's delete_view read the run
+    from the replica (still running there), and has_delete_permission() refuses an active
+    run; the run a deletion acts on is now read on DATABASE, as the buttons read theirs."""
+    run = make_run("tests.job", status=Status.RUNNING)
+    with lagging_replica():
+        JobRun.objects.using("default").get(pk=run.pk).mark_succeeded()
+        page = admin_client.get(f"{RUNS}{run.pk}/delete/")
+        assert page.status_code == 200
+        response = admin_client.post(f"{RUNS}{run.pk}/delete/", {"post": "yes"})
+    said = [str(m) for m in get_messages(response.wsgi_request)]
+    assert response.status_code == 302, (response.status_code, said)
     assert not JobRun.objects.using("default").filter(pk=run.pk).exists()

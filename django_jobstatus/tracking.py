@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import (
     DatabaseError,
+    IntegrityError,
     InterfaceError,
     OperationalError,
     connections,
@@ -844,26 +845,30 @@ class JobHandle:
             self._end_later(exc, values)
             return
         try:
-            self._record_end(exc, values)
+            self._record_end(exc, values, self._result)
         except TypeError:
             # mark_succeeded() checks the result before writing anything; it is read
             # again only here, off the common path.
             error = self._unstorable_result() if exc is None else None
             if error is None:
                 raise
-            self._record_end(error, values)  # failed, as setting it so would have
+            self._record_end(error, values, None)  # failed, as setting it so would have
             raise error from None
 
     def _record_end(
         self,
         exc: BaseException | None,
         values: dict[str, Any],
+        result: Any,
         *,
         alias: str | None = None,
         ended_at: datetime | None = None,
     ) -> bool:
         """finish()'s write, tried again while the database is away; whether it was written.
 
+        ``result``: the result a success stores, passed in rather than read from the
+        handle at the write, which for an end written later comes after the caller's
+        block, where ``job.result`` may be set again (``_end_later()``).
         ``alias``: the connection to write it through, this once (the heartbeat thread's
         own, which exists in that thread only: the handle keeps none of it, or a thread
         of the job logging after the end wrote through an alias it does not have).
@@ -880,7 +885,7 @@ class JobHandle:
             with self._lock:
                 logs, self._logs = self._logs, []
             try:
-                written = self._write_end(exc, values, logs, database, ended)
+                written = self._write_end(exc, values, result, logs, database, ended)
             except BaseException:
                 self._put_back({}, logs)
                 raise
@@ -922,7 +927,8 @@ class JobHandle:
         holds the run's row, has ended (committed or rolled back): through a second
         connection, the write would wait on that transaction, which waits on the job.
         A result JSON cannot hold is raised now, and ends the run failed then. The result
-        and ``values`` written are copies taken now (the result as JSON stores it)."""
+        and ``values`` written are copies taken now (the result as JSON stores it), held
+        by the write itself: the caller may set ``job.result`` again after its block."""
         # Stamped with the job's end, not the commit's: the caller's work after the block
         # is not the job's (its duration, the monitors' max_duration).
         ended_at = timezone.now()
@@ -933,8 +939,7 @@ class JobHandle:
         # recorded its later changes, or failed each second on a value JSON cannot hold
         # until the run was reaped lost.
         values = copy.deepcopy(values)
-        if ending is None:
-            self._result = json.loads(json.dumps(self._result))
+        result = json.loads(json.dumps(self._result)) if ending is None else None
 
         @_handle_write()
         def end(alias: str) -> bool:
@@ -943,7 +948,9 @@ class JobHandle:
                 return True
             if not free:
                 return False
-            return self._record_end(ending, values, alias=alias, ended_at=ended_at)
+            return self._record_end(
+                ending, values, result, alias=alias, ended_at=ended_at
+            )
 
         logger.info(
             "The end of run %s waits for the transaction that holds its row to end.",
@@ -965,6 +972,7 @@ class JobHandle:
         self,
         exc: BaseException | None,
         values: dict[str, Any],
+        result: Any,
         logs: list[JobLog],
         database: Callable[[], str],
         ended: dict[str, Any],
@@ -992,7 +1000,7 @@ class JobHandle:
             self._write_logs_then(
                 alias,
                 logs,
-                lambda: self._transition(exc, alias, fields),
+                lambda: self._transition(exc, alias, fields, result),
                 apart=apart,
             )
             self._applied(fields)
@@ -1043,7 +1051,7 @@ class JobHandle:
                     self.run.pk,
                 )
                 apart = alone = True
-                self._dirty, self._result = False, None
+                self._dirty, result = False, None
                 values = (
                     {"error": type(exc).__qualname__, "traceback": ""}
                     if self._outcome(exc) == Status.FAILED
@@ -1124,11 +1132,11 @@ class JobHandle:
         )
 
     def _transition(
-        self, exc: BaseException | None, alias: str, fields: dict[str, Any]
+        self, exc: BaseException | None, alias: str, fields: dict[str, Any], result: Any
     ) -> None:
         outcome = self._outcome(exc)
         if outcome == Status.SUCCEEDED:
-            self.run.mark_succeeded(self._result, using=alias, **fields)
+            self.run.mark_succeeded(result, using=alias, **fields)
         elif outcome == Status.KILLED:
             self.run.mark_killed(using=alias, **fields)
         else:
@@ -1180,20 +1188,40 @@ def _start_run(name: str, fields: dict[str, Any]) -> tuple[JobRun, str | None]:
 
     Every try writes the same id: a try after one whose answer was lost with the
     connection finds that run instead of recording a second one. A run whose parent's
-    row is in the caller's open transaction is created in that transaction
-    (``_parent_database()``), once: an error there breaks the transaction. The parent is
-    ``parent=`` (a run) or ``parent_id=`` (its id).
+    row is in the caller's open transaction is created in that transaction, once: an
+    error there breaks the transaction. The parent is ``parent=`` (a run) or
+    ``parent_id=`` (its id). A parent held there is found before the insert
+    (``_parent_database()``); one created there, which a second connection cannot see,
+    only once that connection's insert broke the foreign key: a query on every step of
+    a committed parent would be paid for the rare parent enqueued in the same
+    transaction.
     """
     from django_jobstatus.models import JobRun, uuid7
 
     fields = {"id": uuid7(), **fields}
     parent = fields.get("parent")
     # A parent= that is not a run is refused by the insert.
-    using = _parent_database(
-        parent.pk if isinstance(parent, JobRun) else fields.get("parent_id")
-    )
-    if using is not None:
-        return JobRun.objects.db_manager(using).start(name, **fields), using
+    parent_id = parent.pk if isinstance(parent, JobRun) else fields.get("parent_id")
+    using = _parent_database(parent_id)
+    if using is None:
+        try:
+            return _insert_run(name, fields), None
+        except IntegrityError:
+            # Through a second connection nothing was written: its insert, in
+            # autocommit, was rolled back with its (deferred) foreign key check.
+            if parent_id is None:
+                raise
+            using = _uncommitted_run_database(tracking_database(), parent_id)
+            if using is None:
+                raise
+    return JobRun.objects.db_manager(using).start(name, **fields), using
+
+
+def _insert_run(name: str, fields: dict[str, Any]) -> JobRun:
+    """``_start_run()``'s insert through ``tracking_database()``, tried again while the
+    database is unreachable (each try with the same id)."""
+    from django_jobstatus.models import JobRun
+
     tries = 0
 
     def start(alias: str) -> JobRun:
@@ -1206,31 +1234,27 @@ def _start_run(name: str, fields: dict[str, Any]) -> tuple[JobRun, str | None]:
                 return recorded
         return runs.start(name, **fields)
 
-    return while_database_away(start, attempts=3, delay=0.2), None
+    return while_database_away(start, attempts=3, delay=0.2)
 
 
 def _parent_database(parent: Any) -> str | None:
     """The app's database when the row of the parent run ``parent`` (its id, or None) is
-    in the caller's open transaction, else None: a child inserted through a second
-    connection would not see a parent created there, and its foreign key check would
-    wait on a parent locked there (a queue's claim, ``track(run=...)`` in the same
+    held by the caller's open transaction, or the current job tracks it there, else None:
+    a child inserted through a second connection would have its foreign key check wait
+    on a parent locked there (a queue's claim, ``track(run=...)`` in the same
     transaction) until that transaction ends, which waits on the job. Such a child is
-    tracked in that transaction, as its parent is.
+    tracked in that transaction, as its parent is. A parent only created there is found
+    when the insert fails (``_start_run()``).
 
     No query without a parent, for a parent that the current job tracks through that
-    database, nor outside an atomic block (``caller_holds()``,
-    ``_uncommitted_run_database()``)."""
+    database, nor outside an atomic block (``caller_holds()``)."""
     if parent is None:
         return None
     own: str = settings.DATABASE
     job = current_job()
     if job is not None and job.run.pk == parent and job._using == own:
         return own
-    alias = tracking_database()
-    if caller_holds(alias, parent):
-        return own
-    # Not held, but perhaps created there (enqueued in the same transaction).
-    return _uncommitted_run_database(alias, parent)
+    return own if caller_holds(tracking_database(), parent) else None
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.db import DatabaseError, connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_jobstatus import current_job, own_connections, track, tracked
@@ -478,3 +479,48 @@ def test_a_step_of_a_parent_created_in_the_transaction_is_created_there() -> Non
     assert raised is None, f"track() of the step raised {raised!r}"
     child = JobRun.objects.get(job_name="tests.own_lock.created_parent.step")
     assert (child.parent_id, child.status) == (parent.pk, Status.SUCCEEDED)
+
+
+# A review of 84cbae5 found these.
+
+
+@pytest.mark.usefixtures("production_side")
+def test_an_end_written_at_the_commit_keeps_the_result_the_job_ended_with_when_reassigned() -> (
+    None
+):
+    """The caller sets ``job.result`` again after the job's block, in its transaction:
+    the copy taken at the job's end was stored back on the handle, which the write at
+    the commit read, so the caller's value was recorded."""
+    with transaction.atomic():
+        with track("tests.own_lock.result_reassigned") as job:
+            JobRun.objects.filter(pk=job.run.pk).update(data={"note": "mine"})
+            job.result = {"imported": 3}
+        job.result = {"imported": 999, "by": "the caller, after the job"}
+    ends(job.run.pk, Status.SUCCEEDED)
+    assert JobRun.objects.get(pk=job.run.pk).result == {"imported": 3}
+
+
+def test_a_step_of_a_committed_parent_inside_an_atomic_block_costs_no_more_queries() -> (
+    None
+):
+    """``track(parent=run)`` inside an atomic block that wrote (ATOMIC_REQUESTS): each
+    step of a committed parent the transaction does not hold read the parent through the
+    second connection, to find a parent created in that transaction. That parent is now
+    looked for only when the step's insert broke its foreign key."""
+    parent = JobRun.objects.start("tests.own_lock.committed_parent")
+    side = connections["default__jobstatus"]
+    with transaction.atomic():
+        JobRun.objects.enqueue("tests.own_lock.other")  # the block wrote: it has an xid
+        with (
+            CaptureQueriesContext(side) as second,
+            track("tests.own_lock.committed_parent.step", parent=parent),
+        ):
+            pass
+    # The EXISTS of ``runs.using(alias).exists()`` on the parent.
+    added = [
+        q["sql"]
+        for q in second.captured_queries
+        if q["sql"].startswith('SELECT 1 AS "a" FROM "django_jobstatus_jobrun"')
+        and f"'{parent.pk.hex}'::uuid LIMIT 1" in q["sql"]
+    ]
+    assert added == [], "an EXISTS per step through the second connection"

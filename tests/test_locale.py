@@ -178,7 +178,9 @@ def test_api_errors_are_translated(
 
 def _gettext_tools() -> None:
     missing = [
-        tool for tool in ("xgettext", "msgmerge", "msguniq") if not shutil.which(tool)
+        tool
+        for tool in ("xgettext", "msgmerge", "msguniq", "msgfmt")
+        if not shutil.which(tool)
     ]
     if missing:
         reason = f"needs GNU gettext ({', '.join(missing)} not found; apt-get install gettext)"
@@ -255,6 +257,22 @@ def test_catalogs_hold_every_marked_string(tmp_path: Path) -> None:
         } == {key: _translation(entry) for key, entry in committed.items()}, (
             f"{language}: django.mo is not django.po compiled (run compilemessages)"
         )
+
+
+@pytest.mark.engine_agnostic
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_compilemessages_accepts_each_catalog(language: str) -> None:
+    """``msgfmt --check`` (what ``compilemessages`` runs) finds no error: a plural whose
+    forms named different variables (``%(name)s`` / ``%(names)s``) made it fail for
+    anyone compiling the catalogs."""
+    _gettext_tools()
+    catalog = PACKAGE / "locale" / language / "LC_MESSAGES" / "django.po"
+    checked = subprocess.run(
+        ["msgfmt", "--check", "-o", os.devnull, str(catalog)],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
 
 
 @pytest.mark.parametrize("language", LANGUAGES)

@@ -394,13 +394,45 @@ def write_transaction(db: str) -> Iterator[None]:
         connection.transaction_mode = mode  # type: ignore[attr-defined]
 
 
+# How far a worker's clock may be behind an enqueuer's: a run that a worker recorded
+# without its queued run is taken as that enqueue's when created at most this long before
+# it (``_own_run()``).
+SKEW = datetime.timedelta(minutes=5)
+
+
+def _own_run(spec: _Table, run: str) -> str:
+    """The SQL condition that the run ``run`` (a table alias) is the one of the enqueue ``r`` (one parameter: SKEW).
+
+    A task id may be sent again (a fixed ``task_id``, a task sent anew once its run
+    ended), so "the task has a run" is not enough: the run may be an earlier enqueue's,
+    finished or not, and so may this enqueue's own, which a worker may start and finish
+    before the row is written. The enqueue's own run has the enqueue's queued time (the
+    row itself, written by an earlier try; Django's tasks hand the worker that time), or
+    it is one a worker recorded because it found no queued run: it has no queued time
+    (until this statement adds it), and the worker made it after the enqueue, so it is
+    created no earlier than the row, give or take the two machines' clocks (SKEW). An
+    earlier run has a queued time of its own, or was created before this enqueue; one
+    that has neither (its enqueue was never recorded) and was created within SKEW before
+    it is taken for this enqueue's.
+    """
+    column = spec.column
+    queued, created = column["queued_at"], column["created_at"]
+    return (
+        f"{run}.{column['source']} = r.{column['source']} "
+        f"AND {run}.{column['backend_job_id']} = r.{column['backend_job_id']} "
+        f"AND ({run}.{queued} = r.{queued} "
+        f"OR ({run}.{queued} IS NULL AND {run}.{created} >= r.{created} - %s))"
+    )
+
+
 @functools.lru_cache(maxsize=32)
 def _write_queued_sql(alias: str, vendor: str) -> str:
     """The two statements of ``write_queued()``, in one query string: the tasks' locks, then the rows written.
 
-    The second reads the rows once (its parameters: the JSON document and the number of
-    rows) and, on one snapshot taken after the locks, inserts the runs of the tasks that
-    have none and updates the runs that workers recorded first. The rows are read with
+    The second reads the rows once (its parameters: the JSON document, the number of
+    rows, and SKEW for each of its two uses) and, on one snapshot taken after the locks,
+    inserts the runs whose enqueue no worker recorded first (``_own_run()``), and adds
+    the enqueue's values to the runs that workers recorded first. The rows are read with
     ``LIMIT`` their number: PostgreSQL estimates any set-returning function at 100 rows,
     and with that estimate it joined a few runs to the whole run table by a sequential
     scan (milliseconds on 8,000 runs, growing with the table) instead of looking each one
@@ -409,10 +441,6 @@ def _write_queued_sql(alias: str, vendor: str) -> str:
     spec = _table(alias, vendor)
     column = spec.column
     picked = ", ".join(f"r.{column[field.name]}" for field in spec.fields)
-    same_task = (
-        f"{{run}}.{column['source']} = r.{column['source']} "
-        f"AND {{run}}.{column['backend_job_id']} = r.{column['backend_job_id']}"
-    )
     queued, parent = column["queued_at"], column["parent"]
     return "; ".join(
         (
@@ -420,14 +448,15 @@ def _write_queued_sql(alias: str, vendor: str) -> str:
             "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::integer[]) AS key",
             # 2. Its snapshot comes after the locks: it sees a run a worker recorded meanwhile.
             f"WITH r AS (SELECT * FROM jsonb_populate_recordset(NULL::{spec.name}, %s::jsonb) LIMIT %s), "  # noqa: S608 (quoted names; values are parameters)
-            # The runs of the tasks that have none yet.
+            # The runs of the enqueues that no worker recorded first (a task's earlier
+            # runs, under an id sent again, are no reason to leave one out).
             f"inserted AS (INSERT INTO {spec.name} ({spec.columns}) SELECT {picked} FROM r "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {same_task.format(run='o')})) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {_own_run(spec, 'o')})) "
             # A run a worker recorded first keeps its own values, with what only the enqueue
             # knew: the queued time and the batch parent.
             f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, r.{queued}), "
             f"{parent} = COALESCE(t.{parent}, r.{parent}) FROM r "
-            f"WHERE {same_task.format(run='t')} AND t.{spec.pk} <> r.{spec.pk} "
+            f"WHERE {_own_run(spec, 't')} AND t.{spec.pk} <> r.{spec.pk} "
             f"AND ((t.{queued} IS NULL AND r.{queued} IS NOT NULL) "
             f"OR (t.{parent} IS NULL AND r.{parent} IS NOT NULL))",
         )
@@ -445,11 +474,12 @@ def _json_scalar(value: Any) -> Any:
 def write_queued(alias: str, rows: list[dict[str, Any]]) -> None:
     """PostgreSQL: write the queued runs of ``rows`` (see ``_python()``) in one round trip, as one transaction.
 
-    Under the advisory lock of each task, the runs of the tasks that have no run yet are
-    inserted; a task a worker recorded first gets the queued time and the parent of its
-    row. The rows go as one JSON document read into the table's row type by
-    ``jsonb_populate_recordset``: converted by Python's JSON encoder, not column by
-    column. The two statements go in one query string (PostgreSQL runs them as one
+    Under the advisory lock of each task, the runs of the enqueues that no worker
+    recorded first are inserted (also when the task has earlier runs: its id was sent
+    again); the run a worker recorded first gets the queued time and the parent of its
+    row (``_own_run()``). The rows go as one JSON document read into the table's row
+    type by ``jsonb_populate_recordset``: converted by Python's JSON encoder, not column
+    by column. The two statements go in one query string (PostgreSQL runs them as one
     transaction), through a client-side binding cursor.
     """
     spec = table(alias)
@@ -462,7 +492,7 @@ def write_queued(alias: str, rows: list[dict[str, Any]]) -> None:
     with _client_cursor(alias) as cursor:
         cursor.execute(
             _write_queued_sql(alias, spec.vendor),
-            [LOCK_CLASS, keys, document, len(rows)],
+            [LOCK_CLASS, keys, document, len(rows), SKEW, SKEW],
         )
 
 

@@ -11,10 +11,12 @@ What stays true:
 
 - Nothing is reported that did not happen, and no run is recorded twice: a worker may
   start a task before its queued run is written. The writer takes a transaction-level
-  advisory lock per task (``statements.lock_job()``), and inserts a run only when no
-  run of the task exists; a worker that finds no queued run takes the same lock before
-  it looks again, so it either finds the queued run or writes the run itself, and then
-  the writer only adds the queued time and the batch parent to the run it finds.
+  advisory lock per task (``statements.lock_jobs()``), and inserts a run unless a worker
+  recorded this enqueue's run first (``statements._own_run()``: a task id may be sent
+  again, so the task's earlier runs do not count); a worker that finds no queued run
+  takes the same lock before it looks again, so it either finds the queued run or
+  writes the run itself, and then the writer only adds the queued time and the batch
+  parent to that run.
 - This process reads its own writes: a query on ``JobRun.objects`` first waits for the
   runs handed to the writer (``catch_up()``), and so do ``find_run()`` and a retry.
 - The runs handed over are written before the process exits (``atexit``), and a worker

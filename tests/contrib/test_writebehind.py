@@ -149,6 +149,81 @@ def test_a_worker_starting_while_the_queued_run_is_written_finds_it() -> None:
     assert [status for status, *_ in stored(task_id)] == [Status.RUNNING]
 
 
+def test_a_task_sent_again_under_its_id_is_recorded_queued_again() -> None:
+    """``apply_async(task_id=...)`` with an id used before (a fixed id, a task sent anew
+    once its run ended) gets a new queued run, as when it is written in the caller: the
+    task's earlier run is not this enqueue's."""
+    task_id = publish()
+    assert writebehind.flush()
+    first = celery.find_run(task_id)
+    assert first is not None and first.status == Status.QUEUED
+    first.mark_running(worker="w@host:1")
+    first.mark_succeeded()
+
+    publish(task_id)  # sent again under the same id
+    assert writebehind.flush()
+    statuses = list(
+        JobRun.objects.using("default")
+        .filter(source="celery", backend_job_id=task_id)
+        .order_by("created_at")
+        .values_list("status", flat=True)
+    )
+    assert statuses == [Status.SUCCEEDED, Status.QUEUED], statuses
+    newest = celery.find_run(task_id)
+    assert newest is not None and newest.status == Status.QUEUED
+
+
+def test_a_task_sent_again_that_a_worker_ran_before_its_queued_run_has_one_run_more() -> (
+    None
+):
+    """The worker started and finished the second enqueue's run before its row was
+    written: that run gets the queued time, and no queued run follows it."""
+    task_id = publish()
+    assert writebehind.flush()
+    first = celery.find_run(task_id)
+    assert first is not None
+    first.mark_running(worker="w@host:1")
+    first.mark_succeeded()
+    values = JobRun.objects.queued_values(
+        "tests.add", source="celery", backend_job_id=task_id
+    )
+    values["id"] = uuid7()
+    execution = Execution("celery", task_id, "tests.add", worker="w@host:1")
+    execution.start()  # its newest run has ended: the worker records a new one
+    execution.end(result=3)
+    execution.close()
+    assert execution.created
+    writebehind._insert("default", [values])  # the enqueue's INSERT comes later
+    runs = list(
+        JobRun.objects.filter(backend_job_id=task_id)
+        .order_by("created_at")
+        .values_list("pk", "status", "queued_at")
+    )
+    assert runs == [
+        (first.pk, Status.SUCCEEDED, first.queued_at),
+        (execution.handle.run.pk, Status.SUCCEEDED, values["queued_at"]),
+    ]
+
+
+def test_an_earlier_run_with_no_queued_time_is_not_taken_for_a_new_enqueue_s() -> None:
+    """A run of the task that a worker recorded without its enqueue (one never recorded),
+    created longer than SKEW before the task is sent again, is an earlier run."""
+    task_id = str(uuid.uuid4())
+    earlier = JobRun.objects.start(
+        "tests.add",
+        source="celery",
+        backend_job_id=task_id,
+        created_at=timezone.now() - statements.SKEW * 2,
+    )
+    earlier.mark_succeeded()
+    publish(task_id)
+    assert writebehind.flush()
+    assert sorted(stored(task_id)) == [
+        (Status.QUEUED, True, None),
+        (Status.SUCCEEDED, False, None),
+    ]
+
+
 def _publish_only(task_id: str) -> None:
     celery._published(
         sender="tests.add",

@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import django_filters
@@ -740,8 +741,8 @@ class _Contains(Expression):
     Each key is looked up with ``json_each()``, whose ``key`` column is the key as stored,
     unescaped: a JSON path cannot say every key (Django's turns ``"0"`` and ``"-1"`` into
     array indexes, and SQLite's path compares quoted labels with the stored, escaped
-    text, so ``a"b`` and ``é`` were not found). Nested objects are contained key by key,
-    like ``@>``; any other value (a list included) must be equal, of the same JSON type.
+    text, so ``a"b`` and ``é`` were not found). Objects are contained key by key and lists
+    item by item, like ``@>``; any other value must be equal, of the same JSON type.
     """
 
     output_field = BooleanField()
@@ -773,7 +774,7 @@ def _object_holds(
     parts, params = [], []
     for key, value in wanted.items():
         each = f"jobstatus_each_{next(aliases)}"
-        match, match_params = _value_is(each, value, aliases)
+        match, match_params = _value_is(each, value, aliases, container, key)
         parts.append(
             f"EXISTS (SELECT 1 FROM json_each({container}) AS {each}"  # noqa: S608 (our aliases; values are parameters)
             f" WHERE {each}.key = %s AND {match})"
@@ -782,25 +783,103 @@ def _object_holds(
     return " AND ".join(parts), params
 
 
-def _value_is(each: str, value: Any, aliases: Iterator[int]) -> tuple[str, list[Any]]:
-    """SQL true when the ``json_each()`` row ``each`` holds ``value`` (contains it, for an object)."""
+def _list_holds(
+    container: str, wanted: list[Any], aliases: Iterator[int]
+) -> tuple[str, list[Any]]:
+    """SQL true when the JSON array ``container`` holds every item of ``wanted``, as ``@>``
+    reads it: each item somewhere, in any order and however often (``[1, 1]`` is in ``[1]``),
+    an object or a list contained in an item of its type."""
+    parts, params = [], []
+    for value in wanted:
+        each = f"jobstatus_each_{next(aliases)}"
+        match, match_params = _value_is(each, value, aliases, container, None)
+        parts.append(
+            f"EXISTS (SELECT 1 FROM json_each({container}) AS {each} WHERE {match})"  # noqa: S608 (our aliases; values are parameters)
+        )
+        params += match_params
+    return " AND ".join(parts), params
+
+
+def _value_is(
+    each: str, value: Any, aliases: Iterator[int], container: str, key: str | None
+) -> tuple[str, list[Any]]:
+    """SQL true when the ``json_each()`` row ``each`` of ``container`` (under ``key``, or an
+    array's item when ``key`` is None) holds ``value`` (contains it, for an object or a list)."""
     if isinstance(value, dict):
         if not value:
             return f"{each}.type = 'object'", []
         inner, params = _object_holds(f"{each}.value", value, aliases)
         return f"{each}.type = 'object' AND {inner}", params
     if isinstance(value, list):
-        return f"{each}.type = 'array' AND json({each}.value) = json(%s)", [
-            json.dumps(value)
-        ]
+        if not value:
+            return f"{each}.type = 'array'", []
+        inner, params = _list_holds(f"{each}.value", value, aliases)
+        return f"{each}.type = 'array' AND {inner}", params
     if value is None or isinstance(value, bool):
         return f"{each}.type = %s", [json.dumps(value)]  # 'null', 'true', 'false'
     if isinstance(value, str):
         return f"{each}.type = 'text' AND {each}.atom = %s", [value]
-    # A number as JSON text: an integer past 64 bits is no SQL parameter.
+    return _number_is(each, value, container, key)
+
+
+# The integers SQLite reads as integers; past them, as doubles.
+_INT64 = range(-(2**63), 2**63)
+
+
+def _number_is(
+    each: str, number: float, container: str, key: str | None
+) -> tuple[str, list[Any]]:
+    """SQL true when the row ``each`` holds a number equal to ``number`` as PostgreSQL
+    compares them: as decimals, exactly (``1`` is ``1.0``, ``1e+20`` is ``10**20``).
+
+    A stored integer is compared by value, or past 64 bits by its text, as SQLite reads it
+    as a double there (``2**64 + 1`` would be ``2**64``). A stored real, written as its
+    shortest text, can only be the double nearest to ``number``, and only when that
+    double's shortest text has the same value (``2.0**60`` is ``1.152921504606847e+18``).
+    """
+    exact = Decimal(json.dumps(number))
+    options: list[str] = []
+    params: list[Any] = []
+    if exact == exact.to_integral_value():
+        whole = int(exact)
+        if whole in _INT64:
+            # typeof: past 64 bits the atom is a double, -2**63 for -2**63 - 1.
+            options.append(
+                f"{each}.type = 'integer' AND typeof({each}.atom) = 'integer'"
+                f" AND {each}.atom = %s"
+            )
+            params.append(whole)
+        else:
+            same_text, text_params = _text_is(each, str(whole), container, key)
+            options.append(f"{each}.type = 'integer' AND {same_text}")
+            params += text_params
+    nearest = float(exact)
+    if math.isfinite(nearest) and Decimal(repr(nearest)) == exact:
+        # SQLite reads the text as it reads the stored one: the same double.
+        options.append(f"{each}.type = 'real' AND {each}.atom = json_extract(%s, '$')")
+        params.append(repr(nearest))
+    return "(" + " OR ".join(f"({option})" for option in options) + ")", params
+
+
+def _text_is(
+    each: str, text: str, container: str, key: str | None
+) -> tuple[str, list[Any]]:
+    """SQL true when the JSON text of the row ``each`` of ``container`` is ``text``.
+
+    ``json_each()`` gives only the value, as a double past 64 bits, and no JSON path can
+    name every key. So the item is written over with ``text``, by its index in an array
+    and by its key with ``json_patch()`` in an object (the key written as the JSONField
+    writes it): the JSON stays the same only if the item already said ``text``.
+    """
+    if key is None:
+        return (
+            f"json_replace({container}, '$[' || {each}.key || ']', json(%s))"
+            f" = json({container})",
+            [text],
+        )
     return (
-        f"{each}.type IN ('integer', 'real') AND {each}.atom = json_extract(%s, '$')",
-        [json.dumps(value)],
+        f"json_patch({container}, %s) = json({container})",
+        ["{" + json.dumps(key) + ":" + text + "}"],
     )
 
 

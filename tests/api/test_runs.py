@@ -312,6 +312,52 @@ def test_params_filter_finds_keys_a_json_path_cannot_say(api, make_run, params):
     assert [row["id"] for row in response.json()["results"]] == [str(wanted.pk)]
 
 
+def test_params_filter_tells_integers_past_64_bits_apart(api, make_run):
+    """SQLite reads both as the same double, so the filter (and the bulk kill, retry and
+    delete it scopes) picked a run with another number; PostgreSQL's ``@>`` does not."""
+    mine = make_run("big.job", params={"account": 2**64 + 1})
+    other = make_run("big.job", params={"account": 2**64})
+    assert ids(api.get(BASE, {"params": json.dumps({"account": 2**64 + 1})})) == [
+        str(mine.pk)
+    ]
+    response = api.post(f"{BASE}kill/?params=" + json.dumps({"account": 2**64 + 1}))
+    assert response.status_code in (200, 202), response.content[:300]
+    mine.refresh_from_db()
+    other.refresh_from_db()
+    assert mine.kill_requested_at is not None
+    assert other.kill_requested_at is None, "the kill reached a run it was not aimed at"
+
+
+@pytest.mark.parametrize(
+    ("stored", "wanted"),
+    [
+        ({"rows": [{"a": 1, "b": 2}]}, {"rows": [{"b": 2, "a": 1}]}),
+        ({"l": [1]}, {"l": [1.0]}),
+    ],
+    ids=["keys-in-another-order", "number-as-real"],
+)
+def test_params_filter_finds_an_equal_list(api, make_run, stored, wanted):
+    """SQLite compared lists as text; these are equal JSON, and PostgreSQL finds them."""
+    mine = make_run("list.job", params=stored)
+    assert ids(api.get(BASE, {"params": json.dumps(wanted)})) == [str(mine.pk)]
+
+
+def test_params_filter_s_list_holds_its_items_as_on_postgresql(api, make_run):
+    """``@>`` finds a list holding every wanted item, in any order and however often,
+    objects and lists contained in an item: SQLite does the same."""
+    a = make_run(params={"tags": ["x", "y", "z"], "rows": [{"a": 1, "b": [2, 3]}, 4]})
+    make_run(params={"tags": "x", "rows": {"a": 1}})
+    for wanted in (
+        {"tags": ["z", "x", "x"]},
+        {"tags": []},
+        {"rows": [4, {"b": [3]}]},
+        {"rows": [{}]},
+    ):
+        assert ids(api.get(BASE, {"params": json.dumps(wanted)})) == [str(a.pk)]
+    for wanted in ({"tags": ["w"]}, {"rows": [[4]]}, {"rows": [{"b": 2}]}):
+        assert ids(api.get(BASE, {"params": json.dumps(wanted)})) == []
+
+
 def test_params_filter_s_empty_object_is_any_object_as_on_postgresql(api, make_run):
     a = make_run(params={"opts": {"dry": True}})
     make_run(params={"opts": [1]})

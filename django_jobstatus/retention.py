@@ -301,14 +301,19 @@ def _candidates(
     finished child purged meanwhile leaves the parent's figures short (a batch with a
     killed child then ended ``succeeded``). So while a parent is active, or has an
     active child, it stays, and so do its children, however old. Purging active runs
-    too, a batch whose parent goes (past its cutoff, and not kept) goes whole; one whose
-    parent stays keeps its children: a parent kept as its job's newest run, its
-    children purged, stayed running for ever.
+    too, a batch whose parent goes (one of ``runs``, past its cutoff, and not kept) goes
+    whole; one whose parent stays keeps its children: a parent kept as its job's newest
+    run, or left out of a purge narrowed to its children's job name, its children
+    purged, stayed running for ever.
 
     The parents are read from the active runs (few, and indexed) once a statement, a
     hashed subplan on PostgreSQL that each candidate is looked up in: 8 ms to pick a
     batch of 2,000 runs among 1 million with 3,000 active, 6 ms without the check. An
     EXISTS per candidate was planned as a join of each against every parent: 490 ms.
+    Purging active runs too, the parents that go are read the same way, from the active
+    parents looked up in ``runs``: 15 ms with 1,000 running batches of 2 children among
+    1 million runs, narrowed to a job name or not (9 ms when the check took no account
+    of ``runs``).
     """
     old = Q()
     for cutoff, chosen in cutoffs.items():
@@ -319,11 +324,18 @@ def _candidates(
     # held_by_batch_condition()'s rule, as separate exclusions that purging active runs narrows.
     active, gathering = gathering_batches(every)
     if set().union(*cutoffs.values()) & Status.ACTIVE:
-        # Purging active runs too: the children of a parent that goes go with it.
-        goes = old & ~Q(pk__in=_id_subquery(runs.db, runs.model, kept)) if kept else old
-        active = active.exclude(goes)
+        # Purging active runs too: the children of a parent that goes go with it. The
+        # parent goes when the purge takes it: of ``runs`` (a purge narrowed to the
+        # children's job name leaves it), old and not kept. Read from the few parents
+        # at stake, so the subquery stays as small as they are.
+        goes = runs.order_by().filter(old)
+        if kept:
+            goes = goes.exclude(pk__in=_id_subquery(runs.db, runs.model, kept))
+        active = active.exclude(pk__in=goes.filter(pk__in=active).values("pk"))
         gathering = (
-            every.filter(pk__in=gathering).exclude(goes).values_list("pk", flat=True)
+            every.filter(pk__in=gathering)
+            .exclude(pk__in=goes.filter(pk__in=gathering).values("pk"))
+            .values_list("pk", flat=True)
         )
     else:
         runs = runs.exclude(pk__in=gathering)  # a parent with an active child

@@ -886,6 +886,46 @@ def test_include_active_keeps_a_kept_failed_batch_s_children_while_one_still_run
     assert (dry.runs, done.runs) == (0, 0)
 
 
+@pytest.mark.django_db(transaction=True)  # the parent follows its children on commit
+@pytest.mark.parametrize(
+    "jobs", [[], pytest.param(["--jobs", "2"], marks=pytest.mark.postgres)]
+)
+def test_a_purge_narrowed_to_the_children_s_job_keeps_them_while_their_parent_stays(
+    purge: Any, jobs: list[str]
+) -> None:
+    """``--job-name tests.child --include-active`` (or a queryset narrowed so) took both
+    children of an old running batch whose parent, of another job, it does not purge:
+    the parent stayed running, with no child left to end it, for ever. The parent goes
+    only when it is one of the runs purged (old, not kept, and in the narrowing); the dry
+    run counts as much."""
+    from django_jobstatus import JobKilled, track
+    from django_jobstatus.batches import start_batch
+
+    parent = start_batch("tests.batch", ["tests.child", "tests.child"])
+    first, second = parent.children.order_by("pk")
+    with track("tests.child", run=first):
+        raise JobKilled("stopped by an operator")
+    JobRun.objects.filter(pk__in=[parent.pk, first.pk, second.pk]).update(
+        created_at=ago(40)
+    )
+    parent.refresh_from_db()
+    assert parent.status == Status.RUNNING  # a killed child, a queued one
+    active = ["--include-active", "--days", "30", "--keep-last", "0", *jobs]
+
+    children = JobRun.objects.filter(job_name="tests.child")
+    dry = children.purge(days=30, include_active=True, keep_last=0, dry_run=True)
+    done = children.purge(days=30, include_active=True, keep_last=0)
+    assert alive(parent, first, second) == [True, True, True], (dry.runs, done.runs)
+    assert (dry.runs, done.runs) == (0, 0)
+    others = JobRun.objects.exclude(pk=parent.pk)  # narrowed by another field
+    assert others.purge(days=30, include_active=True, keep_last=0).runs == 0
+    purge(*active, "--job-name", "tests.child")
+    assert alive(parent, first, second) == [True, True, True]
+
+    purge(*active, "--job-name", "tests.child", "--job-name", "tests.batch")
+    assert alive(parent, first, second) == [False, False, False]
+
+
 @pytest.mark.engine_agnostic  # SQLite: PostgreSQL stores time zones, and refuses this setting
 def test_a_bulk_delete_works_on_a_database_that_stores_local_time(
     aged: Any, database_stores_local_time: None

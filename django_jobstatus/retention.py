@@ -248,17 +248,22 @@ def preview(runs: JobRunQuerySet, *, days: float | None) -> PurgeResult:
     return result
 
 
-def _id_subquery(db: str, model: type[JobRun], ids: list[Any]) -> RawSQL:
-    """A subquery of the runs ``ids``, all in one parameter (``values_table()``): a
-    statement that does not grow with their number, nor meet SQLite's cap on parameters."""
-    connection = connections[db]
+def _ids_table(connection: Any, model: type[JobRun], ids: list[Any]) -> tuple[str, Any]:
+    """The runs ``ids`` as a table ``ids`` of one column, ``value``, and its one parameter
+    (``values_table()``): a statement that does not grow with their number, nor meet
+    SQLite's cap on parameters."""
     pk = model._meta.pk
-    ids_sql, param = values_table(
+    return values_table(
         connection,
         [pk.get_db_prep_value(i, connection) for i in ids],
         "ids",
         str(pk.db_type(connection)),
     )
+
+
+def _id_subquery(db: str, model: type[JobRun], ids: list[Any]) -> RawSQL:
+    """A subquery of the runs ``ids``, all in one parameter (``_ids_table()``)."""
+    ids_sql, param = _ids_table(connections[db], model, ids)
     return RawSQL(f"SELECT value FROM {ids_sql}", [param])  # noqa: S611, S608 - the ids are a parameter
 
 
@@ -270,13 +275,7 @@ def _lines_per_run(
     if not ids:
         return {}
     connection = connections[db]
-    pk = model._meta.pk
-    ids_sql, param = values_table(
-        connection,
-        [pk.get_db_prep_value(i, connection) for i in ids],
-        "ids",
-        str(pk.db_type(connection)),
-    )
+    ids_sql, param = _ids_table(connection, model, ids)
     table = connection.ops.quote_name(JobLog._meta.db_table)
     column = connection.ops.quote_name(JobLog._meta.get_field("run").column)
     with connection.cursor() as cursor:
@@ -286,7 +285,7 @@ def _lines_per_run(
             f" GROUP BY {column}",
             [param, most],
         )
-        return {pk.to_python(run): n for run, n in cursor.fetchall()}
+        return {model._meta.pk.to_python(run): n for run, n in cursor.fetchall()}
 
 
 def _candidates(

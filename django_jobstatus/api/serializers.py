@@ -286,6 +286,12 @@ _NOT_STOPPED_HELP = _(
 )
 
 
+_IN_BATCHES_HELP = _(
+    "Runs under the batches' parents picked, down through nested batches, newly asked to "
+    "stop too (with force: ended killed now); not counted in asked or killed."
+)
+
+
 class KillResultSerializer(serializers.Serializer):
     matched = serializers.IntegerField(help_text=_("Runs the ids or filters picked."))
     active = serializers.IntegerField(
@@ -297,6 +303,7 @@ class KillResultSerializer(serializers.Serializer):
     killed = serializers.IntegerField(
         help_text=_("Runs ended killed now (only with force).")
     )
+    in_batches = serializers.IntegerField(help_text=_IN_BATCHES_HELP)
     not_stopped = NotStoppedSerializer(many=True, help_text=_NOT_STOPPED_HELP)
 
 
@@ -359,12 +366,13 @@ class DeleteFailedSerializer(serializers.Serializer):
 class KilledRunSerializer(JobRunSerializer):
     """A run after a kill request, with what its task system could not do."""
 
+    in_batches = serializers.IntegerField(read_only=True, help_text=_IN_BATCHES_HELP)
     not_stopped = NotStoppedSerializer(
         many=True, read_only=True, help_text=_NOT_STOPPED_HELP
     )
 
     class Meta(JobRunSerializer.Meta):
-        fields = [*JobRunSerializer.Meta.fields, "not_stopped"]
+        fields = [*JobRunSerializer.Meta.fields, "in_batches", "not_stopped"]
         read_only_fields = fields
 
 

@@ -539,6 +539,7 @@ class JobRunViewSet(
             # It finished (or another request killed it) between the read and the write:
             # this request asked nothing and killed nothing.
             return _finished_conflict(run)
+        run.in_batches = result.in_batches  # type: ignore[attr-defined]
         run.not_stopped = result.not_stopped  # type: ignore[attr-defined]
         return Response(
             KilledRunSerializer(run, context=self.get_serializer_context()).data,
@@ -569,6 +570,7 @@ class JobRunViewSet(
                     "active": active,
                     "asked": result.asked,
                     "killed": result.killed,
+                    "in_batches": result.in_batches,
                     "not_stopped": result.not_stopped,
                 }
             ).data

@@ -176,6 +176,7 @@ def test_bulk_kill_by_ids(api, make_run):
         "active": 2,
         "asked": 2,
         "killed": 0,
+        "in_batches": 0,
         "not_stopped": [],
     }
     assert set(JobRun.objects.kill_requested().values_list("pk", flat=True)) == {
@@ -190,6 +191,7 @@ def test_bulk_kill_by_ids(api, make_run):
         "active": 1,
         "asked": 0,
         "killed": 0,
+        "in_batches": 0,
         "not_stopped": [],
     }
 
@@ -204,6 +206,7 @@ def test_bulk_kill_by_list_filters(api, make_run):
         "active": 2,
         "asked": 2,
         "killed": 0,
+        "in_batches": 0,
         "not_stopped": [],
     }
     assert set(JobRun.objects.kill_requested().values_list("job_name", flat=True)) == {
@@ -305,12 +308,29 @@ def test_kill_a_batch_s_parent_asks_its_children(api):
     parent = start_batch("imports.all", ["a", "b"])
     a, b = parent.children.order_by("job_name")
     a.mark_running(worker="w1")
-    assert api.post(f"{BASE}{parent.pk}/kill/").status_code == 202
+    response = api.post(f"{BASE}{parent.pk}/kill/")
+    assert response.status_code == 202
+    assert response.json()["in_batches"] == 2
     assert set(JobRun.objects.kill_requested().values_list("job_name", flat=True)) == {
         "imports.all",
         "a",
         "b",
     }
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_bulk_kill_counts_the_runs_under_the_batches_it_took_along(api, force):
+    """The answer counted the runs picked only: the children a batch's parent took along
+    were in no figure, and a client saw "asked": 1 for a kill that asked three runs."""
+    parent = start_batch("imports.all", ["a", "b"])
+    a, _b = parent.children.order_by("job_name")
+    a.mark_running(worker="w1")
+    body = {"ids": [str(parent.pk)], "force": force}
+    answer = api.post(f"{BASE}kill/", body, format="json").json()
+    assert (answer["asked"], answer["killed"], answer["in_batches"]) == (
+        (1, 1, 2) if force else (1, 0, 2)
+    )
+    assert JobRun.objects.kill_requested().count() == 3
 
 
 # Latest.

@@ -190,6 +190,7 @@ def test_owner_scope_lets_a_user_kill_only_their_runs_and_delete_none(
         "active": 1,
         "asked": 1,
         "killed": 0,
+        "in_batches": 0,
         "not_stopped": [],
     }
     assert client.post(f"{BASE}{mine.pk}/kill/").status_code == 202

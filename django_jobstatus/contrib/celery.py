@@ -645,10 +645,11 @@ def _revoked(
     else:
         message = _("Revoked before it ran.")
 
+    # The request is the message's context, which names its task ``task``.
+    name = getattr(request, "task", None) or getattr(sender, "name", None)
+
     def record(alias: str) -> None:
-        run = _execution.find_or_enqueue(
-            SOURCE, task_id, getattr(request, "name", None), alias
-        )
+        run = _execution.find_or_enqueue(SOURCE, task_id, name, alias)
         if run is not None and run.is_active:
             run.mark_killed(using=alias, message=str(message))
 

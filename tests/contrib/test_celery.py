@@ -275,6 +275,31 @@ def test_a_late_task_retry_keeps_the_attempt_s_error(celery_on: None) -> None:
 
 
 @pytest.mark.django_db
+def test_a_task_revoked_before_any_run_of_it_was_recorded_is_recorded_killed(
+    celery_on: None,
+) -> None:
+    """A message the worker revokes (expired, or revoked before it ran) whose publish no
+    integration saw (another service, ``celery call``): its run was to be recorded then,
+    but the task's name was read from ``request.name``, which Celery's request context
+    does not have (it is ``request.task``), so nothing was recorded."""
+    from celery.app.task import Context
+
+    task_id = str(uuid.uuid4())
+    # What the worker sends (celery.worker.request.Request._announce_revoked).
+    request = Context({"id": task_id, "task": add.name, "args": [1, 2], "kwargs": {}})
+    signals.task_revoked.send(
+        sender=add, request=request, terminated=False, signum=None, expired=True
+    )
+    run = jobstatus_celery.find_run(task_id)
+    assert run is not None, "no run recorded for the revoked task"
+    assert (run.job_name, run.status, run.message) == (
+        add.name,
+        Status.KILLED,
+        "Expired before it ran.",
+    )
+
+
+@pytest.mark.django_db
 def test_a_retry_to_an_exchange_the_app_does_not_route_to_is_refused(
     celery_on: None,
 ) -> None:

@@ -29,13 +29,17 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import connections, transaction
 from django.db.models import (
     Case,
+    Count,
     Exists,
     F,
+    Max,
+    Min,
     OuterRef,
     Q,
     QuerySet,
@@ -63,12 +67,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchStatus:
-    """What a parent's children add up to."""
+    """What a parent's children add up to.
+
+    ``started_at`` is the first child's start (None while none started), ``finished_at``
+    the last child's end once every child has ended (None before): the span the parent
+    records when it ends, whenever its refresh comes.
+    """
 
     status: str
     done: int
     total: int
     counts: dict[str, int] = field(default_factory=dict)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def progress(self) -> float | None:
@@ -152,12 +163,24 @@ def start_batch(
 
 
 def batch_status(parent: JobRun) -> BatchStatus:
-    """The aggregate status and progress of ``parent``'s children (one query)."""
-    counts = (
+    """The aggregate status, progress and span of ``parent``'s children (one query:
+    ``count_by_status()``'s, with each status's first start and last end)."""
+    rows = (
         JobRun.objects.using(write_database(parent._state.db))
         .filter(parent_id=parent.pk)
-        .count_by_status()
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("pk"), first=Min("started_at"), last=Max("finished_at"))
     )
+    counts: dict[str, int] = {}
+    starts: list[datetime] = []
+    ends: list[datetime] = []
+    for status, n, first, last in rows:
+        counts[status] = n
+        if first is not None:
+            starts.append(first)
+        if last is not None:
+            ends.append(last)
     total = sum(counts.values())
     done = sum(counts.get(status, 0) for status in Status.TERMINAL)
     return BatchStatus(
@@ -165,6 +188,8 @@ def batch_status(parent: JobRun) -> BatchStatus:
         done=done,
         total=total,
         counts=counts,
+        started_at=min(starts, default=None),
+        finished_at=max(ends, default=None) if total and done == total else None,
     )
 
 
@@ -212,14 +237,36 @@ def _move(
     ):
         parent.mark_running(worker="")
     counts = {"children": state.counts}
+    span = _span(parent, state)
     if target == Status.SUCCEEDED:
-        parent.mark_succeeded(result=counts)
+        parent.mark_succeeded(result=counts, **span)
     elif target == Status.FAILED and error is not None:
-        parent.mark_failed(error, result=counts)
+        parent.mark_failed(error, result=counts, **span)
     elif target == Status.FAILED:
-        parent.mark_failed(**_failure(state))
+        parent.mark_failed(**_failure(state), **span)
     elif target == Status.KILLED:
-        parent.mark_killed(result=counts)
+        parent.mark_killed(result=counts, **span)
+
+
+def _span(parent: JobRun, state: BatchStatus) -> dict[str, Any]:
+    """The ``started_at`` and ``finished_at`` of ``parent`` ending now: its first child's
+    start when that came before its own, and, once every child has ended, its last
+    child's end (never before that start).
+
+    Its refresh may come late: the reaper settles a parent whose refresh was missed
+    hours after its last child ended, starting and ending it at once. Stamped "now", the
+    record said the batch ran for no time, long after it did.
+    """
+    started = min(
+        (at for at in (parent.started_at, state.started_at) if at is not None),
+        default=None,
+    )
+    span: dict[str, Any] = {}
+    if started is not None:
+        span["started_at"] = started
+    if state.finished_at is not None:
+        span["finished_at"] = max(state.finished_at, started or state.finished_at)
+    return span
 
 
 # How many times _settle() reads the parent again after another process moved it first.
@@ -238,7 +285,10 @@ def _settle(
     A refresh that read the parent queued has its start refused when another one started
     it meanwhile: giving up there would leave it running once every child has ended (the
     other refresh, from an older view, aimed no further). Moves are conditional and an
-    end is final, so going on from the fresh row undoes nothing a newer view did.
+    end is final, so going on from the fresh row undoes nothing a newer view did. One
+    whose end was refused because another process, from an older view, ended it first
+    writes its newer figures all the same (``_follow()``): no refresh comes after the
+    last child's.
     """
     db = write_database(parent._state.db)
     for _attempt in range(_MOVE_ATTEMPTS):
@@ -246,8 +296,36 @@ def _settle(
             _move(parent, target, state, error)
         except InvalidTransition:
             parent.refresh_from_db(using=db)  # another process moved it first
+            _follow(parent, state)
         else:
             return
+
+
+def _follow(parent: JobRun, state: BatchStatus) -> None:
+    """A parent that ended failed or killed before its last child did: its ``result``,
+    and the ``error`` of one its children failed, from ``state`` unless a newer view
+    wrote them (progress only moves forward), so that its figures follow the children
+    to their end. One its block's exception failed keeps that exception (its traceback).
+    """
+    if parent.status not in (Status.FAILED, Status.KILLED):
+        return
+    db = write_database(parent._state.db)
+    JobRun.objects.using(db).filter(
+        BATCH_PARENT,
+        pk=parent.pk,
+        status=parent.status,
+        progress_current__lte=state.done,
+    ).update(
+        result={"children": state.counts},
+        error=Case(
+            When(
+                Q(status=Status.FAILED, traceback=""),
+                then=Value(_failure(state)["error"], output_field=TextField()),
+            ),
+            default=F("error"),
+        ),
+    )
+    parent.refresh_from_db(using=db, fields=["error", "result"])
 
 
 def _failure(state: BatchStatus) -> dict[str, Any]:
@@ -287,21 +365,7 @@ def refresh_batch(parent: JobRun) -> BatchStatus:
     parent.refresh_from_db(using=db)
     if was_open or not _is_batch_parent(parent):
         return state
-    if parent.status in (Status.FAILED, Status.KILLED):
-        # It ended before its last child did: its figures follow the others to their end.
-        # The error of a parent its children failed says how many; one its block's
-        # exception failed keeps that exception (and its traceback).
-        newer.filter(status=parent.status).update(
-            result={"children": state.counts},
-            error=Case(
-                When(
-                    Q(status=Status.FAILED, traceback=""),
-                    then=Value(_failure(state)["error"], output_field=TextField()),
-                ),
-                default=F("error"),
-            ),
-        )
-        parent.refresh_from_db(using=db, fields=["error", "result"])
+    _follow(parent, state)  # ended before its last child did
     _settle(parent, state.status, state)
     return state
 
@@ -366,7 +430,8 @@ def batch(name: str, *, using: str | None = None, **fields: Any) -> Iterator[Job
     block sets the total and refreshes the parent (children may all have run already);
     with no child it ends succeeded. An exception in the block ends the parent failed
     with it (killed with a JobKilled), and is re-raised; the children enqueued before it
-    run on. Inside a transaction the block ends at its commit (``_end()``).
+    run on. ``sys.exit(0)`` and ``sys.exit()`` leave it as a success, as ``track()``
+    records them. Inside a transaction the block ends at its commit (``_end()``).
     """
     # Inside another batch() block, one of its children: that batch ends with this one.
     fields.setdefault("parent", current_parent())
@@ -374,19 +439,43 @@ def batch(name: str, *, using: str | None = None, **fields: Any) -> Iterator[Job
     parent = JobRun.objects.db_manager(db).enqueue(name, progress_total=None, **fields)
     _blocks[parent] = _Block(uncommitted=_in_open_transaction(db))
     hooks = _hooks()
-    token = _parent.set(parent)
+    previous = replace_parent(parent)
     try:
         yield parent
-    except BaseException as error:
-        _parent.reset(token)
-        try:
-            _end(parent, hooks, error)
-        except Exception:
-            # The block's own error matters more (the database may be why it raised).
-            logger.exception("Could not record the failure of batch %s.", parent.pk)
+    except SystemExit as exit_:
+        # sys.exit(0) and sys.exit() are a success, for Python and for cron.
+        _end_raised(parent, hooks, None if exit_.code in (0, None) else exit_)
         raise
-    _parent.reset(token)
-    _end(parent, hooks)
+    except BaseException as error:
+        _end_raised(parent, hooks, error)
+        raise
+    else:
+        _end(parent, hooks)
+    finally:
+        _leave(parent, previous)
+
+
+def _end_raised(
+    parent: JobRun, hooks: dict[str, int], error: BaseException | None
+) -> None:
+    """``_end()`` for a block that raised ``error`` (None: a success, ``sys.exit(0)``)."""
+    try:
+        _end(parent, hooks, error)
+    except Exception:
+        # The block's own error matters more (the database may be why it raised).
+        logger.exception("Could not record the failure of batch %s.", parent.pk)
+
+
+def _leave(parent: JobRun, previous: JobRun | None) -> None:
+    """Make ``previous`` the parent of the runs recorded from now on, where ``parent``
+    still is (as ``JobHandle.deactivate()`` does for ``current_job()``).
+
+    A block in a generator advanced through ``asyncio.to_thread()`` ends in another
+    context than it began, where resetting a token raises ValueError: the block did not
+    end, and its parent stayed queued until the reaper killed it.
+    """
+    if _parent.get() is parent:
+        _parent.set(previous)
 
 
 @dataclass
@@ -604,11 +693,11 @@ def replace_parent(parent: JobRun | None) -> JobRun | None:
 def within(parent: JobRun) -> Iterator[None]:
     """Runs recorded in the block are children of ``parent``: a job that ``batch()``'s block
     enqueued and its task system pushes later (at the commit)."""
-    token = _parent.set(parent)
+    previous = replace_parent(parent)
     try:
         yield
     finally:
-        _parent.reset(token)
+        _leave(parent, previous)
 
 
 # Following the children automatically.

@@ -223,6 +223,41 @@ def test_a_reap_between_the_last_child_s_end_and_its_parent_s_refresh_does_not_l
     assert (parent.status, parent.message) == (S, "")
 
 
+def test_a_batch_settled_by_the_reaper_ran_when_its_children_did(db: None) -> None:
+    """The parent's refresh after its children was missed (the worker died between the
+    child's commit and the on-commit refresh). Two hours later the reaper settled it "as
+    the refresh would have", but stamped it started and finished at the reap: the record
+    said the batch ran for no time, two hours after its last child ended."""
+    parent = start_batch("tests.batch", ["tests.a", "tests.b"])
+    a, b = parent.children.order_by("job_name")
+    for child in (a, b):
+        child.mark_running()
+        child.mark_succeeded()  # a `db` test: the on-commit refresh never runs
+    now = timezone.now()
+    first_start = now - timedelta(hours=3)
+    last_end = now - timedelta(hours=2)
+    a_end = now - timedelta(hours=2.5)
+    JobRun.objects.filter(pk=a.pk).update(
+        started_at=first_start, finished_at=a_end, updated_at=a_end
+    )
+    JobRun.objects.filter(pk=b.pk).update(
+        started_at=a_end, finished_at=last_end, updated_at=last_end
+    )
+    JobRun.objects.filter(pk=parent.pk).update(
+        created_at=now - timedelta(hours=4),
+        queued_at=now - timedelta(hours=4),
+        updated_at=last_end,
+    )
+
+    assert JobRun.objects.reap(300, queued_timeout=3600).settled == 1
+
+    parent.refresh_from_db()
+    assert parent.status == S
+    assert parent.finished_at is not None
+    assert abs((parent.finished_at - last_end).total_seconds()) < 60
+    assert parent.started_at == first_start
+
+
 @pytest.mark.django_db(transaction=True)  # the parent follows its children on commit
 def test_a_batch_killed_while_its_children_wait_stops_those_its_workers_start_after() -> (
     None
@@ -388,6 +423,74 @@ def test_a_refresh_that_loses_the_start_to_an_older_one_still_ends_the_batch(
         S,
         2,
         {"children": {S: 2}},
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_refresh_that_loses_the_end_to_an_older_one_still_writes_the_final_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two children end at once in two workers. Refresh A read the children when only a
+    had failed (b running): target failed, "1 of 2". Refresh B read both failed and the
+    parent still running. A ended the parent first; B's end was refused, it read the
+    parent again, found it ended, and stopped. No refresh comes after that (every child
+    has ended): the parent said "1 of 2 child runs failed." and counted a running child
+    for good, while both children failed."""
+    batches.disconnect()  # the refreshes are run by hand below, as the signal would
+    try:
+        parent = start_batch("batch", ["a", "b"])
+        a, b = parent.children.order_by("job_name")
+        a.mark_running()
+        b.mark_running()
+        refresh_batch(JobRun.objects.get(pk=parent.pk))  # the parent is running
+        a.mark_failed(RuntimeError("bad a"))
+        original = batches._move
+        a_at_move, b_at_move, a_moved = (threading.Event() for _ in range(3))
+        errors: list[BaseException] = []
+
+        def move(run: JobRun, target: str, state: Any, error: Any = None) -> None:
+            name = threading.current_thread().name
+            if name == "refresh-A":
+                a_at_move.set()
+                assert b_at_move.wait(30)
+                try:
+                    original(run, target, state, error)
+                finally:
+                    a_moved.set()
+                return
+            if name == "refresh-B":
+                b_at_move.set()
+                assert a_moved.wait(30)
+            original(run, target, state, error)
+
+        monkeypatch.setattr(batches, "_move", move)
+
+        def refresh() -> None:
+            try:
+                refresh_batch(JobRun.objects.get(pk=parent.pk))
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        first = threading.Thread(target=refresh, name="refresh-A")
+        first.start()  # read the children: a failed, b running
+        assert a_at_move.wait(30)
+        b.mark_failed(RuntimeError("bad b"))
+        second = threading.Thread(target=refresh, name="refresh-B")
+        second.start()  # read the children: both failed; the parent running
+        first.join(30)
+        second.join(30)
+        assert not first.is_alive() and not second.is_alive()
+        assert not errors, errors
+    finally:
+        batches.connect()
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_current) == (F, 2)
+    assert (parent.error, parent.result) == (
+        "2 of 2 child runs failed.",
+        {"children": {F: 2}},
     )
 
 
@@ -569,6 +672,57 @@ def test_a_batch_whose_block_raised_fails_with_its_exception() -> None:
     )
     assert parent.result == {"children": {S: 1}}
     assert (parent.progress_current, parent.progress_total) == (1, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_block_left_by_sys_exit_0_does_not_fail_the_batch() -> None:
+    """A management command enqueues its files in a ``batch()`` block and leaves with
+    ``sys.exit(0)`` (a success, "for Python and for cron", as ``track()`` records it).
+    The batch ended failed with "SystemExit: 0" and a traceback, and stayed failed once
+    its only child succeeded."""
+    import sys
+
+    from django_jobstatus.contrib._execution import record_queued
+
+    with pytest.raises(SystemExit), batch("imports.all") as parent:
+        child_id = record_queued("rq", "job-1", "imports.one")
+        sys.exit(0)
+    child = JobRun.objects.get(pk=child_id)
+    with track(child.job_name, run=child):  # its worker runs it
+        pass
+    parent.refresh_from_db()
+    assert (parent.status, parent.error) == (S, "")
+    assert parent.result == {"children": {S: 1}}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_block_in_a_generator_advanced_through_asyncio_to_thread_ends() -> None:
+    """A ``batch()`` block in a generator, each step advanced with ``asyncio.to_thread()``
+    (a fresh copy of the context each), ends in another context than it began, as
+    ``track()``'s blocks may. Resetting its ContextVar token there raised ValueError
+    before the block was closed: the parent stayed queued with no total (until the
+    reaper killed it), and the consumer got a ValueError from a block that did nothing
+    wrong."""
+    import asyncio
+
+    def steps() -> Any:
+        with batch("imports.all") as parent:
+            yield parent
+        yield None
+
+    async def consume() -> JobRun:
+        gen = steps()
+        parent = await asyncio.to_thread(next, gen)
+        await asyncio.to_thread(next, gen)  # leaves the block
+        return parent
+
+    try:
+        parent = asyncio.run(consume())
+    finally:
+        connections.close_all()
+    parent.refresh_from_db()
+    assert (parent.status, parent.progress_total) == (S, 0)
+    assert batches.current_parent() is None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -713,9 +713,14 @@ class JobRunAdmin(
             else:
                 query["level"] = level_param
         lines = list(logs[: INLINE_LOGS + 1])
+        shown = lines[:INLINE_LOGS]
         changelist = reverse("admin:django_jobstatus_joblog_changelist")
         return {
-            "logs": lines[:INLINE_LOGS],
+            "logs": shown,
+            # Where the live tail starts, in the order it counts in (ids): the newest line
+            # by time may not have the highest id (its writer's clock), and a tail after it
+            # listed again lines the page shows.
+            "logs_after": max((line.pk for line in shown), default=""),
             "logs_more": len(lines) > INLINE_LOGS,
             "logs_limit": INLINE_LOGS,
             "log_level": level_param,

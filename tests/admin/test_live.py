@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
+from datetime import timedelta
+
+from django.utils import timezone
 
 from django_jobstatus.admin.live import TAIL
 from django_jobstatus.models import JobLog, Status
@@ -84,3 +88,26 @@ def test_the_run_page_carries_the_live_root(admin_client, make_run):
     done = make_run(status=Status.SUCCEEDED)
     body = admin_client.get(f"{URL}{done.pk}/change/").content.decode()
     assert 'data-active="false"' in body and 'id="jobstatus-follow"' not in body
+
+
+def test_the_live_tail_repeats_no_line_the_page_already_shows(admin_client, run):
+    """A log line carries the clock of the process that wrote it: a worker 30 s ahead
+    wrote one line, then this attempt's worker another. The page shows both, and its
+    tail started after the line newest by time, not after the highest id (the order
+    ``?after=`` counts in): the first poll handed back a line the page showed already."""
+    JobLog.objects.create(
+        run=run,
+        created_at=timezone.now() + timedelta(seconds=30),
+        level=logging.INFO,
+        message="from the worker whose clock is ahead",
+    )
+    run.log(logging.INFO, "from this attempt's worker")
+    page = admin_client.get(f"{URL}{run.pk}/change/").content.decode()
+    assert "from the worker whose clock is ahead" in page
+    assert "from this attempt&#x27;s worker" in page
+    after = re.search(r'data-after="(\d*)"', page).group(1)
+    data = admin_client.get(f"{URL}{run.pk}/live/", {"after": after}).json()
+    assert [line["message"] for line in data["logs"]] == []
+    run.log(logging.INFO, "a new line")
+    data = admin_client.get(f"{URL}{run.pk}/live/", {"after": after}).json()
+    assert [line["message"] for line in data["logs"]] == ["a new line"]

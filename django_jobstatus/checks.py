@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from email.headerregistry import AddressHeader, HeaderRegistry
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -335,6 +336,34 @@ def _webhook_problem(hook: Any) -> str | None:
     return _url_problem(hook)
 
 
+_ADDRESSES = HeaderRegistry()
+
+
+def _is_recipient(item: Any) -> bool:
+    """Whether ``send_mail()`` delivers to ``item``: one address, bare or with a display
+    name (``"Ops Team <ops@example.com>"``, as Django's ADMINS take), the way the email
+    package parses a To header. Two addresses in one item, a group, an empty or broken
+    address, a line break, or a stray comma (Django 5.2 refuses the empty address after
+    it) would make every alert email fail when it is sent, not when the app starts."""
+    if not isinstance(item, str) or item.rstrip().endswith(","):
+        return False
+    try:
+        header = _ADDRESSES("to", item)
+    except ValueError:  # a line break
+        return False
+    if not isinstance(header, AddressHeader) or header.defects:
+        return False  # unparsable
+    if len(header.groups) != 1 or header.groups[0].display_name is not None:
+        return False  # a group ("Team: a@example.com;")
+    if len(header.addresses) != 1:
+        return False
+    try:
+        validate_email(header.addresses[0].addr_spec)
+    except ValidationError:
+        return False
+    return True
+
+
 @register(Tags.compatibility)
 def check_alerts(**kwargs: Any) -> list[CheckMessage]:
     """E006: alert addresses, webhooks, base URL and the metrics token must be usable."""
@@ -342,13 +371,11 @@ def check_alerts(**kwargs: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     emails = user.get("ALERT_EMAILS")
     for address in emails if isinstance(emails, list | tuple) else ():
-        try:
-            validate_email(address)
-        except (ValidationError, TypeError):
+        if not _is_recipient(address):
             messages.append(
                 Error(
                     f"JOBSTATUS['ALERT_EMAILS'] has {address!r}, which is not an email address.",
-                    hint="For example ['ops@example.com'].",
+                    hint="One address an item, bare or with a name: for example ['ops@example.com', 'Ops Team <ops@example.com>'].",
                     id="jobstatus.E006",
                 )
             )

@@ -117,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ALERT_EMAILS",
         [],
         (list, tuple),
-        "Addresses that get an email when a monitor's incident opens or resolves (Django's mail settings).",
+        'Addresses that get an email when a monitor\'s incident opens or resolves (Django\'s mail settings): one an item, bare or with a name, e.g. `["ops@example.com", "Ops Team <ops@example.com>"]`.',
     ),
     Setting(
         "ALERT_RATE_LIMIT",
@@ -270,7 +270,7 @@ SETTINGS: tuple[Setting, ...] = (
         (int,),
         "The newest successful runs whose p95 duration a monitor's `max_duration_p95_factor` multiplies.",
         positive=True,
-        maximum=BIGINT_MAX,
+        maximum=BIGINT_MAX - 1,  # health reads one run more (the judged one, left out)
     ),
     Setting(
         "PROGRESS_INTERVAL",

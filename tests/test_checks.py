@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 import types
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -377,12 +378,24 @@ def test_valid_alert_and_metrics_settings_pass() -> None:
         ({"ALERT_RATE_LIMIT": -1}, ("jobstatus.E003", "ALERT_RATE_LIMIT")),
         ({"METRICS_WINDOW": 0}, ("jobstatus.E003", "METRICS_WINDOW")),
         ({"MONITOR_DURATION_SAMPLE": 0}, ("jobstatus.E003", "MONITOR_DURATION_SAMPLE")),
-        # Past the largest number SQL takes (a LIMIT).
+        # Past the largest number SQL takes: health reads one run more (a LIMIT).
         (
-            {"MONITOR_DURATION_SAMPLE": 2**63},
-            ("jobstatus.E003", "must be from 1 to 9223372036854775807"),
+            {"MONITOR_DURATION_SAMPLE": 2**63 - 1},
+            ("jobstatus.E003", "must be from 1 to 9223372036854775806"),
         ),
         ({"ALERT_EMAILS": "ops@example.com"}, ("jobstatus.E001", "ALERT_EMAILS")),
+        # send_mail() could not deliver to these: each alert email would fail when sent.
+        (
+            {"ALERT_EMAILS": ["a@example.com, b@example.com"]},
+            ("jobstatus.E006", "'a@example.com, b@example.com'"),
+        ),
+        ({"ALERT_EMAILS": ["Ops <>"]}, ("jobstatus.E006", "'Ops <>'")),
+        ({"ALERT_EMAILS": [""]}, ("jobstatus.E006", "has ''")),
+        ({"ALERT_EMAILS": ["ops@example.com,"]}, ("jobstatus.E006", "example.com,'")),
+        ({"ALERT_EMAILS": ["Ops: a@example.com;"]}, ("jobstatus.E006", "Ops: ")),
+        ({"ALERT_EMAILS": ["Ops\n<ops@example.com>"]}, ("jobstatus.E006", "Ops\\n")),
+        ({"ALERT_EMAILS": [("Ops", "ops@example.com")]}, ("jobstatus.E006", "('Ops'")),
+        ({"ALERT_EMAILS": ['"Doe, Jo" <jo@example.com>']}, None),
     ],
 )
 def test_bad_alert_and_metrics_settings(jobstatus, message) -> None:
@@ -392,6 +405,18 @@ def test_bad_alert_and_metrics_settings(jobstatus, message) -> None:
     (found,) = _messages(jobstatus)
     assert found[0] == message[0]
     assert message[1] in found[1]
+
+
+def test_an_alert_address_with_a_display_name_is_accepted(mailoutbox) -> None:
+    """ALERT_EMAILS go to send_mail(), which takes "Name <address>" as Django's own
+    ADMINS do; validate_email() on the whole item refused it with E006, an Error that
+    stops runserver and migrate."""
+    from django.core.mail import send_mail
+
+    address = "Ops Team <ops@example.com>"
+    send_mail("subject", "body", None, [address])  # what health's alerts call
+    assert mailoutbox[-1].to == [address]
+    assert _messages({"ALERT_EMAILS": [address]}) == []
 
 
 UNSENDABLE_WEBHOOKS = [
@@ -530,6 +555,26 @@ def _largest() -> dict[str, Any]:
 
 def test_the_largest_values_pass_the_checks() -> None:
     assert _messages(_largest()) == []
+
+
+@pytest.mark.django_db  # default only: with every alias, SQLite reports the table locked at teardown
+def test_the_largest_monitor_duration_sample_works_for_a_p95_monitor(
+    past_run, monitor
+) -> None:
+    """Health reads MONITOR_DURATION_SAMPLE + 1 runs (the judged one is left out): at
+    BIGINT_MAX that LIMIT was past what either database takes, and every check of a
+    monitor with max_duration_p95_factor raised (SQLite: "datatype mismatch",
+    PostgreSQL: bigint out of range)."""
+    largest = BY_NAME["MONITOR_DURATION_SAMPLE"].maximum
+    jobstatus = {"MONITOR_DURATION_SAMPLE": largest}
+    assert _messages(jobstatus) == []
+    for _ in range(3):
+        past_run("tests.nightly", took=timedelta(seconds=5))
+    JobRun.objects.start("tests.nightly")
+    monitor("tests.nightly", max_duration_p95_factor=3)
+    with override_settings(JOBSTATUS=jobstatus):
+        result = health.check()
+    assert "tests.nightly" in result.assessments
 
 
 @pytest.mark.django_db  # the default database only: no run_checks() here

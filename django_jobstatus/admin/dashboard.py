@@ -348,7 +348,7 @@ class DashboardMixin(admin.ModelAdmin):  # type: ignore[type-arg]
                 since, window, counts[Status.FAILED] + counts[Status.LOST]
             ),
             "failures_url": f"{failures_url}?{urlencode({'window': window})}",
-            "health": health_panel(),
+            "health": health_panel(request),
         }
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:

@@ -166,10 +166,7 @@ class JobMonitorAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
         """Without ``view_jobmonitorincident``, no incidents: their details quote runs'
         errors, which the incidents' own pages refuse to such a user."""
         fieldsets = super().get_fieldsets(request, obj)
-        opts = JobMonitorIncident._meta
-        if request.user.has_perm(
-            f"{opts.app_label}.{get_permission_codename('view', opts)}"
-        ):
+        if _sees_incidents(request):
             return fieldsets
         return [
             (
@@ -363,6 +360,18 @@ class JobMonitorIncidentAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[t
         )
 
 
+def _sees_incidents(request: HttpRequest) -> bool:
+    """Whether the user may read incidents (``view_jobmonitorincident``): their details
+    quote failed runs' errors. The monitors' pages and the dashboard's health panel follow
+    it, as the API does (``api.permissions.sees_incidents``)."""
+    opts = JobMonitorIncident._meta
+    return bool(
+        request.user.has_perm(
+            f"{opts.app_label}.{get_permission_codename('view', opts)}"
+        )
+    )
+
+
 # The dashboard's health panel.
 
 _WORST_FIRST = Case(
@@ -375,20 +384,30 @@ _WORST_FIRST = Case(
 )
 
 
-def health_panel() -> dict[str, Any] | None:
-    """The dashboard's panel: late, failing and slow jobs first (with links), then counts; None without monitors."""
+def health_panel(request: HttpRequest) -> dict[str, Any] | None:
+    """The dashboard's panel: late, failing and slow jobs first (with links), then counts; None without monitors.
+
+    The reason (the open incident's detail) only for a user who may read incidents: it
+    quotes failed runs' errors, which a user with ``view_jobrun`` alone does not see on
+    the monitors' pages or in the API either.
+    """
     counts = dict(
         JobMonitor.objects.order_by().values_list("state").annotate(n=Count("pk"))
     )
     if not counts:
         return None
-    # The open incident's detail in the same query (the dashboard's bound is ten in all).
-    detail = JobMonitorIncident.objects.filter(
-        monitor=OuterRef("pk"), resolved_at__isnull=True
-    ).values("detail")[:1]
+    # The open incident's detail in the same query (the dashboard's bound is ten in all),
+    # for a user who may read it.
+    detail: Subquery | Value = Value("")
+    if _sees_incidents(request):
+        detail = Subquery(
+            JobMonitorIncident.objects.filter(
+                monitor=OuterRef("pk"), resolved_at__isnull=True
+            ).values("detail")[:1]
+        )
     unhealthy = (
         JobMonitor.objects.filter(state__in=MonitorState.UNHEALTHY)
-        .annotate(worst=_WORST_FIRST, open_detail=Subquery(detail))
+        .annotate(worst=_WORST_FIRST, open_detail=detail)
         .order_by("worst", "-state_changed_at", "job_name")
     )
     rows = []

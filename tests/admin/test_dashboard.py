@@ -270,6 +270,31 @@ def test_the_dashboard_row_s_proxy_serves_no_page_of_a_run(staff_client, make_ru
     assert viewer.get("/admin/django_jobstatus/dashboard/")["Location"] == URL
 
 
+def test_the_health_panel_shows_an_incident_s_detail_only_to_who_may_read_incidents(
+    staff_client, make_run, monitor
+):
+    """The open incident's detail quotes the failed run's error: without
+    ``view_jobmonitorincident`` the panel names the job and its state, not the reason
+    (as the monitor's page and the API's ``open_incident`` do)."""
+    from django_jobstatus import health
+    from django_jobstatus.models import JobMonitorIncident
+
+    monitor("secret.job", max_failures=1, every=timedelta(days=30))
+    make_run("secret.job", status=Status.FAILED, error="OSError: s3cr3t-dsn")
+    health.check()
+    detail = JobMonitorIncident.objects.get(resolved_at__isnull=True).detail
+    assert "s3cr3t-dsn" in detail
+    shown = staff_client("view_jobrun", "view_jobmonitorincident")
+    assert "s3cr3t-dsn" in shown.get(URL).content.decode()
+    assert "s3cr3t-dsn" in shown.get(DATA).json()["panels"]["health"]
+    viewer = staff_client("view_jobrun")
+    page = viewer.get(URL)
+    assert page.status_code == 200
+    assert [row["job_name"] for row in page.context["health"]["rows"]] == ["secret.job"]
+    assert "s3cr3t-dsn" not in page.content.decode()
+    assert "s3cr3t-dsn" not in viewer.get(DATA).json()["panels"]["health"]
+
+
 def test_purge_dry_run_then_confirm(admin_client, make_run):
     now = timezone.now()
     old = make_run(

@@ -83,6 +83,12 @@ _handle_writing: ContextVar[bool] = ContextVar(
     "django_jobstatus_handle_writing", default=False
 )
 
+# The connection an end written later (``_end_later()``) goes through, with the thread
+# writing it (its alias may exist in that thread only: the heartbeat thread's own).
+_end_database: ContextVar[tuple[int, str] | None] = ContextVar(
+    "django_jobstatus_end_database", default=None
+)
+
 SIDE_SUFFIX = "__jobstatus"
 # The most a handle hands to another process (``JobHandle.unwritten()``), in JSON characters.
 HANDOVER_MAX_CHARS = 64 * 1024
@@ -121,8 +127,19 @@ def tracking_database() -> str:
     time, so there the writes join the open transaction instead; so do they inside a
     TestCase, whose transaction a second connection could not see. A worker process
     (``own_connections.track_through_own()``) writes through a connection of its own,
-    kept open across tasks.
+    kept open across tasks. While an end written later is written (``_end_later()``),
+    the connection it goes through, as a line logged while an end written at once is
+    written goes through that end's.
     """
+    ending = _end_database.get()
+    # A receiver of job_status_changed logging a line of the run: in the heartbeat
+    # thread, the app's database would be a connection it opens and never closes.
+    if (
+        ending is not None
+        and ending[0] == threading.get_ident()
+        and not connections[ending[1]].in_atomic_block
+    ):
+        return ending[1]
     alias: str = settings.DATABASE
     connection = connections[alias]
     if connection.in_atomic_block and (
@@ -943,14 +960,25 @@ class JobHandle:
 
         @_handle_write()
         def end(alias: str) -> bool:
-            free = _row_free(alias, self.run)
-            if free is None:  # purged meanwhile: nothing to end
-                return True
-            if not free:
-                return False
-            return self._record_end(
-                ending, values, result, alias=alias, ended_at=ended_at
-            )
+            # Written as an end at once is, whichever thread writes it (the caller's at
+            # its commit, the heartbeat thread): with this run as current_job() and the
+            # lines logged meanwhile going through ``alias``, so that what the receivers
+            # of job_status_changed log is a line of this run, not dropped (the caller's
+            # block has deactivated this handle) nor one of an outer run.
+            current = _current.set(self)
+            through = _end_database.set((threading.get_ident(), alias))
+            try:
+                free = _row_free(alias, self.run)
+                if free is None:  # purged meanwhile: nothing to end
+                    return True
+                if not free:
+                    return False
+                return self._record_end(
+                    ending, values, result, alias=alias, ended_at=ended_at
+                )
+            finally:
+                _end_database.reset(through)
+                _current.reset(current)
 
         logger.info(
             "The end of run %s waits for the transaction that holds its row to end.",

@@ -9,8 +9,11 @@ reaped ``lost``. The end is now written once the caller's transaction has ended.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +23,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_jobstatus import current_job, own_connections, track, tracked
-from django_jobstatus.models import JobRun, Status
+from django_jobstatus.contrib.logging import JobLogHandler
+from django_jobstatus.models import JobLog, JobRun, Status
+from django_jobstatus.signals import job_status_changed
 from tests.waiting import wait_for
 
 pytestmark = [
@@ -524,3 +529,89 @@ def test_a_step_of_a_committed_parent_inside_an_atomic_block_costs_no_more_queri
         and f"'{parent.pk.hex}'::uuid LIMIT 1" in q["sql"]
     ]
     assert added == [], "an EXISTS per step through the second connection"
+
+
+# A red-team pass of the live tail found these.
+
+
+@pytest.fixture
+def logger() -> Iterator[logging.Logger]:
+    """A logger with only JobLogHandler, as LOGGING would configure it."""
+    target = logging.getLogger("tests.own_lock.receiver")
+    handler = JobLogHandler(level=logging.INFO)
+    target.addHandler(handler)
+    target.setLevel(logging.DEBUG)
+    target.propagate = False
+    yield target
+    target.removeHandler(handler)
+    target.propagate = True
+    target.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def notified(logger: logging.Logger) -> Iterator[list[dict[str, Any]]]:
+    """A receiver of job_status_changed that logs a line when a run of
+    ``tests.own_lock.notify`` succeeds; what it saw in the thread it ran on."""
+    seen: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, run: JobRun, status: str, **kwargs: Any) -> None:
+        if run.job_name == "tests.own_lock.notify" and status == Status.SUCCEEDED:
+            logger.info("notified the team that %s succeeded", run.pk)
+            seen.append(
+                {
+                    "thread": threading.current_thread().name,
+                    # Whether logging the line opened the app's connection in it.
+                    "connected": connections["default"].connection is not None,
+                }
+            )
+
+    job_status_changed.connect(receiver, weak=False)
+    yield seen
+    job_status_changed.disconnect(receiver)
+
+
+def notified_on() -> dict[str, str]:
+    """Each line of the receiver: the run it is a line of (its id, its job's name)."""
+    return {
+        str(run_id): job_name
+        for run_id, job_name in JobLog.objects.filter(
+            message__startswith="notified the team"
+        ).values_list("run_id", "run__job_name")
+    }
+
+
+@pytest.mark.usefixtures("production_side")
+@pytest.mark.parametrize("outer", [False, True], ids=["alone", "inside_another_run"])
+def test_a_receiver_s_line_for_an_end_written_at_the_commit_is_a_line_of_that_run(
+    notified: list[dict[str, Any]], outer: bool
+) -> None:
+    """docs/integrations/logging.md: a ``job_status_changed`` receiver that the write of
+    the run's end calls runs inside that write, and its records are lines of the run.
+    Written at the commit, the end ran after the job's block had deactivated its handle:
+    the line was dropped (no ``current_job()``) or, inside another tracked run, written
+    as a line of *that* run."""
+    with (
+        track("tests.own_lock.notify.outer") if outer else contextlib.nullcontext(),
+        transaction.atomic(),
+        track("tests.own_lock.notify") as job,
+    ):
+        JobRun.objects.filter(pk=job.run.pk).update(data={"note": "mine"})
+    ends(job.run.pk, Status.SUCCEEDED)
+    assert notified_on() == {str(job.run.pk): "tests.own_lock.notify"}
+
+
+@pytest.mark.usefixtures("production_side")
+def test_a_receiver_s_line_for_an_end_the_heartbeat_thread_writes_is_a_line_of_that_run(
+    notified: list[dict[str, Any]],
+) -> None:
+    """After a rollback the heartbeat thread writes the end: the receiver's line is the
+    run's too, written through that thread's own connection (the app's, opened there,
+    would never be closed)."""
+    with transaction.atomic():
+        with track("tests.own_lock.notify") as job:
+            JobRun.objects.filter(pk=job.run.pk).update(data={"note": "mine"})
+        transaction.set_rollback(True)
+    # The receiver runs once the end is committed, after the run shows it.
+    wait_for(lambda: notified, timeout=10, what="the receiver logged")
+    assert notified_on() == {str(job.run.pk): "tests.own_lock.notify"}
+    assert notified == [{"thread": "jobstatus-heartbeats", "connected": False}]

@@ -805,6 +805,8 @@ class JobHandle:
 
         ``apart``: each line in a savepoint of its own, a line the database refuses
         left out (and taken from ``logs``), so the others and ``action`` still apply.
+        A line a failed write committed after all is taken from ``logs`` too
+        (``_drop_committed()``).
         """
         from django_jobstatus.models import JobLog, JobRun
 
@@ -817,8 +819,7 @@ class JobHandle:
         with transaction.atomic(
             using=alias, savepoint=connections[alias].in_atomic_block
         ):
-            for line in logs:  # still buffered: any id is a rolled-back write's
-                line.pk = None
+            self._drop_committed(alias, logs)
             if not apart:
                 if logs:
                     lines.bulk_create(logs)
@@ -844,6 +845,33 @@ class JobHandle:
             action()
         if flagged:
             self.run.has_errors = True
+
+    def _drop_committed(self, alias: str, logs: list[JobLog]) -> None:
+        """Take from ``logs`` the lines an earlier write committed, and clear the ids of
+        the others, which that write's rollback left on them.
+
+        Only a write that failed has left ids on lines still buffered: the insert gave
+        them (PostgreSQL and SQLite return them), and the error came after it. Its
+        COMMIT may have applied on the server and its answer been lost with the
+        connection: the lines are in the database, and written again they would be on
+        the run twice. So the lines with an id are looked up, once, off the common path
+        (no line has one there); a line is taken as written only when the row with its
+        id is this run's and has its time, as SQLite hands a rolled-back id out again.
+        """
+        from django_jobstatus.models import JobLog
+
+        tried = {line.pk: line for line in logs if line.pk is not None}
+        if not tried:
+            return
+        rows = JobLog.objects.using(alias).filter(pk__in=tried, run_id=self.run.pk)
+        committed = {
+            pk
+            for pk, created_at in rows.values_list("pk", "created_at")
+            if created_at == tried[pk].created_at
+        }
+        logs[:] = [line for line in logs if line.pk not in committed]
+        for line in logs:
+            line.pk = None
 
     # Start and end (durable).
 
@@ -1022,7 +1050,10 @@ class JobHandle:
                     setattr(self.run, name, value)
             with self._lock:
                 fields = self._pending_fields(dirty=self._dirty)
-            fields = storable(fields | ended | values)
+            # Each try's own end stamp, which tells its write from another process's
+            # end of the run (``_refused()``).
+            stamp = ended or {"finished_at": self.run._end(timezone.now())}
+            fields = storable(fields | stamp | values)
             fields.pop("updated_at")
             tries.append(fields)
             self._write_logs_then(
@@ -1098,8 +1129,8 @@ class JobHandle:
     ) -> None:
         """The end's write changed no row (through ``alias``): the run ended elsewhere,
         or is gone."""
-        if len(tries) > 1 and self._ended_as(exc, alias):
-            # The try before committed, but its answer was lost with the connection, and
+        if len(tries) > 1 and self._ended_as(exc, alias, tries[:-1]):
+            # A try before committed, but its answer was lost with the connection, and
             # its job_status_changed with it (Django drops the hooks of a COMMIT that
             # raised): sent now, or a batch's parent and a monitor never heard of the end.
             previous = self.run.status
@@ -1149,13 +1180,23 @@ class JobHandle:
             return Status.SUCCEEDED
         return Status.KILLED if isinstance(exc, JobKilled) else Status.FAILED
 
-    def _ended_as(self, exc: BaseException | None, alias: str) -> bool:
-        """Whether the database shows this attempt ended the way ``exc`` ends it."""
+    def _ended_as(
+        self, exc: BaseException | None, alias: str, tries: list[dict[str, Any]]
+    ) -> bool:
+        """Whether the database shows this attempt ended the way ``exc`` ends it, by one
+        of ``tries`` (the fields of the end's earlier tries): by its ``finished_at``, each
+        try's own. The same outcome alone may be another process's (a forced kill, when
+        the job ends killed)."""
         from django_jobstatus.models import JobRun
 
         return (
             JobRun.objects.using(alias)
-            .filter(pk=self.run.pk, status=self._outcome(exc), attempt=self.run.attempt)
+            .filter(
+                pk=self.run.pk,
+                status=self._outcome(exc),
+                attempt=self.run.attempt,
+                finished_at__in=[fields["finished_at"] for fields in tries],
+            )
             .exists()
         )
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from django.db import (
     DatabaseError,
+    InterfaceError,
+    OperationalError,
     connections,
     transaction,
 )
@@ -420,11 +422,34 @@ class Execution:
         if handle is None:
             return
         handle.flush()
+        # What the flush could not write (the database away) goes with the retry, in its
+        # transaction, as an end writes its lines: no write of this handle comes after.
+        with handle._lock:
+            logs, handle._logs = handle._logs, []
 
-        def mark() -> None:
+        def mark(*, apart: bool = False) -> bool:
             run = handle.run
+            alias = tracking_database()
             try:
-                run.mark_failed(exc, retry=True, using=tracking_database(), **fields)
+                handle._write_logs_then(
+                    alias,
+                    logs,
+                    lambda: run.mark_failed(exc, retry=True, using=alias, **fields),
+                    apart=apart,
+                )
+            except (OperationalError, InterfaceError):
+                raise  # the database away: durably() tries again
+            except DatabaseError:
+                if apart:
+                    raise
+                # A line the database refused: the retry with the others, as an end does.
+                logger.warning(
+                    "Could not record the retry of %s job %s with its log lines; writing them one by one.",
+                    self.source,
+                    self.backend_job_id,
+                    exc_info=True,
+                )
+                return mark(apart=True)
             except InvalidTransition as error:  # e.g. a newer attempt started already
                 logger.debug(
                     "The retry of %s job %s came late: %s",
@@ -433,9 +458,17 @@ class Execution:
                     error,
                 )
                 text = exception_text(exc) if exc is not None else ""
-                _late_retry(run, fields.get("error") or text, tracking_database())
+                handle._write_logs_then(
+                    alias,
+                    logs,
+                    lambda: _late_retry(run, fields.get("error") or text, alias),
+                )
+            return True
 
-        contrib.durably(mark, f"the retry of {self.source} job {self.backend_job_id}")
+        if not contrib.durably(
+            mark, f"the retry of {self.source} job {self.backend_job_id}"
+        ):
+            handle._put_back({}, logs)
 
     def close(self) -> None:
         """Make ``current_job()`` return what it did before ``start()``."""

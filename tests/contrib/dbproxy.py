@@ -94,3 +94,63 @@ class Proxy:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+# The server's CommandComplete message for a COMMIT: 'C', length 11, "COMMIT\0".
+COMMIT_DONE = b"C\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class LosingProxy(Proxy):
+    """A Proxy that can lose the answer of the next COMMIT: the server has committed, and
+    the connection drops before the client hears it, as a network failure at that
+    instant does (``lose_next_commit_answer()``; ``lost`` is set once it happened)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.armed = threading.Event()
+        self.lost = threading.Event()
+        super().__init__(target)
+
+    def lose_next_commit_answer(self) -> None:
+        self.lost.clear()
+        self.armed.set()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+                self.accepted += 1
+            threading.Thread(
+                target=self._pipe, args=(client, upstream), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._answers, args=(upstream, client), daemon=True
+            ).start()
+
+    def _answers(self, source: socket.socket, sink: socket.socket) -> None:
+        """The server's answers, passed on, but for a COMMIT's once armed: then the
+        connection drops."""
+        try:
+            while data := source.recv(65536):
+                if self.armed.is_set() and COMMIT_DONE in data:
+                    self.armed.clear()
+                    self.lost.set()
+                    break  # the server committed; the client never hears it
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()

@@ -327,8 +327,12 @@ class BigTableChangeList(ChangeList):
             else self.list_per_page
         )
         newest_first = _newest_first(self.queryset)
+        # "Show all" lists one page only where it may: past list_max_show_all, Django pages
+        # the rows, and its page links keep all= (each listed the first page again).
         one_page = bool(
-            self.params.get(OLDER_VAR) or not self.multi_page or self.show_all
+            self.params.get(OLDER_VAR)
+            or not self.multi_page
+            or (self.show_all and self.can_show_all)
         )
         if one_page:
             # The count said one page (or none was asked for): never more than a page.

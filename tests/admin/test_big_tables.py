@@ -213,3 +213,52 @@ def test_a_first_page_that_lists_every_match_states_the_exact_count(
     assert len(cl.result_list) == 3
     text = _count_text(response.content.decode())
     assert text == "3 job runs", f"every match is listed (3), the page says {text!r}"
+
+
+def _page_links(html: str) -> dict[int, str]:
+    """The paginator's numbered page links: {page number: query string}."""
+    found = re.search(r'<p class="paginator">(.*?)</p>', html, re.S)
+    assert found, "no paginator"
+    return {
+        int(text): unescape(href)
+        for href, text in re.findall(
+            r'<a href="([^"]*)"[^>]*>\s*(\d+)\s*</a>', found[1]
+        )
+    }
+
+
+def test_a_numbered_page_after_show_all_lists_that_pages_runs(admin_client):
+    """ "Show all" on a filter matching 100 runs, then the job filter's "All": the URL keeps
+    ``all=`` and 700 runs match, more than "Show all" may list, so Django pages them with
+    page links that keep ``all=``. Every one of those pages listed the first 50 runs
+    again: no page link reached a run past the first page."""
+    seven_jobs(700)
+    newest_first = list(
+        JobRun.objects.order_by("-created_at", "-id").values_list("pk", flat=True)
+    )
+
+    filtered = admin_client.get(RUNS, {"job_name": "job0"})
+    assert filtered.status_code == 200
+    assert filtered.context["cl"].result_count == 100
+    show_all = re.search(
+        r'<a href="([^"]*all=[^"]*)" class="showall">', filtered.content.decode()
+    )
+    assert show_all, "the changelist offers Show all for 100 runs"
+    shown_all = admin_client.get(RUNS + unescape(show_all[1]))
+    assert len(shown_all.context["cl"].result_list) == 100
+
+    # The job filter's "All" keeps all= (as every filter link does).
+    assert 'href="?all="' in shown_all.content.decode()
+    everything = admin_client.get(RUNS + "?all=")
+    cl = everything.context["cl"]
+    assert cl.result_count == 700 and not cl.can_show_all
+    links = _page_links(everything.content.decode())
+    assert 2 in links and "all=" in links[2]
+
+    page_two = admin_client.get(RUNS + links[2])
+    assert page_two.status_code == 200
+    listed = [run.pk for run in page_two.context["cl"].result_list]
+    assert listed == newest_first[50:100], (
+        f"page 2 lists runs {newest_first.index(listed[0]) + 1}-"
+        f"{newest_first.index(listed[-1]) + 1}, not 51-100"
+    )

@@ -1295,8 +1295,26 @@ class _Outbox:
                 self._thread = threading.Thread(
                     target=self._work, name="jobstatus-health", daemon=True
                 )
-                self._thread.start()
-            self._queue.put(_Call(function, args, dropped))
+                try:
+                    self._thread.start()
+                except RuntimeError:
+                    # No thread can start once the interpreter shuts down (Python 3.12),
+                    # where a thread that outlives the main one may still end its runs:
+                    # the call runs here, rather than raising into that job.
+                    self._thread = None
+            if self._thread is not None:
+                self._queue.put(_Call(function, args, dropped))
+                return
+        self._run_here(function, *args)
+
+    @staticmethod
+    def _run_here(function: Callable[..., Any], *args: Any) -> None:
+        try:
+            function(*args)
+        except Exception:
+            logger.exception(
+                "django-jobstatus: %s failed", getattr(function, "__name__", "call")
+            )
 
     def _work(self) -> None:
         jobs = self._queue

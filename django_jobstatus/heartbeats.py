@@ -176,7 +176,17 @@ class Heartbeats:
             self._thread = threading.Thread(
                 target=self._beat_forever, name="jobstatus-heartbeats", daemon=True
             )
-            self._thread.start()
+            try:
+                self._thread.start()
+            except RuntimeError:
+                # No thread can start once the interpreter shuts down (Python 3.12), where
+                # a thread that outlives the main one may still run a job: it goes on
+                # unbeaten (its own writes still beat), rather than being raised into.
+                self._thread = None
+                logger.warning(
+                    "The heartbeat thread could not start (the interpreter is shutting "
+                    "down): runs are beaten only by their own writes."
+                )
         elif due < self._due:
             # Also when HEARTBEAT_TIMEOUT was made shorter: beat sooner.
             self._due = due

@@ -25,10 +25,11 @@ import json
 import logging
 import math
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextvars import ContextVar, Token
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -253,6 +254,24 @@ def _row_free(alias: str, run: JobRun) -> bool | None:
     return False if rows.exists() else None
 
 
+def _held_for_async_writer(alias: str, run: JobRun) -> bool:
+    """In the async writer's thread, on PostgreSQL: whether a transaction holds ``run``'s
+    row (tried without waiting). Never raises.
+
+    ``caller_holds()`` reads the transaction of the thread it runs in: the writer's, not
+    the job's. A job that locks its own run in its transaction (``select_for_update()``)
+    and reports from async code had each write wait on that lock until the lock timeout,
+    and its event loop with it. Whoever holds the row, the progress waits for the next
+    write, as it does for the job's own lock.
+    """
+    if not _in_async_writer() or connections[alias].vendor != "postgresql":
+        return False
+    try:
+        return _row_free(alias, run) is False
+    except DatabaseError:
+        return False  # the write tries, and logs what fails
+
+
 def _write_progress(
     alias: str, run: JobRun, fields: dict[str, Any]
 ) -> tuple[bool, datetime | None, str] | None:
@@ -301,9 +320,40 @@ def _reset_connection(alias: str, error: BaseException | None = None) -> None:
 # task), where Django refuses queries: started on first use, one per process (a forked
 # child starts without it). It writes through a connection of its own, closed once no
 # run of the process is active.
-_async_writer: ThreadPoolExecutor | None = None
+_async_writer: _AsyncWriter | None = None
 _async_writer_lock = threading.Lock()
 _async_writer_local = threading.local()  # ``on`` in the writer's thread
+
+
+class _AsyncWriter:
+    """A daemon thread that runs the actions handed to it, one at a time, in order.
+
+    Not a ThreadPoolExecutor: concurrent.futures refuses new work once the main thread
+    has ended, while a job in another thread may still run on its event loop, and a
+    refused write was raised into that job. A daemon never holds up the exit; a write in
+    progress does, as the job's thread waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._actions: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._run, name="jobstatus-async", daemon=True).start()
+
+    def submit(self, action: Callable[[], R]) -> Future[R]:
+        future: Future[R] = Future()
+        self._actions.put((action, future))
+        return future
+
+    def _run(self) -> None:
+        _async_writer_local.on = True
+        while True:
+            action, future = self._actions.get()
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(action())
+            except BaseException as error:  # the waiting thread's to raise
+                future.set_exception(error)
 
 
 def _in_event_loop() -> bool:
@@ -313,10 +363,6 @@ def _in_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _mark_async_writer() -> None:
-    _async_writer_local.on = True
 
 
 def _in_async_writer() -> bool:
@@ -329,14 +375,11 @@ def _off_the_loop(action: Callable[[], R]) -> R:
     global _async_writer
     with _async_writer_lock:
         if _async_writer is None:
-            # Not a daemon, but idle between writes: it never holds up the exit.
-            _async_writer = ThreadPoolExecutor(
-                max_workers=1,
-                thread_name_prefix="jobstatus-async",
-                initializer=_mark_async_writer,
-            )
+            _async_writer = _AsyncWriter()
         writer = _async_writer
-    return writer.submit(contextvars.copy_context().run, action).result()
+    return writer.submit(
+        functools.partial(contextvars.copy_context().run, action)
+    ).result()
 
 
 def _close_async_writer_connections() -> None:
@@ -707,7 +750,12 @@ class JobHandle:
         on the async writer's thread while this one waits.
         """
         if _in_event_loop():
-            _off_the_loop(self.flush)
+            try:
+                _off_the_loop(self.flush)
+            except RuntimeError:
+                # The writer's thread cannot start once the interpreter shuts down
+                # (Python 3.12): what is pending waits for the next write, or the end.
+                logger.warning("Could not write run %s's progress now.", self.run.pk)
             return
         with self._writing, _handle_write():
             self._flush()
@@ -723,7 +771,7 @@ class JobHandle:
         if self._kill_requested:
             self._due = -math.inf  # every progress call raises, without a query
         alias = self._database()
-        if caller_holds(alias, self.run.pk):
+        if caller_holds(alias, self.run.pk) or _held_for_async_writer(alias, self.run):
             # The job's own transaction holds its run's row: what it reported waits for
             # the next write (or the end); the kill request is read, which never waits.
             self._read_kill_request(alias)
@@ -1175,10 +1223,11 @@ class JobHandle:
 
     @staticmethod
     def _outcome(exc: BaseException | None) -> str:
-        """How leaving with ``exc`` ends the run: succeeded, killed (JobKilled) or failed."""
+        """How leaving with ``exc`` ends the run: succeeded, killed (JobKilled, or a
+        group of them: ``kills_in()``) or failed."""
         if exc is None:
             return Status.SUCCEEDED
-        return Status.KILLED if isinstance(exc, JobKilled) else Status.FAILED
+        return Status.KILLED if kills_in(exc) else Status.FAILED
 
     def _ended_as(
         self, exc: BaseException | None, alias: str, tries: list[dict[str, Any]]
@@ -1241,8 +1290,26 @@ class JobHandle:
         writer = _async_writer
         if writer is not None and not heartbeats.handles():
             # The process's last active run ended: the async writer lets its connections go.
-            with contextlib.suppress(RuntimeError):  # the interpreter is shutting down
-                writer.submit(_close_async_writer_connections)
+            writer.submit(_close_async_writer_connections)
+
+
+def kills_in(exc: BaseException | None) -> list[JobKilled]:
+    """The JobKilled that ``exc`` is: itself, or every leaf of an exception group that
+    holds nothing else; empty for any other exception.
+
+    A job that fans its work out to an ``asyncio.TaskGroup`` (or ``except*`` code) gets
+    its tasks' JobKilled back wrapped in an exception group: it stopped because it was
+    asked to, as with a bare JobKilled. A group that mixes a kill with other errors is
+    a failure.
+    """
+    if isinstance(exc, JobKilled):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return []
+    kills, rest = exc.split(JobKilled)
+    if kills is None or rest is not None:
+        return []
+    return [kill for group in kills.exceptions for kill in kills_in(group)]
 
 
 def current_job() -> JobHandle | None:
@@ -1341,8 +1408,9 @@ def track(
     """Record a run of ``job_name`` while the block executes; yields its JobHandle.
 
     Leaving the block ends the run succeeded; JobKilled ends it killed (and is not
-    re-raised); ``SystemExit`` ends it succeeded when its code is 0 or None, failed
-    otherwise, and is re-raised; any other exception ends it failed, with error and
+    re-raised), as does an exception group of JobKilled alone (``kills_in()``: an
+    ``asyncio.TaskGroup`` whose tasks saw the kill); ``SystemExit`` ends it succeeded
+    when its code is 0 or None, failed otherwise, and is re-raised; any other exception ends it failed, with error and
     traceback, and is re-raised. With ``run=``, an existing queued or retrying run is
     started instead of creating one; a kill asked while it waited is seen at the first
     progress call or ``check_kill()``. A run created in the caller's open transaction (which a second
@@ -1375,22 +1443,24 @@ def track(
 
     try:
         yield handle
-    except JobKilled as exc:
-        if exc.run_id in (None, run.pk):
-            finish(exc)
-        else:
-            # Another run's kill (an outer block's) leaves this block: this run stops
-            # with it, and the run that was asked stops too.
-            text = _("Stopped: run %(run)s, which it ran in, was asked to stop.")
-            finish(exc, message=text % {"run": exc.run_id})
-            raise
     except SystemExit as exc:
         # sys.exit(0) and sys.exit() are a success, for Python and for cron.
         finish(None if exc.code in (0, None) else exc)
         raise
     except BaseException as exc:
-        finish(exc)
-        raise
+        kills = kills_in(exc)
+        if not kills:
+            finish(exc)
+            raise
+        outer = [kill.run_id for kill in kills if kill.run_id not in (None, run.pk)]
+        if not outer:
+            finish(exc)
+        else:
+            # Another run's kill (an outer block's) leaves this block: this run stops
+            # with it, and the run that was asked stops too.
+            text = _("Stopped: run %(run)s, which it ran in, was asked to stop.")
+            finish(exc, message=text % {"run": outer[0]})
+            raise
     else:
         finish()
     finally:

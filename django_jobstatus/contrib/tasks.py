@@ -153,6 +153,72 @@ def _error(path: str, traceback: str) -> str:
     return last_line(traceback) or path
 
 
+# The first line of a formatted traceback's last exception; a group's, within its box.
+_TRACEBACK = "Traceback (most recent call last):"
+_GROUP_TRACEBACK = "Exception Group Traceback (most recent call last):"
+
+
+def _killed(path: str, traceback: str) -> bool:
+    """Whether a task failed with JobKilled, or with an exception group of JobKilled alone
+    (an ``asyncio.TaskGroup`` whose tasks saw the kill; ``tracking.kills_in()``).
+
+    The framework keeps the class path and the formatted traceback only: a group's
+    sub-exceptions are read from their boxes. Anything the boxes do not show (the
+    sub-exceptions past the 15th, a group nested deeper than 10) is taken for a failure.
+    """
+    if path == KILLED_PATH:
+        return True
+    lines = traceback.rstrip().splitlines()
+    # The task's own group: the last one at the top level (the others are its context).
+    tops = [n for n, line in enumerate(lines) if line == f"  + {_GROUP_TRACEBACK}"]
+    if not tops:
+        return False
+    rows: list[tuple[int, str | None]] = []
+    for line in lines[tops[-1] :]:
+        text = line.lstrip(" ")
+        column = len(line) - len(text)
+        if text.startswith("+-+"):  # ends a box's own lines, opens its first sub-box
+            rows.append((column + 2, None))
+        elif text.startswith("+-"):  # a border between sub-boxes, or their end
+            rows.append((column, None))
+        elif text[:2] in ("| ", "+ ") or text == "|":
+            rows.append((column, text[2:]))
+        else:
+            return False
+    return _killed_box(rows, 2)
+
+
+def _killed_box(rows: list[tuple[int, str | None]], column: int) -> bool:
+    """Whether the box drawn at ``column`` (its rows: column and text, None for a border)
+    ends with a JobKilled, or with a group whose sub-boxes all do.
+
+    A box shows its exception's chain (context, cause) first: its own exception begins
+    at its last traceback header.
+    """
+    headers = [
+        n
+        for n, (at, text) in enumerate(rows)
+        if at == column and text in (_TRACEBACK, _GROUP_TRACEBACK)
+    ]
+    if not headers:
+        return False  # not raised, or not drawn: unknown
+    start = headers[-1]
+    if rows[start][1] == _GROUP_TRACEBACK:
+        boxes: list[list[tuple[int, str | None]]] = []
+        for at, text in rows[start + 1 :]:
+            if at == column + 2 and text is None:
+                boxes.append([])
+            elif boxes:
+                boxes[-1].append((at, text))
+        boxes = [box for box in boxes if box]
+        return bool(boxes) and all(_killed_box(box, column + 2) for box in boxes)
+    for at, text in rows[start + 1 :]:
+        if at == column and text and not text.startswith(" "):
+            # The exception's line, after its frames.
+            return text == KILLED_PATH or text.startswith(f"{KILLED_PATH}:")
+    return False
+
+
 # Receivers: each catches and logs its errors, so the task system never sees them.
 
 
@@ -389,7 +455,7 @@ def _outcome(
             handle.result = task_result.return_value
         return None, {}
     path, text, traceback = _failure(task_result)
-    if path == KILLED_PATH:
+    if _killed(path, traceback):
         return JobKilled(), {}
     return TaskFailed(text), {"error": text, "traceback": traceback}
 
@@ -425,7 +491,7 @@ def _ended_already(task_result: Any, run: JobRun) -> None:
         Status.SUCCEEDED
         if succeeded
         else Status.KILLED
-        if path == KILLED_PATH
+        if _killed(path, traceback)
         else Status.FAILED
     )
     if run.status == said:

@@ -293,3 +293,26 @@ def __getattr__(name: str) -> Any:
     if name == "reports_add":
         return task(backend="reports")(_reports_add)
     raise AttributeError(name)
+
+
+@task()
+async def async_group_kill_myself() -> str:
+    """Ask for its own kill, then wait for it in two children of an asyncio.TaskGroup,
+    each checking for the kill between awaits (the fan-out of async code): the task
+    fails with an ExceptionGroup of two JobKilled."""
+    from django_jobstatus.models import JobRun
+
+    job = current_job()
+    assert job is not None, "current_job() is None inside the task"
+    await sync_to_async(contrib.request_kill)(JobRun.objects.filter(pk=job.run.pk))
+
+    async def worker() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            job.check_kill()
+            await asyncio.sleep(0.02)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(worker())
+        group.create_task(worker())
+    return "not killed"

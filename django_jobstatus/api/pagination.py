@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import F, Q, QuerySet
@@ -31,6 +31,19 @@ from django_jobstatus.conf import settings
 from django_jobstatus.querysets import DURATION
 
 _DURATION_ALIAS = "jobstatus_duration"
+
+
+class Position(NamedTuple):
+    """Where a cursor's page starts: after the row ``(value, pk)``, or at it when ``inclusive``.
+
+    A page starts after the row its link was taken from, which the page before showed.
+    An empty page has no row of its own, so its link back starts at the row its cursor
+    named: that row was not on the empty page, and may still be there to list.
+    """
+
+    value: Any
+    pk: Any
+    inclusive: bool = False
 
 
 def page_size(request: Request, param: str) -> int:
@@ -65,10 +78,13 @@ class KeysetPagination(CursorPagination):
     (``tests/api/test_runs.py::test_ordering_by_job_name_pages_through_more_ties_than_drfs_offset_cutoff``);
     its position is ``str(value)``, so NULL (a run not started) and the
     ``duration`` expression cannot be positions; a bad cursor is a 404 and a bad page size
-    falls back silently. Here a position is the last row's ``(key, id)`` in a JSON cursor,
-    NULL sorts as the largest value, and bad input is a 400 naming the parameter. Tests:
+    falls back silently. Here a position is the last row's ``(key, id)`` in a JSON cursor
+    (see Position for an empty page's links), NULL sorts as the largest value, and bad
+    input is a 400 naming the parameter. Tests:
     ``tests/api/test_runs.py::test_every_ordering_pages_through_all_runs_in_order_with_nulls_largest``,
     ``test_cursor_pages_walk_forward_and_back_without_gaps``,
+    ``test_the_previous_link_of_an_emptied_page_lists_the_runs_before_it``,
+    ``test_the_next_link_of_an_emptied_previous_page_lists_the_runs_after_it``,
     ``tests/api/test_bad_input.py::test_tampered_cursors_are_400``,
     ``tests/api/test_fuzz_filters.py::test_any_page_size_text_is_a_200_or_a_400_naming_it``.
     """
@@ -94,8 +110,8 @@ class KeysetPagination(CursorPagination):
     # Set by paginate_queryset (DRF's names).
     has_next = False
     has_previous = False
-    next_position: tuple[Any, Any] | None = None
-    previous_position: tuple[Any, Any] | None = None
+    next_position: Position | None = None
+    previous_position: Position | None = None
 
     def get_page_size(self, request: Request) -> int:
         return page_size(request, self.page_size_query_param)
@@ -120,15 +136,21 @@ class KeysetPagination(CursorPagination):
             )
         return (str(raw),)
 
-    # Cursors: DRF's Cursor, whose position is (value, id); the offset is always 0.
+    # Cursors: DRF's Cursor, whose position is a Position; the offset is always 0.
 
     def encode_cursor(self, cursor: Cursor) -> str:
-        value, pk = cursor.position
+        value, pk, inclusive = cursor.position
         if isinstance(value, datetime):
             value = value.isoformat()
         elif isinstance(value, timedelta):
             value = value // timedelta(microseconds=1)
-        payload = {"o": self.ordering[0], "v": value, "i": str(pk), "p": cursor.reverse}
+        payload = {
+            "o": self.ordering[0],
+            "v": value,
+            "i": str(pk),
+            "p": cursor.reverse,
+            "x": inclusive,
+        }
         encoded = (
             base64.urlsafe_b64encode(
                 json.dumps(payload, separators=(",", ":")).encode()
@@ -152,6 +174,8 @@ class KeysetPagination(CursorPagination):
                 not isinstance(payload, dict)
                 or payload.get("o") != self.ordering[0]
                 or not isinstance(payload.get("p"), bool)
+                # Absent in the cursors of earlier versions.
+                or not isinstance(payload.get("x", False), bool)
             ):
                 raise error
             value = payload.get("v")
@@ -171,7 +195,11 @@ class KeysetPagination(CursorPagination):
             DjangoValidationError,
         ) as exc:
             raise error from exc
-        return Cursor(offset=0, reverse=payload["p"], position=(value, pk))
+        return Cursor(
+            offset=0,
+            reverse=payload["p"],
+            position=Position(value, pk, payload.get("x", False)),
+        )
 
     @staticmethod
     def _position_value(value: Any, kind: str) -> Any:
@@ -221,7 +249,7 @@ class KeysetPagination(CursorPagination):
         if position is not None:
             queryset = queryset.filter(
                 _beyond(
-                    field, *position, desc=desc, nulls_last=not desc, nullable=nullable
+                    field, position, desc=desc, nulls_last=not desc, nullable=nullable
                 )
             )
         rows = list(queryset[: self.page_size + 1])
@@ -229,15 +257,17 @@ class KeysetPagination(CursorPagination):
         self.page = rows = rows[: self.page_size]
         if backwards:
             rows.reverse()
-        first = (self._value(rows[0], field), rows[0].pk) if rows else None
-        last = (self._value(rows[-1], field), rows[-1].pk) if rows else None
+        first = Position(self._value(rows[0], field), rows[0].pk) if rows else None
+        last = Position(self._value(rows[-1], field), rows[-1].pk) if rows else None
+        # An empty page links back from its cursor's own row (see Position).
+        reopened = position._replace(inclusive=True) if position else None
         if backwards:
             self.has_previous, self.previous_position = more, first
-            self.has_next, self.next_position = True, last or position
+            self.has_next, self.next_position = True, last or reopened
         else:
             self.has_next, self.next_position = more, last
             self.has_previous = position is not None
-            self.previous_position = first or position
+            self.previous_position = first or reopened
         self.display_page_controls = self.has_previous or self.has_next
         return rows
 
@@ -316,20 +346,23 @@ def _key(field: str, *, desc: bool, nullable: bool) -> OrderBy:
 
 
 def _beyond(
-    field: str, value: Any, pk: Any, *, desc: bool, nulls_last: bool, nullable: bool
+    field: str, position: Position, *, desc: bool, nulls_last: bool, nullable: bool
 ) -> Q:
-    """Rows after ``(value, pk)`` in the order ``(field, pk)``, both ``desc`` or both ascending."""
+    """Rows after ``position`` (or at it, when inclusive) in the order ``(field, pk)``, both ``desc`` or both ascending."""
+    value, pk, inclusive = position
     past = "lt" if desc else "gt"
+    # The id breaks ties, so it alone decides whether the position's own row is in.
+    pk_past = f"pk__{past}e" if inclusive else f"pk__{past}"
     if value is None:
         # Position among the NULLs.
-        after_nulls = Q(**{f"{field}__isnull": True, f"pk__{past}": pk})
+        after_nulls = Q(**{f"{field}__isnull": True, pk_past: pk})
         return (
             after_nulls
             if nulls_last
             else after_nulls | Q(**{f"{field}__isnull": False})
         )
     same_or_past = Q(**{f"{field}__{past}e": value})  # lets an index bound the scan
-    strictly = Q(**{f"{field}__{past}": value}) | Q(**{f"pk__{past}": pk})
+    strictly = Q(**{f"{field}__{past}": value}) | Q(**{pk_past: pk})
     condition = same_or_past & strictly
     if nullable and nulls_last:
         condition |= Q(**{f"{field}__isnull": True})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -117,21 +118,21 @@ def test_cursor_pages_walk_forward_and_back_without_gaps(api, make_run):
     assert first["previous"] is None
 
 
-@pytest.mark.parametrize(
-    "ordering",
-    [
-        "created_at",
-        "-created_at",
-        "started_at",
-        "-started_at",
-        "finished_at",
-        "-finished_at",
-        "duration",
-        "-duration",
-        "job_name",
-        "-job_name",
-    ],
-)
+ORDERINGS = [
+    "created_at",
+    "-created_at",
+    "started_at",
+    "-started_at",
+    "finished_at",
+    "-finished_at",
+    "duration",
+    "-duration",
+    "job_name",
+    "-job_name",
+]
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
 def test_every_ordering_pages_through_all_runs_in_order_with_nulls_largest(
     api, make_run, ordering
 ):
@@ -183,6 +184,86 @@ def test_every_ordering_pages_through_all_runs_in_order_with_nulls_largest(
         seen += [row["id"] for row in body["results"]]
         url = body["next"]
     assert seen == expected
+
+
+LISTED = "queued,running,succeeded"
+
+
+def listed_runs(api, make_run, ordering):
+    """Six listed runs with ties and NULLs on every ordering; their ids in ``ordering``.
+
+    A page's edge then falls on a NULL (``-finished_at``, ``-duration``), on a value, and
+    on a tie broken by the id (``created_at`` in pairs, one ``job_name``).
+    """
+    now = timezone.now()
+    for i in range(6):
+        status = (
+            Status.QUEUED if i == 0 else Status.RUNNING if i < 3 else Status.SUCCEEDED
+        )
+        make_run(
+            status=status,
+            created_at=now - timedelta(minutes=i // 2),
+            started_at=None if i == 0 else now - timedelta(minutes=20 + i),
+            finished_at=now - timedelta(minutes=i) if i >= 3 else None,
+        )
+    return ids(api.get(BASE, {"status": LISTED, "ordering": ordering, "page_size": 6}))
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+def test_the_previous_link_of_an_emptied_page_lists_the_runs_before_it(
+    api, make_run, ordering
+):
+    """Page 1 lists runs 1-2 and links to the next page; runs 3-6 end before the client
+    follows it, so that page is empty. Its previous link must list runs 1 and 2 again: it
+    listed run 1 alone, as the empty page's cursor (run 2's) was read as "before run 2"."""
+    order = listed_runs(api, make_run, ordering)
+    query = {"status": LISTED, "ordering": ordering, "page_size": 2}
+    first = api.get(BASE, query).json()
+    assert [row["id"] for row in first["results"]] == order[:2]
+    JobRun.objects.filter(pk__in=order[2:]).update(status=Status.FAILED)
+
+    emptied = api.get(first["next"]).json()
+    assert emptied["results"] == []
+    assert emptied["previous"], "a page after page 1 links back"
+    assert ids(api.get(emptied["previous"])) == order[:2]
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+def test_the_next_link_of_an_emptied_previous_page_lists_the_runs_after_it(
+    api, make_run, ordering
+):
+    """The same going back: page 2 lists runs 3-4; runs 1-2 end, so its previous page is
+    empty, and that page's next link must list runs 3 and 4 again. It started after run 3."""
+    order = listed_runs(api, make_run, ordering)
+    query = {"status": LISTED, "ordering": ordering, "page_size": 2}
+    second = api.get(api.get(BASE, query).json()["next"]).json()
+    assert [row["id"] for row in second["results"]] == order[2:4]
+    JobRun.objects.filter(pk__in=order[:2]).update(status=Status.FAILED)
+
+    emptied = api.get(second["previous"]).json()
+    assert emptied["results"] == []
+    assert emptied["next"], "a page before page 2 links forward"
+    assert ids(api.get(emptied["next"])) == order[2:4]
+
+
+def test_an_emptied_page_s_cursor_is_still_checked(api, make_run):
+    """The flag that makes an emptied page's link start at its cursor's row ("x") is
+    part of the cursor, and checked like the rest: anything but a boolean is a 400."""
+    from urllib.parse import parse_qs, urlsplit
+
+    order = listed_runs(api, make_run, "-created_at")
+    first = api.get(BASE, {"status": LISTED, "page_size": 2}).json()
+    JobRun.objects.filter(pk__in=order[2:]).update(status=Status.FAILED)
+    previous = api.get(first["next"]).json()["previous"]
+    query = parse_qs(urlsplit(previous).query)
+    raw = query["cursor"][0]
+    payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    assert payload["x"] is True
+    payload["x"] = "yes"
+    query["cursor"] = [base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()]
+    response = api.get(BASE, query)
+    assert response.status_code == 400
+    assert "cursor" in response.json()
 
 
 def test_status_filter_takes_one_a_list_or_a_group(api, make_run):

@@ -209,6 +209,25 @@ started.wait(10)
 """
 
 
+def ran_to_its_end(script_text: str, tmp_path: Any) -> None:
+    """Run ``script_text`` in a process of its own, on a SQLite file: its job ran to the
+    end of its block, nothing was raised into it, and its run succeeded with 20 steps."""
+    script = tmp_path / "job.py"
+    script.write_text(script_text.format(root=str(ROOT)))
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    env.pop("JOBSTATUS_TEST_DB", None)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LEFT-THE-BLOCK" in done.stdout, done.stdout
+    assert "STATUS succeeded '' 20" in done.stdout, done.stdout
+
+
 LATE_SCRIPT = SHUTDOWN_SCRIPT.replace(
     "def job():\n    run_id = None\n",
     "def job():\n    threading.main_thread().join()  # the interpreter shuts down\n"
@@ -224,20 +243,7 @@ def test_a_job_started_after_the_main_thread_ended_runs_to_its_end(
     thread, the async writer's and the monitors' outbox each raised RuntimeError ("can't
     create new thread at interpreter shutdown") into a job that a thread outliving the
     main one began then, or into its end (the outbox, from job_status_changed)."""
-    script = tmp_path / "job.py"
-    script.write_text(LATE_SCRIPT.format(root=str(ROOT)))
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
-    env.pop("JOBSTATUS_TEST_DB", None)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "LEFT-THE-BLOCK" in done.stdout, done.stdout
-    assert "STATUS succeeded '' 20" in done.stdout, done.stdout
+    ran_to_its_end(LATE_SCRIPT, tmp_path)
 
 
 @pytest.mark.engine_agnostic
@@ -251,17 +257,4 @@ def test_an_async_job_in_a_thread_outliving_the_main_thread_is_not_failed_by_its
     which concurrent.futures shuts down at the main thread's end: ``RuntimeError: cannot
     schedule new futures after shutdown`` was raised into the job, and its run ended
     ``failed``. The async writer is now a daemon thread of its own."""
-    script = tmp_path / "job.py"
-    script.write_text(SHUTDOWN_SCRIPT.format(root=str(ROOT)))
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
-    env.pop("JOBSTATUS_TEST_DB", None)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "LEFT-THE-BLOCK" in done.stdout, done.stdout
-    assert "STATUS succeeded '' 20" in done.stdout, done.stdout
+    ran_to_its_end(SHUTDOWN_SCRIPT, tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -360,6 +361,53 @@ def test_a_batch_still_gathering_holds_its_runs(db: None) -> None:
     assert not JobRun.objects.held_by_batch().exists()
 
 
+def _older_refresh_moves_first(
+    monkeypatch: pytest.MonkeyPatch, parent: JobRun, *, between: Callable[[], None]
+) -> None:
+    """Refresh A reads the children, then ``between()`` moves them, then refresh B reads
+    them; A's move of the parent comes first, B's right after it (each a thread, as two
+    workers' refreshes are). Fails on any error raised in a refresh."""
+    original = batches._move
+    a_at_move, b_at_move, a_moved = (threading.Event() for _ in range(3))
+    errors: list[BaseException] = []
+
+    def move(run: JobRun, target: str, state: Any, error: Any = None) -> None:
+        name = threading.current_thread().name
+        if name == "refresh-A":
+            a_at_move.set()
+            assert b_at_move.wait(30)
+            try:
+                original(run, target, state, error)
+            finally:
+                a_moved.set()
+            return
+        if name == "refresh-B":
+            b_at_move.set()
+            assert a_moved.wait(30)
+        original(run, target, state, error)
+
+    monkeypatch.setattr(batches, "_move", move)
+
+    def refresh() -> None:
+        try:
+            refresh_batch(JobRun.objects.get(pk=parent.pk))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=refresh, name="refresh-A")
+    first.start()
+    assert a_at_move.wait(30)
+    between()
+    second = threading.Thread(target=refresh, name="refresh-B")
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    assert not errors, errors
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_refresh_that_loses_the_start_to_an_older_one_still_ends_the_batch(
@@ -375,47 +423,13 @@ def test_a_refresh_that_loses_the_start_to_an_older_one_still_ends_the_batch(
         parent = start_batch("batch", ["a", "b"])
         a, b = parent.children.order_by("job_name")
         a.mark_running()
-        original = batches._move
-        a_at_move, b_at_move, a_moved = (threading.Event() for _ in range(3))
-        errors: list[BaseException] = []
 
-        def move(run: JobRun, target: str, state: Any, error: Any = None) -> None:
-            name = threading.current_thread().name
-            if name == "refresh-A":
-                a_at_move.set()
-                assert b_at_move.wait(30)
-                try:
-                    original(run, target, state, error)
-                finally:
-                    a_moved.set()
-                return
-            if name == "refresh-B":
-                b_at_move.set()
-                assert a_moved.wait(30)
-            original(run, target, state, error)
+        def children_end() -> None:
+            a.mark_succeeded()
+            b.mark_running()
+            b.mark_succeeded()
 
-        monkeypatch.setattr(batches, "_move", move)
-
-        def refresh() -> None:
-            try:
-                refresh_batch(JobRun.objects.get(pk=parent.pk))
-            except BaseException as exc:
-                errors.append(exc)
-            finally:
-                connections.close_all()
-
-        first = threading.Thread(target=refresh, name="refresh-A")
-        first.start()  # read the children: a running, b queued
-        assert a_at_move.wait(30)
-        a.mark_succeeded()
-        b.mark_running()
-        b.mark_succeeded()
-        second = threading.Thread(target=refresh, name="refresh-B")
-        second.start()  # read the children: both succeeded
-        first.join(30)
-        second.join(30)
-        assert not first.is_alive() and not second.is_alive()
-        assert not errors, errors
+        _older_refresh_moves_first(monkeypatch, parent, between=children_end)
     finally:
         batches.connect()
     parent.refresh_from_db()
@@ -445,45 +459,9 @@ def test_a_refresh_that_loses_the_end_to_an_older_one_still_writes_the_final_cou
         b.mark_running()
         refresh_batch(JobRun.objects.get(pk=parent.pk))  # the parent is running
         a.mark_failed(RuntimeError("bad a"))
-        original = batches._move
-        a_at_move, b_at_move, a_moved = (threading.Event() for _ in range(3))
-        errors: list[BaseException] = []
-
-        def move(run: JobRun, target: str, state: Any, error: Any = None) -> None:
-            name = threading.current_thread().name
-            if name == "refresh-A":
-                a_at_move.set()
-                assert b_at_move.wait(30)
-                try:
-                    original(run, target, state, error)
-                finally:
-                    a_moved.set()
-                return
-            if name == "refresh-B":
-                b_at_move.set()
-                assert a_moved.wait(30)
-            original(run, target, state, error)
-
-        monkeypatch.setattr(batches, "_move", move)
-
-        def refresh() -> None:
-            try:
-                refresh_batch(JobRun.objects.get(pk=parent.pk))
-            except BaseException as exc:
-                errors.append(exc)
-            finally:
-                connections.close_all()
-
-        first = threading.Thread(target=refresh, name="refresh-A")
-        first.start()  # read the children: a failed, b running
-        assert a_at_move.wait(30)
-        b.mark_failed(RuntimeError("bad b"))
-        second = threading.Thread(target=refresh, name="refresh-B")
-        second.start()  # read the children: both failed; the parent running
-        first.join(30)
-        second.join(30)
-        assert not first.is_alive() and not second.is_alive()
-        assert not errors, errors
+        _older_refresh_moves_first(
+            monkeypatch, parent, between=lambda: b.mark_failed(RuntimeError("bad b"))
+        )
     finally:
         batches.connect()
     parent.refresh_from_db()

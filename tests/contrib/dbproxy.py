@@ -70,8 +70,12 @@ class Proxy:
                 daemon=True,
             ).start()
             threading.Thread(
-                target=self._pipe, args=(upstream, client), daemon=True
+                target=self._answers, args=(upstream, client), daemon=True
             ).start()
+
+    def _answers(self, source: socket.socket, sink: socket.socket) -> None:
+        """The server's answers, passed on to the client."""
+        self._pipe(source, sink)
 
     def reader(self) -> Callable[[bytes], None] | None:
         """What sees the bytes one new client sends (bench/bench_integrations.py counts statements)."""
@@ -113,28 +117,6 @@ class LosingProxy(Proxy):
     def lose_next_commit_answer(self) -> None:
         self.lost.clear()
         self.armed.set()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-                self.accepted += 1
-            threading.Thread(
-                target=self._pipe, args=(client, upstream), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._answers, args=(upstream, client), daemon=True
-            ).start()
 
     def _answers(self, source: socket.socket, sink: socket.socket) -> None:
         """The server's answers, passed on, but for a COMMIT's once armed: then the

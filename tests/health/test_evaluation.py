@@ -528,13 +528,21 @@ def test_the_job_s_last_start_is_read_from_the_index_of_its_runs(monitor):
                 )
                 for i in range(2000)
             )
-            cursor.execute("ANALYZE django_jobstatus_jobrun")
-            cursor.execute("SET LOCAL enable_seqscan = off")
-            cursor.execute("SET LOCAL enable_sort = off")
-            cursor.execute(f"EXPLAIN {query['sql']}")
+            try:
+                cursor.execute("ANALYZE django_jobstatus_jobrun")
+                cursor.execute("SET LOCAL enable_seqscan = off")
+                cursor.execute("SET LOCAL enable_sort = off")
+                cursor.execute(f"EXPLAIN {query['sql']}")
+                plan = str(cursor.fetchall())
+            finally:
+                # ANALYZE writes its figures outside the test's transaction: reset, or
+                # the next tests see a table of 2,000 runs (the changelist's paginator
+                # reads that estimate: tests/admin/test_changelist.py failed after it).
+                JobRun.objects.filter(job_name__startswith="tests.other.").delete()
+                cursor.execute("ANALYZE django_jobstatus_jobrun")
         else:
             cursor.execute(f"EXPLAIN QUERY PLAN {query['sql']}")
-        plan = str(cursor.fetchall())
+            plan = str(cursor.fetchall())
     assert "jobstatus_run_job_id_idx" in plan, plan
     assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
 

@@ -22,7 +22,7 @@ from django_jobstatus.contrib import tasks as integration
 from django_jobstatus.models import JobRun, Status
 from tests.contrib.tasks_app import tasks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 IMMEDIATE = {
     "default": {

@@ -83,8 +83,9 @@ def test_the_work_horse_sends_the_alert_of_the_check_its_success_started(
     assert run.status == Status.SUCCEEDED
 
     def announced() -> bool:
+        # The alert is stamped sent after the hook answered: wait for the stamp.
         incident.refresh_from_db()
-        return incident.resolved_at is not None and len(hook.bodies) == 2
+        return incident.resolve_alert_at is not None and len(hook.bodies) == 2
 
     wait_for(
         announced,
@@ -93,7 +94,7 @@ def test_the_work_horse_sends_the_alert_of_the_check_its_success_started(
         process=rq_worker,
         log=rq_worker.log,  # type: ignore[attr-defined]
     )
-    assert incident.resolve_alert_at is not None
+    assert incident.resolved_at is not None
     assert [(body["event"], body["job_name"]) for body in hook.bodies] == [
         ("opened", name),
         ("resolved", name),

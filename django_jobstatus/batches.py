@@ -61,6 +61,7 @@ from django_jobstatus.models import (
 )
 from django_jobstatus.routers import write_database
 from django_jobstatus.signals import job_status_changed
+from django_jobstatus.tracking import kills_in, tracking_database
 
 logger = logging.getLogger(__name__)
 
@@ -499,8 +500,6 @@ _KILL_READ_INTERVAL = 1.0
 def _in_open_transaction(db: str) -> bool:
     """Whether a run created through ``db`` now is in a transaction that the connection
     the integrations record through cannot see (``tracking_database()``)."""
-    from django_jobstatus.tracking import tracking_database  # it imports this module
-
     return bool(connections[db].in_atomic_block) and tracking_database() != db
 
 
@@ -648,7 +647,7 @@ def _close(parent: JobRun, error: BaseException | None = None) -> None:
         return
     if error is None:
         target = Status.SUCCEEDED
-    elif isinstance(error, JobKilled):  # the job that ran the block was asked to stop
+    elif kills_in(error):  # the job that ran the block was asked to stop (kills_in())
         target, error = Status.KILLED, None
     else:
         target = Status.FAILED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
@@ -620,6 +621,28 @@ def test_a_batch_whose_block_was_asked_to_stop_ends_killed() -> None:
     parent.refresh_from_db()
     assert (parent.status, parent.error) == (Status.KILLED, "")
     assert parent.result == {"children": {Q: 1}}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_block_saw_its_kill_in_a_task_group_ends_killed() -> None:
+    """The block enqueued from an asyncio.TaskGroup whose tasks saw the kill: Python hands
+    their JobKilled back in an exception group, and the batch ended failed with it."""
+    from django_jobstatus.contrib._execution import record_queued
+
+    async def enqueue_and_stop(n: int) -> None:
+        await asyncio.to_thread(record_queued, "rq", f"job-{n}", "imports.one")
+        raise JobKilled("asked to stop")
+
+    async def fan_out() -> None:
+        async with asyncio.TaskGroup() as group:
+            for n in range(2):
+                group.create_task(enqueue_and_stop(n))
+
+    with pytest.raises(ExceptionGroup), batch("imports.all") as parent:
+        asyncio.run(fan_out())
+    parent.refresh_from_db()
+    assert (parent.status, parent.error) == (Status.KILLED, "")
+    assert parent.result == {"children": {Q: 2}}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -54,6 +54,7 @@ from django_jobstatus.contrib._execution import Execution
 from django_jobstatus.exceptions import JobKilled, RetryRefused
 from django_jobstatus.heartbeats import heartbeats
 from django_jobstatus.models import JobRun, Status, default_worker, exception_text
+from django_jobstatus.tracking import kills_in
 
 logger = logging.getLogger(__name__)
 
@@ -394,8 +395,9 @@ def _end_replaced(
 
 
 def _stopped(exc: BaseException | None) -> str:
-    """The status a task that raised ``exc`` ends: killed (``JobKilled``) or failed."""
-    return Status.KILLED if isinstance(exc, JobKilled) else Status.FAILED
+    """The status a task that raised ``exc`` ends: killed (``JobKilled``, or a group of
+    them: ``kills_in()``) or failed."""
+    return Status.KILLED if kills_in(exc) else Status.FAILED
 
 
 @contrib.never_raises

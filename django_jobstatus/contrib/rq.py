@@ -77,7 +77,7 @@ from django_jobstatus.exceptions import InvalidTransition, JobKilled, RetryRefus
 from django_jobstatus.fingerprints import last_line
 from django_jobstatus.heartbeats import heartbeats
 from django_jobstatus.models import JobRun, Status, default_worker
-from django_jobstatus.tracking import JobHandle, tracking_database
+from django_jobstatus.tracking import JobHandle, kills_in, tracking_database
 
 logger = logging.getLogger(__name__)
 
@@ -350,8 +350,9 @@ class Job(rq.job.Job):
             # Here the exception and its traceback are known. RQ retries the job when it
             # has retries left (rq 2 and 3 decide alike), unless it is being stopped:
             # then the horse is killed and never gets here. A job that stopped itself on
-            # a kill request (JobKilled) is not retried: its retries are used up here.
-            if isinstance(exc, JobKilled):
+            # a kill request (JobKilled, or a group of them: ``kills_in()``) is not
+            # retried: its retries are used up here.
+            if kills_in(exc):
                 self.retries_left = 0
             _end_here(
                 execution, exc, retry=bool(self.retries_left and self.retries_left > 0)

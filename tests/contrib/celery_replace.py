@@ -34,12 +34,21 @@ def fail(text: str) -> None:
     raise ValueError(text)
 
 
+@app.task(name="tests.replace.stop")
+def stop(text: str) -> None:
+    """Stop as a job whose asyncio.TaskGroup saw a kill request does: an exception group
+    of JobKilled."""
+    from django_jobstatus import JobKilled
+
+    raise ExceptionGroup(text, [JobKilled(text), JobKilled(text)])
+
+
 @app.task(name="tests.replace.by_chain", bind=True)
-def replaced_by_chain(self: Any, text: str | None) -> Any:
-    """Hand the work over to a chain of two tasks, whose first fails with ``text`` if
-    given: Celery's replace() gives this task's id to the chain's last task, and the
-    first one an id of its own."""
-    first = fail.si(text) if text is not None else add.si(1, 2)
+def replaced_by_chain(self: Any, text: str | None, first_task: str = "fail") -> Any:
+    """Hand the work over to a chain of two tasks, whose first (``fail``, or ``stop``)
+    does not succeed if ``text`` is given: Celery's replace() gives this task's id to
+    the chain's last task, and the first one an id of its own."""
+    first = {"fail": fail, "stop": stop}[first_task].si(text) if text else add.si(1, 2)
     return self.replace(chain(first, add.si(3, 4)))
 
 

@@ -127,6 +127,20 @@ def obedient(seconds: float) -> str:
     return "done"
 
 
+def obedient_fan_out(seconds: float) -> str:
+    """obedient() in two tasks of an ``asyncio.TaskGroup`` (a thread each): the kill comes
+    back as an exception group of JobKilled."""
+    import asyncio
+
+    async def fan_out() -> None:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(2):
+                group.create_task(asyncio.to_thread(obedient, seconds))
+
+    asyncio.run(fan_out())
+    return "done"
+
+
 def retried_once(report: bool) -> str | rq.Retry:
     """Ask RQ for one retry by returning ``Retry`` (no exception); say which attempt runs when ``report``."""
     job = rq.get_current_job()

@@ -872,20 +872,21 @@ def replace_celery_on() -> Iterator[None]:
     jobstatus_celery.disconnect()
 
 
-def replaced_run_after_failure(task_id: str, text: str, worker: Popen[bytes]) -> JobRun:
-    """The run of ``task_id`` once its replacement's task failed with ``text``, and the
-    worker (one process, one message at a time) is done with what was sent before."""
+def replaced_run_after_failure(
+    task_id: str, text: str, worker: Popen[bytes], status: str = Status.FAILED
+) -> JobRun:
+    """The run of ``task_id`` once its replacement's task failed with ``text`` (or ended
+    ``status``: stopped, with ``tests.replace.stop``), and the worker (one process, one
+    message at a time) is done with what was sent before."""
     log: Path = worker.log  # type: ignore[attr-defined]
+    if status == Status.FAILED:
+        ended = {"job_name": "tests.replace.fail", "error": f"ValueError: {text}"}
+    else:
+        ended = {"job_name": "tests.replace.stop"}
     first = wait_for(
-        lambda: (
-            JobRun.objects.filter(
-                job_name="tests.replace.fail", error=f"ValueError: {text}"
-            )
-            .failed()
-            .first()
-        ),
+        lambda: JobRun.objects.filter(status=status, **ended).first(),
         timeout=60,
-        what="the replacement's first task to fail",
+        what=f"the replacement's first task to end {status}",
         process=worker,
         log=log,
     )
@@ -931,6 +932,18 @@ class TestReplacedByACanvas:
         assert "raise ValueError(text)" in run.traceback
         assert "tests.replace.fail" in run.message
         assert run.attempts[0]["error"].startswith("Replaced by a chain of 2 tasks ")
+
+    def test_a_task_replaced_by_a_chain_whose_first_task_stops_ends_killed(
+        self, replace_worker: Popen[bytes]
+    ) -> None:
+        """The chain's first task stopped on a kill request, in an asyncio.TaskGroup: its
+        JobKilled came back in an exception group, and the replaced task's run ended
+        failed (its replacement's own run, killed)."""
+        text = f"asked to stop {uuid.uuid4()}"
+        task_id = replaced_by_chain.delay(text, "stop").id
+        run = replaced_run_after_failure(task_id, text, replace_worker, Status.KILLED)
+        assert run.status == Status.KILLED, (run.status, run.error)
+        assert "tests.replace.stop" in run.message
 
     def test_a_task_replaced_by_a_group_is_one_run(
         self, replace_worker: Popen[bytes]

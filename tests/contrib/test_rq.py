@@ -9,7 +9,7 @@ import sys
 import time
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from subprocess import Popen
@@ -755,10 +755,17 @@ class TestWorker:
         assert run.status == Status.KILLED
         assert run.kill_requested_at is not None
 
+    @pytest.mark.parametrize(
+        "function",
+        # The second in an asyncio.TaskGroup: its JobKilled comes back wrapped in an
+        # exception group, and RQ retried the job that had been asked to stop.
+        [rq_jobs.obedient, rq_jobs.obedient_fan_out],
+        ids=["alone", "in-a-task-group"],
+    )
     def test_a_job_that_stops_on_a_kill_request_is_not_retried(
-        self, rq_worker: Popen[bytes], queue: rq.Queue
+        self, rq_worker: Popen[bytes], queue: rq.Queue, function: Callable[..., str]
     ) -> None:
-        job = queue.enqueue(rq_jobs.obedient, 120, retry=Retry(max=2))
+        job = queue.enqueue(function, 120, retry=Retry(max=2))
         run = recorded(job)
         wait_for(
             lambda: (

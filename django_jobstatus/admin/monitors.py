@@ -397,9 +397,10 @@ def health_panel(request: HttpRequest) -> dict[str, Any] | None:
     if not counts:
         return None
     # The open incident's detail in the same query (the dashboard's bound is ten in all),
-    # for a user who may read it.
+    # for a user who may read it; for another, no "why" column at all.
+    reasons = _sees_incidents(request)
     detail: Subquery | Value = Value("")
-    if _sees_incidents(request):
+    if reasons:
         detail = Subquery(
             JobMonitorIncident.objects.filter(
                 monitor=OuterRef("pk"), resolved_at__isnull=True
@@ -428,6 +429,7 @@ def health_panel(request: HttpRequest) -> dict[str, Any] | None:
     changelist = reverse("admin:django_jobstatus_jobmonitor_changelist")
     return {
         "rows": rows,
+        "reasons": reasons,
         "counts": [
             {
                 "state": state,

@@ -287,12 +287,15 @@ def test_the_health_panel_shows_an_incident_s_detail_only_to_who_may_read_incide
     shown = staff_client("view_jobrun", "view_jobmonitorincident")
     assert "s3cr3t-dsn" in shown.get(URL).content.decode()
     assert "s3cr3t-dsn" in shown.get(DATA).json()["panels"]["health"]
+    assert ">why</th>" in shown.get(DATA).json()["panels"]["health"]
     viewer = staff_client("view_jobrun")
     page = viewer.get(URL)
     assert page.status_code == 200
     assert [row["job_name"] for row in page.context["health"]["rows"]] == ["secret.job"]
     assert "s3cr3t-dsn" not in page.content.decode()
-    assert "s3cr3t-dsn" not in viewer.get(DATA).json()["panels"]["health"]
+    panel = viewer.get(DATA).json()["panels"]["health"]
+    assert "s3cr3t-dsn" not in panel
+    assert ">why</th>" not in panel  # nor a column left empty
 
 
 def test_purge_dry_run_then_confirm(admin_client, make_run):

@@ -653,12 +653,20 @@ class JobHandle:
     def unwritten(self) -> dict[str, Any] | None:
         """What this handle holds and has not written, in JSON's types, for a process
         that records the run's end in its place (``take()``); None once it has written
-        something, or when it is more than HANDOVER_MAX_CHARS characters of JSON."""
+        something, or may have, or when it is more than HANDOVER_MAX_CHARS characters of
+        JSON.
+
+        A line with an id was inserted by a write that then failed: its COMMIT may have
+        applied (``_drop_committed()``). Only this handle can tell, at its next write; the
+        taker would write the line again.
+        """
         if self._written:
             return None
         with self._lock:
             progress = [self._current, self._total, self._step, self._message]
             dirty, logs = self._dirty, list(self._logs)
+        if any(line.pk is not None for line in logs):
+            return None
         unwritten = {
             "progress": progress if dirty else None,
             "has_errors": self._has_errors,

@@ -112,6 +112,26 @@ def test_a_flush_whose_commit_answer_was_lost_writes_its_lines_once(
     assert _messages(job.run) == ["copied batch 1"]
 
 
+def test_a_handle_whose_flush_lost_its_commit_answer_hands_nothing_over(
+    proxied: LosingProxy,
+) -> None:
+    """What a handle hands to another process (``unwritten()``: an RQ work horse to its
+    worker) is written there as new lines: after a write whose COMMIT answer was lost,
+    its lines may be in the database already, and only this handle can tell (their ids).
+    It handed them over, and the taker wrote them a second time."""
+    with track("dbaway.handover", interval=3600) as job:
+        job.info("copied batch 1")
+        proxied.lose_next_commit_answer()
+        job.flush()  # commits, but hears an error
+        assert proxied.lost.is_set()
+        handover = job.unwritten()
+        taker = tracking.JobHandle(JobRun.objects.get(pk=job.run.pk))
+        if handover is not None:
+            taker.take(handover)
+        taker.flush()
+    assert _messages(job.run) == ["copied batch 1"]
+
+
 def test_a_run_killed_by_force_keeps_its_job_s_last_lines_after_an_outage(
     proxied: LosingProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -854,7 +854,11 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         return self.using(router.db_for_write(self.model))
 
     def request_kill(
-        self, *, force: bool = False, message: str | None = None
+        self,
+        *,
+        force: bool = False,
+        message: str | None = None,
+        among: JobRunQuerySet | None = None,
     ) -> KillResult:
         """Ask every active run here to stop, and tell the task systems running them.
 
@@ -874,15 +878,26 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         though every child has ended (its refresh after the last one not made yet) is
         neither asked nor killed: it ends first as its children add up
         (``batches.settle_ended()``), and counts as a run already finished.
+
+        ``among`` (default: every run) is what the caller may act on: the runs under the
+        batches are taken from it alone, and reached through it alone (the runs here are
+        the caller's own pick). A batch may hold runs of other owners (a child of
+        ``start_batch()`` may name its own): a user the API scopes to their own runs
+        (``API_OWNER_SCOPED``) asked, killed and counted them along with their batch.
+
+        A batch's parent is never handed to its task system: it runs nowhere, its runs
+        are asked and killed themselves, and a forced kill listed it in ``not_stopped``
+        ("no enabled integration can stop…") though it and its runs ended killed.
         """
         if (runs := self.writing()) is not self:
-            return runs.request_kill(force=force, message=message)
-        from django_jobstatus.batches import settle_ended  # it imports this module
+            return runs.request_kill(force=force, message=message, among=among)
+        # It imports this module.
+        from django_jobstatus.batches import BATCH_PARENT, settle_ended
 
         now = timezone.now()
         sources = contrib.sources()
         # Read before any write: the writes must not change what the selection means.
-        under = self._under_batches()
+        under = self._under_batches(among)
         every = self.model.objects.using(self.db)
         # The runs under the selection first: a batch inside a batch ends before the one
         # around it.
@@ -914,6 +929,12 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         groups = [ids, [pk for pk in under if pk not in picked]]
         newly_asked, ended = [0, 0], [0, 0]
         not_stopped: list[NotStopped] = []
+        # A run no worker runs is a batch's parent once it has children: a queued run has
+        # no worker either, and its task system may have to drop it.
+        batch_parent = ExpressionWrapper(
+            Q(BATCH_PARENT, Exists(every.filter(parent=OuterRef("pk")))),
+            output_field=models.BooleanField(),
+        )
         for group, group_ids in enumerate(groups):
             for part in _chunks(group_ids, _chunk_size(self.db)):
                 newly_asked[group] += (
@@ -922,7 +943,12 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                     .not_kill_requested()
                     .update(kill_requested_at=now, updated_at=now)
                 )
-                runs = every.filter(pk__in=part).active().defer(*_UNUSED_BY_KILL)
+                runs = (
+                    every.filter(pk__in=part)
+                    .active()
+                    .defer(*_UNUSED_BY_KILL)
+                    .annotate(batch_parent=batch_parent)
+                )
                 if not force:
                     runs = runs.filter(source__in=sources)
                 chosen = _parents_first(list(runs))
@@ -933,7 +959,10 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                         if _killed(run, message, however_active=True)
                     ]
                     ended[group] += len(chosen)
-                not_stopped += contrib.stop(chosen, force=force)
+                not_stopped += contrib.stop(
+                    [run for run in chosen if not run.batch_parent],  # type: ignore[attr-defined]
+                    force=force,
+                )
         return KillResult(
             asked=newly_asked[0],
             killed=ended[0],
@@ -943,10 +972,11 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
             requested_at=now,
         )
 
-    def _under_batches(self) -> list[Any]:
-        """The ids of the active runs under the batches' parents among the active runs here
-        (``batches.BATCH_PARENT``), through the nested batches: a query a level, most
-        often two (the children; none of them a batch).
+    def _under_batches(self, among: JobRunQuerySet | None = None) -> list[Any]:
+        """The ids of the active runs of ``among`` (default: every run) under the batches'
+        parents among the active runs here (``batches.BATCH_PARENT``), through the nested
+        batches of ``among``: a query a level, most often two (the children; none of them
+        a batch).
 
         No worker runs a batch's parent, so none reads a kill request made to it (an open
         ``batch()`` block asks its children, but only while it runs): its runs must be
@@ -954,7 +984,12 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         """
         from django_jobstatus.batches import BATCH_PARENT  # it imports this module
 
-        every = self.model.objects.using(self.db).order_by().active()
+        every = (
+            (self.model.objects.all() if among is None else among)
+            .using(self.db)
+            .order_by()
+            .active()
+        )
         found: dict[Any, None] = {}
         level = self.active().filter(BATCH_PARENT).order_by()
         while True:

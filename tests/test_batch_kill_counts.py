@@ -275,3 +275,20 @@ def test_forced_kill_in_a_transaction_settles_a_nested_batch_found_in_an_earlier
         "inner": Status.SUCCEEDED,
     }, result
     assert result.in_batches == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_forced_kill_of_a_running_batch_does_not_list_its_parent_as_not_stopped() -> (
+    None
+):
+    """A forced kill of a batch whose child has started ends every run of it killed, and
+    rightly lists the child (no integration can stop a manual run). It listed the parent
+    too, "it stops at its next progress call or heartbeat", though no worker runs a
+    batch's parent and the kill ended it and its children (found by a review)."""
+    parent = start_batch("imports.all", ["a", "b"])
+    parent.children.get(job_name="a").mark_running(worker="host:1")
+    result = JobRun.objects.filter(pk=parent.pk).request_kill(force=True)
+    assert set(JobRun.objects.values_list("status", flat=True)) == {Status.KILLED}
+    assert (result.killed, result.in_batches) == (1, 2)
+    listed = {problem.job_name for problem in result.not_stopped}
+    assert listed == {"a"}, result.not_stopped

@@ -529,7 +529,9 @@ class JobRunViewSet(
         if run.is_finished:
             return _finished_conflict(run)
         force = body.validated_data["force"]
-        result = JobRun.objects.filter(pk=run.pk).request_kill(force=force)
+        result = JobRun.objects.filter(pk=run.pk).request_kill(
+            force=force, among=self.get_queryset()
+        )
         try:
             # Read back where the kill was written: a replica (READ_DATABASE) may lag.
             run.refresh_from_db(using=router.db_for_write(JobRun, instance=run))
@@ -562,7 +564,9 @@ class JobRunViewSet(
         runs = self.bulk_runs(request, body.validated_data.get("ids"))
         matched = runs.count()
         active = runs.active().count()
-        result = runs.request_kill(force=body.validated_data["force"])
+        result = runs.request_kill(
+            force=body.validated_data["force"], among=self.get_queryset()
+        )
         return Response(
             KillResultSerializer(
                 {

@@ -486,3 +486,21 @@ def test_without_change_permission_the_kill_button_is_refused(staff_client, make
     assert client.post(f"{URL}{run.pk}/kill/").status_code == 403
     run.refresh_from_db()
     assert not run.kill_requested
+
+
+@pytest.mark.django_db(transaction=True)
+def test_forced_kill_page_button_on_a_running_batch_does_not_say_it_could_not_stop_it(
+    admin_client,
+) -> None:
+    """The run page's Kill (forced) button on a batch whose child had started warned
+    "Could not stop imports.all (…): no enabled integration can stop a run from source
+    “manual”", though the batch and every run under it ended killed: no worker runs a
+    batch's parent, and the kill ended its runs themselves."""
+    parent = start_batch("imports.all", ["a", "b"])
+    parent.children.get(job_name="a").mark_running(worker="host:1")
+    response = admin_client.post(f"{URL}{parent.pk}/force-kill/", follow=True)
+    assert set(JobRun.objects.values_list("status", flat=True)) == {Status.KILLED}
+    messages = said(response)
+    assert not [m for m in messages if m.startswith("Could not stop imports.all")], (
+        messages
+    )

@@ -333,6 +333,51 @@ def test_bulk_kill_counts_the_runs_under_the_batches_it_took_along(api, force):
     assert JobRun.objects.kill_requested().count() == 3
 
 
+@pytest.fixture
+def alice_and_bob_s_batch(settings, make_user):
+    """API_OWNER_SCOPED: Alice's batch with a child Bob owns (a child of start_batch()
+    may name its own owner); Alice, who may act on her runs only, and Bob's run."""
+    settings.JOBSTATUS = {"API_OWNER_SCOPED": True}
+    alice, bob = make_user(staff=False), make_user(staff=False)
+    parent = start_batch(
+        "imports.all",
+        [{"job_name": "imports.alice"}, {"job_name": "imports.bob", "owner": bob}],
+        owner=alice,
+    )
+    return alice, parent, JobRun.objects.get(job_name="imports.bob", owner=bob)
+
+
+@pytest.mark.django_db(transaction=True)  # the batch follows its children on commit
+def test_owner_scoped_kill_of_a_batch_leaves_another_owner_s_run_under_it(
+    alice_and_bob_s_batch, client_for
+):
+    """Alice's kill of her batch's parent asked Bob's run to stop and counted it in
+    ``in_batches``: a run she may neither see nor kill."""
+    alice, parent, bobs = alice_and_bob_s_batch
+    client = client_for(alice)
+    assert client.get(f"{BASE}{bobs.pk}/").status_code == 404
+    response = client.post(f"{BASE}{parent.pk}/kill/", {}, format="json")
+    assert response.status_code == 202, response.content
+    bobs.refresh_from_db()
+    assert bobs.kill_requested_at is None
+    assert response.json()["in_batches"] == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the batch follows its children on commit
+def test_owner_scoped_bulk_forced_kill_of_a_batch_leaves_another_owner_s_run_under_it(
+    alice_and_bob_s_batch, client_for
+):
+    """The same through the bulk kill with force: Bob's run ended killed by Alice."""
+    alice, _parent, bobs = alice_and_bob_s_batch
+    response = client_for(alice).post(
+        f"{BASE}kill/?job_name=imports.all", {"force": True}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    bobs.refresh_from_db()
+    assert bobs.status != Status.KILLED
+    assert response.json()["in_batches"] == 1
+
+
 # Latest.
 
 

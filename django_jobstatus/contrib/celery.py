@@ -19,8 +19,11 @@ Enable with ``JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.celery"]}`
 - ``task_failure`` from the worker's main process (WorkerLostError: ``lost``; hard time
   limit: ``failed``, or ``retrying`` when Celery puts the message back, see
   ``_requeued_on_timeout``), ``task_retry`` from it (``retrying``; ``lost`` for a task
-  without ``acks_late`` that a cold shutdown cancelled), ``task_revoked`` (``killed``),
-  ``task_rejected``/``task_unknown`` (``failed``).
+  without ``acks_late`` that a cold shutdown cancelled): each only for the run's current
+  attempt when the worker's pool process runs it (``_reported_attempt``: a message
+  delivered again may be another pool process's live attempt by then, which goes on, a
+  WARNING line on the run saying what the worker reported); ``task_revoked``
+  (``killed``), ``task_rejected``/``task_unknown`` (``failed``).
 
 Runs are keyed on ``(source="celery", backend_job_id=task id)``. Kill is
 ``app.control.revoke(id, terminate=True)``, which stops a running task only on the
@@ -45,6 +48,7 @@ from celery import Celery, current_app, current_task, signals, states
 from celery.exceptions import Reject, Retry, TimeLimitExceeded, WorkerLostError
 from celery.utils.saferepr import saferepr
 from celery.utils.serialization import UnpickleableExceptionWrapper
+from celery.worker import state as worker_state
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -461,21 +465,27 @@ def _failed(
     # Sent by the worker's main process: the pool process died, or a hard time limit.
     error = exception_text(exception) if exception is not None else ""
     requeued = isinstance(exception, TimeLimitExceeded) and _requeued_on_timeout(sender)
+    # The task's request is on its stack for a lost pool process (Celery pushes it for
+    # task_failure's receivers), not for a hard time limit.
+    node = getattr(request, "hostname", None) or _node
+    ours = True
 
     def record(alias: str) -> None:
+        nonlocal ours
         run = find_run(task_id, alias)
-        if run is None or not run.is_active:
+        if run is None or run.status != Status.RUNNING:
             return
-        if isinstance(exception, WorkerLostError):
+        ours = _reported_attempt(run, node)
+        if not ours:
+            _left_running(run, alias, node, error)
+        elif isinstance(exception, WorkerLostError):
             run.mark_lost(using=alias, error=error)
-        elif run.status == Status.RUNNING:
+        else:
             # A requeued task runs again under its id: the next delivery goes on with the run.
             run.mark_failed(exception, retry=requeued, using=alias, **named)
 
     _execution.best_effort(record, f"the failure of Celery task {task_id}")
-    if not requeued:
-        # The task's request is on its stack for a lost pool process (Celery pushes it
-        # for task_failure's receivers), not for a hard time limit.
+    if ours and not requeued:
         lost = isinstance(exception, WorkerLostError)
         _end_replaced(
             request,
@@ -548,12 +558,23 @@ def _retried(
     exc, fields = _retry_cause(reason)
     # The task is sent again first: its next attempt may be running already, elsewhere.
     attempt = int(getattr(request, "retries", 0) or 0) + 1
+    node = getattr(request, "hostname", None) or _node
+    report = (
+        exception_text(exc)
+        if exc is not None
+        else fields["error"] or str(_("cancelled by Celery"))
+    )
+    ours = True
 
     def record(alias: str) -> None:
+        nonlocal ours
         run = find_run(task_id, alias)
         if run is None or (run.status, run.attempt) != (Status.RUNNING, attempt):
             return
-        if dropped:
+        ours = _reported_attempt(run, node)
+        if not ours:
+            _left_running(run, alias, node, report)
+        elif dropped:
             message = _(
                 "Lost: the worker's cold shutdown cancelled it, and Celery does not run it again."
             )
@@ -562,7 +583,7 @@ def _retried(
             run.mark_failed(exc, retry=True, using=alias, **fields)
 
     _execution.best_effort(record, f"the retry of Celery task {task_id}")
-    if dropped:
+    if ours and dropped:
         _end_replaced(
             request,
             str(getattr(sender, "name", "") or ""),
@@ -626,6 +647,49 @@ def _postrun(
 
 
 # The worker's main process.
+
+# The name of the worker whose main process this is (``worker_init``): the task_failure
+# of a hard time limit comes without the task's request, which names it otherwise.
+_node: str | None = None
+
+
+@contrib.never_raises
+def _worker_starts(sender: Any = None, **extra: Any) -> None:
+    """Note the name of the worker (``sender``, its WorkController) this process runs."""
+    global _node
+    _node = str(getattr(sender, "hostname", "") or "") or None
+
+
+def _reported_attempt(run: JobRun, node: str | None) -> bool:
+    """Whether ``run``'s current attempt is the one the main process of worker ``node``
+    reports ended (its pool process died, was killed on a hard time limit, or cancelled).
+
+    An ``acks_late`` task's message is delivered again while a pool process still runs
+    it (a broker's visibility timeout, a lost connection): another pool process, of
+    another worker or of this one, then runs it as the run's next attempt, alive and
+    beating, which the report is not about. Each attempt records the ``hostname:pid`` of
+    its pool process as ``worker``; this worker's pool process that still runs the task
+    is one of its active requests (Celery drops the reported one before it reports).
+    Without the worker's name nothing tells: the run is left to its own end, or to the
+    reaper.
+    """
+    host, _sep, pid = run.worker.rpartition(":")
+    if not node or host != node:
+        return False
+    return not any(
+        request.id == run.backend_job_id and str(request.worker_pid) == pid
+        for request in list(worker_state.active_requests)
+    )
+
+
+def _left_running(run: JobRun, alias: str, node: str | None, report: str) -> None:
+    """Say on ``run`` that worker ``node`` reported an end (``report``, its error) of an
+    attempt that is not the run's current one, which goes on."""
+    text = _(
+        "Celery worker %(node)s reported that an attempt of this task ended "
+        "(%(report)s), but the run's current attempt runs on %(worker)s: the run goes on."
+    ) % {"node": node or "?", "report": report, "worker": run.worker}
+    run.log(logging.WARNING, str(text), using=alias)
 
 
 @contrib.never_raises
@@ -846,6 +910,7 @@ _RECEIVERS: list[tuple[Any, Any]] = [
     (signals.task_rejected, _rejected),
     (signals.task_unknown, _unknown),
     (signals.worker_process_shutdown, _process_ends),
+    (signals.worker_init, _worker_starts),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
 import threading
@@ -141,6 +142,39 @@ def slow_once_late(key: str) -> str:
     the first delivery runs past it, the next ends at once."""
     if _first(key):
         time.sleep(30)
+    return key
+
+
+def _waited(key: str, timeout: float = 60) -> None:
+    """Wait until ``key`` (a mark in the broker's Redis) is set, at most ``timeout`` s."""
+    broker = redis.Redis.from_url(BROKER_URL)
+    deadline = time.monotonic() + timeout
+    while not broker.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _delivered_again(task_id: str) -> None:
+    """Put the message of ``task_id``, delivered and not acknowledged, back in its queue,
+    as the Redis transport does when its visibility timeout passes."""
+    broker = redis.Redis.from_url(BROKER_URL)
+    for entry in broker.hvals("unacked"):
+        message, _exchange, routing_key = json.loads(entry)
+        if message["headers"]["id"] == task_id:
+            broker.lpush(routing_key, json.dumps(message))
+
+
+@app.task(name="tests.handed_over", bind=True, acks_late=True)
+def handed_over(self: Any, key: str) -> str:
+    """Delivered again while its first delivery runs (``acks_late``, the message not
+    acknowledged yet): the first delivery puts its message back in the queue, waits for
+    the next delivery (on another worker) to run, and dies as an OOM kill does; the next
+    one runs until ``key:release`` is set."""
+    if _first(key):
+        _delivered_again(self.request.id)
+        _waited(f"{key}:again")
+        os.kill(os.getpid(), signal.SIGKILL)
+    _mark(f"{key}:again")
+    _waited(f"{key}:release")
     return key
 
 

@@ -9,11 +9,15 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from subprocess import Popen
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
+from billiard.exceptions import WorkerLostError
 from celery import signals, states
+from celery.exceptions import Retry, TimeLimitExceeded
+from celery.worker import state as worker_state
 
 from django_jobstatus import contrib, current_job, health
 from django_jobstatus.contrib import celery as jobstatus_celery
@@ -27,6 +31,7 @@ from tests.contrib.celery_app import (
     crash,
     fail,
     flaky,
+    handed_over,
     ignores,
     lost_then_ok,
     marked,
@@ -274,6 +279,127 @@ def test_a_late_task_retry_keeps_the_attempt_s_error(celery_on: None) -> None:
     ] == [(1, Status.RETRYING, f"w1@h:{os.getpid()}", "RuntimeError: attempt 1 failed")]
 
 
+def handed_over_run(first: str, then: str) -> JobRun:
+    """A run whose attempt 1, on the pool process ``first``, was restarted as attempt 2 on
+    ``then``, which runs it and beats (its message was delivered again, e.g. an
+    ``acks_late`` task's after the broker's visibility timeout)."""
+    run = JobRun.objects.enqueue(
+        add.name, source=jobstatus_celery.SOURCE, backend_job_id=str(uuid.uuid4())
+    )
+    run.mark_running(worker=first)
+    run.mark_running(worker=then)
+    run.heartbeat()
+    return refreshed(run)
+
+
+def failure_reported(task_id: str, exception: BaseException) -> None:
+    """Send ``task_failure`` as a worker's main process does (without the task's request
+    on its stack: Celery pushes it for a lost pool process, not for a hard time limit)."""
+    signals.task_failure.send(
+        sender=add,
+        task_id=task_id,
+        exception=exception,
+        args=(),
+        kwargs={},
+        traceback=None,
+        einfo=None,
+    )
+
+
+def left_running_line(run: JobRun) -> str:
+    line = run.logs.get()
+    assert line.level == 30
+    return line.message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_pool_process_leaves_another_worker_s_live_attempt_running(
+    celery_on: None,
+) -> None:
+    """The main process of worker A reports its pool process dead (WorkerLostError) for a
+    task whose message worker B took meanwhile: it marked B's attempt, alive and beating,
+    ``lost``, and B's real end was then refused."""
+    run = handed_over_run("celery@a:101", "celery@b:202")
+    lost = WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL) Job: 0.")
+    add.push_request(id=run.backend_job_id, hostname="celery@a")
+    try:
+        failure_reported(run.backend_job_id, lost)
+    finally:
+        add.pop_request()
+    run = refreshed(run)
+    assert (run.status, run.attempt, run.error) == (Status.RUNNING, 2, "")
+    assert left_running_line(run) == (
+        "Celery worker celery@a reported that an attempt of this task ended "
+        "(WorkerLostError: Worker exited prematurely: signal 9 (SIGKILL) Job: 0.), "
+        "but the run's current attempt runs on celery@b:202: the run goes on."
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hard_time_limit_leaves_another_worker_s_live_attempt_running(
+    celery_on: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard time limit's ``task_failure`` comes without the task's request: the main
+    process knows its worker's name from ``worker_init`` (its receiver is called here:
+    the signal would reach Celery's Django fixup too). It failed the run, which was
+    worker B's live attempt by then."""
+    monkeypatch.setattr(jobstatus_celery, "_node", None)
+    jobstatus_celery._worker_starts(sender=SimpleNamespace(hostname="celery@a"))
+    run = handed_over_run("celery@a:101", "celery@b:202")
+    failure_reported(run.backend_job_id, TimeLimitExceeded(300.0))
+    run = refreshed(run)
+    assert (run.status, run.attempt, run.error) == (Status.RUNNING, 2, "")
+    assert "Celery worker celery@a reported" in left_running_line(run)
+    # Its own attempt's time limit still fails the run.
+    run.mark_running(worker="celery@a:303")
+    failure_reported(run.backend_job_id, TimeLimitExceeded(300.0))
+    run = refreshed(run)
+    assert (run.status, run.attempt) == (Status.FAILED, 3)
+    assert run.error.startswith("TimeLimitExceeded: ")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_pool_process_leaves_its_worker_s_other_live_attempt_running(
+    celery_on: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message was delivered again to the same worker, whose other pool process runs
+    the task now: the report of the first one's death is not about that attempt. Once no
+    pool process of the worker runs it, the loss is its current attempt's."""
+    run = handed_over_run("celery@a:101", "celery@a:202")
+    running = SimpleNamespace(id=run.backend_job_id, worker_pid=202)
+    monkeypatch.setattr(worker_state, "active_requests", [running])
+    lost = WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL) Job: 0.")
+    add.push_request(id=run.backend_job_id, hostname="celery@a")
+    try:
+        failure_reported(run.backend_job_id, lost)
+        assert refreshed(run).status == Status.RUNNING
+        monkeypatch.setattr(worker_state, "active_requests", [])
+        failure_reported(run.backend_job_id, lost)
+    finally:
+        add.pop_request()
+    run = refreshed(run)
+    assert (run.status, run.attempt) == (Status.LOST, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_process_lost_and_sent_again_leaves_another_worker_s_attempt_running(
+    celery_on: None,
+) -> None:
+    """``retry_on_worker_lost``: the main process of worker A sends ``task_retry`` for
+    the attempt its dead pool process ran, with the request's ``retries``. When worker B
+    runs the run's attempt of that number (its message delivered there too), that
+    attempt is alive: it was ended ``retrying``."""
+    run = handed_over_run("celery@a:101", "celery@b:202")
+    request = SimpleNamespace(id=run.backend_job_id, retries=1, hostname="celery@a")
+    lost = WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL) Job: 0.")
+    signals.task_retry.send(
+        sender=add, request=request, reason=Retry(exc=lost, when=1), einfo=None
+    )
+    run = refreshed(run)
+    assert (run.status, run.attempt) == (Status.RUNNING, 2)
+    assert "(WorkerLostError: Worker exited prematurely" in left_running_line(run)
+
+
 @pytest.mark.django_db
 def test_a_task_revoked_before_any_run_of_it_was_recorded_is_recorded_killed(
     celery_on: None,
@@ -485,6 +611,57 @@ def test_an_acks_late_task_a_cold_shutdown_cancelled_runs_again(
         assert [entry["status"] for entry in run.attempts] == ["restarted"]
     finally:
         broker.delete(queue, key)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_pool_process_leaves_the_attempt_another_worker_runs_running(
+    celery_on: None, db_proxy: Proxy, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """An ``acks_late`` task's message is delivered again while a pool process of worker
+    A runs it, and worker B runs it as the run's attempt 2; then A's pool process dies.
+    A's main process marked B's live attempt ``lost``, and B's success was refused."""
+    queue = f"jobstatus-tests-handover-{uuid.uuid4().hex}"
+    key = f"jobstatus-tests:{uuid.uuid4()}"
+    broker = redis.Redis.from_url(BROKER_URL)
+    try:
+        with (
+            started_celery_worker(
+                db_proxy,
+                tmp_path_factory,
+                pool="prefork",
+                queue=queue,
+                prefix="jobstatus-first",
+                purge=False,
+            ) as first,
+            started_celery_worker(
+                db_proxy,
+                tmp_path_factory,
+                pool="prefork",
+                queue=queue,
+                prefix="jobstatus-second",
+                purge=False,
+            ),
+        ):
+            run = recorded(handed_over.apply_async(args=(key,), queue=queue).id)
+            wait_for(
+                lambda: (
+                    refreshed(run).attempt == 2
+                    and (run.status != Status.RUNNING or run.logs.exists())
+                ),
+                timeout=60,
+                what="the dead pool process's worker to report it",
+                process=first,
+                log=first.log,  # type: ignore[attr-defined]
+            )
+            broker.set(f"{key}:release", "1", ex=600)
+            finished(run, first)
+    finally:
+        broker.delete(queue, key, f"{key}:again", f"{key}:release")
+    assert (run.status, run.result, run.attempt) == (Status.SUCCEEDED, key, 2)
+    assert [entry["status"] for entry in run.attempts] == ["restarted"]
+    assert "WorkerLostError" in left_running_line(run)
 
 
 # With a real worker.

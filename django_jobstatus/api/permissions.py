@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from django_jobstatus.conf import settings
+
+if TYPE_CHECKING:
+    from django_jobstatus.querysets import JobRunQuerySet
 
 # Which model permission each HTTP method needs besides view (seeing anything needs view).
 # A method the view does not allow needs view alone, so that it is answered 405.
@@ -21,6 +24,22 @@ _OWNER_ACTIONS = frozenset({"view", "change"})
 def owner_scoped(user: Any) -> bool:
     """Whether ``user`` sees only the runs they own (API_OWNER_SCOPED and not staff)."""
     return bool(settings.API_OWNER_SCOPED and not getattr(user, "is_staff", False))
+
+
+def owns(user: Any, run: Any) -> bool:
+    """Whether ``run`` is ``user``'s. An anonymous user (let in by permission classes
+    that allow it) owns none: its ``pk`` is None, as is the owner of every run an
+    integration records."""
+    return user.pk is not None and run.owner_id == user.pk
+
+
+def visible_runs(user: Any, runs: JobRunQuerySet) -> JobRunQuerySet:
+    """``runs`` as ``user`` may see and act on them: all of them, or under the owner
+    scope those they own (``owns()``; ``owner_id=None`` would match every run without
+    an owner)."""
+    if not owner_scoped(user):
+        return runs
+    return runs.filter(owner_id=user.pk) if user.pk is not None else runs.none()
 
 
 def required_permissions(
@@ -66,9 +85,7 @@ class JobRunPermission(BasePermission):
 
     def has_object_permission(self, request: Request, view: Any, obj: Any) -> bool:
         user = request.user
-        if owner_scoped(user):
-            return bool(obj.owner_id == user.pk)
-        return True
+        return not owner_scoped(user) or owns(user, obj)
 
 
 def sees_incidents(user: Any) -> bool:

@@ -52,7 +52,7 @@ from django_jobstatus.api.pagination import (
 from django_jobstatus.api.permissions import (
     JobMonitorPermission,
     MetricsPermission,
-    owner_scoped,
+    visible_runs,
 )
 from django_jobstatus.api.serializers import (
     BULK_MAX,
@@ -413,11 +413,7 @@ class JobRunViewSet(
         return JobLogSerializer if self.action == "logs" else JobRunSerializer
 
     def get_queryset(self) -> JobRunQuerySet:
-        runs = JobRun.objects.all()
-        user = self.request.user
-        if owner_scoped(user):
-            runs = runs.filter(owner_id=user.pk)
-        return runs
+        return visible_runs(self.request.user, JobRun.objects.all())
 
     def get_object(self) -> JobRun:
         try:

@@ -235,6 +235,42 @@ def test_owner_scope_still_refuses_anonymous(scoped, client_for, runs):
     assert_refused(client_for(None).get(BASE))
 
 
+@pytest.mark.parametrize(
+    "permission",
+    [
+        "rest_framework.permissions.IsAuthenticatedOrReadOnly",
+        "rest_framework.permissions.AllowAny",
+    ],
+)
+def test_owner_scope_shows_an_anonymous_caller_no_runs(
+    settings, make_user, client_for, make_run, permission
+):
+    """Permission classes that let anonymous requests in: the owner scope still shows
+    them what they own, nothing. ``owner_id=None`` matched every run without an owner
+    (every run an integration records), with its params and error, and AllowAny let the
+    caller kill them."""
+    settings.JOBSTATUS = {
+        "API_OWNER_SCOPED": True,
+        "API_PERMISSION_CLASSES": [permission],
+    }
+    make_run("billing.export", owner=make_user(staff=False))
+    ownerless = make_run(
+        "payroll.secret", params={"account": "x"}, status=Status.FAILED, error="boom"
+    )
+    active = make_run("payroll.secret")
+    client = client_for(None)
+    assert client.get(BASE).json()["results"] == []
+    assert client.get(f"{BASE}{ownerless.pk}/").status_code == 404
+    assert client.get(f"{BASE}{ownerless.pk}/logs/").status_code == 404
+    assert client.get(f"{BASE}stats/").json()["jobs"] == []
+    exported = b"".join(client.get(f"{BASE}export/").streaming_content)
+    assert b"payroll.secret" not in exported
+    assert client.post(f"{BASE}{active.pk}/kill/").status_code in (403, 404)
+    client.post(f"{BASE}kill/?job_name=payroll.secret")
+    active.refresh_from_db()
+    assert active.kill_requested_at is None
+
+
 def test_permission_classes_come_from_settings(settings, client_for, runs):
     settings.JOBSTATUS = {
         "API_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"]

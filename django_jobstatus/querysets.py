@@ -883,7 +883,9 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         batches are taken from it alone, and reached through it alone (the runs here are
         the caller's own pick). A batch may hold runs of other owners (a child of
         ``start_batch()`` may name its own): a user the API scopes to their own runs
-        (``API_OWNER_SCOPED``) asked, killed and counted them along with their batch.
+        (``API_OWNER_SCOPED``) asked, killed and counted them along with their batch. A
+        forced kill then only asks a batch's parent that holds an active run outside
+        ``among``: it ends as its runs do (``_holding_others()``).
 
         A batch's parent is never handed to its task system: it runs nowhere, its runs
         are asked and killed themselves, and a forced kill listed it in ``not_stopped``
@@ -898,6 +900,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         sources = contrib.sources()
         # Read before any write: the writes must not change what the selection means.
         under = self._under_batches(among)
+        spared = self._holding_others(under, among) if force else set()
         every = self.model.objects.using(self.db)
         # The runs under the selection first: a batch inside a batch ends before the one
         # around it.
@@ -956,7 +959,8 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                     chosen = [
                         run
                         for run in chosen
-                        if _killed(run, message, however_active=True)
+                        if run.pk not in spared
+                        and _killed(run, message, however_active=True)
                     ]
                     ended[group] += len(chosen)
                 not_stopped += contrib.stop(
@@ -999,6 +1003,32 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                 return list(found)
             found.update(dict.fromkeys(new))
             level = level.filter(BATCH_PARENT)
+
+    def _holding_others(
+        self, under: list[Any], among: JobRunQuerySet | None
+    ) -> set[Any]:
+        """The ids of the batches' parents that hold active runs ``among`` leaves out
+        (``under``: the runs under the batches it takes along), at any depth: a forced
+        kill asks them, and they end as their runs do. Ended killed, a batch would say its
+        work had stopped while a run the caller may not act on went on, and that run's end
+        could no longer move it. Nothing without ``among``: every run is taken along."""
+        if among is None:
+            return set()
+        taken = set(under)
+        level = [pk for pk in self._under_batches() if pk not in taken]
+        every = self.model.objects.using(self.db).order_by()
+        spared: set[Any] = set()
+        while level:
+            parents = {
+                pk
+                for part in _chunks(level, _chunk_size(self.db))
+                for pk in every.filter(pk__in=part, parent__isnull=False).values_list(
+                    "parent_id", flat=True
+                )
+            } - spared
+            spared |= parents
+            level = list(parents)
+        return spared
 
     def purge(
         self,

@@ -378,6 +378,34 @@ def test_owner_scoped_bulk_forced_kill_of_a_batch_leaves_another_owner_s_run_und
     assert response.json()["in_batches"] == 1
 
 
+@pytest.mark.parametrize("bulk", [False, True])
+@pytest.mark.django_db(transaction=True)  # the batch follows its children on commit
+def test_owner_scoped_forced_kill_of_a_batch_ends_it_only_as_the_run_left_ends(
+    alice_and_bob_s_batch, client_for, bulk
+):
+    """The forced kill left Bob's running run alone, but ended the batch killed: the
+    batch said its work had stopped while Bob's run went on, and that run's end could no
+    longer move it. The batch is asked, and ends as its runs do."""
+    alice, parent, bobs = alice_and_bob_s_batch
+    bobs.mark_running(worker="celery@w:4242")
+    client = client_for(alice)
+    response = (
+        client.post(f"{BASE}kill/?job_name=imports.all", {"force": True}, format="json")
+        if bulk
+        else client.post(f"{BASE}{parent.pk}/kill/", {"force": True}, format="json")
+    )
+    assert response.status_code in (200, 202), response.content
+    assert response.json()["in_batches"] == 1  # Alice's run, ended killed
+    parent.refresh_from_db()
+    bobs.refresh_from_db()
+    assert bobs.status == Status.RUNNING
+    assert parent.status != Status.KILLED, "the batch ended while a run under it ran"
+    assert parent.kill_requested_at is not None
+    bobs.mark_succeeded()
+    parent.refresh_from_db()
+    assert parent.status == Status.KILLED  # Alice's run was killed: the batch stopped
+
+
 # Latest.
 
 

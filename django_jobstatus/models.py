@@ -391,6 +391,17 @@ class JobRun(models.Model):
         return min(self.progress_current / self.progress_total, 1.0)
 
     @property
+    def percent_done(self) -> int | None:
+        """The share done in whole percent, rounded down, as every label shows it: 100
+        only once the work is all done (999 of 1,000 reads 99, not 100); None while the
+        total is unknown."""
+        if self.progress is None:
+            return None
+        if not self.progress_total:
+            return 100  # a finished run that had nothing to do
+        return min(self.progress_current * 100 // self.progress_total, 100)
+
+    @property
     def duration(self) -> timedelta | None:
         """Run time of the last attempt; grows while it runs."""
         if self.started_at is None:

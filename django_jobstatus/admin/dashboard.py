@@ -111,6 +111,7 @@ def active_json(run: JobRun) -> dict[str, Any]:
         "kill_requested": run.kill_requested,
         # A share, 0 to 1, as in the API.
         "progress": None if share is None else round(share, 4),
+        "percent_done": run.percent_done,  # the label's figure (JobRun.percent_done)
         "progress_current": run.progress_current,
         "progress_total": run.progress_total,
         "step": run.step,

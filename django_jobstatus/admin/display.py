@@ -143,7 +143,7 @@ def progress_bar(run: JobRun, *, counts: bool = False) -> SafeString:
             else ("0", "")
         )
     else:
-        label = f"{share * 100:.0f}%"
+        label = f"{run.percent_done}%"
         width, css = f"{share * 100:.1f}", ""
         if counts:
             label += f" ({run.progress_current} / {run.progress_total})"

@@ -60,6 +60,7 @@ def run_json(run: JobRun) -> dict[str, Any]:
         "is_active": run.is_active,
         "kill_requested": run.kill_requested,
         "progress": run.progress,
+        "percent_done": run.percent_done,
         "progress_current": run.progress_current,
         "progress_total": run.progress_total,
         "step": run.step,

@@ -105,6 +105,17 @@ def _shown(value: Any) -> str:
     return escaped(localize(value))
 
 
+def _rate(pct: float, job: dict[str, Any]) -> str:
+    """The failure rate ``pct`` (to one decimal) as shown: "<0.1" for a job that failed,
+    ">99.9" for one that did not always fail, where rounding would read 0 or 100 and say
+    the opposite of the counts beside it."""
+    if pct == 0 and job["failed"]:
+        return f"&lt;{_shown(0.1)}"
+    if pct == 100 and job["failed"] < job["total"]:
+        return f"&gt;{_shown(99.9)}"
+    return _shown(pct)
+
+
 @register.filter
 def jobstatus_job_rows(jobs: Iterable[dict[str, Any]]) -> SafeString:
     """The dashboard's job table rows (``job_table()``'s dicts), built in Python.
@@ -126,10 +137,10 @@ def jobstatus_job_rows(jobs: Iterable[dict[str, Any]]) -> SafeString:
                 " jobstatus-rate-bad"
                 if pct >= 10
                 else " jobstatus-rate-warn"
-                if pct > 0
+                if job["failed"]
                 else ""
             )
-            rate = f'<span class="jobstatus-rate{css}">{_shown(pct)}%</span>'
+            rate = f'<span class="jobstatus-rate{css}">{_rate(pct, job)}%</span>'
         latest = job["latest"]
         last = (
             f'<a href="{_shown(job["latest_url"])}"><span class="jobstatus-badge jobstatus-{_shown(latest.status)}">'

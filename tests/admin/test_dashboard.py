@@ -56,6 +56,35 @@ def runs(make_run):
     return made
 
 
+@pytest.mark.parametrize(
+    ("failed", "succeeded", "shown"),
+    [(1, 2000, "<0.1%"), (1999, 1, ">99.9%"), (1, 1, "50.0%"), (0, 3, "0.0%")],
+)
+def test_the_failure_rate_never_rounds_to_none_or_all(
+    admin_client, failed, succeeded, shown
+):
+    """One failure in 2,001 runs read "0.0%" (without the warning colour), and 1,999 in
+    2,000 "100.0%": the rate said the opposite of the counts beside it."""
+    now = timezone.now()
+    JobRun.objects.bulk_create(
+        JobRun(
+            job_name="nightly.sync",
+            status=status,
+            created_at=now - timedelta(minutes=3),
+            started_at=now - timedelta(minutes=2),
+            finished_at=now - timedelta(minutes=1),
+        )
+        for status, n in ((Status.FAILED, failed), (Status.SUCCEEDED, succeeded))
+        for _ in range(n)
+    )
+    html = admin_client.get(URL).content.decode()
+    rates = re.findall(r'<span class="jobstatus-rate([^"]*)">([^<]*)</span>', html)
+    assert [
+        (text.replace("&lt;", "<").replace("&gt;", ">")) for _css, text in rates
+    ] == [shown]
+    assert ("warn" in rates[0][0] or "bad" in rates[0][0]) == bool(failed)
+
+
 def test_url_name():
     assert reverse("admin:django_jobstatus_jobrun_dashboard") == URL
 

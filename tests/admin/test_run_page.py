@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
 from django_jobstatus import contrib
@@ -84,6 +86,32 @@ def test_progress_and_kill_button_while_active(admin_client, make_run):
     assert run.kill_requested
     assert "Request kill" not in page(admin_client, run)
     assert admin_client.get(f"{URL}{run.pk}/kill/").status_code == 403  # POST only
+
+
+@pytest.mark.parametrize("status", [Status.RUNNING, Status.FAILED])
+def test_a_run_short_of_its_total_never_reads_100_percent(
+    admin_client, make_run, status
+):
+    """999 of 1,000 items read "100%" (rounded), on a run's page, in the changelist, the
+    dashboard and the JSON the live pages label from, running or failed: as if the work
+    were all done. Labels round down (JobRun.percent_done)."""
+    run = make_run(
+        "imports.big", status=status, progress_current=999, progress_total=1000
+    )
+    labels = re.compile(r'<span class="jobstatus-progress-label">([^<]*)</span>')
+    assert labels.findall(page(admin_client, run))[0] == "99% (999 / 1000)"
+    listed = admin_client.get(URL).content.decode()
+    assert labels.findall(listed)[0].startswith("99%")
+    live = admin_client.get(f"{URL}{run.pk}/live/").json()["run"]
+    assert (live["progress"], live["percent_done"]) == (0.999, 99)
+    if status == Status.RUNNING:
+        dashboard = admin_client.get(f"{URL}dashboard/")
+        assert labels.findall(dashboard.content.decode())[0] == "99%"
+        data = admin_client.get(f"{URL}dashboard/data/").json()
+        assert data["active"][0]["percent_done"] == 99
+    run.progress_current = 1000
+    run.save()
+    assert labels.findall(page(admin_client, run))[0] == "100% (1000 / 1000)"
 
 
 def test_retry_button(admin_client, make_run):

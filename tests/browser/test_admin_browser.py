@@ -200,9 +200,10 @@ def test_dashboard_progress_advances_without_a_reload(admin_page, artifacts):
     label = admin_page.locator(f'tr[data-run="{run.pk}"] .jobstatus-progress-label')
     assert label.inner_text() == "10%"
     admin_page.evaluate("window.__notReloaded = true")
-    run.set_progress(64, step="transforming")
+    # 999 of 1,000: the label rounds down (JobRun.percent_done), never to 100 %.
+    run.set_progress(999, 1000, step="transforming")
     admin_page.wait_for_function(
-        "id => { const el = document.querySelector(`tr[data-run='${id}'] .jobstatus-progress-label`); return el && el.textContent === '64%'; }",
+        "id => { const el = document.querySelector(`tr[data-run='${id}'] .jobstatus-progress-label`); return el && el.textContent === '99%'; }",
         arg=str(run.pk),
         timeout=15_000,
     )
@@ -210,7 +211,7 @@ def test_dashboard_progress_advances_without_a_reload(admin_page, artifacts):
     width = admin_page.locator(
         f'tr[data-run="{run.pk}"] .jobstatus-progress-bar'
     ).evaluate("el => el.style.width")
-    assert width == "64%"
+    assert width == "99.9%"
     admin_page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
     # The admin's dark mode: the page keeps to its CSS variables.
     admin_page.emulate_media(color_scheme="dark")

@@ -46,7 +46,7 @@
     outer.appendChild(bar);
     td.appendChild(outer);
     td.appendChild(document.createTextNode(" "));
-    td.appendChild(el("span", "jobstatus-progress-label", run.progress === null ? "" : Math.round(Number(run.progress) * 100) + "%"));
+    td.appendChild(el("span", "jobstatus-progress-label", run.progress === null ? "" : run.percent_done + "%"));
     return td;
   }
 

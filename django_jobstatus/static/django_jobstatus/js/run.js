@@ -53,7 +53,7 @@
     } else {
       outer.classList.remove("jobstatus-indeterminate");
       bar.style.width = (run.progress * 100).toFixed(1) + "%";
-      label.textContent = Math.round(run.progress * 100) + "% (" + run.progress_current + " / " + run.progress_total + ")";
+      label.textContent = run.percent_done + "% (" + run.progress_current + " / " + run.progress_total + ")";
     }
     var step = box.querySelector(".jobstatus-step");
     if (step) { step.textContent = run.step; }

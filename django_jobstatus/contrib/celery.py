@@ -23,7 +23,8 @@ Enable with ``JOBSTATUS = {"INTEGRATIONS": ["django_jobstatus.contrib.celery"]}`
   attempt when the worker's pool process runs it (``_reported_attempt``: a message
   delivered again may be another pool process's live attempt by then, which goes on, a
   WARNING line on the run saying what the worker reported); ``task_revoked``
-  (``killed``), ``task_rejected``/``task_unknown`` (``failed``).
+  (``killed``; a message discarded before it ran leaves another delivery's running
+  attempt alone, ``_revoked``), ``task_rejected``/``task_unknown`` (``failed``).
 
 Runs are keyed on ``(source="celery", backend_job_id=task id)``. Kill is
 ``app.control.revoke(id, terminate=True)``, which stops a running task only on the
@@ -671,7 +672,8 @@ def _reported_attempt(run: JobRun, node: str | None) -> bool:
     its pool process as ``worker``; this worker's pool process that still runs the task
     is one of its active requests (Celery drops the reported one before it reports).
     Without the worker's name nothing tells: the run is left to its own end, or to the
-    reaper.
+    reaper. (A message the worker discards, ``_revoked``, never ran: the run's attempt is
+    the one reported only when it ran here and is dead, the worker restarted since.)
     """
     host, _sep, pid = run.worker.rpartition(":")
     if not node or host != node:
@@ -701,6 +703,18 @@ def _revoked(
     expired: bool = False,
     **extra: Any,
 ) -> None:
+    """End killed the run of a task the worker's main process revoked.
+
+    ``terminated``: the worker stopped the pool process that ran the task (a revoke with
+    ``terminate=True``, as ``CeleryBackend.kill()`` sends). Otherwise the worker
+    discarded a message before it ran (expired, or its id revoked): that delivery never
+    started. A running run is then another delivery's attempt, as when the message of an
+    ``acks_late`` task sent with ``expires`` comes again (a broker's visibility timeout)
+    while a pool process runs it: that attempt goes on to its own end, a WARNING line on
+    the run saying what the worker reported. Only when that attempt ran on this worker and no pool
+    process of it runs the task any more (``_reported_attempt``: the worker restarted
+    since) is nothing left to end the run, and it is killed.
+    """
     task_id = getattr(request, "id", None)
     if not task_id:
         return
@@ -713,14 +727,25 @@ def _revoked(
 
     # The request is the message's context, which names its task ``task``.
     name = getattr(request, "task", None) or getattr(sender, "name", None)
+    node = getattr(request, "hostname", None) or _node
+    ours = True
 
     def record(alias: str) -> None:
+        nonlocal ours
         run = _execution.find_or_enqueue(SOURCE, task_id, name, alias)
-        if run is not None and run.is_active:
+        if run is None or not run.is_active:
+            return
+        ours = (
+            terminated or run.status != Status.RUNNING or _reported_attempt(run, node)
+        )
+        if ours:
             run.mark_killed(using=alias, message=str(message))
+        else:
+            _left_running(run, alias, node, str(message))
 
     _execution.best_effort(record, f"the revoke of Celery task {task_id}")
-    _end_replaced(request, str(getattr(sender, "name", "") or ""), Status.KILLED)
+    if ours:
+        _end_replaced(request, str(getattr(sender, "name", "") or ""), Status.KILLED)
 
 
 def _refused(task_id: str | None, name: str | None, error: str, worker: str) -> None:

@@ -18,7 +18,8 @@ KeyboardInterrupt through with no signal, and another project's ``task_finished`
 receiver that raises before ours keeps ours from running.
 A ``task_finished`` for a run that has already ended (db_worker sends it again, as
 FAILED, when a receiver after ours raises on a success) records no second run: the
-run keeps its terminal state, and a warning line on it tells the task system's word.
+run keeps its terminal state, and a warning line on it tells the task system's word;
+one for an attempt before the run's current one leaves that attempt to its own end.
 With django-tasks-db installed, a task its worker records FAILED with no signal (its
 ``task_path`` no longer imports, or names no Task) ends its queued run failed: a
 ``post_save`` receiver on the task result model. (A task result deleted while it
@@ -371,6 +372,11 @@ def _merge_twins(backend_job_id: str, alias: str) -> bool:
     return True
 
 
+def _attempt(task_result: Any) -> int:
+    """The attempt of a task result: the framework counts none until a worker takes it."""
+    return max(int(task_result.attempts), 1)
+
+
 def _begin(task_result: Any) -> Execution:
     """Record the start (an upsert: the enqueueing may not have been seen); activate current_job()."""
     from django_jobstatus.models import default_worker
@@ -383,7 +389,7 @@ def _begin(task_result: Any) -> Execution:
         str(task_result.id),
         task_result.task.module_path,
         worker=default_worker(),
-        attempt=max(task_result.attempts, 1),
+        attempt=_attempt(task_result),
         **fields,
     )
     execution.start()  # with the database away: an unsaved run, recorded at the end
@@ -476,12 +482,18 @@ def _end(execution: Execution, task_result: Any, exc: BaseException | None) -> N
 
 
 def _ended_already(task_result: Any, run: JobRun) -> None:
-    """Keep the run of a task that ends again, and note a last word that contradicts it.
+    """Keep the run of a task that ends again, or whose end comes for an attempt before
+    the run's current one, and note a word of the task system that the run does not tell.
 
     db_worker records a task FAILED and sends ``task_finished`` again when a receiver
     after ours raises on its success. Nothing leaves a terminal state: the run keeps it
     (one run, as the task ran once), and a warning line on it tells what the task system
     recorded last.
+
+    The end of an old attempt can come after the next attempt started (the task was
+    given to another worker, and the old one's ``task_finished`` comes where its start
+    was not seen: django-tasks-rq's callbacks): the current attempt goes on to its own
+    end, and the warning line keeps the old attempt's outcome.
     """
     from django_jobstatus.models import Status
 
@@ -496,10 +508,21 @@ def _ended_already(task_result: Any, run: JobRun) -> None:
     )
     if run.status == said:
         return  # the same end, told twice
-    message = _(
-        "The task system recorded this task as %(status)s after its run had ended "
-        "(%(state)s); the run keeps its state."
-    ) % {"status": task_result.status, "state": Status(run.status).label}
+    if run.is_finished:
+        message = _(
+            "The task system recorded this task as %(status)s after its run had ended "
+            "(%(state)s); the run keeps its state."
+        ) % {"status": task_result.status, "state": Status(run.status).label}
+    else:
+        message = _(
+            "The task system recorded attempt %(attempt)s of this task as %(status)s "
+            "after attempt %(current)s had begun; the run goes on with attempt "
+            "%(current)s."
+        ) % {
+            "attempt": _attempt(task_result),
+            "status": task_result.status,
+            "current": run.attempt,
+        }
     extra = {"task_status": str(task_result.status)}
     if traceback:
         extra["traceback"] = traceback
@@ -513,10 +536,11 @@ def _ended_already(task_result: Any, run: JobRun) -> None:
 
 def _ending(task_result: Any) -> Execution | None:
     """The execution to end when its start was not seen in this context; None when the
-    run of this attempt has ended already.
+    run of this attempt has ended already, or has gone on to a later attempt.
 
     A run another process or context started (django-tasks-rq finishes in RQ's
     callbacks) is ended as it is, not restarted; otherwise the start is recorded now.
+    A run at a later attempt than the one that ended is that attempt's to end.
     """
     from django_jobstatus.models import Status
 
@@ -524,7 +548,10 @@ def _ending(task_result: Any) -> Execution | None:
         run = find_run(SOURCE, str(task_result.id))
     except DatabaseError:
         run = None
-    if run is not None and run.is_finished and run.attempt >= task_result.attempts:
+    attempt = _attempt(task_result)
+    if run is not None and (
+        run.attempt > attempt or (run.is_finished and run.attempt == attempt)
+    ):
         _ended_already(task_result, run)
         return None
     if run is None or run.status != Status.RUNNING:

@@ -425,6 +425,74 @@ def test_a_task_revoked_before_any_run_of_it_was_recorded_is_recorded_killed(
     )
 
 
+def revoke_discarded(run: JobRun, hostname: str) -> None:
+    """Send ``task_revoked`` as the main process of worker ``hostname`` does for a copy of
+    the task's message it finds expired and discards, unrun
+    (celery.worker.request.Request.revoked, _announce_revoked)."""
+    from celery.app.task import Context
+
+    request = Context(
+        {
+            "id": run.backend_job_id,
+            "task": add.name,
+            "args": [1, 2],
+            "kwargs": {},
+            "hostname": hostname,
+        }
+    )
+    signals.task_revoked.send(
+        sender=add, request=request, terminated=False, signum=None, expired=True
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expired_copy_of_a_message_leaves_another_worker_s_live_attempt_running(
+    celery_on: None,
+) -> None:
+    """An ``acks_late`` task sent with ``expires`` runs on worker B longer than the
+    broker's visibility timeout: its message is delivered again, to worker A, whose main
+    process finds it expired and discards it, sending ``task_revoked(expired=True)``.
+    That copy never ran; B's attempt is alive and beating. It was ended ``killed``
+    ("Expired before it ran."), and B's real end was then refused."""
+    run = JobRun.objects.enqueue(
+        add.name, source=jobstatus_celery.SOURCE, backend_job_id=str(uuid.uuid4())
+    )
+    run.mark_running(worker="celery@b:202")
+    run.heartbeat()
+    revoke_discarded(run, "celery@a")
+    run = refreshed(run)
+    assert (run.status, run.attempt) == (Status.RUNNING, 1), (
+        f"the live attempt on celery@b:202 was ended {run.status}: {run.message!r}"
+    )
+    assert left_running_line(run) == (
+        "Celery worker celery@a reported that an attempt of this task ended "
+        "(Expired before it ran.), but the run's current attempt runs on "
+        "celery@b:202: the run goes on."
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expired_copy_of_a_message_kills_the_run_only_when_its_attempt_is_dead(
+    celery_on: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy comes to the worker whose pool process 202 runs the task: that attempt
+    goes on. When no pool process of the worker runs it any more (the worker restarted
+    since, the run's attempt died with it), the task never runs again: the run is
+    killed."""
+    run = JobRun.objects.enqueue(
+        add.name, source=jobstatus_celery.SOURCE, backend_job_id=str(uuid.uuid4())
+    )
+    run.mark_running(worker="celery@a:202")
+    running = SimpleNamespace(id=run.backend_job_id, worker_pid=202)
+    monkeypatch.setattr(worker_state, "active_requests", [running])
+    revoke_discarded(run, "celery@a")
+    assert refreshed(run).status == Status.RUNNING
+    monkeypatch.setattr(worker_state, "active_requests", [])
+    revoke_discarded(run, "celery@a")
+    run = refreshed(run)
+    assert (run.status, run.message) == (Status.KILLED, "Expired before it ran.")
+
+
 @pytest.mark.django_db
 def test_a_retry_to_an_exchange_the_app_does_not_route_to_is_refused(
     celery_on: None,

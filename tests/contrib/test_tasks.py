@@ -385,6 +385,43 @@ def test_a_finish_for_a_run_that_ended_records_no_second_run(
     ]
 
 
+def test_the_finish_of_an_old_attempt_does_not_end_the_newer_one(
+    db: None, settings: Any, integration_on: None
+) -> None:
+    """Attempt 1 ran on worker w1; the task system gave the task to worker w2
+    (``worker_ids`` == [w1, w2]), whose start restarted the run as attempt 2, alive.
+    Then attempt 1's ``task_finished`` came (``attempts`` == 1) in a context that did not
+    see its start (django-tasks-rq's callbacks, another process): it ended attempt 2
+    with attempt 1's outcome. The run goes on, and a line keeps attempt 1's word."""
+    settings.TASKS = {
+        "default": {"BACKEND": f"{FRAMEWORK}.backends.dummy.DummyBackend", "QUEUES": []}
+    }
+    result = tasks.add.enqueue(1, 2)  # the DummyBackend only stores it: a queued run
+    run = run_of(result)
+    run.mark_running(worker="w1:1")
+    run.mark_running(worker="w2:2")  # attempt 2, on another worker, running
+    assert run.attempt == 2
+    first = dataclasses.replace(result, status=SUCCESSFUL, worker_ids=["w1"])
+    assert first.attempts == 1
+    integration.on_finished(sender=None, task_result=first)
+    run.refresh_from_db()
+    assert (run.status, run.attempt, run.worker) == (Status.RUNNING, 2, "w2:2"), (
+        f"attempt 2 (on w2:2) was ended {run.status} by attempt 1's finish"
+    )
+    assert list(run.logs.values_list("message", "extra")) == [
+        (
+            "The task system recorded attempt 1 of this task as SUCCESSFUL after "
+            "attempt 2 had begun; the run goes on with attempt 2.",
+            {"task_status": "SUCCESSFUL"},
+        )
+    ]
+    # Attempt 2's own finish ends the run.
+    second = dataclasses.replace(first, worker_ids=["w1", "w2"])
+    integration.on_finished(sender=None, task_result=second)
+    run.refresh_from_db()
+    assert (run.status, run.attempt, run.worker) == (Status.SUCCEEDED, 2, "w2:2")
+
+
 def test_queue_and_priority_are_recorded(db: None, immediate: None) -> None:
     result = tasks.add.using(queue_name="reports", priority=7).enqueue(1, 1)
     run = run_of(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import secrets
@@ -54,6 +55,8 @@ from django_jobstatus.values import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+logger = logging.getLogger(__name__)
 
 # Status and the value checks live in modules without models (querysets.py uses them, and
 # models.py imports querysets.py); their names stay importable from here.
@@ -558,13 +561,30 @@ class JobRun(models.Model):
         )
 
     def _announce(self, previous: str, target: str, using: str) -> None:
-        """Send job_status_changed for a move this run made, once its transaction commits."""
-        transaction.on_commit(
-            lambda: job_status_changed.send(
-                sender=JobRun, run=self, previous=previous, status=target
-            ),
-            using=using,
-        )
+        """Send job_status_changed for a move this run made, once its transaction commits.
+
+        With a copy of the run as this move left it: a later move in the same transaction
+        (a batch's parent settled queued → running → succeeded) changes the instance.
+        A receiver's error is logged, never raised: the move is committed, and an
+        observer's bug failed a job that had succeeded, cut a reap or a forced kill
+        short (the other runs left running, the task system never told), and, in a
+        transaction, dropped the announcements of the moves after it.
+        """
+        run = copy.copy(self)
+
+        def send() -> None:
+            for receiver, answer in job_status_changed.send_robust(
+                sender=JobRun, run=run, previous=previous, status=target
+            ):
+                if isinstance(answer, Exception):
+                    logger.error(
+                        "A job_status_changed receiver (%r) failed for run %s.",
+                        receiver,
+                        run.pk,
+                        exc_info=answer,
+                    )
+
+        transaction.on_commit(send, using=using)
 
     def _fingerprint(self, target: str, values: dict[str, Any]) -> str:
         """The cause of a failed or lost run: its error, or a lost run's message."""

@@ -9,9 +9,13 @@ job_status_changed = Signal()
 
 Sender: the ``JobRun`` class. Keyword arguments:
 
-* ``run``: the ``JobRun`` instance, with its new state;
+* ``run``: the ``JobRun``, as this transition left it (a copy of the instance that
+  moved: a later move in the same transaction changes that one);
 * ``previous``: the status the run had when the transition was asked for;
 * ``status``: the new status.
+
+A receiver's exception is logged (``django_jobstatus.models``, ERROR), never raised: the
+transition is committed, and the code that made it (a job's end, a reap, a kill) goes on.
 """
 
 monitor_state_changed = Signal()

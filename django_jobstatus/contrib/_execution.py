@@ -8,7 +8,7 @@ while the database is away, see ``contrib.durably``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextvars import Token
 from logging import WARNING, getLogger
 from typing import Any
@@ -119,7 +119,7 @@ def record_queued(
     name: str,
     *,
     fresh: bool = False,
-    again: bool = False,
+    again: Collection[str] = (),
     **fields: Any,
 ) -> Any:
     """Record the run as queued; the id of the run it created, or None.
@@ -131,8 +131,9 @@ def record_queued(
     A running run stays running: Celery and RQ enqueue a retry while the failed attempt
     is still executing, and running → queued is no legal move (its ``due_at`` is written,
     for a retry scheduled for later). Enqueued inside ``batch()``, a new run is a child of
-    that batch's parent. ``again``: the task system puts the job back in its queue after
-    it ended (RQ's requeue): a newest run that has finished is followed by a new one.
+    that batch's parent. ``again``: the statuses of a finished run after which the task
+    system runs the job again under its id (RQ's requeue, an enqueue under an explicit
+    id): a newest run that ended so is followed by a new one.
     """
     fields.setdefault("parent", batches.current_parent())
     if fresh:
@@ -152,7 +153,7 @@ def record_queued(
     def record(alias: str) -> None:
         if not fresh:
             run = find_run(source, backend_job_id, alias)
-            if run is not None and not (again and run.is_finished):
+            if run is not None and run.status not in again:
                 due = {"due_at": fields["due_at"]} if fields.get("due_at") else {}
                 if run.status == Status.RETRYING:
                     run.mark_queued(using=alias, **due)

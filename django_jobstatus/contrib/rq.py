@@ -9,7 +9,8 @@ Enable with::
         "QUEUE_CLASS": "django_jobstatus.contrib.rq.Queue",  # optional: records "queued"
     }
 
-- ``Queue`` (where jobs are enqueued, also with ``enqueue_many()``): the run is ``queued``;
+- ``Queue`` (where jobs are enqueued, also with ``enqueue_many()``): the run is ``queued``
+  (a new run for a job enqueued under an explicit id whose newest run ended, unless killed);
 - ``Worker.execute_job`` (the worker's main process, around the fork): ``running`` with
   ``worker`` = ``host:pid`` before the work horse starts; after the horse is gone, the
   job's RQ status decides what is not recorded yet: ``failed`` (also when the horse
@@ -125,12 +126,20 @@ def _fields(job: rq.job.Job) -> dict[str, Any]:
     }
 
 
+# The statuses of a job's newest run after which an enqueue under its id (an explicit
+# ``job_id``, or RQ's retry or repetition) is a new run: a job id whose run was killed
+# stays killed (a worker refuses it), as RQ may still retry the job or enqueue it as a
+# dependent. A requeue (``again``) follows a killed run too: that one was asked for.
+_ENQUEUED_AFTER = Status.TERMINAL - {Status.KILLED}
+
+
 @contrib.never_raises
 def _record_queued(job: rq.job.Job, *, again: bool = False, **fields: Any) -> Any:
     """Record ``job``'s run as queued (with ``fields`` too); the id of the run created, or None.
 
-    ``again``: RQ puts the job back in its queue after it ended (a requeue): a new run
-    is recorded when its newest one has finished.
+    A job enqueued under an id that ran before (``job_id="nightly-…"``) is a new run
+    once its newest one has finished, unless that one was killed; ``again``: RQ puts
+    the job back in its queue after it ended (a requeue), a new run after any end.
     """
     if not _connected:
         return None
@@ -139,7 +148,7 @@ def _record_queued(job: rq.job.Job, *, again: bool = False, **fields: Any) -> An
         job.id,
         _name(job),
         fresh=getattr(job, _FRESH, False),
-        again=again,
+        again=Status.TERMINAL if again else _ENQUEUED_AFTER,
         **_fields(job),
         **fields,
     )
@@ -591,6 +600,27 @@ def _start(execution: Execution) -> None:
 
 
 @contrib.never_raises
+def _mark_start(job: rq.job.Job, *, stoppable: bool) -> None:
+    """Leave in the job's meta (and in Redis, when that changes it) only the marks of the
+    execution that starts now, before RQ says it started.
+
+    An earlier attempt's (a retry's, a requeue's, maybe on another worker) would mislead:
+    its RECORDED would tell the main process that this attempt's work horse recorded the
+    success; its UNWRITTEN, that its worker ended before it wrote them; its CANNOT_STOP
+    (it ran on a SimpleWorker), that a kill cannot stop this attempt, which a forking
+    worker can. A worker that cannot (``stoppable`` false) marks it, for a forced kill
+    to say so.
+    """
+    before = dict(job.meta)
+    for mark in (RECORDED, UNWRITTEN, CANNOT_STOP):
+        job.meta.pop(mark, None)
+    if not stoppable:
+        job.meta[CANNOT_STOP] = True
+    if job.meta != before:
+        job.save_meta()  # type: ignore[no-untyped-call]
+
+
+@contrib.never_raises
 def _clear_marks(job: rq.job.Job, *marks: str) -> None:
     """Take ``marks`` out of the job's meta, and out of Redis, when one is there."""
     if any(mark in job.meta for mark in marks):
@@ -624,6 +654,9 @@ def _end_here(execution: Execution, exc: BaseException, *, retry: bool) -> None:
 
 class _Recording:
     """``execute_job`` around the work horse: running before it, the outcome after it."""
+
+    # Whether RQ's stop-job command stops the jobs this worker runs (not a SimpleWorker's).
+    _jobstatus_stops_jobs = True
 
     # Whether this worker's cold shutdown killed its work horse (``request_force_stop``).
     _jobstatus_cold_shutdown = False
@@ -688,10 +721,7 @@ class _Recording:
         _executions[job.id] = execution
         _recorder = os.getpid()
         _start(execution)
-        # What an earlier attempt's work horse left (a retry's): its RECORDED would tell
-        # this process that this attempt's horse recorded the success; its UNWRITTEN,
-        # that its worker ended before it wrote them.
-        _clear_marks(job, RECORDED, UNWRITTEN)
+        _mark_start(job, stoppable=self._jobstatus_stops_jobs)
         _before_fork()
         # The work horse is a fork of this process: it must not share its database connections.
         connections.close_all()
@@ -1028,17 +1058,11 @@ class Worker(_Recording, rq.Worker):
 class SimpleWorker(_Recording, rq.SimpleWorker):
     """RQ's worker without a fork, recording every job it runs (its jobs cannot be stopped)."""
 
+    _jobstatus_stops_jobs = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.push_exc_handler(_abandoned)  # type: ignore[no-untyped-call]
-
-    def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> Any:
-        if _connected:
-            # So that a forced kill can say it cannot stop it.
-            job.meta[CANNOT_STOP] = True
-            with contextlib.suppress(Exception):
-                job.save_meta()  # type: ignore[no-untyped-call]
-        return super().execute_job(job, queue)
 
 
 # Kill and retry.

@@ -112,6 +112,15 @@ def silent_and_seen(seconds: float, key: str) -> str:
     return "woke up"
 
 
+def failing_once_then_silent(key: str, seconds: float) -> str:
+    """Fail on the first call; on the next, silent() with its pid in ``key``."""
+    connection = redis.Redis.from_url(REDIS_URL)
+    if connection.incr(f"{key}:calls") == 1:
+        raise RuntimeError("the first attempt fails")
+    connection.set(key, str(os.getpid()), ex=600)
+    return silent(seconds)
+
+
 def obedient(seconds: float) -> str:
     """A long job that stops when asked (cooperative kill)."""
     from django_jobstatus import current_job

@@ -495,6 +495,58 @@ def test_a_failed_job_requeued_by_django_rq_s_requeue_action_is_a_new_queued_run
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("function", "args", "ended"),
+    [(rq_jobs.add, (1, 2), Status.SUCCEEDED), (rq_jobs.fail, ("boom",), Status.FAILED)],
+)
+def test_a_job_enqueued_again_under_its_id_after_its_run_ended_is_a_new_queued_run(
+    local_queue: rq.Queue,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    ended: str,
+) -> None:
+    """An explicit ``job_id`` reused for a new enqueue (``"nightly-…"``, to keep one job
+    of a kind): the newest run said it had ended while RQ held the job queued (a kill
+    could not reach it, the queued timeout never saw it)."""
+    job_id = f"nightly-{uuid.uuid4().hex[:8]}"
+    local_queue.enqueue(function, *args, job_id=job_id)
+    worker = jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    )
+    worker.work(burst=True)
+    first = jobstatus_rq.find_run(job_id)
+    assert first is not None and first.status == ended
+    again = local_queue.enqueue(function, *args, job_id=job_id)
+    assert again.get_status(refresh=True) == rq.job.JobStatus.QUEUED
+    newest = recorded(again)
+    assert (newest.pk != first.pk, newest.status) == (True, Status.QUEUED)
+    worker.work(burst=True)
+    assert (refreshed(newest).status, refreshed(first).status) == (ended, ended)
+    assert JobRun.objects.filter(source="rq", backend_job_id=job_id).count() == 2
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_job_enqueued_again_under_the_id_of_a_killed_run_stays_killed(
+    local_queue: rq.Queue,
+) -> None:
+    """docs/integrations/rq.md: a job id whose run was killed stays killed (a worker
+    refuses the job), also when it is enqueued again under that id."""
+    job_id = f"nightly-{uuid.uuid4().hex[:8]}"
+    job = local_queue.enqueue(rq_jobs.add, 1, 2, job_id=job_id)
+    assert JobRun.objects.filter(pk=recorded(job).pk).request_kill() == 1
+    local_queue.enqueue(rq_jobs.add, 3, 4, job_id=job_id)
+    runs = JobRun.objects.filter(source="rq", backend_job_id=job_id)
+    assert [run.status for run in runs] == [Status.KILLED]
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert [run.status for run in runs.all()] == [Status.KILLED]
+    assert local_queue.fetch_job(job_id).get_status() != rq.job.JobStatus.FINISHED
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
 def test_a_bound_method_job_is_named_by_its_class_and_its_retry_refused(
     local_queue: rq.Queue,
 ) -> None:
@@ -969,6 +1021,43 @@ def test_a_failed_job_requeued_through_rq_is_recorded_queued_again(
         "ValueError: boom",
     )
     assert JobRun.objects.filter(source="rq", backend_job_id=job.id).count() == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_job_that_ran_on_a_simple_worker_is_stopped_on_a_forking_one(
+    local_queue: rq.Queue, db_proxy: Proxy, tmp_path: Path
+) -> None:
+    """A SimpleWorker marks the jobs it runs as jobs it cannot stop, in their meta: the
+    mark stayed there for good, so that the kill of the job's next attempt (requeued, an
+    RQ retry, on a forking Worker of a mixed fleet) sent no stop-job command, and the
+    job ran to its end."""
+    key = f"stop-after-simple:{uuid.uuid4().hex}"
+    job = local_queue.enqueue(rq_jobs.failing_once_then_silent, key, 20)
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert job.get_status(refresh=True) == rq.job.JobStatus.FAILED
+    with started_rq_worker(
+        db_proxy, tmp_path / "w.log", queue=rq_jobs.LOCAL_QUEUE, prefix="stop-simple"
+    ) as worker:
+        local_queue.fetch_job(job.id).requeue()
+        wait_for(
+            lambda: local_queue.connection.get(key),
+            timeout=60,
+            what="the job to run again",
+            process=worker,
+            log=worker.log,  # type: ignore[attr-defined]
+        )
+        run = recorded(job)
+        assert run.status == Status.RUNNING
+        assert JobRun.objects.filter(pk=run.pk).request_kill() == 1
+        finished(run, worker)
+        assert (run.status, job.get_status(refresh=True)) == (
+            Status.KILLED,
+            rq.job.JobStatus.STOPPED,
+        ), "the forking Worker's job was not stopped: it ran to its end"
 
 
 def _unimportable(monkeypatch: pytest.MonkeyPatch) -> Any:

@@ -179,8 +179,9 @@ class RunMachine(RuleBasedStateMachine):
         assert len(self.signals) == sent + 1, "one signal per transition"
         signal = self.signals[-1]
         assert signal["status"] == target
-        assert signal["run"] is copy
-        assert signal["run"].status == target
+        # The run as this move left it: a copy of the one that moved.
+        assert signal["run"].pk == copy.pk
+        assert (signal["run"].status, signal["run"].attempt) == (target, copy.attempt)
         assert signal["previous"] == before["status"], (
             f"signal says previous={signal['previous']!r}, the run was {before['status']!r}"
         )

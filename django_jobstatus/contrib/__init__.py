@@ -105,6 +105,14 @@ def retry(run: JobRun) -> JobRun:
                 "(their repr()), and its job would get that text in their place."
             )
         )
+    if isinstance(run.params, dict) and run.params.get(RESHAPED) is True:
+        raise RetryRefused(
+            _(
+                "This run cannot be retried: some of its arguments were a tuple or a "
+                "mapping with keys that are not strings, which its parameters keep as a "
+                "list or string keys, and its job would get those in their place."
+            )
+        )
     backend = _backends.get(run.source)
     if backend is None:
         raise RetryRefused(
@@ -195,22 +203,50 @@ def request_kill(runs: QuerySet[JobRun]) -> int:
 # Helpers the integrations share.
 
 
-def params_of(args: Any, kwargs: Any) -> dict[str, Any]:
+def params_of(args: Any, kwargs: Any, *, exact: bool = False) -> dict[str, Any]:
     """A task's arguments as the run's ``params``: ``{"args": [...], "kwargs": {...}}``.
 
     Values JSON cannot hold are stored as their ``repr()``, one by one (see
     ``jsonable()``), and ``"repr": true`` says so: such a run is not retried, since its
     job would get other arguments (a ``str`` for a ``datetime``).
+
+    ``exact``: the task system hands the job its arguments as they were given (RQ
+    pickles them), not as JSON gives them back. A tuple, or a dict key that is not a
+    string, comes back from JSON a list or a string key: ``"reshaped": true`` says so,
+    and such a run is not retried either (the job would get ``{"1": …}`` for ``{1: …}``).
     """
-    params = {"args": list(args or ()), "kwargs": dict(kwargs or {})}
+    given = list(args or ())
+    named = dict(kwargs or {})
+    params = {"args": given, "kwargs": named}
     stored: dict[str, Any] = jsonable(params)
     if stored is not params:
         stored[REPR] = True
+    if exact and _reshaped([*given, *named.values()], 0):
+        stored[RESHAPED] = True
     return stored
 
 
-# The key of params that says some of its values are their repr() (see params_of()).
+# The keys of params that say some of its values are their repr(), or come back from JSON
+# other than they were given (see params_of()).
 REPR = "repr"
+RESHAPED = "reshaped"
+
+
+def _reshaped(value: Any, depth: int) -> bool:
+    """Whether JSON gives ``value`` back other than it is: a tuple as a list, a dict key
+    that is not a string as a string (deeper than ``_MAX_DEPTH``: not looked at)."""
+    if depth > _MAX_DEPTH:
+        return False
+    if isinstance(value, tuple):
+        return True
+    if isinstance(value, dict):
+        return any(
+            not isinstance(key, str) or _reshaped(item, depth + 1)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return any(_reshaped(item, depth + 1) for item in value)
+    return False
 
 
 # Deeper than this, a value is not walked (JSON itself gives up near 1,000 levels).

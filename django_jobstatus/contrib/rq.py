@@ -122,14 +122,17 @@ def _name(job: rq.job.Job) -> str:
 def _fields(job: rq.job.Job) -> dict[str, Any]:
     return {
         "queue": job.origin or "",
-        "params": contrib.params_of(job.args, job.kwargs),
+        # RQ pickles the arguments: the job gets a tuple, an int key as they were.
+        "params": contrib.params_of(job.args, job.kwargs, exact=True),
     }
 
 
-# The statuses of a job's newest run after which an enqueue under its id (an explicit
-# ``job_id``, or RQ's retry or repetition) is a new run: a job id whose run was killed
-# stays killed (a worker refuses it), as RQ may still retry the job or enqueue it as a
-# dependent. A requeue (``again``) follows a killed run too: that one was asked for.
+# The statuses of a job's newest run after which an enqueue of that job again (RQ's
+# retry or repetition, a dependent, ``enqueue_job()`` of a job made earlier) is a new run:
+# a job whose run was killed stays killed (a worker refuses it), as RQ may still retry it
+# or enqueue it as a dependent. A requeue (``again``), and a new job the caller makes
+# under an id that ran before (``_NAMED``: a fixed id of a recurring job), follow a
+# killed run too: those were asked for.
 _ENQUEUED_AFTER = Status.TERMINAL - {Status.KILLED}
 
 
@@ -137,18 +140,20 @@ _ENQUEUED_AFTER = Status.TERMINAL - {Status.KILLED}
 def _record_queued(job: rq.job.Job, *, again: bool = False, **fields: Any) -> Any:
     """Record ``job``'s run as queued (with ``fields`` too); the id of the run created, or None.
 
-    A job enqueued under an id that ran before (``job_id="nightly-…"``) is a new run
-    once its newest one has finished, unless that one was killed; ``again``: RQ puts
-    the job back in its queue after it ended (a requeue), a new run after any end.
+    A job enqueued again under its id is a new run once its newest one has finished,
+    unless that one was killed (``_ENQUEUED_AFTER``); after any end when ``again`` (RQ
+    puts the job back in its queue: a requeue) or when the caller made a new job under
+    an id that ran before (``job_id="nightly-…"``).
     """
     if not _connected:
         return None
+    anew = again or getattr(job, _NAMED, False)
     return _execution.record_queued(
         SOURCE,
         job.id,
         _name(job),
         fresh=getattr(job, _FRESH, False),
-        again=Status.TERMINAL if again else _ENQUEUED_AFTER,
+        again=Status.TERMINAL if anew else _ENQUEUED_AFTER,
         **_fields(job),
         **fields,
     )
@@ -156,6 +161,9 @@ def _record_queued(job: rq.job.Job, *, again: bool = False, **fields: Any) -> An
 
 # Set on a job made by Queue.create_job() with a new id: no run can have that id yet.
 _FRESH = "_jobstatus_fresh"
+# Set on a job made by Queue.create_job() under the caller's id: a new job, whatever
+# ended under that id before.
+_NAMED = "_jobstatus_named"
 # Inside Queue.enqueue_many(): each job it makes, with the id of the run recorded for it.
 _many: ContextVar[list[tuple[rq.job.Job, Any]] | None] = ContextVar(
     "jobstatus_rq_many", default=None
@@ -193,14 +201,12 @@ class Queue(DjangoRQ):
 
     def create_job(self, *args: Any, **kwargs: Any) -> rq.job.Job:
         job = super().create_job(*args, **kwargs)
-        if kwargs.get("job_id") is None:
-            setattr(job, _FRESH, True)
+        setattr(job, _FRESH if kwargs.get("job_id") is None else _NAMED, True)
         many = _many.get()
         if many is not None:
             # enqueue_many() pushes the job without enqueue_job(): recorded here, before.
             many.append((job, _record_queued(job)))
-            if hasattr(job, _FRESH):
-                delattr(job, _FRESH)
+            _made(job)
         return job
 
     def empty(self) -> Any:
@@ -297,8 +303,15 @@ def _forgotten_if_refused(
             _execution.forget_queued(created, SOURCE, job.id)
         raise
     finally:
-        if hasattr(job, _FRESH):
-            delattr(job, _FRESH)  # enqueued once; a later enqueue of it is no new job
+        _made(job)
+
+
+def _made(job: rq.job.Job) -> None:
+    """Forget that ``job`` is new (``_FRESH``, ``_NAMED``): it was enqueued once, and a
+    later enqueue of it (a retry, a dependent) is no new job."""
+    for mark in (_FRESH, _NAMED):
+        if hasattr(job, mark):
+            delattr(job, mark)
 
 
 # The work horse.

@@ -136,6 +136,11 @@ def obedient(seconds: float) -> str:
     return "done"
 
 
+def lookup(table: dict[Any, Any], key: Any) -> Any:
+    """``table``'s value for ``key``: a job that relies on the keys it was given."""
+    return table.get(key)
+
+
 def obedient_fan_out(seconds: float) -> str:
     """obedient() in two tasks of an ``asyncio.TaskGroup`` (a thread each): the kill comes
     back as an exception group of JobKilled."""

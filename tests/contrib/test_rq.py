@@ -29,6 +29,7 @@ from rq.job import Dependency
 
 from django_jobstatus import contrib
 from django_jobstatus.contrib import rq as jobstatus_rq
+from django_jobstatus.exceptions import RetryRefused
 from django_jobstatus.models import JobRun, Status
 from django_jobstatus.tracking import tracking_database
 from tests.contrib import rq_jobs
@@ -527,22 +528,60 @@ def test_a_job_enqueued_again_under_its_id_after_its_run_ended_is_a_new_queued_r
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_a_job_enqueued_again_under_the_id_of_a_killed_run_stays_killed(
+@pytest.mark.parametrize(
+    "args",
+    [({1: "one", 2: "two"}, 1), ({"pair": (1, 2)}, "pair")],
+    ids=["int-keys", "tuple"],
+)
+def test_a_job_whose_arguments_json_reshapes_is_not_retried(
+    local_queue: rq.Queue, args: tuple[Any, ...]
+) -> None:
+    """RQ pickles a job's arguments: the job got ``{1: "one"}`` and a tuple as they
+    were, and the retry sent back what the run's JSON params kept (``{"1": "one"}``, a
+    list), so the retried job found nothing where its first run had found "one", while
+    the answer said it was enqueued again with the same arguments."""
+    job = local_queue.enqueue(rq_jobs.lookup, *args)
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    run = recorded(job)
+    assert run.status == Status.SUCCEEDED
+    with pytest.raises(RetryRefused, match="a tuple or a mapping with keys"):
+        contrib.retry(run)
+    assert run.params["reshaped"] is True
+    assert JobRun.objects.filter(job_name=run.job_name).count() == 1
+    # Arguments JSON gives back as they were are retried as before.
+    plain = local_queue.enqueue(rq_jobs.lookup, {"1": "one"}, "1")
+    jobstatus_rq.SimpleWorker(
+        [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
+    ).work(burst=True)
+    assert "reshaped" not in recorded(plain).params
+    assert contrib.retry(recorded(plain)).status == Status.QUEUED
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_new_job_under_the_id_of_a_killed_run_is_a_new_run_and_runs(
     local_queue: rq.Queue,
 ) -> None:
-    """docs/integrations/rq.md: a job id whose run was killed stays killed (a worker
-    refuses the job), also when it is enqueued again under that id."""
+    """A fixed id of a recurring job (``job_id="nightly-…"``) whose last run was killed:
+    the caller's new job under it was recorded nowhere, and every worker refused it (the
+    id's newest run said killed), so the job never ran again. RQ's own enqueues of the
+    killed job (a retry, a dependent) still find it killed."""
     job_id = f"nightly-{uuid.uuid4().hex[:8]}"
     job = local_queue.enqueue(rq_jobs.add, 1, 2, job_id=job_id)
     assert JobRun.objects.filter(pk=recorded(job).pk).request_kill() == 1
     local_queue.enqueue(rq_jobs.add, 3, 4, job_id=job_id)
-    runs = JobRun.objects.filter(source="rq", backend_job_id=job_id)
-    assert [run.status for run in runs] == [Status.KILLED]
+    runs = JobRun.objects.filter(source="rq", backend_job_id=job_id).order_by("pk")
+    assert [run.status for run in runs] == [Status.KILLED, Status.QUEUED]
     jobstatus_rq.SimpleWorker(
         [local_queue], connection=local_queue.connection, job_class=jobstatus_rq.Job
     ).work(burst=True)
-    assert [run.status for run in runs.all()] == [Status.KILLED]
-    assert local_queue.fetch_job(job_id).get_status() != rq.job.JobStatus.FINISHED
+    assert [(run.status, run.result) for run in runs.all()] == [
+        (Status.KILLED, None),
+        (Status.SUCCEEDED, 7),
+    ]
+    assert local_queue.fetch_job(job_id).get_status() == rq.job.JobStatus.FINISHED
 
 
 @pytest.mark.redis

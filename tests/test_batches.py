@@ -625,20 +625,24 @@ def test_a_batch_whose_block_was_asked_to_stop_ends_killed() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_whose_block_saw_its_kill_in_a_task_group_ends_killed() -> None:
-    """The block enqueued from an asyncio.TaskGroup whose tasks saw the kill: Python hands
-    their JobKilled back in an exception group, and the batch ended failed with it."""
+    """The block enqueued, then fanned its work out to an asyncio.TaskGroup whose tasks
+    saw the kill: Python hands their JobKilled back in an exception group, and the batch
+    ended failed with it. (The children are enqueued one by one: SQLite refuses writes
+    from two threads at once.)"""
     from django_jobstatus.contrib._execution import record_queued
 
-    async def enqueue_and_stop(n: int) -> None:
-        await asyncio.to_thread(record_queued, "rq", f"job-{n}", "imports.one")
+    async def stop() -> None:
+        await asyncio.sleep(0)
         raise JobKilled("asked to stop")
 
     async def fan_out() -> None:
         async with asyncio.TaskGroup() as group:
-            for n in range(2):
-                group.create_task(enqueue_and_stop(n))
+            for _ in range(2):
+                group.create_task(stop())
 
     with pytest.raises(ExceptionGroup), batch("imports.all") as parent:
+        for n in range(2):
+            record_queued("rq", f"job-{n}", "imports.one")
         asyncio.run(fan_out())
     parent.refresh_from_db()
     assert (parent.status, parent.error) == (Status.KILLED, "")

@@ -82,17 +82,17 @@ def test_each_bulk_action(admin_page):
     running = make("job.kill", Status.RUNNING)
     changelist(admin_page)
     run_action(admin_page, running, "request_kill")
-    assert "Asked 1 run to stop" in admin_page.locator(".messagelist").inner_text()
+    expect(admin_page.locator(".messagelist")).to_contain_text("Asked 1 run to stop")
     running.refresh_from_db()
     assert running.kill_requested
 
     run_action(admin_page, running, "mark_killed")
-    assert "Marked 1 run as killed" in admin_page.locator(".messagelist").inner_text()
+    expect(admin_page.locator(".messagelist")).to_contain_text("Marked 1 run as killed")
     running.refresh_from_db()
     assert running.status == Status.KILLED
 
     run_action(admin_page, running, "retry")
-    assert "cannot be retried" in admin_page.locator(".messagelist").inner_text()
+    expect(admin_page.locator(".messagelist")).to_contain_text("cannot be retried")
 
     active = make("job.active", Status.RUNNING)
     changelist(admin_page)
@@ -101,10 +101,12 @@ def test_each_bulk_action(admin_page):
     page.check(f'input[name="_selected_action"][value="{active.pk}"]')
     page.select_option('select[name="action"]', "delete_selected")
     page.click('button[name="index"]')
-    assert "Refused to delete 1 active run" in page.locator(".messagelist").inner_text()
+    expect(page.locator(".messagelist")).to_contain_text(
+        "Refused to delete 1 active run"
+    )
     page.click('input[type="submit"]')  # Django's confirmation page: "Yes, I'm sure"
     page.wait_for_url("**/jobrun/")
-    assert "Successfully deleted 1" in page.locator(".messagelist").inner_text()
+    expect(page.locator(".messagelist")).to_contain_text("Successfully deleted 1")
     assert list(JobRun.objects.values_list("pk", flat=True)) == [active.pk]
 
 
@@ -150,10 +152,9 @@ def test_a_runs_page(admin_page, artifacts):
     )
     assert "3 children" in admin_page.locator("#content").inner_text()
     admin_page.get_by_role("button", name="Request kill").click()
-    expect(admin_page.locator(".messagelist")).to_be_visible()
-    said = admin_page.locator(".messagelist").inner_text()
-    assert "Asked the run to stop" in said
-    assert "Asked 1 run under this batch to stop." in said
+    said = admin_page.locator(".messagelist")
+    expect(said).to_contain_text("Asked the run to stop")
+    expect(said).to_contain_text("Asked 1 run under this batch to stop.")
     parent.refresh_from_db()
     assert parent.kill_requested
 

@@ -13,12 +13,19 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
+import threading
+import time
+import traceback
+import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 from django.db import connection, connections
+from django.db.backends.signals import connection_created
 
 CI = os.environ.get("CI") == "true"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
@@ -112,6 +119,54 @@ def _writer_stopped() -> Iterator[None]:
     # A task a test ran in this process as a worker would: the process is no worker.
     own_connections._tracking = worker
     own_connections.close()
+    _end_transactions_left_open()
+
+
+# Every SQLite connection a thread of this process opened. The test database is in memory,
+# shared by the threads' connections, and Django ignores close() on it (closing would drop
+# the database): a transaction a thread left open is never ended, as closing a connection
+# ends it elsewhere. Its lock then fails every later test's flush ("database table is
+# locked"), which once failed 483 tests after the one that left it.
+_sqlite_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _remember_sqlite(sender: Any, connection: Any, **kwargs: Any) -> None:
+    if connection.vendor == "sqlite":
+        _sqlite_connections.add(connection)
+
+
+connection_created.connect(_remember_sqlite, dispatch_uid="tests-sqlite-connections")
+
+
+def _end_transactions_left_open(wait: float = 5.0) -> None:
+    """Before the test database is emptied: wait for the transactions other threads hold
+    (up to ``wait`` seconds), then roll back those left, with a warning that names the
+    thread and where it is, as closing its connection would."""
+    # This thread's are the test's own (a TestCase's atomic, ended after this).
+    here = threading.get_ident()
+
+    def open_ones() -> list[Any]:
+        return [
+            wrapper
+            for wrapper in list(_sqlite_connections)
+            if wrapper._thread_ident != here
+            and wrapper.connection is not None
+            and wrapper.connection.in_transaction
+        ]
+
+    deadline = time.monotonic() + wait
+    while (left := open_ones()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    frames = sys._current_frames()
+    for wrapper in left:
+        frame = frames.get(wrapper._thread_ident)
+        where = "".join(traceback.format_stack(frame)) if frame else "(thread ended)"
+        wrapper.connection.rollback()
+        warnings.warn(
+            f"A thread left a transaction open on {wrapper.alias!r}; rolled back. "
+            f"Its thread:\n{where}",
+            stacklevel=1,
+        )
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import ngettext
 
@@ -608,9 +609,13 @@ def _adopt(parent: JobRun, adoptions: Iterable[tuple[str, str]]) -> None:
     for source, backend_job_id in adoptions:
         jobs.setdefault(source, []).append(backend_job_id)
     runs = JobRun.objects.using(write_database(parent._state.db))
+    adopted: dict[str, Any] = {"parent": parent.pk}
+    if parent.owner_id is not None:
+        # Its owner's too, as a child recorded under it at once is (``inherit_owner()``).
+        adopted["owner"] = Coalesce(F("owner"), Value(parent.owner_id))
     for source, ids in jobs.items():
         runs.filter(source=source, backend_job_id__in=ids, parent__isnull=True).update(
-            parent=parent.pk
+            **adopted
         )
 
 

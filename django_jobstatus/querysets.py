@@ -403,6 +403,21 @@ class KillResult(int):
         )
 
 
+def inherit_owner(fields: dict[str, Any]) -> None:
+    """A run recorded under a batch's parent (``fields["parent"]``, an instance) that
+    names no owner is the parent's owner's, as ``start_batch()``'s children are: the runs
+    an integration records inside a ``batch()`` block, a batch inside another. The owner
+    scope (``API_OWNER_SCOPED``) shows, asks and kills a batch with the runs under it."""
+    parent = fields.get("parent")
+    if (
+        isinstance(parent, models.Model)
+        and "owner" not in fields
+        and "owner_id" not in fields
+        and getattr(parent, "owner_id", None) is not None
+    ):
+        fields["owner_id"] = parent.owner_id
+
+
 def _chunks(items: list[Any], size: int | None) -> Iterator[list[Any]]:
     """``items`` in slices of ``size`` (all at once when None): SQLite caps query parameters."""
     if not size:
@@ -805,6 +820,7 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
     @staticmethod
     def _queued(fields: dict[str, Any]) -> dict[str, Any]:
         fields.setdefault("queued_at", timezone.now())
+        inherit_owner(fields)
         return fields
 
     def start(self, name: str, **fields: Any) -> JobRun:

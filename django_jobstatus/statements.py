@@ -441,7 +441,7 @@ def _write_queued_sql(alias: str, vendor: str) -> str:
     spec = _table(alias, vendor)
     column = spec.column
     picked = ", ".join(f"r.{column[field.name]}" for field in spec.fields)
-    queued, parent = column["queued_at"], column["parent"]
+    queued, parent, owner = column["queued_at"], column["parent"], column["owner"]
     return "; ".join(
         (
             # 1. The advisory lock of every task (a worker that found no queued run holds it).
@@ -453,12 +453,14 @@ def _write_queued_sql(alias: str, vendor: str) -> str:
             f"inserted AS (INSERT INTO {spec.name} ({spec.columns}) SELECT {picked} FROM r "
             f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {_own_run(spec, 'o')})) "
             # A run a worker recorded first keeps its own values, with what only the enqueue
-            # knew: the queued time and the batch parent.
+            # knew: the queued time, the batch parent and the owner it gave.
             f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, r.{queued}), "
-            f"{parent} = COALESCE(t.{parent}, r.{parent}) FROM r "
+            f"{parent} = COALESCE(t.{parent}, r.{parent}), "
+            f"{owner} = COALESCE(t.{owner}, r.{owner}) FROM r "
             f"WHERE {_own_run(spec, 't')} AND t.{spec.pk} <> r.{spec.pk} "
             f"AND ((t.{queued} IS NULL AND r.{queued} IS NOT NULL) "
-            f"OR (t.{parent} IS NULL AND r.{parent} IS NOT NULL))",
+            f"OR (t.{parent} IS NULL AND r.{parent} IS NOT NULL) "
+            f"OR (t.{owner} IS NULL AND r.{owner} IS NOT NULL))",
         )
     )
 
@@ -476,8 +478,8 @@ def write_queued(alias: str, rows: list[dict[str, Any]]) -> None:
 
     Under the advisory lock of each task, the runs of the enqueues that no worker
     recorded first are inserted (also when the task has earlier runs: its id was sent
-    again); the run a worker recorded first gets the queued time and the parent of its
-    row (``_own_run()``). The rows go as one JSON document read into the table's row
+    again); the run a worker recorded first gets the queued time, the parent and the
+    owner of its row (``_own_run()``). The rows go as one JSON document read into the table's row
     type by ``jsonb_populate_recordset``: converted by Python's JSON encoder, not column
     by column. The two statements go in one query string (PostgreSQL runs them as one
     transaction), through a client-side binding cursor.

@@ -347,14 +347,16 @@ def _merge_twins(backend_job_id: str, alias: str) -> bool:
     Outside a transaction the task is committed before ``task_enqueued`` is sent, so a
     worker may record its start before the enqueueing is recorded, and both create a
     run. Each side checks after its own write, so the later one sees both rows: the
-    worker's run is kept, with the queued twin's parent and kill request.
+    worker's run is kept, with the queued twin's parent, owner and kill request.
     """
     from django_jobstatus.models import JobRun, Status
 
     runs = JobRun.objects.using(alias).filter(
         source=SOURCE, backend_job_id=backend_job_id
     )
-    rows = list(runs.values("pk", "status", "parent_id", "kill_requested_at"))
+    rows = list(
+        runs.values("pk", "status", "parent_id", "owner_id", "kill_requested_at")
+    )
     queued = [row for row in rows if row["status"] == Status.QUEUED]
     kept = [row["pk"] for row in rows if row["status"] != Status.QUEUED]
     if not queued or not kept:
@@ -363,6 +365,10 @@ def _merge_twins(backend_job_id: str, alias: str) -> bool:
         if row["parent_id"] is not None:
             runs.filter(pk__in=kept, parent__isnull=True).update(
                 parent_id=row["parent_id"]
+            )
+        if row["owner_id"] is not None:
+            runs.filter(pk__in=kept, owner__isnull=True).update(
+                owner_id=row["owner_id"]
             )
         if row["kill_requested_at"] is not None:
             runs.filter(pk__in=kept).not_kill_requested().update(

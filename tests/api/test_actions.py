@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from django_jobstatus import contrib, track
-from django_jobstatus.batches import refresh_batch, start_batch
+from django_jobstatus.batches import batch, refresh_batch, start_batch
 from django_jobstatus.models import JobLog, JobRun, Status
 from tests.api.conftest import BASE
 
@@ -404,6 +404,39 @@ def test_owner_scoped_forced_kill_of_a_batch_ends_it_only_as_the_run_left_ends(
     bobs.mark_succeeded()
     parent.refresh_from_db()
     assert parent.status == Status.KILLED  # Alice's run was killed: the batch stopped
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.django_db(transaction=True)  # the batch follows its children on commit
+def test_owner_scoped_kill_of_a_batch_block_takes_the_runs_an_integration_recorded_in_it(
+    settings, make_user, client_for, force
+):
+    """Alice's ``batch()`` block enqueued tasks that an integration recorded: they had no
+    owner, so her kill of her batch left them running (and hidden from her), and a forced
+    kill only asked the batch, which then ran on to its end. They are hers, as
+    ``start_batch()``'s children are."""
+    from django_jobstatus.contrib._execution import record_queued
+
+    settings.JOBSTATUS = {"API_OWNER_SCOPED": True}
+    alice = make_user(staff=False)
+    with batch("imports.all", owner=alice) as parent:
+        record_queued("celery", "task-1", "imports.one")
+        with batch("imports.inner"):  # a batch inside hers, and its task
+            record_queued("rq", "job-1", "imports.two")
+    children = JobRun.objects.exclude(pk=parent.pk)
+    assert set(children.values_list("owner", flat=True)) == {alice.pk}
+    children.filter(source="celery").get().mark_running(worker="celery@w:1")
+    client = client_for(alice)
+    assert len(results(client.get(BASE))) == 4  # her batch and each run under it
+    response = client.post(f"{BASE}{parent.pk}/kill/", {"force": force}, format="json")
+    assert response.status_code in (200, 202), response.content
+    assert response.json()["in_batches"] == 3
+    parent.refresh_from_db()
+    if force:
+        assert parent.status == Status.KILLED
+        assert set(children.values_list("status", flat=True)) == {Status.KILLED}
+    else:
+        assert not children.filter(kill_requested_at__isnull=True).exists()
 
 
 # Latest.

@@ -551,15 +551,19 @@ def test_a_failing_receiver_never_breaks_the_task(
     assert "Could not record the end of task" in caplog.text
 
 
-def test_a_queued_twin_is_merged_into_the_run_a_worker_recorded(make_run: Any) -> None:
+def test_a_queued_twin_is_merged_into_the_run_a_worker_recorded(
+    make_run: Any, django_user_model: Any
+) -> None:
     # A worker can start a task before its enqueueing is recorded (outside a transaction).
-    parent = make_run("batch", status=Status.QUEUED)
+    alice = django_user_model.objects.create_user("alice")
+    parent = make_run("batch", status=Status.QUEUED, owner=alice)
     queued = make_run(
         "t",
         status=Status.QUEUED,
         source="django_tasks",
         backend_job_id="abc",
         parent=parent,
+        owner=alice,  # its batch's owner's (JobRun.objects.enqueue())
     )
     JobRun.objects.filter(pk=queued.pk).request_kill()
     running = make_run("t", source="django_tasks", backend_job_id="abc")
@@ -569,6 +573,7 @@ def test_a_queued_twin_is_merged_into_the_run_a_worker_recorded(make_run: Any) -
     assert integration._merge_twins("abc", "default") is True
     running.refresh_from_db()
     assert (running.parent_id, running.kill_requested) == (parent.pk, True)
+    assert running.owner_id == alice.pk
     assert set(
         JobRun.objects.filter(source="django_tasks").values_list("pk", flat=True)
     ) == {running.pk, other.pk}

@@ -208,7 +208,9 @@ def test_a_job_django_rq_enqueues_at_the_commit_is_a_child_of_its_batch(
 
 @pytest.mark.redis
 @pytest.mark.usefixtures("celery_on")
-def test_celery_tasks_sent_at_the_commit_of_a_batch_are_its_children() -> None:
+def test_celery_tasks_sent_at_the_commit_of_a_batch_are_its_children(
+    django_user_model: Any,
+) -> None:
     """Celery's own answer to "enqueue inside a transaction", ``delay_on_commit()`` /
     ``apply_async_on_commit()`` (DjangoTask), and Django's documented
     ``transaction.on_commit(lambda: task.delay())``, inside ``batch()`` in a view under
@@ -217,9 +219,10 @@ def test_celery_tasks_sent_at_the_commit_of_a_batch_are_its_children() -> None:
     batch. Only django-rq's deferred push carried the parent over."""
     from tests.contrib.celery_app import add
 
+    alice = django_user_model.objects.create_user("alice")
     queue = f"rt-tx-{uuid.uuid4().hex[:8]}"
     try:
-        with transaction.atomic(), batch("rt.on-commit") as parent:
+        with transaction.atomic(), batch("rt.on-commit", owner=alice) as parent:
             add.apply_async_on_commit(args=(1, 2), queue=queue)
             transaction.on_commit(lambda: add.apply_async(args=(3, 4), queue=queue))
         writebehind.flush()
@@ -230,6 +233,7 @@ def test_celery_tasks_sent_at_the_commit_of_a_batch_are_its_children() -> None:
     runs = JobRun.objects.filter(source="celery", queue=queue)
     assert published == 2
     assert list(runs.values_list("parent_id", flat=True)) == [parent.pk] * 2
+    assert list(runs.values_list("owner", flat=True)) == [alice.pk] * 2  # hers too
     assert (parent.status, parent.progress_total) == (Status.QUEUED, 2)
 
 
@@ -293,15 +297,18 @@ def test_a_batch_whose_block_raised_inside_atomic_counts_its_children(
 
 @pytest.mark.redis
 @pytest.mark.usefixtures("celery_on")
+@pytest.mark.parametrize("in_transaction", [True, False])
 def test_a_child_a_worker_recorded_before_the_writer_is_adopted(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, django_user_model: Any, in_transaction: bool
 ) -> None:
     """A batch inside ``transaction.atomic()`` whose task an idle worker took before the
     write-behind writer wrote its queued run: the worker recorded the run, the writer
     merged its queued time into it (writebehind.py), and the commit's adoption, by the id
     of the writer's row, matched nothing: the batch ended ``succeeded`` 0 of 0 while its
-    task ran outside it."""
+    task ran outside it. Outside a transaction the writer's row names the parent, and
+    the owner it takes from it, which the merge adds to the worker's run."""
     real = writebehind._insert
+    alice = django_user_model.objects.create_user("alice")
 
     def worker_first(alias: str, rows: list[dict[str, Any]]) -> None:
         for row in rows:  # what a worker that finds no queued run records
@@ -316,7 +323,8 @@ def test_a_child_a_worker_recorded_before_the_writer_is_adopted(
     monkeypatch.setattr(writebehind, "_insert", worker_first)
     queue = f"rt-tx-{uuid.uuid4().hex[:8]}"
     try:
-        with transaction.atomic(), batch("rt.race") as parent:
+        around = transaction.atomic() if in_transaction else contextlib.nullcontext()
+        with around, batch("rt.race", owner=alice) as parent:
             sent = app.send_task("tests.add", args=[1, 2], queue=queue)
             writebehind.flush()  # the writer's turn, after the worker's
     finally:
@@ -325,3 +333,4 @@ def test_a_child_a_worker_recorded_before_the_writer_is_adopted(
     run = JobRun.objects.get(source="celery", backend_job_id=sent.id)
     assert run.queued_at is not None  # the writer's row merged into the worker's
     assert (run.parent_id, parent.status) == (parent.pk, Status.RUNNING)
+    assert run.owner_id == alice.pk

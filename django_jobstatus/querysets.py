@@ -409,13 +409,11 @@ def inherit_owner(fields: dict[str, Any]) -> None:
     an integration records inside a ``batch()`` block, a batch inside another. The owner
     scope (``API_OWNER_SCOPED``) shows, asks and kills a batch with the runs under it."""
     parent = fields.get("parent")
-    if (
-        isinstance(parent, models.Model)
-        and "owner" not in fields
-        and "owner_id" not in fields
-        and getattr(parent, "owner_id", None) is not None
-    ):
-        fields["owner_id"] = parent.owner_id
+    owner = (
+        getattr(parent, "owner_id", None) if isinstance(parent, models.Model) else None
+    )
+    if owner is not None and "owner" not in fields and "owner_id" not in fields:
+        fields["owner_id"] = owner
 
 
 def _chunks(items: list[Any], size: int | None) -> Iterator[list[Any]]:

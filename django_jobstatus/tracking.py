@@ -460,7 +460,7 @@ class JobHandle:
         self._interval = (
             settings.PROGRESS_INTERVAL if interval is None else float(interval)
         )
-        self._current = run.progress_current
+        self._current: float = run.progress_current  # advance() adds fractions
         self._total = run.progress_total
         self._step = run.step
         self._message = run.message
@@ -517,9 +517,12 @@ class JobHandle:
         self._changed()
 
     def advance(self, amount: float = 1) -> None:
-        """Add ``amount`` to the progress; cheap enough to call for every item."""
+        """Add ``amount`` to the progress; cheap enough to call for every item.
+
+        Fractions add up (four ``advance(0.5)`` are 2); the progress written is the
+        whole part of the sum."""
         if type(amount) is not int or amount < 0:  # the common case checked fast
-            amount = check_amount("advance amount", amount)
+            check_amount("advance amount", amount)
         self._lock.acquire()  # not ``with``: twice as fast on the hottest path
         try:
             current = self._current + amount
@@ -568,8 +571,22 @@ class JobHandle:
         """A progress call's write is due: write and read the kill request; raise JobKilled once asked to stop."""
         if not self._kill_requested:
             self.flush()
+        self._raise_if_asked()
+
+    def _raise_if_asked(self) -> None:
+        """Raise the JobKilled of this run, or of a run whose block this one runs in.
+
+        A job that tracks a step as a run of its own reports through the step's handle
+        (``current_job()``) while the step lasts: a kill of the job's run was read by no
+        progress call until the step ended. The enclosing handles are read as their own
+        calls are, at most once per interval each."""
         if self._kill_requested:
             raise self._killed()
+        outer = self._enclosing
+        while outer is not None:
+            if outer._active and outer.kill_requested:
+                raise outer._killed()
+            outer = outer._enclosing
 
     # Logs.
 
@@ -583,11 +600,13 @@ class JobHandle:
         entry.created_at = timezone.now()
         with self._lock:
             ended = self._ended
+            if level >= logging.ERROR:
+                # Also after the end: the line written then marks the run, as
+                # JobRun.log() does (a thread of the job logs after its block).
+                self._has_errors = True
             if not ended:
                 self._logs.append(entry)
                 buffered = len(self._logs)
-                if level >= logging.ERROR:
-                    self._has_errors = True
         if ended:
             # The end and the lines left after it are written: no write takes a line
             # buffered now (another thread of the job logs after its end).
@@ -626,9 +645,10 @@ class JobHandle:
         return self._kill_requested
 
     def check_kill(self) -> None:
-        """Raise JobKilled when a kill was requested."""
-        if self.kill_requested:
-            raise self._killed()
+        """Raise JobKilled when this run, or a run whose block it runs in, was asked to stop."""
+        if not self._kill_requested and time.monotonic() >= self._due:
+            self.flush()
+        self._raise_if_asked()
 
     def _killed(self) -> JobKilled:
         return JobKilled(f"Run {self.run.pk} was asked to stop.", run_id=self.run.pk)
@@ -715,7 +735,8 @@ class JobHandle:
         if dirty:
             fields |= {
                 # advance() does not check its sum: the column stops at BIGINT_MAX.
-                "progress_current": min(self._current, BIGINT_MAX),
+                # Its fractions add up: 0.1 ten times is 0.999…, written as 1.
+                "progress_current": min(int(round(self._current, 6)), BIGINT_MAX),
                 "progress_total": self._total,
                 "step": self._step,
                 "message": self._message,

@@ -528,6 +528,27 @@ def test_advance_past_what_the_column_holds_is_capped() -> None:
     assert _row(job.run).progress_current == 2**63 - 1
 
 
+def test_fractional_advances_add_up() -> None:
+    """Each amount was cut to its whole part before it was added: four ``advance(0.5)``
+    of a total of 2 left the run that succeeded at 0 of 2."""
+    with track("files.copy", interval=3600) as job:
+        job.progress(0, total=2)
+        for _ in range(4):
+            job.advance(0.5)
+        for _ in range(10):
+            job.advance(0.1)  # 0.999… in floating point: written as 1
+    run = _row(job.run)
+    assert (run.status, run.progress_current, run.progress_total) == (
+        Status.SUCCEEDED,
+        2,
+        2,
+    )
+    with track("files.copy", interval=3600) as job:
+        for _ in range(10):
+            job.advance(0.1)
+    assert _row(job.run).progress_current == 1
+
+
 def test_advance_past_total_is_capped(caplog) -> None:
     with track("x", interval=3600) as job:
         job.progress(0, total=3)
@@ -757,17 +778,49 @@ def test_an_outer_run_s_kill_seen_inside_a_nested_block_stops_both() -> None:
         with track("inner") as inner:
             outer.check_kill()
         went_on = True
+    assert not went_on
+    _assert_both_stopped(outer, inner)
+    assert _row(outer.run).message == "Killed on request."
+
+
+def _assert_both_stopped(outer: JobHandle, inner: JobHandle) -> None:
+    """The outer run was asked to stop and ended killed; the inner one ended killed with it, saying why."""
     outer_row, inner_row = _row(outer.run), _row(inner.run)
-    assert (went_on, outer_row.status, inner_row.status) == (
-        False,
-        Status.KILLED,
-        Status.KILLED,
-    )
-    assert outer_row.message == "Killed on request."
+    assert (outer_row.status, inner_row.status) == (Status.KILLED, Status.KILLED)
     assert inner_row.kill_requested_at is None
     assert inner_row.message == (
         f"Stopped: run {outer.run.pk}, which it ran in, was asked to stop."
     )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda job: job.advance(),
+        lambda job: job.heartbeat(),
+        lambda job: job.check_kill(),
+    ],
+    ids=["advance", "heartbeat", "check_kill"],
+)
+def test_an_outer_run_s_kill_stops_a_step_that_reports_through_its_own_handle(
+    call: Callable[[JobHandle], None],
+) -> None:
+    """A job that tracks a long step as a run of its own reports through the step's
+    handle (``current_job()``) while the step lasts: a kill of the job's run was read by
+    no progress call until the step ended on its own. The step's calls now read the runs
+    it runs in too."""
+    went_on = False
+    with (
+        track("imports.nightly") as job,
+        track("imports.file", parent=job.run) as step,
+    ):
+        step.progress(0, total=1000)
+        assert JobRun.objects.filter(pk=job.run.pk).request_kill() == 1
+        job._due = step._due = 0.0  # both reads due (as after PROGRESS_INTERVAL)
+        call(current_job())
+        went_on = True
+    assert not went_on
+    _assert_both_stopped(job, step)
 
 
 def test_a_queued_run_asked_to_stop_is_seen_asked_when_track_starts_it() -> None:
@@ -878,6 +931,23 @@ def test_sys_exit_ends_succeeded_with_status_0_and_is_re_raised(
         assert (run.error, run.result) == ("", {"nothing": "to do"})
     else:
         assert run.error.startswith("SystemExit")
+
+
+def test_an_error_logged_through_the_handle_after_the_end_marks_the_run() -> None:
+    """docs/tracking.md: the run is marked ``has_errors`` once the job logged an error,
+    whatever state the run is in. A line logged through the handle after its block (a
+    thread of the job that goes on) was written, but the run was not marked: the
+    admin's *has errors* filter and ``with_errors()`` never found it."""
+    with track("reports.build") as job:
+        job.info("built")
+    job.error("upload of the report failed")
+    run = _row(job.run)
+    assert run.status == Status.SUCCEEDED
+    assert list(run.logs.order_by("id").values_list("message", flat=True)) == [
+        "built",
+        "upload of the report failed",
+    ]
+    assert JobRun.objects.with_errors().filter(pk=run.pk).exists()
 
 
 def test_error_sets_has_errors_and_logs_are_buffered(

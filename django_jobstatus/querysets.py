@@ -12,7 +12,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Self, cast
 
-from django.db import connections, models, router
+from django.db import connections, models, router, transaction
 from django.db.models import (
     Avg,
     Count,
@@ -568,6 +568,31 @@ def _killed(
     return False
 
 
+def _killed_batch(run: JobRun, message: str | None) -> bool:
+    """A forced kill of a batch's parent: ``_killed()`` while a run under it is active (or
+    its ``batch()`` block is open); once every run under it has ended, it ends as they add
+    up instead (``refresh_batch()``), and counts as no kill.
+
+    ``settle_ended()`` settles such parents before the kill, but a last child may end in
+    between: the kill then ended ``killed`` a batch whose every run had succeeded. The
+    parent's row is locked while its children are read, so a child that ends after the
+    read finds the parent killed, as a kill made while it ran leaves it.
+    """
+    from django_jobstatus.batches import _OPEN, refresh_batch  # they import this module
+
+    db = run._state.db
+    runs = type(run)._default_manager.using(db)
+    with transaction.atomic(using=db):
+        list(runs.select_for_update().filter(pk=run.pk).values_list("pk", flat=True))
+        if (
+            runs.filter(_OPEN, pk=run.pk).exists()
+            or runs.filter(parent=run.pk, status__in=sorted(Status.ACTIVE)).exists()
+        ):
+            return _killed(run, message, however_active=True)
+    refresh_batch(run)
+    return False
+
+
 class JobRunQuerySet(models.QuerySet["JobRun"]):
     # States.
 
@@ -974,7 +999,11 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
                         run
                         for run in chosen
                         if run.pk not in spared
-                        and _killed(run, message, however_active=True)
+                        and (
+                            _killed_batch(run, message)
+                            if run.batch_parent  # type: ignore[attr-defined]
+                            else _killed(run, message, however_active=True)
+                        )
                     ]
                     ended[group] += len(chosen)
                 not_stopped += contrib.stop(

@@ -187,22 +187,24 @@ def _in_thread(name: str, body: Any, errors: list[BaseException]) -> threading.T
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("child_ends", ["before the kill", "after the kill settled"])
 @pytest.mark.django_db(transaction=True)
 def test_forced_kill_between_the_last_child_s_end_and_its_parent_s_refresh_settles_the_batch(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, child_ends: str
 ) -> None:
     """The worker of a batch's last child commits its success; the parent's refresh (the
     child's job_status_changed receiver, in the worker's thread) comes a moment after.
-    A forced kill of the batch in between found the parent still running and ended it
-    killed (1 of 1 succeeded), counting a run it killed. It settles it instead, as the
-    reaper does."""
+    A forced kill in between found the parent still running and ended it killed (1 of 1
+    succeeded), counting a run it killed. It settles it instead, as the reaper does;
+    also when the child's end comes after the kill settled the ended batches and before
+    it moves the parent (found by a red-team pass)."""
     parent = start_batch("rt.batch", ["rt.child"])
     (child,) = parent.children.all()
     child.mark_running(worker="host:1")
     parent.refresh_from_db()
     assert parent.status == Status.RUNNING  # refreshed by the child's start
 
-    original = batches.refresh_batch
+    original, settle = batches.refresh_batch, batches.settle_ended
     committed, killed = threading.Event(), threading.Event()
 
     def refresh(run: JobRun) -> Any:
@@ -213,15 +215,28 @@ def test_forced_kill_between_the_last_child_s_end_and_its_parent_s_refresh_settl
 
     monkeypatch.setattr(batches, "refresh_batch", refresh)
     errors: list[BaseException] = []
+    threads: list[threading.Thread] = []
 
-    def worker() -> None:
-        JobRun.objects.get(pk=child.pk).mark_succeeded(result={"ok": True})
+    def child_succeeds() -> None:
+        def worker() -> None:
+            JobRun.objects.get(pk=child.pk).mark_succeeded(result={"ok": True})
 
-    thread = _in_thread("child-worker", worker, errors)
-    assert committed.wait(30)
-    assert JobRun.objects.get(pk=child.pk).status == Status.SUCCEEDED
+        threads.append(_in_thread("child-worker", worker, errors))
+        assert committed.wait(30)
+
+    if child_ends == "before the kill":
+        child_succeeds()
+        assert JobRun.objects.get(pk=child.pk).status == Status.SUCCEEDED
+    else:
+
+        def settle_then_child_succeeds(*selections: Any) -> None:
+            settle(*selections)
+            child_succeeds()
+
+        monkeypatch.setattr(batches, "settle_ended", settle_then_child_succeeds)
     result = JobRun.objects.filter(pk=parent.pk).request_kill(force=True)
     killed.set()
+    (thread,) = threads
     thread.join(30)
     assert not thread.is_alive() and not errors, errors
 

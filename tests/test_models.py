@@ -13,6 +13,7 @@ import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import CharField
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -972,6 +973,46 @@ def test_the_big_table_indexes_and_their_migration_reverses() -> None:
         call_command("migrate", "django_jobstatus", verbosity=0)
     assert ("jobstatus_log_message_trgm" in _log_indexes()) is postgres
     assert "jobstatus_run_created_idx" not in _run_indexes()
+
+
+def _sql_of_migrating(before: str, to: str) -> list[str]:
+    """The statements that migrating from ``before`` to ``to`` sends (then back to the latest)."""
+    call_command("migrate", "django_jobstatus", before, verbosity=0)
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            call_command("migrate", "django_jobstatus", to, verbosity=0)
+    finally:
+        call_command("migrate", "django_jobstatus", verbosity=0)
+    return [query["sql"] for query in queries.captured_queries]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_run_indexes_of_0002_are_built_without_blocking_writes() -> None:
+    """0002 built the runs' start and duration indexes with a plain CREATE INDEX: every
+    write of a run waited for the whole build of each (found by a red-team pass)."""
+    builds = [
+        sql
+        for sql in _sql_of_migrating("0001", "0002")
+        if sql.lstrip().upper().startswith("CREATE INDEX")
+        and f'"{JobRun._meta.db_table}"' in sql
+    ]
+    for name in ("jobstatus_run_started_idx", "jobstatus_run_duration_idx"):
+        assert any(name in sql for sql in builds), builds
+    assert all("CONCURRENTLY" in sql.upper() for sql in builds), builds
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_0004_drops_the_log_lines_key_index_alone_without_blocking_writes() -> None:
+    """0004 dropped the log lines' foreign key index with Django's AlterField, which also
+    dropped the key and added it again, checking every line while the lines and the runs
+    were locked, and dropped the index with a plain DROP INDEX (found by a red-team pass)."""
+    statements = _sql_of_migrating("0003", "0004")
+    assert [sql for sql in statements if "FOREIGN KEY" in sql.upper()] == []
+    drops = [sql for sql in statements if sql.lstrip().upper().startswith("DROP INDEX")]
+    assert drops, statements
+    assert all("CONCURRENTLY" in sql.upper() for sql in drops), drops
 
 
 @pytest.mark.django_db(transaction=True)

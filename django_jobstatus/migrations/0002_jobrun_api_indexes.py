@@ -7,6 +7,7 @@
 
 Other databases have neither (nor ``@>``: the API filters params with key lookups). They
 are created by RunPython and change no model state, so ``makemigrations`` stays clean.
+Every index is built CONCURRENTLY on PostgreSQL: workers keep writing runs meanwhile.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import Any
 import django.db.models.expressions
 from django.db import migrations, models
 
-from django_jobstatus.migrations._concurrently import trigram_extension
+from django_jobstatus.migrations._concurrently import (
+    AddIndexConcurrentlyOnPostgres,
+    trigram_extension,
+)
 
 GIN_INDEX = "jobstatus_run_params_gin"
 TRGM_INDEX = "jobstatus_run_search_trgm"
@@ -53,11 +57,11 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrentlyOnPostgres(
             model_name="jobrun",
             index=models.Index(fields=["started_at"], name="jobstatus_run_started_idx"),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrentlyOnPostgres(
             model_name="jobrun",
             index=models.Index(
                 django.db.models.expressions.CombinedExpression(models.F("finished_at"), "-", models.F("started_at")),

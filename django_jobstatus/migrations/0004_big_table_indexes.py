@@ -23,6 +23,7 @@ from django.db import migrations, models
 
 from django_jobstatus.migrations._concurrently import (
     AddIndexConcurrentlyOnPostgres,
+    DropForeignKeyIndexConcurrentlyOnPostgres,
     RemoveIndexConcurrentlyOnPostgres,
     trigram_extension,
 )
@@ -68,8 +69,10 @@ class Migration(migrations.Migration):
             index=models.Index(fields=["created_at", "id"], name="jobstatus_log_created_id_idx"),
         ),
         RemoveIndexConcurrentlyOnPostgres(model_name="joblog", name="jobstatus_log_created_idx"),
-        # The foreign key's own index repeats jobstatus_log_run_idx's first column.
-        migrations.AlterField(
+        # The foreign key's own index repeats jobstatus_log_run_idx's first column: it
+        # alone is dropped (Django's AlterField drops the key and adds it again, checked
+        # against every line while the tables are locked).
+        DropForeignKeyIndexConcurrentlyOnPostgres(
             model_name="joblog",
             name="run",
             field=models.ForeignKey(

@@ -140,6 +140,25 @@ def attempt_time(text: Any) -> datetime | None:
     return moment
 
 
+def detach_owner(collector: Any, field: Any, sub_objs: Any, using: str) -> None:
+    """``on_delete`` of a run's owner: ``SET_NULL``, on the database that holds the runs.
+
+    Django clears the runs of a deleted user on the user's database. With the app's
+    tables on a database of their own (``JOBSTATUS["DATABASE"]``), that one has no such
+    table, and no user could be deleted at all (in code, or the admin's Delete of a
+    user). There the runs are cleared at once, outside the delete's transaction: none
+    spans two databases.
+    """
+    runs = router.db_for_write(JobRun)
+    if runs == using:
+        models.SET_NULL(collector, field, sub_objs, using)
+    else:
+        sub_objs.using(runs).update(**{field.name: None})
+
+
+detach_owner.lazy_sub_objs = True  # type: ignore[attr-defined]  # as SET_NULL: no read first
+
+
 class JobRun(models.Model):
     id = models.UUIDField(_("id"), primary_key=True, default=uuid7, editable=False)
     job_name = models.CharField(_("job name"), max_length=MAX_LENGTHS["job_name"])
@@ -213,7 +232,7 @@ class JobRun(models.Model):
         verbose_name=_("owner"),
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=detach_owner,
         related_name="jobstatus_runs",
         db_index=False,  # jobstatus_run_owner_idx: the runs that have one (0018)
     )

@@ -826,6 +826,19 @@ def test_non_json_result_raises_type_error_before_writing(run, value: Any) -> No
     assert JobRun.objects.count() == 1
 
 
+def test_a_deleted_user_s_runs_stay_without_an_owner(django_user_model: Any) -> None:
+    """On the database that holds the runs (``models.detach_owner``; with the runs on a
+    database of their own: tests/test_split_database.py)."""
+    alice = django_user_model.objects.create_user("alice")
+    kept = JobRun.objects.start("tests.job", owner=alice)
+    other = JobRun.objects.start("tests.job")
+    alice.delete()
+    assert set(JobRun.objects.values_list("pk", "owner")) == {
+        (kept.pk, None),
+        (other.pk, None),
+    }
+
+
 @pytest.mark.parametrize("name", ["", "   ", None, 42, "x" * 256])
 def test_bad_job_names_raise_value_error(name: Any) -> None:
     with pytest.raises(ValueError, match="job_name"):

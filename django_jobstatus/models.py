@@ -534,7 +534,7 @@ class JobRun(models.Model):
         if target == Status.QUEUED:
             stamps["queued_at"] = now
         elif target == Status.RUNNING:
-            stamps["started_at"] = now
+            stamps["started_at"] = self._after_queued(now)
             values.setdefault("heartbeat_at", database_now(now))
         elif target in Status.TERMINAL:
             values.setdefault("finished_at", self._end(now))
@@ -545,12 +545,22 @@ class JobRun(models.Model):
     def _end(self, now: datetime) -> datetime:
         """The end of this attempt at ``now``, never before its start: the process that
         ends it (a forced kill from the web server, say) may have a clock behind the
-        worker's that stamped ``started_at``, and the duration would be negative.
+        worker's that stamped ``started_at``, and the duration would be negative. A run
+        that never started ends no earlier than it was queued.
 
         The instance's ``started_at`` is the row's: a move applies only to the status
         and attempt this instance saw, and an attempt's start is stamped once.
         """
-        return max(now, self.started_at) if self.started_at is not None else now
+        if self.started_at is not None:
+            return max(now, self.started_at)
+        return self._after_queued(now)
+
+    def _after_queued(self, now: datetime) -> datetime:
+        """``now``, or the run's enqueue when that is later: the web server that enqueued
+        it may have a clock ahead of the worker's that starts it (or of the host that
+        kills it waiting), and the run would start before it was queued (a negative
+        ``waiting``)."""
+        return max(now, self.queued_at) if self.queued_at is not None else now
 
     def _refusal(
         self, db: str, target: str, sources: list[str], previous: str

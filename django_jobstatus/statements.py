@@ -294,7 +294,9 @@ def _start_sql(alias: str, vendor: str) -> str:
     return (
         f"UPDATE {spec.name} SET {column['status']} = %s, {column['worker']} = %s, "  # noqa: S608 (quoted names; values are parameters)
         f"{column['error']} = '', {column['traceback']} = '', "
-        f"{column['started_at']} = COALESCE({column['started_at']}, %s), "
+        # Never before its enqueue (a web server's clock ahead of the worker's).
+        f"{column['started_at']} = COALESCE({column['started_at']}, "
+        f"{greatest}(%s, COALESCE({column['queued_at']}, %s))), "
         f"{column['heartbeat_at']} = {clock.sql(vendor) or '%s'}, "
         f"{column['updated_at']} = %s, "
         f"{column['attempt']} = {greatest}({column['attempt']}, %s) "
@@ -315,7 +317,7 @@ def start_queued(
     """queued → running for the newest run of the job, in one UPDATE … RETURNING; the run, or None when it is not queued.
 
     As ``mark_running()``: the attempt starts with no error of an earlier one, and
-    ``started_at`` is set once.
+    ``started_at`` is set once, no earlier than ``queued_at``.
     """
     from django_jobstatus.states import Status
 
@@ -327,6 +329,7 @@ def start_queued(
     params = [
         Status.RUNNING,
         spec.by_name["worker"].get_db_prep_save(worker, connection),
+        stamp,
         stamp,
         *beat,
         stamp,
@@ -454,7 +457,9 @@ def _write_queued_sql(alias: str, vendor: str) -> str:
             f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {_own_run(spec, 'o')})) "
             # A run a worker recorded first keeps its own values, with what only the enqueue
             # knew: the queued time, the batch parent and the owner it gave.
-            f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, r.{queued}), "
+            # (The queued time no later than the worker's start: their clocks differ.)
+            f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, "
+            f"LEAST(r.{queued}, t.{column['started_at']})), "
             f"{parent} = COALESCE(t.{parent}, r.{parent}), "
             f"{owner} = COALESCE(t.{owner}, r.{owner}) FROM r "
             f"WHERE {_own_run(spec, 't')} AND t.{spec.pk} <> r.{spec.pk} "

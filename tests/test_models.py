@@ -217,6 +217,35 @@ def test_an_end_is_never_before_the_start(make_run, end: str) -> None:
     assert stats["min_duration"] == 0
 
 
+@pytest.mark.parametrize(
+    "move", ["mark_running", "track", "integration", "forced kill while queued"]
+)
+def test_a_start_or_end_is_never_before_the_enqueue(move: str) -> None:
+    """A web server whose clock is 3 s ahead of the worker's enqueued the run: its
+    start (or, killed waiting, its end) was stamped before it was queued, and the run
+    said ``waiting`` -3 s, in the API too (found by a red-team pass)."""
+    from django_jobstatus import statements, track
+
+    web_clock = timezone.now() + timedelta(seconds=3)
+    run = JobRun.objects.enqueue(
+        "tests.skew", source="tests", backend_job_id="job-1", queued_at=web_clock
+    )
+    if move == "mark_running":
+        run.mark_running(worker="w:1")
+    elif move == "track":
+        with track(run.job_name, run=run):
+            pass
+    elif move == "integration":  # what the integrations' start writes
+        statements.start_queued(
+            "default", "tests", "job-1", worker="w:1", attempt=1, now=timezone.now()
+        )
+    else:
+        assert JobRun.objects.filter(pk=run.pk).request_kill(force=True) == 1
+    run.refresh_from_db()
+    assert (run.started_at or run.finished_at) == web_clock
+    assert run.waiting == timedelta(0)
+
+
 @pytest.mark.parametrize("retry", [True, False])
 def test_an_attempt_s_end_is_never_before_its_start(make_run, retry: bool) -> None:
     """The same for the end of an attempt kept in ``attempts``, by a retry or by a

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -317,6 +318,9 @@ def test_a_child_a_worker_recorded_before_the_writer_is_adopted(
                 source=row["source"],
                 backend_job_id=row["backend_job_id"],
                 worker="celery@elsewhere:1",
+                # Its clock 3 s behind the enqueuer's: the merged queued time is never
+                # after its start.
+                started_at=row["queued_at"] - timedelta(seconds=3),
             )
         real(alias, rows)
 
@@ -332,5 +336,6 @@ def test_a_child_a_worker_recorded_before_the_writer_is_adopted(
     parent.refresh_from_db()
     run = JobRun.objects.get(source="celery", backend_job_id=sent.id)
     assert run.queued_at is not None  # the writer's row merged into the worker's
+    assert run.queued_at <= run.started_at
     assert (run.parent_id, parent.status) == (parent.pk, Status.RUNNING)
     assert run.owner_id == alice.pk

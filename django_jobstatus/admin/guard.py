@@ -4,7 +4,9 @@
   see); acting needs view plus the action's own permission.
 - A changelist never filters inside a JSON field (``?params__password__startswith=…`` would
   reveal a REDACT_KEYS value one character at a time, as the API's ``params`` filter refuses
-  those keys), nor on text holding NUL (PostgreSQL cannot compare it).
+  those keys), nor on text holding NUL (PostgreSQL cannot compare it), nor with a regular
+  expression (``?message__regex=(`` failed in the database, a 500; and a costly pattern
+  runs over every row): no filter or link of the app uses one.
 - An action's selected ids must be ids, or the action does not run.
 """
 
@@ -63,7 +65,11 @@ class GuardedAdmin:
             f.name for f in self.opts.get_fields() if isinstance(f, JSONField)
         }
         values = value if isinstance(value, list | tuple) else [value]
-        if field in json_fields or holds_nul(*values):
+        if (
+            field in json_fields
+            or holds_nul(*values)
+            or lookup.endswith(("__regex", "__iregex"))
+        ):
             return False
         return bool(super().lookup_allowed(lookup, value, request))  # type: ignore[misc]
 

@@ -154,6 +154,38 @@ class JobMonitorAdmin(GuardedAdmin, admin.ModelAdmin):  # type: ignore[type-arg]
         css = MEDIA_CSS
         js = MEDIA_JS
 
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, Any], set[str], list[Any]]:
+        """The confirmation page's summary: the monitors, and their incidents counted.
+
+        Deleting a monitor deletes its incidents (docs/health.md): the monitor's delete
+        permission is enough, as in the API. Django's asked for the incidents' view and
+        delete permissions too (a monitor that had ever failed could not be deleted
+        without them), and listed each incident to a user who may not read them.
+        """
+        monitors = list(objs)
+        shown: list[Any] = [
+            format_html(
+                '<a href="{}">{}</a>',
+                reverse("admin:django_jobstatus_jobmonitor_change", args=[m.pk]),
+                m,
+            )
+            for m in monitors
+        ]
+        incidents = JobMonitorIncident.objects.filter(
+            monitor__in=[m.pk for m in monitors]
+        ).count()
+        counts = {str(JobMonitor._meta.verbose_name_plural): len(monitors)}
+        if incidents:
+            counts[str(JobMonitorIncident._meta.verbose_name_plural)] = incidents
+        perms_needed = (
+            set()
+            if self.has_delete_permission(request)
+            else {str(JobMonitor._meta.verbose_name)}
+        )
+        return shown, counts, perms_needed, []
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[JobMonitor]:
         monitors = super().get_queryset(request)
         if request.method == "POST":

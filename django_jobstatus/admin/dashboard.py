@@ -38,7 +38,12 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from django_jobstatus import conf, retention, rollups
-from django_jobstatus.admin.display import admin_url, format_duration, run_url
+from django_jobstatus.admin.display import (
+    admin_url,
+    elapsed_seconds,
+    format_duration,
+    run_url,
+)
 from django_jobstatus.admin.failures import changelist_url as group_url
 from django_jobstatus.admin.filters import OR_ACTIVE
 from django_jobstatus.admin.monitors import health_panel
@@ -118,6 +123,7 @@ def active_json(run: JobRun) -> dict[str, Any]:
         "message": run.message[:200],
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "duration": format_duration(run.duration),
+        "elapsed": elapsed_seconds(run),  # seconds, by the server's clock
         "url": run_url(run.pk),
     }
 

@@ -161,12 +161,26 @@ def progress_bar(run: JobRun, *, counts: bool = False) -> SafeString:
     )
 
 
+def elapsed_seconds(run: JobRun) -> float | None:
+    """How long an active run has been running, by the server's clock; None otherwise.
+
+    The script counts on from this by the time passed in the browser since it arrived: the
+    viewer's clock against ``started_at`` would be off by as much as that computer's clock.
+    """
+    if run.started_at is None or not run.is_active:
+        return None
+    return round((timezone.now() - run.started_at).total_seconds(), 3)
+
+
 def duration_cell(run: JobRun) -> SafeString:
-    """The run time; running runs carry their start so the script keeps counting."""
+    """The run time; running runs carry their start and how long they have been running
+    (``data-elapsed``, counted on by the script)."""
     started = run.started_at.isoformat() if run.started_at and run.is_active else ""
+    elapsed = elapsed_seconds(run)
     return format_cell(
-        '<span class="jobstatus-duration" data-started="{}">{}</span>',
+        '<span class="jobstatus-duration" data-started="{}" data-elapsed="{}">{}</span>',
         started,
+        "" if elapsed is None else elapsed,
         format_duration(run.duration),
     )
 

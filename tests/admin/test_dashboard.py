@@ -261,6 +261,9 @@ def test_json_view(admin_client, runs, django_assert_max_num_queries):
     assert running["url"] == reverse(
         "admin:django_jobstatus_jobrun_change", args=[runs["running"].pk]
     )
+    # How long each has run, by the server's clock: the script counts on from it.
+    stale = next(run for run in data["active"] if run["job_name"] == "stuck.job")
+    assert 3 * 3600 <= stale["elapsed"] < 3 * 3600 + 60
     runs["running"].set_progress(40)
     assert (
         next(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -221,6 +223,28 @@ def test_dashboard_progress_advances_without_a_reload(admin_page, artifacts):
         timeout=15_000,
     )
     admin_page.screenshot(path=str(artifacts / "dashboard-dark.png"), full_page=True)
+
+
+@pytest.mark.parametrize("off", [timedelta(hours=1), -timedelta(hours=1)])
+def test_a_running_run_s_time_does_not_depend_on_the_viewer_s_clock(
+    admin_page, off: timedelta
+) -> None:
+    """The script counts on from the server's figure, never from the viewer's clock
+    against the run's start: an hour ahead, that read "1 h 02 min"; behind, "0.0 s"."""
+    run = make(
+        "reports.build",
+        Status.RUNNING,
+        started_at=timezone.now() - timedelta(minutes=2),
+    )
+    # The viewer's machine clock is ``off`` from the servers' (time keeps flowing).
+    admin_page.clock.install(time=datetime.now().astimezone() + off)
+    changelist(admin_page, "?status=running")
+    cell = admin_page.locator(f'tr:has(input[value="{run.pk}"]) .jobstatus-duration')
+    # The script ticks at once and every second: after a few ticks, still two minutes.
+    expect(cell).to_have_attribute("data-elapsed", re.compile(r"^1\d\d(\.\d+)?$"))
+    expect(cell).to_have_text(re.compile(r"^2 min \d\d s$"), timeout=5_000)
+    admin_page.wait_for_timeout(2_000)
+    expect(cell).to_have_text(re.compile(r"^2 min \d\d s$"))
 
 
 def test_script_in_a_message_or_log_is_shown_as_text(admin_page):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from django_jobstatus import health
-from django_jobstatus.models import JobMonitor, Status
+from django_jobstatus.models import JobMonitor, JobRun, Status
 from tests.browser.test_layout import (
     SCHEMES,
     SIZES,
@@ -119,6 +120,34 @@ def test_every_panel_follows_the_database_and_pauses_in_a_hidden_tab(
     admin_page.screenshot(
         path=str(artifacts / "dashboard-refreshed.png"), full_page=True
     )
+
+
+@pytest.mark.parametrize("off", [timedelta(hours=1), -timedelta(hours=1)])
+def test_an_active_row_s_time_does_not_depend_on_the_viewer_s_clock(
+    admin_page, off: timedelta
+) -> None:
+    """As rendered and as rebuilt from each poll's answer, an active row counts on from
+    the server's figure, not from the viewer's clock against the run's start."""
+    run = make("reports.build", started_at=timezone.now() - timedelta(minutes=2))
+    admin_page.clock.install(time=datetime.now().astimezone() + off)
+    two_minutes = re.compile(r"^2 min \d\d s$")
+    row = f'tr[data-run="{run.pk}"]'
+
+    # The server's rendering, counted on by the script (no polls).
+    admin_page.goto(f"{admin_page.base}{DASHBOARD}?poll=0")
+    cell = admin_page.locator(f"{row} .jobstatus-duration")
+    expect(cell).to_have_attribute("data-elapsed", re.compile(r"^1\d\d(\.\d+)?$"))
+    expect(cell).to_have_text(two_minutes)
+    admin_page.wait_for_timeout(2_000)  # a few ticks
+    expect(cell).to_have_text(two_minutes)
+
+    admin_page.goto(f"{admin_page.base}{DASHBOARD}?poll=1")
+    JobRun.objects.filter(pk=run.pk).update(message="page 7")
+    wait_for_text(admin_page, f"{row} .jobstatus-sub", "page 7")  # the polled row
+    expect(cell).to_have_attribute("data-elapsed", re.compile(r"^1\d\d(\.\d+)?$"))
+    expect(cell).to_have_text(two_minutes)
+    admin_page.wait_for_timeout(2_000)  # more polls and ticks
+    expect(cell).to_have_text(two_minutes)
 
 
 def test_poll_zero_is_not_live(admin_page):

@@ -18,13 +18,18 @@
     return secs + " s";
   }
 
+  // A running run's time counts on from the seconds the server gave (data-elapsed, by its
+  // clock) by the time passed here since the figure arrived. Never this computer's clock
+  // against the run's start: the viewer's clock may be off by minutes or hours.
+  var arrived = new WeakMap();
+
   function tickDurations() {
-    var now = Date.now();
-    document.querySelectorAll(".jobstatus-duration[data-started]").forEach(function (el) {
-      var started = el.getAttribute("data-started");
-      if (!started) { return; }
-      var t = Date.parse(started);
-      if (!isNaN(t)) { el.textContent = formatDuration((now - t) / 1000); }
+    var now = performance.now();
+    document.querySelectorAll(".jobstatus-duration[data-elapsed]").forEach(function (el) {
+      var elapsed = parseFloat(el.getAttribute("data-elapsed"));
+      if (isNaN(elapsed)) { return; }
+      if (!arrived.has(el)) { arrived.set(el, now); }
+      el.textContent = formatDuration(elapsed + (now - arrived.get(el)) / 1000);
     });
   }
 
@@ -75,6 +80,7 @@
     var duration = el("td", "nowrap");
     var span = el("span", "jobstatus-duration", run.duration);
     span.setAttribute("data-started", run.started_at || "");
+    span.setAttribute("data-elapsed", run.elapsed === null ? "" : run.elapsed);
     duration.appendChild(span);
     tr.appendChild(duration);
     return tr;

@@ -140,9 +140,11 @@ def start_batch(
             name, progress_total=len(specs), **fields
         )
         now = timezone.now()
-        inherited: dict[str, Any] = {
-            key: fields[key] for key in ("source", "owner") if key in fields
-        }
+        inherited: dict[str, Any] = (
+            {"source": fields["source"]} if "source" in fields else {}
+        )
+        # The parent's owner: given, or taken from the batch it is in (inherit_owner()).
+        owner = {} if parent.owner_id is None else {"owner_id": parent.owner_id}
         rows = [
             JobRun(
                 parent=parent,
@@ -154,6 +156,9 @@ def start_batch(
                         "updated_at": now,
                         "queued_at": now,
                         **inherited,
+                        **(
+                            {} if {"owner", "owner_id"} & child_fields.keys() else owner
+                        ),
                         **child_fields,
                     }
                 ),

@@ -141,22 +141,33 @@ def attempt_time(text: Any) -> datetime | None:
 
 
 def detach_owner(collector: Any, field: Any, sub_objs: Any, using: str) -> None:
-    """``on_delete`` of a run's owner: ``SET_NULL``, on the database that holds the runs.
+    """``on_delete`` of a run's owner: ``SET_NULL`` where the runs share the user's database.
 
-    Django clears the runs of a deleted user on the user's database. With the app's
-    tables on a database of their own (``JOBSTATUS["DATABASE"]``), that one has no such
-    table, and no user could be deleted at all (in code, or the admin's Delete of a
-    user). There the runs are cleared at once, outside the delete's transaction: none
-    spans two databases.
+    With the app's tables on a database of their own (``JOBSTATUS["DATABASE"]``), Django
+    cleared them on the user's database, which has no such table: no user could be
+    deleted at all (in code, or the admin's Delete of a user). Nothing is done here then:
+    Django also collects for the admin's confirmation page, which deletes nothing.
+    ``clear_deleted_owner()`` clears them once the delete is committed.
     """
-    runs = router.db_for_write(JobRun)
-    if runs == using:
+    if router.db_for_write(JobRun) == using:
         models.SET_NULL(collector, field, sub_objs, using)
-    else:
-        sub_objs.using(runs).update(**{field.name: None})
 
 
 detach_owner.lazy_sub_objs = True  # type: ignore[attr-defined]  # as SET_NULL: no read first
+
+
+def clear_deleted_owner(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
+    """``post_delete`` of the user model: with the runs on another database than the
+    user's, the deleted user's runs lose their owner there, once the delete is committed
+    (a delete rolled back keeps them; no transaction spans the two databases)."""
+    runs = router.db_for_write(JobRun)
+    if runs == using:
+        return  # detach_owner() did, in the delete's transaction
+    owner = instance.pk
+    transaction.on_commit(
+        lambda: JobRun.objects.using(runs).filter(owner_id=owner).update(owner=None),
+        using=using,
+    )
 
 
 class JobRun(models.Model):

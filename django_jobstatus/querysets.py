@@ -12,7 +12,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Self, cast
 
-from django.db import connections, models, router, transaction
+from django.db import connections, models, router
 from django.db.models import (
     Avg,
     Count,
@@ -37,6 +37,7 @@ from django_jobstatus import contrib, heartbeats, statements, writebehind
 from django_jobstatus.clock import Ago, database_now
 from django_jobstatus.conf import settings
 from django_jobstatus.exceptions import InvalidTransition
+from django_jobstatus.routers import write_database
 from django_jobstatus.states import Status
 from django_jobstatus.values import (
     BIGINT_MAX,
@@ -404,10 +405,11 @@ class KillResult(int):
 
 
 def inherit_owner(fields: dict[str, Any]) -> None:
-    """A run recorded under a batch's parent (``fields["parent"]``, an instance) that
-    names no owner is the parent's owner's, as ``start_batch()``'s children are: the runs
-    an integration records inside a ``batch()`` block, a batch inside another. The owner
-    scope (``API_OWNER_SCOPED``) shows, asks and kills a batch with the runs under it."""
+    """A run recorded under a parent run (``fields["parent"]``, an instance) that names
+    no owner is the parent's owner's, as ``start_batch()``'s children are: the runs an
+    integration records inside a ``batch()`` block (queued, or started inline), a batch
+    inside another, a job's step. The owner scope (``API_OWNER_SCOPED``) shows, asks and
+    kills a batch with the runs under it."""
     parent = fields.get("parent")
     owner = (
         getattr(parent, "owner_id", None) if isinstance(parent, models.Model) else None
@@ -580,9 +582,11 @@ def _killed_batch(run: JobRun, message: str | None) -> bool:
     """
     from django_jobstatus.batches import _OPEN, refresh_batch  # they import this module
 
-    db = run._state.db
+    db = write_database(run._state.db)
     runs = type(run)._default_manager.using(db)
-    with transaction.atomic(using=db):
+    # SQLite: BEGIN IMMEDIATE, or a worker's write committed after the reads below failed
+    # the kill's write at once ("database is locked").
+    with statements.write_transaction(db):
         list(runs.select_for_update().filter(pk=run.pk).values_list("pk", flat=True))
         if (
             runs.filter(_OPEN, pk=run.pk).exists()
@@ -847,9 +851,12 @@ class JobRunQuerySet(models.QuerySet["JobRun"]):
         return fields
 
     def start(self, name: str, **fields: Any) -> JobRun:
-        """Record a run that starts now, in this process."""
+        """Record a run that starts now, in this process (never before its ``queued_at``,
+        when one is given: the enqueuer's clock may be ahead of this one)."""
         now = timezone.now()
-        fields.setdefault("started_at", now)
+        queued = fields.get("queued_at")
+        fields.setdefault("started_at", max(now, queued) if queued else now)
+        inherit_owner(fields)
         fields.setdefault("heartbeat_at", database_now(now))
         fields.setdefault("worker", default_worker())
         return self._create(name, Status.RUNNING, fields)

@@ -457,9 +457,7 @@ def _write_queued_sql(alias: str, vendor: str) -> str:
             f"WHERE NOT EXISTS (SELECT 1 FROM {spec.name} AS o WHERE {_own_run(spec, 'o')})) "
             # A run a worker recorded first keeps its own values, with what only the enqueue
             # knew: the queued time, the batch parent and the owner it gave.
-            # (The queued time no later than the worker's start: their clocks differ.)
-            f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, "
-            f"LEAST(r.{queued}, t.{column['started_at']})), "
+            f"UPDATE {spec.name} AS t SET {queued} = COALESCE(t.{queued}, r.{queued}), "
             f"{parent} = COALESCE(t.{parent}, r.{parent}), "
             f"{owner} = COALESCE(t.{owner}, r.{owner}) FROM r "
             f"WHERE {_own_run(spec, 't')} AND t.{spec.pk} <> r.{spec.pk} "

@@ -574,19 +574,33 @@ class JobHandle:
         self._raise_if_asked()
 
     def _raise_if_asked(self) -> None:
-        """Raise the JobKilled of this run, or of a run whose block this one runs in.
+        """Raise the JobKilled of this run, or of a run whose block this one runs in."""
+        asked = self._asked()
+        if asked is not None:
+            raise asked._killed()
+
+    def _asked(self) -> JobHandle | None:
+        """The handle whose run was asked to stop: this one, or an active one whose block
+        this one runs in; None.
 
         A job that tracks a step as a run of its own reports through the step's handle
         (``current_job()``) while the step lasts: a kill of the job's run was read by no
         progress call until the step ended. The enclosing handles are read as their own
         calls are, at most once per interval each."""
         if self._kill_requested:
-            raise self._killed()
+            return self
         outer = self._enclosing
         while outer is not None:
-            if outer._active and outer.kill_requested:
-                raise outer._killed()
+            if outer._active and outer._read_kill():
+                return outer
             outer = outer._enclosing
+        return None
+
+    def _read_kill(self) -> bool:
+        """Whether this run was asked to stop: read by the progress write when one is due."""
+        if not self._kill_requested and time.monotonic() >= self._due:
+            self.flush()
+        return self._kill_requested
 
     # Logs.
 
@@ -636,18 +650,17 @@ class JobHandle:
 
     @property
     def kill_requested(self) -> bool:
-        """Whether someone asked this run to stop, or it was killed by force.
+        """Whether someone asked this run, or a run whose block it runs in, to stop, or
+        killed it by force.
 
         Read at most once per interval, by the same statement that writes the progress.
         """
-        if not self._kill_requested and time.monotonic() >= self._due:
-            self.flush()
-        return self._kill_requested
+        self._read_kill()
+        return self._asked() is not None
 
     def check_kill(self) -> None:
         """Raise JobKilled when this run, or a run whose block it runs in, was asked to stop."""
-        if not self._kill_requested and time.monotonic() >= self._due:
-            self.flush()
+        self._read_kill()
         self._raise_if_asked()
 
     def _killed(self) -> JobKilled:

@@ -4,8 +4,12 @@ that had ended (found by reviews)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -307,3 +311,28 @@ def test_forced_kill_of_a_running_batch_does_not_list_its_parent_as_not_stopped(
     assert (result.killed, result.in_batches) == (1, 2)
     listed = {problem.job_name for problem in result.not_stopped}
     assert listed == {"a"}, result.not_stopped
+
+
+@pytest.mark.engine_agnostic  # its own SQLite file, whatever the suite's database
+def test_a_forced_kill_of_a_batch_on_sqlite_while_a_worker_writes(
+    tmp_path: Path,
+) -> None:
+    """SQLite in WAL mode (the demo's): the forced kill of a batch's parent reads the runs
+    under it, then ends it, in one transaction. A deferred one: a worker's write
+    committed in between refused the kill's write at once ("database is locked"), and
+    the batch's runs were left running (found by a review). ``tests/sqlite_kill.py``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.sqlite_kill", str(tmp_path / "db.sqlite3")],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0, report["err"]
+    assert report["statuses"] == {
+        "tests.batch": "killed",
+        "tests.child": "killed",
+        "tests.other": "killed",
+    }

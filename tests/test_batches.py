@@ -936,3 +936,44 @@ def test_a_close_that_fails_at_the_commit_leaves_the_app_s_callbacks_to_run(
         monkeypatch.setattr(batches, "batch_status", away)
         transaction.on_commit(lambda: sent.append("confirmation mail"))
     assert sent == ["confirmation mail"]
+
+
+def test_the_children_of_a_start_batch_inside_a_user_s_batch_block_are_theirs(
+    db: None, django_user_model: Any
+) -> None:
+    """The inner batch's parent was alice's (inherit_owner()), but its children were
+    created with only the owner start_batch() was given (none) (found by a review)."""
+    alice = django_user_model.objects.create_user("alice")
+    with batch("imports.all", owner=alice):
+        inner = start_batch("imports.files", ["imports.one", "imports.two"])
+    inner.refresh_from_db()
+    assert inner.owner_id == alice.pk  # the batch inside hers: hers
+    owners = set(inner.children.values_list("owner", flat=True))
+    assert owners == {alice.pk}
+
+
+def test_an_immediate_task_recorded_in_a_user_s_batch_block_is_theirs(
+    db: None, django_user_model: Any, settings: Any
+) -> None:
+    """Django's ImmediateBackend runs the task inside ``enqueue()``: its run is recorded
+    by its start (``JobRun.objects.start(parent=...)``), which took the batch as parent
+    but not its owner (found by a review)."""
+    from django_jobstatus.contrib import tasks as integration
+    from tests.contrib.tasks_app import tasks
+
+    settings.TASKS = {
+        "default": {
+            "BACKEND": f"{tasks.FRAMEWORK}.backends.immediate.ImmediateBackend",
+            "QUEUES": [],
+        }
+    }
+    alice = django_user_model.objects.create_user("alice")
+    integration.connect()
+    try:
+        with batch("imports.all", owner=alice) as parent:
+            result = tasks.add.enqueue(1, 2)
+    finally:
+        integration.disconnect()
+    run = JobRun.objects.get(source="django_tasks", backend_job_id=str(result.id))
+    assert run.parent_id == parent.pk  # recorded as a child of her batch
+    assert run.owner_id == alice.pk

@@ -24,6 +24,18 @@ from django.contrib.auth import get_user_model
 call_command("migrate", verbosity=0)
 call_command("migrate", database="jobs", verbosity=0)
 User = get_user_model()
+
+from django_jobstatus.models import JobRun
+
+def alice_on_both():
+    # docs/scaling.md: the owner column needs the user tables on the runs' database too.
+    alice = User.objects.create_user("alice")
+    User.objects.using("jobs").create(pk=alice.pk, username="alice")
+    run = JobRun.objects.start("split.owned", owner_id=alice.pk)
+    return alice, run
+
+def owner_of(run):
+    return JobRun.objects.values_list("owner_id", flat=True).get(pk=run.pk)
 """
 
 
@@ -93,3 +105,66 @@ def test_the_admin_deletes_a_user_when_the_runs_live_on_their_own_database(
     )
     output = child.stdout + child.stderr
     assert child.returncode == 0 and "DELETED" in child.stdout, output[-3000:]
+
+
+def test_a_deleted_user_s_runs_lose_their_owner_on_the_runs_database(
+    tmp_path: Path,
+) -> None:
+    """With the user tables on both databases (docs/scaling.md), a committed delete of a
+    user clears the owner of their runs on the runs' database."""
+    child = _run(
+        tmp_path,
+        """
+        alice, run = alice_on_both()
+        alice.delete()
+        print("OWNER", owner_of(run))
+        """,
+    )
+    assert child.returncode == 0, (child.stdout + child.stderr)[-3000:]
+    assert "OWNER None" in child.stdout, child.stdout
+
+
+def test_the_admin_s_confirmation_page_of_a_user_s_delete_keeps_their_runs_owner(
+    tmp_path: Path,
+) -> None:
+    """The page that asks "Are you sure?" deletes nothing, but Django collects what a
+    delete would take to list it: the owner was cleared while collecting (found by a
+    review)."""
+    child = _run(
+        tmp_path,
+        """
+        from django.test import Client
+        admin = User.objects.create_superuser("admin", "admin@example.com", "pw")
+        alice, run = alice_on_both()
+        client = Client(raise_request_exception=False)
+        client.force_login(admin)
+        response = client.get(f"/admin/auth/user/{alice.pk}/delete/")
+        assert response.status_code == 200, response.status_code
+        assert User.objects.filter(pk=alice.pk).exists()
+        print("KEPT" if owner_of(run) == alice.pk else "DETACHED")
+        """,
+    )
+    assert child.returncode == 0, (child.stdout + child.stderr)[-3000:]
+    assert "KEPT" in child.stdout, child.stdout
+
+
+def test_a_user_delete_that_rolls_back_keeps_their_runs_owner(tmp_path: Path) -> None:
+    """The owner is cleared once the delete is committed (found by a review)."""
+    child = _run(
+        tmp_path,
+        """
+        from django.db import transaction
+        alice, run = alice_on_both()
+        pk = alice.pk  # delete() clears the instance's
+        try:
+            with transaction.atomic():
+                alice.delete()
+                raise RuntimeError("the view's next step failed")
+        except RuntimeError:
+            pass
+        assert User.objects.filter(pk=pk).exists()
+        print("KEPT" if owner_of(run) == pk else "DETACHED")
+        """,
+    )
+    assert child.returncode == 0, (child.stdout + child.stderr)[-3000:]
+    assert "KEPT" in child.stdout, child.stdout

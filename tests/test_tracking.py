@@ -823,6 +823,24 @@ def test_an_outer_run_s_kill_stops_a_step_that_reports_through_its_own_handle(
     _assert_both_stopped(job, step)
 
 
+def test_an_outer_run_s_kill_is_seen_by_the_step_s_kill_requested() -> None:
+    """``if job.kill_requested: ...`` (the clean stop) read the step's own run only, while
+    its progress calls and ``check_kill()`` read the runs it runs in (found by a review)."""
+    with (
+        track("imports.nightly") as job,
+        track("imports.file", parent=job.run) as step,
+    ):
+        assert JobRun.objects.filter(pk=job.run.pk).request_kill() == 1
+        job._due = step._due = 0.0  # both reads due (as after PROGRESS_INTERVAL)
+        assert current_job() is step
+        assert step.kill_requested is True
+        with pytest.raises(JobKilled) as raised:
+            step.check_kill()
+        assert raised.value.run_id == job.run.pk
+        raise raised.value
+    _assert_both_stopped(job, step)
+
+
 def test_a_queued_run_asked_to_stop_is_seen_asked_when_track_starts_it() -> None:
     """A worker holds a copy of the queued run read before the kill, and starts it with
     ``track(run=...)``: the handle kept the copy's (no) request until its first read, a

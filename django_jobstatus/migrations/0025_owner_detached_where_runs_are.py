@@ -1,7 +1,7 @@
 """A deleted user's runs lose their owner on the database that holds the runs
-(``models.detach_owner``): with the app's tables on a database of their own, Django
-cleared them on the user's database, and no user could be deleted. ``on_delete`` is not
-in the schema: no SQL.
+(``models.detach_owner``, and ``clear_deleted_owner()`` once the delete is committed):
+with the app's tables on a database of their own, Django cleared them on the user's
+database, and no user could be deleted. ``on_delete`` is not in the schema: no SQL.
 """
 
 import django_jobstatus.models

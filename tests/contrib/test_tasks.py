@@ -1195,3 +1195,37 @@ def test_a_worker_writes_through_one_connection_kept_open(
         connection.close()  # as db_worker does after each task
     assert len(sessions) == 1
     assert set(JobRun.objects.values_list("status", flat=True)) == {Status.SUCCEEDED}
+
+
+def test_a_django_task_s_run_a_worker_records_first_never_starts_before_its_enqueue(
+    db: None, settings: Any
+) -> None:
+    """The worker records the task's run before the enqueue's (the twin race), with the
+    task's enqueued_at, stamped by a web server 3 s ahead: its start was stamped before
+    it (``JobRun.objects.start()``; found by a review)."""
+    from tests.contrib.tasks_app import tasks
+
+    settings.TASKS = {
+        "default": {
+            "BACKEND": f"{tasks.FRAMEWORK}.backends.dummy.DummyBackend",
+            "QUEUES": [],
+        }
+    }
+    integration.disconnect()  # the enqueue's queued run not recorded (yet)
+    result = tasks.add.enqueue(1, 2)
+    integration.connect()
+    try:
+        # The web server that enqueued it has a clock 3 s ahead of the worker's.
+        ahead = dataclasses.replace(
+            result, enqueued_at=timezone.now() + timedelta(seconds=3)
+        )
+        integration.on_started(sender=None, task_result=ahead)
+        integration.on_finished(
+            sender=None, task_result=dataclasses.replace(ahead, status="SUCCESSFUL")
+        )
+    finally:
+        integration.disconnect()
+    run = JobRun.objects.get(source="django_tasks", backend_job_id=str(result.id))
+    assert run.queued_at == ahead.enqueued_at
+    assert run.started_at >= run.queued_at, (run.queued_at, run.started_at)
+    assert run.waiting >= timedelta(0)

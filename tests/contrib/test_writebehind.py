@@ -15,6 +15,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -27,9 +28,9 @@ from django.utils import timezone
 
 from django_jobstatus import statements, writebehind
 from django_jobstatus.contrib import celery
-from django_jobstatus.contrib._execution import Execution
+from django_jobstatus.contrib._execution import Execution, record_queued
 from django_jobstatus.models import JobRun, Status, uuid7
-from tests.contrib.workers import other_session
+from tests.contrib.workers import other_session, recorded_by_a_worker
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -453,3 +454,34 @@ def test_a_busy_enqueuer_s_runs_go_in_one_statement_and_a_flush_does_not_wait(
     assert sum(batches) == 50
     assert len(batches) <= 2, batches  # one, or two if the machine stalled past LINGER
     assert JobRun.objects.filter(status=Status.QUEUED).count() == 50
+
+
+def test_a_retried_write_of_a_queued_run_merged_into_a_worker_s_run_adds_no_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker (its clock 3 s behind the enqueuer's) recorded the run first, and the
+    writer's first try committed but lost its answer: the second try must find the
+    enqueue's run by its queued time, not add a second, queued run (a merge that clamped
+    the queued time to the worker's start did; found by a review)."""
+    real = writebehind._insert
+    tries: list[str] = []
+
+    def worker_first_then_answer_lost(alias: str, rows: list[dict[str, Any]]) -> None:
+        if not tries:  # its clock 3 s behind the enqueuer's
+            recorded_by_a_worker(
+                alias, rows, started_at=rows[0]["queued_at"] - timedelta(seconds=3)
+            )
+        real(alias, rows)  # committed
+        tries.append("written")
+        if len(tries) == 1:
+            # The connection dropped before the COMMIT's answer came back: the writer
+            # cannot tell that it applied, and tries the batch again.
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(writebehind, "_insert", worker_first_then_answer_lost)
+    record_queued("celery", "task-rt-1", "tests.add", fresh=True)
+    assert writebehind.writer.flush(timeout=30)
+    assert tries == ["written", "written"]  # tried again after the lost answer
+
+    runs = JobRun.objects.filter(source="celery", backend_job_id="task-rt-1")
+    assert list(runs.values_list("status", flat=True)) == ["running"]

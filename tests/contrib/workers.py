@@ -217,3 +217,18 @@ def kept_until_due(run: Any, due_in: Any) -> None:
         queued_at=timezone.now() - timedelta(hours=2)
     )
     assert JobRun.objects.reap(300, queued_timeout=600).expired == 0
+
+
+def recorded_by_a_worker(alias: str, rows: list[dict[str, Any]], **fields: Any) -> None:
+    """What a worker that finds no queued run records, for each queued row the write-behind
+    writer is about to write (``fields``: the run's, e.g. a ``started_at`` of its clock)."""
+    from django_jobstatus.models import JobRun
+
+    for row in rows:
+        JobRun.objects.db_manager(alias).start(
+            row["job_name"],
+            source=row["source"],
+            backend_job_id=row["backend_job_id"],
+            worker="celery@elsewhere:1",
+            **fields,
+        )

@@ -10,22 +10,19 @@ with both would run in neither, and stops the collection.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import sys
-import threading
-import time
 import traceback
 import warnings
-import weakref
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 from django.db import connection, connections
-from django.db.backends.signals import connection_created
 
 CI = os.environ.get("CI") == "true"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:63799/0")
@@ -119,54 +116,80 @@ def _writer_stopped() -> Iterator[None]:
     # A task a test ran in this process as a worker would: the process is no worker.
     own_connections._tracking = worker
     own_connections.close()
-    _end_transactions_left_open()
 
 
-# Every SQLite connection a thread of this process opened. The test database is in memory,
-# shared by the threads' connections, and Django ignores close() on it (closing would drop
-# the database): a transaction a thread left open is never ended, as closing a connection
-# ends it elsewhere. Its lock then fails every later test's flush ("database table is
-# locked"), which once failed 483 tests after the one that left it.
-_sqlite_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+# The SQLite test database is in memory, shared by the connections of the threads that
+# use it, and Django ignores close() on it (closing would drop the database). A lock one of
+# them keeps is then never released: a transaction left open, or a read left half-done (a
+# cursor a traceback holds, its thread gone). Every later test's flush then failed
+# ("database table is locked"): once 483 tests after the one that left it. A flush that
+# finds the database locked releases every other connection to it, as closing them does
+# elsewhere, says which threads held them, and tries again.
 
 
-def _remember_sqlite(sender: Any, connection: Any, **kwargs: Any) -> None:
-    if connection.vendor == "sqlite":
-        _sqlite_connections.add(connection)
+def _release_other_sqlite_connections(main: Any) -> list[str]:
+    """Close every SQLite connection of this process but ``main``'s, its cursors and its
+    transaction first (their wrappers connect again when next used); what held them."""
+    import gc
+    import sqlite3
 
+    from django.db.backends.base.base import BaseDatabaseWrapper
 
-connection_created.connect(_remember_sqlite, dispatch_uid="tests-sqlite-connections")
-
-
-def _end_transactions_left_open(wait: float = 5.0) -> None:
-    """Before the test database is emptied: wait for the transactions other threads hold
-    (up to ``wait`` seconds), then roll back those left, with a warning that names the
-    thread and where it is, as closing its connection would."""
-    # This thread's are the test's own (a TestCase's atomic, ended after this).
-    here = threading.get_ident()
-
-    def open_ones() -> list[Any]:
-        return [
-            wrapper
-            for wrapper in list(_sqlite_connections)
-            if wrapper._thread_ident != here
-            and wrapper.connection is not None
-            and wrapper.connection.in_transaction
-        ]
-
-    deadline = time.monotonic() + wait
-    while (left := open_ones()) and time.monotonic() < deadline:
-        time.sleep(0.05)
     frames = sys._current_frames()
-    for wrapper in left:
-        frame = frames.get(wrapper._thread_ident)
-        where = "".join(traceback.format_stack(frame)) if frame else "(thread ended)"
-        wrapper.connection.rollback()
-        warnings.warn(
-            f"A thread left a transaction open on {wrapper.alias!r}; rolled back. "
-            f"Its thread:\n{where}",
-            stacklevel=1,
-        )
+    objects = gc.get_objects()
+    wrappers = [
+        obj
+        for obj in objects
+        if isinstance(obj, BaseDatabaseWrapper) and obj.vendor == "sqlite"
+    ]
+    held = []
+    for raw in objects:
+        if not isinstance(raw, sqlite3.Connection) or raw is main.connection:
+            continue
+        owners = [wrapper for wrapper in wrappers if wrapper.connection is raw]
+        for wrapper in owners:
+            frame = frames.get(wrapper._thread_ident)
+            where = "".join(traceback.format_stack(frame)) if frame else "(ended)\n"
+            held.append(f"{wrapper.alias!r} of thread {wrapper._thread_ident}: {where}")
+            wrapper.connection = None
+        if not owners:
+            held.append("a connection no wrapper holds (its thread ended)\n")
+        # Its statements first: a connection closed with one still stepping keeps its lock.
+        for cursor in objects:
+            if isinstance(cursor, sqlite3.Cursor) and cursor.connection is raw:
+                with contextlib.suppress(sqlite3.Error):
+                    cursor.close()
+        with contextlib.suppress(sqlite3.Error):
+            if raw.in_transaction:
+                raw.rollback()
+            raw.close()
+    return held
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_past_locks() -> Iterator[None]:
+    from django.db.backends.sqlite3.operations import DatabaseOperations
+    from django.db.utils import OperationalError
+
+    flush = DatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self: Any, sql_list: list[str]) -> None:
+        try:
+            flush(self, sql_list)
+        except OperationalError as error:
+            if "locked" not in str(error):
+                raise
+            held = _release_other_sqlite_connections(self.connection)
+            warnings.warn(
+                f"The test database was locked ({error}) by another connection; "
+                "released:\n" + "".join(held),
+                stacklevel=1,
+            )
+            flush(self, sql_list)
+
+    DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]
+    yield
+    DatabaseOperations.execute_sql_flush = flush  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -135,16 +135,16 @@ def _release_other_sqlite_connections(main: Any) -> list[str]:
 
     from django.db.backends.base.base import BaseDatabaseWrapper
 
+    def instances(kind: type) -> list[Any]:
+        # By type: isinstance() asks a dead weak proxy for its class, and raises.
+        return [obj for obj in gc.get_objects() if issubclass(type(obj), kind)]
+
     frames = sys._current_frames()
-    objects = gc.get_objects()
-    wrappers = [
-        obj
-        for obj in objects
-        if isinstance(obj, BaseDatabaseWrapper) and obj.vendor == "sqlite"
-    ]
+    wrappers = [w for w in instances(BaseDatabaseWrapper) if w.vendor == "sqlite"]
+    cursors = instances(sqlite3.Cursor)
     held = []
-    for raw in objects:
-        if not isinstance(raw, sqlite3.Connection) or raw is main.connection:
+    for raw in instances(sqlite3.Connection):
+        if raw is main.connection:
             continue
         owners = [wrapper for wrapper in wrappers if wrapper.connection is raw]
         for wrapper in owners:
@@ -155,8 +155,8 @@ def _release_other_sqlite_connections(main: Any) -> list[str]:
         if not owners:
             held.append("a connection no wrapper holds (its thread ended)\n")
         # Its statements first: a connection closed with one still stepping keeps its lock.
-        for cursor in objects:
-            if isinstance(cursor, sqlite3.Cursor) and cursor.connection is raw:
+        for cursor in cursors:
+            if cursor.connection is raw:
                 with contextlib.suppress(sqlite3.Error):
                     cursor.close()
         with contextlib.suppress(sqlite3.Error):

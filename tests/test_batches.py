@@ -35,6 +35,13 @@ Q, R, S, F, K, L, T = (
 )
 
 
+# The tests that run a task through Django's tasks framework.
+needs_tasks = pytest.mark.skipif(
+    not compat.task_signal_modules(),
+    reason="needs a tasks framework: Django 6, or the tasks extra on Django 5.2",
+)
+
+
 @pytest.mark.parametrize(
     ("children", "expected"),
     [
@@ -490,10 +497,7 @@ def test_refresh_is_idempotent_and_never_undoes_a_finish(db: None) -> None:
     assert (stale.status, stale.progress_current) == (S, 1)
 
 
-@pytest.mark.skipif(
-    not compat.task_signal_modules(),
-    reason="needs a tasks framework: Django 6, or the tasks extra on Django 5.2",
-)
+@needs_tasks
 def test_runs_recorded_inside_batch_are_its_children(
     db: None, settings: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
@@ -952,10 +956,7 @@ def test_the_children_of_a_start_batch_inside_a_user_s_batch_block_are_theirs(
     assert owners == {alice.pk}
 
 
-@pytest.mark.skipif(
-    not compat.task_signal_modules(),
-    reason="needs a tasks framework: Django 6, or the tasks extra on Django 5.2",
-)
+@needs_tasks
 def test_an_immediate_task_recorded_in_a_user_s_batch_block_is_theirs(
     db: None, django_user_model: Any, settings: Any
 ) -> None:
